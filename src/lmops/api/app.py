@@ -1,0 +1,354 @@
+"""The FastAPI application behind ``lmops serve``.
+
+``/api`` needs ``Authorization: Bearer <key>``; reads work with any active key, changes
+need an ``admin`` key. Errors are ``{"error": {"message", "type", "code"}}`` with the
+status of the error class (400 bad input, 401 no/invalid key, 403 role, 404 unknown,
+409 conflict, 503 store unavailable).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+
+from lmops import __version__
+from lmops.core.config import Settings, mask_url
+from lmops.core.errors import (
+    ConflictError,
+    IntegrityError,
+    LmopsError,
+    NotFoundError,
+    PermissionDenied,
+    StoreError,
+    UserError,
+)
+from lmops.store import ApiKey, Asset, AuditEvent, LineageGraph, Run, Store, Version
+
+__all__ = ["create_app"]
+
+
+class Unauthorized(PermissionDenied):
+    """No key, or a key that does not authenticate (HTTP 401)."""
+
+
+_STATUS: list[tuple[type[LmopsError], int, str]] = [
+    (Unauthorized, 401, "authentication_error"),
+    (PermissionDenied, 403, "permission_error"),
+    (NotFoundError, 404, "not_found_error"),
+    (ConflictError, 409, "conflict_error"),
+    (UserError, 400, "invalid_request_error"),
+    (IntegrityError, 500, "integrity_error"),
+    (StoreError, 503, "store_unavailable"),
+    (LmopsError, 500, "server_error"),
+]
+
+
+def error_response(status: int, message: str, type_: str, code: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"message": message, "type": type_, "param": None, "code": code}},
+    )
+
+
+def _lmops_error(_req: Request, exc: Exception) -> JSONResponse:
+    for cls, status, type_ in _STATUS:
+        if isinstance(exc, cls):
+            resp = error_response(status, str(exc), type_)
+            if status == 401:
+                resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
+    return error_response(500, str(exc), "server_error")
+
+
+def _validation_error(_req: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+    return error_response(400, f"{loc or 'request'}: {err.get('msg')}", "invalid_request_error")
+
+
+# -- request bodies -----------------------------------------------------------------------------
+class AliasBody(BaseModel):
+    alias: str
+
+
+class KeyCreateBody(BaseModel):
+    name: str
+    role: str = "user"
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    expires_at: datetime | None = None
+    scopes: list[str] | None = None
+
+
+class KeyCreated(BaseModel):
+    key: str
+    record: ApiKey
+
+
+class GcBody(BaseModel):
+    grace_s: float = Field(default=3600.0, ge=0)
+
+
+# -- auth ----------------------------------------------------------------------------------------
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    return token.strip()
+
+
+def _authenticate(request: Request) -> ApiKey:
+    store: Store = request.app.state.store
+    try:
+        return store.keys.authenticate(_bearer(request))
+    except Unauthorized:
+        raise
+    except PermissionDenied as e:
+        raise Unauthorized(str(e)) from None
+
+
+def reader(request: Request) -> Store:
+    """Any active key; returns the store acting as that key."""
+    key = _authenticate(request)
+    store: Store = request.app.state.store
+    return store.as_actor(key.name, "api")
+
+
+def admin(request: Request) -> Store:
+    """An active admin key."""
+    key = _authenticate(request)
+    if key.role != "admin":
+        raise PermissionDenied(f"API key {key.name!r} has role {key.role!r}; this needs admin")
+    store: Store = request.app.state.store
+    return store.as_actor(key.name, "api")
+
+
+Reader = Annotated[Store, Depends(reader)]
+Admin = Annotated[Store, Depends(admin)]
+
+
+def _api_router() -> APIRouter:
+    r = APIRouter(prefix="/api")
+
+    @r.get("/info")
+    def info(store: Reader) -> dict[str, Any]:
+        return info_dict(store.settings)
+
+    # assets
+    @r.get("/assets", response_model=list[Asset])
+    def list_assets(store: Reader, kind: str | None = None) -> list[Asset]:
+        return store.assets.list(kind)
+
+    @r.get("/assets/{ref}", response_model=Asset | Version)
+    def show_asset(store: Reader, ref: str) -> Asset | Version:
+        return show(store, ref)
+
+    @r.post("/assets", response_model=Version, status_code=201)
+    async def register_asset(
+        store: Admin,
+        kind: Annotated[str, Form()],
+        name: Annotated[str, Form()],
+        files: Annotated[
+            list[UploadFile], File(description="one file, or a tree (filename = relative path)")
+        ],
+        metadata: Annotated[str, Form(description="JSON object")] = "{}",
+        inputs: Annotated[str, Form(description="comma-separated refs")] = "",
+        description: Annotated[str, Form()] = "",
+    ) -> Version:
+        try:
+            meta = json.loads(metadata)
+            assert isinstance(meta, dict)
+        except (ValueError, AssertionError):
+            raise UserError("metadata: must be a JSON object") from None
+        with tempfile.TemporaryDirectory(prefix="lmops-upload-") as tmp:
+            root = Path(tmp) / "upload"
+            root.mkdir()
+            for f in files:
+                rel = PurePosixPath(f.filename or "file")
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise UserError(f"files: unsafe file name {f.filename!r}")
+                dest = root / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open(dest, "wb") as out:
+                    shutil.copyfileobj(f.file, out)
+            single = len(files) == 1 and "/" not in (files[0].filename or "file")
+            src = root / (files[0].filename or "file") if single else root
+            return store.assets.register(
+                kind,
+                name,
+                src,
+                metadata=meta,
+                inputs=[i for i in inputs.split(",") if i.strip()],
+                description=description,
+            )
+
+    @r.post("/assets/{ref}/alias", response_model=Version)
+    def alias_asset(store: Admin, ref: str, body: AliasBody) -> Version:
+        return store.assets.alias(ref, body.alias)
+
+    @r.get("/assets/{ref}/lineage", response_model=LineageGraph)
+    def lineage(
+        store: Reader, ref: str, depth: int | None = Query(default=None, ge=1)
+    ) -> LineageGraph:
+        return store.assets.lineage(ref, depth)
+
+    @r.get("/assets/{ref}/verify")
+    def verify(store: Reader, ref: str) -> dict[str, Any]:
+        report = store.assets.verify(ref)
+        return {"ok": not any(report.values()), "versions": report}
+
+    @r.delete("/assets/{ref}")
+    def delete(store: Admin, ref: str) -> dict[str, list[str]]:
+        return {"deleted": store.assets.delete(ref)}
+
+    # runs
+    @r.get("/runs", response_model=list[Run])
+    def list_runs(
+        store: Reader, kind: str | None = None, limit: int = Query(50, ge=1, le=1000)
+    ) -> list[Run]:
+        return store.runs.list(kind=kind, limit=limit)
+
+    @r.get("/runs/{run_id}", response_model=Run)
+    def show_run(store: Reader, run_id: str) -> Run:
+        return store.runs.get(run_id)
+
+    # keys
+    @r.get("/keys", response_model=list[ApiKey])
+    def list_keys(store: Admin) -> list[ApiKey]:
+        return store.keys.list()
+
+    @r.post("/keys", response_model=KeyCreated, status_code=201)
+    def create_key(store: Admin, body: KeyCreateBody) -> KeyCreated:
+        record, secret = store.keys.create(
+            body.name,
+            role=body.role,
+            rpm=body.rpm,
+            tpm=body.tpm,
+            expires_at=body.expires_at,
+            scopes=body.scopes,
+        )
+        return KeyCreated(key=secret, record=record)
+
+    @r.delete("/keys/{name}", response_model=ApiKey)
+    def revoke_key(store: Admin, name: str) -> ApiKey:
+        return store.keys.revoke(name)
+
+    # store maintenance and audit
+    @r.post("/gc")
+    def gc(store: Admin, body: GcBody | None = None) -> dict[str, int]:
+        rep = store.gc(grace_s=(body or GcBody()).grace_s)
+        return {
+            "blobs_removed": rep.blobs_removed,
+            "bytes_freed": rep.bytes_freed,
+            "abandoned_marked_failed": rep.abandoned_marked_failed,
+        }
+
+    @r.get("/audit", response_model=list[AuditEvent])
+    def audit(
+        store: Admin, action: str | None = None, limit: int = Query(100, ge=1, le=10000)
+    ) -> list[AuditEvent]:
+        return store.audit.list(action=action, limit=limit)
+
+    return r
+
+
+def show(store: Store, ref: str) -> Asset | Version:
+    """A bare name shows the asset with all versions; ``name:N``/``name@a`` one version."""
+    if ":" in ref or "@" in ref:
+        return store.assets.get(ref)
+    return store.assets.show(ref)
+
+
+def info_dict(settings: Settings) -> dict[str, Any]:
+    import importlib.util
+
+    extras = {
+        name: importlib.util.find_spec(mod) is not None
+        for name, mod in [
+            ("torch", "torch"),
+            ("transformers", "transformers"),
+            ("postgres", "psycopg"),
+            ("s3", "s3fs"),
+            ("ray", "ray"),
+            ("vllm", "vllm"),
+            ("gpu", "bitsandbytes"),
+        ]
+    }
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "home": str(settings.home),
+        "database_url": mask_url(settings.database_url),
+        "artifacts": settings.artifacts,
+        "shared_datasets": str(settings.shared_datasets) if settings.shared_datasets else None,
+        "extras": extras,
+        "device": torch_device(),
+    }
+
+
+def torch_device() -> str | None:
+    """``cuda``/``mps``/``cpu`` when torch is importable, else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def create_app(
+    store: Store | None = None, *, mounts: list[Callable[[FastAPI], None]] | None = None
+) -> FastAPI:
+    """Build the app. ``mounts`` let later stages add their routers (``/v1``, console)."""
+    store = store or Store(origin="api")
+    app = FastAPI(
+        title="lmops",
+        version=__version__,
+        description="lmops platform API: assets, runs, lineage and keys.",
+    )
+    app.state.store = store
+    app.add_exception_handler(LmopsError, _lmops_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            with store.db.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as e:
+            checks["database"] = f"error: {e}"
+        try:
+            store.artifacts.staging.mkdir(parents=True, exist_ok=True)
+            checks["artifacts"] = "ok"
+        except OSError as e:
+            checks["artifacts"] = f"error: {e}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": checks})
+
+    app.include_router(_api_router())
+    for mount in mounts or []:
+        mount(app)
+    return app

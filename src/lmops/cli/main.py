@@ -1,0 +1,602 @@
+"""``lmops`` entry point: noun-verb commands, ``--json`` on every read, one-line errors.
+
+User errors print ``error: <message>`` on stderr and exit 2 (store and integrity problems
+exit 1); tracebacks only with ``lmops --debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lmops import __version__
+from lmops.cli._output import (
+    console,
+    err_console,
+    human_size,
+    print_json,
+    table,
+    when,
+)
+from lmops.core.errors import LmopsError, UserError
+
+app = typer.Typer(
+    name="lmops",
+    help="Self-hosted LMOps: data, training, evaluation, serving — one store, one lineage graph.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+assets_app = typer.Typer(
+    help="Versioned assets: register, show, alias, trace, verify, delete.", no_args_is_help=True
+)
+runs_app = typer.Typer(help="Jobs recorded in the store, with their metrics.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys for the server (secrets shown once, stored hashed).", no_args_is_help=True
+)
+audit_app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
+app.add_typer(assets_app, name="assets")
+app.add_typer(runs_app, name="runs")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+_state: dict[str, Any] = {"debug": False}
+
+
+def _store() -> Any:
+    from lmops.store import Store
+
+    return Store(origin="cli")
+
+
+def _version_cb(value: bool) -> None:
+    if value:
+        console.print(f"lmops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_cb, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    from lmops.core.logging import setup_logging
+
+    _state["debug"] = debug
+    setup_logging(debug)
+
+
+# -- info -------------------------------------------------------------------------------------------
+@app.command()
+def info(json_: JsonOpt = False) -> None:
+    """Version, where state lives, optional extras found, and the torch device."""
+    from lmops.api.app import info_dict
+    from lmops.core.config import Settings
+
+    data = info_dict(Settings.from_env())
+    if json_:
+        print_json(data)
+        return
+    console.print(f"[bold]lmops[/] {data['version']} (Python {data['python']})")
+    for label, key in [
+        ("home", "home"),
+        ("database", "database_url"),
+        ("artifacts", "artifacts"),
+        ("shared datasets", "shared_datasets"),
+        ("torch device", "device"),
+    ]:
+        console.print(f"  {label:<16} {data[key] if data[key] is not None else '-'}")
+    found = [k for k, v in data["extras"].items() if v]
+    missing = [k for k, v in data["extras"].items() if not v]
+    console.print(f"  {'extras found':<16} {', '.join(found) or '-'}")
+    console.print(f"  {'extras missing':<16} {', '.join(missing) or '-'}")
+
+
+# -- assets -----------------------------------------------------------------------------------------
+def _parse_meta(items: list[str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--meta {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        try:
+            meta[k] = json.loads(v)
+        except ValueError:
+            meta[k] = v
+    return meta
+
+
+def _print_version(v: Any) -> None:
+    console.print(
+        f"[bold]{v.ref}[/] ({v.kind}) {v.status.value}"
+        + (f"  aliases: {', '.join(v.aliases)}" if v.aliases else "")
+    )
+    console.print(f"  digest   {v.digest or '-'}")
+    console.print(f"  size     {human_size(v.size)} in {v.files} file(s)")
+    console.print(f"  created  {when(v.created_at)} by {v.created_by}")
+    if v.run_id:
+        console.print(f"  run      {v.run_id}")
+    if v.metadata:
+        console.print(f"  metadata {json.dumps(v.metadata, ensure_ascii=False)}")
+    if v.tags:
+        console.print(f"  tags     {', '.join(v.tags)}")
+    if v.error:
+        console.print(f"  error    {v.error}")
+
+
+@assets_app.command("register")
+def assets_register(
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="dataset, tokenizer, model, adapter, prompt, eval_suite, eval_report, package"
+        ),
+    ],
+    name: Annotated[str, typer.Argument(help="Asset name; a new version is added if it exists.")],
+    path: Annotated[Path, typer.Argument(help="File or directory to store.")],
+    meta: Annotated[
+        list[str], typer.Option("--meta", help="key=value (value parsed as JSON if it can be).")
+    ] = [],  # noqa: B006
+    input_: Annotated[
+        list[str], typer.Option("--input", help="Reference of a version this was made from.")
+    ] = [],  # noqa: B006
+    tag: Annotated[list[str], typer.Option("--tag")] = [],  # noqa: B006
+    description: Annotated[str, typer.Option("--description", "-d")] = "",
+    json_: JsonOpt = False,
+) -> None:
+    """Store PATH as the next version of NAME (content-addressed, hashed, then READY)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    store = _store()
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory; nothing was registered")
+    total = (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+        transient=True,
+        disable=json_ or total < 64 << 20,
+    ) as bar:
+        task = bar.add_task(f"storing {name}", total=total)
+        v = store.assets.register(
+            kind,
+            name,
+            path,
+            metadata=_parse_meta(meta),
+            inputs=input_,
+            tags=tag,
+            description=description,
+            progress=lambda n: bar.advance(task, n),
+        )
+    if json_:
+        print_json(v)
+    else:
+        console.print(
+            f"registered [bold]{v.ref}[/] ({v.kind}, {human_size(v.size)}, sha256 {v.digest[:12]})"
+        )
+
+
+@assets_app.command("list")
+def assets_list(
+    kind: Annotated[str | None, typer.Option("--kind", help="Only this kind.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Every asset with its latest READY version and aliases."""
+    assets = _store().assets.list(kind)
+    if json_:
+        print_json(assets)
+        return
+    if not assets:
+        console.print("no assets yet; register one with `lmops assets register KIND NAME PATH`")
+        return
+    table(
+        None,
+        ["name", "kind", "latest", "aliases", "created"],
+        [
+            [
+                a.name,
+                a.kind,
+                a.latest,
+                ", ".join(f"{k}→{v}" for k, v in sorted(a.aliases.items())),
+                when(a.created_at),
+            ]
+            for a in assets
+        ],
+    )
+
+
+@assets_app.command("show")
+def assets_show(
+    ref: Annotated[str, typer.Argument(help="name (all versions), name:N or name@alias")],
+    json_: JsonOpt = False,
+) -> None:
+    """An asset with all its versions, or one version."""
+    from lmops.api.app import show
+
+    obj = show(_store(), ref)
+    if json_:
+        print_json(obj)
+        return
+    from lmops.store import Asset
+
+    if isinstance(obj, Asset):
+        console.print(f"[bold]{obj.name}[/] ({obj.kind}) latest READY: {obj.latest or '-'}")
+        if obj.description:
+            console.print(f"  {obj.description}")
+        table(
+            None,
+            ["version", "status", "digest", "size", "aliases", "created", "by"],
+            [
+                [
+                    v.version,
+                    v.status.value,
+                    (v.digest or "")[:12],
+                    human_size(v.size),
+                    ", ".join(v.aliases),
+                    when(v.created_at),
+                    v.created_by,
+                ]
+                for v in obj.versions
+            ],
+        )
+    else:
+        _print_version(obj)
+
+
+@assets_app.command("path")
+def assets_path(ref: Annotated[str, typer.Argument()]) -> None:
+    """Print a local read-only path holding the version's files."""
+    sys.stdout.write(f"{_store().assets.path(ref)}\n")
+
+
+@assets_app.command("alias")
+def assets_alias(
+    ref: Annotated[str, typer.Argument(help="The version to point at (name:N, name, name@other).")],
+    alias: Annotated[str, typer.Argument(help="Alias to set or move, e.g. production.")],
+    json_: JsonOpt = False,
+) -> None:
+    """Point ALIAS of the asset at REF (moves it if it exists)."""
+    v = _store().assets.alias(ref, alias)
+    if json_:
+        print_json(v)
+    else:
+        console.print(f"{v.asset}@{alias} → {v.ref}")
+
+
+@assets_app.command("unalias")
+def assets_unalias(name: str, alias: str) -> None:
+    """Remove an alias."""
+    _store().assets.unalias(name, alias)
+    console.print(f"removed {name}@{alias}")
+
+
+@assets_app.command("lineage")
+def assets_lineage(
+    ref: Annotated[str, typer.Argument()],
+    depth: Annotated[int | None, typer.Option(help="Levels to follow (default: all).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """What REF was made from (upstream) and what was made from it (downstream)."""
+    from rich.tree import Tree
+
+    g = _store().assets.lineage(ref, depth)
+    if json_:
+        print_json(g)
+        return
+
+    def label(r: str, role: str | None = None) -> str:
+        n = g.nodes[r]
+        run = g.runs.get(r)
+        extra = f" [dim]run {run}[/]" if run else ""
+        return f"{'[cyan]' + role + '[/] ' if role else ''}[bold]{r}[/] ({n.kind}){extra}"
+
+    for title, edges, up in (("upstream", g.upstream, True), ("downstream", g.downstream, False)):
+        tree = Tree(f"{title} of {label(g.root)}")
+
+        def grow(
+            node: Tree, r: str, seen: frozenset[str], edges: list[Any] = edges, up: bool = up
+        ) -> None:
+            for e in edges:
+                src, dst = (e.child, e.parent) if up else (e.parent, e.child)
+                if src == r and dst not in seen:
+                    grow(node.add(label(dst, e.role)), dst, seen | {dst})
+
+        grow(tree, g.root, frozenset({g.root}))
+        console.print(tree if edges else f"{title}: none")
+
+
+@assets_app.command("verify")
+def assets_verify(
+    ref: Annotated[
+        str | None, typer.Argument(help="Asset or version; default: everything.")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Re-hash stored bytes and report missing or corrupt blobs (exit 1 if any)."""
+    report = _store().assets.verify(ref)
+    bad = {k: v for k, v in report.items() if v}
+    if json_:
+        print_json({"ok": not bad, "checked": len(report), "versions": report})
+    else:
+        for k, problems in bad.items():
+            for p in problems:
+                err_console.print(f"[red]CORRUPT[/] {k}: {p}")
+        console.print(
+            f"checked {len(report)} version(s): "
+            + ("all intact" if not bad else f"{len(bad)} damaged")
+        )
+    if bad:
+        raise typer.Exit(1)
+
+
+@assets_app.command("delete")
+def assets_delete(
+    ref: Annotated[str, typer.Argument(help="name:N / name@alias (one version) or name (all).")],
+    json_: JsonOpt = False,
+) -> None:
+    """Mark versions DELETED (numbers are never reused); `lmops gc` frees their bytes."""
+    deleted = _store().assets.delete(ref)
+    if json_:
+        print_json({"deleted": deleted})
+    else:
+        console.print(f"deleted {', '.join(deleted) or 'nothing'}; run `lmops gc` to free space")
+
+
+# -- gc ---------------------------------------------------------------------------------------------
+@app.command()
+def gc(
+    grace: Annotated[
+        float, typer.Option(help="Keep unreferenced blobs younger than this (seconds).")
+    ] = 3600.0,
+    json_: JsonOpt = False,
+) -> None:
+    """Remove stored blobs that no version references."""
+    rep = _store().gc(grace_s=grace)
+    if json_:
+        print_json(
+            {
+                "blobs_removed": rep.blobs_removed,
+                "bytes_freed": rep.bytes_freed,
+                "abandoned_marked_failed": rep.abandoned_marked_failed,
+            }
+        )
+    else:
+        console.print(
+            f"removed {rep.blobs_removed} blob(s), freed {human_size(rep.bytes_freed)}"
+            + (
+                f"; marked {rep.abandoned_marked_failed} abandoned version(s) FAILED"
+                if rep.abandoned_marked_failed
+                else ""
+            )
+        )
+
+
+# -- runs -------------------------------------------------------------------------------------------
+@runs_app.command("list")
+def runs_list(
+    kind: Annotated[str | None, typer.Option(help="Only runs of this kind.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    json_: JsonOpt = False,
+) -> None:
+    """Recent runs, newest first, with the last value of each metric."""
+    runs = _store().runs.list(kind=kind, limit=limit)
+    if json_:
+        print_json(runs)
+        return
+    if not runs:
+        console.print("no runs yet")
+        return
+    table(
+        None,
+        ["id", "kind", "name", "status", "started", "metrics"],
+        [
+            [
+                r.id,
+                r.kind,
+                r.name,
+                r.status.value,
+                when(r.started_at),
+                ", ".join(f"{k}={v:.4g}" for k, v in sorted(r.summary.items())),
+            ]
+            for r in runs
+        ],
+    )
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, json_: JsonOpt = False) -> None:
+    """One run: config, params, metric series, outputs, log file, error."""
+    r = _store().runs.get(run_id)
+    if json_:
+        print_json(r)
+        return
+    console.print(
+        f"[bold]run {r.id}[/] ({r.kind}{' ' + r.name if r.name else ''}) {r.status.value}"
+    )
+    console.print(f"  started  {when(r.started_at)}  ended {when(r.ended_at)}")
+    console.print(f"  host     {r.host} pid {r.pid}  lmops {r.lmops_version}  by {r.created_by}")
+    console.print(f"  log      {r.log_path}")
+    if r.config:
+        console.print(f"  config   {json.dumps(r.config, ensure_ascii=False)}")
+    if r.params:
+        console.print(f"  params   {json.dumps(r.params, ensure_ascii=False)}")
+    for name, series in sorted(r.metrics.items()):
+        console.print(
+            f"  {name:<12} {len(series)} points, last {series[-1].value:.6g} at step {series[-1].step}"
+        )
+    if r.outputs:
+        console.print(f"  outputs  {', '.join(r.outputs)}")
+    if r.error:
+        console.print(f"  [red]error[/]    {r.error}")
+
+
+# -- keys -------------------------------------------------------------------------------------------
+def _parse_date(s: str | None) -> datetime | None:
+    if s is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        raise UserError(
+            f"--expires {s!r}: expected a date like 2027-01-31 or 2027-01-31T12:00"
+        ) from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="A unique name for the key (shown in logs).")],
+    role: Annotated[str, typer.Option(help="admin or user")] = "user",
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute limit.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute limit.")] = None,
+    expires: Annotated[str | None, typer.Option(help="Expiry date (ISO, UTC).")] = None,
+    scope: Annotated[
+        list[str],
+        typer.Option("--scope", help="Deployment this key may call (repeat; default all)."),
+    ] = [],  # noqa: B006
+    json_: JsonOpt = False,
+) -> None:
+    """Create a key and print its secret once."""
+    record, secret = _store().keys.create(
+        name, role=role, rpm=rpm, tpm=tpm, expires_at=_parse_date(expires), scopes=scope or None
+    )
+    if json_:
+        print_json({"key": secret, "record": record})
+    else:
+        console.print(
+            f"created key [bold]{record.name}[/] (role {record.role}); store this secret now, it is not shown again:"
+        )
+        sys.stdout.write(secret + "\n")
+
+
+@keys_app.command("list")
+def keys_list(json_: JsonOpt = False) -> None:
+    """Keys with prefix, role, limits and state (never the secret)."""
+    keys = _store().keys.list()
+    if json_:
+        print_json(keys)
+        return
+    table(
+        None,
+        ["name", "prefix", "role", "rpm", "tpm", "scopes", "expires", "state"],
+        [
+            [
+                k.name,
+                k.prefix + "…",
+                k.role,
+                k.rpm,
+                k.tpm,
+                ", ".join(k.scopes) if k.scopes else "all",
+                when(k.expires_at),
+                "active" if k.active else ("revoked" if k.revoked_at else "expired"),
+            ]
+            for k in keys
+        ],
+    )
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str, json_: JsonOpt = False) -> None:
+    """Revoke a key; effective for the next request."""
+    k = _store().keys.revoke(name)
+    if json_:
+        print_json(k)
+    else:
+        console.print(f"revoked key {k.name}")
+
+
+# -- audit ------------------------------------------------------------------------------------------
+@audit_app.command("list")
+def audit_list(
+    action: Annotated[
+        str | None, typer.Option(help="Action prefix, e.g. asset. or key.revoke")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    json_: JsonOpt = False,
+) -> None:
+    """Recent state changes: who, what, from where, when."""
+    events = _store().audit.list(action=action, limit=limit)
+    if json_:
+        print_json(events)
+        return
+    table(
+        None,
+        ["time", "actor", "origin", "action", "target"],
+        [[when(e.time), e.actor, e.origin, e.action, e.target] for e in events],
+    )
+
+
+# -- serve ------------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Run the HTTP server: /healthz, /readyz, /docs and the /api endpoints."""
+    import uvicorn
+
+    from lmops.store import Store
+
+    Store(origin="api").close()  # migrate once before workers start, and fail early
+    console.print(f"lmops {__version__} serving on http://{host}:{port} (API docs at /docs)")
+    uvicorn.run(
+        "lmops.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )
+
+
+def main() -> None:
+    """Console-script entry: run the app, turning lmops errors into one-line messages."""
+    try:
+        app(standalone_mode=False)
+    except LmopsError as e:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if _state["debug"] or os.environ.get("LMOPS_DEBUG"):
+            raise
+        err_console.print(
+            f"[red]internal error:[/] {type(e).__name__}: {e} (rerun with --debug for a traceback)"
+        )
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Core: configuration, paths, errors and logging shared by every layer."""

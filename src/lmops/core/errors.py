@@ -1,0 +1,64 @@
+"""Errors that lmops raises on purpose.
+
+The tree::
+
+    LmopsError                      base; the CLI prints ``error: <message>`` and exits 1
+    ├── UserError                   bad input the user can fix (the message says how)
+    │   ├── NotFoundError           an unknown asset, version, alias, run or key
+    │   ├── ConflictError           the thing exists already / is in the wrong state
+    │   └── PermissionDenied        an API key lacks the role or scope
+    ├── IntegrityError              stored bytes no longer match their digest
+    └── StoreError                  the database or artifact store cannot be used
+        └── MigrationError          the database schema is newer/older than this lmops
+
+Messages are one line, name the thing (file, line, field, reference) and say what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConflictError",
+    "IntegrityError",
+    "LmopsError",
+    "MigrationError",
+    "NotFoundError",
+    "PermissionDenied",
+    "StoreError",
+    "UserError",
+]
+
+
+class LmopsError(Exception):
+    """Base of every error lmops raises deliberately."""
+
+    exit_code = 1
+
+
+class UserError(LmopsError):
+    """Bad input that the user can fix; the message says how."""
+
+    exit_code = 2
+
+
+class NotFoundError(UserError):
+    """An unknown asset, version, alias, run or key."""
+
+
+class ConflictError(UserError):
+    """The target exists already or is in a state that forbids the action."""
+
+
+class PermissionDenied(UserError):
+    """The caller's key lacks the role or scope for the action."""
+
+
+class IntegrityError(LmopsError):
+    """Stored bytes no longer match their recorded digest."""
+
+
+class StoreError(LmopsError):
+    """The metadata database or artifact store cannot be used."""
+
+
+class MigrationError(StoreError):
+    """The database schema does not match what this lmops version expects."""

@@ -1,0 +1,22 @@
+"""Logging set-up: rich to stderr for people, plain records for files."""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["get_logger", "setup_logging"]
+
+
+def setup_logging(debug: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=debug, rich_tracebacks=debug)],
+        force=True,
+    )
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name)

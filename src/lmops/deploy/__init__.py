@@ -1,0 +1,1 @@
+"""The deploy stage (see docs/ARCHITECTURE.md); not built yet."""

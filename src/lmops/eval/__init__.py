@@ -1,0 +1,1 @@
+"""The eval stage (see docs/ARCHITECTURE.md); not built yet."""

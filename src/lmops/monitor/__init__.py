@@ -1,0 +1,1 @@
+"""The monitor stage (see docs/ARCHITECTURE.md); not built yet."""

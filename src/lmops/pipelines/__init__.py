@@ -1,0 +1,1 @@
+"""The pipelines stage (see docs/ARCHITECTURE.md); not built yet."""

@@ -1,0 +1,1 @@
+"""The prompts stage (see docs/ARCHITECTURE.md); not built yet."""

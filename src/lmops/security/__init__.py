@@ -1,0 +1,1 @@
+"""The security stage (see docs/ARCHITECTURE.md); not built yet."""

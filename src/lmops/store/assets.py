@@ -1,0 +1,557 @@
+"""Assets and their versions, aliases and lineage.
+
+Registration protocol (why a crash never leaves a READY version with missing bytes):
+
+1. one transaction creates the asset if new and a ``PENDING`` version numbered
+   ``max + 1`` (a unique key on (asset, version) plus retries means concurrent
+   registrations never share or skip a number), with its lineage edges;
+2. the bytes are copied into the content-addressed store and hashed;
+3. a second transaction records the manifest and flips the version to ``READY``.
+
+If step 2 raises, the version becomes ``FAILED``. If the process is killed, the version
+stays ``PENDING`` with its writer (host and pid) recorded; the next registration or ``gc``
+on that host sees the writer is dead and marks it ``FAILED``. Only READY versions resolve.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from lmops.core.errors import ConflictError, IntegrityError, NotFoundError, UserError
+from lmops.store import _rows
+from lmops.store._time import utcnow
+from lmops.store.artifacts import Entry, manifest_digest
+from lmops.store.models import AliasRow, AssetRow, LineageRow, RunRow, VersionRow
+from lmops.store.refs import Ref, check_alias, check_name, parse_ref
+from lmops.store.types import (
+    Asset,
+    AssetKind,
+    LineageEdge,
+    LineageGraph,
+    Version,
+    VersionStatus,
+)
+
+if TYPE_CHECKING:
+    from lmops.store.store import Store
+
+__all__ = ["AssetRegistry", "register_kind"]
+
+_KINDS: set[str] = {k.value for k in AssetKind}
+# A PENDING version older than this is considered abandoned even if its writer's pid is
+# alive (pids are reused) or it was written from another host.
+STALE_PENDING_S = 24 * 3600
+
+
+def register_kind(kind: str) -> None:
+    """Make a new asset kind available (for stages and plugins beyond the built-ins)."""
+    _KINDS.add(kind)
+
+
+def known_kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+def _writer_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _writer_dead(writer: str | None) -> bool:
+    if not writer or ":" not in writer:
+        return False
+    host, pid = writer.rsplit(":", 1)
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class AssetRegistry:
+    """Register, resolve, alias, trace, verify and delete asset versions."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._db = store.db
+
+    # -- registration -------------------------------------------------------------------------
+    def register(
+        self,
+        kind: str,
+        name: str,
+        path: str | Path,
+        *,
+        metadata: dict[str, Any] | None = None,
+        tags: Sequence[str] = (),
+        description: str = "",
+        inputs: Iterable[str | tuple[str, str]] = (),
+        run_id: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Version:
+        """Store ``path`` (file or directory) as the next version of asset ``name``.
+
+        ``inputs`` are references of the versions this one was made from, optionally as
+        ``(ref, role)`` pairs (role defaults to ``"input"``); they are pinned to concrete
+        version numbers at registration time.
+        """
+        if kind not in _KINDS:
+            raise UserError(f"unknown asset kind {kind!r}; known kinds: {', '.join(known_kinds())}")
+        check_name(name)
+        src = Path(path).expanduser()
+        if not src.exists():
+            raise UserError(f"{src}: no such file or directory; nothing was registered")
+        parents = [
+            (self.resolve(r), "input") if isinstance(r, str) else (self.resolve(r[0]), r[1])
+            for r in inputs
+        ]
+        self.sweep_abandoned(name)
+        actor = self._store.actor
+
+        def create(s: Session) -> tuple[int, int]:
+            asset = s.scalar(select(AssetRow).where(AssetRow.name == name))
+            if asset is None:
+                asset = AssetRow(name=name, kind=kind, description=description, created_at=utcnow())
+                s.add(asset)
+                s.flush()
+            elif asset.kind != kind:
+                raise ConflictError(
+                    f"asset {name!r} is a {asset.kind}, not a {kind}; "
+                    "choose another name or register it as a " + asset.kind
+                )
+            if run_id is not None and s.get(RunRow, run_id) is None:
+                raise NotFoundError(f"run {run_id!r} not found; see `lmops runs list`")
+            last = s.scalar(
+                select(func.max(VersionRow.version)).where(VersionRow.asset_id == asset.id)
+            )
+            row = VersionRow(
+                asset_id=asset.id,
+                version=(last or 0) + 1,
+                status=VersionStatus.PENDING.value,
+                size=0,
+                meta=dict(metadata or {}),
+                tags=sorted(set(tags)),
+                description=description,
+                run_id=run_id,
+                created_at=utcnow(),
+                created_by=actor,
+                writer=_writer_id(),
+            )
+            s.add(row)
+            s.flush()
+            for parent, role in parents:
+                pid = s.scalar(
+                    select(VersionRow.id)
+                    .join(AssetRow)
+                    .where(AssetRow.name == parent.asset, VersionRow.version == parent.version)
+                )
+                s.add(LineageRow(child_id=row.id, parent_id=pid, role=role))
+            return row.id, row.version
+
+        version_id, number = self._db.write(create)
+        ref = f"{name}:{number}"
+        try:
+            layout, digest, entries = self._store.artifacts.add(src, progress=progress)
+        except BaseException as e:  # incl. KeyboardInterrupt: never leave it PENDING
+            self._fail(version_id, f"{type(e).__name__}: {e}")
+            raise
+
+        def ready(s: Session) -> Version:
+            row = s.get(VersionRow, version_id)
+            assert row is not None
+            if row.status != VersionStatus.PENDING.value:
+                raise ConflictError(f"{ref} was marked {row.status} while it was being written")
+            row.digest = digest
+            row.layout = layout
+            row.manifest = [e.to_json() for e in entries]
+            row.size = sum(e.size for e in entries)
+            row.status = VersionStatus.READY.value
+            row.writer = None
+            self._store.audit.record(
+                s, "asset.register", ref, {"kind": kind, "digest": digest, "size": row.size}
+            )
+            asset = s.get(AssetRow, row.asset_id)
+            assert asset is not None
+            return _rows.version(row, asset)
+
+        return self._db.write(ready)
+
+    def _fail(self, version_id: int, error: str) -> None:
+        def fail(s: Session) -> None:
+            row = s.get(VersionRow, version_id)
+            if row is not None and row.status == VersionStatus.PENDING.value:
+                row.status = VersionStatus.FAILED.value
+                row.error = error[:2000]
+                row.writer = None
+                asset = s.get(AssetRow, row.asset_id)
+                assert asset is not None
+                self._store.audit.record(
+                    s,
+                    "asset.register_failed",
+                    f"{asset.name}:{row.version}",
+                    {"error": error[:500]},
+                )
+
+        self._db.write(fail)
+
+    def sweep_abandoned(self, name: str | None = None) -> int:
+        """Mark PENDING versions whose writer died (or that are very old) FAILED."""
+        with self._db.session() as s:
+            q = select(VersionRow.id, VersionRow.writer, VersionRow.created_at).where(
+                VersionRow.status == VersionStatus.PENDING.value
+            )
+            if name is not None:
+                q = q.join(AssetRow).where(AssetRow.name == name)
+            rows = s.execute(q).all()
+        now = utcnow()
+        n = 0
+        for vid, writer, created in rows:
+            created = created if created.tzinfo else created.replace(tzinfo=now.tzinfo)
+            if _writer_dead(writer) or (now - created).total_seconds() > STALE_PENDING_S:
+                self._fail(vid, f"abandoned: writer {writer} is gone")
+                n += 1
+        return n
+
+    # -- lookup -------------------------------------------------------------------------------
+    def _asset_row(self, s: Session, name: str) -> AssetRow:
+        asset = s.scalar(select(AssetRow).where(AssetRow.name == name))
+        if asset is None:
+            raise NotFoundError(f"asset {name!r} not found; see `lmops assets list`")
+        return asset
+
+    def _aliases_by_version(self, s: Session, asset_id: int) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for a in s.scalars(select(AliasRow).where(AliasRow.asset_id == asset_id)):
+            out.setdefault(a.version_id, []).append(a.alias)
+        return out
+
+    def _version_row(self, s: Session, ref: Ref, *, ready: bool) -> tuple[VersionRow, AssetRow]:
+        asset = self._asset_row(s, ref.name)
+        if ref.alias is not None:
+            alias = s.scalar(
+                select(AliasRow).where(AliasRow.asset_id == asset.id, AliasRow.alias == ref.alias)
+            )
+            if alias is None:
+                raise NotFoundError(
+                    f"alias {ref.alias!r} of asset {ref.name!r} not found; "
+                    f"set it with `lmops assets alias {ref.name}:N {ref.alias}`"
+                )
+            row = s.get(VersionRow, alias.version_id)
+        elif ref.version is not None:
+            row = s.scalar(
+                select(VersionRow).where(
+                    VersionRow.asset_id == asset.id, VersionRow.version == ref.version
+                )
+            )
+            if row is None:
+                raise NotFoundError(f"{ref} not found; see `lmops assets show {ref.name}`")
+        else:
+            row = s.scalar(
+                select(VersionRow)
+                .where(
+                    VersionRow.asset_id == asset.id,
+                    VersionRow.status == VersionStatus.READY.value,
+                )
+                .order_by(VersionRow.version.desc())
+                .limit(1)
+            )
+            if row is None:
+                raise NotFoundError(f"asset {ref.name!r} has no READY version")
+        assert row is not None
+        if ready and row.status != VersionStatus.READY.value:
+            raise NotFoundError(
+                f"{ref.name}:{row.version} is {row.status}, not READY; use a READY version"
+            )
+        return row, asset
+
+    def get(self, ref: str) -> Version:
+        """The version ``ref`` names, in any status."""
+        with self._db.session() as s:
+            row, asset = self._version_row(s, parse_ref(ref), ready=False)
+            return _rows.version(row, asset, self._aliases_by_version(s, asset.id).get(row.id))
+
+    def resolve(self, ref: str) -> Version:
+        """The READY version ``ref`` names; ``NotFoundError`` otherwise."""
+        with self._db.session() as s:
+            row, asset = self._version_row(s, parse_ref(ref), ready=True)
+            return _rows.version(row, asset, self._aliases_by_version(s, asset.id).get(row.id))
+
+    def manifest(self, ref: str) -> tuple[Version, list[Entry]]:
+        with self._db.session() as s:
+            row, asset = self._version_row(s, parse_ref(ref), ready=True)
+            entries = [Entry(**e) for e in row.manifest or []]
+            return _rows.version(row, asset), entries
+
+    def path(self, ref: str) -> Path:
+        """A local read-only path with the version's content (file, or directory)."""
+        v, entries = self.manifest(ref)
+        assert v.layout is not None
+        return self._store.artifacts.materialize(v.layout, entries)
+
+    def exists(self, ref: str) -> bool:
+        try:
+            self.resolve(ref)
+        except NotFoundError:
+            return False
+        return True
+
+    def list(self, kind: str | None = None) -> builtins.list[Asset]:
+        """Every asset (without its version list), with the latest READY number and aliases."""
+        with self._db.session() as s:
+            q = select(AssetRow).order_by(AssetRow.name)
+            if kind is not None:
+                q = q.where(AssetRow.kind == kind)
+            assets = list(s.scalars(q))
+            latest = dict(
+                s.execute(
+                    select(VersionRow.asset_id, func.max(VersionRow.version))
+                    .where(VersionRow.status == VersionStatus.READY.value)
+                    .group_by(VersionRow.asset_id)
+                ).all()
+            )
+            alias_rows = s.execute(
+                select(AliasRow.asset_id, AliasRow.alias, VersionRow.version).join(
+                    VersionRow, VersionRow.id == AliasRow.version_id
+                )
+            ).all()
+        aliases: dict[int, dict[str, int]] = {}
+        for asset_id, alias, number in alias_rows:
+            aliases.setdefault(asset_id, {})[alias] = number
+        return [
+            Asset(
+                name=a.name,
+                kind=a.kind,
+                description=a.description,
+                created_at=a.created_at,
+                latest=latest.get(a.id),
+                aliases=aliases.get(a.id, {}),
+            )
+            for a in assets
+        ]
+
+    def show(self, name: str) -> Asset:
+        """One asset with all its versions."""
+        with self._db.session() as s:
+            asset = self._asset_row(s, check_name(name))
+            by_version = self._aliases_by_version(s, asset.id)
+            rows = list(
+                s.scalars(
+                    select(VersionRow)
+                    .where(VersionRow.asset_id == asset.id)
+                    .order_by(VersionRow.version)
+                )
+            )
+            versions = [_rows.version(r, asset, by_version.get(r.id)) for r in rows]
+        ready = [v.version for v in versions if v.status == VersionStatus.READY]
+        return Asset(
+            name=asset.name,
+            kind=asset.kind,
+            description=asset.description,
+            created_at=asset.created_at,
+            latest=max(ready) if ready else None,
+            aliases={a: v.version for v in versions for a in v.aliases},
+            versions=versions,
+        )
+
+    # -- aliases ------------------------------------------------------------------------------
+    def alias(self, ref: str, alias: str) -> Version:
+        """Point ``alias`` of the asset at the READY version ``ref`` (moving it if set)."""
+        check_alias(alias)
+        target = self.resolve(ref)
+
+        def move(s: Session) -> str | None:
+            asset = self._asset_row(s, target.asset)
+            vid = s.scalar(
+                select(VersionRow.id).where(
+                    VersionRow.asset_id == asset.id, VersionRow.version == target.version
+                )
+            )
+            assert vid is not None
+            row = s.scalar(
+                select(AliasRow).where(AliasRow.asset_id == asset.id, AliasRow.alias == alias)
+            )
+            previous = None
+            if row is None:
+                s.add(AliasRow(asset_id=asset.id, alias=alias, version_id=vid, updated_at=utcnow()))
+            else:
+                old = s.get(VersionRow, row.version_id)
+                previous = f"{asset.name}:{old.version}" if old else None
+                row.version_id = vid
+                row.updated_at = utcnow()
+            self._store.audit.record(
+                s, "asset.alias", f"{target.asset}@{alias}", {"to": target.ref, "from": previous}
+            )
+            return previous
+
+        self._db.write(move)
+        return self.resolve(f"{target.asset}@{alias}")
+
+    def unalias(self, name: str, alias: str) -> None:
+        def drop(s: Session) -> None:
+            asset = self._asset_row(s, name)
+            row = s.scalar(
+                select(AliasRow).where(AliasRow.asset_id == asset.id, AliasRow.alias == alias)
+            )
+            if row is None:
+                raise NotFoundError(f"alias {alias!r} of asset {name!r} not found")
+            s.delete(row)
+            self._store.audit.record(s, "asset.unalias", f"{name}@{alias}", {})
+
+        self._db.write(drop)
+
+    # -- lineage ------------------------------------------------------------------------------
+    def lineage(self, ref: str, depth: int | None = None) -> LineageGraph:
+        """Upstream (what it was made from) and downstream (what was made from it)."""
+        root = self.get(ref)
+        with self._db.session() as s:
+            id_of = {
+                (n, v): i
+                for i, n, v in s.execute(
+                    select(VersionRow.id, AssetRow.name, VersionRow.version).join(AssetRow)
+                ).all()
+            }
+            ref_of = {i: f"{n}:{v}" for (n, v), i in id_of.items()}
+            edges = s.execute(
+                select(LineageRow.child_id, LineageRow.parent_id, LineageRow.role)
+            ).all()
+            root_id = id_of[(root.asset, root.version)]
+
+            def walk(start: int, up: bool) -> tuple[set[int], builtins.list[LineageEdge]]:
+                seen, frontier, out = {start}, [start], []
+                level = 0
+                while frontier and (depth is None or level < depth):
+                    nxt = []
+                    for node in frontier:
+                        for child, parent, role in edges:
+                            src, dst = (child, parent) if up else (parent, child)
+                            if src != node:
+                                continue
+                            out.append(
+                                LineageEdge(child=ref_of[child], parent=ref_of[parent], role=role)
+                            )
+                            if dst not in seen:
+                                seen.add(dst)
+                                nxt.append(dst)
+                    frontier, level = nxt, level + 1
+                return seen, out
+
+            up_ids, up_edges = walk(root_id, True)
+            down_ids, down_edges = walk(root_id, False)
+            nodes: dict[str, Version] = {}
+            runs: dict[str, str | None] = {}
+            for vid in up_ids | down_ids:
+                row = s.get(VersionRow, vid)
+                assert row is not None
+                asset = s.get(AssetRow, row.asset_id)
+                assert asset is not None
+                v = _rows.version(row, asset)
+                nodes[v.ref] = v
+                runs[v.ref] = row.run_id
+        return LineageGraph(
+            root=root.ref, nodes=nodes, upstream=up_edges, downstream=down_edges, runs=runs
+        )
+
+    # -- integrity ----------------------------------------------------------------------------
+    def verify(self, ref: str | None = None) -> dict[str, builtins.list[str]]:
+        """Re-hash stored bytes. Returns ``{version ref: [problems]}`` for every checked
+        version (an empty list means intact)."""
+        with self._db.session() as s:
+            q = (
+                select(VersionRow, AssetRow)
+                .join(AssetRow)
+                .where(VersionRow.status == VersionStatus.READY.value)
+                .order_by(AssetRow.name, VersionRow.version)
+            )
+            if ref is not None:
+                r = parse_ref(ref)
+                if r.version is None and r.alias is None:
+                    q = q.where(AssetRow.name == r.name)
+                    self._asset_row(s, r.name)
+                else:
+                    row, _ = self._version_row(s, r, ready=True)
+                    q = q.where(VersionRow.id == row.id)
+            rows = s.execute(q).all()
+        report: dict[str, builtins.list[str]] = {}
+        for row, asset in rows:
+            entries = [Entry(**e) for e in row.manifest or []]
+            problems = self._store.artifacts.verify(entries)
+            expected = entries[0].digest if row.layout == "file" else manifest_digest(entries)
+            if expected != row.digest:
+                problems.append(
+                    f"manifest digest {expected[:12]} != recorded {str(row.digest)[:12]}"
+                )
+            report[f"{asset.name}:{row.version}"] = problems
+        return report
+
+    def check(self, ref: str) -> None:
+        """Raise ``IntegrityError`` if the version's bytes are missing or altered."""
+        problems = self.verify(ref)
+        bad = {k: v for k, v in problems.items() if v}
+        if bad:
+            k, v = next(iter(bad.items()))
+            raise IntegrityError(f"{k}: {v[0]}")
+
+    # -- deletion -----------------------------------------------------------------------------
+    def delete(self, ref: str) -> builtins.list[str]:
+        """Delete one version (``name:N``/``name@alias``) or every version of ``name``.
+
+        Versions are marked DELETED (numbers are never reused and lineage stays readable);
+        their aliases are removed; ``gc`` frees the bytes.
+        """
+        r = parse_ref(ref)
+
+        def delete(s: Session) -> builtins.list[str]:
+            if r.version is None and r.alias is None:
+                asset = self._asset_row(s, r.name)
+                rows = list(
+                    s.scalars(
+                        select(VersionRow).where(
+                            VersionRow.asset_id == asset.id,
+                            VersionRow.status != VersionStatus.DELETED.value,
+                        )
+                    )
+                )
+            else:
+                row, asset = self._version_row(s, r, ready=False)
+                if row.status == VersionStatus.DELETED.value:
+                    raise NotFoundError(f"{asset.name}:{row.version} is already deleted")
+                rows = [row]
+            if any(row.status == VersionStatus.PENDING.value for row in rows):
+                raise ConflictError(f"{ref}: a version is still being written; retry later")
+            deleted = []
+            for row in rows:
+                for a in s.scalars(select(AliasRow).where(AliasRow.version_id == row.id)):
+                    s.delete(a)
+                row.status = VersionStatus.DELETED.value
+                deleted.append(f"{asset.name}:{row.version}")
+            self._store.audit.record(s, "asset.delete", ref, {"versions": deleted})
+            return deleted
+
+        return self._db.write(delete)
+
+    def referenced(self) -> tuple[set[str], set[str]]:
+        """Blob digests and view keys still used by PENDING or READY versions."""
+        digests: set[str] = set()
+        views: set[str] = set()
+        with self._db.session() as s:
+            for (manifest,) in s.execute(
+                select(VersionRow.manifest).where(
+                    VersionRow.status.in_([VersionStatus.READY.value, VersionStatus.PENDING.value])
+                )
+            ):
+                entries = [Entry(**e) for e in manifest or []]
+                digests.update(e.digest for e in entries)
+                if entries:
+                    views.add(manifest_digest(entries))
+        return digests, views

@@ -1,0 +1,162 @@
+"""Typed records the store hands out. Stages use these, never the ORM rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "ApiKey",
+    "Asset",
+    "AssetKind",
+    "AuditEvent",
+    "LineageEdge",
+    "LineageGraph",
+    "Metric",
+    "Run",
+    "RunStatus",
+    "Version",
+    "VersionStatus",
+]
+
+
+class AssetKind(StrEnum):
+    """Built-in kinds. The set is extensible: ``register_kind("my_kind")``."""
+
+    DATASET = "dataset"
+    TOKENIZER = "tokenizer"
+    MODEL = "model"
+    ADAPTER = "adapter"
+    PROMPT = "prompt"
+    EVAL_SUITE = "eval_suite"
+    EVAL_REPORT = "eval_report"
+    PACKAGE = "package"
+
+
+class VersionStatus(StrEnum):
+    PENDING = "PENDING"
+    READY = "READY"
+    FAILED = "FAILED"
+    DELETED = "DELETED"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class Version(BaseModel):
+    """One immutable version of an asset."""
+
+    asset: str
+    kind: str
+    version: int
+    status: VersionStatus
+    digest: str | None = None
+    layout: str | None = None
+    size: int = 0
+    files: int = 0
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    description: str = ""
+    aliases: list[str] = Field(default_factory=list)
+    run_id: str | None = None
+    created_at: datetime
+    created_by: str = ""
+    error: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.asset}:{self.version}"
+
+
+class Asset(BaseModel):
+    name: str
+    kind: str
+    description: str = ""
+    created_at: datetime
+    latest: int | None = None  # newest READY version
+    aliases: dict[str, int] = Field(default_factory=dict)
+    versions: list[Version] = Field(default_factory=list)
+
+
+class LineageEdge(BaseModel):
+    child: str  # "name:version"
+    parent: str
+    role: str
+
+
+class LineageGraph(BaseModel):
+    """Versions reachable from ``root`` upstream (inputs) and downstream (consumers)."""
+
+    root: str
+    nodes: dict[str, Version]
+    upstream: list[LineageEdge]
+    downstream: list[LineageEdge]
+    runs: dict[str, str | None]  # version ref -> producing run id
+
+
+class Metric(BaseModel):
+    step: int
+    name: str
+    value: float
+    time: datetime
+
+
+class Run(BaseModel):
+    id: str
+    kind: str
+    name: str = ""
+    status: RunStatus
+    config: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    started_at: datetime
+    ended_at: datetime | None = None
+    host: str = ""
+    pid: int | None = None
+    lmops_version: str = ""
+    log_path: str | None = None
+    error: str | None = None
+    created_by: str = ""
+    metrics: dict[str, list[Metric]] = Field(default_factory=dict)
+    summary: dict[str, float] = Field(default_factory=dict)  # last value of each metric
+    outputs: list[str] = Field(default_factory=list)  # version refs this run produced
+
+    def last(self, name: str) -> float | None:
+        series = self.metrics.get(name)
+        return series[-1].value if series else None
+
+
+class AuditEvent(BaseModel):
+    id: int
+    time: datetime
+    actor: str
+    action: str
+    target: str
+    origin: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ApiKey(BaseModel):
+    name: str
+    prefix: str
+    role: str
+    rpm: int | None = None
+    tpm: int | None = None
+    scopes: list[str] | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    created_at: datetime
+    created_by: str = ""
+
+    @property
+    def active(self) -> bool:
+        from lmops.store._time import utcnow
+
+        now = utcnow()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

@@ -1,0 +1,1 @@
+"""The web stage (see docs/ARCHITECTURE.md); not built yet."""
