@@ -182,3 +182,25 @@ def test_delete_version_keeps_numbers_and_lineage(store: Store, tmp_path: Path) 
     assert store.assets.delete("d") == ["d:1", "d:3"]
     with pytest.raises(NotFoundError, match="already deleted"):
         store.assets.delete("d:1")
+
+
+def test_locked_database_gives_a_clear_error_and_no_version(
+    tmp_path: Path, lmops_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from lmops.core.errors import StoreError
+
+    monkeypatch.setenv("LMOPS_DB_BUSY_TIMEOUT", "0.3")
+    store = Store()
+    holder = sqlite3.connect(lmops_home / "lmops.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process mid-write, holding the lock
+    try:
+        with pytest.raises(StoreError, match=r"is locked .* LMOPS_DB_BUSY_TIMEOUT"):
+            store.assets.register("dataset", "d", write(tmp_path / "a", "a"))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with pytest.raises(NotFoundError):
+        store.assets.show("d")
+    assert store.assets.register("dataset", "d", tmp_path / "a").version == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -27,8 +28,17 @@ __all__ = ["Database", "head_revision"]
 
 T = TypeVar("T")
 _MIGRATIONS = Path(__file__).parent / "migrations"
-# Writers wait this long for a locked SQLite database before the error reaches the user.
+# Writers wait this long for a locked database before the error reaches the user
+# (LMOPS_DB_BUSY_TIMEOUT overrides it, in seconds).
 BUSY_TIMEOUT_S = 30.0
+
+
+def _busy_timeout() -> float:
+    raw = os.environ.get("LMOPS_DB_BUSY_TIMEOUT")
+    try:
+        return float(raw) if raw else BUSY_TIMEOUT_S
+    except ValueError:
+        raise StoreError(f"LMOPS_DB_BUSY_TIMEOUT={raw!r}: expected seconds, e.g. 30") from None
 
 
 def _alembic_config(connection: Connection) -> Any:
@@ -62,6 +72,7 @@ class Database:
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.busy_timeout = _busy_timeout()
         try:
             self.engine = self._make_engine(url)
         except ModuleNotFoundError as e:  # e.g. postgres URL without the driver
@@ -83,13 +94,13 @@ class Database:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+        engine = create_engine(url, connect_args={"timeout": self.busy_timeout})
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            cur.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
@@ -169,25 +180,28 @@ class Database:
         """Run ``fn`` in a transaction and commit, retrying on lock and unique-key races.
 
         Two writers that both compute "next version = max + 1" collide on a unique
-        constraint; the loser rolls back and recomputes. ``fn`` must therefore be
-        idempotent up to its own database writes (no external side effects).
+        constraint; the loser rolls back and recomputes (up to ``attempts`` times). Lock
+        errors are retried until the busy timeout has passed. ``fn`` must therefore have
+        no side effects outside its own database writes.
         """
         delay = 0.01
+        deadline = time.monotonic() + self.busy_timeout
         for attempt in range(attempts):
             try:
                 with self._sessions() as s, s.begin():
                     return fn(s)
-            except (IntegrityError, OperationalError) as e:
-                retryable = isinstance(e, IntegrityError) or _is_lock_error(e)
-                if not retryable or attempt == attempts - 1:
-                    if isinstance(e, OperationalError):
-                        raise StoreError(
-                            f"database {self.masked_url} stayed locked or unavailable: {e.orig}; "
-                            "another process may hold a long write, retry in a moment"
-                        ) from None
+            except IntegrityError:
+                if attempt == attempts - 1:
                     raise
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 0.5)
+            except OperationalError as e:
+                if not _is_lock_error(e) or time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"database {self.masked_url} is locked or unavailable ({e.orig}) after "
+                        f"{self.busy_timeout:g}s; another process holds a long write: retry, or "
+                        "raise LMOPS_DB_BUSY_TIMEOUT"
+                    ) from None
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.5)
         raise AssertionError("unreachable")
 
     def dispose(self) -> None:
