@@ -30,9 +30,11 @@ $(VENV)/.dev: $(VENV)/.torch pyproject.toml
 quickstart: $(VENV)/.base
 	$(VENV)/bin/lmops info
 
+LINT_DIRS := $(wildcard src tests benchmarks)
+
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+	$(VENV)/bin/ruff format --check $(LINT_DIRS)
 
 typecheck: $(VENV)/.dev
 	$(VENV)/bin/mypy
