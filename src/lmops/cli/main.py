@@ -46,6 +46,15 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 
+
+def _add_stage_apps() -> None:
+    from lmops.cli import data
+
+    app.add_typer(data.app, name="data")
+
+
+_add_stage_apps()
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 _state: dict[str, Any] = {"debug": False}
 

@@ -1,0 +1,127 @@
+"""Typed YAML configs: load a file into a pydantic model, with dotted overrides and errors
+that name the file, line and field.
+
+    cfg = load_config(Path("recipe.yaml"), Recipe, overrides=["executor.workers=4"])
+
+A validation failure raises ``UserError("recipe.yaml:12: process[2].treshold: extra field
+not permitted")`` instead of pydantic's multi-line report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from lmops.core.errors import UserError
+
+__all__ = ["apply_overrides", "format_loc", "line_of", "load_config", "validate_config"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if nxt is None:
+                # an extra key: point at the key itself if present
+                key = next((k for k, _ in node.value if getattr(k, "value", None) == part), None)
+                return key.start_mark.line + 1 if key is not None else line
+            node = nxt
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+        else:
+            return line
+        line = node.start_mark.line + 1
+    return line
+
+
+def line_of(path: Path, loc: tuple[Any, ...]) -> int | None:
+    """The line of the YAML node at ``loc`` in ``path`` (for errors found after loading)."""
+    try:
+        return _line_of(yaml.compose(path.read_text(encoding="utf-8")), loc)
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML: numbers, bools, lists)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r}: expected key.path=value")
+        parts = key.lstrip("-").split(".")
+        cur: Any = data
+        for p in parts[:-1]:
+            if isinstance(cur, list) and p.isdigit():
+                cur = cur[int(p)]
+                continue
+            if not isinstance(cur, dict):
+                raise UserError(f"override {item!r}: {p!r} is not a mapping")
+            cur = cur.setdefault(p, {})
+        last = parts[-1]
+        value = yaml.safe_load(raw) if raw != "" else ""
+        if isinstance(cur, list) and last.isdigit():
+            cur[int(last)] = value
+        elif isinstance(cur, dict):
+            cur[last] = value
+        else:
+            raise UserError(f"override {item!r}: cannot set {last!r}")
+    return data
+
+
+def validate_config(
+    data: Any, model: type[M], *, source: str = "config", node: yaml.Node | None = None
+) -> M:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        line = _line_of(node, loc)
+        where = f"{source}:{line}" if line else source
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        raise UserError(f"{where}: {format_loc(loc)}: {msg}") from None
+
+
+def load_config(path: Path, model: type[M], overrides: list[str] | None = None) -> M:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid UTF-8") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}{line}: invalid YAML ({problem})") from None
+    if data is None:
+        raise UserError(f"{path}: empty file")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return validate_config(data, model, source=str(path), node=node)

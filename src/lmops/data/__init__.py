@@ -1,0 +1,1 @@
+"""Data stage: documents, operators, recipes and executors."""

@@ -1,0 +1,642 @@
+"""Running a recipe: shards, worker processes, global operators, resume, output, lineage.
+
+The process list is cut into *stages* at every global operator::
+
+    [clean_unicode, gopher_quality] | minhash_dedup | [pii_mask]
+          local stage 0               global stage 1    local stage 2
+
+A local stage runs each shard independently in a worker process, streaming documents
+through its operators into ``<work>/stage<k>/<shard>.jsonl``; a global stage runs once in
+the main process over every shard's documents in shard order and writes them back per
+shard. A shard is finished when its ``.stats.json`` exists (written after the data file
+is renamed into place), so a re-run after a crash or ``kill -9`` skips finished shards
+and, because every step is deterministic, produces byte-identical output. The output
+folder appears only when everything is done (built beside it, then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmops import __version__
+from lmops.core.errors import UserError
+from lmops.data.document import Document
+from lmops.data.io import (
+    ErrorSink,
+    InputFile,
+    JsonlWriter,
+    ReadOptions,
+    Shard,
+    plan_shards,
+    read_shard,
+)
+from lmops.data.ops import GlobalOp, Op
+from lmops.data.recipe import Recipe, resolve_inputs
+
+__all__ = ["DataRunResult", "LengthHistogram", "run_recipe"]
+
+# Histogram bin edges shared by every shard so histograms add up across shards.
+EDGES = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
+
+
+def approx_tokens(text: str) -> int:
+    """A tokenizer-free length: whitespace words plus CJK characters (each ~1 token)."""
+    cjk = sum(1 for ch in text if "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf")
+    return len(text.split()) + cjk
+
+
+@dataclass
+class LengthHistogram:
+    chars: list[int] = field(default_factory=lambda: [0] * len(EDGES))
+    tokens: list[int] = field(default_factory=lambda: [0] * len(EDGES))
+    docs: int = 0
+    total_chars: int = 0
+    total_tokens: int = 0
+
+    @staticmethod
+    def _bin(n: int) -> int:
+        for i in range(len(EDGES) - 1, -1, -1):
+            if n >= EDGES[i]:
+                return i
+        return 0
+
+    def add(self, doc: Document) -> None:
+        c, t = len(doc.text), approx_tokens(doc.text)
+        self.chars[self._bin(c)] += 1
+        self.tokens[self._bin(t)] += 1
+        self.docs += 1
+        self.total_chars += c
+        self.total_tokens += t
+
+    def merge(self, other: dict[str, Any]) -> None:
+        self.chars = [a + b for a, b in zip(self.chars, other["chars"], strict=True)]
+        self.tokens = [a + b for a, b in zip(self.tokens, other["tokens"], strict=True)]
+        self.docs += other["docs"]
+        self.total_chars += other["total_chars"]
+        self.total_tokens += other["total_tokens"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "edges": EDGES,
+            "chars": self.chars,
+            "tokens": self.tokens,
+            "docs": self.docs,
+            "total_chars": self.total_chars,
+            "total_tokens": self.total_tokens,
+        }
+
+
+class _Meter:
+    """Counts documents and the time spent producing them (including upstream time)."""
+
+    def __init__(
+        self, it: Iterable[Document], on_doc: Callable[[Document], None] | None = None
+    ) -> None:
+        self.it = iter(it)
+        self.count = 0
+        self.seconds = 0.0
+        self.on_doc = on_doc
+
+    def __iter__(self) -> _Meter:
+        return self
+
+    def __next__(self) -> Document:
+        t = time.perf_counter()
+        try:
+            doc = next(self.it)
+        finally:
+            self.seconds += time.perf_counter() - t
+        self.count += 1
+        if self.on_doc is not None:
+            self.on_doc(doc)
+        return doc
+
+
+def _chain(
+    source: Iterable[Document], ops: list[Op], on_in: Callable[[Document], None] | None
+) -> tuple[list[_Meter], Iterator[Document]]:
+    meters = [_Meter(source, on_in)]
+    for op in ops:
+        meters.append(_Meter(op(meters[-1])))
+    return meters, meters[-1]
+
+
+def _op_stats(ops: list[Op], meters: list[_Meter]) -> list[dict[str, Any]]:
+    out = []
+    for i, op in enumerate(ops):
+        out.append(
+            {
+                "name": op.name,
+                "docs_in": meters[i].count,
+                "docs_out": meters[i + 1].count,
+                "dropped": dict(op.dropped),
+                "examples": op.examples,
+                "counters": dict(op.counters),
+                # time inside this op = time to produce its output minus its input's time
+                "seconds": max(0.0, meters[i + 1].seconds - meters[i].seconds),
+            }
+        )
+    return out
+
+
+# -- stage planning -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    op_indices: tuple[int, ...]
+    is_global: bool
+
+
+def plan_stages(ops: list[Op]) -> list[Stage]:
+    stages: list[Stage] = []
+    current: list[int] = []
+    for i, op in enumerate(ops):
+        if isinstance(op, GlobalOp):
+            if current:
+                stages.append(Stage(len(stages), tuple(current), False))
+                current = []
+            stages.append(Stage(len(stages), (i,), True))
+        else:
+            current.append(i)
+    if current or not stages:
+        stages.append(Stage(len(stages), tuple(current), False))
+    return stages
+
+
+# -- worker side ----------------------------------------------------------------------------------
+_counter: Any = None  # a shared mp.Value with the number of documents read, for the progress bar
+
+
+def _init_worker(counter: Any) -> None:
+    global _counter
+    _counter = counter
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _bump(n: int) -> None:
+    if _counter is not None:
+        with _counter.get_lock():
+            _counter.value += n
+
+
+@dataclass(frozen=True)
+class _Job:
+    recipe_json: dict[str, Any]
+    stage: Stage
+    shard: Shard
+    work: str
+    last_stage: bool
+
+
+def _stage_file(work: Path, stage: int, shard: int, suffix: str = ".jsonl") -> Path:
+    return work / f"stage{stage}" / f"{shard:05d}{suffix}"
+
+
+def _source(job: _Job, recipe: Recipe, sink: ErrorSink | None) -> Iterable[Document]:
+    if job.stage.index == 0:
+        return read_shard(job.shard, recipe.read_options(), sink)
+    prev = _stage_file(Path(job.work), job.stage.index - 1, job.shard.index)
+    return read_shard(
+        Shard(job.shard.index, InputFile(prev, prev.name, "jsonl")),
+        ReadOptions(text_key=recipe.text_key, id_key=recipe.id_key),
+    )
+
+
+def run_local_shard(job: _Job) -> dict[str, Any]:
+    """Process one shard through one local stage; returns (and writes) its stats."""
+    recipe = Recipe.model_validate(job.recipe_json)
+    all_ops = recipe.build_ops()
+    ops = [all_ops[i] for i in job.stage.op_indices]
+    work = Path(job.work)
+    sink = (
+        ErrorSink(work / "errors" / f"{job.shard.index:05d}.jsonl")
+        if job.stage.index == 0
+        else None
+    )
+    hist_in, hist_out = LengthHistogram(), LengthHistogram()
+    pending = 0
+
+    def on_in(doc: Document) -> None:
+        nonlocal pending
+        if job.stage.index == 0:
+            hist_in.add(doc)
+            pending += 1
+            if pending >= 256:
+                _bump(pending)
+                pending = 0
+
+    meters, out = _chain(_source(job, recipe, sink), ops, on_in)
+    target = _stage_file(work, job.stage.index, job.shard.index)
+    with JsonlWriter(target, recipe.text_key, recipe.id_key) as w:
+        for doc in out:
+            if job.last_stage:
+                hist_out.add(doc)
+            w.write(doc)
+    _bump(pending)
+    if sink is not None:
+        sink.close()
+    stats = {
+        "shard": job.shard.index,
+        "label": job.shard.label,
+        "stage": job.stage.index,
+        "read_seconds": meters[0].seconds,
+        "ops": _op_stats(ops, meters),
+        "errors": {"count": sink.count, "by_reason": sink.by_reason}
+        if sink
+        else {"count": 0, "by_reason": {}},
+        "hist_in": hist_in.to_json() if job.stage.index == 0 else None,
+        "hist_out": hist_out.to_json() if job.last_stage else None,
+    }
+    _write_json_atomic(_stage_file(work, job.stage.index, job.shard.index, ".stats.json"), stats)
+    return stats
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_global_stage(
+    recipe: Recipe, stage: Stage, shards: list[Shard], work: Path, last_stage: bool
+) -> dict[str, Any]:
+    """Run a global operator over every shard in order, writing documents back per shard."""
+    op = recipe.build_ops()[stage.op_indices[0]]
+    hist_in, hist_out = LengthHistogram(), LengthHistogram()
+    sink = ErrorSink(work / "errors" / "global.jsonl") if stage.index == 0 else None
+
+    def source() -> Iterator[Document]:
+        for shard in shards:
+            if stage.index == 0:
+                docs: Iterable[Document] = read_shard(shard, recipe.read_options(), sink)
+            else:
+                prev = _stage_file(work, stage.index - 1, shard.index)
+                docs = read_shard(
+                    Shard(shard.index, InputFile(prev, prev.name, "jsonl")),
+                    ReadOptions(text_key=recipe.text_key, id_key=recipe.id_key),
+                )
+            for doc in docs:
+                if stage.index == 0:
+                    hist_in.add(doc)
+                doc.metadata["_shard"] = shard.index
+                yield doc
+
+    meters, out = _chain(source(), [op], None)
+    writer: JsonlWriter | None = None
+    current = -1
+    written: set[int] = set()
+    try:
+        for doc in out:
+            idx = doc.metadata.pop("_shard")
+            if writer is None or idx != current:
+                if writer is not None:
+                    writer.close()
+                if idx in written:
+                    raise RuntimeError(f"operator {op.name} did not keep document order")
+                current = idx
+                written.add(idx)
+                writer = JsonlWriter(
+                    _stage_file(work, stage.index, idx), recipe.text_key, recipe.id_key
+                )
+            if last_stage:
+                hist_out.add(doc)
+            writer.write(doc)
+        if writer is not None:
+            writer.close()
+            writer = None
+    finally:
+        if writer is not None:
+            writer.abort()
+    for shard in shards:  # shards whose every document was dropped still get a file
+        if shard.index not in written:
+            JsonlWriter(
+                _stage_file(work, stage.index, shard.index), recipe.text_key, recipe.id_key
+            ).close()
+    if sink is not None:
+        sink.close()
+    stats = {
+        "shard": "all",
+        "stage": stage.index,
+        "read_seconds": meters[0].seconds,
+        "ops": _op_stats([op], meters),
+        "errors": {"count": sink.count, "by_reason": sink.by_reason}
+        if sink
+        else {"count": 0, "by_reason": {}},
+        "hist_in": hist_in.to_json() if stage.index == 0 else None,
+        "hist_out": hist_out.to_json() if last_stage else None,
+    }
+    _write_json_atomic(work / f"stage{stage.index}" / "global.stats.json", stats)
+    return stats
+
+
+# -- driver ---------------------------------------------------------------------------------------
+@dataclass
+class DataRunResult:
+    recipe: str
+    output_path: Path | None
+    dataset: str | None  # "name:N" when registered
+    run_id: str | None
+    report: dict[str, Any]
+    resumed_shards: int = 0
+
+
+def _fingerprint(recipe: Recipe, files: list[InputFile]) -> str:
+    """Work from an earlier run is reused only if the recipe, the inputs and lmops match."""
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            recipe.model_dump(mode="json", exclude={"executor", "output"}), sort_keys=True
+        ).encode()
+    )
+    h.update(str(recipe.executor.shard_bytes).encode())
+    h.update(__version__.encode())
+    for f in files:
+        st = f.path.stat()
+        h.update(f"{f.path}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _work_dir(recipe: Recipe, base: Path, home: Path) -> tuple[Path | None, Path]:
+    out = None
+    if recipe.output.path:
+        out = Path(recipe.output.path).expanduser()
+        out = out if out.is_absolute() else base / out
+        return out, out.with_name(out.name + ".lmops-work")
+    return None, home / "work" / "data" / recipe.name
+
+
+def run_recipe(
+    recipe: Recipe,
+    *,
+    base_dir: Path,
+    store: Any | None = None,
+    workers: int | None = None,
+    executor: str | None = None,
+    progress: bool = True,
+    source: str = "recipe",
+) -> DataRunResult:
+    """Run ``recipe``; ``base_dir`` anchors relative input/output paths (the recipe's folder)."""
+    from lmops.data.report import build_report, write_report_files
+
+    kind = executor or recipe.executor.type
+    if kind == "ray":
+        raise UserError("the Ray executor is not available yet; use --executor local")
+    n_workers = workers or recipe.executor.workers
+    recipe.build_ops(source)
+    inputs = resolve_inputs(recipe, base_dir, store)
+    if store is not None and recipe.output.dataset:
+        from lmops.store.refs import check_name
+
+        check_name(recipe.output.dataset)
+    home = (
+        store.settings.home
+        if store is not None
+        else Path(os.environ.get("LMOPS_HOME", "~/.lmops")).expanduser()
+    )
+    out_path, work = _work_dir(recipe, base_dir, home)
+    if out_path is not None and out_path.exists() and not recipe.output.overwrite:
+        raise UserError(f"output path {out_path} exists; remove it or set output.overwrite: true")
+    shards = plan_shards(inputs.files, recipe.executor.shard_bytes)
+    stages = plan_stages(recipe.build_ops(source))
+
+    key = _fingerprint(recipe, inputs.files)
+    key_file = work / "fingerprint"
+    if work.exists() and (not key_file.exists() or key_file.read_text() != key):
+        shutil.rmtree(work)  # a different recipe or changed inputs: start over
+    work.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key)
+    (work / "recipe.json").write_text(recipe.model_dump_json(indent=1))
+
+    config = recipe.model_dump(mode="json")
+    tracker = (
+        store.runs.track("data", name=recipe.name, config=config) if store is not None else None
+    )
+    run = tracker.__enter__() if tracker is not None else None
+    try:
+        started = time.perf_counter()
+        resumed = _execute(recipe, stages, shards, work, n_workers, progress)
+        wall = time.perf_counter() - started
+        stage_stats = _collect_stats(stages, shards, work)
+        report = build_report(
+            recipe,
+            stage_stats,
+            wall_seconds=wall,
+            shards=len(shards),
+            workers=n_workers,
+            inputs=inputs.refs,
+        )
+        result = _finish(
+            recipe, stages, shards, work, out_path, report, store, run, inputs.refs, inputs.files
+        )
+        result.resumed_shards = resumed
+        if store is not None and run is not None:
+            store.runs.update(
+                run.id, params={"inputs": inputs.refs, "shards": len(shards), "workers": n_workers}
+            )
+            store.runs.log_metrics(
+                run.id,
+                {
+                    "docs_in": report["docs_in"],
+                    "docs_out": report["docs_out"],
+                    "docs_per_s": report["docs_per_s"],
+                },
+                step=0,
+            )
+            write_report_files(report, Path(store.runs.dir(run.id)))
+    except BaseException as e:
+        if tracker is not None:
+            tracker.__exit__(type(e), e, e.__traceback__)
+        raise
+    if tracker is not None:
+        tracker.__exit__(None, None, None)
+    return result
+
+
+def _execute(
+    recipe: Recipe,
+    stages: list[Stage],
+    shards: list[Shard],
+    work: Path,
+    n_workers: int,
+    progress: bool,
+) -> int:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    counter = mp.get_context("fork").Value("q", 0)
+    recipe_json = recipe.model_dump(mode="json")
+    resumed = 0
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[docs]:>9,} docs  {task.fields[rate]:>7,.0f} docs/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+        transient=False,
+    ) as bar:
+        t0 = time.perf_counter()
+
+        def tick(task: Any, advance: int = 0) -> None:
+            docs = counter.value
+            bar.update(
+                task, advance=advance, docs=docs, rate=docs / max(1e-9, time.perf_counter() - t0)
+            )
+
+        for stage in stages:
+            last = stage.index == len(stages) - 1
+            names = ",".join(recipe.process[i].op for i in stage.op_indices) or "copy"
+            if stage.is_global:
+                task = bar.add_task(
+                    f"stage {stage.index} [global] {names}", total=1, docs=0, rate=0.0
+                )
+                if (work / f"stage{stage.index}" / "global.stats.json").exists():
+                    resumed += 1
+                else:
+                    run_global_stage(recipe, stage, shards, work, last)
+                tick(task, 1)
+                continue
+            todo = [
+                s
+                for s in shards
+                if not _stage_file(work, stage.index, s.index, ".stats.json").exists()
+            ]
+            resumed += len(shards) - len(todo)
+            task = bar.add_task(f"stage {stage.index} {names}", total=len(shards), docs=0, rate=0.0)
+            tick(task, len(shards) - len(todo))
+            jobs = [_Job(recipe_json, stage, s, str(work), last) for s in todo]
+            if n_workers <= 1 or len(jobs) <= 1:
+                _init_worker(counter)
+                for job in jobs:
+                    run_local_shard(job)
+                    tick(task, 1)
+                continue
+            with ProcessPoolExecutor(
+                max_workers=min(n_workers, len(jobs)),
+                mp_context=mp.get_context("fork"),
+                initializer=_init_worker,
+                initargs=(counter,),
+            ) as pool:
+                futures = {pool.submit(run_local_shard, j) for j in jobs}
+                while futures:
+                    done, futures = wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION)
+                    for f in done:
+                        f.result()  # re-raise a worker's error; finished shards stay on disk
+                        tick(task, 1)
+                    tick(task)
+    return resumed
+
+
+def _collect_stats(
+    stages: list[Stage], shards: list[Shard], work: Path
+) -> list[list[dict[str, Any]]]:
+    out = []
+    for stage in stages:
+        if stage.is_global:
+            out.append(
+                [json.loads((work / f"stage{stage.index}" / "global.stats.json").read_text())]
+            )
+        else:
+            out.append(
+                [
+                    json.loads(_stage_file(work, stage.index, s.index, ".stats.json").read_text())
+                    for s in shards
+                ]
+            )
+    return out
+
+
+def _finish(
+    recipe: Recipe,
+    stages: list[Stage],
+    shards: list[Shard],
+    work: Path,
+    out_path: Path | None,
+    report: dict[str, Any],
+    store: Any | None,
+    run: Any | None,
+    input_refs: list[str],
+    input_files: list[InputFile],
+) -> DataRunResult:
+    from lmops.data.report import write_report_files
+    from lmops.store.artifacts import hash_file
+
+    last = stages[-1].index
+    build = work / "output"
+    if build.exists():
+        shutil.rmtree(build)
+    build.mkdir()
+    for s in shards:
+        src = _stage_file(work, last, s.index)
+        os.link(src, build / f"part-{s.index:05d}.jsonl")
+    errors = sorted((work / "errors").glob("*.jsonl")) if (work / "errors").exists() else []
+    if any(e.stat().st_size for e in errors):
+        with open(build / "_errors.jsonl", "wb") as fh:
+            for e in errors:
+                fh.write(e.read_bytes())
+    write_report_files(report, build / "_report")
+
+    dataset_ref = None
+    if store is not None and recipe.output.dataset:
+        # Inputs that were plain files (not assets) are named in the metadata with their
+        # size and sha256, so the version still says exactly what it was made from.
+        sources = [
+            {"path": str(f.path), "size": f.path.stat().st_size, "sha256": hash_file(f.path)}
+            for f in input_files
+            if f.ref is None and f.path.is_file()
+        ]
+        v = store.assets.register(
+            "dataset",
+            recipe.output.dataset,
+            build,
+            metadata={
+                "docs": report["docs_out"],
+                "recipe": recipe.name,
+                "format": "jsonl",
+                "text_key": recipe.text_key,
+                "source_files": sources,
+            },
+            inputs=input_refs,
+            run_id=run.id if run is not None else None,
+            description=recipe.output.description,
+        )
+        dataset_ref = v.ref
+        report["dataset"] = dataset_ref
+    final = None
+    if out_path is not None:
+        if out_path.exists():
+            shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(build, out_path)
+        final = out_path
+    shutil.rmtree(work, ignore_errors=True)
+    return DataRunResult(
+        recipe.name, final, dataset_ref, run.id if run is not None else None, report
+    )
+
+
+def dropped_reasons(report: dict[str, Any]) -> Counter[str]:
+    c: Counter[str] = Counter()
+    for op in report["ops"]:
+        for reason, n in op["dropped"].items():
+            c[f"{op['name']}:{reason}"] += n
+    return c

@@ -1,0 +1,1 @@
+"""Built-in data operators; each module registers its operators on import."""

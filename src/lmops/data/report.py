@@ -1,0 +1,164 @@
+"""The data run report: what each operator kept and dropped and why, time per operator,
+length histograms before and after, PII found per type, read errors. JSON for machines,
+a short text summary for people, and a PNG plot."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lmops.data.executor import EDGES, LengthHistogram
+from lmops.data.recipe import Recipe
+
+__all__ = ["build_report", "format_summary", "write_report_files"]
+
+
+def build_report(
+    recipe: Recipe,
+    stage_stats: list[list[dict[str, Any]]],
+    *,
+    wall_seconds: float,
+    shards: int,
+    workers: int,
+    inputs: list[str],
+) -> dict[str, Any]:
+    ops: list[dict[str, Any]] = []
+    before, after = LengthHistogram(), LengthHistogram()
+    errors: Counter[str] = Counter()
+    n_errors = 0
+    for stats in stage_stats:
+        merged: list[dict[str, Any]] = []
+        for shard in stats:
+            if shard.get("hist_in"):
+                before.merge(shard["hist_in"])
+            if shard.get("hist_out"):
+                after.merge(shard["hist_out"])
+            n_errors += shard["errors"]["count"]
+            errors.update(shard["errors"]["by_reason"])
+            for j, op in enumerate(shard["ops"]):
+                if j == len(merged):
+                    merged.append(
+                        {
+                            **op,
+                            "dropped": Counter(op["dropped"]),
+                            "counters": Counter(op["counters"]),
+                            "examples": {k: list(v) for k, v in op["examples"].items()},
+                        }
+                    )
+                    continue
+                m = merged[j]
+                m["docs_in"] += op["docs_in"]
+                m["docs_out"] += op["docs_out"]
+                m["seconds"] += op["seconds"]
+                m["dropped"].update(op["dropped"])
+                m["counters"].update(op["counters"])
+                for reason, ex in op["examples"].items():
+                    kept = m["examples"].setdefault(reason, [])
+                    kept.extend(ex[: max(0, 3 - len(kept))])
+        ops.extend(merged)
+    for i, op in enumerate(ops):
+        op["step"] = i
+        op["dropped"] = dict(op["dropped"].most_common())
+        op["counters"] = dict(sorted(op["counters"].items()))
+        op["docs_per_s"] = op["docs_in"] / op["seconds"] if op["seconds"] > 0 else None
+    pii: Counter[str] = Counter()
+    for op in ops:
+        if op["name"].startswith("pii"):
+            pii.update(op["counters"])
+    docs_in = before.docs
+    docs_out = after.docs
+    return {
+        "recipe": recipe.name,
+        "inputs": inputs,
+        "shards": shards,
+        "workers": workers,
+        "wall_seconds": round(wall_seconds, 3),
+        "docs_in": docs_in,
+        "docs_out": docs_out,
+        "docs_per_s": round(docs_in / wall_seconds, 1) if wall_seconds > 0 else None,
+        "ops": ops,
+        "pii": dict(sorted(pii.items())),
+        "errors": {"count": n_errors, "by_reason": dict(errors)},
+        "length": {"before": before.to_json(), "after": after.to_json()},
+    }
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    kept = report["docs_out"]
+    total = report["docs_in"]
+    pct = 100 * kept / total if total else 0.0
+    lines = [
+        f"recipe {report['recipe']}: kept {kept:,} of {total:,} documents ({pct:.1f} %) in "
+        f"{report['wall_seconds']:.1f} s ({report['docs_per_s'] or 0:,.0f} docs/s, "
+        f"{report['shards']} shard(s), {report['workers']} worker(s))"
+    ]
+    for op in report["ops"]:
+        dropped = op["docs_in"] - op["docs_out"]
+        line = f"  {op['step']:>2}. {op['name']:<22} {op['docs_in']:>9,} → {op['docs_out']:>9,}"
+        if dropped:
+            reasons = ", ".join(f"{r} {n:,}" for r, n in list(op["dropped"].items())[:4])
+            line += f"  dropped {dropped:,} ({reasons})"
+        if op["counters"]:
+            line += "  " + ", ".join(f"{k} {v:,}" for k, v in op["counters"].items())
+        lines.append(line)
+    if report["pii"]:
+        lines.append("  PII masked: " + ", ".join(f"{k} {v:,}" for k, v in report["pii"].items()))
+    if report["errors"]["count"]:
+        lines.append(
+            f"  unreadable rows skipped: {report['errors']['count']:,} "
+            + json.dumps(report["errors"]["by_reason"], ensure_ascii=False)
+        )
+    b, a = report["length"]["before"], report["length"]["after"]
+    if b["docs"] and a["docs"]:
+        lines.append(
+            f"  mean length: {b['total_chars'] / b['docs']:,.0f} → {a['total_chars'] / a['docs']:,.0f} chars, "
+            f"{b['total_tokens'] / b['docs']:,.0f} → {a['total_tokens'] / a['docs']:,.0f} tokens (approx.)"
+        )
+    if report.get("dataset"):
+        lines.append(f"  registered dataset {report['dataset']}")
+    return "\n".join(lines)
+
+
+def write_report_files(report: dict[str, Any], folder: Path) -> None:
+    """``report.json`` and ``report.png`` (length histograms before/after, drops by reason)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(
+        json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8"
+    )
+    with contextlib.suppress(ImportError):  # matplotlib is optional for the report files
+        plot_report(report, folder / "report.png")
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{e:,}" if e < 1000 else f"{e // 1024}k" for e in EDGES]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, unit in zip(axes[:2], ("chars", "tokens"), strict=True):
+        x = range(len(EDGES))
+        ax.bar([i - 0.2 for i in x], report["length"]["before"][unit], width=0.4, label="before")
+        ax.bar([i + 0.2 for i in x], report["length"]["after"][unit], width=0.4, label="after")
+        ax.set_xticks(list(x), labels, rotation=60, fontsize=7)
+        ax.set_title(f"document length ({unit}, bin lower edge)")
+        ax.set_ylabel("documents")
+        ax.legend()
+    drops: Counter[str] = Counter()
+    for op in report["ops"]:
+        for reason, n in op["dropped"].items():
+            drops[f"{op['name']}:{reason}"] += n
+    ax = axes[2]
+    if drops:
+        items = drops.most_common(12)[::-1]
+        ax.barh([k for k, _ in items], [v for _, v in items])
+        ax.tick_params(axis="y", labelsize=7)
+    ax.set_title("documents dropped, by reason")
+    fig.suptitle(f"{report['recipe']}: {report['docs_in']:,} → {report['docs_out']:,} documents")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
