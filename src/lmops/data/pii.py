@@ -1,0 +1,645 @@
+"""Find and mask personal data and secrets in text.
+
+Shared by the data stage (the ``pii_mask`` operator) and the serving guardrails, so it
+depends on nothing but the standard library.
+
+Types, in the priority order used when two findings overlap (the earlier type wins; within
+one type the longer span wins, then the earlier one)::
+
+    SECRET     API keys and tokens (AWS, Alibaba Cloud, GitHub, OpenAI-style ``sk-``,
+               Slack, Google, JWT, ``Bearer <token>``), PEM private key blocks
+    EMAIL      user@example.com
+    ID_CARD    mainland China resident ID: 18 characters with the ISO 7064 MOD 11-2 check
+               character and a real birth date, or the 15-digit legacy form
+    PASSPORT   China ``E12345678`` / ``G12345678`` / ``EA1234567``, or any passport number
+               right after a keyword ("passport no.", "护照号")
+    PHONE      China mobile (any common spelling, with or without +86), China landline with
+               an area code, international E.164 numbers written with a leading ``+``
+    BANK_CARD  13-19 digits (spaces or dashes between groups allowed) passing the Luhn check,
+               with a first digit and length that a card scheme uses
+    IP         IPv4 and IPv6 addresses, validated by :mod:`ipaddress`
+
+Numbers are only found as whole tokens: a digit run inside a longer run of digits, ASCII
+letters or ``_`` never matches, while a CJK character right next to a number is fine
+("电话13812345678" is found; the boundaries are ASCII character classes, never a Unicode
+``\\b``, which does not fire between a CJK character and a digit). Numbers that fail their
+check (an ID number with a wrong check character, a card number failing Luhn) are not PII.
+Full-width characters are read as their ASCII forms ("１３８１２３４５６７８" is a phone).
+
+Overlaps are resolved across all types before the ``types`` selection is applied, so a
+phone number that is the local part of an e-mail address is never reported as a phone.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import re
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from lmops.core.errors import UserError
+
+__all__ = [
+    "PII_TYPES",
+    "PiiSpan",
+    "detect_pii",
+    "find_emails",
+    "id18_checksum_ok",
+    "luhn_ok",
+    "mask_pii",
+    "normalize_pii_types",
+]
+
+# Priority order: on overlap the type listed first wins.
+PII_TYPES: tuple[str, ...] = (
+    "SECRET",
+    "EMAIL",
+    "ID_CARD",
+    "PASSPORT",
+    "PHONE",
+    "BANK_CARD",
+    "IP",
+)
+_PRIORITY = {t: i for i, t in enumerate(PII_TYPES)}
+
+
+@dataclass(frozen=True, slots=True)
+class PiiSpan:
+    """One finding: ``text[start:end] == self.text``."""
+
+    type: str
+    start: int
+    end: int
+    text: str
+
+
+def normalize_pii_types(types: Iterable[str] | None) -> frozenset[str] | None:
+    """Canonical upper-case type names (``"id-card"`` -> ``"ID_CARD"``); ``None`` = all.
+
+    Raises :class:`UserError` naming the unknown type and the known ones.
+    """
+    if types is None:
+        return None
+    if isinstance(types, str):
+        types = [types]
+    out = set()
+    for t in types:
+        canon = t.strip().upper().replace("-", "_")
+        if canon not in _PRIORITY:
+            known = ", ".join(PII_TYPES)
+            raise UserError(f"unknown PII type {t!r}; use one of: {known}")
+        out.add(canon)
+    return frozenset(out)
+
+
+# --------------------------------------------------------------------------- boundaries
+# A number must not be glued to other digits, ASCII letters or "_" (it would be part of an
+# identifier or a longer number). CJK characters are fine neighbours: every pattern is
+# compiled with re.ASCII, so none of these classes contains them.
+#
+# The "nothing before" checks are lookbehinds written *after* the first character(s) of a
+# pattern, ``(?<![...].{n})``: a pattern that starts with a literal or a character class
+# lets the regex engine skip quickly to where a match can begin, while a leading lookbehind
+# makes it try every position (about 10x slower on ordinary text).
+_WORD = "0-9A-Za-z_"
+_A = rf"(?![{_WORD}])"  # after a number
+_NO_DASH_AFTER = r"(?!-[0-9])"  # "138-1234-5678-90" is one token, not a phone
+
+
+def _free(n: int, cls: str = _WORD) -> str:
+    """Lookbehind for after the first ``n`` matched chars: the char before those is not in ``cls``."""
+    return rf"(?<![{cls}].{{{n}}})"
+
+
+def _no_dash(n: int) -> str:
+    """Lookbehind for after the first ``n`` chars: they do not follow "<digit>-" ("2024-1381…")."""
+    return rf"(?<![0-9]-.{{{n}}})"
+
+
+_Validator = Callable[[re.Match[str]], "tuple[int, int] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Detector:
+    type: str
+    pattern: re.Pattern[str]
+    # Returns the span to report for a match (usually m.span()), or None to reject it.
+    validate: _Validator
+    # Cheap pre-check on the whole text; the regex only runs when it passes. None = run
+    # whenever the text has a digit (the detectors without a gate all look for numbers).
+    gate: Callable[[str], bool] | None = None
+
+
+def _needles(*words: str, ignore_case: bool = False) -> Callable[[str], bool]:
+    """Gate: the text contains one of ``words`` (one C-level scan, no lower-cased copy)."""
+    pattern = re.compile("|".join(map(re.escape, words)), re.IGNORECASE if ignore_case else 0)
+
+    def gate(text: str) -> bool:
+        return pattern.search(text) is not None
+
+    return gate
+
+
+def _whole(m: re.Match[str]) -> tuple[int, int]:
+    return m.span()
+
+
+def _group_v(m: re.Match[str]) -> tuple[int, int]:
+    return m.span("v")
+
+
+def _digits(s: str) -> str:
+    return "".join(c for c in s if "0" <= c <= "9")
+
+
+# --------------------------------------------------------------------------- ID cards
+# First two digits: province-level division (GB/T 2260); 71 Taiwan, 81 HK, 82 Macau, 83 the
+# residence permits of Taiwan residents, 91 foreigners' permanent residence cards.
+_PROVINCES = frozenset(
+    {
+        11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46,
+        50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82, 83, 91,
+    }
+)  # fmt: skip
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"  # ISO 7064 MOD 11-2: check character for sum % 11
+
+
+def _birth_date_ok(year: int, month: int, day: int) -> bool:
+    try:
+        born = _dt.date(year, month, day)
+    except ValueError:
+        return False
+    return _dt.date(1900, 1, 1) <= born <= _dt.date.today()
+
+
+def id18_checksum_ok(number: str) -> bool:
+    """True when the 18th character is the ISO 7064 MOD 11-2 check of the first 17."""
+    total = sum(int(c) * w for c, w in zip(number[:17], _ID_WEIGHTS, strict=True))
+    return _ID_CHECK[total % 11] == number[17].upper()
+
+
+def _valid_id18(m: re.Match[str]) -> tuple[int, int] | None:
+    number = _digits(m.group("a") + m.group("b")) + m.group("c")
+    if int(number[:2]) not in _PROVINCES:
+        return None
+    if not _birth_date_ok(int(number[6:10]), int(number[10:12]), int(number[12:14])):
+        return None
+    return m.span() if id18_checksum_ok(number) else None
+
+
+def _valid_id15(m: re.Match[str]) -> tuple[int, int] | None:
+    number = _digits(m.group())
+    if int(number[:2]) not in _PROVINCES:
+        return None
+    year = 1900 + int(number[6:8])  # the legacy form predates 2000 births
+    return m.span() if _birth_date_ok(year, int(number[8:10]), int(number[10:12])) else None
+
+
+# --------------------------------------------------------------------------- bank cards
+def luhn_ok(digits: str) -> bool:
+    """The Luhn (mod 10) check over a string of digits."""
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        d = int(c)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card_ok(digits: str) -> bool:
+    n = len(digits)
+    if not 13 <= n <= 19:
+        return False
+    # Short lengths belong to a few schemes only: 13 Visa (4), 14 Diners (3), 15 Amex
+    # (34/37) or UnionPay (62). This keeps EAN-13 barcodes (690-699 on Chinese goods) and
+    # ISBN-13 (978/979) out; 16-19 digits are ordinary card numbers of every scheme.
+    if n == 13 and digits[0] != "4":
+        return False
+    if n == 14 and digits[0] != "3":
+        return False
+    if n == 15 and digits[:2] not in ("34", "37", "62"):
+        return False
+    return luhn_ok(digits)
+
+
+def _valid_card(m: re.Match[str]) -> tuple[int, int] | None:
+    digits = _digits(m.group())
+    if _card_ok(digits):
+        return m.span()
+    # A grouped number may have picked up a short unrelated group after it
+    # ("4111 1111 1111 1111 2024"): retry without that trailing group.
+    tail = m.groupdict().get("tail")
+    if tail and _card_ok(digits[: -len(_digits(tail))]):
+        return m.start(), m.start("tail")
+    return None
+
+
+# --------------------------------------------------------------------------- phones
+def _valid_e164(m: re.Match[str]) -> tuple[int, int] | None:
+    # E.164 allows at most 15 digits with the country code; fewer than 8 is not a number
+    # anyone can dial. A "(0)" trunk prefix ("+44 (0)20 …") is not counted.
+    text = m.group().replace("(0)", "")
+    n = len(_digits(text))
+    return m.span() if 8 <= n <= 15 else None
+
+
+# --------------------------------------------------------------------------- IP
+def _valid_ipv4(m: re.Match[str]) -> tuple[int, int] | None:
+    try:
+        ipaddress.IPv4Address(m.group())
+    except ValueError:
+        return None
+    return m.span()
+
+
+def _valid_ipv6(m: re.Match[str]) -> tuple[int, int] | None:
+    s = m.group()
+    start, end = m.span()
+    if s.endswith(":") and not s.endswith("::"):
+        s, end = s[:-1], end - 1  # "fe80::1:" at the end of a clause
+    # Without a digit it is far more likely C++ ("a::b") than an address.
+    if s.count(":") < 2 or not any(c.isdigit() for c in s):
+        return None
+    try:
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return None
+    return start, end
+
+
+# --------------------------------------------------------------------------- e-mail
+_LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+
+
+def _valid_email(m: re.Match[str]) -> tuple[int, int] | None:
+    # The regex starts at "@" (fast to find); the local part is read backwards from there,
+    # at most 64 characters (RFC 5321). A longer run is an encoded blob, not an address.
+    text, at = m.string, m.start()
+    i = at
+    while i > 0 and text[i - 1] in _LOCAL_CHARS and at - i <= 64:
+        i -= 1
+    if at - i > 64:
+        return None
+    while i < at and text[i] in ".-":  # a local part does not start with a dot or dash
+        i += 1
+    return (i, m.end()) if i < at else None
+
+
+# --------------------------------------------------------------------------- others
+def _valid_keyword_passport(m: re.Match[str]) -> tuple[int, int] | None:
+    # Passport numbers mix a few letters with mostly digits; "passport holders" is no number.
+    return m.span("v") if sum(c.isdigit() for c in m.group("v")) >= 4 else None
+
+
+def _valid_sk_key(m: re.Match[str]) -> tuple[int, int] | None:
+    body = m.group()[3:]
+    # Real keys have a long random segment with digits; prose like
+    # "sk-learn-compatible-estimators" has neither.
+    has_digit = any(c.isdigit() for c in body)
+    long_segment = any(len(seg) >= 16 for seg in body.split("-"))
+    return m.span() if has_digit and long_segment else None
+
+
+def _valid_bearer(m: re.Match[str]) -> tuple[int, int] | None:
+    return m.span("v") if any(c.isdigit() for c in m.group("v")) else None
+
+
+def _c(pattern: str) -> re.Pattern[str]:
+    # ASCII: [0-9]-only \d and \s, and (?i:) folds ASCII only; full-width text is folded
+    # to ASCII before matching (see _FOLD).
+    return re.compile(pattern, re.ASCII)
+
+
+_KEY = "A-Za-z0-9_-"  # characters of base64url-ish tokens
+_HEX = "[0-9A-Fa-f]"
+_MMDD = r"(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"  # day-of-month checked later
+_CN_AREA = r"(?:10|2[0-9]|[3-9][0-9]{2})"  # area code after its leading 0: 010, 02x, 0xxx
+
+# EMAIL: found from the "@"; _valid_email reads the local part backwards.
+_EMAIL = _Detector(
+    "EMAIL",
+    _c(r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])"),
+    _valid_email,
+    _needles("@"),
+)
+
+_DETECTORS: tuple[_Detector, ...] = (
+    # ---- SECRET
+    _Detector(
+        "SECRET",
+        _c(r"(?:AKIA|ASIA)" + _free(4, "A-Za-z0-9") + r"[A-Z0-9]{16}(?![A-Za-z0-9])"),
+        _whole,
+        _needles("AKIA", "ASIA"),
+    ),
+    _Detector(
+        "SECRET",
+        _c(
+            r"(?i:aws_?secret(?:_?access)?_?key)[\"']?\s*[:=]\s*[\"']?"
+            r"(?P<v>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
+        ),
+        _group_v,
+        _needles("aws", ignore_case=True),
+    ),
+    _Detector(
+        "SECRET",
+        _c(r"LTAI" + _free(4, "A-Za-z0-9") + r"[A-Za-z0-9]{12,20}(?![A-Za-z0-9])"),
+        _whole,
+        _needles("LTAI"),
+    ),
+    _Detector(
+        "SECRET",
+        _c(
+            r"(?:gh[pousr]_" + _free(4) + r"[A-Za-z0-9]{36,251}"
+            r"|github_pat_" + _free(11) + r"[A-Za-z0-9_]{22,244})(?![A-Za-z0-9_])"
+        ),
+        _whole,
+        _needles("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    ),
+    _Detector(
+        "SECRET",
+        _c(r"sk-" + _free(3, _KEY) + rf"[{_KEY}]{{20,200}}(?![{_KEY}])"),
+        _valid_sk_key,
+        _needles("sk-"),
+    ),
+    _Detector(
+        "SECRET",
+        _c(r"xox[abposr]-" + _free(5, "A-Za-z0-9") + r"[A-Za-z0-9-]{10,250}(?![A-Za-z0-9-])"),
+        _whole,
+        _needles("xox"),
+    ),
+    _Detector(
+        "SECRET",
+        _c(r"AIza" + _free(4, _KEY) + rf"[{_KEY}]{{35}}(?![{_KEY}])"),
+        _whole,
+        _needles("AIza"),
+    ),
+    _Detector(  # JSON Web Token: header.payload.signature, both JSON parts start "eyJ" ('{"')
+        "SECRET",
+        _c(r"eyJ" + _free(3, _KEY) + rf"[{_KEY}]{{8,}}\.eyJ[{_KEY}]{{8,}}\.[{_KEY}]*(?![{_KEY}])"),
+        _whole,
+        _needles("eyJ"),
+    ),
+    _Detector(  # only the token is masked: "Authorization: Bearer <SECRET>"
+        "SECRET",
+        _c(
+            r"[Bb]" + _free(1) + r"(?i:earer)[ \t]+"
+            r"(?P<v>[A-Za-z0-9._~+/-]{16,}=*)(?![A-Za-z0-9._~+/=-])"
+        ),
+        _valid_bearer,
+        _needles("bearer", ignore_case=True),
+    ),
+    # PEM private keys: BEGIN marker, then up to the matching END marker, or (a truncated
+    # key) the base64 lines that follow. The body never contains "-----", so the scan stops
+    # at the first END and cannot backtrack badly.
+    _Detector(
+        "SECRET",
+        _c(
+            r"-----BEGIN (?P<kind>[A-Z0-9 ]{0,40}?)PRIVATE KEY(?: BLOCK)?-----"
+            r"(?:(?:(?!-----)[\s\S]){0,16384}?-----END (?P=kind)PRIVATE KEY(?: BLOCK)?-----"
+            r"|(?:\r?\n[A-Za-z0-9+/=]+)*)"
+        ),
+        _whole,
+        _needles("PRIVATE KEY"),
+    ),
+    _EMAIL,
+    # ---- ID_CARD: 6-digit region, birth date YYYYMMDD, 3-digit sequence, check character;
+    # written plain or split 6-8-4 by one consistent space or dash.
+    _Detector(
+        "ID_CARD",
+        _c(
+            r"(?P<a>[1-9]" + _free(1) + _no_dash(1) + r"[0-9]{5})(?P<s>[ -]?)"
+            r"(?P<b>(?:18|19|20)[0-9]{2}"
+            + _MMDD
+            + r")(?P=s)(?P<c>[0-9]{3}[0-9Xx])"
+            + _A
+            + _NO_DASH_AFTER
+        ),
+        _valid_id18,
+    ),
+    _Detector(  # legacy 15-digit form: 2-digit year, no check character
+        "ID_CARD",
+        _c(
+            r"[1-9]"
+            + _free(1)
+            + _no_dash(1)
+            + r"[0-9]{7}"
+            + _MMDD
+            + r"[0-9]{3}"
+            + _A
+            + _NO_DASH_AFTER
+        ),
+        _valid_id15,
+    ),
+    # ---- PASSPORT
+    # China: E + 8 digits (e-passport), E + letter (no I/O) + 7 digits once E-numbers ran
+    # out, G + 8 digits (older ordinary passports).
+    _Detector(
+        "PASSPORT",
+        _c(r"(?:E(?:[0-9]{8}|[A-HJ-NP-Z][0-9]{7})|G[0-9]{8})" + _free(9) + _A),
+        _whole,
+        _needles("E", "G"),
+    ),
+    _Detector(  # any number right after a keyword; only the number is masked
+        "PASSPORT",
+        _c(
+            r"(?:[Pp](?<![A-Za-z].)(?i:assport)(?:\s*(?i:no\.?|number|num\.?|#))?|护照(?:号码|号)?)"
+            r"\s*(?:[:#]|(?i:is)|为|是)?\s*(?P<v>[A-Za-z0-9]{6,9})(?![A-Za-z0-9_])"
+        ),
+        _valid_keyword_passport,
+        _needles("passport", "护照", ignore_case=True),
+    ),
+    # ---- PHONE
+    # China mobile 1[3-9]x xxxx xxxx, groups optionally split by single spaces or dashes.
+    _Detector(
+        "PHONE",
+        _c(
+            r"1[3-9]"
+            + _free(2, _WORD + "+")
+            + _no_dash(2)
+            + r"[0-9](?:[ -]?[0-9]{4}){2}"
+            + _A
+            + _NO_DASH_AFTER
+        ),
+        _whole,
+    ),
+    # ... and with a country prefix: +86, 0086, 86, (+86), (86). Same type, longer span, so
+    # it wins over the bare number inside it.
+    _Detector(
+        "PHONE",
+        _c(
+            r"(?:\+86"
+            + _free(3, _WORD + "+")
+            + r"|0086"
+            + _free(4, _WORD + "+")
+            + r"|86"
+            + _free(2, _WORD + "+")
+            + r"|\(\+?86\))"
+            r"[ -]?1[3-9][0-9](?:[ -]?[0-9]{4}){2}" + _A + _NO_DASH_AFTER
+        ),
+        _whole,
+        _needles("86"),
+    ),
+    # China landline: area code (010, 02x, 0xxx) then a separator, or in parentheses, then a
+    # 7-8 digit local number (optionally split 3/4 + 4). Without a separator an 11-12 digit
+    # run starting with 0 is too often something else.
+    _Detector(
+        "PHONE",
+        _c(
+            r"(?:0" + _free(1) + _no_dash(1) + _CN_AREA + r"[ -]|\(0" + _CN_AREA + r"\)[ -]?)"
+            r"[1-9][0-9]{2,3}[ -]?[0-9]{4}" + _A + _NO_DASH_AFTER
+        ),
+        _whole,
+    ),
+    # International E.164 with a leading "+": one digit at a time with an optional single
+    # separator, so the regex cannot split digits two ways and backtracking stays linear.
+    _Detector(
+        "PHONE",
+        _c(
+            r"\+" + _free(1, _WORD + "+") + r"[1-9][0-9]{0,2}(?:[ .-]?\([0-9]{1,4}\))?"
+            r"(?:[ .-]?[0-9]){5,14}" + _A + r"(?![.-][0-9])"
+        ),
+        _valid_e164,
+        _needles("+"),
+    ),
+    # ---- BANK_CARD: first digit 2-6 or 9 (Mastercard 2-series, Amex/JCB/Diners, Visa,
+    # Mastercard, UnionPay/Discover, and the 9-prefixed domestic cards of Chinese banks).
+    _Detector(
+        "BANK_CARD",
+        _c(r"[2-69]" + _free(1) + _no_dash(1) + r"[0-9]{12,18}" + _A + _NO_DASH_AFTER),
+        _valid_card,
+    ),
+    # Grouped 4-4-4(-4)(-tail) with one consistent separator, or Amex-style 4-6-5. Not the
+    # middle of a longer grouped run: nothing like "<digit><sep>" before, no "<sep><digit>" after.
+    _Detector(
+        "BANK_CARD",
+        _c(
+            r"[2-69]" + _free(1) + r"(?<![0-9][ -].)"
+            r"(?:[0-9]{3}(?P<s>[ -])[0-9]{4}(?:(?P=s)[0-9]{4}){1,2}(?P<tail>(?P=s)[0-9]{1,4})?"
+            r"(?!(?P=s)[0-9])"
+            r"|(?<=3)[47][0-9]{2}(?P<s2>[ -])[0-9]{6}(?P=s2)[0-9]{5})" + _A
+        ),
+        _valid_card,
+    ),
+    # ---- IP
+    _Detector(
+        "IP",
+        _c(
+            r"[0-9]"
+            + _free(1, _WORD + ".")
+            + r"[0-9]{0,2}\.(?:[0-9]{1,3}\.){2}[0-9]{1,3}"
+            + _A
+            + r"(?!\.[0-9])"
+        ),
+        _valid_ipv4,
+        _needles("."),
+    ),
+    _Detector(
+        "IP",
+        _c(
+            rf"(?:{_HEX}"
+            + _free(1, _WORD + ":.")
+            + rf"{_HEX}{{0,3}}:|:"
+            + _free(1, _WORD + ":.")
+            + r":)"
+            rf"(?:{_HEX}{{0,4}}:){{0,6}}(?:(?:[0-9]{{1,3}}\.){{3}}[0-9]{{1,3}}|{_HEX}{{1,4}})?"
+            r"(?![0-9A-Za-z_:.])"
+        ),
+        _valid_ipv6,
+        # An IPv6 address has "::" or at least six colons (seven, or six before an
+        # embedded IPv4 part); prose with a few colons never runs the regex.
+        lambda text: "::" in text or text.count(":") >= 6,
+    ),
+)
+
+_HAS_DIGIT = re.compile(r"[0-9]")
+# Full-width ASCII (U+FF01-FF5E) and the ideographic space fold to ASCII one character for
+# one, so "１３８１２３４５６７８" or "zhang＠163.com" are found and offsets stay valid.
+_FOLD = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+_WIDE_RUN = re.compile("[\uff01-\uff5e\u3000]+")
+
+
+def _fold_wide(text: str) -> str:
+    # Chinese text has a full-width comma or colon every few characters: translating just
+    # those runs is about twice as fast as translating the whole string.
+    return _WIDE_RUN.sub(lambda m: m.group().translate(_FOLD), text)
+
+
+def _candidates(text: str) -> list[tuple[int, int, int, str]]:
+    """Every validated finding as ``(priority, start, end, type)``, overlaps included."""
+    has_digit = _HAS_DIGIT.search(text) is not None
+    found: list[tuple[int, int, int, str]] = []
+    for det in _DETECTORS:
+        if not (det.gate(text) if det.gate is not None else has_digit):
+            continue
+        prio = _PRIORITY[det.type]
+        for m in det.pattern.finditer(text):
+            span = det.validate(m)
+            if span is not None and span[1] > span[0]:
+                found.append((prio, span[0], span[1], det.type))
+    return found
+
+
+def detect_pii(text: str, types: Iterable[str] | None = None) -> list[PiiSpan]:
+    """Find PII in ``text``: non-overlapping spans sorted by start.
+
+    ``types`` restricts what is returned (case-insensitive names from :data:`PII_TYPES`);
+    ``None`` returns every type. Overlaps are resolved among all types first.
+    """
+    wanted = normalize_pii_types(types)
+    scan = _fold_wide(text)
+    found = _candidates(scan)
+    # Higher priority first, then longer, then earlier: a deterministic greedy choice.
+    found.sort(key=lambda f: (f[0], f[1] - f[2], f[1]))
+    starts: list[int] = []  # accepted spans, kept sorted by start
+    ends: list[int] = []
+    kept: list[tuple[int, int, str]] = []
+    for _, start, end, typ in found:
+        i = bisect_left(starts, start)
+        if i > 0 and ends[i - 1] > start:
+            continue  # overlaps the accepted span before it
+        if i < len(starts) and starts[i] < end:
+            continue  # overlaps the accepted span after it
+        starts.insert(i, start)
+        ends.insert(i, end)
+        kept.insert(i, (start, end, typ))
+    return [
+        PiiSpan(typ, start, end, text[start:end])
+        for start, end, typ in kept
+        if wanted is None or typ in wanted
+    ]
+
+
+def find_emails(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each e-mail address, found exactly as :func:`detect_pii` does."""
+    if "@" not in text and "\uff20" not in text:
+        return []
+    scan = _fold_wide(text)
+    spans = (_EMAIL.validate(m) for m in _EMAIL.pattern.finditer(scan))
+    return [s for s in spans if s is not None]
+
+
+def mask_pii(
+    text: str, types: Iterable[str] | None = None, placeholder: str = "<{type}>"
+) -> tuple[str, Counter[str]]:
+    """Replace each finding of :func:`detect_pii` with ``placeholder.format(type=...)``.
+
+    Returns the masked text and the number of replacements per type.
+    """
+    spans = detect_pii(text, types)
+    counts: Counter[str] = Counter()
+    if not spans:
+        return text, counts
+    parts: list[str] = []
+    pos = 0
+    for s in spans:
+        parts.append(text[pos : s.start])
+        parts.append(placeholder.format(type=s.type))
+        counts[s.type] += 1
+        pos = s.end
+    parts.append(text[pos:])
+    return "".join(parts), counts

@@ -1,0 +1,434 @@
+"""PII detection and masking on literal Chinese and English documents."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.data.document import Document
+from lmops.data.ops import build_op
+from lmops.data.pii import (
+    PII_TYPES,
+    PiiSpan,
+    detect_pii,
+    find_emails,
+    id18_checksum_ok,
+    luhn_ok,
+    mask_pii,
+)
+
+
+def found(text: str, types: list[str] | None = None) -> list[tuple[str, str]]:
+    return [(s.type, s.text) for s in detect_pii(text, types)]
+
+
+# ------------------------------------------------------------------------------ phones
+@pytest.mark.parametrize(
+    "number",
+    [
+        "13812345678",
+        "+86 138 1234 5678",
+        "+86-138-1234-5678",
+        "0086 13812345678",
+        "138-1234-5678",
+        "138 1234 5678",
+        "(+86)13812345678",
+        "+8613812345678",
+        "8613812345678",
+        "19912345678",
+    ],
+)
+def test_cn_mobile_spellings(number: str) -> None:
+    text = f"请拨打{number}联系张先生。"
+    assert found(text) == [("PHONE", number)]
+    assert mask_pii(text)[0] == "请拨打<PHONE>联系张先生。"
+
+
+@pytest.mark.parametrize(
+    "number", ["010-12345678", "0755-1234567", "(021) 12345678", "021-1234 5678"]
+)
+def test_cn_landlines(number: str) -> None:
+    assert found(f"办公室电话：{number}，工作日可拨打。") == [("PHONE", number)]
+
+
+@pytest.mark.parametrize(
+    "number", ["+44 20 7946 0958", "+1 415-555-2671", "+1 (415) 555-2671", "+44 (0)20 7946 0958"]
+)
+def test_international_e164(number: str) -> None:
+    text = f"Call our office on {number} before 5 pm."
+    assert found(text) == [("PHONE", number)]
+    assert mask_pii(text)[0] == "Call our office on <PHONE> before 5 pm."
+
+
+def test_full_width_digits_are_read_as_ascii() -> None:
+    text = "手机：１３８１２３４５６７８"
+    assert found(text) == [("PHONE", "１３８１２３４５６７８")]
+    assert mask_pii(text)[0] == "手机：<PHONE>"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "订单号13812345678901已发货",  # 14 digits: an order number, not a phone
+        "订单号138123456789012已发货",  # 15 digits
+        "流水号2024-13812345678",  # glued to a longer dash-joined token
+        "SKU13812345678",  # glued to ASCII letters
+        "id_13812345678",  # glued to "_"
+        "12812345678",  # 12x is no mobile prefix
+        "1381234567",  # one digit short
+        "temperature +1 23",  # too few digits for E.164
+        "电话01012345678",  # landline without a separator: too ambiguous
+    ],
+)
+def test_not_phones(text: str) -> None:
+    assert found(text) == []
+
+
+# ------------------------------------------------------------------------------ ID cards
+def test_id18_checksum_function() -> None:
+    assert id18_checksum_ok("11010519491231002X")
+    assert id18_checksum_ok("11010519491231002x")
+    assert not id18_checksum_ok("110105194912310021")
+    assert id18_checksum_ok("310115198512310029")
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["11010519491231002X", "44030519900101123X", "310115198512310029", "110105200002291016"],
+)
+def test_id18_valid(number: str) -> None:
+    text = f"身份证号：{number}，请核对。"
+    assert found(text) == [("ID_CARD", number)]
+    assert mask_pii(text)[0] == "身份证号：<ID_CARD>，请核对。"
+
+
+def test_id18_written_in_groups() -> None:
+    assert found("证件 110105 19491231 002X 已登记") == [("ID_CARD", "110105 19491231 002X")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "身份证号110105194912310021",  # check character should be X
+        "身份证号310115198512310028",  # check character should be 9
+        "身份证号110105194902301014",  # 1949-02-30 does not exist
+        "身份证号990105194912310024",  # 99 is no province
+        "身份证号110105289912310012",  # born in 2899
+        "编号11010519491231002X9",  # part of a longer run
+    ],
+)
+def test_id18_invalid_is_not_pii(text: str) -> None:
+    assert found(text) == []
+
+
+def test_id15_legacy() -> None:
+    assert found("老身份证110105491231002还能用吗") == [("ID_CARD", "110105491231002")]
+    assert found("老身份证110105491331002") == []  # month 13
+
+
+def test_id_card_beats_bank_card() -> None:
+    # This 18-digit ID number also passes Luhn: the ID card interpretation wins.
+    assert luhn_ok("440305199001010149")
+    assert found("身份证440305199001010149") == [("ID_CARD", "440305199001010149")]
+
+
+# ------------------------------------------------------------------------------ bank cards
+def test_luhn_function() -> None:
+    assert luhn_ok("4111111111111111")
+    assert luhn_ok("378282246310005")
+    assert not luhn_ok("4111111111111112")
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "6222021234567890128",
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "5500 0000 0000 0004",
+        "3782 822463 10005",
+        "6222 0212 3456 7890 128",
+    ],
+)
+def test_bank_cards(number: str) -> None:
+    text = f"退款将打入卡号{number}，请查收。"
+    assert found(text) == [("BANK_CARD", number)]
+    assert mask_pii(text)[0] == "退款将打入卡号<BANK_CARD>，请查收。"
+
+
+def test_grouped_card_followed_by_a_short_group() -> None:
+    assert found("card 4111 1111 1111 1111 2024") == [("BANK_CARD", "4111 1111 1111 1111")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "卡号4111111111111112",  # fails Luhn
+        "卡号6222021234567890127",  # fails Luhn
+        "timestamp 1700000000000",  # 13 digits starting with 1: not a card prefix
+        "卡号41111111111111110000",  # 22 digits: too long
+        "4111 1111 1111 1111 1111 1111",  # a longer grouped run
+        # Luhn-valid, but 13 digits are a Visa-only length: barcodes and ISBNs stay.
+        "商品条码6901234560046",  # EAN-13 of Chinese goods
+        "ISBN 9787111540038",
+    ],
+)
+def test_not_bank_cards(text: str) -> None:
+    assert found(text) == []
+
+
+def test_thirteen_digit_visa_is_a_card() -> None:
+    assert luhn_ok("6901234560046") and luhn_ok("9787111540038")
+    assert found("old visa 4222222222222") == [("BANK_CARD", "4222222222222")]
+
+
+# ------------------------------------------------------------------------------ e-mail
+def test_emails_english_and_chinese() -> None:
+    text = "Write to zhang.san+news@mail.example.com.cn or 邮箱lisi@163.com。"
+    assert found(text) == [
+        ("EMAIL", "zhang.san+news@mail.example.com.cn"),
+        ("EMAIL", "lisi@163.com"),
+    ]
+    assert mask_pii(text) == ("Write to <EMAIL> or 邮箱<EMAIL>。", Counter({"EMAIL": 2}))
+
+
+def test_phone_inside_email_is_an_email() -> None:
+    text = "联系13812345678@qq.com"
+    assert found(text) == [("EMAIL", "13812345678@qq.com")]
+    # Asking only for phones does not find the phone inside the address either.
+    assert found(text, ["PHONE"]) == []
+
+
+def test_not_emails() -> None:
+    assert found("user@localhost and @handle and a@b") == []
+    assert find_emails("x" * 100 + "@example.com") == []  # a local part over 64 chars
+
+
+# ------------------------------------------------------------------------------ IP
+def test_ip_addresses() -> None:
+    text = "服务器192.168.1.10, gateway 10.0.0.1. v6: fe80::1 and 2001:db8::8a2e:370:7334, ::ffff:192.0.2.1"
+    assert found(text) == [
+        ("IP", "192.168.1.10"),
+        ("IP", "10.0.0.1"),
+        ("IP", "fe80::1"),
+        ("IP", "2001:db8::8a2e:370:7334"),
+        ("IP", "::ffff:192.0.2.1"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "256.1.1.1",
+        "1.2.3.4.5",
+        "version v1.2.3.4",
+        "01.02.03.04",
+        "std::vector<int>",
+        "at 12:30:45 today",
+        "mac 00:1A:2B:3C:4D:5E",
+        "a::b",
+    ],
+)
+def test_not_ip_addresses(text: str) -> None:
+    assert found(text) == []
+
+
+# ------------------------------------------------------------------------------ passports
+def test_passports() -> None:
+    text = "护照号码：E12345678；旧护照G12345678；新号段EA1234567；Passport No. X1234567"
+    assert found(text) == [
+        ("PASSPORT", "E12345678"),
+        ("PASSPORT", "G12345678"),
+        ("PASSPORT", "EA1234567"),
+        ("PASSPORT", "X1234567"),
+    ]
+    assert mask_pii("passport number: 123456789 issued")[0] == "passport number: <PASSPORT> issued"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Passport holders must apply online",
+        "E1234567 is one digit short",
+        "EI1234567 uses the letter I",
+        "XE12345678 is glued to a letter",
+    ],
+)
+def test_not_passports(text: str) -> None:
+    assert found(text) == []
+
+
+# ------------------------------------------------------------------------------ secrets
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "AKIAIOSFODNN7EXAMPLE",
+        "LTAI5tQ6NwRk8qPzX3vY2aBc",
+        "ghp_1234567890abcdefghijklmnopqrstuvwxyz",
+        "sk-proj-abcdefghijklmnop1234567890",
+        "sk-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijkl",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    ],
+)
+def test_secret_tokens(secret: str) -> None:
+    text = f"config: key={secret} # do not share"
+    assert found(text) == [("SECRET", secret)]
+    assert mask_pii(text)[0] == "config: key=<SECRET> # do not share"
+
+
+def test_bearer_token_keeps_the_scheme() -> None:
+    text = "Authorization: Bearer abcdef1234567890ghijkl\nAccept: */*"
+    assert mask_pii(text)[0] == "Authorization: Bearer <SECRET>\nAccept: */*"
+
+
+def test_private_key_block() -> None:
+    text = (
+        "key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7bq\n+Zx9/abc==\n"
+        "-----END RSA PRIVATE KEY-----\nthanks"
+    )
+    assert mask_pii(text) == ("key:\n<SECRET>\nthanks", Counter({"SECRET": 1}))
+
+
+def test_truncated_private_key_block() -> None:
+    text = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nQyNTUxOQAAACD\n\nbye"
+    assert mask_pii(text)[0] == "<SECRET>\n\nbye"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "use sk-learn-compatible-estimators here",
+        "Bearer tokens are described in RFC 6750",
+        "the AKIA prefix marks access keys",
+        "ghp_short",
+    ],
+)
+def test_not_secrets(text: str) -> None:
+    assert found(text) == []
+
+
+# ------------------------------------------------------------------------------ whole documents
+ZH_DOC = (
+    "客户信息：张三，身份证号11010519491231002X，手机+86 138 1234 5678，"
+    "座机010-12345678，邮箱zhangsan@example.com，银行卡6222 0212 3456 7890 128，"
+    "登录IP 192.168.1.10。订单号13812345678901，金额1299.00元。"
+)
+
+
+def test_chinese_document_mask_and_counts() -> None:
+    masked, counts = mask_pii(ZH_DOC)
+    assert masked == (
+        "客户信息：张三，身份证号<ID_CARD>，手机<PHONE>，"
+        "座机<PHONE>，邮箱<EMAIL>，银行卡<BANK_CARD>，"
+        "登录IP <IP>。订单号13812345678901，金额1299.00元。"
+    )
+    assert counts == Counter({"PHONE": 2, "ID_CARD": 1, "EMAIL": 1, "BANK_CARD": 1, "IP": 1})
+
+
+def test_spans_are_sorted_non_overlapping_and_exact() -> None:
+    spans = detect_pii(ZH_DOC)
+    assert [s.start for s in spans] == sorted(s.start for s in spans)
+    for a, b in itertools.pairwise(spans):
+        assert a.end <= b.start
+    for s in spans:
+        assert ZH_DOC[s.start : s.end] == s.text
+    assert spans[0] == PiiSpan("ID_CARD", 12, 30, "11010519491231002X")
+
+
+def test_types_filter_and_placeholder() -> None:
+    masked, counts = mask_pii(ZH_DOC, types=["email", "ip"], placeholder="[{type}]")
+    assert "[EMAIL]" in masked and "[IP]" in masked
+    assert "+86 138 1234 5678" in masked
+    assert counts == Counter({"EMAIL": 1, "IP": 1})
+
+
+def test_unknown_type_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="unknown PII type 'creditcard'"):
+        detect_pii("x", ["creditcard"])
+
+
+def test_every_type_has_a_default_placeholder() -> None:
+    assert PII_TYPES == ("SECRET", "EMAIL", "ID_CARD", "PASSPORT", "PHONE", "BANK_CARD", "IP")
+
+
+# ------------------------------------------------------------------------------ speed
+def test_one_kilobyte_is_fast() -> None:
+    doc = (
+        "The quick brown fox jumps over the lazy dog. Version 3.11.2 shipped on 2024-05-01. "
+        "Contact help@example.org or +1 415-555-2671. 我们的客服电话是13812345678，欢迎咨询。"
+    ) * 6
+    doc = doc[:1000]
+    detect_pii(doc)  # warm-up
+    start = time.perf_counter()
+    for _ in range(50):
+        detect_pii(doc)
+    per_doc = (time.perf_counter() - start) / 50
+    assert per_doc < 0.005  # ~0.15 ms here; generous for slow CI machines
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1" * 50_000,
+        "1 2-" * 12_500,
+        "a" * 50_000 + "@",
+        "1:" * 25_000,
+        "1." * 25_000,
+        "+1 " * 15_000,
+        "-----BEGIN PRIVATE KEY-----\n" + "A" * 50_000,
+    ],
+)
+def test_no_catastrophic_backtracking(text: str) -> None:
+    start = time.perf_counter()
+    detect_pii(text)
+    assert time.perf_counter() - start < 1.0
+
+
+# ------------------------------------------------------------------------------ operator
+def test_pii_mask_operator_counts_into_metadata() -> None:
+    op = build_op("pii_mask")
+    doc = Document(text="电话13812345678，备用13912345678，邮件a@example.com", id="d1")
+    op.apply(doc)
+    assert doc.text == "电话<PHONE>，备用<PHONE>，邮件<EMAIL>"
+    assert doc.metadata["pii"] == {"PHONE": 2, "EMAIL": 1}
+    # Running again on new PII adds to the counts.
+    doc.text += " IP 10.0.0.1"
+    op.apply(doc)
+    assert doc.metadata["pii"] == {"PHONE": 2, "EMAIL": 1, "IP": 1}
+
+
+def test_pii_mask_operator_params() -> None:
+    op = build_op("pii_mask", types=["phone"], placeholder_format="[{type}]")
+    doc = Document(text="Call +1 415-555-2671 or mail bob@example.com", id="d2")
+    op.apply(doc)
+    assert doc.text == "Call [PHONE] or mail bob@example.com"
+    assert doc.metadata == {"pii": {"PHONE": 1}}
+
+
+def test_pii_mask_operator_leaves_clean_documents_alone() -> None:
+    doc = Document(text="今天天气很好，我们去公园散步。", id="d3")
+    build_op("pii_mask").apply(doc)
+    assert doc.text == "今天天气很好，我们去公园散步。"
+    assert "pii" not in doc.metadata
+
+
+def test_pii_mask_operator_rejects_bad_params() -> None:
+    with pytest.raises(UserError, match=r"parameter 'types'.*unknown PII type 'nope'"):
+        build_op("pii_mask", types=["nope"])
+    with pytest.raises(UserError, match="parameter 'placeholder_format'"):
+        build_op("pii_mask", placeholder_format="<{kind}>")
+
+
+def test_pii_mask_counts_reach_the_operator_counters() -> None:
+    from lmops.data.document import Document
+    from lmops.data.ops import build_op
+
+    op = build_op("pii_mask")
+    docs = [Document("邮箱 a@b.com，电话 13812345678", "1"), Document("mail c@d.org", "2")]
+    list(op(docs))
+    assert op.counters == {"EMAIL": 2, "PHONE": 1}
