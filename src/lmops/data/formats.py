@@ -1,0 +1,414 @@
+"""Training-set row formats, a validator that says exactly what is wrong, and chat conversion.
+
+The formats (one JSON object per row; other keys, such as ids, are allowed and ignored)::
+
+    pretrain     {"text": str}
+    sft_alpaca   {"instruction": str, "input": str | null (optional), "output": str,
+                  "system": str (optional)}
+    sft_chat     {"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...]}
+    preference   {"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}
+
+Rules: required strings are non-empty (not only whitespace); ``input`` may be empty.
+A chat is an optional ``system`` message, then ``user`` and ``assistant`` turns alternating,
+starting with ``user`` and ending with ``assistant`` (so at least one of each); a system
+message may have empty content, other turns may not. In ``preference``, a message-list
+``prompt`` follows the same rules but ends with ``user``; a message-list ``chosen`` /
+``rejected`` is the continuation: turns alternating from ``assistant``, ending with
+``assistant``. Strings and lists may be mixed; ``chosen`` must differ from ``rejected``.
+
+Every problem is a :class:`RowError` that prints as
+``row 17: field 'messages[2].role': expected 'assistant' after 'user', got 'user'`` and has
+a stable ``code`` (the key of :attr:`ValidationReport.error_counts`):
+
+    not_object   the row is not a JSON object
+    undetected   format "auto" and the row has none of the keys that name a format
+    missing      a required field is absent
+    type         a field has the wrong JSON type
+    empty        a required string is empty
+    role         a role outside system / user / assistant
+    role_order   turns out of order (two users in a row, a system message not first, ...)
+    last_turn    a chat that does not end with the turn it must end with
+    identical    chosen equals rejected
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lmops.core.errors import UserError
+
+__all__ = [
+    "FORMATS",
+    "ROLES",
+    "Format",
+    "RowError",
+    "ValidationReport",
+    "detect_format",
+    "to_chat",
+    "to_preference",
+    "validate_row",
+    "validate_rows",
+]
+
+Format = Literal["pretrain", "sft_alpaca", "sft_chat", "preference"]
+FORMATS: tuple[str, ...] = ("pretrain", "sft_alpaca", "sft_chat", "preference")
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+Message = dict[str, str]
+
+# Keys that give a format away, checked in this order (a preference row may also carry
+# "messages"-like fields, an alpaca row a "text" copy).
+_HALLMARKS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("preference", ("chosen", "rejected")),
+    ("sft_chat", ("messages",)),
+    ("sft_alpaca", ("instruction", "output")),
+    ("pretrain", ("text",)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """One problem in one row."""
+
+    row: int  # 1-based
+    field: str  # e.g. "messages[2].role"; "" for the row as a whole
+    reason: str  # e.g. "expected 'assistant' after 'user', got 'user'"
+    code: str  # stable category, see the module docstring
+
+    def __str__(self) -> str:
+        where = f"field '{self.field}': " if self.field else ""
+        return f"row {self.row}: {where}{self.reason}"
+
+
+@dataclass(slots=True)
+class ValidationReport:
+    """The outcome of :func:`validate_rows`."""
+
+    format: str | None  # the format checked against (detected when "auto"); None if none
+    total_rows: int = 0
+    valid_rows: int = 0
+    errors: list[RowError] = field(default_factory=list)  # the first max_errors problems
+    error_counts: dict[str, int] = field(default_factory=dict)  # code -> problems, all rows
+    truncated: bool = False  # more problems were found than `errors` lists
+
+    @property
+    def invalid_rows(self) -> int:
+        return self.total_rows - self.valid_rows
+
+    @property
+    def ok(self) -> bool:
+        return self.total_rows > 0 and self.invalid_rows == 0
+
+    def summary(self) -> str:
+        """A few lines for a terminal: totals, then each listed problem."""
+        head = (
+            f"{self.total_rows} rows, {self.valid_rows} valid, {self.invalid_rows} invalid "
+            f"(format: {self.format or 'unknown'})"
+        )
+        lines = [head, *(str(e) for e in self.errors)]
+        if self.truncated:
+            more = sum(self.error_counts.values()) - len(self.errors)
+            lines.append(f"... and {more} more problems")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "total_rows": self.total_rows,
+            "valid_rows": self.valid_rows,
+            "invalid_rows": self.invalid_rows,
+            "errors": [
+                {
+                    "row": e.row,
+                    "field": e.field,
+                    "reason": e.reason,
+                    "code": e.code,
+                    "message": str(e),
+                }
+                for e in self.errors
+            ],
+            "error_counts": dict(self.error_counts),
+            "truncated": self.truncated,
+        }
+
+
+def detect_format(row: Any) -> str | None:
+    """The format a row's keys point to, or ``None``; the row is not validated."""
+    if not isinstance(row, Mapping):
+        return None
+    for fmt, keys in _HALLMARKS:
+        if any(k in row for k in keys):
+            return fmt
+    return None
+
+
+def validate_row(row: Any, fmt: str, *, row_number: int = 1) -> list[RowError]:
+    """Every problem of one row against ``fmt`` (empty when the row is valid)."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)} or auto")
+    if not isinstance(row, Mapping):
+        return [_not_object(row_number, row)]
+    problems = _CHECKS[fmt](row)
+    return [RowError(row_number, f, reason, code) for f, code, reason in problems]
+
+
+def validate_rows(
+    rows: Iterable[Any], fmt: str = "auto", *, max_errors: int = 100
+) -> ValidationReport:
+    """Validate a stream of rows against ``fmt`` (or ``"auto"``).
+
+    With ``"auto"`` the first row whose keys name a format (:func:`detect_format`) fixes the
+    format for the whole set; rows before it are ``undetected`` errors, rows after it that
+    look like another format fail that format's checks. At most ``max_errors`` problems are
+    kept in ``errors``; ``error_counts`` counts them all.
+    """
+    if fmt != "auto" and fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)} or auto")
+    if max_errors < 0:
+        raise UserError(f"max_errors must be >= 0, got {max_errors}")
+    report = ValidationReport(format=None if fmt == "auto" else fmt)
+    counts: Counter[str] = Counter()
+    for n, row in enumerate(rows, 1):
+        report.total_rows = n
+        if report.format is None:
+            report.format = detect_format(row)
+        if report.format is None:
+            problems = [_undetected(n, row) if isinstance(row, Mapping) else _not_object(n, row)]
+        else:
+            problems = validate_row(row, report.format, row_number=n)
+        if not problems:
+            report.valid_rows += 1
+            continue
+        for p in problems:
+            counts[p.code] += 1
+            if len(report.errors) < max_errors:
+                report.errors.append(p)
+            else:
+                report.truncated = True
+    report.error_counts = dict(counts)
+    return report
+
+
+def to_chat(row: Mapping[str, Any], fmt: str = "auto") -> list[Message]:
+    """The chat messages a training row stands for (the training stage's input form).
+
+    ``sft_alpaca``: an optional system message, the user turn ``instruction`` (plus
+    ``"\\n\\n" + input`` when ``input`` is not empty) and the assistant turn ``output``.
+    ``sft_chat``: the messages, reduced to ``role`` and ``content``. ``preference``: the
+    prompt followed by the chosen answer. ``pretrain`` rows have no chat form. Raises
+    :class:`UserError` naming the first problem of an invalid row.
+    """
+    fmt = _checked(row, fmt)
+    if fmt == "sft_alpaca":
+        messages: list[Message] = []
+        system = row.get("system")
+        if isinstance(system, str) and system.strip():
+            messages.append({"role": "system", "content": system})
+        user = row["instruction"]
+        extra = row.get("input")
+        if isinstance(extra, str) and extra.strip():
+            user = f"{user}\n\n{extra}"
+        messages.append({"role": "user", "content": user})
+        messages.append({"role": "assistant", "content": row["output"]})
+        return messages
+    if fmt == "sft_chat":
+        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    if fmt == "preference":
+        prompt, chosen, _ = to_preference(row)
+        return prompt + chosen
+    raise UserError("pretrain rows have no chat form; use the 'text' field directly")
+
+
+def to_preference(row: Mapping[str, Any]) -> tuple[list[Message], list[Message], list[Message]]:
+    """A preference row as ``(prompt, chosen, rejected)`` message lists.
+
+    A string prompt becomes one user turn, a string answer one assistant turn. Raises
+    :class:`UserError` naming the first problem of an invalid row.
+    """
+    _checked(row, "preference")
+    prompt = _as_messages(row["prompt"], "user")
+    return (
+        prompt,
+        _as_messages(row["chosen"], "assistant"),
+        _as_messages(row["rejected"], "assistant"),
+    )
+
+
+# -- checks: each returns [(field, code, reason)] --------------------------------------------------
+Problem = tuple[str, str, str]
+
+
+def _check_pretrain(row: Mapping[str, Any]) -> list[Problem]:
+    return _text(row, "text")
+
+
+def _check_alpaca(row: Mapping[str, Any]) -> list[Problem]:
+    problems = _text(row, "instruction")
+    if row.get("input") is not None and not isinstance(row["input"], str):
+        problems.append(("input", "type", f"expected a string or null, got {_type(row['input'])}"))
+    if "system" in row and row["system"] is not None and not isinstance(row["system"], str):
+        problems.append(
+            ("system", "type", f"expected a string or null, got {_type(row['system'])}")
+        )
+    return problems + _text(row, "output")
+
+
+def _check_chat(row: Mapping[str, Any]) -> list[Problem]:
+    if "messages" not in row:
+        return [("messages", "missing", "required field is missing")]
+    return _messages(row["messages"], "messages", first="user", last="assistant", system=True)
+
+
+def _check_preference(row: Mapping[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, first, last in (
+        ("prompt", "user", "user"),
+        ("chosen", "assistant", "assistant"),
+        ("rejected", "assistant", "assistant"),
+    ):
+        if name not in row:
+            problems.append((name, "missing", "required field is missing"))
+        elif isinstance(row[name], list):
+            problems += _messages(row[name], name, first=first, last=last, system=name == "prompt")
+        else:
+            problems += _text(row, name, what="a string or a list of messages")
+    if not problems and _as_messages(row["chosen"], "assistant") == _as_messages(
+        row["rejected"], "assistant"
+    ):
+        problems.append(("rejected", "identical", "must differ from 'chosen'"))
+    return problems
+
+
+_CHECKS = {
+    "pretrain": _check_pretrain,
+    "sft_alpaca": _check_alpaca,
+    "sft_chat": _check_chat,
+    "preference": _check_preference,
+}
+
+
+def _text(row: Mapping[str, Any], name: str, *, what: str = "a string") -> list[Problem]:
+    if name not in row:
+        return [(name, "missing", "required field is missing")]
+    value = row[name]
+    if not isinstance(value, str):
+        return [(name, "type", f"expected {what}, got {_type(value)}")]
+    if not value.strip():
+        return [(name, "empty", "must not be empty")]
+    return []
+
+
+def _messages(value: Any, name: str, *, first: str, last: str, system: bool) -> list[Problem]:
+    """Check a message list: an optional leading system message (when ``system``), then
+    turns alternating user/assistant from ``first``, ending with ``last``."""
+    if not isinstance(value, list):
+        return [(name, "type", f"expected a list of messages, got {_type(value)}")]
+    if not value:
+        return [(name, "empty", "must not be empty")]
+    problems: list[Problem] = []
+    prev: str | None = None  # role of the previous turn; None before the first
+    in_order = True  # judge order (and the last turn) only up to the first role problem
+    for i, msg in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(msg, Mapping):
+            problems.append((where, "type", f"expected a message object, got {_type(msg)}"))
+            in_order = False
+            continue
+        role = msg.get("role")
+        if "role" not in msg:
+            problems.append((f"{where}.role", "missing", "required field is missing"))
+            in_order = False
+        elif role not in ROLES:
+            allowed = ", ".join(f"'{r}'" for r in ROLES)
+            problems.append((f"{where}.role", "role", f"expected one of {allowed}, got {role!r}"))
+            in_order = False
+        elif in_order:
+            expected = _expected_role(prev, first, system and i == 0)
+            if role not in expected:
+                if prev is None:
+                    want = " or ".join(f"'{r}'" for r in expected)
+                    reason = f"expected {want} first, got '{role}'"
+                else:
+                    reason = f"expected '{expected[0]}' after '{prev}', got '{role}'"
+                problems.append((f"{where}.role", "role_order", reason))
+                in_order = False  # later order problems would only echo this one
+            prev = role
+        content = msg.get("content")
+        if "content" not in msg:
+            problems.append((f"{where}.content", "missing", "required field is missing"))
+        elif not isinstance(content, str):
+            problems.append(
+                (f"{where}.content", "type", f"expected a string, got {_type(content)}")
+            )
+        elif not content.strip() and role != "system":
+            problems.append((f"{where}.content", "empty", "must not be empty"))
+    if in_order and prev != last and prev is not None:
+        problems.append(
+            (
+                f"{name}[{len(value) - 1}].role",
+                "last_turn",
+                f"the last turn must be '{last}', got '{prev}'",
+            )
+        )
+    return problems
+
+
+def _expected_role(prev: str | None, first: str, system_allowed: bool) -> tuple[str, ...]:
+    if prev is None:
+        return ("system", first) if system_allowed else (first,)
+    if prev == "system":
+        return (first,)
+    return ("assistant",) if prev == "user" else ("user",)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _checked(row: Mapping[str, Any], fmt: str) -> str:
+    if fmt == "auto":
+        detected = detect_format(row)
+        if detected is None:
+            raise UserError(str(_undetected(1, row)).removeprefix("row 1: "))
+        fmt = detected
+    problems = validate_row(row, fmt)
+    if problems:
+        raise UserError(f"invalid {fmt} row: {str(problems[0]).removeprefix('row 1: ')}")
+    return fmt
+
+
+def _as_messages(value: str | list[Mapping[str, Any]], role: str) -> list[Message]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _not_object(n: int, row: Any) -> RowError:
+    return RowError(n, "", f"expected a JSON object, got {_type(row)}", "not_object")
+
+
+def _undetected(n: int, row: Any) -> RowError:
+    keys = sorted(row) if isinstance(row, Mapping) else []
+    hallmarks = ", ".join(f"'{k}'" for _, ks in _HALLMARKS for k in ks)
+    return RowError(
+        n,
+        "",
+        f"cannot detect the format: expected one of the keys {hallmarks}, got {keys}",
+        "undetected",
+    )
+
+
+def _type(value: Any) -> str:
+    """The JSON name of a value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__

@@ -1,0 +1,367 @@
+"""Packed token shards: the hand-off from the data stage to pretraining.
+
+Layout of a shard set::
+
+    out_dir/
+      shard-00000.bin       token ids, raw little-endian uint16 or uint32, back to back
+      shard-00000.idx.npy   uint64 start offset (in tokens) of each document in that shard
+      shard-00001.bin ...
+      meta.json             dtype, vocab_size, eos_id, tokenizer name + digest, totals, and
+                            per shard: name, num_tokens, num_docs, sha256 of the .bin
+
+Each document is its token ids followed by the EOS id (``append_eos=True``), so the shards
+can be read as one continuous stream for packed pretraining while document boundaries stay
+recoverable from the ``.idx.npy`` files. A document is never split across shards: a shard
+is closed before the document that would take it past ``shard_tokens`` (a single document
+longer than ``shard_tokens`` gets a shard of its own). Every file is written under a temp
+name and renamed; ``meta.json`` is written last, so a set with a ``meta.json`` is complete.
+
+``numpy.memmap(path, dtype="<u2")`` reads a ``.bin`` with no lmops code;
+:class:`TokenShards` does that for the whole set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from lmops.core.errors import UserError
+from lmops.data.document import Document
+from lmops.data.tokenizer import load_tokenizer, read_tokenizer_config, tokenizer_digest
+
+__all__ = ["ShardInfo", "ShardSetInfo", "TokenShards", "choose_dtype", "write_token_shards"]
+
+META = "meta.json"
+FORMAT = "lmops.token_shards"
+VERSION = 1
+_DTYPES: dict[str, np.dtype[Any]] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+
+
+@dataclass(frozen=True, slots=True)
+class ShardInfo:
+    """One ``.bin`` + ``.idx.npy`` pair."""
+
+    name: str  # "shard-00000.bin"
+    index: str  # "shard-00000.idx.npy"
+    num_tokens: int
+    num_docs: int
+    sha256: str  # of the .bin file
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSetInfo:
+    """What :func:`write_token_shards` wrote; also the content of ``meta.json``."""
+
+    path: Path
+    dtype: str  # "uint16" | "uint32", little-endian
+    vocab_size: int
+    eos_id: int | None
+    append_eos: bool
+    tokenizer_name: str
+    tokenizer_digest: str  # sha256 of tokenizer.json; the id mapping the shards assume
+    num_tokens: int
+    num_docs: int
+    shards: tuple[ShardInfo, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``meta.json`` document (without ``path``)."""
+        d = asdict(self)
+        del d["path"]
+        d["shards"] = [asdict(s) for s in self.shards]
+        return {"format": FORMAT, "version": VERSION, **d}
+
+
+def choose_dtype(vocab_size: int) -> Literal["uint16", "uint32"]:
+    """``uint16`` when every id fits (ids are ``0..vocab_size-1`` <= 65535), else ``uint32``."""
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+def write_token_shards(
+    docs: Iterable[Document] | Iterable[str],
+    tokenizer_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    shard_tokens: int = 50_000_000,
+    append_eos: bool = True,
+    dtype: Literal["auto", "uint16", "uint32"] = "auto",
+    batch_size: int = 1000,
+    parse_special: bool = False,
+) -> ShardSetInfo:
+    """Tokenize ``docs`` (documents or plain strings) into packed shards under ``out_dir``.
+
+    Texts are encoded ``batch_size`` at a time with ``Tokenizer.encode_batch`` and without
+    the tokenizer's own special tokens; ``append_eos`` appends the EOS id (the
+    ``eos_token`` of ``tokenizer_config.json``) after every document, empty ones included,
+    so document ``i`` of the input is document ``i`` of the set. Special-token strings in
+    the text (``<|endoftext|>``, ``<|im_start|>``) are tokenized as ordinary text, so raw
+    data cannot forge a document boundary; ``parse_special=True`` maps them to their ids
+    instead (for text that is already rendered with a chat template). ``out_dir`` must be empty
+    or absent. Raises :class:`UserError` for a non-empty ``out_dir``, bad sizes, a dtype
+    too narrow for the vocabulary, or ``append_eos`` without an EOS token.
+    """
+    if shard_tokens < 1:
+        raise UserError(f"shard_tokens must be >= 1, got {shard_tokens}")
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    tok = load_tokenizer(tokenizer_dir)
+    tok.encode_special_tokens = not parse_special
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    if dtype == "auto":
+        dtype = choose_dtype(vocab_size)
+    if dtype not in _DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose auto, uint16 or uint32")
+    if dtype == "uint16" and choose_dtype(vocab_size) != "uint16":
+        raise UserError(
+            f"dtype uint16 cannot hold ids of a {vocab_size}-token vocabulary; use uint32"
+        )
+    np_dtype = _DTYPES[dtype]
+    eos_id: int | None = None
+    eos_token = read_tokenizer_config(tokenizer_dir).get("eos_token")
+    if isinstance(eos_token, str):
+        eos_id = tok.token_to_id(eos_token)
+    if append_eos and eos_id is None:
+        raise UserError(
+            f"tokenizer at {tokenizer_dir} has no eos_token in tokenizer_config.json; "
+            "set one or pass append_eos=False"
+        )
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"output directory {out} is not empty; choose a new one or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+
+    writer = _ShardWriter(out, np_dtype, shard_tokens)
+    for batch in _batches(docs, batch_size):
+        for enc in tok.encode_batch(batch, add_special_tokens=False):
+            ids = enc.ids
+            if append_eos:
+                assert eos_id is not None
+                ids = [*ids, eos_id]
+            writer.add(np.asarray(ids, dtype=np_dtype))
+    shards = writer.close()
+
+    info = ShardSetInfo(
+        path=out,
+        dtype=dtype,
+        vocab_size=vocab_size,
+        eos_id=eos_id,
+        append_eos=append_eos,
+        tokenizer_name=Path(tokenizer_dir).resolve().name,
+        tokenizer_digest=tokenizer_digest(tokenizer_dir),
+        num_tokens=sum(s.num_tokens for s in shards),
+        num_docs=sum(s.num_docs for s in shards),
+        shards=tuple(shards),
+    )
+    tmp = out / f".{META}.tmp"
+    tmp.write_text(json.dumps(info.to_dict(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / META)
+    return info
+
+
+class TokenShards:
+    """Read a shard set through memory maps; nothing is loaded whole.
+
+    ``len(shards)`` is the number of tokens. Windows from :meth:`sample_windows` and
+    :meth:`iter_packed` are ``int64`` and ``seq_len + 1`` long: inputs are ``w[:, :-1]``,
+    next-token targets ``w[:, 1:]``.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        meta_file = self.path / META
+        if not meta_file.is_file():
+            raise UserError(
+                f"no {META} in {self.path}; it is not a (complete) token shard set - "
+                "write one with write_token_shards()"
+            )
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise UserError(f"{meta_file} is not a token shard set (format {meta.get('format')!r})")
+        self.meta: dict[str, Any] = meta
+        self.dtype = _DTYPES[meta["dtype"]]
+        self.vocab_size: int = meta["vocab_size"]
+        self.eos_id: int | None = meta["eos_id"]
+        self._tokens: list[npt.NDArray[Any]] = []
+        self._starts: list[npt.NDArray[np.uint64]] = []
+        for s in meta["shards"]:
+            n = int(s["num_tokens"])
+            # np.memmap refuses empty files; an empty shard is an empty array.
+            self._tokens.append(
+                np.memmap(self.path / s["name"], dtype=self.dtype, mode="r", shape=(n,))
+                if n
+                else np.empty(0, dtype=self.dtype)
+            )
+            self._starts.append(np.load(self.path / s["index"], mmap_mode="r"))
+        # Cumulative counts: first global doc / token of each shard, plus the totals.
+        self._doc_base = np.cumsum([0, *(len(s) for s in self._starts)]).tolist()
+        self._tok_base = np.cumsum([0, *(len(t) for t in self._tokens)]).tolist()
+
+    def __len__(self) -> int:
+        return int(self._tok_base[-1])
+
+    @property
+    def num_docs(self) -> int:
+        return int(self._doc_base[-1])
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._tokens)
+
+    def document(self, i: int) -> npt.NDArray[Any]:
+        """Token ids of document ``i`` (EOS included when the set was written with it)."""
+        if not -self.num_docs <= i < self.num_docs:
+            raise IndexError(f"document {i} out of range for {self.num_docs} documents")
+        i %= self.num_docs
+        shard = bisect_right(self._doc_base, i) - 1
+        local = i - self._doc_base[shard]
+        starts = self._starts[shard]
+        start = int(starts[local])
+        end = int(starts[local + 1]) if local + 1 < len(starts) else len(self._tokens[shard])
+        return np.asarray(self._tokens[shard][start:end])
+
+    def iter_documents(self) -> Iterator[npt.NDArray[Any]]:
+        """Every document in order."""
+        for i in range(self.num_docs):
+            yield self.document(i)
+
+    def sample_windows(
+        self, seq_len: int, batch_size: int, rng: np.random.Generator
+    ) -> npt.NDArray[np.int64]:
+        """``(batch_size, seq_len + 1)`` windows at uniformly random token offsets.
+
+        Windows ignore document boundaries (documents are separated by EOS) but never cross
+        a shard end; every valid window of every shard is equally likely.
+        """
+        if seq_len < 1 or batch_size < 1:
+            raise UserError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
+        width = seq_len + 1
+        # Number of valid start offsets per shard.
+        starts = np.array([max(0, len(t) - width + 1) for t in self._tokens], dtype=np.int64)
+        total = int(starts.sum())
+        if total == 0:
+            longest = max((len(t) for t in self._tokens), default=0)
+            raise UserError(
+                f"no shard holds {width} tokens (the longest has {longest}); "
+                "use a smaller seq_len or larger shards"
+            )
+        flat = rng.integers(0, total, size=batch_size)
+        bounds = np.cumsum(starts)
+        shard_of = np.searchsorted(bounds, flat, side="right")
+        out = np.empty((batch_size, width), dtype=np.int64)
+        for row, (g, s) in enumerate(zip(flat, shard_of, strict=True)):
+            offset = int(g - (bounds[s] - starts[s]))
+            out[row] = self._tokens[s][offset : offset + width]
+        return out
+
+    def iter_packed(self, seq_len: int) -> Iterator[npt.NDArray[np.int64]]:
+        """Consecutive ``seq_len + 1`` windows over the whole set, in order.
+
+        Window ``k`` covers tokens ``[k * seq_len, k * seq_len + seq_len + 1)`` of the
+        concatenated stream (shards joined in order), so consecutive windows share one token
+        and every token after the first is a target exactly once. An incomplete last window
+        is dropped.
+        """
+        if seq_len < 1:
+            raise UserError(f"seq_len must be >= 1, got {seq_len}")
+        total = len(self)
+        pos = 0
+        while pos + seq_len + 1 <= total:
+            yield self._span(pos, pos + seq_len + 1)
+            pos += seq_len
+
+    def _span(self, start: int, end: int) -> npt.NDArray[np.int64]:
+        # Tokens [start, end) of the concatenated stream, possibly across shards.
+        parts: list[npt.NDArray[Any]] = []
+        shard = bisect_right(self._tok_base, start) - 1
+        while start < end:
+            base = self._tok_base[shard]
+            stop = min(end, self._tok_base[shard + 1])
+            parts.append(self._tokens[shard][start - base : stop - base])
+            start = stop
+            shard += 1
+        return np.concatenate(parts).astype(np.int64)
+
+
+# -- writing ---------------------------------------------------------------------------------------
+class _ShardWriter:
+    """Appends documents to the current shard; rolls over before it would overflow."""
+
+    def __init__(self, out: Path, dtype: np.dtype[Any], shard_tokens: int) -> None:
+        self.out = out
+        self.dtype = dtype
+        self.shard_tokens = shard_tokens
+        self.shards: list[ShardInfo] = []
+        self._file: Any = None
+        self._starts: list[int] = []
+        self._n = 0
+        self._hash = hashlib.sha256()
+
+    def add(self, ids: npt.NDArray[Any]) -> None:
+        if self._file is not None and self._starts and self._n + len(ids) > self.shard_tokens:
+            self._finish()
+        if self._file is None:
+            self._open()
+        self._starts.append(self._n)
+        data = ids.astype(self.dtype, copy=False).tobytes()
+        self._file.write(data)
+        self._hash.update(data)
+        self._n += len(ids)
+
+    def close(self) -> list[ShardInfo]:
+        if self._file is not None:
+            self._finish()
+        return self.shards
+
+    def _names(self) -> tuple[str, str]:
+        k = len(self.shards)
+        return f"shard-{k:05d}.bin", f"shard-{k:05d}.idx.npy"
+
+    def _open(self) -> None:
+        name, _ = self._names()
+        self._file = open(self.out / f".{name}.tmp", "wb")  # noqa: SIM115 - closed in _finish
+        self._starts = []
+        self._n = 0
+        self._hash = hashlib.sha256()
+
+    def _finish(self) -> None:
+        name, index = self._names()
+        self._file.close()
+        self._file = None
+        os.replace(self.out / f".{name}.tmp", self.out / name)
+        tmp_idx = self.out / f".{index}.tmp"
+        with open(tmp_idx, "wb") as f:  # a file object, so np.save adds no ".npy"
+            np.save(f, np.asarray(self._starts, dtype=np.uint64))
+        os.replace(tmp_idx, self.out / index)
+        self.shards.append(
+            ShardInfo(
+                name=name,
+                index=index,
+                num_tokens=self._n,
+                num_docs=len(self._starts),
+                sha256=self._hash.hexdigest(),
+            )
+        )
+
+
+def _batches(docs: Iterable[Document] | Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for n, doc in enumerate(docs, 1):
+        if isinstance(doc, Document):
+            batch.append(doc.text)
+        elif isinstance(doc, str):
+            batch.append(doc)
+        else:
+            raise UserError(f"item #{n} has type {type(doc).__name__}; expected a Document or str")
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
