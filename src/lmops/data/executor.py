@@ -203,13 +203,18 @@ def _stage_file(work: Path, stage: int, shard: int, suffix: str = ".jsonl") -> P
     return work / f"stage{stage}" / f"{shard:05d}{suffix}"
 
 
+def _internal_opts(recipe: Recipe) -> ReadOptions:
+    """How a stage reads the previous stage's files (our own JSONL, possibly empty)."""
+    return ReadOptions(text_key=recipe.text_key, id_key=recipe.id_key, allow_empty=True)
+
+
 def _source(job: _Job, recipe: Recipe, sink: ErrorSink | None) -> Iterable[Document]:
     if job.stage.index == 0:
         return read_shard(job.shard, recipe.read_options(), sink)
     prev = _stage_file(Path(job.work), job.stage.index - 1, job.shard.index)
     return read_shard(
         Shard(job.shard.index, InputFile(prev, prev.name, "jsonl")),
-        ReadOptions(text_key=recipe.text_key, id_key=recipe.id_key),
+        _internal_opts(recipe),
     )
 
 
@@ -285,7 +290,7 @@ def run_global_stage(
                 prev = _stage_file(work, stage.index - 1, shard.index)
                 docs = read_shard(
                     Shard(shard.index, InputFile(prev, prev.name, "jsonl")),
-                    ReadOptions(text_key=recipe.text_key, id_key=recipe.id_key),
+                    _internal_opts(recipe),
                 )
             for doc in docs:
                 if stage.index == 0:
@@ -391,8 +396,6 @@ def run_recipe(
     from lmops.data.report import build_report, write_report_files
 
     kind = executor or recipe.executor.type
-    if kind == "ray":
-        raise UserError("the Ray executor is not available yet; use --executor local")
     n_workers = workers or recipe.executor.workers
     recipe.build_ops(source)
     inputs = resolve_inputs(recipe, base_dir, store)
@@ -426,7 +429,12 @@ def run_recipe(
     run = tracker.__enter__() if tracker is not None else None
     try:
         started = time.perf_counter()
-        resumed = _execute(recipe, stages, shards, work, n_workers, progress)
+        if kind == "ray":
+            from lmops.data.ray_executor import execute_ray
+
+            resumed = execute_ray(recipe, stages, shards, work, n_workers, progress)
+        else:
+            resumed = _execute(recipe, stages, shards, work, n_workers, progress)
         wall = time.perf_counter() - started
         stage_stats = _collect_stats(stages, shards, work)
         report = build_report(

@@ -165,6 +165,8 @@ class ReadOptions:
     columns: dict[str, str] = field(default_factory=dict)
     text_unit: TextUnit = "file"
     on_error: Literal["raise", "skip"] = "raise"
+    # Intermediate files of a run may legitimately be empty (every document dropped).
+    allow_empty: bool = False
 
 
 def _fail(
@@ -231,7 +233,7 @@ def _read_jsonl(shard: Shard, opts: ReadOptions, sink: ErrorSink | None) -> Iter
                 _fail(opts, sink, where, doc, line)
                 continue
             yield doc
-        if not seen_any and shard.start == 0:
+        if not seen_any and shard.start == 0 and not opts.allow_empty:
             _fail(opts, sink, str(f.path), "empty file (no lines)", None)
 
 

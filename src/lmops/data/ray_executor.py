@@ -1,0 +1,257 @@
+"""The Ray executor: the same recipe, shards, work folder and output as the local one.
+
+Local stages run :func:`run_local_shard` as Ray tasks, one per shard. ``minhash_dedup``
+runs distributed in three steps that reproduce the local decision exactly: signatures per
+shard in parallel; the ordered LSH pass in the driver (signatures only, 4 bytes × 112 per
+document); then each shard filtered in parallel with the driver's decisions. Other global
+operators run in the driver, streaming, as in the local executor.
+
+On a cluster (``executor.address``), the input, output and work folders must be on storage
+every node sees, and lmops must be installed on every node.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from lmops.core.errors import UserError
+from lmops.data.document import Document
+from lmops.data.executor import (
+    LengthHistogram,
+    Stage,
+    _chain,
+    _internal_opts,
+    _Job,
+    _op_stats,
+    _stage_file,
+    _write_json_atomic,
+    run_global_stage,
+    run_local_shard,
+)
+from lmops.data.io import InputFile, JsonlWriter, Shard, read_shard
+from lmops.data.recipe import Recipe
+
+__all__ = ["execute_ray"]
+
+
+def _init_ray(address: str | None, workers: int) -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the Ray executor needs Ray: pip install 'lmops[ray]'") from None
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address:
+            kwargs["address"] = address
+        else:
+            kwargs["num_cpus"] = workers
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        ray.init(**kwargs)
+    return ray
+
+
+def _docs_of(recipe: Recipe, stage: Stage, shard: Shard, work: Path) -> Any:
+    if stage.index == 0:
+        return read_shard(shard, recipe.read_options())
+    prev = _stage_file(work, stage.index - 1, shard.index)
+    return read_shard(
+        Shard(shard.index, InputFile(prev, prev.name, "jsonl")),
+        _internal_opts(recipe),
+    )
+
+
+def _signatures(
+    recipe_json: dict[str, Any], stage: Stage, shard: Shard, work: str
+) -> tuple[list[str], np.ndarray]:
+    from lmops.data.minhash import MinHasher
+
+    recipe = Recipe.model_validate(recipe_json)
+    op = recipe.build_ops()[stage.op_indices[0]]
+    p = cast(Any, op.params)
+    hasher = MinHasher(
+        num_bands=p.num_bands, rows_per_band=p.rows_per_band, ngram=p.ngram, seed=p.seed
+    )
+    ids: list[str] = []
+    texts: list[str] = []
+    for doc in _docs_of(recipe, stage, shard, Path(work)):
+        ids.append(doc.id)
+        texts.append(doc.text)
+    sigs = hasher.signatures(texts) if texts else np.zeros((0, hasher.num_perm), dtype=np.uint32)
+    return ids, sigs
+
+
+def _apply_decisions(
+    recipe_json: dict[str, Any],
+    stage: Stage,
+    shard: Shard,
+    work: str,
+    decisions: dict[int, tuple[str, float]],
+    last_stage: bool,
+) -> dict[str, Any]:
+    recipe = Recipe.model_validate(recipe_json)
+    op = recipe.build_ops()[stage.op_indices[0]]
+    hist_in, hist_out = LengthHistogram(), LengthHistogram()
+
+    def filtered(docs: Any) -> Any:
+        for pos, doc in enumerate(docs):
+            hit = decisions.get(pos)
+            if hit is None:
+                yield doc
+                continue
+            doc.metadata["duplicate_of"] = hit[0]
+            doc.scores(op.name)["similarity"] = hit[1]
+            op.drop(doc, "minhash_duplicate")
+
+    def on_in(doc: Document) -> None:
+        if stage.index == 0:
+            hist_in.add(doc)
+
+    meters, _ = _chain(_docs_of(recipe, stage, shard, Path(work)), [], on_in)
+    meters.append(type(meters[0])(filtered(meters[0])))
+    target = _stage_file(Path(work), stage.index, shard.index)
+    with JsonlWriter(target, recipe.text_key, recipe.id_key) as w:
+        for doc in meters[-1]:
+            if last_stage:
+                hist_out.add(doc)
+            w.write(doc)
+    return {
+        "ops": _op_stats([op], meters),
+        "read_seconds": meters[0].seconds,
+        "hist_in": hist_in.to_json() if stage.index == 0 else None,
+        "hist_out": hist_out.to_json() if last_stage else None,
+    }
+
+
+def _minhash_stage(
+    ray: Any, recipe: Recipe, stage: Stage, shards: list[Shard], work: Path, last: bool
+) -> None:
+    from lmops.data.minhash import LSHIndex, MinHasher
+
+    recipe_json = recipe.model_dump(mode="json")
+    op = recipe.build_ops()[stage.op_indices[0]]
+    p = cast(Any, op.params)
+    sig_task = ray.remote(_signatures)
+    apply_task = ray.remote(_apply_decisions)
+    per_shard = ray.get([sig_task.remote(recipe_json, stage, s, str(work)) for s in shards])
+
+    # The ordered pass: exactly what the streaming operator decides, shard after shard.
+    hasher = MinHasher(
+        num_bands=p.num_bands, rows_per_band=p.rows_per_band, ngram=p.ngram, seed=p.seed
+    )
+    index = LSHIndex(hasher, p.threshold)
+    kept_ids: dict[int, str] = {}
+    decisions: list[dict[int, tuple[str, float]]] = []
+    for ids, sigs in per_shard:
+        mine: dict[int, tuple[str, float]] = {}
+        for pos, (doc_id, sig) in enumerate(zip(ids, sigs, strict=True)):
+            i, matches = index.add(sig)
+            if not matches:
+                kept_ids[i] = doc_id
+            else:
+                mine[pos] = (kept_ids[index.find(i)], max(m.similarity for m in matches))
+        decisions.append(mine)
+
+    stats = ray.get(
+        [
+            apply_task.remote(recipe_json, stage, s, str(work), d, last)
+            for s, d in zip(shards, decisions, strict=True)
+        ]
+    )
+    merged = stats[0]["ops"][0] | {
+        "docs_in": 0,
+        "docs_out": 0,
+        "seconds": 0.0,
+        "dropped": {},
+        "examples": {},
+    }
+    hist_in, hist_out = LengthHistogram(), LengthHistogram()
+    for st in stats:
+        o = st["ops"][0]
+        merged["docs_in"] += o["docs_in"]
+        merged["docs_out"] += o["docs_out"]
+        merged["seconds"] += o["seconds"]
+        for r, n in o["dropped"].items():
+            merged["dropped"][r] = merged["dropped"].get(r, 0) + n
+        for r, ex in o["examples"].items():
+            kept = merged["examples"].setdefault(r, [])
+            kept.extend(ex[: max(0, 3 - len(kept))])
+        if st["hist_in"]:
+            hist_in.merge(st["hist_in"])
+        if st["hist_out"]:
+            hist_out.merge(st["hist_out"])
+    _write_json_atomic(
+        work / f"stage{stage.index}" / "global.stats.json",
+        {
+            "shard": "all",
+            "stage": stage.index,
+            "read_seconds": sum(st["read_seconds"] for st in stats),
+            "ops": [merged],
+            "errors": {"count": 0, "by_reason": {}},
+            "hist_in": hist_in.to_json() if stage.index == 0 else None,
+            "hist_out": hist_out.to_json() if last else None,
+        },
+    )
+
+
+def execute_ray(
+    recipe: Recipe,
+    stages: list[Stage],
+    shards: list[Shard],
+    work: Path,
+    workers: int,
+    progress: bool,
+) -> int:
+    """Run every stage on Ray; returns how many finished shards were reused."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    ray = _init_ray(recipe.executor.address, workers)
+    ops = recipe.build_ops()
+    recipe_json = recipe.model_dump(mode="json")
+    shard_task = ray.remote(run_local_shard)
+    resumed = 0
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not progress,
+    ) as bar:
+        for stage in stages:
+            last = stage.index == len(stages) - 1
+            names = ",".join(recipe.process[i].op for i in stage.op_indices) or "copy"
+            if stage.is_global:
+                task = bar.add_task(f"ray stage {stage.index} [global] {names}", total=1)
+                if (work / f"stage{stage.index}" / "global.stats.json").exists():
+                    resumed += 1
+                elif ops[stage.op_indices[0]].name == "minhash_dedup" and stage.index > 0:
+                    _minhash_stage(ray, recipe, stage, shards, work, last)
+                else:
+                    run_global_stage(recipe, stage, shards, work, last)
+                bar.advance(task)
+                continue
+            todo = [
+                s
+                for s in shards
+                if not _stage_file(work, stage.index, s.index, ".stats.json").exists()
+            ]
+            resumed += len(shards) - len(todo)
+            task = bar.add_task(
+                f"ray stage {stage.index} {names}",
+                total=len(shards),
+                completed=len(shards) - len(todo),
+            )
+            pending = [
+                shard_task.remote(_Job(recipe_json, stage, s, str(work), last)) for s in todo
+            ]
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                for ref in done:
+                    ray.get(ref)  # re-raise a task's error; finished shards stay on disk
+                    bar.advance(task)
+                time.sleep(0)
+    return resumed

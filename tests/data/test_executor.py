@@ -1,0 +1,222 @@
+"""Recipes end to end: validation, local executor, report, lineage, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.data.executor import run_recipe
+from lmops.data.recipe import load_recipe
+from lmops.store import Store
+
+
+def make_corpus(folder: Path, files: int = 3, per_file: int = 60) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in range(files):
+        rows = []
+        for i in range(per_file):
+            text = f"Document {f}-{i} talks about topic {i % 7} in plain words."
+            if i % 20 == 0:
+                text = "The same boilerplate notice appears in many files."
+            rows.append({"id": f"f{f}-{i:03d}", "text": text})
+        (folder / f"part{f}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def write_recipe(path: Path, body: str) -> Path:
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+RECIPE = """\
+name: demo
+inputs: [raw/*.jsonl]
+process:
+  - op: clean_unicode
+  - op: exact_dedup
+  - op: clean_whitespace
+output: {path: out/demo, dataset: demo-clean}
+executor: {type: local, workers: 1, shard_bytes: 2048}
+"""
+
+
+def test_unknown_operator_and_parameter_name_the_line(tmp_path: Path) -> None:
+    bad_op = write_recipe(
+        tmp_path / "a.yaml", RECIPE.replace("op: exact_dedup", "op: exact_dedupe")
+    )
+    with pytest.raises(
+        UserError, match=r"a\.yaml:5: process\[1\]: unknown operator 'exact_dedupe'"
+    ):
+        load_recipe(bad_op)
+    bad_param = write_recipe(
+        tmp_path / "b.yaml",
+        RECIPE.replace("op: exact_dedup", "op: exact_dedup\n    normalise: false"),
+    )
+    with pytest.raises(UserError, match=r"b\.yaml:5: process\[1\]: .*parameter 'normalise'"):
+        load_recipe(bad_param)
+    bad_field = write_recipe(tmp_path / "c.yaml", RECIPE.replace("output:", "outptu:"))
+    with pytest.raises(UserError, match=r"c\.yaml"):
+        load_recipe(bad_field)
+
+
+def test_run_registers_dataset_with_report_and_lineage(tmp_path: Path, store: Store) -> None:
+    make_corpus(tmp_path / "raw")
+    store.assets.register("dataset", "raw", tmp_path / "raw")
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace("[raw/*.jsonl]", "[raw:1]"))
+    result = run_recipe(load_recipe(recipe), base_dir=tmp_path, store=store, progress=False)
+    report = result.report
+    assert report["docs_in"] == 180 and report["docs_out"] == 180 - 8  # 9 copies of one text -> 1
+    dedup = report["ops"][1]
+    assert dedup["name"] == "exact_dedup" and dedup["dropped"] == {"exact_duplicate": 8}
+    assert dedup["examples"]["exact_duplicate"][0]["text"].startswith("The same boilerplate")
+    assert result.dataset == "demo-clean:1"
+    lineage = store.assets.lineage("demo-clean")
+    assert [(e.parent, e.role) for e in lineage.upstream] == [("raw:1", "input")]
+    run = store.runs.get(result.run_id or "")
+    assert run.config["name"] == "demo" and run.outputs == ["demo-clean:1"]
+    assert run.last("docs_out") == 172
+    out = Path(result.output_path or "")
+    parts = sorted(out.glob("part-*.jsonl"))
+    ids = [json.loads(line)["id"] for p in parts for line in p.read_text().splitlines()]
+    assert len(ids) == 172 == len(set(ids)) and ids[0] == "f0-000"
+    assert (out / "_report" / "report.json").exists() and (out / "_report" / "report.png").exists()
+    assert not out.with_name("demo.lmops-work").exists()
+    # the registered dataset is readable as the input of the next recipe
+    again = write_recipe(
+        tmp_path / "r2.yaml",
+        RECIPE.replace("[raw/*.jsonl]", "[demo-clean]")
+        .replace("out/demo", "out/again")
+        .replace("demo-clean}", "again}"),
+    )
+    second = run_recipe(load_recipe(again), base_dir=tmp_path, store=store, progress=False)
+    assert second.report["docs_in"] == 172 and second.report["docs_out"] == 172
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path: Path) -> None:
+    make_corpus(tmp_path / "raw", files=1)
+    (tmp_path / "out" / "demo").mkdir(parents=True)
+    recipe = load_recipe(
+        write_recipe(tmp_path / "r.yaml", RECIPE.replace("dataset: demo-clean", "overwrite: false"))
+    )
+    with pytest.raises(UserError, match=r"output path .*exists"):
+        run_recipe(recipe, base_dir=tmp_path, progress=False)
+    recipe.output.overwrite = True
+    assert run_recipe(recipe, base_dir=tmp_path, progress=False).report["docs_out"] == 58
+
+
+def test_parallel_workers_give_identical_output(tmp_path: Path) -> None:
+    make_corpus(tmp_path / "raw", files=4, per_file=100)
+    outputs = []
+    for workers in (1, 2):
+        r = load_recipe(
+            write_recipe(
+                tmp_path / f"w{workers}.yaml",
+                RECIPE.replace("out/demo", f"out/w{workers}").replace(", dataset: demo-clean", ""),
+            )
+        )
+        res = run_recipe(r, base_dir=tmp_path, workers=workers, progress=False)
+        outputs.append(
+            {p.name: p.read_bytes() for p in sorted(Path(res.output_path or "").glob("part-*"))}
+        )
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 4
+
+
+def test_skip_mode_reports_and_keeps_bad_rows_aside(tmp_path: Path) -> None:
+    make_corpus(tmp_path / "raw", files=1, per_file=10)
+    with open(tmp_path / "raw" / "part0.jsonl", "a") as fh:
+        fh.write("{not json\n")
+    strict = write_recipe(tmp_path / "s.yaml", RECIPE.replace(", dataset: demo-clean", ""))
+    with pytest.raises(UserError, match=r"part0\.jsonl:11: malformed JSON"):
+        run_recipe(load_recipe(strict), base_dir=tmp_path, progress=False)
+    lenient = write_recipe(
+        tmp_path / "l.yaml", RECIPE.replace(", dataset: demo-clean", "") + "on_error: skip\n"
+    )
+    res = run_recipe(load_recipe(lenient), base_dir=tmp_path, progress=False)
+    assert res.report["errors"]["count"] == 1 and res.report["docs_in"] == 10
+    bad = (Path(res.output_path or "") / "_errors.jsonl").read_text()
+    assert "part0.jsonl:11" in bad
+
+
+SLOW_OPS = '''
+import time
+from lmops.data.ops import Mapper, OpParams, register
+
+@register("slow_copy")
+class SlowCopy(Mapper):
+    """Copies documents slowly (test helper for killing a run mid-way)."""
+    class Params(OpParams):
+        seconds: float = 0.002
+    def apply(self, doc):
+        time.sleep(self.params.seconds)
+        return doc
+'''
+
+
+def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path, lmops_home: Path) -> None:
+    make_corpus(tmp_path / "raw", files=6, per_file=150)
+    (tmp_path / "slow_ops.py").write_text(SLOW_OPS)
+    body = (
+        RECIPE.replace("name: demo", "name: demo\nimports: [slow_ops]")
+        .replace("  - op: clean_whitespace", "  - op: clean_whitespace\n  - op: slow_copy")
+        .replace(", dataset: demo-clean", "")
+        .replace("workers: 1", "workers: 2")
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "LMOPS_HOME": str(lmops_home)}
+    cmd = [sys.executable, "-m", "lmops.cli.main", "data", "run"]
+
+    write_recipe(tmp_path / "full.yaml", body.replace("out/demo", "out/full"))
+    subprocess.run(
+        [*cmd, "full.yaml", "--json"], cwd=tmp_path, env=env, check=True, capture_output=True
+    )
+
+    write_recipe(tmp_path / "killed.yaml", body.replace("out/demo", "out/killed"))
+    proc = subprocess.Popen(
+        [*cmd, "killed.yaml", "--json"],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    work = tmp_path / "out" / "killed.lmops-work" / "stage2"
+    deadline = time.time() + 60
+    while len(list(work.glob("*.stats.json"))) < 2:
+        assert proc.poll() is None, "run finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out" / "killed").exists()  # no partial output
+    done_before = len(list(work.glob("*.stats.json")))
+
+    rerun = subprocess.run(
+        [*cmd, "killed.yaml", "--json"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(rerun.stdout)["resumed_shards"] >= done_before
+    full = {p.name: p.read_bytes() for p in sorted((tmp_path / "out" / "full").glob("part-*"))}
+    killed = {p.name: p.read_bytes() for p in sorted((tmp_path / "out" / "killed").glob("part-*"))}
+    assert full == killed and len(full) > 6
+
+
+def test_shard_emptied_by_an_operator_flows_to_the_next_stage(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_text('{"id": "1", "text": "same text"}\n')
+    (raw / "b.jsonl").write_text('{"id": "2", "text": "same text"}\n')  # all dropped by dedup
+    recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace(", dataset: demo-clean", ""))
+    res = run_recipe(load_recipe(recipe), base_dir=tmp_path, progress=False)
+    parts = sorted(Path(res.output_path or "").glob("part-*"))
+    assert [p.read_text().count("\n") for p in parts] == [1, 0]
