@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmops import __version__
 from lmops.core.config import Settings, mask_url
@@ -70,6 +71,18 @@ def _lmops_error(_req: Request, exc: Exception) -> JSONResponse:
                 resp.headers["WWW-Authenticate"] = "Bearer"
             return resp
     return error_response(500, str(exc), "server_error")
+
+
+def _http_error(_req: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    type_ = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}.get(
+        exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
+    )
+    return error_response(exc.status_code, str(exc.detail), type_)
+
+
+def _unexpected_error(_req: Request, exc: Exception) -> JSONResponse:
+    return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
 
 
 def _validation_error(_req: Request, exc: Exception) -> JSONResponse:
@@ -158,7 +171,7 @@ def _api_router() -> APIRouter:
         return show(store, ref)
 
     @r.post("/assets", response_model=Version, status_code=201)
-    async def register_asset(
+    def register_asset(
         store: Admin,
         kind: Annotated[str, Form()],
         name: Annotated[str, Form()],
@@ -177,10 +190,17 @@ def _api_router() -> APIRouter:
         with tempfile.TemporaryDirectory(prefix="lmops-upload-") as tmp:
             root = Path(tmp) / "upload"
             root.mkdir()
-            for f in files:
-                rel = PurePosixPath(f.filename or "file")
-                if rel.is_absolute() or ".." in rel.parts:
+            names = [PurePosixPath(f.filename or "file") for f in files]
+            for rel, f in zip(names, files, strict=True):
+                if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.name in ("", "."):
                     raise UserError(f"files: unsafe file name {f.filename!r}")
+                if (
+                    any(other != rel and rel in other.parents for other in names)
+                    or names.count(rel) > 1
+                ):
+                    raise UserError(
+                        f"files: {f.filename!r} is both a file and a folder, or given twice"
+                    )
                 dest = root / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with open(dest, "wb") as out:
@@ -326,6 +346,8 @@ def create_app(
     app.state.store = store
     app.add_exception_handler(LmopsError, _lmops_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

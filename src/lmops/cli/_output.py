@@ -43,12 +43,20 @@ def when(dt: datetime | None) -> str:
     return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S") if dt else "-"
 
 
-def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    no_wrap: Sequence[str] = ("id", "name"),
+) -> None:
+    """A table of plain text (cells are never read as markup); ids and names never wrap."""
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=title, title_justify="left", header_style="bold")
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, no_wrap=c in no_wrap, overflow="fold" if c not in no_wrap else "ignore")
     for r in rows:
-        t.add_row(*("-" if v is None else str(v) for v in r))
+        t.add_row(*(Text("-" if v is None else str(v)) for v in r))
     console.print(t)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
 from lmops import __version__
 from lmops.cli._output import (
@@ -127,8 +129,8 @@ def _parse_meta(items: list[str]) -> dict[str, Any]:
 
 def _print_version(v: Any) -> None:
     console.print(
-        f"[bold]{v.ref}[/] ({v.kind}) {v.status.value}"
-        + (f"  aliases: {', '.join(v.aliases)}" if v.aliases else "")
+        f"[bold]{escape(v.ref)}[/] ({escape(v.kind)}) {v.status.value}"
+        + (f"  aliases: {escape(', '.join(v.aliases))}" if v.aliases else "")
     )
     console.print(f"  digest   {v.digest or '-'}")
     console.print(f"  size     {human_size(v.size)} in {v.files} file(s)")
@@ -136,11 +138,11 @@ def _print_version(v: Any) -> None:
     if v.run_id:
         console.print(f"  run      {v.run_id}")
     if v.metadata:
-        console.print(f"  metadata {json.dumps(v.metadata, ensure_ascii=False)}")
+        console.print(f"  metadata {escape(json.dumps(v.metadata, ensure_ascii=False))}")
     if v.tags:
-        console.print(f"  tags     {', '.join(v.tags)}")
+        console.print(f"  tags     {escape(', '.join(v.tags))}")
     if v.error:
-        console.print(f"  error    {v.error}")
+        console.print(f"  error    {escape(v.error)}")
 
 
 @assets_app.command("register")
@@ -248,7 +250,7 @@ def assets_show(
     if isinstance(obj, Asset):
         console.print(f"[bold]{obj.name}[/] ({obj.kind}) latest READY: {obj.latest or '-'}")
         if obj.description:
-            console.print(f"  {obj.description}")
+            console.print(f"  {escape(obj.description)}")
         table(
             None,
             ["version", "status", "digest", "size", "aliases", "created", "by"],
@@ -346,7 +348,7 @@ def assets_verify(
     else:
         for k, problems in bad.items():
             for p in problems:
-                err_console.print(f"[red]CORRUPT[/] {k}: {p}")
+                err_console.print(f"[red]CORRUPT[/] {escape(k)}: {escape(p)}")
         console.print(
             f"checked {len(report)} version(s): "
             + ("all intact" if not bad else f"{len(bad)} damaged")
@@ -443,9 +445,9 @@ def runs_show(run_id: str, json_: JsonOpt = False) -> None:
     console.print(f"  host     {r.host} pid {r.pid}  lmops {r.lmops_version}  by {r.created_by}")
     console.print(f"  log      {r.log_path}")
     if r.config:
-        console.print(f"  config   {json.dumps(r.config, ensure_ascii=False)}")
+        console.print(f"  config   {escape(json.dumps(r.config, ensure_ascii=False))}")
     if r.params:
-        console.print(f"  params   {json.dumps(r.params, ensure_ascii=False)}")
+        console.print(f"  params   {escape(json.dumps(r.params, ensure_ascii=False))}")
     for name, series in sorted(r.metrics.items()):
         console.print(
             f"  {name:<12} {len(series)} points, last {series[-1].value:.6g} at step {series[-1].step}"
@@ -453,7 +455,7 @@ def runs_show(run_id: str, json_: JsonOpt = False) -> None:
     if r.outputs:
         console.print(f"  outputs  {', '.join(r.outputs)}")
     if r.error:
-        console.print(f"  [red]error[/]    {r.error}")
+        console.print(f"  [red]error[/]    {escape(r.error)}")
 
 
 # -- keys -------------------------------------------------------------------------------------------
@@ -580,11 +582,14 @@ def serve(
 def main() -> None:
     """Console-script entry: run the app, turning lmops errors into one-line messages."""
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False makes typer return the code of `raise typer.Exit(n)`.
+        rc = app(standalone_mode=False)
     except LmopsError as e:
         if _state["debug"]:
             raise
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(
+            Text.assemble(("error: ", "red"), str(e)), highlight=False, soft_wrap=True
+        )
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -593,18 +598,16 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+    except typer.TyperException as e:  # usage errors: missing argument, unknown option...
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(e.exit_code)
+    except Exception as e:
         if _state["debug"] or os.environ.get("LMOPS_DEBUG"):
             raise
-        err_console.print(
-            f"[red]internal error:[/] {type(e).__name__}: {e} (rerun with --debug for a traceback)"
-        )
+        msg = f"{type(e).__name__}: {e} (rerun with --debug for a traceback)"
+        err_console.print(Text.assemble(("internal error: ", "red"), msg), soft_wrap=True)
         sys.exit(70)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from lmops.core.errors import ConflictError, IntegrityError, NotFoundError, UserError
 from lmops.store import _rows
-from lmops.store._time import utcnow
+from lmops.store._time import aware, utcnow
 from lmops.store.artifacts import Entry, manifest_digest
 from lmops.store.models import AliasRow, AssetRow, LineageRow, RunRow, VersionRow
 from lmops.store.refs import Ref, check_alias, check_name, parse_ref
@@ -112,10 +112,14 @@ class AssetRegistry:
         src = Path(path).expanduser()
         if not src.exists():
             raise UserError(f"{src}: no such file or directory; nothing was registered")
-        parents = [
-            (self.resolve(r), "input") if isinstance(r, str) else (self.resolve(r[0]), r[1])
-            for r in inputs
-        ]
+        parents: list[tuple[Version, str]] = []
+        seen: set[tuple[str, str]] = set()
+        for r in inputs:  # the same version named twice (e.g. ds:1 and ds@prod) is one edge
+            ref, role = (r, "input") if isinstance(r, str) else r
+            parent = self.resolve(ref)
+            if (parent.ref, role) not in seen:
+                seen.add((parent.ref, role))
+                parents.append((parent, role))
         self.sweep_abandoned(name)
         actor = self._store.actor
 
@@ -333,7 +337,7 @@ class AssetRegistry:
                 name=a.name,
                 kind=a.kind,
                 description=a.description,
-                created_at=a.created_at,
+                created_at=aware(a.created_at),
                 latest=latest.get(a.id),
                 aliases=aliases.get(a.id, {}),
             )
@@ -358,7 +362,7 @@ class AssetRegistry:
             name=asset.name,
             kind=asset.kind,
             description=asset.description,
-            created_at=asset.created_at,
+            created_at=aware(asset.created_at),
             latest=max(ready) if ready else None,
             aliases={a: v.version for v in versions for a in v.aliases},
             versions=versions,
