@@ -162,3 +162,150 @@ def report(
         png = f.with_suffix(".png")
         if png.exists():
             err_console.print(f"plot: {png}")
+
+
+def _store() -> Any:
+    from lmops.store import Store
+
+    return Store(origin="cli")
+
+
+@app.command("validate")
+def validate(
+    sources: Annotated[list[str], typer.Argument(help="Files, globs or dataset refs.")],
+    format_: Annotated[
+        str, typer.Option("--format", help="auto, pretrain, sft_alpaca, sft_chat, preference")
+    ] = "auto",
+    max_errors: Annotated[
+        int, typer.Option(min=1, help="Bad rows to list (all are counted).")
+    ] = 20,
+    json_: JsonOpt = False,
+) -> None:
+    """Check a training set's rows; lists bad rows by number and reason (exit 1 if any)."""
+    from lmops.data.jobs import validate_source
+
+    rep = validate_source(sources, _store(), format_, max_errors)
+    if json_:
+        print_json(rep.to_dict())
+    else:
+        console.print(rep.summary(), markup=False)
+    if rep.valid_rows != rep.total_rows:
+        raise typer.Exit(1)
+
+
+tokenizer_app = typer.Typer(
+    help="Train tokenizers and register them as assets.", no_args_is_help=True
+)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    sources: Annotated[list[str], typer.Argument(help="Files, globs or dataset refs.")],
+    name: Annotated[str, typer.Option("--name", help="Tokenizer asset name.")],
+    kind: Annotated[
+        str, typer.Option(help="bpe, sentencepiece_bpe or sentencepiece_unigram")
+    ] = "bpe",
+    vocab_size: Annotated[int, typer.Option(min=64)] = 8000,
+    text_key: Annotated[str, typer.Option()] = "text",
+    min_frequency: Annotated[int, typer.Option(min=1)] = 2,
+    json_: JsonOpt = False,
+) -> None:
+    """Train a tokenizer (byte-level BPE or SentencePiece) with a ChatML chat template."""
+    from lmops.data.jobs import train_tokenizer_asset
+
+    v = train_tokenizer_asset(
+        _store(),
+        sources,
+        name,
+        kind=kind,
+        vocab_size=vocab_size,
+        text_key=text_key,
+        min_frequency=min_frequency,
+    )
+    if json_:
+        print_json(v)
+    else:
+        console.print(
+            f"registered tokenizer {v.ref} (vocab {v.metadata.get('vocab_size')})", markup=False
+        )
+
+
+@app.command("tokenize")
+def tokenize(
+    sources: Annotated[list[str], typer.Argument(help="Files, globs or dataset refs.")],
+    tokenizer: Annotated[str, typer.Option(help="Tokenizer asset ref.")],
+    output: Annotated[str, typer.Option(help="Dataset asset name for the token shards.")],
+    text_key: Annotated[str, typer.Option()] = "text",
+    shard_tokens: Annotated[
+        int, typer.Option(min=1024, help="Tokens per shard file.")
+    ] = 50_000_000,
+    json_: JsonOpt = False,
+) -> None:
+    """Tokenize documents into packed uint16/uint32 shards (document boundaries kept)."""
+    from lmops.data.jobs import tokenize_dataset
+
+    v = tokenize_dataset(
+        _store(), sources, tokenizer, output, text_key=text_key, shard_tokens=shard_tokens
+    )
+    if json_:
+        print_json(v)
+    else:
+        console.print(
+            f"registered {v.ref}: {v.metadata.get('num_tokens'):,} tokens in {v.metadata.get('num_docs'):,} documents",
+            markup=False,
+        )
+
+
+@app.command("mix")
+def mix_cmd(
+    source: Annotated[
+        list[str],
+        typer.Option("--source", help="REF=RATIO, repeat per dataset (ratios are weights)."),
+    ],
+    output: Annotated[str, typer.Option(help="Dataset asset name of the mixture.")],
+    by: Annotated[str, typer.Option(help="documents or tokens")] = "documents",
+    total: Annotated[
+        int | None,
+        typer.Option(help="Target size in the --by unit (default: largest without repeats)."),
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    json_: JsonOpt = False,
+) -> None:
+    """Combine datasets by target ratios, with up/down-sampling; reports realised ratios."""
+    from lmops.data.jobs import mix_datasets
+
+    ratios: dict[str, float] = {}
+    for item in source:
+        ref, sep, raw = item.rpartition("=")
+        try:
+            ratios[ref] = float(raw)
+        except ValueError:
+            raise UserError(f"--source {item!r}: expected REF=RATIO, e.g. web-clean=0.7") from None
+        if not sep or ratios[ref] <= 0:
+            raise UserError(f"--source {item!r}: expected REF=RATIO with a positive ratio")
+    if by not in ("documents", "tokens"):
+        raise UserError(f"--by {by!r}: use documents or tokens")
+    v, rep = mix_datasets(_store(), ratios, output, by=by, total=total, seed=seed)  # type: ignore[arg-type]
+    if json_:
+        print_json({"version": v, "report": rep})
+        return
+    console.print(
+        f"registered {v.ref} ({rep['total_docs']:,} documents, {rep['total_tokens']:,} tokens)",
+        markup=False,
+    )
+    table(
+        None,
+        ["source", "requested", "realised", "taken", "available", "repeats"],
+        [
+            [
+                name,
+                f"{s['ratio']:.3f}",
+                f"{s['realised_ratio_' + ('docs' if by == 'documents' else 'tokens')]:.3f}",
+                s["taken_docs"],
+                s["available_docs"],
+                s["repeated_docs"],
+            ]
+            for name, s in rep["sources"].items()
+        ],
+    )

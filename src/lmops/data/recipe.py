@@ -163,12 +163,13 @@ def _files_under(root: Path) -> list[Path]:
     )
 
 
-def resolve_inputs(recipe: Recipe, base: Path, store: Any | None) -> ResolvedInputs:
+def resolve_inputs(recipe: Recipe | list[str], base: Path, store: Any | None) -> ResolvedInputs:
     """Expand globs (relative to ``base``, the recipe's folder) and dataset refs into files,
     in a stable order (input order, then sorted paths)."""
     files: list[InputFile] = []
     refs: list[str] = []
-    for i, item in enumerate(recipe.inputs):
+    items = recipe.inputs if isinstance(recipe, Recipe) else recipe
+    for i, item in enumerate(items):
         p = Path(item).expanduser()
         pattern = str(p if p.is_absolute() else base / p)
         matches = sorted(glob.glob(pattern, recursive=True))

@@ -1,0 +1,190 @@
+"""Dataset-level jobs behind ``lmops data tokenizer train``, ``tokenize``, ``mix`` and
+``validate``: each reads paths or dataset refs, records a run, and registers its output
+with lineage to every input version."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from lmops.core.errors import UserError
+from lmops.data.document import Document
+from lmops.data.formats import ValidationReport, validate_rows
+from lmops.data.io import InputFile, JsonlWriter, ReadOptions, Shard, read_shard
+from lmops.data.recipe import ResolvedInputs, resolve_inputs
+
+__all__ = [
+    "mix_datasets",
+    "read_source",
+    "tokenize_dataset",
+    "train_tokenizer_asset",
+    "validate_source",
+]
+
+
+def read_source(
+    sources: list[str], store: Any | None, *, text_key: str = "text", base: Path | None = None
+) -> tuple[ResolvedInputs, Iterator[Document]]:
+    """Resolve paths/globs/dataset refs and stream their documents in order."""
+    resolved = resolve_inputs(sources, base or Path.cwd(), store)
+    opts = ReadOptions(text_key=text_key)
+
+    def docs() -> Iterator[Document]:
+        for i, f in enumerate(resolved.files):
+            yield from read_shard(Shard(i, f), opts)
+
+    return resolved, docs()
+
+
+def _iter_rows(files: list[InputFile]) -> Iterator[Any]:
+    """Raw rows for validation; a line that is not JSON is passed on as its text, which the
+    validator reports as 'expected an object' with its row number."""
+    import pyarrow.parquet as pq
+
+    for f in files:
+        if f.fmt == "parquet":
+            for batch in pq.ParquetFile(f.path).iter_batches():
+                yield from batch.to_pylist()
+        elif f.fmt == "jsonl":
+            from lmops.data.io import _open_text
+
+            with _open_text(f.path) as fh:
+                for raw in fh:
+                    line = raw.decode("utf-8", errors="replace")
+                    if not line.strip():
+                        continue
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError:
+                        yield line.strip()[:200]
+        else:
+            raise UserError(f"{f.path}: validate reads JSONL or Parquet rows, not {f.fmt}")
+
+
+def validate_source(
+    sources: list[str], store: Any | None, fmt: str = "auto", max_errors: int = 100
+) -> ValidationReport:
+    resolved = resolve_inputs(sources, Path.cwd(), store)
+    return validate_rows(_iter_rows(resolved.files), fmt, max_errors=max_errors)
+
+
+def train_tokenizer_asset(
+    store: Any,
+    sources: list[str],
+    name: str,
+    *,
+    kind: str = "bpe",
+    vocab_size: int = 8000,
+    text_key: str = "text",
+    min_frequency: int = 2,
+) -> Any:
+    """Train a tokenizer on the sources and register it as a ``tokenizer`` asset."""
+    from lmops.data.tokenizer import train_tokenizer
+
+    resolved, docs = read_source(sources, store, text_key=text_key)
+    config = {"sources": sources, "kind": kind, "vocab_size": vocab_size, "text_key": text_key}
+    with store.runs.track("tokenizer", name=name, config=config) as run:
+        out = Path(store.runs.dir(run.id)) / "tokenizer"
+        info = train_tokenizer(
+            (d.text for d in docs),
+            out,
+            kind=kind,  # type: ignore[arg-type]  # validated inside train_tokenizer
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+        )
+        meta = info.to_dict()
+        meta.pop("path", None)
+        store.runs.log_metrics(run.id, {"vocab_size": info.vocab_size}, step=0)
+        return store.assets.register(
+            "tokenizer", name, out, metadata=meta, inputs=resolved.refs, run_id=run.id
+        )
+
+
+def tokenize_dataset(
+    store: Any,
+    sources: list[str],
+    tokenizer: str,
+    output: str,
+    *,
+    text_key: str = "text",
+    shard_tokens: int = 50_000_000,
+) -> Any:
+    """Tokenize the sources into packed token shards and register them as a dataset."""
+    from lmops.data.shards import write_token_shards
+
+    tok = store.assets.resolve(tokenizer)
+    if tok.kind != "tokenizer":
+        raise UserError(f"--tokenizer {tokenizer!r} is a {tok.kind}, not a tokenizer")
+    resolved, docs = read_source(sources, store, text_key=text_key)
+    config = {"sources": sources, "tokenizer": tok.ref, "shard_tokens": shard_tokens}
+    with store.runs.track("tokenize", name=output, config=config) as run:
+        out = Path(store.runs.dir(run.id)) / "shards"
+        info = write_token_shards(docs, store.assets.path(tok.ref), out, shard_tokens=shard_tokens)
+        meta = {
+            "format": "token_shards",
+            **{k: v for k, v in info.to_dict().items() if k != "path"},
+        }
+        store.runs.log_metrics(run.id, {"tokens": info.num_tokens, "docs": info.num_docs}, step=0)
+        return store.assets.register(
+            "dataset",
+            output,
+            out,
+            metadata=meta,
+            inputs=[*resolved.refs, (tok.ref, "tokenizer")],
+            run_id=run.id,
+        )
+
+
+def mix_datasets(
+    store: Any,
+    ratios: dict[str, float],
+    output: str,
+    *,
+    by: Literal["documents", "tokens"] = "documents",
+    total: int | None = None,
+    seed: int = 0,
+    text_key: str = "text",
+) -> tuple[Any, dict[str, Any]]:
+    """Mix datasets (refs or paths → ratio) into one JSONL dataset; returns the version and
+    the mix report (requested and realised ratios)."""
+    from lmops.data.mix import mix
+
+    resolved: dict[str, ResolvedInputs] = {}
+    for src in ratios:
+        resolved[src] = resolve_inputs([src], Path.cwd(), store)
+
+    def loader(r: ResolvedInputs) -> Any:
+        def load() -> Iterator[Document]:
+            for i, f in enumerate(r.files):
+                yield from read_shard(Shard(i, f), ReadOptions(text_key=text_key))
+
+        return load
+
+    config = {"ratios": ratios, "by": by, "total": total, "seed": seed}
+    with store.runs.track("mix", name=output, config=config) as run:
+        docs, report = mix(
+            {k: loader(v) for k, v in resolved.items()}, ratios, by=by, total=total, seed=seed
+        )
+        with tempfile.TemporaryDirectory(prefix="lmops-mix-") as tmp:
+            target = Path(tmp) / output
+            with JsonlWriter(target / "part-00000.jsonl", text_key=text_key) as w:
+                for d in docs:
+                    w.write(d)
+            rep = report.to_dict()
+            (target / "_report").mkdir()
+            (target / "_report" / "mix.json").write_text(
+                json.dumps(rep, indent=1, ensure_ascii=False)
+            )
+            refs = [ref for r in resolved.values() for ref in r.refs]
+            v = store.assets.register(
+                "dataset",
+                output,
+                target,
+                metadata={"format": "jsonl", "mix": rep},
+                inputs=refs,
+                run_id=run.id,
+            )
+        return v, rep

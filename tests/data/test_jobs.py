@@ -1,0 +1,112 @@
+"""lmops data tokenizer train / tokenize / mix / validate, end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lmops.data.shards import TokenShards
+from lmops.data.tokenizer import load_tokenizer
+from lmops.store import Store
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "今天天气很好，我们去公园散步吧。",
+    "Machine learning models need clean data.",
+    "数据清洗是训练大模型的重要一步。",
+] * 25
+
+
+def corpus(tmp_path: Path, name: str = "c.jsonl", texts: list[str] = TEXTS) -> Path:
+    p = tmp_path / name
+    p.write_text(
+        "\n".join(
+            json.dumps({"id": str(i), "text": t}, ensure_ascii=False) for i, t in enumerate(texts)
+        )
+        + "\n"
+    )
+    return p
+
+
+def test_tokenizer_train_and_tokenize_register_assets_with_lineage(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = corpus(tmp_path)
+    assert cli("assets", "register", "dataset", "text", str(src)).code == 0
+    r = cli("data", "tokenizer", "train", "text", "--name", "tok", "--vocab-size", "300", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["kind"] == "tokenizer"
+    r = cli(
+        "data",
+        "tokenize",
+        "text",
+        "--tokenizer",
+        "tok",
+        "--output",
+        "text-tokens",
+        "--shard-tokens",
+        "2048",
+        "--json",
+    )
+    assert r.code == 0, r.err
+    meta = json.loads(r.out)["metadata"]
+    assert meta["format"] == "token_shards" and meta["num_docs"] == len(TEXTS)
+    store = Store()
+    shards = TokenShards(store.assets.path("text-tokens"))
+    tok = load_tokenizer(store.assets.path("tok"))
+    eos = meta["eos_id"]
+    doc = shards.document(1)
+    assert tok.decode(np.asarray(doc[doc != eos]).tolist()) == TEXTS[1]
+    edges = {(e.parent, e.role) for e in store.assets.lineage("text-tokens").upstream}
+    assert edges == {("text:1", "input"), ("tok:1", "tokenizer")}
+    r = cli("data", "tokenize", "text", "--tokenizer", "text", "--output", "x")
+    assert r.code == 2 and "is a dataset, not a tokenizer" in r.err
+
+
+def test_mix_realises_ratios_within_one_percent(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    a = corpus(tmp_path, "a.jsonl", [f"english document number {i}" for i in range(400)])
+    b = corpus(tmp_path, "b.jsonl", [f"中文文档 {i}" for i in range(300)])
+    cli("assets", "register", "dataset", "en", str(a))
+    cli("assets", "register", "dataset", "zh", str(b))
+    r = cli(
+        "data",
+        "mix",
+        "--source",
+        "en=0.75",
+        "--source",
+        "zh=0.25",
+        "--total",
+        "400",
+        "--output",
+        "mixed",
+        "--json",
+    )
+    assert r.code == 0, r.err
+    rep = json.loads(r.out)["report"]
+    assert abs(rep["sources"]["en"]["realised_ratio_docs"] - 0.75) <= 0.01
+    assert abs(rep["sources"]["zh"]["realised_ratio_docs"] - 0.25) <= 0.01
+    store = Store()
+    assert {e.parent for e in store.assets.lineage("mixed").upstream} == {"en:1", "zh:1"}
+    assert cli("data", "mix", "--source", "en", "--output", "m").code == 2
+
+
+def test_validate_lists_bad_rows_and_exits_1(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rows = [
+        {"instruction": "翻译成英文", "input": "你好", "output": "Hello"},
+        {"instruction": "Say hi", "output": ""},
+        "not json",
+        {"instruction": "Count", "output": "1 2 3"},
+    ]
+    p = tmp_path / "sft.jsonl"
+    p.write_text(
+        "\n".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in rows)
+        + "\n"
+    )
+    r = cli("data", "validate", str(p), "--json")
+    assert r.code == 1
+    rep = json.loads(r.out)
+    assert rep["total_rows"] == 4 and rep["valid_rows"] == 2
+    assert [e["row"] for e in rep["errors"]] == [2, 3]
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(rows[0], ensure_ascii=False) + "\n")
+    assert cli("data", "validate", str(good)).code == 0
