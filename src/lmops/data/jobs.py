@@ -123,10 +123,9 @@ def tokenize_dataset(
     with store.runs.track("tokenize", name=output, config=config) as run:
         out = Path(store.runs.dir(run.id)) / "shards"
         info = write_token_shards(docs, store.assets.path(tok.ref), out, shard_tokens=shard_tokens)
-        meta = {
-            "format": "token_shards",
-            **{k: v for k, v in info.to_dict().items() if k != "path"},
-        }
+        shard_meta = {k: v for k, v in info.to_dict().items() if k != "path"}
+        # "format" says what kind of dataset this is; the file format version moves aside.
+        meta = {**shard_meta, "shard_format": shard_meta.get("format"), "format": "token_shards"}
         store.runs.log_metrics(run.id, {"tokens": info.num_tokens, "docs": info.num_docs}, step=0)
         return store.assets.register(
             "dataset",
