@@ -62,3 +62,16 @@ def test_run_of_dead_process_is_marked_failed(store: Store) -> None:
     store.runs.list()  # listing notices the writer is gone
     got = store.runs.get(run_id)
     assert got.status is RunStatus.FAILED and "process died" in (got.error or "")
+
+
+def test_reopened_run_continues_its_record(store: Store) -> None:
+    run = store.runs.start("train", name="m")
+    store.runs.log_metric(run.id, "loss", 2.0, step=1)
+    store.runs.finish(run.id, RunStatus.FAILED, "killed")
+    again = store.runs.reopen(run.id)
+    assert again.status is RunStatus.RUNNING and again.error is None
+    store.runs.log_metric(run.id, "loss", 1.0, step=2)
+    store.runs.finish(run.id)
+    got = store.runs.get(run.id)
+    assert [m.step for m in got.metrics["loss"]] == [1, 2] and got.status is RunStatus.SUCCEEDED
+    assert store.audit.list(action="run.resume")[0].target == run.id

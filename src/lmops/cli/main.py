@@ -50,9 +50,10 @@ app.add_typer(audit_app, name="audit")
 
 
 def _add_stage_apps() -> None:
-    from lmops.cli import data
+    from lmops.cli import data, train
 
     app.add_typer(data.app, name="data")
+    app.add_typer(train.app, name="train")
 
 
 _add_stage_apps()

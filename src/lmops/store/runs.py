@@ -70,6 +70,22 @@ class RunTracker:
 
         return self._db.write(create)
 
+    def reopen(self, run_id: str) -> Run:
+        """Mark a finished or failed run RUNNING again in this process (a resumed job
+        continues its own run record and metric series)."""
+
+        def reo(s: Session) -> Run:
+            row = self._row(s, run_id)
+            row.status = RunStatus.RUNNING.value
+            row.ended_at = None
+            row.error = None
+            row.host = socket.gethostname()
+            row.pid = os.getpid()
+            self._store.audit.record(s, "run.resume", run_id, {})
+            return _rows.run(row)
+
+        return self._db.write(reo)
+
     def dir(self, run_id: str) -> str:
         """The run's own folder (log, plots, checkpoints)."""
         return str(self._store.settings.runs_dir / run_id)

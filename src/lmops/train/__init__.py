@@ -1,1 +1,2 @@
-"""The train stage (see docs/ARCHITECTURE.md); not built yet."""
+"""Training stage: pretraining, SFT, LoRA/QLoRA/prefix/prompt tuning, reward models,
+DPO/KTO/ORPO (through TRL) and PPO; tracked in the store, resumable, distributed."""

@@ -1,0 +1,271 @@
+"""Training examples: token ids + labels (-100 where no loss), and how they are batched.
+
+- **pretrain**: token shards from the data stage (``format: token_shards``), cut into
+  consecutive windows of ``max_seq_len + 1`` tokens; or text documents, tokenized,
+  joined with EOS and cut the same way.
+- **sft**: alpaca rows (``instruction``/``input``/``output``) or chat rows (``messages``),
+  rendered with the chat template. Loss only on assistant turns (their content and the
+  end-of-turn token); system and user tokens carry label -100. Multi-turn conversations
+  train on every assistant turn.
+- **packing**: several examples share one row of ``max_seq_len`` tokens; ``position_ids``
+  restart at 0 for each example, from which transformers builds a block-diagonal causal
+  mask (no attention across examples), and the first token of each example carries no
+  loss, so nothing is learned across a boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmops.core.errors import UserError
+
+__all__ = [
+    "Batch",
+    "Example",
+    "build_pretrain_examples",
+    "build_sft_examples",
+    "collate",
+    "pack",
+    "read_rows",
+]
+
+IGNORE = -100
+
+
+@dataclass(slots=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(slots=True)
+class Batch:
+    input_ids: Any  # LongTensor (B, T)
+    labels: Any  # LongTensor (B, T), -100 = no loss
+    attention_mask: Any | None  # (B, T) for padded batches
+    position_ids: Any | None  # (B, T) for packed batches
+
+    @property
+    def loss_tokens(self) -> int:
+        return int((self.labels[:, 1:] != IGNORE).sum())
+
+
+def read_rows(paths: list[Path]) -> Iterator[tuple[str, int, Any]]:
+    """(file, 1-based row number, row) for JSONL/JSON/Parquet files and folders of them."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix in (".jsonl", ".json", ".parquet")
+                and not any(part.startswith(("_", ".")) for part in f.relative_to(p).parts)
+            )
+        else:
+            files.append(p)
+    if not files:
+        raise UserError(f"no JSONL/JSON/Parquet rows found in {', '.join(map(str, paths))}")
+    for f in files:
+        if f.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            n = 0
+            for batch in pq.ParquetFile(f).iter_batches():
+                for row in batch.to_pylist():
+                    n += 1
+                    yield str(f), n, row
+        elif f.suffix == ".json" and f.read_text(encoding="utf-8").lstrip().startswith("["):
+            for i, row in enumerate(json.loads(f.read_text(encoding="utf-8")), 1):
+                yield str(f), i, row
+        else:
+            with open(f, encoding="utf-8") as fh:
+                for i, line in enumerate(fh, 1):
+                    if line.strip():
+                        try:
+                            yield str(f), i, json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise UserError(
+                                f"{f}:{i}: malformed JSON ({e.msg}); fix the row"
+                            ) from None
+
+
+def validate_training_rows(rows: list[tuple[str, int, Any]], fmt: str) -> None:
+    """Refuse bad rows before training starts, naming file and row."""
+    from lmops.data.formats import validate_row
+
+    for f, n, row in rows:
+        errors = validate_row(row, fmt)
+        if errors:
+            e = errors[0]
+            raise UserError(f"{f}:{n}: field {e.field!r}: {e.reason} (expected {fmt} rows)")
+
+
+def _assistant_spans(
+    tokenizer: Any, messages: list[dict[str, str]]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans the model must learn to write:
+    each assistant turn's content through its end-of-turn marker."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(
+            messages[:i], tokenize=False, add_generation_prompt=True
+        )
+        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not text.startswith(through) or not through.startswith(before):
+            raise UserError(
+                "the chat template does not render conversations prefix by prefix; set chat_template"
+            )
+        # Trailing newline after the end marker is formatting, not something to learn.
+        end = len(through.rstrip("\n")) if through.endswith("\n") else len(through)
+        spans.append((len(before), end))
+    return text, spans
+
+
+def encode_chat(
+    tokenizer: Any, messages: list[dict[str, str]], max_len: int
+) -> tuple[Example, bool]:
+    """Token ids with labels on assistant spans only; returns (example, truncated)."""
+    text, spans = _assistant_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = enc["input_ids"]
+    labels = [IGNORE] * len(ids)
+    for t, (start, _end) in enumerate(enc["offset_mapping"]):
+        if any(a <= start < b for a, b in spans):
+            labels[t] = ids[t]
+    truncated = len(ids) > max_len
+    return Example(ids[:max_len], labels[:max_len]), truncated
+
+
+def build_sft_examples(
+    rows: list[tuple[str, int, Any]], tokenizer: Any, max_len: int
+) -> tuple[list[Example], dict[str, int]]:
+    from lmops.data.formats import to_chat
+
+    examples = []
+    stats = {"rows": len(rows), "truncated": 0, "no_loss_tokens": 0}
+    for f, n, row in rows:
+        try:
+            messages = to_chat(row)
+        except UserError as e:
+            raise UserError(f"{f}:{n}: {e}") from None
+        ex, truncated = encode_chat(tokenizer, messages, max_len)
+        stats["truncated"] += int(truncated)
+        if all(label == IGNORE for label in ex.labels[1:]):
+            stats["no_loss_tokens"] += 1  # the answer was cut off entirely: nothing to learn
+            continue
+        examples.append(ex)
+    if not examples:
+        raise UserError(
+            "no SFT example has an assistant token within max_seq_len; raise train.max_seq_len"
+        )
+    return examples, stats
+
+
+def build_pretrain_examples(
+    paths: list[Path], tokenizer: Any, seq_len: int, text_key: str
+) -> tuple[list[Example], dict[str, int]]:
+    """Consecutive windows of ``seq_len + 1`` tokens (input and shifted target share it)."""
+    import numpy as np
+
+    window = seq_len + 1
+    stream: list[int] = []
+    examples: list[Example] = []
+    docs = 0
+    shard_dirs = [p for p in paths if p.is_dir() and (p / "meta.json").exists()]
+    if shard_dirs:
+        from lmops.data.shards import TokenShards
+
+        for d in shard_dirs:
+            shards = TokenShards(d)
+            if shards.vocab_size > len(tokenizer):
+                raise UserError(
+                    f"{d}: token ids up to {shards.vocab_size} exceed the tokenizer ({len(tokenizer)})"
+                )
+            for w in shards.iter_packed(seq_len):
+                ids = np.asarray(w).tolist()
+                examples.append(Example(ids, ids))
+            docs += shards.num_docs
+        return examples, {"docs": docs, "windows": len(examples)}
+    eos = tokenizer.eos_token_id
+    for _f, _n, row in read_rows(paths):
+        text = row.get(text_key) if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            raise UserError(f"{_f}:{_n}: field {text_key!r} missing or not a string; set text_key")
+        docs += 1
+        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + (
+            [eos] if eos is not None else []
+        )
+        while len(stream) >= window:
+            chunk, stream = stream[:window], stream[window - 1 :]
+            examples.append(Example(chunk, chunk))
+    if not examples:
+        raise UserError(f"the text has fewer than {window} tokens; lower train.max_seq_len")
+    return examples, {"docs": docs, "windows": len(examples)}
+
+
+def pack(examples: list[Example], max_len: int) -> list[tuple[list[int], list[int], list[int]]]:
+    """Greedy in-order packing into rows of at most ``max_len`` tokens.
+    Returns (input_ids, labels, position_ids) per row."""
+    rows: list[tuple[list[int], list[int], list[int]]] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    pos: list[int] = []
+    for ex in examples:
+        if ids and len(ids) + len(ex) > max_len:
+            rows.append((ids, labels, pos))
+            ids, labels, pos = [], [], []
+        ids += ex.input_ids
+        # No loss on an example's first token: it would be predicted from the previous example.
+        labels += [IGNORE, *ex.labels[1:]]
+        pos += list(range(len(ex)))
+    if ids:
+        rows.append((ids, labels, pos))
+    return rows
+
+
+def collate(items: list[Any], pad_id: int, packed: bool) -> Batch:
+    """Right-pad a micro-batch. Packed rows get position ids (padding continues the last
+    position run and carries no loss); unpacked rows get an attention mask."""
+    import torch
+
+    longest = max(len(it[0]) if packed else len(it) for it in items)
+    n = len(items)
+    input_ids = torch.full((n, longest), pad_id, dtype=torch.long)
+    labels = torch.full((n, longest), IGNORE, dtype=torch.long)
+    if packed:
+        position_ids = torch.zeros((n, longest), dtype=torch.long)
+        for i, (ids, lab, pos) in enumerate(items):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, : len(lab)] = torch.tensor(lab)
+            position_ids[i, : len(pos)] = torch.tensor(pos)
+            # padding forms one more "example" so it never attends into real tokens
+            position_ids[i, len(pos) :] = torch.arange(longest - len(pos))
+        return Batch(input_ids, labels, None, position_ids)
+    attention = torch.zeros((n, longest), dtype=torch.long)
+    for i, ex in enumerate(items):
+        input_ids[i, : len(ex)] = torch.tensor(ex.input_ids)
+        labels[i, : len(ex)] = torch.tensor(ex.labels)
+        attention[i, : len(ex)] = 1
+    return Batch(input_ids, labels, attention, None)
+
+
+def split_eval(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    if fraction <= 0 or len(items) < 2:
+        return items, []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(len(items) * fraction))
+    held = set(order[:n_eval])
+    return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]

@@ -1,0 +1,379 @@
+"""The training loop for pretraining and SFT (and the base of every other stage).
+
+Batches are a pure function of (seed, step): step ``s`` takes the next ``batch_size``
+examples of a stream of seeded per-epoch permutations. Nothing else decides the data, so
+a run resumed from a checkpoint sees exactly the batches an uninterrupted run would, and
+``N`` data-parallel processes see the same global batch as one process: rank ``r`` takes
+every ``world``-th example of it.
+
+Loss is the mean over every loss token of the *global* batch: each micro-batch adds
+``sum(token losses) / tokens_in_global_batch * world`` (DDP averages gradients over ranks,
+the ``* world`` undoes that), so 1 and N processes compute the same gradient.
+
+Checkpoints (``step-000050/state.pt``: trainable weights, optimizer, scheduler, RNG, step)
+are written to a temp folder and renamed; the newest ``keep_checkpoints`` are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmops.core.errors import LmopsError, UserError
+from lmops.train.data import IGNORE, collate
+from lmops.train.spec import TrainSpec
+from lmops.train.tracking import Tracker
+
+__all__ = ["Dist", "LoopResult", "batch_indices", "latest_checkpoint", "train_loop"]
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        return cls(
+            int(os.environ.get("RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    tokens: int
+    seconds: float
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    resumed_from: int | None = None
+
+
+def batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
+    """The example indices of global batch ``step`` (seeded permutation per epoch)."""
+    out: list[int] = []
+    pos = step * batch
+    while len(out) < batch:
+        epoch, offset = divmod(pos, n)
+        perm = list(range(n))
+        random.Random(seed * 1_000_003 + epoch).shuffle(perm)
+        take = min(batch - len(out), n - offset)
+        out += perm[offset : offset + take]
+        pos += take
+    return out
+
+
+def lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
+    t = spec.train
+
+    def f(step: int) -> float:
+        if t.warmup_steps and step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.lr_scheduler == "constant":
+            return 1.0
+        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+        progress = min(1.0, max(0.0, progress))
+        shape = (
+            0.5 * (1 + math.cos(math.pi * progress)) if t.lr_scheduler == "cosine" else 1 - progress
+        )
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * shape
+
+    return f
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    if not ckpt_dir.is_dir():
+        return None
+    done = sorted(p for p in ckpt_dir.glob("step-*") if (p / "state.pt").exists())
+    return done[-1] if done else None
+
+
+def _trainable_state(model: Any) -> dict[str, Any]:
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
+
+
+def _save_checkpoint(
+    ckpt_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, keep: int, tokens: int
+) -> Path:
+    import torch
+
+    final = ckpt_dir / f"step-{step:06d}"
+    tmp = ckpt_dir / f".tmp-step-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        state = {
+            "step": step,
+            "tokens": tokens,
+            "model": _trainable_state(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": {
+                "python": random.getstate(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        }
+        torch.save(state, tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = latest_checkpoint(ckpt_dir)
+        raise LmopsError(
+            f"checkpoint at step {step} could not be written ({e.strerror or e}); "
+            f"the last good checkpoint {last.name if last else '(none)'} is kept: free space and rerun with --resume"
+        ) from None
+    others = sorted(p for p in ckpt_dir.glob("step-*") if p != final)
+    for old in others[: max(0, len(others) - (keep - 1))]:  # keep the newest `keep`
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, int]:
+    import torch
+
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    missing = set(_trainable_state(model)) - set(state["model"])
+    if missing:
+        raise UserError(
+            f"{path}: checkpoint does not match this model/method (missing {sorted(missing)[:3]})"
+        )
+    model.load_state_dict(state["model"], strict=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["step"]), int(state["tokens"])
+
+
+def _loss_sum(model: Any, batch: Any, device: str) -> Any:
+    """Sum of next-token cross-entropy over loss tokens of a micro-batch."""
+    import torch.nn.functional as F
+
+    # use_cache=False: no KV cache in training, which is also what lets transformers see
+    # packed rows (position ids restarting at 0) and build a block-diagonal causal mask.
+    kwargs: dict[str, Any] = {"input_ids": batch.input_ids.to(device), "use_cache": False}
+    if batch.attention_mask is not None:
+        kwargs["attention_mask"] = batch.attention_mask.to(device)
+    if batch.position_ids is not None:
+        kwargs["position_ids"] = batch.position_ids.to(device)
+    logits = model(**kwargs).logits.float()
+    labels = batch.labels.to(device)
+    if logits.shape[1] != labels.shape[1]:  # prefix/prompt tuning prepend virtual tokens
+        logits = logits[:, -labels.shape[1] :]
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
+
+
+def _tokens(items: list[Any], packed: bool) -> int:
+    if packed:
+        return sum(sum(1 for x in lab[1:] if x != IGNORE) for _ids, lab, _pos in items)
+    return sum(sum(1 for x in ex.labels[1:] if x != IGNORE) for ex in items)
+
+
+def _input_tokens(items: list[Any], packed: bool) -> int:
+    return sum(len(it[0]) if packed else len(it) for it in items)
+
+
+def evaluate(
+    model: Any, items: list[Any], spec: TrainSpec, pad_id: int, packed: bool, device: str
+) -> float:
+    import torch
+
+    if not items:
+        return float("nan")
+    model.eval()
+    total, count = 0.0, 0
+    micro = spec.train.micro_batch_size or spec.train.batch_size
+    with torch.no_grad():
+        for i in range(0, len(items), micro):
+            chunk = items[i : i + micro]
+            total += float(_loss_sum(model, collate(chunk, pad_id, packed), device))
+            count += _tokens(chunk, packed)
+    model.train()
+    return total / max(1, count)
+
+
+def train_loop(
+    spec: TrainSpec,
+    model: Any,
+    train_items: list[Any],
+    eval_items: list[Any],
+    *,
+    pad_id: int,
+    packed: bool,
+    tracker: Tracker,
+    ckpt_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    dist: Dist | None = None,
+    device: str = "cpu",
+) -> LoopResult:
+    import torch
+
+    dist = dist or Dist()
+    t = spec.train
+    torch.manual_seed(t.seed)
+    random.seed(t.seed)
+    if t.batch_size % dist.world:
+        raise UserError(
+            f"train.batch_size {t.batch_size} must be divisible by the {dist.world} processes"
+        )
+    local_batch = t.batch_size // dist.world
+    micro = min(t.micro_batch_size or local_batch, local_batch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError(f"method {spec.method} left no trainable parameter")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": t.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=t.lr,
+        betas=t.adam_betas,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
+    wrapped = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        wrapped = DDP(model, device_ids=[dist.local_rank] if device == "cuda" else None)
+
+    start, tokens_seen, resumed_from = 0, 0, None
+    last = latest_checkpoint(ckpt_dir) if resume else None
+    if last is not None:
+        start, tokens_seen = _load_checkpoint(last, model, optimizer, scheduler)
+        resumed_from = start
+    history: dict[str, list[tuple[int, float]]] = {}
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            history.setdefault(k, []).append((step, v))
+        if dist.main:
+            tracker.log(step, metrics)
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn(f"[bold]{spec.stage}[/] {spec.output}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:>8,.0f} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not (progress and dist.main),
+    )
+    model.train()
+    began = time.perf_counter()
+    completed = saved = start
+    with bar:
+        task = bar.add_task("train", total=t.max_steps, completed=start, loss=float("nan"), tps=0.0)
+        try:
+            for step in range(start, t.max_steps):
+                t0 = time.perf_counter()
+                global_idx = batch_indices(step, t.batch_size, len(train_items), t.seed)
+                global_items = [train_items[i] for i in global_idx]
+                n_loss = max(1, _tokens(global_items, packed))
+                mine = global_items[dist.rank :: dist.world]
+                chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
+                loss_sum = 0.0
+                for j, chunk in enumerate(chunks):
+                    sync = j == len(chunks) - 1
+                    ctx = wrapped.no_sync() if (dist.world > 1 and not sync) else _null()
+                    with ctx:
+                        s = _loss_sum(wrapped, collate(chunk, pad_id, packed), device)
+                        (s / n_loss * dist.world).backward()
+                    loss_sum += float(s.detach())
+                grad_norm: float = (
+                    float(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm))
+                    if t.max_grad_norm
+                    else float(
+                        torch.norm(
+                            torch.stack([p.grad.norm() for p in params if p.grad is not None])
+                        )
+                    )
+                )
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                completed = step + 1
+                if dist.world > 1:
+                    tl = torch.tensor([loss_sum], dtype=torch.float64)
+                    torch.distributed.all_reduce(tl)
+                    loss_sum = float(tl[0])
+                n_in = _input_tokens(global_items, packed)
+                tokens_seen += n_in
+                dt = time.perf_counter() - t0
+                metrics: dict[str, float] = {
+                    "loss": loss_sum / n_loss,
+                    "lr": float(scheduler.get_last_lr()[0]),
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": n_in / dt if dt > 0 else 0.0,
+                }
+                done = step + 1
+                if (
+                    t.eval_steps
+                    and eval_items
+                    and (done % t.eval_steps == 0 or done == t.max_steps)
+                ):
+                    metrics["eval_loss"] = evaluate(model, eval_items, spec, pad_id, packed, device)
+                if done % t.log_steps == 0 or done == t.max_steps or "eval_loss" in metrics:
+                    log(done, metrics)
+                bar.update(task, advance=1, loss=metrics["loss"], tps=metrics["tokens_per_s"])
+                if dist.main and (done % t.save_steps == 0 or done == t.max_steps):
+                    _save_checkpoint(
+                        ckpt_dir, done, model, optimizer, scheduler, t.keep_checkpoints, tokens_seen
+                    )
+                    saved = done
+        except KeyboardInterrupt:
+            # keep the work done so far: --resume continues from here
+            if dist.main and completed > saved:
+                _save_checkpoint(
+                    ckpt_dir,
+                    completed,
+                    model,
+                    optimizer,
+                    scheduler,
+                    t.keep_checkpoints,
+                    tokens_seen,
+                )
+            raise
+    return LoopResult(t.max_steps, tokens_seen, time.perf_counter() - began, history, resumed_from)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None

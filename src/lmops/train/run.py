@@ -1,0 +1,408 @@
+"""``run_training(spec, store)``: one training job from spec to registered asset.
+
+1. resolve and validate the dataset rows (bad rows are reported before any model loads);
+2. record (or, with ``resume``, reopen) the run, load the base model with its method;
+3. train: pretrain/SFT through :mod:`lmops.train.loop`; reward/DPO/KTO/ORPO through
+   :mod:`lmops.train.preference`; PPO through :mod:`lmops.train.ppo`;
+4. save the model (or adapter) with its tokenizer, a model card and the loss curve, and
+   register it as a ``model`` (or ``adapter``) version with lineage to the base model,
+   tokenizer and datasets, and to the run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmops import __version__
+from lmops.core.errors import UserError
+from lmops.train.data import (
+    build_pretrain_examples,
+    build_sft_examples,
+    pack,
+    read_rows,
+    split_eval,
+    validate_training_rows,
+)
+from lmops.train.loop import Dist, latest_checkpoint, train_loop
+from lmops.train.models import count_parameters, load_base, resolve_local
+from lmops.train.spec import TrainSpec
+from lmops.train.tracking import StoreTracker, plot_loss_curve
+
+__all__ = ["TrainResult", "merge_adapter", "run_training"]
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    output: str | None  # registered "name:N" (rank 0), None on other ranks
+    kind: str
+    steps: int
+    seconds: float
+    tokens: int
+    trainable_params: int
+    total_params: int
+    final: dict[str, float] = field(default_factory=dict)
+    resumed_from: int | None = None
+    output_path: Path | None = None
+
+
+def _dataset_paths(spec: TrainSpec, store: Any) -> tuple[list[Path], list[str]]:
+    paths, refs = [], []
+    for ds in spec.datasets:
+        p, ref = resolve_local(ds, store, kind="dataset")
+        paths.append(p)
+        if ref:
+            refs.append(ref)
+    return paths, refs
+
+
+def _load_rows(spec: TrainSpec, paths: list[Path]) -> list[tuple[str, int, Any]]:
+    from lmops.data.formats import detect_format
+
+    rows = list(read_rows(paths))
+    if not rows:
+        raise UserError(f"dataset {spec.datasets} has no rows")
+    if spec.stage == "sft":
+        fmt = detect_format(rows[0][2])
+        if fmt not in ("sft_alpaca", "sft_chat"):
+            f, n, _ = rows[0]
+            raise UserError(
+                f"{f}:{n}: stage sft needs alpaca (instruction/output) or chat (messages) rows"
+            )
+        validate_training_rows(rows, fmt)
+    elif spec.stage in ("reward", "dpo", "kto", "orpo"):
+        validate_training_rows(rows, "preference")
+    return rows
+
+
+def _find_resumable(store: Any, spec: TrainSpec) -> str | None:
+    for run in store.runs.list(kind="train", limit=200):
+        ckpt = Path(store.runs.dir(run.id)) / "checkpoints"
+        if (
+            run.name == spec.output
+            and run.status.value != "SUCCEEDED"
+            and latest_checkpoint(ckpt) is not None
+        ):
+            return str(run.id)
+    return None
+
+
+def run_training(
+    spec: TrainSpec,
+    store: Any,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    run_id: str | None = None,
+    dist: Dist | None = None,
+) -> TrainResult:
+    dist = dist or Dist.from_env()
+    paths, dataset_refs = _dataset_paths(spec, store)
+    rows = _load_rows(spec, paths) if spec.stage != "pretrain" else []
+    config = spec.model_dump(mode="json")
+    if run_id is None and resume:
+        run_id = _find_resumable(store, spec)
+        if run_id is None:
+            raise UserError(
+                f"--resume: no interrupted training run of {spec.output!r} with a checkpoint"
+            )
+    if dist.main:
+        if run_id is None:
+            run_id = store.runs.start("train", name=spec.output, config=config).id
+        else:
+            store.runs.reopen(run_id)
+    assert run_id is not None
+    try:
+        result = _train(
+            spec,
+            store,
+            run_id,
+            rows,
+            paths,
+            dataset_refs,
+            resume=resume,
+            progress=progress,
+            dist=dist,
+        )
+    except KeyboardInterrupt:
+        if dist.main:
+            from lmops.store import RunStatus
+
+            store.runs.finish(
+                run_id, RunStatus.CANCELLED, "interrupted; rerun with --resume to continue"
+            )
+        raise
+    except BaseException as e:
+        if dist.main:
+            from lmops.store import RunStatus
+
+            store.runs.finish(run_id, RunStatus.FAILED, f"{type(e).__name__}: {e}")
+        raise
+    if dist.main:
+        store.runs.finish(run_id)
+    return result
+
+
+def _train(
+    spec: TrainSpec,
+    store: Any,
+    run_id: str,
+    rows: list[tuple[str, int, Any]],
+    paths: list[Path],
+    dataset_refs: list[str],
+    *,
+    resume: bool,
+    progress: bool,
+    dist: Dist,
+) -> TrainResult:
+    import torch
+
+    if dist.world > 1 and not torch.distributed.is_initialized():
+        backend = spec.distributed.backend
+        if backend == "auto":
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    run_dir = Path(store.runs.dir(run_id))
+    tracker = StoreTracker(store, run_id, list(spec.report_to) if dist.main else [])
+    loaded = load_base(spec, store, for_reward=spec.stage == "reward")
+    model, tok = loaded.model, loaded.tokenizer
+    device = str(next(model.parameters()).device.type)
+    trainable, total = count_parameters(model)
+    if dist.main:
+        store.runs.update(
+            run_id,
+            params={"trainable_params": trainable, "total_params": total, "world_size": dist.world},
+        )
+    steps, seconds, tokens, resumed_from = spec.train.max_steps, 0.0, 0, None
+    if spec.stage in ("pretrain", "sft"):
+        if spec.stage == "pretrain":
+            examples, stats = build_pretrain_examples(
+                paths, tok, spec.train.max_seq_len, spec.text_key
+            )
+        else:
+            examples, stats = build_sft_examples(rows, tok, spec.train.max_seq_len)
+        if dist.main:
+            store.runs.update(run_id, params={"data": stats})
+        train_ex, eval_ex = split_eval(examples, spec.eval_split, spec.train.seed)
+        packed = spec.packing and spec.stage == "sft"
+        train_items: list[Any] = pack(train_ex, spec.train.max_seq_len) if packed else train_ex
+        eval_items: list[Any] = pack(eval_ex, spec.train.max_seq_len) if packed else eval_ex
+        res = train_loop(
+            spec,
+            model,
+            train_items,
+            eval_items,
+            pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+            packed=packed,
+            tracker=tracker,
+            ckpt_dir=run_dir / "checkpoints",
+            resume=resume,
+            progress=progress,
+            dist=dist,
+            device=device,
+        )
+        steps, seconds, tokens, resumed_from = res.steps, res.seconds, res.tokens, res.resumed_from
+        history = res.history
+    elif spec.stage == "ppo":
+        from lmops.train import ppo
+
+        prompts = [_prompt_of(r) for _f, _n, r in rows]
+        model = ppo.train_ppo(spec, loaded, prompts, tracker)
+        history = tracker.history
+    else:
+        from lmops.train import preference
+
+        fn = {
+            "reward": preference.train_reward,
+            "dpo": preference.train_dpo,
+            "kto": preference.train_kto,
+            "orpo": preference.train_orpo,
+        }[spec.stage]
+        model = fn(spec, loaded, [r for _f, _n, r in rows], tracker)
+        history = tracker.history
+    final = {k: v[-1][1] for k, v in history.items() if v}
+    if not dist.main:
+        return TrainResult(
+            run_id, None, "", steps, seconds, tokens, trainable, total, final, resumed_from
+        )
+    version, out_dir = _register(
+        spec, store, run_id, run_dir, model, loaded, dataset_refs, final, history, trainable, total
+    )
+    return TrainResult(
+        run_id,
+        version.ref,
+        version.kind,
+        steps,
+        seconds,
+        tokens,
+        trainable,
+        total,
+        final,
+        resumed_from,
+        out_dir,
+    )
+
+
+def _prompt_of(row: Any) -> str:
+    if isinstance(row, dict):
+        for key in ("prompt", "instruction", "query", "text"):
+            if isinstance(row.get(key), str):
+                return str(row[key])
+        if isinstance(row.get("messages"), list):
+            return str(row["messages"][0].get("content", ""))
+    raise UserError("stage ppo needs rows with a 'prompt' (or instruction/messages) field")
+
+
+def _register(
+    spec: TrainSpec,
+    store: Any,
+    run_id: str,
+    run_dir: Path,
+    model: Any,
+    loaded: Any,
+    dataset_refs: list[str],
+    final: dict[str, float],
+    history: dict[str, list[tuple[int, float]]],
+    trainable: int,
+    total: int,
+) -> tuple[Any, Path]:
+    out = run_dir / "output"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    inner = getattr(model, "module", model)  # unwrap DDP
+    is_adapter = hasattr(inner, "peft_config")
+    inner.save_pretrained(str(out))
+    loaded.tokenizer.save_pretrained(str(out))
+    if is_adapter:
+        (out / "lmops_base.json").write_text(
+            json.dumps(
+                {
+                    "base_path": str(loaded.base_path) if loaded.base_path else None,
+                    "base_ref": loaded.base_ref,
+                }
+            )
+        )
+    plot = plot_loss_curve(history, run_dir / "loss.png", f"{spec.stage} {spec.output}")
+    if plot is not None:
+        shutil.copy(plot, out / "training_loss.png")
+    (out / "README.md").write_text(
+        _model_card(spec, run_id, loaded, dataset_refs, final, trainable, total, plot is not None)
+    )
+    kind = "adapter" if is_adapter else "model"
+    meta = {
+        "stage": spec.stage,
+        "method": spec.method,
+        "base_model": loaded.base_ref or (str(loaded.base_path) if loaded.base_path else None),
+        "trainable_params": trainable,
+        "total_params": total,
+        "metrics": final,
+        "lmops_version": __version__,
+    }
+    inputs: list[tuple[str, str]] = [(ref, role) for ref, role in loaded.inputs]
+    inputs += [(ref, "dataset") for ref in dataset_refs]
+    version = store.assets.register(
+        kind,
+        spec.output,
+        out,
+        metadata=meta,
+        inputs=inputs,
+        run_id=run_id,
+        description=spec.description,
+    )
+    return version, out
+
+
+def _model_card(
+    spec: TrainSpec,
+    run_id: str,
+    loaded: Any,
+    dataset_refs: list[str],
+    final: dict[str, float],
+    trainable: int,
+    total: int,
+    has_plot: bool,
+) -> str:
+    base = loaded.base_ref or (
+        str(loaded.base_path) if loaded.base_path else f"random init ({spec.model})"
+    )
+    metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(final.items())) or "| - | - |"
+    lines = [
+        "---",
+        f"library_name: {'peft' if spec.method in ('lora', 'qlora', 'prefix', 'prompt_tuning') else 'transformers'}",
+        "tags: [lmops, " + spec.stage + ", " + spec.method + "]",
+        "---",
+        f"# {spec.output}",
+        "",
+        f"Trained by lmops {__version__} (run `{run_id}`): stage **{spec.stage}**, method **{spec.method}**.",
+        "",
+        "## Data and base",
+        f"- base model: `{base}`",
+        f"- datasets: {', '.join(f'`{d}`' for d in (dataset_refs or spec.datasets))}",
+        f"- parameters: {trainable:,} trainable of {total:,}",
+        "",
+        "## Metrics (last logged values)",
+        "| metric | value |",
+        "| --- | --- |",
+        metrics,
+        "",
+    ]
+    if has_plot:
+        lines += ["![training loss](training_loss.png)", ""]
+    lines += [
+        "## Configuration",
+        "```yaml",
+        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True).rstrip(),
+        "```",
+        "",
+        "## Use",
+        f"`lmops assets lineage {spec.output}` traces it to its data; `lmops serve --model {spec.output}={spec.output}` serves it.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def merge_adapter(store: Any, adapter_ref: str, output: str | None = None) -> Any:
+    """Merge a LoRA adapter into its base model and register the result as a model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmops.train.models import quiet_transformers
+
+    quiet_transformers()
+    v = store.assets.resolve(adapter_ref)
+    if v.kind != "adapter":
+        raise UserError(f"{adapter_ref!r} is a {v.kind}, not an adapter")
+    path = store.assets.path(v.ref)
+    base_info = json.loads((path / "lmops_base.json").read_text())
+    base_ref = base_info.get("base_ref")
+    base_path = store.assets.path(base_ref) if base_ref else Path(base_info["base_path"])
+    if not base_path or not Path(base_path).exists():
+        raise UserError(
+            f"the base model of {v.ref} ({base_ref or base_info['base_path']}) is not available"
+        )
+    name = output or f"{v.asset}-merged"
+    with store.runs.track("merge", name=name, config={"adapter": v.ref, "base": base_ref}) as run:
+        base = AutoModelForCausalLM.from_pretrained(str(base_path))
+        merged = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+        out = Path(store.runs.dir(run.id)) / "output"
+        merged.save_pretrained(str(out))
+        AutoTokenizer.from_pretrained(str(path)).save_pretrained(str(out))
+        if (path / "README.md").exists():
+            (out / "README.md").write_text(
+                (path / "README.md").read_text() + f"\n\nMerged from adapter `{v.ref}`.\n"
+            )
+        inputs = [(v.ref, "adapter")] + ([(base_ref, "base_model")] if base_ref else [])
+        return store.assets.register(
+            "model",
+            name,
+            out,
+            metadata={**v.metadata, "merged_from": v.ref},
+            inputs=inputs,
+            run_id=run.id,
+        )

@@ -1,0 +1,207 @@
+"""The training job spec: one pydantic model, loadable from YAML, with named presets and
+dotted overrides (``lmops train job.yaml train.lr=1e-4``).
+
+```yaml
+stage: sft            # pretrain | sft | reward | dpo | kto | orpo | ppo
+method: lora          # full | freeze | lora | qlora | prefix | prompt_tuning
+model: path/or/asset-ref        # or {preset: llama-tiny, tokenizer: tok} to start from scratch
+dataset: path/or/asset-ref      # JSONL/Parquet, or token shards from the data stage
+output: my-model                # asset name for the result
+train: {max_steps: 100, lr: 2e-4, batch_size: 8, max_seq_len: 512, seed: 0, save_steps: 50}
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lmops.core.errors import UserError
+from lmops.core.yamlcfg import apply_overrides, validate_config
+
+__all__ = [
+    "PRESETS",
+    "DistributedParams",
+    "LoraParams",
+    "ModelPreset",
+    "PpoParams",
+    "PreferenceParams",
+    "TrainParams",
+    "TrainSpec",
+    "load_spec",
+]
+
+Stage = Literal["pretrain", "sft", "reward", "dpo", "kto", "orpo", "ppo"]
+Method = Literal["full", "freeze", "lora", "qlora", "prefix", "prompt_tuning"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelPreset(_Strict):
+    """Start from a config preset with random weights (pretraining from scratch)."""
+
+    preset: str  # llama-tiny | llama-small (see lmops.train.models.MODEL_PRESETS)
+    tokenizer: str  # tokenizer asset ref or folder; sets the vocabulary size
+    overrides: dict[str, Any] = Field(default_factory=dict)  # e.g. {num_hidden_layers: 4}
+
+
+class TrainParams(_Strict):
+    max_steps: int = Field(100, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, ge=1)  # global batch (sequences per optimizer step)
+    micro_batch_size: int | None = Field(None, ge=1)  # per forward pass; default = batch/world
+    max_seq_len: int = Field(512, ge=8)
+    seed: int = 0
+    save_steps: int = Field(50, ge=1)
+    eval_steps: int | None = Field(None, ge=1)
+    log_steps: int = Field(1, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class LoraParams(_Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+class PrefixParams(_Strict):
+    num_virtual_tokens: int = Field(16, ge=1)
+
+
+class FreezeParams(_Strict):
+    trainable_layers: int = Field(2, ge=1)  # the last N decoder layers (and the LM head) train
+    train_embeddings: bool = False
+
+
+class PreferenceParams(_Strict):
+    beta: float = Field(0.1, gt=0)
+    loss_type: str = "sigmoid"  # DPO loss variant (TRL names)
+    max_prompt_len: int = Field(256, ge=8)
+
+
+class PpoParams(_Strict):
+    reward_model: str | None = None  # reward model asset/folder; or a built-in reward fn
+    reward_fn: str | None = None  # "module:function" scoring (prompt, completion) -> float
+    rollout_batch: int = Field(8, ge=1)
+    max_new_tokens: int = Field(16, ge=1)
+    ppo_epochs: int = Field(2, ge=1)
+    clip_range: float = Field(0.2, gt=0)
+    value_clip: float = Field(0.2, gt=0)
+    kl_coef: float = Field(0.05, ge=0)
+    gamma: float = Field(1.0, gt=0, le=1)
+    lam: float = Field(0.95, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+
+
+class DistributedParams(_Strict):
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    fsdp: dict[str, Any] | None = None  # passed through to torch FSDP on GPU clusters
+    deepspeed: str | None = None  # a DeepSpeed JSON config, passed through
+
+
+class TrainSpec(_Strict):
+    stage: Stage
+    method: Method = "full"
+    model: str | ModelPreset
+    dataset: str | list[str]
+    output: str
+    train: TrainParams = Field(default_factory=TrainParams)
+    lora: LoraParams = Field(default_factory=LoraParams)
+    prefix: PrefixParams = Field(default_factory=PrefixParams)
+    freeze: FreezeParams = Field(default_factory=FreezeParams)
+    preference: PreferenceParams = Field(default_factory=PreferenceParams)
+    ppo: PpoParams = Field(default_factory=PpoParams)
+    distributed: DistributedParams = Field(default_factory=DistributedParams)
+    chat_template: str | None = None  # Jinja; default: the tokenizer's own, else ChatML
+    packing: bool = False
+    eval_split: float = Field(0.0, ge=0, lt=0.5)
+    text_key: str = "text"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    description: str = ""
+    sweep: dict[str, Any] | None = None  # for `lmops train sweep` (see lmops.train.sweep)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSpec:
+        if isinstance(self.model, ModelPreset) and self.stage != "pretrain":
+            raise ValueError(
+                "model: {preset: ...} starts from random weights; only stage pretrain can use it"
+            )
+        if self.stage == "ppo" and not (self.ppo.reward_model or self.ppo.reward_fn):
+            raise ValueError("stage ppo needs ppo.reward_model or ppo.reward_fn")
+        if self.method in ("prefix", "prompt_tuning") and self.stage not in ("sft", "pretrain"):
+            raise ValueError(f"method {self.method} is supported for pretrain and sft")
+        return self
+
+    @property
+    def datasets(self) -> list[str]:
+        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
+
+
+# Named presets: partial specs merged under the user's YAML (the user's keys win).
+PRESETS: dict[str, dict[str, Any]] = {
+    "sft-lora": {
+        "stage": "sft",
+        "method": "lora",
+        "train": {"lr": 2e-4, "lr_scheduler": "cosine", "warmup_steps": 10},
+        "lora": {"r": 16, "alpha": 32, "targets": "all-linear"},
+    },
+    "sft-full": {"stage": "sft", "method": "full", "train": {"lr": 2e-5, "warmup_steps": 10}},
+    "pretrain-tiny": {
+        "stage": "pretrain",
+        "method": "full",
+        "train": {"lr": 3e-3, "batch_size": 16, "max_seq_len": 256, "warmup_steps": 20},
+    },
+    "dpo-lora": {
+        "stage": "dpo",
+        "method": "lora",
+        "train": {"lr": 5e-5, "batch_size": 8},
+        "preference": {"beta": 0.1},
+    },
+}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_spec(path: Path, overrides: list[str] | None = None) -> TrainSpec:
+    """Load a job YAML (with optional ``preset: NAME`` and dotted overrides)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise UserError(f"{path}{':' + str(mark.line + 1) if mark else ''}: invalid YAML") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    preset = data.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(f"{path}: preset {preset!r} unknown; presets: {', '.join(PRESETS)}")
+        data = _merge(PRESETS[preset], data)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return validate_config(data, TrainSpec, source=str(path), node=node)

@@ -1,0 +1,80 @@
+"""Training examples: assistant-only labels, multi-turn, packing isolation, windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmops.train.data import IGNORE, Example, collate, encode_chat, pack
+from lmops.train.models import load_tokenizer
+from tests.train.tiny import make_model, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return load_tokenizer(make_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def decode_labelled(tok, ex: Example) -> str:  # type: ignore[no-untyped-def]
+    return tok.decode([t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE])
+
+
+def test_prompt_tokens_carry_no_loss(tok) -> None:  # type: ignore[no-untyped-def]
+    messages = [
+        {"role": "system", "content": "You add numbers."},
+        {"role": "user", "content": "12+34="},
+        {"role": "assistant", "content": "46"},
+    ]
+    ex, truncated = encode_chat(tok, messages, 512)
+    assert not truncated
+    assert decode_labelled(tok, ex) == "46<|im_end|>"
+    prompt = tok.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert all(label == IGNORE for label in ex.labels[:n_prompt])
+    # the answer and its end marker are learned; the newline after the marker is formatting
+    assert ex.labels[n_prompt:-1] == ex.input_ids[n_prompt:-1] and ex.labels[-1] == IGNORE
+
+
+def test_multi_turn_trains_every_assistant_turn(tok) -> None:  # type: ignore[no-untyped-def]
+    messages = [
+        {"role": "user", "content": "你好"},
+        {"role": "assistant", "content": "你好！"},
+        {"role": "user", "content": "1+1="},
+        {"role": "assistant", "content": "2"},
+    ]
+    ex, _ = encode_chat(tok, messages, 512)
+    assert decode_labelled(tok, ex) == "你好！<|im_end|>2<|im_end|>"
+
+
+def test_packing_restarts_positions_and_blocks_cross_attention(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    a = Example([5, 6, 7, 8], [5, 6, 7, 8])
+    b = Example([9, 10, 11], [IGNORE, 10, 11])
+    rows = pack([a, b, a], max_len=8)
+    assert [len(r[0]) for r in rows] == [7, 4]
+    _ids, labels, pos = rows[0]
+    assert pos == [0, 1, 2, 3, 0, 1, 2]
+    assert labels[0] == IGNORE and labels[4] == IGNORE  # no loss across a boundary
+    model = AutoModelForCausalLM.from_pretrained(
+        str(make_model(tmp_path / "m", Path(tok.name_or_path)))
+    )
+    model.eval()
+    batch = collate(rows[:1], pad_id=0, packed=True)
+    with torch.no_grad():
+        packed = model(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
+        ).logits[0]
+        alone_b = model(input_ids=torch.tensor([b.input_ids])).logits[0]
+        alone_a = model(input_ids=torch.tensor([a.input_ids])).logits[0]
+    # the second example sees exactly what it would see alone: no attention into the first
+    assert torch.allclose(packed[4:7], alone_b, atol=1e-5)
+    assert torch.allclose(packed[:4], alone_a, atol=1e-5)
+
+
+def test_truncation_is_reported(tok) -> None:  # type: ignore[no-untyped-def]
+    messages = [{"role": "user", "content": "word " * 100}, {"role": "assistant", "content": "ok"}]
+    ex, truncated = encode_chat(tok, messages, 32)
+    assert truncated and len(ex) == 32

@@ -1,0 +1,207 @@
+"""lmops train end to end on a tiny Llama: methods, resume, lineage, bad input, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.store import RunStatus, Store
+from lmops.train.run import run_training
+from lmops.train.spec import TrainSpec
+from lmops.train.tracking import StoreTracker
+from tests.train.tiny import make_model, make_tokenizer, write_alpaca
+
+
+@pytest.fixture
+def base(store: Store, tmp_path: Path) -> Store:
+    tok = make_tokenizer(tmp_path / "tok")
+    store.assets.register("tokenizer", "tok", tok)
+    store.assets.register(
+        "model", "tiny", make_model(tmp_path / "tiny", tok), inputs=[("tok", "tokenizer")]
+    )
+    store.assets.register("dataset", "adds", write_alpaca(tmp_path / "adds.jsonl", 64))
+    return store
+
+
+def spec(**over: object) -> TrainSpec:
+    data = {
+        "stage": "sft",
+        "method": "lora",
+        "model": "tiny",
+        "dataset": "adds",
+        "output": "adder",
+        "train": {
+            "max_steps": 8,
+            "batch_size": 4,
+            "max_seq_len": 48,
+            "save_steps": 2,
+            "lr": 5e-3,
+            "warmup_steps": 0,
+        },
+        "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]},
+    }
+    data.update(over)
+    return TrainSpec.model_validate(data)
+
+
+def test_lora_trains_only_adapter_weights_and_registers_lineage(base: Store) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    result = run_training(spec(), base, progress=False)
+    assert result.output == "adder:1" and result.kind == "adapter"
+    assert result.trainable_params < result.total_params / 10
+    out = base.assets.path("adder")
+    assert (out / "adapter_config.json").exists() and (out / "README.md").exists()
+    card = (out / "README.md").read_text()
+    assert "stage **sft**, method **lora**" in card and "tiny:1" in card and "max_steps: 8" in card
+    assert (out / "training_loss.png").exists()
+    edges = {(e.parent, e.role) for e in base.assets.lineage("adder", depth=1).upstream}
+    assert edges == {("tiny:1", "base_model"), ("adds:1", "dataset")}
+    # the base weights are untouched; the adapter moved away from its zero init
+    from peft import PeftModel
+
+    original = AutoModelForCausalLM.from_pretrained(str(base.assets.path("tiny")))
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(base.assets.path("tiny"))), str(out)
+    )
+    tuned_base = {
+        k.replace("base_model.model.", "").replace(".base_layer", ""): v
+        for k, v in tuned.state_dict().items()
+        if "lora_" not in k
+    }
+    for k, v in original.state_dict().items():
+        assert torch.equal(v, tuned_base[k]), k
+    lora_b = [v for k, v in tuned.state_dict().items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    run = base.runs.get(result.run_id)
+    assert run.status is RunStatus.SUCCEEDED and len(run.metrics["loss"]) == 8
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(run.metrics)
+
+
+def test_resumed_run_ends_at_the_same_loss(base: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    full = run_training(spec(output="straight"), base, progress=False)
+    real_log = StoreTracker.log
+
+    def interrupt_at_5(self: StoreTracker, step: int, metrics: dict[str, float]) -> None:
+        real_log(self, step, metrics)
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(StoreTracker, "log", interrupt_at_5)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(spec(output="resumed"), base, progress=False)
+    interrupted = next(r for r in base.runs.list() if r.name == "resumed")
+    assert interrupted.status is RunStatus.CANCELLED
+    resumed = run_training(spec(output="resumed"), base, resume=True, progress=False)
+    assert resumed.run_id == interrupted.id and resumed.resumed_from == 5
+    assert resumed.final["loss"] == pytest.approx(full.final["loss"], rel=1e-6)
+    losses = [m.value for m in base.runs.get(resumed.run_id).metrics["loss"]]
+    straight = [m.value for m in base.runs.get(full.run_id).metrics["loss"]]
+    assert losses == pytest.approx(straight, rel=1e-6)
+    a = torch.load(
+        Path(base.runs.dir(full.run_id)) / "checkpoints" / "step-000008" / "state.pt",
+        weights_only=False,
+    )
+    b = torch.load(
+        Path(base.runs.dir(resumed.run_id)) / "checkpoints" / "step-000008" / "state.pt",
+        weights_only=False,
+    )
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+
+
+def test_bad_row_is_reported_before_training(base: Store, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"instruction": "1+1=", "output": "2"}\n{"instruction": "x", "output": "y"}\n{"instruction": "2+2="}\n'
+    )
+    base.assets.register("dataset", "bad", bad)
+    with pytest.raises(UserError, match=r"bad\.jsonl:3: field 'output'"):
+        run_training(spec(dataset="bad"), base, progress=False)
+    assert [r for r in base.runs.list() if r.kind == "train"] == []
+    assert not base.assets.exists("adder")
+
+
+def test_qlora_on_cpu_is_refused_and_nothing_registered(base: Store) -> None:
+    with pytest.raises(UserError, match="qlora needs a CUDA GPU"):
+        run_training(spec(method="qlora"), base, progress=False)
+    assert not base.assets.exists("adder")
+    assert base.runs.list()[0].status is RunStatus.FAILED
+
+
+def test_full_pretrain_from_preset_and_merge(base: Store, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    text = tmp_path / "t.jsonl"
+    text.write_text(
+        "\n".join(
+            json.dumps({"text": f"line {i} of plain text for pretraining."}) for i in range(60)
+        )
+    )
+    base.assets.register("dataset", "text", text)
+    pre = spec(
+        stage="pretrain",
+        method="full",
+        model={"preset": "llama-tiny", "tokenizer": "tok"},
+        dataset="text",
+        output="scratch",
+    )
+    res = run_training(pre, base, progress=False)
+    assert res.kind == "model" and res.final["loss"] < 6.0
+    assert {(e.parent, e.role) for e in base.assets.lineage("scratch", depth=1).upstream} == {
+        ("tok:1", "tokenizer"),
+        ("text:1", "dataset"),
+    }
+    run_training(spec(), base, progress=False)
+    r = cli("train", "merge", "adder", "--json")
+    assert r.code == 0, r.err
+    merged = json.loads(r.out)
+    assert merged["kind"] == "model" and merged["asset"] == "adder-merged"
+    edges = {(e.parent, e.role) for e in base.assets.lineage("adder-merged", depth=1).upstream}
+    assert edges == {("adder:1", "adapter"), ("tiny:1", "base_model")}
+
+
+def test_two_process_ddp_matches_one_process(base: Store, tmp_path: Path, lmops_home: Path) -> None:
+    job = {
+        "stage": "sft",
+        "method": "full",
+        "model": "tiny",
+        "dataset": "adds",
+        "output": "OUT",
+        "train": {"max_steps": 4, "batch_size": 4, "max_seq_len": 48, "save_steps": 4, "lr": 1e-3},
+    }
+    losses = {}
+    for n in (1, 2):
+        cfg = tmp_path / f"ddp{n}.yaml"
+        cfg.write_text(json.dumps({**job, "output": f"ddp{n}"}))
+        env = {**os.environ, "LMOPS_HOME": str(lmops_home), "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lmops.cli.main",
+                "train",
+                str(cfg),
+                "--nproc",
+                str(n),
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        run = next(r for r in Store().runs.list() if r.name == f"ddp{n}")
+        losses[n] = [m.value for m in Store().runs.get(run.id).metrics["loss"]]
+        assert Store().runs.get(run.id).params["world_size"] == n
+    assert len(losses[1]) == len(losses[2]) == 4
+    assert losses[2] == pytest.approx(losses[1], rel=1e-4)
