@@ -205,3 +205,25 @@ def test_two_process_ddp_matches_one_process(base: Store, tmp_path: Path, lmops_
         assert Store().runs.get(run.id).params["world_size"] == n
     assert len(losses[1]) == len(losses[2]) == 4
     assert losses[2] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_sweep_runs_trials_and_registers_only_the_best(base: Store, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    job = spec(output="swept", eval_split=0.25).model_dump(mode="json")
+    job["train"]["max_steps"] = 3
+    job["train"]["eval_steps"] = 3
+    job["sweep"] = {
+        "trials": 3,
+        "metric": "eval_loss",
+        "space": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+    }
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(json.dumps(job))
+    r = cli("train", "sweep", str(cfg), "--json")
+    assert r.code == 0, r.err
+    res = json.loads(r.out)
+    assert len(res["trials"]) == 3 and res["output"] == "swept:1"
+    best = min(res["trials"], key=lambda t: t["eval_loss"])
+    assert best["trial"] == res["best_trial"]
+    assert [v.version for v in base.assets.show("swept").versions] == [1]
+    assert base.assets.get("swept:1").run_id == best["run_id"]
+    assert len([x for x in base.runs.list() if x.kind == "train" and x.name == "swept"]) == 3

@@ -165,3 +165,38 @@ def presets(json_: JsonOpt = False) -> None:
         return
     table("job presets", ["name", "settings"], [[k, str(v)] for k, v in PRESETS.items()])
     table("model presets", ["name", "config"], [[k, str(v)] for k, v in MODEL_PRESETS.items()])
+
+
+@app.command("sweep")
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Job YAML with a `sweep:` section.")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Dotted overrides: sweep.trials=4")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Search hyper-parameters with Optuna; each trial is a run; the best is registered."""
+    from lmops.train.spec import load_spec
+    from lmops.train.sweep import run_sweep
+
+    spec = load_spec(config, overrides or [])
+    res = run_sweep(spec, _store(), progress=not json_)
+    if json_:
+        print_json(res.__dict__)
+        return
+    table(
+        None,
+        ["trial", "run", "params", "value"],
+        [
+            [
+                t["trial"],
+                t["run_id"],
+                ", ".join(f"{k}={v}" for k, v in t["params"].items()),
+                f"{list(t.values())[-1]:.5g}",
+            ]
+            for t in res.trials
+        ],
+    )
+    console.print(
+        f"best trial {res.best_trial} ({res.best_value:.5g}): registered {res.output}", markup=False
+    )

@@ -50,6 +50,9 @@ class TrainResult:
     final: dict[str, float] = field(default_factory=dict)
     resumed_from: int | None = None
     output_path: Path | None = None
+    # what registration needs when it happens later (sweeps register only the best trial)
+    inputs: list[tuple[str, str]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def _dataset_paths(spec: TrainSpec, store: Any) -> tuple[list[Path], list[str]]:
@@ -101,7 +104,10 @@ def run_training(
     progress: bool = True,
     run_id: str | None = None,
     dist: Dist | None = None,
+    register: bool = True,
 ) -> TrainResult:
+    """Run one training job; ``register=False`` saves the output in the run folder
+    without registering it (see :func:`register_output`)."""
     dist = dist or Dist.from_env()
     paths, dataset_refs = _dataset_paths(spec, store)
     rows = _load_rows(spec, paths) if spec.stage != "pretrain" else []
@@ -129,6 +135,7 @@ def run_training(
             resume=resume,
             progress=progress,
             dist=dist,
+            register=register,
         )
     except KeyboardInterrupt:
         if dist.main:
@@ -160,6 +167,7 @@ def _train(
     resume: bool,
     progress: bool,
     dist: Dist,
+    register: bool = True,
 ) -> TrainResult:
     import torch
 
@@ -231,13 +239,13 @@ def _train(
         return TrainResult(
             run_id, None, "", steps, seconds, tokens, trainable, total, final, resumed_from
         )
-    version, out_dir = _register(
-        spec, store, run_id, run_dir, model, loaded, dataset_refs, final, history, trainable, total
+    out_dir, kind, meta, inputs = _save_output(
+        spec, run_id, run_dir, model, loaded, dataset_refs, final, history, trainable, total
     )
-    return TrainResult(
+    result = TrainResult(
         run_id,
-        version.ref,
-        version.kind,
+        None,
+        kind,
         steps,
         seconds,
         tokens,
@@ -246,7 +254,12 @@ def _train(
         final,
         resumed_from,
         out_dir,
+        inputs,
+        meta,
     )
+    if register:
+        result.output = register_output(store, spec, result).ref
+    return result
 
 
 def _prompt_of(row: Any) -> str:
@@ -259,9 +272,22 @@ def _prompt_of(row: Any) -> str:
     raise UserError("stage ppo needs rows with a 'prompt' (or instruction/messages) field")
 
 
-def _register(
+def register_output(store: Any, spec: TrainSpec, result: TrainResult) -> Any:
+    """Register a saved training output with its lineage and run."""
+    assert result.output_path is not None
+    return store.assets.register(
+        result.kind,
+        spec.output,
+        result.output_path,
+        metadata=result.metadata,
+        inputs=result.inputs,
+        run_id=result.run_id,
+        description=spec.description,
+    )
+
+
+def _save_output(
     spec: TrainSpec,
-    store: Any,
     run_id: str,
     run_dir: Path,
     model: Any,
@@ -271,7 +297,7 @@ def _register(
     history: dict[str, list[tuple[int, float]]],
     trainable: int,
     total: int,
-) -> tuple[Any, Path]:
+) -> tuple[Path, str, dict[str, Any], list[tuple[str, str]]]:
     out = run_dir / "output"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -306,16 +332,7 @@ def _register(
     }
     inputs: list[tuple[str, str]] = [(ref, role) for ref, role in loaded.inputs]
     inputs += [(ref, "dataset") for ref in dataset_refs]
-    version = store.assets.register(
-        kind,
-        spec.output,
-        out,
-        metadata=meta,
-        inputs=inputs,
-        run_id=run_id,
-        description=spec.description,
-    )
-    return version, out
+    return out, kind, meta, inputs
 
 
 def _model_card(
