@@ -50,10 +50,11 @@ app.add_typer(audit_app, name="audit")
 
 
 def _add_stage_apps() -> None:
-    from lmops.cli import data, train
+    from lmops.cli import data, eval, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(train.app, name="train")
+    app.add_typer(eval.app, name="eval")
 
 
 _add_stage_apps()

@@ -1,1 +1,1 @@
-"""The eval stage (see docs/ARCHITECTURE.md); not built yet."""
+"""Evaluation stage: lm-eval compatible tasks, log-likelihood and generation scoring, judges, safety, contamination and serving performance."""

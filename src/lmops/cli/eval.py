@@ -1,0 +1,289 @@
+"""``lmops eval run | tasks | compare | leaderboard | perf``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lmops.cli._output import console, print_json, table
+from lmops.core.errors import UserError
+
+app = typer.Typer(
+    help="Evaluate models: benchmarks, generation metrics, judges, safety, serving performance.",
+    no_args_is_help=True,
+)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _store() -> Any:
+    from lmops.store import Store
+
+    return Store(origin="cli")
+
+
+def load_tasks(
+    names: list[str],
+    task_files: list[Path],
+    store: Any,
+    data_dir: Path | None,
+    include_errors: bool,
+) -> list[Any]:
+    from lmops.eval.builtin import load_builtin
+    from lmops.eval.tasks import load_task_file
+
+    tasks = []
+    for name in names:
+        tasks += load_builtin(name, root=data_dir, store=store, include_errors=include_errors)
+    for f in task_files:
+        tasks.append(load_task_file(f, store))
+    if not tasks:
+        raise UserError("give --tasks NAME[,NAME...] or --task-file FILE.yaml")
+    return tasks
+
+
+def open_model(
+    model: str,
+    store: Any,
+    *,
+    endpoint: str | None,
+    api_key: str | None,
+    batch_size: str,
+    device: str,
+    max_length: int | None,
+) -> tuple[Any, str | None]:
+    """An evaluation backend for a local folder/asset, or an OpenAI-compatible endpoint."""
+    if endpoint:
+        from lmops.eval.lm import OpenAIEvalModel
+
+        return OpenAIEvalModel(endpoint, model, api_key=api_key), None
+    from lmops.eval.lm import HFEvalModel
+    from lmops.train.models import resolve_local
+
+    path, ref = resolve_local(model, store, kind="model")
+    if (path / "adapter_config.json").exists():
+        path = _merged_view(path, store)
+    bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
+    return HFEvalModel(
+        path, device=device, batch_size=bs, max_length=max_length, name=ref or str(path)
+    ), ref
+
+
+def _merged_view(adapter_dir: Path, store: Any) -> Path:
+    """Evaluate an adapter by merging it into its base in a temp folder."""
+    import json
+    import tempfile
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = json.loads((adapter_dir / "lmops_base.json").read_text())
+    base = store.assets.path(info["base_ref"]) if info.get("base_ref") else Path(info["base_path"])
+    out = Path(tempfile.mkdtemp(prefix="lmops-merged-"))
+    merged = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(base)), str(adapter_dir)
+    ).merge_and_unload()
+    merged.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
+    return out
+
+
+@app.command("run")
+def run(
+    model: Annotated[
+        str,
+        typer.Option(help="Model asset ref or local HF folder (or the model name at --endpoint)."),
+    ],
+    tasks: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated: mmlu_redux, cmmlu, gsm8k, mmlu_redux_<subject>, perplexity:<dataset>"
+        ),
+    ] = None,
+    task_file: Annotated[
+        list[Path] | None, typer.Option("--task-file", help="lm-eval style task YAML (repeatable).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Documents per task.")] = None,
+    num_fewshot: Annotated[int | None, typer.Option(min=0)] = None,
+    batch_size: Annotated[str, typer.Option(help="Integer or auto.")] = "auto",
+    scorer: Annotated[str | None, typer.Option(help="loglikelihood (default) or letter.")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="LMOPS_API_KEY")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Shared datasets folder (default: $LMOPS_SHARED_DATASETS).")
+    ] = None,
+    include_errors: Annotated[
+        bool, typer.Option(help="Keep MMLU-Redux rows annotated as wrong.")
+    ] = False,
+    output: Annotated[
+        str | None, typer.Option(help="eval_report asset name (default: eval-<model>).")
+    ] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    max_length: Annotated[
+        int | None, typer.Option(help="Context length (default: the model's).")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Score a model on tasks; the report is registered as an eval_report asset."""
+    from lmops.eval.run import evaluate, register_report, report_dict
+
+    if scorer not in (None, "loglikelihood", "letter"):
+        raise UserError(f"--scorer {scorer!r}: use loglikelihood or letter")
+    store = _store()
+    task_list = load_tasks(
+        [t.strip() for t in (tasks or "").split(",") if t.strip()],
+        task_file or [],
+        store,
+        data_dir,
+        include_errors,
+    )
+    config = {
+        "tasks": [t.name for t in task_list],
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+        "batch_size": batch_size,
+        "scorer": scorer,
+        "endpoint": endpoint,
+    }
+    with store.runs.track("eval", name=model, config={"model": model, **config}) as run_rec:
+        lm, ref = open_model(
+            model,
+            store,
+            endpoint=endpoint,
+            api_key=api_key,
+            batch_size=batch_size,
+            device=device,
+            max_length=max_length,
+        )
+        results = evaluate(
+            lm, task_list, limit=limit, num_fewshot=num_fewshot, scorer=scorer, progress=not json_
+        )
+        report = report_dict(lm.name, ref, results, config)
+        truncated = getattr(lm, "truncated", 0)
+        failed = getattr(lm, "failed", 0)
+        report["truncated_requests"] = truncated
+        report["failed_requests"] = failed
+        flat = {
+            f"{r.task}/{k}": v for r in results for k, v in r.metrics.items() if "stderr" not in k
+        }
+        store.runs.log_metrics(run_rec.id, {k: v for k, v in flat.items() if v == v}, step=0)
+        inputs = ([(ref, "model")] if ref else []) + [
+            (d, "dataset") for t in task_list for d in t.dataset_refs
+        ]
+        name = output or f"eval-{(ref or Path(model).name).split(':')[0].split('@')[0]}"
+        version = register_report(store, name, report, results, inputs=inputs, run_id=run_rec.id)
+        report["report"] = version.ref
+    if json_:
+        print_json(report)
+        return
+    rows: list[list[Any]] = []
+    for r in results:
+        for k, v in r.metrics.items():
+            if "stderr" in k:
+                continue
+            se = r.metrics.get(
+                k.replace(",", "_stderr,", 1) if "," in k else f"{k}_stderr", float("nan")
+            )
+            rows.append(
+                [r.task, k, f"{v:.4f}", f"±{se:.4f}" if se == se else "-", r.n, r.num_fewshot]
+            )
+    for g, agg in report["groups"].items():
+        for k, v in agg.items():
+            if k in ("n", "tasks", "excluded") or "stderr" in k:
+                continue
+            rows.append(
+                [
+                    f"[group] {g}",
+                    k,
+                    f"{v:.4f}",
+                    f"±{agg.get(k + '_stderr', float('nan')):.4f}",
+                    agg["n"],
+                    "-",
+                ]
+            )
+    if len(rows) > 40:
+        rows = [r for r in rows if r[0].startswith("[group]")] + rows[:20]
+    table(None, ["task", "metric", "value", "stderr", "n", "shots"], rows)
+    excluded = sum(r.excluded for r in results)
+    if excluded:
+        console.print(
+            f"excluded {excluded} annotated-wrong rows (kept {sum(r.n for r in results)})",
+            markup=False,
+        )
+    if truncated:
+        console.print(
+            f"warning: {truncated} request(s) were longer than the context and were truncated",
+            markup=False,
+        )
+    if failed:
+        console.print(
+            f"warning: {failed} request(s) to the endpoint failed after retries", markup=False
+        )
+    console.print(f"registered {version.ref}", markup=False)
+
+
+@app.command("tasks")
+def tasks_cmd(
+    data_dir: Annotated[Path | None, typer.Option()] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Built-in tasks (groups and subtasks) available with the shared datasets."""
+    from lmops.eval.builtin import builtin_names
+
+    names = builtin_names(data_dir)
+    if json_:
+        print_json(names)
+        return
+    table(
+        None,
+        ["task / group", "subtasks"],
+        [
+            [k, f"{len(v)} ({', '.join(v[:3])}{'…' if len(v) > 3 else ''})" if v else "-"]
+            for k, v in names.items()
+        ],
+    )
+
+
+@app.command("perf")
+def perf(
+    endpoint: Annotated[
+        str, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    ],
+    model: Annotated[str, typer.Option(help="Model name at the endpoint.")],
+    api_key: Annotated[str | None, typer.Option(envvar="LMOPS_API_KEY")] = None,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated levels.")] = "1,8,32",
+    requests: Annotated[int, typer.Option(min=1, help="Requests per level.")] = 64,
+    input_len: Annotated[int, typer.Option(min=1)] = 128,
+    output_len: Annotated[int, typer.Option(min=1)] = 128,
+    completions: Annotated[
+        bool, typer.Option("--completions", help="Use /v1/completions instead of chat.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 300.0,
+    json_: JsonOpt = False,
+) -> None:
+    """Serving performance over streaming: TTFT, TPOT, ITL, latency p50/p90/p99, throughput
+    (the definitions of vLLM's serving benchmark)."""
+    from lmops.eval.perf import format_table, run_perf
+
+    try:
+        levels = [int(x) for x in concurrency.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--concurrency {concurrency!r}: expected integers like 1,8,32") from None
+    report = run_perf(
+        endpoint,
+        model,
+        api_key=api_key,
+        concurrency=levels,
+        requests=requests,
+        input_len=input_len,
+        output_len=output_len,
+        chat=not completions,
+        timeout_s=timeout,
+    )
+    if json_:
+        print_json(report.to_dict())
+    else:
+        console.print(format_table(report), markup=False, highlight=False)

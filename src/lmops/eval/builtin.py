@@ -1,0 +1,182 @@
+"""Built-in tasks over the shared public data sets (``LMOPS_SHARED_DATASETS`` or an
+argument): ``mmlu_redux`` (57 subjects + group), ``cmmlu`` (67 subjects + group, 5-shot from
+``dev``), ``gsm8k`` (generation, n-shot from ``train``), and ``perplexity:<dataset>``.
+
+Templates follow lm-evaluation-harness's MMLU, CMMLU and GSM8K tasks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lmops.core.errors import UserError
+from lmops.eval.tasks import Task, TaskConfig
+
+__all__ = ["builtin_names", "load_builtin", "shared_root"]
+
+LETTERS = ["A", "B", "C", "D"]
+
+
+def shared_root(explicit: Path | None = None) -> Path:
+    candidates = [
+        explicit,
+        Path(os.environ["LMOPS_SHARED_DATASETS"])
+        if os.environ.get("LMOPS_SHARED_DATASETS")
+        else None,
+    ]
+    candidates.append(Path(__file__).resolve().parents[3].parent / "shared" / "datasets")
+    for c in candidates:
+        if c is not None and c.is_dir():
+            return c
+    raise UserError("shared datasets not found: set LMOPS_SHARED_DATASETS or pass --data-dir")
+
+
+def _mmlu_rows(root: Path) -> list[dict[str, Any]]:
+    f = root / "mmlu_redux.jsonl"
+    if not f.exists():
+        raise UserError(f"{f}: not found (MMLU-Redux)")
+    return [json.loads(line) for line in f.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+def _mmlu_subjects(root: Path) -> list[str]:
+    return sorted({r["subject"] for r in _mmlu_rows(root)})
+
+
+def _cmmlu_subjects(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / "cmmlu" / "test").glob("*.csv"))
+
+
+def builtin_names(root: Path | None = None) -> dict[str, list[str]]:
+    """Groups and their subtasks (empty when the data is absent)."""
+    try:
+        r = shared_root(root)
+    except UserError:
+        return {"mmlu_redux": [], "cmmlu": [], "gsm8k": [], "perplexity:<dataset>": []}
+    return {
+        "mmlu_redux": [f"mmlu_redux_{s}" for s in _mmlu_subjects(r)]
+        if (r / "mmlu_redux.jsonl").exists()
+        else [],
+        "cmmlu": [f"cmmlu_{s}" for s in _cmmlu_subjects(r)] if (r / "cmmlu").exists() else [],
+        "gsm8k": ["gsm8k"] if (r / "gsm8k").exists() else [],
+        "perplexity:<dataset>": [],
+    }
+
+
+def _mmlu_task(subject: str, rows: list[dict[str, Any]], include_errors: bool) -> Task:
+    docs = [r for r in rows if r["subject"] == subject]
+    kept = (
+        docs
+        if include_errors
+        else [r for r in docs if str(r.get("error_type", "ok")).lower() == "ok"]
+    )
+    cfg = TaskConfig(
+        task=f"mmlu_redux_{subject}",
+        group="mmlu_redux",
+        dataset_path="builtin",
+        test_split="test",
+        description=f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n",
+        doc_to_text="{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:",
+        doc_to_choice=LETTERS,
+        doc_to_target="answer",
+        metric_list=[{"metric": "acc"}, {"metric": "acc_norm"}],
+    )
+    return Task(cfg, {"test": kept}, source="builtin:mmlu_redux", excluded=len(docs) - len(kept))
+
+
+def _cmmlu_task(root: Path, subject: str) -> Task:
+    def read(split: str) -> list[dict[str, Any]]:
+        with open(root / "cmmlu" / split / f"{subject}.csv", encoding="utf-8", newline="") as fh:
+            return [dict(r) for r in csv.DictReader(fh)]
+
+    cfg = TaskConfig(
+        task=f"cmmlu_{subject}",
+        group="cmmlu",
+        dataset_path="builtin",
+        test_split="test",
+        fewshot_split="dev",
+        num_fewshot=5,
+        description=f"以下是关于{subject.replace('_', ' ')}的单项选择题，请直接给出正确答案的选项。\n\n",
+        doc_to_text="{{Question.strip()}}\nA. {{A}}\nB. {{B}}\nC. {{C}}\nD. {{D}}\n答案：",
+        doc_to_choice=LETTERS,
+        doc_to_target="{{['A', 'B', 'C', 'D'].index(Answer)}}",
+        metric_list=[{"metric": "acc"}, {"metric": "acc_norm"}],
+    )
+    return Task(cfg, {"test": read("test"), "dev": read("dev")}, source="builtin:cmmlu")
+
+
+def _gsm8k_task(root: Path) -> Task:
+    def read(split: str) -> list[dict[str, Any]]:
+        f = root / "gsm8k" / f"{split}.jsonl"
+        return [
+            json.loads(line) for line in f.read_text(encoding="utf-8").split("\n") if line.strip()
+        ]
+
+    cfg = TaskConfig(
+        task="gsm8k",
+        dataset_path="builtin",
+        test_split="test",
+        fewshot_split="train",
+        num_fewshot=5,
+        doc_to_text="Question: {{question}}\nAnswer:",
+        doc_to_target="{{answer}}",
+        output_type="generate_until",
+        generation_kwargs={"until": ["Question:", "</s>", "<|im_end|>"], "max_gen_toks": 256},
+        metric_list=[{"metric": "exact_match"}],
+    )
+    return Task(cfg, {"test": read("test"), "train": read("train")}, source="builtin:gsm8k")
+
+
+def _perplexity_task(dataset: str, store: Any | None) -> Task:
+    from lmops.train.data import read_rows
+    from lmops.train.models import resolve_local
+
+    path, ref = resolve_local(dataset, store, kind="dataset")
+    rows = (
+        [r for _f, _n, r in read_rows([path])]
+        if path.suffix != ".txt"
+        else [{"text": path.read_text(encoding="utf-8")}]
+    )
+    cfg = TaskConfig(
+        task=f"perplexity:{dataset}",
+        dataset_path="builtin",
+        test_split="test",
+        doc_to_text="text",
+        doc_to_target="text",
+        output_type="loglikelihood_rolling",
+        metric_list=[
+            {"metric": "word_perplexity"},
+            {"metric": "byte_perplexity"},
+            {"metric": "bits_per_byte"},
+        ],
+    )
+    return Task(cfg, {"test": rows}, [ref] if ref else [], source=f"perplexity:{dataset}")
+
+
+def load_builtin(
+    name: str, *, root: Path | None = None, store: Any | None = None, include_errors: bool = False
+) -> list[Task]:
+    """Tasks for a built-in name: a group (``mmlu_redux``), one subtask, or perplexity."""
+    if name.startswith("perplexity:"):
+        return [_perplexity_task(name.split(":", 1)[1], store)]
+    r = shared_root(root)
+    if name == "gsm8k":
+        return [_gsm8k_task(r)]
+    if name == "mmlu_redux" or name.startswith("mmlu_redux_"):
+        rows = _mmlu_rows(r)
+        subjects = _mmlu_subjects(r) if name == "mmlu_redux" else [name.removeprefix("mmlu_redux_")]
+        unknown = [s for s in subjects if s not in set(x["subject"] for x in rows)]
+        if unknown:
+            raise UserError(f"unknown MMLU-Redux subject {unknown[0]!r}; see `lmops eval tasks`")
+        return [_mmlu_task(s, rows, include_errors) for s in subjects]
+    if name == "cmmlu" or name.startswith("cmmlu_"):
+        subjects = _cmmlu_subjects(r) if name == "cmmlu" else [name.removeprefix("cmmlu_")]
+        if not all((r / "cmmlu" / "test" / f"{s}.csv").exists() for s in subjects):
+            raise UserError(f"unknown CMMLU subject in {name!r}; see `lmops eval tasks`")
+        return [_cmmlu_task(r, s) for s in subjects]
+    raise UserError(
+        f"unknown task {name!r}; built-in: mmlu_redux, cmmlu, gsm8k, perplexity:<dataset> (see `lmops eval tasks`)"
+    )

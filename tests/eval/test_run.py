@@ -1,0 +1,112 @@
+"""Task YAML loading errors, generation scoring with filters and metrics, built-in GSM8K,
+MMLU-Redux exclusion, report registration with lineage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.eval.lm import FakeEvalModel
+from lmops.eval.run import evaluate, register_report, report_dict
+from lmops.eval.tasks import load_task_file
+from lmops.store import Store
+
+GEN_TASK = """\
+task: capitals
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "Q: capital of {{{{country}}}}?\\nA:"
+doc_to_target: "{{{{capital}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 16
+filter_list:
+  - name: first-word
+    filter:
+      - function: regex
+        regex_pattern: "([A-Z][a-z]+)"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+  - metric: f1
+  - metric: bleu
+"""
+
+ROWS = [
+    {"country": "France", "capital": "Paris"},
+    {"country": "Japan", "capital": "Tokyo"},
+    {"country": "中国", "capital": "北京"},
+]
+
+
+def write_task(tmp_path: Path, body: str = GEN_TASK) -> Path:
+    data = tmp_path / "caps.jsonl"
+    data.write_text(
+        "\n".join(json.dumps(r, ensure_ascii=False) for r in ROWS) + "\n", encoding="utf-8"
+    )
+    f = tmp_path / "caps.yaml"
+    f.write_text(body.format(data=data), encoding="utf-8")
+    return f
+
+
+def test_generation_task_with_filter_and_metrics(tmp_path: Path) -> None:
+    answers = {"France": " Paris is the capital\nmore", "Japan": " Kyoto, I think", "中国": " 北京"}
+    model = FakeEvalModel(respond=lambda ctx: next(v for k, v in answers.items() if k in ctx))
+    res = evaluate(model, [load_task_file(write_task(tmp_path))], progress=False)[0]
+    # the regex keeps the first capitalised word: Paris (right), Kyoto (wrong), none for 北京
+    assert res.metrics["exact_match,first-word"] == pytest.approx(1 / 3)
+    assert res.items[0]["output"] == " Paris is the capital"  # cut at the stop sequence
+    assert res.items[2]["pred,first-word"] is None
+    assert 0 <= res.metrics["bleu,first-word"] <= 100
+    assert res.scorer == "generate" and res.n == 3
+
+
+def test_unknown_field_and_broken_template_name_the_line(tmp_path: Path) -> None:
+    bad = write_task(tmp_path, GEN_TASK.replace("test_split: test", "test_splt: test"))
+    with pytest.raises(UserError, match=r"caps\.yaml:6: test_splt: unknown field"):
+        load_task_file(bad)
+    broken = write_task(tmp_path, GEN_TASK.replace("{{{{country}}}}", "{{{{contry}}}}"))
+    with pytest.raises(
+        UserError, match=r"doc_to_text: cannot render .*contry.*\(columns: country, capital\)"
+    ):
+        load_task_file(broken)
+
+
+def test_report_is_registered_with_lineage(tmp_path: Path, store: Store) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    store.assets.register("model", "m", tmp_path / "m")
+    model = FakeEvalModel(respond=lambda ctx: " Paris")
+    results = evaluate(model, [load_task_file(write_task(tmp_path))], progress=False)
+    rep = report_dict("m", "m:1", results, {"tasks": ["capitals"]})
+    v = register_report(store, "eval-m", rep, results, inputs=[("m:1", "model")], run_id=None)
+    assert v.kind == "eval_report"
+    files = store.assets.path(v.ref)
+    assert json.loads((files / "results.json").read_text())["results"]["capitals"]["n"] == 3
+    assert len((files / "items.jsonl").read_text().strip().split("\n")) == 3
+    assert [e.parent for e in store.assets.lineage("eval-m").upstream] == ["m:1"]
+
+
+def test_builtin_gsm8k_and_mmlu_redux(shared_datasets: Path) -> None:
+    from lmops.eval.builtin import load_builtin
+
+    gsm = load_builtin("gsm8k", root=shared_datasets)[0]
+    doc = gsm.eval_docs[0]
+    gold = doc["answer"].split("####")[-1].strip()
+    model = FakeEvalModel(
+        respond=lambda ctx: f" Let me think. The answer is ${gold}.\nQuestion: next"
+    )
+    res = evaluate(model, [gsm], limit=5, num_fewshot=2, progress=False)[0]
+    assert res.metrics["exact_match,flexible-extract"] >= 0.2  # the first doc is right
+    assert "Question:" in res.items[0]["context"] and res.num_fewshot == 2
+    mmlu = load_builtin("mmlu_redux_anatomy", root=shared_datasets)[0]
+    assert mmlu.excluded >= 0 and len(mmlu.eval_docs) + mmlu.excluded == 100
+    everything = load_builtin("mmlu_redux", root=shared_datasets)
+    assert len(everything) == 57 and sum(t.excluded for t in everything) > 100
