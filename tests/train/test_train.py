@@ -227,3 +227,47 @@ def test_sweep_runs_trials_and_registers_only_the_best(base: Store, cli, tmp_pat
     assert [v.version for v in base.assets.show("swept").versions] == [1]
     assert base.assets.get("swept:1").run_id == best["run_id"]
     assert len([x for x in base.runs.list() if x.kind == "train" and x.name == "swept"]) == 3
+
+
+def test_dpo_and_reward_stages_register_through_the_runner(base: Store, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    with open(pairs, "w", encoding="utf-8") as fh:
+        for i in range(16):
+            fh.write(
+                json.dumps({"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": str(i + 7)})
+                + "\n"
+            )
+    base.assets.register("dataset", "pairs", pairs)
+    dpo = run_training(
+        spec(
+            stage="dpo",
+            dataset="pairs",
+            output="dpo-adder",
+            train={"max_steps": 3, "batch_size": 4, "max_seq_len": 48},
+        ),
+        base,
+        progress=False,
+    )
+    assert dpo.kind == "adapter" and dpo.output == "dpo-adder:1" and dpo.seconds > 0
+    assert {"loss", "margin"} <= set(dpo.final)
+    assert {(e.parent, e.role) for e in base.assets.lineage("dpo-adder", depth=1).upstream} == {
+        ("tiny:1", "base_model"),
+        ("pairs:1", "dataset"),
+    }
+    rm = run_training(
+        spec(
+            stage="reward",
+            method="full",
+            dataset="pairs",
+            output="rm",
+            train={"max_steps": 3, "batch_size": 4, "max_seq_len": 48},
+        ),
+        base,
+        progress=False,
+    )
+    assert rm.kind == "model" and "accuracy" in rm.final
+    bad = tmp_path / "bad_pairs.jsonl"
+    bad.write_text(json.dumps({"prompt": "x", "chosen": "same", "rejected": "same"}) + "\n")
+    base.assets.register("dataset", "bad-pairs", bad)
+    with pytest.raises(UserError, match=r"bad_pairs\.jsonl:1"):
+        run_training(spec(stage="dpo", dataset="bad-pairs", output="nope"), base, progress=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,9 @@ def _train(
         from lmops.train import ppo
 
         prompts = [_prompt_of(r) for _f, _n, r in rows]
-        model = ppo.train_ppo(spec, loaded, prompts, tracker)
+        began = time.perf_counter()
+        model = ppo.train_ppo(spec, loaded, prompts, tracker, store=store)
+        seconds = time.perf_counter() - began
         history = tracker.history
     else:
         from lmops.train import preference
@@ -232,7 +235,9 @@ def _train(
             "kto": preference.train_kto,
             "orpo": preference.train_orpo,
         }[spec.stage]
+        began = time.perf_counter()
         model = fn(spec, loaded, [r for _f, _n, r in rows], tracker)
+        seconds = time.perf_counter() - began
         history = tracker.history
     final = {k: v[-1][1] for k, v in history.items() if v}
     if not dist.main:

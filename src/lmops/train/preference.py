@@ -1,0 +1,494 @@
+"""Preference training: a reward model (a compact loop of our own) and DPO / KTO / ORPO
+through TRL 1.16.
+
+Every trainer takes preference rows (``prompt`` / ``chosen`` / ``rejected``, strings or chat
+messages; see :func:`lmops.data.formats.to_preference`) and renders them once, with the
+tokenizer's chat template, into text: the prompt ends with the generation prompt
+(``<|im_start|>assistant\\n`` in ChatML) and each answer is its continuation. TRL then sees
+plain strings, so all four trainers score exactly the same tokens.
+
+    train_reward  Bradley-Terry loss -log σ(r_chosen - r_rejected) on a sequence classifier
+                  (``load_base(spec, store, for_reward=True)``, one output).
+    train_dpo     trl.DPOTrainer; the reference is the starting model: with an adapter,
+                  TRL's frozen copy of it (a fresh LoRA adds nothing: the base model);
+                  full/freeze: a frozen copy of the model.
+    train_kto     trl.KTOTrainer on unpaired rows: each pair gives one desirable and one
+                  undesirable example (kept adjacent: KTO's KL estimate needs sequential
+                  batches of at least 2 examples).
+    train_orpo    trl.experimental.orpo.ORPOTrainer (ORPO left TRL's stable API); no reference.
+
+Each returns the trained model (a PEFT model for adapter methods) for the runner to save.
+This module imports torch and transformers: import it when a preference stage runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import random
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import TrainerCallback
+
+from lmops.core.errors import UserError
+from lmops.data.formats import to_preference
+from lmops.train.models import Loaded, select_device
+from lmops.train.spec import TrainParams, TrainSpec
+from lmops.train.tracking import Tracker
+
+__all__ = [
+    "Pair",
+    "TrackerCallback",
+    "lr_factor",
+    "render_pairs",
+    "train_dpo",
+    "train_kto",
+    "train_orpo",
+    "train_reward",
+    "trl_classes",
+    "trl_config",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One preference pair as rendered text: ``prompt + chosen`` is the whole chosen chat."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def render_pairs(
+    rows: Iterable[Mapping[str, Any]], tokenizer: Any, max_prompt_len: int
+) -> list[Pair]:
+    """Render preference rows with the tokenizer's chat template.
+
+    The prompt is cut where the rendered prompt stops being a prefix of both rendered chats
+    (templates that render a prompt differently on its own still split cleanly), and keeps
+    its last ``max_prompt_len`` tokens: the end of a long prompt is what the answer follows.
+    """
+    pairs = []
+    for row in rows:
+        prompt, chosen, rejected = to_preference(row)
+        head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        full_c = tokenizer.apply_chat_template(prompt + chosen, tokenize=False)
+        full_r = tokenizer.apply_chat_template(prompt + rejected, tokenize=False)
+        k = min(_common_prefix_len(head, full_c), _common_prefix_len(head, full_r))
+        text = full_c[:k]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_prompt_len:
+            text = tokenizer.decode(ids[-max_prompt_len:], skip_special_tokens=False)
+        pairs.append(Pair(text, full_c[k:], full_r[k:]))
+    if not pairs:
+        raise UserError("no preference rows to train on")
+    return pairs
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def _split(pairs: list[Pair], eval_split: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """(train, held-out): a seeded shuffle, then the last ``eval_split`` share held out."""
+    if eval_split <= 0:
+        return pairs, []
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(pairs) * eval_split))
+    if n_eval >= len(pairs):
+        raise UserError(f"eval_split {eval_split} leaves no training pairs out of {len(pairs)}")
+    return [pairs[i] for i in order[n_eval:]], [pairs[i] for i in order[:n_eval]]
+
+
+def lr_factor(train: TrainParams, step: int) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based): linear warmup, then
+    constant, or a linear / cosine decay to ``min_lr_ratio`` at ``max_steps``."""
+    if step < train.warmup_steps:
+        return (step + 1) / (train.warmup_steps + 1)
+    if train.lr_scheduler == "constant":
+        return 1.0
+    progress = (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps)
+    decay = (
+        1 - progress if train.lr_scheduler == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    )
+    return train.min_lr_ratio + (1 - train.min_lr_ratio) * decay
+
+
+def _micro_and_accum(train: TrainParams) -> tuple[int, int]:
+    """(sequences per forward pass, gradient-accumulation steps) for one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    micro = train.micro_batch_size or max(1, train.batch_size // world)
+    return micro, max(1, train.batch_size // (micro * world))
+
+
+# -- reward model ----------------------------------------------------------------------------------
+def _encode(
+    tokenizer: Any, texts: Sequence[str], max_len: int, device: Any
+) -> dict[str, torch.Tensor]:
+    """Right-padded ids [N, L] and mask [N, L]; each text keeps its last ``max_len`` tokens
+    (the classifier reads the last token, so the answer's end must survive truncation)."""
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_len:] for t in texts]
+    width = max(len(x) for x in ids)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _pair_rewards(
+    model: Any, tokenizer: Any, pairs: Sequence[Pair], max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scalar rewards (r_chosen [B], r_rejected [B]) from one forward pass over 2B texts."""
+    texts = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
+    device = next(model.parameters()).device
+    scores = model(**_encode(tokenizer, texts, max_len, device)).logits[:, 0].float()  # [2B]
+    return scores[: len(pairs)], scores[len(pairs) :]
+
+
+def train_reward(
+    spec: TrainSpec, loaded: Loaded, rows: Iterable[Mapping[str, Any]], tracker: Tracker
+) -> Any:
+    """Train ``loaded.model`` (a sequence classifier with one output) as a Bradley-Terry
+    reward model. Logs ``loss``, ``accuracy`` (share of pairs ranked right), ``margin``
+    (mean r_chosen - r_rejected) and ``lr`` per step; with ``spec.eval_split > 0`` also
+    ``eval_accuracy`` / ``eval_loss`` / ``eval_margin`` on held-out pairs every
+    ``train.eval_steps`` steps and at the end. Returns the model, in eval mode."""
+    model, tokenizer, t = loaded.model, loaded.tokenizer, spec.train
+    # The classifier pools the last token that is not padding: it must agree with the
+    # tokenizer on what padding is.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    train_pairs, eval_pairs = _split(
+        render_pairs(rows, tokenizer, spec.preference.max_prompt_len), spec.eval_split, t.seed
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(t, s))
+    micro, _ = _micro_and_accum(t)
+    rng = random.Random(t.seed)
+    order: list[int] = []
+
+    model.train()
+    for step in range(1, t.max_steps + 1):
+        batch = []
+        for _ in range(min(t.batch_size, len(train_pairs))):
+            if not order:  # a fresh shuffled epoch
+                order = list(range(len(train_pairs)))
+                rng.shuffle(order)
+            batch.append(train_pairs[order.pop()])
+        r_c, r_r = [], []
+        for i in range(0, len(batch), micro):
+            chunk = batch[i : i + micro]
+            c, r = _pair_rewards(model, tokenizer, chunk, t.max_seq_len)
+            # Weighted so the accumulated gradient is that of the batch mean.
+            (-F.logsigmoid(c - r).sum() / len(batch)).backward()
+            r_c.append(c.detach())
+            r_r.append(r.detach())
+        if t.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        diff = torch.cat(r_c) - torch.cat(r_r)  # [B]
+        if step % t.log_steps == 0 or step == t.max_steps:
+            tracker.log(step, {**_pair_metrics(diff), "lr": lr})
+        if eval_pairs and ((t.eval_steps and step % t.eval_steps == 0) or step == t.max_steps):
+            model.eval()
+            with torch.no_grad():
+                chunks = [eval_pairs[i : i + micro] for i in range(0, len(eval_pairs), micro)]
+                scored = [_pair_rewards(model, tokenizer, c, t.max_seq_len) for c in chunks]
+                diff = torch.cat([c - r for c, r in scored])  # [N_eval]
+            tracker.log(step, {f"eval_{k}": v for k, v in _pair_metrics(diff).items()})
+            model.train()
+    return model.eval()
+
+
+def _pair_metrics(diff: torch.Tensor) -> dict[str, float]:
+    """``diff`` [N]: r_chosen - r_rejected per pair."""
+    return {
+        "loss": float(-F.logsigmoid(diff).mean()),
+        "accuracy": float((diff > 0).float().mean()),
+        "margin": float(diff.mean()),
+    }
+
+
+# -- TRL: DPO / KTO / ORPO ---------------------------------------------------------------------------
+# TRL's log keys -> ours (eval keys keep an ``eval_`` prefix).
+_TRL_METRICS = {
+    "loss": "loss",
+    "learning_rate": "lr",
+    "grad_norm": "grad_norm",
+    "rewards/chosen": "reward_chosen",
+    "rewards/rejected": "reward_rejected",
+    "rewards/margins": "margin",
+    "rewards/accuracies": "accuracy",
+    "kl": "kl",
+    "nll_loss": "nll_loss",
+    "log_odds_ratio": "log_odds_ratio",
+}
+
+
+class TrackerCallback(TrainerCallback):
+    """Forwards a Trainer's logs to a :class:`Tracker`, renamed to lmops metric names."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        metrics = {}
+        for key, value in (logs or {}).items():
+            prefix = "eval_" if key.startswith("eval_") else ""
+            name = _TRL_METRICS.get(key.removeprefix("eval_"))
+            if name is not None and isinstance(value, int | float) and math.isfinite(value):
+                metrics[prefix + name] = float(value)
+        if metrics:
+            self.tracker.log(state.global_step, metrics)
+
+
+def trl_classes(stage: str) -> tuple[Any, Any]:
+    """(config class, trainer class) of a TRL stage. In TRL 1.16 DPO and KTO are stable
+    (``trl``); ORPO lives in ``trl.experimental.orpo``, whose import warns that the API may
+    change: TRL is pinned, so the warning tells us nothing."""
+    if stage == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOConfig, DPOTrainer
+    if stage == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        return KTOConfig, KTOTrainer
+    if stage == "orpo":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOConfig, ORPOTrainer
+    raise ValueError(f"no TRL trainer for stage {stage!r}")
+
+
+def trl_config(
+    config_cls: type, spec: TrainSpec, run_dir: Path, *, has_eval: bool = False, **extra: Any
+) -> Any:
+    """A TRL config (DPOConfig, KTOConfig, ORPOConfig, ...) from ``spec``, CPU-safe.
+
+    TRL defaults to bf16 autocast and gradient checkpointing, which on CPU make a run several
+    times slower: both are off on CPU, and ``use_cpu`` keeps accelerate off any GPU. On a
+    GPU, bf16 autocast follows the weights' dtype (``spec.dtype``) and checkpointing stays
+    on. Checkpoints are the runner's job (``save_strategy="no"``); metrics go through
+    :class:`TrackerCallback`, not TRL's integrations (``report_to=[]``).
+    """
+    t = spec.train
+    device = select_device(spec.device)
+    on_gpu = device == "cuda"
+    micro, accum = _micro_and_accum(t)
+    scheduler, scheduler_kwargs = {
+        "constant": ("constant_with_warmup", None),
+        "linear": ("linear", None),
+        "cosine": ("cosine_with_min_lr", {"min_lr_rate": t.min_lr_ratio}),
+    }[t.lr_scheduler]
+    kwargs: dict[str, Any] = {
+        "output_dir": str(run_dir / "trl"),
+        "max_steps": t.max_steps,
+        "learning_rate": t.lr,
+        "per_device_train_batch_size": micro,
+        "per_device_eval_batch_size": micro,
+        "gradient_accumulation_steps": accum,
+        "warmup_steps": t.warmup_steps,
+        "lr_scheduler_type": scheduler,
+        "lr_scheduler_kwargs": scheduler_kwargs,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm or 0.0,  # 0 turns clipping off
+        "adam_beta1": t.adam_betas[0],
+        "adam_beta2": t.adam_betas[1],
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "logging_strategy": "steps",
+        "logging_steps": t.log_steps,
+        "eval_strategy": "steps" if has_eval else "no",
+        "eval_steps": (t.eval_steps or t.max_steps) if has_eval else None,
+        "save_strategy": "no",
+        "report_to": [],
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "use_cpu": device == "cpu",
+        "bf16": on_gpu and spec.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported(),
+        "fp16": on_gpu and spec.dtype == "float16",
+        # transformers 5 renamed gradient_checkpointing; setting the new name also sets the
+        # old one, which TRL reads (and defaults to True).
+        "activation_checkpointing": on_gpu,
+        "beta": spec.preference.beta,
+        "max_length": t.max_seq_len,
+        **extra,
+    }
+    return config_cls(**kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """TRL tokenizes with ``datasets.map``, which draws progress bars; ours print nothing."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def _run(trainer: Any) -> Any:
+    from transformers import PrinterCallback, ProgressCallback
+
+    # Progress output belongs to the caller; metrics reach it through TrackerCallback.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.train()
+    with contextlib.suppress(OSError):  # the output_dir TRL insists on; empty without saves
+        Path(trainer.args.output_dir).rmdir()
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def _frozen_copy(model: Any) -> Any:
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def _pair_dataset(pairs: list[Pair]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    )
+
+
+def train_dpo(
+    spec: TrainSpec, loaded: Loaded, rows: Iterable[Mapping[str, Any]], tracker: Tracker
+) -> Any:
+    """Direct Preference Optimization with ``trl.DPOTrainer`` (``spec.preference``: beta,
+    loss_type, max_prompt_len). Logs ``loss``, ``reward_chosen``, ``reward_rejected``,
+    ``margin``, ``accuracy``, ``lr`` (and ``eval_*`` with an eval split)."""
+    DPOConfig, DPOTrainer = trl_classes("dpo")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    train_pairs, eval_pairs = _split(
+        render_pairs(rows, tokenizer, spec.preference.max_prompt_len),
+        spec.eval_split,
+        spec.train.seed,
+    )
+    args = trl_config(
+        DPOConfig,
+        spec,
+        tracker.run_dir,
+        has_eval=bool(eval_pairs),
+        loss_type=[spec.preference.loss_type],
+    )
+    with _quiet_datasets():
+        trainer = DPOTrainer(
+            model=model,
+            # With an adapter TRL keeps a frozen "ref" copy of it as it starts (a fresh LoRA
+            # is the identity: the reference is the base), so only full/freeze need a copy.
+            ref_model=None if _is_peft(model) else _frozen_copy(model),
+            args=args,
+            train_dataset=_pair_dataset(train_pairs),
+            eval_dataset=_pair_dataset(eval_pairs) if eval_pairs else None,
+            processing_class=tokenizer,
+            callbacks=[TrackerCallback(tracker)],
+        )
+    return _drop_ref_adapter(_run(trainer))
+
+
+def _drop_ref_adapter(model: Any) -> Any:
+    """DPO/KTO add a frozen ``ref`` copy of a PEFT model's adapter; it must not be saved."""
+    if _is_peft(model) and "ref" in model.peft_config:
+        model.delete_adapter("ref")
+        model.set_adapter("default")
+    return model
+
+
+def train_kto(
+    spec: TrainSpec, loaded: Loaded, rows: Iterable[Mapping[str, Any]], tracker: Tracker
+) -> Any:
+    """Kahneman-Tversky Optimization with ``trl.KTOTrainer``. Each pair becomes a desirable
+    (chosen) and an undesirable (rejected) example, so a batch of ``train.batch_size``
+    examples holds half as many pairs. Logs ``loss``, ``reward_chosen``,
+    ``reward_rejected``, ``margin``, ``kl``, ``lr``."""
+    from datasets import Dataset
+
+    KTOConfig, KTOTrainer = trl_classes("kto")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if _micro_and_accum(spec.train)[0] < 2:
+        raise UserError(
+            "stage kto needs at least 2 examples per forward pass (train.micro_batch_size / batch_size)"
+        )
+    train_pairs, eval_pairs = _split(
+        render_pairs(rows, tokenizer, spec.preference.max_prompt_len),
+        spec.eval_split,
+        spec.train.seed,
+    )
+
+    def unpaired(pairs: list[Pair]) -> Any:
+        examples = []
+        for p in pairs:
+            examples.append({"prompt": p.prompt, "completion": p.chosen, "label": True})
+            examples.append({"prompt": p.prompt, "completion": p.rejected, "label": False})
+        return Dataset.from_list(examples)
+
+    args = trl_config(KTOConfig, spec, tracker.run_dir, has_eval=bool(eval_pairs))
+    with _quiet_datasets():
+        trainer = KTOTrainer(
+            model=model,
+            ref_model=None if _is_peft(model) else _frozen_copy(model),
+            args=args,
+            train_dataset=unpaired(train_pairs),
+            eval_dataset=unpaired(eval_pairs) if eval_pairs else None,
+            processing_class=tokenizer,
+            callbacks=[TrackerCallback(tracker)],
+        )
+    return _drop_ref_adapter(_run(trainer))
+
+
+def train_orpo(
+    spec: TrainSpec, loaded: Loaded, rows: Iterable[Mapping[str, Any]], tracker: Tracker
+) -> Any:
+    """Odds Ratio Preference Optimization with ``trl.experimental.orpo.ORPOTrainer``: SFT on
+    the chosen answer plus ``beta`` x an odds-ratio term; no reference model. Logs
+    ``loss``, ``nll_loss``, ``log_odds_ratio``, ``reward_chosen``, ``reward_rejected``,
+    ``margin``, ``accuracy``, ``lr``."""
+    ORPOConfig, ORPOTrainer = trl_classes("orpo")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    train_pairs, eval_pairs = _split(
+        render_pairs(rows, tokenizer, spec.preference.max_prompt_len),
+        spec.eval_split,
+        spec.train.seed,
+    )
+    # ORPO's collator needs its prompt/chosen/rejected columns kept.
+    args = trl_config(
+        ORPOConfig, spec, tracker.run_dir, has_eval=bool(eval_pairs), remove_unused_columns=False
+    )
+    with _quiet_datasets():
+        trainer = ORPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=_pair_dataset(train_pairs),
+            eval_dataset=_pair_dataset(eval_pairs) if eval_pairs else None,
+            processing_class=tokenizer,
+            callbacks=[TrackerCallback(tracker)],
+        )
+    return _run(trainer)

@@ -1,0 +1,183 @@
+"""Reward models and DPO / KTO / ORPO on a tiny Llama, on CPU.
+
+The preference set is learnable in a few steps: the chosen answer carries a positive word
+(good / great / nice), the rejected one a negative word, among the same filler words."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.train.models import load_base
+from lmops.train.preference import (
+    TrackerCallback,
+    render_pairs,
+    train_dpo,
+    train_kto,
+    train_orpo,
+    train_reward,
+    trl_classes,
+    trl_config,
+)
+from lmops.train.tracking import MemoryTracker
+from tests.train.conftest import logprob_margin, make_spec, sentiment_pairs
+
+FAST = {"batch_size": 8, "max_seq_len": 64, "lr_scheduler": "constant", "log_steps": 1}
+
+
+def _finite(tracker: MemoryTracker, key: str) -> list[float]:
+    values = [v for _, v in tracker.history[key]]
+    assert values and all(math.isfinite(v) for v in values), (key, values)
+    return values
+
+
+@pytest.mark.parametrize("stage", ["dpo", "kto", "orpo"])
+def test_trl_config_is_cpu_safe_and_follows_the_spec(stage: str, tmp_path: Path) -> None:
+    cls, _ = trl_classes(stage)
+    spec = make_spec(
+        tmp_path,
+        stage,
+        train={
+            "max_steps": 7,
+            "lr": 3e-4,
+            "batch_size": 8,
+            "micro_batch_size": 4,
+            "max_seq_len": 96,
+            "seed": 5,
+        },
+        preference={"beta": 0.25},
+    )
+    args = trl_config(cls, spec, tmp_path)
+    # TRL's own defaults turn these on; on CPU they cost several times the run time.
+    assert args.bf16 is False and args.fp16 is False
+    assert args.gradient_checkpointing is False and args.activation_checkpointing is False
+    assert args.use_cpu is True
+    assert args.report_to == [] and args.save_strategy == "no" and args.dataloader_num_workers == 0
+    assert (args.max_steps, args.learning_rate, args.seed, args.max_length) == (7, 3e-4, 5, 96)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 2)
+    assert args.beta == 0.25
+
+
+def test_tracker_callback_renames_trl_metrics(tmp_path: Path) -> None:
+    tracker = MemoryTracker(tmp_path)
+    state = type("State", (), {"global_step": 3})()
+    logs = {
+        "loss": 0.5,
+        "rewards/chosen": 0.2,
+        "rewards/rejected": -0.1,
+        "rewards/margins": 0.3,
+        "learning_rate": 1e-4,
+        "eval_rewards/accuracies": 0.75,
+        "epoch": 1.0,  # not ours: dropped
+        "logits/chosen": float("nan"),
+    }
+    TrackerCallback(tracker).on_log(None, state, None, logs=logs)
+    assert {k: v[0] for k, v in tracker.history.items()} == {
+        "loss": (3, 0.5),
+        "reward_chosen": (3, 0.2),
+        "reward_rejected": (3, -0.1),
+        "margin": (3, 0.3),
+        "lr": (3, 1e-4),
+        "eval_accuracy": (3, 0.75),
+    }
+
+
+def test_render_pairs_uses_the_chat_template_and_keeps_the_prompt_end(tiny_model_dir: Path) -> None:
+    from lmops.train.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    as_string = {"prompt": "Tell me about the sea.", "chosen": "good sea", "rejected": "bad sea"}
+    as_messages = {**as_string, "prompt": [{"role": "user", "content": "Tell me about the sea."}]}
+    a, b = render_pairs([as_string, as_messages], tok, max_prompt_len=256)
+    assert a == b
+    assert a.prompt == "<|im_start|>user\nTell me about the sea.<|im_end|>\n<|im_start|>assistant\n"
+    assert a.chosen == "good sea<|im_end|>\n" and a.rejected == "bad sea<|im_end|>\n"
+    (short,) = render_pairs([as_string], tok, max_prompt_len=4)
+    assert len(tok(short.prompt, add_special_tokens=False)["input_ids"]) <= 4
+    assert a.prompt.endswith(short.prompt)
+
+
+@pytest.mark.parametrize(("method", "lr"), [("lora", 5e-3), ("full", 1e-3)])
+def test_dpo_raises_the_chosen_minus_rejected_margin(
+    tiny_model_dir: Path, tmp_path: Path, method: str, lr: float
+) -> None:
+    rows = sentiment_pairs(16)
+    spec = make_spec(tiny_model_dir, "dpo", method, train={**FAST, "max_steps": 15, "lr": lr})
+    loaded = load_base(spec, None)
+    before = logprob_margin(loaded.model, loaded.tokenizer, rows)
+    tracker = MemoryTracker(tmp_path)
+    model = train_dpo(spec, loaded, rows, tracker)
+    after = logprob_margin(model, loaded.tokenizer, rows)
+    print(f"DPO {method}: log-prob margin {before:.3f} -> {after:.3f}")
+    assert after > before + 2.0
+    margins = _finite(tracker, "margin")
+    assert margins[-1] > margins[0]
+    for key in ("loss", "reward_chosen", "reward_rejected", "lr"):
+        _finite(tracker, key)
+    assert not model.is_gradient_checkpointing  # the CPU default reached the trainer
+    if method == "lora":
+        assert list(model.peft_config) == ["default"]  # TRL's frozen "ref" copy is gone
+    else:
+        assert not hasattr(model, "peft_config")
+
+
+@pytest.mark.parametrize(("method", "lr"), [("full", 3e-3), ("lora", 1e-2)])
+def test_reward_model_separates_held_out_pairs(
+    tiny_model_dir: Path, tmp_path: Path, method: str, lr: float
+) -> None:
+    rows = sentiment_pairs(96, seed=1)
+    train = {
+        **FAST,
+        "batch_size": 16,
+        "max_steps": 30,
+        "lr": lr,
+        "eval_steps": 10,
+        "warmup_steps": 2,
+    }
+    spec = make_spec(tiny_model_dir, "reward", method, train=train, eval_split=0.25)
+    loaded = load_base(spec, None, for_reward=True)
+    tracker = MemoryTracker(tmp_path)
+    model = train_reward(spec, loaded, rows, tracker)
+    eval_acc = _finite(tracker, "eval_accuracy")
+    print(f"reward {method}: held-out accuracy {eval_acc}")
+    assert [s for s, _ in tracker.history["eval_accuracy"]] == [10, 20, 30]
+    assert eval_acc[-1] > 0.9
+    assert _finite(tracker, "eval_margin")[-1] > 0
+    loss = _finite(tracker, "loss")
+    assert sum(loss[-5:]) < sum(loss[:5])
+    _finite(tracker, "accuracy")
+    assert not model.training
+
+
+def test_kto_runs_on_unpaired_examples(tiny_model_dir: Path, tmp_path: Path) -> None:
+    rows = sentiment_pairs(16)
+    spec = make_spec(tiny_model_dir, "kto", "lora", train={**FAST, "max_steps": 6, "lr": 5e-3})
+    loaded = load_base(spec, None)
+    tracker = MemoryTracker(tmp_path)
+    model = train_kto(spec, loaded, rows, tracker)
+    assert len(_finite(tracker, "loss")) == 6
+    for key in ("reward_chosen", "reward_rejected", "margin", "kl"):
+        _finite(tracker, key)
+    assert list(model.peft_config) == ["default"]
+
+
+def test_kto_needs_two_examples_per_forward_pass(tiny_model_dir: Path, tmp_path: Path) -> None:
+    spec = make_spec(tiny_model_dir, "kto", "full", train={**FAST, "batch_size": 1, "max_steps": 1})
+    with pytest.raises(UserError, match="at least 2 examples"):
+        train_kto(spec, load_base(spec, None), sentiment_pairs(4), MemoryTracker(tmp_path))
+
+
+def test_orpo_lowers_its_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
+    rows = sentiment_pairs(16)
+    spec = make_spec(tiny_model_dir, "orpo", "full", train={**FAST, "max_steps": 10, "lr": 2e-3})
+    loaded = load_base(spec, None)
+    tracker = MemoryTracker(tmp_path)
+    train_orpo(spec, loaded, rows, tracker)
+    loss = _finite(tracker, "loss")
+    print(f"ORPO loss {loss[0]:.3f} -> {loss[-1]:.3f}")
+    assert len(loss) == 10 and sum(loss[-3:]) < sum(loss[:3])
+    for key in ("nll_loss", "log_odds_ratio", "margin"):
+        _finite(tracker, key)
