@@ -220,3 +220,42 @@ def test_shard_emptied_by_an_operator_flows_to_the_next_stage(tmp_path: Path) ->
     res = run_recipe(load_recipe(recipe), base_dir=tmp_path, progress=False)
     parts = sorted(Path(res.output_path or "").glob("part-*"))
     assert [p.read_text().count("\n") for p in parts] == [1, 0]
+
+
+def test_cli_run_report_and_ops(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    make_corpus(tmp_path / "raw", files=2, per_file=30)
+    (tmp_path / "raw" / "pii.jsonl").write_text(
+        json.dumps(
+            {"id": "p1", "text": "联系我：13812345678 或 me@example.com，谢谢。"},
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        RECIPE.replace(
+            "  - op: clean_whitespace", "  - op: clean_whitespace\n  - op: pii_mask"
+        ).replace("out/demo", str(tmp_path / "out" / "demo")),
+    )
+    r = cli("data", "run", str(recipe), "--json")
+    assert r.code == 0, r.err
+    run = json.loads(r.out)
+    assert run["dataset"] == "demo-clean:1" and run["report"]["pii"] == {"EMAIL": 1, "PHONE": 1}
+    rep = cli("data", "report", "demo-clean")
+    assert rep.code == 0 and "PII masked: EMAIL 1, PHONE 1" in rep.out and "exact_dedup" in rep.out
+    ops = json.loads(cli("data", "ops", "--json").out)
+    by_name = {o["name"]: o for o in ops}
+    assert {
+        "gopher_quality",
+        "minhash_dedup",
+        "pii_mask",
+        "clean_html",
+        "perplexity_filter",
+    } <= set(by_name)
+    assert {p["name"]: p["default"] for p in by_name["minhash_dedup"]["params"]}["num_bands"] == 14
+    bad = cli(
+        "data",
+        "run",
+        str(write_recipe(tmp_path / "bad.yaml", RECIPE.replace("op: exact_dedup", "op: nope"))),
+    )
+    assert bad.code == 2 and "unknown operator 'nope'" in bad.err

@@ -148,3 +148,15 @@ def test_writer_abort_leaves_no_file(tmp_path: Path) -> None:
         w.write(Document("t", "1"))
         raise RuntimeError("killed")
     assert not target.exists() and not (tmp_path / "o.jsonl.tmp").exists()
+
+
+def test_hugging_face_dataset_saved_to_disk(tmp_path: Path) -> None:
+    datasets = pytest.importorskip(
+        "datasets", reason="pip install datasets to read saved HF datasets"
+    )
+    ds = datasets.Dataset.from_list(
+        [{"id": "a", "text": "hello"}, {"id": "b", "text": "世界", "x": 1}]
+    )
+    ds.save_to_disk(str(tmp_path / "hf"))
+    docs = list(read_documents(tmp_path / "hf"))
+    assert [(d.id, d.text) for d in docs] == [("a", "hello"), ("b", "世界")]
