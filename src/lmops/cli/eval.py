@@ -125,6 +125,16 @@ def run(
     max_length: Annotated[
         int | None, typer.Option(help="Context length (default: the model's).")
     ] = None,
+    contamination: Annotated[
+        bool, typer.Option(help="Flag items that overlap the training data in the model's lineage.")
+    ] = False,
+    contamination_datasets: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated dataset refs to check instead of the lineage."),
+    ] = None,
+    contamination_n: Annotated[
+        int, typer.Option(min=3, help="n-gram length for contamination.")
+    ] = 13,
     json_: JsonOpt = False,
 ) -> None:
     """Score a model on tasks; the report is registered as an eval_report asset."""
@@ -140,7 +150,7 @@ def run(
         data_dir,
         include_errors,
     )
-    config = {
+    config: dict[str, Any] = {
         "tasks": [t.name for t in task_list],
         "limit": limit,
         "num_fewshot": num_fewshot,
@@ -161,6 +171,25 @@ def run(
         results = evaluate(
             lm, task_list, limit=limit, num_fewshot=num_fewshot, scorer=scorer, progress=not json_
         )
+        if contamination or contamination_datasets:
+            from lmops.eval.run import dataset_texts, flag_contamination, training_texts
+
+            if contamination_datasets:
+                c_refs = [
+                    store.assets.resolve(r).ref
+                    for r in contamination_datasets.split(",")
+                    if r.strip()
+                ]
+                texts = dataset_texts(store, c_refs)
+            elif ref is None:
+                raise UserError(
+                    "--contamination needs a model asset (its lineage names the training data) "
+                    "or --contamination-datasets"
+                )
+            else:
+                texts, c_refs = training_texts(store, ref)
+            flag_contamination(results, task_list, texts, n=contamination_n, limit=limit)
+            config["contamination"] = {"datasets": c_refs, "n": contamination_n}
         report = report_dict(lm.name, ref, results, config)
         truncated = getattr(lm, "truncated", 0)
         failed = getattr(lm, "failed", 0)
@@ -287,3 +316,74 @@ def perf(
         print_json(report.to_dict())
     else:
         console.print(format_table(report), markup=False, highlight=False)
+
+
+@app.command("compare")
+def compare(
+    reports: Annotated[
+        list[str], typer.Argument(help="eval_report refs; the first is the baseline.")
+    ],
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG chart here.")] = None,
+    alpha: Annotated[float, typer.Option(help="Significance level of the paired test.")] = 0.05,
+    json_: JsonOpt = False,
+) -> None:
+    """Side-by-side scores with deltas against the first report and whether each is significant."""
+    from lmops.eval.compare import compare_reports, plot_compare
+
+    res = compare_reports(_store(), reports, alpha=alpha)
+    if plot is not None:
+        plot_compare(res, plot)
+    if json_:
+        print_json(res.to_dict() | {"plot": str(plot) if plot else None})
+        return
+
+    def cell(r: Any, j: int) -> str:
+        v = r.values[j]
+        if v is None:
+            return "-"
+        if j == 0 or r.deltas[j] is None:
+            return f"{v:.4f}"
+        mark = " *" if r.significant[j] else ""
+        return f"{v:.4f} ({r.deltas[j]:+.4f}{mark})"
+
+    table(
+        None,
+        ["task", "metric", *res.models],
+        [[r.task, r.metric, *[cell(r, j) for j in range(len(res.models))]] for r in res.rows],
+    )
+    console.print(
+        f"* significant at p < {alpha} (paired permutation test on the same items)", markup=False
+    )
+    if plot is not None:
+        console.print(f"plot: {plot}", markup=False)
+
+
+@app.command("leaderboard")
+def leaderboard_cmd(
+    task: Annotated[str | None, typer.Option(help="Only this task or group.")] = None,
+    metric: Annotated[str | None, typer.Option(help="Only this metric.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Model versions ranked by score, per task and metric, over every eval report."""
+    from lmops.eval.compare import leaderboard
+
+    rows = leaderboard(_store(), task=task, metric=metric)
+    if json_:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no eval reports yet; run `lmops eval run`")
+        return
+    table(None, ["task", "metric", "rank", "model", "value", "n", "report"], _ranked(rows))
+
+
+def _ranked(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    out, rank, last = [], 0, None
+    for r in rows:
+        key = (r["task"], r["metric"])
+        rank = rank + 1 if key == last else 1
+        last = key
+        out.append(
+            [r["task"], r["metric"], rank, r["model"], f"{r['value']:.4f}", r["n"], r["report"]]
+        )
+    return out

@@ -83,6 +83,7 @@ def _mc(
                 "gold": gold,
                 "pred": pred,
                 "pred_norm": pred_norm,
+                "scores": {"acc": acc[-1], "acc_norm": acc_norm[-1]},
             }
         )
     return {
@@ -131,6 +132,7 @@ def _generate(
                     value = metrics.get_metric(m.metric).item_fn(pred or "", ref)
                     per_item.setdefault(f"{m.metric},{fname}", []).append(value)
             item[f"pred,{fname}"] = pred
+        item["scores"] = {k: v[-1] for k, v in per_item.items() if isinstance(v[-1], int | float)}
         items.append(item)
     out_metrics: dict[str, float] = {}
     for key, vals in per_item.items():
@@ -257,6 +259,64 @@ def evaluate(
             )
             bar.advance(job)
     return results
+
+
+def training_texts(store: Any, model_ref: str) -> tuple[list[str], list[str]]:
+    """Texts of every dataset upstream of ``model_ref`` (its training data, recursively),
+    and their refs. Token-shard datasets are skipped: their text is upstream of them."""
+    graph = store.assets.lineage(model_ref)
+    refs = sorted(
+        r
+        for r, v in graph.nodes.items()
+        if v.kind == "dataset" and v.metadata.get("format") != "token_shards"
+    )
+    return dataset_texts(store, refs), refs
+
+
+def dataset_texts(store: Any, refs: list[str]) -> list[str]:
+    """Every string field (and chat message) of every row of the datasets, one text per row."""
+    from lmops.train.data import read_rows
+
+    texts = []
+    for ref in refs:
+        for _f, _n, row in read_rows([store.assets.path(ref)]):
+            if isinstance(row, dict):
+                parts = [v for v in row.values() if isinstance(v, str)]
+                for m in row.get("messages") or []:
+                    if isinstance(m, dict) and isinstance(m.get("content"), str):
+                        parts.append(m["content"])
+                texts.append("\n".join(parts))
+    return texts
+
+
+def flag_contamination(
+    results: list[TaskResult],
+    tasks: list[Task],
+    texts: list[str],
+    *,
+    n: int = 13,
+    limit: int | None = None,
+) -> None:
+    """Mark items whose question or answer shares an ``n``-gram with ``texts``; add the
+    contaminated fraction and every per-item metric recomputed on the clean subset."""
+    from lmops.eval.contamination import NgramIndex
+
+    index = NgramIndex.build(texts, n=n)
+    for res, task in zip(results, tasks, strict=True):
+        docs = task.eval_docs[:limit] if limit else task.eval_docs
+        flags = []
+        for doc, item in zip(docs, res.items, strict=True):
+            hit = index.check(task.text(doc) + " " + task.target_text(doc))
+            item["contaminated"] = hit.contaminated
+            item["overlap"] = hit.overlap_ratio
+            flags.append(hit.contaminated)
+        res.metrics["contaminated_fraction"] = sum(flags) / max(1, len(flags))
+        clean = [it for it in res.items if not it["contaminated"]]
+        for key in res.items[0].get("scores", {}) if res.items else []:
+            vals = [float(it["scores"][key]) for it in clean if key in it.get("scores", {})]
+            if vals:
+                name = key.replace(",", "_clean,", 1) if "," in key else f"{key}_clean"
+                res.metrics[name] = statistics.fmean(vals)
 
 
 def group_results(results: list[TaskResult]) -> dict[str, dict[str, Any]]:
