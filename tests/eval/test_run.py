@@ -110,3 +110,40 @@ def test_builtin_gsm8k_and_mmlu_redux(shared_datasets: Path) -> None:
     assert mmlu.excluded >= 0 and len(mmlu.eval_docs) + mmlu.excluded == 100
     everything = load_builtin("mmlu_redux", root=shared_datasets)
     assert len(everything) == 57 and sum(t.excluded for t in everything) > 100
+
+
+def test_eval_against_an_openai_endpoint_counts_failures(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from lmops.serve.fake import fake_server
+
+    task = write_task(tmp_path)
+    with fake_server(tokens=3) as base:
+        r = cli(
+            "eval",
+            "run",
+            "--model",
+            "fake",
+            "--endpoint",
+            base + "/v1",
+            "--task-file",
+            str(task),
+            "--json",
+        )
+    assert r.code == 0, r.err
+    rep = json.loads(r.out)
+    assert rep["results"]["capitals"]["n"] == 3 and rep["failed_requests"] == 0
+    with fake_server(tokens=3, fail_rate=1.0) as base:
+        r = cli(
+            "eval",
+            "run",
+            "--model",
+            "fake",
+            "--endpoint",
+            base + "/v1",
+            "--task-file",
+            str(task),
+            "--retries",
+            "1",
+            "--json",
+        )
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["failed_requests"] == 3

@@ -52,12 +52,13 @@ def open_model(
     batch_size: str,
     device: str,
     max_length: int | None,
+    retries: int = 3,
 ) -> tuple[Any, str | None]:
     """An evaluation backend for a local folder/asset, or an OpenAI-compatible endpoint."""
     if endpoint:
         from lmops.eval.lm import OpenAIEvalModel
 
-        return OpenAIEvalModel(endpoint, model, api_key=api_key), None
+        return OpenAIEvalModel(endpoint, model, api_key=api_key, retries=retries), None
     from lmops.eval.lm import HFEvalModel
     from lmops.train.models import resolve_local
 
@@ -135,6 +136,9 @@ def run(
     contamination_n: Annotated[
         int, typer.Option(min=3, help="n-gram length for contamination.")
     ] = 13,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Retries per endpoint request before it counts as failed.")
+    ] = 3,
     json_: JsonOpt = False,
 ) -> None:
     """Score a model on tasks; the report is registered as an eval_report asset."""
@@ -167,6 +171,7 @@ def run(
             batch_size=batch_size,
             device=device,
             max_length=max_length,
+            retries=retries,
         )
         results = evaluate(
             lm, task_list, limit=limit, num_fewshot=num_fewshot, scorer=scorer, progress=not json_
