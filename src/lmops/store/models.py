@@ -144,3 +144,51 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class RequestLogRow(Base):
+    """One served request (metering, usage reports, data flow-back)."""
+
+    __tablename__ = "request_log"
+    __table_args__ = (
+        Index("ix_request_log_key_time", "key_name", "time"),
+        Index("ix_request_log_dep_time", "deployment", "time"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    key_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    deployment: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    guardrails: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Bodies are stored only when the deployment logs them, after PII masking.
+    request_body: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class RateWindowRow(Base):
+    """A counter per (scope, window): RPM/TPM minutes, daily and monthly token quotas.
+    Shared by every server worker process through the database."""
+
+    __tablename__ = "rate_windows"
+    scope: Mapped[str] = mapped_column(String(255), primary_key=True)  # e.g. "tpm:key:ci"
+    window: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # minute/day/month number
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class InflightRow(Base):
+    """Requests in flight per scope, for concurrency caps across worker processes."""
+
+    __tablename__ = "inflight"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(255), index=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    pid: Mapped[int] = mapped_column(Integer)
