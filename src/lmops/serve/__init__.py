@@ -1,1 +1,2 @@
-"""The serve stage (see docs/ARCHITECTURE.md); not built yet."""
+"""Serving: the OpenAI-compatible gateway (keys, flow control, metering, guardrails) over
+the built-in continuous-batching engine, upstream servers, and an in-package fake."""
