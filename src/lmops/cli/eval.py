@@ -392,3 +392,192 @@ def _ranked(rows: list[dict[str, Any]]) -> list[list[Any]]:
             [r["task"], r["metric"], rank, r["model"], f"{r['value']:.4f}", r["n"], r["report"]]
         )
     return out
+
+
+def _judge_model(judge: str | None, store: Any, endpoint: str | None, api_key: str | None) -> Any:
+    if judge is None:
+        return None
+    lm, _ = open_model(
+        judge,
+        store,
+        endpoint=endpoint,
+        api_key=api_key,
+        batch_size="auto",
+        device="auto",
+        max_length=None,
+    )
+    return lm
+
+
+@app.command("safety")
+def safety(
+    model: Annotated[
+        str, typer.Option(help="Model asset ref, local folder, or name at --endpoint.")
+    ],
+    judge: Annotated[str | None, typer.Option(help="Optional judge model (same sources).")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL for --model.")
+    ] = None,
+    judge_endpoint: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL for --judge.")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="LMOPS_API_KEY")] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="Your own red-team JSONL (default: the bundled bilingual set)."),
+    ] = None,
+    category: Annotated[
+        list[str] | None, typer.Option(help="Only these categories (repeatable).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Per category and kind (harmful/benign).")
+    ] = None,
+    max_gen_toks: Annotated[int, typer.Option(min=1)] = 128,
+    output: Annotated[str | None, typer.Option(help="eval_report asset name.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Red-team probe: refusal of harmful prompts and answers to benign look-alikes, per category."""
+    import json
+    import tempfile
+
+    from lmops.eval.safety import load_redteam, run_safety
+
+    store = _store()
+    with store.runs.track(
+        "eval", name=f"safety:{model}", config={"model": model, "judge": judge, "limit": limit}
+    ) as rec:
+        lm, ref = open_model(
+            model,
+            store,
+            endpoint=endpoint,
+            api_key=api_key,
+            batch_size="auto",
+            device="auto",
+            max_length=None,
+        )
+        rep = run_safety(
+            lm,
+            judge=_judge_model(judge, store, judge_endpoint, api_key),
+            prompts=load_redteam(prompts) if prompts else None,
+            categories=category or None,
+            limit=limit,
+            max_gen_toks=max_gen_toks,
+        )
+        data = rep.to_dict()
+        store.runs.log_metrics(
+            rec.id,
+            {
+                "safe_response_rate": rep.safe_response_rate,
+                "refusal_rate": rep.refusal_rate,
+                "compliance_rate": rep.compliance_rate,
+            },
+            step=0,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "safety"
+            out.mkdir()
+            (out / "results.json").write_text(
+                json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8"
+            )
+            results = {
+                "safety": {
+                    "safe_response_rate": rep.safe_response_rate,
+                    "refusal_rate": rep.refusal_rate,
+                    "compliance_rate": rep.compliance_rate,
+                    "n": rep.n,
+                }
+            }
+            v = store.assets.register(
+                "eval_report",
+                output or f"safety-{(ref or model).split(':')[0].split('@')[0].split('/')[-1]}",
+                out,
+                metadata={"model": {"name": lm.name, "ref": ref}, "results": results},
+                inputs=[(ref, "model")] if ref else [],
+                run_id=rec.id,
+            )
+    if json_:
+        print_json(data | {"report": v.ref})
+        return
+    rows = [
+        [
+            c,
+            s["harmful"],
+            f"{s['refusal_rate']:.3f}" if s["refusal_rate"] is not None else "-",
+            s["benign"],
+            f"{s['compliance_rate']:.3f}" if s["compliance_rate"] is not None else "-",
+        ]
+        for c, s in data["per_category"].items()
+    ]
+    table(None, ["category", "harmful", "refused", "benign", "answered"], rows)
+    console.print(
+        f"safe response rate {rep.safe_response_rate:.3f} (refused {rep.refusal_rate:.3f} of harmful, answered {rep.compliance_rate:.3f} of benign); registered {v.ref}",
+        markup=False,
+    )
+
+
+@app.command("judge")
+def judge_cmd(
+    model: Annotated[str, typer.Option(help="The model under test.")],
+    judge: Annotated[str, typer.Option(help="The judge model.")],
+    questions: Annotated[
+        Path,
+        typer.Option("--set", help="Subjective set JSONL: {id, question, reference?, category?}."),
+    ],
+    vs: Annotated[
+        str | None, typer.Option(help="A second model: pairwise A/B/tie judged in both orders.")
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL for the models under test.")
+    ] = None,
+    judge_endpoint: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL for the judge.")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="LMOPS_API_KEY")] = None,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Re-asks when the judge's output cannot be parsed.")
+    ] = 2,
+    json_: JsonOpt = False,
+) -> None:
+    """LLM-as-judge: single-answer grading (1-10 with rationale), or pairwise with --vs."""
+    from lmops.eval.subjective import judge_pairwise, judge_single, load_subjective_set
+
+    store = _store()
+    items = load_subjective_set(questions)
+    lm_a, _ = open_model(
+        model,
+        store,
+        endpoint=endpoint,
+        api_key=api_key,
+        batch_size="auto",
+        device="auto",
+        max_length=None,
+    )
+    jm = _judge_model(judge, store, judge_endpoint, api_key)
+    if vs:
+        lm_b, _ = open_model(
+            vs,
+            store,
+            endpoint=endpoint,
+            api_key=api_key,
+            batch_size="auto",
+            device="auto",
+            max_length=None,
+        )
+        rep: Any = judge_pairwise(lm_a, lm_b, jm, items, retries=retries)
+    else:
+        rep = judge_single(lm_a, jm, items, retries=retries)
+    data = rep.to_dict()
+    if json_:
+        print_json(data)
+        return
+    o = data["overall"]
+    if vs:
+        console.print(
+            f"{model} vs {vs}: wins {o['wins']}, losses {o['losses']}, ties {o['ties']}, malformed {o['malformed']}; win rate {o['win_rate']}",
+            markup=False,
+        )
+    else:
+        console.print(
+            f"{model}: mean rating {o['mean']} over {o['rated']} of {o['n']} answers ({o['malformed']} malformed judge outputs)",
+            markup=False,
+        )
