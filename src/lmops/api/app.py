@@ -371,6 +371,9 @@ def create_app(
         return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": checks})
 
     app.include_router(_api_router())
+    from lmops.serve.server import mount_from_env
+
+    mount_from_env(app)
     for mount in mounts or []:
         mount(app)
     return app

@@ -561,16 +561,40 @@ def audit_list(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model", help="NAME=REF: serve an asset ref or model folder as NAME (repeatable)."
+        ),
+    ] = [],  # noqa: B006
+    deployments: Annotated[
+        Path | None, typer.Option(help="Deployments YAML (engines, A/B splits, upstreams).")
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
-    """Run the HTTP server: /healthz, /readyz, /docs and the /api endpoints."""
+    """Run the HTTP server: /healthz, /readyz, /docs, /api/... and, with --model or
+    --deployments, the OpenAI-compatible API under /v1."""
+    import json as _json
+
     import uvicorn
 
+    from lmops.serve.deployments import load_deployments, parse_model_args
+    from lmops.serve.server import ENV
     from lmops.store import Store
 
     Store(origin="api").close()  # migrate once before workers start, and fail early
-    console.print(f"lmops {__version__} serving on http://{host}:{port} (API docs at /docs)")
+    specs = parse_model_args(model) + (load_deployments(deployments) if deployments else [])
+    if specs:
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise UserError("a deployment name is given twice")
+        os.environ[ENV] = _json.dumps([s.model_dump(mode="json") for s in specs])
+    console.print(
+        f"lmops {__version__} serving on http://{host}:{port} (API docs at /docs)"
+        + (f"; /v1 models: {', '.join(s.name for s in specs)}" if specs else ""),
+        markup=False,
+    )
     uvicorn.run(
         "lmops.api.app:create_app",
         factory=True,

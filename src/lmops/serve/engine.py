@@ -129,9 +129,13 @@ class Engine:
         assert req.prompt_ids is not None
         seq = _Seq(req, asyncio.get_running_loop(), asyncio.Queue())
         with self._cv:
-            if len(self._pending) >= self.max_queue:
+            # a request waits in `pending` until the worker admits it: there is room while
+            # free running slots plus the queue's size exceed what is already waiting
+            free_slots = self.max_running - len(self._running)
+            if len(self._pending) >= free_slots + self.max_queue:
                 raise EngineOverloaded(
-                    f"{len(self._pending)} requests queued (max_queue {self.max_queue})"
+                    f"{len(self._running)} running and {len(self._pending)} queued "
+                    f"(max_running {self.max_running}, max_queue {self.max_queue})"
                 )
             self._pending.append(seq)
             self._cv.notify()

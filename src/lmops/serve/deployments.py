@@ -1,0 +1,204 @@
+"""Deployments: a name clients call (``model`` in the OpenAI request) bound to a backend.
+
+    lmops serve --model chat=chat@production --model base=/models/qwen
+    lmops serve --deployments deployments.yaml
+
+```yaml
+deployments:
+  - name: chat
+    model: chat@production          # asset ref or local HF folder -> the built-in engine
+    max_running: 8
+    max_queue: 64
+    limits: {rpm: 600, tpm: 200000}
+    guardrails: {pii_input: mask, moderation_output: block}
+    log_bodies: false
+  - name: chat-ab                   # weighted A/B split between two versions
+    split: [{model: chat:3, weight: 0.9}, {model: chat:4, weight: 0.1}]
+  - name: big
+    upstream: http://127.0.0.1:8001/v1   # any OpenAI-compatible server (vLLM, llama.cpp...)
+    upstream_model: Qwen2.5-7B-Instruct
+```
+An alias ref (``chat@production``) is re-resolved periodically; when the alias moves, the
+deployment reloads the new version without a restart.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lmops.core.errors import NotFoundError, UserError
+from lmops.core.yamlcfg import validate_config
+from lmops.serve.types import Delta, Done, GenRequest
+
+__all__ = ["Deployment", "DeploymentSpec", "Registry", "load_deployments", "parse_model_args"]
+
+
+class SplitTarget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    weight: float = Field(gt=0)
+
+
+class DeploymentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    model: str | None = None
+    split: list[SplitTarget] | None = None
+    upstream: str | None = None
+    upstream_model: str | None = None
+    upstream_api_key: str | None = None
+    max_running: int = Field(8, ge=1)
+    max_queue: int = Field(64, ge=0)
+    max_tokens_cap: int = Field(4096, ge=1)
+    device: str = "auto"
+    limits: dict[str, int | None] = Field(default_factory=dict)
+    guardrails: dict[str, Any] | None = None
+    log_bodies: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DeploymentSpec:
+        if sum(x is not None for x in (self.model, self.split, self.upstream)) != 1:
+            raise ValueError("give exactly one of model, split or upstream")
+        return self
+
+
+class DeploymentsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    deployments: list[DeploymentSpec] = Field(min_length=1)
+
+
+def parse_model_args(items: list[str]) -> list[DeploymentSpec]:
+    """``NAME=REF`` pairs from ``--model``."""
+    out = []
+    for item in items:
+        name, sep, ref = item.partition("=")
+        if not sep or not name or not ref:
+            raise UserError(f"--model {item!r}: expected NAME=REF (an asset ref or a model folder)")
+        out.append(DeploymentSpec(name=name, model=ref))
+    return out
+
+
+def load_deployments(path: Path) -> list[DeploymentSpec]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    return validate_config(
+        yaml.safe_load(text), DeploymentsFile, source=str(path), node=yaml.compose(text)
+    ).deployments
+
+
+class _Target:
+    """One concrete model behind a deployment: the engine and the version it serves."""
+
+    def __init__(self, ref: str, store: Any, spec: DeploymentSpec) -> None:
+        from lmops.serve.engine import Engine
+        from lmops.train.models import resolve_local
+
+        path, version = resolve_local(ref, store, kind="model")
+        if (path / "adapter_config.json").exists():
+            from lmops.cli.eval import _merged_view
+
+            path = _merged_view(path, store)
+        self.ref = ref
+        self.version = version or str(path)
+        self.engine = Engine(
+            path,
+            max_running=spec.max_running,
+            max_queue=spec.max_queue,
+            device=spec.device,
+            name=spec.name,
+        )
+
+
+class Deployment:
+    """A served name: routes each request to a target (weighted for A/B) or upstream."""
+
+    def __init__(self, spec: DeploymentSpec, store: Any) -> None:
+        self.spec = spec
+        self.store = store
+        self.targets: list[tuple[_Target, float]] = []
+        self.upstream: Any = None
+        self._lock = threading.Lock()
+        self._checked = time.monotonic()
+        if spec.upstream:
+            from lmops.serve.upstream import Upstream
+
+            self.upstream = Upstream(
+                spec.upstream, spec.upstream_model or spec.name, api_key=spec.upstream_api_key
+            )
+        elif spec.split:
+            self.targets = [(_Target(t.model, store, spec), t.weight) for t in spec.split]
+        else:
+            assert spec.model is not None
+            self.targets = [(_Target(spec.model, store, spec), 1.0)]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def pick(self) -> _Target:
+        self._maybe_reload()
+        if len(self.targets) == 1:
+            return self.targets[0][0]
+        total = sum(w for _, w in self.targets)
+        x = random.random() * total
+        for t, w in self.targets:
+            x -= w
+            if x <= 0:
+                return t
+        return self.targets[-1][0]
+
+    def _maybe_reload(self, every_s: float = 5.0) -> None:
+        """If an alias target now points at another version, load it (alias moves)."""
+        if self.store is None or time.monotonic() - self._checked < every_s:
+            return
+        self._checked = time.monotonic()
+        for i, (t, w) in enumerate(list(self.targets)):
+            if "@" not in t.ref:
+                continue
+            try:
+                now = self.store.assets.resolve(t.ref).ref
+            except NotFoundError:
+                continue
+            if now != t.version:
+                with self._lock:
+                    fresh = _Target(t.ref, self.store, self.spec)
+                    self.targets[i] = (fresh, w)
+                t.engine.close()
+
+    def close(self) -> None:
+        for t, _ in self.targets:
+            t.engine.close()
+
+
+class Registry:
+    def __init__(self, specs: list[DeploymentSpec], store: Any) -> None:
+        names = [s.name for s in specs]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise UserError(f"deployment {sorted(dup)[0]!r} is defined twice")
+        self.deployments = {s.name: Deployment(s, store) for s in specs}
+
+    def get(self, name: str) -> Deployment:
+        try:
+            return self.deployments[name]
+        except KeyError:
+            raise NotFoundError(f"The model '{name}' does not exist") from None
+
+    def close(self) -> None:
+        for d in self.deployments.values():
+            d.close()
+
+
+async def stream_target(target: _Target, req: GenRequest) -> AsyncIterator[Delta | Done]:
+    async for ev in target.engine.generate(req):
+        yield ev

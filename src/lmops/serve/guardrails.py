@@ -1,0 +1,1003 @@
+"""Guardrails for the serving gateway: PII masking, moderation, prompt-injection heuristics.
+
+A library with three seams, all driven by one :class:`GuardrailConfig` per deployment::
+
+    g = Guardrails(GuardrailConfig())            # or GuardrailConfig.from_name("strict")
+    d = g.check_input(messages)                  # before the model: allow/block, masked messages
+    o = g.check_output(text)                     # a complete reply: masked text or a refusal
+    s = g.stream_guard()                         # a streamed reply, delta by delta:
+    safe, stop = s.feed(delta)                   #   emit ``safe``; on ``stop`` end the stream
+    tail = s.finish()                            #   with finish_reason "content_filter"
+
+Which messages are checked (OpenAI chat roles; a message's ``content`` is a string or a list
+of parts, of which only ``{"type": "text"}`` parts are read and rewritten):
+
+* PII (``pii_input``) in ``user``, ``tool`` and ``function`` messages: what end users and
+  outside sources wrote. ``system``/``developer`` prompts are the operator's (an app may put
+  a customer's phone number there on purpose) and ``assistant`` turns were masked when they
+  were generated.
+* Moderation (``moderation_input``) in every role but ``system``/``developer``: the API is
+  stateless, so a client can forge an ``assistant`` turn ("Sure, here is how to ...", a
+  prefill attack), while a system prompt often *names* what the model must refuse.
+* Prompt injection (``injection``) in ``user``, ``tool`` and ``function`` messages
+  (indirect injection arrives through tool results); instructions in the system prompt are
+  the operator's by definition.
+
+Moderation terms are bilingual phrase lists, one file per category in ``resources/``
+(see its README.txt), plus an optional ``extra_terms_file`` in the same format. Text and
+terms go through the same :func:`normalize_text` (NFKC, lower-case, zero-width characters
+dropped, traditional -> simplified Chinese via OpenCC, spaces and separators between
+Chinese characters removed), so "自 殺", "ＫＩＬＬ ＭＹＳＥＬＦ" and "ki<U+200B>ll myself" are
+found by the entries "自杀" and "kill myself".
+
+Matching: terms compile to regular expressions whose alternation is the *trie* of the terms
+("how to (?:kill|make) ..."), so the C regex engine walks all of them in one left-to-right
+pass, sharing prefixes (10x faster than a flat alternation); English terms are anchored at
+ASCII word boundaries. One pass over all categories answers "anything at all?" (10-20
+million characters a second on one core, for English and Chinese text alike); the
+per-category passes run only on a hit. pyahocorasick is not a dependency, and would still
+need word boundaries checked in Python for every hit; a pure-Python automaton is slower
+than the regex engine.
+
+Prompt injection is scored, not decided: each rule that fires has a weight, the score is
+``1 - prod(1 - weight)`` and ``injection_threshold`` decides. Base64-looking blocks that
+decode to text are decoded and checked as well (rule ``encoded_instructions``), and their
+decoded text is moderated like the message itself.
+
+Decisions carry ``actions`` (``{"type", "pii_type" | "category" | "rule", "count"}``, e.g.
+``{"type": "pii_mask", "pii_type": "PHONE", "count": 2}``) for logs, and every action is
+added to :attr:`Guardrails.counters`, keyed ``(direction, type, name)``, ready to export as
+a Prometheus counter with three labels. Types: ``pii_mask``, ``pii_block``,
+``moderation_flag``, ``moderation_block`` (classifier hits add ``"source": "classifier"``
+and ``"score"``), ``injection_flag``, ``injection_block`` (one per rule) and
+``classifier_error``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib
+import logging
+import math
+import re
+import threading
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lmops.core.errors import UserError
+from lmops.data.pii import PII_TYPES, PiiSpan, detect_pii, normalize_pii_types
+
+__all__ = [
+    "Classifier",
+    "GuardrailConfig",
+    "Guardrails",
+    "InjectionResult",
+    "InputDecision",
+    "OutputDecision",
+    "StreamGuard",
+    "TermMatcher",
+    "builtin_categories",
+    "load_term_file",
+    "normalize_text",
+    "score_injection",
+]
+
+log = logging.getLogger(__name__)
+
+Classifier = Callable[[str], Mapping[str, float]]
+"""A pluggable moderation model: text -> score in [0, 1] per category."""
+
+# IP addresses are left out of the default: answers about networking are full of them
+# ("listen on 127.0.0.1:8000") and masking them breaks the answer.
+DEFAULT_PII_TYPES: tuple[str, ...] = tuple(t for t in PII_TYPES if t != "IP")
+
+_PII_ROLES = frozenset({"user", "tool", "function"})
+_INJECTION_ROLES = frozenset({"user", "tool", "function"})
+_OPERATOR_ROLES = frozenset({"system", "developer"})  # never moderated
+
+CONTENT_FILTER = "content_filter"
+
+
+# ============================================================================ config
+class GuardrailConfig(BaseModel):
+    """Guardrails of one deployment. Every check can be switched off on its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pii_input: Literal["off", "mask", "block"] = "mask"
+    pii_output: Literal["off", "mask"] = "mask"
+    # Names from lmops.data.pii.PII_TYPES; None = all of them (IP included).
+    pii_types: list[str] | None = Field(default_factory=lambda: list(DEFAULT_PII_TYPES))
+    pii_placeholder: str = "<{type}>"
+    moderation_input: Literal["off", "flag", "block"] = "block"
+    moderation_output: Literal["off", "flag", "block"] = "block"
+    # Built-in categories to use; None = all. The extra file's categories are always used.
+    categories: list[str] | None = None
+    extra_terms_file: Path | None = None
+    injection: Literal["off", "flag", "block"] = "flag"
+    injection_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    # Characters of streamed output held back and re-checked with each delta. Raised, if
+    # needed, to twice the longest term and to 48 while masking PII (the longest spaced
+    # phone/card/ID numbers), so that nothing is ever emitted before it was checked.
+    stream_window_chars: int = Field(64, ge=1, le=4096)
+    classifier: str | None = None  # "package.module:callable", see Classifier
+    classifier_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    # Replaces the built-in refusal text (English or Chinese, following the user).
+    refusal_message: str | None = None
+
+    @field_validator("pii_types")
+    @classmethod
+    def _known_pii_types(cls, v: list[str] | None) -> list[str] | None:
+        try:
+            norm = normalize_pii_types(v)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        return None if norm is None else [t for t in PII_TYPES if t in norm]
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        known = builtin_categories()
+        unknown = [c for c in v if c not in known]
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; use some of: {', '.join(known)}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("pii_placeholder")
+    @classmethod
+    def _placeholder_formats(cls, v: str) -> str:
+        try:
+            v.format(type="PHONE")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"pii_placeholder {v!r} must format with only {{type}}: {e}") from None
+        return v
+
+    @field_validator("classifier")
+    @classmethod
+    def _classifier_ref(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[\w.]+:[\w.]+", v):
+            raise ValueError(f"classifier {v!r} must look like 'package.module:function'")
+        return v
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> GuardrailConfig:
+        """A named preset (``default``, ``strict``, ``permissive``, ``off``) with overrides."""
+        if name not in _PRESETS:
+            raise UserError(f"unknown guardrail preset {name!r}; use one of: {', '.join(_PRESETS)}")
+        return cls.model_validate({**_PRESETS[name], **overrides})
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "strict": {"pii_input": "block", "injection": "block", "pii_types": None},
+    "permissive": {
+        "moderation_input": "flag",
+        "moderation_output": "flag",
+        "injection": "flag",
+    },
+    "off": {
+        "pii_input": "off",
+        "pii_output": "off",
+        "moderation_input": "off",
+        "moderation_output": "off",
+        "injection": "off",
+    },
+}
+
+
+# ============================================================================ normalisation
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Invisible characters used to split words past filters: zero-width space/joiners, word
+# joiner and friends, BOM, soft hyphen, Mongolian vowel separator, combining grapheme joiner.
+_INVISIBLE = dict.fromkeys(
+    [*range(0x200B, 0x2010), *range(0x2060, 0x2065), 0xFEFF, 0x00AD, 0x180E, 0x034F]
+)
+_QUOTES = {0x2018: "'", 0x2019: "'", 0x02BC: "'", 0x201C: '"', 0x201D: '"'}
+_DROP = str.maketrans({**_INVISIBLE, **_QUOTES})
+_HSPACE = re.compile(r"[^\S\n]+")
+_NEWLINES = re.compile(r" ?\n[\s]*")
+# Spaces and ASCII separators between two Chinese characters ("自 杀", "自*杀", "自-杀").
+_CJK_GAP = re.compile(rf"(?<=[{_CJK}])[\s*_.\-·・~|/\\+#^=]+(?=[{_CJK}])")
+# "self-harm", "al_qaeda" -> "self harm", "al qaeda".
+_LATIN_JOIN = re.compile(r"(?<=[a-z])[-_](?=[a-z])")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+@cache
+def _t2s() -> Callable[[str], str] | None:
+    try:
+        import opencc
+    except ImportError:  # pragma: no cover - opencc is a dependency
+        log.warning("opencc is not installed: traditional Chinese is matched as written")
+        return None
+    return cast(Callable[[str], str], opencc.OpenCC("t2s").convert)
+
+
+def normalize_text(text: str) -> str:
+    """The form that moderation terms and injection rules are matched against.
+
+    Lossy and for matching only: offsets do not map back to ``text``.
+    """
+    if not unicodedata.is_normalized("NFKC", text):  # a quick check, far cheaper than NFKC
+        text = unicodedata.normalize("NFKC", text)
+    t = text.translate(_DROP).lower()
+    convert = _t2s()
+    if convert is not None and any("\u3400" <= c <= "\ufaff" for c in t):
+        # OpenCC takes UTF-8, which cannot carry lone surrogates.
+        convert_in = _SURROGATES.sub("\ufffd", t)
+        t = convert(convert_in)
+    t = _HSPACE.sub(" ", t)
+    t = _NEWLINES.sub("\n", t)
+    t = _CJK_GAP.sub("", t)
+    return _LATIN_JOIN.sub(" ", t)
+
+
+# ============================================================================ term lists
+_CATEGORY_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def load_term_file(text: str, source: str, default_category: str | None) -> dict[str, list[str]]:
+    """Parse a term file: one term a line, ``#`` comments, ``[category]`` section headers.
+
+    Terms before any header belong to ``default_category``; with ``None`` such a term is
+    an error. Terms are returned normalised with :func:`normalize_text`. Errors name
+    ``source:line``.
+    """
+    out: dict[str, list[str]] = {}
+    category = default_category
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            name = line[1:-1].strip()
+            if not _CATEGORY_NAME.fullmatch(name):
+                raise UserError(
+                    f"{source}:{lineno}: bad category {name!r}; use lower-case letters, "
+                    "digits and '_'"
+                )
+            category = name
+            continue
+        if category is None:
+            raise UserError(f"{source}:{lineno}: term {line!r} before any [category] line")
+        term = normalize_text(line).strip()
+        if term:
+            out.setdefault(category, []).append(term)
+    return out
+
+
+@cache
+def _builtin_terms() -> dict[str, tuple[str, ...]]:
+    root = resources.files("lmops.serve").joinpath("resources")
+    out: dict[str, tuple[str, ...]] = {}
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".txt") or entry.name == "README.txt":
+            continue
+        category = entry.name[: -len(".txt")]
+        parsed = load_term_file(entry.read_text(encoding="utf-8"), entry.name, category)
+        for cat, terms in parsed.items():
+            out[cat] = tuple(dict.fromkeys(out.get(cat, ()) + tuple(terms)))
+    return out
+
+
+def builtin_categories() -> tuple[str, ...]:
+    """Names of the shipped moderation categories."""
+    return tuple(_builtin_terms())
+
+
+def _is_word_char(c: str) -> bool:
+    return c.isascii() and (c.isalnum() or c == "_")
+
+
+def _trie_body(terms: Iterable[str]) -> str:
+    """One alternation sharing prefixes: {"kill you", "kill yourself"} -> kill you(?:rself)?.
+
+    A term ending in a Latin letter or digit ends at an (ASCII) word boundary.
+    """
+    trie: dict[str, Any] = {}
+    for term in terms:
+        node = trie
+        for ch in term:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # a term ends here
+
+    def emit(node: dict[str, Any], last: str) -> str:
+        branches = [re.escape(ch) + emit(child, ch) for ch, child in sorted(node.items()) if ch]
+        if "" in node:
+            # Tried after the longer terms (branches), so the longest term wins.
+            branches.append(r"\b" if _is_word_char(last) else "")
+        if len(branches) == 1:
+            return branches[0]
+        return "(?:" + "|".join(branches) + ")"
+
+    return emit(trie, "")
+
+
+def _compile_terms(terms: Iterable[str]) -> tuple[re.Pattern[str], ...]:
+    """Two regexes: terms starting with a Latin letter or digit, and all the others.
+
+    The first is anchored at an ASCII word boundary, so the engine tries only word starts
+    (re.ASCII: a Chinese character next to "kill" is a boundary, where Unicode ``\\b`` would
+    see none); the second starts with literal characters, so the engine skips straight to
+    the positions where one of them occurs. Together they are ~10x faster than one
+    alternation mixing both.
+    """
+    terms = list(terms)
+    latin = [t for t in terms if _is_word_char(t[0])]
+    other = [t for t in terms if not _is_word_char(t[0])]
+    out = []
+    if latin:
+        out.append(re.compile(r"\b" + _trie_body(latin), re.ASCII))
+    if other:
+        out.append(re.compile(_trie_body(other), re.ASCII))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class TermHit:
+    category: str
+    term: str
+    start: int  # offsets in the *normalised* text
+    end: int
+
+
+class TermMatcher:
+    """Finds the terms of several categories in normalised text (see :func:`normalize_text`).
+
+    One pass of two regexes over all terms answers the usual question, "anything at all?";
+    only when it finds something do the per-category regexes run, so that a term of one
+    category cannot hide an overlapping term of another.
+    """
+
+    def __init__(self, terms: Mapping[str, Iterable[str]]) -> None:
+        self.terms: dict[str, tuple[str, ...]] = {
+            cat: tuple(dict.fromkeys(t for t in ts if t)) for cat, ts in terms.items()
+        }
+        self._any = _compile_terms({t for ts in self.terms.values() for t in ts})
+        self._by_category = {cat: _compile_terms(ts) for cat, ts in self.terms.items() if ts}
+        self.longest = max((len(t) for ts in self.terms.values() for t in ts), default=0)
+
+    def find(self, normalized: str) -> list[TermHit]:
+        """Every hit: per category left to right, non-overlapping within a category."""
+        if not any(p.search(normalized) for p in self._any):
+            return []
+        hits: list[TermHit] = []
+        for cat, patterns in self._by_category.items():
+            for p in patterns:
+                hits.extend(
+                    TermHit(cat, m.group(), m.start(), m.end()) for m in p.finditer(normalized)
+                )
+        return hits
+
+
+# ============================================================================ injection
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    name: str
+    weight: float
+    pattern: re.Pattern[str]
+
+
+_W = r"(?:[\w'-]+ ){0,3}?"  # up to three filler words (English, normalised text)
+
+
+def _rule(name: str, weight: float, *alternatives: str) -> _Rule:
+    # ASCII: \b and \w are ASCII-only, so "请ignore all previous instructions" has a word
+    # boundary between 请 and i; the Chinese alternatives are literals and unaffected.
+    return _Rule(name, weight, re.compile("|".join(f"(?:{a})" for a in alternatives), re.ASCII))
+
+
+_INJECTION_RULES: tuple[_Rule, ...] = (
+    _rule(
+        "ignore_instructions",
+        0.8,
+        r"\b(?:ignore|disregard|forget|skip|override|bypass|stop following|do not follow"
+        r"|don't follow|no longer follow) " + _W + r"(?:all|any|every|previous|prior|above"
+        r"|earlier|preceding|initial|original|system|developer|safety|your) "
+        + _W
+        + r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guardrails"
+        r"|constraints|restrictions|programming|polic(?:y|ies))\b",
+        r"(?:忽略|无视|忘记|忘掉|忘了|不要理会|别管|跳过|抛弃|放弃|绕过|覆盖|不再遵守|不要遵守"
+        r"|停止遵守)[^。！？\n]{0,8}?(?:之前|以前|先前|此前|前面|上面|以上|上述|原来|原有|原先|最初"
+        r"|所有|全部|一切|你的|系统)[^。！？\n]{0,8}?(?:指令|指示|规则|提示词|系统提示|设定|命令"
+        r"|限制|约束|安全策略)",
+    ),
+    _rule(
+        "reveal_system_prompt",
+        0.7,
+        r"\b(?:reveal|show|print|output|repeat|display|leak|dump|recite|share|write out"
+        r"|tell|give) (?:me |us )?" + _W + r"(?:your|the) " + _W + r"(?:system|initial"
+        r"|original|hidden|secret|developer|internal) (?:prompt|instructions?|message|rules)\b",
+        r"\bwhat(?:'s| is| are| were) your (?:system|initial|original|hidden|secret)"
+        r" (?:prompt|instructions?|rules)\b",
+        r"\brepeat " + _W + r"(?:words|text|everything) above\b",
+        r"(?:输出|显示|告诉我|打印|重复|泄露|透露|给我看|展示|说出|复述|公开|发给我)[^。！？\n]{0,6}?"
+        r"(?:系统|初始|原始|隐藏|内部|预设)(?:提示词|提示|指令|设定|消息|prompt)",
+        r"你的(?:系统|初始|原始|隐藏)(?:提示词|提示|指令|设定)是什么",
+        r"重复(?:一下|一遍)?(?:上面|以上|前面)的?(?:所有|全部)?(?:内容|文字)",
+    ),
+    _rule(
+        "persona_override",
+        0.7,
+        r"\byou are (?:now|no longer)\b.{0,40}?\b(?:dan|jailbroken|unrestricted|unfiltered"
+        r"|uncensored|evil|free from|without (?:any )?(?:rules|restrictions|limits|filters))",
+        r"\bdo anything now\b",
+        r"\b(?:enable|activate|enter|switch to) (?:the )?(?:dan|jailbreak|god) mode\b",
+        r"\b(?:dan|jailbreak|god) mode (?:enabled|activated|on)\b",
+        r"\b(?:pretend|act|behave|roleplay|role play)\b.{0,40}?\b(?:no|without|free of|free from"
+        r"|not bound by|ignoring) (?:any )?(?:[a-z]+ )?(?:rules|restrictions|limits|limitations"
+        r"|filters|guidelines|censorship|ethics|morals|policies)\b",
+        r"你现在是[^。！？\n]{0,10}?(?:dan|不受(?:任何)?限制|没有(?:任何)?限制|无限制|越狱|邪恶)",
+        r"(?:越狱|上帝|dan)模式(?:已)?(?:开启|启动|激活|启用)",
+        r"(?:进入|开启|启动|激活|启用)了?(?:越狱|上帝|dan)模式",
+        r"(?:扮演|假装|假设你是|充当)[^。！？\n]{0,20}?(?:没有|不受|无视|不遵守|不用遵守)(?:任何)?"
+        r"[^。！？\n]{0,4}?(?:限制|规则|道德|约束|审查|过滤)",
+    ),
+    _rule(
+        "chat_template_tokens",
+        0.8,
+        # Normalised text reads "_" between letters as a space: "im_start" is "im start".
+        (
+            r"<\|(?:im_start|im_end|im_sep|system|user|assistant|endoftext|eot_id"
+            r"|start_header_id|end_header_id|begin_of_text|end_of_text)\|>"
+        ).replace("_", "[_ ]"),
+        r"\[/?inst\]|<</?sys>>|<(?:start|end)[_ ]of[_ ]turn>",
+    ),
+    _rule(
+        "developer_mode",
+        0.4,
+        r"\bdeveloper mode (?:enabled|activated|on)\b",
+        r"开发者模式(?:已)?(?:开启|启动|激活|启用)",
+    ),
+    _rule(
+        "fake_role_header",
+        0.4,
+        r"(?:^|\n)(?:#{2,} ?)?(?:system|assistant) ?: ",
+        r"(?:^|\n)(?:#{2,} ?)?(?:系统|助手)[:：]",
+    ),
+    _rule(
+        "new_instructions",
+        0.4,
+        r"\b(?:new|updated|real|actual|true) (?:system )?instructions? ?:",
+        r"\bsystem override\b",
+        r"\bfrom now on,? you (?:will|must|shall|are)\b",
+        r"(?:新的|最新的?|真正的)(?:系统)?(?:指令|指示)[:：]",
+        r"从现在(?:开始|起)[,，]?你(?:必须|要|将|只能|不再)",
+    ),
+    _rule(
+        "restriction_bypass",
+        0.3,
+        r"\b(?:without|no|ignore|bypass|disable) (?:any |your |all )?(?:content |safety "
+        r"|ethical |moral )?(?:filters?|censorship|restrictions|guardrails|safety guidelines"
+        r"|ethical guidelines|moral constraints)\b",
+        r"(?:不受|没有|无视|绕过|解除|突破)(?:任何)?(?:道德|伦理|内容|安全)?(?:限制|审查|过滤|约束)",
+    ),
+)
+_ENCODED_CUES = re.compile(
+    r"\b(?:decode|decoded|base64|execute|follow|run)\b|解码|执行|按照|照做", re.ASCII
+)
+_BASE64 = re.compile(
+    r"(?<![A-Za-z0-9+/])(?:[A-Za-z0-9+/]{4}){10,}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+)
+
+
+def _decoded_payloads(text: str) -> list[str]:
+    """Base64 blocks of >= 40 characters in ``text`` that decode to printable UTF-8."""
+    out = []
+    for m in _BASE64.finditer(text):
+        try:
+            decoded = base64.b64decode(m.group(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            continue
+        printable = sum(c.isprintable() or c.isspace() for c in decoded)
+        if len(decoded) >= 12 and printable >= 0.95 * len(decoded):
+            out.append(decoded)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class InjectionResult:
+    """``score`` in [0, 1] and the names of the rules that fired (sorted)."""
+
+    score: float
+    rules: tuple[str, ...]
+
+
+def _combine(weights: Iterable[float]) -> float:
+    return 1.0 - math.prod(1.0 - w for w in weights)
+
+
+def _score_plain(normalized: str) -> dict[str, float]:
+    return {r.name: r.weight for r in _INJECTION_RULES if r.pattern.search(normalized)}
+
+
+def score_injection(text: str) -> InjectionResult:
+    """Score ``text`` for prompt-injection markers; the caller compares with a threshold."""
+    fired = _score_plain(normalize_text(text))
+    payloads = _decoded_payloads(unicodedata.normalize("NFKC", text))
+    if payloads:
+        inner = _combine(_score_plain(normalize_text("\n".join(payloads))).values())
+        if inner >= 0.5:
+            fired["encoded_instructions"] = 0.8
+        elif _ENCODED_CUES.search(normalize_text(text)):
+            fired["encoded_payload"] = 0.5
+    return InjectionResult(round(_combine(fired.values()), 4), tuple(sorted(fired)))
+
+
+# ============================================================================ decisions
+@dataclass(frozen=True)
+class InputDecision:
+    """What to do with a request. ``messages`` are always the masked copy."""
+
+    action: Literal["allow", "block"]
+    messages: list[dict[str, Any]]
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    refusal: str | None = None  # user-facing text when blocked
+    flagged: tuple[str, ...] = ()  # moderation categories that were hit (flag or block)
+    injection: InjectionResult = InjectionResult(0.0, ())
+
+    @property
+    def blocked(self) -> bool:
+        return self.action == "block"
+
+
+@dataclass(frozen=True)
+class OutputDecision:
+    """What to send for a complete reply: ``text`` is masked, or the refusal on a block."""
+
+    action: Literal["allow", "block"]
+    text: str
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    flagged: tuple[str, ...] = ()
+
+    @property
+    def blocked(self) -> bool:
+        return self.action == "block"
+
+    @property
+    def finish_reason(self) -> str | None:
+        """``"content_filter"`` on a block, else ``None`` (keep the model's own)."""
+        return CONTENT_FILTER if self.blocked else None
+
+
+_REFUSALS = {
+    "en": {
+        "default": "Sorry, I can't help with that request.",
+        "pii": "Your message contains personal data ({types}). Please remove it and try again.",
+        "self_harm": (
+            "I'm really sorry you're going through this. I can't help with that, but you "
+            "don't have to face it alone: please reach out to someone you trust, or to a "
+            "local crisis line or emergency number right away."
+        ),
+    },
+    "zh": {
+        "default": "抱歉，我无法协助处理这个请求。",
+        "pii": "您的消息包含个人信息（{types}），请删除后重试。",
+        "self_harm": (
+            "听起来你现在很难受。我无法提供这方面的帮助，但你并不孤单："
+            "请尽快联系你信任的人，或拨打当地的心理援助热线或紧急电话。"
+        ),
+    },
+}
+
+
+def _language(text: str) -> str:
+    cjk = sum(1 for c in text if "\u3400" <= c <= "\u9fff")
+    latin = sum(1 for c in text if c.isascii() and c.isalpha())
+    return "zh" if cjk and cjk * 3 >= latin else "en"
+
+
+# ============================================================================ guardrails
+def _load_classifier(ref: str) -> Classifier:
+    module_name, _, attr = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"classifier {ref!r}: cannot import {module_name!r}: {e}") from None
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise UserError(f"classifier {ref!r}: {module_name} has no {attr!r}")
+    if not callable(obj):
+        raise UserError(f"classifier {ref!r} is not callable")
+    return cast(Classifier, obj)
+
+
+def _content_texts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        ]
+    return []
+
+
+def _map_content(content: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(content, str):
+        return fn(content)
+    if isinstance(content, list):
+        return [
+            {**p, "text": fn(p["text"])}
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            else p
+            for p in content
+        ]
+    return content
+
+
+class Guardrails:
+    """The checks of one deployment; cheap to call, safe to share between requests.
+
+    ``classifier`` overrides ``config.classifier`` (a callable instead of an import path).
+    """
+
+    def __init__(
+        self, config: GuardrailConfig | None = None, *, classifier: Classifier | None = None
+    ) -> None:
+        self.config = cfg = config or GuardrailConfig()
+        builtin = _builtin_terms()
+        wanted = cfg.categories if cfg.categories is not None else list(builtin)
+        terms: dict[str, list[str]] = {c: list(builtin[c]) for c in wanted}
+        if cfg.extra_terms_file is not None:
+            path = Path(cfg.extra_terms_file)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as e:
+                raise UserError(f"extra_terms_file {path}: cannot read it ({e.strerror})") from None
+            for cat, ts in load_term_file(text, str(path), "custom").items():
+                terms.setdefault(cat, []).extend(ts)
+        self.matcher = TermMatcher(terms)
+        if classifier is None and cfg.classifier is not None:
+            classifier = _load_classifier(cfg.classifier)
+        self.classifier = classifier
+        self.counters: Counter[tuple[str, str, str]] = Counter()
+        self._lock = threading.Lock()
+        # See GuardrailConfig.stream_window_chars: a term may be spread over up to twice
+        # its length by spaces or zero-width characters.
+        self.stream_window = max(
+            cfg.stream_window_chars,
+            2 * self.matcher.longest,
+            48 if cfg.pii_output == "mask" else 0,
+        )
+
+    # ------------------------------------------------------------------ building blocks
+    def moderate(self, text: str) -> dict[str, int]:
+        """Term hits per category in ``text`` (the classifier is not asked)."""
+        return dict(Counter(h.category for h in self.matcher.find(normalize_text(text))))
+
+    def classify(self, text: str, direction: str = "output") -> dict[str, float]:
+        """Classifier scores at or over ``classifier_threshold``; ``{}`` without a classifier.
+
+        A classifier that raises is logged and counted (``classifier_error``), and its
+        verdict is treated as empty: the term lists still apply.
+        """
+        if self.classifier is None or not text:
+            return {}
+        try:
+            scores = self.classifier(text)
+        except Exception as e:  # a broken model must not take the gateway down
+            log.warning("guardrail classifier failed: %s: %s", type(e).__name__, e)
+            self._count(direction, [{"type": "classifier_error", "category": type(e).__name__}])
+            return {}
+        t = self.config.classifier_threshold
+        return {str(c): float(s) for c, s in scores.items() if float(s) >= t}
+
+    def _moderation(
+        self, text: str, direction: str, mode: str
+    ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+        """Actions and hit categories of the term lists and the classifier on ``text``."""
+        verb = f"moderation_{mode}"
+        terms = self.moderate(text)
+        scores = self.classify(text, direction)
+        actions: list[dict[str, Any]] = [
+            {"type": verb, "category": c, "count": n} for c, n in sorted(terms.items())
+        ]
+        actions += [
+            {"type": verb, "category": c, "count": 1, "source": "classifier", "score": s}
+            for c, s in sorted(scores.items())
+        ]
+        return actions, tuple(sorted(set(terms) | set(scores)))
+
+    def _count(self, direction: str, actions: Iterable[Mapping[str, Any]]) -> None:
+        with self._lock:
+            for a in actions:
+                name = a.get("pii_type") or a.get("category") or a.get("rule") or ""
+                self.counters[(direction, a["type"], name)] += int(a.get("count", 1))
+
+    def _mask(self, text: str, counts: Counter[str]) -> str:
+        spans = detect_pii(text, self.config.pii_types)
+        if not spans:
+            return text
+        return _apply_masks(text, spans, 0, self.config.pii_placeholder, counts)
+
+    def _refusal(self, text: str, kind: str, **fmt: str) -> str:
+        if self.config.refusal_message is not None:
+            return self.config.refusal_message
+        return _REFUSALS[_language(text)][kind].format(**fmt)
+
+    # ------------------------------------------------------------------ input
+    def check_input(self, messages: list[dict[str, Any]]) -> InputDecision:
+        """Check a chat request before it reaches the model."""
+        cfg = self.config
+        actions: list[dict[str, Any]] = []
+        pii: Counter[str] = Counter()
+        out: list[dict[str, Any]] = []
+        moderated: list[str] = []
+        injectable: list[str] = []
+        last_user = ""  # the refusal answers in this message's language
+        for msg in messages:
+            role = str(msg.get("role", "user"))
+            content = msg.get("content")
+            texts = _content_texts(content)
+            if role == "user" and texts:
+                last_user = "\n".join(texts)
+            if role not in _OPERATOR_ROLES:
+                moderated.extend(texts)
+            if role in _INJECTION_ROLES:
+                injectable.extend(texts)
+            if cfg.pii_input != "off" and role in _PII_ROLES and texts:
+                msg = {**msg, "content": _map_content(content, lambda t: self._mask(t, pii))}
+            out.append(msg)
+
+        blocked_by: list[str] = []
+        pii_verb = "pii_block" if cfg.pii_input == "block" else "pii_mask"
+        actions += [{"type": pii_verb, "pii_type": t, "count": n} for t, n in sorted(pii.items())]
+        if pii and cfg.pii_input == "block":
+            blocked_by.append("pii")
+
+        user_text = "\n".join(moderated)
+        flagged: tuple[str, ...] = ()
+        if cfg.moderation_input != "off" and user_text:
+            payloads = _decoded_payloads(unicodedata.normalize("NFKC", user_text))
+            found, flagged = self._moderation(
+                "\n".join([user_text, *payloads]), "input", cfg.moderation_input
+            )
+            actions += found
+            if flagged and cfg.moderation_input == "block":
+                blocked_by.append("self_harm" if "self_harm" in flagged else "moderation")
+
+        injection = InjectionResult(0.0, ())
+        if cfg.injection != "off" and injectable:
+            injection = score_injection("\n".join(injectable))
+            if injection.score >= cfg.injection_threshold:
+                verb = f"injection_{cfg.injection}"
+                actions += [{"type": verb, "rule": r, "count": 1} for r in injection.rules]
+                if cfg.injection == "block":
+                    blocked_by.append("injection")
+
+        self._count("input", actions)
+        if not blocked_by:
+            return InputDecision("allow", out, actions, None, flagged, injection)
+        lang_text = last_user or user_text
+        if "self_harm" in blocked_by:
+            refusal = self._refusal(lang_text, "self_harm")
+        elif blocked_by == ["pii"]:
+            refusal = self._refusal(lang_text, "pii", types=", ".join(sorted(pii)))
+        else:
+            refusal = self._refusal(lang_text, "default")
+        return InputDecision("block", out, actions, refusal, flagged, injection)
+
+    # ------------------------------------------------------------------ output
+    def check_output(self, text: str) -> OutputDecision:
+        """Check a complete (non-streamed) reply."""
+        cfg = self.config
+        actions: list[dict[str, Any]] = []
+        flagged: tuple[str, ...] = ()
+        if cfg.moderation_output != "off":
+            actions, flagged = self._moderation(text, "output", cfg.moderation_output)
+            if flagged and cfg.moderation_output == "block":
+                self._count("output", actions)
+                kind = "self_harm" if "self_harm" in flagged else "default"
+                return OutputDecision("block", self._refusal(text, kind), actions, flagged)
+        if cfg.pii_output == "mask":
+            pii: Counter[str] = Counter()
+            text = self._mask(text, pii)
+            actions += [
+                {"type": "pii_mask", "pii_type": t, "count": n} for t, n in sorted(pii.items())
+            ]
+        self._count("output", actions)
+        return OutputDecision("allow", text, actions, flagged)
+
+    def stream_guard(self) -> StreamGuard:
+        """A guard for one streamed reply (not shared between streams)."""
+        return StreamGuard(self)
+
+
+def _apply_masks(
+    text: str, spans: Iterable[PiiSpan], offset: int, placeholder: str, counts: Counter[str]
+) -> str:
+    """Mask ``spans`` (offsets relative to ``text`` shifted by ``offset``) in ``text``."""
+    parts: list[str] = []
+    pos = 0
+    for s in spans:
+        start, end = max(s.start - offset, 0), min(s.end - offset, len(text))
+        if end <= pos or start >= len(text):
+            continue
+        parts.append(text[pos:start])
+        parts.append(placeholder.format(type=s.type))
+        counts[s.type] += 1
+        pos = end
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+# ============================================================================ streaming
+# Characters that can belong to one PII token (e-mail, key, number with separators); a run
+# of them that reaches the end of the held text is not cut, up to _MAX_HOLD characters.
+_STICKY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@._%+-/=:()")
+_MAX_HOLD = 1024
+# Emitted text kept to the left of the held text: PII detection looks back at most 65
+# characters beyond a token (an e-mail's local part, read backwards from "@", may be 64
+# long), and the context is extended to the start of the token it ends in.
+_LEFT_CONTEXT = 128
+
+
+def _sticky_start(text: str, limit: int) -> int:
+    """Start of the PII-like run that ends ``text`` (``len(text)`` when there is none)."""
+    i = len(text)
+    while i > 0 and len(text) - i < limit:
+        c = text[i - 1]
+        if c in _STICKY or "\uff01" <= c <= "\uff5e":
+            i -= 1
+        elif c in " -" and i >= 2 and text[i - 2].isdigit() and i < len(text) and text[i].isdigit():
+            i -= 1  # "138 1234 5678": a space between digit groups
+        else:
+            break
+    return i
+
+
+class StreamGuard:
+    """Checks a streamed reply delta by delta, holding back what is not yet safe to emit.
+
+    Contract: the concatenation of everything :meth:`feed` and :meth:`finish` return equals
+    ``Guardrails.check_output(full_text).text`` for an allowed reply (PII masked exactly as
+    in the complete text; a number split across deltas is emitted masked, never half).
+    The last ``Guardrails.stream_window`` characters stay held until more text or
+    :meth:`finish` comes, so a blocked term is caught before any of it was emitted, even
+    when it is split across deltas. After ``stop`` (or :attr:`stopped` after
+    :meth:`finish`) the caller ends the stream with ``finish_reason="content_filter"``.
+
+    With a classifier the held text is released in blocks of the window size, and the
+    classifier scores the held text once per block (and once at :meth:`finish`). A stream
+    counts each flagged category once.
+    """
+
+    def __init__(self, guardrails: Guardrails) -> None:
+        self._g = guardrails
+        cfg = guardrails.config
+        self._window = guardrails.stream_window
+        self._mask = cfg.pii_output == "mask"
+        self._moderate = cfg.moderation_output != "off"
+        self._passthrough = not (self._mask or self._moderate)
+        self._min_release = self._window if guardrails.classifier is not None else 1
+        self._context = ""  # the last emitted raw text, kept for boundaries and split terms
+        self._pending = ""  # raw text not yet emitted
+        self._seen: set[str] = set()
+        self._pii: Counter[str] = Counter()
+        self.actions: list[dict[str, Any]] = []
+        self.flagged: list[str] = []
+        self.stopped = False
+        self._finished = False
+
+    @property
+    def finish_reason(self) -> str | None:
+        return CONTENT_FILTER if self.stopped else None
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        """Take the next delta; return the text that is safe to emit now and whether to stop."""
+        if self.stopped or self._finished:
+            return "", self.stopped
+        if self._passthrough:
+            return delta, False
+        self._pending += delta
+        excess = len(self._pending) - self._window
+        if excess < self._min_release:
+            if self._moderate and self._blocked(final=False, classify=False):
+                return "", True
+            return "", False
+        if self._moderate and self._blocked(final=False, classify=True):
+            return "", True
+        return self._release(final=False), False
+
+    def finish(self) -> str:
+        """The held tail, checked and masked; ``""`` when it was blocked (see :attr:`stopped`)."""
+        if self._finished or self.stopped:
+            self._finished = True
+            return ""
+        self._finished = True
+        if self._passthrough:
+            return ""
+        if self._moderate and self._blocked(final=True, classify=True):
+            return ""
+        out = self._release(final=True)
+        if self._pii:
+            actions = [
+                {"type": "pii_mask", "pii_type": t, "count": n}
+                for t, n in sorted(self._pii.items())
+            ]
+            self.actions += actions
+            self._g._count("output", actions)
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _blocked(self, *, final: bool, classify: bool) -> bool:
+        """Moderate the held text (with the emitted context); stop on a blocking hit."""
+        cfg = self._g.config
+        # Every term is shorter than half the held text, so a hit cannot start in the
+        # emitted context; a few characters of it give the word boundary before a term.
+        window = self._context[-8:] + self._pending
+        norm = normalize_text(window)
+        hits = {
+            h.category
+            for h in self._g.matcher.find(norm)
+            # "kill myself" at the very end may still become "kill myselfie": wait for
+            # the next character unless this is the end of the reply.
+            if final or h.end < len(norm) or not _is_word_char(norm[-1])
+        }
+        if classify:
+            hits |= set(self._g.classify(window, "output"))
+        new = sorted(hits - self._seen)
+        if not new:
+            return False
+        self._seen |= set(new)
+        self.flagged += new
+        verb = f"moderation_{cfg.moderation_output}"
+        actions = [{"type": verb, "category": c, "count": 1} for c in new]
+        self.actions += actions
+        self._g._count("output", actions)
+        if cfg.moderation_output == "block":
+            self.stopped = True
+            self._pending = ""
+            return True
+        return False
+
+    def _release(self, *, final: bool) -> str:
+        pending = self._pending
+        cut = len(pending) if final else len(pending) - self._window
+        if cut <= 0:
+            return ""
+        spans: list[PiiSpan] = []
+        off = len(self._context)
+        if self._mask:
+            if not final:
+                # Never cut a PII-like token that is still growing at the end of the text.
+                run = _sticky_start(pending, _MAX_HOLD)
+                if len(pending) - run < _MAX_HOLD:
+                    cut = min(cut, run)
+            spans = detect_pii(self._context + pending, self._g.config.pii_types)
+            if not final:
+                for s in spans:  # never cut inside a finding: hold it whole
+                    if s.start < off + cut < s.end:
+                        cut = max(s.start - off, 0)
+            spans = [s for s in spans if s.end > off and s.start < off + cut]
+        if cut <= 0:
+            return ""
+        piece = pending[:cut]
+        out = (
+            _apply_masks(piece, spans, off, self._g.config.pii_placeholder, self._pii)
+            if spans
+            else piece
+        )
+        context = self._context + piece
+        # Keep the whole PII-like run that the context ends in (up to _MAX_HOLD): findings
+        # in the held text may depend on how far that run reaches back.
+        keep = len(context) - max(self._window, _LEFT_CONTEXT)
+        if keep > 0:
+            keep = min(keep, _sticky_start(context[:keep], _MAX_HOLD))
+        self._context = context[max(keep, 0) :]
+        self._pending = pending[cut:]
+        return out

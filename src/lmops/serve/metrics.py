@@ -1,0 +1,105 @@
+"""Prometheus metrics of the gateway, served at ``/metrics``: requests, tokens, TTFT and
+end-to-end latency histograms, queue depth and running sequences per deployment,
+rate-limit rejections and guardrail actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+def _sum_of(dep: Any, attr: str) -> Any:
+    """A gauge callback reading the deployment's current engines (they change on reload)."""
+
+    def read() -> float:
+        return float(sum(getattr(t.engine, attr) for t, _ in dep.targets))
+
+    return read
+
+
+class Metrics:
+    def __init__(self, registry: Any) -> None:
+        self.reg = CollectorRegistry()
+        self.requests = Counter(
+            "lmops_requests", "Requests served", ["deployment", "status"], registry=self.reg
+        )
+        self.tokens = Counter(
+            "lmops_tokens", "Tokens processed", ["deployment", "kind"], registry=self.reg
+        )
+        self.ttft = Histogram(
+            "lmops_ttft_seconds",
+            "Time to first token",
+            ["deployment"],
+            buckets=_LATENCY,
+            registry=self.reg,
+        )
+        self.e2e = Histogram(
+            "lmops_e2e_seconds",
+            "End-to-end request latency",
+            ["deployment"],
+            buckets=_LATENCY,
+            registry=self.reg,
+        )
+        self.tpot = Histogram(
+            "lmops_tpot_seconds",
+            "Time per output token after the first",
+            ["deployment"],
+            buckets=_LATENCY,
+            registry=self.reg,
+        )
+        self.limited = Counter(
+            "lmops_rate_limited",
+            "Requests refused by flow control",
+            ["deployment", "limit"],
+            registry=self.reg,
+        )
+        self.guard = Counter(
+            "lmops_guardrail_actions",
+            "Guardrail actions",
+            ["deployment", "direction", "action"],
+            registry=self.reg,
+        )
+        queue = Gauge(
+            "lmops_queue_depth",
+            "Requests waiting for an engine slot",
+            ["deployment"],
+            registry=self.reg,
+        )
+        running = Gauge(
+            "lmops_running_sequences", "Sequences being decoded", ["deployment"], registry=self.reg
+        )
+        for name, dep in registry.deployments.items():
+            queue.labels(name).set_function(_sum_of(dep, "queued"))
+            running.labels(name).set_function(_sum_of(dep, "running"))
+
+    def request(
+        self,
+        dep: str,
+        status: int,
+        prompt: int,
+        completion: int,
+        latency: float,
+        ttft: float | None,
+    ) -> None:
+        self.requests.labels(dep, str(status)).inc()
+        self.tokens.labels(dep, "prompt").inc(prompt)
+        self.tokens.labels(dep, "completion").inc(completion)
+        self.e2e.labels(dep).observe(latency)
+        if ttft is not None:
+            self.ttft.labels(dep).observe(ttft)
+            if completion > 1:
+                self.tpot.labels(dep).observe(max(0.0, latency - ttft) / (completion - 1))
+
+    def rate_limited(self, dep: str, limit: str) -> None:
+        self.limited.labels(dep, limit).inc()
+
+    def guardrail(self, direction: str, action: str, dep: str) -> None:
+        self.guard.labels(dep, direction, action).inc()
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.reg))

@@ -1,0 +1,643 @@
+"""The OpenAI-compatible API under ``/v1``, mounted on the ``lmops serve`` app.
+
+Errors are ``{"error": {"message", "type", "param", "code"}}`` with the status codes the
+official client maps (400 BadRequest, 401 Authentication, 403 PermissionDenied,
+404 NotFound, 429 RateLimit, 500/502/503 server errors). Unknown extra fields in a request
+are accepted and ignored, as OpenAI does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lmops.serve.deployments import Registry
+from lmops.serve.types import Delta, Done, GenRequest
+
+__all__ = ["OpenAIError", "mount_openai"]
+
+
+class OpenAIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type_,
+            param,
+            code,
+        )
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            status_code=self.status,
+            content={
+                "error": {
+                    "message": self.message,
+                    "type": self.type,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            },
+            headers=self.headers,
+        )
+
+
+# -- request bodies (extra fields accepted) -------------------------------------------------------
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(str(p.get("text", "")) for p in self.content if isinstance(p, dict))
+        return self.content or ""
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+class _Sampling(_Open):
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+
+    def stops(self) -> list[str]:
+        if self.stop is None:
+            return []
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        if len(stops) > 4:
+            raise OpenAIError(400, "stop: at most 4 sequences", param="stop")
+        return stops
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+
+
+class EmbeddingRequest(_Open):
+    model: str = Field(min_length=1)
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+def _parse(model: type[BaseModel], body: Any) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise OpenAIError(
+            400, f"{param or 'body'}: {err['msg']}", param=param, code="invalid_value"
+        ) from None
+
+
+# -- the gateway ------------------------------------------------------------------------------------
+class Gateway:
+    def __init__(self, registry: Registry, store: Any, *, hooks: Any = None) -> None:
+        self.registry = registry
+        self.store = store
+        self.hooks = (
+            hooks  # policy layer (limits, guardrails, metering, metrics); see lmops.serve.policy
+        )
+
+    # auth --------------------------------------------------------------------------------------------
+    def authenticate(self, request: Request) -> Any:
+        from lmops.core.errors import PermissionDenied
+
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise OpenAIError(
+                401,
+                "You didn't provide an API key. Send 'Authorization: Bearer <key>'.",
+                code="invalid_api_key",
+            )
+        try:
+            return self.store.keys.authenticate(token.strip())
+        except PermissionDenied as e:
+            raise OpenAIError(401, str(e), code="invalid_api_key") from None
+
+    def deployment(self, key: Any, name: str) -> Any:
+        from lmops.core.errors import NotFoundError
+
+        if key.scopes is not None and name not in key.scopes:
+            raise OpenAIError(
+                403,
+                f"key {key.name!r} may not call model {name!r}",
+                type_="permission_error",
+                param="model",
+                code="model_not_allowed",
+            )
+        try:
+            return self.registry.get(name)
+        except NotFoundError:
+            raise OpenAIError(
+                404, f"The model '{name}' does not exist", param="model", code="model_not_found"
+            ) from None
+
+
+def _chunk_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
+
+
+def _sse(obj: Any) -> str:
+    return "data: " + json.dumps(obj, ensure_ascii=False) + "\n\n"
+
+
+async def _run_engine(
+    dep: Any,
+    req: ChatRequest | CompletionRequest,
+    prompt_ids: list[int],
+    stops: list[str],
+    max_tokens: int,
+    target: Any,
+    rid: str,
+    i: int,
+    seed: int | None,
+) -> AsyncIterator[Delta | Done]:
+    gen = GenRequest(
+        request_id=f"{rid}-{i}",
+        prompt_ids=prompt_ids,
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        seed=None if seed is None else seed + i,
+        stop=stops,
+        logprobs=bool(getattr(req, "logprobs", False)),
+    )
+    async for ev in target.engine.generate(gen):
+        yield ev
+
+
+def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = None) -> Gateway:
+    """Add ``/v1`` routes to ``app``; returns the gateway (for tests and shutdown)."""
+    from lmops.serve.engine import EngineOverloaded
+    from lmops.serve.upstream import UpstreamError
+
+    gw = Gateway(registry, store, hooks=hooks)
+    router = APIRouter(prefix="/v1")
+
+    @app.exception_handler(OpenAIError)
+    def _openai_error(_req: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, OpenAIError)
+        return exc.response()
+
+    async def body_json(request: Request) -> Any:
+        try:
+            return json.loads(await request.body() or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise OpenAIError(
+                400, "We could not parse the JSON body of your request.", code="invalid_json"
+            ) from None
+
+    @router.get("/models")
+    def models(request: Request) -> dict[str, Any]:
+        key = gw.authenticate(request)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "lmops"}
+            for name in sorted(registry.deployments)
+            if key.scopes is None or name in key.scopes
+        ]
+        return {"object": "list", "data": data}
+
+    @router.get("/models/{name}")
+    def model(request: Request, name: str) -> dict[str, Any]:
+        key = gw.authenticate(request)
+        gw.deployment(key, name)
+        return {"id": name, "object": "model", "created": 0, "owned_by": "lmops"}
+
+    async def _generate(request: Request, kind: Literal["chat", "completion"]) -> Response:
+        started = time.perf_counter()
+        key = gw.authenticate(request)
+        raw = await body_json(request)
+        req: ChatRequest | CompletionRequest = _parse(
+            ChatRequest if kind == "chat" else CompletionRequest, raw
+        )
+        dep = gw.deployment(key, req.model)
+        rid = _chunk_id() if kind == "chat" else "cmpl-" + uuid.uuid4().hex[:24]
+        stops = req.stops()
+        ctx = hooks.begin(key, dep, kind, raw, rid) if hooks else None
+        try:
+            if dep.upstream is not None:
+                return await _upstream(dep, req, raw, kind, rid, ctx, started)
+            if isinstance(req, CompletionRequest) and req.echo:
+                raise OpenAIError(400, "echo is not supported by the built-in engine", param="echo")
+            target = dep.pick()
+            engine = target.engine
+            messages = (
+                [{"role": m.role, "content": m.text()} for m in req.messages]
+                if isinstance(req, ChatRequest)
+                else None
+            )
+            if ctx is not None and messages is not None:
+                messages = ctx.check_input(messages)
+            if messages is not None:
+                prompt_ids = engine.encode_chat(messages)
+            else:
+                assert isinstance(req, CompletionRequest)
+                prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+                if len(prompts) != 1:
+                    raise OpenAIError(
+                        400, "prompt: a list of prompts is not supported; send one", param="prompt"
+                    )
+                prompt_text = ctx.check_prompt(prompts[0]) if ctx is not None else prompts[0]
+                prompt_ids = engine.encode(prompt_text) or [engine.tokenizer.eos_token_id or 0]
+            asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
+            room = engine.max_context - len(prompt_ids)
+            if room <= 0:
+                raise OpenAIError(
+                    400,
+                    f"This model's maximum context length is {engine.max_context} tokens; your prompt has {len(prompt_ids)}.",
+                    param="messages" if kind == "chat" else "prompt",
+                    code="context_length_exceeded",
+                )
+            if asked is not None and asked > dep.spec.max_tokens_cap:
+                raise OpenAIError(
+                    400,
+                    f"max_tokens is too large: {asked} (this deployment allows {dep.spec.max_tokens_cap})",
+                    param="max_tokens",
+                    code="invalid_value",
+                )
+            max_tokens = min(asked or min(256, room), room)
+            if ctx is not None:
+                ctx.admit(len(prompt_ids), max_tokens * req.n, model_ref=target.version)
+            if req.stream:
+                return StreamingResponse(
+                    _stream_engine(
+                        dep, req, prompt_ids, stops, max_tokens, target, rid, kind, ctx, started
+                    ),
+                    media_type="text/event-stream",
+                    headers=ctx.headers() if ctx else {},
+                )
+            outs = await asyncio.gather(
+                *(
+                    _collect(
+                        _run_engine(
+                            dep, req, prompt_ids, stops, max_tokens, target, rid, i, req.seed
+                        )
+                    )
+                    for i in range(req.n)
+                )
+            )
+            completion = sum(d.completion_tokens for _t, d, _l in outs)
+            choices = []
+            for i, (text, done, lps) in enumerate(outs):
+                if ctx is not None:
+                    text, filtered = ctx.check_output(text)
+                    if filtered:
+                        done.finish_reason = "content_filter"
+                choice: dict[str, Any] = {"index": i, "finish_reason": done.finish_reason}
+                if kind == "chat":
+                    choice["message"] = {"role": "assistant", "content": text}
+                    choice["logprobs"] = (
+                        {"content": lps} if getattr(req, "logprobs", False) else None
+                    )
+                else:
+                    choice["text"] = text
+                    choice["logprobs"] = None
+                choices.append(choice)
+            usage = {
+                "prompt_tokens": len(prompt_ids),
+                "completion_tokens": completion,
+                "total_tokens": len(prompt_ids) + completion,
+            }
+            body = {
+                "id": rid,
+                "object": "chat.completion" if kind == "chat" else "text_completion",
+                "created": int(time.time()),
+                "model": req.model,
+                "choices": choices,
+                "usage": usage,
+                "system_fingerprint": f"lmops-{target.version}",
+            }
+            if ctx is not None:
+                ctx.finish(200, len(prompt_ids), completion, response=body)
+            return JSONResponse(body, headers=ctx.headers() if ctx else {})
+        except EngineOverloaded as e:
+            err = OpenAIError(
+                503,
+                f"The engine is currently overloaded ({e}); please retry",
+                type_="server_error",
+                code="engine_overloaded",
+            )
+            if ctx is not None:
+                ctx.fail(503, str(e))
+            return err.response()
+        except UpstreamError as e:
+            if ctx is not None:
+                ctx.fail(502, str(e))
+            return OpenAIError(502, str(e), type_="server_error", code="upstream_error").response()
+        except OpenAIError as e:
+            if ctx is not None:
+                ctx.fail(e.status, e.message)
+                e.headers = {**ctx.headers(), **e.headers}
+            raise
+
+    async def _collect(
+        events: AsyncIterator[Delta | Done],
+    ) -> tuple[str, Done, list[dict[str, Any]]]:
+        text, lps = "", []
+        async for ev in events:
+            if isinstance(ev, Delta):
+                text += ev.text
+                if ev.token_id is not None and ev.logprob is not None:
+                    lps.append({"token": ev.text, "logprob": ev.logprob, "top_logprobs": []})
+            else:
+                return text, ev, lps
+        raise RuntimeError("engine stream ended without Done")
+
+    async def _stream_engine(
+        dep: Any,
+        req: Any,
+        prompt_ids: list[int],
+        stops: list[str],
+        max_tokens: int,
+        target: Any,
+        rid: str,
+        kind: str,
+        ctx: Any,
+        started: float,
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        completion = 0
+        status = 200
+        queue: asyncio.Queue[tuple[int, Delta | Done]] = asyncio.Queue()
+        guards: list[Any] = [ctx.stream_guard() if ctx is not None else None for _ in range(req.n)]
+
+        async def pump(i: int) -> None:
+            async for ev in _run_engine(
+                dep, req, prompt_ids, stops, max_tokens, target, rid, i, req.seed
+            ):
+                await queue.put((i, ev))
+
+        def chunk(
+            i: int, text: str | None, finish: str | None, first: bool = False
+        ) -> dict[str, Any]:
+            if kind == "chat":
+                delta: dict[str, Any] = {}
+                if first:
+                    delta["role"] = "assistant"
+                if text is not None:
+                    delta["content"] = text
+                return {
+                    "id": rid,
+                    "object": obj,
+                    "created": created,
+                    "model": req.model,
+                    "choices": [
+                        {"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}
+                    ],
+                }
+            return {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": req.model,
+                "choices": [
+                    {"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}
+                ],
+            }
+
+        tasks = [asyncio.create_task(pump(i)) for i in range(req.n)]
+        try:
+            if kind == "chat":
+                for i in range(req.n):
+                    yield _sse(chunk(i, "", None, first=True))
+            open_ = set(range(req.n))
+            first_token = None
+            while open_:
+                i, ev = await queue.get()
+                if i not in open_:
+                    continue
+                guard = guards[i]
+                if isinstance(ev, Delta):
+                    text, stop_now = guard.feed(ev.text) if guard is not None else (ev.text, False)
+                    if text:
+                        if first_token is None:
+                            first_token = time.perf_counter()
+                            if ctx is not None:
+                                ctx.first_token(first_token - started)
+                        yield _sse(chunk(i, text, None))
+                    if stop_now:
+                        open_.discard(i)
+                        yield _sse(chunk(i, None, "content_filter"))
+                else:
+                    tail = guard.finish() if guard is not None else ""
+                    if tail:
+                        yield _sse(chunk(i, tail, None))
+                    completion += ev.completion_tokens
+                    open_.discard(i)
+                    # a blocked term at the very end is only judged by finish()
+                    stopped = guard is not None and getattr(guard, "stopped", False)
+                    yield _sse(chunk(i, None, "content_filter" if stopped else ev.finish_reason))
+            if req.stream_options is not None and req.stream_options.include_usage:
+                yield _sse(
+                    {
+                        "id": rid,
+                        "object": obj,
+                        "created": created,
+                        "model": req.model,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": len(prompt_ids),
+                            "completion_tokens": completion,
+                            "total_tokens": len(prompt_ids) + completion,
+                        },
+                    }
+                )
+            yield "data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            status = 499  # the client went away: engine slots are freed by the cancelled tasks
+            raise
+        finally:
+            for t in tasks:
+                t.cancel()
+            if ctx is not None:
+                ctx.finish(status, len(prompt_ids), completion)
+
+    async def _upstream(
+        dep: Any, req: Any, raw: dict[str, Any], kind: str, rid: str, ctx: Any, started: float
+    ) -> Response:
+        path = "/chat/completions" if kind == "chat" else "/completions"
+        body = dict(raw)
+        if ctx is not None and kind == "chat":
+            body["messages"] = ctx.check_input(
+                [{"role": m.role, "content": m.text()} for m in req.messages]
+            )
+        if ctx is not None:
+            est = (
+                sum(len(str(m.get("content", ""))) // 3 for m in body.get("messages", []))
+                if kind == "chat"
+                else len(str(body.get("prompt", ""))) // 3
+            )
+            ctx.admit(est, (req.max_tokens or 256) * req.n, model_ref=dep.spec.upstream)
+        if not req.stream:
+            status, data = await dep.upstream.request(path, body)
+            if status >= 400:
+                err = data.get("error") or {}
+                raise OpenAIError(
+                    status,
+                    str(err.get("message") or data),
+                    type_=str(err.get("type") or "invalid_request_error"),
+                    param=err.get("param"),
+                    code=err.get("code"),
+                )
+            data["model"] = req.model
+            usage = data.get("usage") or {}
+            if ctx is not None:
+                for ch in data.get("choices", []):
+                    if "message" in ch and isinstance(ch["message"].get("content"), str):
+                        ch["message"]["content"], filtered = ctx.check_output(
+                            ch["message"]["content"]
+                        )
+                        if filtered:
+                            ch["finish_reason"] = "content_filter"
+                ctx.finish(
+                    200,
+                    int(usage.get("prompt_tokens", 0)),
+                    int(usage.get("completion_tokens", 0)),
+                    response=data,
+                )
+            return JSONResponse(data, headers=ctx.headers() if ctx else {})
+        want_usage = req.stream_options is not None and req.stream_options.include_usage
+        body["stream_options"] = {"include_usage": True}
+
+        async def relay() -> AsyncIterator[str]:
+            prompt_t = completion_t = 0
+            status = 200
+            guard = ctx.stream_guard() if ctx is not None else None
+            first = True
+            try:
+                async for chunk in dep.upstream.stream(path, body):
+                    chunk["model"] = req.model
+                    if chunk.get("usage"):
+                        prompt_t = int(chunk["usage"].get("prompt_tokens", 0))
+                        completion_t = int(chunk["usage"].get("completion_tokens", 0))
+                        if not want_usage and not chunk.get("choices"):
+                            continue
+                    stop_now = False
+                    for ch in chunk.get("choices", []):
+                        delta = ch.get("delta") or {}
+                        if guard is not None and isinstance(delta.get("content"), str):
+                            delta["content"], stop_now = guard.feed(delta["content"])
+                            if stop_now:
+                                ch["finish_reason"] = "content_filter"
+                        if first and (delta.get("content") or ch.get("text")) and ctx is not None:
+                            ctx.first_token(time.perf_counter() - started)
+                            first = False
+                    yield _sse(chunk)
+                    if stop_now:
+                        break
+                yield "data: [DONE]\n\n"
+            except UpstreamError as e:
+                status = 502
+                yield _sse(
+                    {
+                        "error": {
+                            "message": str(e),
+                            "type": "server_error",
+                            "param": None,
+                            "code": "upstream_error",
+                        }
+                    }
+                )
+            finally:
+                if ctx is not None:
+                    ctx.finish(status, prompt_t, completion_t)
+
+        return StreamingResponse(
+            relay(), media_type="text/event-stream", headers=ctx.headers() if ctx else {}
+        )
+
+    @router.post("/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await _generate(request, "chat")
+
+    @router.post("/completions")
+    async def completions(request: Request) -> Response:
+        return await _generate(request, "completion")
+
+    @router.post("/embeddings")
+    async def embeddings(request: Request) -> Response:
+        key = gw.authenticate(request)
+        req: EmbeddingRequest = _parse(EmbeddingRequest, await body_json(request))
+        dep = gw.deployment(key, req.model)
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        if not texts or any(not isinstance(t, str) for t in texts):
+            raise OpenAIError(400, "input: a string or a list of strings", param="input")
+        if dep.upstream is not None:
+            status, data = await dep.upstream.request(
+                "/embeddings", {"input": texts, "encoding_format": req.encoding_format}
+            )
+            return JSONResponse(data, status_code=status)
+        target = dep.pick()
+        vectors = await asyncio.to_thread(target.engine.embed, texts)
+        tokens = sum(len(target.engine.encode(t)) for t in texts)
+        data = []
+        for i, v in enumerate(vectors):
+            emb: Any = (
+                base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+                if req.encoding_format == "base64"
+                else v
+            )
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": req.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        if hooks is None:
+            return Response("", media_type="text/plain")
+        return Response(hooks.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.include_router(router)
+    app.state.gateway = gw
+    return gw

@@ -1,0 +1,202 @@
+"""The gateway's policy layer, one request at a time: guardrails on the way in, flow
+control (RPM, TPM, concurrency, daily/monthly quotas, per key and per deployment) before
+the model runs, reconciliation with the real token count after it, guardrails on the way
+out, the request log, and Prometheus metrics.
+
+    ctx = policy.begin(key, deployment, "chat", body, request_id)
+    messages = ctx.check_input(messages)       # PII masked; 400 content_filter if blocked
+    ctx.admit(prompt_tokens, max_tokens, model_ref="chat:3")   # 429 with headers if over
+    ... generate (ctx.stream_guard() for streams, ctx.check_output(text) otherwise) ...
+    ctx.finish(200, prompt_tokens, completion_tokens, response=body)   # or ctx.fail(...)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lmops.serve.guardrails import GuardrailConfig, Guardrails
+from lmops.serve.limits import Limits, RateLimited, RateLimiter, estimate_tokens
+from lmops.serve.limits import headers as limit_headers
+from lmops.serve.metrics import Metrics
+
+__all__ = ["Policy", "RequestContext"]
+
+
+class Policy:
+    def __init__(self, store: Any, registry: Any) -> None:
+        self.store = store
+        self.registry = registry
+        self.limiter = RateLimiter(store.db)
+        self.metrics = Metrics(registry)
+        self.guards: dict[str, Guardrails] = {}
+        for name, dep in registry.deployments.items():
+            cfg = dep.spec.guardrails
+            if cfg is None:
+                conf = GuardrailConfig.from_name("default")
+            elif isinstance(cfg, dict) and "preset" in cfg:
+                rest = {k: v for k, v in cfg.items() if k != "preset"}
+                conf = GuardrailConfig.from_name(str(cfg["preset"]), **rest)
+            else:
+                conf = GuardrailConfig(**cfg)
+            self.guards[name] = Guardrails(conf)
+
+    def begin(self, key: Any, dep: Any, kind: str, body: Any, request_id: str) -> RequestContext:
+        return RequestContext(self, key, dep, kind, body, request_id)
+
+
+class RequestContext:
+    def __init__(
+        self, policy: Policy, key: Any, dep: Any, kind: str, body: Any, request_id: str
+    ) -> None:
+        self.policy = policy
+        self.key = key
+        self.dep = dep
+        self.kind = kind
+        self.body = body if isinstance(body, dict) else None
+        self.request_id = request_id
+        self.guard = policy.guards[dep.name]
+        self.started = time.perf_counter()
+        self.lease: Any = None
+        self.model_ref: str | None = None
+        self.ttft_s: float | None = None
+        self.actions: list[dict[str, Any]] = []
+        self._headers: dict[str, str] = {}
+        self._done = False
+        self._masked_messages: list[dict[str, Any]] | None = None
+        self._stream_guards: list[Any] = []
+
+    # -- guardrails ---------------------------------------------------------------------------------
+    def check_input(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from lmops.serve.openai_api import OpenAIError
+
+        decision = self.guard.check_input(messages)
+        self._record(decision.actions, "input")
+        self._masked_messages = decision.messages
+        if decision.blocked:
+            raise OpenAIError(
+                400,
+                decision.refusal or "This request was blocked by the content policy.",
+                param="messages",
+                code="content_filter",
+            )
+        return list(decision.messages)
+
+    def check_prompt(self, prompt: str) -> str:
+        return str(self.check_input([{"role": "user", "content": prompt}])[0]["content"])
+
+    def check_output(self, text: str) -> tuple[str, bool]:
+        decision = self.guard.check_output(text)
+        self._record(decision.actions, "output")
+        return decision.text, decision.finish_reason == "content_filter"
+
+    def stream_guard(self) -> Any:
+        g = self.guard.stream_guard()
+        self._stream_guards.append(g)
+        return g
+
+    def _record(self, actions: list[dict[str, Any]], direction: str) -> None:
+        for a in actions:
+            self.actions.append({**a, "direction": direction})
+            self.policy.metrics.guardrail(direction, str(a.get("type")), self.dep.name)
+
+    # -- flow control -------------------------------------------------------------------------------
+    def admit(self, prompt_tokens: int, max_completion: int, *, model_ref: str | None) -> None:
+        from lmops.serve.openai_api import OpenAIError
+
+        self.model_ref = model_ref
+        scopes = [
+            (f"key:{self.key.name}", Limits.from_key(self.key)),
+            (f"dep:{self.dep.name}", Limits(**self.dep.spec.limits)),
+        ]
+        try:
+            self.lease = self.policy.limiter.acquire(
+                scopes, self.request_id, estimate_tokens(prompt_tokens, max_completion)
+            )
+        except RateLimited as e:
+            self.policy.metrics.rate_limited(self.dep.name, e.limit_name)
+            self._headers = dict(e.headers)
+            raise OpenAIError(
+                429,
+                str(e),
+                type_="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers=dict(e.headers),
+            ) from None
+        self._headers = limit_headers(self.lease)
+
+    def headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+    def first_token(self, seconds: float) -> None:
+        self.ttft_s = seconds
+
+    # -- the end of a request -----------------------------------------------------------------------
+    def finish(
+        self,
+        status: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+        response: dict[str, Any] | None = None,
+    ) -> None:
+        if self._done:
+            return
+        self._done = True
+        for g in self._stream_guards:
+            self._record(list(getattr(g, "actions", [])), "output")
+        latency = time.perf_counter() - self.started
+        try:
+            if self.lease is not None:
+                self.policy.limiter.reconcile(self.lease, prompt_tokens + completion_tokens)
+        finally:
+            if self.lease is not None:
+                self.policy.limiter.release(self.lease)
+        self.policy.metrics.request(
+            self.dep.name, status, prompt_tokens, completion_tokens, latency, self.ttft_s
+        )
+        self._log(status, prompt_tokens, completion_tokens, latency, None, response)
+
+    def fail(self, status: int, error: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.lease is not None:
+            self.policy.limiter.release(self.lease)
+        latency = time.perf_counter() - self.started
+        self.policy.metrics.request(self.dep.name, status, 0, 0, latency, None)
+        self._log(status, 0, 0, latency, error[:2000], None)
+
+    def _log(
+        self,
+        status: int,
+        prompt: int,
+        completion: int,
+        latency: float,
+        error: str | None,
+        response: dict[str, Any] | None,
+    ) -> None:
+        from lmops.serve.metering import log_request
+
+        bodies: dict[str, Any] = {}
+        if self.dep.spec.log_bodies and self.body is not None:
+            # bodies are kept only after PII masking (the guard's masked messages)
+            req = dict(self.body)
+            if self._masked_messages is not None:
+                req["messages"] = self._masked_messages
+            bodies = {"request_body": req, "response_body": response}
+        log_request(
+            self.policy.store,
+            request_id=self.request_id,
+            key_name=self.key.name,
+            deployment=self.dep.name,
+            model_ref=self.model_ref,
+            endpoint=self.kind,
+            status=status,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            latency_ms=latency * 1000,
+            ttft_ms=self.ttft_s * 1000 if self.ttft_s is not None else None,
+            error=error,
+            guardrails={"actions": self.actions} if self.actions else None,
+            **bodies,
+        )

@@ -1,0 +1,235 @@
+"""Request log, usage reports and the flow-back of served chats into an SFT dataset."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.serve.metering import export_conversations, log_request, usage
+from lmops.store import Store
+
+NOW = datetime.now(UTC)
+
+
+def log(store: Store, **kw: Any) -> int:
+    row: dict[str, Any] = {
+        "request_id": "req",
+        "key_name": "ci",
+        "deployment": "chat",
+        "model_ref": "tiny:1",
+        "endpoint": "/v1/chat/completions",
+        "status": 200,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "latency_ms": 100.0,
+        "ttft_ms": None,
+    }
+    row.update(kw)
+    return log_request(store, **row)
+
+
+def chat(*turns: tuple[str, str]) -> dict[str, Any]:
+    return {"model": "chat", "messages": [{"role": r, "content": c} for r, c in turns]}
+
+
+def reply(text: str | None) -> dict[str, Any]:
+    message = {"role": "assistant", "content": text}
+    return {"object": "chat.completion", "choices": [{"index": 0, "message": message}]}
+
+
+def test_usage_per_key_and_deployment(store: Store) -> None:
+    for i, lat in enumerate([100.0, 200.0, 300.0, 400.0]):
+        log(store, request_id=f"c{i}", latency_ms=lat, ttft_ms=10.0 * (i + 1))
+    log(
+        store,
+        request_id="limited",
+        status=429,
+        prompt_tokens=0,
+        completion_tokens=0,
+        latency_ms=1.0,
+        error="rate limit reached",
+    )
+    log(
+        store,
+        request_id="w1",
+        key_name="web",
+        deployment="code",
+        prompt_tokens=7,
+        completion_tokens=3,
+        latency_ms=50.0,
+    )
+    log(store, request_id="anon", key_name=None, deployment="code", status=500, latency_ms=9.0)
+    log(store, request_id="old", at=NOW - timedelta(days=3), prompt_tokens=1000)
+
+    report = usage(store, since=NOW - timedelta(days=1))
+    ci = report.by_key["ci"]
+    assert (ci.requests, ci.errors, ci.prompt_tokens, ci.completion_tokens) == (5, 1, 40, 20)
+    assert ci.total_tokens == 60
+    # Latency of successful requests only: 100..400 -> p50 250, p90 300 + 0.7 * 100.
+    assert (ci.latency_p50_ms, ci.latency_p90_ms) == (250.0, 370.0)
+    assert ci.ttft_p50_ms == 25.0
+    assert report.by_key["web"].requests == 1
+    assert report.by_key["(none)"].errors == 1
+    assert set(report.by_deployment) == {"chat", "code"}
+    code = report.by_deployment["code"]
+    assert (code.requests, code.errors, code.prompt_tokens, code.latency_p50_ms) == (
+        2,
+        1,
+        17,
+        50.0,
+    )
+    assert report.total.requests == 7 and report.total.prompt_tokens == 57
+    assert report.total.ttft_p50_ms == 25.0
+
+    everything = usage(store, since=None)
+    assert everything.total.requests == 8 and everything.by_key["ci"].prompt_tokens == 1040
+    only = usage(store, key="web", deployment="code", since=NOW - timedelta(days=1))
+    assert list(only.by_key) == ["web"] and only.total.requests == 1
+    assert usage(store, deployment="nope", since=None).total.latency_p50_ms is None
+
+    d = report.to_dict()
+    assert json.loads(json.dumps(d))["by_key"]["ci"]["latency_p90_ms"] == 370.0
+    assert d["since"].startswith(str((NOW - timedelta(days=1)).date()))
+
+
+def test_export_conversations_to_sft_dataset(store: Store, tmp_path: Path) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"tiny model")
+    store.assets.register("model", "tiny", weights)
+    store.assets.register("model", "tiny", weights)  # tiny:2 serves later requests
+
+    exported = [
+        {
+            "request_id": "a",
+            "request_body": chat(("user", "What is 2+2?")),
+            "response_body": reply("4"),
+        },
+        {
+            "request_id": "b",
+            "model_ref": "tiny:2",
+            "request_body": chat(("system", "Be brief."), ("user", "Capital of France?")),
+            "response_body": reply("Paris."),
+        },
+        {
+            "request_id": "ext",
+            "model_ref": "upstream-gpt",
+            "request_body": chat(("user", "Hi")),
+            "response_body": reply("Hello!"),
+        },
+    ]
+    left_out = [  # each for its own reason
+        {"request_id": "no-bodies"},
+        {
+            "request_id": "failed",
+            "status": 500,
+            "request_body": chat(("user", "x")),
+            "response_body": reply("y"),
+        },
+        {
+            "request_id": "other-dep",
+            "deployment": "code",
+            "request_body": chat(("user", "x")),
+            "response_body": reply("y"),
+        },
+        {
+            "request_id": "dup",
+            "request_body": chat(("user", "What is 2+2?")),
+            "response_body": reply("4"),
+        },
+        {
+            "request_id": "completion",
+            "endpoint": "/v1/completions",
+            "request_body": {"prompt": "Once"},
+            "response_body": {"choices": [{"text": " upon"}]},
+        },
+        {
+            "request_id": "tool",
+            "request_body": {
+                "messages": [
+                    {"role": "user", "content": "weather?"},
+                    {"role": "tool", "content": "sunny", "tool_call_id": "1"},
+                ]
+            },
+            "response_body": reply("Sunny."),
+        },
+        {"request_id": "empty", "request_body": chat(("user", "?")), "response_body": reply(None)},
+        {
+            "request_id": "old",
+            "at": NOW - timedelta(days=10),
+            "request_body": chat(("user", "old")),
+            "response_body": reply("old"),
+        },
+    ]
+    for row in exported + left_out:
+        log(store, **row)
+
+    since = NOW - timedelta(days=1)
+    v = export_conversations(store, deployment="chat", since=since, output="chat-flowback")
+    rows = [json.loads(x) for x in store.assets.path(v.ref).read_text().splitlines()]
+    assert rows == [
+        {
+            "messages": [
+                {"role": "user", "content": "What is 2+2?"},
+                {"role": "assistant", "content": "4"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Capital of France?"},
+                {"role": "assistant", "content": "Paris."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+            ]
+        },
+    ]
+    assert v.kind == "dataset" and v.ref == "chat-flowback:1"
+    meta = v.metadata
+    assert meta["deployment"] == "chat" and meta["count"] == 3
+    assert meta["format"] == "sft_chat"
+    assert meta["since"] == since.isoformat() and meta["until"] is None
+    assert meta["first"] <= meta["last"] and meta["first"] >= since.isoformat()
+    assert meta["skipped"] == {
+        "duplicate": 1,
+        "no_answer": 1,
+        "not_chat": 1,
+        "unsupported_message": 1,
+    }
+    assert meta["models"] == ["tiny:1", "tiny:2", "upstream-gpt"]
+    assert meta["unregistered_models"] == ["upstream-gpt"]
+    edges = store.assets.lineage(v.ref).upstream
+    assert sorted((e.parent, e.role) for e in edges) == [
+        ("tiny:1", "served_by"),
+        ("tiny:2", "served_by"),
+    ]
+
+    everything = export_conversations(store, deployment="chat", since=None, output="chat-flowback")
+    assert everything.version == 2 and everything.metadata["count"] == 4  # + the old one
+
+
+def test_export_with_nothing_logged_is_a_clear_error(store: Store) -> None:
+    log(store, request_id="no-bodies")
+    log(
+        store,
+        request_id="other",
+        deployment="code",
+        request_body=chat(("user", "x")),
+        response_body=reply("y"),
+    )
+    with pytest.raises(
+        UserError, match="no chat requests with logged bodies for deployment 'chat'"
+    ):
+        export_conversations(store, deployment="chat", since=None, output="out")
+    log(store, request_id="c", request_body={"prompt": "x"}, response_body={"choices": []})
+    with pytest.raises(UserError, match=r"skipped: 1 not_chat.*enable body logging"):
+        export_conversations(store, deployment="chat", since=None, output="out")
+    assert not store.assets.exists("out")

@@ -1,0 +1,266 @@
+"""The official openai client against `lmops serve` (real uvicorn on 127.0.0.1) serving a
+tiny Llama: models, chat, streaming with usage, completions, embeddings, error shapes,
+keys and scopes, a disconnect freeing its slot."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.train.tiny import make_model, make_tokenizer
+
+openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("serve")
+    home = root / "home"
+    env = {**os.environ, "LMOPS_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    model = make_model(root / "tiny", make_tokenizer(root / "tok"), seed=2)
+    deployments = root / "deployments.yaml"
+    deployments.write_text(
+        f"deployments:\n"
+        f"  - {{name: tiny, model: {model}, max_tokens_cap: 64}}\n"
+        f"  - {{name: solo, model: {model}, max_running: 1, max_queue: 0}}\n"
+    )
+
+    def lmops(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "lmops.cli.main", *args],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    keys = {
+        name: json.loads(lmops("keys", "create", "--name", name, *extra, "--json"))["key"]
+        for name, extra in [
+            ("all", []),
+            ("scoped", ["--scope", "solo"]),
+            ("revoked", []),
+            ("admin", ["--role", "admin"]),
+        ]
+    }
+    lmops("keys", "revoke", "revoked")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lmops.cli.main",
+            "serve",
+            "--port",
+            str(port),
+            "--deployments",
+            str(deployments),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.2)
+    yield {"base": base, "keys": keys, "home": home}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def client(server: dict[str, Any], key: str = "all") -> Any:
+    return openai.OpenAI(
+        base_url=server["base"] + "/v1", api_key=server["keys"][key], max_retries=0, timeout=60
+    )
+
+
+def test_models_chat_and_usage(server: dict[str, Any]) -> None:
+    c = client(server)
+    assert [m.id for m in c.models.list().data] == ["solo", "tiny"]
+    r = c.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "你好, hello"}],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert isinstance(r.choices[0].message.content, str)
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens > 0 and 0 < r.usage.completion_tokens <= 8
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    again = c.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "你好, hello"}],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert (
+        again.choices[0].message.content == r.choices[0].message.content
+    )  # greedy is deterministic
+    two = c.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        n=2,
+        seed=1,
+        extra_body={"unknown_field": 1},
+    )
+    assert [ch.index for ch in two.choices] == [0, 1]
+
+
+def test_streaming_with_usage_matches_non_streaming(server: dict[str, Any]) -> None:
+    c = client(server)
+    messages = [{"role": "user", "content": "The quick brown fox"}]
+    full = c.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0)
+    chunks = list(
+        c.chat.completions.create(
+            model="tiny",
+            messages=messages,
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert all(ch.object == "chat.completion.chunk" for ch in chunks)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == full.choices[0].message.content
+    assert (
+        chunks[-1].choices == []
+        and chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    )
+    finishes = [
+        ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason
+    ]
+    assert finishes == [full.choices[0].finish_reason]
+    raw = httpx.post(
+        server["base"] + "/v1/chat/completions",
+        headers={"Authorization": "Bearer " + server["keys"]["all"]},
+        json={"model": "tiny", "messages": messages, "max_tokens": 3, "stream": True},
+        timeout=60,
+    )
+    assert raw.text.rstrip().endswith("data: [DONE]")
+
+
+def test_completions_and_embeddings(server: dict[str, Any]) -> None:
+    c = client(server)
+    r = c.completions.create(model="tiny", prompt="Machine learning", max_tokens=5, temperature=0)
+    assert (
+        r.object == "text_completion"
+        and isinstance(r.choices[0].text, str)
+        and r.usage.completion_tokens <= 5
+    )
+    e = c.embeddings.create(model="tiny", input=["hello", "世界"])
+    assert len(e.data) == 2 and len(e.data[0].embedding) == 64
+    assert abs(sum(x * x for x in e.data[0].embedding) - 1.0) < 1e-3
+    raw = httpx.post(
+        server["base"] + "/v1/embeddings",
+        headers={"Authorization": "Bearer " + server["keys"]["all"]},
+        json={"model": "tiny", "input": "hello", "encoding_format": "base64"},
+        timeout=60,
+    ).json()
+    decoded = struct.unpack("<64f", base64.b64decode(raw["data"][0]["embedding"]))
+    assert decoded == pytest.approx(e.data[0].embedding, abs=1e-6)
+
+
+def test_keys_scopes_and_error_shapes(server: dict[str, Any]) -> None:
+    msg = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.AuthenticationError) as e:
+        openai.OpenAI(
+            base_url=server["base"] + "/v1", api_key="lmk-wrong", max_retries=0
+        ).models.list()
+    assert e.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        client(server, "revoked").models.list()
+    scoped = client(server, "scoped")
+    assert [m.id for m in scoped.models.list().data] == ["solo"]
+    with pytest.raises(openai.PermissionDeniedError):
+        scoped.chat.completions.create(model="tiny", messages=msg, max_tokens=2)
+    c = client(server)
+    with pytest.raises(openai.NotFoundError) as nf:
+        c.chat.completions.create(model="nope", messages=msg)
+    assert nf.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as br:
+        c.chat.completions.create(model="tiny", messages=msg, temperature=5)
+    assert br.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError, match="max_tokens is too large"):
+        c.chat.completions.create(model="tiny", messages=msg, max_tokens=10**9)
+    with pytest.raises(openai.BadRequestError) as long:
+        c.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "word " * 400}]
+        )
+    assert long.value.body["code"] == "context_length_exceeded"
+    bad = httpx.post(
+        server["base"] + "/v1/chat/completions",
+        headers={"Authorization": "Bearer " + server["keys"]["all"]},
+        content=b"{not json",
+        timeout=30,
+    )
+    assert bad.status_code == 400 and set(bad.json()["error"]) == {
+        "message",
+        "type",
+        "param",
+        "code",
+    }
+    missing = httpx.post(
+        server["base"] + "/v1/chat/completions",
+        headers={"Authorization": "Bearer " + server["keys"]["all"]},
+        json={"model": "tiny"},
+        timeout=30,
+    )
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "messages"
+
+
+def test_client_disconnect_frees_the_slot(server: dict[str, Any]) -> None:
+    headers = {"Authorization": "Bearer " + server["keys"]["all"]}
+    body = {
+        "model": "solo",
+        "messages": [{"role": "user", "content": "tell a long story"}],
+        "max_tokens": 60,
+        "stream": True,
+        "temperature": 1.0,
+    }
+    with httpx.stream(
+        "POST", server["base"] + "/v1/chat/completions", headers=headers, json=body, timeout=60
+    ) as r:
+        assert r.status_code == 200
+        for _line in r.iter_lines():
+            break  # read one event, then hang up
+    # `solo` runs one sequence with no queue: it only accepts a new request once the
+    # abandoned one was cancelled and its slot freed
+    deadline = time.time() + 20
+    while True:
+        r2 = httpx.post(
+            server["base"] + "/v1/chat/completions",
+            headers=headers,
+            json={**body, "stream": False, "max_tokens": 2},
+            timeout=60,
+        )
+        if r2.status_code == 200 or time.time() > deadline:
+            break
+        assert r2.status_code == 503 and r2.json()["error"]["code"] == "engine_overloaded"
+        time.sleep(0.2)
+    assert r2.status_code == 200
