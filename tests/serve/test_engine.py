@@ -94,24 +94,21 @@ def test_stop_strings_cancellation_and_queue_cap(model_dir: Path) -> None:
                 collect(engine, GenRequest("n", prompt_ids=ids, max_tokens=3, temperature=0.0)), 20
             )
             assert done.completion_tokens == 3
-            # one running + one queued: the third is refused
-            busy = []
-            for i, state in enumerate(("running", "queued")):
-                busy.append(
+            # capacity is free running slots (1) + queue (1): with the worker held (its
+            # condition's RLock is re-entrant for this thread) two requests wait, a third is refused
+            with engine._cv:
+                busy = [
                     asyncio.create_task(
-                        collect(
-                            engine,
-                            GenRequest(f"b{i}", prompt_ids=ids, max_tokens=10_000, temperature=0.0),
-                        )
+                        collect(engine, GenRequest(f"b{i}", prompt_ids=ids, max_tokens=5))
                     )
-                )
-                while getattr(engine, state) < 1:
-                    await asyncio.sleep(0.005)
-            with pytest.raises(EngineOverloaded):
-                await collect(engine, GenRequest("x", prompt_ids=ids, max_tokens=2))
-            for task in busy:  # long generations: hang up instead of waiting
-                task.cancel()
-            await asyncio.gather(*busy, return_exceptions=True)
+                    for i in range(2)
+                ]
+                while engine.queued < 2:
+                    await asyncio.sleep(0)
+                with pytest.raises(EngineOverloaded):
+                    await collect(engine, GenRequest("x", prompt_ids=ids, max_tokens=2))
+            results = await asyncio.wait_for(asyncio.gather(*busy), 30)
+            assert [d.completion_tokens for _t, d in results] == [5, 5]
 
         asyncio.run(main())
     finally:
