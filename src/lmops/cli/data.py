@@ -309,3 +309,27 @@ def mix_cmd(
             for name, s in rep["sources"].items()
         ],
     )
+
+
+@app.command("from-logs")
+def from_logs(
+    deployment: Annotated[
+        str, typer.Option(help="Deployment whose logged conversations to export.")
+    ],
+    output: Annotated[str, typer.Option(help="Dataset asset name.")],
+    since: Annotated[str | None, typer.Option(help="2026-11-01, an ISO time, or 24h / 7d.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Export logged chat requests (bodies kept after PII masking) as an SFT dataset with
+    lineage to the model versions that answered."""
+    from lmops.cli.main import _since
+    from lmops.serve.metering import export_conversations
+
+    v = export_conversations(_store(), deployment=deployment, output=output, since=_since(since))
+    if json_:
+        print_json(v)
+    else:
+        console.print(
+            f"registered {v.ref}: {v.metadata.get('count')} conversations from {deployment}",
+            markup=False,
+        )

@@ -556,6 +556,57 @@ def audit_list(
     )
 
 
+# -- usage ------------------------------------------------------------------------------------------
+def _since(value: str | None) -> datetime | None:
+    """``2026-11-01``, an ISO time, or a relative ``30m`` / ``24h`` / ``7d``."""
+    if value is None:
+        return None
+    import re
+    from datetime import timedelta
+
+    m = re.fullmatch(r"(\d+)([mhd])", value.strip())
+    if m:
+        n, unit = int(m.group(1)), m.group(2)
+        delta = {"m": timedelta(minutes=n), "h": timedelta(hours=n), "d": timedelta(days=n)}[unit]
+        return datetime.now(UTC) - delta
+    return _parse_date(value)
+
+
+@app.command()
+def usage(
+    key: Annotated[str | None, typer.Option(help="Only this key.")] = None,
+    deployment: Annotated[str | None, typer.Option(help="Only this deployment.")] = None,
+    since: Annotated[str | None, typer.Option(help="2026-11-01, an ISO time, or 24h / 7d.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Served requests and tokens per key and per deployment, with latency percentiles."""
+    from lmops.serve.metering import usage as usage_report
+
+    rep = usage_report(_store(), key=key, deployment=deployment, since=_since(since))
+    data = rep.to_dict()
+    if json_:
+        print_json(data)
+        return
+
+    def rows(group: dict[str, Any]) -> list[list[Any]]:
+        return [
+            [
+                name,
+                g["requests"],
+                g["errors"],
+                g["prompt_tokens"],
+                g["completion_tokens"],
+                g.get("latency_p50_ms"),
+                g.get("ttft_p50_ms"),
+            ]
+            for name, g in group.items()
+        ]
+
+    cols = ["requests", "errors", "prompt tok", "completion tok", "p50 ms", "ttft p50 ms"]
+    table("per key", ["key", *cols], rows(data["by_key"]))
+    table("per deployment", ["deployment", *cols], rows(data["by_deployment"]))
+
+
 # -- serve ------------------------------------------------------------------------------------------
 @app.command()
 def serve(
@@ -585,6 +636,15 @@ def serve(
 
     Store(origin="api").close()  # migrate once before workers start, and fail early
     specs = parse_model_args(model) + (load_deployments(deployments) if deployments else [])
+    if workers > 1:
+        # every worker writes its metrics here and /metrics aggregates them
+        import tempfile
+
+        from lmops.core.config import Settings
+
+        run_dir = Settings.from_env().home / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-", dir=run_dir)
     if specs:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):

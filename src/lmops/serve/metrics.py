@@ -4,6 +4,7 @@ rate-limit rejections and guardrail actions."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -64,18 +65,27 @@ class Metrics:
             ["deployment", "direction", "action"],
             registry=self.reg,
         )
-        queue = Gauge(
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        mode: dict[str, Any] = {"multiprocess_mode": "livesum"} if self.multiprocess else {}
+        self.queue = Gauge(
             "lmops_queue_depth",
             "Requests waiting for an engine slot",
             ["deployment"],
             registry=self.reg,
+            **mode,
         )
-        running = Gauge(
-            "lmops_running_sequences", "Sequences being decoded", ["deployment"], registry=self.reg
+        self.running = Gauge(
+            "lmops_running_sequences",
+            "Sequences being decoded",
+            ["deployment"],
+            registry=self.reg,
+            **mode,
         )
-        for name, dep in registry.deployments.items():
-            queue.labels(name).set_function(_sum_of(dep, "queued"))
-            running.labels(name).set_function(_sum_of(dep, "running"))
+        self.deployments = registry.deployments
+        if not self.multiprocess:  # read live at scrape time
+            for name, dep in registry.deployments.items():
+                self.queue.labels(name).set_function(_sum_of(dep, "queued"))
+                self.running.labels(name).set_function(_sum_of(dep, "running"))
 
     def request(
         self,
@@ -86,6 +96,12 @@ class Metrics:
         latency: float,
         ttft: float | None,
     ) -> None:
+        if (
+            self.multiprocess and dep in self.deployments
+        ):  # no scrape-time callbacks across processes
+            d = self.deployments[dep]
+            self.queue.labels(dep).set(_sum_of(d, "queued")())
+            self.running.labels(dep).set(_sum_of(d, "running")())
         self.requests.labels(dep, str(status)).inc()
         self.tokens.labels(dep, "prompt").inc(prompt)
         self.tokens.labels(dep, "completion").inc(completion)
@@ -102,4 +118,10 @@ class Metrics:
         self.guard.labels(dep, direction, action).inc()
 
     def render(self) -> bytes:
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg)
+            return bytes(generate_latest(reg))
         return bytes(generate_latest(self.reg))
