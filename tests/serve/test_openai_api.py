@@ -28,12 +28,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     root = tmp_path_factory.mktemp("serve")
     home = root / "home"
     env = {**os.environ, "LMOPS_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    model = make_model(root / "tiny", make_tokenizer(root / "tok"), seed=2)
+    tok = make_tokenizer(root / "tok")
+    model = make_model(root / "tiny", tok, seed=2)
+    other = make_model(root / "other", tok, seed=3)
+    from lmops.serve.fake import fake_server
+
+    upstream_cm = fake_server(tokens=5)
+    upstream = upstream_cm.__enter__()
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     deployments = root / "deployments.yaml"
     deployments.write_text(
         f"deployments:\n"
         f"  - {{name: tiny, model: {model}, max_tokens_cap: 64}}\n"
         f"  - {{name: solo, model: {model}, max_running: 1, max_queue: 0}}\n"
+        f"  - {{name: ab, split: [{{model: {model}, weight: 1}}, {{model: {other}, weight: 1}}]}}\n"
+        f"  - {{name: proxied, upstream: {upstream}/v1, upstream_model: fake}}\n"
+        f"  - {{name: dead, upstream: {dead}}}\n"
     )
 
     def lmops(*args: str) -> str:
@@ -89,6 +99,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     yield {"base": base, "keys": keys, "home": home}
     proc.terminate()
     proc.wait(timeout=30)
+    upstream_cm.__exit__(None, None, None)
 
 
 def client(server: dict[str, Any], key: str = "all") -> Any:
@@ -99,7 +110,7 @@ def client(server: dict[str, Any], key: str = "all") -> Any:
 
 def test_models_chat_and_usage(server: dict[str, Any]) -> None:
     c = client(server)
-    assert [m.id for m in c.models.list().data] == ["solo", "tiny"]
+    assert [m.id for m in c.models.list().data] == ["ab", "dead", "proxied", "solo", "tiny"]
     r = c.chat.completions.create(
         model="tiny",
         messages=[{"role": "user", "content": "你好, hello"}],
@@ -264,3 +275,42 @@ def test_client_disconnect_frees_the_slot(server: dict[str, Any]) -> None:
         assert r2.status_code == 503 and r2.json()["error"]["code"] == "engine_overloaded"
         time.sleep(0.2)
     assert r2.status_code == 200
+
+
+def test_upstream_proxy_streams_and_reports_upstream_failure(server: dict[str, Any]) -> None:
+    c = client(server)
+    r = c.chat.completions.create(
+        model="proxied", messages=[{"role": "user", "content": "hi there"}], max_tokens=5
+    )
+    assert r.model == "proxied" and r.choices[0].message.content == "tok0 tok1 tok2 tok3 tok4"
+    assert r.usage.completion_tokens == 5
+    chunks = list(
+        c.chat.completions.create(
+            model="proxied",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert (
+        "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        == "tok0 tok1 tok2"
+    )
+    assert chunks[-1].usage.completion_tokens == 3
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(
+            model="dead", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+    assert e.value.status_code == 502 and e.value.body["code"] == "upstream_error"
+
+
+def test_ab_split_serves_both_versions(server: dict[str, Any]) -> None:
+    c = client(server)
+    seen = set()
+    for _ in range(24):
+        r = c.chat.completions.create(
+            model="ab", messages=[{"role": "user", "content": "hi"}], max_tokens=1, temperature=0
+        )
+        seen.add(r.system_fingerprint)
+    assert len(seen) == 2  # both targets answered (p of missing one: 2 * 0.5**24)

@@ -564,6 +564,24 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                             delta["content"], stop_now = guard.feed(delta["content"])
                             if stop_now:
                                 ch["finish_reason"] = "content_filter"
+                        if guard is not None and ch.get("finish_reason") and not stop_now:
+                            # flush what the guard held back before the stream's last word
+                            tail = guard.finish()
+                            if tail:
+                                extra = {
+                                    **chunk,
+                                    "choices": [
+                                        {
+                                            "index": ch.get("index", 0),
+                                            "delta": {"content": tail},
+                                            "finish_reason": None,
+                                        }
+                                    ],
+                                }
+                                extra.pop("usage", None)
+                                yield _sse(extra)
+                            if getattr(guard, "stopped", False):
+                                ch["finish_reason"] = "content_filter"
                         if first and (delta.get("content") or ch.get("text")) and ctx is not None:
                             ctx.first_token(time.perf_counter() - started)
                             first = False
