@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.serve.conftest import lmops_cli, lmops_env, start_server, stop_server
 from tests.train.tiny import make_model, make_tokenizer
 
 openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
@@ -27,7 +25,7 @@ openai = pytest.importorskip("openai", reason="the official openai client is in 
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("serve")
     home = root / "home"
-    env = {**os.environ, "LMOPS_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env = lmops_env(home)
     tok = make_tokenizer(root / "tok")
     model = make_model(root / "tiny", tok, seed=2)
     other = make_model(root / "other", tok, seed=3)
@@ -46,14 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         f"  - {{name: dead, upstream: {dead}}}\n"
     )
 
-    def lmops(*args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-m", "lmops.cli.main", *args],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
+    lmops = lmops_cli(env)
 
     keys = {
         name: json.loads(lmops("keys", "create", "--name", name, *extra, "--json"))["key"]
@@ -65,40 +56,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         ]
     }
     lmops("keys", "revoke", "revoked")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lmops.cli.main",
-            "serve",
-            "--port",
-            str(port),
-            "--deployments",
-            str(deployments),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc, base = start_server(
+        env,
+        "--deployments",
+        str(deployments),
+        ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
     )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
-        time.sleep(0.2)
     yield {"base": base, "keys": keys, "home": home}
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop_server(proc)
     upstream_cm.__exit__(None, None, None)
 
 

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +14,7 @@ import httpx
 import pytest
 
 from lmops.store import Store
-from tests.conftest import free_port
+from tests.serve.conftest import lmops_cli, lmops_env, start_server, stop_server
 from tests.train.tiny import make_model, make_tokenizer
 
 
@@ -26,7 +22,7 @@ from tests.train.tiny import make_model, make_tokenizer
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("policy")
     home = root / "home"
-    env = {**os.environ, "LMOPS_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env = lmops_env(home)
     model = make_model(root / "tiny", make_tokenizer(root / "tok"), seed=4)
     (root / "d.yaml").write_text(
         "deployments:\n"
@@ -34,12 +30,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         f"  - {{name: metered, model: {model}, limits: {{tpm: 400}}}}\n"
     )
 
-    def lmops(*args: str) -> str:
-        proc = subprocess.run(
-            [sys.executable, "-m", "lmops.cli.main", *args], env=env, capture_output=True, text=True
-        )
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
+    lmops = lmops_cli(env)
 
     keys = {
         "limited": json.loads(lmops("keys", "create", "--name", "limited", "--rpm", "5", "--json"))[
@@ -47,45 +38,21 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         ],
         "free": json.loads(lmops("keys", "create", "--name", "free", "--json"))["key"],
     }
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lmops.cli.main",
-            "serve",
-            "--port",
-            str(port),
-            "--deployments",
-            str(root / "d.yaml"),
-            "--workers",
-            "2",
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc, base = start_server(
+        env,
+        "--deployments",
+        str(root / "d.yaml"),
+        "--workers",
+        "2",
+        ready=lambda b: (
+            httpx.get(
+                b + "/v1/models", headers={"Authorization": "Bearer " + keys["free"]}, timeout=2
+            ).status_code
+            == 200
+        ),
     )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            r = httpx.get(
-                base + "/v1/models", headers={"Authorization": "Bearer " + keys["free"]}, timeout=2
-            )
-            if r.status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
-        time.sleep(0.3)
     yield {"base": base, "keys": keys, "home": home, "env": env, "lmops": lmops}
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop_server(proc)
 
 
 def chat(

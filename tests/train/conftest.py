@@ -31,30 +31,12 @@ def _corpus() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a tokenizer (ChatML template, ~400 tokens) and a random tiny Llama."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     from lmops.data.tokenizer import train_tokenizer
+    from tests.train.tiny import make_model
 
     out = tmp_path_factory.mktemp("tiny-llama")
-    train_tokenizer(_corpus(), out, vocab_size=400)
-    tok = AutoTokenizer.from_pretrained(str(out))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=176,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(str(out))
-    return out
+    tok = train_tokenizer(_corpus(), out / "tokenizer", vocab_size=400).path
+    return make_model(out, tok, seed=0, intermediate_size=176)
 
 
 def make_spec(model_dir: Path, stage: str, method: str = "full", **sections: Any) -> Any:

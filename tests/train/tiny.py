@@ -23,7 +23,9 @@ def make_tokenizer(folder: Path, vocab_size: int = 320) -> Path:
     return folder
 
 
-def make_model(folder: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+def make_model(
+    folder: Path, tokenizer_dir: Path, seed: int = 0, intermediate_size: int = 128
+) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -32,12 +34,13 @@ def make_model(folder: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     cfg = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=64,
-        intermediate_size=128,
+        intermediate_size=intermediate_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
         tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )

@@ -1,0 +1,73 @@
+"""Starting `lmops serve` (a real uvicorn) and the CLI as subprocesses for gateway tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+
+def lmops_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "LMOPS_HOME": str(home), "OMP_NUM_THREADS": "1"}
+
+
+def lmops_cli(env: dict[str, str]) -> Callable[..., str]:
+    """``lmops(*args) -> stdout``; a failure shows the command's stderr."""
+
+    def lmops(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lmops.cli.main", *args], env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    return lmops
+
+
+def start_server(
+    env: dict[str, str], *args: str, ready: Callable[[str], bool], timeout: float = 120
+) -> tuple[subprocess.Popen[str], str]:
+    """``lmops serve --port N ARGS...`` on 127.0.0.1; returns once ``ready(base)`` is true."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lmops.cli.main",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if ready(base):
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.2)
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
