@@ -271,3 +271,65 @@ def test_dpo_and_reward_stages_register_through_the_runner(base: Store, tmp_path
     base.assets.register("dataset", "bad-pairs", bad)
     with pytest.raises(UserError, match=r"bad_pairs\.jsonl:1"):
         run_training(spec(stage="dpo", dataset="bad-pairs", output="nope"), base, progress=False)
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt_tuning"])
+def test_prefix_and_prompt_tuning_train_virtual_tokens_only(base: Store, method: str) -> None:
+    res = run_training(
+        spec(method=method, output=f"adder-{method}", prefix={"num_virtual_tokens": 4}),
+        base,
+        progress=False,
+    )
+    assert res.kind == "adapter" and res.trainable_params < res.total_params / 5
+    losses = [m.value for m in base.runs.get(res.run_id).metrics["loss"]]
+    assert len(losses) == 8 and all(x == x for x in losses)
+
+
+def test_pretrain_on_token_shards_from_the_data_stage(base: Store, tmp_path: Path) -> None:
+    from lmops.data.jobs import tokenize_dataset
+
+    text = tmp_path / "t.jsonl"
+    text.write_text(
+        "\n".join(
+            json.dumps({"text": f"shard line {i} with some words to learn."}) for i in range(80)
+        )
+    )
+    base.assets.register("dataset", "text", text)
+    shards = tokenize_dataset(base, ["text"], "tok", "text-tokens", shard_tokens=4096)
+    res = run_training(
+        spec(
+            stage="pretrain",
+            method="full",
+            dataset=shards.ref,
+            output="from-shards",
+            train={"max_steps": 4, "batch_size": 4, "max_seq_len": 32},
+        ),
+        base,
+        progress=False,
+    )
+    assert res.kind == "model"
+    assert ("text-tokens:1", "dataset") in {
+        (e.parent, e.role) for e in base.assets.lineage("from-shards", depth=1).upstream
+    }
+
+
+@pytest.mark.gpu
+def test_qlora_on_gpu(base: Store) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("QLoRA needs a CUDA GPU; run `pytest -m gpu` on a GPU machine with lmops[gpu]")
+    pytest.importorskip("bitsandbytes", reason="pip install 'lmops[gpu]' for QLoRA")
+    res = run_training(spec(method="qlora", device="cuda"), base, progress=False)
+    assert res.kind == "adapter" and res.final["loss"] == res.final["loss"]
+
+
+def test_sharding_settings_are_passed_to_trl_and_refused_by_the_own_loop(
+    base: Store, tmp_path: Path
+) -> None:
+    from lmops.train.preference import trl_classes, trl_config
+
+    s = spec(stage="dpo", distributed={"fsdp": {"fsdp": "full_shard", "min_num_params": 1000}})
+    cfg = trl_config(trl_classes("dpo")[0], s, tmp_path, has_eval=False)
+    assert cfg.fsdp and cfg.fsdp_config["min_num_params"] == 1000
+    with pytest.raises(UserError, match="fsdp/deepspeed are passed through"):
+        run_training(spec(distributed={"fsdp": {"fsdp": "full_shard"}}), base, progress=False)

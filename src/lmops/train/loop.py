@@ -234,6 +234,13 @@ def train_loop(
 
     dist = dist or Dist()
     t = spec.train
+    if spec.distributed.fsdp or spec.distributed.deepspeed:
+        # Honest refusal rather than silently training with plain DDP: sharded training is
+        # passed through to the TRL-backed stages (reward/dpo/kto/orpo) only, for now.
+        raise UserError(
+            f"distributed.fsdp/deepspeed are passed through to the reward/dpo/kto/orpo stages; "
+            f"stage {spec.stage} uses lmops' own loop, which runs DDP: remove them or use --nproc with DDP"
+        )
     torch.manual_seed(t.seed)
     random.seed(t.seed)
     if t.batch_size % dist.world:

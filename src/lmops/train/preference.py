@@ -332,6 +332,14 @@ def trl_config(
         "max_length": t.max_seq_len,
         **extra,
     }
+    # GPU clusters: FSDP / DeepSpeed settings go to the Trainer unchanged (run under
+    # `lmops train --nproc N`, which launches through torchrun).
+    if spec.distributed.deepspeed:
+        kwargs["deepspeed"] = spec.distributed.deepspeed
+    if spec.distributed.fsdp:
+        fsdp = dict(spec.distributed.fsdp)
+        kwargs["fsdp"] = fsdp.pop("fsdp", "full_shard auto_wrap")
+        kwargs["fsdp_config"] = fsdp
     return config_cls(**kwargs)
 
 
