@@ -333,3 +333,23 @@ def test_sharding_settings_are_passed_to_trl_and_refused_by_the_own_loop(
     assert cfg.fsdp and cfg.fsdp_config["min_num_params"] == 1000
     with pytest.raises(UserError, match="fsdp/deepspeed are passed through"):
         run_training(spec(distributed={"fsdp": {"fsdp": "full_shard"}}), base, progress=False)
+
+
+def test_logged_lr_is_the_rate_each_step_used(base: Store) -> None:
+    res = run_training(
+        spec(
+            output="lr",
+            train={
+                "max_steps": 4,
+                "batch_size": 4,
+                "max_seq_len": 48,
+                "lr": 1e-3,
+                "warmup_steps": 4,
+                "lr_scheduler": "constant",
+            },
+        ),
+        base,
+        progress=False,
+    )
+    lrs = [m.value for m in base.runs.get(res.run_id).metrics["lr"]]
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])

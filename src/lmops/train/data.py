@@ -207,9 +207,14 @@ def build_pretrain_examples(
         stream += tokenizer(text, add_special_tokens=False)["input_ids"] + (
             [eos] if eos is not None else []
         )
-        while len(stream) >= window:
-            chunk, stream = stream[:window], stream[window - 1 :]
+        # windows share one token (a window's last target is the next one's first input);
+        # advance an offset and drop the consumed prefix once per document, not per window
+        start = 0
+        while len(stream) - start >= window:
+            chunk = stream[start : start + window]
             examples.append(Example(chunk, chunk))
+            start += window - 1
+        stream = stream[start:]
     if not examples:
         raise UserError(f"the text has fewer than {window} tokens; lower train.max_seq_len")
     return examples, {"docs": docs, "windows": len(examples)}

@@ -16,6 +16,7 @@ are written to a temp folder and renamed; the newest ``keep_checkpoints`` are ke
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -62,14 +63,21 @@ class LoopResult:
     resumed_from: int | None = None
 
 
+@functools.lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    perm = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(perm)
+    return tuple(perm)
+
+
 def batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
-    """The example indices of global batch ``step`` (seeded permutation per epoch)."""
+    """The example indices of global batch ``step`` (seeded permutation per epoch, cached:
+    rebuilding it every step cost 0.6 s at a million examples)."""
     out: list[int] = []
     pos = step * batch
     while len(out) < batch:
         epoch, offset = divmod(pos, n)
-        perm = list(range(n))
-        random.Random(seed * 1_000_003 + epoch).shuffle(perm)
+        perm = _permutation(n, seed, epoch)
         take = min(batch - len(out), n - offset)
         out += perm[offset : offset + take]
         pos += take
@@ -330,6 +338,7 @@ def train_loop(
                         )
                     )
                 )
+                lr_used = float(scheduler.get_last_lr()[0])  # the rate this step used
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -343,7 +352,7 @@ def train_loop(
                 dt = time.perf_counter() - t0
                 metrics: dict[str, float] = {
                     "loss": loss_sum / n_loss,
-                    "lr": float(scheduler.get_last_lr()[0]),
+                    "lr": lr_used,
                     "grad_norm": grad_norm,
                     "tokens_per_s": n_in / dt if dt > 0 else 0.0,
                 }
