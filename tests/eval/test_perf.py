@@ -51,8 +51,9 @@ def test_ttft_itl_tpot_e2el_match_injected_delays() -> None:
 
 
 def test_throughput_scales_with_concurrency() -> None:
-    with fake_server(ttft_s=0.05, itl_s=0.01, tokens=1000) as url:
-        report = run_perf(url, "fake", concurrency=[1, 8], requests=8, input_len=16, output_len=10)
+    # delays long against the client's own CPU work, so a loaded machine does not hide the scaling
+    with fake_server(ttft_s=0.3, itl_s=0.05, tokens=1000) as url:
+        report = run_perf(url, "fake", concurrency=[1, 8], requests=8, input_len=16, output_len=4)
     one, eight = report.levels
     assert one.completed == eight.completed == 8
     assert eight.request_throughput >= 4 * one.request_throughput

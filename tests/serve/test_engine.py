@@ -96,6 +96,10 @@ def test_stop_strings_cancellation_and_queue_cap(model_dir: Path) -> None:
             assert done.completion_tokens == 3
             # capacity is free running slots (1) + queue (1): with the worker held (its
             # condition's RLock is re-entrant for this thread) two requests wait, a third is refused
+            for _ in range(2000):  # let the worker retire the finished sequence first
+                if engine.running == 0 and engine.queued == 0:
+                    break
+                await asyncio.sleep(0.005)
             with engine._cv:
                 busy = [
                     asyncio.create_task(
@@ -103,8 +107,11 @@ def test_stop_strings_cancellation_and_queue_cap(model_dir: Path) -> None:
                     )
                     for i in range(2)
                 ]
-                while engine.queued < 2:
+                for _ in range(1000):
+                    if engine.queued >= 2:
+                        break
                     await asyncio.sleep(0)
+                assert engine.queued == 2
                 with pytest.raises(EngineOverloaded):
                     await collect(engine, GenRequest("x", prompt_ids=ids, max_tokens=2))
             results = await asyncio.wait_for(asyncio.gather(*busy), 30)
