@@ -7,14 +7,28 @@ to the continuation; the context and the whole string are tokenized without spec
 tokens; an empty context is replaced by the end-of-text token), so both tools score the
 same tokens and pick the same choices.
 
-Speed: requests are sorted by length (longest first, so a batch that fits is followed by
-smaller ones) and padded per batch; requests that share the same input tokens (the
-choices of one question whose continuations are a single token, e.g. " A"/" B") share
-one forward pass. ``batch_size="auto"`` halves from 64 until a batch fits.
+Speed (results equal lm-eval's up to float32 rounding, about 1e-6 per token):
+
+- Each distinct context runs through the model once (batches of contexts, longest first,
+  right-padded), keeping its KV cache when a continuation needs it; only the logits at its last position (which
+  predict every continuation's first token) go through the output layer. A question
+  whose choices are single tokens (" A".." D") is then done.
+- A prefix that every context of the call starts with (a task's description and
+  few-shot examples: ``evaluate`` sends one task per call) runs once; each batch of
+  contexts continues from a copy of its cache.
+- Multi-token continuations run in a second pass on top of a copy of their context's
+  cached keys and values, so the context is not recomputed once per choice; only the
+  continuation positions are projected to the vocabulary.
+- Log-probabilities are ``logit[target] - logsumexp(logits)`` at those positions: the
+  full ``log_softmax`` over (batch, length, vocabulary) is never materialized.
+
+``batch_size`` is the number of sequences per forward pass (contexts in the first pass,
+continuations in the second); ``"auto"`` halves from 64 until a batch fits.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +38,10 @@ from typing import Any, Protocol
 from lmops.core.errors import UserError
 
 __all__ = ["EvalModel", "FakeEvalModel", "HFEvalModel", "OpenAIEvalModel"]
+
+# A prefix shared by every context of a call is run once when it has at least this many
+# tokens (below that, copying its cache costs about what it saves).
+_MIN_SHARED_PREFIX = 8
 
 
 class EvalModel(Protocol):
@@ -39,6 +57,28 @@ class _Encoded:
     index: int
     context: list[int]
     continuation: list[int]
+
+
+def _plain_dynamic_cache(cache: Any) -> bool:
+    """Whether ``cache`` is a full-attention ``DynamicCache`` whose rows can be copied into a
+    new one (sliding-window, linear-attention and other caches are not)."""
+    if cache is None:
+        return False
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    return type(cache) is DynamicCache and all(
+        type(layer) is DynamicLayer for layer in cache.layers
+    )
+
+
+def _copy_rows(cache: Any, rows: Any) -> Any:
+    """A new ``DynamicCache`` holding ``cache``'s batch rows ``rows`` (R,), in that order:
+    (R, heads, length, head_dim) keys and values per layer. A copy, since a forward on
+    top of a cache appends to it."""
+    from transformers import DynamicCache
+
+    return DynamicCache([(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
 
 
 class HFEvalModel:
@@ -77,75 +117,239 @@ class HFEvalModel:
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or 2048
         self.batch_size = batch_size
         self.truncated = 0  # requests cut to fit max_length (reported, never silent)
+        # transformers' CausalLMs take ``logits_to_keep`` (positions, or a bool mask) and
+        # project only those hidden states to the vocabulary
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     # -- encoding as lm-evaluation-harness does ------------------------------------------------------
     def _tok(self, s: str) -> list[int]:
         return list(self.tokenizer(s, add_special_tokens=False)["input_ids"])
 
+    def _tok_many(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces > 0:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
-        if context == "":
-            return [self.eot], self._tok(continuation)
-        whole = self._tok(context + continuation)
-        ctx = self._tok(context)
-        return ctx, whole[len(ctx) :]
+        return self.encode_pairs([(context, continuation)])[0]
+
+    def encode_pairs(
+        self, requests: Sequence[tuple[str, str]]
+    ) -> list[tuple[list[int], list[int]]]:
+        """``(context tokens, continuation tokens)`` per request, as lm-eval encodes them:
+        the continuation is what the whole string's tokens hold beyond the context's. One
+        tokenizer call for the distinct contexts and one for the whole strings."""
+        pairs = []
+        for context, continuation in requests:
+            n_spaces = len(context) - len(context.rstrip())
+            if n_spaces > 0:
+                continuation = context[-n_spaces:] + continuation
+                context = context[:-n_spaces]
+            pairs.append((context, continuation))
+        distinct = list(dict.fromkeys(c for c, _ in pairs if c))
+        context_ids = dict(zip(distinct, self._tok_many(distinct), strict=True))
+        wholes = self._tok_many([c + x for c, x in pairs])
+        out = []
+        for (context, _), whole in zip(pairs, wholes, strict=True):
+            if context == "":
+                out.append(([self.eot], whole))
+            else:
+                ctx = context_ids[context]
+                out.append((ctx, whole[len(ctx) :]))
+        return out
 
     # -- scoring -------------------------------------------------------------------------------------
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        encoded = [_Encoded(i, *self.encode_pair(c, x)) for i, (c, x) in enumerate(requests)]
+        encoded = [_Encoded(i, *pair) for i, pair in enumerate(self.encode_pairs(requests))]
         return self._score(encoded)
 
     def _score(self, encoded: list[_Encoded]) -> list[tuple[float, bool]]:
         import torch
-        import torch.nn.functional as F
 
-        results: list[tuple[float, bool] | None] = [None] * len(encoded)
-        # One forward pass per distinct input (context + continuation minus its last token).
-        groups: dict[tuple[int, ...], list[_Encoded]] = {}
+        results: list[tuple[float, bool]] = [(0.0, True)] * len(encoded)  # empty continuations
+        by_context: dict[tuple[int, ...], list[_Encoded]] = {}
         for e in encoded:
-            full = (e.context + e.continuation)[-(self.max_length + 1) :]
-            if len(e.context) + len(e.continuation) > self.max_length + 1:
+            n = len(e.continuation)
+            if n == 0:
+                continue
+            if len(e.context) + n > self.max_length + 1:
+                # As lm-eval: keep the last max_length + 1 tokens; the context loses its start.
                 self.truncated += 1
-            key = (
-                tuple(full[:-1])
-                if len(e.continuation) > 1
-                else tuple(e.context[-self.max_length :])
+                cont = e.continuation[-self.max_length :]
+                window = (e.context + e.continuation)[-(self.max_length + 1) :]
+                e = _Encoded(e.index, window[: len(window) - len(cont)], cont)
+            by_context.setdefault(tuple(e.context), []).append(e)
+        contexts = sorted(by_context, key=len, reverse=True)
+        bs = self._batch_size(len(contexts[0]) if contexts else 1)
+        with torch.inference_mode():
+            shared = self._shared_prefix(contexts)
+        for start in range(0, len(contexts), bs):
+            chunk = contexts[start : start + bs]
+            # (row, request) for every request whose context is in this batch
+            reqs = [(row, e) for row, c in enumerate(chunk) for e in by_context[c]]
+            multi = [(row, e) for row, e in reqs if len(e.continuation) > 1]
+            lengths = torch.tensor([len(c) for c in chunk], device=self.device)  # (B,)
+            with torch.inference_mode():
+                # Pass 1: the contexts; logits only at their last positions: (B, V)
+                cache, logits = self._contexts(chunk, lengths, shared, keep_cache=bool(multi))
+                rows = torch.tensor([row for row, _ in reqs], device=self.device)
+                first = torch.tensor([e.continuation[0] for _, e in reqs], device=self.device)
+                # log p(first token | context) = logit - logsumexp(logits), per request
+                first_lp = logits[rows, first] - torch.logsumexp(logits, -1)[rows]
+                first_hit = logits.argmax(-1)[rows] == first
+                # Pass 2: the other tokens of multi-token continuations, on the cache
+                rest = self._continuations(cache, chunk, lengths, multi, bs)
+            for (_, e), lp, hit in zip(reqs, first_lp.tolist(), first_hit.tolist(), strict=True):
+                more_lp, more_hit = rest.get(e.index, (0.0, True))
+                results[e.index] = (lp + more_lp, bool(hit and more_hit))
+        return results
+
+    def _shared_prefix(self, contexts: list[tuple[int, ...]]) -> tuple[int, Any] | None:
+        """The tokens every context starts with (a task's description and few-shot
+        examples: one task's requests come in one call) run once: ``(length, cache)``, or
+        None when that prefix is short or its cache cannot be copied. Each context keeps
+        at least one token of its own, whose logits predict the continuation."""
+        if len(contexts) < 2:
+            return None
+        n = min(len(c) for c in contexts) - 1
+        first = contexts[0]
+        for c in contexts[1:]:
+            n = next((i for i in range(n) if c[i] != first[i]), n)  # first difference
+            if n < _MIN_SHARED_PREFIX:
+                return None
+        last = self._pad([[n - 1]])  # (1, 1): only one position's logits, never used
+        out, _ = self._logits(last, input_ids=self._pad([list(first[:n])]), use_cache=True)
+        return (n, out.past_key_values) if _plain_dynamic_cache(out.past_key_values) else None
+
+    def _contexts(
+        self,
+        chunk: list[tuple[int, ...]],
+        lengths: Any,
+        shared: tuple[int, Any] | None,
+        keep_cache: bool,
+    ) -> tuple[Any, Any]:
+        """Pass 1 over a batch of contexts, right-padded: the KV cache (when
+        ``keep_cache``; row i holds context i at positions ``< lengths[i]``) and float32
+        logits at each context's last position, (B, V)."""
+        import torch
+
+        if shared is None:
+            # (B, Lc); causal attention keeps the right padding out of every real
+            # position, so no attention mask is needed (and SDPA takes its causal path)
+            out, logits = self._logits(
+                (lengths - 1)[:, None],
+                input_ids=self._pad([list(c) for c in chunk]),
+                use_cache=keep_cache,
             )
-            groups.setdefault(key, []).append(e)
-        keys = sorted(groups, key=lambda k: -len(k))
-        bs = self._batch_size(len(keys[0]) if keys else 1)
-        for start in range(0, len(keys), bs):
-            chunk = keys[start : start + bs]
-            longest = max(len(k) for k in chunk)
-            inp = torch.full((len(chunk), longest), self.tokenizer.pad_token_id, dtype=torch.long)
-            att = torch.zeros((len(chunk), longest), dtype=torch.long)
-            for i, k in enumerate(chunk):
-                inp[i, : len(k)] = torch.tensor(k)
-                att[i, : len(k)] = 1
-            with torch.no_grad():
-                logits = self.model(
-                    input_ids=inp.to(self.device),
-                    attention_mask=att.to(self.device),
-                    use_cache=False,
-                ).logits
-            logprobs = F.log_softmax(logits.float(), dim=-1)
-            for i, k in enumerate(chunk):
-                for e in groups[k]:
-                    cont = e.continuation
-                    n = len(cont)
-                    # Logits at position p predict token p+1, so the continuation's n tokens
-                    # are predicted by the last n input positions (for one token, the input
-                    # is the context itself and its last position predicts it).
-                    end = len(k)
-                    lp = logprobs[i, end - n : end]
-                    target = torch.tensor(cont[-n:], device=lp.device)
-                    picked = lp.gather(1, target[:, None]).squeeze(1)
-                    greedy = bool((lp.argmax(-1) == target).all())
-                    results[e.index] = (float(picked.sum()), greedy)
-        return [r if r is not None else (float("-inf"), False) for r in results]
+            return out.past_key_values, logits[:, 0]
+        # The shared prefix's cache, one row per context: (B, heads, P, head_dim) per
+        # layer; the rest of each context goes on top, at positions P.. (B, Lr); the mask
+        # (B, P + Lr) hides the padding of the rest.
+        n, prefix = shared
+        rows = torch.zeros(len(chunk), dtype=torch.long, device=self.device)
+        rest = self._pad([list(c[n:]) for c in chunk])
+        width = rest.shape[1]
+        own = torch.arange(width, device=self.device) < (lengths - n)[:, None]  # (B, Lr)
+        out, logits = self._logits(
+            (lengths - n - 1)[:, None],
+            input_ids=rest,
+            attention_mask=torch.cat([own.new_ones(len(chunk), n), own], 1).long(),
+            position_ids=n + torch.arange(width, device=self.device).expand(len(chunk), width),
+            past_key_values=_copy_rows(prefix, rows),
+            use_cache=True,
+        )
+        return out.past_key_values, logits[:, 0]
+
+    def _continuations(
+        self,
+        cache: Any,
+        contexts: list[tuple[int, ...]],
+        lengths: Any,
+        multi: list[tuple[int, _Encoded]],
+        bs: int,
+    ) -> dict[int, tuple[float, bool]]:
+        """Pass 2: the log-probability of tokens 2..n of each multi-token continuation (and
+        whether each is the argmax), keyed by request index. A continuation of n tokens
+        feeds its first n - 1 tokens on top of its context's cached keys and values;
+        without a reusable cache, it feeds the context again in front of them."""
+        import torch
+
+        reusable = _plain_dynamic_cache(cache)
+        out: dict[int, tuple[float, bool]] = {}
+        multi = sorted(multi, key=lambda re: -len(re[1].continuation))  # less padding
+        for start in range(0, len(multi), bs):
+            part = multi[start : start + bs]
+            rows = torch.tensor([row for row, _ in part], device=self.device)  # (R,)
+            conts = [e.continuation for _, e in part]
+            # inputs (R, Lx): each continuation but its last token; targets: the next tokens
+            inputs, targets = self._pad([c[:-1] for c in conts]), self._pad([c[1:] for c in conts])
+            n_new = torch.tensor([len(c) - 1 for c in conts], device=self.device)  # (R,)
+            width = inputs.shape[1]
+            valid = torch.arange(width, device=self.device) < n_new[:, None]  # (R, Lx)
+            if reusable:
+                # The contexts' cache, one row per continuation: (R, heads, Lc, head_dim) per
+                # layer (a copy: the forward appends to it). The mask hides each context's
+                # padding (R, Lc + Lx); positions continue each context: (R, Lx).
+                past = _copy_rows(cache, rows)
+                ctx_width = cache.layers[0].keys.shape[-2]
+                ctx_mask = torch.arange(ctx_width, device=self.device) < lengths[rows][:, None]
+                _, logits = self._logits(
+                    valid,
+                    input_ids=inputs,
+                    attention_mask=torch.cat([ctx_mask, valid], 1).long(),
+                    position_ids=lengths[rows][:, None] + torch.arange(width, device=self.device),
+                    past_key_values=past,
+                    use_cache=True,
+                )
+            else:
+                seqs = [list(contexts[row]) + e.continuation[:-1] for row, e in part]
+                full = self._pad(seqs)  # (R, Lc + Lx), right-padded
+                pos = torch.arange(full.shape[1], device=self.device)
+                begin = lengths[rows][:, None]
+                keep = (pos >= begin) & (pos < begin + n_new[:, None])  # continuation positions
+                _, logits = self._logits(keep, input_ids=full, use_cache=False)
+            # logits: (M, V) for the M = valid.sum() real positions, row-major like targets[valid]
+            target = targets[valid]  # (M,)
+            lp = logits.gather(1, target[:, None])[:, 0] - torch.logsumexp(logits, -1)
+            hit = logits.argmax(-1) == target
+            row_of = torch.arange(len(part), device=self.device)[:, None].expand_as(valid)[valid]
+            sums = torch.zeros(len(part), dtype=torch.float64, device=self.device)
+            sums.index_add_(0, row_of, lp.double())  # (R,)
+            hits = torch.zeros(len(part), dtype=torch.long, device=self.device)
+            hits.index_add_(0, row_of, hit.long())
+            greedy = hits == n_new
+            for (_, e), s, g in zip(part, sums.tolist(), greedy.tolist(), strict=True):
+                out[e.index] = (s, bool(g))
+        return out
+
+    def _pad(self, seqs: list[list[int]]) -> Any:
+        """Right-padded (len(seqs), longest) token ids on the model's device."""
+        import torch
+
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        rows = [s + [pad] * (width - len(s)) for s in seqs]
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def _logits(self, keep: Any, **inputs: Any) -> tuple[Any, Any]:
+        """Run the model; return its output and float32 logits at the kept positions only:
+        ``keep`` (B, k) positions give (B, k, V); a (B, L) bool mask gives (M, V), the kept
+        positions in row-major order. Models whose forward takes ``logits_to_keep`` project
+        only those positions to the vocabulary; others are sliced afterwards."""
+        import torch
+
+        if self._keeps_logits:
+            inputs["logits_to_keep"] = keep
+        out = self.model(**inputs)
+        logits = out.logits
+        wanted = (int(keep.sum()),) if keep.dtype == torch.bool else tuple(keep.shape)
+        if tuple(logits.shape[:-1]) != wanted:  # the model returned every position
+            logits = (
+                logits[keep]
+                if keep.dtype == torch.bool
+                else logits.gather(1, keep[..., None].expand(*keep.shape, logits.shape[-1]))
+            )
+        return out, logits.float()
 
     def _batch_size(self, longest: int) -> int:
         if isinstance(self.batch_size, int):
@@ -158,9 +362,12 @@ class HFEvalModel:
         bs = 64
         while bs > 1:
             try:
-                with torch.no_grad():
+                with torch.inference_mode():
                     x = torch.zeros((bs, longest), dtype=torch.long, device=self.device)
-                    self.model(input_ids=x, use_cache=False)
+                    # with the KV cache, as the contexts' pass keeps it for the continuations
+                    keep = {"logits_to_keep": 1} if self._keeps_logits else {}
+                    out = self.model(input_ids=x, use_cache=True, **keep)
+                    del out
                 return bs
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
