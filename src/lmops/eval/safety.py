@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmops.core.errors import UserError
+from lmops.core.jsonl import json_objects
 from lmops.eval.judge import JudgeOutcome, JudgeTemplate, agreement, cohen_kappa
 from lmops.eval.lm import EvalModel
 from lmops.eval.subjective import judge_all, template_info
@@ -113,16 +114,7 @@ def load_redteam(path: str | Path | None = None) -> list[SafetyPrompt]:
             raise UserError(f"{path}: cannot read the red-team set: {e}") from None
     prompts: list[SafetyPrompt] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{source}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not a JSON object: {e.msg} (column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for lineno, where, row in json_objects(text, str(source)):
         for name in _ROW_FIELDS:
             value = row.get(name)
             if not isinstance(value, str) or not value.strip():

@@ -17,13 +17,13 @@ and is left out of means and win rates. Reports name the judge model and the tem
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from lmops.core.errors import UserError
+from lmops.core.jsonl import json_objects
 from lmops.eval.judge import (
     PAIRWISE_TEMPLATE,
     SINGLE_REF_TEMPLATE,
@@ -108,16 +108,7 @@ def load_subjective_set(path: str | Path) -> list[SubjectiveItem]:
         raise UserError(f"{path}: cannot read the subjective set: {e}") from None
     items: list[SubjectiveItem] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not a JSON object: {e.msg} (column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for lineno, where, row in json_objects(text, str(path)):
         unknown = [k for k in row if k not in _FIELDS]
         if unknown:
             raise UserError(
