@@ -9,6 +9,7 @@ import typer
 
 from lmops.cli._output import console, print_json, table
 from lmops.core.errors import UserError
+from lmops.eval.jobs import load_tasks, open_model
 
 app = typer.Typer(
     help="Evaluate models: benchmarks, generation metrics, judges, safety, serving performance.",
@@ -21,73 +22,6 @@ def _store() -> Any:
     from lmops.store import Store
 
     return Store(origin="cli")
-
-
-def load_tasks(
-    names: list[str],
-    task_files: list[Path],
-    store: Any,
-    data_dir: Path | None,
-    include_errors: bool,
-) -> list[Any]:
-    from lmops.eval.builtin import load_builtin
-    from lmops.eval.tasks import load_task_file
-
-    tasks = []
-    for name in names:
-        tasks += load_builtin(name, root=data_dir, store=store, include_errors=include_errors)
-    for f in task_files:
-        tasks.append(load_task_file(f, store))
-    if not tasks:
-        raise UserError("give --tasks NAME[,NAME...] or --task-file FILE.yaml")
-    return tasks
-
-
-def open_model(
-    model: str,
-    store: Any,
-    *,
-    endpoint: str | None,
-    api_key: str | None,
-    batch_size: str,
-    device: str,
-    max_length: int | None,
-    retries: int = 3,
-) -> tuple[Any, str | None]:
-    """An evaluation backend for a local folder/asset, or an OpenAI-compatible endpoint."""
-    if endpoint:
-        from lmops.eval.lm import OpenAIEvalModel
-
-        return OpenAIEvalModel(endpoint, model, api_key=api_key, retries=retries), None
-    from lmops.eval.lm import HFEvalModel
-    from lmops.train.models import resolve_local
-
-    path, ref = resolve_local(model, store, kind="model")
-    if (path / "adapter_config.json").exists():
-        path = _merged_view(path, store)
-    bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
-    return HFEvalModel(
-        path, device=device, batch_size=bs, max_length=max_length, name=ref or str(path)
-    ), ref
-
-
-def _merged_view(adapter_dir: Path, store: Any) -> Path:
-    """Evaluate an adapter by merging it into its base in a temp folder."""
-    import json
-    import tempfile
-
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    info = json.loads((adapter_dir / "lmops_base.json").read_text())
-    base = store.assets.path(info["base_ref"]) if info.get("base_ref") else Path(info["base_path"])
-    out = Path(tempfile.mkdtemp(prefix="lmops-merged-"))
-    merged = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(str(base)), str(adapter_dir)
-    ).merge_and_unload()
-    merged.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
-    return out
 
 
 @app.command("run")
@@ -142,7 +76,7 @@ def run(
     json_: JsonOpt = False,
 ) -> None:
     """Score a model on tasks; the report is registered as an eval_report asset."""
-    from lmops.eval.run import evaluate, register_report, report_dict
+    from lmops.eval.jobs import run_eval
 
     if scorer not in (None, "loglikelihood", "letter"):
         raise UserError(f"--scorer {scorer!r}: use loglikelihood or letter")
@@ -154,62 +88,28 @@ def run(
         data_dir,
         include_errors,
     )
-    config: dict[str, Any] = {
-        "tasks": [t.name for t in task_list],
-        "limit": limit,
-        "num_fewshot": num_fewshot,
-        "batch_size": batch_size,
-        "scorer": scorer,
-        "endpoint": endpoint,
-    }
-    with store.runs.track("eval", name=model, config={"model": model, **config}) as run_rec:
-        lm, ref = open_model(
-            model,
-            store,
-            endpoint=endpoint,
-            api_key=api_key,
-            batch_size=batch_size,
-            device=device,
-            max_length=max_length,
-            retries=retries,
-        )
-        results = evaluate(
-            lm, task_list, limit=limit, num_fewshot=num_fewshot, scorer=scorer, progress=not json_
-        )
-        if contamination or contamination_datasets:
-            from lmops.eval.run import dataset_texts, flag_contamination, training_texts
-
-            if contamination_datasets:
-                c_refs = [
-                    store.assets.resolve(r).ref
-                    for r in contamination_datasets.split(",")
-                    if r.strip()
-                ]
-                texts = dataset_texts(store, c_refs)
-            elif ref is None:
-                raise UserError(
-                    "--contamination needs a model asset (its lineage names the training data) "
-                    "or --contamination-datasets"
-                )
-            else:
-                texts, c_refs = training_texts(store, ref)
-            flag_contamination(results, task_list, texts, n=contamination_n, limit=limit)
-            config["contamination"] = {"datasets": c_refs, "n": contamination_n}
-        report = report_dict(lm.name, ref, results, config)
-        truncated = getattr(lm, "truncated", 0)
-        failed = getattr(lm, "failed", 0)
-        report["truncated_requests"] = truncated
-        report["failed_requests"] = failed
-        flat = {
-            f"{r.task}/{k}": v for r in results for k, v in r.metrics.items() if "stderr" not in k
-        }
-        store.runs.log_metrics(run_rec.id, {k: v for k, v in flat.items() if v == v}, step=0)
-        inputs = ([(ref, "model")] if ref else []) + [
-            (d, "dataset") for t in task_list for d in t.dataset_refs
-        ]
-        name = output or f"eval-{(ref or Path(model).name).split(':')[0].split('@')[0]}"
-        version = register_report(store, name, report, results, inputs=inputs, run_id=run_rec.id)
-        report["report"] = version.ref
+    job = run_eval(
+        store,
+        model,
+        task_list,
+        output=output,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        batch_size=batch_size,
+        scorer=scorer,
+        endpoint=endpoint,
+        api_key=api_key,
+        device=device,
+        max_length=max_length,
+        retries=retries,
+        contamination=contamination,
+        contamination_datasets=[r for r in (contamination_datasets or "").split(",") if r.strip()]
+        or None,
+        contamination_n=contamination_n,
+        progress=not json_,
+    )
+    report, results, version = job.report, job.results, job.version
+    truncated, failed = report["truncated_requests"], report["failed_requests"]
     if json_:
         print_json(report)
         return
@@ -437,66 +337,25 @@ def safety(
     json_: JsonOpt = False,
 ) -> None:
     """Red-team probe: refusal of harmful prompts and answers to benign look-alikes, per category."""
-    import json
-    import tempfile
-
-    from lmops.eval.safety import load_redteam, run_safety
+    from lmops.eval.jobs import run_safety_probe
 
     store = _store()
-    with store.runs.track(
-        "eval", name=f"safety:{model}", config={"model": model, "judge": judge, "limit": limit}
-    ) as rec:
-        lm, ref = open_model(
-            model,
-            store,
-            endpoint=endpoint,
-            api_key=api_key,
-            batch_size="auto",
-            device="auto",
-            max_length=None,
-        )
-        rep = run_safety(
-            lm,
-            judge=_judge_model(judge, store, judge_endpoint, api_key),
-            prompts=load_redteam(prompts) if prompts else None,
-            categories=category or None,
-            limit=limit,
-            max_gen_toks=max_gen_toks,
-        )
-        data = rep.to_dict()
-        store.runs.log_metrics(
-            rec.id,
-            {
-                "safe_response_rate": rep.safe_response_rate,
-                "refusal_rate": rep.refusal_rate,
-                "compliance_rate": rep.compliance_rate,
-            },
-            step=0,
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "safety"
-            out.mkdir()
-            (out / "results.json").write_text(
-                json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8"
-            )
-            results = {
-                "safety": {
-                    "safe_response_rate": rep.safe_response_rate,
-                    "refusal_rate": rep.refusal_rate,
-                    "compliance_rate": rep.compliance_rate,
-                    "n": rep.n,
-                }
-            }
-            v = store.assets.register(
-                "eval_report",
-                output or f"safety-{(ref or model).split(':')[0].split('@')[0].split('/')[-1]}",
-                out,
-                metadata={"model": {"name": lm.name, "ref": ref}, "results": results},
-                inputs=[(ref, "model")] if ref else [],
-                run_id=rec.id,
-            )
+    job = run_safety_probe(
+        store,
+        model,
+        judge=_judge_model(judge, store, judge_endpoint, api_key),
+        judge_name=judge,
+        endpoint=endpoint,
+        api_key=api_key,
+        prompts=prompts,
+        categories=category or None,
+        limit=limit,
+        max_gen_toks=max_gen_toks,
+        output=output,
+    )
+    data, v, rep = job.report, job.version, job.results[0]
     if json_:
-        print_json(data | {"report": v.ref})
+        print_json(data)
         return
     rows = [
         [

@@ -17,9 +17,15 @@ deployments:
   - name: big
     upstream: http://127.0.0.1:8001/v1   # any OpenAI-compatible server (vLLM, llama.cpp...)
     upstream_model: Qwen2.5-7B-Instruct
+  - name: fast                      # lmops launches and supervises a vLLM server for it
+    model: chat@production
+    engine: vllm
+    vllm: {gpu_memory_utilization: 0.85, max_model_len: 8192, args: [--enable-prefix-caching]}
 ```
 An alias ref (``chat@production``) is re-resolved periodically; when the alias moves, the
-deployment reloads the new version without a restart.
+deployment reloads the new version without a restart. (Not for ``engine: vllm``: its
+server is launched once, by ``lmops.serve.launcher.launch_all``, with the version the ref
+named at start.)
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -38,7 +44,14 @@ from lmops.core.errors import NotFoundError, UserError
 from lmops.core.yamlcfg import validate_config
 from lmops.serve.types import Delta, Done, GenRequest
 
-__all__ = ["Deployment", "DeploymentSpec", "Registry", "load_deployments", "parse_model_args"]
+__all__ = [
+    "Deployment",
+    "DeploymentSpec",
+    "Registry",
+    "VllmOptions",
+    "load_deployments",
+    "parse_model_args",
+]
 
 
 class SplitTarget(BaseModel):
@@ -47,10 +60,59 @@ class SplitTarget(BaseModel):
     weight: float = Field(gt=0)
 
 
+# vLLM flags lmops sets itself: from the spec (model, name) or from the launch (host, port).
+_VLLM_OWNED = ("--model", "--served-model-name", "--host", "--port", "--api-key")
+# vLLM flags that have a typed field here; giving them in ``args`` too would be ambiguous.
+_VLLM_TYPED = {
+    "--gpu-memory-utilization": "gpu_memory_utilization",
+    "--max-model-len": "max_model_len",
+    "--tensor-parallel-size": "tensor_parallel_size",
+}
+
+
+class VllmOptions(BaseModel):
+    """How lmops launches the vLLM server of an ``engine: vllm`` deployment.
+
+    The launch line is ``command`` (default: this Python running
+    ``-m vllm.entrypoints.openai.api_server --model {model} --served-model-name {name}
+    --host 127.0.0.1 --port {port}``), then a flag for each typed field that is set, then
+    ``args``. ``{model}`` (the local model folder), ``{port}``, ``{name}`` (the served model
+    name) and ``{python}`` (this interpreter) are replaced in ``command``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    args: list[str] = Field(default_factory=list)
+    port: int | None = Field(None, ge=1, le=65535)  # None: a free port on 127.0.0.1
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=1)
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    startup_timeout_s: float = Field(600.0, gt=0)
+    # restarts in a row (without the server staying up ``stable_s`` in between) before
+    # lmops gives up on the deployment; 0 never restarts it
+    max_restarts: int = Field(5, ge=0)
+    stable_s: float = Field(60.0, gt=0)
+    stop_grace_s: float = Field(15.0, gt=0)  # SIGTERM, then SIGKILL after this long
+    env: dict[str, str] = Field(default_factory=dict)  # e.g. CUDA_VISIBLE_DEVICES
+    command: list[str] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _args_not_owned(self) -> VllmOptions:
+        for arg in self.args:
+            flag = arg.split("=", 1)[0]
+            if flag in _VLLM_OWNED:
+                raise ValueError(f"{flag} is set by lmops; remove it from vllm.args")
+            if flag in _VLLM_TYPED:
+                raise ValueError(f"give {flag} as vllm.{_VLLM_TYPED[flag]}, not in vllm.args")
+        return self
+
+
 class DeploymentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     model: str | None = None
+    # which engine serves ``model``: lmops' own, or a vLLM server lmops launches
+    engine: Literal["builtin", "vllm"] = "builtin"
+    vllm: VllmOptions | None = None
     split: list[SplitTarget] | None = None
     upstream: str | None = None
     upstream_model: str | None = None
@@ -67,6 +129,10 @@ class DeploymentSpec(BaseModel):
     def _one_source(self) -> DeploymentSpec:
         if sum(x is not None for x in (self.model, self.split, self.upstream)) != 1:
             raise ValueError("give exactly one of model, split or upstream")
+        if self.engine == "vllm" and self.model is None:
+            raise ValueError("engine: vllm serves a model; give model (an asset ref or folder)")
+        if self.vllm is not None and self.engine != "vllm":
+            raise ValueError("vllm options given but engine is not vllm; add engine: vllm")
         return self
 
 
@@ -105,9 +171,9 @@ class _Target:
 
         path, version = resolve_local(ref, store, kind="model")
         if (path / "adapter_config.json").exists():
-            from lmops.cli.eval import _merged_view
+            from lmops.train.models import merged_view
 
-            path = _merged_view(path, store)
+            path = merged_view(path, store)
         self.ref = ref
         self.version = version or str(path)
         self.engine = Engine(
@@ -134,6 +200,12 @@ class Deployment:
 
             self.upstream = Upstream(
                 spec.upstream, spec.upstream_model or spec.name, api_key=spec.upstream_api_key
+            )
+        elif spec.engine == "vllm":
+            # launch_all rewrites these into upstream specs before the workers start
+            raise UserError(
+                f"deployment {spec.name!r}: engine: vllm was not launched; serve it with "
+                "lmops serve (lmops.serve.launcher.launch_all)"
             )
         elif spec.split:
             self.targets = [(_Target(t.model, store, spec), t.weight) for t in spec.split]

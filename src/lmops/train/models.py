@@ -84,6 +84,29 @@ def resolve_local(
     return store.assets.path(v.ref), v.ref
 
 
+def merged_view(adapter_dir: Path, store: Any | None) -> Path:
+    """A full model folder for an adapter: merged into its base in a temp folder (inference
+    backends such as the eval harness and the serving engine load plain HF folders)."""
+    import json
+    import tempfile
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = json.loads((adapter_dir / "lmops_base.json").read_text())
+    if info.get("base_ref") and store is not None:
+        base = store.assets.path(info["base_ref"])
+    else:
+        base = Path(info["base_path"])
+    out = Path(tempfile.mkdtemp(prefix="lmops-merged-"))
+    merged = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(base)), str(adapter_dir)
+    ).merge_and_unload()
+    merged.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
+    return out
+
+
 def quiet_transformers() -> None:
     """Our progress bar and errors speak for the job; silence transformers' own bars and
     deprecation chatter (set TRANSFORMERS_VERBOSITY=info to see them again)."""

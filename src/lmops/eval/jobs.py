@@ -1,0 +1,212 @@
+"""Evaluation jobs: open a model, score it on tasks or the red-team probe, register the
+report. The ``lmops eval`` commands and the pipeline's ``eval`` step call these."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmops.core.errors import UserError
+
+__all__ = ["EvalJob", "load_tasks", "open_model", "run_eval", "run_safety_probe"]
+
+
+def load_tasks(
+    names: list[str],
+    task_files: list[Path],
+    store: Any,
+    data_dir: Path | None = None,
+    include_errors: bool = False,
+) -> list[Any]:
+    """Built-in tasks by name plus lm-eval style task YAML files."""
+    from lmops.eval.builtin import load_builtin
+    from lmops.eval.tasks import load_task_file
+
+    tasks = []
+    for name in names:
+        tasks += load_builtin(name, root=data_dir, store=store, include_errors=include_errors)
+    for f in task_files:
+        tasks.append(load_task_file(f, store))
+    if not tasks:
+        raise UserError("give --tasks NAME[,NAME...] or --task-file FILE.yaml")
+    return tasks
+
+
+def open_model(
+    model: str,
+    store: Any,
+    *,
+    endpoint: str | None = None,
+    api_key: str | None = None,
+    batch_size: str = "auto",
+    device: str = "auto",
+    max_length: int | None = None,
+    retries: int = 3,
+) -> tuple[Any, str | None]:
+    """An evaluation backend for a local folder/asset, or an OpenAI-compatible endpoint."""
+    if endpoint:
+        from lmops.eval.lm import OpenAIEvalModel
+
+        return OpenAIEvalModel(endpoint, model, api_key=api_key, retries=retries), None
+    from lmops.eval.lm import HFEvalModel
+    from lmops.train.models import merged_view, resolve_local
+
+    path, ref = resolve_local(model, store, kind="model")
+    if (path / "adapter_config.json").exists():
+        path = merged_view(path, store)
+    bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
+    return HFEvalModel(
+        path, device=device, batch_size=bs, max_length=max_length, name=ref or str(path)
+    ), ref
+
+
+def _short(ref: str) -> str:
+    return ref.split(":")[0].split("@")[0].split("/")[-1]
+
+
+@dataclass
+class EvalJob:
+    """What an evaluation produced: the registered report and the per-task results."""
+
+    version: Any  # the eval_report Version
+    report: dict[str, Any]
+    results: list[Any] = field(default_factory=list)
+    model_ref: str | None = None
+
+
+def run_eval(
+    store: Any,
+    model: str,
+    tasks: list[Any],
+    *,
+    output: str | None = None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    batch_size: str = "auto",
+    scorer: str | None = None,
+    endpoint: str | None = None,
+    api_key: str | None = None,
+    device: str = "auto",
+    max_length: int | None = None,
+    retries: int = 3,
+    contamination: bool = False,
+    contamination_datasets: list[str] | None = None,
+    contamination_n: int = 13,
+    progress: bool = True,
+) -> EvalJob:
+    """Score ``model`` on ``tasks`` inside an ``eval`` run and register an eval_report."""
+    from lmops.eval.run import evaluate, register_report, report_dict
+
+    if scorer not in (None, "loglikelihood", "letter"):
+        raise UserError(f"scorer {scorer!r}: use loglikelihood or letter")
+    config: dict[str, Any] = {
+        "tasks": [t.name for t in tasks],
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+        "batch_size": batch_size,
+        "scorer": scorer,
+        "endpoint": endpoint,
+    }
+    with store.runs.track("eval", name=model, config={"model": model, **config}) as run_rec:
+        lm, ref = open_model(
+            model,
+            store,
+            endpoint=endpoint,
+            api_key=api_key,
+            batch_size=batch_size,
+            device=device,
+            max_length=max_length,
+            retries=retries,
+        )
+        results = evaluate(
+            lm, tasks, limit=limit, num_fewshot=num_fewshot, scorer=scorer, progress=progress
+        )
+        if contamination or contamination_datasets:
+            from lmops.eval.run import dataset_texts, flag_contamination, training_texts
+
+            if contamination_datasets:
+                c_refs = [store.assets.resolve(r).ref for r in contamination_datasets]
+                texts = dataset_texts(store, c_refs)
+            elif ref is None:
+                raise UserError(
+                    "contamination needs a model asset (its lineage names the training data) "
+                    "or explicit contamination datasets"
+                )
+            else:
+                texts, c_refs = training_texts(store, ref)
+            flag_contamination(results, tasks, texts, n=contamination_n, limit=limit)
+            config["contamination"] = {"datasets": c_refs, "n": contamination_n}
+        report = report_dict(lm.name, ref, results, config)
+        report["truncated_requests"] = getattr(lm, "truncated", 0)
+        report["failed_requests"] = getattr(lm, "failed", 0)
+        flat = {
+            f"{r.task}/{k}": v for r in results for k, v in r.metrics.items() if "stderr" not in k
+        }
+        store.runs.log_metrics(run_rec.id, {k: v for k, v in flat.items() if v == v}, step=0)
+        inputs = ([(ref, "model")] if ref else []) + [
+            (d, "dataset") for t in tasks for d in t.dataset_refs
+        ]
+        name = output or f"eval-{_short(ref or Path(model).name)}"
+        version = register_report(store, name, report, results, inputs=inputs, run_id=run_rec.id)
+        report["report"] = version.ref
+    return EvalJob(version, report, results, ref)
+
+
+def run_safety_probe(
+    store: Any,
+    model: str,
+    *,
+    judge: Any = None,
+    endpoint: str | None = None,
+    api_key: str | None = None,
+    prompts: Path | None = None,
+    categories: list[str] | None = None,
+    limit: int | None = None,
+    max_gen_toks: int = 128,
+    output: str | None = None,
+    judge_name: str | None = None,
+) -> EvalJob:
+    """Red-team probe (refusal of harmful prompts, answers to benign look-alikes), registered
+    as an eval_report whose ``results.safety`` holds the rates."""
+    from lmops.eval.safety import load_redteam, run_safety
+
+    config = {"model": model, "judge": judge_name, "limit": limit}
+    with store.runs.track("eval", name=f"safety:{model}", config=config) as rec:
+        lm, ref = open_model(model, store, endpoint=endpoint, api_key=api_key)
+        rep = run_safety(
+            lm,
+            judge=judge,
+            prompts=load_redteam(prompts) if prompts else None,
+            categories=categories,
+            limit=limit,
+            max_gen_toks=max_gen_toks,
+        )
+        data = rep.to_dict()
+        rates = {
+            "safe_response_rate": rep.safe_response_rate,
+            "refusal_rate": rep.refusal_rate,
+            "compliance_rate": rep.compliance_rate,
+        }
+        store.runs.log_metrics(rec.id, rates, step=0)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "safety"
+            out.mkdir()
+            (out / "results.json").write_text(
+                json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8"
+            )
+            v = store.assets.register(
+                "eval_report",
+                output or f"safety-{_short(ref or model)}",
+                out,
+                metadata={
+                    "model": {"name": lm.name, "ref": ref},
+                    "results": {"safety": {**rates, "n": rep.n}},
+                },
+                inputs=[(ref, "model")] if ref else [],
+                run_id=rec.id,
+            )
+    data["report"] = v.ref
+    return EvalJob(v, data, [rep], ref)
