@@ -50,11 +50,12 @@ app.add_typer(audit_app, name="audit")
 
 
 def _add_stage_apps() -> None:
-    from lmops.cli import data, eval, train
+    from lmops.cli import data, eval, serve, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(train.app, name="train")
     app.add_typer(eval.app, name="eval")
+    app.add_typer(serve.app, name="serve")
 
 
 _add_stage_apps()
@@ -605,64 +606,6 @@ def usage(
     cols = ["requests", "errors", "prompt tok", "completion tok", "p50 ms", "ttft p50 ms"]
     table("per key", ["key", *cols], rows(data["by_key"]))
     table("per deployment", ["deployment", *cols], rows(data["by_deployment"]))
-
-
-# -- serve ------------------------------------------------------------------------------------------
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    model: Annotated[
-        list[str],
-        typer.Option(
-            "--model", help="NAME=REF: serve an asset ref or model folder as NAME (repeatable)."
-        ),
-    ] = [],  # noqa: B006
-    deployments: Annotated[
-        Path | None, typer.Option(help="Deployments YAML (engines, A/B splits, upstreams).")
-    ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
-    log_level: Annotated[str, typer.Option()] = "info",
-) -> None:
-    """Run the HTTP server: /healthz, /readyz, /docs, /api/... and, with --model or
-    --deployments, the OpenAI-compatible API under /v1."""
-    import json as _json
-
-    import uvicorn
-
-    from lmops.serve.deployments import load_deployments, parse_model_args
-    from lmops.serve.server import ENV
-    from lmops.store import Store
-
-    Store(origin="api").close()  # migrate once before workers start, and fail early
-    specs = parse_model_args(model) + (load_deployments(deployments) if deployments else [])
-    if workers > 1:
-        # every worker writes its metrics here and /metrics aggregates them
-        import tempfile
-
-        from lmops.core.config import Settings
-
-        run_dir = Settings.from_env().home / "run"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-", dir=run_dir)
-    if specs:
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise UserError("a deployment name is given twice")
-        os.environ[ENV] = _json.dumps([s.model_dump(mode="json") for s in specs])
-    console.print(
-        f"lmops {__version__} serving on http://{host}:{port} (API docs at /docs)"
-        + (f"; /v1 models: {', '.join(s.name for s in specs)}" if specs else ""),
-        markup=False,
-    )
-    uvicorn.run(
-        "lmops.api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-    )
 
 
 def main() -> None:

@@ -1,0 +1,259 @@
+"""``lmops serve`` (run the HTTP server) and ``lmops serve batch`` (a dataset through a deployment).
+
+``lmops serve --model NAME=REF`` with no subcommand runs the server, as it always has; the
+group's options belong to the server, the subcommand's to the batch job.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmops import __version__
+from lmops.cli._output import console, err_console, print_json
+from lmops.core.errors import UserError
+
+app = typer.Typer(
+    help="Run the HTTP server (/healthz, /docs, /api and, with --model or --deployments, the "
+    "OpenAI-compatible /v1); `lmops serve batch` runs a dataset through a deployment offline.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ModelOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--model", help="NAME=REF: serve an asset ref or model folder as NAME (repeatable)."
+    ),
+]
+DeploymentsOpt = Annotated[
+    Path | None, typer.Option(help="Deployments YAML (engines, A/B splits, upstreams).")
+]
+
+ACCESS_LOG_ENV = "LMOPS_ACCESS_LOG"
+
+
+class AccessLog(StrEnum):
+    json = "json"
+    off = "off"
+
+
+@app.callback()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    model: ModelOpt = [],  # noqa: B006
+    deployments: DeploymentsOpt = None,
+    workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,
+    log_level: Annotated[str, typer.Option()] = "info",
+    access_log: Annotated[
+        AccessLog,
+        typer.Option(
+            "--access-log",
+            envvar=ACCESS_LOG_ENV,
+            case_sensitive=False,
+            help="json: one JSON line per request on stderr; off: none.",
+        ),
+    ] = AccessLog.json,
+) -> None:
+    """Run the HTTP server: /healthz, /readyz, /docs, /api/... and, with --model or
+    --deployments, the OpenAI-compatible API under /v1. `lmops serve batch` runs a dataset
+    through a deployment offline."""
+    if ctx.invoked_subcommand is not None:
+        # `lmops serve --model x=y batch ...`: the deployment sources carry over to the batch
+        ctx.obj = {"model": list(model), "deployments": deployments}
+        return
+    _run_server(
+        host=host,
+        port=port,
+        model=model,
+        deployments=deployments,
+        workers=workers,
+        log_level=log_level,
+        access_log=access_log,
+    )
+
+
+def _run_server(
+    *,
+    host: str,
+    port: int,
+    model: list[str],
+    deployments: Path | None,
+    workers: int,
+    log_level: str,
+    access_log: AccessLog,
+) -> None:
+    import json
+
+    import uvicorn
+
+    from lmops.serve.deployments import load_deployments, parse_model_args
+    from lmops.serve.server import ENV
+    from lmops.store import Store
+
+    Store(origin="api").close()  # migrate once before workers start, and fail early
+    specs = parse_model_args(model) + (load_deployments(deployments) if deployments else [])
+    if workers > 1:
+        # every worker writes its metrics here and /metrics aggregates them
+        import tempfile
+
+        from lmops.core.config import Settings
+
+        run_dir = Settings.from_env().home / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-", dir=run_dir)
+    if specs:
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise UserError("a deployment name is given twice")
+        os.environ[ENV] = json.dumps([s.model_dump(mode="json") for s in specs])
+    # Workers are child processes (or this one): the app's access-log middleware reads this.
+    os.environ[ACCESS_LOG_ENV] = access_log.value
+    console.print(
+        f"lmops {__version__} serving on http://{host}:{port} (API docs at /docs)"
+        + (f"; /v1 models: {', '.join(s.name for s in specs)}" if specs else ""),
+        markup=False,
+    )
+    uvicorn.run(
+        "lmops.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        # json: the app writes its own structured line per request, so uvicorn's plain one
+        # would be a duplicate; off: no access log at all.
+        access_log=False,
+    )
+
+
+# -- batch ------------------------------------------------------------------------------------------
+@app.command("batch")
+def batch(
+    ctx: typer.Context,
+    input_: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            help="Dataset asset ref or local .jsonl/.json/.parquet file or folder: chat "
+            "(messages), alpaca (instruction/input) or prompt/text rows.",
+        ),
+    ],
+    output: Annotated[str, typer.Option(help="Dataset asset name for the answers.")],
+    deployment: Annotated[
+        str | None, typer.Option(help="Deployment to run (default: the only one given).")
+    ] = None,
+    model: ModelOpt = [],  # noqa: B006
+    deployments: DeploymentsOpt = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per answer.")] = 256,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, max=2.0, help="0 is greedy (deterministic).")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Row i samples with seed + i.")] = 0,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Requests in flight at once (default: the deployment's max_running)."
+        ),
+    ] = None,
+    allow_errors: Annotated[
+        bool,
+        typer.Option("--allow-errors", help="Register the answered rows even if some rows failed."),
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Answer every row of a dataset with a deployment and register the chats as a dataset.
+
+    Resumable: rerun the same command after a kill or failure and finished rows are skipped.
+    Exits 1 if rows failed (they are kept for the rerun) unless --allow-errors."""
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from lmops.serve.batch import BatchSpec, run_batch
+    from lmops.serve.deployments import load_deployments, parse_model_args
+    from lmops.store import Store
+
+    parent = ctx.obj or {}
+    model = [*parent.get("model", []), *model]
+    deployments = deployments or parent.get("deployments")
+    specs = parse_model_args(model) + (load_deployments(deployments) if deployments else [])
+    spec = BatchSpec(
+        deployment=deployment,
+        input=input_,
+        output=output,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        concurrency=concurrency,
+        allow_errors=allow_errors,
+    )
+    store = Store(origin="cli")
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[failed]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=json_,
+    )
+    tasks: list[TaskID] = []
+    first: list[float] = []  # (time, rows) when this invocation began: its own rows/s
+
+    def progress(done: int, total: int, failed: int) -> None:
+        now = time.monotonic()
+        if not tasks:
+            # started only once the model is loaded and rows are known, so that early errors
+            # print alone; a resumed batch starts at its finished rows (the ETA is then right)
+            first.extend([now, done])
+            bar.start()
+            tasks.append(bar.add_task("batch", total=total, completed=done, rate="", failed=""))
+        rate = (done - first[1]) / (now - first[0]) if now > first[0] else 0.0
+        bar.update(
+            tasks[0],
+            completed=done,
+            rate=f"{rate:.2f} rows/s",
+            failed=f"[red]{failed} failed[/]" if failed else "",
+        )
+
+    try:
+        result = run_batch(store, specs, spec, progress=progress)
+    finally:
+        if tasks:
+            bar.stop()
+    if json_:
+        print_json(result.to_dict())
+        return
+    console.print(
+        f"batch: {result.rows} rows ({result.resumed} resumed, {result.generated} generated"
+        + (f", {result.failed} failed" if result.failed else "")
+        + (f", {result.empty} empty answers" if result.empty else "")
+        + f"), {result.prompt_tokens} prompt + {result.completion_tokens} completion tokens, "
+        f"{result.rows_per_s:.2f} rows/s; registered {result.output} ({result.written} rows, "
+        f"run {result.run_id})",
+        markup=False,
+    )
+    if result.failed:
+        err_console.print(
+            f"{result.failed} failed rows are listed in {result.output}'s _failed.jsonl",
+            markup=False,
+        )

@@ -1,0 +1,717 @@
+"""Batch inference: a dataset through a deployment, offline, resumable.
+
+    lmops serve batch --model chat=chat@production --input prompts --output answers
+
+The deployment is built in this process (the built-in engine, an A/B split, or an upstream
+server), without the HTTP gateway, its keys or its policy layer: the caller has the store
+already. Every input row becomes prompt messages (:func:`prompt_of`):
+
+* chat rows (``messages``): the turns up to the last user turn; a trailing assistant turn
+  (a reference answer) is dropped and answered again;
+* alpaca rows (``instruction``, optional ``input``/``system``; ``output`` is ignored);
+* ``{"prompt": str | messages}`` rows and preference rows (their prompt);
+* ``{"text": str}`` rows, sent as one user turn.
+
+Validation is :mod:`lmops.data.formats`' own: a row is completed with a stand-in answer and
+must then be a valid training row, so an error names the row and field as ``lmops data
+validate`` would. Every row is checked before any model is loaded.
+
+Output: a ``dataset`` asset whose ``data.jsonl`` holds, in input order, SFT chat rows
+(``messages`` = prompt + the assistant answer, which ``lmops train`` accepts as they are) with
+``metadata`` (input line, model version, finish_reason, prompt/completion tokens,
+latency_ms) and the input row's ``id`` when it has one. Rows that failed or got an empty
+answer are in ``_failed.jsonl`` (training skips files starting with ``_``). Lineage: the
+input dataset version (role ``input``) and each model version behind the deployment (role
+``model``); the job is a ``batch`` run with metrics rows, tokens, errors and rows/s.
+
+Resume: each answer is appended, as it completes, to ``$LMOPS_HOME/batch/<fingerprint>/
+results.jsonl``, where the fingerprint covers the input content, the model versions (or the
+upstream URL and model) and the generation parameters (max_tokens, temperature, seed) — not
+the concurrency nor the output name. Rerunning a killed or failed batch with the same
+arguments skips the finished rows, retries failed ones and continues the same run record;
+with greedy decoding (the default) or a fixed seed (each row samples with ``seed + row
+index``) the final dataset is the one an uninterrupted run makes. The folder is removed once
+the dataset is registered.
+
+Failures: a row whose request fails (upstream error, engine error, prompt longer than the
+context) is recorded with its error and counted; if any row failed, the job stops with
+:class:`BatchFailed` (exit 1) after all other rows are done, keeping them for the rerun,
+unless ``allow_errors`` registers the rows that succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmops.core.errors import ConflictError, LmopsError, NotFoundError, UserError
+from lmops.serve.deployments import Deployment, DeploymentSpec
+from lmops.serve.types import Delta, Done, GenRequest
+
+__all__ = [
+    "Answer",
+    "Backend",
+    "BatchFailed",
+    "BatchResult",
+    "BatchSpec",
+    "Item",
+    "RowFailed",
+    "backend_for",
+    "pick_deployment",
+    "prompt_of",
+    "read_items",
+    "run_batch",
+]
+
+Message = dict[str, str]
+# Bumped when prompt conversion or the work-file layout changes, so old work is not reused.
+_WORK_FORMAT = 1
+# Completes a prompt-only row so lmops.data.formats can validate it as a training row.
+_STAND_IN = "-"
+_METRICS_EVERY_S = 5.0
+
+
+class BatchSpec(BaseModel):
+    """One batch job; the CLI's options, loadable from YAML like every job config."""
+
+    model_config = ConfigDict(extra="forbid")
+    deployment: str | None = None  # None: the only deployment given
+    input: str  # dataset asset ref, or a local .jsonl/.json/.parquet file or folder of them
+    output: str  # dataset asset name to register
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+    seed: int = 0
+    concurrency: int | None = Field(None, ge=1)  # None: the deployment's max_running
+    allow_errors: bool = False
+
+
+class BatchFailed(LmopsError):
+    """Some rows failed; the finished ones are kept and a rerun retries the rest (exit 1)."""
+
+
+class RowFailed(Exception):
+    """A request for one row failed; recorded with the row, the batch goes on."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input row: its position, where it came from, and the prompt to answer."""
+
+    index: int  # 0-based, over all input files in order
+    where: str  # file:line, for messages and metadata
+    messages: list[Message]
+    id: Any = None  # the row's "id", copied to the output
+
+
+@dataclass
+class Answer:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    model: str  # the version that answered (asset ref, folder, or upstream model)
+    latency_ms: float = 0.0
+
+
+class Backend(Protocol):
+    """Answers one prompt; raises :class:`RowFailed` for a failure of that row."""
+
+    async def complete(self, item: Item, spec: BatchSpec) -> Answer: ...
+
+
+@dataclass
+class BatchResult:
+    output: str | None  # the registered version ref (None if nothing was registered)
+    run_id: str
+    rows: int  # input rows
+    succeeded: int
+    failed: int
+    empty: int  # answered with empty text: kept out of data.jsonl
+    written: int  # rows in the registered data.jsonl
+    resumed: int  # rows finished by an earlier, interrupted invocation
+    generated: int  # rows answered by this invocation
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    rows_per_s: float  # generated / seconds of this invocation
+    work_dir: str
+    errors: list[str] = field(default_factory=list)  # the first few, "file:line: message"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- deployment -----------------------------------------------------------------------------------
+def pick_deployment(specs: list[DeploymentSpec], name: str | None) -> DeploymentSpec:
+    """The spec called ``name``, or the only one when ``name`` is None."""
+    if not specs:
+        raise UserError("no deployment: give --model NAME=REF or --deployments FILE.yaml")
+    names = [s.name for s in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UserError(f"deployment {dup[0]!r} is defined twice")
+    if name is None:
+        if len(specs) > 1:
+            raise UserError(f"several deployments ({', '.join(names)}); pick one with --deployment")
+        return specs[0]
+    for s in specs:
+        if s.name == name:
+            return s
+    raise NotFoundError(f"deployment {name!r} is not defined; defined: {', '.join(names)}")
+
+
+class _EngineBackend:
+    """The built-in engine(s) of a deployment; a split picks its target per row, seeded."""
+
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+
+    def _target(self, item: Item, seed: int) -> Any:
+        targets = self.dep.targets
+        if len(targets) == 1:
+            return targets[0][0]
+        # deterministic per row, so a resumed batch sends each row where it went before
+        x = random.Random(f"{seed}:{item.index}").random() * sum(w for _, w in targets)
+        for t, w in targets:
+            x -= w
+            if x <= 0:
+                return t
+        return targets[-1][0]
+
+    async def complete(self, item: Item, spec: BatchSpec) -> Answer:
+        target = self._target(item, spec.seed)
+        engine = target.engine
+        prompt_ids = engine.encode_chat(item.messages)
+        room = engine.max_context - len(prompt_ids)
+        if room <= 0:
+            raise RowFailed(
+                f"the prompt has {len(prompt_ids)} tokens; the model's context is "
+                f"{engine.max_context}"
+            )
+        req = GenRequest(
+            request_id=f"batch-{item.index}",
+            prompt_ids=prompt_ids,
+            max_tokens=min(spec.max_tokens, room),
+            temperature=spec.temperature,
+            seed=spec.seed + item.index,
+        )
+        text = ""
+        done: Done | None = None
+        async for ev in engine.generate(req):
+            if isinstance(ev, Delta):
+                text += ev.text
+            else:
+                done = ev
+        assert done is not None
+        if done.finish_reason == "error":
+            raise RowFailed(f"engine error: {done.error}")
+        return Answer(
+            text, done.finish_reason, done.prompt_tokens, done.completion_tokens, target.version
+        )
+
+
+class _UpstreamBackend:
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+
+    async def complete(self, item: Item, spec: BatchSpec) -> Answer:
+        from lmops.serve.upstream import UpstreamError
+
+        body = {
+            "messages": item.messages,
+            "max_tokens": spec.max_tokens,
+            "temperature": spec.temperature,
+            "seed": spec.seed + item.index,
+        }
+        try:
+            status, data = await self.dep.upstream.request("/chat/completions", body)
+        except UpstreamError as e:
+            raise RowFailed(str(e)) from None
+        if status >= 400:
+            err = data.get("error") or {}
+            raise RowFailed(f"upstream answered {status}: {err.get('message') or data}")
+        try:
+            choice = data["choices"][0]
+            usage = data.get("usage") or {}
+            return Answer(
+                str(choice["message"].get("content") or ""),
+                str(choice.get("finish_reason") or "stop"),
+                int(usage.get("prompt_tokens", 0)),
+                int(usage.get("completion_tokens", 0)),
+                self.dep.upstream.model,
+            )
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise RowFailed(f"upstream answered an unexpected body: {str(data)[:200]}") from None
+
+
+def backend_for(dep: Deployment) -> Backend:
+    return _UpstreamBackend(dep) if dep.upstream is not None else _EngineBackend(dep)
+
+
+def _model_versions(dep: Deployment) -> list[tuple[str, float, bool]]:
+    """(version, weight, is an asset ref) of each model behind ``dep``."""
+    if dep.upstream is not None:
+        return [(f"{dep.upstream.base_url}#{dep.upstream.model}", 1.0, False)]
+    # _Target.version is the asset ref, or the folder when the spec named an existing path
+    return [(t.version, w, not Path(t.ref).expanduser().exists()) for t, w in dep.targets]
+
+
+# -- input ----------------------------------------------------------------------------------------
+def prompt_of(row: Any, where: str) -> list[Message]:
+    """The prompt messages of one input row (see the module docstring for the formats).
+
+    Raises :class:`UserError` naming ``where`` and the field of the first problem.
+    """
+    from lmops.data.formats import detect_format, to_chat, to_preference, validate_row
+
+    if not isinstance(row, Mapping):
+        raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    fmt = detect_format(row)
+    kinds = {"sft_chat": "a chat", "sft_alpaca": "an alpaca", "pretrain": "a text"}
+    label = kinds.get(fmt or "", "a preference")
+    if fmt is None and "prompt" in row:
+        fmt, label = "preference", "a prompt"  # validated as the prompt of a preference row
+    stand_in = {"role": "assistant", "content": _STAND_IN}
+    probe: Mapping[str, Any]
+    if fmt == "preference":
+        probe = {"prompt": row.get("prompt"), "chosen": _STAND_IN, "rejected": _STAND_IN + "-"}
+    elif fmt == "sft_chat":
+        msgs = row["messages"]
+        last = msgs[-1] if isinstance(msgs, list) and msgs else None
+        if isinstance(last, Mapping) and last.get("role") == "assistant":
+            msgs = msgs[:-1]  # a reference answer: answered again
+        probe = {"messages": [*msgs, stand_in] if isinstance(msgs, list) else msgs}
+    elif fmt == "sft_alpaca":
+        probe = {**row, "output": _STAND_IN}  # the reference output is not needed
+    elif fmt == "pretrain":
+        probe = row
+    else:
+        raise UserError(
+            f"{where}: cannot read a prompt: expected 'messages', 'instruction', 'prompt' or "
+            f"'text', got keys {sorted(row)}"
+        )
+    problems = validate_row(probe, fmt)
+    if problems:
+        p = problems[0]
+        at = f"field '{p.field}': " if p.field else ""
+        raise UserError(f"{where}: {at}{p.reason} (read as {label} row)")
+    if fmt == "preference":
+        return to_preference(probe)[0]
+    if fmt == "pretrain":
+        return [{"role": "user", "content": str(row["text"])}]
+    return to_chat(probe, fmt)[:-1]
+
+
+def _input_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(
+        f
+        for f in path.rglob("*")
+        if f.is_file()
+        and f.suffix in (".jsonl", ".json", ".parquet")
+        and not any(part.startswith(("_", ".")) for part in f.relative_to(path).parts)
+    )
+    if not files:
+        raise UserError(f"{path}: no .jsonl/.json/.parquet rows in this folder")
+    return files
+
+
+def _rows(f: Path, label: str) -> Iterator[tuple[str, Any]]:
+    """(file:line, row) for a JSONL file, a JSON array file or a Parquet file."""
+    if f.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        n = 0
+        for b in pq.ParquetFile(f).iter_batches():
+            for row in b.to_pylist():
+                n += 1
+                yield f"{label}:row {n}", row
+        return
+    text = f.read_text(encoding="utf-8")
+    if f.suffix == ".json" and text.lstrip().startswith("["):
+        for n, row in enumerate(json.loads(text), 1):
+            yield f"{label}:item {n}", row
+        return
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 is legal JSON
+        if not line.strip():
+            continue
+        try:
+            yield f"{label}:{n}", json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{label}:{n}: malformed JSON ({e.msg}); fix the row") from None
+
+
+def read_items(ref_or_path: str, store: Any) -> tuple[list[Item], str | None, str]:
+    """The prompts of an input dataset: ``(items, version ref or None, content id)``.
+
+    The content id is the version ref for an asset and a sha256 of the files for a local
+    path; it keys the resume fingerprint."""
+    from lmops.train.models import resolve_local
+
+    try:
+        path, ref = resolve_local(ref_or_path, store, kind="dataset")
+    except UserError as e:
+        raise UserError(f"--input {e}") from None
+    files = _input_files(path)
+    items: list[Item] = []
+    digest = hashlib.sha256()
+    for f in files:
+        rel = f.name if f == path else str(f.relative_to(path))
+        label = f"{ref}/{rel}" if ref else str(f)
+        if ref is None:
+            digest.update(rel.encode() + b"\0" + f.read_bytes() + b"\0")
+        for where, row in _rows(f, label):
+            rid = row.get("id") if isinstance(row, Mapping) else None
+            items.append(Item(len(items), where, prompt_of(row, where), rid))
+    if not items:
+        raise UserError(f"--input {ref_or_path}: no rows")
+    return items, ref, ref or "sha256:" + digest.hexdigest()
+
+
+# -- the work folder ------------------------------------------------------------------------------
+def _fingerprint(content_id: str, models: list[tuple[str, float, bool]], spec: BatchSpec) -> str:
+    key = {
+        "format": _WORK_FORMAT,
+        "input": content_id,
+        "models": [[v, w] for v, w, _ in models],
+        "params": {"max_tokens": spec.max_tokens, "temperature": spec.temperature},
+        "seed": spec.seed,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def _locked(work: Path) -> Iterator[None]:
+    """One invocation per work folder: a second one with the same arguments is refused."""
+    import fcntl
+
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / "lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise ConflictError(
+                f"a batch with the same input, model and parameters is running "
+                f"(pid {fh.read().strip() or '?'}); wait for it or stop it"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _load_results(path: Path) -> dict[int, dict[str, Any]]:
+    """The last record of each row; a line cut short by a kill is dropped (and truncated
+    away so that later appends start on a fresh line)."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+    out: dict[int, dict[str, Any]] = {}
+    for line in data[:end].split(b"\n"):
+        if line.strip():
+            rec = json.loads(line)
+            out[int(rec["i"])] = rec
+    return out
+
+
+# -- the job --------------------------------------------------------------------------------------
+ProgressFn = Callable[[int, int, int], None]  # (rows finished or failed, rows in all, failed)
+
+
+def run_batch(
+    store: Any,
+    specs: list[DeploymentSpec],
+    spec: BatchSpec,
+    *,
+    progress: ProgressFn | None = None,
+    backend: Callable[[Deployment], Backend] = backend_for,
+) -> BatchResult:
+    """Run ``spec`` (see the module docstring); ``backend`` is the seam tests wrap."""
+    from lmops.store.refs import check_name
+
+    check_name(spec.output)
+    dspec = pick_deployment(specs, spec.deployment)
+    if dspec.upstream is None and spec.max_tokens > dspec.max_tokens_cap:
+        raise UserError(
+            f"--max-tokens {spec.max_tokens} is above the max_tokens_cap of deployment "
+            f"{dspec.name!r} ({dspec.max_tokens_cap})"
+        )
+    items, input_ref, content_id = read_items(spec.input, store)
+    concurrency = spec.concurrency or dspec.max_running
+    if dspec.upstream is None:
+        # the engine batches every in-flight request: let all of them run at once
+        dspec = dspec.model_copy(update={"max_running": concurrency})
+    dep = Deployment(dspec, store)
+    try:
+        models = _model_versions(dep)
+        fp = _fingerprint(content_id, models, spec)
+        work = Path(store.settings.home) / "batch" / fp
+        with _locked(work):
+            return _run(
+                store,
+                dep,
+                backend(dep),
+                items,
+                input_ref,
+                models,
+                spec,
+                work,
+                concurrency,
+                progress,
+            )
+    finally:
+        dep.close()
+
+
+def _run(
+    store: Any,
+    dep: Deployment,
+    be: Backend,
+    items: list[Item],
+    input_ref: str | None,
+    models: list[tuple[str, float, bool]],
+    spec: BatchSpec,
+    work: Path,
+    concurrency: int,
+    progress: ProgressFn | None,
+) -> BatchResult:
+    from lmops.store import RunStatus
+
+    results_path = work / "results.jsonl"
+    done = _load_results(results_path)
+    resumed = sum(1 for r in done.values() if r["ok"])
+    state_path = work / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    config = {
+        **spec.model_dump(mode="json"),
+        "deployment": dep.name,
+        "concurrency": concurrency,
+        "models": [v for v, _, _ in models],
+        "work_dir": str(work),
+    }
+    run = None
+    if state.get("run_id"):
+        with contextlib.suppress(NotFoundError):
+            run = store.runs.reopen(state["run_id"])
+    if run is None:
+        run = store.runs.start("batch", name=spec.output, config=config)
+        state = {"run_id": run.id, "input": spec.input, "config": config}
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(state_path)
+    try:
+        result = _generate(
+            store, run.id, be, items, done, spec, results_path, concurrency, progress
+        )
+        result.resumed = resumed
+        result.work_dir = str(work)
+        if result.failed and not spec.allow_errors:
+            raise BatchFailed(
+                f"{result.failed} of {result.rows} rows failed (first: {result.errors[0]}); "
+                f"the {result.succeeded} finished rows are kept in {work}: rerun the same "
+                "command to retry the failed rows, or add --allow-errors to register the rest"
+            )
+        result.output = _register(store, run.id, items, done, input_ref, models, spec, result)
+    except KeyboardInterrupt:
+        store.runs.finish(run.id, RunStatus.CANCELLED, "interrupted")
+        raise
+    except BaseException as e:
+        store.runs.finish(run.id, RunStatus.FAILED, f"{type(e).__name__}: {e}")
+        raise
+    store.runs.finish(run.id, RunStatus.SUCCEEDED)
+    shutil.rmtree(work, ignore_errors=True)  # the results now live in the store
+    return result
+
+
+def _generate(
+    store: Any,
+    run_id: str,
+    be: Backend,
+    items: list[Item],
+    done: dict[int, dict[str, Any]],
+    spec: BatchSpec,
+    results_path: Path,
+    concurrency: int,
+    progress: ProgressFn | None,
+) -> BatchResult:
+    """Answer every row not finished yet; ``done`` is updated with each new record."""
+    todo = [it for it in items if not (it.index in done and done[it.index]["ok"])]
+    started = time.perf_counter()
+    generated = failed_now = 0  # by this invocation (earlier failures are being retried)
+    finished = len(items) - len(todo)  # rows with an answer, kept up to date
+    last_log = started
+
+    def log() -> None:
+        elapsed = time.perf_counter() - started
+        store.runs.log_metrics(
+            run_id,
+            {
+                "rows": finished,
+                "errors": sum(1 for r in done.values() if not r["ok"]),
+                "prompt_tokens": sum(r.get("prompt_tokens", 0) for r in done.values()),
+                "completion_tokens": sum(r.get("completion_tokens", 0) for r in done.values()),
+                "rows_per_s": generated / elapsed if elapsed > 0 else 0.0,
+            },
+            finished,
+        )
+
+    async def main() -> None:
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        for it in todo:
+            queue.put_nowait(it)
+        with open(results_path, "a", encoding="utf-8") as out:
+
+            async def worker() -> None:
+                nonlocal generated, failed_now, finished, last_log
+                while True:
+                    try:
+                        it = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    t0 = time.perf_counter()
+                    rec: dict[str, Any]
+                    try:
+                        a = await be.complete(it, spec)
+                        a.latency_ms = round((time.perf_counter() - t0) * 1000, 1)
+                        rec = {"i": it.index, "ok": True, **asdict(a)}
+                        generated += 1
+                        finished += 1
+                    except Exception as e:  # a failure of this row, whatever it is
+                        msg = str(e) if isinstance(e, RowFailed) else f"{type(e).__name__}: {e}"
+                        rec = {"i": it.index, "ok": False, "error": msg}
+                        failed_now += 1
+                    # one write per line, flushed: a kill loses at most the line being written
+                    out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    out.flush()
+                    done[it.index] = rec
+                    if progress is not None:
+                        progress(finished + failed_now, len(items), failed_now)
+                    if time.perf_counter() - last_log >= _METRICS_EVERY_S:
+                        last_log = time.perf_counter()
+                        log()
+
+            await asyncio.gather(*(worker() for _ in range(min(concurrency, len(todo)) or 1)))
+
+    if progress is not None:
+        progress(finished, len(items), 0)
+    if todo:
+        asyncio.run(main())
+    seconds = time.perf_counter() - started
+    log()
+    answers = [r for r in done.values() if r["ok"]]
+    by_index = {it.index: it for it in items}
+    errors = [f"{by_index[i].where}: {done[i]['error']}" for i in sorted(done) if not done[i]["ok"]]
+    return BatchResult(
+        output=None,
+        run_id=run_id,
+        rows=len(items),
+        succeeded=len(answers),
+        failed=len(done) - len(answers),
+        empty=sum(1 for r in answers if not r["text"].strip()),
+        written=0,
+        resumed=0,
+        generated=generated,
+        prompt_tokens=sum(int(r["prompt_tokens"]) for r in answers),
+        completion_tokens=sum(int(r["completion_tokens"]) for r in answers),
+        seconds=round(seconds, 3),
+        rows_per_s=round(generated / seconds, 3) if seconds > 0 else 0.0,
+        work_dir="",
+        errors=errors[:10],
+    )
+
+
+def _register(
+    store: Any,
+    run_id: str,
+    items: list[Item],
+    done: dict[int, dict[str, Any]],
+    input_ref: str | None,
+    models: list[tuple[str, float, bool]],
+    spec: BatchSpec,
+    result: BatchResult,
+) -> str:
+    """Write data.jsonl (+ _failed.jsonl) in input order and register them as a dataset."""
+    kept = 0
+    with tempfile.TemporaryDirectory(prefix="lmops-batch-") as tmp:
+        folder = Path(tmp) / spec.output
+        folder.mkdir()
+        with (
+            open(folder / "data.jsonl", "w", encoding="utf-8") as data,
+            open(folder / "_failed.jsonl", "w", encoding="utf-8") as failed,
+        ):
+            for it in items:
+                rec = done.get(it.index)
+                if rec is None:  # unreachable: every row is answered or failed
+                    raise RuntimeError(f"{it.where}: no result")
+                row: dict[str, Any] = {} if it.id is None else {"id": it.id}
+                if rec["ok"] and rec["text"].strip():
+                    row["messages"] = [*it.messages, {"role": "assistant", "content": rec["text"]}]
+                    row["metadata"] = {
+                        "source": it.where,
+                        "model": rec["model"],
+                        "finish_reason": rec["finish_reason"],
+                        "prompt_tokens": rec["prompt_tokens"],
+                        "completion_tokens": rec["completion_tokens"],
+                        "latency_ms": rec["latency_ms"],
+                    }
+                    data.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    kept += 1
+                else:
+                    error = rec.get("error") or "the model answered with empty text"
+                    row.update({"source": it.where, "messages": it.messages, "error": error})
+                    failed.write(json.dumps(row, ensure_ascii=False) + "\n")
+        result.written = kept
+        if kept == 0:
+            raise BatchFailed(
+                f"no row got an answer ({result.failed} failed, {result.empty} empty); "
+                "nothing was registered"
+            )
+        if not result.failed and not result.empty:
+            (folder / "_failed.jsonl").unlink()
+        inputs: list[tuple[str, str]] = [(input_ref, "input")] if input_ref else []
+        inputs += [(v, "model") for v, _, is_ref in models if is_ref]
+        v = store.assets.register(
+            "dataset",
+            spec.output,
+            folder,
+            metadata={
+                "format": "sft_chat",
+                "rows": kept,
+                "failed": result.failed,
+                "empty": result.empty,
+                "input": input_ref or spec.input,
+                "models": [m for m, _, _ in models],
+                "params": {
+                    "max_tokens": spec.max_tokens,
+                    "temperature": spec.temperature,
+                    "seed": spec.seed,
+                },
+            },
+            inputs=inputs,
+            run_id=run_id,
+            description=f"batch answers of {input_ref or spec.input}",
+        )
+    return str(v.ref)
