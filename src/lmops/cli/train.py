@@ -90,9 +90,9 @@ def _launch(
 ) -> Any:
     """Start ``nproc`` worker processes under torchrun; rank 0 registers the output."""
     from lmops.store import RunStatus
-    from lmops.train.run import TrainResult, _find_resumable
+    from lmops.train.run import TrainResult, find_resumable
 
-    run_id = _find_resumable(store, spec) if resume else None
+    run_id = find_resumable(store, spec) if resume else None
     if resume and run_id is None:
         raise UserError(
             f"--resume: no interrupted training run of {spec.output!r} with a checkpoint"

@@ -17,7 +17,14 @@ from pydantic import BaseModel, ValidationError
 
 from lmops.core.errors import UserError
 
-__all__ = ["apply_overrides", "format_loc", "line_of", "load_config", "validate_config"]
+__all__ = [
+    "apply_overrides",
+    "format_loc",
+    "line_of",
+    "load_config",
+    "node_line",
+    "validate_config",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -51,6 +58,11 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
             return line
         line = node.start_mark.line + 1
     return line
+
+
+def node_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` in an already composed document."""
+    return _line_of(node, loc)
 
 
 def line_of(path: Path, loc: tuple[Any, ...]) -> int | None:

@@ -192,3 +192,19 @@ class InflightRow(Base):
     request_id: Mapped[str] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     pid: Mapped[int] = mapped_column(Integer)
+
+
+class StepCacheRow(Base):
+    """A pipeline step that completed: its cache key (config + input versions + lmops
+    version) and the asset versions it produced, so an unchanged step is not run again."""
+
+    __tablename__ = "step_cache"
+    __table_args__ = (Index("ix_step_cache_pipeline_step", "pipeline", "step"),)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(128))
+    step: Mapped[str] = mapped_column(String(128))
+    step_type: Mapped[str] = mapped_column(String(32))
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

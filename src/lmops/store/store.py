@@ -12,6 +12,7 @@ from lmops.store.audit import AuditLog
 from lmops.store.db import Database
 from lmops.store.keys import KeyRing
 from lmops.store.runs import RunTracker
+from lmops.store.steps import StepCache
 
 __all__ = ["GcReport", "Store"]
 
@@ -52,6 +53,7 @@ class Store:
         self.assets = AssetRegistry(self)
         self.runs = RunTracker(self)
         self.keys = KeyRing(self)
+        self.steps = StepCache(self)
 
     def as_actor(self, actor: str, origin: str) -> Store:
         """A view of this store that audits changes as ``actor`` from ``origin``."""
@@ -62,6 +64,7 @@ class Store:
         other.assets = AssetRegistry(other)
         other.runs = RunTracker(other)
         other.keys = KeyRing(other)
+        other.steps = StepCache(other)
         return other
 
     def gc(self, grace_s: float = 3600.0) -> GcReport:

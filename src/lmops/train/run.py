@@ -35,7 +35,7 @@ from lmops.train.models import count_parameters, load_base, resolve_local
 from lmops.train.spec import TrainSpec
 from lmops.train.tracking import StoreTracker, plot_loss_curve
 
-__all__ = ["TrainResult", "merge_adapter", "run_training"]
+__all__ = ["TrainResult", "find_resumable", "merge_adapter", "run_training"]
 
 
 @dataclass
@@ -85,7 +85,8 @@ def _load_rows(spec: TrainSpec, paths: list[Path]) -> list[tuple[str, int, Any]]
     return rows
 
 
-def _find_resumable(store: Any, spec: TrainSpec) -> str | None:
+def find_resumable(store: Any, spec: TrainSpec) -> str | None:
+    """The id of an interrupted run of this spec's output that left a checkpoint."""
     for run in store.runs.list(kind="train", limit=200):
         ckpt = Path(store.runs.dir(run.id)) / "checkpoints"
         if (
@@ -114,7 +115,7 @@ def run_training(
     rows = _load_rows(spec, paths) if spec.stage != "pretrain" else []
     config = spec.model_dump(mode="json")
     if run_id is None and resume:
-        run_id = _find_resumable(store, spec)
+        run_id = find_resumable(store, spec)
         if run_id is None:
             raise UserError(
                 f"--resume: no interrupted training run of {spec.output!r} with a checkpoint"

@@ -197,11 +197,24 @@ def load_spec(path: Path, overrides: list[str] | None = None) -> TrainSpec:
         raise UserError(f"{path}{':' + str(mark.line + 1) if mark else ''}: invalid YAML") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
+    return spec_from_dict(data, overrides, source=str(path), node=node)
+
+
+def spec_from_dict(
+    data: dict[str, Any],
+    overrides: list[str] | None = None,
+    *,
+    source: str = "train spec",
+    node: yaml.Node | None = None,
+) -> TrainSpec:
+    """A spec from a mapping (a job YAML's content, or a pipeline step's ``spec:``), with
+    an optional ``preset: NAME`` merged under it and dotted overrides applied on top."""
+    data = dict(data)
     preset = data.pop("preset", None)
     if preset is not None:
         if preset not in PRESETS:
-            raise UserError(f"{path}: preset {preset!r} unknown; presets: {', '.join(PRESETS)}")
+            raise UserError(f"{source}: preset {preset!r} unknown; presets: {', '.join(PRESETS)}")
         data = _merge(PRESETS[preset], data)
     if overrides:
         data = apply_overrides(data, overrides)
-    return validate_config(data, TrainSpec, source=str(path), node=node)
+    return validate_config(data, TrainSpec, source=source, node=node)

@@ -1,0 +1,315 @@
+"""Run a pipeline: steps in dependency order, each skipped when its cache key is known.
+
+The cache key of a step is a sha256 over the pipeline and step names, the step type, its
+parameters after references are substituted (earlier steps' outputs are pinned ``name:N``
+refs), every input it names pinned to what it is now (an asset's version ref, a local
+file's content digest) and the lmops version. A completed step is recorded in the store's
+step cache with the versions it produced, so re-running an unchanged pipeline runs nothing,
+and a run that failed (or was killed) resumes at the step that did not finish; training
+steps also resume from their last checkpoint.
+
+The whole run is recorded as a ``pipeline`` run whose params list each step's outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from lmops import __version__
+from lmops.core.errors import LmopsError, UserError
+from lmops.core.yamlcfg import format_loc
+from lmops.pipelines.spec import Pipeline, substitute
+from lmops.pipelines.steps import STEP_TYPES, StepContext, canonical, pin_inputs
+
+__all__ = [
+    "PipelineRun",
+    "StepState",
+    "plan_pipeline",
+    "run_pipeline",
+    "select_steps",
+    "step_key",
+]
+
+# Bumped when a step type's behaviour changes in a way old cache entries must not hide.
+CACHE_FORMAT = 1
+
+
+@dataclass
+class StepState:
+    name: str
+    type: str
+    status: str = "pending"  # pending, running, done, cached, failed, not run
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    error: str | None = None
+    key: str | None = None
+    run_id: str | None = None
+
+
+@dataclass
+class PipelineRun:
+    pipeline: str
+    run_id: str | None
+    steps: dict[str, StepState]
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status in ("done", "cached") for s in self.steps.values())
+
+    @property
+    def failed(self) -> StepState | None:
+        return next((s for s in self.steps.values() if s.status == "failed"), None)
+
+    def executed(self) -> list[str]:
+        return [n for n, s in self.steps.items() if s.status == "done"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "run_id": self.run_id,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "steps": [asdict(s) for s in self.steps.values()],
+        }
+
+
+def step_key(pipe: Pipeline, name: str, params: dict[str, Any], pinned: dict[str, str]) -> str:
+    material = {
+        "cache_format": CACHE_FORMAT,
+        "lmops": __version__,
+        "pipeline": pipe.name,
+        "step": name,
+        "type": pipe.spec.steps[name].type,
+        "params": params,
+        "inputs": pinned,
+    }
+    return hashlib.sha256(canonical(material).encode()).hexdigest()
+
+
+def select_steps(pipe: Pipeline, only: list[str] | None) -> list[str]:
+    """``only`` plus everything they depend on, in run order (all steps when ``None``)."""
+    if not only:
+        return list(pipe.order)
+    want: set[str] = set()
+    todo = list(only)
+    for name in todo:
+        if name not in pipe.deps:
+            raise UserError(f"--only {name}: no such step in {pipe.source}")
+    while todo:
+        n = todo.pop()
+        if n not in want:
+            want.add(n)
+            todo += pipe.deps[n]
+    return [n for n in pipe.order if n in want]
+
+
+def _params(pipe: Pipeline, name: str, scope: dict[str, Any]) -> Any:
+    step = pipe.spec.steps[name]
+    try:
+        raw = substitute(step.params, scope)
+    except KeyError as e:
+        loc, expr, why = e.args[0]
+        field_ = format_loc((name, *loc))
+        raise UserError(
+            f"{pipe.where('steps', name, *loc)}: steps.{field_}: ${{{expr}}}: {why}"
+        ) from None
+    try:
+        return STEP_TYPES[step.type].params.model_validate(raw), raw
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        raise UserError(
+            f"{pipe.where('steps', name, *loc)}: steps.{name}.{format_loc(loc)}: {err['msg']}"
+        ) from None
+
+
+def run_pipeline(
+    pipe: Pipeline,
+    store: Any,
+    *,
+    force: bool | set[str] = False,
+    only: list[str] | None = None,
+    progress: bool = True,
+    console: Any = None,
+    on_update: Callable[[StepState], None] | None = None,
+    raise_errors: bool = False,
+) -> PipelineRun:
+    """Run ``pipe``; stops at the first failed step (completed steps stay cached).
+
+    ``force`` re-runs every step (``True``) or the named ones; ``only`` runs those steps
+    and what they depend on. ``raise_errors`` re-raises a step's unexpected exception
+    (for ``--debug``) after recording it."""
+    from lmops.store.types import RunStatus
+
+    selected = select_steps(pipe, only)
+    states = {n: StepState(n, pipe.spec.steps[n].type) for n in selected}
+    scope: dict[str, Any] = {
+        "steps": {},
+        "vars": pipe.spec.vars,
+        "pipeline": {"dir": str(pipe.base_dir), "name": pipe.name},
+    }
+    notify = on_update or (lambda s: None)
+    rec = store.runs.start(
+        "pipeline",
+        name=pipe.name,
+        config={"source": pipe.source, "spec": pipe.spec.model_dump(mode="json"), "only": only},
+    )
+    started = time.perf_counter()
+    result = PipelineRun(pipe.name, rec.id, states)
+    failure: BaseException | None = None
+    try:
+        with contextlib.chdir(pipe.base_dir):
+            for name in selected:
+                st = states[name]
+                if failure is not None:
+                    st.status = "not run"
+                    notify(st)
+                    continue
+                try:
+                    _run_step(pipe, name, st, store, scope, force, progress, console, notify)
+                except KeyboardInterrupt:
+                    st.status, st.error = "failed", "interrupted"
+                    notify(st)
+                    raise
+                except LmopsError as e:
+                    st.status, st.error = "failed", str(e)
+                    failure = e
+                    notify(st)
+                except Exception as e:
+                    st.status, st.error = "failed", f"{type(e).__name__}: {e}"
+                    failure = e
+                    notify(st)
+                    if raise_errors:
+                        raise
+    except BaseException as e:
+        _finish(store, rec.id, result, started, RunStatus.CANCELLED, f"{type(e).__name__}: {e}")
+        raise
+    if failure is not None:
+        bad = result.failed
+        assert bad is not None
+        _finish(store, rec.id, result, started, RunStatus.FAILED, f"{bad.name}: {bad.error}")
+    else:
+        _finish(store, rec.id, result, started, RunStatus.SUCCEEDED, None)
+    return result
+
+
+def _finish(
+    store: Any, run_id: str, result: PipelineRun, started: float, status: Any, error: str | None
+) -> None:
+    result.seconds = time.perf_counter() - started
+    steps = {
+        n: {"status": s.status, "outputs": s.outputs, "seconds": round(s.seconds, 3)}
+        for n, s in result.steps.items()
+    }
+    store.runs.update(run_id, params={"steps": steps})
+    store.runs.log_metrics(
+        run_id,
+        {
+            "seconds": result.seconds,
+            "executed": float(len(result.executed())),
+            "cached": float(sum(s.status == "cached" for s in result.steps.values())),
+        },
+        step=0,
+    )
+    store.runs.finish(run_id, status, error)
+
+
+def _run_step(
+    pipe: Pipeline,
+    name: str,
+    st: StepState,
+    store: Any,
+    scope: dict[str, Any],
+    force: bool | set[str],
+    progress: bool,
+    console: Any,
+    notify: Callable[[StepState], None],
+) -> None:
+    step = pipe.spec.steps[name]
+    stype = STEP_TYPES[step.type]
+    params, raw = _params(pipe, name, scope)
+    ctx = StepContext(store, pipe.name, name, pipe.base_dir, console, progress)
+    pinned = pin_inputs(ctx, params.inputs())
+    st.key = step_key(pipe, name, raw, pinned)
+    forced = force is True or (isinstance(force, set) and name in force)
+    cached = None
+    if step.cache and not forced and not stype.always_run(params):
+        cached = store.steps.get(st.key)
+    if cached is not None:
+        st.status = "cached"
+        st.outputs = cached.outputs
+        st.result = {k: v for k, v in cached.result.items() if k != "_summary"}
+        st.summary = str(cached.result.get("_summary", ""))
+        st.run_id = cached.run_id
+    else:
+        st.status = "running"
+        notify(st)
+        t0 = time.perf_counter()
+        out = stype.run(ctx, params)
+        st.seconds = time.perf_counter() - t0
+        st.outputs, st.result, st.summary, st.run_id = (
+            out.outputs,
+            out.result,
+            out.summary,
+            out.run_id,
+        )
+        store.steps.put(
+            st.key,
+            pipeline=pipe.name,
+            step=name,
+            step_type=step.type,
+            outputs=out.outputs,
+            result={**out.result, "_summary": out.summary},
+            run_id=out.run_id,
+        )
+        st.status = "done"
+    scope["steps"][name] = {"outputs": st.outputs, "result": st.result}
+    notify(st)
+
+
+def plan_pipeline(
+    pipe: Pipeline,
+    store: Any,
+    *,
+    only: list[str] | None = None,
+    force: bool | set[str] = False,
+) -> list[dict[str, Any]]:
+    """What ``run_pipeline`` would do, without running anything: for each step ``cached``
+    (with its outputs) or ``run``."""
+    scope: dict[str, Any] = {
+        "steps": {},
+        "vars": pipe.spec.vars,
+        "pipeline": {"dir": str(pipe.base_dir), "name": pipe.name},
+    }
+    plan: list[dict[str, Any]] = []
+    will_run: set[str] = set()
+    with contextlib.chdir(pipe.base_dir):
+        for name in select_steps(pipe, only):
+            step = pipe.spec.steps[name]
+            entry: dict[str, Any] = {"step": name, "type": step.type, "needs": pipe.deps[name]}
+            forced = force is True or (isinstance(force, set) and name in force)
+            if forced or not step.cache or will_run & set(pipe.deps[name]):
+                entry["plan"] = "run"
+            else:
+                params, raw = _params(pipe, name, scope)
+                ctx = StepContext(store, pipe.name, name, pipe.base_dir, None, False)
+                key = step_key(pipe, name, raw, pin_inputs(ctx, params.inputs()))
+                hit = None if STEP_TYPES[step.type].always_run(params) else store.steps.get(key)
+                entry["plan"] = "cached" if hit is not None else "run"
+                if hit is not None:
+                    entry["outputs"] = hit.outputs
+                    scope["steps"][name] = {"outputs": hit.outputs, "result": hit.result}
+            if entry["plan"] == "run":
+                will_run.add(name)
+            plan.append(entry)
+    return plan

@@ -1,0 +1,353 @@
+"""Pipeline YAML: named steps with ``needs:`` and references to earlier steps' outputs.
+
+```yaml
+name: chat-release
+vars: {base: qwen-0.5b@production}
+steps:
+  clean:
+    type: data
+    recipe: recipes/clean.yaml           # paths are relative to this file
+    output: chat-clean
+  sft:
+    type: train
+    spec: {preset: sft-lora, model: "${vars.base}", dataset: "${steps.clean.output}",
+           output: chat-sft}
+  eval:
+    type: eval
+    model: ${steps.sft.output}
+    task_files: [tasks/support.yaml]
+  gate:
+    type: gate
+    candidates: ["${steps.eval.output}"]
+    metric: support/exact_match
+    threshold: 0.6
+    alias: production
+```
+
+References: ``${steps.NAME.output}`` (the step's main output, a pinned ``name:N``),
+``${steps.NAME.outputs.KEY}``, ``${steps.NAME.result.KEY}`` (a value the step reported),
+``${vars.NAME}``, ``${env.NAME}``, ``${pipeline.dir}`` and ``${pipeline.name}``. A value that
+is exactly one reference keeps the referenced value's type; references inside a longer
+string are interpolated. ``$${`` writes a literal ``${``. A step depends on every step it
+names in ``needs:`` or refers to.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lmops.core.errors import UserError
+from lmops.core.yamlcfg import apply_overrides, format_loc, node_line, validate_config
+
+__all__ = [
+    "Pipeline",
+    "PipelineSpec",
+    "StepSpec",
+    "load_pipeline",
+    "pipeline_from_dict",
+    "references",
+    "substitute",
+]
+
+_REF = re.compile(r"(?<!\$)\$\{\s*([^{}]*?)\s*\}")
+_STEP_REF = re.compile(r"^steps\.([A-Za-z0-9_-]+)\.(output|outputs\.[\w.-]+|result\.[\w.-]+)$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+
+
+class StepSpec(BaseModel):
+    """One step: ``type`` picks the step type, every other key is one of its parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    needs: list[str] = Field(default_factory=list)
+    cache: bool = True
+    description: str = ""
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class PipelineSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    vars: dict[str, Any] = Field(default_factory=dict)
+    steps: dict[str, StepSpec] = Field(min_length=1)
+
+
+@dataclass
+class Pipeline:
+    """A validated pipeline: its spec, where it came from, and the order to run it in."""
+
+    spec: PipelineSpec
+    source: str  # file path (or "pipeline") for messages
+    base_dir: Path  # relative paths in steps are resolved against this folder
+    order: list[str]  # topological, ties kept in file order
+    deps: dict[str, list[str]]  # step -> steps it depends on (needs + references)
+    node: yaml.Node | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def where(self, *loc: Any) -> str:
+        """``file:line`` of the YAML node at ``loc`` (for messages), else the source."""
+        line = node_line(self.node, loc) if self.node is not None else None
+        return f"{self.source}:{line}" if line else self.source
+
+
+def references(value: Any) -> list[str]:
+    """Every ``${...}`` expression inside ``value`` (strings, lists, mappings)."""
+    if isinstance(value, str):
+        return [m.group(1) for m in _REF.finditer(value)]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in references(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in references(v)]
+    return []
+
+
+def _lookup(expr: str, scope: dict[str, Any]) -> Any:
+    """The value of one reference; ``KeyError`` with a readable reason when it is missing."""
+    head, _, rest = expr.partition(".")
+    if head == "env":
+        if rest not in os.environ:
+            raise KeyError(f"environment variable {rest} is not set")
+        return os.environ[rest]
+    if head == "steps":
+        m = _STEP_REF.match(expr)
+        if m is None:
+            raise KeyError("use steps.NAME.output, steps.NAME.outputs.KEY or steps.NAME.result.KEY")
+        step, path = m.group(1), m.group(2).split(".")
+        cur: Any = scope["steps"].get(step)
+        if cur is None:
+            raise KeyError(f"step {step!r} has not produced outputs")
+        if path == ["output"]:
+            if "output" not in cur["outputs"]:
+                raise KeyError(f"step {step!r} produced no main output")
+            return cur["outputs"]["output"]
+        cur = cur[path[0]]
+        for part in path[1:]:
+            if not isinstance(cur, dict) or part not in cur:
+                raise KeyError(f"step {step!r} has no {'.'.join(path)}")
+            cur = cur[part]
+        return cur
+    if head in ("vars", "pipeline"):
+        table = scope[head]
+        if rest not in table:
+            raise KeyError(f"{head}.{rest} is not defined")
+        return table[rest]
+    raise KeyError("references start with steps., vars., env. or pipeline.")
+
+
+def substitute(value: Any, scope: dict[str, Any], loc: tuple[Any, ...] = ()) -> Any:
+    """Replace references in ``value``. Raises ``KeyError((loc, expr, reason))``."""
+    if isinstance(value, str):
+        whole = _REF.fullmatch(value.strip()) if value.strip().startswith("${") else None
+        if whole is not None:
+            try:
+                return _lookup(whole.group(1), scope)
+            except KeyError as e:
+                raise KeyError((loc, whole.group(1), e.args[0])) from None
+
+        def one(m: re.Match[str]) -> str:
+            try:
+                return str(_lookup(m.group(1), scope))
+            except KeyError as e:
+                raise KeyError((loc, m.group(1), e.args[0])) from None
+
+        return _REF.sub(one, value).replace("$${", "${")
+    if isinstance(value, dict):
+        return {k: substitute(v, scope, (*loc, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, scope, (*loc, i)) for i, v in enumerate(value)]
+    return value
+
+
+def _find_ref(value: Any, expr: str, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The location of the first string containing ``${expr}`` (for error lines)."""
+    if isinstance(value, str) and expr in references(value):
+        return loc
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else []
+    )
+    for k, v in items:
+        found = _find_ref(v, expr, (*loc, k))
+        if found:
+            return found
+    return ()
+
+
+def _topo(pipe_deps: dict[str, list[str]], order: list[str], where: Any) -> list[str]:
+    """Kahn's algorithm, picking ready steps in file order; a cycle is reported by name."""
+    done: list[str] = []
+    left = list(order)
+    while left:
+        ready = [s for s in left if all(d in done for d in pipe_deps[s])]
+        if not ready:
+            cycle = _a_cycle(pipe_deps, left)
+            raise UserError(
+                f"{where(cycle[0])}: steps form a cycle: {' -> '.join(cycle)}; "
+                "remove one of these dependencies"
+            )
+        done.append(ready[0])
+        left.remove(ready[0])
+    return done
+
+
+def _a_cycle(deps: dict[str, list[str]], nodes: list[str]) -> list[str]:
+    path: list[str] = []
+    cur = nodes[0]
+    while cur not in path:
+        path.append(cur)
+        cur = next(d for d in deps[cur] if d in nodes)
+    return [*path[path.index(cur) :], cur]
+
+
+def pipeline_from_dict(
+    data: Any,
+    *,
+    source: str = "pipeline",
+    base_dir: Path | None = None,
+    node: yaml.Node | None = None,
+    overrides: list[str] | None = None,
+    variables: dict[str, Any] | None = None,
+) -> Pipeline:
+    """Validate a pipeline mapping: names, step types, ``needs``, references, parameters
+    (checked against each step type with references stood in for), and acyclicity."""
+    from lmops.pipelines.steps import STEP_TYPES, check_params
+
+    if overrides:
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: expected a mapping at the top level")
+        data = apply_overrides(data, overrides)
+    spec = validate_config(data, PipelineSpec, source=source, node=node)
+    if variables:
+        spec.vars.update(variables)
+    base = (base_dir or Path.cwd()).resolve()
+    pipe = Pipeline(spec, source, base, [], {}, node)
+    if not _NAME.match(spec.name):
+        raise UserError(
+            f"{pipe.where('name')}: name {spec.name!r}: use letters, digits, '-' and '_'"
+        )
+    names = list(spec.steps)
+    scope_static = {"vars": spec.vars, "pipeline": {"dir": str(base), "name": spec.name}}
+    for name, step in spec.steps.items():
+        loc = ("steps", name)
+        if not _NAME.match(name):
+            raise UserError(f"{pipe.where(*loc)}: step name {name!r}: use letters, digits, - and _")
+        if step.type not in STEP_TYPES:
+            raise UserError(
+                f"{pipe.where(*loc, 'type')}: steps.{name}.type: unknown step type "
+                f"{step.type!r}; known: {', '.join(sorted(STEP_TYPES))}"
+            )
+        deps: list[str] = []
+        for i, need in enumerate(step.needs):
+            if need not in spec.steps:
+                raise UserError(
+                    f"{pipe.where(*loc, 'needs', i)}: steps.{name}.needs: unknown step {need!r}"
+                )
+            deps.append(need)
+        for expr in references(step.params):
+            ref_loc = _find_ref(step.params, expr, ())
+            field = ".".join(str(p) for p in (name, *ref_loc))
+            head = expr.partition(".")[0]
+            if head == "steps":
+                m = _STEP_REF.match(expr)
+                if m is None or m.group(1) not in spec.steps:
+                    why = (
+                        f"unknown step {m.group(1)!r}"
+                        if m is not None
+                        else "use steps.NAME.output, steps.NAME.outputs.KEY or steps.NAME.result.KEY"
+                    )
+                    raise UserError(
+                        f"{pipe.where(*loc, *ref_loc)}: steps.{field}: ${{{expr}}}: {why}"
+                    )
+                if m.group(1) == name:
+                    raise UserError(
+                        f"{pipe.where(*loc, *ref_loc)}: steps.{field}: a step cannot refer to "
+                        "its own outputs"
+                    )
+                if m.group(1) not in deps:
+                    deps.append(m.group(1))
+            elif head in ("vars", "pipeline"):
+                try:
+                    _lookup(expr, scope_static)
+                except KeyError as e:
+                    raise UserError(
+                        f"{pipe.where(*loc, *ref_loc)}: steps.{field}: ${{{expr}}}: {e.args[0]}"
+                    ) from None
+            elif head != "env":
+                raise UserError(
+                    f"{pipe.where(*loc, *ref_loc)}: steps.{field}: ${{{expr}}}: references "
+                    "start with steps., vars., env. or pipeline."
+                )
+        pipe.deps[name] = deps
+        _check_step(pipe, name, step, check_params)
+    pipe.order = _topo(pipe.deps, names, lambda s: pipe.where("steps", s))
+    return pipe
+
+
+def _placeholder(value: Any) -> Any:
+    """Stand-ins for references so parameters can be type-checked before anything runs."""
+    if isinstance(value, str):
+        if value.strip().startswith("${") and _REF.fullmatch(value.strip()):
+            return "placeholder:1"
+        return _REF.sub("placeholder", value)
+    if isinstance(value, dict):
+        return {k: _placeholder(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_placeholder(v) for v in value]
+    return value
+
+
+def _check_step(pipe: Pipeline, name: str, step: StepSpec, check: Any) -> None:
+    try:
+        check(step.type, _placeholder(step.params))
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        raise UserError(
+            f"{pipe.where('steps', name, *loc)}: steps.{name}.{format_loc(loc)}: {err['msg']}"
+        ) from None
+    except UserError as e:
+        raise UserError(f"{pipe.where('steps', name)}: steps.{name}: {e}") from None
+
+
+def load_pipeline(
+    path: Path, overrides: list[str] | None = None, variables: dict[str, Any] | None = None
+) -> Pipeline:
+    """Read and validate ``path`` (``overrides`` like ``steps.sft.spec.train.steps=10``)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid UTF-8") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{line}: invalid YAML") from None
+    return pipeline_from_dict(
+        data,
+        source=str(path),
+        base_dir=path.resolve().parent,
+        node=node,
+        overrides=overrides,
+        variables=variables,
+    )

@@ -1,0 +1,574 @@
+"""Step types: each is a typed parameter model plus a function that runs it through the
+stage's own library (the same code the ``lmops`` commands call) and returns the asset
+versions it produced.
+
+A step type also says which of its parameters are *inputs* (asset refs or local paths):
+the runner pins each to its version (or content digest) in the step's cache key, so a
+moved alias or an edited file re-runs the step and everything after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmops.core.errors import UserError
+
+__all__ = [
+    "STEP_TYPES",
+    "StepContext",
+    "StepOutput",
+    "StepType",
+    "check_params",
+    "digest_path",
+    "step_type",
+]
+
+
+@dataclass
+class StepContext:
+    """What a running step may use: the store, its pipeline, and where to print."""
+
+    store: Any
+    pipeline: str
+    step: str
+    base_dir: Path
+    console: Any  # rich Console
+    progress: bool = True
+
+    def path(self, p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else self.base_dir / q
+
+
+@dataclass
+class StepOutput:
+    """Asset versions produced (``output`` is the main one) and JSON-able facts to report."""
+
+    outputs: dict[str, str] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    run_id: str | None = None
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def inputs(self) -> list[str]:
+        """Asset refs or local paths this step reads (pinned in its cache key)."""
+        return []
+
+
+@dataclass(frozen=True)
+class StepType:
+    name: str
+    params: type[Params]
+    run: Callable[[StepContext, Any], StepOutput]
+    doc: str
+    always_run: Callable[[Any], bool] = lambda p: False  # e.g. a server kept running
+
+
+STEP_TYPES: dict[str, StepType] = {}
+
+
+def step_type(
+    name: str, params: type[Params], *, always_run: Callable[[Any], bool] | None = None
+) -> Callable[[Callable[[StepContext, Any], StepOutput]], Callable[[StepContext, Any], StepOutput]]:
+    """Register a step type (the function's docstring is its help text)."""
+
+    def deco(
+        fn: Callable[[StepContext, Any], StepOutput],
+    ) -> Callable[[StepContext, Any], StepOutput]:
+        STEP_TYPES[name] = StepType(
+            name, params, fn, (fn.__doc__ or "").strip(), always_run or (lambda p: False)
+        )
+        return fn
+
+    return deco
+
+
+def check_params(type_name: str, params: dict[str, Any]) -> Params:
+    return STEP_TYPES[type_name].params.model_validate(params)
+
+
+def digest_path(path: Path) -> str:
+    """sha256 over a file's bytes, or over a folder's (relative path, file digest) pairs."""
+    h = hashlib.sha256()
+    if path.is_file():
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        h.update(digest_path(f).encode())
+    return h.hexdigest()
+
+
+# -- register ---------------------------------------------------------------------------------
+class RegisterParams(Params):
+    path: str
+    name: str
+    kind: str = "dataset"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+    def inputs(self) -> list[str]:
+        return [self.path]
+
+
+@step_type("register", RegisterParams)
+def _register(ctx: StepContext, p: RegisterParams) -> StepOutput:
+    """Register a local file or folder as an asset version (e.g. raw data)."""
+    src = ctx.path(p.path)
+    if not src.exists():
+        raise UserError(f"path: {src} does not exist")
+    v = ctx.store.assets.register(
+        p.kind, p.name, src, metadata=p.metadata, description=p.description
+    )
+    return StepOutput({"output": v.ref}, {"files": v.files, "bytes": v.size}, f"{v.ref}")
+
+
+# -- data -------------------------------------------------------------------------------------
+class DataParams(Params):
+    recipe: str | dict[str, Any]
+    inputs_: list[str] | None = Field(None, alias="inputs")
+    output: str | None = None
+    overrides: list[str] = Field(default_factory=list)
+    workers: int | None = Field(None, ge=1)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def inputs(self) -> list[str]:
+        refs = list(self.inputs_ or [])
+        if isinstance(self.recipe, str):
+            refs.append(self.recipe)
+        elif not self.inputs_:
+            refs += list(self.recipe.get("inputs") or [])
+        return refs
+
+
+@step_type("data", DataParams)
+def _data(ctx: StepContext, p: DataParams) -> StepOutput:
+    """Run a data recipe (clean, filter, dedup, PII) and register its output dataset."""
+    from lmops.core.yamlcfg import apply_overrides, validate_config
+    from lmops.data.executor import dropped_reasons, run_recipe
+    from lmops.data.recipe import Recipe, load_recipe
+    from lmops.data.report import format_summary
+
+    if isinstance(p.recipe, str):
+        path = ctx.path(p.recipe)
+        recipe = load_recipe(path, p.overrides)
+        base = path.parent
+    else:
+        data = apply_overrides(dict(p.recipe), p.overrides) if p.overrides else dict(p.recipe)
+        data.setdefault("name", f"{ctx.pipeline}-{ctx.step}")
+        data.setdefault("output", {"dataset": p.output or f"{ctx.pipeline}-{ctx.step}"})
+        if p.inputs_ is not None:
+            data["inputs"] = p.inputs_
+        recipe = validate_config(data, Recipe, source="recipe")
+        recipe.build_ops("recipe")
+        base = ctx.base_dir
+    if p.inputs_ is not None:
+        recipe.inputs = list(p.inputs_)
+    if p.output is not None:
+        recipe.output.dataset = p.output
+    if not recipe.output.dataset:
+        raise UserError("output: the recipe registers no dataset; set output: NAME")
+    res = run_recipe(
+        recipe, base_dir=base, store=ctx.store, workers=p.workers, progress=ctx.progress
+    )
+    rep = res.report
+    result = {
+        "docs_in": rep["docs_in"],
+        "docs_out": rep["docs_out"],
+        "dropped": dict(dropped_reasons(rep).most_common()),
+        "pii": rep["pii"],
+        "seconds": rep["wall_seconds"],
+        "report": format_summary(rep),
+    }
+    summary = f"{res.dataset}: kept {rep.get('docs_out')} of {rep.get('docs_in')} documents"
+    return StepOutput({"output": str(res.dataset)}, result, summary, res.run_id)
+
+
+# -- tokenizer --------------------------------------------------------------------------------
+class TokenizerParams(Params):
+    sources: list[str] = Field(min_length=1)
+    name: str
+    kind: Literal["bpe", "sentencepiece_bpe", "sentencepiece_unigram"] = "bpe"
+    vocab_size: int = Field(8000, ge=64)
+    min_frequency: int = Field(2, ge=1)
+    text_key: str = "text"
+
+    def inputs(self) -> list[str]:
+        return list(self.sources)
+
+
+@step_type("tokenizer", TokenizerParams)
+def _tokenizer(ctx: StepContext, p: TokenizerParams) -> StepOutput:
+    """Train a tokenizer on datasets (refs or paths) and register it."""
+    from lmops.data.jobs import train_tokenizer_asset
+
+    v = train_tokenizer_asset(
+        ctx.store,
+        p.sources,
+        p.name,
+        kind=p.kind,
+        vocab_size=p.vocab_size,
+        text_key=p.text_key,
+        min_frequency=p.min_frequency,
+    )
+    size = v.metadata.get("vocab_size")
+    return StepOutput({"output": v.ref}, {"vocab_size": size}, f"{v.ref}: {size} tokens", v.run_id)
+
+
+# -- mix --------------------------------------------------------------------------------------
+class MixParams(Params):
+    ratios: dict[str, float] = Field(min_length=1)
+    output: str
+    by: Literal["documents", "tokens"] = "documents"
+    total: int | None = Field(None, ge=1)
+    seed: int = 0
+    text_key: str = "text"
+
+    def inputs(self) -> list[str]:
+        return list(self.ratios)
+
+
+@step_type("mix", MixParams)
+def _mix(ctx: StepContext, p: MixParams) -> StepOutput:
+    """Mix datasets by ratio into one dataset."""
+    from lmops.data.jobs import mix_datasets
+
+    v, report = mix_datasets(
+        ctx.store, p.ratios, p.output, by=p.by, total=p.total, seed=p.seed, text_key=p.text_key
+    )
+    return StepOutput({"output": v.ref}, {"mix": report}, v.ref, v.run_id)
+
+
+# -- train ------------------------------------------------------------------------------------
+class TrainParams(Params):
+    spec: str | dict[str, Any]  # a job YAML path, or the job itself (``preset:`` allowed)
+    overrides: list[str] = Field(default_factory=list)
+
+    def _mapping(self) -> dict[str, Any]:
+        return self.spec if isinstance(self.spec, dict) else {}
+
+    def inputs(self) -> list[str]:
+        if isinstance(self.spec, str):
+            return [self.spec]
+        m = self._mapping()
+        refs: list[str] = []
+        model = m.get("model")
+        if isinstance(model, str):
+            refs.append(model)
+        elif isinstance(model, dict) and isinstance(model.get("tokenizer"), str):
+            refs.append(model["tokenizer"])
+        ds = m.get("dataset")
+        refs += [ds] if isinstance(ds, str) else [d for d in ds or [] if isinstance(d, str)]
+        reward = (m.get("ppo") or {}).get("reward_model")
+        if isinstance(reward, str):
+            refs.append(reward)
+        return refs
+
+
+def _train_spec(ctx: StepContext, p: TrainParams) -> Any:
+    from lmops.train.spec import load_spec, spec_from_dict
+
+    if isinstance(p.spec, str):
+        return load_spec(ctx.path(p.spec), p.overrides)
+    return spec_from_dict(p.spec, p.overrides, source=f"steps.{ctx.step}.spec")
+
+
+@step_type("train", TrainParams)
+def _train(ctx: StepContext, p: TrainParams) -> StepOutput:
+    """Train (pretrain, SFT, reward, DPO/KTO/ORPO, PPO) and register the model or adapter.
+    An interrupted run of the same output resumes from its last checkpoint."""
+    from lmops.train.run import find_resumable, run_training
+
+    spec = _train_spec(ctx, p)
+    resume = find_resumable(ctx.store, spec) is not None
+    res = run_training(spec, ctx.store, resume=resume, progress=ctx.progress)
+    result = {
+        "steps": res.steps,
+        "seconds": round(res.seconds, 2),
+        "tokens": res.tokens,
+        "trainable_params": res.trainable_params,
+        "total_params": res.total_params,
+        "final": res.final,
+        "resumed_from": res.resumed_from,
+    }
+    loss = res.final.get("loss")
+    summary = f"{res.output}: {res.steps} steps" + (f", loss {loss:.3f}" if loss else "")
+    return StepOutput({"output": str(res.output)}, result, summary, res.run_id)
+
+
+class MergeParams(Params):
+    adapter: str
+    output: str | None = None
+
+    def inputs(self) -> list[str]:
+        return [self.adapter]
+
+
+@step_type("merge", MergeParams)
+def _merge(ctx: StepContext, p: MergeParams) -> StepOutput:
+    """Merge a LoRA adapter into its base and register the full model."""
+    from lmops.train.run import merge_adapter
+
+    v = merge_adapter(ctx.store, p.adapter, p.output)
+    return StepOutput({"output": v.ref}, {}, v.ref, v.run_id)
+
+
+# -- eval -------------------------------------------------------------------------------------
+class EvalParams(Params):
+    model: str
+    tasks: list[str] = Field(default_factory=list)  # built-ins, perplexity:<dataset>
+    task_files: list[str] = Field(default_factory=list)
+    limit: int | None = Field(None, ge=1)
+    num_fewshot: int | None = Field(None, ge=0)
+    scorer: Literal["loglikelihood", "letter"] | None = None
+    batch_size: str = "auto"
+    output: str | None = None
+    data_dir: str | None = None
+
+    def inputs(self) -> list[str]:
+        refs = [self.model, *self.task_files]
+        refs += [t.split(":", 1)[1] for t in self.tasks if t.startswith("perplexity:")]
+        return refs
+
+
+def _flat_metrics(report: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for task, summary in (report.get("results") or {}).items():
+        for k, v in (summary or {}).items():
+            if isinstance(v, int | float) and "stderr" not in k and not isinstance(v, bool):
+                out[f"{task}/{k}"] = float(v)
+    for group, agg in (report.get("groups") or {}).items():
+        for k, v in (agg or {}).items():
+            if isinstance(v, int | float) and "stderr" not in k and k not in ("n", "excluded"):
+                out.setdefault(f"{group}/{k}", float(v))
+    return out
+
+
+@step_type("eval", EvalParams)
+def _eval(ctx: StepContext, p: EvalParams) -> StepOutput:
+    """Score a model on benchmark tasks and task YAML files; registers an eval_report."""
+    from lmops.eval.jobs import load_tasks, run_eval
+
+    tasks = load_tasks(
+        p.tasks,
+        [ctx.path(f) for f in p.task_files],
+        ctx.store,
+        ctx.path(p.data_dir) if p.data_dir else None,
+    )
+    job = run_eval(
+        ctx.store,
+        p.model,
+        tasks,
+        output=p.output,
+        limit=p.limit,
+        num_fewshot=p.num_fewshot,
+        scorer=p.scorer,
+        batch_size=p.batch_size,
+        progress=ctx.progress,
+    )
+    metrics = _flat_metrics(job.report)
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in list(metrics.items())[:4])
+    return StepOutput(
+        {"output": job.version.ref, "model": job.model_ref or p.model},
+        {"metrics": metrics, "model": job.model_ref or p.model},
+        f"{job.version.ref}: {shown}",
+        job.version.run_id,
+    )
+
+
+class SafetyParams(Params):
+    model: str
+    limit: int | None = Field(None, ge=1)
+    categories: list[str] | None = None
+    max_gen_toks: int = Field(128, ge=1)
+    prompts: str | None = None
+    output: str | None = None
+
+    def inputs(self) -> list[str]:
+        return [self.model] + ([self.prompts] if self.prompts else [])
+
+
+@step_type("safety", SafetyParams)
+def _safety(ctx: StepContext, p: SafetyParams) -> StepOutput:
+    """Red-team probe (bundled bilingual set unless ``prompts:``); registers an eval_report."""
+    from lmops.eval.jobs import run_safety_probe
+
+    job = run_safety_probe(
+        ctx.store,
+        p.model,
+        prompts=ctx.path(p.prompts) if p.prompts else None,
+        categories=p.categories,
+        limit=p.limit,
+        max_gen_toks=p.max_gen_toks,
+        output=p.output,
+    )
+    rates = {
+        f"safety/{k}": float(v)
+        for k, v in job.report.items()
+        if k.endswith("_rate") and isinstance(v, int | float)
+    }
+    return StepOutput(
+        {"output": job.version.ref, "model": job.model_ref or p.model},
+        {"metrics": rates, "model": job.model_ref or p.model},
+        f"{job.version.ref}: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in rates.items()),
+        job.version.run_id,
+    )
+
+
+# -- gate, alias ------------------------------------------------------------------------------
+class GateParams(Params):
+    metric: str  # "task/metric" as in the eval report, e.g. "addition/exact_match"
+    candidates: list[str] = Field(min_length=1)  # eval_report refs; the best one is promoted
+    baseline: str | None = None  # an eval_report ref the winner must beat
+    threshold: float | None = None  # and/or a value it must reach
+    min_delta: float = Field(0.0, ge=0)
+    higher_is_better: bool = True
+    alias: str = "production"
+    on_fail: Literal["skip", "fail"] = "skip"
+
+    def inputs(self) -> list[str]:
+        return [*self.candidates, *([self.baseline] if self.baseline else [])]
+
+
+def report_metric(store: Any, ref: str, metric: str) -> tuple[float, str, str]:
+    """(value, model ref, report ref) of ``metric`` in an eval_report version."""
+    v = store.assets.resolve(ref)
+    if v.kind != "eval_report":
+        raise UserError(f"{ref} is a {v.kind}, not an eval_report")
+    meta = v.metadata
+    flat = _flat_metrics(meta)
+    if "results" in meta and "safety" in meta["results"]:
+        flat.update({f"safety/{k}": float(x) for k, x in meta["results"]["safety"].items()})
+    if metric not in flat:
+        known = ", ".join(sorted(flat)[:12]) or "none"
+        raise UserError(f"metric {metric!r} is not in {v.ref} (it has: {known})")
+    model = (meta.get("model") or {}).get("ref")
+    if not model:
+        raise UserError(f"{v.ref} was not made from a model asset; the gate cannot promote it")
+    return flat[metric], str(model), v.ref
+
+
+@step_type("gate", GateParams)
+def _gate(ctx: StepContext, p: GateParams) -> StepOutput:
+    """Promote the best candidate's model to ``alias`` only if its metric reaches
+    ``threshold`` and/or beats ``baseline``; the decision is recorded as a ``gate`` run."""
+    store = ctx.store
+    sign = 1.0 if p.higher_is_better else -1.0
+    scored = [report_metric(store, ref, p.metric) for ref in p.candidates]
+    best = max(scored, key=lambda t: sign * t[0])
+    value, model, report = best
+    reasons: list[str] = []
+    base_value = None
+    if p.baseline is not None:
+        base_value, _, _ = report_metric(store, p.baseline, p.metric)
+        if not sign * (value - base_value) > p.min_delta:
+            reasons.append(f"{value:.4f} does not beat the baseline {base_value:.4f}")
+    if p.threshold is not None and not sign * (value - p.threshold) >= 0:
+        reasons.append(f"{value:.4f} does not reach the threshold {p.threshold:.4f}")
+    promote = not reasons
+    decision = {
+        "decision": "promote" if promote else "hold",
+        "metric": p.metric,
+        "value": value,
+        "baseline_value": base_value,
+        "threshold": p.threshold,
+        "model": model,
+        "report": report,
+        "alias": p.alias,
+        "candidates": {r: v for v, _, r in scored},
+        "reasons": reasons,
+    }
+    with store.runs.track("gate", name=f"{ctx.pipeline}/{ctx.step}", config=p.model_dump()) as run:
+        store.runs.update(run.id, params=decision)
+        store.runs.log_metrics(run.id, {"value": value, "promoted": float(promote)}, step=0)
+        if promote:
+            store.assets.alias(model, p.alias)
+    name = model.split(":")[0]
+    if promote:
+        summary = f"promoted {model} to {name}@{p.alias} ({p.metric} {value:.4f}"
+        summary += f" vs baseline {base_value:.4f})" if base_value is not None else ")"
+        return StepOutput({"output": model, "report": report}, decision, summary, run.id)
+    if p.on_fail == "fail":
+        raise UserError(f"gate held {model}: {'; '.join(reasons)}")
+    return StepOutput({}, decision, f"held {model}: {'; '.join(reasons)}", run.id)
+
+
+class AliasParams(Params):
+    ref: str
+    alias: str
+
+    def inputs(self) -> list[str]:
+        return [self.ref]
+
+
+@step_type("alias", AliasParams)
+def _alias(ctx: StepContext, p: AliasParams) -> StepOutput:
+    """Point an alias at a version unconditionally (see ``gate`` for the guarded move)."""
+    v = ctx.store.assets.alias(p.ref, p.alias)
+    return StepOutput({"output": v.ref}, {"alias": p.alias}, f"{v.asset}@{p.alias} -> {v.ref}")
+
+
+# -- serve ------------------------------------------------------------------------------------
+class ServeParams(Params):
+    model: str  # an asset ref; an alias ref (name@production) follows the alias
+    name: str = "chat"  # the deployment name clients send as "model"
+    prompt: str = "Hello! Who are you?"
+    max_tokens: int = Field(32, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)  # 0: a free port
+    keep: bool = False  # keep serving until interrupted (never cached)
+    key_ttl_days: int | None = Field(None, ge=1)
+
+    def inputs(self) -> list[str]:
+        return [self.model]
+
+
+@step_type("serve", ServeParams, always_run=lambda p: bool(p.keep))
+def _serve(ctx: StepContext, p: ServeParams) -> StepOutput:
+    """Serve a model through the OpenAI-compatible gateway with a fresh API key, send one
+    chat request, print the answer and ready-to-paste snippets; ``keep: true`` keeps
+    serving until Ctrl-C."""
+    from lmops.pipelines.serving import serve_and_probe
+
+    return serve_and_probe(ctx, p)
+
+
+def step_inputs(type_name: str, params: Any) -> list[str]:
+    return STEP_TYPES[type_name].params.inputs(params)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=_json_default)
+
+
+def pin_inputs(ctx: StepContext, refs: Iterable[str]) -> dict[str, str]:
+    """Each input as what it is now: a file's content digest, or an asset's version ref."""
+    out: dict[str, str] = {}
+    for ref in refs:
+        path = ctx.path(ref)
+        if path.exists():
+            out[ref] = "sha256:" + digest_path(path)
+            continue
+        try:
+            out[ref] = ctx.store.assets.resolve(ref).ref
+        except UserError:
+            out[ref] = "unresolved"  # the step itself will say what is wrong
+    return out
