@@ -112,25 +112,31 @@ def _run_server(
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise UserError("a deployment name is given twice")
-        os.environ[ENV] = json.dumps([s.model_dump(mode="json") for s in specs])
     # Workers are child processes (or this one): the app's access-log middleware reads this.
     os.environ[ACCESS_LOG_ENV] = access_log.value
-    console.print(
-        f"lmops {__version__} serving on http://{host}:{port} (API docs at /docs)"
-        + (f"; /v1 models: {', '.join(s.name for s in specs)}" if specs else ""),
-        markup=False,
-    )
-    uvicorn.run(
-        "lmops.api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-        # json: the app writes its own structured line per request, so uvicorn's plain one
-        # would be a duplicate; off: no access log at all.
-        access_log=False,
-    )
+    from lmops.serve.launcher import launch_all
+
+    # engine: vllm deployments are launched here, once, before the workers start; each
+    # becomes an upstream deployment that every worker proxies to.
+    with launch_all(specs) as served:
+        if served:
+            os.environ[ENV] = json.dumps([s.model_dump(mode="json") for s in served])
+        console.print(
+            f"lmops {__version__} serving on http://{host}:{port} (API docs at /docs)"
+            + (f"; /v1 models: {', '.join(s.name for s in served)}" if served else ""),
+            markup=False,
+        )
+        uvicorn.run(
+            "lmops.api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            # json: the app writes its own structured line per request, so uvicorn's plain
+            # one would be a duplicate; off: no access log at all.
+            access_log=False,
+        )
 
 
 # -- batch ------------------------------------------------------------------------------------------

@@ -36,7 +36,9 @@ Contract:
 
 ``fake_server(**kw)`` runs the app with uvicorn on a free 127.0.0.1 port in a background
 thread and yields its base URL (``http://127.0.0.1:PORT``; the OpenAI client wants
-``base_url + "/v1"``); ``run_fake_server`` runs it in the foreground.
+``base_url + "/v1"``); ``run_fake_server`` runs it in the foreground, and
+``python -m lmops.serve.fake --port N`` as a process of its own (``--help`` lists the
+settings).
 """
 
 from __future__ import annotations
@@ -441,3 +443,40 @@ def fake_server(**kw: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10.0)
         sock.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lmops.serve.fake --port N [--model NAME] ...``: the fake as its own
+    process, e.g. as the stand-in for vLLM in ``vllm.command``. As vLLM does, it takes its
+    API key from ``VLLM_API_KEY`` when ``--api-key`` is not given."""
+    import argparse
+    import os
+
+    p = argparse.ArgumentParser(prog="python -m lmops.serve.fake", description=main.__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default="fake", help="the one model name served")
+    p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--ttft-s", type=float, default=0.0)
+    p.add_argument("--itl-s", type=float, default=0.0)
+    p.add_argument("--chunk-tokens", type=int, default=1)
+    p.add_argument("--fail-rate", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY") or None)
+    a = p.parse_args(argv)
+    run_fake_server(
+        a.host,
+        a.port,
+        model=a.model,
+        tokens=a.tokens,
+        ttft_s=a.ttft_s,
+        itl_s=a.itl_s,
+        chunk_tokens=a.chunk_tokens,
+        fail_rate=a.fail_rate,
+        seed=a.seed,
+        api_key=a.api_key,
+    )
+
+
+if __name__ == "__main__":
+    main()
