@@ -58,6 +58,7 @@ def _add_stage_apps() -> None:
     app.add_typer(serve.app, name="serve")
     app.add_typer(pipelines.app, name="pipeline")
     app.command("run")(pipelines.run_cmd)
+    app.command("quickstart")(pipelines.quickstart_cmd)
 
 
 _add_stage_apps()

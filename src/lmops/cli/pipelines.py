@@ -205,3 +205,128 @@ def clear_cmd(
     """Forget cached step results so the next run executes them again."""
     n = _store().steps.clear(pipeline, step)
     console.print(f"forgot {n} cached step result(s)", markup=False)
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def quickstart_cmd(
+    tiny: Annotated[
+        bool, typer.Option(help="A seconds-long run (tiny data and steps) that checks the chain.")
+    ] = False,
+    serve: Annotated[
+        bool, typer.Option(help="Keep serving the promoted model after the chat request.")
+    ] = False,
+    workdir: Annotated[
+        Path, typer.Option(help="Where the generated data and quickstart.yaml are written.")
+    ] = Path("lmops-quickstart"),
+    shared: Annotated[
+        Path | None,
+        typer.Option(
+            help="Shared datasets folder (default: $LMOPS_SHARED_DATASETS or ../shared/datasets)."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Run every step, ignoring the cache.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Raw text to a served, evaluated, promoted model: clean a generated bilingual corpus
+    (+ tinyshakespeare), train a tokenizer, pretrain a tiny Llama, LoRA-SFT and DPO it on a
+    skill, evaluate base vs SFT vs DPO, gate the production alias, serve it behind a key."""
+    from lmops.cli.main import _state
+    from lmops.pipelines import load_pipeline, run_pipeline
+    from lmops.pipelines.quickstart import eval_table, find_shared, prepare
+
+    found = find_shared(shared)
+    say = (lambda *a, **k: None) if json_ else console.print
+    if found is not None:
+        say(f"shared datasets: {found}", markup=False)
+    else:
+        say(
+            "shared datasets not found (set LMOPS_SHARED_DATASETS or --shared): running on "
+            "generated data only, without tinyshakespeare and Alpaca",
+            markup=False,
+        )
+    files = prepare(workdir, tiny=tiny, shared=found, serve=serve)
+    c = files.corpus
+    say(
+        f"corpus: {c.docs:,} documents written to {c.path} ({c.shakespeare:,} from Shakespeare); "
+        f"planted {c.exact_duplicates} exact and {c.near_duplicates} near duplicates, "
+        f"{sum(c.junk.values())} junk, PII "
+        + ", ".join(f"{k} {v}" for k, v in sorted(c.pii.items())),
+        markup=False,
+    )
+    say(f"pipeline: {files.pipeline}\n", markup=False)
+    pipe = load_pipeline(files.pipeline)
+    store = _store()
+    result = run_pipeline(
+        pipe,
+        store,
+        force=force,
+        progress=not json_,
+        console=None if json_ else console,
+        on_update=step_printer(quiet=json_),
+        raise_errors=bool(_state["debug"]),
+    )
+    rows = eval_table(result)
+    clean = result.steps.get("clean")
+    gate = result.steps.get("gate")
+    served = result.steps.get("serve")
+    if json_:
+        print_json(
+            {
+                **result.to_dict(),
+                "workdir": str(files.workdir),
+                "corpus": c.to_dict(),
+                "eval": rows,
+                "gate": gate.result if gate else None,
+                "serve": served.result if served else None,
+            }
+        )
+    else:
+        if clean is not None and clean.result.get("report"):
+            console.print("\n[bold]data[/]")
+            console.print(clean.result["report"], markup=False, highlight=False)
+        if any(r["exact_match"] is not None for r in rows):
+            console.print(
+                "\n[bold]evaluation[/] (held-out addition, perplexity on held-out text, "
+                "red-team probe)"
+            )
+            table(
+                None,
+                ["model", "version", "exact match", "word perplexity", "safe responses"],
+                [
+                    [
+                        r["model"],
+                        r["ref"],
+                        _fmt(r["exact_match"]),
+                        _fmt(r["word_perplexity"], ".1f"),
+                        _fmt(r["safe_response_rate"]),
+                    ]
+                    for r in rows
+                ],
+            )
+        if gate is not None and gate.result:
+            g = gate.result
+            console.print(
+                f"gate: {g['decision']} {g['model']} "
+                f"({g['metric']} {g['value']:.3f} vs base {_fmt(g['baseline_value'])})",
+                markup=False,
+            )
+        if served is not None and served.status == "cached" and served.result:
+            s = served.result
+            console.print(
+                f"served {s['model']} as {s['deployment']!r} (cached run): "
+                f"Q: {s['prompt']}  A: {s['answer']}",
+                markup=False,
+            )
+        print_run(result)
+        if result.ok and gate is not None and gate.outputs.get("output"):
+            console.print(f"trace it: lmops assets lineage {gate.outputs['output']}", markup=False)
+    if not result.ok:
+        bad = result.failed
+        raise UserError(
+            f"quickstart step {bad.name!r} failed: {bad.error}; run it again to resume"
+            if bad
+            else "quickstart did not complete"
+        )

@@ -112,7 +112,9 @@ def serve_and_probe(ctx: StepContext, p: ServeParams) -> StepOutput:
             out.print(f"  key {key.name} (shown once): {secret}", markup=False)
             out.print(f"  Q: {p.prompt}", markup=False)
             out.print(f"  A: {answer}", markup=False)
-            out.print("\ncurl:\n" + curl + "\n\nPython:\n" + python + "\n", markup=False)
+            out.print(
+                "\ncurl:\n" + curl + "\n\nPython:\n" + python + "\n", markup=False, soft_wrap=True
+            )
         if p.keep:
             if out is not None:
                 out.print(f"serving on {base} — press Ctrl-C to stop", markup=False)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmops.core.errors import UserError
 
@@ -256,6 +256,18 @@ class TrainParams(Params):
     spec: str | dict[str, Any]  # a job YAML path, or the job itself (``preset:`` allowed)
     overrides: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _check_spec(self) -> TrainParams:
+        # an inline job is checked when the pipeline loads, not when its step is reached
+        if isinstance(self.spec, dict):
+            from lmops.train.spec import spec_from_dict
+
+            try:
+                spec_from_dict(self.spec, self.overrides, source="spec")
+            except UserError as e:
+                raise ValueError(str(e)) from None
+        return self
+
     def _mapping(self) -> dict[str, Any]:
         return self.spec if isinstance(self.spec, dict) else {}
 
@@ -343,15 +355,24 @@ class EvalParams(Params):
         return refs
 
 
+_NOT_METRICS = ("n", "excluded", "num_fewshot", "seconds", "tasks")
+
+
 def _flat_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """``task/metric`` -> value for every score in an eval report (not counts or timings)."""
     out: dict[str, float] = {}
     for task, summary in (report.get("results") or {}).items():
         for k, v in (summary or {}).items():
-            if isinstance(v, int | float) and "stderr" not in k and not isinstance(v, bool):
+            if (
+                isinstance(v, int | float)
+                and not isinstance(v, bool)
+                and "stderr" not in k
+                and k not in _NOT_METRICS
+            ):
                 out[f"{task}/{k}"] = float(v)
     for group, agg in (report.get("groups") or {}).items():
         for k, v in (agg or {}).items():
-            if isinstance(v, int | float) and "stderr" not in k and k not in ("n", "excluded"):
+            if isinstance(v, int | float) and "stderr" not in k and k not in _NOT_METRICS:
                 out.setdefault(f"{group}/{k}", float(v))
     return out
 
@@ -451,28 +472,40 @@ def report_metric(store: Any, ref: str, metric: str) -> tuple[float, str, str]:
     flat = _flat_metrics(meta)
     if "results" in meta and "safety" in meta["results"]:
         flat.update({f"safety/{k}": float(x) for k, x in meta["results"]["safety"].items()})
-    if metric not in flat:
+    value = pick_metric(flat, metric)
+    if value is None:
         known = ", ".join(sorted(flat)[:12]) or "none"
         raise UserError(f"metric {metric!r} is not in {v.ref} (it has: {known})")
     model = (meta.get("model") or {}).get("ref")
     if not model:
         raise UserError(f"{v.ref} was not made from a model asset; the gate cannot promote it")
-    return flat[metric], str(model), v.ref
+    return value, str(model), v.ref
+
+
+def pick_metric(flat: dict[str, float], metric: str) -> float | None:
+    """``metric`` in ``flat``; ``task/exact_match`` also names ``task/exact_match,FILTER``
+    when the task has exactly one filter (lm-eval writes ``metric,filter`` keys)."""
+    if metric in flat:
+        return flat[metric]
+    found = [v for k, v in flat.items() if k.startswith(metric + ",")]
+    return found[0] if len(found) == 1 else None
 
 
 @step_type("gate", GateParams)
 def _gate(ctx: StepContext, p: GateParams) -> StepOutput:
     """Promote the best candidate's model to ``alias`` only if its metric reaches
-    ``threshold`` and/or beats ``baseline``; the decision is recorded as a ``gate`` run."""
+    ``threshold`` and/or beats ``baseline``; the decision is recorded as a ``gate`` run.
+    Outputs: ``output`` (the promoted model, only when promoted) and ``selected`` (the
+    model to use after the decision: the winner, or else the baseline's model)."""
     store = ctx.store
     sign = 1.0 if p.higher_is_better else -1.0
     scored = [report_metric(store, ref, p.metric) for ref in p.candidates]
     best = max(scored, key=lambda t: sign * t[0])
     value, model, report = best
     reasons: list[str] = []
-    base_value = None
+    base_value = base_model = None
     if p.baseline is not None:
-        base_value, _, _ = report_metric(store, p.baseline, p.metric)
+        base_value, base_model, _ = report_metric(store, p.baseline, p.metric)
         if not sign * (value - base_value) > p.min_delta:
             reasons.append(f"{value:.4f} does not beat the baseline {base_value:.4f}")
     if p.threshold is not None and not sign * (value - p.threshold) >= 0:
@@ -499,10 +532,13 @@ def _gate(ctx: StepContext, p: GateParams) -> StepOutput:
     if promote:
         summary = f"promoted {model} to {name}@{p.alias} ({p.metric} {value:.4f}"
         summary += f" vs baseline {base_value:.4f})" if base_value is not None else ")"
-        return StepOutput({"output": model, "report": report}, decision, summary, run.id)
+        outputs = {"output": model, "selected": model, "report": report}
+        return StepOutput(outputs, decision, summary, run.id)
     if p.on_fail == "fail":
         raise UserError(f"gate held {model}: {'; '.join(reasons)}")
-    return StepOutput({}, decision, f"held {model}: {'; '.join(reasons)}", run.id)
+    # "selected" is what to use after the decision: the winner, or else the baseline's model
+    held = {"selected": base_model} if base_model else {}
+    return StepOutput(held, decision, f"held {model}: {'; '.join(reasons)}", run.id)
 
 
 class AliasParams(Params):

@@ -93,15 +93,18 @@ def merged_view(adapter_dir: Path, store: Any | None) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     info = json.loads((adapter_dir / "lmops_base.json").read_text())
     if info.get("base_ref") and store is not None:
         base = store.assets.path(info["base_ref"])
     else:
         base = Path(info["base_path"])
+    if (base / "adapter_config.json").exists():  # an adapter trained on an adapter
+        base_model = load_merged(base)
+    else:
+        base_model = AutoModelForCausalLM.from_pretrained(str(base))
     out = Path(tempfile.mkdtemp(prefix="lmops-merged-"))
-    merged = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(str(base)), str(adapter_dir)
-    ).merge_and_unload()
+    merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
     return out
@@ -222,6 +225,12 @@ def _load_pretrained(path: Path, spec: TrainSpec, dtype: Any, *, for_reward: boo
     return model
 
 
+def load_merged(adapter_dir: Path, dtype: Any = "auto") -> Any:
+    """An adapter folder as one model: its base (itself merged first when it is an
+    adapter too) with the adapter merged in."""
+    return _load_adapter_model(adapter_dir, dtype)
+
+
 def _load_adapter_model(path: Path, dtype: Any) -> Any:
     """An adapter folder carries the base model's location in ``lmops_base.json``."""
     import json
@@ -235,7 +244,10 @@ def _load_adapter_model(path: Path, dtype: Any) -> Any:
             f"{path} is an adapter without lmops_base.json; merge it first (lmops train merge)"
         )
     base = Path(json.loads(meta_file.read_text())["base_path"])
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
+    if (base / "adapter_config.json").exists():  # an adapter trained on an adapter (SFT -> DPO)
+        model = _load_adapter_model(base, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
     return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
 
 

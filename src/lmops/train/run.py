@@ -395,7 +395,7 @@ def merge_adapter(store: Any, adapter_ref: str, output: str | None = None) -> An
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lmops.train.models import quiet_transformers
+    from lmops.train.models import load_merged, quiet_transformers
 
     quiet_transformers()
     v = store.assets.resolve(adapter_ref)
@@ -411,7 +411,10 @@ def merge_adapter(store: Any, adapter_ref: str, output: str | None = None) -> An
         )
     name = output or f"{v.asset}-merged"
     with store.runs.track("merge", name=name, config={"adapter": v.ref, "base": base_ref}) as run:
-        base = AutoModelForCausalLM.from_pretrained(str(base_path))
+        if (Path(base_path) / "adapter_config.json").exists():  # adapter on an adapter
+            base = load_merged(Path(base_path))
+        else:
+            base = AutoModelForCausalLM.from_pretrained(str(base_path))
         merged = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
         out = Path(store.runs.dir(run.id)) / "output"
         merged.save_pretrained(str(out))
