@@ -233,3 +233,40 @@ def test_export_with_nothing_logged_is_a_clear_error(store: Store) -> None:
     with pytest.raises(UserError, match=r"skipped: 1 not_chat.*enable body logging"):
         export_conversations(store, deployment="chat", since=None, output="out")
     assert not store.assets.exists("out")
+
+
+def test_request_log_batches_rows_and_flushes_on_close(store: Store) -> None:
+    from sqlalchemy import func, select
+
+    from lmops.serve.metering import RequestLog
+    from lmops.store.models import RequestLogRow
+
+    rows: dict[str, Any] = {
+        "key_name": "ci",
+        "deployment": "chat",
+        "model_ref": "tiny:1",
+        "endpoint": "chat",
+        "status": 200,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "latency_ms": 3.0,
+        "ttft_ms": 1.0,
+    }
+    writer = RequestLog(store, interval_s=0.5)  # a long rest: rows pile up into batches
+    for i in range(300):
+        writer.submit(request_id=f"r{i}", **rows)
+    body = chat(("user", "hi"))
+    writer.submit(request_id="with-body", request_body=body, response_body=reply("hello"), **rows)
+    assert writer.flush(timeout=30)
+    assert usage(store).total.requests == 301 and usage(store).total.completion_tokens == 1505
+    writer.submit(request_id="last", **rows)
+    writer.close()  # shutdown writes what is pending
+    writer.submit(request_id="after-close", **rows)  # written at once, not lost
+    assert writer.failed == 0
+    c = RequestLogRow
+    with store.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(c)) == 303
+        # rows without bodies keep SQL NULL there (not JSON null), as log_request does
+        assert s.scalar(select(func.count()).where(c.request_body.is_not(None))) == 1
+    exported = export_conversations(store, deployment="chat", output="from-writer")
+    assert exported.metadata["count"] == 1 and exported.metadata["skipped"] == {}

@@ -127,11 +127,13 @@ def _bearer(request: Request) -> str:
 def _authenticate(request: Request) -> ApiKey:
     store: Store = request.app.state.store
     try:
-        return store.keys.authenticate(_bearer(request))
+        key = store.keys.authenticate(_bearer(request))
     except Unauthorized:
         raise
     except PermissionDenied as e:
         raise Unauthorized(str(e)) from None
+    request.state.lmops_key = key  # the access log names the key (prefix and name only)
+    return key
 
 
 def reader(request: Request) -> Store:
@@ -376,4 +378,7 @@ def create_app(
     mount_from_env(app)
     for mount in mounts or []:
         mount(app)
+    from lmops.serve.accesslog import install_access_log
+
+    install_access_log(app)  # one JSON line per request unless LMOPS_ACCESS_LOG=off
     return app

@@ -14,6 +14,10 @@ A finished or cancelled sequence's row is removed at once, freeing its slot.
 Text is streamed incrementally: the generated ids are decoded and only the new, complete
 suffix is sent (a trailing partial UTF-8 character is held back). Stop strings end a
 sequence with ``finish_reason="stop"``; the stop string itself is not sent.
+
+With ``GenRequest.logprobs`` each generated token's delta carries a ``TokenLogprob``: its
+log-probability under the model (before temperature and top-p), its exact bytes, and the
+``top_logprobs`` most likely tokens at that step.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
-from lmops.serve.types import Delta, Done, GenRequest
+from lmops.serve.types import Delta, Done, GenRequest, TokenLogprob
 
 __all__ = ["Engine", "EngineOverloaded"]
 
@@ -44,13 +48,25 @@ class _Seq:
     queue: asyncio.Queue[Delta | Done]
     generated: list[int] = field(default_factory=list)
     sent_chars: int = 0
+    text_chars: int = 0  # length of the decoded generated text so far
     cancelled: bool = False
     done: str | None = None  # the finish reason once finished
     generator: Any = None
     enqueued: float = field(default_factory=time.perf_counter)
+    # The engine's outbox: events wait there until the worker hands a whole step's events
+    # to the event loop at once (Engine._flush). Without one, each event is sent alone.
+    outbox: list[tuple[_Seq, Delta | Done]] | None = None
 
     def emit(self, event: Delta | Done) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        if self.outbox is None:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        else:
+            self.outbox.append((self, event))
+
+
+def _deliver(events: list[tuple[_Seq, Delta | Done]]) -> None:
+    for s, ev in events:
+        s.queue.put_nowait(ev)
 
 
 class Engine:
@@ -100,6 +116,9 @@ class Engine:
         self._cache: list[tuple[Any, Any]] | None = None  # per layer (keys, values), left-padded
         self._mask: Any = None  # (running, T)
         self._positions: list[int] = []  # next position id per running row
+        self._pieces: dict[int, tuple[str, list[int]]] = {}  # token id -> (text, bytes)
+        self._byte_level = _is_byte_level(self.tokenizer)
+        self._outbox: list[tuple[_Seq, Delta | Done]] = []  # filled by the worker thread only
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="lmops-engine", daemon=True)
@@ -127,7 +146,7 @@ class Engine:
         """Queue ``req`` and yield its deltas, then one ``Done``. Breaking out of the
         iteration (a client disconnect) cancels the sequence and frees its slot."""
         assert req.prompt_ids is not None
-        seq = _Seq(req, asyncio.get_running_loop(), asyncio.Queue())
+        seq = _Seq(req, asyncio.get_running_loop(), asyncio.Queue(), outbox=self._outbox)
         with self._cv:
             # a request waits in `pending` until the worker admits it: there is room while
             # free running slots plus the queue's size exceed what is already waiting
@@ -192,6 +211,7 @@ class Engine:
                 with torch.inference_mode():
                     for s in admit:
                         self._prefill(s)
+                    self._flush()  # first tokens out now, not after the decode step
                     self._drop_finished()
                     if self._running:
                         self._decode_step()
@@ -207,8 +227,24 @@ class Engine:
                         )
                     )
                 self._running, self._cache, self._mask, self._positions = [], None, None, []
+            self._flush()
 
-    def _sample(self, s: _Seq, logits: Any) -> tuple[int, float]:
+    def _flush(self) -> None:
+        """Hand the step's events to their event loops, one wake-up per loop: waking a loop
+        (a write to its self-pipe) per token costs more than the token's own work."""
+        if not self._outbox:
+            return
+        events = list(self._outbox)
+        self._outbox.clear()
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Seq, Delta | Done]]] = {}
+        for s, ev in events:
+            by_loop.setdefault(s.loop, []).append((s, ev))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, items)
+
+    def _sample(self, s: _Seq, logits: Any) -> tuple[int, float, list[tuple[int, float]]]:
+        """The next token, its logprob, and the ``top_logprobs`` most likely (id, logprob)
+        pairs when the request asked for them (most likely first)."""
         import torch
 
         logits = logits.float()
@@ -221,6 +257,7 @@ class Engine:
             if s.req.top_p < 1.0:
                 sorted_p, idx = torch.sort(probs, descending=True)
                 keep = torch.cumsum(sorted_p, -1) - sorted_p < s.req.top_p
+                keep[0] = True  # the most likely token always (top_p can round to 0 here)
                 probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
                 probs = probs / probs.sum()
             if s.generator is None:
@@ -229,7 +266,12 @@ class Engine:
                     s.req.seed if s.req.seed is not None else int(time.time_ns() % 2**31)
                 )
             tok = int(torch.multinomial(probs.cpu(), 1, generator=s.generator))
-        return tok, float(logprobs[tok])
+        top: list[tuple[int, float]] = []
+        k = min(s.req.top_logprobs, logprobs.shape[-1]) if s.req.logprobs else 0
+        if k > 0:
+            values, ids = torch.topk(logprobs, k)
+            top = list(zip(ids.tolist(), values.tolist(), strict=True))
+        return tok, float(logprobs[tok]), top
 
     def _prefill(self, s: _Seq) -> None:
         import torch
@@ -239,8 +281,7 @@ class Engine:
         cache = out.past_key_values
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         self._join(s, layers, len(ids))
-        tok, lp = self._sample(s, out.logits[0, -1])
-        self._accept(s, tok, lp)
+        self._accept(s, *self._sample(s, out.logits[0, -1]))
 
     def _join(self, s: _Seq, layers: list[tuple[Any, Any]], length: int) -> None:
         """Add a prefilled sequence to the left-padded batch cache."""
@@ -288,11 +329,28 @@ class Engine:
         self._cache = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         self._mask = mask
         self._positions = [p + 1 for p in self._positions]
+        logits = out.logits[:, -1]
+        # Greedy rows that want no logprobs: one log-softmax and max over all of them
+        # instead of a few small tensor ops per row (the same token and logprob as _sample).
+        greedy = [
+            i
+            for i, s in enumerate(self._running)
+            if s.req.temperature <= 1e-5 and not s.req.logprobs
+        ]
+        picked: dict[int, tuple[int, float]] = {}
+        if greedy:
+            rows = logits if len(greedy) == len(self._running) else logits[greedy]
+            best, idx = torch.log_softmax(rows.float(), -1).max(-1)
+            picked = dict(zip(greedy, zip(idx.tolist(), best.tolist(), strict=True), strict=True))
         for i, s in enumerate(self._running):
-            tok, lp = self._sample(s, out.logits[i, -1])
-            self._accept(s, tok, lp)
+            if i in picked:
+                self._accept(s, *picked[i])
+            else:
+                self._accept(s, *self._sample(s, logits[i]))
 
-    def _accept(self, s: _Seq, tok: int, logprob: float) -> None:
+    def _accept(
+        self, s: _Seq, tok: int, logprob: float, top: list[tuple[int, float]] | None = None
+    ) -> None:
         """Record a sampled token, stream its text, and decide whether ``s`` is done."""
         prompt_len = len(s.req.prompt_ids or [])
         if s.cancelled:
@@ -302,13 +360,17 @@ class Engine:
             return
         s.generated.append(tok)
         text = self._text(s)
+        detail = None
+        if s.req.logprobs:
+            detail = self._token_logprob(tok, logprob, top or [], s.text_chars, len(text))
+        s.text_chars = len(text)
         # a multi-byte character is not complete yet: hold its replacement char back
         text_ready = text[:-1] if text.endswith("\ufffd") else text
         for stop in s.req.stop:
             at = text.find(stop)
             if stop and at != -1:
-                if at > s.sent_chars:
-                    s.emit(Delta(text[s.sent_chars : at], tok, logprob))
+                if at > s.sent_chars or detail is not None:
+                    s.emit(Delta(text[s.sent_chars : max(at, s.sent_chars)], tok, logprob, detail))
                 s.sent_chars = at
                 self._finish(s, "stop")
                 return
@@ -316,15 +378,42 @@ class Engine:
         hold = max((len(st) - 1 for st in s.req.stop), default=0)
         ready_upto = max(s.sent_chars, len(text_ready) - hold)
         if ready_upto > s.sent_chars:
-            s.emit(Delta(text_ready[s.sent_chars : ready_upto], tok, logprob))
+            s.emit(Delta(text_ready[s.sent_chars : ready_upto], tok, logprob, detail))
             s.sent_chars = ready_upto
         elif s.req.logprobs:
-            s.emit(Delta("", tok, logprob))
+            s.emit(Delta("", tok, logprob, detail))
         if (
             len(s.generated) >= s.req.max_tokens
             or prompt_len + len(s.generated) >= self.max_context
         ):
             self._finish(s, "length")
+
+    def _token_logprob(
+        self, tok: int, logprob: float, top: list[tuple[int, float]], start: int, end: int
+    ) -> TokenLogprob:
+        text, raw = self._piece(tok)
+        alternatives = []
+        for i, lp in top:
+            t, b = self._piece(i)
+            alternatives.append(TokenLogprob(t, lp, b))
+        return TokenLogprob(text, logprob, raw, alternatives, start, end)
+
+    def _piece(self, tok: int) -> tuple[str, list[int]]:
+        """A token's own text and exact UTF-8 bytes (cached per id)."""
+        hit = self._pieces.get(tok)
+        if hit is not None:
+            return hit
+        text = str(self.tokenizer.decode([tok], skip_special_tokens=False))
+        raw = text.encode("utf-8")
+        piece = self.tokenizer.convert_ids_to_tokens(tok)
+        if isinstance(piece, str) and tok not in self.tokenizer.all_special_ids:
+            if self._byte_level and all(c in _UNICODE_TO_BYTE for c in piece):
+                raw = bytes(_UNICODE_TO_BYTE[c] for c in piece)
+            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                raw = bytes([int(piece[3:5], 16)])  # sentencepiece byte fallback
+        hit = (text, list(raw))
+        self._pieces[tok] = hit
+        return hit
 
     def _text(self, s: _Seq) -> str:
         return str(self.tokenizer.decode(s.generated, skip_special_tokens=True))
@@ -361,3 +450,27 @@ class Engine:
             self._mask = self._mask[:, first:]
         self._running = [self._running[i] for i in keep]
         self._positions = [self._positions[i] for i in keep]
+
+
+def _byte_table() -> dict[str, int]:
+    """The inverse of byte-level BPE's byte -> printable character map: bytes that print
+    (``!``..``~``, ``¡``..``¬``, ``®``..``ÿ``) stand for themselves, the others for
+    ``chr(256 + n)`` in byte order."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    table = {chr(b): b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+_UNICODE_TO_BYTE = _byte_table()
+
+
+def _is_byte_level(tokenizer: Any) -> bool:
+    """True for tokenizers whose pieces are byte-level BPE strings (GPT-2, Qwen, Llama 3)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    return type(decoder).__name__ == "ByteLevel"

@@ -212,6 +212,7 @@ _CJK_GAP = re.compile(rf"(?<=[{_CJK}])[\s*_.\-·・~|/\\+#^=]+(?=[{_CJK}])")
 # "self-harm", "al_qaeda" -> "self harm", "al qaeda".
 _LATIN_JOIN = re.compile(r"(?<=[a-z])[-_](?=[a-z])")
 _SURROGATES = re.compile("[\ud800-\udfff]")
+_HAN = re.compile("[\u3400-\ufaff]")  # what may need traditional -> simplified
 
 
 @cache
@@ -233,7 +234,7 @@ def normalize_text(text: str) -> str:
         text = unicodedata.normalize("NFKC", text)
     t = text.translate(_DROP).lower()
     convert = _t2s()
-    if convert is not None and any("\u3400" <= c <= "\ufaff" for c in t):
+    if convert is not None and _HAN.search(t):
         # OpenCC takes UTF-8, which cannot carry lone surrogates.
         convert_in = _SURROGATES.sub("\ufffd", t)
         t = convert(convert_in)

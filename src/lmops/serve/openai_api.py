@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
@@ -22,7 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmops.serve.deployments import Registry
-from lmops.serve.types import Delta, Done, GenRequest
+from lmops.serve.types import Delta, Done, GenRequest, TokenLogprob
 
 __all__ = ["OpenAIError", "mount_openai"]
 
@@ -90,7 +92,8 @@ class _Sampling(_Open):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # a 64-bit seed, as OpenAI takes; larger ones would fail inside the sampler
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     user: str | None = None
 
     def stops(self) -> list[str]:
@@ -121,6 +124,93 @@ class EmbeddingRequest(_Open):
     encoding_format: Literal["float", "base64"] = "float"
 
 
+def _logprob_options(req: ChatRequest | CompletionRequest) -> tuple[bool, int]:
+    """Whether token logprobs were asked for, and how many alternatives per token."""
+    if isinstance(req, CompletionRequest):
+        return req.logprobs is not None, req.logprobs or 0
+    if req.top_logprobs is not None and not req.logprobs:
+        raise OpenAIError(
+            400,
+            "top_logprobs: set logprobs to true to use top_logprobs",
+            param="top_logprobs",
+            code="invalid_value",
+        )
+    return req.logprobs, (req.top_logprobs or 0) if req.logprobs else 0
+
+
+class _LogprobRelease:
+    """Hands out one choice's token logprobs only once their text went out verbatim.
+
+    Output guardrails may hold text back, mask it or cut the reply; a token's logprob
+    entry names the token, so it is released only when the text up to the token's end
+    (``TokenLogprob.text_end``) was sent exactly as the model wrote it. After the first
+    rewritten character no later entry is released."""
+
+    def __init__(self) -> None:
+        self.raw = ""  # what the model produced
+        self.out = ""  # what the client was sent
+        self.aligned = 0  # length of their common prefix
+        self.diverged = False
+        self.pending: list[TokenLogprob] = []
+
+    def produced(self, text: str, entry: TokenLogprob | None) -> None:
+        self.raw += text
+        if entry is not None:
+            self.pending.append(entry)
+
+    def sent(self, text: str) -> list[TokenLogprob]:
+        self.out += text
+        limit = min(len(self.raw), len(self.out))
+        while not self.diverged and self.aligned < limit:
+            if self.raw[self.aligned] != self.out[self.aligned]:
+                self.diverged = True
+                break
+            self.aligned += 1
+        n = 0
+        while n < len(self.pending) and self.pending[n].text_end <= self.aligned:
+            n += 1
+        released, self.pending = self.pending[:n], self.pending[n:]
+        return released
+
+
+def _chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    return {"content": [e.to_openai() for e in entries]}
+
+
+def _completion_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    """The legacy completions shape: parallel lists, alternatives as {token: logprob}."""
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+        "text_offset": [e.text_offset for e in entries],
+    }
+
+
+def _openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The request body of a route that parses its JSON itself (to keep OpenAI's error
+    shapes), described for ``/openapi.json`` with the model's JSON schema inlined."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline(schema)}},
+        }
+    }
+
+
 def _parse(model: type[BaseModel], body: Any) -> Any:
     try:
         return model.model_validate(body)
@@ -133,6 +223,13 @@ def _parse(model: type[BaseModel], body: Any) -> Any:
 
 
 # -- the gateway ------------------------------------------------------------------------------------
+# A key that authenticated is trusted again for this long without reading the database (a
+# read per request costs more than the rest of admission): revoking a key takes effect in
+# every worker within this time; an expiry date is checked on every request.
+KEY_CACHE_S = 1.0
+_KEY_CACHE_MAX = 10_000
+
+
 class Gateway:
     def __init__(self, registry: Registry, store: Any, *, hooks: Any = None) -> None:
         self.registry = registry
@@ -140,6 +237,22 @@ class Gateway:
         self.hooks = (
             hooks  # policy layer (limits, guardrails, metering, metrics); see lmops.serve.policy
         )
+        self._keys: dict[str, tuple[float, Any]] = {}  # sha256(secret) -> (until, ApiKey)
+
+    def _key(self, token: str) -> Any:
+        """The key for ``token``, from the cache while it is fresh (see ``KEY_CACHE_S``)."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        hit = self._keys.get(digest)
+        if hit is not None and hit[0] > now:
+            key = hit[1]
+            if key.expires_at is None or key.expires_at > datetime.now(UTC):
+                return key
+        key = self.store.keys.authenticate(token)  # PermissionDenied: never cached
+        if len(self._keys) >= _KEY_CACHE_MAX:
+            self._keys.clear()
+        self._keys[digest] = (now + KEY_CACHE_S, key)
+        return key
 
     # auth --------------------------------------------------------------------------------------------
     def authenticate(self, request: Request) -> Any:
@@ -154,9 +267,11 @@ class Gateway:
                 code="invalid_api_key",
             )
         try:
-            return self.store.keys.authenticate(token.strip())
+            key = self._key(token.strip())
         except PermissionDenied as e:
             raise OpenAIError(401, str(e), code="invalid_api_key") from None
+        request.state.lmops_key = key  # for the access log (prefix and name only)
+        return key
 
     def deployment(self, key: Any, name: str) -> Any:
         from lmops.core.errors import NotFoundError
@@ -175,6 +290,37 @@ class Gateway:
             raise OpenAIError(
                 404, f"The model '{name}' does not exist", param="model", code="model_not_found"
             ) from None
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes its body generator when the response ends, also when the client went away.
+
+    Starlette leaves a generator that was suspended at a ``yield`` to the garbage
+    collector, so its ``finally`` (metering, freeing engine slots, the numbers the access
+    log reads) would run at some later time instead of before the request is over."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
+
+
+def _upstream_error(status: int, data: dict[str, Any]) -> OpenAIError:
+    """An upstream's 4xx in OpenAI's shape, whatever shape the upstream's error had."""
+    err = data.get("error")
+    if not isinstance(err, dict):
+        err = {"message": err} if isinstance(err, str) else {}
+    param, code = err.get("param"), err.get("code")
+    return OpenAIError(
+        status,
+        str(err.get("message") or data)[:2000],
+        type_=str(err.get("type") or "invalid_request_error"),
+        param=param if isinstance(param, str) else None,
+        code=code if isinstance(code, str) else None,
+    )
 
 
 def _chunk_id() -> str:
@@ -196,6 +342,7 @@ async def _run_engine(
     i: int,
     seed: int | None,
 ) -> AsyncIterator[Delta | Done]:
+    logprobs, top_logprobs = _logprob_options(req)
     gen = GenRequest(
         request_id=f"{rid}-{i}",
         prompt_ids=prompt_ids,
@@ -204,7 +351,8 @@ async def _run_engine(
         top_p=req.top_p,
         seed=None if seed is None else seed + i,
         stop=stops,
-        logprobs=bool(getattr(req, "logprobs", False)),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
     )
     async for ev in target.engine.generate(gen):
         yield ev
@@ -257,7 +405,9 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
         dep = gw.deployment(key, req.model)
         rid = _chunk_id() if kind == "chat" else "cmpl-" + uuid.uuid4().hex[:24]
         stops = req.stops()
+        want_logprobs = _logprob_options(req)[0]
         ctx = hooks.begin(key, dep, kind, raw, rid) if hooks else None
+        request.state.lmops_ctx = ctx  # the access log reads the outcome from it
         try:
             if dep.upstream is not None:
                 return await _upstream(dep, req, raw, kind, rid, ctx, started)
@@ -299,11 +449,12 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                     param="max_tokens",
                     code="invalid_value",
                 )
-            max_tokens = min(asked or min(256, room), room)
+            # the deployment's cap bounds the default as well as what a client asks for
+            max_tokens = min(asked or min(256, room, dep.spec.max_tokens_cap), room)
             if ctx is not None:
                 ctx.admit(len(prompt_ids), max_tokens * req.n, model_ref=target.version)
             if req.stream:
-                return StreamingResponse(
+                return _ClosingStreamingResponse(
                     _stream_engine(
                         dep, req, prompt_ids, stops, max_tokens, target, rid, kind, ctx, started
                     ),
@@ -320,22 +471,29 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                     for i in range(req.n)
                 )
             )
+            failed = next((d for _t, d, _l in outs if d.finish_reason == "error"), None)
+            if failed is not None:
+                raise OpenAIError(
+                    500,
+                    f"The model failed while generating: {failed.error}",
+                    type_="server_error",
+                    code="engine_error",
+                )
             completion = sum(d.completion_tokens for _t, d, _l in outs)
             choices = []
-            for i, (text, done, lps) in enumerate(outs):
+            for i, (text, done, release) in enumerate(outs):
                 if ctx is not None:
                     text, filtered = ctx.check_output(text)
                     if filtered:
                         done.finish_reason = "content_filter"
+                entries = release.sent(text)
                 choice: dict[str, Any] = {"index": i, "finish_reason": done.finish_reason}
                 if kind == "chat":
                     choice["message"] = {"role": "assistant", "content": text}
-                    choice["logprobs"] = (
-                        {"content": lps} if getattr(req, "logprobs", False) else None
-                    )
+                    choice["logprobs"] = _chat_logprobs(entries) if want_logprobs else None
                 else:
                     choice["text"] = text
-                    choice["logprobs"] = None
+                    choice["logprobs"] = _completion_logprobs(entries) if want_logprobs else None
                 choices.append(choice)
             usage = {
                 "prompt_tokens": len(prompt_ids),
@@ -376,15 +534,13 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
 
     async def _collect(
         events: AsyncIterator[Delta | Done],
-    ) -> tuple[str, Done, list[dict[str, Any]]]:
-        text, lps = "", []
+    ) -> tuple[str, Done, _LogprobRelease]:
+        release = _LogprobRelease()
         async for ev in events:
             if isinstance(ev, Delta):
-                text += ev.text
-                if ev.token_id is not None and ev.logprob is not None:
-                    lps.append({"token": ev.text, "logprob": ev.logprob, "top_logprobs": []})
+                release.produced(ev.text, ev.logprobs)
             else:
-                return text, ev, lps
+                return release.raw, ev, release
         raise RuntimeError("engine stream ended without Done")
 
     async def _stream_engine(
@@ -405,6 +561,8 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
         status = 200
         queue: asyncio.Queue[tuple[int, Delta | Done]] = asyncio.Queue()
         guards: list[Any] = [ctx.stream_guard() if ctx is not None else None for _ in range(req.n)]
+        want_logprobs = _logprob_options(req)[0]
+        releases = [_LogprobRelease() for _ in range(req.n)]
 
         async def pump(i: int) -> None:
             async for ev in _run_engine(
@@ -413,8 +571,17 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                 await queue.put((i, ev))
 
         def chunk(
-            i: int, text: str | None, finish: str | None, first: bool = False
+            i: int,
+            text: str | None,
+            finish: str | None,
+            first: bool = False,
+            entries: list[TokenLogprob] | None = None,
         ) -> dict[str, Any]:
+            logprobs = None
+            if want_logprobs and entries is not None:
+                logprobs = (
+                    _chat_logprobs(entries) if kind == "chat" else _completion_logprobs(entries)
+                )
             if kind == "chat":
                 delta: dict[str, Any] = {}
                 if first:
@@ -427,7 +594,7 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                     "created": created,
                     "model": req.model,
                     "choices": [
-                        {"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}
+                        {"index": i, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
                     ],
                 }
             return {
@@ -436,7 +603,7 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                 "created": created,
                 "model": req.model,
                 "choices": [
-                    {"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}
+                    {"index": i, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
                 ],
             }
 
@@ -454,19 +621,41 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                 guard = guards[i]
                 if isinstance(ev, Delta):
                     text, stop_now = guard.feed(ev.text) if guard is not None else (ev.text, False)
-                    if text:
-                        if first_token is None:
-                            first_token = time.perf_counter()
-                            if ctx is not None:
-                                ctx.first_token(first_token - started)
-                        yield _sse(chunk(i, text, None))
+                    entries: list[TokenLogprob] = []
+                    if want_logprobs:
+                        releases[i].produced(ev.text, ev.logprobs)
+                        entries = releases[i].sent(text)
+                    if text and first_token is None:
+                        first_token = time.perf_counter()
+                        if ctx is not None:
+                            ctx.first_token(first_token - started)
+                    if text or entries:
+                        yield _sse(chunk(i, text, None, entries=entries))
                     if stop_now:
                         open_.discard(i)
                         yield _sse(chunk(i, None, "content_filter"))
+                elif ev.finish_reason == "error":
+                    status = 500  # the reply has begun: the error goes in-band, as OpenAI's do
+                    yield _sse(
+                        {
+                            "error": {
+                                "message": f"The model failed while generating: {ev.error}",
+                                "type": "server_error",
+                                "param": None,
+                                "code": "engine_error",
+                            }
+                        }
+                    )
+                    return
                 else:
                     tail = guard.finish() if guard is not None else ""
-                    if tail:
-                        yield _sse(chunk(i, tail, None))
+                    entries = releases[i].sent(tail) if want_logprobs else []
+                    if tail and first_token is None:  # a short reply the guard held whole
+                        first_token = time.perf_counter()
+                        if ctx is not None:
+                            ctx.first_token(first_token - started)
+                    if tail or entries:
+                        yield _sse(chunk(i, tail, None, entries=entries))
                     completion += ev.completion_tokens
                     open_.discard(i)
                     # a blocked term at the very end is only judged by finish()
@@ -488,7 +677,7 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                     }
                 )
             yield "data: [DONE]\n\n"
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             status = 499  # the client went away: engine slots are freed by the cancelled tasks
             raise
         finally:
@@ -516,14 +705,7 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
         if not req.stream:
             status, data = await dep.upstream.request(path, body)
             if status >= 400:
-                err = data.get("error") or {}
-                raise OpenAIError(
-                    status,
-                    str(err.get("message") or data),
-                    type_=str(err.get("type") or "invalid_request_error"),
-                    param=err.get("param"),
-                    code=err.get("code"),
-                )
+                raise _upstream_error(status, data)
             data["model"] = req.model
             usage = data.get("usage") or {}
             if ctx is not None:
@@ -545,50 +727,71 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
         body["stream_options"] = {"include_usage": True}
 
         async def relay() -> AsyncIterator[str]:
+            # The chunks of one upstream read go out in one write: a fast upstream sends
+            # many tokens per read, and one ASGI send per token would cost more than the
+            # tokens themselves. Nothing waits for more data, so latency is unchanged.
             prompt_t = completion_t = 0
             status = 200
             guard = ctx.stream_guard() if ctx is not None else None
             first = True
+            done_sent = False
             try:
-                async for chunk in dep.upstream.stream(path, body):
-                    chunk["model"] = req.model
-                    if chunk.get("usage"):
-                        prompt_t = int(chunk["usage"].get("prompt_tokens", 0))
-                        completion_t = int(chunk["usage"].get("completion_tokens", 0))
-                        if not want_usage and not chunk.get("choices"):
-                            continue
+                async for batch, last in dep.upstream.stream_batches(path, body):
+                    out: list[str] = []
                     stop_now = False
-                    for ch in chunk.get("choices", []):
-                        delta = ch.get("delta") or {}
-                        if guard is not None and isinstance(delta.get("content"), str):
-                            delta["content"], stop_now = guard.feed(delta["content"])
-                            if stop_now:
-                                ch["finish_reason"] = "content_filter"
-                        if guard is not None and ch.get("finish_reason") and not stop_now:
-                            # flush what the guard held back before the stream's last word
-                            tail = guard.finish()
-                            if tail:
-                                extra = {
-                                    **chunk,
-                                    "choices": [
-                                        {
-                                            "index": ch.get("index", 0),
-                                            "delta": {"content": tail},
-                                            "finish_reason": None,
-                                        }
-                                    ],
-                                }
-                                extra.pop("usage", None)
-                                yield _sse(extra)
-                            if getattr(guard, "stopped", False):
-                                ch["finish_reason"] = "content_filter"
-                        if first and (delta.get("content") or ch.get("text")) and ctx is not None:
-                            ctx.first_token(time.perf_counter() - started)
-                            first = False
-                    yield _sse(chunk)
+                    for chunk in batch:
+                        chunk["model"] = req.model
+                        if chunk.get("usage"):
+                            prompt_t = int(chunk["usage"].get("prompt_tokens", 0))
+                            completion_t = int(chunk["usage"].get("completion_tokens", 0))
+                            if not want_usage and not chunk.get("choices"):
+                                continue
+                        for ch in chunk.get("choices", []):
+                            delta = ch.get("delta") or {}
+                            if guard is not None and isinstance(delta.get("content"), str):
+                                delta["content"], stop_now = guard.feed(delta["content"])
+                                if stop_now:
+                                    ch["finish_reason"] = "content_filter"
+                            if guard is not None and ch.get("finish_reason") and not stop_now:
+                                # flush what the guard held back before the stream's last word
+                                tail = guard.finish()
+                                if tail:
+                                    extra = {
+                                        **chunk,
+                                        "choices": [
+                                            {
+                                                "index": ch.get("index", 0),
+                                                "delta": {"content": tail},
+                                                "finish_reason": None,
+                                            }
+                                        ],
+                                    }
+                                    extra.pop("usage", None)
+                                    out.append(_sse(extra))
+                                    if first and ctx is not None:  # the guard held it all
+                                        ctx.first_token(time.perf_counter() - started)
+                                        first = False
+                                if getattr(guard, "stopped", False):
+                                    ch["finish_reason"] = "content_filter"
+                            if (
+                                first
+                                and (delta.get("content") or ch.get("text"))
+                                and ctx is not None
+                            ):
+                                ctx.first_token(time.perf_counter() - started)
+                                first = False
+                        out.append(_sse(chunk))
+                        if stop_now:
+                            break
+                    if last or stop_now:
+                        out.append("data: [DONE]\n\n")
+                        done_sent = True
+                    if out:
+                        yield "".join(out)
                     if stop_now:
                         break
-                yield "data: [DONE]\n\n"
+                if not done_sent:
+                    yield "data: [DONE]\n\n"
             except UpstreamError as e:
                 status = 502
                 yield _sse(
@@ -601,23 +804,26 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                         }
                     }
                 )
+            except asyncio.CancelledError:
+                status = 499  # the client went away
+                raise
             finally:
                 if ctx is not None:
                     ctx.finish(status, prompt_t, completion_t)
 
-        return StreamingResponse(
+        return _ClosingStreamingResponse(
             relay(), media_type="text/event-stream", headers=ctx.headers() if ctx else {}
         )
 
-    @router.post("/chat/completions")
+    @router.post("/chat/completions", openapi_extra=_openapi_body(ChatRequest))
     async def chat(request: Request) -> Response:
         return await _generate(request, "chat")
 
-    @router.post("/completions")
+    @router.post("/completions", openapi_extra=_openapi_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         return await _generate(request, "completion")
 
-    @router.post("/embeddings")
+    @router.post("/embeddings", openapi_extra=_openapi_body(EmbeddingRequest))
     async def embeddings(request: Request) -> Response:
         key = gw.authenticate(request)
         req: EmbeddingRequest = _parse(EmbeddingRequest, await body_json(request))
@@ -626,10 +832,17 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
         if not texts or any(not isinstance(t, str) for t in texts):
             raise OpenAIError(400, "input: a string or a list of strings", param="input")
         if dep.upstream is not None:
-            status, data = await dep.upstream.request(
-                "/embeddings", {"input": texts, "encoding_format": req.encoding_format}
-            )
-            return JSONResponse(data, status_code=status)
+            try:
+                status, data = await dep.upstream.request(
+                    "/embeddings", {"input": texts, "encoding_format": req.encoding_format}
+                )
+            except UpstreamError as e:
+                raise OpenAIError(
+                    502, str(e), type_="server_error", code="upstream_error"
+                ) from None
+            if status >= 400:
+                raise _upstream_error(status, data)
+            return JSONResponse({**data, "model": req.model}, status_code=status)
         target = dep.pick()
         vectors = await asyncio.to_thread(target.engine.embed, texts)
         tokens = sum(len(target.engine.encode(t)) for t in texts)

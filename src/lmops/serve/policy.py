@@ -8,6 +8,12 @@ out, the request log, and Prometheus metrics.
     ctx.admit(prompt_tokens, max_tokens, model_ref="chat:3")   # 429 with headers if over
     ... generate (ctx.stream_guard() for streams, ctx.check_output(text) otherwise) ...
     ctx.finish(200, prompt_tokens, completion_tokens, response=body)   # or ctx.fail(...)
+
+Per request the policy reads nothing from the database (limits and guardrails are built
+once per deployment); it runs one limiter transaction to admit and, when the token estimate
+was off, one to reconcile; the request-log row is handed to :class:`~lmops.serve.metering.RequestLog`,
+which writes rows in batches from a background thread. ``Policy.close()`` (the app's
+shutdown) flushes it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 from lmops.serve.guardrails import GuardrailConfig, Guardrails
 from lmops.serve.limits import Limits, RateLimited, RateLimiter, estimate_tokens
 from lmops.serve.limits import headers as limit_headers
+from lmops.serve.metering import RequestLog
 from lmops.serve.metrics import Metrics
 
 __all__ = ["Policy", "RequestContext"]
@@ -29,8 +36,11 @@ class Policy:
         self.registry = registry
         self.limiter = RateLimiter(store.db)
         self.metrics = Metrics(registry)
+        self.log = RequestLog(store)
         self.guards: dict[str, Guardrails] = {}
+        self.limits: dict[str, Limits] = {}
         for name, dep in registry.deployments.items():
+            self.limits[name] = Limits(**dep.spec.limits)
             cfg = dep.spec.guardrails
             if cfg is None:
                 conf = GuardrailConfig.from_name("default")
@@ -43,6 +53,10 @@ class Policy:
 
     def begin(self, key: Any, dep: Any, kind: str, body: Any, request_id: str) -> RequestContext:
         return RequestContext(self, key, dep, kind, body, request_id)
+
+    def close(self) -> None:
+        """Write the request-log rows still pending (call at shutdown; idempotent)."""
+        self.log.close()
 
 
 class RequestContext:
@@ -63,6 +77,10 @@ class RequestContext:
         self.actions: list[dict[str, Any]] = []
         self._headers: dict[str, str] = {}
         self._done = False
+        # the outcome, once finish()/fail() ran (read by the access log)
+        self.status: int | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
         self._masked_messages: list[dict[str, Any]] | None = None
         self._stream_guards: list[Any] = []
 
@@ -107,7 +125,7 @@ class RequestContext:
         self.model_ref = model_ref
         scopes = [
             (f"key:{self.key.name}", Limits.from_key(self.key)),
-            (f"dep:{self.dep.name}", Limits(**self.dep.spec.limits)),
+            (f"dep:{self.dep.name}", self.policy.limits[self.dep.name]),
         ]
         try:
             self.lease = self.policy.limiter.acquire(
@@ -142,6 +160,11 @@ class RequestContext:
         if self._done:
             return
         self._done = True
+        self.status, self.prompt_tokens, self.completion_tokens = (
+            status,
+            prompt_tokens,
+            completion_tokens,
+        )
         for g in self._stream_guards:
             self._record(list(getattr(g, "actions", [])), "output")
         latency = time.perf_counter() - self.started
@@ -160,6 +183,7 @@ class RequestContext:
         if self._done:
             return
         self._done = True
+        self.status = status
         if self.lease is not None:
             self.policy.limiter.release(self.lease)
         latency = time.perf_counter() - self.started
@@ -175,8 +199,6 @@ class RequestContext:
         error: str | None,
         response: dict[str, Any] | None,
     ) -> None:
-        from lmops.serve.metering import log_request
-
         bodies: dict[str, Any] = {}
         if self.dep.spec.log_bodies and self.body is not None:
             # bodies are kept only after PII masking (the guard's masked messages)
@@ -184,8 +206,7 @@ class RequestContext:
             if self._masked_messages is not None:
                 req["messages"] = self._masked_messages
             bodies = {"request_body": req, "response_body": response}
-        log_request(
-            self.policy.store,
+        self.policy.log.submit(
             request_id=self.request_id,
             key_name=self.key.name,
             deployment=self.dep.name,

@@ -34,6 +34,8 @@ def mount_gateway(app: FastAPI, specs: list[DeploymentSpec], store: Any) -> Any:
     @app.on_event("shutdown")
     def _close() -> None:
         registry.close()
+        if hooks is not None:
+            hooks.close()  # writes the request-log rows still pending
 
     return gw
 

@@ -18,16 +18,51 @@ class GenRequest:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     logprobs: bool = False
+    top_logprobs: int = 0  # alternatives reported per token (with logprobs)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
+class TokenLogprob:
+    """One sampled token's log-probability (natural log, under the model's distribution
+    before temperature and top-p), with its ``top_logprobs`` alternatives, most likely
+    first. ``bytes`` are the token's own UTF-8 bytes (exact even for part of a multi-byte
+    character, whose ``token`` text is then a replacement character). ``text_offset`` and
+    ``text_end`` bound the generated text (in characters) up to and including this token,
+    so a layer that rewrites text can tell which tokens' text went out verbatim."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TokenLogprob] = field(default_factory=list)
+    text_offset: int = 0
+    text_end: int = 0
+
+    def to_openai(self) -> dict[str, Any]:
+        """The chat ``logprobs.content[]`` entry."""
+        return {
+            "token": self.token,
+            "logprob": self.logprob,
+            "bytes": self.bytes,
+            "top_logprobs": [
+                {"token": t.token, "logprob": t.logprob, "bytes": t.bytes}
+                for t in self.top_logprobs
+            ],
+        }
+
+
+@dataclass
 class Delta:
-    """New text of one sequence (may be empty when only a token was held back)."""
+    """New text of one sequence (may be empty when only a token was held back).
+
+    With ``GenRequest.logprobs`` every generated token arrives on exactly one delta, in
+    order, as ``logprobs``; a delta's text need not be that token's text (text is held
+    back at partial characters and possible stop strings)."""
 
     text: str
     token_id: int | None = None
     logprob: float | None = None
+    logprobs: TokenLogprob | None = None
 
 
 @dataclass
