@@ -27,8 +27,10 @@ $(VENV)/.dev: $(VENV)/.torch pyproject.toml
 	$(PIP) install -e '.[dev]'
 	touch $@ $(VENV)/.base
 
+# The whole lifecycle on generated data (+ ../shared/datasets when present): data, tokenizer,
+# pretrain, LoRA SFT, DPO, eval, gate, serve. Re-running it is instant (step cache).
 quickstart: $(VENV)/.base
-	$(VENV)/bin/lmops info
+	$(VENV)/bin/lmops quickstart --workdir lmops-quickstart
 
 LINT_DIRS := $(wildcard src tests benchmarks)
 
