@@ -23,6 +23,7 @@ __all__ = [
     "line_of",
     "load_config",
     "node_line",
+    "read_yaml",
     "validate_config",
 ]
 
@@ -117,7 +118,9 @@ def validate_config(
         raise UserError(f"{where}: {format_loc(loc)}: {msg}") from None
 
 
-def load_config(path: Path, model: type[M], overrides: list[str] | None = None) -> M:
+def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """The document in ``path`` and its composed node tree (for error lines); one-line
+    errors for a missing file, bad encoding or invalid YAML (with its line)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -132,6 +135,11 @@ def load_config(path: Path, model: type[M], overrides: list[str] | None = None) 
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{path}{line}: invalid YAML ({problem})") from None
+    return data, node
+
+
+def load_config(path: Path, model: type[M], overrides: list[str] | None = None) -> M:
+    data, node = read_yaml(path)
     if data is None:
         raise UserError(f"{path}: empty file")
     if overrides:

@@ -44,7 +44,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmops.core.errors import UserError
-from lmops.core.yamlcfg import apply_overrides, format_loc, node_line, validate_config
+from lmops.core.yamlcfg import (
+    apply_overrides,
+    format_loc,
+    node_line,
+    read_yaml,
+    validate_config,
+)
 
 __all__ = [
     "Pipeline",
@@ -330,19 +336,7 @@ def load_pipeline(
     path: Path, overrides: list[str] | None = None, variables: dict[str, Any] | None = None
 ) -> Pipeline:
     """Read and validate ``path`` (``overrides`` like ``steps.sft.spec.train.steps=10``)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not valid UTF-8") from None
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}{line}: invalid YAML") from None
+    data, node = read_yaml(path)
     return pipeline_from_dict(
         data,
         source=str(path),
