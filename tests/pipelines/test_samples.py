@@ -157,6 +157,19 @@ def test_recipe_removes_planted_problems_and_keeps_good_documents(tmp_path: Path
     assert report["docs_in"] == stats.docs and report["docs_out"] == len(out)
 
 
+def test_recipe_keeps_shakespeare(shared_datasets: Path, tmp_path: Path) -> None:
+    from lmops.data.executor import run_recipe
+    from lmops.data.recipe import load_recipe
+
+    path = shared_datasets / "tinyshakespeare" / "input.txt"
+    stats = write_corpus(tmp_path / "corpus", docs=20, shakespeare=path, shakespeare_fraction=0.05)
+    recipe_file = write_recipe(tmp_path / "recipe.yaml", dataset=None, workers=1)
+    result = run_recipe(load_recipe(recipe_file), base_dir=tmp_path, progress=False)
+    assert result.output_path is not None
+    kept = Counter(stats.labels[r["id"]] for r in _rows(result.output_path))
+    assert stats.shakespeare > 50 and kept["shakespeare"] >= 0.9 * stats.shakespeare
+
+
 # -------------------------------------------------------------------------------- skill task
 
 
@@ -289,6 +302,26 @@ def test_profiles_are_valid_specs(name: str) -> None:
     from lmops.train.spec import LoraParams, ModelPreset, PreferenceParams, TrainParams
 
     p = PROFILES[name]
+    assert set(p) == {
+        "corpus_docs",
+        "shakespeare_fraction",
+        "task_train",
+        "task_eval",
+        "task_prefs",
+        "heldout_docs",
+        "alpaca",
+        "vocab_size",
+        "model",
+        "pretrain",
+        "sft",
+        "sft_packing",
+        "lora",
+        "dpo",
+        "dpo_lora",
+        "preference",
+        "eval_limit",
+        "safety_limit",
+    }
     assert p["corpus_docs"] >= 20 and 0 <= p["shakespeare_fraction"] <= 1
     assert p["vocab_size"] > 260 and 1 <= p["eval_limit"] <= p["task_eval"]
     ModelPreset.model_validate({**p["model"], "tokenizer": "tok"})

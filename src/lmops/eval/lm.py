@@ -113,6 +113,11 @@ class HFEvalModel:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.eot = self.tokenizer.eos_token_id
+        # Generation also stops at ChatML's end of turn, as the serving engine does: decoding
+        # drops <|im_end|>, so whatever a chat model writes after its turn would otherwise run
+        # into its answer.
+        im_end = self.tokenizer.get_vocab().get("<|im_end|>")
+        self.stop_ids = [i for i in dict.fromkeys([self.eot, im_end]) if isinstance(i, int)]
         cfg = self.model.config
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or 2048
         self.batch_size = batch_size
@@ -412,7 +417,7 @@ class HFEvalModel:
                     do_sample=bool(kw.get("do_sample", False)),
                     temperature=float(kw.get("temperature", 0.0)) or None,
                     pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=self.eot,
+                    eos_token_id=self.stop_ids or self.eot,
                 )
             text = str(self.tokenizer.decode(gen[0, len(ids) :], skip_special_tokens=True))
             for stop in until:

@@ -3,6 +3,7 @@ key scoped to the deployment, one chat request through the official ``openai`` c
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -89,7 +90,20 @@ def serve_and_probe(ctx: StepContext, p: ServeParams) -> StepOutput:
         scopes=[p.name],
         expires_at=utcnow() + timedelta(days=p.key_ttl_days) if p.key_ttl_days else None,
     )
-    app = create_app(store, mounts=[lambda a: mount_gateway(a, [spec], store)])
+    from lmops.serve.accesslog import ENV as ACCESS_LOG_ENV
+
+    # The one smoke request would print a JSON access-log line into the pipeline's output;
+    # a server kept running logs as `lmops serve` does (LMOPS_ACCESS_LOG, default json).
+    before = os.environ.get(ACCESS_LOG_ENV)
+    if not p.keep:
+        os.environ[ACCESS_LOG_ENV] = "off"
+    try:
+        app = create_app(store, mounts=[lambda a: mount_gateway(a, [spec], store)])
+    finally:
+        if before is None:
+            os.environ.pop(ACCESS_LOG_ENV, None)
+        else:
+            os.environ[ACCESS_LOG_ENV] = before
     port = p.port or _free_port(p.host)
     server = _Server(app, p.host, port)
     base = f"http://{p.host}:{port}"
