@@ -87,25 +87,13 @@ def resolve_local(
 def merged_view(adapter_dir: Path, store: Any | None) -> Path:
     """A full model folder for an adapter: merged into its base in a temp folder (inference
     backends such as the eval harness and the serving engine load plain HF folders)."""
-    import json
     import tempfile
 
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     quiet_transformers()
-    info = json.loads((adapter_dir / "lmops_base.json").read_text())
-    if info.get("base_ref") and store is not None:
-        base = store.assets.path(info["base_ref"])
-    else:
-        base = Path(info["base_path"])
-    if (base / "adapter_config.json").exists():  # an adapter trained on an adapter
-        base_model = load_merged(base)
-    else:
-        base_model = AutoModelForCausalLM.from_pretrained(str(base))
     out = Path(tempfile.mkdtemp(prefix="lmops-merged-"))
-    merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(str(out))
+    load_merged(adapter_dir, store=store).save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
     return out
 
@@ -209,7 +197,7 @@ def _load_pretrained(path: Path, spec: TrainSpec, dtype: Any, *, for_reward: boo
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if (path / "adapter_config.json").exists():
-        return _load_adapter_model(path, dtype)
+        return load_merged(path, dtype=dtype)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if spec.method == "qlora":
         kwargs.update(_qlora_kwargs())
@@ -225,30 +213,32 @@ def _load_pretrained(path: Path, spec: TrainSpec, dtype: Any, *, for_reward: boo
     return model
 
 
-def load_merged(adapter_dir: Path, dtype: Any = "auto") -> Any:
-    """An adapter folder as one model: its base (itself merged first when it is an
-    adapter too) with the adapter merged in."""
-    return _load_adapter_model(adapter_dir, dtype)
-
-
-def _load_adapter_model(path: Path, dtype: Any) -> Any:
-    """An adapter folder carries the base model's location in ``lmops_base.json``."""
+def load_merged(adapter_dir: Path, *, store: Any | None = None, dtype: Any = None) -> Any:
+    """An adapter folder as one model: its base with the adapter merged in. The base is
+    named in ``lmops_base.json`` (its asset ref when ``store`` is given, else its path) and
+    is merged first when it is an adapter too (SFT LoRA -> DPO LoRA)."""
     import json
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    meta_file = path / "lmops_base.json"
+    meta_file = adapter_dir / "lmops_base.json"
     if not meta_file.exists():
         raise UserError(
-            f"{path} is an adapter without lmops_base.json; merge it first (lmops train merge)"
+            f"{adapter_dir} is an adapter without lmops_base.json; merge it first "
+            "(lmops train merge)"
         )
-    base = Path(json.loads(meta_file.read_text())["base_path"])
-    if (base / "adapter_config.json").exists():  # an adapter trained on an adapter (SFT -> DPO)
-        model = _load_adapter_model(base, dtype)
+    info = json.loads(meta_file.read_text())
+    if info.get("base_ref") and store is not None:
+        base = Path(store.assets.path(info["base_ref"]))
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
-    return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        base = Path(info["base_path"])
+    if (base / "adapter_config.json").exists():
+        model = load_merged(base, store=store, dtype=dtype)
+    else:
+        kwargs = {} if dtype is None else {"dtype": dtype}  # None: transformers' default
+        model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
 
 
 def _qlora_kwargs() -> dict[str, Any]:

@@ -392,8 +392,7 @@ def _model_card(
 
 def merge_adapter(store: Any, adapter_ref: str, output: str | None = None) -> Any:
     """Merge a LoRA adapter into its base model and register the result as a model."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from lmops.train.models import load_merged, quiet_transformers
 
@@ -411,11 +410,7 @@ def merge_adapter(store: Any, adapter_ref: str, output: str | None = None) -> An
         )
     name = output or f"{v.asset}-merged"
     with store.runs.track("merge", name=name, config={"adapter": v.ref, "base": base_ref}) as run:
-        if (Path(base_path) / "adapter_config.json").exists():  # adapter on an adapter
-            base = load_merged(Path(base_path))
-        else:
-            base = AutoModelForCausalLM.from_pretrained(str(base_path))
-        merged = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+        merged = load_merged(path, store=store)
         out = Path(store.runs.dir(run.id)) / "output"
         merged.save_pretrained(str(out))
         AutoTokenizer.from_pretrained(str(path)).save_pretrained(str(out))
