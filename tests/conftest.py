@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from lmops.core.net import free_port
 
 # The test environment the project promises: 1 thread, offline, no telemetry.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -72,12 +73,6 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  #
         return CliResult(code, captured.out, captured.err)
 
     return run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------

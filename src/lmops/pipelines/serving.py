@@ -4,22 +4,16 @@ key scoped to the deployment, one chat request through the official ``openai`` c
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from datetime import timedelta
 from typing import Any
 
 from lmops.core.errors import UserError
+from lmops.core.net import free_port
 from lmops.pipelines.steps import ServeParams, StepContext, StepOutput
 
 __all__ = ["serve_and_probe", "snippets"]
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def snippets(base_url: str, deployment: str, secret: str, prompt: str) -> tuple[str, str]:
@@ -104,7 +98,7 @@ def serve_and_probe(ctx: StepContext, p: ServeParams) -> StepOutput:
             os.environ.pop(ACCESS_LOG_ENV, None)
         else:
             os.environ[ACCESS_LOG_ENV] = before
-    port = p.port or _free_port(p.host)
+    port = p.port or free_port(p.host)
     server = _Server(app, p.host, port)
     base = f"http://{p.host}:{port}"
     server.start()

@@ -53,6 +53,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from lmops.core.errors import UserError
+from lmops.core.net import free_port
 from lmops.serve.deployments import DeploymentSpec, VllmOptions
 
 __all__ = [
@@ -137,12 +138,6 @@ def vllm_argv(opts: VllmOptions, *, model: Path | str, name: str, port: int) -> 
     ]
     flags = [x for flag, value in typed if value is not None for x in (flag, str(value))]
     return [*head, *flags, *opts.args]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _port_in_use(port: int) -> bool:
@@ -448,7 +443,7 @@ def supervisor_for(spec: DeploymentSpec, *, store: Any, run_dir: Path) -> Superv
     opts = spec.vllm or VllmOptions()
     if opts.command is None and not _vllm_installed():
         raise UserError(f"deployment {spec.name!r}: {VLLM_HINT}")
-    port = opts.port or _free_port()
+    port = opts.port or free_port(HOST)
     model = _local_model(spec, store)
     safe = re.sub(r"[^\w.-]", "_", spec.name)
     return Supervisor(
