@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings", "mask_url"]
+__all__ = ["Settings", "find_shared_datasets", "mask_url"]
 
 
 def mask_url(url: str) -> str:
@@ -46,3 +46,19 @@ class Settings:
     def runs_dir(self) -> Path:
         """Run logs and run-local files (plots, checkpoints) live under here."""
         return self.home / "runs"
+
+
+def find_shared_datasets(explicit: Path | None = None) -> Path | None:
+    """The shared public data sets folder: ``explicit``, else ``$LMOPS_SHARED_DATASETS``,
+    else ``../shared/datasets`` beside the current folder or beside this source checkout;
+    ``None`` when none of them is a folder."""
+    env = os.environ.get("LMOPS_SHARED_DATASETS")
+    for cand in (
+        explicit,
+        Path(env).expanduser() if env else None,
+        Path.cwd().parent / "shared" / "datasets",
+        Path(__file__).resolve().parents[3].parent / "shared" / "datasets",
+    ):
+        if cand is not None and cand.is_dir():
+            return cand.resolve()
+    return None

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from lmops.core.config import find_shared_datasets
 from lmops.core.errors import UserError
 from lmops.eval.tasks import Task, TaskConfig
 
@@ -22,17 +22,10 @@ LETTERS = ["A", "B", "C", "D"]
 
 
 def shared_root(explicit: Path | None = None) -> Path:
-    candidates = [
-        explicit,
-        Path(os.environ["LMOPS_SHARED_DATASETS"])
-        if os.environ.get("LMOPS_SHARED_DATASETS")
-        else None,
-    ]
-    candidates.append(Path(__file__).resolve().parents[3].parent / "shared" / "datasets")
-    for c in candidates:
-        if c is not None and c.is_dir():
-            return c
-    raise UserError("shared datasets not found: set LMOPS_SHARED_DATASETS or pass --data-dir")
+    root = find_shared_datasets(explicit)
+    if root is None:
+        raise UserError("shared datasets not found: set LMOPS_SHARED_DATASETS or pass --data-dir")
+    return root
 
 
 def _mmlu_rows(root: Path) -> list[dict[str, Any]]:

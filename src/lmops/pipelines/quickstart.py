@@ -10,15 +10,15 @@ again with ``lmops run``; unchanged steps come from the cache.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lmops.core.config import find_shared_datasets
 from lmops.core.errors import UserError
+from lmops.core.jsonl import json_objects
 from lmops.pipelines import samples
 from lmops.pipelines.steps import pick_metric
 
@@ -28,20 +28,11 @@ MODELS = ("base", "sft", "dpo")
 
 
 def find_shared(explicit: Path | None = None) -> Path | None:
-    """The shared datasets folder: ``explicit``, ``$LMOPS_SHARED_DATASETS``, or
-    ``../shared/datasets`` from the current folder; ``None`` when none exists."""
-    for cand in (
-        explicit,
-        Path(os.environ["LMOPS_SHARED_DATASETS"])
-        if os.environ.get("LMOPS_SHARED_DATASETS")
-        else None,
-        Path.cwd().parent / "shared" / "datasets",
-    ):
-        if cand is not None and cand.is_dir():
-            return cand.resolve()
-    if explicit is not None:
+    """The shared datasets folder (see :func:`lmops.core.config.find_shared_datasets`);
+    an ``explicit`` folder that does not exist is an error, not a fallback."""
+    if explicit is not None and not explicit.is_dir():
         raise UserError(f"--shared {explicit}: no such folder")
-    return None
+    return find_shared_datasets(explicit)
 
 
 @dataclass
@@ -50,29 +41,20 @@ class QuickstartFiles:
     pipeline: Path
     corpus: samples.CorpusStats
     task: samples.SkillTask
-    shared: Path | None
+    shared: Path | None  # the shared datasets folder read (None: generated data only)
     alpaca_rows: int
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
-    )
 
 
 def _heldout_texts(tmp: Path, docs: int) -> list[dict[str, Any]]:
     """Clean generated articles from another seed: text none of the models trained on."""
     stats = samples.write_corpus(tmp, docs=docs, seed=1, shards=1)
     keep = {i for i, label in stats.labels.items() if label == "clean"}
-    rows = []
-    for f in stats.files:
-        for line in f.read_text(encoding="utf-8").split("\n"):
-            if line.strip():
-                row = json.loads(line)
-                if row["id"] in keep:
-                    rows.append({"text": row["text"]})
-    return rows
+    return [
+        {"text": row["text"]}
+        for f in stats.files
+        for _, _, row in json_objects(f.read_text(encoding="utf-8"), str(f))
+        if row["id"] in keep
+    ]
 
 
 def prepare(
@@ -108,7 +90,7 @@ def prepare(
         seed=0,
     )
     heldout_tmp = data / ".heldout-src"
-    _write_jsonl(
+    samples.write_jsonl(
         data / "heldout" / "heldout.jsonl", _heldout_texts(heldout_tmp, profile["heldout_docs"])
     )
     shutil.rmtree(heldout_tmp, ignore_errors=True)
@@ -116,7 +98,7 @@ def prepare(
     alpaca_rows: list[dict[str, Any]] = []
     if alpaca_dir is not None and alpaca_dir.exists() and profile["alpaca"] > 0:
         alpaca_rows = samples.alpaca_slice(alpaca_dir, profile["alpaca"], seed=0)
-        _write_jsonl(data / "alpaca" / "alpaca.jsonl", alpaca_rows)
+        samples.write_jsonl(data / "alpaca" / "alpaca.jsonl", alpaca_rows)
     samples.write_recipe(
         workdir / "recipe.yaml", inputs=["placeholder"], output_path=None, dataset="qs-clean"
     )
@@ -143,7 +125,7 @@ def prepare(
         path,
         corpus,
         task,
-        shakespeare.parent.parent if shakespeare else None,
+        shared,
         len(alpaca_rows),
     )
 

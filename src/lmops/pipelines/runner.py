@@ -25,8 +25,9 @@ from pydantic import ValidationError
 from lmops import __version__
 from lmops.core.errors import LmopsError, UserError
 from lmops.core.yamlcfg import format_loc
-from lmops.pipelines.spec import Pipeline, substitute
+from lmops.pipelines.spec import Pipeline, param_error, substitute
 from lmops.pipelines.steps import STEP_TYPES, StepContext, canonical, pin_inputs
+from lmops.store.steps import CachedStep
 
 __all__ = [
     "PipelineRun",
@@ -126,11 +127,29 @@ def _params(pipe: Pipeline, name: str, scope: dict[str, Any]) -> Any:
     try:
         return STEP_TYPES[step.type].params.model_validate(raw), raw
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(err["loc"])
-        raise UserError(
-            f"{pipe.where('steps', name, *loc)}: steps.{name}.{format_loc(loc)}: {err['msg']}"
-        ) from None
+        raise param_error(pipe, name, e) from None
+
+
+def _prepare(
+    pipe: Pipeline,
+    name: str,
+    store: Any,
+    scope: dict[str, Any],
+    force: bool | set[str],
+    console: Any,
+    progress: bool,
+) -> tuple[Any, StepContext, str, CachedStep | None]:
+    """A step's parameters, context and cache key, and its cache entry when it may be
+    reused (cacheable, not forced, not always-run, and the entry still resolves)."""
+    step = pipe.spec.steps[name]
+    params, raw = _params(pipe, name, scope)
+    ctx = StepContext(store, pipe.name, name, pipe.base_dir, console, progress)
+    key = step_key(pipe, name, raw, pin_inputs(ctx, params.inputs()))
+    forced = force is True or (isinstance(force, set) and name in force)
+    hit = None
+    if step.cache and not forced and not STEP_TYPES[step.type].always_run(params):
+        hit = store.steps.get(key)
+    return params, ctx, key, hit
 
 
 def run_pipeline(
@@ -236,15 +255,7 @@ def _run_step(
     notify: Callable[[StepState], None],
 ) -> None:
     step = pipe.spec.steps[name]
-    stype = STEP_TYPES[step.type]
-    params, raw = _params(pipe, name, scope)
-    ctx = StepContext(store, pipe.name, name, pipe.base_dir, console, progress)
-    pinned = pin_inputs(ctx, params.inputs())
-    st.key = step_key(pipe, name, raw, pinned)
-    forced = force is True or (isinstance(force, set) and name in force)
-    cached = None
-    if step.cache and not forced and not stype.always_run(params):
-        cached = store.steps.get(st.key)
+    params, ctx, st.key, cached = _prepare(pipe, name, store, scope, force, console, progress)
     if cached is not None:
         st.status = "cached"
         st.outputs = cached.outputs
@@ -255,7 +266,7 @@ def _run_step(
         st.status = "running"
         notify(st)
         t0 = time.perf_counter()
-        out = stype.run(ctx, params)
+        out = STEP_TYPES[step.type].run(ctx, params)
         st.seconds = time.perf_counter() - t0
         st.outputs, st.result, st.summary, st.run_id = (
             out.outputs,
@@ -297,14 +308,10 @@ def plan_pipeline(
         for name in select_steps(pipe, only):
             step = pipe.spec.steps[name]
             entry: dict[str, Any] = {"step": name, "type": step.type, "needs": pipe.deps[name]}
-            forced = force is True or (isinstance(force, set) and name in force)
-            if forced or not step.cache or will_run & set(pipe.deps[name]):
+            if will_run & set(pipe.deps[name]):  # its inputs are not known yet
                 entry["plan"] = "run"
             else:
-                params, raw = _params(pipe, name, scope)
-                ctx = StepContext(store, pipe.name, name, pipe.base_dir, None, False)
-                key = step_key(pipe, name, raw, pin_inputs(ctx, params.inputs()))
-                hit = None if STEP_TYPES[step.type].always_run(params) else store.steps.get(key)
+                hit = _prepare(pipe, name, store, scope, force, None, False)[3]
                 entry["plan"] = "cached" if hit is not None else "run"
                 if hit is not None:
                     entry["outputs"] = hit.outputs

@@ -48,6 +48,7 @@ __all__ = [
     "shakespeare_docs",
     "spaced",
     "write_corpus",
+    "write_jsonl",
     "write_recipe",
     "write_skill_task",
 ]
@@ -656,10 +657,10 @@ def write_skill_task(
             | {"a": a, "b": b}
         )
     paths = {
-        "sft": _write_jsonl(out_dir / "sft.jsonl", sft_rows),
-        "prefs": _write_jsonl(out_dir / "prefs.jsonl", pref_rows),
-        "eval": _write_jsonl(out_dir / "eval.jsonl", eval_rows),
-        "text": _write_jsonl(out_dir / "task_text.jsonl", text_rows),
+        "sft": write_jsonl(out_dir / "sft.jsonl", sft_rows),
+        "prefs": write_jsonl(out_dir / "prefs.jsonl", pref_rows),
+        "eval": write_jsonl(out_dir / "eval.jsonl", eval_rows),
+        "text": write_jsonl(out_dir / "task_text.jsonl", text_rows),
     }
     task_yaml = out_dir / "addition_task.yaml"
     task_yaml.write_text(
@@ -674,7 +675,9 @@ def write_skill_task(
     )
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write ``rows`` as UTF-8 JSONL (non-ASCII kept), creating the folder; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
     )

@@ -57,6 +57,7 @@ __all__ = [
     "PipelineSpec",
     "StepSpec",
     "load_pipeline",
+    "param_error",
     "pipeline_from_dict",
     "references",
     "substitute",
@@ -319,15 +320,20 @@ def _placeholder(value: Any) -> Any:
     return value
 
 
+def param_error(pipe: Pipeline, name: str, e: ValidationError) -> UserError:
+    """A step parameter's validation error as ``file:line: steps.NAME.FIELD: message``."""
+    err = e.errors()[0]
+    loc = tuple(err["loc"])
+    return UserError(
+        f"{pipe.where('steps', name, *loc)}: steps.{name}.{format_loc(loc)}: {err['msg']}"
+    )
+
+
 def _check_step(pipe: Pipeline, name: str, step: StepSpec, check: Any) -> None:
     try:
         check(step.type, _placeholder(step.params))
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(err["loc"])
-        raise UserError(
-            f"{pipe.where('steps', name, *loc)}: steps.{name}.{format_loc(loc)}: {err['msg']}"
-        ) from None
+        raise param_error(pipe, name, e) from None
     except UserError as e:
         raise UserError(f"{pipe.where('steps', name)}: steps.{name}: {e}") from None
 
