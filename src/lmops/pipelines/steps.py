@@ -581,10 +581,6 @@ def _serve(ctx: StepContext, p: ServeParams) -> StepOutput:
     return serve_and_probe(ctx, p)
 
 
-def step_inputs(type_name: str, params: Any) -> list[str]:
-    return STEP_TYPES[type_name].params.inputs(params)
-
-
 def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
