@@ -154,6 +154,9 @@ class Counting:
                 finally:
                     outer.inflight -= 1
 
+            async def aclose(self) -> None:
+                await inner.aclose()
+
         return Wrapped()
 
 

@@ -42,6 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         f"  - {{name: ab, split: [{{model: {model}, weight: 1}}, {{model: {other}, weight: 1}}]}}\n"
         f"  - {{name: proxied, upstream: {upstream}/v1, upstream_model: fake}}\n"
         f"  - {{name: dead, upstream: {dead}}}\n"
+        f"  - {{name: misnamed, upstream: {upstream}/v1, upstream_model: no-such-model}}\n"
     )
 
     lmops = lmops_cli(env)
@@ -75,7 +76,14 @@ def client(server: dict[str, Any], key: str = "all") -> Any:
 
 def test_models_chat_and_usage(server: dict[str, Any]) -> None:
     c = client(server)
-    assert [m.id for m in c.models.list().data] == ["ab", "dead", "proxied", "solo", "tiny"]
+    assert [m.id for m in c.models.list().data] == [
+        "ab",
+        "dead",
+        "misnamed",
+        "proxied",
+        "solo",
+        "tiny",
+    ]
     r = c.chat.completions.create(
         model="tiny",
         messages=[{"role": "user", "content": "你好, hello"}],
@@ -268,6 +276,31 @@ def test_upstream_proxy_streams_and_reports_upstream_failure(server: dict[str, A
             model="dead", messages=[{"role": "user", "content": "hi"}], max_tokens=2
         )
     assert e.value.status_code == 502 and e.value.body["code"] == "upstream_error"
+
+
+def test_relayed_stream_refused_or_dead_upstream_is_a_status_not_an_event(
+    server: dict[str, Any],
+) -> None:
+    """The upstream stream is opened before the response starts: its 4xx reaches the
+    client as that status in OpenAI's shape, a dead upstream as 502, not a 200 stream."""
+    c = client(server)
+    ask = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": True}
+    with pytest.raises(openai.NotFoundError) as e:
+        list(c.chat.completions.create(model="misnamed", **ask))
+    assert e.value.body["code"] == "model_not_found" and "no-such-model" in e.value.message
+    with pytest.raises(openai.APIStatusError) as e2:
+        list(c.chat.completions.create(model="dead", **ask))
+    assert e2.value.status_code == 502 and e2.value.body["code"] == "upstream_error"
+    # the refusal is in the request log as an error (rows are written in batches)
+    lmops = lmops_cli(lmops_env(server["home"]))
+    errors = 0
+    for _ in range(50):
+        usage = json.loads(lmops("usage", "--deployment", "misnamed", "--json"))
+        errors = usage["by_deployment"].get("misnamed", {}).get("errors", 0)
+        if errors:
+            break
+        time.sleep(0.1)
+    assert errors >= 1
 
 
 def test_ab_split_serves_both_versions(server: dict[str, Any]) -> None:

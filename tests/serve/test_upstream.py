@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from lmops.serve.fake import fake_server
-from lmops.serve.upstream import Upstream, UpstreamError
+from lmops.serve.upstream import Upstream, UpstreamError, UpstreamRefused
 
 BODY: dict[str, Any] = {
     "messages": [{"role": "user", "content": "one two three"}],
@@ -35,8 +35,7 @@ def test_stream_batches_end_with_done_and_reuse_one_connection(fake: str) -> Non
         up = Upstream(fake + "/v1", "up")
         try:
             runs = [await _collect(up) for _ in range(5)]
-            pool = up.client._transport._pool  # type: ignore[attr-defined]
-            return runs, len(pool.connections)
+            return runs, up.connections_opened
         finally:
             await up.aclose()
 
@@ -58,15 +57,17 @@ def test_stream_batches_end_with_done_and_reuse_one_connection(fake: str) -> Non
 def test_stream_and_request_failures_are_upstream_errors(fake: str) -> None:
     async def run() -> None:
         up = Upstream(fake + "/v1", "no-such-model")
-        with pytest.raises(UpstreamError, match="failed with 404"):
+        with pytest.raises(UpstreamRefused, match="failed with 404") as refused:
             await _collect(up)
+        assert refused.value.status == 404
+        assert refused.value.data["error"]["code"] == "model_not_found"
         status, body = await up.request("/chat/completions", BODY)
         assert status == 404 and body["error"]["code"] == "model_not_found"
         await up.aclose()
         down = Upstream("http://127.0.0.1:9/v1", "up")  # nothing listens on port 9
         with pytest.raises(UpstreamError, match="unreachable"):
             await down.request("/chat/completions", BODY)
-        with pytest.raises(UpstreamError, match="stream broke"):
+        with pytest.raises(UpstreamError, match="unreachable"):
             await _collect(down)
         await down.aclose()
 
@@ -83,3 +84,35 @@ def test_stream_keeps_the_plain_per_chunk_iterator(fake: str) -> None:
 
     chunks = asyncio.run(run())
     assert len(chunks) == 9 and chunks[0]["model"] == "up"
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [(b"[1, 2]", "not a JSON object"), (b"<html>oops</html>", "not a JSON object")],
+)
+def test_a_body_that_is_not_a_json_object_is_an_upstream_error(body: bytes, match: str) -> None:
+    """A misbehaving upstream (a JSON list, an HTML error page) is a clean UpstreamError
+    (the gateway's 502), never a crash in the gateway."""
+
+    async def run() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        up = Upstream(f"http://127.0.0.1:{port}/v1", "up")
+        try:
+            with pytest.raises(UpstreamError, match=match):
+                await up.request("/chat/completions", BODY)
+        finally:
+            await up.aclose()
+            server.close()
+
+    asyncio.run(run())

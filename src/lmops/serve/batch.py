@@ -131,6 +131,9 @@ class Backend(Protocol):
 
     async def complete(self, item: Item, spec: BatchSpec) -> Answer: ...
 
+    async def aclose(self) -> None:
+        """Release what the backend holds in the running event loop (connections)."""
+
 
 @dataclass
 class BatchResult:
@@ -191,6 +194,9 @@ class _EngineBackend:
                 return t
         return targets[-1][0]
 
+    async def aclose(self) -> None:
+        return None  # the engines are closed with the deployment
+
     async def complete(self, item: Item, spec: BatchSpec) -> Answer:
         target = self._target(item, spec.seed)
         engine = target.engine
@@ -226,6 +232,9 @@ class _EngineBackend:
 class _UpstreamBackend:
     def __init__(self, dep: Deployment) -> None:
         self.dep = dep
+
+    async def aclose(self) -> None:
+        await self.dep.upstream.aclose()
 
     async def complete(self, item: Item, spec: BatchSpec) -> Answer:
         from lmops.serve.upstream import UpstreamError
@@ -613,7 +622,10 @@ def _generate(
                         last_log = time.perf_counter()
                         log()
 
-            await asyncio.gather(*(worker() for _ in range(min(concurrency, len(todo)) or 1)))
+            try:
+                await asyncio.gather(*(worker() for _ in range(min(concurrency, len(todo)) or 1)))
+            finally:
+                await be.aclose()  # its connections belong to this loop
 
     if progress is not None:
         progress(finished, len(items), 0)

@@ -251,6 +251,12 @@ class Deployment:
         for t, _ in self.targets:
             t.engine.close()
 
+    async def aclose(self) -> None:
+        """Close the upstream's connections of the running loop, then the engines."""
+        if self.upstream is not None:
+            await self.upstream.aclose()
+        self.close()
+
 
 class Registry:
     def __init__(self, specs: list[DeploymentSpec], store: Any) -> None:
@@ -269,6 +275,10 @@ class Registry:
     def close(self) -> None:
         for d in self.deployments.values():
             d.close()
+
+    async def aclose(self) -> None:
+        for d in self.deployments.values():
+            await d.aclose()
 
 
 async def stream_target(target: _Target, req: GenRequest) -> AsyncIterator[Delta | Done]:

@@ -361,7 +361,7 @@ async def _run_engine(
 def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = None) -> Gateway:
     """Add ``/v1`` routes to ``app``; returns the gateway (for tests and shutdown)."""
     from lmops.serve.engine import EngineOverloaded
-    from lmops.serve.upstream import UpstreamError
+    from lmops.serve.upstream import UpstreamError, UpstreamRefused
 
     gw = Gateway(registry, store, hooks=hooks)
     router = APIRouter(prefix="/v1")
@@ -725,6 +725,12 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
             return JSONResponse(data, headers=ctx.headers() if ctx else {})
         want_usage = req.stream_options is not None and req.stream_options.include_usage
         body["stream_options"] = {"include_usage": True}
+        # opened before the response starts, so an upstream's refusal (a 4xx) reaches the
+        # client with its status instead of as an error event inside a 200 stream
+        try:
+            stream = await dep.upstream.open_stream(path, body)
+        except UpstreamRefused as e:
+            raise _upstream_error(e.status, e.data) from None
 
         async def relay() -> AsyncIterator[str]:
             # The chunks of one upstream read go out in one write: a fast upstream sends
@@ -736,7 +742,7 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
             first = True
             done_sent = False
             try:
-                async for batch, last in dep.upstream.stream_batches(path, body):
+                async for batch, last in stream.batches():
                     out: list[str] = []
                     stop_now = False
                     for chunk in batch:
@@ -804,8 +810,9 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                         }
                     }
                 )
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):
                 status = 499  # the client went away
+                await stream.aclose()
                 raise
             finally:
                 if ctx is not None:

@@ -32,8 +32,8 @@ def mount_gateway(app: FastAPI, specs: list[DeploymentSpec], store: Any) -> Any:
     gw = mount_openai(app, registry, store, hooks=hooks)
 
     @app.on_event("shutdown")
-    def _close() -> None:
-        registry.close()
+    async def _close() -> None:
+        await registry.aclose()
         if hooks is not None:
             hooks.close()  # writes the request-log rows still pending
 
