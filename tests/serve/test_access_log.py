@@ -39,11 +39,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     model = make_model(root / "tiny", tok, seed=2)
     from lmops.serve.fake import fake_server
 
-    with fake_server(tokens=5) as upstream:
+    with fake_server(tokens=5) as upstream, fake_server(tokens=200, itl_s=0.02) as slow:
         (root / "deployments.yaml").write_text(
             "deployments:\n"
             f"  - {{name: tiny, model: {model}, max_running: 1, max_queue: 0}}\n"
             f"  - {{name: proxied, upstream: {upstream}/v1, upstream_model: fake}}\n"
+            f"  - {{name: slow, upstream: {slow}/v1, upstream_model: fake}}\n"
         )
         key = json.loads(lmops_cli(env)("keys", "create", "--name", "app", "--json"))["key"]
         proc, base = start_server(
@@ -54,7 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             "info",
             ready=ready,
         )
-        yield {"base": base, "key": key, "log": log, "model": str(model)}
+        yield {"base": base, "key": key, "log": log, "model": str(model), "env": env}
         stop_server(proc)
 
 
@@ -172,6 +173,32 @@ def test_client_disconnect_is_logged_as_499(server: dict[str, Any]) -> None:
     assert line["status"] == 499 and line["disconnected"] is True
     assert line["error_code"] == "client_disconnected"
     assert line["deployment"] == "tiny" and line["completion_tokens"] < 200
+
+
+def test_client_leaving_a_relayed_stream_is_499_in_both_logs(server: dict[str, Any]) -> None:
+    body = {
+        "model": "slow",
+        "messages": [{"role": "user", "content": "tell a long story"}],
+        "max_tokens": 200,
+        "stream": True,
+    }
+    headers = {"Authorization": "Bearer " + server["key"], "x-request-id": "gone-relay"}
+    with httpx.stream(
+        "POST", server["base"] + "/v1/chat/completions", headers=headers, json=body, timeout=60
+    ) as r:
+        assert r.status_code == 200
+        for _line in r.iter_lines():
+            break  # one event, then hang up
+    line = line_for(server, "gone-relay")
+    assert line["status"] == 499 and line["deployment"] == "slow"
+    # the request log (lmops usage) records the same outcome, not a 200
+    lmops = lmops_cli(server["env"])
+    for _ in range(50):
+        usage = json.loads(lmops("usage", "--deployment", "slow", "--json"))
+        if usage["by_deployment"].get("slow", {}).get("requests"):
+            break
+        time.sleep(0.1)
+    assert usage["by_deployment"]["slow"]["errors"] == usage["by_deployment"]["slow"]["requests"]
 
 
 def test_errors_carry_their_code_and_guardrail_actions_are_logged(
