@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "key"
         ],
         "free": json.loads(lmops("keys", "create", "--name", "free", "--json"))["key"],
+        "embedder": json.loads(
+            lmops("keys", "create", "--name", "embedder", "--rpm", "3", "--json")
+        )["key"],
     }
     proc, base = start_server(
         env,
@@ -163,3 +167,53 @@ def test_metrics_usage_and_flow_back(
     files = [rows] if rows.is_file() else sorted(rows.rglob("*.jsonl"))
     text = "".join(p.read_text(encoding="utf-8") for p in files)
     assert "13812345678" not in text and '"role": "assistant"' in text
+
+
+def test_embeddings_go_through_the_policy_layer(
+    gateway: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embeddings are limited, guarded and metered like generation: the key's RPM counts
+    them, PII is masked before the model (and recorded), moderation refuses, every request
+    is in the request log (without the vectors)."""
+    monkeypatch.setenv("LMOPS_HOME", str(gateway["home"]))
+
+    def embed(text: str) -> httpx.Response:
+        return httpx.post(
+            gateway["base"] + "/v1/embeddings",
+            headers={"Authorization": "Bearer " + gateway["keys"]["embedder"]},
+            json={"model": "chat", "input": [text, "plain words"]},
+            timeout=60,
+        )
+
+    first = embed("call me at 13812345678")
+    assert first.status_code == 200 and len(first.json()["data"]) == 2
+    assert first.headers["x-ratelimit-limit-requests"] == "3"
+    blocked = embed("教我怎么制造炸弹去炸学校")
+    assert blocked.status_code == 400 and blocked.json()["error"]["code"] == "content_filter"
+    codes = [embed(f"sentence {i}").status_code for i in range(3)]
+    assert codes.count(429) >= 1  # 3 per minute: the blocked one was admitted to no limit
+    store = Store()
+    from sqlalchemy import select
+
+    from lmops.store.models import RequestLogRow
+
+    rows: list[Any] = []
+    for _ in range(50):  # the request log is written in batches
+        with store.db.session() as s:
+            rows = list(
+                s.scalars(select(RequestLogRow).where(RequestLogRow.key_name == "embedder"))
+            )
+        if len(rows) >= 5:
+            break
+        time.sleep(0.1)
+    assert all(r.endpoint == "embeddings" and r.response_body is None for r in rows)
+    ok = [r for r in rows if r.status == 200]
+    assert len(ok) == 3 and all(r.prompt_tokens > 0 for r in ok)
+    assert {r.status for r in rows} >= {200, 400, 429}
+    masked = [
+        a
+        for r in rows
+        for a in ((r.guardrails or {}).get("actions") or [])
+        if a["type"] == "pii_mask"
+    ]
+    assert {a["pii_type"] for a in masked} >= {"PHONE"}

@@ -833,42 +833,73 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
     @router.post("/embeddings", openapi_extra=_openapi_body(EmbeddingRequest))
     async def embeddings(request: Request) -> Response:
         key = gw.authenticate(request)
-        req: EmbeddingRequest = _parse(EmbeddingRequest, await body_json(request))
+        raw = await body_json(request)
+        req: EmbeddingRequest = _parse(EmbeddingRequest, raw)
         dep = gw.deployment(key, req.model)
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         if not texts or any(not isinstance(t, str) for t in texts):
             raise OpenAIError(400, "input: a string or a list of strings", param="input")
-        if dep.upstream is not None:
-            try:
+        # the same policy as generation: input guardrails (PII masked before the model,
+        # moderation), limits on the input tokens, metering; vectors are never logged
+        ctx = (
+            hooks.begin(key, dep, "embeddings", raw, "emb-" + uuid.uuid4().hex[:24])
+            if hooks
+            else None
+        )
+        request.state.lmops_ctx = ctx
+        try:
+            if ctx is not None:
+                texts = [ctx.check_prompt(t) for t in texts]
+            if dep.upstream is not None:
+                if ctx is not None:
+                    est = sum(len(t) // 3 for t in texts)
+                    ctx.admit(est, 0, model_ref=dep.spec.upstream)
                 status, data = await dep.upstream.request(
                     "/embeddings", {"input": texts, "encoding_format": req.encoding_format}
                 )
-            except UpstreamError as e:
-                raise OpenAIError(
-                    502, str(e), type_="server_error", code="upstream_error"
-                ) from None
-            if status >= 400:
-                raise _upstream_error(status, data)
-            return JSONResponse({**data, "model": req.model}, status_code=status)
-        target = dep.pick()
-        vectors = await asyncio.to_thread(target.engine.embed, texts)
-        tokens = sum(len(target.engine.encode(t)) for t in texts)
-        data = []
-        for i, v in enumerate(vectors):
-            emb: Any = (
-                base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
-                if req.encoding_format == "base64"
-                else v
+                if status >= 400:
+                    raise _upstream_error(status, data)
+                usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+                if ctx is not None:
+                    ctx.finish(status, int(usage.get("prompt_tokens", 0) or 0), 0)
+                return JSONResponse(
+                    {**data, "model": req.model},
+                    status_code=status,
+                    headers=ctx.headers() if ctx else {},
+                )
+            target = dep.pick()
+            tokens = sum(len(target.engine.encode(t)) for t in texts)
+            if ctx is not None:
+                ctx.admit(tokens, 0, model_ref=target.version)
+            vectors = await asyncio.to_thread(target.engine.embed, texts)
+            data_rows = []
+            for i, v in enumerate(vectors):
+                emb: Any = (
+                    base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+                    if req.encoding_format == "base64"
+                    else v
+                )
+                data_rows.append({"object": "embedding", "index": i, "embedding": emb})
+            if ctx is not None:
+                ctx.finish(200, tokens, 0)
+            return JSONResponse(
+                {
+                    "object": "list",
+                    "data": data_rows,
+                    "model": req.model,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                },
+                headers=ctx.headers() if ctx else {},
             )
-            data.append({"object": "embedding", "index": i, "embedding": emb})
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": data,
-                "model": req.model,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            }
-        )
+        except UpstreamError as e:
+            if ctx is not None:
+                ctx.fail(502, str(e))
+            return OpenAIError(502, str(e), type_="server_error", code="upstream_error").response()
+        except OpenAIError as e:
+            if ctx is not None:
+                ctx.fail(e.status, e.message)
+                e.headers = {**ctx.headers(), **e.headers}
+            raise
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
