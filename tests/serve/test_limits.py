@@ -1,14 +1,17 @@
 """Rate limits, quotas and concurrency caps: exact under two worker processes (SQLite and
-PostgreSQL), reconciled to real token counts, with correct retry_after and headers."""
+PostgreSQL), reconciled to real token counts, with correct retry_after and headers. The
+limiter's SQL is hand-written, so every test that takes the ``store`` fixture runs on both
+databases."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
 import os
+import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +33,18 @@ from lmops.store.models import InflightRow, RateWindowRow
 
 # 2024-05-10 12:00:30 UTC: 30 s into a minute, mid-day, mid-month.
 T = datetime(2024, 5, 10, 12, 0, 30, tzinfo=UTC).timestamp()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(
+    request: pytest.FixtureRequest, lmops_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Store]:
+    """The store on SQLite, then on PostgreSQL: the limiter's SQL is written for both."""
+    if request.param == "postgres":
+        monkeypatch.setenv("LMOPS_DATABASE_URL", request.getfixturevalue("pg_url"))
+    s = Store()
+    yield s
+    s.close()
 
 
 @pytest.fixture
@@ -102,23 +117,41 @@ def test_exact_limits_across_two_processes_postgres(
     _exact_across_processes(lmops_home, pg_url)
 
 
-def test_first_statement_of_acquire_is_a_write(store: Store, limiter: RateLimiter) -> None:
+def test_first_statement_of_acquire_is_a_write(lmops_home: Path) -> None:
     """SQLite's deferred transaction takes the write lock at its first write: nothing may
-    be read before it, or two processes could both see the last free slot."""
+    be read before it, or two processes could both see the last free slot. Traced in
+    SQLite itself (on the connections the limiter checks out), so the driver's implicit
+    BEGIN is seen too."""
+    store = Store()
     scopes = [("key:ci", Limits(rpm=5, tpm=100, max_concurrent=2))]
-    limiter.acquire(scopes, "warm-up", 1, now=T)  # also runs the periodic sweep
     seen: list[str] = []
+    traced: list[sqlite3.Connection] = []
 
-    def record(_c: object, _cur: object, statement: str, *_a: object) -> None:
-        seen.append(statement.split()[0].upper())
+    def trace(dbapi_conn: sqlite3.Connection, _record: object, _proxy: object) -> None:
+        dbapi_conn.set_trace_callback(seen.append)
+        traced.append(dbapi_conn)
 
-    event.listen(store.db.engine, "before_cursor_execute", record)
+    event.listen(store.db.engine, "checkout", trace)
     try:
+        limiter = RateLimiter(store.db)
+        limiter.acquire(scopes, "warm-up", 1, now=T)  # also runs the periodic sweep
+        seen.clear()
         limiter.acquire(scopes, "r", 1, now=T)
     finally:
-        event.remove(store.db.engine, "before_cursor_execute", record)
-    assert seen[:3] == ["INSERT"] * 3  # conc, rpm, tpm rows, before any SELECT
-    assert "SELECT" in seen[3:]
+        event.remove(store.db.engine, "checkout", trace)
+        for conn in traced:
+            conn.set_trace_callback(None)
+    # a deferred BEGIN, the UPSERT of the counters, the in-flight count, the slot, COMMIT
+    words = [statement.split()[0].upper() for statement in seen]
+    assert words == ["BEGIN", "INSERT", "SELECT", "INSERT", "COMMIT"], seen
+    # one UPSERT charges the mutex, rpm and tpm rows, in sorted order, before any SELECT
+    upsert = seen[1]
+    assert upsert.startswith("INSERT INTO rate_windows")
+    assert (
+        upsert.index("'conc:key:ci'") < upsert.index("'rpm:key:ci'") < upsert.index("'tpm:key:ci'")
+    )
+    assert seen[2].startswith("SELECT count(*) FROM inflight")
+    store.close()
 
 
 # -- rates, quotas, reconciliation ---------------------------------------------------------
@@ -179,6 +212,8 @@ def test_reconcile_after_the_window_passed(store: Store, limiter: RateLimiter) -
     got = counters(store)
     assert got[("tpm:key:ci", int(T // 60))] == 100
     assert got[("tpm:key:ci", int(later // 60))] == 600  # the extra is not lost
+    assert limiter.sweep(now=later) == (1, 0)  # the old minute no longer counts
+    assert counters(store) == {("tpm:key:ci", int(later // 60)): 600}
 
 
 def test_daily_and_monthly_quotas(limiter: RateLimiter) -> None:
@@ -235,7 +270,7 @@ def test_concurrency_cap_and_release(limiter: RateLimiter) -> None:
 def test_client_disconnect_releases_the_slot(limiter: RateLimiter) -> None:
     scopes = [("dep:chat", Limits(max_concurrent=1))]
 
-    async def stream(lease: Lease) -> AsyncIterator[str]:
+    async def stream(lease: Lease) -> AsyncGenerator[str, None]:
         try:
             for i in range(1000):
                 yield f"tok{i}"
@@ -280,15 +315,51 @@ def test_stale_inflight_rows_are_cleaned(store: Store) -> None:
         )
 
     add_row(_dead_pid(), started)  # a worker that crashed mid-request
-    lease = limiter.acquire(scopes, "a", 0, now=T)
-    limiter.release(lease)
+    if store.db.is_sqlite:  # one host: a dead pid frees its slot at once
+        limiter.release(limiter.acquire(scopes, "a", 0, now=T))
+    else:  # workers may run on other hosts: only the age counts
+        refused(limiter, scopes, 0, T)
+        limiter.release(limiter.acquire(scopes, "a", 0, now=T + 601))
     add_row(os.getpid(), started - timedelta(seconds=601))  # alive but too old
     lease = limiter.acquire(scopes, "b", 0, now=T)
     limiter.release(lease)
     add_row(os.getpid(), started - timedelta(seconds=10))  # alive and recent: holds
     refused(limiter, scopes, 0, T)
     add_row(_dead_pid(), started)
-    assert limiter.sweep(now=T) == (0, 1)  # the periodic sweep, across scopes
+    # the periodic sweep, across scopes
+    if store.db.is_sqlite:
+        assert limiter.sweep(now=T) == (0, 1)
+    else:
+        assert limiter.sweep(now=T) == (0, 0)
+        assert limiter.sweep(now=T + 601) == (0, 2)
+
+
+def test_a_dead_connection_is_replaced(store: Store) -> None:
+    """The limiter keeps its connections between transactions, so the pool's pre-ping does
+    not see them: one that died (a database restart) is replaced and the transaction run
+    again, charging once."""
+    checked_out: list[object] = []
+    event.listen(store.db.engine, "checkout", lambda conn, *_: checked_out.append(conn))
+    limiter = RateLimiter(store.db)
+    scopes = [("key:ci", Limits(rpm=10, max_concurrent=5))]
+    limiter.acquire(scopes, "a", 0, now=T)
+    assert len(checked_out) == 1  # kept: the acquire and its sweep share one connection
+    if store.db.is_sqlite:
+        for conn in checked_out:
+            conn.close()  # type: ignore[attr-defined]
+    else:
+        with store.db.engine.connect() as c:  # what a server restart does to them
+            c.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+    before = len(checked_out)
+    lease = limiter.acquire(scopes, "b", 0, now=T)
+    limiter.release(lease)
+    assert len(checked_out) == before + 1  # one new connection, kept again for the release
+    assert counters(store)[("rpm:key:ci", int(T // 60))] == 2
+    with store.db.session() as s:
+        assert [r.request_id for r in s.scalars(select(InflightRow))] == ["a"]
 
 
 # -- headers and helpers ---------------------------------------------------------------------

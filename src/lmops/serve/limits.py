@@ -38,27 +38,34 @@ calendar window. A request larger than a limit can never pass: ``retry_after_s``
 
 Atomicity
 ---------
-:meth:`RateLimiter.acquire` is one write transaction that first *increments* every counter
-it needs with a conditional UPSERT (``INSERT … ON CONFLICT (scope, window) DO UPDATE SET
-count = count + n RETURNING count``), in a fixed (sorted) order, then checks the returned
+:meth:`RateLimiter.acquire` is one write transaction whose first statement *increments*
+every counter it needs, with one multi-row UPSERT (``INSERT … VALUES (…), (…) ON CONFLICT
+(scope, window) DO UPDATE SET count = count + excluded.count RETURNING count, <the previous
+window's count>``) whose rows are in a fixed (sorted) order; it then checks the returned
 totals and raises inside the transaction when one is over its limit, so the increments roll
 back. Why no two processes can both take the last slot:
 
-* SQLite: Python's ``sqlite3`` opens a *deferred* transaction, lazily, just before the first
-  INSERT/UPDATE/DELETE; since the first statement of every limiter transaction is that
-  UPSERT, the transaction takes the database's single write lock before it reads anything
-  (a deferred transaction whose first statement writes waits in the busy handler and then
-  reads the newest snapshot, exactly like ``BEGIN IMMEDIATE``). Every later read in the
-  transaction (previous minute, in-flight rows) is therefore serialised against all other
-  writers, and no read-then-write interleaving can happen. A lock error rolls the whole
-  transaction back and the limiter runs it again from the first UPSERT.
-* PostgreSQL (READ COMMITTED): ``ON CONFLICT DO UPDATE`` locks the row and applies
-  ``count + n`` to the newest committed version, so ``RETURNING`` is the exact total after
-  this request; a concurrent acquirer of the same scope waits on the row lock until this
-  one commits or rolls back. Concurrency caps use the same trick: a ``conc:<scope>`` row is
-  upserted (``+ 0``) as a per-scope mutex before the in-flight rows are counted; the count
-  is a new statement, so it sees every acquirer that committed before the lock was granted.
-  Sorting the rows makes every transaction lock them in the same order: no deadlocks.
+* SQLite: the limiter uses ``sqlite3`` connections of the engine's pool, as
+  :class:`~lmops.store.db.Database` configures them (WAL, ``busy_timeout``, the driver's
+  default ``isolation_level``): their transactions are *deferred* and opened lazily, just
+  before the first INSERT/UPDATE/DELETE. Since the first statement of every limiter
+  transaction is that UPSERT, the transaction takes the database's single write lock before
+  it reads anything (a deferred transaction whose first statement writes waits in the busy
+  handler and then reads the newest snapshot, exactly like ``BEGIN IMMEDIATE``). Every
+  read in the transaction (the previous minute in ``RETURNING``, in-flight rows) is
+  therefore serialised against all other writers, and no read-then-write interleaving can
+  happen. A lock error rolls the whole transaction back and the limiter runs it again from
+  the first UPSERT.
+* PostgreSQL (READ COMMITTED): ``ON CONFLICT DO UPDATE`` locks each row, in the order of
+  ``VALUES``, and applies ``count + n`` to its newest committed version, so ``RETURNING``
+  is the exact total after this request; a concurrent acquirer of the same scope waits on
+  the row lock until this one commits or rolls back. Concurrency caps use the same trick: a
+  ``conc:<scope>`` row is upserted (``+ 0``) as a per-scope mutex before the in-flight rows
+  are counted; the count is a new statement, so it sees every acquirer that committed
+  before the lock was granted. Sorting the rows makes every transaction lock them in the
+  same order: no deadlocks. (The previous minute's count is read from the statement's
+  snapshot: that row is charged only by requests whose clock still reads the previous
+  minute and by reconciliations, which no lock orders against this request in any case.)
 
 Reconciliation (:meth:`RateLimiter.reconcile`) adds ``actual - charged`` to the token
 windows the lease charged, after the response: an over-estimate is given back, an
@@ -66,34 +73,40 @@ under-estimate charged (to the current window when the charged one no longer cou
 
 Cost
 ----
-This runs on every request, so it talks to the database through SQLAlchemy Core on one
-connection per transaction (no ORM session), with statements built once per limiter and
-executed with bound parameters (their compiled form is cached): an admission against a
-key's RPM and TPM is two UPSERTs, one SELECT of the previous minute's counts and a commit,
-about 0.1 ms of CPU on SQLite.
+This runs on every request, so it bypasses SQLAlchemy's execution layer, whose per-statement
+overhead is many times SQLite's own work: the limiter runs fixed, hand-written SQL, the same
+for SQLite and PostgreSQL (only the placeholder style differs), on DBAPI connections checked
+out of the engine's pool (``engine.raw_connection()``, so the engine's connect-time set-up
+applies) and kept between transactions (see :meth:`RateLimiter._transaction`). An
+admission against a key's RPM and TPM is one statement and a commit, a reconciliation one
+UPSERT and a commit: about 55 µs of CPU per request, both together, on SQLite in a tight
+loop, of which SQLite itself is about 35 µs (the SQLAlchemy Core version took about 300 µs);
+inside the gateway, with colder caches, about 170 µs (Core: 550 µs).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import random
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Table, bindparam, case, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Table
+from sqlalchemy.engine.interfaces import DBAPICursor as _Cursor
+from sqlalchemy.pool import PoolProxiedConnection
 
 from lmops.core.errors import LmopsError, StoreError
 from lmops.store import ApiKey
-from lmops.store.db import Database, _is_lock_error
-from lmops.store.models import InflightRow, RateWindowRow
+from lmops.store.db import Database
+from lmops.store.models import InflightRow
 
 __all__ = [
     "CONCURRENCY_RETRY_S",
@@ -118,7 +131,6 @@ SWEEP_EVERY_S = 60.0
 
 _MINUTE = 60
 _DAY = 86400
-_ROWS = cast(Table, RateWindowRow.__table__)
 _INFLIGHT = cast(Table, InflightRow.__table__)
 _T = TypeVar("_T")
 
@@ -136,11 +148,17 @@ class Limits(BaseModel):
 
     @classmethod
     def from_key(cls, key: ApiKey) -> Limits:
-        return cls(rpm=key.rpm, tpm=key.tpm)
+        return _key_limits(key.rpm, key.tpm)
 
     @property
     def unlimited(self) -> bool:
         return all(v is None for v in self.model_dump().values())
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_limits(rpm: int | None, tpm: int | None) -> Limits:
+    # Called per request by the gateway; the model is frozen, so one instance can be shared.
+    return Limits(rpm=rpm, tpm=tpm)
 
 
 def estimate_tokens(
@@ -217,7 +235,13 @@ def _window(kind: str, now: float) -> tuple[int, float, float]:
     if kind == "day":
         w = math.floor(now / _DAY)
         return w, w * _DAY, (w + 1) * _DAY
-    dt = datetime.fromtimestamp(now, UTC)
+    return _month_of_day(math.floor(now / _DAY))
+
+
+@functools.lru_cache(maxsize=8)
+def _month_of_day(day: int) -> tuple[int, float, float]:
+    """(month number, start, end) of the UTC month holding day number ``day``."""
+    dt = datetime.fromtimestamp(day * _DAY, UTC)
     w = dt.year * 12 + dt.month - 1
     return w, _month_start(w), _month_start(w + 1)
 
@@ -235,7 +259,7 @@ def _ceil_ms(seconds: float) -> float:
 _EPS = 1e-9
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and frozen __init__ is 3x slower
 class _Usage:
     """One counter of one scope as seen in the acquiring transaction."""
 
@@ -339,7 +363,7 @@ def _retry_headers(retry_after_s: float | None) -> dict[str, str]:
 
 
 # -- the limiter --------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (see _Usage)
 class _Charge:
     row: str  # counter row scope, "<prefix>:<scope>"
     window: int
@@ -372,6 +396,50 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
+def _is_locked(e: BaseException) -> bool:
+    """A lock or serialisation conflict that a retry of the transaction resolves (the same
+    test as :meth:`Database.write`'s, on a DBAPI error)."""
+    msg = str(e).lower()
+    return "locked" in msg or "busy" in msg or "could not serialize" in msg or "deadlock" in msg
+
+
+# The hot statements, written once for both databases in ``?`` placeholders (turned into
+# ``%s`` for psycopg). ``window`` is quoted: it is a keyword in both.
+#
+# Charge n counters: one row per counter, in sorted order, amounts >= 0; returns each
+# row's new count and the previous window's count (NULL when that row does not exist).
+_CHARGE = (
+    'INSERT INTO rate_windows (scope, "window", count) VALUES {rows} '
+    'ON CONFLICT (scope, "window") DO UPDATE SET count = rate_windows.count + excluded.count '
+    'RETURNING scope, "window", count, (SELECT p.count FROM rate_windows AS p '
+    'WHERE p.scope = rate_windows.scope AND p."window" = rate_windows."window" - 1)'
+)
+# Add a possibly negative amount to one counter, never below 0 (reconciliation).
+_ADD = (
+    'INSERT INTO rate_windows (scope, "window", count) VALUES (?, ?, ?) '
+    'ON CONFLICT (scope, "window") DO UPDATE SET count = CASE '
+    "WHEN rate_windows.count + ? < 0 THEN 0 ELSE rate_windows.count + ? END"
+)
+_COUNT = 'SELECT count FROM rate_windows WHERE scope = ? AND "window" = ?'
+_PRUNE = 'DELETE FROM rate_windows WHERE scope LIKE ? AND "window" < ?'
+_IN_FLIGHT = "SELECT count(*) FROM inflight WHERE scope = ?"
+_HOLD = "INSERT INTO inflight (scope, request_id, started_at, pid) VALUES (?, ?, ?, ?) RETURNING id"
+_FREE = "DELETE FROM inflight WHERE id IN ({rows})"
+_IN_FLIGHT_ROWS = "SELECT id, pid, started_at FROM inflight"
+
+
+# Connections a limiter keeps between transactions: one per thread that uses it at once.
+_KEEP_CONNECTIONS = 4
+# A forked child's copies of its parent's kept connections (see RateLimiter._checkout).
+_INHERITED: list[PoolProxiedConnection] = []
+
+
+def _close_all(conns: list[PoolProxiedConnection]) -> None:
+    while conns:
+        with contextlib.suppress(Exception):  # a dead connection: the pool discards it
+            conns.pop().close()
+
+
 class RateLimiter:
     """Admits requests against per-scope :class:`Limits`, atomically across processes.
 
@@ -389,73 +457,139 @@ class RateLimiter:
         sweep_every_s: float = SWEEP_EVERY_S,
     ) -> None:
         self._db = db
-        self._pg = db.engine.dialect.name == "postgresql"
         self.stale_after_s = stale_after_s
         self.sweep_every_s = sweep_every_s
         self._next_sweep = 0.0
-        self._build_statements()
+        dialect = db.engine.dialect
+        self._dialect = dialect
+        if dialect.paramstyle == "qmark":
+            self._placeholder = "?"
+        elif dialect.paramstyle in ("format", "pyformat"):
+            self._placeholder = "%s"
+        else:  # pragma: no cover - lmops supports sqlite3 and psycopg
+            raise StoreError(f"database driver {dialect.driver!r} is not supported for limits")
+        self._dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
+        # in-flight start times are stored as SQLAlchemy stores them (a string on SQLite)
+        started = _INFLIGHT.c.started_at.type.dialect_impl(dialect)
+        self._store_time = started.bind_processor(dialect)
+        self._load_time = started.result_processor(dialect, None)
+        self._sql_cache: dict[tuple[str, int], str] = {}
+        # DBAPI connections kept checked out between transactions (see _transaction)
+        self._idle: list[PoolProxiedConnection] = []
+        self._pid = os.getpid()
+        weakref.finalize(self, _close_all, self._idle)
+        self._add_sql = self._sql(_ADD)
+        self._count_sql = self._sql(_COUNT)
+        self._prune_sql = self._sql(_PRUNE)
+        self._in_flight_sql = self._sql(_IN_FLIGHT)
+        self._hold_sql = self._sql(_HOLD)
 
-    # -- SQL pieces -----------------------------------------------------------------------
-    def _build_statements(self) -> None:
-        """The statements of the hot path, built once; executed with bound parameters."""
-        ins = (postgresql.insert if self._pg else sqlite.insert)(_ROWS)
-        new = _ROWS.c.count + bindparam("amount")
-        # ``count += amount`` (never below 0), creating the row; RETURNING the new count
-        self._upsert = (
-            ins.values(scope=bindparam("row"), window=bindparam("window"), count=bindparam("init"))
-            .on_conflict_do_update(
-                index_elements=[_ROWS.c.scope, _ROWS.c.window],
-                set_={"count": case((new < 0, 0), else_=new)},
-            )
-            .returning(_ROWS.c.count)
-        )
-        self._counts = select(_ROWS.c.scope, _ROWS.c.count).where(
-            _ROWS.c.window == bindparam("window"),
-            _ROWS.c.scope.in_(bindparam("rows", expanding=True)),
-        )
-        self._in_flight_count = (
-            select(func.count()).select_from(_INFLIGHT).where(_INFLIGHT.c.scope == bindparam("sc"))
-        )
-        self._hold_row = _INFLIGHT.insert().returning(_INFLIGHT.c.id)
-        self._free_rows = delete(_INFLIGHT).where(
-            _INFLIGHT.c.id.in_(bindparam("ids", expanding=True))
-        )
+    # -- SQL ------------------------------------------------------------------------------
+    def _sql(self, text: str) -> str:
+        return text if self._placeholder == "?" else text.replace("?", self._placeholder)
 
-    def _add(self, conn: Connection, row: str, window: int, amount: int) -> int:
-        params = {"row": row, "window": window, "amount": amount, "init": max(0, amount)}
-        return int(conn.execute(self._upsert, params).scalar_one())
+    def _sql_n(self, template: str, n: int, row: str) -> str:
+        """``template`` with ``{rows}`` filled by ``n`` copies of ``row``; cached."""
+        key = (template, n)
+        sql = self._sql_cache.get(key)
+        if sql is None:
+            sql = self._sql_cache[key] = self._sql(template.format(rows=", ".join([row] * n)))
+        return sql
 
-    def _transaction(self, fn: Callable[[Connection], _T]) -> _T:
-        """Run ``fn`` in one transaction and commit, retrying while the database is locked
-        (as ``Database.write`` does, on a bare connection: no ORM session to set up)."""
+    # -- connections ----------------------------------------------------------------------
+    def _checkout(self) -> PoolProxiedConnection:
+        """A kept connection if one is idle, else one from the engine's pool."""
+        if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
+            _INHERITED.extend(self._idle)  # nor to close: referenced, never touched again
+            self._idle.clear()
+            self._pid = os.getpid()
+        try:
+            return self._idle.pop()  # atomic: a thread never gets one another one holds
+        except IndexError:
+            return self._db.engine.raw_connection()
+
+    def close(self) -> None:
+        """Hand the kept connections back to the engine's pool (also done when the limiter
+        is garbage-collected). The limiter stays usable."""
+        _close_all(self._idle)
+
+    def _transaction(self, fn: Callable[[_Cursor], _T]) -> _T:
+        """Run ``fn`` on a cursor in one transaction and commit, retrying while the database
+        is locked (as ``Database.write`` does).
+
+        The connection is kept for the next transaction rather than handed back to the pool
+        (a pool round trip, with its reset, costs about as much CPU as SQLite's commit).
+        Kept connections skip the pool's pre-ping (PostgreSQL), so a connection found dead
+        before the commit is dropped, with the other kept ones, and the transaction runs
+        again on a fresh pooled connection: nothing of it was committed."""
         delay = 0.01
         deadline = time.monotonic() + self._db.busy_timeout
+        reconnected = False
         while True:
+            conn = self._db.engine.raw_connection() if reconnected else self._checkout()
+            raw = conn.dbapi_connection
+            assert raw is not None
+            keep = committing = False
             try:
-                with self._db.engine.begin() as conn:
-                    return fn(conn)
-            except OperationalError as e:
-                if not _is_lock_error(e) or time.monotonic() >= deadline:
+                cur = raw.cursor()
+                try:
+                    out = fn(cur)
+                except BaseException:
+                    raw.rollback()  # frees SQLite's write lock / PostgreSQL's row locks now
+                    keep = True
+                    raise
+                committing = True
+                raw.commit()
+                keep = True
+                return out
+            except self._dbapi_error as e:
+                if self._dialect.is_disconnect(cast(Any, e), raw, None):
+                    keep = False
+                    conn.invalidate()
+                    _close_all(self._idle)  # they likely died with it (a server restart)
+                    if not committing and not reconnected:
+                        reconnected = True
+                        continue
+                if not _is_locked(e) or time.monotonic() >= deadline:
                     raise StoreError(
-                        f"database {self._db.masked_url} is locked or unavailable ({e.orig}) "
+                        f"database {self._db.masked_url} is locked or unavailable ({e}) "
                         f"after {self._db.busy_timeout:g}s; raise LMOPS_DB_BUSY_TIMEOUT"
                     ) from None
+            finally:
+                if keep and len(self._idle) < _KEEP_CONNECTIONS:
+                    self._idle.append(conn)
+                else:  # back to the pool, which rolls back whatever is left open
+                    conn.close()
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 0.5)
 
-    def _drop_stale(self, s: Connection, now: float, scope: str | None) -> int:
-        q = select(_INFLIGHT.c.id, _INFLIGHT.c.pid, _INFLIGHT.c.started_at)
-        if scope is not None:
-            q = q.where(_INFLIGHT.c.scope == scope)
-        stale = [
-            r.id
-            for r in s.execute(q)
-            if now - _aware(r.started_at).timestamp() > self.stale_after_s
-            or (self._db.is_sqlite and not _pid_alive(r.pid))
-        ]
+    def _charge(self, cur: _Cursor, ordered: Sequence[_Charge]) -> dict[str, tuple[int, int]]:
+        """Increment the counters (rows sorted); row -> (new count, previous window's)."""
+        params: list[Any] = []
+        for c in ordered:
+            params += (c.row, c.window, c.amount)
+        cur.execute(self._sql_n(_CHARGE, len(ordered), "(?, ?, ?)"), params)
+        return {row: (int(n), int(prev or 0)) for row, _, n, prev in cur.fetchall()}
+
+    def _drop_stale(self, cur: _Cursor, now: float, scope: str | None) -> int:
+        if scope is None:
+            cur.execute(_IN_FLIGHT_ROWS, ())
+        else:
+            cur.execute(self._sql(_IN_FLIGHT_ROWS + " WHERE scope = ?"), (scope,))
+        stale = []
+        for row_id, pid, started in cur.fetchall():
+            if self._load_time is not None:
+                started = self._load_time(started)
+            if now - _aware(started).timestamp() > self.stale_after_s or (
+                self._db.is_sqlite and not _pid_alive(pid)
+            ):
+                stale.append(row_id)
         if stale:
-            s.execute(self._free_rows, {"ids": stale})
+            self._free(cur, stale)
         return len(stale)
+
+    def _free(self, cur: _Cursor, ids: Sequence[int]) -> None:
+        cur.execute(self._sql_n(_FREE, len(ids), "?"), list(ids))
 
     # -- acquire --------------------------------------------------------------------------
     def acquire(
@@ -494,26 +628,30 @@ class RateLimiter:
         too_large = [c for c in charges if c.dim is not None and c.amount > c.limit]
         if too_large:  # no need to touch the database: waiting cannot help
             raise self._refusal(self._peek(charges, now), now)
+        # Rows in one order: every transaction locks them alike (see the module docstring).
+        ordered = sorted(charges, key=lambda c: c.row)
 
-        def attempt(s: Connection) -> Lease:
-            # Writes first, in one order: takes SQLite's write lock / PostgreSQL's row
-            # locks before anything is read (see the module docstring).
-            totals: dict[tuple[str, int], int] = {}
-            for c in sorted(charges, key=lambda c: (c.row, c.window)):
-                totals[(c.row, c.window)] = self._add(s, c.row, c.window, c.amount)
-            usages = self._usages(s, charges, totals)
+        def attempt(cur: _Cursor) -> Lease:
+            # The write comes first: it takes SQLite's write lock / PostgreSQL's row locks
+            # before anything is read.
+            counts = self._charge(cur, ordered)
+            usages = self._usages(charges, counts)
             in_flight: dict[str, int] = {}
             for name, cap in capped:
-                n = self._in_flight(s, name)
-                if n >= cap and self._drop_stale(s, now, name):
-                    n = self._in_flight(s, name)
+                n = self._in_flight(cur, name)
+                if n >= cap and self._drop_stale(cur, now, name):
+                    n = self._in_flight(cur, name)
                 in_flight[name] = n
             over = [u for u in usages if not u.fits(now)]
             full = [(name, cap) for name, cap in capped if in_flight[name] >= cap]
             if over or full:
                 raise _Refused(self._refusal(usages, now, full, in_flight))
-            started = datetime.fromtimestamp(now, UTC)
-            ids = [self._hold(s, name, request_id, started) for name, _ in capped]
+            ids: list[int] = []
+            if capped:
+                started: Any = datetime.fromtimestamp(now, UTC)
+                if self._store_time is not None:
+                    started = self._store_time(started)
+                ids = [self._hold(cur, name, request_id, started) for name, _ in capped]
             token_windows = tuple(
                 (c.row, c.dim.window, c.window)
                 for c in charges
@@ -534,49 +672,57 @@ class RateLimiter:
         except _Refused as e:
             raise e.error from None
 
-    def _usages(
-        self, s: Connection, charges: list[_Charge], totals: dict[tuple[str, int], int]
-    ) -> list[_Usage]:
-        # the previous minute of every sliding window, in one query (they share a window)
-        minutes = [c for c in charges if c.dim is not None and c.dim.window == "minute"]
-        prev_counts: dict[str, int] = {}
-        if minutes:
-            window = minutes[0].window - 1
-            rows = sorted({c.row for c in minutes})
-            params = {"window": window, "rows": rows}
-            prev_counts = {row: int(n) for row, n in s.execute(self._counts, params)}
+    @staticmethod
+    def _usages(charges: list[_Charge], counts: dict[str, tuple[int, int]]) -> list[_Usage]:
+        """Each limit's usage from ``counts`` (row -> (count with this request, previous
+        window's count))."""
         out = []
         for c in charges:
             if c.dim is None:
                 continue
-            prev = prev_counts.get(c.row, 0) if c.dim.window == "minute" else 0
-            cur = totals[(c.row, c.window)] - c.amount
+            total, prev = counts[c.row]
+            if c.dim.window != "minute":
+                prev = 0
             out.append(
-                _Usage(c.scope, c.dim, c.limit, c.window, cur, prev, c.start, c.end, c.amount)
+                _Usage(
+                    c.scope,
+                    c.dim,
+                    c.limit,
+                    c.window,
+                    total - c.amount,
+                    prev,
+                    c.start,
+                    c.end,
+                    c.amount,
+                )
             )
         return out
 
     def _peek(self, charges: list[_Charge], now: float) -> list[_Usage]:
         """Current usage without charging anything (for refusals decided up front)."""
-        with self._db.engine.connect() as s:
-            totals: dict[tuple[str, int], int] = {}
-            for c in charges:
-                q = select(_ROWS.c.count).where(_ROWS.c.scope == c.row, _ROWS.c.window == c.window)
-                totals[(c.row, c.window)] = int(s.scalar(q) or 0) + c.amount
-            return self._usages(s, charges, totals)
 
-    def _hold(self, s: Connection, scope: str, request_id: str, started: datetime) -> int:
+        def read(cur: _Cursor) -> dict[str, tuple[int, int]]:
+            def count(row: str, window: int) -> int:
+                cur.execute(self._count_sql, (row, window))
+                found = cur.fetchone()
+                return int(found[0]) if found else 0
+
+            return {
+                c.row: (count(c.row, c.window) + c.amount, count(c.row, c.window - 1))
+                for c in charges
+                if c.dim is not None
+            }
+
+        return self._usages(charges, self._transaction(read))
+
+    def _hold(self, cur: _Cursor, scope: str, request_id: str, started: Any) -> int:
         """Insert one in-flight row; its id."""
-        params = {
-            "scope": scope,
-            "request_id": request_id[:64],
-            "started_at": started,
-            "pid": os.getpid(),
-        }
-        return int(s.execute(self._hold_row, params).scalar_one())
+        cur.execute(self._hold_sql, (scope, request_id[:64], started, os.getpid()))
+        return int(cast(Sequence[int], cur.fetchone())[0])
 
-    def _in_flight(self, s: Connection, scope: str) -> int:
-        return int(s.scalar(self._in_flight_count, {"sc": scope}) or 0)
+    def _in_flight(self, cur: _Cursor, scope: str) -> int:
+        cur.execute(self._in_flight_sql, (scope,))
+        return int(cast(Sequence[int], cur.fetchone())[0])
 
     def _refusal(
         self,
@@ -641,12 +787,14 @@ class RateLimiter:
                 plan[(row, window)] = plan.get((row, window), 0) + delta
             elif delta > 0:
                 plan[(row, cur)] = plan.get((row, cur), 0) + delta
+        if plan:
+            steps = [(row, w, max(0, n), n, n) for (row, w), n in sorted(plan.items())]
 
-        def apply(s: Connection) -> None:
-            for (row, window), amount in sorted(plan.items()):
-                self._add(s, row, window, amount)
+            def apply(cur: _Cursor) -> None:
+                for params in steps:
+                    cur.execute(self._add_sql, params)
 
-        self._transaction(apply)
+            self._transaction(apply)
         lease.charged_tokens = actual
 
     def release(self, lease: Lease) -> None:
@@ -657,8 +805,8 @@ class RateLimiter:
         lease.released = True
         if not lease.inflight_ids:
             return
-        ids = list(lease.inflight_ids)
-        self._transaction(lambda s: s.execute(self._free_rows, {"ids": ids}))
+        ids = lease.inflight_ids
+        self._transaction(lambda cur: self._free(cur, ids))
 
     def headers(self, lease_or_error: Lease | RateLimited) -> dict[str, str]:
         """Same as the module-level :func:`headers`."""
@@ -670,24 +818,21 @@ class RateLimiter:
         scope; returns (windows dropped, in-flight rows dropped)."""
         now = time.time() if now is None else now
 
-        def run(s: Connection) -> tuple[int, int]:
+        def run(cur: _Cursor) -> tuple[int, int]:
             dropped = 0
-            for prefix, kind in (("rpm", "minute"), ("tpm", "minute"), ("tpd", "day")):
-                dropped += self._prune(s, prefix, _window(kind, now)[0] - 1)
-            dropped += self._prune(s, "tpmo", _window("month", now)[0] - 1)
-            return dropped, self._drop_stale(s, now, None)
+            for prefix, kind in _SWEPT:
+                cur.execute(self._prune_sql, (f"{prefix}:%", _window(kind, now)[0] - 1))
+                dropped += max(0, cur.rowcount)
+            return dropped, self._drop_stale(cur, now, None)
 
         return self._transaction(run)
-
-    @staticmethod
-    def _prune(s: Connection, prefix: str, keep_from: int) -> int:
-        res = s.execute(
-            delete(_ROWS).where(_ROWS.c.scope.like(f"{prefix}:%"), _ROWS.c.window < keep_from)
-        )
-        return int(getattr(res, "rowcount", 0) or 0)
 
     def _maybe_sweep(self, now: float) -> None:
         clock = time.monotonic()
         if clock >= self._next_sweep:
             self._next_sweep = clock + self.sweep_every_s
             self.sweep(now)
+
+
+# Counter rows dropped by the sweep once their window is older than the previous one.
+_SWEPT = (("rpm", "minute"), ("tpm", "minute"), ("tpd", "day"), ("tpmo", "month"))

@@ -55,8 +55,10 @@ class Policy:
         return RequestContext(self, key, dep, kind, body, request_id)
 
     def close(self) -> None:
-        """Write the request-log rows still pending (call at shutdown; idempotent)."""
+        """Write the request-log rows still pending and give the limiter's kept database
+        connections back (call at shutdown; idempotent)."""
         self.log.close()
+        self.limiter.close()
 
 
 class RequestContext:
