@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from collections import Counter
 
@@ -350,6 +351,99 @@ def test_types_filter_and_placeholder() -> None:
 def test_unknown_type_is_a_user_error() -> None:
     with pytest.raises(UserError, match="unknown PII type 'creditcard'"):
         detect_pii("x", ["creditcard"])
+    # The validated lists are cached; a bad one fails every time, a changed one is re-read.
+    with pytest.raises(UserError, match="unknown PII type 'creditcard'"):
+        detect_pii("x", ["creditcard"])
+    types = ["phone"]
+    assert found("13812345678 a@b.com", types) == [("PHONE", "13812345678")]
+    types.append("email")
+    assert found("13812345678 a@b.com", types) == [("PHONE", "13812345678"), ("EMAIL", "a@b.com")]
+    assert detect_pii("13812345678", []) == []
+
+
+# ------------------------------------------------------------------------------ shortcuts
+# detect_pii skips what cannot report: types ranked below every wanted one, the number
+# detectors in text without seven digits in a row (single spaces or dashes between them
+# allowed), the keyword gates on the lower-cased text. These pin the edges of each.
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("call +1.2.3.4.5.6.7.8.9 now", ("PHONE", "+1.2.3.4.5.6.7.8.9")),  # no 2 digits in a row
+        ("passport no. A1B2C3D4", ("PASSPORT", "A1B2C3D4")),  # digits never adjacent
+        ("PASSPORT NUMBER: X1234567", ("PASSPORT", "X1234567")),
+        ("Authorization: BEARER abcdef1234567890ghijkl", ("SECRET", "abcdef1234567890ghijkl")),
+        (
+            "AWS_SECRET_ACCESS_KEY = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            ("SECRET", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+        ),
+        ("电话 (0755)8888 1234", ("PHONE", "(0755)8888 1234")),  # 7 digits after ")"
+        ("138 1234 5678", ("PHONE", "138 1234 5678")),
+        ("3782 822463 10005", ("BANK_CARD", "3782 822463 10005")),
+        ("证件 110105 19491231 002X", ("ID_CARD", "110105 19491231 002X")),
+        ("护照号EA1234567", ("PASSPORT", "EA1234567")),  # 7 digits after two letters
+        ("ｐａｓｓｐｏｒｔ ｎｏ． Ａ１Ｂ２Ｃ３Ｄ４", ("PASSPORT", "Ａ１Ｂ２Ｃ３Ｄ４")),
+        # no digit at all
+        ("key AKIAIOSFODNNAEXAMPLE", ("SECRET", "AKIAIOSFODNNAEXAMPLE")),
+        (
+            "AWS_Secret_Key: wJalrXUtnFEMIKMDENGbPxRfiCYEXAMPLEKEYabc",
+            ("SECRET", "wJalrXUtnFEMIKMDENGbPxRfiCYEXAMPLEKEYabc"),
+        ),
+        (
+            "token ghp_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ end",
+            ("SECRET", "ghp_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ"),
+        ),
+        ("slack xoxb-abcdefghijklmn ok", ("SECRET", "xoxb-abcdefghijklmn")),
+        ("mail Zhang.San@Example.COM", ("EMAIL", "Zhang.San@Example.COM")),
+        (
+            "邮箱：ｚｈａｎｇ＠ｅｘａｍｐｌｅ．ｃｏｍ",
+            ("EMAIL", "ｚｈａｎｇ＠ｅｘａｍｐｌｅ．ｃｏｍ"),
+        ),
+        (
+            "-----BEGIN PRIVATE KEY-----\nabcDEF+/=",
+            ("SECRET", "-----BEGIN PRIVATE KEY-----\nabcDEF+/="),
+        ),
+    ],
+)
+def test_findings_at_the_edges_of_the_shortcuts(text: str, expected: tuple[str, str]) -> None:
+    assert found(text, None) == [expected]
+
+
+def test_prose_without_pii_finds_nothing() -> None:
+    for text in [
+        "Asia, aws and a bearer of news, 1.5 passports",  # gate words, no numbers
+        "v1.2 in 2024: tok1 tok2 tok3",  # digits, none seven in a row
+        "The quick brown fox jumps over the lazy dog. " * 20,
+        "请帮我写一份关于北京旅游的攻略，包括故宫、长城和颐和园。",
+    ]:
+        assert detect_pii(text, None) == []
+
+
+def test_type_selection_only_filters_the_findings() -> None:
+    # Overlaps are resolved among all types first, so selecting types (which lets
+    # detect_pii skip the types ranked below them) must give a subset of the full result.
+    pieces = [
+        "+1 2 3 4 5 6 7 8 9",
+        "passport no. A1B2C3D4",
+        "server 1.2.3.4 and fe80::1",
+        "2001:db8::8a2e:370:7334",
+        "13812345678@qq.com",
+        "138 1234 5678",
+        "4111 1111 1111 1111",
+        "11010519491231002X",
+        "192.168.1.10",
+        "sk-proj-abcdefghijklmnop1234567890",
+        "E12345678",
+        "，",
+        " ",
+        "x",
+    ]
+    rnd = random.Random(0)
+    selections = [[t] for t in PII_TYPES] + [["PHONE", "IP"], ["EMAIL", "BANK_CARD"], ["IP"]]
+    for _ in range(60):
+        text = "".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 8)))
+        every = detect_pii(text)
+        for types in selections:
+            assert detect_pii(text, types) == [s for s in every if s.type in types], (text, types)
 
 
 def test_every_type_has_a_default_placeholder() -> None:

@@ -39,6 +39,8 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cache
+from typing import Any, cast
 
 from lmops.core.errors import UserError
 
@@ -85,6 +87,21 @@ def normalize_pii_types(types: Iterable[str] | None) -> frozenset[str] | None:
         return None
     if isinstance(types, str):
         types = [types]
+    if isinstance(types, (list, tuple)):
+        try:
+            return _normalized_types(tuple(types))
+        except TypeError:  # unhashable items: the uncached path reports them
+            pass
+    return _normalize_types(types)
+
+
+@cache
+def _normalized_types(types: tuple[str, ...]) -> frozenset[str]:
+    # Callers pass the same few lists on every call (a deployment's config): validate once.
+    return _normalize_types(types)
+
+
+def _normalize_types(types: Iterable[str]) -> frozenset[str]:
     out = set()
     for t in types:
         canon = t.strip().upper().replace("-", "_")
@@ -128,19 +145,44 @@ class _Detector:
     pattern: re.Pattern[str]
     # Returns the span to report for a match (usually m.span()), or None to reject it.
     validate: _Validator
-    # Cheap pre-check on the whole text; the regex only runs when it passes. None = run
-    # whenever the text has a digit (the detectors without a gate all look for numbers).
+    # Cheap pre-check on the whole text; the regex only runs when it passes. None = no
+    # check beyond ``digits``.
     gate: Callable[[str], bool] | None = None
+    # Digits a text must have before this detector can report anything (regex and
+    # validator together): 0 none, 1 an ASCII digit, 7 seven ASCII digits in a row, single
+    # spaces or dashes between them allowed (every ID card, China phone and bank card
+    # number, China passport number; see _DIGIT_RUN).
+    digits: int = 7
 
 
-def _needles(*words: str, ignore_case: bool = False) -> Callable[[str], bool]:
-    """Gate: the text contains one of ``words`` (one C-level scan, no lower-cased copy)."""
-    pattern = re.compile("|".join(map(re.escape, words)), re.IGNORECASE if ignore_case else 0)
+class _Needles:
+    """Gate: the text contains one of ``words`` (one C-level scan).
 
-    def gate(text: str) -> bool:
-        return pattern.search(text) is not None
+    ``ignore_case`` compares with the lower-cased text, which is cheaper than a
+    case-insensitive regex; it differs from one only on non-ASCII case variants ("ſ" for
+    "s"), which the patterns behind these gates (re.ASCII) do not match either.
+    """
 
-    return gate
+    def __init__(self, *words: str, ignore_case: bool = False) -> None:
+        self.words = words
+        self._lower = ignore_case
+        source = "|".join(re.escape(w.lower() if ignore_case else w) for w in words)
+        self._search = re.compile(source).search
+
+    def __call__(self, text: str) -> bool:
+        return self._search(text.lower() if self._lower else text) is not None
+
+
+class _Colons(_Needles):
+    """Gate of IPv6 addresses: "::" or at least six colons (seven, or six before an embedded
+    IPv4 part), so prose with a few colons never runs the regex. ``words`` (":") is what
+    every text it passes contains."""
+
+    def __init__(self) -> None:
+        super().__init__(":")
+
+    def __call__(self, text: str) -> bool:
+        return "::" in text or text.count(":") >= 6
 
 
 def _whole(m: re.Match[str]) -> tuple[int, int]:
@@ -325,7 +367,8 @@ _EMAIL = _Detector(
     "EMAIL",
     _c(r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])"),
     _valid_email,
-    _needles("@"),
+    _Needles("@"),
+    digits=0,
 )
 
 _DETECTORS: tuple[_Detector, ...] = (
@@ -334,7 +377,8 @@ _DETECTORS: tuple[_Detector, ...] = (
         "SECRET",
         _c(r"(?:AKIA|ASIA)" + _free(4, "A-Za-z0-9") + r"[A-Z0-9]{16}(?![A-Za-z0-9])"),
         _whole,
-        _needles("AKIA", "ASIA"),
+        _Needles("AKIA", "ASIA"),
+        digits=0,
     ),
     _Detector(
         "SECRET",
@@ -343,13 +387,15 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"(?P<v>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
         ),
         _group_v,
-        _needles("aws", ignore_case=True),
+        _Needles("aws", ignore_case=True),
+        digits=0,
     ),
     _Detector(
         "SECRET",
         _c(r"LTAI" + _free(4, "A-Za-z0-9") + r"[A-Za-z0-9]{12,20}(?![A-Za-z0-9])"),
         _whole,
-        _needles("LTAI"),
+        _Needles("LTAI"),
+        digits=0,
     ),
     _Detector(
         "SECRET",
@@ -358,31 +404,36 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"|github_pat_" + _free(11) + r"[A-Za-z0-9_]{22,244})(?![A-Za-z0-9_])"
         ),
         _whole,
-        _needles("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        _Needles("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        digits=0,
     ),
     _Detector(
         "SECRET",
         _c(r"sk-" + _free(3, _KEY) + rf"[{_KEY}]{{20,200}}(?![{_KEY}])"),
         _valid_sk_key,
-        _needles("sk-"),
+        _Needles("sk-"),
+        digits=1,  # _valid_sk_key wants a digit
     ),
     _Detector(
         "SECRET",
         _c(r"xox[abposr]-" + _free(5, "A-Za-z0-9") + r"[A-Za-z0-9-]{10,250}(?![A-Za-z0-9-])"),
         _whole,
-        _needles("xox"),
+        _Needles("xox"),
+        digits=0,
     ),
     _Detector(
         "SECRET",
         _c(r"AIza" + _free(4, _KEY) + rf"[{_KEY}]{{35}}(?![{_KEY}])"),
         _whole,
-        _needles("AIza"),
+        _Needles("AIza"),
+        digits=0,
     ),
     _Detector(  # JSON Web Token: header.payload.signature, both JSON parts start "eyJ" ('{"')
         "SECRET",
         _c(r"eyJ" + _free(3, _KEY) + rf"[{_KEY}]{{8,}}\.eyJ[{_KEY}]{{8,}}\.[{_KEY}]*(?![{_KEY}])"),
         _whole,
-        _needles("eyJ"),
+        _Needles("eyJ"),
+        digits=0,
     ),
     _Detector(  # only the token is masked: "Authorization: Bearer <SECRET>"
         "SECRET",
@@ -391,7 +442,8 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"(?P<v>[A-Za-z0-9._~+/-]{16,}=*)(?![A-Za-z0-9._~+/=-])"
         ),
         _valid_bearer,
-        _needles("bearer", ignore_case=True),
+        _Needles("bearer", ignore_case=True),
+        digits=1,  # _valid_bearer wants a digit
     ),
     # PEM private keys: BEGIN marker, then up to the matching END marker, or (a truncated
     # key) the base64 lines that follow. The body never contains "-----", so the scan stops
@@ -404,7 +456,8 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"|(?:\r?\n[A-Za-z0-9+/=]+)*)"
         ),
         _whole,
-        _needles("PRIVATE KEY"),
+        _Needles("PRIVATE KEY"),
+        digits=0,
     ),
     _EMAIL,
     # ---- ID_CARD: 6-digit region, birth date YYYYMMDD, 3-digit sequence, check character;
@@ -442,7 +495,7 @@ _DETECTORS: tuple[_Detector, ...] = (
         "PASSPORT",
         _c(r"(?:E(?:[0-9]{8}|[A-HJ-NP-Z][0-9]{7})|G[0-9]{8})" + _free(9) + _A),
         _whole,
-        _needles("E", "G"),
+        _Needles("E", "G"),
     ),
     _Detector(  # any number right after a keyword; only the number is masked
         "PASSPORT",
@@ -451,7 +504,8 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"\s*(?:[:#]|(?i:is)|为|是)?\s*(?P<v>[A-Za-z0-9]{6,9})(?![A-Za-z0-9_])"
         ),
         _valid_keyword_passport,
-        _needles("passport", "护照", ignore_case=True),
+        _Needles("passport", "护照", ignore_case=True),
+        digits=1,  # 4 digits, not always in a row
     ),
     # ---- PHONE
     # China mobile 1[3-9]x xxxx xxxx, groups optionally split by single spaces or dashes.
@@ -482,7 +536,7 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"[ -]?1[3-9][0-9](?:[ -]?[0-9]{4}){2}" + _A + _NO_DASH_AFTER
         ),
         _whole,
-        _needles("86"),
+        _Needles("86"),
     ),
     # China landline: area code (010, 02x, 0xxx) then a separator, or in parentheses, then a
     # 7-8 digit local number (optionally split 3/4 + 4). Without a separator an 11-12 digit
@@ -504,7 +558,8 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"(?:[ .-]?[0-9]){5,14}" + _A + r"(?![.-][0-9])"
         ),
         _valid_e164,
-        _needles("+"),
+        _Needles("+"),
+        digits=1,  # "+1 2 3 4 5 6": one digit at a time
     ),
     # ---- BANK_CARD: first digit 2-6 or 9 (Mastercard 2-series, Amex/JCB/Diners, Visa,
     # Mastercard, UnionPay/Discover, and the 9-prefixed domestic cards of Chinese banks).
@@ -536,7 +591,8 @@ _DETECTORS: tuple[_Detector, ...] = (
             + r"(?!\.[0-9])"
         ),
         _valid_ipv4,
-        _needles("."),
+        _Needles("."),
+        digits=1,  # "1.2.3.4"
     ),
     _Detector(
         "IP",
@@ -550,38 +606,94 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"(?![0-9A-Za-z_:.])"
         ),
         _valid_ipv6,
-        # An IPv6 address has "::" or at least six colons (seven, or six before an
-        # embedded IPv4 part); prose with a few colons never runs the regex.
-        lambda text: "::" in text or text.count(":") >= 6,
+        _Colons(),
+        digits=1,  # _valid_ipv6 wants a digit: "fe80::1"
     ),
 )
 
 _HAS_DIGIT = re.compile(r"[0-9]")
+# Seven digits in a row, single spaces or dashes between them allowed: what the detectors
+# with ``digits=7`` all need ("138 1234 5678", "(010)1234 5678" has "1234 567").
+_DIGIT_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){6}")
+
+
+def _trie(words: Iterable[str]) -> str:
+    """One alternation sharing prefixes, which the regex engine walks faster than a flat one."""
+    trie: dict[str, Any] = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        if "" in node:  # a needle ends here: its longer forms add nothing to a search
+            return ""
+        branches = [re.escape(ch) + emit(child) for ch, child in sorted(node.items())]
+        return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+
+    return emit(trie)
+
+
+def _cues(level: int) -> re.Pattern[str]:
+    """Matches the lower-cased form of every text in which a detector needing at most
+    ``level`` digits can report (the gates' words, lower-cased: case-insensitive needles
+    are ASCII, and the detectors' patterns only match their ASCII letters)."""
+    gates = [d.gate for d in _DETECTORS if d.digits <= level]
+    if not all(isinstance(g, _Needles) for g in gates):
+        raise TypeError("a detector that needs fewer than 7 digits needs a _Needles gate")
+    return re.compile(_trie(w.lower() for g in gates for w in cast(_Needles, g).words))
+
+
+# Texts without digits (most prose) or without seven in a row ("tok1 tok2", "v1.2", "in
+# 2024") skip the per-detector loop with one scan when none of the gates that could still
+# pass does.
+_CUES = {0: _cues(0), 1: _cues(1)}
+
 # Full-width ASCII (U+FF01-FF5E) and the ideographic space fold to ASCII one character for
 # one, so "１３８１２３４５６７８" or "zhang＠163.com" are found and offsets stay valid.
 _FOLD = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
 _WIDE_RUN = re.compile("[\uff01-\uff5e\u3000]+")
+_WIDE = re.compile("[\uff01-\uff5e\u3000]")  # finds the first one faster than _WIDE_RUN
 
 
 def _fold_wide(text: str) -> str:
     # Chinese text has a full-width comma or colon every few characters: translating just
     # those runs is about twice as fast as translating the whole string.
+    if text.isascii() or _WIDE.search(text) is None:  # isascii() is O(1) in CPython
+        return text
     return _WIDE_RUN.sub(lambda m: m.group().translate(_FOLD), text)
 
 
-def _candidates(text: str) -> list[tuple[int, int, int, str]]:
-    """Every validated finding as ``(priority, start, end, type)``, overlaps included."""
-    has_digit = _HAS_DIGIT.search(text) is not None
+def _candidates(text: str, last: int = len(PII_TYPES) - 1) -> list[tuple[int, int, int, str]]:
+    """Every validated finding as ``(priority, start, end, type)``, overlaps included.
+
+    Types of a priority after ``last`` are not looked for.
+    """
+    digits = 0
+    if _HAS_DIGIT.search(text) is not None:
+        digits = 7 if _DIGIT_RUN.search(text) is not None else 1
+    if digits < 7 and _CUES[digits].search(text.lower()) is None:
+        return []
     found: list[tuple[int, int, int, str]] = []
     for det in _DETECTORS:
-        if not (det.gate(text) if det.gate is not None else has_digit):
-            continue
         prio = _PRIORITY[det.type]
+        if det.digits > digits or prio > last:
+            continue
+        if det.gate is not None and not det.gate(text):
+            continue
         for m in det.pattern.finditer(text):
             span = det.validate(m)
             if span is not None and span[1] > span[0]:
                 found.append((prio, span[0], span[1], det.type))
     return found
+
+
+@cache
+def _last_priority(wanted: frozenset[str] | None) -> int:
+    # A type of lower priority than every wanted one cannot change the result (overlaps
+    # are resolved in priority order), so it is not looked for: IP, by default.
+    return len(PII_TYPES) - 1 if wanted is None else max(_PRIORITY[t] for t in wanted)
 
 
 def detect_pii(text: str, types: Iterable[str] | None = None) -> list[PiiSpan]:
@@ -591,8 +703,13 @@ def detect_pii(text: str, types: Iterable[str] | None = None) -> list[PiiSpan]:
     ``None`` returns every type. Overlaps are resolved among all types first.
     """
     wanted = normalize_pii_types(types)
+    if wanted is not None and not wanted:
+        return []
     scan = _fold_wide(text)
-    found = _candidates(scan)
+    last = _last_priority(wanted)
+    found = _candidates(scan, last)
+    if not found:
+        return []
     # Higher priority first, then longer, then earlier: a deterministic greedy choice.
     found.sort(key=lambda f: (f[0], f[1] - f[2], f[1]))
     starts: list[int] = []  # accepted spans, kept sorted by start

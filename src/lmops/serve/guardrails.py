@@ -40,9 +40,11 @@ need word boundaries checked in Python for every hit; a pure-Python automaton is
 than the regex engine.
 
 Prompt injection is scored, not decided: each rule that fires has a weight, the score is
-``1 - prod(1 - weight)`` and ``injection_threshold`` decides. Base64-looking blocks that
-decode to text are decoded and checked as well (rule ``encoded_instructions``), and their
-decoded text is moderated like the message itself.
+``1 - prod(1 - weight)`` and ``injection_threshold`` decides. A rule's regex runs only where
+one of the strings that all its matches contain is found (read from the rule's parse tree,
+see ``_required_strings``), so an ordinary message costs one scan for all rules.
+Base64-looking blocks that decode to text are decoded and checked as well (rule
+``encoded_instructions``), and their decoded text is moderated like the message itself.
 
 Decisions carry ``actions`` (``{"type", "pii_type" | "category" | "rule", "count"}``, e.g.
 ``{"type": "pii_mask", "pii_type": "PHONE", "count": 2}``) for logs, and every action is
@@ -205,14 +207,38 @@ _INVISIBLE = dict.fromkeys(
 )
 _QUOTES = {0x2018: "'", 0x2019: "'", 0x02BC: "'", 0x201C: '"', 0x201D: '"'}
 _DROP = str.maketrans({**_INVISIBLE, **_QUOTES})
-_HSPACE = re.compile(r"[^\S\n]+")
-_NEWLINES = re.compile(r" ?\n[\s]*")
+# Finds what _DROP would change: translating a non-ASCII string is slower than searching it.
+_DROP_ANY = re.compile("[" + "".join(map(chr, sorted({**_INVISIBLE, **_QUOTES}))) + "]")
+# Runs of whitespace but newlines -> " ", and " \n   " -> "\n". Written to match only what
+# they change (not a lone " " or "\n"), which spares the rebuilding of unchanged text.
+_HSPACE = re.compile(r" [^\S\n]+|[^\S\n ][^\S\n]*")
+_NEWLINES = re.compile(r" \n\s*|\n\s+")
 # Spaces and ASCII separators between two Chinese characters ("自 杀", "自*杀", "自-杀").
-_CJK_GAP = re.compile(rf"(?<=[{_CJK}])[\s*_.\-·・~|/\\+#^=]+(?=[{_CJK}])")
+# The lookbehind comes after the first separator, so that the regex engine skips straight
+# to separators instead of trying every position.
+_GAP = r"[\s*_.\-·・~|/\\+#^=]"
+_CJK_GAP = re.compile(rf"{_GAP}(?<=[{_CJK}]{_GAP}){_GAP}*(?=[{_CJK}])")
 # "self-harm", "al_qaeda" -> "self harm", "al qaeda".
 _LATIN_JOIN = re.compile(r"(?<=[a-z])[-_](?=[a-z])")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _HAN = re.compile("[\u3400-\ufaff]")  # what may need traditional -> simplified
+# Whitespace that _HSPACE changes, with "  ": anything but a lone space (most text has none).
+_ODD_SPACE = re.compile(r"[^\S\n ]")
+# Full-width ASCII and the ideographic space, mapped to their NFKD forms (one character with
+# no combining class each), so NFKC(text) == NFKC(text folded): Chinese text is then
+# usually NFKC already, and the full normalisation (~50x slower) is skipped.
+_WIDE_RUN = re.compile("[\uff01-\uff5e\u3000]+")
+_FOLD = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+
+
+def _nfkc(text: str) -> str:
+    """``unicodedata.normalize("NFKC", text)``, cheaply for text that is (almost) NFKC."""
+    if unicodedata.is_normalized("NFKC", text):  # a quick check, far cheaper than NFKC
+        return text
+    text = _WIDE_RUN.sub(lambda m: m.group().translate(_FOLD), text)
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    return unicodedata.normalize("NFKC", text)
 
 
 @cache
@@ -230,18 +256,33 @@ def normalize_text(text: str) -> str:
 
     Lossy and for matching only: offsets do not map back to ``text``.
     """
-    if not unicodedata.is_normalized("NFKC", text):  # a quick check, far cheaper than NFKC
-        text = unicodedata.normalize("NFKC", text)
-    t = text.translate(_DROP).lower()
-    convert = _t2s()
-    if convert is not None and _HAN.search(t):
-        # OpenCC takes UTF-8, which cannot carry lone surrogates.
-        convert_in = _SURROGATES.sub("\ufffd", t)
-        t = convert(convert_in)
-    t = _HSPACE.sub(" ", t)
-    t = _NEWLINES.sub("\n", t)
-    t = _CJK_GAP.sub("", t)
-    return _LATIN_JOIN.sub(" ", t)
+    # Each step runs only where it can change something: on ASCII text NFKC, _DROP, OpenCC
+    # and _CJK_GAP never do, and the substitutions are skipped when their characters are
+    # missing (most text has single spaces only, and no "-" or "_").
+    if text.isascii():  # O(1) in CPython
+        t = text.lower()
+        han = False
+    else:
+        t = _nfkc(text)
+        if _DROP_ANY.search(t) is not None:
+            t = t.translate(_DROP)
+        t = t.lower()
+        han = _HAN.search(t) is not None  # without it there is no Chinese for OpenCC/_CJK_GAP
+        convert = _t2s()
+        if convert is not None and han:
+            # OpenCC takes UTF-8, which cannot carry lone surrogates.
+            convert_in = _SURROGATES.sub("\ufffd", t)
+            t = convert(convert_in)
+    # isprintable(): no whitespace but " " (the others are "Separator" or "Other"), in C.
+    if "  " in t or (not t.isprintable() and _ODD_SPACE.search(t) is not None):
+        t = _HSPACE.sub(" ", t)
+    if "\n" in t:
+        t = _NEWLINES.sub("\n", t)
+    if han:
+        t = _CJK_GAP.sub("", t)
+    if "-" in t or "_" in t:
+        t = _LATIN_JOIN.sub(" ", t)
+    return t
 
 
 # ============================================================================ term lists
@@ -301,10 +342,12 @@ def _is_word_char(c: str) -> bool:
     return c.isascii() and (c.isalnum() or c == "_")
 
 
-def _trie_body(terms: Iterable[str]) -> str:
+def _trie_body(terms: Iterable[str], *, words: bool = True) -> str:
     """One alternation sharing prefixes: {"kill you", "kill yourself"} -> kill you(?:rself)?.
 
-    A term ending in a Latin letter or digit ends at an (ASCII) word boundary.
+    With ``words`` a term ending in a Latin letter or digit ends at an (ASCII) word
+    boundary; without, the regex is for *finding* any of the strings, so where one ends its
+    longer forms are left out ({"kill you", "kill yourself"} -> kill you).
     """
     trie: dict[str, Any] = {}
     for term in terms:
@@ -314,6 +357,8 @@ def _trie_body(terms: Iterable[str]) -> str:
         node[""] = {}  # a term ends here
 
     def emit(node: dict[str, Any], last: str) -> str:
+        if not words and "" in node:
+            return ""
         branches = [re.escape(ch) + emit(child, ch) for ch, child in sorted(node.items()) if ch]
         if "" in node:
             # Tried after the longer terms (branches), so the longest term wins.
@@ -371,7 +416,7 @@ class TermMatcher:
 
     def find(self, normalized: str) -> list[TermHit]:
         """Every hit: per category left to right, non-overlapping within a category."""
-        if not any(p.search(normalized) for p in self._any):
+        if not _found(self._any, normalized):
             return []
         hits: list[TermHit] = []
         for cat, patterns in self._by_category.items():
@@ -383,11 +428,18 @@ class TermMatcher:
 
 
 # ============================================================================ injection
+_Cue = tuple[str, bool]  # a string, and whether it starts a word (an ASCII \b before it)
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
     name: str
     weight: float
     pattern: re.Pattern[str]
+    # Strings one of which every match of ``pattern`` contains, and a regex finding them;
+    # None: none known.
+    cues: frozenset[_Cue] | None
+    cues_re: tuple[re.Pattern[str], ...] | None
 
 
 _W = r"(?:[\w'-]+ ){0,3}?"  # up to three filler words (English, normalised text)
@@ -396,7 +448,119 @@ _W = r"(?:[\w'-]+ ){0,3}?"  # up to three filler words (English, normalised text
 def _rule(name: str, weight: float, *alternatives: str) -> _Rule:
     # ASCII: \b and \w are ASCII-only, so "请ignore all previous instructions" has a word
     # boundary between 请 and i; the Chinese alternatives are literals and unaffected.
-    return _Rule(name, weight, re.compile("|".join(f"(?:{a})" for a in alternatives), re.ASCII))
+    pattern = re.compile("|".join(f"(?:{a})" for a in alternatives), re.ASCII)
+    cues = _required_strings(pattern)
+    return _Rule(name, weight, pattern, cues, None if cues is None else _compile_cues(cues))
+
+
+def _compile_cues(cues: Iterable[_Cue]) -> tuple[re.Pattern[str], ...]:
+    """Regexes finding any of ``cues``: word starts anchored at \b, as in _compile_terms."""
+    cues = set(cues)
+    words = {s for s, at_word in cues if at_word}
+    others = {s for s, at_word in cues if not at_word}
+    out = []
+    if words:
+        out.append(re.compile(r"\b" + _trie_body(words, words=False), re.ASCII))
+    if others:
+        out.append(re.compile(_trie_body(others, words=False), re.ASCII))
+    return tuple(out)
+
+
+def _required_strings(pattern: re.Pattern[str]) -> frozenset[_Cue] | None:
+    """Strings one of which every match of ``pattern`` contains; None when none are known.
+
+    Read from the parse tree of the standard library's (private) regex parser: a run of
+    literals is one string, an alternation needs one of its branches' strings, a group or a
+    repeat of at least once its content's, and a sequence the strings of any one of its
+    parts; the rarest-looking of those is kept (see ``_cue_weight``). Anything else
+    (classes, assertions, optional parts, case-insensitive groups) requires nothing. A
+    string that begins with an ASCII letter or digit right after a ``\b``, a non-word
+    literal or an optional run ending in one is marked as starting a word, so that its
+    regex tries word starts only.
+
+    Only ever used to skip a regex that cannot match, so an unknown parser means None.
+    """
+    try:
+        parser: Any = importlib.import_module("re._parser")
+        ops: Any = importlib.import_module("re._constants")
+        tree = parser.parse(pattern.pattern, pattern.flags)
+        if tree.state.flags & re.IGNORECASE or not tree.state.flags & re.ASCII:
+            return None
+        return _required_in(tree, ops, False)[0]
+    except Exception:  # pragma: no cover - a Python whose re internals differ
+        return None
+
+
+def _cue_weight(cues: frozenset[_Cue]) -> tuple[bool, int, int]:
+    # Strings the regex engine can skip to cheaply first (not a space or an ASCII letter
+    # or digit in mid-word, where it would stop all the time), then longer and less common
+    # characters (a space counts nothing, an ASCII letter or digit 1, a Chinese character
+    # 2, punctuation 3), then fewer strings.
+    def weight(s: str) -> int:
+        return sum(0 if c == " " else (1 if c.isascii() else 2) if c.isalnum() else 3 for c in s)
+
+    cheap = all(at_word or not (s[0] == " " or _is_word_char(s[0])) for s, at_word in cues)
+    return cheap, min(weight(s) for s, _ in cues), -len(cues)
+
+
+def _required_in(items: Any, ops: Any, word_start: bool) -> tuple[frozenset[_Cue] | None, bool]:
+    """(required strings, word start at the end) of a parsed sequence.
+
+    ``word_start``: a word character at this point starts a word (the character before it,
+    if any, is not a word character).
+    """
+    best: frozenset[_Cue] | None = None
+    run: list[str] = []  # literal characters in a row
+    run_at_word = False
+
+    def consider(cues: frozenset[_Cue] | None) -> None:
+        nonlocal best
+        if cues and (best is None or _cue_weight(cues) > _cue_weight(best)):
+            best = cues
+
+    for op, av in items:
+        if op is ops.LITERAL:
+            c = chr(av)
+            if not run:
+                run_at_word = word_start and _is_word_char(c)
+            run.append(c)
+            word_start = not _is_word_char(c)
+            continue
+        if run:
+            consider(frozenset({("".join(run), run_at_word)}))
+            run = []
+        cues: frozenset[_Cue] | None = None
+        if op is ops.AT:
+            word_start = av in (ops.AT_BOUNDARY, ops.AT_BEGINNING, ops.AT_BEGINNING_STRING)
+        elif op in (ops.ASSERT, ops.ASSERT_NOT):
+            pass  # zero-width: neither requires nor moves
+        elif op is ops.SUBPATTERN:
+            _group, add_flags, _del_flags, sub = av
+            cues, word_start = _required_in(sub, ops, word_start)
+            if add_flags & re.IGNORECASE:
+                cues = None
+        elif op is ops.ATOMIC_GROUP:
+            cues, word_start = _required_in(av, ops, word_start)
+        elif op is ops.BRANCH:
+            results = [_required_in(b, ops, word_start) for b in av[1]]
+            branch_cues = [c for c, _ in results]
+            if all(c is not None for c in branch_cues):
+                cues = frozenset().union(*cast(list[frozenset[_Cue]], branch_cues))
+            word_start = all(end for _, end in results)
+        elif op in (ops.MAX_REPEAT, ops.MIN_REPEAT, ops.POSSESSIVE_REPEAT):
+            least, most, sub = av
+            first, end = _required_in(sub, ops, word_start)
+            if least >= 1:
+                cues = first
+            if most != 1:  # a later repetition starts where the one before it ended
+                end = end and _required_in(sub, ops, False)[1]
+            word_start = end and (least >= 1 or word_start)
+        else:  # a class, any character, a back reference: may be a word character
+            word_start = False
+        consider(cues)
+    if run:
+        consider(frozenset({("".join(run), run_at_word)}))
+    return best, word_start
 
 
 _INJECTION_RULES: tuple[_Rule, ...] = (
@@ -485,6 +649,13 @@ _INJECTION_RULES: tuple[_Rule, ...] = (
         r"(?:不受|没有|无视|绕过|解除|突破)(?:任何)?(?:道德|伦理|内容|安全)?(?:限制|审查|过滤|约束)",
     ),
 )
+
+# One scan that finds no cue of any rule rules them all out (most messages).
+_ANY_RULE_CUE = (
+    None
+    if any(r.cues is None for r in _INJECTION_RULES)
+    else _compile_cues(c for r in _INJECTION_RULES for c in r.cues or ())
+)
 _ENCODED_CUES = re.compile(
     r"\b(?:decode|decoded|base64|execute|follow|run)\b|解码|执行|按照|照做", re.ASCII
 )
@@ -519,19 +690,48 @@ def _combine(weights: Iterable[float]) -> float:
     return 1.0 - math.prod(1.0 - w for w in weights)
 
 
+def _found(patterns: Iterable[re.Pattern[str]], text: str) -> bool:
+    """Whether one of ``patterns`` is found in ``text``."""
+    # A loop, not any(<generator>): it runs for each streamed token, where setting up the
+    # generator costs about as much as the searches.
+    for p in patterns:  # noqa: SIM110
+        if p.search(text) is not None:
+            return True
+    return False
+
+
 def _score_plain(normalized: str) -> dict[str, float]:
-    return {r.name: r.weight for r in _INJECTION_RULES if r.pattern.search(normalized)}
+    if _ANY_RULE_CUE is not None and not _found(_ANY_RULE_CUE, normalized):
+        return {}
+    fired: dict[str, float] = {}
+    for r in _INJECTION_RULES:
+        if r.cues_re is not None and not _found(r.cues_re, normalized):
+            continue
+        if r.pattern.search(normalized) is not None:
+            fired[r.name] = r.weight
+    return fired
 
 
 def score_injection(text: str) -> InjectionResult:
     """Score ``text`` for prompt-injection markers; the caller compares with a threshold."""
-    fired = _score_plain(normalize_text(text))
-    payloads = _decoded_payloads(unicodedata.normalize("NFKC", text))
+    return _score_injection(text)
+
+
+def _score_injection(
+    text: str, normalized: str | None = None, payloads: list[str] | None = None
+) -> InjectionResult:
+    """:func:`score_injection`, given ``normalize_text(text)`` and ``text``'s decoded payloads
+    where the caller has them already."""
+    if normalized is None:
+        normalized = normalize_text(text)
+    fired = _score_plain(normalized)
+    if payloads is None:
+        payloads = _decoded_payloads(_nfkc(text))
     if payloads:
         inner = _combine(_score_plain(normalize_text("\n".join(payloads))).values())
         if inner >= 0.5:
             fired["encoded_instructions"] = 0.8
-        elif _ENCODED_CUES.search(normalize_text(text)):
+        elif _ENCODED_CUES.search(normalized):
             fired["encoded_payload"] = 0.5
     return InjectionResult(round(_combine(fired.values()), 4), tuple(sorted(fired)))
 
@@ -678,7 +878,11 @@ class Guardrails:
     # ------------------------------------------------------------------ building blocks
     def moderate(self, text: str) -> dict[str, int]:
         """Term hits per category in ``text`` (the classifier is not asked)."""
-        return dict(Counter(h.category for h in self.matcher.find(normalize_text(text))))
+        return self._moderate(normalize_text(text))
+
+    def _moderate(self, normalized: str) -> dict[str, int]:
+        hits = self.matcher.find(normalized)
+        return dict(Counter(h.category for h in hits)) if hits else {}
 
     def classify(self, text: str, direction: str = "output") -> dict[str, float]:
         """Classifier scores at or over ``classifier_threshold``; ``{}`` without a classifier.
@@ -698,12 +902,15 @@ class Guardrails:
         return {str(c): float(s) for c, s in scores.items() if float(s) >= t}
 
     def _moderation(
-        self, text: str, direction: str, mode: str
+        self, text: str, direction: str, mode: str, normalized: str | None = None
     ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
-        """Actions and hit categories of the term lists and the classifier on ``text``."""
-        verb = f"moderation_{mode}"
-        terms = self.moderate(text)
+        """Actions and hit categories of the term lists and the classifier on ``text``
+        (``normalized``: ``normalize_text(text)`` where the caller has it)."""
+        terms = self._moderate(normalize_text(text) if normalized is None else normalized)
         scores = self.classify(text, direction)
+        if not terms and not scores:
+            return [], ()
+        verb = f"moderation_{mode}"
         actions: list[dict[str, Any]] = [
             {"type": verb, "category": c, "count": n} for c, n in sorted(terms.items())
         ]
@@ -762,18 +969,27 @@ class Guardrails:
 
         user_text = "\n".join(moderated)
         flagged: tuple[str, ...] = ()
+        # Usually the moderated and the injection-checked text are one user message: what
+        # both checks derive from it (payloads, normalised form) is computed once.
+        payloads: list[str] | None = None
+        normalized: str | None = None
         if cfg.moderation_input != "off" and user_text:
-            payloads = _decoded_payloads(unicodedata.normalize("NFKC", user_text))
-            found, flagged = self._moderation(
-                "\n".join([user_text, *payloads]), "input", cfg.moderation_input
-            )
+            payloads = _decoded_payloads(_nfkc(user_text))
+            text = "\n".join([user_text, *payloads])
+            norm = normalize_text(text)
+            if not payloads:
+                normalized = norm
+            found, flagged = self._moderation(text, "input", cfg.moderation_input, norm)
             actions += found
             if flagged and cfg.moderation_input == "block":
                 blocked_by.append("self_harm" if "self_harm" in flagged else "moderation")
 
         injection = InjectionResult(0.0, ())
         if cfg.injection != "off" and injectable:
-            injection = score_injection("\n".join(injectable))
+            if injectable == moderated:
+                injection = _score_injection(user_text, normalized, payloads)
+            else:
+                injection = _score_injection("\n".join(injectable))
             if injection.score >= cfg.injection_threshold:
                 verb = f"injection_{cfg.injection}"
                 actions += [{"type": verb, "rule": r, "count": 1} for r in injection.rules]
@@ -840,6 +1056,7 @@ def _apply_masks(
 # Characters that can belong to one PII token (e-mail, key, number with separators); a run
 # of them that reaches the end of the held text is not cut, up to _MAX_HOLD characters.
 _STICKY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@._%+-/=:()")
+_STICKY_CHARS = "".join(sorted(_STICKY)) + "".join(map(chr, range(0xFF01, 0xFF5F)))  # + wide
 _MAX_HOLD = 1024
 # Emitted text kept to the left of the held text: PII detection looks back at most 65
 # characters beyond a token (an e-mail's local part, read backwards from "@", may be 64
@@ -848,17 +1065,23 @@ _LEFT_CONTEXT = 128
 
 
 def _sticky_start(text: str, limit: int) -> int:
-    """Start of the PII-like run that ends ``text`` (``len(text)`` when there is none)."""
-    i = len(text)
-    while i > 0 and len(text) - i < limit:
-        c = text[i - 1]
-        if c in _STICKY or "\uff01" <= c <= "\uff5e":
-            i -= 1
-        elif c in " -" and i >= 2 and text[i - 2].isdigit() and i < len(text) and text[i].isdigit():
-            i -= 1  # "138 1234 5678": a space between digit groups
-        else:
-            break
-    return i
+    """Start of the PII-like run that ends ``text`` (``len(text)`` when there is none).
+
+    The run is made of _STICKY and full-width characters, and of spaces between two digits
+    ("138 1234 5678"); it is at most ``limit`` characters long.
+    """
+    floor = max(len(text) - limit, 0)
+    i = len(text.rstrip(_STICKY_CHARS))  # in C: no Python loop over the run
+    while (
+        i > floor
+        and text[i - 1] == " "
+        and i >= 2
+        and text[i - 2].isdigit()
+        and i < len(text)
+        and text[i].isdigit()
+    ):
+        i = len(text[: i - 1].rstrip(_STICKY_CHARS))
+    return max(i, floor)
 
 
 class StreamGuard:
@@ -885,6 +1108,8 @@ class StreamGuard:
         self._moderate = cfg.moderation_output != "off"
         self._passthrough = not (self._mask or self._moderate)
         self._min_release = self._window if guardrails.classifier is not None else 1
+        self._pii_types = cfg.pii_types
+        self._placeholder = cfg.pii_placeholder
         self._context = ""  # the last emitted raw text, kept for boundaries and split terms
         self._pending = ""  # raw text not yet emitted
         self._seen: set[str] = set()
@@ -942,18 +1167,18 @@ class StreamGuard:
         # emitted context; a few characters of it give the word boundary before a term.
         window = self._context[-8:] + self._pending
         norm = normalize_text(window)
-        hits = {
-            h.category
-            for h in self._g.matcher.find(norm)
+        found = self._g.matcher.find(norm)
+        hits: set[str] = set()
+        if found:
             # "kill myself" at the very end may still become "kill myselfie": wait for
             # the next character unless this is the end of the reply.
-            if final or h.end < len(norm) or not _is_word_char(norm[-1])
-        }
-        if classify:
+            open_end = not final and _is_word_char(norm[-1])
+            hits = {h.category for h in found if not open_end or h.end < len(norm)}
+        if classify and self._g.classifier is not None:
             hits |= set(self._g.classify(window, "output"))
-        new = sorted(hits - self._seen)
-        if not new:
+        if hits <= self._seen:  # nothing new (nearly always: nothing at all)
             return False
+        new = sorted(hits - self._seen)
         self._seen |= set(new)
         self.flagged += new
         verb = f"moderation_{cfg.moderation_output}"
@@ -979,20 +1204,17 @@ class StreamGuard:
                 run = _sticky_start(pending, _MAX_HOLD)
                 if len(pending) - run < _MAX_HOLD:
                     cut = min(cut, run)
-            spans = detect_pii(self._context + pending, self._g.config.pii_types)
-            if not final:
-                for s in spans:  # never cut inside a finding: hold it whole
-                    if s.start < off + cut < s.end:
-                        cut = max(s.start - off, 0)
-            spans = [s for s in spans if s.end > off and s.start < off + cut]
+            spans = detect_pii(self._context + pending, self._pii_types)
+            if spans:
+                if not final:
+                    for s in spans:  # never cut inside a finding: hold it whole
+                        if s.start < off + cut < s.end:
+                            cut = max(s.start - off, 0)
+                spans = [s for s in spans if s.end > off and s.start < off + cut]
         if cut <= 0:
             return ""
         piece = pending[:cut]
-        out = (
-            _apply_masks(piece, spans, off, self._g.config.pii_placeholder, self._pii)
-            if spans
-            else piece
-        )
+        out = _apply_masks(piece, spans, off, self._placeholder, self._pii) if spans else piece
         context = self._context + piece
         # Keep the whole PII-like run that the context ends in (up to _MAX_HOLD): findings
         # in the held text may depend on how far that run reaches back.
