@@ -4,22 +4,38 @@ throughput, and vLLM through the gateway. Not a test: it prints its figures (a t
 part, then one JSON line with everything).
 
     python benchmarks/serve_bench.py [--quick] [--parts engine,gateway,relay] [--duration 8]
-        [--engine-concurrency 1,8] [--gateway-concurrency 1,2,4,8] [--relay-concurrency 1,32]
+        [--engine-concurrency 1,8] [--gateway-rates 100,300,500]
+        [--gateway-concurrency 1,2,4,8] [--relay-concurrency 1,32]
         [--workers 1] [--input-len 32] [--engine-output-len 64] [--gateway-output-len 16]
         [--vllm MODEL_DIR [--vllm-concurrency 1,16,64]]
+        [--gateway-cpus 0,1] [--upstream-cpus 2-5] [--client-cpus 6-15]
 
 Every figure comes from ``lmops eval perf`` (:func:`lmops.eval.perf.run_perf`): streaming
-chat requests, a closed loop of *C* requests in flight, vLLM's serving-benchmark
-definitions (E2EL = send to last content chunk; output throughput = usage
-``completion_tokens`` / level wall time). Each level runs for about ``--duration`` seconds:
-a short probe level (which also warms up) gives the request rate, and the measured level
-gets ``rate * duration`` requests (``--quick``: 2 s levels). Servers are subprocesses
+chat requests, vLLM's serving-benchmark definitions (E2EL = send to last content chunk;
+output throughput = usage ``completion_tokens`` / level wall time). Each level runs for
+about ``--duration`` seconds (``--quick``: 2 s levels). A **closed-loop** level keeps *C*
+requests in flight: a short probe level (which also warms up) gives the request rate, and
+the measured level gets ``rate * duration`` requests. An **open-loop** level (the gateway's
+``--gateway-rates``) offers *R* req/s, Poisson arrivals from a fixed seed (``eval perf
+--request-rate``; at most 1000 in flight): an untimed second of the same rate warms up, and
+the measured level gets ``R * duration`` requests; its send lag (actual send - due time) says
+whether the load generator kept the schedule. Servers are subprocesses
 (``lmops serve``, the fake upstream under uvicorn) in a temporary ``LMOPS_HOME``, so the
 load generator (this process) does not share their interpreter; ``OMP_NUM_THREADS`` is 1
 for them (``--threads``), as in the tests. The tables give the CPU each process spent per
 request (``psutil``, user + system, children included): on a small machine the load
 generator, the upstream and the gateway share the cores, and CPU per request is the figure
 that other load on the machine disturbs least.
+
+**CPU pinning** (Linux; none by default): on a bigger machine, ``--gateway-cpus 0,1`` pins
+the ``lmops serve`` process (gateway or engine; its ``--workers`` processes are its children
+and are pinned with it) to exactly those cores, while ``--upstream-cpus`` (the fake upstream,
+or vLLM) and ``--client-cpus`` (this process, the load generator) put the rest of the work
+elsewhere: the gateway's capacity on two cores, not shared. Lists are CPU numbers and
+ranges (``0-3,8``), applied with ``psutil`` ``Process.cpu_affinity`` to the process and its
+children as it starts, and again once it is ready (to catch children it started meanwhile). A
+server with no list of its own gets every CPU this script may use, not the client's
+(a child would otherwise inherit that). The affinity is printed first and is in the JSON.
 
 **engine** — ``lmops serve --model tiny=DIR``: a Llama with ``llama-tiny`` dimensions (hidden
 64, 2 layers, 4 heads / 2 KV heads) and a byte-level BPE tokenizer (512) trained on the
@@ -34,8 +50,21 @@ of exactly ``--gateway-output-len`` tokens) as the upstream, and ``lmops serve -
 with one upstream deployment in front of it, called with a real API key that has RPM/TPM
 limits (far above the load, so nothing is refused but every request is counted), default
 guardrails, the request log and metrics on. Each level runs direct to the fake, then
-through the gateway. Overhead = gateway p50 E2EL - direct p50 E2EL at the same
-concurrency. Target: p50 overhead <= 5 ms at >= 500 requests/s through the gateway.
+through the gateway, with the same seed and number of requests. First the open-loop levels
+(``--gateway-rates``, default 100, 300, 500 req/s): latency at an offered rate, so it holds
+no queueing of the load generator's own making (a closed loop of *C* in flight has p50 ~
+*C* / rate by construction). Overhead = gateway p50 E2EL - direct p50 E2EL at the same rate.
+Target: p50 overhead <= 5 ms at >= 500 requests/s through the gateway; **met** iff at some
+offered rate >= 500 the gateway achieved >= 490 req/s (500 within 2%) with no failed
+request and p50 overhead <= 5 ms, while the client's send lag p50 stayed under 1 ms in both
+runs. A run whose send lag p50 is 1 ms or more lagged (the load generator did not keep the
+schedule, so the server saw less than the offered load). A level whose direct run lagged is
+**not valid** (the client and the fake alone could not keep the rate on this machine); one
+that lagged only through the gateway is a valid NOT met if the gateway still completed
+< 490 req/s while the load reached it (sent at >= 490 req/s) or piled up in it (1000 in
+flight), else not valid. The verdict says "not valid" instead of "NOT met" when a level at
+>= 500 req/s is not valid and none met the target. Then the closed-loop levels (``--gateway-concurrency``), a second
+table: they show the saturation throughput.
 
 **relay** — the same with the fake pacing its streams like a model server (``--relay-ttft-ms``,
 ``--relay-itl-ms``): the gateway's output tok/s against the direct one, the CPU stand-in
@@ -51,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -70,11 +100,19 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from lmops.eval.perf import _WORDS, LevelResult, run_perf  # noqa: E402
+from lmops.eval.perf import (  # noqa: E402
+    _WORDS,
+    DEFAULT_RATE_CAP,
+    SEND_LAG_LIMIT_MS,
+    LevelResult,
+    run_perf,
+)
 
 ENGINE_TARGET = 4.0
 GATEWAY_RPS_TARGET = 500.0
 GATEWAY_OVERHEAD_TARGET_MS = 5.0
+GATEWAY_RPS_TOLERANCE = 0.02  # achieved >= 98% of the target rate counts as reaching it
+RATE_WARMUP_S = 1.0  # untimed seconds at the offered rate before each open-loop level
 VLLM_TARGET = 0.95
 HUGE = 10**9  # key limits far above any load: every request is counted, none refused
 
@@ -86,14 +124,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def pin(proc: psutil.Process, cpus: list[int] | None) -> int:
+    """Pin ``proc`` and its live children to ``cpus`` (None: leave them); how many were."""
+    if cpus is None:
+        return 0
+    pinned = 0
+    for q in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a child that has just exited
+            q.cpu_affinity(cpus)
+            pinned += 1
+    return pinned
+
+
 @contextlib.contextmanager
 def process(
-    cmd: list[str], env: dict[str, str], log: Path, ready: Callable[[], bool], timeout: float
+    cmd: list[str],
+    env: dict[str, str],
+    log: Path,
+    ready: Callable[[], bool],
+    timeout: float,
+    *,
+    cpus: list[int] | None = None,
 ) -> Iterator[psutil.Process]:
-    """Run ``cmd`` until the block ends; yields once ``ready()`` is true."""
+    """Run ``cmd`` until the block ends; yields once ``ready()`` is true.
+
+    ``cpus``: pin it there at once (before it can start workers, which inherit the
+    affinity), and again, with its children, once it is ready."""
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
         try:
+            ps = psutil.Process(proc.pid)
+            pin(ps, cpus)
             deadline = time.monotonic() + timeout
             while True:
                 with contextlib.suppress(httpx.HTTPError):
@@ -103,7 +164,10 @@ def process(
                     tail = log.read_text(errors="replace")[-3000:]
                     raise SystemExit(f"{' '.join(cmd[:6])} did not start:\n{tail}")
                 time.sleep(0.2)
-            yield psutil.Process(proc.pid)
+            if cpus is not None:
+                n = pin(ps, cpus)
+                print(f"[{log.stem}: {n} process(es) pinned to CPUs {cpu_text(cpus)}]")
+            yield ps
         finally:
             proc.terminate()
             try:
@@ -111,6 +175,65 @@ def process(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def cpu_list(text: str) -> list[int]:
+    """``"0,1"``, ``"0-3,8"`` -> sorted CPU numbers."""
+    cpus: set[int] = set()
+    for part in (x.strip() for x in text.split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi if sep else lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not a CPU list: {text!r} (e.g. 0,1 or 2-5)"
+            ) from None
+        if first < 0 or last < first:
+            raise argparse.ArgumentTypeError(f"not a CPU range: {part!r}")
+        cpus.update(range(first, last + 1))
+    if not cpus:
+        raise argparse.ArgumentTypeError("an empty CPU list")
+    return sorted(cpus)
+
+
+def cpu_text(cpus: list[int]) -> str:
+    """[0, 1, 2, 3, 8] -> "0-3,8"."""
+    runs: list[list[int]] = []
+    for c in cpus:
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def set_affinity(args: argparse.Namespace) -> dict[str, list[int] | None]:
+    """Check the CPU lists, pin this process (the client); the affinity of each role.
+
+    A server without a list gets every CPU this process may use, so that it does not
+    inherit the client's; with no list at all nothing is pinned (None everywhere)."""
+    roles = {
+        "gateway": args.gateway_cpus,
+        "upstream": args.upstream_cpus,
+        "client": args.client_cpus,
+    }
+    if all(v is None for v in roles.values()):
+        return dict.fromkeys(roles)
+    me = psutil.Process()
+    if not hasattr(me, "cpu_affinity"):
+        raise SystemExit("CPU pinning needs psutil's Process.cpu_affinity (Linux, Windows)")
+    allowed = sorted(me.cpu_affinity())
+    for role, cpus in roles.items():
+        if cpus is not None and not set(cpus) <= set(allowed):
+            raise SystemExit(
+                f"--{role}-cpus {cpu_text(cpus)}: this process may only use CPUs "
+                f"{cpu_text(allowed)}"
+            )
+    if args.client_cpus is not None:
+        me.cpu_affinity(args.client_cpus)
+    return {role: allowed if cpus is None else cpus for role, cpus in roles.items()}
 
 
 def http_ok(url: str, key: str | None = None) -> bool:
@@ -176,6 +299,47 @@ def level(
     return summarize(lv, output_len, {"client": me, **cpu})
 
 
+def rate_level(
+    url: str,
+    model: str,
+    rate: float,
+    args: argparse.Namespace,
+    *,
+    key: str | None,
+    output_len: int,
+    extra: dict[str, Any],
+    watch: dict[str, list[psutil.Process]],
+) -> dict[str, Any]:
+    """``rate * args.duration`` requests offered at ``rate`` req/s (Poisson, seed 1), after
+    ``RATE_WARMUP_S`` untimed seconds at the same rate."""
+    kw: dict[str, Any] = dict(
+        api_key=key,
+        request_rate=rate,
+        concurrency=[DEFAULT_RATE_CAP],
+        input_len=args.input_len,
+        output_len=output_len,
+        extra_body=extra,
+        timeout_s=120.0,
+    )
+    run_perf(url, model, requests=max(10, math.ceil(rate * RATE_WARMUP_S)), warmup=True, **kw)
+    n = max(10, math.ceil(rate * args.duration))
+    cpu0 = {name: cpu_seconds(ps) for name, ps in watch.items()}
+    me0 = time.process_time()
+    lv = run_perf(url, model, requests=n, warmup=False, seed=1, **kw).levels[0]
+    me = time.process_time() - me0
+    cpu = {name: cpu_seconds(ps) - cpu0[name] for name, ps in watch.items()}
+    lag = lv.send_lag_ms
+    return {
+        "offered_rps": rate,
+        **summarize(lv, output_len, {"client": me, **cpu}),
+        "sent_rps": None if lv.send_rate is None else round(lv.send_rate, 1),
+        "send_lag_p50_ms": None if lag is None else round(lag.median, 3),
+        "send_lag_p99_ms": None if lag is None else round(lag.p99, 3),
+        "cap_waits": lv.cap_waits,
+        "lagged": lv.lagged,
+    }
+
+
 def summarize(lv: LevelResult, output_len: int, cpu: dict[str, float]) -> dict[str, Any]:
     done = max(lv.completed, 1)
     e2el, ttft = lv.e2el_ms, lv.ttft_ms
@@ -237,6 +401,7 @@ def bench_engine(args: argparse.Namespace, tmp: Path, env: dict[str, str], key: 
         tmp / "engine.log",
         lambda: http_ok(base + "/v1/models", key),
         timeout=120,
+        cpus=args.affinity["gateway"],
     ) as server:
         for c in args.engine_concurrency:
             levels.append(
@@ -271,6 +436,52 @@ def deployments_file(path: Path, name: str, upstream: str, model: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def gateway(
+    args: argparse.Namespace,
+    tmp: Path,
+    env: dict[str, str],
+    key: str,
+    *,
+    upstream: str,
+    name: str,
+    label: str,
+) -> Iterator[tuple[str, psutil.Process]]:
+    """``lmops serve`` with one upstream deployment ``name`` in front of ``upstream``; yields
+    its base URL and process."""
+    gw_port = free_port()
+    gw = f"http://127.0.0.1:{gw_port}"
+    deps = deployments_file(tmp / f"{label}.yaml", name, upstream + "/v1", name)
+    gw_args = ["--deployments", str(deps), "--workers", str(args.workers)]
+    with process(
+        lmops_serve(gw_port, *gw_args),
+        env,
+        tmp / f"gateway-{label}.log",
+        lambda: http_ok(gw + "/v1/models", key),
+        timeout=120,
+        cpus=args.affinity["gateway"],
+    ) as gp:
+        yield gw, gp
+
+
+def pair(
+    label: str, value: float, direct: dict[str, Any], through: dict[str, Any]
+) -> dict[str, Any]:
+    """One level direct and through the gateway, with the overhead and the tok/s ratio."""
+    overhead = ratio = None
+    if direct["e2el_p50_ms"] is not None and through["e2el_p50_ms"] is not None:
+        overhead = round(through["e2el_p50_ms"] - direct["e2el_p50_ms"], 3)
+    if direct["output_tok_s"]:
+        ratio = round(through["output_tok_s"] / direct["output_tok_s"], 3)
+    return {
+        label: value,
+        "direct": direct,
+        "gateway": through,
+        "overhead_p50_ms": overhead,
+        "tok_s_ratio": ratio,
+    }
+
+
 def compare(
     args: argparse.Namespace,
     tmp: Path,
@@ -284,45 +495,34 @@ def compare(
     extra: dict[str, Any],
     upstream_proc: psutil.Process,
     label: str,
-) -> list[dict[str, Any]]:
-    """Each level direct to ``upstream``, then through a gateway in front of it."""
-    gw_port = free_port()
-    gw = f"http://127.0.0.1:{gw_port}"
-    deps = deployments_file(tmp / f"{label}.yaml", name, upstream + "/v1", name)
-    gw_args = ["--deployments", str(deps), "--workers", str(args.workers)]
-    rows = []
-    with process(
-        lmops_serve(gw_port, *gw_args),
-        env,
-        tmp / f"gateway-{label}.log",
-        lambda: http_ok(gw + "/v1/models", key),
-        timeout=120,
-    ) as gp:
-        watch = {"upstream": [upstream_proc], "gateway": [gp]}
-        for c in concurrency:
-            direct, through = (
-                level(url, name, c, args, key=k, output_len=output_len, extra=extra, watch=watch)
-                for url, k in ((upstream, None), (gw, key))
-            )
-            overhead = ratio = None
-            if direct["e2el_p50_ms"] is not None and through["e2el_p50_ms"] is not None:
-                overhead = round(through["e2el_p50_ms"] - direct["e2el_p50_ms"], 3)
-            if direct["output_tok_s"]:
-                ratio = round(through["output_tok_s"] / direct["output_tok_s"], 3)
-            rows.append(
-                {
-                    "concurrency": c,
-                    "direct": direct,
-                    "gateway": through,
-                    "overhead_p50_ms": overhead,
-                    "tok_s_ratio": ratio,
-                }
-            )
-    return rows
+    rates: list[float] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each level direct to ``upstream``, then through a gateway in front of it: the
+    open-loop ``rates`` first, then the closed-loop ``concurrency`` levels."""
+    kw: dict[str, Any] = dict(output_len=output_len, extra=extra)
+    with gateway(args, tmp, env, key, upstream=upstream, name=name, label=label) as (gw, gp):
+        kw["watch"] = {"upstream": [upstream_proc], "gateway": [gp]}
+        via = ((upstream, None), (gw, key))
+        rate_rows = [
+            pair("rate", r, *(rate_level(u, name, r, args, key=k, **kw) for u, k in via))
+            for r in rates or []
+        ]
+        rows = [
+            pair("concurrency", c, *(level(u, name, c, args, key=k, **kw) for u, k in via))
+            for c in concurrency
+        ]
+    return rate_rows, rows
 
 
 def fake_upstream(
-    tmp: Path, env: dict[str, str], label: str, *, tokens: int, ttft_s: float, itl_s: float
+    args: argparse.Namespace,
+    tmp: Path,
+    env: dict[str, str],
+    label: str,
+    *,
+    tokens: int,
+    ttft_s: float,
+    itl_s: float,
 ) -> Any:
     """The in-package fake OpenAI server in its own process; yields (base URL, process)."""
     port = free_port()
@@ -335,15 +535,17 @@ def fake_upstream(
         "access_log=False)"
     )
     cmd = [sys.executable, "-c", code, str(port), str(tokens), str(ttft_s), str(itl_s)]
-    return base, process(cmd, env, tmp / f"fake-{label}.log", lambda: http_ok(base + "/health"), 60)
+    ready = functools.partial(http_ok, base + "/health")
+    log = tmp / f"fake-{label}.log"
+    return base, process(cmd, env, log, ready, 60, cpus=args.affinity["upstream"])
 
 
 def bench_gateway(args: argparse.Namespace, tmp: Path, env: dict[str, str], key: str) -> Any:
     base, fake = fake_upstream(
-        tmp, env, "gateway", tokens=args.gateway_output_len, ttft_s=0, itl_s=0
+        args, tmp, env, "gateway", tokens=args.gateway_output_len, ttft_s=0, itl_s=0
     )
     with fake as fp:
-        rows = compare(
+        rate_rows, rows = compare(
             args,
             tmp,
             env,
@@ -355,22 +557,74 @@ def bench_gateway(args: argparse.Namespace, tmp: Path, env: dict[str, str], key:
             extra={},
             upstream_proc=fp,
             label="gateway",
+            rates=args.gateway_rates,
         )
-    passing = [
-        r
-        for r in rows
-        if r["gateway"]["rps"] >= GATEWAY_RPS_TARGET
-        and r["overhead_p50_ms"] is not None
-        and r["overhead_p50_ms"] <= GATEWAY_OVERHEAD_TARGET_MS
-    ]
     return {
+        "rate_levels": rate_rows,
         "levels": rows,
-        "max_gateway_rps": max(r["gateway"]["rps"] for r in rows),
+        "max_gateway_rps": max((r["gateway"]["rps"] for r in rows), default=None),
         "target": f"p50 overhead <= {GATEWAY_OVERHEAD_TARGET_MS:g} ms at >= "
         f"{GATEWAY_RPS_TARGET:g} req/s",
-        "met": bool(passing),
-        "met_at_concurrency": [r["concurrency"] for r in passing],
+        **gateway_verdict(rate_rows),
     }
+
+
+def rate_status(row: dict[str, Any]) -> str:
+    """``met``, ``NOT met``, ``behind`` or ``not valid`` for one open-loop level (any rate).
+
+    Met: the client kept its schedule (send lag p50 under ``SEND_LAG_LIMIT_MS``, direct and
+    through the gateway) and the gateway achieved the target rate within
+    ``GATEWAY_RPS_TOLERANCE``, failed nothing and added at most the target p50 overhead.
+    Not valid: the client lagged direct (it and the fake alone could not keep the rate).
+    When it kept the rate direct but lagged through the gateway, the gateway saw at most the
+    offered load; if the gateway still completed less than the target rate while the load
+    reached it (sent at >= the target rate) or piled up in it (the cap of in-flight requests
+    was reached), the gateway fell behind (``behind``: a valid NOT met), else not valid.
+    """
+    gw = row["gateway"]
+    floor = GATEWAY_RPS_TARGET * (1 - GATEWAY_RPS_TOLERANCE)
+    if row["direct"]["lagged"]:
+        return "not valid"
+    if gw["lagged"]:
+        piled_up = bool(gw["cap_waits"]) or (gw["sent_rps"] or 0.0) >= floor
+        return "behind" if piled_up and gw["rps"] < floor else "not valid"
+    overhead = row["overhead_p50_ms"]
+    ok = (
+        gw["rps"] >= floor
+        and gw["failed"] == 0
+        and overhead is not None
+        and overhead <= GATEWAY_OVERHEAD_TARGET_MS
+    )
+    return "met" if ok else "NOT met"
+
+
+def rates(xs: list[float]) -> str:
+    return ", ".join(f"{x:g}" for x in xs)
+
+
+def gateway_verdict(rate_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The target is met iff a level offered at >= the target rate is ``met``; the verdict
+    is not valid when none is and one of them is ``not valid`` (it might have been met)."""
+    candidates = [r for r in rate_rows if r["rate"] >= GATEWAY_RPS_TARGET]
+    for r in rate_rows:
+        r["status"] = rate_status(r) if r in candidates else "-"  # below the target rate
+    met = [r["rate"] for r in candidates if r["status"] == "met"]
+    invalid = [r["rate"] for r in candidates if r["status"] == "not valid"]
+    behind = [r["rate"] for r in candidates if r["status"] == "behind"]
+    if met:
+        verdict = f"met at {rates(met)} req/s offered"
+    elif invalid:
+        verdict = (
+            f"NOT VALID: the load generator could not keep up at {rates(invalid)} req/s "
+            f"(client send lag p50 >= {SEND_LAG_LIMIT_MS:g} ms)"
+        )
+    elif behind:
+        verdict = f"NOT met: the gateway fell behind the load it was sent at {rates(behind)} req/s"
+    elif candidates:
+        verdict = "NOT met"
+    else:
+        verdict = f"not measured: no --gateway-rates level >= {GATEWAY_RPS_TARGET:g}"
+    return {"met": bool(met), "valid": bool(met) or not invalid, "verdict": verdict}
 
 
 def bench_relay(args: argparse.Namespace, tmp: Path, env: dict[str, str], key: str) -> Any:
@@ -378,9 +632,9 @@ def bench_relay(args: argparse.Namespace, tmp: Path, env: dict[str, str], key: s
     keep the upstream's token throughput? A CPU stand-in for the vLLM comparison."""
     ttft, itl = args.relay_ttft_ms / 1000, args.relay_itl_ms / 1000
     out_len = args.relay_output_len
-    base, fake = fake_upstream(tmp, env, "relay", tokens=out_len, ttft_s=ttft, itl_s=itl)
+    base, fake = fake_upstream(args, tmp, env, "relay", tokens=out_len, ttft_s=ttft, itl_s=itl)
     with fake as fp:
-        rows = compare(
+        _, rows = compare(
             args,
             tmp,
             env,
@@ -435,8 +689,10 @@ def bench_vllm(args: argparse.Namespace, tmp: Path, env: dict[str, str], key: st
         str(port),
         "--disable-log-requests",
     ]
-    with process(cmd, env, tmp / "vllm.log", lambda: http_ok(base + "/health"), 900) as vp:
-        rows = compare(
+    ready = functools.partial(http_ok, base + "/health")
+    cpus = args.affinity["upstream"]
+    with process(cmd, env, tmp / "vllm.log", ready, 900, cpus=cpus) as vp:
+        _, rows = compare(
             args,
             tmp,
             env,
@@ -514,6 +770,52 @@ def print_pairs(title: str, res: dict[str, Any]) -> None:
     )
 
 
+def print_rates(title: str, res: dict[str, Any]) -> None:
+    print(f"\n{title}")
+    procs = ("client", "upstream", "gateway")
+    print(
+        f"{'offered':>8} {'via':>8} {'requests':>9} {'sent/s':>8} {'req/s':>8} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'lag p50':>8} {'lag p99':>8} {'cap wait':>8} "
+        + " ".join(f"{p + ' cpu':>12}" for p in procs)
+        + f" {'overhead':>9}  status"
+    )
+    for r in res["rate_levels"]:
+        for via in ("direct", "gateway"):
+            lv = r[via]
+            cpu = lv["cpu_ms_per_request"]
+            cells = " ".join(f"{_f(cpu.get(p), '.2f'):>12}" for p in procs)
+            tail = ""
+            if via == "gateway":
+                tail = f"{_f(r['overhead_p50_ms'], '.2f'):>9}  {r['status']}"
+            print(
+                f"{r['rate']:>8g} {via:>8} {lv['requests']:>9} {_f(lv['sent_rps']):>8} "
+                f"{_f(lv['rps']):>8} "
+                f"{_f(lv['e2el_p50_ms'], '.2f'):>8} {_f(lv['e2el_p99_ms'], '.2f'):>8} "
+                f"{_f(lv['send_lag_p50_ms'], '.2f'):>8} {_f(lv['send_lag_p99_ms'], '.2f'):>8} "
+                f"{lv['cap_waits']:>8} {cells} {tail}"
+            )
+            if lv["failed"]:
+                print(f"      {lv['failed']} failed: {lv['errors']}")
+            if lv["lagged"]:
+                why = f", {lv['cap_waits']} waited for the cap" if lv["cap_waits"] else ""
+                print(
+                    f"      the load generator could not keep up: send lag p50 >= "
+                    f"{SEND_LAG_LIMIT_MS:g} ms{why}"
+                )
+    print(
+        "open loop, Poisson arrivals (seed 1), at most "
+        f"{DEFAULT_RATE_CAP} in flight; sent/s = rate the client sent at; req/s = achieved; "
+        "lag = client send lag (ms, actual send - due); cpu = CPU ms per request of each "
+        "process; overhead = gateway p50 - direct p50; status (target): met, NOT met, "
+        "behind (NOT met: the gateway fell behind the load it got) or not valid (the client "
+        "lagged)"
+    )
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
 def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -524,6 +826,9 @@ def main() -> None:
     p.add_argument("--parts", default="engine,gateway,relay", help="engine,gateway,relay,vllm")
     p.add_argument("--duration", type=float, default=8.0, help="seconds per measured level")
     p.add_argument("--engine-concurrency", type=ints, default=[1, 8])
+    p.add_argument(
+        "--gateway-rates", type=floats, default=[100.0, 300.0, 500.0], help="offered req/s"
+    )
     p.add_argument("--gateway-concurrency", type=ints, default=[1, 2, 4, 8])
     p.add_argument("--relay-concurrency", type=ints, default=[1, 32])
     p.add_argument("--relay-output-len", type=int, default=64)
@@ -535,6 +840,9 @@ def main() -> None:
     p.add_argument("--gateway-output-len", type=int, default=16)
     p.add_argument("--vllm-output-len", type=int, default=128)
     p.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    p.add_argument("--gateway-cpus", type=cpu_list, help="pin lmops serve (e.g. 0,1)")
+    p.add_argument("--upstream-cpus", type=cpu_list, help="pin the fake upstream / vLLM")
+    p.add_argument("--client-cpus", type=cpu_list, help="pin this process (load generator)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the servers")
     p.add_argument("--vllm", type=Path, default=None, help="a model folder vLLM can serve")
     args = p.parse_args()
@@ -543,6 +851,9 @@ def main() -> None:
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
     if args.vllm is not None:
         parts.add("vllm")
+    args.affinity = set_affinity(args)  # also in the JSON's config
+    pinned = [f"{r} {cpu_text(c)}" for r, c in args.affinity.items() if c is not None]
+    print(f"{os.cpu_count()} CPUs; affinity: {'; '.join(pinned) if pinned else 'none (unpinned)'}")
 
     tmp = Path(tempfile.mkdtemp(prefix="lmops-serve-bench-"))
     home = tmp / "home"
@@ -571,12 +882,18 @@ def main() -> None:
             print_engine(out["engine"], args.engine_output_len)
         if "gateway" in parts:
             out["gateway"] = g = bench_gateway(args, tmp, env, key)
-            print_pairs("gateway overhead (fake upstream, zero delay)", g)
-            verdict = f"met at C={g['met_at_concurrency']}" if g["met"] else "NOT met"
-            print(
-                f"max gateway throughput {g['max_gateway_rps']:.1f} req/s; "
-                f"target {g['target']}: {verdict}"
-            )
+            if g["rate_levels"]:
+                print_rates("gateway overhead at offered rates (fake upstream, zero delay)", g)
+            if g["levels"]:
+                print_pairs("gateway, closed loop (fake upstream, zero delay)", g)
+                print(f"max gateway throughput (closed loop) {_f(g['max_gateway_rps'])} req/s")
+            print(f"target {g['target']}: {g['verdict']}")
+            floor = GATEWAY_RPS_TARGET * (1 - GATEWAY_RPS_TOLERANCE)
+            if not g["met"] and g["levels"] and g["max_gateway_rps"] < floor:
+                print(
+                    f"(the gateway's closed-loop saturation, {g['max_gateway_rps']:.0f} req/s, "
+                    f"is below {GATEWAY_RPS_TARGET:g} req/s on this machine)"
+                )
         if "relay" in parts:
             out["relay"] = r = bench_relay(args, tmp, env, key)
             f = r["fake"]

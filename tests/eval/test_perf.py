@@ -6,15 +6,21 @@ injected ones, and the official ``openai`` client checks that the fake speaks th
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import random
-from collections.abc import Iterator
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import httpx
+import numpy as np
 import pytest
 
 from lmops.core.errors import UserError
-from lmops.eval.perf import PerfReport, format_table, run_perf
+from lmops.eval.perf import DEFAULT_RATE_CAP, PerfReport, arrival_times, format_table, run_perf
 from lmops.serve.fake import create_fake_app, fake_server
 
 openai = pytest.importorskip("openai", reason="the openai client is a dev dependency")
@@ -158,6 +164,120 @@ def test_report_dict_and_table(fast_fake: str) -> None:
     assert len(rows) == 3 and rows[0]["tpot_s"] > 0
     table = format_table(report)
     assert "c=1" in table and "c=2" in table and "TTFT median (ms)" in table
+    # closed loop: no open-loop figures
+    assert d["config"]["request_rate"] is None and d["levels"][0]["send_lag_ms"] is None
+    assert "send lag" not in table and "cap=" not in table
+
+
+# -- the SSE stream as servers really write it: a raw HTTP server sends exact bytes -------------
+# Each step is bytes to send or seconds to wait; every request gets the same steps.
+Script = list[bytes | float]
+
+
+@contextlib.contextmanager
+def raw_server(script: Callable[[int], Script]) -> Iterator[str]:
+    """A one-response-per-connection HTTP server; ``script(n)`` answers the n-th request."""
+    count = [0]
+    lock = threading.Lock()
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            length = 0
+            while (line := self.rfile.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            self.rfile.read(length)
+            with lock:
+                n = count[0]
+                count[0] += 1
+            for step in script(n):
+                if isinstance(step, float):
+                    time.sleep(step)
+                else:
+                    self.wfile.write(step)
+                    self.wfile.flush()
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    server.block_on_close = False
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _sse_head(chunked: bool = False) -> bytes:
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Connection: close"
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + framing + b"\r\n\r\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _delta(text: str) -> bytes:
+    return json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}).encode()
+
+
+def test_sse_lines_split_across_reads_crlf_comments_and_multiline_data() -> None:
+    usage = json.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9}})
+    script: Script = [
+        _sse_head(),
+        b": keep-alive comment\r\nevent: message\r\nid: 1\r\n",
+        b"data: " + _delta("a") + b"\r\n\r\n",
+        0.05,
+        b"data: " + _delta("b")[:10],  # an event cut in the middle of a line
+        0.05,
+        _delta("b")[10:] + b"\n\n",
+        0.05,
+        # one event's data over two lines, joined by a newline: still one JSON value
+        b'data: {"choices": [{"index": 0,\ndata: "delta": {"content": "c"}}]}\n\n',
+        b"data:" + usage.encode() + b"\n\n",  # no space after the colon
+        b"data: " + _delta("d"),  # the last event, cut off by the end of the body
+    ]
+    with raw_server(lambda n: script) as url:
+        report = run_perf(url, "m", concurrency=[1], requests=2, warmup=False, retries=0)
+    (level,) = report.levels
+    assert level.completed == 2, level.errors
+    r = level.results[0]
+    assert (r.output_tokens, r.input_tokens) == (9, 3)  # from the usage event
+    assert len(r.itl_s) == 3  # content chunks a, b, c, d: three gaps
+    assert r.itl_s[0] >= 0.09  # "b" counts when its line is complete, two pauses later
+    assert r.e2el_s == pytest.approx(r.ttft_s + sum(r.itl_s))
+
+
+def test_error_events_are_retried_and_bad_data_is_not() -> None:
+    error = b'data: {"error": {"message": "engine overloaded"}}\n\n'
+    ok: Script = [_sse_head(), b"data: " + _delta("x") + b"\n\ndata: [DONE]\n\n"]
+    with raw_server(lambda n: [_sse_head(), error] if n == 0 else ok) as url:
+        retried = run_perf(url, "m", concurrency=[1], requests=1, warmup=False, retries=1)
+    assert (retried.levels[0].completed, retried.levels[0].retried) == (1, 1)
+    with raw_server(lambda n: [_sse_head(), error]) as url:
+        failed = run_perf(url, "m", concurrency=[1], requests=1, warmup=False, retries=1)
+    assert failed.levels[0].errors == {"engine overloaded": 1}
+    with raw_server(lambda n: [_sse_head(), b"data: {oops\n\n"]) as url:
+        bad = run_perf(url, "m", concurrency=[1], requests=1, warmup=False, retries=3)
+    assert bad.levels[0].errors == {"bad SSE data: '{oops'": 1}
+    assert bad.levels[0].retried == 0
+
+
+def test_a_stream_held_open_after_done_still_succeeds_quickly() -> None:
+    # [DONE] is the end of the measured stream; a server that keeps the connection open
+    # (no closing chunk for 3 s) must neither fail the request nor hold it that long.
+    body = b"data: " + _delta("x") + b"\n\ndata: " + _delta("y") + b"\n\ndata: [DONE]\n\n"
+    script: Script = [_sse_head(chunked=True), _chunk(body), 3.0, b"0\r\n\r\n"]
+    with raw_server(lambda n: script) as url:
+        start = time.perf_counter()
+        report = run_perf(url, "m", concurrency=[1], requests=1, warmup=False, timeout_s=2.0)
+        elapsed = time.perf_counter() - start
+    (level,) = report.levels
+    assert (level.completed, level.failed) == (1, 0)
+    assert level.results[0].output_tokens == 2
+    assert elapsed < 1.5
 
 
 # -- the fake speaks the OpenAI API: the official client is the judge -------------------------------
@@ -274,3 +394,152 @@ def test_eval_perf_cli_against_the_fake_server(cli) -> None:  # type: ignore[no-
     assert [lv["concurrency"] for lv in levels] == [1, 4]
     assert all(lv["completed"] == 8 and lv["failed"] == 0 for lv in levels)
     assert 40 <= levels[0]["ttft_ms"]["median"] <= 80
+
+
+# -- open loop: requests arrive at an offered rate, whatever the server does ----------------------
+def test_arrival_times_are_seeded_gamma_gaps_scaled_to_the_rate() -> None:
+    n, rate = 2000, 50.0
+    due = arrival_times(n, rate, seed=3)
+    assert due == arrival_times(n, rate, seed=3)
+    assert due != arrival_times(n, rate, seed=4)
+    # Exactly numpy's gamma draws (shape 1: exponential, mean 1 / rate), summed, then scaled
+    # by one factor so that the last request is due at n / rate.
+    raw = np.cumsum(np.random.default_rng(3).gamma(1.0, 1 / rate, size=n))
+    assert due == pytest.approx((raw * (n / rate) / raw[-1]).tolist(), rel=1e-12)
+    assert due[-1] == pytest.approx(n / rate, rel=1e-12)
+    gaps = np.diff([0.0, *due])
+    assert (gaps >= 0).all()
+    assert gaps.mean() == pytest.approx(1 / rate, rel=1e-9)
+    assert abs(raw[-1] / (n / rate) - 1) < 0.1  # the scaling is a small correction
+    # Burstiness b is the gamma shape: squared coefficient of variation of the gaps = 1 / b.
+    for b in (0.25, 1.0, 4.0):
+        g = np.diff([0.0, *arrival_times(20000, rate, b, seed=5)])
+        assert g.mean() == pytest.approx(1 / rate)
+        assert g.var() / g.mean() ** 2 == pytest.approx(1 / b, rel=0.1)
+    # Limits: all at once, evenly spaced; a generator advances, so levels differ.
+    assert arrival_times(3, math.inf) == [0.0, 0.0, 0.0]
+    assert arrival_times(4, 10.0, math.inf) == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    rng = np.random.default_rng(0)
+    assert arrival_times(5, 10.0, seed=rng) == arrival_times(5, 10.0, seed=0)
+    assert arrival_times(5, 10.0, seed=rng) != arrival_times(5, 10.0, seed=0)
+    assert arrival_times(0, 10.0) == []
+    with pytest.raises(UserError, match="request_rate"):
+        arrival_times(5, 0.0)
+    with pytest.raises(UserError, match="burstiness"):
+        arrival_times(5, 1.0, -1.0)
+
+
+def test_requests_reach_the_server_on_the_seeded_schedule() -> None:
+    rate, n, seed = 50.0, 60, 11  # 1.2 s
+    seen: list[float] = []  # when the server read each request
+
+    def script(i: int) -> Script:
+        seen.append(time.perf_counter())
+        return [_sse_head(), b"data: " + _delta("x") + b"\n\ndata: [DONE]\n\n"]
+
+    with raw_server(script) as url:
+        report = run_perf(
+            url, "m", request_rate=rate, requests=n, seed=seed, warmup=False, retries=0
+        )
+    (level,) = report.levels
+    assert (level.completed, level.cap_waits, level.request_rate) == (n, 0, rate)
+    # The first level draws first from the run's generator: arrival_times with the same seed.
+    due = np.asarray(arrival_times(n, rate, seed=seed))
+    arrived = np.sort(seen)
+    assert len(arrived) == n
+    drift = (arrived - arrived[0]) - (due - due[0])  # loose: CI has 2 shared cores
+    assert np.median(np.abs(drift)) < 0.005 and np.abs(drift).max() < 0.1
+    lag = level.send_lag_ms
+    assert lag is not None and lag.count == n and -1.0 < lag.median < 5.0
+    assert all(r.send_lag_s is not None for r in level.results)
+
+
+def test_open_loop_against_the_fake_achieves_the_offered_rate(fast_fake: str) -> None:
+    rate, n = 50.0, 80  # 1.6 s
+    report = run_perf(fast_fake, "fake", request_rate=rate, requests=n, output_len=4)
+    (level,) = report.levels
+    assert level.concurrency == DEFAULT_RATE_CAP  # the default cap: effectively none
+    assert (level.completed, level.failed, level.cap_waits) == (n, 0, 0)
+    # The schedule's last request is due at n / rate (sends aim 0.5 ms early), so the
+    # level cannot end sooner; a server that keeps up ends it soon after.
+    assert n / rate - 0.001 <= level.duration_s <= n / rate + 0.5
+    assert 0.75 * rate <= level.request_throughput <= rate * 1.001
+    assert level.send_rate == pytest.approx(rate, rel=0.05)  # sent on schedule
+    assert level.send_lag_ms is not None and level.send_lag_ms.median < 5.0
+    assert not level.lagged
+    d = report.to_dict()
+    assert (d["config"]["request_rate"], d["levels"][0]["request_rate"]) == (rate, rate)
+    assert set(d["levels"][0]["send_lag_ms"]) == {"mean", "median", "std", "p90", "p99", "count"}
+    table = format_table(report)
+    assert "open loop: 50 req/s (Poisson arrivals, seed 0)" in table
+    assert f"cap={DEFAULT_RATE_CAP}" in table and "send lag median (ms)" in table
+    assert "not valid" not in table
+
+
+def test_the_cap_bounds_requests_in_flight_and_shows_as_send_lag() -> None:
+    seen: list[float] = []
+    slow: Script = [0.2, _sse_head(), b"data: " + _delta("x") + b"\n\ndata: [DONE]\n\n"]
+
+    def script(i: int) -> Script:
+        seen.append(time.perf_counter())
+        return slow
+
+    # All 9 due at once, at most 3 in flight: the server sees three waves 0.2 s apart.
+    with raw_server(script) as url:
+        report = run_perf(
+            url, "m", request_rate=math.inf, concurrency=[3], requests=9, warmup=False
+        )
+    (level,) = report.levels
+    assert (level.completed, level.cap_waits) == (9, 6)
+    starts = sorted(seen)
+    assert all(starts[k + 3] - starts[k] >= 0.19 for k in range(6))
+    lags = sorted(r.send_lag_s or 0.0 for r in level.results)
+    assert lags[2] < 0.1 and lags[3] >= 0.19 and lags[6] >= 0.38
+    assert level.send_rate is not None and 9 / 0.6 < level.send_rate <= 9 / 0.38  # waves
+    assert level.lagged  # the cap kept the offered rate from the server: not valid
+    d = report.to_dict()
+    assert d["config"]["request_rate"] == "inf" and d["levels"][0]["request_rate"] == "inf"
+    json.dumps(d, allow_nan=False)  # valid JSON: no Infinity
+    table = format_table(report)
+    assert "open loop: inf req/s" in table and "cap=3" in table
+    assert "cap=3: sends lagged" in table and "not valid" in table
+
+
+def test_invalid_rate_settings_are_user_errors(cli) -> None:  # type: ignore[no-untyped-def]
+    for rate in (0.0, -5.0, math.nan):
+        with pytest.raises(UserError, match="request_rate: must be > 0"):
+            run_perf("http://127.0.0.1:9", "m", request_rate=rate)
+    with pytest.raises(UserError, match="burstiness: must be > 0"):
+        run_perf("http://127.0.0.1:9", "m", request_rate=10, burstiness=0)
+    r = cli(
+        "eval", "perf", "--endpoint", "http://127.0.0.1:9", "--model", "m", "--request-rate", "0"
+    )
+    assert r.code == 2 and "request_rate" in r.err and len(r.err.strip().splitlines()) == 1
+    r = cli(
+        "eval",
+        "perf",
+        "--endpoint",
+        "http://127.0.0.1:9",
+        "--model",
+        "m",
+        "--request-rate",
+        "10",
+        "--burstiness",
+        "-1",
+    )
+    assert r.code == 2 and "burstiness" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_eval_perf_cli_open_loop(cli, fast_fake: str) -> None:  # type: ignore[no-untyped-def]
+    args = ["eval", "perf", "--endpoint", fast_fake, "--model", "fake", "--requests", "20"]
+    r = cli(*args, "--request-rate", "40", "--burstiness", "2", "--seed", "3", "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert (out["config"]["request_rate"], out["config"]["burstiness"]) == (40.0, 2.0)
+    (level,) = out["levels"]
+    assert level["concurrency"] == DEFAULT_RATE_CAP and level["request_rate"] == 40.0
+    assert level["completed"] == 20 and level["send_lag_ms"]["count"] == 20
+    assert 0.5 <= level["duration_s"] <= 1.0  # the last of 20 is due at 0.5 s
+    r = cli(*args, "--request-rate", "40", "--concurrency", "2,4")
+    assert r.code == 0, r.err
+    assert "cap=2" in r.out and "cap=4" in r.out and "gamma" not in r.out

@@ -188,7 +188,24 @@ def perf(
     ],
     model: Annotated[str, typer.Option(help="Model name at the endpoint.")],
     api_key: Annotated[str | None, typer.Option(envvar="LMOPS_API_KEY")] = None,
-    concurrency: Annotated[str, typer.Option(help="Comma-separated levels.")] = "1,8,32",
+    concurrency: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated levels: requests in flight (default 1,8,32); with "
+            "--request-rate, the cap on requests in flight (default 1000)."
+        ),
+    ] = None,
+    request_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Open loop: requests arrive at this rate (req/s; inf: all at once) instead "
+            "of a closed loop of --concurrency in flight."
+        ),
+    ] = None,
+    burstiness: Annotated[
+        float,
+        typer.Option(help="With --request-rate: gamma shape of the gaps; 1 = Poisson arrivals."),
+    ] = 1.0,
     requests: Annotated[int, typer.Option(min=1, help="Requests per level.")] = 64,
     input_len: Annotated[int, typer.Option(min=1)] = 128,
     output_len: Annotated[int, typer.Option(min=1)] = 128,
@@ -196,21 +213,29 @@ def perf(
         bool, typer.Option("--completions", help="Use /v1/completions instead of chat.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 300.0,
+    seed: Annotated[int, typer.Option(help="Seed of the prompts and the arrivals.")] = 0,
     json_: JsonOpt = False,
 ) -> None:
     """Serving performance over streaming: TTFT, TPOT, ITL, latency p50/p90/p99, throughput
-    (the definitions of vLLM's serving benchmark)."""
+    (the definitions of vLLM's serving benchmark), in a closed loop or at an offered rate."""
     from lmops.eval.perf import format_table, run_perf
 
-    try:
-        levels = [int(x) for x in concurrency.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--concurrency {concurrency!r}: expected integers like 1,8,32") from None
+    levels: list[int] | None = None
+    if concurrency is not None:
+        try:
+            levels = [int(x) for x in concurrency.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(
+                f"--concurrency {concurrency!r}: expected integers like 1,8,32"
+            ) from None
     report = run_perf(
         endpoint,
         model,
         api_key=api_key,
         concurrency=levels,
+        request_rate=request_rate,
+        burstiness=burstiness,
+        seed=seed,
         requests=requests,
         input_len=input_len,
         output_len=output_len,

@@ -1,10 +1,25 @@
 """Serving performance of an OpenAI-compatible endpoint (``lmops eval perf``).
 
-For each concurrency level *C*, ``requests`` streaming requests are created at once and at
-most *C* are in flight (a semaphore; request rate unbounded), over one HTTP/1.1 keep-alive
-client with *C* connections. Each prompt is about ``input_len`` tokens of random common
-English words; each asks for ``max_tokens=output_len`` with
-``stream_options.include_usage``. One untimed warm-up request precedes the first level.
+Two ways to load the server, one level at a time, each level ``requests`` streaming requests
+over one HTTP/1.1 keep-alive client with at most *C* connections (``aiohttp``, as vLLM's
+benchmark uses: its CPU per request is a fraction of ``httpx``'s, so the load generator
+disturbs a server on the same machine less):
+
+* **Closed loop** (``request_rate=None``, the default): for each concurrency level *C*, all
+  requests are created at once and at most *C* are in flight (a semaphore; request rate
+  unbounded): a new request starts as soon as one finishes. Latency then includes the
+  queueing this loop makes by itself (at *C* in flight, p50 is about *C* / throughput).
+* **Open loop** (``request_rate=R`` req/s, as ``vllm bench serve --request-rate``): the
+  requests *arrive* on a schedule drawn before the level starts, whatever the server does,
+  and each level's *C* (``concurrency``) is a **cap** on requests in flight (vLLM's
+  ``--max-concurrency``): an arrival that finds *C* in flight waits for one to finish. Give a
+  cap far above rate x latency (``DEFAULT_RATE_CAP``, the default in this mode) to measure
+  latency at the offered rate alone. See *Open loop* below.
+
+Each prompt is about ``input_len`` tokens of random common English words; each asks for
+``max_tokens=output_len`` with ``stream_options.include_usage``. One untimed warm-up request
+precedes the first level. The stream is read as server-sent events whose lines end in LF or
+CRLF; each event's clock time is read as it is decoded.
 
 The metrics are those of vLLM's serving benchmark (``vllm bench serve``,
 ``benchmarks/benchmark_serving.py``), measured on the client with ``time.perf_counter``:
@@ -36,6 +51,34 @@ Per level (only successful requests count; times in ms):
   **output token throughput** = sum of output tokens / duration (tok/s);
   **total token throughput** = (sum of input + output tokens) / duration (tok/s).
 
+Open loop (``request_rate``), per level (see :func:`arrival_times`):
+
+* **Schedule**: ``n = requests`` gaps are drawn from a gamma distribution with shape
+  ``burstiness`` and mean ``1 / request_rate`` (``burstiness=1``: exponential gaps, a
+  Poisson process; below 1 burstier, above 1 more even; ``inf``: evenly spaced), from
+  ``numpy.random.default_rng(seed)`` (one generator for the run, levels drawn in order, so
+  a run is reproducible and two runs with the same seed and sizes offer the same arrivals).
+  Request *i* is due at the sum of the first *i + 1* gaps, all scaled by one factor so that
+  the last is due at exactly ``n / request_rate`` s: the level offers exactly
+  ``request_rate`` (raw gamma sums miss it by about ``1 / sqrt(n * burstiness)``; vLLM
+  rescales the same way). ``request_rate=inf``: every request is due at once.
+* Each request is sent at its due time (a dispatcher sleeps until then and starts it). Its
+  TTFT, ITL and E2EL are timed **from the actual send**, as in vLLM, not from the due time.
+* **send lag** (``send_lag_ms``, the Stats above): actual send - due time, per request, the
+  wait for a slot under the cap included. asyncio's timers wake in whole milliseconds
+  (``epoll``), rounded up, so the dispatcher aims 0.5 ms early: sends land within about
+  +-0.5 ms of their due time (a lag can be slightly negative), p50 ~0.1-0.2 ms on an idle
+  client. A p50 of ``SEND_LAG_LIMIT_MS`` (1 ms) or more means the load generator (or the
+  cap) could not keep the schedule and the server did not see the offered rate: the level
+  is not valid (``LevelResult.lagged``; the table says so).
+* **cap waits** (``cap_waits``): how many requests found *C* in flight when they were due.
+* **offered rate** (``request_rate``) against the **sent rate** (``send_rate``: requests /
+  time from the start of the schedule to the last send; the offered rate when the client
+  keeps up, ``inf`` when all were sent at once) and the **achieved rate**, the request
+  throughput above: successful requests / duration, where the duration runs from the start
+  of the schedule (not the first send) to the last request finishing, so a server that keeps
+  up achieves just under the offered rate, and one that falls behind less than the sent rate.
+
 Where this differs from vLLM, on purpose: vLLM's chat client counts *any* chunk with a
 choice as a token (so an opening role-only chunk that arrives before the first token
 makes its TTFT too small, and a closing empty-delta chunk adds a near-zero ITL); here only
@@ -54,25 +97,30 @@ that can ignore EOS (vLLM, SGLang) take ``extra_body={"ignore_eos": True}``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lmops.core.errors import UserError
 
 __all__ = [
+    "DEFAULT_RATE_CAP",
+    "SEND_LAG_LIMIT_MS",
     "LevelResult",
     "PerfConfig",
     "PerfReport",
     "RequestResult",
     "Stats",
+    "arrival_times",
     "arun_perf",
     "format_table",
     "run_perf",
@@ -92,6 +140,16 @@ _WORDS = (
 ).split()
 
 _RETRY_STATUS = frozenset({408, 409, 429})
+_DRAIN_S = 0.5  # the longest wait for the end of a body after [DONE]
+
+# The cap on requests in flight in open-loop mode when no concurrency is given: far above
+# rate x latency for the rates one client process can drive (a few thousand req/s).
+DEFAULT_RATE_CAP = 1000
+# A send lag p50 at or above this means the load generator fell behind its schedule.
+SEND_LAG_LIMIT_MS = 1.0
+# asyncio's own loop waits for timers in whole milliseconds, rounded up (epoll), so a sleep
+# ends 0-1 ms late; aiming half of that early centres sends on their due time.
+_TIMER_AIM_S = 0.0005
 
 
 class PerfConfig(BaseModel):
@@ -102,7 +160,15 @@ class PerfConfig(BaseModel):
     endpoint: str
     model: str
     api_key: str | None = Field(default=None, repr=False)
-    concurrency: list[int] = Field(default_factory=lambda: [1, 8, 32], min_length=1)
+    concurrency: list[int] = Field(
+        default_factory=lambda: [1, 8, 32],
+        min_length=1,
+        description="levels: requests in flight (closed loop), or the cap on them (open loop)",
+    )
+    request_rate: float | None = Field(
+        default=None, description="open loop: arrivals per second (inf: all at once)"
+    )
+    burstiness: float = Field(default=1.0, description="gamma shape of the gaps; 1 = Poisson")
     requests: int = Field(default=64, ge=1, description="requests per concurrency level")
     input_len: int = Field(default=128, ge=1, description="prompt length, ~tokens (words)")
     output_len: int = Field(default=128, ge=1, description="max_tokens of each request")
@@ -118,6 +184,20 @@ class PerfConfig(BaseModel):
     def _positive(cls, v: list[int]) -> list[int]:
         if any(c < 1 for c in v):
             raise ValueError("every concurrency level must be >= 1")
+        return v
+
+    @field_validator("request_rate")
+    @classmethod
+    def _rate(cls, v: float | None) -> float | None:
+        if v is not None and not v > 0:  # also NaN
+            raise ValueError("must be > 0 requests/s (inf: all at once), or unset for closed loop")
+        return v
+
+    @field_validator("burstiness")
+    @classmethod
+    def _burst(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be > 0 (1: Poisson arrivals; < 1 burstier, > 1 more even)")
         return v
 
     @field_validator("endpoint")
@@ -149,6 +229,7 @@ class RequestResult:
     input_tokens: int = 0
     attempts: int = 1
     error: str = ""
+    send_lag_s: float | None = None  # open loop: first send - due time; None in closed loop
 
     @property
     def tpot_s(self) -> float | None:
@@ -205,11 +286,25 @@ class LevelResult:
     itl_ms: Stats | None
     e2el_ms: Stats | None
     errors: dict[str, int]  # error message -> number of failed requests
+    # Open loop only (None in closed loop): the offered rate (req/s; the achieved one is
+    # request_throughput), the rate requests were actually sent at, each send's lag behind
+    # its due time, and how many requests found the cap full.
+    request_rate: float | None = None
+    send_rate: float | None = None
+    send_lag_ms: Stats | None = None
+    cap_waits: int | None = None
     results: list[RequestResult] = field(default_factory=list, repr=False)
 
     @classmethod
     def summarize(
-        cls, concurrency: int, results: list[RequestResult], duration_s: float
+        cls,
+        concurrency: int,
+        results: list[RequestResult],
+        duration_s: float,
+        *,
+        request_rate: float | None = None,
+        send_rate: float | None = None,
+        cap_waits: int | None = None,
     ) -> LevelResult:
         ok = [r for r in results if r.success]
         errors: dict[str, int] = {}
@@ -236,8 +331,17 @@ class LevelResult:
             itl_ms=Stats.of([gap for r in ok for gap in r.itl_s]),
             e2el_ms=Stats.of([r.e2el_s for r in ok]),
             errors=errors,
+            request_rate=request_rate,
+            send_rate=send_rate,
+            send_lag_ms=Stats.of([r.send_lag_s for r in results if r.send_lag_s is not None]),
+            cap_waits=cap_waits,
             results=results,
         )
+
+    @property
+    def lagged(self) -> bool:
+        """Open loop: the sends' p50 lag reached ``SEND_LAG_LIMIT_MS`` (the level is invalid)."""
+        return self.send_lag_ms is not None and self.send_lag_ms.median >= SEND_LAG_LIMIT_MS
 
     def to_dict(self, *, per_request: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -246,6 +350,8 @@ class LevelResult:
                 row["tpot_s"] = r.tpot_s
         else:
             del d["results"]
+        d["request_rate"] = _json_float(self.request_rate)
+        d["send_rate"] = _json_float(self.send_rate)
         return d
 
 
@@ -258,12 +364,20 @@ class PerfReport:
     warmup_error: str | None = None
 
     def to_dict(self, *, per_request: bool = False) -> dict[str, Any]:
+        config = self.config.model_dump(exclude={"api_key"})
+        for k in ("request_rate", "burstiness"):
+            config[k] = _json_float(config[k])
         return {
-            "config": self.config.model_dump(exclude={"api_key"}),
+            "config": config,
             "url": self.config.url(),
             "warmup_error": self.warmup_error,
             "levels": [lv.to_dict(per_request=per_request) for lv in self.levels],
         }
+
+
+def _json_float(v: float | None) -> float | str | None:
+    """JSON has no infinity: ``inf`` is written as the string "inf"."""
+    return "inf" if v is not None and math.isinf(v) else v
 
 
 def _config(endpoint: str, model: str, **kw: Any) -> PerfConfig:
@@ -272,7 +386,8 @@ def _config(endpoint: str, model: str, **kw: Any) -> PerfConfig:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
-        raise UserError(f"eval perf: {where}: {err['msg']}") from None
+        msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for our validators
+        raise UserError(f"eval perf: {where}: {msg}") from None
 
 
 def run_perf(
@@ -281,6 +396,8 @@ def run_perf(
     *,
     api_key: str | None = None,
     concurrency: list[int] | None = None,
+    request_rate: float | None = None,
+    burstiness: float = 1.0,
     requests: int = 64,
     input_len: int = 128,
     output_len: int = 128,
@@ -294,14 +411,21 @@ def run_perf(
 ) -> PerfReport:
     """Measure ``endpoint`` at each concurrency level (blocking; see the module docstring).
 
+    ``request_rate=None`` is the closed loop (``concurrency`` requests in flight, default
+    1, 8, 32); a rate (req/s) the open loop, where ``concurrency`` caps the requests in flight
+    (default ``[DEFAULT_RATE_CAP]``) and ``burstiness`` shapes the arrivals.
     Raises ``UserError`` for an invalid setting; failed requests are counted, not raised.
     ``on_level`` is called with each level's result as soon as it is done.
     """
+    if concurrency is None:
+        concurrency = [1, 8, 32] if request_rate is None else [DEFAULT_RATE_CAP]
     config = _config(
         endpoint,
         model,
         api_key=api_key,
-        concurrency=[1, 8, 32] if concurrency is None else concurrency,
+        concurrency=concurrency,
+        request_rate=request_rate,
+        burstiness=burstiness,
         requests=requests,
         input_len=input_len,
         output_len=output_len,
@@ -326,13 +450,21 @@ async def arun_perf(
     url = config.url()
     warmup_error: str | None = None
     if config.warmup:
-        async with _client(1, config.timeout_s) as client:
-            r = await _request(client, url, headers, _payload(config, rng), config)
+        async with _session(1, headers) as session:
+            r = await _request(session, url, _payload(config, rng), config)
             warmup_error = None if r.success else r.error
+    # Arrivals have a generator of their own, so the prompts are the same in both modes.
+    arrivals = np.random.default_rng(config.seed)
     levels: list[LevelResult] = []
     for c in config.concurrency:
         payloads = [_payload(config, rng) for _ in range(config.requests)]
-        level = await _run_level(config, c, url, headers, payloads)
+        if config.request_rate is None:
+            level = await _run_level(config, c, url, headers, payloads)
+        else:
+            due = arrival_times(
+                config.requests, config.request_rate, config.burstiness, seed=arrivals
+            )
+            level = await _run_open_level(config, c, url, headers, payloads, due)
         levels.append(level)
         if on_level is not None:
             on_level(level)
@@ -344,15 +476,15 @@ async def _run_level(
     concurrency: int,
     url: str,
     headers: dict[str, str],
-    payloads: list[dict[str, Any]],
+    payloads: list[bytes],
 ) -> LevelResult:
-    """All ``payloads`` at once, at most ``concurrency`` in flight, on one keep-alive client."""
+    """All ``payloads`` at once, at most ``concurrency`` in flight, on one keep-alive session."""
     sem = asyncio.Semaphore(concurrency)
-    async with _client(concurrency, config.timeout_s) as client:
+    async with _session(concurrency, headers) as session:
 
-        async def limited(payload: dict[str, Any]) -> RequestResult:
+        async def limited(payload: bytes) -> RequestResult:
             async with sem:
-                return await _request(client, url, headers, payload, config)
+                return await _request(session, url, payload, config)
 
         start = time.perf_counter()
         results = await asyncio.gather(*(limited(p) for p in payloads))
@@ -360,12 +492,99 @@ async def _run_level(
     return LevelResult.summarize(concurrency, list(results), duration)
 
 
-def _client(connections: int, timeout_s: float) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(http1=True, http2=False, limits=limits, timeout=timeout_s)
+def arrival_times(
+    n: int, rate: float, burstiness: float = 1.0, *, seed: int | np.random.Generator = 0
+) -> list[float]:
+    """When each of ``n`` requests is due, in seconds from the start of a level, ascending.
+
+    The gaps are gamma(shape ``burstiness``, scale ``1 / (rate * burstiness)``): mean
+    ``1 / rate``, squared coefficient of variation ``1 / burstiness`` (1: exponential gaps,
+    Poisson arrivals). Request *i* is due at the sum of the first *i + 1* gaps, all scaled by
+    one factor so that the last is due at exactly ``n / rate``. ``rate=inf``: all due at 0;
+    ``burstiness=inf``: evenly spaced, request *i* at ``(i + 1) / rate``. ``seed``: an int,
+    or a ``numpy`` Generator to draw from (advancing its state).
+    """
+    if not rate > 0:
+        raise UserError(f"eval perf: request_rate: must be > 0 requests/s, got {rate}")
+    if not burstiness > 0:
+        raise UserError(f"eval perf: burstiness: must be > 0, got {burstiness}")
+    if n < 1:
+        return []
+    if math.isinf(rate):
+        return [0.0] * n
+    if math.isinf(burstiness):
+        return (np.arange(1, n + 1, dtype=np.float64) / rate).tolist()
+    gaps = np.random.default_rng(seed).gamma(burstiness, 1.0 / (rate * burstiness), size=n)
+    due = np.cumsum(gaps)
+    if due[-1] > 0:
+        due *= (n / rate) / due[-1]
+    return [float(t) for t in due]
 
 
-def _payload(config: PerfConfig, rng: random.Random) -> dict[str, Any]:
+async def _run_open_level(
+    config: PerfConfig,
+    cap: int,
+    url: str,
+    headers: dict[str, str],
+    payloads: list[bytes],
+    due_s: list[float],
+) -> LevelResult:
+    """Each payload sent when due (seconds from the level's start), at most ``cap`` in flight."""
+    sem = asyncio.Semaphore(cap)
+    cap_waits = 0
+    async with _session(cap, headers) as session:
+
+        async def arrive(payload: bytes, due: float) -> RequestResult:
+            nonlocal cap_waits
+            if sem.locked():
+                cap_waits += 1
+            async with sem:
+                lag = time.perf_counter() - due
+                result = await _request(session, url, payload, config)
+            result.send_lag_s = lag
+            return result
+
+        # uvloop rounds timers to the nearest millisecond already: no aiming there.
+        aim = _TIMER_AIM_S if isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop) else 0
+        tasks: list[asyncio.Task[RequestResult]] = []
+        start = time.perf_counter()
+        try:
+            for payload, offset in zip(payloads, due_s, strict=True):
+                due = start + offset
+                # One dispatcher sleeps until each due time; requests already due (or due
+                # within the aim) are started without yielding.
+                if (wait := due - aim - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
+                tasks.append(asyncio.create_task(arrive(payload, due)))
+            results = await asyncio.gather(*tasks)
+        except BaseException:  # cancelled: leave no request running
+            for t in tasks:
+                t.cancel()
+            raise
+        duration = time.perf_counter() - start
+    last_send = max(t + (r.send_lag_s or 0.0) for t, r in zip(due_s, results, strict=True))
+    return LevelResult.summarize(
+        cap,
+        list(results),
+        duration,
+        request_rate=config.request_rate,
+        send_rate=len(results) / last_send if last_send > 0 else math.inf,
+        cap_waits=cap_waits,
+    )
+
+
+def _session(connections: int, headers: dict[str, str]) -> aiohttp.ClientSession:
+    # No aiohttp timeout: each attempt is bounded by ``asyncio.timeout(timeout_s)`` instead,
+    # so a slow attempt fails with the one documented error text.
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections),
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
+def _payload(config: PerfConfig, rng: random.Random) -> bytes:
+    """One request body, serialised once, before the level starts."""
     prompt = " ".join(rng.choice(_WORDS) for _ in range(config.input_len))
     body: dict[str, Any] = {"model": config.model}
     if config.chat:
@@ -374,21 +593,17 @@ def _payload(config: PerfConfig, rng: random.Random) -> dict[str, Any]:
         body["prompt"] = prompt
     body.update(max_tokens=config.output_len, stream=True, stream_options={"include_usage": True})
     body.update(config.extra_body)  # the user's fields win, e.g. stream_options or ignore_eos
-    return body
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def _request(
-    client: httpx.AsyncClient,
-    url: str,
-    headers: dict[str, str],
-    payload: dict[str, Any],
-    config: PerfConfig,
+    session: aiohttp.ClientSession, url: str, payload: bytes, config: PerfConfig
 ) -> RequestResult:
     """Send one request, retrying retryable failures; the last attempt's result counts."""
     attempt = 0
     while True:
         attempt += 1
-        result, retryable = await _attempt(client, url, headers, payload, config)
+        result, retryable = await _attempt(session, url, payload, config)
         result.attempts = attempt
         if result.success or not retryable or attempt > config.retries:
             return result
@@ -396,90 +611,153 @@ async def _request(
 
 
 async def _attempt(
-    client: httpx.AsyncClient,
-    url: str,
-    headers: dict[str, str],
-    payload: dict[str, Any],
-    config: PerfConfig,
+    session: aiohttp.ClientSession, url: str, payload: bytes, config: PerfConfig
 ) -> tuple[RequestResult, bool]:
     """One timed attempt; returns the result and whether a failure is worth retrying."""
-    prompt_words = config.input_len
     st = time.perf_counter()
-    last = st
-    ttft: float | None = None
-    itl: list[float] = []
-    chunks = 0
-    usage_out: int | None = None
-    usage_in: int | None = None
+    measure = _Measure(st)
     try:
         async with asyncio.timeout(config.timeout_s):
-            async with client.stream("POST", url, json=payload, headers=headers) as resp:
-                if resp.status_code != 200:
-                    body = await resp.aread()
-                    status = resp.status_code
+            async with session.post(url, data=payload) as resp:
+                if resp.status != 200:
+                    status = resp.status
                     retry = status in _RETRY_STATUS or status >= 500
-                    return RequestResult(False, error=_http_error(status, body)), retry
-                async for data in _sse_data(resp):
-                    if data == "[DONE]":
+                    return RequestResult(False, error=_http_error(status, await resp.read())), retry
+                sse = _SSEDecoder()
+                content = resp.content
+                while not measure.done:
+                    chunk = await content.readany()  # b"" at the end of the body
+                    for data in sse.feed(chunk) if chunk else sse.close():
+                        if (failure := measure.event(data)) is not None:
+                            return failure
+                        if measure.done:
+                            break
+                    if not chunk:
                         break
-                    now = time.perf_counter()
-                    try:
-                        event = json.loads(data)
-                    except json.JSONDecodeError:
-                        return RequestResult(False, error=f"bad SSE data: {data[:80]!r}"), False
-                    if not isinstance(event, dict):
-                        continue
-                    if event.get("error"):
-                        return RequestResult(False, error=_error_text(event)), True
-                    choices = event.get("choices")
-                    if choices and _has_text(choices[0]):
-                        if ttft is None:
-                            ttft = now - st
-                        else:
-                            itl.append(now - last)
-                        last = now
-                        chunks += 1
-                    usage = event.get("usage")
-                    if isinstance(usage, dict):
-                        if isinstance(usage.get("completion_tokens"), int):
-                            usage_out = usage["completion_tokens"]
-                        if isinstance(usage.get("prompt_tokens"), int):
-                            usage_in = usage["prompt_tokens"]
+                await _drain(content)
     except TimeoutError:
         return RequestResult(False, error=f"timed out after {config.timeout_s:g} s"), True
-    except httpx.HTTPError as e:
-        return RequestResult(False, error=f"{type(e).__name__}: {e}".rstrip(": ")), True
-    if ttft is None:
-        return RequestResult(False, error="the stream ended without a content chunk"), False
-    return (
-        RequestResult(
-            True,
-            ttft_s=ttft,
-            itl_s=itl,
-            e2el_s=last - st,
-            output_tokens=chunks if usage_out is None else usage_out,
-            input_tokens=prompt_words if usage_in is None else usage_in,
-        ),
-        False,
-    )
+    except (aiohttp.ClientError, OSError) as e:
+        return RequestResult(False, error=_transport_error(e)), True
+    return measure.result(config.input_len)
 
 
-async def _sse_data(resp: httpx.Response) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event (multi-line data joined by newlines)."""
-    lines: list[str] = []
-    async for line in resp.aiter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-            continue
-        if line.startswith(":"):  # a comment, e.g. a keep-alive ping
-            continue
-        name, _, value = line.partition(":")
-        if name == "data":
-            lines.append(value[1:] if value.startswith(" ") else value)
-    if lines:
-        yield "\n".join(lines)
+async def _drain(content: aiohttp.StreamReader) -> None:
+    """Read the rest of the body (after ``[DONE]``: its end), briefly.
+
+    aiohttp closes a connection whose response was not read to its end, so without this
+    every request would pay for a new connection. Servers end the response right after
+    ``[DONE]``; one that holds it open costs at most ``_DRAIN_S`` and its connection.
+    """
+    # The request's figures are complete: nothing that happens here can fail it.
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
+        async with asyncio.timeout(_DRAIN_S):
+            while await content.readany():
+                pass
+
+
+class _Measure:
+    """The timings and counts of one attempt, fed one SSE ``data`` payload at a time."""
+
+    __slots__ = ("chunks", "done", "itl", "last", "start", "ttft", "usage_in", "usage_out")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.last = start
+        self.ttft: float | None = None
+        self.itl: list[float] = []
+        self.chunks = 0
+        self.usage_out: int | None = None
+        self.usage_in: int | None = None
+        self.done = False
+
+    def event(self, data: bytes) -> tuple[RequestResult, bool] | None:
+        """Account one event, timed now; a failed attempt's result, else None."""
+        # The clock is read per event, as it is decoded (as vLLM's client does), so events
+        # that came in one network read are a few microseconds apart, not all at one time.
+        now = time.perf_counter()
+        if data == b"[DONE]":
+            self.done = True
+            return None
+        try:
+            event = json.loads(data.decode())  # str: json.loads skips guessing the encoding
+        except ValueError:  # bad JSON or bad UTF-8
+            text = data.decode("utf-8", "replace")[:80]
+            return RequestResult(False, error=f"bad SSE data: {text!r}"), False
+        if not isinstance(event, dict):
+            return None
+        if event.get("error"):
+            return RequestResult(False, error=_error_text(event)), True
+        choices = event.get("choices")
+        if choices and _has_text(choices[0]):
+            if self.ttft is None:
+                self.ttft = now - self.start
+            else:
+                self.itl.append(now - self.last)
+            self.last = now
+            self.chunks += 1
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            if isinstance(out := usage.get("completion_tokens"), int):
+                self.usage_out = out
+            if isinstance(inp := usage.get("prompt_tokens"), int):
+                self.usage_in = inp
+        return None
+
+    def result(self, prompt_words: int) -> tuple[RequestResult, bool]:
+        """The attempt's result once its stream has ended."""
+        if self.ttft is None:
+            return RequestResult(False, error="the stream ended without a content chunk"), False
+        return (
+            RequestResult(
+                True,
+                ttft_s=self.ttft,
+                itl_s=self.itl,
+                e2el_s=self.last - self.start,
+                output_tokens=self.chunks if self.usage_out is None else self.usage_out,
+                input_tokens=prompt_words if self.usage_in is None else self.usage_in,
+            ),
+            False,
+        )
+
+
+class _SSEDecoder:
+    """The ``data`` of each server-sent event in a byte stream (multi-line data joined by
+    newlines). Lines end in LF or CRLF; fields other than ``data`` and comments are skipped."""
+
+    __slots__ = ("_data", "_tail")
+
+    def __init__(self) -> None:
+        self._tail = b""  # an unfinished line
+        self._data: list[bytes] = []  # the data lines of the event being read
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The events completed by ``chunk``."""
+        lines = (self._tail + chunk if self._tail else chunk).split(b"\n")
+        self._tail = lines.pop()
+        return self._lines(lines)
+
+    def close(self) -> list[bytes]:
+        """The events left at the end of the stream, without their closing blank line."""
+        lines = [self._tail, b""] if self._tail else [b""]
+        self._tail = b""
+        return self._lines(lines)
+
+    def _lines(self, lines: list[bytes]) -> list[bytes]:
+        events: list[bytes] = []
+        data = self._data
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data:
+                    events.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data.clear()
+            elif line.startswith(b"data:"):
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+            elif line == b"data":  # a field without a colon has an empty value
+                data.append(b"")
+        return events
 
 
 def _has_text(choice: Any) -> bool:
@@ -510,15 +788,31 @@ def _http_error(status: int, body: bytes) -> str:
     return f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
 
 
+def _transport_error(e: BaseException) -> str:
+    # A refused or failed connection reads "ConnectError: ...", the name reports have
+    # always used for it, whichever client library raised it.
+    name = "ConnectError" if isinstance(e, aiohttp.ClientConnectorError) else type(e).__name__
+    return f"{name}: {e}".rstrip(": ")
+
+
 # -- the CLI's table -------------------------------------------------------------------------------
 def _num(v: float | None, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _stat(s: Stats | None, name: str) -> float | None:
+    return None if s is None else float(getattr(s, name))
+
+
+def _rate_text(v: float) -> str:
+    return "inf" if math.isinf(v) else f"{v:g}"
+
+
 def format_table(report: PerfReport) -> str:
-    """A fixed-width table, one column per concurrency level, for ``lmops eval perf``."""
+    """A fixed-width table, one column per concurrency level (or cap), for ``lmops eval perf``."""
     cfg = report.config
     levels = report.levels
+    open_loop = cfg.request_rate is not None
     rows: list[tuple[str, list[str]]] = [
         ("successful requests", [str(lv.completed) for lv in levels]),
         ("failed requests", [str(lv.failed) for lv in levels]),
@@ -526,6 +820,20 @@ def format_table(report: PerfReport) -> str:
         ("duration (s)", [_num(lv.duration_s) for lv in levels]),
         ("total input tokens", [str(lv.total_input_tokens) for lv in levels]),
         ("total output tokens", [str(lv.total_output_tokens) for lv in levels]),
+    ]
+    if cfg.request_rate is not None:
+        offered = _rate_text(cfg.request_rate)
+        rows += [
+            ("offered rate (req/s)", [offered for _ in levels]),
+            ("sent rate (req/s)", [_num(lv.send_rate) for lv in levels]),
+            (
+                "send lag median (ms)",
+                [_num(_stat(lv.send_lag_ms, "median")) for lv in levels],
+            ),
+            ("send lag p99 (ms)", [_num(_stat(lv.send_lag_ms, "p99")) for lv in levels]),
+            ("cap waits", [str(lv.cap_waits) for lv in levels]),
+        ]
+    rows += [
         ("request throughput (req/s)", [_num(lv.request_throughput) for lv in levels]),
         ("output throughput (tok/s)", [_num(lv.output_throughput) for lv in levels]),
         ("total throughput (tok/s)", [_num(lv.total_token_throughput) for lv in levels]),
@@ -535,18 +843,24 @@ def format_table(report: PerfReport) -> str:
         for stat in ("mean", "median", "p90", "p99"):
             cells = []
             for lv in levels:
-                s: Stats | None = getattr(lv, attr)
-                cells.append(_num(None if s is None else getattr(s, stat)))
+                cells.append(_num(_stat(getattr(lv, attr), stat)))
             rows.append((f"{label} {stat} (ms)", cells))
-    head = [f"c={lv.concurrency}" for lv in levels]
+    name = "cap" if open_loop else "c"
+    head = [f"{name}={lv.concurrency}" for lv in levels]
     width = max(10, *(len(c) for _, cells in rows for c in cells), *(len(h) for h in head))
     label_w = max(len(label) for label, _ in rows)
     kind = "chat" if cfg.chat else "completions"
     lines = [
         f"{cfg.url()}  model={cfg.model}  {kind}  input≈{cfg.input_len}  "
         f"output={cfg.output_len}  {cfg.requests} requests per level",
-        " " * label_w + "".join(h.rjust(width + 2) for h in head),
     ]
+    if cfg.request_rate is not None:
+        shape = "Poisson" if cfg.burstiness == 1 else f"gamma, burstiness {cfg.burstiness:g}"
+        lines.append(
+            f"open loop: {_rate_text(cfg.request_rate)} req/s ({shape} arrivals, seed "
+            f"{cfg.seed}); cap = the most requests in flight"
+        )
+    lines.append(" " * label_w + "".join(h.rjust(width + 2) for h in head))
     lines += [
         label.ljust(label_w) + "".join(c.rjust(width + 2) for c in cells) for label, cells in rows
     ]
@@ -554,5 +868,11 @@ def format_table(report: PerfReport) -> str:
         lines.append(f"warm-up request failed: {report.warmup_error}")
     for lv in levels:
         for msg, n in sorted(lv.errors.items(), key=lambda kv: -kv[1]):
-            lines.append(f"c={lv.concurrency}: {n} failed: {msg}")
+            lines.append(f"{name}={lv.concurrency}: {n} failed: {msg}")
+        if lv.lagged:
+            lines.append(
+                f"{name}={lv.concurrency}: sends lagged {_num(_stat(lv.send_lag_ms, 'median'))}"
+                f" ms (p50) behind schedule: the load generator (or the cap) could not keep "
+                f"{_rate_text(lv.request_rate or 0)} req/s; the level is not valid"
+            )
     return "\n".join(lines)
