@@ -415,3 +415,22 @@ def test_helpers(limiter: RateLimiter) -> None:
     assert Limits.from_key(key) == Limits(rpm=60)
     with pytest.raises(ValueError, match="twice"):
         limiter.acquire([("a", Limits()), ("a", Limits())], "x", 0)
+
+
+def test_the_limiter_never_checkpoints_sqlite_on_the_request_path(
+    store: Store, limiter: RateLimiter
+) -> None:
+    """A commit that crosses SQLite's auto-checkpoint size copies the WAL into the database
+    and fsyncs it, a stall of the gateway's event loop: the limiter's connections have
+    auto-checkpoint off, the rest of the store (the request log's writer) keeps the
+    default, so the WAL is still checkpointed."""
+    if not store.db.is_sqlite:
+        pytest.skip("a SQLite setting")
+    lease = limiter.acquire([("key:a", Limits(rpm=10, tpm=1000))], "r1", 5)
+    limiter.reconcile(lease, 3)
+    limiter.release(lease)
+    kept = limiter._idle[-1].dbapi_connection
+    assert kept is not None
+    assert kept.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    with store.db.engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000

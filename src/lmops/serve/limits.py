@@ -506,7 +506,17 @@ class RateLimiter:
         try:
             return self._idle.pop()  # atomic: a thread never gets one another one holds
         except IndexError:
-            return self._db.engine.raw_connection()
+            conn = self._db.engine.raw_connection()
+            if self._db.is_sqlite:
+                # A commit that pushes SQLite's WAL past its auto-checkpoint size copies the
+                # WAL into the database file and fsyncs it, milliseconds during which the
+                # gateway's event loop would stand still. The limiter's connections never
+                # checkpoint: the request log's background writer (and any other connection)
+                # still does, with SQLite's default threshold.
+                cur = cast(Any, conn.dbapi_connection).cursor()
+                cur.execute("PRAGMA wal_autocheckpoint=0")
+                cur.close()
+            return conn
 
     def close(self) -> None:
         """Hand the kept connections back to the engine's pool (also done when the limiter
