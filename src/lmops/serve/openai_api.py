@@ -17,10 +17,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmops.serve.deployments import Registry
@@ -292,20 +292,64 @@ class Gateway:
             ) from None
 
 
-class _ClosingStreamingResponse(StreamingResponse):
-    """Closes its body generator when the response ends, also when the client went away.
+class _Final(str):
+    """The last piece of an event stream's body: it goes out in the same write as the end
+    of the chunked body (one write per response less). The generator must yield nothing
+    after it; it is still run to its end, so its ``finally`` sees a normal finish."""
 
-    Starlette leaves a generator that was suspended at a ``yield`` to the garbage
-    collector, so its ``finally`` (metering, freeing engine slots, the numbers the access
-    log reads) would run at some later time instead of before the request is over."""
+
+class _EventStream(Response):
+    """A ``text/event-stream`` response for the gateway's streams, leaner than Starlette's
+    ``StreamingResponse`` (which runs an anyio task group per response under uvicorn):
+
+    * a disconnect is watched by one plain task, which cancels the streaming task while it
+      waits for the next chunk: the body generator sees ``CancelledError`` at its ``await``
+      (a 499; engine slots are freed);
+    * the body generator is always closed before the response is over, also when the
+      client left, so its ``finally`` (metering, freeing slots, the figures the access log
+      reads) runs now rather than whenever the garbage collector gets to it;
+    * a :class:`_Final` chunk is sent together with the end of the body."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, body: AsyncIterator[str], headers: dict[str, str] | None = None) -> None:
+        self.body_iterator = body
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"complete": False, "gone": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["complete"]:  # (a finished response also reads as a disconnect)
+                state["gone"] = True
+                task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for chunk in self.body_iterator:
+                final = isinstance(chunk, _Final)
+                if final:
+                    state["complete"] = True
+                await send(
+                    {"type": "http.response.body", "body": chunk.encode(), "more_body": not final}
+                )
+            if not state["complete"]:
+                state["complete"] = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not state["gone"]:
+                raise
+            task.uncancel()  # the client left: a normal end for this response
         finally:
-            close = getattr(self.body_iterator, "aclose", None)
-            if close is not None:
-                await close()
+            watcher.cancel()
+            await cast(Any, self.body_iterator).aclose()
 
 
 def _upstream_error(status: int, data: dict[str, Any]) -> OpenAIError:
@@ -454,11 +498,10 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
             if ctx is not None:
                 ctx.admit(len(prompt_ids), max_tokens * req.n, model_ref=target.version)
             if req.stream:
-                return _ClosingStreamingResponse(
+                return _EventStream(
                     _stream_engine(
                         dep, req, prompt_ids, stops, max_tokens, target, rid, kind, ctx, started
                     ),
-                    media_type="text/event-stream",
                     headers=ctx.headers() if ctx else {},
                 )
             outs = await asyncio.gather(
@@ -661,8 +704,9 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                     # a blocked term at the very end is only judged by finish()
                     stopped = guard is not None and getattr(guard, "stopped", False)
                     yield _sse(chunk(i, None, "content_filter" if stopped else ev.finish_reason))
+            tail_events = ""
             if req.stream_options is not None and req.stream_options.include_usage:
-                yield _sse(
+                tail_events = _sse(
                     {
                         "id": rid,
                         "object": obj,
@@ -676,7 +720,7 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                         },
                     }
                 )
-            yield "data: [DONE]\n\n"
+            yield _Final(tail_events + "data: [DONE]\n\n")
         except (asyncio.CancelledError, GeneratorExit):
             status = 499  # the client went away: engine slots are freed by the cancelled tasks
             raise
@@ -793,11 +837,11 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                         out.append("data: [DONE]\n\n")
                         done_sent = True
                     if out:
-                        yield "".join(out)
+                        yield _Final("".join(out)) if done_sent else "".join(out)
                     if stop_now:
                         break
                 if not done_sent:
-                    yield "data: [DONE]\n\n"
+                    yield _Final("data: [DONE]\n\n")
             except UpstreamError as e:
                 status = 502
                 yield _sse(
@@ -818,9 +862,7 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                 if ctx is not None:
                     ctx.finish(status, prompt_t, completion_t)
 
-        return _ClosingStreamingResponse(
-            relay(), media_type="text/event-stream", headers=ctx.headers() if ctx else {}
-        )
+        return _EventStream(relay(), headers=ctx.headers() if ctx else {})
 
     @router.post("/chat/completions", openapi_extra=_openapi_body(ChatRequest))
     async def chat(request: Request) -> Response:
