@@ -1,17 +1,21 @@
 """The built-in engine: continuous batching gives exactly the greedy outputs of
-sequential generation; late requests join a running batch; stop strings, max_tokens,
-cancellation and the queue cap."""
+sequential generation, whether prompts are prefilled together or late requests join a
+running batch; streamed text is exactly what decoding the whole sequence gives; stop
+strings (the earliest wins), max_tokens, cancellation, the queue cap, and a failing
+sequence that ends alone."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lmops.serve.engine import Engine, EngineOverloaded
+from lmops.serve.engine import Engine, EngineOverloaded, _Seq
 from lmops.serve.types import Delta, Done, GenRequest
-from tests.train.tiny import make_model, make_tokenizer
+from tests.train.tiny import SENTENCES, make_model, make_tokenizer
 
 PROMPTS = ["The quick brown", "今天天气", "Machine learning models need clean data and", "Hello"]
 
@@ -48,7 +52,8 @@ def reference(model_dir: Path, prompt_ids: list[int], n: int) -> list[int]:
     return out[0, len(prompt_ids) :].tolist()
 
 
-def test_batched_greedy_equals_sequential(model_dir: Path) -> None:
+@pytest.mark.parametrize("arrival", ["staggered", "together"])
+def test_batched_greedy_equals_sequential(model_dir: Path, arrival: str) -> None:
     engine = Engine(model_dir, max_running=4)
     try:
         reqs = [
@@ -58,10 +63,17 @@ def test_batched_greedy_equals_sequential(model_dir: Path) -> None:
         engine.eos_ids = set()  # compare full-length generations
 
         async def main() -> list[tuple[str, Done]]:
-            # staggered: later requests join while earlier ones are decoding
-            return await asyncio.gather(
-                *(collect(engine, r, delay=0.02 * i) for i, r in enumerate(reqs))
-            )
+            if arrival == "staggered":  # later requests join while earlier ones decode
+                return await asyncio.gather(
+                    *(collect(engine, r, delay=0.02 * i) for i, r in enumerate(reqs))
+                )
+            # all queued before the worker looks: their prompts (of different lengths) are
+            # prefilled together, left-padded, in one forward pass
+            with engine._cv:
+                tasks = [asyncio.create_task(collect(engine, r)) for r in reqs]
+                while engine.queued < len(reqs):
+                    await asyncio.sleep(0)
+            return await asyncio.gather(*tasks)
 
         results = asyncio.run(main())
         for req, (text, done) in zip(reqs, results, strict=True):
@@ -125,18 +137,256 @@ def test_stop_strings_cancellation_and_queue_cap(model_dir: Path) -> None:
 def test_sampling_is_reproducible_with_a_seed(model_dir: Path) -> None:
     engine = Engine(model_dir)
     try:
+        engine.eos_ids = set()
         ids = engine.encode("Hello")
 
-        async def run(seed: int) -> str:
-            text, _ = await collect(
-                engine,
-                GenRequest(
-                    "s", prompt_ids=ids, max_tokens=8, temperature=1.0, top_p=0.9, seed=seed
-                ),
+        def sampled(seed: int, top_p: float = 0.9) -> GenRequest:
+            return GenRequest(
+                f"s{seed}", prompt_ids=ids, max_tokens=16, temperature=1.0, top_p=top_p, seed=seed
             )
-            return text
 
-        a, b = asyncio.run(run(7)), asyncio.run(run(7))
-        assert a == b
+        async def alone(req: GenRequest) -> str:
+            return (await collect(engine, req))[0]
+
+        async def among_others() -> list[tuple[str, Done]]:
+            others = [
+                GenRequest("g", prompt_ids=engine.encode("The quick brown"), max_tokens=20),
+                sampled(8),
+                sampled(9, top_p=1.0),
+            ]
+            return await asyncio.gather(*(collect(engine, r) for r in [sampled(7), *others]))
+
+        a = asyncio.run(alone(sampled(7)))
+        assert asyncio.run(alone(sampled(7))) == a
+        assert asyncio.run(alone(sampled(8))) != a  # (not the same stream for every seed)
+        # a seed draws from its own stream, whatever else is sampled in the same batch
+        assert asyncio.run(among_others())[0][0] == a
+        # a nucleus of (almost) nothing keeps only the most likely token: greedy decoding
+        greedy = asyncio.run(alone(GenRequest("g", prompt_ids=ids, max_tokens=16, temperature=0)))
+        assert asyncio.run(alone(sampled(7, top_p=1e-9))) == greedy
+    finally:
+        engine.close()
+
+
+def test_a_failing_sequence_ends_alone(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = Engine(model_dir, max_running=4)
+    try:
+        engine.eos_ids = set()
+        ids = engine.encode("The quick brown")
+        accept = engine._accept
+
+        def flaky(s: _Seq, tok: int, logprob: float, top: Any = None) -> None:
+            if s.req.request_id == "late" and len(s.generated) == 3:
+                raise RuntimeError("decoding broke")
+            accept(s, tok, logprob, top)
+
+        monkeypatch.setattr(engine, "_accept", flaky)
+        ok = GenRequest("ok", prompt_ids=ids, max_tokens=8, temperature=0.0)
+        expected = engine.tokenizer.decode(reference(model_dir, ids, 8), skip_special_tokens=True)
+
+        async def together(reqs: list[GenRequest]) -> list[tuple[str, Done]]:
+            with engine._cv:  # all are admitted, and prefilled, together
+                tasks = [asyncio.create_task(collect(engine, r)) for r in reqs]
+                while engine.queued < len(reqs):
+                    await asyncio.sleep(0)
+            return await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+        (text, done), late, nan = asyncio.run(
+            together(
+                [
+                    ok,
+                    # fails in the decode step, on its 4th token
+                    GenRequest("late", prompt_ids=ids, max_tokens=8, temperature=1.0, seed=1),
+                    # no distribution to sample from: refused on the first token, which
+                    # is picked for the prefilled batch at once
+                    GenRequest("nan", prompt_ids=ids, max_tokens=8, temperature=float("nan")),
+                ]
+            )
+        )
+        assert done.finish_reason == "length" and text == expected
+        assert (late[1].finish_reason, late[1].completion_tokens) == ("error", 3)
+        assert "decoding broke" in (late[1].error or "")
+        assert (nan[1].finish_reason, nan[1].completion_tokens) == ("error", 0)
+        assert "temperature nan" in (nan[1].error or "")
+        # no such token: the forward pass of the prompts prefilled with it fails, and they
+        # are prefilled again one by one
+        (text, done), oov = asyncio.run(
+            together([ok, GenRequest("oov", prompt_ids=[*ids, 10**6], max_tokens=8)])
+        )
+        assert done.finish_reason == "length" and text == expected
+        assert (oov[1].finish_reason, oov[1].completion_tokens) == ("error", 0)
+        assert oov[1].error
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "expected"),
+    [
+        (1.0, 1.0, [0.5, 0.3, 0.2]),
+        (1.0, 0.75, [0.5 / 0.8, 0.3 / 0.8, 0.0]),  # 0.2 lies past the nucleus
+        (2.0, 1.0, [p**0.5 / sum(q**0.5 for q in (0.5, 0.3, 0.2)) for p in (0.5, 0.3, 0.2)]),
+    ],
+)
+def test_sampling_follows_temperature_and_top_p(
+    model_dir: Path, temperature: float, top_p: float, expected: list[float]
+) -> None:
+    """Token frequencies from the batched sampler against the distribution it samples."""
+    import torch
+
+    engine = Engine(model_dir)
+    try:
+        vocab = int(engine.model.config.vocab_size)
+        row = torch.full((vocab,), -float("inf"))
+        row[[10, 20, 30]] = torch.tensor([0.5, 0.3, 0.2]).log()
+        loop = asyncio.new_event_loop()
+        seqs = [
+            _Seq(
+                GenRequest("x", temperature=temperature, top_p=top_p, seed=i), loop, asyncio.Queue()
+            )
+            for i in range(8)
+        ]
+        counts = dict.fromkeys((10, 20, 30), 0)
+        for _ in range(1500):
+            for tok, logprob, _top in engine._pick(seqs, row.expand(8, vocab)):
+                counts[tok] += 1
+                assert logprob == pytest.approx(float(row[tok]), abs=1e-5)  # before temperature
+        loop.close()
+        freqs = [counts[t] / (8 * 1500) for t in (10, 20, 30)]
+        assert freqs == pytest.approx(expected, abs=0.02)
+    finally:
+        engine.close()
+
+
+# -- streamed text against whole-sequence decoding ------------------------------------------------
+def stream(
+    engine: Engine, tokens: list[int], stop: list[str], logprobs: bool
+) -> tuple[list[tuple[str, int | None, int | None]], str]:
+    """Feed ``tokens`` to the engine as if sampled; the deltas it sends (text, and the
+    logprob text offsets) and its finish reason."""
+    loop = asyncio.new_event_loop()
+    outbox: list[tuple[_Seq, Delta | Done]] = []
+    req = GenRequest("t", prompt_ids=[1], max_tokens=len(tokens), stop=stop, logprobs=logprobs)
+    s = _Seq(req, loop, asyncio.Queue(), outbox=outbox)
+    for tok in tokens:
+        engine._accept(s, tok, -1.0)
+        if s.done:
+            break
+    loop.close()
+    deltas = [
+        (
+            ev.text,
+            *((ev.logprobs.text_offset, ev.logprobs.text_end) if ev.logprobs else (None,) * 2),
+        )
+        for _s, ev in outbox
+        if isinstance(ev, Delta)
+    ]
+    (done,) = [ev for _s, ev in outbox if isinstance(ev, Done)]
+    return deltas, done.finish_reason
+
+
+def whole_sequence(
+    tokenizer: Any, tokens: list[int], stop: list[str], logprobs: bool
+) -> tuple[list[tuple[str, int | None, int | None]], str]:
+    """The same, computed the slow way: decode every prefix of ``tokens`` whole."""
+    out: list[tuple[str, int | None, int | None]] = []
+    sent = prev = 0
+    hold = max((len(st) - 1 for st in stop), default=0)
+    text = ""
+    for k in range(1, len(tokens) + 1):
+        text = tokenizer.decode(tokens[:k], skip_special_tokens=True)
+        span = (prev, len(text)) if logprobs else (None, None)
+        prev = len(text)
+        hits = [text.find(st) for st in stop if st in text]
+        if hits:
+            at = min(hits)
+            if at > sent or logprobs:
+                out.append((text[sent : max(at, sent)], *span))
+            return out, "stop"
+        ready = text.rstrip("\ufffd")  # partial characters wait
+        upto = max(sent, len(ready) - hold)
+        if upto > sent:
+            out.append((ready[sent:upto], *span))
+            sent = upto
+        elif logprobs:
+            out.append(("", *span))
+    if len(text) > sent:
+        out.append((text[sent:], None, None))
+    return out, "length"
+
+
+MULTIBYTE = "The quick 今天天气很好，我们 🙂🎉 fox 👩\u200d💻 done. 50+25=75"
+
+
+def token_streams(tokenizer: Any) -> dict[str, list[int]]:
+    ids = tokenizer.encode(MULTIBYTE, add_special_tokens=False)
+    specials = list(tokenizer.all_special_ids)
+    # special tokens (skipped when decoding), one between the bytes of a character
+    spliced = ids[:3] + specials[:1] + ids[3:7] + specials + ids[7:]
+    rng = random.Random(0)
+    streams = {"multibyte": ids, "specials": spliced}
+    for i in range(3):  # any ids at all: invalid UTF-8, stray bytes, specials
+        streams[f"random{i}"] = [rng.randrange(len(tokenizer)) for _ in range(150)]
+    return streams
+
+
+@pytest.mark.parametrize(
+    "stop", [[], ["天气", "fox"], ["fox", "qu", "o"], ["👩\u200d💻", "\ufffd"]], ids=str
+)
+def test_streamed_text_is_whole_sequence_decoding(model_dir: Path, stop: list[str]) -> None:
+    engine = Engine(model_dir)
+    try:
+        engine.eos_ids = set()
+        tok = engine.tokenizer
+        for name, tokens in token_streams(tok).items():
+            for logprobs in (False, True):
+                got, reason = stream(engine, tokens, stop, logprobs)
+                assert (got, reason) == whole_sequence(tok, tokens, stop, logprobs), name
+                if reason == "length":
+                    text = "".join(t for t, *_ in got)
+                    assert text == tok.decode(tokens, skip_special_tokens=True), name
+    finally:
+        engine.close()
+
+
+def test_streamed_text_with_a_byte_fallback_tokenizer(tmp_path: Path) -> None:
+    """SentencePiece-style decoding: spaces as ``▁`` and bytes as ``<0x..>`` pieces, which
+    decode to one U+FFFD each until their character is whole. (Not random ids: a run of byte
+    pieces that is not UTF-8 decodes to U+FFFDs as a whole, even an ASCII byte piece
+    decoded before the run went wrong, so whole-sequence decoding itself takes text back.)"""
+    pytest.importorskip("sentencepiece", reason="the sentencepiece kinds need sentencepiece")
+    from lmops.data.tokenizer import train_tokenizer
+
+    train_tokenizer(
+        SENTENCES, tmp_path / "tok", kind="sentencepiece_bpe", vocab_size=400, min_frequency=1
+    )
+    engine = Engine(make_model(tmp_path / "m", tmp_path / "tok"))
+    try:
+        engine.eos_ids = set()
+        tok = engine.tokenizer
+        for name, tokens in token_streams(tok).items():
+            if name.startswith("random"):
+                continue
+            full = tok.decode(tokens, skip_special_tokens=True)
+            got, reason = stream(engine, tokens, [], False)
+            assert reason == "length"
+            text = ""
+            for piece, *_ in got:
+                text += piece
+                assert full.startswith(text), name  # nothing sent is ever taken back
+            assert text == full, name
+    finally:
+        engine.close()
+
+
+def test_the_earliest_stop_string_wins(model_dir: Path) -> None:
+    engine = Engine(model_dir)
+    try:
+        ids = engine.tokenizer.encode(MULTIBYTE, add_special_tokens=False)
+        # one token completes both "ox" and "fo"; the one listed first occurs later
+        for stop in (["ox", "fo"], ["ox", "天气很", "fo"]):
+            deltas, reason = stream(engine, ids, stop, False)
+            expected = MULTIBYTE[: min(MULTIBYTE.index(st) for st in stop)]
+            assert reason == "stop" and "".join(t for t, *_ in deltas) == expected
     finally:
         engine.close()

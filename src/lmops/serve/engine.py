@@ -1,19 +1,30 @@
 """The built-in engine: a Hugging Face causal LM with continuous batching.
 
 One worker thread owns the model. Each iteration it (1) admits queued requests while
-fewer than ``max_running`` sequences run — each new sequence's prompt is prefilled on its
-own and its KV cache joins the batch — then (2) decodes one token for every running
-sequence in a single forward pass. A request that arrives while others decode therefore
-joins at the next step, not after the batch drains.
+fewer than ``max_running`` sequences run — the prompts admitted together are prefilled
+in one forward pass (left-padded, in groups of similar length) and their KV caches join
+the batch — then (2) decodes one token for every running sequence in a single forward
+pass. A request that arrives while others decode therefore joins at the next step, not
+after the batch drains.
 
 The batch KV cache is left-padded: every layer holds keys/values of shape
 (running, kv_heads, T, head_dim) where shorter sequences have padding on the left, masked
 out by the attention mask (running, T); position ids are each sequence's own positions.
-A finished or cancelled sequence's row is removed at once, freeing its slot.
+The cache object lives across steps (the forward pass appends to it), and the decode step
+hands the model its 4D mask where that is what the model would build itself. A finished
+or cancelled sequence's row is removed at once, freeing its slot.
 
-Text is streamed incrementally: the generated ids are decoded and only the new, complete
-suffix is sent (a trailing partial UTF-8 character is held back). Stop strings end a
-sequence with ``finish_reason="stop"``; the stop string itself is not sent.
+Next tokens are picked for the whole batch at once (greedy rows by argmax, sampled rows by
+temperature and top-p, each from its own seeded random stream).
+
+Text is streamed incrementally: each step decodes only a short window of the latest ids
+(the prefix/read-offset technique of TGI and vLLM) and sends the new, complete suffix (a
+trailing partial UTF-8 character is held back), so a token costs the same at the 2000th
+position as at the first. Stop strings end a sequence with ``finish_reason="stop"`` at the
+earliest place any of them occurs; the stop string itself is not sent.
+
+A failure while sampling or decoding one sequence ends only that sequence (``Done`` with
+``finish_reason="error"``); a failed forward pass ends every sequence in the batch.
 
 With ``GenRequest.logprobs`` each generated token's delta carries a ``TokenLogprob``: its
 log-probability under the model (before temperature and top-p), its exact bytes, and the
@@ -24,9 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import inspect
+import math
+import random
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,9 +64,16 @@ class _Seq:
     generated: list[int] = field(default_factory=list)
     sent_chars: int = 0
     text_chars: int = 0  # length of the decoded generated text so far
+    # Incremental detokenization (Engine._detokenize): `stable` is the text of
+    # generated[:read], which ends on a whole character; `window` is the text of
+    # generated[prefix:read], the context the next token is decoded with.
+    stable: str = ""
+    window: str = ""
+    prefix: int = 0
+    read: int = 0
     cancelled: bool = False
     done: str | None = None  # the finish reason once finished
-    generator: Any = None
+    rng: random.Random | None = None  # the sequence's own sampling stream (seeded)
     enqueued: float = field(default_factory=time.perf_counter)
     # The engine's outbox: events wait there until the worker hands a whole step's events
     # to the event loop at once (Engine._flush). Without one, each event is sent alone.
@@ -113,11 +135,24 @@ class Engine:
         self.max_queue = max_queue
         self._pending: collections.deque[_Seq] = collections.deque()
         self._running: list[_Seq] = []
-        self._cache: list[tuple[Any, Any]] | None = None  # per layer (keys, values), left-padded
-        self._mask: Any = None  # (running, T)
-        self._positions: list[int] = []  # next position id per running row
+        # The batch KV cache: one DynamicCache kept across steps (the forward pass appends
+        # each step's keys/values to it); _join and _drop_finished edit its layers' tensors.
+        self._cache: Any = None
+        self._mask: Any = None  # (running, T) bool, True where a row has a real token
+        self._positions: Any = None  # (running, 1) long: the next position id per row
+        pad_id = self.tokenizer.pad_token_id
+        self._pad_id = pad_id if isinstance(pad_id, int) and pad_id >= 0 else 0
+        self._mask_4d = _takes_4d_mask(self.model) and self._same_with_4d_mask()
+        # logits for the last position only (the prefill's logits would otherwise be
+        # (prompt, vocab) floats per sequence), where the model's forward takes it
+        self._last_logits = (
+            {"logits_to_keep": 1}
+            if "logits_to_keep" in inspect.signature(self.model.forward).parameters
+            else {}
+        )
         self._pieces: dict[int, tuple[str, list[int]]] = {}  # token id -> (text, bytes)
         self._byte_level = _is_byte_level(self.tokenizer)
+        self._decode = _text_decoder(self.tokenizer)
         self._outbox: list[tuple[_Seq, Delta | Done]] = []  # filled by the worker thread only
         self._cv = threading.Condition()
         self._stop = False
@@ -192,6 +227,38 @@ class Engine:
             self._cv.notify()
         self._thread.join(timeout=10)
 
+    def _same_with_4d_mask(self) -> bool:
+        """Whether a decode step given the 4D mask computes what the model computes from
+        the 2D one: checked once, on a left-padded batch of two, in case a model reads the
+        2D mask for more than its attention mask (ALiBi biases, say)."""
+        import torch
+        import torch.nn.functional as F
+        from transformers import DynamicCache
+
+        vocab = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
+        ids = torch.tensor([[self._pad_id, 1, 2], [3, 4, 5]], device=self.device) % vocab
+        mask = torch.tensor([[False, True, True], [True, True, True]], device=self.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        step = {"input_ids": ids[:, -1:], "position_ids": positions[:, -1:] + 1, "use_cache": True}
+        step_mask = F.pad(mask, (0, 1), value=True)
+        try:
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
+                )
+                layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+                logits = [
+                    self.model(
+                        attention_mask=m,
+                        past_key_values=DynamicCache(ddp_cache_data=layers),
+                        **step,
+                    ).logits.float()
+                    for m in (step_mask, step_mask[:, None, None, :])
+                ]
+        except Exception:  # a model that does not take one
+            return False
+        return bool(torch.allclose(logits[0], logits[1], rtol=1e-3, atol=1e-4))
+
     # -- worker ------------------------------------------------------------------------------------
     def _loop(self) -> None:
         import torch
@@ -209,25 +276,26 @@ class Engine:
                         admit.append(s)
             try:
                 with torch.inference_mode():
-                    for s in admit:
-                        self._prefill(s)
+                    for group in _prefill_groups(admit):
+                        self._prefill(group)
                     self._flush()  # first tokens out now, not after the decode step
                     self._drop_finished()
                     if self._running:
                         self._decode_step()
                         self._drop_finished()
             except Exception as e:  # never let one bad step kill the engine
-                for s in list(self._running) + admit:
-                    s.emit(
-                        Done(
-                            "error",
-                            len(s.req.prompt_ids or []),
-                            len(s.generated),
-                            f"{type(e).__name__}: {e}",
-                        )
-                    )
-                self._running, self._cache, self._mask, self._positions = [], None, None, []
+                for s in [*self._running, *admit]:
+                    if s.done is None:
+                        self._fail(s, e)
+                self._running, self._cache, self._mask, self._positions = [], None, None, None
             self._flush()
+
+    def _fail(self, s: _Seq, e: Exception) -> None:
+        """End ``s`` with ``finish_reason="error"``; _drop_finished frees its row."""
+        s.done = "error"
+        s.emit(
+            Done("error", len(s.req.prompt_ids or []), len(s.generated), f"{type(e).__name__}: {e}")
+        )
 
     def _flush(self) -> None:
         """Hand the step's events to their event loops, one wake-up per loop: waking a loop
@@ -240,113 +308,191 @@ class Engine:
         for s, ev in events:
             by_loop.setdefault(s.loop, []).append((s, ev))
         for loop, items in by_loop.items():
-            loop.call_soon_threadsafe(_deliver, items)
+            # a closed loop (its caller is gone) has nobody left to read these
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, items)
 
-    def _sample(self, s: _Seq, logits: Any) -> tuple[int, float, list[tuple[int, float]]]:
-        """The next token, its logprob, and the ``top_logprobs`` most likely (id, logprob)
-        pairs when the request asked for them (most likely first)."""
+    def _pick(self, seqs: list[_Seq], logits: Any) -> list[tuple[int, float, list[Any]]]:
+        """Each sequence's next token from its row of ``logits`` (len(seqs), vocab): the
+        token, its logprob, and the ``top_logprobs`` most likely (id, logprob) pairs when
+        the request asked for them (most likely first). Logprobs are under the model's
+        distribution, before temperature and top-p.
+
+        A few tensor operations for the whole batch, not per row: greedy rows take the
+        argmax; sampled rows scale by their temperature, keep their top-p nucleus (the most
+        likely tokens until the probability before them reaches ``top_p``; the most likely
+        always), and invert the cumulative distribution at a uniform draw from the
+        sequence's own seeded stream, so a seed gives the same text whatever else runs."""
         import torch
 
-        logits = logits.float()
-        logprobs = torch.log_softmax(logits, -1)
-        t = s.req.temperature
-        if t <= 1e-5:
-            tok = int(torch.argmax(logits))
-        else:
-            probs = torch.softmax(logits / t, -1)
-            if s.req.top_p < 1.0:
-                sorted_p, idx = torch.sort(probs, descending=True)
-                keep = torch.cumsum(sorted_p, -1) - sorted_p < s.req.top_p
-                keep[0] = True  # the most likely token always (top_p can round to 0 here)
-                probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
-                probs = probs / probs.sum()
-            if s.generator is None:
-                s.generator = torch.Generator(device="cpu")
-                s.generator.manual_seed(
-                    s.req.seed if s.req.seed is not None else int(time.time_ns() % 2**31)
+        logprobs = torch.log_softmax(logits.float(), -1)
+        best_lp, best = logprobs.max(-1)
+        toks, lps = best.tolist(), best_lp.tolist()
+        rows = [i for i, s in enumerate(seqs) if not s.req.temperature <= 1e-5]  # NaN samples
+        for i in rows:  # before any draw, so that a failed batch leaves the streams as they were
+            req = seqs[i].req
+            if not (math.isfinite(req.temperature) and 0.0 < req.top_p <= 1.0):
+                raise ValueError(
+                    f"cannot sample at temperature {req.temperature}, top_p {req.top_p}"
                 )
-            tok = int(torch.multinomial(probs.cpu(), 1, generator=s.generator))
-        top: list[tuple[int, float]] = []
-        k = min(s.req.top_logprobs, logprobs.shape[-1]) if s.req.logprobs else 0
-        if k > 0:
-            values, ids = torch.topk(logprobs, k)
-            top = list(zip(ids.tolist(), values.tolist(), strict=True))
-        return tok, float(logprobs[tok]), top
+        if rows:
+            draws = []
+            for i in rows:
+                s = seqs[i]
+                if s.rng is None:
+                    s.rng = random.Random(s.req.seed if s.req.seed is not None else time.time_ns())
+                draws.append(s.rng.random())
+            every = len(rows) == len(seqs)
+            idx = torch.tensor(rows, device=logits.device)
+            temps = torch.tensor([seqs[i].req.temperature for i in rows], device=logits.device)
+            sub = logits if every else logits.index_select(0, idx)
+            probs = torch.softmax(sub.float() / temps[:, None], -1)
+            top_p = [seqs[i].req.top_p for i in rows]
+            order = None
+            if min(top_p) < 1.0:  # sample among the sorted probabilities, the nucleus kept
+                probs, order = torch.sort(probs, -1, descending=True)
+                cut = torch.tensor(top_p, device=logits.device)[:, None]
+                keep = (torch.cumsum(probs, -1) - probs < cut) | (cut >= 1.0)
+                keep[:, 0] = True  # top_p can round to 0 here
+                probs = probs * keep
+            cdf = torch.cumsum(probs.double(), -1)
+            # u in [0, 1), shrunk so that u * total stays below the total after rounding
+            u = torch.tensor(draws, dtype=torch.float64, device=logits.device) * (1 - 1e-9)
+            picked = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True)
+            picked = picked.clamp_(max=probs.shape[-1] - 1)
+            if order is not None:
+                picked = order.gather(1, picked)
+            picked_lp = (logprobs if every else logprobs.index_select(0, idx)).gather(1, picked)
+            for i, tok, lp in zip(
+                rows, picked[:, 0].tolist(), picked_lp[:, 0].tolist(), strict=True
+            ):
+                toks[i], lps[i] = tok, lp
+        tops: list[list[Any]] = [[] for _ in seqs]
+        want = [i for i, s in enumerate(seqs) if s.req.logprobs and s.req.top_logprobs > 0]
+        if want:
+            k = min(max(seqs[i].req.top_logprobs for i in want), logprobs.shape[-1])
+            sel = torch.tensor(want, device=logits.device)
+            values, ids = torch.topk(logprobs.index_select(0, sel), k)
+            for i, vs, ts in zip(want, values.tolist(), ids.tolist(), strict=True):
+                n = seqs[i].req.top_logprobs
+                tops[i] = list(zip(ts[:n], vs[:n], strict=True))
+        return list(zip(toks, lps, tops, strict=True))
 
-    def _prefill(self, s: _Seq) -> None:
+    def _prefill(self, group: list[_Seq]) -> None:
+        """Prefill the prompts of ``group`` in one forward pass, left-padded to the longest,
+        join them to the batch and accept each one's first token. If a group's forward pass
+        fails, its prompts are retried one by one, so that only the one at fault fails."""
         import torch
 
-        ids = s.req.prompt_ids or []
-        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
-        cache = out.past_key_values
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
-        self._join(s, layers, len(ids))
-        self._accept(s, *self._sample(s, out.logits[0, -1]))
+        lengths = [len(s.req.prompt_ids or []) for s in group]
+        t = max(lengths)
+        kwargs: dict[str, Any] = {"use_cache": True, **self._last_logits}
+        try:
+            if len(group) == 1:
+                ids = torch.tensor([group[0].req.prompt_ids or []], device=self.device)
+                mask = torch.ones((1, t), dtype=torch.bool, device=self.device)
+                out = self.model(input_ids=ids, **kwargs)
+            else:
+                pad = [self._pad_id] * t
+                rows = [
+                    pad[: t - n] + (s.req.prompt_ids or [])
+                    for s, n in zip(group, lengths, strict=True)
+                ]
+                ids = torch.tensor(rows, device=self.device)
+                mask = torch.tensor(
+                    [[False] * (t - n) + [True] * n for n in lengths], device=self.device
+                )
+                positions = (mask.cumsum(1) - 1).clamp(min=0)  # 0 at each prompt's first token
+                out = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs
+                )
+        except Exception as e:
+            if len(group) == 1:
+                self._fail(group[0], e)
+            else:
+                for s in group:
+                    self._prefill([s])
+            return
+        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        self._join(group, layers, mask, lengths)
+        self._accept_all(group, out.logits[:, -1])
 
-    def _join(self, s: _Seq, layers: list[tuple[Any, Any]], length: int) -> None:
-        """Add a prefilled sequence to the left-padded batch cache."""
+    def _join(
+        self, seqs: list[_Seq], layers: list[tuple[Any, Any]], mask: Any, lengths: list[int]
+    ) -> None:
+        """Add prefilled sequences (their left-padded cache ``layers`` and ``mask``, of
+        shape (len(seqs), T)) to the left-padded batch cache."""
         import torch
         import torch.nn.functional as F
+        from transformers import DynamicCache
 
-        mask = torch.ones((1, length), dtype=torch.long, device=self.device)
+        position = torch.tensor([[n] for n in lengths], device=self.device)
+        length = mask.shape[1]
         if self._cache is None:
-            self._cache, self._mask = layers, mask
+            # plain DynamicLayers whose tensors _join and _drop_finished may replace
+            self._cache = DynamicCache(ddp_cache_data=layers)
+            self._mask, self._positions = mask, position
         else:
             t_old, t_new = self._mask.shape[1], length
             t = max(t_old, t_new)
             # pad (…, T, D) tensors on the left of the T dimension
             pad_old, pad_new = t - t_old, t - t_new
-            self._cache = [
-                (
-                    torch.cat([F.pad(k0, (0, 0, pad_old, 0)), F.pad(k1, (0, 0, pad_new, 0))], 0),
-                    torch.cat([F.pad(v0, (0, 0, pad_old, 0)), F.pad(v1, (0, 0, pad_new, 0))], 0),
+            for layer, (k1, v1) in zip(self._cache.layers, layers, strict=True):
+                k0, v0 = layer.keys, layer.values
+                layer.keys = torch.cat(
+                    [F.pad(k0, (0, 0, pad_old, 0)), F.pad(k1, (0, 0, pad_new, 0))], 0
                 )
-                for (k0, v0), (k1, v1) in zip(self._cache, layers, strict=True)
-            ]
+                layer.values = torch.cat(
+                    [F.pad(v0, (0, 0, pad_old, 0)), F.pad(v1, (0, 0, pad_new, 0))], 0
+                )
             self._mask = torch.cat([F.pad(self._mask, (pad_old, 0)), F.pad(mask, (pad_new, 0))], 0)
-        self._running.append(s)
-        self._positions.append(length)
+            self._positions = torch.cat([self._positions, position], 0)
+        self._running.extend(seqs)
 
     def _decode_step(self) -> None:
         import torch
-        from transformers import DynamicCache
+        import torch.nn.functional as F
 
         assert self._cache is not None
         last = torch.tensor([[s.generated[-1]] for s in self._running], device=self.device)
-        positions = torch.tensor([[p] for p in self._positions], device=self.device)
-        mask = torch.cat(
-            [self._mask, torch.ones((len(self._running), 1), dtype=torch.long, device=self.device)],
-            1,
-        )
-        cache = DynamicCache(ddp_cache_data=self._cache)
+        mask = F.pad(self._mask, (0, 1), value=True)  # (running, T + 1)
         out = self.model(
             input_ids=last,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
+            # (running, 1, 1, T + 1): the mask sdpa gets, which the model would otherwise
+            # rebuild from the 2D one every step
+            attention_mask=mask[:, None, None, :] if self._mask_4d else mask,
+            position_ids=self._positions,
+            past_key_values=self._cache,
             use_cache=True,
         )
-        self._cache = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         self._mask = mask
-        self._positions = [p + 1 for p in self._positions]
-        logits = out.logits[:, -1]
-        # Greedy rows that want no logprobs: one log-softmax and max over all of them
-        # instead of a few small tensor ops per row (the same token and logprob as _sample).
-        greedy = [
-            i
-            for i, s in enumerate(self._running)
-            if s.req.temperature <= 1e-5 and not s.req.logprobs
-        ]
-        picked: dict[int, tuple[int, float]] = {}
-        if greedy:
-            rows = logits if len(greedy) == len(self._running) else logits[greedy]
-            best, idx = torch.log_softmax(rows.float(), -1).max(-1)
-            picked = dict(zip(greedy, zip(idx.tolist(), best.tolist(), strict=True), strict=True))
-        for i, s in enumerate(self._running):
-            if i in picked:
-                self._accept(s, *picked[i])
-            else:
-                self._accept(s, *self._sample(s, logits[i]))
+        self._positions = self._positions + 1
+        self._accept_all(self._running, out.logits[:, -1])
+
+    def _accept_all(self, seqs: list[_Seq], logits: Any) -> None:
+        """Pick and accept the next token of each of ``seqs`` from its row of ``logits``. A
+        sequence whose request cannot be sampled, or whose token fails to be accepted,
+        fails alone (the others' rows are picked again without it)."""
+        try:
+            picks = self._pick(seqs, logits)
+        except Exception as e:
+            if len(seqs) == 1:
+                self._fail(seqs[0], e)
+                return
+            picks = []
+            for i, s in enumerate(seqs):  # find the one at fault
+                try:
+                    picks.append(self._pick([s], logits[i : i + 1])[0])
+                except Exception as err:
+                    self._fail(s, err)
+                    picks.append((-1, 0.0, []))
+        for s, (tok, logprob, top) in zip(seqs, picks, strict=True):
+            if s.done is not None:
+                continue
+            try:
+                self._accept(s, tok, logprob, top)
+            except Exception as e:  # this sequence's failure, not the batch's
+                self._fail(s, e)
 
     def _accept(
         self, s: _Seq, tok: int, logprob: float, top: list[tuple[int, float]] | None = None
@@ -359,23 +505,28 @@ class Engine:
             self._finish(s, "stop")
             return
         s.generated.append(tok)
-        text = self._text(s)
+        stops = s.req.stop
+        # longest text a stop string can span before it is complete
+        hold = max((len(st) - 1 for st in stops), default=0) if stops else 0
+        # an occurrence that starts before here lies in text an earlier step already searched
+        search_from = max(0, len(s.stable) - hold)
+        text, extended = self._detokenize(s)
         detail = None
         if s.req.logprobs:
             detail = self._token_logprob(tok, logprob, top or [], s.text_chars, len(text))
         s.text_chars = len(text)
-        # a multi-byte character is not complete yet: hold its replacement char back
-        text_ready = text[:-1] if text.endswith("\ufffd") else text
-        for stop in s.req.stop:
-            at = text.find(stop)
-            if stop and at != -1:
+        # a multi-byte character is not complete yet: hold its replacement chars back (byte
+        # fallback decodes each of its bytes so far to one)
+        text_ready = text.rstrip("\ufffd")
+        if stops:
+            at = _earliest(text, stops, search_from if extended else 0)
+            if at != -1:
                 if at > s.sent_chars or detail is not None:
                     s.emit(Delta(text[s.sent_chars : max(at, s.sent_chars)], tok, logprob, detail))
                 s.sent_chars = at
                 self._finish(s, "stop")
                 return
         # hold back a tail that could be the start of a stop string
-        hold = max((len(st) - 1 for st in s.req.stop), default=0)
         ready_upto = max(s.sent_chars, len(text_ready) - hold)
         if ready_upto > s.sent_chars:
             s.emit(Delta(text_ready[s.sent_chars : ready_upto], tok, logprob, detail))
@@ -415,8 +566,32 @@ class Engine:
         self._pieces[tok] = hit
         return hit
 
+    def _detokenize(self, s: _Seq) -> tuple[str, bool]:
+        """The text of all of ``s.generated``, ``tokenizer.decode(generated,
+        skip_special_tokens=True)``, decoding only the ids from ``s.prefix`` on; and whether
+        it extends ``s.stable`` (False after a whole-sequence decode). Exact for byte-level
+        BPE; with byte-fallback pieces, an unfinished run of them that is not UTF-8 yet may
+        count fewer U+FFFDs than whole-sequence decoding (which then garbles the run's
+        earlier characters too), until the run ends.
+
+        The last token is decoded together with the ones since ``s.prefix`` (context that
+        tokenizers such as SentencePiece need for leading spaces); the new text is what that
+        window's decoding adds to ``s.window``. Once the text does not end in U+FFFD (the
+        decoding of an incomplete UTF-8 sequence) it is whole: it becomes ``s.stable`` and
+        the window moves on to start where the old one's read part ended."""
+        ids = s.generated
+        new = self._decode(ids[s.prefix :])
+        extended = new.startswith(s.window)
+        # if decoding the window changed text before it, fall back to the whole sequence
+        text = s.stable + new[len(s.window) :] if extended else self._decode(ids)
+        if not text.endswith("\ufffd"):
+            s.stable = text
+            s.prefix, s.read = s.read, len(ids)
+            s.window = self._decode(ids[s.prefix : s.read])
+        return text, extended
+
     def _text(self, s: _Seq) -> str:
-        return str(self.tokenizer.decode(s.generated, skip_special_tokens=True))
+        return self._decode(s.generated)
 
     def _finish(self, s: _Seq, reason: str) -> None:
         text = self._text(s)
@@ -437,19 +612,95 @@ class Engine:
             if i not in keep and s.cancelled and s.done is None:
                 s.emit(Done("cancelled", len(s.req.prompt_ids or []), len(s.generated)))
         if not keep:
-            self._running, self._cache, self._mask, self._positions = [], None, None, []
+            self._running, self._cache, self._mask, self._positions = [], None, None, None
             return
         idx = torch.tensor(keep, device=self.device)
         assert self._cache is not None
-        self._cache = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self._cache]
         self._mask = self._mask.index_select(0, idx)
         # drop leading columns that are padding for every remaining row
         first = int(self._mask.any(0).nonzero()[0])
-        if first:
-            self._cache = [(k[:, :, first:], v[:, :, first:]) for k, v in self._cache]
-            self._mask = self._mask[:, first:]
+        self._mask = self._mask[:, first:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, idx)[:, :, first:]
+            layer.values = layer.values.index_select(0, idx)[:, :, first:]
         self._running = [self._running[i] for i in keep]
-        self._positions = [self._positions[i] for i in keep]
+        self._positions = self._positions.index_select(0, idx)
+
+
+# Prompts prefilled in one forward pass pad to the longest of them: a group takes prompts
+# while its padded tokens stay within this many, and padding within a quarter of them.
+_PREFILL_TOKENS = 8192
+
+
+def _prefill_groups(seqs: list[_Seq]) -> list[list[_Seq]]:
+    """``seqs`` in groups to prefill together: longest prompts first, each group of
+    prompts close enough in length that padding them to the longest wastes little."""
+    groups: list[list[_Seq]] = []
+    real = 0  # the current group's prompt tokens
+    for s in sorted(seqs, key=lambda s: len(s.req.prompt_ids or []), reverse=True):
+        n = len(s.req.prompt_ids or [])
+        if groups:
+            group = groups[-1]
+            padded = len(group[0].req.prompt_ids or []) * (len(group) + 1)
+            if padded <= _PREFILL_TOKENS and 4 * (padded - real - n) <= padded:
+                group.append(s)
+                real += n
+                continue
+        groups.append([s])
+        real = n
+    return groups
+
+
+def _earliest(text: str, stops: list[str], start: int) -> int:
+    """Where the first occurrence of any of ``stops`` in ``text[start:]`` begins, or -1."""
+    at = -1
+    for stop in stops:
+        i = text.find(stop, start, len(text) if at == -1 else at + len(stop) - 1) if stop else -1
+        if i != -1:
+            at = i
+    return at
+
+
+def _text_decoder(tokenizer: Any) -> Callable[[list[int]], str]:
+    """``ids -> tokenizer.decode(ids, skip_special_tokens=True)``. For a fast tokenizer
+    that adds nothing to its backend's decoding, the backend (Rust) is called directly,
+    skipping the Python wrapping around it, which costs more than decoding a few ids."""
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    cls = type(tokenizer)
+    # the wrapper cleans up spaces around punctuation when this is set, except for BPE
+    cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)) and not (
+        type(getattr(backend, "model", None)).__name__ == "BPE"
+        and not getattr(
+            tokenizer,
+            "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output",
+            False,
+        )
+    )
+    if (
+        backend is not None
+        and not cleanup
+        and cls.decode is PreTrainedTokenizerBase.decode
+        and getattr(cls, "_decode", None) is getattr(PreTrainedTokenizerFast, "_decode", ())
+    ):
+        decode = backend.decode
+        return lambda ids: str(decode(ids, skip_special_tokens=True))
+    return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def _takes_4d_mask(model: Any) -> bool:
+    """Whether the decode step can hand ``model`` the 4D boolean mask itself: with sdpa
+    attention and only full-attention (causal) layers, the model's own mask for one new
+    token per row is exactly the 2D padding mask broadcast to (rows, 1, 1, T)."""
+    cfg = model.config
+    layer_types = getattr(cfg, "layer_types", None) or []
+    return (
+        getattr(cfg, "_attn_implementation", None) == "sdpa"
+        and getattr(cfg, "is_causal", True)
+        and not getattr(cfg, "sliding_window", None)
+        and all(t == "full_attention" for t in layer_types)
+    )
 
 
 def _byte_table() -> dict[str, int]:
