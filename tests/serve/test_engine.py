@@ -390,3 +390,41 @@ def test_the_earliest_stop_string_wins(model_dir: Path) -> None:
             assert reason == "stop" and "".join(t for t, *_ in deltas) == expected
     finally:
         engine.close()
+
+
+def test_generate_batches_hands_over_what_arrived_while_the_consumer_was_busy(
+    model_dir: Path,
+) -> None:
+    """A slow consumer gets the tokens generated meanwhile in one batch (the server answers
+    them with one write), and the events are exactly those ``generate`` yields."""
+    engine = Engine(model_dir, max_running=2)
+
+    def request() -> GenRequest:
+        ids = engine.encode("The quick brown")
+        # with logprobs every token arrives on exactly one delta
+        return GenRequest(
+            request_id="b", prompt_ids=ids, max_tokens=16, temperature=0.0, logprobs=True
+        )
+
+    async def batched() -> tuple[list[int], list[Delta | Done]]:
+        sizes: list[int] = []
+        events: list[Delta | Done] = []
+        async for batch in engine.generate_batches(request()):
+            sizes.append(len(batch))
+            events += batch
+            await asyncio.sleep(0.05)  # busy elsewhere: the engine runs ahead
+        return sizes, events
+
+    async def plain() -> list[Delta | Done]:
+        return [ev async for ev in engine.generate(request())]
+
+    try:
+        sizes, events = asyncio.run(batched())
+        reference_events = asyncio.run(plain())
+    finally:
+        engine.close()
+    assert max(sizes) > 1 and isinstance(events[-1], Done)
+    assert all(not isinstance(ev, Done) for ev in events[:-1])
+    tokens = [ev.token_id for ev in events if isinstance(ev, Delta)]
+    assert tokens == [ev.token_id for ev in reference_events if isinstance(ev, Delta)]
+    assert len(tokens) == events[-1].completion_tokens

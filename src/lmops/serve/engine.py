@@ -180,6 +180,15 @@ class Engine:
     async def generate(self, req: GenRequest) -> AsyncIterator[Delta | Done]:
         """Queue ``req`` and yield its deltas, then one ``Done``. Breaking out of the
         iteration (a client disconnect) cancels the sequence and frees its slot."""
+        async for batch in self.generate_batches(req):
+            for event in batch:
+                yield event
+
+    async def generate_batches(self, req: GenRequest) -> AsyncIterator[list[Delta | Done]]:
+        """As :meth:`generate`, but each wake-up yields every event that has arrived: one
+        per step while the consumer keeps up, several when it fell behind, so a server can
+        answer them with one write instead of one per token (the ``Done`` is always the
+        last event of the last batch)."""
         assert req.prompt_ids is not None
         seq = _Seq(req, asyncio.get_running_loop(), asyncio.Queue(), outbox=self._outbox)
         with self._cv:
@@ -195,9 +204,11 @@ class Engine:
             self._cv.notify()
         try:
             while True:
-                event = await seq.queue.get()
-                yield event
-                if isinstance(event, Done):
+                batch = [await seq.queue.get()]
+                while not seq.queue.empty():
+                    batch.append(seq.queue.get_nowait())
+                yield batch
+                if isinstance(batch[-1], Done):
                     return
         finally:
             seq.cancelled = True  # no-op if it finished; frees the slot if the client left

@@ -15,7 +15,7 @@ import json
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
@@ -385,7 +385,8 @@ async def _run_engine(
     rid: str,
     i: int,
     seed: int | None,
-) -> AsyncIterator[Delta | Done]:
+) -> AsyncIterator[list[Delta | Done]]:
+    """The events of choice ``i``, in batches (see ``Engine.generate_batches``)."""
     logprobs, top_logprobs = _logprob_options(req)
     gen = GenRequest(
         request_id=f"{rid}-{i}",
@@ -398,8 +399,14 @@ async def _run_engine(
         logprobs=logprobs,
         top_logprobs=top_logprobs,
     )
-    async for ev in target.engine.generate(gen):
-        yield ev
+    async for batch in target.engine.generate_batches(gen):
+        yield batch
+
+
+async def _flat(batches: AsyncIterator[list[Delta | Done]]) -> AsyncIterator[Delta | Done]:
+    async for batch in batches:
+        for ev in batch:
+            yield ev
 
 
 def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = None) -> Gateway:
@@ -507,8 +514,10 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
             outs = await asyncio.gather(
                 *(
                     _collect(
-                        _run_engine(
-                            dep, req, prompt_ids, stops, max_tokens, target, rid, i, req.seed
+                        _flat(
+                            _run_engine(
+                                dep, req, prompt_ids, stops, max_tokens, target, rid, i, req.seed
+                            )
                         )
                     )
                     for i in range(req.n)
@@ -602,16 +611,27 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
         completion = 0
         status = 200
-        queue: asyncio.Queue[tuple[int, Delta | Done]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, list[Delta | Done]]] = asyncio.Queue()
         guards: list[Any] = [ctx.stream_guard() if ctx is not None else None for _ in range(req.n)]
         want_logprobs = _logprob_options(req)[0]
         releases = [_LogprobRelease() for _ in range(req.n)]
 
         async def pump(i: int) -> None:
-            async for ev in _run_engine(
+            async for batch in _run_engine(
                 dep, req, prompt_ids, stops, max_tokens, target, rid, i, req.seed
             ):
-                await queue.put((i, ev))
+                await queue.put((i, batch))
+
+        async def merged() -> AsyncGenerator[tuple[int, list[Delta | Done]], None]:
+            while True:
+                yield await queue.get()
+
+        async def single() -> AsyncGenerator[tuple[int, list[Delta | Done]], None]:
+            # one choice (the usual case): no task and no second queue in between
+            async for batch in _run_engine(
+                dep, req, prompt_ids, stops, max_tokens, target, rid, 0, req.seed
+            ):
+                yield 0, batch
 
         def chunk(
             i: int,
@@ -650,60 +670,75 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                 ],
             }
 
-        tasks = [asyncio.create_task(pump(i)) for i in range(req.n)]
+        # Each engine wake-up's events go out in one write: one token per step while the
+        # client keeps up, several when this loop fell behind (a write per token would then
+        # cost more than the token).
+        tasks = [asyncio.create_task(pump(i)) for i in range(req.n)] if req.n > 1 else []
+        source = merged() if req.n > 1 else single()
         try:
             if kind == "chat":
-                for i in range(req.n):
-                    yield _sse(chunk(i, "", None, first=True))
+                yield "".join(_sse(chunk(i, "", None, first=True)) for i in range(req.n))
             open_ = set(range(req.n))
             first_token = None
-            while open_:
-                i, ev = await queue.get()
-                if i not in open_:
-                    continue
+            async for i, batch in source:
+                out: list[str] = []
                 guard = guards[i]
-                if isinstance(ev, Delta):
-                    text, stop_now = guard.feed(ev.text) if guard is not None else (ev.text, False)
-                    entries: list[TokenLogprob] = []
-                    if want_logprobs:
-                        releases[i].produced(ev.text, ev.logprobs)
-                        entries = releases[i].sent(text)
-                    if text and first_token is None:
-                        first_token = time.perf_counter()
-                        if ctx is not None:
-                            ctx.first_token(first_token - started)
-                    if text or entries:
-                        yield _sse(chunk(i, text, None, entries=entries))
-                    if stop_now:
+                for ev in batch:
+                    if i not in open_:
+                        break
+                    if isinstance(ev, Delta):
+                        text, stop_now = (
+                            guard.feed(ev.text) if guard is not None else (ev.text, False)
+                        )
+                        entries: list[TokenLogprob] = []
+                        if want_logprobs:
+                            releases[i].produced(ev.text, ev.logprobs)
+                            entries = releases[i].sent(text)
+                        if text and first_token is None:
+                            first_token = time.perf_counter()
+                            if ctx is not None:
+                                ctx.first_token(first_token - started)
+                        if text or entries:
+                            out.append(_sse(chunk(i, text, None, entries=entries)))
+                        if stop_now:
+                            open_.discard(i)
+                            out.append(_sse(chunk(i, None, "content_filter")))
+                    elif ev.finish_reason == "error":
+                        status = 500  # the reply has begun: the error goes in-band, as OpenAI's
+                        out.append(
+                            _sse(
+                                {
+                                    "error": {
+                                        "message": "The model failed while generating: "
+                                        + str(ev.error),
+                                        "type": "server_error",
+                                        "param": None,
+                                        "code": "engine_error",
+                                    }
+                                }
+                            )
+                        )
+                        yield "".join(out)
+                        return
+                    else:
+                        tail = guard.finish() if guard is not None else ""
+                        entries = releases[i].sent(tail) if want_logprobs else []
+                        if tail and first_token is None:  # a short reply the guard held whole
+                            first_token = time.perf_counter()
+                            if ctx is not None:
+                                ctx.first_token(first_token - started)
+                        if tail or entries:
+                            out.append(_sse(chunk(i, tail, None, entries=entries)))
+                        completion += ev.completion_tokens
                         open_.discard(i)
-                        yield _sse(chunk(i, None, "content_filter"))
-                elif ev.finish_reason == "error":
-                    status = 500  # the reply has begun: the error goes in-band, as OpenAI's do
-                    yield _sse(
-                        {
-                            "error": {
-                                "message": f"The model failed while generating: {ev.error}",
-                                "type": "server_error",
-                                "param": None,
-                                "code": "engine_error",
-                            }
-                        }
-                    )
-                    return
-                else:
-                    tail = guard.finish() if guard is not None else ""
-                    entries = releases[i].sent(tail) if want_logprobs else []
-                    if tail and first_token is None:  # a short reply the guard held whole
-                        first_token = time.perf_counter()
-                        if ctx is not None:
-                            ctx.first_token(first_token - started)
-                    if tail or entries:
-                        yield _sse(chunk(i, tail, None, entries=entries))
-                    completion += ev.completion_tokens
-                    open_.discard(i)
-                    # a blocked term at the very end is only judged by finish()
-                    stopped = guard is not None and getattr(guard, "stopped", False)
-                    yield _sse(chunk(i, None, "content_filter" if stopped else ev.finish_reason))
+                        # a blocked term at the very end is only judged by finish()
+                        stopped = guard is not None and getattr(guard, "stopped", False)
+                        reason = "content_filter" if stopped else ev.finish_reason
+                        out.append(_sse(chunk(i, None, reason)))
+                if out:
+                    yield "".join(out)
+                if not open_:
+                    break
             tail_events = ""
             if req.stream_options is not None and req.stream_options.include_usage:
                 tail_events = _sse(
@@ -727,6 +762,7 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
         finally:
             for t in tasks:
                 t.cancel()
+            await source.aclose()  # a choice still generating (content filter) is cancelled
             if ctx is not None:
                 ctx.finish(status, len(prompt_ids), completion)
 
