@@ -154,21 +154,26 @@ def test_streamed_reply_is_logged_when_it_ends(server: dict[str, Any]) -> None:
             assert line["model_version"].startswith("http://127.0.0.1:")
 
 
-def test_client_disconnect_is_logged_as_499(server: dict[str, Any]) -> None:
+def hang_up_after_one_event(server: dict[str, Any], model: str, request_id: str) -> None:
+    """Start a long stream, read one event, then close the connection."""
     body = {
-        "model": "tiny",
+        "model": model,
         "messages": [{"role": "user", "content": "tell a long story"}],
         "max_tokens": 200,
         "stream": True,
         "temperature": 1.0,
     }
-    headers = {"Authorization": "Bearer " + server["key"], "x-request-id": "gone-1"}
+    headers = {"Authorization": "Bearer " + server["key"], "x-request-id": request_id}
     with httpx.stream(
         "POST", server["base"] + "/v1/chat/completions", headers=headers, json=body, timeout=60
     ) as r:
         assert r.status_code == 200
         for _line in r.iter_lines():
-            break  # one event, then hang up
+            break
+
+
+def test_client_disconnect_is_logged_as_499(server: dict[str, Any]) -> None:
+    hang_up_after_one_event(server, "tiny", "gone-1")
     line = line_for(server, "gone-1")
     assert line["status"] == 499 and line["disconnected"] is True
     assert line["error_code"] == "client_disconnected"
@@ -176,19 +181,7 @@ def test_client_disconnect_is_logged_as_499(server: dict[str, Any]) -> None:
 
 
 def test_client_leaving_a_relayed_stream_is_499_in_both_logs(server: dict[str, Any]) -> None:
-    body = {
-        "model": "slow",
-        "messages": [{"role": "user", "content": "tell a long story"}],
-        "max_tokens": 200,
-        "stream": True,
-    }
-    headers = {"Authorization": "Bearer " + server["key"], "x-request-id": "gone-relay"}
-    with httpx.stream(
-        "POST", server["base"] + "/v1/chat/completions", headers=headers, json=body, timeout=60
-    ) as r:
-        assert r.status_code == 200
-        for _line in r.iter_lines():
-            break  # one event, then hang up
+    hang_up_after_one_event(server, "slow", "gone-relay")
     line = line_for(server, "gone-relay")
     assert line["status"] == 499 and line["deployment"] == "slow"
     # the request log (lmops usage) records the same outcome, not a 200

@@ -352,6 +352,20 @@ class _EventStream(Response):
             await cast(Any, self.body_iterator).aclose()
 
 
+def _failed(ctx: Any, e: Exception) -> OpenAIError:
+    """The OpenAI error for a request that failed (an upstream failure is a 502), recorded
+    on its policy context, with the context's rate-limit headers."""
+    err = (
+        e
+        if isinstance(e, OpenAIError)
+        else OpenAIError(502, str(e), type_="server_error", code="upstream_error")
+    )
+    if ctx is not None:
+        ctx.fail(err.status, err.message)
+        err.headers = {**ctx.headers(), **err.headers}
+    return err
+
+
 def _upstream_error(status: int, data: dict[str, Any]) -> OpenAIError:
     """An upstream's 4xx in OpenAI's shape, whatever shape the upstream's error had."""
     err = data.get("error")
@@ -574,15 +588,8 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
             if ctx is not None:
                 ctx.fail(503, str(e))
             return err.response()
-        except UpstreamError as e:
-            if ctx is not None:
-                ctx.fail(502, str(e))
-            return OpenAIError(502, str(e), type_="server_error", code="upstream_error").response()
-        except OpenAIError as e:
-            if ctx is not None:
-                ctx.fail(e.status, e.message)
-                e.headers = {**ctx.headers(), **e.headers}
-            raise
+        except (UpstreamError, OpenAIError) as e:
+            raise _failed(ctx, e) from None
 
     async def _collect(
         events: AsyncIterator[Delta | Done],
@@ -969,15 +976,8 @@ def mount_openai(app: FastAPI, registry: Registry, store: Any, *, hooks: Any = N
                 },
                 headers=ctx.headers() if ctx else {},
             )
-        except UpstreamError as e:
-            if ctx is not None:
-                ctx.fail(502, str(e))
-            return OpenAIError(502, str(e), type_="server_error", code="upstream_error").response()
-        except OpenAIError as e:
-            if ctx is not None:
-                ctx.fail(e.status, e.message)
-                e.headers = {**ctx.headers(), **e.headers}
-            raise
+        except (UpstreamError, OpenAIError) as e:
+            raise _failed(ctx, e) from None
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
