@@ -517,3 +517,52 @@ def test_lmops_serve_launches_engine_vllm_deployments(
     finally:
         stop_server(proc)
     wait_for(lambda: all(gone(pid) for pid in launched), timeout=20)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_hung_server_is_restarted_and_counted_on_metrics(
+    tmp_path: Path, store: Any, lmops_home: Path, workers: int
+) -> None:
+    """A server that is alive but stops answering (SIGSTOP) fails its /health probes, is
+    stopped and restarted; /metrics shows the hang and the restart, with 1 or 2 workers."""
+    from tests.serve.conftest import lmops_env, start_server, stop_server
+
+    _, secret = store.keys.create("cli")
+    (tmp_path / "model").mkdir()
+    fake = ", ".join(f"'{a}'" for a in [*FAKE, "--tokens", "2"])
+    opts = f"command: [{fake}], health_interval_s: 0.2, health_failures: 2, stop_grace_s: 0.5"
+    (tmp_path / "dep.yaml").write_text(
+        "deployments:\n"
+        f"  - {{name: chat, model: '{tmp_path / 'model'}', engine: vllm, vllm: {{{opts}}}}}\n"
+    )
+    proc, base = start_server(
+        lmops_env(lmops_home),
+        "--deployments",
+        str(tmp_path / "dep.yaml"),
+        "--workers",
+        str(workers),
+        ready=lambda b: httpx.get(f"{b}/readyz", timeout=2).status_code == 200,
+    )
+    try:
+        first = [p.pid for p in fakes()]
+        assert len(first) == 1
+        psutil.Process(first[0]).suspend()  # alive, answering nothing
+        wait_for(lambda: [p.pid for p in fakes()] not in ([], first), timeout=30)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=secret, max_retries=0)
+
+        def answers() -> bool:
+            try:
+                r = client.chat.completions.create(
+                    model="chat", messages=[{"role": "user", "content": "x"}]
+                )
+            except openai.APIError:
+                return False
+            return r.choices[0].message.content == "tok0 tok1"
+
+        wait_for(answers, timeout=30)
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        assert 'lmops_engine_hangs_total{deployment="chat"} 1.0' in metrics
+        assert 'lmops_engine_restarts_total{deployment="chat"} 1.0' in metrics
+        assert gone(first[0])
+    finally:
+        stop_server(proc)

@@ -92,6 +92,9 @@ class VllmOptions(BaseModel):
     max_restarts: int = Field(5, ge=0)
     stable_s: float = Field(60.0, gt=0)
     stop_grace_s: float = Field(15.0, gt=0)  # SIGTERM, then SIGKILL after this long
+    # a running server is probed on /health this often; this many failures in a row = hung
+    health_interval_s: float = Field(10.0, gt=0)
+    health_failures: int = Field(3, ge=1)
     env: dict[str, str] = Field(default_factory=dict)  # e.g. CUDA_VISIBLE_DEVICES
     command: list[str] | None = Field(None, min_length=1)
 

@@ -18,6 +18,9 @@ server:
 * is ready when ``GET /health`` answers 200 and ``GET /v1/models`` lists the served name;
   if the process exits first, or ``startup_timeout_s`` passes, the launch fails with a
   one-line ``UserError`` naming the deployment and the last lines of its log;
+* probes ``GET /health`` every ``health_interval_s`` while the server runs; a server that
+  fails ``health_failures`` probes in a row (hung: alive but not answering, or answering
+  errors) is stopped and counts as died;
 * restarts the server on the same port when it dies, after 1, 2, 4 ... 60 s; after
   ``max_restarts`` restarts in a row (a server that served ``stable_s`` before it died
   resets the count) it gives up and the deployment answers 502 until lmops restarts;
@@ -79,6 +82,12 @@ REGISTRY = CollectorRegistry()
 RESTARTS = Counter(
     "lmops_engine_restarts",
     "Times a launched engine server was restarted after it died",
+    ["deployment"],
+    registry=REGISTRY,
+)
+HANGS = Counter(
+    "lmops_engine_hangs",
+    "Times a launched engine server stopped answering /health and was stopped",
     ["deployment"],
     registry=REGISTRY,
 )
@@ -197,6 +206,8 @@ class Supervisor:
         stop_grace_s: float = 15.0,
         backoff_s: float = 1.0,
         backoff_max_s: float = 60.0,
+        health_interval_s: float = 10.0,
+        health_failures: int = 3,
     ) -> None:
         self.name = name
         self.argv = argv
@@ -210,6 +221,8 @@ class Supervisor:
         self.stop_grace_s = stop_grace_s
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
+        self.health_interval_s = health_interval_s
+        self.health_failures = health_failures
         self.api_key = secrets.token_urlsafe(24)
         self.base_url = f"http://{HOST}:{port}"
         self.state = "starting"
@@ -305,16 +318,17 @@ class Supervisor:
                 else:
                     log.warning("deployment %r: server is back on port %d", self.name, self.port)
                 ready_at = time.monotonic()
-                rc = proc.wait()
+                rc = self._wait_exit_or_hang(proc)
                 stayed_up = time.monotonic() - ready_at >= self.stable_s
                 if self._closing.is_set():
                     return
-                log.warning(
-                    "deployment %r: server exited with code %s (log %s)",
-                    self.name,
-                    rc,
-                    self.log_path,
-                )
+                if rc != "hung":
+                    log.warning(
+                        "deployment %r: server exited with code %s (log %s)",
+                        self.name,
+                        rc,
+                        self.log_path,
+                    )
                 # its children (vLLM's engine core) may linger and hold the GPU
                 self._stop_current()
             if stayed_up:
@@ -337,6 +351,37 @@ class Supervisor:
                 return
             self.restarts += 1
             RESTARTS.labels(self.name).inc()
+
+    def _wait_exit_or_hang(self, proc: subprocess.Popen[bytes]) -> int | str:
+        """Wait until the server exits (its return code) or stops answering ``/health``
+        ``health_failures`` times in a row (then stop it; ``"hung"``), or lmops closes."""
+        failures = 0
+        timeout = max(0.5, min(self.health_interval_s, 10.0))
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        with httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers) as client:
+            while True:
+                try:
+                    return proc.wait(timeout=self.health_interval_s)
+                except subprocess.TimeoutExpired:
+                    pass
+                if self._closing.is_set():
+                    return proc.wait()
+                try:
+                    healthy = client.get("/health").status_code == 200
+                except httpx.HTTPError:
+                    healthy = False
+                failures = 0 if healthy else failures + 1
+                if failures >= self.health_failures and not self._closing.is_set():
+                    log.error(
+                        "deployment %r: server did not answer /health %d times in a row; "
+                        "stopping it (log %s)",
+                        self.name,
+                        failures,
+                        self.log_path,
+                    )
+                    HANGS.labels(self.name).inc()
+                    self._stop(proc)
+                    return "hung"
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.env, "VLLM_API_KEY": self.api_key}
@@ -456,6 +501,8 @@ def supervisor_for(spec: DeploymentSpec, *, store: Any, run_dir: Path) -> Superv
         max_restarts=opts.max_restarts,
         stable_s=opts.stable_s,
         stop_grace_s=opts.stop_grace_s,
+        health_interval_s=opts.health_interval_s,
+        health_failures=opts.health_failures,
     )
 
 

@@ -119,9 +119,15 @@ class Metrics:
 
     def render(self) -> bytes:
         if self.multiprocess:
+            # every worker's files, and those of the launching parent (restarts and hangs
+            # of the engine servers it supervises: its counters were created with the
+            # directory already set, so they are file-backed too)
             from prometheus_client import multiprocess
 
             reg = CollectorRegistry()
             multiprocess.MultiProcessCollector(reg)
             return bytes(generate_latest(reg))
-        return bytes(generate_latest(self.reg))
+        # one worker: the launcher runs in this process
+        from lmops.serve.launcher import REGISTRY as LAUNCHED
+
+        return bytes(generate_latest(self.reg)) + bytes(generate_latest(LAUNCHED))
