@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -309,15 +310,16 @@ def test_stale_inflight_rows_are_cleaned(store: Store) -> None:
     scopes = [("dep:chat", Limits(max_concurrent=1))]
     started = datetime.fromtimestamp(T, UTC)
 
-    def add_row(pid: int, at: datetime) -> None:
-        store.db.write(
-            lambda s: s.add(InflightRow(scope="dep:chat", request_id="x", started_at=at, pid=pid))
-        )
+    def add_row(pid: int, at: datetime, host: str | None = socket.gethostname()) -> None:
+        row = InflightRow(scope="dep:chat", request_id="x", started_at=at, pid=pid, host=host)
+        store.db.write(lambda s: s.add(row))
 
-    add_row(_dead_pid(), started)  # a worker that crashed mid-request
-    if store.db.is_sqlite:  # one host: a dead pid frees its slot at once
+    add_row(_dead_pid(), started)  # a worker on this host that crashed mid-request
+    limiter.release(limiter.acquire(scopes, "a", 0, now=T))  # its pid is checked: freed
+    add_row(_dead_pid(), started, host="another-host")  # its pid means nothing here
+    if store.db.is_sqlite:  # one host: whatever the row says, a dead pid frees its slot
         limiter.release(limiter.acquire(scopes, "a", 0, now=T))
-    else:  # workers may run on other hosts: only the age counts
+    else:  # only the age counts
         refused(limiter, scopes, 0, T)
         limiter.release(limiter.acquire(scopes, "a", 0, now=T + 601))
     add_row(os.getpid(), started - timedelta(seconds=601))  # alive but too old
@@ -326,11 +328,12 @@ def test_stale_inflight_rows_are_cleaned(store: Store) -> None:
     add_row(os.getpid(), started - timedelta(seconds=10))  # alive and recent: holds
     refused(limiter, scopes, 0, T)
     add_row(_dead_pid(), started)
+    add_row(_dead_pid(), started, host=None)  # written before hosts were recorded
     # the periodic sweep, across scopes
     if store.db.is_sqlite:
-        assert limiter.sweep(now=T) == (0, 1)
+        assert limiter.sweep(now=T) == (0, 2)
     else:
-        assert limiter.sweep(now=T) == (0, 0)
+        assert limiter.sweep(now=T) == (0, 1)  # this host's dead pid
         assert limiter.sweep(now=T + 601) == (0, 2)
 
 

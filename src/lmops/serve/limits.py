@@ -91,6 +91,7 @@ import functools
 import math
 import os
 import random
+import socket
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -423,9 +424,14 @@ _ADD = (
 _COUNT = 'SELECT count FROM rate_windows WHERE scope = ? AND "window" = ?'
 _PRUNE = 'DELETE FROM rate_windows WHERE scope LIKE ? AND "window" < ?'
 _IN_FLIGHT = "SELECT count(*) FROM inflight WHERE scope = ?"
-_HOLD = "INSERT INTO inflight (scope, request_id, started_at, pid) VALUES (?, ?, ?, ?) RETURNING id"
+_HOLD = (
+    "INSERT INTO inflight (scope, request_id, started_at, pid, host) VALUES (?, ?, ?, ?, ?) "
+    "RETURNING id"
+)
 _FREE = "DELETE FROM inflight WHERE id IN ({rows})"
-_IN_FLIGHT_ROWS = "SELECT id, pid, started_at FROM inflight"
+_IN_FLIGHT_ROWS = "SELECT id, pid, started_at, host FROM inflight"
+# The pid of an in-flight row can be checked only on the host that wrote it.
+_HOST = socket.gethostname()[:255]
 
 
 # Connections a limiter keeps between transactions: one per thread that uses it at once.
@@ -444,9 +450,10 @@ class RateLimiter:
     """Admits requests against per-scope :class:`Limits`, atomically across processes.
 
     ``stale_after_s``: in-flight rows older than this are dropped. Rows whose process is
-    dead are dropped at once on SQLite (a SQLite file is local to one host, so the pid is
-    meaningful); on PostgreSQL the workers may live on several hosts and the ``inflight``
-    table records no host, so only the age applies there.
+    dead are dropped at once when their pid can be checked: on SQLite (a SQLite file is
+    local to one host) and, on PostgreSQL, for rows written on this host (each row records
+    its host); a row from another host (or from before the host was recorded) frees only
+    by age.
     """
 
     def __init__(
@@ -587,11 +594,12 @@ class RateLimiter:
         else:
             cur.execute(self._sql(_IN_FLIGHT_ROWS + " WHERE scope = ?"), (scope,))
         stale = []
-        for row_id, pid, started in cur.fetchall():
+        for row_id, pid, started, host in cur.fetchall():
             if self._load_time is not None:
                 started = self._load_time(started)
+            local = self._db.is_sqlite or host == _HOST
             if now - _aware(started).timestamp() > self.stale_after_s or (
-                self._db.is_sqlite and not _pid_alive(pid)
+                local and not _pid_alive(pid)
             ):
                 stale.append(row_id)
         if stale:
@@ -727,7 +735,7 @@ class RateLimiter:
 
     def _hold(self, cur: _Cursor, scope: str, request_id: str, started: Any) -> int:
         """Insert one in-flight row; its id."""
-        cur.execute(self._hold_sql, (scope, request_id[:64], started, os.getpid()))
+        cur.execute(self._hold_sql, (scope, request_id[:64], started, os.getpid(), _HOST))
         return int(cast(Sequence[int], cur.fetchone())[0])
 
     def _in_flight(self, cur: _Cursor, scope: str) -> int:

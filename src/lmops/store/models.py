@@ -192,6 +192,8 @@ class InflightRow(Base):
     request_id: Mapped[str] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     pid: Mapped[int] = mapped_column(Integer)
+    # where ``pid`` runs (None: rows written before migration 0006)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class StepCacheRow(Base):
