@@ -353,3 +353,19 @@ def test_logged_lr_is_the_rate_each_step_used(base: Store) -> None:
     )
     lrs = [m.value for m in base.runs.get(res.run_id).metrics["lr"]]
     assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+
+
+@pytest.mark.parametrize("stage", ["dpo", "kto"])
+def test_a_lora_on_lm_head_is_refused_up_front_where_trl_cannot_train_it(stage: str) -> None:
+    """TRL's DPO/KTO read lm_head.weight directly and refuse an adapter there deep inside
+    the trainer; the spec says so at load time, naming the field (SFT keeps allowing it)."""
+    from lmops.train.spec import spec_from_dict
+
+    data = {"stage": stage, "method": "lora", "model": "tiny", "dataset": "d", "output": "o"}
+    with pytest.raises(UserError, match=r"lora\.targets: stage .* lm_head"):
+        spec_from_dict({**data, "lora": {"targets": ["q_proj", "lm_head"]}})
+    assert spec(stage="sft", lora={"targets": ["q_proj", "lm_head"]}).lora.targets == [
+        "q_proj",
+        "lm_head",
+    ]
+    assert spec(stage=stage, lora={"targets": "all-linear"}).stage == stage

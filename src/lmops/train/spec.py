@@ -113,6 +113,10 @@ class DistributedParams(_Strict):
     deepspeed: str | None = None  # a DeepSpeed JSON config, passed through
 
 
+# Stages whose TRL trainer reads lm_head.weight directly (and refuses a LoRA on lm_head).
+_LOGPROBS_FROM_HEAD_WEIGHT = ("dpo", "kto")
+
+
 class TrainSpec(_Strict):
     stage: Stage
     method: Method = "full"
@@ -146,6 +150,17 @@ class TrainSpec(_Strict):
             raise ValueError("stage ppo needs ppo.reward_model or ppo.reward_fn")
         if self.method in ("prefix", "prompt_tuning") and self.stage not in ("sft", "pretrain"):
             raise ValueError(f"method {self.method} is supported for pretrain and sft")
+        if (
+            self.stage in _LOGPROBS_FROM_HEAD_WEIGHT
+            and self.method in ("lora", "qlora")
+            and isinstance(self.lora.targets, list)
+            and "lm_head" in self.lora.targets
+        ):
+            raise ValueError(
+                f"lora.targets: stage {self.stage} cannot train an adapter on lm_head (TRL "
+                "computes its log-probabilities from lm_head.weight directly, so the adapter "
+                "would never train); remove lm_head"
+            )
         return self
 
     @property
