@@ -106,7 +106,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from lmops.core.errors import LmopsError, StoreError
 from lmops.store import ApiKey
-from lmops.store.db import Database
+from lmops.store.db import Database, is_lock_conflict
 from lmops.store.models import InflightRow
 
 __all__ = [
@@ -397,13 +397,6 @@ def _aware(dt: datetime) -> datetime:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
-def _is_locked(e: BaseException) -> bool:
-    """A lock or serialisation conflict that a retry of the transaction resolves (the same
-    test as :meth:`Database.write`'s, on a DBAPI error)."""
-    msg = str(e).lower()
-    return "locked" in msg or "busy" in msg or "could not serialize" in msg or "deadlock" in msg
-
-
 # The hot statements, written once for both databases in ``?`` placeholders (turned into
 # ``%s`` for psycopg). ``window`` is quoted: it is a keyword in both.
 #
@@ -567,7 +560,7 @@ class RateLimiter:
                     if not committing and not reconnected:
                         reconnected = True
                         continue
-                if not _is_locked(e) or time.monotonic() >= deadline:
+                if not is_lock_conflict(e) or time.monotonic() >= deadline:
                     raise StoreError(
                         f"database {self._db.masked_url} is locked or unavailable ({e}) "
                         f"after {self._db.busy_timeout:g}s; raise LMOPS_DB_BUSY_TIMEOUT"

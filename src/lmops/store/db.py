@@ -209,5 +209,11 @@ class Database:
 
 
 def _is_lock_error(e: OperationalError) -> bool:
-    msg = str(e.orig).lower()
+    return is_lock_conflict(e.orig)
+
+
+def is_lock_conflict(e: BaseException | None) -> bool:
+    """A driver error (sqlite3, psycopg) for a lock or serialisation conflict, which a retry
+    of the whole transaction resolves."""
+    msg = str(e).lower()
     return "locked" in msg or "busy" in msg or "could not serialize" in msg or "deadlock" in msg
