@@ -116,3 +116,38 @@ def test_a_body_that_is_not_a_json_object_is_an_upstream_error(body: bytes, matc
             server.close()
 
     asyncio.run(run())
+
+
+def test_stream_framing_is_read_as_server_sent_events() -> None:
+    """CRLF line ends, comments, an event name, an event split across network reads and a
+    last event without its blank line: the relay reads them as SSE does."""
+    chunks = [
+        b': keep-alive\r\n\r\nevent: chunk\r\ndata: {"n": 1}\r\n\r\ndata: {"n"',
+        b": 2}\r\n\r\n",
+        b"data: [DONE]",
+    ]
+
+    async def run() -> list[tuple[list[dict[str, Any]], bool]]:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+            )
+            for c in chunks:
+                writer.write(c)
+                await writer.drain()
+                await asyncio.sleep(0.02)  # separate reads
+            writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        up = Upstream(f"http://127.0.0.1:{port}/v1", "up")
+        try:
+            return [b async for b in up.stream_batches("/chat/completions", BODY)]
+        finally:
+            await up.aclose()
+            server.close()
+
+    batches = asyncio.run(run())
+    assert [c for batch, _ in batches for c in batch] == [{"n": 1}, {"n": 2}]
+    assert batches[-1] == ([], True)

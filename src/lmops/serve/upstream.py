@@ -25,6 +25,8 @@ from typing import Any
 
 import aiohttp
 
+from lmops.core.sse import SSEDecoder
+
 __all__ = ["Upstream", "UpstreamError", "UpstreamRefused", "UpstreamStream"]
 
 # Connections kept open to one upstream per event loop; requests beyond it wait for one.
@@ -54,6 +56,16 @@ def _json_object(text: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _parse(events: list[bytes]) -> tuple[list[dict[str, Any]], bool]:
+    """The JSON chunks of ``events`` up to ``[DONE]``, and whether ``[DONE]`` came."""
+    batch: list[dict[str, Any]] = []
+    for payload in events:
+        if payload.strip() == b"[DONE]":
+            return batch, True
+        batch.append(json.loads(payload))
+    return batch, False
+
+
 class UpstreamStream:
     """An opened SSE stream whose status was < 400; iterate :meth:`batches` once."""
 
@@ -71,30 +83,18 @@ class UpstreamStream:
         Raises :class:`UpstreamError` for a broken stream or a chunk that is not JSON."""
         base = self._up.base_url
         try:
-            buf = b""
+            sse = SSEDecoder()
             done = False
             async for data in self._r.content.iter_any():
                 if done:
                     continue  # drain to the end: the connection goes back to the pool
-                lines = (buf + data).split(b"\n")
-                buf = lines.pop()  # an incomplete last line waits for the next read
-                batch: list[dict[str, Any]] = []
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue  # blank separators, comments, event names
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        done = True
-                        break
-                    batch.append(json.loads(payload))
+                batch, done = _parse(sse.feed(data))
                 if batch or done:
                     yield batch, done
-            if not done and buf.startswith(b"data:"):
-                payload = buf[5:].strip()
-                if payload == b"[DONE]":
-                    yield [], True
-                elif payload:
-                    yield [json.loads(payload)], False
+            if not done:  # an event the stream ended without its blank line
+                batch, done = _parse(sse.close())
+                if batch or done:
+                    yield batch, done
         except (TimeoutError, aiohttp.ClientError) as e:
             raise UpstreamError(f"upstream {base} stream broke: {e or type(e).__name__}") from None
         except ValueError as e:  # a data line that is not JSON
