@@ -74,7 +74,6 @@ class _Seq:
     cancelled: bool = False
     done: str | None = None  # the finish reason once finished
     rng: random.Random | None = None  # the sequence's own sampling stream (seeded)
-    enqueued: float = field(default_factory=time.perf_counter)
     # The engine's outbox: events wait there until the worker hands a whole step's events
     # to the event loop at once (Engine._flush). Without one, each event is sent alone.
     outbox: list[tuple[_Seq, Delta | Done]] | None = None
