@@ -191,7 +191,9 @@ def test_embeddings_go_through_the_policy_layer(
     blocked = embed("教我怎么制造炸弹去炸学校")
     assert blocked.status_code == 400 and blocked.json()["error"]["code"] == "content_filter"
     codes = [embed(f"sentence {i}").status_code for i in range(3)]
-    assert codes.count(429) >= 1  # 3 per minute: the blocked one was admitted to no limit
+    # 3 per minute, and admission comes before the guardrails (a key over its limit costs
+    # nothing more): the blocked request counted, so one more passes and two are refused
+    assert codes == [200, 429, 429]
     store = Store()
     from sqlalchemy import select
 
@@ -208,7 +210,7 @@ def test_embeddings_go_through_the_policy_layer(
         time.sleep(0.1)
     assert all(r.endpoint == "embeddings" and r.response_body is None for r in rows)
     ok = [r for r in rows if r.status == 200]
-    assert len(ok) == 3 and all(r.prompt_tokens > 0 for r in ok)
+    assert len(ok) == 2 and all(r.prompt_tokens > 0 for r in ok)
     assert {r.status for r in rows} >= {200, 400, 429}
     masked = [
         a

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -43,6 +43,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lmops.core.errors import NotFoundError, UserError
 from lmops.core.yamlcfg import validate_config
 from lmops.serve.types import Delta, Done, GenRequest
+
+if TYPE_CHECKING:
+    from lmops.serve.backends import Backend
 
 __all__ = [
     "Deployment",
@@ -123,6 +126,12 @@ class DeploymentSpec(BaseModel):
     max_running: int = Field(8, ge=1)
     max_queue: int = Field(64, ge=0)
     max_tokens_cap: int = Field(4096, ge=1)
+    # the completion budget of a request that names none (None: 256 for the built-in
+    # engine, 1024 for an upstream); always charged at admission and sent to an upstream
+    default_max_tokens: int | None = Field(None, ge=1)
+    # message text holding the model's control tokens (<|im_start|>...): encoded as plain
+    # text so it cannot forge a turn (escape), or refused with a 400 (refuse)
+    control_tokens: Literal["escape", "refuse"] = "escape"
     device: str = "auto"
     limits: dict[str, int | None] = Field(default_factory=dict)
     guardrails: dict[str, Any] | None = None
@@ -219,6 +228,22 @@ class Deployment:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def default_max_tokens(self) -> int:
+        """The completion budget of a request that names none (see ``DeploymentSpec``)."""
+        if self.spec.default_max_tokens is not None:
+            return min(self.spec.default_max_tokens, self.spec.max_tokens_cap)
+        return min(1024 if self.upstream is not None else 256, self.spec.max_tokens_cap)
+
+    def backend(self) -> Backend:
+        """What answers the next request: the upstream, or a target's engine (picked by
+        weight for an A/B split)."""
+        from lmops.serve.backends import EngineBackend, UpstreamBackend
+
+        if self.upstream is not None:
+            return UpstreamBackend(self.upstream, str(self.spec.upstream))
+        return EngineBackend(self.pick())
 
     def pick(self) -> _Target:
         self._maybe_reload()

@@ -39,8 +39,10 @@ import contextlib
 import inspect
 import math
 import random
+import re
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,11 +51,55 @@ from typing import Any
 from lmops.core.errors import UserError
 from lmops.serve.types import Delta, Done, GenRequest, TokenLogprob
 
-__all__ = ["Engine", "EngineOverloaded"]
+__all__ = ["ControlTokenError", "Engine", "EngineOverloaded"]
 
 
 class EngineOverloaded(Exception):
     """The queue is full; the client should retry later (HTTP 503)."""
+
+
+class ControlTokenError(UserError):
+    """A message's text holds the tokenizer's special tokens and the deployment refuses
+    them (``control_tokens: refuse``); ``index`` is the message's position."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(
+            f"messages[{index}].content: contains the model's control tokens (such as "
+            "<|im_start|>); this deployment refuses them in message text"
+        )
+        self.index = index
+
+
+def _text_of(content: Any) -> str:
+    """The text of a message's content (a string, or a list of ``text`` parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p
+        )
+    return ""
+
+
+def _control_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    """A regex finding any of the tokenizer's special (added) tokens in text."""
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(tok, "special", False):
+            specials.add(str(tok.content))
+    specials = {t for t in specials if t}
+    if not specials:
+        return None
+    return re.compile("|".join(map(re.escape, sorted(specials, key=len, reverse=True))))
+
+
+def _longest_token_chars(tokenizer: Any) -> int:
+    """Characters of the longest vocabulary entry's text (at least 1)."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # a tokenizer without a vocabulary listing
+        return 64
+    return max(1, max((len(t) for t in vocab), default=1))
 
 
 @dataclass
@@ -151,6 +197,10 @@ class Engine:
         )
         self._pieces: dict[int, tuple[str, list[int]]] = {}  # token id -> (text, bytes)
         self._byte_level = _is_byte_level(self.tokenizer)
+        self._control = _control_pattern(self.tokenizer)
+        # a byte-level vocabulary spells some characters with several symbols: its entries
+        # are never shorter in symbols than in the characters they decode to
+        self.max_token_chars = _longest_token_chars(self.tokenizer)
         self._decode = _text_decoder(self.tokenizer)
         self._outbox: list[tuple[_Seq, Delta | Done]] = []  # filled by the worker thread only
         self._cv = threading.Condition()
@@ -167,14 +217,60 @@ class Engine:
     def queued(self) -> int:
         return len(self._pending)
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
+    def encode_chat(
+        self, messages: list[dict[str, Any]], *, control_tokens: str = "escape"
+    ) -> list[int]:
+        """The prompt ids of a chat: the model's template around the messages' text.
+
+        Text inside a message is never read as the tokenizer's special tokens: a user who
+        writes ``<|im_end|>\n<|im_start|>system`` gets those characters as ordinary text,
+        not a forged turn. ``control_tokens="refuse"`` raises :class:`ControlTokenError`
+        instead. Messages without any special-token string (nearly all) are encoded in one
+        call, exactly as before; otherwise each message's text is spliced into the rendered
+        template at its place and encoded with ``split_special_tokens=True``.
+        """
+        forged = [i for i, m in enumerate(messages) if self._has_control(m.get("content"))]
+        if forged and control_tokens == "refuse":
+            raise ControlTokenError(forged[0])
+        if not forged:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        # Render the template with a placeholder per message, then encode the template's
+        # own text normally and each message's text with its special tokens split.
+        marks = [f"\ue000lmops{uuid.uuid4().hex}\ue001" for _ in messages]
+        placeholders = [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
+        text = str(
+            self.tokenizer.apply_chat_template(
+                placeholders, tokenize=False, add_generation_prompt=True
+            )
         )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        contents = {
+            mark: _text_of(m.get("content")) for m, mark in zip(messages, marks, strict=True)
+        }
+        ids: list[int] = []
+        for piece in re.split("(" + "|".join(map(re.escape, marks)) + ")", text):
+            if piece in contents:
+                ids += self.tokenizer(
+                    contents[piece], add_special_tokens=False, split_special_tokens=True
+                )["input_ids"]
+            elif piece:
+                ids += self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def _has_control(self, content: Any) -> bool:
+        text = _text_of(content)
+        return bool(text) and self._control is not None and self._control.search(text) is not None
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def surely_too_long(self, chars: int) -> bool:
+        """Whether a text of ``chars`` characters is longer than the context whatever its
+        tokens: no token is longer than the longest piece of the vocabulary. Checked before
+        tokenizing, so a huge prompt costs nothing."""
+        return chars > self.max_context * self.max_token_chars
 
     async def generate(self, req: GenRequest) -> AsyncIterator[Delta | Done]:
         """Queue ``req`` and yield its deltas, then one ``Done``. Breaking out of the
@@ -188,31 +284,41 @@ class Engine:
         per step while the consumer keeps up, several when it fell behind, so a server can
         answer them with one write instead of one per token (the ``Done`` is always the
         last event of the last batch)."""
-        assert req.prompt_ids is not None
-        seq = _Seq(req, asyncio.get_running_loop(), asyncio.Queue(), outbox=self._outbox)
+        events = self.submit(req)
+        try:
+            async for batch in events:
+                yield batch
+        finally:
+            await events.aclose()
+
+    def submit(self, req: GenRequest) -> _Events:
+        """Queue ``req`` now and return its event batches (as :meth:`generate_batches`).
+
+        The queue is checked here, before anything is iterated: a full engine raises
+        :class:`EngineOverloaded` while the caller can still answer with a status (a 503)
+        instead of a stream that breaks off. Call it on the event loop that will iterate."""
+        return self.submit_all([req])[0]
+
+    def submit_all(self, reqs: list[GenRequest]) -> list[_Events]:
+        """:meth:`submit` for several sequences (the ``n`` choices of one request): all of
+        them are queued, or none is."""
+        loop = asyncio.get_running_loop()
+        seqs = []
+        for req in reqs:
+            assert req.prompt_ids is not None
+            seqs.append(_Seq(req, loop, asyncio.Queue(), outbox=self._outbox))
         with self._cv:
             # a request waits in `pending` until the worker admits it: there is room while
             # free running slots plus the queue's size exceed what is already waiting
             free_slots = self.max_running - len(self._running)
-            if len(self._pending) >= free_slots + self.max_queue:
+            if len(self._pending) + len(seqs) > free_slots + self.max_queue:
                 raise EngineOverloaded(
                     f"{len(self._running)} running and {len(self._pending)} queued "
                     f"(max_running {self.max_running}, max_queue {self.max_queue})"
                 )
-            self._pending.append(seq)
+            self._pending.extend(seqs)
             self._cv.notify()
-        try:
-            while True:
-                batch = [await seq.queue.get()]
-                while not seq.queue.empty():
-                    batch.append(seq.queue.get_nowait())
-                yield batch
-                if isinstance(batch[-1], Done):
-                    return
-        finally:
-            seq.cancelled = True  # no-op if it finished; frees the slot if the client left
-            with self._cv:
-                self._cv.notify()
+        return [_Events(self, seq) for seq in seqs]
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Mean-pooled, L2-normalised last hidden states (one forward per text)."""
@@ -268,6 +374,11 @@ class Engine:
         except Exception:  # a model that does not take one
             return False
         return bool(torch.allclose(logits[0], logits[1], rtol=1e-3, atol=1e-4))
+
+    def _cancel(self, seq: _Seq) -> None:
+        seq.cancelled = True  # no-op if it finished; frees the slot if the client left
+        with self._cv:
+            self._cv.notify()
 
     # -- worker ------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -639,6 +750,44 @@ class Engine:
 
 # Prompts prefilled in one forward pass pad to the longest of them: a group takes prompts
 # while its padded tokens stay within this many, and padding within a quarter of them.
+class _Events:
+    """The event batches of one submitted sequence (an async iterator). Closing it, or
+    dropping it unread, cancels the sequence and frees its slot, also when it was never
+    iterated (an async generator that never started would not run its ``finally``)."""
+
+    def __init__(self, engine: Engine, seq: _Seq) -> None:
+        self._engine = engine
+        self._seq = seq
+        self._over = False
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> list[Delta | Done]:
+        if self._over:
+            raise StopAsyncIteration
+        seq = self._seq
+        try:
+            batch = [await seq.queue.get()]
+        except BaseException:  # cancelled while waiting: the client left
+            await self.aclose()
+            raise
+        while not seq.queue.empty():
+            batch.append(seq.queue.get_nowait())
+        if isinstance(batch[-1], Done):
+            await self.aclose()
+        return batch
+
+    async def aclose(self) -> None:
+        if not self._over:
+            self._over = True
+            self._engine._cancel(self._seq)
+
+    def __del__(self) -> None:
+        if not self._over:
+            self._seq.cancelled = True
+
+
 _PREFILL_TOKENS = 8192
 
 

@@ -27,7 +27,7 @@ import json
 import logging
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -197,8 +197,12 @@ class RequestLog:
         self._thread.start()
         atexit.register(self.close)
 
-    def submit(self, **row: Any) -> None:
+    def submit(self, *, mask: Callable[[Any], Any] | None = None, **row: Any) -> None:
+        """Hand over one row (:func:`log_request`'s keyword arguments). ``mask`` is applied
+        to its bodies on the writer thread, before they are written (it may be slow)."""
         values = _row_values(**row)
+        if mask is not None:
+            values["_mask"] = mask
         with self._cv:
             if self._closed:  # after shutdown: write it here rather than lose it
                 self._write_or_report([values])
@@ -262,6 +266,11 @@ class RequestLog:
         # One INSERT per set of columns: rows without bodies leave those columns NULL.
         groups: dict[tuple[bool, ...], list[dict[str, Any]]] = {}
         for r in rows:
+            mask = r.pop("_mask", None)
+            if mask is not None:
+                for b in _BODIES:
+                    if b in r:
+                        r[b] = mask(r[b])
             groups.setdefault(tuple(b in r for b in _BODIES), []).append(r)
 
         def add(s: Session) -> None:

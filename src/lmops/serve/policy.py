@@ -9,6 +9,19 @@ out, the request log, and Prometheus metrics.
     ... generate (ctx.stream_guard() for streams, ctx.check_output(text) otherwise) ...
     ctx.finish(200, prompt_tokens, completion_tokens, response=body)   # or ctx.fail(...)
 
+Admission comes first, on a cheap estimate (the prompt's characters, plus the completion
+budget ``max_tokens`` times ``n``, charged in full as OpenAI counts it): a key over its limit
+is refused before its body is guardrailed or tokenized. ``finish`` (and ``fail``, which
+charges nothing) reconciles the estimate with the real counts.
+
+Request-log bodies (``log_bodies: true``) are masked *completely*: every string anywhere in
+the request and the response (every role, a completion's prompt and text, ``metadata``,
+unknown fields) goes through PII masking of every type, whatever the deployment's
+guardrails are set to; the masking runs on the request log's writer thread.
+
+:class:`NullPolicy` is the policy where there is no store (nothing is limited, checked or
+logged), so the gateway's handlers never test whether a policy exists.
+
 Per request the policy reads nothing from the database (limits and guardrails are built
 once per deployment); it runs one limiter transaction to admit and, when the token estimate
 was off, one to reconcile; the request-log row is handed to :class:`~lmops.serve.metering.RequestLog`,
@@ -22,12 +35,12 @@ import time
 from typing import Any
 
 from lmops.serve.guardrails import GuardrailConfig, Guardrails
-from lmops.serve.limits import Limits, RateLimited, RateLimiter, estimate_tokens
+from lmops.serve.limits import Limits, RateLimited, RateLimiter
 from lmops.serve.limits import headers as limit_headers
 from lmops.serve.metering import RequestLog
 from lmops.serve.metrics import Metrics
 
-__all__ = ["Policy", "RequestContext"]
+__all__ = ["NullPolicy", "Policy", "RequestContext", "mask_body"]
 
 
 class Policy:
@@ -88,7 +101,7 @@ class RequestContext:
 
     # -- guardrails ---------------------------------------------------------------------------------
     def check_input(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from lmops.serve.openai_api import OpenAIError
+        from lmops.serve.protocol import OpenAIError
 
         decision = self.guard.check_input(messages)
         self._record(decision.actions, "input")
@@ -122,7 +135,7 @@ class RequestContext:
 
     # -- flow control -------------------------------------------------------------------------------
     def admit(self, prompt_tokens: int, max_completion: int, *, model_ref: str | None) -> None:
-        from lmops.serve.openai_api import OpenAIError
+        from lmops.serve.protocol import OpenAIError
 
         self.model_ref = model_ref
         scopes = [
@@ -131,7 +144,7 @@ class RequestContext:
         ]
         try:
             self.lease = self.policy.limiter.acquire(
-                scopes, self.request_id, estimate_tokens(prompt_tokens, max_completion)
+                scopes, self.request_id, max(0, prompt_tokens) + max(0, max_completion)
             )
         except RateLimited as e:
             self.policy.metrics.rate_limited(self.dep.name, e.limit_name)
@@ -187,7 +200,10 @@ class RequestContext:
         self._done = True
         self.status = status
         if self.lease is not None:
-            self.policy.limiter.release(self.lease)
+            try:  # a request that failed used no tokens: give its estimate back
+                self.policy.limiter.reconcile(self.lease, 0)
+            finally:
+                self.policy.limiter.release(self.lease)
         latency = time.perf_counter() - self.started
         self.policy.metrics.request(self.dep.name, status, 0, 0, latency, None)
         self._log(status, 0, 0, latency, error[:2000], None)
@@ -203,11 +219,11 @@ class RequestContext:
     ) -> None:
         bodies: dict[str, Any] = {}
         if self.dep.spec.log_bodies and self.body is not None:
-            # bodies are kept only after PII masking (the guard's masked messages)
             req = dict(self.body)
             if self._masked_messages is not None:
-                req["messages"] = self._masked_messages
-            bodies = {"request_body": req, "response_body": response}
+                req["messages"] = self._masked_messages  # what the model was given
+            # masked on the writer thread (mask_body), whatever the guardrails left
+            bodies = {"request_body": req, "response_body": response, "mask": mask_body}
         self.policy.log.submit(
             request_id=self.request_id,
             key_name=self.key.name,
@@ -223,3 +239,94 @@ class RequestContext:
             guardrails={"actions": self.actions} if self.actions else None,
             **bodies,
         )
+
+
+def mask_body(body: Any) -> Any:
+    """A copy of a JSON value with PII of every type masked in every string (dict keys
+    included): what the request log keeps of a body."""
+    from lmops.data.pii import mask_pii
+
+    if isinstance(body, str):
+        return mask_pii(body)[0] if body else body
+    if isinstance(body, dict):
+        return {mask_body(k): mask_body(v) for k, v in body.items()}
+    if isinstance(body, list):
+        return [mask_body(v) for v in body]
+    return body
+
+
+class NullContext:
+    """The request context of :class:`NullPolicy`: everything passes, nothing is kept."""
+
+    model_ref: str | None = None
+    ttft_s: float | None = None
+    status: int | None = None
+    prompt_tokens = 0
+    completion_tokens = 0
+
+    def __init__(self, dep: Any, request_id: str) -> None:
+        self.dep = dep
+        self.request_id = request_id
+        self.actions: list[dict[str, Any]] = []
+
+    def check_input(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return messages
+
+    def check_prompt(self, prompt: str) -> str:
+        return prompt
+
+    def check_output(self, text: str) -> tuple[str, bool]:
+        return text, False
+
+    def stream_guard(self) -> Any:
+        return _PassThrough()
+
+    def admit(self, prompt_tokens: int, max_completion: int, *, model_ref: str | None) -> None:
+        self.model_ref = model_ref
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def first_token(self, seconds: float) -> None:
+        self.ttft_s = seconds
+
+    def finish(
+        self,
+        status: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+        response: dict[str, Any] | None = None,
+    ) -> None:
+        self.status, self.prompt_tokens, self.completion_tokens = (
+            status,
+            prompt_tokens,
+            completion_tokens,
+        )
+
+    def fail(self, status: int, error: str) -> None:
+        self.status = status
+
+
+class _PassThrough:
+    """A stream guard that lets everything through."""
+
+    stopped = False
+    actions: tuple[dict[str, Any], ...] = ()
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        return delta, False
+
+    def finish(self) -> str:
+        return ""
+
+
+class NullPolicy:
+    """The policy where there is none: no limits, guardrails, log or metrics."""
+
+    metrics = None
+
+    def begin(self, key: Any, dep: Any, kind: str, body: Any, request_id: str) -> NullContext:
+        return NullContext(dep, request_id)
+
+    def close(self) -> None:
+        return None

@@ -1,7 +1,8 @@
 """Mounting the serving gateway on the ``lmops serve`` app.
 
-The CLI puts the deployment specs (JSON) in ``LMOPS_SERVE_DEPLOYMENTS`` so that every
-uvicorn worker process builds the same deployments."""
+The CLI puts the deployment specs (JSON) in ``LMOPS_SERVE_DEPLOYMENTS`` (and the request
+body cap in ``LMOPS_SERVE_MAX_BODY_BYTES``) so that every uvicorn worker process builds
+the same gateway."""
 
 from __future__ import annotations
 
@@ -12,30 +13,32 @@ from typing import Any
 from fastapi import FastAPI
 
 from lmops.serve.deployments import DeploymentSpec, Registry
+from lmops.serve.protocol import DEFAULT_MAX_BODY_BYTES
 
 ENV = "LMOPS_SERVE_DEPLOYMENTS"
+MAX_BODY_ENV = "LMOPS_SERVE_MAX_BODY_BYTES"
 
-__all__ = ["ENV", "mount_from_env", "mount_gateway"]
+__all__ = ["ENV", "MAX_BODY_ENV", "mount_from_env", "mount_gateway"]
 
 
-def mount_gateway(app: FastAPI, specs: list[DeploymentSpec], store: Any) -> Any:
+def mount_gateway(
+    app: FastAPI,
+    specs: list[DeploymentSpec],
+    store: Any,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> Any:
     from lmops.serve.openai_api import mount_openai
+    from lmops.serve.policy import Policy
 
     registry = Registry(specs, store)
-    hooks = None
-    try:
-        from lmops.serve.policy import Policy
-
-        hooks = Policy(store, registry)
-    except ImportError:  # the policy layer is optional at import time
-        hooks = None
-    gw = mount_openai(app, registry, store, hooks=hooks)
+    policy = Policy(store, registry)
+    gw = mount_openai(app, registry, store, hooks=policy, max_body_bytes=max_body_bytes)
 
     @app.on_event("shutdown")
     async def _close() -> None:
         await registry.aclose()
-        if hooks is not None:
-            hooks.close()  # writes the request-log rows still pending
+        policy.close()  # writes the request-log rows still pending
 
     return gw
 
@@ -45,4 +48,10 @@ def mount_from_env(app: FastAPI) -> None:
     if not raw:
         return
     specs = [DeploymentSpec.model_validate(d) for d in json.loads(raw)]
-    mount_gateway(app, specs, app.state.store)
+    cap = os.environ.get(MAX_BODY_ENV)
+    mount_gateway(
+        app,
+        specs,
+        app.state.store,
+        max_body_bytes=int(cap) if cap and cap.isdigit() else DEFAULT_MAX_BODY_BYTES,
+    )

@@ -1,0 +1,513 @@
+"""What answers a deployment's requests: the built-in engine or an upstream server, behind
+one seam, so the gateway's handlers never branch on which one it is.
+
+    backend = deployment.backend()              # picks the A/B target, if any
+    tokens = backend.estimate_prompt(job)       # cheap, before admission
+    await backend.prepare(job)                  # tokenize, check the context (engine)
+    gen = await backend.start(job)              # queued / sent: refusals raise here
+    async for batch in gen.batches(): ...       # ChoiceDelta events, per choice index
+    gen.prompt_tokens, gen.completion_tokens    # the real counts once it is over
+
+``start`` raises before any byte of a reply exists: :class:`~lmops.serve.engine.
+EngineOverloaded` when the engine's queue is full, :class:`~lmops.serve.protocol.OpenAIError`
+with the upstream's status when it refuses the request, :class:`~lmops.serve.upstream.
+UpstreamError` when it is unreachable. A failure after that arrives in the events
+(``finish_reason="error"``) or as an ``UpstreamError`` while iterating.
+
+Both backends produce the same events, :class:`ChoiceDelta`: new text of one choice, its
+token logprobs (:class:`~lmops.serve.types.TokenLogprob`, with text offsets, so a layer that
+rewrites text can tell which tokens went out verbatim), and finally its ``finish_reason``.
+An upstream's fields that lmops does not interpret (``refusal``, ``tool_calls``, a
+reasoning field...) ride along in ``extra`` and are passed on to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from lmops.serve.protocol import OpenAIError
+from lmops.serve.types import Delta, Done, GenRequest, TokenLogprob
+
+__all__ = [
+    "Backend",
+    "ChoiceDelta",
+    "EngineBackend",
+    "Generation",
+    "Job",
+    "UpstreamBackend",
+    "approx_tokens",
+]
+
+# Texts longer than this are tokenized on a worker thread (a thread hop costs more than
+# tokenizing a usual prompt; a long one would hold up every other request on the loop).
+INLINE_TOKENIZE_CHARS = 16_384
+
+
+def approx_tokens(text: str) -> int:
+    """Tokens of ``text`` estimated without a tokenizer, a little on the high side: about
+    four characters a token for ASCII, one per three UTF-8 bytes otherwise (a CJK
+    character is one token or more)."""
+    if not text:
+        return 0
+    if text.isascii():
+        return (len(text) + 3) // 4
+    return (len(text.encode("utf-8", "surrogatepass")) + 2) // 3
+
+
+@dataclass
+class Job:
+    """One generation request, as the handler prepared it for a backend."""
+
+    kind: Literal["chat", "completion"]
+    request_id: str
+    model: str  # the deployment name the client called
+    body: dict[str, Any]  # the client's body: an upstream gets its other fields unchanged
+    messages: list[dict[str, Any]] | None  # chat, after the input guardrails
+    prompt: str | None  # completions, after the input guardrails
+    max_tokens: int  # the completion budget per choice (capped; charged at admission)
+    max_tokens_field: str = "max_tokens"  # the field the client used
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    stream: bool = False
+    include_usage: bool = False  # streams: a last chunk with the usage
+    control_tokens: str = "escape"
+    prompt_ids: list[int] | None = None  # set by EngineBackend.prepare
+
+    def text(self) -> str:
+        """All the prompt text (for estimates)."""
+        if self.messages is not None:
+            return "\n".join(_content_text(m.get("content")) for m in self.messages)
+        return self.prompt or ""
+
+
+@dataclass
+class ChoiceDelta:
+    """New text of choice ``index`` (possibly empty), or its end (``finish_reason``)."""
+
+    index: int
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    error: str | None = None  # with finish_reason "error"
+    extra: dict[str, Any] | None = None  # upstream delta/message fields passed on
+
+
+class Generation(Protocol):
+    """A started generation. ``prompt_tokens``/``completion_tokens`` are final once
+    :meth:`batches` is exhausted (an upstream that sends no usage is estimated from the
+    text it relayed)."""
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+    def batches(self) -> AsyncIterator[list[ChoiceDelta]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Backend(Protocol):
+    """One model behind a deployment (see the module docstring)."""
+
+    model_ref: str  # the concrete version that answers (``name:N``), or the upstream
+
+    def estimate_prompt(self, job: Job) -> int: ...
+
+    async def prepare(self, job: Job) -> None: ...
+
+    async def start(self, job: Job) -> Generation: ...
+
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]] | dict[str, Any], int]: ...
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+def _context_error(kind: str, limit: int, tokens: int | None) -> OpenAIError:
+    has = f"your prompt has {tokens}" if tokens is not None else "your prompt is longer"
+    return OpenAIError(
+        400,
+        f"This model's maximum context length is {limit} tokens; {has}.",
+        param="messages" if kind == "chat" else "prompt",
+        code="context_length_exceeded",
+    )
+
+
+# ============================================================================ engine
+class EngineBackend:
+    """A model served by the built-in engine (one target of a deployment)."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.engine = target.engine
+        self.model_ref = str(target.version)
+
+    def estimate_prompt(self, job: Job) -> int:
+        return approx_tokens(job.text())
+
+    async def prepare(self, job: Job) -> None:
+        from lmops.serve.engine import ControlTokenError
+
+        engine = self.engine
+        chars = len(job.text())
+        if engine.surely_too_long(chars):
+            raise _context_error(job.kind, engine.max_context, None)
+        if job.kind == "completion" and job.body.get("echo"):
+            raise OpenAIError(400, "echo is not supported by the built-in engine", param="echo")
+
+        def encode() -> list[int]:
+            if job.messages is not None:
+                # the template gets each message's text (content parts joined)
+                messages = [{**m, "content": _content_text(m.get("content"))} for m in job.messages]
+                return engine.encode_chat(messages, control_tokens=job.control_tokens)
+            return engine.encode(job.prompt or "") or [engine.tokenizer.eos_token_id or 0]
+
+        try:
+            ids = await asyncio.to_thread(encode) if chars > INLINE_TOKENIZE_CHARS else encode()
+        except ControlTokenError as e:
+            raise OpenAIError(
+                400,
+                str(e),
+                param=f"messages[{e.index}].content",
+                code="control_tokens",
+            ) from None
+        room = engine.max_context - len(ids)
+        if room <= 0:
+            raise _context_error(job.kind, engine.max_context, len(ids))
+        job.prompt_ids = ids
+        job.max_tokens = min(job.max_tokens, room)
+
+    async def start(self, job: Job) -> Generation:
+        assert job.prompt_ids is not None, "prepare() first"
+        reqs = [
+            GenRequest(
+                request_id=f"{job.request_id}-{i}",
+                prompt_ids=job.prompt_ids,
+                max_tokens=job.max_tokens,
+                temperature=job.temperature,
+                top_p=job.top_p,
+                seed=None if job.seed is None else job.seed + i,
+                stop=job.stop,
+                logprobs=job.logprobs,
+                top_logprobs=job.top_logprobs,
+            )
+            for i in range(job.n)
+        ]
+        return _EngineGeneration(self.engine.submit_all(reqs), len(job.prompt_ids))
+
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        engine = self.engine
+        tokens = sum(len(engine.encode(t)) for t in texts)
+        return await asyncio.to_thread(engine.embed, texts), tokens
+
+
+class _EngineGeneration:
+    usage_known = True
+
+    def __init__(self, streams: list[Any], prompt_tokens: int) -> None:
+        self._streams = streams
+        self.prompt_tokens = prompt_tokens
+        # tokens per choice: one per delta while it runs (a choice cut short by a content
+        # filter still counts what it generated), the engine's own count once it is done
+        self._tokens = [0] * len(streams)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(self._tokens)
+
+    def _events(self, i: int, batch: list[Delta | Done]) -> list[ChoiceDelta]:
+        out = []
+        for ev in batch:
+            if isinstance(ev, Delta):
+                if ev.token_id is not None:
+                    self._tokens[i] += 1
+                out.append(ChoiceDelta(i, ev.text, [ev.logprobs] if ev.logprobs else []))
+            else:
+                self._tokens[i] = ev.completion_tokens
+                out.append(ChoiceDelta(i, finish_reason=ev.finish_reason, error=ev.error))
+        return out
+
+    async def batches(self) -> AsyncIterator[list[ChoiceDelta]]:
+        if len(self._streams) == 1:  # the usual case: no task and no queue in between
+            async for batch in self._streams[0]:
+                yield self._events(0, batch)
+            return
+        queue: asyncio.Queue[tuple[int, list[Delta | Done]] | BaseException] = asyncio.Queue()
+
+        async def pump(i: int) -> None:
+            try:
+                async for batch in self._streams[i]:
+                    await queue.put((i, batch))
+            except Exception as e:  # pragma: no cover - the engine reports errors as events
+                await queue.put(e)
+
+        tasks = [asyncio.create_task(pump(i)) for i in range(len(self._streams))]
+        try:
+            left = len(self._streams)
+            while left:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                i, batch = item
+                if isinstance(batch[-1], Done):
+                    left -= 1
+                yield self._events(i, batch)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def aclose(self) -> None:
+        for s in self._streams:
+            await s.aclose()
+
+
+# ============================================================================ upstream
+# Control tokens of the common chat templates, for ``control_tokens: refuse`` in front of
+# an upstream (whose tokenizer the gateway does not have).
+_GENERIC_CONTROL = re.compile(
+    r"<\|(?:im_start|im_end|endoftext|eot_id|start_header_id|end_header_id|begin_of_text|"
+    r"end_of_text|system|user|assistant|end)\|>|\[/?INST\]|<start_of_turn>|<end_of_turn>"
+)
+
+
+class UpstreamBackend:
+    """An OpenAI-compatible server behind a deployment (vLLM, llama.cpp, a provider)."""
+
+    def __init__(self, upstream: Any, model_ref: str) -> None:
+        self.upstream = upstream
+        self.model_ref = model_ref
+
+    def estimate_prompt(self, job: Job) -> int:
+        extra = 4 * len(job.messages) if job.messages is not None else 0  # role framing
+        return approx_tokens(job.text()) + extra
+
+    async def prepare(self, job: Job) -> None:
+        if job.control_tokens != "refuse" or job.messages is None:
+            return
+        for i, m in enumerate(job.messages):
+            if _GENERIC_CONTROL.search(_content_text(m.get("content"))):
+                raise OpenAIError(
+                    400,
+                    f"messages[{i}].content: contains chat-template control tokens (such as "
+                    "<|im_start|>); this deployment refuses them in message text",
+                    param=f"messages[{i}].content",
+                    code="control_tokens",
+                )
+
+    def _body(self, job: Job) -> dict[str, Any]:
+        body = dict(job.body)
+        body.pop("max_tokens", None)
+        body.pop("max_completion_tokens", None)
+        # the budget the request was charged for: the upstream can never produce more
+        body[job.max_tokens_field] = job.max_tokens
+        if job.messages is not None:
+            body["messages"] = job.messages
+        if job.prompt is not None:
+            body["prompt"] = job.prompt
+        return body
+
+    async def start(self, job: Job) -> Generation:
+        from lmops.serve.upstream import UpstreamRefused
+
+        path = "/chat/completions" if job.kind == "chat" else "/completions"
+        body = self._body(job)
+        estimate = self.estimate_prompt(job)
+        if not job.stream:
+            body.pop("stream_options", None)
+            status, data = await self.upstream.request(path, {**body, "stream": False})
+            if status >= 400:
+                raise upstream_error(status, data)
+            return _UpstreamReply(data, job.kind, estimate)
+        body["stream_options"] = {"include_usage": True}
+        # opened before the response starts, so an upstream's refusal (a 4xx) reaches the
+        # client with its status instead of as an error event inside a 200 stream
+        try:
+            stream = await self.upstream.open_stream(path, body)
+        except UpstreamRefused as e:
+            raise upstream_error(e.status, e.data) from None
+        return _UpstreamStream(stream, job.kind, estimate)
+
+    async def embed(self, texts: list[str]) -> tuple[dict[str, Any], int]:
+        status, data = await self.upstream.request(
+            "/embeddings", {"input": texts, "encoding_format": "float"}
+        )
+        if status >= 400:
+            raise upstream_error(status, data)
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        return data, int((usage or {}).get("prompt_tokens", 0) or 0)
+
+
+def upstream_error(status: int, data: dict[str, Any]) -> OpenAIError:
+    """An upstream's 4xx in OpenAI's shape, whatever shape the upstream's error had."""
+    err = data.get("error")
+    if not isinstance(err, dict):
+        err = {"message": err} if isinstance(err, str) else {}
+    param, code = err.get("param"), err.get("code")
+    return OpenAIError(
+        status,
+        str(err.get("message") or data)[:2000],
+        type_=str(err.get("type") or "invalid_request_error"),
+        param=param if isinstance(param, str) else None,
+        code=code if isinstance(code, str) else None,
+    )
+
+
+class _Choices:
+    """Turns an upstream's choices into :class:`ChoiceDelta` events, per choice index:
+    text, logprobs (with text offsets counted per choice), passed-on fields."""
+
+    # fields of a chat delta/message and of a completion choice that lmops reads itself
+    _OWN = frozenset({"role", "content"})
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.offsets: dict[int, int] = {}
+        self.chunks: dict[int, int] = {}  # chunks with text, per choice (a usage floor)
+        self.texts: dict[int, int] = {}  # characters of text, per choice
+
+    def event(self, ch: dict[str, Any], part: str) -> ChoiceDelta:
+        index = ch.get("index", 0)
+        index = index if isinstance(index, int) else 0
+        extra = None
+        if self.kind == "chat":
+            got = ch.get(part)
+            delta: dict[str, Any] = got if isinstance(got, dict) else {}
+            text = delta.get("content")
+            rest = {k: v for k, v in delta.items() if k not in self._OWN and v is not None}
+            extra = rest or None
+        else:
+            text = ch.get("text")
+        text = text if isinstance(text, str) else ""
+        if text:
+            self.chunks[index] = self.chunks.get(index, 0) + 1
+            self.texts[index] = self.texts.get(index, 0) + len(text)
+        finish = ch.get("finish_reason")
+        return ChoiceDelta(
+            index,
+            text,
+            self._logprobs(index, ch.get("logprobs")),
+            finish if isinstance(finish, str) else None,
+            extra=extra,
+        )
+
+    def _logprobs(self, index: int, lp: Any) -> list[TokenLogprob]:
+        if not isinstance(lp, dict):
+            return []
+        entries: list[tuple[str, float, list[int], list[TokenLogprob]]] = []
+        if self.kind == "chat":
+            for e in lp.get("content") or []:
+                if isinstance(e, dict) and isinstance(e.get("token"), str):
+                    top = [
+                        TokenLogprob(
+                            str(t.get("token")), float(t.get("logprob", 0.0)), t.get("bytes") or []
+                        )
+                        for t in e.get("top_logprobs") or []
+                        if isinstance(t, dict)
+                    ]
+                    entries.append(
+                        (e["token"], float(e.get("logprob", 0.0)), e.get("bytes") or [], top)
+                    )
+        else:
+            tokens = lp.get("tokens") or []
+            values = lp.get("token_logprobs") or []
+            tops = lp.get("top_logprobs") or []
+            for j, tok in enumerate(tokens):
+                if not isinstance(tok, str):
+                    continue
+                value = values[j] if j < len(values) and values[j] is not None else 0.0
+                alts = tops[j] if j < len(tops) and isinstance(tops[j], dict) else {}
+                top = [
+                    TokenLogprob(str(t), float(v), list(str(t).encode())) for t, v in alts.items()
+                ]
+                entries.append((tok, float(value), list(tok.encode()), top))
+        out = []
+        offset = self.offsets.get(index, 0)
+        for tok, value, raw, top in entries:
+            out.append(TokenLogprob(tok, value, raw, top, offset, offset + len(tok)))
+            offset += len(tok)
+        self.offsets[index] = offset
+        return out
+
+    def completion_estimate(self) -> int:
+        """Completion tokens when the upstream did not count them: the relayed text's
+        estimate, at least one token per chunk that carried text."""
+        return sum(max(self.chunks.get(i, 0), (self.texts.get(i, 0) + 3) // 4) for i in self.chunks)
+
+
+class _UpstreamReply:
+    """A complete (non-streamed) upstream reply, as one batch of events."""
+
+    def __init__(self, data: dict[str, Any], kind: str, estimate: int) -> None:
+        self._data = data
+        self._choices = _Choices(kind)
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+        self.usage_known = usage is not None
+        self.prompt_tokens = int((usage or {}).get("prompt_tokens", 0) or 0) if usage else estimate
+        self.completion_tokens = int((usage or {}).get("completion_tokens", 0) or 0)
+        self.fingerprint = data.get("system_fingerprint")
+
+    async def batches(self) -> AsyncIterator[list[ChoiceDelta]]:
+        choices = self._data.get("choices")
+        events = []
+        part = "message"
+        for ch in choices if isinstance(choices, list) else []:
+            if not isinstance(ch, dict):
+                continue
+            ev = self._choices.event(ch, part)
+            ev.finish_reason = ev.finish_reason or "stop"
+            events.append(ev)
+        if not self.usage_known:
+            self.completion_tokens = self._choices.completion_estimate()
+        yield events
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _UpstreamStream:
+    """A relayed upstream stream, as batches of events (one batch per network read)."""
+
+    def __init__(self, stream: Any, kind: str, estimate: int) -> None:
+        self._stream = stream
+        self._choices = _Choices(kind)
+        self.prompt_tokens = estimate
+        self.completion_tokens = 0
+        self.usage_known = False
+
+    async def batches(self) -> AsyncIterator[list[ChoiceDelta]]:
+        async for chunks, _last in self._stream.batches():
+            events: list[ChoiceDelta] = []
+            for chunk in chunks:
+                usage = chunk.get("usage")
+                if isinstance(usage, dict):
+                    self.usage_known = True
+                    self.prompt_tokens = int(usage.get("prompt_tokens", 0) or 0)
+                    self.completion_tokens = int(usage.get("completion_tokens", 0) or 0)
+                for ch in chunk.get("choices") or []:
+                    if isinstance(ch, dict):
+                        events.append(self._choices.event(ch, "delta"))
+            if events:
+                yield events
+        if not self.usage_known:
+            self.completion_tokens = self._choices.completion_estimate()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

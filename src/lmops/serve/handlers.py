@@ -1,0 +1,532 @@
+"""The gateway's request handlers: chat completions, completions and embeddings, each with
+a full and a stream path, the same for every backend (engine or upstream) and always under
+the policy layer (a null policy where there is no store).
+
+One request, in order::
+
+    parse (bounded body) -> key -> deployment -> backend (A/B pick)
+    -> admit: rate limits on a cheap token estimate, before any expensive work
+    -> input guardrails (every message, every role; the prompt of a completion)
+    -> backend.prepare (tokenize off the event loop when long; context check)
+    -> backend.start (engine queue / upstream request: refusals are a status, not a stream)
+    -> full: output guardrails on every choice's text | stream: a stream guard per choice
+    -> finish: the real token counts reconcile the admission estimate; request log, metrics
+
+The completion budget (``max_tokens``) is the same on every path: what the client asked,
+refused above the deployment's ``max_tokens_cap``, else the deployment's default; it is
+charged at admission and it is what an upstream is sent, so no backend produces more than
+was charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from lmops.serve.backends import Generation, Job, approx_tokens
+from lmops.serve.protocol import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    OpenAIError,
+    completion_id,
+    parse,
+    read_json,
+    sse,
+)
+from lmops.serve.types import TokenLogprob
+
+__all__ = ["Handlers"]
+
+# Prompts with more characters than this are checked by the input guardrails on a worker
+# thread (see backends.INLINE_TOKENIZE_CHARS for the same trade-off).
+INLINE_GUARD_CHARS = 16_384
+
+
+class Final(str):
+    """The last piece of an event stream's body: it goes out in the same write as the end
+    of the chunked body (one write per response less). The generator must yield nothing
+    after it; it is still run to its end, so its ``finally`` sees a normal finish."""
+
+
+class LogprobRelease:
+    """Hands out one choice's token logprobs only once their text went out verbatim.
+
+    Output guardrails may hold text back, mask it or cut the reply; a token's logprob
+    entry names the token, so it is released only when the text up to the token's end
+    (``TokenLogprob.text_end``) was sent exactly as the model wrote it. After the first
+    rewritten character no later entry is released."""
+
+    def __init__(self) -> None:
+        self.raw = ""  # what the model produced
+        self.out = ""  # what the client was sent
+        self.aligned = 0  # length of their common prefix
+        self.diverged = False
+        self.pending: list[TokenLogprob] = []
+
+    def produced(self, text: str, entries: list[TokenLogprob] | TokenLogprob | None) -> None:
+        self.raw += text
+        if isinstance(entries, TokenLogprob):
+            self.pending.append(entries)
+        elif entries:
+            self.pending.extend(entries)
+
+    def sent(self, text: str) -> list[TokenLogprob]:
+        self.out += text
+        limit = min(len(self.raw), len(self.out))
+        while not self.diverged and self.aligned < limit:
+            if self.raw[self.aligned] != self.out[self.aligned]:
+                self.diverged = True
+                break
+            self.aligned += 1
+        n = 0
+        while n < len(self.pending) and self.pending[n].text_end <= self.aligned:
+            n += 1
+        released, self.pending = self.pending[:n], self.pending[n:]
+        return released
+
+
+def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    return {"content": [e.to_openai() for e in entries]}
+
+
+def completion_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    """The legacy completions shape: parallel lists, alternatives as {token: logprob}."""
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+        "text_offset": [e.text_offset for e in entries],
+    }
+
+
+def failed(ctx: Any, e: Exception) -> OpenAIError:
+    """The OpenAI error for a request that failed (an upstream failure is a 502), recorded
+    on its policy context, with the context's rate-limit headers."""
+    err = (
+        e
+        if isinstance(e, OpenAIError)
+        else OpenAIError(502, str(e), type_="server_error", code="upstream_error")
+    )
+    ctx.fail(err.status, err.message)
+    err.headers = {**ctx.headers(), **err.headers}
+    return err
+
+
+def _error_event(message: str, code: str) -> str:
+    return sse({"error": {"message": message, "type": "server_error", "param": None, "code": code}})
+
+
+class Handlers:
+    """The handlers of one gateway (``gw``: keys, deployments; ``policy``: the layer)."""
+
+    def __init__(self, gw: Any, policy: Any, *, max_body_bytes: int) -> None:
+        self.gw = gw
+        self.policy = policy
+        self.max_body_bytes = max_body_bytes
+
+    # -- chat and completions ------------------------------------------------------------------
+    def _job(
+        self,
+        req: ChatRequest | CompletionRequest,
+        body: dict[str, Any],
+        kind: str,
+        rid: str,
+        dep: Any,
+    ) -> Job:
+        spec = dep.spec
+        asked = req.asked_max_tokens()
+        if asked is not None and asked[1] > spec.max_tokens_cap:
+            raise OpenAIError(
+                400,
+                f"{asked[0]} is too large: {asked[1]} (this deployment allows "
+                f"{spec.max_tokens_cap})",
+                param=asked[0],
+                code="invalid_value",
+            )
+        budget = asked[1] if asked is not None else dep.default_max_tokens
+        logprobs, top = req.logprob_options()
+        messages = prompt = None
+        if isinstance(req, ChatRequest):
+            messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        else:
+            prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+            if len(prompts) != 1:
+                raise OpenAIError(
+                    400, "prompt: a list of prompts is not supported; send one", param="prompt"
+                )
+            prompt = prompts[0]
+        return Job(
+            kind="chat" if kind == "chat" else "completion",
+            request_id=rid,
+            model=req.model,
+            body={k: v for k, v in body.items() if k != "model"},
+            messages=messages,
+            prompt=prompt,
+            max_tokens=min(budget, spec.max_tokens_cap),
+            max_tokens_field=asked[0] if asked is not None else "max_tokens",
+            n=req.n,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            stop=req.stops(),
+            logprobs=logprobs,
+            top_logprobs=top,
+            stream=req.stream,
+            include_usage=req.include_usage(),
+            control_tokens=spec.control_tokens,
+        )
+
+    async def _check_input(self, ctx: Any, job: Job) -> None:
+        big = len(job.text()) > INLINE_GUARD_CHARS
+        if job.messages is not None:
+            messages = job.messages
+            job.messages = (
+                await asyncio.to_thread(ctx.check_input, messages)
+                if big
+                else ctx.check_input(messages)
+            )
+        else:
+            prompt = job.prompt or ""
+            job.prompt = (
+                await asyncio.to_thread(ctx.check_prompt, prompt)
+                if big
+                else ctx.check_prompt(prompt)
+            )
+
+    async def generate(self, request: Request, kind: Literal["chat", "completion"]) -> Response:
+        from lmops.serve.engine import EngineOverloaded
+        from lmops.serve.upstream import UpstreamError
+
+        started = time.perf_counter()
+        key = self.gw.authenticate(request)
+        raw = await read_json(request, max_bytes=self.max_body_bytes)
+        req: ChatRequest | CompletionRequest = parse(
+            ChatRequest if kind == "chat" else CompletionRequest, raw
+        )
+        dep = self.gw.deployment(key, req.model)
+        rid = completion_id(kind)
+        ctx = self.policy.begin(key, dep, kind, raw, rid)
+        request.state.lmops_ctx = ctx  # the access log reads the outcome from it
+        gen: Generation | None = None
+        stream = False
+        try:
+            job = self._job(req, raw, kind, rid, dep)
+            stream = job.stream
+            backend = dep.backend()
+            # flow control first, on an estimate: a key over its limit costs nothing more
+            ctx.admit(
+                backend.estimate_prompt(job), job.max_tokens * job.n, model_ref=backend.model_ref
+            )
+            await self._check_input(ctx, job)
+            await backend.prepare(job)
+            gen = await backend.start(job)
+            if job.stream:
+                return EventStream(self._stream(job, gen, ctx, started), headers=ctx.headers())
+            body = await self._full(job, gen, ctx, backend.model_ref)
+            ctx.finish(200, gen.prompt_tokens, gen.completion_tokens, response=body)
+            return JSONResponse(body, headers=ctx.headers())
+        except EngineOverloaded as e:
+            err = OpenAIError(
+                503,
+                f"The engine is currently overloaded ({e}); please retry",
+                type_="server_error",
+                code="engine_overloaded",
+            )
+            raise failed(ctx, err) from None
+        except (UpstreamError, OpenAIError) as e:
+            raise failed(ctx, e) from None
+        finally:
+            if gen is not None and not stream:
+                await gen.aclose()
+
+    async def _full(self, job: Job, gen: Generation, ctx: Any, model_ref: str) -> dict[str, Any]:
+        texts: dict[int, list[str]] = {}
+        finish: dict[int, str] = {}
+        extras: dict[int, dict[str, Any]] = {}
+        releases: dict[int, LogprobRelease] = {}
+        async for batch in gen.batches():
+            for ev in batch:
+                i = ev.index
+                texts.setdefault(i, []).append(ev.text)
+                if job.logprobs:
+                    releases.setdefault(i, LogprobRelease()).produced(ev.text, ev.logprobs)
+                if ev.extra:
+                    extras.setdefault(i, {}).update(ev.extra)
+                if ev.finish_reason == "error":
+                    raise OpenAIError(
+                        500,
+                        f"The model failed while generating: {ev.error}",
+                        type_="server_error",
+                        code="engine_error",
+                    )
+                if ev.finish_reason is not None:
+                    finish[i] = ev.finish_reason
+        choices = []
+        for i in sorted(texts):
+            text, filtered = ctx.check_output("".join(texts[i]))
+            reason = "content_filter" if filtered else finish.get(i, "stop")
+            entries = releases[i].sent(text) if i in releases else []
+            choice: dict[str, Any] = {"index": i, "finish_reason": reason}
+            if job.kind == "chat":
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                if not filtered:
+                    message.update(extras.get(i, {}))
+                choice["message"] = message
+                choice["logprobs"] = chat_logprobs(entries) if job.logprobs else None
+            else:
+                choice["text"] = text
+                choice["logprobs"] = completion_logprobs(entries) if job.logprobs else None
+            choices.append(choice)
+        prompt, completion = gen.prompt_tokens, gen.completion_tokens
+        return {
+            "id": job.request_id,
+            "object": "chat.completion" if job.kind == "chat" else "text_completion",
+            "created": int(time.time()),
+            "model": job.model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+            "system_fingerprint": f"lmops-{model_ref}",
+        }
+
+    async def _stream(
+        self, job: Job, gen: Generation, ctx: Any, started: float
+    ) -> AsyncIterator[str]:
+        from lmops.serve.upstream import UpstreamError
+
+        chat = job.kind == "chat"
+        created = int(time.time())
+        head = {
+            "id": job.request_id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": job.model,
+        }
+        status = 200
+        guards: dict[int, Any] = {}
+        releases: dict[int, LogprobRelease] = {}
+        done: set[int] = set()
+        filtered = False
+        first_token: float | None = None
+
+        def chunk(
+            i: int,
+            text: str | None,
+            finish: str | None,
+            entries: list[TokenLogprob] | None = None,
+            extra: dict[str, Any] | None = None,
+            first: bool = False,
+        ) -> str:
+            logprobs = None
+            if job.logprobs and entries is not None:
+                logprobs = chat_logprobs(entries) if chat else completion_logprobs(entries)
+            if chat:
+                delta: dict[str, Any] = {"role": "assistant"} if first else {}
+                if text is not None:
+                    delta["content"] = text
+                if extra:
+                    delta.update(extra)
+                choice = {"index": i, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+            else:
+                choice = {
+                    "index": i,
+                    "text": text or "",
+                    "finish_reason": finish,
+                    "logprobs": logprobs,
+                }
+            return sse({**head, "choices": [choice]})
+
+        def emitted(text: str) -> None:
+            nonlocal first_token
+            if text and first_token is None:
+                first_token = time.perf_counter()
+                ctx.first_token(first_token - started)
+
+        def close(i: int, reason: str, out: list[str]) -> None:
+            """End choice ``i``: what its guard held back, then its finish reason."""
+            guard = guards.get(i) or guards.setdefault(i, ctx.stream_guard())
+            tail = guard.finish()
+            entries = releases[i].sent(tail) if i in releases else []
+            emitted(tail)
+            if tail or entries:
+                out.append(chunk(i, tail, None, entries))
+            done.add(i)
+            out.append(chunk(i, None, "content_filter" if guard.stopped else reason))
+
+        try:
+            if chat:
+                yield "".join(chunk(i, "", None, first=True) for i in range(job.n))
+            async for batch in gen.batches():
+                out: list[str] = []
+                for ev in batch:
+                    i = ev.index
+                    if i in done:
+                        continue  # a choice the content filter ended
+                    guard = guards.get(i) or guards.setdefault(i, ctx.stream_guard())
+                    if ev.text or ev.logprobs or ev.extra:
+                        text, stop_now = guard.feed(ev.text) if ev.text else ("", False)
+                        entries: list[TokenLogprob] = []
+                        if job.logprobs:
+                            release = releases.setdefault(i, LogprobRelease())
+                            release.produced(ev.text, ev.logprobs)
+                            entries = release.sent(text)
+                        emitted(text)
+                        extra = None if stop_now else ev.extra
+                        if text or entries or extra:
+                            out.append(chunk(i, text, None, entries, extra))
+                        if stop_now:
+                            done.add(i)
+                            filtered = True
+                            out.append(chunk(i, None, "content_filter"))
+                            continue
+                    if ev.finish_reason == "error":
+                        status = 500  # the reply has begun: the error goes in-band, as OpenAI's
+                        out.append(
+                            _error_event(
+                                f"The model failed while generating: {ev.error}", "engine_error"
+                            )
+                        )
+                        yield "".join(out)
+                        return
+                    if ev.finish_reason is not None:
+                        close(i, ev.finish_reason, out)
+                        filtered = filtered or guard.stopped
+                if out:
+                    yield "".join(out)
+                if filtered and len(done) >= job.n:
+                    break  # every choice is over; stop what still generates
+            out = []
+            for i in range(job.n):  # a stream that ended without a choice's last word
+                if i not in done:
+                    close(i, "stop", out)
+            if job.include_usage:
+                prompt, completion = gen.prompt_tokens, gen.completion_tokens
+                usage = {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                }
+                out.append(sse({**head, "choices": [], "usage": usage}))
+            yield Final("".join(out) + "data: [DONE]\n\n")
+        except UpstreamError as e:
+            status = 502
+            yield _error_event(str(e), "upstream_error")
+        except (asyncio.CancelledError, GeneratorExit):
+            status = 499  # the client went away: engine slots are freed by aclose below
+            raise
+        finally:
+            await gen.aclose()
+            ctx.finish(status, gen.prompt_tokens, gen.completion_tokens)
+
+    # -- embeddings -----------------------------------------------------------------------------
+    async def embeddings(self, request: Request) -> Response:
+        from lmops.serve.upstream import UpstreamError
+
+        key = self.gw.authenticate(request)
+        raw = await read_json(request, max_bytes=self.max_body_bytes)
+        req: EmbeddingRequest = parse(EmbeddingRequest, raw)
+        dep = self.gw.deployment(key, req.model)
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        if not texts or any(not isinstance(t, str) for t in texts):
+            raise OpenAIError(400, "input: a string or a list of strings", param="input")
+        # the same policy as generation: limits on the input tokens, input guardrails (PII
+        # masked before the model, moderation), metering; vectors are never logged
+        ctx = self.policy.begin(key, dep, "embeddings", raw, "emb-" + uuid.uuid4().hex[:24])
+        request.state.lmops_ctx = ctx
+        try:
+            backend = dep.backend()
+            ctx.admit(sum(approx_tokens(t) for t in texts), 0, model_ref=backend.model_ref)
+            if sum(len(t) for t in texts) > INLINE_GUARD_CHARS:
+                texts = await asyncio.to_thread(lambda: [ctx.check_prompt(t) for t in texts])
+            else:
+                texts = [ctx.check_prompt(t) for t in texts]
+            result, tokens = await backend.embed(texts)
+            if isinstance(result, dict):  # an upstream's answer, passed on
+                ctx.finish(200, tokens, 0)
+                return JSONResponse({**result, "model": req.model}, headers=ctx.headers())
+            rows = []
+            for i, v in enumerate(result):
+                emb: Any = (
+                    base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+                    if req.encoding_format == "base64"
+                    else v
+                )
+                rows.append({"object": "embedding", "index": i, "embedding": emb})
+            ctx.finish(200, tokens, 0)
+            return JSONResponse(
+                {
+                    "object": "list",
+                    "data": rows,
+                    "model": req.model,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                },
+                headers=ctx.headers(),
+            )
+        except (UpstreamError, OpenAIError) as e:
+            raise failed(ctx, e) from None
+
+
+class EventStream(Response):
+    """A ``text/event-stream`` response for the gateway's streams, leaner than Starlette's
+    ``StreamingResponse`` (which runs an anyio task group per response under uvicorn):
+
+    * a disconnect is watched by one plain task, which cancels the streaming task while it
+      waits for the next chunk: the body generator sees ``CancelledError`` at its ``await``
+      (a 499; engine slots are freed);
+    * the body generator is always closed before the response is over, also when the
+      client left, so its ``finally`` (metering, freeing slots, the figures the access log
+      reads) runs now rather than whenever the garbage collector gets to it;
+    * a :class:`Final` chunk is sent together with the end of the body."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, body: AsyncIterator[str], headers: dict[str, str] | None = None) -> None:
+        self.body_iterator = body
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"complete": False, "gone": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not state["complete"]:  # (a finished response also reads as a disconnect)
+                state["gone"] = True
+                task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for piece in self.body_iterator:
+                final = isinstance(piece, Final)
+                if final:
+                    state["complete"] = True
+                await send(
+                    {"type": "http.response.body", "body": piece.encode(), "more_body": not final}
+                )
+            if not state["complete"]:
+                state["complete"] = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not state["gone"]:
+                raise
+            task.uncancel()  # the client left: a normal end for this response
+        finally:
+            watcher.cancel()
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,315 @@
+"""The OpenAI protocol as the gateway speaks it: request models, the one error shape, and
+reading a request body with bounds.
+
+Errors are ``{"error": {"message", "type", "param", "code"}}`` with the status codes the
+official client maps (400 BadRequest, 401 Authentication, 403 PermissionDenied,
+404 NotFound, 413 request too large, 429 RateLimit, 500/502/503 server errors). Unknown
+extra fields in a request are accepted and ignored, as OpenAI does.
+
+A body is bounded before anything expensive happens (:func:`read_json`): its size
+(``max_body_bytes``, a 413 as soon as the declared or received length passes it), its JSON
+nesting (:data:`MAX_JSON_DEPTH` levels, a 400; Python's own parser would otherwise recurse
+until it fails with an internal error) and its strings (a lone UTF-16 surrogate such as
+``"\\ud800"`` is valid JSON but no text: a 400 naming the field, where it used to break
+the tokenizer). Bodies over :data:`INLINE_PARSE_BYTES` are parsed on a worker thread, so
+one large request never holds up the event loop that answers the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from typing import Any, Literal
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "MAX_JSON_DEPTH",
+    "ChatMessage",
+    "ChatRequest",
+    "CompletionRequest",
+    "EmbeddingRequest",
+    "OpenAIError",
+    "error_body",
+    "openapi_body",
+    "parse",
+    "read_json",
+]
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_JSON_DEPTH = 64
+# Bodies up to this size are parsed on the event loop (a thread hop costs more than the
+# parse); larger ones on a worker thread.
+INLINE_PARSE_BYTES = 64 * 1024
+
+
+def error_body(
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """OpenAI's error object, the one shape every error of the gateway (and its fake) has."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class OpenAIError(Exception):
+    """An error answered in OpenAI's shape with ``status`` (and ``headers``)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(status_code=self.status, content=self.body(), headers=self.headers)
+
+
+# -- request bodies (extra fields accepted) -------------------------------------------------------
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(str(p.get("text", "")) for p in self.content if isinstance(p, dict))
+        return self.content or ""
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+class _Sampling(_Open):
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=16)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    # a 64-bit seed, as OpenAI takes; larger ones would fail inside the sampler
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    user: str | None = None
+
+    def stops(self) -> list[str]:
+        if self.stop is None:
+            return []
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        if len(stops) > 4:
+            raise OpenAIError(400, "stop: at most 4 sequences", param="stop")
+        return stops
+
+    def asked_max_tokens(self) -> tuple[str, int] | None:
+        """The completion bound the client asked for, and the field it used."""
+        return ("max_tokens", self.max_tokens) if self.max_tokens is not None else None
+
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    def asked_max_tokens(self) -> tuple[str, int] | None:
+        if self.max_completion_tokens is not None:
+            return "max_completion_tokens", self.max_completion_tokens
+        return super().asked_max_tokens()
+
+    def logprob_options(self) -> tuple[bool, int]:
+        """Whether token logprobs were asked for, and how many alternatives per token."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise OpenAIError(
+                400,
+                "top_logprobs: set logprobs to true to use top_logprobs",
+                param="top_logprobs",
+                code="invalid_value",
+            )
+        return self.logprobs, (self.top_logprobs or 0) if self.logprobs else 0
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+
+    def logprob_options(self) -> tuple[bool, int]:
+        return self.logprobs is not None, self.logprobs or 0
+
+
+class EmbeddingRequest(_Open):
+    model: str = Field(min_length=1)
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+def parse(model: type[BaseModel], body: Any) -> Any:
+    """``body`` validated as ``model``; the first problem is a 400 naming its field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise OpenAIError(
+            400, f"{param or 'body'}: {err['msg']}", param=param, code="invalid_value"
+        ) from None
+
+
+def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The request body of a route that parses its JSON itself (to keep OpenAI's error
+    shapes), described for ``/openapi.json`` with the model's JSON schema inlined."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline(schema)}},
+        }
+    }
+
+
+# -- reading a body with bounds --------------------------------------------------------------------
+def _too_large(size: int | str, limit: int) -> OpenAIError:
+    return OpenAIError(
+        413,
+        f"The request body is {size} bytes; this server accepts at most {limit} "
+        "(lmops serve --max-body-mb).",
+        code="request_too_large",
+    )
+
+
+async def read_json(request: Request, *, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
+    """The request's JSON body, bounded (see the module docstring)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(declared, max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(f"more than {max_bytes}", max_bytes)
+        chunks.append(chunk)
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if len(raw) > INLINE_PARSE_BYTES:
+        return await asyncio.to_thread(decode_json, raw)
+    return decode_json(raw)
+
+
+# An escaped UTF-16 surrogate (\uD800-\uDFFF) somewhere in the raw body: only then can a
+# decoded string hold a lone one (a valid pair decodes to one character).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def decode_json(raw: bytes) -> Any:
+    """Parse ``raw`` and check its depth and strings; a 400 for anything unusable."""
+    try:
+        data = json.loads(raw or b"null")
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise OpenAIError(
+            400, "We could not parse the JSON body of your request.", code="invalid_json"
+        ) from None
+    check_depth(data)
+    if _SURROGATE_ESCAPE.search(raw):
+        _check_text(data)
+    return data
+
+
+def _too_deep() -> OpenAIError:
+    return OpenAIError(
+        400,
+        f"The JSON body is nested more than {MAX_JSON_DEPTH} levels deep.",
+        code="invalid_json",
+    )
+
+
+def check_depth(data: Any, limit: int = MAX_JSON_DEPTH) -> None:
+    """Raise a 400 if ``data`` nests objects/arrays more than ``limit`` levels."""
+    if not isinstance(data, dict | list):
+        return
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth > limit:
+            raise _too_deep()
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+
+
+def _bad_text(path: str) -> OpenAIError:
+    return OpenAIError(
+        400,
+        f"{path or 'body'}: the string holds a lone UTF-16 surrogate (an unpaired \\ud800-"
+        "\\udfff escape), which is not text; send valid Unicode",
+        param=path or None,
+        code="invalid_value",
+    )
+
+
+def _check_text(data: Any, path: str = "") -> None:
+    """Raise a 400 naming the first string (or key) that is not valid Unicode text."""
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad_text(path) from None
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            where = f"{path}.{k}" if path else str(k)
+            _check_text(k, where)
+            _check_text(v, where)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _check_text(v, f"{path}[{i}]" if path else f"[{i}]")
+
+
+def completion_id(kind: str) -> str:
+    return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+def sse(obj: Any) -> str:
+    """One server-sent event holding ``obj`` as JSON."""
+    return "data: " + json.dumps(obj, ensure_ascii=False) + "\n\n"
