@@ -22,13 +22,12 @@ from pathlib import Path
 from lmops.store import Store
 from lmops.store import artifacts
 
-real = artifacts.ArtifactStore.add_file
-def slow(self, src):
-    out = real(self, src)
+real = artifacts.ArtifactStore.publish
+def slow(self, staged):
+    real(self, staged)
     Path(sys.argv[2]).write_text("one file stored")
     time.sleep(60)
-    return out
-artifacts.ArtifactStore.add_file = slow
+artifacts.ArtifactStore.publish = slow
 Store().assets.register("model", "big", Path(sys.argv[1]))
 """
 

@@ -17,9 +17,30 @@ from pathlib import Path
 __all__ = ["Settings", "find_shared_datasets", "mask_url"]
 
 
-def mask_url(url: str) -> str:
-    """Hide the password in a database URL: ``postgresql://u:***@host/db``."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+# A URL inside other text: scheme "://", then everything up to the LAST "@" before the next
+# whitespace is credentials (passwords may hold an unencoded "@", ":" or "/"); an empty
+# authority ("sqlite:///path") has none.
+_URL_IN_TEXT = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/@][^\s]*@")
+_URL = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def mask_url(text: str) -> str:
+    """Hide the credentials of every URL in ``text``: ``postgresql://***@host/db``.
+
+    Everything between ``scheme://`` and the last ``@`` is replaced, so a password with an
+    unencoded ``@`` (``postgresql://u:p@ss@host/db``) is hidden whole, and so is the user
+    name (an S3 access key in ``s3://key:secret@bucket``). ``text`` may be a URL (the last
+    ``@`` of the whole string ends its credentials, whatever characters they hold: text that
+    starts with ``scheme://`` is read as one URL) or a message with URLs in it (where a URL
+    ends at whitespace). The one helper for every URL that
+    is shown or put in a message: ``lmops info``, ``/api/info``, store and gateway errors.
+    """
+    if _URL.match(text):
+        scheme, _, rest = text.partition("://")
+        if "@" in rest and not rest.startswith("/"):
+            return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        return text
+    return _URL_IN_TEXT.sub(r"\1***@", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +61,12 @@ class Settings:
             database_url=db,
             artifacts=artifacts,
             shared_datasets=Path(shared).expanduser() if shared else None,
+        )
+
+    def __repr__(self) -> str:  # never show credentials in logs or tracebacks
+        return (
+            f"Settings(home={str(self.home)!r}, database_url={mask_url(self.database_url)!r}, "
+            f"artifacts={mask_url(self.artifacts)!r}, shared_datasets={self.shared_datasets!r})"
         )
 
     @property

@@ -6,7 +6,8 @@ The tree::
     ├── UserError                   bad input the user can fix (the message says how)
     │   ├── NotFoundError           an unknown asset, version, alias, run or key
     │   ├── ConflictError           the thing exists already / is in the wrong state
-    │   └── PermissionDenied        an API key lacks the role or scope
+    │   ├── PermissionDenied        an API key lacks the role or scope
+    │   └── DiskFullError           no space left where the database or artifacts live
     ├── IntegrityError              stored bytes no longer match their digest
     └── StoreError                  the database or artifact store cannot be used
         └── MigrationError          the database schema is newer/older than this lmops
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConflictError",
+    "DiskFullError",
     "IntegrityError",
     "LmopsError",
     "MigrationError",
@@ -50,6 +52,11 @@ class ConflictError(UserError):
 
 class PermissionDenied(UserError):
     """The caller's key lacks the role or scope for the action."""
+
+
+class DiskFullError(UserError):
+    """The disk (or quota) holding the database or the artifacts is full. Reported at once,
+    naming the path; the user frees space (``lmops gc`` frees unreferenced blobs)."""
 
 
 class IntegrityError(LmopsError):

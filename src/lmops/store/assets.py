@@ -5,8 +5,11 @@ Registration protocol (why a crash never leaves a READY version with missing byt
 1. one transaction creates the asset if new and a ``PENDING`` version numbered
    ``max + 1`` (a unique key on (asset, version) plus retries means concurrent
    registrations never share or skip a number), with its lineage edges;
-2. the bytes are copied into the content-addressed store and hashed;
-3. a second transaction records the manifest and flips the version to ``READY``.
+2. the bytes are copied into staging and hashed, a batch at a time; each batch's digests
+   are *claimed* (rows in ``blob_claims``, committed) before the blobs are looked up or
+   put in place, which is what keeps a concurrent ``gc`` off them (``ArtifactStore.gc``);
+3. a second transaction records the manifest, drops the claims and flips the version to
+   ``READY``.
 
 If step 2 raises, the version becomes ``FAILED``. If the process is killed, the version
 stays ``PENDING`` with its writer (host and pid) recorded; the next registration or ``gc``
@@ -16,20 +19,28 @@ on that host sees the writer is dead and marks it ``FAILED``. Only READY version
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from lmops.core.errors import ConflictError, IntegrityError, NotFoundError, UserError
 from lmops.store import _rows
 from lmops.store._time import aware, utcnow
 from lmops.store.artifacts import Entry, manifest_digest
-from lmops.store.models import AliasRow, AssetRow, LineageRow, RunRow, VersionRow
+from lmops.store.models import (
+    AliasRow,
+    AssetRow,
+    BlobClaimRow,
+    LineageRow,
+    RunRow,
+    VersionRow,
+)
 from lmops.store.refs import Ref, check_alias, check_name, parse_ref
 from lmops.store.types import (
     Asset,
@@ -99,12 +110,15 @@ class AssetRegistry:
         inputs: Iterable[str | tuple[str, str]] = (),
         run_id: str | None = None,
         progress: Callable[[int], None] | None = None,
+        follow_symlinks: bool = False,
     ) -> Version:
         """Store ``path`` (file or directory) as the next version of asset ``name``.
 
         ``inputs`` are references of the versions this one was made from, optionally as
         ``(ref, role)`` pairs (role defaults to ``"input"``); they are pinned to concrete
-        version numbers at registration time.
+        version numbers at registration time. In a directory, a symlink pointing outside
+        it is refused unless ``follow_symlinks``; one pointing inside is stored as the file
+        or folder it points to (``ArtifactStore.files``).
         """
         if kind not in _KINDS:
             raise UserError(f"unknown asset kind {kind!r}; known kinds: {', '.join(known_kinds())}")
@@ -112,6 +126,12 @@ class AssetRegistry:
         src = Path(path).expanduser()
         if not src.exists():
             raise UserError(f"{src}: no such file or directory; nothing was registered")
+        # walked (and symlinks checked) before anything is recorded
+        files = (
+            self._store.artifacts.files(src, follow_symlinks=follow_symlinks)
+            if src.is_dir()
+            else None
+        )
         parents: list[tuple[Version, str]] = []
         seen: set[tuple[str, str]] = set()
         for r in inputs:  # the same version named twice (e.g. ds:1 and ds@prod) is one edge
@@ -165,10 +185,32 @@ class AssetRegistry:
 
         version_id, number = self._db.write(create)
         ref = f"{name}:{number}"
+        claimed: set[str] = set()
+
+        def claim(digests: builtins.list[str]) -> None:
+            new = [d for d in digests if d not in claimed]
+            if not new:
+                return
+
+            def add(s: Session) -> None:
+                row = s.get(VersionRow, version_id)
+                assert row is not None
+                if row.status != VersionStatus.PENDING.value:
+                    raise ConflictError(f"{ref} was marked {row.status} while it was being written")
+                s.add_all(BlobClaimRow(version_id=version_id, digest=d) for d in new)
+
+            self._db.write(add)
+            claimed.update(new)
+
         try:
-            layout, digest, entries = self._store.artifacts.add(src, progress=progress)
+            layout, digest, entries = self._store.artifacts.add(
+                src, progress=progress, claim=claim, follow_symlinks=follow_symlinks, files=files
+            )
         except BaseException as e:  # incl. KeyboardInterrupt: never leave it PENDING
-            self._fail(version_id, f"{type(e).__name__}: {e}")
+            # best effort: on the same full disk this write fails too, and the sweep of
+            # abandoned versions fails it later; the error to report is the first one
+            with contextlib.suppress(Exception):
+                self._fail(version_id, f"{type(e).__name__}: {e}")
             raise
 
         def ready(s: Session) -> Version:
@@ -182,6 +224,7 @@ class AssetRegistry:
             row.size = sum(e.size for e in entries)
             row.status = VersionStatus.READY.value
             row.writer = None
+            s.execute(delete(BlobClaimRow).where(BlobClaimRow.version_id == version_id))
             self._store.audit.record(
                 s, "asset.register", ref, {"kind": kind, "digest": digest, "size": row.size}
             )
@@ -198,6 +241,7 @@ class AssetRegistry:
                 row.status = VersionStatus.FAILED.value
                 row.error = error[:2000]
                 row.writer = None
+                s.execute(delete(BlobClaimRow).where(BlobClaimRow.version_id == version_id))
                 asset = s.get(AssetRow, row.asset_id)
                 assert asset is not None
                 self._store.audit.record(
@@ -298,10 +342,20 @@ class AssetRegistry:
             return _rows.version(row, asset), entries
 
     def path(self, ref: str) -> Path:
-        """A local read-only path with the version's content (file, or directory)."""
+        """A local read-only path with the version's content (file, or directory).
+
+        The first call for a content builds its view and checks every file against its
+        digest (``IntegrityError`` naming the version and file if the bytes are corrupt or
+        missing); later calls reuse the view."""
         v, entries = self.manifest(ref)
         assert v.layout is not None
-        return self._store.artifacts.materialize(v.layout, entries)
+        try:
+            return self._store.artifacts.materialize(v.layout, entries, label=v.ref)
+        except IntegrityError:
+            # A running gc may have a blob moved aside for a moment (ArtifactStore.gc):
+            # once it is done, the blob is back if a version references it.
+            with self._db.exclusive("gc"):
+                return self._store.artifacts.materialize(v.layout, entries, label=v.ref)
 
     def exists(self, ref: str) -> bool:
         try:
@@ -490,6 +544,9 @@ class AssetRegistry:
         for row, asset in rows:
             entries = [Entry(**e) for e in row.manifest or []]
             problems = self._store.artifacts.verify(entries)
+            if problems:  # not a gc's blob moved aside for a moment? (see path())
+                with self._db.exclusive("gc"):
+                    problems = self._store.artifacts.verify(entries)
             expected = entries[0].digest if row.layout == "file" else manifest_digest(entries)
             if expected != row.digest:
                 problems.append(
@@ -545,9 +602,17 @@ class AssetRegistry:
         return self._db.write(delete)
 
     def referenced(self) -> tuple[set[str], set[str]]:
-        """Blob digests and view keys still used by PENDING or READY versions."""
+        """Blob digests and view keys still used by PENDING or READY versions: the digests
+        PENDING versions claimed, and those in READY (or PENDING) manifests.
+
+        Claims are read *before* manifests, in separate statements: a version drops its
+        claims in the transaction that records its manifest, so a claim gone from the first
+        read is a manifest present in the second (no snapshot across statements needed,
+        which SQLite's driver and PostgreSQL's READ COMMITTED would not give)."""
         digests: set[str] = set()
         views: set[str] = set()
+        with self._db.session() as s:
+            digests.update(s.scalars(select(BlobClaimRow.digest)))
         with self._db.session() as s:
             for (manifest,) in s.execute(
                 select(VersionRow.manifest).where(

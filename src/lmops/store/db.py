@@ -9,9 +9,11 @@ them exactly once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,12 +21,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from lmops.core.errors import MigrationError, StoreError
+from lmops.core.config import mask_url
+from lmops.core.errors import DiskFullError, MigrationError, StoreError, UserError
 
-__all__ = ["Database", "head_revision"]
+__all__ = ["Database", "disk_full", "head_revision", "is_lock_conflict"]
 
 T = TypeVar("T")
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -73,12 +76,19 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.busy_timeout = _busy_timeout()
+        _check_url(url)
         try:
             self.engine = self._make_engine(url)
         except ModuleNotFoundError as e:  # e.g. postgres URL without the driver
             raise StoreError(
                 f"database driver {e.name!r} is not installed for {url.split(':')[0]}; "
                 "install the extra: pip install 'lmops[postgres]'"
+            ) from None
+        except (ArgumentError, ValueError):  # the parser's own message may quote the password
+            raise UserError(
+                f"LMOPS_DATABASE_URL {self.masked_url} is not a valid database URL; expected "
+                "dialect://user:password@host:port/database with special characters in the "
+                "user and password percent-encoded"
             ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if migrate:
@@ -152,8 +162,10 @@ class Database:
                     command.upgrade(_alembic_config(conn), target)
                     conn.commit()
         except OperationalError as e:
+            if full := disk_full(e.orig, self.where):
+                raise full from None
             raise StoreError(
-                f"cannot open database {self.masked_url}: {e.orig}; "
+                f"cannot open database {self.masked_url}: {mask_url(str(e.orig))}; "
                 "check LMOPS_DATABASE_URL and that the server is running"
             ) from None
 
@@ -165,9 +177,47 @@ class Database:
 
     @property
     def masked_url(self) -> str:
-        from lmops.core.config import mask_url
-
         return mask_url(self.url)
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The database file of a SQLite URL (None for PostgreSQL or ``:memory:``)."""
+        if not self.is_sqlite or "///" not in self.url:
+            return None
+        path = self.url.split("///", 1)[1].split("?", 1)[0]
+        return path if path and path != ":memory:" else None
+
+    @property
+    def where(self) -> str:
+        """Where the data lives, for messages: the file, or the masked URL."""
+        return self.sqlite_path or self.masked_url
+
+    # -- locks ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold a named lock that every process using this database sees (a file lock next
+        to a SQLite file, a session advisory lock on PostgreSQL); waits for it."""
+        path = self.sqlite_path
+        if self.is_sqlite and path is None:
+            with _MEMORY_LOCKS.setdefault(name, threading.Lock()):
+                yield
+        elif path is not None:
+            with open(f"{path}.{name}.lock", "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+        else:
+            key = _LOCK_BASE + sum(name.encode())  # stable across processes, unlike hash()
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
 
     # -- sessions -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -194,9 +244,16 @@ class Database:
                 if attempt == attempts - 1:
                     raise
             except OperationalError as e:
-                if not _is_lock_error(e) or time.monotonic() >= deadline:
+                if full := disk_full(e.orig, self.where):
+                    raise full from None  # waiting frees no space: say so at once
+                if not _is_lock_error(e):
                     raise StoreError(
-                        f"database {self.masked_url} is locked or unavailable ({e.orig}) after "
+                        f"database {self.masked_url} is unavailable: {mask_url(str(e.orig))}; "
+                        "check LMOPS_DATABASE_URL and that the server is running"
+                    ) from None
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"database {self.masked_url} is locked ({mask_url(str(e.orig))}) after "
                         f"{self.busy_timeout:g}s; another process holds a long write: retry, or "
                         "raise LMOPS_DB_BUSY_TIMEOUT"
                     ) from None
@@ -206,6 +263,56 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_MEMORY_LOCKS: dict[str, threading.Lock] = {}
+_LOCK_BASE = 727_300  # advisory lock keys of ``Database.exclusive`` (migrations use 727274)
+_SQLITE_FULL = 13
+_SQLITE_IOERR = 10
+_PG_DISK_FULL = "53100"
+
+
+def _check_url(url: str) -> None:
+    """Refuse a URL whose user or password holds an unencoded ``@``: drivers would read the
+    rest of the password as the host name and show it in their errors."""
+    _, sep, rest = url.partition("://")
+    if not sep or rest.count("@") < 2:
+        return
+    between = rest[rest.index("@") + 1 : rest.rindex("@")]
+    if "/" not in between and "?" not in between:  # not an "@" in the path or query
+        raise UserError(
+            f"LMOPS_DATABASE_URL {mask_url(url)}: the user name or password holds an '@'; "
+            "percent-encode it as %40 (and ':' as %3A, '/' as %2F)"
+        )
+
+
+def disk_full(err: BaseException | None, where: str) -> DiskFullError | None:
+    """A ``DiskFullError`` naming ``where`` if ``err`` (a driver error or ``OSError``) means
+    the disk or quota is full, else None. SQLite says SQLITE_FULL ("database or disk is
+    full"), or a disk I/O error when it cannot even create its shared-memory file; the
+    latter counts only when the filesystem really has no space left."""
+    if err is None:
+        return None
+    code = getattr(err, "sqlite_errorcode", None)
+    full = (
+        (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT))
+        or (code is not None and code & 0xFF == _SQLITE_FULL)
+        or getattr(err, "sqlstate", None) == _PG_DISK_FULL
+        or "database or disk is full" in str(err)
+        or "no space left on device" in str(err).lower()
+    )
+    if not full and code is not None and code & 0xFF == _SQLITE_IOERR:
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(where)))
+            full = st.f_bavail * st.f_frsize < 64 * 1024
+        except OSError:
+            pass
+    if not full:
+        return None
+    return DiskFullError(
+        f"disk full: cannot write {mask_url(where)} (no space left on its filesystem or "
+        "quota); free space there and retry (`lmops gc` frees unreferenced blobs)"
+    )
 
 
 def _is_lock_error(e: OperationalError) -> bool:

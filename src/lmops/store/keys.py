@@ -21,7 +21,7 @@ from lmops.core.errors import ConflictError, NotFoundError, PermissionDenied, Us
 from lmops.store import _rows
 from lmops.store._time import aware, utcnow
 from lmops.store.models import ApiKeyRow
-from lmops.store.refs import check_name
+from lmops.store.refs import INT32_MAX, check_int, check_name
 from lmops.store.types import ApiKey
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ class KeyRing:
         for label, v in (("rpm", rpm), ("tpm", tpm)):
             if v is not None and v <= 0:
                 raise UserError(f"--{label} must be a positive integer, got {v}")
+            if v is not None:
+                check_int(v, f"--{label}", maximum=INT32_MAX)  # an INTEGER column
         expires_at = aware(expires_at)
         if expires_at is not None and expires_at <= utcnow():
             raise UserError(f"--expires {expires_at.date()} is in the past")

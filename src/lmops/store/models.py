@@ -66,6 +66,19 @@ class VersionRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class BlobClaimRow(Base):
+    """A blob a PENDING version is writing: recorded before its bytes are put in place and
+    dropped when the version turns READY (its manifest then names the blob) or FAILED, so
+    ``gc`` never frees bytes a registration is about to reference (see ``Store.gc``)."""
+
+    __tablename__ = "blob_claims"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", ondelete="CASCADE"), index=True
+    )
+    digest: Mapped[str] = mapped_column(String(64))
+
+
 class AliasRow(Base):
     __tablename__ = "aliases"
     __table_args__ = (UniqueConstraint("asset_id", "alias", name="uq_aliases_asset_alias"),)

@@ -24,6 +24,7 @@ from lmops.core.errors import NotFoundError, UserError
 from lmops.store import _rows
 from lmops.store._time import utcnow
 from lmops.store.models import AssetRow, MetricRow, RunRow, VersionRow
+from lmops.store.refs import INT32_MAX, check_int
 from lmops.store.types import Metric, Run, RunStatus
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class RunTracker:
 
     def log_metrics(self, run_id: str, values: Mapping[str, float], step: int) -> None:
         """Append one point per metric at ``step``. NaN/inf are rejected, not stored."""
+        check_int(step, f"run {run_id}: step", minimum=-INT32_MAX - 1, maximum=INT32_MAX)
         bad = [k for k, v in values.items() if not math.isfinite(float(v))]
         if bad:
             raise UserError(f"run {run_id}: metric {bad[0]!r} at step {step} is not finite")
@@ -183,6 +185,7 @@ class RunTracker:
 
     def list(self, *, kind: str | None = None, limit: int = 50) -> list[Run]:
         """Newest first; each run's ``summary`` holds the last value of every metric."""
+        check_int(limit, "limit")
         self.sweep_dead()
         with self._db.session() as s:
             q = select(RunRow).order_by(RunRow.started_at.desc()).limit(limit)

@@ -68,10 +68,13 @@ class Store:
         return other
 
     def gc(self, grace_s: float = 3600.0) -> GcReport:
-        """Free blobs that no READY/PENDING version references (after ``grace_s``)."""
-        abandoned = self.assets.sweep_abandoned()
-        digests, views = self.assets.referenced()
-        removed, freed = self.artifacts.gc(digests, views, grace_s=grace_s)
+        """Free blobs that no READY/PENDING version references and that are older than
+        ``grace_s``. Safe beside running registrations with any grace, 0 included: blobs
+        they claimed and their temp files are kept (``ArtifactStore.gc`` argues why). One
+        gc runs at a time (a lock every process using the database sees)."""
+        with self.db.exclusive("gc"):
+            abandoned = self.assets.sweep_abandoned()
+            removed, freed = self.artifacts.gc(self.assets.referenced, grace_s=grace_s)
         self.db.write(
             lambda s: self.audit.record(
                 s, "store.gc", "artifacts", {"removed": removed, "bytes": freed}
