@@ -57,14 +57,20 @@ def home_settings(home: Path):  # type: ignore[no-untyped-def]
     )
 
 
-def _server_env(home: Path) -> dict[str, str]:
+def _server_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LMOPS_")}
     env["LMOPS_HOME"] = str(home)
+    env.update(extra or {})
     return env
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    """The server for the test module; a module's ``SERVER_ENV`` dict adds variables to the
+    server's environment (not to the in-process ``store``, which keeps the home's SQLite
+    database and local artifacts)."""
     from lmops.store import Store
 
     if importlib.util.find_spec("python_multipart") is None:
@@ -84,7 +90,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         # reads would fill up and block the server.
         proc = subprocess.Popen(
             [str(LMOPS), "serve", "--port", str(port)],
-            env=_server_env(home),
+            env=_server_env(home, getattr(request.module, "SERVER_ENV", None)),
             stdout=fh,
             stderr=subprocess.STDOUT,
         )

@@ -3,12 +3,15 @@
 ``/api`` needs ``Authorization: Bearer <key>``; reads work with any active key, changes
 need an ``admin`` key. Errors are ``{"error": {"message", "type", "code"}}`` with the
 status of the error class (400 bad input, 401 no/invalid key, 403 role, 404 unknown,
-409 conflict, 503 store unavailable).
+409 conflict, 507 disk full, 503 store unavailable). An unexpected error is a 500 whose
+message names only the exception's type; the traceback goes to the server log.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import platform
 import shutil
 import tempfile
@@ -28,6 +31,7 @@ from lmops import __version__
 from lmops.core.config import Settings, mask_url
 from lmops.core.errors import (
     ConflictError,
+    DiskFullError,
     IntegrityError,
     LmopsError,
     NotFoundError,
@@ -36,8 +40,15 @@ from lmops.core.errors import (
     UserError,
 )
 from lmops.store import ApiKey, Asset, AuditEvent, LineageGraph, Run, Store, Version
+from lmops.store.refs import clip
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("lmops.api")
+# Longest upload file name part and whole path we accept (Linux: NAME_MAX and well under
+# PATH_MAX once the server's temp folder is in front of it).
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 1024
 
 
 class Unauthorized(PermissionDenied):
@@ -49,6 +60,7 @@ _STATUS: list[tuple[type[LmopsError], int, str]] = [
     (PermissionDenied, 403, "permission_error"),
     (NotFoundError, 404, "not_found_error"),
     (ConflictError, 409, "conflict_error"),
+    (DiskFullError, 507, "insufficient_storage"),
     (UserError, 400, "invalid_request_error"),
     (IntegrityError, 500, "integrity_error"),
     (StoreError, 503, "store_unavailable"),
@@ -81,8 +93,12 @@ def _http_error(_req: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), type_)
 
 
-def _unexpected_error(_req: Request, exc: Exception) -> JSONResponse:
-    return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+def _unexpected_error(req: Request, exc: Exception) -> JSONResponse:
+    # The exception's text may hold server paths or URLs: it goes to the log, not the client.
+    log.error("internal error on %s %s", req.method, req.url.path, exc_info=exc)
+    return error_response(
+        500, f"internal error ({type(exc).__name__}); see the server log", "server_error"
+    )
 
 
 def _validation_error(_req: Request, exc: Exception) -> JSONResponse:
@@ -112,7 +128,7 @@ class KeyCreated(BaseModel):
 
 
 class GcBody(BaseModel):
-    grace_s: float = Field(default=3600.0, ge=0)
+    grace_s: float = Field(default=3600.0, ge=0, allow_inf_nan=False)
 
 
 # -- auth ----------------------------------------------------------------------------------------
@@ -189,24 +205,33 @@ def _api_router() -> APIRouter:
             assert isinstance(meta, dict)
         except (ValueError, AssertionError):
             raise UserError("metadata: must be a JSON object") from None
+        names = [_upload_name(f.filename) for f in files]
+        for rel, f in zip(names, files, strict=True):
+            if (
+                any(other != rel and rel in other.parents for other in names)
+                or names.count(rel) > 1
+            ):
+                raise UserError(
+                    f"files: {clip(f.filename or '')!r} is both a file and a folder, or given twice"
+                )
         with tempfile.TemporaryDirectory(prefix="lmops-upload-") as tmp:
             root = Path(tmp) / "upload"
             root.mkdir()
-            names = [PurePosixPath(f.filename or "file") for f in files]
             for rel, f in zip(names, files, strict=True):
-                if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.name in ("", "."):
-                    raise UserError(f"files: unsafe file name {f.filename!r}")
-                if (
-                    any(other != rel and rel in other.parents for other in names)
-                    or names.count(rel) > 1
-                ):
-                    raise UserError(
-                        f"files: {f.filename!r} is both a file and a folder, or given twice"
-                    )
                 dest = root / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with open(dest, "wb") as out:
-                    shutil.copyfileobj(f.file, out)
+                try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with open(dest, "wb") as out:
+                        shutil.copyfileobj(f.file, out)
+                except OSError as e:  # never the server's temp path in the answer
+                    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise DiskFullError(
+                            "disk full: the server has no space left for the upload; "
+                            "ask its operator to free space"
+                        ) from None
+                    raise UserError(
+                        f"files: cannot store {clip(str(rel))!r}: {e.strerror}"
+                    ) from None
             single = len(files) == 1 and "/" not in (files[0].filename or "file")
             src = root / (files[0].filename or "file") if single else root
             return store.assets.register(
@@ -288,6 +313,23 @@ def _api_router() -> APIRouter:
     return r
 
 
+def _upload_name(filename: str | None) -> PurePosixPath:
+    """An upload's file name as a safe relative path, or a ``UserError`` naming it."""
+    rel = PurePosixPath(filename or "file")
+    shown = clip(filename or "")
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.name in ("", "."):
+        raise UserError(f"files: unsafe file name {shown!r}")
+    if "\x00" in str(rel):
+        raise UserError(f"files: file name {shown!r} holds a NUL character")
+    longest = max(len(p.encode()) for p in rel.parts)
+    if longest > MAX_NAME_BYTES or len(str(rel).encode()) > MAX_PATH_BYTES:
+        raise UserError(
+            f"files: file name {shown!r} is too long ({longest} bytes in one part); at most "
+            f"{MAX_NAME_BYTES} bytes per part and {MAX_PATH_BYTES} in all"
+        )
+    return rel
+
+
 def show(store: Store, ref: str) -> Asset | Version:
     """A bare name shows the asset with all versions; ``name:N``/``name@a`` one version."""
     if ":" in ref or "@" in ref:
@@ -315,7 +357,7 @@ def info_dict(settings: Settings) -> dict[str, Any]:
         "python": platform.python_version(),
         "home": str(settings.home),
         "database_url": mask_url(settings.database_url),
-        "artifacts": settings.artifacts,
+        "artifacts": mask_url(settings.artifacts),
         "shared_datasets": str(settings.shared_datasets) if settings.shared_datasets else None,
         "extras": extras,
         "device": torch_device(),
@@ -363,12 +405,12 @@ def create_app(
                 conn.execute(text("SELECT 1"))
             checks["database"] = "ok"
         except Exception as e:
-            checks["database"] = f"error: {e}"
+            checks["database"] = f"error: {type(e).__name__}"  # /readyz needs no key
         try:
             store.artifacts.staging.mkdir(parents=True, exist_ok=True)
             checks["artifacts"] = "ok"
         except OSError as e:
-            checks["artifacts"] = f"error: {e}"
+            checks["artifacts"] = f"error: {e.strerror}"
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": checks})
 

@@ -169,9 +169,18 @@ def assets_register(
     ] = [],  # noqa: B006
     tag: Annotated[list[str], typer.Option("--tag")] = [],  # noqa: B006
     description: Annotated[str, typer.Option("--description", "-d")] = "",
+    follow_symlinks: Annotated[
+        bool,
+        typer.Option(
+            "--follow-symlinks",
+            help="Store what symlinks pointing outside PATH point to (refused otherwise).",
+        ),
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Store PATH as the next version of NAME (content-addressed, hashed, then READY)."""
+    """Store PATH as the next version of NAME (content-addressed, hashed, then READY).
+
+    In a folder, symlinks pointing inside it are stored as the files they point to."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     store = _store()
@@ -201,6 +210,7 @@ def assets_register(
             tags=tag,
             description=description,
             progress=lambda n: bar.advance(task, n),
+            follow_symlinks=follow_symlinks,
         )
     if json_:
         print_json(v)
@@ -380,11 +390,14 @@ def assets_delete(
 @app.command()
 def gc(
     grace: Annotated[
-        float, typer.Option(help="Keep unreferenced blobs younger than this (seconds).")
+        float,
+        typer.Option(min=0, help="Keep unreferenced blobs younger than this (seconds)."),
     ] = 3600.0,
     json_: JsonOpt = False,
 ) -> None:
-    """Remove stored blobs that no version references."""
+    """Remove stored blobs that no version references.
+
+    Safe while registrations run, whatever the grace: what they are writing is kept."""
     rep = _store().gc(grace_s=grace)
     if json_:
         print_json(

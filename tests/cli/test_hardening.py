@@ -1,0 +1,142 @@
+"""What an attack run found in the CLI's store commands: secrets in URLs shown half
+masked, numbers too big for the database, symlinks out of a registered tree, corrupt
+blobs handed out, a full disk reported as a lock. Each answer is one ``error:`` line."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli.test_cli import assert_one_line_error, js, ok
+
+HUGE = "99999999999999999999"  # > 2**64
+ENORMOUS = "9" * 5000  # more digits than Python converts to int by default
+
+
+def _secret_free(text: str, *fragments: str) -> None:
+    for f in fragments:
+        assert f not in text, (f, text)
+
+
+# -- secrets in URLs ----------------------------------------------------------------------------
+def test_info_masks_passwords_with_at_signs(cli, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("LMOPS_DATABASE_URL", "postgresql://alice:p@ss@host/db")
+    monkeypatch.setenv("LMOPS_ARTIFACTS", "s3://AKIAKEY:sec@ret@bucket/x")
+    human = ok(cli("info")).out
+    data = js(cli("info", "--json"))
+    for text in (human, json.dumps(data)):
+        _secret_free(text, "alice", "p@ss", "ss@host", "AKIAKEY", "sec", "ret@")
+    assert data["database_url"] == "postgresql://***@host/db"
+    assert data["artifacts"] == "s3://***@bucket/x"
+    assert "postgresql://***@host/db" in human
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://alice:p@ss@127.0.0.1:1/db",
+        "postgresql://alice:p@ss:wd@127.0.0.1:1/db",  # the driver's port parser saw 'wd@127...'
+    ],
+)
+def test_database_url_with_unencoded_at_is_refused_without_fragments(  # type: ignore[no-untyped-def]
+    cli, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("LMOPS_DATABASE_URL", url)
+    line = assert_one_line_error(cli("assets", "list"), "%40", "***@127.0.0.1:1/db")
+    _secret_free(line, "alice", "ss@", "wd", "p@")
+
+
+def test_unparsable_database_url_shows_no_driver_text(cli, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("LMOPS_DATABASE_URL", "postgresql://alice:pw:x@127.0.0.1:port/db")
+    line = assert_one_line_error(cli("assets", "list"), "LMOPS_DATABASE_URL", "not a valid")
+    _secret_free(line, "pw:x", "alice")
+
+
+def test_artifact_root_credentials_are_masked_in_errors(
+    cli, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("LMOPS_ARTIFACTS", "s3://AKIAKEY:sec@ret@bucket/x")
+    r = cli("assets", "list")
+    _secret_free(r.out + r.err, "AKIAKEY", "sec", "ret@")
+
+
+# -- numbers the database cannot hold -----------------------------------------------------------
+@pytest.fixture
+def ds(cli, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
+    f = tmp_path / "ds.txt"
+    f.write_text("data")
+    ok(cli("assets", "register", "dataset", "ds", str(f)))
+    return "ds"
+
+
+@pytest.mark.parametrize("number", [HUGE, ENORMOUS, "9223372036854775808"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["assets", "show"],
+        ["assets", "path"],
+        ["assets", "verify"],
+        ["assets", "lineage"],
+        ["assets", "delete"],
+        ["assets", "alias", "{ref}", "prod"],
+    ],
+)
+def test_version_numbers_out_of_range_are_one_line(  # type: ignore[no-untyped-def]
+    cli, ds: str, number: str, command: list[str]
+) -> None:
+    ref = f"{ds}:{number}"
+    argv = [a.format(ref=ref) for a in command]
+    if "{ref}" not in command:
+        argv.append(ref)
+    line = assert_one_line_error(cli(*argv), "out of range")
+    assert len(line) < 400  # the 5000 digits are not echoed back
+
+
+# -- symlinks, corrupt blobs, full disk ---------------------------------------------------------
+def test_register_refuses_links_out_of_the_tree_unless_asked(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "secret.txt").write_text("s")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "ok.txt").write_text("ok")
+    (tree / "leak").symlink_to(tmp_path / "secret.txt")
+    line = assert_one_line_error(cli("assets", "register", "dataset", "t", str(tree)))
+    assert str(tree / "leak") in line and str(tmp_path / "secret.txt") in line
+    assert cli("assets", "show", "t").code == 2  # nothing registered
+    v = js(cli("assets", "register", "dataset", "t", str(tree), "--follow-symlinks", "--json"))
+    assert v["files"] == 2
+
+
+def test_path_refuses_a_corrupt_blob(cli, ds: str, lmops_home: Path) -> None:  # type: ignore[no-untyped-def]
+    digest = hashlib.sha256(b"data").hexdigest()
+    blob = lmops_home / "artifacts" / "blobs" / digest[:2] / digest
+    os.chmod(blob, 0o644)
+    blob.write_bytes(b"dat4")
+    line = assert_one_line_error(cli("assets", "path", ds), "ds:1", "ds.txt", code=1)
+    assert "lmops assets verify" in line
+
+
+def test_full_disk_while_storing_is_one_line(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path, lmops_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmops.store import artifacts
+
+    def no_space(*_a: Any, **_k: Any) -> tuple[str, int]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(artifacts, "_copy", no_space)
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"w" * 1000)
+    line = assert_one_line_error(cli("assets", "register", "model", "w", str(f)), "disk full")
+    assert str(lmops_home / "artifacts") in line
+    assert js(cli("assets", "show", "w:1", "--json"))["status"] == "FAILED"
+
+
+def test_gc_refuses_a_negative_grace(cli) -> None:  # type: ignore[no-untyped-def]
+    r = cli("gc", "--grace", "-1")
+    assert r.code == 2 and "--grace" in r.err
