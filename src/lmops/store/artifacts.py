@@ -633,6 +633,11 @@ class ArtifactStore:
           under the gc lock before reporting it.
         * Temp files and views being built are locked by their writer and never removed
           while it lives (:func:`_remove_if_abandoned`).
+        * Views are caches: one is removed when no READY version used its content at gc's
+          read. Views are listed before that read, so a view built later is never in the
+          list; the one gap left is a version that turns READY after the read with exactly
+          the content of a deleted one and whose ``path()`` finds that old view before gc
+          removes it (the next ``path()`` rebuilds it).
         """
         now = time.time()
         removed = freed = 0
