@@ -10,18 +10,19 @@ A library with three seams, all driven by one :class:`GuardrailConfig` per deplo
     tail = s.finish()                            #   with finish_reason "content_filter"
 
 Which messages are checked (OpenAI chat roles; a message's ``content`` is a string or a list
-of parts, of which only ``{"type": "text"}`` parts are read and rewritten):
+of parts, of which only ``{"type": "text"}`` parts are read and rewritten): in a gateway the
+API caller writes every message, ``system`` and ``assistant`` included (a forged assistant
+turn, "Sure, here is how to ...", is a prefill attack), so by default every role is checked:
 
-* PII (``pii_input``) in ``user``, ``tool`` and ``function`` messages: what end users and
-  outside sources wrote. ``system``/``developer`` prompts are the operator's (an app may put
-  a customer's phone number there on purpose) and ``assistant`` turns were masked when they
-  were generated.
-* Moderation (``moderation_input``) in every role but ``system``/``developer``: the API is
-  stateless, so a client can forge an ``assistant`` turn ("Sure, here is how to ...", a
-  prefill attack), while a system prompt often *names* what the model must refuse.
+* PII (``pii_input``) and moderation (``moderation_input``) in every message. Moderation
+  reads each message and all of them joined (a term split across two messages, "how to
+  make a" / "bomb", is caught).
+* ``trusted_roles`` opts roles out of both, for an operator who puts their own system
+  prompt behind the gateway (``trusted_roles: [system, developer]``: a system prompt that
+  *names* what the model must refuse is then not refused itself).
 * Prompt injection (``injection``) in ``user``, ``tool`` and ``function`` messages
-  (indirect injection arrives through tool results); instructions in the system prompt are
-  the operator's by definition.
+  (indirect injection arrives through tool results): instructions in the system prompt
+  cannot be injected into the system prompt, whoever wrote it.
 
 Moderation terms are bilingual phrase lists, one file per category in ``resources/``
 (see its README.txt), plus an optional ``extra_terms_file`` in the same format. Text and
@@ -29,6 +30,17 @@ terms go through the same :func:`normalize_text` (NFKC, lower-case, zero-width c
 dropped, traditional -> simplified Chinese via OpenCC, spaces and separators between
 Chinese characters removed), so "自 殺", "ＫＩＬＬ ＭＹＳＥＬＦ" and "ki<U+200B>ll myself" are
 found by the entries "自杀" and "kill myself".
+
+The classifier (``classifier``, default ``"builtin"``: the bilingual harmful-vs-benign model
+of :mod:`lmops.serve.moderation`, shipped in ``resources/moderation/`` and retrained with
+``lmops guard train``; or a path to your own ``.npz``; or ``"package.module:callable"``;
+``"off"``/None for none) complements the term lists: it reads paraphrases, role-play
+framing and obfuscations (spaced or dotted letters, homoglyphs, leet, pinyin) that exact
+terms miss. Its verdict counts where the term lists found nothing; where they found a
+category, that is the category. Its threshold is the model's own (stored in the file,
+chosen on held-out templates when it was trained) unless ``classifier_threshold`` is set.
+Term lists are also matched on the classifier's de-obfuscated form of the text
+(:func:`lmops.serve.moderation.deobfuscate`), and across line breaks.
 
 Matching: terms compile to regular expressions whose alternation is the *trie* of the terms
 ("how to (?:kill|make) ..."), so the C regex engine walks all of them in one left-to-right
@@ -77,6 +89,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmops.core.errors import UserError
 from lmops.data.pii import PII_TYPES, PiiSpan, detect_pii, normalize_pii_types
+from lmops.serve import moderation
 
 __all__ = [
     "Classifier",
@@ -102,9 +115,7 @@ Classifier = Callable[[str], Mapping[str, float]]
 # ("listen on 127.0.0.1:8000") and masking them breaks the answer.
 DEFAULT_PII_TYPES: tuple[str, ...] = tuple(t for t in PII_TYPES if t != "IP")
 
-_PII_ROLES = frozenset({"user", "tool", "function"})
 _INJECTION_ROLES = frozenset({"user", "tool", "function"})
-_OPERATOR_ROLES = frozenset({"system", "developer"})  # never moderated
 
 CONTENT_FILTER = "content_filter"
 
@@ -131,8 +142,15 @@ class GuardrailConfig(BaseModel):
     # needed, to twice the longest term and to 48 while masking PII (the longest spaced
     # phone/card/ID numbers), so that nothing is ever emitted before it was checked.
     stream_window_chars: int = Field(64, ge=1, le=4096)
-    classifier: str | None = None  # "package.module:callable", see Classifier
-    classifier_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    # "builtin" (the shipped moderation model), a path to a model trained with `lmops guard
+    # train` (*.npz), "package.module:callable" (see Classifier), or "off"/None.
+    classifier: str | None = "builtin"
+    # None: the model's own threshold (the built-in's is chosen on held-out templates, see
+    # lmops.serve.moderation), 0.5 for a callable.
+    classifier_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # Roles whose messages are not checked for PII or moderated (e.g. ["system"] when the
+    # operator, not the API caller, writes the system prompt).
+    trusted_roles: list[str] = Field(default_factory=list)
     # Replaces the built-in refusal text (English or Chinese, following the user).
     refusal_message: str | None = None
 
@@ -168,9 +186,14 @@ class GuardrailConfig(BaseModel):
     @field_validator("classifier")
     @classmethod
     def _classifier_ref(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[\w.]+:[\w.]+", v):
-            raise ValueError(f"classifier {v!r} must look like 'package.module:function'")
-        return v
+        if v is None or v == "off":
+            return None
+        if v == "builtin" or v.endswith(".npz") or re.fullmatch(r"[\w.]+:[\w.]+", v):
+            return v
+        raise ValueError(
+            f"classifier {v!r}: use 'builtin', 'off', a model file (*.npz) or "
+            "'package.module:function'"
+        )
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> GuardrailConfig:
@@ -801,6 +824,10 @@ def _language(text: str) -> str:
 
 # ============================================================================ guardrails
 def _load_classifier(ref: str) -> Classifier:
+    if ref == "builtin":
+        return moderation.builtin_model()
+    if ref.endswith(".npz"):
+        return moderation.load_model(ref)
     module_name, _, attr = ref.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
@@ -865,6 +892,18 @@ class Guardrails:
         if classifier is None and cfg.classifier is not None:
             classifier = _load_classifier(cfg.classifier)
         self.classifier = classifier
+        self._model = classifier if isinstance(classifier, moderation.ModerationModel) else None
+        self.classifier_threshold = (
+            cfg.classifier_threshold
+            if cfg.classifier_threshold is not None
+            else (self._model.threshold if self._model is not None else 0.5)
+        )
+        # Classifier categories that are built-in ones but not selected are dropped.
+        self._dropped = (
+            frozenset(builtin) - set(wanted) if cfg.categories is not None else frozenset()
+        )
+        self._trusted = frozenset(cfg.trusted_roles)
+        self._message_scores: dict[str, dict[str, float]] = {}  # see _classify_message
         self.counters: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
         # See GuardrailConfig.stream_window_chars: a term may be spread over up to twice
@@ -884,30 +923,78 @@ class Guardrails:
         hits = self.matcher.find(normalized)
         return dict(Counter(h.category for h in hits)) if hits else {}
 
+    def _moderate_deep(self, normalized: str) -> dict[str, int]:
+        """:meth:`_moderate`, also across line breaks and on the de-obfuscated text
+        ("b.o.m.b", "k1ll", Cyrillic look-alikes); the larger count per category wins."""
+        flat = normalized.replace("\n", " ") if "\n" in normalized else normalized
+        found = self._moderate(flat)
+        deep = moderation.deobfuscate(flat)
+        if deep != flat:
+            for c, n in self._moderate(deep).items():
+                found[c] = max(n, found.get(c, 0))
+        return found
+
     def classify(self, text: str, direction: str = "output") -> dict[str, float]:
         """Classifier scores at or over ``classifier_threshold``; ``{}`` without a classifier.
 
         A classifier that raises is logged and counted (``classifier_error``), and its
         verdict is treated as empty: the term lists still apply.
         """
+        return self._classify(text, direction)
+
+    def _classify(
+        self, text: str, direction: str, normalized: str | None = None
+    ) -> dict[str, float]:
         if self.classifier is None or not text:
             return {}
         try:
-            scores = self.classifier(text)
+            if self._model is not None and normalized is not None:
+                scores: Mapping[str, float] = self._model.score_normalized(normalized)
+            else:
+                scores = self.classifier(text)
         except Exception as e:  # a broken model must not take the gateway down
             log.warning("guardrail classifier failed: %s: %s", type(e).__name__, e)
             self._count(direction, [{"type": "classifier_error", "category": type(e).__name__}])
             return {}
-        t = self.config.classifier_threshold
-        return {str(c): float(s) for c, s in scores.items() if float(s) >= t}
+        t = self.classifier_threshold
+        return {
+            str(c): float(s)
+            for c, s in scores.items()
+            if float(s) >= t and str(c) not in self._dropped
+        }
+
+    def _classify_message(self, text: str) -> dict[str, float]:
+        """:meth:`classify` of one input message, remembered for the built-in model (the
+        same system prompt and earlier turns come back with every request)."""
+        if self._model is None:
+            return self._classify(text, "input")
+        hit = self._message_scores.get(text)
+        if hit is None:
+            hit = self._classify(text, "input")
+            if len(self._message_scores) >= 4096:
+                self._message_scores.clear()
+            self._message_scores[text] = hit
+        return hit
 
     def _moderation(
-        self, text: str, direction: str, mode: str, normalized: str | None = None
+        self,
+        text: str,
+        direction: str,
+        mode: str,
+        normalized: str | None = None,
+        parts: Iterable[str] = (),
     ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
         """Actions and hit categories of the term lists and the classifier on ``text``
-        (``normalized``: ``normalize_text(text)`` where the caller has it)."""
-        terms = self._moderate(normalize_text(text) if normalized is None else normalized)
-        scores = self.classify(text, direction)
+        (``normalized``: ``normalize_text(text)`` where the caller has it); ``parts`` (the
+        messages ``text`` joins) are classified one by one as well."""
+        norm = normalize_text(text) if normalized is None else normalized
+        terms = self._moderate_deep(norm)
+        scores = self._classify(text, direction, norm)
+        for part in parts:
+            for c, s in self._classify_message(part).items():
+                scores[c] = max(s, scores.get(c, 0.0))
+        if terms:  # the term lists name the category; the classifier adds nothing
+            scores = {}
         if not terms and not scores:
             return [], ()
         verb = f"moderation_{mode}"
@@ -953,11 +1040,12 @@ class Guardrails:
             texts = _content_texts(content)
             if role == "user" and texts:
                 last_user = "\n".join(texts)
-            if role not in _OPERATOR_ROLES:
+            trusted = role in self._trusted
+            if not trusted:
                 moderated.extend(texts)
-            if role in _INJECTION_ROLES:
+            if role in _INJECTION_ROLES and not trusted:
                 injectable.extend(texts)
-            if cfg.pii_input != "off" and role in _PII_ROLES and texts:
+            if cfg.pii_input != "off" and not trusted and texts:
                 msg = {**msg, "content": _map_content(content, lambda t: self._mask(t, pii))}
             out.append(msg)
 
@@ -979,7 +1067,8 @@ class Guardrails:
             norm = normalize_text(text)
             if not payloads:
                 normalized = norm
-            found, flagged = self._moderation(text, "input", cfg.moderation_input, norm)
+            parts = moderated if len(moderated) > 1 else ()
+            found, flagged = self._moderation(text, "input", cfg.moderation_input, norm, parts)
             actions += found
             if flagged and cfg.moderation_input == "block":
                 blocked_by.append("self_harm" if "self_harm" in flagged else "moderation")
