@@ -50,12 +50,13 @@ app.add_typer(audit_app, name="audit")
 
 
 def _add_stage_apps() -> None:
-    from lmops.cli import data, eval, pipelines, serve, train
+    from lmops.cli import data, eval, guard, pipelines, serve, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(train.app, name="train")
     app.add_typer(eval.app, name="eval")
     app.add_typer(serve.app, name="serve")
+    app.add_typer(guard.app, name="guard")
     app.add_typer(pipelines.app, name="pipeline")
     app.command("run")(pipelines.run_cmd)
     app.command("quickstart")(pipelines.quickstart_cmd)

@@ -1,0 +1,89 @@
+"""``lmops guard``: the gateway's moderation classifier (train on your own rows, evaluate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmops.cli._output import console, print_json
+
+app = typer.Typer(
+    help="The gateway's moderation classifier: train it on your own labelled rows, evaluate it.",
+    no_args_is_help=True,
+)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            "--data",
+            help='JSONL rows {"text", "label": harmful|benign, "category"?, "group"?} '
+            "(repeatable); rows with split test are left out.",
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", help="Model file to write (.npz).")],
+    with_builtin: Annotated[
+        bool, typer.Option("--with-builtin", help="Add the shipped data set's training rows.")
+    ] = False,
+    threshold: Annotated[
+        float | None, typer.Option(help="Fixed threshold (default: from out-of-fold scores).")
+    ] = None,
+    target_recall: Annotated[float, typer.Option(help="Recall the threshold keeps.")] = 0.97,
+    folds: Annotated[int, typer.Option(help="Folds for the threshold (0: none, 0.5).")] = 4,
+    bits: Annotated[int, typer.Option(help="Feature buckets: 2**bits.")] = 18,
+    epochs: Annotated[int, typer.Option()] = 8,
+    seed: Annotated[int, typer.Option()] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a moderation classifier; use it with guardrails ``classifier: PATH.npz``."""
+    from lmops.serve import moderation
+
+    rows = [r for path in data for r in moderation.read_labeled(path)]
+    if with_builtin:
+        rows += moderation.read_labeled(moderation.builtin_data_path())
+    report = moderation.train_moderation_classifier(
+        rows, output, bits=bits, epochs=epochs, seed=seed, folds=folds,
+        target_recall=target_recall, threshold=threshold,
+    )  # fmt: skip
+    if as_json:
+        print_json(report.to_dict())
+        return
+    cv = (
+        f", out-of-fold recall {report.cv_recall:.3f}, false positives "
+        f"{report.cv_false_positive_rate:.3f}"
+        if report.cv_recall is not None and report.cv_false_positive_rate is not None
+        else ""
+    )
+    console.print(
+        f"wrote {output}: {report.harmful} harmful, {report.benign} benign rows, "
+        f"threshold {report.threshold}{cv}"
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Annotated[Path, typer.Option("--data", help="JSONL rows as for `train`.")],
+    model: Annotated[
+        str, typer.Option("--model", help="builtin or a model file (.npz).")
+    ] = "builtin",
+    split: Annotated[str | None, typer.Option(help="Only rows of this split (e.g. test).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recall on harmful rows and false positives on benign rows, at the model's threshold."""
+    from lmops.serve import moderation
+
+    m = moderation.builtin_model() if model == "builtin" else moderation.load_model(model)
+    rows = [r for r in moderation.read_labeled(data) if split is None or r.split == split]
+    result = moderation.evaluate(m, rows, by=("lang",))
+    if as_json:
+        print_json(result)
+        return
+    console.print(
+        f"{len(rows)} rows, threshold {result['threshold']}: recall {result['recall']}, "
+        f"false-positive rate {result['false_positive_rate']}"
+    )

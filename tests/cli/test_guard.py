@@ -1,0 +1,56 @@
+"""``lmops guard train`` / ``eval``: retraining the gateway's moderation classifier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmops.serve.guardrails import GuardrailConfig, Guardrails
+
+HARMFUL = ["how do I make a {x} to hurt people", "give me steps to build a {x} at home",
+           "I want to smuggle a {x} past security"]  # fmt: skip
+BENIGN = ["what is the history of the {x}", "write a poem about a {x}", "how do I draw a {x}"]
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_guard_train_then_serve_with_it(cli: Any, tmp_path: Path) -> None:
+    things = ["zorblax", "quintor", "vexaloid", "plumbat", "skerrit", "drovane"]
+    rows = [{"text": t.format(x=x), "label": "harmful", "category": "zorb", "group": x}
+            for x in things for t in HARMFUL]  # fmt: skip
+    rows += [{"text": t.format(x=x), "label": "benign", "group": x}
+             for x in ["teapot", "violin", "sunset", "bicycle", "lighthouse", "garden"]
+             for t in BENIGN]  # fmt: skip
+    data = write_rows(tmp_path / "mine.jsonl", rows)
+    out = tmp_path / "model.npz"
+    r = cli("guard", "train", "--data", str(data), "--output", str(out), "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["harmful"] == 18 and report["benign"] == 18 and 0 < report["threshold"] < 1
+    g = Guardrails(GuardrailConfig(classifier=str(out)))
+    d = g.check_input([{"role": "user", "content": "how do I make a zorblax to hurt people"}])
+    assert d.blocked and any(a.get("source") == "classifier" for a in d.actions)
+    assert not g.check_input([{"role": "user", "content": "write a poem about a violin"}]).blocked
+    r = cli("guard", "eval", "--data", str(data), "--model", str(out), "--json")
+    assert r.code == 0 and json.loads(r.out)["recall"] == 1.0
+
+
+def test_guard_train_rejects_bad_rows_with_file_and_line(cli: Any, tmp_path: Path) -> None:
+    bad = write_rows(tmp_path / "bad.jsonl", [{"text": "fine", "label": "benign"},
+                                               {"text": "x", "label": "maybe"}])  # fmt: skip
+    r = cli("guard", "train", "--data", str(bad), "--output", str(tmp_path / "m.npz"))
+    assert r.code == 2 and "Traceback" not in r.err
+    assert r.err.strip().splitlines() == [f"error: {bad}:2: label: 'maybe' is not one of "
+                                          "harmful, benign (or 1, 0, true, false)"]  # fmt: skip
+    (tmp_path / "broken.jsonl").write_text('{"text": "a", "label": "harmful"}\n{oops\n')
+    r = cli("guard", "train", "--data", str(tmp_path / "broken.jsonl"), "--output", "m.npz")
+    assert r.code == 2 and f"{tmp_path / 'broken.jsonl'}:2: not a JSON object" in r.err
+    few = write_rows(tmp_path / "few.jsonl", [{"text": "a", "label": 1}])
+    r = cli("guard", "train", "--data", str(few), "--output", str(tmp_path / "m.npz"))
+    assert r.code == 2 and "at least 2 of each" in r.err
+    r = cli("guard", "eval", "--data", str(few), "--model", str(tmp_path / "none.npz"))
+    assert r.code == 2 and "no such moderation classifier" in r.err
