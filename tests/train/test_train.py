@@ -369,3 +369,44 @@ def test_a_lora_on_lm_head_is_refused_up_front_where_trl_cannot_train_it(stage: 
         "lm_head",
     ]
     assert spec(stage=stage, lora={"targets": "all-linear"}).stage == stage
+
+
+class _RunsCode:
+    """Unpickling this calls ``Path.touch(marker)``: what a crafted checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(
+    base: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import torch
+
+    real_log = StoreTracker.log
+
+    def interrupt_at_2(self: StoreTracker, step: int, metrics: dict[str, float]) -> None:
+        real_log(self, step, metrics)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(StoreTracker, "log", interrupt_at_2)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(spec(), base, progress=False)
+    run = base.runs.list()[0]
+    state_file = Path(base.runs.dir(run.id)) / "checkpoints" / "step-000002" / "state.pt"
+    honest = torch.load(state_file, weights_only=True)  # what lmops wrote loads safely
+    marker = tmp_path / "code-ran"
+    torch.save({**honest, "optimizer": _RunsCode(marker)}, state_file)
+
+    with pytest.raises(UserError) as err:
+        run_training(spec(), base, resume=True, progress=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(state_file) in message and "restart without --resume" in message
+    assert "refused" in message
+    assert not marker.exists()

@@ -11,7 +11,9 @@ Loss is the mean over every loss token of the *global* batch: each micro-batch a
 the ``* world`` undoes that), so 1 and N processes compute the same gradient.
 
 Checkpoints (``step-000050/state.pt``: trainable weights, optimizer, scheduler, RNG, step)
-are written to a temp folder and renamed; the newest ``keep_checkpoints`` are kept.
+are written to a temp folder and renamed; the newest ``keep_checkpoints`` are kept. They are
+read back with ``torch.load(weights_only=True)``: a file holding anything but tensors and plain
+data is refused, since unpickling it could run code.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import functools
 import math
 import os
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -152,10 +155,38 @@ def _save_checkpoint(
     return final
 
 
+def _read_state(file: Path) -> dict[str, Any]:
+    """The checkpoint dict in ``file``, read with ``weights_only=True``: tensors, numbers,
+    strings and containers only. A full unpickle would run whatever a crafted file names
+    (``__reduce__``), so anything else is refused before it is built."""
+    import pickle
+
+    import torch
+
+    fix = f"delete {file.parent} to resume from the one before it, or restart without --resume"
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message runs over several lines; one of them names the refused global.
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" such as {found.group(1)}" if found else ""
+        raise UserError(
+            f"{file}: refused, the checkpoint holds objects other than tensors and plain data"
+            f"{what} (unpickling it could run code); {fix}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise UserError(f"{file}: not a readable checkpoint ({first}); {fix}") from None
+    expected = {"step", "tokens", "model", "optimizer", "scheduler", "rng"}
+    if not isinstance(state, dict) or not expected <= set(state):
+        raise UserError(f"{file}: not an lmops checkpoint (needs keys {sorted(expected)}); {fix}")
+    return state
+
+
 def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, int]:
     import torch
 
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    state = _read_state(path / "state.pt")
     missing = set(_trainable_state(model)) - set(state["model"])
     if missing:
         raise UserError(
