@@ -1,4 +1,5 @@
-"""Recipes end to end: validation, local executor, report, lineage, resume after kill -9."""
+"""Recipes end to end: validation, local executor, report, lineage, resume after kill -9,
+no worker outliving a killed driver."""
 
 from __future__ import annotations
 
@@ -205,6 +206,82 @@ def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path, lmops_home: Path) -
         capture_output=True,
         text=True,
     )
+    assert json.loads(rerun.stdout)["resumed_shards"] >= done_before
+    full = {p.name: p.read_bytes() for p in sorted((tmp_path / "out" / "full").glob("part-*"))}
+    killed = {p.name: p.read_bytes() for p in sorted((tmp_path / "out" / "killed").glob("part-*"))}
+    assert full == killed and len(full) > 6
+
+
+def _gone(pid: int) -> bool:
+    """Not running: no such process, or a zombie nobody reaped (PID 1 in a container)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_workers_die_with_a_kill_9_driver_and_the_rerun_resumes(
+    tmp_path: Path, lmops_home: Path
+) -> None:
+    import psutil
+
+    make_corpus(tmp_path / "raw", files=6, per_file=150)
+    (tmp_path / "slow_ops.py").write_text(SLOW_OPS)
+    body = (
+        RECIPE.replace("name: demo", "name: demo\nimports: [slow_ops]")
+        .replace("  - op: clean_whitespace", "  - op: clean_whitespace\n  - op: slow_copy")
+        .replace(", dataset: demo-clean", "")
+        .replace("workers: 1", "workers: 2")
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "LMOPS_HOME": str(lmops_home)}
+    cmd = [sys.executable, "-m", "lmops.cli.main", "data", "run"]
+    write_recipe(tmp_path / "full.yaml", body.replace("out/demo", "out/full"))
+    full_run = subprocess.run(
+        [*cmd, "full.yaml", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert full_run.returncode == 0, full_run.stderr
+
+    write_recipe(tmp_path / "killed.yaml", body.replace("out/demo", "out/killed"))
+    driver = subprocess.Popen(
+        [*cmd, "killed.yaml", "--json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers: list[int] = []
+    try:
+        work = tmp_path / "out" / "killed.lmops-work" / "stage2"  # the slow stage
+        deadline = time.time() + 60
+        while not list(work.glob("*.stats.json")):
+            assert driver.poll() is None, "run finished before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.01)
+        workers = [c.pid for c in psutil.Process(driver.pid).children()]
+        assert workers, "no worker processes found"
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as `kill -9 PID` does
+        driver.wait()
+        deadline = time.time() + 30  # a liveness check: they should go at once
+        while not all(_gone(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.05)
+        assert [pid for pid in workers if not _gone(pid)] == [], "workers outlived the driver"
+    finally:
+        for pid in workers:  # whatever this test started and left behind
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not (tmp_path / "out" / "killed").exists()
+    done_before = len(list(work.glob("*.stats.json")))
+
+    rerun = subprocess.run(
+        [*cmd, "killed.yaml", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["resumed_shards"] >= done_before
     full = {p.name: p.read_bytes() for p in sorted((tmp_path / "out" / "full").glob("part-*"))}
     killed = {p.name: p.read_bytes() for p in sorted((tmp_path / "out" / "killed").glob("part-*"))}

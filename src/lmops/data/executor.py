@@ -11,7 +11,8 @@ the main process over every shard's documents in shard order and writes them bac
 shard. A shard is finished when its ``.stats.json`` exists (written after the data file
 is renamed into place), so a re-run after a crash or ``kill -9`` skips finished shards
 and, because every step is deterministic, produces byte-identical output. The output
-folder appears only when everything is done (built beside it, then renamed).
+folder appears only when everything is done (built beside it, then renamed). Workers die
+with the driver (``core.proc.die_with_parent``), so a killed run leaves no process behind.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +33,7 @@ from typing import Any
 
 from lmops import __version__
 from lmops.core.errors import UserError
+from lmops.core.proc import die_with_parent
 from lmops.data.document import Document
 from lmops.data.io import (
     ErrorSink,
@@ -178,9 +181,18 @@ def plan_stages(ops: list[Op]) -> list[Stage]:
 _counter: Any = None  # a shared mp.Value with the number of documents read, for the progress bar
 
 
-def _init_worker(counter: Any) -> None:
+def _init_worker(counter: Any, parent_pid: int | None = None) -> None:
+    """Per worker process: the progress counter, one thread, and death with the driver.
+
+    A pool worker blocks on its task queue forever once the driver is gone (the workers
+    hold that queue's write end themselves, so it never reaches EOF): a ``kill -9`` of
+    ``lmops data run`` used to leave them all behind. SIGKILL is safe here, a shard's
+    output is a temp file renamed into place when done, and the re-run redoes the shard.
+    """
     global _counter
     _counter = counter
+    if parent_pid is not None:
+        die_with_parent(parent_pid, signal.SIGKILL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
@@ -542,7 +554,7 @@ def _execute(
                 max_workers=min(n_workers, len(jobs)),
                 mp_context=mp.get_context("fork"),
                 initializer=_init_worker,
-                initargs=(counter,),
+                initargs=(counter, os.getpid()),
             ) as pool:
                 futures = {pool.submit(run_local_shard, j) for j in jobs}
                 while futures:

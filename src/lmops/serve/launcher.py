@@ -57,6 +57,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from lmops.core.errors import UserError
 from lmops.core.net import free_port
+from lmops.core.proc import EXEC_SHIM
 from lmops.serve.deployments import DeploymentSpec, VllmOptions
 
 __all__ = [
@@ -91,20 +92,6 @@ HANGS = Counter(
     ["deployment"],
     registry=REGISTRY,
 )
-
-# Run in the child before exec: ask Linux to SIGTERM it when the thread that spawned it
-# dies (a SIGKILLed lmops too), then exit if that already happened. An exec'd shim rather
-# than preexec_fn, which is not safe while other threads run.
-_SHIM = """\
-import ctypes, os, signal, sys
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-except (AttributeError, OSError):
-    pass
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(1)
-os.execvp(sys.argv[2], sys.argv[2:])
-"""
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -399,7 +386,7 @@ class Supervisor:
                 fh.write(f"--- lmops {stamp}: {' '.join(self.argv)}\n".encode())
                 fh.flush()
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-c", _SHIM, str(os.getpid()), *self.argv],
+                    [sys.executable, "-c", EXEC_SHIM, str(os.getpid()), *self.argv],
                     stdin=subprocess.DEVNULL,
                     stdout=fh,
                     stderr=subprocess.STDOUT,

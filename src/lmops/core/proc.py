@@ -1,0 +1,66 @@
+"""Child processes that die with their parent.
+
+A child left behind by a ``kill -9``-ed parent holds its work, its memory and its ports
+forever: a data worker blocks on a task queue nobody will fill, an engine server keeps its
+GPU. :func:`die_with_parent` is the one way lmops ties a child's life to its parent's: call it
+first thing in the child (a pool initializer), or start the child through :data:`EXEC_SHIM`
+when it is another program.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+__all__ = ["EXEC_SHIM", "die_with_parent"]
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    """Ask Linux to send ``sig`` to this process when the thread that forked it exits
+    (for a pool or ``Popen`` started from the main thread: when the parent process dies,
+    by ``kill -9`` too). False where there is no ``prctl`` (macOS)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig) == 0
+    except (AttributeError, OSError):
+        return False
+
+
+def _watch_parent(parent_pid: int, sig: int, every_s: float) -> None:
+    while os.getppid() == parent_pid:
+        threading.Event().wait(every_s)
+    os.kill(os.getpid(), sig)
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM, *, poll_s: float = 1.0) -> None:
+    """Make this process receive ``sig`` when its parent ``parent_pid`` dies.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG)``, then exit at once if the parent died before that
+    call (this process has been re-parented already). Elsewhere: a daemon thread that sends
+    ``sig`` once ``os.getppid()`` changes, checked every ``poll_s`` seconds.
+    """
+    armed = _set_pdeathsig(sig)
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the parent is gone already; nothing is ours to clean up
+    if not armed:
+        threading.Thread(
+            target=_watch_parent, args=(parent_pid, sig, poll_s), daemon=True, name="parent-watch"
+        ).start()
+
+
+# ``python -c EXEC_SHIM PARENT_PID PROGRAM ARGS...`` runs PROGRAM so that it gets SIGTERM
+# when PARENT_PID dies. The death signal survives exec; an exec'd shim rather than
+# ``preexec_fn``, which is not safe while other threads run.
+EXEC_SHIM = """\
+import os, sys
+from lmops.core.proc import die_with_parent
+die_with_parent(int(sys.argv[1]))
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
