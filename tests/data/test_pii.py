@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-import time
+import unicodedata
 from collections import Counter
 
 import pytest
@@ -450,19 +450,165 @@ def test_every_type_has_a_default_placeholder() -> None:
     assert PII_TYPES == ("SECRET", "EMAIL", "ID_CARD", "PASSPORT", "PHONE", "BANK_CARD", "IP")
 
 
-# ------------------------------------------------------------------------------ speed
-def test_one_kilobyte_is_fast() -> None:
+# ------------------------------------------------------------------------------ obfuscated
+# Detection runs on a normalised view (digits of every script, no invisible characters,
+# spelled-out e-mails, joined digit groups) and masks the original span whole.
+ZW = "\u200b"
+OBFUSCATED = [
+    # phones: dots, slashes, NBSP, spaced digits, zero-width, full-width, other scripts
+    ("PHONE", "138.1234.5678"),
+    ("PHONE", "138/1234/5678"),
+    ("PHONE", "138 - 1234 - 5678"),
+    ("PHONE", "138.1234-5678"),
+    ("PHONE", "138\u00a01234\u00a05678"),
+    ("PHONE", "138\u202f1234\u202f5678"),
+    ("PHONE", "1 3 8 1 2 3 4 5 6 7 8"),
+    ("PHONE", "1.3.8.1.2.3.4.5.6.7.8"),
+    ("PHONE", ZW.join("13812345678")),
+    ("PHONE", "138\u200d1234\u20605678"),
+    ("PHONE", "１３８１２３４５６７８"),
+    ("PHONE", "\u0661\u0663\u0668\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668"),  # Arabic-Indic
+    ("PHONE", "\u0967\u0969\u096e\u0967\u0968\u0969\u096a\u096b\u096c\u096d\u096e"),  # Devanagari
+    ("PHONE", "１３８.１２３４.５６７８"),
+    ("PHONE", "+86.138.1234.5678"),
+    ("PHONE", "1\ufe0f\u20e33\ufe0f\u20e38\ufe0f\u20e312345678"),  # keycaps
+    # cards: dots, zero-width, spaced digits, NBSP, slashes
+    ("BANK_CARD", "4111.1111.1111.1111"),
+    ("BANK_CARD", "4111/1111/1111/1111"),
+    ("BANK_CARD", "4111\u200b1111\u200b1111\u200b1111"),
+    ("BANK_CARD", " ".join("4111111111111111")),
+    ("BANK_CARD", "6222\u00a00212\u00a03456\u00a07890\u00a0128"),
+    ("BANK_CARD", "6222.0212.3456.7890.128"),
+    ("BANK_CARD", "４１１１ １１１１ １１１１ １１１１"),
+    # ID numbers: zero-width, spaced, dots, NBSP, other scripts
+    ("ID_CARD", "110105\u200b19491231\u200b002X"),
+    ("ID_CARD", ZW.join("11010519491231002X")),
+    ("ID_CARD", " ".join("11010519491231002X")),
+    ("ID_CARD", "110105.19491231.002X"),
+    ("ID_CARD", "110105\u00a019491231\u00a0002x"),
+    (
+        "ID_CARD",
+        "\u0661\u0661\u0660\u0661\u0660\u0665\u0661\u0669\u0664\u0669\u0661\u0662\u0663\u0661\u0660\u0660\u0662X",
+    ),
+    # e-mails: at/dot, [at], (at), full-width, spaces around "@", zero-width
+    ("EMAIL", "zhang.san at example dot com"),
+    ("EMAIL", "zhang.san AT example DOT com"),
+    ("EMAIL", "zhang.san[at]example.com"),
+    ("EMAIL", "zhang.san[at]example[dot]com"),
+    ("EMAIL", "zhang.san (at) mail (dot) example (dot) cn"),
+    ("EMAIL", "zhang.san{at}example.com"),
+    ("EMAIL", "zhang.san＠example.com"),
+    ("EMAIL", "zhang.san ＠ example．com"),
+    ("EMAIL", "zhang.san @ example.com"),
+    ("EMAIL", "zhang.san @example.com"),
+    ("EMAIL", "zhang.san@ example.com"),
+    ("EMAIL", "zhang\u200b.san@exa\u200bmple.com"),
+    ("EMAIL", "zhang.san@example dot com"),
+    # passports: lower case, spaced, dashes
+    ("PASSPORT", "e12345678"),
+    ("PASSPORT", "g12345678"),
+    ("PASSPORT", "ea1234567"),
+    ("PASSPORT", "E 1234 5678"),
+    ("PASSPORT", "E-1234-5678"),
+    ("PASSPORT", "e 1 2 3 4 5 6 7 8"),
+    ("PASSPORT", "EA 123 4567"),
+    ("PASSPORT", "E1234\u200b5678"),
+]
+
+
+@pytest.mark.parametrize(("typ", "spelled"), OBFUSCATED)
+def test_obfuscated_spellings_are_masked_whole(typ: str, spelled: str) -> None:
+    for template in ("请联系{}，谢谢。", "Details: {} (verified)."):
+        text = template.format(spelled)
+        spans = detect_pii(text)
+        assert [(s.type, s.text) for s in spans] == [(typ, spelled)], text
+        assert spans[0].start == text.index(spelled)
+        assert mask_pii(text)[0] == template.format(f"<{typ}>")
+
+
+def test_invisible_characters_next_to_a_finding_go_with_it() -> None:
+    # A dropped character belongs to the one before it: a trailing keycap is masked too,
+    # a zero-width space before the number is not.
+    text = "\u200b1\ufe0f\u20e33\ufe0f\u20e38\ufe0f\u20e312345678\ufe0f\u20e3!"
+    assert mask_pii(text)[0] == "\u200b<PHONE>!"
+
+
+def test_several_obfuscated_findings_in_one_text() -> None:
+    text = "电话138.1234.5678，卡号4111\u200b1111\u200b1111\u200b1111，邮箱 li [at] qq [dot] com。"
+    assert mask_pii(text) == (
+        "电话<PHONE>，卡号<BANK_CARD>，邮箱 <EMAIL>。",
+        Counter({"PHONE": 1, "BANK_CARD": 1, "EMAIL": 1}),
+    )
+    assert find_emails(text) == [(text.index("li"), text.index("com") + 3)]
+
+
+# Gateway default: every type but IP.
+NOT_IP = [t for t in PII_TYPES if t != "IP"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "card " + ".".join(["4111", "1111", "1111", "1112"]),  # fails Luhn
+        "card " + " ".join("4111111111111112"),
+        "ID " + ZW.join("110105194912310021"),  # check character should be X
+        "ID " + " ".join("110105194912310021"),
+        "tel 128.1234.5678",  # 12x is no mobile prefix
+        "tel 138.1234.56789",  # 12 digits
+        "version 1.2.3.4567",
+        "build 10.0.19045.3693",
+        "server 139.123.145.67 is up",  # an IPv4 address, IP not selected: not a phone
+        "listen on 139.123.145.67:8080",
+        "13.812.345.678 euros",  # thousands separators
+        "¥13,812,345.67",
+        "Python prints 0.4111111111111111",  # decimals, not a Visa number
+        "on 2024.05.13 at 13:45:12",
+        "on 2024/05/13",
+        "order 2024-0513-88123",
+        "ts 1715600000123",
+        "odd numbers 1 3 5 7 9 11 13 15",
+        "commit e3b0c44298fc1c149afbf4c8996fb924",
+        "code E1234567 is short",
+        "look at this dot product",
+        "visit us at example.com",
+        "ping me @ noon",
+        "thanks @user42 for the fix",
+        "the station at the top dot",
+    ],
+)
+def test_obfuscation_lookalikes_are_not_pii(text: str) -> None:
+    assert detect_pii(text, NOT_IP) == []
+
+
+def test_a_grouped_card_is_not_read_as_a_landline_inside_it() -> None:
+    # "0324 2562 2698" looks like a landline (area code 0324): inside a Luhn-valid grouped
+    # card number it is some of the card's groups.
+    assert found("卡号6266 0324 2562 2698 639") == [("BANK_CARD", "6266 0324 2562 2698 639")]
+    assert found("座机0324 2562 2698") == [("PHONE", "0324 2562 2698")]
+
+
+def test_normalisation_tables_are_what_they_say() -> None:
+    from lmops.data import pii
+
+    for zero in (*pii._DIGIT_ZEROS_BMP, *pii._DIGIT_ZEROS_ASTRAL):
+        assert [unicodedata.decimal(chr(zero + d)) for d in range(10)] == list(range(10))
+    extras = {0x034F, 0x20E3, *range(0xFE00, 0xFE10)}  # combining, not format characters
+    for cp in pii._INVISIBLE:
+        assert cp in extras or unicodedata.category(chr(cp)) == "Cf", hex(cp)
+    for cp in pii._SPACE_CPS:
+        assert unicodedata.category(chr(cp)) == "Zs"
+
+
+# ------------------------------------------------------------------------------ big inputs
+# How long these take is measured by benchmarks/guard_bench.py (--parts pii): tests do not
+# depend on the clock. Here: the answers on a long document and on adversarial inputs.
+def test_one_kilobyte_document() -> None:
     doc = (
         "The quick brown fox jumps over the lazy dog. Version 3.11.2 shipped on 2024-05-01. "
         "Contact help@example.org or +1 415-555-2671. 我们的客服电话是13812345678，欢迎咨询。"
     ) * 6
     doc = doc[:1000]
-    detect_pii(doc)  # warm-up
-    start = time.perf_counter()
-    for _ in range(50):
-        detect_pii(doc)
-    per_doc = (time.perf_counter() - start) / 50
-    assert per_doc < 0.005  # ~0.15 ms here; generous for slow CI machines
+    assert Counter(s.type for s in detect_pii(doc)) == Counter({"EMAIL": 6, "PHONE": 12})
 
 
 @pytest.mark.parametrize(
@@ -475,12 +621,17 @@ def test_one_kilobyte_is_fast() -> None:
         "1." * 25_000,
         "+1 " * 15_000,
         "-----BEGIN PRIVATE KEY-----\n" + "A" * 50_000,
+        "1 " * 25_000,
+        "1/" * 25_000,
+        "a at b dot " * 5_000,
+        "\u200b" * 50_000,
+        "1\u200b" * 25_000,
+        "\u0661" * 50_000,
+        "a." * 25_000 + "@x.com",
     ],
 )
-def test_no_catastrophic_backtracking(text: str) -> None:
-    start = time.perf_counter()
-    detect_pii(text)
-    assert time.perf_counter() - start < 1.0
+def test_adversarial_inputs_find_nothing(text: str) -> None:
+    assert detect_pii(text, [t for t in PII_TYPES if t != "SECRET"]) == []
 
 
 # ------------------------------------------------------------------------------ operator
