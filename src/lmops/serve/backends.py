@@ -3,6 +3,7 @@ one seam, so the gateway's handlers never branch on which one it is.
 
     backend = deployment.backend()              # picks the A/B target, if any
     tokens = backend.estimate_prompt(job)       # cheap, before admission
+    backend.precheck(job)                       # cheap refusals (a prompt surely too long)
     await backend.prepare(job)                  # tokenize, check the context (engine)
     gen = await backend.start(job)              # queued / sent: refusals raise here
     async for batch in gen.batches(): ...       # ChoiceDelta events, per choice index
@@ -79,6 +80,7 @@ class Job:
     top_logprobs: int = 0
     stream: bool = False
     include_usage: bool = False  # streams: a last chunk with the usage
+    echo: bool = False  # completions: the reply's text starts with the prompt
     control_tokens: str = "escape"
     prompt_ids: list[int] | None = None  # set by EngineBackend.prepare
 
@@ -124,7 +126,12 @@ class Backend(Protocol):
 
     def estimate_prompt(self, job: Job) -> int: ...
 
-    async def prepare(self, job: Job) -> None: ...
+    def precheck(self, job: Job) -> None:
+        """Cheap checks before any expensive work (a prompt surely longer than the context,
+        options the backend does not take): an :class:`OpenAIError` 400."""
+
+    async def prepare(self, job: Job) -> None:
+        """Tokenize and check the context, where the backend tokenizes."""
 
     async def start(self, job: Job) -> Generation: ...
 
@@ -163,15 +170,15 @@ class EngineBackend:
     def estimate_prompt(self, job: Job) -> int:
         return approx_tokens(job.text())
 
+    def precheck(self, job: Job) -> None:
+        if self.engine.surely_too_long(len(job.text())):
+            raise _context_error(job.kind, self.engine.max_context, None)
+
     async def prepare(self, job: Job) -> None:
         from lmops.serve.engine import ControlTokenError
 
         engine = self.engine
         chars = len(job.text())
-        if engine.surely_too_long(chars):
-            raise _context_error(job.kind, engine.max_context, None)
-        if job.kind == "completion" and job.body.get("echo"):
-            raise OpenAIError(400, "echo is not supported by the built-in engine", param="echo")
 
         def encode() -> list[int]:
             if job.messages is not None:
@@ -208,10 +215,15 @@ class EngineBackend:
                 stop=job.stop,
                 logprobs=job.logprobs,
                 top_logprobs=job.top_logprobs,
+                # scored when asked, and always for max_tokens=0 (nothing is generated)
+                prompt_logprobs=(job.top_logprobs if job.logprobs else 0)
+                if job.echo and (job.logprobs or job.max_tokens == 0)
+                else None,
             )
             for i in range(job.n)
         ]
-        return _EngineGeneration(self.engine.submit_all(reqs), len(job.prompt_ids))
+        echo = (job.prompt or "") if job.echo else None
+        return _EngineGeneration(self.engine.submit_all(reqs), len(job.prompt_ids), echo)
 
     async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         engine = self.engine
@@ -222,12 +234,16 @@ class EngineBackend:
 class _EngineGeneration:
     usage_known = True
 
-    def __init__(self, streams: list[Any], prompt_tokens: int) -> None:
+    def __init__(self, streams: list[Any], prompt_tokens: int, echo: str | None = None) -> None:
         self._streams = streams
         self.prompt_tokens = prompt_tokens
         # tokens per choice: one per delta while it runs (a choice cut short by a content
         # filter still counts what it generated), the engine's own count once it is done
         self._tokens = [0] * len(streams)
+        # completions with echo: each choice's text starts with the prompt (and its token
+        # logprobs, when asked, which the engine sends first)
+        self._echo = echo
+        self._echoed = [echo is None] * len(streams)
 
     @property
     def completion_tokens(self) -> int:
@@ -235,8 +251,15 @@ class _EngineGeneration:
 
     def _events(self, i: int, batch: list[Delta | Done]) -> list[ChoiceDelta]:
         out = []
+        if not self._echoed[i]:
+            self._echoed[i] = True
+            first = batch[0]
+            scores = first.prompt_logprobs if isinstance(first, Delta) else None
+            out.append(ChoiceDelta(i, self._echo or "", list(scores or [])))
         for ev in batch:
             if isinstance(ev, Delta):
+                if ev.prompt_logprobs is not None:
+                    continue  # sent with the echoed prompt above
                 if ev.token_id is not None:
                     self._tokens[i] += 1
                 out.append(ChoiceDelta(i, ev.text, [ev.logprobs] if ev.logprobs else []))
@@ -300,6 +323,9 @@ class UpstreamBackend:
         return approx_tokens(job.text()) + extra
 
     async def prepare(self, job: Job) -> None:
+        return None
+
+    def precheck(self, job: Job) -> None:
         if job.control_tokens != "refuse" or job.messages is None:
             return
         for i, m in enumerate(job.messages):

@@ -507,7 +507,8 @@ class Engine:
 
         lengths = [len(s.req.prompt_ids or []) for s in group]
         t = max(lengths)
-        kwargs: dict[str, Any] = {"use_cache": True, **self._last_logits}
+        scored = group[0].req.prompt_logprobs is not None  # alone in its group
+        kwargs: dict[str, Any] = {"use_cache": True, **({} if scored else self._last_logits)}
         try:
             if len(group) == 1:
                 ids = torch.tensor([group[0].req.prompt_ids or []], device=self.device)
@@ -534,9 +535,49 @@ class Engine:
                 for s in group:
                     self._prefill([s])
             return
+        if scored:
+            s = group[0]
+            try:
+                s.emit(Delta("", prompt_logprobs=self._prompt_logprobs(s, out.logits[0])))
+            except Exception as e:
+                self._fail(s, e)
+                return
+            if s.req.max_tokens <= 0:  # only the prompt was asked for
+                s.done = "length"
+                s.emit(Done("length", lengths[0], 0))
+                return
         layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         self._join(group, layers, mask, lengths)
         self._accept_all(group, out.logits[:, -1])
+
+    def _prompt_logprobs(self, s: _Seq, logits: Any) -> list[TokenLogprob]:
+        """Each prompt token's logprob given the tokens before it (``logits``: the prompt's
+        (T, vocab) logits), with ``prompt_logprobs`` alternatives; the first token has none
+        (NaN). Offsets count the characters of the prompt's decoded text."""
+        import torch
+
+        ids = list(s.req.prompt_ids or [])
+        k = int(s.req.prompt_logprobs or 0)
+        logprobs = torch.log_softmax(logits[:-1].float(), -1)  # position i predicts i + 1
+        chosen = logprobs.gather(1, torch.tensor(ids[1:], device=logits.device)[:, None])
+        values: list[float] = [math.nan, *chosen[:, 0].tolist()]
+        tops: list[list[tuple[int, float]]] = [[]]
+        if k > 0:
+            lp, idx = torch.topk(logprobs, min(k, logprobs.shape[-1]))
+            tops += [
+                list(zip(i, v, strict=True)) for i, v in zip(idx.tolist(), lp.tolist(), strict=True)
+            ]
+        else:
+            tops += [[] for _ in ids[1:]]
+        out: list[TokenLogprob] = []
+        raw = b""
+        start = 0
+        for tok, value, top in zip(ids, values, tops, strict=True):
+            raw += bytes(self._piece(tok)[1])
+            end = len(raw.decode("utf-8", "ignore"))
+            out.append(self._token_logprob(tok, value, top, start, end))
+            start = end
+        return out
 
     def _join(
         self, seqs: list[_Seq], layers: list[tuple[Any, Any]], mask: Any, lengths: list[int]
@@ -798,7 +839,11 @@ def _prefill_groups(seqs: list[_Seq]) -> list[list[_Seq]]:
     real = 0  # the current group's prompt tokens
     for s in sorted(seqs, key=lambda s: len(s.req.prompt_ids or []), reverse=True):
         n = len(s.req.prompt_ids or [])
-        if groups:
+        if s.req.prompt_logprobs is not None:  # scored alone, with every position's logits
+            groups.append([s])
+            real = n
+            continue
+        if groups and groups[-1][0].req.prompt_logprobs is None:
             group = groups[-1]
             padded = len(group[0].req.prompt_ids or []) * (len(group) + 1)
             if padded <= _PREFILL_TOKENS and 4 * (padded - real - n) <= padded:

@@ -31,6 +31,11 @@ Contract:
 * With probability ``fail_rate`` (drawn from ``random.Random(seed)``, one draw per
   completion request) a request fails with HTTP 500 before any byte of the reply.
 * With ``api_key`` set, requests need ``Authorization: Bearer <api_key>`` (else 401).
+* ``reply`` replaces the ``tok{i}`` text: every reply is that text, its tokens being its
+  whitespace-led words (``"a b"`` is ``"a"``, ``" b"``), cut at ``max_tokens``.
+  ``send_usage=False`` leaves usage out of every reply and stream (as some servers do).
+  ``requests``, a list, gets each completion request's JSON body appended (in-process
+  only: what a gateway test checks the upstream was sent).
 * Every error has OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``
   (400 bad request, 401 key, 404 unknown model or route, 500 injected failure).
 
@@ -47,6 +52,7 @@ import asyncio
 import itertools
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -238,8 +244,14 @@ def create_fake_app(
     seed: int = 0,
     api_key: str | None = None,
     chunk_tokens: int = 1,
+    reply: str | None = None,
+    send_usage: bool = True,
+    requests: list[dict[str, Any]] | None = None,
 ) -> FastAPI:
     """Build the fake upstream (see the module docstring for its contract)."""
+    words = re.findall(r"\s*\S+", reply) if reply is not None else None
+    if words is not None and not words:
+        raise UserError("reply must hold at least one word")
     fake = _Fake(
         ttft_s=ttft_s,
         itl_s=itl_s,
@@ -288,6 +300,8 @@ def create_fake_app(
 
     async def complete(request: Request, *, chat: bool) -> Response:
         body = await fake.parse(request)
+        if requests is not None:
+            requests.append(body)
         if chat:
             prompt_tokens = _message_words(body.get("messages"))
         else:
@@ -295,8 +309,9 @@ def create_fake_app(
                 raise _BadRequest(400, "'prompt' is required", param="prompt")
             prompt_tokens = _prompt_words(body["prompt"])
         limit = _max_tokens(body, chat=chat)
-        n_out = fake.tokens if limit is None else min(fake.tokens, limit)
-        finish = "length" if limit is not None and limit < fake.tokens else "stop"
+        total = fake.tokens if words is None else len(words)
+        n_out = total if limit is None else min(total, limit)
+        finish = "length" if limit is not None and limit < total else "stop"
         options = body.get("stream_options") or {}
         if not isinstance(options, dict):
             raise _BadRequest(400, "'stream_options' must be an object", param="stream_options")
@@ -309,7 +324,12 @@ def create_fake_app(
         }
         rid = fake.next_id("chatcmpl" if chat else "cmpl")
         created = int(time.time())
-        texts = [f"tok{i}" if i == 0 else f" tok{i}" for i in range(n_out)]
+        if words is not None:
+            texts = words[:n_out]
+        else:
+            texts = [f"tok{i}" if i == 0 else f" tok{i}" for i in range(n_out)]
+        if not send_usage:
+            usage = {}
         if body.get("stream"):
             events = _stream(
                 fake,
@@ -318,7 +338,7 @@ def create_fake_app(
                 chat=chat,
                 texts=texts,
                 finish=finish,
-                usage=usage if options.get("include_usage") else None,
+                usage=usage if options.get("include_usage") and send_usage else None,
             )
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -335,16 +355,16 @@ def create_fake_app(
             }
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return JSONResponse(
-            {
-                "id": rid,
-                "object": "chat.completion" if chat else "text_completion",
-                "created": created,
-                "model": fake.model,
-                "choices": [choice],
-                "usage": usage,
-            }
-        )
+        reply_body: dict[str, Any] = {
+            "id": rid,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": fake.model,
+            "choices": [choice],
+        }
+        if usage:
+            reply_body["usage"] = usage
+        return JSONResponse(reply_body)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

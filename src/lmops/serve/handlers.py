@@ -6,6 +6,7 @@ One request, in order::
 
     parse (bounded body) -> key -> deployment -> backend (A/B pick)
     -> admit: rate limits on a cheap token estimate, before any expensive work
+    -> backend.precheck (cheap refusals: a prompt surely longer than the context)
     -> input guardrails (every message, every role; the prompt of a completion)
     -> backend.prepare (tokenize off the event loop when long; context check)
     -> backend.start (engine queue / upstream request: refusals are a status, not a stream)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import struct
 import time
 import uuid
@@ -102,8 +104,12 @@ def completion_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
     """The legacy completions shape: parallel lists, alternatives as {token: logprob}."""
     return {
         "tokens": [e.token for e in entries],
-        "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+        # an echoed prompt's first token has no logprob (NaN inside): null, as OpenAI's
+        "token_logprobs": [e.logprob if math.isfinite(e.logprob) else None for e in entries],
+        "top_logprobs": [
+            {t.token: t.logprob for t in e.top_logprobs} if math.isfinite(e.logprob) else None
+            for e in entries
+        ],
         "text_offset": [e.text_offset for e in entries],
     }
 
@@ -153,6 +159,15 @@ class Handlers:
                 code="invalid_value",
             )
         budget = asked[1] if asked is not None else dep.default_max_tokens
+        echo = isinstance(req, CompletionRequest) and req.echo
+        if budget == 0 and not echo:
+            raise OpenAIError(
+                400,
+                "max_tokens: 0 generates nothing; it is only useful with echo (to score the "
+                "prompt)",
+                param="max_tokens",
+                code="invalid_value",
+            )
         logprobs, top = req.logprob_options()
         messages = prompt = None
         if isinstance(req, ChatRequest):
@@ -182,6 +197,7 @@ class Handlers:
             top_logprobs=top,
             stream=req.stream,
             include_usage=req.include_usage(),
+            echo=echo,
             control_tokens=spec.control_tokens,
         )
 
@@ -226,6 +242,7 @@ class Handlers:
             ctx.admit(
                 backend.estimate_prompt(job), job.max_tokens * job.n, model_ref=backend.model_ref
             )
+            backend.precheck(job)
             await self._check_input(ctx, job)
             await backend.prepare(job)
             gen = await backend.start(job)

@@ -96,7 +96,6 @@ class RequestContext:
         self.status: int | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        self._masked_messages: list[dict[str, Any]] | None = None
         self._stream_guards: list[Any] = []
 
     # -- guardrails ---------------------------------------------------------------------------------
@@ -105,7 +104,6 @@ class RequestContext:
 
         decision = self.guard.check_input(messages)
         self._record(decision.actions, "input")
-        self._masked_messages = decision.messages
         if decision.blocked:
             raise OpenAIError(
                 400,
@@ -219,11 +217,9 @@ class RequestContext:
     ) -> None:
         bodies: dict[str, Any] = {}
         if self.dep.spec.log_bodies and self.body is not None:
-            req = dict(self.body)
-            if self._masked_messages is not None:
-                req["messages"] = self._masked_messages  # what the model was given
-            # masked on the writer thread (mask_body), whatever the guardrails left
-            bodies = {"request_body": req, "response_body": response, "mask": mask_body}
+            # the client's body, masked on the writer thread (mask_body) whatever the
+            # guardrails were set to
+            bodies = {"request_body": self.body, "response_body": response, "mask": mask_body}
         self.policy.log.submit(
             request_id=self.request_id,
             key_name=self.key.name,

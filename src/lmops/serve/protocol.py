@@ -158,6 +158,8 @@ class ChatRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
+    # 0 with echo: only the prompt's logprobs (log-likelihood scoring, as vLLM takes it)
+    max_tokens: int | None = Field(default=None, ge=0)
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)
 

@@ -19,6 +19,9 @@ class GenRequest:
     stop: list[str] = field(default_factory=list)
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives reported per token (with logprobs)
+    # the prompt's own token logprobs (``echo`` with ``logprobs``), with this many
+    # alternatives per token; ``None``: not asked. With ``max_tokens=0`` only these come.
+    prompt_logprobs: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,6 +66,10 @@ class Delta:
     token_id: int | None = None
     logprob: float | None = None
     logprobs: TokenLogprob | None = None
+    # the first event of a request that asked for prompt logprobs (and only that): one
+    # entry per prompt token, the first with logprob NaN (nothing precedes it); offsets
+    # are within the prompt's text
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
