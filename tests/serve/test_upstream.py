@@ -151,3 +151,27 @@ def test_stream_framing_is_read_as_server_sent_events() -> None:
     batches = asyncio.run(run())
     assert [c for batch, _ in batches for c in batch] == [{"n": 1}, {"n": 2}]
     assert batches[-1] == ([], True)
+
+
+def test_upstream_errors_never_show_the_url_credentials() -> None:
+    """An upstream URL with credentials (user:pass@host) is masked in every message a
+    client can see (issue #12 item 10)."""
+    from tests.conftest import free_port
+
+    async def run() -> list[str]:
+        up = Upstream(f"http://svc:s3cr3t@w0rd@127.0.0.1:{free_port()}/v1", "up")
+        messages = []
+        try:
+            for call in (
+                up.request("/chat/completions", BODY),
+                up.open_stream("/chat/completions", BODY),
+            ):
+                with pytest.raises(UpstreamError) as e:
+                    await call
+                messages.append(str(e.value))
+        finally:
+            await up.aclose()
+        return messages
+
+    for message in asyncio.run(run()):
+        assert "s3cr3t" not in message and "w0rd" not in message and "***@127.0.0.1" in message

@@ -106,7 +106,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from lmops.core.errors import LmopsError, StoreError
 from lmops.store import ApiKey
-from lmops.store.db import Database, is_lock_conflict
+from lmops.store.db import Database, disk_full, is_lock_conflict
 from lmops.store.models import InflightRow
 
 __all__ = [
@@ -560,6 +560,8 @@ class RateLimiter:
                     if not committing and not reconnected:
                         reconnected = True
                         continue
+                if full := disk_full(e, self._db.where):
+                    raise full from None
                 if not is_lock_conflict(e) or time.monotonic() >= deadline:
                     raise StoreError(
                         f"database {self._db.masked_url} is locked or unavailable ({e}) "

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from lmops.core.config import mask_url
 from lmops.core.sse import SSEDecoder
 
 __all__ = ["Upstream", "UpstreamError", "UpstreamRefused", "UpstreamStream"]
@@ -81,7 +82,7 @@ class UpstreamStream:
         in the same write. Nothing is held back waiting for more data: a batch is yielded
         as soon as its read is parsed. A stream that ends without ``[DONE]`` just ends.
         Raises :class:`UpstreamError` for a broken stream or a chunk that is not JSON."""
-        base = self._up.base_url
+        base = self._up.shown_url
         try:
             sse = SSEDecoder()
             done = False
@@ -112,6 +113,8 @@ class Upstream:
         self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 600.0
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # what messages name: credentials in the URL (user:pass@host) never reach a client
+        self.shown_url = mask_url(self.base_url)
         self.model = model
         self.timeout = timeout
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -156,14 +159,14 @@ class Upstream:
                 status = r.status
         except (TimeoutError, aiohttp.ClientError) as e:
             raise UpstreamError(
-                f"upstream {self.base_url} unreachable: {e or type(e).__name__}"
+                f"upstream {self.shown_url} unreachable: {e or type(e).__name__}"
             ) from None
         if status >= 500:
-            raise UpstreamError(f"upstream {self.base_url} failed with {status}: {text[:200]}")
+            raise UpstreamError(f"upstream {self.shown_url} failed with {status}: {text[:200]}")
         data = _json_object(text)
         if data is None:
             raise UpstreamError(
-                f"upstream {self.base_url} answered {status} with a body that is not a JSON "
+                f"upstream {self.shown_url} answered {status} with a body that is not a JSON "
                 f"object: {text[:200]!r}"
             )
         return status, data
@@ -178,7 +181,7 @@ class Upstream:
             r = await self._session().post(url, json=payload)
         except (TimeoutError, aiohttp.ClientError) as e:
             raise UpstreamError(
-                f"upstream {self.base_url} unreachable: {e or type(e).__name__}"
+                f"upstream {self.shown_url} unreachable: {e or type(e).__name__}"
             ) from None
         if r.status < 400:
             return UpstreamStream(self, r)
@@ -188,7 +191,7 @@ class Upstream:
             text = ""
         finally:
             r.release()
-        message = f"upstream {self.base_url} failed with {r.status}: {text[:200]}"
+        message = f"upstream {self.shown_url} failed with {r.status}: {text[:200]}"
         if r.status >= 500:
             raise UpstreamError(message)
         data = _json_object(text) or {"error": {"message": text[:2000] or message}}
