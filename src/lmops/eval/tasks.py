@@ -7,10 +7,18 @@ Supported keys: ``task``, ``dataset_path`` (``json``/``csv``/``parquet`` with
 ``target_delimiter``, ``fewshot_delimiter``, ``output_type`` (``multiple_choice``,
 ``generate_until``, ``loglikelihood_rolling``), ``generation_kwargs`` (``until``,
 ``max_gen_toks``, ``do_sample``, ``temperature``), ``metric_list``, ``filter_list`` (regex
-extraction, take-first), ``group``/``tag``. Unknown keys are errors that name the line.
+extraction, take-first), ``group``/``tag``, ``gen_prefix``. Unknown keys are errors that name
+the line.
 
 Rendering follows lm-evaluation-harness: a template that is exactly a column name yields
 that column; otherwise it is Jinja; a rendered list/int is parsed as a Python literal.
+
+Prompts are built as lm-evaluation-harness 0.4 builds them (``ConfigurableTask.
+fewshot_context``): a list of messages (system = system instruction + description, then a
+user/assistant pair per few-shot example, then the question, and an opened assistant turn
+when the task has a ``gen_prefix``), rendered either as plain text (each message followed by
+its delimiter) or through the model's chat template, as separate turns
+(``fewshot_as_multiturn``) or collapsed into one user turn.
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmops.core.errors import UserError
 from lmops.core.yamlcfg import load_config
 
-__all__ = ["Doc", "Task", "TaskConfig", "load_task_file"]
+__all__ = ["ChatTemplate", "Doc", "Message", "Task", "TaskConfig", "load_task_file"]
 
 Doc = dict[str, Any]
+# (messages as {"role", "content"} dicts, add_generation_prompt) -> the rendered prompt
+ChatTemplate = Callable[[list[dict[str, str]], bool], str]
 
 
 class MetricSpec(BaseModel):
@@ -89,6 +99,8 @@ class TaskConfig(BaseModel):
     metric_list: list[MetricSpec] = Field(default_factory=list)
     filter_list: list[FilterSpec] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # opens the answer (a column, Jinja, or text): the assistant turn starts with it
+    gen_prefix: str | None = None
     # lmops extensions
     doc_filter: dict[str, Any] = Field(default_factory=dict)  # {field: allowed value(s)}
     scorer: Literal["loglikelihood", "letter"] = "loglikelihood"
@@ -106,6 +118,8 @@ class TaskConfig(BaseModel):
                 "fewshot_delimiter",
             )
         }
+        if self.gen_prefix is not None:  # only when set, so older reports keep their hash
+            parts["gen_prefix"] = self.gen_prefix
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[
             :16
         ]
@@ -121,21 +135,38 @@ def _jinja() -> Any:
 
 
 _ENV: Any = None
+_COMPILED: dict[str, Any] = {}  # template source -> compiled Jinja template
+
+
+def render_text(template: str, doc: Doc, field_name: str = "template") -> str:
+    """A column's value when ``template`` names one, else the rendered Jinja text (lm-eval's
+    ``resolve_field``: descriptions and ``gen_prefix``)."""
+    global _ENV
+    if template in doc:
+        return str(doc[template])
+    if "{" not in template:  # plain text: nothing to render
+        return template
+    compiled = _COMPILED.get(template)
+    if compiled is None:
+        if _ENV is None:
+            _ENV = _jinja()
+        try:
+            compiled = _COMPILED.setdefault(template, _ENV.from_string(template))
+        except Exception as e:  # jinja2 syntax errors
+            raise UserError(f"{field_name}: cannot render {template!r}: {e}") from None
+    try:
+        return str(compiled.render(**doc))
+    except Exception as e:  # jinja2 errors: undefined column
+        raise UserError(f"{field_name}: cannot render {template!r}: {e}") from None
 
 
 def render(template: str | int | list[Any], doc: Doc, field_name: str = "template") -> Any:
     """Apply a doc_to_* template as lm-evaluation-harness does."""
-    global _ENV
     if isinstance(template, int | list):
         return template
     if template in doc:
         return doc[template]
-    if _ENV is None:
-        _ENV = _jinja()
-    try:
-        out = _ENV.from_string(template).render(**doc)
-    except Exception as e:  # jinja2 errors: undefined column, syntax
-        raise UserError(f"{field_name}: cannot render {template!r}: {e}") from None
+    out = render_text(template, doc, field_name)
     stripped = out.strip()
     if stripped.startswith("[") or stripped.lstrip("-").isdigit():
         try:
@@ -166,6 +197,82 @@ def _read_rows(path: Path, fmt: str) -> list[Doc]:
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{i}: malformed JSON ({e.msg})") from None
     return rows
+
+
+@dataclass
+class Message:
+    """One turn of a prompt. As plain text it is ``content + delimiter``; through a chat
+    template only role and content count (lm-eval's ``api.utils.Message``)."""
+
+    role: str  # system | user | assistant
+    content: str
+    delimiter: str = ""
+
+    def text(self) -> str:
+        return self.content + self.delimiter
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+def _maybe_delimit(prefix: str | None, suffix: str | None, delimiter: str = " ") -> str:
+    """prefix + suffix, with ``delimiter`` between unless either has whitespace there."""
+    if not prefix:
+        return suffix or ""
+    if not suffix:
+        return prefix
+    if prefix[-1].isspace() or suffix[0].isspace():
+        return prefix + suffix
+    return prefix + delimiter + suffix
+
+
+def _requires_delimiter(prefix: str, suffix: str) -> bool:
+    return prefix != "" and not (prefix[-1].isspace() or suffix[0].isspace())
+
+
+def _qa_turn(
+    q: str, a: str | None, gen_prefix: str | None, target_delim: str, fewshot_delim: str
+) -> list[Message]:
+    """The question as a user turn, then the answer (a few-shot example) or the opened
+    answer (``gen_prefix``) as an assistant turn: lm-eval's ``build_qa_turn``."""
+    has_answer = a is not None and a != ""
+    # the target delimiter follows the question before an answer; before a gen_prefix only
+    # when neither side has whitespace at the join
+    opened = bool(gen_prefix) and _requires_delimiter(q, gen_prefix or "")
+    user_delim = target_delim if (has_answer and not gen_prefix) or opened else ""
+    turn = [Message("user", q, user_delim)]
+    if has_answer:
+        turn.append(Message("assistant", _maybe_delimit(gen_prefix, a, " "), fewshot_delim))
+    elif gen_prefix:
+        turn.append(Message("assistant", gen_prefix))
+    return turn
+
+
+def _single_turn(messages: list[Message]) -> list[dict[str, str]]:
+    """Few-shot turns collapsed into one user turn (their plain text), keeping the system
+    turn and an opened assistant turn: lm-eval's ``multiturn_to_singleturn``."""
+    system = messages[0] if messages[0].role == "system" else None
+    rest = messages[1:] if system else messages
+    tail = [rest[-1]] if rest[-1].role == "assistant" else []
+    body = rest[:-1] if tail else rest
+    text = "".join(m.text() for m in body[:-1]) + body[-1].content  # no delimiter at the end
+    out = [Message("user", text).as_dict()] + [m.as_dict() for m in tail]
+    return [system.as_dict(), *out] if system else out
+
+
+def render_prompt(
+    messages: list[Message],
+    chat_template: ChatTemplate | None = None,
+    *,
+    fewshot_as_multiturn: bool = False,
+) -> str:
+    """Plain text (every message followed by its delimiter), or the chat template's
+    rendering. A prompt that ends in an opened assistant turn (a ``gen_prefix``) continues
+    that turn instead of adding a generation prompt."""
+    if chat_template is None:
+        return "".join(m.text() for m in messages)
+    turns = [m.as_dict() for m in messages] if fewshot_as_multiturn else _single_turn(messages)
+    return chat_template(turns, messages[-1].role != "assistant")
 
 
 @dataclass
@@ -233,24 +340,85 @@ class Task:
             return self.choices(doc)[t]
         return str(t)
 
-    def context(self, doc: Doc, num_fewshot: int, rng_seed: int = 1234) -> str:
-        """Description + few-shot examples + the question, as lm-eval builds it."""
-        c = self.config
-        shots: list[Doc] = []
-        if num_fewshot:
-            if self.custom_fewshot is not None:
-                shots = self.custom_fewshot(doc)[:num_fewshot]
-            else:
-                pool = [d for d in self.fewshot_docs() if d is not doc]
-                if c.fewshot_config.get("sampler", "first_n") == "random":
-                    import random
+    def answer_text(self, doc: Doc) -> str:
+        """A few-shot example's answer: the target choice's text (multiple choice), the first
+        of several targets, or the target."""
+        t = render(self.config.doc_to_target, doc, "doc_to_target")
+        if isinstance(t, list):
+            return str(t[0])
+        return self.target_text(doc)
 
-                    shots = random.Random(rng_seed).sample(pool, min(num_fewshot, len(pool)))
-                else:
-                    shots = pool[:num_fewshot]
-        parts = [self.text(s) + c.target_delimiter + self.target_text(s) for s in shots]
-        body = c.fewshot_delimiter.join([*parts, self.text(doc)]) if parts else self.text(doc)
-        return c.description + body
+    def gen_prefix(self, doc: Doc) -> str | None:
+        g = self.config.gen_prefix
+        return None if g is None else render_text(g, doc, "gen_prefix")
+
+    def shots(self, doc: Doc, num_fewshot: int, rng_seed: int = 1234) -> list[Doc]:
+        """The few-shot examples for ``doc``: the first ``num_fewshot`` of the few-shot split
+        (or a seeded random draw with ``fewshot_config.sampler: random``). When
+        ``fewshot_split`` equals ``test_split``, copies of ``doc`` are left out, as lm-eval
+        does."""
+        if not num_fewshot:
+            return []
+        if self.custom_fewshot is not None:
+            return self.custom_fewshot(doc)[:num_fewshot]
+        c = self.config
+        pool = self.fewshot_docs()
+        if c.fewshot_split == c.test_split:  # lm-eval's test, None == None included
+            pool = [d for d in pool if d != doc]
+        if c.fewshot_config.get("sampler", "first_n") == "random":
+            import random
+
+            return random.Random(rng_seed).sample(pool, min(num_fewshot, len(pool)))
+        return pool[:num_fewshot]
+
+    def messages(
+        self, doc: Doc, num_fewshot: int, *, system_instruction: str | None = None
+    ) -> list[Message]:
+        """The prompt's turns for ``doc``: lm-eval's ``fewshot_context`` before rendering."""
+        c = self.config
+        out: list[Message] = []
+        description = render_text(c.description, doc, "description") if c.description else ""
+        system = _maybe_delimit(system_instruction, description, c.fewshot_delimiter)
+        if system:
+            out.append(Message("system", system))
+        for shot in self.shots(doc, num_fewshot):
+            out += _qa_turn(
+                self.text(shot),
+                self.answer_text(shot),
+                self.gen_prefix(shot),
+                c.target_delimiter,
+                c.fewshot_delimiter,
+            )
+        out += _qa_turn(self.text(doc), None, self.gen_prefix(doc), c.target_delimiter, "")
+        return out
+
+    def context(
+        self,
+        doc: Doc,
+        num_fewshot: int,
+        *,
+        system_instruction: str | None = None,
+        chat_template: ChatTemplate | None = None,
+        fewshot_as_multiturn: bool = False,
+    ) -> str:
+        """Description + few-shot examples + the question, as lm-eval builds it: plain text,
+        or through ``chat_template`` (few-shot examples as turns with
+        ``fewshot_as_multiturn``, else in one user turn)."""
+        return render_prompt(
+            self.messages(doc, num_fewshot, system_instruction=system_instruction),
+            chat_template,
+            fewshot_as_multiturn=fewshot_as_multiturn,
+        )
+
+    def choice_delimiter(self, chat: bool) -> str:
+        """What goes between the context and each choice. Through a chat template the
+        answer starts its own turn, so none, unless a ``gen_prefix`` that does not end in
+        whitespace opened it (lm-eval's ``construct_requests``)."""
+        c = self.config
+        if not chat:
+            return c.target_delimiter
+        g = c.gen_prefix
+        return c.target_delimiter if g and not g[-1].isspace() else ""
 
 
 def load_task_file(path: Path, store: Any | None = None) -> Task:
