@@ -16,7 +16,7 @@ from lmops.core.config import find_shared_datasets
 from lmops.core.errors import UserError
 from lmops.eval.tasks import Task, TaskConfig
 
-__all__ = ["builtin_names", "load_builtin", "shared_root"]
+__all__ = ["builtin_names", "cmmlu_subject_names", "load_builtin", "shared_root"]
 
 LETTERS = ["A", "B", "C", "D"]
 
@@ -80,19 +80,36 @@ def _mmlu_task(subject: str, rows: list[dict[str, Any]], include_errors: bool) -
     return Task(cfg, {"test": kept}, source="builtin:mmlu_redux", excluded=len(docs) - len(kept))
 
 
+def cmmlu_subject_names() -> dict[str, str]:
+    """CMMLU subject -> its Chinese name, as lm-evaluation-harness's cmmlu task files write
+    it into the prompt (``resources/cmmlu_subjects.json``, derived from those files)."""
+    global _CMMLU_NAMES
+    if _CMMLU_NAMES is None:
+        f = Path(__file__).parent / "resources" / "cmmlu_subjects.json"
+        _CMMLU_NAMES = dict(json.loads(f.read_text(encoding="utf-8"))["subjects"])
+    return _CMMLU_NAMES
+
+
+_CMMLU_NAMES: dict[str, str] | None = None
+
+
 def _cmmlu_task(root: Path, subject: str) -> Task:
     def read(split: str) -> list[dict[str, Any]]:
         with open(root / "cmmlu" / split / f"{subject}.csv", encoding="utf-8", newline="") as fh:
             return [dict(r) for r in csv.DictReader(fh)]
 
+    name = cmmlu_subject_names().get(subject, subject.replace("_", " "))
     cfg = TaskConfig(
         task=f"cmmlu_{subject}",
         group="cmmlu",
         dataset_path="builtin",
         test_split="test",
         fewshot_split="dev",
+        fewshot_config={"sampler": "first_n"},
         num_fewshot=5,
-        description=f"以下是关于{subject.replace('_', ' ')}的单项选择题，请直接给出正确答案的选项。\n\n",
+        # the Chinese subject name, as the reference harnesses prompt (a subject outside
+        # the table, in a user's own CMMLU-shaped folder, keeps its file name)
+        description=f"以下是关于{name}的单项选择题，请直接给出正确答案的选项。\n\n",
         doc_to_text="{{Question.strip()}}\nA. {{A}}\nB. {{B}}\nC. {{C}}\nD. {{D}}\n答案：",
         doc_to_choice=LETTERS,
         doc_to_target="{{['A', 'B', 'C', 'D'].index(Answer)}}",

@@ -2,10 +2,16 @@
 
 ``loglikelihood(requests)`` returns, per ``(context, continuation)``, the summed log
 probability of the continuation and whether it is the greedy continuation; it encodes
-exactly as lm-evaluation-harness's HF backend does (trailing spaces of the context move
-to the continuation; the context and the whole string are tokenized without special
-tokens; an empty context is replaced by the end-of-text token), so both tools score the
-same tokens and pick the same choices.
+exactly as lm-evaluation-harness 0.4's HF backend does (trailing whitespace of the context
+moves to the continuation; the context and the whole string are tokenized with the
+tokenizer's own special tokens unless the text already starts with the prefix token; an
+empty context is replaced by the prefix token: BOS, else end-of-text), so both tools score
+the same tokens and pick the same choices.
+
+``apply_chat_template(messages, add_generation_prompt)`` renders a prompt's turns for
+``--apply-chat-template`` as lm-eval's HF backend does (the tokenizer's template; an opened
+assistant turn is continued; a template that refuses the system role gets the turns
+without it). An endpoint keeps the turns (``ChatPrompt``) and sends them as chat messages.
 
 Speed (results equal lm-eval's up to float32 rounding, about 1e-6 per token):
 
@@ -36,8 +42,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lmops.core.errors import UserError
+from lmops.eval.tasks import ChatTemplate
 
-__all__ = ["EvalModel", "FakeEvalModel", "HFEvalModel", "OpenAIEvalModel"]
+__all__ = [
+    "ChatPrompt",
+    "EndpointDown",
+    "EvalModel",
+    "FakeEvalModel",
+    "HFEvalModel",
+    "OpenAIEvalModel",
+]
 
 # A prefix shared by every context of a call is run once when it has at least this many
 # tokens (below that, copying its cache costs about what it saves).
@@ -45,11 +59,40 @@ _MIN_SHARED_PREFIX = 8
 
 
 class EvalModel(Protocol):
+    """Scores and generations. A model that can render chat prompts also has
+    ``apply_chat_template(messages, add_generation_prompt) -> str`` (all three here do)."""
+
     name: str
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]: ...
     def generate(self, requests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]: ...
     def loglikelihood_rolling(self, texts: Sequence[str]) -> list[tuple[float, int]]: ...
+
+
+class ChatPrompt(str):
+    """A chat prompt for an endpoint, whose template is on the server: the text is the
+    turns as JSON (what reports show); ``messages`` are sent as they are."""
+
+    messages: list[dict[str, str]]
+
+    def __new__(cls, messages: list[dict[str, str]]) -> ChatPrompt:
+        import json
+
+        self = super().__new__(cls, json.dumps(messages, ensure_ascii=False))
+        self.messages = messages
+        return self
+
+
+class EndpointDown(UserError):
+    """Requests in a row failed after their retries: the endpoint is not answering."""
+
+
+def _chatml(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    """ChatML rendering (``FakeEvalModel``'s template), continuing an opened last turn."""
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    if add_generation_prompt:
+        return text + "<|im_start|>assistant\n"
+    return text[: -len("<|im_end|>\n")]
 
 
 @dataclass
@@ -113,11 +156,21 @@ class HFEvalModel:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.eot = self.tokenizer.eos_token_id
-        # Generation also stops at ChatML's end of turn, as the serving engine does: decoding
-        # drops <|im_end|>, so whatever a chat model writes after its turn would otherwise run
-        # into its answer.
+        # lm-eval's prefix token: an empty context is replaced by it, and a text that starts
+        # with its string is tokenized without adding special tokens again
+        bos = self.tokenizer.bos_token_id
+        self.prefix_id: int = bos if bos is not None else self.eot
+        self._prefix_text = str(self.tokenizer.decode(self.prefix_id))
+        # Generation stops at the model's end-of-sequence tokens (its generation config, as
+        # transformers' generate does for lm-eval) and also at ChatML's end of turn, as the
+        # serving engine does: decoding drops <|im_end|>, so whatever a chat model writes
+        # after its turn would otherwise run into its answer.
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
         im_end = self.tokenizer.get_vocab().get("<|im_end|>")
-        self.stop_ids = [i for i in dict.fromkeys([self.eot, im_end]) if isinstance(i, int)]
+        self.stop_ids = [
+            i for i in dict.fromkeys([self.eot, *gen_eos, im_end]) if isinstance(i, int)
+        ]
         cfg = self.model.config
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or 2048
         self.batch_size = batch_size
@@ -128,12 +181,46 @@ class HFEvalModel:
 
     # -- encoding as lm-evaluation-harness does ------------------------------------------------------
     def _tok(self, s: str) -> list[int]:
-        return list(self.tokenizer(s, add_special_tokens=False)["input_ids"])
+        return self._tok_many([s])[0]
 
     def _tok_many(self, texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        """Token ids as lm-eval 0.4's ``HFLM.tok_encode``: with the tokenizer's own special
+        tokens (a Llama tokenizer's BOS), except for a text that already starts with the
+        prefix token (a chat template that writes the BOS itself)."""
+        out: list[list[int]] = [[] for _ in texts]
+        for plain in (False, True):
+            idx = [i for i, t in enumerate(texts) if t.startswith(self._prefix_text) == plain]
+            if idx:
+                kw = {"add_special_tokens": False} if plain else {}
+                ids = self.tokenizer([texts[i] for i in idx], **kw)["input_ids"]
+                for i, row in zip(idx, ids, strict=True):
+                    out[i] = list(row)
+        return out
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool
+    ) -> str:
+        """The prompt through the tokenizer's chat template, as lm-eval's HF backend renders
+        it: ``add_generation_prompt`` opens the assistant turn, else the last (assistant)
+        turn is continued; a template that refuses the system role gets the turns without
+        it."""
+        import jinja2
+
+        if not self.tokenizer.chat_template:
+            raise UserError(
+                f"{self.name}: the tokenizer has no chat template (tokenizer_config.json "
+                "chat_template); add one or drop --apply-chat-template"
+            )
+        kw: dict[str, Any] = {
+            "tokenize": False,
+            "add_generation_prompt": add_generation_prompt,
+            "continue_final_message": not add_generation_prompt,
+        }
+        try:
+            return str(self.tokenizer.apply_chat_template(messages, **kw))
+        except jinja2.exceptions.TemplateError:
+            plain = [m for m in messages if m["role"] != "system"]
+            return str(self.tokenizer.apply_chat_template(plain, **kw))
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         return self.encode_pairs([(context, continuation)])[0]
@@ -153,14 +240,22 @@ class HFEvalModel:
             pairs.append((context, continuation))
         distinct = list(dict.fromkeys(c for c, _ in pairs if c))
         context_ids = dict(zip(distinct, self._tok_many(distinct), strict=True))
-        wholes = self._tok_many([c + x for c, x in pairs])
+        wholes = self._tok_many([c + x for c, x in pairs if c])
+        empty = [x for c, x in pairs if not c]
+        alone = iter(self.tokenizer(empty, add_special_tokens=False)["input_ids"] if empty else [])
+        whole_of = iter(wholes)
         out = []
-        for (context, _), whole in zip(pairs, wholes, strict=True):
+        for context, _ in pairs:
             if context == "":
-                out.append(([self.eot], whole))
+                # the prefix token as the context, unless the continuation starts with it
+                cont = list(next(alone))
+                if cont and cont[0] == self.prefix_id:
+                    out.append((cont[:1], cont[1:]))
+                else:
+                    out.append(([self.prefix_id], cont))
             else:
                 ctx = context_ids[context]
-                out.append((ctx, whole[len(ctx) :]))
+                out.append((ctx, next(whole_of)[len(ctx) :]))
         return out
 
     # -- scoring -------------------------------------------------------------------------------------
@@ -389,7 +484,7 @@ class HFEvalModel:
             pos = 0
             while pos < len(tokens):
                 window = tokens[pos : pos + self.max_length]
-                ctx = [self.eot] if pos == 0 else tokens[max(0, pos - 1) : pos]
+                ctx = [self.prefix_id] if pos == 0 else tokens[max(0, pos - 1) : pos]
                 enc = _Encoded(0, ctx, window)
                 ll, _ = self._score([enc])[0]
                 total += ll
@@ -406,7 +501,7 @@ class HFEvalModel:
             until = kw.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             ids = self._tok(context)[-(self.max_length - int(kw.get("max_gen_toks", 256))) :] or [
-                self.eot
+                self.prefix_id
             ]
             inp = torch.tensor([ids], device=self.device)
             with torch.no_grad():
@@ -441,6 +536,7 @@ class OpenAIEvalModel:
         chat: bool = True,
         timeout: float = 60.0,
         retries: int = 3,
+        max_failures_in_a_row: int = 5,
     ) -> None:
         import httpx
 
@@ -449,6 +545,12 @@ class OpenAIEvalModel:
         self.chat = chat
         self.retries = retries
         self.failed = 0
+        # A request that fails after its retries counts as failed and the run goes on; this
+        # many in a row means the endpoint is down: stop (finished tasks are kept) rather
+        # than score every remaining document as a failure.
+        self.max_failures_in_a_row = max_failures_in_a_row
+        self._in_a_row = 0
+        self._last_error = ""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
 
@@ -460,19 +562,33 @@ class OpenAIEvalModel:
                 r = self.client.post(path, json=body)
                 if r.status_code < 500 and r.status_code != 429:
                     r.raise_for_status()
+                    self._in_a_row = 0
                     return dict(r.json())
+                self._last_error = f"HTTP {r.status_code} {r.text[:120]}"
             except httpx.HTTPStatusError as e:
                 raise UserError(
                     f"endpoint refused the request: {e.response.status_code} {e.response.text[:200]}"
                 ) from None
-            except httpx.HTTPError:
-                pass
+            except httpx.HTTPError as e:
+                self._last_error = f"{type(e).__name__}: {e}"
             if attempt < self.retries:
                 import time
 
                 time.sleep(min(8.0, 0.5 * 2**attempt))
         self.failed += 1
+        self._in_a_row += 1
+        if self._in_a_row >= self.max_failures_in_a_row:
+            raise EndpointDown(
+                f"endpoint {self.client.base_url}: {self._in_a_row} requests in a row failed "
+                f"after {self.retries} retries (last: {self._last_error})"
+            )
         return None
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool
+    ) -> str:
+        """The turns themselves: the endpoint applies its own template."""
+        return ChatPrompt(messages)
 
     def generate(self, requests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         outs = []
@@ -485,7 +601,19 @@ class OpenAIEvalModel:
             }
             if until:
                 body["stop"] = ([until] if isinstance(until, str) else list(until))[:4]
-            if self.chat:
+            if isinstance(context, ChatPrompt):
+                if not self.chat:
+                    raise UserError(
+                        "--apply-chat-template sends chat messages: use the endpoint's chat API"
+                    )
+                body["messages"] = context.messages
+                if context.messages[-1]["role"] == "assistant":
+                    # a gen_prefix opened the answer: vLLM's (and lmops') continuation flags
+                    body["add_generation_prompt"] = False
+                    body["continue_final_message"] = True
+                res = self._post("/chat/completions", body)
+                outs.append(res["choices"][0]["message"]["content"] or "" if res else "")
+            elif self.chat:
                 body["messages"] = [{"role": "user", "content": context}]
                 res = self._post("/chat/completions", body)
                 outs.append(res["choices"][0]["message"]["content"] or "" if res else "")
@@ -498,6 +626,11 @@ class OpenAIEvalModel:
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         out = []
         for context, continuation in requests:
+            if isinstance(context, ChatPrompt):
+                raise UserError(
+                    "--apply-chat-template with log-likelihood tasks needs the model's chat "
+                    "template here: evaluate a local model, or use a generation task"
+                )
             res = self._post(
                 "/completions",
                 {
@@ -544,10 +677,22 @@ class FakeEvalModel:
     """A scripted backend for tests and dry runs: ``respond(context) -> text`` answers
     generation requests and ``score(context, continuation) -> float`` log-likelihoods."""
 
-    def __init__(self, respond: Any = None, score: Any = None, name: str = "fake") -> None:
+    def __init__(
+        self,
+        respond: Any = None,
+        score: Any = None,
+        name: str = "fake",
+        chat_template: ChatTemplate | None = None,
+    ) -> None:
         self.name = name
         self.respond = respond or (lambda ctx: "")
         self.score = score or (lambda ctx, cont: -float(len(cont)))
+        self.chat_template = chat_template or _chatml
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool
+    ) -> str:
+        return self.chat_template(messages, add_generation_prompt)
 
     def generate(self, requests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         outs = []
