@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmops.core.errors import UserError
+from lmops.core.errors import LmopsError, UserError
+from lmops.core.logging import get_logger
 
 __all__ = ["EvalJob", "load_tasks", "open_model", "run_eval", "run_safety_probe"]
 
@@ -77,6 +78,19 @@ class EvalJob:
     model_ref: str | None = None
 
 
+def _model_key(model: str, ref: str | None, endpoint: str | None, lm: Any) -> str:
+    """Which model scored: an asset version, a local folder's files, or an endpoint's
+    model; with the device and context length, which change the numbers."""
+    from lmops.eval.partial import fingerprint_folder
+
+    if endpoint:
+        return f"endpoint {endpoint.rstrip('/')} {model}"
+    where = f"device {getattr(lm, 'device', '')} max_length {getattr(lm, 'max_length', '')}"
+    if ref:
+        return f"asset {ref} {where}"
+    return f"folder {fingerprint_folder(Path(model))} {where}"
+
+
 def run_eval(
     store: Any,
     model: str,
@@ -96,12 +110,26 @@ def run_eval(
     contamination_datasets: list[str] | None = None,
     contamination_n: int = 13,
     progress: bool = True,
+    apply_chat_template: bool = False,
+    system_instruction: str | None = None,
+    fewshot_as_multiturn: bool | None = None,
+    resume: bool = True,
 ) -> EvalJob:
-    """Score ``model`` on ``tasks`` inside an ``eval`` run and register an eval_report."""
-    from lmops.eval.run import evaluate, register_report, report_dict
+    """Score ``model`` on ``tasks`` inside an ``eval`` run and register an eval_report.
+
+    ``apply_chat_template``, ``system_instruction`` and ``fewshot_as_multiturn`` are
+    lm-evaluation-harness's flags. Each finished task is kept as it finishes
+    (``eval.partial``): a run that is killed or fails keeps them, the same call again reuses
+    them (``resume=False`` scores everything again), and they are removed once the report
+    is registered."""
+    from lmops.core.config import Settings
+    from lmops.eval.partial import PartialResults
+    from lmops.eval.run import evaluate, prompt_style, register_report, report_dict
 
     if scorer not in (None, "loglikelihood", "letter"):
         raise UserError(f"scorer {scorer!r}: use loglikelihood or letter")
+    if fewshot_as_multiturn and not apply_chat_template:
+        raise UserError("--fewshot-as-multiturn needs --apply-chat-template (as in lm-eval)")
     config: dict[str, Any] = {
         "tasks": [t.name for t in tasks],
         "limit": limit,
@@ -109,6 +137,11 @@ def run_eval(
         "batch_size": batch_size,
         "scorer": scorer,
         "endpoint": endpoint,
+        "apply_chat_template": apply_chat_template,
+        "system_instruction": system_instruction,
+        "fewshot_as_multiturn": bool(apply_chat_template)
+        if fewshot_as_multiturn is None
+        else fewshot_as_multiturn,
     }
     with store.runs.track("eval", name=model, config={"model": model, **config}) as run_rec:
         lm, ref = open_model(
@@ -121,9 +154,45 @@ def run_eval(
             max_length=max_length,
             retries=retries,
         )
-        results = evaluate(
-            lm, tasks, limit=limit, num_fewshot=num_fewshot, scorer=scorer, progress=progress
+        style = prompt_style(
+            lm,
+            apply_chat_template=apply_chat_template,
+            system_instruction=system_instruction,
+            fewshot_as_multiturn=fewshot_as_multiturn,
         )
+        partial = PartialResults(
+            Settings.from_env().home / "eval-partial",
+            _model_key(model, ref, endpoint, lm),
+            {"limit": limit, "num_fewshot": num_fewshot, "scorer": scorer, "prompt": style.name},
+        )
+        if not resume:
+            partial.discard()
+        try:
+            results = evaluate(
+                lm,
+                tasks,
+                limit=limit,
+                num_fewshot=num_fewshot,
+                scorer=scorer,
+                progress=progress,
+                apply_chat_template=apply_chat_template,
+                system_instruction=system_instruction,
+                fewshot_as_multiturn=fewshot_as_multiturn,
+                partial=partial,
+            )
+        except (LmopsError, KeyboardInterrupt) as e:
+            kept = len(partial.finished())
+            if kept:
+                hint = (
+                    f"{kept} finished task(s) are kept in {partial.dir}; "
+                    "run the same command again to score only the rest"
+                )
+                if isinstance(e, LmopsError):
+                    e.args = (f"{e}; {hint}",)
+                else:
+                    get_logger(__name__).warning(hint)
+            raise
+        config["resumed_tasks"] = partial.reused
         if contamination or contamination_datasets:
             from lmops.eval.run import dataset_texts, flag_contamination, training_texts
 
@@ -152,6 +221,7 @@ def run_eval(
         name = output or f"eval-{_short(ref or Path(model).name)}"
         version = register_report(store, name, report, results, inputs=inputs, run_id=run_rec.id)
         report["report"] = version.ref
+        partial.clear()  # the report holds everything now
     return EvalJob(version, report, results, ref)
 
 

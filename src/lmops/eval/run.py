@@ -3,21 +3,44 @@ the report as an ``eval_report`` asset with per-item outputs and lineage."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmops import __version__
+from lmops.core.errors import UserError
+from lmops.core.progress import Progress
 from lmops.eval.lm import EvalModel
-from lmops.eval.tasks import Task
+from lmops.eval.partial import PartialResults
+from lmops.eval.tasks import ChatTemplate, Task
 
-__all__ = ["TaskResult", "evaluate", "register_report"]
+__all__ = [
+    "NOT_METRICS",
+    "PromptStyle",
+    "TaskResult",
+    "evaluate",
+    "prompt_style",
+    "register_report",
+    "task_docs",
+]
+
+
+# Summary fields that are counts or settings, not scores (compare, leaderboard and the
+# pipeline's metrics skip them).
+NOT_METRICS = frozenset({"n", "excluded", "num_fewshot", "seconds", "failed_requests", "tasks"})
+
+# Documents per model call: progress moves (and partial work is bounded) per chunk. Large
+# enough that a call still fills a batch: a chunk of multiple-choice documents is one
+# context each, and their shared prefix (description, few-shot examples) runs once per call.
+_LL_CHUNK = 32
+_GEN_CHUNK = 8
 
 
 @dataclass
@@ -32,9 +55,10 @@ class TaskResult:
     excluded: int = 0
     items: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    failed: int = 0  # endpoint requests that failed after their retries
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             **self.metrics,
             "n": self.n,
             "excluded": self.excluded,
@@ -44,6 +68,9 @@ class TaskResult:
             "group": self.group,
             "seconds": round(self.seconds, 3),
         }
+        if self.failed:
+            out["failed_requests"] = self.failed
+        return out
 
 
 def _stderr(values: Sequence[float]) -> float:
@@ -51,41 +78,100 @@ def _stderr(values: Sequence[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
 
 
-def _mc(
-    task: Task, model: EvalModel, docs: list[dict[str, Any]], k: int, scorer: str
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    requests: list[tuple[str, str]] = []
-    spans = []
-    delim = task.config.target_delimiter
-    for doc in docs:
-        ctx = task.context(doc, k)
-        choices = task.choices(doc)
-        conts = [
-            delim + (chr(ord("A") + i) if scorer == "letter" else c) for i, c in enumerate(choices)
-        ]
-        spans.append((len(requests), len(conts), ctx, choices))
-        requests += [(ctx, c) for c in conts]
-    lls = model.loglikelihood(requests)
-    items, acc, acc_norm = [], [], []
-    for doc, (start, n, ctx, choices) in zip(docs, spans, strict=True):
-        scores = [lls[start + i][0] for i in range(n)]
-        gold = task.target(doc)
-        pred = max(range(n), key=lambda i: scores[i])
-        # acc_norm divides by the choice's length in characters, as lm-eval does
-        pred_norm = max(range(n), key=lambda i: scores[i] / max(1, len(choices[i])))
-        acc.append(float(pred == gold))
-        acc_norm.append(float(pred_norm == gold))
-        items.append(
-            {
-                "context": ctx,
-                "choices": choices,
-                "loglikelihoods": scores,
-                "gold": gold,
-                "pred": pred,
-                "pred_norm": pred_norm,
-                "scores": {"acc": acc[-1], "acc_norm": acc_norm[-1]},
-            }
+@dataclass(frozen=True)
+class PromptStyle:
+    """How prompts are rendered, with lm-evaluation-harness's flags of the same names:
+    ``chat_template`` is the model's ``apply_chat_template`` (None: plain text)."""
+
+    chat_template: ChatTemplate | None = None
+    system_instruction: str | None = None
+    fewshot_as_multiturn: bool = False
+
+    def context(self, task: Task, doc: dict[str, Any], k: int) -> str:
+        return task.context(
+            doc,
+            k,
+            system_instruction=self.system_instruction,
+            chat_template=self.chat_template,
+            fewshot_as_multiturn=self.fewshot_as_multiturn,
         )
+
+    @property
+    def name(self) -> str:
+        """``plain``, ``chat`` or ``chat-multiturn`` (reports say which scored)."""
+        if self.chat_template is None:
+            return "plain"
+        return "chat-multiturn" if self.fewshot_as_multiturn else "chat"
+
+
+def prompt_style(
+    model: EvalModel,
+    *,
+    apply_chat_template: bool = False,
+    system_instruction: str | None = None,
+    fewshot_as_multiturn: bool | None = None,
+) -> PromptStyle:
+    """The prompt style for these flags, checked as lm-eval checks them: few-shot examples
+    as turns is the default with a chat template and needs one."""
+    if fewshot_as_multiturn and not apply_chat_template:
+        raise UserError("--fewshot-as-multiturn needs --apply-chat-template (as in lm-eval)")
+    if not apply_chat_template:
+        return PromptStyle(None, system_instruction or None, False)
+    chat = getattr(model, "apply_chat_template", None)
+    if chat is None:
+        raise UserError(f"model {model.name} cannot apply a chat template")
+    multiturn = True if fewshot_as_multiturn is None else fewshot_as_multiturn
+    return PromptStyle(chat, system_instruction or None, multiturn)
+
+
+Advance = Callable[[int], None]
+
+
+def _mc(
+    task: Task,
+    model: EvalModel,
+    docs: list[dict[str, Any]],
+    k: int,
+    scorer: str,
+    style: PromptStyle,
+    advance: Advance,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    delim = task.choice_delimiter(style.chat_template is not None)
+    items, acc, acc_norm = [], [], []
+    for at in range(0, len(docs), _LL_CHUNK):
+        chunk = docs[at : at + _LL_CHUNK]
+        requests: list[tuple[str, str]] = []
+        spans = []
+        for doc in chunk:
+            ctx = style.context(task, doc, k)
+            choices = task.choices(doc)
+            conts = [
+                delim + (chr(ord("A") + i) if scorer == "letter" else c)
+                for i, c in enumerate(choices)
+            ]
+            spans.append((len(requests), len(conts), ctx, choices))
+            requests += [(ctx, c) for c in conts]
+        lls = model.loglikelihood(requests)
+        for doc, (start, n, ctx, choices) in zip(chunk, spans, strict=True):
+            scores = [lls[start + i][0] for i in range(n)]
+            gold = task.target(doc)
+            pred = max(range(n), key=lambda i: scores[i])
+            # acc_norm divides by the choice's length in characters, as lm-eval does
+            pred_norm = max(range(n), key=lambda i: scores[i] / max(1, len(choices[i])))
+            acc.append(float(pred == gold))
+            acc_norm.append(float(pred_norm == gold))
+            items.append(
+                {
+                    "context": ctx,
+                    "choices": choices,
+                    "loglikelihoods": scores,
+                    "gold": gold,
+                    "pred": pred,
+                    "pred_norm": pred_norm,
+                    "scores": {"acc": acc[-1], "acc_norm": acc_norm[-1]},
+                }
+            )
+        advance(len(chunk))
     return {
         "acc": statistics.fmean(acc),
         "acc_stderr": _stderr(acc),
@@ -95,13 +181,16 @@ def _mc(
 
 
 def _generate(
-    task: Task, model: EvalModel, docs: list[dict[str, Any]], k: int
+    task: Task,
+    model: EvalModel,
+    docs: list[dict[str, Any]],
+    k: int,
+    style: PromptStyle,
+    advance: Advance,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     from lmops.eval import extract, metrics
 
     gen_kwargs = task.config.generation_kwargs.model_dump()
-    contexts = [task.context(doc, k) for doc in docs]
-    outputs = model.generate([(c, gen_kwargs) for c in contexts])
     is_gsm8k = task.name == "gsm8k"
     filters: dict[str, Any] = {}
     if is_gsm8k:
@@ -116,6 +205,13 @@ def _generate(
     if not is_gsm8k:
         for m in task.config.metric_list:
             metrics.get_metric(m.metric)  # an unknown metric fails before generating
+    contexts: list[str] = []
+    outputs: list[str] = []
+    for at in range(0, len(docs), _GEN_CHUNK):
+        chunk = [style.context(task, doc, k) for doc in docs[at : at + _GEN_CHUNK]]
+        outputs += model.generate([(c, gen_kwargs) for c in chunk])
+        contexts += chunk
+        advance(len(chunk))
     per_item: dict[str, list[Any]] = {}
     items = []
     for doc, ctx, out in zip(docs, contexts, outputs, strict=True):
@@ -182,10 +278,13 @@ def _filter_fn(spec: Any) -> Any:
 
 
 def _rolling(
-    task: Task, model: EvalModel, docs: list[dict[str, Any]]
+    task: Task, model: EvalModel, docs: list[dict[str, Any]], advance: Advance
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     texts = [str(task.text(d)) for d in docs]
-    results = model.loglikelihood_rolling(texts)
+    results: list[tuple[float, int]] = []
+    for at in range(0, len(texts), _GEN_CHUNK):
+        results += model.loglikelihood_rolling(texts[at : at + _GEN_CHUNK])
+        advance(len(texts[at : at + _GEN_CHUNK]))
     total_ll = sum(ll for ll, _ in results)
     words = sum(len(t.split()) + sum(1 for ch in t if "\u4e00" <= ch <= "\u9fff") for t in texts)
     n_bytes = sum(len(t.encode()) for t in texts)
@@ -200,6 +299,12 @@ def _rolling(
     }, items
 
 
+def task_docs(task: Task, limit: int | None) -> list[dict[str, Any]]:
+    """The documents a run scores: the first ``limit`` of the task's evaluation split.
+    ``limit`` counts per task, and a group's subtasks are tasks (lm-eval's ``--limit``)."""
+    return task.eval_docs[:limit] if limit else task.eval_docs
+
+
 def evaluate(
     model: EvalModel,
     tasks: list[Task],
@@ -208,56 +313,70 @@ def evaluate(
     num_fewshot: int | None = None,
     scorer: str | None = None,
     progress: bool = True,
+    apply_chat_template: bool = False,
+    system_instruction: str | None = None,
+    fewshot_as_multiturn: bool | None = None,
+    partial: PartialResults | None = None,
 ) -> list[TaskResult]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
+    """Score every task. ``limit`` documents per task; ``apply_chat_template``,
+    ``system_instruction`` and ``fewshot_as_multiturn`` as lm-evaluation-harness's flags.
+    Progress counts documents (a bar on a terminal, plain lines otherwise). With
+    ``partial``, each finished task is saved as it finishes and a task saved by an earlier,
+    interrupted run with the same settings is reused instead of scored again."""
+    style = prompt_style(
+        model,
+        apply_chat_template=apply_chat_template,
+        system_instruction=system_instruction,
+        fewshot_as_multiturn=fewshot_as_multiturn,
     )
-
+    settings = {
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+        "scorer": scorer,
+        "prompt": style.name,
+        "system_instruction": style.system_instruction,
+    }
     results = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-    ) as bar:
-        job = bar.add_task("evaluating", total=len(tasks))
+    total = sum(len(task_docs(t, limit)) for t in tasks)
+    with Progress(total, label="eval", unit="docs", enabled=progress) as bar:
         for task in tasks:
-            bar.update(job, description=f"eval {task.name}")
+            bar.describe(task.name)
+            docs = task_docs(task, limit)
+            key = partial.key(task, docs, settings) if partial is not None else ""
+            saved = partial.load(task.name, key) if partial is not None else None
+            if saved is not None:
+                results.append(TaskResult(**saved))
+                bar.advance(len(docs))
+                continue
             t0 = time.perf_counter()
-            docs = task.eval_docs[:limit] if limit else task.eval_docs
+            failed_before = int(getattr(model, "failed", 0))
             k = task.config.num_fewshot if num_fewshot is None else num_fewshot
             how = scorer or task.config.scorer
             if task.config.output_type == "multiple_choice":
-                metrics, items = _mc(task, model, docs, k, how)
+                metrics, items = _mc(task, model, docs, k, how, style, bar.advance)
             elif task.config.output_type == "generate_until":
-                metrics, items = _generate(task, model, docs, k)
+                metrics, items = _generate(task, model, docs, k, style, bar.advance)
                 how = "generate"
             else:
-                metrics, items = _rolling(task, model, docs)
+                metrics, items = _rolling(task, model, docs, bar.advance)
                 how = "loglikelihood_rolling"
             group = task.config.group if isinstance(task.config.group, str) else None
-            results.append(
-                TaskResult(
-                    task.name,
-                    len(docs),
-                    metrics,
-                    how,
-                    task.config.template_hash(),
-                    k,
-                    group,
-                    task.excluded,
-                    items,
-                    time.perf_counter() - t0,
-                )
+            result = TaskResult(
+                task.name,
+                len(docs),
+                metrics,
+                how,
+                task.config.template_hash(),
+                k,
+                group,
+                task.excluded,
+                items,
+                time.perf_counter() - t0,
+                int(getattr(model, "failed", 0)) - failed_before,
             )
-            bar.advance(job)
+            results.append(result)
+            if partial is not None and not result.failed:  # a re-run retries failed requests
+                partial.save(task.name, key, dataclasses.asdict(result))
     return results
 
 
@@ -303,7 +422,7 @@ def flag_contamination(
 
     index = NgramIndex.build(texts, n=n)
     for res, task in zip(results, tasks, strict=True):
-        docs = task.eval_docs[:limit] if limit else task.eval_docs
+        docs = task_docs(task, limit)
         flags = []
         for doc, item in zip(docs, res.items, strict=True):
             hit = index.check(task.text(doc) + " " + task.target_text(doc))
