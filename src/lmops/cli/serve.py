@@ -6,6 +6,7 @@ group's options belong to the server, the subcommand's to the batch job.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -35,6 +36,11 @@ DeploymentsOpt = Annotated[
 ]
 
 ACCESS_LOG_ENV = "LMOPS_ACCESS_LOG"
+# Slow clients (serve/http.py): seconds to send complete request headers (a real client
+# sends them in one packet), and open connections per worker (ample behind a proxy, and
+# within an open-files limit that can be raised to it).
+HEADER_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 2048
 
 
 class AccessLog(StrEnum):
@@ -60,6 +66,21 @@ def serve(
             help="json: one JSON line per request on stderr; off: none.",
         ),
     ] = AccessLog.json,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="Seconds a connection has to send complete request headers (from connecting, "
+            "or from the first byte of its next request); slower ones are closed.",
+        ),
+    ] = HEADER_TIMEOUT_S,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Open connections per worker; beyond them a new one is answered 503 and closed.",
+        ),
+    ] = MAX_CONNECTIONS,
 ) -> None:
     """Run the HTTP server: /healthz, /readyz, /docs, /api/... and, with --model or
     --deployments, the OpenAI-compatible API under /v1. `lmops serve batch` runs a dataset
@@ -76,6 +97,8 @@ def serve(
         workers=workers,
         log_level=log_level,
         access_log=access_log,
+        header_timeout=header_timeout,
+        max_connections=max_connections,
     )
 
 
@@ -88,12 +111,15 @@ def _run_server(
     workers: int,
     log_level: str,
     access_log: AccessLog,
+    header_timeout: float = HEADER_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> None:
     import json
 
     import uvicorn
 
     from lmops.serve.deployments import load_deployments, parse_model_args
+    from lmops.serve.http import protocol_factory
     from lmops.serve.server import ENV
     from lmops.store import Store
 
@@ -112,6 +138,7 @@ def _run_server(
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise UserError("a deployment name is given twice")
+    _raise_open_files_limit(max_connections)
     # Workers are child processes (or this one): the app's access-log middleware reads this.
     os.environ[ACCESS_LOG_ENV] = access_log.value
     from lmops.serve.launcher import launch_all
@@ -136,7 +163,25 @@ def _run_server(
             # json: the app writes its own structured line per request, so uvicorn's plain
             # one would be a duplicate; off: no access log at all.
             access_log=False,
+            # the header deadline and connection cap (serve/http.py); a picklable
+            # factory, so each spawned worker gets the same limits
+            http=protocol_factory(header_timeout, max_connections),  # type: ignore[arg-type]
         )
+
+
+def _raise_open_files_limit(max_connections: int) -> None:
+    """Lift this process's (and so its workers') soft open-files limit towards the hard
+    one, so the connection cap, not EMFILE on accept, is what a flood meets first."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    want = max_connections + 256  # sockets, plus database, model and log files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 # -- batch ------------------------------------------------------------------------------------------
