@@ -38,12 +38,14 @@ def test_jsonl_ids_and_fields_round_trip(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "in.jsonl", ROWS)
     docs = list(read_documents(src))
     assert [d.id for d in docs] == ["a", "in.jsonl:2", "7"]
-    assert docs[0].text == "第一篇文档。" and docs[0].metadata == {"lang": "zh"}
+    assert docs[0].text == "第一篇文档。" and docs[0].metadata == {}
+    assert docs[0].record is not None and docs[0].record.values["lang"] == "zh"
     with JsonlWriter(tmp_path / "out.jsonl") as w:
         for d in docs:
             w.write(d)
     back = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text("utf-8").splitlines()]
-    assert back[2] == {"id": "7", "text": "third", "extra": {"k": [1, 2]}}
+    assert back[2] == {"id": 7, "text": "third", "extra": {"k": [1, 2]}}  # the user's own id
+    assert back[1] == {"text": "second document", "lang": "en", "_lmops": {"id": "in.jsonl:2"}}
     assert not (tmp_path / "out.jsonl.tmp").exists()
 
 
@@ -66,9 +68,9 @@ def test_compressed_and_parquet_and_text(tmp_path: Path) -> None:
         tmp_path / "t.parquet",
     )
     docs = list(read_documents(tmp_path / "t.parquet", ReadOptions(text_key="content")))
-    assert [(d.id, d.text, d.metadata) for d in docs] == [
-        ("t.parquet:1", "p1", {"n": 1}),
-        ("t.parquet:2", "p2", {"n": 2}),
+    assert [(d.id, d.text, d.record and d.record.values) for d in docs] == [
+        ("t.parquet:1", "p1", {"content": "p1", "n": 1}),
+        ("t.parquet:2", "p2", {"content": "p2", "n": 2}),
     ]
     (tmp_path / "book.txt").write_text("Para one\nline two\n\nPara two\n", encoding="utf-8")
     whole = list(read_documents(tmp_path / "book.txt"))
@@ -95,7 +97,9 @@ def test_column_mapping(tmp_path: Path) -> None:
             r"bad\.jsonl:2: field 'text' missing \(fields: body\); set text_key",
         ),
         (['{"text": 5}'], r"bad\.jsonl:1: field 'text' is int, expected a string"),
-        (['["a list"]'], r"bad\.jsonl:1: expected a JSON object, got list"),
+        (['{"text": "ok"}', '["a list"]'], r"bad\.jsonl:2: expected a JSON object, got array"),
+        # a file that starts with "[" is a JSON array, whatever its name
+        (['["a list"]'], r"bad\.jsonl:1 \(element 0\): expected a JSON object, got string"),
     ],
 )
 def test_bad_rows_name_file_line_and_field(tmp_path: Path, lines: list[str], message: str) -> None:

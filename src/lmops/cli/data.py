@@ -172,7 +172,12 @@ def _store() -> Any:
 
 @app.command("validate")
 def validate(
-    sources: Annotated[list[str], typer.Argument(help="Files, globs or dataset refs.")],
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Files (JSON Lines, JSON arrays, CSV, Parquet), globs or dataset refs."
+        ),
+    ],
     format_: Annotated[
         str, typer.Option("--format", help="auto, pretrain, sft_alpaca, sft_chat, preference")
     ] = "auto",
@@ -181,7 +186,7 @@ def validate(
     ] = 20,
     json_: JsonOpt = False,
 ) -> None:
-    """Check a training set's rows; lists bad rows by number and reason (exit 1 if any)."""
+    """Check a training set's rows; lists bad rows by file, line and reason (exit 1 if any)."""
     from lmops.data.jobs import validate_source
 
     rep = validate_source(sources, _store(), format_, max_errors)

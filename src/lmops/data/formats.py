@@ -17,8 +17,10 @@ message may have empty content, other turns may not. In ``preference``, a messag
 ``assistant``. Strings and lists may be mixed; ``chosen`` must differ from ``rejected``.
 
 Every problem is a :class:`RowError` that prints as
-``row 17: field 'messages[2].role': expected 'assistant' after 'user', got 'user'`` and has
-a stable ``code`` (the key of :attr:`ValidationReport.error_counts`):
+``row 17: field 'messages[2].role': expected 'assistant' after 'user', got 'user'`` or, for
+rows read from files by :mod:`lmops.core.rows`, with the place instead of the row number
+(``sft.json:120 (element 17): field 'output': must not be empty``), and has a stable
+``code`` (the key of :attr:`ValidationReport.error_counts`):
 
     not_object   the row is not a JSON object
     undetected   format "auto" and the row has none of the keys that name a format
@@ -29,6 +31,9 @@ a stable ``code`` (the key of :attr:`ValidationReport.error_counts`):
     role_order   turns out of order (two users in a row, a system message not first, ...)
     last_turn    a chat that does not end with the turn it must end with
     identical    chosen equals rejected
+    malformed    (read from a file) the row is not valid JSON
+    encoding     (read from a file) the row is not valid UTF-8
+    fields       (read from a file) a CSV record with the wrong number of fields
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lmops.core.errors import UserError
+from lmops.core.rows import ANNOTATIONS_KEY, BadRow, Row
 
 __all__ = [
     "FORMATS",
@@ -76,10 +82,11 @@ class RowError:
     field: str  # e.g. "messages[2].role"; "" for the row as a whole
     reason: str  # e.g. "expected 'assistant' after 'user', got 'user'"
     code: str  # stable category, see the module docstring
+    where: str = ""  # "file:line" / "file:line (element i)" / "file:row n" when read from a file
 
     def __str__(self) -> str:
-        where = f"field '{self.field}': " if self.field else ""
-        return f"row {self.row}: {where}{self.reason}"
+        field = f"field '{self.field}': " if self.field else ""
+        return f"{self.where or f'row {self.row}'}: {field}{self.reason}"
 
 
 @dataclass(slots=True)
@@ -122,6 +129,7 @@ class ValidationReport:
             "errors": [
                 {
                     "row": e.row,
+                    "where": e.where,
                     "field": e.field,
                     "reason": e.reason,
                     "code": e.code,
@@ -163,6 +171,10 @@ def validate_rows(
     format for the whole set; rows before it are ``undetected`` errors, rows after it that
     look like another format fail that format's checks. At most ``max_errors`` problems are
     kept in ``errors``; ``error_counts`` counts them all.
+
+    Rows may be plain values or what :func:`lmops.core.rows.iter_rows` yields: a ``Row`` is
+    checked (without its ``_lmops`` annotations) and its problems name its place; a
+    ``BadRow`` (unreadable) is one problem of its own code.
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)} or auto")
@@ -170,14 +182,25 @@ def validate_rows(
         raise UserError(f"max_errors must be >= 0, got {max_errors}")
     report = ValidationReport(format=None if fmt == "auto" else fmt)
     counts: Counter[str] = Counter()
-    for n, row in enumerate(rows, 1):
+    for n, item in enumerate(rows, 1):
         report.total_rows = n
-        if report.format is None:
-            report.format = detect_format(row)
-        if report.format is None:
-            problems = [_undetected(n, row) if isinstance(row, Mapping) else _not_object(n, row)]
+        where = item.where if isinstance(item, Row | BadRow) else ""
+        if isinstance(item, BadRow):
+            problems = [RowError(n, "", item.reason, item.code)]
         else:
-            problems = validate_row(row, report.format, row_number=n)
+            row = item.values if isinstance(item, Row) else item
+            if isinstance(row, Mapping) and ANNOTATIONS_KEY in row:
+                row = {k: v for k, v in row.items() if k != ANNOTATIONS_KEY}
+            if report.format is None:
+                report.format = detect_format(row)
+            if report.format is None:
+                problems = [
+                    _undetected(n, row) if isinstance(row, Mapping) else _not_object(n, row)
+                ]
+            else:
+                problems = validate_row(row, report.format, row_number=n)
+        if where:
+            problems = [RowError(p.row, p.field, p.reason, p.code, where) for p in problems]
         if not problems:
             report.valid_rows += 1
             continue

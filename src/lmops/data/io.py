@@ -1,10 +1,21 @@
-"""Reading and writing documents: JSONL (plain, .gz, .zst), Parquet, plain text, and
-Hugging Face ``datasets`` saved to disk.
+"""Reading and writing documents: row files (JSON Lines, JSON arrays, CSV, Parquet; read by
+the one row reader, :mod:`lmops.core.rows`), plain text, and Hugging Face ``datasets``
+saved to disk.
 
 Every document keeps an id through every step: the row's ``id_key`` field when present,
-else ``<file name>:<line>`` (or ``:<row>`` for Parquet), which is stable across runs and
-shardings. Fields other than the text and the id are kept in ``Document.metadata`` and
-written back unchanged.
+else ``<file name>:<line>`` (``<file name>[<element>]`` in a JSON array, ``:<row>`` for
+Parquet), which is stable across runs and shardings.
+
+The user's fields are never touched. A document keeps the row it came from
+(:class:`~lmops.data.document.Record`), and the writer puts every field back as it was
+read (for JSON input, each value's JSON text byte for byte: ``1.10`` stays ``1.10``), in
+its place, with only the processed text fields replaced. lmops's own annotations (scores,
+PII counts, ``duplicate_of``...) go under one reserved key, ``_lmops``, added at the end
+of the row; an input row's ``_lmops`` object (an earlier lmops run's output) is read back
+as annotations, and any other ``_lmops`` value is a bad row. ``_lmops.id`` holds the id
+when the row's own id field does not (no id field, or a mapped one), and
+``_lmops.fields`` names the processed fields when they are not ``text_key``, so the next
+stage reads the row the same way.
 
 Bad input raises a one-line ``UserError`` naming file, line and field; with
 ``on_error="skip"`` the row is counted and sent to an :class:`ErrorSink` instead.
@@ -12,33 +23,45 @@ Bad input raises a one-line ``UserError`` naming file, line and field; with
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 from lmops.core.errors import UserError
-from lmops.data.document import Document
+from lmops.core.rows import (
+    ANNOTATIONS_KEY,
+    BadRow,
+    Row,
+    RowFormat,
+    dumps,
+    iter_rows,
+    open_bytes,
+    row_format,
+)
+from lmops.data.document import Document, Record
 
 __all__ = [
     "ErrorSink",
     "InputFile",
     "JsonlWriter",
+    "ReadOptions",
     "Shard",
     "detect_format",
+    "encode_row",
     "plan_shards",
+    "read_documents",
     "read_shard",
 ]
 
-Format = Literal["jsonl", "parquet", "text", "hf"]
+Format = Literal["jsonl", "json", "csv", "parquet", "text", "hf"]
 TextUnit = Literal["file", "paragraph", "line"]
 # Plain JSONL files bigger than this are split into byte ranges, one shard each.
 DEFAULT_SHARD_BYTES = 32 << 20
-CHUNK = 1 << 20
+_open_text = open_bytes  # the name other modules import
 
 
 def detect_format(path: Path) -> Format:
@@ -49,33 +72,16 @@ def detect_format(path: Path) -> Format:
         raise UserError(
             f"{path}: a directory but not a Hugging Face dataset saved with save_to_disk"
         )
-    for suffix in (".jsonl", ".json", ".ndjson"):
-        if name.endswith((suffix, suffix + ".gz", suffix + ".zst")):
-            return "jsonl"
-    if name.endswith(".parquet"):
-        return "parquet"
+    fmt = row_format(path)
+    if fmt is not None:
+        return fmt
     if name.endswith((".txt", ".txt.gz", ".txt.zst", ".md")):
         return "text"
     raise UserError(
-        f"{path}: unknown file type; use .jsonl/.jsonl.gz/.jsonl.zst, .parquet, .txt or a "
-        "saved Hugging Face dataset directory"
+        f"{path}: unknown file type; use .jsonl/.json (JSON Lines or a JSON array), .csv, "
+        ".parquet (JSON and CSV may end in .gz or .zst), .txt or a saved Hugging Face dataset "
+        "directory"
     )
-
-
-def _open_text(path: Path) -> IO[bytes]:
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if name.endswith(".zst"):
-        import zstandard
-
-        raw = zstandard.ZstdDecompressor().stream_reader(
-            open(path, "rb"),  # noqa: SIM115
-            closefd=True,
-            read_across_frames=True,
-        )
-        return io.BufferedReader(raw, CHUNK)  # adds line iteration
-    return open(path, "rb")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,80 +167,135 @@ class ErrorSink:
 class ReadOptions:
     text_key: str = "text"
     id_key: str = "id"
-    # output field name -> input field name, applied before text/id extraction
+    # {text_key or id_key: the input field holding it}; the output keeps the input's names
     columns: dict[str, str] = field(default_factory=dict)
+    # The fields to process; None: the row's ``_lmops.fields`` if it has them, else text_key.
+    fields: tuple[str, ...] | None = None
     text_unit: TextUnit = "file"
     on_error: Literal["raise", "skip"] = "raise"
     # Intermediate files of a run may legitimately be empty (every document dropped).
     allow_empty: bool = False
+    # Applied to a bad row's text before it is kept in the error file (the recipe's masking).
+    redact: Callable[[str], str] | None = None
 
 
 def _fail(
     opts: ReadOptions, sink: ErrorSink | None, where: str, reason: str, raw: str | None
 ) -> None:
     if opts.on_error == "skip" and sink is not None:
+        if raw is not None and opts.redact is not None:
+            raw = opts.redact(raw)
         sink.add(where, reason, raw)
         return
     raise UserError(f"{where}: {reason}; fix the input or set on_error: skip")
 
 
-def _row_to_doc(row: Any, opts: ReadOptions, where: str, default_id: str) -> Document | str:
+def _type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _parts(
+    values: dict[str, Any], fields: tuple[str, ...]
+) -> tuple[dict[str, str], dict[str, tuple[str, int | None]]] | str:
+    """The parts of several fields: each string field, each message's string content."""
+    parts: dict[str, str] = {}
+    paths: dict[str, tuple[str, int | None]] = {}
+    for name in fields:
+        value = values.get(name)
+        if value is None:
+            continue  # absent or null (an alpaca row without input): nothing to process
+        if isinstance(value, str):
+            parts[name] = value
+            paths[name] = (name, None)
+        elif isinstance(value, list):
+            for i, msg in enumerate(value):
+                if isinstance(msg, dict) and isinstance(msg.get("content"), str):
+                    part = f"{name}[{i}].content"
+                    parts[part] = msg["content"]
+                    paths[part] = (name, i)
+        else:
+            return f"field {name!r} is {_type(value)}, expected a string or a list of messages"
+    if not paths:
+        present = ", ".join(list(values)[:8]) or "none"
+        want = ", ".join(fields)
+        return f"none of the fields {want} holds text (fields: {present}); set fields"
+    return parts, paths
+
+
+def _row_to_doc(row: Row, opts: ReadOptions, default_id: str) -> Document | str:
     """A Document, or the reason the row is unusable."""
-    if not isinstance(row, dict):
-        return f"expected a JSON object, got {type(row).__name__}"
-    for new, old in opts.columns.items():
-        if old in row:
-            row[new] = row.pop(old)
-    if opts.text_key not in row:
-        fields = ", ".join(list(row)[:8]) or "none"
-        return f"field {opts.text_key!r} missing (fields: {fields}); set text_key"
-    text = row.pop(opts.text_key)
-    if not isinstance(text, str):
-        return f"field {opts.text_key!r} is {type(text).__name__}, expected a string"
-    doc_id = row.pop(opts.id_key, None)
-    return Document(text=text, id=str(doc_id) if doc_id is not None else default_id, metadata=row)
+    values = row.values
+    metadata: dict[str, Any] = {}
+    if ANNOTATIONS_KEY in values:
+        ann = values.pop(ANNOTATIONS_KEY)
+        if row.raw is not None:
+            row.raw.pop(ANNOTATIONS_KEY, None)
+        if not isinstance(ann, dict):
+            return (
+                f"field {ANNOTATIONS_KEY!r} is reserved for lmops's annotations (an object "
+                f"written by an earlier run), got {_type(ann)}; rename the field"
+            )
+        metadata = ann
+    marked = metadata.pop("fields", None)
+    ann_id = metadata.pop("id", None)
+    text_field = opts.columns.get(opts.text_key, opts.text_key)
+    id_field = opts.columns.get(opts.id_key, opts.id_key)
+    fields = opts.fields
+    if fields is None:
+        ok = isinstance(marked, list) and marked and all(isinstance(f, str) for f in marked)
+        fields = tuple(marked) if ok else (text_field,)
+    if ann_id is not None:
+        doc_id = str(ann_id)
+    elif values.get(id_field) is not None:
+        doc_id = str(values[id_field])
+    else:
+        doc_id = default_id
+    rec = Record(values, row.raw, fields, id_field)
+    if len(fields) == 1:
+        name = fields[0]
+        if name not in values:
+            present = ", ".join(list(values)[:8]) or "none"
+            return f"field {name!r} missing (fields: {present}); set text_key or fields"
+        text = values[name]
+        if isinstance(text, str):
+            rec.text_field = name
+            return Document(text, doc_id, metadata, rec)
+        if not isinstance(text, list):
+            return f"field {name!r} is {_type(text)}, expected a string"
+    found = _parts(values, fields)
+    if isinstance(found, str):
+        return found
+    parts, rec.paths = found
+    doc = Document("", doc_id, metadata, rec, parts)
+    doc.text = doc.joined()
+    return doc
 
 
-def _read_jsonl(shard: Shard, opts: ReadOptions, sink: ErrorSink | None) -> Iterator[Document]:
+def _read_rows(shard: Shard, opts: ReadOptions, sink: ErrorSink | None) -> Iterator[Document]:
     f = shard.file
-    with _open_text(f.path) as fh:
-        if shard.start:
-            fh.seek(shard.start)
-        pos = shard.start
-        lineno = shard.first_line - 1
-        seen_any = False
-        for raw in fh:
-            if shard.end is not None and pos >= shard.end:
-                break
-            pos += len(raw)
-            lineno += 1
-            seen_any = True
-            where = f"{f.path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                _fail(
-                    opts,
-                    sink,
-                    where,
-                    f"not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8",
-                    None,
-                )
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                _fail(opts, sink, where, f"malformed JSON ({e.msg} at column {e.colno})", line)
-                continue
-            doc = _row_to_doc(row, opts, where, f"{f.name}:{lineno}")
-            if isinstance(doc, str):
-                _fail(opts, sink, where, doc, line)
-                continue
-            yield doc
-        if not seen_any and shard.start == 0 and not opts.allow_empty:
-            _fail(opts, sink, str(f.path), "empty file (no lines)", None)
+    fmt = cast(RowFormat, f.fmt)
+    rows = iter_rows(f.path, fmt, start=shard.start, end=shard.end, first_line=shard.first_line)
+    seen = 0
+    for row in rows:
+        seen += 1
+        if isinstance(row, BadRow):
+            _fail(opts, sink, row.where, row.reason, row.raw)
+            continue
+        if row.element is not None:
+            default_id = f"{f.name}[{row.element}]"
+        else:
+            default_id = f"{f.name}:{row.line if row.line is not None else row.number}"
+        doc = _row_to_doc(row, opts, default_id)
+        if isinstance(doc, str):
+            raw = row.text
+            if raw is None:
+                members = row.raw.values() if row.raw else ()
+                raw = "{" + ", ".join(f"{k}: {v}" for k, v in members) + "}" if row.raw else None
+            _fail(opts, sink, row.where, doc, raw or dumps(row.values)[:2000])
+            continue
+        yield doc
+    if not seen and shard.start == 0 and not opts.allow_empty and f.fmt != "parquet":
+        _fail(opts, sink, str(f.path), "empty file (no rows)", None)
 
 
 def _read_text(shard: Shard, opts: ReadOptions, sink: ErrorSink | None) -> Iterator[Document]:
@@ -261,27 +322,6 @@ def _read_text(shard: Shard, opts: ReadOptions, sink: ErrorSink | None) -> Itera
         line += part.count("\n") + sep.count("\n")
 
 
-def _read_parquet(shard: Shard, opts: ReadOptions, sink: ErrorSink | None) -> Iterator[Document]:
-    import pyarrow.parquet as pq
-
-    f = shard.file
-    try:
-        pf = pq.ParquetFile(f.path)
-    except Exception as e:
-        raise UserError(f"{f.path}: not a readable Parquet file ({e})") from None
-    row_no = 0
-    for batch in pf.iter_batches(batch_size=4096):
-        for row in batch.to_pylist():
-            row_no += 1
-            doc = _row_to_doc(row, opts, f"{f.path}:row {row_no}", f"{f.name}:{row_no}")
-            if isinstance(doc, str):
-                _fail(
-                    opts, sink, f"{f.path}:row {row_no}", doc, json.dumps(row, default=str)[:2000]
-                )
-                continue
-            yield doc
-
-
 def _read_hf(shard: Shard, opts: ReadOptions, sink: ErrorSink | None) -> Iterator[Document]:
     try:
         from datasets import load_from_disk
@@ -294,24 +334,32 @@ def _read_hf(shard: Shard, opts: ReadOptions, sink: ErrorSink | None) -> Iterato
     splits = [ds[k] for k in sorted(ds.keys())] if hasattr(ds, "keys") else [ds]
     row_no = 0
     for split in splits:
-        for row in split:
+        for values in split:
             row_no += 1
-            doc = _row_to_doc(
-                dict(row), opts, f"{shard.file.path}:row {row_no}", f"{shard.file.name}:{row_no}"
-            )
+            where = f"{shard.file.path}:row {row_no}"
+            row = Row(dict(values), where, row_no, None)
+            doc = _row_to_doc(row, opts, f"{shard.file.name}:{row_no}")
             if isinstance(doc, str):
-                _fail(opts, sink, f"{shard.file.path}:row {row_no}", doc, None)
+                _fail(opts, sink, where, doc, None)
                 continue
             yield doc
 
 
-_READERS = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet, "hf": _read_hf}
+_READERS = {
+    "jsonl": _read_rows,
+    "json": _read_rows,
+    "csv": _read_rows,
+    "parquet": _read_rows,
+    "text": _read_text,
+    "hf": _read_hf,
+}
 
 
 def read_shard(
     shard: Shard, opts: ReadOptions | None = None, sink: ErrorSink | None = None
 ) -> Iterator[Document]:
-    """Stream the documents of one shard (memory stays bounded for JSONL/Parquet)."""
+    """Stream the documents of one shard (memory stays bounded for JSONL/Parquet/CSV; a JSON
+    array is read whole)."""
     return _READERS[shard.file.fmt](shard, opts or ReadOptions(), sink)
 
 
@@ -321,10 +369,61 @@ def read_documents(path: Path, opts: ReadOptions | None = None) -> Iterator[Docu
     return read_shard(Shard(0, f), opts)
 
 
-def doc_to_row(doc: Document, text_key: str = "text", id_key: str = "id") -> dict[str, Any]:
-    row: dict[str, Any] = {id_key: doc.id, text_key: doc.text}
-    row.update(doc.metadata)
-    return row
+def _set_part(value: Any, index: int | None, text: str) -> Any:
+    if index is None:
+        return text
+    return [dict(m, content=text) if i == index else m for i, m in enumerate(value)]
+
+
+_LINE_BREAK = re.compile(r"[\r\n]+[ \t]*")
+
+
+def _one_line(text: str) -> str:
+    """A member's JSON text on one line. JSON strings cannot hold a raw line break, so every
+    one is whitespace between tokens (a pretty-printed array's indentation) and goes, with
+    the indentation after it."""
+    return _LINE_BREAK.sub("", text) if "\n" in text or "\r" in text else text
+
+
+def encode_row(doc: Document, text_key: str = "text", id_key: str = "id") -> str:
+    """The JSON line for ``doc``: the user's row with its processed fields replaced (every
+    other member as read, on one line), then ``"_lmops": {...}`` when there are annotations.
+    A document not read from a row (plain text) is ``{id_key: id, text_key: text}``."""
+    rec = doc.record
+    ann: dict[str, Any] = {}
+    if rec is None:
+        members = [f"{dumps(id_key)}: {dumps(doc.id)}", f"{dumps(text_key)}: {dumps(doc.text)}"]
+    else:
+        changed: dict[str, Any] = {}
+        if doc.parts is None:
+            assert rec.text_field is not None
+            if doc.text != rec.values[rec.text_field]:
+                changed[rec.text_field] = doc.text
+        else:
+            for part, text in doc.parts.items():
+                if text != rec.original(part):
+                    name, index = rec.paths[part]
+                    changed[name] = _set_part(changed.get(name, rec.values[name]), index, text)
+        raw = rec.raw or {}
+        members = []
+        for key, value in rec.values.items():
+            if key in changed:
+                members.append(
+                    f"{raw[key][0] if key in raw else dumps(key)}: {dumps(changed[key])}"
+                )
+            elif key in raw:
+                members.append(f"{raw[key][0]}: {_one_line(raw[key][1])}")
+            else:
+                members.append(f"{dumps(key)}: {dumps(value)}")
+        own_id = rec.values.get(id_key) if rec.id_field == id_key else None
+        if own_id is None or str(own_id) != doc.id:
+            ann["id"] = doc.id
+        if rec.fields != (text_key,):
+            ann["fields"] = list(rec.fields)
+    ann.update(doc.metadata)
+    if ann:
+        members.append(f"{dumps(ANNOTATIONS_KEY)}: {dumps(ann)}")
+    return "{" + ", ".join(members) + "}"
 
 
 class JsonlWriter:
@@ -340,8 +439,7 @@ class JsonlWriter:
         self.count = 0
 
     def write(self, doc: Document) -> None:
-        row = doc_to_row(doc, self.text_key, self.id_key)
-        self._fh.write(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
+        self._fh.write(encode_row(doc, self.text_key, self.id_key) + "\n")
         self.count += 1
 
     def close(self) -> None:

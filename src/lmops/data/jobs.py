@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmops.core.errors import UserError
+from lmops.core.rows import BadRow, Row, iter_rows
 from lmops.data.document import Document
 from lmops.data.formats import ValidationReport, validate_rows
 from lmops.data.io import InputFile, JsonlWriter, ReadOptions, Shard, read_shard
@@ -39,34 +40,23 @@ def read_source(
     return resolved, docs()
 
 
-def _iter_rows(files: list[InputFile]) -> Iterator[Any]:
-    """Raw rows for validation; a line that is not JSON is passed on as its text, which the
-    validator reports as 'expected an object' with its row number."""
-    import pyarrow.parquet as pq
-
+def _iter_rows(files: list[InputFile]) -> Iterator[Row | BadRow]:
+    """Every record of the files through the one row reader; unreadable ones included, so
+    the validator counts and names them."""
     for f in files:
-        if f.fmt == "parquet":
-            for batch in pq.ParquetFile(f.path).iter_batches():
-                yield from batch.to_pylist()
-        elif f.fmt == "jsonl":
-            from lmops.data.io import _open_text
-
-            with _open_text(f.path) as fh:
-                for raw in fh:
-                    line = raw.decode("utf-8", errors="replace")
-                    if not line.strip():
-                        continue
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError:
-                        yield line.strip()[:200]
-        else:
-            raise UserError(f"{f.path}: validate reads JSONL or Parquet rows, not {f.fmt}")
+        if f.fmt not in ("jsonl", "json", "csv", "parquet"):
+            raise UserError(
+                f"{f.path}: validate reads JSON Lines, JSON arrays, CSV or Parquet rows, "
+                f"not {f.fmt}"
+            )
+        yield from iter_rows(f.path)
 
 
 def validate_source(
     sources: list[str], store: Any | None, fmt: str = "auto", max_errors: int = 100
 ) -> ValidationReport:
+    """Validate training rows from files, globs or dataset refs; problems name file and
+    line (element in a JSON array, row in Parquet)."""
     resolved = resolve_inputs(sources, Path.cwd(), store)
     return validate_rows(_iter_rows(resolved.files), fmt, max_errors=max_errors)
 

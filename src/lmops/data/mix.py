@@ -284,7 +284,9 @@ def _emit(
             meta["repeat_of"] = doc.id
             doc_id = f"{doc.id}#r{r}"
         meta["source"] = name
-        yield Document(text=doc.text, id=doc_id, metadata=meta)
+        # The user's row rides along unchanged (a copy shares it; its parts are its own).
+        parts = dict(doc.parts) if doc.parts is not None else None
+        yield Document(doc.text, doc_id, meta, doc.record, parts)
 
 
 def _report(

@@ -13,10 +13,19 @@ Three kinds of operator, one method each to implement:
 Every operator has a registered name and a pydantic ``Params`` model whose field defaults
 are the published defaults; ``lmops data ops`` lists them. Operators are built with
 ``build_op(name, **params)``, which validates the parameters.
+
+Records with several fields (see :mod:`lmops.data.document`): a mapper rewrites each part
+(each field, each message); filters and global operators read ``doc.text``, the parts
+joined, or, when the recipe step names a ``field`` (``op.field``), that field alone. The
+field is put in view around the operator's ``__call__`` (for filters and global
+operators, including those that override ``__call__``), so operators never deal with
+fields themselves. A global operator that rewrites text (``rewrites_text``) can only
+rewrite one field at a time.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +49,48 @@ __all__ = [
 ]
 
 
+def _field_in_view(call: Callable[[Any, Iterable[Document]], Iterator[Document]]) -> Any:
+    """Wrap a filter's or global operator's ``__call__`` so that, with ``op.field`` set,
+    documents enter with that field as their text and leave with the joined text back; and
+    so that a global operator never silently rewrites the joined text of several fields."""
+
+    @functools.wraps(call)
+    def wrapper(self: Op, docs: Iterable[Document]) -> Iterator[Document]:
+        if self.field is None:
+            out = call(self, docs)
+            return _unchanged_joins(self, out) if isinstance(self, GlobalOp) else out
+        return _in_view(self, call, docs)
+
+    wrapper._in_view = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _in_view(
+    op: Op, call: Callable[[Any, Iterable[Document]], Iterator[Document]], docs: Iterable[Document]
+) -> Iterator[Document]:
+    field = op.field
+    assert field is not None
+
+    def focused() -> Iterator[Document]:
+        for doc in docs:
+            doc.focus(field)
+            yield doc
+
+    for doc in call(op, focused()):
+        doc.unfocus(op.name)
+        yield doc
+
+
+def _unchanged_joins(op: Op, docs: Iterator[Document]) -> Iterator[Document]:
+    for doc in docs:
+        if doc.parts is not None and doc.text != doc.joined():
+            raise UserError(
+                f"{op.name} rewrote the text of {doc.id}, which joins several fields; give the "
+                "step a field: naming the one field to rewrite"
+            )
+        yield doc
+
+
 class OpParams(BaseModel):
     """Base for operator parameters: unknown parameters are an error, not ignored."""
 
@@ -51,9 +102,23 @@ class Op(ABC):
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[OpParams]] = OpParams
+    # Global operators that rewrite text (not only keep or drop) say so: on records with
+    # several fields they need a step `field:` naming the one field to rewrite.
+    rewrites_text: ClassVar[bool] = False
+    # Filters and global operators read one field when the step names it (see
+    # _field_in_view); mappers handle fields part by part themselves.
+    _reads_field_in_view: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None and cls._reads_field_in_view and not hasattr(call, "_in_view"):
+            cls.__call__ = _field_in_view(call)  # type: ignore[method-assign]
 
     def __init__(self, params: OpParams | None = None) -> None:
         self.params = params if params is not None else self.Params()
+        # The recipe step's `field:` (the one field this operator reads); None: every field.
+        self.field: str | None = None
         # reason -> count, and the first few dropped documents per reason; the executor
         # reads these into the report.
         self.dropped: Counter[str] = Counter()
@@ -67,7 +132,9 @@ class Op(ABC):
         doc.metadata["drop_reason"] = f"{self.name}:{reason}"
         kept = self.examples.setdefault(reason, [])
         if len(kept) < MAX_EXAMPLES:
-            kept.append({"id": doc.id, "text": doc.text[:300]})
+            # A margin past the 300 characters the report shows, so the report can mask PII
+            # that straddles the cut before it cuts (lmops.data.report).
+            kept.append({"id": doc.id, "text": doc.text[: EXAMPLE_CHARS + EXAMPLE_MARGIN]})
 
     @abstractmethod
     def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
@@ -75,14 +142,17 @@ class Op(ABC):
 
 
 class Mapper(Op):
-    """Rewrites each document."""
+    """Rewrites each document (each part of a record with several fields)."""
+
+    _reads_field_in_view: ClassVar[bool] = False
 
     @abstractmethod
-    def apply(self, doc: Document) -> Document: ...
+    def apply(self, doc: Document) -> Document:
+        """Rewrite ``doc.text`` (and annotations) and return ``doc`` itself."""
 
     def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
         for doc in docs:
-            yield self.apply(doc)
+            yield self.apply(doc) if doc.parts is None else doc.map_parts(self.apply, self.field)
 
 
 class Filter(Op):
@@ -122,6 +192,8 @@ class GlobalOp(Op):
 
 
 MAX_EXAMPLES = 3  # dropped examples kept per reason for the report
+EXAMPLE_CHARS = 300  # characters of each example the report shows
+EXAMPLE_MARGIN = 256
 _REGISTRY: dict[str, type[Op]] = {}
 OpT = TypeVar("OpT", bound=type[Op])
 

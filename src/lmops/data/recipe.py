@@ -3,7 +3,7 @@
 ```yaml
 name: web-zh-en
 inputs: [raw/*.jsonl, raw-web:3]      # paths/globs (relative to the recipe file) or dataset refs
-text_key: text
+text_key: text                        # or fields: [instruction, input, output] / fields: messages
 process:
   - op: clean_unicode
   - op: gopher_quality
@@ -18,13 +18,15 @@ executor: {type: local, workers: 2}
 from __future__ import annotations
 
 import glob
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lmops.core.errors import NotFoundError, UserError
+from lmops.core.rows import ROW_SUFFIXES
 from lmops.core.yamlcfg import line_of, load_config
 from lmops.data.io import DEFAULT_SHARD_BYTES, InputFile, ReadOptions, detect_format
 from lmops.data.ops import Op, build_op
@@ -33,17 +35,21 @@ __all__ = ["ExecutorSpec", "OpSpec", "OutputSpec", "Recipe", "ResolvedInputs", "
 
 
 class OpSpec(BaseModel):
-    """One step: ``op`` names the operator, every other key is one of its parameters."""
+    """One step: ``op`` names the operator, ``field`` (optional) the one field of the
+    recipe's ``fields`` it reads, every other key is one of its parameters."""
 
     model_config = ConfigDict(extra="allow")
     op: str
+    field: str | None = None
 
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
     def build(self) -> Op:
-        return build_op(self.op, **self.params)
+        op = build_op(self.op, **self.params)
+        op.field = self.field
+        return op
 
 
 class OutputSpec(BaseModel):
@@ -77,6 +83,11 @@ class Recipe(BaseModel):
     inputs: list[str] = Field(min_length=1)
     text_key: str = "text"
     id_key: str = "id"
+    # The fields to process: several string fields (instruction data), or a field holding
+    # chat messages (each message's content is processed). Default: [text_key].
+    fields: list[str] | None = Field(default=None, min_length=1)
+    # Where text_key and id_key are read from: {text: body, id: doc_id}. The output keeps
+    # the input's field names.
     columns: dict[str, str] = Field(default_factory=dict)
     text_unit: Literal["file", "paragraph", "line"] = "file"
     process: list[OpSpec] = Field(default_factory=list)
@@ -84,13 +95,71 @@ class Recipe(BaseModel):
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     on_error: Literal["raise", "skip"] = "raise"
 
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _columns_and_fields(self) -> Recipe:
+        other = sorted(set(self.columns) - {self.text_key, self.id_key})
+        if other:
+            raise ValueError(
+                f"columns: only {self.text_key!r} (text_key) and {self.id_key!r} (id_key) can "
+                f"be mapped, not {other[0]!r}; the output keeps every field under its own name"
+            )
+        if self.fields is not None and self.text_key in self.columns:
+            raise ValueError("give fields or columns.text, not both")
+        return self
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        """The fields this recipe processes."""
+        if self.fields is not None:
+            return tuple(self.fields)
+        return (self.columns.get(self.text_key, self.text_key),)
+
+    def check_step(self, i: int, op: Op) -> None:
+        """Refuse a step whose ``field`` is not processed, or a text-rewriting global
+        operator that would rewrite several fields joined together."""
+        fields = self.text_fields
+        if op.field is not None and op.field not in fields:
+            raise UserError(
+                f"process[{i}]: field {op.field!r} is not one of the fields this recipe "
+                f"processes ({', '.join(fields)})"
+            )
+        if op.rewrites_text and op.field is None and len(fields) > 1:
+            raise UserError(
+                f"process[{i}]: {op.name} rewrites text and would rewrite the fields "
+                f"{', '.join(fields)} joined; set field: to one of them"
+            )
+
+    def redactor(self) -> Callable[[str], str] | None:
+        """The recipe's PII masking (every ``pii_mask`` step, in order) as a function, for
+        what is kept beside the data (report examples, unreadable rows); None without one."""
+        steps = [s for s in self.process if s.op == "pii_mask"]
+        if not steps:
+            return None
+        from lmops.data.pii import mask_pii
+
+        params = [cast(Any, s.build()).params for s in steps]
+
+        def redact(text: str) -> str:
+            for p in params:
+                text = mask_pii(text, p.types, p.placeholder_format)[0]
+            return text
+
+        return redact
+
     def read_options(self) -> ReadOptions:
         return ReadOptions(
             text_key=self.text_key,
             id_key=self.id_key,
             columns=dict(self.columns),
+            fields=self.text_fields,
             text_unit=self.text_unit,
             on_error=self.on_error,
+            redact=self.redactor(),
         )
 
     def import_plugins(self, source: str = "recipe") -> None:
@@ -108,9 +177,14 @@ class Recipe(BaseModel):
         ops = []
         for i, spec in enumerate(self.process):
             try:
-                ops.append(spec.build())
+                op = spec.build()
             except UserError as e:
                 raise UserError(f"{source}: process[{i}]: {e}") from None
+            try:
+                self.check_step(i, op)
+            except UserError as e:
+                raise UserError(f"{source}: {e}") from None
+            ops.append(op)
         return ops
 
 
@@ -120,12 +194,16 @@ def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
     recipe = load_config(path, Recipe, overrides)
     recipe.import_plugins(str(path))
     for i, spec in enumerate(recipe.process):
+        line = line_of(path, ("process", i))
+        where = f"{path}:{line}" if line else str(path)
         try:
-            spec.build()
+            op = spec.build()
         except UserError as e:
-            line = line_of(path, ("process", i))
-            where = f"{path}:{line}" if line else str(path)
             raise UserError(f"{where}: process[{i}]: {e}") from None
+        try:
+            recipe.check_step(i, op)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
     return recipe
 
 
@@ -135,17 +213,7 @@ class ResolvedInputs:
     refs: list[str]  # "name:N" of every dataset version read (for lineage)
 
 
-_DATA_SUFFIXES = (
-    ".jsonl",
-    ".jsonl.gz",
-    ".jsonl.zst",
-    ".json",
-    ".ndjson",
-    ".parquet",
-    ".txt",
-    ".txt.gz",
-    ".txt.zst",
-)
+_DATA_SUFFIXES = (*ROW_SUFFIXES, ".txt", ".txt.gz", ".txt.zst")
 
 
 def _files_under(root: Path) -> list[Path]:

@@ -1,6 +1,11 @@
 """The data run report: what each operator kept and dropped and why, time per operator,
 length histograms before and after, PII found per type, read errors. JSON for machines,
-a short text summary for people, and a PNG plot."""
+a short text summary for people, and a PNG plot.
+
+Dropped examples are recorded when they are dropped, which may be before the recipe's
+``pii_mask``; the report masks them with the recipe's masking before it keeps them, so a
+masked dataset never carries PII in clear in its report.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmops.data.executor import EDGES, LengthHistogram
+from lmops.data.ops import EXAMPLE_CHARS
 from lmops.data.recipe import Recipe
 
 __all__ = ["build_report", "format_summary", "write_report_files"]
@@ -59,7 +65,15 @@ def build_report(
                     kept = m["examples"].setdefault(reason, [])
                     kept.extend(ex[: max(0, 3 - len(kept))])
         ops.extend(merged)
+    redact = recipe.redactor()
     for i, op in enumerate(ops):
+        op["examples"] = {
+            reason: [
+                {**ex, "text": (redact(ex["text"]) if redact else ex["text"])[:EXAMPLE_CHARS]}
+                for ex in examples
+            ]
+            for reason, examples in op["examples"].items()
+        }
         op["step"] = i
         op["dropped"] = dict(op["dropped"].most_common())
         op["counters"] = dict(sorted(op["counters"].items()))

@@ -24,7 +24,6 @@ its delimiter) or through the model's chat template, as separate turns
 from __future__ import annotations
 
 import ast
-import csv
 import hashlib
 import json
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmops.core.errors import UserError
+from lmops.core.rows import read_rows
 from lmops.core.yamlcfg import load_config
 
 __all__ = ["ChatTemplate", "Doc", "Message", "Task", "TaskConfig", "load_task_file"]
@@ -179,24 +179,13 @@ def render(template: str | int | list[Any], doc: Doc, field_name: str = "templat
 def _read_rows(path: Path, fmt: str) -> list[Doc]:
     if not path.exists():
         raise UserError(f"{path}: data file not found")
-    if fmt == "csv":
-        with open(path, encoding="utf-8", newline="") as fh:
-            return list(csv.DictReader(fh))
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_table(path).to_pylist())
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        return list(json.loads(text))
-    rows = []
-    for i, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: malformed JSON ({e.msg})") from None
-    return rows
+    # The one row reader: JSON Lines or a JSON array (by content), CSV, Parquet.
+    return [
+        r.values
+        for r in read_rows(
+            [path], "csv" if fmt == "csv" else "parquet" if fmt == "parquet" else "json"
+        )
+    ]
 
 
 @dataclass

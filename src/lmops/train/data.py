@@ -15,14 +15,16 @@
 
 from __future__ import annotations
 
-import json
 import random
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lmops.core.errors import UserError
+from lmops.core.rows import ANNOTATIONS_KEY, BadRow, Row, iter_rows, row_files
+from lmops.core.rows import read_rows as core_read_rows
 
 __all__ = [
     "Batch",
@@ -30,6 +32,7 @@ __all__ = [
     "build_pretrain_examples",
     "build_sft_examples",
     "collate",
+    "load_training_rows",
     "pack",
     "read_rows",
 ]
@@ -58,55 +61,111 @@ class Batch:
         return int((self.labels[:, 1:] != IGNORE).sum())
 
 
-def read_rows(paths: list[Path]) -> Iterator[tuple[str, int, Any]]:
-    """(file, 1-based row number, row) for JSONL/JSON/Parquet files and folders of them."""
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            files += sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file()
-                and f.suffix in (".jsonl", ".json", ".parquet")
-                and not any(part.startswith(("_", ".")) for part in f.relative_to(p).parts)
-            )
-        else:
-            files.append(p)
-    if not files:
-        raise UserError(f"no JSONL/JSON/Parquet rows found in {', '.join(map(str, paths))}")
-    for f in files:
-        if f.suffix == ".parquet":
-            import pyarrow.parquet as pq
+def read_rows(
+    paths: list[Path],
+    *,
+    on_error: Literal["raise", "skip"] = "raise",
+    skipped: Counter[str] | None = None,
+) -> Iterator[tuple[str, int, Any]]:
+    """``(where, row number, row)`` for every row of JSON Lines, JSON array, CSV and Parquet
+    files and folders of them, through the one row reader (:mod:`lmops.core.rows`).
 
-            n = 0
-            for batch in pq.ParquetFile(f).iter_batches():
-                for row in batch.to_pylist():
-                    n += 1
-                    yield str(f), n, row
-        elif f.suffix == ".json" and f.read_text(encoding="utf-8").lstrip().startswith("["):
-            for i, row in enumerate(json.loads(f.read_text(encoding="utf-8")), 1):
-                yield str(f), i, row
+    ``where`` names the file and line (``file:line (element i)`` in a JSON array,
+    ``file:row n`` in Parquet). lmops's ``_lmops`` annotations are never part of a row.
+    Unreadable rows raise, or with ``on_error="skip"`` are counted in ``skipped``.
+    """
+    files = row_files(paths)
+    if not files:
+        raise UserError(
+            f"no JSON Lines/JSON/CSV/Parquet rows found in {', '.join(map(str, paths))}"
+        )
+    for row in core_read_rows(files, on_error=on_error, skipped=skipped):
+        yield row.where, row.number, row.values
+
+
+@dataclass
+class LoadedRows:
+    """The rows a training stage trains on, and what was read and skipped."""
+
+    rows: list[tuple[str, int, Any]]
+    read: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> dict[str, Any]:
+        """The counts a training run reports (``TrainResult.data``, the run's params)."""
+        return {
+            "rows_read": self.read,
+            "rows_used": len(self.rows),
+            "rows_skipped": sum(self.skipped.values()),
+            "skipped_by_reason": dict(sorted(self.skipped.items())),
+        }
+
+
+def load_training_rows(
+    paths: list[Path], stage: str, on_error: Literal["raise", "skip"] = "raise"
+) -> LoadedRows:
+    """Read and validate the rows of a training stage before any model loads.
+
+    SFT takes alpaca or chat rows (the first valid row's format sets it), preference stages
+    (reward, DPO, KTO, ORPO) preference rows, PPO any rows. A bad row (unreadable, or failing
+    the format's checks, e.g. an empty ``output``) raises an error naming its file, line and
+    field, or with ``on_error="skip"`` is left out and counted by its problem's code.
+    """
+    from lmops.data.formats import detect_format, validate_row
+
+    files = row_files(paths)
+    if not files:
+        raise UserError(
+            f"no JSON Lines/JSON/CSV/Parquet rows found in {', '.join(map(str, paths))}"
+        )
+    items = [item for f in files for item in iter_rows(f)]
+    good = [item for item in items if isinstance(item, Row)]
+    for row in good:
+        row.values.pop(ANNOTATIONS_KEY, None)
+    fmt: str | None = None
+    if stage == "sft":
+        fmt = next(
+            (f for r in good if (f := detect_format(r.values)) in ("sft_alpaca", "sft_chat")),
+            None,
+        )
+        if fmt is None:
+            where = items[0].where if items else str(files[0])
+            raise UserError(
+                f"{where}: stage sft needs alpaca (instruction/output) or chat (messages) rows"
+            )
+    elif stage in ("reward", "dpo", "kto", "orpo"):
+        fmt = "preference"
+    out = LoadedRows([], read=len(items))
+    for item in items:  # in file order, so the first bad row is the one reported
+        if isinstance(item, BadRow):
+            code, problem = item.code, item.reason
         else:
-            with open(f, encoding="utf-8") as fh:
-                for i, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            yield str(f), i, json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise UserError(
-                                f"{f}:{i}: malformed JSON ({e.msg}); fix the row"
-                            ) from None
+            errors = validate_row(item.values, fmt) if fmt is not None else []
+            if not errors:
+                out.rows.append((item.where, item.number, item.values))
+                continue
+            e = errors[0]
+            code = e.code
+            problem = (
+                f"field {e.field!r}: " if e.field else ""
+            ) + f"{e.reason} (expected {fmt} rows)"
+        if on_error == "raise":
+            raise UserError(f"{item.where}: {problem}; fix the row or set on_error: skip")
+        out.skipped[code] += 1
+    if not out.rows:
+        raise UserError(f"dataset {', '.join(map(str, paths))} has no usable rows")
+    return out
 
 
 def validate_training_rows(rows: list[tuple[str, int, Any]], fmt: str) -> None:
-    """Refuse bad rows before training starts, naming file and row."""
+    """Refuse bad rows before training starts, naming file and line."""
     from lmops.data.formats import validate_row
 
-    for f, n, row in rows:
+    for where, _n, row in rows:
         errors = validate_row(row, fmt)
         if errors:
             e = errors[0]
-            raise UserError(f"{f}:{n}: field {e.field!r}: {e.reason} (expected {fmt} rows)")
+            raise UserError(f"{where}: field {e.field!r}: {e.reason} (expected {fmt} rows)")
 
 
 def _assistant_spans(
@@ -155,11 +214,11 @@ def build_sft_examples(
 
     examples = []
     stats = {"rows": len(rows), "truncated": 0, "no_loss_tokens": 0}
-    for f, n, row in rows:
+    for where, _n, row in rows:
         try:
             messages = to_chat(row)
         except UserError as e:
-            raise UserError(f"{f}:{n}: {e}") from None
+            raise UserError(f"{where}: {e}") from None
         ex, truncated = encode_chat(tokenizer, messages, max_len)
         stats["truncated"] += int(truncated)
         if all(label == IGNORE for label in ex.labels[1:]):
@@ -174,9 +233,14 @@ def build_sft_examples(
 
 
 def build_pretrain_examples(
-    paths: list[Path], tokenizer: Any, seq_len: int, text_key: str
-) -> tuple[list[Example], dict[str, int]]:
-    """Consecutive windows of ``seq_len + 1`` tokens (input and shifted target share it)."""
+    paths: list[Path],
+    tokenizer: Any,
+    seq_len: int,
+    text_key: str,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> tuple[list[Example], dict[str, Any]]:
+    """Consecutive windows of ``seq_len + 1`` tokens (input and shifted target share it).
+    Rows without a string ``text_key`` raise, or with ``on_error="skip"`` are counted."""
     import numpy as np
 
     window = seq_len + 1
@@ -199,10 +263,17 @@ def build_pretrain_examples(
             docs += shards.num_docs
         return examples, {"docs": docs, "windows": len(examples)}
     eos = tokenizer.eos_token_id
-    for _f, _n, row in read_rows(paths):
-        text = row.get(text_key) if isinstance(row, dict) else None
+    loaded = LoadedRows([])
+    unreadable: Counter[str] = Counter()
+    for where, n, row in read_rows(paths, on_error=on_error, skipped=unreadable):
+        loaded.read += 1
+        text = row.get(text_key)
         if not isinstance(text, str):
-            raise UserError(f"{_f}:{_n}: field {text_key!r} missing or not a string; set text_key")
+            if on_error == "skip":
+                loaded.skipped["missing" if text_key not in row else "type"] += 1
+                continue
+            raise UserError(f"{where}: field {text_key!r} missing or not a string; set text_key")
+        loaded.rows.append((where, n, None))
         docs += 1
         stream += tokenizer(text, add_special_tokens=False)["input_ids"] + (
             [eos] if eos is not None else []
@@ -217,7 +288,9 @@ def build_pretrain_examples(
         stream = stream[start:]
     if not examples:
         raise UserError(f"the text has fewer than {window} tokens; lower train.max_seq_len")
-    return examples, {"docs": docs, "windows": len(examples)}
+    loaded.read += sum(unreadable.values())
+    loaded.skipped.update(unreadable)
+    return examples, {"docs": docs, "windows": len(examples), **loaded.summary()}
 
 
 def pack(examples: list[Example], max_len: int) -> list[tuple[list[int], list[int], list[int]]]:

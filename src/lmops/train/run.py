@@ -25,10 +25,9 @@ from lmops.core.errors import UserError
 from lmops.train.data import (
     build_pretrain_examples,
     build_sft_examples,
+    load_training_rows,
     pack,
-    read_rows,
     split_eval,
-    validate_training_rows,
 )
 from lmops.train.loop import Dist, latest_checkpoint, train_loop
 from lmops.train.models import count_parameters, load_base, resolve_local
@@ -54,6 +53,8 @@ class TrainResult:
     # what registration needs when it happens later (sweeps register only the best trial)
     inputs: list[tuple[str, str]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # rows read, used and skipped (by reason) from the dataset
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 def _dataset_paths(spec: TrainSpec, store: Any) -> tuple[list[Path], list[str]]:
@@ -66,23 +67,9 @@ def _dataset_paths(spec: TrainSpec, store: Any) -> tuple[list[Path], list[str]]:
     return paths, refs
 
 
-def _load_rows(spec: TrainSpec, paths: list[Path]) -> list[tuple[str, int, Any]]:
-    from lmops.data.formats import detect_format
-
-    rows = list(read_rows(paths))
-    if not rows:
-        raise UserError(f"dataset {spec.datasets} has no rows")
-    if spec.stage == "sft":
-        fmt = detect_format(rows[0][2])
-        if fmt not in ("sft_alpaca", "sft_chat"):
-            f, n, _ = rows[0]
-            raise UserError(
-                f"{f}:{n}: stage sft needs alpaca (instruction/output) or chat (messages) rows"
-            )
-        validate_training_rows(rows, fmt)
-    elif spec.stage in ("reward", "dpo", "kto", "orpo"):
-        validate_training_rows(rows, "preference")
-    return rows
+def _load_rows(spec: TrainSpec, paths: list[Path]) -> tuple[list[tuple[str, int, Any]], Any]:
+    loaded = load_training_rows(paths, spec.stage, spec.on_error)
+    return loaded.rows, loaded.summary()
 
 
 def find_resumable(store: Any, spec: TrainSpec) -> str | None:
@@ -112,7 +99,7 @@ def run_training(
     without registering it (see :func:`register_output`)."""
     dist = dist or Dist.from_env()
     paths, dataset_refs = _dataset_paths(spec, store)
-    rows = _load_rows(spec, paths) if spec.stage != "pretrain" else []
+    rows, counts = _load_rows(spec, paths) if spec.stage != "pretrain" else ([], {})
     config = spec.model_dump(mode="json")
     if run_id is None and resume:
         run_id = find_resumable(store, spec)
@@ -138,6 +125,7 @@ def run_training(
             progress=progress,
             dist=dist,
             register=register,
+            counts=counts,
         )
     except KeyboardInterrupt:
         if dist.main:
@@ -170,6 +158,7 @@ def _train(
     progress: bool,
     dist: Dist,
     register: bool = True,
+    counts: dict[str, Any] | None = None,
 ) -> TrainResult:
     import torch
 
@@ -190,15 +179,20 @@ def _train(
             params={"trainable_params": trainable, "total_params": total, "world_size": dist.world},
         )
     steps, seconds, tokens, resumed_from = spec.train.max_steps, 0.0, 0, None
+    counts = dict(counts or {})
+    if dist.main and spec.stage not in ("pretrain", "sft"):
+        store.runs.update(run_id, params={"data": counts})
     if spec.stage in ("pretrain", "sft"):
         if spec.stage == "pretrain":
             examples, stats = build_pretrain_examples(
-                paths, tok, spec.train.max_seq_len, spec.text_key
+                paths, tok, spec.train.max_seq_len, spec.text_key, spec.on_error
             )
+            keys = ("rows_read", "rows_used", "rows_skipped", "skipped_by_reason")
+            counts = {k: stats.pop(k) for k in keys if k in stats}
         else:
             examples, stats = build_sft_examples(rows, tok, spec.train.max_seq_len)
         if dist.main:
-            store.runs.update(run_id, params={"data": stats})
+            store.runs.update(run_id, params={"data": {**counts, **stats}})
         train_ex, eval_ex = split_eval(examples, spec.eval_split, spec.train.seed)
         packed = spec.packing and spec.stage == "sft"
         train_items: list[Any] = pack(train_ex, spec.train.max_seq_len) if packed else train_ex
@@ -243,7 +237,17 @@ def _train(
     final = {k: v[-1][1] for k, v in history.items() if v}
     if not dist.main:
         return TrainResult(
-            run_id, None, "", steps, seconds, tokens, trainable, total, final, resumed_from
+            run_id,
+            None,
+            "",
+            steps,
+            seconds,
+            tokens,
+            trainable,
+            total,
+            final,
+            resumed_from,
+            data=counts,
         )
     out_dir, kind, meta, inputs = _save_output(
         spec, run_id, run_dir, model, loaded, dataset_refs, final, history, trainable, total
@@ -262,6 +266,7 @@ def _train(
         out_dir,
         inputs,
         meta,
+        counts,
     )
     if register:
         result.output = register_output(store, spec, result).ref

@@ -5,8 +5,9 @@ dotted overrides (``lmops train job.yaml train.lr=1e-4``).
 stage: sft            # pretrain | sft | reward | dpo | kto | orpo | ppo
 method: lora          # full | freeze | lora | qlora | prefix | prompt_tuning
 model: path/or/asset-ref        # or {preset: llama-tiny, tokenizer: tok} to start from scratch
-dataset: path/or/asset-ref      # JSONL/Parquet, or token shards from the data stage
+dataset: path/or/asset-ref      # JSON Lines, JSON array, CSV, Parquet, or token shards
 output: my-model                # asset name for the result
+on_error: raise                 # or skip: bad rows (e.g. an empty output) left out, counted
 train: {max_steps: 100, lr: 2e-4, batch_size: 8, max_seq_len: 512, seed: 0, save_steps: 50}
 ```
 """
@@ -134,6 +135,9 @@ class TrainSpec(_Strict):
     packing: bool = False
     eval_split: float = Field(0.0, ge=0, lt=0.5)
     text_key: str = "text"
+    # raise: the first bad row stops the job before training (naming file, line, field);
+    # skip: bad rows are left out and counted in the run's summary (TrainResult.data).
+    on_error: Literal["raise", "skip"] = "raise"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)

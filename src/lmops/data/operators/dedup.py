@@ -243,6 +243,8 @@ class C4SpanDedup(GlobalOp):
     class Params(OpParams):
         span: int = Field(3, ge=1)
 
+    rewrites_text = True
+
     def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
         n = cast(C4SpanDedup.Params, self.params).span
         seen: set[bytes] = set()
