@@ -428,3 +428,20 @@ def test_generate_batches_hands_over_what_arrived_while_the_consumer_was_busy(
     tokens = [ev.token_id for ev in events if isinstance(ev, Delta)]
     assert tokens == [ev.token_id for ev in reference_events if isinstance(ev, Delta)]
     assert len(tokens) == events[-1].completion_tokens
+
+
+def test_a_generated_end_of_sequence_token_is_counted(model_dir: Path) -> None:
+    """The EOS token a model generates is a completion token (as vLLM and OpenAI count
+    it), though its text is never sent (issue #13 item 7)."""
+    engine = Engine(model_dir)
+    try:
+        ids = engine.encode("The quick brown")
+        greedy = reference(model_dir, ids, 8)
+        # the first new greedy token (this tiny model may repeat its first) ends it now
+        k = next((i for i in range(1, len(greedy)) if greedy[i] not in greedy[:i]), 0)
+        engine.eos_ids = {greedy[k]}
+        req = GenRequest(request_id="e", prompt_ids=ids, max_tokens=16, temperature=0.0)
+        _text, done = asyncio.run(collect(engine, req))
+    finally:
+        engine.close()
+    assert done.finish_reason == "stop" and done.completion_tokens == k + 1

@@ -215,6 +215,8 @@ def _line(
             ttft_ms=round(ttft * 1000, 3) if ttft is not None else None,
             guardrails=list(ctx.actions),
         )
+        if getattr(ctx, "warnings", None):
+            line["warnings"] = list(ctx.warnings)
         final = getattr(ctx, "status", None)
         if error_code is None and final in _STREAM_ERRORS:  # a stream that failed mid-way
             error_code = _STREAM_ERRORS[final]

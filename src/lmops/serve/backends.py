@@ -123,6 +123,8 @@ class Backend(Protocol):
     """One model behind a deployment (see the module docstring)."""
 
     model_ref: str  # the concrete version that answers (``name:N``), or the upstream
+    sampling: dict[str, float]  # temperature/top_p of a request that sets none
+    default_max_tokens: int  # the completion budget of a request that names none
 
     def estimate_prompt(self, job: Job) -> int: ...
 
@@ -160,12 +162,23 @@ def _context_error(kind: str, limit: int, tokens: int | None) -> OpenAIError:
 
 # ============================================================================ engine
 class EngineBackend:
-    """A model served by the built-in engine (one target of a deployment)."""
+    """A model served by the built-in engine (one target of a deployment). ``sampling``:
+    the temperature/top_p of a request that sets none (the deployment's, over the
+    model's generation config); ``default_max_tokens``: its completion budget."""
 
-    def __init__(self, target: Any) -> None:
+    def __init__(
+        self,
+        target: Any,
+        *,
+        sampling: dict[str, float] | None = None,
+        default_max_tokens: int = 256,
+    ) -> None:
         self.target = target
         self.engine = target.engine
         self.model_ref = str(target.version)
+        self.sampling = dict(sampling or {})
+        self.default_max_tokens = default_max_tokens
+        self.chat_template_fallback = bool(self.engine.chat_template_fallback)
 
     def estimate_prompt(self, job: Job) -> int:
         return approx_tokens(job.text())
@@ -312,11 +325,22 @@ _GENERIC_CONTROL = re.compile(
 
 
 class UpstreamBackend:
-    """An OpenAI-compatible server behind a deployment (vLLM, llama.cpp, a provider)."""
+    """An OpenAI-compatible server behind a deployment (vLLM, llama.cpp, a provider).
+    ``sampling`` fills the fields a request leaves out (else the upstream's own defaults
+    apply); ``default_max_tokens`` is the budget of a request that names none."""
 
-    def __init__(self, upstream: Any, model_ref: str) -> None:
+    def __init__(
+        self,
+        upstream: Any,
+        model_ref: str,
+        *,
+        sampling: dict[str, float] | None = None,
+        default_max_tokens: int = 1024,
+    ) -> None:
         self.upstream = upstream
         self.model_ref = model_ref
+        self.sampling = dict(sampling or {})
+        self.default_max_tokens = default_max_tokens
 
     def estimate_prompt(self, job: Job) -> int:
         extra = 4 * len(job.messages) if job.messages is not None else 0  # role framing
@@ -339,7 +363,7 @@ class UpstreamBackend:
                 )
 
     def _body(self, job: Job) -> dict[str, Any]:
-        body = dict(job.body)
+        body = {**self.sampling, **job.body}
         body.pop("max_tokens", None)
         body.pop("max_completion_tokens", None)
         # the budget the request was charged for: the upstream can never produce more

@@ -51,6 +51,7 @@ __all__ = [
     "Deployment",
     "DeploymentSpec",
     "Registry",
+    "SamplingDefaults",
     "VllmOptions",
     "load_deployments",
     "parse_model_args",
@@ -112,6 +113,14 @@ class VllmOptions(BaseModel):
         return self
 
 
+class SamplingDefaults(BaseModel):
+    """What a request that sets no sampling field gets (each may be left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+
+
 class DeploymentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -126,9 +135,15 @@ class DeploymentSpec(BaseModel):
     max_running: int = Field(8, ge=1)
     max_queue: int = Field(64, ge=0)
     max_tokens_cap: int = Field(4096, ge=1)
-    # the completion budget of a request that names none (None: 256 for the built-in
-    # engine, 1024 for an upstream); always charged at admission and sent to an upstream
+    # the completion budget of a request that names none (None: the model's
+    # generation_config max_new_tokens, else 256, for the built-in engine; 1024 for an
+    # upstream); always charged at admission and sent to an upstream
     default_max_tokens: int | None = Field(None, ge=1)
+    # sampling defaults for requests that set none, over the model's generation config
+    sampling: SamplingDefaults | None = None
+    # auto: the built-in engine takes temperature/top_p/max_new_tokens defaults from the
+    # model's generation_config.json, as vLLM's --generation-config auto; ignore: it does not
+    generation_config: Literal["auto", "ignore"] = "auto"
     # message text holding the model's control tokens (<|im_start|>...): encoded as plain
     # text so it cannot forge a turn (escape), or refused with a 400 (refuse)
     control_tokens: Literal["escape", "refuse"] = "escape"
@@ -229,21 +244,40 @@ class Deployment:
     def name(self) -> str:
         return self.spec.name
 
-    @property
-    def default_max_tokens(self) -> int:
-        """The completion budget of a request that names none (see ``DeploymentSpec``)."""
-        if self.spec.default_max_tokens is not None:
-            return min(self.spec.default_max_tokens, self.spec.max_tokens_cap)
-        return min(1024 if self.upstream is not None else 256, self.spec.max_tokens_cap)
+    def describe(self) -> dict[str, Any]:
+        """What ``/v1/models`` says of this deployment beyond OpenAI's fields: the model
+        versions that answer (for an eval report's lineage) and whether a model is served
+        with the ChatML fallback because it has no chat template."""
+        if self.upstream is not None:
+            return {"upstream": self.upstream.shown_url, "model": self.upstream.model}
+        return {
+            "versions": [str(t.version) for t, _ in self.targets],
+            "chat_template_fallback": any(t.engine.chat_template_fallback for t, _ in self.targets),
+        }
 
     def backend(self) -> Backend:
         """What answers the next request: the upstream, or a target's engine (picked by
-        weight for an A/B split)."""
+        weight for an A/B split), with this deployment's request defaults."""
         from lmops.serve.backends import EngineBackend, UpstreamBackend
 
+        spec = self.spec
+        sampling = spec.sampling.model_dump(exclude_none=True) if spec.sampling else {}
         if self.upstream is not None:
-            return UpstreamBackend(self.upstream, str(self.spec.upstream))
-        return EngineBackend(self.pick())
+            return UpstreamBackend(
+                self.upstream,
+                str(spec.upstream),
+                sampling=sampling,
+                default_max_tokens=min(spec.default_max_tokens or 1024, spec.max_tokens_cap),
+            )
+        target = self.pick()
+        model = dict(target.engine.generation_defaults) if spec.generation_config == "auto" else {}
+        budget = spec.default_max_tokens or int(model.pop("max_tokens", 256))
+        model.pop("max_tokens", None)
+        return EngineBackend(
+            target,
+            sampling={**model, **sampling},
+            default_max_tokens=min(budget, spec.max_tokens_cap),
+        )
 
     def pick(self) -> _Target:
         self._maybe_reload()

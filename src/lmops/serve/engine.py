@@ -37,6 +37,8 @@ import asyncio
 import collections
 import contextlib
 import inspect
+import json
+import logging
 import math
 import random
 import re
@@ -51,7 +53,7 @@ from typing import Any
 from lmops.core.errors import UserError
 from lmops.serve.types import Delta, Done, GenRequest, TokenLogprob
 
-__all__ = ["ControlTokenError", "Engine", "EngineOverloaded"]
+__all__ = ["ControlTokenError", "Engine", "EngineOverloaded", "generation_defaults"]
 
 
 class EngineOverloaded(Exception):
@@ -68,6 +70,36 @@ class ControlTokenError(UserError):
             "<|im_start|>); this deployment refuses them in message text"
         )
         self.index = index
+
+
+# Sampling fields of generation_config.json that requests take as defaults, as vLLM's
+# --generation-config auto does (the others have no meaning for this engine).
+_GENERATION_FIELDS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_new_tokens": "max_tokens",
+}
+
+
+def generation_defaults(model_path: Path) -> dict[str, float | int]:
+    """The request defaults a model's ``generation_config.json`` asks for: ``temperature``,
+    ``top_p`` and ``max_tokens`` (from ``max_new_tokens``), only those the file sets."""
+    try:
+        raw = json.loads((Path(model_path) / "generation_config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, float | int] = {}
+    for key, name in _GENERATION_FIELDS.items():
+        value = raw.get(key) if isinstance(raw, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = value
+    if "temperature" in out and not 0 <= float(out["temperature"]) <= 2:
+        out.pop("temperature")
+    if "top_p" in out and not 0 < float(out["top_p"]) <= 1:
+        out.pop("top_p")
+    if "max_tokens" in out and int(out["max_tokens"]) < 1:
+        out.pop("max_tokens")
+    return out
 
 
 def _text_of(content: Any) -> str:
@@ -118,6 +150,7 @@ class _Seq:
     prefix: int = 0
     read: int = 0
     cancelled: bool = False
+    eos: bool = False  # it ended by generating an end-of-sequence token
     done: str | None = None  # the finish reason once finished
     rng: random.Random | None = None  # the sequence's own sampling stream (seeded)
     # The engine's outbox: events wait there until the worker hands a whole step's events
@@ -162,8 +195,17 @@ class Engine:
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load model {model_path}: {e}") from None
         self.model = model.to(self.device).eval()
-        if not getattr(self.tokenizer, "chat_template", None):
+        # a model without a chat template is served with ChatML, said at start-up, in
+        # /v1/models and in each request's access-log line (it may not be what it learned)
+        self.chat_template_fallback = not getattr(self.tokenizer, "chat_template", None)
+        if self.chat_template_fallback:
             self.tokenizer.chat_template = CHATML
+            logging.getLogger("lmops.serve").warning(
+                "model %s has no chat template; chat requests use ChatML "
+                "(<|im_start|>role ...), which it may not have been trained on",
+                model_path,
+            )
+        self.generation_defaults = generation_defaults(model_path)
         self.name = name or model_path.name
         self.eos_ids = {
             i
@@ -664,6 +706,7 @@ class Engine:
         if s.cancelled:
             return
         if tok in self.eos_ids:
+            s.eos = True  # a generated token like any other: counted in completion_tokens
             self._finish(s, "stop")
             return
         s.generated.append(tok)
@@ -762,7 +805,7 @@ class Engine:
             s.emit(Delta(text[s.sent_chars :]))
             s.sent_chars = len(text)
         s.done = reason
-        s.emit(Done(reason, len(s.req.prompt_ids or []), len(s.generated)))
+        s.emit(Done(reason, len(s.req.prompt_ids or []), len(s.generated) + s.eos))
 
     def _drop_finished(self) -> None:
         import torch

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from lmops.serve.backends import Generation, Job, approx_tokens
+from lmops.serve.backends import Backend, Generation, Job, approx_tokens
 from lmops.serve.protocol import (
     ChatRequest,
     CompletionRequest,
@@ -147,6 +147,7 @@ class Handlers:
         kind: str,
         rid: str,
         dep: Any,
+        backend: Backend,
     ) -> Job:
         spec = dep.spec
         asked = req.asked_max_tokens()
@@ -158,7 +159,7 @@ class Handlers:
                 param=asked[0],
                 code="invalid_value",
             )
-        budget = asked[1] if asked is not None else dep.default_max_tokens
+        budget = asked[1] if asked is not None else backend.default_max_tokens
         echo = isinstance(req, CompletionRequest) and req.echo
         if budget == 0 and not echo:
             raise OpenAIError(
@@ -189,8 +190,10 @@ class Handlers:
             max_tokens=min(budget, spec.max_tokens_cap),
             max_tokens_field=asked[0] if asked is not None else "max_tokens",
             n=req.n,
-            temperature=req.temperature,
-            top_p=req.top_p,
+            temperature=req.temperature
+            if req.temperature is not None
+            else float(backend.sampling.get("temperature", 1.0)),
+            top_p=req.top_p if req.top_p is not None else float(backend.sampling.get("top_p", 1.0)),
             seed=req.seed,
             stop=req.stops(),
             logprobs=logprobs,
@@ -235,9 +238,11 @@ class Handlers:
         gen: Generation | None = None
         stream = False
         try:
-            job = self._job(req, raw, kind, rid, dep)
-            stream = job.stream
             backend = dep.backend()
+            job = self._job(req, raw, kind, rid, dep, backend)
+            stream = job.stream
+            if kind == "chat" and getattr(backend, "chat_template_fallback", False):
+                ctx.warnings.append("chat_template_fallback")
             # flow control first, on an estimate: a key over its limit costs nothing more
             ctx.admit(
                 backend.estimate_prompt(job), job.max_tokens * job.n, model_ref=backend.model_ref

@@ -98,6 +98,17 @@ class Gateway:
             ) from None
 
 
+def _model_card(name: str, dep: Any) -> dict[str, Any]:
+    """OpenAI's model object, plus what lmops knows of it under ``lmops``."""
+    return {
+        "id": name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "lmops",
+        "lmops": dep.describe(),
+    }
+
+
 def mount_openai(
     app: FastAPI,
     registry: Registry,
@@ -125,7 +136,7 @@ def mount_openai(
     def models(request: Request) -> dict[str, Any]:
         key = gw.authenticate(request)
         data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "lmops"}
+            _model_card(name, registry.deployments[name])
             for name in sorted(registry.deployments)
             if key.scopes is None or name in key.scopes
         ]
@@ -134,8 +145,7 @@ def mount_openai(
     @router.get("/models/{name}")
     def model(request: Request, name: str) -> dict[str, Any]:
         key = gw.authenticate(request)
-        gw.deployment(key, name)
-        return {"id": name, "object": "model", "created": 0, "owned_by": "lmops"}
+        return _model_card(name, gw.deployment(key, name))
 
     @router.post("/chat/completions", openapi_extra=openapi_body(ChatRequest))
     async def chat(request: Request) -> Response:

@@ -90,6 +90,7 @@ class RequestContext:
         self.model_ref: str | None = None
         self.ttft_s: float | None = None
         self.actions: list[dict[str, Any]] = []
+        self.warnings: list[str] = []  # e.g. chat_template_fallback (for the access log)
         self._headers: dict[str, str] = {}
         self._done = False
         # the outcome, once finish()/fail() ran (read by the access log)
@@ -264,6 +265,7 @@ class NullContext:
         self.dep = dep
         self.request_id = request_id
         self.actions: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
 
     def check_input(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return messages
