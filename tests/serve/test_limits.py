@@ -372,24 +372,40 @@ def test_headers_report_the_tightest_scope(limiter: RateLimiter) -> None:
     assert headers(lease) == {
         "x-ratelimit-limit-requests": "5",
         "x-ratelimit-remaining-requests": "4",
-        "x-ratelimit-reset-requests": "1m30s",  # until usage is back to zero
+        # replenished over the window as OpenAI counts it: used / limit of 60 s
+        "x-ratelimit-reset-requests": "12s",
         "x-ratelimit-limit-tokens": "1000",
         "x-ratelimit-remaining-tokens": "900",
-        "x-ratelimit-reset-tokens": "1m30s",
+        "x-ratelimit-reset-tokens": "6s",
     }
     assert limiter.headers(lease) == headers(lease)
     err = refused(limiter, scopes, 950, T)
     assert headers(err) == {
         "x-ratelimit-limit-requests": "5",
         "x-ratelimit-remaining-requests": "4",  # the refused request is not counted
-        "x-ratelimit-reset-requests": "1m30s",
+        "x-ratelimit-reset-requests": "12s",
         "x-ratelimit-limit-tokens": "1000",
         "x-ratelimit-remaining-tokens": "900",
-        "x-ratelimit-reset-tokens": "1m30s",
+        "x-ratelimit-reset-tokens": "1m0s",  # the counter that refused: its Retry-After
         "Retry-After": "60",  # next minute, once 100 * (1 - f) + 950 <= 1000: f = 0.5
         "retry-after-ms": "60000",
     }
     assert "retry in 1m0s" in str(err)
+
+
+def test_a_refusal_resets_when_retry_after_says(limiter: RateLimiter) -> None:
+    """The reset of the counter that refused equals its Retry-After (issue #13 item 7:
+    'x-ratelimit-reset-requests said 1m9.6s while Retry-After said 40 and the window is
+    60 s'), and no reset is longer than the window."""
+    scopes = [("key:ci", Limits(rpm=2))]
+    limiter.release(limiter.acquire(scopes, "r0", 0, now=T - 50))  # the minute before
+    limiter.release(limiter.acquire(scopes, "r1", 0, now=T - 10))
+    err = refused(limiter, scopes, 0, T)  # used: 1 + 1 * (1 - 0.5), and 1 more is over 2
+    h = headers(err)
+    assert h["Retry-After"] == "30" and h["x-ratelimit-reset-requests"] == "30s"
+    later = limiter.acquire(scopes, "ok", 0, now=T + 35)
+    reset = headers(later)["x-ratelimit-reset-requests"]
+    assert reset.endswith("s") and "m" not in reset  # under a minute
 
 
 def test_unlimited_scopes_touch_nothing(store: Store, limiter: RateLimiter) -> None:

@@ -270,3 +270,11 @@ def test_request_log_batches_rows_and_flushes_on_close(store: Store) -> None:
         assert s.scalar(select(func.count()).where(c.request_body.is_not(None))) == 1
     exported = export_conversations(store, deployment="chat", output="from-writer")
     assert exported.metadata["count"] == 1 and exported.metadata["skipped"] == {}
+
+
+def test_usage_table_prints_readable_numbers(store: Store, cli: Any) -> None:
+    """`lmops usage` printed a latency as 1343.1578199997602 (issue #13 item 7)."""
+    log(store, latency_ms=1343.1578199997602, ttft_ms=None, prompt_tokens=12345)
+    r = cli("usage")
+    assert r.code == 0, r.err
+    assert "1,343.2" in r.out and "12,345" in r.out and "1343.157" not in r.out

@@ -606,16 +606,19 @@ def usage(
         print_json(data)
         return
 
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.1f}"
+
     def rows(group: dict[str, Any]) -> list[list[Any]]:
         return [
             [
                 name,
-                g["requests"],
-                g["errors"],
-                g["prompt_tokens"],
-                g["completion_tokens"],
-                g.get("latency_p50_ms"),
-                g.get("ttft_p50_ms"),
+                f"{g['requests']:,}",
+                f"{g['errors']:,}",
+                f"{g['prompt_tokens']:,}",
+                f"{g['completion_tokens']:,}",
+                ms(g.get("latency_p50_ms")),
+                ms(g.get("ttft_p50_ms")),
             ]
             for name, g in group.items()
         ]

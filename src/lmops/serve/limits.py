@@ -303,13 +303,17 @@ class _Usage:
         return _ceil_ms((1.0 - frac) * span + need * span)
 
     def reset(self, now: float, with_request: bool) -> float:
-        """Seconds until this counter is back to zero usage (OpenAI's reset headers)."""
-        cur = self.cur + (self.cost if with_request else 0)
+        """Seconds until this counter's budget is whole again, as OpenAI's reset headers
+        count it: a rate limit replenishes continuously over its window, so ``used / limit``
+        of the window (never more than the window); a quota at the end of its day or month.
+        A counter that refused a request reports its ``Retry-After`` instead (see
+        ``_headers``), so the headers of one response never contradict each other."""
+        used = self.used(now, with_request)
+        if used <= _EPS:
+            return 0.0
         if self.dim.window != "minute":
-            return self.end - now if cur > 0 else 0.0
-        if cur > 0:
-            return self.end - now + (self.end - self.start)
-        return self.end - now if self.prev > 0 else 0.0
+            return self.end - now
+        return min(1.0, used / self.limit) * (self.end - self.start)
 
 
 # -- headers ------------------------------------------------------------------------------------
@@ -330,11 +334,17 @@ _HEADER_SUFFIX = {"rpm": "requests", "tpm": "tokens", "tpd": "tokens-day", "tpmo
 
 
 def _headers(usages: Iterable[_Usage], now: float, *, with_request: bool) -> dict[str, str]:
-    """x-ratelimit-* for the most constrained scope of each counter kind."""
+    """x-ratelimit-* for the most constrained scope of each counter kind. For a refused
+    request (``with_request=False``) a counter the request does not fit reports its wait
+    (the ``Retry-After`` it causes) as its reset, so the two headers agree."""
     tightest: dict[str, tuple[float, float, int]] = {}  # prefix -> (remaining, reset, limit)
     for u in usages:
         remaining = u.limit - u.used(now, with_request)
-        cand = (remaining, -u.reset(now, with_request), u.limit)
+        reset = u.reset(now, with_request)
+        if not with_request and not u.fits(now):
+            wait = u.retry_after(now)
+            reset = wait if wait is not None else reset
+        cand = (remaining, -reset, u.limit)
         if u.dim.prefix not in tightest or cand < tightest[u.dim.prefix]:
             tightest[u.dim.prefix] = cand
     out: dict[str, str] = {}
