@@ -34,7 +34,7 @@ HARMFUL_REPLY = "Here is how to make a bomb step by step."
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("hardening")
     home = root / "home"
-    env = {**lmops_env(home), "LMOPS_SERVE_MAX_BODY_BYTES": str(1024 * 1024)}
+    env = lmops_env(home)
     model = make_model(root / "tiny", make_tokenizer(root / "tok"), seed=5)
     from lmops.serve.fake import fake_server
 
@@ -66,6 +66,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         env,
         "--deployments",
         str(root / "d.yaml"),
+        "--max-body-mb",
+        "1",
         ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
     )
     (root / "models.json").write_text(json.dumps({"tiny": str(model)}))

@@ -41,6 +41,8 @@ ACCESS_LOG_ENV = "LMOPS_ACCESS_LOG"
 # within an open-files limit that can be raised to it).
 HEADER_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 2048
+# Request bodies (serve/protocol.py): 8 MiB holds a 128k-token prompt several times over.
+MAX_BODY_MB = 8.0
 
 
 class AccessLog(StrEnum):
@@ -81,6 +83,14 @@ def serve(
             help="Open connections per worker; beyond them a new one is answered 503 and closed.",
         ),
     ] = MAX_CONNECTIONS,
+    max_body_mb: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="Largest /v1 request body, in MiB; a larger one is answered 413 before it is "
+            "read.",
+        ),
+    ] = MAX_BODY_MB,
 ) -> None:
     """Run the HTTP server: /healthz, /readyz, /docs, /api/... and, with --model or
     --deployments, the OpenAI-compatible API under /v1. `lmops serve batch` runs a dataset
@@ -99,6 +109,7 @@ def serve(
         access_log=access_log,
         header_timeout=header_timeout,
         max_connections=max_connections,
+        max_body_mb=max_body_mb,
     )
 
 
@@ -113,6 +124,7 @@ def _run_server(
     access_log: AccessLog,
     header_timeout: float = HEADER_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
+    max_body_mb: float = 8.0,
 ) -> None:
     import json
 
@@ -120,7 +132,7 @@ def _run_server(
 
     from lmops.serve.deployments import load_deployments, parse_model_args
     from lmops.serve.http import protocol_factory
-    from lmops.serve.server import ENV
+    from lmops.serve.server import ENV, MAX_BODY_ENV
     from lmops.store import Store
 
     Store(origin="api").close()  # migrate once before workers start, and fail early
@@ -139,8 +151,10 @@ def _run_server(
         if len(set(names)) != len(names):
             raise UserError("a deployment name is given twice")
     _raise_open_files_limit(max_connections)
-    # Workers are child processes (or this one): the app's access-log middleware reads this.
+    # Workers are child processes (or this one): the app's access-log middleware and the
+    # gateway read these.
     os.environ[ACCESS_LOG_ENV] = access_log.value
+    os.environ[MAX_BODY_ENV] = str(int(max_body_mb * 1024 * 1024))
     from lmops.serve.launcher import launch_all
 
     # engine: vllm deployments are launched here, once, before the workers start; each
