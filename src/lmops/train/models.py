@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
+from lmops.core.modelfiles import check_model_folder
 from lmops.train.spec import ModelPreset, TrainSpec
 
 __all__ = [
@@ -72,6 +73,8 @@ def resolve_local(
     """A local folder/file for a path or an asset ref; returns (path, version ref or None)."""
     p = Path(ref_or_path).expanduser()
     if p.exists():
+        if kind == "model":
+            check_model_folder(p)
         return p, None
     if store is None:
         raise UserError(f"{ref_or_path!r} is not an existing path")
@@ -81,7 +84,10 @@ def resolve_local(
         raise UserError(f"{ref_or_path!r} is neither an existing path nor a READY asset") from None
     if kind is not None and v.kind != kind and not (kind == "model" and v.kind == "adapter"):
         raise UserError(f"{ref_or_path!r} is a {v.kind}, expected a {kind}")
-    return store.assets.path(v.ref), v.ref
+    path = store.assets.path(v.ref)
+    if kind == "model":
+        check_model_folder(path, what=f"model {v.ref}")
+    return path, v.ref
 
 
 def merged_view(adapter_dir: Path, store: Any | None) -> Path:

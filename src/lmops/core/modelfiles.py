@@ -1,0 +1,55 @@
+"""What a model folder must hold, checked with nothing but the file system.
+
+A Hugging Face model folder has a ``config.json`` and a tokenizer (``tokenizer.json``, a
+SentencePiece ``tokenizer.model``, or ``vocab.json`` + ``merges.txt`` / ``vocab.txt``). A
+folder without one fails deep inside transformers, with several lines about a backend
+tokenizer it could not build; a GGUF file is not a folder at all. These checks say it in
+one line, at registration and wherever a stage is handed a model folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmops.core.errors import UserError
+
+__all__ = ["check_model_folder", "has_tokenizer"]
+
+_TOKENIZER_FILES = (
+    ("tokenizer.json",),
+    ("tokenizer.model",),
+    ("vocab.json", "merges.txt"),
+    ("vocab.txt",),
+)
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """Whether ``folder`` holds the files of a tokenizer transformers can load."""
+    return any(all((folder / f).is_file() for f in group) for group in _TOKENIZER_FILES)
+
+
+def check_model_folder(path: Path, *, what: str | None = None) -> None:
+    """Raise a one-line :class:`UserError` unless ``path`` is a model folder with its
+    tokenizer (an adapter folder, with ``adapter_config.json``, needs only the latter
+    when it carries one; its base model has the rest)."""
+    name = what or str(path)
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            raise UserError(
+                f"{name} is a GGUF file, not a model folder; convert it to a Hugging Face folder "
+                "first (transformers loads it with from_pretrained(folder, gguf_file=...) and "
+                "save_pretrained writes one)"
+            )
+        raise UserError(f"{name} is a file; a model is a folder with config.json and a tokenizer")
+    if (path / "adapter_config.json").is_file():
+        return
+    if not (path / "config.json").is_file():
+        raise UserError(
+            f"{name} has no config.json: it is not a Hugging Face model folder "
+            "(save_pretrained writes one)"
+        )
+    if not has_tokenizer(path):
+        raise UserError(
+            f"{name} has no tokenizer (tokenizer.json, tokenizer.model or vocab files); copy "
+            "its base model's tokenizer files into it (tokenizer.save_pretrained(folder))"
+        )
