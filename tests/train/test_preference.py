@@ -124,6 +124,27 @@ def test_dpo_raises_the_chosen_minus_rejected_margin(
         assert not hasattr(model, "peft_config")
 
 
+def test_trl_logs_the_loss_averaged_over_the_logging_interval(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """TRL (through the Trainer) logs the mean over the steps since the last log, not the
+    last step's value: logging every 2 steps gives the mean of two per-step logs."""
+    rows = sentiment_pairs(16)
+    logs = {}
+    for n in (1, 2):
+        spec = make_spec(
+            tiny_model_dir, "dpo", "lora", train={**FAST, "max_steps": 4, "log_steps": n}
+        )
+        tracker = MemoryTracker(tmp_path / str(n))
+        train_dpo(spec, load_base(spec, None), rows, tracker)
+        logs[n] = tracker.history
+    for key in ("loss", "margin", "reward_chosen"):
+        one = [v for _, v in logs[1][key]]
+        assert [s for s, _ in logs[2][key]] == [2, 4], key
+        pairs = [(one[0] + one[1]) / 2, (one[2] + one[3]) / 2]
+        assert [v for _, v in logs[2][key]] == pytest.approx(pairs, rel=1e-4, abs=1e-6), key
+
+
 @pytest.mark.parametrize(("method", "lr"), [("full", 3e-3), ("lora", 1e-2)])
 def test_reward_model_separates_held_out_pairs(
     tiny_model_dir: Path, tmp_path: Path, method: str, lr: float

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from lmops.cli._output import console, print_json, table
-from lmops.core.errors import LmopsError, UserError
+from lmops.cli._output import console, err_console, print_json, table
+from lmops.core.errors import LmopsError
 
 
 class _DefaultRun(TyperGroup):
@@ -46,22 +48,40 @@ def run(
     ] = None,
     resume: Annotated[
         bool,
-        typer.Option(help="Continue the interrupted run of this output from its last checkpoint."),
+        typer.Option(help="Continue the interrupted run of this job from its last checkpoint."),
+    ] = False,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            help="Start over even though an interrupted run of this job left a checkpoint "
+            "(its checkpoints are deleted)."
+        ),
     ] = False,
     nproc: Annotated[int, typer.Option(min=1, help="Data-parallel processes (torchrun).")] = 1,
     json_: JsonOpt = False,
 ) -> None:
-    """Train a model as the job YAML says and register the result with lineage."""
+    """Train a model as the job YAML says and register the result with lineage.
+
+    Ctrl-C (or SIGTERM) stops after the current step, saves a checkpoint and prints the
+    command that resumes it. A job whose previous run stopped with a checkpoint needs
+    --resume (continue) or --restart (start over)."""
+    from lmops.train.loop import Interrupted
     from lmops.train.spec import load_spec
 
     spec = load_spec(config, overrides or [])
     store = _store()
-    if nproc > 1:
-        result = _launch(config, overrides or [], resume, nproc, spec, store)
-    else:
-        from lmops.train.run import run_training
+    try:
+        if nproc > 1:
+            result = _launch(config, overrides or [], resume, restart, nproc, spec, store)
+        else:
+            from lmops.train.run import run_training
 
-        result = run_training(spec, store, resume=resume, progress=not json_)
+            result = run_training(spec, store, resume=resume, restart=restart, progress=not json_)
+    except Interrupted as e:
+        again = ["lmops", "train", "run", str(config), *(overrides or [])]
+        again += [f"--nproc={nproc}"] if nproc > 1 else []
+        err_console.print(interrupted_line(e, spec.stage, again), markup=False, soft_wrap=True)
+        raise typer.Exit(128 + e.signum) from None
     if json_:
         print_json(
             result.__dict__
@@ -85,18 +105,46 @@ def run(
     )
 
 
-def _launch(
-    config: Path, overrides: list[str], resume: bool, nproc: int, spec: Any, store: Any
-) -> Any:
-    """Start ``nproc`` worker processes under torchrun; rank 0 registers the output."""
-    from lmops.store import RunStatus
-    from lmops.train.run import TrainResult, find_resumable
+def interrupted_line(e: Any, stage: str, command: list[str]) -> str:
+    """The one line printed when training stops on a signal: where the checkpoint is and
+    the exact command that continues from it (or, with none, that starts again)."""
+    from lmops.train.loop import checkpoint_step
 
-    run_id = find_resumable(store, spec) if resume else None
-    if resume and run_id is None:
-        raise UserError(
-            f"--resume: no interrupted training run of {spec.output!r} with a checkpoint"
+    if e.checkpoint is None:
+        why = "it writes none" if stage not in ("pretrain", "sft") else "none was written yet"
+        return (
+            f"interrupted: stage {stage} stopped with no checkpoint ({why}); "
+            f"start it again with: {shlex.join(command)}"
         )
+    done = f"after step {e.step} of {e.max_steps}"
+    saved = (
+        f"checkpoint saved: {e.checkpoint}"
+        if e.saved
+        else f"last checkpoint: {e.checkpoint} (step {checkpoint_step(e.checkpoint)})"
+    )
+    return f"interrupted {done}; {saved}; resume with: {shlex.join([*command, '--resume'])}"
+
+
+def _launch(
+    config: Path,
+    overrides: list[str],
+    resume: bool,
+    restart: bool,
+    nproc: int,
+    spec: Any,
+    store: Any,
+) -> Any:
+    """Start ``nproc`` worker processes under torchrun; rank 0 registers the output.
+
+    torchrun runs in its own session, so a Ctrl-C at the terminal reaches only this
+    process, which forwards it once: torchrun passes it to each worker, and the workers
+    agree on the step to stop after (a second Ctrl-C is forwarded too: stop at once)."""
+    from lmops.store import RunStatus
+    from lmops.train.loop import Interrupted, checkpoint_step, latest_checkpoint
+    from lmops.train.run import TrainResult, run_to_continue
+
+    run_id = run_to_continue(store, spec, resume=resume, restart=restart)
+    resume = run_id is not None
     if run_id is None:
         run_id = store.runs.start("train", name=spec.output, config=spec.model_dump(mode="json")).id
         store.runs.finish(run_id, RunStatus.FAILED, "launching workers")  # rank 0 reopens it
@@ -115,11 +163,27 @@ def _launch(
         *[a for o in overrides for a in ("--set", o)],
     ]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.run(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    got: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        got.append(signum)
+        proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        returncode = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     run = store.runs.get(run_id)
-    if proc.returncode != 0 or run.status is not RunStatus.SUCCEEDED:
+    if got or run.status is RunStatus.CANCELLED:
+        ckpt = latest_checkpoint(Path(store.runs.dir(run_id)) / "checkpoints")
+        step = checkpoint_step(ckpt) if ckpt else 0
+        raise Interrupted(step, spec.train.max_steps, ckpt, signum=got[0] if got else signal.SIGINT)
+    if returncode != 0 or run.status is not RunStatus.SUCCEEDED:
         raise LmopsError(
-            f"distributed training failed (exit {proc.returncode}); see `lmops runs show {run_id}`"
+            f"distributed training failed (exit {returncode}); see `lmops runs show {run_id}`"
         )
     out = run.outputs[-1] if run.outputs else None
     v = store.assets.get(out) if out else None

@@ -143,9 +143,9 @@ def _prepare(
     reused (cacheable, not forced, not always-run, and the entry still resolves)."""
     step = pipe.spec.steps[name]
     params, raw = _params(pipe, name, scope)
-    ctx = StepContext(store, pipe.name, name, pipe.base_dir, console, progress)
-    key = step_key(pipe, name, raw, pin_inputs(ctx, params.inputs()))
     forced = force is True or (isinstance(force, set) and name in force)
+    ctx = StepContext(store, pipe.name, name, pipe.base_dir, console, progress, forced)
+    key = step_key(pipe, name, raw, pin_inputs(ctx, params.inputs()))
     hit = None
     if step.cache and not forced and not STEP_TYPES[step.type].always_run(params):
         hit = store.steps.get(key)
@@ -196,8 +196,9 @@ def run_pipeline(
                     continue
                 try:
                     _run_step(pipe, name, st, store, scope, force, progress, console, notify)
-                except KeyboardInterrupt:
-                    st.status, st.error = "failed", "interrupted"
+                except KeyboardInterrupt as e:
+                    # a training step says after which step and where its checkpoint is
+                    st.status, st.error = "failed", str(e) or "interrupted"
                     notify(st)
                     raise
                 except LmopsError as e:

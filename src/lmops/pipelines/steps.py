@@ -41,6 +41,7 @@ class StepContext:
     base_dir: Path
     console: Any  # rich Console
     progress: bool = True
+    forced: bool = False  # --force / --force-step: run again from scratch, not from a checkpoint
 
     def path(self, p: str) -> Path:
         q = Path(p).expanduser()
@@ -300,12 +301,15 @@ def _train_spec(ctx: StepContext, p: TrainParams) -> Any:
 @step_type("train", TrainParams)
 def _train(ctx: StepContext, p: TrainParams) -> StepOutput:
     """Train (pretrain, SFT, reward, DPO/KTO/ORPO, PPO) and register the model or adapter.
-    An interrupted run of the same output resumes from its last checkpoint."""
-    from lmops.train.run import find_resumable, run_training
+    Running the pipeline again resumes an interrupted run of the same job from its last
+    checkpoint (``lmops train --resume``); a changed job, or a forced step (``--force``,
+    ``--force-step``), starts over and deletes the old checkpoints (``--restart``)."""
+    from lmops.train.run import previous_run, run_training
 
     spec = _train_spec(ctx, p)
-    resume = find_resumable(ctx.store, spec) is not None
-    res = run_training(spec, ctx.store, resume=resume, progress=ctx.progress)
+    prev = previous_run(ctx.store, spec)
+    resume = prev is not None and not prev.changed and not ctx.forced
+    res = run_training(spec, ctx.store, resume=resume, restart=not resume, progress=ctx.progress)
     result = {
         "steps": res.steps,
         "seconds": round(res.seconds, 2),
@@ -317,6 +321,10 @@ def _train(ctx: StepContext, p: TrainParams) -> StepOutput:
     }
     loss = res.final.get("loss")
     summary = f"{res.output}: {res.steps} steps" + (f", loss {loss:.3f}" if loss else "")
+    if res.resumed_from:
+        summary += f" (resumed from step {res.resumed_from})"
+    elif prev is not None:
+        summary += f" (started over; the interrupted run {prev.run_id} was at step {prev.step})"
     return StepOutput({"output": str(res.output)}, result, summary, res.run_id)
 
 

@@ -10,10 +10,18 @@ Loss is the mean over every loss token of the *global* batch: each micro-batch a
 ``sum(token losses) / tokens_in_global_batch * world`` (DDP averages gradients over ranks,
 the ``* world`` undoes that), so 1 and N processes compute the same gradient.
 
-Checkpoints (``step-000050/state.pt``: trainable weights, optimizer, scheduler, RNG, step)
-are written to a temp folder and renamed; the newest ``keep_checkpoints`` are kept. They are
-read back with ``torch.load(weights_only=True)``: a file holding anything but tensors and plain
-data is refused, since unpickling it could run code.
+The logged ``loss`` (and ``grad_norm``, ``tokens_per_s``) is the mean over the steps since the
+last log, as Hugging Face's Trainer logs it: one step's loss at a small batch is mostly noise.
+
+Checkpoints (``step-000050/state.pt``: trainable weights, optimizer, scheduler, RNG, step, the
+sums of the open logging interval) are written to a temp folder and renamed; the newest
+``keep_checkpoints`` are kept. They are read back with ``torch.load(weights_only=True)``: a file
+holding anything but tensors and plain data is refused, since unpickling it could run code.
+
+SIGINT / SIGTERM (:class:`StopSignals`): the first lets the step in progress finish, saves a
+checkpoint and raises :class:`Interrupted` (a ``KeyboardInterrupt``) naming it; a second stops
+at once and names the last checkpoint. A checkpoint is only ever written between steps, so a
+resumed run is exact either way.
 """
 
 from __future__ import annotations
@@ -24,10 +32,13 @@ import os
 import random
 import re
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 from lmops.core.errors import LmopsError, UserError
@@ -35,7 +46,17 @@ from lmops.train.data import IGNORE, collate
 from lmops.train.spec import TrainSpec
 from lmops.train.tracking import Tracker
 
-__all__ = ["Dist", "LoopResult", "batch_indices", "latest_checkpoint", "train_loop"]
+__all__ = [
+    "Dist",
+    "Interrupted",
+    "IntervalMean",
+    "LoopResult",
+    "StopSignals",
+    "batch_indices",
+    "checkpoint_step",
+    "latest_checkpoint",
+    "train_loop",
+]
 
 
 @dataclass(frozen=True)
@@ -64,6 +85,103 @@ class LoopResult:
     seconds: float
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     resumed_from: int | None = None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal (or Ctrl-C) after ``step`` of ``max_steps`` steps.
+
+    ``checkpoint`` is the folder a resumed run starts from (``None``: none was written);
+    ``saved`` says whether it was written for this interruption (else it is an older one);
+    ``signum`` is the signal (``SIGINT`` unless told), so a command can exit ``128 + signum``."""
+
+    def __init__(
+        self,
+        step: int,
+        max_steps: int,
+        checkpoint: Path | None,
+        *,
+        saved: bool = False,
+        signum: int = signal.SIGINT,
+    ) -> None:
+        super().__init__(f"interrupted after step {step} of {max_steps}")
+        self.step, self.max_steps, self.checkpoint = step, max_steps, checkpoint
+        self.saved, self.signum = saved, signum
+
+
+class StopSignals:
+    """SIGINT and SIGTERM while a trainer runs (a context manager).
+
+    ``graceful=True``: the first signal only sets :attr:`signum`; the trainer checks
+    :attr:`requested` between steps and stops cleanly. A second signal, or any signal with
+    ``graceful=False``, raises ``KeyboardInterrupt`` where the program is (SIGTERM too, so
+    cleanup runs instead of the process vanishing). Handlers can only be installed in the
+    main thread; elsewhere this does nothing and Python's defaults apply. The previous
+    handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, *, graceful: bool = True) -> None:
+        self.graceful = graceful
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if not (self.graceful and first):
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class IntervalMean:
+    """Per-step metrics summed since the last log; :meth:`pop` returns their means and opens
+    a new interval. ``tokens`` and ``seconds`` sums become ``tokens_per_s`` (a rate over the
+    interval, not a mean of rates). Its :meth:`state` goes into checkpoints, so a resumed run
+    logs exactly what an uninterrupted one does."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def mean(self, key: str) -> float:
+        return self.sums[key] / self.counts[key] if self.counts.get(key) else float("nan")
+
+    def pop(self) -> dict[str, float]:
+        out = {k: self.sums[k] / n for k, n in self.counts.items() if n}
+        tokens, seconds = out.pop("tokens", None), out.pop("seconds", None)
+        if tokens is not None and seconds is not None:
+            out["tokens_per_s"] = tokens / seconds if seconds > 0 else 0.0
+        self.sums.clear()
+        self.counts.clear()
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load(self, state: dict[str, Any] | None) -> None:
+        self.sums = {str(k): float(v) for k, v in (state or {}).get("sums", {}).items()}
+        self.counts = {str(k): int(v) for k, v in (state or {}).get("counts", {}).items()}
 
 
 @functools.lru_cache(maxsize=4)
@@ -112,13 +230,25 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a ``step-000050`` checkpoint folder was written after."""
+    return int(path.name.removeprefix("step-"))
+
+
 def _trainable_state(model: Any) -> dict[str, Any]:
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
 
 
 def _save_checkpoint(
-    ckpt_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, keep: int, tokens: int
+    ckpt_dir: Path,
+    step: int,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    keep: int,
+    tokens: int,
+    interval: IntervalMean,
 ) -> Path:
     import torch
 
@@ -133,6 +263,7 @@ def _save_checkpoint(
             "model": _trainable_state(model),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "interval": interval.state(),
             "rng": {
                 "python": random.getstate(),
                 "torch": torch.get_rng_state(),
@@ -183,7 +314,9 @@ def _read_state(file: Path) -> dict[str, Any]:
     return state
 
 
-def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, int]:
+def _load_checkpoint(
+    path: Path, model: Any, optimizer: Any, scheduler: Any, interval: IntervalMean
+) -> tuple[int, int]:
     import torch
 
     state = _read_state(path / "state.pt")
@@ -195,6 +328,7 @@ def _load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> 
     model.load_state_dict(state["model"], strict=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    interval.load(state.get("interval"))  # older checkpoints have none: an empty interval
     random.setstate(state["rng"]["python"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
@@ -309,9 +443,10 @@ def train_loop(
         wrapped = DDP(model, device_ids=[dist.local_rank] if device == "cuda" else None)
 
     start, tokens_seen, resumed_from = 0, 0, None
+    interval = IntervalMean()
     last = latest_checkpoint(ckpt_dir) if resume else None
     if last is not None:
-        start, tokens_seen = _load_checkpoint(last, model, optimizer, scheduler)
+        start, tokens_seen = _load_checkpoint(last, model, optimizer, scheduler, interval)
         resumed_from = start
     history: dict[str, list[tuple[int, float]]] = {}
 
@@ -320,6 +455,11 @@ def train_loop(
             history.setdefault(k, []).append((step, v))
         if dist.main:
             tracker.log(step, metrics)
+
+    def save(step: int) -> Path:
+        return _save_checkpoint(
+            ckpt_dir, step, model, optimizer, scheduler, t.keep_checkpoints, tokens_seen, interval
+        )
 
     from rich.progress import (
         BarColumn,
@@ -342,10 +482,14 @@ def train_loop(
     model.train()
     began = time.perf_counter()
     completed = saved = start
-    with bar:
+    # between_steps: the weights, optimizer, scheduler and RNG are those after `completed`
+    # steps, so a checkpoint written now resumes exactly (not so inside a step's update).
+    between_steps = True
+    with bar, StopSignals() as stop:
         task = bar.add_task("train", total=t.max_steps, completed=start, loss=float("nan"), tps=0.0)
         try:
             for step in range(start, t.max_steps):
+                between_steps = False
                 t0 = time.perf_counter()
                 global_idx = batch_indices(step, t.batch_size, len(train_items), t.seed)
                 global_items = [train_items[i] for i in global_idx]
@@ -374,47 +518,73 @@ def train_loop(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 completed = step + 1
+                between_steps = True
+                stopping = stop.requested
                 if dist.world > 1:
-                    tl = torch.tensor([loss_sum], dtype=torch.float64)
+                    # one all-reduce for the loss and the stop request: every rank stops
+                    # after the same step, whichever rank the signal reached
+                    tl = torch.tensor([loss_sum, float(stopping)], dtype=torch.float64)
                     torch.distributed.all_reduce(tl)
-                    loss_sum = float(tl[0])
+                    loss_sum, stopping = float(tl[0]), bool(tl[1] > 0)
                 n_in = _input_tokens(global_items, packed)
                 tokens_seen += n_in
-                dt = time.perf_counter() - t0
-                metrics: dict[str, float] = {
-                    "loss": loss_sum / n_loss,
-                    "lr": lr_used,
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": n_in / dt if dt > 0 else 0.0,
-                }
+                interval.add(
+                    {
+                        "loss": loss_sum / n_loss,
+                        "grad_norm": grad_norm,
+                        "tokens": n_in,
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
                 done = step + 1
-                if (
+                eval_now = bool(
                     t.eval_steps
                     and eval_items
                     and (done % t.eval_steps == 0 or done == t.max_steps)
-                ):
-                    metrics["eval_loss"] = evaluate(model, eval_items, spec, pad_id, packed, device)
-                if done % t.log_steps == 0 or done == t.max_steps or "eval_loss" in metrics:
-                    log(done, metrics)
-                bar.update(task, advance=1, loss=metrics["loss"], tps=metrics["tokens_per_s"])
-                if dist.main and (done % t.save_steps == 0 or done == t.max_steps):
-                    _save_checkpoint(
-                        ckpt_dir, done, model, optimizer, scheduler, t.keep_checkpoints, tokens_seen
-                    )
-                    saved = done
-        except KeyboardInterrupt:
-            # keep the work done so far: --resume continues from here
-            if dist.main and completed > saved:
-                _save_checkpoint(
-                    ckpt_dir,
-                    completed,
-                    model,
-                    optimizer,
-                    scheduler,
-                    t.keep_checkpoints,
-                    tokens_seen,
                 )
+                if done % t.log_steps == 0 or done == t.max_steps or eval_now:
+                    metrics = {**interval.pop(), "lr": lr_used}
+                    if eval_now:
+                        metrics["eval_loss"] = evaluate(
+                            model, eval_items, spec, pad_id, packed, device
+                        )
+                    log(done, metrics)
+                running = interval.mean("loss")
+                bar.update(
+                    task,
+                    advance=1,
+                    loss=running if math.isfinite(running) else history["loss"][-1][1],
+                    tps=n_in / max(1e-9, time.perf_counter() - t0),
+                )
+                if dist.main and (done % t.save_steps == 0 or done == t.max_steps):
+                    save(done)
+                    saved = done
+                if stopping and done < t.max_steps:
+                    if dist.main and done > saved:
+                        save(done)
+                        saved = done
+                    raise Interrupted(
+                        done,
+                        t.max_steps,
+                        latest_checkpoint(ckpt_dir),
+                        saved=True,
+                        signum=stop.signum or signal.SIGINT,
+                    )
+        except Interrupted:
             raise
+        except KeyboardInterrupt as e:
+            # stopped at once (a second signal): keep the work done so far when that is
+            # safe, else name the last checkpoint; --resume continues from it either way
+            fresh = dist.main and between_steps and completed > saved
+            if fresh:
+                save(completed)
+            raise Interrupted(
+                completed,
+                t.max_steps,
+                latest_checkpoint(ckpt_dir),
+                saved=fresh,
+                signum=stop.signum or signal.SIGINT,
+            ) from e
     return LoopResult(t.max_steps, tokens_seen, time.perf_counter() - began, history, resumed_from)
 
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmops.core.errors import UserError
+from lmops.train.loop import IntervalMean
 from lmops.train.models import Loaded, load_tokenizer, resolve_local
 from lmops.train.preference import lr_factor
 from lmops.train.spec import PpoParams, TrainSpec
@@ -118,7 +119,8 @@ def train_ppo(
     """Optimize ``loaded.model`` with PPO against ``reward`` (default: :func:`load_reward`)
     for ``train.max_steps`` rollouts. Logs ``reward`` (mean score), ``kl`` (summed over
     tokens, mean over completions), ``policy_loss``, ``value_loss``, ``entropy`` (per
-    token), ``length`` and ``lr`` each step. Returns the policy."""
+    token) and ``length``, each the mean over the rollouts since the last log, and ``lr``.
+    Returns the policy."""
     if not prompts:
         raise UserError("stage ppo needs at least one prompt")
     reward = load_reward(spec, store) if reward is None else reward
@@ -137,6 +139,7 @@ def train_ppo(
     max_prompt = max(1, min(spec.preference.max_prompt_len, t.max_seq_len - p.max_new_tokens))
     minibatch = min(t.micro_batch_size or t.batch_size, p.rollout_batch)
     rng, order = random.Random(t.seed), list[int]()
+    interval = IntervalMean()
     policy.eval()  # dropout off: the ratio must compare like with like
 
     for step in range(1, t.max_steps + 1):
@@ -205,17 +208,16 @@ def train_ppo(
                 stats["value_loss"].append(value_loss.item())
                 stats["entropy"].append(float(_masked_mean(entropy.detach(), mb)))
 
+        interval.add(
+            {
+                "reward": float(scores.mean()),
+                "kl": float(kl.sum(1).mean()),
+                **{k: sum(v) / len(v) for k, v in stats.items()},
+                "length": float(m.sum(1).mean()),
+            }
+        )
         if step % t.log_steps == 0 or step == t.max_steps:
-            tracker.log(
-                step,
-                {
-                    "reward": float(scores.mean()),
-                    "kl": float(kl.sum(1).mean()),
-                    **{k: sum(v) / len(v) for k, v in stats.items()},
-                    "length": float(m.sum(1).mean()),
-                    "lr": optimizer.param_groups[0]["lr"],
-                },
-            )
+            tracker.log(step, {**interval.pop(), "lr": optimizer.param_groups[0]["lr"]})
     return policy
 
 

@@ -40,6 +40,7 @@ from transformers import TrainerCallback
 
 from lmops.core.errors import UserError
 from lmops.data.formats import to_preference
+from lmops.train.loop import IntervalMean
 from lmops.train.models import Loaded, select_device
 from lmops.train.spec import TrainParams, TrainSpec
 from lmops.train.tracking import Tracker
@@ -160,7 +161,8 @@ def train_reward(
 ) -> Any:
     """Train ``loaded.model`` (a sequence classifier with one output) as a Bradley-Terry
     reward model. Logs ``loss``, ``accuracy`` (share of pairs ranked right), ``margin``
-    (mean r_chosen - r_rejected) and ``lr`` per step; with ``spec.eval_split > 0`` also
+    (mean r_chosen - r_rejected), each the mean over the steps since the last log, and
+    ``lr``; with ``spec.eval_split > 0`` also
     ``eval_accuracy`` / ``eval_loss`` / ``eval_margin`` on held-out pairs every
     ``train.eval_steps`` steps and at the end. Returns the model, in eval mode."""
     model, tokenizer, t = loaded.model, loaded.tokenizer, spec.train
@@ -176,6 +178,7 @@ def train_reward(
     micro, _ = _micro_and_accum(t)
     rng = random.Random(t.seed)
     order: list[int] = []
+    interval = IntervalMean()
 
     model.train()
     for step in range(1, t.max_steps + 1):
@@ -200,8 +203,9 @@ def train_reward(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         diff = torch.cat(r_c) - torch.cat(r_r)  # [B]
+        interval.add(_pair_metrics(diff))
         if step % t.log_steps == 0 or step == t.max_steps:
-            tracker.log(step, {**_pair_metrics(diff), "lr": lr})
+            tracker.log(step, {**interval.pop(), "lr": lr})
         if eval_pairs and ((t.eval_steps and step % t.eval_steps == 0) or step == t.max_steps):
             model.eval()
             with torch.no_grad():
@@ -239,7 +243,12 @@ _TRL_METRICS = {
 
 
 class TrackerCallback(TrainerCallback):
-    """Forwards a Trainer's logs to a :class:`Tracker`, renamed to lmops metric names."""
+    """Forwards a Trainer's logs to a :class:`Tracker`, renamed to lmops metric names.
+
+    They are already means over the logging interval: the Trainer logs the summed loss
+    divided by the steps since the last log, and TRL's DPO/KTO/ORPO trainers average the
+    ``rewards/*`` (and ``kl``, ``nll_loss``...) they stored each step; ``grad_norm`` is
+    the last step's and ``learning_rate`` the current one."""
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker

@@ -2,17 +2,27 @@
 
 1. resolve and validate the dataset rows (bad rows are reported before any model loads);
 2. record (or, with ``resume``, reopen) the run, load the base model with its method;
+   a previous run of the same output that stopped with a checkpoint left must be named:
+   ``resume=True`` continues it (the job must be the same), ``restart=True`` deletes its
+   checkpoints and starts over; neither is an error saying so (:func:`previous_run`);
 3. train: pretrain/SFT through :mod:`lmops.train.loop`; reward/DPO/KTO/ORPO through
    :mod:`lmops.train.preference`; PPO through :mod:`lmops.train.ppo`;
 4. save the model (or adapter) with its tokenizer, a model card and the loss curve, and
    register it as a ``model`` (or ``adapter``) version with lineage to the base model,
    tokenizer and datasets, and to the run.
+
+SIGINT/SIGTERM: the run is marked CANCELLED and :class:`~lmops.train.loop.Interrupted` is
+raised, naming the checkpoint to resume from (pretraining and SFT write one as they stop;
+reward, DPO/KTO/ORPO and PPO keep none, so they start over).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +39,27 @@ from lmops.train.data import (
     pack,
     split_eval,
 )
-from lmops.train.loop import Dist, latest_checkpoint, train_loop
+from lmops.train.loop import (
+    Dist,
+    Interrupted,
+    StopSignals,
+    checkpoint_step,
+    latest_checkpoint,
+    train_loop,
+)
 from lmops.train.models import count_parameters, load_base, resolve_local
 from lmops.train.spec import TrainSpec
 from lmops.train.tracking import StoreTracker, plot_loss_curve
 
-__all__ = ["TrainResult", "find_resumable", "merge_adapter", "run_training"]
+__all__ = [
+    "PreviousRun",
+    "TrainResult",
+    "find_resumable",
+    "merge_adapter",
+    "previous_run",
+    "run_to_continue",
+    "run_training",
+]
 
 
 @dataclass
@@ -72,17 +97,118 @@ def _load_rows(spec: TrainSpec, paths: list[Path]) -> tuple[list[tuple[str, int,
     return loaded.rows, loaded.summary()
 
 
-def find_resumable(store: Any, spec: TrainSpec) -> str | None:
-    """The id of an interrupted run of this spec's output that left a checkpoint."""
+# Job fields that do not change what is trained: a resumed run may differ in these.
+_NOT_THE_JOB = ("description", "report_to")
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """An earlier run of a job's output that stopped with a checkpoint left."""
+
+    run_id: str
+    checkpoint: Path
+    step: int  # steps done when it was written
+    max_steps: int
+    changed: list[str]  # "train.lr 0.005 -> 0.001": how this job differs ([]: the same job)
+    others: list[str] = field(default_factory=list)  # older such runs of the output
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            if not prefix and k in _NOT_THE_JOB:
+                continue
+            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')} {old!r} -> {new!r}"]
+
+
+def previous_run(store: Any, spec: TrainSpec) -> PreviousRun | None:
+    """The newest run of ``spec.output`` that did not finish and left a checkpoint (a run
+    still training on this host is an error: two jobs must not share checkpoints)."""
+    config = spec.model_dump(mode="json")
+    found: list[tuple[Any, Path]] = []
     for run in store.runs.list(kind="train", limit=200):
-        ckpt = Path(store.runs.dir(run.id)) / "checkpoints"
-        if (
-            run.name == spec.output
-            and run.status.value != "SUCCEEDED"
-            and latest_checkpoint(ckpt) is not None
-        ):
-            return str(run.id)
-    return None
+        if run.name != spec.output or run.status.value == "SUCCEEDED":
+            continue
+        ckpt = latest_checkpoint(Path(store.runs.dir(run.id)) / "checkpoints")
+        if ckpt is None:
+            continue
+        if run.status.value == "RUNNING" and _alive(run.host, run.pid):
+            raise UserError(
+                f"run {run.id} of {spec.output!r} is still training (pid {run.pid}); "
+                "wait for it or stop it (Ctrl-C saves a checkpoint) before starting this job"
+            )
+        found.append((run, ckpt))
+    if not found:
+        return None
+    run, ckpt = found[0]
+    return PreviousRun(
+        str(run.id),
+        ckpt,
+        checkpoint_step(ckpt),
+        int((run.config.get("train") or {}).get("max_steps") or spec.train.max_steps),
+        _differences(run.config, config),
+        [str(r.id) for r, _ in found[1:]],
+    )
+
+
+def _alive(host: str, pid: int | None) -> bool:
+    if not pid or host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_resumable(store: Any, spec: TrainSpec) -> str | None:
+    """The id of an interrupted run of this very job that left a checkpoint."""
+    prev = previous_run(store, spec)
+    return prev.run_id if prev is not None and not prev.changed else None
+
+
+def run_to_continue(
+    store: Any, spec: TrainSpec, *, resume: bool = False, restart: bool = False
+) -> str | None:
+    """What becomes of an earlier interrupted run of this job's output: its id with
+    ``resume`` (it continues), ``None`` with ``restart`` (its checkpoints, and those of
+    older interrupted runs of the output, are deleted first). With neither flag, such a
+    run is a :class:`UserError` naming its step and both flags, since starting from step 0
+    silently would throw the work away; ``None`` when there is none."""
+    if resume and restart:
+        raise UserError("--resume and --restart exclude each other: pick one")
+    prev = previous_run(store, spec)
+    if prev is None:
+        if resume:
+            raise UserError(
+                f"--resume: no interrupted training run of {spec.output!r} with a checkpoint"
+            )
+        return None
+    if restart:
+        for run_id in [prev.run_id, *prev.others]:
+            shutil.rmtree(Path(store.runs.dir(run_id)) / "checkpoints", ignore_errors=True)
+        return None
+    where = (
+        f"a previous run of {spec.output!r} (run {prev.run_id}) stopped at step "
+        f"{prev.step} of {prev.max_steps} and left a checkpoint"
+    )
+    if prev.changed:
+        shown = "; ".join(prev.changed[:3]) + ("; ..." if len(prev.changed) > 3 else "")
+        raise UserError(
+            f"{where}, but this job differs ({shown}): add --restart to start over "
+            "(deletes its checkpoints), or restore the job and add --resume"
+        )
+    if not resume:
+        raise UserError(
+            f"{where}: add --resume to continue it, or --restart to start over "
+            "(deletes its checkpoints)"
+        )
+    return prev.run_id
 
 
 def run_training(
@@ -90,51 +216,65 @@ def run_training(
     store: Any,
     *,
     resume: bool = False,
+    restart: bool = False,
+    ignore_previous: bool = False,
     progress: bool = True,
     run_id: str | None = None,
     dist: Dist | None = None,
     register: bool = True,
 ) -> TrainResult:
     """Run one training job; ``register=False`` saves the output in the run folder
-    without registering it (see :func:`register_output`)."""
+    without registering it (see :func:`register_output`). ``resume`` / ``restart``: what
+    to do with an earlier interrupted run of the output (:func:`run_to_continue`); a
+    caller passing ``run_id`` (the distributed launcher) has decided already, and one
+    passing ``ignore_previous`` (a sweep's trials) starts a fresh run and leaves earlier
+    runs and their checkpoints alone."""
     dist = dist or Dist.from_env()
     paths, dataset_refs = _dataset_paths(spec, store)
     rows, counts = _load_rows(spec, paths) if spec.stage != "pretrain" else ([], {})
     config = spec.model_dump(mode="json")
-    if run_id is None and resume:
-        run_id = find_resumable(store, spec)
-        if run_id is None:
-            raise UserError(
-                f"--resume: no interrupted training run of {spec.output!r} with a checkpoint"
-            )
+    if run_id is None and not ignore_previous:
+        run_id = run_to_continue(store, spec, resume=resume, restart=restart)
+        resume = run_id is not None
     if dist.main:
         if run_id is None:
             run_id = store.runs.start("train", name=spec.output, config=config).id
         else:
             store.runs.reopen(run_id)
     assert run_id is not None
+    # SIGTERM ends the run like Ctrl-C (recorded, checkpoint named); the SFT/pretrain loop
+    # installs its own handlers, which stop between steps and save first.
+    stop = StopSignals(graceful=False)
     try:
-        result = _train(
-            spec,
-            store,
-            run_id,
-            rows,
-            paths,
-            dataset_refs,
-            resume=resume,
-            progress=progress,
-            dist=dist,
-            register=register,
-            counts=counts,
-        )
-    except KeyboardInterrupt:
+        with stop:
+            result = _train(
+                spec,
+                store,
+                run_id,
+                rows,
+                paths,
+                dataset_refs,
+                resume=resume,
+                progress=progress,
+                dist=dist,
+                register=register,
+                counts=counts,
+            )
+    except KeyboardInterrupt as e:
+        if not isinstance(e, Interrupted):  # stopped outside the loop (loading, a TRL stage)
+            ckpt = latest_checkpoint(Path(store.runs.dir(run_id)) / "checkpoints")
+            e = Interrupted(
+                checkpoint_step(ckpt) if ckpt else 0,
+                spec.train.max_steps,
+                ckpt,
+                signum=stop.signum or signal.SIGINT,
+            )
         if dist.main:
             from lmops.store import RunStatus
 
-            store.runs.finish(
-                run_id, RunStatus.CANCELLED, "interrupted; rerun with --resume to continue"
-            )
-        raise
+            where = f"checkpoint at step {e.step}" if e.checkpoint else "no checkpoint"
+            store.runs.finish(run_id, RunStatus.CANCELLED, f"interrupted ({where})")
+        raise e from None
     except BaseException as e:
         if dist.main:
             from lmops.store import RunStatus

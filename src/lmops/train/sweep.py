@@ -106,7 +106,9 @@ def run_sweep(spec: TrainSpec, store: Any, *, progress: bool = True) -> SweepRes
                 TrainSpec,
                 source=f"sweep trial {trial.number}",
             )
-            res = run_training(trial_spec, store, progress=progress, register=False)
+            res = run_training(
+                trial_spec, store, progress=progress, register=False, ignore_previous=True
+            )
             if sweep.metric not in res.final:
                 raise UserError(
                     f"sweep.metric {sweep.metric!r} was not logged (logged: {', '.join(sorted(res.final))}); "

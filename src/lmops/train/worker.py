@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     except LmopsError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # the launcher reports where the checkpoint is
+        return 130
     finally:
         import torch
 
