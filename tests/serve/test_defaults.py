@@ -63,9 +63,10 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         str(root / "d.yaml"),
         "--log-level",
         "info",  # the access log writes at info
+        "--log-bodies",
         ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
     )
-    yield {"base": base, "key": key, "log": log}
+    yield {"base": base, "key": key, "log": log, "lmops": lmops_cli(env), "env": env}
     stop_server(proc)
 
 
@@ -113,3 +114,55 @@ def test_the_chatml_fallback_is_said_in_models_and_the_access_log(gw: dict[str, 
             break
         time.sleep(0.1)
     assert mine and mine[0]["warnings"] == ["chat_template_fallback"], lines[-3:]
+
+
+def test_log_bodies_from_the_cli_keeps_streams_for_the_flow_back(gw: dict[str, Any]) -> None:
+    """`lmops serve --log-bodies` logs bodies for every deployment, a stream as the
+    completion it assembled to; `data from-logs` leaves truncated answers out unless
+    --keep-truncated (issue #13 item 10)."""
+    import os
+    import subprocess
+    import sys
+
+    from lmops.store import Store
+
+    chunks = client(gw).chat.completions.create(
+        model="ignoring",  # temperature 1.0, seeded: text that is not all whitespace
+        messages=[{"role": "user", "content": "Tell me a story"}],
+        max_tokens=6,
+        seed=1,
+        stream=True,
+    )
+    chunks = [c for c in chunks if c.choices]
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert streamed.strip()
+
+    def from_logs(*extra: str) -> tuple[dict[str, Any] | None, list[str], str]:
+        """The exported version (None if nothing was exportable), its answers, stderr."""
+        r = subprocess.run(
+            [sys.executable, "-m", "lmops.cli.main", "data", "from-logs", "--deployment",
+             "ignoring", "--output", "flow", "--json", *extra],
+            env=gw["env"], capture_output=True, text=True,
+        )  # fmt: skip
+        if r.returncode != 0:
+            return None, [], r.stderr
+        v = json.loads(r.stdout)
+        os.environ["LMOPS_HOME"] = gw["env"]["LMOPS_HOME"]
+        store = Store()
+        try:
+            rows = store.assets.path(f"{v['asset']}:{v['version']}").read_text().splitlines()
+        finally:
+            store.close()
+        return v, [json.loads(x)["messages"][-1]["content"] for x in rows], r.stderr
+
+    answers: list[str] = []
+    for _ in range(100):  # the request log is written in batches
+        _v, answers, _err = from_logs("--keep-truncated")
+        if streamed in answers:
+            break
+        time.sleep(0.1)
+    assert streamed in answers  # the stream was logged as the text it sent
+    v, answers, err = from_logs()
+    assert streamed not in answers  # cut at max_tokens: left out by default, and counted
+    assert (v is None and "truncated" in err) or (v and v["metadata"]["skipped"]["truncated"])

@@ -200,6 +200,7 @@ def test_export_conversations_to_sft_dataset(store: Store, tmp_path: Path) -> No
     assert meta["first"] <= meta["last"] and meta["first"] >= since.isoformat()
     assert meta["skipped"] == {
         "duplicate": 1,
+        "failed": 1,  # counted now, as every reason a logged exchange was left out
         "no_answer": 1,
         "not_chat": 1,
         "unsupported_message": 1,
@@ -278,3 +279,47 @@ def test_usage_table_prints_readable_numbers(store: Store, cli: Any) -> None:
     r = cli("usage")
     assert r.code == 0, r.err
     assert "1,343.2" in r.out and "12,345" in r.out and "1343.157" not in r.out
+
+
+def test_export_leaves_out_what_is_not_worth_learning_from(store: Store) -> None:
+    """Truncated, content-filtered, flagged and failed exchanges stay out of a flow-back
+    dataset unless asked for (issue #13 item 10), and are counted."""
+
+    def answer(text: str, finish: str) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": finish}]}  # fmt: skip
+
+    log(
+        store,
+        request_id="good",
+        request_body=chat(("user", "a")),
+        response_body=answer("ok", "stop"),
+    )
+    log(
+        store,
+        request_id="cut",
+        request_body=chat(("user", "b")),
+        response_body=answer("half", "length"),
+    )
+    log(store, request_id="filtered", request_body=chat(("user", "c")),
+        response_body=answer("Sorry", "content_filter"))  # fmt: skip
+    log(store, request_id="flagged", request_body=chat(("user", "d")),
+        response_body=answer("Here is how", "stop"),
+        guardrails={"actions": [{"type": "moderation_flag", "category": "weapons", "count": 1}]})  # fmt: skip
+    log(store, request_id="masked", request_body=chat(("user", "e <PHONE>")),
+        response_body=answer("noted", "stop"),
+        guardrails={"actions": [{"type": "pii_mask", "pii_type": "PHONE", "count": 1}]})  # fmt: skip
+    log(store, request_id="failed", status=502, request_body=chat(("user", "f")))
+
+    v = export_conversations(store, deployment="chat", output="flow")
+    assert v.metadata["count"] == 2  # good, and masked (a masked phone is fine to learn from)
+    assert v.metadata["skipped"] == {
+        "content_filtered": 1,
+        "failed": 1,
+        "flagged": 1,
+        "truncated": 1,
+    }
+    kept = export_conversations(store, deployment="chat", output="flow", keep=["truncated"])
+    assert kept.metadata["count"] == 3 and kept.metadata["kept"] == ["truncated"]
+    with pytest.raises(UserError, match="unknown reasons to keep"):
+        export_conversations(store, deployment="chat", output="flow", keep=["everything"])

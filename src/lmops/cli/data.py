@@ -323,18 +323,44 @@ def from_logs(
     ],
     output: Annotated[str, typer.Option(help="Dataset asset name.")],
     since: Annotated[str | None, typer.Option(help="2026-11-01, an ISO time, or 24h / 7d.")] = None,
+    keep_truncated: Annotated[
+        bool, typer.Option(help="Keep answers cut at max_tokens (finish_reason length).")
+    ] = False,
+    keep_filtered: Annotated[
+        bool, typer.Option(help="Keep answers a content filter ended.")
+    ] = False,
+    keep_flagged: Annotated[
+        bool, typer.Option(help="Keep exchanges a guardrail flagged (moderation, injection).")
+    ] = False,
+    keep_failed: Annotated[bool, typer.Option(help="Keep requests that failed.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Export logged chat requests (bodies kept after PII masking) as an SFT dataset with
-    lineage to the model versions that answered."""
+    lineage to the model versions that answered. Truncated, content-filtered, flagged and
+    failed exchanges are left out (and counted) unless a --keep-* option says otherwise."""
     from lmops.cli.main import _since
     from lmops.serve.metering import export_conversations
 
-    v = export_conversations(_store(), deployment=deployment, output=output, since=_since(since))
+    flags = {
+        "truncated": keep_truncated,
+        "content_filtered": keep_filtered,
+        "flagged": keep_flagged,
+        "failed": keep_failed,
+    }
+    v = export_conversations(
+        _store(),
+        deployment=deployment,
+        output=output,
+        since=_since(since),
+        keep=[reason for reason, on in flags.items() if on],
+    )
     if json_:
         print_json(v)
     else:
+        skipped = v.metadata.get("skipped") or {}
+        left_out = ", ".join(f"{n} {r}" for r, n in skipped.items())
         console.print(
-            f"registered {v.ref}: {v.metadata.get('count')} conversations from {deployment}",
+            f"registered {v.ref}: {v.metadata.get('count')} conversations from {deployment}"
+            + (f" (left out: {left_out})" if left_out else ""),
             markup=False,
         )

@@ -91,6 +91,13 @@ def serve(
             "read.",
         ),
     ] = MAX_BODY_MB,
+    log_bodies: Annotated[
+        bool,
+        typer.Option(
+            help="Keep request and reply bodies (PII-masked) in the request log for every "
+            "deployment, as log_bodies: true in a deployments file does (for data from-logs).",
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP server: /healthz, /readyz, /docs, /api/... and, with --model or
     --deployments, the OpenAI-compatible API under /v1. `lmops serve batch` runs a dataset
@@ -110,6 +117,7 @@ def serve(
         header_timeout=header_timeout,
         max_connections=max_connections,
         max_body_mb=max_body_mb,
+        log_bodies=log_bodies,
     )
 
 
@@ -125,6 +133,7 @@ def _run_server(
     header_timeout: float = HEADER_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
     max_body_mb: float = 8.0,
+    log_bodies: bool = False,
 ) -> None:
     import json
 
@@ -137,6 +146,8 @@ def _run_server(
 
     Store(origin="api").close()  # migrate once before workers start, and fail early
     specs = parse_model_args(model) + (load_deployments(deployments) if deployments else [])
+    if log_bodies:
+        specs = [s.model_copy(update={"log_bodies": True}) for s in specs]
     if workers > 1:
         # every worker writes its metrics here and /metrics aggregates them
         import tempfile

@@ -342,6 +342,10 @@ class Handlers:
         done: set[int] = set()
         filtered = False
         first_token: float | None = None
+        # with body logging, the reply is logged as the completion it assembles to
+        keep_body = bool(getattr(ctx.dep.spec, "log_bodies", False))
+        sent: dict[int, list[str]] = {}
+        reasons: dict[int, str] = {}
 
         def chunk(
             i: int,
@@ -370,8 +374,10 @@ class Handlers:
                 }
             return sse({**head, "choices": [choice]})
 
-        def emitted(text: str) -> None:
+        def emitted(text: str, i: int) -> None:
             nonlocal first_token
+            if keep_body and text:
+                sent.setdefault(i, []).append(text)
             if text and first_token is None:
                 first_token = time.perf_counter()
                 ctx.first_token(first_token - started)
@@ -381,11 +387,12 @@ class Handlers:
             guard = guards.get(i) or guards.setdefault(i, ctx.stream_guard())
             tail = guard.finish()
             entries = releases[i].sent(tail) if i in releases else []
-            emitted(tail)
+            emitted(tail, i)
             if tail or entries:
                 out.append(chunk(i, tail, None, entries))
             done.add(i)
-            out.append(chunk(i, None, "content_filter" if guard.stopped else reason))
+            reasons[i] = "content_filter" if guard.stopped else reason
+            out.append(chunk(i, None, reasons[i]))
 
         try:
             if chat:
@@ -404,13 +411,14 @@ class Handlers:
                             release = releases.setdefault(i, LogprobRelease())
                             release.produced(ev.text, ev.logprobs)
                             entries = release.sent(text)
-                        emitted(text)
+                        emitted(text, i)
                         extra = None if stop_now else ev.extra
                         if text or entries or extra:
                             out.append(chunk(i, text, None, entries, extra))
                         if stop_now:
                             done.add(i)
                             filtered = True
+                            reasons[i] = "content_filter"
                             out.append(chunk(i, None, "content_filter"))
                             continue
                     if ev.finish_reason == "error":
@@ -450,7 +458,30 @@ class Handlers:
             raise
         finally:
             await gen.aclose()
-            ctx.finish(status, gen.prompt_tokens, gen.completion_tokens)
+            body = None
+            if keep_body:
+                body = {
+                    "object": "chat.completion" if chat else "text_completion",
+                    "model": job.model,
+                    "choices": [
+                        {
+                            "index": i,
+                            **(
+                                {
+                                    "message": {
+                                        "role": "assistant",
+                                        "content": "".join(sent.get(i, [])),
+                                    }
+                                }
+                                if chat
+                                else {"text": "".join(sent.get(i, []))}
+                            ),
+                            "finish_reason": reasons.get(i),
+                        }
+                        for i in range(job.n)
+                    ],
+                }
+            ctx.finish(status, gen.prompt_tokens, gen.completion_tokens, response=body)
 
     # -- embeddings -----------------------------------------------------------------------------
     async def embeddings(self, request: Request) -> Response:

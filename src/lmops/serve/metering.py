@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 NO_KEY = "(none)"  # requests served without an API key
+# exchanges export_conversations leaves out unless asked to keep them
+KEEP_REASONS = frozenset({"failed", "truncated", "content_filtered", "flagged"})
 _ROLES = ("system", "user", "assistant")
 
 
@@ -396,6 +398,36 @@ def usage(
 
 
 # -- flow-back ----------------------------------------------------------------------------------
+# Guardrail actions that make an exchange unfit to learn from (a PII mask is not one: the
+# logged bodies are masked).
+_FLAGS = frozenset(
+    {"moderation_flag", "moderation_block", "injection_flag", "injection_block", "pii_block"}
+)
+
+
+def _unfit(status: int, response: Any, guardrails: Any, keep: frozenset[str]) -> str | None:
+    """Why a logged exchange should not become training data (None: it may): the request
+    failed, the answer was cut at max_tokens (``truncated``), a content filter ended it
+    (``content_filtered``), or a guardrail flagged it (``flagged``); ``keep`` names the
+    reasons to let through anyway."""
+    if not 200 <= status < 300:
+        return "failed"
+    reasons = set()
+    try:
+        finish = response["choices"][0].get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        finish = None
+    if finish == "length":
+        reasons.add("truncated")
+    elif finish == "content_filter":
+        reasons.add("content_filtered")
+    actions = guardrails.get("actions") if isinstance(guardrails, dict) else None
+    if any(isinstance(a, dict) and a.get("type") in _FLAGS for a in actions or []):
+        reasons.add("flagged")
+    left = sorted(reasons - keep)
+    return left[0] if left else None
+
+
 def _conversation(request: Any, response: Any) -> tuple[list[dict[str, str]] | None, str]:
     """The chat (messages + answer) of one logged exchange, or None and why not."""
     messages = request.get("messages") if isinstance(request, dict) else None
@@ -437,25 +469,33 @@ def export_conversations(
     output: str,
     since: datetime | None = None,
     until: datetime | None = None,
+    keep: Iterable[str] = (),
 ) -> Version:
-    """Turn the logged, successful (2xx) chat requests of ``deployment`` that have bodies
-    into an SFT dataset (``sft_chat`` JSONL: ``{"messages": [..., {"role": "assistant",
-    "content": answer}]}``) registered as the next version of dataset ``output``.
+    """Turn the logged chat requests of ``deployment`` that have bodies and are worth
+    learning from into an SFT dataset (``sft_chat`` JSONL: ``{"messages": [...,
+    {"role": "assistant", "content": answer}]}``) registered as the next version of
+    dataset ``output``.
 
+    Not worth learning from, and skipped unless ``keep`` names the reason: ``failed``
+    requests, ``truncated`` answers (``finish_reason: length``), ``content_filtered`` ones,
+    and exchanges a guardrail ``flagged`` (moderation or injection; masked PII is fine).
     The version's lineage points at every model version that answered (role
     ``served_by``); its metadata holds the deployment, the time range, the count and the
-    rows skipped per reason (``not_chat``, ``unsupported_message``, ``no_answer``,
-    ``duplicate``). Raises :class:`UserError` when nothing is exportable."""
+    rows skipped per reason (those above, ``not_chat``, ``unsupported_message``,
+    ``no_answer``, ``duplicate``). Raises :class:`UserError` when nothing is exportable."""
+    keep = frozenset(keep)
+    unknown = keep - KEEP_REASONS
+    if unknown:
+        raise UserError(
+            f"unknown reasons to keep {sorted(unknown)}; use some of {sorted(KEEP_REASONS)}"
+        )
     since, until = _utc(since), _utc(until)
     c = RequestLogRow
     q = (
-        select(c.time, c.model_ref, c.request_body, c.response_body)
+        select(c.time, c.model_ref, c.request_body, c.response_body, c.status, c.guardrails)
         .where(
             c.deployment == deployment,
-            c.status >= 200,
-            c.status < 300,
             c.request_body.is_not(None),
-            c.response_body.is_not(None),
         )
         .order_by(c.time, c.id)
         .execution_options(yield_per=500)
@@ -474,7 +514,11 @@ def export_conversations(
     with tempfile.TemporaryDirectory(prefix="lmops-export-") as tmp:
         path = Path(tmp) / "conversations.jsonl"
         with store.db.session() as s, path.open("w", encoding="utf-8") as fh:
-            for time, model_ref, request, response in s.execute(q):
+            for time, model_ref, request, response, status, guardrails in s.execute(q):
+                unfit = _unfit(status, response, guardrails, keep)
+                if unfit is not None:
+                    skipped[unfit] = skipped.get(unfit, 0) + 1
+                    continue
                 chat, reason = _conversation(request, response)
                 if chat is not None:
                     line = json.dumps({"messages": chat}, ensure_ascii=False)
@@ -510,6 +554,7 @@ def export_conversations(
             "last": last.replace(tzinfo=last.tzinfo or UTC).isoformat(),
             "count": count,
             "skipped": dict(sorted(skipped.items())),
+            "kept": sorted(keep),
             "models": sorted(set(models)),
             "unregistered_models": external,
         }
