@@ -159,7 +159,14 @@ def test_metrics_usage_and_flow_back(
     assert use["by_key"]["limited"]["requests"] >= 12 and use["by_key"]["limited"]["errors"] == 7
     exported = json.loads(
         gateway["lmops"](
-            "data", "from-logs", "--deployment", "chat", "--output", "chat-logs", "--json"
+            "data",
+            "from-logs",
+            "--deployment",
+            "chat",
+            "--output",
+            "chat-logs",
+            "--keep-truncated",  # every answer here is cut at max_tokens 2
+            "--json",
         )
     )
     assert exported["kind"] == "dataset" and exported["metadata"]["count"] >= 1
