@@ -356,6 +356,10 @@ class EvalParams(Params):
     batch_size: str = "auto"
     output: str | None = None
     data_dir: str | None = None
+    # instruct models, with lm-eval's flags of the same names (see `lmops eval run --help`)
+    apply_chat_template: bool = False
+    system_instruction: str | None = None
+    fewshot_as_multiturn: bool | None = None  # default: True with a chat template
 
     def inputs(self) -> list[str]:
         refs = [self.model, *self.task_files]
@@ -363,7 +367,7 @@ class EvalParams(Params):
         return refs
 
 
-_NOT_METRICS = ("n", "excluded", "num_fewshot", "seconds", "tasks")
+_NOT_METRICS = ("n", "excluded", "num_fewshot", "seconds", "tasks", "failed_requests")
 
 
 def _flat_metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -406,6 +410,9 @@ def _eval(ctx: StepContext, p: EvalParams) -> StepOutput:
         scorer=p.scorer,
         batch_size=p.batch_size,
         progress=ctx.progress,
+        apply_chat_template=p.apply_chat_template,
+        system_instruction=p.system_instruction,
+        fewshot_as_multiturn=p.fewshot_as_multiturn,
     )
     metrics = _flat_metrics(job.report)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in list(metrics.items())[:4])
