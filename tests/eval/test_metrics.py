@@ -131,10 +131,23 @@ def test_rouge_l_hand_computed() -> None:
     assert rouge_l("a b c d", ["b d e", "a b c d"]) == 1.0
 
 
+def _unhook_absl_stream() -> None:
+    """rouge_score imports absl, whose logging handler keeps the stream that was sys.stderr
+    at import: pytest's capture. A later logging.config.dictConfig (uvicorn's, in any test
+    that starts a server) closes every handler, and absl's closes its stream unless it is
+    the process's own stderr; that closed pytest's capture and crashed the session."""
+    import sys
+
+    absl_logging = sys.modules.get("absl.logging")
+    if absl_logging is not None:
+        absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
 def test_rouge_l_matches_rouge_score_on_english() -> None:
     rouge_scorer = pytest.importorskip(
         "rouge_score.rouge_scorer", reason="pip install rouge-score to compare with it"
     )
+    _unhook_absl_stream()
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     rng = random.Random(0)
     words = "the cat sat on a mat dog don't 12 3.5 co-op , .".split()

@@ -39,7 +39,14 @@ def run(
     task_file: Annotated[
         list[Path] | None, typer.Option("--task-file", help="lm-eval style task YAML (repeatable).")
     ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Documents per task.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Documents per task, as lm-eval's --limit: a group counts per subtask "
+            "(--limit 50 on mmlu_redux scores 50 of each of its 57 subjects).",
+        ),
+    ] = None,
     num_fewshot: Annotated[int | None, typer.Option(min=0)] = None,
     batch_size: Annotated[str, typer.Option(help="Integer or auto.")] = "auto",
     scorer: Annotated[str | None, typer.Option(help="loglikelihood (default) or letter.")] = None,
@@ -73,10 +80,42 @@ def run(
     retries: Annotated[
         int, typer.Option(min=0, help="Retries per endpoint request before it counts as failed.")
     ] = 3,
+    apply_chat_template: Annotated[
+        bool,
+        typer.Option(
+            "--apply-chat-template",
+            help="Render prompts through the model's chat template (instruct models), as "
+            "lm-eval's flag of the same name.",
+        ),
+    ] = False,
+    system_instruction: Annotated[
+        str | None,
+        typer.Option(help="A system instruction before the task's description (as lm-eval)."),
+    ] = None,
+    fewshot_as_multiturn: Annotated[
+        bool | None,
+        typer.Option(
+            "--fewshot-as-multiturn/--no-fewshot-as-multiturn",
+            help="Few-shot examples as separate user/assistant turns (the default with "
+            "--apply-chat-template, which it needs) or in one user turn.",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Reuse the tasks an interrupted run of the same model and settings finished "
+            "(kept under $LMOPS_HOME/eval-partial until the report registers)."
+        ),
+    ] = True,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Show every row, subtasks of groups included.")
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Score a model on tasks; the report is registered as an eval_report asset."""
     from lmops.eval.jobs import run_eval
+    from lmops.eval.run import task_docs
 
     if scorer not in (None, "loglikelihood", "letter"):
         raise UserError(f"--scorer {scorer!r}: use loglikelihood or letter")
@@ -107,44 +146,38 @@ def run(
         or None,
         contamination_n=contamination_n,
         progress=not json_,
+        apply_chat_template=apply_chat_template,
+        system_instruction=system_instruction,
+        fewshot_as_multiturn=fewshot_as_multiturn,
+        resume=resume,
     )
     report, results, version = job.report, job.results, job.version
     truncated, failed = report["truncated_requests"], report["failed_requests"]
     if json_:
         print_json(report)
         return
-    rows: list[list[Any]] = []
-    for r in results:
-        for k, v in r.metrics.items():
-            if "stderr" in k:
-                continue
-            se = r.metrics.get(
-                k.replace(",", "_stderr,", 1) if "," in k else f"{k}_stderr", float("nan")
-            )
-            rows.append(
-                [r.task, k, f"{v:.4f}", f"±{se:.4f}" if se == se else "-", r.n, r.num_fewshot]
-            )
-    for g, agg in report["groups"].items():
-        for k, v in agg.items():
-            if k in ("n", "tasks", "excluded") or "stderr" in k:
-                continue
-            rows.append(
-                [
-                    f"[group] {g}",
-                    k,
-                    f"{v:.4f}",
-                    f"±{agg.get(k + '_stderr', float('nan')):.4f}",
-                    agg["n"],
-                    "-",
-                ]
-            )
-    if len(rows) > 40:
-        rows = [r for r in rows if r[0].startswith("[group]")] + rows[:20]
-    table(None, ["task", "metric", "value", "stderr", "n", "shots"], rows)
+    _results_table(report, results, show_all)
+    scored = sum(r.n for r in results)
+    kept = sum(len(task_docs(t, None)) for t in task_list)  # after excluded rows
     excluded = sum(r.excluded for r in results)
+    if limit:
+        console.print(
+            f"scored {scored:,} of {kept:,} documents: --limit {limit} per task, "
+            f"{len(results)} tasks",
+            markup=False,
+        )
     if excluded:
         console.print(
-            f"excluded {excluded} annotated-wrong rows (kept {sum(r.n for r in results)})",
+            f"left out {excluded:,} of {kept + excluded:,} rows annotated as wrong "
+            "(MMLU-Redux; --include-errors keeps them)"
+            + (f"; --limit applied to the {kept:,} kept" if limit else ""),
+            markup=False,
+        )
+    if job.report["config"].get("resumed_tasks"):
+        n = len(job.report["config"]["resumed_tasks"])
+        console.print(
+            f"reused {n} task(s) finished by an interrupted run of the same model and "
+            "settings (--no-resume scores them again)",
             markup=False,
         )
     if truncated:
@@ -157,6 +190,50 @@ def run(
             f"warning: {failed} request(s) to the endpoint failed after retries", markup=False
         )
     console.print(f"registered {version.ref}", markup=False)
+
+
+def _results_table(report: dict[str, Any], results: list[Any], show_all: bool) -> None:
+    """One row per (task, metric), then the groups'; a long table leaves out the subtasks
+    of groups (their group rows stay, tasks outside groups always show) and says so."""
+    from lmops.eval.compare import visible_rows
+
+    groups = report["groups"]
+    rows: list[tuple[tuple[str, str] | None, list[Any]]] = []  # ((group, task) of a subtask, cells)
+    for r in results:
+        for k, v in r.metrics.items():
+            if "stderr" in k:
+                continue
+            se = r.metrics.get(
+                k.replace(",", "_stderr,", 1) if "," in k else f"{k}_stderr", float("nan")
+            )
+            rows.append(
+                (
+                    (r.group, r.task) if r.group in groups else None,
+                    [r.task, k, f"{v:.4f}", f"±{se:.4f}" if se == se else "-", r.n, r.num_fewshot],
+                )
+            )
+    for g, agg in groups.items():
+        for k, v in agg.items():
+            if k in ("n", "tasks", "excluded") or "stderr" in k:
+                continue
+            se = agg.get(k.replace(",", "_stderr,", 1) if "," in k else f"{k}_stderr")
+            rows.append(
+                (
+                    None,
+                    [
+                        f"[group] {g}",
+                        k,
+                        f"{v:.4f}",
+                        f"±{se:.4f}" if isinstance(se, float) and se == se else "-",
+                        agg["n"],
+                        "-",
+                    ],
+                )
+            )
+    shown, hidden = visible_rows(rows, lambda row: row[0], show_all=show_all)
+    table(None, ["task", "metric", "value", "stderr", "n", "shots"], [c for _, c in shown])
+    if hidden.rows:
+        console.print(hidden.message(), markup=False)
 
 
 @app.command("tasks")
@@ -253,16 +330,27 @@ def compare(
     reports: Annotated[
         list[str], typer.Argument(help="eval_report refs; the first is the baseline.")
     ],
-    plot: Annotated[Path | None, typer.Option(help="Write a PNG chart here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG chart of the rows the table shows here.")
+    ] = None,
     alpha: Annotated[float, typer.Option(help="Significance level of the paired test.")] = 0.05,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Show every row, subtasks of groups included.")
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Side-by-side scores with deltas against the first report and whether each is significant."""
-    from lmops.eval.compare import compare_reports, plot_compare
+    from lmops.eval.compare import compare_reports, plot_compare, visible_rows
 
     res = compare_reports(_store(), reports, alpha=alpha)
+    groups = {r.task for r in res.rows if r.is_group}
+    shown, hidden = visible_rows(
+        res.rows,
+        lambda r: (r.group, r.task) if r.group in groups else None,
+        show_all=show_all,
+    )
     if plot is not None:
-        plot_compare(res, plot)
+        plot_compare(res, plot, rows=shown)
     if json_:
         print_json(res.to_dict() | {"plot": str(plot) if plot else None})
         return
@@ -279,13 +367,19 @@ def compare(
     table(
         None,
         ["task", "metric", *res.models],
-        [[r.task, r.metric, *[cell(r, j) for j in range(len(res.models))]] for r in res.rows],
+        [
+            [f"[group] {r.task}" if r.is_group else r.task, r.metric]
+            + [cell(r, j) for j in range(len(res.models))]
+            for r in shown
+        ],
     )
     console.print(
         f"* significant at p < {alpha} (paired permutation test on the same items)", markup=False
     )
+    if hidden.rows:
+        console.print(hidden.message(), markup=False)
     if plot is not None:
-        console.print(f"plot: {plot}", markup=False)
+        console.print(f"plot: {plot} ({len(shown)} rows, as the table)", markup=False)
 
 
 @app.command("leaderboard")
@@ -294,7 +388,8 @@ def leaderboard_cmd(
     metric: Annotated[str | None, typer.Option(help="Only this metric.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Model versions ranked by score, per task and metric, over every eval report."""
+    """Model versions ranked by score, per task and metric, over every eval report. Equal
+    scores share a rank; ! marks reports over different numbers of documents."""
     from lmops.eval.compare import leaderboard
 
     rows = leaderboard(_store(), task=task, metric=metric)
@@ -304,19 +399,31 @@ def leaderboard_cmd(
     if not rows:
         console.print("no eval reports yet; run `lmops eval run`")
         return
-    table(None, ["task", "metric", "rank", "model", "value", "n", "report"], _ranked(rows))
-
-
-def _ranked(rows: list[dict[str, Any]]) -> list[list[Any]]:
-    out, rank, last = [], 0, None
-    for r in rows:
-        key = (r["task"], r["metric"])
-        rank = rank + 1 if key == last else 1
-        last = key
-        out.append(
-            [r["task"], r["metric"], rank, r["model"], f"{r['value']:.4f}", r["n"], r["report"]]
+    table(
+        None,
+        ["task", "metric", "rank", "model", "value", "n", "report"],
+        [
+            [
+                f"[group] {r['task']}" if r["group"] else r["task"],
+                r["metric"],
+                r["rank"],
+                r["model"],
+                f"{r['value']:.4f}",
+                f"{r['n']} !" if r["n_differs"] else r["n"],
+                r["report"],
+            ]
+            for r in rows
+        ],
+    )
+    mixed = sorted({(r["task"], r["metric"]) for r in rows if r["n_differs"]})
+    if mixed:
+        counts = sorted({r["n"] for r in rows if r["n_differs"]}, key=lambda n: (n is None, n))
+        console.print(
+            f"! {len(mixed)} task/metric rankings mix reports over different numbers of "
+            f"documents ({', '.join(str(n) for n in counts)}): --limit, excluded rows or "
+            "another data version; those scores are not comparable as they stand",
+            markup=False,
         )
-    return out
 
 
 def _judge_model(judge: str | None, store: Any, endpoint: str | None, api_key: str | None) -> Any:

@@ -69,6 +69,7 @@ class Progress:
         self.what = ""
         self._start = 0.0
         self._last_line = 0.0
+        self._printed = -1  # units done at the last plain line
         self._bar: Any = None
         self._job: Any = None
 
@@ -113,7 +114,7 @@ class Progress:
             return
         if self._bar is not None:
             self._bar.__exit__(exc_type, exc, tb)
-        else:
+        elif exc_type is not None or self._printed != self.done:
             self._line(stopped=exc_type is not None)
 
     # -- reporting -------------------------------------------------------------------------------
@@ -148,4 +149,5 @@ class Progress:
 
     def _line(self, stopped: bool = False) -> None:
         self._last_line = self.clock()
+        self._printed = self.done
         print(self.line(stopped), file=self.stream, flush=True)

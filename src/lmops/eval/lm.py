@@ -564,7 +564,7 @@ class OpenAIEvalModel:
                     r.raise_for_status()
                     self._in_a_row = 0
                     return dict(r.json())
-                self._last_error = f"HTTP {r.status_code} {r.text[:120]}"
+                self._last_error = f"HTTP {r.status_code} {r.text[:120]}".strip()
             except httpx.HTTPStatusError as e:
                 raise UserError(
                     f"endpoint refused the request: {e.response.status_code} {e.response.text[:200]}"

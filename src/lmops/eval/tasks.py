@@ -354,10 +354,20 @@ class Task:
         pool = self.fewshot_docs()
         if c.fewshot_split == c.test_split:  # lm-eval's test, None == None included
             pool = [d for d in pool if d != doc]
+        if len(pool) < num_fewshot:  # never fewer examples than asked, silently
+            split = c.fewshot_split or c.training_split or c.validation_split
+            raise UserError(
+                f"task {c.task}: {num_fewshot}-shot needs {num_fewshot} few-shot examples; "
+                + (
+                    f"split {split!r} has {len(pool)}"
+                    if split
+                    else "set fewshot_split (or training_split) in the task file"
+                )
+            )
         if c.fewshot_config.get("sampler", "first_n") == "random":
             import random
 
-            return random.Random(rng_seed).sample(pool, min(num_fewshot, len(pool)))
+            return random.Random(rng_seed).sample(pool, num_fewshot)
         return pool[:num_fewshot]
 
     def messages(
