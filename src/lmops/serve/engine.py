@@ -229,6 +229,7 @@ class Engine:
         self._positions: Any = None  # (running, 1) long: the next position id per row
         pad_id = self.tokenizer.pad_token_id
         self._pad_id = pad_id if isinstance(pad_id, int) and pad_id >= 0 else 0
+        self._cache_arg = _cache_arg(self.model)
         self._mask_4d = _takes_4d_mask(self.model) and self._same_with_4d_mask()
         # logits for the last position only (the prefill's logits would otherwise be
         # (prompt, vocab) floats per sequence), where the model's forward takes it
@@ -408,7 +409,7 @@ class Engine:
                 logits = [
                     self.model(
                         attention_mask=m,
-                        past_key_values=DynamicCache(ddp_cache_data=layers),
+                        **{self._cache_arg: DynamicCache(ddp_cache_data=layers)},
                         **step,
                     ).logits.float()
                     for m in (step_mask, step_mask[:, None, None, :])
@@ -666,7 +667,7 @@ class Engine:
             # rebuild from the 2D one every step
             attention_mask=mask[:, None, None, :] if self._mask_4d else mask,
             position_ids=self._positions,
-            past_key_values=self._cache,
+            **{self._cache_arg: self._cache},
             use_cache=True,
         )
         self._mask = mask
@@ -934,6 +935,17 @@ def _text_decoder(tokenizer: Any) -> Callable[[list[int]], str]:
         decode = backend.decode
         return lambda ids: str(decode(ids, skip_special_tokens=True))
     return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def _cache_arg(model: Any) -> str:
+    """The keyword forward takes the KV cache by: ``cache`` since transformers 5.25 (the
+    old ``past_key_values`` still works but warns, until 5.40), ``past_key_values`` for a
+    model whose forward predates the rename (it would ignore an unknown ``cache``)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _takes_4d_mask(model: Any) -> bool:
