@@ -1,7 +1,12 @@
 """``lmops eval perf`` against the in-package fake upstream on 127.0.0.1.
 
-The fake injects known delays, so the measured TTFT / ITL / TPOT must come back as the
-injected ones, and the official ``openai`` client checks that the fake speaks the API.
+The fake injects known delays, so each figure is measured from the right events: TTFT
+waits for the first content chunk, ITL spans the gaps between chunks, an open loop never
+sends early, a cap holds requests back. Only bounds that a loaded machine cannot break are
+asserted (a measured delay is never shorter than the injected one); how close the figures
+come to the injected delays, how throughput scales and how closely sends keep to the
+schedule are timings, printed by ``benchmarks/eval_perf_bench.py``. The official ``openai``
+client checks that the fake speaks the API.
 """
 
 from __future__ import annotations
@@ -32,21 +37,21 @@ def fast_fake() -> Iterator[str]:
         yield url
 
 
-# -- measured figures match the injected delays ---------------------------------------------------
-def test_ttft_itl_tpot_e2el_match_injected_delays() -> None:
+# -- figures are measured from the right events ----------------------------------------------------
+def test_ttft_itl_tpot_e2el_are_measured_from_the_right_events() -> None:
     ttft, itl, out = 0.2, 0.02, 8
     with fake_server(ttft_s=ttft, itl_s=itl, tokens=1000) as url:
         report = run_perf(url, "fake", concurrency=[1], requests=5, input_len=32, output_len=out)
     (level,) = report.levels
     assert (level.completed, level.failed) == (5, 0)
     assert level.ttft_ms and level.itl_ms and level.tpot_ms and level.e2el_ms
-    # The role-only chunk comes at once; TTFT must wait for the first *content* chunk.
-    assert 0.99 * ttft * 1000 <= level.ttft_ms.median <= 1.10 * ttft * 1000
-    assert 0.95 * itl * 1000 <= level.itl_ms.median <= 1.30 * itl * 1000
-    assert 0.95 * itl * 1000 <= level.tpot_ms.mean <= 1.30 * itl * 1000
+    # The role-only chunk comes at once; TTFT must wait for the first *content* chunk, so
+    # it is never shorter than the injected delay (a busy machine only adds to it).
+    assert level.ttft_ms.median >= 0.99 * ttft * 1000
+    assert level.itl_ms.median >= 0.95 * itl * 1000  # the gaps between content chunks
+    assert level.tpot_ms.mean >= 0.95 * itl * 1000
     assert level.itl_ms.count == 5 * (out - 1)  # one gap per content chunk after the first
-    expected_e2el = (ttft + (out - 1) * itl) * 1000
-    assert 0.99 * expected_e2el <= level.e2el_ms.median <= 1.15 * expected_e2el
+    assert level.e2el_ms.median >= 0.99 * (ttft + (out - 1) * itl) * 1000
     # Usage counts: prompt tokens are the prompt's words, output tokens what was asked.
     assert level.total_input_tokens == 5 * 32
     assert level.total_output_tokens == 5 * out
@@ -56,14 +61,24 @@ def test_ttft_itl_tpot_e2el_match_injected_delays() -> None:
     assert r.tpot_s == pytest.approx((r.e2el_s - r.ttft_s) / (out - 1))
 
 
-def test_throughput_scales_with_concurrency() -> None:
-    # delays long against the client's own CPU work, so a loaded machine does not hide the scaling
-    with fake_server(ttft_s=0.3, itl_s=0.05, tokens=1000) as url:
-        report = run_perf(url, "fake", concurrency=[1, 8], requests=8, input_len=16, output_len=4)
-    one, eight = report.levels
-    assert one.completed == eight.completed == 8
-    assert eight.request_throughput >= 4 * one.request_throughput
-    assert eight.output_throughput >= 4 * one.output_throughput
+def test_a_concurrency_level_keeps_that_many_requests_in_flight() -> None:
+    # The server holds every request at a barrier until `parties` of them are in: a level
+    # completes only if the client really had that many in flight at once (the timeout is
+    # a guard against a hang, not a measurement).
+    def held(parties: int) -> Callable[[int], Script]:
+        barrier = threading.Barrier(parties, timeout=30)
+
+        def script(n: int) -> Script:
+            barrier.wait()
+            return [_sse_head(), b"data: " + _delta("x") + b"\n\ndata: [DONE]\n\n"]
+
+        return script
+
+    for c in (1, 8):
+        with raw_server(held(c)) as url:
+            report = run_perf(url, "m", concurrency=[c], requests=16, warmup=False, retries=0)
+        (level,) = report.levels
+        assert (level.concurrency, level.completed, level.failed) == (c, 16, 0), level.errors
 
 
 def test_output_tokens_from_usage_else_from_content_chunks() -> None:
@@ -271,13 +286,11 @@ def test_a_stream_held_open_after_done_still_succeeds_quickly() -> None:
     body = b"data: " + _delta("x") + b"\n\ndata: " + _delta("y") + b"\n\ndata: [DONE]\n\n"
     script: Script = [_sse_head(chunked=True), _chunk(body), 3.0, b"0\r\n\r\n"]
     with raw_server(lambda n: script) as url:
-        start = time.perf_counter()
+        # a 2 s timeout against a 3 s hold: waiting for the closing chunk would fail it
         report = run_perf(url, "m", concurrency=[1], requests=1, warmup=False, timeout_s=2.0)
-        elapsed = time.perf_counter() - start
     (level,) = report.levels
     assert (level.completed, level.failed) == (1, 0)
     assert level.results[0].output_tokens == 2
-    assert elapsed < 1.5
 
 
 # -- the fake speaks the OpenAI API: the official client is the judge -------------------------------
@@ -393,7 +406,7 @@ def test_eval_perf_cli_against_the_fake_server(cli) -> None:  # type: ignore[no-
     levels = _json.loads(r.out)["levels"]
     assert [lv["concurrency"] for lv in levels] == [1, 4]
     assert all(lv["completed"] == 8 and lv["failed"] == 0 for lv in levels)
-    assert 40 <= levels[0]["ttft_ms"]["median"] <= 80
+    assert levels[0]["ttft_ms"]["median"] >= 0.99 * 50  # the injected 0.05 s, at least
 
 
 # -- open loop: requests arrive at an offered rate, whatever the server does ----------------------
@@ -444,14 +457,14 @@ def test_requests_reach_the_server_on_the_seeded_schedule() -> None:
     (level,) = report.levels
     assert (level.completed, level.cap_waits, level.request_rate) == (n, 0, rate)
     # The first level draws first from the run's generator: arrival_times with the same seed.
-    due = np.asarray(arrival_times(n, rate, seed=seed))
-    arrived = np.sort(seen)
-    assert len(arrived) == n
-    drift = (arrived - arrived[0]) - (due - due[0])  # loose: CI has 2 shared cores
-    assert np.median(np.abs(drift)) < 0.005 and np.abs(drift).max() < 0.1
+    due = arrival_times(n, rate, seed=seed)
+    assert len(seen) == n
     lag = level.send_lag_ms
-    assert lag is not None and lag.count == n and -1.0 < lag.median < 5.0
-    assert all(r.send_lag_s is not None for r in level.results)
+    assert lag is not None and lag.count == n
+    # never sent before it is due (sends aim 0.5 ms early); how late is load, not behaviour
+    assert all(r.send_lag_s is not None and r.send_lag_s > -0.001 for r in level.results)
+    # the seeded schedule's last request cannot go out before it is due
+    assert level.duration_s >= due[-1] - 0.001
 
 
 def test_open_loop_against_the_fake_achieves_the_offered_rate(fast_fake: str) -> None:
@@ -461,12 +474,10 @@ def test_open_loop_against_the_fake_achieves_the_offered_rate(fast_fake: str) ->
     assert level.concurrency == DEFAULT_RATE_CAP  # the default cap: effectively none
     assert (level.completed, level.failed, level.cap_waits) == (n, 0, 0)
     # The schedule's last request is due at n / rate (sends aim 0.5 ms early), so the
-    # level cannot end sooner; a server that keeps up ends it soon after.
-    assert n / rate - 0.001 <= level.duration_s <= n / rate + 0.5
-    assert 0.75 * rate <= level.request_throughput <= rate * 1.001
-    assert level.send_rate == pytest.approx(rate, rel=0.05)  # sent on schedule
-    assert level.send_lag_ms is not None and level.send_lag_ms.median < 5.0
-    assert not level.lagged
+    # level cannot end sooner, nor serve more than the offered rate.
+    assert level.duration_s >= n / rate - 0.001
+    assert level.request_throughput <= rate * 1.001
+    assert level.send_lag_ms is not None and level.send_lag_ms.count == n
     d = report.to_dict()
     assert (d["config"]["request_rate"], d["levels"][0]["request_rate"]) == (rate, rate)
     assert set(d["levels"][0]["send_lag_ms"]) == {"mean", "median", "std", "p90", "p99", "count"}
@@ -494,8 +505,8 @@ def test_the_cap_bounds_requests_in_flight_and_shows_as_send_lag() -> None:
     starts = sorted(seen)
     assert all(starts[k + 3] - starts[k] >= 0.19 for k in range(6))
     lags = sorted(r.send_lag_s or 0.0 for r in level.results)
-    assert lags[2] < 0.1 and lags[3] >= 0.19 and lags[6] >= 0.38
-    assert level.send_rate is not None and 9 / 0.6 < level.send_rate <= 9 / 0.38  # waves
+    assert lags[3] >= 0.19 and lags[6] >= 0.38  # the second and third waves waited
+    assert level.send_rate is not None and level.send_rate <= 9 / 0.38  # waves
     assert level.lagged  # the cap kept the offered rate from the server: not valid
     d = report.to_dict()
     assert d["config"]["request_rate"] == "inf" and d["levels"][0]["request_rate"] == "inf"
@@ -539,7 +550,7 @@ def test_eval_perf_cli_open_loop(cli, fast_fake: str) -> None:  # type: ignore[n
     (level,) = out["levels"]
     assert level["concurrency"] == DEFAULT_RATE_CAP and level["request_rate"] == 40.0
     assert level["completed"] == 20 and level["send_lag_ms"]["count"] == 20
-    assert 0.5 <= level["duration_s"] <= 1.0  # the last of 20 is due at 0.5 s
+    assert level["duration_s"] >= 0.5 - 0.001  # the last of 20 is due at 0.5 s
     r = cli(*args, "--request-rate", "40", "--concurrency", "2,4")
     assert r.code == 0, r.err
     assert "cap=2" in r.out and "cap=4" in r.out and "gamma" not in r.out
