@@ -136,7 +136,7 @@ def open_loop() -> dict[str, Any]:
 def schedule() -> dict[str, Any]:
     rate, n, seed = 50.0, 60, 11
     seen: list[float] = []
-    done = [HEAD, b"data: " + _delta("x") + b"\n\ndata: [DONE]\n\n"]
+    done: Script = [HEAD, b"data: " + _delta("x") + b"\n\ndata: [DONE]\n\n"]
     with raw_server(lambda i: done, seen) as url:
         run_perf(url, "m", request_rate=rate, requests=n, seed=seed, warmup=False, retries=0)
     due = np.asarray(arrival_times(n, rate, seed=seed))
