@@ -78,3 +78,31 @@ def test_truncation_is_reported(tok) -> None:  # type: ignore[no-untyped-def]
     messages = [{"role": "user", "content": "word " * 100}, {"role": "assistant", "content": "ok"}]
     ex, truncated = encode_chat(tok, messages, 32)
     assert truncated and len(ex) == 32
+
+
+def test_sft_trains_mixed_in_text_rows_on_every_token(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from lmops.core.errors import UserError
+    from lmops.train.data import build_sft_examples, load_training_rows
+
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    rows = [chat, {"text": "The quick brown fox."}, {"text": ""}]
+    path = tmp_path / "mix.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # the empty text is a bad row like any other: named, or skipped and counted
+    with pytest.raises(UserError, match=r"mix.jsonl:3: field 'text'.*\(expected pretrain rows\)"):
+        load_training_rows([path], "sft")
+    loaded = load_training_rows([path], "sft", on_error="skip")
+    assert [r for _w, _n, r in loaded.rows] == rows[:2]
+    examples, stats = build_sft_examples(loaded.rows, tok, 64)
+    assert stats["text_rows"] == 1
+    text = examples[1]
+    ids = tok("The quick brown fox.", add_special_tokens=False)["input_ids"]
+    assert text.input_ids == text.labels == [*ids, tok.eos_token_id]  # every token, then EOS
+    assert IGNORE in examples[0].labels  # the chat row still learns its answer only
+    # text alone is pretraining, not SFT
+    only = tmp_path / "text.jsonl"
+    only.write_text(json.dumps({"text": "just text"}) + "\n")
+    with pytest.raises(UserError, match="text rows may be mixed in, not trained alone"):
+        load_training_rows([only], "sft")

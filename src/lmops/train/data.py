@@ -6,7 +6,9 @@
 - **sft**: alpaca rows (``instruction``/``input``/``output``) or chat rows (``messages``),
   rendered with the chat template. Loss only on assistant turns (their content and the
   end-of-turn token); system and user tokens carry label -100. Multi-turn conversations
-  train on every assistant turn.
+  train on every assistant turn. Plain ``{"text"}`` rows may be mixed in: they train on
+  every token, as in pretraining (replaying pretraining text keeps what the base model
+  knows, e.g. its perplexity on ordinary text).
 - **packing**: several examples share one row of ``max_seq_len`` tokens; ``position_ids``
   restart at 0 for each example, from which transformers builds a block-diagonal causal
   mask (no attention across examples), and the first token of each example carries no
@@ -106,7 +108,8 @@ def load_training_rows(
 ) -> LoadedRows:
     """Read and validate the rows of a training stage before any model loads.
 
-    SFT takes alpaca or chat rows (the first valid row's format sets it), preference stages
+    SFT takes alpaca or chat rows (the first valid row's format sets it; ``{"text"}`` rows
+    may be mixed in, trained as pretraining text), preference stages
     (reward, DPO, KTO, ORPO) preference rows, PPO any rows. A bad row (unreadable, or failing
     the format's checks, e.g. an empty ``output``) raises an error naming its file, line and
     field, or with ``on_error="skip"`` is left out and counted by its problem's code.
@@ -131,7 +134,8 @@ def load_training_rows(
         if fmt is None:
             where = items[0].where if items else str(files[0])
             raise UserError(
-                f"{where}: stage sft needs alpaca (instruction/output) or chat (messages) rows"
+                f"{where}: stage sft needs alpaca (instruction/output) or chat (messages) rows "
+                "(text rows may be mixed in, not trained alone: that is stage pretrain)"
             )
     elif stage in ("reward", "dpo", "kto", "orpo"):
         fmt = "preference"
@@ -140,7 +144,10 @@ def load_training_rows(
         if isinstance(item, BadRow):
             code, problem = item.code, item.reason
         else:
-            errors = validate_row(item.values, fmt) if fmt is not None else []
+            row_fmt = fmt
+            if stage == "sft" and detect_format(item.values) == "pretrain":
+                row_fmt = "pretrain"  # replayed pretraining text
+            errors = validate_row(item.values, row_fmt) if row_fmt is not None else []
             if not errors:
                 out.rows.append((item.where, item.number, item.values))
                 continue
@@ -148,7 +155,7 @@ def load_training_rows(
             code = e.code
             problem = (
                 f"field {e.field!r}: " if e.field else ""
-            ) + f"{e.reason} (expected {fmt} rows)"
+            ) + f"{e.reason} (expected {row_fmt} rows)"
         if on_error == "raise":
             raise UserError(f"{item.where}: {problem}; fix the row or set on_error: skip")
         out.skipped[code] += 1
@@ -207,14 +214,29 @@ def encode_chat(
     return Example(ids[:max_len], labels[:max_len]), truncated
 
 
+def encode_text(tokenizer: Any, text: str, max_len: int) -> tuple[Example, bool]:
+    """A plain text trained on every token, ended with EOS as pretraining documents are;
+    returns (example, truncated)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids = [*ids, tokenizer.eos_token_id]
+    return Example(ids[:max_len], ids[:max_len]), len(ids) > max_len
+
+
 def build_sft_examples(
     rows: list[tuple[str, int, Any]], tokenizer: Any, max_len: int
 ) -> tuple[list[Example], dict[str, int]]:
-    from lmops.data.formats import to_chat
+    from lmops.data.formats import detect_format, to_chat
 
     examples = []
-    stats = {"rows": len(rows), "truncated": 0, "no_loss_tokens": 0}
+    stats = {"rows": len(rows), "truncated": 0, "no_loss_tokens": 0, "text_rows": 0}
     for where, _n, row in rows:
+        if detect_format(row) == "pretrain":
+            ex, truncated = encode_text(tokenizer, row["text"], max_len)
+            stats["text_rows"] += 1
+            stats["truncated"] += int(truncated)
+            examples.append(ex)
+            continue
         try:
             messages = to_chat(row)
         except UserError as e:
