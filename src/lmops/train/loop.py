@@ -115,8 +115,9 @@ class StopSignals:
     :attr:`requested` between steps and stops cleanly. A second signal, or any signal with
     ``graceful=False``, raises ``KeyboardInterrupt`` where the program is (SIGTERM too, so
     cleanup runs instead of the process vanishing). Handlers can only be installed in the
-    main thread; elsewhere this does nothing and Python's defaults apply. The previous
-    handlers come back on exit."""
+    main thread; elsewhere this does nothing and Python's defaults apply. A signal that is
+    ignored (``nohup``, a background job of a script) stays ignored. The previous handlers
+    come back on exit."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -138,6 +139,8 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
+                if signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # ignored on purpose (nohup, a background job): leave it so
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
