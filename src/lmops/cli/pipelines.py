@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
 
-from lmops.cli._output import console, print_json, table, when
+from lmops.cli._output import console, err_console, print_json, table, when
 from lmops.core.errors import UserError
 
 app = typer.Typer(help="Pipelines: step types and the step cache.", no_args_is_help=True)
@@ -124,16 +124,19 @@ def run_cmd(
             [[p["step"], p["type"], ", ".join(p["needs"]) or "-", p["plan"]] for p in plan],
         )
         return
-    result = run_pipeline(
-        pipe,
-        store,
-        force=True if force else set(force_step or []),
-        only=only,
-        progress=not json_,
-        console=None if json_ else console,
-        on_update=step_printer(quiet=json_),
-        raise_errors=bool(_state["debug"]),
-    )
+    try:
+        result = run_pipeline(
+            pipe,
+            store,
+            force=True if force else set(force_step or []),
+            only=only,
+            progress=not json_,
+            console=None if json_ else console,
+            on_update=step_printer(quiet=json_),
+            raise_errors=bool(_state["debug"]),
+        )
+    except KeyboardInterrupt as e:
+        _interrupted(e)
     if json_:
         print_json(result.to_dict())
     else:
@@ -211,6 +214,47 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def gate_lines(decision: dict[str, Any], outputs: dict[str, str]) -> str:
+    """A gate's decision and every condition it judged, one per line."""
+    conds = decision.get("conditions") or []
+    failed = sum(not c["passed"] for c in conds)
+    head = f"gate: {decision['decision']} {decision['model']}"
+    if decision["decision"] == "promote":
+        head += f" to {decision['alias']}" + (
+            f" (all {len(conds)} conditions pass)" if conds else ""
+        )
+    else:
+        head += f" ({failed} of {len(conds)} conditions fail)"
+        selected = outputs.get("selected")
+        head += (
+            f"; {decision['alias']} does not move, {selected} (the baseline) is used"
+            if selected
+            else f"; {decision['alias']} does not move"
+        )
+    lines = [head]
+    for c in conds:
+        lines.append(f"  {'✓' if c['passed'] else '✗'} {c['metric']} {c['reason']}")
+    if not conds:  # recorded before gates had conditions
+        lines[0] += (
+            f" ({decision['metric']} {decision['value']:.3f}"
+            f" vs base {_fmt(decision['baseline_value'])})"
+        )
+    return "\n".join(lines)
+
+
+def _interrupted(e: BaseException) -> NoReturn:
+    """Ctrl-C during a pipeline: say what stopped and how to go on, exit 128 + signal."""
+    import signal
+
+    what = str(e) or "interrupted"
+    err_console.print(
+        f"{what}; completed steps are cached and a training step resumes from its "
+        "checkpoint: run the same command again to continue",
+        markup=False,
+    )
+    raise typer.Exit(128 + int(getattr(e, "signum", signal.SIGINT)))
+
+
 def quickstart_cmd(
     tiny: Annotated[
         bool, typer.Option(help="A seconds-long run (tiny data and steps) that checks the chain.")
@@ -259,15 +303,18 @@ def quickstart_cmd(
     say(f"pipeline: {files.pipeline}\n", markup=False)
     pipe = load_pipeline(files.pipeline)
     store = _store()
-    result = run_pipeline(
-        pipe,
-        store,
-        force=force,
-        progress=not json_,
-        console=None if json_ else console,
-        on_update=step_printer(quiet=json_),
-        raise_errors=bool(_state["debug"]),
-    )
+    try:
+        result = run_pipeline(
+            pipe,
+            store,
+            force=force,
+            progress=not json_,
+            console=None if json_ else console,
+            on_update=step_printer(quiet=json_),
+            raise_errors=bool(_state["debug"]),
+        )
+    except KeyboardInterrupt as e:
+        _interrupted(e)
     rows = eval_table(result)
     clean = result.steps.get("clean")
     gate = result.steps.get("gate")
@@ -307,12 +354,7 @@ def quickstart_cmd(
                 ],
             )
         if gate is not None and gate.result:
-            g = gate.result
-            console.print(
-                f"gate: {g['decision']} {g['model']} "
-                f"({g['metric']} {g['value']:.3f} vs base {_fmt(g['baseline_value'])})",
-                markup=False,
-            )
+            console.print(gate_lines(gate.result, gate.outputs), markup=False, highlight=False)
         if served is not None and served.status == "cached" and served.result:
             s = served.result
             console.print(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import timedelta
 from typing import Any
 
 from lmops.core.errors import UserError
@@ -79,10 +78,16 @@ def serve_and_probe(ctx: StepContext, p: ServeParams) -> StepOutput:
         raise UserError(f"model: {p.model} is a {version.kind}, not a model")
     spec = DeploymentSpec(name=p.name, model=p.model)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    ttl = p.key_ttl()
     key, secret = store.keys.create(
         f"{ctx.pipeline}-{ctx.step}-{stamp}"[:120],
         scopes=[p.name],
-        expires_at=utcnow() + timedelta(days=p.key_ttl_days) if p.key_ttl_days else None,
+        expires_at=utcnow() + ttl if ttl is not None else None,
+    )
+    expires = (
+        f"expires {key.expires_at:%Y-%m-%d %H:%M} UTC"
+        if key.expires_at is not None
+        else "never expires (lmops keys revoke to end it)"
     )
     from lmops.serve.accesslog import ENV as ACCESS_LOG_ENV
 
@@ -117,7 +122,7 @@ def serve_and_probe(ctx: StepContext, p: ServeParams) -> StepOutput:
         out = ctx.console
         if out is not None:
             out.print(f"served {version.ref} as {p.name!r} at {base}/v1", markup=False)
-            out.print(f"  key {key.name} (shown once): {secret}", markup=False)
+            out.print(f"  key {key.name} ({expires}; shown once): {secret}", markup=False)
             out.print(f"  Q: {p.prompt}", markup=False)
             out.print(f"  A: {answer}", markup=False)
             out.print(
@@ -140,6 +145,7 @@ def serve_and_probe(ctx: StepContext, p: ServeParams) -> StepOutput:
         "model": version.ref,
         "key": key.name,
         "key_prefix": key.prefix,
+        "key_expires_at": key.expires_at.isoformat() if key.expires_at is not None else None,
         "prompt": p.prompt,
         "answer": answer,
         "latency_s": round(latency, 3),

@@ -13,12 +13,14 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmops.core.errors import UserError
+from lmops.pipelines.gate import Condition, fmt, higher_is_better, judge
 
 __all__ = [
     "STEP_TYPES",
@@ -465,21 +467,71 @@ def _safety(ctx: StepContext, p: SafetyParams) -> StepOutput:
 
 # -- gate, alias ------------------------------------------------------------------------------
 class GateParams(Params):
-    metric: str  # "task/metric" as in the eval report, e.g. "addition/exact_match"
+    """``conditions:`` (each a metric with rules; see :mod:`lmops.pipelines.gate`), or the
+    single-metric form ``metric:`` + ``threshold`` / ``min_delta`` over the baseline, which
+    is one condition."""
+
     candidates: list[str] = Field(min_length=1)  # eval_report refs; the best one is promoted
-    baseline: str | None = None  # an eval_report ref the winner must beat
-    threshold: float | None = None  # and/or a value it must reach
-    min_delta: float = Field(0.0, ge=0)
-    higher_is_better: bool = True
+    baseline: str | None = None  # an eval_report ref that relative rules compare with
+    conditions: list[Condition] = Field(default_factory=list)
     alias: str = "production"
     on_fail: Literal["skip", "fail"] = "skip"
+    # the single-metric form
+    metric: str | None = None  # "task/metric" as in the eval report, e.g. "addition/exact_match"
+    threshold: float | None = None  # a value it must reach
+    min_delta: float = Field(0.0, ge=0)  # beat the baseline by more than this
+    higher_is_better: bool | None = None  # default: from the metric's name (else higher)
+
+    @model_validator(mode="after")
+    def _check_form(self) -> GateParams:
+        if self.conditions and self.metric is not None:
+            raise ValueError("give conditions: or the single metric:, not both")
+        if not self.conditions and self.metric is None:
+            raise ValueError("give conditions: (a list of {metric, rules}) or metric:")
+        if self.conditions and (self.threshold is not None or self.min_delta):
+            raise ValueError(
+                "threshold/min_delta go with metric:; in conditions: use min/improve_by"
+            )
+        for i, c in enumerate(self.conditions):
+            if c.relative and self.baseline is None:
+                rule = "improve_by" if c.improve_by is not None else "not_worse_than"
+                raise ValueError(
+                    f"conditions[{i}].{rule} compares with the baseline: set baseline:"
+                )
+        return self
+
+    def rules(self) -> list[Condition]:
+        """The conditions, the single-metric form turned into one (none when it has neither
+        a baseline nor a threshold: the best candidate is promoted)."""
+        if self.conditions or self.metric is None:
+            return list(self.conditions)
+        hib = self.direction()
+        rules: dict[str, Any] = {}
+        if self.baseline is not None:
+            rules["improve_by"] = self.min_delta
+        if self.threshold is not None:
+            rules["min" if hib else "max"] = self.threshold
+        if not rules:
+            return []
+        return [Condition(metric=self.metric, higher_is_better=hib, **rules)]
+
+    def direction(self) -> bool:
+        """Which way the ranking metric (the first condition's) is better."""
+        if self.conditions:
+            return bool(self.conditions[0].direction)
+        assert self.metric is not None
+        found = higher_is_better(self.metric, self.higher_is_better)
+        return True if found is None else found  # the single-metric form's old default
+
+    def ranking_metric(self) -> str:
+        return self.conditions[0].metric if self.conditions else str(self.metric)
 
     def inputs(self) -> list[str]:
         return [*self.candidates, *([self.baseline] if self.baseline else [])]
 
 
-def report_metric(store: Any, ref: str, metric: str) -> tuple[float, str, str]:
-    """(value, model ref, report ref) of ``metric`` in an eval_report version."""
+def report_metrics(store: Any, ref: str) -> tuple[dict[str, float], str, str]:
+    """(every metric, model ref, report ref) of an eval_report version."""
     v = store.assets.resolve(ref)
     if v.kind != "eval_report":
         raise UserError(f"{ref} is a {v.kind}, not an eval_report")
@@ -487,14 +539,24 @@ def report_metric(store: Any, ref: str, metric: str) -> tuple[float, str, str]:
     flat = _flat_metrics(meta)
     if "results" in meta and "safety" in meta["results"]:
         flat.update({f"safety/{k}": float(x) for k, x in meta["results"]["safety"].items()})
-    value = pick_metric(flat, metric)
-    if value is None:
-        known = ", ".join(sorted(flat)[:12]) or "none"
-        raise UserError(f"metric {metric!r} is not in {v.ref} (it has: {known})")
     model = (meta.get("model") or {}).get("ref")
     if not model:
         raise UserError(f"{v.ref} was not made from a model asset; the gate cannot promote it")
-    return value, str(model), v.ref
+    return flat, str(model), v.ref
+
+
+def _metric_in(flat: dict[str, float], metric: str, report: str) -> float:
+    value = pick_metric(flat, metric)
+    if value is None:
+        known = ", ".join(sorted(flat)[:12]) or "none"
+        raise UserError(f"metric {metric!r} is not in {report} (it has: {known})")
+    return value
+
+
+def report_metric(store: Any, ref: str, metric: str) -> tuple[float, str, str]:
+    """(value, model ref, report ref) of ``metric`` in an eval_report version."""
+    flat, model, report = report_metrics(store, ref)
+    return _metric_in(flat, metric, report), model, report
 
 
 def pick_metric(flat: dict[str, float], metric: str) -> float | None:
@@ -508,34 +570,50 @@ def pick_metric(flat: dict[str, float], metric: str) -> float | None:
 
 @step_type("gate", GateParams)
 def _gate(ctx: StepContext, p: GateParams) -> StepOutput:
-    """Promote the best candidate's model to ``alias`` only if its metric reaches
-    ``threshold`` and/or beats ``baseline``; the decision is recorded as a ``gate`` run.
-    Outputs: ``output`` (the promoted model, only when promoted) and ``selected`` (the
-    model to use after the decision: the winner, or else the baseline's model)."""
+    """Promote the best candidate's model to ``alias`` only if it meets every condition
+    (metric up by a margin over ``baseline``, others not worse than a tolerance, absolute
+    min/max); the decision, with each condition's value, baseline and verdict, is recorded
+    as a ``gate`` run. The best is the best on the first condition among the candidates
+    that pass (or among all, when none does). Outputs: ``output`` (the promoted model, only
+    when promoted) and ``selected`` (the model to use after the decision: the winner, or
+    else the baseline's model)."""
     store = ctx.store
-    sign = 1.0 if p.higher_is_better else -1.0
-    scored = [report_metric(store, ref, p.metric) for ref in p.candidates]
-    best = max(scored, key=lambda t: sign * t[0])
-    value, model, report = best
-    reasons: list[str] = []
-    base_value = base_model = None
+    conditions = p.rules()
+    rank = p.ranking_metric()
+    sign = 1.0 if p.direction() else -1.0
+    base_flat: dict[str, float] | None = None
+    base_model, base_ref = None, ""
     if p.baseline is not None:
-        base_value, base_model, _ = report_metric(store, p.baseline, p.metric)
-        if not sign * (value - base_value) > p.min_delta:
-            reasons.append(f"{value:.4f} does not beat the baseline {base_value:.4f}")
-    if p.threshold is not None and not sign * (value - p.threshold) >= 0:
-        reasons.append(f"{value:.4f} does not reach the threshold {p.threshold:.4f}")
-    promote = not reasons
+        base_flat, base_model, base_ref = report_metrics(store, p.baseline)
+    judged = []  # (ranking value, model, report, verdicts)
+    for ref in p.candidates:
+        flat, model, report = report_metrics(store, ref)
+        verdicts = [
+            judge(
+                c,
+                _metric_in(flat, c.metric, report),
+                _metric_in(base_flat, c.metric, base_ref) if base_flat is not None else None,
+            )
+            for c in conditions
+        ]
+        judged.append((_metric_in(flat, rank, report), model, report, verdicts))
+    passing = [j for j in judged if all(v.passed for v in j[3])]
+    value, model, report, verdicts = max(passing or judged, key=lambda j: sign * j[0])
+    promote = bool(passing)
+    base_value = _metric_in(base_flat, rank, base_ref) if base_flat is not None else None
+    reasons = [v.line() for v in verdicts if not v.passed]
     decision = {
         "decision": "promote" if promote else "hold",
-        "metric": p.metric,
+        "metric": rank,
         "value": value,
         "baseline_value": base_value,
         "threshold": p.threshold,
         "model": model,
         "report": report,
         "alias": p.alias,
-        "candidates": {r: v for v, _, r in scored},
+        "conditions": [v.to_dict() for v in verdicts],
+        "candidates": {r: v for v, _, r, _ in judged},
+        "passed": [r for _, _, r, _ in passing],
         "reasons": reasons,
     }
     with store.runs.track("gate", name=f"{ctx.pipeline}/{ctx.step}", config=p.model_dump()) as run:
@@ -544,16 +622,18 @@ def _gate(ctx: StepContext, p: GateParams) -> StepOutput:
         if promote:
             store.assets.alias(model, p.alias)
     name = model.split(":")[0]
+    checks = "; ".join(v.line() for v in verdicts)
+    if not verdicts:  # the single-metric form with neither baseline nor threshold
+        checks = f"{rank} {fmt(value)}, the best of {len(judged)}"
     if promote:
-        summary = f"promoted {model} to {name}@{p.alias} ({p.metric} {value:.4f}"
-        summary += f" vs baseline {base_value:.4f})" if base_value is not None else ")"
+        summary = f"promoted {model} to {name}@{p.alias}: {checks}"
         outputs = {"output": model, "selected": model, "report": report}
         return StepOutput(outputs, decision, summary, run.id)
     if p.on_fail == "fail":
         raise UserError(f"gate held {model}: {'; '.join(reasons)}")
     # "selected" is what to use after the decision: the winner, or else the baseline's model
     held = {"selected": base_model} if base_model else {}
-    return StepOutput(held, decision, f"held {model}: {'; '.join(reasons)}", run.id)
+    return StepOutput(held, decision, f"held {model}: {checks}", run.id)
 
 
 class AliasParams(Params):
@@ -580,7 +660,15 @@ class ServeParams(Params):
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535)  # 0: a free port
     keep: bool = False  # keep serving until interrupted (never cached)
+    # the fresh API key expires after this many hours (null: never); key_ttl_days, when
+    # given, takes its place
+    key_ttl_hours: float | None = Field(24.0, gt=0)
     key_ttl_days: int | None = Field(None, ge=1)
+
+    def key_ttl(self) -> timedelta | None:
+        if self.key_ttl_days is not None:
+            return timedelta(days=self.key_ttl_days)
+        return timedelta(hours=self.key_ttl_hours) if self.key_ttl_hours is not None else None
 
     def inputs(self) -> list[str]:
         return [self.model]
