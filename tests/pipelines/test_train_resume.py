@@ -91,3 +91,16 @@ def test_a_forced_step_or_a_changed_job_starts_over_and_clears_the_checkpoints(
     assert res.ok and res.steps["sft"].result["resumed_from"] is None
     assert "(started over; the interrupted run" in res.steps["sft"].summary
     assert not (Path(base.runs.dir(second)) / "checkpoints").exists()
+
+
+def test_lmops_run_says_where_it_stopped_and_how_to_go_on(
+    tmp_path: Path, base: Any, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_pipeline(tmp_path, STEPS)
+    _ctrl_c_at(monkeypatch, 3)
+    r = cli("run", str(path))
+    assert r.code == 130
+    assert r.err.strip().splitlines()[-1] == (
+        "interrupted after step 3 of 6; completed steps are cached and a training step "
+        "resumes from its checkpoint: run the same command again to continue"
+    )

@@ -251,6 +251,7 @@ def _interrupted(e: BaseException) -> NoReturn:
         f"{what}; completed steps are cached and a training step resumes from its "
         "checkpoint: run the same command again to continue",
         markup=False,
+        soft_wrap=True,
     )
     raise typer.Exit(128 + int(getattr(e, "signum", signal.SIGINT)))
 
