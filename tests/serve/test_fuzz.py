@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,9 +23,12 @@ from tests.train.tiny import make_model, make_tokenizer
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is in the dev extra")
 hypothesis = pytest.importorskip("hypothesis")
 
-# examples per operation and generation mode; (negative, positive)
-V1_EXAMPLES = (90, 45)
-API_EXAMPLES = (8, 8)
+# examples per operation and generation mode; (negative, positive). LMOPS_FUZZ_CASES=N
+# asks for N cases per operation everywhere (half of each mode): the long run whose figures
+# a release reports, e.g. LMOPS_FUZZ_CASES=500 pytest tests/serve/test_fuzz.py -s
+_CASES = int(os.environ.get("LMOPS_FUZZ_CASES", "0") or 0)
+V1_EXAMPLES = (_CASES - _CASES // 2, _CASES // 2) if _CASES else (90, 45)
+API_EXAMPLES = (_CASES - _CASES // 2, _CASES // 2) if _CASES else (8, 8)
 MIN_REQUESTS = 500
 
 
@@ -141,7 +145,13 @@ def test_no_5xx_and_openai_error_shapes_under_fuzzing(server: dict[str, Any]) ->
     v1_statuses = {s for op, s in seen if op.startswith("POST /v1")}
     # the fuzzer got past validation to both deployments, and was refused for bad input
     assert 200 in v1_statuses and 400 in v1_statuses and 404 in v1_statuses
-    print(f"\n{len(seen)} fuzzed requests in {elapsed:.1f}s")
+    by_op: dict[str, dict[int, int]] = {}
+    for op_name, status in seen:
+        counts = by_op.setdefault(op_name, {})
+        counts[status] = counts.get(status, 0) + 1
+    print(f"\n{len(seen)} fuzzed requests in {elapsed:.1f}s, 0 with a 5xx")
+    for op_name, counts in sorted(by_op.items()):
+        print(f"  {op_name}: {sum(counts.values())} cases, statuses {dict(sorted(counts.items()))}")
 
 
 def test_what_the_fuzzer_found_stays_fixed(server: dict[str, Any]) -> None:
