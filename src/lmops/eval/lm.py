@@ -178,6 +178,10 @@ class HFEvalModel:
         # transformers' CausalLMs take ``logits_to_keep`` (positions, or a bool mask) and
         # project only those hidden states to the vocabulary
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        # transformers 5.25 renamed forward's past_key_values to cache (the old name warns
+        # until 5.40); a model whose forward predates the rename takes the old one
+        forward_args = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
 
     # -- encoding as lm-evaluation-harness does ------------------------------------------------------
     def _tok(self, s: str) -> list[int]:
@@ -355,7 +359,7 @@ class HFEvalModel:
             input_ids=rest,
             attention_mask=torch.cat([own.new_ones(len(chunk), n), own], 1).long(),
             position_ids=n + torch.arange(width, device=self.device).expand(len(chunk), width),
-            past_key_values=_copy_rows(prefix, rows),
+            **{self._cache_arg: _copy_rows(prefix, rows)},
             use_cache=True,
         )
         return out.past_key_values, logits[:, 0]
@@ -398,7 +402,7 @@ class HFEvalModel:
                     input_ids=inputs,
                     attention_mask=torch.cat([ctx_mask, valid], 1).long(),
                     position_ids=lengths[rows][:, None] + torch.arange(width, device=self.device),
-                    past_key_values=past,
+                    **{self._cache_arg: past},
                     use_cache=True,
                 )
             else:
