@@ -276,3 +276,16 @@ def test_reward_model_logs_interval_means(tiny_model_dir: Path, tmp_path: Path) 
     assert [v for _, v in logs[2]["loss"]] == pytest.approx(
         [(per_step[0] + per_step[1]) / 2, (per_step[2] + per_step[3]) / 2], rel=1e-5
     )
+
+
+def test_an_adapter_on_lm_head_saves_it_without_a_warning(base: Store) -> None:
+    import warnings
+
+    lora = {"r": 4, "alpha": 8, "targets": ["q_proj", "lm_head"]}
+    s = TrainSpec.model_validate({**job(max_steps=2), "lora": lora})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_training(s, base, progress=False)
+    assert not [str(w.message) for w in caught if "save_embedding_layers" in str(w.message)]
+    # saved as PEFT's "auto" saves it: with the targeted layer's own weights
+    assert any(k.endswith("lm_head.base_layer.weight") for k in _weights(base, str(result.output)))

@@ -454,7 +454,7 @@ def _save_output(
     out.mkdir(parents=True)
     inner = getattr(model, "module", model)  # unwrap DDP
     is_adapter = hasattr(inner, "peft_config")
-    inner.save_pretrained(str(out))
+    inner.save_pretrained(str(out), **_embedding_layers(inner) if is_adapter else {})
     loaded.tokenizer.save_pretrained(str(out))
     if is_adapter:
         (out / "lmops_base.json").write_text(
@@ -484,6 +484,16 @@ def _save_output(
     inputs: list[tuple[str, str]] = [(ref, role) for ref, role in loaded.inputs]
     inputs += [(ref, "dataset") for ref in dataset_refs]
     return out, kind, meta, inputs
+
+
+def _embedding_layers(model: Any) -> dict[str, Any]:
+    """An adapter that targets ``lm_head`` / ``embed_tokens`` is saved with those layers, as
+    PEFT's ``"auto"`` decides, but said explicitly: ``"auto"`` warns every time."""
+    from peft.utils.constants import EMBEDDING_LAYER_NAMES
+
+    targets = getattr(model.peft_config.get("default"), "target_modules", None) or ()
+    hit = not isinstance(targets, str) and any(name in targets for name in EMBEDDING_LAYER_NAMES)
+    return {"save_embedding_layers": True} if hit else {}
 
 
 def _model_card(
