@@ -206,3 +206,23 @@ def test_chat_prompts_go_to_an_endpoint_as_messages(cli, tmp_path: Path) -> None
     report = json.loads(r.out)
     assert report["config"]["apply_chat_template"] is True
     assert report["config"]["fewshot_as_multiturn"] is True
+
+    # the server's template renders the turns: no log-likelihood after them to ask for
+    mc = tmp_path / "mc.yaml"
+    mc.write_text(
+        f.read_text().replace("output_type: generate_until", "output_type: multiple_choice")
+        + 'doc_to_choice: ["Paris", "Tokyo"]\n'
+    )
+    with endpoint(state) as url:
+        bad = cli(
+            "eval",
+            "run",
+            "--model",
+            "m",
+            "--endpoint",
+            url,
+            "--task-file",
+            str(mc),
+            "--apply-chat-template",
+        )
+    assert bad.code == 2 and "on an endpoint scores generation tasks only (caps is" in bad.err

@@ -160,7 +160,9 @@ class HFEvalModel:
         # with its string is tokenized without adding special tokens again
         bos = self.tokenizer.bos_token_id
         self.prefix_id: int = bos if bos is not None else self.eot
-        self._prefix_text = str(self.tokenizer.decode(self.prefix_id))
+        self._prefix_text: str | None = (
+            None if self.prefix_id is None else str(self.tokenizer.decode(self.prefix_id))
+        )
         # Generation stops at the model's end-of-sequence tokens (its generation config, as
         # transformers' generate does for lm-eval) and also at ChatML's end of turn, as the
         # serving engine does: decoding drops <|im_end|>, so whatever a chat model writes
@@ -193,7 +195,10 @@ class HFEvalModel:
         prefix token (a chat template that writes the BOS itself)."""
         out: list[list[int]] = [[] for _ in texts]
         for plain in (False, True):
-            idx = [i for i, t in enumerate(texts) if t.startswith(self._prefix_text) == plain]
+            pre = self._prefix_text
+            idx = [
+                i for i, t in enumerate(texts) if (pre is not None and t.startswith(pre)) == plain
+            ]
             if idx:
                 kw = {"add_special_tokens": False} if plain else {}
                 ids = self.tokenizer([texts[i] for i in idx], **kw)["input_ids"]
@@ -530,6 +535,10 @@ class OpenAIEvalModel:
     """Any OpenAI-compatible endpoint: generation via chat or completions; log-likelihood
     via ``/v1/completions`` with ``echo`` and prompt ``logprobs`` where the server returns
     them (vLLM does; most hosted APIs do not)."""
+
+    # Chat prompts keep their turns for the server's template, so a log-likelihood of a
+    # continuation after them cannot be asked for.
+    chat_loglikelihood = False
 
     def __init__(
         self,

@@ -329,6 +329,16 @@ def evaluate(
         system_instruction=system_instruction,
         fewshot_as_multiturn=fewshot_as_multiturn,
     )
+    if (
+        style.chat_template is not None
+        and not getattr(model, "chat_loglikelihood", True)
+        and any(t.config.output_type != "generate_until" for t in tasks)
+    ):
+        names = [t.name for t in tasks if t.config.output_type != "generate_until"]
+        raise UserError(
+            f"--apply-chat-template on an endpoint scores generation tasks only ({names[0]} "
+            "is not one): evaluate a local model to score it with its chat template"
+        )
     settings = {
         "limit": limit,
         "num_fewshot": num_fewshot,
