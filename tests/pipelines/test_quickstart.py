@@ -4,6 +4,8 @@ lineage reaches the raw corpus, the gate's decision is recorded, a second run ru
 from __future__ import annotations
 
 import json
+import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,15 @@ def test_quickstart_tiny_end_to_end_then_fully_cached(tmp_path: Path, store: Any
     args = ["quickstart", "--tiny", "--workdir", str(tmp_path / "qs"), "--json"]
     if Path(SHARED).is_dir():
         args += ["--shared", str(SHARED)]
-    r = cli(*args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FutureWarning)
+        r = cli(*args)
     assert r.code == 0, r.err
+    # no library announces its deprecations in the quickstart's output
+    future = [
+        f"{w.filename}:{w.lineno}: {w.message}" for w in caught if w.category is FutureWarning
+    ]
+    assert not future, future
     out = json.loads(r.out)
     assert out["ok"]
     steps = {s["name"]: s for s in out["steps"]}
@@ -40,7 +49,13 @@ def test_quickstart_tiny_end_to_end_then_fully_cached(tmp_path: Path, store: Any
     for step in ("corpus", "clean", "tokenizer", "pretrain"):
         assert steps[step]["outputs"]["output"] in up, step
     assert out["serve"]["answer"] is not None and out["serve"]["key_prefix"].startswith("lmk-")
-    assert any(k.name == out["serve"]["key"] for k in store.keys.list())
+    # the serving key is not left active forever: it expires a day after it was made
+    key = next(k for k in store.keys.list() if k.name == out["serve"]["key"])
+    assert key.expires_at is not None and key.created_at is not None
+    assert key.expires_at - key.created_at == pytest.approx(
+        timedelta(hours=24), abs=timedelta(minutes=1)
+    )
+    assert out["serve"]["key_expires_at"] == key.expires_at.isoformat()
 
     # the data step cleaned what was planted: duplicates dropped and PII masked
     clean = steps["clean"]["result"]
@@ -56,11 +71,21 @@ def test_quickstart_tiny_end_to_end_then_fully_cached(tmp_path: Path, store: Any
         assert row["word_perplexity"] > 1.0
         assert 0.0 <= row["safe_response_rate"] <= 1.0
 
-    # the gate's decision is recorded as a run, whichever way it went
+    # the gate weighs the skill against held-out perplexity and records both, whichever
+    # way it went; SFT trained on replayed pretraining text as well as on the skill
     gate = out["gate"]
     assert gate["decision"] in ("promote", "hold")
+    assert [c["metric"] for c in gate["conditions"]] == [
+        "quickstart_addition/exact_match",
+        f"perplexity:{steps['heldout']['outputs']['output']}/word_perplexity",
+    ]
+    assert gate["decision"] == ("promote" if gate["passed"] else "hold")
     rec = store.runs.get(steps["gate"]["run_id"])
     assert rec.kind == "gate" and rec.params["decision"] == gate["decision"]
+    assert rec.params["conditions"] == gate["conditions"]
+    assert steps["replay"]["outputs"]["output"] in _upstream(
+        store, steps["sft"]["outputs"]["output"]
+    )
     if gate["decision"] == "promote":
         assert served == gate["model"]
         assert "production" in store.assets.resolve(served).aliases

@@ -290,3 +290,19 @@ def test_gate_holds_when_the_candidate_does_not_beat_the_baseline(
     assert "metric 'task/acc' is not in rep-cand:1 (it has: task/exact_match)" in str(
         res.steps["gate"].error
     )
+
+
+def test_references_in_mapping_keys_are_resolved_and_ordered(tmp_path: Path, store: Any) -> None:
+    # a mix step names its inputs as the keys of `ratios`
+    write_raw(tmp_path)
+    steps = {
+        "mix": {"type": "mix", "ratios": {"${steps.clean.output}": 1.0}, "total": 2, "output": "m"},
+        "raw": BASIC["raw"],
+        "clean": BASIC["clean"],
+    }
+    pipe = load_pipeline(write_pipeline(tmp_path, steps))
+    assert pipe.deps["mix"] == ["clean"] and pipe.order.index("clean") < pipe.order.index("mix")
+    res = run_pipeline(pipe, store, progress=False)
+    assert res.ok, res.failed and res.failed.error
+    mixed = store.assets.lineage(res.steps["mix"].outputs["output"], depth=1).upstream
+    assert [e.parent for e in mixed] == ["demo-clean:1"]

@@ -299,6 +299,7 @@ def test_alpaca_slice_from_the_shared_set(shared_datasets: Path) -> None:
 
 @pytest.mark.parametrize("name", ["tiny", "full"])
 def test_profiles_are_valid_specs(name: str) -> None:
+    from lmops.pipelines.gate import Condition
     from lmops.train.spec import LoraParams, ModelPreset, PreferenceParams, TrainParams
 
     p = PROFILES[name]
@@ -315,6 +316,8 @@ def test_profiles_are_valid_specs(name: str) -> None:
         "pretrain",
         "sft",
         "sft_packing",
+        "replay_docs",
+        "ppl_tolerance",
         "lora",
         "dpo",
         "dpo_lora",
@@ -324,6 +327,8 @@ def test_profiles_are_valid_specs(name: str) -> None:
     }
     assert p["corpus_docs"] >= 20 and 0 <= p["shakespeare_fraction"] <= 1
     assert p["vocab_size"] > 260 and 1 <= p["eval_limit"] <= p["task_eval"]
+    assert 1 <= p["replay_docs"] < p["corpus_docs"]
+    Condition(metric="x/word_perplexity", not_worse_than=p["ppl_tolerance"])  # a valid rule
     ModelPreset.model_validate({**p["model"], "tokenizer": "tok"})
     for stage in ("pretrain", "sft", "dpo"):
         TrainParams.model_validate(p[stage])

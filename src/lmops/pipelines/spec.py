@@ -112,11 +112,12 @@ class Pipeline:
 
 
 def references(value: Any) -> list[str]:
-    """Every ``${...}`` expression inside ``value`` (strings, lists, mappings)."""
+    """Every ``${...}`` expression inside ``value`` (strings, lists, mappings: their keys
+    too, as in a mix step's ``ratios: {"${steps.clean.output}": 0.7}``)."""
     if isinstance(value, str):
         return [m.group(1) for m in _REF.finditer(value)]
     if isinstance(value, dict):
-        return [r for v in value.values() for r in references(v)]
+        return [r for k, v in value.items() for r in (*references(k), *references(v))]
     if isinstance(value, list):
         return [r for v in value for r in references(v)]
     return []
@@ -173,7 +174,12 @@ def substitute(value: Any, scope: dict[str, Any], loc: tuple[Any, ...] = ()) -> 
 
         return _REF.sub(one, value).replace("$${", "${")
     if isinstance(value, dict):
-        return {k: substitute(v, scope, (*loc, k)) for k, v in value.items()}
+        return {
+            (str(substitute(k, scope, (*loc, k))) if isinstance(k, str) else k): substitute(
+                v, scope, (*loc, k)
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [substitute(v, scope, (*loc, i)) for i, v in enumerate(value)]
     return value
@@ -191,6 +197,8 @@ def _find_ref(value: Any, expr: str, loc: tuple[Any, ...]) -> tuple[Any, ...]:
         else []
     )
     for k, v in items:
+        if isinstance(k, str) and isinstance(value, dict) and expr in references(k):
+            return (*loc, k)
         found = _find_ref(v, expr, (*loc, k))
         if found:
             return found
