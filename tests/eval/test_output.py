@@ -182,7 +182,7 @@ def test_progress_moves_per_document(tmp_path: Path, monkeypatch: pytest.MonkeyP
     from lmops.core.progress import Progress
 
     data = tmp_path / "many.jsonl"
-    data.write_text("\n".join(json.dumps(ROWS[i % 3], ensure_ascii=False) for i in range(40)))
+    data.write_text("\n".join(json.dumps(ROWS[i % 3], ensure_ascii=False) for i in range(70)))
     task = tmp_path / "many.yaml"
     task.write_text(MC.format(name="many", group="", data=data), "utf-8")
     out = io.StringIO()
@@ -195,9 +195,9 @@ def test_progress_moves_per_document(tmp_path: Path, monkeypatch: pytest.MonkeyP
             return super().loglikelihood(requests)
 
     evaluate(Counting(), [load_task_file(task)])
-    assert calls == [32 * 3, 8 * 3]  # documents per call, three choices each
+    assert calls == [64 * 3, 6 * 3]  # documents per call, three choices each
     assert [line.split(" (")[0] for line in out.getvalue().splitlines()] == [
-        "eval: 0/40 docs",
-        "eval: 32/40 docs",
-        "eval: 40/40 docs",
+        "eval: 0/70 docs",
+        "eval: 64/70 docs",
+        "eval: 70/70 docs",
     ]
