@@ -289,3 +289,29 @@ def test_an_adapter_on_lm_head_saves_it_without_a_warning(base: Store) -> None:
     assert not [str(w.message) for w in caught if "save_embedding_layers" in str(w.message)]
     # saved as PEFT's "auto" saves it: with the targeted layer's own weights
     assert any(k.endswith("lm_head.base_layer.weight") for k in _weights(base, str(result.output)))
+
+
+def test_a_stage_without_checkpoints_says_so_and_starts_over_without_a_flag(
+    base: Store, tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.train.conftest import sentiment_pairs
+
+    rows = tmp_path / "prefs.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in sentiment_pairs(8)))
+    cfg = tmp_path / "dpo.yaml"
+    dpo = {**job(max_steps=4, log_steps=1), "stage": "dpo", "dataset": str(rows), "output": "dpo"}
+    cfg.write_text(json.dumps(dpo))
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 2, _ctrl_c)
+        r = cli("train", "run", str(cfg))
+    assert r.code == 130
+    assert r.err.strip() == (
+        "interrupted: stage dpo stopped with no checkpoint (it writes none); "
+        f"start it again with: lmops train run {cfg}"
+    )
+    run = next(x for x in base.runs.list() if x.name == "dpo")
+    assert run.status is RunStatus.CANCELLED and run.error == "interrupted (no checkpoint)"
+    # nothing to resume: the same command simply runs again
+    again = cli("train", "run", str(cfg), "--json")
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["resumed_from"] is None
