@@ -10,6 +10,7 @@ import pytest
 
 from lmops.data.executor import run_recipe
 from lmops.data.recipe import load_recipe
+from tests.data.test_dedup import _copies_of_one_original
 from tests.data.test_executor import make_corpus, write_recipe
 
 ray = pytest.importorskip("ray", reason="Ray not installed; pip install 'lmops[ray]' to run")
@@ -41,6 +42,12 @@ def test_ray_output_equals_local(tmp_path: Path, local_ray: None) -> None:
         base = " ".join(f"word{i}" for i in range(60))
         for doc_id, text in (("near-a", base), ("near-b", base.replace("word30", "changed"))):
             fh.write(json.dumps({"id": doc_id, "text": text}) + "\n")
+    # two edited copies (not near-duplicates of each other) before their original, in three
+    # shards: one cluster, whichever executor
+    o, a, b = _copies_of_one_original()
+    for part, (doc_id, text) in enumerate((("copy-a", a), ("copy-b", b), ("orig", o))):
+        with open(tmp_path / "raw" / f"part{part}.jsonl", "a") as fh:
+            fh.write(json.dumps({"id": doc_id, "text": text}) + "\n")
     outs = {}
     for kind in ("local", "ray"):
         recipe = load_recipe(write_recipe(tmp_path / f"{kind}.yaml", RECIPE.replace("OUT", kind)))
@@ -48,7 +55,11 @@ def test_ray_output_equals_local(tmp_path: Path, local_ray: None) -> None:
         outs[kind] = (
             {p.name: p.read_bytes() for p in sorted(Path(res.output_path or "").glob("part-*"))},
             res.report["ops"][1]["dropped"],
+            res.report["ops"][1]["counters"],
         )
     assert outs["local"] == outs["ray"]
-    assert outs["ray"][1].get("minhash_duplicate", 0) >= 1
+    assert outs["ray"][1].get("minhash_duplicate", 0) >= 3
+    kept = b"".join(outs["ray"][0].values())
+    assert b'"copy-a"' in kept and b'"copy-b"' not in kept and b'"orig"' not in kept
+    assert outs["ray"][2]["clusters"] >= 2
     assert len(outs["ray"][0]) > 4

@@ -297,6 +297,40 @@ def test_columns_mapping_keeps_the_field_name(tmp_path: Path) -> None:
     assert "text" not in rows[0] and rows[0]["instruction"] == ALPACA[0]["instruction"]
 
 
+def test_a_step_field_picks_what_dedup_compares(tmp_path: Path) -> None:
+    answer = "The tulip is a spring flower grown from a bulb, first cultivated in Persia."
+    rows = [
+        {"instruction": "Name a spring flower.", "output": answer},
+        {"instruction": "Tell me about tulips, in one sentence please.", "output": answer},
+    ]
+    write_rows(tmp_path / "sft.jsonl", rows)
+    body = """\
+    name: f
+    inputs: [sft.jsonl]
+    fields: [instruction, output]
+    process:
+      - op: minhash_dedup
+    output: {path: OUT}
+    """
+    whole = run_recipe(
+        load_recipe(write(tmp_path / "a.yaml", body.replace("OUT", "a"))),
+        base_dir=tmp_path,
+        progress=False,
+    )
+    assert whole.report["docs_out"] == 2  # the joined texts differ
+    one = body.replace("minhash_dedup", "minhash_dedup\n        field: output")
+    res = run_recipe(
+        load_recipe(write(tmp_path / "b.yaml", one.replace("OUT", "b"))),
+        base_dir=tmp_path,
+        progress=False,
+    )
+    assert res.report["docs_out"] == 1
+    assert res.report["ops"][0]["examples"]["minhash_duplicate"][0]["text"] == answer
+    kept = json.loads(out_lines(tmp_path / "b")[0])
+    assert kept["instruction"] == rows[0]["instruction"]
+    assert kept["_lmops"]["scores"]["minhash_dedup"]["cluster_size"] == 2
+
+
 def test_text_rewriting_global_op_needs_a_field_with_several_fields(tmp_path: Path) -> None:
     write_rows(tmp_path / "sft.jsonl", ALPACA)
     body = """\

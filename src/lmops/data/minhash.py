@@ -2,9 +2,9 @@
 
 The pipeline, in stages a distributed executor can run one at a time::
 
-    texts ──signatures()──▶ uint32[n, num_perm] ──find_duplicate_pairs()──▶ [(earlier, later)]
-                                                                                │
-                                        {later: representative} ◀──clusters()──┘
+    texts ──signatures()──▶ uint32[n, num_perm] ──LSHIndex.add()──▶ verified pairs
+                                                                        │ union-find
+                           {member: earliest of its component} ◀──roots()┘
 
 Only the signatures (``num_perm × 4`` bytes per document, 448 bytes with the defaults),
 the band keys and a union-find parent per document are kept; texts never are.
@@ -30,10 +30,13 @@ Banding and verification. The signature is cut into ``num_bands`` bands of
 (probability ``1 - (1 - J**r)**b`` at Jaccard ``J``). With a ``threshold`` a candidate pair
 counts only if the estimated Jaccard (fraction of agreeing signature entries) reaches it.
 
-Order. Documents are numbered in the order given. A document is a duplicate when it pairs
-with an *earlier* document; its representative is the earliest document of its union-find
-cluster as the cluster stands when the document is reached, which is always a kept
-document. Nothing depends on how the input was split into shards, only on the order.
+Clusters. Documents are numbered in the order given. Verified pairs are joined into
+connected components (union-find, as datatrove's clustering stage does), so a chain of near
+duplicates is one cluster even when its two ends are not near duplicates of each other (two
+edited copies of one paragraph, say). A component's representative is its earliest
+document, the one to keep. A later document can join two earlier components, so the
+clusters are known only after the last document (:meth:`LSHIndex.roots`). Nothing depends on
+how the input was split into shards, only on the order.
 """
 
 from __future__ import annotations
@@ -278,17 +281,19 @@ class MinHasher:
         """
         if is_empty(sig):
             return []
-        r = self.rows_per_band
-        raw = np.ascontiguousarray(sig, dtype="<u4").tobytes()
+        step = self.rows_per_band * 4
+        raw = sig.astype("<u4", copy=False).tobytes()
+        blake2b = hashlib.blake2b
         return [
-            hashlib.blake2b(raw[i * r * 4 : (i + 1) * r * 4], digest_size=8).digest()
-            for i in range(self.num_bands)
+            blake2b(raw[i : i + step], digest_size=8).digest()
+            for i in range(0, self.num_bands * step, step)
         ]
 
 
 def is_empty(sig: U32) -> bool:
     """Whether ``sig`` is the signature of a text without tokens."""
-    return bool(np.all(sig == np.uint32(0xFFFFFFFF)))
+    # The first entry alone settles it for all but one text in 2**32.
+    return int(sig[0]) == 0xFFFFFFFF and bool(np.all(sig == np.uint32(0xFFFFFFFF)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,22 +305,37 @@ class Match:
 
 
 class LSHIndex:
-    """Streaming LSH index: add signatures in order, get their earlier duplicates back.
+    """LSH index: add signatures in order, get their verified earlier matches back.
 
     Each band has a table ``key -> earlier document(s)``. A new document is compared with
     the members of every bucket it falls into; a member matches when ``threshold`` is
-    ``None`` (any band collision is a duplicate) or the estimated Jaccard reaches it. A
-    document that matched a bucket's member is not added to that bucket (the member stands
-    for it), so a bucket of many copies stays one entry long and the work stays linear.
-    Without a threshold every bucket therefore holds exactly its first document.
+    ``None`` (any band collision is a duplicate) or the estimated Jaccard reaches it. Every
+    match is merged into a union-find whose roots are the earliest documents.
 
-    Union-find over the matches, with the smaller index as root, gives clusters whose
-    root is their earliest document.
+    Which documents a bucket keeps, so that the work stays linear on floods of copies while
+    no match is lost that the clusters need:
+
+    - without a threshold, only its first document: any later member collides with it too,
+      so it stands for them exactly;
+    - with a threshold, every document, except one that matched a member of the bucket at
+      ``stand_in`` (0.95) or more, which that member stands for: Jaccard distance is a
+      metric, so whatever reaches the new document at J reaches the member at J - 0.05 or
+      more; and except, once the bucket holds ``max_bucket`` (64) documents, any that
+      matched one of them (a bucket that large is one big cluster already).
     """
 
-    def __init__(self, hasher: MinHasher, threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        hasher: MinHasher,
+        threshold: float | None = None,
+        *,
+        stand_in: float = 0.95,
+        max_bucket: int = 64,
+    ) -> None:
         self.hasher = hasher
         self.threshold = threshold
+        self.stand_in = stand_in
+        self.max_bucket = max_bucket
         self._tables: list[dict[bytes, int | list[int]]] = [{} for _ in range(hasher.num_bands)]
         self._sigs = np.zeros((1024, hasher.num_perm), dtype=np.uint32)
         self._parent: list[int] = []
@@ -341,8 +361,9 @@ class LSHIndex:
     def add(self, sig: U32) -> tuple[int, list[Match]]:
         """Index ``sig`` as the next document; return its index and its earlier matches.
 
-        The matches are sorted by index and already merged into the union-find, so
-        ``find(index)`` is the representative to keep when the list is non-empty.
+        The matches are sorted by index and already merged into the union-find:
+        ``find(index)`` is the representative so far, :meth:`roots` the final one once every
+        document is added.
         """
         i = len(self._parent)
         if i == self._sigs.shape[0]:
@@ -370,17 +391,33 @@ class LSHIndex:
         t = self.threshold
         matched: set[int] = set()
         for table, key, bucket in zip(self._tables, keys, buckets, strict=True):
-            hits = [m for m in bucket if t is None or sim[m] >= t]
-            if hits:
-                matched.update(hits)
-            elif not bucket:
+            if not bucket:
                 table[key] = i
-            else:
-                bucket.append(i)
-                table[key] = bucket
+                continue
+            hits = [m for m in bucket if t is None or sim[m] >= t]
+            matched.update(hits)
+            if t is None or (hits and len(bucket) >= self.max_bucket):
+                continue  # a member stands for i (see the class docstring)
+            if hits and max(sim[m] for m in hits) >= self.stand_in:
+                continue
+            bucket.append(i)
+            table[key] = bucket
         for m in matched:
             self._union(m, i)
         return i, [Match(m, sim[m]) for m in sorted(matched)]
+
+    def roots(self) -> npt.NDArray[np.int64]:
+        """Every document's cluster representative (its component's earliest document).
+
+        Parents always point to earlier documents, so pointer jumping settles in
+        ``log2(depth)`` vectorised rounds.
+        """
+        parent = np.asarray(self._parent, dtype=np.int64)
+        while True:
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                return parent
+            parent = up
 
 
 def find_duplicate_pairs(
@@ -398,17 +435,9 @@ def find_duplicate_pairs(
 def clusters(pairs: Iterable[tuple[int, int]]) -> dict[int, int]:
     """Map every duplicate document to its representative; documents not in it are kept.
 
-    Pairs may come in any order. They are replayed by their later document, so the result
-    is what :class:`LSHIndex` decides while streaming: a document is a duplicate when it
-    pairs with an earlier one, and its representative is the earliest document of its
-    union-find cluster among the documents up to it.
+    The pairs (in any order) are joined into connected components; each component keeps its
+    earliest document, and every other member maps to it, as :class:`LSHIndex` decides.
     """
-    by_later: dict[int, list[int]] = {}
-    for a, b in pairs:
-        if a == b:
-            continue
-        lo, hi = min(a, b), max(a, b)
-        by_later.setdefault(hi, []).append(lo)
     parent: dict[int, int] = {}
 
     def find(i: int) -> int:
@@ -419,11 +448,8 @@ def clusters(pairs: Iterable[tuple[int, int]]) -> dict[int, int]:
             parent[i], i = root, parent[i]
         return root
 
-    out: dict[int, int] = {}
-    for hi in sorted(by_later):
-        for lo in by_later[hi]:
-            ra, rb = find(lo), find(hi)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-        out[hi] = find(hi)
-    return out
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return {i: root for i in parent if (root := find(i)) != i}

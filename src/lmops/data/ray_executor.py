@@ -2,8 +2,9 @@
 
 Local stages run :func:`run_local_shard` as Ray tasks, one per shard. ``minhash_dedup``
 runs distributed in three steps that reproduce the local decision exactly: signatures per
-shard in parallel; the ordered LSH pass in the driver (signatures only, 4 bytes × 112 per
-document); then each shard filtered in parallel with the driver's decisions. Other global
+shard in parallel; the ordered LSH pass and the clustering in the driver (signatures only,
+4 bytes × 112 per document); then each shard filtered in parallel with the driver's
+decisions. Other global
 operators run in the driver, streaming, as in the local executor.
 
 On a cluster (``executor.address``), the input, output and work folders must be on storage
@@ -80,7 +81,7 @@ def _signatures(
     texts: list[str] = []
     for doc in _docs_of(recipe, stage, shard, Path(work)):
         ids.append(doc.id)
-        texts.append(doc.text)
+        texts.append(doc.field_text(op.field) if op.field else doc.text)  # a step's `field:`
     sigs = hasher.signatures(texts) if texts else np.zeros((0, hasher.num_perm), dtype=np.uint32)
     return ids, sigs
 
@@ -90,21 +91,27 @@ def _apply_decisions(
     stage: Stage,
     shard: Shard,
     work: str,
-    decisions: dict[int, tuple[str, float]],
+    decisions: dict[int, tuple[str | None, float]],
     last_stage: bool,
 ) -> dict[str, Any]:
+    """Filter one shard: position -> (kept id, similarity) drops a duplicate, (None, size)
+    marks a kept document with duplicates (its cluster size), as the operator does."""
     recipe = Recipe.model_validate(recipe_json)
     op = recipe.build_ops()[stage.op_indices[0]]
     hist_in, hist_out = LengthHistogram(), LengthHistogram()
 
     def filtered(docs: Any) -> Any:
         for pos, doc in enumerate(docs):
-            hit = decisions.get(pos)
-            if hit is None:
+            kept_id, value = decisions.get(pos, (None, 0.0))
+            if kept_id is None:
+                if value:
+                    doc.scores(op.name)["cluster_size"] = value
                 yield doc
                 continue
-            doc.metadata["duplicate_of"] = hit[0]
-            doc.scores(op.name)["similarity"] = hit[1]
+            doc.metadata["duplicate_of"] = kept_id
+            doc.scores(op.name)["similarity"] = value
+            if op.field:
+                doc.focus(op.field)  # the example shows the field compared, as locally
             op.drop(doc, "minhash_duplicate")
 
     def on_in(doc: Document) -> None:
@@ -131,6 +138,7 @@ def _minhash_stage(
     ray: Any, recipe: Recipe, stage: Stage, shards: list[Shard], work: Path, last: bool
 ) -> None:
     from lmops.data.minhash import LSHIndex, MinHasher
+    from lmops.data.operators.dedup import cluster_counters
 
     recipe_json = recipe.model_dump(mode="json")
     op = recipe.build_ops()[stage.op_indices[0]]
@@ -139,22 +147,35 @@ def _minhash_stage(
     apply_task = ray.remote(_apply_decisions)
     per_shard = ray.get([sig_task.remote(recipe_json, stage, s, str(work)) for s in shards])
 
-    # The ordered pass: exactly what the streaming operator decides, shard after shard.
+    # The ordered pass and the clustering: exactly what the operator decides.
     hasher = MinHasher(
         num_bands=p.num_bands, rows_per_band=p.rows_per_band, ngram=p.ngram, seed=p.seed
     )
     index = LSHIndex(hasher, p.threshold)
-    kept_ids: dict[int, str] = {}
-    decisions: list[dict[int, tuple[str, float]]] = []
+    best: dict[int, float] = {}
+    all_ids: list[str] = []
     for ids, sigs in per_shard:
-        mine: dict[int, tuple[str, float]] = {}
-        for pos, (doc_id, sig) in enumerate(zip(ids, sigs, strict=True)):
+        all_ids += ids
+        for sig in sigs:
             i, matches = index.add(sig)
-            if not matches:
-                kept_ids[i] = doc_id
-            else:
-                mine[pos] = (kept_ids[index.find(i)], max(m.similarity for m in matches))
+            for m in matches:
+                best[i] = max(best.get(i, 0.0), m.similarity)
+                best[m.index] = max(best.get(m.index, 0.0), m.similarity)
+    roots = index.roots()
+    sizes = np.bincount(roots, minlength=len(roots))
+    decisions: list[dict[int, tuple[str | None, float]]] = []
+    start = 0
+    for ids, _ in per_shard:
+        mine: dict[int, tuple[str | None, float]] = {}
+        for pos in range(len(ids)):
+            g = start + pos
+            root = int(roots[g])
+            if root != g:
+                mine[pos] = (all_ids[root], best[g])
+            elif sizes[g] > 1:
+                mine[pos] = (None, float(sizes[g]))
         decisions.append(mine)
+        start += len(ids)
 
     stats = ray.get(
         [
@@ -168,6 +189,7 @@ def _minhash_stage(
         "seconds": 0.0,
         "dropped": {},
         "examples": {},
+        "counters": dict(cluster_counters(roots)),
     }
     hist_in, hist_out = LengthHistogram(), LengthHistogram()
     for st in stats:

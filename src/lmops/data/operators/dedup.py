@@ -4,7 +4,10 @@ Which copy is kept. Every cross-document operator here keeps the copy that comes
 in the order the documents are given* and drops the later ones, naming the kept
 document's id in ``metadata["duplicate_of"]``. The executor feeds a global operator the
 whole corpus in shard order, so the result depends on that order only, never on how the
-corpus was cut into shards, and one pass suffices (no document has to be held back).
+corpus was cut into shards. Exact and span dedup decide in one pass; MinHash clusters are
+connected components, known only once every document is indexed, so ``minhash_dedup``
+reads the corpus once, holding the documents (in memory up to a budget, then in a
+temporary file), and decides in a second pass over them.
 
 Memory. Only fixed-size digests stay in memory: 8 bytes per distinct text (exact), per
 3-sentence span (C4), and a 448-byte MinHash signature per document; texts never do. The
@@ -14,14 +17,19 @@ ids of kept documents are kept too, to fill in ``duplicate_of``.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
 import sys
+import tempfile
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from functools import cache
 from itertools import islice
-from typing import Literal, cast
+from typing import IO, Literal, cast
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import Field
 
 from lmops.data.document import Document
@@ -172,6 +180,67 @@ def _batched(docs: Iterable[Document], n: int) -> Iterator[list[Document]]:
         yield batch
 
 
+class _Held:
+    """Documents held between two passes: in memory up to ``budget`` characters of text,
+    the rest pickled a batch at a time into an anonymous temporary file (under
+    ``$TMPDIR``), so memory stays bounded whatever the corpus size. Read back in order."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._mem: list[list[Document]] = []
+        self._used = 0
+        self._file: IO[bytes] | None = None
+
+    def add(self, batch: list[Document]) -> None:
+        size = sum(len(doc.text) for doc in batch)
+        if self._file is None and self._used + size <= self.budget:
+            self._mem.append(batch)
+            self._used += size
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="lmops-minhash-")  # noqa: SIM115
+        pickle.dump(batch, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def __iter__(self) -> Iterator[Document]:
+        for batch in self._mem:
+            yield from batch
+        self._mem = []
+        if self._file is None:
+            return
+        self._file.seek(0)
+        while True:
+            try:
+                spilled: list[Document] = pickle.load(self._file)  # our own file, written above
+            except EOFError:
+                return
+            yield from spilled
+
+    def close(self) -> None:
+        self._mem = []
+        if self._file is not None:
+            self._file.close()
+
+
+_SIZE_BINS = ((2, 2), (3, 4), (5, 9), (10, 99), (100, None))
+
+
+def cluster_counters(roots: npt.NDArray[np.int64]) -> Counter[str]:
+    """Cluster sizes for the report: ``clusters`` (components of two or more documents),
+    ``clustered_docs``, ``largest_cluster`` and ``cluster_size_<lo>-<hi>`` per size bin."""
+    sizes = np.bincount(roots, minlength=len(roots))[np.unique(roots)]
+    sizes = sizes[sizes > 1]
+    out: Counter[str] = Counter()
+    out["clusters"] = len(sizes)
+    out["clustered_docs"] = int(sizes.sum())
+    out["largest_cluster"] = int(sizes.max()) if len(sizes) else 0
+    for lo, hi in _SIZE_BINS:
+        n = int(np.count_nonzero((sizes >= lo) & (sizes <= (hi or sizes.max(initial=lo)))))
+        if n:
+            span = str(lo) if lo == hi else f"{lo}+" if hi is None else f"{lo}-{hi}"
+            out[f"cluster_size_{span}"] = n
+    return out
+
+
 @register("minhash_dedup")
 class MinHashDedup(GlobalOp):
     """Drop near-duplicates found with MinHash-LSH (engine: :mod:`lmops.data.minhash`).
@@ -183,18 +252,24 @@ class MinHashDedup(GlobalOp):
     (fraction of equal signature entries) is at least ``threshold``, or, with
     ``threshold: null``, on any band collision.
 
-    Default ``threshold = 0.77``, chosen with ``benchmarks/minhash_bench.py``: the estimate
-    from 112 permutations has a standard error of about 0.04 near J = 0.8, so verifying at
-    0.8 loses about half of the pairs at exactly 0.8 (recall 0.93-0.95 on the benchmark),
-    while 0.77 finds 97% of the pairs with true Jaccard ≥ 0.8 and flags at most one of 500
-    pairs at 0.5-0.7 (precision ≥ 0.998). Without verification (``threshold: null``),
-    14 × 8 bands flag about half of the pairs at J = 0.7 (precision ≈ 0.8).
+    Default ``threshold = 0.75``, chosen with ``benchmarks/minhash_bench.py``: the estimate
+    from 112 permutations has a standard error of about 0.035-0.04 near J = 0.8, so verifying
+    at 0.8 loses about half of the pairs at exactly 0.8. On the planted pairs, 0.75 finds 0.99
+    of the pairs with true Jaccard ≥ 0.8 and flags one of 500 pairs at 0.5-0.7 (precision
+    0.998, as at 0.77, which finds 0.974); on clusters of edited copies (each at J ≥ 0.83 to
+    its original) it collapses 0.989 of the clusters (0.77: 0.980). Without verification
+    (``threshold: null``), 14 × 8 bands flag about half of the pairs at J = 0.7 (precision
+    ≈ 0.8).
 
-    A document is dropped (reason ``minhash_duplicate``) when it duplicates an earlier
-    document; ``metadata["duplicate_of"]`` is the earliest document of its union-find
-    cluster, always a kept one, and ``scores["minhash_dedup"]["similarity"]`` the highest
-    estimated Jaccard to the earlier documents it matched. Documents without a single
-    word are never dropped here (``exact_dedup`` handles them).
+    Duplicates form clusters: the connected components of the duplicate pairs, so two
+    edited copies of one paragraph are one cluster with it even when they are not near
+    duplicates of each other, whichever comes first. Each cluster keeps its first document
+    in the given order; the others are dropped (reason ``minhash_duplicate``) with
+    ``metadata["duplicate_of"]`` its id and ``scores["minhash_dedup"]["similarity"]`` the
+    highest estimated Jaccard of their matches. A kept document with duplicates gets
+    ``scores["minhash_dedup"]["cluster_size"]``, and the report counts clusters by size
+    (:func:`cluster_counters`). Documents without a single word are never dropped here
+    (``exact_dedup`` handles them).
     """
 
     class Params(OpParams):
@@ -202,29 +277,49 @@ class MinHashDedup(GlobalOp):
         num_bands: int = Field(14, ge=1)
         rows_per_band: int = Field(8, ge=1)
         seed: int = 1
-        threshold: float | None = Field(0.77, gt=0.0, le=1.0)
+        threshold: float | None = Field(0.75, gt=0.0, le=1.0)
 
     # Documents per signature batch: amortises numpy calls; holds this many texts at once.
     batch_size: int = 256
+    # Characters of text held in memory between the two passes; the rest waits on disk.
+    memory_chars: int = 64 << 20
 
-    def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
+    def index(self) -> LSHIndex:
         p = cast(MinHashDedup.Params, self.params)
         hasher = MinHasher(
             num_bands=p.num_bands, rows_per_band=p.rows_per_band, ngram=p.ngram, seed=p.seed
         )
-        index = LSHIndex(hasher, p.threshold)
-        kept_ids: dict[int, str] = {}
-        for batch in _batched(docs, self.batch_size):
-            sigs = hasher.signatures([doc.text for doc in batch])
-            for doc, sig in zip(batch, sigs, strict=True):
-                i, matches = index.add(sig)
-                if not matches:
-                    kept_ids[i] = doc.id
+        return LSHIndex(hasher, p.threshold)
+
+    def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
+        index = self.index()
+        best: dict[int, float] = {}  # document -> highest estimated Jaccard of its matches
+        held = _Held(self.memory_chars)
+        try:
+            for batch in _batched(docs, self.batch_size):
+                for sig in index.hasher.signatures([doc.text for doc in batch]):
+                    i, matches = index.add(sig)
+                    for m in matches:
+                        best[i] = max(best.get(i, 0.0), m.similarity)
+                        best[m.index] = max(best.get(m.index, 0.0), m.similarity)
+                held.add(batch)
+            roots = index.roots()
+            sizes = np.bincount(roots, minlength=len(roots))
+            self.counters.update(cluster_counters(roots))
+            kept_ids: dict[int, str] = {}  # representatives of clusters, by index
+            for i, doc in enumerate(held):
+                root = int(roots[i])
+                if root == i:
+                    if sizes[i] > 1:
+                        kept_ids[i] = doc.id
+                        doc.scores(self.name)["cluster_size"] = float(sizes[i])
                     yield doc
                     continue
-                doc.metadata["duplicate_of"] = kept_ids[index.find(i)]
-                doc.scores(self.name)["similarity"] = max(m.similarity for m in matches)
+                doc.metadata["duplicate_of"] = kept_ids[root]
+                doc.scores(self.name)["similarity"] = best[i]
                 self.drop(doc, "minhash_duplicate")
+        finally:
+            held.close()
 
 
 @register("c4_span_dedup")
