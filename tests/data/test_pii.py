@@ -526,6 +526,13 @@ def test_obfuscated_spellings_are_masked_whole(typ: str, spelled: str) -> None:
         assert mask_pii(text)[0] == template.format(f"<{typ}>")
 
 
+def test_a_joined_number_is_not_glued_to_a_letter_after_it() -> None:
+    # Only an ID number (17 digits) takes a separate "X" as its check character.
+    assert found("tel 138.1234.5678 x") == [("PHONE", "138.1234.5678")]
+    spaced = " ".join("11010519491231002X")
+    assert found(f"ID {spaced} ok") == [("ID_CARD", spaced)]
+
+
 def test_invisible_characters_next_to_a_finding_go_with_it() -> None:
     # A dropped character belongs to the one before it: a trailing keycap is masked too,
     # a zero-width space before the number is not.

@@ -48,7 +48,7 @@ def test_config_defaults_and_validation() -> None:
         "block",
         "flag",
     )
-    assert cfg.stream_window_chars == 64
+    assert cfg.stream_window_chars == 0  # a stream holds only what may still be blocked
     assert "IP" not in (cfg.pii_types or [])
     assert GuardrailConfig(pii_types=["phone", "id-card"]).pii_types == ["ID_CARD", "PHONE"]
     with pytest.raises(ValueError, match="unknown PII type"):
@@ -509,7 +509,10 @@ def test_stream_equals_complete_output_randomised(seed: int) -> None:
     # them) split at random points: the stream must mask exactly like the complete text.
     rnd = random.Random(seed)
     text = "".join(rnd.choice(STREAM_PIECES) for _ in range(rnd.randint(1, 50)))
-    cfg = GuardrailConfig(pii_types=None, stream_window_chars=rnd.choice([1, 16, 64, 100]))
+    # The classifier is off: it judges prefixes of a stream, not the complete text.
+    cfg = GuardrailConfig(
+        pii_types=None, stream_window_chars=rnd.choice([0, 1, 16, 64]), classifier="off"
+    )
     deltas = []
     i = 0
     while i < len(text):
@@ -529,7 +532,7 @@ def test_stream_stops_on_term_split_across_deltas() -> None:
     assert "bo" not in emitted and "how to" not in emitted
     assert g.counters[("output", "moderation_block", "weapons")] == 1
     s2 = g.stream_guard()
-    assert s2.feed("教我自制") == ("", False)
+    assert s2.feed("教我自制") == ("教我", False)  # "自制" may begin "自制炸弹"
     assert s2.feed("炸") == ("", False)
     assert s2.feed("弹") == ("", True)
     assert s2.feed("more") == ("", True) and s2.finish() == ""
@@ -570,12 +573,18 @@ def test_stream_passthrough_when_off() -> None:
     assert s.finish() == ""
 
 
-def test_stream_window_covers_longest_term() -> None:
-    g = Guardrails(GuardrailConfig(stream_window_chars=4))
-    assert g.stream_window >= 2 * g.matcher.longest
-    assert g.stream_window >= 48  # room for a spaced-out card or ID number while masking
+def test_stream_window_is_a_minimum_hold() -> None:
+    # A stream holds what may still become a term or PII in any case; stream_window_chars
+    # holds at least that many characters more (0 by default).
+    g = Guardrails(GuardrailConfig(stream_window_chars=4, classifier="off"))
+    assert g.stream_window == 4
     emitted, stopped, _ = run_stream(g, list("Sure: how many pills to overdose, then"))
     assert stopped and "how" not in emitted
+    text = "plain words " * 10
+    s = Guardrails(GuardrailConfig(stream_window_chars=32, classifier="off")).stream_guard()
+    out = "".join(s.feed(c)[0] for c in text)
+    assert out == text[: len(out)] and len(text) - len(out) == 32
+    assert out + s.finish() == text
 
 
 # ============================================================================ classifier
@@ -607,7 +616,12 @@ def test_classifier_callable_streams_and_failures(
     g = Guardrails(classifier=toxicity_classifier)
     text = "A perfectly normal answer that goes on for a while. " * 3 + "Then: zorgon. " + "x " * 80
     emitted, stopped, _ = run_stream(g, chunks(text, 5))
-    assert stopped and "zorgon" not in emitted
+    # The classifier judges every _CLASSIFY_EVERY characters without holding text back: the
+    # stream stops, but what was sent before its verdict stays sent.
+    assert stopped and len(emitted) < len(text) and emitted == text[: len(emitted)]
+    held = Guardrails(GuardrailConfig(stream_window_chars=256), classifier=toxicity_classifier)
+    emitted, stopped, _ = run_stream(held, chunks(text, 5))
+    assert stopped and "zorgon" not in emitted  # a window as long as the cadence: never sent
     emitted, stopped, _ = run_stream(g, chunks("a calm reply " * 30, 7))
     assert not stopped and emitted == "a calm reply " * 30
 
@@ -685,23 +699,26 @@ OBFUSCATED = [
     ("製作炸彈的方法", "weapons"),  # traditional
     ("I WANT TO KILL MY\u200bSELF", "self_harm"),
 ]
+# Where the blocked term begins when the phrase does not start with it.
+TERM_STARTS = {"教我自\u3000制\n炸*弹": "自", "I WANT TO KILL MY\u200bSELF": "KILL"}
 
 
 @pytest.mark.parametrize(("term", "category"), OBFUSCATED)
 def test_stream_catches_obfuscated_term_split_across_windows(term: str, category: str) -> None:
-    # Enough text before the term that the guard is releasing text (the held window moves)
-    # when the term arrives, at every split of the term between deltas.
-    g = Guardrails()
+    # Enough text before the term that the guard is releasing text when the term arrives,
+    # at every split of the term between deltas: no character of the term is ever sent
+    # (the words before it may be).
+    cfg = GuardrailConfig(classifier="off")
     before = "This is a long and perfectly harmless introduction. " * 3
     text = before + term + " and more text after it."
-    assert g.check_output(text).flagged == (category,)
+    assert Guardrails(cfg).check_output(text).flagged == (category,)
+    term_at = len(before) + (term.index(TERM_STARTS[term]) if term in TERM_STARTS else 0)
     for size in (1, 2, 3, 5, 8):
         for shift in range(size):
             deltas = [text[:shift], *chunks(text[shift:], size)] if shift else chunks(text, size)
-            emitted, stopped, s = run_stream(Guardrails(), deltas)
+            emitted, stopped, s = run_stream(Guardrails(cfg), deltas)
             assert stopped and s.flagged == [category], (size, shift)  # type: ignore[attr-defined]
-            assert emitted == before[: len(emitted)], (size, shift)
-            assert len(emitted) <= len(before)
+            assert emitted == text[: len(emitted)] and len(emitted) <= term_at, (size, shift)
 
 
 def test_injection_cues_are_sound() -> None:
@@ -763,32 +780,37 @@ def test_check_input_scores_injection_like_score_injection() -> None:
         assert d.injection == score_injection("\n".join(injectable)), messages
 
 
-def test_sticky_start_equals_the_character_loop() -> None:
-    from lmops.serve.guardrails import _STICKY, _sticky_start
+STICKY_RUNS = [
+    # (text, the run at its end that a stream holds back)
+    ("call 138 1234 5678", "138 1234 5678"),
+    ("call 138 1234 ", "138 1234 "),  # a gap may go on
+    ("call 138.1234.", "138.1234."),
+    ("tel (010) 1234", "(010) 1234"),
+    ("tel +86 138", "+86 138"),
+    ("passport E 1234 5678", "E 1234 5678"),
+    ("mail me at a.b@example.com", "me at a.b@example.com"),  # "at" joins what it may
+    ("mail zhang at example dot com", "zhang at example dot com"),
+    ("mail zhang at example do", "zhang at example do"),  # may become "dot"
+    ("mail zhang a", "zhang a"),  # may become "at"
+    ("mail zhang an", "an"),  # cannot
+    ("mail zhang [at] example", "zhang [at] example"),
+    ("mail zhang @ example", "zhang @ example"),
+    ("电话１３８\u200b１２３４", "１３８\u200b１２３４"),
+    ("电话\u0661\u0663\u0668 \u0661\u0662", "\u0661\u0663\u0668 \u0661\u0662"),
+    ("the answer is 42", "42"),  # "is" cannot lead a number
+    ("tok0", "tok0"),  # may still be an e-mail's local part
+    ("tok0 tok1", "tok1"),
+    ("你好，世界", ""),
+    ("hello, ", ""),
+    ("x" * 50, "x" * 8),  # at most the limit
+]
 
-    def reference(text: str, limit: int) -> int:
-        i = len(text)
-        while i > 0 and len(text) - i < limit:
-            c = text[i - 1]
-            if c in _STICKY or "\uff01" <= c <= "\uff5e":
-                i -= 1
-            elif c == " " and i >= 2 and text[i - 2].isdigit() and i < len(text):
-                if not text[i].isdigit():
-                    break
-                i -= 1  # a space between digit groups
-            else:
-                break
-        return i
 
-    assert _sticky_start("call 138 1234 5678", 1024) == 5
-    assert _sticky_start("mail me at a.b@example.com", 1024) == 11
-    assert _sticky_start("x" * 50, 8) == 42
-    rnd = random.Random(0)
-    alphabet = [*"ab1 2-@.,;中", "２", "²", "①", "\uff5e", "\uff5f", "  "]
-    for _ in range(3000):
-        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 20)))
-        limit = rnd.choice([1, 3, 8, 1024])
-        assert _sticky_start(text, limit) == reference(text, limit), (text, limit)
+@pytest.mark.parametrize(("text", "run"), STICKY_RUNS)
+def test_sticky_start_holds_what_may_still_grow_into_pii(text: str, run: str) -> None:
+    from lmops.serve.guardrails import _sticky_start
+
+    assert text[_sticky_start(text, 8 if text == "x" * 50 else 1024) :] == run
 
 
 # ============================================================================ built-in classifier
@@ -897,3 +919,220 @@ def test_shipped_classifier_on_the_held_out_split() -> None:
     assert seen["recall"] >= 0.85 and seen["false_positive_rate"] <= 0.01
     new = evaluate(builtin_model(), [r for r in rows if r.info.get("new_wording")])
     assert new["recall"] >= 0.35 and new["false_positive_rate"] <= 0.07
+
+
+# ============================================================================ streaming holds
+# A stream holds back only what may still become a blocked term or PII (issue #12 item 16),
+# never a fixed window, and it never sends part of a blocked term or of a finding.
+NO_CLASSIFIER = GuardrailConfig(classifier="off")
+
+
+def feeds(g: Guardrails, deltas: list[str]) -> list[str]:
+    s = g.stream_guard()
+    return [*(s.feed(d)[0] for d in deltas), s.finish()]
+
+
+def test_stream_releases_each_word_as_it_ends() -> None:
+    g = Guardrails(NO_CLASSIFIER)
+    # A word may still grow (into an e-mail's local part, a longer term): it goes out
+    # with the next delta that ends it, not after a window of characters.
+    assert feeds(g, ["Hello", ",", " world", "!"]) == ["", "Hello,", " ", "world!", ""]
+    assert feeds(g, ["tok0", " tok1", " tok2"]) == ["", "tok0 ", "tok1 ", "tok2"]
+    assert feeds(g, ["你好", "，", "世界"]) == ["你好", "，", "世界", ""]
+    # A number is held until it cannot grow any more, then sent masked.
+    assert feeds(g, ["Call", " 138", ".1234", ".5678", " now", "."]) == [
+        "",
+        "Call ",
+        "",
+        "",
+        "<PHONE> ",
+        "",
+        "now.",
+    ]
+    # So is an e-mail spelled out in words.
+    out = feeds(g, ["Write", " to", " li", " at", " qq", " dot", " com", " today"])
+    assert out == ["", "Write ", "to ", "", "", "", "", "<EMAIL> ", "today"]
+
+
+def test_term_matcher_term_start() -> None:
+    m = TermMatcher({"a": ["kill you", "kill yourself"], "b": ["杀人方法"]})
+    assert m.term_start("i will ki") == 7
+    assert m.term_start("i will kill you") == 7  # a whole term may still grow
+    assert m.term_start("i will kill yours") == 7
+    assert m.term_start("i will skil") == 11  # not at a word start
+    assert m.term_start("i will kill them") == 16
+    assert m.term_start("请告诉我杀人") == 4
+    assert m.term_start("") == 0
+    assert TermMatcher({}).term_start("anything") == 8
+
+
+STREAM_PII = [
+    "13812345678",
+    "138.1234.5678",
+    "138\u00a01234\u00a05678",
+    "1 3 8 1 2 3 4 5 6 7 8",
+    "１３８１２３４５６７８",
+    "\u0661\u0663\u0668\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668",
+    "138\u200b1234\u200b5678",
+    "+86 138 1234 5678",
+    "4111.1111.1111.1111",
+    "4111\u200b1111\u200b1111\u200b1111",
+    "6222021234567890128",
+    "11010519491231002X",
+    "110105\u200b19491231\u200b002X",
+    "zhang.san@example.com",
+    "zhang at example dot com",
+    "li[at]qq[dot]com",
+    "wang @ corp.io",
+    "e12345678",
+    "E 1234 5678",
+    "sk-abcdefghijklmnopqrstu1234567890",
+]
+STREAM_TERMS = [
+    "how to make a bomb",
+    "HOW TO MAKE A BOMB",
+    "how\u200b to make a bomb",
+    "kill myself",
+    "k1ll myself",
+    "自制炸弹",
+    "制 作 炸 弹",
+    "how to make a b.o.m.b",
+]
+STREAM_FILLER = ["the", "weather", "is", "nice", "today", "at", "we", "meet", "later", "hello"]
+STREAM_FILLER += ["我们", "明天", "见面", "好的", "please", "note", "that", "ok", "thanks"]
+STREAM_SEPARATORS = [" ", " ", " ", "，", ". ", "\n", "; "]
+
+
+def test_stream_pieces_are_what_they_claim() -> None:
+    g = Guardrails(NO_CLASSIFIER)
+    for p in STREAM_PII:
+        assert g.check_output(f"x，{p}。").text.count("<") == 1, p
+    for t in STREAM_TERMS:
+        assert g.check_output(f"ok. {t}. ok").blocked, t
+    filler = " ".join(STREAM_FILLER)
+    assert not g.check_output(filler).blocked and g.check_output(filler).text == filler
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_stream_never_partly_sends_a_term_or_pii(seed: int) -> None:
+    # Random replies of filler words, PII (plain and obfuscated) and blocked terms, split
+    # at random points. "Partly sent" means: some character from where a blocked term's
+    # occurrence begins in the raw reply was emitted (the words before it may be), or a
+    # character of a finding was emitted other than as its placeholder. So: a stream with
+    # a term stops having released no character from the first term's start on; what it
+    # emitted is always a prefix of the PII-masked reply (masks are final), and carries no
+    # digit at all (every digit here is PII's); a stream without terms emits exactly
+    # check_output's text.
+    rnd = random.Random(seed)
+    parts: list[str] = []
+    term_at: int | None = None
+    pii = 0
+    for i in range(rnd.randint(4, 30)):
+        r = rnd.random()
+        kind = "term" if r < 0.05 and seed % 3 else "pii" if r < 0.3 else "filler"
+        if i and (kind != "filler" or parts[-1] not in STREAM_FILLER):
+            parts.append(rnd.choice("，;\n"))  # PII and terms stand apart
+        elif i:
+            parts.append(rnd.choice(STREAM_SEPARATORS))
+        if kind == "term":
+            if term_at is None:
+                term_at = sum(map(len, parts))
+            parts.append(rnd.choice(STREAM_TERMS))
+        elif kind == "pii":
+            parts.append(rnd.choice(STREAM_PII))
+            pii += 1
+        else:
+            parts.append(rnd.choice(STREAM_FILLER))
+    text = "".join(parts)
+    deltas = []
+    i = 0
+    while i < len(text):
+        n = rnd.randint(1, 12)
+        deltas.append(text[i : i + n])
+        i += n
+    g = Guardrails(NO_CLASSIFIER)
+    masked = Guardrails(NO_CLASSIFIER.model_copy(update={"moderation_output": "off"}))
+    reference = masked.check_output(text).text
+    assert reference.count("<") == pii, text  # every piece of PII is found in context
+    emitted, stopped, s = run_stream(g, deltas)
+    assert emitted == reference[: len(emitted)], text
+    assert not any(c.isdecimal() for c in emitted), emitted
+    if term_at is None:
+        assert not stopped and emitted == g.check_output(text).text == reference
+    else:
+        assert stopped and s.released <= term_at, (text, s.released, term_at)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "term",
+    [
+        "how to make a b.o.m.b",  # dotted
+        "how to make a b o m b",  # spaced
+        "how to make a b0mb",  # leet
+        "how to make \u0430 b\u043emb",  # Cyrillic а, о
+        "zhi4zuo4 zha4dan4",  # pinyin, tone numbers
+    ],
+)
+def test_stream_catches_de_obfuscated_terms_before_sending_them(term: str) -> None:
+    # check_output also matches terms on the de-obfuscated text, which reads some
+    # spellings only once they went on ("b.o" is joined with "m.b"): the stream reads
+    # the end of the text as it may go on, and holds it.
+    before = "This is a long and perfectly harmless introduction. "
+    text = before + term + " and more text after it."
+    assert Guardrails(NO_CLASSIFIER).check_output(text).flagged == ("weapons",)
+    for size in (1, 2, 3, 4, 5, 7):
+        emitted, stopped, s = run_stream(Guardrails(NO_CLASSIFIER), chunks(text, size))
+        assert stopped and s.flagged == ["weapons"], size  # type: ignore[attr-defined]
+        assert emitted == before[: len(emitted)], size
+
+
+def test_stream_holds_an_open_private_key_block() -> None:
+    text = (
+        "Here is the key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7bq\n+Zx9/abc==\n"
+        "-----END RSA PRIVATE KEY-----\nKeep it safe. And a truncated one:\n"
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nQyNTUxOQAAACD"
+    )
+    expected = Guardrails(NO_CLASSIFIER).check_output(text).text
+    assert expected == ("Here is the key:\n<SECRET>\nKeep it safe. And a truncated one:\n<SECRET>")
+    for size in (1, 3, 7, 16):
+        emitted, stopped, _ = run_stream(Guardrails(NO_CLASSIFIER), chunks(text, size))
+        assert not stopped and emitted == expected, size
+
+
+def test_stream_masks_obfuscated_pii_split_at_every_point() -> None:
+    g = Guardrails(NO_CLASSIFIER)
+    for value in STREAM_PII:
+        text = f"您的信息：{value}，请核对。Thanks!"
+        expected = g.check_output(text).text
+        assert expected.count("<") == 1
+        for cut in range(1, len(text)):
+            s = g.stream_guard()
+            first, _ = s.feed(text[:cut])
+            second, _ = s.feed(text[cut:])
+            assert first + second + s.finish() == expected, (value, cut)
+            assert not any(c.isdecimal() for c in first + second), (value, cut)
+
+
+def test_stream_classifier_judges_windows_without_holding_text() -> None:
+    seen: list[str] = []
+
+    def counting(text: str) -> Mapping[str, float]:
+        seen.append(text)
+        return {"toxicity": 0.0}
+
+    from lmops.serve.guardrails import _CLASSIFY_EVERY, _CLASSIFY_WINDOW
+
+    g = Guardrails(classifier=counting)
+    s = g.stream_guard()
+    text = "plain words " * 200
+    out = []
+    for i in range(0, len(text), 4):
+        out.append(s.feed(text[i : i + 4])[0])
+        if i == 4:
+            assert out == ["", "plain "] and seen == []  # sent before any verdict
+    out.append(s.finish())
+    assert "".join(out) == text
+    windows, whole = seen[:-1], seen[-1]
+    assert len(windows) == len(text) // _CLASSIFY_EVERY
+    assert all(len(w) <= _CLASSIFY_WINDOW and w in text for w in windows)
+    assert whole == text  # the whole reply at the end

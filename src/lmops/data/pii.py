@@ -991,14 +991,15 @@ def _joined_view(view: _View) -> tuple[_View, list[tuple[int, int]]] | None:
     runs: list[tuple[int, int]] = []
     shift = 0
     for m in _RUN.finditer(text):
-        if not _join_run(m.group()):
+        run, start = m.group(), m.start()
+        if run[-1] in "Xx" and sum(c.isdigit() for c in run) != 17:
+            run = run[:-1].rstrip(" ./-")  # only an ID number (17 digits) ends with an X
+        if not _join_run(run):
             continue
-        gaps = [
-            (m.start() + g.start(), m.start() + g.end(), "") for g in _GROUP_GAP.finditer(m.group())
-        ]
+        gaps = [(start + g.start(), start + g.end(), "") for g in _GROUP_GAP.finditer(run)]
         edits += gaps
         removed = sum(e - s for s, e, _ in gaps)
-        runs.append((m.start() - shift, m.end() - shift - removed))
+        runs.append((start - shift, start + len(run) - shift - removed))
         shift += removed
     if not edits:
         return None
