@@ -114,12 +114,16 @@ def test_other_settings_models_or_task_edits_do_not_reuse(tmp_path: Path) -> Non
 @contextlib.contextmanager
 def endpoint(state: dict[str, Any]) -> Iterator[str]:
     """A chat-completions endpoint that answers " Paris", and HTTP 500 once it has
-    answered ``state["fail_after"]`` requests; ``state["bodies"]`` records every request."""
+    answered ``state["fail_after"]`` requests (or holds every request after
+    ``state["hang_after"]`` until ``state["released"]`` is set); ``state["bodies"]``
+    records every request."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state["bodies"].append(body)
+            if state.get("hang_after") is not None and len(state["bodies"]) > state["hang_after"]:
+                state["released"].wait(60)  # a request that never gets its answer
             limit = state["fail_after"]
             if limit is not None and len(state["bodies"]) > limit:
                 self.send_response(500)
@@ -226,3 +230,46 @@ def test_chat_prompts_go_to_an_endpoint_as_messages(cli, tmp_path: Path) -> None
             "--apply-chat-template",
         )
     assert bad.code == 2 and "on an endpoint scores generation tasks only (caps is" in bad.err
+
+
+def test_a_sigkilled_run_resumes_from_its_finished_tasks(tmp_path: Path) -> None:
+    """A real kill (no exception, no clean-up): the task written before it is whole, and
+    the same command in a new process reuses it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    home = tmp_path / "home"
+    env = {**os.environ, "LMOPS_HOME": str(home)}
+    files = [write_task(tmp_path, "caps_a", 3), write_task(tmp_path, "caps_b", 3)]
+    state: dict[str, Any] = {
+        "bodies": [],
+        "fail_after": None,
+        "hang_after": 3,  # task a is answered, task b waits forever
+        "released": threading.Event(),
+    }
+    with endpoint(state) as url:
+        cmd = [sys.executable, "-m", "lmops.cli.main", "eval", "run", "--model", "m"]
+        cmd += ["--endpoint", url, "--output", "caps", "--json"]
+        cmd += [a for f in files for a in ("--task-file", str(f))]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 120  # a guard against a hang, not a measurement
+        while not list((home / "eval-partial").rglob("caps_a.*.json")):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.time() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        state.update(bodies=[], hang_after=None)
+        state["released"].set()
+        again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["config"]["resumed_tasks"] == ["caps_a"]
+    assert [b["messages"][0]["content"] for b in state["bodies"]] == [
+        f"Q: capital of {c}?\nA:" for c, _ in COUNTRIES[:3]
+    ]  # task b's three questions only
+    assert report["results"]["caps_a"]["n"] == 3 and report["results"]["caps_b"]["n"] == 3
+    assert not list((home / "eval-partial").rglob("*.json"))

@@ -180,7 +180,8 @@ def run_eval(
                 fewshot_as_multiturn=fewshot_as_multiturn,
                 partial=partial,
             )
-        except (LmopsError, KeyboardInterrupt) as e:
+        except BaseException as e:  # interrupted, out of memory, endpoint down (a kill too
+            # leaves the files, without this hint)
             kept = len(partial.finished())
             if kept:
                 hint = (
