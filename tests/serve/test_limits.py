@@ -448,7 +448,7 @@ def test_the_limiter_never_checkpoints_sqlite_on_the_request_path(
     lease = limiter.acquire([("key:a", Limits(rpm=10, tpm=1000))], "r1", 5)
     limiter.reconcile(lease, 3)
     limiter.release(lease)
-    kept = limiter._idle[-1].dbapi_connection
+    kept = limiter.counters._idle[-1].dbapi_connection
     assert kept is not None
     assert kept.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     with store.db.engine.connect() as c:

@@ -239,7 +239,7 @@ def test_export_with_nothing_logged_is_a_clear_error(store: Store) -> None:
 def test_request_log_batches_rows_and_flushes_on_close(store: Store) -> None:
     from sqlalchemy import func, select
 
-    from lmops.serve.metering import RequestLog
+    from lmops.store import RequestRecord
     from lmops.store.models import RequestLogRow
 
     rows: dict[str, Any] = {
@@ -253,16 +253,20 @@ def test_request_log_batches_rows_and_flushes_on_close(store: Store) -> None:
         "latency_ms": 3.0,
         "ttft_ms": 1.0,
     }
-    writer = RequestLog(store, interval_s=0.5)  # a long rest: rows pile up into batches
+    writer = store.requests.writer(interval_s=0.5)  # a long rest: rows pile up into batches
     for i in range(300):
-        writer.submit(request_id=f"r{i}", **rows)
+        writer.submit(RequestRecord(request_id=f"r{i}", **rows))
     body = chat(("user", "hi"))
-    writer.submit(request_id="with-body", request_body=body, response_body=reply("hello"), **rows)
+    writer.submit(
+        RequestRecord(
+            request_id="with-body", request_body=body, response_body=reply("hello"), **rows
+        )
+    )
     assert writer.flush(timeout=30)
     assert usage(store).total.requests == 301 and usage(store).total.completion_tokens == 1505
-    writer.submit(request_id="last", **rows)
+    writer.submit(RequestRecord(request_id="last", **rows))
     writer.close()  # shutdown writes what is pending
-    writer.submit(request_id="after-close", **rows)  # written at once, not lost
+    writer.submit(RequestRecord(request_id="after-close", **rows))  # written at once, not lost
     assert writer.failed == 0
     c = RequestLogRow
     with store.db.session() as s:

@@ -73,41 +73,30 @@ under-estimate charged (to the current window when the charged one no longer cou
 
 Cost
 ----
-This runs on every request, so it bypasses SQLAlchemy's execution layer, whose per-statement
-overhead is many times SQLite's own work: the limiter runs fixed, hand-written SQL, the same
-for SQLite and PostgreSQL (only the placeholder style differs), on DBAPI connections checked
-out of the engine's pool (``engine.raw_connection()``, so the engine's connect-time set-up
-applies) and kept between transactions (see :meth:`RateLimiter._transaction`). An
-admission against a key's RPM and TPM is one statement and a commit, a reconciliation one
-UPSERT and a commit: about 55 µs of CPU per request, both together, on SQLite in a tight
-loop, of which SQLite itself is about 35 µs (the SQLAlchemy Core version took about 300 µs);
-inside the gateway, with colder caches, about 170 µs (Core: 550 µs).
+This runs on every request, so the counters are the store's hand-written SQL on kept DBAPI
+connections (:class:`lmops.store.rates.RateCounters`, which owns every statement; this module
+decides what the counts mean): an admission against a key's RPM and TPM is one statement and
+a commit, a reconciliation one UPSERT and a commit: about 55 µs of CPU per request, both
+together, on SQLite in a tight loop, of which SQLite itself is about 35 µs (the SQLAlchemy
+Core version took about 300 µs); inside the gateway, with colder caches, about 170 µs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
-import random
-import socket
 import time
-import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Table
-from sqlalchemy.engine.interfaces import DBAPICursor as _Cursor
-from sqlalchemy.pool import PoolProxiedConnection
 
-from lmops.core.errors import LmopsError, StoreError
+from lmops.core.errors import LmopsError
 from lmops.store import ApiKey
-from lmops.store.db import Database, disk_full, is_lock_conflict
-from lmops.store.models import InflightRow
+from lmops.store.db import Database
+from lmops.store.rates import HOST, RateCounters, RateTxn
 
 __all__ = [
     "CONCURRENCY_RETRY_S",
@@ -132,8 +121,6 @@ SWEEP_EVERY_S = 60.0
 
 _MINUTE = 60
 _DAY = 86400
-_INFLIGHT = cast(Table, InflightRow.__table__)
-_T = TypeVar("_T")
 
 
 class Limits(BaseModel):
@@ -403,52 +390,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
-# The hot statements, written once for both databases in ``?`` placeholders (turned into
-# ``%s`` for psycopg). ``window`` is quoted: it is a keyword in both.
-#
-# Charge n counters: one row per counter, in sorted order, amounts >= 0; returns each
-# row's new count and the previous window's count (NULL when that row does not exist).
-_CHARGE = (
-    'INSERT INTO rate_windows (scope, "window", count) VALUES {rows} '
-    'ON CONFLICT (scope, "window") DO UPDATE SET count = rate_windows.count + excluded.count '
-    'RETURNING scope, "window", count, (SELECT p.count FROM rate_windows AS p '
-    'WHERE p.scope = rate_windows.scope AND p."window" = rate_windows."window" - 1)'
-)
-# Add a possibly negative amount to one counter, never below 0 (reconciliation).
-_ADD = (
-    'INSERT INTO rate_windows (scope, "window", count) VALUES (?, ?, ?) '
-    'ON CONFLICT (scope, "window") DO UPDATE SET count = CASE '
-    "WHEN rate_windows.count + ? < 0 THEN 0 ELSE rate_windows.count + ? END"
-)
-_COUNT = 'SELECT count FROM rate_windows WHERE scope = ? AND "window" = ?'
-_PRUNE = 'DELETE FROM rate_windows WHERE scope LIKE ? AND "window" < ?'
-_IN_FLIGHT = "SELECT count(*) FROM inflight WHERE scope = ?"
-_HOLD = (
-    "INSERT INTO inflight (scope, request_id, started_at, pid, host) VALUES (?, ?, ?, ?, ?) "
-    "RETURNING id"
-)
-_FREE = "DELETE FROM inflight WHERE id IN ({rows})"
-_IN_FLIGHT_ROWS = "SELECT id, pid, started_at, host FROM inflight"
-# The pid of an in-flight row can be checked only on the host that wrote it.
-_HOST = socket.gethostname()[:255]
-
-
-# Connections a limiter keeps between transactions: one per thread that uses it at once.
-_KEEP_CONNECTIONS = 4
-# A forked child's copies of its parent's kept connections (see RateLimiter._checkout).
-_INHERITED: list[PoolProxiedConnection] = []
-
-
-def _close_all(conns: list[PoolProxiedConnection]) -> None:
-    while conns:
-        with contextlib.suppress(Exception):  # a dead connection: the pool discards it
-            conns.pop().close()
-
-
 class RateLimiter:
     """Admits requests against per-scope :class:`Limits`, atomically across processes.
 
@@ -466,153 +407,28 @@ class RateLimiter:
         stale_after_s: float = STALE_INFLIGHT_S,
         sweep_every_s: float = SWEEP_EVERY_S,
     ) -> None:
-        self._db = db
+        self.counters = RateCounters(db)
         self.stale_after_s = stale_after_s
         self.sweep_every_s = sweep_every_s
         self._next_sweep = 0.0
-        dialect = db.engine.dialect
-        self._dialect = dialect
-        if dialect.paramstyle == "qmark":
-            self._placeholder = "?"
-        elif dialect.paramstyle in ("format", "pyformat"):
-            self._placeholder = "%s"
-        else:  # pragma: no cover - lmops supports sqlite3 and psycopg
-            raise StoreError(f"database driver {dialect.driver!r} is not supported for limits")
-        self._dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
-        # in-flight start times are stored as SQLAlchemy stores them (a string on SQLite)
-        started = _INFLIGHT.c.started_at.type.dialect_impl(dialect)
-        self._store_time = started.bind_processor(dialect)
-        self._load_time = started.result_processor(dialect, None)
-        self._sql_cache: dict[tuple[str, int], str] = {}
-        # DBAPI connections kept checked out between transactions (see _transaction)
-        self._idle: list[PoolProxiedConnection] = []
-        self._pid = os.getpid()
-        weakref.finalize(self, _close_all, self._idle)
-        self._add_sql = self._sql(_ADD)
-        self._count_sql = self._sql(_COUNT)
-        self._prune_sql = self._sql(_PRUNE)
-        self._in_flight_sql = self._sql(_IN_FLIGHT)
-        self._hold_sql = self._sql(_HOLD)
-
-    # -- SQL ------------------------------------------------------------------------------
-    def _sql(self, text: str) -> str:
-        return text if self._placeholder == "?" else text.replace("?", self._placeholder)
-
-    def _sql_n(self, template: str, n: int, row: str) -> str:
-        """``template`` with ``{rows}`` filled by ``n`` copies of ``row``; cached."""
-        key = (template, n)
-        sql = self._sql_cache.get(key)
-        if sql is None:
-            sql = self._sql_cache[key] = self._sql(template.format(rows=", ".join([row] * n)))
-        return sql
-
-    # -- connections ----------------------------------------------------------------------
-    def _checkout(self) -> PoolProxiedConnection:
-        """A kept connection if one is idle, else one from the engine's pool."""
-        if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
-            _INHERITED.extend(self._idle)  # nor to close: referenced, never touched again
-            self._idle.clear()
-            self._pid = os.getpid()
-        try:
-            return self._idle.pop()  # atomic: a thread never gets one another one holds
-        except IndexError:
-            conn = self._db.engine.raw_connection()
-            if self._db.is_sqlite:
-                # A commit that pushes SQLite's WAL past its auto-checkpoint size copies the
-                # WAL into the database file and fsyncs it, milliseconds during which the
-                # gateway's event loop would stand still. The limiter's connections never
-                # checkpoint: the request log's background writer (and any other connection)
-                # still does, with SQLite's default threshold.
-                cur = cast(Any, conn.dbapi_connection).cursor()
-                cur.execute("PRAGMA wal_autocheckpoint=0")
-                cur.close()
-            return conn
 
     def close(self) -> None:
-        """Hand the kept connections back to the engine's pool (also done when the limiter
+        """Hand the counters' kept database connections back (also done when the limiter
         is garbage-collected). The limiter stays usable."""
-        _close_all(self._idle)
+        self.counters.close()
 
-    def _transaction(self, fn: Callable[[_Cursor], _T]) -> _T:
-        """Run ``fn`` on a cursor in one transaction and commit, retrying while the database
-        is locked (as ``Database.write`` does).
-
-        The connection is kept for the next transaction rather than handed back to the pool
-        (a pool round trip, with its reset, costs about as much CPU as SQLite's commit).
-        Kept connections skip the pool's pre-ping (PostgreSQL), so a connection found dead
-        before the commit is dropped, with the other kept ones, and the transaction runs
-        again on a fresh pooled connection: nothing of it was committed."""
-        delay = 0.01
-        deadline = time.monotonic() + self._db.busy_timeout
-        reconnected = False
-        while True:
-            conn = self._db.engine.raw_connection() if reconnected else self._checkout()
-            raw = conn.dbapi_connection
-            assert raw is not None
-            keep = committing = False
-            try:
-                cur = raw.cursor()
-                try:
-                    out = fn(cur)
-                except BaseException:
-                    raw.rollback()  # frees SQLite's write lock / PostgreSQL's row locks now
-                    keep = True
-                    raise
-                committing = True
-                raw.commit()
-                keep = True
-                return out
-            except self._dbapi_error as e:
-                if self._dialect.is_disconnect(cast(Any, e), raw, None):
-                    keep = False
-                    conn.invalidate()
-                    _close_all(self._idle)  # they likely died with it (a server restart)
-                    if not committing and not reconnected:
-                        reconnected = True
-                        continue
-                if full := disk_full(e, self._db.where):
-                    raise full from None
-                if not is_lock_conflict(e) or time.monotonic() >= deadline:
-                    raise StoreError(
-                        f"database {self._db.masked_url} is locked or unavailable ({e}) "
-                        f"after {self._db.busy_timeout:g}s; raise LMOPS_DB_BUSY_TIMEOUT"
-                    ) from None
-            finally:
-                if keep and len(self._idle) < _KEEP_CONNECTIONS:
-                    self._idle.append(conn)
-                else:  # back to the pool, which rolls back whatever is left open
-                    conn.close()
-            time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 0.5)
-
-    def _charge(self, cur: _Cursor, ordered: Sequence[_Charge]) -> dict[str, tuple[int, int]]:
-        """Increment the counters (rows sorted); row -> (new count, previous window's)."""
-        params: list[Any] = []
-        for c in ordered:
-            params += (c.row, c.window, c.amount)
-        cur.execute(self._sql_n(_CHARGE, len(ordered), "(?, ?, ?)"), params)
-        return {row: (int(n), int(prev or 0)) for row, _, n, prev in cur.fetchall()}
-
-    def _drop_stale(self, cur: _Cursor, now: float, scope: str | None) -> int:
-        if scope is None:
-            cur.execute(_IN_FLIGHT_ROWS, ())
-        else:
-            cur.execute(self._sql(_IN_FLIGHT_ROWS + " WHERE scope = ?"), (scope,))
-        stale = []
-        for row_id, pid, started, host in cur.fetchall():
-            if self._load_time is not None:
-                started = self._load_time(started)
-            local = self._db.is_sqlite or host == _HOST
-            if now - _aware(started).timestamp() > self.stale_after_s or (
-                local and not _pid_alive(pid)
-            ):
-                stale.append(row_id)
-        if stale:
-            self._free(cur, stale)
+    def _drop_stale(self, txn: RateTxn, now: float, scope: str | None) -> int:
+        """Free in-flight rows (of ``scope``) that are too old, or whose process is dead
+        where its pid can be checked; how many."""
+        local = self.counters.local
+        stale = [
+            r.id
+            for r in txn.inflight_rows(scope)
+            if now - r.started > self.stale_after_s
+            or ((local or r.host == HOST) and not _pid_alive(r.pid))
+        ]
+        txn.free(stale)
         return len(stale)
-
-    def _free(self, cur: _Cursor, ids: Sequence[int]) -> None:
-        cur.execute(self._sql_n(_FREE, len(ids), "?"), list(ids))
 
     # -- acquire --------------------------------------------------------------------------
     def acquire(
@@ -654,27 +470,22 @@ class RateLimiter:
         # Rows in one order: every transaction locks them alike (see the module docstring).
         ordered = sorted(charges, key=lambda c: c.row)
 
-        def attempt(cur: _Cursor) -> Lease:
+        def attempt(txn: RateTxn) -> Lease:
             # The write comes first: it takes SQLite's write lock / PostgreSQL's row locks
             # before anything is read.
-            counts = self._charge(cur, ordered)
+            counts = txn.charge([(c.row, c.window, c.amount) for c in ordered])
             usages = self._usages(charges, counts)
             in_flight: dict[str, int] = {}
             for name, cap in capped:
-                n = self._in_flight(cur, name)
-                if n >= cap and self._drop_stale(cur, now, name):
-                    n = self._in_flight(cur, name)
+                n = txn.in_flight(name)
+                if n >= cap and self._drop_stale(txn, now, name):
+                    n = txn.in_flight(name)
                 in_flight[name] = n
             over = [u for u in usages if not u.fits(now)]
             full = [(name, cap) for name, cap in capped if in_flight[name] >= cap]
             if over or full:
                 raise _Refused(self._refusal(usages, now, full, in_flight))
-            ids: list[int] = []
-            if capped:
-                started: Any = datetime.fromtimestamp(now, UTC)
-                if self._store_time is not None:
-                    started = self._store_time(started)
-                ids = [self._hold(cur, name, request_id, started) for name, _ in capped]
+            ids = [txn.hold(name, request_id, now) for name, _ in capped]
             token_windows = tuple(
                 (c.row, c.dim.window, c.window)
                 for c in charges
@@ -691,7 +502,7 @@ class RateLimiter:
             )
 
         try:
-            return self._transaction(attempt)
+            return self.counters.transaction(attempt)
         except _Refused as e:
             raise e.error from None
 
@@ -724,28 +535,14 @@ class RateLimiter:
     def _peek(self, charges: list[_Charge], now: float) -> list[_Usage]:
         """Current usage without charging anything (for refusals decided up front)."""
 
-        def read(cur: _Cursor) -> dict[str, tuple[int, int]]:
-            def count(row: str, window: int) -> int:
-                cur.execute(self._count_sql, (row, window))
-                found = cur.fetchone()
-                return int(found[0]) if found else 0
-
+        def read(txn: RateTxn) -> dict[str, tuple[int, int]]:
             return {
-                c.row: (count(c.row, c.window) + c.amount, count(c.row, c.window - 1))
+                c.row: (txn.count(c.row, c.window) + c.amount, txn.count(c.row, c.window - 1))
                 for c in charges
                 if c.dim is not None
             }
 
-        return self._usages(charges, self._transaction(read))
-
-    def _hold(self, cur: _Cursor, scope: str, request_id: str, started: Any) -> int:
-        """Insert one in-flight row; its id."""
-        cur.execute(self._hold_sql, (scope, request_id[:64], started, os.getpid(), _HOST))
-        return int(cast(Sequence[int], cur.fetchone())[0])
-
-    def _in_flight(self, cur: _Cursor, scope: str) -> int:
-        cur.execute(self._in_flight_sql, (scope,))
-        return int(cast(Sequence[int], cur.fetchone())[0])
+        return self._usages(charges, self.counters.transaction(read))
 
     def _refusal(
         self,
@@ -811,13 +608,13 @@ class RateLimiter:
             elif delta > 0:
                 plan[(row, cur)] = plan.get((row, cur), 0) + delta
         if plan:
-            steps = [(row, w, max(0, n), n, n) for (row, w), n in sorted(plan.items())]
+            steps = sorted(plan.items())
 
-            def apply(cur: _Cursor) -> None:
-                for params in steps:
-                    cur.execute(self._add_sql, params)
+            def apply(txn: RateTxn) -> None:
+                for (row, window), amount in steps:
+                    txn.add(row, window, amount)
 
-            self._transaction(apply)
+            self.counters.transaction(apply)
         lease.charged_tokens = actual
 
     def release(self, lease: Lease) -> None:
@@ -829,7 +626,7 @@ class RateLimiter:
         if not lease.inflight_ids:
             return
         ids = lease.inflight_ids
-        self._transaction(lambda cur: self._free(cur, ids))
+        self.counters.transaction(lambda txn: txn.free(ids))
 
     def headers(self, lease_or_error: Lease | RateLimited) -> dict[str, str]:
         """Same as the module-level :func:`headers`."""
@@ -841,14 +638,11 @@ class RateLimiter:
         scope; returns (windows dropped, in-flight rows dropped)."""
         now = time.time() if now is None else now
 
-        def run(cur: _Cursor) -> tuple[int, int]:
-            dropped = 0
-            for prefix, kind in _SWEPT:
-                cur.execute(self._prune_sql, (f"{prefix}:%", _window(kind, now)[0] - 1))
-                dropped += max(0, cur.rowcount)
-            return dropped, self._drop_stale(cur, now, None)
+        def run(txn: RateTxn) -> tuple[int, int]:
+            dropped = sum(txn.prune(prefix, _window(kind, now)[0] - 1) for prefix, kind in _SWEPT)
+            return dropped, self._drop_stale(txn, now, None)
 
-        return self._transaction(run)
+        return self.counters.transaction(run)
 
     def _maybe_sweep(self, now: float) -> None:
         clock = time.monotonic()

@@ -1,49 +1,34 @@
-"""Metering for the serving gateway: one ``request_log`` row per served request, usage
-reports per key and per deployment, and the flow-back of logged chats into an SFT dataset.
+"""Metering for the serving gateway, over the store's request log (``store.requests``):
+usage reports per key and per deployment, and the flow-back of logged chats into an SFT
+dataset.
 
-Bodies are optional: a deployment stores them only when it logs bodies, and the caller
-masks PII before handing them here. An exported conversation is the logged request's
-``messages`` followed by the assistant answer taken from the logged reply, which must be
-an OpenAI chat completion object (``choices[0].message.content``); a streamed reply is
-logged as the completion it assembles to.
-
-The gateway logs through :class:`RequestLog`, which writes rows from a background thread,
-many per transaction (group commit): a row is handed over when its request ends; a writer
-that was idle writes it at once (about a millisecond after the reply), and after each
-write the writer rests ``interval_s`` (20 ms) before taking everything that arrived
-meanwhile, so under load there are at most 50 small transactions a second per worker and
-no thread wake-up per request. Trade-off: a worker killed with SIGKILL (or a machine that
-loses power) loses the rows not yet committed: those of the last ``interval_s`` plus one
-write, or up to ``max_pending`` rows while the database is stuck. A normal shutdown
-(SIGTERM/SIGINT, the app's shutdown event, interpreter exit) flushes everything.
-:func:`log_request` writes one row at once.
+Bodies are optional: a deployment stores them only when it logs bodies, masked. An exported
+conversation is the logged request's ``messages`` followed by the assistant answer taken
+from the logged reply, which must be an OpenAI chat completion object
+(``choices[0].message.content``); a streamed reply is logged as the completion it
+assembles to.
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
-import logging
 import tempfile
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Table, insert, select
-from sqlalchemy.orm import Session
 
 from lmops.core.errors import UserError
-from lmops.store.models import RequestLogRow
+from lmops.store.requests import utc as _utc
+from lmops.store.types import RequestRecord
 
 if TYPE_CHECKING:
     from lmops.store import Store, Version
 
 __all__ = [
-    "RequestLog",
     "UsageReport",
     "UsageStats",
     "export_conversations",
@@ -57,232 +42,12 @@ KEEP_REASONS = frozenset({"failed", "truncated", "content_filtered", "flagged"})
 _ROLES = ("system", "user", "assistant")
 
 
-def _utc(dt: datetime | None) -> datetime | None:
-    """UTC (naive values are taken as UTC), so comparisons work on SQLite too."""
-    if dt is None:
-        return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+def log_request(store: Store, *, at: datetime | None = None, **fields: Any) -> int:
+    """Record one served request now (``at`` defaults to now; the other keywords are
+    :class:`~lmops.store.types.RequestRecord`'s fields); returns the row id."""
+    return store.requests.add(RequestRecord(time=at, **fields))
 
 
-def log_request(
-    store: Store,
-    *,
-    request_id: str,
-    key_name: str | None,
-    deployment: str | None,
-    model_ref: str | None,
-    endpoint: str,
-    status: int,
-    prompt_tokens: int,
-    completion_tokens: int,
-    latency_ms: float | None,
-    ttft_ms: float | None,
-    error: str | None = None,
-    guardrails: dict[str, Any] | None = None,
-    request_body: dict[str, Any] | None = None,
-    response_body: dict[str, Any] | None = None,
-    at: datetime | None = None,
-) -> int:
-    """Record one served request (``at`` defaults to now); returns the row id.
-
-    ``model_ref`` should be the concrete ``name:version`` that answered, so exports can
-    link their rows to it. Bodies must already be masked."""
-    row = RequestLogRow(
-        **_row_values(
-            request_id=request_id,
-            key_name=key_name,
-            deployment=deployment,
-            model_ref=model_ref,
-            endpoint=endpoint,
-            status=status,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            latency_ms=latency_ms,
-            ttft_ms=ttft_ms,
-            error=error,
-            guardrails=guardrails,
-            request_body=request_body,
-            response_body=response_body,
-            at=at,
-        )
-    )
-
-    def add(s: Session) -> int:
-        s.add(row)
-        s.flush()
-        return row.id
-
-    return store.db.write(add)
-
-
-_LOG_TABLE = cast(Table, RequestLogRow.__table__)
-_BODIES = ("request_body", "response_body")
-
-
-def _row_values(
-    *,
-    request_id: str,
-    key_name: str | None,
-    deployment: str | None,
-    model_ref: str | None,
-    endpoint: str,
-    status: int,
-    prompt_tokens: int,
-    completion_tokens: int,
-    latency_ms: float | None,
-    ttft_ms: float | None,
-    error: str | None = None,
-    guardrails: dict[str, Any] | None = None,
-    request_body: dict[str, Any] | None = None,
-    response_body: dict[str, Any] | None = None,
-    at: datetime | None = None,
-) -> dict[str, Any]:
-    """The column values of one row, normalised as :func:`log_request` does them."""
-    values: dict[str, Any] = {
-        "request_id": request_id[:64],
-        "time": _utc(at) or datetime.now(UTC),
-        "key_name": key_name,
-        "deployment": deployment,
-        "model_ref": model_ref,
-        "endpoint": endpoint,
-        "status": int(status),
-        "prompt_tokens": max(0, int(prompt_tokens)),
-        "completion_tokens": max(0, int(completion_tokens)),
-        "latency_ms": latency_ms,
-        "ttft_ms": ttft_ms,
-        "error": error,
-        "guardrails": dict(guardrails or {}),
-    }
-    # Absent rather than None: an explicit None would be stored as JSON 'null', not NULL.
-    if request_body is not None:
-        values["request_body"] = request_body
-    if response_body is not None:
-        values["response_body"] = response_body
-    return values
-
-
-class RequestLog:
-    """Request-log rows written from a background thread, many per transaction.
-
-    ``submit(**row)`` takes :func:`log_request`'s keyword arguments and returns at once;
-    the thread writes whatever is pending in one transaction (at most ``max_batch`` rows),
-    then rests ``interval_s`` (see the module docstring). ``flush()`` waits until every
-    row submitted before the call is written; ``close()`` flushes and stops the thread
-    (also run at interpreter exit); rows submitted after it are written at once. When
-    ``max_pending`` rows wait (the database is stuck), ``submit`` blocks until there is
-    room, so memory and what a crash can lose stay bounded. A batch that cannot be written
-    (after ``Database.write``'s retries) is reported on the ``lmops.serve`` logger and
-    counted in ``failed``; its rows are lost.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        *,
-        interval_s: float = 0.02,
-        max_batch: int = 512,
-        max_pending: int = 10_000,
-    ) -> None:
-        self._db = store.db
-        self.interval_s = interval_s
-        self.max_batch = max_batch
-        self.max_pending = max_pending
-        self._pending: list[dict[str, Any]] = []
-        self._cv = threading.Condition()
-        self._submitted = 0  # rows handed over
-        self._settled = 0  # rows written or given up
-        self.failed = 0
-        self._closed = False
-        self._idle = False  # the writer waits for rows (rather than writing or resting)
-        self._flushing = 0  # callers waiting in flush()
-        self._thread = threading.Thread(target=self._run, name="lmops-request-log", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)
-
-    def submit(self, *, mask: Callable[[Any], Any] | None = None, **row: Any) -> None:
-        """Hand over one row (:func:`log_request`'s keyword arguments). ``mask`` is applied
-        to its bodies on the writer thread, before they are written (it may be slow)."""
-        values = _row_values(**row)
-        if mask is not None:
-            values["_mask"] = mask
-        with self._cv:
-            if self._closed:  # after shutdown: write it here rather than lose it
-                self._write_or_report([values])
-                return
-            if len(self._pending) >= self.max_pending:
-                self._cv.wait_for(lambda: len(self._pending) < self.max_pending)
-            self._pending.append(values)
-            self._submitted += 1
-            if self._idle:  # wake the writer only when it waits for work, not per row
-                self._cv.notify_all()
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the rows submitted so far are written; False on timeout."""
-        with self._cv:
-            target = self._submitted
-            self._flushing += 1  # cut the writer's rest short
-            self._cv.notify_all()
-            try:
-                return self._cv.wait_for(lambda: self._settled >= target, timeout)
-            finally:
-                self._flushing -= 1
-
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Flush and stop the writer thread (idempotent)."""
-        with self._cv:
-            if self._closed:
-                return
-            self._closed = True
-            self._cv.notify_all()
-        self._thread.join(timeout)
-        atexit.unregister(self.close)
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                self._idle = True
-                self._cv.wait_for(lambda: bool(self._pending) or self._closed)
-                self._idle = False
-                if not self._pending:  # closed and drained
-                    return
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
-                self._cv.notify_all()  # room for blocked submitters
-            self._write_or_report(batch)
-            with self._cv:
-                self._settled += len(batch)
-                self._cv.notify_all()
-                # rest, so that rows arriving meanwhile share the next transaction
-                self._cv.wait_for(lambda: self._closed or self._flushing > 0, self.interval_s)
-
-    def _write_or_report(self, rows: list[dict[str, Any]]) -> None:
-        try:
-            self._write(rows)
-        except Exception:  # never let one bad batch stop the log
-            self.failed += len(rows)
-            logging.getLogger("lmops.serve").exception(
-                "request log: %d rows could not be written", len(rows)
-            )
-
-    def _write(self, rows: list[dict[str, Any]]) -> None:
-        # One INSERT per set of columns: rows without bodies leave those columns NULL.
-        groups: dict[tuple[bool, ...], list[dict[str, Any]]] = {}
-        for r in rows:
-            mask = r.pop("_mask", None)
-            if mask is not None:
-                for b in _BODIES:
-                    if b in r:
-                        r[b] = mask(r[b])
-            groups.setdefault(tuple(b in r for b in _BODIES), []).append(r)
-
-        def add(s: Session) -> None:
-            for group in groups.values():
-                s.execute(insert(_LOG_TABLE), group)
-
-        self._db.write(add)
-
-
-# -- usage ------------------------------------------------------------------------------------
 def _percentile(values: Sequence[float], q: float) -> float | None:
     """The ``q``-quantile (0..1) by linear interpolation between closest ranks (numpy's
     default); None for no values."""
@@ -366,26 +131,16 @@ def usage(
     """Requests, errors, tokens and latency per key and per deployment (and in total) for
     requests logged in ``[since, until)``, optionally for one key and/or deployment."""
     since, until = _utc(since), _utc(until) or datetime.now(UTC)
-    c = RequestLogRow
-    cols = (c.key_name, c.deployment, c.status, c.prompt_tokens, c.completion_tokens)
-    q = select(*cols, c.latency_ms, c.ttft_ms).where(c.time < until)
-    if since is not None:
-        q = q.where(c.time >= since)
-    if key is not None:
-        q = q.where(c.key_name == key)
-    if deployment is not None:
-        q = q.where(c.deployment == deployment)
     by_key: dict[str, _Acc] = {}
     by_dep: dict[str, _Acc] = {}
     total = _Acc()
-    with store.db.session() as s:
-        for k, d, status, pt, ct, lat, ttft in s.execute(q):
-            for acc in (
-                by_key.setdefault(k or NO_KEY, _Acc()),
-                by_dep.setdefault(d or NO_KEY, _Acc()),
-                total,
-            ):
-                acc.add(status, pt, ct, lat, ttft)
+    for r in store.requests.scan(key=key, deployment=deployment, since=since, until=until):
+        for acc in (
+            by_key.setdefault(r.key_name or NO_KEY, _Acc()),
+            by_dep.setdefault(r.deployment or NO_KEY, _Acc()),
+            total,
+        ):
+            acc.add(r.status, r.prompt_tokens, r.completion_tokens, r.latency_ms, r.ttft_ms)
     return UsageReport(
         since=since,
         until=until,
@@ -490,20 +245,6 @@ def export_conversations(
             f"unknown reasons to keep {sorted(unknown)}; use some of {sorted(KEEP_REASONS)}"
         )
     since, until = _utc(since), _utc(until)
-    c = RequestLogRow
-    q = (
-        select(c.time, c.model_ref, c.request_body, c.response_body, c.status, c.guardrails)
-        .where(
-            c.deployment == deployment,
-            c.request_body.is_not(None),
-        )
-        .order_by(c.time, c.id)
-        .execution_options(yield_per=500)
-    )
-    if since is not None:
-        q = q.where(c.time >= since)
-    if until is not None:
-        q = q.where(c.time < until)
     window = f" since {since.isoformat()}" if since else ""
     skipped: dict[str, int] = {}
     seen: set[str] = set()
@@ -513,9 +254,18 @@ def export_conversations(
     count = 0
     with tempfile.TemporaryDirectory(prefix="lmops-export-") as tmp:
         path = Path(tmp) / "conversations.jsonl"
-        with store.db.session() as s, path.open("w", encoding="utf-8") as fh:
-            for time, model_ref, request, response, status, guardrails in s.execute(q):
-                unfit = _unfit(status, response, guardrails, keep)
+        logged = store.requests.scan(
+            deployment=deployment, since=since, until=until, with_bodies=True
+        )
+        with path.open("w", encoding="utf-8") as fh:
+            for r in logged:
+                time, model_ref, request, response = (
+                    r.time,
+                    r.model_ref,
+                    r.request_body,
+                    r.response_body,
+                )
+                unfit = _unfit(r.status, response, r.guardrails, keep)
                 if unfit is not None:
                     skipped[unfit] = skipped.get(unfit, 0) + 1
                     continue

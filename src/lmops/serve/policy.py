@@ -24,7 +24,8 @@ logged), so the gateway's handlers never test whether a policy exists.
 
 Per request the policy reads nothing from the database (limits and guardrails are built
 once per deployment); it runs one limiter transaction to admit and, when the token estimate
-was off, one to reconcile; the request-log row is handed to :class:`~lmops.serve.metering.RequestLog`,
+was off, one to reconcile; the request-log row is handed to the store's request-log writer
+(:class:`~lmops.store.requests.RequestLogWriter`),
 which writes rows in batches from a background thread. ``Policy.close()`` (the app's
 shutdown) flushes it.
 """
@@ -37,8 +38,8 @@ from typing import Any
 from lmops.serve.guardrails import GuardrailConfig, Guardrails
 from lmops.serve.limits import Limits, RateLimited, RateLimiter
 from lmops.serve.limits import headers as limit_headers
-from lmops.serve.metering import RequestLog
 from lmops.serve.metrics import Metrics
+from lmops.store.types import RequestRecord
 
 __all__ = ["NullPolicy", "Policy", "RequestContext", "mask_body"]
 
@@ -49,7 +50,7 @@ class Policy:
         self.registry = registry
         self.limiter = RateLimiter(store.db)
         self.metrics = Metrics(registry)
-        self.log = RequestLog(store)
+        self.log = store.requests.writer()
         self.guards: dict[str, Guardrails] = {}
         self.limits: dict[str, Limits] = {}
         for name, dep in registry.deployments.items():
@@ -216,12 +217,7 @@ class RequestContext:
         error: str | None,
         response: dict[str, Any] | None,
     ) -> None:
-        bodies: dict[str, Any] = {}
-        if self.dep.spec.log_bodies and self.body is not None:
-            # the client's body, masked on the writer thread (mask_body) whatever the
-            # guardrails were set to
-            bodies = {"request_body": self.body, "response_body": response, "mask": mask_body}
-        self.policy.log.submit(
+        record = RequestRecord(
             request_id=self.request_id,
             key_name=self.key.name,
             deployment=self.dep.name,
@@ -234,8 +230,14 @@ class RequestContext:
             ttft_ms=self.ttft_s * 1000 if self.ttft_s is not None else None,
             error=error,
             guardrails={"actions": self.actions} if self.actions else None,
-            **bodies,
         )
+        if self.dep.spec.log_bodies and self.body is not None:
+            # the client's body, masked on the writer thread (mask_body) whatever the
+            # guardrails were set to
+            record.request_body, record.response_body = self.body, response
+            self.policy.log.submit(record, mask=mask_body)
+        else:
+            self.policy.log.submit(record)
 
 
 def mask_body(body: Any) -> Any:

@@ -11,6 +11,7 @@ from lmops.store.assets import AssetRegistry
 from lmops.store.audit import AuditLog
 from lmops.store.db import Database
 from lmops.store.keys import KeyRing
+from lmops.store.requests import RequestLog
 from lmops.store.runs import RunTracker
 from lmops.store.steps import StepCache
 
@@ -27,10 +28,11 @@ class GcReport:
 
 
 class Store:
-    """Metadata database + artifact store, seen through five parts:
+    """Metadata database + artifact store, seen through its parts:
 
     ``assets`` (versions, aliases, lineage, verify, delete), ``runs``, ``keys``,
-    ``audit`` and ``artifacts`` (bytes). ``actor`` and ``origin`` are written to the
+    ``audit``, ``steps`` (the pipeline step cache), ``requests`` (the gateway's request
+    log) and ``artifacts`` (bytes). ``actor`` and ``origin`` are written to the
     audit log for every change made through this object.
     """
 
@@ -54,6 +56,7 @@ class Store:
         self.runs = RunTracker(self)
         self.keys = KeyRing(self)
         self.steps = StepCache(self)
+        self.requests = RequestLog(self)
 
     def as_actor(self, actor: str, origin: str) -> Store:
         """A view of this store that audits changes as ``actor`` from ``origin``."""
@@ -65,6 +68,7 @@ class Store:
         other.runs = RunTracker(other)
         other.keys = KeyRing(other)
         other.steps = StepCache(other)
+        other.requests = RequestLog(other)
         return other
 
     def gc(self, grace_s: float = 3600.0) -> GcReport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -16,6 +17,7 @@ __all__ = [
     "LineageEdge",
     "LineageGraph",
     "Metric",
+    "RequestRecord",
     "Run",
     "RunStatus",
     "Version",
@@ -160,3 +162,26 @@ class ApiKey(BaseModel):
 
         now = utcnow()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+@dataclass(slots=True)  # one per served request: cheaper to build than a pydantic model
+class RequestRecord:
+    """One served request as the request log keeps it (``store.requests``). ``model_ref``
+    is the concrete version that answered (``name:N``), so exports link to it; bodies are
+    kept only when the deployment logs them, and must be masked before they get here."""
+
+    request_id: str
+    endpoint: str
+    status: int
+    key_name: str | None = None
+    deployment: str | None = None
+    model_ref: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    error: str | None = None
+    guardrails: dict[str, Any] | None = None
+    request_body: dict[str, Any] | None = None
+    response_body: dict[str, Any] | None = None
+    time: datetime | None = None  # now, when written without one
