@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lmops.core.errors import UserError
 from lmops.store import Store
@@ -53,22 +54,26 @@ def spec(dataset: str, **over: object) -> TrainSpec:
 
 
 def test_json_array_bad_rows_raise_with_line_or_are_skipped_and_counted(
-    tiny: Store, tmp_path: Path
-) -> None:
+    tiny: Store, tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
     p = tmp_path / "adds.json"
     p.write_text(ARRAY, encoding="utf-8")
     with pytest.raises(UserError, match=r"adds\.json:3 \(element 1\): field 'output'"):
         run_training(spec(str(p)), tiny, progress=False)
-    result = run_training(spec(str(p), on_error="skip"), tiny, progress=False)
-    assert result.output == "tuned:1"
-    assert result.data == {
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec(str(p), on_error="skip").model_dump(mode="json")))
+    r = cli("train", str(job))
+    assert r.code == 0, r.err
+    assert "rows: 3 used of 5 read, 2 skipped (empty 1, not_object 1)" in r.out
+    run = next(x for x in tiny.runs.list() if x.kind == "train")
+    assert run.params["data"]["rows_skipped"] == 2
+    r = cli("train", str(job), "output=tuned-json", "--json")
+    assert json.loads(r.out)["data"] == {
         "rows_read": 5,
         "rows_used": 3,
         "rows_skipped": 2,
         "skipped_by_reason": {"empty": 1, "not_object": 1},
     }
-    run = tiny.runs.get(result.run_id)
-    assert run.params["data"]["rows_skipped"] == 2
 
 
 def test_csv_and_parquet_datasets_train(tiny: Store, tmp_path: Path) -> None:

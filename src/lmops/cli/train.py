@@ -103,6 +103,13 @@ def run(
         f"run {result.run_id}; trainable parameters {result.trainable_params:,} of {result.total_params:,}",
         markup=False,
     )
+    if result.data.get("rows_skipped"):  # on_error: skip left bad rows out
+        reasons = ", ".join(f"{k} {v}" for k, v in result.data["skipped_by_reason"].items())
+        console.print(
+            f"rows: {result.data['rows_used']:,} used of {result.data['rows_read']:,} read, "
+            f"{result.data['rows_skipped']:,} skipped ({reasons})",
+            markup=False,
+        )
 
 
 def interrupted_line(e: Any, stage: str, command: list[str]) -> str:
