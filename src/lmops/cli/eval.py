@@ -167,9 +167,15 @@ def run(
             markup=False,
         )
     if excluded:
+        # rows dropped when the tasks loaded, before --limit: MMLU-Redux's annotated errors,
+        # or a task file's doc_filter
+        why = (
+            "annotated as wrong (MMLU-Redux; --include-errors keeps them)"
+            if all(t.source == "builtin:mmlu_redux" for t in task_list if t.excluded)
+            else "by the tasks' doc filters (MMLU-Redux: rows annotated as wrong)"
+        )
         console.print(
-            f"left out {excluded:,} of {kept + excluded:,} rows annotated as wrong "
-            "(MMLU-Redux; --include-errors keeps them)"
+            f"left out {excluded:,} of {kept + excluded:,} rows {why}"
             + (f"; --limit applied to the {kept:,} kept" if limit else ""),
             markup=False,
         )
