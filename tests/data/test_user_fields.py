@@ -103,16 +103,28 @@ def test_rerun_over_own_output_keeps_fields_and_merges_annotations(tmp_path: Pat
 
 
 def test_a_reserved_key_that_is_not_ours_is_a_named_error_or_skipped(tmp_path: Path) -> None:
-    rows = ['{"text": "fine row with enough words"}', '{"text": "other row", "_lmops": "mine"}']
+    rows = [
+        '{"text": "fine row with enough words"}',
+        '{"text": "other row", "_lmops": "mine"}',
+        f'{{"text": "mail {EMAIL}", "_lmops": {{"pii": ["EMAIL"]}}}}',
+        '{"text": "scored row", "_lmops": {"scores": {"length_filter": 3}}}',
+    ]
     (tmp_path / "raw.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    body = "name: r\ninputs: [raw.jsonl]\nprocess: [{op: pii_mask}]\noutput: {path: out}\n"
+    body = (
+        "name: r\ninputs: [raw.jsonl]\nprocess: [{op: pii_mask}, {op: length_filter}]\n"
+        "output: {path: out}\n"
+    )
     with pytest.raises(UserError, match=r"raw\.jsonl:2: field '_lmops' is reserved"):
         run_recipe(load_recipe(write(tmp_path / "a.yaml", body)), base_dir=tmp_path, progress=False)
     skip = body.replace("out}", "out2}") + "on_error: skip\n"
     res = run_recipe(
         load_recipe(write(tmp_path / "b.yaml", skip)), base_dir=tmp_path, progress=False
     )
-    assert res.report["errors"]["count"] == 1 and res.report["docs_out"] == 1
+    assert res.report["errors"]["count"] == 3 and res.report["docs_out"] == 1
+    errors = (tmp_path / "out2" / "_errors.jsonl").read_text(encoding="utf-8")
+    assert "field '_lmops.pii' is not what lmops writes" in errors
+    assert "field '_lmops.scores.length_filter' is not what lmops writes" in errors
+    assert EMAIL not in errors  # the error file is masked like the data
 
 
 def test_parquet_and_csv_rows_keep_their_fields(tmp_path: Path) -> None:

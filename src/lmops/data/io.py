@@ -222,6 +222,21 @@ def _parts(
     return parts, paths
 
 
+# Annotations operators add to (so an input's must have the shape lmops writes).
+_OBJECT_ANNOTATIONS = ("scores", "pii", "intra_doc_dedup", "c4_span_dedup")
+
+
+def _foreign_annotation(ann: dict[str, Any]) -> str | None:
+    """The first annotation an operator could not add to, or None."""
+    for key in _OBJECT_ANNOTATIONS:
+        if key in ann and not isinstance(ann[key], dict):
+            return key
+    for op, scores in ann.get("scores", {}).items():
+        if not isinstance(scores, dict):
+            return f"scores.{op}"
+    return None
+
+
 def _row_to_doc(row: Row, opts: ReadOptions, default_id: str) -> Document | str:
     """A Document, or the reason the row is unusable."""
     values = row.values
@@ -236,6 +251,12 @@ def _row_to_doc(row: Row, opts: ReadOptions, default_id: str) -> Document | str:
                 f"written by an earlier run), got {_type(ann)}; rename the field"
             )
         metadata = ann
+        wrong = _foreign_annotation(metadata)
+        if wrong:
+            return (
+                f"field '{ANNOTATIONS_KEY}.{wrong}' is not what lmops writes there (an object); "
+                f"remove it, or rename the field {ANNOTATIONS_KEY!r} if it is yours"
+            )
     marked = metadata.pop("fields", None)
     ann_id = metadata.pop("id", None)
     text_field = opts.columns.get(opts.text_key, opts.text_key)
