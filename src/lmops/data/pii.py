@@ -804,6 +804,14 @@ _CHANGED_ASTRAL = re.compile(
 _FOLD_OR_DROP: dict[int, int | None] = {**_FOLD, **dict.fromkeys(_INVISIBLE)}
 
 
+def _fold_or_drop(m: re.Match[str]) -> str:
+    return m.group().translate(_FOLD_OR_DROP)
+
+
+def _fold(m: re.Match[str]) -> str:
+    return m.group().translate(_FOLD)
+
+
 def _has_astral(text: str) -> bool:
     """Whether ``text`` has a character outside the BMP (cheaper than a regex search)."""
     return len(text.encode("utf-16-le", "surrogatepass")) != 2 * len(text)
@@ -836,6 +844,23 @@ _BLANK = (" ", "\t")
 
 def _spelled_email_edits(text: str) -> list[tuple[int, int, str]]:
     """Edits that rewrite spelled-out e-mail addresses in ``text`` to plain ones."""
+    # Substring tests, cheaper than lower-casing or a regex: every spelling has an "@", a
+    # "dot" or a bracketed "at" (lower or upper case; "Dot" too).
+    if not (
+        "@" in text
+        or "dot" in text
+        or "DOT" in text
+        or "Dot" in text
+        or "t]" in text
+        or "t)" in text
+        or "t}" in text
+        or "t>" in text
+        or "T]" in text
+        or "T)" in text
+        or "T}" in text
+        or "T>" in text
+    ):
+        return []
     lower = text.lower()
     dotted = "dot" in lower  # a spelled-out dot somewhere
     if not (
@@ -844,10 +869,10 @@ def _spelled_email_edits(text: str) -> list[tuple[int, int, str]]:
         or " @" in text
         or "@\t" in text
         or "\t@" in text
-        or "at]" in lower
-        or "at)" in lower
-        or "at}" in lower
-        or "at>" in lower
+        or "[at]" in lower
+        or "(at)" in lower
+        or "{at}" in lower
+        or "<at>" in lower
     ):
         return []
     edits: list[tuple[int, int, str]] = []
@@ -900,28 +925,13 @@ def _normalized(text: str) -> _View:
     if not text.isascii():  # isascii() is O(1) in CPython
         # Chinese text has a full-width comma or colon every few characters: translating
         # just the runs is about twice as fast as translating the whole string.
-        parts: list[str] = []
-        drop: list[tuple[int, int, str]] = []
-        pos = 0
-        for m in (_CHANGED_ASTRAL if _has_astral(text) else _CHANGED).finditer(text):
-            run = m.group()
-            out = run.translate(_FOLD_OR_DROP)
-            if len(out) != len(run):  # invisible characters: folded now, dropped by _edit
-                start = m.start()
-                drop += [
-                    (start + i, start + i + 1, "")
-                    for i, c in enumerate(run)
-                    if ord(c) in _INVISIBLE
-                ]
-                out = run.translate(_FOLD)
-            if out != run:
-                parts += (text[pos : m.start()], out)
-                pos = m.end()
-        if parts:
-            parts.append(text[pos:])
-            view = _View("".join(parts))
-        if drop:
-            view = _edit(view, drop)
+        changed = _CHANGED_ASTRAL if _has_astral(text) else _CHANGED
+        folded = changed.sub(_fold_or_drop, text)
+        if len(folded) == len(text):
+            view = _View(folded)  # one for one: the offsets hold
+        else:  # invisible characters: fold one for one, then drop them with a map
+            view = _View(changed.sub(_fold, text))
+            view = _edit(view, [(i, i + 1, "") for i, c in enumerate(text) if ord(c) in _INVISIBLE])
     edits = _spelled_email_edits(view.text)
     if edits:
         view = _edit(view, edits)
@@ -981,11 +991,7 @@ def _joined_view(view: _View) -> tuple[_View, list[tuple[int, int]]] | None:
     when there is none. The view's positions map to ``view.text``'s."""
     text = view.text
     # Every joined number has 11 digits or more (a China mobile): most text has fewer.
-    if (
-        _HAS_DIGIT.search(text) is None
-        or sum(map(text.count, "0123456789")) < 11
-        or _JOIN_CUE.search(text) is None
-    ):
+    if sum(map(text.count, "0123456789")) < 11 or _JOIN_CUE.search(text) is None:
         return None
     edits: list[tuple[int, int, str]] = []
     runs: list[tuple[int, int]] = []
@@ -1007,15 +1013,16 @@ def _joined_view(view: _View) -> tuple[_View, list[tuple[int, int]]] | None:
 
 
 def _candidates(
-    text: str, last: int = len(PII_TYPES) - 1, *, joined: bool = False
+    text: str, last: int = len(PII_TYPES) - 1, *, joined: bool = False, digit: bool | None = None
 ) -> list[tuple[int, int, int, str]]:
     """Every validated finding as ``(priority, start, end, type)``, overlaps included.
 
     Types of a priority after ``last`` are not looked for; with ``joined`` only the
-    detectors that also read the digits-joined view run.
+    detectors that also read the digits-joined view run. ``digit``: whether ``text`` has
+    an ASCII digit, where the caller knows.
     """
     digits = 0
-    if _HAS_DIGIT.search(text) is not None:
+    if digit if digit is not None else _HAS_DIGIT.search(text) is not None:
         digits = 7 if _DIGIT_RUN.search(text) is not None else 1
     if digits < 7 and (joined or _CUES[digits].search(text.lower()) is None):
         return []
@@ -1053,8 +1060,9 @@ def detect_pii(text: str, types: Iterable[str] | None = None) -> list[PiiSpan]:
         return []
     view = _normalized(text)
     last = _last_priority(wanted)
-    found = _candidates(view.text, last)
-    joined = _joined_view(view)
+    digit = _HAS_DIGIT.search(view.text) is not None
+    found = _candidates(view.text, last, digit=digit)
+    joined = _joined_view(view) if digit else None
     if joined is not None:
         jview, runs = joined
         for prio, start, end, typ in _candidates(jview.text, last, joined=True):

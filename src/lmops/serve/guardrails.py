@@ -436,7 +436,7 @@ class TermMatcher:
         self._any = _compile_terms({t for ts in self.terms.values() for t in ts})
         self._by_category = {cat: _compile_terms(ts) for cat, ts in self.terms.items() if ts}
         self.longest = max((len(t) for ts in self.terms.values() for t in ts), default=0)
-        self._prefix_set: frozenset[str] | None = None  # see term_start
+        self._prefix_set: tuple[frozenset[str], re.Pattern[str]] | None = None  # term_start
 
     def find(self, normalized: str) -> list[TermHit]:
         """Every hit: per category left to right, non-overlapping within a category."""
@@ -457,22 +457,25 @@ class TermMatcher:
         term that starts with a Latin letter or digit only begins at a word start.
         Read-only; used by :class:`StreamGuard` to hold back as little as possible.
         """
-        prefixes = self._prefixes()
+        prefixes, starts = self._prefixes()
         n = len(normalized)
-        for start in range(max(n - self.longest, 0), n):
-            piece = normalized[start:]
-            if piece in prefixes and (
-                start == 0
-                or not _is_word_char(piece[0])
-                or not _is_word_char(normalized[start - 1])
-            ):
-                return start
+        for m in starts.finditer(normalized, max(n - self.longest, 0)):
+            if normalized[m.start() :] in prefixes:
+                return m.start()
         return n
 
-    def _prefixes(self) -> frozenset[str]:
+    def _prefixes(self) -> tuple[frozenset[str], re.Pattern[str]]:
+        """Every beginning of every term, and a regex finding where one may begin (a term's
+        first character; a Latin letter or digit only at a word start)."""
         if self._prefix_set is None:  # built on first use: only streams need it
-            self._prefix_set = frozenset(
-                t[:i] for ts in self.terms.values() for t in ts for i in range(1, len(t) + 1)
+            terms = [t for ts in self.terms.values() for t in ts]
+            firsts = {t[0] for t in terms}
+            word = "".join(re.escape(c) for c in sorted(firsts) if _is_word_char(c))
+            other = "".join(re.escape(c) for c in sorted(firsts) if not _is_word_char(c))
+            alternatives = [rf"\b[{word}]" if word else "", f"[{other}]" if other else ""]
+            self._prefix_set = (
+                frozenset(t[:i] for t in terms for i in range(1, len(t) + 1)),
+                re.compile("|".join(a for a in alternatives if a) or "(?!)", re.ASCII),
             )
         return self._prefix_set
 
@@ -1206,6 +1209,8 @@ _CLASSIFY_WINDOW = 1024
 
 def _is_connector(word: str, at_end: bool) -> bool:
     """Whether ``word`` is an e-mail connector, or (``at_end``) may still become one."""
+    if len(word) > 5:  # longer than any connector (most words: decided at once)
+        return False
     w = word.lower() if word.isascii() else unicodedata.normalize("NFKC", word).lower()
     return w in _CONNECTORS or (at_end and any(c.startswith(w) for c in _CONNECTORS))
 
@@ -1233,6 +1238,8 @@ def _sticky_start(text: str, limit: int) -> int:
     most ``limit`` characters long.
     """
     n = len(text)
+    if not n or (text[-1] not in _BLANKS and _STICKY_ONE.match(text, n - 1) is None):
+        return n  # ends in something no finding is made of (most text, at once)
     floor = max(n - limit, 0)
     rev = text[::-1]
 
