@@ -59,7 +59,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmops.core.errors import ConflictError, LmopsError, NotFoundError, UserError
 from lmops.serve.deployments import Deployment, DeploymentSpec
-from lmops.serve.types import Delta, Done, GenRequest
 
 __all__ = [
     "Answer",
@@ -176,104 +175,85 @@ def pick_deployment(specs: list[DeploymentSpec], name: str | None) -> Deployment
     raise NotFoundError(f"deployment {name!r} is not defined; defined: {', '.join(names)}")
 
 
-class _EngineBackend:
-    """The built-in engine(s) of a deployment; a split picks its target per row, seeded."""
+class _DeploymentBackend:
+    """A deployment's backends (:meth:`Deployment.backend`: the engine, an upstream, a
+    fake), asked one chat per row as the gateway asks them, without its HTTP layer or
+    policy. A split picks its target per row, seeded, so a resumed batch sends each row
+    where it went before."""
 
     def __init__(self, dep: Deployment) -> None:
         self.dep = dep
 
-    def _target(self, item: Item, seed: int) -> Any:
+    def _backend(self, item: Item, seed: int) -> Any:
         targets = self.dep.targets
-        if len(targets) == 1:
-            return targets[0][0]
-        # deterministic per row, so a resumed batch sends each row where it went before
+        if len(targets) <= 1:
+            return self.dep.backend()
         x = random.Random(f"{seed}:{item.index}").random() * sum(w for _, w in targets)
         for t, w in targets:
             x -= w
             if x <= 0:
-                return t
-        return targets[-1][0]
+                return self.dep.backend(target=t)
+        return self.dep.backend(target=targets[-1][0])
 
     async def aclose(self) -> None:
-        return None  # the engines are closed with the deployment
+        if self.dep.upstream is not None:  # the engines are closed with the deployment
+            await self.dep.upstream.aclose()
 
     async def complete(self, item: Item, spec: BatchSpec) -> Answer:
-        target = self._target(item, spec.seed)
-        engine = target.engine
-        prompt_ids = engine.encode_chat(item.messages)
-        room = engine.max_context - len(prompt_ids)
-        if room <= 0:
-            raise RowFailed(
-                f"the prompt has {len(prompt_ids)} tokens; the model's context is "
-                f"{engine.max_context}"
-            )
-        req = GenRequest(
-            request_id=f"batch-{item.index}",
-            prompt_ids=prompt_ids,
-            max_tokens=min(spec.max_tokens, room),
-            temperature=spec.temperature,
-            seed=spec.seed + item.index,
-        )
-        text = ""
-        done: Done | None = None
-        async for ev in engine.generate(req):
-            if isinstance(ev, Delta):
-                text += ev.text
-            else:
-                done = ev
-        assert done is not None
-        if done.finish_reason == "error":
-            raise RowFailed(f"engine error: {done.error}")
-        return Answer(
-            text, done.finish_reason, done.prompt_tokens, done.completion_tokens, target.version
-        )
-
-
-class _UpstreamBackend:
-    def __init__(self, dep: Deployment) -> None:
-        self.dep = dep
-
-    async def aclose(self) -> None:
-        await self.dep.upstream.aclose()
-
-    async def complete(self, item: Item, spec: BatchSpec) -> Answer:
+        from lmops.serve.backends import Job
+        from lmops.serve.engine import EngineOverloaded
+        from lmops.serve.protocol import OpenAIError
         from lmops.serve.upstream import UpstreamError
 
-        body = {
-            "messages": item.messages,
-            "max_tokens": spec.max_tokens,
-            "temperature": spec.temperature,
-            "seed": spec.seed + item.index,
-        }
+        backend = self._backend(item, spec.seed)
+        seed = spec.seed + item.index
+        job = Job(
+            kind="chat",
+            request_id=f"batch-{item.index}",
+            model=self.dep.name,
+            body={"messages": item.messages, "temperature": spec.temperature, "seed": seed},
+            messages=[dict(m) for m in item.messages],
+            prompt=None,
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            seed=seed,
+        )
+        text: list[str] = []
+        finish = "stop"
         try:
-            status, data = await self.dep.upstream.request("/chat/completions", body)
-        except UpstreamError as e:
-            raise RowFailed(str(e)) from None
-        if status >= 400:
-            err = data.get("error") or {}
-            raise RowFailed(f"upstream answered {status}: {err.get('message') or data}")
-        try:
-            choice = data["choices"][0]
-            usage = data.get("usage") or {}
-            return Answer(
-                str(choice["message"].get("content") or ""),
-                str(choice.get("finish_reason") or "stop"),
-                int(usage.get("prompt_tokens", 0)),
-                int(usage.get("completion_tokens", 0)),
-                self.dep.upstream.model,
-            )
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-            raise RowFailed(f"upstream answered an unexpected body: {str(data)[:200]}") from None
+            backend.precheck(job)
+            await backend.prepare(job)
+            gen = await backend.start(job)
+            try:
+                async for batch in gen.batches():
+                    for ev in batch:
+                        if ev.index != 0:
+                            continue
+                        text.append(ev.text)
+                        if ev.finish_reason == "error":
+                            raise RowFailed(f"engine error: {ev.error}")
+                        if ev.finish_reason is not None:
+                            finish = ev.finish_reason
+            finally:
+                await gen.aclose()
+        except OpenAIError as e:  # the prompt is longer than the context, a refusal...
+            raise RowFailed(e.message) from None
+        except (UpstreamError, EngineOverloaded) as e:
+            raise RowFailed(str(e) or type(e).__name__) from None
+        model = self.dep.upstream.model if self.dep.upstream is not None else backend.model_ref
+        return Answer("".join(text), finish, gen.prompt_tokens, gen.completion_tokens, model)
 
 
 def backend_for(dep: Deployment) -> Backend:
-    return _UpstreamBackend(dep) if dep.upstream is not None else _EngineBackend(dep)
+    return _DeploymentBackend(dep)
 
 
 def _model_versions(dep: Deployment) -> list[tuple[str, float, bool]]:
     """(version, weight, is an asset ref) of each model behind ``dep``."""
     if dep.upstream is not None:
         return [(f"{dep.upstream.base_url}#{dep.upstream.model}", 1.0, False)]
+    if dep.spec.fake is not None:
+        return [(f"fake:{dep.name}", 1.0, False)]
     # _Target.version is the asset ref, or the folder when the spec named an existing path
     return [(t.version, w, not Path(t.ref).expanduser().exists()) for t, w in dep.targets]
 

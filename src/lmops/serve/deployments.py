@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Deployment",
     "DeploymentSpec",
+    "FakeOptions",
     "Registry",
     "SamplingDefaults",
     "VllmOptions",
@@ -121,6 +122,17 @@ class SamplingDefaults(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
 
 
+class FakeOptions(BaseModel):
+    """A deployment without a model (see :class:`~lmops.serve.backends.FakeBackend`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tokens: int = Field(16, ge=1, le=100_000)  # reply length: tok0 tok1 ...
+    reply: str | None = None  # the words of every reply instead
+    ttft_s: float = Field(0.0, ge=0)
+    itl_s: float = Field(0.0, ge=0)
+    dims: int = Field(64, ge=1, le=4096)  # embedding size
+
+
 class DeploymentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -132,6 +144,7 @@ class DeploymentSpec(BaseModel):
     upstream: str | None = None
     upstream_model: str | None = None
     upstream_api_key: str | None = None
+    fake: FakeOptions | None = None  # no model: deterministic replies (tests, wiring)
     max_running: int = Field(8, ge=1)
     max_queue: int = Field(64, ge=0)
     max_tokens_cap: int = Field(4096, ge=1)
@@ -154,8 +167,8 @@ class DeploymentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> DeploymentSpec:
-        if sum(x is not None for x in (self.model, self.split, self.upstream)) != 1:
-            raise ValueError("give exactly one of model, split or upstream")
+        if sum(x is not None for x in (self.model, self.split, self.upstream, self.fake)) != 1:
+            raise ValueError("give exactly one of model, split, upstream or fake")
         if self.engine == "vllm" and self.model is None:
             raise ValueError("engine: vllm serves a model; give model (an asset ref or folder)")
         if self.vllm is not None and self.engine != "vllm":
@@ -228,6 +241,8 @@ class Deployment:
             self.upstream = Upstream(
                 spec.upstream, spec.upstream_model or spec.name, api_key=spec.upstream_api_key
             )
+        elif spec.fake is not None:
+            pass  # answered by FakeBackend, nothing to load
         elif spec.engine == "vllm":
             # launch_all rewrites these into upstream specs before the workers start
             raise UserError(
@@ -250,17 +265,22 @@ class Deployment:
         with the ChatML fallback because it has no chat template."""
         if self.upstream is not None:
             return {"upstream": self.upstream.shown_url, "model": self.upstream.model}
+        if self.spec.fake is not None:
+            return {"fake": True, "versions": [f"fake:{self.name}"]}
         return {
             "versions": [str(t.version) for t, _ in self.targets],
             "chat_template_fallback": any(t.engine.chat_template_fallback for t, _ in self.targets),
         }
 
-    def backend(self) -> Backend:
-        """What answers the next request: the upstream, or a target's engine (picked by
-        weight for an A/B split), with this deployment's request defaults."""
-        from lmops.serve.backends import EngineBackend, UpstreamBackend
+    def backend(self, target: _Target | None = None) -> Backend:
+        """What answers the next request: the upstream, a fake, or a target's engine
+        (``target``, else picked by weight for an A/B split), with this deployment's request
+        defaults."""
+        from lmops.serve.backends import EngineBackend, FakeBackend, UpstreamBackend
 
         spec = self.spec
+        if spec.fake is not None:
+            return FakeBackend(spec.fake, spec.name)
         sampling = spec.sampling.model_dump(exclude_none=True) if spec.sampling else {}
         if self.upstream is not None:
             return UpstreamBackend(
@@ -269,7 +289,7 @@ class Deployment:
                 sampling=sampling,
                 default_max_tokens=min(spec.default_max_tokens or 1024, spec.max_tokens_cap),
             )
-        target = self.pick()
+        target = target or self.pick()
         model = dict(target.engine.generation_defaults) if spec.generation_config == "auto" else {}
         budget = spec.default_max_tokens or int(model.pop("max_tokens", 256))
         model.pop("max_tokens", None)

@@ -66,6 +66,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmops.core.errors import UserError
+from lmops.serve.protocol import error_body
 
 __all__ = ["create_fake_app", "fake_server", "run_fake_server"]
 
@@ -97,8 +98,7 @@ def _error(
     param: str | None = None,
     code: str | None = None,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(error_body(message, type_, param, code), status_code=status)
 
 
 def _words(text: str) -> int:
