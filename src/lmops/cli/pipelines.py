@@ -358,8 +358,11 @@ def quickstart_cmd(
             console.print(gate_lines(gate.result, gate.outputs), markup=False, highlight=False)
         if served is not None and served.status == "cached" and served.result:
             s = served.result
+            key = f"key {s['key']}" if s.get("key") else "its key"
+            if s.get("key_expires_at"):
+                key += f" expires {s['key_expires_at'][:16].replace('T', ' ')} UTC"
             console.print(
-                f"served {s['model']} as {s['deployment']!r} (cached run): "
+                f"served {s['model']} as {s['deployment']!r} (cached run; {key}): "
                 f"Q: {s['prompt']}  A: {s['answer']}",
                 markup=False,
             )
