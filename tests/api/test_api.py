@@ -329,7 +329,7 @@ def test_verify_reports_tampered_blob(server: Server, admin: httpx.Client) -> No
     assert register(admin, "dataset", "ver-ds", {"v.txt": body}).status_code == 201
     r = admin.get("/api/assets/ver-ds/verify")
     assert r.status_code == 200
-    assert r.json() == {"ok": True, "versions": {"ver-ds:1": []}}
+    assert r.json() == {"ok": True, "versions": {"ver-ds:1": []}, "changed": {}}
 
     blob = server.blob(sha256(body))
     os.chmod(blob, stat.S_IRUSR | stat.S_IWUSR)

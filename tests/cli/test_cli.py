@@ -346,6 +346,7 @@ def test_verify_then_tamper(cli, files: Path, lmops_home: Path) -> None:  # type
         "ok": True,
         "checked": 2,
         "versions": {"good:1": [], "victim:1": []},
+        "changed": {},  # external references whose local files changed (none here)
     }
 
     b = blob(lmops_home, sha256(victim))

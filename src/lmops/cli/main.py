@@ -140,6 +140,8 @@ def _print_version(v: Any) -> None:
         + (f"  aliases: {escape(', '.join(v.aliases))}" if v.aliases else "")
     )
     console.print(f"  digest   {v.digest or '-'}")
+    if v.layout == "external":  # a local path recorded by content: its bytes are not stored
+        console.print(f"  path     {escape(str(v.metadata.get('path')))} (not stored: a reference)")
     console.print(f"  size     {human_size(v.size)} in {v.files} file(s)")
     console.print(f"  created  {when(v.created_at)} by {v.created_by}")
     if v.run_id:
@@ -301,7 +303,8 @@ def assets_show(
 
 @assets_app.command("path")
 def assets_path(ref: Annotated[str, typer.Argument()]) -> None:
-    """Print a local read-only path holding the version's files."""
+    """Print a local read-only path holding the version's files (for an external
+    reference, the path it recorded, if it still holds the recorded bytes)."""
     sys.stdout.write(f"{_store().assets.path(ref)}\n")
 
 
@@ -344,6 +347,8 @@ def assets_lineage(
         n = g.nodes[r]
         run = g.runs.get(r)
         extra = f" [dim]run {run}[/]" if run else ""
+        if n.kind == "external":
+            extra += f" {escape(str(n.metadata.get('path')))}"
         return f"{'[cyan]' + role + '[/] ' if role else ''}[bold]{r}[/] ({n.kind}){extra}"
 
     for title, edges, up in (("upstream", g.upstream, True), ("downstream", g.downstream, False)):
@@ -368,18 +373,26 @@ def assets_verify(
     ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Re-hash stored bytes and report missing or corrupt blobs (exit 1 if any)."""
-    report = _store().assets.verify(ref)
-    bad = {k: v for k, v in report.items() if v}
+    """Re-hash stored bytes and report missing or corrupt blobs (exit 1 if any).
+
+    External references (local files and folders jobs read) are read again: one that
+    changed or is gone is reported as CHANGED, which is not damage to the store."""
+    store = _store()
+    report = store.assets.verify(ref)
+    problems_of = {k: v for k, v in report.items() if v}
+    changed = {k: v for k, v in problems_of.items() if store.assets.get(k).layout == "external"}
+    bad = {k: v for k, v in problems_of.items() if k not in changed}
     if json_:
-        print_json({"ok": not bad, "checked": len(report), "versions": report})
+        print_json({"ok": not bad, "checked": len(report), "versions": report, "changed": changed})
     else:
-        for k, problems in bad.items():
+        for k, problems in problems_of.items():
+            label = "[yellow]CHANGED[/]" if k in changed else "[red]CORRUPT[/]"
             for p in problems:
-                err_console.print(f"[red]CORRUPT[/] {escape(k)}: {escape(p)}")
+                err_console.print(f"{label} {escape(k)}: {escape(p)}")
         console.print(
             f"checked {len(report)} version(s): "
             + ("all intact" if not bad else f"{len(bad)} damaged")
+            + (f"; {len(changed)} external input(s) changed" if changed else "")
         )
     if bad:
         raise typer.Exit(1)

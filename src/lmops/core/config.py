@@ -5,6 +5,8 @@
 ``LMOPS_ARTIFACTS``     artifact root: a local path or an fsspec URL such as ``s3://bucket/x``
                         (default ``$LMOPS_HOME/artifacts``)
 ``LMOPS_SHARED_DATASETS`` where the shared public data sets live (optional)
+``LMOPS_COPY_INPUTS``   ``1``: jobs store a copy of the local files and folders they read
+                        (default: they record path, size and sha256 only)
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from lmops.core.errors import UserError
 
 __all__ = ["Settings", "find_shared_datasets", "mask_url"]
 
@@ -49,6 +53,7 @@ class Settings:
     database_url: str
     artifacts: str
     shared_datasets: Path | None
+    copy_inputs: bool = False  # store the bytes of local inputs, not only their digests
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -61,6 +66,7 @@ class Settings:
             database_url=db,
             artifacts=artifacts,
             shared_datasets=Path(shared).expanduser() if shared else None,
+            copy_inputs=_flag("LMOPS_COPY_INPUTS"),
         )
 
     def __repr__(self) -> str:  # never show credentials in logs or tracebacks
@@ -73,6 +79,15 @@ class Settings:
     def runs_dir(self) -> Path:
         """Run logs and run-local files (plots, checkpoints) live under here."""
         return self.home / "runs"
+
+
+def _flag(name: str) -> bool:
+    raw = (os.environ.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise UserError(f"{name}={raw!r}: expected 1 or 0")
 
 
 def find_shared_datasets(explicit: Path | None = None) -> Path | None:

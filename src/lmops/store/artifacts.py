@@ -424,14 +424,17 @@ class ArtifactStore:
             self.publish(s)
         return s.digest, s.size
 
-    def files(self, src: Path, *, follow_symlinks: bool = False) -> list[tuple[str, Path, bool]]:
+    def files(
+        self, src: Path, *, follow_symlinks: bool = False, skip_hidden: bool = False
+    ) -> list[tuple[str, Path, bool]]:
         """The regular files of the tree ``src``, as (relative path, path to read, is a
         plain file), sorted.
 
         A symlink is stored as the file (or folder) it points to. One that points outside
         ``src`` is refused unless ``follow_symlinks``; a dangling link, or a link to a
         folder that contains it (a loop), is refused always. Sockets, FIFOs and devices
-        are skipped, as before.
+        are skipped, as before. ``skip_hidden`` leaves out every entry whose name starts
+        with ``.`` (``.git``, ``.cache``: what an external reference does not describe).
         """
         root = src.resolve()
         out: list[tuple[str, Path, bool]] = []
@@ -442,6 +445,8 @@ class ArtifactStore:
             except OSError as e:
                 raise UserError(f"{folder}: cannot read the folder: {e.strerror}") from None
             for entry in entries:
+                if skip_hidden and entry.name.startswith("."):
+                    continue
                 path = Path(entry.path)
                 name = f"{rel}{entry.name}"
                 if entry.is_symlink():

@@ -26,13 +26,14 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from lmops.core.errors import ConflictError, IntegrityError, NotFoundError, UserError
 from lmops.store import _rows
 from lmops.store._time import aware, utcnow
 from lmops.store.artifacts import Entry, manifest_digest
+from lmops.store.external import Scan, absolute, external_name, scan
 from lmops.store.models import (
     AliasRow,
     AssetRow,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = ["AssetRegistry", "register_kind"]
 
 _KINDS: set[str] = {k.value for k in AssetKind}
+EXTERNAL = "external"  # the layout (and kind) of a local path recorded without its bytes
 # A PENDING version older than this is considered abandoned even if its writer's pid is
 # alive (pids are reused) or it was written from another host.
 STALE_PENDING_S = 24 * 3600
@@ -271,6 +273,175 @@ class AssetRegistry:
                 n += 1
         return n
 
+    # -- external references ------------------------------------------------------------------
+    def external(self, path: str | Path, *, copy: bool | None = None) -> Version:
+        """Record the local file or folder ``path`` as a READY version of an ``external``
+        asset named ``local-<basename>-<hex of the absolute path>``, and return it.
+
+        No bytes are copied: the version keeps the absolute path (metadata ``path``,
+        ``host``, ``size``, ``files``) and a manifest of each file's size and sha256; its
+        digest is the content digest (see :mod:`lmops.store.external`). The same path
+        holding the same bytes returns the version recorded before; other bytes at that
+        path make the next version. ``copy`` (default: the ``LMOPS_COPY_INPUTS``
+        setting) stores the bytes as well, as an ordinary registration of that asset.
+        """
+        src = absolute(path)
+        copy = self._store.settings.copy_inputs if copy is None else copy
+        # a copy stores the whole tree, as any registration does; a reference skips
+        # hidden names (.git), which no job reads as part of a model or a data set
+        now = scan(self._store, src, skip_hidden=not copy)
+        name = self._external_name(src)
+        meta = {
+            "path": str(src),
+            "host": socket.gethostname(),
+            "size": now.size,
+            "files": len(now.entries),
+        }
+        actor = self._store.actor
+
+        def find_or_add(s: Session) -> Version | None:
+            asset = s.scalar(select(AssetRow).where(AssetRow.name == name))
+            if asset is not None and asset.kind != EXTERNAL:
+                raise ConflictError(
+                    f"asset {name!r} is a {asset.kind}, not an external reference to {src}; "
+                    "rename that asset"
+                )
+            if asset is not None:
+                layout = VersionRow.layout == EXTERNAL
+                same = s.scalar(
+                    select(VersionRow)
+                    .where(
+                        VersionRow.asset_id == asset.id,
+                        VersionRow.status == VersionStatus.READY.value,
+                        VersionRow.digest == now.digest,
+                        ~layout if copy else layout,
+                    )
+                    .order_by(VersionRow.version.desc())
+                    .limit(1)
+                )
+                if same is not None:
+                    return _rows.version(same, asset)
+            if copy:
+                return None  # registered below, bytes and all
+            if asset is None:
+                asset = AssetRow(
+                    name=name,
+                    kind=EXTERNAL,
+                    description=f"local input {src}",
+                    created_at=utcnow(),
+                )
+                s.add(asset)
+                s.flush()
+            last = s.scalar(
+                select(func.max(VersionRow.version)).where(VersionRow.asset_id == asset.id)
+            )
+            row = VersionRow(
+                asset_id=asset.id,
+                version=(last or 0) + 1,
+                status=VersionStatus.READY.value,
+                digest=now.digest,
+                layout=EXTERNAL,
+                manifest=[e.to_json() for e in now.entries],
+                size=now.size,
+                meta=meta,
+                tags=[],
+                description="",
+                created_at=utcnow(),
+                created_by=actor,
+            )
+            s.add(row)
+            s.flush()
+            ref = f"{name}:{row.version}"
+            self._store.audit.record(
+                s, "asset.external", ref, {"path": str(src), "digest": now.digest}
+            )
+            return _rows.version(row, asset)
+
+        found = self._db.write(find_or_add)
+        if found is not None:
+            return found
+        return self.register(EXTERNAL, name, src, metadata=meta, follow_symlinks=True)
+
+    def record_inputs(
+        self, items: Iterable[tuple[str | Path, str]], *, run_id: str | None = None
+    ) -> builtins.list[tuple[str, str]]:
+        """:meth:`external` for each local ``(path, role)`` a job reads; returns the
+        ``(ref, role)`` pairs to pass as ``inputs=`` when it registers its output. With
+        ``run_id`` they are also noted on the run (``params.local_inputs``: ref, role and
+        path of each), so a run that registers nothing still says what it read."""
+        out: builtins.list[tuple[str, str]] = []
+        noted: builtins.list[dict[str, str]] = []
+        versions: dict[Path, Version] = {}
+        for path, role in items:
+            src = absolute(path)
+            if src not in versions:
+                versions[src] = self.external(src)
+            pair = (versions[src].ref, role)
+            if pair not in out:
+                out.append(pair)
+                noted.append({"ref": pair[0], "role": role, "path": str(src)})
+        if run_id is not None and noted:
+
+            def note(s: Session) -> None:
+                row = s.get(RunRow, run_id)
+                if row is None:
+                    raise NotFoundError(f"run {run_id!r} not found; see `lmops runs list`")
+                old = list((row.params or {}).get("local_inputs") or [])
+                row.params = {
+                    **(row.params or {}),
+                    "local_inputs": old + [n for n in noted if n not in old],
+                }
+
+            self._db.write(note)
+        return out
+
+    def _external_name(self, src: Path) -> str:
+        """The asset name for ``src``; 16 hex digits when 8 are taken by another path."""
+        name = external_name(src)
+        with self._db.session() as s:
+            metas = s.scalars(
+                select(VersionRow.meta).join(AssetRow).where(AssetRow.name == name)
+            ).all()
+        if any((m or {}).get("path") not in (None, str(src)) for m in metas):
+            return external_name(src, 16)
+        return name
+
+    def _external_problem(
+        self, v: Version, entries: builtins.list[Entry], *, rehash: bool
+    ) -> str | None:
+        """Why the path of external reference ``v`` no longer holds its recorded bytes, or
+        ``None``. ``rehash`` reads every file again instead of trusting the hash cache."""
+        path = Path(v.metadata.get("path", ""))
+        host = v.metadata.get("host")
+        where = f" (recorded on host {host})" if host and host != socket.gethostname() else ""
+        if not path.exists():
+            return f"{path}{where} no longer exists; it was recorded as external input {v.ref}"
+        try:
+            now: Scan = scan(self._store, path, rehash=rehash)
+        except UserError as e:
+            return f"cannot read it again: {e}"
+        if now.digest == v.digest:
+            return None
+        tail = "the store is intact; a job that reads it now records it as a new version"
+        was_file = len(entries) == 1 and v.digest == entries[0].digest  # a folder's is not
+        if was_file and now.layout == "file":
+            return (
+                f"{path}{where} changed since it was recorded (sha256 now {now.digest[:12]}, "
+                f"recorded {str(v.digest)[:12]}); {tail}"
+            )
+        was = {e.path: e.digest for e in entries}
+        has = {e.path: e.digest for e in now.entries}
+        changed = sorted(k for k in was.keys() & has.keys() if was[k] != has[k])
+        added = sorted(has.keys() - was.keys())
+        removed = sorted(was.keys() - has.keys())
+        first = (changed or added or removed or [""])[0]
+        return (
+            f"{path}{where} changed since it was recorded: {len(changed)} file(s) changed, "
+            f"{len(added)} added, {len(removed)} removed"
+            + (f" (first: {first})" if first else "")
+            + f"; {tail}"
+        )
+
     # -- lookup -------------------------------------------------------------------------------
     def _asset_row(self, s: Session, name: str) -> AssetRow:
         asset = s.scalar(select(AssetRow).where(AssetRow.name == name))
@@ -344,11 +515,18 @@ class AssetRegistry:
     def path(self, ref: str) -> Path:
         """A local read-only path with the version's content (file, or directory).
 
-        The first call for a content builds its view and checks every file against its
+        For an external reference, the path it recorded, after checking (through the hash
+        cache) that it still holds the recorded bytes; a ``UserError`` says when it no
+        longer exists or changed. The first call for a content builds its view and checks every file against its
         digest (``IntegrityError`` naming the version and file if the bytes are corrupt or
         missing); later calls reuse the view."""
         v, entries = self.manifest(ref)
         assert v.layout is not None
+        if v.layout == EXTERNAL:  # the recorded path, while it still holds those bytes
+            problem = self._external_problem(v, entries, rehash=False)
+            if problem is not None:
+                raise UserError(f"{v.ref}: {problem}")
+            return Path(v.metadata["path"])
         try:
             return self._store.artifacts.materialize(v.layout, entries, label=v.ref)
         except IntegrityError:
@@ -523,7 +701,9 @@ class AssetRegistry:
     # -- integrity ----------------------------------------------------------------------------
     def verify(self, ref: str | None = None) -> dict[str, builtins.list[str]]:
         """Re-hash stored bytes. Returns ``{version ref: [problems]}`` for every checked
-        version (an empty list means intact)."""
+        version (an empty list means intact). An external reference's path is read again
+        and its problem, if any, says it changed or is gone (its ``layout`` is
+        ``external``: nothing in the store is damaged)."""
         with self._db.session() as s:
             q = (
                 select(VersionRow, AssetRow)
@@ -543,6 +723,11 @@ class AssetRegistry:
         report: dict[str, builtins.list[str]] = {}
         for row, asset in rows:
             entries = [Entry(**e) for e in row.manifest or []]
+            if row.layout == EXTERNAL:  # re-read the local path; no stored bytes to check
+                v = _rows.version(row, asset)
+                problem = self._external_problem(v, entries, rehash=True)
+                report[v.ref] = [problem] if problem else []
+                continue
             problems = self._store.artifacts.verify(entries)
             if problems:  # not a gc's blob moved aside for a moment? (see path())
                 with self._db.exclusive("gc"):
@@ -616,7 +801,9 @@ class AssetRegistry:
         with self._db.session() as s:
             for (manifest,) in s.execute(
                 select(VersionRow.manifest).where(
-                    VersionRow.status.in_([VersionStatus.READY.value, VersionStatus.PENDING.value])
+                    VersionRow.status.in_([VersionStatus.READY.value, VersionStatus.PENDING.value]),
+                    # an external reference's manifest names files outside the store
+                    or_(VersionRow.layout.is_(None), VersionRow.layout != EXTERNAL),
                 )
             ):
                 entries = [Entry(**e) for e in manifest or []]

@@ -49,7 +49,8 @@ class VersionRow(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     # sha256 of the file, or of the canonical manifest JSON for a directory.
     digest: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    layout: Mapped[str | None] = mapped_column(String(8), nullable=True)  # "file" | "dir"
+    # "file" | "dir" | "external" (a local path recorded by content, no bytes stored)
+    layout: Mapped[str | None] = mapped_column(String(8), nullable=True)
     # [{"path": rel, "digest": sha256, "size": bytes}, ...] sorted by path.
     manifest: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     size: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -77,6 +78,24 @@ class BlobClaimRow(Base):
         ForeignKey("versions.id", ondelete="CASCADE"), index=True
     )
     digest: Mapped[str] = mapped_column(String(64))
+
+
+class FileHashRow(Base):
+    """The sha256 of a local file a job read (an external reference), with the stat it had
+    when hashed: while the stat is the same, the bytes are taken to be the same and the
+    file is not read again (``store.external.HashCache``). ``key`` is the sha256 of
+    ``host`` and ``path``, since one path names different files on different hosts."""
+
+    __tablename__ = "file_hashes"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    ctime_ns: Mapped[int] = mapped_column(BigInteger)
+    inode: Mapped[str] = mapped_column(String(24))  # st_ino may exceed a signed 64-bit int
+    sha256: Mapped[str] = mapped_column(String(64))
+    hashed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class AliasRow(Base):

@@ -36,6 +36,8 @@ class AssetKind(StrEnum):
     EVAL_SUITE = "eval_suite"
     EVAL_REPORT = "eval_report"
     PACKAGE = "package"
+    # a local file or folder a job read, recorded by path and content (no bytes copied)
+    EXTERNAL = "external"
 
 
 class VersionStatus(StrEnum):
