@@ -9,7 +9,8 @@
    :mod:`lmops.train.preference`; PPO through :mod:`lmops.train.ppo`;
 4. save the model (or adapter) with its tokenizer, a model card and the loss curve, and
    register it as a ``model`` (or ``adapter``) version with lineage to the base model,
-   tokenizer and datasets, and to the run.
+   tokenizer and datasets (local folders and files as external references, recorded when
+   the run starts), and to the run.
 
 SIGINT/SIGTERM: the run is marked CANCELLED and :class:`~lmops.train.loop.Interrupted` is
 raised, naming the checkpoint to resume from (pretraining and SFT write one as they stop;
@@ -18,6 +19,7 @@ reward, DPO/KTO/ORPO and PPO keep none, so they start over).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -90,6 +92,30 @@ def _dataset_paths(spec: TrainSpec, store: Any) -> tuple[list[Path], list[str]]:
         if ref:
             refs.append(ref)
     return paths, refs
+
+
+def _recorded_inputs(spec: TrainSpec, store: Any, run_id: str) -> list[tuple[str, str]]:
+    """Lineage inputs the rest of the job does not name: each local folder or file it reads
+    (the base model or the tokenizer of a preset, the datasets, a PPO reward model; an
+    existing path wins over an asset of that name, as in ``resolve_local``) recorded by
+    content as an external reference, and a PPO reward model given as an asset."""
+    from lmops.train.spec import ModelPreset
+
+    named: list[tuple[str, str]] = [(ds, "dataset") for ds in spec.datasets]
+    if isinstance(spec.model, ModelPreset):
+        named.append((spec.model.tokenizer, "tokenizer"))
+    else:
+        named.append((spec.model, "base_model"))
+    # a reward function, when given, is what PPO scores with (``ppo.load_reward``)
+    reward = spec.ppo.reward_model if spec.stage == "ppo" and not spec.ppo.reward_fn else None
+    if reward:
+        named.append((reward, "reward_model"))
+    local = [(Path(n).expanduser(), role) for n, role in named if Path(n).expanduser().exists()]
+    out = list(store.assets.record_inputs(local, run_id=run_id))
+    if reward and not Path(reward).expanduser().exists():
+        with contextlib.suppress(UserError):  # not an asset: the reward loader says so
+            out.append((store.assets.resolve(reward).ref, "reward_model"))
+    return out
 
 
 def _load_rows(spec: TrainSpec, paths: list[Path]) -> tuple[list[tuple[str, int, Any]], Any]:
@@ -247,6 +273,7 @@ def run_training(
     stop = StopSignals(graceful=False)
     try:
         with stop:
+            recorded = _recorded_inputs(spec, store, run_id) if dist.main else []
             result = _train(
                 spec,
                 store,
@@ -259,6 +286,7 @@ def run_training(
                 dist=dist,
                 register=register,
                 counts=counts,
+                recorded=recorded,
             )
     except KeyboardInterrupt as e:
         if not isinstance(e, Interrupted):  # stopped outside the loop (loading, a TRL stage)
@@ -299,6 +327,7 @@ def _train(
     dist: Dist,
     register: bool = True,
     counts: dict[str, Any] | None = None,
+    recorded: list[tuple[str, str]] | None = None,
 ) -> TrainResult:
     import torch
 
@@ -392,6 +421,7 @@ def _train(
     out_dir, kind, meta, inputs = _save_output(
         spec, run_id, run_dir, model, loaded, dataset_refs, final, history, trainable, total
     )
+    inputs += recorded or []  # local folders and files (external references)
     result = TrainResult(
         run_id,
         None,
@@ -573,7 +603,11 @@ def merge_adapter(store: Any, adapter_ref: str, output: str | None = None) -> An
             (out / "README.md").write_text(
                 (path / "README.md").read_text() + f"\n\nMerged from adapter `{v.ref}`.\n"
             )
-        inputs = [(v.ref, "adapter")] + ([(base_ref, "base_model")] if base_ref else [])
+        inputs = [(v.ref, "adapter")] + (
+            [(base_ref, "base_model")]
+            if base_ref
+            else store.assets.record_inputs([(base_path, "base_model")], run_id=run.id)
+        )
         return store.assets.register(
             "model",
             name,
