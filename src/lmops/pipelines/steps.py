@@ -128,12 +128,14 @@ class RegisterParams(Params):
 
 @step_type("register", RegisterParams)
 def _register(ctx: StepContext, p: RegisterParams) -> StepOutput:
-    """Register a local file or folder as an asset version (e.g. raw data)."""
+    """Register a local file or folder as an asset version (e.g. raw data), with lineage to
+    where it came from (the path, as an external reference, role ``source``)."""
     src = ctx.path(p.path)
     if not src.exists():
         raise UserError(f"path: {src} does not exist")
+    source = ctx.store.assets.record_inputs([(src, "source")])
     v = ctx.store.assets.register(
-        p.kind, p.name, src, metadata=p.metadata, description=p.description
+        p.kind, p.name, src, metadata=p.metadata, description=p.description, inputs=source
     )
     return StepOutput({"output": v.ref}, {"files": v.files, "bytes": v.size}, f"{v.ref}")
 
