@@ -220,8 +220,12 @@ def test_concurrency_keeps_that_many_requests_in_flight(
     assert {r["messages"][-1]["content"] for r in rows} == {"tok0 tok1 tok2 tok3"}
     assert [r["messages"][0]["content"] for r in rows] == [f"q {i}" for i in range(12)]
     assert rows[0]["metadata"]["model"] == "fake"
-    # a local input file and an upstream model are not assets: no lineage edges
-    assert store.assets.lineage(out.output or "").upstream == []
+    # a local input file is recorded by content (an external reference); an upstream model
+    # is not an asset: no edge
+    g = store.assets.lineage(out.output or "")
+    assert [(e.role, g.nodes[e.parent].metadata["path"]) for e in g.upstream] == [
+        ("input", str(src))
+    ]
 
 
 def test_sigkilled_batch_resumes_from_its_work_file(

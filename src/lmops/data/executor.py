@@ -440,6 +440,12 @@ def run_recipe(
     )
     run = tracker.__enter__() if tracker is not None else None
     try:
+        # local files and folders, recorded by content before they are read (lineage)
+        local_refs = (
+            store.assets.record_inputs([(p, "input") for p in inputs.local], run_id=run.id)
+            if store is not None and run is not None
+            else []
+        )
         started = time.perf_counter()
         if kind == "ray":
             from lmops.data.ray_executor import execute_ray
@@ -458,7 +464,16 @@ def run_recipe(
             inputs=inputs.refs,
         )
         result = _finish(
-            recipe, stages, shards, work, out_path, report, store, run, inputs.refs, inputs.files
+            recipe,
+            stages,
+            shards,
+            work,
+            out_path,
+            report,
+            store,
+            run,
+            [*inputs.refs, *local_refs],
+            inputs.files,
         )
         result.resumed_shards = resumed
         if store is not None and run is not None:
@@ -594,11 +609,10 @@ def _finish(
     report: dict[str, Any],
     store: Any | None,
     run: Any | None,
-    input_refs: list[str],
+    input_refs: list[str | tuple[str, str]],
     input_files: list[InputFile],
 ) -> DataRunResult:
     from lmops.data.report import write_report_files
-    from lmops.store.artifacts import hash_file
 
     last = stages[-1].index
     build = work / "output"
@@ -618,11 +632,15 @@ def _finish(
     dataset_ref = None
     if store is not None and recipe.output.dataset:
         # Inputs that were plain files (not assets) are named in the metadata with their
-        # size and sha256, so the version still says exactly what it was made from.
+        # size and sha256 (their external references in the lineage say the same; the hash
+        # cache that recorded them answers without reading them again).
+        from lmops.store.external import HashCache, absolute
+
+        plain = [f.path for f in input_files if f.ref is None and f.path.is_file()]
+        hashed = HashCache(store).digests([absolute(p) for p in plain])
         sources = [
-            {"path": str(f.path), "size": f.path.stat().st_size, "sha256": hash_file(f.path)}
-            for f in input_files
-            if f.ref is None and f.path.is_file()
+            {"path": str(p), "size": size, "sha256": digest}
+            for p, (digest, size) in zip(plain, hashed, strict=True)
         ]
         v = store.assets.register(
             "dataset",

@@ -1,6 +1,7 @@
 """Dataset-level jobs behind ``lmops data tokenizer train``, ``tokenize``, ``mix`` and
 ``validate``: each reads paths or dataset refs, records a run, and registers its output
-with lineage to every input version."""
+with lineage to every input version, local files and folders included (as external
+references). ``validate`` registers nothing and records nothing."""
 
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ def read_source(
     return resolved, docs()
 
 
+def _record_local(store: Any, resolved: list[ResolvedInputs], run_id: str) -> list[tuple[str, str]]:
+    """The local files and folders the sources matched, recorded by content before they are
+    read (``store.assets.record_inputs``): the ``(ref, role)`` lineage inputs."""
+    paths = [p for r in resolved for p in r.local]
+    return list(store.assets.record_inputs([(p, "input") for p in paths], run_id=run_id))
+
+
 def _iter_rows(files: list[InputFile]) -> Iterator[Row | BadRow]:
     """Every record of the files through the one row reader; unreadable ones included, so
     the validator counts and names them."""
@@ -77,6 +85,7 @@ def train_tokenizer_asset(
     resolved, docs = read_source(sources, store, text_key=text_key)
     config = {"sources": sources, "kind": kind, "vocab_size": vocab_size, "text_key": text_key}
     with store.runs.track("tokenizer", name=name, config=config) as run:
+        local = _record_local(store, [resolved], run.id)
         out = Path(store.runs.dir(run.id)) / "tokenizer"
         info = train_tokenizer(
             (d.text for d in docs),
@@ -89,7 +98,7 @@ def train_tokenizer_asset(
         meta.pop("path", None)
         store.runs.log_metrics(run.id, {"vocab_size": info.vocab_size}, step=0)
         return store.assets.register(
-            "tokenizer", name, out, metadata=meta, inputs=resolved.refs, run_id=run.id
+            "tokenizer", name, out, metadata=meta, inputs=[*resolved.refs, *local], run_id=run.id
         )
 
 
@@ -111,6 +120,7 @@ def tokenize_dataset(
     resolved, docs = read_source(sources, store, text_key=text_key)
     config = {"sources": sources, "tokenizer": tok.ref, "shard_tokens": shard_tokens}
     with store.runs.track("tokenize", name=output, config=config) as run:
+        local = _record_local(store, [resolved], run.id)
         out = Path(store.runs.dir(run.id)) / "shards"
         info = write_token_shards(docs, store.assets.path(tok.ref), out, shard_tokens=shard_tokens)
         shard_meta = {k: v for k, v in info.to_dict().items() if k != "path"}
@@ -122,7 +132,7 @@ def tokenize_dataset(
             output,
             out,
             metadata=meta,
-            inputs=[*resolved.refs, (tok.ref, "tokenizer")],
+            inputs=[*resolved.refs, *local, (tok.ref, "tokenizer")],
             run_id=run.id,
         )
 
@@ -154,6 +164,7 @@ def mix_datasets(
 
     config = {"ratios": ratios, "by": by, "total": total, "seed": seed}
     with store.runs.track("mix", name=output, config=config) as run:
+        local = _record_local(store, list(resolved.values()), run.id)
         docs, report = mix(
             {k: loader(v) for k, v in resolved.items()}, ratios, by=by, total=total, seed=seed
         )
@@ -173,7 +184,7 @@ def mix_datasets(
                 output,
                 target,
                 metadata={"format": "jsonl", "mix": rep},
-                inputs=refs,
+                inputs=[*refs, *local],
                 run_id=run.id,
             )
         return v, rep

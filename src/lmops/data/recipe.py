@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -211,6 +211,9 @@ def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
 class ResolvedInputs:
     files: list[InputFile]
     refs: list[str]  # "name:N" of every dataset version read (for lineage)
+    # the local files and folders the inputs matched, as named (recorded as external
+    # references by the jobs that read them: ``store.assets.record_inputs``)
+    local: list[Path] = field(default_factory=list)
 
 
 _DATA_SUFFIXES = (*ROW_SUFFIXES, ".txt", ".txt.gz", ".txt.zst")
@@ -236,6 +239,7 @@ def resolve_inputs(recipe: Recipe | list[str], base: Path, store: Any | None) ->
     in a stable order (input order, then sorted paths)."""
     files: list[InputFile] = []
     refs: list[str] = []
+    local: list[Path] = []
     items = recipe.inputs if isinstance(recipe, Recipe) else recipe
     for i, item in enumerate(items):
         p = Path(item).expanduser()
@@ -244,7 +248,10 @@ def resolve_inputs(recipe: Recipe | list[str], base: Path, store: Any | None) ->
         if matches:
             for m in matches:
                 mp = Path(m)
-                for f in _files_under(mp):
+                found = _files_under(mp)
+                if found and mp not in local:
+                    local.append(mp)
+                for f in found:
                     try:
                         name = f.relative_to(base).as_posix()
                     except ValueError:
@@ -270,4 +277,4 @@ def resolve_inputs(recipe: Recipe | list[str], base: Path, store: Any | None) ->
             rel = f.relative_to(root).as_posix() if root.is_dir() else f.name
             files.append(InputFile(f, f"{version.ref}/{rel}", detect_format(f), version.ref))
         refs.append(version.ref)
-    return ResolvedInputs(files, refs)
+    return ResolvedInputs(files, refs, local)

@@ -80,6 +80,14 @@ def _mmlu_task(subject: str, rows: list[dict[str, Any]], include_errors: bool) -
     return Task(cfg, {"test": kept}, source="builtin:mmlu_redux", excluded=len(docs) - len(kept))
 
 
+def _read_from(tasks: list[Task], path: Path) -> list[Task]:
+    """``tasks``, each noting the local file or folder of the shared data set it was read
+    from (recorded as an external reference in the lineage of its report)."""
+    for t in tasks:
+        t.local_inputs.append((path, "dataset"))
+    return tasks
+
+
 def cmmlu_subject_names() -> dict[str, str]:
     """CMMLU subject -> its Chinese name, as lm-evaluation-harness's cmmlu task files write
     it into the prompt (``resources/cmmlu_subjects.json``, derived from those files)."""
@@ -150,6 +158,7 @@ def _perplexity_task(dataset: str, store: Any | None) -> Task:
         if path.suffix != ".txt"
         else [{"text": path.read_text(encoding="utf-8")}]
     )
+    local = [] if ref else [(path, "dataset")]
     cfg = TaskConfig(
         task=f"perplexity:{dataset}",
         dataset_path="builtin",
@@ -163,7 +172,13 @@ def _perplexity_task(dataset: str, store: Any | None) -> Task:
             {"metric": "bits_per_byte"},
         ],
     )
-    return Task(cfg, {"test": rows}, [ref] if ref else [], source=f"perplexity:{dataset}")
+    return Task(
+        cfg,
+        {"test": rows},
+        [ref] if ref else [],
+        source=f"perplexity:{dataset}",
+        local_inputs=local,
+    )
 
 
 def load_builtin(
@@ -174,19 +189,21 @@ def load_builtin(
         return [_perplexity_task(name.split(":", 1)[1], store)]
     r = shared_root(root)
     if name == "gsm8k":
-        return [_gsm8k_task(r)]
+        return _read_from([_gsm8k_task(r)], r / "gsm8k")
     if name == "mmlu_redux" or name.startswith("mmlu_redux_"):
         rows = _mmlu_rows(r)
         subjects = _mmlu_subjects(r) if name == "mmlu_redux" else [name.removeprefix("mmlu_redux_")]
         unknown = [s for s in subjects if s not in set(x["subject"] for x in rows)]
         if unknown:
             raise UserError(f"unknown MMLU-Redux subject {unknown[0]!r}; see `lmops eval tasks`")
-        return [_mmlu_task(s, rows, include_errors) for s in subjects]
+        return _read_from(
+            [_mmlu_task(s, rows, include_errors) for s in subjects], r / "mmlu_redux.jsonl"
+        )
     if name == "cmmlu" or name.startswith("cmmlu_"):
         subjects = _cmmlu_subjects(r) if name == "cmmlu" else [name.removeprefix("cmmlu_")]
         if not all((r / "cmmlu" / "test" / f"{s}.csv").exists() for s in subjects):
             raise UserError(f"unknown CMMLU subject in {name!r}; see `lmops eval tasks`")
-        return [_cmmlu_task(r, s) for s in subjects]
+        return _read_from([_cmmlu_task(r, s) for s in subjects], r / "cmmlu")
     raise UserError(
         f"unknown task {name!r}; built-in: mmlu_redux, cmmlu, gsm8k, perplexity:<dataset> (see `lmops eval tasks`)"
     )

@@ -1,5 +1,7 @@
 """Evaluation jobs: open a model, score it on tasks or the red-team probe, register the
-report. The ``lmops eval`` commands and the pipeline's ``eval`` step call these."""
+report with lineage to the model and the data (local folders and files, task files
+included, as external references). The ``lmops eval`` commands and the pipeline's ``eval``
+step call these."""
 
 from __future__ import annotations
 
@@ -62,6 +64,12 @@ def open_model(
     return HFEvalModel(
         path, device=device, batch_size=bs, max_length=max_length, name=ref or str(path)
     ), ref
+
+
+def _local_model(model: str, ref: str | None, endpoint: str | None) -> list[tuple[Path, str]]:
+    """The model as a local ``(folder, "model")`` input, when it was one (not an asset, not
+    an endpoint's model name)."""
+    return [] if endpoint or ref else [(Path(model).expanduser(), "model")]
 
 
 def _short(ref: str) -> str:
@@ -154,6 +162,9 @@ def run_eval(
             max_length=max_length,
             retries=retries,
         )
+        # local folders and files (the model, task files, their data), by content
+        local = _local_model(model, ref, endpoint) + [x for t in tasks for x in t.local_inputs]
+        local_refs = store.assets.record_inputs(local, run_id=run_rec.id)
         style = prompt_style(
             lm,
             apply_chat_template=apply_chat_template,
@@ -216,9 +227,11 @@ def run_eval(
             f"{r.task}/{k}": v for r in results for k, v in r.metrics.items() if "stderr" not in k
         }
         store.runs.log_metrics(run_rec.id, {k: v for k, v in flat.items() if v == v}, step=0)
-        inputs = ([(ref, "model")] if ref else []) + [
-            (d, "dataset") for t in tasks for d in t.dataset_refs
-        ]
+        inputs = (
+            ([(ref, "model")] if ref else [])
+            + [(d, "dataset") for t in tasks for d in t.dataset_refs]
+            + local_refs
+        )
         name = output or f"eval-{_short(ref or Path(model).name)}"
         version = register_report(store, name, report, results, inputs=inputs, run_id=run_rec.id)
         report["report"] = version.ref
@@ -247,6 +260,8 @@ def run_safety_probe(
     config = {"model": model, "judge": judge_name, "limit": limit}
     with store.runs.track("eval", name=f"safety:{model}", config=config) as rec:
         lm, ref = open_model(model, store, endpoint=endpoint, api_key=api_key)
+        local = _local_model(model, ref, endpoint) + ([(prompts, "dataset")] if prompts else [])
+        local_refs = store.assets.record_inputs(local, run_id=rec.id)
         rep = run_safety(
             lm,
             judge=judge,
@@ -261,7 +276,8 @@ def run_safety_probe(
             "refusal_rate": rep.refusal_rate,
             "compliance_rate": rep.compliance_rate,
         }
-        store.runs.log_metrics(rec.id, rates, step=0)
+        # a rate with no prompt of its kind (a set of harmful prompts only) is None
+        store.runs.log_metrics(rec.id, {k: v for k, v in rates.items() if v is not None}, step=0)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "safety"
             out.mkdir()
@@ -276,7 +292,7 @@ def run_safety_probe(
                     "model": {"name": lm.name, "ref": ref},
                     "results": {"safety": {**rates, "n": rep.n}},
                 },
-                inputs=[(ref, "model")] if ref else [],
+                inputs=([(ref, "model")] if ref else []) + local_refs,
                 run_id=rec.id,
             )
     data["report"] = v.ref

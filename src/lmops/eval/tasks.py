@@ -275,6 +275,9 @@ class Task:
     excluded: int = 0  # docs removed by doc_filter (e.g. MMLU-Redux rows with errors)
     # A built-in task may render its own prompts (few-shot from a fixed dev split, etc.).
     custom_fewshot: Callable[[Doc], list[Doc]] | None = None
+    # the local files and folders it was read from, with their roles ("task_file",
+    # "dataset"): recorded as external references in the lineage of its report
+    local_inputs: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -423,11 +426,14 @@ class Task:
 def load_task_file(path: Path, store: Any | None = None) -> Task:
     """Load an lm-eval-style task YAML with its data."""
     cfg = load_config(path, TaskConfig)
-    return load_task(cfg, base=path.parent, store=store, source=str(path))
+    task = load_task(cfg, base=path.parent, store=store, source=str(path))
+    task.local_inputs.insert(0, (path, "task_file"))
+    return task
 
 
 def load_task(cfg: TaskConfig, *, base: Path, store: Any | None, source: str = "") -> Task:
     refs: list[str] = []
+    local: list[tuple[Path, str]] = []
     splits: dict[str, list[Doc]] = {}
     kind = cfg.dataset_path
     if kind in ("json", "csv", "parquet"):
@@ -441,9 +447,9 @@ def load_task(cfg: TaskConfig, *, base: Path, store: Any | None, source: str = "
             rows: list[Doc] = []
             for one in paths:
                 p = Path(one).expanduser()
-                rows += _read_rows(
-                    p if p.is_absolute() else base / p, "json" if kind == "json" else kind
-                )
+                p = p if p.is_absolute() else base / p
+                rows += _read_rows(p, "json" if kind == "json" else kind)
+                local.append((p, "dataset"))
             splits[split] = rows
     else:
         p = Path(kind).expanduser()
@@ -456,6 +462,8 @@ def load_task(cfg: TaskConfig, *, base: Path, store: Any | None, source: str = "
             v = store.assets.resolve(kind)
             refs.append(v.ref)
             p = store.assets.path(v.ref)
+        else:
+            local.append((p, "dataset"))
         files_in = sorted(p.glob("*")) if p.is_dir() else [p]
         for f in files_in:
             if f.is_file() and not f.name.startswith(("_", ".")):
@@ -465,7 +473,7 @@ def load_task(cfg: TaskConfig, *, base: Path, store: Any | None, source: str = "
                 splits.setdefault(
                     f.stem.split("-")[0] if p.is_dir() else (cfg.test_split or "test"), []
                 ).extend(_read_rows(f, fmt))
-    task = Task(cfg, splits, refs, source)
+    task = Task(cfg, splits, refs, source, local_inputs=local)
     if cfg.doc_filter:
         task.excluded = _apply_doc_filter(task)
     _check_templates(task, source)

@@ -22,7 +22,9 @@ Output: a ``dataset`` asset whose ``data.jsonl`` holds, in input order, SFT chat
 latency_ms) and the input row's ``id`` when it has one. Rows that failed or got an empty
 answer are in ``_failed.jsonl`` (training skips files starting with ``_``). Lineage: the
 input dataset version (role ``input``) and each model version behind the deployment (role
-``model``); the job is a ``batch`` run with metrics rows, tokens, errors and rows/s.
+``model``), a local input file/folder or model folder as an external reference
+(``store.assets.external``); the job is a ``batch`` run with metrics rows, tokens, errors
+and rows/s.
 
 Resume: each answer is appended, as it completes, to ``$LMOPS_HOME/batch/<fingerprint>/
 results.jsonl``, where the fingerprint covers the input content, the model versions (or the
@@ -512,6 +514,15 @@ def _run(
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(state_path)
     try:
+        # the local input and model folders, recorded by content (lineage of the answers)
+        local = [] if input_ref else [(Path(spec.input).expanduser(), "input")]
+        if dep.upstream is None:
+            local += [
+                (Path(t.ref).expanduser(), "model")
+                for t, _ in dep.targets
+                if Path(t.ref).expanduser().exists()
+            ]
+        local_refs = store.assets.record_inputs(local, run_id=run.id)
         result = _generate(
             store, run.id, be, items, done, spec, results_path, concurrency, progress
         )
@@ -523,7 +534,9 @@ def _run(
                 f"the {result.succeeded} finished rows are kept in {work}: rerun the same "
                 "command to retry the failed rows, or add --allow-errors to register the rest"
             )
-        result.output = _register(store, run.id, items, done, input_ref, models, spec, result)
+        result.output = _register(
+            store, run.id, items, done, input_ref, models, spec, result, local_refs
+        )
     except KeyboardInterrupt:
         store.runs.finish(run.id, RunStatus.CANCELLED, "interrupted")
         raise
@@ -644,8 +657,10 @@ def _register(
     models: list[tuple[str, float, bool]],
     spec: BatchSpec,
     result: BatchResult,
+    local_refs: list[tuple[str, str]],
 ) -> str:
-    """Write data.jsonl (+ _failed.jsonl) in input order and register them as a dataset."""
+    """Write data.jsonl (+ _failed.jsonl) in input order and register them as a dataset,
+    with lineage to the input and the models (``local_refs``: the local ones)."""
     kept = 0
     with tempfile.TemporaryDirectory(prefix="lmops-batch-") as tmp:
         folder = Path(tmp) / spec.output
@@ -685,6 +700,7 @@ def _register(
             (folder / "_failed.jsonl").unlink()
         inputs: list[tuple[str, str]] = [(input_ref, "input")] if input_ref else []
         inputs += [(v, "model") for v, _, is_ref in models if is_ref]
+        inputs += local_refs
         v = store.assets.register(
             "dataset",
             spec.output,
