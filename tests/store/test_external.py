@@ -178,6 +178,9 @@ def test_path_and_verify_say_when_the_file_changed_or_is_gone(
     assert data["ok"] is True and list(data["changed"]) == [v.ref]
     res = cli("assets", "path", v.ref)
     assert res.code == 2 and str(f) in res.err and "changed" in res.err
+    v2 = store.assets.external(f)  # a job read the new bytes: the old version says so
+    assert f"its bytes now are {v2.ref}" in store.assets.verify(v.ref)[v.ref][0]
+    assert store.assets.verify(v2.ref) == {v2.ref: []}
     f.unlink()
     res = cli("assets", "path", v.ref)
     assert res.code == 2 and f"{f} no longer exists" in res.err

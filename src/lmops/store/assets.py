@@ -422,7 +422,23 @@ class AssetRegistry:
             return f"cannot read it again: {e}"
         if now.digest == v.digest:
             return None
-        tail = "the store is intact; a job that reads it now records it as a new version"
+        with self._db.session() as s:
+            newer = s.scalar(
+                select(VersionRow.version)
+                .join(AssetRow)
+                .where(
+                    AssetRow.name == v.asset,
+                    VersionRow.status == VersionStatus.READY.value,
+                    VersionRow.digest == now.digest,
+                )
+                .order_by(VersionRow.version.desc())
+                .limit(1)
+            )
+        tail = "the store is intact; " + (
+            f"its bytes now are {v.asset}:{newer}"
+            if newer is not None
+            else "a job that reads it now records it as a new version"
+        )
         was_file = len(entries) == 1 and v.digest == entries[0].digest  # a folder's is not
         if was_file and now.layout == "file":
             return (
