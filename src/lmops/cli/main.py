@@ -189,17 +189,6 @@ def assets_register(
     store = _store()
     if not path.exists():
         raise UserError(f"{path}: no such file or directory; nothing was registered")
-    if kind == "model":  # said now, in one line, not when a stage fails to load it
-        from lmops.core.modelfiles import check_model_folder
-
-        try:
-            check_model_folder(path)
-        except UserError as e:
-            err_console.print(
-                f"warning: {e}; train, eval and serve will refuse this version",
-                markup=False,
-                soft_wrap=True,
-            )
     total = (
         path.stat().st_size
         if path.is_file()
@@ -226,6 +215,17 @@ def assets_register(
             progress=lambda n: bar.advance(task, n),
             follow_symlinks=follow_symlinks,
         )
+    if kind == "model":  # said now, in one line, not when a stage fails to load it
+        from lmops.core.modelfiles import check_model_folder
+
+        try:
+            check_model_folder(path)
+        except UserError as e:
+            err_console.print(
+                f"warning: {e}; train, eval and serve will refuse this version",
+                markup=False,
+                soft_wrap=True,
+            )
     if json_:
         print_json(v)
     else:
