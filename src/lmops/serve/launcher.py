@@ -464,7 +464,7 @@ def _local_model(spec: DeploymentSpec, store: Any) -> Path:
     from lmops.train.models import merged_view, resolve_local
 
     assert spec.model is not None
-    path, _ = resolve_local(spec.model, store, kind="model")
+    path, _ = resolve_local(spec.model, store, kind="model", check=False)
     if (path / "adapter_config.json").exists():
         path = merged_view(path, store)  # vLLM serves the merged weights, as our engine does
     return path

@@ -68,12 +68,14 @@ class Loaded:
 
 
 def resolve_local(
-    ref_or_path: str, store: Any | None, *, kind: str | None = None
+    ref_or_path: str, store: Any | None, *, kind: str | None = None, check: bool = True
 ) -> tuple[Path, str | None]:
-    """A local folder/file for a path or an asset ref; returns (path, version ref or None)."""
+    """A local folder/file for a path or an asset ref; returns (path, version ref or None).
+    A ``model`` is checked to be a model folder with its tokenizer (one-line error) unless
+    ``check`` is false (a server such as vLLM that reads other layouts itself)."""
     p = Path(ref_or_path).expanduser()
     if p.exists():
-        if kind == "model":
+        if kind == "model" and check:
             check_model_folder(p)
         return p, None
     if store is None:
@@ -85,7 +87,7 @@ def resolve_local(
     if kind is not None and v.kind != kind and not (kind == "model" and v.kind == "adapter"):
         raise UserError(f"{ref_or_path!r} is a {v.kind}, expected a {kind}")
     path = store.assets.path(v.ref)
-    if kind == "model":
+    if kind == "model" and check:
         check_model_folder(path, what=f"model {v.ref}")
     return path, v.ref
 
