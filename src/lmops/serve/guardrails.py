@@ -36,11 +36,14 @@ of :mod:`lmops.serve.moderation`, shipped in ``resources/moderation/`` and retra
 ``lmops guard train``; or a path to your own ``.npz``; or ``"package.module:callable"``;
 ``"off"``/None for none) complements the term lists: it reads paraphrases, role-play
 framing and obfuscations (spaced or dotted letters, homoglyphs, leet, pinyin) that exact
-terms miss. Its verdict counts where the term lists found nothing; where they found a
-category, that is the category. Its threshold is the model's own (stored in the file,
-chosen on held-out templates when it was trained) unless ``classifier_threshold`` is set.
-Term lists are also matched on the classifier's de-obfuscated form of the text
-(:func:`lmops.serve.moderation.deobfuscate`), and across line breaks.
+terms miss. It is asked only where the term lists found nothing (where they found a
+category, that is the category). Its threshold is the model's own (stored in the file,
+chosen by a stated rule on out-of-fold scores when it was trained, see
+:mod:`lmops.serve.moderation`) unless ``classifier_threshold`` is set. With several
+messages, each is scored (the built-in model keeps a message's features, so a repeated
+system prompt or earlier turn costs a lookup) and so is all of them together, from the
+messages' features added up. Term lists are also matched on the classifier's de-obfuscated
+form of the text (:func:`lmops.serve.moderation.deobfuscate`), and across line breaks.
 
 Matching: terms compile to regular expressions whose alternation is the *trie* of the terms
 ("how to (?:kill|make) ..."), so the C regex engine walks all of them in one left-to-right
@@ -78,12 +81,12 @@ import re
 import threading
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, partial
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -897,6 +900,13 @@ def _map_content(content: Any, fn: Callable[[str], str]) -> Any:
     return content
 
 
+class _Scored(NamedTuple):
+    """A message's stats under the built-in model, and its P(harmful)."""
+
+    stats: moderation.TextStats
+    prob: float
+
+
 class Guardrails:
     """The checks of one deployment; cheap to call, safe to share between requests.
 
@@ -933,7 +943,7 @@ class Guardrails:
             frozenset(builtin) - set(wanted) if cfg.categories is not None else frozenset()
         )
         self._trusted = frozenset(cfg.trusted_roles)
-        self._message_scores: dict[str, dict[str, float]] = {}  # see _classify_message
+        self._stats_cache: dict[str, _Scored] = {}  # see _message_stats
         self.counters: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
         # Characters a stream holds back at least (see StreamGuard: it holds what may still
@@ -953,8 +963,12 @@ class Guardrails:
         """:meth:`_moderate`, also across line breaks and on the de-obfuscated text
         ("b.o.m.b", "k1ll", Cyrillic look-alikes); the larger count per category wins."""
         flat = normalized.replace("\n", " ") if "\n" in normalized else normalized
+        return self._terms(flat, moderation.deobfuscate(flat))
+
+    def _terms(self, flat: str, deep: str) -> dict[str, int]:
+        """:meth:`_moderate_deep` given both forms (``deep`` is ``deobfuscate(flat)``; the
+        second pass runs only where it differs, which ordinary text never does)."""
         found = self._moderate(flat)
-        deep = moderation.deobfuscate(flat)
         if deep != flat:
             for c, n in self._moderate(deep).items():
                 found[c] = max(n, found.get(c, 0))
@@ -966,18 +980,24 @@ class Guardrails:
         A classifier that raises is logged and counted (``classifier_error``), and its
         verdict is treated as empty: the term lists still apply.
         """
+        if self._model is not None and text:
+            return self._guarded(direction, lambda m: m.score_normalized(normalize_text(text)))
         return self._classify(text, direction)
 
-    def _classify(
-        self, text: str, direction: str, normalized: str | None = None
-    ) -> dict[str, float]:
+    def _classify(self, text: str, direction: str) -> dict[str, float]:
+        """A classifier callable's verdict on ``text`` (``{}`` on an error, counted)."""
         if self.classifier is None or not text:
             return {}
+        classifier = self.classifier
+        return self._guarded(direction, lambda m: classifier(text))
+
+    def _guarded(
+        self, direction: str, score: Callable[[Any], Mapping[str, float]]
+    ) -> dict[str, float]:
+        """``score(model)``'s categories at or over the threshold; an error is logged,
+        counted (``classifier_error``) and reads as no verdict."""
         try:
-            if self._model is not None and normalized is not None:
-                scores: Mapping[str, float] = self._model.score_normalized(normalized)
-            else:
-                scores = self.classifier(text)
+            scores = score(self._model)
         except Exception as e:  # a broken model must not take the gateway down
             log.warning("guardrail classifier failed: %s: %s", type(e).__name__, e)
             self._count(direction, [{"type": "classifier_error", "category": type(e).__name__}])
@@ -989,18 +1009,57 @@ class Guardrails:
             if float(s) >= t and str(c) not in self._dropped
         }
 
-    def _classify_message(self, text: str) -> dict[str, float]:
-        """:meth:`classify` of one input message, remembered for the built-in model (the
-        same system prompt and earlier turns come back with every request)."""
-        if self._model is None:
-            return self._classify(text, "input")
-        hit = self._message_scores.get(text)
+    def _message_stats(
+        self, model: moderation.ModerationModel, text: str, deep: str | None = None
+    ) -> _Scored:
+        """The built-in model's stats and P(harmful) of one input message (``deep``: its
+        de-obfuscated form where the caller has it), remembered (the same system prompt
+        and earlier turns come back with every request)."""
+        hit = self._stats_cache.get(text)
         if hit is None:
-            hit = self._classify(text, "input")
-            if len(self._message_scores) >= 4096:
-                self._message_scores.clear()
-            self._message_scores[text] = hit
+            if deep is None:
+                deep = moderation.deobfuscate(normalize_text(text))
+            stats = model.stats(deep)
+            hit = _Scored(stats, model.prob_stats(stats))
+            if len(self._stats_cache) >= 4096:
+                self._stats_cache.clear()
+            self._stats_cache[text] = hit
         return hit
+
+    def _model_scores(
+        self,
+        model: moderation.ModerationModel,
+        text: str,
+        deep: str,
+        parts: Sequence[str],
+        direction: str,
+    ) -> dict[str, float]:
+        """The built-in model on ``text`` (de-obfuscated: ``deep``) and on each of the
+        messages ``parts`` it joins: each message's stats come from the cache and add up
+        to the stats of all of them, so ``text`` itself is read again only when it holds
+        more than the messages (decoded payloads). The most harmful reading counts."""
+
+        def score(m: moderation.ModerationModel) -> Mapping[str, float]:
+            if not parts:  # one message, or a reply
+                if direction == "input":
+                    return m.verdict(self._message_stats(m, text, deep).stats, deep)
+                return m.verdict(m.stats(deep), deep)
+            scored = [self._message_stats(m, part) for part in parts]
+            joined = moderation.EMPTY_STATS
+            for one in scored:
+                joined = joined.add(one.stats)
+            best, best_text = m.prob_stats(joined), deep
+            if len(text) > sum(map(len, parts)) + len(parts):  # payloads were appended
+                full = m.stats(deep)
+                if m.prob_stats(full) > best:
+                    best, joined = m.prob_stats(full), full
+            for one, part in zip(scored, parts, strict=True):
+                if one.prob > best:
+                    best, joined = one.prob, one.stats
+                    best_text = moderation.deobfuscate(normalize_text(part))
+            return m.verdict(joined, best_text) if best >= 0.5 * m.threshold else {}
+
+        return self._guarded(direction, score)
 
     def _moderation(
         self,
@@ -1008,19 +1067,24 @@ class Guardrails:
         direction: str,
         mode: str,
         normalized: str | None = None,
-        parts: Iterable[str] = (),
+        parts: Sequence[str] = (),
     ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
         """Actions and hit categories of the term lists and the classifier on ``text``
         (``normalized``: ``normalize_text(text)`` where the caller has it); ``parts`` (the
-        messages ``text`` joins) are classified one by one as well."""
+        messages ``text`` joins) are classified one by one as well. Where the term lists
+        find a category, the classifier is not asked (it would add nothing)."""
         norm = normalize_text(text) if normalized is None else normalized
-        terms = self._moderate_deep(norm)
-        scores = self._classify(text, direction, norm)
-        for part in parts:
-            for c, s in self._classify_message(part).items():
-                scores[c] = max(s, scores.get(c, 0.0))
-        if terms:  # the term lists name the category; the classifier adds nothing
-            scores = {}
+        flat = norm.replace("\n", " ") if "\n" in norm else norm
+        deep = moderation.deobfuscate(flat)
+        terms = self._terms(flat, deep)
+        scores: dict[str, float] = {}
+        if not terms and self._model is not None:
+            scores = self._model_scores(self._model, text, deep, parts, direction)
+        elif not terms and self.classifier is not None:
+            scores = self._classify(text, direction)
+            for part in parts:
+                for c, s in self._classify(part, direction).items():
+                    scores[c] = max(s, scores.get(c, 0.0))
         if not terms and not scores:
             return [], ()
         verb = f"moderation_{mode}"
