@@ -54,3 +54,15 @@ def test_guard_train_rejects_bad_rows_with_file_and_line(cli: Any, tmp_path: Pat
     assert r.code == 2 and "at least 2 of each" in r.err
     r = cli("guard", "eval", "--data", str(few), "--model", str(tmp_path / "none.npz"))
     assert r.code == 2 and "no such moderation classifier" in r.err
+
+
+def test_guard_eval_reads_the_shipped_set_per_field(cli: Any) -> None:
+    from lmops.serve.moderation import builtin_data_path
+
+    data = str(builtin_data_path())  # gzip'd JSONL
+    r = cli("guard", "eval", "--data", data, "--split", "test", "--by", "unseen", "--json")
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert set(result["by_unseen"]) == {"template", "wording", "idea"}
+    assert result["harmful"] > 5000 and 0 < result["recall"] <= 1
+    assert 0 <= result["false_positive_rate"] < 0.05

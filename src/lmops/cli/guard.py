@@ -23,7 +23,7 @@ def train_cmd(
         typer.Option(
             "--data",
             help='JSONL rows {"text", "label": harmful|benign, "category"?, "group"?} '
-            "(repeatable); rows with split test are left out.",
+            "(.jsonl or .jsonl.gz, repeatable); rows with split test are left out.",
         ),
     ],
     output: Annotated[Path, typer.Option("--output", help="Model file to write (.npz).")],
@@ -31,12 +31,22 @@ def train_cmd(
         bool, typer.Option("--with-builtin", help="Add the shipped data set's training rows.")
     ] = False,
     threshold: Annotated[
-        float | None, typer.Option(help="Fixed threshold (default: from out-of-fold scores).")
+        float | None, typer.Option(help="Fixed threshold (default: by the out-of-fold rule).")
     ] = None,
-    target_recall: Annotated[float, typer.Option(help="Recall the threshold keeps.")] = 0.97,
-    folds: Annotated[int, typer.Option(help="Folds for the threshold (0: none, 0.5).")] = 4,
-    bits: Annotated[int, typer.Option(help="Feature buckets: 2**bits.")] = 18,
-    epochs: Annotated[int, typer.Option()] = 8,
+    max_fp: Annotated[
+        float,
+        typer.Option(
+            "--max-fp",
+            help="The threshold rule: the lowest threshold whose out-of-fold false-positive "
+            "rate on benign rows is at most this.",
+        ),
+    ] = 0.02,
+    folds: Annotated[
+        int, typer.Option(help="Folds, rows grouped by their group field (0: none, 0.5).")
+    ] = 4,
+    bits: Annotated[int, typer.Option(help="N-gram feature buckets: 2**bits.")] = 18,
+    hidden: Annotated[int, typer.Option(help="Units of the embedding layers.")] = 64,
+    epochs: Annotated[int, typer.Option()] = 6,
     seed: Annotated[int, typer.Option()] = 0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -47,8 +57,8 @@ def train_cmd(
     if with_builtin:
         rows += moderation.read_labeled(moderation.builtin_data_path())
     report = moderation.train_moderation_classifier(
-        rows, output, bits=bits, epochs=epochs, seed=seed, folds=folds,
-        target_recall=target_recall, threshold=threshold,
+        rows, output, bits=bits, hidden=hidden, epochs=epochs, seed=seed, folds=folds,
+        max_fp=max_fp, threshold=threshold,
     )  # fmt: skip
     if as_json:
         print_json(report.to_dict())
@@ -72,6 +82,13 @@ def eval_cmd(
         str, typer.Option("--model", help="builtin or a model file (.npz).")
     ] = "builtin",
     split: Annotated[str | None, typer.Option(help="Only rows of this split (e.g. test).")] = None,
+    by: Annotated[
+        list[str] | None,
+        typer.Option(help="Also per value of this row field (repeatable; default: lang)."),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Threshold (default: the model's).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Recall on harmful rows and false positives on benign rows, at the model's threshold."""
@@ -79,7 +96,7 @@ def eval_cmd(
 
     m = moderation.builtin_model() if model == "builtin" else moderation.load_model(model)
     rows = [r for r in moderation.read_labeled(data) if split is None or r.split == split]
-    result = moderation.evaluate(m, rows, by=("lang",))
+    result = moderation.evaluate(m, rows, threshold=threshold, by=by or ["lang"])
     if as_json:
         print_json(result)
         return
