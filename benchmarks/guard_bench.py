@@ -897,9 +897,26 @@ def print_ttft(r: dict[str, Any]) -> None:
     print(f"default guardrails / off: {real['ratio']:.2f}x")
 
 
+def bench_moderation(args: argparse.Namespace) -> dict[str, Any]:
+    """The moderation classifier's part (issue #12 item 15), from moderation_bench.py:
+    recall/false positives on the held-out split per kind, language and obfuscation, on
+    ordinary instructions, and its CPU (classifier alone and the whole guard)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import moderation_bench as mb
+
+    model = mb.moderation.builtin_model()
+    out: dict[str, Any] = {"quality": mb.bench_quality(model, mb.Guardrails())}
+    mb.print_quality(out["quality"])
+    out["ordinary"] = mb.bench_ordinary(mb.Guardrails(), mb.shared_datasets(None))
+    mb.print_ordinary(out["ordinary"])
+    out["cpu"] = mb.bench_cpu(model, args.cpu_requests)
+    mb.print_cpu(out["cpu"])
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--parts", default="pii,cpu,ttft", help="pii,cpu,ttft")
+    p.add_argument("--parts", default="pii,cpu,ttft", help="pii,cpu,ttft,moderation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-family", type=int, default=200, help="pii: variants per family")
     p.add_argument("--cpu-requests", type=int, default=2000, help="cpu: requests measured")
@@ -924,6 +941,8 @@ def main() -> None:
     if "ttft" in parts:
         out["ttft"] = r = bench_ttft(args)
         print_ttft(r)
+    if "moderation" in parts:
+        out["moderation"] = bench_moderation(args)
     print(json.dumps(out, default=str))
 
 

@@ -1,0 +1,291 @@
+"""Moderation benchmark (issue #12 item 15): the default guard's moderation quality on the
+held-out split of the shipped bilingual set, on ordinary instructions it never saw, and its
+CPU per request. Not a test: it prints tables, then one JSON line with everything.
+
+    python benchmarks/moderation_bench.py [--parts quality,ordinary,cpu] [--requests 3000]
+        [--model builtin|PATH.npz] [--shared-datasets DIR]
+
+**quality**: the ``split == "test"`` rows of ``resources/moderation/data.jsonl.gz`` (never
+trained on; see ``benchmarks/build_moderation_set.py``), recall on harmful rows and
+false-positive rate on benign rows, for the classifier alone (at the model's threshold) and
+for the whole default guard (term lists + classifier: ``check_input`` on the row as a user
+message, ``check_output`` on it as a reply). Per held-out kind (``unseen``: *template*, a
+frame family never trained on with a wording that was; *wording*, new words for an idea
+that was; *idea*, never trained on in any wording), per language, per obfuscation family
+and per benign kind. Goals: recall >= 0.95, false positives <= 3 %.
+
+**ordinary**: false positives of the default guard on instructions it never saw, from the
+shared data sets (``alpaca_zh_en``: 3,000 instructions in English and the same in Chinese,
+with their inputs and their reference answers as replies; ``alpaca_seed_tasks``). Measured
+only; never shipped or trained on (their licences forbid shipping them).
+
+**cpu**: CPU per request (``time.process_time_ns``, after a warm-up, p50/p95 over
+``--requests``): a typical chat request (a system prompt and a user message in, a ~340
+character reply out) through ``check_input`` + ``check_output`` with the default config and
+with ``classifier: off``; and the classifier alone on the user message and on the reply.
+Goal: the whole guard <= 0.5 ms at p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from lmops.serve import moderation  # noqa: E402
+from lmops.serve.guardrails import GuardrailConfig, Guardrails, normalize_text  # noqa: E402
+
+RECALL_GOAL = 0.95
+FP_GOAL = 0.03
+CPU_GOAL_US = 500.0
+
+
+# ============================================================================ quality
+def _tally(hits: list[tuple[bool, bool]]) -> dict[str, Any]:
+    pos = [h for harmful, h in hits if harmful]
+    neg = [h for harmful, h in hits if not harmful]
+    return {
+        "harmful": len(pos),
+        "benign": len(neg),
+        "recall": sum(pos) / len(pos) if pos else None,
+        "fp": sum(neg) / len(neg) if neg else None,
+    }
+
+
+def _v1_key(r: moderation.LabeledText) -> str:
+    if r.info.get("source") != "v1":
+        return "-"
+    return "new wording" if r.info.get("new_wording") else "seen wording"
+
+
+def bench_quality(model: moderation.ModerationModel, guard: Guardrails) -> dict[str, Any]:
+    rows = [r for r in moderation.read_labeled(moderation.builtin_data_path()) if r.split == "test"]
+    t = model.threshold
+    per: dict[str, dict[str, list[tuple[bool, bool]]]] = defaultdict(lambda: defaultdict(list))
+    misses: list[str] = []
+    for r in rows:
+        alone = model.prob(r.text) >= t
+        msg = [{"role": "user", "content": r.text}]
+        guard_in = guard.check_input(msg).blocked
+        guard_out = guard.check_output(r.text).blocked
+        lang = str(r.info.get("lang"))
+        keys = [
+            ("all", "all"),
+            ("unseen", str(r.info.get("unseen"))),
+            ("lang", lang),
+            ("unseen x lang", f"{r.info.get('unseen')}/{lang}"),
+            ("obfuscation", str(r.info.get("obfuscation"))),
+            ("source", str(r.info.get("source"))),
+            ("v1 split (first version's floors)", _v1_key(r)),
+        ]
+        if not r.harmful:
+            keys.append(("benign kind", str(r.info.get("kind")).split(":")[0]))
+        else:
+            keys.append(("category", str(r.category)))
+        for table, key in keys:
+            per[f"classifier: {table}"][key].append((r.harmful, alone))
+            per[f"guard input: {table}"][key].append((r.harmful, guard_in))
+            per[f"guard output: {table}"][key].append((r.harmful, guard_out))
+        if r.harmful != guard_in and len(misses) < 30:
+            misses.append(f"{'missed' if r.harmful else 'FP'}: {r.text[:100]!r}")
+    out = {
+        table: {key: _tally(v) for key, v in sorted(groups.items())}
+        for table, groups in per.items()
+    }
+    return {"threshold": t, "rows": len(rows), "tables": out, "examples": misses}
+
+
+def print_quality(r: dict[str, Any]) -> None:
+    print(f"\nheld-out split: {r['rows']} rows, threshold {r['threshold']}")
+    for table, groups in r["tables"].items():
+        if not table.startswith(("classifier", "guard input")) and "all" not in groups:
+            continue
+        print(f"\n{table:<34} {'recall':>7} {'n':>6} {'FP':>7} {'n':>6}")
+        for key, v in groups.items():
+            rec = "-" if v["recall"] is None else f"{v['recall']:.3f}"
+            fp = "-" if v["fp"] is None else f"{v['fp']:.4f}"
+            print(f"  {key:<32} {rec:>7} {v['harmful']:>6} {fp:>7} {v['benign']:>6}")
+    for e in r["examples"]:
+        print("  ", e)
+
+
+# ============================================================================ ordinary text
+def shared_datasets(explicit: str | None) -> Path | None:
+    for cand in (
+        explicit,
+        os.environ.get("LMOPS_SHARED_DATASETS"),
+        REPO.parent / "shared/datasets",
+    ):
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    return None
+
+
+def bench_ordinary(guard: Guardrails, folder: Path | None) -> dict[str, Any]:
+    if folder is None:
+        return {
+            "skipped": "no shared datasets (pass --shared-datasets or set LMOPS_SHARED_DATASETS)"
+        }
+    sets: dict[str, list[tuple[str, str]]] = defaultdict(list)  # name -> (kind, text)
+    for part in sorted((folder / "alpaca_zh_en").glob("part_*.json")):
+        for row in json.loads(part.read_text(encoding="utf-8")):
+            for lang, pre in (("en", "en_"), ("zh", "")):
+                q = "\n".join(
+                    x for x in (row.get(pre + "instruction"), row.get(pre + "input")) if x
+                )
+                if q:
+                    sets[f"alpaca {lang} requests"].append(("in", q))
+                if row.get(pre + "output"):
+                    sets[f"alpaca {lang} replies"].append(("out", row[pre + "output"]))
+    seed = folder / "alpaca_seed_tasks.jsonl"
+    if seed.is_file():
+        for line in seed.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            sets["alpaca seed tasks"].append(("in", row["instruction"]))
+    out: dict[str, Any] = {}
+    for name, items in sets.items():
+        flagged = []
+        for kind, text in items:
+            d = (
+                guard.check_input([{"role": "user", "content": text}])
+                if kind == "in"
+                else guard.check_output(text)
+            )
+            if d.blocked:
+                flagged.append(text[:100])
+        out[name] = {"n": len(items), "fp": len(flagged) / len(items), "examples": flagged[:8]}
+    return out
+
+
+def print_ordinary(r: dict[str, Any]) -> None:
+    print("\nordinary instructions never trained on (default guard, blocked = false positive)")
+    if "skipped" in r:
+        print("  skipped:", r["skipped"])
+        return
+    for name, v in r.items():
+        print(f"  {name:<24} FP {v['fp']:.4f} of {v['n']}")
+        for e in v["examples"][:4]:
+            print(f"      {e!r}")
+
+
+# ============================================================================ cpu
+SYSTEM = (
+    "You are a helpful assistant for Acme Corp. Answer politely and concisely, in the "
+    "language of the user. Never reveal internal information."
+)
+USERS = [
+    "Can you explain how photosynthesis works in plants? Please keep it short.",
+    "Write a Python function that reverses a linked list, with comments.",
+    "What's a good 3-day itinerary for Kyoto in autumn?",
+    "帮我写一封请假邮件，明天家里有事需要请一天假。",
+    "Summarize the main causes of the French Revolution in five bullet points.",
+    "How do I center a div in CSS both vertically and horizontally?",
+]
+REPLY = (
+    "Photosynthesis is the process by which green plants use sunlight, water and carbon "
+    "dioxide to make glucose and oxygen. It happens in the chloroplasts, mainly in the "
+    "leaves. The light reactions capture energy; the Calvin cycle then fixes carbon into "
+    "sugar. In short: light + water + CO2 -> sugar + oxygen. Want more detail on either stage?"
+)
+
+
+def _percentiles(ns: list[int]) -> dict[str, float]:
+    ns = sorted(ns)
+    return {
+        "p50_us": ns[len(ns) // 2] / 1e3,
+        "p95_us": ns[int(len(ns) * 0.95)] / 1e3,
+        "mean_us": statistics.fmean(ns) / 1e3,
+    }
+
+
+def _measure(fn: Callable[[int], object], n: int) -> dict[str, float]:
+    for i in range(min(200, n)):  # warm-up: caches, regex compilation
+        fn(i)
+    ns = []
+    clock = time.process_time_ns
+    for i in range(n):
+        t0 = clock()
+        fn(i)
+        ns.append(clock() - t0)
+    return _percentiles(ns)
+
+
+def bench_cpu(model: moderation.ModerationModel, n: int) -> dict[str, Any]:
+    rng = random.Random(0)
+    # Each request's user message and reply are new (a number makes them unique), as in a
+    # real gateway; the system prompt repeats.
+    users = [f"{rng.choice(USERS)} (ticket {rng.randint(1000, 99999)})" for _ in range(n + 200)]
+    replies = [REPLY.replace("Photosynthesis", f"Photosynthesis ({i})") for i in range(n + 200)]
+
+    def request(g: Guardrails) -> Callable[[int], object]:
+        def run(i: int) -> object:
+            g.check_input([{"role": "system", "content": SYSTEM},
+                           {"role": "user", "content": users[i]}])  # fmt: skip
+            return g.check_output(replies[i])
+
+        return run
+
+    out: dict[str, Any] = {"reply_chars": len(REPLY), "requests": n}
+    out["guard default"] = _measure(request(Guardrails()), n)
+    out["guard classifier off"] = _measure(
+        request(Guardrails(GuardrailConfig(classifier="off"))), n
+    )
+    out["classifier: user message"] = _measure(
+        lambda i: model.score_deobfuscated(moderation.deobfuscate(normalize_text(users[i]))), n
+    )
+    out["classifier: reply"] = _measure(
+        lambda i: model.score_deobfuscated(moderation.deobfuscate(normalize_text(replies[i]))), n
+    )
+    out["load average"] = os.getloadavg()
+    return out
+
+
+def print_cpu(r: dict[str, Any]) -> None:
+    print(f"\nCPU per request ({r['requests']} requests, reply {r['reply_chars']} chars, "
+          f"load average {r['load average'][0]:.2f})")  # fmt: skip
+    for name, v in r.items():
+        if isinstance(v, dict):
+            print(f"  {name:<28} p50 {v['p50_us']:7.1f} us  p95 {v['p95_us']:7.1f} us")
+    p50 = r["guard default"]["p50_us"]
+    print(f"  whole default guard p50 {p50:.1f} us (goal <= {CPU_GOAL_US:.0f}): "
+          f"{'met' if p50 <= CPU_GOAL_US else 'NOT met'}")  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--parts", default="quality,ordinary,cpu")
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--requests", type=int, default=3000)
+    p.add_argument("--shared-datasets", default=None)
+    args = p.parse_args()
+    parts = {x.strip() for x in args.parts.split(",") if x.strip()}
+    model = (
+        moderation.builtin_model() if args.model == "builtin" else moderation.load_model(args.model)
+    )
+    guard = Guardrails(GuardrailConfig(classifier=args.model))
+    out: dict[str, Any] = {"config": vars(args)}
+    if "quality" in parts:
+        out["quality"] = bench_quality(model, guard)
+        print_quality(out["quality"])
+    if "ordinary" in parts:
+        out["ordinary"] = bench_ordinary(guard, shared_datasets(args.shared_datasets))
+        print_ordinary(out["ordinary"])
+    if "cpu" in parts:
+        out["cpu"] = bench_cpu(model, args.requests)
+        print_cpu(out["cpu"])
+    print(json.dumps(out, default=str, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
