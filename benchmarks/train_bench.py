@@ -106,10 +106,11 @@ def prepare(work: Path, args: argparse.Namespace, source: Path) -> dict[str, Any
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from lmops.data.formats import to_chat
+    from lmops.core.formats import to_chat
     from lmops.data.tokenizer import train_tokenizer
+    from lmops.models.loading import load_tokenizer
     from lmops.train.data import encode_chat
-    from lmops.train.models import MODEL_PRESETS, load_tokenizer
+    from lmops.train.models import MODEL_PRESETS
 
     records = json.loads(source.read_text(encoding="utf-8"))
     model_dir = work / "model"
@@ -154,9 +155,9 @@ def prepare(work: Path, args: argparse.Namespace, source: Path) -> dict[str, Any
 def planned_steps(cfg: dict[str, Any]) -> tuple[list[Any], list[list[int]], list[Any]]:
     """(lmops examples, example indices per step, train items) as ``lmops train`` builds
     them: items are the examples, or packed rows when ``cfg['packing']``."""
+    from lmops.models.loading import load_tokenizer
     from lmops.train.data import build_sft_examples, pack, read_rows
     from lmops.train.loop import batch_indices
-    from lmops.train.models import load_tokenizer
 
     tok = load_tokenizer(Path(cfg["model_dir"]))
     rows = list(read_rows([Path(cfg["data"])]))
@@ -256,7 +257,7 @@ def worker_trl(cfg: dict[str, Any], home: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from lmops.data.formats import to_chat
+    from lmops.core.formats import to_chat
     from lmops.train.data import read_rows
 
     examples, order, _items = planned_steps(cfg)

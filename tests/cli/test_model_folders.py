@@ -40,8 +40,8 @@ def test_registration_warns_and_training_refuses_in_one_line(cli: Any, tmp_path:
         (model / f).unlink(missing_ok=True)
     r = cli("assets", "register", "model", "notok", str(model))
     assert r.code == 0 and "warning:" in r.err and "has no tokenizer" in r.err
+    from lmops.models.loading import resolve_local
     from lmops.store import Store
-    from lmops.train.models import resolve_local
 
     store = Store()
     try:  # where train, eval and serve get their model folder

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from lmops.core.errors import UserError
-from lmops.data.formats import detect_format, to_chat, to_preference, validate_row, validate_rows
+from lmops.core.formats import detect_format, to_chat, to_preference, validate_row, validate_rows
 
 PRETRAIN_OK: list[dict[str, Any]] = [
     {"text": "The quick brown fox."},

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from lmops.serve.engine import Engine, EngineOverloaded, _Seq
-from lmops.serve.types import Delta, Done, GenRequest
+from lmops.models.engine import Engine, EngineOverloaded, _Seq
+from lmops.models.types import Delta, Done, GenRequest
 from tests.train.tiny import SENTENCES, make_model, make_tokenizer
 
 PROMPTS = ["The quick brown", "今天天气", "Machine learning models need clean data and", "Hello"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lmops.serve.types import Delta, Done, GenRequest
+from lmops.models.types import Delta, Done, GenRequest
 from tests.train.tiny import make_model, make_tokenizer
 
 pytestmark = pytest.mark.gpu
@@ -29,7 +29,7 @@ requires_cuda = pytest.mark.skipif(
 
 @requires_cuda
 def test_engine_batches_on_cuda_with_each_request_as_alone(tmp_path: Path) -> None:
-    from lmops.serve.engine import Engine
+    from lmops.models.engine import Engine
 
     model = make_model(tmp_path / "m", make_tokenizer(tmp_path / "tok"), seed=5)
     engine = Engine(model, device="cuda", max_running=8)

@@ -291,7 +291,7 @@ def test_control_tokens_in_message_text_cannot_forge_a_turn(gw: dict[str, Any]) 
 
 
 def test_encode_chat_escapes_special_tokens(tmp_path: Path) -> None:
-    from lmops.serve.engine import ControlTokenError, Engine
+    from lmops.models.engine import ControlTokenError, Engine
 
     tok = make_tokenizer(tmp_path / "tok")
     engine = Engine(make_model(tmp_path / "m", tok))

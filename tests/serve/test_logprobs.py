@@ -182,8 +182,8 @@ def test_bad_logprob_requests_are_400(server: dict[str, Any]) -> None:
 def test_logprobs_of_text_a_guardrail_rewrote_are_withheld() -> None:
     """A token's entry names its text, so it goes out only once that text went out
     verbatim: masked PII (and everything after it) keeps its logprobs back."""
+    from lmops.models.types import TokenLogprob
     from lmops.serve.handlers import LogprobRelease as _LogprobRelease
-    from lmops.serve.types import TokenLogprob
 
     release = _LogprobRelease()
     pieces = ["mail ", "jane@", "example.com", " now"]

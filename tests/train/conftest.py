@@ -80,7 +80,7 @@ def logprob_margin(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> fl
     answer tokens: an independent reference for what DPO should raise."""
     import torch
 
-    from lmops.data.formats import to_preference
+    from lmops.core.formats import to_preference
 
     def answer_logprob(prompt: list[dict[str, str]], answer: list[dict[str, str]]) -> float:
         head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)

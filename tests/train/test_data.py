@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from lmops.models.loading import load_tokenizer
 from lmops.train.data import IGNORE, Example, collate, encode_chat, pack
-from lmops.train.models import load_tokenizer
 from tests.train.tiny import make_model, make_tokenizer
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from lmops.core.errors import UserError
-from lmops.train.models import load_base, load_tokenizer
+from lmops.models.loading import load_tokenizer
+from lmops.train.models import load_base
 from lmops.train.ppo import RewardModel, gae, load_reward, train_ppo
 from lmops.train.tracking import MemoryTracker
 from tests.train.conftest import WORDS, make_spec

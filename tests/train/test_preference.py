@@ -86,7 +86,7 @@ def test_tracker_callback_renames_trl_metrics(tmp_path: Path) -> None:
 
 
 def test_render_pairs_uses_the_chat_template_and_keeps_the_prompt_end(tiny_model_dir: Path) -> None:
-    from lmops.train.models import load_tokenizer
+    from lmops.models.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
     as_string = {"prompt": "Tell me about the sea.", "chosen": "good sea", "rejected": "bad sea"}

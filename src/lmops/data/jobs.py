@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmops.core.errors import UserError
+from lmops.core.formats import ValidationReport, validate_rows
 from lmops.core.rows import BadRow, Row, iter_rows
 from lmops.data.document import Document
-from lmops.data.formats import ValidationReport, validate_rows
 from lmops.data.io import InputFile, JsonlWriter, ReadOptions, Shard, read_shard
 from lmops.data.recipe import ResolvedInputs, resolve_inputs
 

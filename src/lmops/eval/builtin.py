@@ -149,12 +149,12 @@ def _gsm8k_task(root: Path) -> Task:
 
 
 def _perplexity_task(dataset: str, store: Any | None) -> Task:
-    from lmops.train.data import read_rows
-    from lmops.train.models import resolve_local
+    from lmops.core.rows import read_rows
+    from lmops.models.loading import resolve_local
 
     path, ref = resolve_local(dataset, store, kind="dataset")
     rows = (
-        [r for _f, _n, r in read_rows([path])]
+        [r.values for r in read_rows([path])]
         if path.suffix != ".txt"
         else [{"text": path.read_text(encoding="utf-8")}]
     )

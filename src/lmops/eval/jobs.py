@@ -55,7 +55,7 @@ def open_model(
 
         return OpenAIEvalModel(endpoint, model, api_key=api_key, retries=retries), None
     from lmops.eval.lm import HFEvalModel
-    from lmops.train.models import merged_view, resolve_local
+    from lmops.models.loading import merged_view, resolve_local
 
     path, ref = resolve_local(model, store, kind="model")
     if (path / "adapter_config.json").exists():

@@ -139,7 +139,7 @@ class HFEvalModel:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from lmops.train.models import quiet_transformers, select_device
+        from lmops.models.loading import quiet_transformers, select_device
 
         quiet_transformers()
         self.device = select_device(device)

@@ -405,11 +405,12 @@ def training_texts(store: Any, model_ref: str) -> tuple[list[str], list[str]]:
 
 def dataset_texts(store: Any, refs: list[str]) -> list[str]:
     """Every string field (and chat message) of every row of the datasets, one text per row."""
-    from lmops.train.data import read_rows
+    from lmops.core.rows import read_rows
 
     texts = []
     for ref in refs:
-        for _f, _n, row in read_rows([store.assets.path(ref)]):
+        for r in read_rows([store.assets.path(ref)]):
+            row = r.values
             if isinstance(row, dict):
                 parts = [v for v in row.values() if isinstance(v, str)]
                 for m in row.get("messages") or []:

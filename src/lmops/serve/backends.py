@@ -9,14 +9,14 @@ one seam, so the gateway's handlers never branch on which one it is.
     async for batch in gen.batches(): ...       # ChoiceDelta events, per choice index
     gen.prompt_tokens, gen.completion_tokens    # the real counts once it is over
 
-``start`` raises before any byte of a reply exists: :class:`~lmops.serve.engine.
+``start`` raises before any byte of a reply exists: :class:`~lmops.models.engine.
 EngineOverloaded` when the engine's queue is full, :class:`~lmops.serve.protocol.OpenAIError`
 with the upstream's status when it refuses the request, :class:`~lmops.serve.upstream.
 UpstreamError` when it is unreachable. A failure after that arrives in the events
 (``finish_reason="error"``) or as an ``UpstreamError`` while iterating.
 
 Both backends produce the same events, :class:`ChoiceDelta`: new text of one choice, its
-token logprobs (:class:`~lmops.serve.types.TokenLogprob`, with text offsets, so a layer that
+token logprobs (:class:`~lmops.models.types.TokenLogprob`, with text offsets, so a layer that
 rewrites text can tell which tokens went out verbatim), and finally its ``finish_reason``.
 An upstream's fields that lmops does not interpret (``refusal``, ``tool_calls``, a
 reasoning field...) ride along in ``extra`` and are passed on to the client.
@@ -30,8 +30,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from lmops.models.types import Delta, Done, GenRequest, TokenLogprob
 from lmops.serve.protocol import OpenAIError
-from lmops.serve.types import Delta, Done, GenRequest, TokenLogprob
 
 __all__ = [
     "Backend",
@@ -189,7 +189,7 @@ class EngineBackend:
             raise _context_error(job.kind, self.engine.max_context, None)
 
     async def prepare(self, job: Job) -> None:
-        from lmops.serve.engine import ControlTokenError
+        from lmops.models.engine import ControlTokenError
 
         engine = self.engine
         chars = len(job.text())

@@ -12,7 +12,7 @@ already. Every input row becomes prompt messages (:func:`prompt_of`):
 * ``{"prompt": str | messages}`` rows and preference rows (their prompt);
 * ``{"text": str}`` rows, sent as one user turn.
 
-Validation is :mod:`lmops.data.formats`' own: a row is completed with a stand-in answer and
+Validation is :mod:`lmops.core.formats`' own: a row is completed with a stand-in answer and
 must then be a valid training row, so an error names the row and field as ``lmops data
 validate`` would. Every row is checked before any model is loaded.
 
@@ -80,7 +80,7 @@ __all__ = [
 Message = dict[str, str]
 # Bumped when prompt conversion or the work-file layout changes, so old work is not reused.
 _WORK_FORMAT = 1
-# Completes a prompt-only row so lmops.data.formats can validate it as a training row.
+# Completes a prompt-only row so lmops.core.formats can validate it as a training row.
 _STAND_IN = "-"
 _METRICS_EVERY_S = 5.0
 
@@ -202,8 +202,8 @@ class _DeploymentBackend:
             await self.dep.upstream.aclose()
 
     async def complete(self, item: Item, spec: BatchSpec) -> Answer:
+        from lmops.models.engine import EngineOverloaded
         from lmops.serve.backends import Job
-        from lmops.serve.engine import EngineOverloaded
         from lmops.serve.protocol import OpenAIError
         from lmops.serve.upstream import UpstreamError
 
@@ -266,7 +266,7 @@ def prompt_of(row: Any, where: str) -> list[Message]:
 
     Raises :class:`UserError` naming ``where`` and the field of the first problem.
     """
-    from lmops.data.formats import detect_format, to_chat, to_preference, validate_row
+    from lmops.core.formats import detect_format, to_chat, to_preference, validate_row
 
     if not isinstance(row, Mapping):
         raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
@@ -351,7 +351,7 @@ def read_items(ref_or_path: str, store: Any) -> tuple[list[Item], str | None, st
 
     The content id is the version ref for an asset and a sha256 of the files for a local
     path; it keys the resume fingerprint."""
-    from lmops.train.models import resolve_local
+    from lmops.models.loading import resolve_local
 
     try:
         path, ref = resolve_local(ref_or_path, store, kind="dataset")

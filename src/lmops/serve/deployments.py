@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmops.core.errors import NotFoundError, UserError
 from lmops.core.yamlcfg import validate_config
-from lmops.serve.types import Delta, Done, GenRequest
+from lmops.models.types import Delta, Done, GenRequest
 
 if TYPE_CHECKING:
     from lmops.serve.backends import Backend
@@ -206,12 +206,12 @@ class _Target:
     """One concrete model behind a deployment: the engine and the version it serves."""
 
     def __init__(self, ref: str, store: Any, spec: DeploymentSpec) -> None:
-        from lmops.serve.engine import Engine
-        from lmops.train.models import resolve_local
+        from lmops.models.engine import Engine
+        from lmops.models.loading import resolve_local
 
         path, version = resolve_local(ref, store, kind="model")
         if (path / "adapter_config.json").exists():
-            from lmops.train.models import merged_view
+            from lmops.models.loading import merged_view
 
             path = merged_view(path, store)
         self.ref = ref

@@ -33,6 +33,7 @@ from typing import Any, Literal
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from lmops.models.types import TokenLogprob
 from lmops.serve.backends import Backend, Generation, Job, approx_tokens
 from lmops.serve.protocol import (
     ChatRequest,
@@ -44,7 +45,6 @@ from lmops.serve.protocol import (
     read_json,
     sse,
 )
-from lmops.serve.types import TokenLogprob
 
 __all__ = ["Handlers"]
 
@@ -222,7 +222,7 @@ class Handlers:
             )
 
     async def generate(self, request: Request, kind: Literal["chat", "completion"]) -> Response:
-        from lmops.serve.engine import EngineOverloaded
+        from lmops.models.engine import EngineOverloaded
         from lmops.serve.upstream import UpstreamError
 
         started = time.perf_counter()

@@ -461,7 +461,7 @@ class Supervisor:
 
 
 def _local_model(spec: DeploymentSpec, store: Any) -> Path:
-    from lmops.train.models import merged_view, resolve_local
+    from lmops.models.loading import merged_view, resolve_local
 
     assert spec.model is not None
     path, _ = resolve_local(spec.model, store, kind="model", check=False)

@@ -114,7 +114,7 @@ def load_training_rows(
     the format's checks, e.g. an empty ``output``) raises an error naming its file, line and
     field, or with ``on_error="skip"`` is left out and counted by its problem's code.
     """
-    from lmops.data.formats import detect_format, validate_row
+    from lmops.core.formats import detect_format, validate_row
 
     files = row_files(paths)
     if not files:
@@ -166,7 +166,7 @@ def load_training_rows(
 
 def validate_training_rows(rows: list[tuple[str, int, Any]], fmt: str) -> None:
     """Refuse bad rows before training starts, naming file and line."""
-    from lmops.data.formats import validate_row
+    from lmops.core.formats import validate_row
 
     for where, _n, row in rows:
         errors = validate_row(row, fmt)
@@ -226,7 +226,7 @@ def encode_text(tokenizer: Any, text: str, max_len: int) -> tuple[Example, bool]
 def build_sft_examples(
     rows: list[tuple[str, int, Any]], tokenizer: Any, max_len: int
 ) -> tuple[list[Example], dict[str, int]]:
-    from lmops.data.formats import detect_format, to_chat
+    from lmops.core.formats import detect_format, to_chat
 
     examples = []
     stats = {"rows": len(rows), "truncated": 0, "no_loss_tokens": 0, "text_rows": 0}
@@ -271,7 +271,7 @@ def build_pretrain_examples(
     docs = 0
     shard_dirs = [p for p in paths if p.is_dir() and (p / "meta.json").exists()]
     if shard_dirs:
-        from lmops.data.shards import TokenShards
+        from lmops.core.shards import TokenShards
 
         for d in shard_dirs:
             shards = TokenShards(d)

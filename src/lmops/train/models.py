@@ -8,14 +8,20 @@ for random weights of a preset config (pretraining from scratch).
 
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
-from lmops.core.modelfiles import check_model_folder
+from lmops.models.loading import (
+    CHATML,
+    load_merged,
+    load_tokenizer,
+    quiet_transformers,
+    resolve_local,
+    select_device,
+    select_dtype,
+)
 from lmops.train.spec import ModelPreset, TrainSpec
 
 __all__ = [
@@ -50,13 +56,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
 
 @dataclass
 class Loaded:
@@ -65,93 +64,6 @@ class Loaded:
     inputs: list[tuple[str, str]] = field(default_factory=list)  # (version ref, role)
     base_path: Path | None = None
     base_ref: str | None = None
-
-
-def resolve_local(
-    ref_or_path: str, store: Any | None, *, kind: str | None = None, check: bool = True
-) -> tuple[Path, str | None]:
-    """A local folder/file for a path or an asset ref; returns (path, version ref or None).
-    A ``model`` is checked to be a model folder with its tokenizer (one-line error) unless
-    ``check`` is false (a server such as vLLM that reads other layouts itself)."""
-    p = Path(ref_or_path).expanduser()
-    if p.exists():
-        if kind == "model" and check:
-            check_model_folder(p)
-        return p, None
-    if store is None:
-        raise UserError(f"{ref_or_path!r} is not an existing path")
-    try:
-        v = store.assets.resolve(ref_or_path)
-    except UserError:
-        raise UserError(f"{ref_or_path!r} is neither an existing path nor a READY asset") from None
-    if kind is not None and v.kind != kind and not (kind == "model" and v.kind == "adapter"):
-        raise UserError(f"{ref_or_path!r} is a {v.kind}, expected a {kind}")
-    path = store.assets.path(v.ref)
-    if kind == "model" and check:
-        check_model_folder(path, what=f"model {v.ref}")
-    return path, v.ref
-
-
-def merged_view(adapter_dir: Path, store: Any | None) -> Path:
-    """A full model folder for an adapter: merged into its base in a temp folder (inference
-    backends such as the eval harness and the serving engine load plain HF folders)."""
-    import tempfile
-
-    from transformers import AutoTokenizer
-
-    quiet_transformers()
-    out = Path(tempfile.mkdtemp(prefix="lmops-merged-"))
-    load_merged(adapter_dir, store=store).save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
-    return out
-
-
-def quiet_transformers() -> None:
-    """Our progress bar and errors speak for the job; silence transformers' own bars and
-    deprecation chatter (set TRANSFORMERS_VERBOSITY=info to see them again)."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*|peft\..*")
-
-
-def select_device(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        if name == "cuda" and not torch.cuda.is_available():
-            raise UserError("device: cuda requested but no CUDA GPU is available; use device: cpu")
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
-
-
-def select_dtype(name: str, device: str) -> Any:
-    import torch
-
-    if name == "auto":
-        if device == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32  # CPU: fp32 is fastest and exact; bf16 on CPU is slow
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def load_tokenizer(path: Path, chat_template: str | None = None) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except Exception as e:
-        raise UserError(f"cannot load a tokenizer from {path}: {e}") from None
-    if chat_template:
-        tok.chat_template = chat_template
-    elif not getattr(tok, "chat_template", None):
-        tok.chat_template = CHATML
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
-    return tok
 
 
 def _preset_model(preset: ModelPreset, tokenizer: Any) -> Any:
@@ -219,34 +131,6 @@ def _load_pretrained(path: Path, spec: TrainSpec, dtype: Any, *, for_reward: boo
     if for_reward and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
-
-
-def load_merged(adapter_dir: Path, *, store: Any | None = None, dtype: Any = None) -> Any:
-    """An adapter folder as one model: its base with the adapter merged in. The base is
-    named in ``lmops_base.json`` (its asset ref when ``store`` is given, else its path) and
-    is merged first when it is an adapter too (SFT LoRA -> DPO LoRA)."""
-    import json
-
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    meta_file = adapter_dir / "lmops_base.json"
-    if not meta_file.exists():
-        raise UserError(
-            f"{adapter_dir} is an adapter without lmops_base.json; merge it first "
-            "(lmops train merge)"
-        )
-    info = json.loads(meta_file.read_text())
-    if info.get("base_ref") and store is not None:
-        base = Path(store.assets.path(info["base_ref"]))
-    else:
-        base = Path(info["base_path"])
-    if (base / "adapter_config.json").exists():
-        model = load_merged(base, store=store, dtype=dtype)
-    else:
-        kwargs = {} if dtype is None else {"dtype": dtype}  # None: transformers' default
-        model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
-    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
 
 
 def _qlora_kwargs() -> dict[str, Any]:

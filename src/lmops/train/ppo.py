@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmops.core.errors import UserError
+from lmops.models.loading import load_tokenizer, resolve_local
 from lmops.train.loop import IntervalMean
-from lmops.train.models import Loaded, load_tokenizer, resolve_local
+from lmops.train.models import Loaded
 from lmops.train.preference import lr_factor
 from lmops.train.spec import PpoParams, TrainSpec
 from lmops.train.tracking import Tracker

@@ -2,7 +2,7 @@
 through TRL 1.16.
 
 Every trainer takes preference rows (``prompt`` / ``chosen`` / ``rejected``, strings or chat
-messages; see :func:`lmops.data.formats.to_preference`) and renders them once, with the
+messages; see :func:`lmops.core.formats.to_preference`) and renders them once, with the
 tokenizer's chat template, into text: the prompt ends with the generation prompt
 (``<|im_start|>assistant\\n`` in ChatML) and each answer is its continuation. TRL then sees
 plain strings, so all four trainers score exactly the same tokens.
@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from lmops.core.errors import UserError
-from lmops.data.formats import to_preference
+from lmops.core.formats import to_preference
+from lmops.models.loading import select_device
 from lmops.train.loop import IntervalMean
-from lmops.train.models import Loaded, select_device
+from lmops.train.models import Loaded
 from lmops.train.spec import TrainParams, TrainSpec
 from lmops.train.tracking import Tracker
 

@@ -34,6 +34,7 @@ import yaml
 
 from lmops import __version__
 from lmops.core.errors import UserError
+from lmops.models.loading import resolve_local
 from lmops.train.data import (
     build_pretrain_examples,
     build_sft_examples,
@@ -49,7 +50,7 @@ from lmops.train.loop import (
     latest_checkpoint,
     train_loop,
 )
-from lmops.train.models import count_parameters, load_base, resolve_local
+from lmops.train.models import count_parameters, load_base
 from lmops.train.spec import TrainSpec
 from lmops.train.tracking import StoreTracker, plot_loss_curve
 
@@ -579,7 +580,7 @@ def merge_adapter(store: Any, adapter_ref: str, output: str | None = None) -> An
     """Merge a LoRA adapter into its base model and register the result as a model."""
     from transformers import AutoTokenizer
 
-    from lmops.train.models import load_merged, quiet_transformers
+    from lmops.models.loading import load_merged, quiet_transformers
 
     quiet_transformers()
     v = store.assets.resolve(adapter_ref)

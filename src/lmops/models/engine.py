@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
-from lmops.serve.types import Delta, Done, GenRequest, TokenLogprob
+from lmops.models.types import Delta, Done, GenRequest, TokenLogprob
 
 __all__ = ["ControlTokenError", "Engine", "EngineOverloaded", "generation_defaults"]
 
@@ -183,7 +183,7 @@ class Engine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from lmops.train.models import CHATML, quiet_transformers, select_device
+        from lmops.models.loading import CHATML, quiet_transformers, select_device
 
         quiet_transformers()
         self.device = select_device(device)
