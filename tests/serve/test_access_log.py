@@ -252,7 +252,7 @@ def test_off_installs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi import FastAPI
 
     from lmops.core.errors import UserError
-    from lmops.serve.accesslog import AccessLogMiddleware, install_access_log
+    from lmops.monitor.accesslog import AccessLogMiddleware, install_access_log
 
     app = FastAPI()
     monkeypatch.setenv("LMOPS_ACCESS_LOG", "off")

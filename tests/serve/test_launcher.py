@@ -23,8 +23,7 @@ import psutil
 import pytest
 
 from lmops.core.errors import UserError
-from lmops.serve.deployments import DeploymentSpec, VllmOptions, load_deployments
-from lmops.serve.launcher import (
+from lmops.deploy.launcher import (
     REGISTRY,
     VLLM_HINT,
     Supervisor,
@@ -32,6 +31,7 @@ from lmops.serve.launcher import (
     live_supervisors,
     vllm_argv,
 )
+from lmops.serve.deployments import DeploymentSpec, VllmOptions, load_deployments
 
 openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
 
@@ -153,7 +153,7 @@ def test_launch_line_for_vllm_and_for_a_command() -> None:
 def test_without_vllm_or_a_command_the_error_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lmops.serve.launcher as launcher
+    import lmops.deploy.launcher as launcher
 
     monkeypatch.setattr(launcher, "_vllm_installed", lambda: False)
     with pytest.raises(UserError) as e, launch_all([spec(tmp_path)]):
@@ -353,7 +353,7 @@ _SERVE = """\
 import json, os, sys
 import uvicorn
 from lmops.serve.deployments import DeploymentSpec
-from lmops.serve.launcher import launch_all, live_supervisors
+from lmops.deploy.launcher import launch_all, live_supervisors
 from lmops.serve.server import ENV
 
 if __name__ == "__main__":  # what `lmops serve` does: launch, then N uvicorn workers

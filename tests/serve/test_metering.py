@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lmops.core.errors import UserError
-from lmops.serve.metering import export_conversations, log_request, usage
+from lmops.monitor.metering import export_conversations, log_request, usage
 from lmops.store import Store
 
 NOW = datetime.now(UTC)

@@ -425,7 +425,7 @@ def create_app(
     mount_from_env(app)
     for mount in mounts or []:
         mount(app)
-    from lmops.serve.accesslog import install_access_log
+    from lmops.monitor.accesslog import install_access_log
 
     install_access_log(app)  # one JSON line per request unless LMOPS_ACCESS_LOG=off
     return app

@@ -339,7 +339,7 @@ def from_logs(
     lineage to the model versions that answered. Truncated, content-filtered, flagged and
     failed exchanges are left out (and counted) unless a --keep-* option says otherwise."""
     from lmops.cli.main import _since
-    from lmops.serve.metering import export_conversations
+    from lmops.monitor.metering import export_conversations
 
     flags = {
         "truncated": keep_truncated,

@@ -622,7 +622,7 @@ def usage(
     json_: JsonOpt = False,
 ) -> None:
     """Served requests and tokens per key and per deployment, with latency percentiles."""
-    from lmops.serve.metering import usage as usage_report
+    from lmops.monitor.metering import usage as usage_report
 
     rep = usage_report(_store(), key=key, deployment=deployment, since=_since(since))
     data = rep.to_dict()

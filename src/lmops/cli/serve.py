@@ -166,7 +166,7 @@ def _run_server(
     # gateway read these.
     os.environ[ACCESS_LOG_ENV] = access_log.value
     os.environ[MAX_BODY_ENV] = str(int(max_body_mb * 1024 * 1024))
-    from lmops.serve.launcher import launch_all
+    from lmops.deploy.launcher import launch_all
 
     # engine: vllm deployments are launched here, once, before the workers start; each
     # becomes an upstream deployment that every worker proxies to.

@@ -1,1 +1,2 @@
-"""The deploy stage (see docs/ARCHITECTURE.md); not built yet."""
+"""Deployment: taking a model to where it runs. Today: launching and supervising vLLM servers
+for ``engine: vllm`` deployments (:mod:`lmops.deploy.launcher`)."""

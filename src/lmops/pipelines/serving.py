@@ -89,7 +89,7 @@ def serve_and_probe(ctx: StepContext, p: ServeParams) -> StepOutput:
         if key.expires_at is not None
         else "never expires (lmops keys revoke to end it)"
     )
-    from lmops.serve.accesslog import ENV as ACCESS_LOG_ENV
+    from lmops.monitor.accesslog import ENV as ACCESS_LOG_ENV
 
     # The one smoke request would print a JSON access-log line into the pipeline's output;
     # a server kept running logs as `lmops serve` does (LMOPS_ACCESS_LOG, default json).

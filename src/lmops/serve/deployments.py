@@ -24,7 +24,7 @@ deployments:
 ```
 An alias ref (``chat@production``) is re-resolved periodically; when the alias moves, the
 deployment reloads the new version without a restart. (Not for ``engine: vllm``: its
-server is launched once, by ``lmops.serve.launcher.launch_all``, with the version the ref
+server is launched once, by ``lmops.deploy.launcher.launch_all``, with the version the ref
 named at start.)
 """
 
@@ -247,7 +247,7 @@ class Deployment:
             # launch_all rewrites these into upstream specs before the workers start
             raise UserError(
                 f"deployment {spec.name!r}: engine: vllm was not launched; serve it with "
-                "lmops serve (lmops.serve.launcher.launch_all)"
+                "lmops serve (lmops.deploy.launcher.launch_all)"
             )
         elif spec.split:
             self.targets = [(_Target(t.model, store, spec), t.weight) for t in spec.split]

@@ -35,10 +35,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from lmops.monitor.metrics import Metrics
 from lmops.serve.guardrails import GuardrailConfig, Guardrails
 from lmops.serve.limits import Limits, RateLimited, RateLimiter
 from lmops.serve.limits import headers as limit_headers
-from lmops.serve.metrics import Metrics
 from lmops.store.types import RequestRecord
 
 __all__ = ["NullPolicy", "Policy", "RequestContext", "mask_body"]

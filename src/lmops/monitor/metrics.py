@@ -9,7 +9,24 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics"]
+__all__ = ["ENGINE_HANGS", "ENGINE_REGISTRY", "ENGINE_RESTARTS", "Metrics"]
+
+# The engine servers lmops launches (lmops.deploy.launcher) are supervised by the launching
+# process, not a gateway worker, so their counters live in a registry of their own (with
+# several workers, file-backed in the multiprocess directory like every other counter).
+ENGINE_REGISTRY = CollectorRegistry()
+ENGINE_RESTARTS = Counter(
+    "lmops_engine_restarts",
+    "Times a launched engine server was restarted after it died",
+    ["deployment"],
+    registry=ENGINE_REGISTRY,
+)
+ENGINE_HANGS = Counter(
+    "lmops_engine_hangs",
+    "Times a launched engine server stopped answering /health and was stopped",
+    ["deployment"],
+    registry=ENGINE_REGISTRY,
+)
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -128,6 +145,4 @@ class Metrics:
             multiprocess.MultiProcessCollector(reg)
             return bytes(generate_latest(reg))
         # one worker: the launcher runs in this process
-        from lmops.serve.launcher import REGISTRY as LAUNCHED
-
-        return bytes(generate_latest(self.reg)) + bytes(generate_latest(LAUNCHED))
+        return bytes(generate_latest(self.reg)) + bytes(generate_latest(ENGINE_REGISTRY))

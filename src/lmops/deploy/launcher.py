@@ -53,11 +53,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter
 
 from lmops.core.errors import UserError
 from lmops.core.net import free_port
 from lmops.core.proc import EXEC_SHIM
+from lmops.monitor.metrics import ENGINE_HANGS as HANGS
+from lmops.monitor.metrics import ENGINE_REGISTRY as REGISTRY
+from lmops.monitor.metrics import ENGINE_RESTARTS as RESTARTS
 from lmops.serve.deployments import DeploymentSpec, VllmOptions
 
 __all__ = [
@@ -76,22 +78,6 @@ VLLM_HINT = (
     "engine: vllm needs the vllm extra (pip install 'lmops[vllm]') and a GPU; or set vllm.command"
 )
 HOST = "127.0.0.1"
-
-# The launching process is not a gateway worker, so its metrics live in their own registry
-# (render it with prometheus_client.generate_latest(REGISTRY)).
-REGISTRY = CollectorRegistry()
-RESTARTS = Counter(
-    "lmops_engine_restarts",
-    "Times a launched engine server was restarted after it died",
-    ["deployment"],
-    registry=REGISTRY,
-)
-HANGS = Counter(
-    "lmops_engine_hangs",
-    "Times a launched engine server stopped answering /health and was stopped",
-    ["deployment"],
-    registry=REGISTRY,
-)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
