@@ -8,12 +8,17 @@ __all__ = ["get_logger", "setup_logging"]
 
 
 def setup_logging(debug: bool = False) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(show_path=debug, rich_tracebacks=debug)],
+        # stderr: stdout carries results (``--json`` must stay parseable whatever a
+        # library logs)
+        handlers=[
+            RichHandler(console=Console(stderr=True), show_path=debug, rich_tracebacks=debug)
+        ],
         force=True,
     )
 

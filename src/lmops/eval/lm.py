@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 from lmops.core.errors import UserError
 from lmops.eval.tasks import ChatTemplate
+from lmops.models.compat import cache_arg, output_cache
 
 __all__ = [
     "ChatPrompt",
@@ -180,10 +181,7 @@ class HFEvalModel:
         # transformers' CausalLMs take ``logits_to_keep`` (positions, or a bool mask) and
         # project only those hidden states to the vocabulary
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
-        # transformers 5.25 renamed forward's past_key_values to cache (the old name warns
-        # until 5.40); a model whose forward predates the rename takes the old one
-        forward_args = inspect.signature(self.model.forward).parameters
-        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        self._cache_arg = cache_arg(self.model)
 
     # -- encoding as lm-evaluation-harness does ------------------------------------------------------
     def _tok(self, s: str) -> list[int]:
@@ -328,7 +326,7 @@ class HFEvalModel:
                 return None
         last = self._pad([[n - 1]])  # (1, 1): only one position's logits, never used
         out, _ = self._logits(last, input_ids=self._pad([list(first[:n])]), use_cache=True)
-        return (n, out.past_key_values) if _plain_dynamic_cache(out.past_key_values) else None
+        return (n, output_cache(out)) if _plain_dynamic_cache(output_cache(out)) else None
 
     def _contexts(
         self,
@@ -350,7 +348,7 @@ class HFEvalModel:
                 input_ids=self._pad([list(c) for c in chunk]),
                 use_cache=keep_cache,
             )
-            return out.past_key_values, logits[:, 0]
+            return output_cache(out), logits[:, 0]
         # The shared prefix's cache, one row per context: (B, heads, P, head_dim) per
         # layer; the rest of each context goes on top, at positions P.. (B, Lr); the mask
         # (B, P + Lr) hides the padding of the rest.
@@ -367,7 +365,7 @@ class HFEvalModel:
             **{self._cache_arg: _copy_rows(prefix, rows)},
             use_cache=True,
         )
-        return out.past_key_values, logits[:, 0]
+        return output_cache(out), logits[:, 0]
 
     def _continuations(
         self,

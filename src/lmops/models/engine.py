@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
+from lmops.models.compat import cache_arg, output_cache
 from lmops.models.types import Delta, Done, GenRequest, TokenLogprob
 
 __all__ = ["ControlTokenError", "Engine", "EngineOverloaded", "generation_defaults"]
@@ -229,7 +230,7 @@ class Engine:
         self._positions: Any = None  # (running, 1) long: the next position id per row
         pad_id = self.tokenizer.pad_token_id
         self._pad_id = pad_id if isinstance(pad_id, int) and pad_id >= 0 else 0
-        self._cache_arg = _cache_arg(self.model)
+        self._cache_arg = cache_arg(self.model)
         self._mask_4d = _takes_4d_mask(self.model) and self._same_with_4d_mask()
         # logits for the last position only (the prefill's logits would otherwise be
         # (prompt, vocab) floats per sequence), where the model's forward takes it
@@ -405,7 +406,7 @@ class Engine:
                 out = self.model(
                     input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
                 )
-                layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+                layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
                 logits = [
                     self.model(
                         attention_mask=m,
@@ -589,7 +590,7 @@ class Engine:
                 s.done = "length"
                 s.emit(Done("length", lengths[0], 0))
                 return
-        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
         self._join(group, layers, mask, lengths)
         self._accept_all(group, out.logits[:, -1])
 
@@ -935,17 +936,6 @@ def _text_decoder(tokenizer: Any) -> Callable[[list[int]], str]:
         decode = backend.decode
         return lambda ids: str(decode(ids, skip_special_tokens=True))
     return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
-
-
-def _cache_arg(model: Any) -> str:
-    """The keyword forward takes the KV cache by: ``cache`` since transformers 5.25 (the
-    old ``past_key_values`` still works but warns, until 5.40), ``past_key_values`` for a
-    model whose forward predates the rename (it would ignore an unknown ``cache``)."""
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def _takes_4d_mask(model: Any) -> bool:
