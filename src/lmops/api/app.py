@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -28,6 +28,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmops import __version__
+from lmops.api.deps import Admin, Reader, Unauthorized, admin, reader  # noqa: F401
 from lmops.core.config import Settings, mask_url
 from lmops.core.errors import (
     ConflictError,
@@ -49,10 +50,6 @@ log = logging.getLogger("lmops.api")
 # PATH_MAX once the server's temp folder is in front of it).
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 1024
-
-
-class Unauthorized(PermissionDenied):
-    """No key, or a key that does not authenticate (HTTP 401)."""
 
 
 _STATUS: list[tuple[type[LmopsError], int, str]] = [
@@ -129,47 +126,6 @@ class KeyCreated(BaseModel):
 
 class GcBody(BaseModel):
     grace_s: float = Field(default=3600.0, ge=0, allow_inf_nan=False)
-
-
-# -- auth ----------------------------------------------------------------------------------------
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    return token.strip()
-
-
-def _authenticate(request: Request) -> ApiKey:
-    store: Store = request.app.state.store
-    try:
-        key = store.keys.authenticate(_bearer(request))
-    except Unauthorized:
-        raise
-    except PermissionDenied as e:
-        raise Unauthorized(str(e)) from None
-    request.state.lmops_key = key  # the access log names the key (prefix and name only)
-    return key
-
-
-def reader(request: Request) -> Store:
-    """Any active key; returns the store acting as that key."""
-    key = _authenticate(request)
-    store: Store = request.app.state.store
-    return store.as_actor(key.name, "api")
-
-
-def admin(request: Request) -> Store:
-    """An active admin key."""
-    key = _authenticate(request)
-    if key.role != "admin":
-        raise PermissionDenied(f"API key {key.name!r} has role {key.role!r}; this needs admin")
-    store: Store = request.app.state.store
-    return store.as_actor(key.name, "api")
-
-
-Reader = Annotated[Store, Depends(reader)]
-Admin = Annotated[Store, Depends(admin)]
 
 
 def _api_router() -> APIRouter:
@@ -420,6 +376,8 @@ def create_app(
         return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "checks": checks})
 
     app.include_router(_api_router())
+    for router in stage_routers():
+        app.include_router(router)
     from lmops.serve.server import mount_from_env
 
     mount_from_env(app)
@@ -429,3 +387,23 @@ def create_app(
 
     install_access_log(app)  # one JSON line per request unless LMOPS_ACCESS_LOG=off
     return app
+
+
+# Stage modules that serve routes under /api/<stage>: each ``lmops.api.<name>`` exposes a
+# ``router`` (an ``APIRouter``) built on the dependencies of :mod:`lmops.api.deps`.
+STAGE_ROUTERS = ("deploy", "prompts", "monitor")
+
+
+def stage_routers() -> list[APIRouter]:
+    import importlib
+
+    routers = []
+    for name in STAGE_ROUTERS:
+        try:
+            module = importlib.import_module(f"lmops.api.{name}")
+        except ModuleNotFoundError as exc:  # a stage without routes yet
+            if exc.name != f"lmops.api.{name}":
+                raise
+            continue
+        routers.append(module.router)
+    return routers

@@ -50,13 +50,16 @@ app.add_typer(audit_app, name="audit")
 
 
 def _add_stage_apps() -> None:
-    from lmops.cli import data, eval, guard, pipelines, serve, train
+    from lmops.cli import data, deploy, eval, guard, monitor, pipelines, prompts, serve, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(train.app, name="train")
     app.add_typer(eval.app, name="eval")
     app.add_typer(serve.app, name="serve")
     app.add_typer(guard.app, name="guard")
+    app.add_typer(deploy.app, name="deploy")
+    app.add_typer(prompts.app, name="prompts")
+    app.add_typer(monitor.app, name="monitor")
     app.add_typer(pipelines.app, name="pipeline")
     app.command("run")(pipelines.run_cmd)
     app.command("quickstart")(pipelines.quickstart_cmd)

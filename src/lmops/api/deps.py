@@ -1,0 +1,58 @@
+"""Authentication dependencies of every ``/api`` route: a bearer API key, any active key
+(:data:`Reader`) or an admin key (:data:`Admin`); the store handed to the route acts as that
+key, so the audit log names it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from lmops.core.errors import PermissionDenied
+from lmops.store import ApiKey, Store
+
+__all__ = ["Admin", "Reader", "Unauthorized", "admin", "reader"]
+
+
+class Unauthorized(PermissionDenied):
+    """No key, or a key that does not authenticate (HTTP 401)."""
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    return token.strip()
+
+
+def _authenticate(request: Request) -> ApiKey:
+    store: Store = request.app.state.store
+    try:
+        key = store.keys.authenticate(_bearer(request))
+    except Unauthorized:
+        raise
+    except PermissionDenied as e:
+        raise Unauthorized(str(e)) from None
+    request.state.lmops_key = key  # the access log names the key (prefix and name only)
+    return key
+
+
+def reader(request: Request) -> Store:
+    """Any active key; returns the store acting as that key."""
+    key = _authenticate(request)
+    store: Store = request.app.state.store
+    return store.as_actor(key.name, "api")
+
+
+def admin(request: Request) -> Store:
+    """An active admin key."""
+    key = _authenticate(request)
+    if key.role != "admin":
+        raise PermissionDenied(f"API key {key.name!r} has role {key.role!r}; this needs admin")
+    store: Store = request.app.state.store
+    return store.as_actor(key.name, "api")
+
+
+Reader = Annotated[Store, Depends(reader)]
+Admin = Annotated[Store, Depends(admin)]
