@@ -13,7 +13,7 @@ import pytest
 
 from lmops.core.errors import UserError
 from lmops.data.document import Document
-from lmops.data.operators.clean import load_variant_table
+from lmops.data.operators.variants import load_variant_table
 from lmops.data.ops import build_op, list_ops
 
 
