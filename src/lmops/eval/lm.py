@@ -34,6 +34,9 @@ continuations in the second); ``"auto"`` halves from 64 until a batch fits.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import inspect
 import math
 from collections.abc import Sequence
@@ -57,6 +60,9 @@ __all__ = [
 # A prefix shared by every context of a call is run once when it has at least this many
 # tokens (below that, copying its cache costs about what it saves).
 _MIN_SHARED_PREFIX = 8
+# Sequences decoding together when generating with batch_size "auto": decoding is one
+# token per sequence per step, so memory is not the limit; lm-eval's batch size 8.
+_AUTO_GEN_BATCH = 8
 
 
 class EvalModel(Protocol):
@@ -145,6 +151,7 @@ class HFEvalModel:
         quiet_transformers()
         self.device = select_device(device)
         self.name = name or str(path)
+        self.path = path
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
             model: Any = AutoModelForCausalLM.from_pretrained(
@@ -182,6 +189,10 @@ class HFEvalModel:
         # project only those hidden states to the vocabulary
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._cache_arg = cache_arg(self.model)
+        self._gen_engine: Any = None  # models.engine.Engine, made at the first generation
+        # generate() is given this many requests at a time (progress moves per call): the
+        # engine keeps its batch full within a call, and refills it only from that call
+        self.generate_chunk = 8 * (batch_size if isinstance(batch_size, int) else _AUTO_GEN_BATCH)
 
     # -- encoding as lm-evaluation-harness does ------------------------------------------------------
     def _tok(self, s: str) -> list[int]:
@@ -501,32 +512,97 @@ class HFEvalModel:
         return out
 
     def generate(self, requests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
-        import torch
+        """Each request's generation, on the serving engine (``models.engine``): up to
+        ``batch_size`` sequences decode together, a finished one's slot is refilled at
+        once, and a sequence ends at an end-of-sequence token, at ``max_gen_toks`` or as
+        soon as one of its ``until`` strings appears (which is cut off). Greedy unless
+        ``do_sample``. The context keeps its last ``max_length - max_gen_toks`` tokens."""
+        from lmops.models.types import GenRequest
 
-        outs = []
-        for context, kw in requests:
+        reqs = []
+        for i, (context, kw) in enumerate(requests):
             until = kw.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            ids = self._tok(context)[-(self.max_length - int(kw.get("max_gen_toks", 256))) :] or [
-                self.prefix_id
-            ]
-            inp = torch.tensor([ids], device=self.device)
-            with torch.no_grad():
-                gen = self.model.generate(
-                    input_ids=inp,
-                    attention_mask=torch.ones_like(inp),
-                    max_new_tokens=int(kw.get("max_gen_toks", 256)),
-                    do_sample=bool(kw.get("do_sample", False)),
-                    temperature=float(kw.get("temperature", 0.0)) or None,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                    eos_token_id=self.stop_ids or self.eot,
+            max_new = int(kw.get("max_gen_toks", 256))
+            ids = self._tok(context)
+            room = max(1, self.max_length - max_new)
+            if len(ids) > room:
+                self.truncated += 1
+            # transformers' generate (lm-eval's HF backend) samples at temperature 1.0
+            # when none is given
+            temperature = float(kw.get("temperature") or 1.0) if kw.get("do_sample") else 0.0
+            reqs.append(
+                GenRequest(
+                    f"eval-{i}",
+                    prompt_ids=ids[-room:] or [self.prefix_id],
+                    max_tokens=max_new,
+                    temperature=temperature,
+                    seed=kw.get("seed"),
+                    stop=[s for s in ([until] if isinstance(until, str) else until) if s],
                 )
-            text = str(self.tokenizer.decode(gen[0, len(ids) :], skip_special_tokens=True))
-            for stop in until:
-                if stop and stop in text:
-                    text = text[: text.index(stop)]
-            outs.append(text)
-        return outs
+            )
+        return _run_async(self._generate_on_engine(reqs)) if reqs else []
+
+    async def _generate_on_engine(self, reqs: list[Any]) -> list[str]:
+        from lmops.models.types import Delta
+
+        engine = self._engine()
+
+        async def text_of(events: Any) -> str:
+            parts = []
+            async for batch in events:
+                for ev in batch:
+                    if isinstance(ev, Delta):
+                        parts.append(ev.text)
+                    elif ev.finish_reason == "error":
+                        raise UserError(f"{self.name}: generation failed: {ev.error}")
+            return "".join(parts)
+
+        return list(await asyncio.gather(*(text_of(e) for e in engine.submit_all(reqs))))
+
+    def _engine(self) -> Any:
+        """The continuous-batching engine over this model (made at the first generation):
+        the model and a copy of the tokenizer are shared, not loaded again."""
+        if self._gen_engine is None:
+            import copy
+
+            from lmops.models.engine import Engine
+
+            bs = self.batch_size if isinstance(self.batch_size, int) else _AUTO_GEN_BATCH
+            engine = Engine(
+                self.path,
+                max_running=bs,
+                max_queue=1 << 30,  # every request of a call is queued at once
+                device=self.device,
+                name=self.name,
+                max_context=self.max_length,
+                loaded=(self.model, copy.copy(self.tokenizer)),
+            )
+            # the model's own end-of-sequence tokens (its generation config, as
+            # transformers' generate) and ChatML's end of turn
+            engine.eos_ids = set(self.stop_ids)
+            self._gen_engine = engine
+        return self._gen_engine
+
+    def close(self) -> None:
+        """Stop the generation engine's worker thread (if one was started)."""
+        if self._gen_engine is not None:
+            self._gen_engine.close()
+            self._gen_engine = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _run_async(coro: Any) -> Any:
+    """Run ``coro`` to completion from synchronous code, also when this thread already runs
+    an event loop (a notebook, an async caller): then on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 class OpenAIEvalModel:

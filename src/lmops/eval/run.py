@@ -208,8 +208,10 @@ def _generate(
             metrics.get_metric(m.metric)  # an unknown metric fails before generating
     contexts: list[str] = []
     outputs: list[str] = []
-    for at in range(0, len(docs), _GEN_CHUNK):
-        chunk = [style.context(task, doc, k) for doc in docs[at : at + _GEN_CHUNK]]
+    # a model that batches generations across requests takes larger calls
+    size = int(getattr(model, "generate_chunk", _GEN_CHUNK))
+    for at in range(0, len(docs), size):
+        chunk = [style.context(task, doc, k) for doc in docs[at : at + size]]
         outputs += model.generate([(c, gen_kwargs) for c in chunk])
         contexts += chunk
         advance(len(chunk))

@@ -180,7 +180,12 @@ class Engine:
         device: str = "auto",
         name: str | None = None,
         max_context: int | None = None,
+        loaded: tuple[Any, Any] | None = None,
     ) -> None:
+        """``loaded``: a ``(model, tokenizer)`` pair the caller already loaded on ``device``
+        and keeps using (evaluation scores log-likelihoods with the same model), instead
+        of loading ``model_path`` again; the engine may set the tokenizer's chat template,
+        so pass a copy of one whose template matters."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -188,13 +193,17 @@ class Engine:
 
         quiet_transformers()
         self.device = select_device(device)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                str(model_path), dtype=torch.bfloat16 if self.device == "cuda" else torch.float32
-            )
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load model {model_path}: {e}") from None
+        if loaded is not None:
+            model, self.tokenizer = loaded
+        else:
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(model_path),
+                    dtype=torch.bfloat16 if self.device == "cuda" else torch.float32,
+                )
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot load model {model_path}: {e}") from None
         self.model = model.to(self.device).eval()
         # a model without a chat template is served with ChatML, said at start-up, in
         # /v1/models and in each request's access-log line (it may not be what it learned)
