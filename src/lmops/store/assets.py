@@ -33,7 +33,7 @@ from lmops.core.errors import ConflictError, IntegrityError, NotFoundError, User
 from lmops.store import _rows
 from lmops.store._time import aware, utcnow
 from lmops.store.artifacts import Entry, manifest_digest
-from lmops.store.external import Scan, absolute, external_name, scan
+from lmops.store.external import absolute, external_name, external_problem, scan
 from lmops.store.models import (
     AliasRow,
     AssetRow,
@@ -406,58 +406,6 @@ class AssetRegistry:
             return external_name(src, 16)
         return name
 
-    def _external_problem(
-        self, v: Version, entries: builtins.list[Entry], *, rehash: bool
-    ) -> str | None:
-        """Why the path of external reference ``v`` no longer holds its recorded bytes, or
-        ``None``. ``rehash`` reads every file again instead of trusting the hash cache."""
-        path = Path(v.metadata.get("path", ""))
-        host = v.metadata.get("host")
-        where = f" (recorded on host {host})" if host and host != socket.gethostname() else ""
-        if not path.exists():
-            return f"{path}{where} no longer exists; it was recorded as external input {v.ref}"
-        try:
-            now: Scan = scan(self._store, path, rehash=rehash)
-        except UserError as e:
-            return f"cannot read it again: {e}"
-        if now.digest == v.digest:
-            return None
-        with self._db.session() as s:
-            newer = s.scalar(
-                select(VersionRow.version)
-                .join(AssetRow)
-                .where(
-                    AssetRow.name == v.asset,
-                    VersionRow.status == VersionStatus.READY.value,
-                    VersionRow.digest == now.digest,
-                )
-                .order_by(VersionRow.version.desc())
-                .limit(1)
-            )
-        tail = "the store is intact; " + (
-            f"its bytes now are {v.asset}:{newer}"
-            if newer is not None
-            else "a job that reads it now records it as a new version"
-        )
-        was_file = len(entries) == 1 and v.digest == entries[0].digest  # a folder's is not
-        if was_file and now.layout == "file":
-            return (
-                f"{path}{where} changed since it was recorded (sha256 now {now.digest[:12]}, "
-                f"recorded {str(v.digest)[:12]}); {tail}"
-            )
-        was = {e.path: e.digest for e in entries}
-        has = {e.path: e.digest for e in now.entries}
-        changed = sorted(k for k in was.keys() & has.keys() if was[k] != has[k])
-        added = sorted(has.keys() - was.keys())
-        removed = sorted(was.keys() - has.keys())
-        first = (changed or added or removed or [""])[0]
-        return (
-            f"{path}{where} changed since it was recorded: {len(changed)} file(s) changed, "
-            f"{len(added)} added, {len(removed)} removed"
-            + (f" (first: {first})" if first else "")
-            + f"; {tail}"
-        )
-
     # -- lookup -------------------------------------------------------------------------------
     def _asset_row(self, s: Session, name: str) -> AssetRow:
         asset = s.scalar(select(AssetRow).where(AssetRow.name == name))
@@ -539,7 +487,7 @@ class AssetRegistry:
         v, entries = self.manifest(ref)
         assert v.layout is not None
         if v.layout == EXTERNAL:  # the recorded path, while it still holds those bytes
-            problem = self._external_problem(v, entries, rehash=False)
+            problem = external_problem(self._store, v, entries, rehash=False)
             if problem is not None:
                 raise UserError(f"{v.ref}: {problem}")
             return Path(v.metadata["path"])
@@ -741,7 +689,7 @@ class AssetRegistry:
             entries = [Entry(**e) for e in row.manifest or []]
             if row.layout == EXTERNAL:  # re-read the local path; no stored bytes to check
                 v = _rows.version(row, asset)
-                problem = self._external_problem(v, entries, rehash=True)
+                problem = external_problem(self._store, v, entries, rehash=True)
                 report[v.ref] = [problem] if problem else []
                 continue
             problems = self._store.artifacts.verify(entries)

@@ -32,13 +32,15 @@ from sqlalchemy.orm import Session
 from lmops.core.errors import UserError
 from lmops.store._time import utcnow
 from lmops.store.artifacts import Entry, hash_file, manifest_digest
-from lmops.store.models import FileHashRow
+from lmops.store.models import AssetRow, FileHashRow, VersionRow
 from lmops.store.refs import INT64_MAX
+from lmops.store.types import VersionStatus
 
 if TYPE_CHECKING:
     from lmops.store.store import Store
+    from lmops.store.types import Version
 
-__all__ = ["RACY_NS", "HashCache", "Scan", "absolute", "external_name", "scan"]
+__all__ = ["RACY_NS", "HashCache", "Scan", "absolute", "external_name", "external_problem", "scan"]
 
 RACY_NS = 2_000_000_000  # 2 s: coarser than any common filesystem's timestamps
 _CHUNK = 500  # keys per IN (...) query: below every driver's parameter limit
@@ -204,3 +206,54 @@ def scan(store: Store, path: Path, *, rehash: bool = False, skip_hidden: bool = 
     entries = [Entry(rel, d, n) for (rel, _), (d, n) in zip(items, hashed, strict=True)]
     digest = entries[0].digest if layout == "file" else manifest_digest(entries)
     return Scan(path, layout, digest, entries)
+
+
+def external_problem(store: Store, v: Version, entries: list[Entry], *, rehash: bool) -> str | None:
+    """Why the path of external reference ``v`` (a version of kind ``external``) no longer holds its recorded bytes, or
+    ``None``. ``rehash`` reads every file again instead of trusting the hash cache."""
+    path = Path(v.metadata.get("path", ""))
+    host = v.metadata.get("host")
+    where = f" (recorded on host {host})" if host and host != socket.gethostname() else ""
+    if not path.exists():
+        return f"{path}{where} no longer exists; it was recorded as external input {v.ref}"
+    try:
+        now: Scan = scan(store, path, rehash=rehash)
+    except UserError as e:
+        return f"cannot read it again: {e}"
+    if now.digest == v.digest:
+        return None
+    with store.db.session() as s:
+        newer = s.scalar(
+            select(VersionRow.version)
+            .join(AssetRow)
+            .where(
+                AssetRow.name == v.asset,
+                VersionRow.status == VersionStatus.READY.value,
+                VersionRow.digest == now.digest,
+            )
+            .order_by(VersionRow.version.desc())
+            .limit(1)
+        )
+    tail = "the store is intact; " + (
+        f"its bytes now are {v.asset}:{newer}"
+        if newer is not None
+        else "a job that reads it now records it as a new version"
+    )
+    was_file = len(entries) == 1 and v.digest == entries[0].digest  # a folder's is not
+    if was_file and now.layout == "file":
+        return (
+            f"{path}{where} changed since it was recorded (sha256 now {now.digest[:12]}, "
+            f"recorded {str(v.digest)[:12]}); {tail}"
+        )
+    was = {e.path: e.digest for e in entries}
+    has = {e.path: e.digest for e in now.entries}
+    changed = sorted(k for k in was.keys() & has.keys() if was[k] != has[k])
+    added = sorted(has.keys() - was.keys())
+    removed = sorted(was.keys() - has.keys())
+    first = (changed or added or removed or [""])[0]
+    return (
+        f"{path}{where} changed since it was recorded: {len(changed)} file(s) changed, "
+        f"{len(added)} added, {len(removed)} removed"
+        + (f" (first: {first})" if first else "")
+        + f"; {tail}"
+    )
