@@ -143,7 +143,13 @@ def _gsm8k_task(root: Path) -> Task:
         doc_to_target="{{answer}}",
         output_type="generate_until",
         generation_kwargs={"until": ["Question:", "</s>", "<|im_end|>"], "max_gen_toks": 256},
-        metric_list=[{"metric": "exact_match"}],
+        # lm-eval's two filters by name; the number is read as eval.extract reads it (a
+        # "#### N" line only, or the anchored final answer) and compared as a number
+        filter_list=[
+            {"name": "strict-match", "filter": [{"function": "number", "mode": "strict"}]},
+            {"name": "flexible-extract", "filter": [{"function": "number", "mode": "flexible"}]},
+        ],
+        metric_list=[{"metric": "exact_match", "numeric": True}],
     )
     return Task(cfg, {"test": read("test"), "train": read("train")}, source="builtin:gsm8k")
 

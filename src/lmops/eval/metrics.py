@@ -136,12 +136,23 @@ def exact_match(
     ignore_case: bool = False,
     ignore_punctuation: bool = False,
     regexes_to_ignore: Sequence[str] = (),
+    numeric: bool = False,
 ) -> float:
     """1.0 if ``pred`` equals ``ref`` (or any of several refs) after the chosen rewrites.
 
     Rewrites, in lm-eval's order: delete every match of each regex in ``regexes_to_ignore``,
     lowercase if ``ignore_case``, delete ASCII punctuation if ``ignore_punctuation``.
+
+    ``numeric``: compare as numbers (``extract.numbers_equal``: ``1,234`` = ``1234.0`` =
+    ``$1,234``) with each reference's final answer, the number after its ``####`` when it
+    has one (GSM8K's answer line), else the whole reference; an empty prediction never
+    matches.
     """
+    if numeric:
+        from lmops.eval.extract import gsm8k_target, numbers_equal
+
+        golds = [gsm8k_target(r) if "####" in r else r for r in _refs(ref, "exact_match")]
+        return 1.0 if pred and any(numbers_equal(pred, g) for g in golds) else 0.0
     try:
         compiled = [re.compile(p) for p in regexes_to_ignore]
     except re.error as e:

@@ -189,23 +189,16 @@ def _generate(
     style: PromptStyle,
     advance: Advance,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    from lmops.eval import extract, metrics
+    from lmops.eval import metrics
 
     gen_kwargs = task.config.generation_kwargs.model_dump()
-    is_gsm8k = task.name == "gsm8k"
-    filters: dict[str, Any] = {}
-    if is_gsm8k:
-        filters = {
-            "strict-match": lambda s: extract.extract_number(s, mode="strict"),
-            "flexible-extract": lambda s: extract.extract_number(s, mode="flexible"),
-        }
-    for f in task.config.filter_list:
-        filters[f.name] = _filter_fn(f)
+    # each filter chain turns an output into the prediction its metrics score (lm-eval's
+    # filter_list; the built-in GSM8K declares its number extractors there too)
+    filters: dict[str, Any] = {f.name: _filter_fn(f) for f in task.config.filter_list}
     if not filters:
         filters = {"none": lambda s: s.strip()}
-    if not is_gsm8k:
-        for m in task.config.metric_list:
-            metrics.get_metric(m.metric)  # an unknown metric fails before generating
+    # metric name -> (item function, its options from the task file: ignore_case, ...)
+    scorers = [(m.metric, *_metric_fn(m)) for m in task.config.metric_list]
     contexts: list[str] = []
     outputs: list[str] = []
     # a model that batches generations across requests takes larger calls
@@ -222,14 +215,9 @@ def _generate(
         item: dict[str, Any] = {"context": ctx, "output": out, "target": ref}
         for fname, fn in filters.items():
             pred = fn(out)
-            if is_gsm8k:
-                gold = extract.gsm8k_target(ref)
-                ok = pred is not None and extract.numbers_equal(pred, gold)
-                per_item.setdefault(f"exact_match,{fname}", []).append(float(ok))
-            else:
-                for m in task.config.metric_list:
-                    value = metrics.get_metric(m.metric).item_fn(pred or "", ref)
-                    per_item.setdefault(f"{m.metric},{fname}", []).append(value)
+            for name, item_fn, options in scorers:
+                value = item_fn(pred or "", ref, **options)
+                per_item.setdefault(f"{name},{fname}", []).append(value)
             item[f"pred,{fname}"] = pred
         item["scores"] = {k: v[-1] for k, v in per_item.items() if isinstance(v[-1], int | float)}
         items.append(item)
@@ -249,6 +237,27 @@ def _generate(
     return out_metrics, items
 
 
+def _metric_fn(spec: Any) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """A metric's item function and the options the task file gives it (lm-eval passes a
+    metric_list entry's other keys to the metric, e.g. exact_match's ``ignore_case``); an
+    unknown metric or option fails before anything is generated."""
+    import inspect
+
+    from lmops.eval import metrics
+
+    fn = metrics.get_metric(spec.metric).item_fn
+    options = dict(spec.model_extra or {})
+    takes = inspect.signature(fn).parameters
+    unknown = [k for k in options if k not in takes or k in ("pred", "ref")]
+    if unknown:
+        keyword = [n for n, p in takes.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        raise UserError(
+            f"metric_list: {spec.metric} has no option {unknown[0]!r}"
+            + (f" (options: {', '.join(keyword)})" if keyword else " (it takes none)")
+        )
+    return fn, options
+
+
 def _filter_fn(spec: Any) -> Any:
     import re
 
@@ -265,7 +274,8 @@ def _filter_fn(spec: Any) -> Any:
                     value = None
                     continue
                 m = matches[st.group_select]
-                value = next((g for g in m if g), "") if isinstance(m, tuple) else m
+                # as lm-eval's regex filter: the first group that matched, stripped
+                value = (next((g for g in m if g), "") if isinstance(m, tuple) else m).strip()
             elif st.function == "lowercase":
                 value = value.lower()
             elif st.function == "strip":
@@ -273,7 +283,7 @@ def _filter_fn(spec: Any) -> Any:
             elif st.function == "number":
                 from lmops.eval.extract import extract_number
 
-                value = extract_number(value, mode="flexible")
+                value = extract_number(value, mode=st.mode)
             # take_first: a single generation per doc already
         return value
 

@@ -6,8 +6,10 @@ Supported keys: ``task``, ``dataset_path`` (``json``/``csv``/``parquet`` with
 ``doc_to_choice``, ``doc_to_target`` (Jinja, a column name, or a literal), ``description``,
 ``target_delimiter``, ``fewshot_delimiter``, ``output_type`` (``multiple_choice``,
 ``generate_until``, ``loglikelihood_rolling``), ``generation_kwargs`` (``until``,
-``max_gen_toks``, ``do_sample``, ``temperature``), ``metric_list``, ``filter_list`` (regex
-extraction, take-first), ``group``/``tag``, ``gen_prefix``. Unknown keys are errors that name
+``max_gen_toks``, ``do_sample``, ``temperature``), ``metric_list`` (a metric's other keys are
+its options, as in lm-eval: exact_match's ``ignore_case``, ``ignore_punctuation``,
+``regexes_to_ignore``, and lmops' ``numeric``), ``filter_list`` (regex extraction, take-first,
+lowercase, strip, ``number``: the final numeric answer), ``group``/``tag``, ``gen_prefix``. Unknown keys are errors that name
 the line.
 
 Rendering follows lm-evaluation-harness: a template that is exactly a column name yields
@@ -56,6 +58,8 @@ class FilterStep(BaseModel):
     function: Literal["regex", "take_first", "lowercase", "strip", "number"]
     regex_pattern: str | None = None
     group_select: int = 0
+    # function number: the final numeric answer (eval.extract.extract_number's modes)
+    mode: Literal["strict", "flexible", "last"] = "flexible"
 
 
 class FilterSpec(BaseModel):
