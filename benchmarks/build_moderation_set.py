@@ -1,4 +1,4 @@
-"""Build the bilingual moderation data set shipped in ``src/lmops/serve/resources/moderation/``
+"""Build the bilingual moderation data set shipped in ``src/lmops/security/resources/moderation/``
 (``data.jsonl.gz``, ``gloss.tsv``) and train the shipped classifier (``model.npz``) on its
 ``train`` split.
 
@@ -75,7 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import moderation_lexicon as LEX
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "src/lmops/serve/resources/moderation"
+OUT = ROOT / "src/lmops/security/resources/moderation"
 V1_TEST = ROOT / "benchmarks/moderation_v1_test.jsonl.gz"
 
 # ============================================================================ harmful acts
@@ -1751,7 +1751,7 @@ def expand(pattern: str, lang: str, rng: random.Random, *, held: bool) -> str | 
 def _policy_terms() -> Callable[[str], bool]:
     """Whether a text holds an exact policy term of the gateway's term lists (which block
     it whatever the context): benign wordings are drawn without one."""
-    from lmops.serve.guardrails import GuardrailConfig, Guardrails
+    from lmops.security import GuardrailConfig, Guardrails
 
     g = Guardrails(GuardrailConfig(classifier="off"))
     return lambda text: bool(g.moderate(text))
@@ -1997,7 +1997,7 @@ def gloss_table(vocab: set[str]) -> dict[str, str]:
     the common-word table. Held-out fillers are never in it (see the split)."""
     from pypinyin import lazy_pinyin
 
-    from lmops.serve.guardrails import normalize_text
+    from lmops.security import normalize_text
 
     out: dict[str, str] = {}
 
@@ -2064,7 +2064,7 @@ def rows(seed: int) -> list[dict[str, object]]:
         for fam in rng.sample(families, n):
             emit(row, obfuscate(row, fam, rng), fam)
     # The first version's held-out split (commit cd17b98), kept verbatim so that its floors
-    # still hold (tests/serve/test_guardrails.py); rows whose text is now trained on are
+    # still hold (tests/security/test_guardrails.py); rows whose text is now trained on are
     # left out.
     train_texts = {str(r["text"]) for r in out if r["split"] == "train"}
     with gzip.open(V1_TEST, "rt", encoding="utf-8") as fh:
@@ -2128,9 +2128,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{write_gloss(args.out)}: gloss table")
     if args.data_only:
         return 0
-    from lmops.serve.moderation import read_labeled, train_moderation_classifier
+    from lmops.security.moderation import read_labeled, train_moderation_classifier
 
-    # Threshold by the stated rule (see lmops.serve.moderation): folds by template family
+    # Threshold by the stated rule (see lmops.security.moderation): folds by template family
     # and idea, the lowest threshold with at most 2 % out-of-fold false positives.
     report = train_moderation_classifier(read_labeled(path), args.out / "model.npz")
     print(json.dumps(report.to_dict(), indent=2))

@@ -8,13 +8,13 @@ through the sentence encoder once and keeps the output as that token's static ve
 reduced by PCA to ``--dims`` and weighted by SIF (frequent tokens count less), model2vec's
 defaults. Kept here: the whole-word tokens made of letters a-z (no "##" pieces, numbers or
 punctuation, about 21,000), as ``float16``, in
-``src/lmops/serve/resources/moderation/embeddings.npz``:
+``src/lmops/security/resources/moderation/embeddings.npz``:
 
 * ``words``: the words, UTF-8, one per line (row ``i`` is line ``i``);
 * ``vectors``: ``(len(words), dims)`` float16;
 * ``header``: JSON (source model, dims, sha256 of the weights it was distilled from).
 
-At run time :mod:`lmops.serve.moderation` reads this file with numpy only: no torch, no
+At run time :mod:`lmops.security.moderation` reads this file with numpy only: no torch, no
 tokenizer, no model2vec (a text's words are looked up whole; see ``Featurizer``).
 all-MiniLM-L6-v2 is Apache-2.0 licensed (sentence-transformers).
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "src/lmops/serve/resources/moderation/embeddings.npz"
+OUT = ROOT / "src/lmops/security/resources/moderation/embeddings.npz"
 
 
 def minilm_folder() -> Path:

@@ -63,7 +63,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from lmops.data.pii import id18_checksum_ok, luhn_ok, mask_pii  # noqa: E402
 
-# The gateway's default: every type but IP (see lmops.serve.guardrails.DEFAULT_PII_TYPES).
+# The gateway's default: every type but IP (see lmops.security.DEFAULT_PII_TYPES).
 GATEWAY_TYPES = ["SECRET", "EMAIL", "ID_CARD", "PASSPORT", "PHONE", "BANK_CARD"]
 RECALL_TARGET = 0.98
 FP_TARGET = 0.01
@@ -580,7 +580,7 @@ def load_baseline(rev: str) -> Any:
 
 def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
     from lmops.core.errors import UserError
-    from lmops.serve.guardrails import GuardrailConfig, Guardrails
+    from lmops.security import GuardrailConfig, Guardrails
 
     rng = random.Random(args.seed)
     requests = [typical_request(rng) for _ in range(args.cpu_requests)]
@@ -702,7 +702,7 @@ def default_guardrails() -> dict[str, Any] | None:
     """The deployment's guardrails for "default": None (the defaults) when they load here,
     else the defaults without the classifier (with the reason printed)."""
     from lmops.core.errors import UserError
-    from lmops.serve.guardrails import Guardrails
+    from lmops.security import Guardrails
 
     try:
         Guardrails()

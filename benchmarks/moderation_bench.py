@@ -43,8 +43,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from lmops.serve import moderation  # noqa: E402
-from lmops.serve.guardrails import GuardrailConfig, Guardrails, normalize_text  # noqa: E402
+from lmops.security import GuardrailConfig, Guardrails, moderation, normalize_text  # noqa: E402
 
 RECALL_GOAL = 0.95
 FP_GOAL = 0.03

@@ -9,31 +9,15 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from lmops.core.errors import PermissionDenied
+from lmops.security.auth import Unauthorized, authenticate
 from lmops.store import ApiKey, Store
 
 __all__ = ["Admin", "Reader", "Unauthorized", "admin", "reader"]
 
 
-class Unauthorized(PermissionDenied):
-    """No key, or a key that does not authenticate (HTTP 401)."""
-
-
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    return token.strip()
-
-
 def _authenticate(request: Request) -> ApiKey:
     store: Store = request.app.state.store
-    try:
-        key = store.keys.authenticate(_bearer(request))
-    except Unauthorized:
-        raise
-    except PermissionDenied as e:
-        raise Unauthorized(str(e)) from None
+    key = authenticate(request.headers.get("authorization"), store.keys.authenticate)
     request.state.lmops_key = key  # the access log names the key (prefix and name only)
     return key
 

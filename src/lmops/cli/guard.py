@@ -51,7 +51,7 @@ def train_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a moderation classifier; use it with guardrails ``classifier: PATH.npz``."""
-    from lmops.serve import moderation
+    from lmops.security import moderation
 
     rows = [r for path in data for r in moderation.read_labeled(path)]
     if with_builtin:
@@ -92,7 +92,7 @@ def eval_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Recall on harmful rows and false positives on benign rows, at the model's threshold."""
-    from lmops.serve import moderation
+    from lmops.security import moderation
 
     m = moderation.builtin_model() if model == "builtin" else moderation.load_model(model)
     rows = [r for r in moderation.read_labeled(data) if split is None or r.split == split]

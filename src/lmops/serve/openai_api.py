@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from lmops.security.auth import Unauthorized, authenticate
 from lmops.serve.deployments import Registry
 from lmops.serve.handlers import Handlers
 from lmops.serve.protocol import (
@@ -62,19 +63,13 @@ class Gateway:
 
     # auth --------------------------------------------------------------------------------------------
     def authenticate(self, request: Request) -> Any:
-        from lmops.core.errors import PermissionDenied
-
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise OpenAIError(
-                401,
-                "You didn't provide an API key. Send 'Authorization: Bearer <key>'.",
-                code="invalid_api_key",
-            )
         try:
-            key = self._key(token.strip())
-        except PermissionDenied as e:
+            key = authenticate(
+                request.headers.get("authorization"),
+                self._key,
+                missing="You didn't provide an API key. Send 'Authorization: Bearer <key>'.",
+            )
+        except Unauthorized as e:
             raise OpenAIError(401, str(e), code="invalid_api_key") from None
         request.state.lmops_key = key  # for the access log (prefix and name only)
         return key

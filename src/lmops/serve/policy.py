@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 from lmops.monitor.metrics import Metrics
-from lmops.serve.guardrails import GuardrailConfig, Guardrails
+from lmops.security import GuardrailConfig, Guardrails
 from lmops.serve.limits import Limits, RateLimited, RateLimiter
 from lmops.serve.limits import headers as limit_headers
 from lmops.store.types import RequestRecord

@@ -1,0 +1,469 @@
+"""The guard of one deployment (:class:`Guardrails`): input and output checks and their decisions."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
+
+from lmops.core.errors import UserError
+from lmops.data.pii import PiiSpan, detect_pii
+from lmops.security import moderation
+from lmops.security.config import CONTENT_FILTER, Classifier, GuardrailConfig
+from lmops.security.injection import InjectionResult, _decoded_payloads, _score_injection
+from lmops.security.normalize import _nfkc, normalize_text
+from lmops.security.terms import TermMatcher, _builtin_terms, load_term_file
+
+if TYPE_CHECKING:
+    from lmops.security.stream import StreamGuard
+
+log = logging.getLogger(__name__)
+
+# Prompt injection is checked in what a caller or a tool wrote, not in the system prompt.
+_INJECTION_ROLES = frozenset({"user", "tool", "function"})
+
+
+# ============================================================================ decisions
+@dataclass(frozen=True)
+class InputDecision:
+    """What to do with a request. ``messages`` are always the masked copy."""
+
+    action: Literal["allow", "block"]
+    messages: list[dict[str, Any]]
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    refusal: str | None = None  # user-facing text when blocked
+    flagged: tuple[str, ...] = ()  # moderation categories that were hit (flag or block)
+    injection: InjectionResult = InjectionResult(0.0, ())  # noqa: RUF009 (an immutable NamedTuple)
+
+    @property
+    def blocked(self) -> bool:
+        return self.action == "block"
+
+
+@dataclass(frozen=True)
+class OutputDecision:
+    """What to send for a complete reply: ``text`` is masked, or the refusal on a block."""
+
+    action: Literal["allow", "block"]
+    text: str
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    flagged: tuple[str, ...] = ()
+
+    @property
+    def blocked(self) -> bool:
+        return self.action == "block"
+
+    @property
+    def finish_reason(self) -> str | None:
+        """``"content_filter"`` on a block, else ``None`` (keep the model's own)."""
+        return CONTENT_FILTER if self.blocked else None
+
+
+_REFUSALS = {
+    "en": {
+        "default": "Sorry, I can't help with that request.",
+        "pii": "Your message contains personal data ({types}). Please remove it and try again.",
+        "self_harm": (
+            "I'm really sorry you're going through this. I can't help with that, but you "
+            "don't have to face it alone: please reach out to someone you trust, or to a "
+            "local crisis line or emergency number right away."
+        ),
+    },
+    "zh": {
+        "default": "抱歉，我无法协助处理这个请求。",
+        "pii": "您的消息包含个人信息（{types}），请删除后重试。",
+        "self_harm": (
+            "听起来你现在很难受。我无法提供这方面的帮助，但你并不孤单："
+            "请尽快联系你信任的人，或拨打当地的心理援助热线或紧急电话。"
+        ),
+    },
+}
+
+
+def _language(text: str) -> str:
+    cjk = sum(1 for c in text if "\u3400" <= c <= "\u9fff")
+    latin = sum(1 for c in text if c.isascii() and c.isalpha())
+    return "zh" if cjk and cjk * 3 >= latin else "en"
+
+
+# ============================================================================ guardrails
+def _load_classifier(ref: str) -> Classifier:
+    if ref == "builtin":
+        return moderation.builtin_model()
+    if ref.endswith(".npz"):
+        return moderation.load_model(ref)
+    module_name, _, attr = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"classifier {ref!r}: cannot import {module_name!r}: {e}") from None
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise UserError(f"classifier {ref!r}: {module_name} has no {attr!r}")
+    if not callable(obj):
+        raise UserError(f"classifier {ref!r} is not callable")
+    return cast(Classifier, obj)
+
+
+def _content_texts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        ]
+    return []
+
+
+def _map_content(content: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(content, str):
+        return fn(content)
+    if isinstance(content, list):
+        return [
+            {**p, "text": fn(p["text"])}
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            else p
+            for p in content
+        ]
+    return content
+
+
+class _Scored(NamedTuple):
+    """A message's stats under the built-in model, and its P(harmful)."""
+
+    stats: moderation.TextStats
+    prob: float
+
+
+class Guardrails:
+    """The checks of one deployment; cheap to call, safe to share between requests.
+
+    ``classifier`` overrides ``config.classifier`` (a callable instead of an import path).
+    """
+
+    def __init__(
+        self, config: GuardrailConfig | None = None, *, classifier: Classifier | None = None
+    ) -> None:
+        self.config = cfg = config or GuardrailConfig()
+        builtin = _builtin_terms()
+        wanted = cfg.categories if cfg.categories is not None else list(builtin)
+        terms: dict[str, list[str]] = {c: list(builtin[c]) for c in wanted}
+        if cfg.extra_terms_file is not None:
+            path = Path(cfg.extra_terms_file)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as e:
+                raise UserError(f"extra_terms_file {path}: cannot read it ({e.strerror})") from None
+            for cat, ts in load_term_file(text, str(path), "custom").items():
+                terms.setdefault(cat, []).extend(ts)
+        self.matcher = TermMatcher(terms)
+        if classifier is None and cfg.classifier is not None:
+            classifier = _load_classifier(cfg.classifier)
+        self.classifier = classifier
+        self._model = classifier if isinstance(classifier, moderation.ModerationModel) else None
+        self.classifier_threshold = (
+            cfg.classifier_threshold
+            if cfg.classifier_threshold is not None
+            else (self._model.threshold if self._model is not None else 0.5)
+        )
+        # Classifier categories that are built-in ones but not selected are dropped.
+        self._dropped = (
+            frozenset(builtin) - set(wanted) if cfg.categories is not None else frozenset()
+        )
+        self._trusted = frozenset(cfg.trusted_roles)
+        self._stats_cache: dict[str, _Scored] = {}  # see _message_stats
+        self.counters: Counter[tuple[str, str, str]] = Counter()
+        self._lock = threading.Lock()
+        # Characters a stream holds back at least (see StreamGuard: it holds what may still
+        # turn into a blocked term or PII in any case).
+        self.stream_window = cfg.stream_window_chars
+
+    # ------------------------------------------------------------------ building blocks
+    def moderate(self, text: str) -> dict[str, int]:
+        """Term hits per category in ``text`` (the classifier is not asked)."""
+        return self._moderate(normalize_text(text))
+
+    def _moderate(self, normalized: str) -> dict[str, int]:
+        hits = self.matcher.find(normalized)
+        return dict(Counter(h.category for h in hits)) if hits else {}
+
+    def _moderate_deep(self, normalized: str) -> dict[str, int]:
+        """:meth:`_moderate`, also across line breaks and on the de-obfuscated text
+        ("b.o.m.b", "k1ll", Cyrillic look-alikes); the larger count per category wins."""
+        flat = normalized.replace("\n", " ") if "\n" in normalized else normalized
+        return self._terms(flat, moderation.deobfuscate(flat))
+
+    def _terms(self, flat: str, deep: str) -> dict[str, int]:
+        """:meth:`_moderate_deep` given both forms (``deep`` is ``deobfuscate(flat)``; the
+        second pass runs only where it differs, which ordinary text never does)."""
+        found = self._moderate(flat)
+        if deep != flat:
+            for c, n in self._moderate(deep).items():
+                found[c] = max(n, found.get(c, 0))
+        return found
+
+    def classify(self, text: str, direction: str = "output") -> dict[str, float]:
+        """Classifier scores at or over ``classifier_threshold``; ``{}`` without a classifier.
+
+        A classifier that raises is logged and counted (``classifier_error``), and its
+        verdict is treated as empty: the term lists still apply.
+        """
+        if self._model is not None and text:
+            return self._guarded(direction, lambda m: m.score_normalized(normalize_text(text)))
+        return self._classify(text, direction)
+
+    def _classify(self, text: str, direction: str) -> dict[str, float]:
+        """A classifier callable's verdict on ``text`` (``{}`` on an error, counted)."""
+        if self.classifier is None or not text:
+            return {}
+        classifier = self.classifier
+        return self._guarded(direction, lambda m: classifier(text))
+
+    def _guarded(
+        self, direction: str, score: Callable[[Any], Mapping[str, float]]
+    ) -> dict[str, float]:
+        """``score(model)``'s categories at or over the threshold; an error is logged,
+        counted (``classifier_error``) and reads as no verdict."""
+        try:
+            scores = score(self._model)
+        except Exception as e:  # a broken model must not take the gateway down
+            log.warning("guardrail classifier failed: %s: %s", type(e).__name__, e)
+            self._count(direction, [{"type": "classifier_error", "category": type(e).__name__}])
+            return {}
+        t = self.classifier_threshold
+        return {
+            str(c): float(s)
+            for c, s in scores.items()
+            if float(s) >= t and str(c) not in self._dropped
+        }
+
+    def _message_stats(
+        self, model: moderation.ModerationModel, text: str, deep: str | None = None
+    ) -> _Scored:
+        """The built-in model's stats and P(harmful) of one input message (``deep``: its
+        de-obfuscated form where the caller has it), remembered (the same system prompt
+        and earlier turns come back with every request)."""
+        hit = self._stats_cache.get(text)
+        if hit is None:
+            if deep is None:
+                deep = moderation.deobfuscate(normalize_text(text))
+            stats = model.stats(deep)
+            hit = _Scored(stats, model.prob_stats(stats))
+            if len(self._stats_cache) >= 4096:
+                self._stats_cache.clear()
+            self._stats_cache[text] = hit
+        return hit
+
+    def _model_scores(
+        self,
+        model: moderation.ModerationModel,
+        text: str,
+        deep: str,
+        parts: Sequence[str],
+        direction: str,
+    ) -> dict[str, float]:
+        """The built-in model on ``text`` (de-obfuscated: ``deep``) and on each of the
+        messages ``parts`` it joins: each message's stats come from the cache and add up
+        to the stats of all of them, so ``text`` itself is read again only when it holds
+        more than the messages (decoded payloads). The most harmful reading counts."""
+
+        def score(m: moderation.ModerationModel) -> Mapping[str, float]:
+            if not parts:  # one message, or a reply
+                if direction == "input":
+                    return m.verdict(self._message_stats(m, text, deep).stats, deep)
+                return m.verdict(m.stats(deep), deep)
+            scored = [self._message_stats(m, part) for part in parts]
+            joined = moderation.EMPTY_STATS
+            for one in scored:
+                joined = joined.add(one.stats)
+            best, best_text = m.prob_stats(joined), deep
+            if len(text) > sum(map(len, parts)) + len(parts):  # payloads were appended
+                full = m.stats(deep)
+                if m.prob_stats(full) > best:
+                    best, joined = m.prob_stats(full), full
+            for one, part in zip(scored, parts, strict=True):
+                if one.prob > best:
+                    best, joined = one.prob, one.stats
+                    best_text = moderation.deobfuscate(normalize_text(part))
+            return m.verdict(joined, best_text) if best >= 0.5 * m.threshold else {}
+
+        return self._guarded(direction, score)
+
+    def _moderation(
+        self,
+        text: str,
+        direction: str,
+        mode: str,
+        normalized: str | None = None,
+        parts: Sequence[str] = (),
+    ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+        """Actions and hit categories of the term lists and the classifier on ``text``
+        (``normalized``: ``normalize_text(text)`` where the caller has it); ``parts`` (the
+        messages ``text`` joins) are classified one by one as well. Where the term lists
+        find a category, the classifier is not asked (it would add nothing)."""
+        norm = normalize_text(text) if normalized is None else normalized
+        flat = norm.replace("\n", " ") if "\n" in norm else norm
+        deep = moderation.deobfuscate(flat)
+        terms = self._terms(flat, deep)
+        scores: dict[str, float] = {}
+        if not terms and self._model is not None:
+            scores = self._model_scores(self._model, text, deep, parts, direction)
+        elif not terms and self.classifier is not None:
+            scores = self._classify(text, direction)
+            for part in parts:
+                for c, s in self._classify(part, direction).items():
+                    scores[c] = max(s, scores.get(c, 0.0))
+        if not terms and not scores:
+            return [], ()
+        verb = f"moderation_{mode}"
+        actions: list[dict[str, Any]] = [
+            {"type": verb, "category": c, "count": n} for c, n in sorted(terms.items())
+        ]
+        actions += [
+            {"type": verb, "category": c, "count": 1, "source": "classifier", "score": s}
+            for c, s in sorted(scores.items())
+        ]
+        return actions, tuple(sorted(set(terms) | set(scores)))
+
+    def _count(self, direction: str, actions: Iterable[Mapping[str, Any]]) -> None:
+        with self._lock:
+            for a in actions:
+                name = a.get("pii_type") or a.get("category") or a.get("rule") or ""
+                self.counters[(direction, a["type"], name)] += int(a.get("count", 1))
+
+    def _mask(self, text: str, counts: Counter[str]) -> str:
+        spans = detect_pii(text, self.config.pii_types)
+        if not spans:
+            return text
+        return _apply_masks(text, spans, 0, self.config.pii_placeholder, counts)
+
+    def _refusal(self, text: str, kind: str, **fmt: str) -> str:
+        if self.config.refusal_message is not None:
+            return self.config.refusal_message
+        return _REFUSALS[_language(text)][kind].format(**fmt)
+
+    # ------------------------------------------------------------------ input
+    def check_input(self, messages: list[dict[str, Any]]) -> InputDecision:
+        """Check a chat request before it reaches the model."""
+        cfg = self.config
+        actions: list[dict[str, Any]] = []
+        pii: Counter[str] = Counter()
+        out: list[dict[str, Any]] = []
+        moderated: list[str] = []
+        injectable: list[str] = []
+        last_user = ""  # the refusal answers in this message's language
+        for msg in messages:
+            role = str(msg.get("role", "user"))
+            content = msg.get("content")
+            texts = _content_texts(content)
+            if role == "user" and texts:
+                last_user = "\n".join(texts)
+            trusted = role in self._trusted
+            if not trusted:
+                moderated.extend(texts)
+            if role in _INJECTION_ROLES and not trusted:
+                injectable.extend(texts)
+            if cfg.pii_input != "off" and not trusted and texts:
+                msg = {**msg, "content": _map_content(content, lambda t: self._mask(t, pii))}
+            out.append(msg)
+
+        blocked_by: list[str] = []
+        pii_verb = "pii_block" if cfg.pii_input == "block" else "pii_mask"
+        actions += [{"type": pii_verb, "pii_type": t, "count": n} for t, n in sorted(pii.items())]
+        if pii and cfg.pii_input == "block":
+            blocked_by.append("pii")
+
+        user_text = "\n".join(moderated)
+        flagged: tuple[str, ...] = ()
+        # Usually the moderated and the injection-checked text are one user message: what
+        # both checks derive from it (payloads, normalised form) is computed once.
+        payloads: list[str] | None = None
+        normalized: str | None = None
+        if cfg.moderation_input != "off" and user_text:
+            payloads = _decoded_payloads(_nfkc(user_text))
+            text = "\n".join([user_text, *payloads])
+            norm = normalize_text(text)
+            if not payloads:
+                normalized = norm
+            parts = moderated if len(moderated) > 1 else ()
+            found, flagged = self._moderation(text, "input", cfg.moderation_input, norm, parts)
+            actions += found
+            if flagged and cfg.moderation_input == "block":
+                blocked_by.append("self_harm" if "self_harm" in flagged else "moderation")
+
+        injection = InjectionResult(0.0, ())
+        if cfg.injection != "off" and injectable:
+            if injectable == moderated:
+                injection = _score_injection(user_text, normalized, payloads)
+            else:
+                injection = _score_injection("\n".join(injectable))
+            if injection.score >= cfg.injection_threshold:
+                verb = f"injection_{cfg.injection}"
+                actions += [{"type": verb, "rule": r, "count": 1} for r in injection.rules]
+                if cfg.injection == "block":
+                    blocked_by.append("injection")
+
+        self._count("input", actions)
+        if not blocked_by:
+            return InputDecision("allow", out, actions, None, flagged, injection)
+        lang_text = last_user or user_text
+        if "self_harm" in blocked_by:
+            refusal = self._refusal(lang_text, "self_harm")
+        elif blocked_by == ["pii"]:
+            refusal = self._refusal(lang_text, "pii", types=", ".join(sorted(pii)))
+        else:
+            refusal = self._refusal(lang_text, "default")
+        return InputDecision("block", out, actions, refusal, flagged, injection)
+
+    # ------------------------------------------------------------------ output
+    def check_output(self, text: str) -> OutputDecision:
+        """Check a complete (non-streamed) reply."""
+        cfg = self.config
+        actions: list[dict[str, Any]] = []
+        flagged: tuple[str, ...] = ()
+        if cfg.moderation_output != "off":
+            actions, flagged = self._moderation(text, "output", cfg.moderation_output)
+            if flagged and cfg.moderation_output == "block":
+                self._count("output", actions)
+                kind = "self_harm" if "self_harm" in flagged else "default"
+                return OutputDecision("block", self._refusal(text, kind), actions, flagged)
+        if cfg.pii_output == "mask":
+            pii: Counter[str] = Counter()
+            text = self._mask(text, pii)
+            actions += [
+                {"type": "pii_mask", "pii_type": t, "count": n} for t, n in sorted(pii.items())
+            ]
+        self._count("output", actions)
+        return OutputDecision("allow", text, actions, flagged)
+
+    def stream_guard(self) -> StreamGuard:
+        """A guard for one streamed reply (not shared between streams)."""
+        from lmops.security.stream import StreamGuard  # stream.py builds on this module
+
+        return StreamGuard(self)
+
+
+def _apply_masks(
+    text: str, spans: Iterable[PiiSpan], offset: int, placeholder: str, counts: Counter[str]
+) -> str:
+    """Mask ``spans`` (offsets relative to ``text`` shifted by ``offset``) in ``text``."""
+    parts: list[str] = []
+    pos = 0
+    for s in spans:
+        start, end = max(s.start - offset, 0), min(s.end - offset, len(text))
+        if end <= pos or start >= len(text):
+            continue
+        parts.append(text[pos:start])
+        parts.append(placeholder.format(type=s.type))
+        counts[s.type] += 1
+        pos = end
+    parts.append(text[pos:])
+    return "".join(parts)

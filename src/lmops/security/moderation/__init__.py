@@ -1,0 +1,111 @@
+"""The gateway's moderation classifier: a bilingual harmful-vs-benign model beside the term lists.
+
+Term lists (``resources/<category>.txt``) carry exact policy terms; they miss paraphrases,
+role-play framing and most obfuscations. This model is their default complement
+(``GuardrailConfig.classifier = "builtin"``), trained on a bilingual data set shipped in
+``resources/moderation/`` (``benchmarks/build_moderation_set.py`` builds it and the model;
+``lmops guard train`` retrains on your own rows).
+
+Text -> features
+    :func:`lmops.security.normalize.normalize_text` (NFKC, lower case, zero-width characters
+    dropped, traditional -> simplified Chinese, separators between Chinese characters
+    removed), then :func:`deobfuscate`: Latin diacritics (pinyin tone marks) stripped,
+    Cyrillic/Greek look-alikes folded to Latin, single letters spaced or dotted out
+    ("b o m b", "b.o.m.b") joined, pinyin tone numbers ("zha4 dan4") dropped, leet digits
+    and symbols inside words (``b0mb``, ``k1ll``, ``$ex``) read as letters; real numbers
+    ("10mg", "python3", "3d", "2024") are left alone. Two kinds of features of that text:
+
+    * *n-grams* (exact wording, Chinese characters, obfuscated spellings): word unigrams and
+      bigrams (words as in :data:`lmops.data.ngram_lm.WORD_RE`: each Chinese character is a
+      word) and character 2-, 3- and 4-grams of the text padded with a space, digits as
+      ``0``, hashed into ``2**bits`` buckets (a polynomial rolling hash, then
+      multiply-shift); each distinct bucket is valued ``n ** -power`` (``n`` of them).
+    * *meaning* (words the training rows never used): the direction of the sum of the
+      static embeddings of the text's words (:class:`Featurizer`: a table distilled from
+      all-MiniLM-L6-v2 with Model2Vec at build time, ``benchmarks/distill_moderation_
+      embeddings.py``, 64 dimensions, float16). Words it has no row for are read through a
+      gloss table (``gloss.tsv``: Chinese words, their pinyin and out-of-vocabulary English
+      words -> English), built from the training rows only.
+
+Model
+    Head 0 scores harmful vs benign: ``logit = b + sum(w[ngram]) * n**-power +
+    v . relu(W u + c)``, ``u`` the unit embedding direction (zero without one), trained
+    jointly (:func:`fit_moderation`: class-weighted log loss, sparse Adagrad for the n-gram
+    weights as in :func:`lmops.data.classifier.fit_logistic`, Adam for the small dense
+    layer). With categories in the training rows, one head per category (that category vs
+    the other harmful rows, n-grams only, :func:`~lmops.data.classifier.fit_logistic`)
+    names the category of a harmful text. ``model(text)`` returns ``{category:
+    P(harmful)}`` for the best category, so a harmful text is counted once.
+
+Several messages
+    A request's messages are scored one by one and together: :meth:`ModerationModel.stats`
+    of each message (kept by the caller) add up to the stats of all of them
+    (:meth:`TextStats.add`), so the joined text costs no second pass (n-grams that would
+    cross a message boundary are not counted).
+
+Threshold
+    Chosen when training, by a stated rule, on the training rows only (the held-out split
+    is never looked at): out-of-fold scores from folds by template family *and* idea (a
+    fold's model never saw the templates or the ideas of the rows it scores, as on the
+    held-out split), and the lowest threshold whose out-of-fold false-positive rate on
+    benign rows is at most ``max_fp`` (2 %: two thirds of the 3 % the issue allows on
+    look-alikes), which gives the highest out-of-fold recall under that cap. The training
+    report keeps the rule's threshold and recall at other caps (``cv_curve``). It is
+    stored in the file and used unless ``GuardrailConfig.classifier_threshold`` is set
+    (the shipped model: 0.5 % cap -> higher threshold, fewer false positives on ordinary
+    text; 3 % -> more recall).
+
+File
+    One ``.npz`` (read with ``allow_pickle=False``): a JSON header (format, bits, power,
+    feature recipe and the digest of the static table it was trained with, categories,
+    threshold, training report), the n-gram weights (``float16``, one row per head),
+    biases and the dense layer.
+"""
+
+from __future__ import annotations
+
+from lmops.security.moderation.features import (
+    DEFAULT_BITS,
+    EMPTY_STATS,
+    Featurizer,
+    TextStats,
+    builtin_featurizer,
+    deobfuscate,
+    features,
+)
+from lmops.security.moderation.model import (
+    ModerationModel,
+    builtin_data_path,
+    builtin_model,
+    builtin_model_path,
+    load_model,
+)
+from lmops.security.moderation.train import (
+    LabeledText,
+    TrainReport,
+    evaluate,
+    fit_moderation,
+    read_labeled,
+    train_moderation_classifier,
+)
+
+__all__ = [
+    "DEFAULT_BITS",
+    "EMPTY_STATS",
+    "Featurizer",
+    "LabeledText",
+    "ModerationModel",
+    "TextStats",
+    "TrainReport",
+    "builtin_data_path",
+    "builtin_featurizer",
+    "builtin_model",
+    "builtin_model_path",
+    "deobfuscate",
+    "evaluate",
+    "features",
+    "fit_moderation",
+    "load_model",
+    "read_labeled",
+    "train_moderation_classifier",
+]
