@@ -6,13 +6,25 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from rich.console import Console
 
+if TYPE_CHECKING:
+    from lmops.store import Store
+
 console = Console()
 err_console = Console(stderr=True)
+
+
+def open_store() -> Store:
+    """The store every CLI command acts on (``LMOPS_HOME`` / ``LMOPS_DATABASE_URL``), acting
+    as the local user with origin ``cli`` in the audit log. Imported lazily so that
+    ``lmops --help`` does not load SQLAlchemy."""
+    from lmops.store import Store
+
+    return Store(origin="cli")
 
 
 def to_jsonable(obj: Any) -> Any:

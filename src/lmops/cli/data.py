@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lmops.cli._output import console, err_console, print_json, table
+from lmops.cli._output import console, err_console, open_store, print_json, table
 from lmops.core.errors import UserError
 
 app = typer.Typer(
@@ -164,10 +164,7 @@ def report(
             err_console.print(f"plot: {png}")
 
 
-def _store() -> Any:
-    from lmops.store import Store
-
-    return Store(origin="cli")
+_store = open_store
 
 
 @app.command("validate")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lmops.cli._output import console, print_json, table
+from lmops.cli._output import console, open_store, print_json, table
 from lmops.core.errors import UserError
 from lmops.eval.jobs import load_tasks, open_model
 
@@ -18,10 +18,7 @@ app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-def _store() -> Any:
-    from lmops.store import Store
-
-    return Store(origin="cli")
+_store = open_store
 
 
 @app.command("run")

@@ -22,6 +22,7 @@ from lmops.cli._output import (
     console,
     err_console,
     human_size,
+    open_store,
     print_json,
     table,
     when,
@@ -71,10 +72,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 _state: dict[str, Any] = {"debug": False}
 
 
-def _store() -> Any:
-    from lmops.store import Store
-
-    return Store(origin="cli")
+_store = open_store
 
 
 def _version_cb(value: bool) -> None:
@@ -233,7 +231,7 @@ def assets_register(
         print_json(v)
     else:
         console.print(
-            f"registered [bold]{v.ref}[/] ({v.kind}, {human_size(v.size)}, sha256 {v.digest[:12]})"
+            f"registered [bold]{v.ref}[/] ({v.kind}, {human_size(v.size)}, sha256 {(v.digest or '')[:12]})"
         )
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.markup import escape
 
-from lmops.cli._output import console, err_console, print_json, table, when
+from lmops.cli._output import console, err_console, open_store, print_json, table, when
 from lmops.core.errors import UserError
 
 app = typer.Typer(help="Pipelines: step types and the step cache.", no_args_is_help=True)
@@ -23,10 +23,7 @@ _MARK = {
 }
 
 
-def _store() -> Any:
-    from lmops.store import Store
-
-    return Store(origin="cli")
+_store = open_store
 
 
 def _parse_vars(items: list[str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from lmops.cli._output import console, err_console, print_json, table
+from lmops.cli._output import console, err_console, open_store, print_json, table
 from lmops.core.errors import LmopsError
 
 
@@ -34,10 +34,7 @@ app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-def _store() -> Any:
-    from lmops.store import Store
-
-    return Store(origin="cli")
+_store = open_store
 
 
 @app.command("run")
