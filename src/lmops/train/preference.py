@@ -29,7 +29,7 @@ import math
 import os
 import random
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -397,39 +397,43 @@ def _pair_dataset(pairs: list[Pair]) -> Any:
     )
 
 
-def train_dpo(
-    spec: TrainSpec, loaded: Loaded, rows: Iterable[Mapping[str, Any]], tracker: Tracker
+def _train_preference(
+    stage: str,
+    spec: TrainSpec,
+    loaded: Loaded,
+    rows: Iterable[Mapping[str, Any]],
+    tracker: Tracker,
+    *,
+    dataset: Callable[[list[Pair]], Any] = _pair_dataset,
+    reference: bool = True,
+    **config: Any,
 ) -> Any:
-    """Direct Preference Optimization with ``trl.DPOTrainer`` (``spec.preference``: beta,
-    loss_type, max_prompt_len). Logs ``loss``, ``reward_chosen``, ``reward_rejected``,
-    ``margin``, ``accuracy``, ``lr`` (and ``eval_*`` with an eval split)."""
-    DPOConfig, DPOTrainer = trl_classes("dpo")
+    """The set-up DPO, KTO and ORPO share: render and split the pairs, build the TRL config
+    (``config``: stage-specific fields), a reference model where the method has one, run,
+    and return the trained model. ``dataset`` turns pairs into the trainer's rows."""
+    Config, Trainer = trl_classes(stage)
     model, tokenizer = loaded.model, loaded.tokenizer
     train_pairs, eval_pairs = _split(
         render_pairs(rows, tokenizer, spec.preference.max_prompt_len),
         spec.eval_split,
         spec.train.seed,
     )
-    args = trl_config(
-        DPOConfig,
-        spec,
-        tracker.run_dir,
-        has_eval=bool(eval_pairs),
-        loss_type=[spec.preference.loss_type],
-    )
+    args = trl_config(Config, spec, tracker.run_dir, has_eval=bool(eval_pairs), **config)
+    # With an adapter TRL keeps a frozen "ref" copy of it as it starts (a fresh LoRA is the
+    # identity: the reference is the base), so only full/freeze need a copy.
+    ref = {"ref_model": None if _is_peft(model) else _frozen_copy(model)} if reference else {}
     with _quiet_datasets():
-        trainer = DPOTrainer(
+        trainer = Trainer(
             model=model,
-            # With an adapter TRL keeps a frozen "ref" copy of it as it starts (a fresh LoRA
-            # is the identity: the reference is the base), so only full/freeze need a copy.
-            ref_model=None if _is_peft(model) else _frozen_copy(model),
+            **ref,
             args=args,
-            train_dataset=_pair_dataset(train_pairs),
-            eval_dataset=_pair_dataset(eval_pairs) if eval_pairs else None,
+            train_dataset=dataset(train_pairs),
+            eval_dataset=dataset(eval_pairs) if eval_pairs else None,
             processing_class=tokenizer,
             callbacks=[TrackerCallback(tracker)],
         )
-    return _drop_ref_adapter(_run(trainer))
+    trained = _run(trainer)
+    return _drop_ref_adapter(trained) if reference else trained
 
 
 def _drop_ref_adapter(model: Any) -> Any:
@@ -440,6 +444,28 @@ def _drop_ref_adapter(model: Any) -> Any:
     return model
 
 
+def train_dpo(
+    spec: TrainSpec, loaded: Loaded, rows: Iterable[Mapping[str, Any]], tracker: Tracker
+) -> Any:
+    """Direct Preference Optimization with ``trl.DPOTrainer`` (``spec.preference``: beta,
+    loss_type, max_prompt_len). Logs ``loss``, ``reward_chosen``, ``reward_rejected``,
+    ``margin``, ``accuracy``, ``lr`` (and ``eval_*`` with an eval split)."""
+    return _train_preference(
+        "dpo", spec, loaded, rows, tracker, loss_type=[spec.preference.loss_type]
+    )
+
+
+def _unpaired(pairs: list[Pair]) -> Any:
+    """KTO's rows: each pair as a desirable (chosen) and an undesirable (rejected) example."""
+    from datasets import Dataset
+
+    examples = []
+    for p in pairs:
+        examples.append({"prompt": p.prompt, "completion": p.chosen, "label": True})
+        examples.append({"prompt": p.prompt, "completion": p.rejected, "label": False})
+    return Dataset.from_list(examples)
+
+
 def train_kto(
     spec: TrainSpec, loaded: Loaded, rows: Iterable[Mapping[str, Any]], tracker: Tracker
 ) -> Any:
@@ -447,39 +473,11 @@ def train_kto(
     (chosen) and an undesirable (rejected) example, so a batch of ``train.batch_size``
     examples holds half as many pairs. Logs ``loss``, ``reward_chosen``,
     ``reward_rejected``, ``margin``, ``kl``, ``lr``."""
-    from datasets import Dataset
-
-    KTOConfig, KTOTrainer = trl_classes("kto")
-    model, tokenizer = loaded.model, loaded.tokenizer
     if _micro_and_accum(spec.train)[0] < 2:
         raise UserError(
             "stage kto needs at least 2 examples per forward pass (train.micro_batch_size / batch_size)"
         )
-    train_pairs, eval_pairs = _split(
-        render_pairs(rows, tokenizer, spec.preference.max_prompt_len),
-        spec.eval_split,
-        spec.train.seed,
-    )
-
-    def unpaired(pairs: list[Pair]) -> Any:
-        examples = []
-        for p in pairs:
-            examples.append({"prompt": p.prompt, "completion": p.chosen, "label": True})
-            examples.append({"prompt": p.prompt, "completion": p.rejected, "label": False})
-        return Dataset.from_list(examples)
-
-    args = trl_config(KTOConfig, spec, tracker.run_dir, has_eval=bool(eval_pairs))
-    with _quiet_datasets():
-        trainer = KTOTrainer(
-            model=model,
-            ref_model=None if _is_peft(model) else _frozen_copy(model),
-            args=args,
-            train_dataset=unpaired(train_pairs),
-            eval_dataset=unpaired(eval_pairs) if eval_pairs else None,
-            processing_class=tokenizer,
-            callbacks=[TrackerCallback(tracker)],
-        )
-    return _drop_ref_adapter(_run(trainer))
+    return _train_preference("kto", spec, loaded, rows, tracker, dataset=_unpaired)
 
 
 def train_orpo(
@@ -489,24 +487,7 @@ def train_orpo(
     the chosen answer plus ``beta`` x an odds-ratio term; no reference model. Logs
     ``loss``, ``nll_loss``, ``log_odds_ratio``, ``reward_chosen``, ``reward_rejected``,
     ``margin``, ``accuracy``, ``lr``."""
-    ORPOConfig, ORPOTrainer = trl_classes("orpo")
-    model, tokenizer = loaded.model, loaded.tokenizer
-    train_pairs, eval_pairs = _split(
-        render_pairs(rows, tokenizer, spec.preference.max_prompt_len),
-        spec.eval_split,
-        spec.train.seed,
-    )
     # ORPO's collator needs its prompt/chosen/rejected columns kept.
-    args = trl_config(
-        ORPOConfig, spec, tracker.run_dir, has_eval=bool(eval_pairs), remove_unused_columns=False
+    return _train_preference(
+        "orpo", spec, loaded, rows, tracker, reference=False, remove_unused_columns=False
     )
-    with _quiet_datasets():
-        trainer = ORPOTrainer(
-            model=model,
-            args=args,
-            train_dataset=_pair_dataset(train_pairs),
-            eval_dataset=_pair_dataset(eval_pairs) if eval_pairs else None,
-            processing_class=tokenizer,
-            callbacks=[TrackerCallback(tracker)],
-        )
-    return _run(trainer)
