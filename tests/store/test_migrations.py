@@ -15,7 +15,7 @@ from lmops.store.db import Database, head_revision
 
 def test_empty_database_is_migrated_to_head(lmops_home: Path) -> None:
     store = Store()
-    assert store.db.current_revision() == head_revision() == "0008"
+    assert store.db.current_revision() == head_revision() == "0009"
     with store.db.engine.connect() as c:
         tables = {
             r[0] for r in c.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))

@@ -12,6 +12,7 @@ deployments:
     limits: {rpm: 600, tpm: 200000}
     guardrails: {pii_input: mask, moderation_output: block}
     log_bodies: false
+    prompt: support@production      # a registered prompt wraps each request (lmops.prompts)
   - name: chat-ab                   # weighted A/B split between two versions
     split: [{model: chat:3, weight: 0.9}, {model: chat:4, weight: 0.1}]
   - name: big
@@ -164,6 +165,9 @@ class DeploymentSpec(BaseModel):
     limits: dict[str, int | None] = Field(default_factory=dict)
     guardrails: dict[str, Any] | None = None
     log_bodies: bool = False
+    # a registered prompt that wraps every request (``support@production``); a chat
+    # request may pick another with {"prompt": ref}: see lmops.prompts.binding
+    prompt: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DeploymentSpec:
@@ -235,6 +239,10 @@ class Deployment:
         self.upstream: Any = None
         self._lock = threading.Lock()
         self._checked = time.monotonic()
+        if spec.prompt is not None and store is not None:
+            from lmops.prompts.registry import get as get_prompt
+
+            get_prompt(spec.prompt, store=store)  # a bound prompt that cannot load fails now
         if spec.upstream:
             from lmops.serve.upstream import Upstream
 

@@ -238,6 +238,8 @@ class Handlers:
         gen: Generation | None = None
         stream = False
         try:
+            if dep.spec.prompt is not None or (kind == "chat" and "prompt" in raw):
+                raw, req = self._apply_prompt(raw, kind, dep, ctx)
             backend = dep.backend()
             job = self._job(req, raw, kind, rid, dep, backend)
             stream = job.stream
@@ -269,6 +271,20 @@ class Handlers:
         finally:
             if gen is not None and not stream:
                 await gen.aclose()
+
+    def _apply_prompt(
+        self, raw: dict[str, Any], kind: str, dep: Any, ctx: Any
+    ) -> tuple[dict[str, Any], ChatRequest | CompletionRequest]:
+        """The body wrapped by its registered prompt (lmops.prompts.binding), parsed again;
+        the version goes on the request log (``ctx.prompt_ref``)."""
+        from lmops.core.errors import UserError
+        from lmops.prompts.binding import apply_prompt
+
+        try:
+            raw, ctx.prompt_ref = apply_prompt(raw, dep.spec.prompt, kind, dep.store)
+        except UserError as e:
+            raise OpenAIError(400, str(e), param="prompt", code="invalid_prompt") from None
+        return raw, parse(ChatRequest if kind == "chat" else CompletionRequest, raw)
 
     async def _full(self, job: Job, gen: Generation, ctx: Any, model_ref: str) -> dict[str, Any]:
         texts: dict[int, list[str]] = {}

@@ -89,6 +89,7 @@ class RequestContext:
         self.started = time.perf_counter()
         self.lease: Any = None
         self.model_ref: str | None = None
+        self.prompt_ref: str | None = None  # set when a registered prompt wrapped it
         self.ttft_s: float | None = None
         self.actions: list[dict[str, Any]] = []
         self.warnings: list[str] = []  # e.g. chat_template_fallback (for the access log)
@@ -222,6 +223,7 @@ class RequestContext:
             key_name=self.key.name,
             deployment=self.dep.name,
             model_ref=self.model_ref,
+            prompt_ref=self.prompt_ref,
             endpoint=self.kind,
             status=status,
             prompt_tokens=prompt,
@@ -258,6 +260,7 @@ class NullContext:
     """The request context of :class:`NullPolicy`: everything passes, nothing is kept."""
 
     model_ref: str | None = None
+    prompt_ref: str | None = None
     ttft_s: float | None = None
     status: int | None = None
     prompt_tokens = 0

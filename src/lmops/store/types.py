@@ -187,3 +187,4 @@ class RequestRecord:
     request_body: dict[str, Any] | None = None
     response_body: dict[str, Any] | None = None
     time: datetime | None = None  # now, when written without one
+    prompt_ref: str | None = None  # the registered prompt version that wrapped it (name:N)

@@ -1,0 +1,193 @@
+"""Prompt templates: ``{{var}}`` variables in a text or a list of chat messages.
+
+The syntax is the one MLflow's and Langfuse's prompt registries share: ``{{ name }}`` is
+replaced by the variable ``name`` (letters, digits, ``_``; spaces inside the braces are
+allowed), and there is no logic. A template is parsed once into literal and variable parts
+(:class:`Template`), so rendering is a join over a few strings (microseconds: the gateway
+renders one per request). Jinja was not chosen: it would accept loops and filters that
+other registries cannot read, and would need sandboxing before it rendered user templates
+inside the gateway.
+
+Contract of :meth:`PromptSpec.render`: every variable of the template must be given and no
+other may be; either way it is a ``UserError`` naming them. Values are inserted verbatim
+(a value holding ``{{x}}`` is not rendered again). A template that does not parse (``{{``
+without ``}}``, ``{{ 1bad }}``) is a ``UserError`` with line and column.
+
+This module imports only ``lmops.core``: the gateway (``serve``) renders through it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lmops.core.errors import UserError
+
+__all__ = ["ChatMessageSpec", "CompiledPrompt", "PromptSpec", "Template", "parse_template"]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ROLES = ("system", "user", "assistant", "developer")
+
+
+def _where(text: str, offset: int) -> tuple[int, int]:
+    """1-based (line, column) of ``offset`` in ``text``."""
+    line = text.count("\n", 0, offset) + 1
+    col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return line, col
+
+
+class Template:
+    """One parsed template string: ``parts`` alternate literal text (even indexes) and
+    variable names (odd indexes)."""
+
+    __slots__ = ("parts", "source", "variables")
+
+    def __init__(self, source: str, *, where: str = "template") -> None:
+        self.source = source
+        parts: list[str] = []
+        pos = 0
+        while True:
+            start = source.find("{{", pos)
+            if start < 0:  # a lone '}}' is text (JSON in an instruction has them)
+                parts.append(source[pos:])
+                break
+            end = source.find("}}", start + 2)
+            if end < 0:
+                line, col = _where(source, start)
+                raise UserError(f"{where}:{line}:{col}: '{{{{' is never closed; add '}}}}'")
+            name = source[start + 2 : end].strip()
+            if not _NAME.match(name):
+                line, col = _where(source, start)
+                raise UserError(
+                    f"{where}:{line}:{col}: {{{{{source[start + 2 : end]}}}}} is not a variable; "
+                    "use {{name}} with letters, digits and '_'"
+                )
+            parts.append(source[pos:start])
+            parts.append(name)
+            pos = end + 2
+        self.parts = parts
+        self.variables: tuple[str, ...] = tuple(dict.fromkeys(parts[1::2]))
+
+    def render(self, values: dict[str, Any]) -> str:
+        """The text with each variable replaced (values must hold every variable)."""
+        parts = self.parts
+        if len(parts) == 1:
+            return parts[0]
+        out = [parts[0]]
+        for i in range(1, len(parts), 2):
+            out.append(str(values[parts[i]]))
+            out.append(parts[i + 1])
+        return "".join(out)
+
+
+def parse_template(source: str, where: str = "template") -> Template:
+    """Parse ``source``; a ``UserError`` with ``where:line:col`` when it does not parse."""
+    return Template(source, where=where)
+
+
+class ChatMessageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str
+
+
+class PromptSpec(BaseModel):
+    """What one prompt version holds (the YAML file stored as the version's bytes).
+
+    ``template`` is a string (``type: text``) or a list of role messages (``type: chat``);
+    ``config`` is the model-parameter config sent with it (temperature, max_tokens...);
+    ``message`` is the commit message of the version.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "chat"] = "text"
+    template: str | list[ChatMessageSpec]
+    config: dict[str, Any] = Field(default_factory=dict)
+    message: str = ""
+    # a few-shot prompt's demos are part of its template; these are kept for reading back
+    # (which dataset rows were chosen), never rendered separately
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_type(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "type" not in data and isinstance(data.get("template"), list):
+            return {**data, "type": "chat"}
+        return data
+
+    @model_validator(mode="after")
+    def _type_matches(self) -> PromptSpec:
+        if self.type == "chat" and not isinstance(self.template, list):
+            raise ValueError("type chat needs template: a list of {role, content} messages")
+        if self.type == "text" and not isinstance(self.template, str):
+            raise ValueError("type text needs template: a string")
+        if isinstance(self.template, list) and not self.template:
+            raise ValueError("template: a chat prompt needs at least one message")
+        return self
+
+    @field_validator("config")
+    @classmethod
+    def _config_values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        allowed = {
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "stop",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+            "model",
+        }
+        unknown = sorted(set(v) - allowed)
+        if unknown:
+            raise ValueError(f"unknown model parameter(s) {unknown}; allowed: {sorted(allowed)}")
+        return v
+
+    def compiled(self) -> list[tuple[str | None, Template]]:
+        """(role or None for text, parsed template) per part; parse errors name the part."""
+        if isinstance(self.template, str):
+            return [(None, Template(self.template, where="template"))]
+        return [
+            (m.role, Template(m.content, where=f"template[{i}].content"))
+            for i, m in enumerate(self.template)
+        ]
+
+
+class CompiledPrompt:
+    """A :class:`PromptSpec` parsed once: what the gateway and ``render`` use."""
+
+    __slots__ = ("parts", "spec", "variables")
+
+    def __init__(self, spec: PromptSpec) -> None:
+        self.spec = spec
+        self.parts = spec.compiled()
+        self.variables: tuple[str, ...] = tuple(
+            dict.fromkeys(v for _, t in self.parts for v in t.variables)
+        )
+
+    def check(self, values: dict[str, Any], *, what: str = "prompt") -> None:
+        """A one-line ``UserError`` naming the missing and the unknown variables."""
+        missing = [v for v in self.variables if v not in values]
+        unknown = [k for k in values if k not in self.variables]
+        if missing or unknown:
+            bits = []
+            if missing:
+                bits.append(f"missing variable(s) {', '.join(missing)}")
+            if unknown:
+                bits.append(f"unknown variable(s) {', '.join(unknown)}")
+            known = ", ".join(self.variables) or "none"
+            raise UserError(f"{what}: {'; '.join(bits)} (its variables: {known})")
+
+    def render_text(self, values: dict[str, Any], *, what: str = "prompt") -> str:
+        """A text prompt rendered (a chat prompt's messages joined by blank lines)."""
+        self.check(values, what=what)
+        return "\n\n".join(t.render(values) for _, t in self.parts)
+
+    def render_messages(
+        self, values: dict[str, Any], *, what: str = "prompt"
+    ) -> list[dict[str, str]]:
+        """Chat messages: a chat prompt's messages, or a text prompt as one user message."""
+        self.check(values, what=what)
+        return [{"role": role or "user", "content": t.render(values)} for role, t in self.parts]

@@ -1,0 +1,105 @@
+"""The prompt registry: immutable versions, moving labels, refs, variables, parse errors,
+diff, and the cached ``lmops.prompts.get``."""
+
+from __future__ import annotations
+
+import pytest
+
+import lmops.prompts
+from lmops.core.errors import NotFoundError, UserError
+from lmops.prompts import create, diff, label, load, parse_template
+from lmops.store import Store
+
+
+def test_versions_are_immutable_and_labels_move(store: Store) -> None:
+    v1 = create(store, "qa", "Answer: {{question}}", message="first", config={"temperature": 0})
+    v2 = create(store, "qa", "Answer briefly: {{question}}", message="shorter")
+    assert (v1.ref, v2.ref) == ("qa:1", "qa:2")
+    assert v1.metadata["variables"] == ["question"] and v1.description == "first"
+    label(store, "qa:1", "production")
+    assert load(store, "qa@production").render(question="2+2?") == "Answer: 2+2?"
+    assert load(store, "qa").ref == "qa:2"  # a bare name is the newest version
+    label(store, "qa:2", "production")  # the label moves; qa:1 is unchanged
+    assert load(store, "qa@production").ref == "qa:2"
+    assert load(store, "qa:1").render(question="x") == "Answer: x"
+    assert load(store, "qa:1").config == {"temperature": 0}
+    with pytest.raises(NotFoundError, match=r"qa:7: no such prompt version; nothing was labelled"):
+        label(store, "qa:7", "staging")
+    assert "staging" not in store.assets.show("qa").aliases
+    # the bytes of a version never change: a re-registration is a new number
+    assert store.assets.resolve("qa:1").digest != store.assets.resolve("qa:2").digest
+
+
+def test_variables_missing_or_unknown_are_named(store: Store) -> None:
+    create(store, "greet", "Hello {{name}}, welcome to {{ place }}.")
+    p = load(store, "greet")
+    assert p.variables == ("name", "place")
+    with pytest.raises(UserError, match=r"greet:1: missing variable\(s\) place \(its variables"):
+        p.render(name="Ann")
+    with pytest.raises(UserError, match=r"unknown variable\(s\) colour"):
+        p.render(name="Ann", place="Oslo", colour="red")
+    # a lone '}}' is text (JSON in an instruction); values are never rendered again
+    assert p.render(name="{{place}}", place="Oslo") == "Hello {{place}}, welcome to Oslo."
+    assert parse_template('Reply as {"a": {"b": 1}}').render({}) == 'Reply as {"a": {"b": 1}}'
+
+
+@pytest.mark.parametrize(
+    ("source", "where"),
+    [
+        ("line one\nsay {{ name", "template:2:5: '{{' is never closed"),
+        ("ok {{x}}\n  {{ a b }}", "template:2:3: {{ a b }} is not a variable"),
+        ("{{ 1bad }}", "template:1:1: {{ 1bad }} is not a variable"),
+    ],
+)
+def test_a_template_that_does_not_parse_names_line_and_column(source: str, where: str) -> None:
+    with pytest.raises(UserError) as e:
+        parse_template(source)
+    assert str(e.value).startswith(where)
+    assert "\n" not in str(e.value)
+
+
+def test_nothing_is_registered_from_a_broken_template(store: Store) -> None:
+    with pytest.raises(UserError, match=r"template\[1\].content:1:10: '\{\{' is never closed"):
+        create(
+            store,
+            "chat",
+            [
+                {"role": "system", "content": "Be kind."},
+                {"role": "user", "content": "Question {{q"},
+            ],
+        )
+    assert store.assets.list(kind="prompt") == []
+    with pytest.raises(UserError, match="unknown model parameter"):
+        create(store, "chat", "x", config={"temprature": 1})
+
+
+def test_chat_prompts_render_messages_and_diff_shows_changes(store: Store) -> None:
+    msgs = [
+        {"role": "system", "content": "You support {{product}}."},
+        {"role": "user", "content": "{{input}}"},
+    ]
+    create(store, "support", msgs, config={"max_tokens": 64}, message="v1")
+    create(store, "support", [msgs[0] | {"content": "You support {{product}}. Be brief."}, msgs[1]])
+    p = load(store, "support:1")
+    assert p.spec.type == "chat"
+    assert p.render(product="lmops", input="hi") == [
+        {"role": "system", "content": "You support lmops."},
+        {"role": "user", "content": "hi"},
+    ]
+    d = diff(store, "support:1", "support:2")
+    assert "-  content: You support {{product}}." in d
+    assert "+  content: You support {{product}}. Be brief." in d
+    assert "-  max_tokens: 64" in d
+
+
+def test_get_caches_pinned_versions_and_follows_labels(store: Store) -> None:
+    create(store, "cached", "A {{x}}")
+    label(store, "cached:1", "production")
+    first = lmops.prompts.get("cached@production", store=store)
+    assert lmops.prompts.get("cached@production", store=store) is first  # cached
+    assert lmops.prompts.get("cached:1", store=store) is lmops.prompts.get("cached:1", store=store)
+    create(store, "cached", "B {{x}}")
+    label(store, "cached:2", "production")  # moving a label drops its cache entries
+    assert lmops.prompts.get("cached@production", store=store).render(x=1) == "B 1"
+    # the module-level default store reads LMOPS_HOME, as every other entry point does
+    assert lmops.prompts.get("cached:1").render(x=2) == "A 2"
