@@ -105,8 +105,7 @@ def run_cmd(
 ) -> None:
     """Run a pipeline: steps in dependency order, unchanged steps from the cache; a failed
     run resumes at the failed step when run again."""
-    from lmops.cli.main import _state
-    from lmops.pipelines import load_pipeline, plan_pipeline, run_pipeline
+    from lmops.pipelines import load_pipeline, plan_pipeline
 
     pipe = load_pipeline(pipeline, set_ or [], _parse_vars(var or []))
     store = _store()
@@ -121,19 +120,9 @@ def run_cmd(
             [[p["step"], p["type"], ", ".join(p["needs"]) or "-", p["plan"]] for p in plan],
         )
         return
-    try:
-        result = run_pipeline(
-            pipe,
-            store,
-            force=True if force else set(force_step or []),
-            only=only,
-            progress=not json_,
-            console=None if json_ else console,
-            on_update=step_printer(quiet=json_),
-            raise_errors=bool(_state["debug"]),
-        )
-    except KeyboardInterrupt as e:
-        _interrupted(e)
+    result = _run_pipeline(
+        pipe, store, json_, force=True if force else set(force_step or []), only=only
+    )
     if json_:
         print_json(result.to_dict())
     else:
@@ -146,6 +135,26 @@ def run_cmd(
             if bad
             else "pipeline did not complete"
         )
+
+
+def _run_pipeline(pipe: Any, store: Any, json_: bool, **how: Any) -> Any:
+    """Run with the terminal's progress and step lines (none with ``--json``); Ctrl-C
+    says what was kept and exits 128 + the signal. ``how``: ``force``, ``only``."""
+    from lmops.cli.main import _state
+    from lmops.pipelines import run_pipeline
+
+    try:
+        return run_pipeline(
+            pipe,
+            store,
+            progress=not json_,
+            console=None if json_ else console,
+            on_update=step_printer(quiet=json_),
+            raise_errors=bool(_state["debug"]),
+            **how,
+        )
+    except KeyboardInterrupt as e:
+        _interrupted(e)
 
 
 @app.command("types")
@@ -275,8 +284,7 @@ def quickstart_cmd(
     """Raw text to a served, evaluated, promoted model: clean a generated bilingual corpus
     (+ tinyshakespeare), train a tokenizer, pretrain a tiny Llama, LoRA-SFT and DPO it on a
     skill, evaluate base vs SFT vs DPO, gate the production alias, serve it behind a key."""
-    from lmops.cli.main import _state
-    from lmops.pipelines import load_pipeline, run_pipeline
+    from lmops.pipelines import load_pipeline
     from lmops.pipelines.quickstart import eval_table, find_shared, prepare
 
     found = find_shared(shared)
@@ -301,18 +309,7 @@ def quickstart_cmd(
     say(f"pipeline: {files.pipeline}\n", markup=False)
     pipe = load_pipeline(files.pipeline)
     store = _store()
-    try:
-        result = run_pipeline(
-            pipe,
-            store,
-            force=force,
-            progress=not json_,
-            console=None if json_ else console,
-            on_update=step_printer(quiet=json_),
-            raise_errors=bool(_state["debug"]),
-        )
-    except KeyboardInterrupt as e:
-        _interrupted(e)
+    result = _run_pipeline(pipe, store, json_, force=force)
     rows = eval_table(result)
     clean = result.steps.get("clean")
     gate = result.steps.get("gate")
