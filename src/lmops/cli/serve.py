@@ -98,6 +98,18 @@ def serve(
             "deployment, as log_bodies: true in a deployments file does (for data from-logs).",
         ),
     ] = False,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--key-file",
+            help="Key file with the key-encryption key of sealed packages given to --model "
+            "(lmops deploy package --encrypt); else $LMOPS_KEK. Served from memory.",
+        ),
+    ] = None,
+    pubkey: Annotated[
+        Path | None,
+        typer.Option("--pubkey", help="Sealed packages must be signed by this key (file/.pub)."),
+    ] = None,
 ) -> None:
     """Run the HTTP server: /healthz, /readyz, /docs, /api/... and, with --model or
     --deployments, the OpenAI-compatible API under /v1. `lmops serve batch` runs a dataset
@@ -118,6 +130,8 @@ def serve(
         max_connections=max_connections,
         max_body_mb=max_body_mb,
         log_bodies=log_bodies,
+        key_file=key_file,
+        pubkey=pubkey,
     )
 
 
@@ -134,6 +148,8 @@ def _run_server(
     max_connections: int = MAX_CONNECTIONS,
     max_body_mb: float = 8.0,
     log_bodies: bool = False,
+    key_file: Path | None = None,
+    pubkey: Path | None = None,
 ) -> None:
     import json
 
@@ -148,6 +164,13 @@ def _run_server(
     specs = parse_model_args(model) + (load_deployments(deployments) if deployments else [])
     if log_bodies:
         specs = [s.model_copy(update={"log_bodies": True}) for s in specs]
+    if key_file or pubkey:  # absolute: the workers may not share this working directory
+        keys = {"key_file": key_file and str(key_file.resolve())}
+        keys["public_key"] = pubkey and str(pubkey.resolve())
+        specs = [
+            s.model_copy(update={k: v for k, v in keys.items() if v and not getattr(s, k)})
+            for s in specs
+        ]
     if workers > 1:
         # every worker writes its metrics here and /metrics aggregates them
         import tempfile

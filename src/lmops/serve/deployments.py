@@ -162,6 +162,10 @@ class DeploymentSpec(BaseModel):
     # text so it cannot forge a turn (escape), or refused with a 400 (refuse)
     control_tokens: Literal["escape", "refuse"] = "escape"
     device: str = "auto"
+    # a sealed package as ``model`` (lmops deploy package): its key-encryption key file
+    # (else $LMOPS_KEK) and, optionally, the signer's public key it must carry
+    key_file: str | None = None
+    public_key: str | None = None
     limits: dict[str, int | None] = Field(default_factory=dict)
     guardrails: dict[str, Any] | None = None
     log_bodies: bool = False
@@ -212,7 +216,12 @@ class _Target:
     def __init__(self, ref: str, store: Any, spec: DeploymentSpec) -> None:
         from lmops.models.engine import Engine
         from lmops.models.loading import resolve_local
+        from lmops.models.sealed import package_path
 
+        package, version = package_path(ref, store)
+        if package is not None:  # decrypted into memory: no plaintext weights on disk
+            self._load_package(ref, package, version, spec)
+            return
         path, version = resolve_local(ref, store, kind="model")
         if (path / "adapter_config.json").exists():
             from lmops.models.loading import merged_view
@@ -227,6 +236,32 @@ class _Target:
             device=spec.device,
             name=spec.name,
         )
+
+    def _load_package(
+        self, ref: str, package: Path, version: str | None, spec: DeploymentSpec
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        from lmops.models.engine import Engine
+        from lmops.models.loading import select_device
+        from lmops.models.sealed import load_from_state_dict, unsealed_model
+
+        device = select_device(spec.device)
+        keys = {"key_file": spec.key_file, "public_key": spec.public_key}
+        # the engine reads config, tokenizer and generation config while the private
+        # folder exists; it is removed when the block ends
+        with unsealed_model(package, **keys) as (folder, state):
+            model = load_from_state_dict(folder, state)
+            self.engine = Engine(
+                folder,
+                max_running=spec.max_running,
+                max_queue=spec.max_queue,
+                device=device,
+                name=spec.name,
+                loaded=(model.to(device), AutoTokenizer.from_pretrained(str(folder))),
+            )
+        self.ref = ref
+        self.version = version or str(package)
 
 
 class Deployment:

@@ -1,0 +1,154 @@
+"""``lmops deploy keygen / package / verify / unpack / prune / distill``: the commands over
+:mod:`lmops.deploy.package`, :mod:`lmops.deploy.prune` and :mod:`lmops.deploy.distill`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmops.cli._output import console, human_size, print_json
+from lmops.cli.deploy import app
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+PubkeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--pubkey", help="Trusted signer: a key file or its .pub; the package must carry it."
+    ),
+]
+KeyFileOpt = Annotated[
+    Path | None,
+    typer.Option("--key-file", help="Key file holding the key-encryption key (else $LMOPS_KEK)."),
+]
+UnsignedOpt = Annotated[
+    bool, typer.Option("--allow-unsigned", help="Accept a package without a signature.")
+]
+
+
+@app.command("keygen")
+def keygen_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Key file to write (0600).")],
+    json_: JsonOpt = False,
+) -> None:
+    """Write a key file (a key-encryption key and an Ed25519 signing key) and OUTPUT.pub."""
+    from lmops.deploy.package import keygen
+
+    keys = keygen(output)
+    if json_:
+        print_json(
+            {
+                "path": str(keys.path),
+                "public_path": str(keys.public_path),
+                "kek_id": keys.kek_id,
+                "key_id": keys.key_id,
+            }
+        )
+        return
+    console.print(
+        f"wrote {keys.path} (secret: {keys.kek_id}, signing key {keys.key_id}) and "
+        f"{keys.public_path} (give it to whoever verifies)",
+        markup=False,
+    )
+
+
+@app.command("package")
+def package_cmd(
+    model: Annotated[str, typer.Argument(help="Model asset ref or local model folder.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Package asset name.")],
+    sign: Annotated[
+        Path | None, typer.Option("--sign", help="Key file to sign with (lmops deploy keygen).")
+    ] = None,
+    encrypt: Annotated[
+        bool, typer.Option("--encrypt", help="Encrypt (AES-256-GCM) under the KEK.")
+    ] = False,
+    kek_file: Annotated[
+        Path | None,
+        typer.Option("--kek-file", help="Key file holding the KEK (else $LMOPS_KEK)."),
+    ] = None,
+    chunk_mib: Annotated[int, typer.Option(help="Chunk size in MiB (1-4).")] = 4,
+    json_: JsonOpt = False,
+) -> None:
+    """Seal MODEL into one signed (and encrypted) file, registered as a package asset."""
+    from lmops.deploy.package import package_model
+
+    r = package_model(
+        model,
+        output=output,
+        sign=sign,
+        encrypt=encrypt,
+        kek_file=kek_file,
+        chunk_mib=chunk_mib,
+        show_progress=not json_,
+    )
+    if json_:
+        print_json(r)
+        return
+    what = ", ".join(
+        ([f"signed by {r.signed_by}"] if r.signed_by else [])
+        + ([f"encrypted under {r.kek_id}"] if r.kek_id else [])
+    )
+    console.print(
+        f"{r.ref}: {r.files} files, {human_size(r.size)}, {what} ({r.seconds:.1f} s)\n{r.path}",
+        markup=False,
+    )
+
+
+@app.command("verify")
+def verify_cmd(
+    package: Annotated[str, typer.Argument(help="Package file or package asset ref.")],
+    pubkey: PubkeyOpt = None,
+    key_file: KeyFileOpt = None,
+    allow_unsigned: UnsignedOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Check a package's signature and every byte; with a key, decrypt and check each file."""
+    from lmops.deploy.package import verify_package
+
+    r = verify_package(
+        package,
+        pubkey=pubkey,
+        key_file=key_file,
+        allow_unsigned=allow_unsigned,
+        show_progress=not json_,
+    )
+    if json_:
+        print_json(r)
+        return
+    depth = (
+        "every file decrypted and checked"
+        if r.decrypted
+        else "body checked (encrypted: give --key-file to check each file's digest too)"
+    )
+    console.print(
+        f"OK {r.ref or r.path}: {r.files} files, {human_size(r.size)}, "
+        f"signed by {r.signed_by or 'nobody'}; {depth}",
+        markup=False,
+    )
+
+
+@app.command("unpack")
+def unpack_cmd(
+    package: Annotated[str, typer.Argument(help="Package file or package asset ref.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New folder to write.")],
+    pubkey: PubkeyOpt = None,
+    key_file: KeyFileOpt = None,
+    allow_unsigned: UnsignedOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Decrypt a package into a new folder (plaintext on disk: for serve, prefer the package)."""
+    from lmops.deploy.package import unpack_package
+
+    r = unpack_package(
+        package,
+        output,
+        pubkey=pubkey,
+        key_file=key_file,
+        allow_unsigned=allow_unsigned,
+        show_progress=not json_,
+    )
+    if json_:
+        print_json(r)
+        return
+    console.print(f"unpacked {r.files} files ({human_size(r.size)}) into {output}", markup=False)

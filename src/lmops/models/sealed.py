@@ -1,0 +1,113 @@
+"""Models served straight from a sealed package (``lmops.core.sealed``), with no plaintext
+weights on disk.
+
+:func:`unsealed_model` decrypts the package into memory: every ``*.safetensors`` file is
+read chunk by chunk (each chunk authenticated, the file checked against its manifest
+digest) and turned into tensors with ``safetensors.torch.load`` from bytes. The small
+files a model folder also needs (``config.json``, the tokenizer, ``generation_config.json``)
+are written to a private temp folder (mode 0700) because transformers reads them from a
+folder; the folder is removed when the context exits, once the engine has loaded them.
+Weights in any other format (``pytorch_model.bin``) are refused rather than written out.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from lmops.core.errors import UserError
+from lmops.core.sealed import is_package, load_kek, load_public_key, open_package
+
+__all__ = ["load_from_state_dict", "package_path", "unsealed_model"]
+
+_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
+def package_path(ref_or_path: str, store: Any | None) -> tuple[Path | None, str | None]:
+    """(the package file, its version ref or None) behind ``ref_or_path`` (a path, or an
+    asset of kind ``package``); (None, None) when it names something else."""
+    p = Path(ref_or_path).expanduser()
+    if p.exists():
+        return (p, None) if p.is_file() and is_package(p) else (None, None)
+    if store is None:
+        return None, None
+    try:
+        v = store.assets.resolve(ref_or_path)
+    except UserError:
+        return None, None
+    if v.kind != "package":
+        return None, None
+    return Path(store.assets.path(v.ref)), v.ref
+
+
+@contextmanager
+def unsealed_model(
+    package: Path,
+    *,
+    key_file: str | Path | None = None,
+    public_key: str | Path | None = None,
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Yield (folder with the non-weight files, state dict) of a package; the folder is
+    removed on exit. The KEK comes from ``key_file`` or ``$LMOPS_KEK``; ``public_key``
+    (a key file or ``.pub``) pins the signer."""
+    from safetensors.torch import load
+
+    trusted = load_public_key(Path(public_key)) if public_key else None
+    pkg = open_package(Path(package), trusted_key=trusted)
+    if pkg.encrypted:
+        pkg = open_package(
+            Path(package), kek=load_kek(Path(key_file) if key_file else None), trusted_key=trusted
+        )
+    names = [f["path"] for f in pkg.files]
+    weights = [n for n in names if n.endswith(".safetensors")]
+    if not weights:
+        raise UserError(
+            f"{package}: holds no .safetensors weights; save the model with "
+            "save_pretrained(safe_serialization=True) and package it again"
+        )
+    other = [n for n in names if n.endswith(_WEIGHT_SUFFIXES)]
+    if other:
+        raise UserError(
+            f"{package}: holds {other[0]}, which cannot be loaded from memory; package a folder "
+            "with safetensors weights only"
+        )
+    folder = Path(tempfile.mkdtemp(prefix="lmops-unsealed-"))  # 0700: mkdtemp's own mode
+    try:
+        state: dict[str, Any] = {}
+        for name in names:
+            if name in weights:
+                state.update(load(pkg.read(name)))
+            else:
+                if ".." in Path(name).parts or Path(name).is_absolute():
+                    raise UserError(f"{package}: file name {name!r} escapes the package folder")
+                dest = folder / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(pkg.read(name))
+        yield folder, state
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def load_from_state_dict(folder: Path, state: Mapping[str, Any], dtype: Any = None) -> Any:
+    """A causal LM built from ``folder``'s config with ``state`` as its weights (no weight
+    file read). Weights tied to others (``lm_head`` with tied embeddings) may be absent;
+    anything else missing or unexpected is an error naming it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+    missing, unexpected = model.load_state_dict(dict(state), strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    if getattr(config, "tie_word_embeddings", False):
+        tied.add("lm_head.weight")
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise UserError(f"{folder}: the packaged weights do not fit its config.json ({what})")
+    model.tie_weights()
+    return model
