@@ -61,7 +61,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from lmops.data.pii import id18_checksum_ok, luhn_ok, mask_pii  # noqa: E402
+from lmops.text.pii import id18_checksum_ok, luhn_ok, mask_pii  # noqa: E402
 
 # The gateway's default: every type but IP (see lmops.security.DEFAULT_PII_TYPES).
 GATEWAY_TYPES = ["SECRET", "EMAIL", "ID_CARD", "PASSPORT", "PHONE", "BANK_CARD"]

@@ -12,7 +12,7 @@ import pytest
 from lmops.core.errors import UserError
 from lmops.data.document import Document
 from lmops.data.ops import build_op
-from lmops.data.pii import (
+from lmops.text.pii import (
     PII_TYPES,
     PiiSpan,
     detect_pii,
@@ -595,7 +595,7 @@ def test_a_grouped_card_is_not_read_as_a_landline_inside_it() -> None:
 
 
 def test_normalisation_tables_are_what_they_say() -> None:
-    from lmops.data import pii
+    from lmops.text import pii
 
     for zero in (*pii._DIGIT_ZEROS_BMP, *pii._DIGIT_ZEROS_ASTRAL):
         assert [unicodedata.decimal(chr(zero + d)) for d in range(10)] == list(range(10))

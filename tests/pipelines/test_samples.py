@@ -14,7 +14,7 @@ import pytest
 
 from lmops.core.errors import UserError
 from lmops.core.formats import validate_rows
-from lmops.data.pii import detect_pii, id18_checksum_ok, luhn_ok
+from lmops.text.pii import detect_pii, id18_checksum_ok, luhn_ok
 from lmops.pipelines import samples
 from lmops.pipelines.samples import (
     PROFILES,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lmops.core.errors import UserError
-from lmops.data.pii import id18_checksum_ok, luhn_ok
+from lmops.text.pii import id18_checksum_ok, luhn_ok
 from lmops.security import (
     GuardrailConfig,
     Guardrails,

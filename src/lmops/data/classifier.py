@@ -7,7 +7,7 @@ classifier learns which word and character n-grams tell them apart.
 Features
     The text is lower-cased, ASCII digits become ``0``, whitespace runs become one space
     (a newline where the run held one). Features are word unigrams and bigrams (words as
-    in :data:`lmops.data.ngram_lm.WORD_RE`: letter/digit runs, single CJK characters,
+    in :data:`lmops.text.words.WORD_RE`: letter/digit runs, single CJK characters,
     single symbols) plus character 2-, 3- and 4-grams, which carry Chinese, where there
     are no spaces. Each n-gram is hashed with a stable 64-bit hash (never Python's salted
     ``hash``) into ``2**bits`` buckets (``bits`` = 18); a bucket's value is
@@ -38,15 +38,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lmops.core.atomic import write_atomic
 from lmops.core.errors import UserError
-from lmops.data.ngram_lm import WORD_RE, ngram_hashes, normalize_lines, word_id, write_atomic
+from lmops.data.ngram_lm import ngram_hashes, normalize_lines
+from lmops.text.logistic import Features, fit_adagrad, sigmoid, sparse_batch
+from lmops.text.words import WORD_RE, word_id
 
 __all__ = [
     "FEATURE_BITS",
     "ClassifierReport",
     "QualityClassifier",
     "features",
-    "fit_logistic",
     "train_quality_classifier",
 ]
 
@@ -55,7 +57,6 @@ FORMAT = "lmops-quality-classifier"
 FORMAT_VERSION = 1
 FEATURES = "lower,digits0;word1-2;char2-4;log1p;l2"  # recorded in the file; checked on load
 
-Features = tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]
 
 
 def features(text: str, bits: int = FEATURE_BITS) -> Features:
@@ -77,10 +78,6 @@ def features(text: str, bits: int = FEATURE_BITS) -> Features:
     return buckets.astype(np.intp), values / math.sqrt(float(values @ values))
 
 
-def _sigmoid(z: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # = 1 / (1 + exp(-z)), without overflow
-
-
 @dataclass
 class QualityClassifier:
     """A trained classifier: ``prob(text)`` is the probability that ``text`` is good."""
@@ -96,7 +93,7 @@ class QualityClassifier:
 
     def prob(self, text: str) -> float:
         """Probability (0-1) that ``text`` is like the ``good`` training examples."""
-        return float(_sigmoid(np.array(self.logit(features(text, self.bits)))))
+        return float(sigmoid(np.array(self.logit(features(text, self.bits)))))
 
     def probs(self, texts: Iterable[str]) -> npt.NDArray[np.float64]:
         return np.array([self.prob(t) for t in texts])
@@ -166,18 +163,10 @@ def _split(n: int, fraction: float, rng: np.random.Generator) -> tuple[list[int]
     return order[n_valid:], order[:n_valid]
 
 
-def _batch(feats: Sequence[Features], rows: Sequence[int]) -> tuple[Any, Any, Any]:
-    """Concatenated (indices, values, row number in the batch) of ``rows``."""
-    idx = np.concatenate([feats[r][0] for r in rows])
-    val = np.concatenate([feats[r][1] for r in rows])
-    row = np.repeat(np.arange(len(rows)), [feats[r][0].size for r in rows])
-    return idx, val, row
-
-
 def _logits(w: npt.NDArray[Any], b: float, feats: Sequence[Features]) -> npt.NDArray[np.float64]:
     if not feats:
         return np.zeros(0)
-    idx, val, row = _batch(feats, range(len(feats)))
+    idx, val, row = sparse_batch(feats, range(len(feats)))
     z = np.bincount(row, weights=w[idx] * val, minlength=len(feats)).astype(np.float64)
     return z + b
 
@@ -193,73 +182,6 @@ def _metrics(
     # log(1 + exp(-z)) for positives, log(1 + exp(z)) for negatives, computed stably.
     loss = float(np.mean(np.logaddexp(0.0, np.where(y > 0.5, -z, z))))
     return acc, loss
-
-
-def fit_logistic(
-    feats: Sequence[Features],
-    labels: Sequence[float] | npt.NDArray[Any],
-    *,
-    epochs: int = 10,
-    seed: int = 0,
-    learning_rate: float = 0.5,
-    l2: float = 1e-6,
-    batch_size: int = 32,
-    bits: int = FEATURE_BITS,
-) -> tuple[npt.NDArray[np.float64], float]:
-    """(weights, bias) of a logistic regression fitted to sparse ``feats`` (each as from
-    :func:`features`, or any featuriser with indices below ``2**bits``) and 0/1 ``labels``.
-
-    The trainer of :func:`train_quality_classifier`, for callers with their own features
-    (the serving guardrails' moderation classifier): every example is trained on, the two
-    classes weigh the same, and the result is deterministic for ``seed``.
-    """
-    y = np.asarray(labels, dtype=np.float64)
-    if len(feats) != len(y) or not (y > 0.5).any() or not (y < 0.5).any():
-        raise UserError("fit_logistic: need one label per example and examples of both classes")
-    if epochs < 1 or batch_size < 1 or not 8 <= bits <= 26:
-        raise UserError("fit_logistic: need epochs >= 1, batch_size >= 1 and 8 <= bits <= 26")
-    rng = np.random.default_rng(seed)
-    return _fit(feats, y, rng, epochs, learning_rate, l2, batch_size, bits)
-
-
-def _fit(
-    train: Sequence[Features],
-    y: npt.NDArray[np.float64],
-    rng: np.random.Generator,
-    epochs: int,
-    learning_rate: float,
-    l2: float,
-    batch_size: int,
-    bits: int,
-) -> tuple[npt.NDArray[np.float64], float]:
-    """Mini-batch Adagrad on the class-weighted log loss; shuffles with ``rng``."""
-    # Each class weighs half of the total, whatever its size.
-    n_pos = int((y > 0.5).sum())
-    sample_weight = np.where(y > 0.5, len(y) / (2 * n_pos), len(y) / (2 * (len(y) - n_pos)))
-
-    dim = 1 << bits
-    w = np.zeros(dim)
-    b = 0.0
-    g2 = np.zeros(dim)  # Adagrad's running sum of squared gradients, per weight
-    g2_b = 0.0
-    eps = 1e-8
-    for _ in range(epochs):
-        order = rng.permutation(len(train))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size].tolist()
-            idx, val, row = _batch(train, rows)
-            z = np.bincount(row, weights=w[idx] * val, minlength=len(rows)) + b
-            err = (_sigmoid(z) - y[rows]) * sample_weight[rows] / len(rows)
-            # Gradient on the weights this batch touches; L2 is applied to those only
-            # (lazily), which keeps a step O(batch features) rather than O(2**bits).
-            touched, inv = np.unique(idx, return_inverse=True)
-            grad = np.bincount(inv, weights=err[row] * val) + l2 * w[touched]
-            g2[touched] += grad * grad
-            w[touched] -= learning_rate * grad / (np.sqrt(g2[touched]) + eps)
-            grad_b = float(err.sum())
-            g2_b += grad_b * grad_b
-            b -= learning_rate * grad_b / (math.sqrt(g2_b) + eps)
-    return w, b
 
 
 def train_quality_classifier(
@@ -301,7 +223,7 @@ def train_quality_classifier(
     y = np.array([1.0] * len(pos_train) + [0.0] * len(neg_train))
     valid = [pos[i] for i in pos_valid] + [neg[i] for i in neg_valid]
     y_valid = np.array([1.0] * len(pos_valid) + [0.0] * len(neg_valid))
-    w, b = _fit(train, y, rng, epochs, learning_rate, l2, batch_size, bits)
+    w, b = fit_adagrad(train, y, rng, epochs, learning_rate, l2, batch_size, bits)
 
     train_acc, _ = _metrics(w, b, train, y)
     valid_acc, valid_loss = _metrics(w, b, valid, y_valid)

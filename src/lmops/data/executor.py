@@ -46,6 +46,7 @@ from lmops.data.io import (
 )
 from lmops.data.ops import GlobalOp, Op
 from lmops.data.recipe import Recipe, resolve_inputs
+from lmops.text.cjk import count_han
 
 __all__ = ["DataRunResult", "LengthHistogram", "run_recipe"]
 
@@ -55,8 +56,7 @@ EDGES = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 655
 
 def approx_tokens(text: str) -> int:
     """A tokenizer-free length: whitespace words plus CJK characters (each ~1 token)."""
-    cjk = sum(1 for ch in text if "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf")
-    return len(text.split()) + cjk
+    return len(text.split()) + count_han(text)
 
 
 @dataclass

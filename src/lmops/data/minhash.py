@@ -50,6 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from lmops.text.cjk import NO_SPACE
+
 __all__ = [
     "MERSENNE_PRIME",
     "LSHIndex",
@@ -77,11 +79,7 @@ _NO_SPACE_SCRIPTS = (
     "\u0e00-\u0eff"  # Thai, Lao
     "\u1000-\u109f"  # Myanmar
     "\u1780-\u17ff"  # Khmer
-    "\u3040-\u30ff"  # Hiragana, Katakana
-    "\u3400-\u4dbf"  # CJK Extension A
-    "\u4e00-\u9fff"  # CJK Unified Ideographs
-    "\uf900-\ufaff"  # CJK Compatibility Ideographs
-    "\U00020000-\U0003134f"  # CJK Extensions B-G
+    + NO_SPACE  # kana and Han (lmops.text.cjk)
 )
 _TOKEN_RE = re.compile(rf"[{_NO_SPACE_SCRIPTS}]|[^\W_{_NO_SPACE_SCRIPTS}]+")
 

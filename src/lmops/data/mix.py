@@ -44,6 +44,7 @@ import numpy.typing as npt
 
 from lmops.core.errors import UserError
 from lmops.data.document import Document
+from lmops.text.cjk import CJK_TOKEN
 
 __all__ = ["MixReport", "Source", "SourceMix", "count_tokens", "mix"]
 
@@ -52,9 +53,7 @@ By = Literal["documents", "tokens"]
 
 # One token per CJK character (Han, kana, Hangul, CJK punctuation) - these scripts have no
 # spaces - and one per run of other non-space characters.
-_CJK = (
-    r"\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef"
-)
+_CJK = CJK_TOKEN
 _TOKEN_RE = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
 
 

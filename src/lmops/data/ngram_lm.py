@@ -38,26 +38,24 @@ File format
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import re
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from lmops.core.atomic import write_atomic
 from lmops.core.errors import UserError
+from lmops.text.words import WORD_RE, word_id
 
 __all__ = [
     "NGRAM_SUFFIX",
-    "WORD_RE",
     "NgramLM",
     "Unit",
     "is_ngram_file",
@@ -66,8 +64,6 @@ __all__ = [
     "normalize_lines",
     "text_symbols",
     "train_reference_lm",
-    "word_id",
-    "write_atomic",
 ]
 
 Unit = Literal["char", "word"]
@@ -125,11 +121,6 @@ def ngram_hashes(symbols: U64, order: int, seed: int = 0) -> list[U64]:
 # --- text to symbols ---------------------------------------------------------------------
 
 _NORMALIZE = str.maketrans({**{d: "0" for d in "123456789"}, "\x02": " ", "\x03": " "})
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-WORD_RE = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
-"""Words for ``unit="word"``: runs of letters/digits, each CJK character, each symbol."""
-_WORD_IDS: dict[str, int] = {}
-_WORD_IDS_LIMIT = 1 << 20
 
 
 def normalize_lines(text: str) -> list[str]:
@@ -140,17 +131,6 @@ def normalize_lines(text: str) -> list[str]:
         if words:
             out.append(" ".join(words))
     return out
-
-
-def word_id(word: str) -> int:
-    """A stable 64-bit id for ``word`` (BLAKE2b; top bit set so it is never BOS/EOS)."""
-    wid = _WORD_IDS.get(word)
-    if wid is None:
-        if len(_WORD_IDS) >= _WORD_IDS_LIMIT:
-            _WORD_IDS.clear()
-        digest = hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        wid = _WORD_IDS[word] = int.from_bytes(digest, "little") | (1 << 63)
-    return wid
 
 
 def text_symbols(text: str, order: int, unit: Unit) -> U64:
@@ -448,20 +428,6 @@ def is_ngram_file(path: str | os.PathLike[str]) -> bool:
     except (UserError, OSError, ValueError, zipfile.BadZipFile):
         return False
     return True
-
-
-def write_atomic(target: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Create ``target`` by calling ``write`` on a temp file beside it, then renaming it
-    into place: readers see the old file or the whole new one, never half of it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- counting ----------------------------------------------------------------------------

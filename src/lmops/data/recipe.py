@@ -140,7 +140,7 @@ class Recipe(BaseModel):
         steps = [s for s in self.process if s.op == "pii_mask"]
         if not steps:
             return None
-        from lmops.data.pii import mask_pii
+        from lmops.text.pii import mask_pii
 
         params = [cast(Any, s.build()).params for s in steps]
 

@@ -32,6 +32,8 @@ from importlib import resources
 from itertools import accumulate, chain, compress
 from typing import Any, Literal
 
+from lmops.text.cjk import HAN_BMP, NO_SPACE
+
 __all__ = [
     "CJK_AUTO_RATIO",
     "CJK_RE",
@@ -109,7 +111,7 @@ _DIGITS = frozenset("0123456789")
 
 # Han, kana, compatibility ideographs and the CJK extension planes. Hangul is left out on
 # purpose: Korean separates words with spaces, so whitespace splitting already works.
-CJK_RE = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+CJK_RE = re.compile(f"[{NO_SPACE}]")
 
 
 def cjk_ratio(text: str) -> float:
@@ -307,7 +309,7 @@ _TLD_UNCASED = (
     "\u08a0-\u08bd\ufb50-\ufbb1\ufbd3-\ufd3d\ufd50-\ufdc7\ufdf0-\ufdfb\ufe70-\ufefc"
     "\u0900-\u097f\u0980-\u09ff\u0b80-\u0bff\u0c00-\u0c7f\u0c80-\u0cff\u0d80-\u0dff"
     "\u1200-\u137f\u1100-\u11ff\uac00-\ud7af\u2e80-\u2fff\u3000-\u30ff\u31c0-\u31ef"
-    "\u3200-\u4dbf\u4e00-\u9fff\uf900-\ufaff\ufe30-\ufe4f"
+    "\u3200-\u33ff" + HAN_BMP + "\ufe30-\ufe4f"
 )
 _HOST = "[A-Za-z0-9\u00a1-\uffff]"
 _URL_TAIL = (

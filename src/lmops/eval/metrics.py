@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lmops.core.errors import UserError
+from lmops.text.cjk import NO_SPACE
 
 __all__ = [
     "METRICS",
@@ -67,13 +68,7 @@ __all__ = [
 
 # Han ideographs (with extensions and compatibility blocks) and Japanese kana: scripts written
 # without spaces, where one character is the natural unit of overlap.
-CJK_RANGES = (
-    "\u3040-\u30ff"  # Hiragana, Katakana
-    "\u3400-\u4dbf"  # CJK Extension A
-    "\u4e00-\u9fff"  # CJK Unified Ideographs
-    "\uf900-\ufaff"  # CJK Compatibility Ideographs
-    "\U00020000-\U0002fa1f"  # Extensions B-F and the Compatibility Supplement
-)
+CJK_RANGES = NO_SPACE  # kana and Han (lmops.text.cjk)
 _CJK_OR_RUN = re.compile(f"[{CJK_RANGES}]|[^{CJK_RANGES}]+")
 # One CJK character, or a run of letters/digits that are not CJK (underscore is not a letter).
 _WORD = re.compile(f"[{CJK_RANGES}]|[^\\W_{CJK_RANGES}]+")

@@ -20,6 +20,7 @@ from lmops.core.progress import Progress
 from lmops.eval.lm import EvalModel
 from lmops.eval.partial import PartialResults
 from lmops.eval.tasks import ChatTemplate, Task
+from lmops.text.cjk import count_han
 
 __all__ = [
     "NOT_METRICS",
@@ -299,7 +300,7 @@ def _rolling(
         results += model.loglikelihood_rolling(texts[at : at + _GEN_CHUNK])
         advance(len(texts[at : at + _GEN_CHUNK]))
     total_ll = sum(ll for ll, _ in results)
-    words = sum(len(t.split()) + sum(1 for ch in t if "\u4e00" <= ch <= "\u9fff") for t in texts)
+    words = sum(len(t.split()) + count_han(t) for t in texts)
     n_bytes = sum(len(t.encode()) for t in texts)
     items = [
         {"text": t[:200], "loglikelihood": ll, "tokens": n}

@@ -62,7 +62,7 @@ class CorpusStats:
 
     ``good`` documents (clean articles, repairable ones and Shakespeare) are what a good
     recipe keeps; duplicates and junk are what it removes. ``pii`` counts planted findings by
-    the type names of :mod:`lmops.data.pii`, all inside good documents that are never
+    the type names of :mod:`lmops.text.pii`, all inside good documents that are never
     duplicated, so a recipe that keeps them masks exactly these. ``labels`` maps every
     document id to its category (``clean``, ``shakespeare``, ``repair:<kind>``,
     ``exact_duplicate``, ``near_duplicate``, ``junk:<kind>``); duplicates always come after
@@ -334,7 +334,7 @@ def _article(
     return title + "\n\n" + "\n\n".join(joiner.join(p) for p in paragraphs), pii
 
 
-# -- PII values that lmops.data.pii detects --------------------------------------------------------
+# -- PII values that lmops.text.pii detects --------------------------------------------------------
 
 _ID_AREAS = ("110101", "310104", "440305", "330106", "510107", "420102", "320102", "610113")
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)

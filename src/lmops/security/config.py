@@ -10,8 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmops.core.errors import UserError
-from lmops.data.pii import PII_TYPES, normalize_pii_types
 from lmops.security.terms import builtin_categories
+from lmops.text.pii import PII_TYPES, normalize_pii_types
 
 Classifier = Callable[[str], Mapping[str, float]]
 """A pluggable moderation model: text -> score in [0, 1] per category."""
@@ -31,7 +31,7 @@ class GuardrailConfig(BaseModel):
 
     pii_input: Literal["off", "mask", "block"] = "mask"
     pii_output: Literal["off", "mask"] = "mask"
-    # Names from lmops.data.pii.PII_TYPES; None = all of them (IP included).
+    # Names from lmops.text.pii.PII_TYPES; None = all of them (IP included).
     pii_types: list[str] | None = Field(default_factory=lambda: list(DEFAULT_PII_TYPES))
     pii_placeholder: str = "<{type}>"
     moderation_input: Literal["off", "flag", "block"] = "block"

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from lmops.core.errors import UserError
-from lmops.data.pii import PiiSpan, detect_pii
 from lmops.security import moderation
 from lmops.security.config import CONTENT_FILTER, Classifier, GuardrailConfig
 from lmops.security.injection import InjectionResult, _decoded_payloads, _score_injection
 from lmops.security.normalize import _nfkc, normalize_text
 from lmops.security.terms import TermMatcher, _builtin_terms, load_term_file
+from lmops.text.cjk import count_han
+from lmops.text.pii import PiiSpan, detect_pii
 
 if TYPE_CHECKING:
     from lmops.security.stream import StreamGuard
@@ -86,7 +87,7 @@ _REFUSALS = {
 
 
 def _language(text: str) -> str:
-    cjk = sum(1 for c in text if "\u3400" <= c <= "\u9fff")
+    cjk = count_han(text)
     latin = sum(1 for c in text if c.isascii() and c.isalpha())
     return "zh" if cjk and cjk * 3 >= latin else "en"
 

@@ -9,11 +9,13 @@ from collections.abc import Callable
 from functools import cache
 from typing import cast
 
+from lmops.text.cjk import HAN, HAN_RE
+
 log = logging.getLogger(__name__)
 
 
 # ============================================================================ normalisation
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK = HAN
 # Invisible characters used to split words past filters: zero-width space/joiners, word
 # joiner and friends, BOM, soft hyphen, Mongolian vowel separator, combining grapheme joiner.
 _INVISIBLE = dict.fromkeys(
@@ -35,7 +37,7 @@ _CJK_GAP = re.compile(rf"{_GAP}(?<=[{_CJK}]{_GAP}){_GAP}*(?=[{_CJK}])")
 # "self-harm", "al_qaeda" -> "self harm", "al qaeda".
 _LATIN_JOIN = re.compile(r"(?<=[a-z])[-_](?=[a-z])")
 _SURROGATES = re.compile("[\ud800-\udfff]")
-_HAN = re.compile("[\u3400-\ufaff]")  # what may need traditional -> simplified
+_HAN = HAN_RE  # what may need traditional -> simplified
 # Whitespace that _HSPACE changes, with "  ": anything but a lone space (most text has none).
 _ODD_SPACE = re.compile(r"[^\S\n ]")
 # Full-width ASCII and the ideographic space, mapped to their NFKD forms (one character with

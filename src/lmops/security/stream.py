@@ -9,19 +9,19 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from lmops.data.pii import PiiSpan, detect_pii
 from lmops.security import moderation
 from lmops.security.config import CONTENT_FILTER
 from lmops.security.guard import _apply_masks
 from lmops.security.normalize import _CJK, _GAP, normalize_text
 from lmops.security.terms import _is_word_char
+from lmops.text.pii import PiiSpan, detect_pii
 
 if TYPE_CHECKING:
     from lmops.security.guard import Guardrails
 
 
 # ============================================================================ streaming
-# What a PII finding is made of (see lmops.data.pii): ASCII letters and digits, the
+# What a PII finding is made of (see lmops.text.pii): ASCII letters and digits, the
 # punctuation of e-mails, keys and grouped numbers, the brackets of "[at]"-spelled e-mails,
 # full-width forms, digits of any script (\d) and the invisible characters that detection
 # skips. A run of them that reaches the end of the text may still grow into (or out of) a

@@ -245,7 +245,7 @@ class RequestContext:
 def mask_body(body: Any) -> Any:
     """A copy of a JSON value with PII of every type masked in every string (dict keys
     included): what the request log keeps of a body."""
-    from lmops.data.pii import mask_pii
+    from lmops.text.pii import mask_pii
 
     if isinstance(body, str):
         return mask_pii(body)[0] if body else body

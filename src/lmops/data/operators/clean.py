@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from lmops.core.errors import UserError
 from lmops.data.document import Document
 from lmops.data.ops import Mapper, OpParams, register
-from lmops.data.pii import find_emails
+from lmops.text.pii import find_emails
 
 # ========================================================================= clean_whitespace
 _HSPACE = re.compile(r"[^\S\n]+")  # any whitespace but a newline
@@ -224,7 +224,7 @@ class StripUrlsEmails(Mapper):
     URLs are ``http://``, ``https://``, ``ftp://`` and ``www.`` addresses; a URL ends at
     whitespace or a non-ASCII character, and trailing punctuation (``.`` ``,`` ``)`` …)
     stays in the text unless it belongs to the URL (balanced brackets, as in Wikipedia
-    links). E-mail addresses are found as :func:`lmops.data.pii.detect_pii` finds them.
+    links). E-mail addresses are found as :func:`lmops.text.pii.detect_pii` finds them.
     An address inside a URL goes with the URL. The default replacement is the empty string;
     run ``clean_whitespace`` afterwards for the spaces left behind.
     """

@@ -9,14 +9,14 @@ from pydantic import field_validator
 from lmops.core.errors import UserError
 from lmops.data.document import Document
 from lmops.data.ops import Mapper, OpParams, register
-from lmops.data.pii import PII_TYPES, mask_pii, normalize_pii_types
+from lmops.text.pii import PII_TYPES, mask_pii, normalize_pii_types
 
 __all__ = ["PiiMask"]
 
 
 @register("pii_mask")
 class PiiMask(Mapper):
-    """Mask personal data and secrets found by :func:`lmops.data.pii.detect_pii`.
+    """Mask personal data and secrets found by :func:`lmops.text.pii.detect_pii`.
 
     Each finding is replaced by ``placeholder_format`` with ``{type}`` filled in: by
     default ``<EMAIL>``, ``<PHONE>``, ``<ID_CARD>``, ``<PASSPORT>``, ``<BANK_CARD>``,

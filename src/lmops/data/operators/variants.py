@@ -16,6 +16,7 @@ from lmops.core.errors import UserError
 from lmops.data.document import Document
 from lmops.data.operators.unicode import _class_of, _SplitPattern
 from lmops.data.ops import Mapper, OpParams, register
+from lmops.text.cjk import HAN
 
 # ============================================================================== zh_convert
 ZhDirection = Literal[
@@ -192,7 +193,7 @@ def load_variant_table(extra: str | Path | None = None, builtin: bool = True) ->
     return table
 
 
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+_HAN = HAN
 _BOPOMOFO = "\u3100-\u312f\u31a0-\u31bf"
 # A run of letters of the scripts that look-alike spoofing mixes.
 _LETTER_RUN = "A-Za-z\u00c0-\u024f\u0370-\u03ff\u0400-\u052f\u0531-\u058f"

@@ -16,7 +16,7 @@ Text -> features
     ("10mg", "python3", "3d", "2024") are left alone. Two kinds of features of that text:
 
     * *n-grams* (exact wording, Chinese characters, obfuscated spellings): word unigrams and
-      bigrams (words as in :data:`lmops.data.ngram_lm.WORD_RE`: each Chinese character is a
+      bigrams (words as in :data:`lmops.text.words.WORD_RE`: each Chinese character is a
       word) and character 2-, 3- and 4-grams of the text padded with a space, digits as
       ``0``, hashed into ``2**bits`` buckets (a polynomial rolling hash, then
       multiply-shift); each distinct bucket is valued ``n ** -power`` (``n`` of them).
@@ -31,9 +31,9 @@ Model
     Head 0 scores harmful vs benign: ``logit = b + sum(w[ngram]) * n**-power +
     v . relu(W u + c)``, ``u`` the unit embedding direction (zero without one), trained
     jointly (:func:`fit_moderation`: class-weighted log loss, sparse Adagrad for the n-gram
-    weights as in :func:`lmops.data.classifier.fit_logistic`, Adam for the small dense
+    weights as in :func:`lmops.text.logistic.fit_logistic`, Adam for the small dense
     layer). With categories in the training rows, one head per category (that category vs
-    the other harmful rows, n-grams only, :func:`~lmops.data.classifier.fit_logistic`)
+    the other harmful rows, n-grams only, :func:`~lmops.text.logistic.fit_logistic`)
     names the category of a harmful text. ``model(text)`` returns ``{category:
     P(harmful)}`` for the best category, so a harmful text is counted once.
 

@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from lmops.core.errors import UserError
-from lmops.data.ngram_lm import WORD_RE, word_id
 from lmops.security.normalize import normalize_text
+from lmops.text.words import WORD_RE, word_id
 
 FORMAT = "lmops-moderation-classifier"
 FORMAT_VERSION = 2

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lmops.core.atomic import write_atomic
 from lmops.core.errors import UserError
-from lmops.data.ngram_lm import WORD_RE, write_atomic
 from lmops.security.moderation.features import (
     DEFAULT_BITS,
     DEFAULT_POWER,
@@ -33,6 +33,7 @@ from lmops.security.moderation.features import (
     deobfuscate,
     features,
 )
+from lmops.text.words import WORD_RE
 
 
 # ============================================================================ model

@@ -18,8 +18,6 @@ import numpy.typing as npt
 
 from lmops.core.errors import UserError
 from lmops.core.jsonl import json_objects
-from lmops.data.classifier import fit_logistic
-from lmops.data.ngram_lm import WORD_RE
 from lmops.security.moderation.features import (
     DEFAULT_BITS,
     DEFAULT_POWER,
@@ -31,6 +29,8 @@ from lmops.security.moderation.features import (
     deobfuscate,
 )
 from lmops.security.moderation.model import ModerationModel
+from lmops.text.logistic import fit_logistic
+from lmops.text.words import WORD_RE
 
 # ============================================================================ data
 _CATEGORY = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -210,7 +210,7 @@ def fit_moderation(
     dropout: float = 0.0,
 ) -> _Dense:
     """Head 0 on the training ``rows`` of ``enc``: the n-gram weights by sparse Adagrad
-    (as :func:`lmops.data.classifier.fit_logistic`, lazy L2), the dense layers (mean and
+    (as :func:`lmops.text.logistic.fit_logistic`, lazy L2), the dense layers (mean and
     max-pooled embeddings) by Adam with weight decay, jointly on the class-weighted log
     loss (each class weighs half). Deterministic for ``seed``."""
     rng = np.random.default_rng(seed)
