@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
 
 from lmops.cli._output import console, err_console, open_store, print_json, table, when
 from lmops.core.errors import UserError
+
+if TYPE_CHECKING:
+    from lmops.store import Store
 
 app = typer.Typer(help="Pipelines: step types and the step cache.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -137,7 +140,7 @@ def run_cmd(
         )
 
 
-def _run_pipeline(pipe: Any, store: Any, json_: bool, **how: Any) -> Any:
+def _run_pipeline(pipe: Any, store: Store, json_: bool, **how: Any) -> Any:
     """Run with the terminal's progress and step lines (none with ``--json``); Ctrl-C
     says what was kept and exits 128 + the signal. ``how``: ``force``, ``only``."""
     from lmops.cli.main import _state

@@ -8,13 +8,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
 from lmops.cli._output import console, err_console, open_store, print_json, table
 from lmops.core.errors import LmopsError
+
+if TYPE_CHECKING:
+    from lmops.store import Store
 
 
 class _DefaultRun(TyperGroup):
@@ -136,7 +139,7 @@ def _launch(
     restart: bool,
     nproc: int,
     spec: Any,
-    store: Any,
+    store: Store,
 ) -> Any:
     """Start ``nproc`` worker processes under torchrun; rank 0 registers the output.
 

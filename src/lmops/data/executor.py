@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmops import __version__
 from lmops.core.errors import UserError
@@ -47,6 +47,9 @@ from lmops.data.io import (
 from lmops.data.ops import GlobalOp, Op
 from lmops.data.recipe import Recipe, resolve_inputs
 from lmops.text.cjk import count_han
+
+if TYPE_CHECKING:
+    from lmops.store import Store
 
 __all__ = ["DataRunResult", "LengthHistogram", "run_recipe"]
 
@@ -398,7 +401,7 @@ def run_recipe(
     recipe: Recipe,
     *,
     base_dir: Path,
-    store: Any | None = None,
+    store: Store | None = None,
     workers: int | None = None,
     executor: str | None = None,
     progress: bool = True,
@@ -607,7 +610,7 @@ def _finish(
     work: Path,
     out_path: Path | None,
     report: dict[str, Any],
-    store: Any | None,
+    store: Store | None,
     run: Any | None,
     input_refs: list[str | tuple[str, str]],
     input_files: list[InputFile],

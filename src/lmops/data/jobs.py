@@ -9,7 +9,7 @@ import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lmops.core.errors import UserError
 from lmops.core.formats import ValidationReport, validate_rows
@@ -17,6 +17,9 @@ from lmops.core.rows import BadRow, Row, iter_rows
 from lmops.data.document import Document
 from lmops.data.io import InputFile, JsonlWriter, ReadOptions, Shard, read_shard
 from lmops.data.recipe import ResolvedInputs, resolve_inputs
+
+if TYPE_CHECKING:
+    from lmops.store import Store
 
 __all__ = [
     "mix_datasets",
@@ -28,7 +31,7 @@ __all__ = [
 
 
 def read_source(
-    sources: list[str], store: Any | None, *, text_key: str = "text", base: Path | None = None
+    sources: list[str], store: Store | None, *, text_key: str = "text", base: Path | None = None
 ) -> tuple[ResolvedInputs, Iterator[Document]]:
     """Resolve paths/globs/dataset refs and stream their documents in order."""
     resolved = resolve_inputs(sources, base or Path.cwd(), store)
@@ -41,7 +44,9 @@ def read_source(
     return resolved, docs()
 
 
-def _record_local(store: Any, resolved: list[ResolvedInputs], run_id: str) -> list[tuple[str, str]]:
+def _record_local(
+    store: Store, resolved: list[ResolvedInputs], run_id: str
+) -> list[tuple[str, str]]:
     """The local files and folders the sources matched, recorded by content before they are
     read (``store.assets.record_inputs``): the ``(ref, role)`` lineage inputs."""
     paths = [p for r in resolved for p in r.local]
@@ -61,7 +66,7 @@ def _iter_rows(files: list[InputFile]) -> Iterator[Row | BadRow]:
 
 
 def validate_source(
-    sources: list[str], store: Any | None, fmt: str = "auto", max_errors: int = 100
+    sources: list[str], store: Store | None, fmt: str = "auto", max_errors: int = 100
 ) -> ValidationReport:
     """Validate training rows from files, globs or dataset refs; problems name file and
     line (element in a JSON array, row in Parquet)."""
@@ -70,7 +75,7 @@ def validate_source(
 
 
 def train_tokenizer_asset(
-    store: Any,
+    store: Store,
     sources: list[str],
     name: str,
     *,
@@ -103,7 +108,7 @@ def train_tokenizer_asset(
 
 
 def tokenize_dataset(
-    store: Any,
+    store: Store,
     sources: list[str],
     tokenizer: str,
     output: str,
@@ -138,7 +143,7 @@ def tokenize_dataset(
 
 
 def mix_datasets(
-    store: Any,
+    store: Store,
     ratios: dict[str, float],
     output: str,
     *,

@@ -21,7 +21,7 @@ import glob
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -30,6 +30,9 @@ from lmops.core.rows import ROW_SUFFIXES
 from lmops.core.yamlcfg import line_of, load_config
 from lmops.data.io import DEFAULT_SHARD_BYTES, InputFile, ReadOptions, detect_format
 from lmops.data.ops import Op, build_op
+
+if TYPE_CHECKING:
+    from lmops.store import Store
 
 __all__ = ["ExecutorSpec", "OpSpec", "OutputSpec", "Recipe", "ResolvedInputs", "load_recipe"]
 
@@ -234,7 +237,7 @@ def _files_under(root: Path) -> list[Path]:
     )
 
 
-def resolve_inputs(recipe: Recipe | list[str], base: Path, store: Any | None) -> ResolvedInputs:
+def resolve_inputs(recipe: Recipe | list[str], base: Path, store: Store | None) -> ResolvedInputs:
     """Expand globs (relative to ``base``, the recipe's folder) and dataset refs into files,
     in a stable order (input order, then sorted paths)."""
     files: list[InputFile] = []

@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -61,6 +61,9 @@ from lmops.monitor.metrics import ENGINE_HANGS as HANGS
 from lmops.monitor.metrics import ENGINE_REGISTRY as REGISTRY
 from lmops.monitor.metrics import ENGINE_RESTARTS as RESTARTS
 from lmops.serve.deployments import DeploymentSpec, VllmOptions
+
+if TYPE_CHECKING:
+    from lmops.store import Store
 
 __all__ = [
     "REGISTRY",
@@ -446,7 +449,7 @@ class Supervisor:
         return f"{tail} (log {self.log_path})"
 
 
-def _local_model(spec: DeploymentSpec, store: Any) -> Path:
+def _local_model(spec: DeploymentSpec, store: Store) -> Path:
     from lmops.models.loading import merged_view, resolve_local
 
     assert spec.model is not None
@@ -456,7 +459,7 @@ def _local_model(spec: DeploymentSpec, store: Any) -> Path:
     return path
 
 
-def supervisor_for(spec: DeploymentSpec, *, store: Any, run_dir: Path) -> Supervisor:
+def supervisor_for(spec: DeploymentSpec, *, store: Store, run_dir: Path) -> Supervisor:
     """The (not yet started) supervisor of an ``engine: vllm`` spec."""
     opts = spec.vllm or VllmOptions()
     if opts.command is None and not _vllm_installed():
@@ -524,7 +527,7 @@ def _close_all(sups: list[Supervisor]) -> None:
 
 @contextmanager
 def launch_all(
-    specs: list[DeploymentSpec], *, store: Any = None, run_dir: Path | None = None
+    specs: list[DeploymentSpec], *, store: Store | None = None, run_dir: Path | None = None
 ) -> Iterator[list[DeploymentSpec]]:
     """Launch a server for every ``engine: vllm`` spec (one after another: vLLM sizes its
     KV cache from the GPU memory it finds free) and yield the specs with those rewritten

@@ -18,7 +18,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -28,6 +28,9 @@ from lmops.core.yamlcfg import format_loc
 from lmops.pipelines.spec import Pipeline, param_error, substitute
 from lmops.pipelines.steps import STEP_TYPES, StepContext, canonical, pin_inputs
 from lmops.store.steps import CachedStep
+
+if TYPE_CHECKING:
+    from lmops.store import Store
 
 __all__ = [
     "PipelineRun",
@@ -133,7 +136,7 @@ def _params(pipe: Pipeline, name: str, scope: dict[str, Any]) -> Any:
 def _prepare(
     pipe: Pipeline,
     name: str,
-    store: Any,
+    store: Store,
     scope: dict[str, Any],
     force: bool | set[str],
     console: Any,
@@ -154,7 +157,7 @@ def _prepare(
 
 def run_pipeline(
     pipe: Pipeline,
-    store: Any,
+    store: Store,
     *,
     force: bool | set[str] = False,
     only: list[str] | None = None,
@@ -224,7 +227,7 @@ def run_pipeline(
 
 
 def _finish(
-    store: Any, run_id: str, result: PipelineRun, started: float, status: Any, error: str | None
+    store: Store, run_id: str, result: PipelineRun, started: float, status: Any, error: str | None
 ) -> None:
     result.seconds = time.perf_counter() - started
     steps = {
@@ -248,7 +251,7 @@ def _run_step(
     pipe: Pipeline,
     name: str,
     st: StepState,
-    store: Any,
+    store: Store,
     scope: dict[str, Any],
     force: bool | set[str],
     progress: bool,
@@ -291,7 +294,7 @@ def _run_step(
 
 def plan_pipeline(
     pipe: Pipeline,
-    store: Any,
+    store: Store,
     *,
     only: list[str] | None = None,
     force: bool | set[str] = False,

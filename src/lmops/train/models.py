@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmops.core.errors import UserError
 from lmops.models.loading import (
@@ -23,6 +23,9 @@ from lmops.models.loading import (
     select_dtype,
 )
 from lmops.train.spec import ModelPreset, TrainSpec
+
+if TYPE_CHECKING:
+    from lmops.store import Store
 
 __all__ = [
     "CHATML",
@@ -88,7 +91,7 @@ def _preset_model(preset: ModelPreset, tokenizer: Any) -> Any:
         raise UserError(f"model.overrides: {e}") from None
 
 
-def load_base(spec: TrainSpec, store: Any | None, *, for_reward: bool = False) -> Loaded:
+def load_base(spec: TrainSpec, store: Store | None, *, for_reward: bool = False) -> Loaded:
     """Load the tokenizer and model of ``spec`` (random weights for a preset), apply the
     tuning method, and move it to the selected device."""
     import torch

@@ -27,7 +27,7 @@ import json
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ from lmops.train.models import Loaded
 from lmops.train.preference import lr_factor
 from lmops.train.spec import PpoParams, TrainSpec
 from lmops.train.tracking import Tracker
+
+if TYPE_CHECKING:
+    from lmops.store import Store
 
 __all__ = ["VF_COEF", "RewardFn", "RewardModel", "gae", "load_reward", "train_ppo"]
 
@@ -76,7 +79,7 @@ class RewardModel:
         return self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
 
 
-def load_reward(spec: TrainSpec, store: Any | None = None) -> RewardFn | RewardModel:
+def load_reward(spec: TrainSpec, store: Store | None = None) -> RewardFn | RewardModel:
     """The reward ``spec.ppo`` names: ``reward_fn`` ("module:function") or ``reward_model``
     (a folder or asset ref of a sequence classifier, or of a reward adapter)."""
     if spec.ppo.reward_fn:
@@ -115,7 +118,7 @@ def train_ppo(
     prompts: list[str],
     tracker: Tracker,
     reward: RewardFn | RewardModel | None = None,
-    store: Any | None = None,
+    store: Store | None = None,
 ) -> Any:
     """Optimize ``loaded.model`` with PPO against ``reward`` (default: :func:`load_reward`)
     for ``train.max_steps`` rollouts. Logs ``reward`` (mean score), ``kl`` (summed over

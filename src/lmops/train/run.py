@@ -28,7 +28,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -53,6 +53,9 @@ from lmops.train.loop import (
 from lmops.train.models import count_parameters, load_base
 from lmops.train.spec import TrainSpec
 from lmops.train.tracking import StoreTracker, plot_loss_curve
+
+if TYPE_CHECKING:
+    from lmops.store import Store
 
 __all__ = [
     "PreviousRun",
@@ -85,7 +88,7 @@ class TrainResult:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def _dataset_paths(spec: TrainSpec, store: Any) -> tuple[list[Path], list[str]]:
+def _dataset_paths(spec: TrainSpec, store: Store) -> tuple[list[Path], list[str]]:
     paths, refs = [], []
     for ds in spec.datasets:
         p, ref = resolve_local(ds, store, kind="dataset")
@@ -95,7 +98,7 @@ def _dataset_paths(spec: TrainSpec, store: Any) -> tuple[list[Path], list[str]]:
     return paths, refs
 
 
-def _recorded_inputs(spec: TrainSpec, store: Any, run_id: str) -> list[tuple[str, str]]:
+def _recorded_inputs(spec: TrainSpec, store: Store, run_id: str) -> list[tuple[str, str]]:
     """Lineage inputs the rest of the job does not name: each local folder or file it reads
     (the base model or the tokenizer of a preset, the datasets, a PPO reward model; an
     existing path wins over an asset of that name, as in ``resolve_local``) recorded by
@@ -151,7 +154,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')} {old!r} -> {new!r}"]
 
 
-def previous_run(store: Any, spec: TrainSpec) -> PreviousRun | None:
+def previous_run(store: Store, spec: TrainSpec) -> PreviousRun | None:
     """The newest run of ``spec.output`` that did not finish and left a checkpoint (a run
     still training on this host is an error: two jobs must not share checkpoints)."""
     config = spec.model_dump(mode="json")
@@ -193,14 +196,14 @@ def _alive(host: str, pid: int | None) -> bool:
     return True
 
 
-def find_resumable(store: Any, spec: TrainSpec) -> str | None:
+def find_resumable(store: Store, spec: TrainSpec) -> str | None:
     """The id of an interrupted run of this very job that left a checkpoint."""
     prev = previous_run(store, spec)
     return prev.run_id if prev is not None and not prev.changed else None
 
 
 def run_to_continue(
-    store: Any, spec: TrainSpec, *, resume: bool = False, restart: bool = False
+    store: Store, spec: TrainSpec, *, resume: bool = False, restart: bool = False
 ) -> str | None:
     """What becomes of an earlier interrupted run of this job's output: its id with
     ``resume`` (it continues), ``None`` with ``restart`` (its checkpoints, and those of
@@ -240,7 +243,7 @@ def run_to_continue(
 
 def run_training(
     spec: TrainSpec,
-    store: Any,
+    store: Store,
     *,
     resume: bool = False,
     restart: bool = False,
@@ -317,7 +320,7 @@ def run_training(
 
 def _train(
     spec: TrainSpec,
-    store: Any,
+    store: Store,
     run_id: str,
     rows: list[tuple[str, int, Any]],
     paths: list[Path],
@@ -454,7 +457,7 @@ def _prompt_of(row: Any) -> str:
     raise UserError("stage ppo needs rows with a 'prompt' (or instruction/messages) field")
 
 
-def register_output(store: Any, spec: TrainSpec, result: TrainResult) -> Any:
+def register_output(store: Store, spec: TrainSpec, result: TrainResult) -> Any:
     """Register a saved training output with its lineage and run."""
     assert result.output_path is not None
     return store.assets.register(
@@ -576,7 +579,7 @@ def _model_card(
     return "\n".join(lines)
 
 
-def merge_adapter(store: Any, adapter_ref: str, output: str | None = None) -> Any:
+def merge_adapter(store: Store, adapter_ref: str, output: str | None = None) -> Any:
     """Merge a LoRA adapter into its base model and register the result as a model."""
     from transformers import AutoTokenizer
 

@@ -18,13 +18,16 @@ best trial's output is registered, with its lineage and its run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmops.core.errors import UserError
 from lmops.core.yamlcfg import apply_overrides, validate_config
 from lmops.train.spec import TrainSpec
+
+if TYPE_CHECKING:
+    from lmops.store import Store
 
 __all__ = ["SweepResult", "SweepSpec", "run_sweep"]
 
@@ -66,7 +69,7 @@ class SweepResult:
     trials: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_sweep(spec: TrainSpec, store: Any, *, progress: bool = True) -> SweepResult:
+def run_sweep(spec: TrainSpec, store: Store, *, progress: bool = True) -> SweepResult:
     import optuna
 
     from lmops.train.run import register_output, run_training

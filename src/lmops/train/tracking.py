@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from lmops.store import Store
 
 __all__ = ["MemoryTracker", "StoreTracker", "Tracker", "plot_loss_curve"]
 
@@ -36,7 +39,7 @@ class MemoryTracker:
 class StoreTracker:
     """Logs to the store run ``run_id`` (rank 0 only) and optional external trackers."""
 
-    def __init__(self, store: Any, run_id: str, report_to: list[str] | None = None) -> None:
+    def __init__(self, store: Store, run_id: str, report_to: list[str] | None = None) -> None:
         self.store = store
         self.run_id = run_id
         self.run_dir = Path(store.runs.dir(run_id))
