@@ -152,3 +152,55 @@ def unpack_cmd(
         print_json(r)
         return
     console.print(f"unpacked {r.files} files ({human_size(r.size)}) into {output}", markup=False)
+
+
+@app.command("prune")
+def prune_cmd(
+    model: Annotated[str, typer.Argument(help="Model asset ref or local model folder.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Pruned model asset name.")],
+    method: Annotated[
+        str, typer.Option(help="magnitude | wanda (unstructured), layers | heads (structured).")
+    ],
+    sparsity: Annotated[
+        float | None, typer.Option(help="Fraction of each row zeroed (magnitude, wanda).")
+    ] = None,
+    drop: Annotated[int | None, typer.Option(help="Decoder layers to remove (layers).")] = None,
+    keep_kv_heads: Annotated[
+        int | None, typer.Option(help="Key/value head groups kept per layer (heads).")
+    ] = None,
+    calibration: Annotated[
+        str | None, typer.Option(help="Dataset ref or local text/rows for activations.")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Calibration blocks.")] = 32,
+    seq_len: Annotated[int, typer.Option(help="Tokens per calibration block.")] = 256,
+    json_: JsonOpt = False,
+) -> None:
+    """Prune a model (Wanda or magnitude sparsity, or drop layers / attention heads)."""
+    from lmops.core.yamlcfg import validate_config
+    from lmops.deploy.prune import PruneSpec, prune
+
+    spec = validate_config(
+        {
+            "model": model,
+            "output": output,
+            "method": method,
+            "sparsity": sparsity,
+            "drop": drop,
+            "keep_kv_heads": keep_kv_heads,
+            "calibration": calibration,
+            "samples": samples,
+            "seq_len": seq_len,
+        },
+        PruneSpec,
+        source="lmops deploy prune",
+    )
+    r = prune(spec)
+    if json_:
+        print_json(r)
+        return
+    extra = f", {100 * r.sparsity:.1f} % zeros" if r.sparsity else ""
+    extra += f", dropped layers {r.dropped}" if r.dropped else ""
+    console.print(
+        f"{r.ref}: {r.method}, {r.params_before:,} -> {r.params_after:,} parameters{extra}",
+        markup=False,
+    )

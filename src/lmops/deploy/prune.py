@@ -1,0 +1,397 @@
+"""Pruning: ``lmops deploy prune MODEL --method magnitude|wanda|layers|heads``.
+
+Unstructured (the weights keep their shapes, a fraction ``sparsity`` of each output row is
+set to zero), over every linear layer inside the decoder blocks (embeddings and the LM head
+stay whole, as in the Wanda paper):
+
+- ``magnitude``: zero the weights with the smallest ``|W_ij|`` in each row;
+- ``wanda`` (Sun et al. 2023, "A Simple and Effective Pruning Approach for LLMs"): the
+  score is ``|W_ij| * ||X_j||_2``, the weight times the L2 norm of its input feature over
+  the calibration tokens, compared within each output row. The norms come from one pass of
+  the unpruned model (the paper's one-shot variant; it reports the sequential one within
+  noise of it).
+
+Structured (the model gets smaller; the result feeds ``lmops deploy distill``):
+
+- ``layers``: drop ``drop`` decoder layers. With calibration data, the layers whose output
+  differs least from their input (lowest angular distance, 1 - cos, of the hidden states:
+  ShortGPT's block influence) go; without it, evenly spaced layers are kept.
+- ``heads``: keep ``keep_kv_heads`` key/value groups per layer (with grouped-query
+  attention a KV head and its query heads go together), chosen per layer by the norm of
+  their attention output (calibration) times the norm of their ``o_proj`` columns.
+
+The result is registered as a ``model`` with lineage to the model (``base_model``) and the
+calibration data (``calibration``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lmops.core.errors import UserError
+
+__all__ = [
+    "PruneResult",
+    "PruneSpec",
+    "count_params",
+    "drop_layers",
+    "evenly_spaced",
+    "input_norms",
+    "layer_influence",
+    "prune",
+    "prune_heads",
+    "prune_unstructured",
+]
+
+
+class PruneSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    output: str
+    method: Literal["magnitude", "wanda", "layers", "heads"]
+    sparsity: float | None = Field(None, gt=0, lt=1)  # magnitude / wanda
+    drop: int | None = Field(None, ge=1)  # layers
+    keep_kv_heads: int | None = Field(None, ge=1)  # heads
+    calibration: str | None = None  # dataset ref or local text/rows
+    samples: int = Field(32, ge=1)  # calibration blocks
+    seq_len: int = Field(256, ge=8)
+
+    @model_validator(mode="after")
+    def _method_args(self) -> PruneSpec:
+        if self.method in ("magnitude", "wanda") and self.sparsity is None:
+            raise ValueError(f"--method {self.method} needs --sparsity (0-1)")
+        if self.method == "wanda" and self.calibration is None:
+            raise ValueError("--method wanda needs --calibration DATASET (activation norms)")
+        if self.method == "layers" and self.drop is None:
+            raise ValueError("--method layers needs --drop N (layers to remove)")
+        if self.method == "heads" and self.keep_kv_heads is None:
+            raise ValueError("--method heads needs --keep-kv-heads N")
+        return self
+
+
+class PruneResult(BaseModel):
+    ref: str
+    method: str
+    params_before: int
+    params_after: int
+    sparsity: float  # zeros among the pruned layers' weights (unstructured), else 0
+    dropped: list[int] = Field(default_factory=list)  # layers removed (method layers)
+
+
+def count_params(model: Any) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def _blocks(model: Any) -> Any:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise UserError(
+            f"{type(model).__name__}: no decoder layers at model.layers; pruning supports "
+            "Llama-style models (Llama, Qwen2, Mistral, SmolLM)"
+        )
+    return layers
+
+
+def _linears(model: Any) -> dict[str, Any]:
+    import torch
+
+    return {
+        f"layers.{i}.{name}": m
+        for i, layer in enumerate(_blocks(model))
+        for name, m in layer.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
+
+
+def input_norms(model: Any, blocks: Any, batch: int = 4) -> dict[str, Any]:
+    """``||X_j||_2`` over every calibration token, for each input feature j of each linear
+    layer in the decoder blocks (one forward pass, hooks on the inputs)."""
+    import torch
+
+    sums: dict[str, Any] = {}
+    hooks = []
+
+    def hook(name: str) -> Any:
+        def fn(_m: Any, args: tuple[Any, ...]) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            sq = (x * x).sum(0)
+            sums[name] = sq if name not in sums else sums[name] + sq
+
+        return fn
+
+    for name, m in _linears(model).items():
+        hooks.append(m.register_forward_pre_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(blocks), batch):
+                model(input_ids=blocks[i : i + batch], use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: v.sqrt() for k, v in sums.items()}
+
+
+def prune_unstructured(model: Any, sparsity: float, norms: dict[str, Any] | None = None) -> float:
+    """Zero ``floor(sparsity * in_features)`` weights in every row of every decoder linear
+    layer: the smallest ``|W|`` (``norms`` None) or ``|W| * ||X||`` (Wanda). Returns the
+    fraction of zeros over those layers."""
+    import torch
+
+    zeros = total = 0
+    with torch.no_grad():
+        for name, m in _linears(model).items():
+            w = m.weight
+            score = w.abs().float()
+            if norms is not None:
+                score = score * norms[name].to(score.device)[None, :]
+            k = int(w.shape[1] * sparsity)
+            if k:
+                idx = torch.topk(score, k, dim=1, largest=False).indices
+                w.scatter_(1, idx, 0.0)
+            zeros += int((w == 0).sum())
+            total += w.numel()
+    return zeros / max(1, total)
+
+
+def evenly_spaced(n_layers: int, keep: int) -> list[int]:
+    """``keep`` layer indices spread over ``n_layers``, always the first and the last."""
+    if not 1 <= keep <= n_layers:
+        raise UserError(f"cannot keep {keep} of {n_layers} layers")
+    if keep == 1:
+        return [0]
+    return sorted({round(i * (n_layers - 1) / (keep - 1)) for i in range(keep)})
+
+
+def layer_influence(model: Any, blocks: Any, batch: int = 4) -> list[float]:
+    """Per decoder layer, the mean angular distance (1 - cos) between the hidden state it
+    receives and the one it returns, over the calibration tokens: low = the layer changes
+    little and is the first to drop."""
+    import torch
+
+    n = len(_blocks(model))
+    acc = [0.0] * n
+    count = 0
+    with torch.no_grad():
+        for i in range(0, len(blocks), batch):
+            hs = model(
+                input_ids=blocks[i : i + batch], output_hidden_states=True, use_cache=False
+            ).hidden_states
+            # hidden_states[0] is the embeddings; [j + 1] the output of layer j (the last
+            # one after the final norm in HF models, so its influence is over-stated: it
+            # is kept, as ShortGPT keeps it in practice)
+            for j in range(n):
+                a, b = hs[j].float(), hs[j + 1].float()
+                cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+                acc[j] += float((1 - cos).sum())
+            count += hs[0].shape[0] * hs[0].shape[1]
+    return [a / count for a in acc]
+
+
+def drop_layers(model: Any, keep: list[int]) -> Any:
+    """Keep only decoder layers ``keep`` (in order), renumbering their KV-cache slots and
+    the config (``num_hidden_layers`` and, where the model has one, ``layer_types``)."""
+    import torch
+
+    layers = _blocks(model)
+    if not keep or sorted(set(keep)) != list(keep) or keep[-1] >= len(layers):
+        raise UserError(f"layers to keep must be distinct and below {len(layers)}: {keep}")
+    kept = [layers[i] for i in keep]
+    for new, layer in enumerate(kept):
+        for sub in layer.modules():
+            if hasattr(sub, "layer_idx"):
+                sub.layer_idx = new
+    model.model.layers = torch.nn.ModuleList(kept)
+    cfg = model.config
+    if isinstance(getattr(cfg, "layer_types", None), list):
+        cfg.layer_types = [cfg.layer_types[i] for i in keep]
+    cfg.num_hidden_layers = len(keep)
+    return model
+
+
+def _slice_linear(m: Any, rows: Any = None, cols: Any = None) -> Any:
+    import torch
+
+    w = m.weight.detach()
+    b = m.bias.detach() if m.bias is not None else None
+    if rows is not None:
+        w = w[rows]
+        b = b[rows] if b is not None else None
+    if cols is not None:
+        w = w[:, cols]
+    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if b is not None:
+            new.bias.copy_(b)
+    return new
+
+
+def prune_heads(model: Any, keep_kv: int, blocks: Any | None = None, batch: int = 4) -> Any:
+    """Keep ``keep_kv`` key/value groups (each with its query heads) in every layer, the
+    most important per layer (see the module docstring)."""
+    import torch
+
+    cfg = model.config
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    group = n_heads // n_kv
+    if not 1 <= keep_kv < n_kv:
+        raise UserError(f"--keep-kv-heads must be between 1 and {n_kv - 1} (the model has {n_kv})")
+    layers = _blocks(model)
+    act: list[Any] = [torch.ones(n_heads) for _ in layers]
+    if blocks is not None:
+        sums = [torch.zeros(n_heads) for _ in layers]
+        hooks = []
+        for li, layer in enumerate(layers):
+
+            def fn(_m: Any, args: tuple[Any, ...], li: int = li) -> None:
+                x = args[0].detach().float().reshape(-1, n_heads, head_dim)
+                sums[li] += (x * x).sum(dim=(0, 2))
+
+            hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(fn))
+        try:
+            with torch.no_grad():
+                for i in range(0, len(blocks), batch):
+                    model(input_ids=blocks[i : i + batch], use_cache=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        act = [s.sqrt() for s in sums]
+    for li, layer in enumerate(layers):
+        attn = layer.self_attn
+        wo = attn.o_proj.weight.detach().float().reshape(-1, n_heads, head_dim)
+        head_score = act[li] * wo.pow(2).sum(dim=(0, 2)).sqrt()
+        kv_score = head_score.reshape(n_kv, group).sum(1)
+        kv_keep = sorted(torch.topk(kv_score, keep_kv).indices.tolist())
+        q_heads = [k * group + g for k in kv_keep for g in range(group)]
+        q_rows = torch.tensor([h * head_dim + d for h in q_heads for d in range(head_dim)])
+        kv_rows = torch.tensor([k * head_dim + d for k in kv_keep for d in range(head_dim)])
+        attn.q_proj = _slice_linear(attn.q_proj, rows=q_rows)
+        attn.k_proj = _slice_linear(attn.k_proj, rows=kv_rows)
+        attn.v_proj = _slice_linear(attn.v_proj, rows=kv_rows)
+        attn.o_proj = _slice_linear(attn.o_proj, cols=q_rows)
+        for name in ("num_heads", "num_attention_heads"):
+            if hasattr(attn, name):
+                setattr(attn, name, keep_kv * group)
+        for name in ("num_key_value_heads",):
+            if hasattr(attn, name):
+                setattr(attn, name, keep_kv)
+    cfg.head_dim = head_dim  # no longer hidden_size / num_attention_heads
+    cfg.num_attention_heads = keep_kv * group
+    cfg.num_key_value_heads = keep_kv
+    return model
+
+
+def _load(model_ref: str, store: Any, run_id: str) -> tuple[Any, Any, Path, list[Any]]:
+    """(model fp32, tokenizer, folder, lineage inputs) of a model ref or local folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmops.models.loading import load_merged, load_tokenizer, quiet_transformers, resolve_local
+
+    quiet_transformers()
+    path, version = resolve_local(model_ref, store, kind="model")
+    inputs = (
+        [(version, "base_model")]
+        if version
+        else store.assets.record_inputs([(path, "base_model")], run_id=run_id)
+    )
+    if (path / "adapter_config.json").exists():
+        model = load_merged(path, store=store, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    return model.eval(), load_tokenizer(path), path, inputs
+
+
+def save_model(model: Any, tokenizer: Any, out: Path) -> Path:
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def prune(spec: PruneSpec, *, store: Any | None = None) -> PruneResult:
+    """Run one pruning job and register the pruned model (see the module docstring)."""
+    import tempfile
+
+    import torch
+
+    from lmops.deploy._text import resolve_source, token_blocks
+    from lmops.store.refs import check_name
+
+    check_name(spec.output)
+    if store is None:
+        from lmops.store import Store
+
+        store = Store(origin="cli")
+    torch.manual_seed(0)
+    with store.runs.track("prune", name=spec.output, config=spec.model_dump()) as run:
+        model, tok, _path, inputs = _load(spec.model, store, run.id)
+        blocks = None
+        if spec.calibration is not None:
+            calib, calib_inputs = resolve_source(spec.calibration, store, run.id, "calibration")
+            inputs += calib_inputs
+            blocks = token_blocks(calib, tok, seq_len=spec.seq_len, max_blocks=spec.samples)
+        before = count_params(model)
+        sparsity = 0.0
+        dropped: list[int] = []
+        if spec.method in ("magnitude", "wanda"):
+            assert spec.sparsity is not None
+            norms = input_norms(model, blocks) if spec.method == "wanda" else None
+            sparsity = prune_unstructured(model, spec.sparsity, norms)
+        elif spec.method == "layers":
+            assert spec.drop is not None
+            n = len(_blocks(model))
+            if spec.drop >= n:
+                raise UserError(f"--drop {spec.drop}: the model has {n} layers; keep at least one")
+            if blocks is not None:
+                score = layer_influence(model, blocks)
+                dropped = sorted(sorted(range(n - 1), key=lambda i: score[i])[: spec.drop])
+                keep = [i for i in range(n) if i not in dropped]
+            else:
+                keep = evenly_spaced(n, n - spec.drop)
+                dropped = [i for i in range(n) if i not in keep]
+            drop_layers(model, keep)
+        else:
+            assert spec.keep_kv_heads is not None
+            prune_heads(model, spec.keep_kv_heads, blocks)
+        after = count_params(model)
+        store.runs.log_metrics(
+            run.id, {"params_before": before, "params_after": after, "sparsity": sparsity}, 0
+        )
+        with tempfile.TemporaryDirectory(prefix="lmops-prune-") as tmp:
+            out = save_model(model, tok, Path(tmp) / spec.output)
+            v = store.assets.register(
+                "model",
+                spec.output,
+                out,
+                metadata={
+                    "pruned": spec.method,
+                    "sparsity": round(sparsity, 4),
+                    "params": after,
+                    "params_before": before,
+                    "dropped_layers": dropped,
+                    "source": spec.model,
+                },
+                inputs=inputs,
+                run_id=run.id,
+            )
+    return PruneResult(
+        ref=v.ref,
+        method=spec.method,
+        params_before=before,
+        params_after=after,
+        sparsity=round(sparsity, 4),
+        dropped=dropped,
+    )
