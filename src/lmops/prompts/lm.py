@@ -1,0 +1,100 @@
+"""The one seam between the prompt stage and a model: chat messages in, text out.
+
+:class:`OpenAIChat` talks to any OpenAI-compatible endpoint (an ``lmops serve`` gateway,
+vLLM, llama.cpp...) with the official ``openai`` client; :class:`ScriptedChat` answers
+with a function, for tests and dry runs. Both count their calls (``calls``), which is how
+the optimiser's budget and the benchmark's "same number of LM calls" are measured.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from lmops.core.errors import UserError
+
+__all__ = ["ChatModel", "EndpointError", "OpenAIChat", "ScriptedChat"]
+
+Messages = list[dict[str, str]]
+
+
+class EndpointError(UserError):
+    """The model endpoint failed (unreachable, 5xx after retries, a refused request)."""
+
+
+class ChatModel(Protocol):
+    calls: int
+
+    def complete(self, messages: Messages, **params: Any) -> str: ...
+
+
+class OpenAIChat:
+    """A served model: ``model`` is the deployment (or served model) name at ``base_url``
+    (``http://host:port/v1``). ``api_key`` defaults to ``$LMOPS_API_KEY``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 2,
+    ) -> None:
+        from openai import OpenAI
+
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.calls = 0
+        self._client: Any = OpenAI(
+            base_url=self.base_url,
+            api_key=api_key or os.environ.get("LMOPS_API_KEY") or "none",
+            timeout=timeout_s,
+            max_retries=max_retries,
+        )
+
+    def _error(self, e: Exception) -> EndpointError:
+        return EndpointError(f"{self.base_url} ({self.model}): {type(e).__name__}: {e}")
+
+    def complete(self, messages: Messages, **params: Any) -> str:
+        import openai
+
+        self.calls += 1
+        try:
+            out = self._client.chat.completions.create(
+                model=self.model, messages=messages, **params
+            )
+        except openai.OpenAIError as e:
+            raise self._error(e) from None
+        return out.choices[0].message.content or ""
+
+    def stream(self, messages: Messages, **params: Any) -> Iterator[str]:
+        """The reply's text as it arrives."""
+        import openai
+
+        self.calls += 1
+        try:
+            chunks = self._client.chat.completions.create(
+                model=self.model, messages=messages, stream=True, **params
+            )
+            for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except openai.OpenAIError as e:
+            raise self._error(e) from None
+
+
+class ScriptedChat:
+    """Answers with ``reply(messages)``; counts calls."""
+
+    def __init__(self, reply: Callable[[Messages], str]) -> None:
+        self.reply = reply
+        self.calls = 0
+
+    def complete(self, messages: Messages, **params: Any) -> str:
+        self.calls += 1
+        return self.reply(messages)
+
+    def stream(self, messages: Messages, **params: Any) -> Iterator[str]:
+        yield self.complete(messages, **params)

@@ -1,0 +1,125 @@
+"""The playground's back end: run one rendered prompt (streaming), or two versions side by
+side over a data set. Prompts are rendered here (client side), so any OpenAI-compatible
+endpoint serves them.
+
+    for piece in run_prompt(prompt, model, {"question": "2+2?"}): print(piece, end="")
+    report = compare_prompts(a, b, model, rows, target_field="answer")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from lmops.core.errors import UserError
+from lmops.prompts.lm import ChatModel
+from lmops.prompts.registry import Prompt
+
+__all__ = ["CompareReport", "CompareRow", "compare_prompts", "row_variables", "run_prompt"]
+
+
+def _params(prompt: Prompt, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    params = {k: v for k, v in prompt.spec.config.items() if k != "model"}
+    params.update(overrides or {})
+    return params
+
+
+def run_prompt(
+    prompt: Prompt,
+    model: ChatModel,
+    variables: dict[str, Any],
+    *,
+    params: dict[str, Any] | None = None,
+) -> Iterator[str]:
+    """The reply to the rendered prompt, as it streams (all at once where the model
+    cannot stream)."""
+    messages = prompt.messages(**variables)
+    stream = getattr(model, "stream", None)
+    if stream is not None:
+        yield from stream(messages, **_params(prompt, params))
+    else:
+        yield model.complete(messages, **_params(prompt, params))
+
+
+def row_variables(
+    prompt: Prompt, row: dict[str, Any], where: str, input_field: str
+) -> dict[str, Any]:
+    """The prompt's variables from a data row (``input`` may come from ``input_field``)."""
+    values: dict[str, Any] = {}
+    for v in prompt.variables:
+        if v in row:
+            values[v] = row[v]
+        elif v == "input" and input_field in row:
+            values[v] = row[input_field]
+        else:
+            raise UserError(
+                f"{where}: no field {v!r} for {prompt.ref}'s variable {{{{{v}}}}} "
+                f"(fields: {', '.join(row)})"
+            )
+    return values
+
+
+class CompareRow(BaseModel):
+    where: str
+    variables: dict[str, Any]
+    a: str
+    b: str
+    target: str | None = None
+    a_correct: bool | None = None
+    b_correct: bool | None = None
+
+
+class CompareReport(BaseModel):
+    a: str
+    b: str
+    rows: list[CompareRow]
+    a_accuracy: float | None = None
+    b_accuracy: float | None = None
+
+
+def _matches(reply: str, target: str) -> bool:
+    return reply.strip().lower() == target.strip().lower()
+
+
+def compare_prompts(
+    a: Prompt,
+    b: Prompt,
+    model: ChatModel,
+    rows: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    input_field: str = "input",
+    target_field: str | None = None,
+    on_row: Callable[[int], None] | None = None,
+) -> CompareReport:
+    """Both prompts' replies for each ``(where, row)``; with ``target_field``, each reply
+    is scored by exact match (case and surrounding space ignored) and accuracies given."""
+    out: list[CompareRow] = []
+    for n, (where, row) in enumerate(rows):
+        va = row_variables(a, row, where, input_field)
+        vb = row_variables(b, row, where, input_field)
+        ra = model.complete(a.messages(**va), **_params(a))
+        rb = model.complete(b.messages(**vb), **_params(b))
+        target = str(row[target_field]) if target_field and target_field in row else None
+        out.append(
+            CompareRow(
+                where=where,
+                variables={**va, **vb},
+                a=ra,
+                b=rb,
+                target=target,
+                a_correct=_matches(ra, target) if target is not None else None,
+                b_correct=_matches(rb, target) if target is not None else None,
+            )
+        )
+        if on_row is not None:
+            on_row(n + 1)
+    scored = [r for r in out if r.target is not None]
+    return CompareReport(
+        a=a.ref,
+        b=b.ref,
+        rows=out,
+        a_accuracy=sum(bool(r.a_correct) for r in scored) / len(scored) if scored else None,
+        b_accuracy=sum(bool(r.b_correct) for r in scored) / len(scored) if scored else None,
+    )

@@ -1,0 +1,142 @@
+"""Prompt optimisation end to end with a scripted model: the search picks the candidate
+that really scores best, registers it with its evidence and lineage, promotes nothing
+unless asked, and resumes from its journal when the endpoint fails mid-way."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.prompts import create, label, load
+from lmops.prompts.lm import EndpointError, ScriptedChat
+from lmops.prompts.optimize import OptimizeSettings, OptimizeTask, optimize
+from lmops.store import Store
+
+WORDS = ["good", "bad"]
+
+
+def rows(n: int) -> list[dict[str, str]]:
+    out = []
+    for i in range(n):
+        good = (i * 7) % 3 != 0  # not balanced: always answering one label is not enough
+        out.append(
+            {
+                "text": f"item {i} was {'good' if good else 'bad'}",
+                "label": "positive" if good else "negative",
+            }
+        )
+    return out
+
+
+def truth(text: str) -> str:
+    return "positive" if "good" in text else "negative"
+
+
+def scripted(messages: list[dict[str, str]]) -> str:
+    """A model whose accuracy depends only on the prompt's shape, known in advance:
+    'exactly one of' in the system message and demos -> always right; the instruction
+    alone -> wrong on every 4th item; demos alone -> wrong on every 3rd; else always
+    'positive'. A proposer request gets a useless instruction."""
+    last = messages[-1]["content"]
+    if last.startswith("Write one clear instruction"):
+        return "Reply in a friendly tone."
+    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+    demos = sum(m["role"] == "assistant" for m in messages)
+    n = int(last.split("item ")[1].split()[0])
+    right = truth(last)
+    wrong = "negative" if right == "positive" else "positive"
+    if "exactly one of" in system and demos:
+        return right
+    if "exactly one of" in system:
+        return wrong if n % 4 == 0 else right
+    if demos:
+        return wrong if n % 3 == 0 else f"The answer: {right}."
+    return "positive"
+
+
+def accuracy(messages_for: Any, data: list[dict[str, str]]) -> float:
+    return sum(scripted(messages_for(r["text"])) == r["label"] for r in data) / len(data)
+
+
+@pytest.fixture
+def setup(store: Store, tmp_path: Path) -> tuple[Store, OptimizeTask, Path]:
+    data = tmp_path / "sentiment.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows(160)))
+    create(store, "senti", "Text: {{input}}\nSentiment:", message="start")
+    label(store, "senti:1", "production")
+    task = OptimizeTask(
+        dataset=str(data),
+        input_field="text",
+        target_field="label",
+        labels=["positive", "negative"],
+        train=40,
+        dev=40,
+        test=80,
+        max_tokens=4,
+    )
+    return store, task, tmp_path
+
+
+def test_the_search_picks_the_best_candidate_and_registers_it(
+    setup: tuple[Store, OptimizeTask, Path],
+) -> None:
+    store, task, _ = setup
+    model = ScriptedChat(scripted)
+    settings = OptimizeSettings(budget=400, instructions=2, demo_sets=2, k=2, concurrency=2)
+    r = optimize(store, load(store, "senti@production"), task, model, settings)
+    # the winner is the only shape that is always right
+    assert "exactly one of" in r.best.instruction and r.best.demos
+    assert r.test_best == 1.0 and r.test_baseline < 0.8
+    assert r.diff_ci[0] > 0  # the held-out improvement's 95% CI excludes zero
+    assert (
+        r.calls_search <= settings.budget
+        and r.calls_total == r.calls_search + r.calls_propose + 2 * 80
+    )
+    assert model.calls == r.calls_total  # every answer was asked exactly once
+    # registered as the next version, with evidence and lineage; production did not move
+    assert r.registered == "senti:2" and r.promoted is None
+    assert store.assets.resolve("senti@production").ref == "senti:1"
+    new = load(store, "senti:2")
+    assert new.variables == ("input",) and new.spec.type == "chat"
+    assert new.version.metadata["optimize"]["test_best"] == 1.0
+    assert accuracy(lambda x: new.messages(input=x), rows(160)) == 1.0
+    up = {(e.parent.split(":")[0], e.role) for e in store.assets.lineage("senti:2").upstream}
+    assert ("senti", "base_prompt") in up and ("senti-optimize", "evidence") in up
+    assert any(role == "dataset" for _, role in up)
+    assert store.assets.lineage("senti:2").runs["senti:2"] == r.run_id
+
+
+def test_promote_moves_the_label(setup: tuple[Store, OptimizeTask, Path]) -> None:
+    store, task, _ = setup
+    settings = OptimizeSettings(budget=300, instructions=1, demo_sets=1, k=2)
+    r = optimize(
+        store, load(store, "senti:1"), task, ScriptedChat(scripted), settings, promote="staging"
+    )
+    assert store.assets.resolve("senti@staging").ref == r.registered == "senti:2"
+
+
+def test_a_failed_endpoint_resumes_from_the_journal(
+    setup: tuple[Store, OptimizeTask, Path],
+) -> None:
+    store, task, _ = setup
+    settings = OptimizeSettings(budget=200, instructions=1, demo_sets=1, k=2, concurrency=1)
+
+    class Flaky(ScriptedChat):
+        def complete(self, messages: list[dict[str, str]], **params: Any) -> str:
+            if self.calls >= 90:
+                raise EndpointError("http://127.0.0.1:9/v1 (m): APIConnectionError: refused")
+            return super().complete(messages, **params)
+
+    flaky = Flaky(scripted)
+    with pytest.raises(UserError, match="APIConnectionError"):
+        optimize(store, load(store, "senti:1"), task, flaky, settings)
+    assert store.assets.show("senti").latest == 1  # nothing registered
+    again = ScriptedChat(scripted)
+    r = optimize(store, load(store, "senti:1"), task, again, settings)
+    assert flaky.calls == 90 and again.calls == r.calls_total - 90  # nothing asked twice
+    assert r.registered == "senti:2"
+    assert not list((store.settings.home / "prompt-optimize").glob("*.jsonl"))
