@@ -2,9 +2,235 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from lmops.cli._output import console, err_console, print_json, table, when
+from lmops.core.errors import UserError
 
 app = typer.Typer(
     help="Monitoring: drift over the request log, canary prompts, alerts, automatic retraining.",
     no_args_is_help=True,
 )
+canaries_app = typer.Typer(help="Canary prompt sets: register and run.", no_args_is_help=True)
+app.add_typer(canaries_app, name="canaries")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+EmbedderOpt = Annotated[
+    str, typer.Option(help="Sentence embeddings: auto (MiniLM when installed), minilm, hashed.")
+]
+
+
+def _store() -> Any:
+    from lmops.store import Store
+
+    return Store(origin="cli")
+
+
+def _print_report(report: Any, ref: str, json_: bool) -> None:
+    from lmops.monitor.report import format_summary
+
+    if json_:
+        print_json({"report": ref, **report.model_dump(mode="json")})
+        return
+    console.print(format_summary(report), markup=False, highlight=False)
+    console.print(f"recorded as {ref}", markup=False, highlight=False)
+
+
+@app.command("check")
+def check(
+    deployment: Annotated[str, typer.Argument(help="Deployment whose request log to read.")],
+    reference: Annotated[
+        str | None, typer.Option(help="Reference dataset ref (e.g. the SFT data).")
+    ] = None,
+    reference_since: Annotated[
+        str | None, typer.Option(help="Reference = traffic since (7d, ISO time).")
+    ] = None,
+    reference_until: Annotated[
+        str | None, typer.Option(help="... until (default: --since).")
+    ] = None,
+    reference_last: Annotated[int | None, typer.Option(help="... the last N requests.")] = None,
+    since: Annotated[str | None, typer.Option(help="Current window since (1h, ISO time).")] = None,
+    until: Annotated[str | None, typer.Option(help="Current window until.")] = None,
+    last: Annotated[int, typer.Option(min=1, help="At most the last N requests.")] = 500,
+    canaries: Annotated[str | None, typer.Option(help="canary_set ref to run as well.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Gateway /v1 URL for canaries.")] = None,
+    webhook: Annotated[str | None, typer.Option(help="POST alert changes here.")] = None,
+    embedder: EmbedderOpt = "auto",
+    json_: JsonOpt = False,
+) -> None:
+    """Compare a deployment's recent traffic with a reference; record a drift_report."""
+    from lmops.monitor.checks import CheckSpec, check_deployment
+
+    spec = _spec(
+        CheckSpec,
+        deployment=deployment,
+        reference=reference,
+        reference_since=reference_since,
+        reference_until=reference_until,
+        reference_last=reference_last,
+        since=since,
+        until=until,
+        last=last,
+        canaries=canaries,
+        base_url=base_url,
+        monitor={"embedder": embedder},
+        alerts={"webhook": webhook},
+    )
+    report, version = check_deployment(_store(), spec)
+    _print_report(report, version.ref, json_)
+
+
+def _spec(model: Any, **values: Any) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "options"
+        raise UserError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+@app.command("compare")
+def compare(
+    dataset_a: Annotated[str, typer.Argument(help="Reference dataset ref.")],
+    dataset_b: Annotated[str, typer.Argument(help="Dataset ref to compare with it.")],
+    limit: Annotated[int | None, typer.Option(min=1, help="Read at most N rows of each.")] = None,
+    embedder: EmbedderOpt = "auto",
+    json_: JsonOpt = False,
+) -> None:
+    """Dataset drift: the text monitors of DATASET_B against DATASET_A; records a drift_report."""
+    from lmops.monitor.checks import compare_datasets
+    from lmops.monitor.drift import MonitorConfig
+
+    report, version = compare_datasets(
+        _store(), dataset_a, dataset_b, MonitorConfig(embedder=embedder), limit=limit
+    )
+    _print_report(report, version.ref, json_)
+
+
+@app.command("reports")
+def reports(json_: JsonOpt = False) -> None:
+    """The newest drift report of every deployment and dataset pair."""
+    from lmops.monitor.checks import latest_reports
+
+    rows = latest_reports(_store())
+    if json_:
+        print_json([{"report": v.ref, **r.model_dump(mode="json")} for v, r in rows])
+        return
+    table(
+        None,
+        ["report", "subject", "status", "drifted", "alerts firing", "created"],
+        [
+            (
+                v.ref,
+                r.subject,
+                r.status,
+                ", ".join(r.drifted) or "-",
+                ", ".join(k for k, s in r.alerts.items() if s.get("firing")) or "-",
+                when(v.created_at),
+            )
+            for v, r in rows
+        ],
+    )
+
+
+@app.command("show")
+def show(
+    ref: Annotated[str, typer.Argument(help="drift_report ref (drift-chat, drift-chat:3).")],
+    json_: JsonOpt = False,
+) -> None:
+    """One drift report: every monitor's statistic, p-value and decision."""
+    from lmops.monitor.report import load_report
+
+    store = _store()
+    version = store.assets.resolve(ref)
+    if version.kind != "drift_report":
+        raise UserError(f"{version.ref} is a {version.kind}, not a drift_report")
+    _print_report(load_report(store, version.ref), version.ref, json_)
+
+
+@app.command("metrics")
+def metrics() -> None:
+    """Prometheus exposition of the newest drift report of every subject."""
+    import sys
+
+    from lmops.monitor.alerts import metrics_text
+    from lmops.monitor.checks import latest_reports
+
+    sys.stdout.write(metrics_text(r for _, r in latest_reports(_store())).decode())
+
+
+@app.command("rules")
+def rules(
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write here (default: stdout).")
+    ] = None,
+    drift_for: Annotated[str, typer.Option(help="How long raw drift must last.")] = "15m",
+) -> None:
+    """A Prometheus alert-rules file for the monitor gauges."""
+    from lmops.monitor.alerts import alert_rules
+
+    text = alert_rules(drift_for=drift_for)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    output.write_text(text, encoding="utf-8")
+    err_console.print(f"wrote {output}", markup=False, highlight=False)
+
+
+@canaries_app.command("register")
+def canaries_register(
+    path: Annotated[Path, typer.Argument(help="Canary set YAML.")],
+    name: Annotated[str, typer.Option(help="Asset name.")],
+    json_: JsonOpt = False,
+) -> None:
+    """Validate a canary set and register it as a canary_set asset."""
+    from lmops.monitor.canary import register_canaries
+
+    v = register_canaries(_store(), path, name)
+    if json_:
+        print_json(v)
+        return
+    console.print(f"registered {v.ref} ({v.metadata['prompts']} prompts)", markup=False)
+
+
+@canaries_app.command("run")
+def canaries_run(
+    ref: Annotated[str, typer.Argument(help="canary_set ref.")],
+    base_url: Annotated[str, typer.Option(help="Gateway /v1 URL.")],
+    model: Annotated[str, typer.Option(help="Deployment (model name) to ask.")],
+    api_key: Annotated[
+        str | None, typer.Option(envvar="LMOPS_API_KEY", help="Bearer key for the gateway.")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Run a canary set once against a deployment (nothing is recorded; `check` records)."""
+    from lmops.monitor.canary import load_canaries, run_canaries
+
+    store = _store()
+    v = store.assets.resolve(ref)
+    results = run_canaries(
+        load_canaries(store.assets.path(v.ref)), base_url=base_url, model=model, api_key=api_key
+    )
+    if json_:
+        print_json([r.model_dump(mode="json") for r in results])
+    else:
+        table(
+            None,
+            ["id", "result", "why", "ms"],
+            [
+                (
+                    r.id,
+                    "pass" if r.passed else "FAIL",
+                    r.error or "; ".join(r.failures) or "-",
+                    f"{r.latency_ms:.0f}" if r.latency_ms is not None else "-",
+                )
+                for r in results
+            ],
+        )
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)
