@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: quickstart test lint typecheck clean
+.PHONY: quickstart test lint typecheck clean browser
 
 $(VENV)/.torch:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,14 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(VENV)/bin/mypy
 
-test: $(VENV)/.dev lint typecheck
+# Debian's chromium for the console's browser tests (tests/web), never a Playwright
+# download; best effort: without it (or without root) those tests skip with the reason.
+browser:
+	@test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  >/dev/null 2>&1 || echo "chromium could not be installed; console browser tests will skip"
+
+test: $(VENV)/.dev lint typecheck browser
 	$(VENV)/bin/pytest -q
 
 clean:

@@ -378,6 +378,9 @@ def create_app(
     app.include_router(_api_router())
     for router in stage_routers():
         app.include_router(router)
+    from lmops.web import mount_console
+
+    mount_console(app)  # the web console under /ui (log in with an API key)
     from lmops.serve.server import mount_from_env
 
     mount_from_env(app)

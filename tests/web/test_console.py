@@ -1,0 +1,247 @@
+"""The console in headless Chromium: log in, every page, run comparison, lineage
+click-through, the streaming playground, keys, read-only keys, CSRF, and no request
+leaving 127.0.0.1. A screenshot of each page goes to tests/web/artifacts (or
+$LMOPS_TEST_ARTIFACTS)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.web.conftest import Console, login, shot
+
+PAGES = [
+    ("overview", "/ui"),
+    ("assets", "/ui/assets"),
+    ("asset", "/ui/assets/tiny-lm"),
+    ("version-lineage", "/ui/assets/tiny-lm/1"),
+    ("file-preview", "/ui/assets/clean-corpus/1/file?path=part-00000.jsonl"),
+    ("runs", "/ui/runs"),
+    ("run", "/ui/runs/{run0}"),
+    ("data", "/ui/data"),
+    ("dataset", "/ui/data/clean-corpus/1"),
+    ("eval", "/ui/eval"),
+    ("eval-report", "/ui/eval/tiny-lm-eval/1?wrong=1"),
+    ("prompts", "/ui/prompts"),
+    ("prompt-diff", "/ui/prompts/tide-poem"),
+    ("playground", "/ui/playground"),
+    ("serving", "/ui/serving"),
+    ("monitoring", "/ui/monitoring"),
+    ("drift-report", "/ui/monitoring/tides-drift/1"),
+    ("pipelines", "/ui/pipelines"),
+    ("audit", "/ui/audit"),
+]
+
+
+@pytest.fixture(scope="module")
+def admin_page(browser: Any, console: Console) -> Any:
+    page = login(browser, console, console.admin)
+    yield page
+    page.context.close()
+
+
+def test_login_refuses_a_wrong_key_and_pages_need_a_session(browser: Any, console: Console) -> None:
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.goto(f"{console.url}/ui/runs")
+    assert urlsplit(page.url).path == "/ui/login"  # redirected, nothing shown
+    page.fill("input[name=key]", "lmk-not-a-key")
+    page.click("button[type=submit]")
+    assert "invalid API key" in page.locator(".error").inner_text()
+    page.fill("input[name=key]", console.reader)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{console.url}/ui/runs")  # back where it was going
+    cookie = next(c for c in ctx.cookies() if c["name"] == "lmops_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert console.reader not in cookie["value"] and "lmk-" not in cookie["value"]
+    ctx.close()
+
+
+def test_every_page_renders_and_no_request_leaves_loopback(
+    admin_page: Any, console: Console
+) -> None:
+    seen: list[str] = []
+    admin_page.on("request", lambda req: seen.append(req.url))
+    for name, path in PAGES:
+        if name == "drift-report" and importlib.util.find_spec("lmops.monitor.report") is None:
+            continue  # the monitor stage's report reader is not in this tree yet
+        resp = admin_page.goto(console.url + path.format(run0=console.seed["runs"][0]))
+        assert resp is not None and resp.status == 200, (name, resp and resp.status)
+        assert admin_page.locator("main h1").count() >= 1, name
+        assert admin_page.locator(".error").count() == 0, (name, admin_page.content()[:400])
+        shot(admin_page, name)
+    # what each page must show, beyond rendering
+    admin_page.goto(f"{console.url}/ui/data/clean-corpus/1")
+    assert admin_page.locator("table.preview tr").count() == 21  # header + 20 rows
+    assert admin_page.locator("img.plot").evaluate("img => img.naturalWidth") > 0
+    admin_page.goto(f"{console.url}/ui/serving")
+    body = admin_page.locator("main").inner_text()
+    assert "pii_mask" in body and "tides" in body
+    admin_page.goto(f"{console.url}/ui/eval/tiny-lm-eval/1?wrong=1")
+    assert admin_page.locator("details.item").count() == 1  # only the wrong item
+    admin_page.goto(f"{console.url}/ui")
+    assert "firing: prompt_chars" in admin_page.locator("ul.alerts").inner_text()
+    admin_page.goto(f"{console.url}/ui/prompts/tide-poem")
+    diff = admin_page.locator("pre.diff").inner_text()
+    assert "+- role: system" in diff and "-template: Write one line" in diff, diff
+    hosts = {urlsplit(u).hostname for u in seen if not u.startswith(("data:", "about:"))}
+    assert seen and hosts == {"127.0.0.1"}, hosts
+
+
+def test_compare_two_runs(admin_page: Any, console: Console) -> None:
+    admin_page.goto(f"{console.url}/ui/runs")
+    for run_id in console.seed["runs"]:
+        admin_page.check(f"input[name=ids][value='{run_id}']")
+    admin_page.click("text=Compare selected")
+    admin_page.wait_for_url(re.compile(r".*/ui/runs/compare\?.*"))
+    loss = admin_page.locator("svg.chart[aria-label=loss]")
+    assert loss.locator("polyline").count() == 2  # one curve per run, overlaid
+    diff = admin_page.locator("table.diff").inner_text()
+    assert "config.lr" in diff and "0.0003" in diff and "0.001" in diff
+    assert "config.model.layers" not in diff  # the same in both: not a difference
+    shot(admin_page, "runs-compare")
+
+
+def test_lineage_click_through_from_served_model_to_raw_data(
+    admin_page: Any, console: Console
+) -> None:
+    admin_page.goto(f"{console.url}/ui/serving")
+    # the serving page links the served version; follow the graph upstream from there
+    admin_page.goto(f"{console.url}/ui/assets/tiny-lm/1")
+    admin_page.click(f"svg.lineage a[data-ref='{console.seed['clean']}']")
+    admin_page.wait_for_url(f"{console.url}/ui/assets/clean-corpus/1")
+    admin_page.click(f"svg.lineage a[data-ref='{console.seed['raw']}']")
+    admin_page.wait_for_url(f"{console.url}/ui/assets/raw-corpus/1")
+    admin_page.click("text=corpus.txt")
+    assert "The tide comes in." in admin_page.locator("pre.file").inner_text()
+
+
+def test_playground_streams_two_deployments_side_by_side(admin_page: Any, console: Console) -> None:
+    before = sum(1 for _ in console.store.requests.scan(key="boss"))
+    admin_page.goto(f"{console.url}/ui/playground")
+    admin_page.select_option("#pane-a select[name=prompt]", "tide-poem@production")
+    admin_page.select_option("#pane-a select[name=deployment]", "tides")
+    admin_page.select_option("#pane-b select[name=deployment]", "tides-b")
+    admin_page.fill("#variables", "topic=tides")
+    admin_page.fill("#input", "hello")
+    admin_page.click("#run-both")
+    # pane A's reply grows token by token: seen partly written before its stream ends
+    admin_page.wait_for_function(
+        "() => { const p = document.querySelector('#pane-a');"
+        " return p.querySelector('.output').textContent.length > 0 && !p.dataset.done; }"
+    )
+    admin_page.wait_for_function(
+        "() => document.querySelector('#pane-a').dataset.done"
+        " && document.querySelector('#pane-b').dataset.done"
+    )
+    a = admin_page.locator("#pane-a .output").inner_text()
+    b = admin_page.locator("#pane-b .output").inner_text()
+    assert a.split() == [f"tok{i}" for i in range(12)], a
+    assert b.split()[:3] == ["calm", "water", "under"], b
+    shot(admin_page, "playground-streamed")
+    # the runs went through the gateway as the session's key: the request log has them
+    console.store.requests  # noqa: B018 - the writer flushes within a second
+    for _ in range(50):
+        after = sum(1 for _ in console.store.requests.scan(key="boss"))
+        if after >= before + 2:
+            break
+        admin_page.wait_for_timeout(100)
+    assert after >= before + 2
+
+
+def test_playground_names_a_missing_variable(admin_page: Any, console: Console) -> None:
+    admin_page.goto(f"{console.url}/ui/playground")
+    admin_page.select_option("#pane-a select[name=prompt]", "tide-poem@production")
+    admin_page.fill("#variables", "")
+    admin_page.click("#pane-a button.run")
+    admin_page.wait_for_function("() => document.querySelector('#pane-a.failed')")
+    assert "topic" in admin_page.locator("#pane-a .status-line").inner_text()
+
+
+def test_create_key_shows_secret_once_then_revoke(admin_page: Any, console: Console) -> None:
+    admin_page.goto(f"{console.url}/ui/serving")
+    admin_page.fill("#create-key input[name=name]", "ci-bot")
+    admin_page.click("#create-key button")
+    secret = admin_page.locator("#secret").inner_text().strip()
+    assert secret.startswith("lmk-")
+    shot(admin_page, "key-created")
+    assert (
+        httpx.get(
+            f"{console.url}/api/assets?kind=prompt", headers={"Authorization": f"Bearer {secret}"}
+        ).status_code
+        == 200
+    )
+    admin_page.goto(f"{console.url}/ui/serving")
+    assert secret not in admin_page.content()  # never shown again
+    admin_page.once("dialog", lambda d: d.accept())
+    admin_page.click("button[aria-label='revoke ci-bot']")
+    admin_page.wait_for_url(f"{console.url}/ui/serving")
+    assert console.store.keys.get("ci-bot").revoked_at is not None
+    assert (
+        httpx.get(
+            f"{console.url}/api/assets?kind=prompt", headers={"Authorization": f"Bearer {secret}"}
+        ).status_code
+        == 401
+    )
+
+
+def test_move_alias_asks_first(admin_page: Any, console: Console) -> None:
+    admin_page.goto(f"{console.url}/ui/assets/tide-poem")
+    admin_page.fill("#alias-form input[name=alias]", "production")
+    admin_page.fill("#alias-form input[name=version]", "1")
+    admin_page.click("#alias-form button")
+    assert "now points at v2" in admin_page.locator("main").inner_text()
+    assert console.store.assets.resolve("tide-poem@production").version == 2  # not yet
+    shot(admin_page, "alias-confirm")
+    admin_page.click("#confirm-move")
+    admin_page.wait_for_url(f"{console.url}/ui/assets/tide-poem")
+    assert console.store.assets.resolve("tide-poem@production").version == 1
+    event = console.store.audit.list(action="asset.alias", limit=1)[0]
+    assert (event.actor, event.origin) == ("boss", "console")
+    console.store.assets.alias("tide-poem:2", "production")  # as the other tests expect
+
+
+def test_read_only_key_sees_no_write_buttons_and_its_writes_are_refused(
+    browser: Any, console: Console
+) -> None:
+    page = login(browser, console, console.reader)
+    try:
+        page.goto(f"{console.url}/ui/assets/tide-poem")
+        assert page.locator("#alias-form").count() == 0
+        assert page.locator(".badge").inner_text() == "read-only"
+        page.goto(f"{console.url}/ui/serving")
+        assert page.locator("#create-key").count() == 0 and page.locator("#keys").count() == 0
+        shot(page, "serving-read-only")
+        csrf = page.locator("meta[name=csrf-token]").get_attribute("content")
+        resp = page.request.post(
+            f"{console.url}/ui/assets/tide-poem/alias",
+            form={"csrf": csrf, "alias": "production", "version": "1", "confirm": "yes"},
+        )
+        assert resp.status == 403 and "needs admin" in resp.text()
+        resp = page.request.post(
+            f"{console.url}/ui/keys", form={"csrf": csrf, "name": "sneaky", "role": "admin"}
+        )
+        assert resp.status == 403
+        assert console.store.assets.resolve("tide-poem@production").version == 2
+        assert "sneaky" not in {k.name for k in console.store.keys.list()}
+        assert page.goto(f"{console.url}/ui/audit").status == 403
+    finally:
+        page.context.close()
+
+
+def test_writes_without_the_csrf_token_are_refused(admin_page: Any, console: Console) -> None:
+    admin_page.goto(f"{console.url}/ui/serving")
+    for form in ({"name": "no-token"}, {"name": "no-token", "csrf": "forged"}):
+        resp = admin_page.request.post(f"{console.url}/ui/keys", form=form)
+        assert resp.status == 403 and "CSRF" in resp.text()
+    resp = admin_page.request.post(
+        f"{console.url}/ui/keys/boss/revoke", headers={"X-CSRF-Token": "forged"}
+    )
+    assert resp.status == 403
+    assert "no-token" not in {k.name for k in console.store.keys.list()}
+    assert console.store.keys.get("boss").revoked_at is None
