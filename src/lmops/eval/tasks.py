@@ -282,6 +282,8 @@ class Task:
     # the local files and folders it was read from, with their roles ("task_file",
     # "dataset"): recorded as external references in the lineage of its report
     local_inputs: list[tuple[Path, str]] = field(default_factory=list)
+    # registered prompt versions it renders (doc_to_text: "prompt:NAME@LABEL"), name:N
+    prompt_refs: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -435,8 +437,35 @@ def load_task_file(path: Path, store: Any | None = None) -> Task:
     return task
 
 
+def registered_prompt(cfg: TaskConfig, store: Any | None, source: str) -> tuple[TaskConfig, str]:
+    """``doc_to_text: "prompt:NAME@LABEL"`` (or ``prompt:NAME:N``): the registered text
+    prompt's template becomes the task's ``doc_to_text`` (its ``{{var}}`` variables read
+    the doc's fields, as Jinja does) and ``metadata.prompt`` names the version. Read through
+    the store (the version's ``prompt.yaml``), so eval never imports the prompts stage."""
+    import yaml
+
+    ref = cfg.doc_to_text.removeprefix("prompt:").strip()
+    if store is None:
+        raise UserError(f"{source}: doc_to_text {cfg.doc_to_text!r} needs the lmops store")
+    v = store.assets.resolve(ref)
+    if v.kind != "prompt":
+        raise UserError(f"{source}: doc_to_text: {ref} is a {v.kind}, not a prompt")
+    spec = yaml.safe_load((store.assets.path(v.ref)).read_text(encoding="utf-8"))
+    if not isinstance(spec.get("template"), str):
+        raise UserError(
+            f"{source}: doc_to_text: {v.ref} is a chat prompt; a task's doc_to_text takes a "
+            "text prompt"
+        )
+    update = {"doc_to_text": spec["template"], "metadata": {**cfg.metadata, "prompt": v.ref}}
+    return cfg.model_copy(update=update), str(v.ref)
+
+
 def load_task(cfg: TaskConfig, *, base: Path, store: Any | None, source: str = "") -> Task:
     refs: list[str] = []
+    prompt_refs: list[str] = []
+    if cfg.doc_to_text.startswith("prompt:"):
+        cfg, prompt_ref = registered_prompt(cfg, store, source)
+        prompt_refs.append(prompt_ref)
     local: list[tuple[Path, str]] = []
     splits: dict[str, list[Doc]] = {}
     kind = cfg.dataset_path
@@ -477,7 +506,7 @@ def load_task(cfg: TaskConfig, *, base: Path, store: Any | None, source: str = "
                 splits.setdefault(
                     f.stem.split("-")[0] if p.is_dir() else (cfg.test_split or "test"), []
                 ).extend(_read_rows(f, fmt))
-    task = Task(cfg, splits, refs, source, local_inputs=local)
+    task = Task(cfg, splits, refs, source, local_inputs=local, prompt_refs=prompt_refs)
     if cfg.doc_filter:
         task.excluded = _apply_doc_filter(task)
     _check_templates(task, source)
