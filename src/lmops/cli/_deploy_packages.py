@@ -204,3 +204,68 @@ def prune_cmd(
         f"{r.ref}: {r.method}, {r.params_before:,} -> {r.params_after:,} parameters{extra}",
         markup=False,
     )
+
+
+@app.command("distill")
+def distill_cmd(
+    teacher: Annotated[str, typer.Option(help="Teacher model ref or folder.")],
+    student: Annotated[
+        str, typer.Option(help="layers:N (teacher with N evenly spaced layers) or a model.")
+    ],
+    dataset: Annotated[str, typer.Option(help="Dataset ref or local text/rows.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Student model asset name.")],
+    loss: Annotated[str, typer.Option(help="kl (forward KL) or jsd (generalized JSD).")] = "kl",
+    temperature: Annotated[float, typer.Option(help="Softmax temperature.")] = 1.0,
+    beta: Annotated[float, typer.Option(help="JSD weight of the teacher.")] = 0.5,
+    top_k: Annotated[
+        int | None, typer.Option(help="Cache the teacher's top-k logits per block.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Blocks per step.")] = 4,
+    seq_len: Annotated[int, typer.Option(help="Tokens per block.")] = 256,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-4,
+    eval_blocks: Annotated[int, typer.Option(help="Held-out blocks for perplexity.")] = 8,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop (checkpointed) after this long; register.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    json_: JsonOpt = False,
+) -> None:
+    """Distil a teacher into a smaller student on the teacher's logits; re-run to resume."""
+    from lmops.core.yamlcfg import validate_config
+    from lmops.deploy.distill import DistillSpec, distill
+
+    spec = validate_config(
+        {
+            "teacher": teacher,
+            "student": student,
+            "dataset": dataset,
+            "output": output,
+            "loss": loss,
+            "temperature": temperature,
+            "beta": beta,
+            "top_k": top_k,
+            "steps": steps,
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "lr": lr,
+            "eval_blocks": eval_blocks,
+            "checkpoint_every": checkpoint_every,
+            "max_minutes": max_minutes,
+            "seed": seed,
+        },
+        DistillSpec,
+        source="lmops deploy distill",
+    )
+    r = distill(spec, show_progress=not json_)
+    if json_:
+        print_json(r)
+        return
+    resumed = f" (resumed at step {r.resumed_from})" if r.resumed_from else ""
+    console.print(
+        f"{r.ref}: {r.params_teacher:,} -> {r.params_student:,} parameters, {r.steps} steps"
+        f"{resumed}; held-out perplexity teacher {r.teacher_ppl:.2f}, student "
+        f"{r.student_ppl_start:.2f} -> {r.student_ppl_end:.2f} ({r.seconds:.0f} s)",
+        markup=False,
+    )

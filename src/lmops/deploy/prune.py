@@ -41,9 +41,11 @@ __all__ = [
     "evenly_spaced",
     "input_norms",
     "layer_influence",
+    "load_model",
     "prune",
     "prune_heads",
     "prune_unstructured",
+    "save_model",
 ]
 
 
@@ -294,7 +296,7 @@ def prune_heads(model: Any, keep_kv: int, blocks: Any | None = None, batch: int 
     return model
 
 
-def _load(model_ref: str, store: Any, run_id: str) -> tuple[Any, Any, Path, list[Any]]:
+def load_model(model_ref: str, store: Any, run_id: str) -> tuple[Any, Any, Path, list[Any]]:
     """(model fp32, tokenizer, folder, lineage inputs) of a model ref or local folder."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -337,7 +339,7 @@ def prune(spec: PruneSpec, *, store: Any | None = None) -> PruneResult:
         store = Store(origin="cli")
     torch.manual_seed(0)
     with store.runs.track("prune", name=spec.output, config=spec.model_dump()) as run:
-        model, tok, _path, inputs = _load(spec.model, store, run.id)
+        model, tok, _path, inputs = load_model(spec.model, store, run.id)
         blocks = None
         if spec.calibration is not None:
             calib, calib_inputs = resolve_source(spec.calibration, store, run.id, "calibration")
