@@ -2,7 +2,7 @@
 the event loop that answers everyone else, and what does it cost the server?
 
     python benchmarks/bigbody_bench.py [--sizes-mb 1,4,16] [--parallel 2] [--src DIR]
-        [--serve-arg=--max-body-mb --serve-arg=64]
+        [--serve-arg=--max-body-mb --serve-arg=64] [--guard-max-chars N]
 
 Starts the in-package fake upstream and `lmops serve` (one worker) with two deployments: the
 built-in engine on a tiny Llama (256-token context) and an upstream deployment in front of
@@ -123,6 +123,12 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--src", type=Path, default=None, help="run the server from DIR/src")
     p.add_argument("--serve-arg", action="append", default=[], help="extra lmops serve argument")
+    p.add_argument(
+        "--guard-max-chars",
+        type=int,
+        default=None,
+        help="guardrails.max_guard_chars of both deployments (a checkout that knows it)",
+    )
     a = p.parse_args()
     sizes = [float(x) for x in a.sizes_mb.split(",")]
 
@@ -139,10 +145,16 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        guard = (
+            f", guardrails: {{max_guard_chars: {a.guard_max_chars}}}"
+            if a.guard_max_chars is not None
+            else ""
+        )
         (tmp / "d.yaml").write_text(
             "deployments:\n"
-            f"  - {{name: engine, model: {model}}}\n"
-            f"  - {{name: upstream, upstream: http://127.0.0.1:{up_port}/v1, upstream_model: fake}}\n"
+            f"  - {{name: engine, model: {model}{guard}}}\n"
+            f"  - {{name: upstream, upstream: http://127.0.0.1:{up_port}/v1, upstream_model: fake"
+            f"{guard}}}\n"
         )
         key = json.loads(
             subprocess.run(

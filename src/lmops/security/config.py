@@ -56,6 +56,13 @@ class GuardrailConfig(BaseModel):
     trusted_roles: list[str] = Field(default_factory=list)
     # Replaces the built-in refusal text (English or Chinese, following the user).
     refusal_message: str | None = None
+    # Characters of text the guardrails check at most per request (all messages) and per
+    # reply; more is refused (400, content_filter, naming this limit), never passed
+    # unguarded. The default, 1 MiB of characters, is above any open model's context
+    # (128K tokens is about 500K characters of English) and bounds the guard's CPU per
+    # request to about 2-3 s on one core; texts over 64K characters are checked window by
+    # window so the event loop keeps answering (see lmops.security.long).
+    max_guard_chars: int = Field(1 << 20, ge=1)
 
     @field_validator("pii_types")
     @classmethod

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from lmops.core.errors import UserError
-from lmops.security import moderation
+from lmops.security import long, moderation
 from lmops.security.config import CONTENT_FILTER, Classifier, GuardrailConfig
 from lmops.security.injection import InjectionResult, _decoded_payloads, _score_injection
 from lmops.security.normalize import _nfkc, normalize_text
@@ -322,6 +322,11 @@ class Guardrails:
             for part in parts:
                 for c, s in self._classify(part, direction).items():
                     scores[c] = max(s, scores.get(c, 0.0))
+        return self._moderation_actions(terms, scores, mode)
+
+    def _moderation_actions(
+        self, terms: Mapping[str, int], scores: Mapping[str, float], mode: str
+    ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
         if not terms and not scores:
             return [], ()
         verb = f"moderation_{mode}"
@@ -334,6 +339,40 @@ class Guardrails:
         ]
         return actions, tuple(sorted(set(terms) | set(scores)))
 
+    def _moderation_long(
+        self, text: str, direction: str, mode: str, *, injection: bool = False
+    ) -> tuple[list[dict[str, Any]], tuple[str, ...], long.LongScan]:
+        """:meth:`_moderation` of a text over ``long.LONG_TEXT`` characters, window by window
+        (see :mod:`lmops.security.long`); the scan also holds the injection rules when
+        ``injection`` is set."""
+        terms_of = self._terms if mode != "off" else None
+        scan = long.scan_long(text, terms_of, model=self._model, injection=injection)
+        if scan.payloads:
+            joined = "\n".join(scan.payloads)
+            if injection:
+                long.payload_rules(scan, normalize_text(joined))
+            if terms_of is not None:  # decoded payloads are moderated as the text itself
+                scan.terms.update(long.scan_long(joined, terms_of, payloads=False).terms)
+        if mode == "off":
+            return [], (), scan
+        terms = dict(scan.terms)
+        scores: dict[str, float] = {}
+        if not terms and self._model is not None:
+            best, stats, deep = self._model.prob_stats(scan.stats), scan.stats, scan.best_deep
+            if scan.best_prob > best:
+                best, stats = scan.best_prob, scan.best_stats
+
+            def score(m: moderation.ModerationModel) -> Mapping[str, float]:
+                return m.verdict(stats, deep) if best >= 0.5 * m.threshold else {}
+
+            scores = self._guarded(direction, score)
+        elif not terms and self.classifier is not None:
+            for lo, hi in long.chunk_bounds(text):  # a callable is asked one window at a time
+                for c, s in self._classify(text[lo:hi], direction).items():
+                    scores[c] = max(s, scores.get(c, 0.0))
+        actions, flagged = self._moderation_actions(terms, scores, mode)
+        return actions, flagged, scan
+
     def _count(self, direction: str, actions: Iterable[Mapping[str, Any]]) -> None:
         with self._lock:
             for a in actions:
@@ -341,7 +380,10 @@ class Guardrails:
                 self.counters[(direction, a["type"], name)] += int(a.get("count", 1))
 
     def _mask(self, text: str, counts: Counter[str]) -> str:
-        spans = detect_pii(text, self.config.pii_types)
+        if len(text) > long.LONG_TEXT:
+            spans = long.detect_pii_long(text, self.config.pii_types)
+        else:
+            spans = detect_pii(text, self.config.pii_types)
         if not spans:
             return text
         return _apply_masks(text, spans, 0, self.config.pii_placeholder, counts)
@@ -349,12 +391,26 @@ class Guardrails:
     def _refusal(self, text: str, kind: str, **fmt: str) -> str:
         if self.config.refusal_message is not None:
             return self.config.refusal_message
-        return _REFUSALS[_language(text)][kind].format(**fmt)
+        # The language of the first window decides (counting a 4 MB text would hold the GIL).
+        return _REFUSALS[_language(text[: long.WINDOW])][kind].format(**fmt)
+
+    def _over_limit(self, size: int) -> str:
+        """The refusal of a text over ``max_guard_chars`` (it is never passed unguarded)."""
+        limit = self.config.max_guard_chars
+        return (
+            f"This request has {size:,} characters of text; the guardrails check at most "
+            f"{limit:,} (guardrails.max_guard_chars). Send less text, or raise the limit."
+        )
 
     # ------------------------------------------------------------------ input
     def check_input(self, messages: list[dict[str, Any]]) -> InputDecision:
         """Check a chat request before it reaches the model."""
         cfg = self.config
+        size = sum(len(t) for msg in messages for t in _content_texts(msg.get("content")))
+        if size > cfg.max_guard_chars:
+            limit = [{"type": "guard_limit", "count": 1}]
+            self._count("input", limit)
+            return InputDecision("block", list(messages), limit, self._over_limit(size))
         actions: list[dict[str, Any]] = []
         pii: Counter[str] = Counter()
         out: list[dict[str, Any]] = []
@@ -388,7 +444,17 @@ class Guardrails:
         # both checks derive from it (payloads, normalised form) is computed once.
         payloads: list[str] | None = None
         normalized: str | None = None
-        if cfg.moderation_input != "off" and user_text:
+        scan: long.LongScan | None = None
+        if len(user_text) > long.LONG_TEXT and (
+            cfg.moderation_input != "off" or (cfg.injection != "off" and injectable == moderated)
+        ):
+            found, flagged, scan = self._moderation_long(
+                user_text, "input", cfg.moderation_input, injection=cfg.injection != "off"
+            )
+            actions += found
+            if flagged and cfg.moderation_input == "block":
+                blocked_by.append("self_harm" if "self_harm" in flagged else "moderation")
+        elif cfg.moderation_input != "off" and user_text:
             payloads = _decoded_payloads(_nfkc(user_text))
             text = "\n".join([user_text, *payloads])
             norm = normalize_text(text)
@@ -402,10 +468,17 @@ class Guardrails:
 
         injection = InjectionResult(0.0, ())
         if cfg.injection != "off" and injectable:
-            if injectable == moderated:
+            joined = user_text if injectable == moderated else "\n".join(injectable)
+            if scan is not None and injectable == moderated:
+                injection = scan.injection()
+            elif len(joined) > long.LONG_TEXT:
+                injection = self._moderation_long(joined, "input", "off", injection=True)[
+                    2
+                ].injection()
+            elif injectable == moderated:
                 injection = _score_injection(user_text, normalized, payloads)
             else:
-                injection = _score_injection("\n".join(injectable))
+                injection = _score_injection(joined)
             if injection.score >= cfg.injection_threshold:
                 verb = f"injection_{cfg.injection}"
                 actions += [{"type": verb, "rule": r, "count": 1} for r in injection.rules]
@@ -430,7 +503,13 @@ class Guardrails:
         cfg = self.config
         actions: list[dict[str, Any]] = []
         flagged: tuple[str, ...] = ()
-        if cfg.moderation_output != "off":
+        if len(text) > cfg.max_guard_chars:
+            limit = [{"type": "guard_limit", "count": 1}]
+            self._count("output", limit)
+            return OutputDecision("block", self._over_limit(len(text)), limit)
+        if cfg.moderation_output != "off" and len(text) > long.LONG_TEXT:
+            actions, flagged, _ = self._moderation_long(text, "output", cfg.moderation_output)
+        elif cfg.moderation_output != "off":
             actions, flagged = self._moderation(text, "output", cfg.moderation_output)
             if flagged and cfg.moderation_output == "block":
                 self._count("output", actions)
