@@ -14,7 +14,6 @@ import pytest
 
 from lmops.core.errors import UserError
 from lmops.core.formats import validate_rows
-from lmops.text.pii import detect_pii, id18_checksum_ok, luhn_ok
 from lmops.pipelines import samples
 from lmops.pipelines.samples import (
     PROFILES,
@@ -24,6 +23,7 @@ from lmops.pipelines.samples import (
     write_recipe,
     write_skill_task,
 )
+from lmops.text.pii import detect_pii, id18_checksum_ok, luhn_ok
 
 
 def _rows(folder: Path) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from lmops.core.errors import UserError
-from lmops.text.pii import id18_checksum_ok, luhn_ok
 from lmops.security import (
     GuardrailConfig,
     Guardrails,
@@ -22,6 +21,7 @@ from lmops.security import (
     normalize_text,
     score_injection,
 )
+from lmops.text.pii import id18_checksum_ok, luhn_ok
 
 PHONE = "13812345678"
 ID_CARD = "11010519491231002X"  # Beijing, born 1949-12-31, valid MOD 11-2 check character

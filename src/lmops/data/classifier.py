@@ -58,7 +58,6 @@ FORMAT_VERSION = 1
 FEATURES = "lower,digits0;word1-2;char2-4;log1p;l2"  # recorded in the file; checked on load
 
 
-
 def features(text: str, bits: int = FEATURE_BITS) -> Features:
     """(bucket indices, values) of ``text``'s sparse feature vector; indices are sorted
     and distinct, values are ``log1p(count)`` scaled to unit L2 norm. Empty text has

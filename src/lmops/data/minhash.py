@@ -79,8 +79,7 @@ _NO_SPACE_SCRIPTS = (
     "\u0e00-\u0eff"  # Thai, Lao
     "\u1000-\u109f"  # Myanmar
     "\u1780-\u17ff"  # Khmer
-    + NO_SPACE  # kana and Han (lmops.text.cjk)
-)
+) + NO_SPACE  # and kana and Han (lmops.text.cjk)
 _TOKEN_RE = re.compile(rf"[{_NO_SPACE_SCRIPTS}]|[^\W_{_NO_SPACE_SCRIPTS}]+")
 
 # Shingles per permutation pass: 1024 × num_perm × 8 bytes = 0.9 MB per temporary at 112,
