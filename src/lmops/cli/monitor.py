@@ -21,6 +21,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 EmbedderOpt = Annotated[
     str, typer.Option(help="Sentence embeddings: auto (MiniLM when installed), minilm, hashed.")
 ]
+PlotsOpt = Annotated[bool, typer.Option("--plots/--no-plots", help="Draw a plot per monitor.")]
 
 
 def _store() -> Any:
@@ -59,6 +60,7 @@ def check(
     base_url: Annotated[str | None, typer.Option(help="Gateway /v1 URL for canaries.")] = None,
     webhook: Annotated[str | None, typer.Option(help="POST alert changes here.")] = None,
     embedder: EmbedderOpt = "auto",
+    plots: PlotsOpt = True,
     json_: JsonOpt = False,
 ) -> None:
     """Compare a deployment's recent traffic with a reference; record a drift_report."""
@@ -76,7 +78,7 @@ def check(
         last=last,
         canaries=canaries,
         base_url=base_url,
-        monitor={"embedder": embedder},
+        monitor={"embedder": embedder, "plots": plots},
         alerts={"webhook": webhook},
     )
     report, version = check_deployment(_store(), spec)
@@ -100,6 +102,7 @@ def compare(
     dataset_b: Annotated[str, typer.Argument(help="Dataset ref to compare with it.")],
     limit: Annotated[int | None, typer.Option(min=1, help="Read at most N rows of each.")] = None,
     embedder: EmbedderOpt = "auto",
+    plots: PlotsOpt = True,
     json_: JsonOpt = False,
 ) -> None:
     """Dataset drift: the text monitors of DATASET_B against DATASET_A; records a drift_report."""
@@ -107,7 +110,7 @@ def compare(
     from lmops.monitor.drift import MonitorConfig
 
     report, version = compare_datasets(
-        _store(), dataset_a, dataset_b, MonitorConfig(embedder=embedder), limit=limit
+        _store(), dataset_a, dataset_b, MonitorConfig(embedder=embedder, plots=plots), limit=limit
     )
     _print_report(report, version.ref, json_)
 

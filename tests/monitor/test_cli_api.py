@@ -1,0 +1,167 @@
+"""The skins: ``lmops monitor compare/show/reports/rules/canaries`` in-process through the real
+entry point, canaries against the fake OpenAI server, and ``/api/monitor`` on a real uvicorn."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+
+from lmops.monitor.checks import CheckSpec, check_deployment
+from lmops.serve.fake import fake_server
+from tests.monitor.traffic import cooking, maths_zh, plant_traffic
+
+
+def _chats(path: Path, prompts: list[str]) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for p in prompts:
+            msgs = [{"role": "user", "content": p}, {"role": "assistant", "content": "Sure."}]
+            fh.write(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_compare_datasets_cli(cli: Any, store: Any, tmp_path: Path) -> None:
+    a = _chats(tmp_path / "a.jsonl", [cooking(i) for i in range(100)])
+    b = _chats(tmp_path / "b.jsonl", [maths_zh(i) if i % 2 else cooking(i + 3) for i in range(100)])
+    ref_a = store.assets.register("dataset", "sft", a).ref
+    ref_b = store.assets.register("dataset", "flow", b).ref
+    r = cli("monitor", "compare", ref_a, ref_b, "--embedder", "hashed", "--no-plots", "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert out["status"] == "drift" and "embedding_mmd" in out["drifted"]
+    assert "language" in out["drifted"]
+    skipped = {m["name"] for m in out["monitors"] if m["skipped"]}
+    assert {"latency_ms", "error_rate"} <= skipped  # datasets have no latency or status
+    parents = {(e.parent, e.role) for e in store.assets.lineage(out["report"]).upstream}
+    assert parents == {(ref_a, "reference"), (ref_b, "current")}
+
+    shown = cli("monitor", "show", out["report"])
+    assert shown.code == 0 and "DRIFT" in shown.out and "embedding_mmd" in shown.out
+    listed = json.loads(cli("monitor", "reports", "--json").out)
+    assert [x["report"] for x in listed] == [out["report"]]
+    rules = yaml.safe_load(cli("monitor", "rules").out)
+    exprs = [rule["expr"] for rule in rules["groups"][0]["rules"]]
+    assert "lmops_monitor_alert_firing == 1" in exprs
+    metrics = cli("monitor", "metrics").out
+    assert (
+        f'lmops_monitor_drift{{monitor="embedding_mmd",subject="dataset:{ref_b}"}} 1.0' in metrics
+    )
+
+    bad = cli("monitor", "compare", ref_a, "nope:3")
+    assert bad.code == 2 and bad.err.startswith("error:") and "nope" in bad.err
+    assert cli("monitor", "show", ref_a).code == 2  # a dataset is not a drift report
+    none = cli("monitor", "check", "chat")
+    assert none.code == 2 and "give a reference" in none.err
+
+
+CANARIES = """\
+prompts:
+  - id: capital
+    prompt: What is the capital of France?
+    expect: {contains: [Paris], refusal: false, max_latency_ms: 30000}
+  - id: as-json
+    prompt: Answer in JSON.
+    expect: {json: true}
+"""
+
+
+def test_canaries_register_run_and_alert(cli: Any, store: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompts:\n  - id: x\n    prompt: hi\n    expect: {contians: [a]}\n")
+    r = cli("monitor", "canaries", "register", str(bad), "--name", "canaries")
+    assert r.code == 2 and "bad.yaml:4" in r.err and "contians" in r.err
+    path = tmp_path / "canaries.yaml"
+    path.write_text(CANARIES)
+    r = cli("monitor", "canaries", "register", str(path), "--name", "canaries", "--json")
+    assert r.code == 0, r.err
+    ref = json.loads(r.out)["asset"] + ":1"
+
+    with fake_server(model="chat", reply="The capital of France is Paris.") as url:
+        run = cli(
+            "monitor",
+            "canaries",
+            "run",
+            ref,
+            "--base-url",
+            f"{url}/v1",
+            "--model",
+            "chat",
+            "--json",
+        )
+        assert run.code == 1  # one canary fails
+        results = {x["id"]: x for x in json.loads(run.out)}
+        assert results["capital"]["passed"]
+        assert results["as-json"]["failures"] == ["not valid JSON"]
+
+        plant_traffic(store, "chat", model_ref=None, drift=False, n=40)
+        spec = CheckSpec(
+            deployment="chat",
+            since="1h",
+            reference_since="3h",
+            canaries=ref,
+            base_url=f"{url}/v1",
+            monitor={"embedder": "hashed", "plots": False, "permutations": 100},
+        )
+        report, version = check_deployment(store, spec)
+    assert report.canaries is not None and report.canaries["failing"] == ["as-json"]
+    assert report.alerts["canary"]["firing"] and report.drift is False
+    parents = {(e.parent, e.role) for e in store.assets.lineage(version.ref).upstream}
+    assert (ref, "canaries") in parents
+
+    # the endpoint gone: every canary fails with the error, the check still records
+    report, _ = check_deployment(store, spec)
+    assert report.canaries is not None and report.canaries["failed"] == 2
+    assert "Connection" in report.canaries["results"][0]["error"]
+
+
+@pytest.fixture
+def api(store: Any) -> Iterator[tuple[str, str]]:
+    from lmops.api.app import create_app
+
+    _, key = store.keys.create("admin", role="admin")
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(store), host="127.0.0.1", port=0, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", key
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_api_check_reports_metrics(api: tuple[str, str], store: Any) -> None:
+    url, key = api
+    plant_traffic(store, "chat", model_ref=None, drift=True, n=60)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as c:
+        body = {
+            "deployment": "chat",
+            "since": "1h",
+            "reference_since": "3h",
+            "monitor": {"embedder": "hashed", "plots": False, "permutations": 100},
+        }
+        r = c.post("/api/monitor/check", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "drift" and r.json()["report"] == "drift-chat:1"
+        assert c.get("/api/monitor/reports").json()[0]["report"] == "drift-chat:1"
+        assert c.get("/api/monitor/reports/drift-chat").json()["drifted"] == r.json()["drifted"]
+        text = c.get("/api/monitor/metrics").text
+        assert (
+            'lmops_monitor_alert_firing{monitor="language",subject="deployment:chat"} 1.0' in text
+        )
+        assert "LmopsCanaryFailed" in c.get("/api/monitor/rules").text
+        bad = c.post("/api/monitor/check", json={"deployment": "chat"})
+        assert bad.status_code == 400 and "give a reference" in bad.json()["error"]["message"]
+        assert httpx.get(f"{url}/api/monitor/reports").status_code == 401
