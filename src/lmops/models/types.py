@@ -23,6 +23,9 @@ class GenRequest:
     # alternatives per token; ``None``: not asked. With ``max_tokens=0`` only these come.
     prompt_logprobs: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # a grammar over the generated tokens (models/grammar.Constraint: ``mask(logits_row)``
+    # before sampling, ``advance(token, text) -> complete`` after); None: free
+    constraint: Any = None
 
 
 @dataclass

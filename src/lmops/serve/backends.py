@@ -84,6 +84,11 @@ class Job:
     echo: bool = False  # completions: the reply's text starts with the prompt
     control_tokens: str = "escape"
     prompt_ids: list[int] | None = None  # set by EngineBackend.prepare
+    # chat: tools / tool_choice / response_format (serve/tools.ToolPlan), None if none
+    tools: Any = None
+    # the reply's text holds tool calls for the gateway to parse (the engine's; an
+    # upstream parses its own and sends ``tool_calls`` fields)
+    parse_tools: bool = False
 
     def text(self) -> str:
         """All the prompt text (for estimates)."""
@@ -187,6 +192,10 @@ class EngineBackend:
     def precheck(self, job: Job) -> None:
         if self.engine.surely_too_long(len(job.text())):
             raise _context_error(job.kind, self.engine.max_context, None)
+        if job.tools is not None:
+            from lmops.serve.tools import compile_plan
+
+            compile_plan(job.tools)  # a 400 for a schema the grammar cannot enforce
 
     async def prepare(self, job: Job) -> None:
         from lmops.models.engine import ControlTokenError
@@ -196,9 +205,13 @@ class EngineBackend:
 
         def encode() -> list[int]:
             if job.messages is not None:
+                from lmops.serve.tools import render, template_has_tools
+
                 # the template gets each message's text (content parts joined)
                 messages = [{**m, "content": _content_text(m.get("content"))} for m in job.messages]
-                return engine.encode_chat(messages, control_tokens=job.control_tokens)
+                native = not engine.chat_template_fallback and template_has_tools(engine.tokenizer)
+                messages, tools = render(messages, job.tools, native=native)
+                return engine.encode_chat(messages, control_tokens=job.control_tokens, tools=tools)
             return engine.encode(job.prompt or "") or [engine.tokenizer.eos_token_id or 0]
 
         try:
@@ -215,6 +228,7 @@ class EngineBackend:
             raise _context_error(job.kind, engine.max_context, len(ids))
         job.prompt_ids = ids
         job.max_tokens = min(job.max_tokens, room)
+        job.parse_tools = job.tools is not None and job.tools.parses_calls
 
     async def start(self, job: Job) -> Generation:
         assert job.prompt_ids is not None, "prepare() first"
@@ -233,11 +247,31 @@ class EngineBackend:
                 prompt_logprobs=(job.top_logprobs if job.logprobs else 0)
                 if job.echo and (job.logprobs or job.max_tokens == 0)
                 else None,
+                constraint=self._constraint(job),
             )
             for i in range(job.n)
         ]
         echo = (job.prompt or "") if job.echo else None
         return _EngineGeneration(self.engine.submit_all(reqs), len(job.prompt_ids), echo)
+
+    def _constraint(self, job: Job) -> Any:
+        """A fresh grammar constraint for one choice of ``job`` (None: free text)."""
+        plan = job.tools
+        if plan is None or plan.grammar is None:
+            return None
+        from lmops.models.grammar import grammars_for
+
+        engine = self.engine
+        vocab = int(getattr(engine.model.config, "vocab_size", 0) or len(engine.tokenizer))
+        grammars = grammars_for(engine.tokenizer, vocab, sorted(engine.eos_ids))
+        try:
+            return grammars.constraint(plan.grammar, trigger=plan.trigger)
+        except ValueError as e:
+            raise OpenAIError(
+                400,
+                f"the requested output format cannot be enforced: {e}",
+                code="unsupported_schema",
+            ) from None
 
     async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         engine = self.engine

@@ -34,6 +34,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from lmops.models.types import TokenLogprob
+from lmops.serve import tools
 from lmops.serve.backends import Backend, Generation, Job, approx_tokens
 from lmops.serve.protocol import (
     ChatRequest,
@@ -170,9 +171,10 @@ class Handlers:
                 code="invalid_value",
             )
         logprobs, top = req.logprob_options()
-        messages = prompt = None
+        messages = prompt = plan = None
         if isinstance(req, ChatRequest):
             messages = [m.model_dump(exclude_none=True) for m in req.messages]
+            plan = tools.plan_request(req)
         else:
             prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
             if len(prompts) != 1:
@@ -202,6 +204,7 @@ class Handlers:
             include_usage=req.include_usage(),
             echo=echo,
             control_tokens=spec.control_tokens,
+            tools=plan,
         )
 
     async def _check_input(self, ctx: Any, job: Job) -> None:
@@ -213,6 +216,8 @@ class Handlers:
                 if big
                 else ctx.check_input(messages)
             )
+            # earlier tool calls' arguments are message text too
+            job.messages = tools.guard_tool_arguments(ctx.check_input, list(job.messages or []))
         else:
             prompt = job.prompt or ""
             job.prompt = (
@@ -310,14 +315,28 @@ class Handlers:
                     finish[i] = ev.finish_reason
         choices = []
         for i in sorted(texts):
-            text, filtered = ctx.check_output("".join(texts[i]))
+            raw = "".join(texts[i])
+            parsed = (
+                tools.parse_reply(raw, job.tools, finish.get(i, "stop"))
+                if job.parse_tools
+                else None
+            )
+            text, filtered = ctx.check_output(raw if parsed is None else parsed.content or "")
+            calls = parsed.calls if parsed is not None else extras.get(i, {}).get("tool_calls")
+            if calls and not filtered:  # arguments are output like any text
+                calls, filtered = tools.guard_calls(ctx.check_output, calls)
             reason = "content_filter" if filtered else finish.get(i, "stop")
+            if parsed is not None:
+                reason = tools.finish_reason(reason, calls or [])
             entries = releases[i].sent(text) if i in releases else []
             choice: dict[str, Any] = {"index": i, "finish_reason": reason}
             if job.kind == "chat":
                 message: dict[str, Any] = {"role": "assistant", "content": text}
                 if not filtered:
                     message.update(extras.get(i, {}))
+                    if calls:
+                        message["tool_calls"] = calls
+                        message["content"] = text or None
                 choice["message"] = message
                 choice["logprobs"] = chat_logprobs(entries) if job.logprobs else None
             else:
@@ -362,6 +381,33 @@ class Handlers:
         keep_body = bool(getattr(ctx.dep.spec, "log_bodies", False))
         sent: dict[int, list[str]] = {}
         reasons: dict[int, str] = {}
+        # tool calls: each choice's reply split into content and complete calls
+        splitters: dict[int, tools.ToolStream] = {}
+        calls_sent: dict[int, list[dict[str, Any]]] = {}
+
+        def split(i: int, text: str, end: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+            """Choice ``i``'s new text as (content, complete calls); ``end``: its finish
+            reason, once it is over."""
+            if not job.parse_tools:
+                return text, []
+            splitter = splitters.get(i) or splitters.setdefault(i, tools.ToolStream(job.tools))
+            content, calls = splitter.feed(text)
+            if end is not None:
+                tail, _ = splitter.finish(end)
+                content += tail
+            return content, calls
+
+        def call_chunks(i: int, calls: list[dict[str, Any]], out: list[str]) -> bool:
+            """Send complete calls of choice ``i``; False if the guardrails stopped one."""
+            checked, stopped = tools.guard_calls(ctx.check_output, calls)
+            if stopped:
+                return False
+            done_calls = calls_sent.setdefault(i, [])
+            for call in checked:
+                for extra in tools.call_deltas(len(done_calls), call):
+                    out.append(chunk(i, None, None, extra=extra))
+                done_calls.append(call)
+            return True
 
         def chunk(
             i: int,
@@ -401,12 +447,21 @@ class Handlers:
         def close(i: int, reason: str, out: list[str]) -> None:
             """End choice ``i``: what its guard held back, then its finish reason."""
             guard = guards.get(i) or guards.setdefault(i, ctx.stream_guard())
+            held, _ = split(i, "", end=reason)  # content held back as a possible call start
+            if held:
+                text, stop_now = guard.feed(held)
+                emitted(text, i)
+                if text:
+                    out.append(chunk(i, text, None))
+                if stop_now:
+                    reason = "content_filter"
             tail = guard.finish()
             entries = releases[i].sent(tail) if i in releases else []
             emitted(tail, i)
             if tail or entries:
                 out.append(chunk(i, tail, None, entries))
             done.add(i)
+            reason = tools.finish_reason(reason, calls_sent.get(i, []))
             reasons[i] = "content_filter" if guard.stopped else reason
             out.append(chunk(i, None, reasons[i]))
 
@@ -421,7 +476,8 @@ class Handlers:
                         continue  # a choice the content filter ended
                     guard = guards.get(i) or guards.setdefault(i, ctx.stream_guard())
                     if ev.text or ev.logprobs or ev.extra:
-                        text, stop_now = guard.feed(ev.text) if ev.text else ("", False)
+                        piece, calls = split(i, ev.text)
+                        text, stop_now = guard.feed(piece) if piece else ("", False)
                         entries: list[TokenLogprob] = []
                         if job.logprobs:
                             release = releases.setdefault(i, LogprobRelease())
@@ -431,6 +487,8 @@ class Handlers:
                         extra = None if stop_now else ev.extra
                         if text or entries or extra:
                             out.append(chunk(i, text, None, entries, extra))
+                        if calls and not stop_now and not call_chunks(i, calls, out):
+                            stop_now = True
                         if stop_now:
                             done.add(i)
                             filtered = True
@@ -487,6 +545,11 @@ class Handlers:
                                     "message": {
                                         "role": "assistant",
                                         "content": "".join(sent.get(i, [])),
+                                        **(
+                                            {"tool_calls": calls_sent[i]}
+                                            if calls_sent.get(i)
+                                            else {}
+                                        ),
                                     }
                                 }
                                 if chat

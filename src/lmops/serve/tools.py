@@ -1,0 +1,483 @@
+"""Tool calling and structured outputs for chat completions: the request's plan, the
+prompt, the grammar, and the reply's ``tool_calls``.
+
+    plan = plan_request(req)          # 400s naming the field; None: nothing to do
+    compile_plan(plan)                # engine only: the grammar, 400 for what it cannot do
+    messages, tools = render(messages, plan, native=template_has_tools(tokenizer))
+    ... generate (the engine masks tokens with plan.grammar) ...
+    parsed = parse_reply(text, plan)  # content, tool_calls, whether a call was cut off
+
+The model's tool-call format is the Hermes/Qwen one, which the chat templates that take
+``tools`` render and their models write::
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {"city": "Paris"}}
+    </tool_call>
+
+A template without ``tools`` support gets the same instructions in a system message
+(:func:`render`), assistant tool calls as that text and tool results as
+``<tool_response>`` user turns, as Qwen's template renders them.
+
+When the grammar applies (``lmops.models.grammar``):
+
+=====================  ===================================================================
+``tool_choice``        the engine's output
+=====================  ===================================================================
+``required``           constrained from the first token: one call (or several, with
+                       ``parallel_tool_calls``), each naming a tool, arguments valid
+named function         constrained: exactly one call of that function
+``auto``               free until the model writes ``<tool_call>``, then the call is
+                       constrained; with ``response_format``: that JSON or calls
+``none`` / no tools    ``response_format`` (``json_object``, ``json_schema``) only
+=====================  ===================================================================
+
+A call is only reported once it is complete: a reply cut off by ``max_tokens`` inside a
+call ends with ``finish_reason: "length"`` and without that call, so a client never gets
+malformed arguments. Streams therefore send a call when its closing tag arrives: its id,
+type and name first, then its arguments in pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lmops.serve.protocol import ChatRequest, NamedToolChoice, OpenAIError
+
+__all__ = [
+    "ParsedReply",
+    "ToolPlan",
+    "ToolStream",
+    "call_deltas",
+    "compile_plan",
+    "finish_reason",
+    "guard_calls",
+    "guard_tool_arguments",
+    "parse_reply",
+    "plan_request",
+    "render",
+    "template_has_tools",
+]
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+# characters of an argument string per streamed piece
+ARGUMENT_PIECE = 32
+
+
+@dataclass
+class ToolPlan:
+    """What a chat request asks for beyond text. ``tools``: the request's tool objects
+    (``{"type": "function", "function": {...}}``, as templates take them); ``grammar``:
+    the Lark grammar the engine enforces (None: free text), from :func:`compile_plan`;
+    ``trigger``: the text from which on it applies (``auto``)."""
+
+    mode: Literal["none", "auto", "required", "named"]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    named: str | None = None
+    parallel: bool = True
+    schema: dict[str, Any] | None = None  # response_format's, as a JSON schema
+    grammar: str | None = None
+    trigger: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [t["function"]["name"] for t in self.tools]
+
+    @property
+    def parses_calls(self) -> bool:
+        """Whether the reply's text may hold tool calls to parse."""
+        return bool(self.tools) and self.mode != "none"
+
+
+def _bad(message: str, param: str, code: str = "invalid_value") -> OpenAIError:
+    return OpenAIError(400, f"{param}: {message}", param=param, code=code)
+
+
+def _check_schema(schema: Any, param: str) -> None:
+    """A 400 naming ``param`` unless ``schema`` is a valid JSON schema (draft 2020-12)."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    if not isinstance(schema, dict):
+        raise _bad("a JSON schema must be an object", param, "invalid_json_schema")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as e:
+        where = "/".join(str(p) for p in e.path)
+        raise _bad(
+            f"invalid JSON schema{' at ' + where if where else ''}: {e.message}",
+            param,
+            "invalid_json_schema",
+        ) from None
+
+
+def plan_request(req: ChatRequest) -> ToolPlan | None:
+    """The plan of ``req`` (None when it asks for plain text), or a 400 naming the field:
+    ``tool_choice`` without ``tools``, a named tool that is not among them, duplicate tool
+    names, an invalid JSON schema (a tool's ``parameters``, ``response_format``'s)."""
+    choice = req.tool_choice
+    if choice is not None and not req.tools:
+        raise _bad("tool_choice is only allowed when tools are specified", "tool_choice")
+    tools: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, t in enumerate(req.tools or []):
+        fn = t.function
+        if fn.name in seen:
+            raise _bad(f"the function name {fn.name!r} is used twice", f"tools[{i}].function.name")
+        seen.add(fn.name)
+        if fn.parameters is not None:
+            _check_schema(fn.parameters, f"tools[{i}].function.parameters")
+        tools.append({"type": "function", "function": fn.model_dump(exclude_none=True)})
+    schema = None
+    rf = req.response_format
+    if rf is not None and rf.type == "json_object":
+        schema = {"type": "object"}
+    elif rf is not None and rf.type == "json_schema":
+        if rf.json_schema is None:
+            raise _bad("json_schema is required with type json_schema", "response_format")
+        if rf.json_schema.json_schema is None:
+            raise _bad("a schema is required", "response_format.json_schema.schema")
+        schema = rf.json_schema.json_schema
+        _check_schema(schema, "response_format.json_schema.schema")
+    named = None
+    if isinstance(choice, NamedToolChoice):
+        named = choice.function.name
+        if named not in seen:
+            raise _bad(
+                f"no tool named {named!r} in tools (has: {', '.join(sorted(seen))})",
+                "tool_choice",
+            )
+        mode: Literal["none", "auto", "required", "named"] = "named"
+    else:
+        mode = choice or ("auto" if tools else "none")
+    if not tools and schema is None:
+        return None
+    return ToolPlan(
+        mode=mode,
+        tools=tools,
+        named=named,
+        parallel=req.parallel_tool_calls is not False,
+        schema=schema,
+    )
+
+
+# -- the grammar ------------------------------------------------------------------------------------
+def _call_schema(tool: dict[str, Any]) -> dict[str, Any]:
+    fn = tool["function"]
+    return {
+        "type": "object",
+        "properties": {
+            "name": {"const": fn["name"]},
+            "arguments": fn.get("parameters") or {"type": "object"},
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+def _lark(s: str) -> str:
+    """``s`` as a Lark string literal."""
+    return json.dumps(s)
+
+
+def compile_plan(plan: ToolPlan) -> None:
+    """Set ``plan.grammar`` (and ``plan.trigger``) for the engine; a 400 naming the field
+    whose schema uses what the grammar engine does not support."""
+    from lmops.models.grammar import grammar_error, json_rule
+
+    parts: list[tuple[str, str]] = []  # (param, rule) to check one by one
+    tools = [t for t in plan.tools if plan.mode != "named" or t["function"]["name"] == plan.named]
+    if plan.mode != "none":
+        for t in tools:
+            i = plan.names.index(t["function"]["name"])
+            parts.append((f"tools[{i}].function.parameters", json_rule(_call_schema(t))))
+    for param, rule in parts:
+        err = grammar_error(f"start: {rule}")
+        if err:
+            raise _bad(f"unsupported JSON schema: {err}", param, "unsupported_schema")
+    content = None
+    if plan.schema is not None:
+        content = json_rule(plan.schema)
+        err = grammar_error(f"start: {content}")
+        if err:
+            raise _bad(
+                f"unsupported JSON schema: {err}",
+                "response_format.json_schema.schema",
+                "unsupported_schema",
+            )
+    body = " | ".join(rule for _, rule in parts)
+    call = f"{_lark(OPEN + chr(10))} ({body}) {_lark(chr(10) + CLOSE)}"
+    more = f" ({_lark(chr(10))} call)*" if plan.parallel and plan.mode != "named" else ""
+    if plan.mode in ("required", "named"):
+        plan.grammar = f"start: call{more}\ncall: {call}\n"
+    elif plan.mode == "auto" and content is not None:
+        plan.grammar = (
+            f"start: content | calls\ncontent: {content}\ncalls: call{more}\ncall: {call}\n"
+        )
+    elif plan.mode == "auto":
+        # constrained from the trigger on: the rest of the first call, then more calls
+        first = f"{_lark(chr(10))} ({body}) {_lark(chr(10) + CLOSE)}"
+        plan.grammar = f"start: first{more}\nfirst: {first}\ncall: {call}\n"
+        plan.trigger = OPEN
+    elif content is not None:
+        plan.grammar = f"start: {content}\n"
+
+
+# -- the prompt -------------------------------------------------------------------------------------
+def template_has_tools(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template renders a ``tools`` list itself."""
+    template = getattr(tokenizer, "chat_template", None)
+    return isinstance(template, str) and "tools" in template
+
+
+_SYSTEM = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+    "{tools}\n</tools>\n\nFor each function call, return a json object with function name "
+    "and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
+)
+
+
+def _arguments_object(arguments: Any) -> Any:
+    """A call's arguments as a value (they travel as a JSON string)."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return arguments
+
+
+def _call_text(call: dict[str, Any]) -> str:
+    fn = call.get("function") or {}
+    payload = {"name": fn.get("name"), "arguments": _arguments_object(fn.get("arguments"))}
+    return f"{OPEN}\n{json.dumps(payload, ensure_ascii=False)}\n{CLOSE}"
+
+
+def render(
+    messages: list[dict[str, Any]], plan: ToolPlan | None, *, native: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The messages (and ``tools``) to hand the chat template. ``native``: the template
+    renders tools, assistant ``tool_calls`` and ``tool`` messages itself (arguments are
+    handed over as objects, which templates serialise); otherwise the Hermes text."""
+    tools = plan.tools if plan is not None and plan.tools else None
+    if native:
+        out = []
+        for m in messages:
+            if m.get("role") == "assistant" and m.get("tool_calls"):
+                calls = [
+                    {
+                        **c,
+                        "function": {
+                            **(c.get("function") or {}),
+                            "arguments": _arguments_object(
+                                (c.get("function") or {}).get("arguments")
+                            ),
+                        },
+                    }
+                    for c in m["tool_calls"]
+                ]
+                m = {**m, "tool_calls": calls, "content": m.get("content") or ""}
+            out.append(m)
+        return out, tools
+    out = []
+    for m in messages:
+        role = m.get("role")
+        if role == "assistant" and m.get("tool_calls"):
+            text = "\n".join(_call_text(c) for c in m["tool_calls"])
+            content = _plain(m.get("content"))
+            out.append({"role": "assistant", "content": f"{content}\n{text}" if content else text})
+        elif role == "tool":
+            piece = f"<tool_response>\n{_plain(m.get('content'))}\n</tool_response>"
+            if out and out[-1].get("role") == "user" and out[-1].get("_tool"):
+                out[-1]["content"] += "\n" + piece  # consecutive results: one turn
+            else:
+                out.append({"role": "user", "content": piece, "_tool": True})
+        else:
+            out.append({k: v for k, v in m.items() if k != "tool_calls"})
+    out = [{k: v for k, v in m.items() if k != "_tool"} for m in out]
+    if tools:
+        system = _SYSTEM.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
+        if out and out[0].get("role") in ("system", "developer"):
+            out[0] = {**out[0], "content": f"{_plain(out[0].get('content'))}\n\n{system}"}
+        else:
+            out.insert(0, {"role": "system", "content": system})
+    return out, None
+
+
+def _plain(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def guard_tool_arguments(check: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with the arguments of earlier assistant tool calls passed through the
+    input guardrails (``check``: ``ctx.check_input``) like any message text."""
+    where = [
+        (i, j)
+        for i, m in enumerate(messages)
+        if m.get("role") == "assistant" and isinstance(m.get("tool_calls"), list)
+        for j, c in enumerate(m["tool_calls"])
+        if isinstance(c, dict) and isinstance((c.get("function") or {}).get("arguments"), str)
+    ]
+    if not where:
+        return messages
+    checked = check(
+        [
+            {"role": "assistant", "content": messages[i]["tool_calls"][j]["function"]["arguments"]}
+            for i, j in where
+        ]
+    )
+    out = [dict(m) for m in messages]
+    for (i, j), m in zip(where, checked, strict=True):
+        calls = out[i]["tool_calls"] = [dict(c) for c in out[i]["tool_calls"]]
+        calls[j]["function"] = {**calls[j]["function"], "arguments": m["content"]}
+    return out
+
+
+# -- the reply --------------------------------------------------------------------------------------
+@dataclass
+class ParsedReply:
+    """A reply's text split into ``content`` (None when empty beside calls) and complete
+    ``calls`` (OpenAI ``tool_calls`` entries); ``cut``: a call was begun and not finished."""
+
+    content: str | None
+    calls: list[dict[str, Any]]
+    cut: bool = False
+
+
+def _tool_call(block: str, names: list[str]) -> dict[str, Any] | None:
+    """The OpenAI ``tool_calls`` entry of one ``<tool_call>`` block's JSON, or None."""
+    try:
+        obj = json.loads(block)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or obj.get("name") not in names:
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):
+        args = _arguments_object(args)
+    return {
+        "id": "call_" + uuid.uuid4().hex[:24],
+        "type": "function",
+        "function": {"name": obj["name"], "arguments": json.dumps(args, ensure_ascii=False)},
+    }
+
+
+def parse_reply(text: str, plan: ToolPlan, reason: str = "stop") -> ParsedReply:
+    """Split a whole reply that ended with ``reason`` (see :class:`ParsedReply`)."""
+    stream = ToolStream(plan)
+    content, calls = stream.feed(text)
+    tail, more = stream.finish(reason)
+    calls += more
+    content += tail
+    return ParsedReply(content if content or not calls else None, calls, stream.cut)
+
+
+def _held(text: str) -> int:
+    """Characters at the end of ``text`` that could begin ``<tool_call>``."""
+    for k in range(min(len(OPEN) - 1, len(text)), 0, -1):
+        if OPEN.startswith(text[-k:]):
+            return k
+    return 0
+
+
+class ToolStream:
+    """Splits a reply as it arrives: ``feed(text) -> (content, complete calls)``, then
+    ``finish()``. Content is passed on except a tail that could begin ``<tool_call>``;
+    from the first call on, text is kept until each call's closing tag."""
+
+    def __init__(self, plan: ToolPlan) -> None:
+        self.names = plan.names
+        self.buf = ""
+        self.in_calls = False
+        self.cut = False
+
+    def feed(self, text: str) -> tuple[str, list[dict[str, Any]]]:
+        self.buf += text
+        content = ""
+        if not self.in_calls:
+            at = self.buf.find(OPEN)
+            if at == -1:
+                keep = _held(self.buf)
+                content, self.buf = (
+                    self.buf[: len(self.buf) - keep],
+                    self.buf[len(self.buf) - keep :],
+                )
+                return content, []
+            content, self.buf, self.in_calls = self.buf[:at], self.buf[at:], True
+        calls = []
+        while True:
+            start = self.buf.find(OPEN)
+            end = self.buf.find(CLOSE, start + 1) if start != -1 else -1
+            if end == -1:
+                break
+            call = _tool_call(self.buf[start + len(OPEN) : end].strip(), self.names)
+            if call is not None:
+                calls.append(call)
+            self.buf = self.buf[end + len(CLOSE) :]
+        return content, calls
+
+    def finish(self, reason: str = "stop") -> tuple[str, list[dict[str, Any]]]:
+        """What is left once the reply ended with ``reason``: held-back content, or
+        nothing (an unfinished call is dropped, also one cut off inside its opening tag)."""
+        if not self.in_calls:
+            tail, self.buf = self.buf, ""
+            if tail and reason == "length":  # the tail is a prefix of the opening tag
+                self.cut = True
+                return "", []
+            return tail, []
+        self.cut = OPEN in self.buf
+        self.buf = ""
+        return "", []
+
+
+def call_deltas(index: int, call: dict[str, Any]) -> list[dict[str, Any]]:
+    """The streamed ``delta`` fields of one complete call: id, type and name (with empty
+    arguments) first, then the arguments in pieces."""
+    fn = call["function"]
+    out: list[dict[str, Any]] = [
+        {
+            "tool_calls": [
+                {
+                    "index": index,
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": fn["name"], "arguments": ""},
+                }
+            ]
+        }
+    ]
+    args = fn["arguments"]
+    for k in range(0, len(args), ARGUMENT_PIECE):
+        piece = args[k : k + ARGUMENT_PIECE]
+        out.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    return out
+
+
+def finish_reason(reason: str, calls: list[dict[str, Any]]) -> str:
+    """``tool_calls`` for a reply that ended normally with calls."""
+    return "tool_calls" if calls and reason == "stop" else reason
+
+
+def guard_calls(check: Any, calls: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """``calls`` with their arguments through the output guardrails (``check``:
+    ``ctx.check_output``), and whether one was blocked (then no call goes out)."""
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        args = fn.get("arguments") if isinstance(fn, dict) else None
+        if fn is None or not isinstance(args, str):
+            out.append(call)
+            continue
+        text, blocked = check(args)
+        if blocked:
+            return [], True
+        out.append({**call, "function": {**fn, "arguments": text}})
+    return out, False

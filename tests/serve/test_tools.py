@@ -1,0 +1,353 @@
+"""Tool calling and structured outputs through the official openai client against
+`lmops serve` (real uvicorn on 127.0.0.1) serving a tiny random Llama: whatever the model
+knows (nothing), constrained replies parse and validate; the reply shapes are OpenAI's;
+bad requests are 400s naming the field; a call cut off by max_tokens is never sent."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import jsonschema
+import pytest
+from pydantic import BaseModel, Field
+
+from tests.serve.conftest import lmops_env, start_server, stop_server
+from tests.train.tiny import make_tokenizer
+
+openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
+pytest.importorskip("llguidance", reason="grammar-constrained decoding needs llguidance")
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 12},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
+CLOCK = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "integer", "minimum": -12, "maximum": 14}},
+            "required": ["zone"],
+            "additionalProperties": False,
+        },
+    },
+}
+TOOLS = [WEATHER, CLOCK]
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def make_long_model(folder: Path, tok_dir: Path) -> Path:
+    """The tests' tiny Llama with room for a prompt that lists tools (2048 positions)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    torch.manual_seed(5)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("tools")
+    home = root / "home"
+    env = lmops_env(home)
+    model = make_long_model(root / "tiny", make_tokenizer(root / "tok"))
+    deployments = root / "deployments.yaml"
+    deployments.write_text(
+        f"deployments:\n  - {{name: tiny, model: {model}, log_bodies: true, max_tokens_cap: 512}}\n"
+    )
+    # the key is made in-process (one interpreter start less than the CLI on busy cores)
+    from lmops.core.config import Settings
+    from lmops.store import Store
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMOPS_HOME", str(home))
+        store = Store(Settings.from_env())
+        key = store.keys.create("t")[1]
+        store.close()
+    proc, base = start_server(
+        env,
+        "--deployments",
+        str(deployments),
+        ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
+    )
+    yield {"base": base, "key": key, "home": home}
+    stop_server(proc)
+
+
+def client(server: dict[str, Any]) -> Any:
+    return openai.OpenAI(
+        base_url=server["base"] + "/v1", api_key=server["key"], max_retries=0, timeout=120
+    )
+
+
+def schema_of(name: str) -> dict[str, Any]:
+    return next(t["function"]["parameters"] for t in TOOLS if t["function"]["name"] == name)
+
+
+def check_call(call: Any, names: set[str]) -> None:
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name in names
+    jsonschema.validate(json.loads(call.function.arguments), schema_of(call.function.name))
+
+
+def test_required_and_named_tool_choice(server: dict[str, Any]) -> None:
+    c = client(server)
+    kw: dict[str, Any] = dict(
+        model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=200
+    )
+    # greedy and sampled, one call each: valid every time
+    for seed in range(4):
+        r = c.chat.completions.create(
+            **kw, temperature=0.0 if seed == 0 else 1.0, seed=seed, parallel_tool_calls=False
+        )
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.content is None and len(choice.message.tool_calls) == 1
+        check_call(choice.message.tool_calls[0], {"get_weather", "get_time"})
+    # parallel calls: as many as the model writes, each one complete and valid
+    r = c.chat.completions.create(**kw, temperature=0.0)
+    assert r.choices[0].finish_reason in ("tool_calls", "length")
+    assert r.choices[0].message.tool_calls
+    for call in r.choices[0].message.tool_calls:
+        check_call(call, {"get_weather", "get_time"})
+    named = c.chat.completions.create(
+        model="tiny", messages=ASK, tools=TOOLS, max_tokens=200, temperature=0.7, seed=1,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )  # fmt: skip
+    calls = named.choices[0].message.tool_calls
+    assert named.choices[0].finish_reason == "tool_calls" and len(calls) == 1
+    check_call(calls[0], {"get_time"})
+
+
+def test_streamed_tool_calls_match_the_full_reply(server: dict[str, Any]) -> None:
+    c = client(server)
+    kw: dict[str, Any] = dict(
+        model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=200,
+        temperature=0, parallel_tool_calls=False,
+    )  # fmt: skip
+    full = c.chat.completions.create(**kw)
+    chunks = list(c.chat.completions.create(**kw, stream=True))
+    deltas = [ch.choices[0].delta.tool_calls for ch in chunks if ch.choices]
+    deltas = [d for d in deltas if d]
+    calls: dict[int, dict[str, Any]] = {}
+    for d in deltas:
+        for piece in d:
+            if piece.index not in calls:  # the first chunk of a call: id, type and name
+                assert piece.id and piece.type == "function" and piece.function.name
+                assert piece.function.arguments == ""
+                calls[piece.index] = {"name": piece.function.name, "arguments": ""}
+            else:
+                assert piece.id is None and piece.function.name is None
+                calls[piece.index]["arguments"] += piece.function.arguments
+    assert len(deltas) > len(calls)  # arguments came in pieces after each header
+    want = full.choices[0].message.tool_calls
+    assert [(v["name"], v["arguments"]) for _, v in sorted(calls.items())] == [
+        (t.function.name, t.function.arguments) for t in want
+    ]
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices]
+    assert finishes[-1] == "tool_calls"
+    assert not "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+
+
+def test_response_format_json_schema_and_parse(server: dict[str, Any]) -> None:
+    c = client(server)
+    schema = {
+        "type": "object",
+        "properties": {
+            "answer": {"type": "string", "maxLength": 10},
+            "score": {"type": "integer", "minimum": 0, "maximum": 100},
+            "ok": {"type": "boolean"},
+        },
+        "required": ["answer", "score", "ok"],
+        "additionalProperties": False,
+    }
+    r = c.chat.completions.create(
+        model="tiny", messages=ASK, max_tokens=200, temperature=0,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "a", "schema": schema, "strict": True}},
+    )  # fmt: skip
+    assert r.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    obj = c.chat.completions.create(
+        model="tiny", messages=ASK, max_tokens=200, temperature=1, seed=3,
+        response_format={"type": "json_object"},
+    )  # fmt: skip
+    assert isinstance(json.loads(obj.choices[0].message.content), dict)
+
+    class Weather(BaseModel):
+        city: str = Field(max_length=8)
+        unit: Literal["celsius", "fahrenheit"]
+        days: int = Field(ge=1, le=7)
+        rain: bool
+
+    parsed = c.chat.completions.parse(
+        model="tiny", messages=ASK, response_format=Weather, max_tokens=200, temperature=0.8,
+        seed=4,
+    )  # fmt: skip
+    w = parsed.choices[0].message.parsed
+    assert isinstance(w, Weather) and 1 <= w.days <= 7 and len(w.city) <= 8
+
+
+def test_a_call_cut_off_by_max_tokens_is_never_sent(server: dict[str, Any]) -> None:
+    c = client(server)
+    kw: dict[str, Any] = dict(
+        model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=6,
+        temperature=0,
+    )  # fmt: skip
+    r = c.chat.completions.create(**kw)
+    assert r.choices[0].finish_reason == "length"
+    assert not r.choices[0].message.tool_calls and not r.choices[0].message.content
+    chunks = list(c.chat.completions.create(**kw, stream=True))
+    assert not any(ch.choices[0].delta.tool_calls for ch in chunks if ch.choices)
+    assert not "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+
+
+def test_multi_turn_with_tool_results(server: dict[str, Any]) -> None:
+    c = client(server)
+    first = c.chat.completions.create(
+        model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=200,
+        temperature=0, parallel_tool_calls=False,
+    )  # fmt: skip
+    call = first.choices[0].message.tool_calls[0]
+    messages = [
+        *ASK,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 21}'},
+    ]
+    second = c.chat.completions.create(
+        model="tiny", messages=messages, tools=TOOLS, tool_choice="none", max_tokens=5,
+        temperature=0,
+    )  # fmt: skip
+    assert second.choices[0].message.tool_calls is None
+    assert isinstance(second.choices[0].message.content, str)
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens  # the history was rendered
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"tool_choice": "required"}, "tool_choice", "invalid_value"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+            "invalid_value",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 3}}}]},
+            "tools[0].function.parameters",
+            "invalid_json_schema",
+        ),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"a": {"type": "string", "pattern": "(?<=a)b"}},
+                            },
+                        },
+                    }
+                ]
+            },
+            "tools[0].function.parameters",
+            "unsupported_schema",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format.json_schema.schema",
+            "invalid_value",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/missing"}},
+                }
+            },
+            "response_format.json_schema.schema",
+            "unsupported_schema",
+        ),
+    ],
+)
+def test_bad_tool_requests_are_400s_naming_the_field(
+    server: dict[str, Any], body: dict[str, Any], param: str, code: str
+) -> None:
+    c = client(server)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="tiny", messages=ASK, max_tokens=5, **body)
+    err = e.value.body
+    assert err["param"] == param and err["code"] == code, err
+    assert err["message"].startswith(param)
+
+
+def test_request_log_keeps_tool_calls(
+    server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = client(server)
+    kw: dict[str, Any] = dict(
+        model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=200,
+        temperature=0, parallel_tool_calls=False,
+    )  # fmt: skip
+    r = c.chat.completions.create(**kw, user="log-full")
+    list(c.chat.completions.create(**kw, stream=True, user="log-stream"))
+    from lmops.store import Store
+
+    monkeypatch.setenv("LMOPS_HOME", str(server["home"]))
+    store = Store()
+    try:
+        deadline = time.monotonic() + 30
+        logged: dict[str, Any] = {}
+        while len(logged) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            logged = {
+                (x.request_body or {}).get("user"): x
+                for x in store.requests.scan(deployment="tiny", with_bodies=True)
+                if (x.request_body or {}).get("user") in ("log-full", "log-stream")
+            }
+    finally:
+        store.close()
+    assert set(logged) == {"log-full", "log-stream"}
+    want = r.choices[0].message.tool_calls[0].function
+    for x in logged.values():
+        assert x.request_body["tools"][0]["function"]["name"] == "get_weather"
+        call = x.response_body["choices"][0]["message"]["tool_calls"][0]["function"]
+        assert (call["name"], call["arguments"]) == (want.name, want.arguments)

@@ -1,0 +1,209 @@
+"""Grammar-constrained decoding inside the engine's continuous batching
+(lmops.models.grammar) and the tool-call text format (lmops.serve.tools), without a
+server: each sequence keeps its own grammar beside free ones in one batch; a triggered
+grammar leaves the text free until the trigger, then constrains the rest; replies split
+into content and complete calls the same way whole or streamed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+
+from lmops.models.engine import Engine
+from lmops.models.types import Delta, Done, GenRequest
+from lmops.serve.protocol import ChatRequest
+from lmops.serve.tools import (
+    ToolStream,
+    compile_plan,
+    parse_reply,
+    plan_request,
+    render,
+)
+from tests.train.tiny import make_model, make_tokenizer
+
+pytest.importorskip("llguidance", reason="grammar-constrained decoding needs llguidance")
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "n": {"type": "integer", "minimum": 0, "maximum": 999},
+        "tag": {"type": "string", "enum": ["a", "bb", "ccc"]},
+    },
+    "required": ["n", "tag"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("grammar")
+    e = Engine(make_model(root / "m", make_tokenizer(root / "tok"), seed=7), max_running=8)
+    yield e
+    e.close()
+
+
+def grammars(engine: Engine) -> Any:
+    from lmops.models.grammar import grammars_for
+
+    return grammars_for(engine.tokenizer, engine.model.config.vocab_size, sorted(engine.eos_ids))
+
+
+async def run(engine: Engine, reqs: list[GenRequest]) -> list[tuple[str, Done]]:
+    async def one(req: GenRequest) -> tuple[str, Done]:
+        text = ""
+        async for ev in engine.generate(req):
+            if isinstance(ev, Delta):
+                text += ev.text
+            else:
+                return text, ev
+        raise AssertionError("no Done")
+
+    return await asyncio.gather(*(one(r) for r in reqs))
+
+
+def test_constrained_and_free_sequences_share_a_batch(engine: Engine) -> None:
+    from lmops.models.grammar import json_rule
+
+    g = grammars(engine)
+    prompt = engine.encode("The quick brown")
+    free = [
+        GenRequest(f"f{i}", prompt_ids=prompt, max_tokens=40, temperature=0.0) for i in range(2)
+    ]
+    constrained = [
+        GenRequest(
+            f"c{i}",
+            prompt_ids=prompt,
+            max_tokens=80,
+            temperature=1.0,
+            seed=i,
+            constraint=g.constraint(f"start: {json_rule(SCHEMA)}"),
+        )
+        for i in range(4)
+    ]
+    results = asyncio.run(run(engine, [*free, *constrained]))
+    alone = asyncio.run(run(engine, [free[0]]))[0]
+    assert results[0][0] == results[1][0] == alone[0]  # free rows are unaffected by masks
+    for text, done in results[2:]:
+        assert done.finish_reason == "stop", text  # ended as soon as the grammar was complete
+        jsonschema.validate(json.loads(text), SCHEMA)
+
+
+def test_a_trigger_constrains_only_what_follows_it(engine: Engine) -> None:
+    from lmops.models.grammar import json_rule
+
+    prompt = engine.encode("Hello, how are")
+    free_text, _ = asyncio.run(
+        run(engine, [GenRequest("f", prompt_ids=prompt, max_tokens=12, temperature=0.0)])
+    )[0]
+    trigger = free_text[:3]
+    assert len(trigger) == 3
+    req = GenRequest(
+        "t",
+        prompt_ids=prompt,
+        max_tokens=80,
+        temperature=0.0,
+        constraint=grammars(engine).constraint(f'start: "!" {json_rule(SCHEMA)}', trigger=trigger),
+    )
+    text, done = asyncio.run(run(engine, [req]))[0]
+    at = text.index(trigger) + len(trigger)
+    assert text[:at] == free_text[:at]  # free (greedy, identical) up to the trigger
+    assert done.finish_reason == "stop" and text[at] == "!", text
+    jsonschema.validate(json.loads(text[at + 1 :]), SCHEMA)
+
+
+def test_the_tool_grammar_gives_parsable_calls(engine: Engine) -> None:
+    tools = [
+        {"type": "function", "function": {"name": "f", "parameters": SCHEMA}},
+        {"type": "function", "function": {"name": "g"}},
+    ]
+    plan = plan_request(
+        ChatRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools,
+             "tool_choice": "required"}
+        )
+    )  # fmt: skip
+    assert plan is not None
+    compile_plan(plan)
+    assert plan.grammar is not None and plan.trigger is None
+    reqs = [
+        GenRequest(
+            f"c{i}",
+            prompt_ids=engine.encode("Machine"),
+            max_tokens=120,
+            temperature=1.0,
+            seed=i,
+            constraint=grammars(engine).constraint(plan.grammar),
+        )
+        for i in range(3)
+    ]
+    for text, done in asyncio.run(run(engine, reqs)):
+        parsed = parse_reply(text, plan)
+        assert done.finish_reason == "stop" and parsed.calls and not parsed.cut, text
+        for call in parsed.calls:
+            args = json.loads(call["function"]["arguments"])
+            if call["function"]["name"] == "f":
+                jsonschema.validate(args, SCHEMA)
+            else:
+                assert isinstance(args, dict)
+
+
+def test_replies_split_the_same_whole_or_streamed() -> None:
+    plan = plan_request(
+        ChatRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}],
+             "tools": [{"type": "function", "function": {"name": "f"}}]}
+        )
+    )  # fmt: skip
+    assert plan is not None and plan.mode == "auto"
+    text = (
+        'Let me see <tool_cal not yet.\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n'
+        '</tool_call>\n<tool_call>\n{"name": "f", "arguments": {"b": "<tool_call>"}}\n'
+        '</tool_call>\n<tool_call>\n{"name": "f", "argu'
+    )
+    whole = parse_reply(text, plan)
+    assert whole.content == "Let me see <tool_cal not yet.\n" and whole.cut
+    assert [c["function"]["arguments"] for c in whole.calls] == ['{"a": 1}', '{"b": "<tool_call>"}']
+    for step in (1, 3, 7):
+        s = ToolStream(plan)
+        content, calls = "", []
+        for k in range(0, len(text), step):
+            piece, got = s.feed(text[k : k + step])
+            content += piece
+            calls += got
+        tail, _ = s.finish()
+        assert content + tail == whole.content and s.cut
+        assert [c["function"] for c in calls] == [c["function"] for c in whole.calls]
+
+
+def test_fallback_rendering_of_tools_calls_and_results() -> None:
+    plan = plan_request(
+        ChatRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}],
+             "tools": [{"type": "function", "function": {"name": "f"}}]}
+        )
+    )  # fmt: skip
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "f", "arguments": '{"a": 1}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "r1"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "r2"},
+    ]  # fmt: skip
+    out, tools = render(messages, plan, native=False)
+    assert tools is None and out[0]["role"] == "system" and '"name": "f"' in out[0]["content"]
+    assert out[2] == {
+        "role": "assistant",
+        "content": '<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>',
+    }
+    assert out[3] == {
+        "role": "user",
+        "content": "<tool_response>\nr1\n</tool_response>\n<tool_response>\nr2\n</tool_response>",
+    }
+    native, native_tools = render(messages, plan, native=True)
+    assert native_tools == plan.tools  # type: ignore[union-attr]
+    assert native[1]["tool_calls"][0]["function"]["arguments"] == {"a": 1}
