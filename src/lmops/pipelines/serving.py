@@ -67,9 +67,8 @@ class _Server:
 def serve_and_probe(ctx: StepContext, p: ServeParams) -> StepOutput:
     from openai import OpenAI
 
-    from lmops.api.app import create_app
     from lmops.serve.deployments import DeploymentSpec
-    from lmops.serve.server import mount_gateway
+    from lmops.serve.server import gateway_app
     from lmops.store._time import utcnow
 
     store = ctx.store
@@ -97,7 +96,7 @@ def serve_and_probe(ctx: StepContext, p: ServeParams) -> StepOutput:
     if not p.keep:
         os.environ[ACCESS_LOG_ENV] = "off"
     try:
-        app = create_app(store, mounts=[lambda a: mount_gateway(a, [spec], store)])
+        app = gateway_app([spec], store)
     finally:
         if before is None:
             os.environ.pop(ACCESS_LOG_ENV, None)

@@ -18,7 +18,7 @@ from lmops.serve.protocol import DEFAULT_MAX_BODY_BYTES
 ENV = "LMOPS_SERVE_DEPLOYMENTS"
 MAX_BODY_ENV = "LMOPS_SERVE_MAX_BODY_BYTES"
 
-__all__ = ["ENV", "MAX_BODY_ENV", "mount_from_env", "mount_gateway"]
+__all__ = ["ENV", "MAX_BODY_ENV", "gateway_app", "mount_from_env", "mount_gateway"]
 
 
 def mount_gateway(
@@ -41,6 +41,30 @@ def mount_gateway(
         policy.close()  # writes the request-log rows still pending
 
     return gw
+
+
+def gateway_app(
+    specs: list[DeploymentSpec],
+    store: Any,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """An app serving only the gateway: ``/v1`` for ``specs`` and ``/healthz``, with the
+    access log. For callers below the skins (the pipeline's ``serve`` step), which may not
+    build the platform app of :mod:`lmops.api.app`; ``lmops serve`` mounts the same gateway
+    on that app instead."""
+    from lmops.monitor.accesslog import install_access_log
+
+    app = FastAPI(title="lmops gateway")
+    app.state.store = store
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    mount_gateway(app, specs, store, max_body_bytes=max_body_bytes)
+    install_access_log(app)  # one JSON line per request unless LMOPS_ACCESS_LOG=off
+    return app
 
 
 def mount_from_env(app: FastAPI) -> None:
