@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from lmops.eval.lm import HFEvalModel
-from tests.eval.test_parity import _untied_model
 
 PROMPTS = [
     "the cat sat on the mat",
@@ -31,12 +30,35 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
     from lmops.data.tokenizer import train_tokenizer
     from tests.train.tiny import SENTENCES
 
     root = tmp_path_factory.mktemp("gen")
     train_tokenizer(SENTENCES, root / "tok", vocab_size=320, min_frequency=1)
-    return _untied_model(root / "model", root / "tok", seed=11)
+    tok = AutoTokenizer.from_pretrained(str(root / "tok"))
+    torch.manual_seed(11)
+    # untied output weights and a wide initialisation: a tied random model greedily
+    # repeats its last token, which would make equal outputs trivial
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        initializer_range=0.2,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(str(root / "model"))
+    tok.save_pretrained(str(root / "model"))
+    return root / "model"
 
 
 def _reference(lm: HFEvalModel, context: str, kw: dict[str, Any]) -> str:
@@ -62,20 +84,33 @@ def _reference(lm: HFEvalModel, context: str, kw: dict[str, Any]) -> str:
     return text
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_engine_generations_equal_hf_generate_item_by_item(tiny: Path, batch_size: int) -> None:
+# a few-shot prefix every prompt starts with: prefilled once (Engine.cache_prefix), each
+# prompt's own tokens on top of it
+FEWSHOT = "question: the cat sat on the mat? answer: yes\n\nquestion: hello world? answer: no\n\n"
+
+
+@pytest.mark.parametrize(("batch_size", "prefix"), [(1, ""), (5, ""), (5, FEWSHOT)])
+def test_engine_generations_equal_hf_generate_item_by_item(
+    tiny: Path, batch_size: int, prefix: str
+) -> None:
     lm = HFEvalModel(tiny, device="cpu", batch_size=batch_size)
+    prompts = [prefix + p for p in PROMPTS]
     try:
         free = {"until": [], "max_gen_toks": 24}
         # stop strings that the free generations contain, so some sequences end early
-        first = lm.generate([(p, free) for p in PROMPTS])
+        first = lm.generate([(p, free) for p in prompts])
+        shared = lm._gen_engine._prefix
+        if prefix:  # the prefix's keys and values were computed and used
+            assert shared is not None and shared[1] is not None and len(shared[0]) >= 16
+        else:
+            assert shared is None
         stops = sorted({w for out in first for w in out.split()[1:2] if w})[:3]
         assert stops, "the tiny model generated nothing to stop at"
         kw = {"until": stops, "max_gen_toks": 24}
-        ours = lm.generate([(p, kw) for p in PROMPTS])
-        theirs = [_reference(lm, p, kw) for p in PROMPTS]
+        ours = lm.generate([(p, kw) for p in prompts])
+        theirs = [_reference(lm, p, kw) for p in prompts]
         assert ours == theirs
-        assert first == [_reference(lm, p, free) for p in PROMPTS]
+        assert first == [_reference(lm, p, free) for p in prompts]
         # the stop strings did end some sequences: they are shorter than the free ones
         assert sum(len(a) < len(b) for a, b in zip(ours, first, strict=True)) >= 2
         assert lm.truncated == 0

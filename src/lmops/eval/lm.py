@@ -144,9 +144,9 @@ class HFEvalModel:
         name: str | None = None,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        from lmops.models.loading import quiet_transformers, select_device
+        from lmops.models.loading import load_causal_lm, quiet_transformers, select_device
 
         quiet_transformers()
         self.device = select_device(device)
@@ -154,8 +154,11 @@ class HFEvalModel:
         self.path = path
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                str(path), dtype=torch.bfloat16 if self.device == "cuda" else torch.float32
+            # load_causal_lm also reads the quantized folders of lmops deploy quantize
+            model: Any = load_causal_lm(
+                path,
+                dtype=torch.bfloat16 if self.device == "cuda" else torch.float32,
+                device=self.device,
             )
             self.model = model.to(self.device)
         except (OSError, ValueError) as e:
@@ -516,7 +519,8 @@ class HFEvalModel:
         ``batch_size`` sequences decode together, a finished one's slot is refilled at
         once, and a sequence ends at an end-of-sequence token, at ``max_gen_toks`` or as
         soon as one of its ``until`` strings appears (which is cut off). Greedy unless
-        ``do_sample``. The context keeps its last ``max_length - max_gen_toks`` tokens."""
+        ``do_sample``. The context keeps its last ``max_length - max_gen_toks`` tokens. The
+        prompts' shared first tokens (few-shot examples) are prefilled once per call."""
         from lmops.models.types import GenRequest
 
         reqs = []
@@ -546,6 +550,10 @@ class HFEvalModel:
         from lmops.models.types import Delta
 
         engine = self._engine()
+        # the tokens every prompt starts with (a task's description and few-shot examples)
+        # are computed once, not once per prompt
+        shared = _common_prefix([r.prompt_ids for r in reqs]) if len(reqs) > 1 else []
+        engine.cache_prefix(shared if len(shared) >= _MIN_SHARED_PREFIX else [])
 
         async def text_of(events: Any) -> str:
             parts = []
@@ -592,6 +600,19 @@ class HFEvalModel:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _common_prefix(seqs: list[list[int]]) -> list[int]:
+    """The longest run of tokens every sequence starts with, shorter than each of them (so
+    that every sequence goes on after it)."""
+    first = seqs[0]
+    n = min(len(s) for s in seqs) - 1
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return first[: max(0, n)]
 
 
 def _run_async(coro: Any) -> Any:

@@ -237,6 +237,9 @@ class Engine:
         self._cache: Any = None
         self._mask: Any = None  # (running, T) bool, True where a row has a real token
         self._positions: Any = None  # (running, 1) long: the next position id per row
+        # cache_prefix's (token ids, their per-layer keys/values once computed), replaced
+        # whole so the worker never sees the ids of one prefix with the cache of another
+        self._prefix: tuple[tuple[int, ...], list[tuple[Any, Any]] | None] | None = None
         pad_id = self.tokenizer.pad_token_id
         self._pad_id = pad_id if isinstance(pad_id, int) and pad_id >= 0 else 0
         self._cache_arg = cache_arg(self.model)
@@ -376,6 +379,14 @@ class Engine:
             self._pending.extend(seqs)
             self._cv.notify()
         return [_Events(self, seq) for seq in seqs]
+
+    def cache_prefix(self, ids: list[int]) -> None:
+        """Keep the keys and values of the tokens ``ids``: prompts that start with them and
+        go on are prefilled from there instead of from their first token (the few-shot
+        examples every prompt of an evaluation task starts with). One prefix at a time,
+        computed at its first use; an empty list forgets it."""
+        if self._prefix is None or self._prefix[0] != tuple(ids):
+            self._prefix = (tuple(ids), None) if ids else None
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Mean-pooled, L2-normalised last hidden states (one forward per text)."""
@@ -567,7 +578,10 @@ class Engine:
         scored = group[0].req.prompt_logprobs is not None  # alone in its group
         kwargs: dict[str, Any] = {"use_cache": True, **({} if scored else self._last_logits)}
         try:
-            if len(group) == 1:
+            prefix = None if scored else self._prefix_of(group)
+            if prefix is not None:
+                out, mask = self._forward_after_prefix(group, *prefix, kwargs)
+            elif len(group) == 1:
                 ids = torch.tensor([group[0].req.prompt_ids or []], device=self.device)
                 mask = torch.ones((1, t), dtype=torch.bool, device=self.device)
                 out = self.model(input_ids=ids, **kwargs)
@@ -606,6 +620,64 @@ class Engine:
         layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
         self._join(group, layers, mask, lengths)
         self._accept_all(group, out.logits[:, -1])
+
+    def _prefix_of(self, group: list[_Seq]) -> tuple[int, list[tuple[Any, Any]]] | None:
+        """(length, per-layer keys/values) of the cached prefix when every prompt of
+        ``group`` starts with it and goes on; computed here the first time."""
+        import torch
+
+        prefix = self._prefix
+        if prefix is None:
+            return None
+        ids, layers = prefix
+        n = len(ids)
+        for s in group:
+            prompt = s.req.prompt_ids or []
+            if len(prompt) <= n or tuple(prompt[:n]) != ids:
+                return None
+        if layers is None:
+            out = self.model(
+                input_ids=torch.tensor([list(ids)], device=self.device),
+                use_cache=True,
+                **self._last_logits,
+            )
+            # (1, kv_heads, n, head_dim) per layer
+            layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
+            if self._prefix is prefix:
+                self._prefix = (ids, layers)
+        return n, layers
+
+    def _forward_after_prefix(
+        self, group: list[_Seq], n: int, layers: list[tuple[Any, Any]], kwargs: dict[str, Any]
+    ) -> tuple[Any, Any]:
+        """The forward pass of ``group``'s prompts after their shared ``n``-token prefix:
+        only the rest of each prompt runs (left-padded to the longest rest), on a cache
+        whose rows are views of the prefix's. Returns the output and the (len(group),
+        n + T) mask: the prefix, then each rest's padding (False) and tokens."""
+        import torch
+        from transformers import DynamicCache
+
+        b = len(group)
+        rests = [(s.req.prompt_ids or [])[n:] for s in group]
+        t = max(len(r) for r in rests)
+        ids = torch.tensor([[self._pad_id] * (t - len(r)) + r for r in rests], device=self.device)
+        own = torch.tensor(
+            [[False] * (t - len(r)) + [True] * len(r) for r in rests], device=self.device
+        )
+        mask = torch.cat([torch.ones((b, n), dtype=torch.bool, device=self.device), own], 1)
+        # the forward appends to the cache by concatenation: the prefix's tensors stay as
+        # they are
+        past = DynamicCache(
+            ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in layers]
+        )
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=n + (own.cumsum(1) - 1).clamp(min=0),  # each rest goes on at n
+            **{self._cache_arg: past},
+            **kwargs,
+        )
+        return out, mask
 
     def _prompt_logprobs(self, s: _Seq, logits: Any) -> list[TokenLogprob]:
         """Each prompt token's logprob given the tokens before it (``logits``: the prompt's
