@@ -2,6 +2,7 @@
 (issue #19: goal <= 300 ms each), printed as a table (``--json`` for the numbers).
 
     python benchmarks/console_bench.py [--runs 500] [--versions 1000] [--steps 20] [--repeat 5]
+                                       [--home DIR] [--json]
 
 Seeds a fresh ``LMOPS_HOME`` through the store's public API: ``--runs`` runs (train, eval,
 data and pipeline kinds) each logging ``loss``/``lr``/``grad_norm`` for ``--steps`` steps,
@@ -184,9 +185,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--home", type=Path, help="keep the seeded store here and reuse it on the next run"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="lmops-console-bench-") as tmp:
-        os.environ["LMOPS_HOME"] = str(Path(tmp) / "home")
+        home = args.home or Path(tmp) / "home"
+        reuse = (home / "console-bench.json").exists()
+        os.environ["LMOPS_HOME"] = str(home)
         os.environ["LMOPS_ACCESS_LOG"] = "off"
         for var in ("LMOPS_DATABASE_URL", "LMOPS_ARTIFACTS"):
             os.environ.pop(var, None)
@@ -196,8 +202,13 @@ def main() -> None:
         from lmops.store import Store
 
         store = Store(origin="api")
-        _, secret = store.keys.create("bench", role="admin")
-        s = seed(store, Path(tmp), runs=args.runs, versions=args.versions, steps=args.steps)
+        if reuse:
+            saved = json.loads((home / "console-bench.json").read_text())
+            secret, s = saved["secret"], saved["seed"]
+        else:
+            _, secret = store.keys.create("bench", role="admin")
+            s = seed(store, Path(tmp), runs=args.runs, versions=args.versions, steps=args.steps)
+            (home / "console-bench.json").write_text(json.dumps({"secret": secret, "seed": s}))
         client = TestClient(create_app(store))
         form = client.get("/ui/login").text
         token = re.search(r'name="token" value="([^"]+)"', form)

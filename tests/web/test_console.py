@@ -95,6 +95,10 @@ def test_every_page_renders_and_no_request_leaves_loopback(
 
 def test_compare_two_runs(admin_page: Any, console: Console) -> None:
     admin_page.goto(f"{console.url}/ui/runs")
+    # the filter swaps the table in place (htmx, served from the package)
+    admin_page.select_option("select[name=kind]", "train")
+    admin_page.wait_for_function("() => document.querySelectorAll('table.runs tr').length === 3")
+    assert "kind=train" in admin_page.url
     for run_id in console.seed["runs"]:
         admin_page.check(f"input[name=ids][value='{run_id}']")
     admin_page.click("text=Compare selected")
@@ -216,6 +220,7 @@ def test_read_only_key_sees_no_write_buttons_and_its_writes_are_refused(
         assert page.locator(".badge").inner_text() == "read-only"
         page.goto(f"{console.url}/ui/serving")
         assert page.locator("#create-key").count() == 0 and page.locator("#keys").count() == 0
+        assert "boss" not in page.locator("main").inner_text()  # only its own usage
         shot(page, "serving-read-only")
         csrf = page.locator("meta[name=csrf-token]").get_attribute("content")
         resp = page.request.post(

@@ -77,6 +77,12 @@ def _num(v: Any) -> str:
     return str(v)
 
 
+def _ms(v: float | None) -> str:
+    if v is None:
+        return ""
+    return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+
+
 def _duration(start: datetime | None, end: datetime | None) -> str:
     if start is None or end is None:
         return ""
@@ -93,7 +99,12 @@ def _json(v: Any) -> str:
 
 
 templates.env.filters.update(
-    when=_when, size=_size, num=_num, tojson_pretty=_json, q=lambda s: quote(str(s), safe="")
+    when=_when,
+    size=_size,
+    num=_num,
+    ms=_ms,
+    tojson_pretty=_json,
+    q=lambda s: quote(str(s), safe=""),
 )
 templates.env.globals.update(
     duration=_duration, zip=zip, prefix=PREFIX, nav=NAV, version=__version__

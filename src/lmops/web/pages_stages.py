@@ -282,11 +282,13 @@ def add_routes(r: APIRouter) -> None:
         # and guardrail actions): the cost grows with the rows in it, so the default is 1 h.
         window = window if window in WINDOWS else "1h"
         since = datetime.now(UTC) - WINDOWS[window]
-        report = usage(store, since=since)
+        # an admin sees every key's usage; any other key its own (as it sees no other keys)
+        only = None if viewer.can_write else viewer.key.name
+        report = usage(store, since=since, key=only)
         rejected: Counter[tuple[str, str]] = Counter()
         actions: Counter[tuple[str, str, str]] = Counter()
         recent: list[dict[str, Any]] = []
-        for rec in store.requests.scan(since=since):
+        for rec in store.requests.scan(since=since, key=only):
             if rec.status == 429:
                 rejected[(rec.key_name or NO_KEY, rec.deployment or NO_KEY)] += 1
             for act in (rec.guardrails or {}).get("actions", []):
@@ -305,6 +307,7 @@ def add_routes(r: APIRouter) -> None:
             actions=sorted(actions.items()),
             recent=recent[-20:][::-1],
             window=window,
+            only=only,
             windows=list(WINDOWS),
         )
 
