@@ -202,6 +202,19 @@ def test_serve_encrypted_package_from_memory(
                 for m in ("plain", "sealed")
             ]
             assert got[0] == got[1], (prompt, got)
+        # the same verify over /api/deploy (admin key), and its one-line refusal as a 400
+        admin = {"Authorization": f"Bearer {store.keys.create('ops', role='admin')[1]}"}
+        body = {"package": str(pkg), "key_file": str(keys), "pubkey": f"{keys}.pub"}
+        r = httpx.post(base + "/api/deploy/verify", json=body, headers=admin, timeout=60)
+        assert r.status_code == 200 and r.json()["decrypted"] is True, r.text
+        bad = tmp_path / "bad.lmpkg"
+        data = bytearray(pkg.read_bytes())
+        data[len(data) // 2] ^= 4
+        bad.write_bytes(bytes(data))
+        r = httpx.post(
+            base + "/api/deploy/verify", json={**body, "package": str(bad)}, headers=admin
+        )
+        assert r.status_code == 400 and "bad.lmpkg" in r.json()["error"]["message"], r.text
     finally:
         stop_server(proc)
 
