@@ -346,7 +346,8 @@ class Guardrails:
         (see :mod:`lmops.security.long`); the scan also holds the injection rules when
         ``injection`` is set."""
         terms_of = self._terms if mode != "off" else None
-        scan = long.scan_long(text, terms_of, model=self._model, injection=injection)
+        model = self._model if mode != "off" else None
+        scan = long.scan_long(text, terms_of, model=model, injection=injection)
         if scan.payloads:
             joined = "\n".join(scan.payloads)
             if injection:
