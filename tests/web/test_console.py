@@ -114,9 +114,10 @@ def test_compare_two_runs(admin_page: Any, console: Console) -> None:
 def test_lineage_click_through_from_served_model_to_raw_data(
     admin_page: Any, console: Console
 ) -> None:
-    admin_page.goto(f"{console.url}/ui/serving")
-    # the serving page links the served version; follow the graph upstream from there
-    admin_page.goto(f"{console.url}/ui/assets/tiny-lm/1")
+    # tiny-lm@production is the served model; follow its graph upstream to the raw data
+    admin_page.goto(f"{console.url}/ui/assets/tiny-lm")
+    admin_page.click("a:text-is('v1')")
+    admin_page.wait_for_url(f"{console.url}/ui/assets/tiny-lm/1")
     admin_page.click(f"svg.lineage a[data-ref='{console.seed['clean']}']")
     admin_page.wait_for_url(f"{console.url}/ui/assets/clean-corpus/1")
     admin_page.click(f"svg.lineage a[data-ref='{console.seed['raw']}']")
@@ -237,6 +238,22 @@ def test_read_only_key_sees_no_write_buttons_and_its_writes_are_refused(
         assert page.goto(f"{console.url}/ui/audit").status == 403
     finally:
         page.context.close()
+
+
+def test_a_forged_or_stale_session_cookie_is_refused(console: Console) -> None:
+    for cookie in ("forged", "gAAAAABnot-a-real-token"):
+        resp = httpx.get(f"{console.url}/ui/runs", cookies={"lmops_session": cookie})
+        assert resp.status_code == 303 and resp.headers["location"].startswith("/ui/login")
+    # a session whose key was revoked ends at once
+    _, secret = console.store.keys.create("short-lived", role="admin")
+    with httpx.Client(base_url=console.url) as client:
+        token = re.search(r'name="token" value="([^"]+)"', client.get("/ui/login").text)
+        assert token is not None
+        client.post("/ui/login", data={"key": secret, "token": token.group(1)})
+        assert client.get("/ui/runs").status_code == 200
+        console.store.keys.revoke("short-lived")
+        resp = client.get("/ui/runs")
+        assert resp.status_code == 303 and resp.headers["location"].startswith("/ui/login")
 
 
 def test_writes_without_the_csrf_token_are_refused(admin_page: Any, console: Console) -> None:
