@@ -237,3 +237,35 @@ def canaries_run(
         )
     if not all(r.passed for r in results):
         raise typer.Exit(1)
+
+
+@app.command("watch")
+def watch_cmd(
+    config: Annotated[Path, typer.Argument(help="Watch YAML: check, interval_s, retrain.")],
+    once: Annotated[bool, typer.Option("--once", help="One round, then exit (for cron).")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Check a deployment every interval; on drift or a failing canary, retrain from the
+    logs and promote the challenger only when it wins by the margin."""
+    from lmops.pipelines.retrain import Decision, load_watch, watch
+
+    spec, base = load_watch(config)
+
+    def show_round(d: Decision | None, err: str | None) -> None:
+        if json_:
+            print_json(d.model_dump(mode="json") if d else {"error": err})
+            return
+        if d is None:
+            err_console.print(f"error: {err} (the watcher goes on)", markup=False)
+            return
+        head = f"{d.report}: {d.status}"
+        if d.triggered:
+            head += f"; triggered by {'; '.join(d.triggers)}"
+            head += "; PROMOTED" if d.promoted else "; not promoted"
+        console.print(head, markup=False, highlight=False)
+        for reason in d.reasons:
+            console.print(f"  {reason}", markup=False, highlight=False)
+        if d.decision:
+            console.print(f"  recorded as {d.decision}", markup=False, highlight=False)
+
+    watch(_store(), spec, base, once=once, on_round=show_round)

@@ -1,0 +1,365 @@
+"""The closed loop: watch a deployment, and on drift or a canary regression retrain, compare
+challenger with champion, and promote only a clear winner.
+
+It lives in ``pipelines/`` because it orchestrates stages (monitor's checks, the flow-back
+export, the user's retraining pipeline, eval's log-likelihood scoring, the store's aliases);
+the monitor stage only answers "did it drift?". One round (:func:`watch_once`):
+
+1. ``monitor.checks.check_deployment``: a ``drift_report``;
+2. triggered when a monitor drifted (``drift``) or a canary failed (``canary``), as
+   ``retrain.triggers`` says; an empty window or one with nothing in common with the
+   reference never triggers;
+3. flow-back: the window's logged chats (``monitor.metering.export_conversations``, with its
+   quality filters) become dataset ``<flowback>-all``; its newest ``holdout`` conversations
+   become ``<flowback>-holdout`` (the recent traffic sample, never trained on) and the rest
+   ``<flowback>`` (the training data);
+4. the user's pipeline YAML runs with ``vars.flowback`` = the training data ref and
+   ``vars.champion`` = the champion's concrete version; ``challenger_step``'s output
+   ``challenger_output`` is the challenger, which must be a version of the champion's asset
+   (so the champion's alias can move to it);
+5. both models score the fixed ``eval_set`` and the holdout: negative log-likelihood of each
+   reference answer per character (lower is better), through eval's ``HFEvalModel``;
+6. promotion moves the champion's alias (``chat@production``) only when the challenger's
+   combined NLL is lower by at least ``margin`` (a share of the champion's) and it is not
+   worse on the fixed set by more than ``max_regression``. The gateway re-resolves alias
+   refs every few seconds (``serve/deployments.py``), so a deployment of ``chat@production``
+   serves the new version without a restart.
+
+Every round that triggers records a ``retrain_decision`` asset (``decision.json``): promoted
+or not, with the reasons, the scores, and lineage to the drift report, the flow-back data,
+champion, challenger and eval set. A failed export, a failed pipeline or an unloadable model
+is a decision not to promote, with its reason; nothing is raised out of the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, Field
+
+from lmops.core.errors import LmopsError, UserError
+from lmops.core.yamlcfg import load_config
+from lmops.monitor.checks import CheckSpec, check_deployment, parse_since
+from lmops.store import register_kind
+
+if TYPE_CHECKING:
+    from lmops.store import Store, Version
+
+__all__ = [
+    "RETRAIN_DECISION",
+    "Decision",
+    "RetrainSpec",
+    "WatchSpec",
+    "load_watch",
+    "watch",
+    "watch_once",
+]
+
+log = logging.getLogger("lmops.monitor")
+Trigger = Literal["drift", "canary"]
+_TRIGGERS: tuple[Trigger, ...] = ("drift", "canary")
+RETRAIN_DECISION = "retrain_decision"
+register_kind(RETRAIN_DECISION)
+
+
+class RetrainSpec(BaseModel):
+    pipeline: str = Field(description="retraining pipeline YAML (relative to the watch file)")
+    champion: str = Field(description="the alias ref served, e.g. chat@production")
+    challenger_step: str = Field(description="the pipeline step whose output is the challenger")
+    challenger_output: str = "output"
+    eval_set: str | None = Field(None, description="fixed eval set: a dataset of chat rows")
+    flowback: str = Field("flowback", description="name of the flow-back dataset assets")
+    holdout: int = Field(20, ge=1, description="newest logged chats scored, never trained on")
+    margin: float = Field(0.02, ge=0, description="relative NLL improvement needed to promote")
+    max_regression: float = Field(0.05, ge=0, description="allowed relative loss on eval_set")
+    max_eval: int = Field(200, ge=1, description="rows of eval_set scored")
+    triggers: list[Trigger] = Field(default_factory=lambda: list(_TRIGGERS))
+    device: str = "cpu"
+
+
+class WatchSpec(BaseModel):
+    check: CheckSpec
+    interval_s: float = Field(300.0, gt=0)
+    retrain: RetrainSpec | None = None
+
+
+class Decision(BaseModel):
+    """What one round decided, and why."""
+
+    report: str
+    status: str
+    triggered: bool = False
+    triggers: list[str] = Field(default_factory=list)
+    promoted: bool = False
+    reasons: list[str] = Field(default_factory=list)
+    champion: str | None = None
+    challenger: str | None = None
+    flowback: str | None = None
+    holdout: str | None = None
+    pipeline_run: str | None = None
+    scores: dict[str, dict[str, float]] = Field(default_factory=dict)
+    decision: str | None = None  # the retrain_decision ref, when recorded
+
+
+def load_watch(path: Path) -> tuple[WatchSpec, Path]:
+    """The watch YAML and the folder its relative paths are read from."""
+    return load_config(path, WatchSpec), path.resolve().parent
+
+
+def _chat_rows(path: Path, limit: int | None = None) -> list[list[dict[str, str]]]:
+    from lmops.core.formats import to_chat
+    from lmops.core.rows import read_rows
+
+    out = []
+    for row in read_rows([path], on_error="skip"):
+        try:
+            chat = to_chat(row.values)
+        except UserError:
+            continue
+        if len(chat) >= 2 and chat[-1]["role"] == "assistant" and chat[-1]["content"].strip():
+            out.append(chat)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def _split_flowback(
+    store: Store, export: Version, spec: RetrainSpec, run_id: str
+) -> tuple[Version | None, Version]:
+    """(training part or None when nothing is left, holdout part) of the exported chats."""
+    lines = (store.assets.path(export.ref).read_text(encoding="utf-8")).splitlines()
+    k = min(spec.holdout, max(1, len(lines) // 2))
+    train_lines, hold_lines = lines[:-k], lines[-k:]
+    made: list[Version | None] = []
+    with tempfile.TemporaryDirectory(prefix="lmops-flowback-") as tmp:
+        for suffix, part in (("", train_lines), ("-holdout", hold_lines)):
+            if not part:
+                made.append(None)
+                continue
+            f = Path(tmp) / f"part{suffix or '-train'}.jsonl"
+            f.write_text("\n".join(part) + "\n", encoding="utf-8")
+            made.append(
+                store.assets.register(
+                    "dataset",
+                    spec.flowback + suffix,
+                    f,
+                    metadata={"format": "sft_chat", "source": "request_log", "rows": len(part)},
+                    inputs=[(export.ref, "source")],
+                    run_id=run_id,
+                )
+            )
+    assert made[1] is not None
+    return made[0], made[1]
+
+
+def _nll_per_char(path: Path, chats: list[list[dict[str, str]]], device: str) -> float:
+    """Negative log-likelihood of each chat's last (assistant) turn given the turns before it,
+    summed and divided by the answers' characters (comparable across tokenizers)."""
+    from lmops.eval.lm import HFEvalModel
+
+    m = HFEvalModel(path, device=device, batch_size=8)
+    try:
+        pairs = [
+            (m.apply_chat_template(c[:-1], add_generation_prompt=True), c[-1]["content"])
+            for c in chats
+        ]
+        lps = m.loglikelihood(pairs)
+    finally:
+        m.close()
+    chars = sum(len(cont) for _, cont in pairs)
+    return -sum(lp for lp, _ in lps) / max(chars, 1)
+
+
+def _score(
+    store: Store, model_ref: str, sets: dict[str, list[list[dict[str, str]]]], device: str
+) -> dict[str, float]:
+    path = store.assets.path(model_ref)
+    out = {name: _nll_per_char(path, chats, device) for name, chats in sets.items() if chats}
+    out["combined"] = sum(out.values()) / len(out)
+    return out
+
+
+def _judge(spec: RetrainSpec, champ: dict[str, float], chall: dict[str, float]) -> list[str]:
+    """Reasons not to promote (empty: promote)."""
+    why = []
+    gain = (champ["combined"] - chall["combined"]) / champ["combined"]
+    if gain < spec.margin:
+        why.append(
+            f"challenger's NLL/char {chall['combined']:.4f} vs champion's "
+            f"{champ['combined']:.4f}: {gain:+.1%} better, below the margin {spec.margin:.1%}"
+        )
+    if "eval_set" in champ:
+        loss = (chall["eval_set"] - champ["eval_set"]) / champ["eval_set"]
+        if loss > spec.max_regression:
+            why.append(
+                f"challenger is {loss:.1%} worse on the fixed eval set "
+                f"(at most {spec.max_regression:.1%} allowed)"
+            )
+    return why
+
+
+def _retrain(
+    store: Store,
+    spec: RetrainSpec,
+    base_dir: Path,
+    deployment: str,
+    since: datetime | None,
+    d: Decision,
+    run_id: str,
+    inputs: list[tuple[str, str]],
+) -> None:
+    """Steps 3-6 of the module docstring; fills ``d`` (reasons explain a refusal)."""
+    from lmops.monitor.metering import export_conversations
+    from lmops.pipelines import load_pipeline, run_pipeline
+
+    champion = store.assets.resolve(spec.champion)
+    d.champion = champion.ref
+    inputs.append((champion.ref, "champion"))
+    try:
+        export = export_conversations(
+            store, deployment=deployment, output=f"{spec.flowback}-all", since=since
+        )
+    except UserError as e:
+        d.reasons.append(f"no flow-back data: {e}")
+        return
+    train, hold = _split_flowback(store, export, spec, run_id)
+    d.holdout = hold.ref
+    inputs.append((hold.ref, "holdout"))
+    if train is None:
+        d.reasons.append(f"only {export.metadata.get('count')} logged chats: all kept to score")
+        return
+    d.flowback = train.ref
+    inputs.append((train.ref, "flowback"))
+    try:
+        pipe = load_pipeline(
+            base_dir / spec.pipeline, variables={"flowback": train.ref, "champion": champion.ref}
+        )
+        res = run_pipeline(pipe, store, progress=False)
+    except LmopsError as e:
+        d.reasons.append(f"retraining pipeline {spec.pipeline}: {e}")
+        return
+    d.pipeline_run = res.run_id
+    if not res.ok:
+        bad = res.failed
+        where = f"step {bad.name}: {bad.error}" if bad else "a step did not run"
+        d.reasons.append(f"retraining pipeline {spec.pipeline} failed at {where}")
+        return
+    step = res.steps.get(spec.challenger_step)
+    out = step.outputs.get(spec.challenger_output) if step else None
+    if out is None:
+        d.reasons.append(
+            f"the pipeline has no output {spec.challenger_output!r} of step "
+            f"{spec.challenger_step!r}; set retrain.challenger_step/challenger_output"
+        )
+        return
+    challenger = store.assets.resolve(out)
+    d.challenger = challenger.ref
+    inputs.append((challenger.ref, "challenger"))
+    if challenger.asset != champion.asset:
+        d.reasons.append(
+            f"challenger {challenger.ref} is not a version of {champion.asset}; make the "
+            f"training step register its output as {champion.asset!r} so the alias can move"
+        )
+        return
+    sets = {"holdout": _chat_rows(store.assets.path(hold.ref))}
+    if spec.eval_set:
+        ev = store.assets.resolve(spec.eval_set)
+        inputs.append((ev.ref, "eval_set"))
+        sets["eval_set"] = _chat_rows(store.assets.path(ev.ref), spec.max_eval)
+    try:
+        d.scores["champion"] = _score(store, champion.ref, sets, spec.device)
+        d.scores["challenger"] = _score(store, challenger.ref, sets, spec.device)
+    except LmopsError as e:
+        d.reasons.append(f"evaluation failed: {e}")
+        return
+    d.reasons += _judge(spec, d.scores["champion"], d.scores["challenger"])
+    if not d.reasons:
+        alias = spec.champion.split("@", 1)[1] if "@" in spec.champion else None
+        if alias is None:
+            d.reasons.append(f"champion {spec.champion!r} is not an alias ref (name@alias)")
+            return
+        store.assets.alias(challenger.ref, alias)
+        d.promoted = True
+        d.reasons.append(
+            f"{challenger.ref} beats {champion.ref} by the margin; {champion.asset}@{alias} "
+            f"now points at it"
+        )
+
+
+def _record(store: Store, d: Decision, inputs: list[tuple[str, str]], run_id: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="lmops-decision-") as tmp:
+        f = Path(tmp) / "decision.json"
+        f.write_text(json.dumps(d.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+        v = store.assets.register(
+            RETRAIN_DECISION,
+            f"retrain-{d.report.split(':')[0].removeprefix('drift-')}",
+            f,
+            metadata={"promoted": d.promoted, "reasons": d.reasons, "triggers": d.triggers},
+            inputs=inputs,
+            run_id=run_id,
+            description=("promoted " if d.promoted else "not promoted: ") + "; ".join(d.reasons),
+        )
+    d.decision = v.ref
+
+
+def watch_once(store: Store, spec: WatchSpec, base_dir: Path = Path(".")) -> Decision:
+    """One round: check, and when triggered retrain and decide (see the module docstring)."""
+    report, version = check_deployment(store, spec.check)
+    d = Decision(report=version.ref, status=report.status)
+    r = spec.retrain
+    if report.status in ("empty", "no_overlap"):
+        d.reasons.append(f"nothing to decide: {report.message}")
+        return d
+    if r is None:
+        return d
+    if "drift" in r.triggers and report.drift:
+        d.triggers.append("drift: " + ", ".join(report.drifted))
+    if "canary" in r.triggers and report.canaries and report.canaries.get("failed"):
+        d.triggers.append("canaries failing: " + ", ".join(report.canaries["failing"]))
+    d.triggered = bool(d.triggers)
+    if not d.triggered:
+        return d
+    inputs: list[tuple[str, str]] = [(version.ref, "trigger")]
+    with store.runs.track("retrain", name=f"retrain {spec.check.deployment}") as run:
+        since = parse_since(spec.check.since)
+        try:
+            _retrain(store, r, base_dir, spec.check.deployment, since, d, run.id, inputs)
+        except LmopsError as e:  # a bad champion ref, a vanished asset: recorded, not raised
+            d.reasons.append(str(e))
+        _record(store, d, inputs, run.id)
+    return d
+
+
+def watch(
+    store: Store,
+    spec: WatchSpec,
+    base_dir: Path = Path("."),
+    *,
+    once: bool = False,
+    on_round: Callable[[Decision | None, str | None], None] | None = None,
+    rounds: int | None = None,
+) -> None:
+    """Rounds every ``interval_s`` until interrupted (``once``: one round). A round that fails
+    is reported through ``on_round(None, error)`` and the next one runs anyway."""
+    done = 0
+    while True:
+        try:
+            d, err = watch_once(store, spec, base_dir), None
+        except LmopsError as e:
+            d, err = None, str(e)
+        except Exception as e:  # the watcher outlives any one round's failure
+            log.exception("monitor round failed")
+            d, err = None, f"{type(e).__name__}: {e}"
+        if on_round is not None:
+            on_round(d, err)
+        done += 1
+        if once or (rounds is not None and done >= rounds):
+            return
+        time.sleep(spec.interval_s)

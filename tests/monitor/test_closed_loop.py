@@ -1,0 +1,176 @@
+"""The closed loop with a tiny model: planted drift -> flow-back -> the user's retraining
+pipeline -> challenger vs champion -> promotion by moving the alias; the refusals (margin not
+met, a failing pipeline, an empty window) are recorded with their reasons and promote nothing."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lmops.pipelines.retrain import WatchSpec, watch_once
+from tests.monitor.traffic import cooking, log_chat, maths_zh
+from tests.train.tiny import make_model, make_tokenizer
+
+
+def _answer(i: int) -> str:
+    return f"一共有{(i % 17 + 3) + (i % 13 + 2)}个苹果。"
+
+
+@pytest.fixture
+def served(store: Any, tmp_path: Path) -> Any:
+    """``chat:1`` (a tiny random model) is ``chat@production``; two hours ago it got cooking
+    questions, in the last half hour Chinese arithmetic (the planted drift)."""
+    tok = make_tokenizer(tmp_path / "tok")
+    v = store.assets.register("model", "chat", make_model(tmp_path / "base", tok))
+    store.assets.alias(v.ref, "production")
+    old = datetime.now(UTC) - timedelta(hours=2)
+    new = datetime.now(UTC) - timedelta(minutes=30)
+    for i in range(40):
+        log_chat(
+            store,
+            "chat",
+            cooking(i),
+            "Use garlic.",
+            at=old + timedelta(seconds=i),
+            model_ref=v.ref,
+            i=i,
+        )
+    for i in range(60):
+        log_chat(
+            store,
+            "chat",
+            maths_zh(i),
+            _answer(i),
+            at=new + timedelta(seconds=i),
+            model_ref=v.ref,
+            i=100 + i,
+        )
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": maths_zh(i)},
+                        {"role": "assistant", "content": _answer(i)},
+                    ]
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+            for i in range(200, 220)
+        ),
+        encoding="utf-8",
+    )
+    store.assets.register("dataset", "eval-chats", evals)
+    return store
+
+
+def _pipeline(tmp_path: Path, model: str = "${vars.champion}") -> str:
+    spec = {
+        "stage": "sft",
+        "method": "full",
+        "model": model,
+        "dataset": "${vars.flowback}",
+        "output": "chat",
+        "device": "cpu",
+        "train": {
+            "max_steps": 25,
+            "batch_size": 8,
+            "max_seq_len": 192,
+            "lr": 3e-3,
+            "warmup_steps": 0,
+            "save_steps": 1000,
+        },
+    }
+    path = tmp_path / "retrain.yaml"
+    path.write_text(
+        yaml.safe_dump({"name": "retrain", "steps": {"sft": {"type": "train", "spec": spec}}})
+    )
+    return path.name
+
+
+def _watch(tmp_path: Path, margin: float, deployment: str = "chat", **retrain: Any) -> WatchSpec:
+    return WatchSpec.model_validate(
+        {
+            "check": {
+                "deployment": deployment,
+                "since": "1h",
+                "reference_since": "3h",
+                "monitor": {"embedder": "hashed", "plots": False, "permutations": 100},
+            },
+            "retrain": {
+                "pipeline": _pipeline(tmp_path),
+                "champion": "chat@production",
+                "challenger_step": "sft",
+                "eval_set": "eval-chats",
+                "holdout": 10,
+                "margin": margin,
+                **retrain,
+            },
+        }
+    )
+
+
+def _parents(store: Any, ref: str) -> set[tuple[str, str]]:
+    return {(e.parent, e.role) for e in store.assets.lineage(ref, 1).upstream}
+
+
+def test_drift_retrains_and_promotes_only_a_clear_winner(served: Any, tmp_path: Path) -> None:
+    store = served
+    # a margin nobody can meet: retrained, evaluated, recorded, not promoted
+    d = watch_once(store, _watch(tmp_path, margin=0.99), tmp_path)
+    assert d.triggered and "language" in d.triggers[0] and not d.promoted
+    assert d.challenger == "chat:2", d.reasons
+    assert "below the margin 99.0%" in d.reasons[0]
+    assert store.assets.resolve("chat@production").ref == "chat:1"
+    assert d.decision is not None
+    rec = store.assets.resolve(d.decision)
+    assert rec.metadata["promoted"] is False and rec.metadata["reasons"] == d.reasons
+    parents = _parents(store, d.decision)
+    assert {
+        (d.report, "trigger"),
+        ("chat:1", "champion"),
+        ("chat:2", "challenger"),
+        ("eval-chats:1", "eval_set"),
+    } <= parents
+    assert (d.flowback, "flowback") in parents and (d.holdout, "holdout") in parents
+    assert store.assets.resolve(d.flowback or "").metadata["rows"] == 50
+    # the challenger really learned the new traffic: lower NLL on held-out logs and eval set
+    champ, chall = d.scores["champion"], d.scores["challenger"]
+    assert chall["holdout"] < champ["holdout"] and chall["eval_set"] < champ["eval_set"]
+
+    # a reachable margin: promoted, the alias moves (the gateway re-resolves it)
+    d2 = watch_once(store, _watch(tmp_path, margin=0.05), tmp_path)
+    assert d2.promoted, d2.reasons
+    assert store.assets.resolve("chat@production").ref == d2.challenger == "chat:3"
+    assert store.assets.resolve(d2.decision or "").metadata["promoted"] is True
+
+
+def test_failing_pipeline_and_empty_window_promote_nothing(
+    served: Any, tmp_path: Path, cli: Any
+) -> None:
+    store = served
+    spec = _watch(tmp_path, margin=0.0)
+    (tmp_path / spec.retrain.pipeline).write_text(  # type: ignore[union-attr]
+        (tmp_path / _pipeline(tmp_path, model="no-such-model")).read_text()
+    )
+    watch_file = tmp_path / "watch.yaml"
+    watch_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    r = cli("monitor", "watch", str(watch_file), "--once", "--json")
+    assert r.code == 0, r.err
+    d = json.loads(r.out)
+    assert d["triggered"] and not d["promoted"]
+    assert "failed at step sft" in d["reasons"][0] and "no-such-model" in d["reasons"][0]
+    assert store.assets.resolve(d["decision"]).metadata["promoted"] is False
+    assert store.assets.resolve("chat@production").ref == "chat:1"
+
+    idle = watch_once(store, _watch(tmp_path, margin=0.0, deployment="idle"), tmp_path)
+    assert idle.status == "empty" and not idle.triggered and idle.decision is None
+    assert "no rows" in idle.reasons[0]
+    assert store.assets.resolve(idle.report).metadata["status"] == "empty"
