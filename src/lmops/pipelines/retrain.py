@@ -9,7 +9,7 @@ the monitor stage only answers "did it drift?". One round (:func:`watch_once`):
 2. triggered when a monitor drifted (``drift``) or a canary failed (``canary``), as
    ``retrain.triggers`` says; an empty window or one with nothing in common with the
    reference never triggers;
-3. flow-back: the window's logged chats (``monitor.metering.export_conversations``, with its
+3. flow-back: the judged window's logged chats (from its first request on) (``monitor.metering.export_conversations``, with its
    quality filters) become dataset ``<flowback>-all``; its newest ``holdout`` conversations
    become ``<flowback>-holdout`` (the recent traffic sample, never trained on) and the rest
    ``<flowback>`` (the training data);
@@ -328,7 +328,9 @@ def watch_once(store: Store, spec: WatchSpec, base_dir: Path = Path(".")) -> Dec
         return d
     inputs: list[tuple[str, str]] = [(version.ref, "trigger")]
     with store.runs.track("retrain", name=f"retrain {spec.check.deployment}") as run:
-        since = parse_since(spec.check.since)
+        # the flow-back covers exactly the window that was judged
+        first = report.window.get("first")
+        since = datetime.fromisoformat(first) if first else parse_since(spec.check.since)
         try:
             _retrain(store, r, base_dir, spec.check.deployment, since, d, run.id, inputs)
         except LmopsError as e:  # a bad champion ref, a vanished asset: recorded, not raised
