@@ -120,3 +120,28 @@ def test_bad_students(store: Any, teacher: Path, text: Path, tmp_path: Path) -> 
     other, tok = llama(tmp_path / "o", make_tokenizer(tmp_path / "otok", vocab_size=300))
     with pytest.raises(UserError, match="tokenizer differs"):
         distill(DistillSpec(student=str(save(other, tok, tmp_path / "o")), **base), store=store)
+
+
+def test_pipeline_prune_then_distill(store: Any, teacher: Path, text: Path, tmp_path: Path) -> None:
+    """Structured pruning feeding distillation as pipeline steps; a re-run is all cached."""
+    import yaml
+
+    from lmops.pipelines.runner import run_pipeline
+    from lmops.pipelines.spec import load_pipeline
+
+    steps = {
+        "short": {"type": "prune", "model": str(teacher), "output": "short", "method": "layers",
+                  "drop": 2, "calibration": str(text), "samples": 4, "seq_len": 32},
+        "heal": {"type": "distill", "teacher": str(teacher), "student": "${steps.short.output}",
+                 "dataset": str(text), "output": "healed", "steps": 4, "seq_len": 32,
+                 "eval_blocks": 2},
+    }  # fmt: skip
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"name": "compress", "steps": steps}, sort_keys=False))
+    first = run_pipeline(load_pipeline(path), store, progress=False)
+    assert first.ok, first.failed
+    assert first.steps["heal"].outputs["output"] == "healed:1"
+    parents = {(e.parent, e.role) for e in store.assets.lineage("healed:1").upstream}
+    assert ("short:1", "student_init") in parents
+    again = run_pipeline(load_pipeline(path), store, progress=False)
+    assert again.executed() == []

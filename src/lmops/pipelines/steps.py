@@ -20,6 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmops.core.errors import UserError
+from lmops.deploy.distill import DistillSpec
+from lmops.deploy.prune import PruneSpec
 from lmops.pipelines.gate import Condition, fmt, higher_is_better, judge
 
 __all__ = [
@@ -347,6 +349,62 @@ def _merge(ctx: StepContext, p: MergeParams) -> StepOutput:
 
     v = merge_adapter(ctx.store, p.adapter, p.output)
     return StepOutput({"output": v.ref}, {}, v.ref, v.run_id)
+
+
+# -- prune, distill (lmops.deploy) -----------------------------------------------------------
+def _local_or_ref(ctx: StepContext, value: str) -> str:
+    """A path relative to the pipeline's folder when it exists there, else the ref as is."""
+    p = ctx.path(value)
+    return str(p) if p.exists() else value
+
+
+class PruneParams(PruneSpec, Params):
+    """The step is a prune spec, the same job as ``lmops deploy prune``."""
+
+    def inputs(self) -> list[str]:
+        return [self.model, *([self.calibration] if self.calibration else [])]
+
+
+@step_type("prune", PruneParams)
+def _prune(ctx: StepContext, p: PruneParams) -> StepOutput:
+    """Prune a model (wanda/magnitude sparsity, or drop layers/heads) and register it."""
+    from lmops.deploy.prune import prune
+
+    spec = PruneSpec.model_validate(p.model_dump())
+    spec.model = _local_or_ref(ctx, spec.model)
+    if spec.calibration:
+        spec.calibration = _local_or_ref(ctx, spec.calibration)
+    r = prune(spec, store=ctx.store)
+    run_id = ctx.store.assets.resolve(r.ref).run_id
+    summary = f"{r.ref}: {r.params_before:,} -> {r.params_after:,} parameters"
+    return StepOutput({"output": r.ref}, r.model_dump(), summary, run_id)
+
+
+class DistillParams(DistillSpec, Params):
+    """The step is a distill spec, the same job as ``lmops deploy distill`` (it resumes
+    from its last checkpoint when run again)."""
+
+    def inputs(self) -> list[str]:
+        student = [] if self.student.startswith("layers:") else [self.student]
+        return [self.teacher, self.dataset, *student]
+
+
+@step_type("distill", DistillParams)
+def _distill(ctx: StepContext, p: DistillParams) -> StepOutput:
+    """Distil a teacher into a smaller student on its logits and register the student."""
+    from lmops.deploy.distill import distill
+
+    spec = DistillSpec.model_validate(p.model_dump())
+    spec.teacher, spec.dataset = _local_or_ref(ctx, spec.teacher), _local_or_ref(ctx, spec.dataset)
+    if not spec.student.startswith("layers:"):
+        spec.student = _local_or_ref(ctx, spec.student)
+    r = distill(spec, store=ctx.store, show_progress=ctx.progress)
+    run_id = ctx.store.assets.resolve(r.ref).run_id
+    summary = (
+        f"{r.ref}: perplexity {r.student_ppl_start:.2f} -> {r.student_ppl_end:.2f} "
+        f"(teacher {r.teacher_ppl:.2f})"
+    )
+    return StepOutput({"output": r.ref}, r.model_dump(), summary, run_id)
 
 
 # -- eval -------------------------------------------------------------------------------------
