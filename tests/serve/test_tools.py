@@ -5,7 +5,10 @@ bad requests are 400s naming the field; a call cut off by max_tokens is never se
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any, Literal
 import httpx
 import jsonschema
 import pytest
+import uvicorn
 from pydantic import BaseModel, Field
 
 from tests.serve.conftest import lmops_env, start_server, stop_server
@@ -22,7 +26,7 @@ from tests.train.tiny import make_tokenizer
 openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
 pytest.importorskip("llguidance", reason="grammar-constrained decoding needs llguidance")
 
-WEATHER = {
+WEATHER: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -39,7 +43,7 @@ WEATHER = {
         "strict": True,
     },
 }
-CLOCK = {
+CLOCK: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_time",
@@ -80,15 +84,80 @@ def make_long_model(folder: Path, tok_dir: Path) -> Path:
     return folder
 
 
+UPSTREAM_CALL = {
+    "id": "call_up1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "to": "bob@example.com"}'},
+}
+
+
+@contextlib.contextmanager
+def vllm_like_upstream(seen: list[dict[str, Any]]) -> Iterator[str]:
+    """An OpenAI-compatible upstream that answers every chat with one tool call (as vLLM
+    does with a tool parser), full or streamed, and keeps the bodies it received."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        seen.append(body)
+        head = {"id": "up", "created": 0, "model": body["model"]}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": None, "tool_calls": [UPSTREAM_CALL]}
+            return JSONResponse(
+                {
+                    **head,
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+                }
+            )
+        fn: dict[str, Any] = UPSTREAM_CALL["function"]  # type: ignore[assignment]
+        header = {"index": 0, "id": "call_up1", "type": "function",
+                  "function": {"name": fn["name"], "arguments": ""}}  # fmt: skip
+        rest = {"index": 0, "function": {"arguments": fn["arguments"]}}
+        deltas = [{"role": "assistant", "tool_calls": [header]}, {"tool_calls": [rest]}, {}]
+        events = [
+            {**head, "object": "chat.completion.chunk",
+             "choices": [{"index": 0, "delta": d,
+                          "finish_reason": "tool_calls" if not d else None}]}
+            for d in deltas
+        ]  # fmt: skip
+        text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return Response(text, media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("tools")
     home = root / "home"
     env = lmops_env(home)
     model = make_long_model(root / "tiny", make_tokenizer(root / "tok"))
+    seen: list[dict[str, Any]] = []
+    upstream_cm = vllm_like_upstream(seen)
+    upstream = upstream_cm.__enter__()
     deployments = root / "deployments.yaml"
     deployments.write_text(
-        f"deployments:\n  - {{name: tiny, model: {model}, log_bodies: true, max_tokens_cap: 512}}\n"
+        "deployments:\n"
+        f"  - {{name: tiny, model: {model}, log_bodies: true, max_tokens_cap: 512}}\n"
+        f"  - {{name: up, upstream: {upstream}, upstream_model: served}}\n"
     )
     # the key is made in-process (one interpreter start less than the CLI on busy cores)
     from lmops.core.config import Settings
@@ -105,8 +174,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         str(deployments),
         ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
     )
-    yield {"base": base, "key": key, "home": home}
+    yield {"base": base, "key": key, "home": home, "seen": seen}
     stop_server(proc)
+    upstream_cm.__exit__(None, None, None)
 
 
 def client(server: dict[str, Any]) -> Any:
@@ -339,7 +409,7 @@ def test_request_log_keeps_tool_calls(
         while len(logged) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
             logged = {
-                (x.request_body or {}).get("user"): x
+                str((x.request_body or {}).get("user")): x
                 for x in store.requests.scan(deployment="tiny", with_bodies=True)
                 if (x.request_body or {}).get("user") in ("log-full", "log-stream")
             }
@@ -351,3 +421,39 @@ def test_request_log_keeps_tool_calls(
         assert x.request_body["tools"][0]["function"]["name"] == "get_weather"
         call = x.response_body["choices"][0]["message"]["tool_calls"][0]["function"]
         assert (call["name"], call["arguments"]) == (want.name, want.arguments)
+
+
+def test_upstream_gets_the_fields_unchanged_and_guardrails_see_tool_text(
+    server: dict[str, Any],
+) -> None:
+    c = client(server)
+    history = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_a", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "carol@example.com"}'}}]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "mail alice@example.com"},
+    ]  # fmt: skip
+    fields: dict[str, Any] = {
+        "tools": TOOLS,
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "parallel_tool_calls": False,
+        "response_format": {"type": "json_object"},
+    }
+    r = c.chat.completions.create(model="up", messages=history, max_tokens=50, **fields)
+    sent = server["seen"][-1]
+    assert {k: sent[k] for k in fields} == fields  # passed through unchanged
+    # tool results and earlier calls' arguments went through the input guardrails
+    dumped = json.dumps(sent["messages"])
+    assert "example.com" not in dumped and "<EMAIL>" in dumped
+    assert sent["messages"][1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    # the upstream's call comes back in OpenAI's shape, its arguments guarded as output
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert (call.id, call.function.name) == ("call_up1", "get_weather")
+    assert json.loads(call.function.arguments) == {"city": "Paris", "to": "<EMAIL>"}
+    chunks = list(c.chat.completions.create(model="up", messages=ASK, stream=True, **fields))
+    pieces = [d for ch in chunks if ch.choices for d in ch.choices[0].delta.tool_calls or []]
+    assert pieces[0].id == "call_up1" and pieces[0].function.name == "get_weather"
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "tool_calls"

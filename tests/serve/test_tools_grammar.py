@@ -186,7 +186,7 @@ def test_fallback_rendering_of_tools_calls_and_results() -> None:
              "tools": [{"type": "function", "function": {"name": "f"}}]}
         )
     )  # fmt: skip
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_1", "type": "function",
