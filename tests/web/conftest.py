@@ -88,6 +88,7 @@ def _seed(store: Any, tmp: Path) -> dict[str, Any]:
     ev_dir = tmp / "eval"
     ev_dir.mkdir()
     results = {"addition": {"exact_match": 0.5, "n": 2}}
+    better = {"addition": {"exact_match": 1.0, "n": 2}}
     (ev_dir / "results.json").write_text(
         json.dumps({"model": {"name": "tiny-lm", "ref": model.ref}, "results": results}),
         encoding="utf-8",
@@ -118,6 +119,22 @@ def _seed(store: Any, tmp: Path) -> dict[str, Any]:
         "tiny-lm-eval",
         ev_dir,
         metadata={"model": {"name": "tiny-lm", "ref": model.ref}, "results": results, "groups": {}},
+        inputs=[(model.ref, "model")],
+    )
+    # a second report of the same task, all items right: the compare page shows the delta
+    (ev_dir / "results.json").write_text(
+        json.dumps({"model": {"name": "tiny-lm", "ref": model.ref}, "results": better}),
+        encoding="utf-8",
+    )
+    (ev_dir / "items.jsonl").write_text(
+        "".join(json.dumps({**i, "scores": {"exact_match": 1.0}}) + "\n" for i in items),
+        encoding="utf-8",
+    )
+    store.assets.register(
+        "eval_report",
+        "tiny-lm-eval",
+        ev_dir,
+        metadata={"model": {"name": "tiny-lm", "ref": model.ref}, "results": better, "groups": {}},
         inputs=[(model.ref, "model")],
     )
     create_prompt(store, "tide-poem", "Write one line about {{topic}}.", message="first cut")

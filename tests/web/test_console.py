@@ -72,6 +72,7 @@ def test_every_page_renders_and_no_request_leaves_loopback(
             continue  # the monitor stage's report reader is not in this tree yet
         resp = admin_page.goto(console.url + path.format(run0=console.seed["runs"][0]))
         assert resp is not None and resp.status == 200, (name, resp and resp.status)
+        assert "frame-ancestors 'none'" in resp.headers.get("content-security-policy", ""), name
         assert admin_page.locator("main h1").count() >= 1, name
         assert admin_page.locator(".error").count() == 0, (name, admin_page.content()[:400])
         shot(admin_page, name)
@@ -109,6 +110,17 @@ def test_compare_two_runs(admin_page: Any, console: Console) -> None:
     assert "config.lr" in diff and "0.0003" in diff and "0.001" in diff
     assert "config.model.layers" not in diff  # the same in both: not a difference
     shot(admin_page, "runs-compare")
+
+
+def test_compare_two_eval_reports(admin_page: Any, console: Console) -> None:
+    admin_page.goto(f"{console.url}/ui/eval")
+    admin_page.check("input[name=refs][value='tiny-lm-eval:1']")
+    admin_page.check("input[name=refs][value='tiny-lm-eval:2']")
+    admin_page.click("#eval-compare button")
+    admin_page.wait_for_url(re.compile(r".*/ui/eval/compare\?.*"))
+    row = admin_page.locator("table.compare tr", has_text="exact_match").inner_text()
+    assert "0.5" in row and "(+0.5)" in row
+    shot(admin_page, "eval-compare")
 
 
 def test_lineage_click_through_from_served_model_to_raw_data(

@@ -176,6 +176,8 @@ def add_routes(r: APIRouter) -> None:
         refs = list(dict.fromkeys(x for x in refs or [] if x))
         if len(refs) < 2:
             raise UserError("pick at least two eval reports to compare")
+        # the oldest report is the baseline the others are compared with
+        refs.sort(key=lambda ref: viewer.store.assets.resolve(ref).created_at)
         result = compare_reports(viewer.store, refs)
         return render(request, viewer, "eval_compare.html", section="eval", result=result)
 
