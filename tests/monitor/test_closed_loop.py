@@ -146,10 +146,15 @@ def test_drift_retrains_and_promotes_only_a_clear_winner(served: Any, tmp_path: 
     assert chall["holdout"] < champ["holdout"] and chall["eval_set"] < champ["eval_set"]
 
     # a reachable margin: promoted, the alias moves (the gateway re-resolves it)
-    d2 = watch_once(store, _watch(tmp_path, margin=0.05), tmp_path)
+    d2 = watch_once(store, _watch(tmp_path, margin=0.05, cooldown_s=0), tmp_path)
     assert d2.promoted, d2.reasons
     assert store.assets.resolve("chat@production").ref == d2.challenger == "chat:3"
     assert store.assets.resolve(d2.decision or "").metadata["promoted"] is True
+
+    # the traffic stays moved: the next round drifts again but does not retrain at once
+    d3 = watch_once(store, _watch(tmp_path, margin=0.05), tmp_path)
+    assert d3.triggered and not d3.promoted and d3.decision is None
+    assert d3.reasons[0].startswith("cooling down") and store.assets.resolve("chat").ref == "chat:3"
 
 
 def test_failing_pipeline_and_empty_window_promote_nothing(

@@ -19,6 +19,7 @@ Features computed from text:
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -182,17 +183,20 @@ def read_traffic(
     until: datetime | None = None,
     last: int | None = None,
 ) -> Iterator[RequestRecord]:
-    """Logged requests of ``deployment`` in ``[since, until)``, only the ``last`` N when given.
-    Rows without bodies are read too (the bodies come along where they were logged)."""
-    rows = list(store.requests.scan(deployment=deployment, since=since, until=until))
+    """Logged requests of ``deployment`` in ``[since, until)``, only the ``last`` N when given,
+    in time order. Rows without bodies are read too; bodies come along where they were logged
+    (read in a second pass that starts at the window's first row)."""
+    rows: deque[RequestRecord] = deque(maxlen=last)  # maxlen None: unbounded
+    rows.extend(store.requests.scan(deployment=deployment, since=since, until=until))
+    if not rows:
+        return
+    start = rows[0].time if last is not None else since
     with_bodies = {
         (r.request_id, r.time): r
         for r in store.requests.scan(
-            deployment=deployment, since=since, until=until, with_bodies=True
+            deployment=deployment, since=start, until=until, with_bodies=True
         )
     }
-    if last is not None:
-        rows = rows[-last:]
     for r in rows:
         yield with_bodies.get((r.request_id, r.time), r)
 

@@ -25,7 +25,9 @@ the monitor stage only answers "did it drift?". One round (:func:`watch_once`):
    refs every few seconds (``serve/deployments.py``), so a deployment of ``chat@production``
    serves the new version without a restart.
 
-Every round that triggers records a ``retrain_decision`` asset (``decision.json``): promoted
+A round within ``cooldown_s`` of the last decision does not retrain (it says so): traffic that
+moved stays moved after a promotion, so point the check's reference at the new training data.
+Every round that retrains records a ``retrain_decision`` asset (``decision.json``): promoted
 or not, with the reasons, the scores, and lineage to the drift report, the flow-back data,
 champion, challenger and eval set. A failed export, a failed pipeline or an unloadable model
 is a decision not to promote, with its reason; nothing is raised out of the loop.
@@ -38,7 +40,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -81,6 +83,9 @@ class RetrainSpec(BaseModel):
     max_regression: float = Field(0.05, ge=0, description="allowed relative loss on eval_set")
     max_eval: int = Field(200, ge=1, description="rows of eval_set scored")
     triggers: list[Trigger] = Field(default_factory=lambda: list(_TRIGGERS))
+    cooldown_s: float = Field(
+        6 * 3600.0, ge=0, description="no retraining this soon after the last retrain decision"
+    )
     device: str = "cpu"
 
 
@@ -293,13 +298,28 @@ def _retrain(
         )
 
 
-def _record(store: Store, d: Decision, inputs: list[tuple[str, str]], run_id: str) -> None:
+def _decision_name(deployment: str) -> str:
+    from lmops.monitor.checks import report_name
+
+    return "retrain-" + report_name(deployment).removeprefix("drift-")
+
+
+def _last_decision(store: Store, deployment: str) -> Version | None:
+    try:
+        return store.assets.resolve(_decision_name(deployment))
+    except UserError:
+        return None
+
+
+def _record(
+    store: Store, deployment: str, d: Decision, inputs: list[tuple[str, str]], run_id: str
+) -> None:
     with tempfile.TemporaryDirectory(prefix="lmops-decision-") as tmp:
         f = Path(tmp) / "decision.json"
         f.write_text(json.dumps(d.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
         v = store.assets.register(
             RETRAIN_DECISION,
-            f"retrain-{d.report.split(':')[0].removeprefix('drift-')}",
+            _decision_name(deployment),
             f,
             metadata={"promoted": d.promoted, "reasons": d.reasons, "triggers": d.triggers},
             inputs=inputs,
@@ -326,6 +346,17 @@ def watch_once(store: Store, spec: WatchSpec, base_dir: Path = Path(".")) -> Dec
     d.triggered = bool(d.triggers)
     if not d.triggered:
         return d
+    # Traffic that moved stays moved after a promotion: without a pause every round would
+    # retrain again on the same drift (point the reference at the new training data).
+    last = _last_decision(store, spec.check.deployment)
+    if last is not None:
+        age = (datetime.now(UTC) - last.created_at.astimezone(UTC)).total_seconds()
+        if age < r.cooldown_s:
+            d.reasons.append(
+                f"cooling down: {last.ref} decided {age:.0f} s ago (retrain.cooldown_s "
+                f"{r.cooldown_s:g}); not retraining yet"
+            )
+            return d
     inputs: list[tuple[str, str]] = [(version.ref, "trigger")]
     with store.runs.track("retrain", name=f"retrain {spec.check.deployment}") as run:
         # the flow-back covers exactly the window that was judged
@@ -335,7 +366,7 @@ def watch_once(store: Store, spec: WatchSpec, base_dir: Path = Path(".")) -> Dec
             _retrain(store, r, base_dir, spec.check.deployment, since, d, run.id, inputs)
         except LmopsError as e:  # a bad champion ref, a vanished asset: recorded, not raised
             d.reasons.append(str(e))
-        _record(store, d, inputs, run.id)
+        _record(store, spec.check.deployment, d, inputs, run.id)
     return d
 
 
