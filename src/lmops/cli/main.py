@@ -190,6 +190,11 @@ def assets_register(
     store = _store()
     if not path.exists():
         raise UserError(f"{path}: no such file or directory; nothing was registered")
+    if kind == "model" and path.is_file() and path.suffix.lower() == ".gguf":
+        raise UserError(
+            f"{path} is a GGUF file, not a model folder; import it instead: "
+            f"lmops assets import gguf {path} --name {name}"
+        )
     total = (
         path.stat().st_size
         if path.is_file()
@@ -232,6 +237,34 @@ def assets_register(
     else:
         console.print(
             f"registered [bold]{v.ref}[/] ({v.kind}, {human_size(v.size)}, sha256 {(v.digest or '')[:12]})"
+        )
+
+
+assets_import_app = typer.Typer(
+    help="Turn other formats into assets (gguf: a dequantized model folder).",
+    no_args_is_help=True,
+)
+assets_app.add_typer(assets_import_app, name="import")
+
+
+@assets_import_app.command("gguf")
+def assets_import_gguf(
+    file: Annotated[Path, typer.Argument(help="The .gguf file.")],
+    name: Annotated[str, typer.Option("--name", help="Name of the model asset.")],
+    description: Annotated[str, typer.Option("--description", "-d")] = "",
+    json_: JsonOpt = False,
+) -> None:
+    """Import a GGUF model as a Hugging Face model folder (dequantized; tokenizer and chat
+    template kept); its lineage holds the GGUF file and its sha256."""
+    from lmops.deploy.gguf import import_gguf
+
+    v = import_gguf(_store(), file, name=name, description=description)
+    if json_:
+        print_json(v)
+    else:
+        console.print(
+            f"imported [bold]{v.ref}[/] (model from {escape(file.name)}, {human_size(v.size)}, "
+            f"gguf sha256 {v.metadata['gguf_sha256'][:12]})"
         )
 
 

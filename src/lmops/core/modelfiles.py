@@ -36,9 +36,8 @@ def check_model_folder(path: Path, *, what: str | None = None) -> None:
     if path.is_file():
         if path.suffix.lower() == ".gguf":
             raise UserError(
-                f"{name} is a GGUF file, not a model folder; convert it to a Hugging Face folder "
-                "first (transformers loads it with from_pretrained(folder, gguf_file=...) and "
-                "save_pretrained writes one)"
+                f"{name} is a GGUF file, not a model folder; import it as one first: "
+                f"lmops assets import gguf {path} --name NAME"
             )
         raise UserError(f"{name} is a file; a model is a folder with config.json and a tokenizer")
     if (path / "adapter_config.json").is_file():

@@ -187,9 +187,9 @@ class Engine:
         of loading ``model_path`` again; the engine may set the tokenizer's chat template,
         so pass a copy of one whose template matters."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        from lmops.models.loading import CHATML, quiet_transformers, select_device
+        from lmops.models.loading import CHATML, load_causal_lm, quiet_transformers, select_device
 
         quiet_transformers()
         self.device = select_device(device)
@@ -198,9 +198,11 @@ class Engine:
         else:
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-                model = AutoModelForCausalLM.from_pretrained(
-                    str(model_path),
+                # load_causal_lm also reads the quantized folders of lmops deploy quantize
+                model = load_causal_lm(
+                    model_path,
                     dtype=torch.bfloat16 if self.device == "cuda" else torch.float32,
+                    device=self.device,
                 )
             except (OSError, ValueError) as e:
                 raise UserError(f"cannot load model {model_path}: {e}") from None

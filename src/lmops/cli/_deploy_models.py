@@ -1,0 +1,176 @@
+"""``lmops deploy export / quantize / report``: the commands over :mod:`lmops.deploy.gguf`,
+:mod:`lmops.deploy.quantize` and :mod:`lmops.deploy.report` (model transforms)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from lmops.cli._output import console, human_size, open_store, print_json
+from lmops.cli.deploy import app
+from lmops.core.errors import UserError
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _bar(label: str, unit: str, enabled: bool) -> Any:
+    """A progress callback ``(done, total)`` over :class:`lmops.core.progress.Progress`."""
+    from lmops.core.progress import Progress
+
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = Progress(total=total, label=label, unit=unit, enabled=enabled)
+            state["bar"].__enter__()
+            state["done"] = 0
+        state["bar"].advance(done - state["done"])
+        state["done"] = done
+        if done >= total:
+            state.pop("bar").__exit__(None, None, None)
+
+    return update
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Model asset ref or local HF folder.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Name of the model asset.")],
+    format_: Annotated[str, typer.Option("--format", help="Output format: gguf.")] = "gguf",
+    quant: Annotated[
+        str, typer.Option("--quant", help="GGUF matrices: f16, q8_0, q4_0 or q4_1.")
+    ] = "q8_0",
+    json_: JsonOpt = False,
+) -> None:
+    """Write MODEL as a GGUF file (llama.cpp, transformers) and register it as OUTPUT."""
+    from lmops.deploy.gguf import export_gguf
+
+    if format_ != "gguf":
+        raise UserError(f"--format {format_!r}: this lmops exports gguf; use --format gguf")
+    res = export_gguf(
+        open_store(),
+        model,
+        quant=quant,
+        output=output,
+        progress=_bar("export", "tensors", not json_),
+    )
+    if json_:
+        print_json(res)
+        return
+    console.print(
+        f"exported [bold]{res.ref}[/] (gguf {res.quant}, {human_size(res.size)}, "
+        f"{res.bits_per_weight:.2f} bits/weight)"
+    )
+
+
+@app.command("quantize")
+def quantize_cmd(
+    model: Annotated[str, typer.Argument(help="Model asset ref or local HF folder.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Name of the model asset.")],
+    method: Annotated[
+        str, typer.Option("--method", help="int8 (CPU engine, faster) or gptq4 (calibrated).")
+    ] = "int8",
+    calibration: Annotated[
+        str | None,
+        typer.Option("--calibration", help="Dataset asset or file of text/rows (gptq4)."),
+    ] = None,
+    calibration_samples: Annotated[
+        int, typer.Option("--calibration-samples", min=1, help="gptq4: sequences.")
+    ] = 32,
+    seq_len: Annotated[int, typer.Option("--seq-len", min=16, help="gptq4: tokens each.")] = 512,
+    group_size: Annotated[int, typer.Option("--group-size", help="gptq4: weights per scale.")] = 64,
+    head_bits: Annotated[
+        int, typer.Option("--head-bits", help="gptq4: bits of lm_head/embeddings (4 or 8).")
+    ] = 8,
+    json_: JsonOpt = False,
+) -> None:
+    """Quantize MODEL for the built-in engine (lmops serve, lmops eval) as OUTPUT."""
+    from pydantic import ValidationError
+
+    from lmops.deploy.quantize import QuantizeConfig, quantize_model
+
+    try:
+        cfg = QuantizeConfig.model_validate(
+            {
+                "method": method,
+                "calibration_samples": calibration_samples,
+                "seq_len": seq_len,
+                "group_size": group_size,
+                "head_bits": head_bits,
+            }
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UserError(
+            f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}"
+            + (" (int8 or gptq4)" if first["loc"][0] == "method" else "")
+        ) from None
+    res = quantize_model(
+        open_store(),
+        model,
+        output=output,
+        config=cfg,
+        calibration=calibration,
+        progress=_bar("quantize", "layers", not json_),
+    )
+    if json_:
+        print_json(res)
+        return
+    console.print(
+        f"quantized [bold]{res.ref}[/] ({res.method}, {res.layers} layers, "
+        f"{res.bits_per_weight:.2f} bits/weight overall, "
+        f"{res.quantized_bits_per_weight:.2f} in quantized layers)"
+    )
+
+
+@app.command("report")
+def report_cmd(
+    models: Annotated[list[str], typer.Argument(help="Model variants: asset refs or folders.")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Name of the deploy_report asset.")
+    ] = "deploy-report",
+    text: Annotated[
+        str | None,
+        typer.Option(
+            "--text",
+            help="Reference text: dataset asset or file (default: a tinyshakespeare slice).",
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", min=64, help="Reference tokens for perplexity.")
+    ] = 4096,
+    gen_tokens: Annotated[
+        int, typer.Option("--gen-tokens", min=0, help="Tokens generated for tokens/s (0: skip).")
+    ] = 64,
+    json_: JsonOpt = False,
+) -> None:
+    """Size, bits/weight, perplexity and tokens/s of each variant: a table, a plot, an asset."""
+    from lmops.deploy.report import ReportConfig, deploy_report
+
+    res = deploy_report(
+        open_store(),
+        models,
+        output=output,
+        config=ReportConfig(text=text, max_tokens=max_tokens, gen_tokens=gen_tokens),
+        progress=_bar("report", "variants", not json_),
+    )
+    if json_:
+        print_json(res)
+        return
+    from lmops.cli._output import table
+
+    rows = [
+        [
+            r.model,
+            r.format,
+            human_size(r.size),
+            f"{r.bits_per_weight:.2f}",
+            f"{r.perplexity:.3f}" if r.perplexity is not None else "-",
+            f"{r.ppl_delta_pct:+.2f}%" if r.ppl_delta_pct is not None else "-",
+            f"{r.tokens_per_s:.1f}" if r.tokens_per_s is not None else "-",
+        ]
+        for r in res.rows
+    ]
+    table(None, ["model", "format", "size", "bits/w", "perplexity", "vs first", "tok/s"], rows)
+    console.print(f"registered [bold]{res.ref}[/] (plot: report.png in it)")

@@ -1,0 +1,588 @@
+"""Quantization for the built-in engine: ``lmops deploy quantize MODEL --method int8|gptq4``.
+
+``int8``  every Linear (the tied ``lm_head`` included) as symmetric per-output-channel int8;
+          the engine runs them with int8 activations per token (fbgemm's dynamic int8
+          kernel for one token, ``torch._int_mm`` for several), which makes CPU generation
+          faster than fp32 (torchao and optimum-quanto int8 measured slower here). With
+          calibration text, SmoothQuant first moves the outlier channels of each MLP's
+          down_proj input into its weights (exact in fp32). 8 bits/weight + a scale a row.
+``gptq4`` GPTQ (Frantar et al. 2022, the reference ``gptq.py`` algorithm): layer by layer, each
+          Linear's weights are rounded to 4 bits column by column and each rounding error
+          is spread over the columns not yet rounded through the inverse Hessian of the
+          layer's inputs on calibration text (H = 2 X Xᵀ). Asymmetric, one fp16 scale and
+          one uint8 zero point per group of ``group_size`` inputs. Layers are quantized in
+          order and each layer sees the outputs of the already quantized ones, as in the
+          reference. ``lm_head`` (with tied embeddings the embedding matrix too) is kept
+          at ``head_bits`` (8 by default: with a 49k vocabulary the head carries a fifth of
+          a small model's weights and most of its sensitivity).
+
+No library does calibrated 4-bit on a CPU without CUDA kernels (auto-gptq, gptqmodel and
+llm-compressor build or need them), so GPTQ is written here; it is ~60 lines.
+
+Outputs are quantized model folders (:mod:`lmops.models.quantized`) registered as ``model``
+assets with lineage to the source model and the calibration data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from lmops.core.errors import UserError
+
+__all__ = [
+    "QuantizeConfig",
+    "QuantizeResult",
+    "bits_per_weight",
+    "gptq_quantize_weight",
+    "quantize",
+    "quantize_model",
+    "rtn_int4",
+]
+
+Method = Literal["int8", "gptq4"]
+
+
+class QuantizeConfig(BaseModel):
+    """How to quantize; the defaults are the published ones."""
+
+    method: Method = "int8"
+    group_size: int = Field(64, description="gptq4: inputs per scale/zero point (32..256)")
+    head_bits: Literal[4, 8] = Field(8, description="gptq4: bits of lm_head (and tied embeddings)")
+    calibration_samples: int = Field(32, ge=1, description="gptq4: calibration sequences")
+    seq_len: int = Field(512, ge=16, description="gptq4: tokens per calibration sequence")
+    damp: float = Field(0.01, gt=0, description="gptq4: diagonal damping, fraction of mean(diag H)")
+    block_size: int = Field(128, ge=1, description="gptq4: columns updated lazily at once")
+    smooth_alpha: float = Field(
+        0.5, ge=0, le=1, description="int8 with calibration: SmoothQuant migration strength"
+    )
+
+
+class QuantizeResult(BaseModel):
+    """What ``quantize`` wrote: the folder and its figures (also the asset's metadata)."""
+
+    path: Path
+    method: Method
+    bits_per_weight: float  # every stored weight of the model: codes + scales + zero points
+    quantized_bits_per_weight: float  # the quantized Linear layers only
+    layers: int
+    ref: str | None = None
+
+
+# -- int8 ------------------------------------------------------------------------------------------
+def _int8(weight: Any) -> tuple[Any, Any]:
+    """Symmetric per-row int8: (codes int8 [out, in], scales fp32 [out]); w ≈ q * scale."""
+    import torch
+
+    scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12).float()
+    q = torch.clamp(torch.round(weight / scales[:, None]), -127, 127).to(torch.int8)
+    return q, scales
+
+
+# -- 4 bits ----------------------------------------------------------------------------------------
+def _group_params(w: Any) -> tuple[Any, Any]:
+    """Asymmetric 4-bit grid of each row of ``w`` [out, g]: (scale fp16-rounded, zero)."""
+    import torch
+
+    xmin = torch.clamp(w.amin(dim=1), max=0)
+    xmax = torch.clamp(w.amax(dim=1), min=0)
+    same = xmin == xmax
+    xmin, xmax = torch.where(same, xmin - 1, xmin), torch.where(same, xmax + 1, xmax)
+    # the scale is stored in fp16, so round it first: codes are chosen for the stored grid
+    scale = ((xmax - xmin) / 15.0).half().float().clamp(min=1e-8)
+    zero = torch.clamp(torch.round(-xmin / scale), 0, 15)
+    return scale, zero
+
+
+def _q4(x: Any, scale: Any, zero: Any) -> Any:
+    import torch
+
+    return torch.clamp(torch.round(x / scale) + zero, 0, 15)
+
+
+def rtn_int4(weight: Any, group_size: int) -> tuple[Any, Any, Any]:
+    """Round-to-nearest 4-bit per group (the uncalibrated baseline): (codes uint8 [out, in],
+    scales fp16 [out, in/g], zeros uint8 [out, in/g])."""
+    import torch
+
+    out_f, in_f = weight.shape
+    w = weight.float().reshape(out_f, in_f // group_size, group_size)
+    scale, zero = _group_params(w.reshape(-1, group_size))
+    scale, zero = scale.reshape(out_f, -1), zero.reshape(out_f, -1)
+    codes = _q4(w, scale[..., None], zero[..., None]).reshape(out_f, in_f)
+    return codes.to(torch.uint8), scale.half(), zero.to(torch.uint8)
+
+
+def gptq_quantize_weight(
+    weight: Any,
+    hessian: Any,
+    *,
+    group_size: int,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = True,
+) -> tuple[Any, Any, Any]:
+    """GPTQ of one Linear weight [out, in] given the Hessian [in, in] of its inputs.
+
+    Returns (codes uint8 [out, in], scales fp16 [out, in/g], zeros uint8 [out, in/g]).
+    ``act_order`` quantizes the columns with the largest Hessian diagonal (the loudest
+    inputs) first, so their error is spread over the most columns; the group grids are
+    then fitted on the weights as given ("static groups"), so the stored layout stays in
+    column order. Without it each group's grid is fitted when its first column comes up,
+    on the columns as already corrected (``block_size`` is rounded to whole groups so a
+    group never straddles two lazy blocks)."""
+    import torch
+
+    w = weight.detach().float().clone()
+    out_f, in_f = w.shape
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    n_groups = in_f // group_size
+    scales = torch.zeros(out_f, n_groups)
+    zeros = torch.zeros(out_f, n_groups)
+    perm = torch.arange(in_f)
+    if act_order:
+        for gi in range(n_groups):
+            sl = slice(gi * group_size, (gi + 1) * group_size)
+            scales[:, gi], zeros[:, gi] = _group_params(w[:, sl])
+        perm = torch.argsort(torch.diag(h), descending=True)
+        w, h = w[:, perm], h[perm][:, perm]
+    group_of = perm // group_size  # the group of the column now at each position
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(in_f, dtype=h.dtype)
+    try:  # the upper Cholesky factor of H⁻¹: row i holds the update for columns after i
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except RuntimeError:
+        raise UserError(
+            "GPTQ: the calibration Hessian is not positive definite; use more calibration "
+            "text (--calibration-samples) or a larger damping"
+        ) from None
+    hinv = hinv.float()
+    codes = torch.zeros_like(w, dtype=torch.uint8)
+    block = max(group_size, block_size // group_size * group_size)
+    for i1 in range(0, in_f, block):
+        i2 = min(i1 + block, in_f)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        h1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if not act_order and col % group_size == 0:
+                s, z = _group_params(w1[:, i : i + group_size])
+                scales[:, col // group_size], zeros[:, col // group_size] = s, z
+            g = int(group_of[col])
+            s, z = scales[:, g], zeros[:, g]
+            q = _q4(w1[:, i], s, z)
+            codes[:, col] = q.to(torch.uint8)
+            err = (w1[:, i] - (q - z) * s) / h1[i, i]
+            w1[:, i:] -= err[:, None] * h1[i, i:][None, :]
+            err1[:, i] = err
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    if act_order:  # back to column order
+        codes = codes[:, torch.argsort(perm)]
+    return codes.contiguous(), scales.half(), zeros.to(torch.uint8)
+
+
+# -- the model -------------------------------------------------------------------------------------
+def _linears(model: Any) -> dict[str, Any]:
+    import torch
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def _group_size(in_features: int, wanted: int, name: str) -> int:
+    if in_features % wanted == 0:
+        return wanted
+    for g in (128, 64, 32):
+        if g <= wanted and in_features % g == 0:
+            return g
+    raise UserError(
+        f"{name}: {in_features} inputs are not a multiple of 32; gptq4 needs whole groups "
+        "(use --method int8)"
+    )
+
+
+def _store_int4(
+    tensors: dict[str, Any], name: str, codes: Any, scales: Any, zeros: Any, bias: Any
+) -> None:
+    from lmops.models.quantized import pack_int4
+
+    tensors[f"{name}.qweight"] = pack_int4(codes)
+    tensors[f"{name}.scales"] = scales.contiguous()
+    tensors[f"{name}.zeros"] = zeros.contiguous()
+    if bias is not None:
+        tensors[f"{name}.bias"] = bias.detach().float().contiguous()
+
+
+def _store_int8(tensors: dict[str, Any], name: str, weight: Any, bias: Any) -> None:
+    q, s = _int8(weight.detach().float())
+    tensors[f"{name}.qweight"] = q.contiguous()
+    tensors[f"{name}.scales"] = s.contiguous()
+    if bias is not None:
+        tensors[f"{name}.bias"] = bias.detach().float().contiguous()
+
+
+def _calibration_inputs(
+    model: Any, ids: list[int], cfg: QuantizeConfig
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The inputs (hidden states and keyword arguments) of the first decoder layer for
+    each calibration sequence, captured by stopping the forward pass there."""
+    import torch
+
+    layers = model.model.layers
+
+    class _Stop(Exception):
+        pass
+
+    hidden: list[Any] = []
+    kwargs: list[dict[str, Any]] = []
+
+    def grab(_mod: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        hidden.append(args[0] if args else kw.pop("hidden_states"))
+        kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
+        raise _Stop
+
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    n = min(cfg.calibration_samples, max(1, len(ids) // cfg.seq_len))
+    try:
+        with torch.no_grad():
+            for k in range(n):
+                chunk = ids[k * cfg.seq_len : (k + 1) * cfg.seq_len]
+                with contextlib.suppress(_Stop):
+                    model(input_ids=torch.tensor([chunk]), use_cache=False)
+    finally:
+        handle.remove()
+    return hidden, kwargs
+
+
+def _hessian_hook(
+    hess: dict[str, Any], counts: dict[str, int], seen: dict[int, Any], name: str
+) -> Callable[..., None]:
+    """A forward hook adding 2 X Xᵀ of a Linear's inputs (summed in float64 over many
+    tokens). Linears fed the same tensor (q/k/v, gate/up) share one product: ``seen`` maps
+    an input's address to it, cleared by the caller between batches."""
+
+    def hook(_m: Any, args: tuple[Any, ...], _out: Any) -> None:
+        x = args[0].detach()
+        key = x.data_ptr()
+        if key not in seen:
+            x2 = x.reshape(-1, x.shape[-1]).float()
+            # x is kept referenced: its memory cannot be reused by another input this batch
+            seen[key] = ((2.0 * x2.T @ x2).double(), x2.shape[0], x)
+        xtx, n, _ = seen[key]
+        hess[name] = hess.get(name, 0) + xtx
+        counts[name] = counts.get(name, 0) + n
+
+    return hook
+
+
+def _gptq_model(
+    model: Any, ids: list[int], cfg: QuantizeConfig, tick: Callable[[], None]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """GPTQ every Linear of every decoder layer, in order; the head at ``cfg.head_bits``."""
+    import torch
+
+    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
+        raise UserError(
+            f"gptq4 supports decoder models with model.layers (Llama, Qwen, Mistral...); "
+            f"{type(model).__name__} is not one (use --method int8)"
+        )
+    tensors: dict[str, Any] = {}
+    layers_spec: dict[str, dict[str, Any]] = {}
+    hidden, kwargs = _calibration_inputs(model, ids, cfg)
+    for li, layer in enumerate(model.model.layers):
+        linears = _linears(layer)
+        hess: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        seen: dict[int, Any] = {}
+        handles = [
+            m.register_forward_hook(_hessian_hook(hess, counts, seen, n))
+            for n, m in linears.items()
+        ]
+        with torch.no_grad():
+            for h, kw in zip(hidden, kwargs, strict=True):
+                seen.clear()
+                layer(h, **kw)
+        for hd in handles:
+            hd.remove()
+        for name, lin in linears.items():
+            full = f"model.layers.{li}.{name}"
+            g = _group_size(lin.in_features, cfg.group_size, full)
+            codes, scales, zeros = gptq_quantize_weight(
+                lin.weight,
+                hess[name] / counts[name],
+                group_size=g,
+                damp=cfg.damp,
+                block_size=cfg.block_size,
+            )
+            _store_int4(tensors, full, codes, scales, zeros, lin.bias)
+            layers_spec[full] = {"bits": 4, "group_size": g}
+            # later layers calibrate on what this one will compute
+            from lmops.models.quantized import dequantize_layer
+
+            with torch.no_grad():
+                lin.weight.copy_(dequantize_layer(tensors, full, 4))
+            tick()
+        with torch.no_grad():
+            hidden = [_first(layer(h, **kw)) for h, kw in zip(hidden, kwargs, strict=True)]
+    return tensors, layers_spec
+
+
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _smooth_down_proj(model: Any, ids: list[int], cfg: QuantizeConfig) -> int:
+    """SmoothQuant (Xiao et al. 2023) on each MLP's down_proj, whose inputs (gate * up) have
+    a few channels hundreds of times louder than the rest: one int8 scale per token then
+    leaves the quiet channels almost no levels. Channel j is divided by
+    s_j = max|X_j|^α / max|W_j|^(1-α) (α = ``cfg.smooth_alpha``) in up_proj's output row and
+    multiplied back in down_proj's column: the same function in fp32, activations and
+    weights equally hard to quantize. Returns the number of MLPs smoothed."""
+    import torch
+
+    pairs = [
+        (m.up_proj, m.down_proj)
+        for m in model.modules()
+        if hasattr(m, "up_proj") and hasattr(m, "down_proj")
+    ]
+    if not pairs:
+        return 0
+    amax: dict[int, Any] = {}
+
+    def hook_for(i: int) -> Callable[..., None]:
+        def hook(_m: Any, args: tuple[Any, ...]) -> None:
+            a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float()
+            amax[i] = a if i not in amax else torch.maximum(amax[i], a)
+
+        return hook
+
+    handles = [down.register_forward_pre_hook(hook_for(i)) for i, (_, down) in enumerate(pairs)]
+    n = min(cfg.calibration_samples, max(1, len(ids) // cfg.seq_len))
+    try:
+        with torch.no_grad():
+            for k in range(n):
+                chunk = ids[k * cfg.seq_len : (k + 1) * cfg.seq_len]
+                model(input_ids=torch.tensor([chunk]), use_cache=False)
+    finally:
+        for hd in handles:
+            hd.remove()
+    with torch.no_grad():
+        for i, (up, down) in enumerate(pairs):
+            w_max = down.weight.abs().amax(dim=0).clamp(min=1e-5)
+            x_max = amax[i].clamp(min=1e-5)
+            s = (x_max**cfg.smooth_alpha / w_max ** (1 - cfg.smooth_alpha)).clamp(min=1e-5)
+            up.weight.div_(s[:, None])
+            if up.bias is not None:
+                up.bias.div_(s)
+            down.weight.mul_(s[None, :])
+    return len(pairs)
+
+
+def _head_name(model: Any) -> str | None:
+    head = model.get_output_embeddings()
+    for name, mod in model.named_modules():
+        if mod is head:
+            return name
+    return None
+
+
+def quantize(
+    model: Any,
+    cfg: QuantizeConfig,
+    *,
+    calibration_ids: list[int] | None = None,
+    tick: Callable[[], None] = lambda: None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Quantize ``model`` (fp32, changed in place for gptq4) as ``cfg`` says; returns the
+    tensors of ``lmops_quant.safetensors`` and the body of ``lmops_quant.json``."""
+    import torch
+
+    head = _head_name(model)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False)) and head is not None
+    if cfg.method == "gptq4":
+        if not calibration_ids:
+            raise UserError("gptq4 needs calibration text: pass --calibration DATASET")
+        tensors, layers = _gptq_model(model, calibration_ids, cfg, tick)
+        body_linears = {n: m for n, m in _linears(model).items() if n not in layers}
+    else:
+        tensors, layers = {}, {}
+        if calibration_ids:
+            _smooth_down_proj(model, calibration_ids, cfg)
+        body_linears = _linears(model)
+    for name, lin in body_linears.items():
+        bits = 8 if cfg.method == "int8" or name != head else cfg.head_bits
+        if bits == 8:
+            _store_int8(tensors, name, lin.weight, lin.bias)
+            layers[name] = {"bits": 8}
+        else:
+            g = _group_size(lin.in_features, cfg.group_size, name)
+            _store_int4(tensors, name, *rtn_int4(lin.weight, g), lin.bias)
+            layers[name] = {"bits": 4, "group_size": g}
+        tick()
+    embedding_ptr = model.get_input_embeddings().weight.data_ptr()
+    for key, value in model.state_dict().items():
+        if key.rsplit(".", 1)[0] in layers:
+            continue
+        if tied and head in layers and value.data_ptr() == embedding_ptr:
+            continue  # the tied embedding matrix: rebuilt from the quantized head
+        tensors[key] = value.detach().to(torch.float32).contiguous()
+    body = {
+        "format": "lmops-quant",
+        "version": 1,
+        "method": cfg.method,
+        "layers": layers,
+        "embeddings_from": head if tied and head in layers else None,
+        "config": cfg.model_dump(),
+    }
+    return tensors, body
+
+
+def bits_per_weight(tensors: dict[str, Any], body: dict[str, Any]) -> tuple[float, float]:
+    """(all weights, quantized Linear weights only): stored bits per model weight, scales and
+    zero points included. Tied embeddings count once, as the model has them once."""
+    layers = body["layers"]
+    total_bits = 0
+    total_weights = 0
+    q_bits = 0
+    q_weights = 0
+    for key, t in tensors.items():
+        bits = t.numel() * t.element_size() * 8
+        owner, _, leaf = key.rpartition(".")
+        if owner in layers:
+            if leaf == "bias":
+                continue
+            q_bits += bits
+            if leaf == "qweight":
+                n = t.numel() * (2 if layers[owner]["bits"] == 4 else 1)
+                q_weights += n
+        elif t.dim() >= 2:  # plain weights (norm vectors and biases are not "weights")
+            total_bits += bits
+            total_weights += t.numel()
+    total_bits += q_bits
+    total_weights += q_weights
+    return total_bits / max(total_weights, 1), q_bits / max(q_weights, 1)
+
+
+def quantize_model(
+    store: Any,
+    model_ref: str,
+    *,
+    output: str,
+    config: QuantizeConfig,
+    calibration: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> QuantizeResult:
+    """Quantize model ``model_ref`` (an asset ref or a folder) and register the result as
+    model ``output`` with lineage to the source (role ``source``) and the calibration data
+    (role ``calibration``). Nothing is registered when anything fails."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lmops.deploy._texts import token_stream
+    from lmops.models.loading import load_causal_lm, load_tokenizer, quiet_transformers
+    from lmops.models.loading import resolve_local as resolve
+    from lmops.models.quantized import QUANT_CONFIG, QUANT_WEIGHTS, is_quantized
+
+    quiet_transformers()
+    if config.method == "gptq4" and calibration is None:
+        raise UserError("--method gptq4 needs --calibration DATASET (text or rows to calibrate on)")
+    src, src_ref = resolve(model_ref, store, kind="model")
+    if (src / "adapter_config.json").is_file():
+        raise UserError(f"{model_ref} is an adapter; merge it first (lmops train merge)")
+    if is_quantized(src):
+        raise UserError(f"{model_ref} is already quantized; quantize its source model instead")
+    cal_path: Path | None = None
+    cal_ref: str | None = None
+    if calibration is not None:
+        cal_path, cal_ref = resolve(calibration, store, kind="dataset")
+    with store.runs.track("quantize", config={**config.model_dump(), "model": model_ref}) as run:
+        # asset inputs by ref; local folders and files recorded by content first
+        named = [(src, src_ref, "source"), (cal_path, cal_ref, "calibration")]
+        local = [(p, role) for p, r, role in named if p is not None and r is None]
+        inputs = [(r, role) for _, r, role in named if r is not None]
+        if local:
+            inputs += store.assets.record_inputs(local, run_id=run.id)
+        tok = load_tokenizer(src)
+        model = load_causal_lm(src, dtype=torch.float32)
+        ids = None
+        if cal_path is not None:
+            ids = token_stream(cal_path, tok, config.calibration_samples * config.seq_len)
+        total = len(_linears(model))
+        done = [0]
+
+        def tick() -> None:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
+        tensors, body = quantize(model, config, calibration_ids=ids, tick=tick)
+        bpw, qbpw = bits_per_weight(tensors, body)
+        body["source"] = src_ref or str(src)
+        body["calibration"] = cal_ref or (str(cal_path) if cal_path else None)
+        body["bits_per_weight"] = round(bpw, 4)
+        tmp = Path(tempfile.mkdtemp(prefix="lmops-quant-"))
+        try:
+            model.config.save_pretrained(str(tmp))
+            gen = getattr(model, "generation_config", None)
+            if gen is not None:
+                gen.save_pretrained(str(tmp))
+            _copy_tokenizer(src, tmp)
+            save_file(tensors, str(tmp / QUANT_WEIGHTS))
+            (tmp / QUANT_CONFIG).write_text(json.dumps(body, indent=2))
+            v = store.assets.register(
+                "model",
+                output,
+                tmp,
+                metadata={
+                    "quantization": config.method,
+                    "format": "lmops-quant",
+                    "bits_per_weight": round(bpw, 4),
+                    "quantized_bits_per_weight": round(qbpw, 4),
+                    "source": body["source"],
+                },
+                inputs=inputs,
+                run_id=run.id,
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        store.runs.log_metrics(
+            run.id, {"bits_per_weight": bpw, "quantized_bits_per_weight": qbpw}, 0
+        )
+    return QuantizeResult(
+        path=store.assets.path(v.ref),
+        method=config.method,
+        bits_per_weight=bpw,
+        quantized_bits_per_weight=qbpw,
+        layers=len(body["layers"]),
+        ref=v.ref,
+    )
+
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    """The source's tokenizer files as they are (not re-saved: byte-identical tokenization)."""
+    for name in _TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
