@@ -272,7 +272,8 @@ metric_list:
 def test_eval_records_the_model_folder_task_file_and_its_data(
     store: Store, tiny: Path, tmp_path: Path
 ) -> None:
-    from lmops.eval.jobs import load_tasks, run_eval, run_safety_probe
+    from lmops.eval.jobs import run_eval, run_safety_probe
+    from lmops.eval.spec import EvalSpec
 
     data = write_jsonl(
         tmp_path / "plus.jsonl",
@@ -280,9 +281,8 @@ def test_eval_records_the_model_folder_task_file_and_its_data(
     )
     task_file = tmp_path / "plus.yaml"
     task_file.write_text(TASK.format(data=data))
-    job = run_eval(
-        store, str(tiny), load_tasks([], [task_file], store), device="cpu", progress=False
-    )
+    spec = EvalSpec(model=str(tiny), task_files=[str(task_file)], device="cpu")
+    job = run_eval(store, spec, progress=False)
     ref = job.version.ref
     reaches(store, ref, tiny, "model")
     reaches(store, ref, task_file, "task_file")

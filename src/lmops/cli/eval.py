@@ -9,7 +9,7 @@ import typer
 
 from lmops.cli._output import console, open_store, print_json, table
 from lmops.core.errors import UserError
-from lmops.eval.jobs import load_tasks, open_model
+from lmops.eval.jobs import open_model
 
 app = typer.Typer(
     help="Evaluate models: benchmarks, generation metrics, judges, safety, serving performance.",
@@ -23,10 +23,25 @@ _store = open_store
 
 @app.command("run")
 def run(
+    spec_file: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[SPEC.yaml]",
+            help="Eval job YAML (see `lmops eval presets`); the flags below override it.",
+            show_default=False,
+        ),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="Dotted overrides: limit=50 contamination.n=8", show_default=False),
+    ] = None,
     model: Annotated[
-        str,
+        str | None,
         typer.Option(help="Model asset ref or local HF folder (or the model name at --endpoint)."),
-    ],
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="A named preset under the spec (`lmops eval presets`).")
+    ] = None,
     tasks: Annotated[
         str | None,
         typer.Option(
@@ -45,7 +60,9 @@ def run(
         ),
     ] = None,
     num_fewshot: Annotated[int | None, typer.Option(min=0)] = None,
-    batch_size: Annotated[str, typer.Option(help="Integer or auto.")] = "auto",
+    batch_size: Annotated[
+        str | None, typer.Option(help="Integer or auto (default auto).", show_default=False)
+    ] = None,
     scorer: Annotated[str | None, typer.Option(help="loglikelihood (default) or letter.")] = None,
     endpoint: Annotated[
         str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
@@ -55,36 +72,57 @@ def run(
         Path | None, typer.Option(help="Shared datasets folder (default: $LMOPS_SHARED_DATASETS).")
     ] = None,
     include_errors: Annotated[
-        bool, typer.Option(help="Keep MMLU-Redux rows annotated as wrong.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--include-errors/--no-include-errors",
+            help="Keep MMLU-Redux rows annotated as wrong (default: left out).",
+            show_default=False,
+        ),
+    ] = None,
     output: Annotated[
         str | None, typer.Option(help="eval_report asset name (default: eval-<model>).")
     ] = None,
-    device: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or mps (default auto).", show_default=False)
+    ] = None,
     max_length: Annotated[
         int | None, typer.Option(help="Context length (default: the model's).")
     ] = None,
     contamination: Annotated[
-        bool, typer.Option(help="Flag items that overlap the training data in the model's lineage.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--contamination/--no-contamination",
+            help="Flag items that overlap the training data in the model's lineage.",
+            show_default=False,
+        ),
+    ] = None,
     contamination_datasets: Annotated[
         str | None,
         typer.Option(help="Comma-separated dataset refs to check instead of the lineage."),
     ] = None,
     contamination_n: Annotated[
-        int, typer.Option(min=3, help="n-gram length for contamination.")
-    ] = 13,
-    retries: Annotated[
-        int, typer.Option(min=0, help="Retries per endpoint request before it counts as failed.")
-    ] = 3,
-    apply_chat_template: Annotated[
-        bool,
+        int | None,
         typer.Option(
-            "--apply-chat-template",
+            min=3, help="n-gram length for contamination (default 13).", show_default=False
+        ),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Retries per endpoint request before it counts as failed (default 3).",
+            show_default=False,
+        ),
+    ] = None,
+    apply_chat_template: Annotated[
+        bool | None,
+        typer.Option(
+            "--apply-chat-template/--no-apply-chat-template",
             help="Render prompts through the model's chat template (instruct models), as "
             "lm-eval's flag of the same name.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     system_instruction: Annotated[
         str | None,
         typer.Option(help="A system instruction before the task's description (as lm-eval)."),
@@ -99,55 +137,74 @@ def run(
         ),
     ] = None,
     resume: Annotated[
-        bool,
+        bool | None,
         typer.Option(
+            "--resume/--no-resume",
             help="Reuse the tasks an interrupted run of the same model and settings finished "
-            "(kept under $LMOPS_HOME/eval-partial until the report registers)."
+            "(kept under $LMOPS_HOME/eval-partial until the report registers; default on).",
+            show_default=False,
         ),
-    ] = True,
+    ] = None,
     show_all: Annotated[
         bool, typer.Option("--all", help="Show every row, subtasks of groups included.")
     ] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Score a model on tasks; the report is registered as an eval_report asset."""
+    """Score a model on tasks; the report is registered as an eval_report asset.
+
+    The job is an eval spec (`lmops eval run SPEC.yaml`, or flags alone): every flag given
+    overrides the spec's field of the same name, dotted overrides (limit=50) come last."""
     from lmops.eval.jobs import run_eval
     from lmops.eval.run import task_docs
+    from lmops.eval.spec import build_spec
 
+    args = list(overrides or [])
+    spec_path: Path | None = None
+    if spec_file is not None:
+        if "=" in spec_file and not Path(spec_file).exists():
+            args.insert(0, spec_file)  # no spec file, only overrides
+        else:
+            spec_path = Path(spec_file)
     if scorer not in (None, "loglikelihood", "letter"):
         raise UserError(f"--scorer {scorer!r}: use loglikelihood or letter")
+
+    def split(text: str | None) -> list[str] | None:
+        return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+    contamination_given = {
+        "check": contamination,
+        "datasets": split(contamination_datasets),
+        "n": contamination_n,
+    }
+    given = {
+        "preset": preset,
+        "model": model,
+        "tasks": split(tasks),
+        # paths on the command line are the user's, from the current folder
+        "task_files": [str(f.resolve()) for f in task_file] if task_file else None,
+        "limit": limit,
+        "num_fewshot": num_fewshot,
+        "batch_size": int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
+        "scorer": scorer,
+        "endpoint": endpoint,
+        "data_dir": str(data_dir.resolve()) if data_dir else None,
+        "include_errors": include_errors,
+        "output": output,
+        "device": device,
+        "max_length": max_length,
+        "retries": retries,
+        "apply_chat_template": apply_chat_template,
+        "system_instruction": system_instruction,
+        "fewshot_as_multiturn": fewshot_as_multiturn,
+        "resume": resume,
+        "contamination": {k: v for k, v in contamination_given.items() if v is not None},
+    }
+    spec = build_spec(
+        spec_path, {k: v for k, v in given.items() if v not in (None, {})}, args or None
+    )
     store = _store()
-    task_list = load_tasks(
-        [t.strip() for t in (tasks or "").split(",") if t.strip()],
-        task_file or [],
-        store,
-        data_dir,
-        include_errors,
-    )
-    job = run_eval(
-        store,
-        model,
-        task_list,
-        output=output,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        batch_size=batch_size,
-        scorer=scorer,
-        endpoint=endpoint,
-        api_key=api_key,
-        device=device,
-        max_length=max_length,
-        retries=retries,
-        contamination=contamination,
-        contamination_datasets=[r for r in (contamination_datasets or "").split(",") if r.strip()]
-        or None,
-        contamination_n=contamination_n,
-        progress=not json_,
-        apply_chat_template=apply_chat_template,
-        system_instruction=system_instruction,
-        fewshot_as_multiturn=fewshot_as_multiturn,
-        resume=resume,
-    )
+    job = run_eval(store, spec, api_key=api_key, progress=not json_)
+    task_list, limit = job.tasks, spec.limit
     report, results, version = job.report, job.results, job.version
     truncated, failed = report["truncated_requests"], report["failed_requests"]
     if json_:

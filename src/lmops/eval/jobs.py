@@ -1,7 +1,8 @@
 """Evaluation jobs: open a model, score it on tasks or the red-team probe, register the
 report with lineage to the model and the data (local folders and files, task files
-included, as external references). The ``lmops eval`` commands and the pipeline's ``eval``
-step call these."""
+included, as external references) and, through an lmops gateway, to the model versions it
+serves. ``run_eval`` takes one :class:`~lmops.eval.spec.EvalSpec`: ``lmops eval run`` (its
+flags override the spec), the pipeline's ``eval`` step and any API route build one."""
 
 from __future__ import annotations
 
@@ -13,8 +14,17 @@ from typing import Any
 
 from lmops.core.errors import LmopsError, UserError
 from lmops.core.logging import get_logger
+from lmops.eval.spec import EvalSpec
 
-__all__ = ["EvalJob", "load_tasks", "open_model", "run_eval", "run_safety_probe"]
+__all__ = [
+    "EvalJob",
+    "EvalSpec",
+    "load_tasks",
+    "open_model",
+    "run_eval",
+    "run_safety_probe",
+    "served_model",
+]
 
 
 def load_tasks(
@@ -84,6 +94,7 @@ class EvalJob:
     report: dict[str, Any]
     results: list[Any] = field(default_factory=list)
     model_ref: str | None = None
+    tasks: list[Any] = field(default_factory=list)  # the tasks as loaded (eval.tasks.Task)
 
 
 def _model_key(model: str, ref: str | None, endpoint: str | None, lm: Any) -> str:
@@ -100,95 +111,93 @@ def _model_key(model: str, ref: str | None, endpoint: str | None, lm: Any) -> st
 
 
 def run_eval(
-    store: Any,
-    model: str,
-    tasks: list[Any],
-    *,
-    output: str | None = None,
-    limit: int | None = None,
-    num_fewshot: int | None = None,
-    batch_size: str = "auto",
-    scorer: str | None = None,
-    endpoint: str | None = None,
-    api_key: str | None = None,
-    device: str = "auto",
-    max_length: int | None = None,
-    retries: int = 3,
-    contamination: bool = False,
-    contamination_datasets: list[str] | None = None,
-    contamination_n: int = 13,
-    progress: bool = True,
-    apply_chat_template: bool = False,
-    system_instruction: str | None = None,
-    fewshot_as_multiturn: bool | None = None,
-    resume: bool = True,
+    store: Any, spec: EvalSpec, *, api_key: str | None = None, progress: bool = True
 ) -> EvalJob:
-    """Score ``model`` on ``tasks`` inside an ``eval`` run and register an eval_report.
+    """Score ``spec.model`` on the spec's tasks inside an ``eval`` run and register an
+    eval_report with lineage to the model, the data and, through an endpoint, the served
+    model (:func:`served_model`).
 
     ``apply_chat_template``, ``system_instruction`` and ``fewshot_as_multiturn`` are
     lm-evaluation-harness's flags. Each finished task is kept as it finishes
-    (``eval.partial``): a run that is killed or fails keeps them, the same call again reuses
-    them (``resume=False`` scores everything again), and they are removed once the report
-    is registered."""
-    from lmops.core.config import Settings
+    (``eval.partial``): a run that is killed or fails keeps them, the same spec again reuses
+    them (``resume: false`` scores everything again), and they are removed once the report
+    is registered. ``api_key`` (an endpoint's) is never recorded."""
+    from lmops.core.config import Settings, mask_url
     from lmops.eval.partial import PartialResults
     from lmops.eval.run import evaluate, prompt_style, register_report, report_dict
 
-    if scorer not in (None, "loglikelihood", "letter"):
-        raise UserError(f"scorer {scorer!r}: use loglikelihood or letter")
-    if fewshot_as_multiturn and not apply_chat_template:
-        raise UserError("--fewshot-as-multiturn needs --apply-chat-template (as in lm-eval)")
+    spec.check()
+    tasks = load_tasks(
+        spec.tasks,
+        [Path(f) for f in spec.task_files],
+        store,
+        Path(spec.data_dir) if spec.data_dir else None,
+        spec.include_errors,
+    )
+    model, endpoint, limit = spec.model, spec.endpoint, spec.limit
+    shown_endpoint = mask_url(endpoint) if endpoint else None
     config: dict[str, Any] = {
         "tasks": [t.name for t in tasks],
         "limit": limit,
-        "num_fewshot": num_fewshot,
-        "batch_size": batch_size,
-        "scorer": scorer,
-        "endpoint": endpoint,
-        "apply_chat_template": apply_chat_template,
-        "system_instruction": system_instruction,
-        "fewshot_as_multiturn": bool(apply_chat_template)
-        if fewshot_as_multiturn is None
-        else fewshot_as_multiturn,
+        "num_fewshot": spec.num_fewshot,
+        "batch_size": str(spec.batch_size),
+        "scorer": spec.scorer,
+        "endpoint": shown_endpoint,
+        "apply_chat_template": spec.apply_chat_template,
+        "system_instruction": spec.system_instruction,
+        "fewshot_as_multiturn": spec.apply_chat_template
+        if spec.fewshot_as_multiturn is None
+        else spec.fewshot_as_multiturn,
     }
-    with store.runs.track("eval", name=model, config={"model": model, **config}) as run_rec:
+    run_config = spec.model_dump(mode="json") | {"endpoint": shown_endpoint}
+    with store.runs.track("eval", name=model, config=run_config) as run_rec:
         lm, ref = open_model(
             model,
             store,
             endpoint=endpoint,
             api_key=api_key,
-            batch_size=batch_size,
-            device=device,
-            max_length=max_length,
-            retries=retries,
+            batch_size=str(spec.batch_size),
+            device=spec.device,
+            max_length=spec.max_length,
+            retries=spec.retries,
         )
         # local folders and files (the model, task files, their data), by content
         local = _local_model(model, ref, endpoint) + [x for t in tasks for x in t.local_inputs]
+        served = served_model(lm, model, endpoint) if endpoint else None
+        served_inputs: list[tuple[str, str]] = []
+        if served is not None:
+            served_inputs, served_local = _served_inputs(store, served)
+            local += served_local
         local_refs = store.assets.record_inputs(local, run_id=run_rec.id)
         style = prompt_style(
             lm,
-            apply_chat_template=apply_chat_template,
-            system_instruction=system_instruction,
-            fewshot_as_multiturn=fewshot_as_multiturn,
+            apply_chat_template=spec.apply_chat_template,
+            system_instruction=spec.system_instruction,
+            fewshot_as_multiturn=spec.fewshot_as_multiturn,
         )
         partial = PartialResults(
             Settings.from_env().home / "eval-partial",
             _model_key(model, ref, endpoint, lm),
-            {"limit": limit, "num_fewshot": num_fewshot, "scorer": scorer, "prompt": style.name},
+            {
+                "limit": limit,
+                "num_fewshot": spec.num_fewshot,
+                "scorer": spec.scorer,
+                "prompt": style.name,
+            },
         )
-        if not resume:
+        if not spec.resume:
             partial.discard()
         try:
             results = evaluate(
                 lm,
                 tasks,
                 limit=limit,
-                num_fewshot=num_fewshot,
-                scorer=scorer,
+                num_fewshot=spec.num_fewshot,
+                scorer=spec.scorer,
                 progress=progress,
-                apply_chat_template=apply_chat_template,
-                system_instruction=system_instruction,
-                fewshot_as_multiturn=fewshot_as_multiturn,
+                apply_chat_template=spec.apply_chat_template,
+                system_instruction=spec.system_instruction,
+                fewshot_as_multiturn=spec.fewshot_as_multiturn,
                 partial=partial,
             )
         except BaseException as e:  # interrupted, out of memory, endpoint down (a kill too
@@ -204,12 +213,17 @@ def run_eval(
                 else:
                     get_logger(__name__).warning(hint)
             raise
+        finally:
+            close = getattr(lm, "close", None)
+            if close is not None:
+                close()  # the generation engine's worker thread
         config["resumed_tasks"] = partial.reused
-        if contamination or contamination_datasets:
+        c = spec.contamination
+        if c.wanted:
             from lmops.eval.run import dataset_texts, flag_contamination, training_texts
 
-            if contamination_datasets:
-                c_refs = [store.assets.resolve(r).ref for r in contamination_datasets]
+            if c.datasets:
+                c_refs = [store.assets.resolve(r).ref for r in c.datasets]
                 texts = dataset_texts(store, c_refs)
             elif ref is None:
                 raise UserError(
@@ -218,9 +232,11 @@ def run_eval(
                 )
             else:
                 texts, c_refs = training_texts(store, ref)
-            flag_contamination(results, tasks, texts, n=contamination_n, limit=limit)
-            config["contamination"] = {"datasets": c_refs, "n": contamination_n}
+            flag_contamination(results, tasks, texts, n=c.n, limit=limit)
+            config["contamination"] = {"datasets": c_refs, "n": c.n}
         report = report_dict(lm.name, ref, results, config)
+        if served is not None:
+            report["model"]["served"] = served
         report["truncated_requests"] = getattr(lm, "truncated", 0)
         report["failed_requests"] = getattr(lm, "failed", 0)
         flat = {
@@ -230,13 +246,52 @@ def run_eval(
         inputs = (
             ([(ref, "model")] if ref else [])
             + [(d, "dataset") for t in tasks for d in t.dataset_refs]
+            + served_inputs
             + local_refs
         )
-        name = output or f"eval-{_short(ref or Path(model).name)}"
+        name = spec.output or f"eval-{_short(ref or Path(model).name)}"
         version = register_report(store, name, report, results, inputs=inputs, run_id=run_rec.id)
         report["report"] = version.ref
         partial.clear()  # the report holds everything now
-    return EvalJob(version, report, results, ref)
+    return EvalJob(version, report, results, ref, tasks)
+
+
+def served_model(lm: Any, model: str, endpoint: str) -> dict[str, Any]:
+    """What answered at ``endpoint``: its URL (credentials masked) and, when it is an lmops
+    gateway (its ``/v1/models`` entry for ``model`` carries ``lmops.versions``), the
+    deployment's name and the model versions behind it (several for an A/B split)."""
+    from lmops.core.config import mask_url
+
+    out: dict[str, Any] = {"endpoint": mask_url(endpoint), "gateway": None}
+    try:
+        r = lm.client.get("/models")
+        entries = r.json().get("data") if r.status_code == 200 else None
+    except Exception:  # a server without /models, or not JSON: a foreign endpoint
+        entries = None
+    entry = next((e for e in entries or [] if isinstance(e, dict) and e.get("id") == model), None)
+    meta = entry.get("lmops") if entry else None
+    if isinstance(meta, dict) and isinstance(meta.get("versions"), list):
+        out.update(gateway="lmops", deployment=model, versions=[str(v) for v in meta["versions"]])
+    return out
+
+
+def _served_inputs(
+    store: Any, served: dict[str, Any]
+) -> tuple[list[tuple[str, str]], list[tuple[Path, str]]]:
+    """The lineage of a gateway's served versions (role ``served_model``): asset versions of
+    this store by ref, local folders on this host by content; others stay in the report's
+    metadata only (a gateway on another store or host)."""
+    refs: list[tuple[str, str]] = []
+    local: list[tuple[Path, str]] = []
+    for v in served.get("versions", []):
+        try:
+            refs.append((store.assets.resolve(v).ref, "served_model"))
+            continue
+        except UserError:
+            pass
+        if Path(v).is_absolute() and Path(v).exists():
+            local.append((Path(v), "served_model"))
+    return refs, local
 
 
 def run_safety_probe(

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lmops.core.errors import UserError
 from lmops.deploy.distill import DistillSpec
 from lmops.deploy.prune import PruneSpec
+from lmops.eval.spec import EvalSpec, with_preset
 from lmops.pipelines.gate import Condition, fmt, higher_is_better, judge
 
 __all__ = [
@@ -408,25 +409,18 @@ def _distill(ctx: StepContext, p: DistillParams) -> StepOutput:
 
 
 # -- eval -------------------------------------------------------------------------------------
-class EvalParams(Params):
-    model: str
-    tasks: list[str] = Field(default_factory=list)  # built-ins, perplexity:<dataset>
-    task_files: list[str] = Field(default_factory=list)
-    limit: int | None = Field(None, ge=1)
-    num_fewshot: int | None = Field(None, ge=0)
-    scorer: Literal["loglikelihood", "letter"] | None = None
-    batch_size: str = "auto"
-    output: str | None = None
-    data_dir: str | None = None
-    # instruct models, with lm-eval's flags of the same names (see `lmops eval run --help`)
-    apply_chat_template: bool = False
-    system_instruction: str | None = None
-    fewshot_as_multiturn: bool | None = None  # default: True with a chat template
+class EvalParams(EvalSpec, Params):
+    """The step is an eval spec (:class:`lmops.eval.spec.EvalSpec`, ``preset:`` included),
+    the same job as ``lmops eval run``; relative task files and data dir are read from the
+    pipeline's folder, an endpoint's key from ``LMOPS_API_KEY``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return with_preset(data)
 
     def inputs(self) -> list[str]:
-        refs = [self.model, *self.task_files]
-        refs += [t.split(":", 1)[1] for t in self.tasks if t.startswith("perplexity:")]
-        return refs
+        return EvalSpec.inputs(self)
 
 
 _NOT_METRICS = ("n", "excluded", "num_fewshot", "seconds", "tasks", "failed_requests")
@@ -454,28 +448,12 @@ def _flat_metrics(report: dict[str, Any]) -> dict[str, float]:
 @step_type("eval", EvalParams)
 def _eval(ctx: StepContext, p: EvalParams) -> StepOutput:
     """Score a model on benchmark tasks and task YAML files; registers an eval_report."""
-    from lmops.eval.jobs import load_tasks, run_eval
+    import os
 
-    tasks = load_tasks(
-        p.tasks,
-        [ctx.path(f) for f in p.task_files],
-        ctx.store,
-        ctx.path(p.data_dir) if p.data_dir else None,
-    )
-    job = run_eval(
-        ctx.store,
-        p.model,
-        tasks,
-        output=p.output,
-        limit=p.limit,
-        num_fewshot=p.num_fewshot,
-        scorer=p.scorer,
-        batch_size=p.batch_size,
-        progress=ctx.progress,
-        apply_chat_template=p.apply_chat_template,
-        system_instruction=p.system_instruction,
-        fewshot_as_multiturn=p.fewshot_as_multiturn,
-    )
+    from lmops.eval.jobs import run_eval
+
+    spec = EvalSpec.model_validate(p.model_dump()).resolve_paths(ctx.base_dir)
+    job = run_eval(ctx.store, spec, api_key=os.environ.get("LMOPS_API_KEY"), progress=ctx.progress)
     metrics = _flat_metrics(job.report)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in list(metrics.items())[:4])
     return StepOutput(
