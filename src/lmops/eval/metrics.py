@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lmops.core.errors import UserError
+from lmops.eval.tools import tool_args_match, tool_args_valid, tool_name
 from lmops.text.cjk import NO_SPACE
 
 __all__ = [
@@ -538,6 +539,10 @@ METRICS: dict[str, Metric] = {
     "bleu": Metric(bleu_item, bleu_aggregate, True),
     "acc": Metric(acc, mean, True),
     "acc_norm": Metric(acc_norm, mean, True),
+    # tool use (eval/tools.py): the task's tools come as the metrics' ``tools`` option
+    "tool_name": Metric(tool_name, mean, True),
+    "tool_args_valid": Metric(tool_args_valid, mean, True),
+    "tool_args_match": Metric(tool_args_match, mean, True),
 }
 
 

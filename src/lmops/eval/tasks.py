@@ -108,6 +108,9 @@ class TaskConfig(BaseModel):
     # lmops extensions
     doc_filter: dict[str, Any] = Field(default_factory=dict)  # {field: allowed value(s)}
     scorer: Literal["loglikelihood", "letter"] = "loglikelihood"
+    # tool use (eval/tools.py): OpenAI tool objects, listed in the system turn; the tool_*
+    # metrics get them as their ``tools`` option
+    tools: list[dict[str, Any]] | None = None
 
     def template_hash(self) -> str:
         """sha256 of everything that shapes a prompt, so reports say which template scored."""
@@ -124,6 +127,8 @@ class TaskConfig(BaseModel):
         }
         if self.gen_prefix is not None:  # only when set, so older reports keep their hash
             parts["gen_prefix"] = self.gen_prefix
+        if self.tools is not None:
+            parts["tools"] = self.tools
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[
             :16
         ]
@@ -386,6 +391,10 @@ class Task:
         c = self.config
         out: list[Message] = []
         description = render_text(c.description, doc, "description") if c.description else ""
+        if c.tools:  # the tool instructions a template without tools support gets
+            from lmops.models.toolformat import system_prompt
+
+            description = _maybe_delimit(description, system_prompt(c.tools), c.fewshot_delimiter)
         system = _maybe_delimit(system_instruction, description, c.fewshot_delimiter)
         if system:
             out.append(Message("system", system))
@@ -506,6 +515,16 @@ def load_task(cfg: TaskConfig, *, base: Path, store: Any | None, source: str = "
                 splits.setdefault(
                     f.stem.split("-")[0] if p.is_dir() else (cfg.test_split or "test"), []
                 ).extend(_read_rows(f, fmt))
+    if cfg.tools is not None:
+        from lmops.eval.tools import TOOL_METRICS
+
+        metrics = [
+            MetricSpec.model_validate({**m.model_dump(), "tools": cfg.tools})
+            if m.metric in TOOL_METRICS
+            else m
+            for m in cfg.metric_list
+        ]
+        cfg = cfg.model_copy(update={"metric_list": metrics})
     task = Task(cfg, splits, refs, source, local_inputs=local, prompt_refs=prompt_refs)
     if cfg.doc_filter:
         task.excluded = _apply_doc_filter(task)

@@ -44,6 +44,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lmops.models.toolformat import CLOSE, OPEN, call_text, read_call, system_prompt
 from lmops.serve.protocol import ChatRequest, NamedToolChoice, OpenAIError
 
 __all__ = [
@@ -61,7 +62,6 @@ __all__ = [
     "template_has_tools",
 ]
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
 # characters of an argument string per streamed piece
 ARGUMENT_PIECE = 32
 
@@ -232,15 +232,6 @@ def template_has_tools(tokenizer: Any) -> bool:
     return isinstance(template, str) and "tools" in template
 
 
-_SYSTEM = (
-    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
-    "{tools}\n</tools>\n\nFor each function call, return a json object with function name "
-    "and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-    '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
-)
-
-
 def _arguments_object(arguments: Any) -> Any:
     """A call's arguments as a value (they travel as a JSON string)."""
     if isinstance(arguments, str):
@@ -253,8 +244,7 @@ def _arguments_object(arguments: Any) -> Any:
 
 def _call_text(call: dict[str, Any]) -> str:
     fn = call.get("function") or {}
-    payload = {"name": fn.get("name"), "arguments": _arguments_object(fn.get("arguments"))}
-    return f"{OPEN}\n{json.dumps(payload, ensure_ascii=False)}\n{CLOSE}"
+    return call_text(str(fn.get("name")), _arguments_object(fn.get("arguments")))
 
 
 def render(
@@ -300,7 +290,7 @@ def render(
             out.append({k: v for k, v in m.items() if k != "tool_calls"})
     out = [{k: v for k, v in m.items() if k != "_tool"} for m in out]
     if tools:
-        system = _SYSTEM.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
+        system = system_prompt(tools)
         if out and out[0].get("role") in ("system", "developer"):
             out[0] = {**out[0], "content": f"{_plain(out[0].get('content'))}\n\n{system}"}
         else:
@@ -354,19 +344,13 @@ class ParsedReply:
 
 def _tool_call(block: str, names: list[str]) -> dict[str, Any] | None:
     """The OpenAI ``tool_calls`` entry of one ``<tool_call>`` block's JSON, or None."""
-    try:
-        obj = json.loads(block)
-    except ValueError:
+    call = read_call(block)
+    if call is None or call[0] not in names:
         return None
-    if not isinstance(obj, dict) or obj.get("name") not in names:
-        return None
-    args = obj.get("arguments", obj.get("parameters", {}))
-    if isinstance(args, str):
-        args = _arguments_object(args)
     return {
         "id": "call_" + uuid.uuid4().hex[:24],
         "type": "function",
-        "function": {"name": obj["name"], "arguments": json.dumps(args, ensure_ascii=False)},
+        "function": {"name": call[0], "arguments": json.dumps(call[1], ensure_ascii=False)},
     }
 
 
