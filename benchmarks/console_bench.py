@@ -9,6 +9,7 @@ data and pipeline kinds) each logging ``loss``/``lr``/``grad_norm`` for ``--step
 ``--versions`` asset versions over 50 assets (datasets, models linked to the datasets they
 came from, prompts, eval reports with items) with aliases, 5,000 request-log rows, and a
 pipeline step cache. Then it logs in as an admin key and times each page in-process
+(and the fragments the evaluation and serving pages load after they show, marked ``+``)
 (Starlette's TestClient: the app's own time plus a few hundred microseconds of client),
 one warm-up request and ``--repeat`` timed ones, reporting the median and the worst.
 
@@ -158,20 +159,25 @@ def pages(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("asset versions", f"/ui/assets/{model.rpartition(':')[0]}"),
         ("version + lineage", f"/ui/assets/{part(model)}"),
         ("file preview", f"/ui/assets/{part(dataset)}/file?path=part-00000.jsonl"),
-        ("runs (all)", "/ui/runs"),
-        ("runs filtered", "/ui/runs?kind=train&q=a"),
+        ("runs", "/ui/runs"),
+        ("runs page 5", "/ui/runs?page=5"),
+        ("runs text filter", "/ui/runs?kind=train&q=a"),
         ("run", f"/ui/runs/{s['runs'][0]}"),
         ("compare 5 runs", "/ui/runs/compare?" + "&".join(f"ids={i}" for i in s["runs"][:5])),
         ("data", "/ui/data"),
         ("dataset", f"/ui/data/{part(dataset)}"),
         ("evaluation", "/ui/eval"),
+        ("  + leaderboard", "/ui/eval/leaderboard"),
         ("eval compare", f"/ui/eval/compare?refs={refs['eval_report'][-2]}&refs={report}"),
         ("eval report", f"/ui/eval/{part(report)}"),
         ("prompts", "/ui/prompts"),
         ("prompt + diff", f"/ui/prompts/{prompt.rpartition(':')[0]}"),
         ("playground", "/ui/playground"),
-        ("serving (1h)", "/ui/serving"),
-        ("serving (24h)", "/ui/serving?window=24h"),
+        ("serving", "/ui/serving"),
+        ("  + usage 1h", "/ui/serving/usage"),
+        ("  + refusals 1h", "/ui/serving/refusals"),
+        ("  + usage 24h", "/ui/serving/usage?window=24h"),
+        ("  + refusals 24h", "/ui/serving/refusals?window=24h"),
         ("monitoring", "/ui/monitoring"),
         ("pipelines", "/ui/pipelines"),
         ("audit", "/ui/audit"),

@@ -339,7 +339,13 @@ def login(browser: Any, console: Console, secret: str) -> Any:
     return page
 
 
+def settled(page: Any) -> None:
+    """Wait until the fragments a page loads with htmx have arrived."""
+    page.wait_for_function("() => !document.querySelector('.htmx-request')")
+
+
 def shot(page: Any, name: str) -> Path:
+    settled(page)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)

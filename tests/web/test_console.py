@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.web.conftest import Console, login, shot
+from tests.web.conftest import Console, login, settled, shot
 
 PAGES = [
     ("overview", "/ui"),
@@ -81,10 +81,15 @@ def test_every_page_renders_and_no_request_leaves_loopback(
     assert admin_page.locator("table.preview tr").count() == 21  # header + 20 rows
     assert admin_page.locator("img.plot").evaluate("img => img.naturalWidth") > 0
     admin_page.goto(f"{console.url}/ui/serving")
+    admin_page.wait_for_selector("#refusals table")
+    admin_page.wait_for_selector("#usage table")
     body = admin_page.locator("main").inner_text()
     assert "pii_mask" in body and "tides" in body
     admin_page.goto(f"{console.url}/ui/eval/tiny-lm-eval/1?wrong=1")
     assert admin_page.locator("details.item").count() == 1  # only the wrong item
+    admin_page.goto(f"{console.url}/ui/eval")
+    board = admin_page.locator("#leaderboard table.board")  # loaded after the page shows
+    assert board.locator("tr").count() == 3 and "1" in board.locator("tr").nth(1).inner_text()
     admin_page.goto(f"{console.url}/ui")
     assert "firing: prompt_chars" in admin_page.locator("ul.alerts").inner_text()
     admin_page.goto(f"{console.url}/ui/prompts/tide-poem")
@@ -233,6 +238,7 @@ def test_read_only_key_sees_no_write_buttons_and_its_writes_are_refused(
         assert page.locator(".badge").inner_text() == "read-only"
         page.goto(f"{console.url}/ui/serving")
         assert page.locator("#create-key").count() == 0 and page.locator("#keys").count() == 0
+        settled(page)
         assert "boss" not in page.locator("main").inner_text()  # only its own usage
         shot(page, "serving-read-only")
         csrf = page.locator("meta[name=csrf-token]").get_attribute("content")

@@ -141,20 +141,8 @@ def add_routes(r: APIRouter) -> None:
 
     # -- evaluation ------------------------------------------------------------------------------
     @r.get("/eval", response_class=HTMLResponse)
-    def evaluation(
-        request: Request,
-        viewer: Page,
-        task: str = "",
-        every: Annotated[bool, Query(alias="all")] = False,
-    ) -> HTMLResponse:
-        from lmops.eval.compare import leaderboard
-
-        store = viewer.store
-        reports = latest_versions(store, "eval_report", every=True)
-        board = leaderboard(store, task=task or None)
-        blocks: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for row in board:
-            blocks.setdefault((row["task"], row["metric"]), []).append(row)
+    def evaluation(request: Request, viewer: Page, task: str = "") -> HTMLResponse:
+        reports = latest_versions(viewer.store, "eval_report", every=True)
         return render(
             request,
             viewer,
@@ -162,6 +150,27 @@ def add_routes(r: APIRouter) -> None:
             section="eval",
             reports=reports[:REPORTS_SHOWN],
             n_reports=len(reports),
+            task=task,
+        )
+
+    @r.get("/eval/leaderboard", response_class=HTMLResponse)
+    def eval_leaderboard(
+        request: Request,
+        viewer: Page,
+        task: str = "",
+        every: Annotated[bool, Query(alias="all")] = False,
+    ) -> HTMLResponse:
+        """The leaderboard (eval's own ``leaderboard``), a fragment the evaluation page
+        loads after it shows: it reads every report's scores."""
+        from lmops.eval.compare import leaderboard
+
+        blocks: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in leaderboard(viewer.store, task=task or None):
+            blocks.setdefault((row["task"], row["metric"]), []).append(row)
+        return render(
+            request,
+            viewer,
+            "eval_board.html",
             blocks=blocks,
             task=task,
             board_rows=None if every else BOARD_ROWS,
@@ -277,20 +286,42 @@ def add_routes(r: APIRouter) -> None:
     # -- serving ---------------------------------------------------------------------------------
     @r.get("/serving", response_class=HTMLResponse)
     def serving(request: Request, viewer: Page, window: str = "1h") -> HTMLResponse:
-        from lmops.monitor.metering import NO_KEY, usage
-
         store = viewer.store
-        # Each page view reads the request log of the window twice (usage, then rejections
-        # and guardrail actions): the cost grows with the rows in it, so the default is 1 h.
+        return render(
+            request,
+            viewer,
+            "serving.html",
+            section="serving",
+            deployments=deployments(request),
+            keys=store.keys.list() if viewer.can_write else None,
+            window=window if window in WINDOWS else "1h",
+            windows=list(WINDOWS),
+            only=None if viewer.can_write else viewer.key.name,
+        )
+
+    # The request log is read per view, so its cost grows with the rows in the window: the
+    # usage and the refusals are two fragments the serving page loads after it shows.
+    @r.get("/serving/usage", response_class=HTMLResponse)
+    def serving_usage(request: Request, viewer: Page, window: str = "1h") -> HTMLResponse:
+        from lmops.monitor.metering import usage
+
         window = window if window in WINDOWS else "1h"
-        since = datetime.now(UTC) - WINDOWS[window]
         # an admin sees every key's usage; any other key its own (as it sees no other keys)
         only = None if viewer.can_write else viewer.key.name
-        report = usage(store, since=since, key=only)
+        report = usage(viewer.store, since=datetime.now(UTC) - WINDOWS[window], key=only)
+        return render(request, viewer, "serving_usage.html", report=report, window=window)
+
+    @r.get("/serving/refusals", response_class=HTMLResponse)
+    def serving_refusals(request: Request, viewer: Page, window: str = "1h") -> HTMLResponse:
+        from lmops.monitor.metering import NO_KEY
+
+        window = window if window in WINDOWS else "1h"
+        only = None if viewer.can_write else viewer.key.name
         rejected: Counter[tuple[str, str]] = Counter()
         actions: Counter[tuple[str, str, str]] = Counter()
         recent: list[dict[str, Any]] = []
-        for rec in store.requests.scan(since=since, key=only):
+        since = datetime.now(UTC) - WINDOWS[window]
+        for rec in viewer.store.requests.scan(since=since, key=only):
             if rec.status == 429:
                 rejected[(rec.key_name or NO_KEY, rec.deployment or NO_KEY)] += 1
             for act in (rec.guardrails or {}).get("actions", []):
@@ -300,17 +331,11 @@ def add_routes(r: APIRouter) -> None:
         return render(
             request,
             viewer,
-            "serving.html",
-            section="serving",
-            deployments=deployments(request),
-            keys=store.keys.list() if viewer.can_write else None,
-            report=report,
+            "serving_refusals.html",
             rejected=sorted(rejected.items()),
             actions=sorted(actions.items()),
             recent=recent[-20:][::-1],
             window=window,
-            only=only,
-            windows=list(WINDOWS),
         )
 
     @r.post("/keys", response_class=HTMLResponse)

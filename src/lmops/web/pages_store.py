@@ -29,7 +29,27 @@ from lmops.web.svg import PALETTE, Series, line_chart, lineage_svg
 __all__ = ["add_routes", "deployments", "flatten", "preview_text"]
 
 VERSIONS_PER_PAGE = 50
-RUNS_LIMIT = 1000  # the runs page reads at most this many (newest first)
+RUNS_LIMIT = 1000  # a text or status filter searches the newest this many runs
+RUNS_PER_PAGE = 100
+# the run kinds lmops' stages record: the kind filter offers these and those shown
+RUN_KINDS = (
+    "batch",
+    "data",
+    "deploy_report",
+    "distill",
+    "eval",
+    "gate",
+    "merge",
+    "mix",
+    "package",
+    "pipeline",
+    "prune",
+    "quantize",
+    "retrain",
+    "tokenize",
+    "tokenizer",
+    "train",
+)
 PREVIEW_BYTES = 64 * 1024  # a file preview shows the first 64 KiB
 
 
@@ -278,27 +298,43 @@ def add_routes(r: APIRouter) -> None:
     # -- runs ------------------------------------------------------------------------------------
     @r.get("/runs", response_class=HTMLResponse)
     def runs(
-        request: Request, viewer: Page, kind: str = "", status: str = "", q: str = ""
+        request: Request,
+        viewer: Page,
+        kind: str = "",
+        status: str = "",
+        q: str = "",
+        page: Annotated[int, Query(ge=1)] = 1,
     ) -> HTMLResponse:
-        every = viewer.store.runs.list(kind=kind or None, limit=RUNS_LIMIT)
-        shown = [run for run in every if _run_matches(run, q, status)]
-        # the metric columns: the names most runs report, at most six
+        # Without a text or status filter only the runs of this page are read (newest
+        # first; the kind is filtered by the store); with one, the newest RUNS_LIMIT.
+        if q or status:
+            every = viewer.store.runs.list(kind=kind or None, limit=RUNS_LIMIT)
+            matched = [run for run in every if _run_matches(run, q, status)]
+        else:
+            matched = viewer.store.runs.list(kind=kind or None, limit=page * RUNS_PER_PAGE + 1)
+        shown = matched[(page - 1) * RUNS_PER_PAGE : page * RUNS_PER_PAGE]
+        more = len(matched) > page * RUNS_PER_PAGE
+        # the metric columns: the names most runs shown report, at most six
         counts = Counter(m for run in shown for m in run.summary)
         columns = [m for m, _ in counts.most_common(6)]
-        name = "runs_table.html" if "hx-request" in request.headers else "runs.html"
-        kinds = sorted({run.kind for run in every} | ({kind} if kind else set()))
+        template = "runs_table.html" if "hx-request" in request.headers else "runs.html"
         return render(
             request,
             viewer,
-            name,
+            template,
             section="runs",
             runs=shown,
             columns=columns,
-            kinds=kinds,
+            kinds=sorted(
+                set(RUN_KINDS) | {run.kind for run in shown} | ({kind} if kind else set())
+            ),
             kind=kind,
             status=status,
             q=q,
+            page=page,
+            more=more,
             limit=RUNS_LIMIT,
+            filtered=bool(q or status),
         )
 
     @r.get("/runs/compare", response_class=HTMLResponse)
