@@ -333,6 +333,7 @@ def test_multi_turn_with_tool_results(server: dict[str, Any]) -> None:
     ("body", "param", "code"),
     [
         ({"tool_choice": "required"}, "tool_choice", "invalid_value"),
+        ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice", "invalid_value"),
         (
             {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
             "tool_choice",

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -179,6 +179,18 @@ class ChatRequest(_Sampling):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+
+    @field_validator("tool_choice", mode="wrap")
+    @classmethod
+    def _one_tool_choice(cls, value: Any, handler: Any) -> Any:
+        # one message naming the field, not one per member of the union
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(
+                'tool_choice must be "none", "auto", "required" or '
+                '{"type": "function", "function": {"name": ...}}'
+            ) from None
 
     def asked_max_tokens(self) -> tuple[str, int] | None:
         if self.max_completion_tokens is not None:
