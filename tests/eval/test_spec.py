@@ -173,3 +173,12 @@ def test_eval_through_an_lmops_gateway_links_the_served_versions(
         assert meta["model"]["served"]["deployment"] == "tiny"
     finally:
         store.close()
+
+
+def test_presets_are_listed_and_usable(cli) -> None:  # type: ignore[no-untyped-def]
+    from lmops.eval.spec import PRESETS, build_spec
+
+    r = cli("eval", "presets", "--json")
+    assert r.code == 0 and json.loads(r.out) == PRESETS
+    for name in PRESETS:  # every preset makes a valid spec
+        assert build_spec(None, {"model": "m", "preset": name}).model == "m"

@@ -296,6 +296,17 @@ def _results_table(report: dict[str, Any], results: list[Any], show_all: bool) -
         console.print(hidden.message(), markup=False)
 
 
+@app.command("presets")
+def presets(json_: JsonOpt = False) -> None:
+    """Named eval job presets: `preset: NAME` in a spec YAML, or `--preset NAME`."""
+    from lmops.eval.spec import PRESETS
+
+    if json_:
+        print_json(PRESETS)
+        return
+    table("eval presets", ["name", "settings"], [[k, str(v)] for k, v in PRESETS.items()])
+
+
 @app.command("tasks")
 def tasks_cmd(
     data_dir: Annotated[Path | None, typer.Option()] = None,
