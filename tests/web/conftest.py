@@ -291,8 +291,13 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         DeploymentSpec(name="tides", fake=FakeOptions(tokens=12, itl_s=0.05)),
         DeploymentSpec(name="tides-b", fake=FakeOptions(reply="calm water under moon")),
     ]
-    os.environ["LMOPS_ACCESS_LOG"] = "off"
+    access_log = os.environ.get("LMOPS_ACCESS_LOG")
+    os.environ["LMOPS_ACCESS_LOG"] = "off"  # read once, when the app is built
     app = create_app(store, mounts=[lambda a: mount_gateway(a, specs, store)])
+    if access_log is None:
+        os.environ.pop("LMOPS_ACCESS_LOG", None)
+    else:
+        os.environ["LMOPS_ACCESS_LOG"] = access_log
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -310,7 +315,6 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         server.should_exit = True
         thread.join(timeout=10)
         store.close()
-        os.environ.pop("LMOPS_ACCESS_LOG", None)
 
 
 @pytest.fixture(scope="module")
