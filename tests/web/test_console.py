@@ -188,9 +188,13 @@ def test_playground_names_a_missing_variable(admin_page: Any, console: Console) 
 def test_create_key_shows_secret_once_then_revoke(admin_page: Any, console: Console) -> None:
     admin_page.goto(f"{console.url}/ui/serving")
     admin_page.fill("#create-key input[name=name]", "ci-bot")
+    admin_page.fill("#create-key input[name=rpm]", "30")
+    admin_page.fill("#create-key input[name=scopes]", "tides")
     admin_page.click("#create-key button")
     secret = admin_page.locator("#secret").inner_text().strip()
     assert secret.startswith("lmk-")
+    record = console.store.keys.get("ci-bot")
+    assert (record.rpm, record.scopes, record.role) == (30, ["tides"], "user")
     shot(admin_page, "key-created")
     assert (
         httpx.get(
@@ -254,6 +258,11 @@ def test_read_only_key_sees_no_write_buttons_and_its_writes_are_refused(
         assert console.store.assets.resolve("tide-poem@production").version == 2
         assert "sneaky" not in {k.name for k in console.store.keys.list()}
         assert page.goto(f"{console.url}/ui/audit").status == 403
+        page.goto(f"{console.url}/ui")
+        page.click("text=log out")
+        page.wait_for_url(re.compile(r".*/ui/login$"))
+        page.goto(f"{console.url}/ui/runs")
+        assert urlsplit(page.url).path == "/ui/login"  # the session is gone
     finally:
         page.context.close()
 

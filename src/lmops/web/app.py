@@ -122,7 +122,7 @@ templates.env.filters.update(
     q=lambda s: quote(str(s), safe=""),
 )
 templates.env.globals.update(
-    duration=_duration, zip=zip, prefix=PREFIX, nav=NAV, version=__version__
+    duration=_duration, zip=zip, prefix=PREFIX, nav=NAV, lmops_version=__version__
 )
 
 

@@ -354,8 +354,15 @@ def add_routes(r: APIRouter) -> None:
         if days and not days.isdigit():
             raise UserError("expires: give a whole number of days")
         expires = datetime.now(UTC) + timedelta(days=int(days)) if days else None
+        # the deployments the key may call (empty: all), as `lmops keys create --scope`
+        scopes = [d.strip() for d in str(form.get("scopes", "")).split(",") if d.strip()]
         record, secret = viewer.store.keys.create(
-            name, role=role, rpm=limits["rpm"], tpm=limits["tpm"], expires_at=expires
+            name,
+            role=role,
+            rpm=limits["rpm"],
+            tpm=limits["tpm"],
+            expires_at=expires,
+            scopes=scopes or None,
         )
         resp = render(
             request, viewer, "key_created.html", section="serving", record=record, secret=secret
