@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmops.core.errors import UserError
 from lmops.store.types import RequestRecord
+from lmops.text.cjk import HAN_RE
 
 if TYPE_CHECKING:
     from lmops.store import Store
@@ -41,7 +42,7 @@ REFUSAL = re.compile(
     re.IGNORECASE,
 )
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]{1,24}>")
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CJK = HAN_RE  # lmops.text.cjk
 _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
 
 
