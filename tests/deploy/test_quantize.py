@@ -176,3 +176,50 @@ def test_int8_folder_is_cpu_only(cli: Any, tiny: Path) -> None:
         store.close()
     with pytest.raises(UserError, match="CPU engine"):
         load_causal_lm(folder, device="cuda")
+
+
+def test_smoothing_keeps_the_function_and_balances_down_proj(tiny: Path) -> None:
+    from lmops.deploy.quantize import QuantizeConfig, _smooth_down_proj
+    from lmops.models.loading import load_causal_lm
+
+    model = load_causal_lm(tiny)
+    ids = list(range(3, 51))
+    before = _logits(model, ids)
+    seen: list[Any] = []
+
+    def grab(_m: Any, args: tuple[Any, ...]) -> None:
+        seen.append(args[0].abs().reshape(-1, args[0].shape[-1]).amax(dim=0))
+
+    down = model.model.layers[0].mlp.down_proj
+    cfg = QuantizeConfig(method="int8", seq_len=16, calibration_samples=3)
+    assert _smooth_down_proj(model, ids, cfg) == 2  # both layers' MLPs
+    after = _logits(model, ids)
+    assert torch.allclose(before, after, atol=1e-4)  # the same function in fp32
+    h = down.register_forward_pre_hook(grab)
+    for k in range(3):  # the calibration windows again
+        _logits(model, ids[k * 16 : (k + 1) * 16])
+    h.remove()
+    x_max = torch.stack(seen).amax(dim=0)
+    w_max = down.weight.abs().amax(dim=0)
+    # alpha 0.5: each input channel's peak now equals its weight column's peak
+    assert torch.allclose(x_max, w_max, rtol=1e-3, atol=1e-6)
+
+
+def test_pipeline_steps_quantize_and_export(tiny: Path, tmp_path: Path, store: Any) -> None:
+    import yaml
+
+    from lmops.pipelines import load_pipeline, run_pipeline
+
+    steps = {
+        "base": {"type": "register", "kind": "model", "path": str(tiny), "name": "tiny"},
+        "int8": {"type": "quantize", "model": "${steps.base.output}", "output": "tiny-int8"},
+        "gguf": {"type": "export", "model": "${steps.base.output}", "output": "tiny-gguf"},
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"name": "deploy", "steps": steps}, sort_keys=False))
+    first = run_pipeline(load_pipeline(path), store, progress=False)
+    assert first.ok, first.failed
+    assert store.assets.resolve("tiny-int8").metadata["quantization"] == "int8"
+    assert store.assets.resolve("tiny-gguf").metadata["quant"] == "q8_0"
+    again = run_pipeline(load_pipeline(path), store, progress=False)  # cached: nothing new
+    assert again.ok and store.assets.resolve("tiny-gguf").version == 1

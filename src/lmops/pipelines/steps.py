@@ -408,6 +408,56 @@ def _distill(ctx: StepContext, p: DistillParams) -> StepOutput:
     return StepOutput({"output": r.ref}, r.model_dump(), summary, run_id)
 
 
+# -- quantize, export (lmops.deploy) ---------------------------------------------------------
+class QuantizeParams(Params):
+    """``lmops deploy quantize``: int8 or gptq4 (calibration: a dataset or text file)."""
+
+    model: str
+    output: str
+    method: Literal["int8", "gptq4"] = "int8"
+    calibration: str | None = None
+
+    def inputs(self) -> list[str]:
+        return [self.model, *([self.calibration] if self.calibration else [])]
+
+
+@step_type("quantize", QuantizeParams)
+def _quantize(ctx: StepContext, p: QuantizeParams) -> StepOutput:
+    """Quantize a model for the built-in engine (int8, gptq4) and register it."""
+    from lmops.deploy.quantize import QuantizeConfig, quantize_model
+
+    cal = _local_or_ref(ctx, p.calibration) if p.calibration else None
+    r = quantize_model(
+        ctx.store, _local_or_ref(ctx, p.model), output=p.output,
+        config=QuantizeConfig(method=p.method), calibration=cal,
+    )  # fmt: skip
+    run_id = ctx.store.assets.resolve(str(r.ref)).run_id
+    summary = f"{r.ref}: {p.method}, {r.bits_per_weight:.2f} bits/weight"
+    return StepOutput({"output": str(r.ref)}, r.model_dump(mode="json"), summary, run_id)
+
+
+class ExportParams(Params):
+    """``lmops deploy export --format gguf``."""
+
+    model: str
+    output: str
+    quant: Literal["f16", "q8_0", "q4_0", "q4_1"] = "q8_0"
+
+    def inputs(self) -> list[str]:
+        return [self.model]
+
+
+@step_type("export", ExportParams)
+def _export(ctx: StepContext, p: ExportParams) -> StepOutput:
+    """Export a model as a GGUF file (llama.cpp) and register it."""
+    from lmops.deploy.gguf import export_gguf
+
+    r = export_gguf(ctx.store, _local_or_ref(ctx, p.model), quant=p.quant, output=p.output)
+    run_id = ctx.store.assets.resolve(str(r.ref)).run_id
+    summary = f"{r.ref}: gguf {p.quant}, {r.size / 1e6:.1f} MB"
+    return StepOutput({"output": str(r.ref)}, r.model_dump(mode="json"), summary, run_id)
+
+
 # -- eval -------------------------------------------------------------------------------------
 class EvalParams(EvalSpec, Params):
     """The step is an eval spec (:class:`lmops.eval.spec.EvalSpec`, ``preset:`` included),
