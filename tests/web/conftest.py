@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ class Console:
     admin: str  # secrets
     reader: str
     seed: dict[str, Any]
+    requests: list[str] = field(default_factory=list)  # every URL the logged-in pages asked for
 
 
 def _seed(store: Any, tmp: Path) -> dict[str, Any]:
@@ -335,6 +336,7 @@ def browser() -> Iterator[Any]:
 def login(browser: Any, console: Console, secret: str) -> Any:
     """A fresh browser context logged in with ``secret``; returns its page."""
     ctx = browser.new_context(viewport={"width": 1360, "height": 900})
+    ctx.on("request", lambda req: console.requests.append(req.url))
     page = ctx.new_page()
     page.goto(f"{console.url}/ui/login")
     page.fill("input[name=key]", secret)

@@ -45,6 +45,13 @@ def admin_page(browser: Any, console: Console) -> Any:
     page.context.close()
 
 
+def assert_only_loopback(console: Console) -> None:
+    hosts = {
+        urlsplit(u).hostname for u in console.requests if not u.startswith(("data:", "about:"))
+    }
+    assert console.requests and hosts == {"127.0.0.1"}, hosts
+
+
 def test_login_refuses_a_wrong_key_and_pages_need_a_session(browser: Any, console: Console) -> None:
     ctx = browser.new_context()
     page = ctx.new_page()
@@ -65,8 +72,6 @@ def test_login_refuses_a_wrong_key_and_pages_need_a_session(browser: Any, consol
 def test_every_page_renders_and_no_request_leaves_loopback(
     admin_page: Any, console: Console
 ) -> None:
-    seen: list[str] = []
-    admin_page.on("request", lambda req: seen.append(req.url))
     for name, path in PAGES:
         if name == "drift-report" and importlib.util.find_spec("lmops.monitor.report") is None:
             continue  # the monitor stage's report reader is not in this tree yet
@@ -95,8 +100,7 @@ def test_every_page_renders_and_no_request_leaves_loopback(
     admin_page.goto(f"{console.url}/ui/prompts/tide-poem")
     diff = admin_page.locator("pre.diff").inner_text()
     assert "+- role: system" in diff and "-template: Write one line" in diff, diff
-    hosts = {urlsplit(u).hostname for u in seen if not u.startswith(("data:", "about:"))}
-    assert seen and hosts == {"127.0.0.1"}, hosts
+    assert_only_loopback(console)
 
 
 def test_compare_two_runs(admin_page: Any, console: Console) -> None:
@@ -294,3 +298,10 @@ def test_writes_without_the_csrf_token_are_refused(admin_page: Any, console: Con
     assert resp.status == 403
     assert "no-token" not in {k.name for k in console.store.keys.list()}
     assert console.store.keys.get("boss").revoked_at is None
+
+
+def test_no_request_of_any_test_left_loopback(console: Console) -> None:
+    # last in the module: every page, fragment, script, image and stream the browser
+    # asked for in the tests above went to the console server
+    assert len(console.requests) > 50
+    assert_only_loopback(console)
