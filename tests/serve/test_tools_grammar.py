@@ -207,3 +207,43 @@ def test_fallback_rendering_of_tools_calls_and_results() -> None:
     native, native_tools = render(messages, plan, native=True)
     assert native_tools == plan.tools  # type: ignore[union-attr]
     assert native[1]["tool_calls"][0]["function"]["arguments"] == {"a": 1}
+
+
+NATIVE_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n{% for t in tools %}{{ t.function.name }};{% endfor %}"
+    "<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>\n"
+    '{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}'
+    "\n</tool_call>{% endfor %}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_with_tools_support_renders_them_itself(engine: Engine) -> None:
+    import copy
+
+    from lmops.serve.tools import template_has_tools
+
+    assert not template_has_tools(engine.tokenizer)  # the tiny model's plain ChatML
+    tok = copy.deepcopy(engine.tokenizer)
+    tok.chat_template = NATIVE_TEMPLATE
+    assert template_has_tools(tok)
+    plan = plan_request(
+        ChatRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}],
+             "tools": [{"type": "function", "function": {"name": "lookup"}}]}
+        )
+    )  # fmt: skip
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "lookup", "arguments": '{"q": "x"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "found"},
+    ]  # fmt: skip
+    out, tools = render(messages, plan, native=True)
+    text = tok.apply_chat_template(out, tools=tools, tokenize=False, add_generation_prompt=True)
+    # the tools list, the call with its arguments as an object (not a quoted string), the result
+    assert "lookup;" in text
+    assert '<tool_call>\n{"name": "lookup", "arguments": {"q": "x"}}\n</tool_call>' in text
+    assert "<|im_start|>tool\nfound<|im_end|>" in text
