@@ -101,8 +101,8 @@ def test_cli_runs_a_spec_with_flags_and_dotted_overrides(cli, tmp_path: Path) ->
 
 @pytest.fixture
 def gateway(lmops_home: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """``lmops serve`` on 127.0.0.1 over this test's LMOPS_HOME, deploying a registered
-    tiny model asset (``tiny``) and an A/B split of it with a local folder (``ab``)."""
+    """``lmops serve`` on 127.0.0.1 over this test's LMOPS_HOME, deploying an A/B split
+    (``ab``) of a registered tiny model asset and a local model folder."""
     from lmops.store import Store
     from tests.serve.conftest import lmops_env, start_server, stop_server
     from tests.train.tiny import make_model, make_tokenizer
@@ -119,7 +119,6 @@ def gateway(lmops_home: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     deployments = tmp_path / "deployments.yaml"
     deployments.write_text(
         "deployments:\n"
-        f"  - {{name: tiny, model: {version.ref}, guardrails: {{preset: 'off'}}}}\n"
         f"  - {{name: ab, split: [{{model: {version.ref}, weight: 1}}, "
         f"{{model: {other}, weight: 1}}], guardrails: {{preset: 'off'}}}}\n",
         "utf-8",
@@ -146,31 +145,23 @@ def test_eval_through_an_lmops_gateway_links_the_served_versions(
 
     monkeypatch.setenv("LMOPS_API_KEY", gateway["key"])
     task = write_task(tmp_path)
-    reports = {}
-    for deployment in ("tiny", "ab"):
-        r = cli("eval", "run", "--model", deployment, "--endpoint", gateway["base"] + "/v1",
-                "--task-file", str(task), "--output", f"eval-{deployment}", "--json")  # fmt: skip
-        assert r.code == 0, r.err
-        reports[deployment] = json.loads(r.out)
-    served = reports["tiny"]["model"]["served"]
-    assert served["gateway"] == "lmops" and served["deployment"] == "tiny"
-    assert served["versions"] == [gateway["version"]]
-    assert reports["ab"]["model"]["served"]["versions"] == [
-        gateway["version"],
-        str(gateway["other"]),
-    ]
+    r = cli("eval", "run", "--model", "ab", "--endpoint", gateway["base"] + "/v1",
+            "--task-file", str(task), "--output", "eval-ab", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    served = report["model"]["served"]
+    assert served["gateway"] == "lmops" and served["deployment"] == "ab"
+    assert served["versions"] == [gateway["version"], str(gateway["other"])]
     store = Store()
     try:
-        edges = store.assets.lineage(reports["tiny"]["report"]).upstream
-        assert (gateway["version"], "served_model") in {(e.parent, e.role) for e in edges}
-        # the A/B split: the asset version, and the local folder on this host by content
-        ab = store.assets.lineage(reports["ab"]["report"])
-        served_ab = [e.parent for e in ab.upstream if e.role == "served_model"]
-        assert gateway["version"] in served_ab and len(served_ab) == 2
-        folder = next(ab.nodes[p] for p in served_ab if p != gateway["version"])
+        lineage = store.assets.lineage(report["report"])
+        served_in = [e.parent for e in lineage.upstream if e.role == "served_model"]
+        # the asset version by its ref, the local folder on this host by content
+        assert gateway["version"] in served_in and len(served_in) == 2
+        folder = next(lineage.nodes[p] for p in served_in if p != gateway["version"])
         assert folder.kind == "external" and folder.metadata["path"] == str(gateway["other"])
-        meta = store.assets.resolve(reports["tiny"]["report"]).metadata
-        assert meta["model"]["served"]["deployment"] == "tiny"
+        meta = store.assets.resolve(report["report"]).metadata
+        assert meta["model"]["served"]["deployment"] == "ab"
     finally:
         store.close()
 
