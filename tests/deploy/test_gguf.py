@@ -194,3 +194,47 @@ def test_llama_cpp_reads_the_export(tiny: Path, tmp_path: Path) -> None:
                 if len(out) == 32:
                     break
             assert out == _greedy(src, ids)
+
+
+def test_smollm_digit_splitting_survives_export_and_import(
+    cli: Any, tiny: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from lmops.deploy.gguf import write_gguf
+    from lmops.store import Store
+
+    digits = tmp_path / "digits"
+    shutil.copytree(tiny, digits)
+    tj = json.loads((digits / "tokenizer.json").read_text())
+    tj["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {
+                "type": "ByteLevel",
+                "add_prefix_space": False,
+                "trim_offsets": True,
+                "use_regex": True,
+            },
+        ],
+    }
+    (digits / "tokenizer.json").write_text(json.dumps(tj))
+    file = tmp_path / "d.gguf"
+    write_gguf(digits, file, "f16")  # written as llama.cpp's "smollm" pre-tokenizer
+    assert cli("assets", "import", "gguf", str(file), "--name", "d").code == 0
+    store = Store()
+    try:
+        folder = Path(store.assets.path("d"))
+    finally:
+        store.close()
+    src = AutoTokenizer.from_pretrained(str(digits))
+    got = AutoTokenizer.from_pretrained(str(folder))
+    text = "12+34=46. 50+25=75."
+    assert got(text)["input_ids"] == src(text)["input_ids"]
+    assert len(src(text)["input_ids"]) > len(
+        AutoTokenizer.from_pretrained(str(tiny))(text)["input_ids"]
+    )

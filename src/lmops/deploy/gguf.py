@@ -111,6 +111,24 @@ def _check_gguf(file: Path) -> tuple[str, str]:
     return arch, ftype
 
 
+def _restore_pre_tokenizer(tok: Any, file: Path) -> None:
+    """Put back the pre-tokenizer a GGUF names where transformers' rebuild falls back to
+    GPT-2's: ``smollm`` (SmolLM/SmolLM2) splits digits one by one before byte-level BPE,
+    as llama.cpp does for these files and as the model was trained."""
+    import gguf
+    from tokenizers import pre_tokenizers
+
+    field = gguf.GGUFReader(str(file)).get_field("tokenizer.ggml.pre")
+    if field is None or str(field.contents()) != "smollm":
+        return
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+
+
 def _supported_import_archs() -> list[str]:
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
@@ -153,6 +171,7 @@ def import_gguf(
         except (ValueError, KeyError, NotImplementedError, OSError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise UserError(f"{file}: transformers cannot load this GGUF ({msg})") from None
+        _restore_pre_tokenizer(tok, file)
         # transformers marks a GGUF-loaded model as "quantized with gguf" and then refuses
         # to save it; its weights are already plain fp32 tensors (dequantized on load)
         model.hf_quantizer = None
