@@ -179,3 +179,14 @@ def test_failing_pipeline_and_empty_window_promote_nothing(
     assert idle.status == "empty" and not idle.triggered and idle.decision is None
     assert "no rows" in idle.reasons[0]
     assert store.assets.resolve(idle.report).metadata["status"] == "empty"
+
+
+def test_the_watcher_outlives_a_failing_round(store: Any, tmp_path: Path) -> None:
+    from lmops.pipelines.retrain import watch
+
+    spec = WatchSpec.model_validate(
+        {"check": {"deployment": "chat", "reference": "no-such-data"}, "interval_s": 0.01}
+    )
+    seen: list[tuple[Any, str | None]] = []
+    watch(store, spec, tmp_path, rounds=2, on_round=lambda d, err: seen.append((d, err)))
+    assert len(seen) == 2 and all(d is None and "no-such-data" in (err or "") for d, err in seen)

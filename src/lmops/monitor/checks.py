@@ -12,6 +12,7 @@ state through it.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -64,7 +65,7 @@ class CheckSpec(BaseModel):
     last: int | None = Field(500, ge=1, description="at most the last N requests")
     canaries: str | None = Field(None, description="canary_set ref run against the deployment")
     base_url: str | None = Field(None, description="the gateway's /v1 URL, for canaries")
-    api_key: str | None = None
+    api_key: str | None = Field(None, description="gateway key (default: $LMOPS_API_KEY)")
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
 
@@ -161,7 +162,8 @@ def check_deployment(
         if spec.canaries is not None:
             cs_version = store.assets.resolve(spec.canaries)
             cs = load_canaries(store.assets.path(cs_version.ref))
-            res = run_canaries(cs, base_url=spec.base_url or "", model=dep, api_key=spec.api_key)
+            key = spec.api_key or os.environ.get("LMOPS_API_KEY")  # keep keys out of YAML
+            res = run_canaries(cs, base_url=spec.base_url or "", model=dep, api_key=key)
             report.canaries = summarize(res, cs_version.ref)
             results["canary"] = report.canaries["failed"] > 0
             inputs.append((cs_version.ref, "canaries"))
