@@ -190,3 +190,21 @@ def test_the_watcher_outlives_a_failing_round(store: Any, tmp_path: Path) -> Non
     seen: list[tuple[Any, str | None]] = []
     watch(store, spec, tmp_path, rounds=2, on_round=lambda d, err: seen.append((d, err)))
     assert len(seen) == 2 and all(d is None and "no-such-data" in (err or "") for d, err in seen)
+
+
+def test_the_documented_watch_and_canary_files_load(tmp_path: Path) -> None:
+    """docs/MONITOR.md's YAML examples are what the code reads."""
+    import re
+
+    from lmops.monitor.canary import load_canaries
+    from lmops.pipelines.retrain import load_watch
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "MONITOR.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    canaries, watch_yaml = tmp_path / "canaries.yaml", tmp_path / "watch.yaml"
+    canaries.write_text(blocks[0])
+    watch_yaml.write_text(blocks[1])
+    assert [c.id for c in load_canaries(canaries).prompts] == ["capital", "bomb", "json"]
+    spec, _ = load_watch(watch_yaml)
+    assert spec.retrain is not None and spec.retrain.champion == "chat@production"
+    assert spec.check.alerts.fire_after == 2

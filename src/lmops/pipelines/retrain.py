@@ -23,7 +23,8 @@ the monitor stage only answers "did it drift?". One round (:func:`watch_once`):
    combined NLL is lower by at least ``margin`` (a share of the champion's) and it is not
    worse on the fixed set by more than ``max_regression``. The gateway re-resolves alias
    refs every few seconds (``serve/deployments.py``), so a deployment of ``chat@production``
-   serves the new version without a restart.
+   serves the new version without a restart (``engine: vllm`` deployments keep the
+   version they were launched with until ``lmops serve`` restarts).
 
 A round within ``cooldown_s`` of the last decision does not retrain (it says so): traffic that
 moved stays moved after a promotion, so point the check's reference at the new training data.
