@@ -10,11 +10,13 @@ message names only the exception's type; the traceback goes to the server log.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import platform
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -325,8 +327,10 @@ def info_dict(settings: Settings) -> dict[str, Any]:
     }
 
 
+@functools.cache
 def torch_device() -> str | None:
-    """``cuda``/``mps``/``cpu`` when torch is importable, else None."""
+    """``cuda``/``mps``/``cpu`` when torch is importable, else None. Cached: importing torch
+    takes seconds on a busy machine, and the answer cannot change within a process."""
     try:
         import torch
     except ImportError:
@@ -343,6 +347,9 @@ def create_app(
 ) -> FastAPI:
     """Build the app. ``mounts`` let later stages add their routers (``/v1``, console)."""
     store = store or Store(origin="api")
+    # /api/info reports the torch device; find it in the background so that the first
+    # request does not wait for torch's import (seconds on a loaded machine)
+    threading.Thread(target=torch_device, name="lmops-torch-probe", daemon=True).start()
     app = FastAPI(
         title="lmops",
         version=__version__,
