@@ -32,6 +32,13 @@ def test_scalar_tests_separate_shift_from_noise() -> None:
     assert stats.ks(ref, moved).drift and stats.ks(ref, moved).p_value < 1e-6  # type: ignore[operator]
 
 
+def test_psi_on_discrete_values() -> None:
+    """Token counts: a reference of 10s and 11s against a window of 1s has moved."""
+    ref = np.array([10] * 300 + [11] * 300, float)
+    assert stats.psi(ref, np.ones(300)).statistic > 5
+    assert stats.psi(ref, np.array([10] * 150 + [11] * 150, float)).statistic < 0.01
+
+
 def test_ks_fallback_matches_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1)
     a, b = rng.normal(0, 1, 300), rng.normal(0.15, 1, 300)

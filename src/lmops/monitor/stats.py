@@ -52,9 +52,10 @@ def psi(ref: np.ndarray, cur: np.ndarray, *, bins: int = 10, threshold: float = 
     reading: < 0.1 stable, 0.1-0.2 moderate, > 0.2 shifted)."""
     ref, cur = np.asarray(ref, float), np.asarray(cur, float)
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
-    # searchsorted on the inner edges: bin i holds values in (edge[i-1], edge[i]]
-    r = np.bincount(np.searchsorted(edges, ref, side="left"), minlength=len(edges) + 1)
-    c = np.bincount(np.searchsorted(edges, cur, side="left"), minlength=len(edges) + 1)
+    # bin i holds [edge[i-1], edge[i]): on discrete data (token counts) an edge equal to the
+    # reference's minimum leaves bin 0 for values below everything the reference had
+    r = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1)
+    c = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1)
     p = np.maximum(r / max(len(ref), 1), _EPS)
     q = np.maximum(c / max(len(cur), 1), _EPS)
     value = float(np.sum((q - p) * np.log(q / p)))
