@@ -247,3 +247,44 @@ def test_a_template_with_tools_support_renders_them_itself(engine: Engine) -> No
     assert "lookup;" in text
     assert '<tool_call>\n{"name": "lookup", "arguments": {"q": "x"}}\n</tool_call>' in text
     assert "<|im_start|>tool\nfound<|im_end|>" in text
+
+
+def test_nested_pydantic_tools_keep_their_references(engine: Engine) -> None:
+    """openai.pydantic_function_tool writes nested models as $defs + $ref; the call's
+    grammar must still resolve them."""
+    openai = pytest.importorskip("openai")
+    from pydantic import BaseModel, Field
+
+    class Address(BaseModel):
+        city: str = Field(max_length=6)
+
+    class Person(BaseModel):
+        age: int = Field(ge=0, le=99)
+        home: Address
+
+    tool = openai.pydantic_function_tool(Person)
+    assert "$defs" in tool["function"]["parameters"]
+    plan = plan_request(
+        ChatRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [tool],
+             "tool_choice": "required", "parallel_tool_calls": False}
+        )
+    )  # fmt: skip
+    assert plan is not None
+    compile_plan(plan)
+    assert plan.grammar is not None
+    reqs = [
+        GenRequest(
+            f"p{i}",
+            prompt_ids=engine.encode("Hello"),
+            max_tokens=120,
+            temperature=1.0,
+            seed=i,
+            constraint=grammars(engine).constraint(plan.grammar),
+        )
+        for i in range(2)
+    ]
+    for text, done in asyncio.run(run(engine, reqs)):
+        (call,) = parse_reply(text, plan).calls
+        assert done.finish_reason == "stop"
+        Person.model_validate_json(call["function"]["arguments"])

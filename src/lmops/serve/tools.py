@@ -165,13 +165,15 @@ def plan_request(req: ChatRequest) -> ToolPlan | None:
 
 # -- the grammar ------------------------------------------------------------------------------------
 def _call_schema(tool: dict[str, Any]) -> dict[str, Any]:
+    """The schema of one call's JSON. The parameters' definitions move to its root, where
+    their ``#/$defs/...`` references point (pydantic writes nested models that way)."""
     fn = tool["function"]
+    params = dict(fn.get("parameters") or {"type": "object"})
+    defs = {k: params.pop(k) for k in ("$defs", "definitions") if k in params}
     return {
+        **defs,
         "type": "object",
-        "properties": {
-            "name": {"const": fn["name"]},
-            "arguments": fn.get("parameters") or {"type": "object"},
-        },
+        "properties": {"name": {"const": fn["name"]}, "arguments": params},
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
