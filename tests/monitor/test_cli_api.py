@@ -165,3 +165,32 @@ def test_api_check_reports_metrics(api: tuple[str, str], store: Any) -> None:
         bad = c.post("/api/monitor/check", json={"deployment": "chat"})
         assert bad.status_code == 400 and "give a reference" in bad.json()["error"]["message"]
         assert httpx.get(f"{url}/api/monitor/reports").status_code == 401
+
+
+def test_drift_pipeline_step(store: Any, tmp_path: Path) -> None:
+    """The ``drift`` step records a report and, with fail_on_drift, stops the pipeline."""
+    from lmops.pipelines import load_pipeline, run_pipeline
+
+    a = _chats(tmp_path / "a.jsonl", [cooking(i) for i in range(60)])
+    b = _chats(tmp_path / "b.jsonl", [maths_zh(i) for i in range(60)])
+    store.assets.register("dataset", "sft", a)
+    store.assets.register("dataset", "flow", b)
+    step = {
+        "type": "drift",
+        "reference": "sft",
+        "current": "flow",
+        "embedder": "hashed",
+        "plots": False,
+        "monitors": ["language", "embedding_mmd"],
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "guard", "steps": {"check": step}}))
+    res = run_pipeline(load_pipeline(path), store, progress=False)
+    assert res.ok and res.steps["check"].result["drifted"] == ["language", "embedding_mmd"]
+    assert store.assets.resolve(res.steps["check"].outputs["output"]).kind == "drift_report"
+
+    path.write_text(
+        yaml.safe_dump({"name": "guard", "steps": {"check": {**step, "fail_on_drift": True}}})
+    )
+    res = run_pipeline(load_pipeline(path), store, progress=False)
+    assert not res.ok and "drifted from sft" in (res.steps["check"].error or "")
