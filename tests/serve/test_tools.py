@@ -457,4 +457,6 @@ def test_upstream_gets_the_fields_unchanged_and_guardrails_see_tool_text(
     chunks = list(c.chat.completions.create(model="up", messages=ASK, stream=True, **fields))
     pieces = [d for ch in chunks if ch.choices for d in ch.choices[0].delta.tool_calls or []]
     assert pieces[0].id == "call_up1" and pieces[0].function.name == "get_weather"
+    arguments = "".join(p.function.arguments or "" for p in pieces)  # guarded whole
+    assert json.loads(arguments) == {"city": "Paris", "to": "<EMAIL>"}
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "tool_calls"

@@ -384,6 +384,9 @@ class Handlers:
         # tool calls: each choice's reply split into content and complete calls
         splitters: dict[int, tools.ToolStream] = {}
         calls_sent: dict[int, list[dict[str, Any]]] = {}
+        # an upstream's streamed calls, held until their choice ends: arguments are
+        # guarded whole, as any text (a value split across pieces would slip through)
+        relayed: dict[int, dict[int, dict[str, Any]]] = {}
 
         def split(i: int, text: str, end: str | None = None) -> tuple[str, list[dict[str, Any]]]:
             """Choice ``i``'s new text as (content, complete calls); ``end``: its finish
@@ -448,6 +451,8 @@ class Handlers:
             """End choice ``i``: what its guard held back, then its finish reason."""
             guard = guards.get(i) or guards.setdefault(i, ctx.stream_guard())
             held, _ = split(i, "", end=reason)  # content held back as a possible call start
+            if relayed.get(i) and not call_chunks(i, tools.collected_calls(relayed.pop(i)), out):
+                reason = "content_filter"
             if held:
                 text, stop_now = guard.feed(held)
                 emitted(text, i)
@@ -485,6 +490,10 @@ class Handlers:
                             entries = release.sent(text)
                         emitted(text, i)
                         extra = None if stop_now else ev.extra
+                        if extra and "tool_calls" in extra:
+                            acc = relayed.setdefault(i, {})
+                            tools.collect_call_deltas(acc, extra["tool_calls"])
+                            extra = {k: v for k, v in extra.items() if k != "tool_calls"} or None
                         if text or entries or extra:
                             out.append(chunk(i, text, None, entries, extra))
                         if calls and not stop_now and not call_chunks(i, calls, out):

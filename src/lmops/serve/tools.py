@@ -34,7 +34,8 @@ named function         constrained: exactly one call of that function
 A call is only reported once it is complete: a reply cut off by ``max_tokens`` inside a
 call ends with ``finish_reason: "length"`` and without that call, so a client never gets
 malformed arguments. Streams therefore send a call when its closing tag arrives: its id,
-type and name first, then its arguments in pieces.
+type and name first, then its arguments in pieces. An upstream's streamed calls are
+collected the same way and sent, guarded, when its choice ends.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ __all__ = [
     "ToolPlan",
     "ToolStream",
     "call_deltas",
+    "collect_call_deltas",
+    "collected_calls",
     "compile_plan",
     "finish_reason",
     "guard_calls",
@@ -445,6 +448,33 @@ def call_deltas(index: int, call: dict[str, Any]) -> list[dict[str, Any]]:
         piece = args[k : k + ARGUMENT_PIECE]
         out.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
     return out
+
+
+def collect_call_deltas(acc: dict[int, dict[str, Any]], pieces: Any) -> None:
+    """Add an upstream's streamed ``delta.tool_calls`` pieces to ``acc`` (call index ->
+    the call so far: id, type, name, arguments concatenated)."""
+    for piece in pieces if isinstance(pieces, list) else []:
+        if not isinstance(piece, dict):
+            continue
+        k = piece.get("index", 0)
+        call = acc.setdefault(k if isinstance(k, int) else 0, {"type": "function"})
+        for key in ("id", "type"):
+            if isinstance(piece.get(key), str):
+                call[key] = piece[key]
+        got = piece.get("function")
+        fn: dict[str, Any] = got if isinstance(got, dict) else {}
+        f = call.setdefault("function", {"name": "", "arguments": ""})
+        if isinstance(fn.get("name"), str):
+            f["name"] += fn["name"]
+        if isinstance(fn.get("arguments"), str):
+            f["arguments"] += fn["arguments"]
+
+
+def collected_calls(acc: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The calls :func:`collect_call_deltas` assembled, in index order (ids kept)."""
+    return [
+        {"id": c.get("id") or "call_" + uuid.uuid4().hex[:24], **c} for _, c in sorted(acc.items())
+    ]
 
 
 def finish_reason(reason: str, calls: list[dict[str, Any]]) -> str:
