@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decode-tokens", type=int, default=48)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--model-dir", type=Path, default=None, help="an HF folder (skips GGUF)")
+    ap.add_argument("--parts", default="validity,overhead", help="which figures to measure")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -288,27 +289,33 @@ def main(argv: list[str] | None = None) -> None:
                 "vocab": vocab,
                 "tokenizer_setup_s": round(time.perf_counter() - t, 3),
             }
-            report["validity"] = bench_validity(engine, grammars, args.n, args.max_tokens)
+            parts = args.parts.split(",")
+            if "validity" in parts:
+                report["validity"] = bench_validity(engine, grammars, args.n, args.max_tokens)
             clock = HookClock()
             report["overhead"] = [
                 bench_overhead(engine, grammars, int(b), args.rounds, args.decode_tokens, clock)
                 for b in args.batches.split(",")
+                if "overhead" in parts
             ]
         finally:
             engine.close()
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return
-    print(f"model {report['model']} (vocab {report['vocab']}), greedy validity, n={args.n} each")
-    v = report["validity"]
-    for kind, label in (("tool", "required tool call"), ("json", "json_schema strict")):
-        print(
-            f"  {label:20s} unconstrained {v[f'unconstrained_{kind}_valid']:>6s}   "
-            f"constrained {v[f'constrained_{kind}_valid']:>6s}"
-        )
-    print(f"  unconstrained reply, e.g.: {v['unconstrained_example']!r}")
-    print(f"  constrained reply, e.g.:   {v['constrained_example']!r}")
-    print("decode time per token (median of interleaved rounds)")
+    print(f"model {report['model']} (vocab {report['vocab']})")
+    v = report.get("validity")
+    if v:
+        print(f"greedy validity, n={args.n} each")
+        for kind, label in (("tool", "required tool call"), ("json", "json_schema strict")):
+            print(
+                f"  {label:20s} unconstrained {v[f'unconstrained_{kind}_valid']:>6s}   "
+                f"constrained {v[f'constrained_{kind}_valid']:>6s}"
+            )
+        print(f"  unconstrained reply, e.g.: {v['unconstrained_example']!r}")
+        print(f"  constrained reply, e.g.:   {v['constrained_example']!r}")
+    if report["overhead"]:
+        print("decode time per token (median of interleaved rounds)")
     for o in report["overhead"]:
         print(
             f"  batch {o['batch']}: free {o['ms_per_token_free']:.2f} ms, constrained "
