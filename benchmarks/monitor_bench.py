@@ -7,9 +7,10 @@ the GSM8K training questions. Each trial draws a reference window of ``--window`
 and a disjoint current window: *stationary* trials draw it from Alpaca too; *shift* trials
 replace ``--shift`` of it (20 %) by GSM8K questions. Every test sees the same windows.
 
-- lmops ``embedding_mmd`` (the deciding embedding monitor): MMD with an RBF kernel and a
+- lmops ``embedding_mmd``: MMD with an RBF kernel and a
   permutation p-value, drift when p < 0.01 (``MonitorConfig`` defaults);
-- lmops ``embedding_classifier``: out-of-fold logistic-regression AUC, analytic null, p < 0.01;
+- lmops ``embedding_classifier``: logistic regression fitted on half the rows, AUC on the
+  other half against the Mann-Whitney null, p < 0.01;
 - Evidently (optional peer, ``pip install evidently 'pandas<3'``): the drift method
   ``EmbeddingsDriftMetric`` picks by default, ``model(bootstrap=n_ref < 1000)``: an SGD
   classifier on a 50/50 split, drift when its AUC beats the 95th percentile of random AUCs.
