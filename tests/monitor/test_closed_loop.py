@@ -145,10 +145,18 @@ def test_drift_retrains_and_promotes_only_a_clear_winner(served: Any, tmp_path: 
     champ, chall = d.scores["champion"], d.scores["challenger"]
     assert chall["holdout"] < champ["holdout"] and chall["eval_set"] < champ["eval_set"]
 
-    # a reachable margin: promoted, the alias moves (the gateway re-resolves it)
+    # a reachable margin: promoted, the alias moves, and a running gateway deployment of
+    # chat@production re-resolves it (serve checks every 5 s; the test skips the wait)
+    from lmops.serve.deployments import Deployment, DeploymentSpec
+
+    gateway = Deployment(DeploymentSpec(name="chat", model="chat@production"), store)
+    assert gateway.pick().version == "chat:1"
     d2 = watch_once(store, _watch(tmp_path, margin=0.05, cooldown_s=0), tmp_path)
     assert d2.promoted, d2.reasons
     assert store.assets.resolve("chat@production").ref == d2.challenger == "chat:3"
+    gateway._checked = float("-inf")
+    assert gateway.pick().version == "chat:3"
+    gateway.close()
     assert store.assets.resolve(d2.decision or "").metadata["promoted"] is True
 
     # the traffic stays moved: the next round drifts again but does not retrain at once
