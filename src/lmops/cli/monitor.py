@@ -81,7 +81,7 @@ def check(
         monitor={"embedder": embedder, "plots": plots},
         alerts={"webhook": webhook},
     )
-    report, version = check_deployment(_store(), spec)
+    report, version = check_deployment(_store(), spec, progress=not json_)
     _print_report(report, version.ref, json_)
 
 
@@ -110,7 +110,12 @@ def compare(
     from lmops.monitor.drift import MonitorConfig
 
     report, version = compare_datasets(
-        _store(), dataset_a, dataset_b, MonitorConfig(embedder=embedder, plots=plots), limit=limit
+        _store(),
+        dataset_a,
+        dataset_b,
+        MonitorConfig(embedder=embedder, plots=plots),
+        limit=limit,
+        progress=not json_,
     )
     _print_report(report, version.ref, json_)
 
@@ -268,4 +273,4 @@ def watch_cmd(
         if d.decision:
             console.print(f"  recorded as {d.decision}", markup=False, highlight=False)
 
-    watch(_store(), spec, base, once=once, on_round=show_round)
+    watch(_store(), spec, base, once=once, progress=not json_, on_round=show_round)

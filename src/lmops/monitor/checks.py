@@ -109,7 +109,7 @@ def _served_by(store: Store, refs: list[str]) -> list[tuple[str, str]]:
 
 
 def check_deployment(
-    store: Store, spec: CheckSpec, *, embedder: Embedder | None = None
+    store: Store, spec: CheckSpec, *, embedder: Embedder | None = None, progress: bool = False
 ) -> tuple[DriftReport, Version]:
     """Evaluate the monitors (and canaries) of ``spec.deployment`` once; record the report,
     update the alerts (webhook on every change) and the Prometheus textfile
@@ -149,6 +149,7 @@ def check_deployment(
             subject=f"deployment:{dep}",
             reference=reference,
             embedder=embedder,
+            progress=progress,
         )
         report = comp.report
         report.window = {
@@ -206,6 +207,7 @@ def compare_datasets(
     *,
     limit: int | None = None,
     embedder: Embedder | None = None,
+    progress: bool = False,
 ) -> tuple[DriftReport, Version]:
     """Compare two dataset assets with the text monitors and record the report."""
     cfg = cfg or MonitorConfig()
@@ -220,6 +222,7 @@ def compare_datasets(
             subject=f"dataset:{b.ref}",
             reference=a.ref,
             embedder=embedder,
+            progress=progress,
         )
         version = record_report(
             store,

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from lmops.core.progress import Progress
 from lmops.monitor import stats
 from lmops.monitor.embed import Embedder, get_embedder
 from lmops.monitor.features import REFUSAL, Sample, language
@@ -213,6 +214,14 @@ def _subset(texts: list[str], n: int, rng: np.random.Generator) -> list[str]:
     return [texts[i] for i in sorted(rng.choice(len(texts), n, replace=False))]
 
 
+def _embed(emb: Embedder, texts: list[str], bar: Progress, batch: int = 256) -> np.ndarray:
+    parts = []
+    for i in range(0, len(texts), batch):
+        parts.append(emb.embed(texts[i : i + batch]))
+        bar.advance(len(parts[-1]))
+    return np.vstack(parts)
+
+
 def compare_samples(
     ref: Sample,
     cur: Sample,
@@ -221,6 +230,7 @@ def compare_samples(
     subject: str,
     reference: str,
     embedder: Embedder | None = None,
+    progress: bool = False,
 ) -> Comparison:
     """Run every selected monitor on ``cur`` against ``ref``. Never raises for missing data:
     an empty current window gives status ``empty``, no monitor with data on both sides
@@ -280,10 +290,11 @@ def compare_samples(
             emb = embedder or get_embedder(cfg.embedder)
             report.embedder = emb.name
             rng = np.random.default_rng(cfg.seed)
-            re_, ce = (
-                emb.embed(_subset(r_txt, cfg.max_embed, rng)),
-                emb.embed(_subset(c_txt, cfg.max_embed, rng)),
-            )
+            r_sub, c_sub = _subset(r_txt, cfg.max_embed, rng), _subset(c_txt, cfg.max_embed, rng)
+            with Progress(
+                len(r_sub) + len(c_sub), label="embed", unit="texts", enabled=progress
+            ) as bar:
+                re_, ce = _embed(emb, r_sub, bar), _embed(emb, c_sub, bar)
             out.embeddings = (re_, ce)
             for name in emb_wanted:
                 t = (

