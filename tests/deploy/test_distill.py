@@ -18,9 +18,9 @@ from tests.train.tiny import SENTENCES, make_tokenizer
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def teacher(tmp_path_factory: pytest.TempPathFactory, tok_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("distill")
-    model, tok = llama(root / "t", make_tokenizer(root / "tok"), layers=4, seed=1)
+    model, tok = llama(root / "t", tok_dir, layers=4, seed=1)
     with torch.no_grad():  # a teacher whose 2-layer student can get close in a few steps
         for p in model.parameters():
             if p.dim() == 2:

@@ -22,13 +22,12 @@ from lmops.core.sealed import (
     write_package,
 )
 from tests.serve.conftest import lmops_env, start_server, stop_server
-from tests.train.tiny import make_model, make_tokenizer
+from tests.train.tiny import make_model
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pkg")
-    return make_model(root / "tiny", make_tokenizer(root / "tok"), seed=3)
+def tiny(tmp_path_factory: pytest.TempPathFactory, tok_dir: Path) -> Path:
+    return make_model(tmp_path_factory.mktemp("pkg") / "tiny", tok_dir, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ import pytest
 import torch
 
 from lmops.deploy.prune import PruneSpec, prune
-from tests.train.tiny import SENTENCES, make_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tokenizer(tmp_path_factory.mktemp("prune") / "tok")
+from tests.train.tiny import SENTENCES
 
 
 def llama(folder: Path, tok_dir: Path, layers: int = 4, seed: int = 0) -> Any:
