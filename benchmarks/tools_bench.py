@@ -13,6 +13,13 @@ grammar, parsing; models/grammar.py inside the engine's continuous batching):
    hooks (waiting for and applying masks, advancing matchers) as a share of decode time.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tools_bench.py [--n 10] [--json]
+
+Measured 2026-12-05 on 2 shared CPU cores (load average ~5.5, OMP_NUM_THREADS=1, --rounds 6):
+valid replies unconstrained 0/10 tool calls and 0/10 JSON, constrained 10/10 and 10/10;
+decode time per token free vs constrained 94.6 vs 97.1 ms at batch 1 (+2.6 %), 26.0 vs
+27.3 ms at batch 8 (+5.0 %), of which the grammar hooks are 0.66 % and 0.93 % of decode
+time. Under a load average of ~10 the wall-clock ratios swung from -7 % to +21 % between
+runs while the hooks stayed under 1 %: read the hook share as the cost of masking.
 """
 
 from __future__ import annotations
