@@ -322,8 +322,8 @@ def section_gptq(b: Bench) -> None:
         "quantize_s": round(secs, 1),
     }
     _say(
-        f"gptq4: {res.bits_per_weight:.2f} bits/w overall ({res.quantized_bits_per_weight:.2f} in "
-        f"quantized layers), ppl {ppl:.4f} ({100 * (ppl / base - 1):+.2f}%); round-to-nearest "
+        f"gptq4: {res.bits_per_weight:.2f} bits/w overall ({res.quantized_bits_per_weight:.2f} in the "
+        f"4-bit layers; head {cfg.head_bits}-bit), ppl {ppl:.4f} ({100 * (ppl / base - 1):+.2f}%); round-to-nearest "
         f"{rtn_ppl:.4f} ({100 * (rtn_ppl / base - 1):+.2f}%); {secs:.0f} s"
     )
 

@@ -120,7 +120,7 @@ def quantize_cmd(
     console.print(
         f"quantized [bold]{res.ref}[/] ({res.method}, {res.layers} layers, "
         f"{res.bits_per_weight:.2f} bits/weight overall, "
-        f"{res.quantized_bits_per_weight:.2f} in quantized layers)"
+        f"{res.quantized_bits_per_weight:.2f} in its {res.method} layers)"
     )
 
 

@@ -71,7 +71,7 @@ class QuantizeResult(BaseModel):
     path: Path
     method: Method
     bits_per_weight: float  # every stored weight of the model: codes + scales + zero points
-    quantized_bits_per_weight: float  # the quantized Linear layers only
+    quantized_bits_per_weight: float  # layers at the method's width (gptq4: the 4-bit ones)
     layers: int
     ref: str | None = None
 
@@ -447,29 +447,28 @@ def quantize(
 
 
 def bits_per_weight(tensors: dict[str, Any], body: dict[str, Any]) -> tuple[float, float]:
-    """(all weights, quantized Linear weights only): stored bits per model weight, scales and
-    zero points included. Tied embeddings count once, as the model has them once."""
+    """(all weights, layers at the method's own width): stored bits per weight, scales and
+    zero points included. The second counts only the 4-bit layers of gptq4 (the 8-bit head
+    is left out) and every layer of int8. Tied embeddings count once, as the model has
+    them once; norm vectors and biases are not weights."""
     layers = body["layers"]
-    total_bits = 0
-    total_weights = 0
-    q_bits = 0
-    q_weights = 0
+    width = 4 if body["method"] == "gptq4" else 8
+    bits_all = weights_all = bits_own = weights_own = 0
     for key, t in tensors.items():
         bits = t.numel() * t.element_size() * 8
         owner, _, leaf = key.rpartition(".")
         if owner in layers:
             if leaf == "bias":
                 continue
-            q_bits += bits
+            n = 0
             if leaf == "qweight":
                 n = t.numel() * (2 if layers[owner]["bits"] == 4 else 1)
-                q_weights += n
-        elif t.dim() >= 2:  # plain weights (norm vectors and biases are not "weights")
-            total_bits += bits
-            total_weights += t.numel()
-    total_bits += q_bits
-    total_weights += q_weights
-    return total_bits / max(total_weights, 1), q_bits / max(q_weights, 1)
+            bits_all, weights_all = bits_all + bits, weights_all + n
+            if layers[owner]["bits"] == width:
+                bits_own, weights_own = bits_own + bits, weights_own + n
+        elif t.dim() >= 2:
+            bits_all, weights_all = bits_all + bits, weights_all + t.numel()
+    return bits_all / max(weights_all, 1), bits_own / max(weights_own, 1)
 
 
 def quantize_model(
