@@ -1,7 +1,8 @@
 """The deploy report (issue #15 item 7): one row per variant (a model folder, its int8
 folder, its GGUF) with size, bits per weight, perplexity on a reference text and engine
 tokens/s; the perplexity is the one computed independently here; a table, a plot and a
-``deploy_report`` asset with lineage to every variant."""
+``deploy_report`` asset with lineage to every variant. The /api/deploy routes run the same
+jobs for admin keys on a real ``lmops serve``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.api.conftest import Server, server  # noqa: F401 (the fixture: a real lmops serve)
 from tests.train.tiny import SENTENCES, make_model, make_tokenizer
 
 
@@ -71,3 +73,22 @@ def test_report_over_three_variants(cli: Any, tiny: Path, tmp_path: Path) -> Non
     assert "| t8 | lmops-quant | int8 |" in (folder / "report.md").read_text()
     r = cli("deploy", "report", "tiny", "--text", str(text), "--max-tokens", "64")
     assert r.code == 0 and "perplexity" in r.out  # the human table
+
+
+def test_api_exports_and_quantizes_with_an_admin_key(server: Server, tiny: Path) -> None:  # noqa: F811
+    store: Any = server.store
+    store.assets.register("model", "tiny", tiny)
+    _, reader = store.keys.create("deploy-user", role="user")
+    body = {"model": "tiny", "output": "tiny-q8", "quant": "q8_0"}
+    with server.client(reader) as c:
+        assert c.post("/api/deploy/export", json=body).status_code == 403
+    with server.client(server.admin_key) as c:
+        r = c.post("/api/deploy/export", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["ref"] == "tiny-q8:1" and r.json()["bits_per_weight"] == 8.5
+        r = c.post("/api/deploy/export", json={**body, "quant": "q3_k"})
+        assert r.status_code == 400 and "f16, q8_0, q4_0, q4_1" in r.json()["error"]["message"]
+        q = {"model": "tiny", "output": "tiny-int8", "config": {"method": "int8"}}
+        r = c.post("/api/deploy/quantize", json=q, timeout=120)
+        assert r.status_code == 200, r.text
+    assert store.assets.resolve("tiny-int8").metadata["quantization"] == "int8"
