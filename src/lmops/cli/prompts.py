@@ -355,7 +355,9 @@ def optimize(
     if proposer:
         url, sep, pmodel = proposer.rpartition("/")
         if not sep or not url.startswith("http"):
-            raise UserError(f"--proposer {proposer!r}: expected URL/MODEL, e.g. http://h:8000/v1/big")
+            raise UserError(
+                f"--proposer {proposer!r}: expected URL/MODEL, e.g. http://h:8000/v1/big"
+            )
         prop = OpenAIChat(url, pmodel, api_key=api_key)
     settings = opt.OptimizeSettings(
         budget=budget,
