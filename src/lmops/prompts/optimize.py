@@ -8,19 +8,27 @@ The steps (what DSPy's MIPROv2 does, without its Bayesian surrogate):
 
 1. **Split** the task's rows with a seeded shuffle into train / dev / test (counts in the
    task file); the test split is touched only at the end.
-2. **Bootstrap demos**: the starting prompt answers train rows; the ones it gets right are
-   the demo pool (DSPy's bootstrapped demos), topped up with labelled train rows when too
-   few are right. ``demo_sets`` sets of ``k`` demos are drawn (seeded; balanced over the
-   labels of a classification task), plus the empty set.
+2. **Bootstrap demos**: the starting prompt answers train rows, a few at a time, until each
+   label has enough right answers for the demo sets or an eighth of the budget is spent;
+   the rows it got right are the demo pool (DSPy's bootstrapped demos), topped up with
+   labelled rows. ``demo_sets`` orderings of the pool are drawn (seeded; for a
+   classification task the labels alternate, so every set shows each); each gives nested
+   sets of its first 2, 4, 8, ... ``k`` rows, plus the empty set once.
 3. **Propose instructions**: the proposer model (any OpenAI-compatible endpoint; the
    target when none is given) is shown the prompt and a few labelled rows and asked for
    an instruction, ``instructions`` times at temperature 1; plus the empty instruction and,
-   for a classification task, "answer with exactly one of: <labels>".
+   for a classification task, "answer with exactly one of: <labels>" (tried first).
 4. **Search**: every (instruction, demo set) pair is a candidate, and the starting prompt
-   itself is one. Successive halving: all candidates answer a few dev rows, the better
-   half answers more, ... until one is left or the budget (calls to the target model,
-   bootstrapping included) is spent. Answers are kept per (candidate, row), so a
-   candidate promoted to the next rung answers only its new rows.
+   itself is one. They are put in a prior order (the starting prompt, then along the
+   diagonals of instruction x demo count, 4 demos first), and as many as the budget lets
+   each answer ``min_rows`` dev rows are taken: a rung of 2 rows ranks by noise, since one
+   row is 50 points of accuracy. Successive halving: all of them answer the first rows,
+   the better 1/eta answer eta x the rows, ... until one is left or the dev split is used;
+   the first rung is made as long as the budget (calls to the target model,
+   bootstrapping included) allows. Survivors of a rung have answered the same rows, and
+   ties keep the prior order (the starting prompt first: no change without evidence).
+   Answers are kept per (candidate, row), so a candidate promoted to the next rung
+   answers only its new rows.
 5. **Final**: the starting prompt and the winner answer every test row; accuracies with
    bootstrap 95 % CIs and the paired CI of their difference. The winner is registered as
    the next version of the prompt (metrics in its metadata; lineage to the starting
@@ -88,9 +96,12 @@ class OptimizeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     budget: int = Field(ge=1)  # calls to the target model before the final test
     instructions: int = Field(4, ge=0)  # proposals asked of the proposer
-    demo_sets: int = Field(4, ge=0)
-    k: int = Field(4, ge=0)  # demos per set
-    eta: int = Field(2, ge=2)  # successive halving keeps 1/eta per rung
+    demo_sets: int = Field(4, ge=0)  # independent draws of demos; each gives sets of 2, 4, .. k
+    k: int = Field(4, ge=0)  # most demos in a set
+    eta: int = Field(2, ge=2)  # successive halving keeps 1/eta per rung, with eta x the rows
+    # dev rows every candidate answers at the first rung: with fewer, a 2-row rung ranks
+    # candidates by noise (one row is worth 50 points of accuracy)
+    min_rows: int = Field(10, ge=1)
     concurrency: int = Field(4, ge=1)
     seed: int = 0
 
@@ -317,38 +328,106 @@ def _propose(
     return out
 
 
+def _sizes(k: int) -> list[int]:
+    """Demo counts tried below ``k``: 2, 4, 8, ... and ``k`` itself."""
+    out = [n for n in (2**i for i in range(1, 8)) if n < k]
+    return [*out, k] if k else []
+
+
 def _demo_sets(
     good: list[int], train: list[dict[str, Any]], task: OptimizeTask, s: OptimizeSettings
-) -> list[list[int]]:
+) -> list[list[list[int]]]:
+    """``s.demo_sets`` draws, each a list of nested demo sets (the first 2, 4, ... ``k`` rows
+    of one ordering, so sizes differ only by the rows added). Rows the target answered
+    right come first (DSPy's bootstrapped demos), topped up with labelled rows; for a
+    classification task the labels alternate, so every set of two or more shows each."""
     rng = random.Random(s.seed)
-    pool = good + [i for i in range(len(train)) if i not in set(good)]  # bootstrapped first
-    sets: list[list[int]] = [[]]
-    for _ in range(s.demo_sets):
-        if task.labels:  # one of each label in turn, bootstrapped rows preferred
-            by: dict[str, list[int]] = {}
-            for i in pool:
-                by.setdefault(_norm(str(train[i][task.target_field])), []).append(i)
-            for v in by.values():
-                head = [i for i in v if i in good]
-                rest = [i for i in v if i not in good]
-                rng.shuffle(head)
-                rng.shuffle(rest)
-                v[:] = head + rest
-            order = [by[k] for k in sorted(by)]
-            rng.shuffle(order)
-            picked: list[int] = []
-            while len(picked) < min(s.k, len(train)) and any(order):
-                for v in order:
-                    if v and len(picked) < s.k:
-                        picked.append(v.pop(0))
-        else:
-            head = good[:]
+    sizes = _sizes(min(s.k, len(train)))
+    good_set = set(good)
+    draws: list[list[list[int]]] = []
+    for _ in range(s.demo_sets if sizes else 0):
+        groups: dict[str, list[int]] = {}
+        for i in range(len(train)):
+            key = _norm(str(train[i][task.target_field])) if task.labels else ""
+            groups.setdefault(key, []).append(i)
+        for v in groups.values():
+            head = [i for i in v if i in good_set]
+            rest = [i for i in v if i not in good_set]
             rng.shuffle(head)
-            picked = (head + [i for i in pool if i not in head])[: s.k]
-        rng.shuffle(picked)
-        if picked and picked not in sets:
-            sets.append(picked)
-    return sets
+            rng.shuffle(rest)
+            v[:] = head + rest
+        order = [groups[k] for k in sorted(groups)]
+        rng.shuffle(order)
+        picked: list[int] = []
+        while len(picked) < sizes[-1] and any(order):
+            for v in order:
+                if v and len(picked) < sizes[-1]:
+                    picked.append(v.pop(0))
+        # shuffle within each pair of labels, so the last demo is not always the same label
+        # (a small model copies the last answer it saw)
+        step = max(1, len(order))
+        for a in range(0, len(picked), step):
+            block = picked[a : a + step]
+            rng.shuffle(block)
+            picked[a : a + step] = block
+        sets = [picked[:n] for n in sizes if n <= len(picked)]
+        if sets and sets not in draws:
+            draws.append(sets)
+    return draws
+
+
+def _schedule(n_cands: int, n0: int, n_dev: int, eta: int) -> list[tuple[int, int]]:
+    """Successive halving's rungs as ``(live candidates, dev rows)``: ``n0`` rows for all,
+    then 1/eta of them on eta x the rows, until one is left or the dev split is used up."""
+    rungs: list[tuple[int, int]] = []
+    alive, rows = n_cands, min(n0, n_dev)
+    while True:
+        rungs.append((alive, rows))
+        alive, rows = max(1, math.ceil(alive / eta)), min(n_dev, rows * eta)
+        if alive <= 1 or rungs[-1][1] >= n_dev:  # a lone survivor needs no more rows
+            return rungs
+
+
+def _cost(rungs: list[tuple[int, int]]) -> int:
+    """Target calls of a schedule: each rung's candidates answer only their new rows."""
+    return sum(c * (n - (rungs[i - 1][1] if i else 0)) for i, (c, n) in enumerate(rungs))
+
+
+def _plan(n_cands: int, left: int, n_dev: int, s: OptimizeSettings) -> tuple[int, int]:
+    """``(candidates, first-rung rows)`` that fit ``left`` calls: as many candidates as can
+    each get ``min_rows`` rows (a rung of fewer ranks by noise), then the first rung made
+    as long as what remains allows. Two candidates (the start and the best guess) at
+    fewer rows when even that does not fit; ``(1, 0)`` when nothing can be compared."""
+    n0 = min(s.min_rows, n_dev)
+    n = n_cands
+    while n > 2 and _cost(_schedule(n, n0, n_dev, s.eta)) > left:
+        n -= 1
+    if n < 2 or _cost(_schedule(n, n0, n_dev, s.eta)) > left:
+        n0 = min(n_dev, left // 2)
+        return (2, n0) if n_cands >= 2 and n0 >= 1 else (1, 0)
+    while n0 < n_dev and _cost(_schedule(n, n0 + 1, n_dev, s.eta)) <= left:
+        n0 += 1
+    return n, n0
+
+
+def _prior(n_ins: int, draws: list[list[list[int]]]) -> list[tuple[int, int, int]]:
+    """Candidates ``(instruction, draw, size index)`` in the order they are tried when the
+    budget cannot take them all: the first draw before the others, and within it along
+    diagonals of instruction x demo count, so the first few cover both the instructions
+    and the demo counts. Demo counts go middle first (what DSPy's defaults use), then
+    more, then fewer, then none; instructions in the order given (built-in first)."""
+    out: list[tuple[int, int, int]] = []
+    for d, sets in enumerate(draws or [[]]):
+        n_sizes = len(sets) + (1 if d == 0 else 0)  # the empty set once, in the first draw
+        # 4 demos first, then 8 before 2: |log2(size) - 2|, ties to the larger
+        by_pref = sorted(
+            range(len(sets)), key=lambda j: (abs(math.log2(len(sets[j])) - 2), -len(sets[j]))
+        )
+        sizes = [*by_pref, -1] if d == 0 else by_pref  # -1: no demos
+        pairs = [(a, b) for a in range(n_ins) for b in range(n_sizes)]
+        pairs.sort(key=lambda ab: (ab[0] + ab[1], ab[0]))
+        out += [(a, d, sizes[b]) for a, b in pairs]
+    return out
 
 
 def optimize(
@@ -415,54 +494,79 @@ def optimize(
             )
         inputs += store.assets.record_inputs(locals_, run_id=run.id)
         try:
-            # 1. bootstrap: which train rows the starting prompt gets right
+            # 1. bootstrap: the starting prompt answers train rows, a few at a time, until
+            # each label has enough right answers for every draw's largest set, or an
+            # eighth of the budget is spent (the dev rungs need the rest to rank)
             first = Candidate(key="start", instruction="", demos=[], start=True)
-            n_boot = min(len(train), max(0, settings.budget // 4))
-            say(f"bootstrapping demos on {n_boot} train rows")
-            replies = asker.ask(
-                [
-                    (f"boot/{i}", builder.messages(first, str(train[i][task.input_field])))
-                    for i in range(n_boot)
+            kmax = min(settings.k, len(train))
+            labels = [_norm(lab) for lab in task.labels] if task.labels else [""]
+            want = math.ceil(kmax / len(labels)) * max(1, settings.demo_sets)
+            cap = min(len(train), settings.budget // 8) if kmax and settings.demo_sets else 0
+            step = max(4, settings.concurrency)
+            say(f"bootstrapping demos on up to {cap} train rows")
+            good: list[int] = []
+            asked = 0
+            while asked < cap:
+                batch = range(asked, min(cap, asked + step))
+                replies = asker.ask(
+                    [
+                        (f"boot/{i}", builder.messages(first, str(train[i][task.input_field])))
+                        for i in batch
+                    ]
+                )
+                good += [
+                    i
+                    for i in batch
+                    if score(replies[f"boot/{i}"], str(train[i][task.target_field]), task.labels)
                 ]
-            )
-            good = [
-                i
-                for i in range(n_boot)
-                if score(replies[f"boot/{i}"], str(train[i][task.target_field]), task.labels)
-            ]
-            # 2. instructions and demo sets
+                asked = batch.stop
+                found = [
+                    _norm(str(train[i][task.target_field])) if task.labels else "" for i in good
+                ]
+                if all(found.count(lab) >= want for lab in labels):
+                    break
+            # 2. instructions and demo sets; the built-in label instruction first, then the
+            # prompt's own (none), then the proposals
             say(f"{len(good)} bootstrapped demos; proposing {settings.instructions} instructions")
             proposals = _propose(
                 proposer or model, journal, start, task, train, settings.instructions, settings.seed
             )
             instructions = [""] + [_safe(p) for p in proposals]
             if task.labels:
-                instructions.append("Answer with exactly one of: " + ", ".join(task.labels) + ".")
-            sets = _demo_sets(good, train, task, settings)
-            cands = [first] + [
-                Candidate(key=f"i{a}d{b}", instruction=ins, demos=demos)
-                for a, ins in enumerate(instructions)
-                for b, demos in enumerate(sets)
-                if ins or demos
-            ]
+                instructions.insert(
+                    0, "Answer with exactly one of: " + ", ".join(task.labels) + "."
+                )
+            draws = _demo_sets(good, train, task, settings)
+            cands = [first]
+            for ins, d, at in _prior(len(instructions), draws):
+                demos = draws[d][at] if at >= 0 else []
+                if instructions[ins] or demos:
+                    cands.append(
+                        Candidate(
+                            key=f"i{ins}d{d}k{len(demos)}",
+                            instruction=instructions[ins],
+                            demos=demos,
+                        )
+                    )
             by_key = {c.key: c for c in cands}
-            # 3. successive halving on dev: each rung spends about its share of what is
-            # left, spread over the live candidates; the better 1/eta go on
+            # 3. successive halving on dev: as many candidates as can each answer
+            # `min_rows` rows in the first rung, taken in the prior order; each rung keeps
+            # the better 1/eta on eta x the rows. Every survivor has answered the same rows,
+            # so a comparison is never between a short lucky run and a long one; ties keep
+            # the prior order, where the starting prompt comes first
+            n_cands, n0 = _plan(len(cands), settings.budget - asker.calls, len(dev), settings)
+            rungs = _schedule(n_cands, n0, len(dev), settings.eta) if n0 else []
             correct: dict[tuple[str, int], bool] = {}
-            alive = [c.key for c in cands]
-            rungs = max(1, math.ceil(math.log(len(alive), settings.eta)))
+            alive = [c.key for c in cands[:n_cands]]
+            rank = {c.key: i for i, c in enumerate(cands)}
             n_items = 0
 
             def dev_score(k: str) -> float:
                 return sum(correct.get((k, j), False) for j in range(n_items)) / max(1, n_items)
 
-            while len(alive) > 1:
-                left = settings.budget - asker.calls
-                per_candidate = left // rungs // len(alive)
-                if per_candidate < 1 and n_items < len(dev):
-                    break  # the budget cannot give every live candidate another row
-                target = min(len(dev), n_items + per_candidate)
-                say(f"rung: {len(alive)} candidates on {target} dev rows")
+            for live, target in rungs:
+                alive = alive[:live]
+                say(f"rung: {len(alive)} of {len(cands)} candidates on {target} dev rows")
                 got = asker.ask(
                     [
                         (f"dev/{k}/{j}", builder.messages(by_key[k], str(dev[j][task.input_field])))
@@ -475,10 +579,7 @@ def optimize(
                     gold = str(dev[int(j)][task.target_field])
                     correct[(k, int(j))] = score(reply, gold, task.labels)
                 n_items = target
-                # ties: the starting prompt, then fewer demos (cheaper to serve)
-                alive.sort(key=lambda k: (-dev_score(k), not by_key[k].start, len(by_key[k].demos)))
-                alive = alive[: max(1, math.ceil(len(alive) / settings.eta))]
-                rungs = max(1, rungs - 1)
+                alive.sort(key=lambda k: (-dev_score(k), rank[k]))
             best = by_key[alive[0]]
             counts = {k: sum(1 for (kk, _) in correct if kk == k) for k in by_key}
             dev_scores = {

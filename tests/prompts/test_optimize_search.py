@@ -1,0 +1,64 @@
+"""The search spends its budget where ranking is possible: a candidate whose advantage
+only shows on more than a handful of dev rows still wins, and demo sets hold examples
+of every label, bootstrapped ones first."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from lmops.prompts import create, load
+from lmops.prompts.lm import ScriptedChat
+from lmops.prompts.optimize import OptimizeSettings, OptimizeTask, optimize
+from lmops.store import Store
+from tests.prompts.test_optimize import rows, truth
+
+TRAIN, DEV, TEST = 40, 40, 80
+
+
+def split_items(seed: int) -> list[int]:
+    """Row indexes in the order the optimiser splits them (a seeded shuffle, train first)."""
+    order = list(range(TRAIN + DEV + TEST))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def test_a_candidate_separable_only_on_many_rows_wins(store: Store, tmp_path: Path) -> None:
+    data = tmp_path / "sentiment.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows(TRAIN + DEV + TEST)))
+    task = OptimizeTask(
+        dataset=str(data), input_field="text", target_field="label",
+        labels=["positive", "negative"], train=TRAIN, dev=DEV, test=TEST, max_tokens=4,
+    )  # fmt: skip
+    # the first 3 dev rows mislead: the best shape misses them, every other shape gets
+    # them right; beyond them the best shape is always right and the others right on 1 in 3
+    hard = set(split_items(task.seed)[TRAIN : TRAIN + 3])
+    seen_demos: list[list[str]] = []
+
+    def model(messages: list[dict[str, str]]) -> str:
+        last = messages[-1]["content"]
+        if last.startswith("Write one clear instruction"):
+            return "Reply in a friendly tone."
+        system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+        demos = [m["content"] for m in messages if m["role"] == "assistant"]
+        n = int(last.split("item ")[1].split()[0])
+        right = truth(last)
+        wrong = "negative" if right == "positive" else "positive"
+        if "exactly one of" in system and demos:
+            seen_demos.append(demos)
+            return wrong if n in hard else right
+        if len(messages) == 1 and not system:  # the starting prompt: always one label
+            return "positive"
+        return right if n in hard or n % 3 == 0 else wrong
+
+    create(store, "senti", "Text: {{input}}\nSentiment:", message="start")
+    settings = OptimizeSettings(budget=150, instructions=2, demo_sets=2, k=4, concurrency=2)
+    r = optimize(store, load(store, "senti:1"), task, ScriptedChat(model), settings)
+    assert "exactly one of" in r.best.instruction and r.best.demos
+    assert r.test_best == 1.0 and r.diff_ci[0] > 0
+    assert r.calls_search <= settings.budget
+    # every candidate the search kept was ranked on at least 10 dev rows
+    assert min(r.dev_counts[k] for k in r.dev_counts if r.dev_counts[k]) >= 10
+    # demo sets of a classification task show both labels
+    assert seen_demos and all({"positive", "negative"} <= set(d) for d in seen_demos)
