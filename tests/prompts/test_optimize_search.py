@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from itertools import pairwise
 from pathlib import Path
 
 from lmops.prompts import create, load
@@ -62,3 +63,19 @@ def test_a_candidate_separable_only_on_many_rows_wins(store: Store, tmp_path: Pa
     assert min(r.dev_counts[k] for k in r.dev_counts if r.dev_counts[k]) >= 10
     # demo sets of a classification task show both labels
     assert seen_demos and all({"positive", "negative"} <= set(d) for d in seen_demos)
+
+
+def test_the_plan_fits_the_budget_and_gives_each_candidate_enough_rows() -> None:
+    from lmops.prompts.optimize import _cost, _plan, _schedule
+
+    s = OptimizeSettings(budget=1, min_rows=10)
+    for n_cands in (2, 5, 12, 40):
+        for left in range(0, 400, 7):
+            n, n0 = _plan(n_cands, left, 40, s)
+            rungs = _schedule(n, n0, 40, s.eta) if n0 else []
+            assert _cost(rungs) <= left
+            if left >= 2 * 10:  # two candidates on min_rows fit: no rung is shorter
+                assert 2 <= n <= n_cands and n0 >= 10
+            # each rung keeps 1/eta on eta x the rows, and a lone survivor answers nothing
+            for (c1, r1), (c2, r2) in pairwise(rungs):
+                assert c2 == -(-c1 // 2) > 1 and r2 == min(40, 2 * r1)
