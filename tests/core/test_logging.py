@@ -16,7 +16,7 @@ from lmops.models.compat import output_cache
 def test_warnings_go_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     setup_logging()
     try:
-        logging.getLogger("transformers.utils.generic").warning("something is deprecated")
+        logging.getLogger("somelibrary.module").warning("something is deprecated")
         print(json.dumps({"ok": True}))
         out, err = capsys.readouterr()
         assert json.loads(out) == {"ok": True}
