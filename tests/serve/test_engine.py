@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from lmops.models.engine import Engine, EngineOverloaded, _Seq
+from lmops.models.engine import Engine, EngineOverloaded
+from lmops.models.sequences import Seq as _Seq
 from lmops.models.types import Delta, Done, GenRequest
 from tests.train.tiny import SENTENCES, make_model, make_tokenizer
 

@@ -37,21 +37,29 @@ import asyncio
 import collections
 import contextlib
 import inspect
-import json
 import logging
 import math
-import random
 import re
 import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
 from lmops.models.compat import cache_arg, output_cache
+from lmops.models.sampling import pick_tokens
+from lmops.models.sequences import Events, Seq, deliver, prefill_groups
+from lmops.models.tokens import (
+    UNICODE_TO_BYTE,
+    control_pattern,
+    earliest_stop,
+    generation_defaults,
+    is_byte_level,
+    longest_token_chars,
+    text_decoder,
+    text_of,
+)
 from lmops.models.types import Delta, Done, GenRequest, TokenLogprob
 
 __all__ = ["ControlTokenError", "Engine", "EngineOverloaded", "generation_defaults"]
@@ -71,103 +79,6 @@ class ControlTokenError(UserError):
             "<|im_start|>); this deployment refuses them in message text"
         )
         self.index = index
-
-
-# Sampling fields of generation_config.json that requests take as defaults, as vLLM's
-# --generation-config auto does (the others have no meaning for this engine).
-_GENERATION_FIELDS = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "max_new_tokens": "max_tokens",
-}
-
-
-def generation_defaults(model_path: Path) -> dict[str, float | int]:
-    """The request defaults a model's ``generation_config.json`` asks for: ``temperature``,
-    ``top_p`` and ``max_tokens`` (from ``max_new_tokens``), only those the file sets."""
-    try:
-        raw = json.loads((Path(model_path) / "generation_config.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    out: dict[str, float | int] = {}
-    for key, name in _GENERATION_FIELDS.items():
-        value = raw.get(key) if isinstance(raw, dict) else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            out[name] = value
-    if "temperature" in out and not 0 <= float(out["temperature"]) <= 2:
-        out.pop("temperature")
-    if "top_p" in out and not 0 < float(out["top_p"]) <= 1:
-        out.pop("top_p")
-    if "max_tokens" in out and int(out["max_tokens"]) < 1:
-        out.pop("max_tokens")
-    return out
-
-
-def _text_of(content: Any) -> str:
-    """The text of a message's content (a string, or a list of ``text`` parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p
-        )
-    return ""
-
-
-def _control_pattern(tokenizer: Any) -> re.Pattern[str] | None:
-    """A regex finding any of the tokenizer's special (added) tokens in text."""
-    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
-        if getattr(tok, "special", False):
-            specials.add(str(tok.content))
-    specials = {t for t in specials if t}
-    if not specials:
-        return None
-    return re.compile("|".join(map(re.escape, sorted(specials, key=len, reverse=True))))
-
-
-def _longest_token_chars(tokenizer: Any) -> int:
-    """Characters of the longest vocabulary entry's text (at least 1)."""
-    try:
-        vocab = tokenizer.get_vocab()
-    except Exception:  # a tokenizer without a vocabulary listing
-        return 64
-    return max(1, max((len(t) for t in vocab), default=1))
-
-
-@dataclass
-class _Seq:
-    req: GenRequest
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[Delta | Done]
-    generated: list[int] = field(default_factory=list)
-    sent_chars: int = 0
-    text_chars: int = 0  # length of the decoded generated text so far
-    # Incremental detokenization (Engine._detokenize): `stable` is the text of
-    # generated[:read], which ends on a whole character; `window` is the text of
-    # generated[prefix:read], the context the next token is decoded with.
-    stable: str = ""
-    window: str = ""
-    prefix: int = 0
-    read: int = 0
-    cancelled: bool = False
-    eos: bool = False  # it ended by generating an end-of-sequence token
-    done: str | None = None  # the finish reason once finished
-    rng: random.Random | None = None  # the sequence's own sampling stream (seeded)
-    # The engine's outbox: events wait there until the worker hands a whole step's events
-    # to the event loop at once (Engine._flush). Without one, each event is sent alone.
-    outbox: list[tuple[_Seq, Delta | Done]] | None = None
-
-    def emit(self, event: Delta | Done) -> None:
-        if self.outbox is None:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        else:
-            self.outbox.append((self, event))
-
-
-def _deliver(events: list[tuple[_Seq, Delta | Done]]) -> None:
-    for s, ev in events:
-        s.queue.put_nowait(ev)
 
 
 class Engine:
@@ -232,8 +143,8 @@ class Engine:
         )
         self.max_running = max_running
         self.max_queue = max_queue
-        self._pending: collections.deque[_Seq] = collections.deque()
-        self._running: list[_Seq] = []
+        self._pending: collections.deque[Seq] = collections.deque()
+        self._running: list[Seq] = []
         # The batch KV cache: one DynamicCache kept across steps (the forward pass appends
         # each step's keys/values to it); _join and _drop_finished edit its layers' tensors.
         self._cache: Any = None
@@ -254,13 +165,13 @@ class Engine:
             else {}
         )
         self._pieces: dict[int, tuple[str, list[int]]] = {}  # token id -> (text, bytes)
-        self._byte_level = _is_byte_level(self.tokenizer)
-        self._control = _control_pattern(self.tokenizer)
+        self._byte_level = is_byte_level(self.tokenizer)
+        self._control = control_pattern(self.tokenizer)
         # a byte-level vocabulary spells some characters with several symbols: its entries
         # are never shorter in symbols than in the characters they decode to
-        self.max_token_chars = _longest_token_chars(self.tokenizer)
-        self._decode = _text_decoder(self.tokenizer)
-        self._outbox: list[tuple[_Seq, Delta | Done]] = []  # filled by the worker thread only
+        self.max_token_chars = longest_token_chars(self.tokenizer)
+        self._decode = text_decoder(self.tokenizer)
+        self._outbox: list[tuple[Seq, Delta | Done]] = []  # filled by the worker thread only
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="lmops-engine", daemon=True)
@@ -309,7 +220,7 @@ class Engine:
             )
         )
         contents = {
-            mark: _text_of(m.get("content")) for m, mark in zip(messages, marks, strict=True)
+            mark: text_of(m.get("content")) for m, mark in zip(messages, marks, strict=True)
         }
         ids: list[int] = []
         for piece in re.split("(" + "|".join(map(re.escape, marks)) + ")", text):
@@ -322,7 +233,7 @@ class Engine:
         return ids
 
     def _has_control(self, content: Any) -> bool:
-        text = _text_of(content)
+        text = text_of(content)
         return bool(text) and self._control is not None and self._control.search(text) is not None
 
     def encode(self, text: str) -> list[int]:
@@ -353,7 +264,7 @@ class Engine:
         finally:
             await events.aclose()
 
-    def submit(self, req: GenRequest) -> _Events:
+    def submit(self, req: GenRequest) -> Events:
         """Queue ``req`` now and return its event batches (as :meth:`generate_batches`).
 
         The queue is checked here, before anything is iterated: a full engine raises
@@ -361,14 +272,14 @@ class Engine:
         instead of a stream that breaks off. Call it on the event loop that will iterate."""
         return self.submit_all([req])[0]
 
-    def submit_all(self, reqs: list[GenRequest]) -> list[_Events]:
+    def submit_all(self, reqs: list[GenRequest]) -> list[Events]:
         """:meth:`submit` for several sequences (the ``n`` choices of one request): all of
         them are queued, or none is."""
         loop = asyncio.get_running_loop()
         seqs = []
         for req in reqs:
             assert req.prompt_ids is not None
-            seqs.append(_Seq(req, loop, asyncio.Queue(), outbox=self._outbox))
+            seqs.append(Seq(req, loop, asyncio.Queue(), outbox=self._outbox))
         with self._cv:
             # a request waits in `pending` until the worker admits it: there is room while
             # free running slots plus the queue's size exceed what is already waiting
@@ -380,7 +291,7 @@ class Engine:
                 )
             self._pending.extend(seqs)
             self._cv.notify()
-        return [_Events(self, seq) for seq in seqs]
+        return [Events(self._cancel, seq) for seq in seqs]
 
     def cache_prefix(self, ids: list[int]) -> None:
         """Keep the keys and values of the tokens ``ids``: prompts that start with them and
@@ -445,7 +356,7 @@ class Engine:
             return False
         return bool(torch.allclose(logits[0], logits[1], rtol=1e-3, atol=1e-4))
 
-    def _cancel(self, seq: _Seq) -> None:
+    def _cancel(self, seq: Seq) -> None:
         seq.cancelled = True  # no-op if it finished; frees the slot if the client left
         with self._cv:
             self._cv.notify()
@@ -460,14 +371,14 @@ class Engine:
                     self._cv.wait()
                 if self._stop:
                     return
-                admit: list[_Seq] = []
+                admit: list[Seq] = []
                 while self._pending and len(self._running) + len(admit) < self.max_running:
                     s = self._pending.popleft()
                     if not s.cancelled:
                         admit.append(s)
             try:
                 with torch.inference_mode():
-                    for group in _prefill_groups(admit):
+                    for group in prefill_groups(admit):
                         self._prefill(group)
                     self._flush()  # first tokens out now, not after the decode step
                     self._drop_finished()
@@ -481,7 +392,7 @@ class Engine:
                 self._running, self._cache, self._mask, self._positions = [], None, None, None
             self._flush()
 
-    def _fail(self, s: _Seq, e: Exception) -> None:
+    def _fail(self, s: Seq, e: Exception) -> None:
         """End ``s`` with ``finish_reason="error"``; _drop_finished frees its row."""
         s.done = "error"
         s.emit(
@@ -495,81 +406,17 @@ class Engine:
             return
         events = list(self._outbox)
         self._outbox.clear()
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Seq, Delta | Done]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Seq, Delta | Done]]] = {}
         for s, ev in events:
             by_loop.setdefault(s.loop, []).append((s, ev))
         for loop, items in by_loop.items():
             # a closed loop (its caller is gone) has nobody left to read these
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_deliver, items)
+                loop.call_soon_threadsafe(deliver, items)
 
-    def _pick(self, seqs: list[_Seq], logits: Any) -> list[tuple[int, float, list[Any]]]:
-        """Each sequence's next token from its row of ``logits`` (len(seqs), vocab): the
-        token, its logprob, and the ``top_logprobs`` most likely (id, logprob) pairs when
-        the request asked for them (most likely first). Logprobs are under the model's
-        distribution, before temperature and top-p.
+    _pick = staticmethod(pick_tokens)  # tests call it on an engine
 
-        A few tensor operations for the whole batch, not per row: greedy rows take the
-        argmax; sampled rows scale by their temperature, keep their top-p nucleus (the most
-        likely tokens until the probability before them reaches ``top_p``; the most likely
-        always), and invert the cumulative distribution at a uniform draw from the
-        sequence's own seeded stream, so a seed gives the same text whatever else runs."""
-        import torch
-
-        logprobs = torch.log_softmax(logits.float(), -1)
-        best_lp, best = logprobs.max(-1)
-        toks, lps = best.tolist(), best_lp.tolist()
-        rows = [i for i, s in enumerate(seqs) if not s.req.temperature <= 1e-5]  # NaN samples
-        for i in rows:  # before any draw, so that a failed batch leaves the streams as they were
-            req = seqs[i].req
-            if not (math.isfinite(req.temperature) and 0.0 < req.top_p <= 1.0):
-                raise ValueError(
-                    f"cannot sample at temperature {req.temperature}, top_p {req.top_p}"
-                )
-        if rows:
-            draws = []
-            for i in rows:
-                s = seqs[i]
-                if s.rng is None:
-                    s.rng = random.Random(s.req.seed if s.req.seed is not None else time.time_ns())
-                draws.append(s.rng.random())
-            every = len(rows) == len(seqs)
-            idx = torch.tensor(rows, device=logits.device)
-            temps = torch.tensor([seqs[i].req.temperature for i in rows], device=logits.device)
-            sub = logits if every else logits.index_select(0, idx)
-            probs = torch.softmax(sub.float() / temps[:, None], -1)
-            top_p = [seqs[i].req.top_p for i in rows]
-            order = None
-            if min(top_p) < 1.0:  # sample among the sorted probabilities, the nucleus kept
-                probs, order = torch.sort(probs, -1, descending=True)
-                cut = torch.tensor(top_p, device=logits.device)[:, None]
-                keep = (torch.cumsum(probs, -1) - probs < cut) | (cut >= 1.0)
-                keep[:, 0] = True  # top_p can round to 0 here
-                probs = probs * keep
-            cdf = torch.cumsum(probs.double(), -1)
-            # u in [0, 1), shrunk so that u * total stays below the total after rounding
-            u = torch.tensor(draws, dtype=torch.float64, device=logits.device) * (1 - 1e-9)
-            picked = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True)
-            picked = picked.clamp_(max=probs.shape[-1] - 1)
-            if order is not None:
-                picked = order.gather(1, picked)
-            picked_lp = (logprobs if every else logprobs.index_select(0, idx)).gather(1, picked)
-            for i, tok, lp in zip(
-                rows, picked[:, 0].tolist(), picked_lp[:, 0].tolist(), strict=True
-            ):
-                toks[i], lps[i] = tok, lp
-        tops: list[list[Any]] = [[] for _ in seqs]
-        want = [i for i, s in enumerate(seqs) if s.req.logprobs and s.req.top_logprobs > 0]
-        if want:
-            k = min(max(seqs[i].req.top_logprobs for i in want), logprobs.shape[-1])
-            sel = torch.tensor(want, device=logits.device)
-            values, ids = torch.topk(logprobs.index_select(0, sel), k)
-            for i, vs, ts in zip(want, values.tolist(), ids.tolist(), strict=True):
-                n = seqs[i].req.top_logprobs
-                tops[i] = list(zip(ts[:n], vs[:n], strict=True))
-        return list(zip(toks, lps, tops, strict=True))
-
-    def _prefill(self, group: list[_Seq]) -> None:
+    def _prefill(self, group: list[Seq]) -> None:
         """Prefill the prompts of ``group`` in one forward pass, left-padded to the longest,
         join them to the batch and accept each one's first token. If a group's forward pass
         fails, its prompts are retried one by one, so that only the one at fault fails."""
@@ -623,7 +470,7 @@ class Engine:
         self._join(group, layers, mask, lengths)
         self._accept_all(group, out.logits[:, -1])
 
-    def _prefix_of(self, group: list[_Seq]) -> tuple[int, list[tuple[Any, Any]]] | None:
+    def _prefix_of(self, group: list[Seq]) -> tuple[int, list[tuple[Any, Any]]] | None:
         """(length, per-layer keys/values) of the cached prefix when every prompt of
         ``group`` starts with it and goes on; computed here the first time."""
         import torch
@@ -650,7 +497,7 @@ class Engine:
         return n, layers
 
     def _forward_after_prefix(
-        self, group: list[_Seq], n: int, layers: list[tuple[Any, Any]], kwargs: dict[str, Any]
+        self, group: list[Seq], n: int, layers: list[tuple[Any, Any]], kwargs: dict[str, Any]
     ) -> tuple[Any, Any]:
         """The forward pass of ``group``'s prompts after their shared ``n``-token prefix:
         only the rest of each prompt runs (left-padded to the longest rest), on a cache
@@ -681,7 +528,7 @@ class Engine:
         )
         return out, mask
 
-    def _prompt_logprobs(self, s: _Seq, logits: Any) -> list[TokenLogprob]:
+    def _prompt_logprobs(self, s: Seq, logits: Any) -> list[TokenLogprob]:
         """Each prompt token's logprob given the tokens before it (``logits``: the prompt's
         (T, vocab) logits), with ``prompt_logprobs`` alternatives; the first token has none
         (NaN). Offsets count the characters of the prompt's decoded text."""
@@ -711,7 +558,7 @@ class Engine:
         return out
 
     def _join(
-        self, seqs: list[_Seq], layers: list[tuple[Any, Any]], mask: Any, lengths: list[int]
+        self, seqs: list[Seq], layers: list[tuple[Any, Any]], mask: Any, lengths: list[int]
     ) -> None:
         """Add prefilled sequences (their left-padded cache ``layers`` and ``mask``, of
         shape (len(seqs), T)) to the left-padded batch cache."""
@@ -762,7 +609,7 @@ class Engine:
         self._positions = self._positions + 1
         self._accept_all(self._running, out.logits[:, -1])
 
-    def _accept_all(self, seqs: list[_Seq], logits: Any) -> None:
+    def _accept_all(self, seqs: list[Seq], logits: Any) -> None:
         """Pick and accept the next token of each of ``seqs`` from its row of ``logits``. A
         sequence whose request cannot be sampled, or whose token fails to be accepted,
         fails alone (the others' rows are picked again without it)."""
@@ -791,7 +638,7 @@ class Engine:
                 self._fail(s, e)
 
     def _accept(
-        self, s: _Seq, tok: int, logprob: float, top: list[tuple[int, float]] | None = None
+        self, s: Seq, tok: int, logprob: float, top: list[tuple[int, float]] | None = None
     ) -> None:
         """Record a sampled token, stream its text, and decide whether ``s`` is done."""
         prompt_len = len(s.req.prompt_ids or [])
@@ -817,7 +664,7 @@ class Engine:
         text_ready = text.rstrip("\ufffd")
         complete = s.req.constraint is not None and s.req.constraint.advance(tok, text)
         if stops:
-            at = _earliest(text, stops, search_from if extended else 0)
+            at = earliest_stop(text, stops, search_from if extended else 0)
             if at != -1:
                 if at > s.sent_chars or detail is not None:
                     s.emit(Delta(text[s.sent_chars : max(at, s.sent_chars)], tok, logprob, detail))
@@ -858,15 +705,15 @@ class Engine:
         raw = text.encode("utf-8")
         piece = self.tokenizer.convert_ids_to_tokens(tok)
         if isinstance(piece, str) and tok not in self.tokenizer.all_special_ids:
-            if self._byte_level and all(c in _UNICODE_TO_BYTE for c in piece):
-                raw = bytes(_UNICODE_TO_BYTE[c] for c in piece)
+            if self._byte_level and all(c in UNICODE_TO_BYTE for c in piece):
+                raw = bytes(UNICODE_TO_BYTE[c] for c in piece)
             elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
                 raw = bytes([int(piece[3:5], 16)])  # sentencepiece byte fallback
         hit = (text, list(raw))
         self._pieces[tok] = hit
         return hit
 
-    def _detokenize(self, s: _Seq) -> tuple[str, bool]:
+    def _detokenize(self, s: Seq) -> tuple[str, bool]:
         """The text of all of ``s.generated``, ``tokenizer.decode(generated,
         skip_special_tokens=True)``, decoding only the ids from ``s.prefix`` on; and whether
         it extends ``s.stable`` (False after a whole-sequence decode). Exact for byte-level
@@ -890,10 +737,10 @@ class Engine:
             s.window = self._decode(ids[s.prefix : s.read])
         return text, extended
 
-    def _text(self, s: _Seq) -> str:
+    def _text(self, s: Seq) -> str:
         return self._decode(s.generated)
 
-    def _finish(self, s: _Seq, reason: str) -> None:
+    def _finish(self, s: Seq, reason: str) -> None:
         text = self._text(s)
         stopped_by_string = any(st and st in text for st in s.req.stop)
         if (reason != "stop" or not stopped_by_string) and len(text) > s.sent_chars:
@@ -927,110 +774,6 @@ class Engine:
         self._positions = self._positions.index_select(0, idx)
 
 
-# Prompts prefilled in one forward pass pad to the longest of them: a group takes prompts
-# while its padded tokens stay within this many, and padding within a quarter of them.
-class _Events:
-    """The event batches of one submitted sequence (an async iterator). Closing it, or
-    dropping it unread, cancels the sequence and frees its slot, also when it was never
-    iterated (an async generator that never started would not run its ``finally``)."""
-
-    def __init__(self, engine: Engine, seq: _Seq) -> None:
-        self._engine = engine
-        self._seq = seq
-        self._over = False
-
-    def __aiter__(self) -> _Events:
-        return self
-
-    async def __anext__(self) -> list[Delta | Done]:
-        if self._over:
-            raise StopAsyncIteration
-        seq = self._seq
-        try:
-            batch = [await seq.queue.get()]
-        except BaseException:  # cancelled while waiting: the client left
-            await self.aclose()
-            raise
-        while not seq.queue.empty():
-            batch.append(seq.queue.get_nowait())
-        if isinstance(batch[-1], Done):
-            await self.aclose()
-        return batch
-
-    async def aclose(self) -> None:
-        if not self._over:
-            self._over = True
-            self._engine._cancel(self._seq)
-
-    def __del__(self) -> None:
-        if not self._over:
-            self._seq.cancelled = True
-
-
-_PREFILL_TOKENS = 8192
-
-
-def _prefill_groups(seqs: list[_Seq]) -> list[list[_Seq]]:
-    """``seqs`` in groups to prefill together: longest prompts first, each group of
-    prompts close enough in length that padding them to the longest wastes little."""
-    groups: list[list[_Seq]] = []
-    real = 0  # the current group's prompt tokens
-    for s in sorted(seqs, key=lambda s: len(s.req.prompt_ids or []), reverse=True):
-        n = len(s.req.prompt_ids or [])
-        if s.req.prompt_logprobs is not None:  # scored alone, with every position's logits
-            groups.append([s])
-            real = n
-            continue
-        if groups and groups[-1][0].req.prompt_logprobs is None:
-            group = groups[-1]
-            padded = len(group[0].req.prompt_ids or []) * (len(group) + 1)
-            if padded <= _PREFILL_TOKENS and 4 * (padded - real - n) <= padded:
-                group.append(s)
-                real += n
-                continue
-        groups.append([s])
-        real = n
-    return groups
-
-
-def _earliest(text: str, stops: list[str], start: int) -> int:
-    """Where the first occurrence of any of ``stops`` in ``text[start:]`` begins, or -1."""
-    at = -1
-    for stop in stops:
-        i = text.find(stop, start, len(text) if at == -1 else at + len(stop) - 1) if stop else -1
-        if i != -1:
-            at = i
-    return at
-
-
-def _text_decoder(tokenizer: Any) -> Callable[[list[int]], str]:
-    """``ids -> tokenizer.decode(ids, skip_special_tokens=True)``. For a fast tokenizer
-    that adds nothing to its backend's decoding, the backend (Rust) is called directly,
-    skipping the Python wrapping around it, which costs more than decoding a few ids."""
-    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    cls = type(tokenizer)
-    # the wrapper cleans up spaces around punctuation when this is set, except for BPE
-    cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False)) and not (
-        type(getattr(backend, "model", None)).__name__ == "BPE"
-        and not getattr(
-            tokenizer,
-            "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output",
-            False,
-        )
-    )
-    if (
-        backend is not None
-        and not cleanup
-        and cls.decode is PreTrainedTokenizerBase.decode
-        and getattr(cls, "_decode", None) is getattr(PreTrainedTokenizerFast, "_decode", ())
-    ):
-        decode = backend.decode
-        return lambda ids: str(decode(ids, skip_special_tokens=True))
-    return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
-
-
 def _takes_4d_mask(model: Any) -> bool:
     """Whether the decode step can hand ``model`` the 4D boolean mask itself: with sdpa
     attention and only full-attention (causal) layers, the model's own mask for one new
@@ -1043,27 +786,3 @@ def _takes_4d_mask(model: Any) -> bool:
         and not getattr(cfg, "sliding_window", None)
         and all(t == "full_attention" for t in layer_types)
     )
-
-
-def _byte_table() -> dict[str, int]:
-    """The inverse of byte-level BPE's byte -> printable character map: bytes that print
-    (``!``..``~``, ``¡``..``¬``, ``®``..``ÿ``) stand for themselves, the others for
-    ``chr(256 + n)`` in byte order."""
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    table = {chr(b): b for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            table[chr(256 + extra)] = b
-            extra += 1
-    return table
-
-
-_UNICODE_TO_BYTE = _byte_table()
-
-
-def _is_byte_level(tokenizer: Any) -> bool:
-    """True for tokenizers whose pieces are byte-level BPE strings (GPT-2, Qwen, Llama 3)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    decoder = getattr(backend, "decoder", None)
-    return type(decoder).__name__ == "ByteLevel"
