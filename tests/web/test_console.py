@@ -287,6 +287,23 @@ def test_a_forged_or_stale_session_cookie_is_refused(console: Console) -> None:
         assert resp.status_code == 303 and resp.headers["location"].startswith("/ui/login")
 
 
+def test_a_copied_cookie_stops_working_after_logout(console: Console) -> None:
+    with httpx.Client(base_url=console.url) as client:
+        token = re.search(r'name="token" value="([^"]+)"', client.get("/ui/login").text)
+        assert token is not None
+        client.post("/ui/login", data={"key": console.reader, "token": token.group(1)})
+        page = client.get("/ui/runs")
+        assert page.status_code == 200
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
+        assert csrf is not None
+        copied = client.cookies["lmops_session"]
+        other = httpx.get(f"{console.url}/ui/runs", cookies={"lmops_session": copied})
+        assert other.status_code == 200  # the copy works while the session lives
+        assert client.post("/ui/logout", data={"csrf": csrf.group(1)}).status_code == 303
+    resp = httpx.get(f"{console.url}/ui/runs", cookies={"lmops_session": copied})
+    assert resp.status_code == 303 and resp.headers["location"].startswith("/ui/login")
+
+
 def test_writes_without_the_csrf_token_are_refused(admin_page: Any, console: Console) -> None:
     admin_page.goto(f"{console.url}/ui/serving")
     for form in ({"name": "no-token"}, {"name": "no-token", "csrf": "forged"}):

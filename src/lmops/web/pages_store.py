@@ -20,6 +20,7 @@ from lmops.web.session import (
     SESSION_TTL_S,
     check_csrf,
     check_login_token,
+    end_session,
     login_token,
     new_session,
     require_write,
@@ -160,6 +161,7 @@ def add_routes(r: APIRouter) -> None:
     @r.post("/logout")
     async def logout(request: Request, viewer: Page) -> Response:
         await check_csrf(request, viewer)  # another site must not end a session
+        end_session(viewer.store, viewer)  # a copied cookie must not outlive the logout
         resp = RedirectResponse(f"{PREFIX}/login", status_code=303)
         resp.delete_cookie(COOKIE, path=PREFIX)
         return resp

@@ -12,6 +12,11 @@ The console secret is ``$LMOPS_HOME/console.key`` (mode 0600, created on first u
 no-overwrite link, so every worker of one server reads the same key), or
 ``LMOPS_CONSOLE_SECRET`` (a Fernet key) when set.
 
+Logging out ends the session on the server too: its id (a hash of its CSRF token) goes into
+``$LMOPS_HOME/console-logouts`` (one line per session, appended; entries older than the
+session lifetime are dropped), which every worker reads when it changes, so a copy of the
+cookie stops working at once.
+
 Writes need an ``admin`` key and the CSRF token, sent as the ``csrf`` form field or the
 ``X-CSRF-Token`` header (htmx requests carry it from ``hx-headers`` on ``<body>``). The
 login form, which has no session yet, carries a token signed with the console secret.
@@ -20,6 +25,7 @@ login form, which has no session yet, carries a token signed with the console se
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 import os
@@ -44,6 +50,7 @@ __all__ = [
     "check_csrf",
     "check_login_token",
     "console_fernet",
+    "end_session",
     "login_token",
     "new_session",
     "read_session",
@@ -128,6 +135,8 @@ def read_session(request: Request) -> Viewer:
         secret, csrf = str(payload["k"]), str(payload["c"])
     except (InvalidToken, ValueError, KeyError, TypeError):
         raise LoginRequired("your session expired; log in again") from None
+    if _session_id(csrf) in _ended(store):
+        raise LoginRequired("you logged out of this session; log in again")
     try:
         key = store.keys.authenticate(secret)
     except PermissionDenied as e:
@@ -170,3 +179,60 @@ def check_login_token(store: Store, token: str) -> None:
         ok = b""
     if not ok.startswith(b"login:"):
         raise CsrfRefused("the login form expired; reload the page and log in again")
+
+
+# -- logout ---------------------------------------------------------------------------------------
+def _session_id(csrf: str) -> str:
+    return hashlib.sha256(csrf.encode()).hexdigest()[:32]
+
+
+def _logouts(store: Store) -> Path:
+    return store.settings.home / "console-logouts"
+
+
+def _ended(store: Store) -> frozenset[str]:
+    """Ids of the sessions logged out within their lifetime, read again only when the file
+    changed (its size and mtime; cached on the store)."""
+    path = _logouts(store)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return frozenset()
+    stamp = (st.st_size, st.st_mtime_ns)
+    cached = getattr(store, "_console_logouts", None)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    cutoff = time.time() - SESSION_TTL_S
+    ids = set()
+    for line in path.read_text("utf-8").splitlines():
+        sid, _, at = line.partition(" ")
+        with contextlib.suppress(ValueError):
+            if float(at) >= cutoff:
+                ids.add(sid)
+    ended = frozenset(ids)
+    store._console_logouts = (stamp, ended)  # type: ignore[attr-defined]
+    return ended
+
+
+def end_session(store: Store, viewer: Viewer) -> None:
+    """Record that ``viewer``'s session ended (logout): one appended line (a single small
+    ``O_APPEND`` write, so workers appending at once never interleave); once the file is
+    large, entries past the session lifetime are dropped with a write-then-rename."""
+    path = _logouts(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{_session_id(viewer.csrf)} {time.time():.0f}\n".encode())
+    finally:
+        os.close(fd)
+    if path.stat().st_size > 1 << 20:
+        cutoff = time.time() - SESSION_TTL_S
+        keep = [
+            line
+            for line in path.read_text("utf-8").splitlines()
+            if line.partition(" ")[2].isdigit() and float(line.partition(" ")[2]) >= cutoff
+        ]
+        fd, tmp = tempfile.mkstemp(prefix=".console-logouts-", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
