@@ -1,0 +1,33 @@
+"""``prompts optimize`` against a local model with no server: a tiny 2-layer Llama served
+in-process by the gateway's own engine answers every call the optimiser makes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lmops.prompts import create, load
+from lmops.prompts.local import LocalChat
+from lmops.prompts.optimize import OptimizeSettings, OptimizeTask, optimize
+from lmops.store import Store
+from tests.prompts.test_optimize import rows
+from tests.train.tiny import make_model, make_tokenizer
+
+
+def test_optimize_runs_on_an_in_process_model(store: Store, tmp_path: Path) -> None:
+    folder = make_model(tmp_path / "tiny", make_tokenizer(tmp_path / "tok"), seed=1)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows(40)))
+    create(store, "senti", "Text: {{input}}\nSentiment:")
+    task = OptimizeTask(
+        dataset=str(data), input_field="text", target_field="label",
+        labels=["positive", "negative"], train=10, dev=10, test=20, max_tokens=3,
+    )  # fmt: skip
+    # no proposals: the proposer's prompt is longer than the tiny model's 256-token context
+    settings = OptimizeSettings(budget=30, instructions=0, demo_sets=1, k=2, min_rows=5)
+    with LocalChat(store, str(folder)) as model:
+        assert model.complete([{"role": "user", "content": "hello"}], max_tokens=3)
+        r = optimize(store, load(store, "senti:1"), task, model, settings)
+    # every answer came from the engine: the search and both test passes
+    assert model.calls == 1 + r.calls_total and r.calls_search <= settings.budget
+    assert r.test_items == 20 and 0.0 <= r.test_baseline <= 1.0
