@@ -10,10 +10,13 @@ Figures:
   weights read back by transformers' GGUF loader, and greedy agreement of the first 32
   tokens with lmops (the source model) for a set of chat prompts, each side using its own
   tokenizer (the file's is rebuilt by transformers);
-- int8 (SmoothQuant-calibrated down_proj + per-token int8 activations): engine tokens/s vs
-  fp32, measured interleaved in one process (fp32, int8, fp32, int8 ...), and perplexity;
-- gptq4: bits/weight (whole model and quantized layers) and perplexity, beside the
-  uncalibrated round-to-nearest 4-bit of the same layout.
+- int8 (the published defaults: calibrated codes by GPTQ, smoothing folded into the RMSNorms,
+  per-token int8 activations, two passes into the layers ``--int8-two-pass`` names): engine
+  tokens/s vs fp32, measured interleaved in one process (fp32, int8, fp32, int8 ...), and
+  perplexity;
+- gptq4 (defaults: groups of 32, the tied head GPTQ'd at 4 bits): bits/weight (whole model
+  and quantized layers) and perplexity, beside the uncalibrated round-to-nearest 4-bit of
+  the same layout.
 
 Goals: Q8_0 <= 0.27x fp32 size, <= +0.5 % perplexity, 32/32 tokens; int8 >= 1.5x tokens/s at
 <= +1 % perplexity; gptq4 <= 5 bits/weight at <= +10 % perplexity.
@@ -241,7 +244,12 @@ def section_int8(b: Bench) -> None:
         b.store,
         b.source,
         output="smol-int8",
-        config=QuantizeConfig(method="int8", calibration_samples=8),
+        config=QuantizeConfig(
+            method="int8",
+            calibration_samples=8,
+            int8_rounding=b.args.int8_rounding,
+            int8_two_pass=b.args.int8_two_pass,
+        ),
         calibration="calib",
     )
     secs = time.perf_counter() - t
@@ -287,7 +295,10 @@ def section_gptq(b: Bench) -> None:
     assert b.source_dir is not None
     base = b.results["fp32_ppl"]
     cfg = QuantizeConfig(
-        method="gptq4", calibration_samples=b.args.calib_samples, head_bits=b.args.head_bits
+        method="gptq4",
+        calibration_samples=b.args.calib_samples,
+        head_bits=b.args.head_bits,
+        group_size=b.args.group_size,
     )
     t = time.perf_counter()
     res = quantize_model(b.store, b.source, output="smol-gptq4", config=cfg, calibration="calib")
@@ -346,7 +357,18 @@ def main() -> None:
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calib-samples", type=int, default=32)
-    ap.add_argument("--head-bits", type=int, default=8, choices=(4, 8))
+    from lmops.deploy.quantize import QuantizeConfig
+
+    dflt = QuantizeConfig()  # the published defaults, unless a flag says otherwise
+    ap.add_argument("--head-bits", type=int, default=dflt.head_bits, choices=(4, 8))
+    ap.add_argument("--group-size", type=int, default=dflt.group_size, help="gptq4")
+    ap.add_argument("--int8-rounding", default=dflt.int8_rounding, choices=("gptq", "nearest"))
+    ap.add_argument(
+        "--int8-two-pass",
+        nargs="*",
+        default=dflt.int8_two_pass,
+        help="int8: layers (last name part) with two activation passes",
+    )
     ap.add_argument("--quants", nargs="*", default=["q8_0", "f16", "q4_0", "q4_1"])
     ap.add_argument("--only", nargs="*", help="section names to run (import always runs)")
     args = ap.parse_args()

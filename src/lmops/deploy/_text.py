@@ -1,12 +1,14 @@
-"""Text for compression jobs (pruning calibration, distillation): a dataset as blocks of
-token ids.
+"""Text for the deployment stage's jobs: a dataset asset or a local path as documents, as one
+token stream (quantization calibration, report perplexity) or as packed blocks (pruning
+calibration, distillation).
 
-A source is a dataset asset ref or a local path: a ``.txt`` file (read as one text), or a
-file/folder of rows in any format :mod:`lmops.core.rows` reads, where each row gives its
-``text`` field, or its chat form (:func:`lmops.core.formats.to_chat`) rendered with the
-tokenizer's chat template. The texts are tokenized, joined with EOS and cut into blocks of
-``seq_len`` tokens, as pretraining packs them: every block is full, so every position
-carries a teacher signal.
+A source is a dataset asset ref or a local path: a file, or a folder whose files are read
+in name order (entries starting with ``.`` or ``_``, such as a data run's ``_report``, are
+skipped). ``.txt`` and ``.md`` files are read as one text each; row files (JSON Lines, JSON,
+CSV, Parquet, read by :mod:`lmops.core.rows`) give each row's ``text`` field or, for
+instruction, chat and preference rows, the conversation rendered with the tokenizer's chat
+template, so calibration sees what the model will be asked. Every document is followed by
+the end-of-sequence token, so documents do not run into each other.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 
 from lmops.core.errors import UserError
 
-__all__ = ["dataset_texts", "resolve_source", "token_blocks"]
+__all__ = ["resolve_source", "texts_of", "token_blocks", "token_stream"]
+
+_TEXT_SUFFIXES = (".txt", ".md")
 
 
 def resolve_source(source: str, store: Any, run_id: str, role: str) -> tuple[Path, list[Any]]:
@@ -35,40 +39,75 @@ def resolve_source(source: str, store: Any, run_id: str, role: str) -> tuple[Pat
     return Path(store.assets.path(v.ref)), [(v.ref, role)]
 
 
-def dataset_texts(path: Path, tokenizer: Any) -> Iterator[str]:
-    from lmops.core.formats import detect_format, to_chat
-    from lmops.core.rows import read_rows, row_files
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    # the names under the folder, not the full path: a store view may sit under a "_" folder
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+    )
+    if not files:
+        raise UserError(f"{path}: no files to read text from")
+    return files
 
-    files = [f for f in ([path] if path.is_file() else sorted(path.rglob("*"))) if f.is_file()]
-    txt = [f for f in files if f.suffix == ".txt" and not f.name.startswith((".", "_"))]
-    if txt:
-        for f in txt:
+
+def texts_of(path: Path, tokenizer: Any) -> Iterator[str]:
+    """Each document's text in ``path`` (a file or a folder), in order."""
+    from lmops.core.formats import to_chat
+    from lmops.core.rows import BadRow, iter_rows, row_format
+
+    for f in _files(path):
+        if f.suffix.lower() in _TEXT_SUFFIXES:
             yield f.read_text(encoding="utf-8", errors="replace")
-        return
-    for row in read_rows(row_files([path])):
-        values = row.values
-        if isinstance(values.get("text"), str):
-            yield values["text"]
             continue
-        fmt = detect_format(values)
-        if fmt is None or fmt == "pretrain":
-            raise UserError(f"{row.where}: no 'text' field and no chat form; give text rows")
-        yield tokenizer.apply_chat_template(to_chat(values, fmt), tokenize=False)
+        if row_format(f) is None:
+            raise UserError(f"{f}: not text (.txt, .md) or rows (.jsonl, .json, .csv, .parquet)")
+        for row in iter_rows(f):
+            if isinstance(row, BadRow):
+                raise UserError(f"{row.where}: {row.reason}")
+            data = row.values
+            if isinstance(data.get("text"), str):
+                yield data["text"]
+                continue
+            try:
+                messages = to_chat(data)
+            except UserError as e:
+                raise UserError(
+                    f"{row.where}: no 'text' field and not an instruction or chat row ({e})"
+                ) from None
+            yield str(tokenizer.apply_chat_template(messages, tokenize=False))
+
+
+def _ids(path: Path, tokenizer: Any, max_tokens: int) -> list[int]:
+    """At least ``max_tokens`` token ids when the text has them (documents + EOS each)."""
+    ids: list[int] = []
+    eos = tokenizer.eos_token_id
+    for text in texts_of(path, tokenizer):
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(int(eos))
+        if len(ids) >= max_tokens:
+            break
+    return ids
+
+
+def token_stream(path: Path, tokenizer: Any, max_tokens: int) -> list[int]:
+    """Up to ``max_tokens`` token ids of the documents in ``path``."""
+    ids = _ids(path, tokenizer, max_tokens)
+    if len(ids) < 2:
+        raise UserError(f"{path}: no text to read (need at least 2 tokens)")
+    return ids[:max_tokens]
 
 
 def token_blocks(path: Path, tokenizer: Any, *, seq_len: int, max_blocks: int) -> Any:
-    """A LongTensor [n, seq_len] (n <= max_blocks) of the texts' tokens, packed."""
+    """A LongTensor [n, seq_len] (n <= max_blocks) of the documents' tokens packed as
+    pretraining packs them: every block is full, so every position carries a signal."""
     import torch
 
-    need = seq_len * max_blocks
-    ids: list[int] = []
-    eos = tokenizer.eos_token_id
-    for text in dataset_texts(path, tokenizer):
-        ids += tokenizer(text, add_special_tokens=False)["input_ids"]
-        if eos is not None:
-            ids.append(eos)
-        if len(ids) >= need:
-            break
+    ids = _ids(path, tokenizer, seq_len * max_blocks)
     n = min(max_blocks, len(ids) // seq_len)
     if n == 0:
         raise UserError(

@@ -3,18 +3,29 @@
 ``int8``  every Linear (the tied ``lm_head`` included) as symmetric per-output-channel int8;
           the engine runs them with int8 activations per token (fbgemm's dynamic int8
           kernel for one token, ``torch._int_mm`` for several), which makes CPU generation
-          faster than fp32 (torchao and optimum-quanto int8 measured slower here). With
-          calibration text, SmoothQuant first moves the outlier channels of each MLP's
-          down_proj input into its weights (exact in fp32). 8 bits/weight + a scale a row.
+          faster than fp32 (torchao and optimum-quanto int8 measured slower here). Where the
+          perplexity went (SmolLM2-135M, +4.5 % in all with round-to-nearest and one pass):
+          down_proj's activations +1.7 %, the head's +0.8 %, the weights' rounding the
+          rest. So, by default: with calibration text the codes are chosen by GPTQ (same
+          per-row scales, rounding errors fed forward through the inputs' Hessian, the
+          same loop as gptq4); and down_proj and the head take their activations in two
+          int8 passes (``int8_two_pass``: the token, then what its rounding left, ~15
+          bits; twice the int8 work of those layers, still far cheaper than fp32).
+          SmoothQuant on down_proj (``smooth``) is kept as an option: it did not help
+          here (the loud channels move from token to token). 8 bits/weight + a scale a row.
 ``gptq4`` GPTQ (Frantar et al. 2022, the reference ``gptq.py`` algorithm): layer by layer, each
           Linear's weights are rounded to 4 bits column by column and each rounding error
           is spread over the columns not yet rounded through the inverse Hessian of the
           layer's inputs on calibration text (H = 2 X Xᵀ). Asymmetric, one fp16 scale and
           one uint8 zero point per group of ``group_size`` inputs. Layers are quantized in
           order and each layer sees the outputs of the already quantized ones, as in the
-          reference. ``lm_head`` (with tied embeddings the embedding matrix too) is kept
-          at ``head_bits`` (8 by default: with a 49k vocabulary the head carries a fifth of
-          a small model's weights and most of its sensitivity).
+          reference. ``lm_head`` (with tied embeddings the embedding matrix too) is
+          GPTQ'd at 4 bits as well (``head_bits``, on the final norm's outputs), in groups
+          of 32 like the rest: 4 + 24/32 = 4.75 bits/weight for the whole model. (The
+          first layout, an 8-bit head and groups of 64, was 5.15 bits/weight for
+          SmolLM2-135M, whose 49k-row tied head is a fifth of its weights; a 4-bit head in
+          groups of 64 was 4.375 bits but +10.7 % perplexity; groups of 32 everywhere
+          +7.9 %.)
 
 No library does calibrated 4-bit on a CPU without CUDA kernels (auto-gptq, gptqmodel and
 llm-compressor build or need them), so GPTQ is written here; it is ~60 lines.
@@ -54,15 +65,32 @@ class QuantizeConfig(BaseModel):
     """How to quantize; the defaults are the published ones."""
 
     method: Method = "int8"
-    group_size: int = Field(64, description="gptq4: inputs per scale/zero point (32..256)")
-    head_bits: Literal[4, 8] = Field(8, description="gptq4: bits of lm_head (and tied embeddings)")
+    group_size: int = Field(32, description="gptq4: inputs per scale/zero point (32..256)")
+    head_bits: Literal[4, 8] = Field(4, description="gptq4: bits of lm_head (and tied embeddings)")
     calibration_samples: int = Field(32, ge=1, description="gptq4: calibration sequences")
     seq_len: int = Field(512, ge=16, description="gptq4: tokens per calibration sequence")
     damp: float = Field(0.01, gt=0, description="gptq4: diagonal damping, fraction of mean(diag H)")
     block_size: int = Field(128, ge=1, description="gptq4: columns updated lazily at once")
-    smooth_alpha: float = Field(
-        0.5, ge=0, le=1, description="int8 with calibration: SmoothQuant migration strength"
+    int8_rounding: Literal["gptq", "nearest"] = Field(
+        "gptq",
+        description="int8 with calibration: codes chosen by GPTQ (error feedback through "
+        "the inputs' Hessian, same per-row scales) or round-to-nearest; without "
+        "calibration always round-to-nearest",
     )
+    int8_two_pass: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "down_proj", "lm_head"],
+        description="int8: layers (last name part) whose activations go through two int8 "
+        "passes (~15 bits) instead of one: the inputs with a few loud channels",
+    )
+    smooth: bool = Field(
+        False, description="int8 with calibration: SmoothQuant on each MLP's down_proj first"
+    )
+    smooth_norms: bool = Field(
+        True,
+        description="int8 with calibration: SmoothQuant folded into the RMSNorm weights "
+        "before q/k/v and gate/up (free at run time)",
+    )
+    smooth_alpha: float = Field(0.5, ge=0, le=1, description="SmoothQuant migration strength")
 
 
 class QuantizeResult(BaseModel):
@@ -120,6 +148,63 @@ def rtn_int4(weight: Any, group_size: int) -> tuple[Any, Any, Any]:
     return codes.to(torch.uint8), scale.half(), zero.to(torch.uint8)
 
 
+def _prepare(weight: Any, hessian: Any, act_order: bool) -> tuple[Any, Any, Any]:
+    """(w fp32 [out, in], H float64 [in, in], perm [in]) as GPTQ starts from them: inputs
+    never seen (zero diagonal) get weight 0 and a unit diagonal; with ``act_order`` the
+    columns of w and H sorted by decreasing H diagonal (the loudest inputs first, so their
+    error is spread over the most columns)."""
+    import torch
+
+    w = weight.detach().float().clone()
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    perm = torch.arange(w.shape[1])
+    if act_order:
+        perm = torch.argsort(torch.diag(h), descending=True)
+        w, h = w[:, perm], h[perm][:, perm]
+    return w, h, perm
+
+
+def _error_feedback(
+    w: Any,
+    h: Any,
+    *,
+    damp: float,
+    block: int,
+    round_col: Callable[[int, Any, int], Any],
+) -> None:
+    """The GPTQ loop over the columns of ``w`` [out, in] (changed in place): column ``col``
+    is rounded by ``round_col(col, w1, i)`` (w1 the current block, i the column in it; it
+    returns the rounded column, and keeps the codes), and its error, divided by the
+    inverse Hessian's diagonal, is taken off the columns not yet rounded (within the
+    block at once, beyond it lazily per block)."""
+    import torch
+
+    in_f = w.shape[1]
+    h = h + damp * torch.mean(torch.diag(h)) * torch.eye(in_f, dtype=h.dtype)
+    try:  # the upper Cholesky factor of H⁻¹: row i holds the update for columns after i
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except RuntimeError:
+        raise UserError(
+            "GPTQ: the calibration Hessian is not positive definite; use more calibration "
+            "text (--calibration-samples) or a larger damping"
+        ) from None
+    hinv = hinv.float()
+    for i1 in range(0, in_f, block):
+        i2 = min(i1 + block, in_f)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        h1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            rounded = round_col(i1 + i, w1, i)
+            err = (w1[:, i] - rounded) / h1[i, i]
+            w1[:, i:] -= err[:, None] * h1[i, i:][None, :]
+            err1[:, i] = err
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+
+
 def gptq_quantize_weight(
     weight: Any,
     hessian: Any,
@@ -140,55 +225,57 @@ def gptq_quantize_weight(
     group never straddles two lazy blocks)."""
     import torch
 
-    w = weight.detach().float().clone()
-    out_f, in_f = w.shape
-    h = hessian.double().clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
+    out_f, in_f = weight.shape
     n_groups = in_f // group_size
     scales = torch.zeros(out_f, n_groups)
     zeros = torch.zeros(out_f, n_groups)
-    perm = torch.arange(in_f)
-    if act_order:
+    if act_order:  # static groups: fitted on the weights in column order, before sorting
+        w0 = weight.detach().float().clone()
+        w0[:, torch.diag(hessian) == 0] = 0.0  # as _prepare leaves them
         for gi in range(n_groups):
             sl = slice(gi * group_size, (gi + 1) * group_size)
-            scales[:, gi], zeros[:, gi] = _group_params(w[:, sl])
-        perm = torch.argsort(torch.diag(h), descending=True)
-        w, h = w[:, perm], h[perm][:, perm]
+            scales[:, gi], zeros[:, gi] = _group_params(w0[:, sl])
+    w, h, perm = _prepare(weight, hessian, act_order)
     group_of = perm // group_size  # the group of the column now at each position
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(in_f, dtype=h.dtype)
-    try:  # the upper Cholesky factor of H⁻¹: row i holds the update for columns after i
-        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    except RuntimeError:
-        raise UserError(
-            "GPTQ: the calibration Hessian is not positive definite; use more calibration "
-            "text (--calibration-samples) or a larger damping"
-        ) from None
-    hinv = hinv.float()
     codes = torch.zeros_like(w, dtype=torch.uint8)
+
+    def round_col(col: int, w1: Any, i: int) -> Any:
+        if not act_order and col % group_size == 0:
+            s, z = _group_params(w1[:, i : i + group_size])
+            scales[:, col // group_size], zeros[:, col // group_size] = s, z
+        g = int(group_of[col])
+        s, z = scales[:, g], zeros[:, g]
+        q = _q4(w1[:, i], s, z)
+        codes[:, col] = q.to(torch.uint8)
+        return (q - z) * s
+
     block = max(group_size, block_size // group_size * group_size)
-    for i1 in range(0, in_f, block):
-        i2 = min(i1 + block, in_f)
-        w1 = w[:, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        h1 = hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            if not act_order and col % group_size == 0:
-                s, z = _group_params(w1[:, i : i + group_size])
-                scales[:, col // group_size], zeros[:, col // group_size] = s, z
-            g = int(group_of[col])
-            s, z = scales[:, g], zeros[:, g]
-            q = _q4(w1[:, i], s, z)
-            codes[:, col] = q.to(torch.uint8)
-            err = (w1[:, i] - (q - z) * s) / h1[i, i]
-            w1[:, i:] -= err[:, None] * h1[i, i:][None, :]
-            err1[:, i] = err
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    _error_feedback(w, h, damp=damp, block=block, round_col=round_col)
     if act_order:  # back to column order
         codes = codes[:, torch.argsort(perm)]
     return codes.contiguous(), scales.half(), zeros.to(torch.uint8)
+
+
+def gptq_int8_weight(
+    weight: Any, hessian: Any, *, damp: float = 0.01, block_size: int = 128
+) -> tuple[Any, Any]:
+    """GPTQ rounding at int8 (symmetric, one scale a row, the layout of :func:`_int8`):
+    (codes int8 [out, in], scales fp32 [out]). The scales are the round-to-nearest ones;
+    only the choice of each code changes, so the error a rounding leaves on the layer's
+    outputs (not on its weights) is what is minimised, act-order as in 4 bits."""
+    import torch
+
+    scales = (weight.detach().float().abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    w, h, perm = _prepare(weight, hessian, act_order=True)
+    codes = torch.zeros_like(w, dtype=torch.int8)
+
+    def round_col(col: int, w1: Any, i: int) -> Any:
+        q = torch.clamp(torch.round(w1[:, i] / scales), -127, 127)
+        codes[:, col] = q.to(torch.int8)
+        return q * scales
+
+    _error_feedback(w, h, damp=damp, block=block_size, round_col=round_col)
+    return codes[:, torch.argsort(perm)].contiguous(), scales
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -284,19 +371,50 @@ def _hessian_hook(
     return hook
 
 
+def _is_decoder(model: Any) -> bool:
+    return hasattr(model, "model") and hasattr(model.model, "layers")
+
+
 def _gptq_model(
     model: Any, ids: list[int], cfg: QuantizeConfig, tick: Callable[[], None]
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """GPTQ every Linear of every decoder layer, in order; the head at ``cfg.head_bits``."""
+    """GPTQ every Linear of every decoder layer, in order, at the method's width (gptq4: 4
+    bits in groups; int8: per-row int8 codes chosen by GPTQ); for gptq4 with
+    ``head_bits`` 4 the head too. Each layer is calibrated on the outputs of the layers
+    before it as quantized, as in the reference."""
     import torch
 
-    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
+    from lmops.models.quantized import dequantize_layer
+
+    if not _is_decoder(model):
         raise UserError(
             f"gptq4 supports decoder models with model.layers (Llama, Qwen, Mistral...); "
             f"{type(model).__name__} is not one (use --method int8)"
         )
     tensors: dict[str, Any] = {}
     layers_spec: dict[str, dict[str, Any]] = {}
+
+    def one(full: str, lin: Any, hess: Any) -> None:
+        if cfg.method == "int8":
+            q, s = gptq_int8_weight(lin.weight, hess, damp=cfg.damp, block_size=cfg.block_size)
+            tensors[f"{full}.qweight"], tensors[f"{full}.scales"] = q, s
+            if lin.bias is not None:
+                tensors[f"{full}.bias"] = lin.bias.detach().float().contiguous()
+            layers_spec[full] = _int8_spec(full, cfg)
+            bits = 8
+        else:
+            g = _group_size(lin.in_features, cfg.group_size, full)
+            codes, scales, zeros = gptq_quantize_weight(
+                lin.weight, hess, group_size=g, damp=cfg.damp, block_size=cfg.block_size
+            )
+            _store_int4(tensors, full, codes, scales, zeros, lin.bias)
+            layers_spec[full] = {"bits": 4, "group_size": g}
+            bits = 4
+        # later layers calibrate on what this one will compute
+        with torch.no_grad():
+            lin.weight.copy_(dequantize_layer(tensors, full, bits))
+        tick()
+
     hidden, kwargs = _calibration_inputs(model, ids, cfg)
     for li, layer in enumerate(model.model.layers):
         linears = _linears(layer)
@@ -314,26 +432,28 @@ def _gptq_model(
         for hd in handles:
             hd.remove()
         for name, lin in linears.items():
-            full = f"model.layers.{li}.{name}"
-            g = _group_size(lin.in_features, cfg.group_size, full)
-            codes, scales, zeros = gptq_quantize_weight(
-                lin.weight,
-                hess[name] / counts[name],
-                group_size=g,
-                damp=cfg.damp,
-                block_size=cfg.block_size,
-            )
-            _store_int4(tensors, full, codes, scales, zeros, lin.bias)
-            layers_spec[full] = {"bits": 4, "group_size": g}
-            # later layers calibrate on what this one will compute
-            from lmops.models.quantized import dequantize_layer
-
-            with torch.no_grad():
-                lin.weight.copy_(dequantize_layer(tensors, full, 4))
-            tick()
+            one(f"model.layers.{li}.{name}", lin, hess[name] / counts[name])
         with torch.no_grad():
             hidden = [_first(layer(h, **kw)) for h, kw in zip(hidden, kwargs, strict=True)]
+    head = _head_name(model)
+    norm = getattr(model.model, "norm", None)
+    if cfg.method == "gptq4" and cfg.head_bits == 4 and head is not None and norm is not None:
+        # the head is GPTQ'd too, on the final normed hidden states it will see: round to
+        # nearest at 4 bits costs a 49k-row head (a fifth of a small model) far more.
+        # (int8 keeps its head round-to-nearest: tied, the same codes are the embedding,
+        # which GPTQ's output-side rounding would make worse.)
+        with torch.no_grad():
+            xs = [norm(h).reshape(-1, h.shape[-1]).double() for h in hidden]
+        hess_head = sum(2.0 * x.T @ x for x in xs) / sum(x.shape[0] for x in xs)
+        one(head, model.get_submodule(head), hess_head)
     return tensors, layers_spec
+
+
+def _int8_spec(name: str, cfg: QuantizeConfig) -> dict[str, Any]:
+    """The ``lmops_quant.json`` entry of an int8 layer: two activation passes where
+    ``cfg.int8_two_pass`` names the layer (its last name part)."""
+    leaf = name.rsplit(".", 1)[-1]
+    return {"bits": 8, "act": "int8x2"} if leaf in cfg.int8_two_pass else {"bits": 8}
 
 
 def _first(out: Any) -> Any:
@@ -387,6 +507,57 @@ def _smooth_down_proj(model: Any, ids: list[int], cfg: QuantizeConfig) -> int:
     return len(pairs)
 
 
+def _smooth_norms(model: Any, ids: list[int], cfg: QuantizeConfig) -> int:
+    """SmoothQuant folded into the RMSNorms: the inputs of q/k/v (input_layernorm's output)
+    and of gate/up (post_attention_layernorm's) have a few loud channels, the same ones
+    on every token (the norm's own weights make them). Channel j of the norm's weight is
+    divided by s_j = max|X_j|^α / max|W_j|^(1-α) (W: the Linears it feeds, side by side)
+    and their column j multiplied by it: the same function in fp32, no cost at run time,
+    and one int8 scale a token no longer spent on one channel. Returns the norms smoothed."""
+    import torch
+
+    groups: list[tuple[Any, list[Any]]] = []
+    for layer in getattr(getattr(model, "model", None), "layers", []):
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        ln1, ln2 = (
+            getattr(layer, n, None) for n in ("input_layernorm", "post_attention_layernorm")
+        )
+        if attn is not None and ln1 is not None and hasattr(attn, "q_proj"):
+            groups.append((ln1, [attn.q_proj, attn.k_proj, attn.v_proj]))
+        if mlp is not None and ln2 is not None and hasattr(mlp, "gate_proj"):
+            groups.append((ln2, [mlp.gate_proj, mlp.up_proj]))
+    if not groups:
+        return 0
+    amax: dict[int, Any] = {}
+
+    def hook_for(i: int) -> Callable[..., None]:
+        def hook(_m: Any, args: tuple[Any, ...]) -> None:
+            a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float()
+            amax[i] = a if i not in amax else torch.maximum(amax[i], a)
+
+        return hook
+
+    handles = [lins[0].register_forward_pre_hook(hook_for(i)) for i, (_, lins) in enumerate(groups)]
+    n = min(cfg.calibration_samples, max(1, len(ids) // cfg.seq_len))
+    try:
+        with torch.no_grad():
+            for k in range(n):
+                chunk = ids[k * cfg.seq_len : (k + 1) * cfg.seq_len]
+                model(input_ids=torch.tensor([chunk]), use_cache=False)
+    finally:
+        for hd in handles:
+            hd.remove()
+    a = cfg.smooth_alpha
+    with torch.no_grad():
+        for i, (norm, lins) in enumerate(groups):
+            w_max = torch.cat([lin.weight for lin in lins]).abs().amax(dim=0).clamp(min=1e-5)
+            s = (amax[i].clamp(min=1e-5) ** a / w_max ** (1 - a)).clamp(min=1e-5)
+            norm.weight.div_(s)
+            for lin in lins:
+                lin.weight.mul_(s[None, :])
+    return len(groups)
+
+
 def _head_name(model: Any) -> str | None:
     head = model.get_output_embeddings()
     for name, mod in model.named_modules():
@@ -412,17 +583,20 @@ def quantize(
         if not calibration_ids:
             raise UserError("gptq4 needs calibration text: pass --calibration DATASET")
         tensors, layers = _gptq_model(model, calibration_ids, cfg, tick)
-        body_linears = {n: m for n, m in _linears(model).items() if n not in layers}
     else:
         tensors, layers = {}, {}
-        if calibration_ids:
+        if calibration_ids and cfg.smooth:
             _smooth_down_proj(model, calibration_ids, cfg)
-        body_linears = _linears(model)
-    for name, lin in body_linears.items():
+        if calibration_ids and cfg.smooth_norms:
+            _smooth_norms(model, calibration_ids, cfg)
+        if calibration_ids and cfg.int8_rounding == "gptq" and _is_decoder(model):
+            tensors, layers = _gptq_model(model, calibration_ids, cfg, tick)
+    rest = {n: m for n, m in _linears(model).items() if n not in layers}
+    for name, lin in rest.items():
         bits = 8 if cfg.method == "int8" or name != head else cfg.head_bits
         if bits == 8:
             _store_int8(tensors, name, lin.weight, lin.bias)
-            layers[name] = {"bits": 8}
+            layers[name] = _int8_spec(name, cfg) if cfg.method == "int8" else {"bits": 8}
         else:
             g = _group_size(lin.in_features, cfg.group_size, name)
             _store_int4(tensors, name, *rtn_int4(lin.weight, g), lin.bias)
@@ -486,7 +660,7 @@ def quantize_model(
     import torch
     from safetensors.torch import save_file
 
-    from lmops.deploy._texts import token_stream
+    from lmops.deploy._text import token_stream
     from lmops.models.loading import load_causal_lm, load_tokenizer, quiet_transformers
     from lmops.models.loading import resolve_local as resolve
     from lmops.models.quantized import QUANT_CONFIG, QUANT_WEIGHTS, is_quantized

@@ -218,7 +218,7 @@ def reference_text(store: Any, text: str | None) -> tuple[Path, str | None, str]
 
 
 def _reference_ids(path: Path, tok: Any, label: str, max_tokens: int) -> list[int]:
-    from lmops.deploy._texts import token_stream
+    from lmops.deploy._text import token_stream
 
     if label.startswith("tinyshakespeare"):
         chars = path.read_text(encoding="utf-8")[-60_000:]

@@ -6,6 +6,8 @@ weights are in ``lmops_quant.safetensors`` beside ``lmops_quant.json``::
 
     lmops_quant.json        {"format": "lmops-quant", "version": 1, "method": "int8" | "gptq4",
                              "layers": {"model.layers.0.self_attn.q_proj": {"bits": 8}, ...},
+                             (8-bit layers may say "act": "int8x2": activations in two
+                             int8 passes, see ``_int8_linear``; absent means "int8")
                              "embeddings_from": "lm_head" | null, ...}
     lmops_quant.safetensors  per quantized Linear ``L`` (weight [out, in]):
                                8 bits: L.qweight int8 [out, in], L.scales fp32 [out]
@@ -100,13 +102,19 @@ def dequantize_layer(tensors: dict[str, Any], name: str, bits: int) -> Any:
     return (codes - zero_full) * scale_full
 
 
-def _int8_linear(q: Any, scales: Any, bias: Any) -> Any:
+def _int8_linear(q: Any, scales: Any, bias: Any, act: str = "int8") -> Any:
     """A Linear over int8 weights ``q`` [out, in] with per-row ``scales``, activations
     quantized per token: one token (decoding) goes through fbgemm's dynamic int8 kernel,
     the fastest on CPU (its activation scale is per call, so per token here); several
     tokens (prefill, scoring) through ``torch._int_mm`` with one int8 scale per token,
     since one scale for a whole window lets a single outlier token (the first position's
-    massive activations) crush every other token's precision."""
+    massive activations) crush every other token's precision.
+
+    ``act="int8x2"``: the activations in two int8 passes, the token and then what its
+    first rounding left (x = s1 q1 + s2 q2, ~15 bits): for inputs where one channel is
+    hundreds of times louder than the rest (down_proj's gate * up, the final norm's
+    output into the head) one scale a token leaves the quiet channels a few levels. Twice
+    the int8 work of the layer, still ~2x cheaper than fp32 on CPU."""
     import torch
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
@@ -116,6 +124,10 @@ def _int8_linear(q: Any, scales: Any, bias: Any) -> Any:
     )
     dyn = DynamicLinear(in_f, out_f, bias_=bias is not None, dtype=torch.qint8)
     dyn.set_weight_bias(qw, bias)
+
+    if act not in ("int8", "int8x2"):
+        raise UserError(f"unknown activation scheme {act!r} in {QUANT_CONFIG}; upgrade lmops")
+    two_pass = act == "int8x2"
 
     class _Int8Linear(torch.nn.Module):
         def __init__(self) -> None:
@@ -128,18 +140,50 @@ def _int8_linear(q: Any, scales: Any, bias: Any) -> Any:
 
         def forward(self, x: Any) -> Any:
             shape = x.shape
-            x2 = x.reshape(-1, shape[-1])
+            x2 = x.reshape(-1, shape[-1]).float()
             if x2.shape[0] == 1:
-                return self.dyn(x).to(x.dtype)
-            sx = x2.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
-            xq = torch.round(x2.float() / sx).to(torch.int8)
+                y1 = self.dyn(x2)
+                if two_pass:
+                    # fbgemm's own rounding of x (asymmetric, 7-bit range on x86), so the
+                    # second call gets exactly what the first one lost
+                    xh = torch.quantize_per_tensor_dynamic(x2, torch.quint8, reduce_range=True)
+                    y1 = y1 + self.dyn(x2 - xh.dequantize())
+                    if self.bias is not None:  # added by both calls
+                        y1 = y1 - self.bias
+                return y1.to(x.dtype).reshape(*shape[:-1], out_f)
             qt: Any = self.qt
-            y = torch._int_mm(xq, qt).float() * (sx * self.scales)
+            y = _int_mm_rows(x2, qt)
+            if two_pass:
+                y = y + _int_mm_rows(x2 - _rounded_rows(x2), qt)
+            y = y * self.scales
             if self.bias is not None:
                 y = y + self.bias
             return y.to(x.dtype).reshape(*shape[:-1], out_f)
 
     return _Int8Linear()
+
+
+def _row_scales(x: Any) -> Any:
+    """One symmetric int8 scale per row (token) of x [n, in]: [n, 1]."""
+    return x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+
+
+def _rounded_rows(x: Any) -> Any:
+    """x [n, in] as its per-row int8 rounding gives it back (fp32)."""
+    import torch
+
+    sx = _row_scales(x)
+    return torch.round(x / sx) * sx
+
+
+def _int_mm_rows(x: Any, qt: Any) -> Any:
+    """x [n, in] fp32 times int8 weights qt [in, out] with x rounded to int8 per row:
+    [n, out] fp32, still to be multiplied by the weights' per-column scales."""
+    import torch
+
+    sx = _row_scales(x)
+    xq = torch.round(x / sx).to(torch.int8)
+    return torch._int_mm(xq, qt).float() * sx
 
 
 def _set_module(model: Any, name: str, module: Any) -> None:
@@ -193,6 +237,7 @@ def load_quantized(folder: Path, *, device: str = "cpu") -> Any:
                         tensors[f"{name}.qweight"],
                         tensors[f"{name}.scales"],
                         tensors.get(f"{name}.bias"),
+                        str(spec.get("act", "int8")),
                     )
                 _set_module(model, name, mod)
             else:
