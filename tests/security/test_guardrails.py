@@ -1018,6 +1018,67 @@ def test_stream_releases_each_word_as_it_ends() -> None:
     assert out == ["", "Write ", "to ", "", "", "", "", "<EMAIL> ", "today"]
 
 
+def held_per_piece(g: Guardrails, deltas: list[str]) -> list[int]:
+    """Characters fed but not yet emitted, after each delta."""
+    s = g.stream_guard()
+    fed = sent = 0
+    held = []
+    for d in deltas:
+        fed += len(d)
+        sent += len(s.feed(d)[0])
+        held.append(fed - sent)
+    return held
+
+
+def test_stream_holds_a_first_piece_only_where_a_term_may_begin() -> None:
+    # Issue #12 item 16: the time to first token pays only for text that may still turn
+    # into something blocked. With the term lists alone, a piece that cannot begin a term
+    # goes out with the delta that brought it (a fixed window, or any hold of "tok0",
+    # would fail here); what is held is a term's beginning, at a word start.
+    terms = Guardrails(NO_CLASSIFIER.model_copy(update={"pii_output": "off"}))
+    assert held_per_piece(terms, ["tok0", " tok1", " tok2"]) == [0, 0, 0]
+    assert held_per_piece(terms, ["Hello", ",", " world", "!"]) == [0, 0, 0, 0]
+    assert held_per_piece(terms, ["你好", "，", "世界"]) == [0, 0, 0]
+    assert held_per_piece(terms, ["Sure", "!", " Here", " how", " to", " bake"]) == [
+        *(0, 0, 0),
+        len("how"),  # "how to make a bomb", ...
+        len("how to"),
+        0,
+    ]
+    assert held_per_piece(terms, [" kill", " time"]) == [len("kill"), 0]
+    # With output PII masking (the default) a word may still become an e-mail's local
+    # part ("tok0" + "@x.io", "tok0" + " at x dot io"): it is held, but only until the
+    # next delta shows it is not one; nothing before it is.
+    default = Guardrails(NO_CLASSIFIER)
+    assert held_per_piece(default, ["tok0", " tok1", " tok2"]) == [4, 4, 4]
+    assert held_per_piece(default, ["Hello", "!", " How", " are"]) == [5, 0, 3, 3]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_stream_holds_only_term_beginnings(seed: int) -> None:
+    # Against the term list itself: after each delta of a random reply of filler words,
+    # the held text, normalised, is empty or the beginning of some term (or a whole one,
+    # which may still grow).
+    g = Guardrails(NO_CLASSIFIER.model_copy(update={"pii_output": "off"}))
+    all_terms = [t for ts in g.matcher.terms.values() for t in ts]
+    rnd = random.Random(seed)
+    words = [w for w in STREAM_FILLER if w.isascii()] + ["how", "to", "kill", "i", "want"]
+    text = " ".join(rnd.choice(words) for _ in range(40))
+    s = g.stream_guard()
+    fed, sent = "", ""
+    for d in chunks_at_random(text, rnd):
+        fed += d
+        sent += s.feed(d)[0]
+        assert fed.startswith(sent)
+        held = normalize_text(fed[len(sent) :]).lstrip()
+        assert not held or any(t.startswith(held.rstrip()) for t in all_terms), (fed, held)
+
+
+def chunks_at_random(text: str, rnd: random.Random) -> list[str]:
+    cuts = sorted(rnd.sample(range(1, len(text)), len(text) // 4))
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+
+
 def test_term_matcher_term_start() -> None:
     m = TermMatcher({"a": ["kill you", "kill yourself"], "b": ["杀人方法"]})
     assert m.term_start("i will ki") == 7
