@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from lmops.api.deps import Admin
+from lmops.api.deps import Admin, ServerPath, Text
 from lmops.deploy.quantize import QuantizeConfig
 from lmops.deploy.report import ReportConfig
 
@@ -23,29 +23,29 @@ router = APIRouter(prefix="/api/deploy", tags=["deploy"])
 
 
 class ExportRequest(BaseModel):
-    model: str
-    output: str
-    format: str = "gguf"
-    quant: str = "q8_0"
+    model: ServerPath
+    output: Text
+    format: Text = "gguf"
+    quant: Text = "q8_0"
 
 
 class QuantizeRequest(BaseModel):
-    model: str
-    output: str
-    calibration: str | None = None
+    model: ServerPath
+    output: Text
+    calibration: ServerPath | None = None
     config: QuantizeConfig = Field(default_factory=QuantizeConfig)
 
 
 class ReportRequest(BaseModel):
-    models: list[str]
-    output: str = "deploy-report"
+    models: list[ServerPath]
+    output: Text = "deploy-report"
     config: ReportConfig = Field(default_factory=ReportConfig)
 
 
 class ImportGgufRequest(BaseModel):
-    file: str  # a path on the server
-    name: str
-    description: str = ""
+    file: ServerPath  # a path on the server
+    name: Text
+    description: Text = ""
 
 
 @router.post("/export")
@@ -83,18 +83,18 @@ def import_gguf(body: ImportGgufRequest, store: Admin) -> Any:
 
 # -- packages and compression (lmops.deploy.package / prune / distill) -------------------------
 class PackageRequest(BaseModel):
-    model: str
-    output: str
-    sign: str | None = None  # a key file on the server (lmops deploy keygen)
+    model: ServerPath
+    output: Text
+    sign: ServerPath | None = None  # a key file on the server (lmops deploy keygen)
     encrypt: bool = False
-    kek_file: str | None = None  # else the server's $LMOPS_KEK
+    kek_file: ServerPath | None = None  # else the server's $LMOPS_KEK
     chunk_mib: int = 4
 
 
 class VerifyRequest(BaseModel):
-    package: str  # a package asset ref or a file on the server
-    pubkey: str | None = None
-    key_file: str | None = None
+    package: ServerPath  # a package asset ref or a file on the server
+    pubkey: ServerPath | None = None
+    key_file: ServerPath | None = None
     allow_unsigned: bool = False
 
 

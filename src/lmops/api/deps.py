@@ -4,15 +4,17 @@ key, so the audit log names it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import AfterValidator
 
 from lmops.core.errors import PermissionDenied
 from lmops.security.auth import Unauthorized, authenticate
 from lmops.store import ApiKey, Store
 
-__all__ = ["Admin", "Reader", "Unauthorized", "admin", "reader"]
+__all__ = ["Admin", "Reader", "ServerPath", "Text", "Unauthorized", "admin", "reader"]
 
 
 def _authenticate(request: Request) -> ApiKey:
@@ -40,3 +42,35 @@ def admin(request: Request) -> Store:
 
 Reader = Annotated[Store, Depends(reader)]
 Admin = Annotated[Store, Depends(admin)]
+
+
+# -- request fields that reach the file system -------------------------------------------------
+def _plain_text(value: str) -> str:
+    """Refuse what no name, ref or path can hold: NUL (the OS refuses it deep inside a job,
+    as a 500) and lone surrogates (they cannot be encoded for the file system)."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+def _server_path(value: str) -> str:
+    """A path on the server: plain text whose ``~`` (if any) expands."""
+    _plain_text(value)
+    if value.startswith("~"):
+        try:
+            Path(value).expanduser()
+        except RuntimeError:  # ~user of no such user
+            raise ValueError(
+                f"cannot expand {value.split('/', 1)[0]!r}; give an absolute path"
+            ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_plain_text)]
+"""A request string that names something (an asset, a ref, a label): no NUL, no surrogates."""
+ServerPath = Annotated[str, AfterValidator(_server_path)]
+"""A request string that is a path on the server (or an asset ref in its place)."""
