@@ -145,14 +145,16 @@ def import_gguf(
     """Turn GGUF ``file`` into model asset ``name`` (a dequantized Hugging Face folder, fp32)
     and return its version. Raises a one-line :class:`UserError` for a file that is not
     GGUF or of an architecture transformers cannot load; nothing is registered then."""
+    file = Path(file).expanduser().resolve()
+    # the file is checked before torch and transformers are imported (seconds on a busy
+    # server), so a wrong path is refused at once
+    arch, ftype = _check_gguf(file)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmops.models.loading import quiet_transformers
 
     quiet_transformers()
-    file = Path(file).expanduser().resolve()
-    arch, ftype = _check_gguf(file)
     supported = _supported_import_archs()
     if arch not in supported:
         raise UserError(
