@@ -25,7 +25,8 @@ Measured (2026-12-05, 1 torch thread on a 2-core CPU shared with other jobs, loa
 tokens/s are noisy: the speed-up is the median of 5 interleaved fp32/int8 ratios); fp32
 perplexity 30.93 on 4,096 tokens:
 - int8 (``--only int8 --rounds 5``): +0.42 % perplexity, 1.74x fp32 tokens/s in the engine
-  (decode CPU-seconds per token, steadier here: 1.67x). The first scheme (round-to-nearest,
+  (decode CPU-seconds per token in two runs: 1.67x and 1.53x, one pass everywhere 1.89x and
+  1.78x, so the margin is thin). The first scheme (round-to-nearest,
   one activation pass, SmoothQuant on down_proj) was +4.12 % at 1.77x.
 - gptq4 (``--only gptq4 --calib-samples 16``): 4.75 bits/weight for the whole model (groups of
   32, the tied head GPTQ'd at 4 bits), +7.92 % perplexity (round-to-nearest, same layout:
