@@ -114,9 +114,10 @@ def test_gptq4_with_a_calibration_dataset(cli: Any, tiny: Path, tmp_path: Path) 
     data.write_text("".join(json.dumps({"text": s}) + "\n" for s in SENTENCES))
     assert cli("assets", "register", "dataset", "calib", str(data)).code == 0
     assert cli("assets", "register", "model", "tiny", str(tiny)).code == 0
+    # no --head-bits / --group-size: the CLI takes QuantizeConfig's defaults
     r = cli(
         "deploy", "quantize", "tiny", "--method", "gptq4", "--calibration", "calib",
-        "--calibration-samples", "4", "--seq-len", "64", "--head-bits", "4", "-o", "t4", "--json",
+        "--calibration-samples", "4", "--seq-len", "64", "-o", "t4", "--json",
     )  # fmt: skip
     assert r.code == 0, r.err
     out = json.loads(r.out)
