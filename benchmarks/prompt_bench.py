@@ -48,6 +48,12 @@ benchmarks/prompt_bench.py --parts render,optimize,dspy --json``, defaults, load
   dev rows, 4 on 26, 2 on 40. Winner: 4 demos (2 per label) under an instruction that
   SmolLM2 proposed and that reads as nonsense: the demos, which teach the model to reply
   with a bare label, carry the gain, not the instruction.
+  A second run, ``--parts optimize,dspy --seed 1`` (other rows and split; 23:40-00:03,
+  load 4.3 -> 2.3): DSPy 0.460 [0.390, 0.530] in 256 search calls (its JSON adapter
+  retried more); lmops start 0.385 [0.320, 0.450] -> 0.560 [0.490, 0.625] (difference
+  [+0.055, +0.290]) in 250 + 2 calls, winner "Answer with exactly one of: english,
+  chinese." with 8 demos; lmops - DSPy +0.100 [-0.040, +0.235]: ahead, but the CI of
+  that difference includes zero on this seed.
   (Before this search, on 2026-12-05: 0.405 [0.335, 0.470] within 151 calls, 12
   candidates on 2 dev rows at the first rung, a winner without demos.)
 """
