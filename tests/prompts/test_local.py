@@ -31,3 +31,22 @@ def test_optimize_runs_on_an_in_process_model(store: Store, tmp_path: Path) -> N
     # every answer came from the engine: the search and both test passes
     assert model.calls == 1 + r.calls_total and r.calls_search <= settings.budget
     assert r.test_items == 20 and 0.0 <= r.test_baseline <= 1.0
+
+
+def test_cli_optimize_local_needs_no_server(cli, store: Store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = make_model(tmp_path / "tiny", make_tokenizer(tmp_path / "tok"), seed=1)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows(30)))
+    (tmp_path / "task.yaml").write_text(
+        f"dataset: {data}\ninput_field: text\ntarget_field: label\n"
+        "labels: [positive, negative]\ntrain: 10\ndev: 10\ntest: 10\nmax_tokens: 3\n"
+    )
+    create(store, "senti", "Text: {{input}}\nSentiment:")
+    r = cli(
+        "prompts", "optimize", "senti", "--task", str(tmp_path / "task.yaml"),
+        "--model", str(folder), "--local", "--endpoint", "http://127.0.0.1:9/v1",
+        "--budget", "20", "--instructions", "0", "--demo-sets", "1", "-k", "2", "--json",
+    )  # fmt: skip
+    assert r.code == 0, r.err  # the unreachable --endpoint is never called
+    out = json.loads(r.out)
+    assert out["test_items"] == 10 and out["calls_search"] <= 20

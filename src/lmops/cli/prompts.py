@@ -320,8 +320,20 @@ def compare(
 def optimize(
     name: Annotated[str, typer.Argument(help="The starting prompt (name, name:N, name@label).")],
     task: Annotated[Path, typer.Option(help="Task YAML: dataset, fields, labels, splits.")],
-    model: Annotated[str, typer.Option(help="The target's model name at --endpoint.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="The target's model name at --endpoint; with --local, a model asset or folder."
+        ),
+    ],
     endpoint: EndpointOpt = DEFAULT_ENDPOINT,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local",
+            help="Run --model in this process on the serving engine (no server needed).",
+        ),
+    ] = False,
     budget: Annotated[
         int, typer.Option(min=1, help="Calls to the target before the final test.")
     ] = 300,
@@ -350,7 +362,13 @@ def optimize(
     store = open_store()
     spec = load_config(task, opt.OptimizeTask)
     start = registry.load(store, name)
-    target = OpenAIChat(endpoint, model, api_key=api_key)
+    target: Any
+    if local:
+        from lmops.prompts.local import LocalChat
+
+        target = LocalChat(store, model)
+    else:
+        target = OpenAIChat(endpoint, model, api_key=api_key)
     prop = None
     if proposer:
         url, sep, pmodel = proposer.rpartition("/")
@@ -368,18 +386,22 @@ def optimize(
         seed=seed,
     )
     say = (lambda m: None) if json_ else (lambda m: console.print(f"optimize: {m}", markup=False))
-    r = opt.optimize(
-        store,
-        start,
-        spec,
-        target,
-        settings,
-        proposer=prop,
-        task_file=task,
-        model_name=f"{endpoint}/{model}",
-        promote=promote,
-        on_progress=say,
-    )
+    try:
+        r = opt.optimize(
+            store,
+            start,
+            spec,
+            target,
+            settings,
+            proposer=prop,
+            task_file=task,
+            model_name=f"local:{model}" if local else f"{endpoint}/{model}",
+            promote=promote,
+            on_progress=say,
+        )
+    finally:
+        if local:
+            target.close()
     if json_:
         print_json(r)
         return

@@ -1,12 +1,14 @@
-"""A local model as a :class:`~lmops.prompts.lm.ChatModel`, with no server: the gateway's
-own deployment (engine and backend, as ``lmops serve batch`` uses them) in this process.
+"""A local model as a :class:`~lmops.prompts.lm.ChatModel`, with no server: the serving
+engine (``lmops.models.engine``, continuous batching, as behind ``lmops serve``) in this
+process.
 
     with LocalChat(store, "smol@production") as model:   # a model asset ref or a folder
         optimize(store, start, task, model, settings)
 
-The engine runs on one event loop in a background thread; :meth:`LocalChat.complete` is
-called from the optimiser's worker threads and waits for its answer, so the engine
-batches the requests in flight exactly as it does behind ``lmops serve``.
+The engine's requests run on one event loop in a background thread; :meth:`LocalChat.complete`
+is called from the optimiser's worker threads and waits for its answer, so the engine batches
+the requests in flight. It sits on the model layer, not on the gateway, so the prompt stage
+never imports the serve stage (which imports prompts to bind them).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -25,53 +28,57 @@ Messages = list[dict[str, str]]
 
 
 class LocalChat:
-    """``model`` (an asset ref or a model folder) served in-process under the name ``name``;
+    """``model`` (a model or adapter asset ref, or a model folder) on an in-process engine;
     counts its calls like :class:`~lmops.prompts.lm.OpenAIChat`. Close it (or use it as a
     context manager) to stop the engine."""
 
     def __init__(self, store: Any, model: str, *, name: str = "local", max_running: int = 8):
-        from lmops.serve.batch import backend_for
-        from lmops.serve.deployments import Deployment, DeploymentSpec
+        from lmops.models.engine import Engine
+        from lmops.models.loading import merged_view, resolve_local
 
         self.model = model
         self.calls = 0
         self._ids = itertools.count()
-        self._dep = Deployment(
-            DeploymentSpec(name=name, model=model, max_running=max_running), store
-        )
-        self._backend = backend_for(self._dep)
+        path, _ = resolve_local(model, store, kind="model")
+        if (Path(path) / "adapter_config.json").exists():
+            path = merged_view(Path(path), store)
+        self._engine = Engine(Path(path), max_running=max_running, name=name)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 
     def complete(self, messages: Messages, **params: Any) -> str:
-        from lmops.serve.batch import BatchSpec, Item, RowFailed
+        from lmops.models.types import GenRequest
 
         self.calls += 1
-        index = next(self._ids)
-        spec = BatchSpec(
-            input="-",
-            output="-",
+        req = GenRequest(
+            request_id=f"prompts-local-{next(self._ids)}",
+            prompt_ids=self._engine.encode_chat(list(messages)),
             max_tokens=int(params.get("max_tokens") or 256),
             temperature=float(params.get("temperature") or 0.0),
-            # the batch backend seeds a row with seed + index: undo it, so a call's seed is
-            # the one asked for (the journal replays answers by id, not by seed)
-            seed=int(params.get("seed") or 0) - index,
+            seed=int(params.get("seed") or 0),
         )
-        item = Item(index=index, where=f"{self.model}#{index}", messages=messages)
-        future = asyncio.run_coroutine_threadsafe(self._backend.complete(item, spec), self._loop)
-        try:
-            return future.result().text
-        except RowFailed as e:
-            raise EndpointError(f"{self.model} (in-process): {e}") from None
+        future = asyncio.run_coroutine_threadsafe(self._generate(req), self._loop)
+        return future.result()
+
+    async def _generate(self, req: Any) -> str:
+        from lmops.models.types import Delta, Done
+
+        parts: list[str] = []
+        async for batch in self._engine.submit(req):
+            for ev in batch:
+                if isinstance(ev, Delta):
+                    parts.append(ev.text)
+                elif isinstance(ev, Done) and ev.finish_reason == "error":
+                    raise EndpointError(f"{self.model} (in-process): {ev.error or 'failed'}")
+        return "".join(parts)
 
     def close(self) -> None:
         if not self._loop.is_running():
             return
-        asyncio.run_coroutine_threadsafe(self._backend.aclose(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
-        self._dep.close()
+        self._engine.close()
         self._loop.close()
 
     def __enter__(self) -> LocalChat:
