@@ -41,3 +41,18 @@ def test_a_chat_prompt_is_refused_with_a_reason(store: Store, tmp_path: Path) ->
     create(store, "chatty", [{"role": "user", "content": "{{question}}"}])
     with pytest.raises(UserError, match="chatty:1 is a chat prompt; a task's doc_to_text takes"):
         load_task_file(task_file(tmp_path, "prompt:chatty"), store)
+
+
+def test_the_eval_report_links_the_prompt_version(cli, store: Store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.train.tiny import make_model, make_tokenizer
+
+    model = make_model(tmp_path / "m", make_tokenizer(tmp_path / "tok"), seed=0)
+    create(store, "qa", "Q: {{question}}\nA:")
+    label(store, "qa:1", "production")
+    path = task_file(tmp_path, "prompt:qa@production")
+    path.write_text(path.read_text() + "generation_kwargs: {max_gen_toks: 3, until: ['\\n']}\n")
+    r = cli("eval", "run", "--model", str(model), "--task-file", str(path), "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)["report"]
+    edges = {(e.parent, e.role) for e in store.assets.lineage(report).upstream}
+    assert ("qa:1", "prompt") in edges

@@ -246,6 +246,7 @@ def run_eval(
         inputs = (
             ([(ref, "model")] if ref else [])
             + [(d, "dataset") for t in tasks for d in t.dataset_refs]
+            + [(p, "prompt") for t in tasks for p in t.prompt_refs]
             + served_inputs
             + local_refs
         )
