@@ -33,23 +33,6 @@ class RenderRequest(BaseModel):
     variables: dict[str, Any] = Field(default_factory=dict)
 
 
-def _version(p: Any) -> dict[str, Any]:
-    v = p.version
-    return {
-        "ref": v.ref,
-        "labels": v.aliases,
-        "type": p.spec.type,
-        "variables": list(p.variables),
-        "config": p.spec.config,
-        "message": p.spec.message,
-        "template": p.spec.model_dump(mode="json")["template"],
-        "metadata": v.metadata,
-        "run_id": v.run_id,
-        "created_at": v.created_at,
-        "created_by": v.created_by,
-    }
-
-
 @router.get("")
 def list_prompts(store: Reader) -> Any:
     from lmops.prompts import registry
@@ -66,14 +49,14 @@ def create(body: CreatePrompt, store: Admin) -> Any:
     )
     if body.label:
         v = registry.label(store, v.ref, body.label)
-    return _version(registry.load(store, v.ref))
+    return registry.load(store, v.ref).to_dict()
 
 
 @router.get("/{ref}")
 def show(ref: str, store: Reader) -> Any:
     from lmops.prompts import registry
 
-    return _version(registry.load(store, ref))
+    return registry.load(store, ref).to_dict()
 
 
 @router.get("/{a}/diff/{b}")

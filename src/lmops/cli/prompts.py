@@ -46,23 +46,6 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-def _version_json(p: Any) -> dict[str, Any]:
-    v = p.version
-    return {
-        "ref": v.ref,
-        "labels": v.aliases,
-        "type": p.spec.type,
-        "variables": list(p.variables),
-        "config": p.spec.config,
-        "message": p.spec.message,
-        "template": p.spec.model_dump(mode="json")["template"],
-        "metadata": v.metadata,
-        "run_id": v.run_id,
-        "created_at": v.created_at,
-        "created_by": v.created_by,
-    }
-
-
 @app.command("create")
 def create(
     name: Annotated[str, typer.Argument(help="Prompt name.")],
@@ -112,7 +95,7 @@ def show(
     from lmops.prompts import registry
 
     p = registry.load(open_store(), ref)
-    data = _version_json(p)
+    data = p.to_dict()
     if json_:
         print_json(data)
         return

@@ -68,6 +68,24 @@ class Prompt:
     def config(self) -> dict[str, Any]:
         return dict(self.spec.config)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The version as JSON-ready data: what ``prompts show --json`` prints and
+        ``/api/prompts`` answers."""
+        v = self.version
+        return {
+            "ref": v.ref,
+            "labels": v.aliases,
+            "type": self.spec.type,
+            "variables": list(self.variables),
+            "config": self.spec.config,
+            "message": self.spec.message,
+            "template": self.spec.model_dump(mode="json")["template"],
+            "metadata": v.metadata,
+            "run_id": v.run_id,
+            "created_at": v.created_at,
+            "created_by": v.created_by,
+        }
+
     def render(self, **values: Any) -> str | list[dict[str, str]]:
         """The text (a text prompt) or the messages (a chat prompt), every variable given."""
         if self.spec.type == "chat":
