@@ -465,6 +465,34 @@ def _first(out: Any) -> Any:
     return out[0] if isinstance(out, tuple) else out
 
 
+def _input_absmax(model: Any, modules: list[Any], ids: list[int], cfg: QuantizeConfig) -> list[Any]:
+    """Per input channel, the largest |activation| each of ``modules`` sees over the
+    calibration chunks of ``ids`` (one vector per module, in order): what SmoothQuant's
+    migration scales are computed from."""
+    import torch
+
+    amax: dict[int, Any] = {}
+
+    def hook_for(i: int) -> Callable[..., None]:
+        def hook(_m: Any, args: tuple[Any, ...]) -> None:
+            a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float()
+            amax[i] = a if i not in amax else torch.maximum(amax[i], a)
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(i)) for i, m in enumerate(modules)]
+    n = min(cfg.calibration_samples, max(1, len(ids) // cfg.seq_len))
+    try:
+        with torch.no_grad():
+            for k in range(n):
+                chunk = ids[k * cfg.seq_len : (k + 1) * cfg.seq_len]
+                model(input_ids=torch.tensor([chunk]), use_cache=False)
+    finally:
+        for hd in handles:
+            hd.remove()
+    return [amax[i] for i in range(len(modules))]
+
+
 def _smooth_down_proj(model: Any, ids: list[int], cfg: QuantizeConfig) -> int:
     """SmoothQuant (Xiao et al. 2023) on each MLP's down_proj, whose inputs (gate * up) have
     a few channels hundreds of times louder than the rest: one int8 scale per token then
@@ -481,25 +509,7 @@ def _smooth_down_proj(model: Any, ids: list[int], cfg: QuantizeConfig) -> int:
     ]
     if not pairs:
         return 0
-    amax: dict[int, Any] = {}
-
-    def hook_for(i: int) -> Callable[..., None]:
-        def hook(_m: Any, args: tuple[Any, ...]) -> None:
-            a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float()
-            amax[i] = a if i not in amax else torch.maximum(amax[i], a)
-
-        return hook
-
-    handles = [down.register_forward_pre_hook(hook_for(i)) for i, (_, down) in enumerate(pairs)]
-    n = min(cfg.calibration_samples, max(1, len(ids) // cfg.seq_len))
-    try:
-        with torch.no_grad():
-            for k in range(n):
-                chunk = ids[k * cfg.seq_len : (k + 1) * cfg.seq_len]
-                model(input_ids=torch.tensor([chunk]), use_cache=False)
-    finally:
-        for hd in handles:
-            hd.remove()
+    amax = _input_absmax(model, [down for _, down in pairs], ids, cfg)
     with torch.no_grad():
         for i, (up, down) in enumerate(pairs):
             w_max = down.weight.abs().amax(dim=0).clamp(min=1e-5)
@@ -533,25 +543,7 @@ def _smooth_norms(model: Any, ids: list[int], cfg: QuantizeConfig) -> int:
             groups.append((ln2, [mlp.gate_proj, mlp.up_proj]))
     if not groups:
         return 0
-    amax: dict[int, Any] = {}
-
-    def hook_for(i: int) -> Callable[..., None]:
-        def hook(_m: Any, args: tuple[Any, ...]) -> None:
-            a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float()
-            amax[i] = a if i not in amax else torch.maximum(amax[i], a)
-
-        return hook
-
-    handles = [lins[0].register_forward_pre_hook(hook_for(i)) for i, (_, lins) in enumerate(groups)]
-    n = min(cfg.calibration_samples, max(1, len(ids) // cfg.seq_len))
-    try:
-        with torch.no_grad():
-            for k in range(n):
-                chunk = ids[k * cfg.seq_len : (k + 1) * cfg.seq_len]
-                model(input_ids=torch.tensor([chunk]), use_cache=False)
-    finally:
-        for hd in handles:
-            hd.remove()
+    amax = _input_absmax(model, [lins[0] for _, lins in groups], ids, cfg)
     a = cfg.smooth_alpha
     with torch.no_grad():
         for i, (norm, lins) in enumerate(groups):
