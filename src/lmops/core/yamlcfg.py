@@ -19,12 +19,14 @@ from lmops.core.errors import UserError
 
 __all__ = [
     "apply_overrides",
+    "deep_merge",
     "format_loc",
     "line_of",
     "load_config",
     "node_line",
     "read_yaml",
     "validate_config",
+    "with_presets",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -97,6 +99,36 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             cur[last] = value
         else:
             raise UserError(f"override {item!r}: cannot set {last!r}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s keys on top; nested mappings merge, anything else replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = (
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+def with_presets(
+    data: dict[str, Any],
+    presets: dict[str, dict[str, Any]],
+    overrides: list[str] | None = None,
+    *,
+    source: str,
+) -> dict[str, Any]:
+    """A job's mapping with its ``preset: NAME`` (if any) merged under it (the job's keys
+    win) and dotted ``overrides`` applied on top, as every typed job spec takes it."""
+    data = dict(data)
+    preset = data.pop("preset", None)
+    if preset is not None:
+        if preset not in presets:
+            raise UserError(f"{source}: preset {preset!r} unknown; presets: {', '.join(presets)}")
+        data = deep_merge(presets[preset], data)
+    if overrides:
+        data = apply_overrides(data, overrides)
     return data
 
 

@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmops.core.errors import UserError
-from lmops.core.yamlcfg import apply_overrides, read_yaml, validate_config
+from lmops.core.yamlcfg import deep_merge, read_yaml, validate_config, with_presets
 
 __all__ = [
     "PRESETS",
@@ -127,13 +127,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def with_preset(data: Any) -> Any:
     """``data`` with its ``preset: NAME`` (if any) merged under it (the data's keys win)."""
     if not isinstance(data, dict) or data.get("preset") is None:
@@ -142,7 +135,7 @@ def with_preset(data: Any) -> Any:
     preset = data.pop("preset")
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r} unknown; presets: {', '.join(PRESETS)}")
-    return _merge(PRESETS[preset], data)
+    return deep_merge(PRESETS[preset], data)
 
 
 def spec_from_dict(
@@ -154,14 +147,7 @@ def spec_from_dict(
 ) -> EvalSpec:
     """A spec from a mapping (a job YAML's content, a pipeline step, an API body), with an
     optional ``preset: NAME`` merged under it and dotted overrides applied on top."""
-    data = dict(data)
-    preset = data.pop("preset", None)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise UserError(f"{source}: preset {preset!r} unknown; presets: {', '.join(PRESETS)}")
-        data = _merge(PRESETS[preset], data)
-    if overrides:
-        data = apply_overrides(data, overrides)
+    data = with_presets(data, PRESETS, overrides, source=source)
     spec = validate_config(data, EvalSpec, source=source, node=node)
     spec.check()
     return spec
@@ -198,7 +184,7 @@ def build_spec(
         if not isinstance(raw, dict):
             raise UserError(f"{path}: expected a mapping at the top level")
         data, source = _paths_from(dict(raw), path.parent), str(path)
-    data = _merge(data, given or {})
+    data = deep_merge(data, given or {})
     if "model" not in data and not (overrides and any(o.startswith("model=") for o in overrides)):
         raise UserError(f"{source}: no model: give --model NAME (or model: in the spec YAML)")
     return spec_from_dict(data, overrides, source=source, node=node)

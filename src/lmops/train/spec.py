@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmops.core.errors import UserError
-from lmops.core.yamlcfg import apply_overrides, validate_config
+from lmops.core.yamlcfg import validate_config, with_presets
 
 __all__ = [
     "PRESETS",
@@ -195,13 +195,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_spec(path: Path, overrides: list[str] | None = None) -> TrainSpec:
     """Load a job YAML (with optional ``preset: NAME`` and dotted overrides)."""
     try:
@@ -228,12 +221,5 @@ def spec_from_dict(
 ) -> TrainSpec:
     """A spec from a mapping (a job YAML's content, or a pipeline step's ``spec:``), with
     an optional ``preset: NAME`` merged under it and dotted overrides applied on top."""
-    data = dict(data)
-    preset = data.pop("preset", None)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise UserError(f"{source}: preset {preset!r} unknown; presets: {', '.join(PRESETS)}")
-        data = _merge(PRESETS[preset], data)
-    if overrides:
-        data = apply_overrides(data, overrides)
+    data = with_presets(data, PRESETS, overrides, source=source)
     return validate_config(data, TrainSpec, source=source, node=node)
