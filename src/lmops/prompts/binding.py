@@ -29,18 +29,9 @@ from typing import Any
 
 from lmops.core.errors import UserError
 from lmops.prompts.registry import Prompt, get
+from lmops.prompts.template import SAMPLING_PARAMS
 
 __all__ = ["apply_prompt"]
-
-_PARAMS = (
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-)
 
 
 def _text(content: Any) -> str:
@@ -95,7 +86,7 @@ def apply_prompt(
             body["prompt"] = prompt.compiled.render_text(values, what=prompt.ref)
         else:
             body["prompt"] = prompt.compiled.render_text(values, what=prompt.ref) + "\n" + text
-    for k in _PARAMS:
+    for k in SAMPLING_PARAMS:
         if k in prompt.spec.config and body.get(k) is None:
             if k == "max_tokens" and body.get("max_completion_tokens") is not None:
                 continue

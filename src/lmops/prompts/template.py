@@ -25,10 +25,28 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lmops.core.errors import UserError
 
-__all__ = ["ChatMessageSpec", "CompiledPrompt", "PromptSpec", "Template", "parse_template"]
+__all__ = [
+    "SAMPLING_PARAMS",
+    "ChatMessageSpec",
+    "CompiledPrompt",
+    "PromptSpec",
+    "Template",
+    "parse_template",
+]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ROLES = ("system", "user", "assistant", "developer")
+# The request fields a prompt's config may set (the gateway fills those a request left unset);
+# a config may also name the ``model`` it was written for.
+SAMPLING_PARAMS = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+)
 
 
 def _where(text: str, offset: int) -> tuple[int, int]:
@@ -130,16 +148,7 @@ class PromptSpec(BaseModel):
     @field_validator("config")
     @classmethod
     def _config_values(cls, v: dict[str, Any]) -> dict[str, Any]:
-        allowed = {
-            "temperature",
-            "top_p",
-            "max_tokens",
-            "stop",
-            "seed",
-            "presence_penalty",
-            "frequency_penalty",
-            "model",
-        }
+        allowed = {*SAMPLING_PARAMS, "model"}
         unknown = sorted(set(v) - allowed)
         if unknown:
             raise ValueError(f"unknown model parameter(s) {unknown}; allowed: {sorted(allowed)}")
