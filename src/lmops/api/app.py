@@ -16,7 +16,6 @@ import logging
 import platform
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -347,9 +346,6 @@ def create_app(
 ) -> FastAPI:
     """Build the app. ``mounts`` let later stages add their routers (``/v1``, console)."""
     store = store or Store(origin="api")
-    # /api/info reports the torch device; find it in the background so that the first
-    # request does not wait for torch's import (seconds on a loaded machine)
-    threading.Thread(target=torch_device, name="lmops-torch-probe", daemon=True).start()
     app = FastAPI(
         title="lmops",
         version=__version__,
