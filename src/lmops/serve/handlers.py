@@ -27,8 +27,8 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -49,9 +49,21 @@ from lmops.serve.protocol import (
 
 __all__ = ["Handlers"]
 
+T = TypeVar("T")
+
 # Prompts with more characters than this are checked by the input guardrails on a worker
 # thread (see backends.INLINE_TOKENIZE_CHARS for the same trade-off).
 INLINE_GUARD_CHARS = 16_384
+
+
+async def _off_loop_if_big(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args[:-1])``, on a worker thread when the text it checks (``args[-1]``
+    characters) is big enough to delay other requests, inline otherwise (a thread hop costs
+    more than checking a short text)."""
+    *call, chars = args
+    if chars > INLINE_GUARD_CHARS:
+        return await asyncio.to_thread(fn, *call)
+    return fn(*call)
 
 
 class Final(str):
@@ -321,10 +333,13 @@ class Handlers:
                 if job.parse_tools
                 else None
             )
-            text, filtered = ctx.check_output(raw if parsed is None else parsed.content or "")
+            content = raw if parsed is None else parsed.content or ""
             calls = parsed.calls if parsed is not None else extras.get(i, {}).get("tool_calls")
+            text, filtered = await _off_loop_if_big(ctx.check_output, content, len(content))
             if calls and not filtered:  # arguments are output like any text
-                calls, filtered = tools.guard_calls(ctx.check_output, calls)
+                calls, filtered = await _off_loop_if_big(
+                    tools.guard_calls, ctx.check_output, calls, len(str(calls))
+                )
             reason = "content_filter" if filtered else finish.get(i, "stop")
             if parsed is not None:
                 reason = tools.finish_reason(reason, calls or [])
