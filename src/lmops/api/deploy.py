@@ -1,6 +1,6 @@
 """``/api/deploy``: the deployment stage over HTTP, the same functions as ``lmops deploy``.
 
-Model transforms (admin keys: they register assets): ``POST /api/deploy/export`` (GGUF),
+Model transforms (admin keys: they register assets): ``POST /api/deploy/export`` (GGUF or ONNX),
 ``POST /api/deploy/quantize`` (int8 / gptq4), ``POST /api/deploy/report``, and
 ``POST /api/deploy/import-gguf`` (a GGUF file on the server's disk as a model asset).
 They run to completion in the request (a worker thread) and answer with what was
@@ -26,7 +26,7 @@ class ExportRequest(BaseModel):
     model: ServerPath
     output: Text
     format: Text = "gguf"
-    quant: Text = "q8_0"
+    quant: Text | None = None  # gguf: q8_0, onnx: fp32
 
 
 class QuantizeRequest(BaseModel):
@@ -53,9 +53,13 @@ def export(body: ExportRequest, store: Admin) -> Any:
     from lmops.core.errors import UserError
     from lmops.deploy.gguf import export_gguf
 
+    if body.format == "onnx":
+        from lmops.deploy.onnx import export_onnx
+
+        return export_onnx(store, body.model, output=body.output, quant=body.quant or "fp32")
     if body.format != "gguf":
-        raise UserError(f"format {body.format!r}: this lmops exports gguf")
-    return export_gguf(store, body.model, quant=body.quant, output=body.output)
+        raise UserError(f"format {body.format!r}: this lmops exports gguf or onnx")
+    return export_gguf(store, body.model, quant=body.quant or "q8_0", output=body.output)
 
 
 @router.post("/quantize")

@@ -37,17 +37,44 @@ def _bar(label: str, unit: str, enabled: bool) -> Any:
 def export_cmd(
     model: Annotated[str, typer.Argument(help="Model asset ref or local HF folder.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Name of the model asset.")],
-    format_: Annotated[str, typer.Option("--format", help="Output format: gguf.")] = "gguf",
+    format_: Annotated[
+        str, typer.Option("--format", help="Output format: gguf, or onnx (pip install onnx).")
+    ] = "gguf",
     quant: Annotated[
-        str, typer.Option("--quant", help="GGUF matrices: f16, q8_0, q4_0 or q4_1.")
-    ] = "q8_0",
+        str | None,
+        typer.Option(
+            "--quant",
+            help="gguf matrices: f16, q8_0 (default), q4_0 or q4_1; onnx: fp32 (default) or "
+            "int8 (onnxruntime dynamic).",
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Write MODEL as a GGUF file (llama.cpp, transformers) and register it as OUTPUT."""
+    """Write MODEL as a GGUF file (llama.cpp, transformers) or an ONNX decoder with its KV
+    cache (onnxruntime) and register it as OUTPUT."""
     from lmops.deploy.gguf import export_gguf
 
+    if format_ == "onnx":
+        from lmops.deploy.onnx import export_onnx
+
+        onnx = export_onnx(
+            open_store(),
+            model,
+            output=output,
+            quant=quant or "fp32",
+            progress=_bar("export", "steps", not json_),
+        )
+        if json_:
+            print_json(onnx)
+            return
+        console.print(
+            f"exported [bold]{onnx.ref}[/] (onnx {onnx.quant}, {human_size(onnx.size)}, "
+            f"max |logit| diff {onnx.max_abs_logit_diff:.2g} vs transformers)"
+        )
+        return
     if format_ != "gguf":
-        raise UserError(f"--format {format_!r}: this lmops exports gguf; use --format gguf")
+        raise UserError(f"--format {format_!r}: this lmops exports gguf or onnx; pick one")
+    quant = quant or "q8_0"
     res = export_gguf(
         open_store(),
         model,

@@ -47,6 +47,12 @@ def check_model_folder(path: Path, *, what: str | None = None) -> None:
             f"{name} has no config.json: it is not a Hugging Face model folder "
             "(save_pretrained writes one)"
         )
+    if (path / "model.onnx").is_file() and not any(path.glob("*.safetensors")):
+        raise UserError(
+            f"{name} is an ONNX export (lmops deploy export --format onnx), which transformers "
+            "cannot load: run it with onnxruntime (lmops.deploy.onnx.OnnxDecoder) or use its "
+            "source model"
+        )
     if not has_tokenizer(path):
         raise UserError(
             f"{name} has no tokenizer (tokenizer.json, tokenizer.model or vocab files); copy "

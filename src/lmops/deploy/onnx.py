@@ -1,0 +1,493 @@
+"""ONNX export of a causal LM, with its KV cache, by torch's own exporter.
+
+``export_onnx`` (``lmops deploy export MODEL --format onnx [--quant fp32|int8]``) writes a
+folder that onnxruntime can generate from incrementally, laid out as optimum's ONNX decoders
+are (``model.onnx`` + ``config.json`` + ``generation_config.json`` + tokenizer files):
+
+- inputs ``input_ids`` [batch, seq] (int64), ``attention_mask`` [batch, past + seq] (int64,
+  1 = attend), ``position_ids`` [batch, seq] (int64), and per layer ``i``
+  ``past_key_values.{i}.key`` / ``.value`` [batch, kv_heads, past, head_dim] (float32);
+- outputs ``logits`` [batch, seq, vocab] and ``present.{i}.key`` / ``.value``
+  [batch, kv_heads, past + seq, head_dim]: the cache after this step, fed back as the next
+  step's ``past_key_values``. The first step feeds a past of length 0, so one graph serves
+  both prefill and decode (optimum's older exports needed two, or a ``use_cache_branch``
+  ``If`` node, because the TorchScript exporter could not trace an empty past).
+
+Why torch's exporter (``torch.onnx.export(..., dynamo=True)``, which needs ``onnx`` and
+``onnxscript``) and not optimum: ``optimum-onnx`` 0.1.0 pins transformers < 4.58, and this
+project runs 5.x. The model is wrapped so that the cache crosses the graph boundary as flat
+tensors (a ``DynamicCache`` is filled inside ``forward``); everything else is the model's own
+code, so any decoder transformers runs with a ``DynamicCache`` exports the same way.
+
+Every export is checked before it is registered: onnxruntime runs a prefill and one cached
+decode step and the logits are compared with transformers'; an fp32 graph further than
+``1e-3 * max(1, max |logit|)`` away is refused. ``int8`` is onnxruntime's dynamic
+quantization (``onnxruntime.quantization.quantize_dynamic``: MatMul weights int8 per output
+channel, activations quantized per call), the only weight quantization onnxruntime's CPU
+kernels run without calibration data; its logits difference is recorded, not bounded.
+
+The folder is registered as a ``model`` asset (metadata ``format: onnx``, ``quant``,
+``opset``, ``max_abs_logit_diff``) with lineage to the source (role ``source``). Nothing is
+registered when anything fails. :class:`OnnxDecoder` runs such a folder (greedy decode) for
+the tests and ``benchmarks/onnx_bench.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from lmops.core.errors import UserError
+
+__all__ = [
+    "ONNX_FILE",
+    "ONNX_QUANTS",
+    "OnnxDecoder",
+    "OnnxExportResult",
+    "export_onnx",
+    "missing_onnx_packages",
+    "write_onnx",
+]
+
+ONNX_QUANTS: tuple[str, ...] = ("fp32", "int8")
+ONNX_FILE = "model.onnx"
+OPSET = 18  # onnxruntime >= 1.14 runs it; newer opsets add nothing a decoder needs here
+# the exporter's (and the int8 step's) packages: import name -> pip name
+_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}
+PIP_HINT = "pip install 'lmops[onnx]' (onnx, onnxscript, onnxruntime)"
+# weights past this many bytes go to model.onnx.data beside the graph: protobuf caps a file
+# at 2 GiB
+_EXTERNAL_DATA_BYTES = 1 << 30
+# sample shapes of the traced call; distinct and > 1 so torch.export keeps them symbolic
+_BATCH, _SEQ, _PAST = 2, 3, 5
+
+
+class OnnxExportResult(BaseModel):
+    path: Path  # the folder (in the store when registered)
+    quant: str
+    size: int  # bytes of the ONNX graph and its weights
+    opset: int
+    max_abs_logit_diff: float  # onnxruntime vs transformers on the check prompt
+    ref: str | None = None
+
+
+def missing_onnx_packages() -> list[str]:
+    """The pip names of the exporter's packages that cannot be imported here."""
+    missing = []
+    for mod, pip_name in _PACKAGES.items():
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
+            found = False
+        if not found:
+            missing.append(pip_name)
+    return missing
+
+
+def _require_exporter() -> None:
+    missing = missing_onnx_packages()
+    if missing:
+        raise UserError(
+            f"--format onnx needs {', '.join(missing)}, which is not installed: {PIP_HINT}"
+        )
+
+
+def _check_quant(quant: str) -> None:
+    if quant not in ONNX_QUANTS:
+        raise UserError(
+            f"--quant {quant!r}: ONNX export does {', '.join(ONNX_QUANTS)} (int8 is "
+            "onnxruntime's dynamic quantization); pick one of them"
+        )
+
+
+def _flat(cache: Any) -> list[Any]:
+    """``[k0, v0, k1, v1, ...]`` of a ``DynamicCache``; a layer that keeps no keys and
+    values (linear attention, state-space layers of hybrid models) cannot cross the graph
+    this way and is refused."""
+    flat: list[Any] = []
+    for i, layer in enumerate(cache.layers):
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or values is None:
+            raise UserError(
+                f"layer {i} keeps a {type(layer).__name__}, not keys and values; ONNX export "
+                "handles attention-only decoders"
+            )
+        flat += [keys, values]
+    return flat
+
+
+def _wrapper(model: Any) -> Any:
+    """``model`` as a module whose KV cache is flat tensors in and out:
+    ``(input_ids, attention_mask, position_ids, (k0, v0, k1, v1, ...)) ->
+    (logits, k0', v0', ...)``."""
+    import torch
+    from transformers import DynamicCache
+
+    from lmops.models.compat import cache_arg
+
+    key = cache_arg(model)
+
+    class Decoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            position_ids: torch.Tensor,
+            past: tuple[torch.Tensor, ...],
+        ) -> tuple[torch.Tensor, ...]:
+            cache = DynamicCache(config=self.model.config)
+            for i in range(len(past) // 2):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=True,
+                **{key: cache},
+            )
+            # the cache was filled in place: past + this step's keys/values
+            return (out.logits, *_flat(cache))
+
+    return Decoder().eval()
+
+
+def _load_fp32(folder: Path) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmops.models.loading import quiet_transformers
+
+    quiet_transformers()
+    if (folder / "lmops_quant.json").is_file():
+        raise UserError(
+            f"{folder} is an lmops-quantized model; export its source model to ONNX instead"
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=torch.float32, attn_implementation="sdpa"
+        )
+    except (ValueError, KeyError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{folder}: transformers cannot load this model ({msg})") from None
+    return model.eval()
+
+
+def _sample_inputs(model: Any) -> tuple[Any, ...]:
+    """A traced call's arguments: random ids after a past of ``_PAST`` positions whose
+    cache has the shapes the model itself produces (heads and head size from a real
+    forward, so no per-architecture config reading)."""
+    import torch
+    from transformers import DynamicCache
+
+    from lmops.models.compat import cache_arg
+
+    vocab = int(model.config.vocab_size)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (_BATCH, _SEQ), generator=g)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(
+            input_ids=torch.randint(0, vocab, (_BATCH, _PAST), generator=g),
+            use_cache=True,
+            **{cache_arg(model): cache},
+        )
+    past = tuple(_flat(cache))
+    mask = torch.ones(_BATCH, _PAST + _SEQ, dtype=torch.long)
+    pos = torch.arange(_PAST, _PAST + _SEQ).unsqueeze(0).expand(_BATCH, _SEQ).contiguous()
+    return ids, mask, pos, past
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter's and the quantizer's chatter off: warnings about axis names and
+    torchvision ops, and onnxruntime's pre-processing advice (logged on the root logger)."""
+    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for lg in loggers:
+                lg.setLevel(logging.ERROR)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _names(n_layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+    return past, present
+
+
+def _export_graph(model: Any, out: Path) -> None:
+    """Trace ``model`` (fp32) into ``out`` with the KV-cache signature of the module
+    docstring."""
+    import torch
+
+    args = _sample_inputs(model)
+    past_names, present_names = _names(len(args[3]) // 2)
+    dynamic = (
+        {0: "batch", 1: "seq"},
+        {0: "batch", 1: "total"},
+        {0: "batch", 1: "seq"},
+        tuple({0: "batch", 2: "past"} for _ in past_names),
+    )
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    try:
+        with _quiet():
+            torch.onnx.export(
+                _wrapper(model),
+                args,
+                str(out),
+                input_names=["input_ids", "attention_mask", "position_ids", *past_names],
+                output_names=["logits", *present_names],
+                dynamic_shapes=dynamic,
+                dynamo=True,
+                opset_version=OPSET,
+                external_data=n_bytes > _EXTERNAL_DATA_BYTES,
+                verbose=False,
+            )
+    except Exception as e:  # the exporter's errors are pages long; the first line says what
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise UserError(
+            f"torch.onnx could not export {model.config.model_type!r} ({first[:200]}); "
+            "this exporter handles decoders that run with transformers' DynamicCache"
+        ) from None
+
+
+def _quantize_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # MatMul only: int8 Gather (the embeddings) saves bytes but not time, and costs
+    # accuracy on every token
+    with _quiet():
+        quantize_dynamic(
+            src,
+            dst,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=(src.parent / f"{src.name}.data").exists(),
+        )
+
+
+class OnnxDecoder:
+    """An ONNX folder of :func:`export_onnx` in onnxruntime: logits with the KV cache fed
+    back, and greedy decoding. ``threads`` sets onnxruntime's intra-op threads."""
+
+    def __init__(self, folder: Path, *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(Path(folder) / ONNX_FILE), opts, providers=["CPUExecutionProvider"]
+        )
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        shape = inputs[self.past_names[0]].shape  # [batch, kv_heads, past, head_dim]
+        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+
+    def empty_past(self, batch: int) -> dict[str, Any]:
+        import numpy as np
+
+        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        return dict.fromkeys(self.past_names, empty)
+
+    def step(
+        self, ids: Any, mask: Any, past: dict[str, Any], start: int
+    ) -> tuple[Any, dict[str, Any]]:
+        """Logits [batch, seq, vocab] of ``ids`` [batch, seq] at positions ``start...``
+        after ``past``, and the cache to pass next (``mask`` covers past and ``ids``)."""
+        import numpy as np
+
+        batch, seq = ids.shape
+        pos = np.broadcast_to(np.arange(start, start + seq, dtype=np.int64), (batch, seq))
+        feeds = {
+            "input_ids": ids.astype(np.int64),
+            "attention_mask": mask.astype(np.int64),
+            "position_ids": np.ascontiguousarray(pos),
+            **past,
+        }
+        logits, *present = self.session.run(None, feeds)
+        return logits, dict(zip(self.past_names, present, strict=True))
+
+    def logits(self, ids: list[int]) -> Any:
+        """Logits [len(ids), vocab] of one sequence, in one prefill step."""
+        import numpy as np
+
+        x = np.array([ids], dtype=np.int64)
+        out, _ = self.step(x, np.ones_like(x), self.empty_past(1), 0)
+        return out[0]
+
+    def generate(self, ids: list[int], max_new_tokens: int, eos: int | None = None) -> list[int]:
+        """Greedy continuation of ``ids``: a prefill, then one cached step a token."""
+        import numpy as np
+
+        x = np.array([ids], dtype=np.int64)
+        logits, past = self.step(x, np.ones_like(x), self.empty_past(1), 0)
+        out: list[int] = []
+        n = len(ids)
+        while len(out) < max_new_tokens:
+            nxt = int(logits[0, -1].argmax())
+            out.append(nxt)
+            if nxt == eos:
+                break
+            logits, past = self.step(
+                np.array([[nxt]], dtype=np.int64), np.ones((1, n + 1), dtype=np.int64), past, n
+            )
+            n += 1
+        return out
+
+
+def _parity(model: Any, folder: Path, ids: list[int]) -> tuple[float, float]:
+    """(max |logit| difference between onnxruntime and transformers, max |logit|) on
+    ``ids``: a prefill of all but the last token, then the last through the cache, so both
+    paths are checked."""
+    import numpy as np
+    import torch
+
+    dec = OnnxDecoder(folder)
+    x = np.array([ids], dtype=np.int64)
+    first, past = dec.step(x[:, :-1], np.ones_like(x[:, :-1]), dec.empty_past(1), 0)
+    last, _ = dec.step(x[:, -1:], np.ones_like(x), past, len(ids) - 1)
+    got = np.concatenate([first, last], axis=1)
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits.numpy()
+    return float(np.abs(got - want).max()), float(np.abs(want).max())
+
+
+def _probe_ids(folder: Path, vocab: int) -> list[int]:
+    from lmops.models.loading import load_tokenizer
+
+    ids = load_tokenizer(folder)("The quick brown fox jumps over the lazy dog.")["input_ids"]
+    ids = [i for i in ids if i < vocab][:16]
+    return ids if len(ids) >= 2 else [1, 2, 3, 4]
+
+
+def write_onnx(
+    folder: Path,
+    out: Path,
+    quant: str = "fp32",
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, float]:
+    """Write model folder ``folder`` as an ONNX decoder folder ``out`` (created; graph,
+    config and tokenizer); returns (bytes of graph and weights, max |logit| difference from
+    transformers). One-line errors for what cannot be written or does not match."""
+    _check_quant(quant)
+    _require_exporter()
+    from lmops.core.modelfiles import check_model_folder
+    from lmops.models.loading import load_tokenizer
+
+    check_model_folder(folder)
+    steps = 4 if quant == "int8" else 3
+    model = _load_fp32(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "fp32" if quant == "int8" else out
+    raw.mkdir(exist_ok=True)
+    _export_graph(model, raw / ONNX_FILE)
+    if progress is not None:
+        progress(1, steps)
+    probe = _probe_ids(folder, int(model.config.vocab_size))
+    diff, max_logit = _parity(model, raw, probe)
+    # the bound scales with the logits: fp32 sums in another order differ in their last bits
+    if diff > 1e-3 * max(1.0, max_logit):
+        raise UserError(
+            f"{folder}: the ONNX graph's logits differ from transformers' by {diff:.3g} "
+            f"(max |logit| {max_logit:.3g}); not registered, please report the model type"
+        )
+    if progress is not None:
+        progress(2, steps)
+    if quant == "int8":
+        _quantize_int8(raw / ONNX_FILE, out / ONNX_FILE)
+        shutil.rmtree(raw)
+        diff, _ = _parity(model, out, probe)
+        if progress is not None:
+            progress(3, steps)
+    model.config.save_pretrained(str(out))
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(str(out))
+    load_tokenizer(folder).save_pretrained(str(out))
+    if progress is not None:
+        progress(steps, steps)
+    size = sum(p.stat().st_size for p in out.glob(f"{ONNX_FILE}*"))
+    return size, diff
+
+
+def export_onnx(
+    store: Any,
+    model_ref: str,
+    *,
+    output: str,
+    quant: str = "fp32",
+    progress: Callable[[int, int], None] | None = None,
+) -> OnnxExportResult:
+    """Export model ``model_ref`` (asset ref or folder) to ONNX and register it as model
+    ``output`` (metadata ``format: onnx``, ``quant``, ``opset``, ``max_abs_logit_diff``)
+    with lineage to the source. Refused, before any work, when the exporter is not
+    installed; nothing is registered when anything fails."""
+    from lmops.models.loading import resolve_local
+
+    _check_quant(quant)
+    _require_exporter()
+    src, src_ref = resolve_local(model_ref, store, kind="model")
+    if (src / "adapter_config.json").is_file():
+        raise UserError(f"{model_ref} is an adapter; merge it first (lmops train merge)")
+    with store.runs.track(
+        "onnx_export", config={"model": model_ref, "quant": quant, "output": output}
+    ) as run:
+        inputs = (
+            [(src_ref, "source")]
+            if src_ref
+            else store.assets.record_inputs([(src, "source")], run_id=run.id)
+        )
+        tmp = Path(tempfile.mkdtemp(prefix="lmops-onnx-"))
+        try:
+            folder = tmp / output.replace("/", "_")
+            size, diff = write_onnx(src, folder, quant, progress=progress)
+            arch = json.loads((folder / "config.json").read_text()).get("model_type")
+            v = store.assets.register(
+                "model",
+                output,
+                folder,
+                metadata={
+                    "format": "onnx",
+                    "quant": quant,
+                    "opset": OPSET,
+                    "kv_cache": True,
+                    "max_abs_logit_diff": diff,
+                    "architecture": arch,
+                    "source": src_ref or str(src),
+                },
+                inputs=inputs,
+                run_id=run.id,
+            )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        store.runs.log_metrics(run.id, {"size": size, "max_abs_logit_diff": diff}, 0)
+    return OnnxExportResult(
+        path=store.assets.path(v.ref),
+        quant=quant,
+        size=size,
+        opset=OPSET,
+        max_abs_logit_diff=diff,
+        ref=v.ref,
+    )
