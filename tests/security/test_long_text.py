@@ -148,3 +148,24 @@ def test_masking_matches_the_spans_of_the_whole_text() -> None:
     d = g.check_input([{"role": "user", "content": text}])
     spans = detect_pii(text, g.config.pii_types)
     assert d.messages[0]["content"] == _apply_masks(text, spans, 0, "<{type}>", Counter())
+
+
+def test_a_logged_body_is_masked_window_by_window_as_the_whole_text_would_be(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The request log's body masking (serve.policy.mask_body, on the log's writer thread)
+    masks a long string exactly as one mask_pii call would, offering the GIL between windows."""
+    from lmops.serve.policy import mask_body
+    from lmops.text.pii import mask_pii
+
+    text = filler(6 * W)
+    for k, piece in enumerate(PII, start=1):
+        text = with_at(text, k * W - 4, f" {piece} ")  # each straddles a window boundary
+    yields = [0]
+    monkeypatch.setattr(long, "_yield", lambda: yields.__setitem__(0, yields[0] + 1))
+    body = {"messages": [{"role": "system", "content": text}], "metadata": {"note": PII[1]}}
+    masked = mask_body(body)
+    assert masked["messages"][0]["content"] == mask_pii(text)[0]
+    assert all(p not in masked["messages"][0]["content"] for p in PII)
+    assert masked["metadata"]["note"] == "<EMAIL>"
+    assert yields[0] >= 6

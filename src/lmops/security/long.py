@@ -44,7 +44,7 @@ from lmops.security.injection import (
     _score_plain,
 )
 from lmops.security.normalize import _nfkc, normalize_text
-from lmops.text.pii import PiiSpan, detect_pii
+from lmops.text.pii import PiiSpan, detect_pii, mask_pii
 
 __all__ = [
     "LONG_TEXT",
@@ -54,6 +54,7 @@ __all__ = [
     "LongScan",
     "chunk_bounds",
     "detect_pii_long",
+    "mask_pii_long",
     "payload_rules",
     "scan_long",
 ]
@@ -110,6 +111,21 @@ def detect_pii_long(
             out.append(replace(s, start=start, end=s.end + lo))
         _yield()
     return out
+
+
+def mask_pii_long(text: str, types: Iterable[str] | None = None) -> str:
+    """:func:`lmops.text.pii.mask_pii` of any text (``<TYPE>`` placeholders), window by
+    window above :data:`LONG_TEXT` characters: the same result, without holding the GIL for
+    the whole text (the request log masks logged bodies on its writer thread)."""
+    if len(text) <= LONG_TEXT:
+        return mask_pii(text, types)[0]
+    parts: list[str] = []
+    pos = 0
+    for s in detect_pii_long(text, types):
+        parts += (text[pos : s.start], f"<{s.type}>")
+        pos = s.end
+    parts.append(text[pos:])
+    return "".join(parts)
 
 
 @dataclass

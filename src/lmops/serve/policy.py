@@ -245,10 +245,10 @@ class RequestContext:
 def mask_body(body: Any) -> Any:
     """A copy of a JSON value with PII of every type masked in every string (dict keys
     included): what the request log keeps of a body."""
-    from lmops.text.pii import mask_pii
+    from lmops.security.long import mask_pii_long
 
-    if isinstance(body, str):
-        return mask_pii(body)[0] if body else body
+    if isinstance(body, str):  # a long one window by window, offering the GIL between them
+        return mask_pii_long(body) if body else body
     if isinstance(body, dict):
         return {mask_body(k): mask_body(v) for k, v in body.items()}
     if isinstance(body, list):
