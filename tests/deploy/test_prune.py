@@ -1,8 +1,10 @@
 """Pruning (issue #15 item 5): Wanda zeroes exactly the weights an independent computation
 of |W| * ||X|| picks; magnitude the smallest |W| per row; dropping layers by block
 influence removes the layers that do nothing (logits unchanged); head pruning removes the
-KV groups that contribute nothing (logits unchanged) and the result reloads; lineage to the
-model and the calibration data; bad input is a one-line error."""
+KV groups that contribute nothing (logits unchanged) and the result reloads; width pruning
+removes the MLP neurons that never fire first (logits unchanged, the config reloads, layers
+can go too) and its refit takes over a redundant neuron's output; lineage to the model and
+the calibration data; bad input is a one-line error."""
 
 from __future__ import annotations
 
@@ -176,5 +178,86 @@ def test_bad_input_one_line(cli: Any, tok_dir: Path, tmp_path: Path) -> None:
     assert r.code == 2 and "keep at least one" in r.err
     r = cli("deploy", "prune", str(src), "--method", "heads", "--keep-kv-heads", "2", "-o", "x")
     assert r.code == 2 and "between 1 and 1" in r.err
+    r = cli("deploy", "prune", str(src), "--method", "channels", "--calibration", "x", "-o", "x")
+    assert r.code == 2 and "needs --keep-ratio" in r.err and len(r.err.strip().splitlines()) == 1
+    r = cli("deploy", "prune", str(src), "--method", "channels", "--keep-ratio", "0.5", "-o", "x")
+    assert r.code == 2 and "needs --calibration" in r.err
     names = [a["name"] for a in json.loads(cli("assets", "list", "--json").out)]
     assert "x" not in names  # nothing registered (only the local input, by reference)
+
+
+def test_channels_keep_the_active_neurons(
+    store: Any, cli: Any, tok_dir: Path, tmp_path: Path, calib: Path
+) -> None:
+    model, tok = llama(tmp_path / "m", tok_dir, layers=2)
+    with torch.no_grad():  # neurons 3 and 50 never fire on any input, in both layers
+        for layer in model.model.layers:
+            layer.mlp.up_proj.weight[[3, 50]] = 0
+    src = save(model, tok, tmp_path / "m")
+    r = prune(
+        PruneSpec(model=str(src), output="thin", method="channels", keep_ratio=126 / 128,
+                  calibration=str(calib), samples=4, seq_len=32),
+        store=store,
+    )  # fmt: skip
+    assert r.intermediate_size == 126
+    # gate and up rows and down columns of 2 neurons in 2 layers
+    assert r.params_before - r.params_after == 2 * 2 * 3 * 64
+    out = store.assets.path(r.ref)
+    assert json.loads((out / "config.json").read_text())["intermediate_size"] == 126
+    from transformers import AutoModelForCausalLM
+
+    pruned = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    for before, after in zip(model.model.layers, pruned.model.layers, strict=True):
+        kept = [i for i in range(128) if i not in (3, 50)]
+        assert after.mlp.gate_proj.weight.shape == (126, 64)
+        assert after.mlp.down_proj.weight.shape == (64, 126)
+        assert torch.equal(after.mlp.gate_proj.weight, before.mlp.gate_proj.weight[kept])
+        assert torch.equal(after.mlp.up_proj.weight, before.mlp.up_proj.weight[kept])
+    ids = torch.tensor([[5, 17, 42, 9, 11, 3, 8, 8]])
+    torch.testing.assert_close(logits(out, ids), logits(src, ids), atol=1e-5, rtol=1e-5)
+    parents = {e.role for e in store.assets.lineage(r.ref).upstream}
+    assert {"base_model", "calibration"} <= parents
+    # the CLI, with layers dropped first (depth + width): 4 layers -> 3, 128 neurons -> 64
+    deep, tok = llama(tmp_path / "d", tok_dir, layers=4)
+    src = save(deep, tok, tmp_path / "d")
+    res = cli("deploy", "prune", str(src), "--method", "channels", "--keep-ratio", "0.5",
+              "--drop", "1", "--calibration", str(calib), "--samples", "4", "--seq-len", "32",
+              "-o", "mix", "--json")  # fmt: skip
+    assert res.code == 0, res.err
+    got = json.loads(res.out)
+    assert got["intermediate_size"] == 64 and len(got["dropped"]) == 1
+    assert got["params_before"] - got["params_after"] == (64 * 128 * 3 + 2 * 64 * 64 + 2 * 64 * 32
+                                                          + 2 * 64) + 3 * 64 * 64 * 3  # fmt: skip
+    out = store.assets.path(got["ref"])
+    mix = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    assert (len(mix.model.layers), mix.config.intermediate_size) == (3, 64)
+    assert torch.isfinite(logits(out, ids)).all()
+
+
+def test_channels_refit_takes_over_the_removed_neuron(
+    store: Any, tok_dir: Path, tmp_path: Path, calib: Path
+) -> None:
+    model, tok = llama(tmp_path / "m", tok_dir, layers=2)
+    with torch.no_grad():  # neuron 0 fires as 1 % of neuron 1: the weakest, and redundant
+        for layer in model.model.layers:
+            mlp = layer.mlp
+            mlp.gate_proj.weight[0] = mlp.gate_proj.weight[1]
+            mlp.up_proj.weight[0] = 0.01 * mlp.up_proj.weight[1]
+            mlp.down_proj.weight[:, 0] = 50 * mlp.down_proj.weight[:, 0]  # but it matters
+    src = save(model, tok, tmp_path / "m")
+    ids = torch.tensor([[5, 17, 42, 9, 11, 3, 8, 8]])
+    ref = logits(src, ids)
+    errors = {}
+    for refit in (False, True):
+        r = prune(
+            PruneSpec(model=str(src), output=f"refit-{refit}", method="channels",
+                      keep_ratio=127 / 128, reconstruct=refit, calibration=str(calib),
+                      samples=24, seq_len=32),
+            store=store,
+        )  # fmt: skip
+        out = store.assets.path(r.ref)
+        # neuron 0 went: the kept gate rows are neurons 1..127
+        pruned = logits(out, ids)
+        errors[refit] = float((pruned - ref).abs().max())
+    assert errors[False] > 1e-2, errors
+    assert errors[True] < 0.1 * errors[False], errors

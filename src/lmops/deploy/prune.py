@@ -1,4 +1,4 @@
-"""Pruning: ``lmops deploy prune MODEL --method magnitude|wanda|layers|heads``.
+"""Pruning: ``lmops deploy prune MODEL --method magnitude|wanda|layers|heads|channels``.
 
 Unstructured (the weights keep their shapes, a fraction ``sparsity`` of each output row is
 set to zero), over every linear layer inside the decoder blocks (embeddings and the LM head
@@ -18,7 +18,16 @@ Structured (the model gets smaller; the result feeds ``lmops deploy distill``):
   ShortGPT's block influence) go; without it, evenly spaced layers are kept.
 - ``heads``: keep ``keep_kv_heads`` key/value groups per layer (with grouped-query
   attention a KV head and its query heads go together), chosen per layer by the norm of
-  their attention output (calibration) times the norm of their ``o_proj`` columns.
+  their attention output (calibration) times the norm of their ``o_proj`` columns;
+- ``channels`` (width pruning, as in Minitron, Muralidharan et al. 2024): keep a fraction
+  ``keep_ratio`` of the MLP's intermediate neurons in every layer (the config has one
+  ``intermediate_size``, so every layer keeps the same number), the ones with the largest
+  mean ``|act_fn(gate(x)) * up(x)|`` over the calibration tokens; their ``gate``/``up`` rows
+  and ``down`` columns stay. With ``reconstruct`` (default) the kept ``down`` columns are then
+  refitted by least squares so the MLP output on the calibration tokens changes as little as
+  possible (the removed neurons' contribution projected onto the kept ones, from the Gram
+  matrix of the activations, 1 % damping). With ``drop`` as well, that many layers go first
+  (by block influence), then the channels: a depth + width mix.
 
 The result is registered as a ``model`` with lineage to the model (``base_model``) and the
 calibration data (``calibration``).
@@ -42,7 +51,9 @@ __all__ = [
     "input_norms",
     "layer_influence",
     "load_model",
+    "mlp_activations",
     "prune",
+    "prune_channels",
     "prune_heads",
     "prune_unstructured",
     "save_model",
@@ -53,10 +64,12 @@ class PruneSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
     output: str
-    method: Literal["magnitude", "wanda", "layers", "heads"]
+    method: Literal["magnitude", "wanda", "layers", "heads", "channels"]
     sparsity: float | None = Field(None, gt=0, lt=1)  # magnitude / wanda
-    drop: int | None = Field(None, ge=1)  # layers
+    drop: int | None = Field(None, ge=1)  # layers (and channels: layers dropped first)
     keep_kv_heads: int | None = Field(None, ge=1)  # heads
+    keep_ratio: float | None = Field(None, gt=0, lt=1)  # channels: MLP neurons kept
+    reconstruct: bool = True  # channels: refit the kept down_proj columns
     calibration: str | None = None  # dataset ref or local text/rows
     samples: int = Field(32, ge=1)  # calibration blocks
     seq_len: int = Field(256, ge=8)
@@ -71,6 +84,10 @@ class PruneSpec(BaseModel):
             raise ValueError("--method layers needs --drop N (layers to remove)")
         if self.method == "heads" and self.keep_kv_heads is None:
             raise ValueError("--method heads needs --keep-kv-heads N")
+        if self.method == "channels" and self.keep_ratio is None:
+            raise ValueError("--method channels needs --keep-ratio R (0-1, MLP neurons kept)")
+        if self.method == "channels" and self.calibration is None:
+            raise ValueError("--method channels needs --calibration DATASET (activations)")
         return self
 
 
@@ -80,7 +97,8 @@ class PruneResult(BaseModel):
     params_before: int
     params_after: int
     sparsity: float  # zeros among the pruned layers' weights (unstructured), else 0
-    dropped: list[int] = Field(default_factory=list)  # layers removed (method layers)
+    dropped: list[int] = Field(default_factory=list)  # layers removed (layers, channels)
+    intermediate_size: int | None = None  # MLP width after pruning (method channels)
 
 
 def count_params(model: Any) -> int:
@@ -296,6 +314,85 @@ def prune_heads(model: Any, keep_kv: int, blocks: Any | None = None, batch: int 
     return model
 
 
+def mlp_activations(
+    model: Any, blocks: Any, batch: int = 4, gram: bool = True
+) -> tuple[list[Any], list[Any] | None]:
+    """Per decoder layer, over every calibration token, the MLP's intermediate activations
+    ``a = act_fn(gate(x)) * up(x)`` (the input of ``down_proj``): their mean ``|a_i|`` [I]
+    and, with ``gram``, the Gram matrix ``sum a a^T`` [I, I] (float64) for the refit."""
+    import torch
+
+    layers = _blocks(model)
+    absum: list[Any] = [None] * len(layers)
+    grams: list[Any] = [None] * len(layers)
+    count = [0]
+    hooks = []
+    for li, layer in enumerate(layers):
+
+        def fn(_m: Any, args: tuple[Any, ...], li: int = li) -> None:
+            a = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            s = a.abs().sum(0).double()
+            absum[li] = s if absum[li] is None else absum[li] + s
+            if gram:  # float32 within a batch (fast), float64 across batches
+                g = (a.T @ a).double()
+                grams[li] = g if grams[li] is None else grams[li] + g
+            if li == 0:
+                count[0] += a.shape[0]
+
+        hooks.append(layer.mlp.down_proj.register_forward_pre_hook(fn))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(blocks), batch):
+                model(input_ids=blocks[i : i + batch], use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    means = [(s / count[0]).float() for s in absum]
+    return means, (grams if gram else None)
+
+
+def prune_channels(
+    model: Any, keep: int, blocks: Any, reconstruct: bool = True, damp: float = 0.01
+) -> Any:
+    """Keep the ``keep`` intermediate MLP neurons with the largest mean ``|activation|`` in
+    every layer (``gate``/``up`` rows, ``down`` columns) and set ``intermediate_size``; with
+    ``reconstruct`` the kept ``down`` columns are refitted (least squares over the
+    calibration activations): ``W_K + W_R G_RK (G_KK + damp * mean(diag G_KK) I)^-1``."""
+    import torch
+
+    layers = _blocks(model)
+    size = layers[0].mlp.down_proj.in_features
+    if any(layer.mlp.down_proj.in_features != size for layer in layers):
+        raise UserError("--method channels: the layers' MLP widths differ; prune the original")
+    if not 1 <= keep < size:
+        raise UserError(f"--keep-ratio keeps {keep} of {size} MLP neurons; keep 1 to {size - 1}")
+    means, grams = mlp_activations(model, blocks, gram=reconstruct)
+    for li, layer in enumerate(layers):
+        mlp = layer.mlp
+        kept = torch.topk(means[li], keep).indices.sort().values
+        if reconstruct:
+            assert grams is not None
+            removed = torch.ones(size, dtype=torch.bool)
+            removed[kept] = False
+            g = grams[li]
+            g_kk = g[kept][:, kept]
+            eye = torch.eye(keep, dtype=g.dtype)
+            # X [keep, removed] = G_KK^-1 G_KR: each removed neuron's activation as the
+            # least-squares mix of the kept ones; down's kept columns take it over
+            x = torch.linalg.solve(g_kk + damp * g_kk.diagonal().mean() * eye, g[kept][:, removed])
+            w = mlp.down_proj.weight.detach().double()
+            new_w = w[:, kept] + w[:, removed] @ x.T
+            with torch.no_grad():
+                mlp.down_proj.weight[:, kept] = new_w.to(mlp.down_proj.weight.dtype)
+        mlp.gate_proj = _slice_linear(mlp.gate_proj, rows=kept)
+        mlp.up_proj = _slice_linear(mlp.up_proj, rows=kept)
+        mlp.down_proj = _slice_linear(mlp.down_proj, cols=kept)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = keep
+    model.config.intermediate_size = keep
+    return model
+
+
 def load_model(model_ref: str, store: Any, run_id: str) -> tuple[Any, Any, Path, list[Any]]:
     """(model fp32, tokenizer, folder, lineage inputs) of a model ref or local folder."""
     import torch
@@ -321,6 +418,22 @@ def save_model(model: Any, tokenizer: Any, out: Path) -> Path:
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     return out
+
+
+def _drop(model: Any, drop: int, blocks: Any | None) -> list[int]:
+    """Drop ``drop`` layers (lowest block influence, else evenly spaced); the dropped ones."""
+    n = len(_blocks(model))
+    if drop >= n:
+        raise UserError(f"--drop {drop}: the model has {n} layers; keep at least one")
+    if blocks is not None:
+        score = layer_influence(model, blocks)
+        dropped = sorted(sorted(range(n - 1), key=lambda i: score[i])[:drop])
+        keep = [i for i in range(n) if i not in dropped]
+    else:
+        keep = evenly_spaced(n, n - drop)
+        dropped = [i for i in range(n) if i not in keep]
+    drop_layers(model, keep)
+    return dropped
 
 
 def prune(spec: PruneSpec, *, store: Any | None = None) -> PruneResult:
@@ -352,19 +465,13 @@ def prune(spec: PruneSpec, *, store: Any | None = None) -> PruneResult:
             assert spec.sparsity is not None
             norms = input_norms(model, blocks) if spec.method == "wanda" else None
             sparsity = prune_unstructured(model, spec.sparsity, norms)
-        elif spec.method == "layers":
-            assert spec.drop is not None
-            n = len(_blocks(model))
-            if spec.drop >= n:
-                raise UserError(f"--drop {spec.drop}: the model has {n} layers; keep at least one")
-            if blocks is not None:
-                score = layer_influence(model, blocks)
-                dropped = sorted(sorted(range(n - 1), key=lambda i: score[i])[: spec.drop])
-                keep = [i for i in range(n) if i not in dropped]
-            else:
-                keep = evenly_spaced(n, n - spec.drop)
-                dropped = [i for i in range(n) if i not in keep]
-            drop_layers(model, keep)
+        elif spec.method in ("layers", "channels"):
+            if spec.drop is not None:
+                dropped = _drop(model, spec.drop, blocks)
+            if spec.method == "channels":
+                assert spec.keep_ratio is not None and blocks is not None
+                size = model.config.intermediate_size
+                prune_channels(model, round(spec.keep_ratio * size), blocks, spec.reconstruct)
         else:
             assert spec.keep_kv_heads is not None
             prune_heads(model, spec.keep_kv_heads, blocks)
@@ -384,6 +491,7 @@ def prune(spec: PruneSpec, *, store: Any | None = None) -> PruneResult:
                     "params": after,
                     "params_before": before,
                     "dropped_layers": dropped,
+                    "intermediate_size": model.config.intermediate_size,
                     "source": spec.model,
                 },
                 inputs=inputs,
@@ -396,4 +504,5 @@ def prune(spec: PruneSpec, *, store: Any | None = None) -> PruneResult:
         params_after=after,
         sparsity=round(sparsity, 4),
         dropped=dropped,
+        intermediate_size=model.config.intermediate_size if spec.method == "channels" else None,
     )
