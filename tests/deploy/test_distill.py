@@ -1,10 +1,14 @@
 """Distillation (issue #15 item 4): the losses against direct formulas; a layer-dropped
 student gets closer to its teacher (held-out KL and perplexity) with lineage to teacher and
 data; an interrupted run resumes from its checkpoint and ends with exactly the weights of an
-uninterrupted one (top-k teacher cache included); bad students are one-line errors."""
+uninterrupted one (top-k teacher cache included); a CPU-time budget stops a run, which is
+registered with its lineage, and the learning rate decays over the budget used; bad students
+are one-line errors."""
 
 from __future__ import annotations
 
+import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +16,7 @@ import pytest
 import torch
 
 from lmops.core.errors import UserError
-from lmops.deploy.distill import DistillSpec, distill, distill_loss
+from lmops.deploy.distill import DistillSpec, distill, distill_loss, lr_factor
 from tests.deploy.test_prune import llama, save
 from tests.train.tiny import SENTENCES, make_tokenizer
 
@@ -145,3 +149,44 @@ def test_pipeline_prune_then_distill(store: Any, teacher: Path, text: Path, tmp_
     assert ("short:1", "student_init") in parents
     again = run_pipeline(load_pipeline(path), store, progress=False)
     assert again.executed() == []
+
+
+def test_schedule_decays_over_the_budget() -> None:
+    spec = DistillSpec(teacher="t", student="layers:1", dataset="d", output="o", steps=1000,
+                       warmup=4, lr=1e-3)  # fmt: skip
+    warm = [lr_factor(s, spec) for s in range(4)]
+    assert warm == sorted(warm) and warm[-1] < 1.0
+    # with a time budget the decay follows the fraction of it used, not the step count
+    by_budget = [lr_factor(10, spec, used) for used in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)]
+    assert by_budget[0] == pytest.approx(1.0, abs=1e-3)
+    assert all(a > b for a, b in itertools.pairwise(by_budget[:5]))
+    assert by_budget[2] == pytest.approx(0.55) and by_budget[4] == by_budget[5] == 0.1
+    # without one, the steps' fraction
+    assert lr_factor(502, spec) == pytest.approx(0.55) and lr_factor(1000, spec) == 0.1
+
+
+def test_cpu_budget_stops_and_registers(cli: Any, store: Any, teacher: Path, text: Path) -> None:
+    res = cli("deploy", "distill", "--teacher", str(teacher), "--student", "layers:2",
+              "--dataset", str(text), "-o", "budget", "--steps", "100000", "--seq-len", "32",
+              "--eval-blocks", "2", "--batch-size", "2", "--warmup", "0", "--lr", "1e-3",
+              "--max-cpu-minutes", "0.02", "--freeze-embeddings", "--json")  # fmt: skip
+    assert res.code == 0, res.err
+    r = json.loads(res.out)
+    assert r["stopped_by"] == "max_cpu_minutes" and 2 <= r["steps"] < 100_000
+    # a step is not started when it would overrun: the budget (1.2 s) holds, within a step
+    assert 0 < r["cpu_seconds"] <= 1.2 + 0.5, r
+    v = store.assets.resolve(r["ref"])
+    assert v.metadata["stopped_by"] == "max_cpu_minutes" and v.metadata["steps"] == r["steps"]
+    parents = {
+        role for _, role in ((e.parent, e.role) for e in store.assets.lineage(r["ref"]).upstream)
+    }
+    assert {"teacher", "dataset"} <= parents
+    # the learning rate fell with the budget used, to near its 10 % floor by the end
+    lrs = [m.value for m in store.runs.get(v.run_id).metrics["lr"]]
+    assert all(a >= b for a, b in itertools.pairwise(lrs)) and lrs[-1] < 0.3 * lrs[0]
+    # the embeddings (tied with the LM head) did not move
+    from safetensors.torch import load_file
+
+    got = load_file(str(store.assets.path(r["ref"]) / "model.safetensors"))
+    want = load_file(str(teacher / "model.safetensors"))
+    assert torch.equal(got["model.embed_tokens.weight"], want["model.embed_tokens.weight"])

@@ -159,15 +159,26 @@ def prune_cmd(
     model: Annotated[str, typer.Argument(help="Model asset ref or local model folder.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Pruned model asset name.")],
     method: Annotated[
-        str, typer.Option(help="magnitude | wanda (unstructured), layers | heads (structured).")
+        str,
+        typer.Option(
+            help="magnitude | wanda (unstructured), layers | heads | channels (structured)."
+        ),
     ],
     sparsity: Annotated[
         float | None, typer.Option(help="Fraction of each row zeroed (magnitude, wanda).")
     ] = None,
-    drop: Annotated[int | None, typer.Option(help="Decoder layers to remove (layers).")] = None,
+    drop: Annotated[
+        int | None, typer.Option(help="Decoder layers to remove (layers; channels: first).")
+    ] = None,
     keep_kv_heads: Annotated[
         int | None, typer.Option(help="Key/value head groups kept per layer (heads).")
     ] = None,
+    keep_ratio: Annotated[
+        float | None, typer.Option(help="Fraction of MLP neurons kept per layer (channels).")
+    ] = None,
+    reconstruct: Annotated[
+        bool, typer.Option(help="channels: refit down_proj on the kept neurons (least squares).")
+    ] = True,
     calibration: Annotated[
         str | None, typer.Option(help="Dataset ref or local text/rows for activations.")
     ] = None,
@@ -175,7 +186,7 @@ def prune_cmd(
     seq_len: Annotated[int, typer.Option(help="Tokens per calibration block.")] = 256,
     json_: JsonOpt = False,
 ) -> None:
-    """Prune a model (Wanda or magnitude sparsity, or drop layers / attention heads)."""
+    """Prune a model (Wanda or magnitude sparsity, or drop layers / heads / MLP channels)."""
     from lmops.core.yamlcfg import validate_config
     from lmops.deploy.prune import PruneSpec, prune
 
@@ -187,6 +198,8 @@ def prune_cmd(
             "sparsity": sparsity,
             "drop": drop,
             "keep_kv_heads": keep_kv_heads,
+            "keep_ratio": keep_ratio,
+            "reconstruct": reconstruct,
             "calibration": calibration,
             "samples": samples,
             "seq_len": seq_len,
@@ -200,6 +213,7 @@ def prune_cmd(
         return
     extra = f", {100 * r.sparsity:.1f} % zeros" if r.sparsity else ""
     extra += f", dropped layers {r.dropped}" if r.dropped else ""
+    extra += f", MLP width {r.intermediate_size}" if r.intermediate_size else ""
     console.print(
         f"{r.ref}: {r.method}, {r.params_before:,} -> {r.params_after:,} parameters{extra}",
         markup=False,
@@ -224,11 +238,19 @@ def distill_cmd(
     batch_size: Annotated[int, typer.Option(help="Blocks per step.")] = 4,
     seq_len: Annotated[int, typer.Option(help="Tokens per block.")] = 256,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-4,
+    warmup: Annotated[int, typer.Option(help="Warm-up steps before the cosine decay.")] = 10,
     eval_blocks: Annotated[int, typer.Option(help="Held-out blocks for perplexity.")] = 8,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 50,
     max_minutes: Annotated[
         float | None, typer.Option(help="Stop (checkpointed) after this long; register.")
     ] = None,
+    max_cpu_minutes: Annotated[
+        float | None,
+        typer.Option(help="Stop after this much CPU time of training (all resumes); register."),
+    ] = None,
+    freeze_embeddings: Annotated[
+        bool, typer.Option(help="Keep the embeddings and LM head fixed (faster steps).")
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     json_: JsonOpt = False,
 ) -> None:
@@ -250,9 +272,12 @@ def distill_cmd(
             "batch_size": batch_size,
             "seq_len": seq_len,
             "lr": lr,
+            "warmup": warmup,
             "eval_blocks": eval_blocks,
             "checkpoint_every": checkpoint_every,
             "max_minutes": max_minutes,
+            "max_cpu_minutes": max_cpu_minutes,
+            "freeze_embeddings": freeze_embeddings,
             "seed": seed,
         },
         DistillSpec,
@@ -266,6 +291,7 @@ def distill_cmd(
     console.print(
         f"{r.ref}: {r.params_teacher:,} -> {r.params_student:,} parameters, {r.steps} steps"
         f"{resumed}; held-out perplexity teacher {r.teacher_ppl:.2f}, student "
-        f"{r.student_ppl_start:.2f} -> {r.student_ppl_end:.2f} ({r.seconds:.0f} s)",
+        f"{r.student_ppl_start:.2f} -> {r.student_ppl_end:.2f} ({r.seconds:.0f} s, "
+        f"{r.cpu_seconds:.0f} CPU-s of training, stopped by {r.stopped_by})",
         markup=False,
     )

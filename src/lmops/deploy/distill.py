@@ -17,10 +17,22 @@ blocks of ``seq_len`` tokens, :mod:`lmops.deploy._text`):
 Training is a small loop written here (the train stage's loop optimises a labelled loss on
 chat rows, not a teacher signal): AdamW, linear warm-up then cosine decay to 10 %, gradient
 clipping at 1.0. Batches are a pure function of (seed, step) and checkpoints (student,
-optimizer, step, RNG, the top-k cache) are written atomically every ``checkpoint_every``
-steps to ``$LMOPS_HOME/work/distill/<output>-<hash of the spec>``; running the same spec
-again resumes from the last one and ends with the same weights as an uninterrupted run.
-``max_minutes`` stops early (checkpointed) and registers what was reached.
+optimizer, step, RNG, the top-k cache, the CPU seconds spent) are written atomically every
+``checkpoint_every`` steps to ``$LMOPS_HOME/work/distill/<output>-<hash of the spec>``;
+running the same spec again resumes from the last one and ends with the same weights as an
+uninterrupted run.
+
+Budgets stop early (checkpointed) and register what was reached: ``max_minutes`` of wall
+time for this invocation (loading and evaluation included), ``max_cpu_minutes`` of CPU time
+spent on training (``time.process_time()`` of this process over the steps: teacher
+forwards, student forward/backward, optimizer, checkpoints; loading and the before/after
+evaluation excluded), summed over resumed runs. With one torch thread that is the compute
+the distillation used, whatever else loads the machine. A step is not started when the last
+step's duration would take the run past the CPU budget. With a budget the number of steps is
+unknown, so the cosine decays on the fraction of the budget used (the largest of steps,
+CPU and wall fractions): the learning rate reaches its floor as the budget runs out.
+``freeze_embeddings`` keeps the (tied) embeddings and LM head fixed: pruning leaves them
+whole, and their gradient is a large share of a small model's step.
 
 Held-out perplexity (the last ``eval_blocks`` blocks, never trained on) is measured for the
 teacher and the student before and after; the student is registered as a ``model`` with
@@ -45,7 +57,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmops.core.errors import UserError
 
-__all__ = ["DistillResult", "DistillSpec", "distill", "distill_loss", "perplexity"]
+__all__ = [
+    "DistillResult",
+    "DistillSpec",
+    "distill",
+    "distill_loss",
+    "lr_factor",
+    "perplexity",
+]
 
 
 class DistillSpec(BaseModel):
@@ -67,20 +86,24 @@ class DistillSpec(BaseModel):
     warmup: int = Field(10, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(50, ge=1)
-    max_minutes: float | None = Field(None, gt=0)
+    max_minutes: float | None = Field(None, gt=0)  # wall time of this invocation
+    max_cpu_minutes: float | None = Field(None, gt=0)  # CPU time of training, all resumes
+    freeze_embeddings: bool = False
     seed: int = 0
 
 
 class DistillResult(BaseModel):
     ref: str
-    steps: int  # optimizer steps done (may be < spec.steps with max_minutes)
+    steps: int  # optimizer steps done (may be < spec.steps with a time budget)
     resumed_from: int
     teacher_ppl: float
     student_ppl_start: float
     student_ppl_end: float
     params_teacher: int
     params_student: int
-    seconds: float
+    seconds: float  # wall time of this invocation
+    cpu_seconds: float  # CPU time of training, summed over resumed runs
+    stopped_by: Literal["steps", "max_minutes", "max_cpu_minutes"] = "steps"
 
 
 def distill_loss(
@@ -145,10 +168,13 @@ def _batch(step: int, n: int, size: int, seed: int) -> list[int]:
     return out
 
 
-def _lr_factor(step: int, spec: DistillSpec) -> float:
+def lr_factor(step: int, spec: DistillSpec, budget_used: float = 0.0) -> float:
+    """The learning rate of ``step`` over ``spec.lr``: linear warm-up over ``spec.warmup``
+    steps, then cosine from 1 to 0.1 over the larger of the steps' fraction and
+    ``budget_used`` (the fraction of a time budget spent, 0-1)."""
     if step < spec.warmup:
         return (step + 1) / (spec.warmup + 1)
-    frac = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
+    frac = max((step - spec.warmup) / max(1, spec.steps - spec.warmup), budget_used)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
@@ -243,11 +269,16 @@ def distill(
         inputs += s_inputs
         for p in teacher.parameters():
             p.requires_grad_(False)
-        opt = torch.optim.AdamW(student.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        if spec.freeze_embeddings:
+            for m in (student.get_input_embeddings(), student.get_output_embeddings()):
+                for p in m.parameters() if m is not None else []:
+                    p.requires_grad_(False)
+        trained = [p for p in student.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trained, lr=spec.lr, weight_decay=spec.weight_decay)
         work = _work_dir(store, spec)
         work.mkdir(parents=True, exist_ok=True)
         ckpt = work / "checkpoint.pt"
-        step, cache = 0, {}
+        step, cache, cpu_before = 0, {}, 0.0
         info_file = work / "info.json"
         info: dict[str, float] = json.loads(info_file.read_text()) if info_file.exists() else {}
         if ckpt.exists():
@@ -255,6 +286,7 @@ def distill(
             student.load_state_dict(state["student"])
             opt.load_state_dict(state["optimizer"])
             step, cache = int(state["step"]), state["topk"]
+            cpu_before = float(state.get("cpu_seconds", 0.0))
             random.setstate(state["rng"]["python"])
             torch.set_rng_state(state["rng"]["torch"])
         resumed_from = step
@@ -263,22 +295,41 @@ def distill(
             info["student_ppl_start"] = perplexity(student, held)
             info_file.write_text(json.dumps(info))
 
+        cpu_start = time.process_time()
+
+        def cpu_used() -> float:
+            return cpu_before + time.process_time() - cpu_start
+
         def save(at: int) -> None:
             rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
             _save_atomic(
                 {"student": student.state_dict(), "optimizer": opt.state_dict(), "step": at,
-                 "topk": cache, "rng": rng},
+                 "topk": cache, "rng": rng, "cpu_seconds": cpu_used()},
                 ckpt,
             )  # fmt: skip
 
+        cpu_budget = 60 * spec.max_cpu_minutes if spec.max_cpu_minutes else None
+        wall_budget = 60 * spec.max_minutes if spec.max_minutes else None
+        stopped_by: Literal["steps", "max_minutes", "max_cpu_minutes"] = "steps"
+        last_step_cpu = 0.0  # a step is not started when it would overrun the CPU budget
         with Progress(spec.steps, label="distill", unit="steps", enabled=show_progress) as bar:
             bar.advance(step)
             while step < spec.steps:
-                if spec.max_minutes and time.monotonic() - started > 60 * spec.max_minutes:
-                    break
+                used = [0.0]
+                if wall_budget:
+                    used.append((time.monotonic() - started) / wall_budget)
+                    if used[-1] >= 1:
+                        stopped_by = "max_minutes"
+                        break
+                if cpu_budget:
+                    used.append(cpu_used() / cpu_budget)
+                    if cpu_used() + last_step_cpu > cpu_budget:
+                        stopped_by = "max_cpu_minutes"
+                        break
+                step_start = time.process_time()
                 student.train()
                 for g in opt.param_groups:
-                    g["lr"] = spec.lr * _lr_factor(step, spec)
+                    g["lr"] = spec.lr * lr_factor(step, spec, max(used))
                 idx = _batch(step, len(train), spec.batch_size, spec.seed)
                 ids = train[idx]
                 target: Any
@@ -303,24 +354,27 @@ def distill(
                 )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_(trained, 1.0)
                 opt.step()
                 step += 1
-                store.runs.log_metrics(run.id, {"loss": float(loss.detach())}, step)
+                lr_now = opt.param_groups[0]["lr"]
+                store.runs.log_metrics(run.id, {"loss": float(loss.detach()), "lr": lr_now}, step)
                 bar.advance(1)
                 if step % spec.checkpoint_every == 0 or step == spec.steps:
                     save(step)
+                last_step_cpu = time.process_time() - step_start
                 if on_step is not None:
                     on_step(step, float(loss.detach()))
+        cpu_total = cpu_used()
         if step % spec.checkpoint_every and step != spec.steps:
-            save(step)  # stopped by the time budget: resumable from here
+            save(step)  # stopped by a time budget: resumable from here
         end_ppl = perplexity(student, held)
         metrics = {
             "teacher_ppl": info["teacher_ppl"],
             "student_ppl_start": info["student_ppl_start"],
             "student_ppl_end": end_ppl,
         }
-        store.runs.log_metrics(run.id, metrics, step)
+        store.runs.log_metrics(run.id, {**metrics, "cpu_seconds": cpu_total}, step)
         with tempfile.TemporaryDirectory(prefix="lmops-distill-") as tmp:
             out_dir = save_model(student, tok, Path(tmp) / spec.output)
             v = store.assets.register(
@@ -332,6 +386,8 @@ def distill(
                     "student": spec.student,
                     "steps": step,
                     "loss": spec.loss,
+                    "cpu_seconds": round(cpu_total, 1),
+                    "stopped_by": stopped_by,
                     **{k: round(x, 4) for k, x in metrics.items()},
                 },
                 inputs=inputs,
@@ -348,4 +404,6 @@ def distill(
         params_teacher=count_params(teacher),
         params_student=count_params(student),
         seconds=round(time.monotonic() - started, 1),
+        cpu_seconds=round(cpu_total, 1),
+        stopped_by=stopped_by,
     )
