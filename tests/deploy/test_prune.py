@@ -186,6 +186,28 @@ def test_bad_input_one_line(cli: Any, tok_dir: Path, tmp_path: Path) -> None:
     assert "x" not in names  # nothing registered (only the local input, by reference)
 
 
+def _engine_greedy(folder: Path, ids: list[int], n: int = 4) -> list[int]:
+    import asyncio
+
+    from lmops.models.engine import Engine
+    from lmops.models.types import Delta, GenRequest
+
+    engine = Engine(folder, device="cpu")
+    try:  # the generated tokens (each Delta that carries one)
+
+        async def gen() -> list[int]:
+            req = GenRequest("t", prompt_ids=ids, max_tokens=n, temperature=0.0)
+            return [
+                ev.token_id
+                async for ev in engine.generate(req)
+                if isinstance(ev, Delta) and ev.token_id is not None
+            ]
+
+        return asyncio.run(gen())
+    finally:
+        engine.close()
+
+
 def test_channels_keep_the_active_neurons(
     store: Any, cli: Any, tok_dir: Path, tmp_path: Path, calib: Path
 ) -> None:
@@ -217,6 +239,9 @@ def test_channels_keep_the_active_neurons(
     torch.testing.assert_close(logits(out, ids), logits(src, ids), atol=1e-5, rtol=1e-5)
     parents = {e.role for e in store.assets.lineage(r.ref).upstream}
     assert {"base_model", "calibration"} <= parents
+    # the built-in engine serves the narrower model: the unpruned model's greedy tokens
+    want = _engine_greedy(src, [5, 17, 42, 9])
+    assert len(want) >= 2 and _engine_greedy(out, [5, 17, 42, 9]) == want
     # the CLI, with layers dropped first (depth + width): 4 layers -> 3, 128 neurons -> 64
     deep, tok = llama(tmp_path / "d", tok_dir, layers=4)
     src = save(deep, tok, tmp_path / "d")
