@@ -22,6 +22,11 @@ file with the ``gguf`` package as llama.cpp's ``convert_hf_to_gguf.py`` does for
   ``gguf.quants`` (Q8_0: 32 weights + one fp16 scale = 8.5 bits; Q4_0: 4.5; Q4_1: 5.0).
   Tied embeddings are written once (``token_embd``), as llama.cpp expects.
 
+llama.cpp (through llama-cpp-python) and transformers both read every quant back and
+greedy-generate what lmops generates with the file's rounded weights (:func:`round_like_gguf`);
+tests/deploy/test_gguf.py checks both, benchmarks/deploy_bench.py ``--llama-cpp`` measures it
+on SmolLM2-135M-Instruct.
+
 The output is registered as a ``model`` asset (one ``.gguf`` file, metadata ``format:
 gguf``, ``quant``) with lineage to the source model (role ``source``).
 """
@@ -47,6 +52,7 @@ __all__ = [
     "export_gguf",
     "gguf_file_of",
     "import_gguf",
+    "round_like_gguf",
     "write_gguf",
 ]
 
@@ -207,15 +213,16 @@ def import_gguf(
 # -- export ----------------------------------------------------------------------------------------
 def _pre_tokenizer_name(tokenizer_json: dict[str, Any], where: Path) -> str:
     """llama.cpp's name for the pre-tokenizer in ``tokenizer.json`` (which regex splits the
-    text before BPE): ``gpt2`` (ByteLevel's own regex), ``smollm`` (single digits, then
-    ByteLevel), ``llama-bpe`` (Llama 3's split). Anything else is refused, since llama.cpp
-    would tokenize differently."""
+    text before BPE): ``gpt-2`` (ByteLevel's own regex; llama.cpp refuses the spelling
+    ``gpt2`` as an unknown pre-tokenizer), ``smollm`` (single digits, then ByteLevel),
+    ``llama-bpe`` (Llama 3's split). Anything else is refused, since llama.cpp would
+    tokenize differently."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     types = [p.get("type") for p in parts]
     byte_level = parts[-1] if types and types[-1] == "ByteLevel" else None
     if byte_level is not None and types == ["ByteLevel"] and byte_level.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if (
         byte_level is not None
         and types == ["Digits", "ByteLevel"]
@@ -229,7 +236,7 @@ def _pre_tokenizer_name(tokenizer_json: dict[str, Any], where: Path) -> str:
             return "llama-bpe"
     raise UserError(
         f"{where}: pre-tokenizer {types} has no llama.cpp equivalent this exporter knows "
-        "(gpt2, smollm, llama-bpe); export a model with a GPT-2-style byte-level BPE tokenizer"
+        "(gpt-2, smollm, llama-bpe); export a model with a GPT-2-style byte-level BPE tokenizer"
     )
 
 
@@ -258,7 +265,14 @@ def _tokenizer_fields(folder: Path, vocab_size: int) -> dict[str, Any]:
     tok = load_tokenizer(folder)
     vocab: dict[str, int] = model.get("vocab") or {}
     added = {t["id"]: t for t in tj.get("added_tokens") or []}
-    n = max(vocab_size, len(tok))
+    top = max([*vocab.values(), *added, len(tok) - 1])
+    if top >= vocab_size:
+        # llama.cpp takes n_vocab from the token list and refuses a token_embd of other rows
+        raise UserError(
+            f"{tj_path}: token id {top} is past the model's vocab_size {vocab_size} "
+            "(config.json); resize the embeddings (model.resize_token_embeddings) first"
+        )
+    n = vocab_size
     by_id = {i: t for t, i in vocab.items()}
     tokens: list[str] = []
     types: list[int] = []
@@ -396,6 +410,9 @@ def write_gguf(
     w.add_head_count(n_head)
     w.add_head_count_kv(n_kv)
     w.add_rope_dimension_count(head_dim)
+    if head_dim != hidden // n_head:  # llama.cpp assumes hidden / heads unless told
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_rope_freq_base(rope_theta)
     w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
     w.add_vocab_size(len(tokf["tokens"]))
@@ -463,6 +480,32 @@ def write_gguf(
     w.write_tensors_to_file()
     w.close()
     return q_bits / max(q_weights, 1)
+
+
+def round_like_gguf(model: Any, quant: str) -> Any:
+    """Round every matrix of Hugging Face ``model`` (in place) as ``write_gguf`` stores it in
+    ``quant`` (``gguf.quants`` quantize then dequantize; fp16 for f16); 1-D tensors stay fp32
+    as in the file. Blocks run along rows, so the q/k rotary row permutation does not change
+    them: this is lmops computing with the file's weights, the reference a GGUF reader is
+    checked against. Returns ``model``."""
+    import gguf
+    import numpy as np
+    import torch
+
+    if quant not in GGUF_QUANTS:
+        raise UserError(f"quant {quant!r}: one of {', '.join(GGUF_QUANTS)}")
+    qtype = getattr(gguf.GGMLQuantizationType, quant.upper())
+    with torch.no_grad():
+        for param in model.parameters():  # a tied head is one parameter, rounded once
+            if param.dim() < 2:
+                continue
+            w = param.detach().float().cpu().numpy()
+            if quant == "f16":
+                back = w.astype(np.float16).astype(np.float32)
+            else:
+                back = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype)
+            param.copy_(torch.from_numpy(back.reshape(w.shape)).to(param.dtype))
+    return model
 
 
 def export_gguf(
