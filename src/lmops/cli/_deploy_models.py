@@ -38,7 +38,8 @@ def export_cmd(
     model: Annotated[str, typer.Argument(help="Model asset ref or local HF folder.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Name of the model asset.")],
     format_: Annotated[
-        str, typer.Option("--format", help="Output format: gguf, or onnx (pip install onnx).")
+        str,
+        typer.Option("--format", help="Output format: gguf, or onnx (pip install 'lmops[onnx]')."),
     ] = "gguf",
     quant: Annotated[
         str | None,
