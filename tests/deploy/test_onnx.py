@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from lmops.deploy.onnx import PIP_HINT, missing_onnx_packages
+from tests.api.conftest import Server, server  # noqa: F401 (the fixture: a real lmops serve)
 from tests.train.tiny import make_model
 
 PROMPTS = ["The quick brown fox", "Machine learning models", "今天天气很好"]
@@ -174,3 +175,18 @@ def test_onnx_export_refused_in_one_line_without_exporter(
 @pytest.fixture(scope="module")
 def tiny_plain(tmp_path_factory: pytest.TempPathFactory, tok_dir: Path) -> Path:
     return make_model(tmp_path_factory.mktemp("onnx-plain") / "m", tok_dir, seed=3)
+
+
+@needs_onnx
+def test_api_exports_onnx_with_the_cli_checks(server: Server, tiny_plain: Path) -> None:  # noqa: F811
+    store: Any = server.store
+    store.assets.register("model", "tiny", tiny_plain)
+    body = {"model": "tiny", "output": "tiny-onnx", "format": "onnx"}
+    with server.client(server.admin_key) as c:
+        r = c.post("/api/deploy/export", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        assert r.json()["ref"] == "tiny-onnx:1" and r.json()["quant"] == "fp32"
+        r = c.post("/api/deploy/export", json={**body, "quant": "q8_0"})
+        assert r.status_code == 400 and "fp32, int8" in r.json()["error"]["message"]
+    v = store.assets.resolve("tiny-onnx")
+    assert v.metadata["format"] == "onnx" and v.metadata["max_abs_logit_diff"] < 1e-3
