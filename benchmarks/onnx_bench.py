@@ -19,7 +19,7 @@ Measured (1 thread on a shared 2-core CPU, so tok/s move by +-30 % between runs;
     onnx fp32: 543.0 MB, max |logit| diff 1.3e-4 (of 40.1), argmax 100 %, 64/64 greedy
                tokens equal, onnxruntime 13.0 tok/s
     onnx int8: 237.3 MB, max |logit| diff 2.3, argmax 97.3 %, greedy equal for the first 4
-               tokens (then a near-tie goes the other way), onnxruntime 23.0 tok/s
+               tokens only (the continuations part there), onnxruntime 23.0 tok/s
 """
 
 from __future__ import annotations
