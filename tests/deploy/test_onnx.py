@@ -142,11 +142,32 @@ def test_onnx_int8_is_smaller_and_close(store: Any, tiny: Path) -> None:
         got = dec.logits(ids)
         agree += int((got.argmax(-1) == want.argmax(-1)).sum())
         total += len(ids)
-        # 8-bit weights and activations: a few per cent of the logit range, not more
         # 8-bit weights and activations (blocks of 32) move each logit a little but keep
         # their pattern; a wrong scale or a transposed weight would not correlate at all
         assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99, p
     assert agree / total >= 0.8, (agree, total)
+
+
+@needs_onnx
+def test_onnx_weights_past_the_protobuf_limit_go_beside_the_graph(
+    store: Any, tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model over 2 GiB cannot sit in one protobuf: its weights go to model.onnx.data
+    (tried here on the tiny model by lowering the threshold), registered with the graph."""
+    import lmops.deploy.onnx as onnx_mod
+    from lmops.deploy.onnx import OnnxDecoder, export_onnx
+
+    inline = export_onnx(store, str(tiny), output="t-in", quant="int8")
+    monkeypatch.setattr(onnx_mod, "_EXTERNAL_DATA_BYTES", 0)
+    for quant in ("fp32", "int8"):
+        res = export_onnx(store, str(tiny), output=f"t-ext-{quant}", quant=quant)
+        assert (res.path / "model.onnx.data").stat().st_size > (
+            res.path / "model.onnx"
+        ).stat().st_size
+        assert res.max_abs_logit_diff < (1e-4 if quant == "fp32" else 1.0)
+    ids = [5, 6, 7, 8, 9]
+    same = OnnxDecoder(res.path).logits(ids), OnnxDecoder(inline.path).logits(ids)
+    assert np.array_equal(*same)  # the same int8 graph, only stored differently
 
 
 def test_onnx_export_refused_in_one_line_without_exporter(

@@ -67,8 +67,13 @@ ONNX_QUANTS: tuple[str, ...] = ("fp32", "int8")
 ONNX_FILE = "model.onnx"
 OPSET = 18  # onnxruntime >= 1.14 runs it; newer opsets add nothing a decoder needs here
 # the exporter's (and the int8 step's) packages: import name -> pip name
-_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}
-PIP_HINT = "pip install 'lmops[onnx]' (onnx, onnxscript, onnxruntime)"
+_PACKAGES = {
+    "onnx": "onnx",
+    "onnxscript": "onnxscript",
+    "onnx_ir": "onnx-ir",  # the exporter's graph objects (onnxscript installs it)
+    "onnxruntime": "onnxruntime",
+}
+PIP_HINT = "pip install 'lmops[onnx]'"  # onnx, onnxscript, onnx-ir, onnxruntime
 # weights past this many bytes go to model.onnx.data beside the graph: protobuf caps a file
 # at 2 GiB
 _EXTERNAL_DATA_BYTES = 1 << 30
@@ -102,7 +107,8 @@ def _require_exporter() -> None:
     missing = missing_onnx_packages()
     if missing:
         raise UserError(
-            f"--format onnx needs {', '.join(missing)}, which is not installed: {PIP_HINT}"
+            f"--format onnx needs {', '.join(missing)}, not installed here: "
+            f"pip install {' '.join(missing)} (or {PIP_HINT})"
         )
 
 
@@ -241,6 +247,7 @@ def _names(n_layers: int) -> tuple[list[str], list[str]]:
 def _export_graph(model: Any, out: Path) -> None:
     """Trace ``model`` (fp32) into ``out`` with the KV-cache signature of the module
     docstring."""
+    import onnx_ir as ir
     import torch
 
     args = _sample_inputs(model)
@@ -254,16 +261,15 @@ def _export_graph(model: Any, out: Path) -> None:
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     try:
         with _quiet():
-            torch.onnx.export(
+            program = torch.onnx.export(
                 _wrapper(model),
                 args,
-                str(out),
+                None,  # the program, saved below without the per-node metadata
                 input_names=["input_ids", "attention_mask", "position_ids", *past_names],
                 output_names=["logits", *present_names],
                 dynamic_shapes=dynamic,
                 dynamo=True,
                 opset_version=OPSET,
-                external_data=n_bytes > _EXTERNAL_DATA_BYTES,
                 verbose=False,
             )
     except Exception as e:  # the exporter's errors are pages long; the first line says what
@@ -272,6 +278,12 @@ def _export_graph(model: Any, out: Path) -> None:
             f"torch.onnx could not export {model.config.model_type!r} ({first[:200]}); "
             "this exporter handles decoders that run with transformers' DynamicCache"
         ) from None
+    assert program is not None
+    # every node carries its Python stack trace and FX text (this machine's paths; 5 MB on
+    # SmolLM2-135M, half the file on the tiny test model): debugging aids, not the model
+    for node in ir.traversal.RecursiveGraphIterator(program.model.graph):
+        node.metadata_props.clear()
+    program.save(str(out), external_data=n_bytes > _EXTERNAL_DATA_BYTES)
 
 
 def _quantize_int8(src: Path, dst: Path) -> None:
@@ -406,35 +418,38 @@ def write_onnx(
 
     check_model_folder(folder)
     steps = 4 if quant == "int8" else 3
+
+    def step(done: int) -> None:
+        if progress is not None:
+            progress(done, steps)
+
+    step(0)
     model = _load_fp32(folder)
     out.mkdir(parents=True, exist_ok=True)
-    raw = out / "fp32" if quant == "int8" else out
-    raw.mkdir(exist_ok=True)
-    _export_graph(model, raw / ONNX_FILE)
-    if progress is not None:
-        progress(1, steps)
     probe = _probe_ids(folder, int(model.config.vocab_size))
-    diff, max_logit = _parity(model, raw, probe)
-    # the bound scales with the logits: fp32 sums in another order differ in their last bits
-    if diff > 1e-3 * max(1.0, max_logit):
-        raise UserError(
-            f"{folder}: the ONNX graph's logits differ from transformers' by {diff:.3g} "
-            f"(max |logit| {max_logit:.3g}); not registered, please report the model type"
-        )
-    if progress is not None:
-        progress(2, steps)
-    if quant == "int8":
-        _quantize_int8(raw / ONNX_FILE, out / ONNX_FILE)
-        shutil.rmtree(raw)
-        diff, _ = _parity(model, out, probe)
-        if progress is not None:
-            progress(3, steps)
+    # int8 is quantized from the checked fp32 graph, which is written beside, then dropped
+    with tempfile.TemporaryDirectory(prefix="lmops-onnx-fp32-") as scratch:
+        raw = Path(scratch) if quant == "int8" else out
+        _export_graph(model, raw / ONNX_FILE)
+        step(1)
+        diff, max_logit = _parity(model, raw, probe)
+        # the bound scales with the logits: fp32 sums in another order differ in their last
+        # bits
+        if diff > 1e-3 * max(1.0, max_logit):
+            raise UserError(
+                f"{folder}: the ONNX graph's logits differ from transformers' by {diff:.3g} "
+                f"(max |logit| {max_logit:.3g}); not registered, please report the model type"
+            )
+        step(2)
+        if quant == "int8":
+            _quantize_int8(raw / ONNX_FILE, out / ONNX_FILE)
+            diff, _ = _parity(model, out, probe)
+            step(3)
     model.config.save_pretrained(str(out))
     if model.generation_config is not None:
         model.generation_config.save_pretrained(str(out))
     load_tokenizer(folder).save_pretrained(str(out))
-    if progress is not None:
-        progress(steps, steps)
+    step(steps)
     size = sum(p.stat().st_size for p in out.glob(f"{ONNX_FILE}*"))
     return size, diff
 
