@@ -46,12 +46,13 @@ Other sections (distillation, pruning, packages) add themselves to :data:`SECTIO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,7 @@ class Bench:
         self._ids: dict[str, list[int]] = {}
         self.source = "smol"
         self.source_dir: Path | None = None
+        self.gguf_files: dict[str, Path] = {}  # quant -> exported file (section gguf)
 
     def ids(self, tok: Any) -> list[int]:
         key = tok.name_or_path
@@ -153,31 +155,14 @@ def _greedy(model: Any, tok: Any, prompt: str, n: int = 32) -> list[str]:
 
 
 def _same_weights(src_dir: Path, quant: str) -> Any:
-    """lmops's own model with every matrix rounded as the GGUF stores it: gguf.quants'
-    quantize then dequantize, in Hugging Face row order (blocks run along rows, so the
-    rotary row permutation of q/k does not change them). The reference for whether a
-    reader of the file computes what lmops computes with the same weights."""
-    import gguf
-    import torch
-
+    """lmops's own model with every matrix rounded as the GGUF stores it
+    (:func:`lmops.deploy.gguf.round_like_gguf`): the reference for whether a reader of the
+    file computes what lmops computes with the same weights."""
+    from lmops.deploy.gguf import round_like_gguf
     from lmops.deploy.report import load_variant
 
     model, _ = load_variant(src_dir)
-    if quant == "f16":
-        qtype = gguf.GGMLQuantizationType.F16
-    else:
-        qtype = getattr(gguf.GGMLQuantizationType, quant.upper())
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() < 2:
-                continue
-            w = param.detach().float().numpy()
-            if quant == "f16":
-                back = w.astype("float16").astype("float32")
-            else:
-                back = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype)
-            param.copy_(torch.from_numpy(back.reshape(w.shape)))
-    return model
+    return round_like_gguf(model, quant)
 
 
 def _agree(a: list[str], b: list[str]) -> int:
@@ -207,6 +192,7 @@ def section_gguf(b: Bench) -> None:
         t = time.perf_counter()
         res = export_gguf(b.store, b.source, quant=quant, output=f"smol-{quant}")
         secs = time.perf_counter() - t
+        b.gguf_files[quant] = res.path
         model, gtok = load_variant(res.path)
         ppl = b.ppl(model, gtok)
         got = {p: _greedy(model, gtok, p) for p in PROMPTS}
@@ -238,6 +224,232 @@ def section_gguf(b: Bench) -> None:
             f"{vs_same}"
         )
     b.results["gguf"] = out
+
+
+# -- llama.cpp read-back (--llama-cpp) -------------------------------------------------------------
+# Raw prompt text (no chat template) so lmops and llama.cpp start from the same ids; the digits
+# and the accented text exercise SmolLM2's "smollm" pre-tokenizer (single digits).
+LLAMA_PROMPTS = [
+    *PROMPTS,
+    "12+34=46. 50+25=75. 99+1=",
+    "Le château de Versailles est",
+    "def fibonacci(n):\n    ",
+]
+
+
+def _argmax_run(model: Any, ids: list[int], n: int) -> tuple[list[int], list[float]]:
+    """Plain greedy decoding in torch for ``n`` steps (no end-of-text stop or suppression):
+    the tokens and each step's top-1 minus top-2 logit."""
+    import torch
+
+    toks: list[int] = []
+    margins: list[float] = []
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), use_cache=True)
+        for _ in range(n):
+            top = torch.topk(out.logits[0, -1].float(), 2)
+            toks.append(int(top.indices[0]))
+            margins.append(float(top.values[0] - top.values[1]))
+            out = model(torch.tensor([[toks[-1]]]), cache=out.cache, use_cache=True)
+    return toks, margins
+
+
+def _llama_cpp_run(llm: Any, ids: list[int], n: int) -> tuple[list[int], list[float]]:
+    """The same greedy run in llama.cpp (the model was opened with ``logits_all``)."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    toks: list[int] = []
+    margins: list[float] = []
+    for _ in range(n):
+        logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+        second, first = np.argsort(logits)[-2:]
+        toks.append(int(first))
+        margins.append(float(logits[first] - logits[second]))
+        llm.eval([toks[-1]])
+    return toks, margins
+
+
+def _llama_cpp_tps(file: Path, ids: list[int], n: int) -> float:
+    """llama.cpp greedy decode tokens/s on one thread, timed like the lmops engine's
+    (first generated token to the last)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(file), n_ctx=1024, n_threads=1, verbose=False)
+    try:
+        first: float | None = None
+        count = 0
+        for _ in llm.generate(list(ids), temp=0.0, top_k=1):
+            count += 1
+            if first is None:
+                first = time.perf_counter()
+            if count == n:
+                break
+        elapsed = time.perf_counter() - (first or time.perf_counter())
+    finally:
+        llm.close()
+    return (count - 1) / elapsed
+
+
+@contextlib.contextmanager
+def _llama_cpp_activations(model: Any, quant: str) -> Iterator[None]:
+    """Inside the block, every linear layer of ``model`` sees its input rounded as ggml
+    rounds it before the dot product (its vec_dot type): fp16 beside F16 weights, blocks of
+    32 with one fp16 scale and int8 codes beside Q8_0/Q4_0/Q4_1. Not bit-exact (ggml takes
+    the codes with the fp32 scale, and the attention runs on an fp16 KV cache), it is the
+    yardstick of how far that rounding alone moves lmops's own logits."""
+    import torch
+
+    def q8_blocks(x: Any) -> Any:
+        b = x.reshape(*x.shape[:-1], x.shape[-1] // 32, 32)
+        d = (b.abs().amax(-1, keepdim=True) / 127).half().float()
+        q = torch.round(b / torch.where(d > 0, d, torch.ones_like(d)))
+        return (q * d).reshape(x.shape)
+
+    def pre(_mod: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        return (x.half().float() if quant == "f16" else q8_blocks(x), *args[1:])
+
+    handles = [
+        m.register_forward_pre_hook(pre) for m in model.modules() if isinstance(m, torch.nn.Linear)
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _compare_prompt(
+    llm: Any, same: Any, quant: str, text: str, ids: list[int], fp32_tokens: list[int]
+) -> dict[str, Any]:
+    """One prompt through llama.cpp and through lmops on the file's rounded weights: whether
+    llama.cpp's tokenizer gives lmops's ids, the free-running greedy runs (their common
+    prefix, and lmops's top-1 minus top-2 logit where they part), and the teacher-forced
+    logits over lmops's steps (how far llama.cpp's logits are from lmops's, how many of
+    llama.cpp's argmaxes are lmops's tokens, and how far llama.cpp's activation rounding
+    alone moves lmops's logits)."""
+    import numpy as np
+    import torch
+
+    n = len(fp32_tokens)
+    tokenized = llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    got, _ = _llama_cpp_run(llm, ids, n)
+    want, want_m = _argmax_run(same, ids, n)
+    prefix = _agree(got, want)
+    seq = ids + want
+    llm.reset()
+    llm.eval(seq)
+    rows = slice(len(ids) - 1, len(seq) - 1)
+    cpp = np.asarray(llm.scores[rows], dtype=np.float64)
+    with torch.no_grad():
+        ref = same(torch.tensor([seq])).logits[0, rows].double().numpy()
+    diff = np.abs(cpp - ref)
+    with torch.no_grad(), _llama_cpp_activations(same, quant):
+        rounded = same(torch.tensor([seq])).logits[0, rows].double().numpy()
+    return {
+        "tokenized_alike": bool(tokenized),
+        "prefix_vs_same_weights": prefix,
+        "prefix_vs_fp32": _agree(got, fp32_tokens),
+        "first_diff": prefix if prefix < n else None,
+        "margin_lmops": want_m[prefix] if prefix < n else None,
+        "teacher_forced_argmax_equal": int((cpp.argmax(-1) == np.asarray(want)).sum()),
+        "max_abs_dlogit": float(diff.max()),
+        "mean_abs_dlogit": float(diff.mean()),
+        "act_rounding_mean_abs_dlogit": float(np.abs(rounded - ref).mean()),
+    }
+
+
+def section_llama_cpp(b: Bench) -> None:
+    """Every GGUF quant read by llama.cpp: it must load, tokenize the prompts as lmops does
+    and greedy-generate lmops's first ``--llama-tokens`` tokens; lmops here computes with
+    the file's rounded weights (f16/q8_0 are also compared with the unrounded source).
+    Where the two differ, the step and both sides' top-1 minus top-2 logit are kept, so a
+    float tie can be told from a misread file."""
+    import gc
+
+    import llama_cpp
+
+    from lmops.deploy.gguf import export_gguf
+    from lmops.deploy.report import PROMPT, load_variant
+
+    assert b.source_dir is not None
+    n = b.args.llama_tokens
+    src, stok = load_variant(b.source_dir)
+    prompt_ids = {p: list(stok(p, add_special_tokens=False)["input_ids"]) for p in LLAMA_PROMPTS}
+    src_runs = {p: _argmax_run(src, ids, n) for p, ids in prompt_ids.items()}
+    del src
+    gc.collect()
+    chat = stok.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True
+    )
+    chat_ids = list(stok(chat, add_special_tokens=False)["input_ids"])  # the engine's prompt
+    out: dict[str, Any] = {"llama_cpp_version": llama_cpp.__version__, "tokens": n}
+    for quant in b.args.quants:
+        file = b.gguf_files.get(quant)
+        if file is None:
+            file = export_gguf(b.store, b.source, quant=quant, output=f"smol-{quant}").path
+            b.gguf_files[quant] = file
+        same = _same_weights(b.source_dir, quant)
+        llm = llama_cpp.Llama(
+            model_path=str(file), n_ctx=256, n_threads=1, logits_all=True, verbose=False
+        )
+        rows: dict[str, Any] = {}
+        try:
+            for p, ids in prompt_ids.items():
+                rows[p] = _compare_prompt(llm, same, quant, p, ids, src_runs[p][0])
+        finally:
+            llm.close()
+            del same
+            gc.collect()
+        size = Path(file).stat().st_size
+        vals = list(rows.values())
+        out[quant] = {
+            "size": size,
+            "prompts": rows,
+            "tokenized_alike": sum(r["tokenized_alike"] for r in vals),
+            "tokens_equal_vs_same_weights": sum(r["prefix_vs_same_weights"] for r in vals),
+            "tokens_equal_vs_fp32": sum(r["prefix_vs_fp32"] for r in vals),
+            "teacher_forced_argmax_equal": sum(r["teacher_forced_argmax_equal"] for r in vals),
+            "max_abs_dlogit": max(r["max_abs_dlogit"] for r in vals),
+            "mean_abs_dlogit": sum(r["mean_abs_dlogit"] for r in vals) / len(vals),
+            "act_rounding_mean_abs_dlogit": sum(r["act_rounding_mean_abs_dlogit"] for r in vals)
+            / len(vals),
+            "of": n * len(vals),
+        }
+        g = out[quant]
+        parts = [
+            f"step {r['first_diff']} margin {r['margin_lmops']:.3f} (|dlogit| max "
+            f"{r['max_abs_dlogit']:.2f})"
+            for r in vals
+            if r["first_diff"] is not None
+        ]
+        _say(
+            f"llama.cpp {quant}: {size / 1e6:.1f} MB, tokenized alike {g['tokenized_alike']}/"
+            f"{len(vals)}, greedy tokens equal to lmops (same weights) "
+            f"{g['tokens_equal_vs_same_weights']}/{g['of']} (vs fp32 source "
+            f"{g['tokens_equal_vs_fp32']}), teacher-forced argmax equal "
+            f"{g['teacher_forced_argmax_equal']}/{g['of']}, |dlogit| mean "
+            f"{g['mean_abs_dlogit']:.3f} max {g['max_abs_dlogit']:.3f} (its activation "
+            f"rounding alone moves lmops's by {g['act_rounding_mean_abs_dlogit']:.3f}); runs part at "
+            f"(lmops top-1 minus top-2 logit): {'; '.join(parts) or 'none'}"
+        )
+    lmops_tps: list[float] = []
+    cpp_tps: dict[str, list[float]] = {q: [] for q in b.args.quants}
+    for _ in range(b.args.rounds):  # interleaved, as for int8: load drifts hit all alike
+        lmops_tps.append(_engine_tps(b.source_dir, b.args.gen_tokens))
+        for quant in b.args.quants:
+            cpp_tps[quant].append(_llama_cpp_tps(b.gguf_files[quant], chat_ids, b.args.gen_tokens))
+    out["lmops_fp32_tps"] = lmops_tps
+    for quant in b.args.quants:
+        out[quant]["llama_cpp_tps"] = cpp_tps[quant]
+    med = sorted(lmops_tps)[len(lmops_tps) // 2]
+    _say(
+        f"tokens/s (1 thread, median of {b.args.rounds}): lmops engine fp32 {med:.1f}; llama.cpp "
+        + ", ".join(f"{q} {sorted(v)[len(v) // 2]:.1f}" for q, v in cpp_tps.items())
+    )
+    b.results["llama_cpp"] = out
 
 
 def _engine_tps(path: Path, n: int) -> float:
@@ -359,6 +571,7 @@ SECTIONS: list[tuple[str, Callable[[Bench], None]]] = [
     ("gguf", section_gguf),
     ("int8", section_int8),
     ("gptq4", section_gptq),
+    ("llama_cpp", section_llama_cpp),  # only with --llama-cpp (or --only llama_cpp)
 ]
 
 
@@ -383,10 +596,20 @@ def main() -> None:
     )
     ap.add_argument("--quants", nargs="*", default=["q8_0", "f16", "q4_0", "q4_1"])
     ap.add_argument("--only", nargs="*", help="section names to run (import always runs)")
+    ap.add_argument(
+        "--llama-cpp",
+        action="store_true",
+        help="also read every GGUF quant with llama.cpp (needs llama-cpp-python)",
+    )
+    ap.add_argument("--llama-tokens", type=int, default=32, help="greedy tokens compared")
     args = ap.parse_args()
+    if args.only and "llama_cpp" in args.only:
+        args.llama_cpp = True
     b = Bench(args)
     for name, fn in SECTIONS:
         if args.only and name not in args.only and name != "import":
+            continue
+        if name == "llama_cpp" and not args.llama_cpp:
             continue
         fn(b)
     b.store.close()
@@ -401,8 +624,21 @@ def main() -> None:
     for q, g in r.get("gguf", {}).items():
         print(
             f"  gguf {q:5s} size {g['size_ratio']:.3f}x fp32  ppl {g['ppl_delta_pct']:+.2f}%  "
-            f"first-32 greedy tokens equal on {g['all_32']}/{len(PROMPTS)} prompts"
+            f"first-32 greedy tokens equal on {g['all_32_vs_same_weights']}/{len(PROMPTS)} "
+            f"prompts (same rounded weights; {g['all_32_vs_fp32']} vs fp32)"
         )
+    if "llama_cpp" in r:
+        lc = r["llama_cpp"]
+        lm = sorted(lc["lmops_fp32_tps"])[len(lc["lmops_fp32_tps"]) // 2]
+        for q in args.quants:
+            g = lc[q]
+            tps = sorted(g["llama_cpp_tps"])[len(g["llama_cpp_tps"]) // 2]
+            print(
+                f"  llama.cpp {q:5s} {g['size'] / 1e6:6.1f} MB  greedy tokens equal to lmops "
+                f"{g['tokens_equal_vs_same_weights']}/{g['of']} (teacher-forced "
+                f"{g['teacher_forced_argmax_equal']}, |dlogit| mean {g['mean_abs_dlogit']:.3f})"
+                f"  {tps:.1f} tokens/s (lmops engine fp32 {lm:.1f})"
+            )
     if "int8" in r:
         i = r["int8"]
         print(
