@@ -367,7 +367,7 @@ class OnnxDecoder:
         while len(out) < max_new_tokens:
             nxt = int(logits[0, -1].argmax())
             out.append(nxt)
-            if nxt == eos:
+            if nxt == eos or len(out) == max_new_tokens:
                 break
             logits, past = self.step(
                 np.array([[nxt]], dtype=np.int64), np.ones((1, n + 1), dtype=np.int64), past, n
