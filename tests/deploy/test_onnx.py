@@ -211,3 +211,37 @@ def test_api_exports_onnx_with_the_cli_checks(server: Server, tiny_plain: Path) 
         assert r.status_code == 400 and "fp32, int8" in r.json()["error"]["message"]
     v = store.assets.resolve("tiny-onnx")
     assert v.metadata["format"] == "onnx" and v.metadata["max_abs_logit_diff"] < 1e-3
+
+
+def test_pipeline_export_step_takes_format_onnx(
+    tiny_plain: Path, tmp_path: Path, store: Any
+) -> None:
+    import yaml
+
+    from lmops.core.errors import UserError
+    from lmops.pipelines import load_pipeline, run_pipeline
+
+    steps: dict[str, Any] = {
+        "base": {"type": "register", "kind": "model", "path": str(tiny_plain), "name": "tiny"},
+        "onnx": {
+            "type": "export",
+            "model": "${steps.base.output}",
+            "output": "tiny-onnx",
+            "format": "onnx",
+            "quant": "q8_0",  # a GGUF quant: refused when the pipeline loads
+        },
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"name": "deploy", "steps": steps}, sort_keys=False))
+    with pytest.raises(UserError, match="onnx does fp32, int8"):
+        load_pipeline(path)
+    if missing_onnx_packages():
+        pytest.skip(f"the export itself needs {PIP_HINT}")
+    del steps["onnx"]["quant"]
+    path.write_text(yaml.safe_dump({"name": "deploy", "steps": steps}, sort_keys=False))
+    result = run_pipeline(load_pipeline(path), store, progress=False)
+    assert result.ok, result.failed
+    v = store.assets.resolve("tiny-onnx")
+    assert v.metadata["format"] == "onnx" and v.metadata["quant"] == "fp32"
+    parents = {(e.parent, e.role) for e in store.assets.lineage(v.ref).upstream}
+    assert ("tiny:1", "source") in parents

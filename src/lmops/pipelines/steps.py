@@ -437,11 +437,23 @@ def _quantize(ctx: StepContext, p: QuantizeParams) -> StepOutput:
 
 
 class ExportParams(Params):
-    """``lmops deploy export --format gguf``."""
+    """``lmops deploy export --format gguf|onnx``."""
 
     model: str
     output: str
-    quant: Literal["f16", "q8_0", "q4_0", "q4_1"] = "q8_0"
+    format: Literal["gguf", "onnx"] = "gguf"
+    quant: str | None = None  # gguf: f16, q8_0 (default), q4_0, q4_1; onnx: fp32 (default), int8
+
+    @model_validator(mode="after")
+    def _check_quant(self) -> ExportParams:
+        # said when the pipeline loads, with the choices, not when its step is reached
+        from lmops.deploy.gguf import GGUF_QUANTS
+        from lmops.deploy.onnx import ONNX_QUANTS
+
+        choices = GGUF_QUANTS if self.format == "gguf" else ONNX_QUANTS
+        if self.quant is not None and self.quant not in choices:
+            raise ValueError(f"quant {self.quant!r}: {self.format} does {', '.join(choices)}")
+        return self
 
     def inputs(self) -> list[str]:
         return [self.model]
@@ -449,12 +461,21 @@ class ExportParams(Params):
 
 @step_type("export", ExportParams)
 def _export(ctx: StepContext, p: ExportParams) -> StepOutput:
-    """Export a model as a GGUF file (llama.cpp) and register it."""
+    """Export a model as a GGUF file (llama.cpp) or an ONNX decoder (onnxruntime) and
+    register it."""
+    model = _local_or_ref(ctx, p.model)
+    if p.format == "onnx":
+        from lmops.deploy.onnx import export_onnx
+
+        o = export_onnx(ctx.store, model, output=p.output, quant=p.quant or "fp32")
+        run_id = ctx.store.assets.resolve(str(o.ref)).run_id
+        summary = f"{o.ref}: onnx {o.quant}, {o.size / 1e6:.1f} MB"
+        return StepOutput({"output": str(o.ref)}, o.model_dump(mode="json"), summary, run_id)
     from lmops.deploy.gguf import export_gguf
 
-    r = export_gguf(ctx.store, _local_or_ref(ctx, p.model), quant=p.quant, output=p.output)
+    r = export_gguf(ctx.store, model, quant=p.quant or "q8_0", output=p.output)
     run_id = ctx.store.assets.resolve(str(r.ref)).run_id
-    summary = f"{r.ref}: gguf {p.quant}, {r.size / 1e6:.1f} MB"
+    summary = f"{r.ref}: gguf {r.quant}, {r.size / 1e6:.1f} MB"
     return StepOutput({"output": str(r.ref)}, r.model_dump(mode="json"), summary, run_id)
 
 
