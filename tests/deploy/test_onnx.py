@@ -170,6 +170,27 @@ def test_onnx_weights_past_the_protobuf_limit_go_beside_the_graph(
     assert np.array_equal(*same)  # the same int8 graph, only stored differently
 
 
+@needs_onnx
+def test_a_graph_that_disagrees_with_transformers_is_not_registered(
+    cli: Any, tiny_plain: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lmops.deploy.onnx as onnx_mod
+    from lmops.store import Store
+
+    assert cli("assets", "register", "model", "tiny", str(tiny_plain)).code == 0
+    # as if the exporter had mistranslated an op: logits 0.5 away where they reach 1
+    monkeypatch.setattr(onnx_mod, "_parity", lambda model, folder, ids: (0.5, 1.0))
+    r = cli("deploy", "export", "tiny", "--format", "onnx", "-o", "t-bad")
+    errors = [line for line in r.err.splitlines() if line.startswith("error:")]
+    assert r.code != 0 and len(errors) == 1  # one line (beside the progress lines)
+    assert "differ from transformers' by 0.5" in errors[0] and "not registered" in errors[0]
+    store = Store()
+    try:
+        assert "t-bad" not in {a.name for a in store.assets.list()}
+    finally:
+        store.close()
+
+
 def test_onnx_export_refused_in_one_line_without_exporter(
     cli: Any, tiny_plain: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
