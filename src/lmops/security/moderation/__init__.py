@@ -29,10 +29,16 @@ Text -> features
 
 Model
     Head 0 scores harmful vs benign: ``logit = b + sum(w[ngram]) * n**-power +
-    v . relu(W u + c)``, ``u`` the unit embedding direction (zero without one), trained
-    jointly (:func:`fit_moderation`: class-weighted log loss, sparse Adagrad for the n-gram
-    weights as in :func:`lmops.text.logistic.fit_logistic`, Adam for the small dense
-    layer). With categories in the training rows, one head per category (that category vs
+    v . relu(W u + c) + q . max(0, max_t Q e_t)``, ``u`` the unit embedding direction
+    (zero without one), ``e_t`` each word's row, trained jointly (:func:`fit_moderation`:
+    class-weighted log loss, sparse Adagrad for the n-gram weights as in
+    :func:`lmops.text.logistic.fit_logistic` with n-gram dropout 0.3, so that no single
+    phrase carries a verdict alone, Adam for the small dense layers). Four such models
+    (seeds 0-3) are averaged (:func:`fit_ensemble`); the mean is itself one model of the
+    same form (n-gram weights averaged, hidden units side by side), so scoring costs one
+    pass. The mean ranks unseen rows better than any one member (the rule below's
+    out-of-fold recall at 2 % false positives: 0.838 against 0.820 for one model).
+    With categories in the training rows, one head per category (that category vs
     the other harmful rows, n-grams only, :func:`~lmops.text.logistic.fit_logistic`)
     names the category of a harmful text. ``model(text)`` returns ``{category:
     P(harmful)}`` for the best category, so a harmful text is counted once.
@@ -54,6 +60,15 @@ Threshold
     stored in the file and used unless ``GuardrailConfig.classifier_threshold`` is set
     (the shipped model: 0.5 % cap -> higher threshold, fewer false positives on ordinary
     text; 3 % -> more recall).
+
+Measured (the shipped model, ``benchmarks/moderation_bench.py``)
+    Threshold 0.775 by the rule (out-of-fold recall 0.818 at 2 %). Held-out split, the
+    classifier alone: recall 0.802, false positives 0.92 % (unseen template 0.904 / 0.12 %,
+    wording 0.625 / 0.14 %, idea 0.747 / 2.4 %); the whole default guard 0.812 / 1.26 %.
+    Ordinary instructions never trained on (Alpaca, en/zh requests and replies): 0.27 -
+    0.40 % blocked. The issue's goal, recall 0.95 at 3 % false positives, is not reached:
+    words never seen in a role (``wording``) and Chinese (no embedding of its own: only
+    the gloss table and character n-grams) are the weak parts.
 
 File
     One ``.npz`` (read with ``allow_pickle=False``): a JSON header (format, bits, power,
@@ -84,6 +99,7 @@ from lmops.security.moderation.train import (
     LabeledText,
     TrainReport,
     evaluate,
+    fit_ensemble,
     fit_moderation,
     read_labeled,
     train_moderation_classifier,
@@ -104,6 +120,7 @@ __all__ = [
     "deobfuscate",
     "evaluate",
     "features",
+    "fit_ensemble",
     "fit_moderation",
     "load_model",
     "read_labeled",
