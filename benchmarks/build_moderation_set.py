@@ -54,6 +54,13 @@ hand-written act in five, and held-out sentences, everyday requests and chat for
 their wordings). A held-out wording or idea appears only in held-out frames. The gloss
 table (``gloss.tsv``) is built from training fillers only. The first version's held-out
 split (``benchmarks/moderation_v1_test.jsonl.gz``, ``source: v1``) is kept verbatim.
+
+Training breadth (``moderation_lexicon_breadth.py``, ``source: breadth``): more harmful and
+look-alike ideas over the concepts' training fillers, everyday requests, instruction-style
+tasks, replies, general-knowledge statements and common Chinese words, all ``train``, in
+training frame families only; an idea sharing half its words with a held-out idea is left
+out. They are drawn last, from their own generator (``--seed`` + 1), so every other row,
+and the held-out split byte for byte, is what it is without them.
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import moderation_lexicon as LEX
+import moderation_lexicon_breadth as BREADTH
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "src/lmops/security/resources/moderation"
@@ -1989,6 +1997,116 @@ def ordinary_rows(rng: random.Random) -> Iterator[Row]:
                       "idea" if split == "test" else None, "composed")  # fmt: skip
 
 
+# ============================================================================ training breadth
+def _tokens(text: str, lang: str) -> set[str]:
+    """Words (English) or character pairs (Chinese) of a pattern, slots as words."""
+    text = plain(text).lower()
+    if lang == "en":
+        return set(re.findall(r"[a-z]+|\{!?\w+\}", text))
+    han = re.sub(r"\{!?\w+\}", "|", text)
+    return {han[i : i + 2] for i in range(len(han) - 1)} | set(re.findall(r"\{!?\w+\}", text))
+
+
+def _held_out_ideas() -> dict[str, list[set[str]]]:
+    """Token sets of every held-out idea of the lexicon and of the hand-written lists."""
+    out: dict[str, list[set[str]]] = {"en": [], "zh": []}
+    for label, ideas in (("harmful", LEX.HARM_IDEAS), ("benign", LEX.BENIGN_IDEAS),
+                         ("harmful", LEX.HARM_SAYINGS)):  # fmt: skip
+        for cat, by_lang in ideas.items():
+            for lang, patterns in by_lang.items():
+                kind = "saying/" if ideas is LEX.HARM_SAYINGS else "composed/"
+                for i, pattern in enumerate(patterns):
+                    if split_of(f"{lang}/{label}/{kind}{cat}/{i}", 5) == "test":
+                        out[lang].append(_tokens(pattern, lang))
+    for lang, benign in (("en", BENIGN_EN), ("zh", BENIGN_ZH)):
+        for i, (_, act) in enumerate(benign):
+            if split_of(f"{lang}/benign/{i}", 5) == "test":
+                out[lang].append(_tokens(act, lang))
+    for lang, para in (("en", PARA_HARM_EN), ("zh", PARA_HARM_ZH)):
+        for cat, lst in para.items():
+            for i, line in enumerate(lst):
+                for j, w in enumerate(line.split(" / "), start=1):
+                    if split_of(f"{lang}/harm/{cat}/{i}.{j}", 2) == "test":
+                        out[lang].append(_tokens(w, lang))
+    return out
+
+
+def breadth_rows(rng: random.Random) -> Iterator[Row]:
+    """Training-only rows from ``moderation_lexicon_breadth`` (see its docstring): ideas
+    expanded with training fillers, everyday requests and word tasks, in training frame
+    families only. An idea sharing half its words (Jaccard) with a held-out idea is left
+    out."""
+    held = _held_out_ideas()
+    dropped = 0
+    for lang, frames in (("en", FRAMES_EN), ("zh", FRAMES_ZH)):
+        fams = [f for f in frames if split_of(f"{lang}/frame/{f}") == "train"]
+        for label, ideas in (("harmful", BREADTH.HARM_IDEAS), ("benign", BREADTH.BENIGN_IDEAS)):
+            for cat, by_lang in ideas.items():
+                for i, pattern in enumerate(by_lang[lang]):
+                    tok = _tokens(pattern, lang)
+                    if any(len(tok & h) >= 0.5 * len(tok | h) for h in held[lang]):
+                        dropped += 1
+                        continue
+                    group = f"{lang}/{label}/breadth/{cat}/{i}"
+                    kind = "request" if label == "harmful" else f"lookalike_request:{cat}"
+                    seen: set[str] = set()
+                    for _ in range(42):
+                        w = expand(pattern, lang, rng, held=False)
+                        if w is None or w in seen or len(seen) >= 14:
+                            continue
+                        if label == "benign" and _policy_terms()(plain(w)):
+                            continue
+                        seen.add(w)
+                        a = w.replace("{g}", rng.choice(GROUPS_EN if lang == "en" else GROUPS_ZH))
+                        for fam in rng.sample(fams, 2):
+                            text = rng.choice(frames[fam]).replace("{A}", cap(a)).replace("{a}", a)
+                            yield Row(text, label, cat if label == "harmful" else None, lang,
+                                      kind, fam, group, "train", source="breadth")  # fmt: skip
+        acts = _bar(BREADTH.ORDINARY_ACTS_EN if lang == "en" else BREADTH.ORDINARY_ACTS_ZH)
+        for a in acts:
+            for fam in rng.sample(fams, 4):
+                text = rng.choice(frames[fam]).replace("{A}", cap(a)).replace("{a}", a)
+                yield Row(text, "benign", None, lang, "ordinary_request", fam,
+                          f"{lang}/ordinary_act_b/{a}", "train", source="breadth")  # fmt: skip
+        words = _plain_words(lang)
+        for k, form in enumerate(BREADTH.WORD_TASKS_EN if lang == "en" else BREADTH.WORD_TASKS_ZH):
+            for _ in range(40 if lang == "en" else 25):
+                w, v, u = rng.sample(words, 3)
+                text = (form.replace("{W}", cap(w)).replace("{w}", w).replace("{v}", v)
+                        .replace("{u}", u).replace("{n}", str(rng.randint(2, 999)))
+                        .replace("{m}", str(rng.randint(1, 99))))  # fmt: skip
+                yield Row(text, "benign", None, lang, "word_task", "plain",
+                          f"{lang}/wordtask_b/{k}", "train", source="breadth")  # fmt: skip
+        en = lang == "en"
+        objects = _bar(BREADTH.TASK_OBJECTS_EN if en else BREADTH.TASK_OBJECTS_ZH)
+        for k, form in enumerate(BREADTH.TASK_FORMS_EN if en else BREADTH.TASK_FORMS_ZH):
+            for _ in range(6):
+                o, p, q = rng.sample(objects, 3)
+                text = (form.replace("{o}", o).replace("{p}", p).replace("{q}", q)
+                        .replace("{n}", str(rng.randint(2, 999)))
+                        .replace("{m}", str(rng.randint(1, 99))))  # fmt: skip
+                yield Row(cap(text), "benign", None, lang, "ordinary_request", "plain",
+                          f"{lang}/task_b/{k}", "train", source="breadth")  # fmt: skip
+        for k, form in enumerate(BREADTH.REPLY_FORMS_EN if en else BREADTH.REPLY_FORMS_ZH):
+            for _ in range(6):
+                o, p = rng.sample(objects, 2)
+                text = form.replace("{O}", cap(o)).replace("{o}", o).replace("{p}", p)
+                yield Row(text, "benign", None, lang, "reply", "plain", f"{lang}/reply_b/{k}",
+                          "train", source="breadth")  # fmt: skip
+        wraps = WRAP_EN if en else WRAP_ZH
+        train_wraps = [f for f in wraps if split_of(f"{lang}/wrap/{f}") == "train"]
+        for s in _bar(BREADTH.STATEMENTS_EN if en else BREADTH.STATEMENTS_ZH):
+            for fam in ["plain", *rng.sample(train_wraps, 1)]:
+                text = rng.choice(wraps[fam]).replace("{s}", s) if fam != "plain" else cap(s)
+                yield Row(text, "benign", None, lang, "chat", fam, f"{lang}/statement_b/{s}",
+                          "train", source="breadth")  # fmt: skip
+        if not en:
+            for w in _bar(BREADTH.WORDS_ZH):
+                yield Row(w, "benign", None, lang, "word_task", "plain", f"{lang}/word_b/{w}",
+                          "train", source="breadth")  # fmt: skip
+    print(f"breadth: {dropped} ideas left out (too close to a held-out idea)")
+
+
 # ============================================================================ gloss table
 def gloss_table(vocab: set[str]) -> dict[str, str]:
     """Words the static embeddings cannot read -> an English gloss they can: Chinese words
@@ -2084,6 +2202,14 @@ def rows(seed: int) -> list[dict[str, object]]:
         if rng.random() < 0.15:
             fam = rng.choice(plain_families[row.lang])
             emit(row, obfuscate(row, fam, rng), fam)
+    # Training-only breadth, drawn last with its own generator: the rows above (and so the
+    # held-out split) are the same with or without it.
+    brng = random.Random(seed + 1)
+    for row in breadth_rows(brng):
+        emit(row, plain(row.text), "none")
+        families = EN_FAMILIES if row.lang == "en" else ZH_FAMILIES
+        for fam in brng.sample(families, 1 if brng.random() < 0.6 else 0):
+            emit(row, obfuscate(row, fam, brng), fam)
     return out
 
 
