@@ -453,8 +453,8 @@ def section_llama_cpp(b: Bench) -> None:
             f"{g['tokens_equal_vs_fp32']}), teacher-forced argmax equal "
             f"{g['teacher_forced_argmax_equal']}/{g['of']}, |dlogit| mean "
             f"{g['mean_abs_dlogit']:.3f} max {g['max_abs_dlogit']:.3f} (its activation "
-            f"rounding alone moves lmops's by {g['act_rounding_mean_abs_dlogit']:.3f}); runs part at "
-            f"(lmops top-1 minus top-2 logit): {'; '.join(parts) or 'none'}"
+            f"rounding alone moves lmops's by {g['act_rounding_mean_abs_dlogit']:.3f}); runs "
+            f"part at (lmops top-1 minus top-2 logit): {'; '.join(parts) or 'none'}"
         )
     lmops_tps: list[float] = []
     cpp_tps: dict[str, list[float]] = {q: [] for q in b.args.quants}
