@@ -100,6 +100,29 @@ def test_export_reads_back_in_transformers_with_same_tokens(cli: Any, tiny: Path
     assert sizes["q8_0"] < 0.6 * sizes["f16"] and sizes["q4_0"] < sizes["q8_0"]
 
 
+@pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_0", "q4_1"])
+def test_round_like_gguf_is_the_files_weights(sharp: Path, tmp_path: Path, quant: str) -> None:
+    """What transformers dequantizes from the file is round_like_gguf's model, weight for
+    weight, and (attention sharp enough that the rotary order shows) gives its logits: the
+    reference the llama.cpp test holds llama.cpp to is the file's content."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmops.deploy.gguf import round_like_gguf, write_gguf
+
+    file = tmp_path / f"s.{quant}.gguf"
+    write_gguf(sharp, file, quant)
+    read, _ = _read_back(file)
+    same = round_like_gguf(
+        AutoModelForCausalLM.from_pretrained(str(sharp), dtype=torch.float32).eval(), quant
+    )
+    mine = dict(same.named_parameters())
+    for name, param in read.named_parameters():
+        assert torch.equal(param, mine[name]), (quant, name)
+    x = torch.tensor([AutoTokenizer.from_pretrained(str(sharp))(PROMPTS[0])["input_ids"]])
+    with torch.no_grad():
+        assert (read(x).logits - same(x).logits).abs().max().item() < 1e-4
+
+
 def test_import_gguf_is_a_model_folder_with_the_file_in_lineage(
     cli: Any, tiny: Path, tmp_path: Path
 ) -> None:
