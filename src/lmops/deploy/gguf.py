@@ -22,10 +22,11 @@ file with the ``gguf`` package as llama.cpp's ``convert_hf_to_gguf.py`` does for
   ``gguf.quants`` (Q8_0: 32 weights + one fp16 scale = 8.5 bits; Q4_0: 4.5; Q4_1: 5.0).
   Tied embeddings are written once (``token_embd``), as llama.cpp expects.
 
-llama.cpp (through llama-cpp-python) and transformers both read every quant back and
-greedy-generate what lmops generates with the file's rounded weights (:func:`round_like_gguf`);
-tests/deploy/test_gguf.py checks both, benchmarks/deploy_bench.py ``--llama-cpp`` measures it
-on SmolLM2-135M-Instruct.
+llama.cpp (through llama-cpp-python) and transformers both read every quant back: transformers
+dequantizes exactly :func:`round_like_gguf`'s weights; llama.cpp greedy-generates lmops's
+tokens on those weights for f16, and for q8_0/q4_0/q4_1 up to float ties of its own 8-bit
+rounding of matmul inputs (tests/deploy/test_gguf.py; SmolLM2-135M-Instruct figures in
+benchmarks/deploy_bench.py ``--llama-cpp``).
 
 The output is registered as a ``model`` asset (one ``.gguf`` file, metadata ``format:
 gguf``, ``quant``) with lineage to the source model (role ``source``).
