@@ -385,8 +385,8 @@ def train_moderation_classifier(
     fz = builtin_featurizer()
     enc = _encode([r.text for r in train], bits, power, fz)
     y = np.array([1.0 if r.harmful else 0.0 for r in train])
-    fit = {"bits": bits, "hidden": hidden, "epochs": epochs, "seed": seed, "seeds": seeds,
-           "dropout": dropout}  # fmt: skip
+    fit: dict[str, Any] = {"bits": bits, "hidden": hidden, "epochs": epochs, "seed": seed,
+                           "seeds": seeds, "dropout": dropout}  # fmt: skip
     everything = np.arange(len(train))
 
     rule = "fixed"
