@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from lmops.core.errors import UserError
+from lmops.core.errors import NotFoundError, UserError
 from lmops.deploy.distill import DistillSpec, distill, distill_loss, lr_factor
 from tests.deploy.test_prune import llama, save
 from tests.train.tiny import SENTENCES, make_tokenizer
@@ -115,6 +115,35 @@ def test_resume_is_exact(store: Any, teacher: Path, text: Path) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+class _RunsCode:
+    """Pickles to a call of ``touch PATH``: what a planted checkpoint could run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_planted_checkpoint_never_runs_code(store: Any, teacher: Path, text: Path,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    from lmops.deploy.distill import _work_dir
+
+    spec = DistillSpec(teacher=str(teacher), student="layers:2", dataset=str(text),
+                       output="safe", steps=2, seq_len=32, eval_blocks=2)  # fmt: skip
+    work = _work_dir(store, spec)
+    work.mkdir(parents=True, exist_ok=True)
+    ran = tmp_path / "ran"
+    torch.save({"student": _RunsCode(ran), "step": 1}, work / "checkpoint.pt")
+    with pytest.raises(UserError, match=r"checkpoint\.pt: not a checkpoint lmops loads safely"):
+        distill(spec, store=store)
+    assert not ran.exists()
+    with pytest.raises(NotFoundError):  # nothing half-made was registered
+        store.assets.resolve("safe")
 
 
 def test_bad_students(store: Any, teacher: Path, text: Path, tmp_path: Path) -> None:

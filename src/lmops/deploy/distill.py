@@ -46,6 +46,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -282,7 +283,15 @@ def distill(
         info_file = work / "info.json"
         info: dict[str, float] = json.loads(info_file.read_text()) if info_file.exists() else {}
         if ckpt.exists():
-            state = torch.load(ckpt, weights_only=False)
+            # tensors, numbers and tuples only: a checkpoint never runs code when resumed
+            try:
+                state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(
+                    f"{ckpt}: not a checkpoint lmops loads safely ({first}); "
+                    "delete it to start the distillation over"
+                ) from None
             student.load_state_dict(state["student"])
             opt.load_state_dict(state["optimizer"])
             step, cache = int(state["step"]), state["topk"]
