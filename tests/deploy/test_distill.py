@@ -129,6 +129,22 @@ class _RunsCode:
         return (os.system, (f"touch {self.path}",))
 
 
+def test_a_budgeted_run_shows_the_budget_used(
+    store: Any, teacher: Path, text: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its steps are unknown (``steps`` is only a ceiling), so the progress counts the
+    budget: no "about 3,991 h left" from a step total it will never reach."""
+    spec = DistillSpec(teacher=str(teacher), student="layers:2", dataset=str(text),
+                       output="shown", steps=100_000, seq_len=32, eval_blocks=2, batch_size=2,
+                       max_cpu_minutes=0.01)  # fmt: skip
+    r = distill(spec, store=store, show_progress=True)
+    assert r.stopped_by == "max_cpu_minutes"
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("distill: ")]
+    assert lines[0].startswith("distill: 0/100 % of the time budget"), lines
+    done = int(lines[-1].split(": ")[1].split("/")[0])
+    assert 50 <= done <= 100 and "steps" not in lines[-1], lines
+
+
 def test_a_planted_checkpoint_never_runs_code(store: Any, teacher: Path, text: Path,
                                               tmp_path: Path) -> None:  # fmt: skip
     from lmops.deploy.distill import _work_dir

@@ -321,8 +321,21 @@ def distill(
         wall_budget = 60 * spec.max_minutes if spec.max_minutes else None
         stopped_by: Literal["steps", "max_minutes", "max_cpu_minutes"] = "steps"
         last_step_cpu = 0.0  # a step is not started when it would overrun the CPU budget
-        with Progress(spec.steps, label="distill", unit="steps", enabled=show_progress) as bar:
-            bar.advance(step)
+        # with a time budget the bar counts the budget (its steps are unknown), else steps
+        budgeted = bool(cpu_budget or wall_budget)
+        total, unit = (100, "% of the time budget") if budgeted else (spec.steps, "steps")
+
+        def advance_to(bar: Progress) -> None:
+            used = [step / spec.steps]
+            if wall_budget:
+                used.append((time.monotonic() - started) / wall_budget)
+            if cpu_budget:
+                used.append(cpu_used() / cpu_budget)
+            done = min(total, int(100 * max(used))) if budgeted else step
+            bar.advance(max(0, done - bar.done))
+
+        with Progress(total, label="distill", unit=unit, enabled=show_progress) as bar:
+            advance_to(bar)
             while step < spec.steps:
                 used = [0.0]
                 if wall_budget:
@@ -368,7 +381,7 @@ def distill(
                 step += 1
                 lr_now = opt.param_groups[0]["lr"]
                 store.runs.log_metrics(run.id, {"loss": float(loss.detach()), "lr": lr_now}, step)
-                bar.advance(1)
+                advance_to(bar)
                 if step % spec.checkpoint_every == 0 or step == spec.steps:
                     save(step)
                 last_step_cpu = time.process_time() - step_start
