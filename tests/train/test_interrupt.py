@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,11 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, at: int, action: Any) -> None
 
 
 # Slows every forward pass so that a signal lands mid-run, then runs the real CLI entry point.
+# Ctrl-C as at a terminal: a runner started in the background (`make test &`, nohup) leaves
+# SIGINT ignored, which every child inherits and the loop rightly respects.
 SLOW_CLI = (
-    "import sys, time\n"
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
     "import lmops.train.loop as loop\n"
     "forward = loop._loss_sum\n"
     "loop._loss_sum = lambda *a: (time.sleep(0.4), forward(*a))[1]\n"
@@ -173,6 +177,17 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint(
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.fixture
+def terminal_ctrl_c() -> Iterator[None]:
+    """SIGINT handled as at a terminal for the test (see SLOW_CLI), then as it was."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.usefixtures("terminal_ctrl_c")
 def test_a_second_ctrl_c_stops_at_once_and_names_the_last_checkpoint(
     base: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
