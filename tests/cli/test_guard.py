@@ -37,6 +37,16 @@ def test_guard_train_then_serve_with_it(cli: Any, tmp_path: Path) -> None:
     assert not g.check_input([{"role": "user", "content": "write a poem about a violin"}]).blocked
     r = cli("guard", "eval", "--data", str(data), "--model", str(out), "--json")
     assert r.code == 0 and json.loads(r.out)["recall"] == 1.0
+    assert (report["seeds"], report["dropout"]) == (4, 0.3)  # the shipped model's recipe
+    # one plain model, no dropout: what the options say is what is trained
+    one = tmp_path / "one.npz"
+    r = cli("guard", "train", "--data", str(data), "--output", str(one), "--seeds", "1",
+            "--dropout", "0", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    assert (json.loads(r.out)["seeds"], json.loads(r.out)["dropout"]) == (1, 0.0)
+    assert one.read_bytes() != out.read_bytes()
+    r = cli("guard", "train", "--data", str(data), "--output", str(one), "--dropout", "1")
+    assert r.code == 2 and "0 <= dropout < 1" in r.err and "Traceback" not in r.err
 
 
 def test_guard_train_rejects_bad_rows_with_file_and_line(cli: Any, tmp_path: Path) -> None:

@@ -48,6 +48,17 @@ def train_cmd(
     hidden: Annotated[int, typer.Option(help="Units of the embedding layers.")] = 64,
     epochs: Annotated[int, typer.Option()] = 6,
     seed: Annotated[int, typer.Option()] = 0,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            help="Models averaged into the one written (seeds seed, seed+1, ...); same size "
+            "and cost to score as one."
+        ),
+    ] = 4,
+    dropout: Annotated[
+        float,
+        typer.Option(help="N-gram dropout while training (0-1): no phrase decides alone."),
+    ] = 0.3,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a moderation classifier; use it with guardrails ``classifier: PATH.npz``."""
@@ -57,8 +68,8 @@ def train_cmd(
     if with_builtin:
         rows += moderation.read_labeled(moderation.builtin_data_path())
     report = moderation.train_moderation_classifier(
-        rows, output, bits=bits, hidden=hidden, epochs=epochs, seed=seed, folds=folds,
-        max_fp=max_fp, threshold=threshold,
+        rows, output, bits=bits, hidden=hidden, epochs=epochs, seed=seed, seeds=seeds,
+        dropout=dropout, folds=folds, max_fp=max_fp, threshold=threshold,
     )  # fmt: skip
     if as_json:
         print_json(report.to_dict())
