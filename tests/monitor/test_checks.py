@@ -99,7 +99,12 @@ def test_slow_webhook_is_recorded_and_the_report_kept(store: Any, tmp_path: Path
     # a receiver that is not there at all: refused, recorded, no crash
     spec = _spec(alerts={"webhook": "http://127.0.0.1:9/hook", "fire_after": 1})
     store2_report, _ = check_deployment(store, spec)
-    assert store2_report.notifications == []  # nothing changed state: nothing to send
+    # nothing changed state: only the timed-out ones are owed, and tried again
+    assert store2_report.notifications and all(
+        not n["ok"] and n["attempt"] == 2 and "ConnectError" in n["error"]
+        for n in store2_report.notifications
+    )
+    assert len(store2_report.undelivered) == len(report.notifications)
 
 
 def test_empty_window_and_no_overlap_are_recorded(store: Any, tmp_path: Path) -> None:
@@ -141,3 +146,40 @@ def test_check_spec_needs_one_reference() -> None:
         CheckSpec(deployment="chat")
     with pytest.raises(ValueError, match="not both"):
         CheckSpec(deployment="chat", reference="x", reference_last=5)
+
+
+def test_an_undelivered_alert_is_sent_again_by_the_next_check(
+    store: Any, tmp_path: Path, receiver: Receiver
+) -> None:
+    """The webhook is down when the alerts fire: the next check delivers them (oldest
+    first, with their attempt), and the report's metadata says what is still owed."""
+    plant_traffic(store, "chat", model_ref=_model(store, tmp_path), drift=True)
+    down = "http://127.0.0.1:9/hook"
+    report, version = check_deployment(store, _spec(alerts={"webhook": down, "fire_after": 1}))
+    fired = sorted(k for k, s in report.alerts.items() if s["firing"])
+    assert fired and not any(n["ok"] for n in report.notifications)
+    owed = version.metadata["undelivered"]
+    assert sorted(u["payload"]["alert"] for u in owed) == fired
+    assert all(u["attempts"] == 1 for u in owed)
+
+    # nothing changes state now; what was owed goes out, once, on its second attempt
+    report2, version2 = check_deployment(store, _spec(alerts={"webhook": receiver.url}))
+    assert sorted(b["alert"] for b in receiver.bodies) == fired
+    assert all(b["event"] == "firing" for b in receiver.bodies)
+    assert all(n["ok"] and n["attempt"] == 2 for n in report2.notifications)
+    assert version2.metadata["undelivered"] == [] and report2.undelivered == []
+    check_deployment(store, _spec(alerts={"webhook": receiver.url}))
+    assert len(receiver.bodies) == len(fired)  # delivered ones are not sent again
+
+
+def test_an_alert_is_given_up_after_its_retries(store: Any, tmp_path: Path) -> None:
+    plant_traffic(store, "chat", model_ref=_model(store, tmp_path), drift=True)
+    alerts = {"webhook": "http://127.0.0.1:9/hook", "fire_after": 1, "webhook_retries": 1}
+    first, _ = check_deployment(store, _spec(alerts=alerts))
+    n = len(first.notifications)
+    second, v2 = check_deployment(store, _spec(alerts=alerts))  # the one retry, failing
+    assert len(second.notifications) == n
+    assert all(r["attempt"] == 2 and r["gave_up"] and not r["ok"] for r in second.notifications)
+    assert v2.metadata["undelivered"] == []
+    third, _ = check_deployment(store, _spec(alerts=alerts))
+    assert third.notifications == []  # given up: not sent again

@@ -25,6 +25,7 @@ from lmops.monitor.drift import DriftReport
 __all__ = [
     "AlertConfig",
     "alert_rules",
+    "deliver",
     "metrics_text",
     "post_webhook",
     "update_alerts",
@@ -36,6 +37,9 @@ class AlertConfig(BaseModel):
     clear_after: int = Field(2, ge=1, description="clean evaluations in a row to resolve")
     webhook: str | None = Field(None, description="URL to POST state changes to")
     webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_retries: int = Field(
+        5, ge=0, description="later evaluations that re-send an undelivered notification"
+    )
 
 
 def update_alerts(
@@ -77,6 +81,34 @@ def post_webhook(url: str, payload: dict[str, Any], timeout_s: float) -> dict[st
     except (httpx.HTTPError, OSError, ValueError) as e:
         rec["ok"], rec["error"] = False, f"{type(e).__name__}: {e}"
     return rec
+
+
+def deliver(
+    cfg: AlertConfig, undelivered: list[dict[str, Any]], payloads: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Send what earlier evaluations could not deliver (oldest first), then ``payloads``,
+    to ``cfg.webhook``; returns ``(notifications, still_undelivered)``. A notification that
+    fails is kept, ``{"payload", "attempts"}``, and sent again by the next evaluation, up to
+    ``webhook_retries`` more times; then it is given up, and the record says so. Without a
+    webhook nothing is sent and nothing is dropped."""
+    if not cfg.webhook:
+        return [], list(undelivered)
+    queue = [(dict(u["payload"]), int(u["attempts"])) for u in undelivered]
+    queue += [(p, 0) for p in payloads]
+    sent: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []
+    for payload, attempts in queue:
+        rec = post_webhook(cfg.webhook, payload, cfg.webhook_timeout_s)
+        attempts += 1
+        if attempts > 1:
+            rec["attempt"] = attempts
+        if not rec["ok"]:
+            if attempts <= cfg.webhook_retries:
+                kept.append({"payload": payload, "attempts": attempts})
+            else:
+                rec["gave_up"] = True
+        sent.append(rec)
+    return sent, kept
 
 
 def metrics_text(reports: Iterable[DriftReport]) -> bytes:

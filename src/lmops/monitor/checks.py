@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field, model_validator
 
 from lmops.core.errors import UserError
-from lmops.monitor.alerts import AlertConfig, post_webhook, update_alerts, write_textfile
+from lmops.monitor.alerts import AlertConfig, deliver, update_alerts, write_textfile
 from lmops.monitor.canary import load_canaries, run_canaries, summarize
 from lmops.monitor.drift import DriftReport, MonitorConfig, compare_samples
 from lmops.monitor.embed import Embedder
@@ -91,11 +91,13 @@ def report_name(subject: str) -> str:
     return "drift-" + re.sub(r"[^A-Za-z0-9._-]+", "-", subject).strip("-")
 
 
-def _previous_alerts(store: Store, name: str) -> dict[str, Any]:
+def _previous(store: Store, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The last report's alert states and its undelivered webhook notifications."""
     try:
-        return dict(store.assets.resolve(name).metadata.get("alerts") or {})
+        meta = store.assets.resolve(name).metadata
     except UserError:  # the first report of this name
-        return {}
+        return {}, []
+    return dict(meta.get("alerts") or {}), list(meta.get("undelivered") or [])
 
 
 def _served_by(store: Store, refs: list[str]) -> list[tuple[str, str]]:
@@ -168,21 +170,21 @@ def check_deployment(
             report.canaries = summarize(res, cs_version.ref)
             results["canary"] = report.canaries["failed"] > 0
             inputs.append((cs_version.ref, "canaries"))
-        states, events = update_alerts(_previous_alerts(store, name), results, spec.alerts)
+        previous, undelivered = _previous(store, name)
+        states, events = update_alerts(previous, results, spec.alerts)
         report.alerts = states
-        for alert, event in events:
-            if spec.alerts.webhook:
-                payload = {
-                    "event": event,
-                    "alert": alert,
-                    "subject": report.subject,
-                    "status": report.status,
-                    "message": report.message,
-                    "run_id": run.id,
-                }
-                report.notifications.append(
-                    post_webhook(spec.alerts.webhook, payload, spec.alerts.webhook_timeout_s)
-                )
+        payloads = [
+            {
+                "event": event,
+                "alert": alert,
+                "subject": report.subject,
+                "status": report.status,
+                "message": report.message,
+                "run_id": run.id,
+            }
+            for alert, event in events
+        ]
+        report.notifications, report.undelivered = deliver(spec.alerts, undelivered, payloads)
         store.runs.log_metrics(
             run.id,
             {

@@ -120,6 +120,9 @@ class DriftReport(BaseModel):
     alerts: dict[str, Any] = Field(default_factory=dict)
     canaries: dict[str, Any] | None = None
     notifications: list[dict[str, Any]] = Field(default_factory=list)
+    # webhook payloads not delivered yet, {"payload", "attempts"}: the next evaluation
+    # of the same subject sends them again (monitor.alerts.deliver)
+    undelivered: list[dict[str, Any]] = Field(default_factory=list)
 
     def monitor(self, name: str) -> MonitorResult:
         return next(m for m in self.monitors if m.name == name)

@@ -106,7 +106,12 @@ def format_summary(report: DriftReport) -> str:
         if state.get("firing"):
             lines.append(f"  alert firing: {name}")
     for n in report.notifications:
-        lines.append(f"  webhook {n.get('url')}: {'ok' if n.get('ok') else n.get('error')}")
+        what = "ok" if n.get("ok") else str(n.get("error"))
+        if n.get("attempt"):
+            what += f" (attempt {n['attempt']}{', given up' if n.get('gave_up') else ''})"
+        lines.append(f"  webhook {n.get('url')}: {what}")
+    if report.undelivered:
+        lines.append(f"  webhook: {len(report.undelivered)} to send again at the next check")
     return "\n".join(lines)
 
 
@@ -150,6 +155,7 @@ def record_report(
         "message": r.message,
         "window": r.window,
         "alerts": r.alerts,
+        "undelivered": r.undelivered,
         "n_ref": r.n_ref,
         "n_cur": r.n_cur,
     }
