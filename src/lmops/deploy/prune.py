@@ -134,13 +134,28 @@ def _linears(model: Any) -> dict[str, Any]:
     }
 
 
+def _run_with_input_hooks(
+    model: Any, blocks: Any, hooks: list[tuple[Any, Any]], batch: int
+) -> None:
+    """Run the calibration ``blocks`` through ``model`` (no grad, ``batch`` blocks at a
+    time) with each ``(module, fn)`` of ``hooks`` as a forward pre-hook, removed after."""
+    import torch
+
+    handles = [m.register_forward_pre_hook(fn) for m, fn in hooks]
+    try:
+        with torch.no_grad():
+            for i in range(0, len(blocks), batch):
+                model(input_ids=blocks[i : i + batch], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def input_norms(model: Any, blocks: Any, batch: int = 4) -> dict[str, Any]:
     """``||X_j||_2`` over every calibration token, for each input feature j of each linear
     layer in the decoder blocks (one forward pass, hooks on the inputs)."""
-    import torch
 
     sums: dict[str, Any] = {}
-    hooks = []
 
     def hook(name: str) -> Any:
         def fn(_m: Any, args: tuple[Any, ...]) -> None:
@@ -150,15 +165,9 @@ def input_norms(model: Any, blocks: Any, batch: int = 4) -> dict[str, Any]:
 
         return fn
 
-    for name, m in _linears(model).items():
-        hooks.append(m.register_forward_pre_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            for i in range(0, len(blocks), batch):
-                model(input_ids=blocks[i : i + batch], use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_with_input_hooks(
+        model, blocks, [(m, hook(name)) for name, m in _linears(model).items()], batch
+    )
     return {k: v.sqrt() for k, v in sums.items()}
 
 
@@ -280,14 +289,8 @@ def prune_heads(model: Any, keep_kv: int, blocks: Any | None = None, batch: int 
                 x = args[0].detach().float().reshape(-1, n_heads, head_dim)
                 sums[li] += (x * x).sum(dim=(0, 2))
 
-            hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(fn))
-        try:
-            with torch.no_grad():
-                for i in range(0, len(blocks), batch):
-                    model(input_ids=blocks[i : i + batch], use_cache=False)
-        finally:
-            for h in hooks:
-                h.remove()
+            hooks.append((layer.self_attn.o_proj, fn))
+        _run_with_input_hooks(model, blocks, hooks, batch)
         act = [s.sqrt() for s in sums]
     for li, layer in enumerate(layers):
         attn = layer.self_attn
@@ -320,7 +323,6 @@ def mlp_activations(
     """Per decoder layer, over every calibration token, the MLP's intermediate activations
     ``a = act_fn(gate(x)) * up(x)`` (the input of ``down_proj``): their mean ``|a_i|`` [I]
     and, with ``gram``, the Gram matrix ``sum a a^T`` [I, I] (float64) for the refit."""
-    import torch
 
     layers = _blocks(model)
     absum: list[Any] = [None] * len(layers)
@@ -339,14 +341,8 @@ def mlp_activations(
             if li == 0:
                 count[0] += a.shape[0]
 
-        hooks.append(layer.mlp.down_proj.register_forward_pre_hook(fn))
-    try:
-        with torch.no_grad():
-            for i in range(0, len(blocks), batch):
-                model(input_ids=blocks[i : i + batch], use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+        hooks.append((layer.mlp.down_proj, fn))
+    _run_with_input_hooks(model, blocks, hooks, batch)
     means = [(s / count[0]).float() for s in absum]
     return means, (grams if gram else None)
 
