@@ -466,21 +466,15 @@ def export_onnx(
     ``output`` (metadata ``format: onnx``, ``quant``, ``opset``, ``max_abs_logit_diff``)
     with lineage to the source. Refused, before any work, when the exporter is not
     installed; nothing is registered when anything fails."""
-    from lmops.models.loading import resolve_local
+    from lmops.deploy._source import source_inputs, source_model
 
     _check_quant(quant)
     _require_exporter()
-    src, src_ref = resolve_local(model_ref, store, kind="model")
-    if (src / "adapter_config.json").is_file():
-        raise UserError(f"{model_ref} is an adapter; merge it first (lmops train merge)")
+    src, src_ref = source_model(model_ref, store)
     with store.runs.track(
         "onnx_export", config={"model": model_ref, "quant": quant, "output": output}
     ) as run:
-        inputs = (
-            [(src_ref, "source")]
-            if src_ref
-            else store.assets.record_inputs([(src, "source")], run_id=run.id)
-        )
+        inputs = source_inputs(store, src, src_ref, run.id)
         tmp = Path(tempfile.mkdtemp(prefix="lmops-onnx-"))
         try:
             folder = tmp / output.replace("/", "_")

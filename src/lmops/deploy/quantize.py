@@ -657,6 +657,7 @@ def quantize_model(
     import torch
     from safetensors.torch import save_file
 
+    from lmops.deploy._source import source_model
     from lmops.deploy._text import token_stream
     from lmops.models.loading import load_causal_lm, load_tokenizer, quiet_transformers
     from lmops.models.loading import resolve_local as resolve
@@ -665,9 +666,7 @@ def quantize_model(
     quiet_transformers()
     if config.method == "gptq4" and calibration is None:
         raise UserError("--method gptq4 needs --calibration DATASET (text or rows to calibrate on)")
-    src, src_ref = resolve(model_ref, store, kind="model")
-    if (src / "adapter_config.json").is_file():
-        raise UserError(f"{model_ref} is an adapter; merge it first (lmops train merge)")
+    src, src_ref = source_model(model_ref, store)
     if is_quantized(src):
         raise UserError(f"{model_ref} is already quantized; quantize its source model instead")
     cal_path: Path | None = None
