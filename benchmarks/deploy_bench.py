@@ -275,23 +275,6 @@ def _argmax_run(model: Any, ids: list[int], n: int) -> tuple[list[int], list[flo
     return toks, margins
 
 
-def _llama_cpp_run(llm: Any, ids: list[int], n: int) -> tuple[list[int], list[float]]:
-    """The same greedy run in llama.cpp (the model was opened with ``logits_all``)."""
-    import numpy as np
-
-    llm.reset()
-    llm.eval(ids)
-    toks: list[int] = []
-    margins: list[float] = []
-    for _ in range(n):
-        logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64)
-        second, first = np.argsort(logits)[-2:]
-        toks.append(int(first))
-        margins.append(float(logits[first] - logits[second]))
-        llm.eval([toks[-1]])
-    return toks, margins
-
-
 def _llama_cpp_tps(file: Path, ids: list[int], n: int) -> float:
     """llama.cpp greedy decode tokens/s on one thread, timed like the lmops engine's
     (first generated token to the last)."""
@@ -354,9 +337,11 @@ def _compare_prompt(
     import numpy as np
     import torch
 
+    from lmops.deploy.gguf import llama_cpp_greedy
+
     n = len(fp32_tokens)
     tokenized = llm.tokenize(text.encode(), add_bos=False, special=False) == ids
-    got, _ = _llama_cpp_run(llm, ids, n)
+    got, _ = llama_cpp_greedy(llm, ids, n)
     want, want_m = _argmax_run(same, ids, n)
     prefix = _agree(got, want)
     seq = ids + want

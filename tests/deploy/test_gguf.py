@@ -235,23 +235,6 @@ def _argmax_run(model: Any, ids: list[int], n: int = 32) -> tuple[list[int], lis
     return toks, margins
 
 
-def _llama_cpp_run(llm: Any, ids: list[int], n: int = 32) -> tuple[list[int], list[float]]:
-    """The same greedy run inside llama.cpp (``logits_all`` keeps every step's logits)."""
-    import numpy as np
-
-    llm.reset()
-    llm.eval(ids)
-    toks: list[int] = []
-    margins: list[float] = []
-    for _ in range(n):
-        logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64)
-        second, first = np.argsort(logits)[-2:]
-        toks.append(int(first))
-        margins.append(float(logits[first] - logits[second]))
-        llm.eval([toks[-1]])
-    return toks, margins
-
-
 # llama.cpp's own rounding: fp16 activations beside F16 weights, 8-bit blocks beside quantized
 # ones (ggml's vec_dot types), an fp16 KV cache. Measured on `sharp` (logits of magnitude ~1):
 # at most 5.8e-4 (f16) and 1.0e-2 (q8_0, q4_0, q4_1) of logit; the same file without the
@@ -276,7 +259,7 @@ def test_llama_cpp_reads_the_export(sharp: Path, tmp_path: Path, quant: str) -> 
     import numpy as np
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lmops.deploy.gguf import round_like_gguf, write_gguf
+    from lmops.deploy.gguf import llama_cpp_greedy, round_like_gguf, write_gguf
 
     tol = LOGIT_TOL[quant]
     tok = AutoTokenizer.from_pretrained(str(sharp))
@@ -303,7 +286,7 @@ def test_llama_cpp_reads_the_export(sharp: Path, tmp_path: Path, quant: str) -> 
                 ref = same(torch.tensor([seq])).logits[0, rows].numpy()
             diff = float(np.abs(np.asarray(llm.scores[rows]) - ref).max())
             assert diff < tol, (quant, p, diff)
-            got, margins = _llama_cpp_run(llm, ids)
+            got, margins = llama_cpp_greedy(llm, ids, 32)
             first_tie = next((i for i, m in enumerate(want_margins) if m < tol), 32)
             parted = next((i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b), 32)
             assert parted >= first_tie, (quant, p, parted, margins, want_margins)

@@ -53,6 +53,7 @@ __all__ = [
     "export_gguf",
     "gguf_file_of",
     "import_gguf",
+    "llama_cpp_greedy",
     "round_like_gguf",
     "write_gguf",
 ]
@@ -483,6 +484,25 @@ def write_gguf(
     return q_bits / max(q_weights, 1)
 
 
+def llama_cpp_greedy(llm: Any, ids: list[int], n: int) -> tuple[list[int], list[float]]:
+    """``n`` greedy tokens after ``ids`` in llama.cpp (a ``llama_cpp.Llama`` opened with
+    ``logits_all``), and at each step the margin between its top two logits: how an export
+    is read back (tests, ``benchmarks/deploy_bench.py --llama-cpp``)."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    toks: list[int] = []
+    margins: list[float] = []
+    for _ in range(n):
+        logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+        second, first = np.argsort(logits)[-2:]
+        toks.append(int(first))
+        margins.append(float(logits[first] - logits[second]))
+        llm.eval([toks[-1]])
+    return toks, margins
+
+
 def round_like_gguf(model: Any, quant: str) -> Any:
     """Round every matrix of Hugging Face ``model`` (in place) as ``write_gguf`` stores it in
     ``quant`` (``gguf.quants`` quantize then dequantize; fp16 for f16); 1-D tensors stay fp32
@@ -520,23 +540,17 @@ def export_gguf(
     """Export model ``model_ref`` (asset ref or folder) to GGUF and register it as model
     ``output`` (metadata ``format: gguf``, ``quant``, ``bits_per_weight``) with lineage to
     the source. Nothing is registered when anything fails."""
-    from lmops.models.loading import resolve_local
+    from lmops.deploy._source import source_inputs, source_model
 
     if quant not in GGUF_QUANTS:  # said before any work, with the choices
         raise UserError(
             f"--quant {quant!r}: the GGUF writer does {', '.join(GGUF_QUANTS)}; pick one of them"
         )
-    src, src_ref = resolve_local(model_ref, store, kind="model")
-    if (src / "adapter_config.json").is_file():
-        raise UserError(f"{model_ref} is an adapter; merge it first (lmops train merge)")
+    src, src_ref = source_model(model_ref, store)
     with store.runs.track(
         "gguf_export", config={"model": model_ref, "quant": quant, "output": output}
     ) as run:
-        inputs = (
-            [(src_ref, "source")]
-            if src_ref
-            else store.assets.record_inputs([(src, "source")], run_id=run.id)
-        )
+        inputs = source_inputs(store, src, src_ref, run.id)
         tmp = Path(tempfile.mkdtemp(prefix="lmops-gguf-"))
         try:
             out = tmp / f"{output.replace('/', '_')}.{quant}.gguf"
