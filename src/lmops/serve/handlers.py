@@ -220,23 +220,13 @@ class Handlers:
         )
 
     async def _check_input(self, ctx: Any, job: Job) -> None:
-        big = len(job.text()) > INLINE_GUARD_CHARS
+        chars = len(job.text())
         if job.messages is not None:
-            messages = job.messages
-            job.messages = (
-                await asyncio.to_thread(ctx.check_input, messages)
-                if big
-                else ctx.check_input(messages)
-            )
+            job.messages = await _off_loop_if_big(ctx.check_input, job.messages, chars)
             # earlier tool calls' arguments are message text too
             job.messages = tools.guard_tool_arguments(ctx.check_input, list(job.messages or []))
         else:
-            prompt = job.prompt or ""
-            job.prompt = (
-                await asyncio.to_thread(ctx.check_prompt, prompt)
-                if big
-                else ctx.check_prompt(prompt)
-            )
+            job.prompt = await _off_loop_if_big(ctx.check_prompt, job.prompt or "", chars)
 
     async def generate(self, request: Request, kind: Literal["chat", "completion"]) -> Response:
         from lmops.models.engine import EngineOverloaded
@@ -604,10 +594,9 @@ class Handlers:
         try:
             backend = dep.backend()
             ctx.admit(sum(approx_tokens(t) for t in texts), 0, model_ref=backend.model_ref)
-            if sum(len(t) for t in texts) > INLINE_GUARD_CHARS:
-                texts = await asyncio.to_thread(lambda: [ctx.check_prompt(t) for t in texts])
-            else:
-                texts = [ctx.check_prompt(t) for t in texts]
+            texts = await _off_loop_if_big(
+                lambda ts: [ctx.check_prompt(t) for t in ts], texts, sum(len(t) for t in texts)
+            )
             result, tokens = await backend.embed(texts)
             if isinstance(result, dict):  # an upstream's answer, passed on
                 ctx.finish(200, tokens, 0)
