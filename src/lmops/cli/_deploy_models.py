@@ -97,7 +97,12 @@ def quantize_cmd(
     model: Annotated[str, typer.Argument(help="Model asset ref or local HF folder.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Name of the model asset.")],
     method: Annotated[
-        str, typer.Option("--method", help="int8 (CPU engine, faster) or gptq4 (calibrated).")
+        str,
+        typer.Option(
+            "--method",
+            help="int8 (CPU engine, faster), gptq4 (calibrated), or bitsandbytes bnb-nf4 / "
+            "bnb-int8 (CUDA, or its CPU back end; pip install 'lmops[gpu]').",
+        ),
     ] = "int8",
     calibration: Annotated[
         str | None,
@@ -156,7 +161,11 @@ def quantize_cmd(
         first = e.errors()[0]
         raise UserError(
             f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}"
-            + (" (int8 or gptq4)" if first["loc"][0] == "method" else "")
+            + (
+                " (int8 or gptq4 on CPU; bnb-* need bitsandbytes)"
+                if first["loc"][0] == "method"
+                else ""
+            )
         ) from None
     res = quantize_model(
         open_store(),

@@ -35,6 +35,9 @@
 No library does calibrated 4-bit on a CPU without CUDA kernels (auto-gptq, gptqmodel and
 llm-compressor build or need them), so GPTQ is written here; it is ~60 lines.
 
+``bnb-nf4`` / ``bnb-int8``: bitsandbytes' NF4 and LLM.int8 through transformers
+(:mod:`lmops.deploy.bnb`): plain transformers folders, run on CUDA or bitsandbytes' CPU back end.
+
 Outputs are quantized model folders (:mod:`lmops.models.quantized`) registered as ``model``
 assets with lineage to the source model and the calibration data.
 """
@@ -63,7 +66,9 @@ __all__ = [
     "rtn_int4",
 ]
 
-Method = Literal["int8", "gptq4"]
+# bnb-*: bitsandbytes through transformers (lmops.deploy.bnb); the folders load anywhere
+# transformers does, CUDA or bitsandbytes' CPU back end
+Method = Literal["int8", "gptq4", "bnb-nf4", "bnb-int8"]
 
 
 class QuantizeConfig(BaseModel):
@@ -663,6 +668,14 @@ def quantize_model(
     from lmops.models.loading import resolve_local as resolve
     from lmops.models.quantized import QUANT_CONFIG, QUANT_WEIGHTS, is_quantized
 
+    if config.method in ("bnb-nf4", "bnb-int8"):
+        from lmops.deploy.bnb import quantize_bnb
+
+        if calibration is not None:
+            raise UserError(f"--method {config.method} is not calibrated; leave out --calibration")
+        return quantize_bnb(
+            store, model_ref, output=output, method=config.method, progress=progress
+        )
     quiet_transformers()
     if config.method == "gptq4" and calibration is None:
         raise UserError("--method gptq4 needs --calibration DATASET (text or rows to calibrate on)")

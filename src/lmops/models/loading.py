@@ -129,14 +129,18 @@ def load_tokenizer(path: Path, chat_template: str | None = None) -> Any:
 def load_causal_lm(path: Path, *, dtype: Any = None, device: str = "cpu") -> Any:
     """The causal LM in model folder ``path`` on ``device``, in eval mode: a quantized folder
     (``lmops_quant.json``, written by ``lmops deploy quantize``) through
-    :func:`lmops.models.quantized.load_quantized`, any other through transformers.
+    :func:`lmops.models.quantized.load_quantized`, a bitsandbytes one through
+    :func:`lmops.models.bnb.load_bnb`, any other through transformers.
     Load failures are one-line :class:`UserError` naming the folder."""
     from transformers import AutoModelForCausalLM
 
+    from lmops.models.bnb import is_bnb_folder, load_bnb
     from lmops.models.quantized import is_quantized, load_quantized
 
     if is_quantized(path):
         return load_quantized(path, device=device)
+    if is_bnb_folder(path):  # --method bnb-nf4|bnb-int8: placed by transformers, not .to()
+        return load_bnb(path, dtype=dtype, device=device)
     kwargs = {} if dtype is None else {"dtype": dtype}
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)

@@ -1,0 +1,215 @@
+"""bitsandbytes quantization (issue #15: 4-bit "with bitsandbytes where present"):
+``lmops deploy quantize --method bnb-nf4|bnb-int8`` writes the folder transformers reloads,
+with Linear4bit/Linear8bitLt layers and logits close to the source; the asset has lineage
+and its figures; the engine serves it and eval loads it. Without bitsandbytes (or with a
+back end that cannot load) the job and the loader refuse in one line naming the install,
+and nothing is registered: those tests run in CI, which does not install bitsandbytes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.train.tiny import make_model
+
+
+def _bnb_usable() -> bool:
+    try:
+        import bitsandbytes
+    except Exception:
+        return False
+    major, minor = (int("".join(c for c in p if c.isdigit()) or 0) for p in
+                    bitsandbytes.__version__.split(".")[:2])  # fmt: skip
+    return torch.cuda.is_available() or (major, minor) >= (0, 48)
+
+
+needs_bnb = pytest.mark.skipif(
+    not _bnb_usable(),
+    reason="needs bitsandbytes >= 0.48 (its CPU back end) or a CUDA GPU: pip install 'lmops[gpu]'",
+)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+IDS = [5, 17, 42, 7, 99, 3, 250, 12]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, tok_dir: Path) -> Path:
+    return make_model(tmp_path_factory.mktemp("bnb") / "m", tok_dir, seed=5)
+
+
+def _logits(model: Any, ids: list[int]) -> Any:
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids], device=dev)).logits[0].float().cpu()
+
+
+def _models() -> set[str]:
+    from lmops.store import Store
+
+    store = Store()
+    try:
+        return {a.name for a in store.assets.list("model")}
+    finally:
+        store.close()
+
+
+# -- without bitsandbytes (runs everywhere) ---------------------------------------------------------
+def test_missing_bitsandbytes_is_one_line_and_registers_nothing(
+    cli: Any, tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("assets", "register", "model", "tiny", str(tiny)).code == 0
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import -> ModuleNotFoundError
+    for method in ("bnb-nf4", "bnb-int8"):
+        r = cli("deploy", "quantize", "tiny", "--method", method, "-o", "q")
+        assert r.code == 2 and r.err.count("\n") == 1, r.err
+        assert "not installed" in r.err and "pip install 'lmops[gpu]'" in r.err
+        assert "--method int8|gptq4" in r.err  # the CPU methods that need nothing
+    assert _models() == {"tiny"}
+
+
+def test_bitsandbytes_that_cannot_load_is_one_line(
+    cli: Any, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a package whose native back end fails at import, as on a platform it does not build for
+    fake = tmp_path / "fake" / "bitsandbytes"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise OSError('libbitsandbytes_cpu.so: cannot open')\n")
+    monkeypatch.delitem(sys.modules, "bitsandbytes", raising=False)
+    monkeypatch.syspath_prepend(str(fake.parent))
+    assert cli("assets", "register", "model", "tiny", str(tiny)).code == 0
+    r = cli("deploy", "quantize", "tiny", "--method", "bnb-nf4", "-o", "q")
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "cannot load here" in r.err and "libbitsandbytes_cpu.so" in r.err
+    assert "pip install 'lmops[gpu]'" in r.err
+    assert _models() == {"tiny"}
+
+
+def test_loading_a_bnb_folder_without_bitsandbytes_is_one_line(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmops.core.errors import UserError
+    from lmops.models.loading import load_causal_lm
+
+    folder = tmp_path / "q"
+    folder.mkdir()
+    cfg = json.loads((tiny / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(UserError) as e:
+        load_causal_lm(folder)
+    msg = str(e.value)
+    assert "\n" not in msg and str(folder) in msg and "pip install 'lmops[gpu]'" in msg
+
+
+def test_bnb_methods_take_no_calibration(cli: Any, tiny: Path, tmp_path: Path) -> None:
+    data = tmp_path / "c.txt"
+    data.write_text("some text\n")
+    assert cli("assets", "register", "model", "tiny", str(tiny)).code == 0
+    r = cli("deploy", "quantize", "tiny", "--method", "bnb-nf4", "--calibration", str(data),
+            "-o", "q")  # fmt: skip
+    assert r.code == 2 and "--calibration" in r.err and r.err.count("\n") == 1
+    assert _models() == {"tiny"}
+
+
+# -- with bitsandbytes ------------------------------------------------------------------------------
+@needs_bnb
+@pytest.mark.parametrize(
+    ("method", "layer", "bits", "tol"),
+    [("bnb-nf4", "Linear4bit", (4.0, 6.5), 0.2), ("bnb-int8", "Linear8bitLt", (8.0, 9.0), 0.03)],
+)
+def test_quantize_reloads_in_transformers_close_to_the_source(
+    cli: Any, tiny: Path, method: str, layer: str, bits: tuple[float, float], tol: float
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from lmops.models.loading import load_causal_lm
+    from lmops.store import Store
+
+    assert cli("assets", "register", "model", "tiny", str(tiny)).code == 0
+    r = cli("deploy", "quantize", "tiny", "--method", method, "-o", "q", "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    # tiny layers (64 wide): the per-layer code book and absmax weigh more than at scale
+    assert bits[0] <= out["quantized_bits_per_weight"] < bits[1]
+    assert out["bits_per_weight"] > out["quantized_bits_per_weight"]  # bf16 embeddings/head
+    assert out["layers"] == 14  # 2 layers x (q, k, v, o, gate, up, down); lm_head is left
+    store = Store()
+    try:
+        v = store.assets.resolve("q")
+        assert v.kind == "model"
+        meta = v.metadata
+        assert meta["quantization"] == method and meta["format"] == "bitsandbytes"
+        assert meta["device"] == DEVICE and meta["bitsandbytes"]
+        assert meta["bits_per_weight"] == round(out["bits_per_weight"], 4)
+        assert {(e.parent, e.role) for e in store.assets.lineage(v.ref).upstream} == {
+            ("tiny:1", "source")
+        }
+        folder = Path(store.assets.path(v.ref))
+    finally:
+        store.close()
+    qcfg = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert qcfg["quant_method"] == "bitsandbytes"
+    assert (folder / "tokenizer.json").is_file()
+
+    # the way transformers reloads it, with no help from lmops
+    plain = AutoModelForCausalLM.from_pretrained(str(folder), device_map={"": DEVICE})
+    kinds = {type(m).__name__ for m in plain.model.layers.modules()}
+    assert layer in kinds and "Linear" not in kinds  # every decoder Linear is quantized
+    qw = plain.model.layers[0].self_attn.q_proj.weight
+    assert qw.dtype in (torch.uint8, torch.int8)
+    src = load_causal_lm(tiny)
+    a, b = _logits(src, IDS), _logits(plain, IDS)
+    assert 0 < (a - b).abs().max().item() < tol * a.abs().max().item()
+
+    # lmops' loader: same layers, the rest in fp32 on CPU (not the stored bf16)
+    ours = load_causal_lm(folder, dtype=torch.float32, device=DEVICE)
+    assert ours.model.embed_tokens.weight.dtype == torch.float32
+    c = _logits(ours, IDS)
+    assert (a - c).abs().max().item() < tol * a.abs().max().item()
+    assert (a.argmax(-1) == c.argmax(-1)).float().mean().item() >= 0.75
+
+
+@needs_bnb
+def test_bnb_folder_serves_in_the_engine_and_loads_in_eval(cli: Any, tiny: Path) -> None:
+    import bitsandbytes as bnb
+
+    from lmops.eval.lm import HFEvalModel
+    from lmops.models.engine import Engine
+    from lmops.models.types import Done, GenRequest
+    from lmops.store import Store
+
+    assert cli("assets", "register", "model", "tiny", str(tiny)).code == 0
+    assert cli("deploy", "quantize", "tiny", "--method", "bnb-nf4", "-o", "q4").code == 0
+    store = Store()
+    try:
+        folder = Path(store.assets.path("q4"))
+    finally:
+        store.close()
+    engine = Engine(folder, device=DEVICE)
+    try:
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in engine.model.modules())
+
+        async def gen() -> Done:
+            req = GenRequest("t", prompt_ids=IDS, max_tokens=6, temperature=0.0)
+            done = None
+            async for ev in engine.generate(req):
+                if isinstance(ev, Done):
+                    done = ev
+            assert done is not None
+            return done
+
+        done = asyncio.run(gen())
+        assert done.error is None and done.completion_tokens >= 1
+    finally:
+        engine.close()
+    ev = HFEvalModel(folder, device=DEVICE)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in ev.model.modules())
+    # and a quantized folder is not a source for another round
+    r = cli("deploy", "quantize", str(folder), "--method", "bnb-int8", "-o", "again")
+    assert r.code == 2 and "already quantized" in r.err and r.err.count("\n") == 1
