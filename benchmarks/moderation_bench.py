@@ -3,7 +3,7 @@ held-out split of the shipped bilingual set, on ordinary instructions it never s
 CPU per request. Not a test: it prints tables, then one JSON line with everything.
 
     python benchmarks/moderation_bench.py [--parts quality,ordinary,cpu] [--requests 3000]
-        [--model builtin|PATH.npz] [--shared-datasets DIR]
+        [--model builtin|PATH.npz] [--threshold T] [--shared-datasets DIR]
 
 **quality**: the ``split == "test"`` rows of ``resources/moderation/data.jsonl.gz`` (never
 trained on; see ``benchmarks/build_moderation_set.py``), recall on harmful rows and
@@ -24,6 +24,10 @@ only; never shipped or trained on (their licences forbid shipping them).
 character reply out) through ``check_input`` + ``check_output`` with the default config and
 with ``classifier: off``; and the classifier alone on the user message and on the reply.
 Goal: the whole guard <= 0.5 ms at p50.
+
+``--threshold`` scores at another operating point (``GuardrailConfig.classifier_threshold``):
+the model's training report lists the thresholds of other out-of-fold false-positive caps
+(``cv_curve``; the shipped model: 3 % -> 0.6741, 5 % -> 0.5237).
 """
 
 from __future__ import annotations
@@ -267,12 +271,20 @@ def main() -> None:
     p.add_argument("--model", default="builtin")
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--shared-datasets", default=None)
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="the classifier's threshold (GuardrailConfig.classifier_threshold); default: the model's",
+    )
     args = p.parse_args()
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
     model = (
         moderation.builtin_model() if args.model == "builtin" else moderation.load_model(args.model)
     )
-    guard = Guardrails(GuardrailConfig(classifier=args.model))
+    if args.threshold is not None:
+        model.threshold = args.threshold
+    guard = Guardrails(GuardrailConfig(classifier=args.model, classifier_threshold=args.threshold))
     out: dict[str, Any] = {"config": vars(args)}
     if "quality" in parts:
         out["quality"] = bench_quality(model, guard)
