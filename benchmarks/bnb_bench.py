@@ -36,6 +36,10 @@ calibration at this size (gptq4's own round-to-nearest baseline, asymmetric int4
 activations to fp16 and splits out outlier columns each call), so on CPU ``--method int8``
 is the better 8-bit choice, and bnb-int8 is for CUDA.
 
+torchao 0.18 (tried for the same job, not kept): int8 weight-only on CPU was +0.88 % perplexity
+(2,048 tokens) at 0.79x fp32 speed in transformers' generate; its int4 weight-only needs CUDA
+(the CPU packing format is gone; "plain" needs mslk, "tile_packed_to_4d" bf16 on CUDA).
+
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bnb_bench.py [--json] [--methods ...]
