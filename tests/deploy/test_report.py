@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from lmops.deploy.onnx import PIP_HINT, missing_onnx_packages
 from tests.api.conftest import Server, server  # noqa: F401 (the fixture: a real lmops serve)
 from tests.train.tiny import SENTENCES, make_model, make_tokenizer
 
@@ -92,3 +93,85 @@ def test_api_exports_and_quantizes_with_an_admin_key(server: Server, tiny: Path)
         r = c.post("/api/deploy/quantize", json=q, timeout=120)
         assert r.status_code == 200, r.text
     assert store.assets.resolve("tiny-int8").metadata["quantization"] == "int8"
+
+
+@pytest.fixture(scope="module")
+def sharp(tmp_path_factory: pytest.TempPathFactory, tok_dir: Path) -> Path:
+    """The tiny Llama with its matrices redrawn at std 0.3: the default 0.02 gives nearly
+    uniform logits, whose perplexity (about the vocabulary size) a wrong window or a
+    shifted label would not move."""
+    from transformers import AutoModelForCausalLM
+
+    folder = make_model(tmp_path_factory.mktemp("report-sharp") / "m", tok_dir, seed=4)
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0.0, 0.3)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.skipif(
+    bool(missing_onnx_packages()),
+    reason=f"needs {', '.join(missing_onnx_packages())}: {PIP_HINT}",
+)
+def test_report_measures_onnx_variants_in_onnxruntime(
+    store: Any, sharp: Path, tmp_path: Path
+) -> None:
+    """ONNX exports get their row: size, bits per weight from the graph, perplexity through
+    onnxruntime on the same ids and windows (checked against transformers here) and
+    onnxruntime's tokens/s."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmops.deploy.onnx import INT8_RECIPES, export_onnx
+    from lmops.deploy.report import ReportConfig, deploy_report
+
+    text = tmp_path / "ref.txt"
+    text.write_text(" ".join(SENTENCES[:10]))
+    store.assets.register("model", "sharp", sharp)
+    for quant in ("fp32", "int8"):
+        export_onnx(store, "sharp", output=f"o-{quant}", quant=quant)
+    cfg = ReportConfig(text=str(text), max_tokens=96, window=48, gen_tokens=8)
+    res = deploy_report(store, ["sharp", "o-fp32", "o-int8"], output="rep", config=cfg)
+    rows = {row.model: row.model_dump() for row in res.rows}
+    assert set(rows) == {"sharp", "o-fp32", "o-int8"}
+    fp32, int8 = rows["o-fp32"], rows["o-int8"]
+    assert (fp32["format"], fp32["method"]) == ("onnx", "fp32")
+    assert (int8["format"], int8["method"]) == ("onnx", "int8")
+    assert fp32["tokens_per_s"] > 0 and int8["tokens_per_s"] > 0
+    parents = {(e.parent, e.role) for e in store.assets.lineage(res.ref).upstream}
+    assert {("o-fp32:1", "variant"), ("o-int8:1", "variant")} <= parents
+
+    # perplexity over the same two windows of 48 tokens, computed here by transformers
+    tok = AutoTokenizer.from_pretrained(str(sharp))
+    model = AutoModelForCausalLM.from_pretrained(str(sharp)).eval()
+    ids = tok(text.read_text(), add_special_tokens=False)["input_ids"]
+    ids.append(tok.eos_token_id)
+    nll = count = 0.0
+    for i in (0, 48):
+        x = torch.tensor([ids[i : i + 48]])
+        with torch.no_grad():
+            nll += model(input_ids=x, labels=x).loss.item() * (x.shape[1] - 1)
+        count += x.shape[1] - 1
+    want = math.exp(nll / count)
+    assert want > 50  # sharp logits: far from both 1 and uniform (320)...
+    assert rows["sharp"]["perplexity"] == pytest.approx(want, rel=1e-4)
+    assert fp32["perplexity"] == pytest.approx(want, rel=1e-4)  # ...so this pins the windows
+    assert fp32["ppl_delta_pct"] == pytest.approx(0.0, abs=0.01)
+    assert abs(int8["ppl_delta_pct"]) < 5.0 and int8["perplexity"] != fp32["perplexity"]
+
+    # bits per weight from the model's own shapes: the tied embedding once, in fp32 (the
+    # lookup); every other matrix, and the output projection's int8 copy of the embedding,
+    # in 8-bit blocks with one fp32 scale a block; the copy's weights are not counted again
+    recipe = INT8_RECIPES["int8"]
+    emb = model.get_input_embeddings().weight.numel()
+    rest = sum(p.numel() for p in model.parameters() if p.ndim == 2) - emb
+    head = emb if recipe.lm_head else 0
+    assert fp32["bits_per_weight"] == 32.0
+    want_bits = (emb * 32 + (rest + head) * (8 + 32 / recipe.block_size)) / (emb + rest)
+    assert int8["bits_per_weight"] == pytest.approx(want_bits, rel=1e-6)
+    assert int8["size"] < 0.75 * fp32["size"]
+    assert res.path is not None
+    assert "| o-int8 | onnx | int8 |" in (res.path / "report.md").read_text()

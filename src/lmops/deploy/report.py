@@ -1,18 +1,24 @@
 """One report over model variants: ``lmops deploy report MODEL...``.
 
 For each variant (a Hugging Face folder, a quantized folder of ``lmops deploy quantize``,
-or a GGUF of ``lmops deploy export`` / ``lmops assets import``):
+a GGUF of ``lmops deploy export`` / ``lmops assets import``, or an ONNX folder of
+``lmops deploy export --format onnx``):
 
 - ``size``: bytes on disk of the variant (every file of the folder, or the GGUF file);
 - ``bits_per_weight``: stored bits per weight of its matrices (scales and zero points
-  included; norm vectors and biases are not weights); tied embeddings count once;
+  included; norm vectors and biases are not weights); tied embeddings count once (an ONNX
+  int8 graph stores a tied embedding twice, fp32 for the lookup and an int8 copy as the
+  output projection: the bits of both count, its weights once);
 - ``perplexity`` on a reference text: non-overlapping windows of ``window`` tokens, the
   mean negative log-likelihood of every token but each window's first; each variant uses
   its own tokenizer (a GGUF's as transformers rebuilds it). GGUF weights are dequantized by
-  transformers, so this measures the file's weights, not llama.cpp's arithmetic;
-- ``tokens_per_s``: greedy decode speed in the built-in engine (``lmops serve``'s), one
-  sequence, after its first token; ``None`` for GGUF (llama.cpp runs those, not lmops).
-  Threads: whatever torch has (benchmarks set 1).
+  transformers, so this measures the file's weights, not llama.cpp's arithmetic; an ONNX
+  graph runs in onnxruntime (one prefill a window), so its int8 arithmetic is measured too;
+- ``tokens_per_s``: greedy decode speed, one sequence of the chat prompt, after its first
+  token: in the built-in engine (``lmops serve``'s), or onnxruntime with the KV cache
+  (:class:`~lmops.deploy.onnx.OnnxDecoder`) for ONNX; ``None`` for GGUF (llama.cpp runs
+  those, not lmops). Threads: whatever torch has (benchmarks set 1; onnxruntime gets the
+  same number).
 
 Written as ``report.json``, ``report.md`` and ``report.png`` (bits/weight vs perplexity,
 tokens/s) in a ``deploy_report`` asset with lineage to every variant (role ``variant``).
@@ -41,6 +47,7 @@ __all__ = [
     "deploy_report",
     "engine_tokens_per_s",
     "load_variant",
+    "onnx_tokens_per_s",
     "perplexity",
     "reference_text",
 ]
@@ -60,8 +67,8 @@ class ReportConfig(BaseModel):
 class VariantRow(BaseModel):
     model: str  # the ref (or path) as given
     ref: str | None
-    format: str  # hf | lmops-quant | gguf
-    method: str | None  # fp32/bf16 dtype, int8, gptq4, gguf quant
+    format: str  # hf | lmops-quant | gguf | onnx
+    method: str | None  # fp32/bf16 dtype, int8, gptq4, gguf quant, onnx --quant
     size: int
     bits_per_weight: float
     perplexity: float | None
@@ -85,11 +92,22 @@ def _folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _is_onnx(path: Path) -> bool:
+    from lmops.deploy.onnx import ONNX_FILE
+
+    return path.is_dir() and (path / ONNX_FILE).is_file()
+
+
 def bits_per_weight_of(path: Path) -> tuple[str, str | None, float]:
     """(format, method, bits per weight) of a variant at ``path``."""
     from lmops.deploy.gguf import gguf_file_of
     from lmops.models.quantized import is_quantized, read_quant_config
 
+    if _is_onnx(path):
+        from lmops.deploy.onnx import onnx_weight_bits
+
+        quant, bits, n = onnx_weight_bits(path)
+        return "onnx", quant, bits / max(n, 1)
     g = gguf_file_of(path)
     if g is not None:
         import gguf
@@ -132,13 +150,19 @@ def bits_per_weight_of(path: Path) -> tuple[str, str | None, float]:
 
 
 def load_variant(path: Path) -> tuple[Any, Any]:
-    """(model in eval mode on CPU, tokenizer) of a variant, whatever its format."""
+    """(model in eval mode on CPU, tokenizer) of a variant, whatever its format; an ONNX
+    folder's model is an :class:`~lmops.deploy.onnx.OnnxDecoder` (torch's thread count),
+    which :func:`perplexity` takes as it takes a transformers model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lmops.deploy.gguf import gguf_file_of
     from lmops.models.loading import load_causal_lm, load_tokenizer
 
+    if _is_onnx(path):
+        from lmops.deploy.onnx import OnnxDecoder
+
+        return OnnxDecoder(path, threads=torch.get_num_threads()), load_tokenizer(path)
     g = gguf_file_of(path)
     if g is not None:
         model = AutoModelForCausalLM.from_pretrained(
@@ -151,8 +175,16 @@ def load_variant(path: Path) -> tuple[Any, Any]:
 
 def perplexity(model: Any, ids: list[int], window: int = 512) -> float:
     """exp(mean NLL) over non-overlapping windows of ``ids`` (each window's first token is
-    context only)."""
+    context only). ``model`` is a transformers causal LM or an
+    :class:`~lmops.deploy.onnx.OnnxDecoder` (one onnxruntime prefill a window)."""
     import torch
+
+    from lmops.deploy.onnx import OnnxDecoder
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:  # [1, seq] -> [seq, vocab]
+        if isinstance(model, OnnxDecoder):
+            return torch.from_numpy(model.logits(x[0].tolist()))
+        return model(input_ids=x).logits[0]
 
     nll = 0.0
     count = 0
@@ -161,7 +193,7 @@ def perplexity(model: Any, ids: list[int], window: int = 512) -> float:
             x = torch.tensor([ids[i : i + window]])
             if x.shape[1] < 2:
                 break
-            logits = model(input_ids=x).logits[0, :-1].float()
+            logits = logits_of(x)[:-1].float()
             nll += float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
             count += x.shape[1] - 1
     return math.exp(nll / max(count, 1))
@@ -196,6 +228,32 @@ def engine_tokens_per_s(path: Path, n_tokens: int, prompt: str = PROMPT) -> floa
     if tokens < 2 or elapsed <= 0:
         raise UserError(f"{path}: generated {tokens} tokens; cannot time the engine")
     return (tokens - 1) / elapsed
+
+
+def onnx_tokens_per_s(path: Path, n_tokens: int, prompt: str = PROMPT) -> float:
+    """Greedy decode tokens/s of an ONNX folder in onnxruntime (KV cache, torch's thread
+    count): the chat prompt as the engine builds it, timed as
+    :func:`engine_tokens_per_s` times the engine (first generated token to last)."""
+    import torch
+
+    from lmops.deploy.onnx import OnnxDecoder
+    from lmops.models.loading import load_tokenizer
+
+    tok = load_tokenizer(path)
+    messages = [{"role": "user", "content": prompt}]
+    if tok.chat_template:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = prompt
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    dec = OnnxDecoder(path, threads=torch.get_num_threads())
+    times: list[float] = []
+    dec.generate(
+        ids, n_tokens, tok.eos_token_id, on_token=lambda _: times.append(time.perf_counter())
+    )
+    if len(times) < 2 or times[-1] <= times[0]:
+        raise UserError(f"{path}: generated {len(times)} tokens; cannot time onnxruntime")
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 def reference_text(store: Any, text: str | None) -> tuple[Path, str | None, str]:
@@ -254,7 +312,9 @@ def measure(
         del model
         gc.collect()
         tps = None
-        if fmt != "gguf" and config.gen_tokens:
+        if fmt == "onnx" and config.gen_tokens:
+            tps = onnx_tokens_per_s(path, config.gen_tokens)
+        elif fmt != "gguf" and config.gen_tokens:
             tps = engine_tokens_per_s(path, config.gen_tokens)
         base = rows[0] if rows else None
         rows.append(
@@ -295,7 +355,7 @@ def _plot(rows: list[VariantRow], out: Path) -> None:
     a.set_title("size vs quality")
     timed = [r for r in rows if r.tokens_per_s is not None]
     b.barh([r.model for r in timed], [r.tokens_per_s or 0.0 for r in timed])
-    b.set_xlabel("tokens/s (built-in engine, greedy)")
+    b.set_xlabel("tokens/s (greedy: built-in engine; onnxruntime for ONNX)")
     b.set_title("speed")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
