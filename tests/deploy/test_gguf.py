@@ -2,7 +2,9 @@
 GGUF loader (an independent reader) with the same tokenizer, chat template and greedy
 tokens; f16 logits match the source (so the rotary row permutation is right); a GGUF is
 imported as a model folder with the file's digest in lineage; bad input is one line and
-registers nothing."""
+registers nothing. The same for Qwen2 (biases, tied or untied), Llama 3.1 rope scaling
+(rope_freqs, restored on import) and SentencePiece vocabularies, each also read by llama.cpp
+when llama-cpp-python is installed."""
 
 from __future__ import annotations
 
@@ -337,3 +339,494 @@ def test_smollm_digit_splitting_survives_export_and_import(
     assert len(src(text)["input_ids"]) > len(
         AutoTokenizer.from_pretrained(str(tiny))(text)["input_ids"]
     )
+
+
+# -- the other models users bring (issue #15): Qwen2, Llama 3.1 rope, SentencePiece ----------------
+# transformers' GGUF reader is the only independent reader here (llama-cpp-python is not
+# installed, see the skip above), so each file is checked by reading it back with it.
+MORE_PROMPTS = [*PROMPTS, "12+34=46. 50+25=75.", "Hello,  how are\nyou? ü"]
+
+
+def _sharpen(model: Any) -> Any:
+    """q/k x10 (so a wrong rotary row order moves logits by ~0.05-0.6, see ``sharp``) and, for
+    a model with attention biases, biases drawn at scale 1 (initialised to zero otherwise, so
+    a dropped bias would not show)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                param.mul_(10.0)
+            elif name.endswith("bias"):
+                param.normal_(0.0, 1.0)
+    return model
+
+
+def _check_read_back(src_dir: Path, file: Path, quant: str, prompts: list[str]) -> Any:
+    """The file read back by transformers: the source's tokenization and chat template, the
+    weights of ``round_like_gguf`` exactly (so biases and untied heads survive), its logits
+    within 1e-4, and for f16 the source's logits within 1e-2 (the rotary row order is
+    right). Returns the read model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmops.deploy.gguf import round_like_gguf
+
+    tok = AutoTokenizer.from_pretrained(str(src_dir))
+    read, gtok = _read_back(file)
+    for p in prompts:
+        assert gtok(p)["input_ids"] == tok(p)["input_ids"], p
+    assert gtok.chat_template == tok.chat_template
+    src = AutoModelForCausalLM.from_pretrained(str(src_dir), dtype=torch.float32).eval()
+    same = round_like_gguf(
+        AutoModelForCausalLM.from_pretrained(str(src_dir), dtype=torch.float32).eval(), quant
+    )
+    mine = dict(same.named_parameters())
+    got = dict(read.named_parameters())
+    assert set(got) == set(mine)
+    for name, param in got.items():
+        assert torch.equal(param, mine[name]), (quant, name)
+    x = torch.tensor([tok(" ".join(prompts))["input_ids"]])
+    with torch.no_grad():
+        assert (read(x).logits - same(x).logits).abs().max().item() < 1e-4
+        if quant == "f16":
+            assert (read(x).logits - src(x).logits).abs().max().item() < 1e-2
+    return read
+
+
+def _gguf_fields(file: Path) -> dict[str, Any]:
+    import gguf
+
+    reader = gguf.GGUFReader(str(file))
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    fields["tensors"] = {t.name: t for t in reader.tensors}
+    return fields
+
+
+def _qwen2_tokenizer(tok_dir: Path, out: Path) -> Path:
+    """The tiny byte-level BPE with Qwen2's pre-tokenizer (its split regex, then ByteLevel
+    without a regex), as Qwen2/Qwen2.5's tokenizer.json has it."""
+    import shutil
+
+    from lmops.deploy.gguf_vocab import _QWEN2_SPLIT
+
+    shutil.copytree(tok_dir, out)
+    tj = json.loads((out / "tokenizer.json").read_text())
+    tj["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {
+                "type": "Split",
+                "pattern": {"Regex": _QWEN2_SPLIT},
+                "behavior": "Isolated",
+                "invert": False,
+            },
+            {
+                "type": "ByteLevel",
+                "add_prefix_space": False,
+                "trim_offsets": False,
+                "use_regex": False,
+            },
+        ],
+    }
+    (out / "tokenizer.json").write_text(json.dumps(tj))
+    return out
+
+
+@pytest.fixture(scope="module")
+def qwen2_tok(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _qwen2_tokenizer(tok_dir, tmp_path_factory.mktemp("qwen2-tok") / "tok")
+
+
+def _qwen2(tok_dir: Path, out: Path, tied: bool) -> Path:
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    torch.manual_seed(5)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    _sharpen(Qwen2ForCausalLM(cfg)).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+@pytest.mark.parametrize(("tied", "quant"), [(True, "f16"), (False, "f16"), (False, "q4_1")])
+def test_qwen2_exports_with_biases_and_its_pre_tokenizer(
+    qwen2_tok: Path, tok_dir: Path, tmp_path: Path, tied: bool, quant: str
+) -> None:
+    """Qwen2 (q/k/v biases, llama.cpp's NEOX rotary order: no q/k row permutation, tied or
+    untied head) is written as GGUF architecture ``qwen2`` with pre-tokenizer ``qwen2``, and
+    transformers reads back its tokens (digits split one by one), biases and logits."""
+    from transformers import AutoTokenizer
+
+    from lmops.deploy.gguf import write_gguf
+
+    src = _qwen2(qwen2_tok, tmp_path / "q", tied)
+    file = tmp_path / f"q.{quant}.gguf"
+    write_gguf(src, file, quant)
+    fields = _gguf_fields(file)
+    assert fields["general.architecture"] == "qwen2"
+    assert fields["tokenizer.ggml.pre"] == "qwen2"
+    assert "blk.0.attn_q.bias" in fields["tensors"] and "blk.1.attn_v.bias" in fields["tensors"]
+    assert ("output.weight" in fields["tensors"]) is not tied
+    read = _check_read_back(src, file, quant, MORE_PROMPTS)
+    assert type(read).__name__ == "Qwen2ForCausalLM"
+    assert read.config.tie_word_embeddings is tied
+    digits = "12+34=46. 50+25=75."  # the qwen2 split, not GPT-2's, was restored
+    gpt2_ids = AutoTokenizer.from_pretrained(str(tok_dir))(digits)["input_ids"]
+    assert len(AutoTokenizer.from_pretrained(str(src))(digits)["input_ids"]) > len(gpt2_ids)
+
+
+def test_qwen2_export_is_registered_with_its_architecture(
+    cli: Any, qwen2_tok: Path, tmp_path: Path
+) -> None:
+    from lmops.store import Store
+
+    src = _qwen2(qwen2_tok, tmp_path / "q", True)
+    assert cli("assets", "register", "model", "qw", str(src)).code == 0
+    r = cli("deploy", "export", "qw", "--format", "gguf", "--quant", "q8_0", "-o", "qw-gguf")
+    assert r.code == 0, r.err
+    store = Store()
+    try:
+        v = store.assets.resolve("qw-gguf")
+        assert v.metadata["architecture"] == "qwen2" and v.metadata["quant"] == "q8_0"
+    finally:
+        store.close()
+
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    # with head_dim 16 the wavelengths 2*pi*10000**(2i/16) are 6.3, 19.9, 62.8, 199, 628, ...:
+    # two below 250/4 (kept), two between (interpolated), the rest past 250 (slowed by 8)
+    "original_max_position_embeddings": 250,
+}
+
+
+def _llama3(tiny: Path, out: Path) -> Path:
+    """The tiny llama with Llama 3.1's rope scaling (``LLAMA3_ROPE``), sharpened."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(tiny, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.pop("rope_theta", None)
+    (out / "config.json").write_text(json.dumps({**cfg, "rope_parameters": LLAMA3_ROPE}))
+    model = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    _sharpen(model).save_pretrained(str(out))
+    return out
+
+
+def test_llama3_rope_is_written_as_llama_cpp_rope_freqs(tiny: Path, tmp_path: Path) -> None:
+    """Llama 3.1/3.2's rope scaling becomes ``rope_freqs.weight``: per rotary frequency the
+    divisor llama.cpp applies, equal to transformers' default over its llama3 inverse
+    frequencies. transformers' GGUF reader ignores that tensor (it restores no rope scaling
+    for llama files), so the weights are read back with the source's rope settings given."""
+
+    import numpy as np
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from lmops.deploy.gguf import write_gguf
+
+    src = _llama3(tiny, tmp_path / "l3")
+    config = AutoConfig.from_pretrained(str(src))
+    assert config.rope_parameters["rope_type"] == "llama3"
+
+    file = tmp_path / "l3.f16.gguf"
+    write_gguf(src, file, "f16")
+    fields = _gguf_fields(file)
+    factors = np.asarray(fields["tensors"]["rope_freqs.weight"].data, dtype=np.float64)
+    default, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(
+        AutoConfig.from_pretrained(str(tiny))
+    )
+    llama3, _ = ROPE_INIT_FUNCTIONS["llama3"](config)
+    want = (default / llama3).double().numpy()
+    assert factors.shape == (8,)
+    np.testing.assert_allclose(factors, want, rtol=1e-5)
+    assert (factors[:2] == 1.0).all() and (factors[4:] == 8.0).all()
+    assert 1.0 < factors[2] < factors[3] < 8.0
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(src))
+    read = AutoModelForCausalLM.from_pretrained(
+        str(file.parent), gguf_file=file.name, dtype=torch.float32, rope_parameters=LLAMA3_ROPE
+    ).eval()
+    source = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
+    x = torch.tensor([tok(" ".join(MORE_PROMPTS) * 3)["input_ids"][:200]])
+    with torch.no_grad():
+        assert (read(x).logits - source(x).logits).abs().max().item() < 1e-2
+
+
+def test_llama3_rope_gguf_imports_back_with_its_rope_scaling(
+    cli: Any, tiny: Path, tmp_path: Path
+) -> None:
+    """``lmops assets import gguf`` restores the llama3 rope scaling that transformers' reader
+    drops (from the file's rope_freqs), so the imported model computes the source's logits;
+    rope_freqs that are no llama3 scaling are refused in one line, registering nothing."""
+    from unittest import mock
+
+    import numpy as np
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from lmops.deploy import gguf as gguf_mod
+    from lmops.models.loading import load_causal_lm
+    from lmops.store import Store
+
+    src = _llama3(tiny, tmp_path / "l3")
+    file = tmp_path / "l3.f16.gguf"
+    gguf_mod.write_gguf(src, file, "f16")
+    assert cli("assets", "import", "gguf", str(file), "--name", "l3").code == 0
+    store = Store()
+    try:
+        folder = Path(store.assets.path("l3"))
+    finally:
+        store.close()
+    model, source = load_causal_lm(folder), load_causal_lm(src)
+    rope = model.config.rope_parameters
+    assert rope["rope_type"] == "llama3" and rope["factor"] == 8.0
+    mine, _ = ROPE_INIT_FUNCTIONS["llama3"](model.config)
+    want, _ = ROPE_INIT_FUNCTIONS["llama3"](source.config)
+    torch.testing.assert_close(mine, want, rtol=1e-5, atol=0)
+    x = torch.arange(5, 205).unsqueeze(0)
+    with torch.no_grad():
+        assert (model(x).logits - source(x).logits).abs().max().item() < 1e-2
+
+    odd = tmp_path / "odd.gguf"  # divisors no llama3 scaling gives
+    ramp = np.linspace(1.0, 3.0, 8, dtype=np.float32)[::-1].copy()
+    with mock.patch.object(gguf_mod, "llama3_rope_factors", lambda rope, dim: ramp):
+        gguf_mod.write_gguf(src, odd, "f16")
+    r = cli("assets", "import", "gguf", str(odd), "--name", "odd")
+    assert r.code == 2 and "rope_freqs" in r.err and r.err.count("\n") == 1
+    store = Store()
+    try:
+        assert {a.name for a in store.assets.list("model")} == {"l3"}
+    finally:
+        store.close()
+
+
+SP_LINES = [
+    f"{s} {w} {i}"
+    for i, (s, w) in enumerate(
+        zip(
+            [
+                "The quick brown fox jumps over the lazy dog.",
+                "Machine learning models need clean data.",
+                "Hello, how are you today? I am fine, thank you.",
+                "A tokenizer splits text into pieces.",
+                "Numbers like 12, 34 and 46 appear in sums.",
+            ]
+            * 60,
+            ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"] * 50,
+            strict=True,
+        )
+    )
+]
+
+
+# texts whose tokenization depends on the merge order (a flat score breaks it)
+SP_TEXTS = [*SP_LINES[::29], "quickest jumpers tokenized numbered hellos"]
+
+
+@pytest.fixture(scope="module")
+def sp_tok(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SentencePiece BPE vocabulary with byte fallback (Llama 2 / TinyLlama style: identity
+    normalization, spaces kept), trained here and saved as transformers' LlamaTokenizer."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("sp")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SP_LINES),
+        model_prefix=str(root / "sp"),
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    raw = root / "raw"
+    raw.mkdir()
+    (raw / "tokenizer.model").write_bytes((root / "sp.model").read_bytes())
+    (raw / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "LlamaTokenizer", "add_bos_token": True})
+    )
+    tok = AutoTokenizer.from_pretrained(str(raw))
+    tok.chat_template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    tok.save_pretrained(str(root / "tok"))
+    return root
+
+
+def _sp_model(sp_tok: Path, out: Path) -> Path:
+    """A tiny llama over the SentencePiece vocabulary, sharpened."""
+    from transformers import AutoModelForCausalLM
+
+    src = make_model(out, sp_tok / "tok", seed=4)
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    _sharpen(model).save_pretrained(str(src))
+    return src
+
+
+@pytest.mark.parametrize("quant", ["f16", "q4_0"])
+def test_sentencepiece_vocab_exports_as_llama_tokenizer(
+    sp_tok: Path, tmp_path: Path, quant: str
+) -> None:
+    """A SentencePiece vocabulary is written as ``tokenizer.ggml.model = llama`` with scores
+    (merge ranks) and token types (byte, control, unknown); transformers rebuilds the
+    tokenizer from them alone (no merges in the file) and tokenizes as the source and as
+    sentencepiece itself do, byte fallback and BOS included."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from lmops.deploy.gguf import write_gguf
+
+    src = _sp_model(sp_tok, tmp_path / "m")
+    file = tmp_path / f"sp.{quant}.gguf"
+    write_gguf(src, file, quant)
+    fields = _gguf_fields(file)
+    assert fields["tokenizer.ggml.model"] == "llama"
+    assert "tokenizer.ggml.merges" not in fields
+    assert fields["tokenizer.ggml.add_space_prefix"] is True
+    types = fields["tokenizer.ggml.token_type"]
+    assert types[0] == 2 and types[1] == types[2] == 3  # <unk>, <s>, </s>
+    assert types[3 + 0xC3] == 6  # <0xC3>: a byte-fallback token
+    sp = spm.SentencePieceProcessor(model_file=str(sp_tok / "sp.model"))
+    # the scores order the merged pieces as sentencepiece's own scores do (llama.cpp merges
+    # the best-scoring pair first; transformers rebuilds its merges from them)
+    merged = [i for i in range(259, sp.get_piece_size()) if len(sp.id_to_piece(i)) > 1]
+    scores = fields["tokenizer.ggml.scores"]
+    assert sorted(merged, key=lambda i: -scores[i]) == sorted(
+        merged, key=lambda i: -sp.get_score(i)
+    )
+    texts = [*MORE_PROMPTS, *SP_TEXTS]
+    _check_read_back(src, file, quant, texts)
+    _, gtok = _read_back(file)
+    for p in texts:  # sentencepiece itself, an independent tokenizer
+        assert gtok(p)["input_ids"] == [1, *sp.encode(p)], p
+    assert any(i in range(3, 259) for i in gtok("ü 今天")["input_ids"])  # bytes were needed
+    assert AutoTokenizer.from_pretrained(str(src))("hi")["input_ids"][0] == 1
+
+
+def test_other_rope_sliding_window_and_unigram_are_refused_in_one_line(
+    cli: Any, tiny: Path, qwen2_tok: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from lmops.store import Store
+
+    yarn = tmp_path / "yarn"
+    shutil.copytree(tiny, yarn)
+    cfg = json.loads((yarn / "config.json").read_text())
+    rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+    (yarn / "config.json").write_text(json.dumps({**cfg, "rope_parameters": rope}))
+    r = cli("deploy", "export", str(yarn), "--quant", "f16", "-o", "x")
+    assert r.code == 2 and "rope_type 'yarn'" in r.err and r.err.count("\n") == 1
+
+    sliding = _qwen2(qwen2_tok, tmp_path / "sliding", True)
+    cfg = json.loads((sliding / "config.json").read_text())
+    (sliding / "config.json").write_text(json.dumps({**cfg, "use_sliding_window": True}))
+    r = cli("deploy", "export", str(sliding), "--quant", "f16", "-o", "x")
+    assert r.code == 2 and "use_sliding_window" in r.err and r.err.count("\n") == 1
+
+    unigram = tmp_path / "unigram"  # a Unigram vocabulary: llama.cpp would merge by score
+    shutil.copytree(tiny, unigram)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0)] + [(c, -1.0) for c in "abcdefgh"]
+    t = Tokenizer(models.Unigram(vocab, unk_id=0))
+    t.pre_tokenizer = pre_tokenizers.Metaspace()
+    t.save(str(unigram / "tokenizer.json"))
+    r = cli("deploy", "export", str(unigram), "--quant", "f16", "-o", "x")
+    assert r.code == 2 and "Unigram" in r.err and r.err.count("\n") == 1
+
+    store = Store()
+    try:
+        assert not store.assets.list("model")
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed (pip install llama-cpp-python; it compiles "
+    "llama.cpp for ~30 min) - it would check that llama.cpp tokenizes and computes the "
+    "qwen2, llama3-rope and SentencePiece exports as lmops does",
+)
+@pytest.mark.parametrize("kind", ["qwen2", "qwen2-untied", "llama3-rope", "sentencepiece"])
+@pytest.mark.parametrize("quant", ["f16", "q4_0"])
+def test_llama_cpp_reads_the_other_archs(
+    kind: str,
+    quant: str,
+    tiny: Path,
+    qwen2_tok: Path,
+    sp_tok: Path,
+    tmp_path: Path,
+) -> None:
+    """llama.cpp loads each new kind of file, tokenizes as lmops does (BOS, byte fallback and
+    the qwen2 digit split included), computes lmops's logits on the file's rounded weights
+    within its own activation rounding (for llama3-rope: with its rope_freqs tensor against
+    transformers' llama3 rope), and greedy-decodes lmops's tokens up to float ties."""
+    import llama_cpp
+    import numpy as np
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmops.deploy.gguf import llama_cpp_greedy, round_like_gguf, write_gguf
+
+    src = {
+        "qwen2": lambda: _qwen2(qwen2_tok, tmp_path / "m", True),
+        "qwen2-untied": lambda: _qwen2(qwen2_tok, tmp_path / "m", False),
+        "llama3-rope": lambda: _llama3(tiny, tmp_path / "m"),
+        "sentencepiece": lambda: _sp_model(sp_tok, tmp_path / "m"),
+    }[kind]()
+    tol = LOGIT_TOL[quant]
+    tok = AutoTokenizer.from_pretrained(str(src))
+    same = round_like_gguf(
+        AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval(), quant
+    )
+    file = tmp_path / f"{kind}.{quant}.gguf"
+    write_gguf(src, file, quant)
+    llm = llama_cpp.Llama(
+        model_path=str(file), n_ctx=256, n_threads=1, logits_all=True, verbose=False
+    )
+    try:
+        assert llm.n_vocab() == len(tok)
+        for p in [*MORE_PROMPTS, *SP_TEXTS]:
+            ids = tok(p)["input_ids"]
+            assert llm.tokenize(p.encode(), add_bos=True, special=False) == ids, (kind, p)
+        for p in MORE_PROMPTS:
+            ids = tok(p)["input_ids"]
+            want, want_margins = _argmax_run(same, ids, 48)
+            seq = ids + want
+            llm.reset()
+            llm.eval(seq)
+            rows = slice(len(ids) - 1, len(seq) - 1)
+            with torch.no_grad():
+                ref = same(torch.tensor([seq])).logits[0, rows].numpy()
+            diff = float(np.abs(np.asarray(llm.scores[rows]) - ref).max())
+            assert diff < tol, (kind, quant, p, diff)
+            got, margins = llama_cpp_greedy(llm, ids, 48)
+            first_tie = next((i for i, m in enumerate(want_margins) if m < tol), 48)
+            parted = next((i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b), 48)
+            assert parted >= first_tie, (kind, quant, p, parted, margins, want_margins)
+    finally:
+        llm.close()

@@ -8,17 +8,19 @@ sha256, so every stage (train, eval, serve) can use it.
 
 ``export_gguf`` (``lmops deploy export MODEL --format gguf --quant ...``): writes a GGUF
 file with the ``gguf`` package as llama.cpp's ``convert_hf_to_gguf.py`` does for the
-``llama`` architecture:
+``llama`` (SmolLM2, Llama 2/3.x, TinyLlama, Mistral-style) and ``qwen2`` (Qwen2, Qwen2.5)
+architectures:
 
-- metadata ``llama.*`` (context, widths, heads, rope, rms eps), ``general.file_type``;
-- the tokenizer as llama.cpp expects a GPT-2-style byte-level BPE: ``tokenizer.ggml.model =
-  gpt2``, ``pre`` (the pre-tokenizer's regex family, from ``tokenizer.json``), ``tokens`` in
-  byte-level spelling, ``token_type`` (control for special added tokens, user-defined for
-  other added tokens, unused for padding rows), ``merges``, bos/eos/unk/pad ids, add_bos,
-  and the chat template;
-- tensors under llama.cpp's names; q_proj/k_proj rows permuted from Hugging Face's
-  rotate-half order to llama.cpp's interleaved rotary order (what transformers' loader
-  undoes); 1-D tensors (norms) stay F32, matrices are F16 or block-quantized by
+- metadata ``{arch}.*`` (context, widths, heads, rope, rms eps), ``general.file_type``;
+- the tokenizer (:mod:`lmops.deploy.gguf_vocab`): byte-level BPE as ``gpt2`` with its
+  pre-tokenizer's name and merges, or SentencePiece BPE as ``llama`` with scores and token
+  types; ids, add_bos and the chat template;
+- tensors under llama.cpp's names; for ``llama``, q_proj/k_proj rows permuted from Hugging
+  Face's rotate-half order to llama.cpp's interleaved rotary order (what transformers'
+  loader undoes); ``qwen2`` rotates halves in llama.cpp too, so its rows stay, and its
+  q/k/v biases are written as ``blk.N.attn_{q,k,v}.bias``; Llama 3.1/3.2's ``llama3`` rope
+  scaling becomes llama.cpp's ``rope_freqs.weight`` (one divisor per rotary frequency).
+  1-D tensors (norms, biases) stay F32, matrices are F16 or block-quantized by
   ``gguf.quants`` (Q8_0: 32 weights + one fp16 scale = 8.5 bits; Q4_0: 4.5; Q4_1: 5.0).
   Tied embeddings are written once (``token_embd``), as llama.cpp expects.
 
@@ -26,7 +28,10 @@ llama.cpp (through llama-cpp-python) and transformers both read every quant back
 dequantizes exactly :func:`round_like_gguf`'s weights; llama.cpp greedy-generates lmops's
 tokens on those weights for f16, and for q8_0/q4_0/q4_1 up to float ties of its own 8-bit
 rounding of matmul inputs (tests/deploy/test_gguf.py; SmolLM2-135M-Instruct figures in
-benchmarks/deploy_bench.py ``--llama-cpp``).
+benchmarks/deploy_bench.py ``--llama-cpp``). The same holds for tiny qwen2 (tied and untied),
+llama3-rope and SentencePiece models in the tests; transformers' reader ignores
+``rope_freqs`` (it restores no llama3 rope scaling from a GGUF), so a llama3-rope file
+imported back through transformers has default rope.
 
 The output is registered as a ``model`` asset (one ``.gguf`` file, metadata ``format:
 gguf``, ``quant``) with lineage to the source model (role ``source``).
@@ -53,6 +58,7 @@ __all__ = [
     "export_gguf",
     "gguf_file_of",
     "import_gguf",
+    "llama3_rope_factors",
     "llama_cpp_greedy",
     "round_like_gguf",
     "write_gguf",
@@ -60,7 +66,7 @@ __all__ = [
 
 Quant = Literal["f16", "q8_0", "q4_0", "q4_1"]
 GGUF_QUANTS: tuple[str, ...] = ("f16", "q8_0", "q4_0", "q4_1")
-_EXPORT_ARCHS = ("llama",)
+_EXPORT_ARCHS = ("llama", "qwen2")
 
 
 class ExportResult(BaseModel):
@@ -137,6 +143,62 @@ def _restore_pre_tokenizer(tok: Any, file: Path) -> None:
     )
 
 
+def _llama3_rope_of(file: Path) -> dict[str, Any] | None:
+    """The ``rope_parameters`` a llama GGUF's ``rope_freqs.weight`` stands for (Llama 3.1's
+    rope scaling, which transformers' GGUF reader ignores), or None when it has none.
+
+    The divisors fix llama3's parameters only up to scaling ``original_max_position_embeddings``,
+    ``low_freq_factor`` and ``high_freq_factor`` together, which gives the same frequencies:
+    Llama 3.x's own (1, 4, 8192) are tried first, then a fit of the interpolated divisors
+    with ``low_freq_factor = 1``; a file neither reproduces is refused in one line."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(file))
+    tensor = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    if tensor is None:
+        return None
+
+    def field(key: str, default: float) -> float:
+        f = reader.get_field(f"llama.{key}")
+        return float(f.contents()) if f is not None else default
+
+    theta = field("rope.freq_base", 10000.0)
+    head_dim = int(
+        field(
+            "rope.dimension_count", field("embedding_length", 0) / field("attention.head_count", 1)
+        )
+    )
+    got = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
+    factor = float(got.max())
+    candidates = [(1.0, 4.0, 8192.0)]
+    wavelen = 2 * np.pi * theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    mid = (got > 1.0 + 1e-6) & (got < factor - 1e-6)
+    if factor > 1.0 and mid.sum() >= 2 and len(got) == len(wavelen):
+        # between the bounds 1/divisor = (1 - s)/factor + s, s = (old/wavelen - 1)/(high - 1)
+        smooth = (1 / got[mid] - 1 / factor) / (1 - 1 / factor)
+        slope, cut = np.polyfit(1 / wavelen[mid], smooth, 1)
+        if cut < 0:
+            candidates.append((1.0, 1.0 - 1.0 / cut, -slope / cut))
+    for low, high, old in candidates:
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": theta,
+            "factor": factor,
+            "low_freq_factor": low,
+            "high_freq_factor": round(high, 6),
+            "original_max_position_embeddings": round(float(old)),
+        }
+        if len(got) == head_dim // 2 and np.allclose(
+            llama3_rope_factors(rope, head_dim), got, rtol=1e-4
+        ):
+            return rope
+    raise UserError(
+        f"{file}: its rope_freqs.weight is not a Llama 3 rope scaling lmops can restore; "
+        "import a GGUF of the original checkpoint's rope instead"
+    )
+
+
 def _supported_import_archs() -> list[str]:
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
@@ -169,13 +231,15 @@ def import_gguf(
             f"{file}: GGUF architecture {arch!r} is not supported by transformers' GGUF loader "
             f"(supported: {', '.join(supported)}); convert the original checkpoint instead"
         )
+    rope = _llama3_rope_of(file) if arch == "llama" else None  # refused before any run
     digest = _sha256(file)
     with store.runs.track("gguf_import", config={"file": str(file), "name": name}) as run:
         inputs = store.assets.record_inputs([(file, "gguf")], run_id=run.id)
         folder, gguf_name = str(file.parent), file.name
         try:
+            extra = {"rope_parameters": rope} if rope else {}  # a config override
             model: Any = AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=gguf_name, dtype=torch.float32
+                folder, gguf_file=gguf_name, dtype=torch.float32, **extra
             )
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
         except (ValueError, KeyError, NotImplementedError, OSError) as e:
@@ -213,98 +277,6 @@ def import_gguf(
 
 
 # -- export ----------------------------------------------------------------------------------------
-def _pre_tokenizer_name(tokenizer_json: dict[str, Any], where: Path) -> str:
-    """llama.cpp's name for the pre-tokenizer in ``tokenizer.json`` (which regex splits the
-    text before BPE): ``gpt-2`` (ByteLevel's own regex; llama.cpp refuses the spelling
-    ``gpt2`` as an unknown pre-tokenizer), ``smollm`` (single digits, then ByteLevel),
-    ``llama-bpe`` (Llama 3's split). Anything else is refused, since llama.cpp would
-    tokenize differently."""
-    pre = tokenizer_json.get("pre_tokenizer") or {}
-    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    types = [p.get("type") for p in parts]
-    byte_level = parts[-1] if types and types[-1] == "ByteLevel" else None
-    if byte_level is not None and types == ["ByteLevel"] and byte_level.get("use_regex", True):
-        return "gpt-2"
-    if (
-        byte_level is not None
-        and types == ["Digits", "ByteLevel"]
-        and parts[0].get("individual_digits")
-        and byte_level.get("use_regex", True)
-    ):
-        return "smollm"
-    if types == ["Split", "ByteLevel"]:
-        pattern = (parts[0].get("pattern") or {}).get("Regex", "")
-        if "\\p{N}{1,3}" in pattern and "(?i:'s|'t|'re|'ve|'m|'ll|'d)" in pattern:
-            return "llama-bpe"
-    raise UserError(
-        f"{where}: pre-tokenizer {types} has no llama.cpp equivalent this exporter knows "
-        "(gpt-2, smollm, llama-bpe); export a model with a GPT-2-style byte-level BPE tokenizer"
-    )
-
-
-def _tokenizer_fields(folder: Path, vocab_size: int) -> dict[str, Any]:
-    """The ``tokenizer.ggml.*`` values of the tokenizer in ``folder``."""
-    import gguf
-
-    from lmops.models.loading import load_tokenizer
-
-    tj_path = folder / "tokenizer.json"
-    if not tj_path.is_file():
-        raise UserError(
-            f"{folder} has no tokenizer.json; GGUF export needs a fast (tokenizers) BPE "
-            "tokenizer: save one with tokenizer.save_pretrained(folder)"
-        )
-    tj = json.loads(tj_path.read_text(encoding="utf-8"))
-    model = tj.get("model") or {}
-    if model.get("type") != "BPE" or tj.get("decoder", {}).get("type") != "ByteLevel":
-        raise UserError(
-            f"{tj_path}: a {model.get('type')} tokenizer; GGUF export writes GPT-2-style "
-            "byte-level BPE tokenizers only (SentencePiece vocabularies are not supported yet)"
-        )
-    pre = _pre_tokenizer_name(tj, tj_path)
-    raw_merges = model.get("merges") or []
-    merges = [m if isinstance(m, str) else " ".join(m) for m in raw_merges]
-    tok = load_tokenizer(folder)
-    vocab: dict[str, int] = model.get("vocab") or {}
-    added = {t["id"]: t for t in tj.get("added_tokens") or []}
-    top = max([*vocab.values(), *added, len(tok) - 1])
-    if top >= vocab_size:
-        # llama.cpp takes n_vocab from the token list and refuses a token_embd of other rows
-        raise UserError(
-            f"{tj_path}: token id {top} is past the model's vocab_size {vocab_size} "
-            "(config.json); resize the embeddings (model.resize_token_embeddings) first"
-        )
-    n = vocab_size
-    by_id = {i: t for t, i in vocab.items()}
-    tokens: list[str] = []
-    types: list[int] = []
-    for i in range(n):
-        if i in added:
-            tokens.append(added[i]["content"])
-            types.append(
-                gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED
-            )
-        elif i in by_id:
-            tokens.append(by_id[i])
-            types.append(gguf.TokenType.NORMAL)
-        else:  # embedding rows past the vocabulary (padded vocab): never produced
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-    probe = tok("a")["input_ids"]
-    return {
-        "pre": pre,
-        "tokens": tokens,
-        "types": types,
-        "merges": merges,
-        "bos": tok.bos_token_id,
-        "eos": tok.eos_token_id,
-        "unk": tok.unk_token_id,
-        "pad": tok.pad_token_id,
-        "add_bos": bool(probe) and tok.bos_token_id is not None and probe[0] == tok.bos_token_id,
-        "chat_template": tok.chat_template if isinstance(tok.chat_template, str) else None,
-    }
-
-
 def _permute(w: Any, n_head: int) -> Any:
     """Hugging Face's rotate-half rows -> llama.cpp's interleaved pairs (convert_hf_to_gguf's
     ``LlamaModel.permute``); w: [n_head * head_dim, hidden]."""
@@ -326,19 +298,82 @@ _NAME_MAP = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
+# Qwen2's q/k/v projections have biases (llama.cpp's qwen2 loads blk.N.attn_{q,k,v}.bias)
+_BIASED = {"qwen2": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")}
 
 
-def _gguf_name(hf: str) -> str | None:
+def _gguf_name(hf: str, arch: str = "llama") -> str | None:
     if hf == "model.embed_tokens.weight":
         return "token_embd.weight"
     if hf == "model.norm.weight":
         return "output_norm.weight"
     if hf == "lm_head.weight":
         return "output.weight"
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", hf)
-    if m and m.group(2) in _NAME_MAP:
-        return f"blk.{m.group(1)}.{_NAME_MAP[m.group(2)]}.weight"
-    return None
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", hf)
+    if m is None or m.group(2) not in _NAME_MAP:
+        return None
+    if m.group(3) == "bias" and m.group(2) not in _BIASED.get(arch, ()):
+        return None
+    return f"blk.{m.group(1)}.{_NAME_MAP[m.group(2)]}.{m.group(3)}"
+
+
+def _rope(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The rope settings of a config.json: ``rope_parameters`` (transformers 5) over the
+    older ``rope_scaling`` + ``rope_theta``; ``rope_type`` is ``default`` when unset."""
+    rope = {**(cfg.get("rope_scaling") or {}), **(cfg.get("rope_parameters") or {})}
+    rope.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
+    rope["rope_type"] = rope.get("rope_type") or rope.get("type") or "default"
+    return rope
+
+
+def _check_arch(cfg: dict[str, Any], where: Path) -> str:
+    """The GGUF architecture of config ``cfg`` (``llama`` or ``qwen2``); one-line errors
+    for what this writer cannot express."""
+    arch = cfg.get("model_type")
+    if arch not in _EXPORT_ARCHS:
+        raise UserError(
+            f"{where}: model_type {arch!r}; GGUF export supports {', '.join(_EXPORT_ARCHS)} "
+            "(SmolLM2, Llama 2/3, TinyLlama, Mistral-style llama, Qwen2/Qwen2.5)"
+        )
+    rope_type = _rope(cfg)["rope_type"]
+    allowed = ("default", "llama3") if arch == "llama" else ("default",)
+    if rope_type not in allowed:
+        raise UserError(
+            f"{where}: rope_type {rope_type!r} is not exported for {arch} (this writer does "
+            f"{', '.join(allowed)}); export a model without that rope scaling"
+        )
+    if float(_rope(cfg).get("partial_rotary_factor", 1.0)) != 1.0:
+        raise UserError(f"{where}: partial_rotary_factor is not exported; rotate full heads")
+    if arch == "llama" and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
+        raise UserError(f"{where}: llama with attention/MLP biases is not exported yet")
+    if arch == "qwen2" and cfg.get("use_sliding_window"):
+        raise UserError(
+            f"{where}: use_sliding_window is true; llama.cpp's qwen2 attends to the whole "
+            "context, so export only models with use_sliding_window false"
+        )
+    return str(arch)
+
+
+def llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> Any:
+    """Llama 3.1's rope scaling as llama.cpp stores it: a ``rope_freqs`` tensor of
+    ``head_dim / 2`` divisors of the default inverse frequencies ``theta ** (-2i / head_dim)``
+    (float32). Wavelengths shorter than ``original_max_position_embeddings /
+    high_freq_factor`` keep their frequency (1), longer than ``... / low_freq_factor`` are
+    slowed by ``factor``, and those between are interpolated smoothly."""
+    import numpy as np
+
+    theta = float(rope["rope_theta"])
+    factor = float(rope.get("factor", 8.0))
+    low = float(rope.get("low_freq_factor", 1.0))
+    high = float(rope.get("high_freq_factor", 4.0))
+    old_ctx = float(rope.get("original_max_position_embeddings", 8192))
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * np.pi / freqs
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    out = 1.0 / ((1 - smooth) / factor + smooth)
+    out = np.where(wavelen < old_ctx / high, 1.0, out)
+    out = np.where(wavelen > old_ctx / low, factor, out)
+    return out.astype(np.float32)
 
 
 def write_gguf(
@@ -349,12 +384,15 @@ def write_gguf(
     name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> float:
-    """Write model folder ``folder`` (llama architecture, byte-level BPE tokenizer) as GGUF
-    file ``out`` with matrices in ``quant``; returns the bits per weight of the matrices
-    (block scales included). One-line errors for what cannot be written."""
+    """Write model folder ``folder`` (llama or qwen2 architecture, byte-level or
+    SentencePiece BPE tokenizer) as GGUF file ``out`` with matrices in ``quant``; returns
+    the bits per weight of the matrices (block scales included). One-line errors for what
+    cannot be written."""
     import gguf
     import numpy as np
     from safetensors import safe_open
+
+    from lmops.deploy.gguf_vocab import add_tokenizer, tokenizer_fields
 
     if quant not in GGUF_QUANTS:
         raise UserError(
@@ -364,12 +402,7 @@ def write_gguf(
 
     check_model_folder(folder)
     cfg = json.loads((folder / "config.json").read_text())
-    arch = cfg.get("model_type")
-    if arch not in _EXPORT_ARCHS:
-        raise UserError(
-            f"{folder / 'config.json'}: model_type {arch!r}; GGUF export supports "
-            f"{', '.join(_EXPORT_ARCHS)} (SmolLM2, Llama 2/3, TinyLlama...)"
-        )
+    arch = _check_arch(cfg, folder / "config.json")
     if (folder / "lmops_quant.json").is_file():
         raise UserError(
             f"{folder} is an lmops-quantized model; export its source model to GGUF instead"
@@ -378,14 +411,7 @@ def write_gguf(
     n_kv = int(cfg.get("num_key_value_heads") or n_head)
     hidden = int(cfg["hidden_size"])
     head_dim = int(cfg.get("head_dim") or hidden // n_head)
-    rope = cfg.get("rope_parameters") or {}
-    rope_theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise UserError(
-            f"{folder / 'config.json'}: rope_type {rope.get('rope_type')!r} is not exported yet"
-        )
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise UserError(f"{folder / 'config.json'}: llama with biases is not exported yet")
+    rope = _rope(cfg)
     qtype = {
         "f16": gguf.GGMLQuantizationType.F16,
         "q8_0": gguf.GGMLQuantizationType.Q8_0,
@@ -401,9 +427,9 @@ def write_gguf(
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise UserError(f"{folder}: no .safetensors weights (save with save_pretrained)")
-    tokf = _tokenizer_fields(folder, int(cfg["vocab_size"]))
+    tokf = tokenizer_fields(folder, int(cfg["vocab_size"]))
 
-    w = gguf.GGUFWriter(str(out), "llama")
+    w = gguf.GGUFWriter(str(out), arch)  # keys below are written as f"{arch}.…"
     w.add_name(name or folder.name)
     w.add_context_length(int(cfg.get("max_position_embeddings", 2048)))
     w.add_embedding_length(hidden)
@@ -415,50 +441,41 @@ def write_gguf(
     if head_dim != hidden // n_head:  # llama.cpp assumes hidden / heads unless told
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
-    w.add_rope_freq_base(rope_theta)
+    w.add_rope_freq_base(float(rope["rope_theta"]))
     w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
     w.add_vocab_size(len(tokf["tokens"]))
     w.add_file_type(int(ftype))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(tokf["pre"])
-    w.add_token_list(tokf["tokens"])
-    w.add_token_types(tokf["types"])
-    w.add_token_merges(tokf["merges"])
-    for key, add in (
-        ("bos", w.add_bos_token_id),
-        ("eos", w.add_eos_token_id),
-        ("unk", w.add_unk_token_id),
-        ("pad", w.add_pad_token_id),
-    ):
-        if tokf[key] is not None:
-            add(int(tokf[key]))
-    w.add_add_bos_token(tokf["add_bos"])
-    w.add_add_eos_token(False)
-    if tokf["chat_template"]:
-        w.add_chat_template(tokf["chat_template"])
+    add_tokenizer(w, tokf)
 
     names: list[tuple[Path, str]] = []
     for f in files:
         with safe_open(str(f), framework="np") as st:
             names += [(f, k) for k in st.keys()]  # noqa: SIM118 (safe_open has no __iter__)
     tied = bool(cfg.get("tie_word_embeddings"))
-    wanted = [(f, k) for f, k in names if not (tied and k == "lm_head.weight") and _gguf_name(k)]
-    unknown = [k for _, k in names if _gguf_name(k) is None and "rotary_emb" not in k]
+    wanted = [
+        (f, k) for f, k in names if not (tied and k == "lm_head.weight") and _gguf_name(k, arch)
+    ]
+    unknown = [k for _, k in names if _gguf_name(k, arch) is None and "rotary_emb" not in k]
     if unknown:
-        raise UserError(f"{folder}: tensors a llama GGUF has no place for: {unknown[:3]}")
+        raise UserError(f"{folder}: tensors a {arch} GGUF has no place for: {unknown[:3]}")
+    if rope["rope_type"] == "llama3":  # first, as llama.cpp's converter writes it
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(rope, head_dim))
+    # llama.cpp's llama rotates interleaved pairs, so q/k rows are permuted from Hugging
+    # Face's rotate-half order; its qwen2 rotates halves (NEOX) like Hugging Face: no change
+    permute = arch == "llama"
     q_bits = 0
     q_weights = 0
     for i, (f, k) in enumerate(wanted):
         with safe_open(str(f), framework="pt") as st:
             t = st.get_tensor(k).float().numpy()
-        if k.endswith("q_proj.weight"):
+        if permute and k.endswith("q_proj.weight"):
             t = _permute(t, n_head)
-        elif k.endswith("k_proj.weight"):
+        elif permute and k.endswith("k_proj.weight"):
             t = _permute(t, n_kv)
-        gname = _gguf_name(k)
+        gname = _gguf_name(k, arch)
         assert gname is not None
-        if t.ndim == 1:
+        if t.ndim == 1:  # norms and biases
             w.add_tensor(gname, t.astype(np.float32))
         else:
             if quant == "f16":
@@ -547,6 +564,8 @@ def export_gguf(
             f"--quant {quant!r}: the GGUF writer does {', '.join(GGUF_QUANTS)}; pick one of them"
         )
     src, src_ref = source_model(model_ref, store)
+    cfg_path = src / "config.json"
+    arch = json.loads(cfg_path.read_text()).get("model_type") if cfg_path.is_file() else None
     with store.runs.track(
         "gguf_export", config={"model": model_ref, "quant": quant, "output": output}
     ) as run:
@@ -564,7 +583,7 @@ def export_gguf(
                     "format": "gguf",
                     "quant": quant,
                     "bits_per_weight": round(bpw, 4),
-                    "architecture": "llama",
+                    "architecture": arch,
                     "source": src_ref or str(src),
                 },
                 inputs=inputs,
