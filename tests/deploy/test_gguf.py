@@ -727,6 +727,56 @@ def test_sentencepiece_vocab_exports_as_llama_tokenizer(
     assert AutoTokenizer.from_pretrained(str(src))("hi")["input_ids"][0] == 1
 
 
+def _mistral(sp_tok: Path, out: Path, window: int | None = None) -> Path:
+    """A tiny Mistral (model_type mistral: llama's layers, SentencePiece vocabulary; no
+    sliding window, as v0.2+), sharpened."""
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(sp_tok / "tok"))
+    torch.manual_seed(6)
+    cfg = MistralConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        sliding_window=window,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    _sharpen(MistralForCausalLM(cfg)).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def test_mistral_exports_as_llama(cli: Any, sp_tok: Path, tmp_path: Path) -> None:
+    """A Mistral model is written as llama.cpp's ``llama`` (q/k rows permuted, untied head)
+    and registered as such; transformers reads back its weights, tokens and logits. A
+    sliding window shorter than the context is refused: llama.cpp would attend past it."""
+    from lmops.deploy.gguf import write_gguf
+    from lmops.store import Store
+
+    src = _mistral(sp_tok, tmp_path / "mi")
+    file = tmp_path / "mi.f16.gguf"
+    write_gguf(src, file, "f16")
+    fields = _gguf_fields(file)
+    assert fields["general.architecture"] == "llama" and "output.weight" in fields["tensors"]
+    _check_read_back(src, file, "f16", MORE_PROMPTS)
+    assert cli("assets", "register", "model", "mi", str(src)).code == 0
+    r = cli("deploy", "export", "mi", "--format", "gguf", "--quant", "q8_0", "-o", "mi-gguf")
+    assert r.code == 0, r.err
+    store = Store()
+    try:
+        assert store.assets.resolve("mi-gguf").metadata["architecture"] == "llama"
+    finally:
+        store.close()
+    v01 = _mistral(sp_tok, tmp_path / "v01", window=32)  # Mistral v0.1's kind of window
+    r = cli("deploy", "export", str(v01), "--quant", "f16", "-o", "x")
+    assert r.code == 2 and "sliding_window 32 is shorter" in r.err and r.err.count("\n") == 1
+
+
 def test_other_rope_sliding_window_and_unigram_are_refused_in_one_line(
     cli: Any, tiny: Path, qwen2_tok: Path, tmp_path: Path
 ) -> None:
@@ -744,9 +794,10 @@ def test_other_rope_sliding_window_and_unigram_are_refused_in_one_line(
 
     sliding = _qwen2(qwen2_tok, tmp_path / "sliding", True)
     cfg = json.loads((sliding / "config.json").read_text())
-    (sliding / "config.json").write_text(json.dumps({**cfg, "use_sliding_window": True}))
+    window = {"use_sliding_window": True, "sliding_window": 64}
+    (sliding / "config.json").write_text(json.dumps({**cfg, **window}))
     r = cli("deploy", "export", str(sliding), "--quant", "f16", "-o", "x")
-    assert r.code == 2 and "use_sliding_window" in r.err and r.err.count("\n") == 1
+    assert r.code == 2 and "sliding_window 64 is shorter" in r.err and r.err.count("\n") == 1
 
     unigram = tmp_path / "unigram"  # a Unigram vocabulary: llama.cpp would merge by score
     shutil.copytree(tiny, unigram)
@@ -772,7 +823,9 @@ def test_other_rope_sliding_window_and_unigram_are_refused_in_one_line(
     "llama.cpp for ~30 min) - it would check that llama.cpp tokenizes and computes the "
     "qwen2, llama3-rope and SentencePiece exports as lmops does",
 )
-@pytest.mark.parametrize("kind", ["qwen2", "qwen2-untied", "llama3-rope", "sentencepiece"])
+@pytest.mark.parametrize(
+    "kind", ["qwen2", "qwen2-untied", "llama3-rope", "sentencepiece", "mistral"]
+)
 @pytest.mark.parametrize("quant", ["f16", "q4_0"])
 def test_llama_cpp_reads_the_other_archs(
     kind: str,
@@ -797,6 +850,7 @@ def test_llama_cpp_reads_the_other_archs(
         "qwen2-untied": lambda: _qwen2(qwen2_tok, tmp_path / "m", False),
         "llama3-rope": lambda: _llama3(tiny, tmp_path / "m"),
         "sentencepiece": lambda: _sp_model(sp_tok, tmp_path / "m"),
+        "mistral": lambda: _mistral(sp_tok, tmp_path / "m"),
     }[kind]()
     tol = LOGIT_TOL[quant]
     tok = AutoTokenizer.from_pretrained(str(src))

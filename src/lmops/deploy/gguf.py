@@ -8,8 +8,8 @@ sha256, so every stage (train, eval, serve) can use it.
 
 ``export_gguf`` (``lmops deploy export MODEL --format gguf --quant ...``): writes a GGUF
 file with the ``gguf`` package as llama.cpp's ``convert_hf_to_gguf.py`` does for the
-``llama`` (SmolLM2, Llama 2/3.x, TinyLlama, Mistral-style) and ``qwen2`` (Qwen2, Qwen2.5)
-architectures:
+``llama`` (SmolLM2, Llama 2/3.x, TinyLlama; Mistral without a sliding window, written as
+llama as llama.cpp does) and ``qwen2`` (Qwen2, Qwen2.5) architectures:
 
 - metadata ``{arch}.*`` (context, widths, heads, rope, rms eps), ``general.file_type``;
 - the tokenizer (:mod:`lmops.deploy.gguf_vocab`): byte-level BPE as ``gpt2`` with its
@@ -29,7 +29,7 @@ dequantizes exactly :func:`round_like_gguf`'s weights; llama.cpp greedy-generate
 tokens on those weights for f16, and for q8_0/q4_0/q4_1 up to float ties of its own 8-bit
 rounding of matmul inputs (tests/deploy/test_gguf.py; SmolLM2-135M-Instruct figures in
 benchmarks/deploy_bench.py ``--llama-cpp``). The same holds for tiny qwen2 (tied and untied),
-llama3-rope and SentencePiece models in the tests; transformers' reader ignores
+llama3-rope, SentencePiece and mistral models in the tests; transformers' reader ignores
 ``rope_freqs`` (it restores no llama3 rope scaling from a GGUF), so a llama3-rope file
 imported back through transformers has default rope.
 
@@ -66,7 +66,9 @@ __all__ = [
 
 Quant = Literal["f16", "q8_0", "q4_0", "q4_1"]
 GGUF_QUANTS: tuple[str, ...] = ("f16", "q8_0", "q4_0", "q4_1")
-_EXPORT_ARCHS = ("llama", "qwen2")
+_EXPORT_ARCHS = ("llama", "mistral", "qwen2")  # config model_type
+# Mistral is llama.cpp's llama (convert_hf_to_gguf writes MistralForCausalLM as llama)
+_GGUF_ARCH = {"mistral": "llama"}
 
 
 class ExportResult(BaseModel):
@@ -327,31 +329,36 @@ def _rope(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_arch(cfg: dict[str, Any], where: Path) -> str:
-    """The GGUF architecture of config ``cfg`` (``llama`` or ``qwen2``); one-line errors
-    for what this writer cannot express."""
-    arch = cfg.get("model_type")
-    if arch not in _EXPORT_ARCHS:
+    """The GGUF architecture of config ``cfg`` (``llama`` for llama and mistral, or
+    ``qwen2``); one-line errors for what this writer cannot express."""
+    model_type = cfg.get("model_type")
+    if model_type not in _EXPORT_ARCHS:
         raise UserError(
-            f"{where}: model_type {arch!r}; GGUF export supports {', '.join(_EXPORT_ARCHS)} "
-            "(SmolLM2, Llama 2/3, TinyLlama, Mistral-style llama, Qwen2/Qwen2.5)"
+            f"{where}: model_type {model_type!r}; GGUF export supports "
+            f"{', '.join(_EXPORT_ARCHS)} (SmolLM2, Llama 2/3, TinyLlama, Mistral, Qwen2/Qwen2.5)"
         )
+    arch = _GGUF_ARCH.get(str(model_type), str(model_type))
     rope_type = _rope(cfg)["rope_type"]
     allowed = ("default", "llama3") if arch == "llama" else ("default",)
     if rope_type not in allowed:
         raise UserError(
-            f"{where}: rope_type {rope_type!r} is not exported for {arch} (this writer does "
-            f"{', '.join(allowed)}); export a model without that rope scaling"
+            f"{where}: rope_type {rope_type!r} is not exported for {model_type} (this writer "
+            f"does {', '.join(allowed)}); export a model without that rope scaling"
         )
     if float(_rope(cfg).get("partial_rotary_factor", 1.0)) != 1.0:
         raise UserError(f"{where}: partial_rotary_factor is not exported; rotate full heads")
     if arch == "llama" and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
         raise UserError(f"{where}: llama with attention/MLP biases is not exported yet")
-    if arch == "qwen2" and cfg.get("use_sliding_window"):
+    window = cfg.get("sliding_window")
+    sliding = cfg.get("use_sliding_window") if arch == "qwen2" else window is not None
+    if sliding and window is not None and window < int(cfg.get("max_position_embeddings", 0)):
+        # llama.cpp's llama and qwen2 attend to the whole context: past the window the
+        # exported model would compute something else (Mistral v0.1; v0.2+ has no window)
         raise UserError(
-            f"{where}: use_sliding_window is true; llama.cpp's qwen2 attends to the whole "
-            "context, so export only models with use_sliding_window false"
+            f"{where}: sliding_window {window} is shorter than the context; llama.cpp's "
+            f"{arch} attends to the whole context, so export a model without a sliding window"
         )
-    return str(arch)
+    return arch
 
 
 def llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> Any:
@@ -564,8 +571,6 @@ def export_gguf(
             f"--quant {quant!r}: the GGUF writer does {', '.join(GGUF_QUANTS)}; pick one of them"
         )
     src, src_ref = source_model(model_ref, store)
-    cfg_path = src / "config.json"
-    arch = json.loads(cfg_path.read_text()).get("model_type") if cfg_path.is_file() else None
     with store.runs.track(
         "gguf_export", config={"model": model_ref, "quant": quant, "output": output}
     ) as run:
@@ -574,6 +579,7 @@ def export_gguf(
         try:
             out = tmp / f"{output.replace('/', '_')}.{quant}.gguf"
             bpw = write_gguf(src, out, quant, name=output, progress=progress)
+            arch = _check_arch(json.loads((src / "config.json").read_text()), src)
             size = out.stat().st_size
             v = store.assets.register(
                 "model",
