@@ -213,3 +213,23 @@ def test_bnb_folder_serves_in_the_engine_and_loads_in_eval(cli: Any, tiny: Path)
     # and a quantized folder is not a source for another round
     r = cli("deploy", "quantize", str(folder), "--method", "bnb-int8", "-o", "again")
     assert r.code == 2 and "already quantized" in r.err and r.err.count("\n") == 1
+
+
+def test_pipeline_quantize_step_takes_the_bnb_methods(tmp_path: Path) -> None:
+    """A pipeline's quantize step offers what the CLI offers: bnb-nf4 / bnb-int8 pass the
+    spec check, an unknown method is refused when the file is loaded, naming the step."""
+    import yaml
+
+    from lmops.core.errors import UserError
+    from lmops.pipelines import load_pipeline
+
+    def spec(method: str) -> Path:
+        steps = {"q": {"type": "quantize", "model": "tiny", "output": "q", "method": method}}
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(yaml.safe_dump({"name": "deploy", "steps": steps}, sort_keys=False))
+        return path
+
+    for method in ("bnb-nf4", "bnb-int8"):
+        load_pipeline(spec(method))
+    with pytest.raises(UserError, match="method"):
+        load_pipeline(spec("bnb-fp4"))

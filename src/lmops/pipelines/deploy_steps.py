@@ -90,11 +90,12 @@ def _distill(ctx: StepContext, p: DistillParams) -> StepOutput:
 
 # -- quantize, export (lmops.deploy) ---------------------------------------------------------
 class QuantizeParams(Params):
-    """``lmops deploy quantize``: int8 or gptq4 (calibration: a dataset or text file)."""
+    """``lmops deploy quantize``: int8 or gptq4 (calibration: a dataset or text file), or
+    bitsandbytes' bnb-nf4 / bnb-int8 (``pip install 'lmops[gpu]'``)."""
 
     model: str
     output: str
-    method: Literal["int8", "gptq4"] = "int8"
+    method: Literal["int8", "gptq4", "bnb-nf4", "bnb-int8"] = "int8"
     calibration: str | None = None
 
     def inputs(self) -> list[str]:
@@ -103,7 +104,8 @@ class QuantizeParams(Params):
 
 @step_type("quantize", QuantizeParams)
 def _quantize(ctx: StepContext, p: QuantizeParams) -> StepOutput:
-    """Quantize a model for the built-in engine (int8, gptq4) and register it."""
+    """Quantize a model for the built-in engine (int8, gptq4, bnb-nf4, bnb-int8) and
+    register it."""
     from lmops.deploy.quantize import QuantizeConfig, quantize_model
 
     cal = _local_or_ref(ctx, p.calibration) if p.calibration else None
