@@ -727,6 +727,58 @@ def test_sentencepiece_vocab_exports_as_llama_tokenizer(
     assert AutoTokenizer.from_pretrained(str(src))("hi")["input_ids"][0] == 1
 
 
+@pytest.fixture(scope="module")
+def lmops_sp_tok(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lmops's own ``sentencepiece_bpe`` tokenizer (``lmops data tokenizer``): no dummy
+    prefix (Metaspace ``prepend_scheme: never``), ChatML specials after ``<unk>``."""
+    from lmops.data.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("lmops-sp") / "tok"
+    train_tokenizer([*SP_LINES, *PROMPTS], out, kind="sentencepiece_bpe", vocab_size=400)
+    return out
+
+
+def _lmops_sp_model(lmops_sp_tok: Path, out: Path) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    src = make_model(out, lmops_sp_tok, seed=7)
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    _sharpen(model).save_pretrained(str(src))
+    return src
+
+
+def test_lmops_sentencepiece_tokenizer_round_trips_through_import(
+    cli: Any, lmops_sp_tok: Path, tmp_path: Path
+) -> None:
+    """A model on lmops's own sentencepiece_bpe tokenizer exports with ``add_space_prefix``
+    false and control/unknown types; ``lmops assets import gguf`` gives back its tokenizer
+    (ids and decoded text), though transformers' rebuild alone would put a ``▁`` first."""
+    from transformers import AutoTokenizer
+
+    from lmops.deploy.gguf import write_gguf
+    from lmops.store import Store
+
+    src = _lmops_sp_model(lmops_sp_tok, tmp_path / "m")
+    file = tmp_path / "lsp.f16.gguf"
+    write_gguf(src, file, "f16")
+    fields = _gguf_fields(file)
+    assert fields["tokenizer.ggml.model"] == "llama"
+    assert fields["tokenizer.ggml.add_space_prefix"] is False
+    assert fields["tokenizer.ggml.token_type"][:5] == [2, 3, 3, 3, 3]  # <unk>, ChatML specials
+    assert cli("assets", "import", "gguf", str(file), "--name", "lsp").code == 0
+    store = Store()
+    try:
+        folder = Path(store.assets.path("lsp"))
+    finally:
+        store.close()
+    tok, got = AutoTokenizer.from_pretrained(str(src)), AutoTokenizer.from_pretrained(str(folder))
+    for p in [*MORE_PROMPTS, *SP_TEXTS, "<|im_start|>user\nhi<|im_end|>", " x "]:
+        ids = tok(p)["input_ids"]
+        assert got(p)["input_ids"] == ids, p
+        assert got.decode(ids) == tok.decode(ids), p
+    assert got.chat_template == tok.chat_template
+
+
 def _mistral(sp_tok: Path, out: Path, window: int | None = None) -> Path:
     """A tiny Mistral (model_type mistral: llama's layers, SentencePiece vocabulary; no
     sliding window, as v0.2+), sharpened."""
@@ -824,7 +876,7 @@ def test_other_rope_sliding_window_and_unigram_are_refused_in_one_line(
     "qwen2, llama3-rope and SentencePiece exports as lmops does",
 )
 @pytest.mark.parametrize(
-    "kind", ["qwen2", "qwen2-untied", "llama3-rope", "sentencepiece", "mistral"]
+    "kind", ["qwen2", "qwen2-untied", "llama3-rope", "sentencepiece", "lmops-sp", "mistral"]
 )
 @pytest.mark.parametrize("quant", ["f16", "q4_0"])
 def test_llama_cpp_reads_the_other_archs(
@@ -833,6 +885,7 @@ def test_llama_cpp_reads_the_other_archs(
     tiny: Path,
     qwen2_tok: Path,
     sp_tok: Path,
+    lmops_sp_tok: Path,
     tmp_path: Path,
 ) -> None:
     """llama.cpp loads each new kind of file, tokenizes as lmops does (BOS, byte fallback and
@@ -851,6 +904,7 @@ def test_llama_cpp_reads_the_other_archs(
         "llama3-rope": lambda: _llama3(tiny, tmp_path / "m"),
         "sentencepiece": lambda: _sp_model(sp_tok, tmp_path / "m"),
         "mistral": lambda: _mistral(sp_tok, tmp_path / "m"),
+        "lmops-sp": lambda: _lmops_sp_model(lmops_sp_tok, tmp_path / "m"),
     }[kind]()
     tol = LOGIT_TOL[quant]
     tok = AutoTokenizer.from_pretrained(str(src))

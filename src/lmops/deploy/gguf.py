@@ -128,21 +128,42 @@ def _check_gguf(file: Path) -> tuple[str, str]:
 
 
 def _restore_pre_tokenizer(tok: Any, file: Path) -> None:
-    """Put back the pre-tokenizer a GGUF names where transformers' rebuild falls back to
-    GPT-2's: ``smollm`` (SmolLM/SmolLM2) splits digits one by one before byte-level BPE,
-    as llama.cpp does for these files and as the model was trained."""
-    import gguf
-    from tokenizers import pre_tokenizers
+    """Put back what transformers' GGUF tokenizer rebuild drops:
 
-    field = gguf.GGUFReader(str(file)).get_field("tokenizer.ggml.pre")
-    if field is None or str(field.contents()) != "smollm":
-        return
-    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
+    - ``smollm`` (SmolLM/SmolLM2) splits digits one by one before byte-level BPE, as
+      llama.cpp does for these files and as the model was trained (the rebuild falls back
+      to GPT-2's split);
+    - a SentencePiece vocabulary with ``add_space_prefix`` false (lmops's own
+      ``sentencepiece_bpe`` tokenizers) puts no ``▁`` before the text, as llama.cpp does
+      (the rebuild always adds one)."""
+    import gguf
+    from tokenizers import decoders, pre_tokenizers
+
+    reader = gguf.GGUFReader(str(file))
+
+    def field(key: str) -> Any:
+        f = reader.get_field(key)
+        return None if f is None else f.contents()
+
+    if field("tokenizer.ggml.pre") == "smollm":
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
+    if (
+        field("tokenizer.ggml.model") == "llama"
+        and field("tokenizer.ggml.add_space_prefix") is False
+    ):
+        backend = tok.backend_tokenizer
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="\u2581", prepend_scheme="never", split=False
+        )
+        backend.decoder = decoders.Sequence(  # no Strip: there is no prefix space to drop
+            [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+        )
+        tok.add_prefix_space = False
 
 
 def _llama3_rope_of(file: Path) -> dict[str, Any] | None:
