@@ -727,6 +727,31 @@ def test_sentencepiece_vocab_exports_as_llama_tokenizer(
     assert AutoTokenizer.from_pretrained(str(src))("hi")["input_ids"][0] == 1
 
 
+def test_llama2_style_tokenizer_json_exports_too(sp_tok: Path, tmp_path: Path) -> None:
+    """Llama 2 / TinyLlama's original tokenizer.json spells SentencePiece with a normalizer
+    (prepend ``▁``, spaces to ``▁``) and no pre-tokenizer; it is written as the same
+    ``llama`` vocabulary, and transformers reads back its tokens."""
+    src = _sp_model(sp_tok, tmp_path / "m")
+    tj = json.loads((src / "tokenizer.json").read_text())
+    tj["pre_tokenizer"] = None
+    tj["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [
+            {"type": "Prepend", "prepend": "\u2581"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
+        ],
+    }
+    (src / "tokenizer.json").write_text(json.dumps(tj))
+    from lmops.deploy.gguf import write_gguf
+
+    file = tmp_path / "l2.q8_0.gguf"
+    write_gguf(src, file, "q8_0")
+    fields = _gguf_fields(file)
+    assert fields["tokenizer.ggml.model"] == "llama"
+    assert fields["tokenizer.ggml.add_space_prefix"] is True
+    _check_read_back(src, file, "q8_0", [*MORE_PROMPTS, *SP_TEXTS])
+
+
 @pytest.fixture(scope="module")
 def lmops_sp_tok(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """lmops's own ``sentencepiece_bpe`` tokenizer (``lmops data tokenizer``): no dummy

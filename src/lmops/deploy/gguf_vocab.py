@@ -75,7 +75,8 @@ def _is_sentencepiece(tj: dict[str, Any]) -> bool:
     """A SentencePiece vocabulary as transformers writes it: ``▁`` stands for a space,
     either through a Metaspace pre-tokenizer (transformers 4.4x+) or through a normalizer
     that replaces spaces (Llama 2's original ``tokenizer.json``)."""
-    blob = json.dumps([tj.get("pre_tokenizer"), tj.get("normalizer"), tj.get("decoder")])
+    parts = [tj.get("pre_tokenizer"), tj.get("normalizer"), tj.get("decoder")]
+    blob = json.dumps(parts, ensure_ascii=False)
     return "Metaspace" in blob or "\u2581" in blob
 
 
@@ -122,9 +123,10 @@ def tokenizer_fields(folder: Path, vocab_size: int) -> dict[str, Any]:
     sentencepiece = _is_sentencepiece(tj)
     if model.get("type") != "BPE" or not (sentencepiece or decoder.get("type") == "ByteLevel"):
         raise UserError(
-            f"{tj_path}: a {model.get('type')} tokenizer; GGUF export writes byte-level BPE "
-            "(GPT-2 style) and SentencePiece BPE vocabularies only (llama.cpp's SentencePiece "
-            "tokenizer merges by score, so a Unigram vocabulary would tokenize differently)"
+            f"{tj_path}: a {model.get('type')} tokenizer with a {decoder.get('type')} decoder; "
+            "GGUF export writes byte-level BPE (GPT-2 style) and SentencePiece BPE (▁ for "
+            "spaces) vocabularies only (llama.cpp merges SentencePiece pieces by score, so a "
+            "Unigram vocabulary would tokenize differently there)"
         )
     pre = "default" if sentencepiece else _pre_tokenizer_name(tj, tj_path)
     raw_merges = model.get("merges") or []
