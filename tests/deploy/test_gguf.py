@@ -729,11 +729,13 @@ def test_sentencepiece_vocab_exports_as_llama_tokenizer(
 
 def test_llama2_style_tokenizer_json_exports_too(sp_tok: Path, tmp_path: Path) -> None:
     """Llama 2 / TinyLlama's original tokenizer.json spells SentencePiece with a normalizer
-    (prepend ``▁``, spaces to ``▁``) and no pre-tokenizer; it is written as the same
-    ``llama`` vocabulary, and transformers reads back its tokens."""
+    (prepend ``▁``, spaces to ``▁``) and no pre-tokenizer, and may keep ``<unk>`` in the BPE
+    vocabulary only; it is written as the same ``llama`` vocabulary, and transformers reads
+    back its tokens."""
     src = _sp_model(sp_tok, tmp_path / "m")
     tj = json.loads((src / "tokenizer.json").read_text())
     tj["pre_tokenizer"] = None
+    tj["added_tokens"] = [t for t in tj["added_tokens"] if t["content"] != "<unk>"]  # vocab only
     tj["normalizer"] = {
         "type": "Sequence",
         "normalizers": [
@@ -749,6 +751,7 @@ def test_llama2_style_tokenizer_json_exports_too(sp_tok: Path, tmp_path: Path) -
     fields = _gguf_fields(file)
     assert fields["tokenizer.ggml.model"] == "llama"
     assert fields["tokenizer.ggml.add_space_prefix"] is True
+    assert fields["tokenizer.ggml.token_type"][:3] == [2, 3, 3]  # <unk> found in the vocab
     _check_read_back(src, file, "q8_0", [*MORE_PROMPTS, *SP_TEXTS])
 
 

@@ -157,7 +157,11 @@ def tokenizer_fields(folder: Path, vocab_size: int) -> dict[str, Any]:
             text = by_id[i]
             is_byte = sentencepiece and len(text) == 6 and text.startswith("<0x")
             kind = gguf.TokenType.BYTE if is_byte else gguf.TokenType.NORMAL
-            score = 0.0 if is_byte else -float(rank.get(text, len(merges) + i))
+            if sentencepiece and i == tok.unk_token_id:  # <unk> kept in the BPE vocab
+                kind = gguf.TokenType.UNKNOWN
+            score = (
+                0.0 if kind != gguf.TokenType.NORMAL else -float(rank.get(text, len(merges) + i))
+            )
         else:  # embedding rows past the vocabulary (padded vocab): never produced
             text, kind, score = f"[PAD{i}]", gguf.TokenType.UNUSED, -10000.0
         tokens.append(text)
