@@ -62,6 +62,17 @@ def _read_back(file: Path) -> tuple[Any, Any]:
     return model.eval(), AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
 
 
+def _read_back_with(file: Path, **config: Any) -> Any:
+    """The model of ``file`` read by transformers with ``config`` overriding what its reader
+    takes from the file."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(file.parent), gguf_file=file.name, dtype=torch.float32, **config
+    )
+    return model.eval()
+
+
 def test_export_reads_back_in_transformers_with_same_tokens(cli: Any, tiny: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -484,6 +495,75 @@ def test_qwen2_exports_with_biases_and_its_pre_tokenizer(
     assert len(AutoTokenizer.from_pretrained(str(src))(digits)["input_ids"]) > len(gpt2_ids)
 
 
+def _qwen3(tok_dir: Path, out: Path) -> Path:
+    """A tiny Qwen3 (per-head q/k RMSNorm, no biases, untied head, head_dim 16 where
+    Qwen3Config's default is 128) over the qwen2-style tokenizer, sharpened."""
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    torch.manual_seed(8)
+    cfg = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    model = _sharpen(Qwen3ForCausalLM(cfg))
+    with torch.no_grad():  # norms other than 1, so a dropped q/k norm would show
+        for name, param in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.uniform_(0.5, 2.0)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def test_qwen3_exports_with_its_qk_norms_and_imports_back(
+    cli: Any, qwen2_tok: Path, tmp_path: Path
+) -> None:
+    """Qwen3 is written as GGUF ``qwen3`` with ``attn_q_norm``/``attn_k_norm`` and its
+    head width; transformers reads back its weights and logits (given that width, which
+    its reader leaves at 128), and ``lmops assets import gguf`` restores the width itself."""
+    from lmops.deploy.gguf import round_like_gguf, write_gguf
+    from lmops.models.loading import load_causal_lm
+    from lmops.store import Store
+
+    src = _qwen3(qwen2_tok, tmp_path / "q3")
+    file = tmp_path / "q3.f16.gguf"
+    write_gguf(src, file, "f16")
+    fields = _gguf_fields(file)
+    assert fields["general.architecture"] == "qwen3"
+    assert fields["qwen3.attention.key_length"] == 16
+    assert "blk.1.attn_k_norm.weight" in fields["tensors"]
+    read = _read_back_with(file, head_dim=16)
+    source = load_causal_lm(src)
+    mine = dict(round_like_gguf(load_causal_lm(src), "f16").named_parameters())
+    got = dict(read.named_parameters())
+    assert set(got) == set(mine)
+    for name, param in got.items():
+        assert torch.equal(param, mine[name]), name
+    x = torch.tensor([[5, 17, 42, 7, 99, 3, 250, 11]])
+    with torch.no_grad():
+        assert (read(x).logits - source(x).logits).abs().max().item() < 1e-2
+    assert cli("assets", "import", "gguf", str(file), "--name", "q3").code == 0
+    store = Store()
+    try:
+        folder = Path(store.assets.path("q3"))
+    finally:
+        store.close()
+    imported = load_causal_lm(folder)
+    assert imported.config.head_dim == 16
+    with torch.no_grad():
+        assert (imported(x).logits - source(x).logits).abs().max().item() < 1e-2
+
+
 def test_qwen2_export_is_registered_with_its_architecture(
     cli: Any, qwen2_tok: Path, tmp_path: Path
 ) -> None:
@@ -904,7 +984,8 @@ def test_other_rope_sliding_window_and_unigram_are_refused_in_one_line(
     "qwen2, llama3-rope and SentencePiece exports as lmops does",
 )
 @pytest.mark.parametrize(
-    "kind", ["qwen2", "qwen2-untied", "llama3-rope", "sentencepiece", "lmops-sp", "mistral"]
+    "kind",
+    ["qwen2", "qwen2-untied", "qwen3", "llama3-rope", "sentencepiece", "lmops-sp", "mistral"],
 )
 @pytest.mark.parametrize("quant", ["f16", "q4_0"])
 def test_llama_cpp_reads_the_other_archs(
@@ -929,6 +1010,7 @@ def test_llama_cpp_reads_the_other_archs(
     src = {
         "qwen2": lambda: _qwen2(qwen2_tok, tmp_path / "m", True),
         "qwen2-untied": lambda: _qwen2(qwen2_tok, tmp_path / "m", False),
+        "qwen3": lambda: _qwen3(qwen2_tok, tmp_path / "m"),
         "llama3-rope": lambda: _llama3(tiny, tmp_path / "m"),
         "sentencepiece": lambda: _sp_model(sp_tok, tmp_path / "m"),
         "mistral": lambda: _mistral(sp_tok, tmp_path / "m"),

@@ -9,7 +9,7 @@ sha256, so every stage (train, eval, serve) can use it.
 ``export_gguf`` (``lmops deploy export MODEL --format gguf --quant ...``): writes a GGUF
 file with the ``gguf`` package as llama.cpp's ``convert_hf_to_gguf.py`` does for the
 ``llama`` (SmolLM2, Llama 2/3.x, TinyLlama; Mistral without a sliding window, written as
-llama as llama.cpp does) and ``qwen2`` (Qwen2, Qwen2.5) architectures:
+llama as llama.cpp does), ``qwen2`` (Qwen2, Qwen2.5) and ``qwen3`` architectures:
 
 - metadata ``{arch}.*`` (context, widths, heads, rope, rms eps), ``general.file_type``;
 - the tokenizer (:mod:`lmops.deploy.gguf_vocab`): byte-level BPE as ``gpt2`` with its
@@ -17,9 +17,11 @@ llama as llama.cpp does) and ``qwen2`` (Qwen2, Qwen2.5) architectures:
   types; ids, add_bos and the chat template;
 - tensors under llama.cpp's names; for ``llama``, q_proj/k_proj rows permuted from Hugging
   Face's rotate-half order to llama.cpp's interleaved rotary order (what transformers'
-  loader undoes); ``qwen2`` rotates halves in llama.cpp too, so its rows stay, and its
-  q/k/v biases are written as ``blk.N.attn_{q,k,v}.bias``; Llama 3.1/3.2's ``llama3`` rope
-  scaling becomes llama.cpp's ``rope_freqs.weight`` (one divisor per rotary frequency).
+  loader undoes); ``qwen2``/``qwen3`` rotate halves in llama.cpp too, so their rows stay;
+  qwen2's q/k/v biases are written as ``blk.N.attn_{q,k,v}.bias``, qwen3's per-head q/k
+  norms as ``attn_{q,k}_norm`` (with its head width, which import gives back to
+  transformers' reader); Llama 3.1/3.2's ``llama3`` rope scaling becomes llama.cpp's
+  ``rope_freqs.weight`` (one divisor per rotary frequency, restored on import).
   1-D tensors (norms, biases) stay F32, matrices are F16 or block-quantized by
   ``gguf.quants`` (Q8_0: 32 weights + one fp16 scale = 8.5 bits; Q4_0: 4.5; Q4_1: 5.0).
   Tied embeddings are written once (``token_embd``), as llama.cpp expects.
@@ -29,7 +31,7 @@ dequantizes exactly :func:`round_like_gguf`'s weights; llama.cpp greedy-generate
 tokens on those weights for f16, and for q8_0/q4_0/q4_1 up to float ties of its own 8-bit
 rounding of matmul inputs (tests/deploy/test_gguf.py; SmolLM2-135M-Instruct figures in
 benchmarks/deploy_bench.py ``--llama-cpp``). The same holds for tiny qwen2 (tied and untied),
-llama3-rope, SentencePiece and mistral models in the tests; transformers' reader ignores
+qwen3, llama3-rope, SentencePiece and mistral models in the tests; transformers' reader ignores
 ``rope_freqs`` (it restores no llama3 rope scaling from a GGUF), so a llama3-rope file
 imported back through transformers has default rope.
 
@@ -66,7 +68,7 @@ __all__ = [
 
 Quant = Literal["f16", "q8_0", "q4_0", "q4_1"]
 GGUF_QUANTS: tuple[str, ...] = ("f16", "q8_0", "q4_0", "q4_1")
-_EXPORT_ARCHS = ("llama", "mistral", "qwen2")  # config model_type
+_EXPORT_ARCHS = ("llama", "mistral", "qwen2", "qwen3")  # config model_type
 # Mistral is llama.cpp's llama (convert_hf_to_gguf writes MistralForCausalLM as llama)
 _GGUF_ARCH = {"mistral": "llama"}
 
@@ -222,6 +224,16 @@ def _llama3_rope_of(file: Path) -> dict[str, Any] | None:
     )
 
 
+def _qwen3_head_dim(file: Path) -> dict[str, int]:
+    """``head_dim`` of a qwen3 GGUF (``qwen3.attention.key_length``), which transformers'
+    reader leaves at Qwen3Config's default of 128: right for Qwen3's own checkpoints, wrong
+    for any other width."""
+    import gguf
+
+    field = gguf.GGUFReader(str(file)).get_field("qwen3.attention.key_length")
+    return {"head_dim": int(field.contents())} if field is not None else {}
+
+
 def _supported_import_archs() -> list[str]:
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
@@ -260,7 +272,8 @@ def import_gguf(
         inputs = store.assets.record_inputs([(file, "gguf")], run_id=run.id)
         folder, gguf_name = str(file.parent), file.name
         try:
-            extra = {"rope_parameters": rope} if rope else {}  # a config override
+            extra: dict[str, Any] = {"rope_parameters": rope} if rope else {}
+            extra |= _qwen3_head_dim(file) if arch == "qwen3" else {}  # config overrides
             model: Any = AutoModelForCausalLM.from_pretrained(
                 folder, gguf_file=gguf_name, dtype=torch.float32, **extra
             )
@@ -320,6 +333,8 @@ _NAME_MAP = {
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
+    "self_attn.q_norm": "attn_q_norm",  # qwen3: RMSNorm of each head's q and k
+    "self_attn.k_norm": "attn_k_norm",
 }
 # Qwen2's q/k/v projections have biases (llama.cpp's qwen2 loads blk.N.attn_{q,k,v}.bias)
 _BIASED = {"qwen2": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")}
@@ -350,13 +365,13 @@ def _rope(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_arch(cfg: dict[str, Any], where: Path) -> str:
-    """The GGUF architecture of config ``cfg`` (``llama`` for llama and mistral, or
-    ``qwen2``); one-line errors for what this writer cannot express."""
+    """The GGUF architecture of config ``cfg`` (``llama`` for llama and mistral, ``qwen2``
+    or ``qwen3``); one-line errors for what this writer cannot express."""
     model_type = cfg.get("model_type")
     if model_type not in _EXPORT_ARCHS:
         raise UserError(
             f"{where}: model_type {model_type!r}; GGUF export supports "
-            f"{', '.join(_EXPORT_ARCHS)} (SmolLM2, Llama 2/3, TinyLlama, Mistral, Qwen2/Qwen2.5)"
+            f"{', '.join(_EXPORT_ARCHS)} (SmolLM2, Llama 2/3, TinyLlama, Mistral, Qwen2/2.5/3)"
         )
     arch = _GGUF_ARCH.get(str(model_type), str(model_type))
     rope_type = _rope(cfg)["rope_type"]
@@ -368,10 +383,11 @@ def _check_arch(cfg: dict[str, Any], where: Path) -> str:
         )
     if float(_rope(cfg).get("partial_rotary_factor", 1.0)) != 1.0:
         raise UserError(f"{where}: partial_rotary_factor is not exported; rotate full heads")
-    if arch == "llama" and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
-        raise UserError(f"{where}: llama with attention/MLP biases is not exported yet")
+    if arch != "qwen2" and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
+        raise UserError(f"{where}: {model_type} with attention/MLP biases is not exported yet")
     window = cfg.get("sliding_window")
-    sliding = cfg.get("use_sliding_window") if arch == "qwen2" else window is not None
+    qwen = arch in ("qwen2", "qwen3")
+    sliding = cfg.get("use_sliding_window") if qwen else window is not None
     if sliding and window is not None and window < int(cfg.get("max_position_embeddings", 0)):
         # llama.cpp's llama and qwen2 attend to the whole context: past the window the
         # exported model would compute something else (Mistral v0.1; v0.2+ has no window)
@@ -466,7 +482,7 @@ def write_gguf(
     w.add_head_count(n_head)
     w.add_head_count_kv(n_kv)
     w.add_rope_dimension_count(head_dim)
-    if head_dim != hidden // n_head:  # llama.cpp assumes hidden / heads unless told
+    if head_dim != hidden // n_head or arch == "qwen3":  # else llama.cpp takes hidden / heads
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     w.add_rope_freq_base(float(rope["rope_theta"]))
@@ -490,7 +506,7 @@ def write_gguf(
     if rope["rope_type"] == "llama3":  # first, as llama.cpp's converter writes it
         w.add_tensor("rope_freqs.weight", llama3_rope_factors(rope, head_dim))
     # llama.cpp's llama rotates interleaved pairs, so q/k rows are permuted from Hugging
-    # Face's rotate-half order; its qwen2 rotates halves (NEOX) like Hugging Face: no change
+    # Face's rotate-half order; its qwen2/qwen3 rotate halves (NEOX) as Hugging Face does
     permute = arch == "llama"
     q_bits = 0
     q_weights = 0
