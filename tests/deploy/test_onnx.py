@@ -152,8 +152,8 @@ def _int8_reference(folder: Path, block: int) -> Any:
 
 @needs_onnx
 def test_onnx_int8_computes_int8_weights_and_activations(store: Any, tiny: Path) -> None:
-    """The default int8 graph is the model with int8 weights and int8 activations (blocks
-    of 32), the output projection included: its logits and its greedy tokens through the
+    """The int8 graph is the model with int8 weights and int8 activations (blocks of 64),
+    the output projection included: its logits and its greedy tokens through the
     KV cache are those of that model in transformers, to float rounding, while they sit
     well away from fp32's. A changed block, scale grid, accuracy level or a layer left out
     moves them by the int8 step, orders of magnitude past the bound."""
@@ -171,14 +171,14 @@ def test_onnx_int8_computes_int8_weights_and_activations(store: Any, tiny: Path)
     # 7 projections in each of 2 layers and the output projection, none left in fp32
     assert len(nodes) == 2 * 7 + 1
     recipe = INT8_RECIPES["int8"]
-    assert (recipe.block_size, recipe.accuracy_level) == (32, 4)
+    assert (recipe.block_size, recipe.accuracy_level) == (64, 4)
     for n in nodes:
         attrs = {a.name: a.i for a in n.attribute}
-        assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (8, 32, 4)
+        assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (8, 64, 4)
     assert onnx_weight_bits(int8.path)[0] == "int8"
 
     src = AutoModelForCausalLM.from_pretrained(str(tiny)).eval()
-    ref = _int8_reference(tiny, 32)
+    ref = _int8_reference(tiny, 64)
     tok = AutoTokenizer.from_pretrained(str(tiny))
     dec = OnnxDecoder(int8.path, threads=1)
     for p in PROMPTS:

@@ -45,9 +45,8 @@ def export_cmd(
         str | None,
         typer.Option(
             "--quant",
-            help="gguf matrices: f16, q8_0 (default), q4_0 or q4_1; onnx: fp32 (default), "
-            "int8 (8-bit weights and activations in blocks of 32; SmolLM2-135M +0.4 % "
-            "perplexity) or int8-fast (blocks of 128: faster, +1.2 %).",
+            help="gguf matrices: f16, q8_0 (default), q4_0 or q4_1; onnx: fp32 (default) or "
+            "int8 (onnxruntime MatMulNBits: 8-bit weights and activations in blocks of 64).",
         ),
     ] = None,
     json_: JsonOpt = False,
