@@ -338,25 +338,27 @@ INT8_RECIPES: dict[str, Int8Recipe] = {"int8": Int8Recipe()}
 
 
 def _untie_lm_head(model: Any) -> str | None:
-    """A tied ``lm_head`` is ``MatMul(x, Transpose(embedding))``; the quantizer only takes a
-    MatMul over an initializer, so the last MatMul gets its own transposed copy (the
-    embedding stays fp32 for the lookup). Returns that MatMul's name, None when the head
-    was not tied."""
+    """A tied ``lm_head`` is ``MatMul(x, Transpose(embedding))``, the embedding being the
+    table a ``Gather`` looks up; the quantizer only takes a MatMul over an initializer, so
+    that MatMul gets its own transposed copy (the embedding stays fp32 for the lookup).
+    Returns the MatMul's name, None when the head is not tied (already an initializer)."""
     from onnx import numpy_helper
 
     g = model.graph
     inits = {t.name: t for t in g.initializer}
-    last = [n for n in g.node if n.op_type == "MatMul"][-1]
-    producer = next((n for n in g.node if last.input[1] in n.output), None)
-    if producer is None or producer.op_type != "Transpose" or producer.input[0] not in inits:
-        return None  # untied: already an initializer
-    w = numpy_helper.to_array(inits[producer.input[0]]).T.copy()
-    name = f"{producer.input[0]}.T"
-    g.initializer.append(numpy_helper.from_array(w, name))
-    last.input[1] = name
-    if not any(producer.output[0] in n.input for n in g.node):
-        g.node.remove(producer)
-    return str(last.name)
+    tables = {n.input[0] for n in g.node if n.op_type == "Gather" and n.input[0] in inits}
+    for tr in [n for n in g.node if n.op_type == "Transpose" and n.input[0] in tables]:
+        users = [n for n in g.node if tr.output[0] in n.input]
+        if len(users) != 1 or users[0].op_type != "MatMul" or users[0].input[1] != tr.output[0]:
+            continue
+        head = users[0]
+        name = f"{tr.input[0]}.T"
+        w = numpy_helper.to_array(inits[tr.input[0]]).T.copy()
+        g.initializer.append(numpy_helper.from_array(w, name))
+        head.input[1] = name
+        g.node.remove(tr)
+        return str(head.name)
+    return None
 
 
 def _down_projections(model: Any) -> set[str]:
