@@ -25,6 +25,28 @@ def test_warnings_go_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
         logging.basicConfig(handlers=[logging.NullHandler()], force=True)
 
 
+def test_the_kernels_offline_note_is_not_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    """With lmops[gpu], bitsandbytes loads `kernels`, whose hub module warns at import
+    (offline) that it skips a publisher trust check: 12 lines on every command's stderr,
+    which broke the one-line interrupt message of `lmops train`. Still shown with --debug."""
+    hub = logging.getLogger("kernels._internals.hf_hub")
+    try:
+        setup_logging()
+        hub.warning("Skipping publisher trust check for 'kernels-community/x'")
+        logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm")
+        logging.getLogger("somelibrary").warning("a real warning")
+        err = capsys.readouterr().err
+        assert "publisher trust" not in err and "Failed to load" not in err
+        assert "a real warning" in err
+        setup_logging(debug=True)
+        hub.warning("Skipping publisher trust check for 'kernels-community/x'")
+        assert "publisher trust" in capsys.readouterr().err
+    finally:
+        for name in ("kernels", "bitsandbytes.backends.cpu.ops"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        logging.basicConfig(handlers=[logging.NullHandler()], force=True)
+
+
 def test_output_cache_reads_the_current_name(caplog: pytest.LogCaptureFixture) -> None:
     torch = pytest.importorskip("torch")
     from transformers import LlamaConfig, LlamaForCausalLM
