@@ -215,6 +215,22 @@ def test_bnb_folder_serves_in_the_engine_and_loads_in_eval(cli: Any, tiny: Path)
     assert r.code == 2 and "already quantized" in r.err and r.err.count("\n") == 1
 
 
+@needs_bnb
+def test_deploy_report_reads_a_bnb_folder_as_bnb(cli: Any, tiny: Path) -> None:
+    """The report names the format and method, and counts bits per weight as the quantize
+    job did (not the packed uint8 rows of its safetensors, as for a plain folder)."""
+    assert cli("assets", "register", "model", "tiny", str(tiny)).code == 0
+    r = cli("deploy", "quantize", "tiny", "--method", "bnb-nf4", "-o", "q4", "--json")
+    assert r.code == 0, r.err
+    made = json.loads(r.out)["bits_per_weight"]
+    r = cli("deploy", "report", "q4", "--max-tokens", "64", "--gen-tokens", "2", "--json")
+    assert r.code == 0, r.err
+    (row,) = json.loads(r.out)["rows"]
+    assert (row["format"], row["method"]) == ("bnb", "bnb-nf4")
+    assert row["bits_per_weight"] == pytest.approx(made, rel=1e-6)
+    assert row["perplexity"] > 1
+
+
 def test_pipeline_quantize_step_takes_the_bnb_methods(tmp_path: Path) -> None:
     """A pipeline's quantize step offers what the CLI offers: bnb-nf4 / bnb-int8 pass the
     spec check, an unknown method is refused when the file is loaded, naming the step."""

@@ -67,7 +67,7 @@ class ReportConfig(BaseModel):
 class VariantRow(BaseModel):
     model: str  # the ref (or path) as given
     ref: str | None
-    format: str  # hf | lmops-quant | gguf | onnx
+    format: str  # hf | lmops-quant | bnb | gguf | onnx
     method: str | None  # fp32/bf16 dtype, int8, gptq4, gguf quant, onnx --quant
     size: int
     bits_per_weight: float
@@ -126,6 +126,10 @@ def bits_per_weight_of(path: Path) -> tuple[str, str | None, float]:
             except ValueError:
                 method = str(ftype.contents())
         return "gguf", method and method.lower(), bits / max(n, 1)
+    from lmops.models.bnb import is_bnb_folder
+
+    if is_bnb_folder(path):
+        return _bnb_bits(path)
     if is_quantized(path):
         cfg = read_quant_config(path)
         return "lmops-quant", str(cfg["method"]), float(cfg.get("bits_per_weight") or math.nan)
@@ -147,6 +151,23 @@ def bits_per_weight_of(path: Path) -> tuple[str, str | None, float]:
     if not n:
         raise UserError(f"{path}: no .safetensors weights to measure")
     return "hf", "/".join(sorted(dtypes)), bits / n
+
+
+def _bnb_bits(path: Path) -> tuple[str, str, float]:
+    """A bitsandbytes folder: its method, and bits per weight counted as ``deploy quantize``
+    counted them (packed weights as their ``in x out`` elements, quantization state
+    included), which needs the loaded layers; the safetensors count of an ``hf`` folder
+    would take the packed uint8 rows for the weights (10.9 bits against 8.2 on a tiny
+    NF4 model)."""
+    import json
+
+    from lmops.deploy.bnb import bnb_bits_per_weight
+    from lmops.models.bnb import load_bnb
+
+    q = json.loads((path / "config.json").read_text(encoding="utf-8"))["quantization_config"]
+    method = f"bnb-{q.get('bnb_4bit_quant_type') or 'nf4'}" if q.get("load_in_4bit") else "bnb-int8"
+    bits, _ = bnb_bits_per_weight(load_bnb(path), path)
+    return "bnb", method, bits
 
 
 def load_variant(path: Path) -> tuple[Any, Any]:
