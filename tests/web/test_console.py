@@ -317,8 +317,9 @@ def test_writes_without_the_csrf_token_are_refused(admin_page: Any, console: Con
     assert console.store.keys.get("boss").revoked_at is None
 
 
-def test_no_request_of_any_test_left_loopback(console: Console) -> None:
+def test_no_request_of_any_test_left_loopback(console: Console, browser: Any) -> None:
     # last in the module: every page, fragment, script, image and stream the browser
-    # asked for in the tests above went to the console server
+    # asked for in the tests above went to the console server (``browser``: skipped with
+    # them when there is no chromium, instead of failing on their missing requests)
     assert len(console.requests) > 50
     assert_only_loopback(console)
