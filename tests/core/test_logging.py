@@ -35,16 +35,25 @@ def test_the_kernels_offline_note_is_not_shown(capsys: pytest.CaptureFixture[str
         hub.warning("Skipping publisher trust check for 'kernels-community/x'")
         logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm")
         logging.getLogger("somelibrary").warning("a real warning")
+        logging.getLogger("kernels._internals.validate").warning("kernel signature invalid")
         err = capsys.readouterr().err
         assert "publisher trust" not in err and "Failed to load" not in err
-        assert "a real warning" in err
+        assert "a real warning" in err and "signature invalid" in err
         setup_logging(debug=True)
         hub.warning("Skipping publisher trust check for 'kernels-community/x'")
         assert "publisher trust" in capsys.readouterr().err
     finally:
-        for name in ("kernels", "bitsandbytes.backends.cpu.ops"):
+        for name in ("kernels._internals.hf_hub", "bitsandbytes.backends.cpu.ops"):
             logging.getLogger(name).setLevel(logging.NOTSET)
         logging.basicConfig(handlers=[logging.NullHandler()], force=True)
+
+
+def test_first_line_of_an_exception() -> None:
+    from lmops.core.errors import first_line
+
+    assert first_line(RuntimeError()) == "RuntimeError"  # no message: no IndexError
+    assert first_line(ValueError("\n  bad thing\nmore")) == "bad thing"
+    assert first_line(RuntimeError("\x1b[96mstep 3/3\x1b[0m failed")) == "step 3/3 failed"
 
 
 def test_output_cache_reads_the_current_name(caplog: pytest.LogCaptureFixture) -> None:

@@ -107,6 +107,48 @@ def test_loading_a_bnb_folder_without_bitsandbytes_is_one_line(
     assert "\n" not in msg and str(folder) in msg and "pip install 'lmops[gpu]'" in msg
 
 
+def _bnb_looking(tiny: Path, folder: Path, **q: Any) -> Path:
+    """A copy of ``tiny`` whose config says bitsandbytes made it (no bitsandbytes needed)."""
+    import shutil
+
+    shutil.copytree(tiny, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", **q}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_a_bnb_folder_is_no_source_for_quantize_or_export(
+    cli: Any, tiny: Path, tmp_path: Path
+) -> None:
+    """int8/gptq4 would read its Linear4bit/Linear8bitLt layers as floats (a review found a
+    registered model that could not be loaded, and one with meaningless logits), and the
+    exports would read packed integers: each is refused in one line, before any work."""
+    folder = _bnb_looking(tiny, tmp_path / "nf4", load_in_4bit=True)
+    assert cli("assets", "register", "model", "nf4", str(folder)).code == 0
+    for args in (["quantize", "nf4", "--method", "int8"],
+                 ["export", "nf4", "--format", "gguf"],
+                 ["export", "nf4", "--format", "onnx"]):  # fmt: skip
+        r = cli("deploy", *args, "-o", "out")
+        assert r.code == 2 and r.err.count("\n") == 1, (args, r.err)
+        assert "already quantized (bitsandbytes)" in r.err and "source model" in r.err
+    assert _models() == {"nf4"}
+
+
+def test_llm_int8_is_served_in_fp16_not_bf16_on_cuda(tiny: Path, tmp_path: Path) -> None:
+    """LLM.int8 casts its inputs to fp16 on every call: bf16 activations above 65504 would
+    become inf there, so an 8-bit folder asked for in bf16 on CUDA is served in fp16."""
+    from lmops.models.bnb import serving_dtype
+
+    int8 = _bnb_looking(tiny, tmp_path / "i8", load_in_8bit=True)
+    nf4 = _bnb_looking(tiny, tmp_path / "n4", load_in_4bit=True)
+    assert serving_dtype(int8, torch.bfloat16, "cuda") == torch.float16
+    assert serving_dtype(int8, torch.bfloat16, "cuda:1") == torch.float16
+    assert serving_dtype(int8, torch.bfloat16, "cpu") == torch.bfloat16
+    assert serving_dtype(int8, torch.float32, "cuda") == torch.float32
+    assert serving_dtype(nf4, torch.bfloat16, "cuda") == torch.bfloat16
+
+
 def test_bnb_methods_take_no_calibration(cli: Any, tiny: Path, tmp_path: Path) -> None:
     data = tmp_path / "c.txt"
     data.write_text("some text\n")
@@ -114,6 +156,11 @@ def test_bnb_methods_take_no_calibration(cli: Any, tiny: Path, tmp_path: Path) -
     r = cli("deploy", "quantize", "tiny", "--method", "bnb-nf4", "--calibration", str(data),
             "-o", "q")  # fmt: skip
     assert r.code == 2 and "--calibration" in r.err and r.err.count("\n") == 1
+    # nor the int8/gptq4 settings, which bitsandbytes would silently drop
+    r = cli("deploy", "quantize", "tiny", "--method", "bnb-int8", "--group-size", "64",
+            "--head-bits", "8", "-o", "q")  # fmt: skip
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert "--group-size" in r.err and "--head-bits" in r.err
     assert _models() == {"tiny"}
 
 

@@ -27,7 +27,19 @@ __all__ = [
     "PermissionDenied",
     "StoreError",
     "UserError",
+    "first_line",
 ]
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of ``e``'s message, or its type's name when it has none
+    (``RuntimeError()``), terminal colour codes dropped: for one-line errors that quote a
+    library's exception."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch.onnx colours its messages
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(e).__name__
 
 
 class LmopsError(Exception):

@@ -24,8 +24,10 @@ def setup_logging(debug: bool = False) -> None:
     # With lmops[gpu], every command that imports peft imports bitsandbytes, whose CPU back
     # end asks the `kernels` package for a faster 4-bit kernel from the Hub: offline, both
     # warn at import (a skipped trust check, a kernel not in the cache), a dozen lines of
-    # noise on every command's stderr. Shown with --debug.
-    for name in ("kernels", "bitsandbytes.backends.cpu.ops"):
+    # noise on every command's stderr. Only those two loggers: kernels' signature checks
+    # (kernels._internals.validate) warn about a kernel that fails one, which must show.
+    # Shown with --debug.
+    for name in ("kernels._internals.hf_hub", "bitsandbytes.backends.cpu.ops"):
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 

@@ -9,15 +9,39 @@ from typing import Any
 from lmops.core.errors import UserError
 from lmops.models.loading import resolve_local
 
-__all__ = ["source_inputs", "source_model"]
+__all__ = ["quantized_as", "refuse_quantized", "source_inputs", "source_model"]
 
 
-def source_model(model_ref: str, store: Any) -> tuple[Path, str | None]:
+def quantized_as(folder: Path) -> str | None:
+    """``"lmops"`` (``deploy quantize --method int8|gptq4``), ``"bitsandbytes"``
+    (``--method bnb-*``) or None for a model folder in full precision."""
+    from lmops.models.bnb import is_bnb_folder
+    from lmops.models.quantized import is_quantized
+
+    if is_quantized(folder):
+        return "lmops"
+    return "bitsandbytes" if is_bnb_folder(folder) else None
+
+
+def refuse_quantized(folder: Path, name: str, then: str) -> None:
+    """One line when ``folder`` holds quantized weights: a transform that reads the weights
+    as floats (quantize, export) would read packed integers and their scales."""
+    kind = quantized_as(folder)
+    if kind is not None:
+        raise UserError(f"{name} is already quantized ({kind}); {then}")
+
+
+def source_model(
+    model_ref: str, store: Any, *, full_precision: str | None = None
+) -> tuple[Path, str | None]:
     """``(folder, version ref or None)`` of a full model: an adapter is refused in one line
-    (the transforms need the merged weights)."""
+    (the transforms need the merged weights), and so is a quantized model when
+    ``full_precision`` says what to do instead ("quantize its source model instead")."""
     src, src_ref = resolve_local(model_ref, store, kind="model")
     if (src / "adapter_config.json").is_file():
         raise UserError(f"{model_ref} is an adapter; merge it first (lmops train merge)")
+    if full_precision is not None:
+        refuse_quantized(src, model_ref, full_precision)
     return src, src_ref
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmops.core.errors import UserError
+from lmops.core.errors import UserError, first_line
 
 __all__ = ["BNB_METHODS", "STORE_DTYPE", "bnb_bits_per_weight", "bnb_config", "quantize_bnb"]
 
@@ -121,9 +121,8 @@ def quantize_bnb(
 
     from lmops.deploy._source import source_inputs, source_model
     from lmops.deploy.quantize import QuantizeResult, _copy_tokenizer
-    from lmops.models.bnb import BNB_INSTALL, is_bnb_folder, require_bitsandbytes
+    from lmops.models.bnb import BNB_INSTALL, require_bitsandbytes
     from lmops.models.loading import quiet_transformers, select_device
-    from lmops.models.quantized import is_quantized
 
     if method not in BNB_METHODS:
         raise UserError(f"--method {method}: not a bitsandbytes method ({', '.join(BNB_METHODS)})")
@@ -131,9 +130,9 @@ def quantize_bnb(
     version = require_bitsandbytes(
         f"--method {method}", "; or quantize on CPU without it: --method int8|gptq4"
     )
-    src, src_ref = source_model(model_ref, store)
-    if is_quantized(src) or is_bnb_folder(src):
-        raise UserError(f"{model_ref} is already quantized; quantize its source model instead")
+    src, src_ref = source_model(
+        model_ref, store, full_precision="quantize its source model instead"
+    )
     dev = select_device(device)
     if dev not in ("cpu", "cuda"):
         raise UserError(f"--method {method} runs on cuda or cpu, not {dev}; pass device cpu")
@@ -201,9 +200,9 @@ def _load_quantizing(
             device_map={"": device},
         )
     except ImportError as e:  # transformers' own checks of bitsandbytes/accelerate
-        raise UserError(f"--method {method}: {str(e).splitlines()[0]} ({install})") from None
+        raise UserError(f"--method {method}: {first_line(e)} ({install})") from None
     except (OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot quantize {src} with {method}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot quantize {src} with {method}: {first_line(e)}") from None
     if not any(_is_bnb_layer(m) for m in model.modules()):
         raise UserError(f"{src}: bitsandbytes found no Linear layer to quantize")
     return model.eval()

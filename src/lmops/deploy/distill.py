@@ -56,7 +56,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmops.core.errors import UserError
+from lmops.core.errors import UserError, first_line
 
 __all__ = [
     "DistillResult",
@@ -287,7 +287,7 @@ def distill(
             try:
                 state = torch.load(ckpt, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                first = first_line(e)
                 raise UserError(
                     f"{ckpt}: not a checkpoint lmops loads safely ({first}); "
                     "delete it to start the distillation over"

@@ -81,7 +81,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lmops.core.errors import UserError
+from lmops.core.errors import UserError, first_line
 
 __all__ = [
     "ONNX_FILE",
@@ -135,11 +135,11 @@ def missing_onnx_packages() -> list[str]:
     return missing
 
 
-def _require_exporter() -> None:
+def _require_exporter(what: str = "--format onnx") -> None:
     missing = missing_onnx_packages()
     if missing:
         raise UserError(
-            f"--format onnx needs {', '.join(missing)}, not installed here: "
+            f"{what} needs {', '.join(missing)}, not installed here: "
             f"pip install {' '.join(missing)} (or {PIP_HINT})"
         )
 
@@ -214,16 +214,15 @@ def _load_fp32(folder: Path) -> Any:
     from lmops.models.loading import quiet_transformers
 
     quiet_transformers()
-    if (folder / "lmops_quant.json").is_file():
-        raise UserError(
-            f"{folder} is an lmops-quantized model; export its source model to ONNX instead"
-        )
+    from lmops.deploy._source import refuse_quantized
+
+    refuse_quantized(folder, str(folder), "export its source model to ONNX instead")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=torch.float32, attn_implementation="sdpa"
         )
     except (ValueError, KeyError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = first_line(e)
         raise UserError(f"{folder}: transformers cannot load this model ({msg})") from None
     return model.eval()
 
@@ -635,7 +634,9 @@ def export_onnx(
 
     _check_quant(quant)
     _require_exporter()
-    src, src_ref = source_model(model_ref, store)
+    src, src_ref = source_model(
+        model_ref, store, full_precision="export its source model to ONNX instead"
+    )
     with store.runs.track(
         "onnx_export", config={"model": model_ref, "quant": quant, "output": output}
     ) as run:

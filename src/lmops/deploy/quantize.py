@@ -666,22 +666,30 @@ def quantize_model(
     from lmops.deploy._text import token_stream
     from lmops.models.loading import load_causal_lm, load_tokenizer, quiet_transformers
     from lmops.models.loading import resolve_local as resolve
-    from lmops.models.quantized import QUANT_CONFIG, QUANT_WEIGHTS, is_quantized
+    from lmops.models.quantized import QUANT_CONFIG, QUANT_WEIGHTS
 
     if config.method in ("bnb-nf4", "bnb-int8"):
         from lmops.deploy.bnb import quantize_bnb
 
         if calibration is not None:
             raise UserError(f"--method {config.method} is not calibrated; leave out --calibration")
+        # the int8/gptq4 settings mean nothing to bitsandbytes: said, not silently dropped
+        tuned = sorted(config.model_fields_set - {"method"})
+        if tuned:
+            raise UserError(
+                f"--method {config.method} takes none of the int8/gptq4 settings; leave out "
+                + ", ".join(f"--{name.replace('_', '-')}" for name in tuned)
+            )
         return quantize_bnb(
             store, model_ref, output=output, method=config.method, progress=progress
         )
     quiet_transformers()
     if config.method == "gptq4" and calibration is None:
         raise UserError("--method gptq4 needs --calibration DATASET (text or rows to calibrate on)")
-    src, src_ref = source_model(model_ref, store)
-    if is_quantized(src):
-        raise UserError(f"{model_ref} is already quantized; quantize its source model instead")
+    # a bitsandbytes folder too: its Linear4bit/Linear8bitLt layers would be read as floats
+    src, src_ref = source_model(
+        model_ref, store, full_precision="quantize its source model instead"
+    )
     cal_path: Path | None = None
     cal_ref: str | None = None
     if calibration is not None:

@@ -104,8 +104,9 @@ def bits_per_weight_of(path: Path) -> tuple[str, str | None, float]:
     from lmops.models.quantized import is_quantized, read_quant_config
 
     if _is_onnx(path):
-        from lmops.deploy.onnx import onnx_weight_bits
+        from lmops.deploy.onnx import _require_exporter, onnx_weight_bits
 
+        _require_exporter(f"measuring the ONNX folder {path}")
         quant, bits, n = onnx_weight_bits(path)
         return "onnx", quant, bits / max(n, 1)
     g = gguf_file_of(path)

@@ -17,9 +17,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lmops.core.errors import UserError
+from lmops.core.errors import UserError, first_line
 
-__all__ = ["BNB_INSTALL", "is_bnb_folder", "load_bnb", "require_bitsandbytes"]
+__all__ = ["BNB_INSTALL", "is_bnb_folder", "load_bnb", "require_bitsandbytes", "serving_dtype"]
 
 BNB_INSTALL = "pip install 'lmops[gpu]'"
 # the first release with a CPU back end (LLM.int8 and NF4/FP4 without CUDA)
@@ -49,7 +49,7 @@ def require_bitsandbytes(what: str, hint: str = "") -> str:
     except ModuleNotFoundError:
         why = "bitsandbytes is not installed"
     except Exception as e:  # a native back end that cannot load on this platform
-        why = f"bitsandbytes cannot load here ({type(e).__name__}: {str(e).splitlines()[0]})"
+        why = f"bitsandbytes cannot load here ({type(e).__name__}: {first_line(e)})"
     else:
         hub.setLevel(level)
         version = str(getattr(bitsandbytes, "__version__", "0"))
@@ -70,14 +70,14 @@ def load_bnb(path: Path, *, dtype: Any = None, device: str = "cpu") -> Any:
     require_bitsandbytes(f"model {path} (bitsandbytes-quantized)")
     import bitsandbytes as bnb
 
-    dtype = dtype or torch.float32
+    dtype = serving_dtype(path, dtype or torch.float32, device)
     try:
         # device_map: quantized weights are placed by transformers, never moved after
         model: Any = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype, device_map={"": device}
         )
     except (OSError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot load model {path}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load model {path}: {first_line(e)}") from None
     for m in model.modules():
         if isinstance(m, bnb.nn.Linear4bit):
             m.compute_dtype = dtype  # the folder records the dtype it was made with
@@ -89,13 +89,31 @@ def load_bnb(path: Path, *, dtype: Any = None, device: str = "cpu") -> Any:
     return model.eval()
 
 
+def serving_dtype(path: Path, dtype: Any, device: str) -> Any:
+    """The dtype to serve ``path`` in when ``dtype`` is asked for on ``device``: LLM.int8
+    (``load_in_8bit``) casts its inputs to fp16 on every call, so on CUDA a bf16 request
+    becomes fp16 (transformers' own default for 8-bit), where bf16 activations above 65504
+    would turn to inf in that cast."""
+    import torch
+
+    if dtype != torch.bfloat16 or not str(device).startswith("cuda"):
+        return dtype
+    try:
+        q = json.loads((path / "config.json").read_text(encoding="utf-8"))["quantization_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return dtype
+    return torch.float16 if q.get("load_in_8bit") else dtype
+
+
 def _quiet() -> None:
     """bitsandbytes logs, on CPU, at import that it could not fetch a faster 4-bit kernel
     from the Hub (the ``kernels`` package; offline, or not installed: optional) and, on every
     LLM.int8 call, that it casts fp32 inputs to fp16 (what its int8 path takes): noise in
     a server's log, said once in this module instead."""
     for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        log = logging.getLogger(name)
+        if log.level == logging.NOTSET:  # left as set by `--debug` (lmops.core.logging)
+            log.setLevel(logging.ERROR)
 
 
 def _cuda() -> bool:
