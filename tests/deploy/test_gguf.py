@@ -977,6 +977,67 @@ def test_other_rope_sliding_window_and_unigram_are_refused_in_one_line(
         store.close()
 
 
+def test_what_a_review_found_is_refused_or_read_right(
+    cli: Any, tiny: Path, sp_tok: Path, tmp_path: Path
+) -> None:
+    """Configs and folders outside the tests' models, each either refused in one line or
+    read where transformers keeps it, never written wrong."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from lmops.deploy.gguf_vocab import _LLAMA3_SPLIT, _special_id
+
+    def variant(name: str, **cfg_update: Any) -> Path:
+        out = tmp_path / name
+        shutil.copytree(tiny, out)
+        cfg = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**cfg, **cfg_update}))
+        return out
+
+    def refused(folder: Path, says: str) -> None:
+        r = cli("deploy", "export", str(folder), "--quant", "f16", "-o", "x")
+        assert r.code == 2 and says in r.err and r.err.count("\n") == 1, r.err
+
+    # transformers rotates half of each head with a top-level partial_rotary_factor, and
+    # llama.cpp's llama gates with SiLU whatever the file says
+    refused(variant("partial", partial_rotary_factor=0.5), "partial_rotary_factor")
+    refused(variant("gelu", hidden_act="gelu"), "hidden_act 'gelu'")
+
+    # a split regex that shares Llama 3's pieces but not its cuts (GPT-4o's does) is not
+    # llama-bpe: llama.cpp would tokenize differently
+    other = variant("split")
+    tj = json.loads((other / "tokenizer.json").read_text())
+    tj["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": _LLAMA3_SPLIT + "|[A-Z]+"},
+         "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+         "use_regex": False}]}  # fmt: skip
+    (other / "tokenizer.json").write_text(json.dumps(tj))
+    refused(other, "pre-tokenizer")
+
+    # SentencePiece without byte fallback: llama.cpp dies on a character it cannot spell
+    nofb = _sp_model(sp_tok, tmp_path / "nofb")
+    tj = json.loads((nofb / "tokenizer.json").read_text())
+    tj["model"]["byte_fallback"] = False
+    (nofb / "tokenizer.json").write_text(json.dumps(tj))
+    refused(nofb, "byte fallback")
+
+    # Mistral's repos ship consolidated.safetensors (native names) beside model.safetensors
+    both = variant("consolidated")
+    save_file({"layers.0.attention.wq.weight": torch.zeros(2, 2)},
+              str(both / "consolidated.safetensors"))  # fmt: skip
+    r = cli("deploy", "export", str(both), "--quant", "f16", "-o", "both")
+    assert r.code == 0, r.err
+
+    # bos/eos from the model config when the tokenizer names none (Qwen2.5 has no bos)
+    ids = variant("ids", bos_token_id=7, eos_token_id=[9, 10])
+    assert _special_id(3, ids, "bos_token_id") == 3  # the tokenizer's wins
+    assert _special_id(None, ids, "bos_token_id") == 7
+    assert _special_id(None, ids, "eos_token_id") == 9
+    assert _special_id(None, tmp_path / "nowhere", "eos_token_id") is None
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,
     reason="llama-cpp-python is not installed (pip install llama-cpp-python; it compiles "

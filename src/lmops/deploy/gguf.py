@@ -52,7 +52,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from lmops.core.errors import UserError
+from lmops.core.errors import UserError, first_line
 
 __all__ = [
     "GGUF_QUANTS",
@@ -279,7 +279,7 @@ def import_gguf(
             )
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
         except (ValueError, KeyError, NotImplementedError, OSError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            msg = first_line(e)
             raise UserError(f"{file}: transformers cannot load this GGUF ({msg})") from None
         _restore_pre_tokenizer(tok, file)
         # transformers marks a GGUF-loaded model as "quantized with gguf" and then refuses
@@ -364,6 +364,20 @@ def _rope(cfg: dict[str, Any]) -> dict[str, Any]:
     return rope
 
 
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of the transformers checkpoint in ``folder``: those its index
+    names, else ``model*.safetensors``; other safetensors beside them (Mistral's native
+    ``consolidated.safetensors``) are another copy of the weights under other names."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, AttributeError) as e:
+            raise UserError(f"{index}: unreadable weight map ({first_line(e)})") from None
+        return sorted(folder / n for n in names)
+    return sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("*.safetensors"))
+
+
 def _check_arch(cfg: dict[str, Any], where: Path) -> str:
     """The GGUF architecture of config ``cfg`` (``llama`` for llama and mistral, ``qwen2``
     or ``qwen3``); one-line errors for what this writer cannot express."""
@@ -381,8 +395,12 @@ def _check_arch(cfg: dict[str, Any], where: Path) -> str:
             f"{where}: rope_type {rope_type!r} is not exported for {model_type} (this writer "
             f"does {', '.join(allowed)}); export a model without that rope scaling"
         )
-    if float(_rope(cfg).get("partial_rotary_factor", 1.0)) != 1.0:
+    partial = cfg.get("partial_rotary_factor", _rope(cfg).get("partial_rotary_factor", 1.0))
+    if float(partial) != 1.0:
         raise UserError(f"{where}: partial_rotary_factor is not exported; rotate full heads")
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":  # llama.cpp's llama, qwen2 and qwen3 gate with SiLU, whatever the file says
+        raise UserError(f"{where}: hidden_act {act!r}; GGUF export writes SiLU models only")
     if arch != "qwen2" and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
         raise UserError(f"{where}: {model_type} with attention/MLP biases is not exported yet")
     window = cfg.get("sliding_window")
@@ -428,7 +446,7 @@ def write_gguf(
     name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> float:
-    """Write model folder ``folder`` (llama or qwen2 architecture, byte-level or
+    """Write model folder ``folder`` (llama, qwen2 or qwen3 architecture, byte-level or
     SentencePiece BPE tokenizer) as GGUF file ``out`` with matrices in ``quant``; returns
     the bits per weight of the matrices (block scales included). One-line errors for what
     cannot be written."""
@@ -447,10 +465,9 @@ def write_gguf(
     check_model_folder(folder)
     cfg = json.loads((folder / "config.json").read_text())
     arch = _check_arch(cfg, folder / "config.json")
-    if (folder / "lmops_quant.json").is_file():
-        raise UserError(
-            f"{folder} is an lmops-quantized model; export its source model to GGUF instead"
-        )
+    from lmops.deploy._source import refuse_quantized
+
+    refuse_quantized(folder, str(folder), "export its source model to GGUF instead")
     n_head = int(cfg["num_attention_heads"])
     n_kv = int(cfg.get("num_key_value_heads") or n_head)
     hidden = int(cfg["hidden_size"])
@@ -468,12 +485,14 @@ def write_gguf(
         "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
         "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
     }[quant]
-    files = sorted(folder.glob("*.safetensors"))
+    files = _weight_files(folder)
     if not files:
         raise UserError(f"{folder}: no .safetensors weights (save with save_pretrained)")
     tokf = tokenizer_fields(folder, int(cfg["vocab_size"]))
 
-    w = gguf.GGUFWriter(str(out), arch)  # keys below are written as f"{arch}.…"
+    # use_temp_file: tensors wait in a temporary file, not in memory, until the header is
+    # written (a 7B model in f16 would otherwise hold ~14 GB extra RAM to the end)
+    w = gguf.GGUFWriter(str(out), arch, use_temp_file=True)  # keys: f"{arch}.…"
     w.add_name(name or folder.name)
     w.add_context_length(int(cfg.get("max_position_embeddings", 2048)))
     w.add_embedding_length(hidden)
@@ -607,7 +626,9 @@ def export_gguf(
         raise UserError(
             f"--quant {quant!r}: the GGUF writer does {', '.join(GGUF_QUANTS)}; pick one of them"
         )
-    src, src_ref = source_model(model_ref, store)
+    src, src_ref = source_model(
+        model_ref, store, full_precision="export its source model to GGUF instead"
+    )
     with store.runs.track(
         "gguf_export", config={"model": model_ref, "quant": quant, "output": output}
     ) as run:

@@ -61,9 +61,7 @@ def _pre_tokenizer_name(tokenizer_json: dict[str, Any], where: Path) -> str:
         pattern = (parts[0].get("pattern") or {}).get("Regex", "")
         if pattern == _QWEN2_SPLIT:
             return "qwen2"
-        if pattern == _LLAMA3_SPLIT or (
-            "\\p{N}{1,3}" in pattern and "(?i:'s|'t|'re|'ve|'m|'ll|'d)" in pattern
-        ):
+        if pattern == _LLAMA3_SPLIT:  # exactly: GPT-4o's split shares its pieces, not its cuts
             return "llama-bpe"
     raise UserError(
         f"{where}: pre-tokenizer {types} has no llama.cpp equivalent this exporter knows "
@@ -103,6 +101,23 @@ def _check_ids(tj_path: Path, ids: list[int], vocab_size: int) -> None:
         )
 
 
+def _special_id(from_tokenizer: int | None, folder: Path, key: str) -> int | None:
+    """A special token's id: the tokenizer's, else the model config's (Qwen2.5's tokenizer
+    names no bos token; without an id llama.cpp takes token 11 for bos and eos)."""
+    if from_tokenizer is not None:
+        return from_tokenizer
+    for name in ("config.json", "generation_config.json"):
+        try:
+            value = json.loads((folder / name).read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, list):  # Llama 3.1's several eos ids: the first is the tokenizer's
+            value = value[0] if value else None
+        if isinstance(value, int):
+            return value
+    return None
+
+
 def tokenizer_fields(folder: Path, vocab_size: int) -> dict[str, Any]:
     """The ``tokenizer.ggml.*`` values of the tokenizer in ``folder``, for a model whose
     embedding has ``vocab_size`` rows (the token list is that long: rows past the
@@ -127,6 +142,16 @@ def tokenizer_fields(folder: Path, vocab_size: int) -> dict[str, Any]:
             "GGUF export writes byte-level BPE (GPT-2 style) and SentencePiece BPE (▁ for "
             "spaces) vocabularies only (llama.cpp merges SentencePiece pieces by score, so a "
             "Unigram vocabulary would tokenize differently there)"
+        )
+    if sentencepiece and not (
+        model.get("byte_fallback")
+        and all(f"<0x{b:02X}>" in (model.get("vocab") or {}) for b in range(256))
+    ):
+        # llama.cpp turns a piece it cannot spell into bytes, and dies on a vocabulary
+        # without them ("héllo 今" ended the process in byte_to_token)
+        raise UserError(
+            f"{tj_path}: a SentencePiece vocabulary without byte fallback (all 256 <0xNN> "
+            "tokens); llama.cpp needs them: export a model trained with byte_fallback"
         )
     pre = "default" if sentencepiece else _pre_tokenizer_name(tj, tj_path)
     raw_merges = model.get("merges") or []
@@ -176,8 +201,8 @@ def tokenizer_fields(folder: Path, vocab_size: int) -> dict[str, Any]:
         "scores": scores if sentencepiece else None,
         "merges": None if sentencepiece else merges,
         "add_space_prefix": _add_space_prefix(tj) if sentencepiece else None,
-        "bos": tok.bos_token_id,
-        "eos": tok.eos_token_id,
+        "bos": _special_id(tok.bos_token_id, folder, "bos_token_id"),
+        "eos": _special_id(tok.eos_token_id, folder, "eos_token_id"),
         "unk": tok.unk_token_id,
         "pad": tok.pad_token_id,
         "add_bos": bool(probe) and tok.bos_token_id is not None and probe[0] == tok.bos_token_id,
