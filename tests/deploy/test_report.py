@@ -175,3 +175,40 @@ def test_report_measures_onnx_variants_in_onnxruntime(
     assert int8["size"] < 0.75 * fp32["size"]
     assert res.path is not None
     assert "| o-int8 | onnx | int8 |" in (res.path / "report.md").read_text()
+
+    # tokens/s decode the engine's prompt ids, also for a model without a chat template
+    # (both take the ChatML fallback), so the two rows time the same sequence
+    import shutil
+
+    from lmops.deploy import report as report_mod
+    from lmops.deploy.onnx import OnnxDecoder
+    from lmops.models.engine import Engine
+
+    bare_onnx, bare_hf = tmp_path / "bare-onnx", tmp_path / "bare-hf"
+    shutil.copytree(store.assets.path("o-fp32"), bare_onnx)
+    shutil.copytree(sharp, bare_hf)
+    for folder in (bare_onnx, bare_hf):
+        conf = folder / "tokenizer_config.json"
+        tc = json.loads(conf.read_text())
+        tc.pop("chat_template", None)
+        conf.write_text(json.dumps(tc))
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+    seen: list[list[int]] = []
+    real = OnnxDecoder.generate
+
+    def spy(self: Any, ids: list[int], *a: Any, **kw: Any) -> Any:
+        seen.append(list(ids))
+        return real(self, ids, *a, **kw)
+
+    OnnxDecoder.generate = spy  # type: ignore[method-assign]
+    try:
+        report_mod.onnx_tokens_per_s(bare_onnx, 4)
+    finally:
+        OnnxDecoder.generate = real  # type: ignore[method-assign]
+    engine = Engine(bare_hf, device="cpu", max_running=1)
+    try:
+        assert engine.chat_template_fallback
+        want_ids = engine.encode_chat([{"role": "user", "content": report_mod.PROMPT}])
+    finally:
+        engine.close()
+    assert seen == [want_ids]
