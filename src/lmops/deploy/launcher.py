@@ -287,13 +287,16 @@ class Supervisor:
                     return
                 log.error("deployment %r: restart failed: %s (log %s)", self.name, e, self.log_path)
             else:
+                # the uptime counts from readiness, before the state change and the log line:
+                # in a loaded CI run a server whose log showed it back 1.5 s before it died was
+                # still counted as one that never stayed up (stable_s 0.3)
+                ready_at = time.monotonic()
                 self.state = "ready"
                 if first:
                     first = False
                     self._started.set()
                 else:
                     log.warning("deployment %r: server is back on port %d", self.name, self.port)
-                ready_at = time.monotonic()
                 rc = self._wait_exit_or_hang(proc)
                 stayed_up = time.monotonic() - ready_at >= self.stable_s
                 if self._closing.is_set():
