@@ -9,11 +9,12 @@ one line, at registration and wherever a stage is handed a model folder.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from lmops.core.errors import UserError
+from lmops.core.errors import UserError, first_line
 
-__all__ = ["check_model_folder", "has_tokenizer"]
+__all__ = ["check_model_folder", "has_tokenizer", "weight_files"]
 
 _TOKENIZER_FILES = (
     ("tokenizer.json",),
@@ -26,6 +27,20 @@ _TOKENIZER_FILES = (
 def has_tokenizer(folder: Path) -> bool:
     """Whether ``folder`` holds the files of a tokenizer transformers can load."""
     return any(all((folder / f).is_file() for f in group) for group in _TOKENIZER_FILES)
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of the transformers checkpoint in ``folder``: those its index
+    names, else ``model*.safetensors``; other safetensors beside them (Mistral's native
+    ``consolidated.safetensors``) are another copy of the weights under other names."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, AttributeError) as e:
+            raise UserError(f"{index}: unreadable weight map ({first_line(e)})") from None
+        return sorted(folder / n for n in names)
+    return sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("*.safetensors"))
 
 
 def check_model_folder(path: Path, *, what: str | None = None) -> None:

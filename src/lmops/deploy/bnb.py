@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError, first_line
+from lmops.core.modelfiles import weight_files
 
 __all__ = ["BNB_METHODS", "STORE_DTYPE", "bnb_bits_per_weight", "bnb_config", "quantize_bnb"]
 
@@ -74,7 +75,7 @@ def bnb_bits_per_weight(model: Any, folder: Path) -> tuple[float, float]:
         if isinstance(m, bnb.nn.Linear4bit | bnb.nn.Linear8bitLt):
             shapes[name] = int(m.in_features) * int(m.out_features)
     bits_all = weights_all = bits_q = 0
-    for file in sorted(folder.glob("*.safetensors")):
+    for file in weight_files(folder):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 sl = f.get_slice(key)

@@ -364,20 +364,6 @@ def _rope(cfg: dict[str, Any]) -> dict[str, Any]:
     return rope
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of the transformers checkpoint in ``folder``: those its index
-    names, else ``model*.safetensors``; other safetensors beside them (Mistral's native
-    ``consolidated.safetensors``) are another copy of the weights under other names."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (ValueError, KeyError, AttributeError) as e:
-            raise UserError(f"{index}: unreadable weight map ({first_line(e)})") from None
-        return sorted(folder / n for n in names)
-    return sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("*.safetensors"))
-
-
 def _check_arch(cfg: dict[str, Any], where: Path) -> str:
     """The GGUF architecture of config ``cfg`` (``llama`` for llama and mistral, ``qwen2``
     or ``qwen3``); one-line errors for what this writer cannot express."""
@@ -460,7 +446,7 @@ def write_gguf(
         raise UserError(
             f"--quant {quant!r}: the GGUF writer does {', '.join(GGUF_QUANTS)}; pick one of them"
         )
-    from lmops.core.modelfiles import check_model_folder
+    from lmops.core.modelfiles import check_model_folder, weight_files
 
     check_model_folder(folder)
     cfg = json.loads((folder / "config.json").read_text())
@@ -485,7 +471,7 @@ def write_gguf(
         "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
         "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
     }[quant]
-    files = _weight_files(folder)
+    files = weight_files(folder)
     if not files:
         raise UserError(f"{folder}: no .safetensors weights (save with save_pretrained)")
     tokf = tokenizer_fields(folder, int(cfg["vocab_size"]))
