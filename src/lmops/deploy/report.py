@@ -127,18 +127,21 @@ def bits_per_weight_of(path: Path) -> tuple[str, str | None, float]:
             except ValueError:
                 method = str(ftype.contents())
         return "gguf", method and method.lower(), bits / max(n, 1)
-    from lmops.models.bnb import is_bnb_folder
+    from lmops.models.bnb import bnb_config_of
 
-    if is_bnb_folder(path):
-        return _bnb_bits(path)
+    bnb = bnb_config_of(path)
+    if bnb is not None:
+        return _bnb_bits(path, bnb)
     if is_quantized(path):
         cfg = read_quant_config(path)
         return "lmops-quant", str(cfg["method"]), float(cfg.get("bits_per_weight") or math.nan)
     from safetensors import safe_open
 
+    from lmops.core.modelfiles import weight_files
+
     bits = n = 0
     dtypes: set[str] = set()
-    for f in sorted(path.glob("*.safetensors")):
+    for f in weight_files(path):
         with safe_open(str(f), framework="pt") as st:
             for k in st.keys():  # noqa: SIM118 (safe_open has no __iter__)
                 sl = st.get_slice(k)
@@ -154,18 +157,15 @@ def bits_per_weight_of(path: Path) -> tuple[str, str | None, float]:
     return "hf", "/".join(sorted(dtypes)), bits / n
 
 
-def _bnb_bits(path: Path) -> tuple[str, str, float]:
-    """A bitsandbytes folder: its method, and bits per weight counted as ``deploy quantize``
-    counted them (packed weights as their ``in x out`` elements, quantization state
-    included), which needs the loaded layers; the safetensors count of an ``hf`` folder
-    would take the packed uint8 rows for the weights (10.9 bits against 8.2 on a tiny
-    NF4 model)."""
-    import json
-
+def _bnb_bits(path: Path, q: dict[str, Any]) -> tuple[str, str, float]:
+    """A bitsandbytes folder (``q``: its ``quantization_config``): its method, and bits
+    per weight counted as ``deploy quantize`` counted them (packed weights as their
+    ``in x out`` elements, quantization state included), which needs the loaded layers;
+    the safetensors count of an ``hf`` folder would take the packed uint8 rows for the
+    weights (10.9 bits against 8.2 on a tiny NF4 model)."""
     from lmops.deploy.bnb import bnb_bits_per_weight
     from lmops.models.bnb import load_bnb
 
-    q = json.loads((path / "config.json").read_text(encoding="utf-8"))["quantization_config"]
     method = f"bnb-{q.get('bnb_4bit_quant_type') or 'nf4'}" if q.get("load_in_4bit") else "bnb-int8"
     bits, _ = bnb_bits_per_weight(load_bnb(path), path)
     return "bnb", method, bits

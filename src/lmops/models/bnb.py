@@ -19,21 +19,35 @@ from typing import Any
 
 from lmops.core.errors import UserError, first_line
 
-__all__ = ["BNB_INSTALL", "is_bnb_folder", "load_bnb", "require_bitsandbytes", "serving_dtype"]
+__all__ = [
+    "BNB_INSTALL",
+    "bnb_config_of",
+    "is_bnb_folder",
+    "load_bnb",
+    "require_bitsandbytes",
+    "serving_dtype",
+]
 
 BNB_INSTALL = "pip install 'lmops[gpu]'"
 # the first release with a CPU back end (LLM.int8 and NF4/FP4 without CUDA)
 _CPU_MIN = (0, 48)
 
 
-def is_bnb_folder(folder: Path) -> bool:
-    """Whether ``folder``'s ``config.json`` says it was quantized by bitsandbytes."""
+def bnb_config_of(folder: Path) -> dict[str, Any] | None:
+    """The ``quantization_config`` of ``folder``'s ``config.json`` when bitsandbytes made
+    the folder (``load_in_4bit`` / ``load_in_8bit``, ``bnb_4bit_quant_type``...), else
+    None."""
     try:
         cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return None
     q = cfg.get("quantization_config") if isinstance(cfg, dict) else None
-    return isinstance(q, dict) and q.get("quant_method") == "bitsandbytes"
+    return q if isinstance(q, dict) and q.get("quant_method") == "bitsandbytes" else None
+
+
+def is_bnb_folder(folder: Path) -> bool:
+    """Whether ``folder``'s ``config.json`` says it was quantized by bitsandbytes."""
+    return bnb_config_of(folder) is not None
 
 
 def require_bitsandbytes(what: str, hint: str = "") -> str:
@@ -98,10 +112,7 @@ def serving_dtype(path: Path, dtype: Any, device: str) -> Any:
 
     if dtype != torch.bfloat16 or not str(device).startswith("cuda"):
         return dtype
-    try:
-        q = json.loads((path / "config.json").read_text(encoding="utf-8"))["quantization_config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return dtype
+    q = bnb_config_of(path) or {}
     return torch.float16 if q.get("load_in_8bit") else dtype
 
 
