@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from lmops.core.errors import UserError
+from lmops.core.errors import UserError, first_line
 
 __all__ = [
     "apply_overrides",
@@ -165,7 +165,7 @@ def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise UserError(f"{path}{line}: invalid YAML ({problem})") from None
     return data, node
 
