@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.train.tiny import make_model, make_tokenizer
+from tests.train.tiny import make_model, make_tokenizer, tiny_shape
 
 PROMPTS = ["The quick brown fox", "Machine learning models", "今天天气很好"]
 
@@ -451,18 +451,7 @@ def _qwen2(tok_dir: Path, out: Path, tied: bool) -> Path:
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     torch.manual_seed(5)
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=tied,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    cfg = Qwen2Config(**tiny_shape(tok), tie_word_embeddings=tied)
     _sharpen(Qwen2ForCausalLM(cfg)).save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
@@ -502,19 +491,7 @@ def _qwen3(tok_dir: Path, out: Path) -> Path:
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     torch.manual_seed(8)
-    cfg = Qwen3Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    cfg = Qwen3Config(**tiny_shape(tok), head_dim=16, tie_word_embeddings=False)
     model = _sharpen(Qwen3ForCausalLM(cfg))
     with torch.no_grad():  # norms other than 1, so a dropped q/k norm would show
         for name, param in model.named_parameters():
@@ -894,18 +871,7 @@ def _mistral(sp_tok: Path, out: Path, window: int | None = None) -> Path:
 
     tok = AutoTokenizer.from_pretrained(str(sp_tok / "tok"))
     torch.manual_seed(6)
-    cfg = MistralConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        sliding_window=window,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    cfg = MistralConfig(**tiny_shape(tok), sliding_window=window)
     _sharpen(MistralForCausalLM(cfg)).save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out

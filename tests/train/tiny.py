@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -23,6 +24,23 @@ def make_tokenizer(folder: Path, vocab_size: int = 320) -> Path:
     return folder
 
 
+def tiny_shape(tok: Any) -> dict[str, Any]:
+    """The tests' tiny decoder shape (2 layers, hidden 64, 4 heads over 2 KV heads, 256
+    positions) over tokenizer ``tok``: config keywords that Llama, Mistral, Qwen2 and Qwen3
+    configs all take."""
+    return {
+        "vocab_size": len(tok),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
+
+
 def make_model(
     folder: Path, tokenizer_dir: Path, seed: int = 0, intermediate_size: int = 128
 ) -> Path:
@@ -32,16 +50,8 @@ def make_model(
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
+        **{**tiny_shape(tok), "intermediate_size": intermediate_size},
         tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
     LlamaForCausalLM(cfg).save_pretrained(str(folder))
