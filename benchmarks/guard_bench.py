@@ -558,6 +558,15 @@ def load_baseline(rev: str) -> Any:
     import subprocess
     import tempfile
 
+    has = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{rev}:src/lmops/data/pii.py"],
+                         capture_output=True).returncode == 0  # fmt: skip
+    if not has:
+        raise SystemExit(
+            f"--baseline-rev {rev}: the guardrails are a package there (lmops.security), which "
+            "this loader cannot import beside today's; run the cpu part from a worktree of it "
+            f"instead, one after the other: git worktree add /tmp/base {rev} && "
+            "python /tmp/base/benchmarks/guard_bench.py --parts cpu"
+        )
     folder = Path(tempfile.mkdtemp(prefix="guard-bench-base-"))
     for name, path in (
         ("old_pii", "src/lmops/data/pii.py"),
