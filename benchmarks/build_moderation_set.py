@@ -1877,15 +1877,15 @@ def _harm_words() -> set[str]:
 
 
 def _plain_words(lang: str) -> list[str]:
-    """Words for the word tasks: English from the static embeddings' vocabulary (3+
-    letters), Chinese from the everyday lists; none from the harmful concepts."""
+    """Words for the word tasks: English from the static embeddings' vocabulary (its
+    English words of 3+ letters), Chinese from the everyday lists; none from the harmful concepts."""
     harm = _harm_words()
     if lang == "en":
         import numpy as np
 
         with np.load(OUT / "embeddings.npz", allow_pickle=False) as z:
             vocab = z["words"].tobytes().decode().split("\n")
-        return sorted(w for w in vocab if len(w) >= 3 and w not in harm)
+        return sorted(w for w in vocab if len(w) >= 3 and w.isascii() and w not in harm)
     words = set(_bar(LEX.CHAT_TOPICS_ZH)) | set(_bar(LEX.ORDINARY_ACTS_ZH))
     for line in LEX.COMMON_GLOSS_ZH.replace("\n", " ").split("|"):
         if line.strip():
@@ -2218,7 +2218,8 @@ def write_gloss(out: Path) -> Path:
     import numpy as np
 
     with np.load(out / "embeddings.npz", allow_pickle=False) as z:
-        vocab = set(z["words"].tobytes().decode().split("\n"))
+        # its English words: a Chinese word's gloss wins over its own row (Featurizer)
+        vocab = {w for w in z["words"].tobytes().decode().split("\n") if w.isascii()}
     table = gloss_table(vocab)
     path = out / "gloss.tsv"
     head = (

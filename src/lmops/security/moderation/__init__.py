@@ -13,7 +13,11 @@ Text -> features
     Cyrillic/Greek look-alikes folded to Latin, single letters spaced or dotted out
     ("b o m b", "b.o.m.b") joined, pinyin tone numbers ("zha4 dan4") dropped, leet digits
     and symbols inside words (``b0mb``, ``k1ll``, ``$ex``) read as letters; real numbers
-    ("10mg", "python3", "3d", "2024") are left alone. Two kinds of features of that text:
+    ("10mg", "python3", "3d", "2024") are left alone. Then pinyin is read back into Chinese
+    (:mod:`~lmops.security.moderation.pinyin`: "zha dan", "zhadan" -> 炸弹; the likeliest
+    words, as an input method picks them, from an index of jieba's 60,000 most frequent
+    words), so that pinyin meets the weights learned on characters. Two kinds of features
+    of that text:
 
     * *n-grams* (exact wording, Chinese characters, obfuscated spellings): word unigrams and
       bigrams (words as in :data:`lmops.text.words.WORD_RE`: each Chinese character is a
@@ -21,11 +25,15 @@ Text -> features
       ``0``, hashed into ``2**bits`` buckets (a polynomial rolling hash, then
       multiply-shift); each distinct bucket is valued ``n ** -power`` (``n`` of them).
     * *meaning* (words the training rows never used): the direction of the sum of the
-      static embeddings of the text's words (:class:`Featurizer`: a table distilled from
-      all-MiniLM-L6-v2 with Model2Vec at build time, ``benchmarks/distill_moderation_
-      embeddings.py``, 64 dimensions, float16). Words it has no row for are read through a
-      gloss table (``gloss.tsv``: Chinese words, their pinyin and out-of-vocabulary English
-      words -> English), built from the training rows only.
+      static embeddings of the text's words (:class:`Featurizer`, 64 dimensions, float16,
+      built by ``benchmarks/distill_moderation_embeddings.py``): 21,745 English words
+      distilled from all-MiniLM-L6-v2 with Model2Vec, and jieba's 40,000 most frequent
+      Chinese words put into the same space through multilingual-e5-small (each word's e5
+      output mapped by a ridge map fitted on the English words; Chinese text is cut into
+      them by forward maximum matching). A gloss table (``gloss.tsv``: Chinese words, their
+      pinyin and out-of-vocabulary English words -> English, built from the training rows
+      only) reads the words the table has no row for, and wins over the table's row for a
+      Chinese word it has.
 
 Model
     Head 0 scores harmful vs benign: ``logit = b + sum(w[ngram]) * n**-power +
@@ -62,26 +70,32 @@ Threshold
     text; 3 % -> more recall).
 
 Measured (the shipped model, ``benchmarks/moderation_bench.py``)
-    Threshold 0.775 by the rule (out-of-fold recall 0.818 at 2 %). Held-out split, the
-    classifier alone: recall 0.802, false positives 0.92 % (unseen template 0.904 / 0.12 %,
-    wording 0.625 / 0.14 %, idea 0.747 / 2.4 %); the whole default guard 0.812 / 1.26 %.
-    Ordinary instructions never trained on (Alpaca, en/zh requests and replies): 0.27 -
-    0.40 % blocked. The issue's goal, recall 0.95 at 3 % false positives, is not reached:
-    words never seen in a role (``wording``) and Chinese (no embedding of its own: only
-    the gloss table and character n-grams) are the weak parts. Another operating point:
-    ``classifier_threshold: 0.6741`` (3 % out-of-fold cap) gives recall 0.844 at 1.38 %
-    held-out false positives, but blocks 0.6 - 1.0 % of ordinary instructions (2.5x).
+    Threshold 0.764 by the rule (out-of-fold recall 0.826 at 2 %). Held-out split, the
+    classifier alone: recall 0.834, false positives 1.03 % (unseen template 0.936 / 0.08 %,
+    wording 0.668 / 0 %, idea 0.732 / 2.8 %; pinyin sentences 0.549); the whole default
+    guard 0.843 / 1.36 %. Ordinary instructions never trained on (Alpaca, en/zh requests
+    and replies): 0.23 - 0.70 % blocked. The model before the Chinese rows and the pinyin
+    reading: recall 0.802 at 0.92 %, ordinary 0.27 - 0.40 % (at its 3 % out-of-fold
+    threshold: 0.844 at 1.38 %, ordinary 0.6 - 1.0 %). The issue's goal, recall 0.95 at
+    3 % false positives, is not reached: words never seen in a role (``wording``), new
+    ideas in Chinese and whole sentences in pinyin (homophones read as the most frequent
+    word) are the weak parts. ``classifier_threshold: 0.6474`` is the 3 % out-of-fold
+    operating point.
 
-Tried and not shipped (``benchmarks/moderation_experiments.py``; recall at 2 % held-out
-false positives, the ranking ceiling of a threshold): the recipe here 0.882; a second
-stage of all-MiniLM-L6-v2 embeddings + MLP for uncertain rows 0.860 (English up, Chinese,
-which MiniLM cannot read, down) at ~13 ms a request; CC-CEDICT glosses for every Chinese word 0.889
-(+0.007, for a CC BY-SA table and 3x the Chinese look-up time); synonym-swapped English
-training copies 0.877 (English wordings +0.05, Chinese -0.06 at one shared threshold); a
-convolution over the word vectors (word order) 0.65 alone, 0.881 added to the recipe;
-thresholds per language 0.881. What is missing is knowledge, not model shape: the next
-step is a bilingual static table (``distill_moderation_embeddings.py`` from a multilingual
-encoder, with Chinese tokens kept), which this offline build could not download.
+Tried (``benchmarks/moderation_experiments.py``; recall at 2 % / 3 % held-out false
+positives, the ranking ceiling of a threshold). Kept: pinyin read back into Chinese
+(0.877 -> 0.893 / 0.910 -> 0.913; pinyin sentences 0.64 -> 0.73) and the Chinese rows
+(-> 0.900 / 0.932). Not kept: e5 rows for both languages instead of MiniLM's (0.876), for
+English only (0.878); each Chinese word as its nearest English word's row (0.895) or the
+mean of its 3 nearest (0.888);
+80,000 Chinese words instead of 40,000 (0.896); multilingual-e5-small sentence embeddings
++ MLP, alone 0.595, as a second stage for uncertain rows 0.892 (English wording +0.07,
+Chinese down) at ~22 ms a request; the same with all-MiniLM-L6-v2 0.860 at ~13 ms;
+CC-CEDICT glosses for every Chinese word 0.889 (+0.007, for a CC BY-SA table and 3x the
+Chinese look-up time); synonym-swapped English training copies 0.877 (English wordings
++0.05, Chinese -0.06 at one shared threshold); a convolution over the word vectors (word
+order) 0.65 alone, 0.881 added to the recipe; thresholds per language 0.881 (the figures
+before the pinyin reading are against 0.882 for the recipe then).
 
 File
     One ``.npz`` (read with ``allow_pickle=False``): a JSON header (format, bits, power,

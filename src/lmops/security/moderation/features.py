@@ -15,13 +15,16 @@ import numpy as np
 import numpy.typing as npt
 
 from lmops.core.errors import UserError
+from lmops.security.moderation.pinyin import digest as pinyin_digest
+from lmops.security.moderation.pinyin import to_hanzi
 from lmops.security.normalize import normalize_text
 from lmops.text.words import WORD_RE, word_id
 
 FORMAT = "lmops-moderation-classifier"
 FORMAT_VERSION = 2
 FEATURES = (
-    "normalize_text,deobfuscate2,digits0;word1-2;char2-4;poly-mulshift;distinct;n**-power;static"
+    "normalize_text,deobfuscate2,pinyin1,digits0;word1-2;char2-4;poly-mulshift;distinct;"
+    "n**-power;static"
 )
 DEFAULT_BITS = 18
 DEFAULT_POWER = 0.5
@@ -151,14 +154,21 @@ def _trie_regex(keys: Iterable[str], *, words: bool) -> re.Pattern[str] | None:
 
 
 _ENGLISH_WORD = re.compile(r"[a-z]+\Z")
+_CJK_RUN = re.compile(r"[\u3400-\u9fff]+")
+_MAX_CJK = 8  # longer Chinese words (names of institutions, idioms) are read by character
 
 
 class Featurizer:
     """Words -> rows of the static embedding table (``embeddings.npz``), through the gloss
     table (``gloss.tsv``) for words the table has no row for. Loaded once per process.
 
-    ``digest`` (sha256 of both files) is stored in models trained with it: a model is
-    only read with the table it was trained with.
+    Chinese text is cut into the table's and the gloss table's Chinese words by forward
+    maximum matching (at each place the longest word that starts there, down to single
+    characters); where both tables have a Chinese word, the gloss, written for this task,
+    wins over the distilled row.
+
+    ``digest`` (sha256 of both files and of the pinyin index) is stored in models trained
+    with it: a model is only read with the tables it was trained with.
     """
 
     def __init__(self, embeddings: Path, gloss: Path) -> None:
@@ -167,6 +177,7 @@ class Featurizer:
             h.update(embeddings.read_bytes())
             gloss_text = gloss.read_text(encoding="utf-8")
             h.update(gloss_text.encode())
+            h.update(pinyin_digest().encode())
             with np.load(embeddings, allow_pickle=False) as z:
                 words = z["words"].tobytes().decode().split("\n")
                 vectors = z["vectors"].astype(np.float32)
@@ -175,24 +186,36 @@ class Featurizer:
         self.digest = h.hexdigest()
         self.vectors = vectors  # (rows, dims) float32
         self.dims = vectors.shape[1]
-        # word -> row numbers; a glossed word has the rows of its gloss's words.
-        self.rows: dict[str, tuple[int, ...]] = {w: (i,) for i, w in enumerate(words)}
-        self._single = {w: i for i, w in enumerate(words)}  # the common case, looked up in C
+        # word -> row numbers; a glossed word has the rows of its gloss's words. Chinese
+        # words apart (self._cjk), found by _words_of.
+        self._single: dict[str, int] = {}  # the common case, looked up in C
+        self._cjk: dict[str, tuple[int, ...]] = {}
+        for i, w in enumerate(words):
+            if _CJK_RUN.fullmatch(w):
+                self._cjk[w] = (i,)
+            else:
+                self._single[w] = i
+        self.rows: dict[str, tuple[int, ...]] = {w: (i,) for w, i in self._single.items()}
         latin: list[str] = []
-        cjk: list[str] = []
         for line in gloss_text.splitlines():
             if not line.strip() or line.startswith("#"):
                 continue
             key, _, gloss_words = line.partition("\t")
-            ids = tuple(self.rows[w][0] for w in gloss_words.split() if w in self.rows)
-            if not ids or key in self.rows:
+            ids = tuple(self._single[w] for w in gloss_words.split() if w in self._single)
+            if not ids:
                 continue
-            self.rows[key] = ids
-            if not key.isascii():
-                cjk.append(key)
-            elif not _ENGLISH_WORD.match(key):  # "zha dan": several words
-                latin.append(key)
-        self._cjk = _trie_regex(cjk, words=False)
+            if _CJK_RUN.fullmatch(key):
+                self._cjk[key] = ids
+            elif key not in self.rows:
+                self.rows[key] = ids
+                if key.isascii() and not _ENGLISH_WORD.match(key):  # "zha dan": several words
+                    latin.append(key)
+        sizes: dict[str, set[int]] = {}
+        for w in self._cjk:
+            if len(w) <= _MAX_CJK:
+                sizes.setdefault(w[0], set()).add(len(w))
+        # first character -> the lengths of the words it starts, longest first
+        self._sizes = {ch: sorted(n, reverse=True) for ch, n in sizes.items()}
         self._phrases = _trie_regex(latin, words=True)
         # Words of the phrases that are no English word ("zha" of "zha dan"): the phrase
         # pass runs only where one of them occurs.
@@ -213,13 +236,30 @@ class Featurizer:
                         out.extend(r)
                     elif w in syllables:
                         phrase = True
-        if self._cjk is not None and not text.isascii():
-            for k in self._cjk.findall(text):
-                out.extend(rows[k])
+        if self._sizes and not text.isascii():
+            for run in _CJK_RUN.findall(text):
+                out.extend(self._words_of(run))
         # Spaced pinyin ("zha dan") or another glossed phrase of several words.
         if phrase and self._phrases is not None:
             for k in self._phrases.findall(text):
                 out.extend(rows[k])
+        return out
+
+    def _words_of(self, run: str) -> list[int]:
+        """Rows of the Chinese words in ``run`` (Chinese characters), by forward maximum
+        matching; a character that starts no word is skipped."""
+        cjk, sizes = self._cjk, self._sizes
+        out: list[int] = []
+        i, n = 0, len(run)
+        while i < n:
+            for size in sizes.get(run[i], ()):
+                r = cjk.get(run[i : i + size]) if i + size <= n else None
+                if r is not None:
+                    out.extend(r)
+                    i += size
+                    break
+            else:
+                i += 1
         return out
 
 
@@ -270,7 +310,9 @@ def _ngrams(t: str, words: Sequence[str], bits: int) -> npt.NDArray[np.intp]:
 
 
 def _clean(text: str) -> str:
-    return " ".join(text.translate(_DIGITS0).split())
+    """A de-obfuscated text as the model reads it: pinyin read back into Chinese
+    (:func:`~lmops.security.moderation.pinyin.to_hanzi`), digits as ``0``, blanks single."""
+    return " ".join(to_hanzi(text).translate(_DIGITS0).split())
 
 
 def features(text: str, bits: int = DEFAULT_BITS, power: float = DEFAULT_POWER) -> Features:
