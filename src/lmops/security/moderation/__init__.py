@@ -79,8 +79,9 @@ Measured (the shipped model, ``benchmarks/moderation_bench.py``)
     threshold: 0.844 at 1.38 %, ordinary 0.6 - 1.0 %). The issue's goal, recall 0.95 at
     3 % false positives, is not reached: words never seen in a role (``wording``), new
     ideas in Chinese and whole sentences in pinyin (homophones read as the most frequent
-    word) are the weak parts. ``classifier_threshold: 0.6474`` is the 3 % out-of-fold
-    operating point.
+    word) are the weak parts. ``classifier_threshold: 0.6474``, the 3 % out-of-fold
+    operating point, gives recall 0.877 at 1.47 % held-out false positives (the whole
+    guard 0.883 / 1.79 %) but blocks 0.6 - 1.2 % of ordinary instructions.
 
 Tried (``benchmarks/moderation_experiments.py``; recall at 2 % / 3 % held-out false
 positives, the ranking ceiling of a threshold). Kept: pinyin read back into Chinese
