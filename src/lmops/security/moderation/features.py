@@ -212,9 +212,9 @@ class Featurizer:
                     latin.append(key)
         sizes: dict[str, set[int]] = {}
         for w in self._cjk:
-            if len(w) <= _MAX_CJK:
+            if 1 < len(w) <= _MAX_CJK:
                 sizes.setdefault(w[0], set()).add(len(w))
-        # first character -> the lengths of the words it starts, longest first
+        # first character -> the lengths of the words of 2+ characters it starts, longest first
         self._sizes = {ch: sorted(n, reverse=True) for ch, n in sizes.items()}
         self._phrases = _trie_regex(latin, words=True)
         # Words of the phrases that are no English word ("zha" of "zha dan"): the phrase
@@ -236,7 +236,7 @@ class Featurizer:
                         out.extend(r)
                     elif w in syllables:
                         phrase = True
-        if self._sizes and not text.isascii():
+        if self._cjk and not text.isascii():
             for run in _CJK_RUN.findall(text):
                 out.extend(self._words_of(run))
         # Spaced pinyin ("zha dan") or another glossed phrase of several words.
@@ -248,17 +248,22 @@ class Featurizer:
     def _words_of(self, run: str) -> list[int]:
         """Rows of the Chinese words in ``run`` (Chinese characters), by forward maximum
         matching; a character that starts no word is skipped."""
-        cjk, sizes = self._cjk, self._sizes
+        get, sizes = self._cjk.get, self._sizes.get
         out: list[int] = []
         i, n = 0, len(run)
         while i < n:
-            for size in sizes.get(run[i], ()):
-                r = cjk.get(run[i : i + size]) if i + size <= n else None
+            ch = run[i]
+            # (a slice past the end is shorter: a word then, it is also one of the sizes)
+            for size in sizes(ch, ()):
+                r = get(run[i : i + size])
                 if r is not None:
                     out.extend(r)
                     i += size
                     break
             else:
+                r = get(ch)
+                if r is not None:
+                    out.extend(r)
                 i += 1
         return out
 
