@@ -963,20 +963,20 @@ def test_shipped_classifier_on_the_held_out_split() -> None:
     assert not {r.text for r in every if r.split != "test"} & {r.text for r in rows}
     result = evaluate(builtin_model(), rows, by=("unseen", "lang"))
     assert result["harmful"] > 5000 and result["benign"] > 8000
-    floors = {  # unseen: (recall at least, false positives at most); measured 0.936/0.08 %,
-        "template": (0.91, 0.005),  # 0.668/0 %, 0.732/2.8 % (before Chinese rows and pinyin
+    floors = {  # unseen: (recall at least, false positives at most); measured 0.934/0.03 %,
+        "template": (0.91, 0.005),  # 0.671/0 %, 0.747/2.8 % (before Chinese rows and pinyin
         "wording": (0.64, 0.005),  # read back: 0.904/0.12 %, 0.625/0.14 %, 0.747/2.4 %;
         "idea": (0.70, 0.035),  # before the ensemble: 0.878/0.05 %, 0.583/0.07 %, 0.661/3.7 %)
     }
     for unseen, (recall, fp) in floors.items():
         got = result["by_unseen"][unseen]
         assert got["recall"] >= recall and got["false_positive_rate"] <= fp, (unseen, got)
-    for lang in ("en", "zh"):  # measured en 0.853/1.7 %, zh 0.817/0.3 % (were 0.833, 0.774)
+    for lang in ("en", "zh"):  # measured en 0.859/1.7 %, zh 0.813/0.3 % (were 0.833, 0.774)
         got = result["by_lang"][lang]
         assert got["recall"] >= 0.79 and got["false_positive_rate"] <= 0.02, (lang, got)
     # The first version's held-out split, verbatim (source v1): its floors kept and raised
     # (were: seen wordings recall >= 0.85, false positives <= 1 %; new wordings >= 0.35,
-    # <= 7 %). Measured 0.957/0 % and 0.585/3.4 % (before: 0.909/0 % and 0.539/2.9 %).
+    # <= 7 %). Measured 0.950/0 % and 0.570/3.0 % (before: 0.909/0 % and 0.539/2.9 %).
     v1 = [r for r in rows if r.info.get("source") == "v1"]
     seen = evaluate(builtin_model(), [r for r in v1 if not r.info.get("new_wording")])
     assert seen["harmful"] > 500 and seen["benign"] > 500

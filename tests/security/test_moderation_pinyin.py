@@ -68,3 +68,39 @@ def test_chinese_words_by_forward_maximum_matching(tmp_path: Path) -> None:
         row["make"],
         row["bomb"],
     ]
+
+
+def test_pinyin_inside_addresses_and_identifiers_stays_and_caches_stay_small() -> None:
+    # a URL's or an identifier's letters are no pinyin ("sharen" would read as 杀人)
+    for text in ("https://www.sharen.com/zufang/chaoyang", "user123 at zhadan2", "zhadanü"):
+        assert to_hanzi(text) is text, text
+    # blanks go only between a converted run and Chinese beside it
+    assert to_hanzi("中\n国 zha dan") == "中\n国炸弹"
+    # words too long to be pinyin are never cached (one request cannot fill memory)
+    from lmops.security.moderation import pinyin
+
+    for k in range(10):
+        to_hanzi(("zhadan" * 10_000) + "abcdefghij"[k])
+    assert max(map(len, [*pinyin._SPLITS, *pinyin._FOREIGN]), default=0) <= 48
+
+
+def test_serving_scores_equal_the_training_logits() -> None:
+    """ModerationModel.stats/logit (the gateway's path) give the logits the training code
+    computes for the same model, texts with no embedding row included (there the mean
+    layer still adds relu(bias) @ out)."""
+    from lmops.security.moderation import builtin_data_path, read_labeled
+    from lmops.security.moderation.train import _Dense, _encode, _logits
+
+    model = builtin_model()
+    rows = read_labeled(builtin_data_path())[::180]
+    texts = [r.text for r in rows] + ["w.h.a.t. .a.r.e. .c.o.m.m.o.n. .m.i.s.t.a.k.e.s", "00岁少女"]
+    enc = _encode(texts, model.bits, model.power, model.featurizer)
+    dense = _Dense(model.weights[0].astype(np.float64), float(model.biases[0]),
+                   model.dense_in, model.dense_bias, model.dense_out, model.pool_in,
+                   model.pool_out)  # fmt: skip
+    want = _logits(dense, enc, np.arange(len(texts)))
+    got = [model.logit(model.stats(deobfuscate(normalize_text(t)))) for t in texts]
+    assert np.abs(np.array(got) - want).max() < 1e-4
+    # the dotted text has n-grams but no word with a row: the case the constant is for
+    dotted = model.stats(deobfuscate(normalize_text(texts[-2])))
+    assert dotted.ngrams and dotted.words == 0

@@ -70,18 +70,18 @@ Threshold
     text; 3 % -> more recall).
 
 Measured (the shipped model, ``benchmarks/moderation_bench.py``)
-    Threshold 0.764 by the rule (out-of-fold recall 0.826 at 2 %). Held-out split, the
-    classifier alone: recall 0.834, false positives 1.03 % (unseen template 0.936 / 0.08 %,
-    wording 0.668 / 0 %, idea 0.732 / 2.8 %; pinyin sentences 0.549); the whole default
-    guard 0.843 / 1.36 %. Ordinary instructions never trained on (Alpaca, en/zh requests
-    and replies): 0.23 - 0.70 % blocked. The model before the Chinese rows and the pinyin
+    Threshold 0.734 by the rule (out-of-fold recall 0.832 at 2 %). Held-out split, the
+    classifier alone: recall 0.835, false positives 1.00 % (unseen template 0.934 / 0.03 %,
+    wording 0.671 / 0 %, idea 0.747 / 2.8 %; pinyin sentences 0.587); the whole default
+    guard 0.844 / 1.33 %. Ordinary instructions never trained on (Alpaca, en/zh requests
+    and replies): 0.20 - 0.77 % blocked. The model before the Chinese rows and the pinyin
     reading: recall 0.802 at 0.92 %, ordinary 0.27 - 0.40 % (at its 3 % out-of-fold
     threshold: 0.844 at 1.38 %, ordinary 0.6 - 1.0 %). The issue's goal, recall 0.95 at
     3 % false positives, is not reached: words never seen in a role (``wording``), new
     ideas in Chinese and whole sentences in pinyin (homophones read as the most frequent
-    word) are the weak parts. ``classifier_threshold: 0.6474``, the 3 % out-of-fold
-    operating point, gives recall 0.877 at 1.47 % held-out false positives (the whole
-    guard 0.883 / 1.79 %) but blocks 0.6 - 1.2 % of ordinary instructions.
+    word) are the weak parts. ``classifier_threshold: 0.6241``, the 3 % out-of-fold
+    operating point, gives recall 0.875 at 1.49 % held-out false positives (the whole
+    guard 0.882 / 1.81 %) but blocks 0.4 - 1.1 % of ordinary instructions.
 
 Tried (``benchmarks/moderation_experiments.py``; recall at 2 % / 3 % held-out false
 positives, the ranking ceiling of a threshold). Kept: pinyin read back into Chinese

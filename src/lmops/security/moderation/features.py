@@ -197,6 +197,7 @@ class Featurizer:
                 self._single[w] = i
         self.rows: dict[str, tuple[int, ...]] = {w: (i,) for w, i in self._single.items()}
         latin: list[str] = []
+        mixed: list[str] = []  # Chinese with Latin letters or digits: "00岁少女", "sql语句"
         for line in gloss_text.splitlines():
             if not line.strip() or line.startswith("#"):
                 continue
@@ -208,7 +209,9 @@ class Featurizer:
                 self._cjk[key] = ids
             elif key not in self.rows:
                 self.rows[key] = ids
-                if key.isascii() and not _ENGLISH_WORD.match(key):  # "zha dan": several words
+                if not key.isascii():
+                    mixed.append(key)
+                elif not _ENGLISH_WORD.match(key):  # "zha dan": several words
                     latin.append(key)
         sizes: dict[str, set[int]] = {}
         for w in self._cjk:
@@ -217,6 +220,7 @@ class Featurizer:
         # first character -> the lengths of the words of 2+ characters it starts, longest first
         self._sizes = {ch: sorted(n, reverse=True) for ch, n in sizes.items()}
         self._phrases = _trie_regex(latin, words=True)
+        self._mixed = _trie_regex(mixed, words=False)
         # Words of the phrases that are no English word ("zha" of "zha dan"): the phrase
         # pass runs only where one of them occurs.
         self._syllables = {w for k in latin for w in k.split() if w not in self._single}
@@ -239,6 +243,9 @@ class Featurizer:
         if self._cjk and not text.isascii():
             for run in _CJK_RUN.findall(text):
                 out.extend(self._words_of(run))
+            if self._mixed is not None:
+                for k in self._mixed.findall(text):
+                    out.extend(rows[k])
         # Spaced pinyin ("zha dan") or another glossed phrase of several words.
         if phrase and self._phrases is not None:
             for k in self._phrases.findall(text):

@@ -69,6 +69,9 @@ class ModerationModel:
         v = self.featurizer.vectors
         self._dims, self._hidden = v.shape[1], self.dense_in.shape[0]
         self._dense_in = np.ascontiguousarray(self.dense_in, dtype=np.float32)
+        # The mean layer's output for a text with no embedding row (a zero direction), as
+        # training computes it: relu(bias) @ out.
+        self._no_rows = float(np.maximum(self.dense_bias, 0.0) @ self.dense_out)
         self._table = np.ascontiguousarray(np.hstack([v, v @ self.pool_in.T]), dtype=np.float32)
 
     def __call__(self, text: str) -> dict[str, float]:
@@ -107,7 +110,11 @@ class ModerationModel:
             if norm > 0:
                 h = e[self._dims :] * (1.0 / norm) + self.dense_bias
                 z += float(np.maximum(h, 0.0, out=h) @ self.dense_out)
+            else:
+                z += self._no_rows
             z += float(s.pooled @ self.pool_out)
+        else:  # no word with a row (the pooled part is 0 then)
+            z += self._no_rows
         return z
 
     def prob_stats(self, s: TextStats) -> float:

@@ -39,7 +39,9 @@ _RUN = re.compile(r"[a-z]+(?:[ '\-]+[a-z]+)*")
 _MAX_SYLLABLE = 6  # "zhuang", "chuang", "shuang"
 _MAX_WORD = 5  # syllables per word of the index looked up
 _UNKNOWN = -30.0  # the log-probability of a syllable left in letters
-_CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
+_CJK_CHAR = re.compile(r"[\u3400-\u9fff]")
+# Next to a word, these make it part of an address, a path, a number or an identifier.
+_ATTACHED = frozenset("./@:_=?&#%\\~+*$0123456789")
 
 
 class PinyinIndex(NamedTuple):
@@ -96,16 +98,44 @@ def digest() -> str:
 
 _SPLITS: dict[str, list[str] | None] = {}  # split_syllables of the index, by word
 _FOREIGN: dict[str, bool] = {}  # word -> it reads as pinyin and is no English word
+_CACHED = 1 << 16  # entries of each cache; words are at most _MAX_LETTERS long
+_MAX_LETTERS = 8 * _MAX_SYLLABLE  # a longer "word" is no pinyin (and is not cached)
 
 
 def _split(word: str, syllables: frozenset[str]) -> list[str] | None:
+    if len(word) > _MAX_LETTERS:
+        return None
     try:
         return _SPLITS[word]
     except KeyError:
-        if len(_SPLITS) >= 1 << 16:
+        if len(_SPLITS) >= _CACHED:
             _SPLITS.clear()
         split = _SPLITS[word] = split_syllables(word, syllables)
         return split
+
+
+def _foreign(word: str, index: PinyinIndex) -> bool:
+    """Whether ``word`` reads as pinyin and is no English word."""
+    if len(word) > _MAX_LETTERS:
+        return False
+    known = _FOREIGN.get(word)
+    if known is None:
+        if len(_FOREIGN) >= _CACHED:
+            _FOREIGN.clear()
+        known = _FOREIGN[word] = (
+            word not in index.english and _split(word, index.syllables) is not None
+        )
+    return known
+
+
+def _alone(text: str, start: int, end: int) -> bool:
+    """Whether the letters ``text[start:end]`` are a word of their own: not part of an
+    address, a path, a number or an identifier ("www.sharen.com", "user123"), nor of a word
+    in other letters ("zhadanü")."""
+    for ch in (text[start - 1 : start], text[end : end + 1]):
+        if ch and (ch in _ATTACHED or (ch.isalnum() and not _CJK_CHAR.match(ch))):
+            return False
+    return True
 
 
 def _convert(sylls: list[str], words: dict[str, tuple[str, float]]) -> str:
@@ -139,31 +169,22 @@ def to_hanzi(text: str) -> str:
     """``text`` (de-obfuscated: lower case, no tone marks) with its pinyin runs replaced by
     Chinese words; text without pinyin comes back unchanged (the same object)."""
     index = pinyin_index()
-    syllables, english = index.syllables, index.english
-    # Cheap gate: some word that splits into syllables and is no English word (known
-    # words answered from a cache, in C).
+    # Cheap gate: some word that reads as pinyin and is no English word (known words
+    # answered from a cache, in C).
     words = _LETTERS.findall(text)
     flags = list(map(_FOREIGN.get, words))
     if None in flags:
-        if len(_FOREIGN) >= 1 << 16:
-            _FOREIGN.clear()
-        for w in words:
-            if w not in _FOREIGN:
-                _FOREIGN[w] = w not in english and _split(w, syllables) is not None
-        flags = list(map(_FOREIGN.get, words))
+        flags = [_foreign(w, index) if f is None else f for w, f in zip(words, flags, strict=True)]
     if not any(flags):
         return text
-    parts: list[str] = []
+    pieces: list[tuple[str, bool]] = []  # (text, converted), in order
     last = 0
     for m in _RUN.finditer(text):
-        sylls: list[str] = []
-        runs: list[tuple[int, int, list[str]]] = []  # (start, end, syllables) of pinyin words
+        runs: list[tuple[int, int, list[str]]] = []  # (start, end, syllables); -1: no pinyin
         for w in _LETTERS.finditer(m.group()):
-            split = _split(w.group(), syllables)
-            if split is None:
-                runs.append((-1, -1, []))
-            else:
-                runs.append((m.start() + w.start(), m.start() + w.end(), split))
+            a, b = m.start() + w.start(), m.start() + w.end()
+            split = _split(w.group(), index.syllables) if _alone(text, a, b) else None
+            runs.append((a, b, split) if split is not None else (-1, -1, []))
         # consecutive pinyin words, each group converted if not all English
         group: list[tuple[int, int, list[str]]] = []
         for item in [*runs, (-1, -1, [])]:
@@ -173,14 +194,40 @@ def to_hanzi(text: str) -> str:
             if (
                 group
                 and sum(len(ss) for _, _, ss in group) >= 2
-                and any(text[a:b] not in english for a, b, _ in group)
+                and any(text[a:b] not in index.english for a, b, _ in group)
             ):
                 sylls = [s for _, _, ss in group for s in ss]
-                parts.append(text[last : group[0][0]])
-                parts.append(_convert(sylls, index.words).strip())
+                pieces.append((text[last : group[0][0]], False))
+                pieces.append((_convert(sylls, index.words).strip(), True))
                 last = group[-1][1]
             group = []
-    if not parts:
+    if not pieces:
         return text
-    parts.append(text[last:])
-    return _CJK_GAP.sub("", "".join(parts))
+    pieces.append((text[last:], False))
+    return "".join(_glued(pieces))
+
+
+def _glued(pieces: list[tuple[str, bool]]) -> list[str]:
+    """The pieces, without the blanks between a converted piece and Chinese characters
+    beside it (as Chinese is written); blanks elsewhere are kept."""
+    out = []
+    for k, (t, converted) in enumerate(pieces):
+        if not converted:
+            left = pieces[k - 1][0][-1:] if k and pieces[k - 1][1] else ""
+            right = pieces[k + 1][0][:1] if k + 1 < len(pieces) and pieces[k + 1][1] else ""
+            if not t.strip():
+                before = pieces[k - 1][0][-1:] if k else ""
+                after = pieces[k + 1][0][:1] if k + 1 < len(pieces) else ""
+                if (left or right) and _is_cjk(before) and _is_cjk(after):
+                    t = ""
+            else:
+                if _is_cjk(left) and _is_cjk(t.lstrip()[:1]):
+                    t = t.lstrip()
+                if _is_cjk(right) and _is_cjk(t.rstrip()[-1:]):
+                    t = t.rstrip()
+        out.append(t)
+    return out
+
+
+def _is_cjk(ch: str) -> bool:
+    return bool(ch) and _CJK_CHAR.match(ch) is not None
