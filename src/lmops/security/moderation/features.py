@@ -18,6 +18,7 @@ from lmops.core.errors import UserError
 from lmops.security.moderation.pinyin import digest as pinyin_digest
 from lmops.security.moderation.pinyin import to_hanzi
 from lmops.security.normalize import normalize_text
+from lmops.text.cjk import HAN
 from lmops.text.words import WORD_RE, word_id
 
 FORMAT = "lmops-moderation-classifier"
@@ -154,7 +155,7 @@ def _trie_regex(keys: Iterable[str], *, words: bool) -> re.Pattern[str] | None:
 
 
 _ENGLISH_WORD = re.compile(r"[a-z]+\Z")
-_CJK_RUN = re.compile(r"[\u3400-\u9fff]+")
+_CJK_RUN = re.compile(f"[{HAN}]+")
 _MAX_CJK = 8  # longer Chinese words (names of institutions, idioms) are read by character
 
 

@@ -31,15 +31,18 @@ import hashlib
 import re
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import NamedTuple
+
+from lmops.text.cjk import HAN_RE
 
 _LETTERS = re.compile(r"[a-z]+")
 # Letters words separated by blanks, apostrophes ("xi'an") or hyphens: a candidate run.
 _RUN = re.compile(r"[a-z]+(?:[ '\-]+[a-z]+)*")
 _MAX_SYLLABLE = 6  # "zhuang", "chuang", "shuang"
+_MAX_LETTERS = 8 * _MAX_SYLLABLE  # a longer "word" is no pinyin (and is not cached)
 _MAX_WORD = 5  # syllables per word of the index looked up
 _UNKNOWN = -30.0  # the log-probability of a syllable left in letters
-_CJK_CHAR = re.compile(r"[\u3400-\u9fff]")
 # Next to a word, these make it part of an address, a path, a number or an identifier.
 _ATTACHED = frozenset("./@:_=?&#%\\~+*$0123456789")
 
@@ -54,7 +57,7 @@ def split_syllables(word: str, syllables: frozenset[str] | set[str]) -> list[str
     """``word`` as pinyin syllables, the fewest that cover it (None: it is not pinyin).
     As pinyin is written, a syllable that starts with a, o or e starts the word: inside a
     word it follows an apostrophe ("xi'an"), so "openai" or "cetacea" is no pinyin."""
-    if len(word) > 8 * _MAX_SYLLABLE:
+    if len(word) > _MAX_LETTERS:
         return None
     n = len(word)
     best: list[list[str] | None] = [None] * (n + 1)
@@ -72,12 +75,15 @@ def split_syllables(word: str, syllables: frozenset[str] | set[str]) -> list[str
     return best[n]
 
 
+def _index_file() -> Traversable:
+    return resources.files("lmops.security").joinpath("resources/moderation/pinyin.tsv.gz")
+
+
 @cache
 def pinyin_index() -> PinyinIndex:
-    path = resources.files("lmops.security").joinpath("resources/moderation/pinyin.tsv.gz")
     words: dict[str, tuple[str, float]] = {}
     english: set[str] = set()
-    with gzip.open(str(path), "rt", encoding="utf-8") as fh:
+    with gzip.open(str(_index_file()), "rt", encoding="utf-8") as fh:
         for line in fh:
             key, _, rest = line.rstrip("\n").partition("\t")
             if key == "!en":
@@ -92,14 +98,12 @@ def pinyin_index() -> PinyinIndex:
 @cache
 def digest() -> str:
     """sha256 of the pinyin index (part of the static tables' digest a model is tied to)."""
-    path = resources.files("lmops.security").joinpath("resources/moderation/pinyin.tsv.gz")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(_index_file().read_bytes()).hexdigest()
 
 
 _SPLITS: dict[str, list[str] | None] = {}  # split_syllables of the index, by word
 _FOREIGN: dict[str, bool] = {}  # word -> it reads as pinyin and is no English word
 _CACHED = 1 << 16  # entries of each cache; words are at most _MAX_LETTERS long
-_MAX_LETTERS = 8 * _MAX_SYLLABLE  # a longer "word" is no pinyin (and is not cached)
 
 
 def _split(word: str, syllables: frozenset[str]) -> list[str] | None:
@@ -133,7 +137,7 @@ def _alone(text: str, start: int, end: int) -> bool:
     address, a path, a number or an identifier ("www.sharen.com", "user123"), nor of a word
     in other letters ("zhadanü")."""
     for ch in (text[start - 1 : start], text[end : end + 1]):
-        if ch and (ch in _ATTACHED or (ch.isalnum() and not _CJK_CHAR.match(ch))):
+        if ch and (ch in _ATTACHED or (ch.isalnum() and not HAN_RE.match(ch))):
             return False
     return True
 
@@ -230,4 +234,4 @@ def _glued(pieces: list[tuple[str, bool]]) -> list[str]:
 
 
 def _is_cjk(ch: str) -> bool:
-    return bool(ch) and _CJK_CHAR.match(ch) is not None
+    return bool(ch) and HAN_RE.match(ch) is not None
