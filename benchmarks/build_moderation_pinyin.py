@@ -47,18 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--english-lists", type=Path, nargs="*", default=ENGLISH_LISTS)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    import jieba
     import numpy as np
+    from distill_moderation_embeddings import jieba_counts  # this folder
     from pypinyin import Style, lazy_pinyin
 
-    from lmops.security import normalize_text
+    from lmops.security.moderation.pinyin import split_syllables
 
-    counts: dict[str, int] = {}
-    for line in (Path(jieba.__file__).parent / "dict.txt").read_text(encoding="utf-8").splitlines():
-        word, freq, *_ = line.split(" ")
-        word = normalize_text(word)
-        if re.fullmatch(r"[\u4e00-\u9fff]+", word):
-            counts[word] = max(counts.get(word, 0), int(freq))
+    counts = jieba_counts()
     words = sorted(counts, key=lambda w: -counts[w])[: args.words]
     total = sum(counts[w] for w in words)
     with np.load(OUT.parent / "embeddings.npz", allow_pickle=False) as z:
@@ -82,8 +77,6 @@ def main(argv: list[str] | None = None) -> int:
             continue
         syllables.update(sylls)
         index.setdefault(" ".join(sylls), (w, math.log(counts[w] / total)))  # most frequent
-    sys.path.insert(0, str(ROOT / "src"))
-    from lmops.security.moderation.pinyin import split_syllables
 
     # English words that read as pinyin ("man", "china", "banana"): alone, never converted.
     also_english = sorted(w for w in english if split_syllables(w, syllables) is not None)

@@ -67,10 +67,9 @@ def english_words() -> list[str]:
     return [t for t in vocab.read_text(encoding="utf-8").split("\n") if re.fullmatch(r"[a-z]+", t)]
 
 
-def chinese_words(n: int) -> list[str]:
-    """The ``n`` most frequent words of jieba's dictionary made of Chinese characters only,
-    normalised as the gateway normalises text (traditional -> simplified), most frequent
-    first."""
+def jieba_counts() -> dict[str, int]:
+    """The words of jieba's dictionary made of Chinese characters only, normalised as the
+    gateway normalises text (traditional -> simplified), with their counts."""
     import jieba
 
     from lmops.security import normalize_text
@@ -82,6 +81,12 @@ def chinese_words(n: int) -> list[str]:
         word = normalize_text(word)
         if re.fullmatch(r"[\u4e00-\u9fff]+", word):
             counts[word] = max(counts.get(word, 0), int(freq))
+    return counts
+
+
+def chinese_words(n: int) -> list[str]:
+    """The ``n`` most frequent words of :func:`jieba_counts`, most frequent first."""
+    counts = jieba_counts()
     return sorted(counts, key=lambda w: -counts[w])[:n]
 
 
