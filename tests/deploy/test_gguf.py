@@ -48,6 +48,19 @@ def sharp(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def _imported(cli: Any, file: Path, name: str) -> Path:
+    """``lmops assets import gguf FILE --name NAME`` (it must succeed); the model's folder."""
+    from lmops.store import Store
+
+    r = cli("assets", "import", "gguf", str(file), "--name", name)
+    assert r.code == 0, r.err
+    store = Store()
+    try:
+        return Path(store.assets.path(name))
+    finally:
+        store.close()
+
+
 def _greedy(model: Any, ids: list[int], n: int = 32) -> list[int]:
     out = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
     return list(out[0, len(ids) :].tolist())
@@ -317,7 +330,6 @@ def test_smollm_digit_splitting_survives_export_and_import(
     from transformers import AutoTokenizer
 
     from lmops.deploy.gguf import write_gguf
-    from lmops.store import Store
 
     digits = tmp_path / "digits"
     shutil.copytree(tiny, digits)
@@ -337,12 +349,7 @@ def test_smollm_digit_splitting_survives_export_and_import(
     (digits / "tokenizer.json").write_text(json.dumps(tj))
     file = tmp_path / "d.gguf"
     write_gguf(digits, file, "f16")  # written as llama.cpp's "smollm" pre-tokenizer
-    assert cli("assets", "import", "gguf", str(file), "--name", "d").code == 0
-    store = Store()
-    try:
-        folder = Path(store.assets.path("d"))
-    finally:
-        store.close()
+    folder = _imported(cli, file, "d")
     src = AutoTokenizer.from_pretrained(str(digits))
     got = AutoTokenizer.from_pretrained(str(folder))
     text = "12+34=46. 50+25=75."
@@ -510,7 +517,6 @@ def test_qwen3_exports_with_its_qk_norms_and_imports_back(
     its reader leaves at 128), and ``lmops assets import gguf`` restores the width itself."""
     from lmops.deploy.gguf import round_like_gguf, write_gguf
     from lmops.models.loading import load_causal_lm
-    from lmops.store import Store
 
     src = _qwen3(qwen2_tok, tmp_path / "q3")
     file = tmp_path / "q3.f16.gguf"
@@ -529,12 +535,7 @@ def test_qwen3_exports_with_its_qk_norms_and_imports_back(
     x = torch.tensor([[5, 17, 42, 7, 99, 3, 250, 11]])
     with torch.no_grad():
         assert (read(x).logits - source(x).logits).abs().max().item() < 1e-2
-    assert cli("assets", "import", "gguf", str(file), "--name", "q3").code == 0
-    store = Store()
-    try:
-        folder = Path(store.assets.path("q3"))
-    finally:
-        store.close()
+    folder = _imported(cli, file, "q3")
     imported = load_causal_lm(folder)
     assert imported.config.head_dim == 16
     with torch.no_grad():
@@ -646,12 +647,7 @@ def test_llama3_rope_gguf_imports_back_with_its_rope_scaling(
     src = _llama3(tiny, tmp_path / "l3")
     file = tmp_path / "l3.f16.gguf"
     gguf_mod.write_gguf(src, file, "f16")
-    assert cli("assets", "import", "gguf", str(file), "--name", "l3").code == 0
-    store = Store()
-    try:
-        folder = Path(store.assets.path("l3"))
-    finally:
-        store.close()
+    folder = _imported(cli, file, "l3")
     model, source = load_causal_lm(folder), load_causal_lm(src)
     rope = model.config.rope_parameters
     assert rope["rope_type"] == "llama3" and rope["factor"] == 8.0
@@ -841,7 +837,6 @@ def test_lmops_sentencepiece_tokenizer_round_trips_through_import(
     from transformers import AutoTokenizer
 
     from lmops.deploy.gguf import write_gguf
-    from lmops.store import Store
 
     src = _lmops_sp_model(lmops_sp_tok, tmp_path / "m")
     file = tmp_path / "lsp.f16.gguf"
@@ -850,12 +845,7 @@ def test_lmops_sentencepiece_tokenizer_round_trips_through_import(
     assert fields["tokenizer.ggml.model"] == "llama"
     assert fields["tokenizer.ggml.add_space_prefix"] is False
     assert fields["tokenizer.ggml.token_type"][:5] == [2, 3, 3, 3, 3]  # <unk>, ChatML specials
-    assert cli("assets", "import", "gguf", str(file), "--name", "lsp").code == 0
-    store = Store()
-    try:
-        folder = Path(store.assets.path("lsp"))
-    finally:
-        store.close()
+    folder = _imported(cli, file, "lsp")
     tok, got = AutoTokenizer.from_pretrained(str(src)), AutoTokenizer.from_pretrained(str(folder))
     for p in [*MORE_PROMPTS, *SP_TEXTS, "<|im_start|>user\nhi<|im_end|>", " x "]:
         ids = tok(p)["input_ids"]
