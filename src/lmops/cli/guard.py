@@ -100,18 +100,35 @@ def eval_cmd(
     threshold: Annotated[
         float | None, typer.Option(help="Threshold (default: the model's).")
     ] = None,
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="The second stage, as the gateway's classifier_encoder: builtin, off or an "
+            "encoder file (.npz)."
+        ),
+    ] = "builtin",
     as_json: JsonOpt = False,
 ) -> None:
-    """Recall on harmful rows and false positives on benign rows, at the model's threshold."""
+    """Recall on harmful rows and false positives on benign rows, at the model's threshold
+    (with the second stage deciding the rows the model is unsure of, as the gateway does)."""
     from lmops.security import moderation
+    from lmops.security.moderation.encoder import builtin_encoder, load_encoder
 
     m = moderation.builtin_model() if model == "builtin" else moderation.load_model(model)
+    stage = (
+        None
+        if encoder == "off"
+        else builtin_encoder()
+        if encoder == "builtin"
+        else load_encoder(encoder)
+    )
     rows = [r for r in moderation.read_labeled(data) if split is None or r.split == split]
-    result = moderation.evaluate(m, rows, threshold=threshold, by=by or ["lang"])
+    result = moderation.evaluate(m, rows, threshold=threshold, by=by or ["lang"], encoder=stage)
     if as_json:
         print_json(result)
         return
+    second = "" if stage is None else f" (second stage: {stage.path.name})"
     console.print(
-        f"{len(rows)} rows, threshold {result['threshold']}: recall {result['recall']}, "
+        f"{len(rows)} rows, threshold {result['threshold']}{second}: recall {result['recall']}, "
         f"false-positive rate {result['false_positive_rate']}"
     )

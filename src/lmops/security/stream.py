@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from lmops.security import moderation
 from lmops.security.config import CONTENT_FILTER
 from lmops.security.guard import _apply_masks
+from lmops.security.moderation.encoder import Deferred
 from lmops.security.normalize import _CJK, _GAP, normalize_text
 from lmops.security.terms import _is_word_char
 from lmops.text.pii import PiiSpan, detect_pii
@@ -297,6 +298,7 @@ class StreamGuard:
             return "", self.stopped
         if self._passthrough:
             return delta, False
+        before = (self._pending, self._total, len(self._text), self._judged)
         self._pending += delta
         self._total += len(delta)
         if self._moderate:
@@ -307,8 +309,13 @@ class StreamGuard:
                 if self._total - self._judged >= _CLASSIFY_EVERY:
                     self._judged = self._total
                     window = "".join(self._text)[-_CLASSIFY_WINDOW:]
-                    if self._classified(window):
-                        return "", True
+                    try:
+                        if self._classified(window):
+                            return "", True
+                    except Deferred:  # fed again on a thread: as if this one never came
+                        self._pending, self._total, kept, self._judged = before
+                        del self._text[kept:]
+                        raise
         return self._release(final=False), False
 
     def finish(self) -> str:
@@ -322,8 +329,12 @@ class StreamGuard:
         if self._moderate:
             if self._terms(final=True):
                 return ""
-            if self._classify and self._total and self._classified("".join(self._text)):
-                return ""
+            try:
+                if self._classify and self._total and self._classified("".join(self._text)):
+                    return ""
+            except Deferred:  # finished again on a thread
+                self._finished = False
+                raise
         out = self._release(final=True)
         if self._pii:
             actions = [

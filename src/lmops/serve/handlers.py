@@ -34,6 +34,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from lmops.models.types import TokenLogprob
+from lmops.security.moderation.encoder import Deferred, deferred
 from lmops.serve import tools
 from lmops.serve.backends import Backend, Generation, Job, approx_tokens
 from lmops.serve.protocol import (
@@ -59,11 +60,24 @@ INLINE_GUARD_CHARS = 16_384
 async def _off_loop_if_big(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args[:-1])``, on a worker thread when the text it checks (``args[-1]``
     characters) is big enough to delay other requests, inline otherwise (a thread hop costs
-    more than checking a short text)."""
+    more than checking a short text) unless the moderation encoder must read it."""
     *call, chars = args
     if chars > INLINE_GUARD_CHARS:
         return await asyncio.to_thread(fn, *call)
-    return fn(*call)
+    return await _inline_unless_deferred(fn, *call)
+
+
+async def _inline_unless_deferred(fn: Callable[..., T], *call: Any) -> T:
+    """``fn(*call)`` inline; again on a worker thread where the moderation encoder would
+    have read a text (tens of milliseconds that would hold up every other request: see
+    :func:`lmops.security.moderation.encoder.deferred`). ``fn`` leaves no trace when it
+    is deferred (the guard records its actions once it has decided)."""
+    with deferred():
+        try:
+            return fn(*call)
+        except Deferred:
+            pass
+    return await asyncio.to_thread(fn, *call)
 
 
 class Final(str):
@@ -452,20 +466,20 @@ class Handlers:
                 first_token = time.perf_counter()
                 ctx.first_token(first_token - started)
 
-        def close(i: int, reason: str, out: list[str]) -> None:
+        async def close(i: int, reason: str, out: list[str]) -> None:
             """End choice ``i``: what its guard held back, then its finish reason."""
             guard = guards.get(i) or guards.setdefault(i, ctx.stream_guard())
             held, _ = split(i, "", end=reason)  # content held back as a possible call start
             if relayed.get(i) and not call_chunks(i, tools.collected_calls(relayed.pop(i)), out):
                 reason = "content_filter"
             if held:
-                text, stop_now = guard.feed(held)
+                text, stop_now = await _inline_unless_deferred(guard.feed, held)
                 emitted(text, i)
                 if text:
                     out.append(chunk(i, text, None))
                 if stop_now:
                     reason = "content_filter"
-            tail = guard.finish()
+            tail = await _inline_unless_deferred(guard.finish)
             entries = releases[i].sent(tail) if i in releases else []
             emitted(tail, i)
             if tail or entries:
@@ -487,7 +501,11 @@ class Handlers:
                     guard = guards.get(i) or guards.setdefault(i, ctx.stream_guard())
                     if ev.text or ev.logprobs or ev.extra:
                         piece, calls = split(i, ev.text)
-                        text, stop_now = guard.feed(piece) if piece else ("", False)
+                        text, stop_now = (
+                            await _inline_unless_deferred(guard.feed, piece)
+                            if piece
+                            else ("", False)
+                        )
                         entries: list[TokenLogprob] = []
                         if job.logprobs:
                             release = releases.setdefault(i, LogprobRelease())
@@ -519,7 +537,7 @@ class Handlers:
                         yield "".join(out)
                         return
                     if ev.finish_reason is not None:
-                        close(i, ev.finish_reason, out)
+                        await close(i, ev.finish_reason, out)
                         filtered = filtered or guard.stopped
                 if out:
                     yield "".join(out)
@@ -528,7 +546,7 @@ class Handlers:
             out = []
             for i in range(job.n):  # a stream that ended without a choice's last word
                 if i not in done:
-                    close(i, "stop", out)
+                    await close(i, "stop", out)
             if job.include_usage:
                 prompt, completion = gen.prompt_tokens, gen.completion_tokens
                 usage = {

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from lmops.core.errors import UserError
 from lmops.core.jsonl import json_objects
+from lmops.security.moderation.encoder import Encoder
 from lmops.security.moderation.features import (
     DEFAULT_BITS,
     DEFAULT_POWER,
@@ -474,10 +475,17 @@ def evaluate(
     *,
     threshold: float | None = None,
     by: Sequence[str] = (),
+    encoder: Encoder | None = None,
 ) -> dict[str, Any]:
     """Recall on harmful rows and false-positive rate on benign rows at ``threshold``
-    (default: the model's), overall and per value of each ``info`` field in ``by``."""
+    (default: the model's), overall and per value of each ``info`` field in ``by``; with
+    ``encoder``, a row the model is unsure of is the encoder's to decide, as in the guard."""
     t = model.threshold if threshold is None else threshold
+
+    def flagged(text: str) -> bool:
+        deep = deobfuscate(_normalize(text))
+        p = model.prob_stats(model.stats(deep))
+        return p >= t or (encoder is not None and encoder.flags(p, t, deep))
 
     def tally(pairs: list[tuple[LabeledText, bool]]) -> dict[str, Any]:
         pos = [hit for r, hit in pairs if r.harmful]
@@ -489,8 +497,11 @@ def evaluate(
             "false_positive_rate": sum(neg) / len(neg) if neg else None,
         }
 
-    pairs = [(r, model.prob(r.text) >= t) for r in rows]
+    pairs = [(r, flagged(r.text)) for r in rows]
     out: dict[str, Any] = {"threshold": t, **tally(pairs)}
+    if encoder is not None:
+        out["encoder"] = {"path": str(encoder.path), "low": encoder.low,
+                          "threshold": encoder.threshold}  # fmt: skip
     for name in by:
         groups: dict[str, list[tuple[LabeledText, bool]]] = {}
         for r, hit in pairs:
