@@ -247,12 +247,13 @@ class Guardrails:
         unsure (its P(harmful) in the encoder's band, under the threshold in use), the
         encoder decides: a text it finds harmful scores the threshold."""
         enc = self._encoder
-        if enc is not None:
-            p, t = m.prob_stats(stats), self.classifier_threshold
-            if enc.decides(p, t, deep):
-                assert deep is not None  # (decides() says so)
-                return {m.category(deep): max(p, t)} if enc.flags(p, t, deep) else {}
-        return m.verdict(stats, deep)
+        if enc is None:
+            return m.verdict(stats, deep)
+        p, t = m.prob_stats(stats), self.classifier_threshold
+        if enc.decides(p, t, deep):
+            assert deep is not None  # (decides() says so)
+            return {m.category(deep): max(p, t)} if enc.flags(p, t, deep) else {}
+        return m.verdict(stats, deep, p)
 
     def _classify(self, text: str, direction: str) -> dict[str, float]:
         """A classifier callable's verdict on ``text`` (``{}`` on an error, counted)."""

@@ -137,11 +137,14 @@ class ModerationModel:
             return {}
         return self.verdict(s, deobfuscated)
 
-    def verdict(self, s: TextStats, deobfuscated: str | None) -> dict[str, float]:
-        """``{category: P(harmful)}`` of a text with stats ``s``; the category heads read
-        ``deobfuscated`` and run only for a likely harmful text (nearly all traffic is
-        clearly benign)."""
-        p = self.prob_stats(s)
+    def verdict(
+        self, s: TextStats, deobfuscated: str | None, p: float | None = None
+    ) -> dict[str, float]:
+        """``{category: P(harmful)}`` of a text with stats ``s`` (``p``: its P(harmful),
+        where the caller has it); the category heads read ``deobfuscated`` and run only for
+        a likely harmful text (nearly all traffic is clearly benign)."""
+        if p is None:
+            p = self.prob_stats(s)
         if not self.categories:
             return {HARMFUL: p}
         if p < 0.5 * self.threshold or deobfuscated is None:
