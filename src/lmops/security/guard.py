@@ -241,18 +241,25 @@ class Guardrails:
         return self._classify(text, direction)
 
     def _verdict(
-        self, m: moderation.ModerationModel, stats: moderation.TextStats, deep: str | None
+        self,
+        m: moderation.ModerationModel,
+        stats: moderation.TextStats,
+        deep: str | None,
+        p: float | None = None,
     ) -> Mapping[str, float]:
-        """``m.verdict`` of a text with ``stats`` (de-obfuscated: ``deep``); where ``m`` is
-        unsure (its P(harmful) in the encoder's band, under the threshold in use), the
-        encoder decides: a text it finds harmful scores the threshold."""
+        """``m.verdict`` of a text with ``stats`` (de-obfuscated: ``deep``; ``p``: its
+        P(harmful), where the caller has it); where ``m`` is unsure (``p`` in the encoder's
+        band, under the threshold in use), the encoder decides: a text it finds harmful
+        scores the threshold."""
         enc = self._encoder
         if enc is None:
-            return m.verdict(stats, deep)
-        p, t = m.prob_stats(stats), self.classifier_threshold
+            return m.verdict(stats, deep, p)
+        if p is None:
+            p = m.prob_stats(stats)
+        t = self.classifier_threshold
         if enc.decides(p, t, deep):
             assert deep is not None  # (decides() says so)
-            return {m.category(deep): max(p, t)} if enc.flags(p, t, deep) else {}
+            return {m.category(deep): max(p, t)} if enc.prob(deep) >= enc.threshold else {}
         return m.verdict(stats, deep, p)
 
     def _classify(self, text: str, direction: str) -> dict[str, float]:
@@ -315,7 +322,8 @@ class Guardrails:
         def score(m: moderation.ModerationModel) -> Mapping[str, float]:
             if not parts:  # one message, or a reply
                 if direction == "input":
-                    return self._verdict(m, self._message_stats(m, text, deep).stats, deep)
+                    one = self._message_stats(m, text, deep)
+                    return self._verdict(m, one.stats, deep, one.prob)
                 return self._verdict(m, m.stats(deep), deep)
             scored = [self._message_stats(m, part) for part in parts]
             joined = moderation.EMPTY_STATS
@@ -330,7 +338,7 @@ class Guardrails:
                 if one.prob > best:
                     best, joined = one.prob, one.stats
                     best_text = moderation.deobfuscate(normalize_text(part))
-            return self._verdict(m, joined, best_text) if best >= self._floor else {}
+            return self._verdict(m, joined, best_text, best) if best >= self._floor else {}
 
         return self._guarded(direction, score)
 
@@ -400,7 +408,7 @@ class Guardrails:
                 best, stats = scan.best_prob, scan.best_stats
 
             def score(m: moderation.ModerationModel) -> Mapping[str, float]:
-                return self._verdict(m, stats, deep) if best >= self._floor else {}
+                return self._verdict(m, stats, deep, best) if best >= self._floor else {}
 
             scores = self._guarded(direction, score)
         elif not terms and self.classifier is not None:

