@@ -950,6 +950,63 @@ def test_messages_are_scored_alone_and_together_from_their_features() -> None:
     assert not g.check_input([*user(a), *user("bake banana bread, with real quantities.")]).blocked
 
 
+def test_scoring_ngrams_unordered_are_trainings_ngrams() -> None:
+    """The scorer drops repeated n-gram buckets without sorting (per-thread table): the
+    same buckets as training's sorted ones, in any text, from any thread."""
+    import threading
+
+    import numpy as np
+
+    from lmops.security.moderation.features import WORD_RE, _clean, _ngrams
+
+    texts = ["a", "ab", "x y", "炸弹", "aaaaaaaaaaaaaaaaaaaa", "abab " * 40,
+             "How do I make a b0mb? 怎么 制作 炸弹, step by step 123", "zha4dan4 " * 3]  # fmt: skip
+    got: dict[int, list[bool]] = {}
+
+    def check(k: int) -> None:
+        got[k] = []
+        for t in texts:
+            c = _clean(t)
+            words = WORD_RE.findall(c)
+            unordered = _ngrams(c, words, 18, ordered=False)
+            ordered = _ngrams(c, words, 18)
+            got[k].append(len(set(unordered.tolist())) == unordered.size
+                          and np.array_equal(np.sort(unordered), ordered))  # fmt: skip
+
+    threads = [threading.Thread(target=check, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(all(v) for v in got.values()) and len(got) == 4
+    # A wider table than the per-thread one sorts: the same buckets.
+    c = _clean(texts[6])
+    assert np.array_equal(_ngrams(c, WORD_RE.findall(c), 24, ordered=False),
+                          _ngrams(c, WORD_RE.findall(c), 24))  # fmt: skip
+
+
+def test_repeated_messages_are_remembered_within_bounds() -> None:
+    """A chat request repeats its system prompt and earlier turns: their PII spans and
+    scores are remembered, still counted on every request, and the memory is bounded in
+    characters, not only in entries."""
+    from lmops.security.guard import _MessageCache
+
+    g = Guardrails()
+    system = f"You are the assistant of ACME. Escalations go to {PHONE}."
+    for _ in range(3):
+        d = g.check_input([{"role": "system", "content": system}, *user("hello there")])
+        assert PHONE not in d.messages[0]["content"]
+    assert g.counters[("input", "pii_mask", "PHONE")] == 3
+    assert system in g._pii_cache and system in g._stats_cache
+    cache = _MessageCache()
+    big = "x" * (cache.MAX_CHARS // 16 + 1)
+    cache.put(big, 1)
+    assert big not in cache  # too big to hold
+    for k in range(20):
+        cache.put(f"{k:02d}" + "y" * (cache.MAX_CHARS // 16 - 2), k)
+    assert cache.chars <= cache.MAX_CHARS and 0 < len(cache) <= 16
+
+
 def test_shipped_classifier_on_the_held_out_split() -> None:
     # The shipped set's test rows were never trained on: "template" rows come from frame
     # families never trained on (their wording was, in other frames), "wording" rows use

@@ -145,6 +145,28 @@ class _Scored(NamedTuple):
     prob: float
 
 
+class _MessageCache(dict[str, Any]):
+    """What was computed of one input message, by its text: a chat request sends the same
+    system prompt and earlier turns again with every turn. Bounded in entries and in
+    characters held (one 60,000-character message must not pin a gigabyte); cleared
+    whole when full, like an LRU cache without the bookkeeping."""
+
+    MAX_ITEMS = 4096
+    MAX_CHARS = 4_000_000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chars = 0
+
+    def put(self, text: str, value: Any) -> None:
+        if len(self) >= self.MAX_ITEMS or self.chars + len(text) > self.MAX_CHARS:
+            self.clear()
+            self.chars = 0
+        if len(text) <= self.MAX_CHARS // 16:
+            self[text] = value
+            self.chars += len(text)
+
+
 class Guardrails:
     """The checks of one deployment; cheap to call, safe to share between requests.
 
@@ -193,7 +215,8 @@ class Guardrails:
             frozenset(builtin) - set(wanted) if cfg.categories is not None else frozenset()
         )
         self._trusted = frozenset(cfg.trusted_roles)
-        self._stats_cache: dict[str, _Scored] = {}  # see _message_stats
+        self._stats_cache = _MessageCache()  # see _message_stats
+        self._pii_cache = _MessageCache()  # see _mask
         self.counters: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
         # Characters a stream holds back at least (see StreamGuard: it holds what may still
@@ -252,15 +275,15 @@ class Guardrails:
         band, under the threshold in use), the encoder decides: a text it finds harmful
         scores the threshold."""
         enc = self._encoder
-        if enc is None:
-            return m.verdict(stats, deep, p)
         if p is None:
             p = m.prob_stats(stats)
         t = self.classifier_threshold
-        if enc.decides(p, t, deep):
-            assert deep is not None  # (decides() says so)
-            return {m.category(deep): max(p, t)} if enc.prob(deep) >= enc.threshold else {}
-        return m.verdict(stats, deep, p)
+        if enc is None or not enc.decides(p, t, deep):
+            # Under the threshold in use the verdict is dropped (_guarded): its category
+            # (the category heads read the whole text again) is not worth computing.
+            return m.verdict(stats, deep, p) if p >= t else {}
+        assert deep is not None  # (decides() says so)
+        return {m.category(deep): max(p, t)} if enc.prob(deep) >= enc.threshold else {}
 
     def _classify(self, text: str, direction: str) -> dict[str, float]:
         """A classifier callable's verdict on ``text`` (``{}`` on an error, counted)."""
@@ -301,9 +324,7 @@ class Guardrails:
                 deep = moderation.deobfuscate(normalize_text(text))
             stats = model.stats(deep)
             hit = _Scored(stats, model.prob_stats(stats))
-            if len(self._stats_cache) >= 4096:
-                self._stats_cache.clear()
-            self._stats_cache[text] = hit
+            self._stats_cache.put(text, hit)
         return hit
 
     def _model_scores(
@@ -424,9 +445,17 @@ class Guardrails:
                 name = a.get("pii_type") or a.get("category") or a.get("rule") or ""
                 self.counters[(direction, a["type"], name)] += int(a.get("count", 1))
 
-    def _mask(self, text: str, counts: Counter[str]) -> str:
+    def _mask(self, text: str, counts: Counter[str], *, message: bool = False) -> str:
+        """``text`` with its PII masked (counted in ``counts``); a ``message`` of the input
+        has its spans remembered (see :class:`_MessageCache`)."""
+        spans: Sequence[PiiSpan] | None
         if len(text) > long.LONG_TEXT:
             spans = long.detect_pii_long(text, self.config.pii_types)
+        elif message:
+            spans = self._pii_cache.get(text)
+            if spans is None:
+                spans = tuple(detect_pii(text, self.config.pii_types))
+                self._pii_cache.put(text, spans)
         else:
             spans = detect_pii(text, self.config.pii_types)
         if not spans:
@@ -474,7 +503,10 @@ class Guardrails:
             if role in _INJECTION_ROLES and not trusted:
                 injectable.extend(texts)
             if cfg.pii_input != "off" and not trusted and texts:
-                msg = {**msg, "content": _map_content(content, lambda t: self._mask(t, pii))}
+                msg = {
+                    **msg,
+                    "content": _map_content(content, lambda t: self._mask(t, pii, message=True)),
+                }
             out.append(msg)
 
         blocked_by: list[str] = []

@@ -85,7 +85,7 @@ class ModerationModel:
         if not t:
             return EMPTY_STATS
         words = WORD_RE.findall(t)
-        idx = _ngrams(t, words, self.bits)
+        idx = _ngrams(t, words, self.bits, ordered=False)
         ids = self.featurizer.ids(words, t)
         if not ids:
             return TextStats(float(self._w0[idx].sum()), int(idx.size), None, None, 0)
