@@ -218,9 +218,10 @@ class Featurizer:
         sizes: dict[str, set[int]] = {}
         for w in self._cjk:
             if 1 < len(w) <= _MAX_CJK:
-                sizes.setdefault(w[0], set()).add(len(w))
-        # first character -> the lengths of the words of 2+ characters it starts, longest first
-        self._sizes = {ch: sorted(n, reverse=True) for ch, n in sizes.items()}
+                sizes.setdefault(w[:2], set()).add(len(w))
+        # first two characters -> the lengths of the words of 2+ characters they start,
+        # longest first (by two characters: few words share them, so few lengths are tried)
+        self._sizes = {pair: sorted(n, reverse=True) for pair, n in sizes.items()}
         self._phrases = _trie_regex(latin, words=True)
         self._mixed = _trie_regex(mixed, words=False)
         # Words of the phrases that are no English word ("zha" of "zha dan"): the phrase
@@ -261,16 +262,15 @@ class Featurizer:
         out: list[int] = []
         i, n = 0, len(run)
         while i < n:
-            ch = run[i]
             # (a slice past the end is shorter: a word then, it is also one of the sizes)
-            for size in sizes(ch, ()):
+            for size in sizes(run[i : i + 2], ()):
                 r = get(run[i : i + size])
                 if r is not None:
                     out.extend(r)
                     i += size
                     break
             else:
-                r = get(ch)
+                r = get(run[i])
                 if r is not None:
                     out.extend(r)
                 i += 1
