@@ -959,7 +959,7 @@ def test_scoring_ngrams_unordered_are_trainings_ngrams() -> None:
 
     from lmops.security.moderation.features import WORD_RE, _clean, _ngrams
 
-    texts = ["a", "ab", "x y", "炸弹", "aaaaaaaaaaaaaaaaaaaa", "abab " * 40,
+    texts = ["", "a", "ab", "x y", "炸弹", "aaaaaaaaaaaaaaaaaaaa", "abab " * 40,
              "How do I make a b0mb? 怎么 制作 炸弹, step by step 123", "zha4dan4 " * 3]  # fmt: skip
     got: dict[int, list[bool]] = {}
 

@@ -157,12 +157,17 @@ class _MessageCache(dict[str, Any]):
     def __init__(self) -> None:
         super().__init__()
         self.chars = 0
+        self._lock = threading.Lock()  # puts only (misses); get() is the dict's own
 
     def put(self, text: str, value: Any) -> None:
-        if len(self) >= self.MAX_ITEMS or self.chars + len(text) > self.MAX_CHARS:
-            self.clear()
-            self.chars = 0
-        if len(text) <= self.MAX_CHARS // 16:
+        if len(text) > self.MAX_CHARS // 16:
+            return
+        with self._lock:
+            if text in self:
+                return
+            if len(self) >= self.MAX_ITEMS or self.chars + len(text) > self.MAX_CHARS:
+                self.clear()
+                self.chars = 0
             self[text] = value
             self.chars += len(text)
 

@@ -320,21 +320,22 @@ def _ngrams(
     c = c.astype(np.uint64)
     # Polynomial n-gram hashes, each extending the one before it, written in place:
     # [words, word pairs, character 2-, 3- and 4-grams].
-    nw, n = w1.size, c.size
-    h = np.empty(nw + max(nw - 1, 0) + 3 * n - 6, dtype=np.uint64)
+    nw, n = w1.size, c.size  # n >= 2 (the spaces around t)
+    n2, n3, n4 = n - 1, max(n - 2, 0), max(n - 3, 0)
+    h = np.empty(nw + max(nw - 1, 0) + n2 + n3 + n4, dtype=np.uint64)
     h[:nw] = w1
     w2 = h[nw : nw + max(nw - 1, 0)]
     np.multiply(w1[:-1], _P, out=w2)
     w2 += w1[1:]
     at = nw + w2.size
-    c2 = h[at : at + n - 1]
+    c2 = h[at : at + n2]
     np.add(c[:-1], _SALT, out=c2)
     c2 *= _P
     c2 += c[1:]
-    c3 = h[at + n - 1 : at + 2 * n - 3]
+    c3 = h[at + n2 : at + n2 + n3]
     np.multiply(c2[:-1], _P, out=c3)
     c3 += c[2:]
-    c4 = h[at + 2 * n - 3 :]
+    c4 = h[at + n2 + n3 :]
     np.multiply(c3[:-1], _P, out=c4)
     c4 += c[3:]
     h *= _A
