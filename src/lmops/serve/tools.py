@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -482,9 +483,12 @@ def finish_reason(reason: str, calls: list[dict[str, Any]]) -> str:
     return "tool_calls" if calls and reason == "stop" else reason
 
 
-def guard_calls(check: Any, calls: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
-    """``calls`` with their arguments through the output guardrails (``check``:
-    ``ctx.check_output``), and whether one was blocked (then no call goes out)."""
+async def guard_calls(
+    check: Callable[[str], Awaitable[tuple[str, bool]]], calls: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], bool]:
+    """``calls`` with their arguments through the output guardrails (``check``: an async
+    ``ctx.check_output``, one call's arguments at a time, so that each check may move to a
+    worker thread on its own), and whether one was blocked (then no call goes out)."""
     out = []
     for call in calls:
         fn = call.get("function") if isinstance(call, dict) else None
@@ -492,7 +496,7 @@ def guard_calls(check: Any, calls: list[dict[str, Any]]) -> tuple[list[dict[str,
         if fn is None or not isinstance(args, str):
             out.append(call)
             continue
-        text, blocked = check(args)
+        text, blocked = await check(args)
         if blocked:
             return [], True
         out.append({**call, "function": {**fn, "arguments": text}})
