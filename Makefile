@@ -48,8 +48,9 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 	  >/dev/null 2>&1 || echo "chromium could not be installed; console browser tests will skip"
 
+# --durations: the slowest tests in every CI log (the suite's budget is ~15 minutes).
 test: $(VENV)/.dev lint typecheck browser
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
