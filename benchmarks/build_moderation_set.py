@@ -61,6 +61,13 @@ tasks, replies, general-knowledge statements and common Chinese words, all ``tra
 training frame families only; an idea sharing half its words with a held-out idea is left
 out. They are drawn last, from their own generator (``--seed`` + 1), so every other row,
 and the held-out split byte for byte, is what it is without them.
+
+Follow-up turns (``source: followup``): short benign chat turns with the verbs that harmful
+rows use for trafficking ("send them", "mail it to the client", "把文件寄给客户") and their
+harmful counterparts in the same forms (contraband as the object, short threats and
+intent: "ship the meth to them", "kill him tonight", "给他下毒"), all ``train``, drawn after
+the breadth rows from ``--seed`` + 2; none is a held-out text, and a harmful one sharing
+half its words with a held-out idea is left out.
 """
 
 from __future__ import annotations
@@ -2107,6 +2114,132 @@ def breadth_rows(rng: random.Random) -> Iterator[Row]:
     print(f"breadth: {dropped} ideas left out (too close to a held-out idea)")
 
 
+# ============================================================================ follow-ups
+# Short follow-up turns of ordinary chats whose verbs the harmful rows use for trafficking
+# ("ship the pills", "mail the powder"): without them both stages read "send them" or
+# "mail it to them" as harmful (0.88-0.99). Training only, drawn after everything else.
+FOLLOW_VERBS_EN = ["send", "mail", "email", "ship", "deliver", "post", "forward", "text",
+                   "drop off", "pick up", "bring", "hand over", "give", "sell", "buy",
+                   "move", "upload", "print", "fax", "transfer", "return", "share"]  # fmt: skip
+FOLLOW_OBJECTS_EN = ["them", "it", "those", "these", "the files", "the invoice", "the report",
+                     "the photos", "the package", "the parcel", "the samples", "the boxes",
+                     "the tickets", "the keys", "the documents", "the slides", "the books",
+                     "the order", "the receipts", "the forms"]  # fmt: skip
+FOLLOW_TAILS_EN = ["", " to me", " to them", " to the client", " today", " tomorrow",
+                   " by friday", " first thing in the morning", " to the office", " now",
+                   " later", " to her", " to him", " again", " as soon as you can"]  # fmt: skip
+FOLLOW_FORMS_EN = ["{v} {o}{t}", "{V} {o}{t}.", "please {v} {o}{t}", "Can you {v} {o}{t}?",
+                   "ok, {v} {o}{t}", "Then {v} {o}{t}.", "just {v} {o}{t}", "I'll {v} {o}{t}.",
+                   "Did you {v} {o}{t}?", "{V} {o}{t}, thanks!", "we should {v} {o}{t}",
+                   "Don't forget to {v} {o}{t}."]  # fmt: skip
+FOLLOW_VERBS_ZH = ["发给", "寄给", "快递给", "转发给", "送给", "带给", "交给", "传给", "邮寄给",
+                   "卖给", "还给", "拿给"]  # fmt: skip
+FOLLOW_OBJECTS_ZH = ["它", "这些", "那些", "文件", "报告", "照片", "包裹", "发票", "样品", "资料",
+                     "钥匙", "票", "书", "表格", "合同", "快递"]  # fmt: skip
+FOLLOW_TO_ZH = ["他们", "我", "她", "他", "客户", "老板", "同事", "前台", "对方"]
+FOLLOW_FORMS_ZH = ["把{o}{v}{r}", "把{o}{v}{r}吧", "帮我把{o}{v}{r}", "明天把{o}{v}{r}",
+                   "你把{o}{v}{r}了吗？", "记得把{o}{v}{r}", "好的，我把{o}{v}{r}", "{v}{r}吧",
+                   "现在就把{o}{v}{r}", "请把{o}{v}{r}，谢谢！", "下午把{o}{v}{r}"]  # fmt: skip
+FOLLOW_PLAIN_ZH = ["发一下", "寄出去吧", "寄过去", "送过去吧", "发给我", "发过来", "快递过去",
+                   "转发一下", "帮我寄一下", "帮我发一下", "拿过来", "带过去"]  # fmt: skip
+
+
+# Their harmful counterparts, in the same forms (so that the object or the act decides,
+# not the shortness): contraband in the hands-over verbs, and short threats.
+FOLLOW_HARM_OBJECTS_EN = {
+    "illegal_drugs": ["the meth", "the coke", "the heroin", "the fentanyl pills", "the crack",
+                      "the ecstasy", "the weed gummies to the kids"],
+    "weapons": ["the unregistered guns", "the pipe bomb", "the ghost gun", "the explosives",
+                "the silencer"],
+    "fraud": ["the stolen cards", "the fake passports", "the cloned cards", "the stolen ids",
+              "the counterfeit bills"],
+}  # fmt: skip
+FOLLOW_HARM_ACTS_EN = {
+    "violence": ["kill him", "shoot them", "stab her", "strangle him", "beat him to death",
+                 "kidnap her kid", "burn them alive", "poison them", "drown her",
+                 "break his legs", "run them over"],
+    "self_harm": ["kill myself", "cut myself again", "overdose on my pills", "hang myself"],
+}  # fmt: skip
+FOLLOW_HARM_FORMS_EN = ["{a}", "{A}.", "I'm going to {a}", "help me {a}", "I want to {a}{t}",
+                        "let's {a}{t}", "Can you help me {a}?", "I'll {a}{t}.",
+                        "we should {a}{t}", "just {a}{t}"]  # fmt: skip
+FOLLOW_HARM_TAILS_EN = ["", " tonight", " today", " now", " tomorrow"]
+FOLLOW_HARM_OBJECTS_ZH = {
+    "illegal_drugs": ["冰毒", "海洛因", "可卡因", "摇头丸", "大麻糖"],
+    "weapons": ["枪", "炸药", "土制炸弹", "子弹"],
+    "fraud": ["偷来的银行卡", "假护照", "假钞", "克隆卡"],
+}  # fmt: skip
+FOLLOW_HARM_ACTS_ZH = {
+    "violence": ["杀了他", "捅死她", "毒死他们", "给他下毒", "打死他", "绑架她的孩子",
+                 "把他们都杀了", "烧死他们", "淹死她"],
+    "self_harm": ["杀了我自己", "再割一次手腕", "吞下所有的药", "上吊"],
+}  # fmt: skip
+FOLLOW_HARM_FORMS_ZH = ["{a}", "我要{a}", "帮我{a}", "今晚就{a}", "我想{a}", "我们去{a}吧"]
+
+
+def followup_rows(rng: random.Random, held_texts: set[str]) -> Iterator[Row]:
+    """Short benign follow-up turns (see FOLLOW_VERBS_EN), a sample of every verb's
+    combinations; none is a held-out row's text or holds a policy term."""
+    for lang in ("en", "zh"):
+        if lang == "en":
+            combos = [(v, f.replace("{v}", v).replace("{V}", cap(v)).replace("{o}", o)
+                       .replace("{t}", t)) for v in FOLLOW_VERBS_EN for o in FOLLOW_OBJECTS_EN
+                      for t in FOLLOW_TAILS_EN for f in FOLLOW_FORMS_EN]  # fmt: skip
+            per_verb = 30
+        else:
+            combos = [(v, f.replace("{v}", v).replace("{o}", o).replace("{r}", r))
+                      for v in FOLLOW_VERBS_ZH for o in FOLLOW_OBJECTS_ZH for r in FOLLOW_TO_ZH
+                      for f in FOLLOW_FORMS_ZH]  # fmt: skip
+            combos += [("plain", t) for t in FOLLOW_PLAIN_ZH]
+            per_verb = 40
+        by_verb: dict[str, list[str]] = {}
+        for v, text in combos:
+            by_verb.setdefault(v, []).append(text)
+        for v, texts in by_verb.items():
+            for text in rng.sample(texts, min(per_verb, len(texts))):
+                if plain(text).lower() in held_texts or _policy_terms()(plain(text)):
+                    continue
+                yield Row(text, "benign", None, lang, "chat", "plain", f"{lang}/followup/{v}",
+                          "train", source="followup")  # fmt: skip
+    # The harmful counterparts: contraband in the benign forms, short threats and intent.
+    harm: list[tuple[str, str, str]] = []  # (category, group, text)
+    for cat, objs in FOLLOW_HARM_OBJECTS_EN.items():
+        for o in objs:
+            for v in ("send", "mail", "ship", "deliver", "sell", "bring", "drop off", "hand over"):
+                forms = rng.sample(FOLLOW_FORMS_EN, 3)
+                for f in forms:
+                    t = rng.choice(FOLLOW_TAILS_EN)
+                    harm.append((cat, f"en/followup_harm/{o}", f.replace("{v}", v)
+                                 .replace("{V}", cap(v)).replace("{o}", o).replace("{t}", t)))  # fmt: skip
+    for cat, acts in FOLLOW_HARM_ACTS_EN.items():
+        for a in acts:
+            for f in rng.sample(FOLLOW_HARM_FORMS_EN, 6):
+                t = rng.choice(FOLLOW_HARM_TAILS_EN)
+                harm.append((cat, f"en/followup_harm/{a}", f.replace("{a}", a)
+                             .replace("{A}", cap(a)).replace("{t}", t)))  # fmt: skip
+    for cat, objs in FOLLOW_HARM_OBJECTS_ZH.items():
+        for o in objs:
+            for v in rng.sample(FOLLOW_VERBS_ZH, 6):
+                f = rng.choice([x for x in FOLLOW_FORMS_ZH if "{o}" in x])
+                r = rng.choice(FOLLOW_TO_ZH)
+                harm.append((cat, f"zh/followup_harm/{o}",
+                             f.replace("{v}", v).replace("{o}", o).replace("{r}", r)))  # fmt: skip
+    for cat, acts in FOLLOW_HARM_ACTS_ZH.items():
+        for a in acts:
+            for f in FOLLOW_HARM_FORMS_ZH:
+                harm.append((cat, f"zh/followup_harm/{a}", f.replace("{a}", a)))
+    held = _held_out_ideas()
+    for cat, group, text in harm:
+        lang = group[:2]
+        tok = _tokens(text, lang)
+        if plain(text).lower() in held_texts or any(
+            len(tok & h) >= 0.5 * len(tok | h) for h in held[lang]
+        ):
+            continue
+        yield Row(text, "harmful", cat, lang, "request", "plain", group, "train",
+                  source="followup")  # fmt: skip
+
+
 # ============================================================================ gloss table
 def gloss_table(vocab: set[str]) -> dict[str, str]:
     """Words the static embeddings cannot read -> an English gloss they can: Chinese words
@@ -2210,6 +2343,11 @@ def rows(seed: int) -> list[dict[str, object]]:
         families = EN_FAMILIES if row.lang == "en" else ZH_FAMILIES
         for fam in brng.sample(families, 1 if brng.random() < 0.6 else 0):
             emit(row, obfuscate(row, fam, brng), fam)
+    # Short follow-up turns, last again with their own generator.
+    frng = random.Random(seed + 2)
+    held_texts = {str(r["text"]).lower() for r in out if r["split"] == "test"}
+    for row in followup_rows(frng, held_texts):
+        emit(row, plain(row.text), "none")
     return out
 
 

@@ -88,7 +88,7 @@ def test_a_short_reply_the_encoder_must_read_moves_to_a_thread(
     enc = builtin_encoder()
     assert enc is not None
     enc._cache.clear()  # a text it has read before is not deferred
-    reply = "write to alice.smith@example.com today"
+    reply = "contact alice.smith@example.com tonight"
     assert 0.1 <= builtin_model().prob(reply) < builtin_model().threshold
     text = ask(store, reply)
     assert text is not None and "alice.smith" not in text and text.count("<EMAIL>") == 1

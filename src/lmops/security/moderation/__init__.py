@@ -81,24 +81,27 @@ Threshold
     text; 3 % -> more recall).
 
 Measured (the shipped model, ``benchmarks/moderation_bench.py``)
-    With the second stage (the default): held-out recall 0.943 at 1.81 % false positives
-    (unseen template 0.978 / 0.12 %, wording 0.880 / 0 %, idea 0.927 / 4.9 %; en 0.957,
-    zh 0.929); the whole default guard 0.944 / 2.14 %. Ordinary Alpaca instructions and
-    replies: 0.77 - 1.37 % blocked; the encoder reads 6 - 11 % of them, 23 ms of CPU per
-    text it reads (p50, one thread; p95 88 ms, for Chinese near the 400-character limit).
+    With the second stage (the default): held-out recall 0.953 at 1.96 % false positives
+    (unseen template 0.982 / 0.12 %, wording 0.901 / 0 %, idea 0.946 / 5.4 %; en 0.969,
+    zh 0.938; look-alike requests 2.4 %); the whole default guard 0.954 / 2.31 %. Ordinary
+    Alpaca instructions and replies: 0.80 - 1.47 % blocked; the encoder reads 7 - 12 % of
+    them, 21 ms of CPU per text it reads (p50, one thread; p95 77 ms, for Chinese near the
+    400-character limit). Short follow-up turns ("send them", "mail it to the client",
+    "寄给他们") are in the training rows since the first stage and the encoder read them
+    as harmful (0.88 - 0.99; trafficking requests use the same verbs), with their harmful
+    counterparts in the same forms.
     The first stage alone, as follows.
-    Threshold 0.734 by the rule (out-of-fold recall 0.832 at 2 %). Held-out split, the
-    classifier alone: recall 0.835, false positives 1.00 % (unseen template 0.934 / 0.03 %,
-    wording 0.671 / 0 %, idea 0.747 / 2.8 %; pinyin sentences 0.587); the whole default
-    guard 0.844 / 1.33 %. Ordinary instructions never trained on (Alpaca, en/zh requests
-    and replies): 0.20 - 0.77 % blocked. The model before the Chinese rows and the pinyin
+    Threshold 0.787 by the rule (out-of-fold recall 0.809 at 2 %). Held-out split, the
+    classifier alone: recall 0.815, false positives 0.89 % (unseen template 0.913 / 0.03 %,
+    wording 0.656 / 0 %, idea 0.706 / 2.5 %; pinyin sentences 0.527). Before the follow-up
+    turns (threshold 0.734): 0.835 at 1.00 % (template 0.934, wording 0.671, idea 0.747),
+    the whole default guard 0.844 / 1.33 %, ordinary instructions never trained on (Alpaca,
+    en/zh requests and replies) 0.20 - 0.77 % blocked. The model before the Chinese rows and the pinyin
     reading: recall 0.802 at 0.92 %, ordinary 0.27 - 0.40 % (at its 3 % out-of-fold
-    threshold: 0.844 at 1.38 %, ordinary 0.6 - 1.0 %). The issue's goal, recall 0.95 at
-    3 % false positives, is not reached: words never seen in a role (``wording``), new
-    ideas in Chinese and whole sentences in pinyin (homophones read as the most frequent
-    word) are the weak parts. ``classifier_threshold: 0.6241``, the 3 % out-of-fold
-    operating point, gives recall 0.875 at 1.49 % held-out false positives (the whole
-    guard 0.882 / 1.81 %) but blocks 0.4 - 1.1 % of ordinary instructions.
+    threshold: 0.844 at 1.38 %, ordinary 0.6 - 1.0 %). Alone, the first stage does not
+    reach the issue's goal (recall 0.95 at 3 % false positives): words never seen in a
+    role (``wording``), new ideas in Chinese and whole sentences in pinyin (homophones read
+    as the most frequent word) are its weak parts; the second stage reads those.
 
 Tried (``benchmarks/moderation_experiments.py``; recall at 2 % / 3 % held-out false
 positives, the ranking ceiling of a threshold). Kept: pinyin read back into Chinese
