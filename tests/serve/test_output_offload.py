@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 
 from lmops.security.guard import Guardrails
+from lmops.serve import tools
 from lmops.serve.deployments import DeploymentSpec
 from lmops.serve.fake import fake_server
 from lmops.serve.handlers import INLINE_GUARD_CHARS
@@ -177,3 +178,47 @@ def test_tool_call_arguments_the_encoder_must_read_move_to_a_thread_one_by_one(
     assert where == [(0, "loop"), (len(sure), "loop"), (len(unsure), "loop"),
                      (len(unsure), "thread")]  # fmt: skip
     assert guards[0].counters[("output", "pii_mask", "EMAIL")] == 2
+
+
+def test_big_tool_arguments_are_checked_off_the_loop_whatever_the_content(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The size that moves a check to a worker thread is that of the text it reads: an
+    earlier call's big arguments behind a short message, or many mid-size calls."""
+    from fastapi.testclient import TestClient
+
+    from lmops.serve.server import gateway_app
+
+    seen: list[tuple[int, str]] = []
+    check = Guardrails.check_input
+
+    def spy(self: Guardrails, messages: list[dict[str, Any]]) -> Any:
+        try:
+            asyncio.get_running_loop()
+            how = "loop"
+        except RuntimeError:
+            how = "thread"
+        seen.append((sum(len(str(m.get("content"))) for m in messages), how))
+        return check(self, messages)
+
+    monkeypatch.setattr(Guardrails, "check_input", spy)
+    big = '{"notes": "' + WORDS * (INLINE_GUARD_CHARS // len(WORDS) + 1) + 'bob@example.com"}'
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "save", "arguments": big}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "saved"},
+    ]  # fmt: skip
+    with fake_server(reply="done", tokens=1, model="up") as up:
+        spec = DeploymentSpec(name="up", upstream=f"{up}/v1", upstream_model="up")
+        _, secret = store.keys.create("t")
+        with TestClient(gateway_app([spec], store)) as tc:
+            client = openai.OpenAI(
+                base_url="http://testserver/v1", api_key=secret, http_client=tc, max_retries=0
+            )
+            r = client.chat.completions.create(model="up", messages=history, max_tokens=1)
+    assert r.choices[0].message.content == "done"
+    assert seen[0][1] == "loop"  # the messages' content: short
+    assert seen[1] == (len(big), "thread")  # the earlier call's arguments
+    calls = [{"function": {"arguments": "x" * 9_000}}] * 2
+    assert tools.arguments_chars(calls) == 18_000 > INLINE_GUARD_CHARS

@@ -68,12 +68,16 @@ async def _off_loop_if_big(fn: Callable[..., T], *args: Any) -> T:
     return await _inline_unless_deferred(fn, *call)
 
 
-def _checked_output(ctx: Any) -> Callable[[str], Awaitable[tuple[str, bool]]]:
-    """``ctx.check_output`` as :func:`tools.guard_calls` asks it: one call's arguments at a
-    time, each moved off the event loop on its own where needed."""
+def _checked_output(
+    ctx: Any, calls: list[dict[str, Any]]
+) -> Callable[[str], Awaitable[tuple[str, bool]]]:
+    """``ctx.check_output`` as :func:`tools.guard_calls` asks it for ``calls``: one call's
+    arguments at a time, each moved off the event loop on its own where needed, and every
+    one on a worker thread when all of them together are big (many mid-size calls)."""
+    together = tools.arguments_chars(calls)
 
     async def check(text: str) -> tuple[str, bool]:
-        return await _off_loop_if_big(ctx.check_output, text, len(text))
+        return await _off_loop_if_big(ctx.check_output, text, max(len(text), together))
 
     return check
 
@@ -250,7 +254,10 @@ class Handlers:
             job.messages = await _off_loop_if_big(ctx.check_input, job.messages, chars)
             # earlier tool calls' arguments are message text too
             job.messages = await _off_loop_if_big(
-                tools.guard_tool_arguments, ctx.check_input, list(job.messages or []), chars
+                tools.guard_tool_arguments,
+                ctx.check_input,
+                list(job.messages or []),
+                sum(tools.arguments_chars(m.get("tool_calls")) for m in job.messages or []),
             )
         else:
             job.prompt = await _off_loop_if_big(ctx.check_prompt, job.prompt or "", chars)
@@ -354,7 +361,7 @@ class Handlers:
             calls = parsed.calls if parsed is not None else extras.get(i, {}).get("tool_calls")
             text, filtered = await _off_loop_if_big(ctx.check_output, content, len(content))
             if calls and not filtered:  # arguments are output like any text
-                calls, filtered = await tools.guard_calls(_checked_output(ctx), calls)
+                calls, filtered = await tools.guard_calls(_checked_output(ctx, calls), calls)
             reason = "content_filter" if filtered else finish.get(i, "stop")
             if parsed is not None:
                 reason = tools.finish_reason(reason, calls or [])
@@ -432,7 +439,7 @@ class Handlers:
 
         async def call_chunks(i: int, calls: list[dict[str, Any]], out: list[str]) -> bool:
             """Send complete calls of choice ``i``; False if the guardrails stopped one."""
-            checked, stopped = await tools.guard_calls(_checked_output(ctx), calls)
+            checked, stopped = await tools.guard_calls(_checked_output(ctx, calls), calls)
             if stopped:
                 return False
             done_calls = calls_sent.setdefault(i, [])

@@ -53,6 +53,7 @@ __all__ = [
     "ParsedReply",
     "ToolPlan",
     "ToolStream",
+    "arguments_chars",
     "call_deltas",
     "collect_call_deltas",
     "collected_calls",
@@ -481,6 +482,20 @@ def collected_calls(acc: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
 def finish_reason(reason: str, calls: list[dict[str, Any]]) -> str:
     """``tool_calls`` for a reply that ended normally with calls."""
     return "tool_calls" if calls and reason == "stop" else reason
+
+
+def arguments_chars(calls: Any) -> int:
+    """Characters of the string ``arguments`` of ``calls`` (OpenAI ``tool_calls``
+    entries; anything else counts 0)."""
+    if not isinstance(calls, list):
+        return 0
+    return sum(
+        len(fn["arguments"])
+        for c in calls
+        if isinstance(c, dict)
+        and isinstance(fn := c.get("function"), dict)
+        and isinstance(fn.get("arguments"), str)
+    )
 
 
 async def guard_calls(
