@@ -1003,7 +1003,7 @@ def test_repeated_messages_are_remembered_within_bounds() -> None:
     """A chat request repeats its system prompt and earlier turns: their PII spans and
     scores are remembered, still counted on every request, and the memory is bounded in
     characters, not only in entries."""
-    from lmops.security.guard import _MessageCache
+    from lmops.security.textcache import TextCache
 
     g = Guardrails()
     system = f"You are the assistant of ACME. Escalations go to {PHONE}."
@@ -1012,13 +1012,13 @@ def test_repeated_messages_are_remembered_within_bounds() -> None:
         assert PHONE not in d.messages[0]["content"]
     assert g.counters[("input", "pii_mask", "PHONE")] == 3
     assert system in g._pii_cache and system in g._stats_cache
-    cache = _MessageCache()
-    big = "x" * (cache.MAX_CHARS // 16 + 1)
+    cache = TextCache()
+    big = "x" * (cache.max_chars // 16 + 1)
     cache.put(big, 1)
     assert big not in cache  # too big to hold
     for k in range(20):
-        cache.put(f"{k:02d}" + "y" * (cache.MAX_CHARS // 16 - 2), k)
-    assert cache.chars <= cache.MAX_CHARS and 0 < len(cache) <= 16
+        cache.put(f"{k:02d}" + "y" * (cache.max_chars // 16 - 2), k)
+    assert cache.chars <= cache.max_chars and 0 < len(cache) <= 16
 
 
 def test_shipped_classifier_on_the_held_out_split() -> None:

@@ -18,6 +18,7 @@ from lmops.security.injection import InjectionResult, _decoded_payloads, _score_
 from lmops.security.moderation.encoder import Deferred, Encoder, builtin_encoder, load_encoder
 from lmops.security.normalize import _nfkc, normalize_text
 from lmops.security.terms import TermMatcher, _builtin_terms, load_term_file
+from lmops.security.textcache import TextCache
 from lmops.text.cjk import count_han
 from lmops.text.pii import PiiSpan, detect_pii
 
@@ -145,33 +146,6 @@ class _Scored(NamedTuple):
     prob: float
 
 
-class _MessageCache(dict[str, Any]):
-    """What was computed of one input message, by its text: a chat request sends the same
-    system prompt and earlier turns again with every turn. Bounded in entries and in
-    characters held (one 60,000-character message must not pin a gigabyte); cleared
-    whole when full, like an LRU cache without the bookkeeping."""
-
-    MAX_ITEMS = 4096
-    MAX_CHARS = 4_000_000
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.chars = 0
-        self._lock = threading.Lock()  # puts only (misses); get() is the dict's own
-
-    def put(self, text: str, value: Any) -> None:
-        if len(text) > self.MAX_CHARS // 16:
-            return
-        with self._lock:
-            if text in self:
-                return
-            if len(self) >= self.MAX_ITEMS or self.chars + len(text) > self.MAX_CHARS:
-                self.clear()
-                self.chars = 0
-            self[text] = value
-            self.chars += len(text)
-
-
 class Guardrails:
     """The checks of one deployment; cheap to call, safe to share between requests.
 
@@ -220,8 +194,8 @@ class Guardrails:
             frozenset(builtin) - set(wanted) if cfg.categories is not None else frozenset()
         )
         self._trusted = frozenset(cfg.trusted_roles)
-        self._stats_cache = _MessageCache()  # see _message_stats
-        self._pii_cache = _MessageCache()  # see _mask
+        self._stats_cache = TextCache()  # see _message_stats
+        self._pii_cache = TextCache()  # see _mask
         self.counters: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
         # Characters a stream holds back at least (see StreamGuard: it holds what may still
@@ -452,7 +426,7 @@ class Guardrails:
 
     def _mask(self, text: str, counts: Counter[str], *, message: bool = False) -> str:
         """``text`` with its PII masked (counted in ``counts``); a ``message`` of the input
-        has its spans remembered (see :class:`_MessageCache`)."""
+        has its spans remembered (see :class:`~lmops.security.textcache.TextCache`)."""
         spans: Sequence[PiiSpan] | None
         if len(text) > long.LONG_TEXT:
             spans = long.detect_pii_long(text, self.config.pii_types)

