@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
-import uvicorn
 
 from lmops.security.guard import Guardrails
 from lmops.serve import tools
 from lmops.serve.deployments import DeploymentSpec
-from lmops.serve.fake import fake_server
+from lmops.serve.fake import fake_server, serve_app
 from lmops.serve.handlers import INLINE_GUARD_CHARS
 
 WORDS = "weather-station-readings-archived-quietly "  # long words: few tokens, many characters
@@ -119,18 +115,8 @@ def upstream_with_calls(arguments: list[str]) -> Iterator[str]:
                                        "total_tokens": 12}})  # fmt: skip
 
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_app(app, "upstream") as url:
+        yield f"{url}/v1"
 
 
 def test_tool_call_arguments_the_encoder_must_read_move_to_a_thread_one_by_one(

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +15,9 @@ from typing import Any, Literal
 import httpx
 import jsonschema
 import pytest
-import uvicorn
 from pydantic import BaseModel, Field
 
+from lmops.serve.fake import serve_app
 from tests.serve.conftest import lmops_env, start_server, stop_server
 from tests.train.tiny import make_tokenizer
 
@@ -129,19 +127,8 @@ def vllm_like_upstream(seen: list[dict[str, Any]]) -> Iterator[str]:
         return Response(text, media_type="text/event-stream")
 
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_app(app, "upstream") as url:
+        yield f"{url}/v1"
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmops.core.errors import UserError
 from lmops.serve.protocol import error_body
 
-__all__ = ["create_fake_app", "fake_server", "run_fake_server"]
+__all__ = ["create_fake_app", "fake_server", "run_fake_server", "serve_app"]
 
 
 class _BadRequest(Exception):
@@ -427,13 +427,13 @@ def run_fake_server(host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> Non
 
 
 @contextmanager
-def fake_server(**kw: Any) -> Iterator[str]:
-    """Run the fake on a free 127.0.0.1 port in a background thread; yield its base URL.
+def serve_app(app: Any, name: str = "server") -> Iterator[str]:
+    """Run the ASGI ``app`` on a free 127.0.0.1 port in a background thread; yield its base
+    URL (``http://127.0.0.1:PORT``).
 
     The socket is bound before the thread starts (no race for the port) and the server is
     stopped, and the thread joined, on exit.
     """
-    app = create_fake_app(**kw)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -449,20 +449,28 @@ def fake_server(**kw: Any) -> Iterator[str]:
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name=f"fake-openai-{port}", daemon=True
+        target=server.run, kwargs={"sockets": [sock]}, name=f"{name}-{port}", daemon=True
     )
     thread.start()
     try:
         deadline = time.monotonic() + 10.0
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the fake OpenAI server did not start on 127.0.0.1:{port}")
+                raise RuntimeError(f"the {name} did not start on 127.0.0.1:{port}")
             time.sleep(0.005)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10.0)
         sock.close()
+
+
+@contextmanager
+def fake_server(**kw: Any) -> Iterator[str]:
+    """Run the fake on a free 127.0.0.1 port in a background thread; yield its base URL
+    (see :func:`serve_app`)."""
+    with serve_app(create_fake_app(**kw), "fake OpenAI server") as url:
+        yield url
 
 
 def main(argv: list[str] | None = None) -> None:
