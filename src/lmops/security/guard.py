@@ -14,9 +14,15 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 from lmops.core.errors import UserError
 from lmops.security import long, moderation
 from lmops.security.config import CONTENT_FILTER, Classifier, GuardrailConfig
-from lmops.security.injection import InjectionResult, _decoded_payloads, _score_injection
+from lmops.security.injection import (
+    InjectionResult,
+    _combine,
+    _decoded_payloads,
+    _score_injection,
+    _score_plain,
+)
 from lmops.security.moderation.encoder import Deferred, Encoder, builtin_encoder, load_encoder
-from lmops.security.normalize import _nfkc, normalize_text
+from lmops.security.normalize import GAP_CHARS, _nfkc, join_normalized, normalize_text
 from lmops.security.terms import TermMatcher, _builtin_terms, load_term_file
 from lmops.security.textcache import TextCache
 from lmops.text.cjk import count_han
@@ -139,6 +145,47 @@ def _map_content(content: Any, fn: Callable[[str], str]) -> Any:
     return content
 
 
+def _window(reads: Sequence[_Read], i: int, at: int, reach: int) -> tuple[int, int]:
+    """Where to read the seam after message ``i`` (its line break at ``at`` of the texts
+    joined): ``reach`` characters to either side, not counting those that normalising the
+    joined text may drop (the blanks and separators at the ends of each message, see
+    :class:`_Read`), over as many messages as it takes."""
+    lo, need, end = 0, reach, at
+    for j in range(i, -1, -1):  # end: where message j ends
+        r = reads[j]
+        core = len(r.norm) - r.lead - r.trail
+        if core > need:
+            lo = end - r.trail - need
+            break
+        need -= max(core, 0)
+        end -= len(r.norm) + 1
+    hi, need, start = -1, reach, at + 1
+    for j in range(i + 1, len(reads)):  # start: where message j starts
+        r = reads[j]
+        core = len(r.norm) - r.lead - r.trail
+        if core > need:
+            hi = start + r.lead + need
+            break
+        need -= max(core, 0)
+        start += len(r.norm) + 1
+    return lo, hi if hi >= 0 else start - 1
+
+
+class _Read(NamedTuple):
+    """What the guard reads in one message (or reply) by itself, remembered with its text
+    (see :meth:`Guardrails._read`): its normalised form, that form with line breaks as
+    spaces and de-obfuscated, the term hits per category, the injection rules that fire
+    (name -> weight) and its decoded base64 payloads."""
+
+    norm: str
+    deep: str
+    terms: dict[str, int]
+    rules: dict[str, float]
+    payloads: tuple[str, ...]
+    lead: int  # characters that normalising a joined text may drop ("\n" and GAP_CHARS) ...
+    trail: int  # ... at the start and at the end of norm
+
+
 class _Scored(NamedTuple):
     """A message's stats under the built-in model, and its P(harmful)."""
 
@@ -196,6 +243,13 @@ class Guardrails:
         self._trusted = frozenset(cfg.trusted_roles)
         self._stats_cache = TextCache()  # see _message_stats
         self._pii_cache = TextCache()  # see _mask
+        self._read_cache = TextCache()  # see _read
+        self._seam_cache = TextCache()  # see _seams
+        # How far a term or an injection rule may reach across a seam between messages, in
+        # normalised characters: a term spelled out ("b . o . m . b": up to 4 characters a
+        # letter), an injection rule's Chinese filler (at most 20 characters between its
+        # words; English rules never cross a line break).
+        self._seam_reach = max(4 * self.matcher.longest + 8, 64)
         self.counters: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
         # Characters a stream holds back at least (see StreamGuard: it holds what may still
@@ -226,8 +280,12 @@ class Guardrails:
                 found[c] = max(n, found.get(c, 0))
         return found
 
-    def classify(self, text: str, direction: str = "output") -> dict[str, float]:
+    def classify(
+        self, text: str, direction: str = "output", *, remember: bool = False
+    ) -> dict[str, float]:
         """Classifier scores at or over ``classifier_threshold``; ``{}`` without a classifier.
+        ``remember``: the built-in model's reading of ``text`` is kept as a message's is
+        (a streamed reply as a whole: it comes back as the next request's message).
 
         A classifier that raises is logged and counted (``classifier_error``), and its
         verdict is treated as empty: the term lists still apply.
@@ -235,6 +293,10 @@ class Guardrails:
         if self._model is not None and text:
 
             def score(m: moderation.ModerationModel) -> Mapping[str, float]:
+                if remember:
+                    deep = self._read(text).deep
+                    one = self._message_stats(m, text, deep)
+                    return self._verdict(m, one.stats, deep, one.prob) if one.stats.ngrams else {}
                 deep = moderation.deobfuscate(normalize_text(text))
                 stats = m.stats(deep)
                 return self._verdict(m, stats, deep) if stats.ngrams else {}
@@ -294,9 +356,10 @@ class Guardrails:
     def _message_stats(
         self, model: moderation.ModerationModel, text: str, deep: str | None = None
     ) -> _Scored:
-        """The built-in model's stats and P(harmful) of one input message (``deep``: its
-        de-obfuscated form where the caller has it), remembered (the same system prompt
-        and earlier turns come back with every request)."""
+        """The built-in model's stats and P(harmful) of one input message or of a reply
+        (``deep``: its de-obfuscated form where the caller has it), remembered: the same
+        system prompt and earlier turns come back with every request, and a reply comes
+        back as the next request's assistant message."""
         hit = self._stats_cache.get(text)
         if hit is None:
             if deep is None:
@@ -313,19 +376,22 @@ class Guardrails:
         deep: str,
         parts: Sequence[str],
         direction: str,
+        deeps: Sequence[str] | None = None,
     ) -> dict[str, float]:
         """The built-in model on ``text`` (de-obfuscated: ``deep``) and on each of the
-        messages ``parts`` it joins: each message's stats come from the cache and add up
-        to the stats of all of them, so ``text`` itself is read again only when it holds
-        more than the messages (decoded payloads). The most harmful reading counts."""
+        messages ``parts`` it joins (de-obfuscated: ``deeps``, where the caller has them):
+        each message's stats come from the cache and add up to the stats of all of them,
+        so ``text`` itself is read again only when it holds more than the messages
+        (decoded payloads). The most harmful reading counts."""
 
         def score(m: moderation.ModerationModel) -> Mapping[str, float]:
-            if not parts:  # one message, or a reply
-                if direction == "input":
-                    one = self._message_stats(m, text, deep)
-                    return self._verdict(m, one.stats, deep, one.prob)
-                return self._verdict(m, m.stats(deep), deep)
-            scored = [self._message_stats(m, part) for part in parts]
+            if not parts:  # one message, or a reply (sent back as a message next turn)
+                one = self._message_stats(m, text, deep)
+                return self._verdict(m, one.stats, deep, one.prob)
+            scored = [
+                self._message_stats(m, part, deeps[k] if deeps is not None else None)
+                for k, part in enumerate(parts)
+            ]
             joined = moderation.EMPTY_STATS
             for one in scored:
                 joined = joined.add(one.stats)
@@ -334,10 +400,14 @@ class Guardrails:
                 full = m.stats(deep)
                 if m.prob_stats(full) > best:
                     best, joined = m.prob_stats(full), full
-            for one, part in zip(scored, parts, strict=True):
+            for k, (one, part) in enumerate(zip(scored, parts, strict=True)):
                 if one.prob > best:
                     best, joined = one.prob, one.stats
-                    best_text = moderation.deobfuscate(normalize_text(part))
+                    best_text = (
+                        deeps[k]
+                        if deeps is not None
+                        else moderation.deobfuscate(normalize_text(part))
+                    )
             return self._verdict(m, joined, best_text, best) if best >= self._floor else {}
 
         return self._guarded(direction, score)
@@ -367,6 +437,116 @@ class Guardrails:
                 for c, s in self._classify(part, direction).items():
                     scores[c] = max(s, scores.get(c, 0.0))
         return self._moderation_actions(terms, scores, mode)
+
+    # ------------------------------------------------------------------ message by message
+    def _read(self, text: str) -> _Read:
+        """:class:`_Read` of one message or reply, remembered: a chat sends its system
+        prompt, earlier turns and replies again with every request, and each is read once
+        (a reply when it is checked as output)."""
+        hit = self._read_cache.get(text)
+        if hit is None:
+            norm = normalize_text(text)
+            flat = norm.replace("\n", " ") if "\n" in norm else norm
+            deep = moderation.deobfuscate(flat)
+            payloads = tuple(_decoded_payloads(_nfkc(text)))
+            lead, trail = (
+                len(norm) - len(norm.lstrip(GAP_CHARS)),
+                len(norm) - len(norm.rstrip(GAP_CHARS)),
+            )
+            hit = _Read(
+                norm, deep, self._terms(flat, deep), _score_plain(norm), payloads, lead, trail
+            )
+            self._read_cache.put(text, hit)
+        return hit
+
+    def _reads(self, texts: Sequence[str]) -> list[_Read] | None:
+        """:meth:`_read` of each of ``texts``, or ``None`` where their joined text must be
+        read as a whole instead (a classifier callable of your own, which is given the
+        joined text; decoded payloads, which are moderated with it)."""
+        if self._model is None and self.classifier is not None:
+            return None
+        reads = [self._read(t) for t in texts]
+        return None if any(r.payloads for r in reads) else reads
+
+    def _seams(self, reads: Sequence[_Read], kind: Literal["terms", "rules"]) -> dict[str, float]:
+        """What reaches across the seams of messages read one by one, joined with line
+        breaks as the request's text is: the term categories (``kind="terms"``, each worth
+        1) or the injection rules (``"rules"``, name -> weight) found around a seam but on
+        neither side of it alone (each side is cut where the window is, so that what the cut
+        makes, a word cut in two, is on that side too). Around each seam, the blanks and
+        separators that normalising drops there and ``_seam_reach`` characters to either
+        side are read, normalised as the joined text is (:func:`join_normalized`); an
+        injection rule is looked for only where that changes the seam (a line break that
+        stays is crossed by no rule). Remembered per window."""
+        out: dict[str, float] = {}
+        if len(reads) < 2:
+            return out
+        joined = "\n".join(r.norm for r in reads)
+        reach, at = self._seam_reach, -1
+        for i in range(len(reads) - 1):
+            at += len(reads[i].norm) + 1  # the line break after message i
+            lo, hi = _window(reads, i, at, reach)
+            window = joined[lo:hi]
+            key = f"{kind}\0{at - lo}\0{window}"
+            found = self._seam_cache.get(key)
+            if found is None:
+                fixed = join_normalized(window)
+                if kind == "rules" and fixed == window:
+                    found = {}
+                else:
+                    found = self._across(fixed, joined[lo:at], joined[at + 1 : hi], kind)
+                self._seam_cache.put(key, found)
+            out.update(found)
+        return out
+
+    def _across(self, window: str, left: str, right: str, kind: str) -> dict[str, float]:
+        """The categories or rules (see :meth:`_seams`) of ``window`` (normalised as joined)
+        that neither ``left`` nor ``right`` (its two sides, as read) has alone."""
+
+        def found(norm: str) -> Mapping[str, float]:
+            if kind == "terms":
+                return dict.fromkeys(self._moderate_deep(norm), 1.0)
+            return _score_plain(norm)
+
+        hits = found(window)
+        if hits:
+            alone = {**found(join_normalized(left)), **found(join_normalized(right))}
+            hits = {k: v for k, v in hits.items() if k not in alone}
+        return dict(hits)
+
+    def _moderation_read(
+        self, texts: Sequence[str], reads: Sequence[_Read], direction: str, mode: str
+    ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+        """:meth:`_moderation` of ``texts`` joined with line breaks, from their reads: the
+        term hits of each message and those that reach across their seams, then (where no
+        term decides) the built-in model on each message and on all of them."""
+        terms: Counter[str] = Counter()
+        for r in reads:
+            terms.update(r.terms)
+        for category in self._seams(reads, "terms"):
+            terms[category] += 1
+        scores: dict[str, float] = {}
+        if not terms and self._model is not None:
+            if len(texts) == 1:
+                scores = self._model_scores(self._model, texts[0], reads[0].deep, (), direction)
+            else:
+                deeps = [r.deep for r in reads]
+                scores = self._model_scores(self._model, "\n".join(texts), " ".join(deeps),
+                                            texts, direction, deeps)  # fmt: skip
+        return self._moderation_actions(terms, scores, mode)
+
+    def _injection_read(self, texts: Sequence[str]) -> InjectionResult | None:
+        """The injection rules on ``texts`` joined with line breaks, from their reads (the
+        rules of each message and those that reach across their seams); ``None`` where
+        one of them holds a decoded payload (the joined text is read as a whole then)."""
+        reads = [self._read(t) for t in texts]
+        if any(r.payloads for r in reads):
+            return None
+        fired: dict[str, float] = {}
+        for r in reads:
+            fired.update(r.rules)
+        fired.update(self._seams(reads, "rules"))
+        return InjectionResult(round(_combine(fired.values()), 4), tuple(sorted(fired)))
 
     def _moderation_actions(
         self, terms: Mapping[str, int], scores: Mapping[str, float], mode: str
@@ -425,8 +605,9 @@ class Guardrails:
                 self.counters[(direction, a["type"], name)] += int(a.get("count", 1))
 
     def _mask(self, text: str, counts: Counter[str], *, message: bool = False) -> str:
-        """``text`` with its PII masked (counted in ``counts``); a ``message`` of the input
-        has its spans remembered (see :class:`~lmops.security.textcache.TextCache`)."""
+        """``text`` with its PII masked (counted in ``counts``); a ``message`` of the input,
+        or a reply (it comes back as one, unchanged when nothing was masked), has its
+        spans remembered (see :class:`~lmops.security.textcache.TextCache`)."""
         spans: Sequence[PiiSpan] | None
         if len(text) > long.LONG_TEXT:
             spans = long.detect_pii_long(text, self.config.pii_types)
@@ -510,6 +691,11 @@ class Guardrails:
             actions += found
             if flagged and cfg.moderation_input == "block":
                 blocked_by.append("self_harm" if "self_harm" in flagged else "moderation")
+        elif cfg.moderation_input != "off" and user_text and (reads := self._reads(moderated)):
+            found, flagged = self._moderation_read(moderated, reads, "input", cfg.moderation_input)
+            actions += found
+            if flagged and cfg.moderation_input == "block":
+                blocked_by.append("self_harm" if "self_harm" in flagged else "moderation")
         elif cfg.moderation_input != "off" and user_text:
             payloads = _decoded_payloads(_nfkc(user_text))
             text = "\n".join([user_text, *payloads])
@@ -531,6 +717,8 @@ class Guardrails:
                 injection = self._moderation_long(joined, "input", "off", injection=True)[
                     2
                 ].injection()
+            elif (read := self._injection_read(injectable)) is not None:
+                injection = read
             elif injectable == moderated:
                 injection = _score_injection(user_text, normalized, payloads)
             else:
@@ -566,14 +754,19 @@ class Guardrails:
         if cfg.moderation_output != "off" and len(text) > long.LONG_TEXT:
             actions, flagged, _ = self._moderation_long(text, "output", cfg.moderation_output)
         elif cfg.moderation_output != "off":
-            actions, flagged = self._moderation(text, "output", cfg.moderation_output)
+            reads = self._reads([text]) if text else None
+            if reads:
+                actions, flagged = self._moderation_read([text], reads, "output",
+                                                         cfg.moderation_output)  # fmt: skip
+            else:
+                actions, flagged = self._moderation(text, "output", cfg.moderation_output)
             if flagged and cfg.moderation_output == "block":
                 self._count("output", actions)
                 kind = "self_harm" if "self_harm" in flagged else "default"
                 return OutputDecision("block", self._refusal(text, kind), actions, flagged)
         if cfg.pii_output == "mask":
             pii: Counter[str] = Counter()
-            text = self._mask(text, pii)
+            text = self._mask(text, pii, message=True)
             actions += [
                 {"type": "pii_mask", "pii_type": t, "count": n} for t, n in sorted(pii.items())
             ]

@@ -47,6 +47,23 @@ _WIDE_RUN = re.compile("[\uff01-\uff5e\u3000]+")
 _FOLD = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
 
 
+# What _CJK_GAP drops between Chinese characters, as it is found in normalised text (its
+# only blanks are " " and line breaks).
+GAP_CHARS = " \n*_.-·・~|/\\+#^="
+
+
+def join_normalized(text: str) -> str:
+    """The steps of :func:`normalize_text` that reach across a line break, on normalised
+    texts joined with line breaks: blanks around a break folded into it, a break between
+    Chinese characters dropped. ``join_normalized("\\n".join(map(normalize_text, texts)))``
+    is ``normalize_text("\\n".join(texts))``."""
+    if "\n" in text:
+        text = _NEWLINES.sub("\n", text)
+    if _HAN.search(text) is not None:
+        text = _CJK_GAP.sub("", text)
+    return text
+
+
 def _nfkc(text: str) -> str:
     """``unicodedata.normalize("NFKC", text)``, cheaply for text that is (almost) NFKC."""
     if unicodedata.is_normalized("NFKC", text):  # a quick check, far cheaper than NFKC

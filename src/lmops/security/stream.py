@@ -330,7 +330,8 @@ class StreamGuard:
             if self._terms(final=True):
                 return ""
             try:
-                if self._classify and self._total and self._classified("".join(self._text)):
+                whole = "".join(self._text)
+                if self._classify and self._total and self._classified(whole, remember=True):
                     return ""
             except Deferred:  # finished again on a thread
                 self._finished = False
@@ -377,9 +378,10 @@ class StreamGuard:
                     self._forms.append((read, fn, True))
         return self._record({c: None for c in hits})
 
-    def _classified(self, text: str) -> bool:
-        """Classifier verdict on ``text``; True when the stream must stop."""
-        scores = self._g.classify(text, "output")
+    def _classified(self, text: str, *, remember: bool = False) -> bool:
+        """Classifier verdict on ``text``; True when the stream must stop. ``remember``: the
+        whole reply's reading is kept (see :meth:`Guardrails.classify`)."""
+        scores = self._g.classify(text, "output", remember=remember)
         if not scores or self._term_flags:  # the term lists name the category
             return False
         return self._record(dict(scores))
