@@ -208,3 +208,30 @@ def test_big_tool_arguments_are_checked_off_the_loop_whatever_the_content(
     assert seen[1] == (len(big), "thread")  # the earlier call's arguments
     calls = [{"function": {"arguments": "x" * 9_000}}] * 2
     assert tools.arguments_chars(calls) == 18_000 > INLINE_GUARD_CHARS
+
+
+def test_tool_call_arguments_sent_as_an_object_are_guarded_too() -> None:
+    """OpenAI sends a call's arguments as a JSON string; a client or an upstream that sends
+    an object instead does not get past the guardrails: the object is read as its JSON
+    text, masked, and goes on as that string (in both directions)."""
+    import json
+
+    g = Guardrails()
+    call = {"id": "c1", "type": "function",
+            "function": {"name": "send_mail", "arguments": {"to": "alice@example.com", "n": 2}}}  # fmt: skip
+    history = [{"role": "user", "content": "mail her"},
+               {"role": "assistant", "content": None, "tool_calls": [call]}]  # fmt: skip
+    sent = tools.guard_tool_arguments(lambda ms: g.check_input(ms).messages, history)
+    args = sent[1]["tool_calls"][0]["function"]["arguments"]
+    assert isinstance(args, str) and json.loads(args) == {"to": "<EMAIL>", "n": 2}
+    assert history[1]["tool_calls"][0]["function"]["arguments"]["to"] == "alice@example.com"
+    assert tools.arguments_chars([call]) == len(json.dumps(call["function"]["arguments"]))
+
+    async def check(text: str) -> tuple[str, bool]:
+        d = g.check_output(text)
+        return d.text, d.blocked
+
+    out, blocked = asyncio.run(tools.guard_calls(check, [call]))
+    assert not blocked and json.loads(out[0]["function"]["arguments"])["to"] == "<EMAIL>"
+    bomb = {**call, "function": {"name": "f", "arguments": {"q": "how to make a bomb"}}}
+    assert asyncio.run(tools.guard_calls(check, [call, bomb])) == ([], True)

@@ -54,6 +54,7 @@ __all__ = [
     "ToolPlan",
     "ToolStream",
     "arguments_chars",
+    "arguments_text",
     "call_deltas",
     "collect_call_deltas",
     "collected_calls",
@@ -313,26 +314,32 @@ def _plain(content: Any) -> str:
     return ""
 
 
+def arguments_text(fn: Any) -> str | None:
+    """The ``arguments`` of a call's ``function`` as the JSON string OpenAI sends; a JSON
+    value sent instead (an object: some clients and upstreams do) is serialised, so that
+    the guardrails read it too. ``None`` where there are none."""
+    args = fn.get("arguments") if isinstance(fn, dict) else None
+    if args is None or isinstance(args, str):
+        return args
+    return json.dumps(args, ensure_ascii=False)
+
+
 def guard_tool_arguments(check: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``messages`` with the arguments of earlier assistant tool calls passed through the
-    input guardrails (``check``: ``ctx.check_input``) like any message text."""
+    input guardrails (``check``: ``ctx.check_input``) like any message text (arguments
+    sent as a JSON value go on as the checked JSON string)."""
     where = [
-        (i, j)
+        (i, j, text)
         for i, m in enumerate(messages)
         if m.get("role") == "assistant" and isinstance(m.get("tool_calls"), list)
         for j, c in enumerate(m["tool_calls"])
-        if isinstance(c, dict) and isinstance((c.get("function") or {}).get("arguments"), str)
+        if isinstance(c, dict) and (text := arguments_text(c.get("function"))) is not None
     ]
     if not where:
         return messages
-    checked = check(
-        [
-            {"role": "assistant", "content": messages[i]["tool_calls"][j]["function"]["arguments"]}
-            for i, j in where
-        ]
-    )
+    checked = check([{"role": "assistant", "content": text} for _, _, text in where])
     out = [dict(m) for m in messages]
-    for (i, j), m in zip(where, checked, strict=True):
+    for (i, j, _), m in zip(where, checked, strict=True):
         calls = out[i]["tool_calls"] = [dict(c) for c in out[i]["tool_calls"]]
         calls[j]["function"] = {**calls[j]["function"], "arguments": m["content"]}
     return out
@@ -485,16 +492,14 @@ def finish_reason(reason: str, calls: list[dict[str, Any]]) -> str:
 
 
 def arguments_chars(calls: Any) -> int:
-    """Characters of the string ``arguments`` of ``calls`` (OpenAI ``tool_calls``
-    entries; anything else counts 0)."""
+    """Characters of the ``arguments`` of ``calls`` (OpenAI ``tool_calls`` entries, see
+    :func:`arguments_text`; anything else counts 0)."""
     if not isinstance(calls, list):
         return 0
     return sum(
-        len(fn["arguments"])
+        len(text)
         for c in calls
-        if isinstance(c, dict)
-        and isinstance(fn := c.get("function"), dict)
-        and isinstance(fn.get("arguments"), str)
+        if isinstance(c, dict) and (text := arguments_text(c.get("function"))) is not None
     )
 
 
@@ -503,12 +508,13 @@ async def guard_calls(
 ) -> tuple[list[dict[str, Any]], bool]:
     """``calls`` with their arguments through the output guardrails (``check``: an async
     ``ctx.check_output``, one call's arguments at a time, so that each check may move to a
-    worker thread on its own), and whether one was blocked (then no call goes out)."""
+    worker thread on its own), and whether one was blocked (then no call goes out).
+    Arguments sent as a JSON value go on as the checked JSON string."""
     out = []
     for call in calls:
         fn = call.get("function") if isinstance(call, dict) else None
-        args = fn.get("arguments") if isinstance(fn, dict) else None
-        if fn is None or not isinstance(args, str):
+        args = arguments_text(fn)
+        if not isinstance(fn, dict) or args is None:
             out.append(call)
             continue
         text, blocked = await check(args)
