@@ -235,3 +235,26 @@ def test_tool_call_arguments_sent_as_an_object_are_guarded_too() -> None:
     assert not blocked and json.loads(out[0]["function"]["arguments"])["to"] == "<EMAIL>"
     bomb = {**call, "function": {"name": "f", "arguments": {"q": "how to make a bomb"}}}
     assert asyncio.run(tools.guard_calls(check, [call, bomb])) == ([], True)
+
+
+def test_an_action_recorded_after_the_request_ended_leaves_its_log_record_alone() -> None:
+    """A check on a worker thread may finish after the client went away (the request was
+    logged by fail()): what it records no longer changes the record handed to the log
+    writer's thread."""
+    from types import SimpleNamespace
+
+    from lmops.serve.policy import RequestContext
+
+    submitted: list[Any] = []
+    policy = SimpleNamespace(
+        guards={"d": Guardrails()},
+        metrics=SimpleNamespace(guardrail=lambda *a: None, request=lambda *a: None),
+        log=SimpleNamespace(submit=lambda record, **kw: submitted.append(record)),
+    )
+    dep = SimpleNamespace(name="d", spec=SimpleNamespace(log_bodies=False))
+    ctx = RequestContext(policy, SimpleNamespace(name="k"), dep, "chat", {}, "r1")  # type: ignore[arg-type]
+    ctx.check_output("mail alice@example.com")
+    ctx.fail(499, "client closed the connection")
+    ctx.check_output("mail bob@example.com")  # the worker thread, late
+    (record,) = submitted
+    assert [a["type"] for a in record.guardrails["actions"]] == ["pii_mask"]

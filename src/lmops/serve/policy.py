@@ -231,7 +231,9 @@ class RequestContext:
             latency_ms=latency * 1000,
             ttft_ms=self.ttft_s * 1000 if self.ttft_s is not None else None,
             error=error,
-            guardrails={"actions": self.actions} if self.actions else None,
+            # a copy: a check still running on a worker thread when the client went away
+            # may record an action after this (counted in the metrics, not in this record)
+            guardrails={"actions": list(self.actions)} if self.actions else None,
         )
         if self.dep.spec.log_bodies and self.body is not None:
             # the client's body, masked on the writer thread (mask_body) whatever the
