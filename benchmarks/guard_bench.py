@@ -31,11 +31,13 @@ stream and per delta). Also with the moderation classifier's second stage off (i
 fine-tuned encoder reads only texts the first stage is unsure of: the p95, not the p50),
 with the classifier off, and, with ``--baseline-rev REV``, for
 the guardrails and PII modules of that git revision (loaded from ``git show`` into a
-temporary folder). Goal: <= 0.5 ms at p50. Each of those requests is new to the guard (no
-message of it was seen before but the system prompt): the cost of a request's first sight.
-Then **chat**: whole ``CHAT_TURNS``-turn chats in the same mix replayed turn by turn, as a
-client sends them (each request with the system prompt, every earlier turn and the replies
-as the gateway returned them, then the new reply's check), p50/p95 per turn in one process.
+temporary folder). Goal: <= 0.5 ms at p50. Each of those requests is new to the guard (each
+message but the system prompt carries a case number, so that none repeats): the cost of a
+request's first sight. Then **chat**: whole ``CHAT_TURNS``-turn chats in the same mix
+replayed turn by turn, as a client sends them (each request with the system prompt, every
+earlier turn and the replies as the gateway returned them, then the new reply's check),
+p50/p95 per turn. Each part (requests, streams, chats) runs on a guard of its own, warmed
+up on requests of its own, so that none reads another's cached texts.
 
 **ttft** — streaming TTFT at concurrency 1: the in-package fake OpenAI server (its own
 process, pacing the stream like a model server: ``--ttft-ms`` before the first token,
@@ -57,6 +59,7 @@ both parts run with ``classifier: off``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -533,14 +536,24 @@ SYSTEM_PROMPT = (
 )
 
 
+_CASES = itertools.count(10_000)
+
+
+def _case(zh: bool) -> str:
+    """A case number that makes a message unlike any other (the sentence pools are small:
+    a message repeated would be a cache hit, not a first sight)."""
+    return f"（工单{next(_CASES)}）" if zh else f" (case {next(_CASES)})"
+
+
 def typical_request(rng: random.Random) -> tuple[list[dict[str, str]], str]:
-    """A chat request (system prompt, a question, an answer, a follow-up) and a reply of
-    about 800 characters; one in four English ones mentions an e-mail address."""
+    """A chat request (system prompt, a question, an answer, a follow-up; each message
+    but the system prompt unlike any other) and a reply of about 800 characters; one in
+    four English ones mentions an e-mail address."""
     zh = rng.random() < 0.4
     pool = ZH_SENTENCES if zh else EN_SENTENCES
 
     def text(n: int) -> str:
-        return ("" if zh else " ").join(rng.choice(pool) for _ in range(n))
+        return ("" if zh else " ").join(rng.choice(pool) for _ in range(n)) + _case(zh)
 
     question = text(2)
     if not zh and rng.random() < 0.25:
@@ -556,12 +569,13 @@ def typical_request(rng: random.Random) -> tuple[list[dict[str, str]], str]:
 
 def conversation(rng: random.Random, turns: int) -> tuple[list[str], list[str]]:
     """One chat of ``turns`` turns in the mix of :func:`typical_request`: its user turns
-    (one or two sentences, one English turn in four with an e-mail address) and replies."""
+    (one or two sentences, one English turn in four with an e-mail address) and replies,
+    each unlike any other."""
     zh = rng.random() < 0.4
     pool = ZH_SENTENCES if zh else EN_SENTENCES
 
     def text(n: int) -> str:
-        return ("" if zh else " ").join(rng.choice(pool) for _ in range(n))
+        return ("" if zh else " ").join(rng.choice(pool) for _ in range(n)) + _case(zh)
 
     users, replies = [], []
     for _ in range(turns):
@@ -622,29 +636,40 @@ def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
 
     rng = random.Random(args.seed)
     requests = [typical_request(rng) for _ in range(args.cpu_requests)]
+    warm_up = [typical_request(rng) for _ in range(50)]
     crng = random.Random(args.seed + 1)
     chats = [conversation(crng, CHAT_TURNS) for _ in range(max(args.cpu_requests // CHAT_TURNS, 1))]
-    variants: dict[str, Any] = {}
+    # Each part gets a guard of its own, warmed up on requests of its own: no part reads
+    # what another one (or the warm-up) left in the guard's per-text caches.
+    variants: dict[str, Callable[[], Any]] = {}
     try:
-        variants["default"] = Guardrails()
+        Guardrails()
+        variants["default"] = Guardrails
     except UserError as e:  # the built-in classifier cannot load
         print(f"(default guardrails unavailable: {e})")
-    variants["default, encoder off"] = Guardrails(GuardrailConfig(classifier_encoder="off"))
-    variants["default, classifier off"] = Guardrails(GuardrailConfig(classifier="off"))
+    variants["default, encoder off"] = lambda: Guardrails(GuardrailConfig(classifier_encoder="off"))
+    variants["default, classifier off"] = lambda: Guardrails(GuardrailConfig(classifier="off"))
     if args.baseline_rev:
         old = load_baseline(args.baseline_rev)
-        variants[f"before ({args.baseline_rev})"] = old.Guardrails()
+        variants[f"before ({args.baseline_rev})"] = old.Guardrails
     out: dict[str, Any] = {}
-    for name, g in variants.items():
-        for messages, reply in requests[:50]:  # warm-up: caches, lazily built tables
+
+    def warmed(make: Callable[[], Any]) -> Any:
+        g = make()
+        for messages, reply in warm_up:  # lazily built tables
             g.check_input(messages)
             g.check_output(reply)
+        return g
+
+    for name, make in variants.items():
+        g = warmed(make)
         per_request, per_stream, tokens = [], [], 0
         for messages, reply in requests:
             t0 = time.process_time_ns()
             g.check_input(messages)
             g.check_output(reply)
             per_request.append((time.process_time_ns() - t0) / 1e6)
+        g = warmed(make)
         for _, reply in requests[: max(len(requests) // 4, 1)]:
             # the reply streamed word by word (leading spaces, as BPE tokens come)
             deltas = (
@@ -659,6 +684,7 @@ def bench_cpu(args: argparse.Namespace) -> dict[str, Any]:
             sg.finish()
             per_stream.append((time.process_time_ns() - t0) / 1e6)
             tokens += len(deltas)
+        g = warmed(make)
         # Whole chats replayed turn by turn, as a client sends them: each request carries
         # the system prompt, every earlier turn and the reply as the gateway returned it.
         per_turn: list[float] = []

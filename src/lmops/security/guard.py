@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
@@ -20,6 +22,8 @@ from lmops.security.injection import (
     _decoded_payloads,
     _score_injection,
     _score_plain,
+    rule_counts,
+    rule_weight,
 )
 from lmops.security.moderation.encoder import Deferred, Encoder, builtin_encoder, load_encoder
 from lmops.security.normalize import GAP_CHARS, _nfkc, join_normalized, normalize_text
@@ -145,30 +149,54 @@ def _map_content(content: Any, fn: Callable[[str], str]) -> Any:
     return content
 
 
-def _window(reads: Sequence[_Read], i: int, at: int, reach: int) -> tuple[int, int]:
-    """Where to read the seam after message ``i`` (its line break at ``at`` of the texts
-    joined): ``reach`` characters to either side, not counting those that normalising the
-    joined text may drop (the blanks and separators at the ends of each message, see
-    :class:`_Read`), over as many messages as it takes."""
-    lo, need, end = 0, reach, at
-    for j in range(i, -1, -1):  # end: where message j ends
-        r = reads[j]
-        core = len(r.norm) - r.lead - r.trail
-        if core > need:
-            lo = end - r.trail - need
-            break
-        need -= max(core, 0)
-        end -= len(r.norm) + 1
-    hi, need, start = -1, reach, at + 1
-    for j in range(i + 1, len(reads)):  # start: where message j starts
-        r = reads[j]
-        core = len(r.norm) - r.lead - r.trail
-        if core > need:
-            hi = start + r.lead + need
-            break
-        need -= max(core, 0)
-        start += len(r.norm) + 1
-    return lo, hi if hi >= 0 else start - 1
+# More messages (or text parts) than this in a request: read joined as a whole, as
+# thousands of tiny or empty ones would cost a seam each.
+_MAX_ONE_BY_ONE = 128
+
+
+def _flat(norm: str) -> str:
+    """Normalised text with its line breaks as blanks (terms are matched across them)."""
+    return norm.replace("\n", " ") if "\n" in norm else norm
+
+
+class _Layout(NamedTuple):
+    """Where the messages of a request lie in their joined normalised text: ``starts[k]``
+    is where message ``k`` starts, ``content[k]`` how many characters of messages before
+    ``k`` normalising the joined text keeps for sure (all but their leading and trailing
+    blanks and separators, see :class:`_Read`)."""
+
+    starts: list[int]
+    content: list[int]
+
+    @classmethod
+    def of(cls, reads: Sequence[_Read]) -> _Layout:
+        starts, content = [0], [0]
+        for r in reads:
+            starts.append(starts[-1] + len(r.norm) + 1)
+            content.append(content[-1] + max(len(r.norm) - r.lead - r.trail, 0))
+        return cls(starts, content)
+
+    def window(self, reads: Sequence[_Read], i: int, reach: int) -> tuple[int, int]:
+        """Where to read the seam after message ``i``: ``reach`` characters to either side,
+        not counting those that normalising the joined text may drop, over as many
+        messages as it takes (found by bisection: a run of empty messages costs nothing)."""
+        p, c = self.starts, self.content
+        # left: the last message j <= i whose kept characters take the total over reach
+        j = bisect_left(c, c[i + 1] - reach) - 1
+        if j < 0:
+            lo = 0
+        else:
+            need = reach - (c[i + 1] - c[j + 1])
+            lo = p[j] + len(reads[j].norm) - reads[j].trail - need
+        # right: the first message j > i whose kept characters take the total over reach
+        k = bisect_right(c, c[i + 1] + reach)
+        if k > len(reads):
+            hi = p[-1] - 1
+        else:
+            j = k - 1
+            need = reach - (c[j] - c[i + 1])
+            hi = p[j] + reads[j].lead + need
+        return lo, hi
 
 
 class _Read(NamedTuple):
@@ -243,7 +271,7 @@ class Guardrails:
         self._trusted = frozenset(cfg.trusted_roles)
         self._stats_cache = TextCache()  # see _message_stats
         self._pii_cache = TextCache()  # see _mask
-        self._read_cache = TextCache()  # see _read
+        self._read_cache = TextCache(max_chars=1_500_000)  # see _read (holds ~3x its keys)
         self._seam_cache = TextCache()  # see _seams
         # How far a term or an injection rule may reach across a seam between messages, in
         # normalised characters: a term spelled out ("b . o . m . b": up to 4 characters a
@@ -297,7 +325,7 @@ class Guardrails:
                     deep = self._read(text).deep
                     one = self._message_stats(m, text, deep)
                     return self._verdict(m, one.stats, deep, one.prob) if one.stats.ngrams else {}
-                deep = moderation.deobfuscate(normalize_text(text))
+                deep = moderation.deobfuscate(_flat(normalize_text(text)))  # as _read reads it
                 stats = m.stats(deep)
                 return self._verdict(m, stats, deep) if stats.ngrams else {}
 
@@ -362,8 +390,8 @@ class Guardrails:
         back as the next request's assistant message."""
         hit = self._stats_cache.get(text)
         if hit is None:
-            if deep is None:
-                deep = moderation.deobfuscate(normalize_text(text))
+            if deep is None:  # as _read reads it (one entry per text, whoever filled it)
+                deep = moderation.deobfuscate(_flat(normalize_text(text)))
             stats = model.stats(deep)
             hit = _Scored(stats, model.prob_stats(stats))
             self._stats_cache.put(text, hit)
@@ -373,21 +401,23 @@ class Guardrails:
         self,
         model: moderation.ModerationModel,
         text: str,
-        deep: str,
+        deep: str | Callable[[], str],
         parts: Sequence[str],
         direction: str,
         deeps: Sequence[str] | None = None,
     ) -> dict[str, float]:
-        """The built-in model on ``text`` (de-obfuscated: ``deep``) and on each of the
-        messages ``parts`` it joins (de-obfuscated: ``deeps``, where the caller has them):
+        """The built-in model on ``text`` (de-obfuscated: ``deep``, or a function making it
+        where only a verdict needs it) and on each of the messages ``parts`` it joins
+        (de-obfuscated: ``deeps``, where the caller has them):
         each message's stats come from the cache and add up to the stats of all of them,
         so ``text`` itself is read again only when it holds more than the messages
         (decoded payloads). The most harmful reading counts."""
 
         def score(m: moderation.ModerationModel) -> Mapping[str, float]:
             if not parts:  # one message, or a reply (sent back as a message next turn)
-                one = self._message_stats(m, text, deep)
-                return self._verdict(m, one.stats, deep, one.prob)
+                one_deep = deep() if callable(deep) else deep
+                one = self._message_stats(m, text, one_deep)
+                return self._verdict(m, one.stats, one_deep, one.prob)
             scored = [
                 self._message_stats(m, part, deeps[k] if deeps is not None else None)
                 for k, part in enumerate(parts)
@@ -397,7 +427,7 @@ class Guardrails:
                 joined = joined.add(one.stats)
             best, best_text = m.prob_stats(joined), deep
             if len(text) > sum(map(len, parts)) + len(parts):  # payloads were appended
-                full = m.stats(deep)
+                full = m.stats(deep() if callable(deep) else deep)
                 if m.prob_stats(full) > best:
                     best, joined = m.prob_stats(full), full
             for k, (one, part) in enumerate(zip(scored, parts, strict=True)):
@@ -406,9 +436,11 @@ class Guardrails:
                     best_text = (
                         deeps[k]
                         if deeps is not None
-                        else moderation.deobfuscate(normalize_text(part))
+                        else moderation.deobfuscate(_flat(normalize_text(part)))
                     )
-            return self._verdict(m, joined, best_text, best) if best >= self._floor else {}
+            if best < self._floor:
+                return {}
+            return self._verdict(m, joined, best_text() if callable(best_text) else best_text, best)
 
         return self._guarded(direction, score)
 
@@ -446,106 +478,131 @@ class Guardrails:
         hit = self._read_cache.get(text)
         if hit is None:
             norm = normalize_text(text)
-            flat = norm.replace("\n", " ") if "\n" in norm else norm
-            deep = moderation.deobfuscate(flat)
+            deep = moderation.deobfuscate(_flat(norm))
             payloads = tuple(_decoded_payloads(_nfkc(text)))
-            lead, trail = (
-                len(norm) - len(norm.lstrip(GAP_CHARS)),
-                len(norm) - len(norm.rstrip(GAP_CHARS)),
-            )
-            hit = _Read(
-                norm, deep, self._terms(flat, deep), _score_plain(norm), payloads, lead, trail
-            )
+            lead = len(norm) - len(norm.lstrip(GAP_CHARS))
+            trail = len(norm) - len(norm.rstrip(GAP_CHARS))
+            terms = self._terms(_flat(norm), deep)
+            hit = _Read(norm, deep, terms, _score_plain(norm), payloads, lead, trail)
             self._read_cache.put(text, hit)
         return hit
 
     def _reads(self, texts: Sequence[str]) -> list[_Read] | None:
-        """:meth:`_read` of each of ``texts``, or ``None`` where their joined text must be
-        read as a whole instead (a classifier callable of your own, which is given the
-        joined text; decoded payloads, which are moderated with it)."""
-        if self._model is None and self.classifier is not None:
+        """:meth:`_read` of each of ``texts``, or ``None`` where their joined text is read
+        as a whole instead: a classifier callable of your own (it is given the joined
+        text), decoded payloads (moderated with it), or more than ``_MAX_READ_ONE_BY_ONE``
+        texts (thousands of tiny or empty messages or parts would cost a seam each)."""
+        if (self._model is None and self.classifier is not None) or len(texts) > _MAX_ONE_BY_ONE:
             return None
         reads = [self._read(t) for t in texts]
         return None if any(r.payloads for r in reads) else reads
 
-    def _seams(self, reads: Sequence[_Read], kind: Literal["terms", "rules"]) -> dict[str, float]:
+    def _seams(self, reads: Sequence[_Read], kind: Literal["terms", "rules"]) -> dict[str, int]:
         """What reaches across the seams of messages read one by one, joined with line
-        breaks as the request's text is: the term categories (``kind="terms"``, each worth
-        1) or the injection rules (``"rules"``, name -> weight) found around a seam but on
-        neither side of it alone (each side is cut where the window is, so that what the cut
-        makes, a word cut in two, is on that side too). Around each seam, the blanks and
-        separators that normalising drops there and ``_seam_reach`` characters to either
-        side are read, normalised as the joined text is (:func:`join_normalized`); an
-        injection rule is looked for only where that changes the seam (a line break that
-        stays is crossed by no rule). Remembered per window."""
-        out: dict[str, float] = {}
+        breaks as the request's text is: term hits per category (``kind="terms"``) or
+        matches per injection rule (``"rules"``) that cross a seam.
+
+        Around each seam, ``_seam_reach`` characters to either side are read (not counting
+        the blanks and separators that normalising the joined text may drop there, over as
+        many messages as it takes); windows that overlap are read as one. A window is read
+        twice: normalised as the joined text is (:func:`join_normalized`), and with each
+        of its seams broken (its messages as read, joined with a character that no term,
+        rule or de-obfuscation step reaches over); what the first finds more often than
+        the second crosses a seam. Both readings share the window's edges, so what a cut
+        at an edge makes (a word cut in two) cancels. Remembered per window."""
+        out: Counter[str] = Counter()
         if len(reads) < 2:
             return out
         joined = "\n".join(r.norm for r in reads)
-        reach, at = self._seam_reach, -1
+        layout, reach = _Layout.of(reads), self._seam_reach
+        groups: list[tuple[int, int, list[int]]] = []  # (lo, hi, seams), merged
         for i in range(len(reads) - 1):
-            at += len(reads[i].norm) + 1  # the line break after message i
-            lo, hi = _window(reads, i, at, reach)
+            at = layout.starts[i + 1] - 1  # the line break after message i
+            lo, hi = layout.window(reads, i, reach)
+            if groups and lo <= groups[-1][1]:
+                groups[-1] = (groups[-1][0], max(hi, groups[-1][1]), [*groups[-1][2], at])
+            else:
+                groups.append((lo, hi, [at]))
+        for lo, hi, seams in groups:
             window = joined[lo:hi]
-            key = f"{kind}\0{at - lo}\0{window}"
+            key = f"{kind}\0{','.join(str(a - lo) for a in seams)}\0{window}"
             found = self._seam_cache.get(key)
             if found is None:
-                fixed = join_normalized(window)
-                if kind == "rules" and fixed == window:
-                    found = {}
-                else:
-                    found = self._across(fixed, joined[lo:at], joined[at + 1 : hi], kind)
+                cuts = [lo - 1, *seams, hi]
+                pieces = [joined[a + 1 : b] for a, b in pairwise(cuts)]
+                found = self._crossing(join_normalized(window), pieces, kind)
                 self._seam_cache.put(key, found)
             out.update(found)
         return out
 
-    def _across(self, window: str, left: str, right: str, kind: str) -> dict[str, float]:
-        """The categories or rules (see :meth:`_seams`) of ``window`` (normalised as joined)
-        that neither ``left`` nor ``right`` (its two sides, as read) has alone."""
-
-        def found(norm: str) -> Mapping[str, float]:
-            if kind == "terms":
-                return dict.fromkeys(self._moderate_deep(norm), 1.0)
-            return _score_plain(norm)
-
-        hits = found(window)
-        if hits:
-            alone = {**found(join_normalized(left)), **found(join_normalized(right))}
-            hits = {k: v for k, v in hits.items() if k not in alone}
-        return dict(hits)
+    def _crossing(self, window: str, pieces: list[str], kind: str) -> dict[str, int]:
+        """What ``window`` (normalised as joined) finds more often than ``pieces`` (its
+        messages as read) joined with a break: per category (each form, plain and
+        de-obfuscated, on its own) or per rule, how many more."""
+        if kind == "rules":
+            whole = rule_counts(window)
+            if not whole:
+                return {}
+            apart = rule_counts("\n".join(pieces))  # no rule reaches over a line break
+            return {k: n - apart.get(k, 0) for k, n in whole.items() if n > apart.get(k, 0)}
+        flat = _flat(window)
+        deep = moderation.deobfuscate(flat)
+        forms = [flat, deep] if deep != flat else [flat]
+        whole_counts = [self._moderate(f) for f in forms]
+        if not any(whole_counts):
+            return {}
+        # "。": no term holds it, de-obfuscation joins nothing over it, it is no separator
+        # dropped between Chinese characters, and a Latin term ends or starts beside it.
+        broken = _flat("。".join(pieces))
+        apart_forms = [broken, moderation.deobfuscate(broken)]
+        out: dict[str, int] = {}
+        for whole, form in zip(whole_counts, apart_forms, strict=False):
+            if not whole:
+                continue
+            apart = self._moderate(form)
+            for c, n in whole.items():
+                if n > apart.get(c, 0):
+                    out[c] = max(out.get(c, 0), n - apart.get(c, 0))
+        return out
 
     def _moderation_read(
         self, texts: Sequence[str], reads: Sequence[_Read], direction: str, mode: str
     ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
         """:meth:`_moderation` of ``texts`` joined with line breaks, from their reads: the
-        term hits of each message and those that reach across their seams, then (where no
-        term decides) the built-in model on each message and on all of them."""
+        term hits of each message and those that cross their seams, then (where no term
+        decides) the built-in model on each message and on all of them."""
         terms: Counter[str] = Counter()
         for r in reads:
             terms.update(r.terms)
-        for category in self._seams(reads, "terms"):
-            terms[category] += 1
+        terms.update(self._seams(reads, "terms"))
         scores: dict[str, float] = {}
         if not terms and self._model is not None:
             if len(texts) == 1:
                 scores = self._model_scores(self._model, texts[0], reads[0].deep, (), direction)
             else:
+
+                def joined_deep() -> str:  # as the joined text reads (for a verdict only)
+                    norm = join_normalized("\n".join(r.norm for r in reads))
+                    return moderation.deobfuscate(_flat(norm))
+
                 deeps = [r.deep for r in reads]
-                scores = self._model_scores(self._model, "\n".join(texts), " ".join(deeps),
-                                            texts, direction, deeps)  # fmt: skip
+                scores = self._model_scores(self._model, "\n".join(texts), joined_deep, texts,
+                                            direction, deeps)  # fmt: skip
         return self._moderation_actions(terms, scores, mode)
 
     def _injection_read(self, texts: Sequence[str]) -> InjectionResult | None:
         """The injection rules on ``texts`` joined with line breaks, from their reads (the
-        rules of each message and those that reach across their seams); ``None`` where
-        one of them holds a decoded payload (the joined text is read as a whole then)."""
+        rules of each message and those that cross their seams); ``None`` where the
+        joined text is read as a whole instead (see :meth:`_reads`)."""
+        if len(texts) > _MAX_ONE_BY_ONE:
+            return None
         reads = [self._read(t) for t in texts]
         if any(r.payloads for r in reads):
             return None
         fired: dict[str, float] = {}
         for r in reads:
             fired.update(r.rules)
-        fired.update(self._seams(reads, "rules"))
+        fired.update({name: rule_weight(name) for name in self._seams(reads, "rules")})
         return InjectionResult(round(_combine(fired.values()), 4), tuple(sorted(fired)))
 
     def _moderation_actions(

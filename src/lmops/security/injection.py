@@ -237,6 +237,7 @@ _INJECTION_RULES: tuple[_Rule, ...] = (
     ),
 )
 
+_WEIGHTS = {r.name: r.weight for r in _INJECTION_RULES}
 # One scan that finds no cue of any rule rules them all out (most messages).
 _ANY_RULE_CUE = (
     None
@@ -287,6 +288,26 @@ def _score_plain(normalized: str) -> dict[str, float]:
         if r.pattern.search(normalized) is not None:
             fired[r.name] = r.weight
     return fired
+
+
+def rule_counts(normalized: str) -> dict[str, int]:
+    """How many times each injection rule matches ``normalized`` (its fired rules, with
+    the number of non-overlapping matches of each)."""
+    if _ANY_RULE_CUE is not None and not _found(_ANY_RULE_CUE, normalized):
+        return {}
+    out: dict[str, int] = {}
+    for r in _INJECTION_RULES:
+        if r.cues_re is not None and not _found(r.cues_re, normalized):
+            continue
+        n = sum(1 for _ in r.pattern.finditer(normalized))
+        if n:
+            out[r.name] = n
+    return out
+
+
+def rule_weight(name: str) -> float:
+    """The weight of the injection rule ``name``."""
+    return _WEIGHTS[name]
 
 
 def score_injection(text: str) -> InjectionResult:
