@@ -74,9 +74,10 @@ _PINYIN_HINT = re.compile(r"[1-5] ?[bcdfghjklmnpqrstwxyz]{0,2}[aeiouv]{1,3}(?:ng
 _TONE_DIGIT = re.compile("[1-5]")
 # Leet: a word mixing letters with digits or @$!| ("b0mb", "k1ll", "$ex", "h3r0in"). The
 # gate wants a leet character before a letter, so that "co2", "mp3", "wow!" and "2024" do
-# not start the (slower) rewrite.
+# not start the (slower) rewrite, or a word ending in "11" ("ki11", "a11": the one ending
+# the rewrite changes), so that whether a word is read does not depend on other words.
 _LEETISH = "0-9@$!|"
-_LEET_HINT = re.compile(rf"[{_LEETISH}]+[a-z]")
+_LEET_HINT = re.compile(rf"[{_LEETISH}]+[a-z]|(?<=[a-z])11(?![a-z{_LEETISH}])")
 _LEET_WORD = re.compile(rf"[a-z{_LEETISH}]*(?:[a-z][{_LEETISH}]|[0-9@$][a-z])[a-z{_LEETISH}]*")
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a",
                        "$": "s", "!": "i", "|": "l"})  # fmt: skip
