@@ -273,12 +273,12 @@ class Guardrails:
         self._pii_cache = TextCache()  # see _mask
         self._read_cache = TextCache(max_chars=1_500_000)  # see _read (holds ~3x its keys)
         self._seam_cache = TextCache()  # see _seams
-        # How far what crosses a seam between messages may reach, in normalised characters:
-        # a term spelled out (up to 6 characters a letter: the letter, a tone digit read as
-        # pinyin and up to 3 separators, "b . o . m . b") ...
-        self._seam_far = 6 * self.matcher.longest + 8
-        # ... and a term as written (at most its length), or an injection rule.
-        self._seam_near = max(self.matcher.longest + 8, 64)
+        # How far a term or an injection rule may reach across a seam between messages, in
+        # normalised characters: a term spelled out (up to 6 characters a letter: the letter,
+        # a tone digit read as pinyin and up to 3 separators, "b . o . m . b"), an injection
+        # rule (at most 40 characters between its words, and its words bounded; English
+        # rules cross a line break only where it falls between Chinese characters).
+        self._seam_reach = max(6 * self.matcher.longest + 8, 64)
         self.counters: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
         # Characters a stream holds back at least (see StreamGuard: it holds what may still
@@ -501,97 +501,69 @@ class Guardrails:
     def _seams(self, reads: Sequence[_Read], kind: Literal["terms", "rules"]) -> dict[str, int]:
         """What reaches across the seams of messages read one by one, joined with line
         breaks as the request's text is: term hits per category (``kind="terms"``) or
-        matches per injection rule (``"rules"``) that cross a seam (a hit is counted at
-        each seam it crosses).
+        matches per injection rule (``"rules"``) that cross a seam.
 
-        Around each seam, ``_seam_near`` characters to either side are read for terms as
-        written and injection rules, ``_seam_far`` for de-obfuscated forms (not counting the
-        blanks and separators that normalising the joined text may drop there, over as
-        many messages as it takes); seams with only such characters between them (empty
-        messages) are read as one. A window is read twice: normalised as the joined text
-        is (:func:`join_normalized`), and with its seam(s) broken (the sides as joined,
-        joined with a character that no term, rule or de-obfuscation step reaches over);
-        what the first finds more often than the second crosses the seam. Both readings
-        share the window's edges and the other seams in it, so what a cut at an edge
-        makes (a word cut in two) and what crosses another seam cancel. Each window is
-        remembered, so a chat's next request reads only the windows beside its new turn.
-        """
+        Around each seam, ``_seam_reach`` characters to either side are read (not counting
+        the blanks and separators that normalising the joined text may drop there, over as
+        many messages as it takes); windows that overlap are read as one. A window is read
+        twice: normalised as the joined text is (:func:`join_normalized`), and with each
+        of its seams broken (its messages as read, joined with a character that no term,
+        rule or de-obfuscation step reaches over); what the first finds more often than
+        the second crosses a seam. Both readings share the window's edges, so what a cut
+        at an edge makes (a word cut in two) cancels. Remembered per window."""
         out: Counter[str] = Counter()
         if len(reads) < 2:
             return out
         joined = "\n".join(r.norm for r in reads)
-        layout, near, far = _Layout.of(reads), self._seam_near, self._seam_far
-        groups: list[list[int]] = []  # seams (message numbers before them), empty messages apart
+        layout, reach = _Layout.of(reads), self._seam_reach
+        groups: list[tuple[int, int, list[int]]] = []  # (lo, hi, seams), merged
         for i in range(len(reads) - 1):
-            if groups and layout.content[i + 1] == layout.content[i]:  # message i is empty
-                groups[-1].append(i)
+            at = layout.starts[i + 1] - 1  # the line break after message i
+            lo, hi = layout.window(reads, i, reach)
+            if groups and lo <= groups[-1][1]:
+                groups[-1] = (groups[-1][0], max(hi, groups[-1][1]), [*groups[-1][2], at])
             else:
-                groups.append([i])
-        for group in groups:
-            lo = layout.window(reads, group[0], near)[0]
-            hi = layout.window(reads, group[-1], near)[1]
-            far_lo, far_hi = lo, hi
-            if kind == "terms":  # de-obfuscated forms are read farther
-                far_lo = layout.window(reads, group[0], far)[0]
-                far_hi = layout.window(reads, group[-1], far)[1]
-            seams = [layout.starts[i + 1] - 1 for i in group]  # their line breaks
-            key = (
-                f"{kind}\0{','.join(str(a - far_lo) for a in seams)}\0{lo - far_lo},{hi - far_lo}"
-                f"\0{joined[far_lo:far_hi]}"
-            )
+                groups.append((lo, hi, [at]))
+        for lo, hi, seams in groups:
+            window = joined[lo:hi]
+            key = f"{kind}\0{','.join(str(a - lo) for a in seams)}\0{window}"
             found = self._seam_cache.get(key)
             if found is None:
-                found = self._crossing(joined, seams, (lo, hi), (far_lo, far_hi), kind)
+                cuts = [lo - 1, *seams, hi]
+                pieces = [joined[a + 1 : b] for a, b in pairwise(cuts)]
+                found = self._crossing(join_normalized(window), pieces, kind)
                 self._seam_cache.put(key, found)
             out.update(found)
         return out
 
-    def _crossing(
-        self,
-        joined: str,
-        seams: list[int],
-        near: tuple[int, int],
-        far: tuple[int, int],
-        kind: str,
-    ) -> dict[str, int]:
-        """What crosses ``seams`` (line breaks of ``joined``): per category or rule, how
-        many more hits the window finds normalised as joined than with the seams broken.
-        Plain forms and injection rules are read in the ``near`` window (a term or rule
-        is at most that long), de-obfuscated forms in the ``far`` one."""
-
-        def readings(lo: int, hi: int) -> tuple[str, list[str]]:
-            cuts = [lo - 1, *seams, hi]
-            return join_normalized(joined[lo:hi]), [
-                join_normalized(joined[a + 1 : b]) for a, b in pairwise(cuts)
-            ]
-
-        def more(whole: Mapping[str, int], apart: Mapping[str, int]) -> dict[str, int]:
-            return {k: n - apart.get(k, 0) for k, n in whole.items() if n > apart.get(k, 0)}
-
-        whole, pieces = readings(*near)
+    def _crossing(self, window: str, pieces: list[str], kind: str) -> dict[str, int]:
+        """What ``window`` (normalised as joined) finds more often than ``pieces`` (its
+        messages as read) joined with a break: per category (each form, plain and
+        de-obfuscated, on its own) or per rule, how many more."""
         if kind == "rules":
-            if whole == joined[near[0] : near[1]]:  # the seams stay line breaks: no rule
-                return {}  # crosses one
-            counts = rule_counts(whole)
-            return more(counts, rule_counts("\n".join(pieces))) if counts else {}
+            whole = rule_counts(window)
+            if not whole:
+                return {}
+            apart = rule_counts("\n".join(pieces))  # no rule reaches over a line break
+            return {k: n - apart.get(k, 0) for k, n in whole.items() if n > apart.get(k, 0)}
+        flat = _flat(window)
+        deep = moderation.deobfuscate(flat)
+        forms = [flat, deep] if deep != flat else [flat]
+        whole_counts = [self._moderate(f) for f in forms]
+        if not any(whole_counts):
+            return {}
         # "。": no term holds it, de-obfuscation joins nothing over it, it is no separator
         # dropped between Chinese characters, and a Latin term ends or starts beside it.
+        broken = _flat("。".join(pieces))
+        apart_forms = [broken, moderation.deobfuscate(broken)]
         out: dict[str, int] = {}
-        flat = _flat(whole)
-        plain = self._moderate(flat)
-        if plain:
-            out = more(plain, self._moderate(_flat("。".join(pieces))))
-        # A spelling that de-obfuscation reads across a seam is rewritten beside it: where
-        # nothing near the seam is, no de-obfuscated term crosses it.
-        if moderation.deobfuscate(flat) == flat:
-            return out
-        whole, pieces = readings(*far)
-        flat = _flat(whole)
-        deep = moderation.deobfuscate(flat)
-        if deep != flat and (hits := self._moderate(deep)):
-            apart = moderation.deobfuscate(_flat("。".join(pieces)))
-            for c, n in more(hits, self._moderate(apart)).items():
-                out[c] = max(out.get(c, 0), n)
+        for whole, form in zip(whole_counts, apart_forms, strict=False):
+            if not whole:
+                continue
+            apart = self._moderate(form)
+            for c, n in whole.items():
+                if n > apart.get(c, 0):
+                    out[c] = max(out.get(c, 0), n - apart.get(c, 0))
         return out
 
     def _moderation_read(

@@ -188,7 +188,7 @@ _INJECTION_RULES: tuple[_Rule, ...] = (
         r"\b(?:enable|activate|enter|switch to) (?:the )?(?:dan|jailbreak|god) mode\b",
         r"\b(?:dan|jailbreak|god) mode (?:enabled|activated|on)\b",
         r"\b(?:pretend|act|behave|roleplay|role play)\b.{0,40}?\b(?:no|without|free of|free from"
-        r"|not bound by|ignoring) (?:any )?(?:[a-z]+ )?(?:rules|restrictions|limits|limitations"
+        r"|not bound by|ignoring) (?:any )?(?:[a-z]{1,24} )?(?:rules|restrictions|limits|limitations"
         r"|filters|guidelines|censorship|ethics|morals|policies)\b",
         r"你现在是[^。！？\n]{0,10}?(?:dan|不受(?:任何)?限制|没有(?:任何)?限制|无限制|越狱|邪恶)",
         r"(?:越狱|上帝|dan)模式(?:已)?(?:开启|启动|激活|启用)",
