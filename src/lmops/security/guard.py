@@ -5,11 +5,9 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
@@ -22,11 +20,12 @@ from lmops.security.injection import (
     _decoded_payloads,
     _score_injection,
     _score_plain,
-    rule_counts,
     rule_weight,
 )
 from lmops.security.moderation.encoder import Deferred, Encoder, builtin_encoder, load_encoder
 from lmops.security.normalize import GAP_CHARS, _nfkc, join_normalized, normalize_text
+from lmops.security.seams import MAX_ONE_BY_ONE, Read, Seams
+from lmops.security.seams import flat as _flat
 from lmops.security.terms import TermMatcher, _builtin_terms, load_term_file
 from lmops.security.textcache import TextCache
 from lmops.text.cjk import count_han
@@ -149,71 +148,6 @@ def _map_content(content: Any, fn: Callable[[str], str]) -> Any:
     return content
 
 
-# More messages (or text parts) than this in a request: read joined as a whole, as
-# thousands of tiny or empty ones would cost a seam each.
-_MAX_ONE_BY_ONE = 128
-
-
-def _flat(norm: str) -> str:
-    """Normalised text with its line breaks as blanks (terms are matched across them)."""
-    return norm.replace("\n", " ") if "\n" in norm else norm
-
-
-class _Layout(NamedTuple):
-    """Where the messages of a request lie in their joined normalised text: ``starts[k]``
-    is where message ``k`` starts, ``content[k]`` how many characters of messages before
-    ``k`` normalising the joined text keeps for sure (all but their leading and trailing
-    blanks and separators, see :class:`_Read`)."""
-
-    starts: list[int]
-    content: list[int]
-
-    @classmethod
-    def of(cls, reads: Sequence[_Read]) -> _Layout:
-        starts, content = [0], [0]
-        for r in reads:
-            starts.append(starts[-1] + len(r.norm) + 1)
-            content.append(content[-1] + max(len(r.norm) - r.lead - r.trail, 0))
-        return cls(starts, content)
-
-    def window(self, reads: Sequence[_Read], i: int, reach: int) -> tuple[int, int]:
-        """Where to read the seam after message ``i``: ``reach`` characters to either side,
-        not counting those that normalising the joined text may drop, over as many
-        messages as it takes (found by bisection: a run of empty messages costs nothing)."""
-        p, c = self.starts, self.content
-        # left: the last message j <= i whose kept characters take the total over reach
-        j = bisect_left(c, c[i + 1] - reach) - 1
-        if j < 0:
-            lo = 0
-        else:
-            need = reach - (c[i + 1] - c[j + 1])
-            lo = p[j] + len(reads[j].norm) - reads[j].trail - need
-        # right: the first message j > i whose kept characters take the total over reach
-        k = bisect_right(c, c[i + 1] + reach)
-        if k > len(reads):
-            hi = p[-1] - 1
-        else:
-            j = k - 1
-            need = reach - (c[j] - c[i + 1])
-            hi = p[j] + reads[j].lead + need
-        return lo, hi
-
-
-class _Read(NamedTuple):
-    """What the guard reads in one message (or reply) by itself, remembered with its text
-    (see :meth:`Guardrails._read`): its normalised form, that form with line breaks as
-    spaces and de-obfuscated, the term hits per category, the injection rules that fire
-    (name -> weight) and its decoded base64 payloads."""
-
-    norm: str
-    deep: str
-    terms: dict[str, int]
-    rules: dict[str, float]
-    payloads: tuple[str, ...]
-    lead: int  # characters that normalising a joined text may drop ("\n" and GAP_CHARS) ...
-    trail: int  # ... at the start and at the end of norm
-
-
 class _Scored(NamedTuple):
     """A message's stats under the built-in model, and its P(harmful)."""
 
@@ -272,13 +206,8 @@ class Guardrails:
         self._stats_cache = TextCache()  # see _message_stats
         self._pii_cache = TextCache()  # see _mask
         self._read_cache = TextCache(max_chars=1_500_000)  # see _read (holds ~3x its keys)
-        self._seam_cache = TextCache()  # see _seams
-        # How far a term or an injection rule may reach across a seam between messages, in
-        # normalised characters: a term spelled out (up to 6 characters a letter: the letter,
-        # a tone digit read as pinyin and up to 3 separators, "b . o . m . b"), an injection
-        # rule (at most 40 characters between its words, and its words bounded; English
-        # rules cross a line break only where it falls between Chinese characters).
-        self._seam_reach = max(6 * self.matcher.longest + 8, 64)
+        # What crosses the seams between messages read one by one (see seams.py).
+        self._seams = Seams(self._moderate, self.matcher.longest)
         self.counters: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
         # Characters a stream holds back at least (see StreamGuard: it holds what may still
@@ -472,8 +401,8 @@ class Guardrails:
         return self._moderation_actions(terms, scores, mode)
 
     # ------------------------------------------------------------------ message by message
-    def _read(self, text: str) -> _Read:
-        """:class:`_Read` of one message or reply, remembered: a chat sends its system
+    def _read(self, text: str) -> Read:
+        """:class:`Read` of one message or reply, remembered: a chat sends its system
         prompt, earlier turns and replies again with every request, and each is read once
         (a reply when it is checked as output)."""
         hit = self._read_cache.get(text)
@@ -484,90 +413,22 @@ class Guardrails:
             lead = len(norm) - len(norm.lstrip(GAP_CHARS))
             trail = len(norm) - len(norm.rstrip(GAP_CHARS))
             terms = self._terms(_flat(norm), deep)
-            hit = _Read(norm, deep, terms, _score_plain(norm), payloads, lead, trail)
+            hit = Read(norm, deep, terms, _score_plain(norm), payloads, lead, trail)
             self._read_cache.put(text, hit)
         return hit
 
-    def _reads(self, texts: Sequence[str]) -> list[_Read] | None:
+    def _reads(self, texts: Sequence[str]) -> list[Read] | None:
         """:meth:`_read` of each of ``texts``, or ``None`` where their joined text is read
         as a whole instead: a classifier callable of your own (it is given the joined
         text), decoded payloads (moderated with it), or more than ``_MAX_READ_ONE_BY_ONE``
         texts (thousands of tiny or empty messages or parts would cost a seam each)."""
-        if (self._model is None and self.classifier is not None) or len(texts) > _MAX_ONE_BY_ONE:
+        if (self._model is None and self.classifier is not None) or len(texts) > MAX_ONE_BY_ONE:
             return None
         reads = [self._read(t) for t in texts]
         return None if any(r.payloads for r in reads) else reads
 
-    def _seams(self, reads: Sequence[_Read], kind: Literal["terms", "rules"]) -> dict[str, int]:
-        """What reaches across the seams of messages read one by one, joined with line
-        breaks as the request's text is: term hits per category (``kind="terms"``) or
-        matches per injection rule (``"rules"``) that cross a seam.
-
-        Around each seam, ``_seam_reach`` characters to either side are read (not counting
-        the blanks and separators that normalising the joined text may drop there, over as
-        many messages as it takes); windows that overlap are read as one. A window is read
-        twice: normalised as the joined text is (:func:`join_normalized`), and with each
-        of its seams broken (its messages as read, joined with a character that no term,
-        rule or de-obfuscation step reaches over); what the first finds more often than
-        the second crosses a seam. Both readings share the window's edges, so what a cut
-        at an edge makes (a word cut in two) cancels. Remembered per window."""
-        out: Counter[str] = Counter()
-        if len(reads) < 2:
-            return out
-        joined = "\n".join(r.norm for r in reads)
-        layout, reach = _Layout.of(reads), self._seam_reach
-        groups: list[tuple[int, int, list[int]]] = []  # (lo, hi, seams), merged
-        for i in range(len(reads) - 1):
-            at = layout.starts[i + 1] - 1  # the line break after message i
-            lo, hi = layout.window(reads, i, reach)
-            if groups and lo <= groups[-1][1]:
-                groups[-1] = (groups[-1][0], max(hi, groups[-1][1]), [*groups[-1][2], at])
-            else:
-                groups.append((lo, hi, [at]))
-        for lo, hi, seams in groups:
-            window = joined[lo:hi]
-            key = f"{kind}\0{','.join(str(a - lo) for a in seams)}\0{window}"
-            found = self._seam_cache.get(key)
-            if found is None:
-                cuts = [lo - 1, *seams, hi]
-                pieces = [joined[a + 1 : b] for a, b in pairwise(cuts)]
-                found = self._crossing(join_normalized(window), pieces, kind)
-                self._seam_cache.put(key, found)
-            out.update(found)
-        return out
-
-    def _crossing(self, window: str, pieces: list[str], kind: str) -> dict[str, int]:
-        """What ``window`` (normalised as joined) finds more often than ``pieces`` (its
-        messages as read) joined with a break: per category (each form, plain and
-        de-obfuscated, on its own) or per rule, how many more."""
-        if kind == "rules":
-            whole = rule_counts(window)
-            if not whole:
-                return {}
-            apart = rule_counts("\n".join(pieces))  # no rule reaches over a line break
-            return {k: n - apart.get(k, 0) for k, n in whole.items() if n > apart.get(k, 0)}
-        flat = _flat(window)
-        deep = moderation.deobfuscate(flat)
-        forms = [flat, deep] if deep != flat else [flat]
-        whole_counts = [self._moderate(f) for f in forms]
-        if not any(whole_counts):
-            return {}
-        # "。": no term holds it, de-obfuscation joins nothing over it, it is no separator
-        # dropped between Chinese characters, and a Latin term ends or starts beside it.
-        broken = _flat("。".join(pieces))
-        apart_forms = [broken, moderation.deobfuscate(broken)]
-        out: dict[str, int] = {}
-        for whole, form in zip(whole_counts, apart_forms, strict=False):
-            if not whole:
-                continue
-            apart = self._moderate(form)
-            for c, n in whole.items():
-                if n > apart.get(c, 0):
-                    out[c] = max(out.get(c, 0), n - apart.get(c, 0))
-        return out
-
     def _moderation_read(
-        self, texts: Sequence[str], reads: Sequence[_Read], direction: str, mode: str
+        self, texts: Sequence[str], reads: Sequence[Read], direction: str, mode: str
     ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
         """:meth:`_moderation` of ``texts`` joined with line breaks, from their reads: the
         term hits of each message and those that cross their seams, then (where no term
@@ -595,7 +456,7 @@ class Guardrails:
         """The injection rules on ``texts`` joined with line breaks, from their reads (the
         rules of each message and those that cross their seams); ``None`` where the
         joined text is read as a whole instead (see :meth:`_reads`)."""
-        if len(texts) > _MAX_ONE_BY_ONE:
+        if len(texts) > MAX_ONE_BY_ONE:
             return None
         reads = [self._read(t) for t in texts]
         if any(r.payloads for r in reads):
