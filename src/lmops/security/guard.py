@@ -24,8 +24,8 @@ from lmops.security.injection import (
 )
 from lmops.security.moderation.encoder import Deferred, Encoder, builtin_encoder, load_encoder
 from lmops.security.normalize import GAP_CHARS, _nfkc, join_normalized, normalize_text
+from lmops.security.normalize import flat as _flat
 from lmops.security.seams import MAX_ONE_BY_ONE, Read, Seams
-from lmops.security.seams import flat as _flat
 from lmops.security.terms import TermMatcher, _builtin_terms, load_term_file
 from lmops.security.textcache import TextCache
 from lmops.text.cjk import count_han
@@ -226,8 +226,8 @@ class Guardrails:
     def _moderate_deep(self, normalized: str) -> dict[str, int]:
         """:meth:`_moderate`, also across line breaks and on the de-obfuscated text
         ("b.o.m.b", "k1ll", Cyrillic look-alikes); the larger count per category wins."""
-        flat = normalized.replace("\n", " ") if "\n" in normalized else normalized
-        return self._terms(flat, moderation.deobfuscate(flat))
+        one_line = _flat(normalized)
+        return self._terms(one_line, moderation.deobfuscate(one_line))
 
     def _terms(self, flat: str, deep: str) -> dict[str, int]:
         """:meth:`_moderate_deep` given both forms (``deep`` is ``deobfuscate(flat)``; the
@@ -387,9 +387,9 @@ class Guardrails:
         messages ``text`` joins) are classified one by one as well. Where the term lists
         find a category, the classifier is not asked (it would add nothing)."""
         norm = normalize_text(text) if normalized is None else normalized
-        flat = norm.replace("\n", " ") if "\n" in norm else norm
-        deep = moderation.deobfuscate(flat)
-        terms = self._terms(flat, deep)
+        one_line = _flat(norm)
+        deep = moderation.deobfuscate(one_line)
+        terms = self._terms(one_line, deep)
         scores: dict[str, float] = {}
         if not terms and self._model is not None:
             scores = self._model_scores(self._model, text, deep, parts, direction)

@@ -43,7 +43,7 @@ from lmops.security.injection import (
     _decoded_payloads,
     _score_plain,
 )
-from lmops.security.normalize import _nfkc, normalize_text
+from lmops.security.normalize import _nfkc, flat, normalize_text
 from lmops.text.pii import PiiSpan, detect_pii, mask_pii
 
 __all__ = [
@@ -161,9 +161,9 @@ def scan_long(
 
     def read(piece: str) -> tuple[dict[str, int], str]:
         norm = normalize_text(piece)
-        flat = norm.replace("\n", " ") if "\n" in norm else norm
-        deep = moderation.deobfuscate(flat)
-        found = terms(flat, deep) if terms is not None else {}
+        one_line = flat(norm)
+        deep = moderation.deobfuscate(one_line)
+        found = terms(one_line, deep) if terms is not None else {}
         if injection:
             out.rules.update(_score_plain(norm))
             out.encoded_cue = out.encoded_cue or _ENCODED_CUES.search(norm) is not None

@@ -29,10 +29,13 @@ _DROP_ANY = re.compile("[" + "".join(map(chr, sorted({**_INVISIBLE, **_QUOTES}))
 # they change (not a lone " " or "\n"), which spares the rebuilding of unchanged text.
 _HSPACE = re.compile(r" [^\S\n]+|[^\S\n ][^\S\n]*")
 _NEWLINES = re.compile(r" \n\s*|\n\s+")
+# What _CJK_GAP drops between Chinese characters, as it is found in normalised text (its
+# only blanks are " " and line breaks); in the regex, any blank.
+GAP_CHARS = " \n*_.-·・~|/\\+#^="
+_GAP = "[\\s" + re.escape(GAP_CHARS.lstrip(" \n")) + "]"
 # Spaces and ASCII separators between two Chinese characters ("自 杀", "自*杀", "自-杀").
 # The lookbehind comes after the first separator, so that the regex engine skips straight
 # to separators instead of trying every position.
-_GAP = r"[\s*_.\-·・~|/\\+#^=]"
 _CJK_GAP = re.compile(rf"{_GAP}(?<=[{_CJK}]{_GAP}){_GAP}*(?=[{_CJK}])")
 # "self-harm", "al_qaeda" -> "self harm", "al qaeda".
 _LATIN_JOIN = re.compile(r"(?<=[a-z])[-_](?=[a-z])")
@@ -47,11 +50,6 @@ _WIDE_RUN = re.compile("[\uff01-\uff5e\u3000]+")
 _FOLD = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
 
 
-# What _CJK_GAP drops between Chinese characters, as it is found in normalised text (its
-# only blanks are " " and line breaks).
-GAP_CHARS = " \n*_.-·・~|/\\+#^="
-
-
 def join_normalized(text: str) -> str:
     """The steps of :func:`normalize_text` that reach across a line break, on normalised
     texts joined with line breaks: blanks around a break folded into it, a break between
@@ -62,6 +60,11 @@ def join_normalized(text: str) -> str:
     if _HAN.search(text) is not None:
         text = _CJK_GAP.sub("", text)
     return text
+
+
+def flat(normalized: str) -> str:
+    """Normalised text with its line breaks as blanks (terms are matched across them)."""
+    return normalized.replace("\n", " ") if "\n" in normalized else normalized
 
 
 def _nfkc(text: str) -> str:

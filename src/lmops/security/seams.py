@@ -16,17 +16,12 @@ from typing import Literal, NamedTuple
 
 from lmops.security import moderation
 from lmops.security.injection import rule_counts
-from lmops.security.normalize import join_normalized
+from lmops.security.normalize import flat, join_normalized
 from lmops.security.textcache import TextCache
 
 # More messages (or text parts) than this in a request: read joined as a whole, as
 # thousands of tiny or empty ones would cost a seam each.
 MAX_ONE_BY_ONE = 128
-
-
-def flat(norm: str) -> str:
-    """Normalised text with its line breaks as blanks (terms are matched across them)."""
-    return norm.replace("\n", " ") if "\n" in norm else norm
 
 
 class Layout(NamedTuple):

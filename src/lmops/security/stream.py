@@ -13,7 +13,7 @@ from lmops.security import moderation
 from lmops.security.config import CONTENT_FILTER
 from lmops.security.guard import _apply_masks
 from lmops.security.moderation.encoder import Deferred
-from lmops.security.normalize import _CJK, _GAP, normalize_text
+from lmops.security.normalize import _CJK, _GAP, flat, normalize_text
 from lmops.security.terms import _is_word_char
 from lmops.text.pii import PiiSpan, detect_pii
 
@@ -174,7 +174,7 @@ def _settled(normalized: str) -> str:
     character vanish when another one follows ("自 " + "杀"), a "-" or "_" after a Latin
     letter is read as a space ("self-" + "harm"), and line breaks as spaces (terms are
     matched across them)."""
-    t = normalized.replace("\n", " ") if "\n" in normalized else normalized
+    t = flat(normalized)
     if t and not t[-1].isalnum():
         t = _SETTLE_CJK.sub("", t)
         t = _SETTLE_LATIN.sub(" ", t)
