@@ -545,15 +545,20 @@ def _case(zh: bool) -> str:
     return f"（工单{next(_CASES)}）" if zh else f" (case {next(_CASES)})"
 
 
+def _message(rng: random.Random, zh: bool, n: int) -> str:
+    """``n`` sentences of the pool of its language, and a case number."""
+    return ("" if zh else " ").join(rng.choice(ZH_SENTENCES if zh else EN_SENTENCES)
+                                   for _ in range(n)) + _case(zh)  # fmt: skip
+
+
 def typical_request(rng: random.Random) -> tuple[list[dict[str, str]], str]:
     """A chat request (system prompt, a question, an answer, a follow-up; each message
     but the system prompt unlike any other) and a reply of about 800 characters; one in
     four English ones mentions an e-mail address."""
     zh = rng.random() < 0.4
-    pool = ZH_SENTENCES if zh else EN_SENTENCES
 
     def text(n: int) -> str:
-        return ("" if zh else " ").join(rng.choice(pool) for _ in range(n)) + _case(zh)
+        return _message(rng, zh, n)
 
     question = text(2)
     if not zh and rng.random() < 0.25:
@@ -572,10 +577,9 @@ def conversation(rng: random.Random, turns: int) -> tuple[list[str], list[str]]:
     (one or two sentences, one English turn in four with an e-mail address) and replies,
     each unlike any other."""
     zh = rng.random() < 0.4
-    pool = ZH_SENTENCES if zh else EN_SENTENCES
 
     def text(n: int) -> str:
-        return ("" if zh else " ").join(rng.choice(pool) for _ in range(n)) + _case(zh)
+        return _message(rng, zh, n)
 
     users, replies = [], []
     for _ in range(turns):

@@ -408,21 +408,25 @@ class Guardrails:
         hit = self._read_cache.get(text)
         if hit is None:
             norm = normalize_text(text)
-            deep = moderation.deobfuscate(_flat(norm))
+            one_line = _flat(norm)
+            deep = moderation.deobfuscate(one_line)
             payloads = tuple(_decoded_payloads(_nfkc(text)))
             lead = len(norm) - len(norm.lstrip(GAP_CHARS))
             trail = len(norm) - len(norm.rstrip(GAP_CHARS))
-            terms = self._terms(_flat(norm), deep)
+            terms = self._terms(one_line, deep)
             hit = Read(norm, deep, terms, _score_plain(norm), payloads, lead, trail)
             self._read_cache.put(text, hit)
         return hit
 
-    def _reads(self, texts: Sequence[str]) -> list[Read] | None:
+    def _reads(self, texts: Sequence[str], *, classify: bool = True) -> list[Read] | None:
         """:meth:`_read` of each of ``texts``, or ``None`` where their joined text is read
-        as a whole instead: a classifier callable of your own (it is given the joined
-        text), decoded payloads (moderated with it), or more than ``_MAX_READ_ONE_BY_ONE``
-        texts (thousands of tiny or empty messages or parts would cost a seam each)."""
-        if (self._model is None and self.classifier is not None) or len(texts) > MAX_ONE_BY_ONE:
+        as a whole instead: decoded payloads (moderated and checked with it), more than
+        ``MAX_ONE_BY_ONE`` texts (thousands of tiny or empty messages or parts would cost a
+        seam each), or, where they are ``classify``-ed, a classifier callable of your own
+        (it is given the joined text)."""
+        if len(texts) > MAX_ONE_BY_ONE or (
+            classify and self._model is None and self.classifier is not None
+        ):
             return None
         reads = [self._read(t) for t in texts]
         return None if any(r.payloads for r in reads) else reads
@@ -456,10 +460,8 @@ class Guardrails:
         """The injection rules on ``texts`` joined with line breaks, from their reads (the
         rules of each message and those that cross their seams); ``None`` where the
         joined text is read as a whole instead (see :meth:`_reads`)."""
-        if len(texts) > MAX_ONE_BY_ONE:
-            return None
-        reads = [self._read(t) for t in texts]
-        if any(r.payloads for r in reads):
+        reads = self._reads(texts, classify=False)
+        if reads is None:
             return None
         fired: dict[str, float] = {}
         for r in reads:

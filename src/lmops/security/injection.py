@@ -7,7 +7,7 @@ import binascii
 import importlib
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -278,31 +278,24 @@ def _combine(weights: Iterable[float]) -> float:
     return 1.0 - math.prod(1.0 - w for w in weights)
 
 
-def _score_plain(normalized: str) -> dict[str, float]:
+def _cued(normalized: str) -> Iterator[_Rule]:
+    """The rules a cue of which ``normalized`` holds (the only ones that may match it)."""
     if _ANY_RULE_CUE is not None and not _found(_ANY_RULE_CUE, normalized):
-        return {}
-    fired: dict[str, float] = {}
+        return
     for r in _INJECTION_RULES:
-        if r.cues_re is not None and not _found(r.cues_re, normalized):
-            continue
-        if r.pattern.search(normalized) is not None:
-            fired[r.name] = r.weight
-    return fired
+        if r.cues_re is None or _found(r.cues_re, normalized):
+            yield r
+
+
+def _score_plain(normalized: str) -> dict[str, float]:
+    return {r.name: r.weight for r in _cued(normalized) if r.pattern.search(normalized)}
 
 
 def rule_counts(normalized: str) -> dict[str, int]:
     """How many times each injection rule matches ``normalized`` (its fired rules, with
     the number of non-overlapping matches of each)."""
-    if _ANY_RULE_CUE is not None and not _found(_ANY_RULE_CUE, normalized):
-        return {}
-    out: dict[str, int] = {}
-    for r in _INJECTION_RULES:
-        if r.cues_re is not None and not _found(r.cues_re, normalized):
-            continue
-        n = sum(1 for _ in r.pattern.finditer(normalized))
-        if n:
-            out[r.name] = n
-    return out
+    counts = {r.name: sum(1 for _ in r.pattern.finditer(normalized)) for r in _cued(normalized)}
+    return {name: n for name, n in counts.items() if n}
 
 
 def rule_weight(name: str) -> float:
