@@ -68,6 +68,23 @@ harmful counterparts in the same forms (contraband as the object, short threats 
 intent: "ship the meth to them", "kill him tonight", "给他下毒"), all ``train``, drawn after
 the breadth rows from ``--seed`` + 2; none is a held-out text, and a harmful one sharing
 half its words with a held-out idea is left out.
+
+Free text, with ``--with-generated`` only (``source: smollm2``; not in the shipped build):
+3,127 benign English paragraphs, questions, tips, short stories, word problems and
+messages on everyday topics written by SmolLM2-135M-Instruct
+(``benchmarks/generate_moderation_benign.py``; kept in the repository as
+``moderation_benign_smollm2.jsonl.gz``), all ``train``, grouped by topic, last. Every
+shipped benign row is a template, and the classifier learned the templates' surface:
+"their" scores 0.986, and the default guard blocks 0.8 - 1.5 % of Alpaca, GSM8K,
+MMLU-Redux and CMMLU text, 13.7 % of Shakespeare passages and 10.6 % of ``lmops eval
+perf``'s prompts (``moderation_bench.py --parts ordinary``). Built with the free text
+(first stage by its rule: threshold 0.7893; the encoder with ``--no-refit``, its threshold
+at the 0.99 cap), those fall to 0.3 - 0.7 %, 0 % (GSM8K), 0.1 %, 0.55 %, 2.1 % and 4.8 %,
+but held-out recall falls too: the first stage alone 0.815 -> 0.773 (false positives 0.89
+-> 0.58 %), with the encoder 0.953 -> 0.938 (1.96 -> 1.47 %), under the issue's 0.95; so it
+is not shipped (2026-12-06). The free text's family is ``plain``, as every frame-less
+row's (the out-of-fold threshold scores them all with a model that saw none of them), and
+it gets no obfuscated variants.
 """
 
 from __future__ import annotations
@@ -92,6 +109,7 @@ import moderation_lexicon_breadth as BREADTH
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "src/lmops/security/resources/moderation"
 V1_TEST = ROOT / "benchmarks/moderation_v1_test.jsonl.gz"
+GENERATED = ROOT / "benchmarks/moderation_benign_smollm2.jsonl.gz"
 
 # ============================================================================ harmful acts
 # "[word|翻译]" marks the keyword (obfuscations target it; the translation is used when the
@@ -2292,7 +2310,7 @@ def gloss_table(vocab: set[str]) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def rows(seed: int) -> list[dict[str, object]]:
+def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
     rng = random.Random(seed)
     out: list[dict[str, object]] = []
     seen: set[str] = set()
@@ -2348,6 +2366,16 @@ def rows(seed: int) -> list[dict[str, object]]:
     held_texts = {str(r["text"]).lower() for r in out if r["split"] == "test"}
     for row in followup_rows(frng, held_texts):
         emit(row, plain(row.text), "none")
+    if not generated:
+        return out
+    # Free text written by a small model (no generator: the file is fixed).
+    with gzip.open(GENERATED, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            g = json.loads(line)
+            if re.sub(r"[ \t]+", " ", g["text"]).strip().lower() in held_texts:  # as emit()
+                continue
+            emit(Row(g["text"], "benign", None, "en", "generated", "plain",
+                     f"en/smollm2/{g['topic']}", "train", source="smollm2"), g["text"], "none")  # fmt: skip
     return out
 
 
@@ -2380,9 +2408,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=20240612)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--data-only", action="store_true")
+    ap.add_argument(
+        "--with-generated",
+        action="store_true",
+        help="add the free text of moderation_benign_smollm2.jsonl.gz (not in the shipped build)",
+    )
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    data = rows(args.seed)
+    data = rows(args.seed, generated=args.with_generated)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "data.jsonl.gz"
     write_data(data, path)
