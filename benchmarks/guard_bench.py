@@ -764,6 +764,7 @@ def ttft_level(
         "e2el_p50_ms": lv.e2el_ms.median if lv.e2el_ms else None,
         "completed": lv.completed,
         "failed": lv.failed,
+        "errors": dict(lv.errors),  # e.g. a prompt the guard refused (400 content_filter)
         "prompt_tokens": lv.total_input_tokens / max(lv.completed, 1),
     }
 
@@ -979,6 +980,9 @@ def print_ttft(r: dict[str, Any]) -> None:
             f"{name:<30} {v['ttft_p50_ms']:>9.1f} {v['ttft_p90_ms']:>9.1f} "
             f"{v['e2el_p50_ms']:>9.1f} {v['failed']:>7}"
         )
+    for name in (*paths, "gateway, output PII off"):
+        for error, n in r[name].get("errors", {}).items():
+            print(f"  {name}: {n} failed: {error[:160]}")
     # Default minus "output PII off" is the PII rule's hold: a first word may still become
     # an e-mail's local part ("tok0" + "@x.io", "tok0" + " at x dot io"), so it goes out
     # with the next token, one ITL later; "output PII off" minus "off" is the term lists'.
