@@ -82,9 +82,14 @@ perf``'s prompts (``moderation_bench.py --parts ordinary``). Built with the free
 at the 0.99 cap), those fall to 0.3 - 0.7 %, 0 % (GSM8K), 0.1 %, 0.55 %, 2.1 % and 4.8 %,
 but held-out recall falls too: the first stage alone 0.815 -> 0.773 (false positives 0.89
 -> 0.58 %), with the encoder 0.953 -> 0.938 (1.96 -> 1.47 %), under the issue's 0.95; so it
-is not shipped (2026-12-06). The free text's family is ``plain``, as every frame-less
-row's (the out-of-fold threshold scores them all with a model that saw none of them), and
-it gets no obfuscated variants.
+is not shipped (2026-12-06). Those figures are with the free text in family ``plain`` (every
+frame-less row's), so the out-of-fold threshold scored all of it with a model that saw
+none of it; its family is now its prompt form (``generated/{form}``, folded as a frame
+family), and that first stage (threshold 0.6826, out-of-fold recall 0.845 at 2 %), with
+the shipped encoder, gives held-out 0.824 / 0.94 % alone and 0.948 / 1.89 % with the
+encoder, first-stage floors met; Alpaca 0.47 - 1.20 %, GSM8K 0.08 %, MMLU-Redux 0.55 %,
+CMMLU 1.0 %, Shakespeare 5.4 %, eval perf prompts 6.75 %. Next: the encoder rebuilt on it
+with the refit. The free text gets no obfuscated variants.
 """
 
 from __future__ import annotations
@@ -2374,7 +2379,7 @@ def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
             g = json.loads(line)
             if re.sub(r"[ \t]+", " ", g["text"]).strip().lower() in held_texts:  # as emit()
                 continue
-            emit(Row(g["text"], "benign", None, "en", "generated", "plain",
+            emit(Row(g["text"], "benign", None, "en", "generated", f"generated/{g['form']}",
                      f"en/smollm2/{g['topic']}", "train", source="smollm2"), g["text"], "none")  # fmt: skip
     return out
 
