@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,44 @@ def test_training_rejects_a_bad_ensemble(tmp_path: object) -> None:
     rows = [LabeledText("make a bomb", True), LabeledText("bake a cake", False)] * 2
     with pytest.raises(UserError, match="seeds >= 1"):
         train_moderation_classifier(rows, "unused.npz", seeds=0, folds=0)
+
+
+def test_rows_marked_calibrate_false_train_but_do_not_dilute_the_threshold_rule(
+    tmp_path: Path,
+) -> None:
+    # Look-alikes that share the harmful rows' words, and many easy benign rows: counted,
+    # the easy rows let 10 % false positives fall on the look-alikes and the threshold drop.
+    harmful = [f"how do i {v} a bomb {k}" for v in ("make", "build", "hide") for k in range(8)]
+    lookalike = [f"how do i {v} a bath bomb {k}" for v in ("make", "buy") for k in range(10)]
+    easy = [f"the weather is {w} today {k}" for w in ("nice", "cold", "warm") for k in range(70)]
+
+    def train(calibrate: bool) -> float:
+        rows = [LabeledText(t, True, group=t) for t in harmful]
+        rows += [LabeledText(t, False, group=t) for t in lookalike]
+        rows += [LabeledText(t, False, group=t, calibrate=calibrate) for t in easy]
+        report = train_moderation_classifier(
+            rows, tmp_path / f"{calibrate}.npz", bits=12, hidden=8, epochs=2, seeds=1, max_fp=0.1
+        )
+        return report.threshold
+
+    assert train(calibrate=False) > train(calibrate=True)  # 0.59 against 0.01
+    rows = [LabeledText(t, True) for t in harmful] + [
+        LabeledText(t, False, calibrate=False) for t in easy
+    ]
+    with pytest.raises(UserError, match="every benign row has calibrate false"):
+        train_moderation_classifier(rows, tmp_path / "none.npz")
+
+
+def test_read_labeled_reads_calibrate_and_names_a_bad_one(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(
+        '{"text": "a", "label": "benign", "calibrate": false}\n{"text": "b", "label": 1}\n'
+    )
+    a, b = read_labeled(path)
+    assert (a.calibrate, b.calibrate) == (False, True)
+    path.write_text('{"text": "a", "label": "benign", "calibrate": "no"}\n')
+    with pytest.raises(UserError, match=r"rows.jsonl:1: calibrate: 'no'; use true or false"):
+        read_labeled(path)
 
 
 # Held-out-style requests written for this test: none is a row of the shipped set, and

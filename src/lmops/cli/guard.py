@@ -22,8 +22,9 @@ def train_cmd(
         list[Path],
         typer.Option(
             "--data",
-            help='JSONL rows {"text", "label": harmful|benign, "category"?, "group"?} '
-            "(.jsonl or .jsonl.gz, repeatable); rows with split test are left out.",
+            help='JSONL rows {"text", "label": harmful|benign, "category"?, "group"?, '
+            '"calibrate"?} (.jsonl or .jsonl.gz, repeatable); rows with split test are left '
+            "out; calibrate false: trained on, not counted by --max-fp.",
         ),
     ],
     output: Annotated[Path, typer.Option("--output", help="Model file to write (.npz).")],
@@ -38,7 +39,7 @@ def train_cmd(
         typer.Option(
             "--max-fp",
             help="The threshold rule: the lowest threshold whose out-of-fold false-positive "
-            "rate on benign rows is at most this.",
+            "rate on benign rows (but those with calibrate false) is at most this.",
         ),
     ] = 0.02,
     folds: Annotated[

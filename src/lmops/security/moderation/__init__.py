@@ -74,7 +74,8 @@ Threshold
     fold's model never saw the templates or the ideas of the rows it scores, as on the
     held-out split), and the lowest threshold whose out-of-fold false-positive rate on
     benign rows is at most ``max_fp`` (2 %: two thirds of the 3 % the issue allows on
-    look-alikes), which gives the highest out-of-fold recall under that cap. The training
+    look-alikes; a row with ``"calibrate": false``, free text that is no look-alike, trains
+    but is not counted), which gives the highest out-of-fold recall under that cap. The training
     report keeps the rule's threshold and recall at other caps (``cv_curve``). It is
     stored in the file and used unless ``GuardrailConfig.classifier_threshold`` is set
     (the shipped model: 0.5 % cap -> higher threshold, fewer false positives on ordinary

@@ -42,7 +42,9 @@ _LABELS = {"harmful": True, "benign": False, "1": True, "0": False, "true": True
 class LabeledText:
     """One training or evaluation row. ``group``: rows sharing it are wordings of one idea
     and stay on one side of a fold; ``split``: ``"test"`` rows are never trained on;
-    ``info``: the row's other fields (language, obfuscation, ...), for reports."""
+    ``info``: the row's other fields (language, obfuscation, ...), for reports;
+    ``calibrate``: False for a benign row that is trained on but left out of the threshold
+    rule's false-positive count (see :func:`train_moderation_classifier`)."""
 
     text: str
     harmful: bool
@@ -50,12 +52,14 @@ class LabeledText:
     group: str | None = None
     split: str | None = None
     info: Mapping[str, Any] = field(default_factory=dict)
+    calibrate: bool = True
 
 
 def read_labeled(path: str | os.PathLike[str]) -> list[LabeledText]:
     """Rows of a JSONL file (``.gz`` read as gzip): ``{"text": str, "label": "harmful" |
     "benign" (or 1/0, true/false), "category": str (optional), "group": str, "split": str
-    (optional)}``. A bad row raises :class:`UserError` naming ``file:line`` and the field."""
+    (optional), "calibrate": bool (optional, default true)}``. A bad row raises
+    :class:`UserError` naming ``file:line`` and the field."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -83,6 +87,9 @@ def read_labeled(path: str | os.PathLike[str]) -> list[LabeledText]:
         for name in ("group", "split"):
             if row.get(name) is not None and not isinstance(row[name], str):
                 raise UserError(f"{where}: {name}: need a string")
+        calibrate = row.get("calibrate", True)
+        if not isinstance(calibrate, bool):
+            raise UserError(f"{where}: calibrate: {calibrate!r}; use true or false")
         info = {k: v for k, v in row.items() if k not in ("text", "label", "category")}
         rows.append(
             LabeledText(
@@ -92,6 +99,7 @@ def read_labeled(path: str | os.PathLike[str]) -> list[LabeledText]:
                 row.get("group"),
                 row.get("split"),
                 info,
+                calibrate,
             )
         )
     if not rows:
@@ -370,7 +378,10 @@ def train_moderation_classifier(
     trained on. Category heads are trained when the harmful rows name two categories or
     more. ``seeds`` models are averaged (:func:`fit_ensemble`), in every fold as in the
     final model, so that the threshold is chosen on the kind of model that ships;
-    ``dropout`` is their n-gram dropout.
+    ``dropout`` is their n-gram dropout. Benign rows with ``calibrate`` False train but
+    are left out of the false positives the rule counts: free text that is no look-alike
+    of a harmful row (most ordinary prose is easy) would let the threshold fall, as the
+    rule's share of a larger, easier benign set.
     """
     train = [r for r in rows if r.split != "test"]
     pos = sum(r.harmful for r in train)
@@ -378,6 +389,11 @@ def train_moderation_classifier(
         raise UserError(
             f"moderation training: got {pos} harmful and {len(train) - pos} benign rows "
             "(split test left out); give at least 2 of each (hundreds for a useful model)"
+        )
+    if threshold is None and folds >= 2 and all(r.harmful or not r.calibrate for r in train):
+        raise UserError(
+            "moderation training: every benign row has calibrate false; the threshold rule "
+            "needs benign rows it counts (mark some calibrate true, or give a threshold)"
         )
     if not 0 <= max_fp < 1 or (threshold is not None and not 0 < threshold < 1):
         raise UserError("moderation training: need 0 <= max_fp < 1 and 0 < threshold < 1")
@@ -408,7 +424,9 @@ def train_moderation_classifier(
         oof = np.where(times > 0, total / np.maximum(times, 1), np.nan)
         scored = ~np.isnan(oof)
         p = 0.5 * (1.0 + np.tanh(0.5 * oof[scored]))
-        pos_s, neg_s = p[y[scored] > 0.5], p[y[scored] < 0.5]
+        counted = np.fromiter((r.harmful or bool(r.calibrate) for r in train), bool, len(train))
+        counted = counted[scored]
+        pos_s, neg_s = p[y[scored] > 0.5], p[(y[scored] < 0.5) & counted]
         if pos_s.size and neg_s.size:
             for cap in (0.005, 0.01, 0.02, 0.03, 0.05):
                 t_cap = _threshold_at_fp(pos_s, neg_s, cap)
@@ -417,6 +435,8 @@ def train_moderation_classifier(
         if threshold is None and pos_s.size and neg_s.size:
             threshold = _threshold_at_fp(pos_s, neg_s, max_fp)
             rule = f"lowest with out-of-fold false positives <= {max_fp:g} (folds by {fold_by})"
+            if not counted.all():
+                rule += f"; {int((~counted).sum())} benign rows with calibrate false not counted"
         if threshold is not None and pos_s.size and neg_s.size:
             cv_recall = float(np.mean(pos_s >= threshold))
             cv_fp = float(np.mean(neg_s >= threshold))
