@@ -88,8 +88,37 @@ none of it; its family is now its prompt form (``generated/{form}``, folded as a
 family), and that first stage (threshold 0.6826, out-of-fold recall 0.845 at 2 %), with
 the shipped encoder, gives held-out 0.824 / 0.94 % alone and 0.948 / 1.89 % with the
 encoder, first-stage floors met; Alpaca 0.47 - 1.20 %, GSM8K 0.08 %, MMLU-Redux 0.55 %,
-CMMLU 1.0 %, Shakespeare 5.4 %, eval perf prompts 6.75 %. Next: the encoder rebuilt on it
-with the refit. The free text gets no obfuscated variants.
+CMMLU 1.0 %, Shakespeare 5.4 %, eval perf prompts 6.75 %. The free text gets no
+obfuscated variants.
+
+Pieces of the free text, with the same flag (drawn from ``--seed`` + 3): one sentence of 3
+to 25 words of each text that has one (2,833 of the 3,127) and one run of 1 to 4 words of
+that sentence (none holding a policy term or a held-out text), 4,624 short benign rows.
+Known and left for the next rebuild: the held-out check is exact (after lower-casing), so
+two pieces equal held-out benign rows but for punctuation ("guide." / "guide", "What can
+you do" / "what can you do?"), and a few are markup or placeholder debris ("–",
+"[friend's", "**Make it a part of you.**"). A short text is read on few n-grams, so that
+words of ordinary prose which the harmful templates use more than the benign ones decide
+it alone ("their": 168 harmful training rows to 28 benign; "their" scored 0.986, "He ran
+home." 0.913). Every free-text row is written with ``"calibrate": false``: it trains, but
+the threshold rules leave it out of the false positives they count (ordinary prose is no
+look-alike; counted, its 7,751 easy rows let the first stage's threshold fall from 0.61 to
+0.52).
+
+Built with both (2026-12-06; first stage by its rule: threshold 0.6105, out-of-fold recall
+0.861 at 2 %; the encoder by ``train_moderation_encoder.py``'s defaults, refit included:
+band [0.0506, 0.6105), threshold 0.9425, 82 minutes on 2 cores), held-out: the first
+stage alone 0.835 / 1.17 % (shipped 0.815 / 0.89 %), with the encoder 0.954 / 2.06 %
+(0.953 / 1.96 %), the whole guard 0.956 / 2.39 % (0.954 / 2.31 %); every test floor met.
+Real text (``moderation_bench.py --parts ordinary``), blocked: Alpaca en requests /
+replies 0.23 / 0.17 % (0.80 / 0.97 %), GSM8K 0 % (0.91 %), MMLU-Redux 0.05 % (1.0 %),
+Shakespeare 2.4 % (13.7 %), ``lmops eval perf`` prompts 1.9 % (10.6 %), everyday short
+turns 4 of 99 (10); but Chinese: Alpaca zh requests 1.57 % (0.90 %), replies 1.34 %
+(1.47 %), CMMLU 1.35 % (1.45 %), Chinese load-test prompts 2.65 % (1.7 %). The free text
+is English only, and the lower threshold and band let more Chinese through to a verdict:
+the first stage blocks 19 Alpaca zh requests where the shipped one blocks 3. Not shipped:
+the rule stated before the build asked every real-text set to improve, and two Chinese
+ones got worse. Chinese free text (or a threshold per language) is what it lacks.
 """
 
 from __future__ import annotations
@@ -2334,6 +2363,8 @@ def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
                     "kind": row.kind, "family": row.family, "obfuscation": obf,
                     "group": row.group, "split": row.split, "new_wording": row.new_wording,
                     "unseen": row.unseen, "source": row.source})  # fmt: skip
+        if row.source == "smollm2":  # free text: no look-alike (see the module docstring)
+            out[-1]["calibrate"] = False
 
     for row in [*base_rows(rng), *composed_rows(rng)]:
         emit(row, plain(row.text), "none")
@@ -2379,6 +2410,7 @@ def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
     if not generated:
         return out
     # Free text written by a small model (no generator: the file is fixed).
+    texts: list[dict[str, str]] = []
     with gzip.open(GENERATED, "rt", encoding="utf-8") as fh:
         for line in fh:
             g = json.loads(line)
@@ -2386,7 +2418,38 @@ def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
                 continue
             emit(Row(g["text"], "benign", None, "en", "generated", f"generated/{g['form']}",
                      f"en/smollm2/{g['topic']}", "train", source="smollm2"), g["text"], "none")  # fmt: skip
+            texts.append(g)
+    # Pieces of it: one sentence and one run of one to four words of each text, as short
+    # benign rows (a short text is read on few n-grams, so the words of ordinary prose
+    # that harmful templates use more, "their", "he", "home", decide it alone).
+    prng = random.Random(seed + 3)
+    has_term = _policy_terms()
+    for g in texts:
+        row = Row("", "benign", None, "en", "generated", f"generated/{g['form']}",
+                  f"en/smollm2/{g['topic']}", "train", source="smollm2")  # fmt: skip
+        for piece in generated_pieces(g["text"], prng):
+            if piece.lower() not in held_texts and not has_term(piece):
+                emit(row, piece, "none")
     return out
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def generated_pieces(text: str, rng: random.Random) -> list[str]:
+    """A sentence of 3 to 25 words of ``text`` and a run of 1 to 4 of its words (short
+    runs likelier), its edges stripped of punctuation but for a sentence's end."""
+    sentences = [
+        s for s in (x.strip() for x in _SENTENCE_END.split(text)) if 3 <= len(s.split()) <= 25
+    ]
+    if not sentences:
+        return []
+    sentence = rng.choice(sentences)
+    words = sentence.split()
+    k = min(rng.choice((1, 1, 2, 2, 3, 4)), len(words))
+    i = rng.randrange(len(words) - k + 1)
+    run = " ".join(words[i : i + k]).strip(" ,;:\"'()*-#")
+    return [sentence, run] if run else [sentence]
 
 
 def write_gloss(out: Path) -> Path:

