@@ -86,7 +86,7 @@ def test_a_short_reply_the_encoder_must_read_moves_to_a_thread(
     assert enc is not None
     enc._cache.clear()  # a text it has read before is not deferred
     reply = "contact alice.smith@example.com tonight"
-    assert 0.1 <= builtin_model().prob(reply) < builtin_model().threshold
+    assert enc.low <= builtin_model().prob(reply) < builtin_model().threshold
     text = ask(store, reply)
     assert text is not None and "alice.smith" not in text and text.count("<EMAIL>") == 1
     assert where == [(len(reply), "loop"), (len(reply), "thread")]
@@ -136,7 +136,7 @@ def test_tool_call_arguments_the_encoder_must_read_move_to_a_thread_one_by_one(
     m, enc = builtin_model(), builtin_encoder()
     assert enc is not None
     enc._cache.clear()
-    assert 0.1 <= m.prob(unsure) < m.threshold and m.prob(sure) < 0.1
+    assert enc.low <= m.prob(unsure) < m.threshold and m.prob(sure) < enc.low
     guards: list[Guardrails] = []
     spied = Guardrails.check_output
 
