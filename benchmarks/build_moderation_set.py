@@ -94,16 +94,15 @@ obfuscated variants.
 Pieces of the free text, with the same flag (drawn from ``--seed`` + 3): one sentence of 3
 to 25 words of each text that has one (2,833 of the 3,127) and one run of 1 to 4 words of
 that sentence (none holding a policy term or a held-out text), 4,624 short benign rows.
-Known and left for the next rebuild: the held-out check is exact (after lower-casing), so
-two pieces equal held-out benign rows but for punctuation ("guide." / "guide", "What can
-you do" / "what can you do?"), and a few are markup or placeholder debris ("–",
-"[friend's", "**Make it a part of you.**"). A short text is read on few n-grams, so that
-words of ordinary prose which the harmful templates use more than the benign ones decide
-it alone ("their": 168 harmful training rows to 28 benign; "their" scored 0.986, "He ran
-home." 0.913). Every free-text row is written with ``"calibrate": false``: it trains, but
+A short text is read on few n-grams, so that words of ordinary prose which the harmful
+templates use more than the benign ones decide it alone ("their": 168 harmful training
+rows to 28 benign; "their" scored 0.986, "He ran home." 0.913). Every free-text row is written with ``"calibrate": false``: it trains, but
 the threshold rules leave it out of the false positives they count (ordinary prose is no
 look-alike; counted, its 7,751 easy rows let the first stage's threshold fall from 0.61 to
-0.52).
+0.52). Known and left for the next rebuild: the held-out check is exact (after squeezing
+and lower-casing), so two pieces equal held-out benign rows but for punctuation ("guide."
+/ "guide", "What can you do" / "what can you do?"), and a few are markup or placeholder
+debris ("–", "[friend's", "**Make it a part of you.**").
 
 Built with both (2026-12-06; first stage by its rule: threshold 0.6105, out-of-fold recall
 0.861 at 2 %; the encoder by ``train_moderation_encoder.py``'s defaults, refit included:
@@ -2410,25 +2409,25 @@ def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
     if not generated:
         return out
     # Free text written by a small model (no generator: the file is fixed).
-    texts: list[dict[str, str]] = []
+    free: list[Row] = []
     with gzip.open(GENERATED, "rt", encoding="utf-8") as fh:
         for line in fh:
             g = json.loads(line)
             if _squeeze(g["text"]).lower() in held_texts:
                 continue
-            emit(Row(g["text"], "benign", None, "en", "generated", f"generated/{g['form']}",
-                     f"en/smollm2/{g['topic']}", "train", source="smollm2"), g["text"], "none")  # fmt: skip
-            texts.append(g)
+            row = Row(g["text"], "benign", None, "en", "generated", f"generated/{g['form']}",
+                      f"en/smollm2/{g['topic']}", "train", source="smollm2")  # fmt: skip
+            emit(row, row.text, "none")
+            free.append(row)
     # Pieces of it: one sentence and one run of one to four words of each text, as short
-    # benign rows (a short text is read on few n-grams, so the words of ordinary prose
-    # that harmful templates use more, "their", "he", "home", decide it alone).
+    # benign rows of its family and group (a short text is read on few n-grams, so the
+    # words of ordinary prose that harmful templates use more, "their", "he", "home",
+    # decide it alone).
     prng = random.Random(seed + 3)
     has_term = _policy_terms()
-    for g in texts:
-        row = Row("", "benign", None, "en", "generated", f"generated/{g['form']}",
-                  f"en/smollm2/{g['topic']}", "train", source="smollm2")  # fmt: skip
-        for piece in generated_pieces(g["text"], prng):
-            if piece.lower() not in held_texts and not has_term(piece):
+    for row in free:
+        for piece in generated_pieces(row.text, prng):
+            if _squeeze(piece).lower() not in held_texts and not has_term(piece):
                 emit(row, piece, "none")
     return out
 
