@@ -118,6 +118,24 @@ is English only, and the lower threshold and band let more Chinese through to a 
 the first stage blocks 19 Alpaca zh requests where the shipped one blocks 3. Not shipped:
 the rule stated before the build asked every real-text set to improve, and two Chinese
 ones got worse. Chinese free text (or a threshold per language) is what it lacks.
+
+A threshold per language would not have helped: by the same rule on its own rows (out of
+fold, 2 %), Chinese gets 0.637 and English 0.518, where the shipped model's one threshold
+is 0.787. Chinese free text, with the same flag (``source: written_zh``): 1,760 texts
+written for this set (``moderation_benign_zh.jsonl.gz``; by writing assistants working
+from one brief, 2026-12-06): the English generator's 152 topics but the five that are
+Chinese chat topics of the held-out split or close to them (a marathon, volcanoes, a job
+interview, a jazz concert, a chess club), adapted to life in China, and 24 Chinese ones
+(the Spring Festival trip home, the high-speed train, takeaway, square dancing, ...), each
+in the generator's ten forms (a paragraph, a user's question to an assistant, three tips,
+a story, two sentences for a child, a message to a friend, a word problem, three
+sentences, a poem, a review). The brief asked for everyday words used freely and for
+nothing harmful; the writers saw no file of the repository and no data set. As the
+English: ``train``, ``calibrate: false``, family ``generated/{form}``, no obfuscated
+variants, and pieces (``--seed`` + 4): a sentence of 4 to 60 characters and a run of 2 to
+8 of its characters. For both languages now, a free text or piece equal to a held-out
+text up to case, blanks and punctuation is left out, and so is a piece with markup or
+placeholder characters (``[]{}<>*#_|\\``) or no letter.
 """
 
 from __future__ import annotations
@@ -143,6 +161,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "src/lmops/security/resources/moderation"
 V1_TEST = ROOT / "benchmarks/moderation_v1_test.jsonl.gz"
 GENERATED = ROOT / "benchmarks/moderation_benign_smollm2.jsonl.gz"
+WRITTEN_ZH = ROOT / "benchmarks/moderation_benign_zh.jsonl.gz"
 
 # ============================================================================ harmful acts
 # "[word|翻译]" marks the keyword (obfuscations target it; the translation is used when the
@@ -1533,7 +1552,9 @@ class Row:
     # For test rows, what the model never saw: "template" (the frame family; the wording
     # was trained on in other frames), "wording" (new words for an idea it saw), "idea".
     unseen: str | None = None
-    source: str = "handwritten"  # or "composed" (moderation_lexicon)
+    source: str = "handwritten"  # or "composed" (moderation_lexicon), "smollm2", "written_zh"
+    # False: free text, no look-alike; it trains, the threshold rules do not count it
+    calibrate: bool = True
 
 
 def split_of(name: str, one_in: int = 4) -> str:
@@ -2362,7 +2383,7 @@ def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
                     "kind": row.kind, "family": row.family, "obfuscation": obf,
                     "group": row.group, "split": row.split, "new_wording": row.new_wording,
                     "unseen": row.unseen, "source": row.source})  # fmt: skip
-        if row.source == "smollm2":  # free text: no look-alike (see the module docstring)
+        if not row.calibrate:  # free text: no look-alike (see the module docstring)
             out[-1]["calibrate"] = False
 
     for row in [*base_rows(rng), *composed_rows(rng)]:
@@ -2408,36 +2429,67 @@ def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
         emit(row, plain(row.text), "none")
     if not generated:
         return out
-    # Free text written by a small model (no generator: the file is fixed).
-    free: list[Row] = []
-    with gzip.open(GENERATED, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            g = json.loads(line)
-            if _squeeze(g["text"]).lower() in held_texts:
-                continue
-            row = Row(g["text"], "benign", None, "en", "generated", f"generated/{g['form']}",
-                      f"en/smollm2/{g['topic']}", "train", source="smollm2")  # fmt: skip
-            emit(row, row.text, "none")
-            free.append(row)
-    # Pieces of it: one sentence and one run of one to four words of each text, as short
-    # benign rows of its family and group (a short text is read on few n-grams, so the
-    # words of ordinary prose that harmful templates use more, "their", "he", "home",
-    # decide it alone).
-    prng = random.Random(seed + 3)
+    # Free text (no generator: the files are fixed): English written by a small model,
+    # then Chinese written for this set. None equals a held-out text up to case, blanks and
+    # punctuation, or holds a policy term (the English file was drawn without one).
+    held = {_bare(t) for t in held_texts}
     has_term = _policy_terms()
-    for row in free:
-        for piece in generated_pieces(row.text, prng):
-            if _squeeze(piece).lower() not in held_texts and not has_term(piece):
-                emit(row, piece, "none")
+    for lang, path, source, rng_seed in (("en", GENERATED, "smollm2", seed + 3),
+                                         ("zh", WRITTEN_ZH, "written_zh", seed + 4)):  # fmt: skip
+        free: list[Row] = []
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                g = json.loads(line)
+                if _bare(g["text"]) in held or (lang == "zh" and has_term(g["text"])):
+                    continue
+                row = Row(g["text"], "benign", None, lang, "generated",
+                          f"generated/{g['form']}", f"{lang}/{source}/{g['topic']}", "train",
+                          source=source, calibrate=False)  # fmt: skip
+                emit(row, row.text, "none")
+                free.append(row)
+        # Pieces of it: one sentence and one short run of each text, as short benign rows
+        # of its family and group (a short text is read on few n-grams, so the words of
+        # ordinary prose that harmful templates use more, "their", "he", "home", decide it
+        # alone). Markup and placeholder debris ("[friend's", "**", "–") is left out.
+        prng = random.Random(rng_seed)
+        for row in free:
+            for piece in generated_pieces(row.text, prng, lang):
+                if _bare(piece) not in held and _clean_piece(piece) and not has_term(piece):
+                    emit(row, piece, "none")
     return out
 
 
+def _bare(text: str) -> str:
+    """A text as the held-out check compares it: lower case, punctuation and blanks gone."""
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def _clean_piece(piece: str) -> bool:
+    """Whether a piece is text: a letter or a Chinese character, and no markup or
+    placeholder characters."""
+    return any(ch.isalpha() for ch in piece) and not any(ch in "[]{}<>*#_|\\" for ch in piece)
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_SENTENCE_END_ZH = re.compile(r"(?<=[。！？!?；;])\s*|\n+")
+_EDGES = " ,;:\"'()*-#，。、；：！？“”‘’（）《》…—"
 
 
-def generated_pieces(text: str, rng: random.Random) -> list[str]:
-    """A sentence of 3 to 25 words of ``text`` and a run of 1 to 4 of its words (short
-    runs likelier), its edges stripped of punctuation but for a sentence's end."""
+def generated_pieces(text: str, rng: random.Random, lang: str = "en") -> list[str]:
+    """A sentence of ``text`` and a short run of it (short runs likelier), its edges
+    stripped of punctuation but for a sentence's end. English: a sentence of 3 to 25 words
+    and a run of 1 to 4 of its words; Chinese (no blanks between words): a sentence of 4 to
+    60 characters and a run of 2 to 8 of its characters."""
+    if lang == "zh":
+        parts = (x.strip() for x in _SENTENCE_END_ZH.split(text))
+        sentences = [s for s in parts if 4 <= len(s) <= 60]
+        if not sentences:
+            return []
+        sentence = rng.choice(sentences)
+        k = min(rng.choice((2, 2, 3, 4, 6, 8)), len(sentence))
+        i = rng.randrange(len(sentence) - k + 1)
+        run = sentence[i : i + k].strip(_EDGES)
+        return [sentence, run] if run else [sentence]
     sentences = [
         s for s in (x.strip() for x in _SENTENCE_END.split(text)) if 3 <= len(s.split()) <= 25
     ]
@@ -2483,7 +2535,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--with-generated",
         action="store_true",
-        help="add the free text of moderation_benign_smollm2.jsonl.gz (not in the shipped build)",
+        help="add the free text of moderation_benign_smollm2.jsonl.gz and "
+        "moderation_benign_zh.jsonl.gz (not in the shipped build)",
     )
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
