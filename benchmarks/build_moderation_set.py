@@ -93,16 +93,17 @@ obfuscated variants.
 
 Pieces of the free text, with the same flag (drawn from ``--seed`` + 3): one sentence of 3
 to 25 words of each text that has one (2,833 of the 3,127) and one run of 1 to 4 words of
-that sentence (none holding a policy term or a held-out text), 4,624 short benign rows.
+that sentence (none holding a policy term or a held-out text), 4,624 short benign rows
+(4,487 since the filters below).
 A short text is read on few n-grams, so that words of ordinary prose which the harmful
 templates use more than the benign ones decide it alone ("their": 168 harmful training
 rows to 28 benign; "their" scored 0.986, "He ran home." 0.913). Every free-text row is written with ``"calibrate": false``: it trains, but
 the threshold rules leave it out of the false positives they count (ordinary prose is no
 look-alike; counted, its 7,751 easy rows let the first stage's threshold fall from 0.61 to
-0.52). Known and left for the next rebuild: the held-out check is exact (after squeezing
-and lower-casing), so two pieces equal held-out benign rows but for punctuation ("guide."
-/ "guide", "What can you do" / "what can you do?"), and a few are markup or placeholder
-debris ("–", "[friend's", "**Make it a part of you.**").
+0.52). The first build's held-out check was exact (after squeezing and lower-casing), so
+two pieces equalled held-out benign rows but for punctuation ("guide." / "guide", "What
+can you do" / "what can you do?"), and some were markup or placeholder debris ("–",
+"[friend's", "**Make it a part of you.**"): both are left out since (below).
 
 Built with both (2026-12-06; first stage by its rule: threshold 0.6105, out-of-fold recall
 0.861 at 2 %; the encoder by ``train_moderation_encoder.py``'s defaults, refit included:
@@ -123,9 +124,9 @@ A threshold per language would not have helped: by the same rule on its own rows
 fold, 2 %), Chinese gets 0.637 and English 0.518, where the shipped model's one threshold
 is 0.787. Chinese free text, with the same flag (``source: written_zh``): 1,760 texts
 written for this set (``moderation_benign_zh.jsonl.gz``; by writing assistants working
-from one brief, 2026-12-06): the English generator's 152 topics but the five that are
-Chinese chat topics of the held-out split or close to them (a marathon, volcanoes, a job
-interview, a jazz concert, a chess club), adapted to life in China, and 24 Chinese ones
+from one brief, 2026-12-06): 152 of the English generator's 157 topics (all but five that
+are Chinese chat topics of the held-out split or close to them: a marathon, volcanoes, a
+job interview, a jazz concert, a chess club), adapted to life in China, and 24 Chinese ones
 (the Spring Festival trip home, the high-speed train, takeaway, square dancing, ...), each
 in the generator's ten forms (a paragraph, a user's question to an assistant, three tips,
 a story, two sentences for a child, a message to a friend, a word problem, three
@@ -133,7 +134,11 @@ sentences, a poem, a review). The brief asked for everyday words used freely and
 nothing harmful; the writers saw no file of the repository and no data set. As the
 English: ``train``, ``calibrate: false``, family ``generated/{form}``, no obfuscated
 variants, and pieces (``--seed`` + 4): a sentence of 4 to 60 characters and a run of 2 to
-8 of its characters. For both languages now, a free text or piece equal to a held-out
+8 of its characters, punctuation at its edges stripped (71 runs are then one character).
+Known and left for the next rebuild: a sentence ending in a quotation ("你好。”") is cut
+before the closing quote (7 pieces start with it), ASCII "." is not stripped from a
+run's edges (2 runs start with ". "), and list numbers ("2. ") stay at a Chinese
+sentence's start. For both languages now, a free text or piece equal to a held-out
 text up to case, blanks and punctuation is left out, and so is a piece with markup or
 placeholder characters (``[]{}<>*#_|\\``) or no letter.
 """
