@@ -2484,7 +2484,8 @@ def generated_pieces(text: str, rng: random.Random, lang: str = "en") -> list[st
     """A sentence of ``text`` and a short run of it (short runs likelier), its edges
     stripped of punctuation but for a sentence's end. English: a sentence of 3 to 25 words
     and a run of 1 to 4 of its words; Chinese (no blanks between words): a sentence of 4 to
-    60 characters and a run of 2 to 8 of its characters."""
+    60 characters and a run of 2 to 8 of its characters (fewer once its edges are
+    stripped)."""
     if lang == "zh":
         parts = (x.strip() for x in _SENTENCE_END_ZH.split(text))
         sentences = [s for s in parts if 4 <= len(s) <= 60]
