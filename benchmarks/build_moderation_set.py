@@ -2453,7 +2453,7 @@ def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
         return out
     # Free text (no generator: the files are fixed): English written by a small model,
     # then Chinese written for this set. None equals a held-out text up to case, blanks and
-    # punctuation, or holds a policy term (the English file was drawn without one).
+    # punctuation, or holds a policy term.
     held = {_bare(t) for t in held_texts}
     has_term = _policy_terms()
     for lang, path, source, rng_seed in (("en", GENERATED, "smollm2", seed + 3),
@@ -2462,7 +2462,7 @@ def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             for line in fh:
                 g = json.loads(line)
-                if _bare(g["text"]) in held or (lang == "zh" and has_term(g["text"])):
+                if _bare(g["text"]) in held or has_term(g["text"]):
                     continue
                 row = Row(g["text"], "benign", None, lang, "generated",
                           f"generated/{g['form']}", f"{lang}/{source}/{g['topic']}", "train",
@@ -2492,37 +2492,41 @@ def _clean_piece(piece: str) -> bool:
     return any(ch.isalpha() for ch in piece) and not any(ch in "[]{}<>*#_|\\" for ch in piece)
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-_SENTENCE_END_ZH = re.compile(r"(?<=[。！？!?；;])\s*|\n+")
-_EDGES = " ,;:\"'()*-#，。、；：！？“”‘’（）《》…—"
+# How free text is cut into pieces, per language: (sentence ends, a sentence's length in
+# units, a run's length in units, the glue between units: words for English, characters
+# for Chinese, which has no blanks between words, and the punctuation stripped from a
+# run's edges).
+_PIECE_RULES: dict[str, tuple[re.Pattern[str], tuple[int, int], tuple[int, ...], str, str]] = {
+    "en": (re.compile(r"(?<=[.!?])\s+|\n+"), (3, 25), (1, 1, 2, 2, 3, 4), " ", " ,;:\"'()*-#"),
+    "zh": (
+        re.compile(r"(?<=[。！？!?；;])\s*|\n+"),
+        (4, 60),
+        (2, 2, 3, 4, 6, 8),
+        "",
+        " ,;:\"'()*-#，。、；：！？“”‘’（）《》…—",
+    ),
+}
 
 
 def generated_pieces(text: str, rng: random.Random, lang: str = "en") -> list[str]:
     """A sentence of ``text`` and a short run of it (short runs likelier), its edges
     stripped of punctuation but for a sentence's end. English: a sentence of 3 to 25 words
-    and a run of 1 to 4 of its words; Chinese (no blanks between words): a sentence of 4 to
-    60 characters and a run of 2 to 8 of its characters (fewer once its edges are
-    stripped)."""
-    if lang == "zh":
-        parts = (x.strip() for x in _SENTENCE_END_ZH.split(text))
-        sentences = [s for s in parts if 4 <= len(s) <= 60]
-        if not sentences:
-            return []
-        sentence = rng.choice(sentences)
-        k = min(rng.choice((2, 2, 3, 4, 6, 8)), len(sentence))
-        i = rng.randrange(len(sentence) - k + 1)
-        run = sentence[i : i + k].strip(_EDGES)
-        return [sentence, run] if run else [sentence]
-    sentences = [
-        s for s in (x.strip() for x in _SENTENCE_END.split(text)) if 3 <= len(s.split()) <= 25
-    ]
+    and a run of 1 to 4 of its words; Chinese: a sentence of 4 to 60 characters and a run
+    of 2 to 8 of its characters (fewer once its edges are stripped)."""
+    ends, (shortest, longest), sizes, glue, edges = _PIECE_RULES[lang]
+
+    def units(s: str) -> list[str]:
+        return s.split() if glue else list(s)
+
+    parts = (x.strip() for x in ends.split(text))
+    sentences = [s for s in parts if shortest <= len(units(s)) <= longest]
     if not sentences:
         return []
     sentence = rng.choice(sentences)
-    words = sentence.split()
-    k = min(rng.choice((1, 1, 2, 2, 3, 4)), len(words))
+    words = units(sentence)
+    k = min(rng.choice(sizes), len(words))
     i = rng.randrange(len(words) - k + 1)
-    run = " ".join(words[i : i + k]).strip(" ,;:\"'()*-#")
+    run = glue.join(words[i : i + k]).strip(edges)
     return [sentence, run] if run else [sentence]
 
 
