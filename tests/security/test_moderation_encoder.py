@@ -329,3 +329,58 @@ def test_the_band_stays_where_it_was_calibrated() -> None:
     named = GuardrailConfig(classifier=str(builtin_model_path()),
                             classifier_encoder=str(builtin_encoder_path()))  # fmt: skip
     assert Guardrails(named)._encoder is not None
+
+
+def test_rethreshold_rewrites_only_the_header(tmp_path: Path) -> None:
+    """``train_moderation_encoder.py --rethreshold``: after the first stage is retrained with
+    another threshold rule, step 4 runs again on the saved validation scores; the weights
+    stay byte for byte, and scores of another data set are refused."""
+    import hashlib
+    import importlib.util
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location(
+        "train_moderation_encoder", repo / "benchmarks/train_moderation_encoder.py"
+    )
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    upper = builtin_model().threshold
+    rng = np.random.default_rng(0)
+    harmful = np.arange(2000) < 700
+    p_first = np.where(harmful, rng.uniform(0.05, 1.0, 2000), rng.uniform(0.0, 0.9, 2000))
+    p_enc = np.where(harmful, rng.uniform(0.6, 1.0, 2000), rng.uniform(0.0, 0.97, 2000))
+    data_sha = hashlib.sha256((tool.RES / "data.jsonl.gz").read_bytes()).hexdigest()
+    scores = tmp_path / "scores.npz"
+    np.savez(scores, data_sha256=np.array(data_sha), max_chars=np.array(400), p_first=p_first,
+             p_enc=p_enc, harmful=harmful, counted=~harmful, long_text=np.zeros(2000, bool))  # fmt: skip
+    out = tmp_path / "encoder.npz"
+    out.write_bytes(builtin_encoder_path().read_bytes())
+    argv = sys.argv
+    try:
+        sys.argv = ["tool", "--rethreshold", str(scores), "--out", str(out)]
+        tool.main()
+    finally:
+        sys.argv = argv
+    with np.load(out) as new, np.load(builtin_encoder_path()) as old:
+        assert set(new.files) == set(old.files)
+        assert all(np.array_equal(new[k], old[k]) for k in old.files if k != "header")
+        header = json.loads(new["header"].tobytes())
+    # the rule's own numbers, for these scores
+    low = np.floor(np.sort(p_first[harmful])[7] * 1e4) / 1e4  # 1 % of 700 harmful under it
+    band = (p_first >= low) & (p_first < upper)
+    neg = np.sort(p_enc[band & ~harmful])[::-1]
+    allowed = int(0.01 * 1300 / (band & ~harmful).sum() * len(neg))
+    assert header["low"] == low and header["meta"]["first_stage_threshold"] == upper
+    assert header["threshold"] == round(float(np.nextafter(neg[allowed], 1.0)), 4)
+    flagged = (p_first >= upper) | (band & (p_enc >= header["threshold"]))
+    assert header["meta"]["validation_recall"] == round(float(flagged[harmful].mean()), 4)
+    np.savez(scores, data_sha256=np.array("0" * 64), max_chars=np.array(400), p_first=p_first,
+             p_enc=p_enc, harmful=harmful, counted=~harmful, long_text=np.zeros(2000, bool))  # fmt: skip
+    sys.argv = ["tool", "--rethreshold", str(scores), "--out", str(out)]
+    try:
+        with pytest.raises(SystemExit, match="scores of another data set"):
+            tool.main()
+    finally:
+        sys.argv = argv

@@ -42,6 +42,15 @@ def train_cmd(
             "rate on benign rows (but those with calibrate false) is at most this.",
         ),
     ] = 0.02,
+    max_fp_by: Annotated[
+        str | None,
+        typer.Option(
+            "--max-fp-by",
+            help="A row field (e.g. kind): --max-fp must also hold within each of its values "
+            "with 50 or more counted benign rows, so no one kind of look-alike is refused "
+            "far above it.",
+        ),
+    ] = None,
     folds: Annotated[
         int, typer.Option(help="Folds, rows grouped by their group field (0: none, 0.5).")
     ] = 4,
@@ -70,7 +79,7 @@ def train_cmd(
         rows += moderation.read_labeled(moderation.builtin_data_path())
     report = moderation.train_moderation_classifier(
         rows, output, bits=bits, hidden=hidden, epochs=epochs, seed=seed, seeds=seeds,
-        dropout=dropout, folds=folds, max_fp=max_fp, threshold=threshold,
+        dropout=dropout, folds=folds, max_fp=max_fp, threshold=threshold, max_fp_by=max_fp_by,
     )  # fmt: skip
     if as_json:
         print_json(report.to_dict())

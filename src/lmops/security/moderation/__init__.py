@@ -75,7 +75,9 @@ Threshold
     held-out split), and the lowest threshold whose out-of-fold false-positive rate on
     benign rows is at most ``max_fp`` (2 %: two thirds of the 3 % the issue allows on
     look-alikes; a row with ``"calibrate": false``, free text that is no look-alike, trains
-    but is not counted), which gives the highest out-of-fold recall under that cap. The training
+    but is not counted), which gives the highest out-of-fold recall under that cap; with
+    ``max_fp_by`` (``lmops guard train --max-fp-by kind``) the cap holds in each value of
+    that row field with at least 50 counted benign rows as well. The training
     report keeps the rule's threshold and recall at other caps (``cv_curve``). It is
     stored in the file and used unless ``GuardrailConfig.classifier_threshold`` is set
     (the shipped model: 0.5 % cap -> higher threshold, fewer false positives on ordinary

@@ -318,6 +318,8 @@ class TrainReport:
     cv_false_positive_rate: float | None
     # The rule at other caps: {"0.5%": {"threshold", "recall"}, "1%": ..., ...}.
     cv_curve: dict[str, dict[str, float]]
+    # With max_fp_by: {value: out-of-fold false-positive rate} of each value it checked.
+    cv_false_positive_rate_by: dict[str, float]
     folds: int
     fold_by: str
     bits: int
@@ -330,6 +332,11 @@ class TrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# max_fp_by: a value with fewer counted benign rows is left to the shared cap (at 2 %, 50
+# rows allow one false positive: fewer would make one row decide the threshold).
+MAX_FP_MIN_ROWS = 50
 
 
 def _fold_of(row: LabeledText, i: int, folds: int, by: str) -> int:
@@ -366,6 +373,7 @@ def train_moderation_classifier(
     max_fp: float = 0.02,
     threshold: float | None = None,
     fold_by: str = "family+group",
+    max_fp_by: str | None = None,
 ) -> TrainReport:
     """Train on ``rows`` (``split == "test"`` rows are left out), save to ``output``.
 
@@ -395,6 +403,8 @@ def train_moderation_classifier(
             "moderation training: every benign row has calibrate false; the threshold rule "
             "needs benign rows it counts (mark some calibrate true, or give a threshold)"
         )
+    if max_fp_by is not None and not _CATEGORY.fullmatch(max_fp_by):
+        raise UserError(f"moderation training: max_fp_by {max_fp_by!r}: name a row field")
     if not 0 <= max_fp < 1 or (threshold is not None and not 0 < threshold < 1):
         raise UserError("moderation training: need 0 <= max_fp < 1 and 0 < threshold < 1")
     if seeds < 1 or not 0 <= dropout < 1:
@@ -408,6 +418,7 @@ def train_moderation_classifier(
 
     rule = "fixed"
     cv_recall = cv_fp = None
+    cv_fp_by: dict[str, float] = {}
     curve: dict[str, dict[str, float]] = {}
     if folds >= 2:
         # (rows, keys): the fold of each row under each key of fold_by ("family+group").
@@ -432,14 +443,32 @@ def train_moderation_classifier(
                 t_cap = _threshold_at_fp(pos_s, neg_s, cap)
                 curve[f"{cap:.1%}"] = {"threshold": round(t_cap, 4),
                                        "recall": float(np.mean(pos_s >= t_cap))}  # fmt: skip
+        by_value: dict[str, npt.NDArray[np.float64]] = {}
+        if max_fp_by is not None:
+            keys = [str(r.info.get(max_fp_by, "")) for r in train]
+            neg_keys = np.array(keys, dtype=object)[scored][(y[scored] < 0.5) & counted]
+            for key in sorted(set(neg_keys) - {""}):
+                own = neg_s[neg_keys == key]
+                if own.size >= MAX_FP_MIN_ROWS:
+                    by_value[key] = own
         if threshold is None and pos_s.size and neg_s.size:
             threshold = _threshold_at_fp(pos_s, neg_s, max_fp)
             rule = f"lowest with out-of-fold false positives <= {max_fp:g} (folds by {fold_by})"
+            if by_value:
+                binding = max(by_value, key=lambda k: _threshold_at_fp(pos_s, by_value[k], max_fp))
+                t_by = _threshold_at_fp(pos_s, by_value[binding], max_fp)
+                rule += (f", in all and in each {max_fp_by} of >= {MAX_FP_MIN_ROWS} counted "
+                         f"benign rows ({len(by_value)}")  # fmt: skip
+                if t_by > threshold:
+                    threshold = t_by
+                    rule += f"; {binding} decides"
+                rule += ")"
             if not counted.all():
                 rule += f"; {int((~counted).sum())} benign rows with calibrate false not counted"
         if threshold is not None and pos_s.size and neg_s.size:
             cv_recall = float(np.mean(pos_s >= threshold))
             cv_fp = float(np.mean(neg_s >= threshold))
+            cv_fp_by = {k: float(np.mean(v >= threshold)) for k, v in by_value.items()}
     if threshold is None:
         threshold, rule = 0.5, "0.5 (no folds)"
 
@@ -467,6 +496,7 @@ def train_moderation_classifier(
         cv_recall=cv_recall,
         cv_false_positive_rate=cv_fp,
         cv_curve=curve,
+        cv_false_positive_rate_by=cv_fp_by,
         folds=folds if cv_recall is not None else 0,
         fold_by=fold_by,
         bits=bits,
