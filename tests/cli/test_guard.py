@@ -67,10 +67,16 @@ def test_guard_train_max_fp_by_a_row_field(cli: Any, tmp_path: Path) -> None:
     # 60 plain rows are checked on their own; 30 look-alikes are too few (under 50)
     assert set(report["cv_false_positive_rate_by"]) == {"plain"}
     assert "each kind of >= 50 counted benign rows" in report["threshold_rule"]
+    r = cli("guard", "train", "--data", str(data), "--output", str(out), "--max-fp-by", "kind",
+            "--seeds", "1")  # fmt: skip
+    assert r.code == 0 and "threshold rule: lowest with" in r.out, r.err
+    assert "highest false-positive rates by kind: plain " in r.out
     r = cli("guard", "train", "--data", str(data), "--output", str(out), "--max-fp-by", "a b")
     assert r.code == 2 and "Traceback" not in r.err
-    assert r.err.strip().splitlines() == ["error: moderation training: max_fp_by 'a b': name "
-                                          "a row field"]  # fmt: skip
+    assert r.err.strip().splitlines() == [
+        "error: moderation training: max_fp_by 'a b': give a row field's name (lower-case "
+        "letters, digits and _, e.g. kind)"
+    ]
 
 
 def test_guard_train_rejects_bad_rows_with_file_and_line(cli: Any, tmp_path: Path) -> None:

@@ -73,29 +73,44 @@ def test_max_fp_by_keeps_each_kind_of_look_alike_under_the_cap(tmp_path: Path) -
     # shared cap the easy rows leave the whole budget to the hard kind, refused far above
     # the cap; with max_fp_by the cap holds within each kind of >= 50 rows as well.
     harmful = [f"how do i {v} a bomb {k}" for v in ("make", "build", "hide") for k in range(20)]
-    hard = [f"how do i {v} a bath bomb {k}" for v in ("make", "buy", "hide") for k in range(20)]
+    hard = [f"how do i {v} a bath bomb {k}" for v in ("make", "buy") for k in range(25)]
     easy = [f"the weather is {w} today {k}" for w in ("nice", "cold", "warm") for k in range(100)]
-    few = [f"a poem about a {w} {k}" for w in ("cat", "dog") for k in range(10)]
-    rows = [LabeledText(t, True, group=t) for t in harmful]
-    for kind, texts in (("hard", hard), ("easy", easy), ("few", few)):
-        rows += [LabeledText(t, False, group=t, info={"kind": kind}) for t in texts]
+    few = [f"how do i {v} a bath bomb {k}" for v in ("hide", "sell") for k in range(30, 54)]
+    prose = [f"we walked to the {w} after lunch {k}" for w in ("park", "lake") for k in range(50)]
 
-    def train(by: str | None) -> TrainReport:
+    def train(by: str | None, kinds: dict[str, list[str]]) -> TrainReport:
+        rows = [LabeledText(t, True, group=t) for t in harmful]
+        for kind, texts in kinds.items():
+            rows += [LabeledText(t, False, group=t, info={"kind": kind}) for t in texts]
+        # free text (calibrate false) trains but is in no kind's count either
+        rows += [LabeledText(t, False, group=t, info={"kind": "easy"}, calibrate=False)
+                 for t in prose]  # fmt: skip
         return train_moderation_classifier(
             rows, tmp_path / f"{by}.npz", bits=12, hidden=8, epochs=2, seeds=1, max_fp=0.05,
             max_fp_by=by,
         )  # fmt: skip
 
-    shared, by_kind = train(None), train("kind")
+    kinds = {"hard": hard, "easy": easy, "few": few}  # 50, 300 and 48 counted rows
+    shared, by_kind = train(None, kinds), train("kind", kinds)
     assert by_kind.threshold > shared.threshold  # the hard kind was over the cap
-    assert set(by_kind.cv_false_positive_rate_by) == {"hard", "easy"}  # "few": 20 rows
+    assert set(by_kind.cv_false_positive_rate_by) == {"hard", "easy"}  # "few": 48 rows
     assert by_kind.cv_false_positive_rate_by["hard"] <= 0.05
-    assert "hard decides" in by_kind.threshold_rule and "each kind" in by_kind.threshold_rule
+    assert "each kind of >= 50 counted benign rows (2 checked; hard decides)" in (
+        by_kind.threshold_rule
+    )
     assert shared.cv_false_positive_rate_by == {}
     assert by_kind.cv_recall is not None and shared.cv_recall is not None
     assert by_kind.cv_recall <= shared.cv_recall  # what the cap costs, reported
-    with pytest.raises(UserError, match="max_fp_by 'Kind!': name a row field"):
-        train("Kind!")
+    assert by_kind.cv_curve["5.0%"]["threshold"] == round(by_kind.threshold, 4)  # one rule
+    # The hard rows in a kind too small to be checked: the shared cap alone decides.
+    small = train("kind", {"few": hard[:48], "easy": easy})
+    assert "(1 checked; the cap on all decides)" in small.threshold_rule
+    assert set(small.cv_false_positive_rate_by) == {"easy"}
+    assert small.threshold < by_kind.threshold
+    with pytest.raises(UserError, match=r"max_fp_by 'Kind!': give a row field's name"):
+        train("Kind!", kinds)
+    with pytest.raises(UserError, match=r"max_fp_by 'kinds': no value of that field has 50 "):
+        train("kinds", kinds)
 
 
 def test_read_labeled_reads_calibrate_and_names_a_bad_one(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -331,13 +332,17 @@ def test_the_band_stays_where_it_was_calibrated() -> None:
     assert Guardrails(named)._encoder is not None
 
 
-def test_rethreshold_rewrites_only_the_header(tmp_path: Path) -> None:
+def test_rethreshold_rewrites_only_the_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``train_moderation_encoder.py --rethreshold``: after the first stage is retrained with
-    another threshold rule, step 4 runs again on the saved validation scores; the weights
-    stay byte for byte, and scores of another data set are refused."""
+    another threshold rule, step 4 runs again on the saved validation scores, with the rule
+    parameters of the build that saved them; the weights stay byte for byte, and scores of
+    another data set or build are refused."""
     import hashlib
     import importlib.util
     import sys
+    from types import SimpleNamespace
 
     repo = Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location(
@@ -346,41 +351,61 @@ def test_rethreshold_rewrites_only_the_header(tmp_path: Path) -> None:
     assert spec is not None and spec.loader is not None
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    upper = builtin_model().threshold
+    upper = 0.6  # a first stage retrained with another rule
+    monkeypatch.setattr(tool, "builtin_model", lambda: SimpleNamespace(threshold=upper))
     rng = np.random.default_rng(0)
-    harmful = np.arange(2000) < 700
-    p_first = np.where(harmful, rng.uniform(0.05, 1.0, 2000), rng.uniform(0.0, 0.9, 2000))
-    p_enc = np.where(harmful, rng.uniform(0.6, 1.0, 2000), rng.uniform(0.0, 0.97, 2000))
+    n = 3000
+    harmful = np.arange(n) < 1000
+    counted = ~harmful & (np.arange(n) < 2600)  # the last 400 benign rows: free text
+    long_text = np.arange(n) % 10 == 3
+    p_first = np.where(harmful, rng.uniform(0.05, 1.0, n), rng.uniform(0.0, 0.9, n))
+    p_enc = np.where(harmful, rng.uniform(0.6, 1.0, n), rng.uniform(0.0, 0.99, n))
+    p_enc[~counted & ~harmful] = 0.999  # free text would move the threshold if counted
+    shipped = builtin_encoder_path()
+    with np.load(shipped) as z:
+        identity = tool.build_identity(json.loads(z["header"].tobytes()))
     data_sha = hashlib.sha256((tool.RES / "data.jsonl.gz").read_bytes()).hexdigest()
-    scores = tmp_path / "scores.npz"
-    np.savez(scores, data_sha256=np.array(data_sha), max_chars=np.array(400), p_first=p_first,
-             p_enc=p_enc, harmful=harmful, counted=~harmful, long_text=np.zeros(2000, bool))  # fmt: skip
-    out = tmp_path / "encoder.npz"
-    out.write_bytes(builtin_encoder_path().read_bytes())
-    argv = sys.argv
-    try:
-        sys.argv = ["tool", "--rethreshold", str(scores), "--out", str(out)]
+
+    def save(path: Path, **change: Any) -> Path:
+        made = {"data_sha256": data_sha, "identity": identity,
+                "rule": {"low": None, "missed": 0.02, "added_fp": 0.01, "max_chars": 400}}  # fmt: skip
+        made.update(change)
+        np.savez(path, build=np.array(json.dumps(made)), p_first=p_first, p_enc=p_enc,
+                 harmful=harmful, counted=counted, long_text=long_text)  # fmt: skip
+        return path
+
+    def run(*argv: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["tool", *argv])
         tool.main()
-    finally:
-        sys.argv = argv
-    with np.load(out) as new, np.load(builtin_encoder_path()) as old:
+
+    out = tmp_path / "encoder.npz"
+    out.write_bytes(shipped.read_bytes())
+    run("--rethreshold", str(save(tmp_path / "scores.npz")), "--out", str(out))
+    with np.load(out) as new, np.load(shipped) as old:
         assert set(new.files) == set(old.files)
         assert all(np.array_equal(new[k], old[k]) for k in old.files if k != "header")
         header = json.loads(new["header"].tobytes())
-    # the rule's own numbers, for these scores
-    low = np.floor(np.sort(p_first[harmful])[7] * 1e4) / 1e4  # 1 % of 700 harmful under it
-    band = (p_first >= low) & (p_first < upper)
-    neg = np.sort(p_enc[band & ~harmful])[::-1]
-    allowed = int(0.01 * 1300 / (band & ~harmful).sum() * len(neg))
-    assert header["low"] == low and header["meta"]["first_stage_threshold"] == upper
-    assert header["threshold"] == round(float(np.nextafter(neg[allowed], 1.0)), 4)
-    flagged = (p_first >= upper) | (band & (p_enc >= header["threshold"]))
-    assert header["meta"]["validation_recall"] == round(float(flagged[harmful].mean()), 4)
-    np.savez(scores, data_sha256=np.array("0" * 64), max_chars=np.array(400), p_first=p_first,
-             p_enc=p_enc, harmful=harmful, counted=~harmful, long_text=np.zeros(2000, bool))  # fmt: skip
-    sys.argv = ["tool", "--rethreshold", str(scores), "--out", str(out)]
-    try:
-        with pytest.raises(SystemExit, match="scores of another data set"):
-            tool.main()
-    finally:
-        sys.argv = argv
+    # the rule's own numbers, for these scores: --missed 0.02 of the 1000 harmful rows
+    low = np.floor(np.sort(p_first[harmful])[20] * 1e4) / 1e4
+    band = (p_first >= low) & (p_first < upper) & ~long_text
+    neg = np.sort(p_enc[band & counted])[::-1]
+    allowed = np.floor(0.01 * counted.sum() / (band & counted).sum() * len(neg))
+    threshold = round(float(np.nextafter(neg[int(allowed)], 1.0)), 4)
+    assert (header["low"], header["threshold"]) == (low, threshold)
+    flagged = (p_first >= upper) | (band & (p_enc >= threshold))
+    meta = header["meta"]
+    assert meta["first_stage_threshold"] == upper
+    assert meta["validation_recall"] == round(float(flagged[harmful].mean()), 4)
+    assert meta["validation_fp"] == round(float(flagged[counted].mean()), 4)
+    loaded = Encoder(out, cache_dir=tmp_path / "cache")
+    assert (loaded.low, loaded.threshold, loaded.upper) == (low, threshold, upper)
+    before = out.read_bytes()
+    for scores, argv, message in (
+        (save(tmp_path / "a.npz", data_sha256="0" * 64), (), "scores of another data set"),
+        (save(tmp_path / "b.npz", identity={**identity, "seed": 1}), (), "other seed than"),
+        (tmp_path / "scores.npz", ("--low", "0.1"), "uses the scores' own --low"),
+        (tmp_path / "scores.npz", ("--max-chars", "300"), "uses the scores' own --max-chars"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            run("--rethreshold", str(scores), "--out", str(out), *argv)
+    assert out.read_bytes() == before

@@ -94,6 +94,11 @@ def train_cmd(
         f"wrote {output}: {report.harmful} harmful, {report.benign} benign rows, "
         f"threshold {report.threshold}{cv}"
     )
+    console.print(f"threshold rule: {report.threshold_rule}", highlight=False)
+    worst = sorted(report.cv_false_positive_rate_by.items(), key=lambda kv: -kv[1])[:3]
+    if worst:
+        rates = ", ".join(f"{k} {v:.3f}" for k, v in worst)
+        console.print(f"highest false-positive rates by {max_fp_by}: {rates}", highlight=False)
 
 
 @app.command("eval")

@@ -318,7 +318,7 @@ class TrainReport:
     cv_false_positive_rate: float | None
     # The rule at other caps: {"0.5%": {"threshold", "recall"}, "1%": ..., ...}.
     cv_curve: dict[str, dict[str, float]]
-    # With max_fp_by: {value: out-of-fold false-positive rate} of each value it checked.
+    # With max_fp_by: {value: out-of-fold false-positive rate} of each value the rule checked.
     cv_false_positive_rate_by: dict[str, float]
     folds: int
     fold_by: str
@@ -334,9 +334,32 @@ class TrainReport:
         return asdict(self)
 
 
-# max_fp_by: a value with fewer counted benign rows is left to the shared cap (at 2 %, 50
-# rows allow one false positive: fewer would make one row decide the threshold).
+# max_fp_by: a value with fewer counted benign rows is left to the shared cap: at least
+# 50, and enough for the cap to allow one false positive (200 at 0.5 %), so that no single
+# row decides the threshold.
 MAX_FP_MIN_ROWS = 50
+
+
+def _min_rows(cap: float) -> int:
+    return max(MAX_FP_MIN_ROWS, math.ceil(1 / cap - 1e-9)) if cap > 0 else MAX_FP_MIN_ROWS
+
+
+def _capped_threshold(
+    pos: npt.NDArray[np.float64],
+    neg: npt.NDArray[np.float64],
+    cap: float,
+    groups: Mapping[str, npt.NDArray[np.float64]],
+) -> tuple[float, str | None]:
+    """The lowest threshold with false positives <= ``cap`` on ``neg`` and on each of
+    ``groups`` (parts of it) with at least :func:`_min_rows` rows; and the group that
+    decided it (None: ``neg`` as a whole)."""
+    t, binding = _threshold_at_fp(pos, neg, cap), None
+    for key, own in groups.items():
+        if own.size >= _min_rows(cap):
+            t_key = _threshold_at_fp(pos, own, cap)
+            if t_key > t:
+                t, binding = t_key, key
+    return t, binding
 
 
 def _fold_of(row: LabeledText, i: int, folds: int, by: str) -> int:
@@ -403,10 +426,25 @@ def train_moderation_classifier(
             "moderation training: every benign row has calibrate false; the threshold rule "
             "needs benign rows it counts (mark some calibrate true, or give a threshold)"
         )
-    if max_fp_by is not None and not _CATEGORY.fullmatch(max_fp_by):
-        raise UserError(f"moderation training: max_fp_by {max_fp_by!r}: name a row field")
     if not 0 <= max_fp < 1 or (threshold is not None and not 0 < threshold < 1):
         raise UserError("moderation training: need 0 <= max_fp < 1 and 0 < threshold < 1")
+    if max_fp_by is not None:
+        if not _CATEGORY.fullmatch(max_fp_by):
+            raise UserError(
+                f"moderation training: max_fp_by {max_fp_by!r}: give a row field's name "
+                "(lower-case letters, digits and _, e.g. kind)"
+            )
+        sizes = Counter(
+            str(r.info[max_fp_by]) for r in train
+            if not r.harmful and r.calibrate and r.info.get(max_fp_by) is not None
+        )  # fmt: skip
+        need, largest = _min_rows(max_fp), max(sizes.values(), default=0)
+        if threshold is None and largest < need:
+            raise UserError(
+                f"moderation training: max_fp_by {max_fp_by!r}: no value of that field has "
+                f"{need} counted benign rows (the most: {largest}); name a field the rows "
+                "carry, or leave max_fp_by out"
+            )
     if seeds < 1 or not 0 <= dropout < 1:
         raise UserError("moderation training: need seeds >= 1 and 0 <= dropout < 1")
     fz = builtin_featurizer()
@@ -438,37 +476,33 @@ def train_moderation_classifier(
         counted = np.fromiter((r.harmful or bool(r.calibrate) for r in train), bool, len(train))
         counted = counted[scored]
         pos_s, neg_s = p[y[scored] > 0.5], p[(y[scored] < 0.5) & counted]
+        # With max_fp_by: the counted benign rows' scores by that field's value.
+        groups: dict[str, npt.NDArray[np.float64]] = {}
+        if max_fp_by is not None:
+            keys = [None if r.info.get(max_fp_by) is None else str(r.info[max_fp_by])
+                    for r in train]  # fmt: skip
+            neg_keys = np.array(keys, dtype=object)[scored][(y[scored] < 0.5) & counted]
+            groups = {k: neg_s[neg_keys == k] for k in sorted(set(neg_keys) - {None})}
         if pos_s.size and neg_s.size:
             for cap in (0.005, 0.01, 0.02, 0.03, 0.05):
-                t_cap = _threshold_at_fp(pos_s, neg_s, cap)
+                t_cap, _ = _capped_threshold(pos_s, neg_s, cap, groups)
                 curve[f"{cap:.1%}"] = {"threshold": round(t_cap, 4),
                                        "recall": float(np.mean(pos_s >= t_cap))}  # fmt: skip
-        by_value: dict[str, npt.NDArray[np.float64]] = {}
-        if max_fp_by is not None:
-            keys = [str(r.info.get(max_fp_by, "")) for r in train]
-            neg_keys = np.array(keys, dtype=object)[scored][(y[scored] < 0.5) & counted]
-            for key in sorted(set(neg_keys) - {""}):
-                own = neg_s[neg_keys == key]
-                if own.size >= MAX_FP_MIN_ROWS:
-                    by_value[key] = own
         if threshold is None and pos_s.size and neg_s.size:
-            threshold = _threshold_at_fp(pos_s, neg_s, max_fp)
+            threshold, binding = _capped_threshold(pos_s, neg_s, max_fp, groups)
             rule = f"lowest with out-of-fold false positives <= {max_fp:g} (folds by {fold_by})"
-            if by_value:
-                binding = max(by_value, key=lambda k: _threshold_at_fp(pos_s, by_value[k], max_fp))
-                t_by = _threshold_at_fp(pos_s, by_value[binding], max_fp)
-                rule += (f", in all and in each {max_fp_by} of >= {MAX_FP_MIN_ROWS} counted "
-                         f"benign rows ({len(by_value)}")  # fmt: skip
-                if t_by > threshold:
-                    threshold = t_by
-                    rule += f"; {binding} decides"
-                rule += ")"
+            if max_fp_by is not None:
+                checked = sum(v.size >= _min_rows(max_fp) for v in groups.values())
+                decides = binding or "the cap on all"
+                rule += (f", in all and in each {max_fp_by} of >= {_min_rows(max_fp)} counted "
+                         f"benign rows ({checked} checked; {decides} decides)")  # fmt: skip
             if not counted.all():
                 rule += f"; {int((~counted).sum())} benign rows with calibrate false not counted"
         if threshold is not None and pos_s.size and neg_s.size:
             cv_recall = float(np.mean(pos_s >= threshold))
             cv_fp = float(np.mean(neg_s >= threshold))
-            cv_fp_by = {k: float(np.mean(v >= threshold)) for k, v in by_value.items()}
+            cv_fp_by = {k: float(np.mean(v >= threshold)) for k, v in groups.items()
+                        if v.size >= _min_rows(max_fp)}  # fmt: skip
     if threshold is None:
         threshold, rule = 0.5, "0.5 (no folds)"
 
