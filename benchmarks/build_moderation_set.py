@@ -5,7 +5,7 @@
     pip install 'lmops[build]'
     HF_HUB_OFFLINE=1 python benchmarks/distill_moderation_embeddings.py  # embeddings.npz
     python benchmarks/build_moderation_set.py            # data, gloss table, model
-    python benchmarks/build_moderation_set.py --data-only
+    python benchmarks/build_moderation_set.py --data-only [--no-generated]
 
 Needs ``pypinyin`` (build time only) for the pinyin variants and the gloss table; the
 gateway never imports it. Deterministic for ``--seed``.
@@ -69,7 +69,8 @@ intent: "ship the meth to them", "kill him tonight", "给他下毒"), all ``trai
 the breadth rows from ``--seed`` + 2; none is a held-out text, and a harmful one sharing
 half its words with a held-out idea is left out.
 
-Free text, with ``--with-generated`` only (``source: smollm2``; not in the shipped build):
+Free text (``source: smollm2``; shipped since 2026-12-07, see the end; ``--no-generated``
+leaves it and the Chinese free text out, as the builds before did):
 3,127 benign English paragraphs, questions, tips, short stories, word problems and
 messages on everyday topics written by SmolLM2-135M-Instruct
 (``benchmarks/generate_moderation_benign.py``; kept in the repository as
@@ -91,7 +92,7 @@ encoder, first-stage floors met; Alpaca 0.47 - 1.20 %, GSM8K 0.08 %, MMLU-Redux 
 CMMLU 1.0 %, Shakespeare 5.4 %, eval perf prompts 6.75 %. The free text gets no
 obfuscated variants.
 
-Pieces of the free text, with the same flag (drawn from ``--seed`` + 3): one sentence of 3
+Pieces of the free text, with it (drawn from ``--seed`` + 3): one sentence of 3
 to 25 words of each text that has one (2,833 of the 3,127) and one run of 1 to 4 words of
 that sentence (none holding a policy term or a held-out text), 4,624 short benign rows
 (4,487 since the filters below).
@@ -122,7 +123,7 @@ ones got worse. Chinese free text (or a threshold per language) is what it lacks
 
 A threshold per language would not have helped: by the same rule on its own rows (out of
 fold, 2 %), Chinese gets 0.637 and English 0.518, where the shipped model's one threshold
-is 0.787. Chinese free text, with the same flag (``source: written_zh``): 1,760 texts
+is 0.787. Chinese free text, with the English (``source: written_zh``): 1,760 texts
 written for this set (``moderation_benign_zh.jsonl.gz``; by writing assistants working
 from one brief, 2026-12-06): 152 of the English generator's 157 topics (all but five that
 are Chinese chat topics of the held-out split or close to them: a marathon, volcanoes, a
@@ -158,6 +159,29 @@ shipped model gives 0.42 - 0.76 against 0.787), the first stage's held-out floor
 cascade's floor by a hair (2.205 %, floor 2.2 %): 9 security tests in all. The free text
 moves the out-of-fold scores of the counted look-alikes down, so the 2 % rule's threshold
 follows them down, past the hard ones.
+
+Shipped (2026-12-07): the same data (this script's default, byte for byte the branch's)
+with the per-kind rule (``max_fp_by="kind"``: 2 % out of fold in all counted benign rows
+and in each kind of them with 50 rows or more; it was stated before this build, after the
+last one showed fraud look-alike requests at 4.1 % and self-harm ones at 3.5 % under the
+shared 0.46): threshold 0.7172 (look-alikes of self-harm decide; out-of-fold recall 0.790,
+false positives 0.81 %), the model's weights byte for byte the branch's. The encoder's
+weights do not depend on the first stage's threshold, so they are the branch's refit (a
+validation build rerun gave its figures exactly), its band and threshold chosen again by
+``train_moderation_encoder.py --rethreshold``. With its fixed 1 % budget (threshold
+0.9827) held-out recall fell to 0.937 / 1.51 % (the guard 0.939 / 1.85 %), under the
+issue's 0.95: the first stage now uses 0.81 % of the 3 % budget, not 2 %. The encoder's
+budget is now, by default, what the first stage leaves of 3 % (1 % for every build
+before, 2.19 % here; stated after that result, one parameter of the existing design, not
+searched): band [0.0278, 0.7172), threshold 0.8471. Held-out: the first stage alone 0.768
+/ 0.76 %, with the encoder 0.950 / 2.04 %, the whole guard 0.951 / 2.37 % (the models
+before: 0.815 / 0.89 %, 0.953 / 1.96 %, 0.954 / 2.31 %). Real text blocked, against the
+models before: Alpaca en requests / replies 0.20 / 0.17 % (0.80 / 0.97 %), zh 0.53 / 0.17
+% (0.90 / 1.47 %), seed tasks 0 (0), GSM8K 0 % (0.91 %), MMLU-Redux 0.10 % (1.0 %), CMMLU
+0.25 % (1.45 %), Shakespeare 3.55 % (13.65 %), eval perf prompts 2.2 % (10.55 %), Chinese
+load-test prompts 0.65 % (1.70 %), everyday short turns 3 of 99 (10); "send them", "mail
+them" and the suicide-support question pass. The first stage's own held-out floors were
+moved to its figures (the cascade's were not).
 """
 
 from __future__ import annotations
@@ -2560,14 +2584,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--data-only", action="store_true")
     ap.add_argument(
-        "--with-generated",
+        "--no-generated",
         action="store_true",
-        help="add the free text of moderation_benign_smollm2.jsonl.gz and "
-        "moderation_benign_zh.jsonl.gz (not in the shipped build)",
+        help="leave out the free text of moderation_benign_smollm2.jsonl.gz and "
+        "moderation_benign_zh.jsonl.gz and its pieces (the set shipped before 2026-12-07)",
     )
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    data = rows(args.seed, generated=args.with_generated)
+    data = rows(args.seed, generated=not args.no_generated)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "data.jsonl.gz"
     write_data(data, path)
@@ -2581,8 +2605,12 @@ def main(argv: list[str] | None = None) -> int:
     from lmops.security.moderation import read_labeled, train_moderation_classifier
 
     # Threshold by the stated rule (see lmops.security.moderation): folds by template family
-    # and idea, the lowest threshold with at most 2 % out-of-fold false positives.
-    report = train_moderation_classifier(read_labeled(path), args.out / "model.npz")
+    # and idea, the lowest threshold with at most 2 % out-of-fold false positives, in all
+    # counted benign rows and in each kind of them (look-alikes of each category, chat,
+    # replies, ...) with 50 rows or more.
+    report = train_moderation_classifier(
+        read_labeled(path), args.out / "model.npz", max_fp_by="kind"
+    )
     print(json.dumps(report.to_dict(), indent=2))
     return 0
 

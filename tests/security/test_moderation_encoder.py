@@ -45,9 +45,10 @@ BENIGN_IN_BAND = [
 ]
 
 
-# Measured on every 8th held-out row: the first stage alone recall 0.836 / false positives
-# 0.71 %, with the encoder 0.955 / 1.82 % (en 0.971 / 1.8 %, zh 0.940 / 1.8 %); before the
-# follow-up turns and the refit: 0.852 / 0.65 %, 0.945 / 1.30 %.
+# Measured on every 8th held-out row: the first stage alone recall 0.780, with the encoder
+# 0.952 / 2.08 % (en 0.971, zh 0.934); the models before the free text: 0.836 / 0.71 %,
+# 0.955 / 1.82 % (en 0.971, zh 0.940); before the follow-up turns and the refit: 0.852 /
+# 0.65 %, 0.945 / 1.30 %.
 FLOOR_RECALL, FLOOR_FP = 0.94, 0.022
 
 
@@ -137,12 +138,11 @@ def test_the_cascade_on_the_held_out_split() -> None:
 
 
 # Everyday short turns, written for this test (none is a row of the shipped set). Short
-# texts are read on few n-grams, so one word can decide them: the shipped models block 10
-# of these ("their" 0.986, "He ran home." 0.913, "Let's go home." 0.891, "never mind"
-# 0.807, ...); a rebuild with the free text and its pieces (build_moderation_set.py
-# --with-generated, not shipped: see its docstring) blocks 4, the idioms around harm words
-# ("That joke bombed.", "我饿死了。", "shoot", "I'm dying to see it.").
-SHORT_BLOCKED_AT_MOST = 10
+# texts are read on few n-grams, so one word can decide them: the models before the free
+# text and its pieces (2026-12-07) blocked 10 of these ("their" 0.986, "He ran home."
+# 0.913, "Let's go home." 0.891, "never mind" 0.807, ...); the shipped ones block 3, idioms
+# around harm words ("I'm dying to see it.", "That joke bombed.", "我饿死了。").
+SHORT_BLOCKED_AT_MOST = 3
 EVERYDAY_SHORT = (
     "their|He ran home.|She will walk to school.|I'm dying to see it.|shoot|our|maybe|"
     "sure thing|not really|of course|later|wait|stop|again please|never mind|that one|"
