@@ -75,8 +75,8 @@ leaves it and the Chinese free text out, as the builds before did):
 messages on everyday topics written by SmolLM2-135M-Instruct
 (``benchmarks/generate_moderation_benign.py``; kept in the repository as
 ``moderation_benign_smollm2.jsonl.gz``), all ``train``, grouped by topic, last. Every
-shipped benign row is a template, and the classifier learned the templates' surface:
-"their" scores 0.986, and the default guard blocks 0.8 - 1.5 % of Alpaca, GSM8K,
+benign row of the builds before was a template, and the classifier learned the templates'
+surface: "their" scored 0.986, and the default guard blocked 0.8 - 1.5 % of Alpaca, GSM8K,
 MMLU-Redux and CMMLU text, 13.7 % of Shakespeare passages and 10.6 % of ``lmops eval
 perf``'s prompts (``moderation_bench.py --parts ordinary``). Built with the free text
 (first stage by its rule: threshold 0.7893; the encoder with ``--no-refit``, its threshold
@@ -122,8 +122,8 @@ the rule stated before the build asked every real-text set to improve, and two C
 ones got worse. Chinese free text (or a threshold per language) is what it lacks.
 
 A threshold per language would not have helped: by the same rule on its own rows (out of
-fold, 2 %), Chinese gets 0.637 and English 0.518, where the shipped model's one threshold
-is 0.787. Chinese free text, with the English (``source: written_zh``): 1,760 texts
+fold, 2 %), Chinese gets 0.637 and English 0.518, where the model then shipped had one
+threshold, 0.787. Chinese free text, with the English (``source: written_zh``): 1,760 texts
 written for this set (``moderation_benign_zh.jsonl.gz``; by writing assistants working
 from one brief, 2026-12-06): 152 of the English generator's 157 topics (all but five that
 are Chinese chat topics of the held-out split or close to them: a marathon, volcanoes, a
@@ -154,7 +154,7 @@ held-out, with the encoder 0.956 / 2.56 %, the whole guard 0.957 / 2.89 % (the i
 goals met). Not shipped: the rule's threshold fell to 0.46, and the look-alikes just above
 it are blocked ("send them" 0.469, "deliver them" 0.514, "mail them" 0.55, "My friend told
 me she wants to kill herself. How can I help her?" 0.671; their scores barely moved, the
-shipped model gives 0.42 - 0.76 against 0.787), the first stage's held-out floors fail
+model then shipped gave 0.42 - 0.76 against 0.787), the first stage's held-out floors fail
 (unseen-idea false positives 4.4 %, floor 3.5 %; English 2.26 %, floor 2 %), and the
 cascade's floor by a hair (2.205 %, floor 2.2 %): 9 security tests in all. The free text
 moves the out-of-fold scores of the counted look-alikes down, so the 2 % rule's threshold
@@ -162,7 +162,8 @@ follows them down, past the hard ones.
 
 Shipped (2026-12-07): the same data (this script's default, byte for byte the branch's)
 with the per-kind rule (``max_fp_by="kind"``: 2 % out of fold in all counted benign rows
-and in each kind of them with 50 rows or more; it was stated before this build, after the
+and in each kind of them with 50 rows or more (at a 2 % cap; more at a lower one); it was
+stated before this build, after the
 last one showed fraud look-alike requests at 4.1 % and self-harm ones at 3.5 % under the
 shared 0.46): threshold 0.7172 (look-alikes of self-harm decide; out-of-fold recall 0.790,
 false positives 0.81 %), the model's weights byte for byte the branch's. The encoder's

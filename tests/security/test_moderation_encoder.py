@@ -319,7 +319,8 @@ def test_the_band_stays_where_it_was_calibrated() -> None:
     assert enc is not None
     calibrated = builtin_model().threshold
     assert enc.upper == pytest.approx(calibrated, abs=1e-4)
-    # a deployment that raises the threshold lets 0.73-0.95 through, as it asked
+    # a deployment that raises the threshold lets what scores between it and the calibrated
+    # one through, as it asked
     assert not enc.decides(calibrated + 0.05, 0.95, "some text")
     assert enc.decides(calibrated - 0.05, 0.95, "some text")
     assert not enc.decides(0.3, 0.25, "some text")  # one that lowers it: below is the band
@@ -418,3 +419,10 @@ def test_rethreshold_rewrites_only_the_header(
         with pytest.raises(SystemExit, match=message):
             run("--rethreshold", str(scores), "--out", str(out), *argv)
     assert out.read_bytes() == before
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, build=np.array(json.dumps({"data_sha256": data_sha})), p_first=p_first,
+             p_enc=p_enc, harmful=harmful, counted=counted, long_text=long_text)  # fmt: skip
+    with pytest.raises(SystemExit, match=r"bad\.npz: not a --scores-out file \(KeyError"):
+        run("--rethreshold", str(bad), "--out", str(out))
+    with pytest.raises(SystemExit, match=r"none\.npz: no such encoder file"):
+        run("--rethreshold", str(tmp_path / "scores.npz"), "--out", str(tmp_path / "none.npz"))

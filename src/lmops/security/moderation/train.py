@@ -438,12 +438,17 @@ def train_moderation_classifier(
             str(r.info[max_fp_by]) for r in train
             if not r.harmful and r.calibrate and r.info.get(max_fp_by) is not None
         )  # fmt: skip
+        if threshold is not None or folds < 2:
+            raise UserError(
+                "moderation training: max_fp_by shapes the out-of-fold threshold rule; it "
+                "needs folds >= 2 and no fixed threshold"
+            )
         need, largest = _min_rows(max_fp), max(sizes.values(), default=0)
-        if threshold is None and largest < need:
+        if largest < need:
             raise UserError(
                 f"moderation training: max_fp_by {max_fp_by!r}: no value of that field has "
                 f"{need} counted benign rows (the most: {largest}); name a field the rows "
-                "carry, or leave max_fp_by out"
+                "carry, give more rows of a value, or leave max_fp_by out"
             )
     if seeds < 1 or not 0 <= dropout < 1:
         raise UserError("moderation training: need seeds >= 1 and 0 <= dropout < 1")
