@@ -85,7 +85,10 @@ def test_a_short_reply_the_encoder_must_read_moves_to_a_thread(
     enc = builtin_encoder()
     assert enc is not None
     enc._cache.clear()  # a text it has read before is not deferred
-    reply = "contact alice.smith@example.com tonight"
+    # (Until 2026-12-07 this was "contact alice.smith@example.com tonight"; the encoder
+    # shipped since refuses it, 0.883 against its 0.8471, as the one before refused "Thanks!
+    # I'll email alice.smith@example.com right away.": 5 of 128 short e-mail messages each.)
+    reply = "email alice.smith@example.com about the meeting tonight"
     assert enc.low <= builtin_model().prob(reply) < builtin_model().threshold
     text = ask(store, reply)
     assert text is not None and "alice.smith" not in text and text.count("<EMAIL>") == 1
