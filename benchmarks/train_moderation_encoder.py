@@ -49,11 +49,16 @@ one shipped since 2026-12-07, 68,508 rows, 48,167 of them training rows):
 
 ``--scores-out`` keeps step 4's inputs (the validation rows' first-stage and encoder
 probabilities, labels, which benign rows count, which are too long), with the data set's
-SHA-256. The encoder's weights do not depend on the first stage's threshold (step 3 trains
+SHA-256, the rule's parameters and the build's identity. The encoder's weights do not depend on the first stage's threshold (step 3 trains
 on every row, whatever the band), so after the first stage is retrained on the same data
 with another threshold rule, ``--rethreshold SCORES`` trains nothing: it repeats step 4
 for the new threshold and rewrites ``--out``'s header (band, threshold, validation
-figures); it refuses scores of another data set.
+figures); it refuses scores of another data set or build. The shipped encoder's scores are
+kept in ``benchmarks/moderation_encoder_scores.npz`` (its validation build, rerun on
+2026-12-07 with ``--no-refit``; the build record of that run's parameters, all defaults,
+added afterwards, as the option that writes it came later), so that a first stage retrained
+on the shipped data needs no encoder training: ``--rethreshold
+benchmarks/moderation_encoder_scores.npz``.
 
 The held-out split (``split == "test"``) is never read: ``moderation_bench.py`` measures
 it.

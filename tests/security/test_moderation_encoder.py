@@ -426,3 +426,29 @@ def test_rethreshold_rewrites_only_the_header(
         run("--rethreshold", str(bad), "--out", str(out))
     with pytest.raises(SystemExit, match=r"none\.npz: no such encoder file"):
         run("--rethreshold", str(tmp_path / "scores.npz"), "--out", str(tmp_path / "none.npz"))
+
+
+def test_the_shipped_encoder_threshold_is_its_rule_on_the_kept_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks/moderation_encoder_scores.npz keeps the shipped encoder's validation scores:
+    --rethreshold on them gives the shipped header exactly (the band and threshold are the
+    stated rule's, for the shipped first stage), and a first stage retrained with another
+    rule needs no encoder training to be paired with it."""
+    import importlib.util
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location(
+        "train_moderation_encoder", repo / "benchmarks/train_moderation_encoder.py"
+    )
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "encoder.npz"
+    out.write_bytes(builtin_encoder_path().read_bytes())
+    scores = repo / "benchmarks/moderation_encoder_scores.npz"
+    monkeypatch.setattr(sys, "argv", ["tool", "--rethreshold", str(scores), "--out", str(out)])
+    tool.main()
+    with np.load(out) as new, np.load(builtin_encoder_path()) as old:
+        assert json.loads(new["header"].tobytes()) == json.loads(old["header"].tobytes())
