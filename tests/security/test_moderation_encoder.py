@@ -333,6 +333,22 @@ def test_the_band_stays_where_it_was_calibrated() -> None:
     assert Guardrails(named)._encoder is not None
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _encoder_build_script() -> Any:
+    """benchmarks/train_moderation_encoder.py as a module (it is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "train_moderation_encoder", REPO / "benchmarks/train_moderation_encoder.py"
+    )
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
 def test_rethreshold_rewrites_only_the_header(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -341,17 +357,10 @@ def test_rethreshold_rewrites_only_the_header(
     parameters of the build that saved them; the weights stay byte for byte, and scores of
     another data set or build are refused."""
     import hashlib
-    import importlib.util
     import sys
     from types import SimpleNamespace
 
-    repo = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location(
-        "train_moderation_encoder", repo / "benchmarks/train_moderation_encoder.py"
-    )
-    assert spec is not None and spec.loader is not None
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _encoder_build_script()
     upper = 0.6  # a first stage retrained with another rule
     first_stage = SimpleNamespace(threshold=upper, meta={"cv_false_positive_rate": 0.008})
     monkeypatch.setattr(tool, "builtin_model", lambda: first_stage)
@@ -435,19 +444,12 @@ def test_the_shipped_encoder_threshold_is_its_rule_on_the_kept_scores(
     --rethreshold on them gives the shipped header exactly (the band and threshold are the
     stated rule's, for the shipped first stage), and a first stage retrained with another
     rule needs no encoder training to be paired with it."""
-    import importlib.util
     import sys
 
-    repo = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location(
-        "train_moderation_encoder", repo / "benchmarks/train_moderation_encoder.py"
-    )
-    assert spec is not None and spec.loader is not None
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _encoder_build_script()
     out = tmp_path / "encoder.npz"
     out.write_bytes(builtin_encoder_path().read_bytes())
-    scores = repo / "benchmarks/moderation_encoder_scores.npz"
+    scores = REPO / "benchmarks/moderation_encoder_scores.npz"
     monkeypatch.setattr(sys, "argv", ["tool", "--rethreshold", str(scores), "--out", str(out)])
     tool.main()
     with np.load(out) as new, np.load(builtin_encoder_path()) as old:
