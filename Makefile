@@ -49,8 +49,11 @@ browser:
 	  >/dev/null 2>&1 || echo "chromium could not be installed; console browser tests will skip"
 
 # --durations: the slowest tests in every CI log (the suite's budget is ~15 minutes).
+# Two pytest-xdist workers, a test file each at a time (its module fixtures stay on one
+# worker): one per core of the CI machine. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.dev lint typecheck browser
-	$(VENV)/bin/pytest -q --durations=25
+	$(VENV)/bin/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
