@@ -68,6 +68,7 @@ def test_jsonl_named_json_and_compressed_json_array(tmp_path: Path) -> None:
         ('[\n  {"a": 1},\n  "text"\n]', r"bad\.json:3 \(element 1\): expected a JSON object"),
         ('[\n  {"a": 1}\n  {"a": 2}\n]', r"bad\.json:3: malformed JSON \(Expecting ','"),
         ('[\n  {"a": 1}', r"bad\.json:2: malformed JSON"),
+        ('[{"a": "tab\there"}]', r"JSON \(Invalid control character at column 12\);"),
     ],
 )
 def test_json_array_errors_name_line_and_element(tmp_path: Path, text: str, message: str) -> None:

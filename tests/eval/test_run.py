@@ -147,3 +147,35 @@ def test_eval_against_an_openai_endpoint_counts_failures(cli, tmp_path: Path) ->
         )
     assert r.code == 0, r.err
     assert json.loads(r.out)["failed_requests"] == 3
+
+
+def test_perplexity_reads_each_rows_text(tmp_path: Path, store: Store) -> None:
+    from lmops.eval.builtin import load_builtin
+
+    data = tmp_path / "docs.jsonl"
+    data.write_text('{"text": "one two three"}\n{"text": "four five", "id": 7}\n')
+    (task,) = load_builtin(f"perplexity:{data}", store=store)
+    seen: list[str] = []
+    model = FakeEvalModel(score=lambda ctx, text: seen.append(text) or -2.0)
+    (result,) = evaluate(model, [task], progress=False)
+    assert seen == ["one two three", "four five"]  # the documents, not a template's word
+    assert result.metrics["word_perplexity"] == pytest.approx(2.718281828 ** (4 / 5))
+
+
+def test_perplexity_refuses_rows_without_text_naming_the_row(tmp_path: Path, store: Store) -> None:
+    from lmops.eval.builtin import load_builtin
+
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text('{"text": "fine"}\n{"instruction": "Say hi", "output": "hi"}\n')
+    with pytest.raises(UserError) as e:
+        load_builtin(f"perplexity:{sft}", store=store)
+    msg = str(e.value)
+    assert msg.startswith(f"{sft}:2: perplexity:{sft} reads each row's 'text' field")
+    assert "(fields: instruction, output)" in msg and "loglikelihood_rolling" in msg
+    # a registered dataset is named by its version, not by the store's folder
+    store.assets.register("dataset", "sft", sft)
+    with pytest.raises(UserError, match=r"^sft:1/sft\.jsonl:2: perplexity:sft reads"):
+        load_builtin("perplexity:sft", store=store)
+    (tmp_path / "n.jsonl").write_text('{"text": 3}\n')
+    with pytest.raises(UserError, match="has a non-string 'text'"):
+        load_builtin(f"perplexity:{tmp_path / 'n.jsonl'}", store=store)

@@ -160,7 +160,8 @@ def row_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def _malformed(e: JSONDecodeError, col: int | None = None) -> str:
-    return f"malformed JSON ({e.msg} at column {col or e.colno})"
+    # (json ends some messages with " at": "Invalid control character at")
+    return f"malformed JSON ({e.msg.removesuffix(' at')} at column {col or e.colno})"
 
 
 def _jsonl(path: Path, start: int, end: int | None, first_line: int) -> Iterator[Row | BadRow]:
