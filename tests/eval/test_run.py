@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,3 +180,63 @@ def test_perplexity_refuses_rows_without_text_naming_the_row(tmp_path: Path, sto
     (tmp_path / "n.jsonl").write_text('{"text": 3}\n')
     with pytest.raises(UserError, match="has a non-string 'text'"):
         load_builtin(f"perplexity:{tmp_path / 'n.jsonl'}", store=store)
+
+
+def _member(name: str, accs: list[float], **extra: float) -> Any:
+    from lmops.eval.run import TaskResult, _stderr
+
+    items = [{"scores": {"acc": a}, "contaminated": i == 0} for i, a in enumerate(accs)]
+    metrics = {"acc": sum(accs) / len(accs), "acc_stderr": _stderr(accs), **extra}
+    return TaskResult(name, len(accs), metrics, "mc", "h", 0, group="g", items=items)
+
+
+def test_group_stderr_is_never_made_up() -> None:
+    import math
+    import statistics
+
+    from lmops.eval.run import group_results
+
+    # subtasks of one item each (--limit 1) have no stderr; the group of all of them has
+    ones = [_member(f"t{i}", [float(i % 3 == 0)]) for i in range(9)]
+    g = group_results(ones)["g"]
+    pooled = [float(i % 3 == 0) for i in range(9)]
+    assert g["acc"] == pytest.approx(1 / 3)
+    assert g["acc_stderr"] == pytest.approx(statistics.stdev(pooled) / 3)  # not 0.0
+    # with a stderr per subtask: the stderr of their size-weighted mean
+    a, b = _member("a", [1.0, 0.0, 1.0, 1.0]), _member("b", [0.0, 1.0])
+    g = group_results([a, b])["g"]
+    se_a, se_b = a.metrics["acc_stderr"], b.metrics["acc_stderr"]
+    assert g["acc_stderr"] == pytest.approx(math.sqrt((4 / 6 * se_a) ** 2 + (2 / 6 * se_b) ** 2))
+    # a metric without a stderr has none in the group either (shown as "-", not ±0.0000);
+    # one recomputed on clean items weighs each subtask by its clean items; one that a
+    # subtask lacks is averaged over the others
+    a.metrics.update(contaminated_fraction=0.25, acc_clean=1.0)
+    b.metrics.update(contaminated_fraction=0.5, acc_clean=1.0, extra=0.7)
+    g = group_results([a, b])["g"]
+    assert "contaminated_fraction_stderr" not in g and "acc_clean_stderr" not in g
+    assert g["contaminated_fraction"] == pytest.approx((4 * 0.25 + 2 * 0.5) / 6)
+    b.metrics["acc_clean"] = 0.0
+    assert group_results([a, b])["g"]["acc_clean"] == pytest.approx(3 / 4)  # 3 clean + 1 clean
+    assert group_results([a, b])["g"]["extra"] == pytest.approx(0.7)
+    # a subtask of one item among larger ones: the group's items, taken together
+    c = _member("c", [1.0])
+    g = group_results([a, b, c])["g"]
+    assert g["acc_stderr"] == pytest.approx(statistics.stdev([1, 0, 1, 1, 0, 1, 1]) / math.sqrt(7))
+
+
+def test_report_files_are_json_without_nan(store: Store) -> None:
+    from lmops.eval.run import TaskResult
+
+    item = {"loglikelihoods": [float("-inf"), -1.0], "scores": {"acc": 1.0}}
+    one = TaskResult("one", 1, {"acc": 1.0, "acc_stderr": float("nan")}, "mc", "h", 0, items=[item])
+    v = register_report(
+        store, "rep", report_dict("m", None, [one], {}), [one], inputs=[], run_id=None
+    )
+    files = store.assets.path(v.ref)
+
+    def strict(text: str) -> Any:  # as JavaScript, jq and PostgreSQL read JSON
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in a report file"))
+
+    assert strict((files / "results.json").read_text())["results"]["one"]["acc_stderr"] is None
+    assert strict((files / "items.jsonl").read_text())["loglikelihoods"] == [None, -1.0]
+    assert store.assets.get(v.ref).metadata["results"]["one"]["acc_stderr"] is None

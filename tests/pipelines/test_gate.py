@@ -177,3 +177,25 @@ def test_judge_margins_in_units_and_in_percent() -> None:
     unit = Condition(metric="x/acc", improve_by=0.05)
     assert judge(unit, 0.56, 0.5).passed and not judge(unit, 0.54, 0.5).passed
     assert not judge(Condition(metric="x/acc", improve_by=0), 0.5, 0.5).passed  # a tie is no gain
+
+
+def test_a_safety_rate_with_no_prompt_of_its_kind_is_no_metric(tmp_path: Path, store: Any) -> None:
+    # a safety report of harmful prompts only has no compliance rate (None): the gate
+    # reads the rates it has, and still decides on them
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "w.bin").write_bytes(b"\0")
+    for name, rate in (("base", 0.5), ("sft", 0.9)):
+        store.assets.register("model", f"m-{name}", tmp_path / "w")
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text("{}")
+        safety = {"safe_response_rate": rate, "compliance_rate": None, "n": 4}
+        store.assets.register(
+            "eval_report",
+            f"rep-{name}",
+            tmp_path / name,
+            metadata={"model": {"ref": f"m-{name}:1"}, "results": {"safety": safety}},
+        )
+    rule = {"metric": "safety/safe_response_rate", "improve_by": 0.1}
+    gate = _gate(tmp_path, store, ["sft"], conditions=[rule])
+    assert gate.result["decision"] == "promote"
+    assert gate.result["conditions"][0]["value"] == 0.9

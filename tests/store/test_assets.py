@@ -46,6 +46,13 @@ def test_metadata_tags_description_are_kept(store: Store, tmp_path: Path) -> Non
     assert got.description == "a tiny model" == v.description
 
 
+def test_nan_in_metadata_is_stored_as_null(store: Store, tmp_path: Path) -> None:
+    # JSON has no NaN; stored as null, as on PostgreSQL (tests/store/test_postgres.py)
+    meta = {"acc": 0.5, "acc_stderr": float("nan"), "n": [1, float("-inf")]}
+    store.assets.register("eval_report", "r", write(tmp_path / "r.json", "{}"), metadata=meta)
+    assert store.assets.get("r:1").metadata == {"acc": 0.5, "acc_stderr": None, "n": [1, None]}
+
+
 def test_directory_version_keeps_tree_and_digest_ignores_mtime(
     store: Store, tmp_path: Path
 ) -> None:

@@ -72,3 +72,14 @@ def test_four_processes_on_postgres(pg_url: str, lmops_home: Path) -> None:
     with ctx.Pool(4) as pool:
         res = pool.starmap(_register, [(pg_url, str(lmops_home), w, barrier) for w in range(4)])
     assert sorted(n for r in res for n in r) == list(range(1, 21))
+
+
+def test_nan_in_metadata_is_stored_as_null(pg_store: Store, tmp_path: Path) -> None:
+    # an eval report of one-item tasks has NaN stderrs: PostgreSQL refuses NaN in JSON
+    (tmp_path / "r").write_text("{}")
+    meta = {"results": {"t": {"acc": 1.0, "acc_stderr": float("nan")}}, "inf": [float("inf")]}
+    v = pg_store.assets.register("eval_report", "r", tmp_path / "r", metadata=meta)
+    assert pg_store.assets.get(v.ref).metadata == {
+        "results": {"t": {"acc": 1.0, "acc_stderr": None}},
+        "inf": [None],
+    }

@@ -6,6 +6,7 @@
   escaped), so a row can be written back with its fields byte-for-byte unchanged.
 - :func:`json_array_elements`: the elements of a JSON array (the format of the Alpaca
   releases), each with the line it starts on.
+- :func:`finite`: a value to write as JSON, NaN and infinities made ``null``.
 
 Both parsers use the standard library's scanner (the C one where available) for values,
 so they accept exactly what :func:`json.loads` accepts.
@@ -14,6 +15,7 @@ so they accept exactly what :func:`json.loads` accepts.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from json.decoder import JSONDecodeError
@@ -25,6 +27,7 @@ __all__ = [
     "ArrayElementError",
     "JSONDecodeError",
     "RawMembers",
+    "finite",
     "json_array_elements",
     "json_objects",
     "line_col",
@@ -195,3 +198,16 @@ def json_array_elements(
             return
         else:
             raise JSONDecodeError("Expecting ',' delimiter", text, pos)
+
+
+def finite(value: Any) -> Any:
+    """``value`` (dicts, lists, tuples of JSON values) with every NaN and infinity ``None``:
+    JSON has neither (``json.dumps`` writes ``NaN``, which PostgreSQL, JavaScript and jq
+    refuse). Written as ``null``, read back as ``None``: "no value"."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value

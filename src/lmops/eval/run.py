@@ -16,6 +16,7 @@ from typing import Any
 
 from lmops import __version__
 from lmops.core.errors import UserError
+from lmops.core.jsonl import finite
 from lmops.core.progress import Progress
 from lmops.eval.lm import EvalModel
 from lmops.eval.partial import PartialResults
@@ -463,8 +464,34 @@ def flag_contamination(
                 res.metrics[name] = statistics.fmean(vals)
 
 
+def _se_key(key: str) -> str:
+    return key.replace(",", "_stderr,", 1) if "," in key else f"{key}_stderr"
+
+
+def _is_clean(key: str) -> bool:
+    """A metric recomputed on the uncontaminated items (``acc_clean``, ``em_clean,f``)."""
+    return key.endswith("_clean") or "_clean," in key
+
+
+def _group_stderr(members: list[TaskResult], key: str, n: int) -> float:
+    """The stderr of a group's size-weighted mean of ``key``: from the subtasks' stderrs
+    (a weighted mean of independent means) where each has one; where some cannot have one
+    (a subtask of one item, as ``--limit 1`` gives), from all the group's items at once
+    (the subtasks taken as one sample: it counts the spread between them too, so it is
+    larger, never smaller); NaN where neither is known."""
+    ses = [m.metrics[_se_key(key)] for m in members]
+    if not any(math.isnan(se) for se in ses):
+        return math.sqrt(sum((m.n / n) ** 2 * se**2 for m, se in zip(members, ses, strict=True)))
+    scores = [it.get("scores", {}).get(key) for m in members for it in m.items]
+    pooled = [float(v) for v in scores if isinstance(v, int | float)]
+    return _stderr(pooled) if len(pooled) == n else float("nan")
+
+
 def group_results(results: list[TaskResult]) -> dict[str, dict[str, Any]]:
-    """Groups averaged weighted by size (as lm-eval's MMLU group), with pooled stderr."""
+    """Groups averaged weighted by size (as lm-eval's MMLU group), with their stderr
+    (:func:`_group_stderr`). A metric recomputed on clean items is weighted by each
+    subtask's clean items, and a metric some subtask lacks is averaged over those that have
+    it; a stderr is given only where every subtask has one (none is made up: ``-``)."""
     groups: dict[str, list[TaskResult]] = {}
     for r in results:
         if r.group:
@@ -477,19 +504,20 @@ def group_results(results: list[TaskResult]) -> dict[str, dict[str, Any]]:
             "tasks": len(members),
             "excluded": sum(m.excluded for m in members),
         }
-        for key in members[0].metrics:
-            if "stderr" in key:
+        keys = dict.fromkeys(k for m in members for k in m.metrics if "stderr" not in k)
+        for key in keys:
+            having = [m for m in members if key in m.metrics]
+            weights = [
+                sum(not it.get("contaminated") for it in m.items) if _is_clean(key) else m.n
+                for m in having
+            ]
+            if not sum(weights):
                 continue
-            mean = sum(m.metrics[key] * m.n for m in members) / max(1, n)
-            agg[key] = mean
-            # pooled variance of a weighted mean of means
-            se_key = key.replace(",", "_stderr,", 1) if "," in key else f"{key}_stderr"
-            var = sum(
-                (m.n / n) ** 2 * (m.metrics.get(se_key, 0.0) or 0.0) ** 2
-                for m in members
-                if not math.isnan(m.metrics.get(se_key, 0.0))
+            agg[key] = sum(m.metrics[key] * w for m, w in zip(having, weights, strict=True)) / sum(
+                weights
             )
-            agg[se_key] = math.sqrt(var)
+            if len(having) == len(members) and all(_se_key(key) in m.metrics for m in members):
+                agg[_se_key(key)] = _group_stderr(members, key, n)
         out[g] = agg
     return out
 
@@ -519,15 +547,15 @@ def register_report(
     with tempfile.TemporaryDirectory(prefix="lmops-eval-") as tmp:
         out = Path(tmp) / "report"
         out.mkdir()
+        # valid JSON: a stderr that cannot be computed (NaN) is null
         (out / "results.json").write_text(
-            json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8"
+            json.dumps(finite(report), indent=1, ensure_ascii=False), encoding="utf-8"
         )
         with open(out / "items.jsonl", "w", encoding="utf-8") as fh:
             for r in results:
                 for i, item in enumerate(r.items):
-                    fh.write(
-                        json.dumps({"task": r.task, "doc": i, **item}, ensure_ascii=False) + "\n"
-                    )
+                    row = finite({"task": r.task, "doc": i, **item})
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         return store.assets.register(
             "eval_report",
             name,

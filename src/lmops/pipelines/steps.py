@@ -518,7 +518,8 @@ def report_metrics(store: Any, ref: str) -> tuple[dict[str, float], str, str]:
     meta = v.metadata
     flat = _flat_metrics(meta)
     if "results" in meta and "safety" in meta["results"]:
-        flat.update({f"safety/{k}": float(x) for k, x in meta["results"]["safety"].items()})
+        safety = meta["results"]["safety"].items()  # a rate with no prompt of its kind: None
+        flat.update({f"safety/{k}": float(x) for k, x in safety if x is not None})
     model = (meta.get("model") or {}).get("ref")
     if not model:
         raise UserError(f"{v.ref} was not made from a model asset; the gate cannot promote it")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import random
 import threading
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lmops.core.config import mask_url
 from lmops.core.errors import DiskFullError, MigrationError, StoreError, UserError
+from lmops.core.jsonl import finite
 
 __all__ = ["Database", "disk_full", "head_revision", "is_lock_conflict"]
 
@@ -69,6 +71,14 @@ def _known_revisions() -> set[str]:
     return {s.revision for s in ScriptDirectory(str(_MIGRATIONS)).walk_revisions()}
 
 
+def json_dumps(value: Any) -> str:
+    """How the JSON columns (metadata, params, details) are written: NaN and infinities as
+    ``null``, the same on both databases. JSON has no NaN: PostgreSQL refuses the whole
+    row (an eval report with one stderr of a one-item task could not be registered), and
+    SQLite would keep text that other JSON readers cannot parse."""
+    return json.dumps(finite(value))
+
+
 class Database:
     """An engine plus a session factory, with the schema migrated to this lmops' head."""
 
@@ -99,12 +109,14 @@ class Database:
         if not self.is_sqlite:
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url[len("postgresql://") :]
-            return create_engine(url, pool_pre_ping=True)
+            return create_engine(url, pool_pre_ping=True, json_serializer=json_dumps)
 
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": self.busy_timeout})
+        engine = create_engine(
+            url, connect_args={"timeout": self.busy_timeout}, json_serializer=json_dumps
+        )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
