@@ -114,3 +114,15 @@ def test_contamination_compare_and_leaderboard(cli, tmp_path: Path, store: Store
     assert lb[0]["value"] >= lb[1]["value"]
     bad = cli("eval", "compare", rep_a["report"])
     assert bad.code == 2 and "at least two" in bad.err
+    # a report of other tasks: refused, not a column of "-" (a bare name is the newest
+    # version, which a later run of other tasks took)
+    ppl = tmp_path / "ppl.jsonl"
+    ppl.write_text('{"text": "some held-out text"}\n')
+    rp = cli("eval", "run", "--model", "b", "--tasks", f"perplexity:{ppl}", "--json")
+    assert rp.code == 0, rp.err
+    assert json.loads(rp.out)["report"] == rep_b["report"].split(":")[0] + ":2"
+    name = rep_b["report"].split(":")[0]
+    off = cli("eval", "compare", rep_a["report"], name)
+    assert off.code == 2 and off.err.count("\n") == 1, off.err
+    assert f"{name}:2 shares no task with {rep_a['report']}: it has perplexity:{ppl}" in off.err
+    assert f"names its newest version (:2): give the one to compare, e.g. {name}:1" in off.err

@@ -190,7 +190,31 @@ def compare_reports(store: Any, refs: list[str], *, alpha: float = 0.05) -> Comp
                     sig.append(None)
             group = None if is_group else metrics.get("group")
             out.rows.append(CompareRow(task, metric, values, deltas, pvals, sig, group, is_group))
+    for j in range(1, len(loaded)):
+        if not any(r.values[j] is not None for r in out.rows):
+            raise UserError(_disjoint(refs[j], loaded[j], loaded[0]))
     return out
+
+
+def _disjoint(asked: str, other: Any, first: Any) -> str:
+    """The one-line refusal of a report that shares no scored task with the first one."""
+
+    def tasks(rep: dict[str, Any]) -> str:
+        names = [*(rep.get("groups") or {}), *(t for t, m in rep["results"].items()
+                                              if not m.get("group"))]  # fmt: skip
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    v, rep, _ = other
+    msg = (
+        f"{v.ref} shares no task with {first[0].ref}: it has {tasks(rep) or 'no task'}, the "
+        f"first has {tasks(first[1]) or 'no task'}"
+    )
+    if ":" not in asked and "@" not in asked and v.version > 1:  # a bare name: the newest
+        msg += (
+            f"; {asked!r} names its newest version (:{v.version}): give the one to compare, "
+            f"e.g. {v.asset}:{v.version - 1} (lmops assets show {v.asset} lists them)"
+        )
+    return msg + "; compare reports of the same tasks"
 
 
 def _finite(v: float | None) -> float:
