@@ -110,3 +110,16 @@ def test_validate_lists_bad_rows_and_exits_1(cli, tmp_path: Path) -> None:  # ty
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps(rows[0], ensure_ascii=False) + "\n")
     assert cli("data", "validate", str(good)).code == 0
+
+
+def test_errors_name_a_datasets_files_by_its_version(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # not by the store's view folder (views/<digest>/...), which means nothing to a user
+    folder = tmp_path / "mix"
+    folder.mkdir()
+    (folder / "part-00000.jsonl").write_text('{"text": "a"}\n{"text": 5}\n')
+    assert cli("assets", "register", "dataset", "mix1", str(folder)).code == 0
+    checked = cli("data", "validate", "mix1")
+    assert checked.code == 1 and "mix1:1/part-00000.jsonl:2: field 'text'" in checked.out
+    assert "views" not in checked.out
+    r = cli("data", "tokenizer", "train", "mix1", "--name", "tok", "--vocab-size", "300")
+    assert r.code == 2 and r.err.startswith("error: mix1:1/part-00000.jsonl:2: field 'text'")

@@ -14,6 +14,7 @@ from lmops.eval.lm import FakeEvalModel
 from lmops.eval.run import evaluate, register_report, report_dict
 from lmops.eval.tasks import load_task_file
 from lmops.store import Store
+from lmops.store.refs import name_views
 
 GEN_TASK = """\
 task: capitals
@@ -173,10 +174,13 @@ def test_perplexity_refuses_rows_without_text_naming_the_row(tmp_path: Path, sto
     msg = str(e.value)
     assert msg.startswith(f"{sft}:2: perplexity:{sft} reads each row's 'text' field")
     assert "(fields: instruction, output)" in msg and "loglikelihood_rolling" in msg
-    # a registered dataset is named by its version, not by the store's folder
+    # a registered dataset's file is named by its version, not by the store's folder (as
+    # the command line and the API print errors)
     store.assets.register("dataset", "sft", sft)
-    with pytest.raises(UserError, match=r"^sft:1/sft\.jsonl:2: perplexity:sft reads"):
+    with pytest.raises(UserError) as e:
         load_builtin("perplexity:sft", store=store)
+    assert "/views/" in str(e.value)
+    assert name_views(str(e.value)).startswith("sft:1/sft.jsonl:2: perplexity:sft reads")
     (tmp_path / "n.jsonl").write_text('{"text": 3}\n')
     with pytest.raises(UserError, match="has a non-string 'text'"):
         load_builtin(f"perplexity:{tmp_path / 'n.jsonl'}", store=store)

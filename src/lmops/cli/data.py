@@ -185,12 +185,13 @@ def validate(
 ) -> None:
     """Check a training set's rows; lists bad rows by file, line and reason (exit 1 if any)."""
     from lmops.data.jobs import validate_source
+    from lmops.store.refs import name_views
 
     rep = validate_source(sources, _store(), format_, max_errors)
     if json_:
         print_json(rep.to_dict())
-    else:
-        console.print(rep.summary(), markup=False)
+    else:  # a dataset's rows by its version (mix:1/part-00000.jsonl:2), not the store's folder
+        console.print(name_views(rep.summary()), markup=False)
     if rep.valid_rows != rep.total_rows:
         raise typer.Exit(1)
 

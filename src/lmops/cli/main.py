@@ -694,8 +694,10 @@ def main() -> None:
     except LmopsError as e:
         if _state["debug"]:
             raise
+        from lmops.store.refs import name_views  # a view's file is named by its version
+
         err_console.print(
-            Text.assemble(("error: ", "red"), str(e)), highlight=False, soft_wrap=True
+            Text.assemble(("error: ", "red"), name_views(str(e))), highlight=False, soft_wrap=True
         )
         sys.exit(e.exit_code)
     except KeyboardInterrupt:

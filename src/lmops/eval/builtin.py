@@ -167,13 +167,9 @@ def _perplexity_task(dataset: str, store: Any | None) -> Task:
             text = r.values.get("text")
             if not isinstance(text, str):
                 # (a template naming a missing field would score the word "text" itself)
-                where = r.where
-                if ref is not None:  # the version's name, not the store's folder
-                    shown = f"{ref}/{path.name}" if path.is_file() else ref
-                    where = where.replace(str(path), shown, 1)
                 have = ", ".join(r.values) or "none"
                 raise UserError(
-                    f"{where}: perplexity:{dataset} reads each row's 'text' field, and this "
+                    f"{r.where}: perplexity:{dataset} reads each row's 'text' field, and this "
                     f"row has {'no' if text is None else 'a non-string'} 'text' (fields: "
                     f"{have}); give a dataset of {{'text': ...}} rows or a .txt file, or write "
                     "a task file with output_type: loglikelihood_rolling and doc_to_text "

@@ -42,7 +42,7 @@ from lmops.store.models import (
     RunRow,
     VersionRow,
 )
-from lmops.store.refs import Ref, check_alias, check_name, parse_ref
+from lmops.store.refs import Ref, check_alias, check_name, parse_ref, remember_view
 from lmops.store.types import (
     Asset,
     AssetKind,
@@ -492,12 +492,14 @@ class AssetRegistry:
                 raise UserError(f"{v.ref}: {problem}")
             return Path(v.metadata["path"])
         try:
-            return self._store.artifacts.materialize(v.layout, entries, label=v.ref)
+            view = self._store.artifacts.materialize(v.layout, entries, label=v.ref)
         except IntegrityError:
             # A running gc may have a blob moved aside for a moment (ArtifactStore.gc):
             # once it is done, the blob is back if a version references it.
             with self._db.exclusive("gc"):
-                return self._store.artifacts.materialize(v.layout, entries, label=v.ref)
+                view = self._store.artifacts.materialize(v.layout, entries, label=v.ref)
+        remember_view(view, v.ref)  # errors about its files name the version (name_views)
+        return view
 
     def exists(self, ref: str) -> bool:
         try:

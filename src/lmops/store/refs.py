@@ -9,7 +9,9 @@ convert) is a one-line ``UserError`` here instead of an overflow deep in the dri
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from lmops.core.errors import UserError
 
@@ -22,8 +24,10 @@ __all__ = [
     "check_int",
     "check_name",
     "clip",
+    "name_views",
     "parse_int",
     "parse_ref",
+    "remember_view",
 ]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -104,3 +108,32 @@ def parse_ref(ref: str) -> Ref:
             )
         return Ref(name, version=parse_int(ver, f"version in reference {clip(ref)!r}"))
     return Ref(check_name(ref))
+
+
+# A version's files are read from a view folder named by a digest (views/<hex>/...); a
+# message naming a file there names it by the version instead (mix:1/part-00000.jsonl:17).
+_VIEWS: dict[str, str] = {}  # view folder -> the version it was last handed out for
+_VIEWS_LOCK = threading.Lock()
+_VIEWS_MAX = 4096
+
+
+def remember_view(path: Path, ref: str) -> None:
+    """Note that ``path`` (a version's view: its folder, or its one file) shows ``ref``."""
+    folder = str(path if path.is_dir() else path.parent)
+    with _VIEWS_LOCK:
+        if len(_VIEWS) >= _VIEWS_MAX:
+            _VIEWS.clear()
+        _VIEWS[folder] = ref
+
+
+def name_views(text: str) -> str:
+    """``text`` (an error message) with each view folder handed out in this process written
+    as its version's ref: ``<home>/artifacts/views/2faa8…/part-00000.jsonl:17`` reads
+    ``mix1:1/part-00000.jsonl:17`` (``lmops assets path mix1:1`` gives the folder)."""
+    if "views" not in text:
+        return text
+    with _VIEWS_LOCK:
+        views = list(_VIEWS.items())
+    for folder, ref in views:
+        text = text.replace(folder, ref)
+    return text
