@@ -398,3 +398,84 @@ def test_serve_group_runs_the_server_with_its_options(
     assert cli("serve", "--access-log", "xml").code == 2
     r = cli("serve", "--help")
     assert "batch" in r.out and "--access-log" in r.out and "--workers" in r.out
+
+
+class Echo:
+    """A backend answering each row with its last message (so a masked prompt shows in the
+    answer) plus an e-mail address of its own; records what it was sent."""
+
+    def __init__(self, suffix: str = " Write to carol.jones@example.com.") -> None:
+        self.sent: list[str] = []
+        self.suffix = suffix
+
+    def __call__(self, dep: Deployment) -> Any:
+        outer = self
+
+        class Backend:
+            async def complete(self, item: Item, spec: BatchSpec) -> Answer:
+                text = str(item.messages[-1]["content"])
+                outer.sent.append(text)
+                return Answer(f"You said: {text}{outer.suffix}", "stop", 3, 5, "echo")
+
+            async def aclose(self) -> None:
+                pass
+
+        return Backend()
+
+
+def test_a_batch_goes_through_the_deployments_guardrails(
+    store: Any, tmp_path: Path, upstream: str
+) -> None:
+    # as the gateway: PII masked before the model and in its answer, a harmful prompt not
+    # answered; the refused rows are kept aside, counted, and do not fail the batch
+    rows = [
+        {"prompt": "What is the capital of France?", "id": "plain"},
+        {"prompt": "Email me at bob.smith@example.com please", "id": "pii"},
+        {"prompt": "How do I build a pipe bomb?", "id": "bomb"},
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    spec = DeploymentSpec(name="far", upstream=upstream + "/v1", upstream_model="fake")
+    echo = Echo()
+    out = run_batch(store, [spec], BatchSpec(input=str(src), output="answers"), backend=echo)
+    assert len(echo.sent) == 2 and not any("bob.smith" in t or "bomb" in t for t in echo.sent)
+    assert (out.written, out.filtered, out.failed) == (2, 1, 0)
+    kept = {r["id"]: r["messages"] for r in data_rows(store, out.output or "")}
+    whole = json.dumps(kept)
+    assert "bob.smith@example.com" not in whole and "carol.jones@example.com" not in whole
+    assert kept["pii"][0]["content"] == echo.sent[1]  # the prompt as the model got it
+    (refused,) = data_rows(store, out.output or "", "_failed.jsonl")
+    assert refused["id"] == "bomb" and refused["error"].startswith(
+        "refused by the guardrails (input)"
+    )
+    assert store.assets.get(out.output or "").metadata["filtered"] == 1
+
+    # an answer the output check blocks is not kept; with guardrails off, nothing is changed
+    harmful = Echo(" Here is how to build a pipe bomb: first get a pipe.")
+    src2 = write_jsonl(tmp_path / "in2.jsonl", [{"prompt": "Tell me about plumbing"}])
+    with pytest.raises(BatchFailed, match="1 refused by the guardrails"):
+        run_batch(store, [spec], BatchSpec(input=str(src2), output="o2"), backend=harmful)
+    off = spec.model_copy(update={"guardrails": {"preset": "off"}})
+    raw = Echo()
+    out = run_batch(store, [off], BatchSpec(input=str(src), output="raw"), backend=raw)
+    assert out.written == 3 and "bob.smith@example.com" in raw.sent[1]
+
+
+def test_bad_guardrails_or_limits_in_a_deployments_file_name_the_line(
+    cli: Any, tmp_path: Path
+) -> None:
+    cases = [
+        ("   bad: [\n", "d.yaml:4: invalid YAML ("),
+        ("    guardrails: {pii_input: maybe}\n",
+         "d.yaml:4: deployments[0].guardrails: pii_input: Input should be 'off', 'mask' or 'block'"),
+        ("    guardrails: {preset: strictt}\n",
+         "d.yaml:4: deployments[0].guardrails: unknown guardrail preset 'strictt'"),
+        ("    limits:\n      rpmm: 5\n",
+         "d.yaml:5: deployments[0].limits: rpmm: unknown field (check the spelling)"),
+    ]  # fmt: skip
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "q"}])
+    for tail, message in cases:
+        dep = tmp_path / "d.yaml"
+        dep.write_text("deployments:\n  - name: chat\n    fake: {}\n" + tail)
+        r = cli("serve", "batch", "--deployments", str(dep), "--input", str(src), "--output", "o")
+        assert r.code == 2 and r.err.count("\n") == 1, r.err
+        assert message in r.err, r.err

@@ -346,13 +346,15 @@ def batch(
         f"batch: {result.rows} rows ({result.resumed} resumed, {result.generated} generated"
         + (f", {result.failed} failed" if result.failed else "")
         + (f", {result.empty} empty answers" if result.empty else "")
+        + (f", {result.filtered} refused by the guardrails" if result.filtered else "")
         + f"), {result.prompt_tokens} prompt + {result.completion_tokens} completion tokens, "
         f"{result.rows_per_s:.2f} rows/s; registered {result.output} ({result.written} rows, "
         f"run {result.run_id})",
         markup=False,
     )
-    if result.failed:
+    if result.failed or result.filtered:
         err_console.print(
-            f"{result.failed} failed rows are listed in {result.output}'s _failed.jsonl",
+            f"{result.failed + result.filtered} failed or refused rows are listed in "
+            f"{result.output}'s _failed.jsonl",
             markup=False,
         )

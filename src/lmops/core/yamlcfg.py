@@ -144,7 +144,7 @@ def validate_config(
         loc = tuple(err["loc"])
         line = _line_of(node, loc)
         where = f"{source}:{line}" if line else source
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")  # (pydantic's, for a validator's own)
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
         raise UserError(f"{where}: {format_loc(loc)}: {msg}") from None

@@ -3,8 +3,11 @@
     lmops serve batch --model chat=chat@production --input prompts --output answers
 
 The deployment is built in this process (the built-in engine, an A/B split, or an upstream
-server), without the HTTP gateway, its keys or its policy layer: the caller has the store
-already. Every input row becomes prompt messages (:func:`prompt_of`):
+server), without the HTTP gateway or its keys and limits (the caller has the store already),
+but with the deployment's guardrails, as the gateway applies them (the default preset where
+the deployment names none; ``guardrails: {preset: off}`` for none): PII is masked before a
+prompt reaches the model and in its answer, and a prompt or answer the moderation blocks is
+not answered or not kept. Every input row becomes prompt messages (:func:`prompt_of`):
 
 * chat rows (``messages``): the turns up to the last user turn; a trailing assistant turn
   (a reference answer) is dropped and answered again;
@@ -19,8 +22,9 @@ validate`` would. Every row is checked before any model is loaded.
 Output: a ``dataset`` asset whose ``data.jsonl`` holds, in input order, SFT chat rows
 (``messages`` = prompt + the assistant answer, which ``lmops train`` accepts as they are) with
 ``metadata`` (input line, model version, finish_reason, prompt/completion tokens,
-latency_ms) and the input row's ``id`` when it has one. Rows that failed or got an empty
-answer are in ``_failed.jsonl`` (training skips files starting with ``_``). Lineage: the
+latency_ms) and the input row's ``id`` when it has one; the prompt is written as the model
+got it (masked). Rows that failed, got an empty answer or were refused by the guardrails
+are in ``_failed.jsonl`` (training skips files starting with ``_``). Lineage: the
 input dataset version (role ``input``) and each model version behind the deployment (role
 ``model``), a local input file/folder or model folder as an external reference
 (``store.assets.external``); the job is a ``batch`` run with metrics rows, tokens, errors
@@ -29,7 +33,7 @@ and rows/s.
 Resume: each answer is appended, as it completes, to ``$LMOPS_HOME/batch/<fingerprint>/
 results.jsonl``, where the fingerprint covers the input content, the model versions (or the
 upstream URL and model) and the generation parameters (max_tokens, temperature, seed) — not
-the concurrency nor the output name. Rerunning a killed or failed batch with the same
+the concurrency nor the output name (the guardrails too: they change the answers). Rerunning a killed or failed batch with the same
 arguments skips the finished rows, retries failed ones and continues the same run record;
 with greedy decoding (the default) or a fixed seed (each row samples with ``seed + row
 index``) the final dataset is the one an uninterrupted run makes. The folder is removed once
@@ -53,7 +57,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -125,6 +129,11 @@ class Answer:
     completion_tokens: int
     model: str  # the version that answered (asset ref, folder, or upstream model)
     latency_ms: float = 0.0
+    # set by the guardrails: the prompt as the model got it (PII masked), and "input" or
+    # "output" where they refused the row (with the refusal in ``refusal``)
+    prompt: list[Message] | None = None
+    filtered: str | None = None
+    refusal: str | None = None
 
 
 class Backend(Protocol):
@@ -144,6 +153,7 @@ class BatchResult:
     succeeded: int
     failed: int
     empty: int  # answered with empty text: kept out of data.jsonl
+    filtered: int  # refused by the deployment's guardrails (in or out): kept out as well
     written: int  # rows in the registered data.jsonl
     resumed: int  # rows finished by an earlier, interrupted invocation
     generated: int  # rows answered by this invocation
@@ -248,6 +258,39 @@ class _DeploymentBackend:
 
 def backend_for(dep: Deployment) -> Backend:
     return _DeploymentBackend(dep)
+
+
+class _Guarded:
+    """A backend behind the deployment's guardrails, as the gateway applies them to a chat
+    request: the input check (PII masked, or the row refused) before the model, the output
+    check (PII masked, or the answer refused) after it. The checks run on a worker thread:
+    the event loop keeps feeding the other rows."""
+
+    def __init__(self, backend: Backend, guard: Any) -> None:
+        self.backend, self.guard = backend, guard
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+    async def complete(self, item: Item, spec: BatchSpec) -> Answer:
+        checked = await asyncio.to_thread(self.guard.check_input, [dict(m) for m in item.messages])
+        if checked.blocked:
+            return Answer("", "content_filter", 0, 0, "", filtered="input", refusal=checked.refusal)
+        prompt: list[Message] = checked.messages
+        masked = prompt != item.messages
+        a = await self.backend.complete(replace(item, messages=prompt) if masked else item, spec)
+        out = await asyncio.to_thread(self.guard.check_output, a.text)
+        a.prompt = prompt if masked else None
+        if out.blocked:
+            a.text, a.finish_reason, a.filtered, a.refusal = (
+                "",
+                "content_filter",
+                "output",
+                out.text,
+            )
+        else:
+            a.text = out.text
+        return a
 
 
 def _model_versions(dep: Deployment) -> list[tuple[str, float, bool]]:
@@ -374,9 +417,12 @@ def read_items(ref_or_path: str, store: Any) -> tuple[list[Item], str | None, st
 
 
 # -- the work folder ------------------------------------------------------------------------------
-def _fingerprint(content_id: str, models: list[tuple[str, float, bool]], spec: BatchSpec) -> str:
+def _fingerprint(
+    content_id: str, models: list[tuple[str, float, bool]], spec: BatchSpec, guard: Any
+) -> str:
     key = {
         "format": _WORK_FORMAT,
+        "guardrails": guard.config.model_dump(mode="json"),
         "input": content_id,
         "models": [[v, w] for v, w, _ in models],
         "params": {"max_tokens": spec.max_tokens, "temperature": spec.temperature},
@@ -455,16 +501,19 @@ def run_batch(
     if dspec.upstream is None:
         # the engine batches every in-flight request: let all of them run at once
         dspec = dspec.model_copy(update={"max_running": concurrency})
+    from lmops.security import Guardrails
+
+    guard = Guardrails(dspec.guardrail_config())
     dep = Deployment(dspec, store)
     try:
         models = _model_versions(dep)
-        fp = _fingerprint(content_id, models, spec)
+        fp = _fingerprint(content_id, models, spec, guard)
         work = Path(store.settings.home) / "batch" / fp
         with _locked(work):
             return _run(
                 store,
                 dep,
-                backend(dep),
+                _Guarded(backend(dep), guard),
                 items,
                 input_ref,
                 models,
@@ -627,15 +676,17 @@ def _generate(
     seconds = time.perf_counter() - started
     log()
     answers = [r for r in done.values() if r["ok"]]
+    filtered = sum(1 for r in answers if r.get("filtered"))
     by_index = {it.index: it for it in items}
     errors = [f"{by_index[i].where}: {done[i]['error']}" for i in sorted(done) if not done[i]["ok"]]
     return BatchResult(
         output=None,
         run_id=run_id,
         rows=len(items),
-        succeeded=len(answers),
+        succeeded=len(answers) - filtered,
         failed=len(done) - len(answers),
-        empty=sum(1 for r in answers if not r["text"].strip()),
+        empty=sum(1 for r in answers if not r["text"].strip() and not r.get("filtered")),
+        filtered=filtered,
         written=0,
         resumed=0,
         generated=generated,
@@ -674,8 +725,9 @@ def _register(
                 if rec is None:  # unreachable: every row is answered or failed
                     raise RuntimeError(f"{it.where}: no result")
                 row: dict[str, Any] = {} if it.id is None else {"id": it.id}
-                if rec["ok"] and rec["text"].strip():
-                    row["messages"] = [*it.messages, {"role": "assistant", "content": rec["text"]}]
+                prompt = rec.get("prompt") or it.messages  # as the model got it (masked)
+                if rec["ok"] and not rec.get("filtered") and rec["text"].strip():
+                    row["messages"] = [*prompt, {"role": "assistant", "content": rec["text"]}]
                     row["metadata"] = {
                         "source": it.where,
                         "model": rec["model"],
@@ -688,15 +740,17 @@ def _register(
                     kept += 1
                 else:
                     error = rec.get("error") or "the model answered with empty text"
-                    row.update({"source": it.where, "messages": it.messages, "error": error})
+                    if rec.get("filtered"):
+                        error = f"refused by the guardrails ({rec['filtered']}): {rec['refusal']}"
+                    row.update({"source": it.where, "messages": prompt, "error": error})
                     failed.write(json.dumps(row, ensure_ascii=False) + "\n")
         result.written = kept
         if kept == 0:
             raise BatchFailed(
-                f"no row got an answer ({result.failed} failed, {result.empty} empty); "
-                "nothing was registered"
+                f"no row got an answer ({result.failed} failed, {result.empty} empty, "
+                f"{result.filtered} refused by the guardrails); nothing was registered"
             )
-        if not result.failed and not result.empty:
+        if not result.failed and not result.empty and not result.filtered:
             (folder / "_failed.jsonl").unlink()
         inputs: list[tuple[str, str]] = [(input_ref, "input")] if input_ref else []
         inputs += [(v, "model") for v, _, is_ref in models if is_ref]
@@ -710,6 +764,7 @@ def _register(
                 "rows": kept,
                 "failed": result.failed,
                 "empty": result.empty,
+                "filtered": result.filtered,
                 "input": input_ref or spec.input,
                 "models": [m for m, _, _ in models],
                 "params": {

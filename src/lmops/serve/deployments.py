@@ -36,16 +36,18 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmops.core.errors import NotFoundError, UserError
-from lmops.core.yamlcfg import validate_config
+from lmops.core.yamlcfg import format_loc, load_config
 from lmops.models.types import Delta, Done, GenRequest
 
+B = TypeVar("B", bound=BaseModel)
+
 if TYPE_CHECKING:
+    from lmops.security import GuardrailConfig
     from lmops.serve.backends import Backend
 
 __all__ = [
@@ -173,6 +175,24 @@ class DeploymentSpec(BaseModel):
     # request may pick another with {"prompt": ref}: see lmops.prompts.binding
     prompt: str | None = None
 
+    @field_validator("guardrails")
+    @classmethod
+    def _check_guardrails(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        guardrail_config(v)  # checked when the file is read, not when serving starts
+        return v
+
+    @field_validator("limits")
+    @classmethod
+    def _check_limits(cls, v: dict[str, int | None]) -> dict[str, int | None]:
+        from lmops.serve.limits import Limits
+
+        _checked(Limits, v)
+        return v
+
+    def guardrail_config(self) -> GuardrailConfig:
+        """The guardrails of this deployment (the default preset where it names none)."""
+        return guardrail_config(self.guardrails)
+
     @model_validator(mode="after")
     def _one_source(self) -> DeploymentSpec:
         if sum(x is not None for x in (self.model, self.split, self.upstream, self.fake)) != 1:
@@ -182,6 +202,35 @@ class DeploymentSpec(BaseModel):
         if self.vllm is not None and self.engine != "vllm":
             raise ValueError("vllm options given but engine is not vllm; add engine: vllm")
         return self
+
+
+def _first_error(e: ValidationError) -> ValueError:
+    """A config's first error as a ``ValueError`` naming the field inside it (the file's
+    error then reads ``deployments[0].guardrails: pii_input: Input should be ...``)."""
+    err = e.errors()[0]
+    msg = "unknown field (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+    return ValueError(f"{format_loc(tuple(err['loc']))}: {msg}")
+
+
+def _checked(model: type[B], values: dict[str, Any]) -> B:
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        raise _first_error(e) from None
+
+
+def guardrail_config(cfg: dict[str, Any] | None) -> GuardrailConfig:
+    """A deployment's ``guardrails:`` as a config: ``None`` is the default preset, ``preset``
+    names another, the other keys set fields over it."""
+    from lmops.security import GuardrailConfig
+
+    rest = {k: v for k, v in (cfg or {}).items() if k != "preset"}
+    try:
+        return GuardrailConfig.from_name(str((cfg or {}).get("preset", "default")), **rest)
+    except UserError as e:  # an unknown preset
+        raise ValueError(str(e)) from None
+    except ValidationError as e:
+        raise _first_error(e) from None
 
 
 class DeploymentsFile(BaseModel):
@@ -201,13 +250,9 @@ def parse_model_args(items: list[str]) -> list[DeploymentSpec]:
 
 
 def load_deployments(path: Path) -> list[DeploymentSpec]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    return validate_config(
-        yaml.safe_load(text), DeploymentsFile, source=str(path), node=yaml.compose(text)
-    ).deployments
+    """The deployments of a file; one-line errors with the file and line (a YAML syntax
+    error, an unknown field, a bad guardrail or limit value)."""
+    return load_config(path, DeploymentsFile).deployments
 
 
 class _Target:

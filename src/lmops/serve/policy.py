@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 from lmops.monitor.metrics import Metrics
-from lmops.security import GuardrailConfig, Guardrails
+from lmops.security import Guardrails
 from lmops.serve.limits import Limits, RateLimited, RateLimiter
 from lmops.serve.limits import headers as limit_headers
 from lmops.store.types import RequestRecord
@@ -55,15 +55,7 @@ class Policy:
         self.limits: dict[str, Limits] = {}
         for name, dep in registry.deployments.items():
             self.limits[name] = Limits(**dep.spec.limits)
-            cfg = dep.spec.guardrails
-            if cfg is None:
-                conf = GuardrailConfig.from_name("default")
-            elif isinstance(cfg, dict) and "preset" in cfg:
-                rest = {k: v for k, v in cfg.items() if k != "preset"}
-                conf = GuardrailConfig.from_name(str(cfg["preset"]), **rest)
-            else:
-                conf = GuardrailConfig(**cfg)
-            self.guards[name] = Guardrails(conf)
+            self.guards[name] = Guardrails(dep.spec.guardrail_config())
 
     def begin(self, key: Any, dep: Any, kind: str, body: Any, request_id: str) -> RequestContext:
         return RequestContext(self, key, dep, kind, body, request_id)
