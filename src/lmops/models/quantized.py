@@ -57,8 +57,10 @@ def is_quantized(folder: Path) -> bool:
     return (folder / QUANT_CONFIG).is_file()
 
 
-def read_quant_config(folder: Path) -> dict[str, Any]:
-    """``lmops_quant.json``, checked: a one-line error names the file when it is not ours."""
+def read_quant_config(folder: Path, *, weights_on_disk: bool = True) -> dict[str, Any]:
+    """``lmops_quant.json``, checked: a one-line error names the file when it is not ours.
+    ``weights_on_disk=False``: ``lmops_quant.safetensors`` is not looked for (its tensors are
+    in memory, from a sealed package)."""
     f = folder / QUANT_CONFIG
     try:
         cfg = json.loads(f.read_text())
@@ -66,7 +68,7 @@ def read_quant_config(folder: Path) -> dict[str, Any]:
         raise UserError(f"{f}: not a readable quantization config ({e})") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or cfg.get("version") != 1:
         raise UserError(f"{f}: not an lmops-quant v1 config; re-run lmops deploy quantize")
-    if not (folder / QUANT_WEIGHTS).is_file():
+    if weights_on_disk and not (folder / QUANT_WEIGHTS).is_file():
         raise UserError(
             f"{folder} has {QUANT_CONFIG} but no {QUANT_WEIGHTS}; the folder is damaged"
         )
@@ -192,23 +194,28 @@ def _set_module(model: Any, name: str, module: Any) -> None:
     setattr(parent, child, module)
 
 
-def load_quantized(folder: Path, *, device: str = "cpu") -> Any:
+def load_quantized(
+    folder: Path, *, device: str = "cpu", tensors: dict[str, Any] | None = None
+) -> Any:
     """The model in quantized folder ``folder``, in eval mode, on ``device``.
 
     8-bit layers run as dynamic int8 Linear modules (CPU only: a one-line error on any
-    other device); 4-bit layers are dequantized to fp32."""
+    other device); 4-bit layers are dequantized to fp32. ``tensors``: the contents of
+    ``lmops_quant.safetensors`` already in memory (a sealed package, decrypted by
+    :mod:`lmops.models.sealed`), read instead of the file."""
     import torch
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = read_quant_config(folder)
+    cfg = read_quant_config(folder, weights_on_disk=tensors is None)
     layers: dict[str, dict[str, Any]] = cfg["layers"]
     if device != "cpu" and any(v["bits"] == 8 for v in layers.values()):
         raise UserError(
             f"{folder} is an int8 model for the CPU engine (PyTorch dynamic int8); use device "
             "cpu, or quantize for GPUs with bitsandbytes/torchao"
         )
-    tensors = load_file(str(folder / QUANT_WEIGHTS))
+    if tensors is None:
+        tensors = load_file(str(folder / QUANT_WEIGHTS))
     config = AutoConfig.from_pretrained(str(folder))
     model: Any = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain = {k: v for k, v in tensors.items() if k.rsplit(".", 1)[0] not in layers}

@@ -8,6 +8,8 @@ files a model folder also needs (``config.json``, the tokenizer, ``generation_co
 are written to a private temp folder (mode 0700) because transformers reads them from a
 folder; the folder is removed when the context exits, once the engine has loaded them.
 Weights in any other format (``pytorch_model.bin``) are refused rather than written out.
+A quantized folder's ``lmops_quant.safetensors`` is read the same way, and
+:func:`load_from_state_dict` builds the model from it as ``load_quantized`` does from disk.
 """
 
 from __future__ import annotations
@@ -92,13 +94,23 @@ def unsealed_model(
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def load_from_state_dict(folder: Path, state: Mapping[str, Any], dtype: Any = None) -> Any:
-    """A causal LM built from ``folder``'s config with ``state`` as its weights (no weight
-    file read). Weights tied to others (``lm_head`` with tied embeddings) may be absent;
-    anything else missing or unexpected is an error naming it."""
+def load_from_state_dict(
+    folder: Path, state: Mapping[str, Any], dtype: Any = None, *, device: str = "cpu"
+) -> Any:
+    """The causal LM built from ``folder``'s config with ``state`` as its weights (no weight
+    file read), in eval mode on ``device``. A quantized folder (``lmops_quant.json``, from
+    ``lmops deploy quantize``) loads as :func:`lmops.models.quantized.load_quantized` loads
+    it from disk, ``state`` being its ``lmops_quant.safetensors``: int8 modules, and the
+    tied embedding rebuilt from the head. Otherwise weights tied to others (``lm_head``
+    with tied embeddings) may be absent; anything else missing or unexpected is an error
+    naming it."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from lmops.models.quantized import is_quantized, load_quantized
+
+    if is_quantized(folder):
+        return load_quantized(folder, device=device, tensors=dict(state))
     config = AutoConfig.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
     missing, unexpected = model.load_state_dict(dict(state), strict=False)
@@ -110,4 +122,4 @@ def load_from_state_dict(folder: Path, state: Mapping[str, Any], dtype: Any = No
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
         raise UserError(f"{folder}: the packaged weights do not fit its config.json ({what})")
     model.tie_weights()
-    return model
+    return model.to(device).eval()

@@ -296,14 +296,14 @@ class _Target:
         # the engine reads config, tokenizer and generation config while the private
         # folder exists; it is removed when the block ends
         with unsealed_model(package, **keys) as (folder, state):
-            model = load_from_state_dict(folder, state)
+            model = load_from_state_dict(folder, state, device=device)
             self.engine = Engine(
                 folder,
                 max_running=spec.max_running,
                 max_queue=spec.max_queue,
                 device=device,
                 name=spec.name,
-                loaded=(model.to(device), AutoTokenizer.from_pretrained(str(folder))),
+                loaded=(model, AutoTokenizer.from_pretrained(str(folder))),
             )
         self.ref = ref
         self.version = version or str(package)
