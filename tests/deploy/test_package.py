@@ -231,3 +231,55 @@ def test_serve_refuses_wrong_key(tiny: Path, keys: Path, tmp_path: Path) -> None
     spec = spec.model_copy(update={"key_file": str(keys), "public_key": f"{other}.pub"})
     with pytest.raises(UserError, match="not by the trusted key"):
         Deployment(spec, None)
+
+
+def _greedy_ids(engine: Any, prompt_ids: list[int], n: int = 8) -> list[int]:
+    import asyncio
+
+    from lmops.models.types import Delta, GenRequest
+
+    async def gen() -> list[int]:
+        req = GenRequest("t", prompt_ids=prompt_ids, max_tokens=n, temperature=0.0)
+        return [
+            ev.token_id
+            async for ev in engine.generate(req)
+            if isinstance(ev, Delta) and ev.token_id is not None
+        ]
+
+    return asyncio.run(gen())
+
+
+def test_signed_and_sealed_int8_packages_serve_as_the_int8_folder(
+    store: Any, tiny: Path, keys: Path, tmp_path: Path
+) -> None:
+    """A package of an int8 folder (lmops_quant.safetensors + lmops_quant.json, tied head)
+    is loaded the way the folder is: int8 modules, the embedding rebuilt from the head, and
+    the same greedy tokens, signed only or signed and encrypted."""
+    import torch
+
+    from lmops.deploy.quantize import QuantizeConfig, quantize_model
+    from lmops.models.engine import Engine
+    from lmops.serve.deployments import Deployment, DeploymentSpec
+
+    res = quantize_model(store, str(tiny), output="tiny-int8", config=QuantizeConfig())
+    folder = Path(store.assets.path(res.ref))
+    prompts = [[5, 17, 42, 7], [99, 3, 250, 12, 8]]
+    plain = Engine(folder, device="cpu")
+    try:
+        want = [_greedy_ids(plain, p) for p in prompts]
+    finally:
+        plain.close()
+    assert all(want)
+    sealed = {"signed": None, "sealed": load_kek(keys)}
+    for name, kek in sealed.items():
+        pkg = tmp_path / f"{name}.lmpkg"
+        write_package(folder, pkg, signing_key=load_signing_key(keys), kek=kek)
+        spec = DeploymentSpec(
+            name=name, model=str(pkg), key_file=str(keys), public_key=f"{keys}.pub", device="cpu"
+        )
+        engine = Deployment(spec, None).targets[0][0].engine
+        try:
+            assert not any(isinstance(m, torch.nn.Linear) for m in engine.model.modules()), name
+            assert [_greedy_ids(engine, p) for p in prompts] == want, name
+        finally:
+            engine.close()
