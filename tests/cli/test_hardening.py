@@ -140,3 +140,10 @@ def test_full_disk_while_storing_is_one_line(  # type: ignore[no-untyped-def]
 def test_gc_refuses_a_negative_grace(cli) -> None:  # type: ignore[no-untyped-def]
     r = cli("gc", "--grace", "-1")
     assert r.code == 2 and "--grace" in r.err
+
+
+def test_serve_refuses_a_port_out_of_range(cli) -> None:  # type: ignore[no-untyped-def]
+    # 99999 was announced as such and bound as 99999 % 65536 = 34463
+    for port in ("99999", "0", "-1"):
+        r = cli("serve", "--port", port)
+        assert r.code == 2 and "Invalid value for '--port'" in r.err, (port, r.err)

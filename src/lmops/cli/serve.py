@@ -54,7 +54,7 @@ class AccessLog(StrEnum):
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     model: ModelOpt = [],  # noqa: B006
     deployments: DeploymentsOpt = None,
     workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 1,

@@ -120,8 +120,10 @@ def register_canaries(store: Store, path: Path, name: str) -> Version:
     )
 
 
-def check_answer(c: Canary, answer: str, latency_ms: float) -> list[str]:
-    """What the answer breaks of the canary's expectations (empty: it passes)."""
+def check_answer(c: Canary, answer: str, latency_ms: float, *, filtered: bool = False) -> list[str]:
+    """What the answer breaks of the canary's expectations (empty: it passes). ``filtered``:
+    the gateway's content filter refused it (a 400 or ``finish_reason: content_filter``),
+    which is a refusal whatever its words."""
     e, low, out = c.expect, answer.lower(), []
     out += [f"missing {s!r}" for s in e.contains if s.lower() not in low]
     out += [f"contains {s!r}" for s in e.not_contains if s.lower() in low]
@@ -136,7 +138,7 @@ def check_answer(c: Canary, answer: str, latency_ms: float) -> list[str]:
         if ok != e.json_:
             out.append("not valid JSON" if e.json_ else "is JSON")
     if e.refusal is not None:
-        refused = bool(REFUSAL.search(answer))
+        refused = filtered or bool(REFUSAL.search(answer))
         if refused != e.refusal:
             out.append("did not refuse" if e.refusal else "refused")
     if e.max_latency_ms is not None and latency_ms > e.max_latency_ms:
@@ -168,19 +170,27 @@ def run_canaries(
                 model=model, messages=messages, max_tokens=c.max_tokens, temperature=0
             )
             answer = resp.choices[0].message.content or ""
+            filtered = resp.choices[0].finish_reason == "content_filter"
+        except openai.BadRequestError as e:
+            if e.code != "content_filter":  # a gateway's guardrails refused the prompt
+                results.append(CanaryResult(id=c.id, passed=False, error=_error(e)))
+                continue
+            answer, filtered = str(e.message), True
         except openai.OpenAIError as e:
-            results.append(
-                CanaryResult(id=c.id, passed=False, error=f"{type(e).__name__}: {e}"[:500])
-            )
+            results.append(CanaryResult(id=c.id, passed=False, error=_error(e)))
             continue
         ms = (time.perf_counter() - started) * 1000
-        fails = check_answer(c, answer, ms)
+        fails = check_answer(c, answer, ms, filtered=filtered)
         results.append(
             CanaryResult(
                 id=c.id, passed=not fails, failures=fails, latency_ms=ms, answer=answer[:2000]
             )
         )
     return results
+
+
+def _error(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}"[:500]
 
 
 def summarize(results: list[CanaryResult], set_ref: str) -> dict[str, Any]:
