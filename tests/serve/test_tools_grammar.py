@@ -19,6 +19,7 @@ from lmops.serve.protocol import ChatRequest
 from lmops.serve.tools import (
     ToolStream,
     compile_plan,
+    finish_reason,
     parse_reply,
     plan_request,
     render,
@@ -177,6 +178,19 @@ def test_replies_split_the_same_whole_or_streamed() -> None:
         tail, _ = s.finish()
         assert content + tail == whole.content and s.cut
         assert [c["function"] for c in calls] == [c["function"] for c in whole.calls]
+
+
+def test_finish_reason_with_complete_calls() -> None:
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    # a further call cut by max_tokens (dropped) leaves the complete ones: tool_calls
+    assert [finish_reason(r, calls) for r in ("stop", "length", "content_filter")] == [
+        "tool_calls",
+        "tool_calls",
+        "content_filter",
+    ]
+    assert finish_reason("length", []) == "length"
+    # an upstream's streamed calls, relayed: the last may be cut, its length stands
+    assert finish_reason("length", calls, relayed=True) == "length"
 
 
 def test_fallback_rendering_of_tools_calls_and_results() -> None:

@@ -505,7 +505,7 @@ class Handlers:
             if tail or entries:
                 out.append(chunk(i, tail, None, entries))
             done.add(i)
-            reason = tools.finish_reason(reason, calls_sent.get(i, []))
+            reason = tools.finish_reason(reason, calls_sent.get(i, []), relayed=not job.parse_tools)
             reasons[i] = "content_filter" if guard.stopped else reason
             out.append(chunk(i, None, reasons[i]))
 

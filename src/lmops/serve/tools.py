@@ -486,9 +486,14 @@ def collected_calls(acc: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def finish_reason(reason: str, calls: list[dict[str, Any]]) -> str:
-    """``tool_calls`` for a reply that ended normally with calls."""
-    return "tool_calls" if calls and reason == "stop" else reason
+def finish_reason(reason: str, calls: list[dict[str, Any]], *, relayed: bool = False) -> str:
+    """``tool_calls`` for a reply with calls that ended normally, or that ``max_tokens``
+    cut after its complete calls (inside a further one, which was dropped): the calls are
+    whole and the client runs them, as vLLM reports the calls its parser found. An
+    upstream's ``relayed`` calls keep its ``length``: the last of them may be cut."""
+    if calls and (reason == "stop" or (reason == "length" and not relayed)):
+        return "tool_calls"
+    return reason
 
 
 def arguments_chars(calls: Any) -> int:
