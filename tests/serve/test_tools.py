@@ -198,7 +198,7 @@ def test_required_and_named_tool_choice(server: dict[str, Any]) -> None:
         check_call(choice.message.tool_calls[0], {"get_weather", "get_time"})
     # parallel calls: as many as the model writes, each one complete and valid
     r = c.chat.completions.create(**kw, temperature=0.0)
-    assert r.choices[0].finish_reason in ("tool_calls", "length")
+    assert r.choices[0].finish_reason == "tool_calls"
     assert r.choices[0].message.tool_calls
     for call in r.choices[0].message.tool_calls:
         check_call(call, {"get_weather", "get_time"})
@@ -293,6 +293,35 @@ def test_a_call_cut_off_by_max_tokens_is_never_sent(server: dict[str, Any]) -> N
     assert not any(ch.choices[0].delta.tool_calls for ch in chunks if ch.choices)
     assert not "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+
+
+def test_complete_parallel_calls_end_with_tool_calls_not_length(server: dict[str, Any]) -> None:
+    # tool_choice "required", parallel calls allowed: greedy, the tiny model writes the same
+    # call again and again, as SmolLM2-135M-Instruct did; max_tokens must not turn a reply
+    # with complete calls into "length"
+    c = client(server)
+    kw: dict[str, Any] = dict(
+        model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", temperature=0
+    )
+    one = c.chat.completions.create(**kw, max_tokens=200, parallel_tool_calls=False)
+    n = one.usage.completion_tokens  # one call, ended by its grammar
+    assert one.choices[0].finish_reason == "tool_calls" and n < 100
+    call = one.choices[0].message.tool_calls[0]
+    # (max_tokens, tokens used): too little left after the call for another one, so the
+    # engine ends the list there; room to begin one more, which max_tokens cuts: the
+    # unfinished call is dropped, the complete one goes out
+    for max_tokens, used in [(n + 10, n), (2 * n - 10, 2 * n - 10)]:
+        r = c.chat.completions.create(**kw, max_tokens=max_tokens)
+        choice = r.choices[0]
+        assert (choice.finish_reason, r.usage.completion_tokens) == ("tool_calls", used)
+        assert [(t.function.name, t.function.arguments) for t in choice.message.tool_calls] == [
+            (call.function.name, call.function.arguments)
+        ]
+        assert choice.message.content is None
+        chunks = list(c.chat.completions.create(**kw, max_tokens=max_tokens, stream=True))
+        pieces = [p for ch in chunks if ch.choices for p in ch.choices[0].delta.tool_calls or []]
+        assert {p.index for p in pieces} == {0}
+        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "tool_calls"
 
 
 def test_multi_turn_with_tool_results(server: dict[str, Any]) -> None:

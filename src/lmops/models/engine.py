@@ -662,7 +662,8 @@ class Engine:
         # a multi-byte character is not complete yet: hold its replacement chars back (byte
         # fallback decodes each of its bytes so far to one)
         text_ready = text.rstrip("\ufffd")
-        complete = s.req.constraint is not None and s.req.constraint.advance(tok, text)
+        left = s.req.max_tokens - len(s.generated)
+        complete = s.req.constraint is not None and s.req.constraint.advance(tok, text, left)
         if stops:
             at = earliest_stop(text, stops, search_from if extended else 0)
             if at != -1:
@@ -678,7 +679,7 @@ class Engine:
             s.sent_chars = ready_upto
         elif s.req.logprobs:
             s.emit(Delta("", tok, logprob, detail))
-        if complete:  # the grammar allows nothing more than the end
+        if complete:  # the grammar allows nothing more than the end, or wants it now
             self._finish(s, "stop")
         elif (
             len(s.generated) >= s.req.max_tokens

@@ -4,7 +4,7 @@ A grammar (llguidance's Lark dialect, where ``%json {...}`` embeds a JSON schema
 :class:`Constraint`, one per sequence. The engine calls it twice per token::
 
     constraint.mask(logits_row)          # before sampling: forbidden tokens -> -inf
-    constraint.advance(token, text)      # after: True when the grammar is complete
+    constraint.advance(token, text, left)  # after: True when the sequence should end
 
 Cheap inside continuous batching: llguidance computes a row's mask in tens of
 microseconds (a 49k vocabulary: p50 20-40 us), and it is applied to that logits row alone
@@ -21,6 +21,13 @@ text contains the trigger, then constrains the rest (what follows the trigger) w
 grammar: ``tool_choice: auto`` costs nothing until the model starts a call. If the text
 the model wrote past the trigger cannot start the grammar, the sequence stays free (the
 gateway's parser then drops what does not parse).
+
+A *reserve* (tokens) ends a sequence early: where the grammar could end and fewer tokens
+than the reserve are left before ``max_tokens``, it ends there. Parallel tool calls set it
+to the tokens of the shortest further call there could be (a lower bound: one that would
+fit is never refused), so a list of complete calls ends instead of running into
+``max_tokens`` with a call that cannot be finished (a small model, allowed more calls,
+writes the same call again and again).
 
 :func:`grammar_error` checks a grammar without a tokenizer (unknown types, unsupported
 regex features, dangling ``$ref``...), for 400s before anything is queued.
@@ -80,9 +87,12 @@ class Grammars:
         )
         self.vocab_size = vocab_size
 
-    def constraint(self, grammar: str, *, trigger: str | None = None) -> Constraint:
-        """A fresh per-sequence constraint (``trigger``: see the module docstring)."""
-        return Constraint(self, grammar, trigger)
+    def constraint(
+        self, grammar: str, *, trigger: str | None = None, reserve: int = 0
+    ) -> Constraint:
+        """A fresh per-sequence constraint (``trigger``, ``reserve``: see the module
+        docstring)."""
+        return Constraint(self, grammar, trigger, reserve)
 
     def matcher(self, grammar: str) -> Any:
         from llguidance import LLMatcher
@@ -110,10 +120,13 @@ class Constraint:
     """One sequence's grammar state (see the module docstring), used by one thread (the
     engine's worker)."""
 
-    def __init__(self, grammars: Grammars, grammar: str, trigger: str | None) -> None:
+    def __init__(
+        self, grammars: Grammars, grammar: str, trigger: str | None, reserve: int = 0
+    ) -> None:
         self._grammars = grammars
         self._grammar = grammar
         self._trigger = trigger
+        self._reserve = reserve
         self._searched = 0  # characters of the text already searched for the trigger
         self._matcher: Any = None
         self._words = np.zeros((grammars.vocab_size + 31) // 32, dtype=np.int32)
@@ -150,9 +163,11 @@ class Constraint:
             row = row.to(logits.device, non_blocking=True)
         logits.masked_fill_(~row, float("-inf"))
 
-    def advance(self, token: int, text: str) -> bool:
+    def advance(self, token: int, text: str, left: int | None = None) -> bool:
         """Record the sampled ``token`` (``text``: the sequence's whole generated text so
-        far); True when the grammar is complete and the sequence should end now."""
+        far; ``left``: tokens it may still generate); True when the sequence should end
+        now: the grammar is complete, or it could end here and ``left`` is under the
+        reserve."""
         if self.failed:
             return False
         if not self.active:
@@ -162,7 +177,9 @@ class Constraint:
         if not m.consume_token(token):
             self.active, self.failed = False, True
             return False
-        return bool(m.is_stopped())
+        if m.is_stopped():
+            return True
+        return left is not None and left < self._reserve and bool(m.is_accepting())
 
     def _watch(self, text: str) -> bool:
         assert self._trigger is not None

@@ -32,10 +32,13 @@ named function         constrained: exactly one call of that function
 =====================  ===================================================================
 
 A call is only reported once it is complete: a reply cut off by ``max_tokens`` inside a
-call ends with ``finish_reason: "length"`` and without that call, so a client never gets
-malformed arguments. Streams therefore send a call when its closing tag arrives: its id,
-type and name first, then its arguments in pieces. An upstream's streamed calls are
-collected the same way and sent, guarded, when its choice ends.
+call ends without that call, so a client never gets malformed arguments: with
+``finish_reason: "length"`` if no call was complete, else with ``"tool_calls"`` and the
+complete ones (the engine avoids cutting a further call where it can: with too few tokens
+left for one, a list of parallel calls ends). Streams therefore send a call when its
+closing tag arrives: its id, type and name first, then its arguments in pieces. An
+upstream's streamed calls are collected the same way and sent, guarded, when its choice
+ends.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class ToolPlan:
     """What a chat request asks for beyond text. ``tools``: the request's tool objects
     (``{"type": "function", "function": {...}}``, as templates take them); ``grammar``:
     the Lark grammar the engine enforces (None: free text), from :func:`compile_plan`;
-    ``trigger``: the text from which on it applies (``auto``)."""
+    ``trigger``: the text from which on it applies (``auto``); ``next_call``: see below."""
 
     mode: Literal["none", "auto", "required", "named"]
     tools: list[dict[str, Any]] = field(default_factory=list)
@@ -86,6 +89,9 @@ class ToolPlan:
     schema: dict[str, Any] | None = None  # response_format's, as a JSON schema
     grammar: str | None = None
     trigger: str | None = None
+    # the shortest text one more parallel call could be (arguments ``{}``): where fewer
+    # tokens than it takes are left after a call, the engine ends the list there
+    next_call: str | None = None
 
     @property
     def names(self) -> list[str]:
@@ -231,6 +237,11 @@ def compile_plan(plan: ToolPlan) -> None:
         plan.trigger = OPEN
     elif content is not None:
         plan.grammar = f"start: {content}\n"
+    if more and content is None and plan.mode in ("required", "auto"):
+        # the grammar can only end between calls there (a content schema could end inside
+        # a number, which must not be cut short)
+        shortest = min((t["function"]["name"] for t in tools), key=len)
+        plan.next_call = "\n" + call_text(shortest, {})
 
 
 # -- the prompt -------------------------------------------------------------------------------------
