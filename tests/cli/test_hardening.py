@@ -147,3 +147,9 @@ def test_serve_refuses_a_port_out_of_range(cli) -> None:  # type: ignore[no-unty
     for port in ("99999", "0", "-1"):
         r = cli("serve", "--port", port)
         assert r.code == 2 and "Invalid value for '--port'" in r.err, (port, r.err)
+
+
+def test_a_bad_since_names_since(cli) -> None:  # type: ignore[no-untyped-def]
+    r = cli("usage", "--since", "yesterday")
+    assert r.code == 2 and r.err.startswith("error: --since 'yesterday': expected a date")
+    assert "24h" in r.err

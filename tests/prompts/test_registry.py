@@ -71,6 +71,20 @@ def test_nothing_is_registered_from_a_broken_template(store: Store) -> None:
     assert store.assets.list(kind="prompt") == []
     with pytest.raises(UserError, match="unknown model parameter"):
         create(store, "chat", "x", config={"temprature": 1})
+    # values are checked as the API checks them: a version no request could use is refused
+    # when it is created (it would 400 every request that names it, blaming the request)
+    bad = [
+        ({"temperature": "abc"}, "config: temperature='abc': Input should be a valid number"),
+        ({"temperature": 3}, "config: temperature=3: Input should be less than or equal to 2"),
+        ({"max_tokens": 1.5}, "config: max_tokens=1.5: Input should be a valid integer"),
+        ({"stop": 5}, "config: stop=5: "),
+    ]
+    for config, message in bad:
+        with pytest.raises(UserError) as e:
+            create(store, "chat", "x", config=config)
+        assert str(e.value).startswith(f"prompt 'chat': {message}"), str(e.value)
+    assert store.assets.list(kind="prompt") == []
+    create(store, "chat", "x", config={"temperature": 1, "max_tokens": 8, "stop": ["\n"]})
 
 
 def test_chat_prompts_render_messages_and_diff_shows_changes(store: Store) -> None:

@@ -537,14 +537,17 @@ def runs_show(run_id: str, json_: JsonOpt = False) -> None:
 
 
 # -- keys -------------------------------------------------------------------------------------------
-def _parse_date(s: str | None) -> datetime | None:
+def _parse_date(
+    s: str | None, option: str = "--expires", relative: bool = False
+) -> datetime | None:
     if s is None:
         return None
     try:
         dt = datetime.fromisoformat(s)
     except ValueError:
+        also = " or a time ago like 30m, 24h, 7d" if relative else ""
         raise UserError(
-            f"--expires {s!r}: expected a date like 2027-01-31 or 2027-01-31T12:00"
+            f"{option} {s!r}: expected a date like 2027-01-31 or 2027-01-31T12:00{also}"
         ) from None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
@@ -645,7 +648,7 @@ def _since(value: str | None) -> datetime | None:
         n, unit = int(m.group(1)), m.group(2)
         delta = {"m": timedelta(minutes=n), "h": timedelta(hours=n), "d": timedelta(days=n)}[unit]
         return datetime.now(UTC) - delta
-    return _parse_date(value)
+    return _parse_date(value, "--since", relative=True)
 
 
 @app.command()

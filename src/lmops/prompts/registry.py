@@ -165,7 +165,9 @@ def create(
         except ValidationError as e:
             err = e.errors()[0]
             loc = ".".join(str(x) for x in err["loc"])
-            raise UserError(f"prompt {name!r}: {loc}: {err['msg']}") from None
+            raise UserError(
+                f"prompt {name!r}: {loc}: {err['msg'].removeprefix('Value error, ')}"
+            ) from None
     _check_parses(spec, f"prompt {name!r}")
     compiled = CompiledPrompt(spec)
     text = yaml.safe_dump(

@@ -21,7 +21,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lmops.core.errors import UserError
 
@@ -47,6 +54,21 @@ SAMPLING_PARAMS = (
     "presence_penalty",
     "frequency_penalty",
 )
+
+
+class _ModelConfig(BaseModel):
+    """A prompt's model parameters, checked as the OpenAI API checks them (so a version
+    that a request could not use is refused when it is created, not when it is served)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
 
 
 def _where(text: str, offset: int) -> tuple[int, int]:
@@ -152,6 +174,12 @@ class PromptSpec(BaseModel):
         unknown = sorted(set(v) - allowed)
         if unknown:
             raise ValueError(f"unknown model parameter(s) {unknown}; allowed: {sorted(allowed)}")
+        try:
+            _ModelConfig.model_validate(v)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = str(err["loc"][0])  # (stop: "stop.str" would say which union member)
+            raise ValueError(f"{field}={v.get(field)!r}: {err['msg']}") from None
         return v
 
     def compiled(self) -> list[tuple[str | None, Template]]:
