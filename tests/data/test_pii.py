@@ -504,6 +504,10 @@ OBFUSCATED = [
     ("EMAIL", "zhang.san@ example.com"),
     ("EMAIL", "zhang\u200b.san@exa\u200bmple.com"),
     ("EMAIL", "zhang.san@example dot com"),
+    # ... and the local part's dots spelled out too (its first word was left in clear)
+    ("EMAIL", "zhang dot san at example dot com"),
+    ("EMAIL", "zhang [dot] san [at] example [dot] com"),
+    ("EMAIL", "li dot xiao dot ming (at) qq (dot) com"),
     # passports: lower case, spaced, dashes
     ("PASSPORT", "e12345678"),
     ("PASSPORT", "g12345678"),

@@ -134,6 +134,7 @@ _AT_WORD_ANCHOR = re.compile(
 )
 _SPELLED_DOT = r"[ \t]{0,2}[\[({<](?i:dot)[\])}>][ \t]{0,2}|[ \t]{1,2}(?i:dot)[ \t]{1,2}"
 _SPELLED_DOT_RE = re.compile(_SPELLED_DOT, re.ASCII)
+_SPELLED_DOT_AT_END = re.compile(rf"(?:{_SPELLED_DOT})$", re.ASCII)  # (searched with endpos)
 _SPELLED_DOMAIN = re.compile(
     rf"[A-Za-z0-9-]+(?:(?:{_SPELLED_DOT}|\.)[A-Za-z0-9-]+)*(?:{_SPELLED_DOT}|\.)"
     r"(?P<tld>[A-Za-z]{2,24})(?![A-Za-z0-9@-])",
@@ -221,11 +222,33 @@ def _spelled_email_edits(text: str) -> list[tuple[int, int, str]]:
         dots = [d.span() for d in _SPELLED_DOT_RE.finditer(text, right, dm.end())]
         if word and (not dots or "." in dm.group() or dm.group("tld").lower() not in _WORD_AT_TLDS):
             continue  # " at " only with every dot spelled out, before a common domain
+        edits.extend(_local_dots(text, i))
         if (left, right) != (s, e) or at != "@":
             edits.append((left, right, "@"))
         edits.extend((a, b, ".") for a, b in dots)
         done = dm.end()
     return edits
+
+
+def _local_dots(text: str, start: int) -> list[tuple[int, int, str]]:
+    """Edits for dots spelled out in a local part that starts at ``start`` ("john dot doe
+    at ..."): each spelled dot right before it, with a word of local-part characters before
+    that, joins the local part (at most 4)."""
+    edits: list[tuple[int, int, str]] = []
+    for _ in range(4):
+        d = _SPELLED_DOT_AT_END.search(text, max(0, start - 9), start)
+        if d is None:
+            break
+        k = d.start()
+        while k > 0 and text[k - 1] in _LOCAL_CHARS and d.start() - k <= 64:
+            k -= 1
+        while k < d.start() and text[k] in ".-":
+            k += 1
+        if k == d.start():
+            break  # no word before the dot
+        edits.append((d.start(), d.end(), "."))
+        start = k
+    return edits[::-1]
 
 
 def _normalized(text: str) -> _View:
