@@ -127,6 +127,18 @@ def test_info_human_and_json(cli, lmops_home: Path) -> None:  # type: ignore[no-
     assert "extras found" in human
 
 
+def test_info_shows_the_shared_datasets_eval_finds(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    # not only $LMOPS_SHARED_DATASETS: also ../shared/datasets beside the current folder
+    monkeypatch.delenv("LMOPS_SHARED_DATASETS", raising=False)
+    (tmp_path / "shared" / "datasets").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    expected = str((tmp_path / "shared" / "datasets").resolve())
+    assert js(cli("info", "--json"))["shared_datasets"] == expected
+
+
 # -- register -----------------------------------------------------------------------------------
 def test_register_file_with_meta_tags_and_description(cli, files: Path) -> None:  # type: ignore[no-untyped-def]
     body = b"text\nhello world\n"

@@ -212,6 +212,38 @@ def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path, lmops_home: Path) -
     assert full == killed and len(full) > 6
 
 
+def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(tmp_path: Path, lmops_home: Path) -> None:
+    make_corpus(tmp_path / "raw", files=6, per_file=150)
+    (tmp_path / "slow_ops.py").write_text(SLOW_OPS)
+    body = (
+        RECIPE.replace("name: demo", "name: demo\nimports: [slow_ops]")
+        .replace("  - op: clean_whitespace", "  - op: clean_whitespace\n  - op: slow_copy")
+        .replace(", dataset: demo-clean", "")
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "LMOPS_HOME": str(lmops_home)}
+    write_recipe(tmp_path / "r.yaml", body)
+    cmd = [sys.executable, "-m", "lmops.cli.main", "data", "run", "r.yaml", "--workers", "1"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, start_new_session=True, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    work = tmp_path / "out" / "demo.lmops-work" / "stage2"
+    deadline = time.time() + 60
+    while not list(work.glob("*.stats.json")):
+        assert proc.poll() is None, "run finished before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().endswith(
+        "interrupted; the finished shards are kept: resume with: lmops data run r.yaml --workers 1"
+    ), err
+    rerun = subprocess.run([*cmd, "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["resumed_shards"] >= 1
+
+
 def _gone(pid: int) -> bool:
     """Not running: no such process, or a zombie nobody reaped (PID 1 in a container)."""
     import psutil

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmops import __version__
 from lmops.api.deps import Admin, Reader, Unauthorized, admin, reader  # noqa: F401
-from lmops.core.config import Settings, mask_url
+from lmops.core.config import Settings, find_shared_datasets, mask_url
 from lmops.core.errors import (
     ConflictError,
     DiskFullError,
@@ -320,7 +320,10 @@ def info_dict(settings: Settings) -> dict[str, Any]:
         "home": str(settings.home),
         "database_url": mask_url(settings.database_url),
         "artifacts": mask_url(settings.artifacts),
-        "shared_datasets": str(settings.shared_datasets) if settings.shared_datasets else None,
+        # where eval and the quickstart find them (the variable, else beside the checkout)
+        "shared_datasets": str(shared)
+        if (shared := find_shared_datasets(settings.shared_datasets))
+        else None,
         "extras": extras,
         "device": torch_device(),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -48,15 +49,30 @@ def run(
         from lmops.store import Store
 
         store = Store(origin="cli")
-    result = run_recipe(
-        r,
-        base_dir=recipe.resolve().parent,
-        store=store,
-        workers=workers,
-        executor=executor,
-        progress=not json_,
-        source=str(recipe),
-    )
+    try:
+        result = run_recipe(
+            r,
+            base_dir=recipe.resolve().parent,
+            store=store,
+            workers=workers,
+            executor=executor,
+            progress=not json_,
+            source=str(recipe),
+        )
+    except KeyboardInterrupt:  # as training does: say how to go on
+        again = shlex.join(
+            ["lmops", "data", "run", str(recipe)]
+            + (["--executor", executor] if executor else [])
+            + (["--workers", str(workers)] if workers else [])
+            + [a for x in set_ for a in ("--set", x)]
+            + (["--no-store"] if no_store else [])
+        )
+        err_console.print(
+            f"interrupted; the finished shards are kept: resume with: {again}",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     if json_:
         print_json(
             {
