@@ -410,3 +410,24 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(
     assert str(state_file) in message and "restart without --resume" in message
     assert "refused" in message
     assert not marker.exists()
+
+
+def test_an_override_error_names_the_override_not_a_line_of_the_file(tmp_path: Path) -> None:
+    from lmops.train.spec import load_spec
+
+    job = tmp_path / "sft.yaml"
+    job.write_text("preset: sft-lora\nmodel: tiny\ndataset: d\noutput: o\nmax_steps: x\n")
+    with pytest.raises(UserError, match=r"^.*sft\.yaml:5: max_steps: "):  # the file's own line
+        load_spec(job)
+    job.write_text("preset: sft-lora\nmodel: tiny\ndataset: d\noutput: o\n")
+    cases = [
+        ("lr=1e-4", "sft.yaml: override 'lr=1e-4': lr: unknown field (check the spelling)"),
+        ("lora.r=abc", "sft.yaml: override 'lora.r=abc': lora.r: Input should be a valid integer"),
+        ("training.lr=1", "sft.yaml: override 'training.lr=1': training: unknown field"),
+    ]
+    for override, message in cases:
+        with pytest.raises(UserError) as e:
+            load_spec(job, [override])
+        assert message in str(e.value), str(e.value)
+    # an override applies to its job only: the preset it was merged with is unchanged
+    assert load_spec(job, ["lora.r=4"]).lora.r == 4 and load_spec(job).lora.r != 4

@@ -9,6 +9,7 @@ not permitted")`` instead of pydantic's multi-line report.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,7 +78,10 @@ def line_of(path: Path, loc: tuple[Any, ...]) -> int | None:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML: numbers, bools, lists)."""
+    """``data`` with ``a.b.c=value`` overrides applied (values parsed as YAML: numbers,
+    bools, lists), on a copy: ``data``'s nested mappings may be a preset's, shared by every
+    later job of the process."""
+    data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -133,8 +137,15 @@ def with_presets(
 
 
 def validate_config(
-    data: Any, model: type[M], *, source: str = "config", node: yaml.Node | None = None
+    data: Any,
+    model: type[M],
+    *,
+    source: str = "config",
+    node: yaml.Node | None = None,
+    overrides: list[str] | None = None,
 ) -> M:
+    """``data`` as ``model``; its first error as one line naming the file's line, or the
+    command-line override (``overrides``: ``key.path=value``) that set the field."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a mapping at the top level")
     try:
@@ -142,8 +153,16 @@ def validate_config(
     except ValidationError as e:
         err = e.errors()[0]
         loc = tuple(err["loc"])
-        line = _line_of(node, loc)
+        dotted = ".".join(str(p) for p in loc)
+        keys = [(o, o.partition("=")[0]) for o in overrides or []]
+        given = [  # the field, a field inside it, or a new mapping the override made
+            o for o, k in keys
+            if dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + ".")
+        ]  # fmt: skip
+        line = None if given else _line_of(node, loc)
         where = f"{source}:{line}" if line else source
+        if given:
+            where += f": override {given[-1]!r}"
         msg = err["msg"].removeprefix("Value error, ")  # (pydantic's, for a validator's own)
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"
@@ -176,4 +195,4 @@ def load_config(path: Path, model: type[M], overrides: list[str] | None = None) 
         raise UserError(f"{path}: empty file")
     if overrides:
         data = apply_overrides(data, overrides)
-    return validate_config(data, model, source=str(path), node=node)
+    return validate_config(data, model, source=str(path), node=node, overrides=overrides)

@@ -222,4 +222,4 @@ def spec_from_dict(
     """A spec from a mapping (a job YAML's content, or a pipeline step's ``spec:``), with
     an optional ``preset: NAME`` merged under it and dotted overrides applied on top."""
     data = with_presets(data, PRESETS, overrides, source=source)
-    return validate_config(data, TrainSpec, source=source, node=node)
+    return validate_config(data, TrainSpec, source=source, node=node, overrides=overrides)
