@@ -688,3 +688,14 @@ def test_pii_mask_counts_reach_the_operator_counters() -> None:
     docs = [Document("邮箱 a@b.com，电话 13812345678", "1"), Document("mail c@d.org", "2")]
     list(op(docs))
     assert op.counters == {"EMAIL": 2, "PHONE": 1}
+
+
+def test_spelled_addresses_side_by_side_are_each_masked_whole() -> None:
+    # a local part's spelled dots never reach back into the address before it
+    cases = {
+        "x at gmail dot com dot y at gmail dot com": "<EMAIL> dot <EMAIL>",
+        "alice at gmail dot com. dot bob at yahoo dot com": "<EMAIL>. dot <EMAIL>",
+        "a at b dot com and john dot doe at example dot com": "<EMAIL> and <EMAIL>",
+    }
+    for text, masked in cases.items():
+        assert mask_pii(text)[0] == masked, text

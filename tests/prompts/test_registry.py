@@ -3,6 +3,8 @@ diff, and the cached ``lmops.prompts.get``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import lmops.prompts
@@ -58,7 +60,7 @@ def test_a_template_that_does_not_parse_names_line_and_column(source: str, where
     assert "\n" not in str(e.value)
 
 
-def test_nothing_is_registered_from_a_broken_template(store: Store) -> None:
+def test_nothing_is_registered_from_a_broken_template(store: Store, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"template\[1\].content:1:10: '\{\{' is never closed"):
         create(
             store,
@@ -85,6 +87,11 @@ def test_nothing_is_registered_from_a_broken_template(store: Store) -> None:
         assert str(e.value).startswith(f"prompt 'chat': {message}"), str(e.value)
     assert store.assets.list(kind="prompt") == []
     create(store, "chat", "x", config={"temperature": 1, "max_tokens": 8, "stop": ["\n"]})
+    # a version stored before values were checked still loads as it was stored
+    old = tmp_path / "prompt.yaml"
+    old.write_text("type: text\ntemplate: x\nconfig: {temperature: 3}\n")
+    store.assets.register("prompt", "old", old)
+    assert load(store, "old:1").spec.config == {"temperature": 3}
 
 
 def test_chat_prompts_render_messages_and_diff_shows_changes(store: Store) -> None:

@@ -479,3 +479,16 @@ def test_bad_guardrails_or_limits_in_a_deployments_file_name_the_line(
         r = cli("serve", "batch", "--deployments", str(dep), "--input", str(src), "--output", "o")
         assert r.code == 2 and r.err.count("\n") == 1, r.err
         assert message in r.err, r.err
+
+
+def test_the_readmes_deployments_file_is_valid() -> None:
+    import re
+
+    import yaml
+
+    from lmops.serve.deployments import DeploymentsFile
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```yaml\n(deployments:\n  - name: chat .*?)```", readme, re.S)
+    (dep,) = DeploymentsFile.model_validate(yaml.safe_load(block)).deployments
+    assert dep.guardrail_config().pii_output == "mask" and dep.limits["rpm"] == 600

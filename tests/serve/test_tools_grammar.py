@@ -131,7 +131,10 @@ def test_the_tool_grammar_gives_parsable_calls(engine: Engine) -> None:
     compile_plan(plan)
     assert plan.grammar is not None and plan.trigger is None
     # the shortest further call, for the engine's reserve (a list ends with no room for it)
-    assert plan.next_call == '\n<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
+    assert plan.next_calls == tuple(
+        f'\n<tool_call>\n{{"name": "{t["function"]["name"]}", "arguments": {{}}}}\n</tool_call>'
+        for t in tools
+    )
     reqs = [
         GenRequest(
             f"c{i}",

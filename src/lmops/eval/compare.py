@@ -190,8 +190,10 @@ def compare_reports(store: Any, refs: list[str], *, alpha: float = 0.05) -> Comp
                     sig.append(None)
             group = None if is_group else metrics.get("group")
             out.rows.append(CompareRow(task, metric, values, deltas, pvals, sig, group, is_group))
+    names = {task for task, _, _ in sections}  # by name: a task whose scores are all null counts
     for j in range(1, len(loaded)):
-        if not any(r.values[j] is not None for r in out.rows):
+        rep = loaded[j][1]
+        if not names & {*rep["results"], *(rep.get("groups") or {})}:
             raise UserError(_disjoint(refs[j], loaded[j], loaded[0]))
     return out
 

@@ -29,7 +29,7 @@ import yaml
 from pydantic import ValidationError
 
 from lmops.core.errors import NotFoundError, UserError
-from lmops.prompts.template import CompiledPrompt, PromptSpec
+from lmops.prompts.template import CompiledPrompt, PromptSpec, check_config
 from lmops.store import Asset, Store, Version, parse_ref
 
 __all__ = [
@@ -169,6 +169,7 @@ def create(
                 f"prompt {name!r}: {loc}: {err['msg'].removeprefix('Value error, ')}"
             ) from None
     _check_parses(spec, f"prompt {name!r}")
+    check_config(spec.config, f"prompt {name!r}")
     compiled = CompiledPrompt(spec)
     text = yaml.safe_dump(
         spec.model_dump(mode="json", exclude_defaults=False), sort_keys=False, allow_unicode=True

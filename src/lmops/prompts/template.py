@@ -38,6 +38,7 @@ __all__ = [
     "CompiledPrompt",
     "PromptSpec",
     "Template",
+    "check_config",
     "parse_template",
 ]
 
@@ -57,18 +58,30 @@ SAMPLING_PARAMS = (
 
 
 class _ModelConfig(BaseModel):
-    """A prompt's model parameters, checked as the OpenAI API checks them (so a version
-    that a request could not use is refused when it is created, not when it is served)."""
+    """A prompt's model parameters with the ranges the gateway accepts in a request (read
+    as the gateway reads them: ``"0.7"`` is a number), for :func:`check_config`."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
     model: str | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
+
+
+def check_config(config: dict[str, Any], where: str) -> None:
+    """Refuse (``UserError``) model parameters no request could use, before a version is
+    created with them: it would 400 every request naming it, blaming the request. (Only
+    at creation: a stored version is read as it was stored.)"""
+    try:
+        _ModelConfig.model_validate(config)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][0])  # (stop: "stop.str" would say which union member)
+        raise UserError(f"{where}: config: {field}={config.get(field)!r}: {err['msg']}") from None
 
 
 def _where(text: str, offset: int) -> tuple[int, int]:
@@ -174,12 +187,6 @@ class PromptSpec(BaseModel):
         unknown = sorted(set(v) - allowed)
         if unknown:
             raise ValueError(f"unknown model parameter(s) {unknown}; allowed: {sorted(allowed)}")
-        try:
-            _ModelConfig.model_validate(v)
-        except ValidationError as e:
-            err = e.errors()[0]
-            field = str(err["loc"][0])  # (stop: "stop.str" would say which union member)
-            raise ValueError(f"{field}={v.get(field)!r}: {err['msg']}") from None
         return v
 
     def compiled(self) -> list[tuple[str | None, Template]]:

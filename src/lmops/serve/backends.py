@@ -265,7 +265,7 @@ class EngineBackend:
         vocab = int(getattr(engine.model.config, "vocab_size", 0) or len(engine.tokenizer))
         grammars = grammars_for(engine.tokenizer, vocab, sorted(engine.eos_ids))
         # tokens one more parallel call takes at least (models/grammar.py: the reserve)
-        reserve = len(engine.encode(plan.next_call)) if plan.next_call else 0
+        reserve = min((len(engine.encode(c)) for c in plan.next_calls), default=0)
         try:
             return grammars.constraint(plan.grammar, trigger=plan.trigger, reserve=reserve)
         except ValueError as e:

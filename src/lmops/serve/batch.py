@@ -32,9 +32,9 @@ and rows/s.
 
 Resume: each answer is appended, as it completes, to ``$LMOPS_HOME/batch/<fingerprint>/
 results.jsonl``, where the fingerprint covers the input content, the model versions (or the
-upstream URL and model) and the generation parameters (max_tokens, temperature, seed) — not
-the concurrency nor the output name (the guardrails too: they change the answers). Rerunning a killed or failed batch with the same
-arguments skips the finished rows, retries failed ones and continues the same run record;
+upstream URL and model), the generation parameters (max_tokens, temperature, seed) and the
+guardrails' settings (they change the answers) — not the concurrency nor the output name.
+Rerunning a killed or failed batch with the same arguments skips the finished rows, retries failed ones and continues the same run record;
 with greedy decoding (the default) or a fixed seed (each row samples with ``seed + row
 index``) the final dataset is the one an uninterrupted run makes. The folder is removed once
 the dataset is registered.
@@ -83,7 +83,7 @@ __all__ = [
 
 Message = dict[str, str]
 # Bumped when prompt conversion or the work-file layout changes, so old work is not reused.
-_WORK_FORMAT = 1
+_WORK_FORMAT = 2  # 2: the guardrails joined the fingerprint
 # Completes a prompt-only row so lmops.core.formats can validate it as a training row.
 _STAND_IN = "-"
 _METRICS_EVERY_S = 5.0

@@ -80,7 +80,7 @@ class ToolPlan:
     """What a chat request asks for beyond text. ``tools``: the request's tool objects
     (``{"type": "function", "function": {...}}``, as templates take them); ``grammar``:
     the Lark grammar the engine enforces (None: free text), from :func:`compile_plan`;
-    ``trigger``: the text from which on it applies (``auto``); ``next_call``: see below."""
+    ``trigger``: the text from which on it applies (``auto``); ``next_calls``: see below."""
 
     mode: Literal["none", "auto", "required", "named"]
     tools: list[dict[str, Any]] = field(default_factory=list)
@@ -89,9 +89,10 @@ class ToolPlan:
     schema: dict[str, Any] | None = None  # response_format's, as a JSON schema
     grammar: str | None = None
     trigger: str | None = None
-    # the shortest text one more parallel call could be (arguments ``{}``): where fewer
-    # tokens than it takes are left after a call, the engine ends the list there
-    next_call: str | None = None
+    # the shortest text one more parallel call could be, per tool (arguments ``{}``): where
+    # fewer tokens than the fewest of them take are left after a call, the engine ends the
+    # list there (per tool: tokens do not follow characters)
+    next_calls: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -240,8 +241,7 @@ def compile_plan(plan: ToolPlan) -> None:
     if more and content is None and plan.mode in ("required", "auto"):
         # the grammar can only end between calls there (a content schema could end inside
         # a number, which must not be cut short)
-        shortest = min((t["function"]["name"] for t in tools), key=len)
-        plan.next_call = "\n" + call_text(shortest, {})
+        plan.next_calls = tuple("\n" + call_text(t["function"]["name"], {}) for t in tools)
 
 
 # -- the prompt -------------------------------------------------------------------------------------

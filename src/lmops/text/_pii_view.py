@@ -222,7 +222,7 @@ def _spelled_email_edits(text: str) -> list[tuple[int, int, str]]:
         dots = [d.span() for d in _SPELLED_DOT_RE.finditer(text, right, dm.end())]
         if word and (not dots or "." in dm.group() or dm.group("tld").lower() not in _WORD_AT_TLDS):
             continue  # " at " only with every dot spelled out, before a common domain
-        edits.extend(_local_dots(text, i))
+        edits.extend(_local_dots(text, i, done))
         if (left, right) != (s, e) or at != "@":
             edits.append((left, right, "@"))
         edits.extend((a, b, ".") for a, b in dots)
@@ -230,17 +230,18 @@ def _spelled_email_edits(text: str) -> list[tuple[int, int, str]]:
     return edits
 
 
-def _local_dots(text: str, start: int) -> list[tuple[int, int, str]]:
+def _local_dots(text: str, start: int, floor: int) -> list[tuple[int, int, str]]:
     """Edits for dots spelled out in a local part that starts at ``start`` ("john dot doe
     at ..."): each spelled dot right before it, with a word of local-part characters before
-    that, joins the local part (at most 4)."""
+    that, joins the local part (at most 4), never reaching back before ``floor`` (the end
+    of the address before it: edits stay in order and apart)."""
     edits: list[tuple[int, int, str]] = []
     for _ in range(4):
-        d = _SPELLED_DOT_AT_END.search(text, max(0, start - 9), start)
+        d = _SPELLED_DOT_AT_END.search(text, max(floor, start - 9), start)
         if d is None:
             break
         k = d.start()
-        while k > 0 and text[k - 1] in _LOCAL_CHARS and d.start() - k <= 64:
+        while k > floor and text[k - 1] in _LOCAL_CHARS and d.start() - k <= 64:
             k -= 1
         while k < d.start() and text[k] in ".-":
             k += 1
