@@ -181,6 +181,30 @@ def test_import_gguf_is_a_model_folder_with_the_file_in_lineage(
         assert (model(x).logits - src(x).logits).abs().max().item() < 1e-2
 
 
+def test_an_exported_gguf_imports_by_its_asset_ref_with_lineage(cli: Any, tiny: Path) -> None:
+    # export -> import keeps one lineage chain: back:1 <- t-gguf:1 <- tiny:1, not an
+    # external reference to the store's own view file
+    from lmops.store import Store
+
+    assert cli("assets", "register", "model", "tiny", str(tiny)).code == 0
+    r = cli("deploy", "export", "tiny", "--format", "gguf", "--quant", "f16", "-o", "t-gguf")
+    assert r.code == 0, r.err
+    served = cli("serve", "--model", "g=t-gguf")  # the advice names the asset, not a path
+    assert served.code == 2 and "lmops assets import gguf t-gguf:1 --name NAME" in served.err
+    r = cli("assets", "import", "gguf", "t-gguf", "--name", "back")
+    assert r.code == 0, r.err
+    store = Store()
+    try:
+        up = {(e.parent, e.role) for e in store.assets.lineage("back:1").upstream}
+        assert up == {("t-gguf:1", "gguf"), ("tiny:1", "source")}  # the whole chain
+    finally:
+        store.close()
+    bad = cli("assets", "import", "gguf", "tiny", "--name", "x")
+    assert bad.code == 2 and "tiny:1 is a model with no GGUF file" in bad.err
+    bad = cli("assets", "import", "gguf", "nope.gguf", "--name", "x")
+    assert bad.code == 2 and "nope.gguf: no such file, nor an asset" in bad.err
+
+
 def test_bad_input_is_one_line_and_registers_nothing(cli: Any, tiny: Path, tmp_path: Path) -> None:
     import gguf
 

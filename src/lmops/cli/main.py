@@ -249,7 +249,9 @@ assets_app.add_typer(assets_import_app, name="import")
 
 @assets_import_app.command("gguf")
 def assets_import_gguf(
-    file: Annotated[Path, typer.Argument(help="The .gguf file.")],
+    file: Annotated[
+        str, typer.Argument(help="A .gguf file, or a GGUF model asset (deploy export).")
+    ],
     name: Annotated[str, typer.Option("--name", help="Name of the model asset.")],
     description: Annotated[str, typer.Option("--description", "-d")] = "",
     json_: JsonOpt = False,
@@ -263,7 +265,8 @@ def assets_import_gguf(
         print_json(v)
     else:
         console.print(
-            f"imported [bold]{v.ref}[/] (model from {escape(file.name)}, {human_size(v.size)}, "
+            f"imported [bold]{v.ref}[/] (model from {escape(v.metadata['gguf_file'])}, "
+            f"{human_size(v.size)}, "
             f"gguf sha256 {v.metadata['gguf_sha256'][:12]})"
         )
 

@@ -43,16 +43,17 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("*.safetensors"))
 
 
-def check_model_folder(path: Path, *, what: str | None = None) -> None:
+def check_model_folder(path: Path, *, what: str | None = None, ref: str | None = None) -> None:
     """Raise a one-line :class:`UserError` unless ``path`` is a model folder with its
     tokenizer (an adapter folder, with ``adapter_config.json``, needs only the latter
-    when it carries one; its base model has the rest)."""
+    when it carries one; its base model has the rest). ``ref``: the asset version ``path``
+    shows, named in the advice instead of the path."""
     name = what or str(path)
     if path.is_file():
         if path.suffix.lower() == ".gguf":
             raise UserError(
                 f"{name} is a GGUF file, not a model folder; import it as one first: "
-                f"lmops assets import gguf {path} --name NAME"
+                f"lmops assets import gguf {ref or path} --name NAME"
             )
         raise UserError(f"{name} is a file; a model is a folder with config.json and a tokenizer")
     if (path / "adapter_config.json").is_file():

@@ -102,6 +102,24 @@ def gguf_file_of(path: Path) -> Path | None:
 
 
 # -- import ----------------------------------------------------------------------------------------
+def _gguf_source(store: Any, source: Path | str) -> tuple[Path, str | None]:
+    """(the GGUF file, the asset version it is, if one) of a path or an asset ref."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path.resolve(), None
+    try:
+        v = store.assets.resolve(str(source))
+    except UserError:
+        raise UserError(
+            f"{source}: no such file, nor an asset; give a .gguf file or a GGUF model asset "
+            "(lmops deploy export --format gguf)"
+        ) from None
+    found = gguf_file_of(Path(store.assets.path(v.ref)))
+    if found is None:
+        raise UserError(f"{v.ref} is a {v.kind} with no GGUF file; give a GGUF model asset")
+    return found, v.ref
+
+
 def _check_gguf(file: Path) -> tuple[str, str]:
     """(architecture, file type name) of a GGUF file; one-line errors otherwise."""
     import gguf
@@ -242,15 +260,17 @@ def _supported_import_archs() -> list[str]:
 
 def import_gguf(
     store: Any,
-    file: Path,
+    file: Path | str,
     *,
     name: str,
     description: str = "",
 ) -> Any:
     """Turn GGUF ``file`` into model asset ``name`` (a dequantized Hugging Face folder, fp32)
-    and return its version. Raises a one-line :class:`UserError` for a file that is not
-    GGUF or of an architecture transformers cannot load; nothing is registered then."""
-    file = Path(file).expanduser().resolve()
+    and return its version. ``file`` may also be a GGUF model asset (``lmops deploy export
+    --format gguf``): the import's lineage then goes to that version. Raises a one-line
+    :class:`UserError` for a file that is not GGUF or of an architecture transformers
+    cannot load; nothing is registered then."""
+    file, source_ref = _gguf_source(store, file)
     # the file is checked before torch and transformers are imported (seconds on a busy
     # server), so a wrong path is refused at once
     arch, ftype = _check_gguf(file)
@@ -269,7 +289,11 @@ def import_gguf(
     rope = _llama3_rope_of(file) if arch == "llama" else None  # refused before any run
     digest = _sha256(file)
     with store.runs.track("gguf_import", config={"file": str(file), "name": name}) as run:
-        inputs = store.assets.record_inputs([(file, "gguf")], run_id=run.id)
+        inputs = (
+            [(source_ref, "gguf")]
+            if source_ref is not None
+            else store.assets.record_inputs([(file, "gguf")], run_id=run.id)
+        )
         folder, gguf_name = str(file.parent), file.name
         try:
             extra: dict[str, Any] = {"rope_parameters": rope} if rope else {}

@@ -60,7 +60,7 @@ def resolve_local(
         raise UserError(f"{ref_or_path!r} is a {v.kind}, expected a {kind}")
     path = store.assets.path(v.ref)
     if kind == "model" and check:
-        check_model_folder(path, what=f"model {v.ref}")
+        check_model_folder(path, what=f"model {v.ref}", ref=v.ref)
     return path, v.ref
 
 
