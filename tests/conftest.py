@@ -65,10 +65,14 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  #
         capsys.readouterr()
         monkeypatch.setattr(sys, "argv", ["lmops", *args])
         code = 0
+        environ = dict(os.environ)  # a command may set variables for its workers (serve)
         try:
             main()
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
         captured = capsys.readouterr()
         return CliResult(code, captured.out, captured.err)
 

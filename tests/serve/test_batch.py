@@ -381,20 +381,20 @@ def test_serve_group_runs_the_server_with_its_options(
 ) -> None:
     import uvicorn
 
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: calls.append({"args": a, **kw}))
-    for var in ("LMOPS_ACCESS_LOG", "LMOPS_SERVE_DEPLOYMENTS"):
-        monkeypatch.setenv(var, "")  # so that the test's values are undone after it
-        monkeypatch.delenv(var)
+    calls: list[dict[str, Any]] = []  # each with the environment the workers would get
+    monkeypatch.setattr(
+        uvicorn, "run", lambda *a, **kw: calls.append({"args": a, **kw, "env": dict(os.environ)})
+    )
     r = cli("serve", "--port", "9123", "--model", "chat=some/model", "--log-level", "warning")
     assert r.code == 0, r.err
     assert calls[-1]["port"] == 9123 and calls[-1]["log_level"] == "warning"
     assert calls[-1]["access_log"] is False and calls[-1]["args"] == ("lmops.api.app:create_app",)
-    assert os.environ["LMOPS_ACCESS_LOG"] == "json"
-    assert json.loads(os.environ["LMOPS_SERVE_DEPLOYMENTS"])[0]["name"] == "chat"
+    assert calls[-1]["env"]["LMOPS_ACCESS_LOG"] == "json"
+    assert json.loads(calls[-1]["env"]["LMOPS_SERVE_DEPLOYMENTS"])[0]["name"] == "chat"
+    assert "LMOPS_SERVE_DEPLOYMENTS" not in os.environ  # (the cli fixture restores it)
     assert "/v1 models: chat" in " ".join(r.out.split())
     assert cli("serve", "--access-log", "off").code == 0
-    assert os.environ["LMOPS_ACCESS_LOG"] == "off" and len(calls) == 2
+    assert calls[-1]["env"]["LMOPS_ACCESS_LOG"] == "off" and len(calls) == 2
     assert cli("serve", "--access-log", "xml").code == 2
     r = cli("serve", "--help")
     assert "batch" in r.out and "--access-log" in r.out and "--workers" in r.out
