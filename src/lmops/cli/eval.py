@@ -256,6 +256,7 @@ def _results_table(report: dict[str, Any], results: list[Any], show_all: bool) -
     """One row per (task, metric), then the groups'; a long table leaves out the subtasks
     of groups (their group rows stay, tasks outside groups always show) and says so."""
     from lmops.eval.compare import visible_rows
+    from lmops.eval.run import stderr_key
 
     groups = report["groups"]
     rows: list[tuple[tuple[str, str] | None, list[Any]]] = []  # ((group, task) of a subtask, cells)
@@ -263,9 +264,7 @@ def _results_table(report: dict[str, Any], results: list[Any], show_all: bool) -
         for k, v in r.metrics.items():
             if "stderr" in k:
                 continue
-            se = r.metrics.get(
-                k.replace(",", "_stderr,", 1) if "," in k else f"{k}_stderr", float("nan")
-            )
+            se = r.metrics.get(stderr_key(k), float("nan"))
             rows.append(
                 (
                     (r.group, r.task) if r.group in groups else None,
@@ -276,7 +275,7 @@ def _results_table(report: dict[str, Any], results: list[Any], show_all: bool) -
         for k, v in agg.items():
             if k in ("n", "tasks", "excluded") or "stderr" in k:
                 continue
-            se = agg.get(k.replace(",", "_stderr,", 1) if "," in k else f"{k}_stderr")
+            se = agg.get(stderr_key(k))
             rows.append(
                 (
                     None,

@@ -10,6 +10,7 @@ not permitted")`` instead of pydantic's multi-line report.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from lmops.core.errors import UserError, first_line
 __all__ = [
     "apply_overrides",
     "deep_merge",
+    "error_message",
     "format_loc",
     "line_of",
     "load_config",
@@ -31,6 +33,14 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def error_message(err: Mapping[str, Any]) -> str:
+    """One pydantic error's message as lmops prints it: an unknown field says so, and a
+    validator's own message loses pydantic's "Value error, " prefix."""
+    if err["type"] == "extra_forbidden":
+        return "unknown field (check the spelling)"
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:
@@ -163,10 +173,7 @@ def validate_config(
         where = f"{source}:{line}" if line else source
         if given:
             where += f": override {given[-1]!r}"
-        msg = err["msg"].removeprefix("Value error, ")  # (pydantic's, for a validator's own)
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling)"
-        raise UserError(f"{where}: {format_loc(loc)}: {msg}") from None
+        raise UserError(f"{where}: {format_loc(loc)}: {error_message(err)}") from None
 
 
 def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:

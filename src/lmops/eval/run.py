@@ -30,6 +30,7 @@ __all__ = [
     "evaluate",
     "prompt_style",
     "register_report",
+    "stderr_key",
     "task_docs",
 ]
 
@@ -79,6 +80,11 @@ class TaskResult:
 def _stderr(values: Sequence[float]) -> float:
     """lm-evaluation-harness's ``mean_stderr``: sample standard deviation / sqrt(n)."""
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+
+
+def stderr_key(key: str) -> str:
+    """The key of metric ``key``'s stderr (lm-eval's names: ``exact_match_stderr,flex``)."""
+    return key.replace(",", "_stderr,", 1) if "," in key else f"{key}_stderr"
 
 
 @dataclass(frozen=True)
@@ -233,7 +239,7 @@ def _generate(
             else statistics.fmean(vals)
         )
         numeric = all(isinstance(v, int | float) for v in vals)
-        out_metrics[key.replace(",", "_stderr,", 1)] = (
+        out_metrics[stderr_key(key)] = (
             _stderr([float(v) for v in vals]) if numeric else float("nan")
         )
     return out_metrics, items
@@ -464,10 +470,6 @@ def flag_contamination(
                 res.metrics[name] = statistics.fmean(vals)
 
 
-def _se_key(key: str) -> str:
-    return key.replace(",", "_stderr,", 1) if "," in key else f"{key}_stderr"
-
-
 def _is_clean(key: str) -> bool:
     """A metric recomputed on the uncontaminated items (``acc_clean``, ``em_clean,f``)."""
     return key.endswith("_clean") or "_clean," in key
@@ -479,7 +481,7 @@ def _group_stderr(members: list[TaskResult], key: str, n: int) -> float:
     (a subtask of one item, as ``--limit 1`` gives), from all the group's items at once
     (the subtasks taken as one sample: it counts the spread between them too, so it is
     larger, never smaller); NaN where neither is known."""
-    ses = [m.metrics[_se_key(key)] for m in members]
+    ses = [m.metrics[stderr_key(key)] for m in members]
     if not any(math.isnan(se) for se in ses):
         return math.sqrt(sum((m.n / n) ** 2 * se**2 for m, se in zip(members, ses, strict=True)))
     scores = [it.get("scores", {}).get(key) for m in members for it in m.items]
@@ -516,8 +518,8 @@ def group_results(results: list[TaskResult]) -> dict[str, dict[str, Any]]:
             agg[key] = sum(m.metrics[key] * w for m, w in zip(having, weights, strict=True)) / sum(
                 weights
             )
-            if len(having) == len(members) and all(_se_key(key) in m.metrics for m in members):
-                agg[_se_key(key)] = _group_stderr(members, key, n)
+            if len(having) == len(members) and all(stderr_key(key) in m.metrics for m in members):
+                agg[stderr_key(key)] = _group_stderr(members, key, n)
         out[g] = agg
     return out
 

@@ -171,14 +171,12 @@ def run_canaries(
             )
             answer = resp.choices[0].message.content or ""
             filtered = resp.choices[0].finish_reason == "content_filter"
-        except openai.BadRequestError as e:
-            if e.code != "content_filter":  # a gateway's guardrails refused the prompt
-                results.append(CanaryResult(id=c.id, passed=False, error=_error(e)))
-                continue
-            answer, filtered = str(e.message), True
         except openai.OpenAIError as e:
-            results.append(CanaryResult(id=c.id, passed=False, error=_error(e)))
-            continue
+            if not (isinstance(e, openai.BadRequestError) and e.code == "content_filter"):
+                error = f"{type(e).__name__}: {e}"[:500]
+                results.append(CanaryResult(id=c.id, passed=False, error=error))
+                continue
+            answer, filtered = str(e.message), True  # a gateway's guardrails refused it
         ms = (time.perf_counter() - started) * 1000
         fails = check_answer(c, answer, ms, filtered=filtered)
         results.append(
@@ -187,10 +185,6 @@ def run_canaries(
             )
         )
     return results
-
-
-def _error(e: Exception) -> str:
-    return f"{type(e).__name__}: {e}"[:500]
 
 
 def summarize(results: list[CanaryResult], set_ref: str) -> dict[str, Any]:

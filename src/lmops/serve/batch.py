@@ -34,9 +34,10 @@ Resume: each answer is appended, as it completes, to ``$LMOPS_HOME/batch/<finger
 results.jsonl``, where the fingerprint covers the input content, the model versions (or the
 upstream URL and model), the generation parameters (max_tokens, temperature, seed) and the
 guardrails' settings (they change the answers) — not the concurrency nor the output name.
-Rerunning a killed or failed batch with the same arguments skips the finished rows, retries failed ones and continues the same run record;
-with greedy decoding (the default) or a fixed seed (each row samples with ``seed + row
-index``) the final dataset is the one an uninterrupted run makes. The folder is removed once
+Rerunning a killed or failed batch with the same arguments skips the finished rows, retries
+failed ones and continues the same run record; with greedy decoding (the default) or a fixed
+seed (each row samples with ``seed + row index``) the final dataset is the one an
+uninterrupted run makes. The folder is removed once
 the dataset is registered.
 
 Failures: a row whose request fails (upstream error, engine error, prompt longer than the

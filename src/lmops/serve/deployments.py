@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmops.core.errors import NotFoundError, UserError
-from lmops.core.yamlcfg import format_loc, load_config
+from lmops.core.yamlcfg import error_message, format_loc, load_config
 from lmops.models.types import Delta, Done, GenRequest
 
 B = TypeVar("B", bound=BaseModel)
@@ -208,8 +208,7 @@ def _first_error(e: ValidationError) -> ValueError:
     """A config's first error as a ``ValueError`` naming the field inside it (the file's
     error then reads ``deployments[0].guardrails: pii_input: Input should be ...``)."""
     err = e.errors()[0]
-    msg = "unknown field (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
-    return ValueError(f"{format_loc(tuple(err['loc']))}: {msg}")
+    return ValueError(f"{format_loc(tuple(err['loc']))}: {error_message(err)}")
 
 
 def _checked(model: type[B], values: dict[str, Any]) -> B:

@@ -498,7 +498,8 @@ class AssetRegistry:
             # once it is done, the blob is back if a version references it.
             with self._db.exclusive("gc"):
                 view = self._store.artifacts.materialize(v.layout, entries, label=v.ref)
-        remember_view(view, v.ref)  # errors about its files name the version (name_views)
+        # errors about its files name the version (name_views); a file's view is its folder
+        remember_view(view.parent if v.layout == "file" else view, v.ref)
         return view
 
     def exists(self, ref: str) -> bool:

@@ -117,13 +117,12 @@ _VIEWS_LOCK = threading.Lock()
 _VIEWS_MAX = 4096
 
 
-def remember_view(path: Path, ref: str) -> None:
-    """Note that ``path`` (a version's view: its folder, or its one file) shows ``ref``."""
-    folder = str(path if path.is_dir() else path.parent)
+def remember_view(folder: Path, ref: str) -> None:
+    """Note that ``folder`` (a version's view folder) shows ``ref``."""
     with _VIEWS_LOCK:
         if len(_VIEWS) >= _VIEWS_MAX:
             _VIEWS.clear()
-        _VIEWS[folder] = ref
+        _VIEWS[str(folder)] = ref
 
 
 def name_views(text: str) -> str:
