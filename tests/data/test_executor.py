@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,16 +162,31 @@ class SlowCopy(Mapper):
 '''
 
 
-def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path, lmops_home: Path) -> None:
+def _slow_recipe(tmp_path: Path, lmops_home: Path, *, workers: int) -> tuple[str, dict[str, str]]:
+    """A recipe over a fresh corpus with a slow stage 2 (``slow_copy``), to be stopped
+    mid-way, and the environment its subprocess needs to find the op."""
     make_corpus(tmp_path / "raw", files=6, per_file=150)
     (tmp_path / "slow_ops.py").write_text(SLOW_OPS)
     body = (
         RECIPE.replace("name: demo", "name: demo\nimports: [slow_ops]")
         .replace("  - op: clean_whitespace", "  - op: clean_whitespace\n  - op: slow_copy")
         .replace(", dataset: demo-clean", "")
-        .replace("workers: 1", "workers: 2")
+        .replace("workers: 1", f"workers: {workers}")
     )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "LMOPS_HOME": str(lmops_home)}
+    return body, {**os.environ, "PYTHONPATH": str(tmp_path), "LMOPS_HOME": str(lmops_home)}
+
+
+def _wait_for_shards(proc: subprocess.Popen[Any], work: Path, n: int) -> None:
+    """Until the running ``proc`` has finished ``n`` shards of the stage in ``work``."""
+    deadline = time.time() + 60
+    while len(list(work.glob("*.stats.json"))) < n:
+        assert proc.poll() is None, "the run finished before it could be stopped"
+        assert time.time() < deadline
+        time.sleep(0.01)
+
+
+def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path, lmops_home: Path) -> None:
+    body, env = _slow_recipe(tmp_path, lmops_home, workers=2)
     cmd = [sys.executable, "-m", "lmops.cli.main", "data", "run"]
 
     write_recipe(tmp_path / "full.yaml", body.replace("out/demo", "out/full"))
@@ -188,11 +204,7 @@ def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path, lmops_home: Path) -
         stderr=subprocess.DEVNULL,
     )
     work = tmp_path / "out" / "killed.lmops-work" / "stage2"
-    deadline = time.time() + 60
-    while len(list(work.glob("*.stats.json"))) < 2:
-        assert proc.poll() is None, "run finished before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
+    _wait_for_shards(proc, work, 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "out" / "killed").exists()  # no partial output
@@ -213,14 +225,7 @@ def test_kill_9_then_rerun_is_byte_identical(tmp_path: Path, lmops_home: Path) -
 
 
 def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(tmp_path: Path, lmops_home: Path) -> None:
-    make_corpus(tmp_path / "raw", files=6, per_file=150)
-    (tmp_path / "slow_ops.py").write_text(SLOW_OPS)
-    body = (
-        RECIPE.replace("name: demo", "name: demo\nimports: [slow_ops]")
-        .replace("  - op: clean_whitespace", "  - op: clean_whitespace\n  - op: slow_copy")
-        .replace(", dataset: demo-clean", "")
-    )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "LMOPS_HOME": str(lmops_home)}
+    body, env = _slow_recipe(tmp_path, lmops_home, workers=1)
     write_recipe(tmp_path / "r.yaml", body)
     cmd = [sys.executable, "-m", "lmops.cli.main", "data", "run", "r.yaml", "--workers", "1"]
     proc = subprocess.Popen(
@@ -228,11 +233,7 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(tmp_path: Path, lmops_h
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     work = tmp_path / "out" / "demo.lmops-work" / "stage2"
-    deadline = time.time() + 60
-    while not list(work.glob("*.stats.json")):
-        assert proc.poll() is None, "run finished before it could be interrupted"
-        assert time.time() < deadline
-        time.sleep(0.01)
+    _wait_for_shards(proc, work, 1)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -259,15 +260,7 @@ def test_workers_die_with_a_kill_9_driver_and_the_rerun_resumes(
 ) -> None:
     import psutil
 
-    make_corpus(tmp_path / "raw", files=6, per_file=150)
-    (tmp_path / "slow_ops.py").write_text(SLOW_OPS)
-    body = (
-        RECIPE.replace("name: demo", "name: demo\nimports: [slow_ops]")
-        .replace("  - op: clean_whitespace", "  - op: clean_whitespace\n  - op: slow_copy")
-        .replace(", dataset: demo-clean", "")
-        .replace("workers: 1", "workers: 2")
-    )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "LMOPS_HOME": str(lmops_home)}
+    body, env = _slow_recipe(tmp_path, lmops_home, workers=2)
     cmd = [sys.executable, "-m", "lmops.cli.main", "data", "run"]
     write_recipe(tmp_path / "full.yaml", body.replace("out/demo", "out/full"))
     full_run = subprocess.run(
@@ -286,11 +279,7 @@ def test_workers_die_with_a_kill_9_driver_and_the_rerun_resumes(
     workers: list[int] = []
     try:
         work = tmp_path / "out" / "killed.lmops-work" / "stage2"  # the slow stage
-        deadline = time.time() + 60
-        while not list(work.glob("*.stats.json")):
-            assert driver.poll() is None, "run finished before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.01)
+        _wait_for_shards(driver, work, 1)
         workers = [c.pid for c in psutil.Process(driver.pid).children()]
         assert workers, "no worker processes found"
         os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as `kill -9 PID` does
