@@ -261,13 +261,20 @@ def test_sampling_follows_temperature_and_top_p(
 
 # -- streamed text against whole-sequence decoding ------------------------------------------------
 def stream(
-    engine: Engine, tokens: list[int], stop: list[str], logprobs: bool
+    engine: Engine, tokens: list[int], stop: list[str], logprobs: bool, whole_chars: bool = False
 ) -> tuple[list[tuple[str, int | None, int | None]], str]:
     """Feed ``tokens`` to the engine as if sampled; the deltas it sends (text, and the
     logprob text offsets) and its finish reason."""
     loop = asyncio.new_event_loop()
     outbox: list[tuple[_Seq, Delta | Done]] = []
-    req = GenRequest("t", prompt_ids=[1], max_tokens=len(tokens), stop=stop, logprobs=logprobs)
+    req = GenRequest(
+        "t",
+        prompt_ids=[1],
+        max_tokens=len(tokens),
+        stop=stop,
+        logprobs=logprobs,
+        whole_chars=whole_chars,
+    )
     s = _Seq(req, loop, asyncio.Queue(), outbox=outbox)
     for tok in tokens:
         engine._accept(s, tok, -1.0)
@@ -346,6 +353,29 @@ def test_streamed_text_is_whole_sequence_decoding(model_dir: Path, stop: list[st
                 if reason == "length":
                     text = "".join(t for t, *_ in got)
                     assert text == tok.decode(tokens, skip_special_tokens=True), name
+    finally:
+        engine.close()
+
+
+def test_a_max_tokens_cut_inside_a_character_drops_it_when_asked(model_dir: Path) -> None:
+    """The gateway asks for whole characters: a reply cut by max_tokens between the bytes of
+    a character ends before it, not in U+FFFD. Off (eval's way) the text is the tokenizer's
+    decoding, replacement character included."""
+    engine = Engine(model_dir)
+    try:
+        engine.eos_ids = set()
+        tok = engine.tokenizer
+        ids = tok.encode(MULTIBYTE, add_special_tokens=False)
+        cut_inside = 0
+        for k in range(1, len(ids) + 1):
+            plain = tok.decode(ids[:k], skip_special_tokens=True)
+            got, reason = stream(engine, ids[:k], [], False, whole_chars=True)
+            assert reason == "length"
+            assert "".join(t for t, *_ in got) == plain.rstrip("\ufffd"), k
+            got, _ = stream(engine, ids[:k], [], False)
+            assert "".join(t for t, *_ in got) == plain, k
+            cut_inside += plain.endswith("\ufffd")
+        assert cut_inside >= 5  # the text's CJK characters and emoji span several tokens
     finally:
         engine.close()
 

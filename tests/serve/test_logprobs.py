@@ -201,3 +201,37 @@ def test_logprobs_of_text_a_guardrail_rewrote_are_withheld() -> None:
         verbatim.produced(p, None)
     verbatim.produced("", TokenLogprob("x", -1.0, [120], [], 0, len("".join(pieces))))
     assert [e.token for e in verbatim.sent("".join(pieces))] == ["x"]
+
+
+def test_a_reply_cut_inside_a_character_ends_before_it(server: dict[str, Any]) -> None:
+    """max_tokens that ends between the bytes of a character: the reply (streamed or not)
+    stops before that character instead of ending in U+FFFD; the token is still counted
+    and its bytes are still in logprobs."""
+    c = client(server)
+    # sampled with a seed (reproducible): random byte tokens soon split a character
+    for seed in range(10):
+        kw: dict[str, Any] = dict(model="tiny", messages=MESSAGES, temperature=2.0, seed=seed)
+        probe = c.chat.completions.create(**kw, max_tokens=40, logprobs=True)
+        raw = [bytes(e.bytes) for e in probe.choices[0].logprobs.content]
+        cuts = [
+            k
+            for k in range(1, len(raw) + 1)
+            if b"".join(raw[:k]).decode("utf-8", errors="replace").endswith("\ufffd")
+        ]
+        if cuts:
+            break
+    assert cuts, "no sampled reply has a token that ends inside a character"
+    k = cuts[0]
+    whole = b"".join(raw[:k]).decode("utf-8", errors="replace").rstrip("\ufffd")
+    r = c.chat.completions.create(**kw, max_tokens=k, logprobs=True)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == k
+    assert r.choices[0].message.content == whole
+    assert [bytes(e.bytes) for e in r.choices[0].logprobs.content] == raw[:k]
+    chunks = [
+        ch.choices[0]
+        for ch in c.chat.completions.create(**kw, max_tokens=k, stream=True, logprobs=True)
+        if ch.choices
+    ]
+    assert "".join(ch.delta.content or "" for ch in chunks) == whole
+    streamed = [e for ch in chunks if ch.logprobs for e in ch.logprobs.content]
+    assert [bytes(e.bytes) for e in streamed] == raw[:k]

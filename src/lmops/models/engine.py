@@ -743,6 +743,8 @@ class Engine:
 
     def _finish(self, s: Seq, reason: str) -> None:
         text = self._text(s)
+        if reason == "length" and s.req.whole_chars:
+            text = text.rstrip("\ufffd")
         stopped_by_string = any(st and st in text for st in s.req.stop)
         if (reason != "stop" or not stopped_by_string) and len(text) > s.sent_chars:
             s.emit(Delta(text[s.sent_chars :]))

@@ -26,6 +26,9 @@ class GenRequest:
     # a grammar over the generated tokens (models/grammar.Constraint: ``mask(logits_row)``
     # before sampling, ``advance(token, text) -> complete`` after); None: free
     constraint: Any = None
+    # at a max_tokens (or context) cut, drop a last character whose bytes are not all out yet
+    # (its U+FFFD); off by default, so text equals ``tokenizer.decode`` (what eval compares)
+    whole_chars: bool = False
 
 
 @dataclass

@@ -248,6 +248,7 @@ class EngineBackend:
                 if job.echo and (job.logprobs or job.max_tokens == 0)
                 else None,
                 constraint=self._constraint(job),
+                whole_chars=True,  # no U+FFFD for a character max_tokens cut in two
             )
             for i in range(job.n)
         ]

@@ -107,7 +107,10 @@ class LogprobRelease:
     Output guardrails may hold text back, mask it or cut the reply; a token's logprob
     entry names the token, so it is released only when the text up to the token's end
     (``TokenLogprob.text_end``) was sent exactly as the model wrote it. After the first
-    rewritten character no later entry is released."""
+    rewritten character no later entry is released. At the end of a choice
+    (``final``), the entries of a character that a max_tokens cut left unfinished (the
+    engine drops its U+FFFD) are released too when all the text before them went out
+    verbatim: their bytes are all the client gets of them."""
 
     def __init__(self) -> None:
         self.raw = ""  # what the model produced
@@ -123,7 +126,7 @@ class LogprobRelease:
         elif entries:
             self.pending.extend(entries)
 
-    def sent(self, text: str) -> list[TokenLogprob]:
+    def sent(self, text: str, final: bool = False) -> list[TokenLogprob]:
         self.out += text
         limit = min(len(self.raw), len(self.out))
         while not self.diverged and self.aligned < limit:
@@ -134,6 +137,8 @@ class LogprobRelease:
         n = 0
         while n < len(self.pending) and self.pending[n].text_end <= self.aligned:
             n += 1
+        if final and not self.diverged and self.aligned == len(self.raw) == len(self.out):
+            n = len(self.pending)
         released, self.pending = self.pending[:n], self.pending[n:]
         return released
 
@@ -365,7 +370,7 @@ class Handlers:
             reason = "content_filter" if filtered else finish.get(i, "stop")
             if parsed is not None:
                 reason = tools.finish_reason(reason, calls or [])
-            entries = releases[i].sent(text) if i in releases else []
+            entries = releases[i].sent(text, final=True) if i in releases else []
             choice: dict[str, Any] = {"index": i, "finish_reason": reason}
             if job.kind == "chat":
                 message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -500,7 +505,7 @@ class Handlers:
                 if stop_now:
                     reason = "content_filter"
             tail = await _inline_unless_deferred(guard.finish)
-            entries = releases[i].sent(tail) if i in releases else []
+            entries = releases[i].sent(tail, final=True) if i in releases else []
             emitted(tail, i)
             if tail or entries:
                 out.append(chunk(i, tail, None, entries))
