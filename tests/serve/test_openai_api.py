@@ -218,6 +218,46 @@ def test_keys_scopes_and_error_shapes(server: dict[str, Any]) -> None:
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "messages"
 
 
+def test_message_content_a_model_cannot_read_is_refused(server: dict[str, Any]) -> None:
+    """Missing or malformed content is a 400 naming the message; an image part is a 400
+    on an engine deployment (a text model) and goes through to an upstream one."""
+    c = client(server)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    ask = {"type": "text", "text": "what is in this picture?"}
+    cases: list[tuple[list[dict[str, Any]], str, str]] = [
+        ([{"role": "user", "content": None}], "messages[0].content", "needs content"),
+        ([{"role": "user"}], "messages[0].content", "needs content"),
+        ([{"role": "user", "content": 5}], "messages[0].content", "string or a list"),
+        ([{"role": "user", "content": [{"text": "hi"}]}], "messages[0].content", "'type'"),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": 3}]}],
+            "messages[0].content",
+            "string 'text'",
+        ),
+        (
+            [{"role": "system", "content": "be brief"}, {"role": "user", "content": [ask, image]}],
+            "messages[1].content[1].type",
+            "'image_url'",
+        ),
+    ]
+    for messages, param, words in cases:
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="tiny", messages=messages, max_tokens=2)
+        body = e.value.body
+        assert body["param"] == param and words in body["message"], (messages, body)
+    # an assistant turn that only called tools has no content
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None},
+        {"role": "user", "content": [ask]},
+    ]
+    assert c.chat.completions.create(model="tiny", messages=history, max_tokens=2).choices
+    proxied = c.chat.completions.create(
+        model="proxied", messages=[{"role": "user", "content": [ask, image]}], max_tokens=2
+    )
+    assert proxied.choices[0].message.content
+
+
 def test_client_disconnect_frees_the_slot(server: dict[str, Any]) -> None:
     headers = {"Authorization": "Bearer " + server["keys"]["all"]}
     body = {

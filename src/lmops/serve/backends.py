@@ -156,6 +156,24 @@ def _content_text(content: Any) -> str:
     return ""
 
 
+def _text_parts_only(messages: list[dict[str, Any]] | None) -> None:
+    """A 400 for a content part a text model cannot read (an image, audio, a file), rather
+    than answering as if the message had not held it."""
+    for i, m in enumerate(messages or []):
+        content = m.get("content")
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise OpenAIError(
+                    400,
+                    f"messages[{i}].content[{j}]: this deployment's model reads text only, "
+                    f"and this part is of type {kind!r}; send text parts, or use a deployment "
+                    "whose upstream model takes it",
+                    param=f"messages[{i}].content[{j}].type",
+                    code="unsupported_content",
+                )
+
+
 def _context_error(kind: str, limit: int, tokens: int | None) -> OpenAIError:
     has = f"your prompt has {tokens}" if tokens is not None else "your prompt is longer"
     return OpenAIError(
@@ -202,6 +220,7 @@ class EngineBackend:
 
         engine = self.engine
         chars = len(job.text())
+        _text_parts_only(job.messages)
 
         def encode() -> list[int]:
             if job.messages is not None:

@@ -25,7 +25,16 @@ from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from lmops.core.yamlcfg import error_message, format_loc
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -92,7 +101,28 @@ class _Open(BaseModel):
 
 class ChatMessage(_Open):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[dict[str, Any]] | None = Field(default=None, validate_default=True)
+
+    @field_validator("content", mode="wrap")
+    @classmethod
+    def _content_shape(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
+        """A string or a list of typed parts, as OpenAI takes; only an assistant message
+        may leave it out (a turn that only called tools). Which part types a deployment
+        can use is the backend's to say (an upstream may take images)."""
+        try:
+            content = handler(value)
+        except ValidationError:
+            raise ValueError("must be a string or a list of content parts") from None
+        role = info.data.get("role")
+        if content is None and role not in ("assistant", None):
+            raise ValueError(f"a {role} message needs content (a string or a list of parts)")
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            kind = part.get("type")
+            if not isinstance(kind, str):
+                raise ValueError(f"part [{j}] needs a 'type' (e.g. \"text\")")
+            if kind == "text" and not isinstance(part.get("text"), str):
+                raise ValueError(f"part [{j}] is of type text and needs a string 'text'")
+        return content
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -232,10 +262,16 @@ def parse(model: type[BaseModel], body: Any) -> Any:
         return model.model_validate(body)
     except ValidationError as e:
         err = e.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
+        # ``messages[0].content``, as the tools errors write it, without pydantic's tags
+        # for the member of a union (``str``, ``list[...]``, a model's class name)
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
+        param = format_loc(loc) if loc else None
         raise OpenAIError(
-            400, f"{param or 'body'}: {err['msg']}", param=param, code="invalid_value"
+            400, f"{param or 'body'}: {error_message(err)}", param=param, code="invalid_value"
         ) from None
+
+
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[A-Z]\w*|.*\[.*)$")
 
 
 def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
