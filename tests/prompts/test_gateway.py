@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from lmops.prompts import create, label
+from lmops.prompts.lm import EndpointError, OpenAIChat
 from lmops.serve.fake import fake_server
 from lmops.store import Store
 from tests.serve.conftest import lmops_env, start_server, stop_server
@@ -20,8 +21,11 @@ from tests.serve.conftest import lmops_env, start_server, stop_server
 openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
 
 
+ASK = [{"role": "user", "content": "hi"}]
+
+
 def test_bound_and_requested_prompts_wrap_requests_and_are_logged(
-    store: Store, lmops_home: Path, tmp_path: Path
+    store: Store, lmops_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     create(
         store, "support", "You are a support agent. Answer briefly.", config={"temperature": 0.1}
@@ -92,6 +96,13 @@ def test_bound_and_requested_prompts_wrap_requests_and_are_logged(
                     extra_body={"prompt": "support:2", "variables": {"product": "a", "colour": 1}},
                 )
             assert "unknown variable(s) colour" in str(e.value) and len(sent) == n
+            # 4. the prompts stage's client without a key: the error says how to give one
+            monkeypatch.delenv("LMOPS_API_KEY", raising=False)
+            with pytest.raises(EndpointError, match="no API key was given: pass --api-key"):
+                OpenAIChat(base + "/v1", "plain", max_retries=0).complete(ASK)
+            with pytest.raises(EndpointError, match="invalid") as wrong:
+                OpenAIChat(base + "/v1", "plain", api_key="sk-wrong", max_retries=0).complete(ASK)
+            assert "no API key was given" not in str(wrong.value)
         finally:
             stop_server(proc)  # flushes the request log
     logged = sorted(

@@ -10,17 +10,28 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from lmops.serve.fake import serve_app
 from tests.prompts.test_optimize import rows, scripted
+
+CAP = 64  # the endpoint's max_tokens cap, refused above as lmops serve's max_tokens_cap does
+ASKED: list[int] = []  # max_tokens of each request
 
 
 @pytest.fixture
 def endpoint() -> Iterator[str]:
     app = FastAPI()
 
-    @app.post("/v1/chat/completions")
-    def chat(body: dict[str, Any]) -> dict[str, Any]:
+    @app.post("/v1/chat/completions", response_model=None)
+    def chat(body: dict[str, Any]) -> dict[str, Any] | JSONResponse:
+        ASKED.append(body.get("max_tokens") or 0)
+        if (body.get("max_tokens") or 0) > CAP:
+            message = (
+                f"max_tokens is too large: {body['max_tokens']} (this deployment allows {CAP})"
+            )
+            error = {"message": message, "type": "invalid_request_error", "param": "max_tokens"}
+            return JSONResponse({"error": {**error, "code": "invalid_value"}}, status_code=400)
         text = scripted(body["messages"])
         return {
             "id": "x",
@@ -49,12 +60,20 @@ def test_optimize_command_registers_and_promotes(cli: Any, tmp_path: Path, endpo
         "labels: [positive, negative]\ntrain: 30\ndev: 30\ntest: 60\nmax_tokens: 4\n"
     )
     assert cli("prompts", "create", "senti", "Text: {{input}}\nSentiment:").code == 0
-    r = cli(
+    args = (
         "prompts", "optimize", "senti", "--task", str(task), "--endpoint", endpoint,
         "--model", "m", "--budget", "300", "--instructions", "1", "--demo-sets", "2",
         "-k", "2", "--promote", "staging", "--json",
     )  # fmt: skip
+    # the proposer's default 96 tokens are above this endpoint's cap: the error says so,
+    # names the flag, and the answers so far are journaled for the next run
+    capped = cli(*args)
+    assert capped.code == 2 and "proposing an instruction" in capped.err
+    assert "max_tokens is too large: 96" in capped.err and "--proposal-tokens" in capped.err
+    ASKED.clear()
+    r = cli(*args, "--proposal-tokens", "48")
     assert r.code == 0, r.err
+    assert sorted(set(ASKED)) == [4, 48]  # the task's answers, the proposal
     out = json.loads(r.out)
     assert out["registered"] == "senti:2" and out["promoted"] == "staging"
     assert out["test_best"] == 1.0 and out["diff_ci"][0] > 0

@@ -328,6 +328,9 @@ def optimize(
     demo_sets: Annotated[int, typer.Option(min=0, help="Few-shot demo sets to try.")] = 4,
     k: Annotated[int, typer.Option("-k", min=0, help="Demos per set.")] = 4,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 4,
+    proposal_tokens: Annotated[
+        int, typer.Option(min=1, help="Most tokens one proposed instruction may take.")
+    ] = 96,
     seed: Annotated[int, typer.Option()] = 0,
     promote: Annotated[
         str | None, typer.Option(help="Point this label at the winner (default: none).")
@@ -367,6 +370,7 @@ def optimize(
         k=k,
         concurrency=concurrency,
         seed=seed,
+        proposal_tokens=proposal_tokens,
     )
     say = (lambda m: None) if json_ else (lambda m: console.print(f"optimize: {m}", markup=False))
     try:

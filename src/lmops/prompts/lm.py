@@ -47,15 +47,22 @@ class OpenAIChat:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.calls = 0
+        key = api_key or os.environ.get("LMOPS_API_KEY")
+        self._keyless = not key
         self._client: Any = OpenAI(
             base_url=self.base_url,
-            api_key=api_key or os.environ.get("LMOPS_API_KEY") or "none",
+            api_key=key or "none",
             timeout=timeout_s,
             max_retries=max_retries,
         )
 
     def _error(self, e: Exception) -> EndpointError:
-        return EndpointError(f"{self.base_url} ({self.model}): {type(e).__name__}: {e}")
+        import openai
+
+        hint = ""
+        if self._keyless and isinstance(e, openai.AuthenticationError):
+            hint = " (no API key was given: pass --api-key or set LMOPS_API_KEY; lmops keys create)"
+        return EndpointError(f"{self.base_url} ({self.model}): {type(e).__name__}: {e}{hint}")
 
     def complete(self, messages: Messages, **params: Any) -> str:
         import openai

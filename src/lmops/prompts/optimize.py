@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmops.core.errors import UserError
 from lmops.core.rows import read_rows
-from lmops.prompts.lm import ChatModel
+from lmops.prompts.lm import ChatModel, EndpointError
 from lmops.prompts.registry import Prompt
 from lmops.prompts.registry import create as create_prompt
 
@@ -104,6 +104,8 @@ class OptimizeSettings(BaseModel):
     min_rows: int = Field(10, ge=1)
     concurrency: int = Field(4, ge=1)
     seed: int = 0
+    # most tokens one proposed instruction may take (within the proposer's max_tokens cap)
+    proposal_tokens: int = Field(96, ge=1)
 
 
 class Candidate(BaseModel):
@@ -296,6 +298,7 @@ def _propose(
     train: list[dict[str, Any]],
     n: int,
     seed: int,
+    max_tokens: int,
 ) -> list[str]:
     """``n`` instructions from the proposer (journaled like answers)."""
     rng = random.Random(seed)
@@ -319,9 +322,14 @@ def _propose(
                     ),
                 }
             ]
-            asker_journal.add(
-                id_, proposer.complete(ask, temperature=1.0, max_tokens=96, seed=seed + j)
-            )
+            try:
+                reply = proposer.complete(
+                    ask, temperature=1.0, max_tokens=max_tokens, seed=seed + j
+                )
+            except EndpointError as e:
+                hint = " (--proposal-tokens lowers it)" if "max_tokens" in str(e) else ""
+                raise EndpointError(f"proposing an instruction: {e}{hint}") from None
+            asker_journal.add(id_, reply)
         text = asker_journal.done[id_].strip().split("\n\n")[0].strip()[:500]
         if text and text not in out:
             out.append(text)
@@ -529,7 +537,14 @@ def optimize(
             # prompt's own (none), then the proposals
             say(f"{len(good)} bootstrapped demos; proposing {settings.instructions} instructions")
             proposals = _propose(
-                proposer or model, journal, start, task, train, settings.instructions, settings.seed
+                proposer or model,
+                journal,
+                start,
+                task,
+                train,
+                settings.instructions,
+                settings.seed,
+                settings.proposal_tokens,
             )
             instructions = [""] + [_safe(p) for p in proposals]
             if task.labels:
