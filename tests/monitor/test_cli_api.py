@@ -60,6 +60,14 @@ def test_compare_datasets_cli(cli: Any, store: Any, tmp_path: Path) -> None:
     assert cli("monitor", "show", ref_a).code == 2  # a dataset is not a drift report
     none = cli("monitor", "check", "chat")
     assert none.code == 2 and "give a reference" in none.err
+    # a deployment the request log has never seen: an error, not an empty report
+    empty = cli("monitor", "check", "chat", "--reference", ref_a)
+    assert empty.code == 2 and "the request log is empty" in empty.err
+    plant_traffic(store, "chat-v2", model_ref=None, drift=False, n=5)
+    typo = cli("monitor", "check", "chat-2", "--reference", ref_a)
+    assert typo.code == 2
+    assert "'chat-2' has no logged requests; did you mean 'chat-v2'?" in typo.err
+    assert "drift-chat-2" not in [a.name for a in store.assets.list("drift_report")]
 
 
 CANARIES = """\
@@ -164,6 +172,9 @@ def test_api_check_reports_metrics(api: tuple[str, str], store: Any) -> None:
         assert "LmopsCanaryFailed" in c.get("/api/monitor/rules").text
         bad = c.post("/api/monitor/check", json={"deployment": "chat"})
         assert bad.status_code == 400 and "give a reference" in bad.json()["error"]["message"]
+        unknown = c.post("/api/monitor/check", json={**body, "deployment": "chta"})
+        assert unknown.status_code == 400
+        assert "did you mean 'chat'?" in unknown.json()["error"]["message"]
         assert httpx.get(f"{url}/api/monitor/reports").status_code == 401
 
 

@@ -19,7 +19,13 @@ from pydantic import BaseModel, Field
 from lmops.api.deps import Admin, Reader
 from lmops.core.errors import UserError
 from lmops.monitor.alerts import alert_rules, metrics_text
-from lmops.monitor.checks import CheckSpec, check_deployment, compare_datasets, latest_reports
+from lmops.monitor.checks import (
+    CheckSpec,
+    check_deployment,
+    compare_datasets,
+    latest_reports,
+    require_traffic,
+)
 from lmops.monitor.drift import MonitorConfig
 from lmops.monitor.report import DRIFT_REPORT, load_report
 
@@ -54,6 +60,7 @@ def report(store: Reader, ref: str) -> dict[str, Any]:
 
 @router.post("/check")
 def check(store: Admin, body: CheckSpec) -> dict[str, Any]:
+    require_traffic(store, body)
     rep, v = check_deployment(store, body)
     return _answer(v.ref, rep)
 

@@ -64,7 +64,7 @@ def check(
     json_: JsonOpt = False,
 ) -> None:
     """Compare a deployment's recent traffic with a reference; record a drift_report."""
-    from lmops.monitor.checks import CheckSpec, check_deployment
+    from lmops.monitor.checks import CheckSpec, check_deployment, require_traffic
 
     spec = _spec(
         CheckSpec,
@@ -81,7 +81,9 @@ def check(
         monitor={"embedder": embedder, "plots": plots},
         alerts={"webhook": webhook},
     )
-    report, version = check_deployment(_store(), spec, progress=not json_)
+    store = _store()
+    require_traffic(store, spec)
+    report, version = check_deployment(store, spec, progress=not json_)
     _print_report(report, version.ref, json_)
 
 

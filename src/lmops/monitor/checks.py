@@ -12,6 +12,7 @@ state through it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,14 @@ from lmops.monitor.report import DRIFT_REPORT, record_report
 if TYPE_CHECKING:
     from lmops.store import Store, Version
 
-__all__ = ["CheckSpec", "check_deployment", "compare_datasets", "parse_since", "report_name"]
+__all__ = [
+    "CheckSpec",
+    "check_deployment",
+    "compare_datasets",
+    "parse_since",
+    "report_name",
+    "require_traffic",
+]
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 
@@ -84,6 +92,27 @@ class CheckSpec(BaseModel):
         if self.canaries is not None and self.base_url is None:
             raise ValueError("canaries need base_url (the gateway's /v1 URL)")
         return self
+
+
+def require_traffic(store: Store, spec: CheckSpec) -> None:
+    """A one-line error for a check of a deployment the request log has never seen (most
+    often a misspelt name), rather than a report that says the window is empty. A check
+    with canaries runs them whatever the log holds."""
+    dep = spec.deployment
+    if spec.canaries is not None:
+        return
+    names = store.requests.deployments()
+    if dep in names:
+        return
+    close = difflib.get_close_matches(dep, names, n=1)
+    if close:
+        hint = f"did you mean {close[0]!r}?"
+    elif names:
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        hint = f"the log has requests of: {shown}"
+    else:
+        hint = "the request log is empty (lmops serve writes it as it answers)"
+    raise UserError(f"deployment {dep!r} has no logged requests; {hint}")
 
 
 def report_name(subject: str) -> str:

@@ -117,6 +117,13 @@ class RequestLog:
         """A batched background writer (see the module docstring); close it at shutdown."""
         return RequestLogWriter(self._db, **kw)
 
+    def deployments(self) -> list[str]:
+        """The deployments that have logged requests, sorted."""
+        c = RequestLogRow
+        q = select(c.deployment).where(c.deployment.is_not(None)).distinct()
+        with self._db.session() as s:
+            return sorted(str(d) for d in s.scalars(q))
+
     def scan(
         self,
         *,
