@@ -130,6 +130,41 @@ def test_canaries_register_run_and_alert(cli: Any, store: Any, tmp_path: Path) -
     assert "Connection" in report.canaries["results"][0]["error"]
 
 
+def test_watch_once_shows_failing_canaries_and_webhooks(
+    cli: Any, store: Any, tmp_path: Path
+) -> None:
+    """A watch round without retraining still says what fired; with --once a round that
+    could not run exits 1 (cron sees it)."""
+    from tests.conftest import free_port
+
+    path = tmp_path / "canaries.yaml"
+    path.write_text(CANARIES)
+    ref = cli("monitor", "canaries", "register", str(path), "--name", "canaries", "--json")
+    canaries = json.loads(ref.out)["asset"] + ":1"
+    plant_traffic(store, "chat", model_ref=None, drift=False, n=40)
+    dead = f"http://127.0.0.1:{free_port()}/hook"
+    with fake_server(model="chat", reply="The capital of France is Paris.") as url:
+        check = {
+            "deployment": "chat",
+            "since": "1h",
+            "reference_since": "3h",
+            "canaries": canaries,
+            "base_url": f"{url}/v1",
+            "monitor": {"embedder": "hashed", "plots": False, "permutations": 100},
+            "alerts": {"webhook": dead, "webhook_timeout_s": 1},
+        }
+        watch_file = tmp_path / "watch.yaml"
+        watch_file.write_text(yaml.safe_dump({"check": check}))
+        r = cli("monitor", "watch", str(watch_file), "--once")
+    assert r.code == 0, r.err
+    assert "alert firing: canary" in r.out and "canaries failing: as-json" in r.out
+    assert f"webhook failed: {dead}:" in r.out
+    watch_file.write_text(yaml.safe_dump({"check": {**check, "canaries": "no-such-set"}}))
+    failed = cli("monitor", "watch", str(watch_file), "--once")
+    assert failed.code == 1 and "no-such-set" in failed.err
+    assert "the watcher goes on" not in failed.err
+
+
 @pytest.fixture
 def api(store: Any) -> Iterator[tuple[str, str]]:
     from lmops.api.app import create_app

@@ -257,22 +257,32 @@ def watch_cmd(
     from lmops.pipelines.retrain import Decision, load_watch, watch
 
     spec, base = load_watch(config)
+    failed: list[str] = []
 
     def show_round(d: Decision | None, err: str | None) -> None:
+        if d is None:
+            failed.append(str(err))
         if json_:
             print_json(d.model_dump(mode="json") if d else {"error": err})
             return
         if d is None:
-            err_console.print(f"error: {err} (the watcher goes on)", markup=False)
+            goes_on = "" if once else " (the watcher goes on)"
+            err_console.print(f"error: {err}{goes_on}", markup=False)
             return
         head = f"{d.report}: {d.status}"
         if d.triggered:
             head += f"; triggered by {'; '.join(d.triggers)}"
             head += "; PROMOTED" if d.promoted else "; not promoted"
         console.print(head, markup=False, highlight=False)
-        for reason in d.reasons:
-            console.print(f"  {reason}", markup=False, highlight=False)
+        notes = [f"alert firing: {a}" for a in d.alerts_firing]
+        if d.canaries_failing:
+            notes.append("canaries failing: " + ", ".join(d.canaries_failing))
+        notes += [f"webhook failed: {w}" for w in d.webhook_errors]
+        for line in [*notes, *d.reasons]:
+            console.print(f"  {line}", markup=False, highlight=False)
         if d.decision:
             console.print(f"  recorded as {d.decision}", markup=False, highlight=False)
 
     watch(_store(), spec, base, once=once, progress=not json_, on_round=show_round)
+    if once and failed:  # for cron: a round that could not run is a failure
+        raise typer.Exit(1)

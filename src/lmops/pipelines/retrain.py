@@ -112,6 +112,10 @@ class Decision(BaseModel):
     pipeline_run: str | None = None
     scores: dict[str, dict[str, float]] = Field(default_factory=dict)
     decision: str | None = None  # the retrain_decision ref, when recorded
+    # what the check found beyond drift, shown whether or not it triggers a retrain
+    alerts_firing: list[str] = Field(default_factory=list)
+    canaries_failing: list[str] = Field(default_factory=list)
+    webhook_errors: list[str] = Field(default_factory=list)  # "url: error" per failed POST
 
 
 def load_watch(path: Path) -> tuple[WatchSpec, Path]:
@@ -337,7 +341,15 @@ def watch_once(
     """One round: check, and when triggered retrain and decide (see the module docstring);
     ``progress`` shows the embedding and the pipeline's steps on standard error."""
     report, version = check_deployment(store, spec.check, progress=progress)
-    d = Decision(report=version.ref, status=report.status)
+    d = Decision(
+        report=version.ref,
+        status=report.status,
+        alerts_firing=sorted(n for n, st in report.alerts.items() if st.get("firing")),
+        canaries_failing=list((report.canaries or {}).get("failing") or []),
+        webhook_errors=[
+            f"{n.get('url')}: {n.get('error')}" for n in report.notifications if not n.get("ok")
+        ],
+    )
     r = spec.retrain
     if report.status in ("empty", "no_overlap"):
         d.reasons.append(f"nothing to decide: {report.message}")
