@@ -149,6 +149,36 @@ def test_serve_refuses_a_port_out_of_range(cli) -> None:  # type: ignore[no-unty
         assert r.code == 2 and "Invalid value for '--port'" in r.err, (port, r.err)
 
 
+def test_serve_checks_every_deployment_before_it_says_it_serves(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path
+) -> None:
+    """A misspelt ref or a folder without a tokenizer fails before "serving on" (it used to
+    be printed first, then the error without the deployment's name)."""
+    folder = tmp_path / "half"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    d = tmp_path / "d.yaml"
+    d.write_text(
+        "deployments:\n"
+        "  - {name: ok, fake: {tokens: 2}}\n"
+        f"  - {{name: chat, model: '{folder}'}}\n"
+        "  - {name: ghost, model: nosuch-model}\n"
+    )
+    r = cli("serve", "--deployments", str(d))
+    assert r.code == 2 and "serving on" not in r.out
+    assert r.err.startswith("error: deployment 'chat': ") and "has no tokenizer" in r.err
+    d.write_text("deployments:\n  - {name: ghost, model: nosuch-model}\n")
+    r = cli("serve", "--deployments", str(d))
+    assert r.code == 2 and r.err.startswith("error: deployment 'ghost': 'nosuch-model' is")
+    d.write_text("deployments:\n  - {name: bound, fake: {tokens: 2}, prompt: nosuch-prompt}\n")
+    r = cli("serve", "--deployments", str(d))
+    assert r.code == 2 and r.err.startswith("error: deployment 'bound': ")
+    twice = d.with_name("twice.yaml")
+    twice.write_text("deployments:\n  - {name: ok, fake: {tokens: 2}}\n")
+    r = cli("serve", "--model", f"ok={folder}", "--deployments", str(twice))
+    assert r.code == 2 and "deployment 'ok' is defined twice" in r.err
+
+
 def test_a_bad_since_names_since(cli) -> None:  # type: ignore[no-untyped-def]
     r = cli("usage", "--since", "yesterday")
     assert r.code == 2 and r.err.startswith("error: --since 'yesterday': expected a date")

@@ -377,15 +377,18 @@ def test_bad_arguments_are_one_line_errors(cli: Any, tmp_path: Path) -> None:
 
 
 def test_serve_group_runs_the_server_with_its_options(
-    cli: Any, monkeypatch: pytest.MonkeyPatch
+    cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     import uvicorn
+
+    deployments = tmp_path / "d.yaml"  # a model-less deployment: serve checks model refs
+    deployments.write_text("deployments:\n  - {name: chat, fake: {tokens: 2}}\n")
 
     calls: list[dict[str, Any]] = []  # each with the environment the workers would get
     monkeypatch.setattr(
         uvicorn, "run", lambda *a, **kw: calls.append({"args": a, **kw, "env": dict(os.environ)})
     )
-    r = cli("serve", "--port", "9123", "--model", "chat=some/model", "--log-level", "warning")
+    r = cli("serve", "--port", "9123", "--deployments", str(deployments), "--log-level", "warning")
     assert r.code == 0, r.err
     assert calls[-1]["port"] == 9123 and calls[-1]["log_level"] == "warning"
     assert calls[-1]["access_log"] is False and calls[-1]["args"] == ("lmops.api.app:create_app",)

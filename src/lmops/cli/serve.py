@@ -155,13 +155,21 @@ def _run_server(
 
     import uvicorn
 
-    from lmops.serve.deployments import load_deployments, parse_model_args
+    from lmops.serve.deployments import load_deployments, parse_model_args, preflight
     from lmops.serve.http import protocol_factory
     from lmops.serve.server import ENV, MAX_BODY_ENV
     from lmops.store import Store
 
-    Store(origin="api").close()  # migrate once before workers start, and fail early
-    specs = parse_model_args(model) + (load_deployments(deployments) if deployments else [])
+    store = Store(origin="api")  # migrate once before workers start, and fail early
+    try:
+        specs = parse_model_args(model) + (load_deployments(deployments) if deployments else [])
+        names = [s.name for s in specs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UserError(f"deployment {twice[0]!r} is defined twice (--model and --deployments)")
+        preflight(specs, store)  # a bad ref fails here, before "serving on", naming it
+    finally:
+        store.close()
     if log_bodies:
         specs = [s.model_copy(update={"log_bodies": True}) for s in specs]
     if key_file or pubkey:  # absolute: the workers may not share this working directory
@@ -180,10 +188,6 @@ def _run_server(
         run_dir = Settings.from_env().home / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-", dir=run_dir)
-    if specs:
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise UserError("a deployment name is given twice")
     _raise_open_files_limit(max_connections)
     # Workers are child processes (or this one): the app's access-log middleware and the
     # gateway read these.

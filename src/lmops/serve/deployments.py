@@ -427,13 +427,47 @@ class Deployment:
         self.close()
 
 
+def _named(name: str, e: UserError) -> UserError:
+    """``e`` with the deployment it happened in, unless it names it already."""
+    said = str(e)
+    return e if f"deployment {name!r}" in said else UserError(f"deployment {name!r}: {said}")
+
+
+def preflight(specs: list[DeploymentSpec], store: Any) -> None:
+    """Resolve what each deployment names (model refs and folders, packages, a bound
+    prompt) without loading any weights, so that a misspelt ref or a folder without a
+    tokenizer fails before ``lmops serve`` says it is serving, naming the deployment."""
+    from lmops.models.loading import resolve_local
+    from lmops.models.sealed import package_path
+
+    for spec in specs:
+        try:
+            if spec.prompt is not None and store is not None:
+                from lmops.prompts.registry import get as get_prompt
+
+                get_prompt(spec.prompt, store=store)
+            if spec.upstream or spec.fake is not None or spec.engine == "vllm":
+                continue  # nothing local, or the launcher checks it
+            for ref in [t.model for t in spec.split] if spec.split else [spec.model]:
+                if ref is not None and package_path(ref, store)[0] is None:
+                    resolve_local(ref, store, kind="model")
+        except UserError as e:
+            raise _named(spec.name, e) from None
+
+
 class Registry:
     def __init__(self, specs: list[DeploymentSpec], store: Any) -> None:
         names = [s.name for s in specs]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise UserError(f"deployment {sorted(dup)[0]!r} is defined twice")
-        self.deployments = {s.name: Deployment(s, store) for s in specs}
+        self.deployments: dict[str, Deployment] = {}
+        for spec in specs:
+            try:
+                self.deployments[spec.name] = Deployment(spec, store)
+            except UserError as e:
+                self.close()  # the engines loaded so far
+                raise _named(spec.name, e) from None
 
     def get(self, name: str) -> Deployment:
         try:
