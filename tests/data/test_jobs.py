@@ -10,6 +10,7 @@ import numpy as np
 from lmops.data.shards import TokenShards
 from lmops.data.tokenizer import load_tokenizer
 from lmops.store import Store
+from tests.data.test_user_fields import out_lines
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -88,6 +89,51 @@ def test_mix_realises_ratios_within_one_percent(cli, tmp_path: Path) -> None:  #
     store = Store()
     assert {e.parent for e in store.assets.lineage("mixed").upstream} == {"en:1", "zh:1"}
     assert cli("data", "mix", "--source", "en", "--output", "m").code == 2
+
+
+def test_mix_takes_sft_rows_whole_and_warns_when_formats_differ(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path
+) -> None:
+    """SFT rows have no ``text``: they are mixed whole (counted over their text and message
+    fields). Sources of different formats mix with a warning that says which is which."""
+    alpaca = tmp_path / "alpaca.jsonl"
+    chat = tmp_path / "chat.jsonl"
+    alpaca.write_text(
+        "".join(
+            json.dumps(
+                {"instruction": f"翻译 {i}", "input": "" if i % 2 else "你好", "output": "Hi"}
+            )
+            + "\n"
+            for i in range(30)
+        )
+    )
+    chat.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                     {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+            for i in range(10)
+        )
+    )  # fmt: skip
+    r = cli("data", "mix", "--source", f"{alpaca}=1", "--output", "sft", "--total", "20", "--json")
+    assert r.code == 0, r.err
+    assert "warning" not in r.err and "warnings" not in json.loads(r.out)["report"]
+    r = cli(
+        "data", "mix", "--source", f"{alpaca}=3", "--source", f"{chat}=1", "--output", "both",
+        "--by", "tokens", "--json",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    formats = f"({alpaca}: sft_alpaca, {chat}: sft_chat)"
+    assert f"warning: the sources hold different row formats {formats}" in r.err
+    rep = json.loads(r.out)["report"]
+    assert rep["sources"][str(chat)]["taken_tokens"] > 0
+    store = Store()
+    rows = [json.loads(x) for x in out_lines(store.assets.path("both"))]
+    shapes = {tuple(k for k in row if k != "_lmops") for row in rows}
+    assert shapes == {("instruction", "input", "output"), ("messages",)}
+    originals = {line.strip() for f in (alpaca, chat) for line in f.read_text().splitlines()}
+    for row in rows:  # each row as it was, plus lmops's own key
+        del row["_lmops"]
+        assert json.dumps(row, ensure_ascii=False) in originals or json.dumps(row) in originals
 
 
 def test_validate_lists_bad_rows_and_exits_1(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

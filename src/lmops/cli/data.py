@@ -306,6 +306,8 @@ def mix_cmd(
     if by not in ("documents", "tokens"):
         raise UserError(f"--by {by!r}: use documents or tokens")
     v, rep = mix_datasets(_store(), ratios, output, by=by, total=total, seed=seed)  # type: ignore[arg-type]
+    for warning in rep.get("warnings", []):
+        err_console.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     if json_:
         print_json({"version": v, "report": rep})
         return

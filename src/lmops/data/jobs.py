@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from lmops.core.errors import UserError
 from lmops.core.formats import ValidationReport, validate_rows
-from lmops.core.rows import BadRow, Row, iter_rows
+from lmops.core.rows import ANNOTATIONS_KEY, BadRow, Row, iter_rows
 from lmops.data.document import Document
 from lmops.data.io import InputFile, JsonlWriter, ReadOptions, Shard, read_shard
 from lmops.data.recipe import ResolvedInputs, resolve_inputs
@@ -142,6 +142,44 @@ def tokenize_dataset(
         )
 
 
+def _row_shape(
+    r: ResolvedInputs, text_key: str, sample: int = 200
+) -> tuple[str, tuple[str, ...] | None]:
+    """A source's row format (``detect_format`` over its first rows, ``"text"`` for plain
+    text files) and the fields to read: ``None`` (``text_key``) where its rows have that
+    field, else every field of the sampled rows that holds text or chat messages, so SFT
+    and preference rows are mixed whole (they are only counted and copied)."""
+    from lmops.core.formats import detect_format
+
+    formats: dict[str, None] = {}
+    fields: dict[str, None] = {}
+    seen = 0
+    for f in r.files:
+        if f.fmt not in ("jsonl", "json", "parquet", "csv"):
+            formats.setdefault("text" if f.fmt == "text" else f.fmt)
+            continue
+        for row in iter_rows(f.path, f.fmt):
+            if isinstance(row, BadRow):
+                continue  # reading the source names it, with its line
+            formats.setdefault(detect_format(row.values) or "unknown")
+            for k, v in row.values.items():
+                if k != ANNOTATIONS_KEY and (isinstance(v, str) or _is_messages(v)):
+                    fields.setdefault(k)
+            seen += 1
+            if seen >= sample:
+                break
+        if seen >= sample:
+            break
+    fmt = "+".join(formats) or "empty"
+    if not fields or text_key in fields:
+        return fmt, None
+    return fmt, tuple(fields)
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
+
+
 def mix_datasets(
     store: Store,
     ratios: dict[str, float],
@@ -160,10 +198,13 @@ def mix_datasets(
     for src in ratios:
         resolved[src] = resolve_inputs([src], Path.cwd(), store)
 
-    def loader(r: ResolvedInputs) -> Any:
+    shapes = {src: _row_shape(r, text_key) for src, r in resolved.items()}
+
+    def loader(r: ResolvedInputs, fields: tuple[str, ...] | None) -> Any:
         def load() -> Iterator[Document]:
+            opts = ReadOptions(text_key=text_key, fields=fields)
             for i, f in enumerate(r.files):
-                yield from read_shard(Shard(i, f), ReadOptions(text_key=text_key))
+                yield from read_shard(Shard(i, f), opts)
 
         return load
 
@@ -171,7 +212,11 @@ def mix_datasets(
     with store.runs.track("mix", name=output, config=config) as run:
         local = _record_local(store, list(resolved.values()), run.id)
         docs, report = mix(
-            {k: loader(v) for k, v in resolved.items()}, ratios, by=by, total=total, seed=seed
+            {k: loader(v, shapes[k][1]) for k, v in resolved.items()},
+            ratios,
+            by=by,
+            total=total,
+            seed=seed,
         )
         with tempfile.TemporaryDirectory(prefix="lmops-mix-") as tmp:
             target = Path(tmp) / output
@@ -179,6 +224,13 @@ def mix_datasets(
                 for d in docs:
                     w.write(d)
             rep = report.to_dict()
+            formats = {src: fmt for src, (fmt, _) in shapes.items()}
+            if len(set(formats.values())) > 1:
+                listed = ", ".join(f"{src}: {fmt}" for src, fmt in formats.items())
+                rep["warnings"] = [
+                    f"the sources hold different row formats ({listed}); each row is kept "
+                    "as it is, so the mixture holds them all (lmops data validate shows them)"
+                ]
             (target / "_report").mkdir()
             (target / "_report" / "mix.json").write_text(
                 json.dumps(rep, indent=1, ensure_ascii=False)
