@@ -601,6 +601,27 @@ def broken_classifier(text: str) -> Mapping[str, float]:
     raise RuntimeError("model not loaded")
 
 
+def test_a_stream_window_of_256_lets_the_classifier_judge_every_character_first() -> None:
+    """By default the classifier holds nothing back, so a short reply can be partly sent
+    before the verdict at its end; with stream_window_chars: 256 (the classifier's stride)
+    nothing the classifier would refuse is ever sent, wherever it appears."""
+    rng = random.Random(5)
+    for window, leaks in ((0, True), (256, False)):
+        g = Guardrails(
+            GuardrailConfig(stream_window_chars=window, pii_output="off"),
+            classifier=toxicity_classifier,
+        )
+        leaked = False
+        for n in (10, 100, 300, 700):
+            words = [rng.choice(["plain", "words", "here", "and"]) for _ in range(n)]
+            words.insert(rng.randrange(n), "zorgon")
+            deltas = [w + " " for w in words]
+            emitted, stopped, _ = run_stream(g, deltas)
+            assert stopped and "".join(deltas).startswith(emitted)
+            leaked |= "zorgon" in emitted
+        assert leaked == leaks, window
+
+
 def test_classifier_by_import_path() -> None:
     cfg = GuardrailConfig(classifier=f"{__name__}:toxicity_classifier")
     g = Guardrails(cfg)
