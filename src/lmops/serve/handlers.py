@@ -639,7 +639,7 @@ class Handlers:
             ctx.admit(sum(approx_tokens(t) for t in texts), 0, model_ref=backend.model_ref)
             # one text at a time: a deferred check is run again whole, and a list's earlier
             # texts would have recorded their actions already
-            texts = [await _off_loop_if_big(ctx.check_prompt, t, len(t)) for t in texts]
+            texts = [await _off_loop_if_big(ctx.check_prompt, t, "input", len(t)) for t in texts]
             result, tokens = await backend.embed(texts)
             if isinstance(result, dict):  # an upstream's answer, passed on
                 ctx.finish(200, tokens, 0)

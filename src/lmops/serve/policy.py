@@ -94,7 +94,10 @@ class RequestContext:
         self._stream_guards: list[Any] = []
 
     # -- guardrails ---------------------------------------------------------------------------------
-    def check_input(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def check_input(
+        self, messages: list[dict[str, Any]], param: str = "messages"
+    ) -> list[dict[str, Any]]:
+        """``messages`` masked; a 400 ``content_filter`` naming ``param`` when blocked."""
         from lmops.serve.protocol import OpenAIError
 
         decision = self.guard.check_input(messages)
@@ -103,13 +106,14 @@ class RequestContext:
             raise OpenAIError(
                 400,
                 decision.refusal or "This request was blocked by the content policy.",
-                param="messages",
+                param=param,
                 code="content_filter",
             )
         return list(decision.messages)
 
-    def check_prompt(self, prompt: str) -> str:
-        return str(self.check_input([{"role": "user", "content": prompt}])[0]["content"])
+    def check_prompt(self, prompt: str, param: str = "prompt") -> str:
+        """A completions prompt or an embeddings input (``param``), checked as a user turn."""
+        return str(self.check_input([{"role": "user", "content": prompt}], param)[0]["content"])
 
     def check_output(self, text: str) -> tuple[str, bool]:
         decision = self.guard.check_output(text)
@@ -266,10 +270,12 @@ class NullContext:
         self.actions: list[dict[str, Any]] = []
         self.warnings: list[str] = []
 
-    def check_input(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def check_input(
+        self, messages: list[dict[str, Any]], param: str = "messages"
+    ) -> list[dict[str, Any]]:
         return messages
 
-    def check_prompt(self, prompt: str) -> str:
+    def check_prompt(self, prompt: str, param: str = "prompt") -> str:
         return prompt
 
     def check_output(self, text: str) -> tuple[str, bool]:
