@@ -122,8 +122,17 @@ def test_builtin_gsm8k_reads_numbers_through_its_filters(shared_datasets: Path) 
     ]
 
 
-def test_a_metric_option_it_does_not_take_is_named(tmp_path: Path) -> None:
+def test_a_metric_or_option_it_does_not_know_is_named_with_its_file_and_line(
+    tmp_path: Path,
+) -> None:
+    """Refused when the task file is read (before any model loads), naming the line."""
     f = _task(tmp_path)
-    f.write_text(f.read_text("utf-8").replace("ignore_case: true", "ignore_cases: true"), "utf-8")
-    with pytest.raises(UserError, match="exact_match has no option 'ignore_cases'"):
-        evaluate(_model(), [load_task_file(f)], progress=False)
+    text = f.read_text("utf-8")
+    line = next(i for i, s in enumerate(text.splitlines(), 1) if s.startswith("metric_list"))
+    f.write_text(text.replace("ignore_case: true", "ignore_cases: true"), "utf-8")
+    with pytest.raises(UserError, match="exact_match has no option 'ignore_cases'") as e:
+        load_task_file(f)
+    assert str(e.value).startswith(f"{f}:{line + 1}: metric_list: [0]: ")  # the list's line
+    f.write_text(text.replace("metric: exact_match", "metric: exact_mach"), "utf-8")
+    with pytest.raises(UserError, match="unknown metric 'exact_mach'; did you mean 'exact_match'"):
+        load_task_file(f)

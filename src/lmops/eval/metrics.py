@@ -58,6 +58,7 @@ __all__ = [
     "get_metric",
     "mean",
     "mean_stderr",
+    "metric_problem",
     "paired_bootstrap_pvalue",
     "paired_comparison",
     "paired_permutation_pvalue",
@@ -551,9 +552,34 @@ def get_metric(name: str) -> Metric:
     try:
         return METRICS[name]
     except KeyError:
-        raise UserError(
-            f"unknown metric {name!r}; known metrics: {', '.join(sorted(METRICS))}"
-        ) from None
+        raise UserError(_unknown(name)) from None
+
+
+def _unknown(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(METRICS), n=1)
+    hint = (
+        f"did you mean {close[0]!r}?" if close else f"known metrics: {', '.join(sorted(METRICS))}"
+    )
+    return f"unknown metric {name!r}; {hint}"
+
+
+def metric_problem(name: str, options: Iterable[str]) -> str | None:
+    """What is wrong with a task file's metric entry (an unknown name, an option its item
+    function does not take, as lm-eval passes the entry's other keys to it), or None."""
+    import inspect
+
+    if name not in METRICS:
+        return _unknown(name)
+    takes = inspect.signature(METRICS[name].item_fn).parameters
+    unknown = [k for k in options if k not in takes or k in ("pred", "ref")]
+    if not unknown:
+        return None
+    keyword = [n for n, p in takes.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return f"{name} has no option {unknown[0]!r}" + (
+        f" (options: {', '.join(keyword)})" if keyword else " (it takes none)"
+    )
 
 
 def aggregate(name: str, items: Iterable[Any]) -> float:

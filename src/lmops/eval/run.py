@@ -249,21 +249,13 @@ def _metric_fn(spec: Any) -> tuple[Callable[..., Any], dict[str, Any]]:
     """A metric's item function and the options the task file gives it (lm-eval passes a
     metric_list entry's other keys to the metric, e.g. exact_match's ``ignore_case``); an
     unknown metric or option fails before anything is generated."""
-    import inspect
-
     from lmops.eval import metrics
 
-    fn = metrics.get_metric(spec.metric).item_fn
     options = dict(spec.model_extra or {})
-    takes = inspect.signature(fn).parameters
-    unknown = [k for k in options if k not in takes or k in ("pred", "ref")]
-    if unknown:
-        keyword = [n for n, p in takes.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-        raise UserError(
-            f"metric_list: {spec.metric} has no option {unknown[0]!r}"
-            + (f" (options: {', '.join(keyword)})" if keyword else " (it takes none)")
-        )
-    return fn, options
+    problem = metrics.metric_problem(spec.metric, options)
+    if problem is not None:
+        raise UserError(f"metric_list: {problem}")
+    return metrics.get_metric(spec.metric).item_fn, options
 
 
 def _filter_fn(spec: Any) -> Any:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from lmops.core.errors import UserError
 from lmops.core.rows import read_rows
@@ -111,6 +111,22 @@ class TaskConfig(BaseModel):
     # tool use (eval/tools.py): OpenAI tool objects, listed in the system turn; the tool_*
     # metrics get them as their ``tools`` option
     tools: list[dict[str, Any]] | None = None
+
+    @field_validator("metric_list")
+    @classmethod
+    def _known_metrics(cls, specs: list[MetricSpec], info: ValidationInfo) -> list[MetricSpec]:
+        """A generation task's metrics score its outputs: an unknown one (or option) fails
+        when the file is read, with its line. Log-likelihood tasks score acc and acc_norm
+        whatever the file lists, as lm-eval's own metric_list there is informative."""
+        if info.data.get("output_type") != "generate_until":
+            return specs
+        from lmops.eval.metrics import metric_problem
+
+        for i, spec in enumerate(specs):
+            problem = metric_problem(spec.metric, (spec.model_extra or {}).keys())
+            if problem is not None:
+                raise ValueError(f"[{i}]: {problem}")
+        return specs
 
     def template_hash(self) -> str:
         """sha256 of everything that shapes a prompt, so reports say which template scored."""
