@@ -94,6 +94,17 @@ def test_contamination_compare_and_leaderboard(cli, tmp_path: Path, store: Store
     flags = [json.loads(line)["contaminated"] for line in items.read_text().strip().split("\n")]
     assert flags == [True, False, True, False, False, False]
 
+    # the human summary says what was checked; a model whose lineage names no data is
+    # refused before anything is scored (it would report every item clean)
+    shown = cli("eval", "run", "--model", "a", "--task-file", str(task), "--contamination",
+                "--contamination-n", "8", "--no-resume")  # fmt: skip
+    assert shown.code == 0, shown.err
+    said = " ".join(shown.out.split())
+    assert "contamination: 2 of 6 items share a 8-gram with train-text:1" in said
+    none = cli("eval", "run", "--model", "b", "--task-file", str(task), "--contamination")
+    assert none.code == 2 and "lineage of b:1 names no dataset" in none.err
+    assert "--contamination-datasets" in none.err
+
     rb = cli("eval", "run", "--model", "b", "--task-file", str(task), "--json")
     assert rb.code == 0, rb.err
     rep_b = json.loads(rb.out)

@@ -240,6 +240,15 @@ def run(
             "settings (--no-resume scores them again)",
             markup=False,
         )
+    checked = job.report["config"].get("contamination")
+    if checked:
+        flagged = sum(bool(it.get("contaminated")) for r in results for it in r.items)
+        console.print(
+            f"contamination: {flagged:,} of {scored:,} items share a {checked['n']}-gram with "
+            f"{', '.join(checked['datasets'])} (the *_clean metrics leave them out)",
+            markup=False,
+            soft_wrap=True,
+        )
     if truncated:
         console.print(
             f"warning: {truncated} request(s) were longer than the context and were truncated",

@@ -110,6 +110,28 @@ def _model_key(model: str, ref: str | None, endpoint: str | None, lm: Any) -> st
     return f"folder {fingerprint_folder(Path(model))} {where}"
 
 
+def _contamination_refs(store: Any, c: Any, model_ref: str | None) -> list[str]:
+    """The datasets an eval's contamination check reads: the ones given, else the model's
+    training data from its lineage; an error (before anything is scored) where there are
+    none, which would report every item clean."""
+    from lmops.eval.run import training_datasets
+
+    if c.datasets:
+        return [store.assets.resolve(r).ref for r in c.datasets]
+    if model_ref is None:
+        raise UserError(
+            "contamination needs a model asset (its lineage names the training data) "
+            "or explicit contamination datasets (--contamination-datasets)"
+        )
+    refs = training_datasets(store, model_ref)
+    if not refs:
+        raise UserError(
+            f"contamination: the lineage of {model_ref} names no dataset (imported, not "
+            "trained here?); give the training data with --contamination-datasets"
+        )
+    return refs
+
+
 def run_eval(
     store: Any, spec: EvalSpec, *, api_key: str | None = None, progress: bool = True
 ) -> EvalJob:
@@ -169,6 +191,9 @@ def run_eval(
             served_inputs, served_local = _served_inputs(store, served)
             local += served_local
         local_refs = store.assets.record_inputs(local, run_id=run_rec.id)
+        # what contamination is checked against, known before any item is scored
+        c = spec.contamination
+        c_refs = _contamination_refs(store, c, ref) if c.wanted else []
         style = prompt_style(
             lm,
             apply_chat_template=spec.apply_chat_template,
@@ -218,20 +243,10 @@ def run_eval(
             if close is not None:
                 close()  # the generation engine's worker thread
         config["resumed_tasks"] = partial.reused
-        c = spec.contamination
         if c.wanted:
-            from lmops.eval.run import dataset_texts, flag_contamination, training_texts
+            from lmops.eval.run import dataset_texts, flag_contamination
 
-            if c.datasets:
-                c_refs = [store.assets.resolve(r).ref for r in c.datasets]
-                texts = dataset_texts(store, c_refs)
-            elif ref is None:
-                raise UserError(
-                    "contamination needs a model asset (its lineage names the training data) "
-                    "or explicit contamination datasets"
-                )
-            else:
-                texts, c_refs = training_texts(store, ref)
+            texts = dataset_texts(store, c_refs)
             flag_contamination(results, tasks, texts, n=c.n, limit=limit)
             config["contamination"] = {"datasets": c_refs, "n": c.n}
         report = report_dict(lm.name, ref, results, config)

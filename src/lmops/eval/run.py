@@ -403,16 +403,15 @@ def evaluate(
     return results
 
 
-def training_texts(store: Any, model_ref: str) -> tuple[list[str], list[str]]:
-    """Texts of every dataset upstream of ``model_ref`` (its training data, recursively),
-    and their refs. Token-shard datasets are skipped: their text is upstream of them."""
+def training_datasets(store: Any, model_ref: str) -> list[str]:
+    """The refs of every dataset upstream of ``model_ref`` (its training data,
+    recursively). Token-shard datasets are skipped: their text is upstream of them."""
     graph = store.assets.lineage(model_ref)
-    refs = sorted(
+    return sorted(
         r
         for r, v in graph.nodes.items()
         if v.kind == "dataset" and v.metadata.get("format") != "token_shards"
     )
-    return dataset_texts(store, refs), refs
 
 
 def dataset_texts(store: Any, refs: list[str]) -> list[str]:
