@@ -134,6 +134,14 @@ def test_mix_takes_sft_rows_whole_and_warns_when_formats_differ(  # type: ignore
     for row in rows:  # each row as it was, plus lmops's own key
         del row["_lmops"]
         assert json.dumps(row, ensure_ascii=False) in originals or json.dumps(row) in originals
+    # a tokenizer learns from SFT rows whole (every text and message field); packed
+    # pretraining shards want one text field and say how to name it
+    r = cli("data", "tokenizer", "train", "both", "--name", "tok", "--vocab-size", "300")
+    assert r.code == 0, r.err
+    tok = load_tokenizer(store.assets.path("tok"))
+    assert len(tok.encode("翻译").ids) == 1  # learned from the alpaca rows' instructions
+    r = cli("data", "tokenize", str(alpaca), "--tokenizer", "tok", "--output", "x")
+    assert r.code == 2 and "field 'text' missing" in r.err and "--text-key" in r.err
 
 
 def test_validate_lists_bad_rows_and_exits_1(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

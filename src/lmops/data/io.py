@@ -177,6 +177,8 @@ class ReadOptions:
     allow_empty: bool = False
     # Applied to a bad row's text before it is kept in the error file (the recipe's masking).
     redact: Callable[[str], str] | None = None
+    # how the caller's user names another text field (a recipe's keys, a command's option)
+    field_hint: str = "set text_key or fields"
 
 
 def _fail(
@@ -276,7 +278,7 @@ def _row_to_doc(row: Row, opts: ReadOptions, default_id: str) -> Document | str:
         name = fields[0]
         if name not in values:
             present = ", ".join(list(values)[:8]) or "none"
-            return f"field {name!r} missing (fields: {present}); set text_key or fields"
+            return f"field {name!r} missing (fields: {present}); {opts.field_hint}"
         text = values[name]
         if isinstance(text, str):
             rec.text_field = name

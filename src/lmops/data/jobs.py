@@ -31,11 +31,20 @@ __all__ = [
 
 
 def read_source(
-    sources: list[str], store: Store | None, *, text_key: str = "text", base: Path | None = None
+    sources: list[str],
+    store: Store | None,
+    *,
+    text_key: str = "text",
+    base: Path | None = None,
+    whole_rows: bool = False,
+    field_hint: str = "name the text field (--text-key; text_key: in a pipeline step)",
 ) -> tuple[ResolvedInputs, Iterator[Document]]:
-    """Resolve paths/globs/dataset refs and stream their documents in order."""
+    """Resolve paths/globs/dataset refs and stream their documents in order. ``whole_rows``:
+    rows without ``text_key`` (SFT, preference) are read by all their text and message
+    fields (see :func:`_row_shape`) instead of refused."""
     resolved = resolve_inputs(sources, base or Path.cwd(), store)
-    opts = ReadOptions(text_key=text_key)
+    fields = _row_shape(resolved, text_key)[1] if whole_rows else None
+    opts = ReadOptions(text_key=text_key, fields=fields, field_hint=field_hint)
 
     def docs() -> Iterator[Document]:
         for i, f in enumerate(resolved.files):
@@ -87,7 +96,8 @@ def train_tokenizer_asset(
     """Train a tokenizer on the sources and register it as a ``tokenizer`` asset."""
     from lmops.data.tokenizer import train_tokenizer
 
-    resolved, docs = read_source(sources, store, text_key=text_key)
+    # a tokenizer learns from all the text it will see: SFT and chat rows whole
+    resolved, docs = read_source(sources, store, text_key=text_key, whole_rows=True)
     config = {"sources": sources, "kind": kind, "vocab_size": vocab_size, "text_key": text_key}
     with store.runs.track("tokenizer", name=name, config=config) as run:
         local = _record_local(store, [resolved], run.id)
@@ -122,7 +132,11 @@ def tokenize_dataset(
     tok = store.assets.resolve(tokenizer)
     if tok.kind != "tokenizer":
         raise UserError(f"--tokenizer {tokenizer!r} is a {tok.kind}, not a tokenizer")
-    resolved, docs = read_source(sources, store, text_key=text_key)
+    hint = (
+        "name the text field (--text-key; text_key: in a pipeline step); packed shards are "
+        "for pretraining text, SFT rows are tokenized by lmops train"
+    )
+    resolved, docs = read_source(sources, store, text_key=text_key, field_hint=hint)
     config = {"sources": sources, "tokenizer": tok.ref, "shard_tokens": shard_tokens}
     with store.runs.track("tokenize", name=output, config=config) as run:
         local = _record_local(store, [resolved], run.id)
