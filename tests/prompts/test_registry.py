@@ -85,6 +85,21 @@ def test_nothing_is_registered_from_a_broken_template(store: Store, tmp_path: Pa
         with pytest.raises(UserError) as e:
             create(store, "chat", "x", config=config)
         assert str(e.value).startswith(f"prompt 'chat': {message}"), str(e.value)
+    # a message's own mistake is named by its place, in the words a prompt file gets,
+    # not by the other member of template's union (template.str)
+    shapes = [
+        ([{"role": "user", "content": "hi", "nmae": "x"}], "template[0].nmae: unknown field"),
+        ([{"role": "robot", "content": "hi"}], "template[0].role: Input should be"),
+        (5, "template: a string (type: text) or a list of {role, content} messages"),
+    ]
+    for template, message in shapes:
+        with pytest.raises(UserError) as e:
+            create(store, "chat", template)  # type: ignore[arg-type]
+        assert str(e.value).startswith(f"prompt 'chat': {message}"), str(e.value)
+    f = tmp_path / "p.yaml"
+    f.write_text('type: chat\ntemplate:\n  - {role: user, content: "hi", nmae: x}\n')
+    with pytest.raises(UserError, match=r"p.yaml:3: template\[0\].nmae: unknown field"):
+        lmops.prompts.registry.load_spec_file(f)
     assert store.assets.list(kind="prompt") == []
     create(store, "chat", "x", config={"temperature": 1, "max_tokens": 8, "stop": ["\n"]})
     # a version stored before values were checked still loads as it was stored

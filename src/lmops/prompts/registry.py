@@ -29,6 +29,7 @@ import yaml
 from pydantic import ValidationError
 
 from lmops.core.errors import NotFoundError, UserError
+from lmops.core.yamlcfg import error_message, format_loc
 from lmops.prompts.template import CompiledPrompt, PromptSpec, check_config
 from lmops.store import Asset, Store, Version, parse_ref
 
@@ -163,10 +164,9 @@ def create(
                 {"template": template, "config": config or {}, "message": message}
             )
         except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(x) for x in err["loc"])
+            err = e.errors()[0]  # worded as a prompt file's errors are (core.yamlcfg)
             raise UserError(
-                f"prompt {name!r}: {loc}: {err['msg'].removeprefix('Value error, ')}"
+                f"prompt {name!r}: {format_loc(tuple(err['loc']))}: {error_message(err)}"
             ) from None
     _check_parses(spec, f"prompt {name!r}")
     check_config(spec.config, f"prompt {name!r}")

@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -146,6 +147,9 @@ class ChatMessageSpec(BaseModel):
     content: str
 
 
+_MESSAGES = TypeAdapter(list[ChatMessageSpec])
+
+
 class PromptSpec(BaseModel):
     """What one prompt version holds (the YAML file stored as the version's bytes).
 
@@ -179,6 +183,19 @@ class PromptSpec(BaseModel):
         if isinstance(self.template, list) and not self.template:
             raise ValueError("template: a chat prompt needs at least one message")
         return self
+
+    @field_validator("template", mode="wrap")
+    @classmethod
+    def _template_by_shape(cls, value: Any, handler: Any) -> Any:
+        # validated as the member its shape picks, so a bad message names its own field
+        # (template[0].nmae), not the other member of the union (template.str)
+        if isinstance(value, list):
+            return _MESSAGES.validate_python(value)
+        if not isinstance(value, str):
+            raise ValueError(
+                "a string (type: text) or a list of {role, content} messages (type: chat)"
+            )
+        return handler(value)
 
     @field_validator("config")
     @classmethod
