@@ -43,6 +43,7 @@ from lmops.core.errors import (
 )
 from lmops.store import ApiKey, Asset, AuditEvent, LineageGraph, Run, Store, Version
 from lmops.store.refs import clip, name_views
+from lmops.store.trace import RequestTrace, trace_request
 
 __all__ = ["create_app"]
 
@@ -209,6 +210,19 @@ def _api_router() -> APIRouter:
         store: Reader, ref: str, depth: int | None = Query(default=None, ge=1)
     ) -> LineageGraph:
         return store.assets.lineage(ref, depth)
+
+    @r.get("/trace", response_model=RequestTrace)
+    def trace(
+        store: Reader,
+        request_id: str | None = None,
+        deployment: str | None = None,
+        key: str | None = None,
+    ) -> RequestTrace:
+        """A served answer (its ``id``), or the newest logged request of a deployment or
+        key: the version that answered and everything upstream of it (``lmops trace``)."""
+        if request_id is not None and (deployment or key):
+            raise UserError("request_id names one request; deployment and key pick the newest")
+        return trace_request(store, request_id, deployment=deployment, key=key)
 
     @r.get("/assets/{ref}/verify")
     def verify(store: Reader, ref: str) -> dict[str, Any]:

@@ -51,7 +51,18 @@ app.add_typer(audit_app, name="audit")
 
 
 def _add_stage_apps() -> None:
-    from lmops.cli import data, deploy, eval, guard, monitor, pipelines, prompts, serve, train
+    from lmops.cli import (
+        data,
+        deploy,
+        eval,
+        guard,
+        monitor,
+        pipelines,
+        prompts,
+        serve,
+        trace,
+        train,
+    )
 
     app.add_typer(data.app, name="data")
     app.add_typer(train.app, name="train")
@@ -62,6 +73,7 @@ def _add_stage_apps() -> None:
     app.add_typer(prompts.app, name="prompts")
     app.add_typer(monitor.app, name="monitor")
     app.add_typer(pipelines.app, name="pipeline")
+    app.command("trace")(trace.trace_cmd)
     app.command("run")(pipelines.run_cmd)
     app.command("quickstart")(pipelines.quickstart_cmd)
 
@@ -373,34 +385,14 @@ def assets_lineage(
     json_: JsonOpt = False,
 ) -> None:
     """What REF was made from (upstream) and what was made from it (downstream)."""
-    from rich.tree import Tree
+    from lmops.cli._lineage import print_tree
 
     g = _store().assets.lineage(ref, depth)
     if json_:
         print_json(g)
         return
-
-    def label(r: str, role: str | None = None) -> str:
-        n = g.nodes[r]
-        run = g.runs.get(r)
-        extra = f" [dim]run {run}[/]" if run else ""
-        if n.kind == "external":
-            extra += f" {escape(str(n.metadata.get('path')))}"
-        return f"{'[cyan]' + role + '[/] ' if role else ''}[bold]{r}[/] ({n.kind}){extra}"
-
-    for title, edges, up in (("upstream", g.upstream, True), ("downstream", g.downstream, False)):
-        tree = Tree(f"{title} of {label(g.root)}")
-
-        def grow(
-            node: Tree, r: str, seen: frozenset[str], edges: list[Any] = edges, up: bool = up
-        ) -> None:
-            for e in edges:
-                src, dst = (e.child, e.parent) if up else (e.parent, e.child)
-                if src == r and dst not in seen:
-                    grow(node.add(label(dst, e.role)), dst, seen | {dst})
-
-        grow(tree, g.root, frozenset({g.root}))
-        console.print(tree if edges else f"{title}: none")
+    print_tree(g, "upstream")
+    print_tree(g, "downstream", up=False)
 
 
 @assets_app.command("verify")

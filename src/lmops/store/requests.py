@@ -117,6 +117,27 @@ class RequestLog:
         """A batched background writer (see the module docstring); close it at shutdown."""
         return RequestLogWriter(self._db, **kw)
 
+    def get(self, request_id: str) -> RequestRecord | None:
+        """The logged request with this id (the answer's ``id``), bodies included."""
+        q = select(RequestLogRow).where(RequestLogRow.request_id == request_id)
+        with self._db.session() as s:
+            row = s.scalars(q.order_by(RequestLogRow.id.desc()).limit(1)).first()
+            return None if row is None else _record(row)
+
+    def latest(
+        self, *, deployment: str | None = None, key: str | None = None
+    ) -> RequestRecord | None:
+        """The newest logged request (of one deployment and/or key), bodies included."""
+        c = RequestLogRow
+        q = select(c)
+        if deployment is not None:
+            q = q.where(c.deployment == deployment)
+        if key is not None:
+            q = q.where(c.key_name == key)
+        with self._db.session() as s:
+            row = s.scalars(q.order_by(c.time.desc(), c.id.desc()).limit(1)).first()
+            return None if row is None else _record(row)
+
     def deployments(self) -> list[str]:
         """The deployments that have logged requests, sorted."""
         c = RequestLogRow

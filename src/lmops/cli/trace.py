@@ -1,0 +1,64 @@
+"""``lmops trace``: from a served answer to the model version, prompt and data behind it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from lmops.cli._output import console, open_store, print_json
+from lmops.core.errors import UserError
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def trace_cmd(
+    request_id: Annotated[
+        str | None,
+        typer.Argument(help="The answer's id (chatcmpl-…, cmpl-…, emb-…).", show_default=False),
+    ] = None,
+    last: Annotated[
+        bool, typer.Option("--last", help="The newest logged request instead.")
+    ] = False,
+    deployment: Annotated[str | None, typer.Option(help="With --last: of this deployment.")] = None,
+    key: Annotated[str | None, typer.Option(help="With --last: of this key.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Trace a served answer back: the model version that gave it, the prompt that wrapped
+    it, and everything upstream of them down to the raw files."""
+    from lmops.cli._lineage import print_tree
+    from lmops.store.trace import trace_request
+
+    if (request_id is None) == (not last):
+        raise UserError("give a request id, or --last (the newest logged request)")
+    if request_id is not None and (deployment or key):
+        raise UserError("--deployment and --key narrow --last; a request id is already one")
+    store = open_store()
+    try:
+        t = trace_request(store, request_id, deployment=deployment, key=key)
+    finally:
+        store.close()
+    if json_:
+        print_json(t)
+        return
+    when = t.time.isoformat(timespec="seconds") if t.time else "?"
+    console.print(
+        f"{t.request_id}  {when}  {t.endpoint}  deployment {t.deployment or '-'}  "
+        f"key {t.key_name or '-'}  status {t.status}  "
+        f"tokens {t.prompt_tokens}+{t.completion_tokens}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"answered by {t.model_ref or '-'}", markup=False, highlight=False)
+    for g in (t.model, t.prompt):
+        if g is not None:
+            print_tree(g, "upstream")
+    if t.sources:
+        console.print("sources:", highlight=False)
+        for src in t.sources:
+            where = f" {escape(src.path)}" if src.path else ""
+            console.print(f"  [bold]{src.ref}[/] ({src.kind}){where}", highlight=False)
+    if t.note:
+        console.print(f"note: {t.note}", markup=False, highlight=False)

@@ -1,0 +1,107 @@
+"""From a served answer back to the documents that trained its model.
+
+A gateway answer's ``id`` (``chatcmpl-…``, ``cmpl-…``, ``emb-…``) is its request id in the
+request log, which names the concrete model version that answered (``model_ref``) and the
+registered prompt that wrapped it (``prompt_ref``). :func:`trace_request` joins that row to
+the lineage graph: everything upstream of the model (adapters, base models, datasets, the
+local files and folders jobs read) and of the prompt, and the *sources*, the upstream
+versions nothing else was made from (raw files, imported models, registered datasets).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from lmops.core.errors import NotFoundError
+from lmops.store.types import LineageGraph
+
+if TYPE_CHECKING:
+    from lmops.store.store import Store
+
+__all__ = ["RequestTrace", "Source", "trace_request"]
+
+
+class Source(BaseModel):
+    """An upstream version nothing else in the graph was made from."""
+
+    ref: str
+    kind: str
+    path: str | None = None  # an external reference's local path
+
+
+class RequestTrace(BaseModel):
+    request_id: str
+    time: datetime | None
+    endpoint: str
+    deployment: str | None
+    key_name: str | None
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    model_ref: str | None  # the version that answered (None: an upstream outside the store)
+    prompt_ref: str | None
+    model: LineageGraph | None = None  # upstream of model_ref
+    prompt: LineageGraph | None = None
+    sources: list[Source] = Field(default_factory=list)
+    note: str | None = None  # why the trace stops where it does
+
+
+def trace_request(store: Store, request_id: str | None = None, **latest: Any) -> RequestTrace:
+    """The trace of one logged request: by id, or the newest one (``deployment=``,
+    ``key=`` narrow it) when ``request_id`` is None."""
+    rec = (
+        store.requests.get(request_id)
+        if request_id is not None
+        else store.requests.latest(**latest)
+    )
+    if rec is None and request_id is not None:
+        raise NotFoundError(
+            f"no logged request {request_id!r}: give the answer's id (chatcmpl-…, cmpl-…, "
+            "emb-…), or --last for the newest"
+        )
+    if rec is None:
+        where = ", ".join(f"{k} {v!r}" for k, v in latest.items() if v) or "any deployment"
+        raise NotFoundError(f"no logged request of {where}; lmops serve logs each it answers")
+    out = RequestTrace(
+        request_id=rec.request_id,
+        time=rec.time,
+        endpoint=rec.endpoint,
+        deployment=rec.deployment,
+        key_name=rec.key_name,
+        status=rec.status,
+        prompt_tokens=rec.prompt_tokens,
+        completion_tokens=rec.completion_tokens,
+        model_ref=rec.model_ref,
+        prompt_ref=rec.prompt_ref,
+    )
+    graphs: list[LineageGraph] = []
+    for ref, attr in ((rec.model_ref, "model"), (rec.prompt_ref, "prompt")):
+        if not ref:
+            continue
+        try:
+            g = store.assets.lineage(ref)
+        except NotFoundError:
+            out.note = f"{ref} is not in the store (an upstream model, or deleted since)"
+            continue
+        # the answer's past, not the version's later uses
+        past = {g.root} | {e.parent for e in g.upstream}
+        g.downstream = []
+        g.nodes = {r: v for r, v in g.nodes.items() if r in past}
+        g.runs = {r: run for r, run in g.runs.items() if r in past}
+        setattr(out, attr, g)
+        graphs.append(g)
+    if rec.model_ref is None and out.note is None:
+        out.note = "no model version was recorded (refused before a model answered)"
+    seen: set[str] = set()
+    for g in graphs:
+        parents = {e.child for e in g.upstream}  # versions made from something
+        for ref, v in g.nodes.items():
+            if ref in parents or ref in seen:
+                continue
+            seen.add(ref)
+            path = v.metadata.get("path") if v.kind == "external" else None
+            out.sources.append(Source(ref=ref, kind=v.kind, path=path))
+    return out
