@@ -389,8 +389,10 @@ def test_delete_then_gc_frees_blob(cli, files: Path, lmops_home: Path) -> None: 
     view = Path(ok(cli("assets", "path", "ds:1")).out.strip()).parent
     assert view.parent.name == "views"  # a materialised view, which gc must drop too
 
-    r = ok(cli("assets", "delete", "ds@prod"))
-    assert r.out.strip() == "deleted ds:1; run `lmops gc` to free space"
+    refused = cli("assets", "delete", "ds:1")  # prod points at it: a deployment may follow it
+    assert_one_line_error(refused, "ds:1: aliases point at it (ds@prod -> ds:1)", "--force")
+    r = ok(cli("assets", "delete", "ds@prod"))  # by the alias itself: what it names goes
+    assert r.out.strip() == "deleted ds:1 (and its alias @prod); run `lmops gc` to free space"
     shown = js(cli("assets", "show", "ds", "--json"))
     assert [v["status"] for v in shown["versions"]] == ["DELETED", "READY"]
     assert shown["aliases"] == {}  # deleting a version drops its aliases
@@ -408,7 +410,11 @@ def test_delete_then_gc_frees_blob(cli, files: Path, lmops_home: Path) -> None: 
     assert blob(lmops_home, sha256(new)).read_bytes() == new
     ok(cli("assets", "verify"))
 
-    assert js(cli("assets", "delete", "ds", "--json")) == {"deleted": ["ds:2"]}
+    ok(cli("assets", "alias", "ds:2", "prod"))
+    assert js(cli("assets", "delete", "ds", "--force", "--json")) == {
+        "deleted": ["ds:2"],
+        "aliases_removed": ["@prod"],
+    }
     assert ok(cli("gc", "--grace", "0")).out.strip() == f"removed 1 blob(s), freed {len(new)} B"
     assert js(cli("assets", "show", "ds", "--json"))["latest"] is None
 

@@ -177,7 +177,13 @@ def test_delete_version_keeps_numbers_and_lineage(store: Store, tmp_path: Path) 
         store.assets.register("dataset", "d", write(tmp_path / f"{i}", str(i)))
     store.assets.register("model", "m", write(tmp_path / "m", "m"), inputs=["d:2"])
     store.assets.alias("d:2", "best")
-    assert store.assets.delete("d:2") == ["d:2"]
+    # an alias points at it: refused unless forced (or deleted by that alias)
+    with pytest.raises(ConflictError, match=r"d:2: aliases point at it \(d@best -> d:2\)"):
+        store.assets.delete("d:2")
+    with pytest.raises(ConflictError, match="d@best"):
+        store.assets.delete("d")
+    assert store.assets.get("d:2").status is VersionStatus.READY
+    assert store.assets.delete("d:2", force=True) == ["d:2"]
     assert store.assets.get("d:2").status is VersionStatus.DELETED
     assert store.assets.resolve("d").version == 1
     with pytest.raises(NotFoundError):

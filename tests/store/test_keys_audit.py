@@ -58,7 +58,7 @@ def test_every_change_is_audited_with_actor_and_origin(store: Store, tmp_path: P
     store.assets.alias("d:1", "prod")
     store.keys.create("k")
     store.keys.revoke("k")
-    store.assets.delete("d:1")
+    store.assets.delete("d:1", force=True)
     events = list(reversed(store.audit.list()))
     assert [(e.action, e.target) for e in events] == [
         ("asset.register", "d:1"),

@@ -235,8 +235,9 @@ def _api_router() -> APIRouter:
         return {"ok": not bad, "versions": report, "changed": changed}
 
     @r.delete("/assets/{ref}")
-    def delete(store: Admin, ref: str) -> dict[str, list[str]]:
-        return {"deleted": store.assets.delete(ref)}
+    def delete(store: Admin, ref: str, force: bool = False) -> dict[str, list[str]]:
+        """409 when an alias points at the version, unless ``force`` (or the ref is it)."""
+        return {"deleted": store.assets.delete(ref, force=force)}
 
     # runs
     @r.get("/runs", response_model=list[Run])

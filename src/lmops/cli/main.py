@@ -430,14 +430,27 @@ def assets_verify(
 @assets_app.command("delete")
 def assets_delete(
     ref: Annotated[str, typer.Argument(help="name:N / name@alias (one version) or name (all).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Also when aliases point at it (they go too).")
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Mark versions DELETED (numbers are never reused); `lmops gc` frees their bytes."""
-    deleted = _store().assets.delete(ref)
+    """Mark versions DELETED (numbers are never reused); `lmops gc` frees their bytes. A
+    version an alias points at needs --force, or its alias as the ref."""
+    from lmops.store import parse_ref
+
+    store = _store()
+    aliases = store.assets.show(parse_ref(ref).name).aliases
+    deleted = store.assets.delete(ref, force=force)
+    gone = [f"@{a}" for a, n in sorted(aliases.items()) if f"{parse_ref(ref).name}:{n}" in deleted]
     if json_:
-        print_json({"deleted": deleted})
-    else:
-        console.print(f"deleted {', '.join(deleted) or 'nothing'}; run `lmops gc` to free space")
+        print_json({"deleted": deleted, "aliases_removed": gone})
+        return
+    also = f" (and its alias {', '.join(gone)})" if gone else ""
+    console.print(
+        f"deleted {', '.join(deleted) or 'nothing'}{also}; run `lmops gc` to free space",
+        markup=False,
+    )
 
 
 # -- gc ---------------------------------------------------------------------------------------------

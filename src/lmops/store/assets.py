@@ -716,11 +716,13 @@ class AssetRegistry:
             raise IntegrityError(f"{k}: {v[0]}")
 
     # -- deletion -----------------------------------------------------------------------------
-    def delete(self, ref: str) -> builtins.list[str]:
+    def delete(self, ref: str, *, force: bool = False) -> builtins.list[str]:
         """Delete one version (``name:N``/``name@alias``) or every version of ``name``.
 
         Versions are marked DELETED (numbers are never reused and lineage stays readable);
-        their aliases are removed; ``gc`` frees the bytes.
+        their aliases are removed; ``gc`` frees the bytes. A version an alias points to is
+        refused (``ConflictError`` naming the aliases: a deployment or pipeline may follow
+        them) unless ``force`` or the ref names that very alias.
         """
         r = parse_ref(ref)
 
@@ -742,10 +744,25 @@ class AssetRegistry:
                 rows = [row]
             if any(row.status == VersionStatus.PENDING.value for row in rows):
                 raise ConflictError(f"{ref}: a version is still being written; retry later")
+            aliased = [
+                (a, row)
+                for row in rows
+                for a in s.scalars(select(AliasRow).where(AliasRow.version_id == row.id))
+            ]
+            others = [f"{asset.name}@{a.alias}" for a, _ in aliased if a.alias != r.alias]
+            if others and not force:
+                named = ", ".join(
+                    f"{asset.name}@{a.alias} -> {asset.name}:{row.version}" for a, row in aliased
+                )
+                raise ConflictError(
+                    f"{ref}: aliases point at it ({named}); deployments and pipelines that "
+                    "name them would lose it: move them first (lmops assets alias), or force "
+                    "the delete (--force)"
+                )
             deleted = []
+            for a, _ in aliased:
+                s.delete(a)
             for row in rows:
-                for a in s.scalars(select(AliasRow).where(AliasRow.version_id == row.id)):
-                    s.delete(a)
                 row.status = VersionStatus.DELETED.value
                 deleted.append(f"{asset.name}:{row.version}")
             self._store.audit.record(s, "asset.delete", ref, {"versions": deleted})
