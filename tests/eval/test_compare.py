@@ -101,6 +101,9 @@ def test_contamination_compare_and_leaderboard(cli, tmp_path: Path, store: Store
     assert shown.code == 0, shown.err
     said = " ".join(shown.out.split())
     assert "contamination: 2 of 6 items share a 8-gram with train-text:1" in said
+    # the table's n of a *_clean metric is the clean items it was scored on
+    clean_row = next(line for line in shown.out.splitlines() if "acc_clean" in line)
+    assert clean_row.split("│")[-3].strip() == "4", clean_row
     none = cli("eval", "run", "--model", "b", "--task-file", str(task), "--contamination")
     assert none.code == 2 and "lineage of b:1 names no dataset" in none.err
     assert "--contamination-datasets" in none.err

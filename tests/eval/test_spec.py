@@ -38,6 +38,11 @@ def test_spec_yaml_with_preset_overrides_and_relative_paths(tmp_path: Path) -> N
     flagged = build_spec(f, {"limit": 7, "contamination": {"n": 5}, "preset": "smoke"})
     assert flagged.limit == 7 and flagged.contamination.n == 5 and flagged.tasks == []
     assert flagged.contamination.datasets == ["train-set"]
+    # `contamination: true`, as the flag reads; flags still merge into it
+    f.write_text("model: m\ncontamination: true\n", "utf-8")
+    assert load_spec(f).contamination.check
+    merged = build_spec(f, {"contamination": {"n": 5}})
+    assert merged.contamination.check and merged.contamination.n == 5
 
 
 def test_spec_errors_name_the_file_line_and_field(tmp_path: Path) -> None:

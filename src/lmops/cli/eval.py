@@ -228,9 +228,11 @@ def run(
             if all(t.source == "builtin:mmlu_redux" for t in task_list if t.excluded)
             else "by the tasks' doc filters (MMLU-Redux: rows annotated as wrong)"
         )
+        # counted over the tasks that left rows out (not CMMLU's beside MMLU-Redux's)
+        of = sum(len(task_docs(t, None)) + t.excluded for t in task_list if t.excluded)
         console.print(
-            f"left out {excluded:,} of {kept + excluded:,} rows {why}"
-            + (f"; --limit applied to the {kept:,} kept" if limit else ""),
+            f"left out {excluded:,} of {of:,} rows {why}"
+            + (f"; --limit applied to the {of - excluded:,} kept" if limit else ""),
             markup=False,
         )
     if job.report["config"].get("resumed_tasks"):
@@ -265,7 +267,7 @@ def _results_table(report: dict[str, Any], results: list[Any], show_all: bool) -
     """One row per (task, metric), then the groups'; a long table leaves out the subtasks
     of groups (their group rows stay, tasks outside groups always show) and says so."""
     from lmops.eval.compare import visible_rows
-    from lmops.eval.run import stderr_key
+    from lmops.eval.run import is_clean, stderr_key
 
     groups = report["groups"]
     rows: list[tuple[tuple[str, str] | None, list[Any]]] = []  # ((group, task) of a subtask, cells)
@@ -274,10 +276,13 @@ def _results_table(report: dict[str, Any], results: list[Any], show_all: bool) -
             if "stderr" in k:
                 continue
             se = r.metrics.get(stderr_key(k), float("nan"))
+            n = r.n
+            if is_clean(k):  # scored on the items contamination left clean
+                n = sum(not it.get("contaminated") for it in r.items)
             rows.append(
                 (
                     (r.group, r.task) if r.group in groups else None,
-                    [r.task, k, f"{v:.4f}", f"±{se:.4f}" if se == se else "-", r.n, r.num_fewshot],
+                    [r.task, k, f"{v:.4f}", f"±{se:.4f}" if se == se else "-", n, r.num_fewshot],
                 )
             )
     for g, agg in groups.items():

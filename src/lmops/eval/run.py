@@ -28,6 +28,7 @@ __all__ = [
     "PromptStyle",
     "TaskResult",
     "evaluate",
+    "is_clean",
     "prompt_style",
     "register_report",
     "stderr_key",
@@ -461,7 +462,7 @@ def flag_contamination(
                 res.metrics[name] = statistics.fmean(vals)
 
 
-def _is_clean(key: str) -> bool:
+def is_clean(key: str) -> bool:
     """A metric recomputed on the uncontaminated items (``acc_clean``, ``em_clean,f``)."""
     return key.endswith("_clean") or "_clean," in key
 
@@ -501,7 +502,7 @@ def group_results(results: list[TaskResult]) -> dict[str, dict[str, Any]]:
         for key in keys:
             having = [m for m in members if key in m.metrics]
             weights = [
-                sum(not it.get("contaminated") for it in m.items) if _is_clean(key) else m.n
+                sum(not it.get("contaminated") for it in m.items) if is_clean(key) else m.n
                 for m in having
             ]
             if not sum(weights):

@@ -14,7 +14,7 @@ batch_size: auto
 apply_chat_template: false      # lm-eval's flags of the same names
 system_instruction: null
 fewshot_as_multiturn: null      # default: true with a chat template
-contamination: {check: false, datasets: [], n: 13}
+contamination: {check: false, datasets: [], n: 13}   # or just true
 output: eval-mymodel            # the eval_report asset's name
 ```
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmops.core.errors import UserError
 from lmops.core.yamlcfg import deep_merge, read_yaml, validate_config, with_presets
@@ -78,6 +78,12 @@ class EvalSpec(_Strict):
     fewshot_as_multiturn: bool | None = None  # default: True with a chat template
     contamination: ContaminationParams = Field(default_factory=ContaminationParams)
     resume: bool = True  # reuse tasks an interrupted run of the same settings finished
+
+    @field_validator("contamination", mode="before")
+    @classmethod
+    def _contamination_switch(cls, v: Any) -> Any:
+        # `contamination: true`, as the --contamination flag reads, for {check: true}
+        return {"check": v} if isinstance(v, bool) else v
 
     def check(self) -> None:
         """Settings that only make sense together (a one-line error naming both, as the
@@ -184,6 +190,8 @@ def build_spec(
         if not isinstance(raw, dict):
             raise UserError(f"{path}: expected a mapping at the top level")
         data, source = _paths_from(dict(raw), path.parent), str(path)
+    if isinstance(data.get("contamination"), bool):  # before flags merge into it
+        data["contamination"] = {"check": data["contamination"]}
     data = deep_merge(data, given or {})
     if "model" not in data and not (overrides and any(o.startswith("model=") for o in overrides)):
         raise UserError(f"{source}: no model: give --model NAME (or model: in the spec YAML)")
