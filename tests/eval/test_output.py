@@ -148,6 +148,16 @@ def test_mmlu_redux_limit_and_excluded_rows_are_reported_apart(  # type: ignore[
         f"--include-errors keeps them); --limit applied to the {kept:,} kept"
     ) in out
     assert "114 rows of 57 subtasks of mmlu_redux not shown" in out
+    # beside another benchmark, the line counts MMLU-Redux's rows only (not CMMLU's)
+    (one,) = load_builtin("mmlu_redux_abstract_algebra", root=shared_datasets)
+    r = cli(
+        "eval", "run", "--model", str(tiny_model), "--tasks",
+        "mmlu_redux_abstract_algebra,cmmlu_agronomy", "--data-dir", str(shared_datasets),
+        "--limit", "1",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    total = len(one.eval_docs) + one.excluded
+    assert f"left out {one.excluded:,} of {total:,} rows annotated" in " ".join(r.out.split())
 
 
 def _report(store: Any, name: str, model: str, acc: float, n: int) -> None:

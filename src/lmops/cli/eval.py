@@ -228,8 +228,10 @@ def run(
             if all(t.source == "builtin:mmlu_redux" for t in task_list if t.excluded)
             else "by the tasks' doc filters (MMLU-Redux: rows annotated as wrong)"
         )
-        # counted over the tasks that left rows out (not CMMLU's beside MMLU-Redux's)
-        of = sum(len(task_docs(t, None)) + t.excluded for t in task_list if t.excluded)
+        # counted over the tasks of the sources that left rows out (MMLU-Redux's subtasks,
+        # not CMMLU's beside them)
+        sources = {t.source for t in task_list if t.excluded}
+        of = sum(len(task_docs(t, None)) + t.excluded for t in task_list if t.source in sources)
         console.print(
             f"left out {excluded:,} of {of:,} rows {why}"
             + (f"; --limit applied to the {of - excluded:,} kept" if limit else ""),
