@@ -495,3 +495,12 @@ def test_the_readmes_deployments_file_is_valid() -> None:
     (block,) = re.findall(r"```yaml\n(deployments:\n  - name: chat .*?)```", readme, re.S)
     (dep,) = DeploymentsFile.model_validate(yaml.safe_load(block)).deployments
     assert dep.guardrail_config().pii_output == "mask" and dep.limits["rpm"] == 600
+    # the README's inline settings, as YAML reads them (a bare `off` is false)
+    for inline in re.findall(r"`guardrails: (\{[^`]*\})`", readme):
+        cfg = yaml.safe_load(f"g: {inline}")["g"]
+        loaded = dep.model_copy(update={"guardrails": cfg}).guardrail_config()
+        assert all(getattr(loaded, k) == ("off" if v is False else v) for k, v in cfg.items()
+                   if k != "preset"), inline  # fmt: skip
+    off = yaml.safe_load("g: {preset: off, pii_output: off, classifier: off}")["g"]
+    loaded = dep.model_copy(update={"guardrails": off}).guardrail_config()
+    assert (loaded.moderation_input, loaded.pii_output, loaded.classifier) == ("off", "off", None)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lmops.core.errors import UserError
 from lmops.security.terms import builtin_categories
@@ -70,6 +70,14 @@ class GuardrailConfig(BaseModel):
     # window so the event loop keeps answering (see lmops.security.long).
     max_guard_chars: int = Field(1 << 20, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_off(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `off` (or `no`) as false: `pii_output: off` means "off"
+        if isinstance(data, Mapping):
+            return {k: "off" if v is False and k in _SWITCHES else v for k, v in data.items()}
+        return data
+
     @field_validator("pii_types")
     @classmethod
     def _known_pii_types(cls, v: list[str] | None) -> list[str] | None:
@@ -121,12 +129,27 @@ class GuardrailConfig(BaseModel):
         raise ValueError(f"classifier_encoder {v!r}: use 'builtin', 'off' or a file (*.npz)")
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> GuardrailConfig:
-        """A named preset (``default``, ``strict``, ``permissive``, ``off``) with overrides."""
+    def from_name(cls, name: str | bool, **overrides: Any) -> GuardrailConfig:
+        """A named preset (``default``, ``strict``, ``permissive``, ``off``) with overrides;
+        ``False`` is ``off`` (YAML's reading of a bare ``preset: off``)."""
+        name = "off" if name is False else str(name)
         if name not in _PRESETS:
             raise UserError(f"unknown guardrail preset {name!r}; use one of: {', '.join(_PRESETS)}")
         return cls.model_validate({**_PRESETS[name], **overrides})
 
+
+# the fields that take "off" (a YAML false is read as it)
+_SWITCHES = frozenset(
+    {
+        "pii_input",
+        "pii_output",
+        "moderation_input",
+        "moderation_output",
+        "injection",
+        "classifier",
+        "classifier_encoder",
+    }
+)
 
 _PRESETS: dict[str, dict[str, Any]] = {
     "default": {},

@@ -225,7 +225,7 @@ def guardrail_config(cfg: dict[str, Any] | None) -> GuardrailConfig:
 
     rest = {k: v for k, v in (cfg or {}).items() if k != "preset"}
     try:
-        return GuardrailConfig.from_name(str((cfg or {}).get("preset", "default")), **rest)
+        return GuardrailConfig.from_name((cfg or {}).get("preset", "default"), **rest)
     except UserError as e:  # an unknown preset
         raise ValueError(str(e)) from None
     except ValidationError as e:
