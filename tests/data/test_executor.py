@@ -351,6 +351,9 @@ def test_cli_run_report_and_ops(cli, tmp_path: Path) -> None:  # type: ignore[no
         "perplexity_filter",
     } <= set(by_name)
     assert {p["name"]: p["default"] for p in by_name["minhash_dedup"]["params"]}["num_bands"] == 14
+    types = {p["name"]: p["type"] for p in by_name["minhash_dedup"]["params"]}
+    assert types["num_bands"] == "int"  # as written in code, not "<class 'int'>"
+    assert not [p for o in ops for p in o["params"] if "<class" in p["type"]]
     bad = cli(
         "data",
         "run",

@@ -92,6 +92,14 @@ def run(
         console.print(f"  resumed: {result.resumed_shards} shard(s) reused from an interrupted run")
 
 
+def _type_name(annotation: Any) -> str:
+    """``bool``, ``int | None``, ``list[str]``, ``Literal['a', 'b']``: as written in code,
+    not ``<class 'bool'>``."""
+    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
 def _param_rows(cls: Any) -> list[dict[str, Any]]:
     rows = []
     for name, f in cls.Params.model_fields.items():
@@ -99,7 +107,7 @@ def _param_rows(cls: Any) -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": name,
-                "type": str(f.annotation).replace("typing.", ""),
+                "type": _type_name(f.annotation),
                 "default": default,
                 "required": f.is_required(),
                 "description": f.description or "",
