@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,3 +13,20 @@ from tests.train.tiny import make_tokenizer
 @pytest.fixture(scope="session")
 def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tokenizer(tmp_path_factory.mktemp("deploy-tok") / "tok")
+
+
+def greedy_ids(engine: Any, prompt_ids: list[int], n: int = 8) -> list[int]:
+    """The tokens ``engine`` generates greedily after ``prompt_ids`` (each Delta's token)."""
+    import asyncio
+
+    from lmops.models.types import Delta, GenRequest
+
+    async def gen() -> list[int]:
+        req = GenRequest("t", prompt_ids=prompt_ids, max_tokens=n, temperature=0.0)
+        return [
+            ev.token_id
+            async for ev in engine.generate(req)
+            if isinstance(ev, Delta) and ev.token_id is not None
+        ]
+
+    return asyncio.run(gen())

@@ -21,6 +21,7 @@ from lmops.core.sealed import (
     open_package,
     write_package,
 )
+from tests.deploy.conftest import greedy_ids
 from tests.serve.conftest import lmops_env, start_server, stop_server
 from tests.train.tiny import make_model
 
@@ -233,22 +234,6 @@ def test_serve_refuses_wrong_key(tiny: Path, keys: Path, tmp_path: Path) -> None
         Deployment(spec, None)
 
 
-def _greedy_ids(engine: Any, prompt_ids: list[int], n: int = 8) -> list[int]:
-    import asyncio
-
-    from lmops.models.types import Delta, GenRequest
-
-    async def gen() -> list[int]:
-        req = GenRequest("t", prompt_ids=prompt_ids, max_tokens=n, temperature=0.0)
-        return [
-            ev.token_id
-            async for ev in engine.generate(req)
-            if isinstance(ev, Delta) and ev.token_id is not None
-        ]
-
-    return asyncio.run(gen())
-
-
 def test_signed_and_sealed_int8_packages_serve_as_the_int8_folder(
     store: Any, tiny: Path, keys: Path, tmp_path: Path
 ) -> None:
@@ -266,7 +251,7 @@ def test_signed_and_sealed_int8_packages_serve_as_the_int8_folder(
     prompts = [[5, 17, 42, 7], [99, 3, 250, 12, 8]]
     plain = Engine(folder, device="cpu")
     try:
-        want = [_greedy_ids(plain, p) for p in prompts]
+        want = [greedy_ids(plain, p) for p in prompts]
     finally:
         plain.close()
     assert all(want)
@@ -280,6 +265,6 @@ def test_signed_and_sealed_int8_packages_serve_as_the_int8_folder(
         engine = Deployment(spec, None).targets[0][0].engine
         try:
             assert not any(isinstance(m, torch.nn.Linear) for m in engine.model.modules()), name
-            assert [_greedy_ids(engine, p) for p in prompts] == want, name
+            assert [greedy_ids(engine, p) for p in prompts] == want, name
         finally:
             engine.close()

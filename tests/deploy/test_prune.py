@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from lmops.deploy.prune import PruneSpec, prune
+from tests.deploy.conftest import greedy_ids
 from tests.train.tiny import SENTENCES
 
 
@@ -187,23 +188,11 @@ def test_bad_input_one_line(cli: Any, tok_dir: Path, tmp_path: Path) -> None:
 
 
 def _engine_greedy(folder: Path, ids: list[int], n: int = 4) -> list[int]:
-    import asyncio
-
     from lmops.models.engine import Engine
-    from lmops.models.types import Delta, GenRequest
 
     engine = Engine(folder, device="cpu")
-    try:  # the generated tokens (each Delta that carries one)
-
-        async def gen() -> list[int]:
-            req = GenRequest("t", prompt_ids=ids, max_tokens=n, temperature=0.0)
-            return [
-                ev.token_id
-                async for ev in engine.generate(req)
-                if isinstance(ev, Delta) and ev.token_id is not None
-            ]
-
-        return asyncio.run(gen())
+    try:
+        return greedy_ids(engine, ids, n)
     finally:
         engine.close()
 

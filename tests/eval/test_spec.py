@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from lmops.core.errors import UserError
@@ -132,7 +131,6 @@ def gateway(lmops_home: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
         lmops_env(lmops_home),
         "--deployments",
         str(deployments),
-        ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
     )
     try:
         yield {"base": base, "key": secret, "version": version.ref, "other": other}

@@ -267,7 +267,6 @@ def test_a_canary_that_must_refuse_passes_on_the_gateways_content_filter(
             lmops_env(lmops_home),
             "--deployments",
             str(deployments),
-            ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
         )
         try:
             results = run_canaries(

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from lmops.prompts import create, label
@@ -54,7 +53,6 @@ def test_bound_and_requested_prompts_wrap_requests_and_are_logged(
             lmops_env(lmops_home),
             "--deployments",
             str(deployments),
-            ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
         )
         try:
             c = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=30)

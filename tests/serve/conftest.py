@@ -32,10 +32,16 @@ def lmops_cli(env: dict[str, str]) -> Callable[..., str]:
     return lmops
 
 
+def readyz(base: str) -> bool:
+    """The gateway answers ``/readyz``: every deployment loaded."""
+    return httpx.get(base + "/readyz", timeout=1).status_code == 200
+
+
 def start_server(
-    env: dict[str, str], *args: str, ready: Callable[[str], bool], timeout: float = 120
+    env: dict[str, str], *args: str, ready: Callable[[str], bool] = readyz, timeout: float = 120
 ) -> tuple[subprocess.Popen[str], str]:
-    """``lmops serve --port N ARGS...`` on 127.0.0.1; returns once ``ready(base)`` is true."""
+    """``lmops serve --port N ARGS...`` on 127.0.0.1; returns once ``ready(base)`` is true
+    (by default once ``/readyz`` answers 200)."""
     port = free_port()
     proc = subprocess.Popen(
         [

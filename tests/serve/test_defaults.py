@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.serve.conftest import lmops_cli, lmops_env, start_server, stop_server
@@ -64,7 +63,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "--log-level",
         "info",  # the access log writes at info
         "--log-bodies",
-        ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
     )
     yield {"base": base, "key": key, "log": log, "lmops": lmops_cli(env), "env": env}
     stop_server(proc)

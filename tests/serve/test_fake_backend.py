@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from lmops.serve.deployments import DeploymentSpec
@@ -35,7 +34,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         env,
         "--deployments",
         str(root / "d.yaml"),
-        ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
     )
     yield {"base": base, "key": key, "root": root, "lmops": lmops}
     stop_server(proc)

@@ -75,7 +75,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         str(root / "d.yaml"),
         "--max-body-mb",
         "1",
-        ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
     )
     (root / "models.json").write_text(json.dumps({"tiny": str(model)}))
     yield {

@@ -9,7 +9,6 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.serve.conftest import lmops_cli, lmops_env, start_server, stop_server
@@ -37,7 +36,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         env,
         "--deployments",
         str(root / "deployments.yaml"),
-        ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
     )
     yield {"base": base, "key": key}
     stop_server(proc)

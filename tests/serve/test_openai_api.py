@@ -61,7 +61,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         env,
         "--deployments",
         str(deployments),
-        ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
     )
     yield {"base": base, "keys": keys, "home": home}
     stop_server(proc)

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import jsonschema
 import pytest
 from pydantic import BaseModel, Field
@@ -159,7 +158,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         env,
         "--deployments",
         str(deployments),
-        ready=lambda b: httpx.get(b + "/readyz", timeout=1).status_code == 200,
     )
     yield {"base": base, "key": key, "home": home, "seen": seen}
     stop_server(proc)

@@ -59,6 +59,9 @@ def trace_cmd(
         console.print("sources:", highlight=False)
         for src in t.sources:
             where = f" {escape(src.path)}" if src.path else ""
-            console.print(f"  [bold]{src.ref}[/] ({src.kind}){where}", highlight=False)
+            # one line each, never wrapped inside a path (it is there to be copied)
+            console.print(
+                f"  [bold]{src.ref}[/] ({src.kind}){where}", highlight=False, soft_wrap=True
+            )
     if t.note:
         console.print(f"note: {t.note}", markup=False, highlight=False)
