@@ -431,3 +431,16 @@ def test_an_override_error_names_the_override_not_a_line_of_the_file(tmp_path: P
         assert message in str(e.value), str(e.value)
     # an override applies to its job only: the preset it was merged with is unchanged
     assert load_spec(job, ["lora.r=4"]).lora.r == 4 and load_spec(job).lora.r != 4
+
+
+def test_the_run_summary_shows_each_stages_headline_metrics() -> None:
+    from lmops.train.run import TrainResult
+
+    def result(**final: float) -> TrainResult:
+        return TrainResult("r", "m:1", "model", 3, 1.0, 10, 1, 2, final=final)
+
+    # a reward model's accuracy on its eval split was left out of the line
+    reward = result(eval_accuracy=0.625, eval_loss=0.61, loss=0.7, learning_rate=1e-4)
+    assert reward.headline() == "loss 0.7, eval_loss 0.61, eval_accuracy 0.625"
+    assert result(reward=0.31, kl=2.5, loss=0.2).headline() == "loss 0.2, reward 0.31, kl 2.5"
+    assert result(grad_norm=1.0).headline() == ""

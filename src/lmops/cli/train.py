@@ -88,11 +88,7 @@ def run(
             | {"output_path": str(result.output_path) if result.output_path else None}
         )
         return
-    final = ", ".join(
-        f"{k} {v:.4g}"
-        for k, v in sorted(result.final.items())
-        if k in ("loss", "eval_loss", "margin", "reward", "accuracy")
-    )
+    final = result.headline()
     console.print(
         f"registered {result.output} ({result.kind}) after {result.steps} steps in {result.seconds:.1f} s"
         + (f" — {final}" if final else "")

@@ -87,6 +87,16 @@ class TrainResult:
     # rows read, used and skipped (by reason) from the dataset
     data: dict[str, Any] = field(default_factory=dict)
 
+    def headline(self) -> str:
+        """The last values of the metrics people judge a run by, as ``loss 2.31, eval_accuracy
+        0.625`` (what each stage logs: loss and eval loss, a reward model's accuracy, DPO's
+        margin, PPO's reward and KL)."""
+        return ", ".join(f"{k} {self.final[k]:.4g}" for k in HEADLINE_METRICS if k in self.final)
+
+
+# the metrics a run's one-line summary shows, in this order, where the stage logs them
+HEADLINE_METRICS = ("loss", "eval_loss", "accuracy", "eval_accuracy", "margin", "reward", "kl")
+
 
 def _dataset_paths(spec: TrainSpec, store: Store) -> tuple[list[Path], list[str]]:
     paths, refs = [], []
