@@ -212,6 +212,19 @@ def _seed(store: Any, tmp: Path) -> dict[str, Any]:
         deployment="tides",
         guardrails={"actions": [{"action": "pii_mask", "direction": "input", "entities": 1}]},
     )
+    log_request(  # an answer of the served model, for the trace page
+        store,
+        at=now,
+        request_id="chatcmpl-seeded",
+        endpoint="chat",
+        status=200,
+        key_name="viewer",
+        deployment="tides",
+        model_ref=model.ref,
+        prompt_ref=prompt.ref,
+        prompt_tokens=9,
+        completion_tokens=4,
+    )
     with store.runs.track("pipeline", config={"pipeline": "quick"}) as prun:
         store.runs.update(
             prun.id,

@@ -31,6 +31,7 @@ PAGES = [
     ("prompt-diff", "/ui/prompts/tide-poem"),
     ("playground", "/ui/playground"),
     ("serving", "/ui/serving"),
+    ("trace", "/ui/serving/trace?request_id=chatcmpl-seeded"),
     ("monitoring", "/ui/monitoring"),
     ("drift-report", "/ui/monitoring/tides-drift/1"),
     ("pipelines", "/ui/pipelines"),
@@ -145,6 +146,28 @@ def test_lineage_click_through_from_served_model_to_raw_data(
     admin_page.wait_for_url(f"{console.url}/ui/assets/raw-corpus/1")
     admin_page.click("text=corpus.txt")
     assert "The tide comes in." in admin_page.locator("pre.file").inner_text()
+
+
+def test_trace_an_answer_back_to_its_raw_data(admin_page: Any, console: Console) -> None:
+    admin_page.goto(f"{console.url}/ui/serving")
+    admin_page.click("text=Trace an answer")
+    admin_page.fill("input[name=request_id]", "chatcmpl-seeded")
+    admin_page.click("#trace-form button")
+    admin_page.wait_for_selector("#trace-request")
+    assert admin_page.locator("#answered-by").inner_text() == console.seed["model"]
+    sources = admin_page.locator("#trace-sources").inner_text()
+    assert console.seed["raw"] in sources
+    shot(admin_page, "trace")
+    # the graph leads to the raw data, as a version page's does
+    admin_page.click(f"svg.lineage a[data-ref='{console.seed['raw']}']")
+    admin_page.wait_for_url(f"{console.url}/ui/assets/raw-corpus/1")
+    # a key that is not an admin traces its own answers only
+    page = login(admin_page.context.browser, console, console.reader)
+    page.goto(f"{console.url}/ui/serving/trace?request_id=chatcmpl-seeded")
+    assert page.locator("#answered-by").inner_text() == console.seed["model"]
+    page.goto(f"{console.url}/ui/serving/trace?request_id=r1")  # boss's request
+    assert "no logged request 'r1' of your key viewer" in page.locator(".error").inner_text()
+    page.context.close()
 
 
 def test_playground_streams_two_deployments_side_by_side(admin_page: Any, console: Console) -> None:

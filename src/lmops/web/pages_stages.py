@@ -14,11 +14,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from lmops.core.errors import UserError
+from lmops.core.errors import NotFoundError, UserError
 from lmops.store import Store, Version
 from lmops.web.app import PREFIX, Page, render
 from lmops.web.pages_store import deployments, version_file
 from lmops.web.session import require_write
+from lmops.web.svg import lineage_svg
 
 __all__ = ["add_routes", "alerts", "latest_versions"]
 
@@ -336,6 +337,37 @@ def add_routes(r: APIRouter) -> None:
             actions=sorted(actions.items()),
             recent=recent[-20:][::-1],
             window=window,
+        )
+
+    @r.get("/serving/trace", response_class=HTMLResponse)
+    def serving_trace(
+        request: Request,
+        viewer: Page,
+        request_id: str = "",
+        deployment: str = "",
+    ) -> HTMLResponse:
+        """A served answer traced back (``lmops trace``): by its id, or the newest answer of
+        a deployment; a key that is not an admin sees its own requests only."""
+        from lmops.store.trace import trace_request
+
+        only = None if viewer.can_write else viewer.key.name
+        rid = request_id.strip() or None
+        t = None
+        if rid or deployment:
+            t = trace_request(viewer.store, rid, deployment=deployment or None, key=only)
+            if only is not None and t.key_name != only:
+                raise NotFoundError(f"no logged request {rid!r} of your key {only}")
+        return render(
+            request,
+            viewer,
+            "serving_trace.html",
+            section="serving",
+            t=t,
+            request_id=rid or "",
+            deployment=deployment,
+            deployments=deployments(request),
+            graph=lineage_svg(t.model, base=f"{PREFIX}/assets") if t and t.model else None,
+            prompt_graph=lineage_svg(t.prompt, base=f"{PREFIX}/assets") if t and t.prompt else None,
         )
 
     @r.post("/keys", response_class=HTMLResponse)
