@@ -322,3 +322,69 @@ def test_judge_agreement_between_two_reports() -> None:
         judge_agreement(r1.verdicts, ["A", "B"])
     with pytest.raises(UserError, match="no item has a label from both"):
         judge_agreement([None, "A"], ["B", None])
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+def _write_set(tmp_path: Path) -> Path:
+    rows = [
+        {"id": "q1", "question": "Explain recursion.", "category": "reasoning"},
+        {"id": "q2", "question": "What is 2+2?", "reference": "4", "category": "math"},
+        {"id": "q3", "question": "Write a haiku."},
+    ]
+    path = tmp_path / "judge_set.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_eval_judge_prints_and_registers_both_modes(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The human output of single grading and of --vs (it once read a key the report does
+    not have, after minutes of judging, and lost the results); --limit; the report is
+    registered either way."""
+    from lmops.serve.fake import fake_server
+
+    questions = _write_set(tmp_path)
+    with (
+        fake_server(tokens=4) as answers,
+        fake_server(reply="Clear and correct. Rating: [[7]]") as rater,
+        fake_server(reply="The first is better. [[A]]") as biased,
+    ):
+        base = ["eval", "judge", "--model", "fake", "--judge", "fake", "--set", str(questions)]
+        single = cli(*base, "--endpoint", answers + "/v1", "--judge-endpoint", rater + "/v1",
+                     "--limit", "2")  # fmt: skip
+        assert single.code == 0, single.err
+        assert "fake: mean rating 7.00 (95% CI 7.00-7.00) over 2 of 2 answers" in single.out
+        assert "reasoning" in single.out and "math" in single.out
+        assert "uncategorized" not in single.out  # q3 is past --limit 2
+        assert single.out.strip().splitlines()[-1] == "registered judge-fake:1"
+
+        pair = cli(*base, "--vs", "fake", "--endpoint", answers + "/v1",
+                   "--judge-endpoint", biased + "/v1", "--output", "pair")  # fmt: skip
+        assert pair.code == 0, pair.err
+        # a judge that always picks the first answer: every pair is a tie of the two orders
+        assert "fake vs fake: wins 0, losses 0, ties 3 (3 from judgments" in pair.out
+        assert "malformed 0; win rate 0.500" in pair.out
+        assert pair.out.strip().splitlines()[-1] == "registered pair:1"
+
+        unparsable = cli(*base, "--vs", "fake", "--endpoint", answers + "/v1",
+                         "--judge-endpoint", answers + "/v1", "--retries", "0")  # fmt: skip
+        assert unparsable.code == 0, unparsable.err
+        assert "malformed 3; no pair was judged" in unparsable.out
+        nothing = cli(*base, "--endpoint", answers + "/v1", "--judge-endpoint",
+                      answers + "/v1", "--retries", "0")  # fmt: skip
+        assert nothing.code == 0, nothing.err
+        assert "no answer was rated: all 3 judge outputs were malformed" in nothing.out
+
+        as_json = cli(*base, "--endpoint", answers + "/v1", "--judge-endpoint", rater + "/v1",
+                      "--json")  # fmt: skip
+    assert as_json.code == 0, as_json.err
+    report = json.loads(as_json.out)
+    assert report["kind"] == "single" and report["mean"] == 7.0 and report["n"] == 3
+    assert report["config"]["limit"] is None and report["report"] == "judge-fake:4"
+    shown = json.loads(cli("assets", "show", "judge-fake:1", "--json").out)
+    assert shown["metadata"]["results"] == {"judge": {"mean_rating": 7.0, "n": 2}}
+    stored = Path(cli("assets", "path", "judge-fake:1").out.strip()) / "results.json"
+    assert json.loads(stored.read_text(encoding="utf-8"))["config"]["limit"] == 2
+    pair_meta = json.loads(cli("assets", "show", "pair:1", "--json").out)["metadata"]
+    assert pair_meta["results"] == {"judge_pairwise:fake": {"win_rate": 0.5, "n": 3}}

@@ -613,48 +613,92 @@ def judge_cmd(
     retries: Annotated[
         int, typer.Option(min=0, help="Re-asks when the judge's output cannot be parsed.")
     ] = 2,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Judge only the first N questions of the set.")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option(help="eval_report asset name (default: judge-<model>).")
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """LLM-as-judge: single-answer grading (1-10 with rationale), or pairwise with --vs."""
-    from lmops.eval.subjective import judge_pairwise, judge_single, load_subjective_set
+    """LLM-as-judge: single-answer grading (1-10 with rationale), or pairwise with --vs.
+    The report is registered as an eval_report asset."""
+    from lmops.eval.jobs import run_judge
 
-    store = _store()
-    items = load_subjective_set(questions)
-    lm_a, _ = open_model(
+    job = run_judge(
+        _store(),
         model,
-        store,
+        judge,
+        questions,
+        vs=vs,
         endpoint=endpoint,
+        judge_endpoint=judge_endpoint,
         api_key=api_key,
-        batch_size="auto",
-        device="auto",
-        max_length=None,
+        retries=retries,
+        limit=limit,
+        output=output,
     )
-    jm = _judge_model(judge, store, judge_endpoint, api_key)
-    if vs:
-        lm_b, _ = open_model(
-            vs,
-            store,
-            endpoint=endpoint,
-            api_key=api_key,
-            batch_size="auto",
-            device="auto",
-            max_length=None,
-        )
-        rep: Any = judge_pairwise(lm_a, lm_b, jm, items, retries=retries)
-    else:
-        rep = judge_single(lm_a, jm, items, retries=retries)
-    data = rep.to_dict()
+    # registered by now: what follows only prints
     if json_:
-        print_json(data)
+        print_json(job.report)
         return
-    o = data["overall"]
+    rep = job.results[0]
     if vs:
-        console.print(
-            f"{model} vs {vs}: wins {o['wins']}, losses {o['losses']}, ties {o['ties']}, malformed {o['malformed']}; win rate {o['win_rate']}",
-            markup=False,
-        )
+        _pairwise_summary(rep, model, vs)
     else:
-        console.print(
-            f"{model}: mean rating {o['mean']} over {o['rated']} of {o['n']} answers ({o['malformed']} malformed judge outputs)",
-            markup=False,
+        _single_summary(rep, model)
+    console.print(f"registered {job.version.ref}", markup=False)
+
+
+def _num(value: float | None, fmt: str = ".2f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _ci(ci: tuple[float, float] | None, fmt: str = ".2f") -> str:
+    return "-" if ci is None else f"{ci[0]:{fmt}}-{ci[1]:{fmt}}"
+
+
+def _single_summary(rep: Any, model: str) -> None:
+    """Per-category ratings, then the overall mean (``SingleReport``)."""
+    table(
+        None,
+        ["category", "n", "rated", "malformed", "mean", "95% CI"],
+        [
+            [c, s.n, s.rated, s.malformed, _num(s.mean), _ci(s.ci)]
+            for c, s in rep.per_category.items()
+        ],
+    )
+    o = rep.overall
+    if o.mean is None:
+        line = f"{model}: no answer was rated: all {o.n} judge outputs were malformed"
+    else:
+        line = (
+            f"{model}: mean rating {o.mean:.2f} (95% CI {_ci(o.ci)}) over {o.rated} of {o.n} "
+            f"answers ({o.malformed} malformed judge outputs)"
         )
+    console.print(line, markup=False)
+
+
+def _pairwise_summary(rep: Any, model: str, vs: str) -> None:
+    """Per-category wins, losses and ties of ``model`` against ``vs``, then overall
+    (``PairwiseReport``)."""
+    table(
+        None,
+        ["category", "n", "wins", "losses", "ties", "malformed", "win rate"],
+        [
+            [c, s.n, s.wins, s.losses, s.ties, s.malformed, _num(s.win_rate, ".3f")]
+            for c, s in rep.per_category.items()
+        ],
+    )
+    o = rep.overall
+    rate = (
+        "no pair was judged"
+        if o.win_rate is None
+        else f"win rate {o.win_rate:.3f} (95% CI {_ci(o.ci, '.3f')})"
+    )
+    console.print(
+        f"{model} vs {vs}: wins {o.wins}, losses {o.losses}, ties {o.ties} "
+        f"({o.position_disagreements} from judgments that changed with the order), "
+        f"malformed {o.malformed}; {rate}",
+        markup=False,
+    )

@@ -1,4 +1,4 @@
-"""Evaluation jobs: open a model, score it on tasks or the red-team probe, register the
+"""Evaluation jobs: open a model, score it on tasks, the red-team probe or a judge, register the
 report with lineage to the model and the data (local folders and files, task files
 included, as external references) and, through an lmops gateway, to the model versions it
 serves. ``run_eval`` takes one :class:`~lmops.eval.spec.EvalSpec`: ``lmops eval run`` (its
@@ -22,6 +22,7 @@ __all__ = [
     "load_tasks",
     "open_model",
     "run_eval",
+    "run_judge",
     "run_safety_probe",
     "served_model",
 ]
@@ -368,3 +369,99 @@ def run_safety_probe(
             )
     data["report"] = v.ref
     return EvalJob(v, data, [rep], ref)
+
+
+def _judge_results(rep: Any, vs_name: str | None) -> dict[str, Any]:
+    """The numbers of a judge report as an eval_report's ``results`` (what the leaderboard
+    ranks): the mean rating, or the win rate against the model it was compared with."""
+    o = rep.overall
+    if vs_name is None:
+        return {"judge": {"mean_rating": o.mean, "n": o.n}} if o.mean is not None else {}
+    if o.win_rate is None:
+        return {}
+    return {f"judge_pairwise:{vs_name}": {"win_rate": o.win_rate, "n": o.n}}
+
+
+def run_judge(
+    store: Any,
+    model: str,
+    judge: str,
+    questions: Path,
+    *,
+    vs: str | None = None,
+    endpoint: str | None = None,
+    judge_endpoint: str | None = None,
+    api_key: str | None = None,
+    retries: int = 2,
+    limit: int | None = None,
+    output: str | None = None,
+) -> EvalJob:
+    """LLM-as-judge on a subjective set (``eval.subjective``): ``model`` answers and
+    ``judge`` rates each answer 1-10, or, with ``vs``, both models answer and the judge
+    compares them in both orders. The report is registered as an eval_report (its
+    ``results.json`` is the report's ``to_dict()`` plus ``config`` and ``report``) with
+    lineage to the models, the judge and the set, before anything is printed.
+    ``limit``: the first ``limit`` questions of the set."""
+    from lmops.core.config import mask_url
+    from lmops.eval.subjective import judge_pairwise, judge_single, load_subjective_set
+
+    if limit is not None and limit < 1:
+        raise UserError(f"limit must be at least 1, got {limit}")
+    items = load_subjective_set(questions)
+    items = items[:limit] if limit else items
+    config: dict[str, Any] = {
+        "model": model,
+        "vs": vs,
+        "judge": judge,
+        "set": str(questions),
+        "limit": limit,
+        "retries": retries,
+        "endpoint": mask_url(endpoint) if endpoint else None,
+        "judge_endpoint": mask_url(judge_endpoint) if judge_endpoint else None,
+    }
+    label = f"judge:{model}" + (f":vs:{vs}" if vs else "")
+    with store.runs.track("eval", name=label, config=config) as rec:
+        lm_a, ref_a = open_model(model, store, endpoint=endpoint, api_key=api_key)
+        lm_b, ref_b = (
+            open_model(vs, store, endpoint=endpoint, api_key=api_key) if vs else (None, None)
+        )
+        jm, ref_j = open_model(judge, store, endpoint=judge_endpoint, api_key=api_key)
+        local = (
+            _local_model(model, ref_a, endpoint)
+            + (_local_model(vs, ref_b, endpoint) if vs else [])
+            + [(p, "judge") for p, _ in _local_model(judge, ref_j, judge_endpoint)]
+            + [(questions, "dataset")]
+        )
+        local_refs = store.assets.record_inputs(local, run_id=rec.id)
+        if lm_b is not None:
+            rep: Any = judge_pairwise(lm_a, lm_b, jm, items, retries=retries)
+        else:
+            rep = judge_single(lm_a, jm, items, retries=retries)
+        data = rep.to_dict() | {"config": config}
+        results = _judge_results(rep, (ref_b or vs) if vs else None)
+        for section in results.values():
+            store.runs.log_metrics(rec.id, {k: v for k, v in section.items() if k != "n"}, step=0)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "judge"
+            out.mkdir()
+            (out / "results.json").write_text(
+                json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8"
+            )
+            v = store.assets.register(
+                "eval_report",
+                output or f"judge-{_short(ref_a or model)}",
+                out,
+                metadata={
+                    "model": {"name": lm_a.name, "ref": ref_a},
+                    "judge": {"name": jm.name, "ref": ref_j},
+                    **({"vs": {"name": lm_b.name, "ref": ref_b}} if lm_b is not None else {}),
+                    "results": results,
+                },
+                inputs=([(ref_a, "model")] if ref_a else [])
+                + ([(ref_b, "model")] if ref_b else [])
+                + ([(ref_j, "judge")] if ref_j else [])
+                + local_refs,
+                run_id=rec.id,
+            )
+    data["report"] = v.ref
+    return EvalJob(v, data, [rep], ref_a)
