@@ -345,9 +345,10 @@ def test_eval_judge_prints_and_registers_both_modes(cli, tmp_path: Path) -> None
     from lmops.serve.fake import fake_server
 
     questions = _write_set(tmp_path)
+    sent: list[dict[str, Any]] = []
     with (
         fake_server(tokens=4) as answers,
-        fake_server(reply="Clear and correct. Rating: [[7]]") as rater,
+        fake_server(reply="Clear and correct. Rating: [[7]]", requests=sent) as rater,
         fake_server(reply="The first is better. [[A]]") as biased,
     ):
         base = ["eval", "judge", "--model", "fake", "--judge", "fake", "--set", str(questions)]
@@ -376,15 +377,94 @@ def test_eval_judge_prints_and_registers_both_modes(cli, tmp_path: Path) -> None
         assert nothing.code == 0, nothing.err
         assert "no answer was rated: all 3 judge outputs were malformed" in nothing.out
 
+        assert all("messages" in body for body in sent)
+        sent.clear()
+        plain = cli(*base, "--endpoint", answers + "/v1", "--judge-endpoint", rater + "/v1",
+                    "--no-apply-chat-template", "--output", "plain")  # fmt: skip
+        assert plain.code == 0, plain.err
+        # plain text to an endpoint goes to its completions API, which applies no template
+        assert sent and all("prompt" in body and "messages" not in body for body in sent)
+        assert "prompts to model, judge were plain text (--no-apply-chat-template)" in plain.out
         as_json = cli(*base, "--endpoint", answers + "/v1", "--judge-endpoint", rater + "/v1",
                       "--json")  # fmt: skip
     assert as_json.code == 0, as_json.err
     report = json.loads(as_json.out)
     assert report["kind"] == "single" and report["mean"] == 7.0 and report["n"] == 3
     assert report["config"]["limit"] is None and report["report"] == "judge-fake:4"
+    # an endpoint's chat API applies the model's template: the default uses it
+    assert report["config"]["apply_chat_template"] == "auto"
+    assert report["config"]["chat_template"] == {"model": True, "judge": True}
+    assert "plain text" not in single.out
+    stored = Path(cli("assets", "path", "plain:1").out.strip()) / "results.json"
+    config = json.loads(stored.read_text(encoding="utf-8"))["config"]
+    assert config["apply_chat_template"] is False
+    assert config["chat_template"] == {"model": False, "judge": False}
     shown = json.loads(cli("assets", "show", "judge-fake:1", "--json").out)
     assert shown["metadata"]["results"] == {"judge": {"mean_rating": 7.0, "n": 2}}
     stored = Path(cli("assets", "path", "judge-fake:1").out.strip()) / "results.json"
     assert json.loads(stored.read_text(encoding="utf-8"))["config"]["limit"] == 2
     pair_meta = json.loads(cli("assets", "show", "pair:1", "--json").out)["metadata"]
     assert pair_meta["results"] == {"judge_pairwise:fake": {"win_rate": 0.5, "n": 3}}
+
+
+def test_questions_and_judge_prompts_go_through_each_models_chat_template(
+    tmp_path: Path,
+) -> None:
+    """An SFT'd model asked in plain text answers nothing: questions go as a user turn
+    through the model's own chat template (a local model's tokenizer), judge prompts
+    through the judge's, retries included; off with apply_chat_template=False, refused
+    when forced on a model without one; the report says what was done per model."""
+    from lmops.data.tokenizer import train_tokenizer
+    from lmops.eval.lm import HFEvalModel
+    from tests.train.tiny import SENTENCES, make_model, make_tokenizer
+
+    chat_dir = make_model(tmp_path / "chat", make_tokenizer(tmp_path / "tok"))
+    plain_tok = tmp_path / "plain-tok"
+    train_tokenizer(SENTENCES, plain_tok, vocab_size=320, min_frequency=1, chat_template=None)
+    plain_dir = make_model(tmp_path / "plain", plain_tok)
+
+    def recording(path: Path) -> tuple[HFEvalModel, list[str]]:
+        """The local model, its generations replaced by a recorder of the prompts."""
+        lm = HFEvalModel(path, device="cpu", batch_size=1)
+        seen: list[str] = []
+
+        def generate(requests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+            seen.extend(context for context, _ in requests)
+            return ["an answer"] * len(requests)
+
+        lm.generate = generate  # type: ignore[method-assign]
+        return lm, seen
+
+    chat, chat_seen = recording(chat_dir)
+    plain, plain_seen = recording(plain_dir)
+    assert chat.has_chat_template and not plain.has_chat_template
+    plain_judge = FakeEvalModel(respond=lambda p: "[[6]]", name="judge")
+    item = [SubjectiveItem("q1", "Explain recursion.")]
+
+    report = judge_single(chat, plain_judge, item)
+    assert chat_seen == ["<|im_start|>user\nExplain recursion.<|im_end|>\n<|im_start|>assistant\n"]
+    assert report.chat_template == {"model": True, "judge": False}
+    assert report.to_dict()["chat_template"] == {"model": True, "judge": False}
+    chat_seen.clear()
+    off = judge_single(chat, plain_judge, item, apply_chat_template=False)
+    assert chat_seen == ["Explain recursion."] and off.chat_template["model"] is False
+    assert judge_single(plain, plain_judge, item).chat_template["model"] is False
+    assert plain_seen == ["Explain recursion."]
+    with pytest.raises(UserError, match="the tokenizer has no chat template"):
+        judge_single(plain, plain_judge, item, apply_chat_template=True)
+
+    judge_prompts: list[str] = []
+
+    def respond(prompt: str) -> str:
+        judge_prompts.append(prompt)
+        return "[[A]]" if len(judge_prompts) > 2 else "undecided"  # one retry per order
+
+    def inst(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return "[INST] " + messages[-1]["content"] + " [/INST]"
+
+    chat_judge = FakeEvalModel(respond=respond, chat_template=inst)
+    pair = judge_pairwise(chat, plain, chat_judge, item, retries=1)
+    assert pair.chat_template == {"model_a": True, "model_b": False, "judge": True}
+    assert len(judge_prompts) == 4
+    assert all(p.startswith("[INST] ") and p.endswith(" [/INST]") for p in judge_prompts)
+    assert '"[[C]]". [/INST]' in judge_prompts[2]  # the retry reminder, inside the turn

@@ -619,6 +619,15 @@ def judge_cmd(
     output: Annotated[
         str | None, typer.Option(help="eval_report asset name (default: judge-<model>).")
     ] = None,
+    apply_chat_template: Annotated[
+        bool | None,
+        typer.Option(
+            "--apply-chat-template/--no-apply-chat-template",
+            help="Send each question and judge prompt as a user turn through the model's chat "
+            "template (default: for each model that has one, as instruct models do).",
+            show_default=False,
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """LLM-as-judge: single-answer grading (1-10 with rationale), or pairwise with --vs.
@@ -637,6 +646,7 @@ def judge_cmd(
         retries=retries,
         limit=limit,
         output=output,
+        apply_chat_template=apply_chat_template,
     )
     # registered by now: what follows only prints
     if json_:
@@ -647,6 +657,14 @@ def judge_cmd(
         _pairwise_summary(rep, model, vs)
     else:
         _single_summary(rep, model)
+    plain = [role for role, used in rep.chat_template.items() if not used]
+    if plain:  # an instruct model asked in plain text may answer nothing: say so
+        why = (
+            "--no-apply-chat-template"
+            if apply_chat_template is False
+            else "it has no chat template of its own"
+        )
+        console.print(f"prompts to {', '.join(plain)} were plain text ({why})", markup=False)
     console.print(f"registered {job.version.ref}", markup=False)
 
 

@@ -34,6 +34,8 @@ class FakeEvalModel:
         self.respond = respond or (lambda ctx: "")
         self.score = score or (lambda ctx, cont: -float(len(cont)))
         self.chat_template = chat_template or _chatml
+        # a template given is the model's own; ChatML is what --apply-chat-template forces
+        self.has_chat_template = chat_template is not None
 
     def apply_chat_template(
         self, messages: list[dict[str, str]], add_generation_prompt: bool

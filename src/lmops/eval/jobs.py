@@ -59,12 +59,15 @@ def open_model(
     device: str = "auto",
     max_length: int | None = None,
     retries: int = 3,
+    chat: bool = True,
 ) -> tuple[Any, str | None]:
-    """An evaluation backend for a local folder/asset, or an OpenAI-compatible endpoint."""
+    """An evaluation backend for a local folder/asset, or an OpenAI-compatible endpoint
+    (asked through its chat API, or with ``chat=False`` its completions API: plain text)."""
     if endpoint:
         from lmops.eval.lm import OpenAIEvalModel
 
-        return OpenAIEvalModel(endpoint, model, api_key=api_key, retries=retries), None
+        lm = OpenAIEvalModel(endpoint, model, api_key=api_key, retries=retries, chat=chat)
+        return lm, None
     from lmops.eval.lm import HFEvalModel
     from lmops.models.loading import merged_view, resolve_local
 
@@ -395,13 +398,16 @@ def run_judge(
     retries: int = 2,
     limit: int | None = None,
     output: str | None = None,
+    apply_chat_template: bool | None = None,
 ) -> EvalJob:
     """LLM-as-judge on a subjective set (``eval.subjective``): ``model`` answers and
     ``judge`` rates each answer 1-10, or, with ``vs``, both models answer and the judge
     compares them in both orders. The report is registered as an eval_report (its
     ``results.json`` is the report's ``to_dict()`` plus ``config`` and ``report``) with
     lineage to the models, the judge and the set, before anything is printed.
-    ``limit``: the first ``limit`` questions of the set."""
+    ``limit``: the first ``limit`` questions of the set. ``apply_chat_template``: each
+    model's prompts as a user turn through its chat template (None: when it has one); the
+    report's ``config.chat_template`` says per model what was done."""
     from lmops.core.config import mask_url
     from lmops.eval.subjective import judge_pairwise, judge_single, load_subjective_set
 
@@ -416,16 +422,18 @@ def run_judge(
         "set": str(questions),
         "limit": limit,
         "retries": retries,
+        "apply_chat_template": "auto" if apply_chat_template is None else apply_chat_template,
         "endpoint": mask_url(endpoint) if endpoint else None,
         "judge_endpoint": mask_url(judge_endpoint) if judge_endpoint else None,
     }
     label = f"judge:{model}" + (f":vs:{vs}" if vs else "")
     with store.runs.track("eval", name=label, config=config) as rec:
-        lm_a, ref_a = open_model(model, store, endpoint=endpoint, api_key=api_key)
-        lm_b, ref_b = (
-            open_model(vs, store, endpoint=endpoint, api_key=api_key) if vs else (None, None)
-        )
-        jm, ref_j = open_model(judge, store, endpoint=judge_endpoint, api_key=api_key)
+        # an endpoint asked for plain text is asked through its completions API: its chat
+        # API would apply the template anyway
+        kw: dict[str, Any] = {"api_key": api_key, "chat": apply_chat_template is not False}
+        lm_a, ref_a = open_model(model, store, endpoint=endpoint, **kw)
+        lm_b, ref_b = open_model(vs, store, endpoint=endpoint, **kw) if vs else (None, None)
+        jm, ref_j = open_model(judge, store, endpoint=judge_endpoint, **kw)
         local = (
             _local_model(model, ref_a, endpoint)
             + (_local_model(vs, ref_b, endpoint) if vs else [])
@@ -434,9 +442,14 @@ def run_judge(
         )
         local_refs = store.assets.record_inputs(local, run_id=rec.id)
         if lm_b is not None:
-            rep: Any = judge_pairwise(lm_a, lm_b, jm, items, retries=retries)
+            rep: Any = judge_pairwise(
+                lm_a, lm_b, jm, items, retries=retries, apply_chat_template=apply_chat_template
+            )
         else:
-            rep = judge_single(lm_a, jm, items, retries=retries)
+            rep = judge_single(
+                lm_a, jm, items, retries=retries, apply_chat_template=apply_chat_template
+            )
+        config["chat_template"] = rep.chat_template
         data = rep.to_dict() | {"config": config}
         results = _judge_results(rep, (ref_b or vs) if vs else None)
         for section in results.values():

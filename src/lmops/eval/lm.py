@@ -68,7 +68,9 @@ _AUTO_GEN_BATCH = 8
 
 class EvalModel(Protocol):
     """Scores and generations. A model that can render chat prompts also has
-    ``apply_chat_template(messages, add_generation_prompt) -> str`` (all three here do)."""
+    ``apply_chat_template(messages, add_generation_prompt) -> str`` (all three here do),
+    and ``has_chat_template``: whether that template is the model's own (its tokenizer's,
+    or its server's), which is when ``prompt_style(apply_chat_template=None)`` uses it."""
 
     name: str
 
@@ -210,6 +212,11 @@ class HFEvalModel:
                 for i, row in zip(idx, ids, strict=True):
                     out[i] = list(row)
         return out
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the tokenizer has a chat template (an instruct model's, usually)."""
+        return bool(self.tokenizer.chat_template)
 
     def apply_chat_template(
         self, messages: list[dict[str, str]], add_generation_prompt: bool
@@ -684,6 +691,11 @@ class OpenAIEvalModel:
                 f"after {self.retries} retries (last: {self._last_error})"
             )
         return None
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Through the chat API, the server applies the model's template."""
+        return self.chat
 
     def apply_chat_template(
         self, messages: list[dict[str, str]], add_generation_prompt: bool

@@ -117,12 +117,16 @@ class PromptStyle:
 def prompt_style(
     model: EvalModel,
     *,
-    apply_chat_template: bool = False,
+    apply_chat_template: bool | None = False,
     system_instruction: str | None = None,
     fewshot_as_multiturn: bool | None = None,
 ) -> PromptStyle:
     """The prompt style for these flags, checked as lm-eval checks them: few-shot examples
-    as turns is the default with a chat template and needs one."""
+    as turns is the default with a chat template and needs one. ``apply_chat_template``
+    None: the model's chat template when it has one of its own (``has_chat_template``: a
+    local model's tokenizer, an endpoint's chat API), else plain text."""
+    if apply_chat_template is None:
+        apply_chat_template = bool(getattr(model, "has_chat_template", False))
     if fewshot_as_multiturn and not apply_chat_template:
         raise UserError("--fewshot-as-multiturn needs --apply-chat-template (as in lm-eval)")
     if not apply_chat_template:

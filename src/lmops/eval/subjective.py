@@ -13,6 +13,12 @@ Judge output that cannot be parsed is retried (``retries`` times, with a reminde
 verdict format appended) and, if still unusable, counted as ``malformed``: it never raises
 and is left out of means and win rates. Reports name the judge model and the template
 (``id``, ``version``, ``sha256``) that produced every number.
+
+Every prompt (a question to a model under test, a judge prompt) is sent as one user turn
+through the model's chat template when it has one of its own, as ``eval run
+--apply-chat-template`` renders prompts (:func:`lmops.eval.run.prompt_style`): an instruct
+model asked in plain text may answer nothing. ``apply_chat_template`` True or False forces
+it either way; each report's ``chat_template`` says, per model, which was done.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from lmops.eval.judge import (
 )
 from lmops.eval.lm import EvalModel
 from lmops.eval.metrics import bootstrap_ci
+from lmops.eval.run import prompt_style
+from lmops.eval.tasks import ChatTemplate
 
 __all__ = [
     "UNCATEGORIZED",
@@ -151,7 +159,21 @@ def _model_name(model: Any) -> str:
     return str(getattr(model, "name", None) or type(model).__name__)
 
 
-def _generate(model: EvalModel, prompts: Sequence[str], max_gen_toks: int) -> list[str]:
+def _chat_of(model: EvalModel, apply_chat_template: bool | None) -> ChatTemplate | None:
+    """The template ``model``'s prompts go through (None: plain text), decided as eval run
+    decides: forced by True/False, else the model's own template when it has one."""
+    return prompt_style(model, apply_chat_template=apply_chat_template).chat_template
+
+
+def _generate(
+    model: EvalModel,
+    prompts: Sequence[str],
+    max_gen_toks: int,
+    chat: ChatTemplate | None = None,
+) -> list[str]:
+    """One generation per prompt; with ``chat``, each prompt is a user turn through it."""
+    if chat is not None:
+        prompts = [chat([{"role": "user", "content": p}], True) for p in prompts]
     outs = model.generate([(p, {"until": [], "max_gen_toks": max_gen_toks}) for p in prompts])
     if len(outs) != len(prompts):
         raise UserError(
@@ -160,14 +182,16 @@ def _generate(model: EvalModel, prompts: Sequence[str], max_gen_toks: int) -> li
     return [o if isinstance(o, str) else "" for o in outs]
 
 
-def _replay_then_call(model: EvalModel, first: str, max_gen_toks: int) -> Callable[[str], str]:
+def _replay_then_call(
+    model: EvalModel, first: str, max_gen_toks: int, chat: ChatTemplate | None
+) -> Callable[[str], str]:
     """A judge call that answers the first attempt from the batch and retries live."""
     pending = [first]
 
     def call(prompt: str) -> str:
         if pending:
             return pending.pop()
-        return _generate(model, [prompt], max_gen_toks)[0]
+        return _generate(model, [prompt], max_gen_toks, chat)[0]
 
     return call
 
@@ -180,18 +204,20 @@ def judge_all(
     retries: int = 2,
     retry_suffix: str = "",
     max_gen_toks: int = 512,
+    chat: ChatTemplate | None = None,
 ) -> list[JudgeOutcome[T]]:
     """Judge every prompt: first attempts in one ``generate`` batch, retries one by one.
 
     Same contract as :func:`lmops.eval.judge.judge_with_retries` per prompt: malformed output
-    becomes ``value=None`` after ``1 + retries`` attempts; backend errors propagate.
+    becomes ``value=None`` after ``1 + retries`` attempts; backend errors propagate. With
+    ``chat``, every attempt is a user turn rendered through it.
     """
     if retries < 0:
         raise UserError(f"judge: retries must be 0 or more, got {retries}")
-    firsts = _generate(judge_model, prompts, max_gen_toks) if prompts else []
+    firsts = _generate(judge_model, prompts, max_gen_toks, chat) if prompts else []
     return [
         judge_with_retries(
-            _replay_then_call(judge_model, first, max_gen_toks),
+            _replay_then_call(judge_model, first, max_gen_toks, chat),
             prompt,
             parse,
             retries,
@@ -267,6 +293,8 @@ class SingleReport:
     overall: RatingScore
     per_category: dict[str, RatingScore]
     items: list[SingleJudgment] = field(default_factory=list)
+    # per role ("model", "judge"): whether its prompts went through its chat template
+    chat_template: dict[str, bool] = field(default_factory=dict)
 
     @property
     def ratings(self) -> list[int | None]:
@@ -280,6 +308,7 @@ class SingleReport:
             "judge": self.judge,
             "templates": self.templates,
             "retries": self.retries,
+            "chat_template": self.chat_template,
             **self.overall.to_dict(),
             "per_category": {k: v.to_dict() for k, v in self.per_category.items()},
             "items": [asdict(j) for j in self.items],
@@ -314,17 +343,20 @@ def judge_single(
     judge_max_gen_toks: int = 512,
     n_resamples: int = 1000,
     seed: int = 0,
+    apply_chat_template: bool | None = None,
 ) -> SingleReport:
     """Answer every item with ``answer_model`` and have ``judge_model`` rate it 1-10.
 
     ``template=None`` picks ``single-ref@1`` for items with a reference and ``single@1`` for
     the rest; a given template is used for every item (one that needs a reference refuses
     items without one). Means and 95% bootstrap CIs count rated items only; malformed
-    judgments are counted separately.
+    judgments are counted separately. ``apply_chat_template``: see the module docstring.
     """
     if not items:
         raise UserError("judge_single: no items to judge")
-    answers = _generate(answer_model, [it.question for it in items], max_gen_toks)
+    chat = _chat_of(answer_model, apply_chat_template)
+    judge_chat = _chat_of(judge_model, apply_chat_template)
+    answers = _generate(answer_model, [it.question for it in items], max_gen_toks, chat)
     chosen = [_single_template(it, template) for it in items]
     prompts = [_render_single(t, it, a) for t, it, a in zip(chosen, items, answers, strict=True)]
     outcomes = judge_all(
@@ -334,6 +366,7 @@ def judge_single(
         retries=retries,
         retry_suffix=SINGLE_RETRY_SUFFIX,
         max_gen_toks=judge_max_gen_toks,
+        chat=judge_chat,
     )
     judgments = [
         SingleJudgment(
@@ -361,6 +394,7 @@ def judge_single(
             for g, idx in _by_group([j.category for j in judgments]).items()
         },
         items=judgments,
+        chat_template={"model": chat is not None, "judge": judge_chat is not None},
     )
 
 
@@ -444,6 +478,8 @@ class PairwiseReport:
     overall: PairScore
     per_category: dict[str, PairScore]
     items: list[PairJudgment] = field(default_factory=list)
+    # per role ("model_a", "model_b", "judge"): whether its prompts went through its template
+    chat_template: dict[str, bool] = field(default_factory=dict)
 
     @property
     def verdicts(self) -> list[Verdict | None]:
@@ -458,6 +494,7 @@ class PairwiseReport:
             "judge": self.judge,
             "template": self.template,
             "retries": self.retries,
+            "chat_template": self.chat_template,
             **self.overall.to_dict(),
             "per_category": {k: v.to_dict() for k, v in self.per_category.items()},
             "items": [asdict(j) for j in self.items],
@@ -475,6 +512,7 @@ def judge_pairwise(
     judge_max_gen_toks: int = 512,
     n_resamples: int = 1000,
     seed: int = 0,
+    apply_chat_template: bool | None = None,
 ) -> PairwiseReport:
     """Answer every item with both models and have ``judge_model`` compare the answers.
 
@@ -482,12 +520,18 @@ def judge_pairwise(
     :func:`~lmops.eval.judge.pairwise_both_orders`: agreement stands, disagreement is a tie,
     and a side still malformed after retries makes the pair malformed (left out of the win
     rate, counted in ``malformed``). References are not shown to the pairwise judge.
+    ``apply_chat_template``: see the module docstring.
     """
     if not items:
         raise UserError("judge_pairwise: no items to judge")
+    chats = {
+        "model_a": _chat_of(model_a, apply_chat_template),
+        "model_b": _chat_of(model_b, apply_chat_template),
+        "judge": _chat_of(judge_model, apply_chat_template),
+    }
     questions = [it.question for it in items]
-    answers_a = _generate(model_a, questions, max_gen_toks)
-    answers_b = _generate(model_b, questions, max_gen_toks)
+    answers_a = _generate(model_a, questions, max_gen_toks, chats["model_a"])
+    answers_b = _generate(model_b, questions, max_gen_toks, chats["model_b"])
     prompts = [
         PAIRWISE_TEMPLATE.render(question=q, answer_a=first, answer_b=second)
         for q, a, b in zip(questions, answers_a, answers_b, strict=True)
@@ -500,6 +544,7 @@ def judge_pairwise(
         retries=retries,
         retry_suffix=PAIRWISE_RETRY_SUFFIX,
         max_gen_toks=judge_max_gen_toks,
+        chat=chats["judge"],
     )
     judgments = []
     for i, it in enumerate(items):
@@ -531,6 +576,7 @@ def judge_pairwise(
             for g, idx in _by_group([j.category for j in judgments]).items()
         },
         items=judgments,
+        chat_template={role: chat is not None for role, chat in chats.items()},
     )
 
 
