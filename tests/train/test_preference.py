@@ -202,3 +202,33 @@ def test_orpo_lowers_its_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert len(loss) == 10 and sum(loss[-3:]) < sum(loss[:3])
     for key in ("nll_loss", "log_odds_ratio", "margin"):
         _finite(tracker, key)
+
+
+def test_the_spec_loss_type_reaches_the_trainer(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DPO and KTO get preference.loss_type (and DPO its label smoothing); left out, TRL's
+    default. The trainers are built, not run."""
+    import lmops.train.preference as preference
+
+    args: dict[str, object] = {}
+
+    def built(trainer: object) -> object:
+        args[type(trainer).__name__] = trainer.args  # type: ignore[attr-defined]
+        return trainer.model  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(preference, "_run", built)
+    rows = sentiment_pairs(4)
+    for stage, train, pref in [
+        ("dpo", train_dpo, {"loss_type": "exo_pair", "label_smoothing": 0.001}),
+        ("kto", train_kto, {"loss_type": "apo_zero_unpaired"}),
+    ]:
+        spec = make_spec(tiny_model_dir, stage, "lora", train={**FAST, "max_steps": 1},
+                         preference=pref)  # fmt: skip
+        train(spec, load_base(spec, None), rows, MemoryTracker(tmp_path))
+    assert args["DPOTrainer"].loss_type == ["exo_pair"]  # type: ignore[attr-defined]
+    assert args["DPOTrainer"].label_smoothing == 0.001  # type: ignore[attr-defined]
+    assert args["KTOTrainer"].loss_type == "apo_zero_unpaired"  # type: ignore[attr-defined]
+    spec = make_spec(tiny_model_dir, "dpo", "lora", train={**FAST, "max_steps": 1})
+    train_dpo(spec, load_base(spec, None), rows, MemoryTracker(tmp_path))
+    assert args["DPOTrainer"].loss_type == ["sigmoid"]  # type: ignore[attr-defined]

@@ -444,3 +444,97 @@ def test_the_run_summary_shows_each_stages_headline_metrics() -> None:
     assert reward.headline() == "loss 0.7, eval_loss 0.61, eval_accuracy 0.625"
     assert result(reward=0.31, kl=2.5, loss=0.2).headline() == "loss 0.2, reward 0.31, kl 2.5"
     assert result(grad_norm=1.0).headline() == ""
+
+
+def _job(tmp_path: Path, stage: str, section: str, **fields: object) -> Path:
+    """A job YAML whose last lines are ``section:`` and its ``fields`` (one a line)."""
+    lines = [f"stage: {stage}", "method: lora", "model: /no/such/model", "dataset: d.jsonl"]
+    lines += ["output: o", f"{section}:"] + [f"  {k}: {v}" for k, v in fields.items()]
+    job = tmp_path / "job.yaml"
+    job.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return job
+
+
+def test_a_loss_type_the_stage_does_not_have_is_refused_when_the_spec_is_read(
+    cli,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """TRL checks loss_type only once the model is loaded (an internal error after minutes);
+    the spec names the file, line and field at once, with the stage's own loss types."""
+    from lmops.train.spec import load_spec
+
+    job = _job(tmp_path, "dpo", "preference", beta=0.1, loss_type="nonsense_loss")
+    r = cli("train", str(job))  # the model does not exist: the spec is what fails
+    assert r.code == 2, r.err
+    assert r.err.strip() == (
+        f"error: {job}:8: preference.loss_type: 'nonsense_loss' is not a loss of stage dpo; "
+        "use one of sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair, sppo_hard, "
+        "aot, aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm "
+        "(TRL's names; default sigmoid)"
+    )
+    refused = [
+        ("kto", {"loss_type": "sigmoid"}, r":7: preference\.loss_type: 'sigmoid' is not a "
+         r"loss of stage kto; use one of kto, apo_zero_unpaired"),
+        ("orpo", {"loss_type": "sigmoid"}, r":7: preference\.loss_type: stage orpo has one loss"),
+        ("dpo", {"loss_type": "exo_pair"}, r":7: preference\.label_smoothing: loss_type "
+         r"exo_pair needs label_smoothing > 0"),
+        ("kto", {"label_smoothing": 0.1}, r":7: preference\.label_smoothing: only stage dpo"),
+    ]  # fmt: skip
+    for stage, fields, message in refused:
+        with pytest.raises(UserError, match=message):
+            load_spec(_job(tmp_path, stage, "preference", **fields))
+    for stage, fields in [
+        ("dpo", {"loss_type": "ipo"}),
+        ("dpo", {"loss_type": "exo_pair", "label_smoothing": 0.001}),
+        ("kto", {"loss_type": "apo_zero_unpaired"}),
+        ("orpo", {"beta": 0.2}),
+    ]:
+        assert load_spec(_job(tmp_path, stage, "preference", **fields)).stage == stage
+
+
+def test_the_loss_types_are_the_ones_trl_takes() -> None:
+    """The spec's lists against TRL's own: DPOConfig's documented values, KTOConfig's
+    choices (TRL is pinned; a new TRL with other names fails here, not in a user's run)."""
+    import re
+
+    from trl import DPOConfig, KTOConfig
+
+    from lmops.train.spec import LOSS_TYPES
+
+    dpo = DPOConfig.__dataclass_fields__["loss_type"]
+    assert LOSS_TYPES["dpo"] == tuple(re.findall(r"`'(\w+)'`", dpo.metadata["help"]))
+    assert dpo.default_factory() == [LOSS_TYPES["dpo"][0]]  # type: ignore[misc]
+    kto = KTOConfig.__dataclass_fields__["loss_type"]
+    assert LOSS_TYPES["kto"] == tuple(kto.metadata["choices"])
+    assert kto.default == LOSS_TYPES["kto"][0]
+
+
+def test_ppo_settings_that_fail_late_are_refused_when_the_spec_is_read(tmp_path: Path) -> None:
+    from lmops.train.spec import load_spec
+
+    cases = [
+        ({"reward_fn": "score_answers"}, r":7: ppo\.reward_fn: 'score_answers': expected "
+         r"'module:function'"),
+        ({"reward_fn": "m:f", "reward_model": "rm"}, r":7: ppo\.reward_fn: give ppo\."
+         r"reward_model or ppo\.reward_fn, not both"),
+        ({"reward_fn": "m:f", "max_new_tokens": 600}, r":8: ppo\.max_new_tokens: 600 leaves "
+         r"no room for the prompt in train\.max_seq_len 512"),
+    ]  # fmt: skip
+    for fields, message in cases:
+        with pytest.raises(UserError, match=message):
+            load_spec(_job(tmp_path, "ppo", "ppo", **fields))
+    assert load_spec(_job(tmp_path, "ppo", "ppo", reward_fn="pkg.rewards:score")).ppo.reward_fn
+
+
+def test_an_unusable_reward_model_fails_before_the_policy_loads(
+    base: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lmops.train.run as runner
+
+    def no_policy(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the policy was loaded before the reward model was checked")
+
+    monkeypatch.setattr(runner, "load_base", no_policy)
+    job = spec(stage="ppo", output="ppo-out", ppo={"reward_model": "no-such-rm"})
+    with pytest.raises(UserError, match="'no-such-rm' is neither an existing path"):
+        run_training(job, base, progress=False)

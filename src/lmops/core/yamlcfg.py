@@ -4,7 +4,9 @@ that name the file, line and field.
     cfg = load_config(Path("recipe.yaml"), Recipe, overrides=["executor.workers=4"])
 
 A validation failure raises ``UserError("recipe.yaml:12: process[2].treshold: extra field
-not permitted")`` instead of pydantic's multi-line report.
+not permitted")`` instead of pydantic's multi-line report. A model validator that checks one
+field against another raises :class:`FieldError` with that field's place, so the error
+names its line and field rather than the top of the file.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pydantic import BaseModel, ValidationError
 from lmops.core.errors import UserError, first_line
 
 __all__ = [
+    "FieldError",
     "apply_overrides",
     "deep_merge",
+    "error_loc",
     "error_message",
     "format_loc",
     "line_of",
@@ -33,6 +37,21 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class FieldError(ValueError):
+    """A model validator's error about one field: ``loc`` is the field's place below the
+    model the validator belongs to (``("preference", "loss_type")``)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def error_loc(err: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Where an error is: pydantic's place, and below it a :class:`FieldError`'s."""
+    cause = (err.get("ctx") or {}).get("error")
+    return tuple(err["loc"]) + (cause.loc if isinstance(cause, FieldError) else ())
 
 
 def error_message(err: Mapping[str, Any]) -> str:
@@ -162,7 +181,7 @@ def validate_config(
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = tuple(err["loc"])
+        loc = error_loc(err)
         dotted = ".".join(str(p) for p in loc)
         keys = [(o, o.partition("=")[0]) for o in overrides or []]
         given = [  # the field, a field inside it, or a new mapping the override made

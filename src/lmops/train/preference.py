@@ -448,10 +448,13 @@ def train_dpo(
     spec: TrainSpec, loaded: Loaded, rows: Iterable[Mapping[str, Any]], tracker: Tracker
 ) -> Any:
     """Direct Preference Optimization with ``trl.DPOTrainer`` (``spec.preference``: beta,
-    loss_type, max_prompt_len). Logs ``loss``, ``reward_chosen``, ``reward_rejected``,
-    ``margin``, ``accuracy``, ``lr`` (and ``eval_*`` with an eval split)."""
+    loss_type, label_smoothing, max_prompt_len). Logs ``loss``, ``reward_chosen``,
+    ``reward_rejected``, ``margin``, ``accuracy``, ``lr`` (and ``eval_*`` with an eval
+    split)."""
+    p = spec.preference
+    loss: dict[str, Any] = {"loss_type": [p.loss_type]} if p.loss_type else {}  # else sigmoid
     return _train_preference(
-        "dpo", spec, loaded, rows, tracker, loss_type=[spec.preference.loss_type]
+        "dpo", spec, loaded, rows, tracker, label_smoothing=p.label_smoothing, **loss
     )
 
 
@@ -472,12 +475,16 @@ def train_kto(
     """Kahneman-Tversky Optimization with ``trl.KTOTrainer``. Each pair becomes a desirable
     (chosen) and an undesirable (rejected) example, so a batch of ``train.batch_size``
     examples holds half as many pairs. Logs ``loss``, ``reward_chosen``,
-    ``reward_rejected``, ``margin``, ``kl``, ``lr``."""
+    ``reward_rejected``, ``margin``, ``kl``, ``lr``. ``preference.loss_type``: kto (TRL's
+    default) or apo_zero_unpaired."""
     if _micro_and_accum(spec.train)[0] < 2:
         raise UserError(
             "stage kto needs at least 2 examples per forward pass (train.micro_batch_size / batch_size)"
         )
-    return _train_preference("kto", spec, loaded, rows, tracker, dataset=_unpaired)
+    loss: dict[str, Any] = (
+        {"loss_type": spec.preference.loss_type} if spec.preference.loss_type else {}
+    )
+    return _train_preference("kto", spec, loaded, rows, tracker, dataset=_unpaired, **loss)
 
 
 def train_orpo(

@@ -352,6 +352,11 @@ def _train(
         torch.distributed.init_process_group(backend)
     run_dir = Path(store.runs.dir(run_id))
     tracker = StoreTracker(store, run_id, list(spec.report_to) if dist.main else [])
+    reward = None
+    if spec.stage == "ppo":  # an unusable reward model or function fails before the policy loads
+        from lmops.train import ppo
+
+        reward = ppo.load_reward(spec, store)
     loaded = load_base(spec, store, for_reward=spec.stage == "reward")
     model, tok = loaded.model, loaded.tokenizer
     device = str(next(model.parameters()).device.type)
@@ -401,7 +406,7 @@ def _train(
 
         prompts = [_prompt_of(r) for _f, _n, r in rows]
         began = time.perf_counter()
-        model = ppo.train_ppo(spec, loaded, prompts, tracker, store=store)
+        model = ppo.train_ppo(spec, loaded, prompts, tracker, reward=reward, store=store)
         seconds = time.perf_counter() - began
         history = tracker.history
     else:

@@ -14,6 +14,7 @@ train: {max_steps: 100, lr: 2e-4, batch_size: 8, max_seq_len: 512, seed: 0, save
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,9 +22,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmops.core.errors import UserError
-from lmops.core.yamlcfg import validate_config, with_presets
+from lmops.core.yamlcfg import FieldError, validate_config, with_presets
 
 __all__ = [
+    "LOSS_TYPES",
     "PRESETS",
     "DistributedParams",
     "LoraParams",
@@ -88,9 +90,23 @@ class FreezeParams(_Strict):
     train_embeddings: bool = False
 
 
+# The loss types TRL 1.16 takes per stage (DPOConfig.loss_type, KTOConfig.loss_type; the
+# first is TRL's default). TRL checks them only once the model is loaded and the trainer
+# built; the spec checks them when it is read. Other stages have one loss each.
+LOSS_TYPES: dict[str, tuple[str, ...]] = {
+    "dpo": (
+        "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
+        "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+    ),
+    "kto": ("kto", "apo_zero_unpaired"),
+}  # fmt: skip
+
+
 class PreferenceParams(_Strict):
     beta: float = Field(0.1, gt=0)
-    loss_type: str = "sigmoid"  # DPO loss variant (TRL names)
+    loss_type: str | None = None  # TRL's name (LOSS_TYPES); default: the stage's first
+    # DPO's label smoothing: conservative DPO, robust, and EXO's epsilon (exo_pair needs > 0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     max_prompt_len: int = Field(256, ge=8)
 
 
@@ -152,6 +168,8 @@ class TrainSpec(_Strict):
             )
         if self.stage == "ppo" and not (self.ppo.reward_model or self.ppo.reward_fn):
             raise ValueError("stage ppo needs ppo.reward_model or ppo.reward_fn")
+        self._check_preference()
+        self._check_ppo()
         if self.method in ("prefix", "prompt_tuning") and self.stage not in ("sft", "pretrain"):
             raise ValueError(f"method {self.method} is supported for pretrain and sft")
         if (
@@ -166,6 +184,56 @@ class TrainSpec(_Strict):
                 "would never train); remove lm_head"
             )
         return self
+
+    def _check_preference(self) -> None:
+        """What TRL would refuse only after the model loaded: a loss type the stage's trainer
+        does not know, EXO without its epsilon, settings a stage does not use."""
+        p = self.preference
+        if p.loss_type is not None:
+            known = LOSS_TYPES.get(self.stage)
+            if known is None:
+                raise FieldError(
+                    ("preference", "loss_type"),
+                    f"stage {self.stage} has one loss, no loss types; remove loss_type",
+                )
+            if p.loss_type not in known:
+                raise FieldError(
+                    ("preference", "loss_type"),
+                    f"{p.loss_type!r} is not a loss of stage {self.stage}; use one of "
+                    f"{', '.join(known)} (TRL's names; default {known[0]})",
+                )
+        if p.label_smoothing and self.stage != "dpo":
+            raise FieldError(
+                ("preference", "label_smoothing"),
+                f"only stage dpo uses label smoothing, not {self.stage}; remove it",
+            )
+        if p.loss_type == "exo_pair" and not p.label_smoothing:
+            raise FieldError(
+                ("preference", "label_smoothing"),
+                "loss_type exo_pair needs label_smoothing > 0 (EXO's epsilon; the paper "
+                "recommends 1e-3)",
+            )
+
+    def _check_ppo(self) -> None:
+        """The PPO settings that would otherwise fail once the policy model is loaded."""
+        p = self.ppo
+        if p.reward_model and p.reward_fn:
+            raise FieldError(
+                ("ppo", "reward_fn"),
+                "give ppo.reward_model or ppo.reward_fn, not both (which one would score?)",
+            )
+        if p.reward_fn and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", p.reward_fn):
+            raise FieldError(
+                ("ppo", "reward_fn"),
+                f"{p.reward_fn!r}: expected 'module:function' (a function of (prompt, "
+                "completion) returning a float)",
+            )
+        if self.stage == "ppo" and p.max_new_tokens >= self.train.max_seq_len:
+            raise FieldError(
+                ("ppo", "max_new_tokens"),
+                f"{p.max_new_tokens} leaves no room for the prompt in train.max_seq_len "
+                f"{self.train.max_seq_len}; lower it or raise train.max_seq_len",
+            )
 
     @property
     def datasets(self) -> list[str]:
