@@ -232,3 +232,52 @@ def test_the_spec_loss_type_reaches_the_trainer(
     spec = make_spec(tiny_model_dir, "dpo", "lora", train={**FAST, "max_steps": 1})
     train_dpo(spec, load_base(spec, None), rows, MemoryTracker(tmp_path))
     assert args["DPOTrainer"].loss_type == ["sigmoid"]  # type: ignore[attr-defined]
+
+
+def _long_prompts(n: int) -> list[dict[str, str]]:
+    """Preference rows whose prompts are longer than 64 tokens (85 with the tiny model's)."""
+    import random
+
+    from tests.train.conftest import WORDS
+
+    rng = random.Random(3)
+    rows = []
+    for row in sentiment_pairs(n):
+        story = " ".join(rng.choice(WORDS) for _ in range(60))
+        rows.append({**row, "prompt": f"Read this: {story}. Tell me about it."})
+    return rows
+
+
+def test_orpo_with_prompts_longer_than_max_seq_len_trains_on_the_answers(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """max_seq_len 64 and prompts of 80+ tokens: the default max_prompt_len (256) let
+    every prompt fill the sequence, so ORPO trained on nothing and reported loss 0. The
+    default is now half of max_seq_len: the prompt's end and the answer both fit."""
+    from lmops.models.loading import load_tokenizer
+
+    rows = _long_prompts(4)
+    tok = load_tokenizer(tiny_model_dir)
+    assert all(len(tok(r["prompt"])["input_ids"]) > 80 for r in rows)
+    train = {**FAST, "max_steps": 2, "batch_size": 2, "lr": 1e-3}
+    spec = make_spec(tiny_model_dir, "orpo", "lora", train=train)
+    assert spec.prompt_len == 32
+    tracker = MemoryTracker(tmp_path)
+    train_orpo(spec, load_base(spec, None), rows, tracker)
+    assert all(v > 0 for v in _finite(tracker, "loss")) and _finite(tracker, "grad_norm")
+    assert all(v > 0 for v in _finite(tracker, "nll_loss"))
+
+
+def test_a_run_where_every_answer_is_cut_away_fails_in_one_line(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # prompts of 15 tokens, a BOS before them (ORPO's): nothing is left of 16 for an answer
+    train = {**FAST, "max_steps": 1, "batch_size": 2, "max_seq_len": 16}
+    spec = make_spec(tiny_model_dir, "orpo", "lora", train=train, preference={"max_prompt_len": 15})
+    with pytest.raises(UserError) as e:
+        train_orpo(spec, load_base(spec, None), _long_prompts(4), MemoryTracker(tmp_path))
+    assert str(e.value) == (
+        "stage orpo: 4 of 4 preference rows keep no answer token: their prompts fill "
+        "train.max_seq_len 16 (prompts keep their last 15 tokens); nothing would train: "
+        "raise train.max_seq_len or lower preference.max_prompt_len"
+    )

@@ -538,3 +538,16 @@ def test_an_unusable_reward_model_fails_before_the_policy_loads(
     job = spec(stage="ppo", output="ppo-out", ppo={"reward_model": "no-such-rm"})
     with pytest.raises(UserError, match="'no-such-rm' is neither an existing path"):
         run_training(job, base, progress=False)
+
+
+def test_a_max_prompt_len_that_leaves_no_room_for_the_answer_is_refused(tmp_path: Path) -> None:
+    from lmops.train.spec import load_spec
+
+    with pytest.raises(UserError, match=(
+        r"job\.yaml:7: preference\.max_prompt_len: 512 leaves no room for the answer in "
+        r"train\.max_seq_len 512 .* lower it \(e\.g\. 256\) or raise train\.max_seq_len$"
+    )):  # fmt: skip
+        load_spec(_job(tmp_path, "orpo", "preference", max_prompt_len=512))
+    assert load_spec(_job(tmp_path, "orpo", "preference", max_prompt_len=511)).prompt_len == 511
+    assert load_spec(_job(tmp_path, "orpo", "preference", beta=0.1)).prompt_len == 256
+    assert load_spec(_job(tmp_path, "sft", "preference", max_prompt_len=512)).stage == "sft"

@@ -38,7 +38,7 @@ from lmops.models.loading import load_tokenizer, resolve_local
 from lmops.train.loop import IntervalMean
 from lmops.train.models import Loaded
 from lmops.train.preference import lr_factor
-from lmops.train.spec import PpoParams, TrainSpec
+from lmops.train.spec import MAX_PROMPT_LEN, PpoParams, TrainSpec
 from lmops.train.tracking import Tracker
 
 if TYPE_CHECKING:
@@ -140,7 +140,9 @@ def train_ppo(
     params = [q for q in policy.parameters() if q.requires_grad] + list(value_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
     stop_ids = _stop_ids(policy, tok)
-    max_prompt = max(1, min(spec.preference.max_prompt_len, t.max_seq_len - p.max_new_tokens))
+    # the prompt keeps what the completion leaves of max_seq_len (at most max_prompt_len)
+    prompt_cap = spec.preference.max_prompt_len or MAX_PROMPT_LEN
+    max_prompt = max(1, min(prompt_cap, t.max_seq_len - p.max_new_tokens))
     minibatch = min(t.micro_batch_size or t.batch_size, p.rollout_batch)
     rng, order = random.Random(t.seed), list[int]()
     interval = IntervalMean()

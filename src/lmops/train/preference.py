@@ -40,6 +40,7 @@ from transformers import TrainerCallback
 
 from lmops.core.errors import UserError
 from lmops.core.formats import to_preference
+from lmops.core.logging import get_logger
 from lmops.models.loading import select_device
 from lmops.train.loop import IntervalMean
 from lmops.train.models import Loaded
@@ -171,7 +172,7 @@ def train_reward(
     # tokenizer on what padding is.
     model.config.pad_token_id = tokenizer.pad_token_id
     train_pairs, eval_pairs = _split(
-        render_pairs(rows, tokenizer, spec.preference.max_prompt_len), spec.eval_split, t.seed
+        render_pairs(rows, tokenizer, spec.prompt_len), spec.eval_split, t.seed
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
@@ -413,11 +414,9 @@ def _train_preference(
     and return the trained model. ``dataset`` turns pairs into the trainer's rows."""
     Config, Trainer = trl_classes(stage)
     model, tokenizer = loaded.model, loaded.tokenizer
-    train_pairs, eval_pairs = _split(
-        render_pairs(rows, tokenizer, spec.preference.max_prompt_len),
-        spec.eval_split,
-        spec.train.seed,
-    )
+    pairs = render_pairs(rows, tokenizer, spec.prompt_len)
+    _check_answers_fit(stage, pairs, tokenizer, spec)
+    train_pairs, eval_pairs = _split(pairs, spec.eval_split, spec.train.seed)
     args = trl_config(Config, spec, tracker.run_dir, has_eval=bool(eval_pairs), **config)
     # With an adapter TRL keeps a frozen "ref" copy of it as it starts (a fresh LoRA is the
     # identity: the reference is the base), so only full/freeze need a copy.
@@ -434,6 +433,37 @@ def _train_preference(
         )
     trained = _run(trainer)
     return _drop_ref_adapter(trained) if reference else trained
+
+
+def _prompt_tokens(stage: str, tokenizer: Any, prompt: str) -> int:
+    """The prompt's length as the TRL trainer counts it: tokenized with the tokenizer's own
+    special tokens; ORPO also puts a BOS before a prompt that does not start with one."""
+    ids = tokenizer(prompt)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return len(ids) + int(stage == "orpo" and bos is not None and (not ids or ids[0] != bos))
+
+
+def _check_answers_fit(stage: str, pairs: list[Pair], tokenizer: Any, spec: TrainSpec) -> None:
+    """A row whose prompt fills ``train.max_seq_len`` keeps no answer token: TRL's ORPO
+    trains on it with a loss of 0 (DPO and KTO drop it). None left is one error, before
+    training that would report success; some is a warning with the count."""
+    limit = spec.train.max_seq_len
+    empty = sum(_prompt_tokens(stage, tokenizer, p.prompt) >= limit for p in pairs)
+    if not empty:
+        return
+    what = (
+        f"{empty} of {len(pairs)} preference rows keep no answer token: their prompts fill "
+        f"train.max_seq_len {limit} (prompts keep their last {spec.prompt_len} tokens)"
+    )
+    fix = "raise train.max_seq_len or lower preference.max_prompt_len"
+    if empty == len(pairs):
+        raise UserError(f"stage {stage}: {what}; nothing would train: {fix}")
+    get_logger(__name__).warning(
+        "stage %s: %s; %s",
+        stage,
+        what,
+        "they train on nothing" if stage == "orpo" else "TRL drops them",
+    )
 
 
 def _drop_ref_adapter(model: Any) -> Any:

@@ -26,6 +26,7 @@ from lmops.core.yamlcfg import FieldError, validate_config, with_presets
 
 __all__ = [
     "LOSS_TYPES",
+    "MAX_PROMPT_LEN",
     "PRESETS",
     "DistributedParams",
     "LoraParams",
@@ -90,6 +91,10 @@ class FreezeParams(_Strict):
     train_embeddings: bool = False
 
 
+MAX_PROMPT_LEN = 256  # the longest default prompt of a preference or PPO row, in tokens
+# Stages whose rows are a prompt and an answer that share train.max_seq_len.
+_PROMPTED = ("reward", "dpo", "kto", "orpo", "ppo")
+
 # The loss types TRL 1.16 takes per stage (DPOConfig.loss_type, KTOConfig.loss_type; the
 # first is TRL's default). TRL checks them only once the model is loaded and the trainer
 # built; the spec checks them when it is read. Other stages have one loss each.
@@ -107,7 +112,9 @@ class PreferenceParams(_Strict):
     loss_type: str | None = None  # TRL's name (LOSS_TYPES); default: the stage's first
     # DPO's label smoothing: conservative DPO, robust, and EXO's epsilon (exo_pair needs > 0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    max_prompt_len: int = Field(256, ge=8)
+    # tokens a prompt keeps (its end), below train.max_seq_len so the answer has the rest;
+    # default: half of train.max_seq_len, at most MAX_PROMPT_LEN (TrainSpec.prompt_len)
+    max_prompt_len: int | None = Field(None, ge=8)
 
 
 class PpoParams(_Strict):
@@ -189,6 +196,17 @@ class TrainSpec(_Strict):
         """What TRL would refuse only after the model loaded: a loss type the stage's trainer
         does not know, EXO without its epsilon, settings a stage does not use."""
         p = self.preference
+        if (
+            self.stage in _PROMPTED
+            and p.max_prompt_len is not None
+            and p.max_prompt_len >= self.train.max_seq_len
+        ):
+            raise FieldError(
+                ("preference", "max_prompt_len"),
+                f"{p.max_prompt_len} leaves no room for the answer in train.max_seq_len "
+                f"{self.train.max_seq_len} (a prompt keeps its last max_prompt_len tokens); "
+                f"lower it (e.g. {self.train.max_seq_len // 2}) or raise train.max_seq_len",
+            )
         if p.loss_type is not None:
             known = LOSS_TYPES.get(self.stage)
             if known is None:
@@ -234,6 +252,14 @@ class TrainSpec(_Strict):
                 f"{p.max_new_tokens} leaves no room for the prompt in train.max_seq_len "
                 f"{self.train.max_seq_len}; lower it or raise train.max_seq_len",
             )
+
+    @property
+    def prompt_len(self) -> int:
+        """Tokens a preference row's prompt keeps: ``preference.max_prompt_len``, by default
+        half of ``train.max_seq_len`` (at most :data:`MAX_PROMPT_LEN`), so the answer
+        always has the other half."""
+        given = self.preference.max_prompt_len
+        return given if given is not None else min(MAX_PROMPT_LEN, self.train.max_seq_len // 2)
 
     @property
     def datasets(self) -> list[str]:
