@@ -551,3 +551,76 @@ def test_a_max_prompt_len_that_leaves_no_room_for_the_answer_is_refused(tmp_path
     assert load_spec(_job(tmp_path, "orpo", "preference", max_prompt_len=511)).prompt_len == 511
     assert load_spec(_job(tmp_path, "orpo", "preference", beta=0.1)).prompt_len == 256
     assert load_spec(_job(tmp_path, "sft", "preference", max_prompt_len=512)).stage == "sft"
+
+
+def test_a_merged_reward_adapter_keeps_its_score_head_and_is_never_run_as_a_chat_model(
+    base: Store,
+    cli,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Merging a reward LoRA once gave a LlamaForCausalLM (the trained score head dropped);
+    as ppo.reward_model it then scored with a random head. Merged, it is a sequence
+    classifier that scores like the adapter; eval run and serve refuse either in one line."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lmops.serve.deployments import parse_model_args, preflight
+    from lmops.train.ppo import load_reward
+    from tests.eval.test_resume import write_task
+
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": str(i + 7)} for i in range(8)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    base.assets.register("dataset", "pairs", pairs)
+    train = {"max_steps": 3, "batch_size": 4, "max_seq_len": 48, "lr": 1e-2}
+    rm = run_training(spec(stage="reward", dataset="pairs", output="rm", train=train), base,
+                      progress=False)  # fmt: skip
+    assert rm.kind == "adapter"
+
+    merged = cli("train", "merge", "rm", "--json")
+    assert merged.code == 0, merged.err
+    folder = base.assets.path("rm-merged")
+    assert json.loads((folder / "config.json").read_text())["architectures"] == [
+        "LlamaForSequenceClassification"
+    ]
+    _, info = AutoModelForSequenceClassification.from_pretrained(
+        str(folder), output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # score.weight loaded
+
+    prompts, answers = ["2+1=", "5+1=", "7+1="], ["3", "12", "8"]
+    scores = {}
+    for ref in ("rm", "rm-merged"):
+        job = spec(stage="ppo", output="o", ppo={"reward_model": ref})
+        scores[ref] = load_reward(job, base).score(prompts, answers)  # type: ignore[union-attr]
+    assert scores["rm-merged"] == pytest.approx(scores["rm"], abs=1e-5)
+    with pytest.raises(UserError, match=r"ppo\.reward_model tiny: not a reward model"):
+        load_reward(spec(stage="ppo", output="o", ppo={"reward_model": "tiny"}), base)
+    with pytest.raises(
+        UserError, match=r"rm is a reward model .* cannot be trained with stage sft"
+    ):
+        run_training(spec(model="rm", output="o"), base, progress=False)
+
+    task = write_task(tmp_path, "caps", 2)
+    for ref in ("rm", "rm-merged"):
+        r = cli("eval", "run", "--model", ref, "--task-file", str(task))
+        assert r.code == 2, r.err
+        assert r.err.strip() == (
+            f"error: {ref}:1 is a reward model (a sequence classifier: it scores answers and "
+            "generates no text), so it cannot be evaluated; use it as a PPO job's "
+            "ppo.reward_model"
+        )
+        with pytest.raises(UserError, match=rf"deployment 'chat': {ref}:1 is a reward model"):
+            preflight(parse_model_args([f"chat={ref}"]), base)
+    assert not base.assets.list(kind="eval_report")
+
+
+def test_a_reward_model_cannot_start_from_a_language_model_adapter(base: Store) -> None:
+    """Merged, an SFT adapter is a causal LM: a reward LoRA on it would have no score head
+    to train. Refused before any training, with the way round it."""
+    from lmops.train.models import load_base
+
+    one_step = {"max_steps": 1, "batch_size": 2, "max_seq_len": 48, "save_steps": 1}
+    run_training(spec(train=one_step), base, progress=False)  # the "adder" adapter
+    with pytest.raises(UserError, match=r"stage reward cannot start from a language-model "
+                       r"adapter; merge it first \(lmops train merge\)"):  # fmt: skip
+        load_base(spec(stage="reward", model="adder"), base, for_reward=True)

@@ -5,6 +5,11 @@ SentencePiece ``tokenizer.model``, or ``vocab.json`` + ``merges.txt`` / ``vocab.
 folder without one fails deep inside transformers, with several lines about a backend
 tokenizer it could not build; a GGUF file is not a folder at all. These checks say it in
 one line, at registration and wherever a stage is handed a model folder.
+
+A reward model (``stage: reward``) is a sequence classifier: a ``*ForSequenceClassification``
+folder, or an adapter whose ``adapter_config.json`` has ``task_type: SEQ_CLS``. Loaded as a
+causal LM it silently gets a language-model head it never trained (and loses its score
+head), so the stages that generate refuse it by name (:func:`refuse_reward_model`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,13 @@ from pathlib import Path
 
 from lmops.core.errors import UserError, first_line
 
-__all__ = ["check_model_folder", "has_tokenizer", "weight_files"]
+__all__ = [
+    "check_model_folder",
+    "has_tokenizer",
+    "is_reward_model",
+    "refuse_reward_model",
+    "weight_files",
+]
 
 _TOKENIZER_FILES = (
     ("tokenizer.json",),
@@ -73,4 +84,35 @@ def check_model_folder(path: Path, *, what: str | None = None, ref: str | None =
         raise UserError(
             f"{name} has no tokenizer (tokenizer.json, tokenizer.model or vocab files); copy "
             "its base model's tokenizer files into it (tokenizer.save_pretrained(folder))"
+        )
+
+
+def _json_field(path: Path, key: str) -> object:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # unreadable: whoever loads the folder says so
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def is_reward_model(path: Path) -> bool:
+    """Whether the folder ``path`` holds a reward model: an adapter trained as a sequence
+    classifier (``task_type: SEQ_CLS``) or a model whose ``architectures`` are
+    ``*ForSequenceClassification``."""
+    if (path / "adapter_config.json").is_file():
+        return _json_field(path / "adapter_config.json", "task_type") == "SEQ_CLS"
+    architectures = _json_field(path / "config.json", "architectures")
+    return isinstance(architectures, list) and any(
+        str(a).endswith("ForSequenceClassification") for a in architectures
+    )
+
+
+def refuse_reward_model(path: Path, doing: str, *, what: str | None = None) -> None:
+    """A one-line :class:`UserError` when ``path`` is a reward model, which cannot be
+    ``doing`` ("evaluated", "served") since it scores text and generates none."""
+    if path.is_dir() and is_reward_model(path):
+        raise UserError(
+            f"{what or path} is a reward model (a sequence classifier: it scores answers and "
+            f"generates no text), so it cannot be {doing}; use it as a PPO job's "
+            "ppo.reward_model"
         )

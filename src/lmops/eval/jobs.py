@@ -68,10 +68,12 @@ def open_model(
 
         lm = OpenAIEvalModel(endpoint, model, api_key=api_key, retries=retries, chat=chat)
         return lm, None
+    from lmops.core.modelfiles import refuse_reward_model
     from lmops.eval.lm import HFEvalModel
     from lmops.models.loading import merged_view, resolve_local
 
     path, ref = resolve_local(model, store, kind="model")
+    refuse_reward_model(path, "evaluated", what=ref or model)
     if (path / "adapter_config.json").exists():
         path = merged_view(path, store)
     bs: int | str = batch_size if batch_size == "auto" else int(batch_size)

@@ -4,8 +4,9 @@ of them imports another to load a model.
 ``resolve_local`` turns a path or an asset ref into a local folder (checking that a model
 folder holds a model and its tokenizer), ``load_tokenizer`` loads a tokenizer (ChatML when it
 has no chat template), ``load_merged`` an adapter merged into its base (an adapter trained
-on an adapter is merged down its chain), ``merged_view`` the same written out as a plain
-folder for inference backends; ``select_device``/``select_dtype`` and
+on an adapter is merged down its chain; a reward adapter, ``task_type: SEQ_CLS``, into a
+sequence classifier with its trained score head), ``merged_view`` the same written out as a
+plain folder for inference backends, which refuse a reward model as ``load_causal_lm`` does; ``select_device``/``select_dtype`` and
 ``quiet_transformers`` set up transformers the way every job wants it.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
-from lmops.core.modelfiles import check_model_folder
+from lmops.core.modelfiles import check_model_folder, is_reward_model, refuse_reward_model
 
 __all__ = [
     "CHATML",
@@ -71,6 +72,7 @@ def merged_view(adapter_dir: Path, store: Any | None) -> Path:
 
     from transformers import AutoTokenizer
 
+    refuse_reward_model(adapter_dir, "loaded as a language model")
     quiet_transformers()
     out = Path(tempfile.mkdtemp(prefix="lmops-merged-"))
     load_merged(adapter_dir, store=store).save_pretrained(str(out))
@@ -137,6 +139,7 @@ def load_causal_lm(path: Path, *, dtype: Any = None, device: str = "cpu") -> Any
     from lmops.models.bnb import is_bnb_folder, load_bnb
     from lmops.models.quantized import is_quantized, load_quantized
 
+    refuse_reward_model(path, "loaded as a language model")
     if is_quantized(path):
         return load_quantized(path, device=device)
     if is_bnb_folder(path):  # --method bnb-nf4|bnb-int8: placed by transformers, not .to()
@@ -152,11 +155,17 @@ def load_causal_lm(path: Path, *, dtype: Any = None, device: str = "cpu") -> Any
 def load_merged(adapter_dir: Path, *, store: Any | None = None, dtype: Any = None) -> Any:
     """An adapter folder as one model: its base with the adapter merged in. The base is
     named in ``lmops_base.json`` (its asset ref when ``store`` is given, else its path) and
-    is merged first when it is an adapter too (SFT LoRA -> DPO LoRA)."""
+    is merged first when it is an adapter too (SFT LoRA -> DPO LoRA).
+
+    A reward adapter (``task_type: SEQ_CLS``, trained by ``stage: reward``) merges into a
+    sequence classifier with one output: the base loaded as one, its score head the one
+    the adapter saved (``modules_to_save``), its ``pad_token_id`` the tokenizer's, since
+    it scores the last token that is not padding. Saved, its config names that
+    architecture, so ``AutoModelForSequenceClassification`` loads it whole."""
     import json
 
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     meta_file = adapter_dir / "lmops_base.json"
     if not meta_file.exists():
@@ -169,9 +178,22 @@ def load_merged(adapter_dir: Path, *, store: Any | None = None, dtype: Any = Non
         base = Path(store.assets.path(info["base_ref"]))
     else:
         base = Path(info["base_path"])
+    reward = is_reward_model(adapter_dir)
+    kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}  # None: transformers'
     if (base / "adapter_config.json").exists():
+        if reward:  # its base would merge into a causal LM, without the score head
+            raise UserError(
+                f"{adapter_dir} is a reward adapter trained on another adapter ({base}); "
+                "merge that one first (lmops train merge) and train the reward model on it"
+            )
         model = load_merged(base, store=store, dtype=dtype)
+    elif reward:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(base), num_labels=1, **kwargs
+        )
     else:
-        kwargs = {} if dtype is None else {"dtype": dtype}  # None: transformers' default
         model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
-    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    if reward:  # as train_reward set it
+        merged.config.pad_token_id = load_tokenizer(adapter_dir).pad_token_id
+    return merged

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmops.core.errors import NotFoundError, UserError
+from lmops.core.modelfiles import refuse_reward_model
 from lmops.core.yamlcfg import error_message, format_loc, load_config
 from lmops.models.types import Delta, Done, GenRequest
 
@@ -267,6 +268,7 @@ class _Target:
             self._load_package(ref, package, version, spec)
             return
         path, version = resolve_local(ref, store, kind="model")
+        refuse_reward_model(path, "served", what=version or ref)
         if (path / "adapter_config.json").exists():
             from lmops.models.loading import merged_view
 
@@ -450,7 +452,8 @@ def preflight(specs: list[DeploymentSpec], store: Any) -> None:
                 continue  # nothing local, or the launcher checks it
             for ref in [t.model for t in spec.split] if spec.split else [spec.model]:
                 if ref is not None and package_path(ref, store)[0] is None:
-                    resolve_local(ref, store, kind="model")
+                    path, version = resolve_local(ref, store, kind="model")
+                    refuse_reward_model(path, "served", what=version or ref)
         except UserError as e:
             raise _named(spec.name, e) from None
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmops.core.errors import UserError
+from lmops.core.modelfiles import is_reward_model, refuse_reward_model
 from lmops.models.loading import (
     CHATML,
     load_merged,
@@ -119,7 +120,14 @@ def load_base(spec: TrainSpec, store: Store | None, *, for_reward: bool = False)
 def _load_pretrained(path: Path, spec: TrainSpec, dtype: Any, *, for_reward: bool) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    if not for_reward:  # its score head would be dropped, its LM head made up
+        refuse_reward_model(path, f"trained with stage {spec.stage}", what=str(spec.model))
     if (path / "adapter_config.json").exists():
+        if for_reward and not is_reward_model(path):  # it would merge into a causal LM
+            raise UserError(
+                f"model {spec.model}: stage reward cannot start from a language-model adapter; "
+                "merge it first (lmops train merge) and name the merged model"
+            )
         return load_merged(path, dtype=dtype)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if spec.method == "qlora":

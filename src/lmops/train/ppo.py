@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import copy
 import importlib
-import json
 import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -97,18 +95,19 @@ def load_reward(spec: TrainSpec, store: Store | None = None) -> RewardFn | Rewar
         raise UserError("stage ppo needs ppo.reward_model or ppo.reward_fn")
     from transformers import AutoModelForSequenceClassification
 
-    path, _ = resolve_local(spec.ppo.reward_model, store, kind="model")
-    base = path
-    if (path / "adapter_config.json").exists():  # a LoRA reward model: merge it into its base
-        meta = path / "lmops_base.json"
-        if not meta.exists():
-            raise UserError(f"ppo.reward_model {path} is an adapter without lmops_base.json")
-        base = Path(json.loads(meta.read_text())["base_path"])
-    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
-    if base != path:
-        from peft import PeftModel
+    from lmops.core.modelfiles import is_reward_model
+    from lmops.models.loading import load_merged
 
-        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    path, _ = resolve_local(spec.ppo.reward_model, store, kind="model")
+    if not is_reward_model(path):  # a causal LM would score with a random head
+        raise UserError(
+            f"ppo.reward_model {spec.ppo.reward_model}: not a reward model (a sequence "
+            "classifier, as stage: reward trains, or its adapter); train one with stage: reward"
+        )
+    if (path / "adapter_config.json").exists():  # a LoRA reward model, merged into its base
+        model = load_merged(path, store=store)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
     return RewardModel(model, load_tokenizer(path, spec.chat_template), spec.train.max_seq_len)
 
 
