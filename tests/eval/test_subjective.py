@@ -405,6 +405,13 @@ def test_eval_judge_prints_and_registers_both_modes(cli, tmp_path: Path) -> None
     assert json.loads(stored.read_text(encoding="utf-8"))["config"]["limit"] == 2
     pair_meta = json.loads(cli("assets", "show", "pair:1", "--json").out)["metadata"]
     assert pair_meta["results"] == {"judge_pairwise:fake": {"win_rate": 0.5, "n": 3}}
+    compared = cli("eval", "compare", "judge-fake:1", "pair:1")  # not task reports
+    assert compared.code == 2 and "judge-fake:1 holds no task results" in compared.err
+    ranked = json.loads(cli("eval", "leaderboard", "--json").out)
+    assert {(r["task"], r["metric"]) for r in ranked} == {
+        ("judge", "mean_rating"),
+        ("judge_pairwise:fake", "win_rate"),
+    }
 
 
 def test_questions_and_judge_prompts_go_through_each_models_chat_template(

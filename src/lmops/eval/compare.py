@@ -82,6 +82,11 @@ def _load(store: Any, ref: str) -> tuple[Any, dict[str, Any], dict[str, list[dic
         raise UserError(f"{ref!r} is a {v.kind}, not an eval_report")
     folder = store.assets.path(v.ref)
     report = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    if not isinstance(report.get("results"), dict):
+        raise UserError(
+            f"{v.ref} holds no task results (a judge or safety report); eval compare "
+            "compares the reports of eval run"
+        )
     items: dict[str, list[dict[str, Any]]] = {}
     f = folder / "items.jsonl"
     if f.exists():
