@@ -6,8 +6,9 @@ folder holds a model and its tokenizer), ``load_tokenizer`` loads a tokenizer (C
 has no chat template), ``load_merged`` an adapter merged into its base (an adapter trained
 on an adapter is merged down its chain; a reward adapter, ``task_type: SEQ_CLS``, into a
 sequence classifier with its trained score head), ``merged_view`` the same written out as a
-plain folder for inference backends, which refuse a reward model as ``load_causal_lm`` does; ``select_device``/``select_dtype`` and
-``quiet_transformers`` set up transformers the way every job wants it.
+plain folder for inference backends, which refuse a reward model as ``load_causal_lm``
+does; ``select_device``/``select_dtype`` and ``quiet_transformers`` set up transformers the
+way every job wants it.
 """
 
 from __future__ import annotations
