@@ -317,7 +317,36 @@ def test_shard_emptied_by_an_operator_flows_to_the_next_stage(tmp_path: Path) ->
     recipe = write_recipe(tmp_path / "r.yaml", RECIPE.replace(", dataset: demo-clean", ""))
     res = run_recipe(load_recipe(recipe), base_dir=tmp_path, progress=False)
     parts = sorted(Path(res.output_path or "").glob("part-*"))
-    assert [p.read_text().count("\n") for p in parts] == [1, 0]
+    assert [p.read_text().count("\n") for p in parts] == [1]  # the emptied shard: no part
+
+
+def test_shards_left_empty_write_no_part_file_and_parts_have_no_gaps(
+    tmp_path: Path, store: Store
+) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_text('{"id": "a", "text": "a document long enough to keep"}\n')
+    (raw / "b.jsonl").write_text('{"id": "b", "text": "hi 1"}\n{"id": "c", "text": "hi 2"}\n')
+    (raw / "c.jsonl").write_text("")  # an empty input file, skipped with on_error: skip
+    (raw / "d.jsonl").write_text('{"id": "d", "text": "another document long enough"}\n')
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        """\
+        name: p12
+        inputs: [raw/*.jsonl]
+        process: [{op: length_filter, min_chars: 20}]
+        output: {path: out/p12, dataset: p12}
+        on_error: skip
+        """,
+    )
+    res = run_recipe(load_recipe(recipe), base_dir=tmp_path, store=store, progress=False)
+    out = Path(res.output_path or "")
+    parts = {
+        p.name: [json.loads(x)["id"] for x in p.read_text().splitlines()]
+        for p in sorted(out.glob("part-*"))
+    }
+    assert parts == {"part-00000.jsonl": ["a"], "part-00001.jsonl": ["d"]}
+    assert sorted(p.name for p in store.assets.path("p12:1").glob("part-*")) == list(parts)
 
 
 def test_cli_run_report_and_ops(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -622,9 +622,13 @@ def _finish(
     if build.exists():
         shutil.rmtree(build)
     build.mkdir()
-    for s in shards:
-        src = _stage_file(work, last, s.index)
-        os.link(src, build / f"part-{s.index:05d}.jsonl")
+    # A shard left without documents gives no part file: an empty file is no data, and
+    # the readers of a dataset refuse one in a user's input. Parts are numbered in shard
+    # order without gaps, from the finished stage files alone, so a resumed run names
+    # them exactly as an uninterrupted one.
+    kept = [src for src in (_stage_file(work, last, s.index) for s in shards) if src.stat().st_size]
+    for n, src in enumerate(kept):
+        os.link(src, build / f"part-{n:05d}.jsonl")
     errors = sorted((work / "errors").glob("*.jsonl")) if (work / "errors").exists() else []
     if any(e.stat().st_size for e in errors):
         with open(build / "_errors.jsonl", "wb") as fh:
