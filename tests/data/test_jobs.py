@@ -177,3 +177,29 @@ def test_errors_name_a_datasets_files_by_its_version(cli, tmp_path: Path) -> Non
     assert "views" not in checked.out
     r = cli("data", "tokenizer", "train", "mix1", "--name", "tok", "--vocab-size", "300")
     assert r.code == 2 and r.err.startswith("error: mix1:1/part-00000.jsonl:2: field 'text'")
+
+
+def test_an_empty_part_of_a_dataset_is_read_as_no_rows(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # datasets registered by earlier versions hold an empty part for a shard left without
+    # rows; every reader takes it as no rows, while an empty file a user names is reported
+    folder = tmp_path / "written-by-0.0"
+    folder.mkdir()
+    corpus(folder, "part-00000.jsonl")
+    (folder / "part-00001.jsonl").write_text("")
+    assert cli("assets", "register", "dataset", "old", str(folder)).code == 0
+    r = cli("data", "tokenizer", "train", "old", "--name", "tok", "--vocab-size", "300")
+    assert r.code == 0, r.err
+    r = cli("data", "tokenize", "old", "--tokenizer", "tok", "--output", "old-tokens", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["metadata"]["num_docs"] == len(TEXTS)
+    r = cli("data", "mix", "--source", "old=1", "--output", "old-mix", "--json")
+    assert r.code == 0, r.err
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: again\ninputs: [old]\noutput: {dataset: again}\n")
+    r = cli("data", "run", str(recipe), "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["report"]["docs_out"] == len(TEXTS)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = cli("data", "tokenize", str(empty), "--tokenizer", "tok", "--output", "x")
+    assert r.code == 2 and "empty.jsonl: empty file (no rows)" in r.err

@@ -173,7 +173,8 @@ class ReadOptions:
     fields: tuple[str, ...] | None = None
     text_unit: TextUnit = "file"
     on_error: Literal["raise", "skip"] = "raise"
-    # Intermediate files of a run may legitimately be empty (every document dropped).
+    # Intermediate files of a run may legitimately be empty (every document dropped). An
+    # empty file of a dataset asset (``InputFile.ref``) is always read as no rows.
     allow_empty: bool = False
     # Applied to a bad row's text before it is kept in the error file (the recipe's masking).
     redact: Callable[[str], str] | None = None
@@ -317,7 +318,11 @@ def _read_rows(shard: Shard, opts: ReadOptions, sink: ErrorSink | None) -> Itera
             _fail(opts, sink, row.where, doc, raw or dumps(row.values)[:2000])
             continue
         yield doc
-    if not seen and shard.start == 0 and not opts.allow_empty and f.fmt != "parquet":
+    # An empty file a user gave is a mistake worth naming; an empty part of a dataset asset
+    # is lmops's own output (earlier versions wrote one for a shard left without rows), not
+    # theirs to fix, so it is read as what it is: no rows.
+    from_user = f.ref is None and not opts.allow_empty
+    if not seen and shard.start == 0 and from_user and f.fmt != "parquet":
         _fail(opts, sink, str(f.path), "empty file (no rows)", None)
 
 
