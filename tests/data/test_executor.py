@@ -17,6 +17,7 @@ import pytest
 
 from lmops.core.errors import UserError
 from lmops.data.executor import run_recipe
+from lmops.data.ops import build_op, get_op, list_ops
 from lmops.data.recipe import load_recipe
 from lmops.store import Store
 
@@ -67,6 +68,51 @@ def test_unknown_operator_and_parameter_name_the_line(tmp_path: Path) -> None:
     bad_field = write_recipe(tmp_path / "c.yaml", RECIPE.replace("output:", "outptu:"))
     with pytest.raises(UserError, match=r"c\.yaml"):
         load_recipe(bad_field)
+
+
+def test_a_maximum_below_its_minimum_is_refused_when_the_recipe_is_read(tmp_path: Path) -> None:
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        """\
+        name: p2
+        inputs: [raw/*.jsonl]
+        process: [{op: length_filter, min_chars: 500, max_chars: 10}]
+        output: {dataset: p2}
+        """,
+    )
+    with pytest.raises(
+        UserError,
+        match=r"^.*r\.yaml:3: process\[0\]: operator 'length_filter': parameter 'max_chars': "
+        r"must be >= min_chars \(500\), got 10$",
+    ):
+        load_recipe(recipe)
+    assert build_op("length_filter", min_chars=10, max_chars=10)  # one length is a range
+
+
+def _bound_pairs() -> list[tuple[str, str, str]]:
+    pairs = []
+    for name, cls in list_ops().items():
+        fields = cls.Params.model_fields
+        for low in fields:
+            high = low.replace("min_", "max_", 1)
+            if "min_" in low and high in fields:
+                pairs.append((name, low, high))
+    return pairs
+
+
+def test_every_min_max_pair_of_every_operator_is_checked() -> None:
+    pairs = _bound_pairs()
+    assert {
+        ("length_filter", "min_words", "max_words"),
+        ("perplexity_filter", "min_perplexity", "max_perplexity"),
+        ("gopher_quality", "zh_min_avg_word_length", "zh_max_avg_word_length"),
+        ("char_ratio_filter", "min_digit_ratio", "max_digit_ratio"),
+    } <= set(pairs)
+    for name, low, high in pairs:
+        fields = get_op(name).Params.model_fields
+        required = {k: "x" for k, f in fields.items() if f.is_required()}
+        with pytest.raises(UserError, match=rf"parameter '{high}': must be >= {low} \(1(\.0)?\)"):
+            build_op(name, **required, **{low: 1, high: 0})
 
 
 def test_run_registers_dataset_with_report_and_lineage(tmp_path: Path, store: Store) -> None:

@@ -242,4 +242,25 @@ def build_op(name: str, **params: Any) -> Op:
         err = e.errors()[0]
         field = ".".join(str(x) for x in err["loc"]) or "?"
         raise UserError(f"operator {name!r}: parameter {field!r}: {err['msg']}") from None
+    bad = _crossed_bounds(p)
+    if bad:
+        raise UserError(f"operator {name!r}: parameter {bad}") from None
     return cls(p)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _crossed_bounds(params: OpParams) -> str | None:
+    """The first ``max_x`` below its ``min_x`` (``zh_max_x``/``zh_min_x`` alike), named as
+    ``'max_x': must be >= min_x (lo), got hi``; such a step would drop every document."""
+    fields = type(params).model_fields
+    for low in fields:
+        high = low.replace("min_", "max_", 1)
+        if "min_" not in low or high not in fields:
+            continue
+        lo, hi = getattr(params, low), getattr(params, high)
+        if _number(lo) and _number(hi) and hi < lo:
+            return f"{high!r}: must be >= {low} ({lo}), got {hi}"
+    return None
