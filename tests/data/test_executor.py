@@ -395,6 +395,60 @@ def test_shards_left_empty_write_no_part_file_and_parts_have_no_gaps(
     assert sorted(p.name for p in store.assets.path("p12:1").glob("part-*")) == list(parts)
 
 
+def test_a_run_that_keeps_nothing_fails_registers_nothing_and_keeps_its_work(
+    cli,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    make_corpus(tmp_path / "raw", files=2, per_file=30)
+    (tmp_path / "raw" / "bad.jsonl").write_text("{oops\n")
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        """\
+        name: p2
+        inputs: [raw/*.jsonl]
+        process:
+          - op: length_filter
+            min_chars: 50
+          - op: length_filter
+            max_chars: 49
+        output: {path: out/p2, dataset: p2}
+        executor: {workers: 2}
+        on_error: skip
+        """,
+    )
+    for _ in range(2):  # the rerun resumes the kept work and says the same
+        r = cli("data", "run", str(recipe))
+        assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+        assert r.err.startswith(
+            "error: recipe p2: all 60 documents were dropped (length_filter:too_short 56, "
+            "length_filter:too_long 4); unreadable rows skipped: 1 (malformed JSON"
+        ), r.err
+        assert "nothing was written or registered; loosen the steps that dropped them" in r.err
+    work = tmp_path / "out" / "p2.lmops-work"
+    assert f"kept in {work}" in r.err
+    assert len(list(work.glob("stage0/*.stats.json"))) == 3
+    assert json.loads((work / "_report" / "report.json").read_text())["docs_in"] == 60
+    assert not (tmp_path / "out" / "p2").exists()
+    assert "p2" not in cli("assets", "list").out
+    runs = json.loads(cli("runs", "list", "--json").out)
+    assert [x["status"] for x in runs] == ["FAILED", "FAILED"]
+
+
+def test_a_run_that_reads_no_document_says_so(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "a.jsonl").write_text("")
+    recipe = write_recipe(
+        tmp_path / "r.yaml", "name: e\ninputs: [raw/*.jsonl]\noutput: {path: out}\non_error: skip\n"
+    )
+    with pytest.raises(
+        UserError,
+        match=r"^recipe e: no document was read: unreadable rows skipped: 1 \(empty file \(no rows\) 1\); "
+        r"nothing was written or registered; check the inputs \(",
+    ):
+        run_recipe(load_recipe(recipe), base_dir=tmp_path, progress=False)
+    assert not (tmp_path / "out").exists() and (tmp_path / "out.lmops-work").is_dir()
+
+
 def test_cli_run_report_and_ops(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     make_corpus(tmp_path / "raw", files=2, per_file=30)
     (tmp_path / "raw" / "pii.jsonl").write_text(

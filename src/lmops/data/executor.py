@@ -466,6 +466,11 @@ def run_recipe(
             workers=n_workers,
             inputs=inputs.refs,
         )
+        if not report["docs_out"]:
+            write_report_files(report, work / "_report")
+            if store is not None and run is not None:
+                write_report_files(report, Path(store.runs.dir(run.id)))
+            raise UserError(_nothing_kept(recipe, report, work))
         result = _finish(
             recipe,
             stages,
@@ -676,6 +681,30 @@ def _finish(
     shutil.rmtree(work, ignore_errors=True)
     return DataRunResult(
         recipe.name, final, dataset_ref, run.id if run is not None else None, report
+    )
+
+
+def _nothing_kept(recipe: Recipe, report: dict[str, Any], work: Path) -> str:
+    """Why a run kept no document, in one line: an empty dataset is never what was meant."""
+    errors = report["errors"]
+    unreadable = (
+        f"unreadable rows skipped: {errors['count']:,} ("
+        + ", ".join(f"{r} {n:,}" for r, n in errors["by_reason"].items())
+        + ")"
+        if errors["count"]
+        else ""
+    )
+    if report["docs_in"]:
+        reasons = ", ".join(f"{r} {n:,}" for r, n in dropped_reasons(report).most_common())
+        what = f"all {report['docs_in']:,} documents were dropped ({reasons})"
+        what += f"; {unreadable}" if unreadable else ""
+        fix = "loosen the steps that dropped them"
+    else:
+        what = "no document was read" + (f": {unreadable}" if unreadable else "")
+        fix = "check the inputs"
+    return (
+        f"recipe {recipe.name}: {what}; nothing was written or registered; {fix} "
+        f"(the finished work is kept in {work}, report in {work / '_report' / 'report.json'})"
     )
 
 
