@@ -166,6 +166,16 @@ def test_validate_lists_bad_rows_and_exits_1(cli, tmp_path: Path) -> None:  # ty
     assert cli("data", "validate", str(good)).code == 0
 
 
+def test_validate_of_a_dataset_without_rows_exits_1(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "empty"  # as an earlier version registered a run that kept nothing
+    folder.mkdir()
+    (folder / "part-00000.jsonl").write_text("")
+    assert cli("assets", "register", "dataset", "p2", str(folder)).code == 0
+    r = cli("data", "validate", "p2")
+    assert r.code == 1 and r.out.startswith("0 rows, 0 valid, 0 invalid"), r
+    assert r.err.strip() == "error: p2: no rows; there is nothing to validate or train on"
+
+
 def test_errors_name_a_datasets_files_by_its_version(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # not by the store's view folder (views/<digest>/...), which means nothing to a user
     folder = tmp_path / "mix"

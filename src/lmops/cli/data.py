@@ -207,7 +207,8 @@ def validate(
     ] = 20,
     json_: JsonOpt = False,
 ) -> None:
-    """Check a training set's rows; lists bad rows by file, line and reason (exit 1 if any)."""
+    """Check a training set's rows; lists bad rows by file, line and reason (exit 1 if any,
+    or if there are no rows at all)."""
     from lmops.data.jobs import validate_source
     from lmops.store.refs import name_views
 
@@ -216,6 +217,13 @@ def validate(
         print_json(rep.to_dict())
     else:  # a dataset's rows by its version (mix:1/part-00000.jsonl:2), not the store's folder
         console.print(name_views(rep.summary()), markup=False)
+    if not rep.total_rows:  # an empty training set is no training set
+        err_console.print(
+            f"error: {' '.join(sources)}: no rows; there is nothing to validate or train on",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     if rep.valid_rows != rep.total_rows:
         raise typer.Exit(1)
 
