@@ -208,6 +208,13 @@ class SlowCopy(Mapper):
 '''
 
 
+def _env(tmp_path: Path, lmops_home: Path) -> dict[str, str]:
+    """A subprocess's environment: the test's operators importable from ``tmp_path``, and
+    lmops from where this test imports it (a checkout's ``src`` on PYTHONPATH included)."""
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "LMOPS_HOME": str(lmops_home)}
+
+
 def _slow_recipe(tmp_path: Path, lmops_home: Path, *, workers: int) -> tuple[str, dict[str, str]]:
     """A recipe over a fresh corpus with a slow stage 2 (``slow_copy``), to be stopped
     mid-way, and the environment its subprocess needs to find the op."""
@@ -219,7 +226,7 @@ def _slow_recipe(tmp_path: Path, lmops_home: Path, *, workers: int) -> tuple[str
         .replace(", dataset: demo-clean", "")
         .replace("workers: 1", f"workers: {workers}")
     )
-    return body, {**os.environ, "PYTHONPATH": str(tmp_path), "LMOPS_HOME": str(lmops_home)}
+    return body, _env(tmp_path, lmops_home)
 
 
 def _wait_for_shards(proc: subprocess.Popen[Any], work: Path, n: int) -> None:
@@ -289,6 +296,61 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(tmp_path: Path, lmops_h
     rerun = subprocess.run([*cmd, "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["resumed_shards"] >= 1
+
+
+ENV_SLOW_OPS = '''
+import os, time
+from lmops.data.ops import Mapper, register
+
+@register("env_slow_copy")
+class EnvSlowCopy(Mapper):
+    """Copies documents, each taking $SLOW_SECONDS (test helper: slow, then fast on resume)."""
+    def apply(self, doc):
+        time.sleep(float(os.environ["SLOW_SECONDS"]))
+        return doc
+'''
+
+
+def test_a_second_run_of_a_work_folder_is_refused_and_a_killed_run_blocks_none(
+    tmp_path: Path, lmops_home: Path
+) -> None:
+    make_corpus(tmp_path / "raw", files=6, per_file=150)
+    (tmp_path / "env_slow_ops.py").write_text(ENV_SLOW_OPS)
+    write_recipe(
+        tmp_path / "r.yaml",
+        RECIPE.replace("name: demo", "name: demo\nimports: [env_slow_ops]")
+        .replace("  - op: clean_whitespace", "  - op: clean_whitespace\n  - op: env_slow_copy")
+        .replace("workers: 1", "workers: 2"),
+    )
+    env = _env(tmp_path, lmops_home)
+    cmd = [sys.executable, "-m", "lmops.cli.main", "data", "run", "r.yaml"]
+    first = subprocess.Popen(
+        cmd, cwd=tmp_path, env={**env, "SLOW_SECONDS": "0.05"}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    work = tmp_path / "out" / "demo.lmops-work"
+    try:
+        _wait_for_shards(first, work / "stage2", 1)
+        second = subprocess.run(
+            cmd, cwd=tmp_path, env={**env, "SLOW_SECONDS": "0"}, capture_output=True, text=True
+        )
+        assert first.poll() is None, "the first run ended before the second was tried"
+        assert second.returncode == 2
+        assert second.stderr == (
+            f"error: another lmops data run (pid {first.pid}) is using the work folder {work}; "
+            f"wait for it to finish or stop it (kill {first.pid})\n"
+        )
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and its workers: no unlock
+        first.wait()
+    assert (work / "run.lock").exists()  # left behind, and held by nobody
+    rerun = subprocess.run(
+        [*cmd, "--json"], cwd=tmp_path, env={**env, "SLOW_SECONDS": "0"}, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["resumed_shards"] >= 1
+    assert not work.exists()
 
 
 def _gone(pid: int) -> bool:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from lmops import __version__
 from lmops.core.errors import UserError
 from lmops.core.proc import die_with_parent
+from lmops.data._worklock import LOCK_NAME, work_lock
 from lmops.data.document import Document
 from lmops.data.io import (
     ErrorSink,
@@ -388,6 +389,21 @@ def _fingerprint(recipe: Recipe, files: list[InputFile]) -> str:
     return h.hexdigest()
 
 
+def _reuse_or_reset(work: Path, key: str) -> None:
+    """Keep the work of an earlier run of the same recipe and inputs; else start over
+    (the lock file stays: it is held)."""
+    key_file = work / "fingerprint"
+    if not key_file.exists() or key_file.read_text() != key:
+        for entry in work.iterdir():
+            if entry.name == LOCK_NAME:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    key_file.write_text(key)
+
+
 def _work_dir(recipe: Recipe, base: Path, home: Path) -> tuple[Path | None, Path]:
     out = None
     if recipe.output.path:
@@ -429,82 +445,80 @@ def run_recipe(
     shards = plan_shards(inputs.files, recipe.executor.shard_bytes)
     stages = plan_stages(recipe.build_ops(source))
 
-    key = _fingerprint(recipe, inputs.files)
-    key_file = work / "fingerprint"
-    if work.exists() and (not key_file.exists() or key_file.read_text() != key):
-        shutil.rmtree(work)  # a different recipe or changed inputs: start over
-    work.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(key)
-    (work / "recipe.json").write_text(recipe.model_dump_json(indent=1))
+    # From here on the work folder is this run's alone: a second run of it is refused.
+    with work_lock(work):
+        _reuse_or_reset(work, _fingerprint(recipe, inputs.files))
+        (work / "recipe.json").write_text(recipe.model_dump_json(indent=1))
 
-    config = recipe.model_dump(mode="json")
-    tracker = (
-        store.runs.track("data", name=recipe.name, config=config) if store is not None else None
-    )
-    run = tracker.__enter__() if tracker is not None else None
-    try:
-        # local files and folders, recorded by content before they are read (lineage)
-        local_refs = (
-            store.assets.record_inputs([(p, "input") for p in inputs.local], run_id=run.id)
-            if store is not None and run is not None
-            else []
+        config = recipe.model_dump(mode="json")
+        tracker = (
+            store.runs.track("data", name=recipe.name, config=config) if store is not None else None
         )
-        started = time.perf_counter()
-        if kind == "ray":
-            from lmops.data.ray_executor import execute_ray
+        run = tracker.__enter__() if tracker is not None else None
+        try:
+            # local files and folders, recorded by content before they are read (lineage)
+            local_refs = (
+                store.assets.record_inputs([(p, "input") for p in inputs.local], run_id=run.id)
+                if store is not None and run is not None
+                else []
+            )
+            started = time.perf_counter()
+            if kind == "ray":
+                from lmops.data.ray_executor import execute_ray
 
-            resumed = execute_ray(recipe, stages, shards, work, n_workers, progress)
-        else:
-            resumed = _execute(recipe, stages, shards, work, n_workers, progress)
-        wall = time.perf_counter() - started
-        stage_stats = _collect_stats(stages, shards, work)
-        report = build_report(
-            recipe,
-            stage_stats,
-            wall_seconds=wall,
-            shards=len(shards),
-            workers=n_workers,
-            inputs=inputs.refs,
-        )
-        if not report["docs_out"]:
-            write_report_files(report, work / "_report")
+                resumed = execute_ray(recipe, stages, shards, work, n_workers, progress)
+            else:
+                resumed = _execute(recipe, stages, shards, work, n_workers, progress)
+            wall = time.perf_counter() - started
+            stage_stats = _collect_stats(stages, shards, work)
+            report = build_report(
+                recipe,
+                stage_stats,
+                wall_seconds=wall,
+                shards=len(shards),
+                workers=n_workers,
+                inputs=inputs.refs,
+            )
+            if not report["docs_out"]:
+                write_report_files(report, work / "_report")
+                if store is not None and run is not None:
+                    write_report_files(report, Path(store.runs.dir(run.id)))
+                raise UserError(_nothing_kept(recipe, report, work))
+            result = _finish(
+                recipe,
+                stages,
+                shards,
+                work,
+                out_path,
+                report,
+                store,
+                run,
+                [*inputs.refs, *local_refs],
+                inputs.files,
+            )
+            result.resumed_shards = resumed
             if store is not None and run is not None:
+                store.runs.update(
+                    run.id,
+                    params={"inputs": inputs.refs, "shards": len(shards), "workers": n_workers},
+                )
+                store.runs.log_metrics(
+                    run.id,
+                    {
+                        "docs_in": report["docs_in"],
+                        "docs_out": report["docs_out"],
+                        "docs_per_s": report["docs_per_s"],
+                    },
+                    step=0,
+                )
                 write_report_files(report, Path(store.runs.dir(run.id)))
-            raise UserError(_nothing_kept(recipe, report, work))
-        result = _finish(
-            recipe,
-            stages,
-            shards,
-            work,
-            out_path,
-            report,
-            store,
-            run,
-            [*inputs.refs, *local_refs],
-            inputs.files,
-        )
-        result.resumed_shards = resumed
-        if store is not None and run is not None:
-            store.runs.update(
-                run.id, params={"inputs": inputs.refs, "shards": len(shards), "workers": n_workers}
-            )
-            store.runs.log_metrics(
-                run.id,
-                {
-                    "docs_in": report["docs_in"],
-                    "docs_out": report["docs_out"],
-                    "docs_per_s": report["docs_per_s"],
-                },
-                step=0,
-            )
-            write_report_files(report, Path(store.runs.dir(run.id)))
-    except BaseException as e:
+        except BaseException as e:
+            if tracker is not None:
+                tracker.__exit__(type(e), e, e.__traceback__)
+            raise
         if tracker is not None:
-            tracker.__exit__(type(e), e, e.__traceback__)
-        raise
-    if tracker is not None:
-        tracker.__exit__(None, None, None)
-    return result
+            tracker.__exit__(None, None, None)
+        return result
 
 
 def _execute(
