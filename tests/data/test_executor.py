@@ -148,6 +148,34 @@ def test_run_registers_dataset_with_report_and_lineage(tmp_path: Path, store: St
     assert second.report["docs_in"] == 172 and second.report["docs_out"] == 172
 
 
+def test_the_report_lists_local_inputs_as_the_lineage_records_them(
+    tmp_path: Path, store: Store
+) -> None:
+    make_corpus(tmp_path / "raw", files=2, per_file=10)
+    make_corpus(tmp_path / "more", files=1, per_file=10)
+    store.assets.register("dataset", "more", tmp_path / "more")
+    recipe = load_recipe(
+        write_recipe(tmp_path / "r.yaml", RECIPE.replace("[raw/*.jsonl]", "[raw/*.jsonl, more:1]"))
+    )
+    res = run_recipe(recipe, base_dir=tmp_path, store=store, progress=False)
+    files = [str(tmp_path / "raw" / f"part{i}.jsonl") for i in range(2)]
+    upstream = [e.parent for e in store.assets.lineage("demo-clean").upstream]
+    on_disk = json.loads((Path(res.output_path or "") / "_report" / "report.json").read_text())
+    for report in (res.report, on_disk):
+        assert report["inputs"] == ["more:1", *files]
+        assert sorted(report["input_refs"]) == sorted(upstream) and len(upstream) == 3
+    assert [store.assets.get(r).metadata["path"] for r in on_disk["input_refs"][1:]] == files
+    # without a store, nothing is recorded, and the files are still named
+    recipe = load_recipe(
+        write_recipe(
+            tmp_path / "n.yaml",
+            RECIPE.replace("out/demo", "out/n").replace(", dataset: demo-clean", ""),
+        )
+    )
+    res = run_recipe(recipe, base_dir=tmp_path, progress=False)
+    assert res.report["inputs"] == files and res.report["input_refs"] == []
+
+
 def test_existing_output_is_refused_unless_overwrite(tmp_path: Path) -> None:
     make_corpus(tmp_path / "raw", files=1)
     (tmp_path / "out" / "demo").mkdir(parents=True)

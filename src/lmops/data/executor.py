@@ -425,6 +425,7 @@ def run_recipe(
 ) -> DataRunResult:
     """Run ``recipe``; ``base_dir`` anchors relative input/output paths (the recipe's folder)."""
     from lmops.data.report import build_report, write_report_files
+    from lmops.store.external import absolute
 
     kind = executor or recipe.executor.type
     n_workers = workers or recipe.executor.workers
@@ -477,7 +478,10 @@ def run_recipe(
                 wall_seconds=wall,
                 shards=len(shards),
                 workers=n_workers,
-                inputs=inputs.refs,
+                # what was read: dataset versions, then local files and folders by the path
+                # their external references record (those references are the lineage's)
+                inputs=[*inputs.refs, *(str(absolute(p)) for p in inputs.local)],
+                input_refs=[*inputs.refs, *(ref for ref, _ in local_refs)],
             )
             if not report["docs_out"]:
                 write_report_files(report, work / "_report")

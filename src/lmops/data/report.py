@@ -30,7 +30,11 @@ def build_report(
     shards: int,
     workers: int,
     inputs: list[str],
+    input_refs: list[str] | None = None,
 ) -> dict[str, Any]:
+    """The run's report. ``inputs``: what it read (dataset refs, local paths);
+    ``input_refs``: the refs its lineage records for them (local files by their external
+    references; empty without a store)."""
     ops: list[dict[str, Any]] = []
     before, after = LengthHistogram(), LengthHistogram()
     errors: Counter[str] = Counter()
@@ -87,6 +91,7 @@ def build_report(
     return {
         "recipe": recipe.name,
         "inputs": inputs,
+        "input_refs": input_refs or [],
         "shards": shards,
         "workers": workers,
         "wall_seconds": round(wall_seconds, 3),
