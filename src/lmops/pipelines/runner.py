@@ -2,11 +2,12 @@
 
 The cache key of a step is a sha256 over the pipeline and step names, the step type, its
 parameters after references are substituted (earlier steps' outputs are pinned ``name:N``
-refs), every input it names pinned to what it is now (an asset's version ref, a local
-file's content digest) and the lmops version. A completed step is recorded in the store's
-step cache with the versions it produced, so re-running an unchanged pipeline runs nothing,
-and a run that failed (or was killed) resumes at the step that did not finish; training
-steps also resume from their last checkpoint.
+refs), every input it names or reads through those (a recipe's matched files) pinned to
+what it is now (an asset's version ref, a local file's content digest) and the lmops
+version. A completed step is recorded in the store's step cache with the versions it
+produced, so re-running an unchanged pipeline runs nothing, and a run that failed (or was
+killed) resumes at the step that did not finish; training steps also resume from their
+last checkpoint.
 
 The whole run is recorded as a ``pipeline`` run whose params list each step's outcome.
 """
@@ -26,7 +27,7 @@ from lmops import __version__
 from lmops.core.errors import LmopsError, UserError
 from lmops.core.yamlcfg import format_loc
 from lmops.pipelines.spec import Pipeline, param_error, substitute
-from lmops.pipelines.steps import STEP_TYPES, StepContext, canonical, pin_inputs
+from lmops.pipelines.steps import STEP_TYPES, StepContext, canonical, pin_step
 from lmops.store.steps import CachedStep
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ def _prepare(
     params, raw = _params(pipe, name, scope)
     forced = force is True or (isinstance(force, set) and name in force)
     ctx = StepContext(store, pipe.name, name, pipe.base_dir, console, progress, forced)
-    key = step_key(pipe, name, raw, pin_inputs(ctx, params.inputs()))
+    key = step_key(pipe, name, raw, pin_step(ctx, params))
     hit = None
     if step.cache and not forced and not STEP_TYPES[step.type].always_run(params):
         hit = store.steps.get(key)

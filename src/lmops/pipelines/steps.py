@@ -2,9 +2,10 @@
 stage's own library (the same code the ``lmops`` commands call) and returns the asset
 versions it produced.
 
-A step type also says which of its parameters are *inputs* (asset refs or local paths):
-the runner pins each to its version (or content digest) in the step's cache key, so a
-moved alias or an edited file re-runs the step and everything after it.
+A step type also says which of its parameters are *inputs* (asset refs or local paths),
+and which inputs only reading those finds (*found inputs*: the files a recipe's paths and
+globs match): the runner pins each to its version (or content digest) in the step's cache
+key, so a moved alias or an edited file re-runs the step and everything after it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "StepType",
     "check_params",
     "digest_path",
+    "pin_step",
     "step_type",
 ]
 
@@ -66,6 +68,13 @@ class Params(BaseModel):
 
     def inputs(self) -> list[str]:
         """Asset refs or local paths this step reads (pinned in its cache key)."""
+        return []
+
+    def found_inputs(self, ctx: StepContext) -> list[str]:
+        """What the step reads that only reading its inputs finds, found the way the step
+        finds it: asset refs (``name:N`` where resolved) or local paths (relative to the
+        pipeline's folder, or absolute), pinned like :meth:`inputs`. A ``UserError`` here
+        is left for the step to report when it runs."""
         return []
 
 
@@ -158,14 +167,16 @@ class DataParams(Params):
             refs += list(self.recipe.get("inputs") or [])
         return refs
 
+    def found_inputs(self, ctx: StepContext) -> list[str]:
+        # what the recipe's paths, globs and dataset refs match
+        recipe, base = _recipe(ctx, self)
+        return _matched(ctx, recipe.inputs, base)
 
-@step_type("data", DataParams)
-def _data(ctx: StepContext, p: DataParams) -> StepOutput:
-    """Run a data recipe (clean, filter, dedup, PII) and register its output dataset."""
+
+def _recipe(ctx: StepContext, p: DataParams) -> tuple[Any, Path]:
+    """The recipe the step runs, and the folder its relative inputs are read from."""
     from lmops.core.yamlcfg import apply_overrides, validate_config
-    from lmops.data.executor import dropped_reasons, run_recipe
     from lmops.data.recipe import Recipe, load_recipe
-    from lmops.data.report import format_summary
 
     if isinstance(p.recipe, str):
         path = ctx.path(p.recipe)
@@ -184,6 +195,16 @@ def _data(ctx: StepContext, p: DataParams) -> StepOutput:
         recipe.inputs = list(p.inputs_)
     if p.output is not None:
         recipe.output.dataset = p.output
+    return recipe, base
+
+
+@step_type("data", DataParams)
+def _data(ctx: StepContext, p: DataParams) -> StepOutput:
+    """Run a data recipe (clean, filter, dedup, PII) and register its output dataset."""
+    from lmops.data.executor import dropped_reasons, run_recipe
+    from lmops.data.report import format_summary
+
+    recipe, base = _recipe(ctx, p)
     if not recipe.output.dataset:
         raise UserError("output: the recipe registers no dataset; set output: NAME")
     res = run_recipe(
@@ -213,6 +234,9 @@ class TokenizerParams(Params):
 
     def inputs(self) -> list[str]:
         return list(self.sources)
+
+    def found_inputs(self, ctx: StepContext) -> list[str]:
+        return _matched(ctx, self.sources, ctx.base_dir)  # globs and folders included
 
 
 @step_type("tokenizer", TokenizerParams)
@@ -244,6 +268,9 @@ class MixParams(Params):
 
     def inputs(self) -> list[str]:
         return list(self.ratios)
+
+    def found_inputs(self, ctx: StepContext) -> list[str]:
+        return _matched(ctx, list(self.ratios), ctx.base_dir)  # globs and folders included
 
 
 @step_type("mix", MixParams)
@@ -673,6 +700,34 @@ def _json_default(o: Any) -> Any:
 
 def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=_json_default)
+
+
+def _local(ctx: StepContext, path: Path) -> str:
+    """A local file as an input: relative to the pipeline's folder when inside it (so a
+    moved folder keeps its cache)."""
+    try:
+        return path.relative_to(ctx.base_dir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _matched(ctx: StepContext, items: list[str], base: Path) -> list[str]:
+    """The dataset versions (``name:N``) and local files that data-stage inputs (paths,
+    globs, dataset refs, relative to ``base``) resolve to, as the data stage reads them."""
+    from lmops.data.recipe import resolve_inputs
+
+    found = resolve_inputs(items, base, ctx.store)
+    return [*found.refs, *(_local(ctx, f.path) for f in found.files if f.ref is None)]
+
+
+def pin_step(ctx: StepContext, params: Params) -> dict[str, str]:
+    """A step's inputs and found inputs, pinned (:func:`pin_inputs`)."""
+    pinned = pin_inputs(ctx, params.inputs())
+    try:
+        found = params.found_inputs(ctx)
+    except UserError as e:  # the step says so when it runs (and is not cached)
+        return {**pinned, "(found inputs)": f"unreadable: {e}"}
+    return pinned | pin_inputs(ctx, found)
 
 
 def pin_inputs(ctx: StepContext, refs: Iterable[str]) -> dict[str, str]:

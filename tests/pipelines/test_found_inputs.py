@@ -1,0 +1,90 @@
+"""A step's cache key covers what it reads through its inputs, not only the inputs it names:
+the files a data recipe's paths and globs match (and its dataset refs, by version), and a
+tokenizer's or a mix's globs. Change one and the step runs again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmops.pipelines import load_pipeline, run_pipeline
+from tests.pipelines.test_runner import write_pipeline
+
+
+def rows(path: Path, texts: list[str], key: str = "text") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({key: t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def run(path: Path, store: Any) -> Any:
+    result = run_pipeline(load_pipeline(path), store, progress=False)
+    assert result.ok, result.failed
+    return result
+
+
+def test_a_recipe_files_own_inputs_are_in_the_key(tmp_path: Path, store: Any) -> None:
+    data = rows(tmp_path / "in.jsonl", ["one  two", "three four"])
+    (tmp_path / "r.yaml").write_text(
+        "name: small\ninputs: [in.jsonl]\nprocess: [{op: clean_whitespace}]\n"
+        "output: {dataset: small-clean}\n"
+    )
+    path = write_pipeline(tmp_path, {"clean": {"type": "data", "recipe": "r.yaml"}})
+    assert run(path, store).steps["clean"].summary == "small-clean:1: kept 2 of 2 documents"
+    assert run(path, store).executed() == []
+
+    with data.open("a") as fh:
+        fh.write(json.dumps({"text": "five six"}) + "\n")
+    again = run(path, store)
+    assert again.executed() == ["clean"]
+    assert again.steps["clean"].summary == "small-clean:2: kept 3 of 3 documents"
+    assert run(path, store).executed() == []
+
+
+def test_a_glob_matching_one_more_file_reruns_data_tokenizer_and_mix(
+    tmp_path: Path, store: Any
+) -> None:
+    rows(tmp_path / "raw" / "part-0.jsonl", [f"document number {i} is here" for i in range(8)])
+    steps = {
+        "clean": {
+            "type": "data",
+            "recipe": {"inputs": ["raw/*.jsonl"], "process": [{"op": "clean_whitespace"}]},
+            "output": "g-clean",
+        },
+        "tok": {
+            "type": "tokenizer",
+            "sources": ["raw/*.jsonl"],
+            "name": "g-tok",
+            "vocab_size": 300,
+            "min_frequency": 1,
+        },
+        "mix": {"type": "mix", "ratios": {"raw/*.jsonl": 1.0}, "output": "g-mix"},
+    }
+    path = write_pipeline(tmp_path, steps)
+    run(path, store)
+    assert run(path, store).executed() == []
+
+    rows(tmp_path / "raw" / "part-1.jsonl", ["a new file the globs now match"])
+    again = run(path, store)
+    assert again.executed() == ["clean", "tok", "mix"]
+    assert again.steps["clean"].result["docs_in"] == 9
+
+
+def test_a_recipes_dataset_ref_is_keyed_by_the_version_it_resolves_to(
+    tmp_path: Path, store: Any
+) -> None:
+    v1 = store.assets.register("dataset", "src", rows(tmp_path / "a.jsonl", ["first  text"]))
+    store.assets.alias(v1.ref, "prod")
+    (tmp_path / "r.yaml").write_text(
+        "name: r\ninputs: [src@prod]\nprocess: [{op: clean_whitespace}]\noutput: {dataset: out}\n"
+    )
+    path = write_pipeline(tmp_path, {"clean": {"type": "data", "recipe": "r.yaml"}})
+    run(path, store)
+    assert run(path, store).executed() == []
+
+    v2 = store.assets.register("dataset", "src", rows(tmp_path / "b.jsonl", ["x", "y  z"]))
+    store.assets.alias(v2.ref, "prod")
+    again = run(path, store)
+    assert again.executed() == ["clean"]
+    assert again.steps["clean"].result["docs_in"] == 2
