@@ -1,6 +1,6 @@
 """A step's cache key covers what it reads through its inputs, not only the inputs it names:
-the files a data recipe's paths and globs match (and its dataset refs, by version), and a
-tokenizer's or a mix's globs. Change one and the step runs again."""
+the files a data recipe's paths and globs match (and its dataset refs, by version), an
+operator's model file, and a tokenizer's or a mix's globs. Change one and the step runs again."""
 
 from __future__ import annotations
 
@@ -88,3 +88,30 @@ def test_a_recipes_dataset_ref_is_keyed_by_the_version_it_resolves_to(
     again = run(path, store)
     assert again.executed() == ["clean"]
     assert again.steps["clean"].result["docs_in"] == 2
+
+
+def test_an_operators_model_file_is_in_the_key(tmp_path: Path, store: Any) -> None:
+    from lmops.data.ngram_lm import NgramLM
+
+    texts = [f"the cat sat on mat number {i}" for i in range(20)]
+    rows(tmp_path / "in.jsonl", texts)
+    NgramLM.train(texts, order=3).save(tmp_path / "ref.ngram")
+    op = {
+        "op": "perplexity_filter",
+        "model": "ref.ngram",
+        "max_perplexity": None,
+        "min_perplexity": None,
+    }
+    steps = {
+        "clean": {
+            "type": "data",
+            "recipe": {"inputs": ["in.jsonl"], "process": [op]},
+            "output": "ppl-clean",
+        }
+    }
+    path = write_pipeline(tmp_path, steps)
+    run(path, store)
+    assert run(path, store).executed() == []
+
+    NgramLM.train(["completely different words here"] * 5, order=3).save(tmp_path / "ref.ngram")
+    assert run(path, store).executed() == ["clean"]

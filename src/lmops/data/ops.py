@@ -29,6 +29,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -139,6 +140,11 @@ class Op(ABC):
     @abstractmethod
     def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
         """Process a stream of documents and yield those that are kept."""
+
+    def files(self) -> list[Path]:
+        """Local files it reads besides the documents (a scoring model), so a pipeline
+        running the recipe runs it again when one changes."""
+        return []
 
 
 class Mapper(Op):

@@ -4,8 +4,9 @@ versions it produced.
 
 A step type also says which of its parameters are *inputs* (asset refs or local paths),
 and which inputs only reading those finds (*found inputs*: the files a recipe's paths and
-globs match): the runner pins each to its version (or content digest) in the step's cache
-key, so a moved alias or an edited file re-runs the step and everything after it.
+globs match, an operator's model file): the runner pins each to its version (or content
+digest) in the step's cache key, so a moved alias or an edited file re-runs the step and
+everything after it.
 """
 
 from __future__ import annotations
@@ -168,9 +169,11 @@ class DataParams(Params):
         return refs
 
     def found_inputs(self, ctx: StepContext) -> list[str]:
-        # what the recipe's paths, globs and dataset refs match
+        # what the recipe's paths, globs and dataset refs match, and the operators' own
+        # files (a scoring model)
         recipe, base = _recipe(ctx, self)
-        return _matched(ctx, recipe.inputs, base)
+        files = [_local(ctx, f) for op in recipe.build_ops() for f in op.files()]
+        return _matched(ctx, recipe.inputs, base) + files
 
 
 def _recipe(ctx: StepContext, p: DataParams) -> tuple[Any, Path]:

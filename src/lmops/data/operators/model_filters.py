@@ -222,6 +222,9 @@ class PerplexityFilter(Filter):
         self._max: float | None = None
         self._max_resolved = False
 
+    def files(self) -> list[Path]:
+        return [self.path]
+
     def _scorer(self) -> _Scorer:
         if self.kind == "hf":
             return _hf_scorer(self.path, self.p.device, self.p.dtype, self.p.max_length)
@@ -336,6 +339,9 @@ class QualityClassifierFilter(Filter):
                 f"quality_classifier: model {str(self.path)!r} does not exist; train one "
                 "with train_quality_classifier"
             )
+
+    def files(self) -> list[Path]:
+        return [self.path]
 
     def _model(self) -> QualityClassifier:
         key = ("classifier", *_file_key(self.path))
