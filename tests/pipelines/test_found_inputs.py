@@ -1,12 +1,15 @@
 """A step's cache key covers what it reads through its inputs, not only the inputs it names:
 the files a data recipe's paths and globs match (and its dataset refs, by version), an
-operator's model file, and a tokenizer's or a mix's globs. Change one and the step runs again."""
+operator's model file, a tokenizer's or a mix's globs, and the data files a task YAML names.
+Change one and the step runs again."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from lmops.pipelines import load_pipeline, run_pipeline
 from tests.pipelines.test_runner import write_pipeline
@@ -115,3 +118,69 @@ def test_an_operators_model_file_is_in_the_key(tmp_path: Path, store: Any) -> No
 
     NgramLM.train(["completely different words here"] * 5, order=3).save(tmp_path / "ref.ngram")
     assert run(path, store).executed() == ["clean"]
+
+
+TASK = """\
+task: caps
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: eval.jsonl
+test_split: test
+output_type: generate_until
+doc_to_text: "Q: capital of {{country}}?\\nA:"
+doc_to_target: "{{capital}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 4
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_an_eval_task_files_data_is_in_the_key(tmp_path: Path, store: Any) -> None:
+    from tests.train.tiny import make_model, make_tokenizer
+
+    make_model(tmp_path / "model", make_tokenizer(tmp_path / "tok"), seed=1)
+    (tmp_path / "caps.yaml").write_text(TASK, encoding="utf-8")
+    (tmp_path / "folder.yaml").write_text(
+        TASK.replace("dataset_path: json", "dataset_path: qs").replace(
+            "dataset_kwargs:\n  data_files:\n    test: eval.jsonl\n", ""
+        ),
+        encoding="utf-8",
+    )
+    data = tmp_path / "eval.jsonl"
+    data.write_text(json.dumps({"country": "France", "capital": "Paris"}) + "\n")
+    (tmp_path / "qs").mkdir()
+    (tmp_path / "qs" / "test.jsonl").write_text(data.read_text())
+    steps = {
+        "model": {"type": "register", "path": "model", "name": "m", "kind": "model"},
+        "eval": {
+            "type": "eval",
+            "model": "${steps.model.output}",
+            "task_files": ["caps.yaml"],
+            "device": "cpu",
+            "output": "m-eval",
+        },
+        "eval-folder": {
+            "type": "eval",
+            "model": "${steps.model.output}",
+            "task_files": ["folder.yaml"],
+            "device": "cpu",
+            "output": "m-eval-folder",
+        },
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"name": "ev", "steps": steps}, sort_keys=False))
+    first = run(path, store)
+    assert first.steps["eval"].outputs["output"] == "m-eval:1"
+    assert run(path, store).executed() == []
+
+    data.write_text(
+        "".join(json.dumps({"country": c, "capital": k}) + "\n" for c, k in [("Peru", "Lima")] * 2)
+    )
+    assert run(path, store).executed() == ["eval"]  # dataset_kwargs.data_files
+    (tmp_path / "qs" / "test.jsonl").write_text(data.read_text())
+    assert run(path, store).executed() == ["eval-folder"]  # dataset_path: a folder
+    scored = store.assets.resolve("m-eval-folder").metadata["results"]["caps"]
+    assert scored["n"] == 2

@@ -25,6 +25,7 @@ __all__ = [
     "run_judge",
     "run_safety_probe",
     "served_model",
+    "spec_tasks",
 ]
 
 
@@ -47,6 +48,18 @@ def load_tasks(
     if not tasks:
         raise UserError("give --tasks NAME[,NAME...] or --task-file FILE.yaml")
     return tasks
+
+
+def spec_tasks(spec: EvalSpec, store: Any) -> list[Any]:
+    """The tasks ``spec`` names, loaded with their data; each notes what it was read from
+    (``Task.local_inputs``, ``dataset_refs``, ``prompt_refs``)."""
+    return load_tasks(
+        spec.tasks,
+        [Path(f) for f in spec.task_files],
+        store,
+        Path(spec.data_dir) if spec.data_dir else None,
+        spec.include_errors,
+    )
 
 
 def open_model(
@@ -155,13 +168,7 @@ def run_eval(
     from lmops.eval.run import evaluate, prompt_style, register_report, report_dict
 
     spec.check()
-    tasks = load_tasks(
-        spec.tasks,
-        [Path(f) for f in spec.task_files],
-        store,
-        Path(spec.data_dir) if spec.data_dir else None,
-        spec.include_errors,
-    )
+    tasks = spec_tasks(spec, store)
     model, endpoint, limit = spec.model, spec.endpoint, spec.limit
     shown_endpoint = mask_url(endpoint) if endpoint else None
     config: dict[str, Any] = {

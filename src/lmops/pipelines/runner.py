@@ -2,12 +2,12 @@
 
 The cache key of a step is a sha256 over the pipeline and step names, the step type, its
 parameters after references are substituted (earlier steps' outputs are pinned ``name:N``
-refs), every input it names or reads through those (a recipe's matched files) pinned to
-what it is now (an asset's version ref, a local file's content digest) and the lmops
-version. A completed step is recorded in the store's step cache with the versions it
-produced, so re-running an unchanged pipeline runs nothing, and a run that failed (or was
-killed) resumes at the step that did not finish; training steps also resume from their
-last checkpoint.
+refs), every input it names or reads through those (a recipe's matched files, a task
+file's data) pinned to what it is now (an asset's version ref, a local file's content
+digest) and the lmops version. A completed step is recorded in the store's step cache with
+the versions it produced, so re-running an unchanged pipeline runs nothing, and a run that
+failed (or was killed) resumes at the step that did not finish; training steps also resume
+from their last checkpoint.
 
 The whole run is recorded as a ``pipeline`` run whose params list each step's outcome.
 """

@@ -4,9 +4,9 @@ versions it produced.
 
 A step type also says which of its parameters are *inputs* (asset refs or local paths),
 and which inputs only reading those finds (*found inputs*: the files a recipe's paths and
-globs match, an operator's model file): the runner pins each to its version (or content
-digest) in the step's cache key, so a moved alias or an edited file re-runs the step and
-everything after it.
+globs match, an operator's model file, the data files a task YAML names): the runner pins
+each to its version (or content digest) in the step's cache key, so a moved alias or an
+edited file re-runs the step and everything after it.
 """
 
 from __future__ import annotations
@@ -394,6 +394,21 @@ class EvalParams(EvalSpec, Params):
     def inputs(self) -> list[str]:
         return EvalSpec.inputs(self)
 
+    def found_inputs(self, ctx: StepContext) -> list[str]:
+        # what the tasks were read from: task files' data files and folders, a built-in's
+        # shared data, dataset and prompt versions
+        from lmops.eval.jobs import spec_tasks
+
+        found: list[str] = []
+        for t in spec_tasks(self.resolved(ctx), ctx.store):
+            found += [_local(ctx, path) for path, _ in t.local_inputs]
+            found += [*t.dataset_refs, *t.prompt_refs]
+        return found
+
+    def resolved(self, ctx: StepContext) -> EvalSpec:
+        """The eval job, its relative paths read from the pipeline's folder."""
+        return EvalSpec.model_validate(self.model_dump()).resolve_paths(ctx.base_dir)
+
 
 _NOT_METRICS = ("n", "excluded", "num_fewshot", "seconds", "tasks", "failed_requests")
 
@@ -424,8 +439,9 @@ def _eval(ctx: StepContext, p: EvalParams) -> StepOutput:
 
     from lmops.eval.jobs import run_eval
 
-    spec = EvalSpec.model_validate(p.model_dump()).resolve_paths(ctx.base_dir)
-    job = run_eval(ctx.store, spec, api_key=os.environ.get("LMOPS_API_KEY"), progress=ctx.progress)
+    job = run_eval(
+        ctx.store, p.resolved(ctx), api_key=os.environ.get("LMOPS_API_KEY"), progress=ctx.progress
+    )
     metrics = _flat_metrics(job.report)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in list(metrics.items())[:4])
     return StepOutput(
