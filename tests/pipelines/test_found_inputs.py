@@ -1,7 +1,7 @@
 """A step's cache key covers what it reads through its inputs, not only the inputs it names:
 the files a data recipe's paths and globs match (and its dataset refs, by version), an
-operator's model file, a tokenizer's or a mix's globs, and the data files a task YAML names.
-Change one and the step runs again."""
+operator's model file, a tokenizer's or a mix's globs, the data files a task YAML names,
+and the datasets a training job YAML names. Change one and the step runs again."""
 
 from __future__ import annotations
 
@@ -184,3 +184,34 @@ def test_an_eval_task_files_data_is_in_the_key(tmp_path: Path, store: Any) -> No
     assert run(path, store).executed() == ["eval-folder"]  # dataset_path: a folder
     scored = store.assets.resolve("m-eval-folder").metadata["results"]["caps"]
     assert scored["n"] == 2
+
+
+def test_a_training_jobs_datasets_are_in_the_key(tmp_path: Path, store: Any) -> None:
+    from tests.train.tiny import make_model, make_tokenizer, write_alpaca
+
+    make_model(tmp_path / "tiny", make_tokenizer(tmp_path / "tok"))
+    write_alpaca(tmp_path / "adds.jsonl", 8)
+    write_alpaca(tmp_path / "more.jsonl", 8)
+    job = {
+        "stage": "sft",
+        "method": "full",
+        "model": "tiny",
+        "dataset": "adds.jsonl",
+        "output": "adder",
+        "device": "cpu",
+        "train": {"max_steps": 1, "batch_size": 2, "max_seq_len": 32},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    steps = {
+        "from-file": {"type": "train", "spec": "job.yaml"},
+        # an inline job whose override names the dataset
+        "inline": {"type": "train", "spec": job, "overrides": ["dataset=more.jsonl"]},
+    }
+    path = write_pipeline(tmp_path, steps)
+    run(path, store)
+    assert run(path, store).executed() == []
+
+    write_alpaca(tmp_path / "adds.jsonl", 8, seed=1)
+    assert run(path, store).executed() == ["from-file"]
+    write_alpaca(tmp_path / "more.jsonl", 8, seed=1)
+    assert run(path, store).executed() == ["inline"]

@@ -4,9 +4,9 @@ versions it produced.
 
 A step type also says which of its parameters are *inputs* (asset refs or local paths),
 and which inputs only reading those finds (*found inputs*: the files a recipe's paths and
-globs match, an operator's model file, the data files a task YAML names): the runner pins
-each to its version (or content digest) in the step's cache key, so a moved alias or an
-edited file re-runs the step and everything after it.
+globs match, an operator's model file, the data files a task YAML names, the datasets a
+job YAML names): the runner pins each to its version (or content digest) in the step's
+cache key, so a moved alias or an edited file re-runs the step and everything after it.
 """
 
 from __future__ import annotations
@@ -304,25 +304,16 @@ class TrainParams(Params):
                 raise ValueError(str(e)) from None
         return self
 
-    def _mapping(self) -> dict[str, Any]:
-        return self.spec if isinstance(self.spec, dict) else {}
-
     def inputs(self) -> list[str]:
         if isinstance(self.spec, str):
             return [self.spec]
-        m = self._mapping()
-        refs: list[str] = []
-        model = m.get("model")
-        if isinstance(model, str):
-            refs.append(model)
-        elif isinstance(model, dict) and isinstance(model.get("tokenizer"), str):
-            refs.append(model["tokenizer"])
-        ds = m.get("dataset")
-        refs += [ds] if isinstance(ds, str) else [d for d in ds or [] if isinstance(d, str)]
-        reward = (m.get("ppo") or {}).get("reward_model")
-        if isinstance(reward, str):
-            refs.append(reward)
-        return refs
+        from lmops.train.spec import spec_from_dict
+
+        return spec_from_dict(self.spec, self.overrides, source="spec").inputs()
+
+    def found_inputs(self, ctx: StepContext) -> list[str]:
+        # what a job YAML names (an inline job's are its inputs)
+        return _train_spec(ctx, self).inputs() if isinstance(self.spec, str) else []
 
 
 def _train_spec(ctx: StepContext, p: TrainParams) -> Any:

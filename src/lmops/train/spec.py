@@ -265,6 +265,18 @@ class TrainSpec(_Strict):
     def datasets(self) -> list[str]:
         return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
 
+    def inputs(self) -> list[str]:
+        """Asset refs or local paths the job reads (a pipeline pins them in its cache key):
+        the base model (or a preset's tokenizer), the datasets, a PPO reward model and a
+        DeepSpeed config."""
+        model = self.model.tokenizer if isinstance(self.model, ModelPreset) else self.model
+        refs = [model, *self.datasets]
+        if self.ppo.reward_model:
+            refs.append(self.ppo.reward_model)
+        if self.distributed.deepspeed:
+            refs.append(self.distributed.deepspeed)
+        return refs
+
 
 # Named presets: partial specs merged under the user's YAML (the user's keys win).
 PRESETS: dict[str, dict[str, Any]] = {
