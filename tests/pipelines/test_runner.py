@@ -306,3 +306,33 @@ def test_references_in_mapping_keys_are_resolved_and_ordered(tmp_path: Path, sto
     assert res.ok, res.failed and res.failed.error
     mixed = store.assets.lineage(res.steps["mix"].outputs["output"], depth=1).upstream
     assert [e.parent for e in mixed] == ["demo-clean:1"]
+
+
+def test_cache_and_clear_refuse_an_unknown_pipeline_or_step(
+    tmp_path: Path, store: Any, cli: Any
+) -> None:
+    r = cli("pipeline", "cache", "demo")
+    assert r.code == 2 and "no pipeline 'demo'; no pipeline has run yet" in r.err
+    write_raw(tmp_path)
+    steps = {"raw": BASIC["raw"], "tag": {"type": "alias", "ref": "demo-raw:1", "alias": "x"}}
+    assert run_pipeline(load_pipeline(write_pipeline(tmp_path, steps)), store, progress=False).ok
+
+    for args, message in [
+        (("cache", "dmeo"), "no pipeline 'dmeo'; did you mean 'demo'?"),
+        (("cache", "nosuchpipe"), "no pipeline 'nosuchpipe'; known pipelines: demo"),
+        (("clear", "dmeo"), "no pipeline 'dmeo'; did you mean 'demo'?"),
+        (("clear", "demo", "--step", "rwa"), "pipeline 'demo' has no step 'rwa'; did you mean"),
+        (("clear", "demo", "--step", "nosuch"), "has no step 'nosuch'; its steps: raw, tag"),
+    ]:
+        r = cli("pipeline", *args)
+        assert r.code == 2, (args, r.out)
+        assert message in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert len(store.steps.list("demo")) == 2  # nothing was forgotten
+
+    r = cli("pipeline", "clear", "demo", "--step", "raw")
+    assert r.code == 0 and "forgot 1" in r.out
+    # a known step or pipeline with nothing cached is not an error
+    assert cli("pipeline", "clear", "demo", "--step", "raw").code == 0
+    assert cli("pipeline", "clear", "demo").code == 0
+    r = cli("pipeline", "cache", "demo", "--json")
+    assert r.code == 0 and json.loads(r.out) == []

@@ -28,6 +28,7 @@ __all__ = [
     "StoreError",
     "UserError",
     "first_line",
+    "name_hint",
 ]
 
 
@@ -40,6 +41,19 @@ def first_line(e: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch.onnx colours its messages
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[0].strip() if lines else type(e).__name__
+
+
+def name_hint(name: str, known: list[str], what: str) -> str:
+    """The tail of an "unknown NAME" error: ``did you mean 'X'?`` for a close one of
+    ``known`` (difflib), else ``WHAT: a, b, ...`` (ten at most), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    if not known:
+        return ""
+    return f"{what}: " + ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
 
 
 class LmopsError(Exception):

@@ -2,7 +2,9 @@
 
 The key is computed by the pipeline runner over the step's resolved config, the versions of
 its input assets, the content of local files it reads and the lmops version. A hit is only
-trusted while every output it names still resolves to a READY version."""
+trusted while every output it names still resolves to a READY version. Asking for the
+cache of a pipeline, or a step, the store has never seen is a ``NotFoundError`` naming what
+there is (a typo would otherwise list or forget nothing, silently)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from lmops.core.errors import NotFoundError, name_hint
 from lmops.store._time import aware, utcnow
-from lmops.store.models import StepCacheRow
+from lmops.store.models import RunRow, StepCacheRow
 
 if TYPE_CHECKING:
     from lmops.store.store import Store
@@ -88,7 +91,43 @@ class StepCache:
 
         self._db.write(upsert)
 
+    def pipeline_names(self) -> list[str]:
+        """Every pipeline the store has seen: with cached steps or a recorded run."""
+        with self._db.session() as s:
+            cached = set(s.scalars(select(StepCacheRow.pipeline).distinct()))
+            ran = s.scalars(select(RunRow.name).where(RunRow.kind == "pipeline").distinct())
+            return sorted(cached.union(ran))
+
+    def step_names(self, pipeline: str) -> list[str]:
+        """The steps of ``pipeline`` the store has seen: cached, or in one of its runs."""
+        with self._db.session() as s:
+            q = select(StepCacheRow.step).where(StepCacheRow.pipeline == pipeline)
+            found = set(s.scalars(q))
+            runs = select(RunRow.config, RunRow.params).where(
+                RunRow.kind == "pipeline", RunRow.name == pipeline
+            )
+            for config, params in s.execute(runs):
+                found.update(((config or {}).get("spec") or {}).get("steps") or {})
+                found.update((params or {}).get("steps") or {})
+        return sorted(found)
+
+    def check(self, pipeline: str, step: str | None = None) -> None:
+        """A ``NotFoundError`` for a pipeline, or a step of it, that the store has never
+        seen, naming the close one or what there is."""
+        names = self.pipeline_names()
+        if pipeline not in names:
+            hint = name_hint(pipeline, names, "known pipelines") or "no pipeline has run yet"
+            raise NotFoundError(f"no pipeline {pipeline!r}; {hint}")
+        if step is not None:
+            steps = self.step_names(pipeline)
+            if step not in steps:
+                hint = name_hint(step, steps, "its steps") or "it has none"
+                raise NotFoundError(f"pipeline {pipeline!r} has no step {step!r}; {hint}")
+
     def list(self, pipeline: str | None = None) -> list[CachedStep]:
+        """Cached steps, oldest first (of ``pipeline``, which must be known, when given)."""
+        if pipeline is not None:
+            self.check(pipeline)
         with self._db.session() as s:
             q = select(StepCacheRow).order_by(StepCacheRow.created_at)
             if pipeline is not None:
@@ -96,7 +135,9 @@ class StepCache:
             return [_cached(r) for r in s.scalars(q)]
 
     def clear(self, pipeline: str, step: str | None = None) -> int:
-        """Forget cached results of a pipeline (or one of its steps); returns how many."""
+        """Forget cached results of a pipeline (or one of its steps), which must be known;
+        returns how many."""
+        self.check(pipeline, step)
 
         def rm(s: Session) -> int:
             q = delete(StepCacheRow).where(StepCacheRow.pipeline == pipeline)
