@@ -43,12 +43,13 @@ def first_line(e: BaseException) -> str:
     return lines[0].strip() if lines else type(e).__name__
 
 
-def name_hint(name: str, known: list[str], what: str) -> str:
+def name_hint(name: str, known: list[str], what: str, cutoff: float = 0.6) -> str:
     """The tail of an "unknown NAME" error: ``did you mean 'X'?`` for a close one of
-    ``known`` (difflib), else ``WHAT: a, b, ...`` (ten at most), else ``""``."""
+    ``known`` (difflib, at least ``cutoff`` alike), else ``WHAT: a, b, ...`` (ten at
+    most), else ``""``."""
     import difflib
 
-    close = difflib.get_close_matches(name, known, n=1)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
     if close:
         return f"did you mean {close[0]!r}?"
     if not known:

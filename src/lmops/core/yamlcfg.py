@@ -12,14 +12,17 @@ names its line and field rather than the top of the file.
 from __future__ import annotations
 
 import copy
+import re
+import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails
 
-from lmops.core.errors import UserError, first_line
+from lmops.core.errors import UserError, first_line, name_hint
 
 __all__ = [
     "FieldError",
@@ -30,8 +33,11 @@ __all__ = [
     "format_loc",
     "line_of",
     "load_config",
+    "nested_error",
     "node_line",
     "read_yaml",
+    "shown_error",
+    "user_loc",
     "validate_config",
     "with_presets",
 ]
@@ -59,7 +65,7 @@ def error_message(err: Mapping[str, Any]) -> str:
     validator's own message loses pydantic's "Value error, " prefix."""
     if err["type"] == "extra_forbidden":
         return "unknown field (check the spelling)"
-    return str(err["msg"]).removeprefix("Value error, ")
+    return str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:
@@ -72,16 +78,142 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
-    line = node.start_mark.line + 1 if node is not None else None
+# The names pydantic puts in an error's location that are not the user's: which member of a
+# union failed (``list[str]``, ``literal['all-linear']``, ``str``, a model's class name) or
+# which validator (``function-after[...]``), and ``[key]``.
+_TAG = re.compile(
+    r"[\w-]*\[.*\]|[A-Z]\w*|str|int|float|bool|bytes|none|list|dict|set|tuple|constrained-\w+"
+)
+
+
+def user_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """``loc`` in the user's terms: the keys and indexes into ``data`` (what was validated),
+    without the names pydantic adds for a union's members or a validator. A part found in
+    ``data`` is the user's (a mapping key, whatever it reads like) and is always kept, and
+    so is a field that is not there (a missing one). Without ``data``, ``loc`` as it is."""
+    if data is None:
+        return loc
+    out: list[Any] = []
+    cur: Any = data
     for part in loc:
+        in_list = isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)
+        if in_list or (isinstance(cur, dict) and part in cur):
+            cur = cur[part]
+        elif isinstance(part, str) and _TAG.fullmatch(part):
+            continue  # a union member's or a validator's name: it reads no data
+        else:
+            cur = None
+        out.append(part)
+    return tuple(out)
+
+
+def shown_error(
+    e: ValidationError, data: Any = None, model: type[BaseModel] | None = None
+) -> tuple[tuple[Any, ...], str]:
+    """The one error of ``e`` to show, as (location, message) in the user's terms, for
+    ``data`` validated as ``model``: an unknown field before a required one missing beside
+    it (most often that one misspelt), with a did-you-mean; for a value no member of a union
+    took, the member its shape matched (the deeper error), else one message for them all."""
+    errs = e.errors()
+    locs = [user_loc(error_loc(x), data) for x in errs]
+    missing = [
+        (lc[:-1], lc[-1]) for x, lc in zip(errs, locs, strict=True) if x["type"] == "missing"
+    ]
+    i = next(
+        (
+            j
+            for j, (x, lc) in enumerate(zip(errs, locs, strict=True))
+            if x["type"] == "extra_forbidden" and any(p == lc[:-1] for p, _ in missing)
+        ),
+        0,
+    )
+    err, loc = errs[i], locs[i]
+    if err["type"] == "extra_forbidden" and loc:
+        known = [str(n) for p, n in missing if p == loc[:-1]]
+        known += _fields_at(model, loc[:-1]) if model is not None else []
+        # a close one only: "lr" is not a misspelt "lora" (it belongs in train:)
+        hint = name_hint(str(loc[-1]), known, "", cutoff=0.75)
+        if hint.startswith("did you mean"):
+            return loc, f"unknown field ({hint})"
+        return loc, error_message(err)
+    if loc == error_loc(err):
+        return loc, error_message(err)
+    # a union's members, each reported at the same place (a tag dropped from each)
+    members = [(lc, x) for x, lc in zip(errs, locs, strict=True) if lc[: len(loc)] == loc]
+    deepest, deepest_err = max(members, key=lambda m: len(m[0]))
+    if len(deepest) > len(loc):  # the member whose shape it has, failing inside
+        return deepest, error_message(deepest_err)
+    said = [error_message(x) for lc, x in members if lc == loc]
+    head = "Input should be "
+    if all(m.startswith(head) for m in said):
+        return loc, head + " or ".join(dict.fromkeys(m.removeprefix(head) for m in said))
+    return loc, "; or ".join(dict.fromkeys(said))
+
+
+def nested_error(e: ValidationError, *loc: Any) -> ValidationError:
+    """``e`` (a nested config's validation, done by a validator itself) as the errors of
+    the field at ``loc``, so that they keep their own locations; a validator may raise it."""
+    return ValidationError.from_exception_data(
+        e.title,
+        [
+            InitErrorDetails(
+                type=x["type"], loc=(*loc, *x["loc"]), input=x["input"], ctx=x.get("ctx", {})
+            )
+            for x in e.errors()
+        ],
+    )
+
+
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the pydantic models found at ``loc`` inside ``model`` (none once
+    the path leaves typed models, e.g. through a ``dict[str, Any]``)."""
+    found = [model]
+    for part in loc:
+        found = [inner for tp in found for inner in _inside(tp, part)]
+    return [
+        f.alias or name
+        for tp in found
+        for m in _members(tp)
+        if isinstance(m, type) and issubclass(m, BaseModel)
+        for name, f in m.model_fields.items()
+    ]
+
+
+def _members(tp: Any) -> list[Any]:
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _members(get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for a in get_args(tp) for m in _members(a)]
+    return [tp]
+
+
+def _inside(tp: Any, part: Any) -> list[Any]:
+    """The types at ``part`` inside ``tp``: a model's field, a list's items, a dict's values."""
+    out: list[Any] = []
+    for m in _members(tp):
+        origin, args = get_origin(m), get_args(m)
+        if isinstance(m, type) and issubclass(m, BaseModel):
+            f = next((f for n, f in m.model_fields.items() if part in (n, f.alias)), None)
+            out += [f.annotation] if f is not None else []
+        elif origin in (list, tuple, set, frozenset) and isinstance(part, int) and args:
+            out.append(args[0])
+        elif origin is dict and len(args) == 2:
+            out.append(args[1])
+    return out
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...], key: bool = False) -> int | None:
+    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent); with
+    ``key``, of the last part's key (an unknown field's own line, not its value's)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for i, part in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
             nxt = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
-            if nxt is None:
+            if nxt is None or (key and i == len(loc) - 1):
                 # an extra key: point at the key itself if present
-                key = next((k for k, _ in node.value if getattr(k, "value", None) == part), None)
-                return key.start_mark.line + 1 if key is not None else line
+                at = next((k for k, _ in node.value if getattr(k, "value", None) == part), None)
+                return at.start_mark.line + 1 if at is not None else line
             node = nxt
         elif (
             isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
@@ -93,9 +225,10 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def node_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the YAML node at ``loc`` in an already composed document."""
-    return _line_of(node, loc)
+def node_line(node: yaml.Node | None, loc: tuple[Any, ...], key: bool = False) -> int | None:
+    """1-based line of the YAML node at ``loc`` in an already composed document (with
+    ``key``, of its last part's key)."""
+    return _line_of(node, loc, key)
 
 
 def line_of(path: Path, loc: tuple[Any, ...]) -> int | None:
@@ -180,19 +313,18 @@ def validate_config(
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = error_loc(err)
+        loc, message = shown_error(e, data, model)
         dotted = ".".join(str(p) for p in loc)
         keys = [(o, o.partition("=")[0]) for o in overrides or []]
         given = [  # the field, a field inside it, or a new mapping the override made
             o for o, k in keys
             if dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + ".")
         ]  # fmt: skip
-        line = None if given else _line_of(node, loc)
+        line = None if given else _line_of(node, loc, key=message.startswith("unknown field"))
         where = f"{source}:{line}" if line else source
         if given:
             where += f": override {given[-1]!r}"
-        raise UserError(f"{where}: {format_loc(loc)}: {error_message(err)}") from None
+        raise UserError(f"{where}: {format_loc(loc)}: {message}") from None
 
 
 def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
