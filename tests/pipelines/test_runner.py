@@ -177,7 +177,7 @@ def test_dry_run_shows_the_plan(tmp_path: Path, store: Any) -> None:
         ),
         (
             {"a": {"type": "alias", "ref": "m:1", "alias": "x", "colour": "red"}},
-            "steps.a.colour: Extra inputs are not permitted",
+            "steps.a.colour: unknown field (check the spelling)",
         ),
         (
             {"a": {"type": "alias", "ref": "${vars.missing}", "alias": "x"}},
@@ -193,6 +193,47 @@ def test_bad_pipelines_name_step_field_and_line(
         load_pipeline(path)
     assert message in str(e.value)
     assert str(e.value).startswith(f"{path}:")  # file:line
+
+
+def test_pipeline_file_errors_read_in_the_files_own_words(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    job = (
+        "      stage: sft\n      method: lora\n      model: m\n      dataset: d\n      output: o\n"
+    )
+    head = "name: p\nsteps:\n  t:\n    type: train\n    spec:\n" + job
+    for text, message in [
+        # an inline job's error keeps its place in the job, with its own line
+        (
+            head + "      train:\n        max_step: 3\n",
+            "p.yaml:12: steps.t.spec.train.max_step: unknown field (check the spelling)",
+        ),
+        (
+            head + "      lora:\n        targets: q_proj\n",
+            "p.yaml:12: steps.t.spec.lora.targets: 'q_proj': give a list of module names, "
+            "e.g. [q_proj], or 'all-linear'",
+        ),
+        (
+            head + "      lora:\n        targets: 3\n",
+            "p.yaml:12: steps.t.spec.lora.targets: Input should be a valid list or 'all-linear'",
+        ),
+        (
+            "name: p\nsteps:\n  t:\n    type: tokenizer\n    sources: [d]\n    name: t\n"
+            "    vocab_sise: 300\n",
+            "p.yaml:7: steps.t.vocab_sise: unknown field (did you mean 'vocab_size'?)",
+        ),
+        (
+            "name: p\nsteps:\n  g:\n    type: gate\n    candidates: [r:1]\n",
+            "p.yaml:4: steps.g: give conditions: (a list of {metric, rules}) or metric:",
+        ),
+        (
+            "name: p\nstep:\n  a: {type: alias, ref: m:1, alias: x}\n",
+            "p.yaml:2: step: unknown field (did you mean 'steps'?)",
+        ),
+    ]:
+        path.write_text(text)
+        with pytest.raises(UserError) as e:
+            load_pipeline(path)
+        assert str(e.value) == f"{tmp_path}/{message}"
 
 
 def test_missing_output_reference_fails_at_run_time(tmp_path: Path, store: Any) -> None:

@@ -128,10 +128,11 @@ def _params(pipe: Pipeline, name: str, scope: dict[str, Any]) -> Any:
         raise UserError(
             f"{pipe.where('steps', name, *loc)}: steps.{field_}: ${{{expr}}}: {why}"
         ) from None
+    model = STEP_TYPES[step.type].params
     try:
-        return STEP_TYPES[step.type].params.model_validate(raw), raw
+        return model.model_validate(raw), raw
     except ValidationError as e:
-        raise param_error(pipe, name, e) from None
+        raise param_error(pipe, name, e, raw, model) from None
 
 
 def _prepare(

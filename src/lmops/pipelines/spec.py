@@ -49,6 +49,7 @@ from lmops.core.yamlcfg import (
     format_loc,
     node_line,
     read_yaml,
+    shown_error,
     validate_config,
 )
 
@@ -105,9 +106,10 @@ class Pipeline:
     def name(self) -> str:
         return self.spec.name
 
-    def where(self, *loc: Any) -> str:
-        """``file:line`` of the YAML node at ``loc`` (for messages), else the source."""
-        line = node_line(self.node, loc) if self.node is not None else None
+    def where(self, *loc: Any, key: bool = False) -> str:
+        """``file:line`` of the YAML node at ``loc`` (with ``key``, of its last part's key:
+        an unknown field's line) for messages, else the source."""
+        line = node_line(self.node, loc, key) if self.node is not None else None
         return f"{self.source}:{line}" if line else self.source
 
 
@@ -242,7 +244,7 @@ def pipeline_from_dict(
 ) -> Pipeline:
     """Validate a pipeline mapping: names, step types, ``needs``, references, parameters
     (checked against each step type with references stood in for), and acyclicity."""
-    from lmops.pipelines.steps import STEP_TYPES, check_params
+    from lmops.pipelines.steps import STEP_TYPES
 
     if overrides:
         if not isinstance(data, dict):
@@ -310,7 +312,7 @@ def pipeline_from_dict(
                     "start with steps., vars., env. or pipeline."
                 )
         pipe.deps[name] = deps
-        _check_step(pipe, name, step, check_params)
+        _check_step(pipe, name, step, STEP_TYPES[step.type].params)
     pipe.order = _topo(pipe.deps, names, lambda s: pipe.where("steps", s))
     return pipe
 
@@ -328,20 +330,23 @@ def _placeholder(value: Any) -> Any:
     return value
 
 
-def param_error(pipe: Pipeline, name: str, e: ValidationError) -> UserError:
-    """A step parameter's validation error as ``file:line: steps.NAME.FIELD: message``."""
-    err = e.errors()[0]
-    loc = tuple(err["loc"])
-    return UserError(
-        f"{pipe.where('steps', name, *loc)}: steps.{name}.{format_loc(loc)}: {err['msg']}"
-    )
+def param_error(
+    pipe: Pipeline, name: str, e: ValidationError, params: Any, model: type[BaseModel]
+) -> UserError:
+    """A step parameter's validation error (``params`` validated as ``model``) as
+    ``file:line: steps.NAME.FIELD: message``."""
+    loc, message = shown_error(e, params, model)
+    field = format_loc(("steps", name, *loc))
+    where = pipe.where("steps", name, *loc, key=message.startswith("unknown field"))
+    return UserError(f"{where}: {field}: {message}")
 
 
-def _check_step(pipe: Pipeline, name: str, step: StepSpec, check: Any) -> None:
+def _check_step(pipe: Pipeline, name: str, step: StepSpec, model: type[BaseModel]) -> None:
+    params = _placeholder(step.params)
     try:
-        check(step.type, _placeholder(step.params))
+        model.model_validate(params)
     except ValidationError as e:
-        raise param_error(pipe, name, e) from None
+        raise param_error(pipe, name, e, params, model) from None
     except UserError as e:
         raise UserError(f"{pipe.where('steps', name)}: steps.{name}: {e}") from None
 

@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmops.core.errors import UserError
 from lmops.eval.spec import EvalSpec, with_preset
@@ -294,14 +294,20 @@ class TrainParams(Params):
 
     @model_validator(mode="after")
     def _check_spec(self) -> TrainParams:
-        # an inline job is checked when the pipeline loads, not when its step is reached
+        # an inline job is checked when the pipeline loads, not when its step is reached;
+        # its errors keep their place inside it (steps.NAME.spec.train.lr)
         if isinstance(self.spec, dict):
-            from lmops.train.spec import spec_from_dict
+            from lmops.core.yamlcfg import nested_error, with_presets
+            from lmops.train.spec import PRESETS, TrainSpec
 
             try:
-                spec_from_dict(self.spec, self.overrides, source="spec")
-            except UserError as e:
+                TrainSpec.model_validate(
+                    with_presets(self.spec, PRESETS, self.overrides, source="spec")
+                )
+            except UserError as e:  # an unknown preset, a bad override
                 raise ValueError(str(e)) from None
+            except ValidationError as e:
+                raise nested_error(e, "spec") from None
         return self
 
     def inputs(self) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lmops.core.errors import UserError
 from lmops.core.yamlcfg import FieldError, validate_config, with_presets
@@ -80,6 +80,14 @@ class LoraParams(_Strict):
     targets: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _module_names(cls, v: Any) -> Any:
+        # one module's name is most often meant as a list of one; say so, not "a list"
+        if isinstance(v, str) and v != "all-linear":
+            raise ValueError(f"{v!r}: give a list of module names, e.g. [{v}], or 'all-linear'")
+        return v
 
 
 class PrefixParams(_Strict):
