@@ -34,7 +34,7 @@ from pydantic import (
     field_validator,
 )
 
-from lmops.core.yamlcfg import error_message, format_loc
+from lmops.core.yamlcfg import format_loc, shown_error
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -261,17 +261,13 @@ def parse(model: type[BaseModel], body: Any) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as e:
-        err = e.errors()[0]
-        # ``messages[0].content``, as the tools errors write it, without pydantic's tags
-        # for the member of a union (``str``, ``list[...]``, a model's class name)
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
+        # ``messages[0].content``, as the tools errors write it, in the body's own terms
+        # (not pydantic's names for a union's members), worded as config errors are
+        loc, message = shown_error(e, body, model)
         param = format_loc(loc) if loc else None
         raise OpenAIError(
-            400, f"{param or 'body'}: {error_message(err)}", param=param, code="invalid_value"
+            400, f"{param or 'body'}: {message}", param=param, code="invalid_value"
         ) from None
-
-
-_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[A-Z]\w*|.*\[.*)$")
 
 
 def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
