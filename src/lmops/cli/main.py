@@ -420,7 +420,12 @@ def assets_verify(
                 err_console.print(f"{label} {escape(k)}: {escape(p)}")
         console.print(
             f"checked {len(report)} version(s): "
-            + ("all intact" if not bad else f"{len(bad)} damaged")
+            + (
+                "all intact"
+                if not bad
+                else f"{len(bad)} damaged; registering the original files again (lmops "
+                "assets register KIND NAME PATH) repairs the stored bytes"
+            )
             + (f"; {len(changed)} external input(s) changed" if changed else "")
         )
     if bad:

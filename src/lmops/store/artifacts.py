@@ -133,6 +133,7 @@ class Blobs(Protocol):
     no longer ``has``) in a way ``restore`` can undo, and ``purge`` deletes it for good."""
 
     def has(self, digest: str) -> bool: ...
+    def intact(self, digest: str, size: int) -> bool: ...  # FileNotFoundError if gone
     def put(self, staged: Path, digest: str) -> None: ...
     def fetch(self, digest: str, dest: Path) -> None: ...
     def open(self, digest: str) -> Any: ...
@@ -160,6 +161,17 @@ class LocalBlobs:
 
     def has(self, digest: str) -> bool:
         return self.path(digest).is_file()
+
+    def intact(self, digest: str, size: int) -> bool:
+        """Whether the stored blob still holds its bytes: the size first (an append or a
+        truncation, for free), then the full hash. Views are hard links to blobs, so a
+        write through a view (root ignores the read-only bit) damages the blob in place,
+        and a same-size write is as likely as an append; re-reading local bytes costs
+        what hashing the source did, and only when the bytes were stored already."""
+        path = self.path(digest)
+        if path.stat().st_size != size:
+            return False
+        return hash_file(path) == digest
 
     def put(self, staged: Path, digest: str) -> None:
         final = self.path(digest)
@@ -257,6 +269,12 @@ class FsspecBlobs:
 
     def has(self, digest: str) -> bool:
         return bool(self.fs.exists(self._p(digest)))
+
+    def intact(self, digest: str, size: int) -> bool:
+        """The size only: a full check would download the object, and an object store
+        writes whole objects (nothing writes into one through a view: views here are
+        local copies)."""
+        return int(self.fs.size(self._p(digest)) or 0) == size
 
     def put(self, staged: Path, digest: str) -> None:
         # Object stores write whole objects atomically; upload to a temp name then move
@@ -400,22 +418,63 @@ class ArtifactStore:
 
     def publish(self, staged: Staged) -> None:
         """Make sure the blob of ``staged`` is stored: keep the one already there (touched,
-        so a later gc's grace counts from now) or put the staged copy in place.
+        so a later gc's grace counts from now) if it is intact (``Blobs.intact``), else put
+        the staged copy in place. So registering the same bytes again repairs a damaged
+        blob, and the views that linked the damaged copy are dropped.
 
         Call it only after the digest is claimed (see :meth:`gc`): the check for an
         existing blob must come after the claim is visible to gc."""
+        damaged: int | None = None  # an fd on a damaged blob's inode, to find its views
         if self.blobs.has(staged.digest):
             try:
-                self.blobs.touch(staged.digest)
-                return
+                if self.blobs.intact(staged.digest, staged.size):
+                    self.blobs.touch(staged.digest)
+                    return
+                if isinstance(self.blobs, LocalBlobs):
+                    damaged = os.open(self.blobs.path(staged.digest), os.O_RDONLY)
             except FileNotFoundError:
-                pass  # gc moved it aside between has() and touch(): store ours
+                pass  # gc moved it aside between has() and here: store ours
         try:
-            self.blobs.put(staged.path, staged.digest)
-        except OSError as e:
-            if e.errno in _FULL:
-                raise self._full(staged.path, e) from None
-            raise
+            try:
+                # a damaged blob is replaced by the staged copy in one rename
+                self.blobs.put(staged.path, staged.digest)
+            except OSError as e:
+                if e.errno in _FULL:
+                    raise self._full(staged.path, e) from None
+                raise
+            if damaged is not None:
+                self._drop_views_of(os.fstat(damaged))
+        finally:
+            if damaged is not None:
+                os.close(damaged)
+
+    def _drop_views_of(self, old: os.stat_result) -> None:
+        """Remove every view holding a hard link to the replaced blob inode ``old``: a view
+        found in ``views/`` is handed out as it is, and this one holds the damaged bytes.
+        The next ``path()`` builds it again from the repaired blob."""
+        if old.st_nlink == 0:  # the blob was its only name: no view links it
+            return
+        for view in self._list(self.views):
+            if view.name.startswith("."):  # being built (it hashes what it links) or dead
+                continue
+            for folder, _, names in os.walk(view):
+                hit = False
+                for name in names:
+                    with contextlib.suppress(FileNotFoundError):
+                        st = os.stat(os.path.join(folder, name), follow_symlinks=False)
+                        hit = (st.st_ino, st.st_dev) == (old.st_ino, old.st_dev)
+                    if hit:
+                        break
+                if hit:
+                    self._drop_view(view)
+                    break
+
+    def _drop_view(self, view: Path) -> None:
+        # renamed first, so a half-deleted view never looks complete
+        dead = self.views / f".dead-{uuid.uuid4().hex}"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(view, dead)
+            shutil.rmtree(dead, ignore_errors=True)
 
     def add_file(self, src: Path) -> tuple[str, int]:
         """Store one file's bytes without a claim; returns (digest, size). For callers that
@@ -531,11 +590,13 @@ class ArtifactStore:
         folder renamed into ``views/<manifest digest>``. Each file is checked against its
         digest while the view is built, so a corrupt blob is refused (an ``IntegrityError``
         naming ``label``, the version, and the file) instead of handed out; an existing
-        view is returned as it is. For a single file the file's path is returned, else the
-        directory.
+        view is returned as it is while its files keep their sizes (a view written to is
+        built again). For a single file the file's path is returned, else the directory.
         """
         key = manifest_digest(entries)
         view = self.views / key
+        if view.exists() and not self._sizes_match(view, entries):
+            self._drop_view(view)  # written to since it was built: build it again
         for attempt in range(3):
             if view.exists():
                 break
@@ -549,9 +610,20 @@ class ArtifactStore:
             return view / entries[0].path
         return view
 
+    @staticmethod
+    def _sizes_match(view: Path, entries: list[Entry]) -> bool:
+        """A stat per file: an append to (or truncation of) a handed-out view is caught on
+        the next ``path()`` without hashing again."""
+        try:
+            return all((view / e.path).stat().st_size == e.size for e in entries)
+        except OSError:
+            return False
+
     def _build_view(self, key: str, entries: list[Entry], label: str) -> None:
         what = f"{label}: " if label else ""
         verify = f"`lmops assets verify {label}`" if label else "`lmops assets verify`"
+        # true since publish() checks a blob it finds: the same bytes put back repair it
+        fix = f"run {verify}, then register the original files again to repair it"
         tmp = self.views / f".{key}.{uuid.uuid4().hex}"
         tmp.mkdir(parents=True)
         fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
@@ -563,7 +635,7 @@ class ArtifactStore:
                 if not self.blobs.has(e.digest):
                     raise IntegrityError(
                         f"{what}{e.path}: blob {e.digest[:12]} is missing from {self.display};"
-                        f" run {verify} and re-register the asset"
+                        f" {fix}"
                     )
                 dest = tmp / e.path
                 if dest.parent != tmp:
@@ -573,13 +645,13 @@ class ArtifactStore:
                 except FileNotFoundError:  # gone since has(): the same as missing
                     raise IntegrityError(
                         f"{what}{e.path}: blob {e.digest[:12]} is missing from {self.display};"
-                        f" run {verify} and re-register the asset"
+                        f" {fix}"
                     ) from None
                 got = hash_file(dest)  # once per view: later path() calls reuse it
                 if got != e.digest:
                     raise IntegrityError(
                         f"{what}{e.path}: stored bytes are corrupt (blob {e.digest[:12]} hashes"
-                        f" to {got[:12]}); run {verify} and re-register the asset"
+                        f" to {got[:12]}); {fix}"
                     )
             try:
                 os.rename(tmp, self.views / key)
@@ -680,11 +752,7 @@ class ArtifactStore:
                 if mtime is not None and now - mtime >= grace_s:
                     _remove_if_abandoned(v)
             elif v.name not in live_views:
-                # renamed first, so a half-deleted view never looks complete
-                dead = self.views / f".dead-{uuid.uuid4().hex}"
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(v, dead)
-                    shutil.rmtree(dead, ignore_errors=True)
+                self._drop_view(v)
         return removed, freed
 
     @staticmethod
