@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
-from lmops.core.sealed import generate_keys, load_kek, load_signing_key, open_package, write_package
+from lmops.core.sealed import (
+    generate_keys,
+    load_kek,
+    load_public_key,
+    load_signing_key,
+    open_package,
+    write_package,
+)
 
 
 def synth_model(folder: Path, mb: int) -> Path:
@@ -46,15 +53,15 @@ def synth_model(folder: Path, mb: int) -> Path:
     return folder
 
 
-def _check_all(path: Path, kek: bytes) -> None:
-    pkg = open_package(path, kek=kek)
+def _check_all(path: Path, kek: bytes, pub: bytes) -> None:
+    pkg = open_package(path, kek=kek, trusted_key=pub)  # the signer pinned, as serve does
     pkg.check_body()
     for f in pkg.files:
         for _ in pkg.iter_chunks(f["path"]):
             pass
 
 
-def tamper(path: Path, kek: bytes, flips: int, seed: int = 0) -> dict[str, Any]:
+def tamper(path: Path, kek: bytes, pub: bytes, flips: int, seed: int = 0) -> dict[str, Any]:
     """Flip one bit of one byte at a time in a copy; count how many opens+checks refuse.
 
     The copy is patched in place and restored (one write each), so each try costs a full
@@ -75,7 +82,7 @@ def tamper(path: Path, kek: bytes, flips: int, seed: int = 0) -> dict[str, Any]:
             fh.write(bytes([orig[0] ^ (1 << rng.randrange(8))]))
             fh.flush()
             try:
-                _check_all(path, kek)
+                _check_all(path, kek, pub)
             except UserError:
                 detected += 1
             fh.seek(pos)
@@ -94,7 +101,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="package-bench-") as tmp:
         root = Path(tmp)
         keys = generate_keys(root / "keys.json").path
-        kek, sk = load_kek(keys), load_signing_key(keys)
+        kek, sk, pub = load_kek(keys), load_signing_key(keys), load_public_key(keys)
         model = synth_model(root / "model", args.mb)
         model_bytes = sum(p.stat().st_size for p in model.iterdir())
         pkg = root / "model.lmpkg"
@@ -102,17 +109,17 @@ def main() -> None:
         write_package(model, pkg, signing_key=sk, kek=kek)
         package_s = time.perf_counter() - t
         t = time.perf_counter()
-        p = open_package(pkg)
+        p = open_package(pkg, trusted_key=pub)
         p.check_body()
         verify_s = time.perf_counter() - t
         t = time.perf_counter()
-        _check_all(pkg, kek)
+        _check_all(pkg, kek, pub)
         verify_decrypt_s = time.perf_counter() - t
         os.unlink(pkg)
         small = synth_model(root / "small", args.tamper_mb)
         spkg = root / "small.lmpkg"
         write_package(small, spkg, signing_key=sk, kek=kek, chunk_size=1 << 20)
-        flips = tamper(spkg, kek, args.flips)
+        flips = tamper(spkg, kek, pub, args.flips)
     mib = model_bytes / (1 << 20)
     out = {
         "threads": os.environ.get("OMP_NUM_THREADS", "unset"),

@@ -17,6 +17,7 @@ from lmops.core.errors import UserError
 from lmops.core.sealed import (
     generate_keys,
     load_kek,
+    load_public_key,
     load_signing_key,
     open_package,
     write_package,
@@ -36,8 +37,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_keys(tmp_path_factory.mktemp("keys") / "keys.json").path
 
 
-def _everything(path: Path, kek: bytes | None, pub: bytes | None = None) -> None:
-    """Open, check the body and decrypt every file (what verify does with a key)."""
+def _everything(path: Path, kek: bytes | None, pub: bytes) -> None:
+    """Open (signer pinned to ``pub``), check the body and decrypt every file (what verify
+    does with a key)."""
     pkg = open_package(path, kek=kek, trusted_key=pub)
     pkg.check_body()
     if kek is not None:
@@ -96,7 +98,8 @@ def test_every_single_byte_flip_is_refused(tiny: Path, keys: Path, tmp_path: Pat
     pkg = tmp_path / "p.lmpkg"
     write_package(tiny, pkg, signing_key=load_signing_key(keys), kek=kek, chunk_size=1 << 16)
     good = pkg.read_bytes()
-    _everything(pkg, kek)
+    pub = load_public_key(keys)
+    _everything(pkg, kek, pub)
     size = len(good)
     rng = random.Random(0)
     # the first and last 200 bytes (markers, trailer, signature), then positions spread
@@ -112,7 +115,7 @@ def test_every_single_byte_flip_is_refused(tiny: Path, keys: Path, tmp_path: Pat
         bad.write_bytes(bytes(data))
         for kek_given in (kek, None):
             try:
-                _everything(bad, kek_given)
+                _everything(bad, kek_given, pub)
             except UserError as e:
                 assert str(bad) in str(e) and "\n" not in str(e)
             else:
@@ -160,8 +163,9 @@ def test_refusals_are_one_line(cli: Any, tiny: Path, keys: Path, tmp_path: Path)
     )
     assert "not an lmops package" in refused("verify", str(tiny / "config.json"))
     assert "holds no key-encryption key" in refused(
-        "unpack", str(pkg), "--output", str(tmp_path / "x"), "--key-file", f"{keys}.pub"
-    )
+        "unpack", str(pkg), "--output", str(tmp_path / "x"), "--key-file", f"{keys}.pub",
+        "--pubkey", f"{keys}.pub",
+    )  # fmt: skip
     assert not (tmp_path / "x").exists()
     # a package command without a key: nothing registered
     r = cli("deploy", "package", str(tiny), "--encrypt", "--output", "nokey")
@@ -225,7 +229,9 @@ def test_serve_refuses_wrong_key(tiny: Path, keys: Path, tmp_path: Path) -> None
     other = generate_keys(tmp_path / "other.json").path
     pkg = tmp_path / "tiny.lmpkg"
     write_package(tiny, pkg, signing_key=load_signing_key(keys), kek=load_kek(keys))
-    spec = DeploymentSpec(name="x", model=str(pkg), key_file=str(other), device="cpu")
+    spec = DeploymentSpec(
+        name="x", model=str(pkg), key_file=str(other), public_key=f"{keys}.pub", device="cpu"
+    )
     with pytest.raises(UserError, match="sealed with key kek-") as e:
         Deployment(spec, None)
     assert str(pkg) in str(e.value)

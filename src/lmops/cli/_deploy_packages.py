@@ -30,12 +30,20 @@ UnsignedOpt = Annotated[
 @app.command("keygen")
 def keygen_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Key file to write (0600).")],
+    trust: Annotated[
+        bool,
+        typer.Option(
+            help="Add the public key to $LMOPS_HOME/trusted-keys, so this home serves and "
+            "unpacks packages signed with it without --pubkey."
+        ),
+    ] = True,
     json_: JsonOpt = False,
 ) -> None:
-    """Write a key file (a key-encryption key and an Ed25519 signing key) and OUTPUT.pub."""
+    """Write a key file (a key-encryption key and an Ed25519 signing key) and OUTPUT.pub,
+    and trust the public key here (--no-trust: not)."""
     from lmops.deploy.package import keygen
 
-    keys = keygen(output)
+    keys, trusted = keygen(output, trust_it=trust)
     if json_:
         print_json(
             {
@@ -43,14 +51,35 @@ def keygen_cmd(
                 "public_path": str(keys.public_path),
                 "kek_id": keys.kek_id,
                 "key_id": keys.key_id,
+                "trusted": str(trusted) if trusted else None,
             }
         )
         return
+    here = f"; trusted here ({trusted})" if trusted else ""
     console.print(
         f"wrote {keys.path} (secret: {keys.kek_id}, signing key {keys.key_id}) and "
-        f"{keys.public_path} (give it to whoever verifies)",
+        f"{keys.public_path} (give it to whoever serves or verifies: lmops deploy trust "
+        f"FILE.pub){here}",
         markup=False,
     )
+
+
+@app.command("trust")
+def trust_cmd(
+    key: Annotated[Path, typer.Argument(help="A signer's .pub (or key file: its public half).")],
+    json_: JsonOpt = False,
+) -> None:
+    """Trust a signer: packages it signed are served and unpacked here without --pubkey.
+    Stored in $LMOPS_HOME/trusted-keys (remove the file to stop trusting it)."""
+    from lmops.core.sealed import key_id, load_public_key
+    from lmops.deploy.package import trust
+
+    dest = trust(key)
+    kid = key_id(load_public_key(dest))
+    if json_:
+        print_json({"key_id": kid, "path": str(dest)})
+        return
+    console.print(f"trusted {kid} ({dest})", markup=False)
 
 
 @app.command("package")
@@ -103,7 +132,13 @@ def verify_cmd(
     allow_unsigned: UnsignedOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Check a package's signature and every byte; with a key, decrypt and check each file."""
+    """Check a package's signature and every byte; with a key, decrypt and check each file.
+
+    Exit 0: intact and signed by a trusted key (--pubkey, or one in $LMOPS_HOME/trusted-keys)
+    or unsigned with --allow-unsigned. Exit 3: intact, but the signer is not trusted, so the
+    signature proves nothing (anyone can make a key); serve and unpack refuse it. Exit 2:
+    damaged, a wrong key, or refused."""
+    from lmops.cli._output import err_console
     from lmops.deploy.package import verify_package
 
     r = verify_package(
@@ -113,19 +148,32 @@ def verify_cmd(
         allow_unsigned=allow_unsigned,
         show_progress=not json_,
     )
+    untrusted = r.signed_by is not None and not r.trusted
     if json_:
         print_json(r)
-        return
-    depth = (
-        "every file decrypted and checked"
-        if r.decrypted
-        else "body checked (encrypted: give --key-file to check each file's digest too)"
-    )
-    console.print(
-        f"OK {r.ref or r.path}: {r.files} files, {human_size(r.size)}, "
-        f"signed by {r.signed_by or 'nobody'}; {depth}",
-        markup=False,
-    )
+    else:
+        depth = (
+            "every file decrypted and checked"
+            if r.decrypted
+            else "body checked (encrypted: give --key-file to check each file's digest too)"
+        )
+        console.print(
+            f"{'UNTRUSTED' if untrusted else 'OK'} {r.ref or r.path}: {r.files} files, "
+            f"{human_size(r.size)}, signed by {r.signed_by or 'nobody'}"
+            f"{'' if untrusted else ' (trusted)' if r.signed_by else ''}; {depth}",
+            markup=False,
+        )
+    if untrusted:
+        from lmops.core.sealed import untrusted as untrusted_line
+
+        # stderr, also with --json: a script reading the JSON still hears it
+        err_console.print(
+            f"warning: the signature was NOT checked against a trusted key: "
+            f"{untrusted_line(Path(r.path), r.signed_by or '')}",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(3)
 
 
 @app.command("unpack")

@@ -24,6 +24,11 @@ Why each piece:
   (file index, chunk index); the associated data adds the package id and a last-chunk flag,
   so chunks cannot be moved between files or packages, reordered, or cut off at a boundary.
 - Every file's plaintext sha256 is checked again after decryption (:meth:`Package.read`).
+- A valid signature only says *some* key signed: anyone can make a key. Whoever uses a
+  package (serve, unpack) also needs the signer to be a *trusted* key: the one pinned
+  (``--pubkey``, ``public_key:``) or one in the trust store ``$LMOPS_HOME/trusted-keys/*.pub``
+  (:func:`load_trusted_keys`; ``lmops deploy keygen`` adds its own, ``lmops deploy trust`` others).
+  Checking the signer needs the header only, so it costs microseconds whatever the size.
 
 Errors are :class:`~lmops.core.errors.UserError` with one line naming the file and what to
 do; nothing here prints.
@@ -37,7 +42,7 @@ import json
 import os
 import secrets
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,7 +59,11 @@ __all__ = [
     "load_kek",
     "load_public_key",
     "load_signing_key",
+    "load_trusted_keys",
     "open_package",
+    "trust_key",
+    "trust_store",
+    "untrusted",
     "write_package",
 ]
 
@@ -189,6 +198,46 @@ def load_public_key(key_file: Path) -> bytes:
     if len(pk) != 32:
         raise UserError(f"{key_file}: public_key is not an Ed25519 key")
     return pk
+
+
+# -- trust ------------------------------------------------------------------------------------------
+def trust_store(home: Path | None = None) -> Path:
+    """The folder of trusted signers' public keys: ``$LMOPS_HOME/trusted-keys``."""
+    if home is None:
+        from lmops.core.config import Settings
+
+        home = Settings.from_env().home
+    return Path(home) / "trusted-keys"
+
+
+def load_trusted_keys(*, home: Path | None = None) -> list[bytes]:
+    """The public keys of :func:`trust_store` (each ``*.pub`` in it; none: an empty list,
+    which trusts nobody). A file there that is not a public key is an error naming it."""
+    return [load_public_key(f) for f in sorted(trust_store(home).glob("*.pub"))]
+
+
+def trust_key(key_file: Path, *, home: Path | None = None) -> Path:
+    """Add the public key of ``key_file`` (a key file or its ``.pub``; only the public
+    half is copied) to the trust store as ``<key id>.pub``; returns that file."""
+    pk = load_public_key(Path(key_file))
+    folder = trust_store(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{key_id(pk)}.pub"
+    public = {"lmops": "public-key", "public_key": _b64(pk), "key_id": key_id(pk)}
+    tmp = folder / f".{dest.name}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(public, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, dest)  # a reader never sees half a key
+    return dest
+
+
+def untrusted(path: Path, signed_by: str, *, home: Path | None = None) -> str:
+    """One line: ``path`` is signed by ``signed_by``, which no trusted key matches."""
+    return (
+        f"{path}: signed by {signed_by}, which is not a trusted key (none pinned with --pubkey "
+        f"or public_key:, none in {trust_store(home)} matches); anyone can sign, so the "
+        "signature proves nothing yet: give the signer's .pub with --pubkey, or trust it "
+        "with `lmops deploy trust FILE.pub`"
+    )
 
 
 # -- writing ----------------------------------------------------------------------------------------
@@ -346,6 +395,7 @@ class Package:
     path: Path
     header: dict[str, Any]
     signed_by: str | None
+    trusted: bool = False  # the signer is a key the caller named as trusted
     _aead: Any = field(default=None, repr=False)
 
     @property
@@ -504,13 +554,19 @@ def open_package(
     *,
     kek: bytes | None = None,
     trusted_key: bytes | None = None,
+    trusted_keys: Collection[bytes] | None = None,
+    require_trust: bool = True,
     allow_unsigned: bool = False,
 ) -> Package:
-    """Open ``path``: read the header, check the signature (against ``trusted_key`` when
-    given, else the signer the package names), and unwrap the data key with ``kek`` when
-    the package is encrypted and a key is given. An unsigned package is refused unless
-    ``allow_unsigned``. The body is not read here: :meth:`Package.check_body` and
-    :meth:`Package.iter_chunks` check it."""
+    """Open ``path``: read the header, check the signature, and unwrap the data key with
+    ``kek`` when the package is encrypted and a key is given. An unsigned package is
+    refused unless ``allow_unsigned``. The body is not read here:
+    :meth:`Package.check_body` and :meth:`Package.iter_chunks` check it.
+
+    Trust (:attr:`Package.trusted`): the signer is ``trusted_key`` when one is pinned (any
+    other signer is refused), else one of ``trusted_keys`` (default: the trust store's,
+    :func:`load_trusted_keys`). An untrusted signer is refused (:func:`untrusted`) unless
+    ``require_trust`` is false, where the caller decides (``lmops deploy verify``)."""
     from cryptography.exceptions import InvalidSignature, InvalidTag
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -519,6 +575,7 @@ def open_package(
     header, raw, sig = read_header(path)
     signer = header.get("signer")
     signed_by: str | None = None
+    trusted = False
     if not sig or not signer:
         if sig or signer:
             raise _damaged(path, "signature and signer do not go together")
@@ -542,7 +599,13 @@ def open_package(
                 "or signed by another key); do not use it"
             ) from None
         signed_by = key_id(pk)
-    pkg = Package(path, header, signed_by)
+        if trusted_key is not None:
+            trusted = True  # checked against the pin above
+        else:
+            trusted = pk in (trusted_keys if trusted_keys is not None else load_trusted_keys())
+        if require_trust and not trusted:
+            raise UserError(untrusted(path, signed_by))
+    pkg = Package(path, header, signed_by, trusted=trusted)
     enc = header.get("encryption")
     if enc is not None and kek is not None:
         if enc.get("kek_id") != kek_id(kek):

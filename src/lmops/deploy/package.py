@@ -25,6 +25,7 @@ from lmops.core.sealed import (
     load_public_key,
     load_signing_key,
     open_package,
+    trust_key,
     write_package,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "VerifyResult",
     "keygen",
     "package_model",
+    "trust",
     "unpack_package",
     "verify_package",
 ]
@@ -50,11 +52,14 @@ class PackageResult(BaseModel):
 
 class VerifyResult(BaseModel):
     """What ``verify`` established: ``decrypted`` is true when every file was also
-    decrypted and checked against its digest (a key was given)."""
+    decrypted and checked against its digest (a key was given); ``trusted`` when the signer
+    is the pinned ``--pubkey`` or a key of the trust store (else the signature only says
+    that someone signed it: anyone can make a key)."""
 
     path: str
     ref: str | None
     signed_by: str | None
+    trusted: bool
     encrypted: bool
     decrypted: bool
     files: int
@@ -62,9 +67,18 @@ class VerifyResult(BaseModel):
     metadata: dict[str, Any]
 
 
-def keygen(output: Path) -> Keys:
-    """Write a key file (KEK + Ed25519 signing key, mode 0600) and ``OUTPUT.pub``."""
-    return generate_keys(Path(output))
+def keygen(output: Path, *, trust_it: bool = True) -> tuple[Keys, Path | None]:
+    """Write a key file (KEK + Ed25519 signing key, mode 0600) and ``OUTPUT.pub``, and
+    (``trust_it``) add the public key to this home's trust store, so packages signed with
+    it are served here without ``--pubkey``. Returns the keys and the trusted copy."""
+    keys = generate_keys(Path(output))
+    return keys, trust_key(keys.public_path) if trust_it else None
+
+
+def trust(key_file: Path) -> Path:
+    """Add the public key of ``key_file`` (a ``.pub``, or a key file: only its public half
+    is copied) to ``$LMOPS_HOME/trusted-keys``; returns the file written there."""
+    return trust_key(Path(key_file))
 
 
 def _open_store(store: Any | None) -> Any:
@@ -182,18 +196,24 @@ def _open(
     pubkey: Path | None,
     allow_unsigned: bool,
     need_key: bool,
+    require_trust: bool,
 ) -> Any:
-    trusted = load_public_key(Path(pubkey)) if pubkey else None
-    pkg = open_package(path, trusted_key=trusted, allow_unsigned=allow_unsigned)
-    if pkg.encrypted:
-        import os
+    import os
 
-        from lmops.core.sealed import KEK_ENV
+    from lmops.core.sealed import KEK_ENV
 
-        if need_key or key_file is not None or os.environ.get(KEK_ENV):
-            kek = load_kek(Path(key_file) if key_file else None)
-            pkg = open_package(path, kek=kek, trusted_key=trusted, allow_unsigned=allow_unsigned)
-    return pkg
+    pin = load_public_key(Path(pubkey)) if pubkey else None
+    kek = None
+    header = open_package(
+        path, trusted_key=pin, require_trust=require_trust, allow_unsigned=allow_unsigned
+    )
+    if header.encrypted and (need_key or key_file is not None or os.environ.get(KEK_ENV)):
+        kek = load_kek(Path(key_file) if key_file else None)
+    if kek is None:
+        return header
+    return open_package(
+        path, kek=kek, trusted_key=pin, require_trust=require_trust, allow_unsigned=allow_unsigned
+    )
 
 
 def verify_package(
@@ -208,12 +228,19 @@ def verify_package(
     """Check a package (file or asset ref): signature (pinned to ``pubkey`` when given),
     the body against its signed digest and, when a key is at hand (``key_file`` or
     ``$LMOPS_KEK``) or the package is not encrypted, every file decrypted against its
-    manifest digest. Any failure is a one-line ``UserError`` naming the file."""
+    manifest digest. Any failure is a one-line ``UserError`` naming the file. A signer that
+    is not trusted (no ``pubkey``, not in the trust store) is not a failure here: the
+    result says ``trusted: false`` and the caller reports it (the CLI exits 3)."""
     from lmops.core.progress import Progress
 
     path, ref = _package_file(package, store)
     pkg = _open(
-        path, key_file=key_file, pubkey=pubkey, allow_unsigned=allow_unsigned, need_key=False
+        path,
+        key_file=key_file,
+        pubkey=pubkey,
+        allow_unsigned=allow_unsigned,
+        need_key=False,
+        require_trust=False,
     )
     total = int(pkg.header["body_size"])
     decrypt = not pkg.encrypted or pkg._aead is not None
@@ -229,6 +256,7 @@ def verify_package(
         path=str(path),
         ref=ref,
         signed_by=pkg.signed_by,
+        trusted=pkg.trusted,
         encrypted=pkg.encrypted,
         decrypted=decrypt,
         files=len(pkg.files),
@@ -248,12 +276,19 @@ def unpack_package(
     show_progress: bool = False,
 ) -> VerifyResult:
     """Decrypt and write every file of a package into the new folder ``output`` (renamed
-    into place only once every file has checked out)."""
+    into place only once every file has checked out). The signer must be trusted
+    (``pubkey``, or a key of the trust store), as for serving: the plaintext is a model
+    anyone could serve."""
     from lmops.core.progress import Progress
 
     path, ref = _package_file(package, store)
     pkg = _open(
-        path, key_file=key_file, pubkey=pubkey, allow_unsigned=allow_unsigned, need_key=True
+        path,
+        key_file=key_file,
+        pubkey=pubkey,
+        allow_unsigned=allow_unsigned,
+        need_key=True,
+        require_trust=True,
     )
     size = sum(int(f["size"]) for f in pkg.files)
     with Progress(size, label="unpack", unit="bytes", enabled=show_progress) as bar:
@@ -262,6 +297,7 @@ def unpack_package(
         path=str(path),
         ref=ref,
         signed_by=pkg.signed_by,
+        trusted=pkg.trusted,
         encrypted=pkg.encrypted,
         decrypted=True,
         files=len(pkg.files),

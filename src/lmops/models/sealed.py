@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
-from lmops.core.sealed import is_package, load_kek, load_public_key, open_package
+from lmops.core.sealed import Package, is_package, load_kek, load_public_key, open_package
 
-__all__ = ["load_from_state_dict", "package_path", "unsealed_model"]
+__all__ = ["load_from_state_dict", "open_trusted", "package_path", "unsealed_model"]
 
 _WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".gguf")
 
@@ -46,6 +46,26 @@ def package_path(ref_or_path: str, store: Any | None) -> tuple[Path | None, str 
     return Path(store.assets.path(v.ref)), v.ref
 
 
+def open_trusted(
+    package: Path,
+    *,
+    key_file: str | Path | None = None,
+    public_key: str | Path | None = None,
+) -> Package:
+    """Open a package to serve it: signed by a trusted key (``public_key``, a key file or
+    ``.pub``, pins the signer; else one in ``$LMOPS_HOME/trusted-keys``) and, when it is
+    encrypted, with its data key unwrapped by the KEK of ``key_file`` or ``$LMOPS_KEK``.
+    Reads the header only (a signature over it covers every byte's digest) and unwraps one
+    32-byte key: cheap whatever the package's size, so ``lmops serve`` checks it before it
+    says it is serving. The weights are checked as they are read."""
+    pin = load_public_key(Path(public_key)) if public_key else None
+    pkg = open_package(Path(package), trusted_key=pin)
+    if pkg.encrypted:
+        kek = load_kek(Path(key_file) if key_file else None)
+        pkg = open_package(Path(package), kek=kek, trusted_key=pin)
+    return pkg
+
+
 @contextmanager
 def unsealed_model(
     package: Path,
@@ -53,17 +73,11 @@ def unsealed_model(
     key_file: str | Path | None = None,
     public_key: str | Path | None = None,
 ) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Yield (folder with the non-weight files, state dict) of a package; the folder is
-    removed on exit. The KEK comes from ``key_file`` or ``$LMOPS_KEK``; ``public_key``
-    (a key file or ``.pub``) pins the signer."""
+    """Yield (folder with the non-weight files, state dict) of a package opened by
+    :func:`open_trusted`; the folder is removed on exit."""
     from safetensors.torch import load
 
-    trusted = load_public_key(Path(public_key)) if public_key else None
-    pkg = open_package(Path(package), trusted_key=trusted)
-    if pkg.encrypted:
-        pkg = open_package(
-            Path(package), kek=load_kek(Path(key_file) if key_file else None), trusted_key=trusted
-        )
+    pkg = open_trusted(package, key_file=key_file, public_key=public_key)
     names = [f["path"] for f in pkg.files]
     weights = [n for n in names if n.endswith(".safetensors")]
     if not weights:
