@@ -5,7 +5,8 @@ trusted key (``--pubkey`` / ``public_key:``, or ``$LMOPS_HOME/trusted-keys/*.pub
 Anyone can make a key, so a valid signature by a key nobody trusts proves nothing: it used
 to be served (``lmops serve --model chat=evil --key-file prod.key``) and verified OK while an
 unsigned package was refused. ``lmops deploy verify`` still checks such a package but says
-loudly that the signer is not trusted, and exits 3.
+loudly that the signer is not trusted, and exits 3. ``lmops serve`` checks the signer (and
+the KEK) of every package before it says it is serving, from the header alone.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 
 from lmops.core.errors import UserError
 from lmops.core.sealed import (
+    Package,
     generate_keys,
     load_kek,
     load_signing_key,
@@ -103,3 +106,36 @@ def test_a_bad_file_in_the_trust_store_is_named(
     (trust_store(lmops_home) / "junk.pub").write_text("not a key")
     r = cli("deploy", "unpack", str(pkg), "--output", str(tmp_path / "x"), "--key-file", str(keys))
     assert r.code == 2 and "junk.pub" in r.err
+
+
+def test_serve_checks_the_signer_before_it_says_it_serves(
+    cli: Any, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lmops serve --model chat=<signed by another key> --pubkey k.pub`` printed "serving
+    on" and only then the error; now it fails first, naming the deployment, from the
+    header: no byte of the body is read or hashed."""
+    keys = generate_keys(tmp_path / "k.key").path
+    other = generate_keys(tmp_path / "other.key").path
+    pkg = _sealed(folder, tmp_path / "p.lmpkg", other, keys)
+    ran: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: ran.append(a))
+
+    def no_body(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the preflight read the package body")
+
+    monkeypatch.setattr(Package, "check_body", no_body)
+    monkeypatch.setattr(Package, "iter_chunks", no_body)
+    args = ("serve", "--model", f"chat={pkg}", "--key-file", str(keys))
+    r = cli(*args, "--pubkey", f"{keys}.pub")
+    assert r.code == 2 and "serving on" not in r.out and not ran, (r.out, r.err)
+    assert r.err.startswith("error: deployment 'chat': ") and "not by the trusted key" in r.err
+    r = cli(*args)  # no --pubkey, an empty trust store
+    assert r.code == 2 and not ran and "deployment 'chat'" in r.err
+    assert "not a trusted key" in r.err
+
+    # the right signer but the wrong KEK: also before the banner
+    good = _sealed(folder, tmp_path / "good.lmpkg", keys, keys)
+    r = cli("serve", "--model", f"chat={good}", "--key-file", str(other), "--pubkey", str(keys))
+    assert r.code == 2 and not ran and "sealed with key kek-" in r.err
+    r = cli("serve", "--model", f"chat={good}", "--key-file", str(keys), "--pubkey", str(keys))
+    assert r.code == 0 and ran and "serving on" in r.out, (r.out, r.err)

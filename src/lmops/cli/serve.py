@@ -167,18 +167,20 @@ def _run_server(
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise UserError(f"deployment {twice[0]!r} is defined twice (--model and --deployments)")
-        preflight(specs, store)  # a bad ref fails here, before "serving on", naming it
+        if key_file or pubkey:  # absolute: the workers may not share this working directory
+            keys = {"key_file": key_file and str(key_file.resolve())}
+            keys["public_key"] = pubkey and str(pubkey.resolve())
+            specs = [
+                s.model_copy(update={k: v for k, v in keys.items() if v and not getattr(s, k)})
+                for s in specs
+            ]
+        # a bad ref, or a package signed by an untrusted key, fails here, before "serving
+        # on", naming the deployment
+        preflight(specs, store)
     finally:
         store.close()
     if log_bodies:
         specs = [s.model_copy(update={"log_bodies": True}) for s in specs]
-    if key_file or pubkey:  # absolute: the workers may not share this working directory
-        keys = {"key_file": key_file and str(key_file.resolve())}
-        keys["public_key"] = pubkey and str(pubkey.resolve())
-        specs = [
-            s.model_copy(update={k: v for k, v in keys.items() if v and not getattr(s, k)})
-            for s in specs
-        ]
     if workers > 1:
         # every worker writes its metrics here and /metrics aggregates them
         import tempfile

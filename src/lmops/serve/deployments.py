@@ -437,10 +437,12 @@ def _named(name: str, e: UserError) -> UserError:
 
 def preflight(specs: list[DeploymentSpec], store: Any) -> None:
     """Resolve what each deployment names (model refs and folders, packages, a bound
-    prompt) without loading any weights, so that a misspelt ref or a folder without a
-    tokenizer fails before ``lmops serve`` says it is serving, naming the deployment."""
+    prompt) without loading any weights, so that a misspelt ref, a folder without a
+    tokenizer, or a package whose signer is not trusted or whose key is wrong fails before
+    ``lmops serve`` says it is serving, naming the deployment. A package costs its header
+    and one unwrapped key (``models.sealed.open_trusted``), not a pass over its weights."""
     from lmops.models.loading import resolve_local
-    from lmops.models.sealed import package_path
+    from lmops.models.sealed import open_trusted, package_path
 
     for spec in specs:
         try:
@@ -451,9 +453,14 @@ def preflight(specs: list[DeploymentSpec], store: Any) -> None:
             if spec.upstream or spec.fake is not None or spec.engine == "vllm":
                 continue  # nothing local, or the launcher checks it
             for ref in [t.model for t in spec.split] if spec.split else [spec.model]:
-                if ref is not None and package_path(ref, store)[0] is None:
+                if ref is None:
+                    continue
+                package = package_path(ref, store)[0]
+                if package is None:
                     path, version = resolve_local(ref, store, kind="model")
                     refuse_reward_model(path, "served", what=version or ref)
+                else:
+                    open_trusted(package, key_file=spec.key_file, public_key=spec.public_key)
         except UserError as e:
             raise _named(spec.name, e) from None
 
