@@ -93,7 +93,9 @@ def version_file(store: Store, ref: str, rel: str) -> Path:
     if rel not in {e.path for e in entries}:
         raise NotFoundError(f"{ref} has no file {rel!r}")
     root = store.assets.path(v.ref)
-    return root if v.layout == "file" else root / rel
+    # a one-file version's path is the file itself: a stored file's view, or the file an
+    # external reference recorded (layout "external", so the layout alone cannot say)
+    return root if root.is_file() else root / rel
 
 
 def preview_text(path: Path, most: int = PREVIEW_BYTES) -> tuple[str | None, bool]:
