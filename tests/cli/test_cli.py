@@ -346,6 +346,21 @@ def test_lineage_multi_level(cli, files: Path) -> None:  # type: ignore[no-untyp
     assert "lm:1 (model)" in down_human
 
 
+def test_lineage_marks_a_deleted_version(cli, files: Path) -> None:  # type: ignore[no-untyped-def]
+    """A deleted input stays in the lineage (history is not rewritten) but is marked, since
+    `assets path` no longer hands it out; it was listed as if it were there."""
+    f = write(files / "x.txt", b"x")
+    ok(cli("assets", "register", "dataset", "shake", str(f)))
+    ok(cli("assets", "register", "dataset", "shake-clean", str(f), "--input", "shake:1"))
+    ok(cli("assets", "delete", "shake:1"))
+    human = ok(cli("assets", "lineage", "shake-clean:1")).out
+    line = next(x for x in human.splitlines() if "shake:1" in x)
+    assert "input shake:1 (dataset) DELETED" in line
+    assert "DELETED" not in human.splitlines()[0]  # the READY root is not marked
+    root = ok(cli("assets", "lineage", "shake:1")).out.splitlines()
+    assert any(x.startswith("downstream of shake:1 (dataset) DELETED") for x in root), root
+
+
 # -- verify, delete, gc -------------------------------------------------------------------------
 def test_verify_then_tamper(cli, files: Path, lmops_home: Path) -> None:  # type: ignore[no-untyped-def]
     good, victim = b"stays intact\n", b"will be tampered with\n"

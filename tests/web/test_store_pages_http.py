@@ -4,6 +4,8 @@ in as an admin through the login form.
 - Previewing a file of an external reference (a local file a job read, recorded by path):
   the recorded path is the file itself, and the page joined the file's name onto it, a 500
   (``NotADirectoryError``) for every such link.
+- A deleted dataset's version page linked to its data page, which is a 404 for a version
+  that is not READY; it shows DELETED instead.
 """
 
 from __future__ import annotations
@@ -59,3 +61,23 @@ def test_external_file_and_folder_previews_open(
     assert any("alpha" in t for t in texts) and any("beta" in t for t in texts)
     raw = admin.get(links[0] + "&raw=1")
     assert raw.status_code == 200 and raw.content == one.read_bytes()
+
+
+def test_a_deleted_datasets_page_shows_deleted_not_a_dead_link(
+    admin: httpx.Client, console: Console, tmp_path: Path
+) -> None:
+    src = tmp_path / "shake.txt"
+    src.write_text("To be, or not to be\n")
+    v = console.store.assets.register("dataset", "shake", src)
+    page = admin.get(f"/ui/assets/shake/{v.version}").text
+    assert f'href="/ui/data/shake/{v.version}"' in page  # READY: the link opens
+    assert admin.get(f"/ui/data/shake/{v.version}").status_code == 200
+    console.store.assets.delete(v.ref)
+    r = admin.get(f"/ui/assets/shake/{v.version}")
+    assert r.status_code == 200
+    assert "/ui/data/shake/" not in r.text
+    assert re.search(r"<dt>data</dt><dd><span class=\"status deleted\">DELETED</span>", r.text)
+    for href in re.findall(r'href="(/ui/[^"#]*)"', r.text):  # no link on it is dead
+        if "/logout" in href:
+            continue
+        assert admin.get(href.replace("&amp;", "&")).status_code != 404, href

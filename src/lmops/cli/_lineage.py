@@ -12,11 +12,13 @@ from lmops.store.types import LineageGraph
 
 
 def label(g: LineageGraph, ref: str, role: str | None = None) -> str:
-    """One node: its role on the edge, ref, kind, producing run and, for a local file or
-    folder a job read, its path."""
+    """One node: its role on the edge, ref, kind, its status unless READY (a DELETED input
+    stays in the lineage, but ``assets path`` no longer hands it out), producing run and,
+    for a local file or folder a job read, its path."""
     n = g.nodes[ref]
     run = g.runs.get(ref)
-    extra = f" [dim]run {run}[/]" if run else ""
+    extra = f" [red]{n.status.value}[/]" if n.status.value != "READY" else ""
+    extra += f" [dim]run {run}[/]" if run else ""
     if n.kind == "external":
         extra += f" {escape(str(n.metadata.get('path')))}"
     return f"{'[cyan]' + role + '[/] ' if role else ''}[bold]{ref}[/] ({n.kind}){extra}"
