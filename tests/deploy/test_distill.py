@@ -1,7 +1,8 @@
 """Distillation (issue #15 item 4): the losses against direct formulas; a layer-dropped
 student gets closer to its teacher (held-out KL and perplexity) with lineage to teacher and
-data; an interrupted run resumes from its checkpoint and ends with exactly the weights of an
-uninterrupted one (top-k teacher cache included); a CPU-time budget stops a run, which is
+data; an interrupted run saves a checkpoint between steps (never mid-step), resumes from it
+and ends with exactly the weights of an uninterrupted one (top-k teacher cache included);
+Ctrl-C prints the command that resumes; a CPU-time budget stops a run, which is
 registered with its lineage, and the learning rate decays over the budget used; bad students
 are one-line errors."""
 
@@ -16,7 +17,8 @@ import pytest
 import torch
 
 from lmops.core.errors import NotFoundError, UserError
-from lmops.deploy.distill import DistillSpec, distill, distill_loss, lr_factor
+from lmops.deploy import distill as distill_mod
+from lmops.deploy.distill import DistillInterrupted, DistillSpec, distill, distill_loss, lr_factor
 from tests.deploy.test_prune import llama, save
 from tests.train.tiny import SENTENCES, make_tokenizer
 
@@ -91,7 +93,9 @@ def test_student_learns_the_teacher(store: Any, teacher: Path, text: Path, tmp_p
     assert {("teacher:1", "teacher"), ("corpus:1", "dataset")} <= parents
 
 
-def test_resume_is_exact(store: Any, teacher: Path, text: Path) -> None:
+def test_resume_is_exact(
+    store: Any, teacher: Path, text: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def spec(output: str) -> DistillSpec:
         return DistillSpec(
             teacher=str(teacher), student="layers:2", dataset=str(text), output=output,
@@ -104,17 +108,70 @@ def test_resume_is_exact(store: Any, teacher: Path, text: Path) -> None:
         if step == 3:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    # stopped between steps: step 3 is saved on the way out (checkpoints come every 2)
+    with pytest.raises(DistillInterrupted) as e:
         distill(spec("split"), store=store, on_step=crash)
+    assert (e.value.step, e.value.saved) == (3, True)
     resumed = distill(spec("split"), store=store)
-    assert resumed.resumed_from == 2 and resumed.steps == 6
+    assert resumed.resumed_from == 3 and resumed.steps == 6
+    # stopped inside step 4 (in its loss): half a step is never saved, so the run
+    # resumes from the checkpoint of step 2
+    real = distill_mod.distill_loss
+    calls = itertools.count(1)
+
+    def loss_crash(*a: Any, **k: Any) -> Any:
+        if next(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(distill_mod, "distill_loss", loss_crash)
+    with pytest.raises(DistillInterrupted) as e:
+        distill(spec("mid"), store=store)
+    assert (e.value.step, e.value.saved) == (3, False)
+    monkeypatch.setattr(distill_mod, "distill_loss", real)
+    mid = distill(spec("mid"), store=store)
+    assert mid.resumed_from == 2 and mid.steps == 6
     from safetensors.torch import load_file
 
     a = load_file(str(store.assets.path(whole.ref) / "model.safetensors"))
-    b = load_file(str(store.assets.path(resumed.ref) / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    for other in (resumed, mid):
+        b = load_file(str(store.assets.path(other.ref) / "model.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (other.ref, k)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_prints_the_command_that_resumes(
+    cli: Any, store: Any, teacher: Path, text: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first Ctrl-C lets the step finish, saves it (checkpoints come every 50 steps, so
+    15 steps were lost before) and prints the command; that command resumes there."""
+    import shlex
+    import signal
+
+    real = distill_mod.lr_factor
+
+    def ctrl_c_in_step_3(step: int, *a: Any) -> float:
+        if step == 2:  # the third step (0-based), mid-way
+            signal.raise_signal(signal.SIGINT)
+        return real(step, *a)
+
+    monkeypatch.setattr(distill_mod, "lr_factor", ctrl_c_in_step_3)
+    r = cli("deploy", "distill", "--teacher", str(teacher), "--student", "layers:2",
+            "--dataset", str(text), "-o", "ctrl-c", "--steps", "8", "--seq-len", "32",
+            "--eval-blocks", "2", "--lr", "1e-3", "--freeze-embeddings")  # fmt: skip
+    assert r.code == 130, (r.out, r.err)
+    line = r.err.strip().splitlines()[-1]
+    assert line.startswith("interrupted after step 3 of 8; checkpoint saved: "), line
+    ckpt = Path(line.split("checkpoint saved: ")[1].split(";")[0])
+    assert torch.load(ckpt, weights_only=True)["step"] == 3
+    again = shlex.split(line.split("resume with: ")[1])
+    assert again[:3] == ["lmops", "deploy", "distill"] and "--freeze-embeddings" in again
+    monkeypatch.setattr(distill_mod, "lr_factor", real)
+    r = cli(*again[1:], "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert out["resumed_from"] == 3 and out["steps"] == 8
 
 
 class _RunsCode:

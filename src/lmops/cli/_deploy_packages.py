@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -302,7 +302,10 @@ def distill_cmd(
     seed: Annotated[int, typer.Option()] = 0,
     json_: JsonOpt = False,
 ) -> None:
-    """Distil a teacher into a smaller student on the teacher's logits; re-run to resume."""
+    """Distil a teacher into a smaller student on the teacher's logits; re-run to resume.
+
+    Ctrl-C (or SIGTERM) stops after the current step, saves a checkpoint and prints the
+    command that resumes it (a second Ctrl-C stops at once)."""
     from lmops.core.yamlcfg import validate_config
     from lmops.deploy.distill import DistillSpec, distill
 
@@ -331,7 +334,10 @@ def distill_cmd(
         DistillSpec,
         source="lmops deploy distill",
     )
-    r = distill(spec, show_progress=not json_)
+    try:
+        r = distill(spec, show_progress=not json_)
+    except KeyboardInterrupt as e:  # as training does: keep the steps done, say how to go on
+        _distill_interrupted(e, spec)
     if json_:
         print_json(r)
         return
@@ -343,3 +349,41 @@ def distill_cmd(
         f"{r.cpu_seconds:.0f} CPU-s of training, stopped by {r.stopped_by})",
         markup=False,
     )
+
+
+def _distill_interrupted(e: KeyboardInterrupt, spec: Any) -> NoReturn:
+    """Print where a stopped distillation is and the command that resumes it (the same
+    spec: its checkpoint folder is named by the spec's hash); exit 128 + signal."""
+    import shlex
+    import signal
+
+    from lmops.cli._output import err_console
+    from lmops.deploy.distill import DistillInterrupted, DistillSpec
+
+    cmd = ["lmops", "deploy", "distill"]
+    for name, value in spec.model_dump().items():
+        field = DistillSpec.model_fields[name]
+        if not field.is_required() and value == field.default:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            cmd.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            cmd += [flag, str(value)]
+    again = shlex.join(cmd)
+    signum = getattr(e, "signum", signal.SIGINT)
+    if not isinstance(e, DistillInterrupted):  # while loading, or after the last step
+        line = f"interrupted; the same command resumes from the last checkpoint, if any: {again}"
+    elif e.checkpoint is None:
+        line = (
+            f"interrupted after step {e.step} of {e.steps}, before any checkpoint was written;"
+            f" start it again with: {again}"
+        )
+    else:
+        saved = "checkpoint saved" if e.saved else "last checkpoint"
+        line = (
+            f"interrupted after step {e.step} of {e.steps}; {saved}: {e.checkpoint}; "
+            f"resume with: {again}"
+        )
+    err_console.print(line, markup=False, soft_wrap=True)
+    raise typer.Exit(128 + int(signum))

@@ -20,7 +20,10 @@ clipping at 1.0. Batches are a pure function of (seed, step) and checkpoints (st
 optimizer, step, RNG, the top-k cache, the CPU seconds spent) are written atomically every
 ``checkpoint_every`` steps to ``$LMOPS_HOME/work/distill/<output>-<hash of the spec>``;
 running the same spec again resumes from the last one and ends with the same weights as an
-uninterrupted run.
+uninterrupted run. SIGINT / SIGTERM (Ctrl-C, :class:`~lmops.core.signals.StopSignals`): the
+first lets the step in progress finish, saves a checkpoint and raises
+:class:`DistillInterrupted` naming it; a second stops at once and saves only if it came
+between steps (a half-done step is never saved, so a resumed run stays exact).
 
 Budgets stop early (checkpointed) and register what was reached: ``max_minutes`` of wall
 time for this invocation (loading and evaluation included), ``max_cpu_minutes`` of CPU time
@@ -49,6 +52,7 @@ import os
 import pickle
 import random
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmops.core.errors import UserError, first_line
 
 __all__ = [
+    "DistillInterrupted",
     "DistillResult",
     "DistillSpec",
     "distill",
@@ -105,6 +110,19 @@ class DistillResult(BaseModel):
     seconds: float  # wall time of this invocation
     cpu_seconds: float  # CPU time of training, summed over resumed runs
     stopped_by: Literal["steps", "max_minutes", "max_cpu_minutes"] = "steps"
+
+
+class DistillInterrupted(KeyboardInterrupt):
+    """Distillation stopped by a signal after ``step`` of ``steps`` steps. ``checkpoint`` is
+    the file the same spec resumes from (``None``: none written yet); ``saved`` says whether
+    it was written for this interruption; ``signum`` lets a command exit ``128 + signum``."""
+
+    def __init__(
+        self, step: int, steps: int, checkpoint: Path | None, *, saved: bool, signum: int
+    ) -> None:
+        super().__init__(f"interrupted after step {step} of {steps}")
+        self.step, self.steps, self.checkpoint = step, steps, checkpoint
+        self.saved, self.signum = saved, signum
 
 
 def distill_loss(
@@ -244,6 +262,7 @@ def distill(
     import torch
 
     from lmops.core.progress import Progress
+    from lmops.core.signals import StopSignals
     from lmops.deploy._text import resolve_source, token_blocks
     from lmops.deploy.prune import count_params, load_model, save_model
     from lmops.store.refs import check_name
@@ -309,13 +328,17 @@ def distill(
         def cpu_used() -> float:
             return cpu_before + time.process_time() - cpu_start
 
+        saved = step  # the step the checkpoint on disk holds
+
         def save(at: int) -> None:
+            nonlocal saved
             rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
             _save_atomic(
                 {"student": student.state_dict(), "optimizer": opt.state_dict(), "step": at,
                  "topk": cache, "rng": rng, "cpu_seconds": cpu_used()},
                 ckpt,
             )  # fmt: skip
+            saved = at
 
         cpu_budget = 60 * spec.max_cpu_minutes if spec.max_cpu_minutes else None
         wall_budget = 60 * spec.max_minutes if spec.max_minutes else None
@@ -334,59 +357,84 @@ def distill(
             done = min(total, int(100 * max(used))) if budgeted else step
             bar.advance(max(0, done - bar.done))
 
-        with Progress(total, label="distill", unit=unit, enabled=show_progress) as bar:
-            advance_to(bar)
-            while step < spec.steps:
-                used = [0.0]
-                if wall_budget:
-                    used.append((time.monotonic() - started) / wall_budget)
-                    if used[-1] >= 1:
-                        stopped_by = "max_minutes"
-                        break
-                if cpu_budget:
-                    used.append(cpu_used() / cpu_budget)
-                    if cpu_used() + last_step_cpu > cpu_budget:
-                        stopped_by = "max_cpu_minutes"
-                        break
-                step_start = time.process_time()
-                student.train()
-                for g in opt.param_groups:
-                    g["lr"] = spec.lr * lr_factor(step, spec, max(used))
-                idx = _batch(step, len(train), spec.batch_size, spec.seed)
-                ids = train[idx]
-                target: Any
-                if spec.top_k:
-                    missing = [i for i in idx if i not in cache]
-                    if missing:
-                        with torch.no_grad():
-                            logits = teacher(input_ids=train[missing], use_cache=False).logits
-                        vals, tix = torch.topk(logits, spec.top_k, dim=-1)
-                        for j, i in enumerate(missing):
-                            cache[i] = (vals[j].clone(), tix[j].clone())
-                    target = (
-                        torch.stack([cache[i][0] for i in idx]),
-                        torch.stack([cache[i][1] for i in idx]),
-                    )
-                else:
-                    with torch.no_grad():
-                        target = teacher(input_ids=ids, use_cache=False).logits
-                out = student(input_ids=ids, use_cache=False).logits
-                loss = distill_loss(
-                    out, target, loss=spec.loss, temperature=spec.temperature, beta=spec.beta
-                )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trained, 1.0)
-                opt.step()
-                step += 1
-                lr_now = opt.param_groups[0]["lr"]
-                store.runs.log_metrics(run.id, {"loss": float(loss.detach()), "lr": lr_now}, step)
+        stop = StopSignals()
+        between = True  # no step half done: the student, optimizer and step agree
+
+        def interrupted(fresh: bool) -> DistillInterrupted:
+            if fresh:
+                save(step)
+            return DistillInterrupted(
+                step,
+                spec.steps,
+                ckpt if ckpt.exists() else None,
+                saved=fresh,
+                signum=stop.signum or signal.SIGINT,
+            )
+
+        try:
+            with Progress(total, label="distill", unit=unit, enabled=show_progress) as bar, stop:
                 advance_to(bar)
-                if step % spec.checkpoint_every == 0 or step == spec.steps:
-                    save(step)
-                last_step_cpu = time.process_time() - step_start
-                if on_step is not None:
-                    on_step(step, float(loss.detach()))
+                while step < spec.steps and not stop.requested:
+                    used = [0.0]
+                    if wall_budget:
+                        used.append((time.monotonic() - started) / wall_budget)
+                        if used[-1] >= 1:
+                            stopped_by = "max_minutes"
+                            break
+                    if cpu_budget:
+                        used.append(cpu_used() / cpu_budget)
+                        if cpu_used() + last_step_cpu > cpu_budget:
+                            stopped_by = "max_cpu_minutes"
+                            break
+                    step_start = time.process_time()
+                    between = False
+                    student.train()
+                    for g in opt.param_groups:
+                        g["lr"] = spec.lr * lr_factor(step, spec, max(used))
+                    idx = _batch(step, len(train), spec.batch_size, spec.seed)
+                    ids = train[idx]
+                    target: Any
+                    if spec.top_k:
+                        missing = [i for i in idx if i not in cache]
+                        if missing:
+                            with torch.no_grad():
+                                logits = teacher(input_ids=train[missing], use_cache=False).logits
+                            vals, tix = torch.topk(logits, spec.top_k, dim=-1)
+                            for j, i in enumerate(missing):
+                                cache[i] = (vals[j].clone(), tix[j].clone())
+                        target = (
+                            torch.stack([cache[i][0] for i in idx]),
+                            torch.stack([cache[i][1] for i in idx]),
+                        )
+                    else:
+                        with torch.no_grad():
+                            target = teacher(input_ids=ids, use_cache=False).logits
+                    out = student(input_ids=ids, use_cache=False).logits
+                    loss = distill_loss(
+                        out, target, loss=spec.loss, temperature=spec.temperature, beta=spec.beta
+                    )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(trained, 1.0)
+                    opt.step()
+                    step += 1
+                    between = True
+                    lr_now = opt.param_groups[0]["lr"]
+                    store.runs.log_metrics(
+                        run.id, {"loss": float(loss.detach()), "lr": lr_now}, step
+                    )
+                    advance_to(bar)
+                    if step % spec.checkpoint_every == 0 or step == spec.steps:
+                        save(step)
+                    last_step_cpu = time.process_time() - step_start
+                    if on_step is not None:
+                        on_step(step, float(loss.detach()))
+            if stop.requested and step < spec.steps:
+                raise interrupted(step > saved)  # the step in progress finished first
+        except DistillInterrupted:
+            raise
+        except KeyboardInterrupt as e:  # a second signal, or Ctrl-C outside the handler
+            raise interrupted(between and step > saved) from e
         cpu_total = cpu_used()
         if step % spec.checkpoint_every and step != spec.steps:
             save(step)  # stopped by a time budget: resumable from here

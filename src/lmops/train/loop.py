@@ -33,15 +33,14 @@ import random
 import re
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import Any
 
 from lmops.core.errors import LmopsError, UserError
+from lmops.core.signals import StopSignals
 from lmops.train.data import IGNORE, collate
 from lmops.train.spec import TrainSpec
 from lmops.train.tracking import Tracker
@@ -106,50 +105,6 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"interrupted after step {step} of {max_steps}")
         self.step, self.max_steps, self.checkpoint = step, max_steps, checkpoint
         self.saved, self.signum = saved, signum
-
-
-class StopSignals:
-    """SIGINT and SIGTERM while a trainer runs (a context manager).
-
-    ``graceful=True``: the first signal only sets :attr:`signum`; the trainer checks
-    :attr:`requested` between steps and stops cleanly. A second signal, or any signal with
-    ``graceful=False``, raises ``KeyboardInterrupt`` where the program is (SIGTERM too, so
-    cleanup runs instead of the process vanishing). Handlers can only be installed in the
-    main thread; elsewhere this does nothing and Python's defaults apply. A signal that is
-    ignored (``nohup``, a background job of a script) stays ignored. The previous handlers
-    come back on exit."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, *, graceful: bool = True) -> None:
-        self.graceful = graceful
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        first = self.signum is None
-        self.signum = self.signum or signum
-        if not (self.graceful and first):
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                if signal.getsignal(sig) is signal.SIG_IGN:
-                    continue  # ignored on purpose (nohup, a background job): leave it so
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 class IntervalMean:
