@@ -58,6 +58,26 @@ def test_unparsable_database_url_shows_no_driver_text(cli, monkeypatch: pytest.M
     _secret_free(line, "pw:x", "alice")
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgres://alice:s3cret@127.0.0.1:1/db", "write postgresql:// instead"),
+        ("postgres+psycopg://alice:s3cret@127.0.0.1:1/db", "write postgresql:// instead"),
+        ("mysql://alice:s3cret@127.0.0.1:1/db", "SQLite (sqlite:///PATH, the default) or Pos"),
+        ("mysql+pymysql://alice:s3cret@127.0.0.1:1/db", "mysql+pymysql:// is not supported"),
+    ],
+)
+def test_a_database_url_of_the_wrong_scheme_says_which_to_use(  # type: ignore[no-untyped-def]
+    cli, monkeypatch: pytest.MonkeyPatch, url: str, says: str
+) -> None:
+    """postgres:// was refused as not a valid URL with its user and password to
+    percent-encode, and mysql:// asked to install the postgres extra."""
+    monkeypatch.setenv("LMOPS_DATABASE_URL", url)
+    line = assert_one_line_error(cli("assets", "list"), "LMOPS_DATABASE_URL", says)
+    assert "percent-encode" not in line and "pip install" not in line
+    _secret_free(line, "alice", "s3cret")
+
+
 def test_artifact_root_credentials_are_masked_in_errors(
     cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]

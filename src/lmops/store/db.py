@@ -86,6 +86,7 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.busy_timeout = _busy_timeout()
+        _check_scheme(url)
         _check_url(url)
         try:
             self.engine = self._make_engine(url)
@@ -282,6 +283,26 @@ _LOCK_BASE = 727_300  # advisory lock keys of ``Database.exclusive`` (migrations
 _SQLITE_FULL = 13
 _SQLITE_IOERR = 10
 _PG_DISK_FULL = "53100"
+
+
+def _check_scheme(url: str) -> None:
+    """Refuse, naming the fix, a URL of a database lmops does not run on (only SQLite and
+    PostgreSQL have its migrations and locks), and ``postgres://``, which SQLAlchemy no
+    longer reads (Heroku and others still hand it out)."""
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        return  # not a URL at all: the parser's refusal below says what is expected
+    base = scheme.lower().split("+", 1)[0]
+    if base == "postgres":
+        raise UserError(
+            f"LMOPS_DATABASE_URL {mask_url(url)}: SQLAlchemy does not accept the scheme "
+            f"{scheme}://; write postgresql:// instead (the rest of the URL unchanged)"
+        )
+    if base not in ("sqlite", "postgresql"):
+        raise UserError(
+            f"LMOPS_DATABASE_URL {mask_url(url)}: {scheme}:// is not supported; lmops runs "
+            "on SQLite (sqlite:///PATH, the default) or PostgreSQL (postgresql://...) only"
+        )
 
 
 def _check_url(url: str) -> None:
