@@ -170,6 +170,7 @@ def test_refusals_are_one_line(cli: Any, tiny: Path, keys: Path, tmp_path: Path)
     # a package command without a key: nothing registered
     r = cli("deploy", "package", str(tiny), "--encrypt", "--output", "nokey")
     assert r.code == 2 and "LMOPS_KEK" in r.err
+    assert "give --kek-file FILE" in r.err  # package's own option, not --key-file
 
 
 def test_serve_encrypted_package_from_memory(

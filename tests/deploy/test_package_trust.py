@@ -139,3 +139,17 @@ def test_serve_checks_the_signer_before_it_says_it_serves(
     assert r.code == 2 and not ran and "sealed with key kek-" in r.err
     r = cli("serve", "--model", f"chat={good}", "--key-file", str(keys), "--pubkey", str(keys))
     assert r.code == 0 and ran and "serving on" in r.out, (r.out, r.err)
+
+
+def test_messages_name_the_commands_own_options(
+    cli: Any, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LMOPS_KEK", raising=False)
+    keys = tmp_path / "k.key"
+    assert cli("deploy", "keygen", "--output", str(keys)).code == 0
+    # package's option is --kek-file; it was told to give --key-file
+    r = cli("deploy", "package", str(folder), "--encrypt", "--output", "nokey")
+    assert r.code == 2 and "give --kek-file FILE or set LMOPS_KEK" in r.err
+    pkg = _sealed(folder, tmp_path / "p.lmpkg", keys, keys)
+    r = cli("serve", "--model", f"chat={pkg}")
+    assert r.code == 2 and "deployment 'chat'" in r.err and "give --key-file (key_file:)" in r.err

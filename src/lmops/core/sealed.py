@@ -159,8 +159,10 @@ def _key_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_kek(key_file: Path | None = None) -> bytes:
-    """The KEK from ``key_file``, else from ``$LMOPS_KEK`` (base64 or hex of 32 bytes)."""
+def load_kek(key_file: Path | None = None, *, option: str = "--key-file") -> bytes:
+    """The KEK from ``key_file``, else from ``$LMOPS_KEK`` (base64 or hex of 32 bytes).
+    ``option`` is how the caller's command names the key file, for the message when
+    neither is there (``lmops deploy package`` calls it ``--kek-file``)."""
     if key_file is not None:
         data = _key_file(key_file)
         if "kek" not in data:
@@ -170,7 +172,7 @@ def load_kek(key_file: Path | None = None) -> bytes:
         raw = os.environ.get(KEK_ENV, "").strip()
         if not raw:
             raise UserError(
-                f"no key-encryption key: give --key-file FILE or set {KEK_ENV} "
+                f"no key-encryption key: give {option} FILE or set {KEK_ENV} "
                 "(lmops deploy keygen writes one)"
             )
         try:

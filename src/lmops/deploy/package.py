@@ -114,7 +114,7 @@ def package_model(
     if not sign and not encrypt:
         raise UserError("nothing to do: give --sign KEY and/or --encrypt")
     signing_key = load_signing_key(Path(sign)) if sign else None
-    kek = load_kek(Path(kek_file) if kek_file else None) if encrypt else None
+    kek = load_kek(Path(kek_file) if kek_file else None, option="--kek-file") if encrypt else None
     store = _open_store(store)
     path, version = resolve_local(model, store, kind="model")
     cfg = {"model": model, "signed": bool(sign), "encrypted": encrypt, "chunk_mib": chunk_mib}

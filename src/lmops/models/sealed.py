@@ -61,7 +61,8 @@ def open_trusted(
     pin = load_public_key(Path(public_key)) if public_key else None
     pkg = open_package(Path(package), trusted_key=pin)
     if pkg.encrypted:
-        kek = load_kek(Path(key_file) if key_file else None)
+        # serve's option, or key_file: in a deployments file
+        kek = load_kek(Path(key_file) if key_file else None, option="--key-file (key_file:)")
         pkg = open_package(Path(package), kek=kek, trusted_key=pin)
     return pkg
 
