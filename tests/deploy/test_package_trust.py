@@ -141,9 +141,11 @@ def test_serve_checks_the_signer_before_it_says_it_serves(
     assert r.code == 0 and ran and "serving on" in r.out, (r.out, r.err)
 
 
-def test_messages_name_the_commands_own_options(
+def test_messages_name_the_commands_own_options_and_count_bytes_once(
     cli: Any, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import re
+
     monkeypatch.delenv("LMOPS_KEK", raising=False)
     keys = tmp_path / "k.key"
     assert cli("deploy", "keygen", "--output", str(keys)).code == 0
@@ -153,3 +155,12 @@ def test_messages_name_the_commands_own_options(
     pkg = _sealed(folder, tmp_path / "p.lmpkg", keys, keys)
     r = cli("serve", "--model", f"chat={pkg}")
     assert r.code == 2 and "deployment 'chat'" in r.err and "give --key-file (key_file:)" in r.err
+    # verify with the key makes two passes; each bar counts the package's bytes once
+    r = cli("deploy", "verify", str(pkg), "--key-file", str(keys))
+    assert r.code == 0, r.err
+    totals = {
+        label: int(total.replace(",", ""))
+        for label, total in re.findall(r"(verify[ a-z]*): [\d,]+/([\d,]+) bytes", r.err)
+    }
+    assert set(totals) == {"verify digest", "verify files"}, r.err
+    assert max(totals.values()) <= pkg.stat().st_size, (totals, pkg.stat().st_size)

@@ -244,11 +244,13 @@ def verify_package(
     )
     total = int(pkg.header["body_size"])
     decrypt = not pkg.encrypted or pkg._aead is not None
-    with Progress(
-        total * (2 if decrypt else 1), label="verify", unit="bytes", enabled=show_progress
-    ) as bar:
+    # one bar per pass, each counting the package's bytes once (one bar over both passes
+    # showed "278M of 278M" for a 139M file)
+    with Progress(total, label="verify digest", unit="bytes", enabled=show_progress) as bar:
         pkg.check_body(progress=bar.advance)
-        if decrypt:
+    if decrypt:
+        size = sum(int(f["size"]) for f in pkg.files)
+        with Progress(size, label="verify files", unit="bytes", enabled=show_progress) as bar:
             for f in pkg.files:
                 for piece in pkg.iter_chunks(f["path"]):
                     bar.advance(len(piece))
