@@ -172,6 +172,9 @@ def test_register_file_with_meta_tags_and_description(cli, files: Path) -> None:
     assert v["tags"] == ["csv", "tiny"]
     assert v["description"] == "a tiny csv"
     assert datetime.fromisoformat(v["created_at"]).tzinfo is not None
+    # the text of one version shows it too (only the asset's did)
+    shown = ok(cli("assets", "show", "ds:1")).out.splitlines()
+    assert shown[1].strip() == "a tiny csv", shown
 
     # A second registration is version 2; the human line names ref, kind and digest prefix.
     r = ok(cli("assets", "register", "dataset", "ds", str(f)))

@@ -152,6 +152,8 @@ def _print_version(v: Any) -> None:
         f"[bold]{escape(v.ref)}[/] ({escape(v.kind)}) {v.status.value}"
         + (f"  aliases: {escape(', '.join(v.aliases))}" if v.aliases else "")
     )
+    if v.description:  # as the asset's own show prints it
+        console.print(f"  {escape(v.description)}")
     console.print(f"  digest   {v.digest or '-'}")
     if v.layout == "external":  # a local path recorded by content: its bytes are not stored
         console.print(f"  path     {escape(str(v.metadata.get('path')))} (not stored: a reference)")
