@@ -64,6 +64,9 @@ def test_a_package_signed_by_any_key_is_not_trusted(
     assert "NOT checked against a trusted key" in r.err and "lmops deploy trust" in r.err
     r = cli("deploy", "verify", str(evil), "--json")
     assert r.code == 3 and json.loads(r.out)["trusted"] is False
+    assert cli("assets", "register", "package", "evil", str(evil)).code == 0
+    r = cli("deploy", "verify", "evil")  # a package asset: named by its version, not its view
+    assert r.code == 3 and "evil:1/evil.lmpkg: signed by" in r.err and "views" not in r.err
     r = cli("deploy", "verify", str(good), "--key-file", str(prod))
     assert r.code == 0 and r.out.startswith("OK ") and "(trusted)" in r.out, (r.out, r.err)
 

@@ -165,11 +165,12 @@ def verify_cmd(
         )
     if untrusted:
         from lmops.core.sealed import untrusted as untrusted_line
+        from lmops.store.refs import name_views  # a view's file is named by its version
 
         # stderr, also with --json: a script reading the JSON still hears it
         err_console.print(
-            f"warning: the signature was NOT checked against a trusted key: "
-            f"{untrusted_line(Path(r.path), r.signed_by or '')}",
+            "warning: the signature was NOT checked against a trusted key: "
+            + name_views(untrusted_line(Path(r.path), r.signed_by or "")),
             markup=False,
             soft_wrap=True,
         )
