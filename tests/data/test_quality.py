@@ -112,6 +112,11 @@ def test_en_words_follow_spacy_english_rules() -> None:
 
 def test_zh_words_segment_chinese() -> None:
     assert zh_words("我们今天去北京。") == ("我们", "今天", "去", "北京", "。")
+    # Between the Chinese runs the English rules apply: a URL, a number, code stay whole.
+    assert zh_words("详见https://example.com/a/b，约40,000人增长3.5%。用pandas的read_csv()") == (
+        "详见", "https://example.com/a/b", "，", "约", "40,000", "人", "增长", "3.5", "%", "。",
+        "用", "pandas", "的", "read_csv", "(", ")",
+    )  # fmt: skip
 
 
 def test_resolve_lang() -> None:

@@ -8,8 +8,10 @@ Word splitting comes in two flavours, chosen per document by :func:`resolve_lang
   ``Mr.`` stays whole, ``hello,`` -> ``hello`` ``,``), in :mod:`lmops.data._en_tokenizer`.
   datatrove's Gopher, C4 and FineWeb filters count words with that tokenizer, so using
   the same rules is what makes our keep/drop decisions agree with theirs;
-- ``"zh"``: :func:`zh_words`, jieba segmentation (loaded lazily, logging silenced), so a
-  Chinese document has words to count at all.
+- ``"zh"``: :func:`zh_words`, jieba segmentation (loaded lazily, logging silenced) of
+  the Han and kana runs, so a Chinese document has words to count at all, and the
+  English rules between them, so URLs, numbers and code in Chinese text are the same
+  tokens as in English text.
 
 Also here: the punctuation and sentence-terminal character sets those filters use,
 CJK detection, the stop word lists, sentence counting and the n-gram statistics of the
@@ -158,13 +160,31 @@ def _jieba_tokenizer() -> Any:
     return _jieba
 
 
-def zh_words(text: str) -> tuple[str, ...]:
-    """Chinese words of ``text`` (jieba, precise mode), punctuation tokens included.
+# A run of Han and kana characters: what jieba segments.
+_CJK_RUN = re.compile(f"([{NO_SPACE}]+)")
 
-    Whitespace is dropped; runs of Latin letters or digits come out as one token each.
+
+def zh_words(text: str) -> tuple[str, ...]:
+    """Words of a Chinese or mixed text, punctuation tokens included.
+
+    jieba (precise mode) segments each run of Han and kana characters; what lies between
+    the runs -- Latin words, numbers, URLs, code, punctuation -- is tokenised by the
+    English rules of :func:`en_words`, so ``https://example.com/a/b``, ``40,000`` and
+    ``e.g.`` stay one token each, as in English text (jieba alone cuts them at every
+    ``/``, ``,`` and ``.``, and a Chinese page quoting a URL looked like symbol soup).
+    Whitespace is dropped.
+
+    >>> zh_words("见 https://example.com/a 约40,000人。")
+    ('见', 'https://example.com/a', '约', '40,000', '人', '。')
     """
-    cut = _jieba_tokenizer().lcut(text)
-    return tuple(t for t in map(str.strip, cut) if t)
+    jieba = _jieba_tokenizer()
+    out: list[str] = []
+    for k, piece in enumerate(_CJK_RUN.split(text)):
+        if k % 2:
+            out += jieba.lcut(piece)
+        elif piece:
+            out += en_words(piece)
+    return tuple(out)
 
 
 @lru_cache(maxsize=1)
