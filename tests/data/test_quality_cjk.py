@@ -1,0 +1,152 @@
+"""Chinese judged the way its English original is: Gopher rules in units where the English
+thresholds mean the same, ordinary Chinese kept, Chinese junk still dropped.
+
+The pairs below are one text in Chinese and in English (written for these tests); each is
+kept or dropped on both sides alike. benchmarks/gopher_cjk_bench.py measures the same on
+1,130 parallel Alpaca pairs.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lmops.data.document import Document
+from lmops.data.ops import Filter, build_op
+from lmops.data.text import ZH_CHARS_PER_WORD, zh_size, zh_words
+
+# Prose that quotes a link: jieba alone cut the URL into 23 tokens, 12 of them symbols.
+LINK = (
+    "总结这篇文章：https://www.example.com/2023/05/17/city-library-opening.html\n\n"
+    "文章介绍了市立图书馆新馆开放的情况。新馆面积比旧馆大了一倍，增加了儿童阅览区和自习室，"
+    "开放时间也延长到晚上九点。馆长表示，图书馆希望成为市民学习和交流的公共空间，"
+    "并计划在明年推出更多面向老年人的数字技能课程。",
+    "Summarize this article: https://www.example.com/2023/05/17/city-library-opening.html\n\n"
+    "The article describes the opening of the new city library. The new building is twice the "
+    "size of the old one, adds a children's reading area and study rooms, and stays open until "
+    "nine in the evening. The head librarian said the library hopes to become a public space "
+    "where residents can learn and meet, and plans to offer more digital skills courses for "
+    "older people next year.",
+)
+# Hesitant dialogue: many ellipses and quotes. datatrove's rules drop the English (too
+# few alphabetic tokens); the Chinese must be dropped for the same reason, not for
+# "too many ellipses" because ...... is two characters.
+DIALOGUE = (
+    "“我……我不知道该怎么说，”她低声说，“那天晚上……我们都在等你。”\n"
+    "他沉默了很久，才开口：“对不起……路上出了事故，手机也没电了……我没办法通知你们。”\n"
+    "“没关系，”她摇摇头，“你平安回来就好。大家都很担心……尤其是妈妈，她一夜都没有睡。”",
+    '"I... I don\'t know how to say it," she whispered. "That night... we were all waiting for '
+    'you."\nHe was silent for a long time before he spoke: "I\'m sorry... there was an accident '
+    'on the road, and my phone was dead... I had no way to let you know."\n"It\'s all right," '
+    'she said, shaking her head. "What matters is that you came back safe. Everyone was so '
+    "worried... especially Mum, she didn't sleep all night.\"",
+)
+# A recipe: as many figures and units as words. Dropped on both sides.
+QUANTITIES = (
+    "列出制作煎饼所需的材料和步骤。\n\n"
+    "制作煎饼需要以下材料：面粉200克、鸡蛋2个、牛奶250毫升、白糖15克、盐1克、黄油30克。"
+    "先把面粉、白糖和盐混合，再加入鸡蛋和牛奶搅拌成面糊。平底锅加热后刷一层黄油，倒入一勺面糊，"
+    "煎到两面金黄即可。",
+    "List the ingredients and steps needed to make pancakes.\n\n"
+    "To make pancakes you need the following ingredients: 200 g of flour, 2 eggs, 250 ml of "
+    "milk, 15 g of sugar, 1 g of salt and 30 g of butter. First mix the flour, sugar and salt, "
+    "then add the eggs and milk and stir into a batter. Heat a frying pan, brush it with "
+    "butter, pour in a ladle of batter and fry until both sides are golden.",
+)
+# Ordinary news prose.
+NEWS = (
+    "新华社北京3月5日电，国务院总理在十四届全国人大二次会议上作政府工作报告时指出，"
+    "今年发展主要预期目标是国内生产总值增长百分之五左右。城镇新增就业一千二百万人以上，"
+    "城镇调查失业率百分之五点五左右。居民消费价格涨幅保持在百分之三左右，居民收入增长和经济增长同步。"
+    "报告强调，要坚持稳中求进工作总基调，完整、准确、全面贯彻新发展理念，加快构建新发展格局。"
+    "各地区各部门要把思想和行动统一到中央的决策部署上来，切实做好今年的经济工作。"
+    "代表们在分组审议时表示，报告实事求是，目标明确，措施有力，为实现全年目标任务打下坚实基础。"
+)
+
+
+def verdict(op_name: str, text: str) -> tuple[str | None, dict[str, float]]:
+    """(the reason ``op_name`` drops ``text`` for or None, its scores)."""
+    op = build_op(op_name)
+    assert isinstance(op, Filter)
+    doc = Document(text=text, id="d")
+    op.keep(doc)
+    reason = doc.metadata.get("drop_reason")
+    return (None if reason is None else reason.split(":", 1)[1]), doc.scores(op_name)
+
+
+def gopher(text: str) -> str | None:
+    """gopher_quality then gopher_repetition, as a recipe runs them: the first reason."""
+    return verdict("gopher_quality", text)[0] or verdict("gopher_repetition", text)[0]
+
+
+# --- units -------------------------------------------------------------------------------
+
+
+def test_zh_size_counts_han_in_english_word_equivalents() -> None:
+    assert ZH_CHARS_PER_WORD == 1.5
+    tokens = zh_words("巴拿马运河于1914年完工……")
+    assert tokens == ("巴拿马运河", "于", "1914", "年", "完工", "……")
+    # 9 Han characters are 6 words, all alphabetic; "1914" and "……" one word each.
+    assert zh_size(tokens) == pytest.approx((8.0, 6.0))
+    assert zh_size(()) == (0.0, 0.0)
+
+
+# --- gopher_quality ----------------------------------------------------------------------
+
+
+def test_link_in_chinese_prose_is_one_word_as_in_english() -> None:
+    zh, en = LINK
+    assert "https://www.example.com/2023/05/17/city-library-opening.html" in zh_words(zh)
+    assert gopher(en) is None
+    assert gopher(zh) is None  # was gopher_below_alpha_threshold (0.74)
+
+
+def test_chinese_ellipsis_is_one_mark() -> None:
+    zh, en = DIALOGUE
+    reasons = {verdict("gopher_quality", t)[0] for t in DIALOGUE}
+    assert reasons == {"gopher_below_alpha_threshold"}
+    scores = verdict("gopher_quality", zh)[1]
+    # 5 ellipses in 85 word equivalents; counted per character it was 10 in 90 tokens,
+    # over the 0.1 of gopher_too_many_ellipsis.
+    assert scores["ellipsis_ratio"] == pytest.approx(5 / 85)
+    assert verdict("gopher_quality", en)[1]["ellipsis_ratio"] < 0.1
+
+
+def test_figures_weigh_the_same_in_both_languages() -> None:
+    # datatrove drops the English recipe: a quarter of its tokens are figures and commas.
+    assert {verdict("gopher_quality", t)[0] for t in QUANTITIES} == {"gopher_below_alpha_threshold"}
+    assert gopher(NEWS) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("【热卖】★★★特价！！！→→→点击购买☆☆☆￥99元包邮※※※" * 8, "gopher_below_alpha_threshold"),
+        (
+            " | ".join(["首页", "新闻中心", "产品展示", "联系我们", "关于我们", "网站地图"] * 5),
+            "gopher_below_alpha_threshold",
+        ),
+        (
+            NEWS[:80]
+            + "\n"
+            + "\n".join(
+                [
+                    "版权所有 © 2024 某某科技有限公司 保留所有权利",
+                    "京ICP备12345678号-1 京公网安备11010502030000号",
+                    "地址：北京市海淀区中关村大街1号 邮编：100080",
+                    "电话：010-12345678 邮箱：info@example.com",
+                ]
+                * 3
+            ),
+            "gopher_below_alpha_threshold",
+        ),
+        (
+            " ".join(["减肥药", "减肥茶", "快速减肥", "减肥方法", "减肥食谱"] * 10),
+            "gopher_enough_stop_words",
+        ),
+        (" ".join(NEWS), "gopher_below_avg_threshold"),  # spaced out to dodge keyword filters
+        ("哈" * 300, "gopher_enough_stop_words"),
+    ],
+    ids=["symbol soup", "menu", "footer boilerplate", "keyword stuffing", "spaced out", "one char"],
+)
+def test_chinese_junk_is_still_dropped_by_gopher_quality(text: str, reason: str) -> None:
+    assert verdict("gopher_quality", text)[0] == reason
