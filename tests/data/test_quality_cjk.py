@@ -12,8 +12,22 @@ import pytest
 
 from lmops.data.document import Document
 from lmops.data.ops import Filter, build_op
-from lmops.data.text import ZH_CHARS_PER_WORD, zh_size, zh_words
+from lmops.data.text import ZH_CHARS_PER_WORD, zh_ngram_size, zh_size, zh_units, zh_words
 
+# An answer that repeats its question, as instruction data does: jieba 4-grams with spaces
+# put the Chinese at 0.185 of the text (over 0.16); the English is at 0.087.
+ECHO = (
+    "这段话的主要观点是什么？\n\n"
+    "城市公园不仅为居民提供了休闲和运动的场所，还能改善空气质量、降低夏季气温。"
+    "越来越多的城市开始把公园建设纳入长期规划。\n\n"
+    "这段话的主要观点是，城市公园对居民的生活和城市环境都有好处，因此越来越受到城市规划的重视。",
+    "What is the main point of this passage?\n\n"
+    "City parks not only give residents a place to relax and exercise, they also improve air "
+    "quality and lower summer temperatures. More and more cities are making parks part of "
+    "their long-term plans.\n\n"
+    "The main point of this passage is that city parks benefit both the lives of residents and "
+    "the urban environment, so they are receiving more and more attention in city planning.",
+)
 # Prose that quotes a link: jieba alone cut the URL into 23 tokens, 12 of them symbols.
 LINK = (
     "总结这篇文章：https://www.example.com/2023/05/17/city-library-opening.html\n\n"
@@ -79,6 +93,13 @@ def gopher(text: str) -> str | None:
 
 
 # --- units -------------------------------------------------------------------------------
+
+
+def test_zh_units_are_characters_and_ngrams_as_long_as_english_ones() -> None:
+    assert zh_units(zh_words("“巴拿马运河，建于1914年。”")) == [
+        "巴", "拿", "马", "运", "河，", "建", "于", "1914", "年。”",
+    ]  # fmt: skip
+    assert [zh_ngram_size(n) for n in range(2, 11)] == [3, 5, 6, 8, 9, 11, 12, 14, 15]
 
 
 def test_zh_size_counts_han_in_english_word_equivalents() -> None:
@@ -150,3 +171,43 @@ def test_figures_weigh_the_same_in_both_languages() -> None:
 )
 def test_chinese_junk_is_still_dropped_by_gopher_quality(text: str, reason: str) -> None:
     assert verdict("gopher_quality", text)[0] == reason
+
+
+# --- gopher_repetition -------------------------------------------------------------------
+
+
+def test_question_echoed_in_the_answer_is_judged_as_in_english() -> None:
+    zh, en = ECHO
+    assert gopher(en) is None
+    assert gopher(zh) is None  # was top_4_gram
+    top4 = {
+        lang: verdict("gopher_repetition", t)[1]["top_4_gram"]
+        for lang, t in zip("ze", ECHO, strict=True)
+    }
+    assert top4["z"] == pytest.approx(top4["e"], abs=0.02)
+
+
+def test_a_sentence_said_five_times_is_dropped_in_both_languages() -> None:
+    for text, end, sep in ((LINK[0], "。", ""), (LINK[1], ". ", " ")):
+        question, answer = text.split("\n\n")
+        first = answer.split(end)[0] + end.strip()
+        stuttered = question + "\n\n" + sep.join([first] * 5) + answer[len(first) :]
+        assert verdict("gopher_repetition", text)[0] is None
+        assert verdict("gopher_repetition", stuttered)[0] is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("欢迎访问本站，祝您购物愉快！\n" * 6 + NEWS, "dup_line_frac"),
+        (NEWS[:100] + "\n\n" + NEWS[100:] + "\n\n" + NEWS[:100], "dup_para_frac"),
+        ("最新优惠活动火热进行中，点击立即购买！" * 8, "top_3_gram"),
+        (NEWS + "限时特价，全场包邮，点击购买。" * 4, "duplicated_6_n_grams"),
+        (NEWS + NEWS, "duplicated_5_n_grams"),
+        ("，".join(["北京旅游", "北京旅游攻略", "北京旅游景点", "北京旅游路线"] * 8), "top_2_gram"),
+        ("哈" * 300, "top_2_gram"),
+    ],
+    ids=["lines", "paragraph", "phrase", "ad padding", "page twice", "keywords", "one char"],
+)
+def test_chinese_repetition_is_still_dropped(text: str, reason: str) -> None:
+    assert verdict("gopher_repetition", text)[0] == reason

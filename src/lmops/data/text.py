@@ -22,6 +22,7 @@ to call from worker processes and threads.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import string
 import unicodedata
@@ -53,8 +54,10 @@ __all__ = [
     "token_stats",
     "top_ngram",
     "words",
+    "zh_ngram_size",
     "zh_size",
     "zh_stop_words",
+    "zh_units",
     "zh_words",
 ]
 
@@ -272,6 +275,40 @@ def zh_size(tokens: Sequence[str]) -> tuple[float, float]:
     return words + other, words + alpha
 
 
+def zh_units(tokens: Sequence[str]) -> list[str]:
+    """What Chinese n-grams are made of: each Han or kana character of :func:`zh_words`
+    tokens, and each other token that is not punctuation (a Latin word, a number).
+
+    Characters, not jieba words, so a repeat is found whatever the segmentation (jieba
+    cuts the same phrase differently in different contexts, and junk unpredictably). A
+    punctuation token is appended to the unit before it (one at the very start is left
+    out): it belongs to a repeated phrase's characters and identity, as an English
+    punctuation token does, but takes no position of its own -- as one it would stand
+    for two thirds of a word, and n-grams across sentence ends (``。这个``) would pass
+    for phrases. An English rule about ``n`` words takes n-grams of :func:`zh_ngram_size`
+    units.
+
+    >>> zh_units(zh_words("运河，建于1914年。"))
+    ['运', '河，', '建', '于', '1914', '年。']
+    """
+    units: list[str] = []
+    for token in tokens:
+        if CJK_RE.match(token):
+            units += token
+        elif not PUNCTUATION.issuperset(token):
+            units.append(token)
+        elif units:
+            units[-1] += token
+    return units
+
+
+def zh_ngram_size(n: int) -> int:
+    """Units (:func:`zh_units`) in a Chinese n-gram as long as ``n`` English words:
+    ``n *`` :data:`ZH_CHARS_PER_WORD` rounded half up (2 -> 3, 3 -> 5, 4 -> 6 ... 10 -> 15).
+    """
+    return math.floor(n * ZH_CHARS_PER_WORD + 0.5)
+
+
 def find_duplicates(items: Sequence[str]) -> tuple[int, int]:
     """(items equal to an earlier item, their total characters)."""
     if len(set(items)) == len(items):
@@ -291,10 +328,11 @@ def _grams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
     return list(zip(*(tokens[i:] for i in range(n)), strict=False))
 
 
-def top_ngram(tokens: Sequence[str], n: int) -> tuple[int, int]:
+def top_ngram(tokens: Sequence[str], n: int, sep: int = 1) -> tuple[int, int]:
     """(characters, count) of the most frequent word n-gram; its characters are its
-    words joined by single spaces, times its count. Ties go to the n-gram seen first.
-    (0, 0) when there are fewer than ``n`` tokens.
+    words joined by ``sep`` characters (a space; 0 for Chinese, written without them),
+    times its count. Ties go to the n-gram seen first. (0, 0) when there are fewer than
+    ``n`` tokens.
     """
     if len(tokens) < n:
         return 0, 0
@@ -303,7 +341,7 @@ def top_ngram(tokens: Sequence[str], n: int) -> tuple[int, int]:
     gram = tuple(tokens[:n])
     if best > 1:
         gram = next(g for g, c in counts.items() if c == best)
-    return best * (sum(map(len, gram)) + n - 1), best
+    return best * (sum(map(len, gram)) + (n - 1) * sep), best
 
 
 def dup_ngram_chars(tokens: Sequence[str], n: int) -> int:
