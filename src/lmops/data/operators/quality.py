@@ -10,8 +10,11 @@ filtered here keeps and drops the same documents, for the same stated reasons.
 Language. English words are counted with :func:`lmops.data.text.en_words`, which follows
 the rules of the spaCy tokenizer datatrove uses. Chinese has no spaces, so whitespace
 words would make every Chinese page "too short"; with ``lang="auto"`` (the default) a
-document whose characters are at least 30 % CJK is segmented with jieba instead and gets
-the Chinese variants of the word-level rules each operator documents. ``lang="en"`` is
+document whose characters are at least 30 % CJK is segmented with jieba instead (URLs,
+numbers and code between the Chinese runs keep the English rules) and gets the Chinese
+variants of the word-level rules each operator documents. Where a Gopher rule borrows an
+English per-word threshold, Chinese is counted in English-word equivalents, 1.5 Han
+characters a word, so the threshold means the same in both languages. ``lang="en"`` is
 exactly datatrove's behaviour; ``lang="zh"`` forces the Chinese rules.
 
 A threshold set to ``None`` switches its rule off.
