@@ -108,6 +108,19 @@ def test_changed_input_reruns_the_step_and_what_follows(tmp_path: Path, store: A
     assert third.executed() == ["tok", "tag"]
 
 
+def test_a_failed_step_skips_only_what_depends_on_it(tmp_path: Path, store: Any) -> None:
+    (tmp_path / "here.txt").write_text("present\n")
+    steps = {
+        "bad": {"type": "register", "path": "missing.txt", "name": "demo-bad"},
+        "after": {"type": "alias", "ref": "${steps.bad.output}", "alias": "stable"},
+        "ok": {"type": "register", "path": "here.txt", "name": "demo-ok"},
+    }
+    res = run_pipeline(load_pipeline(write_pipeline(tmp_path, steps)), store, progress=False)
+    status = {n: s.status for n, s in res.steps.items()}
+    assert status == {"bad": "failed", "after": "not run", "ok": "done"}
+    assert not res.ok and store.assets.resolve("demo-ok").version == 1
+
+
 def test_failed_step_resumes_there(tmp_path: Path, store: Any, cli: Any) -> None:
     write_raw(tmp_path)
     steps = dict(BASIC)

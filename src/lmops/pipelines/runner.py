@@ -168,7 +168,8 @@ def run_pipeline(
     on_update: Callable[[StepState], None] | None = None,
     raise_errors: bool = False,
 ) -> PipelineRun:
-    """Run ``pipe``; stops at the first failed step (completed steps stay cached).
+    """Run ``pipe``. A failed step skips the steps that depend on it (``not run``); the
+    others still run, as the finished ones stay cached for the next run anyway.
 
     ``force`` re-runs every step (``True``) or the named ones; ``only`` runs those steps
     and what they depend on. ``raise_errors`` re-raises a step's unexpected exception
@@ -195,7 +196,11 @@ def run_pipeline(
         with contextlib.chdir(pipe.base_dir):
             for name in selected:
                 st = states[name]
-                if failure is not None:
+                # what it depends on failed or was skipped (steps run in dependency order)
+                if any(
+                    d in states and states[d].status in ("failed", "not run")
+                    for d in pipe.deps[name]
+                ):
                     st.status = "not run"
                     notify(st)
                     continue
