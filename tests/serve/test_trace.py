@@ -46,12 +46,26 @@ def test_an_answer_traces_back_to_the_raw_file(
         r = c.chat.completions.create(
             model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3
         )
-        api = httpx.get(
-            base + "/api/trace",
-            params={"deployment": "chat"},
-            headers={"Authorization": f"Bearer {admin}"},
-            timeout=30,
+        mine = c.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3
         )
+        theirs = openai.OpenAI(base_url=base + "/v1", api_key=admin, max_retries=0).chat
+        other = theirs.completions.create(
+            model="chat", messages=[{"role": "user", "content": "yo"}], max_tokens=3
+        )
+
+        def api(secret: str, **params: str) -> httpx.Response:
+            auth = {"Authorization": f"Bearer {secret}"}
+            return httpx.get(base + "/api/trace", params=params, headers=auth, timeout=30)
+
+        # an admin traces any answer; a user key its own only (another's is not found)
+        newest = api(admin, deployment="chat")
+        assert newest.status_code == 200 and newest.json()["request_id"] == other.id
+        assert api(key, deployment="chat").json()["request_id"] == mine.id
+        assert api(key, request_id=r.id).json()["model_ref"] == model.ref
+        hidden = api(key, request_id=other.id)
+        assert hidden.status_code == 404 and "of your key app" in hidden.text
+        assert api(key, key="ops").status_code == 403
     finally:
         stop_server(proc)  # flushes the request log
 
@@ -67,11 +81,10 @@ def test_an_answer_traces_back_to_the_raw_file(
     assert f"dataset {data.ref} (dataset)" in out and f"input {local[0]} (external)" in out
     assert f"sources: {local[0]} (external) {raw}" in out
 
-    as_json = json.loads(lmops("trace", "--last", "--deployment", "chat", "--json").stdout)
-    assert as_json["request_id"] == r.id and as_json["model_ref"] == model.ref
+    as_json = json.loads(lmops("trace", "--last", "--key", "app", "--json").stdout)
+    assert as_json["request_id"] == mine.id and as_json["model_ref"] == model.ref
     assert [s["ref"] for s in as_json["sources"]] == [local[0]]
     assert set(as_json["model"]["nodes"]) == {model.ref, data.ref, local[0]}
-    assert api.status_code == 200 and api.json()["request_id"] == r.id
 
     missing = lmops("trace", "chatcmpl-nope")
     assert missing.returncode == 2

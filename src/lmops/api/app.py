@@ -213,16 +213,20 @@ def _api_router() -> APIRouter:
 
     @r.get("/trace", response_model=RequestTrace)
     def trace(
+        request: Request,
         store: Reader,
         request_id: str | None = None,
         deployment: str | None = None,
         key: str | None = None,
     ) -> RequestTrace:
         """A served answer (its ``id``), or the newest logged request of a deployment or
-        key: the version that answered and everything upstream of it (``lmops trace``)."""
+        key: the version that answered and everything upstream of it (``lmops trace``).
+        A key that is not an admin traces its own requests only."""
         if request_id is not None and (deployment or key):
             raise UserError("request_id names one request; deployment and key pick the newest")
-        return trace_request(store, request_id, deployment=deployment, key=key)
+        caller = request.state.lmops_key
+        only = None if caller.role == "admin" else caller.name
+        return trace_request(store, request_id, only_key=only, deployment=deployment, key=key)
 
     @r.get("/assets/{ref}/verify")
     def verify(store: Reader, ref: str) -> dict[str, Any]:

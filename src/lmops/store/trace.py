@@ -11,11 +11,11 @@ versions nothing else was made from (raw files, imported models, registered data
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from lmops.core.errors import NotFoundError
+from lmops.core.errors import NotFoundError, PermissionDenied
 from lmops.store.types import LineageGraph
 
 if TYPE_CHECKING:
@@ -49,20 +49,36 @@ class RequestTrace(BaseModel):
     note: str | None = None  # why the trace stops where it does
 
 
-def trace_request(store: Store, request_id: str | None = None, **latest: Any) -> RequestTrace:
-    """The trace of one logged request: by id, or the newest one (``deployment=``,
-    ``key=`` narrow it) when ``request_id`` is None."""
+def trace_request(
+    store: Store,
+    request_id: str | None = None,
+    *,
+    only_key: str | None = None,
+    deployment: str | None = None,
+    key: str | None = None,
+) -> RequestTrace:
+    """The trace of one logged request: by id, or the newest one (``deployment``, ``key``
+    narrow it) when ``request_id`` is None. ``only_key``: the caller may see that key's
+    requests only (a key that is not an admin); another key's is not found, as if absent."""
+    if only_key is not None and key not in (None, only_key):
+        raise PermissionDenied(f"key {only_key!r} may trace its own requests only, not {key!r}")
+    if only_key is not None:
+        key = only_key
     rec = (
         store.requests.get(request_id)
         if request_id is not None
-        else store.requests.latest(**latest)
+        else store.requests.latest(deployment=deployment, key=key)
     )
+    if rec is not None and only_key is not None and rec.key_name != only_key:
+        rec = None  # the same answer as for an id never logged: nothing to learn from it
     if rec is None and request_id is not None:
+        mine = f" of your key {only_key}" if only_key is not None else ""
         raise NotFoundError(
-            f"no logged request {request_id!r}: give the answer's id (chatcmpl-…, cmpl-…, "
-            "emb-…), or --last for the newest"
+            f"no logged request {request_id!r}{mine}: give the answer's id (chatcmpl-…, "
+            "cmpl-…, emb-…), or --last for the newest"
         )
     if rec is None:
+        latest = {"deployment": deployment, "key": key}
         where = ", ".join(f"{k} {v!r}" for k, v in latest.items() if v) or "any deployment"
         raise NotFoundError(f"no logged request of {where}; lmops serve logs each it answers")
     out = RequestTrace(

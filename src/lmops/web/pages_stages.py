@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from lmops.core.errors import NotFoundError, UserError
+from lmops.core.errors import UserError
 from lmops.store import Store, Version
 from lmops.web.app import PREFIX, Page, render
 from lmops.web.pages_store import deployments, version_file
@@ -354,9 +354,7 @@ def add_routes(r: APIRouter) -> None:
         rid = request_id.strip() or None
         t = None
         if rid or deployment:
-            t = trace_request(viewer.store, rid, deployment=deployment or None, key=only)
-            if only is not None and t.key_name != only:
-                raise NotFoundError(f"no logged request {rid!r} of your key {only}")
+            t = trace_request(viewer.store, rid, only_key=only, deployment=deployment or None)
         return render(
             request,
             viewer,
