@@ -332,9 +332,13 @@ from lmops.data.ops import Mapper, register
 
 @register("env_slow_copy")
 class EnvSlowCopy(Mapper):
-    """Copies documents, each taking $SLOW_SECONDS (test helper: slow, then fast on resume)."""
+    """Copies documents, each taking $SLOW_SECONDS (test helper: slow, then fast on resume),
+    and waits (at most 5 minutes) while the file $HOLD_FILE exists."""
     def apply(self, doc):
         time.sleep(float(os.environ["SLOW_SECONDS"]))
+        hold, deadline = os.environ.get("HOLD_FILE"), time.time() + 300
+        while hold and os.path.exists(hold) and time.time() < deadline:
+            time.sleep(0.05)
         return doc
 '''
 
@@ -352,13 +356,15 @@ def test_a_second_run_of_a_work_folder_is_refused_and_a_killed_run_blocks_none(
     )
     env = _env(tmp_path, lmops_home)
     cmd = [sys.executable, "-m", "lmops.cli.main", "data", "run", "r.yaml"]
+    hold = tmp_path / "hold"  # while it exists the first run cannot finish, however slow
     first = subprocess.Popen(
-        cmd, cwd=tmp_path, env={**env, "SLOW_SECONDS": "0.05"}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cmd, cwd=tmp_path, env={**env, "SLOW_SECONDS": "0.05", "HOLD_FILE": str(hold)},
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     work = tmp_path / "out" / "demo.lmops-work"
     try:
         _wait_for_shards(first, work / "stage2", 1)
+        hold.touch()
         second = subprocess.run(
             cmd, cwd=tmp_path, env={**env, "SLOW_SECONDS": "0"}, capture_output=True, text=True
         )
@@ -579,3 +585,46 @@ def test_cli_run_report_and_ops(cli, tmp_path: Path) -> None:  # type: ignore[no
         str(write_recipe(tmp_path / "bad.yaml", RECIPE.replace("op: exact_dedup", "op: nope"))),
     )
     assert bad.code == 2 and "unknown operator 'nope'" in bad.err
+
+
+def _finish_holding_the_lock(work: Path, ready: Any) -> None:
+    from lmops.data._worklock import work_lock
+    from lmops.data.executor import _retire
+
+    with work_lock(work):
+        (work / "fingerprint").write_text("KEY")
+        for stage in ("stage1", "stage2"):
+            (work / stage).mkdir()
+            for i in range(3000):
+                (work / stage / f"{i:05d}.jsonl").write_text("x")
+        ready.set()
+        _retire(work)  # what a finished run does, still holding the lock
+
+
+def test_a_run_starting_as_another_finishes_never_sees_its_folder_half_deleted(
+    tmp_path: Path,
+) -> None:
+    """The finishing run removes its work folder while it holds the lock; a run that takes
+    the lock meanwhile must find a new, empty folder, not one being deleted under it."""
+    import multiprocessing as mp
+
+    from lmops.core.errors import ConflictError
+    from lmops.data._worklock import work_lock
+    from lmops.data.executor import _reuse_or_reset
+
+    work = tmp_path / "demo.lmops-work"
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    first = ctx.Process(target=_finish_holding_the_lock, args=(work, ready))
+    first.start()
+    assert ready.wait(60)
+    while True:
+        try:
+            with work_lock(work):
+                _reuse_or_reset(work, "KEY")  # the same recipe: it would resume
+                left = sorted(p.name for p in work.iterdir())
+                break
+        except ConflictError:
+            time.sleep(0.001)
+    first.join(60)
+    assert left == ["fingerprint", "run.lock"]  # nothing of the finished run's to resume

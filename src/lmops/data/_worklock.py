@@ -8,10 +8,12 @@ holder's pid. The kernel drops the lock when its holder exits, however it exits
 (``kill -9`` included), so a lock file left behind never blocks the next run: only a live
 process holds it.
 
-The holder removes the work folder, lock file included, when it finishes, and may do so
-between another run opening the file and locking it. That run then holds a lock on a
-file no longer in the folder, so after locking it checks that the path still names the
-file it locked, and starts over when it does not.
+The holder removes the work folder, lock file included, when it finishes: first renamed
+away in one step, still locked (``executor._retire``), then deleted, so a run starting
+meanwhile never works in a folder being deleted. It may do so between another run
+opening the file and locking it; that run then holds a lock on a file no longer named
+``<work>/run.lock``, so after locking it checks that the path still names the file it
+locked, and starts over when it does not.
 """
 
 from __future__ import annotations

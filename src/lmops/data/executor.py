@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -696,10 +697,22 @@ def _finish(
         out_path.parent.mkdir(parents=True, exist_ok=True)
         os.rename(build, out_path)
         final = out_path
-    shutil.rmtree(work, ignore_errors=True)
+    _retire(work)
     return DataRunResult(
         recipe.name, final, dataset_ref, run.id if run is not None else None, report
     )
+
+
+def _retire(work: Path) -> None:
+    """Remove a finished run's work folder while its lock is held: renamed away in one
+    step first, so a run that starts meanwhile finds no folder (or a lock file no longer
+    named, see ``_worklock``) rather than one being deleted under it."""
+    dead = work.with_name(f".{work.name}.done-{uuid.uuid4().hex[:12]}")
+    try:
+        os.rename(work, dead)
+    except OSError:
+        dead = work
+    shutil.rmtree(dead, ignore_errors=True)
 
 
 def _nothing_kept(recipe: Recipe, report: dict[str, Any], work: Path) -> str:
