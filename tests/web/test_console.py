@@ -94,7 +94,8 @@ def test_every_page_renders_and_no_request_leaves_loopback(
     admin_page.goto(f"{console.url}/ui/eval/tiny-lm-eval/1?wrong=1")
     assert admin_page.locator("details.item").count() == 1  # only the wrong item
     admin_page.goto(f"{console.url}/ui/eval")
-    board = admin_page.locator("#leaderboard table.board")  # loaded after the page shows
+    admin_page.wait_for_selector("#leaderboard table.board tr")  # loaded after the page shows
+    board = admin_page.locator("#leaderboard table.board")
     assert board.locator("tr").count() == 3 and "1" in board.locator("tr").nth(1).inner_text()
     admin_page.goto(f"{console.url}/ui")
     assert "firing: prompt_chars" in admin_page.locator("ul.alerts").inner_text()
