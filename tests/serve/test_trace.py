@@ -35,7 +35,10 @@ def test_an_answer_traces_back_to_the_raw_file(
     _, key = store.keys.create("app")
     _, admin = store.keys.create("ops", role="admin")
     deployments = tmp_path / "d.yaml"
-    deployments.write_text("deployments:\n  - {name: chat, model: tiny}\n")
+    deployments.write_text(
+        "deployments:\n  - {name: chat, model: tiny}\n"
+        f"  - {{name: folder, model: '{tmp_path / 'm'}'}}\n"  # by its path, outside the store
+    )
     proc, base = start_server(
         env,
         "--deployments",
@@ -45,6 +48,9 @@ def test_an_answer_traces_back_to_the_raw_file(
         c = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=60)
         r = c.chat.completions.create(
             model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        by_path = c.chat.completions.create(
+            model="folder", messages=[{"role": "user", "content": "hi"}], max_tokens=2
         )
         mine = c.chat.completions.create(
             model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3
@@ -86,9 +92,17 @@ def test_an_answer_traces_back_to_the_raw_file(
     assert [s["ref"] for s in as_json["sources"]] == [local[0]]
     assert set(as_json["model"]["nodes"]) == {model.ref, data.ref, local[0]}
 
+    # a model served from a folder: the request, and a note instead of a lineage
+    folder = lmops("trace", by_path.id)
+    assert folder.returncode == 0, folder.stderr
+    said = " ".join(folder.stdout.split())
+    assert f"answered by {tmp_path / 'm'}" in said and "outside the store" in said
+
     missing = lmops("trace", "chatcmpl-nope")
     assert missing.returncode == 2
     assert "no logged request 'chatcmpl-nope'" in missing.stderr
     assert lmops("trace").returncode == 2
+    both = lmops("trace", r.id, "--last")
+    assert both.returncode == 2 and "not both" in both.stderr
     none = lmops("trace", "--last", "--deployment", "other")
     assert none.returncode == 2 and "no logged request of deployment 'other'" in none.stderr

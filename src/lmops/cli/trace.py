@@ -30,7 +30,9 @@ def trace_cmd(
     from lmops.cli._lineage import print_tree
     from lmops.store.trace import trace_request
 
-    if (request_id is None) == (not last):
+    if request_id is not None and last:
+        raise UserError("give a request id or --last (the newest logged request), not both")
+    if request_id is None and not last:
         raise UserError("give a request id, or --last (the newest logged request)")
     if request_id is not None and (deployment or key):
         raise UserError("--deployment and --key narrow --last; a request id is already one")
@@ -52,8 +54,10 @@ def trace_cmd(
         soft_wrap=True,
     )
     console.print(f"answered by {t.model_ref or '-'}", markup=False, highlight=False)
+    if t.prompt_ref:
+        console.print(f"wrapped by prompt {t.prompt_ref}", markup=False, highlight=False)
     for g in (t.model, t.prompt):
-        if g is not None:
+        if g is not None and g.upstream:  # a version made from nothing is only a source
             print_tree(g, "upstream")
     if t.sources:
         console.print("sources:", highlight=False)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from lmops.core.errors import NotFoundError, PermissionDenied
+from lmops.core.errors import NotFoundError, PermissionDenied, UserError
 from lmops.store.types import LineageGraph
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def trace_request(
         mine = f" of your key {only_key}" if only_key is not None else ""
         raise NotFoundError(
             f"no logged request {request_id!r}{mine}: give the answer's id (chatcmpl-…, "
-            "cmpl-…, emb-…), or --last for the newest"
+            "cmpl-…, emb-…), or ask for the newest of a deployment"
         )
     if rec is None:
         latest = {"deployment": deployment, "key": key}
@@ -101,6 +101,9 @@ def trace_request(
             g = store.assets.lineage(ref)
         except NotFoundError:
             out.note = f"{ref} is not in the store (an upstream model, or deleted since)"
+            continue
+        except UserError:  # not a ref at all: a model folder or package file by its path
+            out.note = f"served from {ref}, outside the store: it has no lineage to follow"
             continue
         # the answer's past, not the version's later uses
         past = {g.root} | {e.parent for e in g.upstream}

@@ -353,6 +353,8 @@ def add_routes(r: APIRouter) -> None:
         only = None if viewer.can_write else viewer.key.name
         rid = request_id.strip() or None
         t = None
+        if rid and deployment:
+            raise UserError("give an answer id or a deployment (its newest answer), not both")
         if rid or deployment:
             t = trace_request(viewer.store, rid, only_key=only, deployment=deployment or None)
         return render(
