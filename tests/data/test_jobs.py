@@ -89,6 +89,15 @@ def test_mix_realises_ratios_within_one_percent(cli, tmp_path: Path) -> None:  #
     store = Store()
     assert {e.parent for e in store.assets.lineage("mixed").upstream} == {"en:1", "zh:1"}
     assert cli("data", "mix", "--source", "en", "--output", "m").code == 2
+    twice = cli("data", "mix", "--source", "en=1", "--source", "en=2", "--output", "m")
+    assert twice.code == 2 and "'en' is given twice" in twice.err
+    for bad in ("en=-1", "en=nan", "en=inf", "=1"):
+        r = cli("data", "mix", "--source", bad, "--source", "zh=1", "--output", "m")
+        assert r.code == 2 and "ratio >= 0" in r.err, bad
+    # a zero weight leaves a source out, as data.mix documents
+    zero = cli("data", "mix", "--source", "en=0", "--source", "zh=1", "--output", "z", "--json")
+    assert zero.code == 0, zero.err
+    assert json.loads(zero.out)["report"]["sources"]["en"]["taken_docs"] == 0
 
 
 def test_mix_takes_sft_rows_whole_and_warns_when_formats_differ(  # type: ignore[no-untyped-def]
@@ -100,13 +109,11 @@ def test_mix_takes_sft_rows_whole_and_warns_when_formats_differ(  # type: ignore
     chat = tmp_path / "chat.jsonl"
     alpaca.write_text(
         "".join(
-            json.dumps(
-                {"instruction": f"翻译 {i}", "input": "" if i % 2 else "你好", "output": "Hi"}
-            )
-            + "\n"
+            json.dumps({"id": f"alp-{i}", "url": "https://example.com/x", "instruction": f"翻译 {i}",
+                        "input": "" if i % 2 else "你好", "output": "Hi"}) + "\n"
             for i in range(30)
         )
-    )
+    )  # fmt: skip
     chat.write_text(
         "".join(
             json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
@@ -129,7 +136,10 @@ def test_mix_takes_sft_rows_whole_and_warns_when_formats_differ(  # type: ignore
     store = Store()
     rows = [json.loads(x) for x in out_lines(store.assets.path("both"))]
     shapes = {tuple(k for k in row if k != "_lmops") for row in rows}
-    assert shapes == {("instruction", "input", "output"), ("messages",)}
+    assert shapes == {("id", "url", "instruction", "input", "output"), ("messages",)}
+    # read (and counted) by the format's text fields: not the id, not the url
+    marks = {tuple(row["_lmops"]["fields"]) for row in rows}
+    assert marks == {("instruction", "input", "output"), ("messages",)}
     originals = {line.strip() for f in (alpaca, chat) for line in f.read_text().splitlines()}
     for row in rows:  # each row as it was, plus lmops's own key
         del row["_lmops"]
@@ -140,6 +150,16 @@ def test_mix_takes_sft_rows_whole_and_warns_when_formats_differ(  # type: ignore
     assert r.code == 0, r.err
     tok = load_tokenizer(store.assets.path("tok"))
     assert len(tok.encode("翻译").ids) == 1  # learned from the alpaca rows' instructions
+    assert len(tok.encode("alp-").ids) > 1  # not from their ids
+    # rows an earlier run marked (`_lmops.fields`) are read by their marks
+    marked = tmp_path / "marked.jsonl"
+    marked.write_text(
+        json.dumps({"en_q": "hello", "zh_q": "你好", "_lmops": {"fields": ["en_q"]}}) + "\n"
+    )
+    r = cli("data", "mix", "--source", f"{marked}=1", "--output", "m", "--json")
+    assert r.code == 0, r.err
+    (row,) = [json.loads(x) for x in out_lines(store.assets.path("m"))]
+    assert row["_lmops"]["fields"] == ["en_q"]
     r = cli("data", "tokenize", str(alpaca), "--tokenizer", "tok", "--output", "x")
     assert r.code == 2 and "field 'text' missing" in r.err and "--text-key" in r.err
 

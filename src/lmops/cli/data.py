@@ -313,12 +313,15 @@ def mix_cmd(
     ratios: dict[str, float] = {}
     for item in source:
         ref, sep, raw = item.rpartition("=")
+        if ref in ratios:
+            raise UserError(f"--source {ref!r} is given twice; give each source once")
         try:
             ratios[ref] = float(raw)
         except ValueError:
             raise UserError(f"--source {item!r}: expected REF=RATIO, e.g. web-clean=0.7") from None
-        if not sep or ratios[ref] <= 0:
-            raise UserError(f"--source {item!r}: expected REF=RATIO with a positive ratio")
+        # 0 leaves a source out (data.mix); a negative or non-finite weight means nothing
+        if not sep or not ref or not ratios[ref] >= 0 or ratios[ref] == float("inf"):
+            raise UserError(f"--source {item!r}: expected REF=RATIO with a ratio >= 0")
     if by not in ("documents", "tokens"):
         raise UserError(f"--by {by!r}: use documents or tokens")
     v, rep = mix_datasets(_store(), ratios, output, by=by, total=total, seed=seed)  # type: ignore[arg-type]

@@ -156,17 +156,28 @@ def tokenize_dataset(
         )
 
 
+# the fields that hold a format's text (an id, a source URL, a label beside them is not)
+_FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "sft_alpaca": ("instruction", "input", "output"),
+    "sft_chat": ("messages",),
+    "preference": ("prompt", "chosen", "rejected"),
+}
+
+
 def _row_shape(
     r: ResolvedInputs, text_key: str, sample: int = 200
 ) -> tuple[str, tuple[str, ...] | None]:
     """A source's row format (``detect_format`` over its first rows, ``"text"`` for plain
-    text files) and the fields to read: ``None`` (``text_key``) where its rows have that
-    field, else every field of the sampled rows that holds text or chat messages, so SFT
-    and preference rows are mixed whole (they are only counted and copied)."""
+    text files) and the fields to read it by, so that SFT and preference rows are mixed
+    (counted and copied) whole: ``None`` where the rows have ``text_key`` or carry the
+    fields an earlier lmops run marked (``_lmops.fields``: they are read by those); else
+    the text fields of the format (an Alpaca row's instruction, input and output, not its
+    id); for rows of no known format, every field that holds text or chat messages."""
     from lmops.core.formats import detect_format
 
     formats: dict[str, None] = {}
     fields: dict[str, None] = {}
+    marked = False
     seen = 0
     for f in r.files:
         if f.fmt not in ("jsonl", "json", "parquet", "csv"):
@@ -175,7 +186,10 @@ def _row_shape(
         for row in iter_rows(f.path, f.fmt):
             if isinstance(row, BadRow):
                 continue  # reading the source names it, with its line
-            formats.setdefault(detect_format(row.values) or "unknown")
+            ann = row.values.get(ANNOTATIONS_KEY)
+            marked |= isinstance(ann, dict) and bool(ann.get("fields"))
+            fmt = detect_format(row.values) or "unknown"
+            formats.setdefault(fmt)
             for k, v in row.values.items():
                 if k != ANNOTATIONS_KEY and (isinstance(v, str) or _is_messages(v)):
                     fields.setdefault(k)
@@ -185,8 +199,10 @@ def _row_shape(
         if seen >= sample:
             break
     fmt = "+".join(formats) or "empty"
-    if not fields or text_key in fields:
+    if marked or not fields or text_key in fields:
         return fmt, None
+    if formats.keys() <= _FORMAT_FIELDS.keys():
+        return fmt, tuple(dict.fromkeys(n for f in formats for n in _FORMAT_FIELDS[f]))
     return fmt, tuple(fields)
 
 
