@@ -196,7 +196,12 @@ def test_serve_checks_every_deployment_before_it_says_it_serves(  # type: ignore
     twice = d.with_name("twice.yaml")
     twice.write_text("deployments:\n  - {name: ok, fake: {tokens: 2}}\n")
     r = cli("serve", "--model", f"ok={folder}", "--deployments", str(twice))
-    assert r.code == 2 and "deployment 'ok' is defined twice" in r.err
+    assert r.code == 2 and f"deployment 'ok' is defined twice (by --model and in {twice})" in r.err
+    twice.write_text("deployments:\n  - {name: a, fake: {}}\n  - {name: a, fake: {}}\n")
+    r = cli("serve", "--deployments", str(twice))
+    assert r.code == 2 and f"deployment 'a' is defined twice (in {twice})" in r.err
+    r = cli("serve", "--model", f"b={folder}", "--model", f"b={folder}")
+    assert r.code == 2 and "deployment 'b' is defined twice (by --model)" in r.err
 
 
 def test_a_bad_since_names_since(cli) -> None:  # type: ignore[no-untyped-def]

@@ -162,11 +162,18 @@ def _run_server(
 
     store = Store(origin="api")  # migrate once before workers start, and fail early
     try:
-        specs = parse_model_args(model) + (load_deployments(deployments) if deployments else [])
+        flagged = parse_model_args(model)
+        specs = flagged + (load_deployments(deployments) if deployments else [])
         names = [s.name for s in specs]
         twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise UserError(f"deployment {twice[0]!r} is defined twice (--model and --deployments)")
+        if twice:  # say where: the flags, the file, or both
+            by_flag = sum(s.name == twice[0] for s in flagged)
+            where = [
+                ("by --model", by_flag),
+                (f"in {deployments}", names.count(twice[0]) - by_flag),
+            ]
+            said = " and ".join(w for w, n in where if n)
+            raise UserError(f"deployment {twice[0]!r} is defined twice ({said})")
         if key_file or pubkey:  # absolute: the workers may not share this working directory
             keys = {"key_file": key_file and str(key_file.resolve())}
             keys["public_key"] = pubkey and str(pubkey.resolve())

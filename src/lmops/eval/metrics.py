@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lmops.core.errors import UserError
+from lmops.core.errors import UserError, name_hint
 from lmops.eval.tools import tool_args_match, tool_args_valid, tool_name
 from lmops.text.cjk import NO_SPACE
 
@@ -556,13 +556,7 @@ def get_metric(name: str) -> Metric:
 
 
 def _unknown(name: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, list(METRICS), n=1)
-    hint = (
-        f"did you mean {close[0]!r}?" if close else f"known metrics: {', '.join(sorted(METRICS))}"
-    )
-    return f"unknown metric {name!r}; {hint}"
+    return f"unknown metric {name!r}; {name_hint(name, sorted(METRICS), 'known metrics')}"
 
 
 def metric_problem(name: str, options: Iterable[str]) -> str | None:

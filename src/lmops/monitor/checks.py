@@ -12,7 +12,6 @@ state through it.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from lmops.core.errors import UserError
+from lmops.core.errors import UserError, name_hint
 from lmops.monitor.alerts import AlertConfig, deliver, update_alerts, write_textfile
 from lmops.monitor.canary import load_canaries, run_canaries, summarize
 from lmops.monitor.drift import DriftReport, MonitorConfig, compare_samples
@@ -104,14 +103,9 @@ def require_traffic(store: Store, spec: CheckSpec) -> None:
     names = store.requests.deployments()
     if dep in names:
         return
-    close = difflib.get_close_matches(dep, names, n=1)
-    if close:
-        hint = f"did you mean {close[0]!r}?"
-    elif names:
-        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-        hint = f"the log has requests of: {shown}"
-    else:
-        hint = "the request log is empty (lmops serve writes it as it answers)"
+    hint = name_hint(dep, names, "the log has requests of") or (
+        "the request log is empty (lmops serve writes it as it answers)"
+    )
     raise UserError(f"deployment {dep!r} has no logged requests; {hint}")
 
 

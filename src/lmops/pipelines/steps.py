@@ -30,7 +30,6 @@ __all__ = [
     "StepContext",
     "StepOutput",
     "StepType",
-    "check_params",
     "digest_path",
     "pin_step",
     "step_type",
@@ -105,10 +104,6 @@ def step_type(
         return fn
 
     return deco
-
-
-def check_params(type_name: str, params: dict[str, Any]) -> Params:
-    return STEP_TYPES[type_name].params.model_validate(params)
 
 
 def digest_path(path: Path) -> str:

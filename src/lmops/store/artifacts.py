@@ -590,8 +590,10 @@ class ArtifactStore:
         folder renamed into ``views/<manifest digest>``. Each file is checked against its
         digest while the view is built, so a corrupt blob is refused (an ``IntegrityError``
         naming ``label``, the version, and the file) instead of handed out; an existing
-        view is returned as it is while its files keep their sizes (a view written to is
-        built again). For a single file the file's path is returned, else the directory.
+        view is returned as it is while its files keep their sizes (a view whose files
+        changed size is built again; a write that keeps the size is found by ``verify``,
+        and registering the same bytes again repairs it). For a single file the file's
+        path is returned, else the directory.
         """
         key = manifest_digest(entries)
         view = self.views / key

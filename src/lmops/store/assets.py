@@ -757,7 +757,7 @@ class AssetRegistry:
                 raise ConflictError(
                     f"{ref}: aliases point at it ({named}); deployments and pipelines that "
                     "name them would lose it: move them first (lmops assets alias), or force "
-                    "the delete (--force)"
+                    "the delete (lmops assets delete --force; force=true in the API)"
                 )
             deleted = []
             for a, _ in aliased:
