@@ -370,12 +370,15 @@ def test_eval_judge_prints_and_registers_both_modes(cli, tmp_path: Path) -> None
 
         unparsable = cli(*base, "--vs", "fake", "--endpoint", answers + "/v1",
                          "--judge-endpoint", answers + "/v1", "--retries", "0")  # fmt: skip
-        assert unparsable.code == 0, unparsable.err
+        # nothing judged: a failed run (exit 1), its report kept as the record
+        assert unparsable.code == 1, unparsable.err
         assert "malformed 3; no pair was judged" in unparsable.out
+        assert "the judge gave no usable verdict" in unparsable.err
         nothing = cli(*base, "--endpoint", answers + "/v1", "--judge-endpoint",
                       answers + "/v1", "--retries", "0")  # fmt: skip
-        assert nothing.code == 0, nothing.err
+        assert nothing.code == 1, nothing.err
         assert "no answer was rated: all 3 judge outputs were malformed" in nothing.out
+        assert "registered judge-fake:2" in nothing.out  # the --vs ones: judge-fake-vs-fake
 
         assert all("messages" in body for body in sent)
         sent.clear()
@@ -390,7 +393,7 @@ def test_eval_judge_prints_and_registers_both_modes(cli, tmp_path: Path) -> None
     assert as_json.code == 0, as_json.err
     report = json.loads(as_json.out)
     assert report["kind"] == "single" and report["mean"] == 7.0 and report["n"] == 3
-    assert report["config"]["limit"] is None and report["report"] == "judge-fake:4"
+    assert report["config"]["limit"] is None and report["report"] == "judge-fake:3"
     # an endpoint's chat API applies the model's template: the default uses it
     assert report["config"]["apply_chat_template"] == "auto"
     assert report["config"]["chat_template"] == {"model": True, "judge": True}

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lmops.cli._output import console, open_store, print_json, table
+from lmops.cli._output import console, err_console, open_store, print_json, table
 from lmops.core.errors import UserError
 from lmops.eval.jobs import open_model
 
@@ -617,7 +617,10 @@ def judge_cmd(
         int | None, typer.Option(min=1, help="Judge only the first N questions of the set.")
     ] = None,
     output: Annotated[
-        str | None, typer.Option(help="eval_report asset name (default: judge-<model>).")
+        str | None,
+        typer.Option(
+            help="eval_report asset name (default: judge-<model>, judge-<model>-vs-<other>)."
+        ),
     ] = None,
     apply_chat_template: Annotated[
         bool | None,
@@ -649,10 +652,14 @@ def judge_cmd(
         apply_chat_template=apply_chat_template,
     )
     # registered by now: what follows only prints
+    rep = job.results[0]
+    # nothing judged (every judge output malformed) is a failed run, with its record kept
+    judged = rep.overall.win_rate is not None if vs else rep.overall.mean is not None
     if json_:
         print_json(job.report)
+        if not judged:
+            raise typer.Exit(1)
         return
-    rep = job.results[0]
     if vs:
         _pairwise_summary(rep, model, vs)
     else:
@@ -666,6 +673,13 @@ def judge_cmd(
         )
         console.print(f"prompts to {', '.join(plain)} were plain text ({why})", markup=False)
     console.print(f"registered {job.version.ref}", markup=False)
+    if not judged:
+        err_console.print(
+            "error: the judge gave no usable verdict (every output malformed); the report is "
+            "registered as a record; try a stronger judge model or more --retries",
+            markup=False,
+        )
+        raise typer.Exit(1)
 
 
 def _num(value: float | None, fmt: str = ".2f") -> str:

@@ -471,7 +471,10 @@ def run_judge(
             )
             v = store.assets.register(
                 "eval_report",
-                output or f"judge-{_short(ref_a or model)}",
+                # single grading and a pairwise match are different reports: not one name
+                output
+                or f"judge-{_short(ref_a or model)}"
+                + (f"-vs-{_short(ref_b or vs)}" if lm_b is not None and vs else ""),
                 out,
                 metadata={
                     "model": {"name": lm_a.name, "ref": ref_a},
