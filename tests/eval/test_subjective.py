@@ -390,6 +390,13 @@ def test_eval_judge_prints_and_registers_both_modes(cli, tmp_path: Path) -> None
         assert "prompts to model, judge were plain text (--no-apply-chat-template)" in plain.out
         as_json = cli(*base, "--endpoint", answers + "/v1", "--judge-endpoint", rater + "/v1",
                       "--json")  # fmt: skip
+        # the same judge on other questions: ranked beside the first, flagged not comparable
+        other = tmp_path / "other.jsonl"
+        other.write_text(json.dumps({"id": "z", "question": "Name a colour."}) + "\n")
+        again = cli("eval", "judge", "--model", "fake", "--judge", "fake", "--set", str(other),
+                    "--endpoint", answers + "/v1", "--judge-endpoint", rater + "/v1",
+                    "--output", "other-set")  # fmt: skip
+        assert again.code == 0, again.err
     assert as_json.code == 0, as_json.err
     report = json.loads(as_json.out)
     assert report["kind"] == "single" and report["mean"] == 7.0 and report["n"] == 3
@@ -415,6 +422,9 @@ def test_eval_judge_prints_and_registers_both_modes(cli, tmp_path: Path) -> None
         ("judge", "mean_rating"),
         ("judge_pairwise:fake", "win_rate"),
     }
+    assert all(r["basis_differs"] for r in ranked if r["task"] == "judge")
+    board = cli("eval", "leaderboard", "--task", "judge")
+    assert "mix judge reports of different question sets or judges" in " ".join(board.out.split())
 
 
 def test_questions_and_judge_prompts_go_through_each_models_chat_template(

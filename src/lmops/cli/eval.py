@@ -495,7 +495,7 @@ def leaderboard_cmd(
                 r["rank"],
                 r["model"],
                 f"{r['value']:.4f}",
-                f"{r['n']} !" if r["n_differs"] else r["n"],
+                f"{r['n']} !" if r["n_differs"] or r["basis_differs"] else r["n"],
                 r["report"],
             ]
             for r in rows
@@ -508,6 +508,13 @@ def leaderboard_cmd(
             f"! {len(mixed)} task/metric rankings mix reports over different numbers of "
             f"documents ({', '.join(str(n) for n in counts)}): --limit, excluded rows or "
             "another data version; those scores are not comparable as they stand",
+            markup=False,
+        )
+    judged = sorted({(r["task"], r["metric"]) for r in rows if r["basis_differs"]})
+    if judged:
+        console.print(
+            f"! {len(judged)} task/metric rankings mix judge reports of different question "
+            "sets or judges; those scores are not comparable as they stand",
             markup=False,
         )
 

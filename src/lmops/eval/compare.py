@@ -276,9 +276,11 @@ def leaderboard(
     store: Any, *, task: str | None = None, metric: str | None = None
 ) -> list[dict[str, Any]]:
     """Every READY eval report's scores, best first per (task, metric). Each row has its
-    ``rank`` (equal scores share one: 1, 1, 3) and ``n_differs``: the reports of this
+    ``rank`` (equal scores share one: 1, 1, 3), ``n_differs``: the reports of this
     (task, metric) scored different numbers of documents (another ``--limit``, data
-    version or excluded rows), so their scores are not comparable as they stand."""
+    version or excluded rows), and ``basis_differs``: they were judged on another question
+    set or by another judge (judge reports' ``basis``); either way their scores are not
+    comparable as they stand."""
     rows = []
     for asset in store.assets.list(kind="eval_report"):
         for v in store.assets.show(asset.name).versions:
@@ -304,6 +306,7 @@ def leaderboard(
                             "report": v.ref,
                             "n": metrics.get("n"),
                             "group": is_group,
+                            "basis": v.metadata.get("basis"),
                         }
                     )
     lower_better = ("perplexity", "bits_per_byte", "contaminated_fraction")
@@ -319,8 +322,10 @@ def leaderboard(
         blocks.setdefault((r["task"], r["metric"]), []).append(r)
     for block in blocks.values():
         differs = len({r["n"] for r in block}) > 1
+        bases = len({json.dumps(r["basis"], sort_keys=True) for r in block}) > 1
         for i, r in enumerate(block):
             same = i > 0 and better_first(block[i - 1]) == better_first(r)
             r["rank"] = block[i - 1]["rank"] if same else i + 1
             r["n_differs"] = differs
+            r["basis_differs"] = bases
     return rows

@@ -481,6 +481,13 @@ def run_judge(
                     "judge": {"name": jm.name, "ref": ref_j},
                     **({"vs": {"name": lm_b.name, "ref": ref_b}} if lm_b is not None else {}),
                     "results": results,
+                    # what makes two judge scores comparable: the same questions (by
+                    # content) judged by the same judge (the leaderboard checks it)
+                    "basis": {
+                        "set": next((r for r, role in local_refs if role == "dataset"), None),
+                        "judge": ref_j or jm.name,
+                        "limit": limit,
+                    },
                 },
                 inputs=([(ref_a, "model")] if ref_a else [])
                 + ([(ref_b, "model")] if ref_b else [])
