@@ -113,6 +113,13 @@ def package_model(
         raise UserError("--chunk-mib: chunks are 1 to 4 MiB")
     if not sign and not encrypt:
         raise UserError("nothing to do: give --sign KEY and/or --encrypt")
+    if kek_file and not encrypt:
+        # the KEK would be ignored and the package written in plaintext: the user meant
+        # to encrypt, or gave a key that does nothing
+        raise UserError(
+            f"--kek-file {kek_file} without --encrypt: the package would not be encrypted; "
+            "add --encrypt, or drop --kek-file"
+        )
     signing_key = load_signing_key(Path(sign)) if sign else None
     kek = load_kek(Path(kek_file) if kek_file else None, option="--kek-file") if encrypt else None
     store = _open_store(store)
