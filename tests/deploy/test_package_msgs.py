@@ -47,3 +47,71 @@ def test_kek_file_without_encrypt_is_refused(
     assert "--encrypt" in msg and "--kek-file" in msg
     with pytest.raises(UserError):  # nothing registered
         store.assets.resolve("zz2")
+
+
+def _sealed(folder: Path, out: Path, keys: Path, *, sign: bool = True) -> Path:
+    from lmops.core.sealed import load_kek, load_signing_key, write_package
+
+    signing_key = load_signing_key(keys) if sign else None
+    write_package(folder, out, signing_key=signing_key, kek=load_kek(keys))
+    return out
+
+
+def test_a_folder_as_a_key_is_a_one_line_error(
+    cli: Any, folder: Path, keys: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lmops deploy trust /tmp`` was exit 70 (internal error: IsADirectoryError); so were
+    --pubkey, --key-file, --sign, --kek-file and public_key:/key_file: in a deployments
+    file given a folder."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    d = tmp_path / "adir"
+    d.mkdir()
+    pkg = _sealed(folder, tmp_path / "p.lmpkg", keys)
+
+    def refused(*args: str) -> str:
+        msg = _one_line_error(cli(*args))
+        assert str(d) in msg and "folder" in msg, msg
+        return msg
+
+    refused("deploy", "trust", str(d))
+    refused("deploy", "verify", str(pkg), "--pubkey", str(d))
+    refused("deploy", "verify", str(pkg), "--key-file", str(d))
+    refused(
+        "deploy", "unpack", str(pkg), "--output", str(tmp_path / "x"), "--key-file", str(d),
+        "--pubkey", f"{keys}.pub",
+    )  # fmt: skip
+    assert not (tmp_path / "x").exists()
+    refused("deploy", "package", str(folder), "--sign", str(d), "--output", "a")
+    refused("deploy", "package", str(folder), "--encrypt", "--kek-file", str(d), "--output", "b")
+    refused("serve", "--model", f"chat={pkg}", "--key-file", str(keys), "--pubkey", str(d))
+    for field, value in (("public_key", d), ("key_file", d)):
+        dep = tmp_path / f"{field}.yaml"
+        other = "key_file" if field == "public_key" else "public_key"
+        dep.write_text(
+            f"deployments:\n  - name: chat\n    model: {pkg}\n    {field}: {value}\n"
+            f"    {other}: {keys if other == 'key_file' else str(keys) + '.pub'}\n"
+        )
+        msg = refused("serve", "--deployments", str(dep))
+        assert "deployment 'chat'" in msg, msg
+
+
+def test_an_unreadable_key_file_is_a_one_line_error(
+    keys: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmops.core.sealed import load_kek, load_public_key, load_signing_key
+
+    real = Path.read_text
+
+    def denied(self: Path, *a: Any, **k: Any) -> str:
+        if self == keys:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    for load in (load_kek, load_public_key, load_signing_key):
+        with pytest.raises(UserError) as e:
+            load(keys)
+        msg = str(e.value)
+        assert str(keys) in msg and "Permission denied" in msg and "\n" not in msg, msg

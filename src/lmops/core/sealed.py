@@ -150,8 +150,18 @@ def generate_keys(output: Path) -> Keys:
 def _key_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise UserError(f"{path}: no such key file (lmops deploy keygen --output FILE)") from None
+    except IsADirectoryError:
+        raise UserError(
+            f"{path} is a folder, not a key file (give the file lmops deploy keygen wrote, "
+            "or its .pub)"
+        ) from None
+    except OSError as e:  # unreadable: permissions, I/O; same one line as a missing file
+        raise UserError(
+            f"{path}: cannot read the key file ({e.strerror or type(e).__name__}); "
+            "check its permissions"
+        ) from None
     except (ValueError, UnicodeDecodeError):
         raise UserError(f"{path}: not a key file written by lmops deploy keygen") from None
     if not isinstance(data, dict) or data.get("lmops") not in ("keys", "public-key"):
