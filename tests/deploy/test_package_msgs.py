@@ -21,6 +21,7 @@ def folder(tmp_path: Path) -> Path:
     f.mkdir()
     (f / "config.json").write_text('{"model_type": "llama"}')
     (f / "model.safetensors").write_bytes(b"\0" * 5000)
+    (f / "tokenizer.json").write_text("{}")  # packaging checks that there is one
     return f
 
 
@@ -115,3 +116,28 @@ def test_an_unreadable_key_file_is_a_one_line_error(
             load(keys)
         msg = str(e.value)
         assert str(keys) in msg and "Permission denied" in msg and "\n" not in msg, msg
+
+
+def test_serve_does_not_offer_allow_unsigned_and_package_warns(
+    cli: Any, store: Any, folder: Path, keys: Path, tmp_path: Path
+) -> None:
+    """serve refused an unsigned package saying "or pass --allow-unsigned", an option serve
+    does not have; and package --encrypt without --sign said nothing about it."""
+    pkg = _sealed(folder, tmp_path / "unsigned.lmpkg", keys, sign=False)
+    msg = _one_line_error(cli("serve", "--model", f"chat={pkg}", "--key-file", str(keys)))
+    assert "not signed" in msg and "--sign KEY" in msg and "--allow-unsigned" not in msg, msg
+    # verify and unpack have the option, and still offer it
+    msg = _one_line_error(cli("deploy", "verify", str(pkg), "--key-file", str(keys)))
+    assert "--allow-unsigned" in msg
+
+    r = cli(
+        "deploy", "package", str(folder), "--encrypt", "--kek-file", str(keys),
+        "--output", "unsigned",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    assert "warning:" in r.err and "lmops serve" in r.err and "--sign" in r.err, r.err
+    r = cli(
+        "deploy", "package", str(folder), "--encrypt", "--kek-file", str(keys),
+        "--sign", str(keys), "--output", "signed",
+    )  # fmt: skip
+    assert r.code == 0 and "warning" not in r.err, r.err

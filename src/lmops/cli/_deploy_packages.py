@@ -100,6 +100,7 @@ def package_cmd(
     json_: JsonOpt = False,
 ) -> None:
     """Seal MODEL into one signed (and encrypted) file, registered as a package asset."""
+    from lmops.cli._output import err_console
     from lmops.deploy.package import package_model
 
     r = package_model(
@@ -111,6 +112,14 @@ def package_cmd(
         chunk_mib=chunk_mib,
         show_progress=not json_,
     )
+    if not r.signed_by:  # after the work, so that a refusal stays one line
+        # verify/unpack accept it with --allow-unsigned, but serve never does
+        err_console.print(
+            f"warning: {r.ref} is not signed, and lmops serve refuses an unsigned package; "
+            "package it again with --sign KEY to serve it",
+            markup=False,
+            soft_wrap=True,
+        )
     if json_:
         print_json(r)
         return

@@ -569,6 +569,9 @@ def open_package(
     trusted_keys: Collection[bytes] | None = None,
     require_trust: bool = True,
     allow_unsigned: bool = False,
+    unsigned_fix: str = (
+        "re-package with --sign KEY, or pass --allow-unsigned if you trust where it came from"
+    ),
 ) -> Package:
     """Open ``path``: read the header, check the signature, and unwrap the data key with
     ``kek`` when the package is encrypted and a key is given. An unsigned package is
@@ -578,7 +581,9 @@ def open_package(
     Trust (:attr:`Package.trusted`): the signer is ``trusted_key`` when one is pinned (any
     other signer is refused), else one of ``trusted_keys`` (default: the trust store's,
     :func:`load_trusted_keys`). An untrusted signer is refused (:func:`untrusted`) unless
-    ``require_trust`` is false, where the caller decides (``lmops deploy verify``)."""
+    ``require_trust`` is false, where the caller decides (``lmops deploy verify``).
+    ``unsigned_fix`` is what the refusal of an unsigned package tells the user to do, in the
+    caller's own options (``lmops serve`` has no ``--allow-unsigned``)."""
     from cryptography.exceptions import InvalidSignature, InvalidTag
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -592,10 +597,7 @@ def open_package(
         if sig or signer:
             raise _damaged(path, "signature and signer do not go together")
         if not allow_unsigned:
-            raise UserError(
-                f"{path}: the package is not signed; refusing it (re-package with --sign KEY, "
-                "or pass --allow-unsigned if you trust where it came from)"
-            )
+            raise UserError(f"{path}: the package is not signed; refusing it ({unsigned_fix})")
     else:
         pk = _unb64(str(signer.get("public_key", "")), f"{path}: signer public key")
         if trusted_key is not None and pk != trusted_key:

@@ -59,11 +59,13 @@ def open_trusted(
     32-byte key: cheap whatever the package's size, so ``lmops serve`` checks it before it
     says it is serving. The weights are checked as they are read."""
     pin = load_public_key(Path(public_key)) if public_key else None
-    pkg = open_package(Path(package), trusted_key=pin)
+    # serving always needs a trusted signer: there is no --allow-unsigned to offer here
+    fix = "lmops serve needs a package signed by a trusted key: re-package with --sign KEY"
+    pkg = open_package(Path(package), trusted_key=pin, unsigned_fix=fix)
     if pkg.encrypted:
         # serve's option, or key_file: in a deployments file
         kek = load_kek(Path(key_file) if key_file else None, option="--key-file (key_file:)")
-        pkg = open_package(Path(package), kek=kek, trusted_key=pin)
+        pkg = open_package(Path(package), kek=kek, trusted_key=pin, unsigned_fix=fix)
     return pkg
 
 
