@@ -141,3 +141,40 @@ def test_serve_does_not_offer_allow_unsigned_and_package_warns(
         "--sign", str(keys), "--output", "signed",
     )  # fmt: skip
     assert r.code == 0 and "warning" not in r.err, r.err
+
+
+def test_verify_says_checked_not_decrypted_for_a_plaintext_package(
+    cli: Any, folder: Path, keys: Path, tmp_path: Path
+) -> None:
+    """A signed, unencrypted package verified "every file decrypted and checked" with
+    "decrypted": true, and a --key-file given for it was silently accepted."""
+    import json
+
+    from lmops.core.sealed import load_signing_key, write_package
+
+    pkg = tmp_path / "plain.lmpkg"
+    write_package(folder, pkg, signing_key=load_signing_key(keys))
+    r = cli("deploy", "verify", str(pkg), "--pubkey", f"{keys}.pub")
+    assert r.code == 0, r.err
+    assert "decrypted" not in r.out and "every file checked" in " ".join(r.out.split()), r.out
+    assert "warning" not in r.err, r.err
+    r = cli("deploy", "verify", str(pkg), "--pubkey", f"{keys}.pub", "--json")
+    out = json.loads(r.out)
+    assert out["decrypted"] is False and out["files_checked"] is True and not out["encrypted"]
+
+    r = cli("deploy", "verify", str(pkg), "--pubkey", f"{keys}.pub", "--key-file", str(keys))
+    assert r.code == 0 and "decrypted" not in r.out, r.out
+    assert "warning:" in r.err and "not encrypted" in r.err and "--key-file" in r.err, r.err
+    dest = tmp_path / "out"
+    r = cli(
+        "deploy", "unpack", str(pkg), "--output", str(dest), "--pubkey", f"{keys}.pub",
+        "--key-file", str(keys), "--json",
+    )  # fmt: skip
+    assert r.code == 0 and (dest / "config.json").exists(), r.err
+    assert json.loads(r.out)["decrypted"] is False and "not encrypted" in r.err
+
+    # an encrypted package with its key: decrypted, and no warning
+    sealed = _sealed(folder, tmp_path / "sealed.lmpkg", keys)
+    r = cli("deploy", "verify", str(sealed), "--pubkey", f"{keys}.pub", "--key-file", str(keys))
+    assert r.code == 0 and "warning" not in r.err, r.err
+    assert "every file decrypted and checked" in " ".join(r.out.split()), r.out

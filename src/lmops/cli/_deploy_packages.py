@@ -157,6 +157,7 @@ def verify_cmd(
         allow_unsigned=allow_unsigned,
         show_progress=not json_,
     )
+    _key_not_needed(key_file, r)
     untrusted = r.signed_by is not None and not r.trusted
     if json_:
         print_json(r)
@@ -164,6 +165,8 @@ def verify_cmd(
         depth = (
             "every file decrypted and checked"
             if r.decrypted
+            else "every file checked"
+            if r.files_checked
             else "body checked (encrypted: give --key-file to check each file's digest too)"
         )
         console.print(
@@ -186,6 +189,21 @@ def verify_cmd(
         raise typer.Exit(3)
 
 
+def _key_not_needed(key_file: Path | None, r: Any) -> None:
+    """Warn (stderr, also with --json) that --key-file was given for a package that is not
+    encrypted: it was not used, and the user may think the package is encrypted."""
+    if key_file is None or r.encrypted:
+        return
+    from lmops.cli._output import err_console
+
+    err_console.print(
+        f"warning: {r.ref or r.path} is not encrypted; --key-file {key_file} was not needed "
+        "(nothing was decrypted)",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 @app.command("unpack")
 def unpack_cmd(
     package: Annotated[str, typer.Argument(help="Package file or package asset ref.")],
@@ -206,6 +224,7 @@ def unpack_cmd(
         allow_unsigned=allow_unsigned,
         show_progress=not json_,
     )
+    _key_not_needed(key_file, r)
     if json_:
         print_json(r)
         return

@@ -51,8 +51,9 @@ class PackageResult(BaseModel):
 
 
 class VerifyResult(BaseModel):
-    """What ``verify`` established: ``decrypted`` is true when every file was also
-    decrypted and checked against its digest (a key was given); ``trusted`` when the signer
+    """What ``verify`` established: ``files_checked`` is true when every file was also
+    checked against its digest, ``decrypted`` when that took decrypting them (an encrypted
+    package and a key; never for a package that is not encrypted); ``trusted`` when the signer
     is the pinned ``--pubkey`` or a key of the trust store (else the signature only says
     that someone signed it: anyone can make a key)."""
 
@@ -62,6 +63,7 @@ class VerifyResult(BaseModel):
     trusted: bool
     encrypted: bool
     decrypted: bool
+    files_checked: bool = False
     files: int
     size: int
     metadata: dict[str, Any]
@@ -267,7 +269,8 @@ def verify_package(
         signed_by=pkg.signed_by,
         trusted=pkg.trusted,
         encrypted=pkg.encrypted,
-        decrypted=decrypt,
+        decrypted=decrypt and pkg.encrypted,
+        files_checked=decrypt,
         files=len(pkg.files),
         size=sum(int(f["size"]) for f in pkg.files),
         metadata=dict(pkg.header.get("metadata") or {}),
@@ -308,7 +311,8 @@ def unpack_package(
         signed_by=pkg.signed_by,
         trusted=pkg.trusted,
         encrypted=pkg.encrypted,
-        decrypted=True,
+        decrypted=pkg.encrypted,
+        files_checked=True,
         files=len(pkg.files),
         size=size,
         metadata=dict(pkg.header.get("metadata") or {}),
