@@ -178,3 +178,30 @@ def test_verify_says_checked_not_decrypted_for_a_plaintext_package(
     r = cli("deploy", "verify", str(sealed), "--pubkey", f"{keys}.pub", "--key-file", str(keys))
     assert r.code == 0 and "warning" not in r.err, r.err
     assert "every file decrypted and checked" in " ".join(r.out.split()), r.out
+
+
+def test_key_fields_on_a_plain_model_deployment_are_refused(
+    cli: Any, folder: Path, keys: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """key_file:/public_key: on a deployment of a model folder served silently: the user
+    believed the signer was pinned, and nothing was checked."""
+    import uvicorn
+
+    ran: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: ran.append(a))
+    dep = tmp_path / "deployments.yaml"
+    dep.write_text(
+        f"deployments:\n  - name: chat\n    model: {folder}\n    public_key: {keys}.pub\n"
+    )
+    msg = _one_line_error(cli("serve", "--deployments", str(dep)))
+    assert "deployment 'chat'" in msg and "public_key" in msg and "package only" in msg, msg
+    assert not ran
+
+    # serve's own --key-file/--pubkey apply to the packages among several deployments:
+    # a plain folder beside a package is still served
+    pkg = _sealed(folder, tmp_path / "p.lmpkg", keys)
+    r = cli(
+        "serve", "--model", f"plain={folder}", "--model", f"sealed={pkg}",
+        "--key-file", str(keys), "--pubkey", f"{keys}.pub",
+    )  # fmt: skip
+    assert r.code == 0 and ran, (r.out, r.err)

@@ -174,6 +174,9 @@ def _run_server(
             ]
             said = " and ".join(w for w, n in where if n)
             raise UserError(f"deployment {twice[0]!r} is defined twice ({said})")
+        # key_file:/public_key: given for a deployment itself must serve a package; the
+        # options below apply to whichever deployments are packages
+        own_keys = {s.name for s in specs if s.key_file or s.public_key}
         if key_file or pubkey:  # absolute: the workers may not share this working directory
             keys = {"key_file": key_file and str(key_file.resolve())}
             keys["public_key"] = pubkey and str(pubkey.resolve())
@@ -183,7 +186,7 @@ def _run_server(
             ]
         # a bad ref, or a package signed by an untrusted key, fails here, before "serving
         # on", naming the deployment
-        preflight(specs, store)
+        preflight(specs, store, own_keys=own_keys)
     finally:
         store.close()
     if log_bodies:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -435,12 +435,19 @@ def _named(name: str, e: UserError) -> UserError:
     return e if f"deployment {name!r}" in said else UserError(f"deployment {name!r}: {said}")
 
 
-def preflight(specs: list[DeploymentSpec], store: Any) -> None:
+def preflight(
+    specs: list[DeploymentSpec], store: Any, *, own_keys: Collection[str] | None = None
+) -> None:
     """Resolve what each deployment names (model refs and folders, packages, a bound
     prompt) without loading any weights, so that a misspelt ref, a folder without a
     tokenizer, or a package whose signer is not trusted or whose key is wrong fails before
     ``lmops serve`` says it is serving, naming the deployment. A package costs its header
-    and one unwrapped key (``models.sealed.open_trusted``), not a pass over its weights."""
+    and one unwrapped key (``models.sealed.open_trusted``), not a pass over its weights.
+
+    ``key_file`` / ``public_key`` on a deployment that serves no package are refused: they
+    would pin nothing, and the user would believe the signer is checked. ``own_keys`` names
+    the deployments whose key fields were given for them (None: all); ``lmops serve
+    --key-file/--pubkey`` apply to whichever deployments are packages, so not to the rest."""
     from lmops.models.loading import resolve_local
     from lmops.models.sealed import open_trusted, package_path
 
@@ -452,6 +459,7 @@ def preflight(specs: list[DeploymentSpec], store: Any) -> None:
                 get_prompt(spec.prompt, store=store)
             if spec.upstream or spec.fake is not None or spec.engine == "vllm":
                 continue  # nothing local, or the launcher checks it
+            plain: list[str] = []
             for ref in [t.model for t in spec.split] if spec.split else [spec.model]:
                 if ref is None:
                     continue
@@ -459,8 +467,17 @@ def preflight(specs: list[DeploymentSpec], store: Any) -> None:
                 if package is None:
                     path, version = resolve_local(ref, store, kind="model")
                     refuse_reward_model(path, "served", what=version or ref)
+                    plain.append(ref)
                 else:
                     open_trusted(package, key_file=spec.key_file, public_key=spec.public_key)
+            given = [f for f in ("key_file", "public_key") if getattr(spec, f)]
+            all_plain = bool(plain) and len(plain) == len(spec.split or [spec])
+            if all_plain and given and (own_keys is None or spec.name in own_keys):
+                raise UserError(
+                    f"{' and '.join(given)} apply to a package only, and {plain[0]} is a "
+                    f"model, not a package: nothing would be checked; remove "
+                    f"{' and '.join(given)}, or serve its package (lmops deploy package)"
+                )
         except UserError as e:
             raise _named(spec.name, e) from None
 
