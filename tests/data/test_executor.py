@@ -68,6 +68,10 @@ def test_unknown_operator_and_parameter_name_the_line(tmp_path: Path) -> None:
     bad_field = write_recipe(tmp_path / "c.yaml", RECIPE.replace("output:", "outptu:"))
     with pytest.raises(UserError, match=r"c\.yaml"):
         load_recipe(bad_field)
+    # a dataset name the store would refuse after the run: refused now, at its line
+    bad_name = write_recipe(tmp_path / "d.yaml", RECIPE.replace("demo-clean", "'bad name:3'"))
+    with pytest.raises(UserError, match=r"d\.yaml:7: output\.dataset: invalid asset name"):
+        load_recipe(bad_name)
 
 
 def test_a_maximum_below_its_minimum_is_refused_when_the_recipe_is_read(tmp_path: Path) -> None:

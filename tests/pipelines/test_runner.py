@@ -390,3 +390,10 @@ def test_cache_and_clear_refuse_an_unknown_pipeline_or_step(
     assert cli("pipeline", "clear", "demo").code == 0
     r = cli("pipeline", "cache", "demo", "--json")
     assert r.code == 0 and json.loads(r.out) == []
+
+
+def test_an_override_of_a_step_the_file_lacks_names_it(tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path, BASIC)
+    with pytest.raises(UserError, match=r"override 'steps\.tokk\.vocab_size=3'.* has no step "
+                       r"'tokk'; did you mean 'tok'\?"):  # fmt: skip
+        load_pipeline(path, ["steps.tokk.vocab_size=3"])

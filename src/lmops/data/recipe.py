@@ -62,6 +62,19 @@ class OutputSpec(BaseModel):
     overwrite: bool = False
     description: str = ""
 
+    @field_validator("dataset")
+    @classmethod
+    def _asset_name(cls, v: str | None) -> str | None:
+        # a bad name fails when the recipe is read (with its line), not after the run
+        from lmops.store.refs import check_name
+
+        if v is not None:
+            try:
+                check_name(v)
+            except UserError as e:
+                raise ValueError(str(e)) from None
+        return v
+
     @model_validator(mode="after")
     def _one_target(self) -> OutputSpec:
         if not self.path and not self.dataset:

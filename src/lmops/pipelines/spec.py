@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lmops.core.errors import UserError
+from lmops.core.errors import UserError, name_hint
 from lmops.core.yamlcfg import (
     apply_overrides,
     format_loc,
@@ -249,6 +249,13 @@ def pipeline_from_dict(
     if overrides:
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a mapping at the top level")
+        given = data.get("steps")
+        steps: dict[str, Any] = given if isinstance(given, dict) else {}
+        for o in overrides:  # a step an override names must be one of the file's
+            parts = o.partition("=")[0].lstrip("-").split(".")
+            if len(parts) > 2 and parts[0] == "steps" and parts[1] not in steps:
+                hint = name_hint(parts[1], list(steps), "its steps")
+                raise UserError(f"override {o!r}: {source} has no step {parts[1]!r}; {hint}")
         data = apply_overrides(data, overrides)
     spec = validate_config(data, PipelineSpec, source=source, node=node)
     if variables:
