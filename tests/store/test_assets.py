@@ -159,6 +159,9 @@ def test_lineage_upstream_and_downstream_with_roles_and_runs(store: Store, tmp_p
         ("tok:1", "clean:1", "input"),
     }
     assert up.runs["clean:1"] == run.id
+    # nodes carry their aliases, as assets show does
+    store.assets.alias("base:1", "production")
+    assert store.assets.lineage("sft").nodes["base:1"].aliases == ["production"]
     down = store.assets.lineage(raw.ref)
     assert {e.child for e in down.downstream} == {"clean:1", "tok:1", "sft:1"}
     assert store.assets.lineage("sft", depth=1).upstream.__len__() == 3

@@ -653,12 +653,16 @@ class AssetRegistry:
             down_ids, down_edges = walk(root_id, False)
             nodes: dict[str, Version] = {}
             runs: dict[str, str | None] = {}
-            for vid in up_ids | down_ids:
+            ids = up_ids | down_ids
+            aliases: dict[int, list[str]] = {}
+            for a in s.scalars(select(AliasRow).where(AliasRow.version_id.in_(ids))):
+                aliases.setdefault(a.version_id, []).append(a.alias)
+            for vid in ids:
                 row = s.get(VersionRow, vid)
                 assert row is not None
                 asset = s.get(AssetRow, row.asset_id)
                 assert asset is not None
-                v = _rows.version(row, asset)
+                v = _rows.version(row, asset, aliases.get(vid))
                 nodes[v.ref] = v
                 runs[v.ref] = row.run_id
         return LineageGraph(
