@@ -753,8 +753,7 @@ class AssetRegistry:
                 for row in rows
                 for a in s.scalars(select(AliasRow).where(AliasRow.version_id == row.id))
             ]
-            others = [f"{asset.name}@{a.alias}" for a, _ in aliased if a.alias != r.alias]
-            if others and not force:
+            if any(a.alias != r.alias for a, _ in aliased) and not force:
                 named = ", ".join(
                     f"{asset.name}@{a.alias} -> {asset.name}:{row.version}" for a, row in aliased
                 )
@@ -763,12 +762,11 @@ class AssetRegistry:
                     "name them would lose it: move them first (lmops assets alias), or force "
                     "the delete (lmops assets delete --force; force=true in the API)"
                 )
-            deleted = []
             for a, _ in aliased:
                 s.delete(a)
             for row in rows:
                 row.status = VersionStatus.DELETED.value
-                deleted.append(f"{asset.name}:{row.version}")
+            deleted = [f"{asset.name}:{row.version}" for row in rows]
             self._store.audit.record(s, "asset.delete", ref, {"versions": deleted})
             return deleted
 
