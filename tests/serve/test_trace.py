@@ -89,8 +89,15 @@ def test_an_answer_traces_back_to_the_raw_file(
 
     as_json = json.loads(lmops("trace", "--last", "--key", "app", "--json").stdout)
     assert as_json["request_id"] == mine.id and as_json["model_ref"] == model.ref
-    assert [s["ref"] for s in as_json["sources"]] == [local[0]]
+    assert [(s["ref"], s["changed"]) for s in as_json["sources"]] == [(local[0], None)]
     assert set(as_json["model"]["nodes"]) == {model.ref, data.ref, local[0]}
+
+    # the raw file changed since it was read: the trace says so
+    with raw.open("a") as fh:
+        fh.write('{"text": "added later"}\n')
+    (source,) = json.loads(lmops("trace", r.id, "--json").stdout)["sources"]
+    assert source["changed"] and "sha256" in source["changed"]
+    assert "CHANGED since" in lmops("trace", r.id).stdout
 
     # a model served from a folder: the request, and a note instead of a lineage
     folder = lmops("trace", by_path.id)

@@ -63,6 +63,8 @@ def trace_cmd(
         console.print("sources:", highlight=False)
         for src in t.sources:
             where = f" {escape(src.path)}" if src.path else ""
+            if src.changed:
+                where += f" [red]CHANGED since:[/] {escape(src.changed)}"
             # one line each, never wrapped inside a path (it is there to be copied)
             console.print(
                 f"  [bold]{src.ref}[/] ({src.kind}){where}", highlight=False, soft_wrap=True

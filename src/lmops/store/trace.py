@@ -30,6 +30,9 @@ class Source(BaseModel):
     ref: str
     kind: str
     path: str | None = None  # an external reference's local path
+    # a local file or folder read again: what changed since it was used, or that it is gone
+    # (None: it still holds what was recorded, or it is not a local path)
+    changed: str | None = None
 
 
 class RequestTrace(BaseModel):
@@ -121,6 +124,9 @@ def trace_request(
             if ref in parents or ref in seen:
                 continue
             seen.add(ref)
-            path = v.metadata.get("path") if v.kind == "external" else None
-            out.sources.append(Source(ref=ref, kind=v.kind, path=path))
+            path, changed = None, None
+            if v.kind == "external":  # the trace is only as good as the file still is
+                path = v.metadata.get("path")
+                changed = next(iter(store.assets.verify(ref).get(ref) or []), None)
+            out.sources.append(Source(ref=ref, kind=v.kind, path=path, changed=changed))
     return out
