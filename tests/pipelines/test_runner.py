@@ -397,3 +397,23 @@ def test_an_override_of_a_step_the_file_lacks_names_it(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"override 'steps\.tokk\.vocab_size=3'.* has no step "
                        r"'tokk'; did you mean 'tok'\?"):  # fmt: skip
         load_pipeline(path, ["steps.tokk.vocab_size=3"])
+
+
+def test_a_dry_run_says_which_step_would_fail_on_a_missing_file(
+    tmp_path: Path, store: Any, cli: Any
+) -> None:
+    (tmp_path / "here.txt").write_text("present\n")
+    steps = {
+        "ok": {"type": "register", "path": "here.txt", "name": "demo-ok"},
+        "bad": {"type": "register", "path": "nope.txt", "name": "demo-bad"},
+    }
+    path = write_pipeline(tmp_path, steps)
+    r = cli("run", str(path), "--dry-run")
+    assert r.code == 1, r.err
+    said = " ".join(r.out.split())
+    assert "would fail: nope.txt: no such file or asset" in said
+    plan = {
+        p["step"]: p for p in json.loads(cli("run", str(path), "--dry-run", "--json").out)["plan"]
+    }
+    assert "problem" not in plan["ok"] and plan["bad"]["problem"].startswith("nope.txt")
+    assert not store.assets.exists("demo-ok")  # a dry run runs nothing

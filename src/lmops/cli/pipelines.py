@@ -116,12 +116,24 @@ def run_cmd(
         plan = plan_pipeline(pipe, store, only=only, force=force or set(force_step or []))
         if json_:
             print_json({"pipeline": pipe.name, "plan": plan})
+            if any("problem" in p for p in plan):
+                raise typer.Exit(1)
             return
         table(
             None,
             ["step", "type", "needs", "plan"],
-            [[p["step"], p["type"], ", ".join(p["needs"]) or "-", p["plan"]] for p in plan],
+            [
+                [
+                    p["step"],
+                    p["type"],
+                    ", ".join(p["needs"]) or "-",
+                    p["plan"] + (f" (would fail: {p['problem']})" if "problem" in p else ""),
+                ]
+                for p in plan
+            ],
         )
+        if any("problem" in p for p in plan):
+            raise typer.Exit(1)  # the plan cannot run as it stands
         return
     result = _run_pipeline(
         pipe, store, json_, force=True if force else set(force_step or []), only=only

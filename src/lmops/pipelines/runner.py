@@ -322,11 +322,20 @@ def plan_pipeline(
             if will_run & set(pipe.deps[name]):  # its inputs are not known yet
                 entry["plan"] = "run"
             else:
-                hit = _prepare(pipe, name, store, scope, force, None, False)[3]
+                params, ctx, _, hit = _prepare(pipe, name, store, scope, force, None, False)
                 entry["plan"] = "cached" if hit is not None else "run"
                 if hit is not None:
                     entry["outputs"] = hit.outputs
                     scope["steps"][name] = {"outputs": hit.outputs, "result": hit.result}
+                else:  # an input that is neither a file nor an asset now: it would fail
+                    pins = pin_step(ctx, params)
+                    bad = [
+                        f"{ref}: {'no such file or asset' if pin == 'unresolved' else pin}"
+                        for ref, pin in pins.items()
+                        if pin == "unresolved" or pin.startswith("unreadable")
+                    ]
+                    if bad:
+                        entry["problem"] = bad[0]
             if entry["plan"] == "run":
                 will_run.add(name)
             plan.append(entry)
