@@ -101,6 +101,27 @@ def _local_model(model: str, ref: str | None, endpoint: str | None) -> list[tupl
     return [] if endpoint or ref else [(Path(model).expanduser(), "model")]
 
 
+def _register_results(
+    store: Any,
+    name: str,
+    data: dict[str, Any],
+    *,
+    metadata: dict[str, Any],
+    inputs: list[Any],
+    run_id: str,
+) -> Any:
+    """An ``eval_report`` holding one ``results.json`` (a safety or judge run's)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report"
+        out.mkdir()
+        (out / "results.json").write_text(
+            json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8"
+        )
+        return store.assets.register(
+            "eval_report", name, out, metadata=metadata, inputs=inputs, run_id=run_id
+        )
+
+
 def _short(ref: str) -> str:
     return ref.split(":")[0].split("@")[0].split("/")[-1]
 
@@ -362,23 +383,17 @@ def run_safety_probe(
         }
         # a rate with no prompt of its kind (a set of harmful prompts only) is None
         store.runs.log_metrics(rec.id, {k: v for k, v in rates.items() if v is not None}, step=0)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "safety"
-            out.mkdir()
-            (out / "results.json").write_text(
-                json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8"
-            )
-            v = store.assets.register(
-                "eval_report",
-                output or f"safety-{_short(ref or model)}",
-                out,
-                metadata={
-                    "model": {"name": lm.name, "ref": ref},
-                    "results": {"safety": {**rates, "n": rep.n}},
-                },
-                inputs=([(ref, "model")] if ref else []) + local_refs,
-                run_id=rec.id,
-            )
+        v = _register_results(
+            store,
+            output or f"safety-{_short(ref or model)}",
+            data,
+            metadata={
+                "model": {"name": lm.name, "ref": ref},
+                "results": {"safety": {**rates, "n": rep.n}},
+            },
+            inputs=([(ref, "model")] if ref else []) + local_refs,
+            run_id=rec.id,
+        )
     data["report"] = v.ref
     return EvalJob(v, data, [rep], ref)
 
@@ -463,37 +478,31 @@ def run_judge(
         results = _judge_results(rep, (ref_b or vs) if vs else None)
         for section in results.values():
             store.runs.log_metrics(rec.id, {k: v for k, v in section.items() if k != "n"}, step=0)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "judge"
-            out.mkdir()
-            (out / "results.json").write_text(
-                json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8"
-            )
-            v = store.assets.register(
-                "eval_report",
-                # single grading and a pairwise match are different reports: not one name
-                output
-                or f"judge-{_short(ref_a or model)}"
-                + (f"-vs-{_short(ref_b or vs)}" if lm_b is not None and vs else ""),
-                out,
-                metadata={
-                    "model": {"name": lm_a.name, "ref": ref_a},
-                    "judge": {"name": jm.name, "ref": ref_j},
-                    **({"vs": {"name": lm_b.name, "ref": ref_b}} if lm_b is not None else {}),
-                    "results": results,
-                    # what makes two judge scores comparable: the same questions (by
-                    # content) judged by the same judge (the leaderboard checks it)
-                    "basis": {
-                        "set": next((r for r, role in local_refs if role == "dataset"), None),
-                        "judge": ref_j or jm.name,
-                        "limit": limit,
-                    },
+        v = _register_results(
+            store,
+            # single grading and a pairwise match are different reports: not one name
+            output
+            or f"judge-{_short(ref_a or model)}"
+            + (f"-vs-{_short(ref_b or vs)}" if lm_b is not None and vs else ""),
+            data,
+            metadata={
+                "model": {"name": lm_a.name, "ref": ref_a},
+                "judge": {"name": jm.name, "ref": ref_j},
+                **({"vs": {"name": lm_b.name, "ref": ref_b}} if lm_b is not None else {}),
+                "results": results,
+                # what makes two judge scores comparable: the same questions (by
+                # content) judged by the same judge (the leaderboard checks it)
+                "basis": {
+                    "set": next((r for r, role in local_refs if role == "dataset"), None),
+                    "judge": ref_j or jm.name,
+                    "limit": limit,
                 },
-                inputs=([(ref_a, "model")] if ref_a else [])
-                + ([(ref_b, "model")] if ref_b else [])
-                + ([(ref_j, "judge")] if ref_j else [])
-                + local_refs,
-                run_id=rec.id,
-            )
+            },
+            inputs=([(ref_a, "model")] if ref_a else [])
+            + ([(ref_b, "model")] if ref_b else [])
+            + ([(ref_j, "judge")] if ref_j else [])
+            + local_refs,
+            run_id=rec.id,
+        )
     data["report"] = v.ref
     return EvalJob(v, data, [rep], ref_a)
