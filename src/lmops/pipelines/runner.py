@@ -143,18 +143,20 @@ def _prepare(
     force: bool | set[str],
     console: Any,
     progress: bool,
-) -> tuple[Any, StepContext, str, CachedStep | None]:
-    """A step's parameters, context and cache key, and its cache entry when it may be
-    reused (cacheable, not forced, not always-run, and the entry still resolves)."""
+) -> tuple[Any, StepContext, str, CachedStep | None, dict[str, str]]:
+    """A step's parameters, context and cache key, its cache entry when it may be reused
+    (cacheable, not forced, not always-run, and the entry still resolves), and its pinned
+    inputs (what the key was computed over)."""
     step = pipe.spec.steps[name]
     params, raw = _params(pipe, name, scope)
     forced = force is True or (isinstance(force, set) and name in force)
     ctx = StepContext(store, pipe.name, name, pipe.base_dir, console, progress, forced)
-    key = step_key(pipe, name, raw, pin_step(ctx, params))
+    pins = pin_step(ctx, params)
+    key = step_key(pipe, name, raw, pins)
     hit = None
     if step.cache and not forced and not STEP_TYPES[step.type].always_run(params):
         hit = store.steps.get(key)
-    return params, ctx, key, hit
+    return params, ctx, key, hit, pins
 
 
 def run_pipeline(
@@ -266,7 +268,7 @@ def _run_step(
     notify: Callable[[StepState], None],
 ) -> None:
     step = pipe.spec.steps[name]
-    params, ctx, st.key, cached = _prepare(pipe, name, store, scope, force, console, progress)
+    params, ctx, st.key, cached, _ = _prepare(pipe, name, store, scope, force, console, progress)
     if cached is not None:
         st.status = "cached"
         st.outputs = cached.outputs
@@ -322,13 +324,12 @@ def plan_pipeline(
             if will_run & set(pipe.deps[name]):  # its inputs are not known yet
                 entry["plan"] = "run"
             else:
-                params, ctx, _, hit = _prepare(pipe, name, store, scope, force, None, False)
+                _, _, _, hit, pins = _prepare(pipe, name, store, scope, force, None, False)
                 entry["plan"] = "cached" if hit is not None else "run"
                 if hit is not None:
                     entry["outputs"] = hit.outputs
                     scope["steps"][name] = {"outputs": hit.outputs, "result": hit.result}
                 else:  # an input that is neither a file nor an asset now: it would fail
-                    pins = pin_step(ctx, params)
                     bad = [
                         f"{ref}: {'no such file or asset' if pin == 'unresolved' else pin}"
                         for ref, pin in pins.items()
