@@ -13,6 +13,7 @@ import pytest
 from lmops.data.document import Document
 from lmops.data.ops import Filter, build_op
 from lmops.data.text import ZH_CHARS_PER_WORD, zh_ngram_size, zh_size, zh_units, zh_words
+from tests.data.test_quality import GOOD_ZH
 
 # An answer that repeats its question, as instruction data does: jieba 4-grams with spaces
 # put the Chinese at 0.185 of the text (over 0.16); the English is at 0.087.
@@ -79,15 +80,7 @@ MIXED = (
     "In recent years, methods such as RLHF and DPO have also been widely used to align the "
     "behaviour of models, and code for them can be found at https://github.com/huggingface/trl.",
 )
-# Ordinary news prose.
-NEWS = (
-    "新华社北京3月5日电，国务院总理在十四届全国人大二次会议上作政府工作报告时指出，"
-    "今年发展主要预期目标是国内生产总值增长百分之五左右。城镇新增就业一千二百万人以上，"
-    "城镇调查失业率百分之五点五左右。居民消费价格涨幅保持在百分之三左右，居民收入增长和经济增长同步。"
-    "报告强调，要坚持稳中求进工作总基调，完整、准确、全面贯彻新发展理念，加快构建新发展格局。"
-    "各地区各部门要把思想和行动统一到中央的决策部署上来，切实做好今年的经济工作。"
-    "代表们在分组审议时表示，报告实事求是，目标明确，措施有力，为实现全年目标任务打下坚实基础。"
-)
+NEWS = GOOD_ZH  # ordinary news prose
 
 
 def verdict(op_name: str, text: str) -> tuple[str | None, dict[str, float]]:

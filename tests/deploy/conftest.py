@@ -30,3 +30,14 @@ def greedy_ids(engine: Any, prompt_ids: list[int], n: int = 8) -> list[int]:
         ]
 
     return asyncio.run(gen())
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A model folder to package: a few small files are enough, nothing loads weights."""
+    f = tmp_path / "model"
+    f.mkdir()
+    (f / "config.json").write_text('{"model_type": "llama"}')
+    (f / "model.safetensors").write_bytes(b"\0" * 5000)
+    (f / "tokenizer.json").write_text("{}")  # packaging checks that there is one
+    return f

@@ -15,17 +15,6 @@ from lmops.core.sealed import generate_keys
 
 
 @pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    """A few small files are enough: nothing here loads weights."""
-    f = tmp_path / "model"
-    f.mkdir()
-    (f / "config.json").write_text('{"model_type": "llama"}')
-    (f / "model.safetensors").write_bytes(b"\0" * 5000)
-    (f / "tokenizer.json").write_text("{}")  # packaging checks that there is one
-    return f
-
-
-@pytest.fixture
 def keys(tmp_path: Path) -> Path:
     return generate_keys(tmp_path / "prod.key").path
 

@@ -29,16 +29,6 @@ from lmops.core.sealed import (
 )
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    """A few small files are enough: nothing here loads weights."""
-    f = tmp_path / "model"
-    f.mkdir()
-    (f / "config.json").write_text('{"model_type": "llama"}')
-    (f / "model.safetensors").write_bytes(b"\0" * 5000)
-    return f
-
-
 def _sealed(folder: Path, out: Path, signer: Path, kek_file: Path) -> Path:
     write_package(folder, out, signing_key=load_signing_key(signer), kek=load_kek(kek_file))
     return out
