@@ -367,7 +367,10 @@ def add_routes(r: APIRouter) -> None:
             deployment=deployment,
             deployments=deployments(request),
             graph=lineage_svg(t.model, base=f"{PREFIX}/assets") if t and t.model else None,
-            prompt_graph=lineage_svg(t.prompt, base=f"{PREFIX}/assets") if t and t.prompt else None,
+            # a prompt made from nothing is only a source (listed below), as in the CLI
+            prompt_graph=lineage_svg(t.prompt, base=f"{PREFIX}/assets")
+            if t and t.prompt and t.prompt.upstream
+            else None,
         )
 
     @r.post("/keys", response_class=HTMLResponse)
