@@ -30,7 +30,10 @@ what it kept, published defaults, ``lang: auto``. Figures, per language:
 - ``stutter``: the same pairs with their output's first sentence said four times more
   in a row (a generator stuck in a loop), the share each language's repetition rule
   drops -- repetition must still be caught in both;
-- a digest of every English score and decision, to show English is judged unchanged.
+- a digest of every English score and decision, to show English is judged unchanged;
+- the peer, on the same pairs in the same run: datatrove's ``GopherQualityFilter`` then
+  ``GopherRepetitionFilter`` with ``language`` set per side (skipped, saying so, where
+  datatrove is not installed).
 """
 
 from __future__ import annotations
@@ -123,6 +126,31 @@ class Pipeline:
         return None, doc.metadata["scores"]
 
 
+def datatrove_drops(
+    pairs: list[tuple[str, dict[str, str]]],
+) -> dict[str, Counter[str]] | str:
+    """Per language, datatrove's Gopher filters' drops by reason (its own defaults,
+    ``language`` zh or en), or why it could not run."""
+    try:
+        from datatrove.data import Document
+        from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
+    except ImportError as e:
+        return f"skipped ({e.name} is not installed: pip install datatrove)"
+    out: dict[str, Counter[str]] = {}
+    for lang in ("zh", "en"):
+        quality = GopherQualityFilter(language=lang)
+        repetition = GopherRepetitionFilter(language=lang)
+        out[lang] = Counter()
+        for name, texts in pairs:
+            doc = Document(text=texts[lang], id=name)
+            verdict = quality.filter(doc)
+            if verdict is True:
+                verdict = repetition.filter(doc)
+            if verdict is not True:  # (False, reason)
+                out[lang][verdict[1] if isinstance(verdict, tuple) else "dropped"] += 1
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", help="the shared datasets folder")
@@ -198,6 +226,17 @@ def main() -> None:
         + ", ".join(f"{lang} {c}/{m} ({c / m:.1%})" for lang, (c, m) in stutter.items())
     )
     print(f"\nEnglish scores and decisions, sha256: {digest.hexdigest()[:16]}")
+    peer = datatrove_drops(pairs)
+    if isinstance(peer, str):
+        print(f"\ndatatrove: {peer}")
+    else:
+        print("\nside by side, dropped of the same pairs     zh        en")
+        print(f"  {'lmops':<40} {len(dropped['zh']) / n:>6.1%}   {len(dropped['en']) / n:>6.1%}")
+        zh, en = (sum(peer[lang].values()) for lang in ("zh", "en"))
+        print(f"  {'datatrove (its defaults, language set)':<40} {zh / n:>6.1%}   {en / n:>6.1%}")
+        for lang in ("zh", "en"):
+            top = ", ".join(f"{r} {c}" for r, c in peer[lang].most_common(3))
+            print(f"    datatrove {lang}: {top or 'none'}")
     print(f"{time.perf_counter() - t0:.1f} s")
 
 
