@@ -60,6 +60,7 @@ def _add_stage_apps() -> None:
         pipelines,
         prompts,
         serve,
+        store,
         trace,
         train,
     )
@@ -73,6 +74,7 @@ def _add_stage_apps() -> None:
     app.add_typer(prompts.app, name="prompts")
     app.add_typer(monitor.app, name="monitor")
     app.add_typer(pipelines.app, name="pipeline")
+    app.add_typer(store.app, name="store")
     app.command("trace")(trace.trace_cmd)
     app.command("run")(pipelines.run_cmd)
     app.command("quickstart")(pipelines.quickstart_cmd)
