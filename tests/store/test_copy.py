@@ -177,19 +177,19 @@ def test_failure_while_writing_rows_leaves_the_destination_empty(
     import lmops.store.copy as copy_mod
 
     _populate(store, tmp_path)
-    real = copy_mod._fixed
+    real = copy_mod._rows_of
 
-    def failing(t: Any, row: dict[str, Any]) -> dict[str, Any]:
+    def failing(t: Any, batch: Any) -> list[dict[str, Any]]:
         if t.name == "request_log":  # after assets, versions, runs, ... were written
             raise OSError("connection lost")
-        return real(t, row)
+        return real(t, batch)
 
-    monkeypatch.setattr(copy_mod, "_fixed", failing)
+    monkeypatch.setattr(copy_mod, "_rows_of", failing)
     dest = tmp_path / "backup"
     with pytest.raises(OSError, match="connection lost"):
         copy_mod.copy_store(store.settings, f"sqlite:///{dest / 'lmops.db'}", str(dest / "a"))
     assert all(not rows for rows in _dump(f"sqlite:///{dest / 'lmops.db'}").values())
-    monkeypatch.setattr(copy_mod, "_fixed", real)
+    monkeypatch.setattr(copy_mod, "_rows_of", real)
     r = cli("store", "copy", "--to-database", f"sqlite:///{dest / 'lmops.db'}",
             "--to-artifacts", str(dest / "a"))  # fmt: skip
     assert r.code == 0, r.err
@@ -205,17 +205,17 @@ def test_rows_come_from_one_snapshot_of_the_source(
 
     _populate(store, tmp_path)
     before = _dump(store.settings.database_url)
-    real = copy_mod._fixed
+    real = copy_mod._rows_of
     writer = Store(store.settings)
     (tmp_path / "late.txt").write_text("late")
 
-    def register_meanwhile(t: Any, row: dict[str, Any]) -> dict[str, Any]:
+    def register_meanwhile(t: Any, batch: Any) -> list[dict[str, Any]]:
         if t.name == "assets" and not (tmp_path / "done").exists():
             (tmp_path / "done").touch()
             writer.assets.register("dataset", "late", tmp_path / "late.txt")
-        return real(t, row)
+        return real(t, batch)
 
-    monkeypatch.setattr(copy_mod, "_fixed", register_meanwhile)
+    monkeypatch.setattr(copy_mod, "_rows_of", register_meanwhile)
     dest = tmp_path / "backup"
     copy_mod.copy_store(store.settings, f"sqlite:///{dest / 'lmops.db'}", str(dest / "a"))
     writer.close()

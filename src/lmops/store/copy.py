@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -261,13 +261,19 @@ def _insert(t: Table, postgres: bool) -> Any:
     return insert(t).values(values)
 
 
-def _fixed(t: Table, row: dict[str, Any]) -> dict[str, Any]:
-    """Datetimes as UTC-aware values (SQLite hands back naive UTC ones), so PostgreSQL
-    never reads them in its session's time zone."""
-    for c in t.columns:
-        if isinstance(c.type, DateTime) and row.get(c.name) is not None:
-            row[c.name] = aware(row[c.name]).astimezone(UTC)  # type: ignore[union-attr]
-    return row
+def _rows_of(t: Table, batch: Sequence[Any]) -> list[dict[str, Any]]:
+    """Rows read from ``t`` as insert parameters: datetimes as UTC-aware values (SQLite
+    hands back naive UTC ones), so PostgreSQL never reads them in its session's zone."""
+    names = [c.name for c in t.columns]
+    times = [i for i, c in enumerate(t.columns) if isinstance(c.type, DateTime)]
+    out = []
+    for r in batch:
+        values = list(r)
+        for i in times:
+            if values[i] is not None:
+                values[i] = aware(values[i]).astimezone(UTC)  # type: ignore[union-attr]
+        out.append(dict(zip(names, values, strict=True)))
+    return out
 
 
 @contextlib.contextmanager
@@ -398,8 +404,8 @@ def _copy_rows(
         stmt = _insert(t, postgres)
         n = 0
         result = read.execution_options(yield_per=BATCH_ROWS).execute(select(*_read_columns(t)))
-        for batch in result.mappings().partitions():
-            rows = [_fixed(t, dict(r)) for r in batch]
+        for batch in result.partitions():
+            rows = _rows_of(t, batch)
             write.execute(stmt, rows)
             n += len(rows)
         counts[t.name] = n
