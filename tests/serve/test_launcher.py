@@ -161,6 +161,21 @@ def test_without_vllm_or_a_command_the_error_says_what_to_install(
     assert str(e.value) == f"deployment 'chat': {VLLM_HINT}"
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("config.json", '{"architectures": ["LlamaForSequenceClassification"]}'),
+        ("adapter_config.json", '{"task_type": "SEQ_CLS"}'),
+    ],
+)
+def test_a_reward_model_is_refused_before_vllm_starts(tmp_path: Path, name: str, text: str) -> None:
+    s = spec(tmp_path, command=FAKE)
+    (Path(str(s.model)) / name).write_text(text)
+    message = launch_error([s])
+    assert "is a reward model" in message and "cannot be served" in message
+    assert not fakes()
+
+
 # -- launching, proxying, restarting, closing ---------------------------------------------------
 def test_launched_server_serves_through_the_gateway_and_comes_back_after_sigkill(
     tmp_path: Path, store: Any

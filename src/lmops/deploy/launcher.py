@@ -453,10 +453,13 @@ class Supervisor:
 
 
 def _local_model(spec: DeploymentSpec, store: Store) -> Path:
+    from lmops.core.modelfiles import refuse_reward_model
     from lmops.models.loading import merged_view, resolve_local
 
     assert spec.model is not None
-    path, _ = resolve_local(spec.model, store, kind="model", check=False)
+    path, version = resolve_local(spec.model, store, kind="model", check=False)
+    # vLLM would start it as a classifier and answer every chat request with an error
+    refuse_reward_model(path, "served", what=version or spec.model)
     if (path / "adapter_config.json").exists():
         path = merged_view(path, store)  # vLLM serves the merged weights, as our engine does
     return path
