@@ -44,6 +44,7 @@ from lmops.core.errors import (
 from lmops.store import ApiKey, Asset, AuditEvent, LineageGraph, Run, Store, Version
 from lmops.store.refs import clip, name_views
 from lmops.store.trace import RequestTrace, trace_request
+from lmops.store.types import RunComparison
 
 __all__ = ["create_app"]
 
@@ -249,6 +250,11 @@ def _api_router() -> APIRouter:
         store: Reader, kind: str | None = None, limit: int = Query(50, ge=1, le=1000)
     ) -> list[Run]:
         return store.runs.list(kind=kind, limit=limit)
+
+    @r.get("/runs/compare", response_model=RunComparison)
+    def compare_runs(store: Reader, ids: list[str] = Query(...)) -> RunComparison:
+        """Runs side by side (``?ids=A&ids=B``): metrics per run, params that differ."""
+        return store.runs.compare(ids)
 
     @r.get("/runs/{run_id}", response_model=Run)
     def show_run(store: Reader, run_id: str) -> Run:

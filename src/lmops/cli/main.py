@@ -59,6 +59,7 @@ def _add_stage_apps() -> None:
         monitor,
         pipelines,
         prompts,
+        runs,
         serve,
         store,
         trace,
@@ -75,6 +76,7 @@ def _add_stage_apps() -> None:
     app.add_typer(monitor.app, name="monitor")
     app.add_typer(pipelines.app, name="pipeline")
     app.add_typer(store.app, name="store")
+    runs_app.command("compare")(runs.compare_cmd)
     app.command("trace")(trace.trace_cmd)
     app.command("run")(pipelines.run_cmd)
     app.command("quickstart")(pipelines.quickstart_cmd)

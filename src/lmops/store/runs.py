@@ -25,12 +25,14 @@ from lmops.store import _rows
 from lmops.store._time import utcnow
 from lmops.store.models import AssetRow, MetricRow, RunRow, VersionRow
 from lmops.store.refs import INT32_MAX, check_int
-from lmops.store.types import Metric, Run, RunStatus
+from lmops.store.types import Metric, MetricStats, Run, RunComparison, RunStatus
 
 if TYPE_CHECKING:
     from lmops.store.store import Store
 
-__all__ = ["RunTracker"]
+__all__ = ["RunTracker", "flatten"]
+
+MAX_COMPARED = 7  # runs side by side (the console has a colour for each)
 
 
 class RunTracker:
@@ -183,6 +185,47 @@ class RunTracker:
             ]
         return run
 
+    def compare(self, run_ids: list[str]) -> RunComparison:
+        """Runs side by side; the same run given twice counts once. Two to
+        :data:`MAX_COMPARED` runs."""
+        ids = list(dict.fromkeys(i for i in run_ids if i))
+        if len(ids) < 2:
+            raise UserError("give at least two run ids to compare (see `lmops runs list`)")
+        if len(ids) > MAX_COMPARED:
+            raise UserError(f"{len(ids)} runs given: compare at most {MAX_COMPARED} at a time")
+        runs = [self.get(i) for i in ids]
+        names = sorted({m for run in runs for m in run.metrics})
+        metrics: dict[str, list[MetricStats | None]] = {}
+        for name in names:
+            row: list[MetricStats | None] = []
+            for run in runs:
+                series = run.metrics.get(name)
+                if not series:
+                    row.append(None)
+                    continue
+                values = [p.value for p in series]
+                row.append(
+                    MetricStats(
+                        last=series[-1].value,
+                        step=series[-1].step,
+                        min=min(values),
+                        max=max(values),
+                        points=len(series),
+                    )
+                )
+            metrics[name] = row
+        flat = [flatten({"config": run.config, "params": run.params}) for run in runs]
+        keys = sorted({k for f in flat for k in f})
+        differing: dict[str, list[Any]] = {}
+        same: dict[str, Any] = {}
+        for k in keys:
+            given = [f.get(k) for f in flat]
+            if len({repr(v) for v in given}) > 1:
+                differing[k] = given
+            else:
+                same[k] = given[0]
+        return RunComparison(runs=runs, metrics=metrics, differing=differing, same=same)
+
     def list(self, *, kind: str | None = None, limit: int = 50) -> list[Run]:
         """Newest first; each run's ``summary`` holds the last value of every metric."""
         check_int(limit, "limit")
@@ -238,3 +281,13 @@ class RunTracker:
         for run_id in dead:
             self.finish(run_id, RunStatus.FAILED, "process died before finishing")
         return len(dead)
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config as dotted keys (``train.lr``), for parameter diffs."""
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}

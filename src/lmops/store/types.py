@@ -17,8 +17,10 @@ __all__ = [
     "LineageEdge",
     "LineageGraph",
     "Metric",
+    "MetricStats",
     "RequestRecord",
     "Run",
+    "RunComparison",
     "RunStatus",
     "Version",
     "VersionStatus",
@@ -134,6 +136,28 @@ class Run(BaseModel):
     def last(self, name: str) -> float | None:
         series = self.metrics.get(name)
         return series[-1].value if series else None
+
+
+class MetricStats(BaseModel):
+    """One metric of one run, for comparisons: its last value (at the highest step), the
+    lowest and the highest, and how many points were logged."""
+
+    last: float
+    step: int
+    min: float
+    max: float
+    points: int
+
+
+class RunComparison(BaseModel):
+    """Runs side by side (``store.runs.compare``): every metric any of them logged, per
+    run (``None`` where a run has no such metric), and their config and params as dotted
+    keys, split into those that differ and those all runs share."""
+
+    runs: list[Run]
+    metrics: dict[str, list[MetricStats | None]]
+    differing: dict[str, list[Any]]
+    same: dict[str, Any]
 
 
 class AuditEvent(BaseModel):

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 
 from lmops.core.errors import NotFoundError, PermissionDenied, UserError
 from lmops.store import Run, Store
+from lmops.store.runs import flatten
 from lmops.web.app import PREFIX, Page, render
 from lmops.web.session import (
     COOKIE,
@@ -27,7 +28,8 @@ from lmops.web.session import (
 )
 from lmops.web.svg import PALETTE, Series, line_chart, lineage_svg
 
-__all__ = ["add_routes", "deployments", "flatten", "preview_text"]
+__all__ = ["add_routes", "deployments", "preview_text"]
+
 
 VERSIONS_PER_PAGE = 50
 RUNS_LIMIT = 1000  # a text or status filter searches the newest this many runs
@@ -75,16 +77,6 @@ def deployments(request: Request) -> list[dict[str, Any]]:
         weights = [w for _, w in dep.targets]
         out.append({"name": name, "source": source, "versions": versions, "weights": weights})
     return out
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config as dotted keys (``train.lr``), for the parameter diff."""
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): d}
 
 
 def version_file(store: Store, ref: str, rel: str) -> Path:
@@ -348,8 +340,9 @@ def add_routes(r: APIRouter) -> None:
         ids = list(dict.fromkeys(i for i in ids or [] if i))
         if len(ids) < 2:
             raise UserError("pick at least two runs to compare (tick them in the runs list)")
-        chosen = [viewer.store.runs.get(i) for i in ids[: len(PALETTE)]]
-        names = sorted({m for run in chosen for m in run.metrics})
+        cmp = viewer.store.runs.compare(ids[: len(PALETTE)])
+        chosen = cmp.runs
+        names = list(cmp.metrics)
         charts = [
             line_chart(
                 m,
@@ -361,11 +354,8 @@ def add_routes(r: APIRouter) -> None:
             )
             for m in names
         ]
-        params = [flatten({"config": run.config, "params": run.params}) for run in chosen]
-        keys = sorted({k for p in params for k in p})
-        diff = [(k, [p.get(k) for p in params]) for k in keys]
-        differing = [(k, vals) for k, vals in diff if len({repr(v) for v in vals}) > 1]
-        same = [(k, vals[0]) for k, vals in diff if len({repr(v) for v in vals}) == 1]
+        differing = list(cmp.differing.items())
+        same = list(cmp.same.items())
         return render(
             request,
             viewer,
