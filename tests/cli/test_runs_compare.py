@@ -32,7 +32,11 @@ def test_store_compare_lines_up_metrics_and_splits_params(store: Store) -> None:
     loss_a, loss_b = cmp.metrics["loss"]
     assert loss_a is not None and loss_b is not None
     assert (loss_a.last, loss_a.step, loss_a.min, loss_a.max, loss_a.points) == (
-        pytest.approx(2.1), 3, pytest.approx(2.1), pytest.approx(2.7), 3
+        pytest.approx(2.1),
+        3,
+        pytest.approx(2.1),
+        pytest.approx(2.7),
+        3,
     )
     assert loss_b.last == pytest.approx(2.7)
     assert cmp.metrics["eval_acc"][1] is None  # b has no such metric
