@@ -6,6 +6,7 @@ in as an admin through the login form.
   (``NotADirectoryError``) for every such link.
 - A deleted dataset's version page linked to its data page, which is a 404 for a version
   that is not READY; it shows DELETED instead.
+- A run's page shows the tail of its log (escaped), or why it has none.
 """
 
 from __future__ import annotations
@@ -81,3 +82,23 @@ def test_a_deleted_datasets_page_shows_deleted_not_a_dead_link(
         if "/logout" in href:
             continue
         assert admin.get(href.replace("&amp;", "&")).status_code != 404, href
+
+
+def test_a_runs_page_shows_the_tail_of_its_log(admin: httpx.Client, console: Console) -> None:
+    import logging
+
+    from lmops.core.errors import UserError
+
+    with pytest.raises(UserError), console.store.runs.track("train", name="logged") as run:
+        for i in range(250):
+            logging.getLogger("lmops.train").warning("line %d <b>", i)
+        raise UserError("stopped <here>")
+    page = admin.get(f"/ui/runs/{run.id}")
+    assert page.status_code == 200
+    assert "The last 200 of" in page.text and f"lmops runs log {run.id}" in page.text
+    assert "line 249 &lt;b&gt;" in page.text and "line 10 " not in page.text  # escaped, tail only
+    assert "UserError: stopped &lt;here&gt;" in page.text
+    old = console.store.runs.start("eval")
+    Path(str(old.log_path)).unlink()
+    page = admin.get(f"/ui/runs/{old.id}")
+    assert page.status_code == 200 and "have none" in page.text

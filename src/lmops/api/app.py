@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -43,6 +43,7 @@ from lmops.core.errors import (
 )
 from lmops.store import ApiKey, Asset, AuditEvent, LineageGraph, Run, Store, Version
 from lmops.store.refs import clip, name_views
+from lmops.store.runlog import read_run_log
 from lmops.store.trace import RequestTrace, trace_request
 from lmops.store.types import RunComparison
 
@@ -259,6 +260,13 @@ def _api_router() -> APIRouter:
     @r.get("/runs/{run_id}", response_model=Run)
     def show_run(store: Reader, run_id: str) -> Run:
         return store.runs.get(run_id)
+
+    @r.get("/runs/{run_id}/log", response_class=PlainTextResponse)
+    def run_log(
+        store: Reader, run_id: str, tail: int | None = Query(None, ge=0)
+    ) -> PlainTextResponse:
+        """The run's log file (``tail``: only its last lines); 404 when it has none."""
+        return PlainTextResponse(read_run_log(store.runs.get(run_id), tail))
 
     # keys
     @r.get("/keys", response_model=list[ApiKey])

@@ -77,6 +77,7 @@ def _add_stage_apps() -> None:
     app.add_typer(pipelines.app, name="pipeline")
     app.add_typer(store.app, name="store")
     runs_app.command("compare")(runs.compare_cmd)
+    runs_app.command("log")(runs.log_cmd)
     app.command("trace")(trace.trace_cmd)
     app.command("run")(pipelines.run_cmd)
     app.command("quickstart")(pipelines.quickstart_cmd)
@@ -540,7 +541,8 @@ def runs_show(run_id: str, json_: JsonOpt = False) -> None:
     )
     console.print(f"  started  {when(r.started_at)}  ended {when(r.ended_at)}")
     console.print(f"  host     {r.host} pid {r.pid}  lmops {r.lmops_version}  by {r.created_by}")
-    console.print(f"  log      {r.log_path}")
+    if r.log_path and Path(r.log_path).exists():
+        console.print(f"  log      {r.log_path}  (lmops runs log {r.id})")
     if r.config:
         console.print(f"  config   {escape(json.dumps(r.config, ensure_ascii=False))}")
     if r.params:

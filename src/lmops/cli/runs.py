@@ -1,4 +1,5 @@
-"""``lmops runs compare``: runs side by side (metrics, the params that differ, a plot)."""
+"""``lmops runs compare`` (runs side by side: metrics, the params that differ, a plot) and
+``lmops runs log`` (a run's log file)."""
 
 from __future__ import annotations
 
@@ -107,3 +108,18 @@ def compare_cmd(
         console.print(f"{len(cmp.same)} params are the same in every run (--all lists them)")
     if plot is not None:
         console.print(f"plot: {plot}", markup=False)
+
+
+def log_cmd(
+    run_id: Annotated[str, typer.Argument(help="A run id (lmops runs list).")],
+    lines: Annotated[
+        int | None, typer.Option("--tail", "-n", min=0, help="Only the last N lines.")
+    ] = None,
+) -> None:
+    """Print a run's log: its config, the warnings its job logged, how it ended (with the
+    full traceback of the error that failed it)."""
+    import sys
+
+    from lmops.store.runlog import read_run_log
+
+    sys.stdout.write(read_run_log(open_store().runs.get(run_id), lines))

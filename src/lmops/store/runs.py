@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from lmops.store import _rows
 from lmops.store._time import utcnow
 from lmops.store.models import AssetRow, MetricRow, RunRow, VersionRow
 from lmops.store.refs import INT32_MAX, check_int
+from lmops.store.runlog import close_log, open_log
 from lmops.store.types import Metric, MetricStats, Run, RunComparison, RunStatus
 
 if TYPE_CHECKING:
@@ -71,7 +73,9 @@ class RunTracker:
             self._store.audit.record(s, "run.start", run_id, {"kind": kind, "name": name})
             return _rows.run(row)
 
-        return self._db.write(create)
+        run = self._db.write(create)
+        open_log(run)
+        return run
 
     def reopen(self, run_id: str) -> Run:
         """Mark a finished or failed run RUNNING again in this process (a resumed job
@@ -87,10 +91,12 @@ class RunTracker:
             self._store.audit.record(s, "run.resume", run_id, {})
             return _rows.run(row)
 
-        return self._db.write(reo)
+        run = self._db.write(reo)
+        open_log(run, resumed=True)
+        return run
 
     def dir(self, run_id: str) -> str:
-        """The run's own folder (log, plots, checkpoints)."""
+        """The run's own folder (``run.log``, plots, checkpoints)."""
         return str(self._store.settings.runs_dir / run_id)
 
     def log_metrics(self, run_id: str, values: Mapping[str, float], step: int) -> None:
@@ -121,6 +127,12 @@ class RunTracker:
     def finish(
         self, run_id: str, status: RunStatus = RunStatus.SUCCEEDED, error: str | None = None
     ) -> Run:
+        """Record how the run ended. Called while an exception is being handled (``except``
+        blocks, as ``track`` does), its traceback goes to the run's log."""
+        close_log(
+            run_id, status.value, sys.exc_info()[1] if status is not RunStatus.SUCCEEDED else None
+        )
+
         def fin(s: Session) -> Run:
             row = self._row(s, run_id)
             row.status = status.value

@@ -79,6 +79,22 @@ def deployments(request: Request) -> list[dict[str, Any]]:
     return out
 
 
+def _log_tail(run: Run) -> tuple[str, int] | str:
+    """The last :data:`LOG_LINES` lines of the run's log with its line count, or why it
+    has none."""
+    from lmops.store.runlog import read_run_log
+
+    try:
+        text = read_run_log(run)
+    except NotFoundError as e:
+        return str(e)
+    lines = text.splitlines()
+    return "\n".join(lines[-LOG_LINES:]), len(lines)
+
+
+LOG_LINES = 200
+
+
 def version_file(store: Store, ref: str, rel: str) -> Path:
     """The local path of file ``rel`` of version ``ref``; only paths its manifest lists."""
     v, entries = store.assets.manifest(ref)
@@ -384,6 +400,7 @@ def add_routes(r: APIRouter) -> None:
             charts=charts,
             config=flatten(run.config),
             params=flatten(run.params),
+            log=_log_tail(run),
         )
 
     # -- audit -----------------------------------------------------------------------------------

@@ -1,0 +1,132 @@
+"""A run's log file (``runs/<id>/run.log``): what a job leaves to read later.
+
+``store.runs.start`` (and ``reopen``, for a resumed job) opens it in the process that runs
+the job, and ``store.runs.finish`` closes it: a header (kind, name, host, pid, lmops
+version, config), every WARNING-or-worse record any logger emits meanwhile (lmops',
+transformers', torch's: what scrolled past on the terminal), and how the run ended, with
+the full traceback of the error that failed it. The terminal shows errors in one line;
+the traceback is kept here, not only under ``--debug``. Writing the log never fails the
+run: a log that cannot be written (disk full, read-only folder) is given up silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import traceback
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from lmops.store._time import utcnow
+
+if TYPE_CHECKING:
+    from lmops.store.types import Run
+
+__all__ = ["close_log", "open_log", "read_run_log", "tail"]
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _RunLog:
+    def __init__(self, path: Path) -> None:
+        self._fh: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the job
+        handler = logging.StreamHandler(self._fh)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        self._handler: logging.Handler | None = handler
+        logging.getLogger().addHandler(handler)
+
+    def write(self, text: str) -> None:
+        if self._fh is None:
+            return
+        try:
+            self._fh.write(text)
+            self._fh.flush()
+        except (OSError, ValueError):
+            self.close()
+
+    def close(self) -> None:
+        if self._handler is not None:
+            logging.getLogger().removeHandler(self._handler)
+            self._handler = None
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
+
+
+_OPEN: dict[str, _RunLog] = {}  # run id -> its log, in this process
+_LOCK = threading.Lock()
+
+
+def _now() -> str:
+    return utcnow().isoformat(timespec="seconds")
+
+
+def open_log(run: Run, *, resumed: bool = False) -> None:
+    """Start writing ``run``'s log in this process (appending: a resumed run continues it)."""
+    if not run.log_path:
+        return
+    try:
+        Path(run.log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = _RunLog(Path(run.log_path))
+    except OSError:
+        return
+    with _LOCK:
+        old = _OPEN.pop(run.id, None)
+        _OPEN[run.id] = log
+    if old is not None:
+        old.close()
+    what = "resumed" if resumed else "started"
+    name = f" {run.name}" if run.name else ""
+    log.write(
+        f"{_now()} run {run.id} ({run.kind}{name}) {what} on {run.host} pid {run.pid}, "
+        f"lmops {run.lmops_version}\n"
+    )
+    if run.config and not resumed:
+        log.write("config: " + json.dumps(run.config, ensure_ascii=False, default=str) + "\n")
+
+
+def close_log(run_id: str, status: str, error: BaseException | None = None) -> None:
+    """Write how the run ended (with the traceback of ``error``) and stop writing its log.
+    A run whose log this process did not open: nothing happens."""
+    with _LOCK:
+        log = _OPEN.pop(run_id, None)
+    if log is None:
+        return
+    if error is not None and not isinstance(error, KeyboardInterrupt):
+        log.write("".join(traceback.format_exception(error)))
+    log.write(f"{_now()} run ended: {status}\n")
+    log.close()
+
+
+def tail(path: str | Path, lines: int | None = None) -> str:
+    """The last ``lines`` lines of a log (all of it with ``None``); ``FileNotFoundError``
+    when there is none."""
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    if lines is None:
+        return text
+    return "".join(text.splitlines(keepends=True)[-lines:] if lines > 0 else [])
+
+
+def read_run_log(run: Run, lines: int | None = None) -> str:
+    """``run``'s log (its last ``lines`` lines), or a one-line ``NotFoundError`` saying why
+    there is none."""
+    import socket
+
+    from lmops.core.errors import NotFoundError
+
+    if not run.log_path:
+        raise NotFoundError(f"run {run.id} has no log")
+    try:
+        return tail(run.log_path, lines)
+    except FileNotFoundError:
+        elsewhere = run.host and run.host != socket.gethostname()
+        why = (
+            f"it ran on {run.host}, and a log stays on the machine that ran the job"
+            if elsewhere
+            else "runs recorded before lmops kept run logs have none"
+        )
+        raise NotFoundError(f"run {run.id} has no log at {run.log_path}: {why}") from None
