@@ -1,10 +1,11 @@
 """Run a pipeline: steps in dependency order, each skipped when its cache key is known.
 
 The cache key of a step is a sha256 over the pipeline and step names, the step type, its
-parameters after references are substituted (earlier steps' outputs are pinned ``name:N``
-refs), every input it names or reads through those (a recipe's matched files, a task
-file's data) pinned to what it is now (an asset's version ref, a local file's content
-digest) and the lmops version. A completed step is recorded in the store's step cache with
+parameters as the step will see them (references substituted, so earlier steps' outputs
+are pinned ``name:N`` refs; defaults filled in and nested jobs resolved: an override equal
+to a default is no change), every input it names or reads through those (a recipe's
+matched files, a task file's data) pinned to what it is now (an asset's version ref, a
+local file's content digest) and the lmops version (:mod:`lmops.pipelines.keys`). A completed step is recorded in the store's step cache with
 the versions it produced, so re-running an unchanged pipeline runs nothing, and a run that
 failed (or was killed) resumes at the step that did not finish; training steps also resume
 from their last checkpoint.
@@ -26,8 +27,9 @@ from pydantic import ValidationError
 from lmops import __version__
 from lmops.core.errors import LmopsError, UserError
 from lmops.core.yamlcfg import format_loc
+from lmops.pipelines.keys import canonical, pin_step, resolved_params
 from lmops.pipelines.spec import Pipeline, param_error, substitute
-from lmops.pipelines.steps import STEP_TYPES, StepContext, canonical, pin_step
+from lmops.pipelines.steps import STEP_TYPES, StepContext
 from lmops.store.steps import CachedStep
 
 if TYPE_CHECKING:
@@ -42,8 +44,13 @@ __all__ = [
     "step_key",
 ]
 
-# Bumped when a step type's behaviour changes in a way old cache entries must not hide.
-CACHE_FORMAT = 1
+# Bumped when a step type's behaviour changes in a way old cache entries must not hide, or
+# when what a key is computed over changes. 2: keys over the resolved parameters (defaults
+# filled in, local paths written one way) instead of the parameters as written. Entries
+# stored under older keys stay in the step cache (listed and cleared as before) but are
+# never hit again: each step of a pipeline runs once more after the upgrade, as it does
+# after any lmops release (the version is in the key too).
+CACHE_FORMAT = 2
 
 
 @dataclass
@@ -88,7 +95,9 @@ class PipelineRun:
         }
 
 
-def step_key(pipe: Pipeline, name: str, params: dict[str, Any], pinned: dict[str, str]) -> str:
+def step_key(pipe: Pipeline, name: str, params: Any, pinned: dict[str, str]) -> str:
+    """The cache key of step ``name`` over its resolved parameters
+    (:func:`~lmops.pipelines.keys.resolved_params`) and its pinned inputs."""
     material = {
         "cache_format": CACHE_FORMAT,
         "lmops": __version__,
@@ -130,7 +139,7 @@ def _params(pipe: Pipeline, name: str, scope: dict[str, Any]) -> Any:
         ) from None
     model = STEP_TYPES[step.type].params
     try:
-        return model.model_validate(raw), raw
+        return model.model_validate(raw)
     except ValidationError as e:
         raise param_error(pipe, name, e, raw, model) from None
 
@@ -148,11 +157,11 @@ def _prepare(
     (cacheable, not forced, not always-run, and the entry still resolves), and its pinned
     inputs (what the key was computed over)."""
     step = pipe.spec.steps[name]
-    params, raw = _params(pipe, name, scope)
+    params = _params(pipe, name, scope)
     forced = force is True or (isinstance(force, set) and name in force)
     ctx = StepContext(store, pipe.name, name, pipe.base_dir, console, progress, forced)
-    pins = pin_step(ctx, params)
-    key = step_key(pipe, name, raw, pins)
+    pins, found = pin_step(ctx, params)
+    key = step_key(pipe, name, resolved_params(ctx, params, found), pins)
     hit = None
     if step.cache and not forced and not STEP_TYPES[step.type].always_run(params):
         hit = store.steps.get(key)
@@ -309,7 +318,7 @@ def plan_pipeline(
     force: bool | set[str] = False,
 ) -> list[dict[str, Any]]:
     """What ``run_pipeline`` would do, without running anything: for each step ``cached``
-    (with its outputs) or ``run``."""
+    (with its outputs) or ``run``, and its cache key where its inputs are known now."""
     scope: dict[str, Any] = {
         "steps": {},
         "vars": pipe.spec.vars,
@@ -324,7 +333,8 @@ def plan_pipeline(
             if will_run & set(pipe.deps[name]):  # its inputs are not known yet
                 entry["plan"] = "run"
             else:
-                _, _, _, hit, pins = _prepare(pipe, name, store, scope, force, None, False)
+                _, _, key, hit, pins = _prepare(pipe, name, store, scope, force, None, False)
+                entry["key"] = key
                 entry["plan"] = "cached" if hit is not None else "run"
                 if hit is not None:
                     entry["outputs"] = hit.outputs

@@ -11,9 +11,7 @@ cache key, so a moved alias or an edited file re-runs the step and everything af
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,14 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from lmops.core.errors import UserError
 from lmops.eval.spec import EvalSpec, with_preset
 from lmops.pipelines.gate import Condition, fmt, higher_is_better, judge
+from lmops.pipelines.keys import local_path
 
 __all__ = [
     "STEP_TYPES",
     "StepContext",
     "StepOutput",
     "StepType",
-    "digest_path",
-    "pin_step",
     "step_type",
 ]
 
@@ -77,6 +74,12 @@ class Params(BaseModel):
         is left for the step to report when it runs."""
         return []
 
+    def key_params(self, ctx: StepContext) -> Any:
+        """The parameters as the step will see them, for its cache key: every default
+        filled in, and (where a step overrides this) nested jobs resolved as the step
+        resolves them. A ``UserError`` leaves the key to the parameters with defaults."""
+        return self.model_dump(mode="json")
+
 
 @dataclass(frozen=True)
 class StepType:
@@ -104,20 +107,6 @@ def step_type(
         return fn
 
     return deco
-
-
-def digest_path(path: Path) -> str:
-    """sha256 over a file's bytes, or over a folder's (relative path, file digest) pairs."""
-    h = hashlib.sha256()
-    if path.is_file():
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        h.update(digest_path(f).encode())
-    return h.hexdigest()
 
 
 # -- register ---------------------------------------------------------------------------------
@@ -167,8 +156,21 @@ class DataParams(Params):
         # what the recipe's paths, globs and dataset refs match, and the operators' own
         # files (a scoring model)
         recipe, base = _recipe(ctx, self)
-        files = [_local(ctx, f) for op in recipe.build_ops() for f in op.files()]
+        files = [local_path(ctx, f) for op in recipe.build_ops() for f in op.files()]
         return _matched(ctx, recipe.inputs, base) + files
+
+    def key_params(self, ctx: StepContext) -> Any:
+        # the recipe as it runs (a file's or the inline one, with overrides, inputs and
+        # output applied), each operator with its parameters' defaults, and the workers
+        # as the executor takes them (run_recipe: ``workers or executor.workers``)
+        recipe, _ = _recipe(ctx, self)
+        data = recipe.model_dump(mode="json")
+        data["process"] = [
+            {"op": spec.op, "field": spec.field, **op.params.model_dump(mode="json")}
+            for spec, op in zip(recipe.process, recipe.build_ops(), strict=True)
+        ]
+        data["executor"]["workers"] = self.workers or recipe.executor.workers
+        return data
 
 
 def _recipe(ctx: StepContext, p: DataParams) -> tuple[Any, Path]:
@@ -316,6 +318,10 @@ class TrainParams(Params):
         # what a job YAML names (an inline job's are its inputs)
         return _train_spec(ctx, self).inputs() if isinstance(self.spec, str) else []
 
+    def key_params(self, ctx: StepContext) -> Any:
+        # the job as it runs: its preset merged, the overrides applied, defaults filled in
+        return _train_spec(ctx, self).model_dump(mode="json")
+
 
 def _train_spec(ctx: StepContext, p: TrainParams) -> Any:
     from lmops.train.spec import load_spec, spec_from_dict
@@ -393,9 +399,18 @@ class EvalParams(EvalSpec, Params):
 
         found: list[str] = []
         for t in spec_tasks(self.resolved(ctx), ctx.store):
-            found += [_local(ctx, path) for path, _ in t.local_inputs]
+            found += [local_path(ctx, path) for path, _ in t.local_inputs]
             found += [*t.dataset_refs, *t.prompt_refs]
         return found
+
+    def key_params(self, ctx: StepContext) -> Any:
+        data = self.model_dump(mode="json")
+        # few-shot examples as turns is what a chat template defaults to (eval.run.prompt_style)
+        if self.fewshot_as_multiturn is None:
+            data["fewshot_as_multiturn"] = self.apply_chat_template
+        if self.data_dir:  # not an input (the tasks' files under it are found inputs)
+            data["data_dir"] = local_path(ctx, ctx.path(self.data_dir))
+        return data
 
     def resolved(self, ctx: StepContext) -> EvalSpec:
         """The eval job, its relative paths read from the pipeline's folder."""
@@ -703,54 +718,10 @@ def _serve(ctx: StepContext, p: ServeParams) -> StepOutput:
     return serve_and_probe(ctx, p)
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
-
-
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=_json_default)
-
-
-def _local(ctx: StepContext, path: Path) -> str:
-    """A local file as an input: relative to the pipeline's folder when inside it (so a
-    moved folder keeps its cache)."""
-    try:
-        return path.relative_to(ctx.base_dir).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def _matched(ctx: StepContext, items: list[str], base: Path) -> list[str]:
     """The dataset versions (``name:N``) and local files that data-stage inputs (paths,
     globs, dataset refs, relative to ``base``) resolve to, as the data stage reads them."""
     from lmops.data.recipe import resolve_inputs
 
     found = resolve_inputs(items, base, ctx.store)
-    return [*found.refs, *(_local(ctx, f.path) for f in found.files if f.ref is None)]
-
-
-def pin_step(ctx: StepContext, params: Params) -> dict[str, str]:
-    """A step's inputs and found inputs, pinned (:func:`pin_inputs`)."""
-    pinned = pin_inputs(ctx, params.inputs())
-    try:
-        found = params.found_inputs(ctx)
-    except UserError as e:  # the step says so when it runs (and is not cached)
-        return {**pinned, "(found inputs)": f"unreadable: {e}"}
-    return pinned | pin_inputs(ctx, found)
-
-
-def pin_inputs(ctx: StepContext, refs: Iterable[str]) -> dict[str, str]:
-    """Each input as what it is now: a file's content digest, or an asset's version ref."""
-    out: dict[str, str] = {}
-    for ref in refs:
-        path = ctx.path(ref)
-        if path.exists():
-            out[ref] = "sha256:" + digest_path(path)
-            continue
-        try:
-            out[ref] = ctx.store.assets.resolve(ref).ref
-        except UserError:
-            out[ref] = "unresolved"  # the step itself will say what is wrong
-    return out
+    return [*found.refs, *(local_path(ctx, f.path) for f in found.files if f.ref is None)]
