@@ -244,3 +244,44 @@ def test_report_files_are_json_without_nan(store: Store) -> None:
     assert strict((files / "results.json").read_text())["results"]["one"]["acc_stderr"] is None
     assert strict((files / "items.jsonl").read_text())["loglikelihoods"] == [None, -1.0]
     assert store.assets.get(v.ref).metadata["results"]["one"]["acc_stderr"] is None
+
+
+def test_the_metric_names_of_a_report_are_known_before_scoring(
+    tmp_path: Path, store: Store
+) -> None:
+    # a pipeline's gate checks its metrics against them before anything runs
+    from lmops.eval.jobs import spec_metric_names, spec_tasks
+    from lmops.eval.run import NOT_METRICS, flag_contamination
+    from lmops.eval.spec import EvalSpec
+
+    gen = write_task(tmp_path)
+    mc = tmp_path / "mc.yaml"
+    mc.write_text(
+        f"task: capitals_mc\ngroup: geo\ndataset_path: {tmp_path / 'caps.jsonl'}\ntest_split: test\n"
+        "doc_to_text: 'Q: capital of {{country}}?\\nA:'\ndoc_to_choice: '{{[capital, \"Rome\"]}}'\n"
+        "doc_to_target: 0\n"
+    )
+    text = tmp_path / "docs.jsonl"
+    text.write_text('{"text": "one two three"}\n')
+    spec = EvalSpec(model="m", tasks=[f"perplexity:{text}"], task_files=[str(gen), str(mc)])
+    tasks = spec_tasks(spec, store)
+    model = FakeEvalModel(respond=lambda ctx: " Paris")
+    for contamination in (False, True):
+        results = evaluate(model, tasks, progress=False)
+        if contamination:  # one item of each task is contaminated, the others are clean
+            flag_contamination(results, tasks, ["France? A: Paris"], n=3)
+        report = report_dict("fake", None, results, {})
+        held = {
+            f"{owner}/{k}"
+            for part in ("results", "groups")
+            for owner, summary in report[part].items()
+            for k, v in summary.items()
+            if isinstance(v, float) and "stderr" not in k and k not in NOT_METRICS
+        }
+        checked = EvalSpec.model_validate({**spec.model_dump(), "contamination": contamination})
+        names = spec_metric_names(checked, store)
+        # with contamination, the names a report may hold: corpus BLEU has no per-item
+        # score to recompute on the clean items
+        extra = {"capitals/bleu_clean,first-word"} if contamination else set()
+        assert set(names) == held | extra and len(names) == len(set(names))
+    assert "capitals/exact_match,first-word" in names and "geo/acc_clean" in names

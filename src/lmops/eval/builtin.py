@@ -16,7 +16,13 @@ from lmops.core.config import find_shared_datasets
 from lmops.core.errors import UserError
 from lmops.eval.tasks import Task, TaskConfig
 
-__all__ = ["builtin_names", "cmmlu_subject_names", "load_builtin", "shared_root"]
+__all__ = [
+    "builtin_names",
+    "cmmlu_subject_names",
+    "load_builtin",
+    "perplexity_config",
+    "shared_root",
+]
 
 LETTERS = ["A", "B", "C", "D"]
 
@@ -154,6 +160,23 @@ def _gsm8k_task(root: Path) -> Task:
     return Task(cfg, {"test": read("test"), "train": read("train")}, source="builtin:gsm8k")
 
 
+def perplexity_config(dataset: str) -> TaskConfig:
+    """The task ``perplexity:<dataset>`` (its name is the dataset as given)."""
+    return TaskConfig(
+        task=f"perplexity:{dataset}",
+        dataset_path="builtin",
+        test_split="test",
+        doc_to_text="text",
+        doc_to_target="text",
+        output_type="loglikelihood_rolling",
+        metric_list=[
+            {"metric": "word_perplexity"},
+            {"metric": "byte_perplexity"},
+            {"metric": "bits_per_byte"},
+        ],
+    )
+
+
 def _perplexity_task(dataset: str, store: Any | None) -> Task:
     from lmops.core.rows import read_rows
     from lmops.models.loading import resolve_local
@@ -177,21 +200,8 @@ def _perplexity_task(dataset: str, store: Any | None) -> Task:
                 )
             rows.append(r.values)
     local = [] if ref else [(path, "dataset")]
-    cfg = TaskConfig(
-        task=f"perplexity:{dataset}",
-        dataset_path="builtin",
-        test_split="test",
-        doc_to_text="text",
-        doc_to_target="text",
-        output_type="loglikelihood_rolling",
-        metric_list=[
-            {"metric": "word_perplexity"},
-            {"metric": "byte_perplexity"},
-            {"metric": "bits_per_byte"},
-        ],
-    )
     return Task(
-        cfg,
+        perplexity_config(dataset),
         {"test": rows},
         [ref] if ref else [],
         source=f"perplexity:{dataset}",

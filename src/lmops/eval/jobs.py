@@ -25,6 +25,7 @@ __all__ = [
     "run_judge",
     "run_safety_probe",
     "served_model",
+    "spec_metric_names",
     "spec_tasks",
 ]
 
@@ -60,6 +61,29 @@ def spec_tasks(spec: EvalSpec, store: Any) -> list[Any]:
         Path(spec.data_dir) if spec.data_dir else None,
         spec.include_errors,
     )
+
+
+def spec_metric_names(spec: EvalSpec, store: Any) -> list[str]:
+    """The ``task/metric`` names a report of ``spec`` will hold (:func:`eval.run.metric_names`),
+    read from its tasks' configs before anything is scored, so a pipeline's gate can check
+    its metrics first: a task file's ``metric_list`` and filters, a built-in's tasks (a
+    group's subtasks come from its data), ``perplexity:<dataset>`` named by the dataset as
+    written, without reading it. A ``UserError`` where a task cannot be read now."""
+    from lmops.core.yamlcfg import load_config
+    from lmops.eval.builtin import load_builtin, perplexity_config
+    from lmops.eval.run import metric_names
+    from lmops.eval.tasks import TaskConfig
+
+    configs = []
+    for name in spec.tasks:
+        if name.startswith("perplexity:"):
+            configs.append(perplexity_config(name.split(":", 1)[1]))
+            continue
+        data_dir = Path(spec.data_dir) if spec.data_dir else None
+        tasks = load_builtin(name, root=data_dir, store=store, include_errors=spec.include_errors)
+        configs += [t.config for t in tasks]
+    configs += [load_config(Path(f), TaskConfig) for f in spec.task_files]
+    return metric_names(configs, contamination=spec.contamination.wanted)
 
 
 def open_model(

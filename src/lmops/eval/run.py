@@ -20,15 +20,17 @@ from lmops.core.jsonl import finite
 from lmops.core.progress import Progress
 from lmops.eval.lm import EvalModel
 from lmops.eval.partial import PartialResults
-from lmops.eval.tasks import ChatTemplate, Task
+from lmops.eval.tasks import ChatTemplate, Task, TaskConfig
 from lmops.text.cjk import count_han
 
 __all__ = [
     "NOT_METRICS",
     "PromptStyle",
     "TaskResult",
+    "clean_key",
     "evaluate",
     "is_clean",
+    "metric_names",
     "prompt_style",
     "register_report",
     "stderr_key",
@@ -46,6 +48,13 @@ NOT_METRICS = frozenset({"n", "excluded", "num_fewshot", "seconds", "failed_requ
 # On CPU, 32-document calls cost the same CPU time as whole-task calls (within noise).
 _LL_CHUNK = 64
 _GEN_CHUNK = 8
+
+# The scores of a multiple-choice task and of a rolling log-likelihood task, whatever its
+# metric_list says; a generation task scores its metric_list under each filter, as
+# "metric,filter" ("none" without a filter_list).
+MC_METRICS = ("acc", "acc_norm")
+ROLLING_METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte")
+_NO_FILTER = "none"
 
 
 @dataclass
@@ -209,7 +218,7 @@ def _generate(
     # filter_list; the built-in GSM8K declares its number extractors there too)
     filters: dict[str, Any] = {f.name: _filter_fn(f) for f in task.config.filter_list}
     if not filters:
-        filters = {"none": lambda s: s.strip()}
+        filters = {_NO_FILTER: lambda s: s.strip()}
     # metric name -> (item function, its options from the task file: ignore_case, ...)
     scorers = [(m.metric, *_metric_fn(m)) for m in task.config.metric_list]
     contexts: list[str] = []
@@ -462,8 +471,35 @@ def flag_contamination(
         for key in res.items[0].get("scores", {}) if res.items else []:
             vals = [float(it["scores"][key]) for it in clean if key in it.get("scores", {})]
             if vals:
-                name = key.replace(",", "_clean,", 1) if "," in key else f"{key}_clean"
-                res.metrics[name] = statistics.fmean(vals)
+                res.metrics[clean_key(key)] = statistics.fmean(vals)
+
+
+def clean_key(key: str) -> str:
+    """The name of metric ``key`` recomputed on the uncontaminated items."""
+    return key.replace(",", "_clean,", 1) if "," in key else f"{key}_clean"
+
+
+def metric_names(configs: Sequence[TaskConfig], *, contamination: bool = False) -> list[str]:
+    """The ``task/metric`` names (and ``group/metric`` of the groups) that a report of tasks
+    with these configs holds, known before anything is scored: as :func:`evaluate` and
+    :func:`group_results` name them, scores only (no stderrs, counts or timings). With
+    ``contamination``, the contaminated fraction and the scores on clean items too (a task
+    with no clean item has none: these are the names a report may hold)."""
+    names: dict[str, None] = {}
+    for cfg in configs:
+        if cfg.output_type == "multiple_choice":
+            keys = list(MC_METRICS)
+        elif cfg.output_type == "generate_until":
+            filters = [f.name for f in cfg.filter_list] or [_NO_FILTER]
+            keys = [f"{m.metric},{f}" for f in filters for m in cfg.metric_list]
+        else:
+            keys = list(ROLLING_METRICS)
+        if contamination:
+            scored = list(keys) if cfg.output_type != "loglikelihood_rolling" else []
+            keys += ["contaminated_fraction", *(clean_key(k) for k in scored)]
+        owners = [cfg.task, *([cfg.group] if isinstance(cfg.group, str) else [])]
+        names.update((f"{owner}/{k}", None) for owner in owners for k in keys)
+    return list(names)
 
 
 def is_clean(key: str) -> bool:
