@@ -28,6 +28,7 @@ from lmops import __version__
 from lmops.core.errors import LmopsError, UserError
 from lmops.core.yamlcfg import format_loc
 from lmops.pipelines.keys import canonical, pin_step, resolved_params
+from lmops.pipelines.preflight import check_gates
 from lmops.pipelines.spec import Pipeline, param_error, substitute
 from lmops.pipelines.steps import STEP_TYPES, StepContext
 from lmops.store.steps import CachedStep
@@ -183,11 +184,13 @@ def run_pipeline(
     others still run, as the finished ones stay cached for the next run anyway.
 
     ``force`` re-runs every step (``True``) or the named ones; ``only`` runs those steps
-    and what they depend on. ``raise_errors`` re-raises a step's unexpected exception
+    and what they depend on. A gate on a metric that an eval step it reads will not report
+    is refused (``UserError``) before anything runs (:mod:`lmops.pipelines.preflight`). ``raise_errors`` re-raises a step's unexpected exception
     (for ``--debug``) after recording it."""
     from lmops.store.types import RunStatus
 
     selected = select_steps(pipe, only)
+    check_gates(pipe, store, selected)  # before any step runs (and before the run is recorded)
     states = {n: StepState(n, pipe.spec.steps[n].type) for n in selected}
     scope: dict[str, Any] = {
         "steps": {},
@@ -318,7 +321,9 @@ def plan_pipeline(
     force: bool | set[str] = False,
 ) -> list[dict[str, Any]]:
     """What ``run_pipeline`` would do, without running anything: for each step ``cached``
-    (with its outputs) or ``run``, and its cache key where its inputs are known now."""
+    (with its outputs) or ``run``, and its cache key where its inputs are known now. A
+    gate on a metric an eval step it reads will not report is refused (``UserError``), as
+    ``run_pipeline`` refuses it."""
     scope: dict[str, Any] = {
         "steps": {},
         "vars": pipe.spec.vars,
@@ -326,8 +331,10 @@ def plan_pipeline(
     }
     plan: list[dict[str, Any]] = []
     will_run: set[str] = set()
+    selected = select_steps(pipe, only)
+    check_gates(pipe, store, selected)  # what run_pipeline refuses before running anything
     with contextlib.chdir(pipe.base_dir):
-        for name in select_steps(pipe, only):
+        for name in selected:
             step = pipe.spec.steps[name]
             entry: dict[str, Any] = {"step": name, "type": step.type, "needs": pipe.deps[name]}
             if will_run & set(pipe.deps[name]):  # its inputs are not known yet

@@ -158,32 +158,40 @@ def _lookup(expr: str, scope: dict[str, Any]) -> Any:
     raise KeyError("references start with steps., vars., env. or pipeline.")
 
 
-def substitute(value: Any, scope: dict[str, Any], loc: tuple[Any, ...] = ()) -> Any:
-    """Replace references in ``value``. Raises ``KeyError((loc, expr, reason))``."""
+def substitute(
+    value: Any, scope: dict[str, Any], loc: tuple[Any, ...] = (), *, keep_steps: bool = False
+) -> Any:
+    """Replace references in ``value``. Raises ``KeyError((loc, expr, reason))``.
+
+    ``keep_steps`` leaves each reference to a step as it is, written ``${steps.NAME...}``
+    (and ``$${`` as it is), for checks made before any step has run: two values that name
+    the same step output read the same."""
+
+    def lookup(expr: str) -> Any:
+        if keep_steps and expr.partition(".")[0] == "steps":
+            return f"${{{expr}}}"
+        try:
+            return _lookup(expr, scope)
+        except KeyError as e:
+            raise KeyError((loc, expr, e.args[0])) from None
+
     if isinstance(value, str):
         whole = _REF.fullmatch(value.strip()) if value.strip().startswith("${") else None
         if whole is not None:
-            try:
-                return _lookup(whole.group(1), scope)
-            except KeyError as e:
-                raise KeyError((loc, whole.group(1), e.args[0])) from None
-
-        def one(m: re.Match[str]) -> str:
-            try:
-                return str(_lookup(m.group(1), scope))
-            except KeyError as e:
-                raise KeyError((loc, m.group(1), e.args[0])) from None
-
-        return _REF.sub(one, value).replace("$${", "${")
+            return lookup(whole.group(1))
+        out = _REF.sub(lambda m: str(lookup(m.group(1))), value)
+        return out if keep_steps else out.replace("$${", "${")
     if isinstance(value, dict):
         return {
-            (str(substitute(k, scope, (*loc, k))) if isinstance(k, str) else k): substitute(
-                v, scope, (*loc, k)
-            )
+            (
+                str(substitute(k, scope, (*loc, k), keep_steps=keep_steps))
+                if isinstance(k, str)
+                else k
+            ): substitute(v, scope, (*loc, k), keep_steps=keep_steps)
             for k, v in value.items()
         }
     if isinstance(value, list):
-        return [substitute(v, scope, (*loc, i)) for i, v in enumerate(value)]
+        return [substitute(v, scope, (*loc, i), keep_steps=keep_steps) for i, v in enumerate(value)]
     return value
 
 
