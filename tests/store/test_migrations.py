@@ -15,7 +15,7 @@ from lmops.store.db import Database, head_revision
 
 def test_empty_database_is_migrated_to_head(lmops_home: Path) -> None:
     store = Store()
-    assert store.db.current_revision() == head_revision() == "0009"
+    assert store.db.current_revision() == head_revision() == "0010"
     with store.db.engine.connect() as c:
         tables = {
             r[0] for r in c.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))
@@ -90,3 +90,66 @@ def test_audit_log_is_append_only_in_the_database(store: Store, tmp_path: Path) 
     with pytest.raises(Exception, match="append-only"), store.db.engine.begin() as c:
         c.execute(text("DELETE FROM audit"))
     assert store.audit.list()[0].actor != "mallory"
+
+
+def request_log_gains_x_request_id(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0009 -> 0010 on the database at ``url`` (SQLite or PostgreSQL): a row logged before
+    keeps its answer id and has no x-request-id; rows after are found by either id, through
+    the new index; and the revision goes down again."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from lmops.core.config import Settings
+    from lmops.store.db import _alembic_config
+    from lmops.store.types import RequestRecord
+
+    old = Database(url, migrate=False)
+    old.migrate("0009")
+    with old.engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO request_log (request_id, time, key_name, deployment, endpoint, "
+                "status, prompt_tokens, completion_tokens, guardrails) VALUES ('chatcmpl-old', "
+                "'2026-01-01 00:00:00', 'app', 'chat', 'chat', 200, 1, 2, '{}')"
+            )
+        )
+    old.dispose()
+    monkeypatch.setenv("LMOPS_DATABASE_URL", url)
+    store = Store(Settings.from_env())  # opening migrates to 0010
+    try:
+        assert store.db.current_revision() == "0010"
+        indexes = inspect(store.db.engine).get_indexes("request_log")
+        assert {"name": "ix_request_log_x_request_id", "column_names": ["x_request_id"]} in [
+            {"name": i["name"], "column_names": i["column_names"]} for i in indexes
+        ]
+        before = store.requests.get("chatcmpl-old")
+        assert before is not None and before.x_request_id is None and before.key_name == "app"
+        for rid, xid, key in [("cmpl-a", "req-1", "app"), ("cmpl-b", "req-1", "ops")]:
+            store.requests.add(
+                RequestRecord(
+                    request_id=rid, x_request_id=xid, key_name=key, endpoint="chat", status=429
+                )
+            )
+        newest = store.requests.get("req-1")  # a client may send one id twice: the newest
+        assert newest is not None and newest.request_id == "cmpl-b"
+        mine = store.requests.get("req-1", key="app")
+        assert mine is not None and mine.request_id == "cmpl-a" and mine.x_request_id == "req-1"
+        assert store.requests.get("cmpl-a", key="ops") is None
+        assert store.requests.count(x_request_id="req-1") == 2
+        assert store.requests.count(x_request_id="req-1", key="app") == 1
+    finally:
+        store.close()
+    down = Database(url, migrate=False)
+    with down.engine.connect() as conn:
+        command.downgrade(_alembic_config(conn), "0009")
+        conn.commit()
+    assert "x_request_id" not in {
+        c["name"] for c in inspect(down.engine).get_columns("request_log")
+    }
+    down.dispose()
+
+
+def test_request_log_gains_x_request_id_on_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request_log_gains_x_request_id(f"sqlite:///{tmp_path / 'old.db'}", monkeypatch)

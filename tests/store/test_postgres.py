@@ -83,3 +83,9 @@ def test_nan_in_metadata_is_stored_as_null(pg_store: Store, tmp_path: Path) -> N
         "results": {"t": {"acc": 1.0, "acc_stderr": None}},
         "inf": [None],
     }
+
+
+def test_request_log_gains_x_request_id(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.store.test_migrations import request_log_gains_x_request_id
+
+    request_log_gains_x_request_id(pg_url, monkeypatch)

@@ -187,7 +187,10 @@ class RequestLogRow(Base):
         Index("ix_request_log_dep_time", "deployment", "time"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)  # the answer's id
+    # the response's x-request-id header, the id a refused request has too (migration 0010);
+    # the client may choose it, so it need not be unique
+    x_request_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     key_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     deployment: Mapped[str | None] = mapped_column(String(128), nullable=True)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.orm import Session
 
 from lmops.store.models import RequestLogRow
@@ -53,6 +53,7 @@ def _values(r: RequestRecord) -> dict[str, Any]:
     """The column values of one row, normalised."""
     values: dict[str, Any] = {
         "request_id": r.request_id[:64],
+        "x_request_id": r.x_request_id[:128] if r.x_request_id is not None else None,
         "time": utc(r.time) or datetime.now(UTC),
         "key_name": r.key_name,
         "deployment": r.deployment,
@@ -78,6 +79,7 @@ def _values(r: RequestRecord) -> dict[str, Any]:
 def _record(row: RequestLogRow) -> RequestRecord:
     return RequestRecord(
         request_id=row.request_id,
+        x_request_id=row.x_request_id,
         time=utc(row.time),
         key_name=row.key_name,
         deployment=row.deployment,
@@ -117,12 +119,29 @@ class RequestLog:
         """A batched background writer (see the module docstring); close it at shutdown."""
         return RequestLogWriter(self._db, **kw)
 
-    def get(self, request_id: str) -> RequestRecord | None:
-        """The logged request with this id (the answer's ``id``), bodies included."""
-        q = select(RequestLogRow).where(RequestLogRow.request_id == request_id)
+    def get(self, id: str, *, key: str | None = None) -> RequestRecord | None:
+        """The logged request a client's id names, bodies included: the answer's ``id``
+        (``request_id``), else the response's ``x-request-id`` (``x_request_id``; the newest
+        such row, as a client may choose it and send it twice). ``key``: that key's only."""
+        c = RequestLogRow
         with self._db.session() as s:
-            row = s.scalars(q.order_by(RequestLogRow.id.desc()).limit(1)).first()
-            return None if row is None else _record(row)
+            for col in (c.request_id, c.x_request_id):
+                q = select(c).where(col == id)
+                if key is not None:
+                    q = q.where(c.key_name == key)
+                row = s.scalars(q.order_by(c.time.desc(), c.id.desc()).limit(1)).first()
+                if row is not None:
+                    return _record(row)
+        return None
+
+    def count(self, *, x_request_id: str, key: str | None = None) -> int:
+        """How many logged requests (of ``key``) carry this ``x-request-id``."""
+        c = RequestLogRow
+        q = select(func.count()).select_from(c).where(c.x_request_id == x_request_id)
+        if key is not None:
+            q = q.where(c.key_name == key)
+        with self._db.session() as s:
+            return int(s.scalar(q) or 0)
 
     def latest(
         self, *, deployment: str | None = None, key: str | None = None

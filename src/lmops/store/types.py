@@ -192,9 +192,11 @@ class ApiKey(BaseModel):
 
 @dataclass(slots=True)  # one per served request: cheaper to build than a pydantic model
 class RequestRecord:
-    """One served request as the request log keeps it (``store.requests``). ``model_ref``
-    is the concrete version that answered (``name:N``), so exports link to it; bodies are
-    kept only when the deployment logs them, and must be masked before they get here."""
+    """One served request as the request log keeps it (``store.requests``). ``request_id``
+    is the answer's ``id`` (``chatcmpl-…``; a refused request's was never sent) and
+    ``x_request_id`` the response's ``x-request-id``. ``model_ref`` is the concrete version
+    that answered, or would have (``name:N``), so exports link to it; bodies are kept only
+    when the deployment logs them, and must be masked before they get here."""
 
     request_id: str
     endpoint: str
@@ -212,3 +214,6 @@ class RequestRecord:
     response_body: dict[str, Any] | None = None
     time: datetime | None = None  # now, when written without one
     prompt_ref: str | None = None  # the registered prompt version that wrapped it (name:N)
+    # the gateway's request id (the response's x-request-id header): unlike request_id, the
+    # answer's id, a client holds it for every reply, a refusal included
+    x_request_id: str | None = None
