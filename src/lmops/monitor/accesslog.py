@@ -12,7 +12,9 @@ Contract:
 * ``request_id`` is the request's ``x-request-id`` header when it is a sane token (1-128
   visible ASCII characters), else a fresh one; either way it is echoed in the response's
   ``x-request-id`` header (all but the bare 500 that Starlette sends for an unhandled
-  exception, which is logged with ``error_code: "internal_error"``).
+  exception, which is logged with ``error_code: "internal_error"``). The gateway's ``/v1``
+  responses carry the same id with the access log off too, and the request log keeps it
+  (``x_request_id``), so ``lmops trace`` finds a request by it, a refused one included.
 * ``status`` is the status sent, except ``499`` when the client hung up before the reply
   was complete (``"disconnected": true``). ``error_code`` is the ``error.code`` (or, when
   that is null, ``error.type``) of an error reply.
@@ -20,7 +22,8 @@ Contract:
   read from ``request.state.lmops_key`` where ``/v1`` and ``/api`` leave it. ``/v1``
   lines add what the policy layer's :class:`~lmops.serve.policy.RequestContext`
   (``request.state.lmops_ctx``) knows: deployment, the model version that answered,
-  ``completion_id`` (the reply's id, also the request log's), tokens, time to first token
+  ``completion_id`` (the reply's id, the request log's ``request_id``; a refused request's
+  was never sent), tokens, time to first token
   and guardrail actions. Fields are absent when the request never got that far.
 * A streamed reply's line is written when the stream ends (tokens and status final),
   also when the client disconnects.
@@ -40,12 +43,20 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
 from lmops.core.errors import UserError
 
-__all__ = ["ENV", "FILE_ENV", "LOGGER", "AccessLogMiddleware", "install_access_log"]
+__all__ = [
+    "ENV",
+    "FILE_ENV",
+    "LOGGER",
+    "AccessLogMiddleware",
+    "ensure_request_id",
+    "install_access_log",
+]
 
 ENV = "LMOPS_ACCESS_LOG"
 FILE_ENV = "LMOPS_ACCESS_LOG_FILE"
@@ -120,9 +131,8 @@ class AccessLogMiddleware:
             return
         started = time.perf_counter()
         ts = datetime.now(UTC)
-        request_id = _request_id(scope)
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
+        request_id = ensure_request_id(scope)
+        state = scope["state"]
         seen: dict[str, Any] = {"status": None, "complete": False, "error_body": None}
 
         async def send_wrapper(message: Message) -> None:
@@ -162,7 +172,18 @@ class AccessLogMiddleware:
                     logging.getLogger(__name__).exception("access log line failed")
 
 
-def _request_id(scope: Scope) -> str:
+def ensure_request_id(scope: MutableMapping[str, Any]) -> str:
+    """The request id of an HTTP request (see the module docstring), chosen once and kept in
+    the scope's state (``request.state.request_id``): the access log and the gateway, which
+    logs it and echoes it also when the access log is off, read the same one."""
+    state = scope.setdefault("state", {})
+    rid = state.get("request_id")
+    if rid is None:
+        rid = state["request_id"] = _request_id(scope)
+    return str(rid)
+
+
+def _request_id(scope: MutableMapping[str, Any]) -> str:
     for k, v in scope.get("headers", []):
         if k == b"x-request-id":
             value = v.decode("latin-1").strip()

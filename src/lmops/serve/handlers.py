@@ -27,13 +27,15 @@ import math
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from lmops.models.types import TokenLogprob
+from lmops.monitor.accesslog import ensure_request_id
 from lmops.security.moderation.encoder import Deferred, deferred
 from lmops.serve import tools
 from lmops.serve.backends import Backend, Generation, Job, approx_tokens
@@ -272,21 +274,24 @@ class Handlers:
         from lmops.serve.upstream import UpstreamError
 
         started = time.perf_counter()
+        xid = ensure_request_id(request.scope)  # the response's x-request-id
         key = self.gw.authenticate(request)
         raw = await read_json(request, max_bytes=self.max_body_bytes)
-        req: ChatRequest | CompletionRequest = parse(
-            ChatRequest if kind == "chat" else CompletionRequest, raw
-        )
-        dep = self.gw.deployment(key, req.model)
         rid = completion_id(kind)
-        ctx = self.policy.begin(key, dep, kind, raw, rid)
+        with self._refusal_logged(request, key, raw, kind, rid, xid):
+            req: ChatRequest | CompletionRequest = parse(
+                ChatRequest if kind == "chat" else CompletionRequest, raw
+            )
+        dep = self.gw.deployment(key, req.model)
+        ctx = self.policy.begin(key, dep, kind, raw, rid, x_request_id=xid)
         request.state.lmops_ctx = ctx  # the access log reads the outcome from it
         gen: Generation | None = None
         stream = False
         try:
+            backend = dep.backend()
+            ctx.model_ref = backend.model_ref  # what would answer, also if it is refused
             if dep.spec.prompt is not None or (kind == "chat" and "prompt" in raw):
                 raw, req = self._apply_prompt(raw, kind, dep, ctx)
-            backend = dep.backend()
             job = self._job(req, raw, kind, rid, dep, backend)
             stream = job.stream
             if kind == "chat" and getattr(backend, "chat_template_fallback", False):
@@ -317,6 +322,30 @@ class Handlers:
         finally:
             if gen is not None and not stream:
                 await gen.aclose()
+
+    @contextmanager
+    def _refusal_logged(
+        self, request: Request, key: Any, raw: Any, kind: str, rid: str, xid: str
+    ) -> Iterator[None]:
+        """A body that does not parse is refused before its deployment is looked up; it is
+        logged (so its x-request-id finds it) under the deployment its ``model`` names when
+        the key may call that one, and not at all otherwise (there is none to log it
+        under)."""
+        try:
+            yield
+        except OpenAIError as err:
+            name = raw.get("model") if isinstance(raw, dict) else None
+            if not isinstance(name, str):
+                raise
+            try:
+                dep = self.gw.deployment(key, name)
+            except OpenAIError:
+                raise err from None
+            ctx = self.policy.begin(key, dep, kind, raw, rid, x_request_id=xid)
+            request.state.lmops_ctx = ctx
+            if not dep.spec.split:  # one model would have answered (a split had not picked)
+                ctx.model_ref = dep.backend().model_ref
+            raise failed(ctx, err) from None
 
     def _apply_prompt(
         self, raw: dict[str, Any], kind: str, dep: Any, ctx: Any
@@ -623,19 +652,23 @@ class Handlers:
     async def embeddings(self, request: Request) -> Response:
         from lmops.serve.upstream import UpstreamError
 
+        xid = ensure_request_id(request.scope)  # the response's x-request-id
         key = self.gw.authenticate(request)
         raw = await read_json(request, max_bytes=self.max_body_bytes)
-        req: EmbeddingRequest = parse(EmbeddingRequest, raw)
+        rid = "emb-" + uuid.uuid4().hex[:24]
+        with self._refusal_logged(request, key, raw, "embeddings", rid, xid):
+            req: EmbeddingRequest = parse(EmbeddingRequest, raw)
         dep = self.gw.deployment(key, req.model)
-        texts = [req.input] if isinstance(req.input, str) else list(req.input)
-        if not texts or any(not isinstance(t, str) for t in texts):
-            raise OpenAIError(400, "input: a string or a list of strings", param="input")
         # the same policy as generation: limits on the input tokens, input guardrails (PII
         # masked before the model, moderation), metering; vectors are never logged
-        ctx = self.policy.begin(key, dep, "embeddings", raw, "emb-" + uuid.uuid4().hex[:24])
+        ctx = self.policy.begin(key, dep, "embeddings", raw, rid, x_request_id=xid)
         request.state.lmops_ctx = ctx
         try:
             backend = dep.backend()
+            ctx.model_ref = backend.model_ref
+            texts = [req.input] if isinstance(req.input, str) else list(req.input)
+            if not texts or any(not isinstance(t, str) for t in texts):
+                raise OpenAIError(400, "input: a string or a list of strings", param="input")
             ctx.admit(sum(approx_tokens(t) for t in texts), 0, model_ref=backend.model_ref)
             # one text at a time: a deferred check is run again whole, and a list's earlier
             # texts would have recorded their actions already

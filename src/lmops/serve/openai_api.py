@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 
+from lmops.monitor.accesslog import ensure_request_id
 from lmops.security.auth import Unauthorized, authenticate
 from lmops.serve.deployments import Registry
 from lmops.serve.handlers import Handlers
@@ -93,6 +96,23 @@ class Gateway:
             ) from None
 
 
+class _RequestIdRoute(APIRoute):
+    """A ``/v1`` route whose response carries the request id in ``x-request-id``, as every
+    response of OpenAI's API does, also with the access log (which echoes it too) off; an
+    error gets it from the ``OpenAIError`` handler. The handlers log the same id
+    (``ensure_request_id`` keeps one per request)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def with_id(request: Request) -> Response:
+            response = await handler(request)
+            response.headers["x-request-id"] = ensure_request_id(request.scope)
+            return response
+
+        return with_id
+
+
 def _model_card(name: str, dep: Any) -> dict[str, Any]:
     """OpenAI's model object, plus what lmops knows of it under ``lmops``."""
     return {
@@ -120,12 +140,14 @@ def mount_openai(
     policy = hooks if hooks is not None else NullPolicy()
     gw = Gateway(registry, store, hooks=policy)
     handlers = Handlers(gw, policy, max_body_bytes=max_body_bytes)
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", route_class=_RequestIdRoute)
 
     @app.exception_handler(OpenAIError)
-    def _openai_error(_req: Request, exc: Exception) -> JSONResponse:
+    def _openai_error(req: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, OpenAIError)
-        return exc.response()
+        response = exc.response()
+        response.headers["x-request-id"] = ensure_request_id(req.scope)
+        return response
 
     @router.get("/models")
     def models(request: Request) -> dict[str, Any]:

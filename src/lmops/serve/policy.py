@@ -3,7 +3,7 @@ control (RPM, TPM, concurrency, daily/monthly quotas, per key and per deployment
 the model runs, reconciliation with the real token count after it, guardrails on the way
 out, the request log, and Prometheus metrics.
 
-    ctx = policy.begin(key, deployment, "chat", body, request_id)
+    ctx = policy.begin(key, deployment, "chat", body, answer_id, x_request_id=request_id)
     messages = ctx.check_input(messages)       # PII masked; 400 content_filter if blocked
     ctx.admit(prompt_tokens, max_tokens, model_ref="chat:3")   # 429 with headers if over
     ... generate (ctx.stream_guard() for streams, ctx.check_output(text) otherwise) ...
@@ -57,8 +57,19 @@ class Policy:
             self.limits[name] = Limits(**dep.spec.limits)
             self.guards[name] = Guardrails(dep.spec.guardrail_config())
 
-    def begin(self, key: Any, dep: Any, kind: str, body: Any, request_id: str) -> RequestContext:
-        return RequestContext(self, key, dep, kind, body, request_id)
+    def begin(
+        self,
+        key: Any,
+        dep: Any,
+        kind: str,
+        body: Any,
+        request_id: str,
+        *,
+        x_request_id: str | None = None,
+    ) -> RequestContext:
+        """The context of one request: ``request_id`` is the answer's id, ``x_request_id``
+        the response's ``x-request-id`` header (both go on the request log)."""
+        return RequestContext(self, key, dep, kind, body, request_id, x_request_id)
 
     def close(self) -> None:
         """Write the request-log rows still pending and give the limiter's kept database
@@ -69,7 +80,14 @@ class Policy:
 
 class RequestContext:
     def __init__(
-        self, policy: Policy, key: Any, dep: Any, kind: str, body: Any, request_id: str
+        self,
+        policy: Policy,
+        key: Any,
+        dep: Any,
+        kind: str,
+        body: Any,
+        request_id: str,
+        x_request_id: str | None = None,
     ) -> None:
         self.policy = policy
         self.key = key
@@ -77,6 +95,7 @@ class RequestContext:
         self.kind = kind
         self.body = body if isinstance(body, dict) else None
         self.request_id = request_id
+        self.x_request_id = x_request_id
         self.guard = policy.guards[dep.name]
         self.started = time.perf_counter()
         self.lease: Any = None
@@ -216,6 +235,7 @@ class RequestContext:
     ) -> None:
         record = RequestRecord(
             request_id=self.request_id,
+            x_request_id=self.x_request_id,
             key_name=self.key.name,
             deployment=self.dep.name,
             model_ref=self.model_ref,
@@ -264,9 +284,10 @@ class NullContext:
     prompt_tokens = 0
     completion_tokens = 0
 
-    def __init__(self, dep: Any, request_id: str) -> None:
+    def __init__(self, dep: Any, request_id: str, x_request_id: str | None = None) -> None:
         self.dep = dep
         self.request_id = request_id
+        self.x_request_id = x_request_id
         self.actions: list[dict[str, Any]] = []
         self.warnings: list[str] = []
 
@@ -328,8 +349,17 @@ class NullPolicy:
 
     metrics = None
 
-    def begin(self, key: Any, dep: Any, kind: str, body: Any, request_id: str) -> NullContext:
-        return NullContext(dep, request_id)
+    def begin(
+        self,
+        key: Any,
+        dep: Any,
+        kind: str,
+        body: Any,
+        request_id: str,
+        *,
+        x_request_id: str | None = None,
+    ) -> NullContext:
+        return NullContext(dep, request_id, x_request_id)
 
     def close(self) -> None:
         return None
