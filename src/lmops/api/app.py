@@ -221,9 +221,11 @@ def _api_router() -> APIRouter:
         deployment: str | None = None,
         key: str | None = None,
     ) -> RequestTrace:
-        """A served answer (its ``id``), or the newest logged request of a deployment or
-        key: the version that answered and everything upstream of it (``lmops trace``).
-        A key that is not an admin traces its own requests only."""
+        """A logged request by either id its client holds (``request_id``: the answer's
+        ``id`` or the response's ``x-request-id``, which a refused request has too), or the
+        newest logged request of a deployment or key: the version that answered (or would
+        have) and everything upstream of it (``lmops trace``). A key that is not an admin
+        traces its own requests only."""
         if request_id is not None and (deployment or key):
             raise UserError("request_id names one request; deployment and key pick the newest")
         caller = request.state.lmops_key

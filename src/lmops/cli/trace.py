@@ -1,4 +1,5 @@
-"""``lmops trace``: from a served answer to the model version, prompt and data behind it."""
+"""``lmops trace``: from a served answer (or a refused request) to the model version, prompt
+and data behind it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 def trace_cmd(
     request_id: Annotated[
         str | None,
-        typer.Argument(help="The answer's id (chatcmpl-…, cmpl-…, emb-…).", show_default=False),
+        typer.Argument(
+            help="The answer's id (chatcmpl-…, cmpl-…, emb-…) or the response's x-request-id "
+            "header (a refused request has only that one).",
+            show_default=False,
+        ),
     ] = None,
     last: Annotated[
         bool, typer.Option("--last", help="The newest logged request instead.")
@@ -25,8 +30,9 @@ def trace_cmd(
     key: Annotated[str | None, typer.Option(help="With --last: of this key.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Trace a served answer back: the model version that gave it, the prompt that wrapped
-    it, and everything upstream of them down to the raw files."""
+    """Trace a served answer back: the model version that gave it (or would have, for a
+    refused request, with why it was refused), the prompt that wrapped it, and everything
+    upstream of them down to the raw files."""
     from lmops.cli._lineage import print_tree
     from lmops.store.trace import trace_request
 
@@ -46,14 +52,20 @@ def trace_cmd(
         return
     when = t.time.isoformat(timespec="seconds") if t.time else "?"
     console.print(
-        f"{t.request_id}  {when}  {t.endpoint}  deployment {t.deployment or '-'}  "
-        f"key {t.key_name or '-'}  status {t.status}  "
+        f"{t.request_id}  x-request-id {t.x_request_id or '-'}  {when}  {t.endpoint}  "
+        f"deployment {t.deployment or '-'}  key {t.key_name or '-'}  status {t.status}  "
         f"tokens {t.prompt_tokens}+{t.completion_tokens}",
         markup=False,
         highlight=False,
         soft_wrap=True,
     )
-    console.print(f"answered by {t.model_ref or '-'}", markup=False, highlight=False)
+    if not t.answered:
+        what = "failed" if t.status >= 500 else "refused"
+        console.print(f"{what}: {t.error or '-'}", markup=False, highlight=False, soft_wrap=True)
+    for action in t.guardrail_actions():
+        console.print(f"guardrails: {action}", markup=False, highlight=False)
+    verb = "answered by" if t.answered else "would have been answered by"
+    console.print(f"{verb} {t.model_ref or '-'}", markup=False, highlight=False)
     if t.prompt_ref:
         console.print(f"wrapped by prompt {t.prompt_ref}", markup=False, highlight=False)
     for g in (t.model, t.prompt):

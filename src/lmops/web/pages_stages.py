@@ -346,15 +346,18 @@ def add_routes(r: APIRouter) -> None:
         request_id: str = "",
         deployment: str = "",
     ) -> HTMLResponse:
-        """A served answer traced back (``lmops trace``): by its id, or the newest answer of
-        a deployment; a key that is not an admin sees its own requests only."""
+        """A served answer traced back (``lmops trace``): by its id or the response's
+        x-request-id (a refused request's too), or the newest answer of a deployment; a key
+        that is not an admin sees its own requests only."""
         from lmops.store.trace import trace_request
 
         only = None if viewer.can_write else viewer.key.name
         rid = request_id.strip() or None
         t = None
         if rid and deployment:
-            raise UserError("give an answer id or a deployment (its newest answer), not both")
+            raise UserError(
+                "give an answer or request id, or a deployment (its newest answer), not both"
+            )
         if rid or deployment:
             t = trace_request(viewer.store, rid, only_key=only, deployment=deployment or None)
         return render(
