@@ -225,6 +225,21 @@ def _seed(store: Any, tmp: Path) -> dict[str, Any]:
         prompt_tokens=9,
         completion_tokens=4,
     )
+    log_request(  # a refusal: no answer id reached the client, only its x-request-id
+        store,
+        at=now,
+        request_id="chatcmpl-never-sent",
+        x_request_id="req-refused-1",
+        endpoint="chat",
+        status=400,
+        key_name="viewer",
+        deployment="tides",
+        model_ref=model.ref,
+        error="Sorry, I can't help with that request.",
+        guardrails={
+            "actions": [{"type": "moderation_block", "category": "violence", "direction": "input"}]
+        },
+    )
     with store.runs.track("pipeline", config={"pipeline": "quick"}) as prun:
         store.runs.update(
             prun.id,

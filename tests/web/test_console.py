@@ -171,6 +171,23 @@ def test_trace_an_answer_back_to_its_raw_data(admin_page: Any, console: Console)
     page.context.close()
 
 
+def test_a_refused_request_is_traced_by_its_x_request_id(browser: Any, console: Console) -> None:
+    # the viewer's refusal, found by the header its client got: why, and what would have answered
+    page = login(browser, console, console.reader)
+    page.goto(f"{console.url}/ui/serving/trace")
+    page.fill("input[name=request_id]", "req-refused-1")
+    page.click("#trace-form button")
+    page.wait_for_selector("#trace-request")
+    assert page.locator("#trace-x-request-id").inner_text() == "req-refused-1"
+    assert page.locator("#trace-status").inner_text() == "400"
+    assert page.locator("#trace-error").inner_text() == "Sorry, I can't help with that request."
+    assert page.locator("#trace-guardrails").inner_text() == "moderation_block input violence"
+    assert page.locator("#answered-by").inner_text() == console.seed["model"]
+    assert "would have been answered by" in page.locator("table").first.inner_text()
+    shot(page, "trace-refused")
+    page.context.close()
+
+
 def test_playground_streams_two_deployments_side_by_side(admin_page: Any, console: Console) -> None:
     before = sum(1 for _ in console.store.requests.scan(key="boss"))
     admin_page.goto(f"{console.url}/ui/playground")
