@@ -51,8 +51,10 @@ def trace_cmd(
         print_json(t)
         return
     when = t.time.isoformat(timespec="seconds") if t.time else "?"
+    # a refused request's answer id was never sent: it is known by its x-request-id
+    shown = t.request_id if t.answered or not t.x_request_id else "(no answer)"
     console.print(
-        f"{t.request_id}  x-request-id {t.x_request_id or '-'}  {when}  {t.endpoint}  "
+        f"{shown}  x-request-id {t.x_request_id or '-'}  {when}  {t.endpoint}  "
         f"deployment {t.deployment or '-'}  key {t.key_name or '-'}  status {t.status}  "
         f"tokens {t.prompt_tokens}+{t.completion_tokens}",
         markup=False,
