@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from lmops.core.errors import ConflictError, PermissionDenied, UserError
+from lmops.core.errors import ConflictError, NotFoundError, PermissionDenied, UserError
 from lmops.store import Store
 
 
@@ -70,3 +70,98 @@ def test_every_change_is_audited_with_actor_and_origin(store: Store, tmp_path: P
     assert (events[0].actor, events[0].origin) == ("ci-key", "api")
     assert events[1].origin == "lib" and events[1].actor == store.actor
     assert events[1].details == {"to": "d:1", "from": None}
+
+
+# -- update and rotate ------------------------------------------------------------------------
+def test_update_changes_limits_in_place_and_audits_old_and_new(store: Store) -> None:
+    key, secret = store.keys.create("svc", rpm=60, scopes=["chat"])
+    later = datetime(2099, 1, 31, tzinfo=UTC)
+    updated = store.keys.update("svc", rpm=1, tpm=500, scopes=["chat", "embed"], expires_at=later)
+    assert (updated.rpm, updated.tpm, updated.scopes, updated.expires_at) == (
+        1,
+        500,
+        ["chat", "embed"],
+        later,
+    )
+    assert (updated.prefix, updated.created_at) == (key.prefix, key.created_at)
+    assert store.keys.authenticate(secret).rpm == 1  # the same secret, the new limits
+    # None removes a limit; what is left out stays
+    cleared = store.keys.update("svc", rpm=None, scopes=None, expires_at=None, role="admin")
+    assert (cleared.rpm, cleared.tpm, cleared.scopes, cleared.expires_at, cleared.role) == (
+        None,
+        500,
+        None,
+        None,
+        "admin",
+    )
+    events = store.audit.list(action="key.update")
+    assert [e.target for e in events] == ["svc", "svc"]
+    assert events[1].details == {
+        "rpm": [60, 1],
+        "tpm": [None, 500],
+        "scopes": [["chat"], ["chat", "embed"]],
+        "expires_at": [None, later.isoformat()],
+    }
+    assert events[0].details == {
+        "role": ["user", "admin"],
+        "rpm": [1, None],
+        "scopes": [["chat", "embed"], None],
+        "expires_at": [later.isoformat(), None],
+    }
+    assert secret not in str([e.details for e in store.audit.list()])
+    # the same values again: nothing is written, no event
+    store.keys.update("svc", tpm=500, role="admin")
+    assert len(store.audit.list(action="key.update")) == 2
+
+
+def test_update_validates_as_create_does_and_refuses_revoked_keys(store: Store) -> None:
+    store.keys.create("svc", rpm=5)
+    for changes, match in [
+        ({"rpm": 0}, "--rpm must be a positive"),
+        ({"tpm": -3}, "--tpm must be a positive"),
+        ({"rpm": 2**31}, "--rpm: .* out of range"),
+        ({"role": "root"}, "invalid role 'root'"),
+        ({"expires_at": datetime(2001, 1, 1, tzinfo=UTC)}, "in the past"),
+        ({}, "nothing to change for key 'svc'"),
+    ]:
+        with pytest.raises(UserError, match=match):
+            store.keys.update("svc", **changes)  # type: ignore[arg-type]
+    assert store.keys.get("svc").rpm == 5  # a refused update changes nothing
+    with pytest.raises(NotFoundError, match="'svx' not found; did you mean 'svc'"):
+        store.keys.update("svx", rpm=1)
+    store.keys.revoke("svc")
+    with pytest.raises(ConflictError, match=r"'svc' was revoked .* cannot update it"):
+        store.keys.update("svc", rpm=1)
+    with pytest.raises(ConflictError, match="cannot rotate it"):
+        store.keys.rotate("svc")
+    assert not store.audit.list(action="key.update") and not store.audit.list(action="key.rotate")
+
+
+def test_an_expired_key_can_be_given_a_new_expiry(store: Store) -> None:
+    _, secret = store.keys.create("late", expires_at=datetime.now(UTC) + timedelta(seconds=1))
+    with store.db.engine.begin() as c:
+        c.execute(text("UPDATE api_keys SET expires_at = '2000-01-01 00:00:00' WHERE name='late'"))
+    with pytest.raises(PermissionDenied, match="expired"):
+        store.keys.authenticate(secret)
+    store.keys.update("late", expires_at=datetime.now(UTC) + timedelta(days=1))
+    assert store.keys.authenticate(secret).name == "late"
+
+
+def test_rotate_gives_a_new_secret_and_keeps_everything_else(store: Store) -> None:
+    later = datetime(2099, 1, 31, tzinfo=UTC)
+    before, old = store.keys.create(
+        "svc", role="admin", rpm=7, tpm=70, scopes=["chat"], expires_at=later
+    )
+    after, new = store.keys.rotate("svc")
+    assert new != old and new.startswith("lmk-") and after.prefix == new[:12] != before.prefix
+    keep = ("name", "role", "rpm", "tpm", "scopes", "expires_at", "created_at", "created_by")
+    assert after.model_dump(include=set(keep)) == before.model_dump(include=set(keep))
+    assert store.keys.authenticate(new).name == "svc"
+    with pytest.raises(PermissionDenied, match="invalid API key"):
+        store.keys.authenticate(old)
+    [event] = store.audit.list(action="key.rotate")
+    assert (event.target, event.details) == ("svc", {"prefix": [before.prefix, after.prefix]})
+    assert old not in str(event.details) and new not in str(event.details)
+    assert [k.name for k in store.keys.list()] == ["svc"]  # the same key, not a second one
+    with pytest.raises(NotFoundError, match="'nope' not found; keys are: svc"):
+        store.keys.rotate("nope")

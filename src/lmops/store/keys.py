@@ -4,6 +4,10 @@ A secret looks like ``lmk-<40 url-safe chars>``; its first 12 characters (the pr
 stored in clear so people can tell keys apart in listings and logs. Roles: ``admin``
 (may change state through ``/api``) and ``user``. ``rpm``/``tpm`` limits and ``scopes``
 (allowed deployments) are stored here and enforced by the serving gateway.
+
+A key is known by its name: :meth:`KeyRing.update` changes its role, limits, scopes or expiry
+and :meth:`KeyRing.rotate` gives it a new secret, both in place, so the rate counters
+(``key:<name>``) and the request log (``key_name``) of the key carry on through either.
 """
 
 from __future__ import annotations
@@ -12,12 +16,19 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime
-from typing import TYPE_CHECKING
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lmops.core.errors import ConflictError, NotFoundError, PermissionDenied, UserError
+from lmops.core.errors import (
+    ConflictError,
+    NotFoundError,
+    PermissionDenied,
+    UserError,
+    name_hint,
+)
 from lmops.store import _rows
 from lmops.store._time import aware, utcnow
 from lmops.store.models import ApiKeyRow
@@ -27,16 +38,63 @@ from lmops.store.types import ApiKey
 if TYPE_CHECKING:
     from lmops.store.store import Store
 
-__all__ = ["ROLES", "KeyRing", "hash_secret"]
+__all__ = ["ROLES", "UNSET", "KeyRing", "hash_secret"]
 
 ROLES = ("admin", "user")
 SECRET_PREFIX = "lmk-"
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+UNSET: Final = _Unset.UNSET
+"""An argument of :meth:`KeyRing.update` left as it is (``None`` removes a limit)."""
+_Scopes = list[str]  # named here: inside KeyRing, ``list`` is its method
 
 
 def hash_secret(secret: str) -> str:
     # Secrets carry 240 bits of randomness, so a plain (fast) hash is enough: there is
     # nothing to brute-force that a slow KDF would protect.
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(30)
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise UserError(f"invalid role {role!r}: use one of {', '.join(ROLES)}")
+
+
+def _check_limit(label: str, v: int | None) -> None:
+    if v is not None and v <= 0:
+        raise UserError(f"--{label} must be a positive integer, got {v}")
+    if v is not None:
+        check_int(v, f"--{label}", maximum=INT32_MAX)  # an INTEGER column
+
+
+def _check_expiry(expires_at: datetime | None) -> datetime | None:
+    """``expires_at`` in UTC; a time already past is refused."""
+    expires_at = aware(expires_at)
+    if expires_at is not None and expires_at <= utcnow():
+        raise UserError(f"--expires {expires_at.date()} is in the past")
+    return expires_at
+
+
+def _row(s: Session, name: str) -> ApiKeyRow:
+    """The row of the key ``name``; ``NotFoundError`` with a did-you-mean if none."""
+    row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.name == name))
+    if row is None:
+        known = list(s.scalars(select(ApiKeyRow.name).order_by(ApiKeyRow.name)))
+        hint = name_hint(name, known, "keys are") or "there are no keys yet"
+        raise NotFoundError(f"key {name!r} not found; {hint} (see `lmops keys list`)")
+    return row
+
+
+def _audit_value(v: Any) -> Any:
+    return v.isoformat() if isinstance(v, datetime) else v
 
 
 class KeyRing:
@@ -56,17 +114,11 @@ class KeyRing:
     ) -> tuple[ApiKey, str]:
         """Create a key; returns the record and the secret (the only time it is shown)."""
         check_name(name)
-        if role not in ROLES:
-            raise UserError(f"invalid role {role!r}: use one of {', '.join(ROLES)}")
-        for label, v in (("rpm", rpm), ("tpm", tpm)):
-            if v is not None and v <= 0:
-                raise UserError(f"--{label} must be a positive integer, got {v}")
-            if v is not None:
-                check_int(v, f"--{label}", maximum=INT32_MAX)  # an INTEGER column
-        expires_at = aware(expires_at)
-        if expires_at is not None and expires_at <= utcnow():
-            raise UserError(f"--expires {expires_at.date()} is in the past")
-        secret = SECRET_PREFIX + secrets.token_urlsafe(30)
+        _check_role(role)
+        _check_limit("rpm", rpm)
+        _check_limit("tpm", tpm)
+        expires_at = _check_expiry(expires_at)
+        secret = _new_secret()
 
         def add(s: Session) -> ApiKey:
             if s.scalar(select(ApiKeyRow.id).where(ApiKeyRow.name == name)) is not None:
@@ -100,24 +152,103 @@ class KeyRing:
 
     def get(self, name: str) -> ApiKey:
         with self._db.session() as s:
-            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.name == name))
-            if row is None:
-                raise NotFoundError(f"key {name!r} not found; see `lmops keys list`")
-            return _rows.api_key(row)
+            return _rows.api_key(_row(s, name))
 
     def revoke(self, name: str) -> ApiKey:
         """Revoke a key; effective for the very next request that presents it."""
 
         def rev(s: Session) -> ApiKey:
-            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.name == name))
-            if row is None:
-                raise NotFoundError(f"key {name!r} not found; see `lmops keys list`")
+            row = _row(s, name)
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
                 self._store.audit.record(s, "key.revoke", name, {})
             return _rows.api_key(row)
 
         return self._db.write(rev)
+
+    def update(
+        self,
+        name: str,
+        *,
+        role: str | _Unset = UNSET,
+        rpm: int | _Unset | None = UNSET,
+        tpm: int | _Unset | None = UNSET,
+        expires_at: datetime | _Unset | None = UNSET,
+        scopes: _Scopes | _Unset | None = UNSET,
+    ) -> ApiKey:
+        """Change a key's role, limits, scopes or expiry; its secret stays the same.
+
+        An argument left out keeps its value; ``None`` removes that limit (no ``rpm``/``tpm``
+        limit, every deployment, no expiry). Values are checked as :meth:`create` checks
+        them. A revoked key is refused (``ConflictError``); an update that changes nothing
+        writes nothing. The audit event ``key.update`` names each change as ``[old, new]``.
+        The gateway sees a change within ``KEY_CACHE_S``; ``/api`` and the console at once.
+        """
+        asked: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("role", role),
+                ("rpm", rpm),
+                ("tpm", tpm),
+                ("expires_at", expires_at),
+                ("scopes", scopes),
+            )
+            if v is not UNSET
+        }
+        if not asked:
+            raise UserError(
+                f"nothing to change for key {name!r}: give a new role, rpm, tpm, scopes or expiry"
+            )
+        if "role" in asked:
+            _check_role(asked["role"])
+        for label in ("rpm", "tpm"):
+            if label in asked:
+                _check_limit(label, asked[label])
+        if "expires_at" in asked:
+            asked["expires_at"] = _check_expiry(asked["expires_at"])
+
+        def upd(s: Session) -> ApiKey:
+            row = self._active_row(s, name, "update")
+            changes: dict[str, list[Any]] = {}
+            for field, new in asked.items():
+                old = aware(row.expires_at) if field == "expires_at" else getattr(row, field)
+                if old != new:
+                    changes[field] = [_audit_value(old), _audit_value(new)]
+                    setattr(row, field, new)
+            if changes:
+                self._store.audit.record(s, "key.update", name, changes)
+            return _rows.api_key(row)
+
+        return self._db.write(upd)
+
+    def rotate(self, name: str) -> tuple[ApiKey, str]:
+        """Give a key a new secret; returns the record and the secret (shown this once).
+
+        The name, role, limits, scopes, expiry and usage history stay; the old secret is
+        refused from now on (by the gateway within ``KEY_CACHE_S``, as for a revoked key).
+        A revoked key is refused (``ConflictError``). Audited as ``key.rotate`` with the old
+        and new prefix (never the secret).
+        """
+        secret = _new_secret()
+
+        def rot(s: Session) -> ApiKey:
+            row = self._active_row(s, name, "rotate")
+            self._store.audit.record(s, "key.rotate", name, {"prefix": [row.prefix, secret[:12]]})
+            row.prefix = secret[:12]
+            row.secret_hash = hash_secret(secret)
+            return _rows.api_key(row)
+
+        return self._db.write(rot), secret
+
+    def _active_row(self, s: Session, name: str, verb: str) -> ApiKeyRow:
+        """The row of the key ``name`` for a change; revoked: ``ConflictError``."""
+        row = _row(s, name)
+        if row.revoked_at is not None:
+            raise ConflictError(
+                f"key {name!r} was revoked on {row.revoked_at.date()}; cannot {verb} it: "
+                "create a new key"
+            )
+        return row
 
     def authenticate(self, secret: str) -> ApiKey:
         """The active key for ``secret``; ``PermissionDenied`` if unknown, revoked or expired."""
