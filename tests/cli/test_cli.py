@@ -511,6 +511,59 @@ def test_keys_create_list_revoke(cli, store) -> None:  # type: ignore[no-untyped
     assert_one_line_error(cli("keys", "create", "--name", "dev"), "dev", "exists")
 
 
+def test_keys_update_changes_limits_not_the_secret(cli, store) -> None:  # type: ignore[no-untyped-def]
+    secret = js(cli("keys", "create", "--name", "svc", "--rpm", "10", "--scope", "chat", "--json"))[
+        "key"
+    ]
+    out = ok(cli("keys", "update", "svc", "--rpm", "1", "--tpm", "500", "--scope", "a",
+                 "--scope", "b", "--expires", "2099-01-01", "--role", "admin")).out  # fmt: skip
+    assert " ".join(out.split()).startswith("updated key svc: rpm 10 -> 1, tpm none -> 500, ")
+    assert "scopes chat -> a, b" in out and "role user -> admin" in out and secret not in out
+    key = store.keys.authenticate(secret)  # the same secret still works, with the new limits
+    assert (key.rpm, key.tpm, key.scopes, key.role) == (1, 500, ["a", "b"], "admin")
+    assert key.expires_at == datetime(2099, 1, 1, tzinfo=UTC)
+
+    # --no-* remove a limit; --json prints the record (never a secret)
+    rec = js(cli("keys", "update", "svc", "--no-rpm", "--no-tpm", "--all-scopes", "--no-expiry",
+                 "--json"))  # fmt: skip
+    assert (rec["rpm"], rec["tpm"], rec["scopes"], rec["expires_at"]) == (None, None, None, None)
+    assert "key" not in rec and "secret_hash" not in rec and rec["prefix"] == secret[:12]
+    assert "unchanged" in ok(cli("keys", "update", "svc", "--role", "admin")).out
+    assert [e.details for e in store.audit.list(action="key.update", limit=1)] == [
+        {"rpm": [1, None], "tpm": [500, None], "scopes": [["a", "b"], None],
+         "expires_at": ["2099-01-01T00:00:00+00:00", None]}
+    ]  # fmt: skip
+
+    assert_one_line_error(cli("keys", "update", "svc"), "nothing to change", "--no-rpm")
+    assert_one_line_error(cli("keys", "update", "svc", "--rpm", "2", "--no-rpm"), "not both")
+    assert_one_line_error(cli("keys", "update", "svc", "--tpm", "0"), "--tpm must be a positive")
+    assert_one_line_error(cli("keys", "update", "svc", "--role", "root"), "invalid role")
+    assert_one_line_error(cli("keys", "update", "svc", "--expires", "soon"), "--expires 'soon'")
+    assert_one_line_error(cli("keys", "update", "svd", "--rpm", "1"), "did you mean 'svc'")
+    ok(cli("keys", "revoke", "svc"))
+    assert_one_line_error(cli("keys", "update", "svc", "--rpm", "1"), "revoked", code=2)
+
+
+def test_keys_rotate_prints_a_new_secret_once(cli, store) -> None:  # type: ignore[no-untyped-def]
+    old = js(cli("keys", "create", "--name", "svc", "--rpm", "7", "--json"))["key"]
+    r = ok(cli("keys", "rotate", "svc"))
+    new = r.out.strip().splitlines()[-1]
+    assert new.startswith("lmk-") and new != old and r.out.count(new) == 1
+    key = store.keys.authenticate(new)
+    assert (key.name, key.rpm, key.prefix) == ("svc", 7, new[:12])
+    with pytest.raises(PermissionDenied, match="invalid API key"):
+        store.keys.authenticate(old)
+    again = js(cli("keys", "rotate", "svc", "--json"))
+    assert again["record"]["prefix"] == again["key"][:12] and again["record"]["rpm"] == 7
+    with pytest.raises(PermissionDenied):
+        store.keys.authenticate(new)
+    listing = ok(cli("keys", "list", "--json")).out
+    assert again["key"] not in listing and [k["name"] for k in json.loads(listing)] == ["svc"]
+    assert_one_line_error(cli("keys", "rotate", "nope"), "'nope' not found")
+    ok(cli("keys", "revoke", "svc"))
+    assert_one_line_error(cli("keys", "rotate", "svc"), "revoked", "cannot rotate")
+
+
 def test_audit_list(cli, files: Path) -> None:  # type: ignore[no-untyped-def]
     f = write(files / "a.txt", b"a")
     ok(cli("assets", "register", "dataset", "ds", str(f)))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from rich.console import Console
+
+from lmops.core.errors import UserError
 
 if TYPE_CHECKING:
     from lmops.store import Store
@@ -25,6 +27,21 @@ def open_store() -> Store:
     from lmops.store import Store
 
     return Store(origin="cli")
+
+
+def parse_date(s: str | None, option: str = "--expires", relative: bool = False) -> datetime | None:
+    """An ISO date or time from ``option`` (UTC unless it names a zone); ``relative``: the
+    message also offers a time ago (which the caller parses first)."""
+    if s is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        also = " or a time ago like 30m, 24h, 7d" if relative else ""
+        raise UserError(
+            f"{option} {s!r}: expected a date like 2027-01-31 or 2027-01-31T12:00{also}"
+        ) from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -23,6 +23,7 @@ from lmops.cli._output import (
     err_console,
     human_size,
     open_store,
+    parse_date,
     print_json,
     table,
     when,
@@ -40,14 +41,9 @@ assets_app = typer.Typer(
     help="Versioned assets: register, show, alias, trace, verify, delete.", no_args_is_help=True
 )
 runs_app = typer.Typer(help="Jobs recorded in the store, with their metrics.", no_args_is_help=True)
-keys_app = typer.Typer(
-    help="API keys for the server (secrets shown once, stored hashed).", no_args_is_help=True
-)
 audit_app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
 app.add_typer(assets_app, name="assets")
 app.add_typer(runs_app, name="runs")
-app.add_typer(keys_app, name="keys")
-app.add_typer(audit_app, name="audit")
 
 
 def _add_stage_apps() -> None:
@@ -56,6 +52,7 @@ def _add_stage_apps() -> None:
         deploy,
         eval,
         guard,
+        keys,
         monitor,
         pipelines,
         prompts,
@@ -66,6 +63,9 @@ def _add_stage_apps() -> None:
         train,
     )
 
+    # keys and audit keep their place in `lmops --help`, after assets and runs
+    app.add_typer(keys.app, name="keys")
+    app.add_typer(audit_app, name="audit")
     app.add_typer(data.app, name="data")
     app.add_typer(train.app, name="train")
     app.add_typer(eval.app, name="eval")
@@ -557,84 +557,6 @@ def runs_show(run_id: str, json_: JsonOpt = False) -> None:
         console.print(f"  [red]error[/]    {escape(r.error)}")
 
 
-# -- keys -------------------------------------------------------------------------------------------
-def _parse_date(
-    s: str | None, option: str = "--expires", relative: bool = False
-) -> datetime | None:
-    if s is None:
-        return None
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        also = " or a time ago like 30m, 24h, 7d" if relative else ""
-        raise UserError(
-            f"{option} {s!r}: expected a date like 2027-01-31 or 2027-01-31T12:00{also}"
-        ) from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Option("--name", help="A unique name for the key (shown in logs).")],
-    role: Annotated[str, typer.Option(help="admin or user")] = "user",
-    rpm: Annotated[int | None, typer.Option(help="Requests per minute limit.")] = None,
-    tpm: Annotated[int | None, typer.Option(help="Tokens per minute limit.")] = None,
-    expires: Annotated[str | None, typer.Option(help="Expiry date (ISO, UTC).")] = None,
-    scope: Annotated[
-        list[str],
-        typer.Option("--scope", help="Deployment this key may call (repeat; default all)."),
-    ] = [],  # noqa: B006
-    json_: JsonOpt = False,
-) -> None:
-    """Create a key and print its secret once."""
-    record, secret = _store().keys.create(
-        name, role=role, rpm=rpm, tpm=tpm, expires_at=_parse_date(expires), scopes=scope or None
-    )
-    if json_:
-        print_json({"key": secret, "record": record})
-    else:
-        console.print(
-            f"created key [bold]{record.name}[/] (role {record.role}); store this secret now, it is not shown again:"
-        )
-        sys.stdout.write(secret + "\n")
-
-
-@keys_app.command("list")
-def keys_list(json_: JsonOpt = False) -> None:
-    """Keys with prefix, role, limits and state (never the secret)."""
-    keys = _store().keys.list()
-    if json_:
-        print_json(keys)
-        return
-    table(
-        None,
-        ["name", "prefix", "role", "rpm", "tpm", "scopes", "expires", "state"],
-        [
-            [
-                k.name,
-                k.prefix + "…",
-                k.role,
-                k.rpm,
-                k.tpm,
-                ", ".join(k.scopes) if k.scopes else "all",
-                when(k.expires_at),
-                "active" if k.active else ("revoked" if k.revoked_at else "expired"),
-            ]
-            for k in keys
-        ],
-    )
-
-
-@keys_app.command("revoke")
-def keys_revoke(name: str, json_: JsonOpt = False) -> None:
-    """Revoke a key; effective for the next request."""
-    k = _store().keys.revoke(name)
-    if json_:
-        print_json(k)
-    else:
-        console.print(f"revoked key {k.name}")
-
-
 # -- audit ------------------------------------------------------------------------------------------
 @audit_app.command("list")
 def audit_list(
@@ -669,7 +591,7 @@ def _since(value: str | None) -> datetime | None:
         n, unit = int(m.group(1)), m.group(2)
         delta = {"m": timedelta(minutes=n), "h": timedelta(hours=n), "d": timedelta(days=n)}[unit]
         return datetime.now(UTC) - delta
-    return _parse_date(value, "--since", relative=True)
+    return parse_date(value, "--since", relative=True)
 
 
 @app.command()
