@@ -130,6 +130,7 @@ def test_openapi_lists_the_api_paths(server: Server) -> None:
         "/api/runs/{run_id}",
         "/api/keys",
         "/api/keys/{name}",
+        "/api/keys/{name}/rotate",
         "/api/gc",
         "/api/audit",
     ]:
@@ -190,6 +191,8 @@ def test_user_key_reads_but_cannot_change(
         user.post("/api/assets/known-ds:1/alias", json={"alias": "prod"}),
         user.post("/api/keys", json={"name": "sneaky", "role": "admin"}),
         user.delete("/api/keys/root-admin"),
+        user.patch("/api/keys/reader-1", json={"role": "admin"}),
+        user.post("/api/keys/root-admin/rotate"),
         user.post("/api/gc", json={"grace_s": 0}),
         user.get("/api/keys"),
         user.get("/api/audit"),
@@ -203,6 +206,7 @@ def test_user_key_reads_but_cannot_change(
     assert [v["version"] for v in asset["versions"]] == [1]
     assert asset["aliases"] == {}
     assert "sneaky" not in {k["name"] for k in admin.get("/api/keys").json()}
+    assert {k["name"]: k["role"] for k in admin.get("/api/keys").json()}["reader-1"] == "user"
 
 
 # -- assets -------------------------------------------------------------------------------------
@@ -419,6 +423,71 @@ def test_key_create_use_and_revoke(server: Server, admin: httpx.Client) -> None:
 
     assert_error(admin.delete("/api/keys/no-such-key"), 404, "no-such-key")
     assert_error(admin.post("/api/keys", json={"name": "root-admin"}), 409, "root-admin")
+
+
+def test_key_update_changes_limits_and_keeps_the_secret(
+    server: Server, admin: httpx.Client
+) -> None:
+    secret = admin.post("/api/keys", json={"name": "svc-up", "rpm": 60, "scopes": ["chat"]}).json()[
+        "key"
+    ]
+    later = "2099-01-31T00:00:00Z"
+    r = admin.patch("/api/keys/svc-up", json={"rpm": 1, "tpm": 900, "expires_at": later})
+    assert r.status_code == 200, r.text
+    rec = r.json()
+    assert (rec["rpm"], rec["tpm"], rec["scopes"], rec["role"]) == (1, 900, ["chat"], "user")
+    assert datetime.fromisoformat(rec["expires_at"]) == datetime(2099, 1, 31, tzinfo=UTC)
+    assert rec["prefix"] == secret[:12] and secret not in r.text
+    # null removes a limit; what is left out stays
+    r = admin.patch("/api/keys/svc-up", json={"rpm": None, "scopes": None, "expires_at": None})
+    rec = r.json()
+    assert (rec["rpm"], rec["tpm"], rec["scopes"], rec["expires_at"]) == (None, 900, None, None)
+    with server.client(secret) as svc:
+        assert svc.get("/api/assets").status_code == 200  # the same secret works
+        assert_error(svc.get("/api/keys"), 403, "svc-up", "admin")
+        assert admin.patch("/api/keys/svc-up", json={"role": "admin"}).status_code == 200
+        assert svc.get("/api/keys").status_code == 200  # the new role, on the next request
+    [event, *_] = admin.get("/api/audit", params={"action": "key.update"}).json()
+    assert (event["target"], event["actor"], event["origin"]) == ("svc-up", "root-admin", "api")
+    assert event["details"] == {"role": ["user", "admin"]}
+
+    # the store's checks and messages, as the CLI shows them
+    for body, needle in [
+        ({"rpm": 0}, "--rpm must be a positive integer"),
+        ({"role": "root"}, "invalid role 'root'"),
+        ({"role": None}, "invalid role None"),
+        ({"expires_at": "2001-01-01T00:00:00Z"}, "in the past"),
+        ({}, "nothing to change for key 'svc-up'"),
+        ({"rmp": 5}, "rmp"),
+        ({"scopes": "chat"}, "scopes"),
+    ]:
+        assert_error(admin.patch("/api/keys/svc-up", json=body), 400, needle)
+    assert_error(admin.patch("/api/keys/svc-upp", json={"rpm": 1}), 404, "did you mean 'svc-up'?")
+    admin.delete("/api/keys/svc-up")
+    assert_error(admin.patch("/api/keys/svc-up", json={"rpm": 1}), 409, "revoked")
+
+
+def test_key_rotate_gives_a_new_secret_for_the_same_key(
+    server: Server, admin: httpx.Client
+) -> None:
+    old = admin.post("/api/keys", json={"name": "svc-rot", "tpm": 70}).json()["key"]
+    with server.client(old) as svc:
+        assert svc.get("/api/info").status_code == 200
+        r = admin.post("/api/keys/svc-rot/rotate")
+        assert r.status_code == 200, r.text
+        assert r.headers["cache-control"] == "no-store"
+        new, rec = r.json()["key"], r.json()["record"]
+        assert new.startswith("lmk-") and new != old and rec["prefix"] == new[:12]
+        assert (rec["name"], rec["tpm"], rec["revoked_at"]) == ("svc-rot", 70, None)
+        assert_error(svc.get("/api/info"), 401, "invalid API key")  # at once on /api
+    with server.client(new) as svc:
+        assert svc.get("/api/info").status_code == 200
+    [event, *_] = admin.get("/api/audit", params={"action": "key.rotate"}).json()
+    assert event["target"] == "svc-rot" and old not in json.dumps(event)
+    assert new not in json.dumps(event)
+    assert_error(admin.post("/api/keys/svc-rott/rotate"), 404, "did you mean 'svc-rot'?")
+    admin.delete("/api/keys/svc-rot")
+    assert_error(admin.post("/api/keys/svc-rot/rotate"), 409, "cannot rotate")
 
 
 def test_expired_key_is_refused(server: Server) -> None:

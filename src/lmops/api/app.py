@@ -23,8 +23,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -119,6 +119,19 @@ class KeyCreateBody(BaseModel):
     role: str = "user"
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
+    expires_at: datetime | None = None
+    scopes: list[str] | None = None
+
+
+class KeyUpdateBody(BaseModel):
+    """The fields to change; one left out stays, ``null`` removes that limit (no rpm/tpm
+    limit, every deployment, no expiry). Checked by the store, with the CLI's messages."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is a 400, not a no-op
+
+    role: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
     expires_at: datetime | None = None
     scopes: list[str] | None = None
 
@@ -290,6 +303,16 @@ def _api_router() -> APIRouter:
     @r.delete("/keys/{name}", response_model=ApiKey)
     def revoke_key(store: Admin, name: str) -> ApiKey:
         return store.keys.revoke(name)
+
+    @r.patch("/keys/{name}", response_model=ApiKey)
+    def update_key(store: Admin, name: str, body: KeyUpdateBody) -> ApiKey:
+        return store.keys.update(name, **body.model_dump(exclude_unset=True))
+
+    @r.post("/keys/{name}/rotate", response_model=KeyCreated)
+    def rotate_key(store: Admin, name: str, response: Response) -> KeyCreated:
+        record, secret = store.keys.rotate(name)
+        response.headers["Cache-Control"] = "no-store"  # the new secret is in this answer only
+        return KeyCreated(key=secret, record=record)
 
     # store maintenance and audit
     @r.post("/gc")
