@@ -261,6 +261,77 @@ def test_create_key_shows_secret_once_then_revoke(admin_page: Any, console: Cons
     )
 
 
+def test_edit_a_keys_limits_then_rotate_its_secret(admin_page: Any, console: Console) -> None:
+    _, secret = console.store.keys.create("rotor", rpm=30, scopes=["tides"])
+    api = f"{console.url}/api/assets?kind=prompt"
+
+    def status(key: str) -> int:
+        return httpx.get(api, headers={"Authorization": f"Bearer {key}"}).status_code
+
+    # a console session of the key, to see that rotating ends it at its next request
+    with httpx.Client(base_url=console.url) as session:
+        token = re.search(r'name="token" value="([^"]+)"', session.get("/ui/login").text)
+        assert token is not None
+        session.post("/ui/login", data={"key": secret, "token": token.group(1)})
+        assert session.get("/ui/runs").status_code == 200
+
+        admin_page.goto(f"{console.url}/ui/serving")
+        admin_page.click("summary[aria-label='edit rotor']")
+        form = admin_page.locator("#edit-rotor")
+        assert form.locator("input[name=rpm]").input_value() == "30"  # filled in as it is
+        assert form.locator("input[name=scopes]").input_value() == "tides"
+        form.locator("input[name=rpm]").fill("5")
+        form.locator("input[name=tpm]").fill("2000")
+        form.locator("input[name=scopes]").fill("")  # every deployment
+        form.locator("input[name=expires]").fill("2099-01-31")
+        shot(admin_page, "key-edit")
+        form.locator("button").click()
+        admin_page.wait_for_url(f"{console.url}/ui/serving")
+        key = console.store.keys.get("rotor")
+        assert (key.rpm, key.tpm, key.scopes, key.role) == (5, 2000, None, "user")
+        assert key.expires_at is not None and key.expires_at.date().isoformat() == "2099-01-31"
+        row = admin_page.locator("#keys tr", has_text="rotor").inner_text()
+        assert "5 rpm" in row and "2000 tpm" in row and "2099-01-31" in row
+        event = console.store.audit.list(action="key.update", limit=1)[0]
+        assert (event.actor, event.origin, event.target) == ("boss", "console", "rotor")
+        assert event.details["rpm"] == [30, 5] and event.details["scopes"] == [["tides"], None]
+        assert status(secret) == 200  # the same secret, new limits
+
+        # saving the form unchanged changes nothing (the expiry keeps its exact time)
+        admin_page.click("summary[aria-label='edit rotor']")
+        admin_page.locator("#edit-rotor button").click()
+        admin_page.wait_for_url(f"{console.url}/ui/serving")
+        assert console.store.keys.get("rotor") == key
+        assert console.store.audit.list(action="key.update", limit=1)[0].id == event.id
+        # a bad value is refused with the message the CLI gives
+        csrf = admin_page.locator("meta[name=csrf-token]").get_attribute("content")
+        resp = admin_page.request.post(
+            f"{console.url}/ui/keys/rotor/update", form={"csrf": csrf, "rpm": "0", "role": "user"}
+        )
+        assert resp.status == 400 and "--rpm must be a positive integer" in resp.text()
+
+        admin_page.once("dialog", lambda d: d.accept())
+        with admin_page.expect_response(f"{console.url}/ui/keys/rotor/rotate") as rotated:
+            admin_page.click("button[aria-label='rotate rotor']")
+        assert rotated.value.headers["cache-control"] == "no-store"
+        new = admin_page.locator("#secret").inner_text().strip()
+        assert new.startswith("lmk-") and new != secret
+        assert "New secret for key rotor" in admin_page.locator("main h1").inner_text()
+        shot(admin_page, "key-rotated")
+        assert status(secret) == 401 and status(new) == 200
+        key = console.store.keys.get("rotor")
+        assert (key.prefix, key.rpm, key.tpm) == (new[:12], 5, 2000)
+        resp = session.get("/ui/runs")  # the console authenticates every request again
+        assert resp.status_code == 303 and resp.headers["location"].startswith("/ui/login")
+
+    admin_page.goto(f"{console.url}/ui/serving")
+    assert new not in admin_page.content() and new[:12] in admin_page.content()
+    console.store.keys.revoke("rotor")
+    admin_page.goto(f"{console.url}/ui/serving")
+    assert admin_page.locator("summary[aria-label='edit rotor']").count() == 0  # revoked: no edits
+    assert admin_page.locator("button[aria-label='rotate rotor']").count() == 0
+
+
 def test_move_alias_asks_first(admin_page: Any, console: Console) -> None:
     admin_page.goto(f"{console.url}/ui/assets/tide-poem")
     admin_page.fill("#alias-form input[name=alias]", "production")
@@ -350,12 +421,17 @@ def test_writes_without_the_csrf_token_are_refused(admin_page: Any, console: Con
     for form in ({"name": "no-token"}, {"name": "no-token", "csrf": "forged"}):
         resp = admin_page.request.post(f"{console.url}/ui/keys", form=form)
         assert resp.status == 403 and "CSRF" in resp.text()
-    resp = admin_page.request.post(
-        f"{console.url}/ui/keys/boss/revoke", headers={"X-CSRF-Token": "forged"}
-    )
-    assert resp.status == 403
+    for action in ("revoke", "rotate", "update"):
+        resp = admin_page.request.post(
+            f"{console.url}/ui/keys/boss/{action}",
+            headers={"X-CSRF-Token": "forged"},
+            form={"rpm": "1"},
+        )
+        assert resp.status == 403, action
     assert "no-token" not in {k.name for k in console.store.keys.list()}
     assert console.store.keys.get("boss").revoked_at is None
+    assert console.store.keys.get("boss").rpm is None
+    assert not console.store.audit.list(action="key.rotate", target="boss")
 
 
 def test_no_request_of_any_test_left_loopback(console: Console, browser: Any) -> None:

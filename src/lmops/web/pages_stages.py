@@ -90,6 +90,20 @@ def _is_wrong(item: dict[str, Any]) -> bool:
     return isinstance(first, int | float) and first == 0
 
 
+def _form_limit(form: Any, field: str) -> int | None:
+    """A key's ``rpm``/``tpm`` from a form; empty: no limit."""
+    raw = str(form.get(field, "")).strip()
+    if raw and not raw.isdigit():
+        raise UserError(f"{field}: give a whole number of requests/tokens per minute")
+    return int(raw) if raw else None
+
+
+def _form_scopes(form: Any) -> list[str] | None:
+    """The deployments a key may call, comma-separated (empty: all), as ``--scope``."""
+    scopes = [d.strip() for d in str(form.get("scopes", "")).split(",") if d.strip()]
+    return scopes or None
+
+
 def add_routes(r: APIRouter) -> None:
     # -- data ------------------------------------------------------------------------------------
     @r.get("/data", response_class=HTMLResponse)
@@ -382,25 +396,17 @@ def add_routes(r: APIRouter) -> None:
         form = await request.form()
         name = str(form.get("name", "")).strip()
         role = str(form.get("role", "user"))
-        limits: dict[str, int | None] = {}
-        for field in ("rpm", "tpm"):
-            raw = str(form.get(field, "")).strip()
-            if raw and not raw.isdigit():
-                raise UserError(f"{field}: give a whole number of requests/tokens per minute")
-            limits[field] = int(raw) if raw else None
         days = str(form.get("days", "")).strip()
         if days and not days.isdigit():
             raise UserError("expires: give a whole number of days")
         expires = datetime.now(UTC) + timedelta(days=int(days)) if days else None
-        # the deployments the key may call (empty: all), as `lmops keys create --scope`
-        scopes = [d.strip() for d in str(form.get("scopes", "")).split(",") if d.strip()]
         record, secret = viewer.store.keys.create(
             name,
             role=role,
-            rpm=limits["rpm"],
-            tpm=limits["tpm"],
+            rpm=_form_limit(form, "rpm"),
+            tpm=_form_limit(form, "tpm"),
             expires_at=expires,
-            scopes=scopes or None,
+            scopes=_form_scopes(form),
         )
         resp = render(
             request, viewer, "key_created.html", section="serving", record=record, secret=secret
@@ -413,6 +419,47 @@ def add_routes(r: APIRouter) -> None:
         await require_write(request, viewer)
         viewer.store.keys.revoke(name)
         return RedirectResponse(f"{PREFIX}/serving", 303)
+
+    @r.post("/keys/{name}/update")
+    async def update_key(request: Request, viewer: Page, name: str) -> Response:
+        """The edit form of a key row: every field is sent, so an empty one removes that
+        limit, and an expiry date that is the key's own keeps its exact time."""
+        await require_write(request, viewer)
+        form = await request.form()
+        key = viewer.store.keys.get(name)
+        changes: dict[str, Any] = {
+            "role": str(form.get("role", key.role)),
+            "rpm": _form_limit(form, "rpm"),
+            "tpm": _form_limit(form, "tpm"),
+            "scopes": _form_scopes(form),
+        }
+        day = str(form.get("expires", "")).strip()
+        if not day:
+            changes["expires_at"] = None
+        elif key.expires_at is None or day != key.expires_at.astimezone(UTC).date().isoformat():
+            try:  # the start of that day, UTC, as `lmops keys update --expires DAY`
+                changes["expires_at"] = datetime.fromisoformat(day).replace(tzinfo=UTC)
+            except ValueError:
+                raise UserError(f"expires: {day!r} is not a date like 2027-01-31") from None
+        viewer.store.keys.update(name, **changes)
+        return RedirectResponse(f"{PREFIX}/serving", 303)
+
+    @r.post("/keys/{name}/rotate", response_class=HTMLResponse)
+    async def rotate_key(request: Request, viewer: Page, name: str) -> Response:
+        await require_write(request, viewer)
+        record, secret = viewer.store.keys.rotate(name)
+        resp = render(
+            request,
+            viewer,
+            "key_created.html",
+            section="serving",
+            record=record,
+            secret=secret,
+            rotated=True,
+            own=record.name == viewer.key.name,
+        )
+        resp.headers["Cache-Control"] = "no-store"  # the secret is on this page only
+        return resp
 
     # -- monitoring ------------------------------------------------------------------------------
     @r.get("/monitoring", response_class=HTMLResponse)
