@@ -155,7 +155,8 @@ class KeyRing:
             return _rows.api_key(_row(s, name))
 
     def revoke(self, name: str) -> ApiKey:
-        """Revoke a key; effective for the very next request that presents it."""
+        """Revoke a key: refused at once by ``/api`` and the console, and by the gateway
+        within ``KEY_CACHE_S`` (it trusts an authenticated key that long)."""
 
         def rev(s: Session) -> ApiKey:
             row = _row(s, name)
