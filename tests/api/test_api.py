@@ -460,6 +460,7 @@ def test_key_update_changes_limits_and_keeps_the_secret(
         ({}, "nothing to change for key 'svc-up'"),
         ({"rmp": 5}, "rmp"),
         ({"scopes": "chat"}, "scopes"),
+        ({"scopes": []}, "give at least one deployment name"),
     ]:
         assert_error(admin.patch("/api/keys/svc-up", json=body), 400, needle)
     assert_error(admin.patch("/api/keys/svc-upp", json={"rpm": 1}), 404, "did you mean 'svc-up'?")
@@ -470,7 +471,11 @@ def test_key_update_changes_limits_and_keeps_the_secret(
 def test_key_rotate_gives_a_new_secret_for_the_same_key(
     server: Server, admin: httpx.Client
 ) -> None:
-    old = admin.post("/api/keys", json={"name": "svc-rot", "tpm": 70}).json()["key"]
+    created = admin.post("/api/keys", json={"name": "svc-rot", "tpm": 70})
+    assert created.headers["cache-control"] == "no-store"  # the secret is in this answer only
+    assert_error(admin.post("/api/keys", json={"name": "none-at-all", "scopes": []}), 400,
+                 "give at least one deployment name")  # fmt: skip
+    old = created.json()["key"]
     with server.client(old) as svc:
         assert svc.get("/api/info").status_code == 200
         r = admin.post("/api/keys/svc-rot/rotate")

@@ -289,7 +289,8 @@ def _api_router() -> APIRouter:
         return store.keys.list()
 
     @r.post("/keys", response_model=KeyCreated, status_code=201)
-    def create_key(store: Admin, body: KeyCreateBody) -> KeyCreated:
+    def create_key(store: Admin, body: KeyCreateBody, response: Response) -> KeyCreated:
+        response.headers["Cache-Control"] = "no-store"  # the secret is in this answer only
         record, secret = store.keys.create(
             body.name,
             role=body.role,

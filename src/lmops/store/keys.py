@@ -75,6 +75,19 @@ def _check_limit(label: str, v: int | None) -> None:
         check_int(v, f"--{label}", maximum=INT32_MAX)  # an INTEGER column
 
 
+def _check_scopes(scopes: list[str] | None) -> list[str] | None:
+    """The deployments a key may call, each named once; an empty list (a key that could
+    call nothing) is refused: ``None`` means every deployment."""
+    if scopes is None:
+        return None
+    kept = list(dict.fromkeys(str(d).strip() for d in scopes if str(d).strip()))
+    if not kept:
+        raise UserError(
+            "scopes: give at least one deployment name, or none at all for every deployment"
+        )
+    return kept
+
+
 def _check_expiry(expires_at: datetime | None) -> datetime | None:
     """``expires_at`` in UTC; a time already past is refused."""
     expires_at = aware(expires_at)
@@ -118,6 +131,7 @@ class KeyRing:
         _check_limit("rpm", rpm)
         _check_limit("tpm", tpm)
         expires_at = _check_expiry(expires_at)
+        scopes = _check_scopes(scopes)
         secret = _new_secret()
 
         def add(s: Session) -> ApiKey:
@@ -207,6 +221,8 @@ class KeyRing:
                 _check_limit(label, asked[label])
         if "expires_at" in asked:
             asked["expires_at"] = _check_expiry(asked["expires_at"])
+        if "scopes" in asked:
+            asked["scopes"] = _check_scopes(asked["scopes"])
 
         def upd(s: Session) -> ApiKey:
             row = self._active_row(s, name, "update")
