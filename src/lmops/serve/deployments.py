@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lmops.core.errors import NotFoundError, UserError
+from lmops.core.errors import NotFoundError, UserError, name_hint
 from lmops.core.modelfiles import refuse_reward_model
-from lmops.core.yamlcfg import error_message, format_loc, load_config
+from lmops.core.yamlcfg import FieldError, error_message, format_loc, load_config
 from lmops.models.types import Delta, Done, GenRequest
 
 B = TypeVar("B", bound=BaseModel)
@@ -175,6 +175,19 @@ class DeploymentSpec(BaseModel):
     # a registered prompt that wraps every request (``support@production``); a chat
     # request may pick another with {"prompt": ref}: see lmops.prompts.binding
     prompt: str | None = None
+    # when a try fails before the first byte of its reply (the upstream refused the
+    # connection, timed out, answered 429/500/502/503/504; the engine's queue was full):
+    # try this deployment again up to ``retries`` more times, waiting ``retry_backoff_s``
+    # doubled each time, or the upstream's Retry-After, each wait at most
+    # ``retry_max_wait_s`` (a longer Retry-After skips the tries left); then each of
+    # ``fallbacks`` in order, with its own retries and fallbacks (lmops.serve.fallbacks)
+    retries: int = Field(0, ge=0, le=10)
+    retry_backoff_s: float = Field(0.25, ge=0, le=60)
+    retry_max_wait_s: float = Field(10.0, ge=0, le=600)
+    fallbacks: list[str] = Field(default_factory=list)
+    # an upstream's wait for a connection and for each piece of data (a reply that has
+    # not begun after this long is a timeout, which a retry or a fallback takes over)
+    upstream_timeout_s: float = Field(600.0, gt=0)
 
     @field_validator("guardrails")
     @classmethod
@@ -236,6 +249,56 @@ def guardrail_config(cfg: dict[str, Any] | None) -> GuardrailConfig:
 class DeploymentsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     deployments: list[DeploymentSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _fallbacks_resolve(self) -> DeploymentsFile:
+        problem = fallback_problem(self.deployments)
+        if problem is not None:  # named at its item, so the error gives its line
+            (i, j), message = problem
+            raise FieldError(("deployments", i, "fallbacks", j), message)
+        return self
+
+
+def fallback_problem(specs: list[DeploymentSpec]) -> tuple[tuple[int, int], str] | None:
+    """The first fallback that cannot be followed, as ((deployment index, fallback index),
+    message): a name no deployment has (with a did-you-mean), a deployment's own name, one
+    named twice in a list, or one that closes a cycle (``a -> b -> a``: fallbacks are
+    followed on, so a cycle would never end). None when every chain ends."""
+    names = [s.name for s in specs]
+    index = {s.name: i for i, s in enumerate(specs)}
+    for i, spec in enumerate(specs):
+        for j, name in enumerate(spec.fallbacks):
+            if name == spec.name:
+                return (i, j), f"deployment {name!r} falls back to itself; name another one"
+            if name not in index:
+                hint = name_hint(name, [n for n in names if n != spec.name], "deployments")
+                return (i, j), f"unknown deployment {name!r}" + (f"; {hint}" if hint else "")
+            if name in spec.fallbacks[:j]:
+                return (i, j), f"{name!r} is named twice in fallbacks"
+    # depth-first from each deployment; an edge back onto the path closes a cycle
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> tuple[tuple[int, int], str] | None:
+        spec = specs[index[name]]
+        for j, nxt in enumerate(spec.fallbacks):
+            if nxt in path:
+                cycle = [*path[path.index(nxt) :], name, nxt]
+                return (index[name], j), (
+                    f"fallbacks form a cycle: {' -> '.join(cycle)}; remove one of them"
+                )
+            if nxt not in done:
+                found = visit(nxt, [*path, name])
+                if found is not None:
+                    return found
+        done.add(name)
+        return None
+
+    for name in names:
+        if name not in done:
+            found = visit(name, [])
+            if found is not None:
+                return found
+    return None
 
 
 def parse_model_args(items: list[str]) -> list[DeploymentSpec]:
@@ -488,6 +551,10 @@ class Registry:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise UserError(f"deployment {sorted(dup)[0]!r} is defined twice")
+        problem = fallback_problem(specs)
+        if problem is not None:  # specs built in code (a file's are checked as it loads)
+            (i, j), message = problem
+            raise UserError(f"deployments[{i}].fallbacks[{j}]: {message}")
         self.deployments: dict[str, Deployment] = {}
         for spec in specs:
             try:
