@@ -30,6 +30,11 @@ Contract:
   in all messages' text), ``completion_tokens`` the number of tokens produced.
 * With probability ``fail_rate`` (drawn from ``random.Random(seed)``, one draw per
   completion request) a request fails with HTTP 500 before any byte of the reply.
+* Deterministic failures, for retries and fallbacks: the first ``fail_first`` completion
+  requests fail with ``fail_status`` (default 500; a 429 is a ``rate_limit_error``) before
+  any byte of the reply, with a ``Retry-After: <retry_after>`` header when that is set;
+  ``break_after`` > 0 cuts every streamed reply's connection after that many token chunks
+  (no finish chunk, no ``[DONE]``: a stream that broke midway).
 * With ``api_key`` set, requests need ``Authorization: Bearer <api_key>`` (else 401).
 * ``reply`` replaces the ``tok{i}`` text: every reply is that text, its tokens being its
   whitespace-led words (``"a b"`` is ``"a"``, ``" b"``), cut at ``max_tokens``.
@@ -170,6 +175,8 @@ class _Fake:
         seed: int,
         api_key: str | None,
         chunk_tokens: int,
+        fail_first: int = 0,
+        fail_status: int = 500,
     ) -> None:
         if ttft_s < 0 or itl_s < 0:
             raise UserError(f"ttft_s and itl_s must be >= 0, got {ttft_s} and {itl_s}")
@@ -177,6 +184,11 @@ class _Fake:
             raise UserError(f"tokens and chunk_tokens must be >= 1, got {tokens}, {chunk_tokens}")
         if not 0.0 <= fail_rate <= 1.0:
             raise UserError(f"fail_rate must be in [0, 1], got {fail_rate}")
+        if fail_first < 0 or not 400 <= fail_status <= 599:
+            raise UserError(
+                f"fail_first must be >= 0 and fail_status an HTTP error status, got "
+                f"{fail_first} and {fail_status}"
+            )
         self.ttft_s = ttft_s
         self.itl_s = itl_s
         self.tokens = tokens
@@ -185,6 +197,9 @@ class _Fake:
         self.api_key = api_key
         self.chunk_tokens = chunk_tokens
         self._rng = random.Random(seed)
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self._failed = 0
         self._ids = itertools.count()
         self._lock = threading.Lock()
 
@@ -192,9 +207,14 @@ class _Fake:
         with self._lock:
             return f"{prefix}-fake-{next(self._ids)}"
 
-    def should_fail(self) -> bool:
+    def failure(self) -> int | None:
+        """The status this completion request fails with (None: it is answered): one of
+        the first ``fail_first``, else one drawn at ``fail_rate`` (a 500)."""
         with self._lock:
-            return self._rng.random() < self.fail_rate
+            if self._failed < self.fail_first:
+                self._failed += 1
+                return self.fail_status
+            return 500 if self._rng.random() < self.fail_rate else None
 
     def check_key(self, request: Request) -> None:
         if self.api_key is None:
@@ -247,6 +267,10 @@ def create_fake_app(
     reply: str | None = None,
     send_usage: bool = True,
     requests: list[dict[str, Any]] | None = None,
+    fail_first: int = 0,
+    fail_status: int = 500,
+    retry_after: float | None = None,
+    break_after: int = 0,
 ) -> FastAPI:
     """Build the fake upstream (see the module docstring for its contract)."""
     words = re.findall(r"\s*\S+", reply) if reply is not None else None
@@ -261,6 +285,8 @@ def create_fake_app(
         seed=seed,
         api_key=api_key,
         chunk_tokens=chunk_tokens,
+        fail_first=fail_first,
+        fail_status=fail_status,
     )
     app = FastAPI(title="lmops fake OpenAI upstream", docs_url=None, redoc_url=None)
 
@@ -315,8 +341,13 @@ def create_fake_app(
         options = body.get("stream_options") or {}
         if not isinstance(options, dict):
             raise _BadRequest(400, "'stream_options' must be an object", param="stream_options")
-        if fake.should_fail():
-            return _error(500, "injected failure (fail_rate)", "server_error")
+        failure = fake.failure()
+        if failure is not None:
+            kind = "rate_limit_error" if failure == 429 else "server_error"
+            failed = _error(failure, f"injected failure ({failure})", kind)
+            if retry_after is not None:
+                failed.headers["Retry-After"] = f"{retry_after:g}"
+            return failed
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": n_out,
@@ -339,6 +370,7 @@ def create_fake_app(
                 texts=texts,
                 finish=finish,
                 usage=usage if options.get("include_usage") and send_usage else None,
+                break_after=break_after,
             )
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -386,6 +418,7 @@ async def _stream(
     texts: list[str],
     finish: str,
     usage: dict[str, int] | None,
+    break_after: int = 0,
 ) -> AsyncIterator[str]:
     base = {
         "id": rid,
@@ -415,6 +448,9 @@ async def _stream(
         piece = texts[start : start + k]
         await asyncio.sleep(fake.ttft_s if start == 0 else fake.itl_s * len(piece))
         yield event([choice("".join(piece), None)])
+        if break_after and start // k + 1 >= break_after:
+            # uvicorn drops the connection of a body that raised: the client's read breaks
+            raise ConnectionAbortedError("break_after: the stream broke on purpose")
     yield event([choice("", finish)])
     if usage is not None:
         yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
@@ -489,6 +525,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--itl-s", type=float, default=0.0)
     p.add_argument("--chunk-tokens", type=int, default=1)
     p.add_argument("--fail-rate", type=float, default=0.0)
+    p.add_argument("--fail-first", type=int, default=0, help="fail the first N requests")
+    p.add_argument("--fail-status", type=int, default=500, help="their status (e.g. 429, 503)")
+    p.add_argument("--retry-after", type=float, default=None, help="their Retry-After (s)")
+    p.add_argument("--break-after", type=int, default=0, help="cut streams after N chunks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY") or None)
     a = p.parse_args(argv)
@@ -503,6 +543,10 @@ def main(argv: list[str] | None = None) -> None:
         fail_rate=a.fail_rate,
         seed=a.seed,
         api_key=a.api_key,
+        fail_first=a.fail_first,
+        fail_status=a.fail_status,
+        retry_after=a.retry_after,
+        break_after=a.break_after,
     )
 
 
