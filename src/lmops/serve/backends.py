@@ -25,6 +25,7 @@ reasoning field...) ride along in ``extra`` and are passed on to the client.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -439,7 +440,10 @@ class UpstreamBackend:
         estimate = self.estimate_prompt(job)
         if not job.stream:
             body.pop("stream_options", None)
-            status, data = await self.upstream.request(path, {**body, "stream": False})
+            try:
+                status, data = await self.upstream.request(path, {**body, "stream": False})
+            except UpstreamRefused as e:  # a 429
+                raise upstream_error(e.status, e.data, e.retry_after_s) from None
             if status >= 400:
                 raise upstream_error(status, data)
             return _UpstreamReply(data, job.kind, estimate)
@@ -449,32 +453,44 @@ class UpstreamBackend:
         try:
             stream = await self.upstream.open_stream(path, body)
         except UpstreamRefused as e:
-            raise upstream_error(e.status, e.data) from None
+            raise upstream_error(e.status, e.data, e.retry_after_s) from None
         return _UpstreamStream(stream, job.kind, estimate)
 
     async def embed(self, texts: list[str]) -> tuple[dict[str, Any], int]:
-        status, data = await self.upstream.request(
-            "/embeddings", {"input": texts, "encoding_format": "float"}
-        )
+        from lmops.serve.upstream import UpstreamRefused
+
+        try:
+            status, data = await self.upstream.request(
+                "/embeddings", {"input": texts, "encoding_format": "float"}
+            )
+        except UpstreamRefused as e:  # a 429
+            raise upstream_error(e.status, e.data, e.retry_after_s) from None
         if status >= 400:
             raise upstream_error(status, data)
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         return data, int((usage or {}).get("prompt_tokens", 0) or 0)
 
 
-def upstream_error(status: int, data: dict[str, Any]) -> OpenAIError:
-    """An upstream's 4xx in OpenAI's shape, whatever shape the upstream's error had."""
+def upstream_error(
+    status: int, data: dict[str, Any], retry_after_s: float | None = None
+) -> OpenAIError:
+    """An upstream's 4xx in OpenAI's shape, whatever shape the upstream's error had; the
+    wait it asked for (a 429's ``Retry-After``) is passed on."""
     err = data.get("error")
     if not isinstance(err, dict):
         err = {"message": err} if isinstance(err, str) else {}
     param, code = err.get("param"), err.get("code")
-    return OpenAIError(
+    out = OpenAIError(
         status,
         str(err.get("message") or data)[:2000],
         type_=str(err.get("type") or "invalid_request_error"),
         param=param if isinstance(param, str) else None,
         code=code if isinstance(code, str) else None,
     )
+    if retry_after_s is not None:
+        out.retry_after_s = retry_after_s
+        out.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    return out
 
 
 class _Choices:

@@ -86,6 +86,8 @@ class OpenAIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        # the wait an upstream asked for with a 429 it passed on (for retries)
+        self.retry_after_s: float | None = None
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)

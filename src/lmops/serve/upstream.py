@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import weakref
 from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -28,7 +30,7 @@ import aiohttp
 from lmops.core.config import mask_url
 from lmops.core.sse import SSEDecoder
 
-__all__ = ["Upstream", "UpstreamError", "UpstreamRefused", "UpstreamStream"]
+__all__ = ["Upstream", "UpstreamError", "UpstreamRefused", "UpstreamStream", "retry_after"]
 
 # Connections kept open to one upstream per event loop; requests beyond it wait for one.
 MAX_CONNECTIONS = 1024
@@ -36,17 +38,70 @@ KEEPALIVE_S = 60.0
 
 
 class UpstreamError(Exception):
-    """The upstream failed (connection, 5xx, a broken stream): the gateway answers 502."""
+    """The upstream failed (connection, 5xx, a broken stream): the gateway answers 502.
+
+    ``kind`` says how, for retries (:mod:`lmops.serve.fallbacks`): ``connect`` (no
+    connection, or it closed before a reply), ``timeout`` (no data within the timeout),
+    ``status`` (an error status: ``status``), ``stream`` (a stream that broke or sent a
+    bad chunk) or ``body`` (a reply that is not a JSON object). ``retry_after_s``: the
+    upstream's ``Retry-After``, when it sent one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "status",
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamRefused(UpstreamError):
     """The upstream refused the request with a 4xx; ``data`` is its (JSON) error body, so
     the gateway can pass the refusal on in OpenAI's shape with the same status."""
 
-    def __init__(self, message: str, status: int, data: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.status = status
+    def __init__(
+        self,
+        message: str,
+        status: int,
+        data: dict[str, Any],
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, retry_after_s=retry_after_s)
+        self.status: int = status
         self.data = data
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds an HTTP reply asks the client to wait: ``retry-after-ms`` (OpenAI's), else
+    ``Retry-After`` in seconds or as an HTTP date; None when it names no wait."""
+    ms = headers.get("retry-after-ms")
+    try:
+        if ms is not None:
+            return max(0.0, float(ms) / 1000)
+    except ValueError:
+        pass
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _unreachable(shown_url: str, e: BaseException) -> UpstreamError:
+    kind = "timeout" if isinstance(e, TimeoutError) else "connect"
+    return UpstreamError(f"upstream {shown_url} unreachable: {e or type(e).__name__}", kind=kind)
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
@@ -97,9 +152,12 @@ class UpstreamStream:
                 if batch or done:
                     yield batch, done
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise UpstreamError(f"upstream {base} stream broke: {e or type(e).__name__}") from None
+            kind = "timeout" if isinstance(e, TimeoutError) else "stream"
+            raise UpstreamError(
+                f"upstream {base} stream broke: {e or type(e).__name__}", kind=kind
+            ) from None
         except ValueError as e:  # a data line that is not JSON
-            raise UpstreamError(f"upstream {base} sent a bad chunk: {e}") from None
+            raise UpstreamError(f"upstream {base} sent a bad chunk: {e}", kind="stream") from None
         finally:
             self._r.release()
 
@@ -150,24 +208,29 @@ class Upstream:
 
     async def request(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """POST ``body`` (with the upstream's model name); ``(status, JSON object)`` for a
-        status below 500. Raises :class:`UpstreamError` for a 5xx, a dead upstream or a body
-        that is not a JSON object."""
+        status below 500 but 429. Raises :class:`UpstreamRefused` for a 429 (with its
+        ``Retry-After``), :class:`UpstreamError` for a 5xx, a dead upstream or a body that
+        is not a JSON object."""
         url = self.base_url + path
         try:
             async with self._session().post(url, json={**body, "model": self.model}) as r:
                 text = await r.text(errors="replace")
                 status = r.status
+                wait = retry_after(r.headers) if status == 429 or status >= 500 else None
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise UpstreamError(
-                f"upstream {self.shown_url} unreachable: {e or type(e).__name__}"
-            ) from None
+            raise _unreachable(self.shown_url, e) from None
+        message = f"upstream {self.shown_url} failed with {status}: {text[:200]}"
         if status >= 500:
-            raise UpstreamError(f"upstream {self.shown_url} failed with {status}: {text[:200]}")
+            raise UpstreamError(message, status=status, retry_after_s=wait)
         data = _json_object(text)
+        if status == 429:
+            data = data or {"error": {"message": text[:2000] or message}}
+            raise UpstreamRefused(message, status, data, retry_after_s=wait)
         if data is None:
             raise UpstreamError(
                 f"upstream {self.shown_url} answered {status} with a body that is not a JSON "
-                f"object: {text[:200]!r}"
+                f"object: {text[:200]!r}",
+                kind="body",
             )
         return status, data
 
@@ -180,11 +243,10 @@ class Upstream:
         try:
             r = await self._session().post(url, json=payload)
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise UpstreamError(
-                f"upstream {self.shown_url} unreachable: {e or type(e).__name__}"
-            ) from None
+            raise _unreachable(self.shown_url, e) from None
         if r.status < 400:
             return UpstreamStream(self, r)
+        wait = retry_after(r.headers)
         try:
             text = await r.text(errors="replace")
         except (TimeoutError, aiohttp.ClientError):
@@ -193,9 +255,9 @@ class Upstream:
             r.release()
         message = f"upstream {self.shown_url} failed with {r.status}: {text[:200]}"
         if r.status >= 500:
-            raise UpstreamError(message)
+            raise UpstreamError(message, status=r.status, retry_after_s=wait)
         data = _json_object(text) or {"error": {"message": text[:2000] or message}}
-        raise UpstreamRefused(message, r.status, data)
+        raise UpstreamRefused(message, r.status, data, retry_after_s=wait)
 
     async def stream_batches(
         self, path: str, body: dict[str, Any]
