@@ -613,12 +613,16 @@ def usage(
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:,.1f}"
 
+    # retries and fallbacks (lmops.serve.fallbacks) get columns once there were any
+    tried = bool(data["total"].get("retried"))
+
     def rows(group: dict[str, Any]) -> list[list[Any]]:
         return [
             [
                 name,
                 f"{g['requests']:,}",
                 f"{g['errors']:,}",
+                *([f"{g['retried']:,}", f"{g['fallback_answers']:,}"] if tried else []),
                 f"{g['prompt_tokens']:,}",
                 f"{g['completion_tokens']:,}",
                 ms(g.get("latency_p50_ms")),
@@ -627,7 +631,8 @@ def usage(
             for name, g in group.items()
         ]
 
-    cols = ["requests", "errors", "prompt tok", "completion tok", "p50 ms", "ttft p50 ms"]
+    cols = ["requests", "errors", *(["retried", "by fallback"] if tried else [])]
+    cols += ["prompt tok", "completion tok", "p50 ms", "ttft p50 ms"]
     table("per key", ["key", *cols], rows(data["by_key"]))
     table("per deployment", ["deployment", *cols], rows(data["by_deployment"]))
 

@@ -68,6 +68,14 @@ def trace_cmd(
         console.print(f"guardrails: {action}", markup=False, highlight=False)
     verb = "answered by" if t.answered else "would have been answered by"
     console.print(f"{verb} {t.model_ref or '-'}", markup=False, highlight=False)
+    for n, tried in enumerate(t.tries, 1):  # retries and fallbacks, when there were any
+        outcome = f"failed: {tried.get('reason')}" if tried.get("reason") else "answered"
+        console.print(
+            f"  try {n}: {tried.get('deployment')} ({tried.get('model_ref') or '-'}) {outcome}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if t.prompt_ref:
         console.print(f"wrapped by prompt {t.prompt_ref}", markup=False, highlight=False)
     for g in (t.model, t.prompt):

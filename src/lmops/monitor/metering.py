@@ -65,10 +65,14 @@ class UsageStats(BaseModel):
 
     ``errors`` counts replies with status >= 400 (refusals included). Latency percentiles
     are over successful requests only (a refusal's few milliseconds are not service
-    time); TTFT over the requests that recorded one (streamed replies)."""
+    time); TTFT over the requests that recorded one (streamed replies). ``retried``:
+    requests that took more than one try (retries or fallbacks, lmops.serve.fallbacks);
+    ``fallback_answers``: those another deployment than the one named answered."""
 
     requests: int = 0
     errors: int = 0
+    retried: int = 0
+    fallback_answers: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -93,11 +97,26 @@ class UsageReport(BaseModel):
 class _Acc:
     def __init__(self) -> None:
         self.requests = self.errors = self.prompt = self.completion = 0
+        self.retried = self.fallback_answers = 0
         self.latency: list[float] = []
         self.ttft: list[float] = []
 
-    def add(self, status: int, pt: int, ct: int, lat: float | None, ttft: float | None) -> None:
+    def add(
+        self,
+        status: int,
+        pt: int,
+        ct: int,
+        lat: float | None,
+        ttft: float | None,
+        tries: list[Any] | None = None,
+    ) -> None:
         self.requests += 1
+        if tries:
+            self.retried += 1
+            last = tries[-1] if isinstance(tries[-1], dict) else {}
+            first = tries[0] if isinstance(tries[0], dict) else {}
+            if last.get("status") == 200 and last.get("deployment") != first.get("deployment"):
+                self.fallback_answers += 1
         self.prompt += pt
         self.completion += ct
         if status >= 400:
@@ -111,6 +130,8 @@ class _Acc:
         return UsageStats(
             requests=self.requests,
             errors=self.errors,
+            retried=self.retried,
+            fallback_answers=self.fallback_answers,
             prompt_tokens=self.prompt,
             completion_tokens=self.completion,
             total_tokens=self.prompt + self.completion,
@@ -140,7 +161,8 @@ def usage(
             by_dep.setdefault(r.deployment or NO_KEY, _Acc()),
             total,
         ):
-            acc.add(r.status, r.prompt_tokens, r.completion_tokens, r.latency_ms, r.ttft_ms)
+            tries = (r.guardrails or {}).get("tries")
+            acc.add(r.status, r.prompt_tokens, r.completion_tokens, r.latency_ms, r.ttft_ms, tries)
     return UsageReport(
         since=since,
         until=until,

@@ -1,6 +1,6 @@
 """Prometheus metrics of the gateway, served at ``/metrics``: requests, tokens, TTFT and
 end-to-end latency histograms, queue depth and running sequences per deployment,
-rate-limit rejections and guardrail actions."""
+rate-limit rejections, guardrail actions, retries and fallbacks."""
 
 from __future__ import annotations
 
@@ -82,6 +82,20 @@ class Metrics:
             ["deployment", "direction", "action"],
             registry=self.reg,
         )
+        # lmops.serve.fallbacks: a deployment tried again after a failure, and a request
+        # moving on from a deployment to its fallback, by why the last try failed
+        self.retries = Counter(
+            "lmops_retries",
+            "Deployments tried again after a failure before the reply began",
+            ["deployment", "reason"],
+            registry=self.reg,
+        )
+        self.fallbacks = Counter(
+            "lmops_fallbacks",
+            "Requests moved on from a deployment to its fallback",
+            ["deployment", "fallback", "reason"],
+            registry=self.reg,
+        )
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         mode: dict[str, Any] = {"multiprocess_mode": "livesum"} if self.multiprocess else {}
         self.queue = Gauge(
@@ -133,6 +147,12 @@ class Metrics:
 
     def guardrail(self, direction: str, action: str, dep: str) -> None:
         self.guard.labels(dep, direction, action).inc()
+
+    def retry(self, dep: str, reason: str) -> None:
+        self.retries.labels(dep, reason).inc()
+
+    def fallback(self, dep: str, fallback: str, reason: str) -> None:
+        self.fallbacks.labels(dep, fallback, reason).inc()
 
     def render(self) -> bytes:
         if self.multiprocess:

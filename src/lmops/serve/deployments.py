@@ -391,7 +391,10 @@ class Deployment:
             from lmops.serve.upstream import Upstream
 
             self.upstream = Upstream(
-                spec.upstream, spec.upstream_model or spec.name, api_key=spec.upstream_api_key
+                spec.upstream,
+                spec.upstream_model or spec.name,
+                api_key=spec.upstream_api_key,
+                timeout=spec.upstream_timeout_s,
             )
         elif spec.fake is not None:
             pass  # answered by FakeBackend, nothing to load

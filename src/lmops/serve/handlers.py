@@ -9,7 +9,9 @@ One request, in order::
     -> backend.precheck (cheap refusals: a prompt surely longer than the context)
     -> input guardrails (every message, every role; the prompt of a completion)
     -> backend.prepare (tokenize off the event loop when long; context check)
-    -> backend.start (engine queue / upstream request: refusals are a status, not a stream)
+    -> backend.start (engine queue / upstream request: refusals are a status, not a stream);
+       a failure before the reply began is tried again, then on the deployment's
+       fallbacks (serve/fallbacks.py)
     -> full: output guardrails on every choice's text | stream: a stream guard per choice
     -> finish: the real token counts reconcile the admission estimate; request log, metrics
 
@@ -37,7 +39,7 @@ from fastapi.responses import JSONResponse, Response
 from lmops.models.types import TokenLogprob
 from lmops.monitor.accesslog import ensure_request_id
 from lmops.security.moderation.encoder import Deferred, deferred
-from lmops.serve import tools
+from lmops.serve import fallbacks, tools
 from lmops.serve.backends import Backend, Generation, Job, approx_tokens
 from lmops.serve.protocol import (
     ChatRequest,
@@ -164,13 +166,9 @@ def completion_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
 
 
 def failed(ctx: Any, e: Exception) -> OpenAIError:
-    """The OpenAI error for a request that failed (an upstream failure is a 502), recorded
-    on its policy context, with the context's rate-limit headers."""
-    err = (
-        e
-        if isinstance(e, OpenAIError)
-        else OpenAIError(502, str(e), type_="server_error", code="upstream_error")
-    )
+    """The OpenAI error for a request that failed (an upstream failure is a 502, a full
+    engine queue a 503), recorded on its policy context, with the context's headers."""
+    err = fallbacks.openai_error(e)
     ctx.fail(err.status, err.message)
     err.headers = {**ctx.headers(), **err.headers}
     return err
@@ -302,22 +300,14 @@ class Handlers:
             )
             backend.precheck(job)
             await self._check_input(ctx, job)
-            await backend.prepare(job)
-            gen = await backend.start(job)
+            # prepare and start, tried again and on the fallbacks where the spec says so
+            gen, backend, job = await fallbacks.start(self.gw.registry, dep, backend, job, ctx)
             if job.stream:
                 return EventStream(self._stream(job, gen, ctx, started), headers=ctx.headers())
             body = await self._full(job, gen, ctx, backend.model_ref)
             ctx.finish(200, gen.prompt_tokens, gen.completion_tokens, response=body)
             return JSONResponse(body, headers=ctx.headers())
-        except EngineOverloaded as e:
-            err = OpenAIError(
-                503,
-                f"The engine is currently overloaded ({e}); please retry",
-                type_="server_error",
-                code="engine_overloaded",
-            )
-            raise failed(ctx, err) from None
-        except (UpstreamError, OpenAIError) as e:
+        except (EngineOverloaded, UpstreamError, OpenAIError) as e:
             raise failed(ctx, e) from None
         finally:
             if gen is not None and not stream:

@@ -99,6 +99,10 @@ class RequestContext:
         self.guard = policy.guards[dep.name]
         self.started = time.perf_counter()
         self.lease: Any = None
+        self.estimate = 0  # the tokens admission charged (a fallback is charged the same)
+        self.fallback_lease: Any = None  # the limits of the fallback in use (fallbacks.py)
+        self.tries: list[dict[str, Any]] = []  # when more than one (fallbacks.py)
+        self.answered_by: str | None = None  # the fallback deployment that answered
         self.model_ref: str | None = None
         self.prompt_ref: str | None = None  # set when a registered prompt wrapped it
         self.ttft_s: float | None = None
@@ -158,10 +162,9 @@ class RequestContext:
             (f"key:{self.key.name}", Limits.from_key(self.key)),
             (f"dep:{self.dep.name}", self.policy.limits[self.dep.name]),
         ]
+        self.estimate = max(0, prompt_tokens) + max(0, max_completion)
         try:
-            self.lease = self.policy.limiter.acquire(
-                scopes, self.request_id, max(0, prompt_tokens) + max(0, max_completion)
-            )
+            self.lease = self.policy.limiter.acquire(scopes, self.request_id, self.estimate)
         except RateLimited as e:
             self.policy.metrics.rate_limited(self.dep.name, e.limit_name)
             self._headers = dict(e.headers)
@@ -174,8 +177,49 @@ class RequestContext:
             ) from None
         self._headers = limit_headers(self.lease)
 
+    def admit_fallback(self, dep: Any) -> str | None:
+        """Acquire fallback ``dep``'s own deployment limits (its capacity protection, not
+        the key's: those were decided once) for this request's estimate, giving back those
+        of a fallback tried before. None when admitted, else why not (``limit:rpm``...)."""
+        self._drop_fallback_lease(0)
+        limits = self.policy.limits[dep.name]
+        if limits.unlimited:
+            return None
+        try:
+            self.fallback_lease = self.policy.limiter.acquire(
+                [(f"dep:{dep.name}", limits)], self.request_id, self.estimate
+            )
+        except RateLimited as e:
+            self.policy.metrics.rate_limited(dep.name, e.limit_name)
+            return f"limit:{e.limit_name}"
+        return None
+
+    def _drop_fallback_lease(self, tokens: int) -> None:
+        lease, self.fallback_lease = self.fallback_lease, None
+        if lease is not None:
+            try:
+                self.policy.limiter.reconcile(lease, tokens)
+            finally:
+                self.policy.limiter.release(lease)
+
+    def retrying(self, deployment: str, reason: str) -> None:
+        self.policy.metrics.retry(deployment, reason)
+
+    def falling_back(self, deployment: str, fallback: str, reason: str) -> None:
+        self.policy.metrics.fallback(deployment, fallback, reason)
+
+    def route(
+        self, tries: list[dict[str, Any]], answered_by: str | None, model_ref: str | None
+    ) -> None:
+        """What the tries came to (lmops.serve.fallbacks): every try, the fallback that
+        answered (None: the named deployment, or none) and the version that answered."""
+        self.tries = tries if len(tries) > 1 else []
+        self.answered_by = answered_by
+        if model_ref is not None:
+            self.model_ref = model_ref
+
     def headers(self) -> dict[str, str]:
-        return dict(self._headers)
+        return {**self._headers, **route_headers(self.tries, self.answered_by)}
 
     def first_token(self, seconds: float) -> None:
         self.ttft_s = seconds
@@ -205,6 +249,7 @@ class RequestContext:
         finally:
             if self.lease is not None:
                 self.policy.limiter.release(self.lease)
+            self._drop_fallback_lease(prompt_tokens + completion_tokens)
         self.policy.metrics.request(
             self.dep.name, status, prompt_tokens, completion_tokens, latency, self.ttft_s
         )
@@ -215,11 +260,14 @@ class RequestContext:
             return
         self._done = True
         self.status = status
-        if self.lease is not None:
-            try:  # a request that failed used no tokens: give its estimate back
-                self.policy.limiter.reconcile(self.lease, 0)
-            finally:
-                self.policy.limiter.release(self.lease)
+        try:
+            if self.lease is not None:
+                try:  # a request that failed used no tokens: give its estimate back
+                    self.policy.limiter.reconcile(self.lease, 0)
+                finally:
+                    self.policy.limiter.release(self.lease)
+        finally:
+            self._drop_fallback_lease(0)
         latency = time.perf_counter() - self.started
         self.policy.metrics.request(self.dep.name, status, 0, 0, latency, None)
         self._log(status, 0, 0, latency, error[:2000], None)
@@ -249,7 +297,7 @@ class RequestContext:
             error=error,
             # a copy: a check still running on a worker thread when the client went away
             # may record an action after this (counted in the metrics, not in this record)
-            guardrails={"actions": list(self.actions)} if self.actions else None,
+            guardrails=self._record_json(),
         )
         if self.dep.spec.log_bodies and self.body is not None:
             # the client's body, masked on the writer thread (mask_body) whatever the
@@ -258,6 +306,25 @@ class RequestContext:
             self.policy.log.submit(record, mask=mask_body)
         else:
             self.policy.log.submit(record)
+
+    def _record_json(self) -> dict[str, Any] | None:
+        """The row's ``guardrails`` column: the actions, and the tries when there were
+        several (kept there rather than in a column of their own: no migration)."""
+        out: dict[str, Any] = {}
+        if self.actions:
+            out["actions"] = list(self.actions)
+        if self.tries:
+            out["tries"] = self.tries
+        return out or None
+
+
+def route_headers(tries: list[dict[str, Any]], answered_by: str | None) -> dict[str, str]:
+    """``x-lmops-tries`` (when more than one) and ``x-lmops-fallback`` (the deployment
+    that answered, when it is not the one the client named)."""
+    out = {"x-lmops-tries": str(len(tries))} if len(tries) > 1 else {}
+    if answered_by is not None:
+        out["x-lmops-fallback"] = answered_by
+    return out
 
 
 def mask_body(body: Any) -> Any:
@@ -290,6 +357,8 @@ class NullContext:
         self.x_request_id = x_request_id
         self.actions: list[dict[str, Any]] = []
         self.warnings: list[str] = []
+        self.tries: list[dict[str, Any]] = []
+        self.answered_by: str | None = None
 
     def check_input(
         self, messages: list[dict[str, Any]], param: str = "messages"
@@ -308,8 +377,25 @@ class NullContext:
     def admit(self, prompt_tokens: int, max_completion: int, *, model_ref: str | None) -> None:
         self.model_ref = model_ref
 
+    def admit_fallback(self, dep: Any) -> str | None:
+        return None
+
+    def retrying(self, deployment: str, reason: str) -> None:
+        return None
+
+    def falling_back(self, deployment: str, fallback: str, reason: str) -> None:
+        return None
+
+    def route(
+        self, tries: list[dict[str, Any]], answered_by: str | None, model_ref: str | None
+    ) -> None:
+        self.tries = tries if len(tries) > 1 else []
+        self.answered_by = answered_by
+        if model_ref is not None:
+            self.model_ref = model_ref
+
     def headers(self) -> dict[str, str]:
-        return {}
+        return route_headers(self.tries, self.answered_by)
 
     def first_token(self, seconds: float) -> None:
         self.ttft_s = seconds

@@ -57,6 +57,9 @@ class RequestTrace(BaseModel):
     # what the guardrails did to it ({"type": "moderation_block", "category": ...,
     # "direction": "input"}, ...): the reason behind a content_filter refusal
     guardrails: list[dict[str, Any]] = Field(default_factory=list)
+    # every try when there were several (retries, fallbacks: lmops.serve.fallbacks), in
+    # order: deployment, model_ref, status, and reason and error for one that failed
+    tries: list[dict[str, Any]] = Field(default_factory=list)
     model: LineageGraph | None = None  # upstream of model_ref
     prompt: LineageGraph | None = None
     sources: list[Source] = Field(default_factory=list)
@@ -122,6 +125,7 @@ def trace_request(
         x_request_id=rec.x_request_id,
         error=rec.error,
         guardrails=list((rec.guardrails or {}).get("actions") or []),
+        tries=list((rec.guardrails or {}).get("tries") or []),
     )
     graphs: list[LineageGraph] = []
     for ref, attr in ((rec.model_ref, "model"), (rec.prompt_ref, "prompt")):
