@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -90,6 +91,22 @@ def test_specs_built_in_code_are_checked_too() -> None:
     ]
     with pytest.raises(UserError, match=r"fallbacks form a cycle: a -> b -> a"):
         Registry(specs, None)
+
+
+def test_the_readme_example_loads_and_its_error_is_the_one_shown(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```yaml\n(deployments:\n  - name: big\n.*?)```", readme, re.S)
+    path = tmp_path / "deployments.yaml"
+    path.write_text(block)
+    specs = load_deployments(path)
+    assert specs[0].fallbacks == ["big-backup", "chat"] and specs[0].retries == 2
+    (shown,) = re.findall(
+        r"\(`(deployments\.yaml:\d+: deployments\[0\]\.fallbacks.*?)`\)", readme, re.S
+    )
+    path.write_text(block.replace("[big-backup, chat]", "[big-backup, chta]"))
+    with pytest.raises(UserError) as e:
+        load_deployments(path)
+    assert str(e.value).replace(str(path), "deployments.yaml") == " ".join(shown.split())
 
 
 class _Overloaded:
