@@ -113,7 +113,14 @@ def test_copy_to_a_home_keeps_everything(cli, store: Store, tmp_path: Path) -> N
     assert "not copied" in r.err and "runs" in r.err  # run logs stay in the source's home
     # the source was only read; the destination has the same rows, ids and all
     assert _dump(store.settings.database_url) == before
-    assert _dump(f"sqlite:///{dest / 'lmops.db'}") == before
+    copied = _dump(f"sqlite:///{dest / 'lmops.db'}")
+    # the run's log was copied into the new home, and the run points at it there
+    [run] = copied["runs"]
+    assert run["log_path"] == str(dest / "runs" / run["id"] / "run.log")
+    assert "run ended: SUCCEEDED" in Path(run["log_path"]).read_text()
+    assert "run logs: 1 copied" in r.out
+    run["log_path"] = before["runs"][0]["log_path"]
+    assert copied == before
     assert before["metrics"] and before["lineage"] and before["request_log"]
 
     other = Store(_settings(dest))

@@ -94,6 +94,7 @@ def copy_cmd(
             actor=_user(),
             progress=progress,
             on_total=on_total,
+            home=to_home.expanduser().resolve() if to_home is not None else None,
         )
     if json_:
         print_json(report.to_json())
@@ -118,6 +119,9 @@ def copy_cmd(
         f"({human_size(report.bytes_copied)}), {report.blobs_present:,} already there",
         markup=False,
     )
+    if report.logs_copied:
+        done = "to copy" if dry_run else "copied"
+        console.print(f"  run logs: {report.logs_copied:,} {done} into the new home", markup=False)
     if report.external:
         console.print(
             f"  {report.external} external reference(s) keep their paths on this machine",

@@ -32,6 +32,7 @@ keep their paths, which name files on the source machine.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -71,7 +72,7 @@ SKIPPED_TABLES = frozenset({"inflight"})
 BATCH_ROWS = 1000
 # What lives in LMOPS_HOME beside the database and the blobs, and why it stays behind.
 HOME_FILES = {
-    "runs": "run logs (runs keep their log paths on this machine)",
+    "runs": "run folders: logs, checkpoints, plots (runs keep their paths on this machine)",
     "trusted-keys": "trusted package signers: copy the .pub files to each machine that serves",
     "console.key": "the console's session key (sessions end; a new key is made)",
     "monitor": "Prometheus text files written by monitor checks",
@@ -94,6 +95,7 @@ class CopyReport:
     blobs_present: int = 0
     bytes_copied: int = 0
     external: int = 0  # versions whose files stay where they are, on the source machine
+    logs_copied: int = 0  # run logs copied into the destination home (``home``)
     left_behind: dict[str, str] = field(default_factory=dict)  # path -> why
     seconds: float = 0.0
     dry_run: bool = False
@@ -320,11 +322,14 @@ def copy_store(
     actor: str = "local",
     progress: Callable[[int, str], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    home: Path | None = None,
 ) -> CopyReport:
     """Copy the store of ``settings`` into ``database_url`` + ``artifacts`` (see the module
     docstring). ``on_total(n)`` is told how many blobs step 1 looks at, ``progress(1,
     what)`` after each. With ``dry_run`` nothing is written anywhere (not even the
-    destination's schema) and the report says what would be copied."""
+    destination's schema) and the report says what would be copied. ``home``: the
+    destination is that ``LMOPS_HOME`` (``--to-home``): each run's ``run.log`` is copied
+    into its ``runs/`` and the copied run points at it."""
     t0 = time.monotonic()
     scratch = settings.home / "cache" / "copy"
     src = ArtifactStore(settings.artifacts, settings.home / "cache")
@@ -357,6 +362,14 @@ def copy_store(
                 if (settings.home / name).exists()
             },
         )
+        fixes: dict[str, Callable[[dict[str, Any]], None]] = {}
+        if home is not None:
+            fixes["runs"] = _LogMover(settings.runs_dir, home / "runs", report, dry_run)
+            report.left_behind.pop(str(settings.home / "runs"), None)
+            if settings.runs_dir.exists():
+                report.left_behind[str(settings.runs_dir)] = (
+                    "run folders (checkpoints, plots); their run logs were copied"
+                )
         blobs = _Blobs(src, dst, scratch, report, progress)
         with src_db.engine.connect() as conn:
             sizes, users, report.external = _wanted_blobs(conn)
@@ -367,10 +380,15 @@ def copy_store(
         with _snapshot(src_db) as read:
             if dst_db is None or dry_run:
                 report.rows = _row_counts(read, tables)
+                if "runs" in fixes:  # count the logs that would be copied
+                    for (path,) in read.execute(select(Base.metadata.tables["runs"].c.log_path)):
+                        fixes["runs"]({"log_path": path})
             else:
                 with dst_db.exclusive("store-copy"), dst_db.engine.begin() as write:
                     _require_empty(dst_db)  # (a second copy may have filled it meanwhile)
-                    report.rows = _copy_rows(read, write, tables, postgres=not dst_db.is_sqlite)
+                    report.rows = _copy_rows(
+                        read, write, tables, postgres=not dst_db.is_sqlite, fixes=fixes
+                    )
                     sizes, users, _ = _wanted_blobs(read)  # registered since step 1
                     blobs.copy(sizes, users, dry_run=False)
                     if not dst_db.is_sqlite:
@@ -396,16 +414,50 @@ def copy_store(
             dst_db.dispose()
 
 
+class _LogMover:
+    """Copies a run's ``run.log`` into the destination home and points the row at it."""
+
+    def __init__(self, src_runs: Path, dst_runs: Path, report: CopyReport, dry_run: bool) -> None:
+        self.src_runs, self.dst_runs = src_runs, dst_runs
+        self.report, self.dry_run = report, dry_run
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        path = row.get("log_path")
+        if not path:
+            return
+        try:
+            rel = Path(path).relative_to(self.src_runs)
+        except ValueError:  # a log of another home or machine: left as it is
+            return
+        if not Path(path).is_file():
+            return
+        target = self.dst_runs / rel
+        if not self.dry_run:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            row["log_path"] = str(target)
+        self.report.logs_copied += 1
+
+
 def _copy_rows(
-    read: Connection, write: Connection, tables: list[Table], *, postgres: bool
+    read: Connection,
+    write: Connection,
+    tables: list[Table],
+    *,
+    postgres: bool,
+    fixes: dict[str, Callable[[dict[str, Any]], None]] | None = None,
 ) -> dict[str, int]:
     counts: dict[str, int] = {}
     for t in tables:
         stmt = _insert(t, postgres)
+        fix = (fixes or {}).get(t.name)
         n = 0
         result = read.execution_options(yield_per=BATCH_ROWS).execute(select(*_read_columns(t)))
         for batch in result.partitions():
             rows = _rows_of(t, batch)
+            if fix is not None:
+                for row in rows:
+                    fix(row)
             write.execute(stmt, rows)
             n += len(rows)
         counts[t.name] = n
