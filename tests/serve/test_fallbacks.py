@@ -172,6 +172,56 @@ def test_an_overloaded_engine_is_retried_then_falls_back() -> None:
     assert len(waits) == 3
 
 
+class _TooSmall(_Overloaded):
+    """A fallback whose context is too small for the request: it refuses it up front."""
+
+    model_ref = "small:1"
+
+    async def prepare(self, job: Job) -> None:
+        raise OpenAIError(400, "This model's maximum context length is 512 tokens",
+                          code="context_length_exceeded")  # fmt: skip
+
+
+def test_a_fallback_that_refuses_the_request_passes_it_on_to_the_next() -> None:
+    from lmops.serve import fallbacks
+    from lmops.serve.policy import NullContext
+
+    registry = Registry(
+        [
+            DeploymentSpec(name="a", fake={"tokens": 2}, fallbacks=["small", "big"]),
+            DeploymentSpec(name="small", fake={"tokens": 2}),
+            DeploymentSpec(name="big", fake={"tokens": 2}),
+            DeploymentSpec(name="only", fake={"tokens": 2}, fallbacks=["small"]),
+        ],
+        None,
+    )
+    registry.get("small").backend = _TooSmall  # type: ignore[method-assign]
+    job = Job(kind="chat", request_id="r", model="a", body={}, messages=[], prompt=None,
+              max_tokens=2)  # fmt: skip
+
+    async def run(name: str) -> tuple[Any, Any]:
+        ctx = NullContext(registry.get(name), "r")
+        try:
+            _gen, backend, _ = await fallbacks.start(
+                registry, registry.get(name), _Overloaded(), job, ctx
+            )
+        except OpenAIError as e:
+            return e, ctx
+        return backend, ctx
+
+    backend, ctx = asyncio.run(run("a"))
+    assert backend.model_ref == "fake:big"
+    assert [(t["deployment"], t.get("reason")) for t in ctx.tries] == [
+        ("a", "overloaded"),
+        ("small", "refused_400"),
+        ("big", None),
+    ]
+    err, ctx = asyncio.run(run("only"))  # nothing else: the client hears what was tried
+    assert err.status == 400 and "tried 2 times: only (overloaded), small (refused_400)" in (
+        err.message
+    )
+
+
 # -- through the real server ------------------------------------------------------------------
 openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
 

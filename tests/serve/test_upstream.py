@@ -175,3 +175,16 @@ def test_upstream_errors_never_show_the_url_credentials() -> None:
 
     for message in asyncio.run(run()):
         assert "s3cr3t" not in message and "w0rd" not in message and "***@127.0.0.1" in message
+
+
+def test_an_upstreams_credentials_never_reach_the_request_log_or_traces() -> None:
+    """``model_ref`` of an upstream deployment is what the request log, the access log and
+    ``/api/trace`` (readable by user keys, for their own requests) name: the URL without
+    the user and password it may carry."""
+    from lmops.serve.deployments import DeploymentSpec, Registry
+
+    registry = Registry(
+        [DeploymentSpec(name="u", upstream="http://svc:hunter2@127.0.0.1:9/v1")], None
+    )
+    ref = registry.get("u").backend().model_ref
+    assert ref == "http://***@127.0.0.1:9/v1" and "hunter2" not in ref

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lmops.core.config import mask_url
 from lmops.core.errors import NotFoundError, UserError, name_hint
 from lmops.core.modelfiles import refuse_reward_model
 from lmops.core.yamlcfg import FieldError, error_message, format_loc, load_config
@@ -440,7 +441,9 @@ class Deployment:
         if self.upstream is not None:
             return UpstreamBackend(
                 self.upstream,
-                str(spec.upstream),
+                # what the request log, the access log and traces name: never the
+                # credentials a URL may carry (user keys read their own traces)
+                mask_url(str(spec.upstream)),
                 sampling=sampling,
                 default_max_tokens=min(spec.default_max_tokens or 1024, spec.max_tokens_cap),
             )

@@ -253,8 +253,15 @@ async def start(
                 backend.precheck(job)
             await backend.prepare(job)
         except OpenAIError as e:
-            ctx.route([t.to_dict() for t in tries], None, None)
-            raise e from None
+            if pos == 0:  # the deployment the client named refuses it: that is the answer
+                ctx.route([t.to_dict() for t in tries], None, None)
+                raise e from None
+            # a fallback that cannot take this request (a smaller context, text only): the
+            # next one may; the client hears of it only if none answers
+            tries.append(Try(name, backend.model_ref, f"refused_{e.status}", e.status, e.message))
+            last = e
+            _moving_on(ctx, order, pos, tries)
+            continue
         retries = int(d.spec.retries)
         for k in range(retries + 1):
             final = pos == len(order) - 1 and k == retries
