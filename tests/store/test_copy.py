@@ -194,8 +194,11 @@ def test_failure_while_writing_rows_leaves_the_destination_empty(
     monkeypatch.setattr(copy_mod, "_rows_of", failing)
     dest = tmp_path / "backup"
     with pytest.raises(OSError, match="connection lost"):
-        copy_mod.copy_store(store.settings, f"sqlite:///{dest / 'lmops.db'}", str(dest / "a"))
+        copy_mod.copy_store(
+            store.settings, f"sqlite:///{dest / 'lmops.db'}", str(dest / "a"), home=dest
+        )
     assert all(not rows for rows in _dump(f"sqlite:///{dest / 'lmops.db'}").values())
+    assert not (dest / "runs").exists()  # run logs are copied only once the rows committed
     monkeypatch.setattr(copy_mod, "_rows_of", real)
     r = cli("store", "copy", "--to-database", f"sqlite:///{dest / 'lmops.db'}",
             "--to-artifacts", str(dest / "a"))  # fmt: skip
@@ -229,6 +232,26 @@ def test_rows_come_from_one_snapshot_of_the_source(
     assert (tmp_path / "done").exists()
     assert store.assets.resolve("late").version == 1  # it did commit in the source
     assert _dump(f"sqlite:///{dest / 'lmops.db'}") == before
+
+
+def test_a_database_of_an_older_lmops_is_refused_as_it_is_not_upgraded(
+    cli, store: Store, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    from lmops.store.db import Database
+
+    _populate(store, tmp_path)
+    url = f"sqlite:///{tmp_path / 'prod-old.db'}"
+    old = Database(url, migrate=False)
+    old.migrate("0009")
+    with old.engine.begin() as c:
+        c.execute(text("INSERT INTO assets (name, kind, description, created_at) "
+                       "VALUES ('live', 'model', '', '2026-01-01 00:00:00')"))  # fmt: skip
+    r = cli("store", "copy", "--to-database", url, "--to-artifacts", str(tmp_path / "a"))
+    assert r.code == 2 and "is not empty (it holds 1 assets)" in r.err
+    assert old.current_revision() == "0009"  # another lmops still opens it
+    old.dispose()
 
 
 def test_bad_destinations_are_one_line_errors(cli, store: Store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -280,6 +303,30 @@ def test_sqlite_to_postgres_and_object_storage_and_back(
     again = _dump(f"sqlite:///{back / 'lmops.db'}")
     assert again["versions"][: len(before["versions"])] == before["versions"]
     assert again["request_log"] == before["request_log"]
+
+
+@pytest.mark.postgres
+def test_a_row_postgresql_refuses_is_named_without_its_values(
+    cli, store: Store, tmp_path: Path, pg_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    _populate(store, tmp_path)
+    # SQLite keeps a value longer than its column; PostgreSQL refuses it
+    store.requests.add(RequestRecord(request_id="req-long", endpoint="/v1/chat/completions",
+                                     status=200, model_ref="/models/" + "x" * 300,
+                                     request_body={"messages": "private words"}))  # fmt: skip
+    r = cli("store", "copy", "--to-database", pg_url, "--to-artifacts", str(tmp_path / "a"))
+    assert r.code == 1, r.err
+    [line] = r.err.strip().splitlines()[-1:]
+    assert line.startswith("error: cannot write table request_log (rows ")
+    assert "nothing was written to the destination database" in line
+    assert "private words" not in r.err and "xxxxxxxxxx" not in r.err
+    assert all(not rows for rows in _dump(pg_url).values())
+    # a database that does not exist: one line, dry run or not
+    missing = pg_url.rsplit("/", 1)[0] + "/no_such_db"
+    for extra in ([], ["--dry-run"]):
+        r = cli("store", "copy", "--to-database", missing, "--to-artifacts", "/tmp/x", *extra)
+        assert r.code == 1 and r.err.startswith("error: cannot open database"), r.err
+        assert "secret" not in r.err and "Traceback" not in r.err
 
 
 def test_every_table_is_copied_or_named_as_skipped() -> None:

@@ -57,9 +57,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSON as PG_JSON
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from lmops.core.config import Settings, mask_url
-from lmops.core.errors import IntegrityError, LmopsError, UserError
+from lmops.core.errors import IntegrityError, LmopsError, StoreError, UserError
 from lmops.store._time import aware, utcnow
 from lmops.store.artifacts import ArtifactStore, LocalBlobs
 from lmops.store.db import Database
@@ -226,15 +227,26 @@ class _Blobs:
 
 
 # ---------------------------------------------------------------------------- rows
+def _reason(e: DBAPIError) -> str:
+    """The driver's first line, without the statement and parameters SQLAlchemy adds."""
+    return mask_url(str(e.orig).strip().splitlines()[0]) if e.orig is not None else type(e).__name__
+
+
 def _row_counts(conn: Connection, tables: list[Table]) -> dict[str, int]:
     return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
             for t in tables}  # fmt: skip
 
 
 def _require_empty(db: Database) -> None:
-    with db.engine.connect() as conn:
-        present = set(inspect(conn).get_table_names())
-        counts = _row_counts(conn, [t for t in _tables() if t.name in present])
+    try:
+        with db.engine.connect() as conn:
+            present = set(inspect(conn).get_table_names())
+            counts = _row_counts(conn, [t for t in _tables() if t.name in present])
+    except DBAPIError as e:
+        raise StoreError(
+            f"cannot open database {db.masked_url}: {mask_url(str(e.orig)).splitlines()[0]}; "
+            "check --to-database and that the server is running"
+        ) from None
     held = {k: n for k, n in counts.items() if n}
     if held:
         listed = ", ".join(f"{n} {k}" for k, n in sorted(held.items())[:4])
@@ -338,11 +350,9 @@ def copy_store(
     # A dry run neither creates a new SQLite file nor migrates an existing database.
     new_file = dry_run and _new_sqlite_file(database_url)
     try:
-        dst_db = None if new_file else Database(database_url, migrate=not dry_run)
-    except LmopsError as e:  # its words name the variable of the source's database
-        src_db.dispose()
-        raise type(e)(str(e).replace("LMOPS_DATABASE_URL", "--to-database")) from None
-    try:
+        # not migrated before it is known to be empty: a database of an older lmops given by
+        # mistake is refused as it is, not upgraded first
+        dst_db = None if new_file else Database(database_url, migrate=False)
         if dst_db is not None and _same_database(src_db, dst_db):
             raise UserError(
                 f"--to-database {dst_db.masked_url} is the source database itself; "
@@ -350,6 +360,12 @@ def copy_store(
             )
         if dst_db is not None:
             _require_empty(dst_db)
+            if not dry_run:
+                dst_db.migrate()
+    except LmopsError as e:  # its words name the variable of the source's database
+        src_db.dispose()
+        raise type(e)(str(e).replace("LMOPS_DATABASE_URL", "--to-database")) from None
+    try:
         report = CopyReport(
             source_database=src_db.masked_url,
             source_artifacts=src.display,
@@ -406,6 +422,9 @@ def copy_store(
                             },
                         )
                     )
+        mover = fixes.get("runs")
+        if isinstance(mover, _LogMover) and not dry_run:
+            mover.copy()
         report.seconds = time.monotonic() - t0
         return report
     finally:
@@ -420,6 +439,7 @@ class _LogMover:
     def __init__(self, src_runs: Path, dst_runs: Path, report: CopyReport, dry_run: bool) -> None:
         self.src_runs, self.dst_runs = src_runs, dst_runs
         self.report, self.dry_run = report, dry_run
+        self.pending: list[tuple[Path, Path]] = []
 
     def __call__(self, row: dict[str, Any]) -> None:
         path = row.get("log_path")
@@ -433,10 +453,15 @@ class _LogMover:
             return
         target = self.dst_runs / rel
         if not self.dry_run:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+            self.pending.append((Path(path), target))  # copied once the rows committed
             row["log_path"] = str(target)
         self.report.logs_copied += 1
+
+    def copy(self) -> None:
+        for src, target in self.pending:
+            with contextlib.suppress(OSError):  # a log gone meanwhile: the row still names it
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, target)
 
 
 def _copy_rows(
@@ -458,7 +483,15 @@ def _copy_rows(
             if fix is not None:
                 for row in rows:
                     fix(row)
-            write.execute(stmt, rows)
+            try:
+                write.execute(stmt, rows)
+            except DBAPIError as e:
+                # named by table and ids, never by the values (request bodies, hashes)
+                ids = [r.get("id", r.get("key")) for r in rows]
+                raise StoreError(
+                    f"cannot write table {t.name} (rows {ids[0]}..{ids[-1]}) to the destination: "
+                    f"{_reason(e)}; nothing was written to the destination database"
+                ) from None
             n += len(rows)
         counts[t.name] = n
     written = _row_counts(write, tables)
