@@ -49,7 +49,7 @@ def test_succeeded_cancelled_and_resumed_runs(store: Store) -> None:
 
     with pytest.raises(KeyboardInterrupt), store.runs.track("eval") as stopped:
         raise KeyboardInterrupt
-    assert _log(store, stopped.id).rstrip().endswith("run ended: CANCELLED")
+    assert _log(store, stopped.id).rstrip().endswith("run ended: CANCELLED (interrupted)")
     assert "Traceback" not in _log(store, stopped.id)
 
     # start/finish by hand, as training does; then resumed and finished in the same log
@@ -108,3 +108,41 @@ def test_cli_api_and_console_read_it(cli, store: Store) -> None:  # type: ignore
     assert got.status_code == 200 and got.text.strip().endswith("run ended: SUCCEEDED")
     assert got.headers["content-type"].startswith("text/plain")
     assert client.get(f"/api/runs/{old.id}/log", headers=auth).status_code == 404
+
+
+def test_two_runs_tracked_at_once_in_two_threads_keep_their_own_warnings(store: Store) -> None:
+    import threading
+
+    barrier = threading.Barrier(2)
+    ids: dict[str, str] = {}
+
+    def job(name: str) -> None:
+        with store.runs.track("eval", name=name) as run:
+            ids[name] = run.id
+            barrier.wait()  # both logs open
+            logging.getLogger("lmops.eval").warning("warning from %s", name)
+            barrier.wait()  # both written before either closes
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    a, b = _log(store, ids["a"]), _log(store, ids["b"])
+    assert "warning from a" in a and "warning from b" not in a
+    assert "warning from b" in b and "warning from a" not in b
+
+
+def test_a_failed_pipeline_step_leaves_its_traceback_in_the_pipelines_log(
+    store: Store, tmp_path: Path
+) -> None:
+    from lmops.pipelines.runner import run_pipeline
+    from lmops.pipelines.spec import load_pipeline
+
+    (tmp_path / "p.yaml").write_text(
+        "name: p\nsteps:\n  reg: {type: register, path: nothere.txt, name: x, kind: dataset}\n"
+    )
+    result = run_pipeline(load_pipeline(tmp_path / "p.yaml"), store, progress=False)
+    text = _log(store, result.run_id)
+    assert "step reg (register) failed:" in text and "Traceback" in text
+    assert "run ended: FAILED (reg: " in text

@@ -31,6 +31,7 @@ from lmops.pipelines.keys import canonical, pin_step, resolved_params
 from lmops.pipelines.preflight import check_gates
 from lmops.pipelines.spec import Pipeline, param_error, substitute
 from lmops.pipelines.steps import STEP_TYPES, StepContext
+from lmops.store.runlog import note_error
 from lmops.store.steps import CachedStep
 
 if TYPE_CHECKING:
@@ -228,10 +229,12 @@ def run_pipeline(
                 except LmopsError as e:
                     st.status, st.error = "failed", str(e)
                     failure = e
+                    note_error(rec.id, f"step {name} ({st.type})", e)
                     notify(st)
                 except Exception as e:
                     st.status, st.error = "failed", f"{type(e).__name__}: {e}"
                     failure = e
+                    note_error(rec.id, f"step {name} ({st.type})", e)
                     notify(st)
                     if raise_errors:
                         raise
@@ -255,17 +258,19 @@ def _finish(
         n: {"status": s.status, "outputs": s.outputs, "seconds": round(s.seconds, 3)}
         for n, s in result.steps.items()
     }
-    store.runs.update(run_id, params={"steps": steps})
-    store.runs.log_metrics(
-        run_id,
-        {
-            "seconds": result.seconds,
-            "executed": float(len(result.executed())),
-            "cached": float(sum(s.status == "cached" for s in result.steps.values())),
-        },
-        step=0,
-    )
-    store.runs.finish(run_id, status, error)
+    try:
+        store.runs.update(run_id, params={"steps": steps})
+        store.runs.log_metrics(
+            run_id,
+            {
+                "seconds": result.seconds,
+                "executed": float(len(result.executed())),
+                "cached": float(sum(s.status == "cached" for s in result.steps.values())),
+            },
+            step=0,
+        )
+    finally:  # the run ends (and its log closes) whatever happened above
+        store.runs.finish(run_id, status, error)
 
 
 def _run_step(

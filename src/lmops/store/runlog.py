@@ -24,7 +24,7 @@ from lmops.store._time import utcnow
 if TYPE_CHECKING:
     from lmops.store.types import Run
 
-__all__ = ["close_log", "open_log", "read_run_log", "tail"]
+__all__ = ["close_log", "note_error", "open_log", "read_run_log", "tail"]
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -35,6 +35,10 @@ class _RunLog:
         handler = logging.StreamHandler(self._fh)
         handler.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter(FORMAT))
+        # only the records of the thread that runs the job: two runs tracked at once in one
+        # process (the API's worker threads) must not read each other's warnings
+        thread = threading.get_ident()
+        handler.addFilter(lambda record: record.thread == thread)
         self._handler: logging.Handler | None = handler
         logging.getLogger().addHandler(handler)
 
@@ -89,16 +93,30 @@ def open_log(run: Run, *, resumed: bool = False) -> None:
         log.write("config: " + json.dumps(run.config, ensure_ascii=False, default=str) + "\n")
 
 
-def close_log(run_id: str, status: str, error: BaseException | None = None) -> None:
-    """Write how the run ended (with the traceback of ``error``) and stop writing its log.
-    A run whose log this process did not open: nothing happens."""
+def note_error(run_id: str, what: str, error: BaseException) -> None:
+    """Write ``what`` failed, with the traceback of ``error``, into the open log of
+    ``run_id`` (a pipeline's log, for a step that failed while the pipeline goes on)."""
+    with _LOCK:
+        log = _OPEN.get(run_id)
+    if log is not None:
+        log.write(f"{_now()} {what} failed:\n" + "".join(traceback.format_exception(error)))
+
+
+def close_log(
+    run_id: str, status: str, error: BaseException | None = None, message: str | None = None
+) -> None:
+    """Write how the run ended (with the traceback of ``error``, else its ``message``) and
+    stop writing its log. A run whose log this process did not open: nothing happens."""
     with _LOCK:
         log = _OPEN.pop(run_id, None)
     if log is None:
         return
-    if error is not None and not isinstance(error, KeyboardInterrupt):
+    traced = error is not None and not isinstance(error, KeyboardInterrupt)
+    if traced:
+        assert error is not None
         log.write("".join(traceback.format_exception(error)))
-    log.write(f"{_now()} run ended: {status}\n")
+    why = f" ({message})" if message and not traced else ""  # a traceback ends with it
+    log.write(f"{_now()} run ended: {status}{why}\n")
     log.close()
 
 

@@ -129,9 +129,8 @@ class RunTracker:
     ) -> Run:
         """Record how the run ended. Called while an exception is being handled (``except``
         blocks, as ``track`` does), its traceback goes to the run's log."""
-        close_log(
-            run_id, status.value, sys.exc_info()[1] if status is not RunStatus.SUCCEEDED else None
-        )
+        failed = status is not RunStatus.SUCCEEDED
+        close_log(run_id, status.value, sys.exc_info()[1] if failed else None, error)
 
         def fin(s: Session) -> Run:
             row = self._row(s, run_id)
