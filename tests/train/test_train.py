@@ -200,6 +200,10 @@ def test_two_process_ddp_matches_one_process(base: Store, tmp_path: Path, lmops_
             timeout=240,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
+        # what rank 0 did, as one process reports it (not the job's max_steps and 0.0 s)
+        result = json.loads(proc.stdout)
+        assert result["steps"] == 4 and result["tokens"] > 0, result
+        assert result["seconds"] > 0 and result["output"] == f"ddp{n}:1", result
         run = next(r for r in Store().runs.list() if r.name == f"ddp{n}")
         losses[n] = [m.value for m in Store().runs.get(run.id).metrics["loss"]]
         assert Store().runs.get(run.id).params["world_size"] == n

@@ -72,7 +72,9 @@ def run(
     store = _store()
     try:
         if nproc > 1:
-            result = _launch(config, overrides or [], resume, restart, nproc, spec, store)
+            result = _launch(
+                config, overrides or [], resume, restart, nproc, spec, store, progress=not json_
+            )
         else:
             from lmops.train.run import run_training
 
@@ -136,71 +138,113 @@ def _launch(
     nproc: int,
     spec: Any,
     store: Store,
+    *,
+    progress: bool = True,
 ) -> Any:
-    """Start ``nproc`` worker processes under torchrun; rank 0 registers the output.
+    """Start ``nproc`` worker processes under torchrun; rank 0 registers the output (and
+    shows the progress bar, unless ``progress`` is false: ``--json`` prints only JSON).
+
+    The job is checked here first (:func:`~lmops.train.run.check_job`), so a bad one is one
+    line and no worker starts. A worker that fails later writes its one-line error for this
+    process to print (the first to fail is the cause; the others were stopped), and rank 0
+    writes its result (steps, seconds, tokens) as one process would return it.
 
     torchrun runs in its own session, so a Ctrl-C at the terminal reaches only this
     process, which forwards it once: torchrun passes it to each worker, and the workers
     agree on the step to stop after (a second Ctrl-C is forwarded too: stop at once)."""
+    import tempfile
+
     from lmops.store import RunStatus
     from lmops.train.loop import Interrupted, checkpoint_step, latest_checkpoint
-    from lmops.train.run import TrainResult, run_to_continue
+    from lmops.train.run import check_job, run_to_continue
 
+    check_job(spec, store)
     run_id = run_to_continue(store, spec, resume=resume, restart=restart)
     resume = run_id is not None
     if run_id is None:
         run_id = store.runs.start("train", name=spec.output, config=spec.model_dump(mode="json")).id
         store.runs.finish(run_id, RunStatus.FAILED, "launching workers")  # rank 0 reopens it
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "lmops.train.worker",
-        str(config),
-        "--run-id",
-        run_id,
-        *(["--resume"] if resume else []),
-        *[a for o in overrides for a in ("--set", o)],
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    got: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="lmops-ddp-") as tmp:
+        report_dir = Path(tmp)
+        cmd = [
+            sys.executable,
+            "-m",
+            "lmops.train.launch",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "lmops.train.worker",
+            str(config),
+            "--run-id",
+            run_id,
+            "--report-dir",
+            str(report_dir),
+            *(["--resume"] if resume else []),
+            *([] if progress else ["--no-progress"]),
+            *[a for o in overrides for a in ("--set", o)],
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        got: list[int] = []
 
-    def forward(signum: int, _frame: Any) -> None:
-        got.append(signum)
-        proc.send_signal(signum)
+        def forward(signum: int, _frame: Any) -> None:
+            got.append(signum)
+            proc.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        returncode = proc.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    run = store.runs.get(run_id)
-    if got or run.status is RunStatus.CANCELLED:
-        ckpt = latest_checkpoint(Path(store.runs.dir(run_id)) / "checkpoints")
-        step = checkpoint_step(ckpt) if ckpt else 0
-        raise Interrupted(step, spec.train.max_steps, ckpt, signum=got[0] if got else signal.SIGINT)
-    if returncode != 0 or run.status is not RunStatus.SUCCEEDED:
-        raise LmopsError(
-            f"distributed training failed (exit {returncode}); see `lmops runs show {run_id}`"
-        )
-    out = run.outputs[-1] if run.outputs else None
-    v = store.assets.get(out) if out else None
-    return TrainResult(
-        run_id,
-        out,
-        v.kind if v else "",
-        spec.train.max_steps,
-        0.0,
-        0,
-        int(run.params.get("trainable_params", 0)),
-        int(run.params.get("total_params", 0)),
-        {k: s[-1].value for k, s in run.metrics.items() if s},
-    )
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            returncode = proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        run = store.runs.get(run_id)
+        if got or run.status is RunStatus.CANCELLED:
+            ckpt = latest_checkpoint(Path(store.runs.dir(run_id)) / "checkpoints")
+            step = checkpoint_step(ckpt) if ckpt else 0
+            signum = got[0] if got else signal.SIGINT
+            raise Interrupted(step, spec.train.max_steps, ckpt, signum=signum)
+        failure = _first_failure(report_dir)
+        if failure is not None:
+            raise failure
+        if returncode != 0 or run.status is not RunStatus.SUCCEEDED:
+            raise LmopsError(
+                f"distributed training failed (exit {returncode}); see `lmops runs log {run_id}`"
+            )
+        return _result(report_dir, run_id)
+
+
+def _first_failure(report_dir: Path) -> LmopsError | None:
+    """The error of the worker that failed first, as the one process would raise it: a
+    user error as itself (exit 2), anything else naming its rank (exit 1)."""
+    import json
+
+    from lmops.core.errors import UserError
+    from lmops.train.worker import ERROR_GLOB
+
+    found = [json.loads(p.read_text()) for p in report_dir.glob(ERROR_GLOB)]
+    if not found:
+        return None
+    first = min(found, key=lambda e: e["time"])
+    if first["exit_code"] == UserError.exit_code:
+        return UserError(first["message"])
+    return LmopsError(f"distributed training failed on rank {first['rank']}: {first['message']}")
+
+
+def _result(report_dir: Path, run_id: str) -> Any:
+    """Rank 0's :class:`~lmops.train.run.TrainResult`."""
+    import json
+
+    from lmops.train.run import TrainResult
+    from lmops.train.worker import RESULT
+
+    path = report_dir / RESULT
+    if not path.is_file():
+        raise LmopsError(f"distributed training left no result; see `lmops runs log {run_id}`")
+    data = json.loads(path.read_text())
+    data["inputs"] = [tuple(i) for i in data.get("inputs") or []]
+    if data.get("output_path"):
+        data["output_path"] = Path(data["output_path"])
+    return TrainResult(**data)
 
 
 @app.command("merge")

@@ -33,6 +33,7 @@ __all__ = [
     "MODEL_PRESETS",
     "Loaded",
     "apply_method",
+    "check_preset",
     "load_base",
     "load_tokenizer",
     "resolve_local",
@@ -70,13 +71,17 @@ class Loaded:
     base_ref: str | None = None
 
 
-def _preset_model(preset: ModelPreset, tokenizer: Any) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def check_preset(preset: ModelPreset) -> None:
     if preset.preset not in MODEL_PRESETS:
         raise UserError(
             f"model.preset {preset.preset!r} unknown; presets: {', '.join(MODEL_PRESETS)}"
         )
+
+
+def _preset_model(preset: ModelPreset, tokenizer: Any) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    check_preset(preset)
     cfg = {
         **MODEL_PRESETS[preset.preset],
         "vocab_size": len(tokenizer),

@@ -50,7 +50,7 @@ from lmops.train.loop import (
     latest_checkpoint,
     train_loop,
 )
-from lmops.train.models import count_parameters, load_base
+from lmops.train.models import check_preset, count_parameters, load_base
 from lmops.train.spec import TrainSpec
 from lmops.train.tracking import StoreTracker, plot_loss_curve
 
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PreviousRun",
     "TrainResult",
+    "check_job",
     "find_resumable",
     "merge_adapter",
     "previous_run",
@@ -130,6 +131,25 @@ def _recorded_inputs(spec: TrainSpec, store: Store, run_id: str) -> list[tuple[s
         with contextlib.suppress(UserError):  # not an asset: the reward loader says so
             out.append((store.assets.resolve(reward).ref, "reward_model"))
     return out
+
+
+def check_job(spec: TrainSpec, store: Store) -> None:
+    """What a job fails on before any weight loads, checked as :func:`run_training` checks
+    it (the same one-line errors): each dataset a path or a READY dataset with rows fit for
+    the stage, and the base model (or a known preset and its tokenizer) a path or a READY
+    asset.
+    ``lmops train --nproc N`` calls it before it starts workers, so a bad job is one line
+    from one process, as without ``--nproc``."""
+    from lmops.train.spec import ModelPreset
+
+    paths, _ = _dataset_paths(spec, store)
+    if spec.stage != "pretrain":
+        _load_rows(spec, paths)
+    if isinstance(spec.model, ModelPreset):
+        check_preset(spec.model)
+        resolve_local(spec.model.tokenizer, store, kind="tokenizer")
+    else:
+        resolve_local(spec.model, store, kind="model")
 
 
 def _load_rows(spec: TrainSpec, paths: list[Path]) -> tuple[list[tuple[str, int, Any]], Any]:
