@@ -199,3 +199,45 @@ def test_a_safety_rate_with_no_prompt_of_its_kind_is_no_metric(tmp_path: Path, s
     gate = _gate(tmp_path, store, ["sft"], conditions=[rule])
     assert gate.result["decision"] == "promote"
     assert gate.result["conditions"][0]["value"] == 0.9
+
+
+def test_a_baseline_may_evaluate_a_local_folder_but_only_a_model_asset_is_promoted(
+    tmp_path: Path, store: Any
+) -> None:
+    # the README's release.yaml: vars.base is a folder, evaluated as the baseline
+    from tests.eval.test_resume import write_task
+    from tests.train.tiny import make_model, make_tokenizer
+
+    make_model(tmp_path / "base", make_tokenizer(tmp_path / "tok"), seed=1)
+    write_task(tmp_path, "caps", 2)
+    metric = {"metric": "caps/exact_match", "not_worse_than": 1.0}  # any score passes
+    evals = {"task_files": ["caps.yaml"], "device": "cpu"}
+    steps: dict[str, Any] = {
+        "sft": {"type": "register", "path": "base", "name": "cand", "kind": "model"},
+        "eval_base": {"type": "eval", "model": "base", **evals},
+        "eval_sft": {"type": "eval", "model": "${steps.sft.output}", **evals},
+        "gate": {
+            "type": "gate",
+            "conditions": [metric],
+            "candidates": ["${steps.eval_sft.output}"],
+            "baseline": "${steps.eval_base.output}",
+        },
+    }
+    res = run_pipeline(load_pipeline(write_pipeline(tmp_path, steps)), store, progress=False)
+    assert res.ok, res.steps["gate"].error
+    assert res.steps["gate"].outputs["output"] == "cand:1"
+    assert store.assets.resolve("cand@production").ref == "cand:1"
+    # a folder's eval as a candidate that is not picked (the same scores: the first wins)
+    steps["gate"]["candidates"] = ["${steps.eval_sft.output}", "${steps.eval_base.output}"]
+    steps["gate"]["alias"] = "staging"
+    res = run_pipeline(load_pipeline(write_pipeline(tmp_path, steps)), store, progress=False)
+    assert res.ok, res.steps["gate"].error
+    assert res.steps["gate"].outputs["output"] == "cand:1"
+    # ... and as the one it would promote: refused, naming the folder and what to do
+    steps["gate"]["candidates"] = ["${steps.eval_base.output}"]
+    steps["gate"]["alias"] = "canary"
+    res = run_pipeline(load_pipeline(write_pipeline(tmp_path, steps)), store, progress=False)
+    error = res.steps["gate"].error or ""
+    assert not res.ok and "was made from 'base', not a model asset" in error, error
+    assert "the gate cannot promote it" in error
+    assert "canary" not in store.assets.resolve("cand:1").aliases

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -563,8 +563,19 @@ class GateParams(Params):
         return [*self.candidates, *([self.baseline] if self.baseline else [])]
 
 
-def report_metrics(store: Any, ref: str) -> tuple[dict[str, float], str, str]:
-    """(every metric, model ref, report ref) of an eval_report version."""
+class ReportMetrics(NamedTuple):
+    """What the gate reads from one eval_report version."""
+
+    metrics: dict[str, float]  # every metric, ``task/metric``
+    model: str | None  # the model asset's version ref; None: a local folder or an endpoint
+    ref: str  # the report's version ref
+    label: str  # the model as the report names it: its ref, else its folder or name
+
+
+def report_metrics(store: Any, ref: str) -> ReportMetrics:
+    """The metrics and model of an eval_report version. A report of a local folder (an
+    external reference, not a model asset) has no model ref: it may be a baseline, or a
+    candidate the gate does not pick, but the gate cannot promote it."""
     v = store.assets.resolve(ref)
     if v.kind != "eval_report":
         raise UserError(f"{ref} is a {v.kind}, not an eval_report")
@@ -574,9 +585,8 @@ def report_metrics(store: Any, ref: str) -> tuple[dict[str, float], str, str]:
         safety = meta["results"]["safety"].items()  # a rate with no prompt of its kind: None
         flat.update({f"safety/{k}": float(x) for k, x in safety if x is not None})
     model = (meta.get("model") or {}).get("ref")
-    if not model:
-        raise UserError(f"{v.ref} was not made from a model asset; the gate cannot promote it")
-    return flat, str(model), v.ref
+    label = model or (meta.get("model") or {}).get("name") or v.ref
+    return ReportMetrics(flat, str(model) if model else None, v.ref, str(label))
 
 
 def _metric_in(flat: dict[str, float], metric: str, report: str) -> float:
@@ -587,9 +597,9 @@ def _metric_in(flat: dict[str, float], metric: str, report: str) -> float:
     return value
 
 
-def report_metric(store: Any, ref: str, metric: str) -> tuple[float, str, str]:
-    """(value, model ref, report ref) of ``metric`` in an eval_report version."""
-    flat, model, report = report_metrics(store, ref)
+def report_metric(store: Any, ref: str, metric: str) -> tuple[float, str | None, str]:
+    """(value, model ref or None, report ref) of ``metric`` in an eval_report version."""
+    flat, model, report, _ = report_metrics(store, ref)
     return _metric_in(flat, metric, report), model, report
 
 
@@ -616,12 +626,13 @@ def _gate(ctx: StepContext, p: GateParams) -> StepOutput:
     rank = p.ranking_metric()
     sign = 1.0 if p.direction() else -1.0
     base_flat: dict[str, float] | None = None
-    base_model, base_ref = None, ""
-    if p.baseline is not None:
-        base_flat, base_model, base_ref = report_metrics(store, p.baseline)
-    judged = []  # (ranking value, model, report, verdicts)
+    base_model: str | None = None
+    base_ref = ""
+    if p.baseline is not None:  # compared with, never promoted: a local folder's eval will do
+        base_flat, base_model, base_ref, _ = report_metrics(store, p.baseline)
+    judged = []  # (ranking value, model ref or None, report, verdicts, model label)
     for ref in p.candidates:
-        flat, model, report = report_metrics(store, ref)
+        flat, model_ref, report, label = report_metrics(store, ref)
         verdicts = [
             judge(
                 c,
@@ -630,10 +641,15 @@ def _gate(ctx: StepContext, p: GateParams) -> StepOutput:
             )
             for c in conditions
         ]
-        judged.append((_metric_in(flat, rank, report), model, report, verdicts))
+        judged.append((_metric_in(flat, rank, report), model_ref, report, verdicts, label))
     passing = [j for j in judged if all(v.passed for v in j[3])]
-    value, model, report, verdicts = max(passing or judged, key=lambda j: sign * j[0])
+    value, model_ref, report, verdicts, model = max(passing or judged, key=lambda j: sign * j[0])
     promote = bool(passing)
+    if promote and model_ref is None:
+        raise UserError(
+            f"{report} was made from {model!r}, not a model asset, so the gate cannot promote "
+            "it: register the model (a register step with kind: model) and evaluate that"
+        )
     base_value = _metric_in(base_flat, rank, base_ref) if base_flat is not None else None
     reasons = [v.line() for v in verdicts if not v.passed]
     decision = {
@@ -646,15 +662,15 @@ def _gate(ctx: StepContext, p: GateParams) -> StepOutput:
         "report": report,
         "alias": p.alias,
         "conditions": [v.to_dict() for v in verdicts],
-        "candidates": {r: v for v, _, r, _ in judged},
-        "passed": [r for _, _, r, _ in passing],
+        "candidates": {r: v for v, _, r, _, _ in judged},
+        "passed": [r for _, _, r, _, _ in passing],
         "reasons": reasons,
     }
     with store.runs.track("gate", name=f"{ctx.pipeline}/{ctx.step}", config=p.model_dump()) as run:
         store.runs.update(run.id, params=decision)
         store.runs.log_metrics(run.id, {"value": value, "promoted": float(promote)}, step=0)
-        if promote:
-            store.assets.alias(model, p.alias)
+        if promote and model_ref is not None:
+            store.assets.alias(model_ref, p.alias)
     name = model.split(":")[0]
     checks = "; ".join(v.line() for v in verdicts)
     if not verdicts:  # the single-metric form with neither baseline nor threshold
