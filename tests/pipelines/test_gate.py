@@ -233,6 +233,7 @@ def test_a_baseline_may_evaluate_a_local_folder_but_only_a_model_asset_is_promot
     res = run_pipeline(load_pipeline(write_pipeline(tmp_path, steps)), store, progress=False)
     assert res.ok, res.steps["gate"].error
     assert res.steps["gate"].outputs["output"] == "cand:1"
+    assert res.executed() == ["gate"]  # the folder's eval is cached like any other step
     # ... and as the one it would promote: refused, naming the folder and what to do
     steps["gate"]["candidates"] = ["${steps.eval_base.output}"]
     steps["gate"]["alias"] = "canary"

@@ -439,6 +439,13 @@ def _flat_metrics(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _report_outputs(report: str, model_ref: str | None) -> dict[str, str]:
+    """An eval step's outputs: the report and, when it read a model asset, that version.
+    A local folder or an endpoint's model is no output (it stays in the result): the step
+    cache trusts an entry only while each output resolves READY, so one would never hit."""
+    return {"output": report, **({"model": model_ref} if model_ref else {})}
+
+
 @step_type("eval", EvalParams)
 def _eval(ctx: StepContext, p: EvalParams) -> StepOutput:
     """Score a model on benchmark tasks and task YAML files; registers an eval_report."""
@@ -452,7 +459,7 @@ def _eval(ctx: StepContext, p: EvalParams) -> StepOutput:
     metrics = _flat_metrics(job.report)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in list(metrics.items())[:4])
     return StepOutput(
-        {"output": job.version.ref, "model": job.model_ref or p.model},
+        _report_outputs(job.version.ref, job.model_ref),
         {"metrics": metrics, "model": job.model_ref or p.model},
         f"{job.version.ref}: {shown}",
         job.version.run_id,
@@ -491,7 +498,7 @@ def _safety(ctx: StepContext, p: SafetyParams) -> StepOutput:
         if k.endswith("_rate") and isinstance(v, int | float)
     }
     return StepOutput(
-        {"output": job.version.ref, "model": job.model_ref or p.model},
+        _report_outputs(job.version.ref, job.model_ref),
         {"metrics": rates, "model": job.model_ref or p.model},
         f"{job.version.ref}: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in rates.items()),
         job.version.run_id,
