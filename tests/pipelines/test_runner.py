@@ -417,3 +417,39 @@ def test_a_dry_run_says_which_step_would_fail_on_a_missing_file(
     }
     assert "problem" not in plan["ok"] and plan["bad"]["problem"].startswith("nope.txt")
     assert not store.assets.exists("demo-ok")  # a dry run runs nothing
+
+
+def test_a_dry_run_checks_a_steps_own_files_when_other_inputs_come_from_upstream(
+    tmp_path: Path, store: Any, cli: Any
+) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "w.bin").write_bytes(b"\0")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "here.yaml").write_text("task: here\n")
+    steps = {
+        "r": {"type": "register", "path": "m", "name": "mm", "kind": "model"},
+        "e": {"type": "eval", "model": "${steps.r.output}", "task_files": ["tasks/nothere.yaml"]},
+        "t": {"type": "train", "spec": "jobs/sft.yaml", "overrides": ["model=${steps.r.output}"]},
+        "d": {"type": "data", "recipe": "recipes/clean.yaml", "inputs": ["${steps.r.output}"]},
+    }
+    path = write_pipeline(tmp_path, steps)
+    r = cli("run", str(path), "--dry-run", "--json")
+    assert r.code == 1, r.err
+    plan = {p["step"]: p for p in json.loads(r.out)["plan"]}
+    assert [plan[s]["plan"] for s in steps] == ["run"] * 4 and "problem" not in plan["r"]
+    assert plan["e"]["problem"] == "tasks/nothere.yaml: no such file"
+    assert plan["t"]["problem"] == "jobs/sft.yaml: no such file"
+    assert plan["d"]["problem"] == "recipes/clean.yaml: no such file"
+    said = " ".join(cli("run", str(path), "--dry-run").out.split())
+    assert "would fail: tasks/nothere.yaml: no such file" in said
+    # with its files there, and an asset an earlier step may make named by a bare name, the
+    # plan is clean: the step reports what is wrong when it runs
+    ok = {
+        "r": steps["r"],
+        "e": {"type": "eval", "model": "${steps.r.output}", "task_files": ["tasks/here.yaml"]},
+        "e2": {"type": "eval", "model": "mm", "needs": ["r"], "task_files": ["tasks/here.yaml"]},
+    }
+    r = cli("run", str(write_pipeline(tmp_path, ok)), "--dry-run", "--json")
+    assert r.code == 0, r.out
+    assert not any("problem" in p for p in json.loads(r.out)["plan"])
+    assert not store.assets.exists("mm")  # a dry run runs nothing

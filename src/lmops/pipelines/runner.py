@@ -344,6 +344,9 @@ def plan_pipeline(
             entry: dict[str, Any] = {"step": name, "type": step.type, "needs": pipe.deps[name]}
             if will_run & set(pipe.deps[name]):  # its inputs are not known yet
                 entry["plan"] = "run"
+                missing = _missing_file(pipe, name, scope, store)
+                if missing:  # but its own files are
+                    entry["problem"] = missing
             else:
                 _, _, key, hit, pins = _prepare(pipe, name, store, scope, force, None, False)
                 entry["key"] = key
@@ -363,3 +366,34 @@ def plan_pipeline(
                 will_run.add(name)
             plan.append(entry)
     return plan
+
+
+# Inputs written with one of these endings are files, never asset names.
+_FILE_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".csv", ".parquet", ".txt")
+
+
+def _plainly_a_path(ref: str) -> bool:
+    """An input that names a local file whatever the store holds: absolute, ``~`` or
+    ``./``-relative, or written with a file's ending (a task, recipe or job YAML). A bare
+    name or ``dir/name`` may be an asset, or an endpoint's model, that an earlier step makes."""
+    if "${" in ref or any(c in ref for c in "*?["):  # a step's output, a glob
+        return False
+    return ref.startswith(("/", "~", "./", "../")) or ref.lower().endswith(_FILE_SUFFIXES)
+
+
+def _missing_file(pipe: Pipeline, name: str, scope: dict[str, Any], store: Store) -> str | None:
+    """For a step some of whose parameters come from steps that have not run yet: the first
+    of its own local files (:func:`_plainly_a_path`) that is not there, found with each step
+    reference left as it is written. ``None`` where the parameters cannot be read before
+    their references are known: the step says what is wrong when it runs."""
+    step = pipe.spec.steps[name]
+    try:
+        raw = substitute(step.params, scope, keep_steps=True)
+        refs = STEP_TYPES[step.type].params.model_validate(raw).inputs()
+    except (KeyError, ValueError, LmopsError):  # ValidationError is a ValueError
+        return None
+    ctx = StepContext(store, pipe.name, name, pipe.base_dir, None, False)
+    for ref in refs:
+        if _plainly_a_path(ref) and not ctx.path(ref).exists():
+            return f"{ref}: no such file"
+    return None
