@@ -74,6 +74,32 @@ def test_unknown_operator_and_parameter_name_the_line(tmp_path: Path) -> None:
         load_recipe(bad_name)
 
 
+def test_a_bad_import_and_a_missing_input_name_the_file_and_line(
+    tmp_path: Path, store: Store, cli: Any
+) -> None:
+    bad_import = write_recipe(
+        tmp_path / "i.yaml", RECIPE.replace("inputs:", "imports: [os, my_company.ops]\ninputs:")
+    )
+    r = cli("data", "run", str(bad_import))
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert f"error: {bad_import}:2: imports[1]: cannot import 'my_company.ops'" in r.err
+    make_corpus(tmp_path / "raw", files=1, per_file=5)
+    missing = write_recipe(
+        tmp_path / "m.yaml", RECIPE.replace("[raw/*.jsonl]", "\n  - raw/*.jsonl\n  - raw-web:3")
+    )
+    r = cli("data", "run", str(missing))
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert f"error: {missing}:4: inputs[1]: 'raw-web:3' is neither an existing path" in r.err
+    store.assets.register("model", "raw-web", tmp_path / "raw")
+    with pytest.raises(UserError, match=r"m\.yaml:4: inputs\[1\]: 'raw-web:3' is neither"):
+        run_recipe(load_recipe(missing), base_dir=tmp_path, store=store)
+    # inputs given instead of the file's (a pipeline step's) have no line there
+    recipe = load_recipe(missing)
+    recipe.inputs = ["raw-web:1"]
+    with pytest.raises(UserError, match=r"^inputs\[0\]: 'raw-web:1' is a model, not a dataset"):
+        run_recipe(recipe, base_dir=tmp_path, store=store)
+
+
 def test_a_maximum_below_its_minimum_is_refused_when_the_recipe_is_read(tmp_path: Path) -> None:
     recipe = write_recipe(
         tmp_path / "r.yaml",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from lmops.core.errors import NotFoundError, UserError
 from lmops.core.rows import ROW_SUFFIXES
@@ -110,6 +110,18 @@ class Recipe(BaseModel):
     output: OutputSpec
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     on_error: Literal["raise", "skip"] = "raise"
+    # the YAML file it was read from, and its inputs as read there (for ``file:line`` errors)
+    _source: Path | None = PrivateAttr(None)
+    _source_inputs: list[str] = PrivateAttr(default_factory=list)
+
+    def where(self, *loc: Any, default: str = "recipe") -> str:
+        """``file:line`` of the node at ``loc`` (``("inputs", 1)``) in the file the recipe
+        was read from (``file`` where it has no such node; ``default`` for a recipe not read
+        from a file, or for inputs given instead of the file's: a pipeline step's)."""
+        if self._source is None or (loc[:1] == ("inputs",) and self.inputs != self._source_inputs):
+            return default
+        line = line_of(self._source, loc)
+        return f"{self._source}:{line}" if line else str(self._source)
 
     @field_validator("fields", mode="before")
     @classmethod
@@ -185,7 +197,8 @@ class Recipe(BaseModel):
             try:
                 importlib.import_module(mod)
             except ImportError as e:
-                raise UserError(f"{source}: imports[{i}]: cannot import {mod!r} ({e})") from None
+                at = self.where("imports", i, default=source)
+                raise UserError(f"{at}: imports[{i}]: cannot import {mod!r} ({e})") from None
 
     def build_ops(self, source: str = "recipe") -> list[Op]:
         """Instantiate every operator, naming the step of any bad one."""
@@ -208,10 +221,10 @@ def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
     """Load and validate a recipe, building every operator once so that an unknown
     operator or parameter fails now, with the line of its step."""
     recipe = load_config(path, Recipe, overrides)
+    recipe._source, recipe._source_inputs = path, list(recipe.inputs)
     recipe.import_plugins(str(path))
     for i, spec in enumerate(recipe.process):
-        line = line_of(path, ("process", i))
-        where = f"{path}:{line}" if line else str(path)
+        where = recipe.where("process", i)
         try:
             op = spec.build()
         except UserError as e:
@@ -257,6 +270,11 @@ def resolve_inputs(recipe: Recipe | list[str], base: Path, store: Store | None) 
     refs: list[str] = []
     local: list[Path] = []
     items = recipe.inputs if isinstance(recipe, Recipe) else recipe
+
+    def at(i: int) -> str:  # "recipe.yaml:3: inputs[1]" for a recipe read from a file
+        where = recipe.where("inputs", i, default="") if isinstance(recipe, Recipe) else ""
+        return f"{where}: inputs[{i}]" if where else f"inputs[{i}]"
+
     for i, item in enumerate(items):
         p = Path(item).expanduser()
         pattern = str(p if p.is_absolute() else base / p)
@@ -275,20 +293,20 @@ def resolve_inputs(recipe: Recipe | list[str], base: Path, store: Store | None) 
                     files.append(InputFile(f, name, detect_format(f)))
             continue
         if store is None:
-            raise UserError(f"inputs[{i}]: {item!r} matches no file")
+            raise UserError(f"{at(i)}: {item!r} matches no file")
         try:
             version = store.assets.resolve(item)
         except (NotFoundError, UserError):
             raise UserError(
-                f"inputs[{i}]: {item!r} is neither an existing path (relative to {base}) "
+                f"{at(i)}: {item!r} is neither an existing path (relative to {base}) "
                 "nor a READY dataset asset"
             ) from None
         if version.kind != "dataset":
-            raise UserError(f"inputs[{i}]: {item!r} is a {version.kind}, not a dataset")
+            raise UserError(f"{at(i)}: {item!r} is a {version.kind}, not a dataset")
         root = store.assets.path(version.ref)
         found = _files_under(root)
         if not found:
-            raise UserError(f"inputs[{i}]: dataset {version.ref} holds no readable data files")
+            raise UserError(f"{at(i)}: dataset {version.ref} holds no readable data files")
         for f in found:
             rel = f.relative_to(root).as_posix() if root.is_dir() else f.name
             files.append(InputFile(f, f"{version.ref}/{rel}", detect_format(f), version.ref))
