@@ -93,8 +93,12 @@ def _preset_model(preset: ModelPreset, tokenizer: Any) -> Any:
     }
     try:
         return LlamaForCausalLM(LlamaConfig(**cfg))
-    except (TypeError, ValueError) as e:
-        raise UserError(f"model.overrides: {e}") from None
+    except Exception as e:  # TypeError, ValueError, huggingface_hub's strict-dataclass errors
+        if not isinstance(e, (TypeError, ValueError)) and "Validation" not in type(e).__name__:
+            raise
+        # the validator's own words, on one line: "The hidden size (64) is not a multiple..."
+        reason = str(e).strip().splitlines()[-1].strip().removeprefix("ValueError: ")
+        raise UserError(f"model.overrides: {reason}") from None
 
 
 def load_base(spec: TrainSpec, store: Store | None, *, for_reward: bool = False) -> Loaded:
