@@ -207,14 +207,14 @@ class _Fake:
         with self._lock:
             return f"{prefix}-fake-{next(self._ids)}"
 
-    def failure(self) -> int | None:
-        """The status this completion request fails with (None: it is answered): one of
-        the first ``fail_first``, else one drawn at ``fail_rate`` (a 500)."""
+    def failure(self) -> tuple[int, str] | None:
+        """The status this completion request fails with and why (None: it is answered):
+        one of the first ``fail_first``, else one drawn at ``fail_rate`` (a 500)."""
         with self._lock:
             if self._failed < self.fail_first:
                 self._failed += 1
-                return self.fail_status
-            return 500 if self._rng.random() < self.fail_rate else None
+                return self.fail_status, str(self.fail_status)
+            return (500, "fail_rate") if self._rng.random() < self.fail_rate else None
 
     def check_key(self, request: Request) -> None:
         if self.api_key is None:
@@ -343,8 +343,9 @@ def create_fake_app(
             raise _BadRequest(400, "'stream_options' must be an object", param="stream_options")
         failure = fake.failure()
         if failure is not None:
-            kind = "rate_limit_error" if failure == 429 else "server_error"
-            failed = _error(failure, f"injected failure ({failure})", kind)
+            status, why = failure
+            kind = "rate_limit_error" if status == 429 else "server_error"
+            failed = _error(status, f"injected failure ({why})", kind)
             if retry_after is not None:
                 failed.headers["Retry-After"] = f"{retry_after:g}"
             return failed
