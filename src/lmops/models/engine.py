@@ -27,8 +27,9 @@ A failure while sampling or decoding one sequence ends only that sequence (``Don
 ``finish_reason="error"``); a failed forward pass ends every sequence in the batch.
 
 With ``GenRequest.logprobs`` each generated token's delta carries a ``TokenLogprob``: its
-log-probability under the model (before temperature and top-p), its exact bytes, and the
-``top_logprobs`` most likely tokens at that step.
+log-probability under the model (after logit_bias, the penalties and a grammar's mask,
+before temperature and top-p), its exact bytes, and the ``top_logprobs`` most likely tokens
+at that step.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from typing import Any
 
 from lmops.core.errors import UserError
 from lmops.models.compat import cache_arg, output_cache
+from lmops.models.logits import adjust_rows
 from lmops.models.sampling import pick_tokens
 from lmops.models.sequences import Events, Seq, deliver, prefill_groups
 from lmops.models.tokens import (
@@ -613,6 +615,7 @@ class Engine:
         """Pick and accept the next token of each of ``seqs`` from its row of ``logits``. A
         sequence whose request cannot be sampled, or whose token fails to be accepted,
         fails alone (the others' rows are picked again without it)."""
+        adjust_rows(seqs, logits)  # logit_bias and penalties (models/logits.py), then
         for i, s in enumerate(seqs):  # grammar masks (models/grammar.py), row by row
             if s.req.constraint is not None:
                 s.req.constraint.mask(logits[i])

@@ -19,7 +19,8 @@ def pick_tokens(seqs: Sequence[Seq], logits: Any) -> list[tuple[int, float, list
     """Each sequence's next token from its row of ``logits`` (len(seqs), vocab): the
     token, its logprob, and the ``top_logprobs`` most likely (id, logprob) pairs when
     the request asked for them (most likely first). Logprobs are under the model's
-    distribution, before temperature and top-p.
+    distribution as ``logits`` hold it (after logit_bias, the penalties and a grammar's
+    mask: models/logits.py), before temperature and top-p.
 
     A few tensor operations for the whole batch, not per row: greedy rows take the
     argmax; sampled rows scale by their temperature, keep their top-p nucleus (the most

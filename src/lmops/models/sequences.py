@@ -9,6 +9,7 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from lmops.models.types import Delta, Done, GenRequest
 
@@ -34,6 +35,7 @@ class Seq:
     eos: bool = False  # it ended by generating an end-of-sequence token
     done: str | None = None  # the finish reason once finished
     rng: random.Random | None = None  # the sequence's own sampling stream (seeded)
+    logits_state: Any = None  # its logits processors' state (models/logits.py), made at first use
     # The engine's outbox: events wait there until the worker hands a whole step's events
     # to the event loop at once (Engine._flush). Without one, each event is sent alone.
     outbox: list[tuple[Seq, Delta | Done]] | None = None

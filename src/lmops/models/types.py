@@ -6,6 +6,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True)
+class LogitsOptions:
+    """What a request asks to change in its sequence's row of logits before the next
+    token is picked (models/logits.py), in vLLM's order: ``logit_bias`` (token id ->
+    added to its logit), then ``repetition_penalty`` (a seen logit divided by it when
+    positive, multiplied when negative; seen: in the prompt or the reply), then
+    ``frequency_penalty`` (times the token's count in the reply so far) and
+    ``presence_penalty`` (once, if it occurs in the reply), both subtracted."""
+
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+    @property
+    def active(self) -> bool:
+        return bool(
+            self.logit_bias
+            or self.frequency_penalty
+            or self.presence_penalty
+            or self.repetition_penalty != 1.0
+        )
+
+
 @dataclass
 class GenRequest:
     request_id: str
@@ -23,6 +47,8 @@ class GenRequest:
     # alternatives per token; ``None``: not asked. With ``max_tokens=0`` only these come.
     prompt_logprobs: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # logit_bias and the penalties (None: the model's logits as they are)
+    logits: LogitsOptions | None = None
     # a grammar over the generated tokens (models/grammar.Constraint: ``mask(logits_row)``
     # before sampling, ``advance(token, text) -> complete`` after); None: free
     constraint: Any = None
@@ -34,9 +60,10 @@ class GenRequest:
 @dataclass
 class TokenLogprob:
     """One sampled token's log-probability (natural log, under the model's distribution
-    before temperature and top-p), with its ``top_logprobs`` alternatives, most likely
-    first. ``bytes`` are the token's own UTF-8 bytes (exact even for part of a multi-byte
-    character, whose ``token`` text is then a replacement character). ``text_offset`` and
+    after logit_bias, the penalties and a grammar's mask, before temperature and top-p),
+    with its ``top_logprobs`` alternatives, most likely first. ``bytes`` are the token's
+    own UTF-8 bytes (exact even for part of a multi-byte character, whose ``token`` text
+    is then a replacement character). ``text_offset`` and
     ``text_end`` bound the generated text (in characters) up to and including this token,
     so a layer that rewrites text can tell which tokens' text went out verbatim."""
 
