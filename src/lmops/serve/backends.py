@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from lmops.models.types import Delta, Done, GenRequest, TokenLogprob
+from lmops.models.types import Delta, Done, GenRequest, LogitsOptions, TokenLogprob
 from lmops.serve.protocol import OpenAIError
 
 __all__ = [
@@ -73,11 +73,16 @@ class Job:
     prompt: str | None  # completions, after the input guardrails
     max_tokens: int  # the completion budget per choice (capped; charged at admission)
     max_tokens_field: str = "max_tokens"  # the field the client used
+    # the client named the budget: one that does not fit the context is refused, where a
+    # default budget is cut to the context left
+    max_tokens_asked: bool = False
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    # logit_bias and the penalties, for the engine (an upstream reads them in ``body``)
+    logits: LogitsOptions | None = None
     logprobs: bool = False
     top_logprobs: int = 0
     stream: bool = False
@@ -144,7 +149,11 @@ class Backend(Protocol):
 
     async def start(self, job: Job) -> Generation: ...
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]] | dict[str, Any], int]: ...
+    async def embed(
+        self, texts: list[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]] | dict[str, Any], int]:
+        """Vectors of ``texts`` (``dimensions`` long where asked: a 400
+        ``unsupported_parameter`` where the model cannot shorten them) and the tokens read."""
 
 
 def _content_text(content: Any) -> str:
@@ -185,6 +194,57 @@ def _context_error(kind: str, limit: int, tokens: int | None) -> OpenAIError:
     )
 
 
+def _budget_error(job: Job, limit: int, prompt: int) -> OpenAIError:
+    """OpenAI's refusal of a prompt and an explicit completion budget that together do not
+    fit the context (vLLM's too), rather than a reply cut short at the context's end."""
+    asked = prompt + job.max_tokens
+    if job.kind == "chat":
+        parts = f"{prompt} in the messages, {job.max_tokens} in the completion"
+        advice = "Please reduce the length of the messages or completion."
+    else:
+        parts = f"{prompt} in your prompt; {job.max_tokens} for the completion"
+        advice = "Please reduce your prompt; or completion length."
+    return OpenAIError(
+        400,
+        f"This model's maximum context length is {limit} tokens. However, you requested "
+        f"{asked} tokens ({parts}). {advice}",
+        param="messages" if job.kind == "chat" else "prompt",
+        code="context_length_exceeded",
+    )
+
+
+def _unsupported(param: str, why: str) -> OpenAIError:
+    return OpenAIError(
+        400,
+        f"{param}: unsupported parameter: {why}; leave it out, or call a deployment whose "
+        "upstream supports it",
+        param=param,
+        code="unsupported_parameter",
+    )
+
+
+def _engine_options(job: Job, vocab: int) -> None:
+    """A 400 for an OpenAI parameter the built-in engine cannot honour, or a ``logit_bias``
+    token that is not in its vocabulary (an upstream checks its own)."""
+    body = job.body
+    if body.get("suffix"):  # "" asks for nothing
+        raise _unsupported("suffix", "the built-in engine does not insert text")
+    best_of = body.get("best_of")
+    if isinstance(best_of, int) and best_of > job.n:
+        raise _unsupported("best_of", f"the built-in engine generates n ({job.n}) choices only")
+    if body.get("functions"):
+        raise _unsupported("functions", "the built-in engine takes tools (send tools instead)")
+    bad = sorted(t for t in (job.logits.logit_bias if job.logits else {}) if t >= vocab)
+    if bad:
+        raise OpenAIError(
+            400,
+            f"logit_bias: token id {bad[0]} is not in this model's vocabulary (token ids 0 to "
+            f"{vocab - 1})",
+            param="logit_bias",
+            code="invalid_value",
+        )
+
+
 # ============================================================================ engine
 class EngineBackend:
     """A model served by the built-in engine (one target of a deployment). ``sampling``:
@@ -211,6 +271,7 @@ class EngineBackend:
     def precheck(self, job: Job) -> None:
         if self.engine.surely_too_long(len(job.text())):
             raise _context_error(job.kind, self.engine.max_context, None)
+        _engine_options(job, _vocab(self.engine))
         if job.tools is not None:
             from lmops.serve.tools import compile_plan
 
@@ -246,6 +307,8 @@ class EngineBackend:
         room = engine.max_context - len(ids)
         if room <= 0:
             raise _context_error(job.kind, engine.max_context, len(ids))
+        if job.max_tokens_asked and job.max_tokens > room:
+            raise _budget_error(job, engine.max_context, len(ids))
         job.prompt_ids = ids
         job.max_tokens = min(job.max_tokens, room)
         job.parse_tools = job.tools is not None and job.tools.parses_calls
@@ -261,6 +324,7 @@ class EngineBackend:
                 top_p=job.top_p,
                 seed=None if job.seed is None else job.seed + i,
                 stop=job.stop,
+                logits=job.logits,
                 logprobs=job.logprobs,
                 top_logprobs=job.top_logprobs,
                 # scored when asked, and always for max_tokens=0 (nothing is generated)
@@ -283,8 +347,7 @@ class EngineBackend:
         from lmops.models.grammar import grammars_for
 
         engine = self.engine
-        vocab = int(getattr(engine.model.config, "vocab_size", 0) or len(engine.tokenizer))
-        grammars = grammars_for(engine.tokenizer, vocab, sorted(engine.eos_ids))
+        grammars = grammars_for(engine.tokenizer, _vocab(engine), sorted(engine.eos_ids))
         # tokens one more parallel call takes at least (models/grammar.py: the reserve)
         reserve = min((len(engine.encode(c)) for c in plan.next_calls), default=0)
         try:
@@ -296,10 +359,21 @@ class EngineBackend:
                 code="unsupported_schema",
             ) from None
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, texts: list[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]], int]:
+        if dimensions is not None:  # a mean-pooled hidden state: not matryoshka
+            raise _unsupported(
+                "dimensions", "this deployment's model cannot shorten its embeddings"
+            )
         engine = self.engine
         tokens = sum(len(engine.encode(t)) for t in texts)
         return await asyncio.to_thread(engine.embed, texts), tokens
+
+
+def _vocab(engine: Any) -> int:
+    """The rows of the engine's logits: its model's vocabulary."""
+    return int(getattr(engine.model.config, "vocab_size", 0) or len(engine.tokenizer))
 
 
 class _EngineGeneration:
@@ -456,13 +530,16 @@ class UpstreamBackend:
             raise upstream_error(e.status, e.data, e.retry_after_s) from None
         return _UpstreamStream(stream, job.kind, estimate)
 
-    async def embed(self, texts: list[str]) -> tuple[dict[str, Any], int]:
+    async def embed(
+        self, texts: list[str], dimensions: int | None = None
+    ) -> tuple[dict[str, Any], int]:
         from lmops.serve.upstream import UpstreamRefused
 
+        body: dict[str, Any] = {"input": texts, "encoding_format": "float"}
+        if dimensions is not None:  # the upstream's model says whether it can
+            body["dimensions"] = dimensions
         try:
-            status, data = await self.upstream.request(
-                "/embeddings", {"input": texts, "encoding_format": "float"}
-            )
+            status, data = await self.upstream.request("/embeddings", body)
         except UpstreamRefused as e:  # a 429
             raise upstream_error(e.status, e.data, e.retry_after_s) from None
         if status >= 400:
@@ -669,10 +746,12 @@ class FakeBackend:
     async def start(self, job: Job) -> Generation:
         return _FakeGeneration(self, job)
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    async def embed(
+        self, texts: list[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]], int]:
         import hashlib
 
-        dims = int(self.options.dims)
+        dims = dimensions or int(self.options.dims)  # hashed buckets: any size will do
         out = []
         for t in texts:
             v = [0.0] * dims

@@ -237,6 +237,7 @@ class Handlers:
             prompt=prompt,
             max_tokens=min(budget, spec.max_tokens_cap),
             max_tokens_field=asked[0] if asked is not None else "max_tokens",
+            max_tokens_asked=asked is not None,
             n=req.n,
             temperature=req.temperature
             if req.temperature is not None
@@ -244,6 +245,7 @@ class Handlers:
             top_p=req.top_p if req.top_p is not None else float(backend.sampling.get("top_p", 1.0)),
             seed=req.seed,
             stop=req.stops(),
+            logits=req.logits_options(),
             logprobs=logprobs,
             top_logprobs=top,
             stream=req.stream,
@@ -663,7 +665,7 @@ class Handlers:
             # one text at a time: a deferred check is run again whole, and a list's earlier
             # texts would have recorded their actions already
             texts = [await _off_loop_if_big(ctx.check_prompt, t, "input", len(t)) for t in texts]
-            result, tokens = await backend.embed(texts)
+            result, tokens = await backend.embed(texts, req.dimensions)
             if isinstance(result, dict):  # an upstream's answer, passed on
                 ctx.finish(200, tokens, 0)
                 return JSONResponse({**result, "model": req.model}, headers=ctx.headers())

@@ -4,7 +4,10 @@ reading a request body with bounds.
 Errors are ``{"error": {"message", "type", "param", "code"}}`` with the status codes the
 official client maps (400 BadRequest, 401 Authentication, 403 PermissionDenied,
 404 NotFound, 413 request too large, 429 RateLimit, 500/502/503 server errors). Unknown
-extra fields in a request are accepted and ignored, as OpenAI does.
+extra fields in a request are accepted and ignored, as OpenAI does; OpenAI's own
+parameters are validated as OpenAI does, and one that a backend cannot honour (``suffix``
+or ``best_of`` on the built-in engine, ``dimensions`` on a model that is not matryoshka) is
+a 400 ``unsupported_parameter`` naming it, never silently ignored.
 
 A body is bounded before anything expensive happens (:func:`read_json`): its size
 (``max_body_bytes``, a 413 as soon as the declared or received length passes it), its JSON
@@ -35,6 +38,7 @@ from pydantic import (
 )
 
 from lmops.core.yamlcfg import format_loc, shown_error
+from lmops.models.types import LogitsOptions
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -104,6 +108,8 @@ class _Open(BaseModel):
 class ChatMessage(_Open):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = Field(default=None, validate_default=True)
+    # a tool result names the call it answers (serve/tools.check_tool_messages)
+    tool_call_id: str | None = None
 
     @field_validator("content", mode="wrap")
     @classmethod
@@ -149,6 +155,41 @@ class _Sampling(_Open):
     # a 64-bit seed, as OpenAI takes; larger ones would fail inside the sampler
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     user: str | None = None
+    # logits processors (models/logits.py), with OpenAI's bounds; repetition_penalty is
+    # vLLM's extra (multiplicative, over the prompt's and the reply's tokens), in (0, 2]
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
+    # token id (a string, as JSON keys are) -> a bias in [-100, 100] added to its logit;
+    # whether the ids are in the vocabulary is the backend's to say (it has the tokenizer)
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_with_stream(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("stream_options is only allowed when stream is true")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_shape(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (value or {}).items():
+            if not (key.isascii() and key.isdigit()):
+                raise ValueError(f"invalid key {key!r}: keys are token ids (non-negative integers)")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"the bias of token {key} is {bias}; it must be in [-100, 100]")
+        return value
+
+    def logits_options(self) -> LogitsOptions | None:
+        """What the request asks to change in each row of logits (None: nothing)."""
+        options = LogitsOptions(
+            logit_bias={int(k): float(v) for k, v in (self.logit_bias or {}).items() if v},
+            frequency_penalty=self.frequency_penalty or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+        )
+        return options if options.active else None
 
     def stops(self) -> list[str]:
         if self.stop is None:
@@ -247,6 +288,18 @@ class CompletionRequest(_Sampling):
     max_tokens: int | None = Field(default=None, ge=0)
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)
+    # the built-in engine takes neither beyond their no-op values (backends.precheck); an
+    # upstream gets them unchanged
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1, le=20)
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_n(cls, value: int | None, info: ValidationInfo) -> int | None:
+        n = info.data.get("n", 1)
+        if value is not None and value < n:
+            raise ValueError(f"best_of ({value}) must be greater than or equal to n ({n})")
+        return value
 
     def logprob_options(self) -> tuple[bool, int]:
         return self.logprobs is not None, self.logprobs or 0
@@ -256,6 +309,8 @@ class EmbeddingRequest(_Open):
     model: str = Field(min_length=1)
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
+    # shorter vectors: only an upstream's matryoshka model can honour it (Backend.embed)
+    dimensions: int | None = Field(default=None, ge=1)
 
 
 def parse(model: type[BaseModel], body: Any) -> Any:
