@@ -76,9 +76,12 @@ def test_repetition_penalty_matches_transformers(model_dir: Path) -> None:
         ids = {p: engine.encode(p) for p in PROMPTS}
         reqs = [
             GenRequest(
-                f"{i}", prompt_ids=ids[p], max_tokens=STEPS, temperature=0.0,
+                f"{i}",
+                prompt_ids=ids[p],
+                max_tokens=STEPS,
+                temperature=0.0,
                 logits=LogitsOptions(repetition_penalty=r) if r != 1.0 else None,
-            )  # fmt: skip
+            )
             for i, (p, r) in enumerate(cases)
         ]
         got = run_all(engine, reqs)  # all in one running batch
@@ -109,9 +112,12 @@ def test_logit_bias_and_penalties_match_a_reference_loop(model_dir: Path) -> Non
         ]
         reqs = [
             GenRequest(
-                f"{i}", prompt_ids=prompt, max_tokens=STEPS, temperature=0.0,
+                f"{i}",
+                prompt_ids=prompt,
+                max_tokens=STEPS,
+                temperature=0.0,
                 logits=o if o.active else None,
-            )  # fmt: skip
+            )
             for i, o in enumerate(cases)
         ]
         got = run_all(engine, reqs)

@@ -154,8 +154,9 @@ def test_a_budget_that_does_not_fit_the_context_is_refused(
         c.completions.create, prompt="The quick brown fox", max_tokens=room_text + 1, **kw
     )
     assert err["code"] == "context_length_exceeded" and err["param"] == "prompt"
-    assert f"({text_p.prompt_tokens} in your prompt; {room_text + 1} for the completion)" in (
-        err["message"]
+    assert (
+        f"({text_p.prompt_tokens} in your prompt; {room_text + 1} for the completion)"
+        in (err["message"])
     )
     # exactly the room left: answered
     r = c.completions.create(prompt="The quick brown fox", max_tokens=room_text, **kw)
@@ -313,8 +314,11 @@ def test_stream_options_need_stream(server: dict[str, Any]) -> None:
         assert err["param"] == "stream_options" and err["code"] == "invalid_value", err
     chunks = list(
         c.chat.completions.create(
-            model="tiny", messages=ASK, max_tokens=2, stream=True,
+            model="tiny",
+            messages=ASK,
+            max_tokens=2,
+            stream=True,
             stream_options={"include_usage": True},
-        )  # fmt: skip
+        )
     )
     assert chunks[-1].usage is not None
