@@ -278,25 +278,44 @@ def test_response_format_json_schema_and_parse(server: dict[str, Any]) -> None:
     assert isinstance(w, Weather) and 1 <= w.days <= 7 and len(w.city) <= 8
 
 
-def test_a_call_cut_off_by_max_tokens_is_never_sent(server: dict[str, Any]) -> None:
+def streamed(chunks: list[Any]) -> tuple[str, list[Any], list[str], str | None]:
+    """A streamed choice 0: its content, tool-call pieces, logprob tokens, finish reason."""
+    choices = [ch.choices[0] for ch in chunks if ch.choices]
+    content = "".join(c.delta.content or "" for c in choices)
+    pieces = [p for c in choices for p in c.delta.tool_calls or []]
+    tokens = [e.token for c in choices if c.logprobs for e in c.logprobs.content or []]
+    return content, pieces, tokens, choices[-1].finish_reason
+
+
+def test_a_call_cut_off_by_max_tokens_comes_back_as_content(server: dict[str, Any]) -> None:
+    # the budget ran out inside the only call: no call to report, finish_reason length,
+    # and the text the model wrote is the content, with its logprobs, in full and streamed
     c = client(server)
     kw: dict[str, Any] = dict(
         model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=6,
-        temperature=0,
+        temperature=0, logprobs=True,
     )  # fmt: skip
-    r = c.chat.completions.create(**kw)
-    assert r.choices[0].finish_reason == "length"
-    assert not r.choices[0].message.tool_calls and not r.choices[0].message.content
-    chunks = list(c.chat.completions.create(**kw, stream=True))
-    assert not any(ch.choices[0].delta.tool_calls for ch in chunks if ch.choices)
-    assert not "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+    r = c.chat.completions.create(**kw, user="cut-full")
+    choice = r.choices[0]
+    assert choice.finish_reason == "length" and not choice.message.tool_calls
+    text = choice.message.content
+    assert text and (text.startswith("<tool_call>") or "<tool_call>".startswith(text))
+    assert "".join(e.token for e in choice.logprobs.content) == text
+    assert len(choice.logprobs.content) == r.usage.completion_tokens == 6
+    content, pieces, tokens, finish = streamed(
+        list(c.chat.completions.create(**kw, stream=True, user="cut-stream"))
+    )
+    assert (content, pieces, "".join(tokens), finish) == (text, [], text, "length")
+    logged = logged_replies(server, {"cut-full", "cut-stream"})
+    for x in logged.values():
+        message = x.response_body["choices"][0]["message"]
+        assert message["content"] == text and not message.get("tool_calls")
+        assert x.response_body["choices"][0]["finish_reason"] == "length"
 
 
-def test_complete_parallel_calls_end_with_tool_calls_not_length(server: dict[str, Any]) -> None:
+def test_complete_calls_before_a_cut_are_kept_with_length(server: dict[str, Any]) -> None:
     # tool_choice "required", parallel calls allowed: greedy, the tiny model writes the same
-    # call again and again, as SmolLM2-135M-Instruct did; max_tokens must not turn a reply
-    # with complete calls into "length"
+    # call again and again, as SmolLM2-135M-Instruct did
     c = client(server)
     kw: dict[str, Any] = dict(
         model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", temperature=0
@@ -305,21 +324,52 @@ def test_complete_parallel_calls_end_with_tool_calls_not_length(server: dict[str
     n = one.usage.completion_tokens  # one call, ended by its grammar
     assert one.choices[0].finish_reason == "tool_calls" and n < 100
     call = one.choices[0].message.tool_calls[0]
-    # (max_tokens, tokens used): too little left after the call for another one, so the
-    # engine ends the list there; room to begin one more, which max_tokens cuts: the
-    # unfinished call is dropped, the complete one goes out
-    for max_tokens, used in [(n + 10, n), (2 * n - 10, 2 * n - 10)]:
-        r = c.chat.completions.create(**kw, max_tokens=max_tokens)
-        choice = r.choices[0]
-        assert (choice.finish_reason, r.usage.completion_tokens) == ("tool_calls", used)
-        assert [(t.function.name, t.function.arguments) for t in choice.message.tool_calls] == [
-            (call.function.name, call.function.arguments)
-        ]
-        assert choice.message.content is None
-        chunks = list(c.chat.completions.create(**kw, max_tokens=max_tokens, stream=True))
-        pieces = [p for ch in chunks if ch.choices for p in ch.choices[0].delta.tool_calls or []]
-        assert {p.index for p in pieces} == {0}
-        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "tool_calls"
+    want = [(call.function.name, call.function.arguments)]
+    # too little left after the call for another one: the engine ends the list there,
+    # a whole reply of calls
+    r = c.chat.completions.create(**kw, max_tokens=n + 10)
+    assert (r.choices[0].finish_reason, r.usage.completion_tokens) == ("tool_calls", n)
+    assert [(t.function.name, t.function.arguments) for t in r.choices[0].message.tool_calls] == (
+        want
+    )
+    assert r.choices[0].message.content is None
+    # room to begin one more, which max_tokens cuts: the complete call is kept, the cut
+    # one's text is the content (with its logprobs), and the reply ended by length
+    cut: dict[str, Any] = dict(**kw, max_tokens=2 * n - 10, logprobs=True)
+    r = c.chat.completions.create(**cut)
+    choice = r.choices[0]
+    assert (choice.finish_reason, r.usage.completion_tokens) == ("length", 2 * n - 10)
+    assert [(t.function.name, t.function.arguments) for t in choice.message.tool_calls] == want
+    rest = choice.message.content
+    assert rest and rest.startswith("<tool_call>") and "</tool_call>" not in rest
+    assert "".join(e.token for e in choice.logprobs.content).endswith(rest)
+    assert len("".join(e.token for e in choice.logprobs.content)) <= len(rest) + 2
+    content, pieces, tokens, finish = streamed(list(c.chat.completions.create(**cut, stream=True)))
+    assert (content, {p.index for p in pieces}, finish) == (rest, {0}, "length")
+    assert "".join(tokens) == "".join(e.token for e in choice.logprobs.content)
+
+
+def logged_replies(server: dict[str, Any], users: set[str]) -> dict[str, Any]:
+    """The request log's records of the requests sent with ``user`` in ``users``."""
+    from lmops.store import Store
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMOPS_HOME", str(server["home"]))
+        store = Store()
+    try:
+        deadline = time.monotonic() + 30
+        logged: dict[str, Any] = {}
+        while len(logged) < len(users) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            logged = {
+                str((x.request_body or {}).get("user")): x
+                for x in store.requests.scan(deployment="tiny", with_bodies=True)
+                if (x.request_body or {}).get("user") in users
+            }
+    finally:
+        store.close()
+    assert set(logged) == users
+    return logged
 
 
 def test_multi_turn_with_tool_results(server: dict[str, Any]) -> None:
@@ -404,9 +454,49 @@ def test_bad_tool_requests_are_400s_naming_the_field(
     assert err["message"].startswith(param)
 
 
-def test_request_log_keeps_tool_calls(
-    server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+CALL_A = {"id": "call_a", "type": "function",
+          "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["tiny", "up"])
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([*ASK, {"role": "tool", "content": "21"}], "messages[1].tool_call_id"),
+        ([*ASK, {"role": "tool", "tool_call_id": "call_a", "content": "21"}],
+         "messages[1].tool_call_id"),
+        ([*ASK, {"role": "assistant", "content": None, "tool_calls": [CALL_A]},
+          {"role": "tool", "tool_call_id": "call_b", "content": "21"}],
+         "messages[2].tool_call_id"),
+        ([*ASK, {"role": "tool", "tool_call_id": "call_a", "content": "21"},
+          {"role": "assistant", "content": None, "tool_calls": [CALL_A]}],
+         "messages[1].tool_call_id"),
+    ],
+)  # fmt: skip
+def test_a_tool_message_must_answer_an_earlier_call(
+    server: dict[str, Any], model: str, messages: list[dict[str, Any]], param: str
 ) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client(server).chat.completions.create(model=model, messages=messages, max_tokens=2)
+    err = e.value.body
+    assert err["param"] == param and err["code"] == "invalid_value", err
+    assert err["message"].startswith(param)
+
+
+def test_a_function_without_parameters_takes_no_arguments(server: dict[str, Any]) -> None:
+    # OpenAI: omitting parameters defines a function with an empty parameter list
+    c = client(server)
+    now = {"type": "function", "function": {"name": "now", "description": "The time"}}
+    for seed in range(3):
+        r = c.chat.completions.create(
+            model="tiny", messages=ASK, tools=[now], tool_choice="required", max_tokens=100,
+            temperature=1.0, seed=seed, parallel_tool_calls=False,
+        )  # fmt: skip
+        (call,) = r.choices[0].message.tool_calls
+        assert (call.function.name, json.loads(call.function.arguments)) == ("now", {})
+
+
+def test_request_log_keeps_tool_calls(server: dict[str, Any]) -> None:
     c = client(server)
     kw: dict[str, Any] = dict(
         model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=200,
@@ -414,23 +504,7 @@ def test_request_log_keeps_tool_calls(
     )  # fmt: skip
     r = c.chat.completions.create(**kw, user="log-full")
     list(c.chat.completions.create(**kw, stream=True, user="log-stream"))
-    from lmops.store import Store
-
-    monkeypatch.setenv("LMOPS_HOME", str(server["home"]))
-    store = Store()
-    try:
-        deadline = time.monotonic() + 30
-        logged: dict[str, Any] = {}
-        while len(logged) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            logged = {
-                str((x.request_body or {}).get("user")): x
-                for x in store.requests.scan(deployment="tiny", with_bodies=True)
-                if (x.request_body or {}).get("user") in ("log-full", "log-stream")
-            }
-    finally:
-        store.close()
-    assert set(logged) == {"log-full", "log-stream"}
+    logged = logged_replies(server, {"log-full", "log-stream"})
     want = r.choices[0].message.tool_calls[0].function
     for x in logged.values():
         assert x.request_body["tools"][0]["function"]["name"] == "get_weather"

@@ -122,13 +122,12 @@ class LogprobRelease:
         self.aligned = 0  # length of their common prefix
         self.diverged = False
         self.pending: list[TokenLogprob] = []
+        self.hidden = 0  # characters of tool calls taken out (:meth:`hide`)
 
     def produced(self, text: str, entries: list[TokenLogprob] | TokenLogprob | None) -> None:
         self.raw += text
-        if isinstance(entries, TokenLogprob):
-            self.pending.append(entries)
-        elif entries:
-            self.pending.extend(entries)
+        new = [entries] if isinstance(entries, TokenLogprob) else entries or []
+        self.pending.extend(tools.shifted(new, self.hidden) if self.hidden else new)
 
     def sent(self, text: str, final: bool = False) -> list[TokenLogprob]:
         self.out += text
@@ -145,6 +144,13 @@ class LogprobRelease:
             n = len(self.pending)
         released, self.pending = self.pending[:n], self.pending[n:]
         return released
+
+    def hide(self, spans: list[tuple[int, int]]) -> None:
+        """Take the ``spans`` of tool calls' text (``tools.ToolStream.hidden``) out of what
+        the model produced, with their tokens' entries, so the rest lines up with the
+        content sent."""
+        self.raw, self.pending = tools.without_spans(self.raw, self.pending, spans)
+        self.hidden += sum(end - start for start, end in spans)
 
 
 def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
@@ -391,6 +397,8 @@ class Handlers:
             reason = "content_filter" if filtered else finish.get(i, "stop")
             if parsed is not None:
                 reason = tools.finish_reason(reason, calls or [])
+            if parsed is not None and i in releases:
+                releases[i].hide(parsed.hidden)  # the calls' text is not content
             entries = releases[i].sent(text, final=True) if i in releases else []
             choice: dict[str, Any] = {"index": i, "finish_reason": reason}
             if job.kind == "chat":
@@ -513,7 +521,10 @@ class Handlers:
         async def close(i: int, reason: str, out: list[str]) -> None:
             """End choice ``i``: what its guard held back, then its finish reason."""
             guard = guards.get(i) or guards.setdefault(i, ctx.stream_guard())
-            held, _ = split(i, "", end=reason)  # content held back as a possible call start
+            # content held back as a possible call start, or a call max_tokens cut
+            held, _ = split(i, "", end=reason)
+            if i in releases and i in splitters:
+                releases[i].hide(splitters[i].take_hidden())
             if relayed.get(i) and not await call_chunks(
                 i, tools.collected_calls(relayed.pop(i)), out
             ):
@@ -521,8 +532,9 @@ class Handlers:
             if held:
                 text, stop_now = await _inline_unless_deferred(guard.feed, held)
                 emitted(text, i)
-                if text:
-                    out.append(chunk(i, text, None))
+                held_entries = releases[i].sent(text) if i in releases else []
+                if text or held_entries:
+                    out.append(chunk(i, text, None, held_entries))
                 if stop_now:
                     reason = "content_filter"
             tail = await _inline_unless_deferred(guard.finish)
@@ -531,7 +543,7 @@ class Handlers:
             if tail or entries:
                 out.append(chunk(i, tail, None, entries))
             done.add(i)
-            reason = tools.finish_reason(reason, calls_sent.get(i, []), relayed=not job.parse_tools)
+            reason = tools.finish_reason(reason, calls_sent.get(i, []))
             reasons[i] = "content_filter" if guard.stopped else reason
             out.append(chunk(i, None, reasons[i]))
 
@@ -556,6 +568,8 @@ class Handlers:
                         if job.logprobs:
                             release = releases.setdefault(i, LogprobRelease())
                             release.produced(ev.text, ev.logprobs)
+                            if i in splitters:  # the calls' text is not content
+                                release.hide(splitters[i].take_hidden())
                             entries = release.sent(text)
                         emitted(text, i)
                         extra = None if stop_now else ev.extra

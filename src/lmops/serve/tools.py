@@ -31,14 +31,15 @@ named function         constrained: exactly one call of that function
 ``none`` / no tools    ``response_format`` (``json_object``, ``json_schema``) only
 =====================  ===================================================================
 
-A call is only reported once it is complete: a reply cut off by ``max_tokens`` inside a
-call ends without that call, so a client never gets malformed arguments: with
-``finish_reason: "length"`` if no call was complete, else with ``"tool_calls"`` and the
-complete ones (the engine avoids cutting a further call where it can: with too few tokens
-left for one, a list of parallel calls ends). Streams therefore send a call when its
-closing tag arrives: its id, type and name first, then its arguments in pieces. An
-upstream's streamed calls are collected the same way and sent, guarded, when its choice
-ends.
+A call is only reported once it is complete, so a client never gets malformed arguments.
+A reply that ``max_tokens`` cut ends with ``finish_reason: "length"``, as OpenAI and vLLM
+report it: the complete calls are kept, and the unparsed remainder (an unfinished call's
+text) is the message's ``content``, with its logprobs, as vLLM's tool parsers return what
+they cannot parse (the engine avoids cutting a further call where it can: with too few
+tokens left for one, a list of parallel calls ends, with ``"tool_calls"``). Streams send a
+call when its closing tag arrives: its id, type and name first, then its arguments in
+pieces. An upstream's streamed calls are collected the same way and sent, guarded, when
+its choice ends.
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from lmops.models.toolformat import CLOSE, OPEN, call_text, read_call, system_prompt
+from lmops.models.types import TokenLogprob
 from lmops.serve.protocol import ChatRequest, NamedToolChoice, OpenAIError
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "arguments_chars",
     "arguments_text",
     "call_deltas",
+    "check_tool_messages",
     "collect_call_deltas",
     "collected_calls",
     "compile_plan",
@@ -68,7 +71,9 @@ __all__ = [
     "parse_reply",
     "plan_request",
     "render",
+    "shifted",
     "template_has_tools",
+    "without_spans",
 ]
 
 # characters of an argument string per streamed piece
@@ -126,10 +131,37 @@ def _check_schema(schema: Any, param: str) -> None:
         ) from None
 
 
+def check_tool_messages(req: ChatRequest) -> None:
+    """A 400 naming ``messages[i]`` for a ``tool`` message without a ``tool_call_id``, or
+    whose id no earlier assistant message's ``tool_calls`` has, as OpenAI refuses it (a
+    result the model never asked for)."""
+    called: set[str] = set()
+    for i, m in enumerate(req.messages):
+        if m.role == "assistant":
+            calls = getattr(m, "tool_calls", None)
+            for c in calls if isinstance(calls, list) else []:
+                if isinstance(c, dict) and isinstance(c.get("id"), str):
+                    called.add(c["id"])
+        elif m.role == "tool":
+            if m.tool_call_id is None:
+                raise _bad(
+                    "a tool message needs the tool_call_id of the call it answers",
+                    f"messages[{i}].tool_call_id",
+                )
+            if m.tool_call_id not in called:
+                raise _bad(
+                    f"a tool message must answer a call of an earlier assistant message's "
+                    f"tool_calls; none has the id {m.tool_call_id!r}",
+                    f"messages[{i}].tool_call_id",
+                )
+
+
 def plan_request(req: ChatRequest) -> ToolPlan | None:
     """The plan of ``req`` (None when it asks for plain text), or a 400 naming the field:
     ``tool_choice`` without ``tools``, a named tool that is not among them, duplicate tool
-    names, an invalid JSON schema (a tool's ``parameters``, ``response_format``'s)."""
+    names, an invalid JSON schema (a tool's ``parameters``, ``response_format``'s), a
+    ``tool`` message that answers no call (:func:`check_tool_messages`)."""
+    check_tool_messages(req)
     choice = req.tool_choice
     if choice is not None and not req.tools:
         raise _bad("tool_choice is only allowed when tools are specified", "tool_choice")
@@ -177,11 +209,15 @@ def plan_request(req: ChatRequest) -> ToolPlan | None:
 
 
 # -- the grammar ------------------------------------------------------------------------------------
+# the arguments of a function without ``parameters``: none, as OpenAI reads it
+NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
 def _call_schema(tool: dict[str, Any]) -> dict[str, Any]:
     """The schema of one call's JSON. The parameters' definitions move to its root, where
     their ``#/$defs/...`` references point (pydantic writes nested models that way)."""
     fn = tool["function"]
-    params = dict(fn.get("parameters") or {"type": "object"})
+    params = dict(fn.get("parameters") or NO_ARGUMENTS)
     defs = {k: params.pop(k) for k in ("$defs", "definitions") if k in params}
     return {
         **defs,
@@ -360,11 +396,14 @@ def guard_tool_arguments(check: Any, messages: list[dict[str, Any]]) -> list[dic
 @dataclass
 class ParsedReply:
     """A reply's text split into ``content`` (None when empty beside calls) and complete
-    ``calls`` (OpenAI ``tool_calls`` entries); ``cut``: a call was begun and not finished."""
+    ``calls`` (OpenAI ``tool_calls`` entries); ``cut``: a call was begun and not finished
+    (its text is at the end of ``content``); ``hidden``: the (start, end) character spans
+    of the reply that are not content (see :attr:`ToolStream.hidden`)."""
 
     content: str | None
     calls: list[dict[str, Any]]
     cut: bool = False
+    hidden: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _tool_call(block: str, names: list[str]) -> dict[str, Any] | None:
@@ -386,7 +425,9 @@ def parse_reply(text: str, plan: ToolPlan, reason: str = "stop") -> ParsedReply:
     tail, more = stream.finish(reason)
     calls += more
     content += tail
-    return ParsedReply(content if content or not calls else None, calls, stream.cut)
+    return ParsedReply(
+        content if content or not calls else None, calls, stream.cut, stream.take_hidden()
+    )
 
 
 def _held(text: str) -> int:
@@ -400,16 +441,28 @@ def _held(text: str) -> int:
 class ToolStream:
     """Splits a reply as it arrives: ``feed(text) -> (content, complete calls)``, then
     ``finish()``. Content is passed on except a tail that could begin ``<tool_call>``;
-    from the first call on, text is kept until each call's closing tag."""
+    from the first call on, text is kept until each call's closing tag.
+
+    ``hidden`` lists the spans of the reply that went out as calls (a call's text and
+    what lies between calls), each as (start, end) characters once the spans before it
+    are taken out, so that taking them out in order leaves the content: a layer that
+    follows the reply's text (logprobs) takes them with :meth:`take_hidden`."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.names = plan.names
         self.buf = ""
         self.in_calls = False
         self.cut = False
+        self.hidden: list[tuple[int, int]] = []
+        self._kept = 0  # characters fed and not hidden (``buf`` is their end)
+
+    def take_hidden(self) -> list[tuple[int, int]]:
+        spans, self.hidden = self.hidden, []
+        return spans
 
     def feed(self, text: str) -> tuple[str, list[dict[str, Any]]]:
         self.buf += text
+        self._kept += len(text)
         content = ""
         if not self.in_calls:
             at = self.buf.find(OPEN)
@@ -430,21 +483,58 @@ class ToolStream:
             call = _tool_call(self.buf[start + len(OPEN) : end].strip(), self.names)
             if call is not None:
                 calls.append(call)
-            self.buf = self.buf[end + len(CLOSE) :]
+            # the call and the text before it (between calls) are not content
+            width = end + len(CLOSE)
+            at = self._kept - len(self.buf)
+            self.hidden.append((at, at + width))
+            self._kept -= width
+            self.buf = self.buf[width:]
         return content, calls
 
     def finish(self, reason: str = "stop") -> tuple[str, list[dict[str, Any]]]:
-        """What is left once the reply ended with ``reason``: held-back content, or
-        nothing (an unfinished call is dropped, also one cut off inside its opening tag)."""
-        if not self.in_calls:
-            tail, self.buf = self.buf, ""
-            if tail and reason == "length":  # the tail is a prefix of the opening tag
-                self.cut = True
-                return "", []
-            return tail, []
-        self.cut = OPEN in self.buf
-        self.buf = ""
-        return "", []
+        """What is left once the reply ended with ``reason``, as content: held-back text,
+        or the text after the last complete call: a call it cut (``cut``; also one cut
+        inside its opening tag), which is not a call to report, or text the model wrote
+        after its calls."""
+        tail, self.buf = self.buf, ""
+        if self.in_calls:  # the space after the last call is not content either
+            lead = len(tail) - len(tail.lstrip())
+            at = self._kept - len(tail)
+            if lead:
+                self.hidden.append((at, at + lead))
+                self._kept -= lead
+            tail = tail[lead:]
+            self.cut = OPEN in tail or (bool(tail) and reason == "length")
+        elif tail and reason == "length":  # the tail is a prefix of the opening tag
+            self.cut = True
+        return tail, []
+
+
+def without_spans(
+    text: str, entries: list[TokenLogprob], spans: list[tuple[int, int]]
+) -> tuple[str, list[TokenLogprob]]:
+    """``text`` without the ``spans`` (each (start, end) counted after the ones before it
+    are out, as :attr:`ToolStream.hidden` gives them), and its tokens' logprob ``entries``
+    without those inside a span, the later ones' offsets moved back to match."""
+    for start, end in spans:
+        width = end - start
+        text = text[:start] + text[end:]
+
+        def moved(at: int, start: int = start, width: int = width) -> int:
+            return at if at <= start else max(start, at - width)
+
+        entries = [
+            replace(e, text_offset=moved(e.text_offset), text_end=moved(e.text_end))
+            for e in entries
+            if not (start <= e.text_offset and e.text_end <= end)
+        ]
+    return text, entries
+
+
+def shifted(entries: list[TokenLogprob], by: int) -> list[TokenLogprob]:
+    """``entries`` with their offsets moved back ``by`` characters (the text of calls
+    :func:`without_spans` took out before them)."""
+    return [replace(e, text_offset=e.text_offset - by, text_end=e.text_end - by) for e in entries]
 
 
 def call_deltas(index: int, call: dict[str, Any]) -> list[dict[str, Any]]:
@@ -497,12 +587,11 @@ def collected_calls(acc: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def finish_reason(reason: str, calls: list[dict[str, Any]], *, relayed: bool = False) -> str:
-    """``tool_calls`` for a reply with calls that ended normally, or that ``max_tokens``
-    cut after its complete calls (inside a further one, which was dropped): the calls are
-    whole and the client runs them, as vLLM reports the calls its parser found. An
-    upstream's ``relayed`` calls keep its ``length``: the last of them may be cut."""
-    if calls and (reason == "stop" or (reason == "length" and not relayed)):
+def finish_reason(reason: str, calls: list[dict[str, Any]]) -> str:
+    """``tool_calls`` for a reply with calls that ended normally; any other reason stays:
+    a reply that ``max_tokens`` cut is ``length`` whatever calls it completed first, as
+    OpenAI and vLLM report it."""
+    if calls and reason == "stop":
         return "tool_calls"
     return reason
 
