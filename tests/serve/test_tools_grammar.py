@@ -23,6 +23,7 @@ from lmops.serve.tools import (
     parse_reply,
     plan_request,
     render,
+    without_spans,
 )
 from tests.train.tiny import make_model, make_tokenizer
 
@@ -170,32 +171,36 @@ def test_replies_split_the_same_whole_or_streamed() -> None:
         '</tool_call>\n<tool_call>\n{"name": "f", "arguments": {"b": "<tool_call>"}}\n'
         '</tool_call>\n<tool_call>\n{"name": "f", "argu'
     )
-    whole = parse_reply(text, plan)
-    assert whole.content == "Let me see <tool_cal not yet.\n" and whole.cut
+    whole = parse_reply(text, plan, "length")
+    # the complete calls, and the text around them (the cut one's too) as the content
+    want = 'Let me see <tool_cal not yet.\n<tool_call>\n{"name": "f", "argu'
+    assert whole.content == want and whole.cut
     assert [c["function"]["arguments"] for c in whole.calls] == ['{"a": 1}', '{"b": "<tool_call>"}']
+    # the spans that went out as calls, taken out of the reply, leave exactly the content
+    assert without_spans(text, [], whole.hidden)[0] == want
     for step in (1, 3, 7):
         s = ToolStream(plan)
-        content, calls = "", []
+        content, calls, hidden = "", [], []
         for k in range(0, len(text), step):
             piece, got = s.feed(text[k : k + step])
             content += piece
             calls += got
-        tail, _ = s.finish()
+            hidden += s.take_hidden()
+        tail, _ = s.finish("length")
         assert content + tail == whole.content and s.cut
         assert [c["function"] for c in calls] == [c["function"] for c in whole.calls]
+        assert hidden + s.take_hidden() == whole.hidden
 
 
 def test_finish_reason_with_complete_calls() -> None:
     calls = [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
-    # a further call cut by max_tokens (dropped) leaves the complete ones: tool_calls
+    # a reply max_tokens cut after complete calls is length, as OpenAI and vLLM say
     assert [finish_reason(r, calls) for r in ("stop", "length", "content_filter")] == [
         "tool_calls",
-        "tool_calls",
+        "length",
         "content_filter",
     ]
     assert finish_reason("length", []) == "length"
-    # an upstream's streamed calls, relayed: the last may be cut, its length stands
-    assert finish_reason("length", calls, relayed=True) == "length"
 
 
 def test_fallback_rendering_of_tools_calls_and_results() -> None:
