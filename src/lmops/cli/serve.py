@@ -186,9 +186,11 @@ def _run_server(
             ]
         # a bad ref, or a package signed by an untrusted key, fails here, before "serving
         # on", naming the deployment
-        preflight(specs, store, own_keys=own_keys)
+        notes = preflight(specs, store, own_keys=own_keys)
     finally:
         store.close()
+    for note in notes:  # what each deployment serves, where that is not everything
+        console.print(f"note: {note}", markup=False, highlight=False)
     if log_bodies:
         specs = [s.model_copy(update={"log_bodies": True}) for s in specs]
     if workers > 1:

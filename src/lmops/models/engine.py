@@ -303,23 +303,6 @@ class Engine:
         if self._prefix is None or self._prefix[0] != tuple(ids):
             self._prefix = (tuple(ids), None) if ids else None
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        """Mean-pooled, L2-normalised last hidden states (one forward per text)."""
-        import torch
-
-        out = []
-        for t in texts:
-            ids = self.encode(t)[: self.max_context] or [self.tokenizer.eos_token_id or 0]
-            with torch.inference_mode():
-                h = self.model(
-                    input_ids=torch.tensor([ids], device=self.device),
-                    output_hidden_states=True,
-                    use_cache=False,
-                ).hidden_states[-1][0]
-            v = h.float().mean(0)
-            out.append((v / (v.norm() + 1e-12)).tolist())
-        return out
-
     def close(self) -> None:
         with self._cv:
             self._stop = True
@@ -394,8 +377,17 @@ class Engine:
                 self._running, self._cache, self._mask, self._positions = [], None, None, None
             self._flush()
 
+    _failed: int | None = None  # id() of the exception _fail logged last
+
     def _fail(self, s: Seq, e: Exception) -> None:
-        """End ``s`` with ``finish_reason="error"``; _drop_finished frees its row."""
+        """End ``s`` with ``finish_reason="error"``; _drop_finished frees its row. The
+        traceback goes to the server log, once per exception (a failed forward pass ends
+        every sequence of the batch); the client gets one line (``engine_error``)."""
+        if self._failed != id(e):
+            self._failed = id(e)
+            logging.getLogger("lmops.serve").error(
+                "the model failed while generating %s", s.req.request_id, exc_info=e
+            )
         s.done = "error"
         s.emit(
             Done("error", len(s.req.prompt_ids or []), len(s.generated), f"{type(e).__name__}: {e}")

@@ -362,13 +362,14 @@ class EngineBackend:
     async def embed(
         self, texts: list[str], dimensions: int | None = None
     ) -> tuple[list[list[float]], int]:
-        if dimensions is not None:  # a mean-pooled hidden state: not matryoshka
+        if dimensions is not None:  # a pooled hidden state: not matryoshka
             raise _unsupported(
                 "dimensions", "this deployment's model cannot shorten its embeddings"
             )
-        engine = self.engine
-        tokens = sum(len(engine.encode(t)) for t in texts)
-        return await asyncio.to_thread(engine.embed, texts), tokens
+        # encoded with the special tokens and pooled as the model's folder says; the count
+        # is the tokens the model read (models/encoder.py)
+        vectors, tokens = await asyncio.to_thread(self.target.embed, texts)
+        return vectors, tokens
 
 
 def _vocab(engine: Any) -> int:

@@ -319,10 +319,16 @@ def load_deployments(path: Path) -> list[DeploymentSpec]:
     return load_config(path, DeploymentsFile).deployments
 
 
+# what a deployment may be asked for (the handlers' kinds)
+ENDPOINTS: tuple[str, ...] = ("chat", "completion", "embeddings")
+_ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+
+
 class _Target:
     """One concrete model behind a deployment: the engine and the version it serves."""
 
     def __init__(self, ref: str, store: Any, spec: DeploymentSpec) -> None:
+        from lmops.models.encoder import Encoder, model_kind, read_pooling
         from lmops.models.engine import Engine
         from lmops.models.loading import resolve_local
         from lmops.models.sealed import package_path
@@ -339,6 +345,14 @@ class _Target:
             path = merged_view(path, store)
         self.ref = ref
         self.version = version or str(path)
+        self.pooling = read_pooling(path)  # how /v1/embeddings pools (models/encoder.py)
+        kind, self.architecture = model_kind(path)
+        self.engine: Any
+        if kind == "encoder":  # no language-model head: embeddings only
+            self.engine = Encoder(path, device=spec.device, name=spec.name)
+            self.serves: tuple[str, ...] = ("embeddings",)
+            return
+        self.serves = ENDPOINTS
         self.engine = Engine(
             path,
             max_running=spec.max_running,
@@ -347,11 +361,25 @@ class _Target:
             name=spec.name,
         )
 
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """The vectors of ``texts`` and the tokens the model read, pooled as the model's
+        folder says (:mod:`lmops.models.encoder`); blocking: run it off the event loop."""
+        from lmops.models.encoder import embed_texts
+
+        e = self.engine
+        if "chat" not in self.serves:
+            out: tuple[list[list[float]], int] = e.embed(texts)
+            return out
+        return embed_texts(
+            e.model, e.tokenizer, texts, self.pooling, device=e.device, limit=e.max_context
+        )
+
     def _load_package(
         self, ref: str, package: Path, version: str | None, spec: DeploymentSpec
     ) -> None:
         from transformers import AutoTokenizer
 
+        from lmops.models.encoder import read_pooling
         from lmops.models.engine import Engine
         from lmops.models.loading import select_device
         from lmops.models.sealed import load_from_state_dict, unsealed_model
@@ -370,6 +398,9 @@ class _Target:
                 name=spec.name,
                 loaded=(model, AutoTokenizer.from_pretrained(str(folder))),
             )
+            self.pooling = read_pooling(folder)
+        self.architecture = "?"
+        self.serves = ENDPOINTS
         self.ref = ref
         self.version = version or str(package)
 
@@ -415,6 +446,30 @@ class Deployment:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def serves(self) -> tuple[str, ...]:
+        """What this deployment answers (``chat``, ``completion``, ``embeddings``): an
+        encoder-only model embeds and nothing else; an upstream or a fake is asked all."""
+        return tuple(k for k in ENDPOINTS if all(k in t.serves for t, _ in self.targets))
+
+    def refuse_unless(self, kind: str) -> None:
+        """An OpenAI-shaped 400 naming the deployment when it does not serve ``kind``,
+        before any work (rather than a model failing halfway)."""
+        if kind in self.serves:
+            return
+        from lmops.serve.protocol import OpenAIError
+
+        t = next(t for t, _ in self.targets if kind not in t.serves)
+        raise OpenAIError(
+            400,
+            f"deployment {self.name!r} serves embeddings only: its model {t.version} is an "
+            f"encoder ({t.architecture}) without a language-model head, so it cannot generate; "
+            f"call /v1/embeddings with it, or {_ROUTES.get(kind, kind)} with a deployment of a "
+            "causal LM",
+            param="model",
+            code="unsupported_endpoint",
+        )
+
     def describe(self) -> dict[str, Any]:
         """What ``/v1/models`` says of this deployment beyond OpenAI's fields: the model
         versions that answer (for an eval report's lineage) and whether a model is served
@@ -426,6 +481,7 @@ class Deployment:
         return {
             "versions": [str(t.version) for t, _ in self.targets],
             "chat_template_fallback": any(t.engine.chat_template_fallback for t, _ in self.targets),
+            "endpoints": list(self.serves),
         }
 
     def backend(self, target: _Target | None = None) -> Backend:
@@ -506,7 +562,7 @@ def _named(name: str, e: UserError) -> UserError:
 
 def preflight(
     specs: list[DeploymentSpec], store: Any, *, own_keys: Collection[str] | None = None
-) -> None:
+) -> list[str]:
     """Resolve what each deployment names (model refs and folders, packages, a bound
     prompt) without loading any weights, so that a misspelt ref, a folder without a
     tokenizer, or a package whose signer is not trusted or whose key is wrong fails before
@@ -516,10 +572,15 @@ def preflight(
     ``key_file`` / ``public_key`` on a deployment that serves no package are refused: they
     would pin nothing, and the user would believe the signer is checked. ``own_keys`` names
     the deployments whose key fields were given for them (None: all); ``lmops serve
-    --key-file/--pubkey`` apply to whichever deployments are packages, so not to the rest."""
+    --key-file/--pubkey`` apply to whichever deployments are packages, so not to the rest.
+
+    Returns notes for the start-up output: what a deployment of an encoder-only model
+    serves (embeddings only) and how a model's embeddings are pooled where its folder says
+    so (a sentence-transformers config)."""
     from lmops.models.loading import resolve_local
     from lmops.models.sealed import open_trusted, package_path
 
+    notes: list[str] = []
     for spec in specs:
         try:
             if spec.prompt is not None and store is not None:
@@ -537,6 +598,7 @@ def preflight(
                     path, version = resolve_local(ref, store, kind="model")
                     refuse_reward_model(path, "served", what=version or ref)
                     plain.append(ref)
+                    notes += _serving_notes(spec.name, version or ref, path)
                 else:
                     open_trusted(package, key_file=spec.key_file, public_key=spec.public_key)
             given = [f for f in ("key_file", "public_key") if getattr(spec, f)]
@@ -549,6 +611,22 @@ def preflight(
                 )
         except UserError as e:
             raise _named(spec.name, e) from None
+    return notes
+
+
+def _serving_notes(name: str, what: str, path: Path) -> list[str]:
+    from lmops.models.encoder import model_kind, read_pooling
+
+    kind, arch = model_kind(path)
+    pooling = read_pooling(path)  # a sentence-transformers module lmops cannot run fails now
+    if kind == "encoder":
+        return [
+            f"deployment {name!r} serves embeddings only: {what} is an encoder ({arch}); "
+            f"chat and completions are refused with a 400; {pooling.describe()}"
+        ]
+    if pooling.source != "default":
+        return [f"deployment {name!r}: embeddings use {pooling.describe()}"]
+    return []
 
 
 class Registry:

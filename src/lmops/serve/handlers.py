@@ -296,6 +296,7 @@ class Handlers:
         try:
             backend = dep.backend()
             ctx.model_ref = backend.model_ref  # what would answer, also if it is refused
+            dep.refuse_unless(kind)  # a 400 for generation on an encoder-only model
             if dep.spec.prompt is not None or (kind == "chat" and "prompt" in raw):
                 raw, req = self._apply_prompt(raw, kind, dep, ctx)
             job = self._job(req, raw, kind, rid, dep, backend)
