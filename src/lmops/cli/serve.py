@@ -268,11 +268,27 @@ def batch(
     ] = None,
     model: ModelOpt = [],  # noqa: B006
     deployments: DeploymentsOpt = None,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per answer.")] = 256,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Most tokens per answer (default: the bound prompt's, else 256)."),
+    ] = None,
     temperature: Annotated[
-        float, typer.Option(min=0.0, max=2.0, help="0 is greedy (deterministic).")
-    ] = 0.0,
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=2.0,
+            help="0 is greedy (deterministic; the default unless the bound prompt sets one).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Row i samples with seed + i.")] = 0,
+    var: Annotated[
+        list[str],
+        typer.Option(
+            "--var",
+            help="NAME=VALUE for a variable of the deployment's bound prompt (repeatable); "
+            "a row's 'variables' object wins over it.",
+        ),
+    ] = [],  # noqa: B006
     concurrency: Annotated[
         int | None,
         typer.Option(
@@ -309,15 +325,22 @@ def batch(
     model = [*parent.get("model", []), *model]
     deployments = deployments or parent.get("deployments")
     specs = parse_model_args(model) + (load_deployments(deployments) if deployments else [])
+    variables: dict[str, str] = {}
+    for item in var:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"--var {item!r}: expected NAME=VALUE")
+        variables[name] = value
+    given = {"max_tokens": max_tokens, "temperature": temperature}  # unset: the prompt's
     spec = BatchSpec(
         deployment=deployment,
         input=input_,
         output=output,
-        max_tokens=max_tokens,
-        temperature=temperature,
         seed=seed,
         concurrency=concurrency,
         allow_errors=allow_errors,
+        variables=variables,
+        **{k: v for k, v in given.items() if v is not None},
     )
     store = Store(origin="cli")
     bar = Progress(

@@ -7,13 +7,10 @@ server), without the HTTP gateway or its keys and limits (the caller has the sto
 but with the deployment's guardrails, as the gateway applies them (the default preset where
 the deployment names none; ``guardrails: {preset: off}`` for none): PII is masked before a
 prompt reaches the model and in its answer, and a prompt or answer the moderation blocks is
-not answered or not kept. Every input row becomes prompt messages (:func:`prompt_of`):
-
-* chat rows (``messages``): the turns up to the last user turn; a trailing assistant turn
-  (a reference answer) is dropped and answered again;
-* alpaca rows (``instruction``, optional ``input``/``system``; ``output`` is ignored);
-* ``{"prompt": str | messages}`` rows and preference rows (their prompt);
-* ``{"text": str}`` rows, sent as one user turn.
+not answered or not kept. Every input row becomes prompt messages (:func:`prompt_of`, in
+:mod:`lmops.serve.batch_input` with the formats it reads), wrapped by the deployment's bound
+prompt as the gateway wraps them (``prompt:``; its variables from ``--var NAME=VALUE`` and a
+row's ``variables``; a missing one stops the batch in one line before the model loads).
 
 Validation is :mod:`lmops.core.formats`' own: a row is completed with a stand-in answer and
 must then be a valid training row, so an error names the row and field as ``lmops data
@@ -21,12 +18,12 @@ validate`` would. Every row is checked before any model is loaded.
 
 Output: a ``dataset`` asset whose ``data.jsonl`` holds, in input order, SFT chat rows
 (``messages`` = prompt + the assistant answer, which ``lmops train`` accepts as they are) with
-``metadata`` (input line, model version, finish_reason, prompt/completion tokens,
-latency_ms) and the input row's ``id`` when it has one; the prompt is written as the model
+``metadata`` (input line, model version, the bound prompt's version ``prompt_ref``,
+finish_reason, prompt/completion tokens, latency_ms) and the input row's ``id`` when it has one; the prompt is written as the model
 got it (masked). Rows that failed, got an empty answer or were refused by the guardrails
 are in ``_failed.jsonl`` (training skips files starting with ``_``). Lineage: the
 input dataset version (role ``input``) and each model version behind the deployment (role
-``model``), a local input file/folder or model folder as an external reference
+``model``), the bound prompt's version (role ``prompt``), a local input file/folder or model folder as an external reference
 (``store.assets.external``); the job is a ``batch`` run with metrics rows, tokens, errors
 and rows/s.
 
@@ -57,7 +54,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,6 +62,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmops.core.errors import ConflictError, LmopsError, NotFoundError, UserError
+from lmops.serve.batch_input import Item, Message, bind_prompt, prompt_of, read_items
 from lmops.serve.deployments import Deployment, DeploymentSpec
 
 __all__ = [
@@ -82,11 +80,8 @@ __all__ = [
     "run_batch",
 ]
 
-Message = dict[str, str]
 # Bumped when prompt conversion or the work-file layout changes, so old work is not reused.
-_WORK_FORMAT = 2  # 2: the guardrails joined the fingerprint
-# Completes a prompt-only row so lmops.core.formats can validate it as a training row.
-_STAND_IN = "-"
+_WORK_FORMAT = 3  # 2: the guardrails joined the fingerprint; 3: the bound prompt did
 _METRICS_EVERY_S = 5.0
 
 
@@ -102,6 +97,9 @@ class BatchSpec(BaseModel):
     seed: int = 0
     concurrency: int | None = Field(None, ge=1)  # None: the deployment's max_running
     allow_errors: bool = False
+    # values of the bound prompt's variables for every row (``--var NAME=VALUE``); a row's
+    # own ``variables`` win. max_tokens/temperature left unset take the prompt's config.
+    variables: dict[str, str] = Field(default_factory=dict)
 
 
 class BatchFailed(LmopsError):
@@ -110,16 +108,6 @@ class BatchFailed(LmopsError):
 
 class RowFailed(Exception):
     """A request for one row failed; recorded with the row, the batch goes on."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One input row: its position, where it came from, and the prompt to answer."""
-
-    index: int  # 0-based, over all input files in order
-    where: str  # file:line, for messages and metadata
-    messages: list[Message]
-    id: Any = None  # the row's "id", copied to the output
 
 
 @dataclass
@@ -304,122 +292,13 @@ def _model_versions(dep: Deployment) -> list[tuple[str, float, bool]]:
     return [(t.version, w, not Path(t.ref).expanduser().exists()) for t, w in dep.targets]
 
 
-# -- input ----------------------------------------------------------------------------------------
-def prompt_of(row: Any, where: str) -> list[Message]:
-    """The prompt messages of one input row (see the module docstring for the formats).
-
-    Raises :class:`UserError` naming ``where`` and the field of the first problem.
-    """
-    from lmops.core.formats import detect_format, to_chat, to_preference, validate_row
-
-    if not isinstance(row, Mapping):
-        raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    fmt = detect_format(row)
-    kinds = {"sft_chat": "a chat", "sft_alpaca": "an alpaca", "pretrain": "a text"}
-    label = kinds.get(fmt or "", "a preference")
-    if fmt is None and "prompt" in row:
-        fmt, label = "preference", "a prompt"  # validated as the prompt of a preference row
-    stand_in = {"role": "assistant", "content": _STAND_IN}
-    probe: Mapping[str, Any]
-    if fmt == "preference":
-        probe = {"prompt": row.get("prompt"), "chosen": _STAND_IN, "rejected": _STAND_IN + "-"}
-    elif fmt == "sft_chat":
-        msgs = row["messages"]
-        last = msgs[-1] if isinstance(msgs, list) and msgs else None
-        if isinstance(last, Mapping) and last.get("role") == "assistant":
-            msgs = msgs[:-1]  # a reference answer: answered again
-        probe = {"messages": [*msgs, stand_in] if isinstance(msgs, list) else msgs}
-    elif fmt == "sft_alpaca":
-        probe = {**row, "output": _STAND_IN}  # the reference output is not needed
-    elif fmt == "pretrain":
-        probe = row
-    else:
-        raise UserError(
-            f"{where}: cannot read a prompt: expected 'messages', 'instruction', 'prompt' or "
-            f"'text', got keys {sorted(row)}"
-        )
-    problems = validate_row(probe, fmt)
-    if problems:
-        p = problems[0]
-        at = f"field '{p.field}': " if p.field else ""
-        raise UserError(f"{where}: {at}{p.reason} (read as {label} row)")
-    if fmt == "preference":
-        return to_preference(probe)[0]
-    if fmt == "pretrain":
-        return [{"role": "user", "content": str(row["text"])}]
-    return to_chat(probe, fmt)[:-1]
-
-
-def _input_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    files = sorted(
-        f
-        for f in path.rglob("*")
-        if f.is_file()
-        and f.suffix in (".jsonl", ".json", ".parquet")
-        and not any(part.startswith(("_", ".")) for part in f.relative_to(path).parts)
-    )
-    if not files:
-        raise UserError(f"{path}: no .jsonl/.json/.parquet rows in this folder")
-    return files
-
-
-def _rows(f: Path, label: str) -> Iterator[tuple[str, Any]]:
-    """(file:line, row) for a JSONL file, a JSON array file or a Parquet file."""
-    if f.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        n = 0
-        for b in pq.ParquetFile(f).iter_batches():
-            for row in b.to_pylist():
-                n += 1
-                yield f"{label}:row {n}", row
-        return
-    text = f.read_text(encoding="utf-8")
-    if f.suffix == ".json" and text.lstrip().startswith("["):
-        for n, row in enumerate(json.loads(text), 1):
-            yield f"{label}:item {n}", row
-        return
-    for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 is legal JSON
-        if not line.strip():
-            continue
-        try:
-            yield f"{label}:{n}", json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{label}:{n}: malformed JSON ({e.msg}); fix the row") from None
-
-
-def read_items(ref_or_path: str, store: Any) -> tuple[list[Item], str | None, str]:
-    """The prompts of an input dataset: ``(items, version ref or None, content id)``.
-
-    The content id is the version ref for an asset and a sha256 of the files for a local
-    path; it keys the resume fingerprint."""
-    from lmops.models.loading import resolve_local
-
-    try:
-        path, ref = resolve_local(ref_or_path, store, kind="dataset")
-    except UserError as e:
-        raise UserError(f"--input {e}") from None
-    files = _input_files(path)
-    items: list[Item] = []
-    digest = hashlib.sha256()
-    for f in files:
-        rel = f.name if f == path else str(f.relative_to(path))
-        label = f"{ref}/{rel}" if ref else str(f)
-        if ref is None:
-            digest.update(rel.encode() + b"\0" + f.read_bytes() + b"\0")
-        for where, row in _rows(f, label):
-            rid = row.get("id") if isinstance(row, Mapping) else None
-            items.append(Item(len(items), where, prompt_of(row, where), rid))
-    if not items:
-        raise UserError(f"--input {ref_or_path}: no rows")
-    return items, ref, ref or "sha256:" + digest.hexdigest()
-
-
 # -- the work folder ------------------------------------------------------------------------------
 def _fingerprint(
-    content_id: str, models: list[tuple[str, float, bool]], spec: BatchSpec, guard: Any
+    content_id: str,
+    models: list[tuple[str, float, bool]],
+    spec: BatchSpec,
+    guard: Any,
+    prompt_ref: str | None,
 ) -> str:
     key = {
         "format": _WORK_FORMAT,
@@ -428,6 +307,7 @@ def _fingerprint(
         "models": [[v, w] for v, w, _ in models],
         "params": {"max_tokens": spec.max_tokens, "temperature": spec.temperature},
         "seed": spec.seed,
+        "prompt": [prompt_ref, spec.variables],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -498,6 +378,17 @@ def run_batch(
             f"{dspec.name!r} ({dspec.max_tokens_cap})"
         )
     items, input_ref, content_id = read_items(spec.input, store)
+    prompt_ref = None
+    if dspec.prompt is not None:
+        items, prompt_ref, config = bind_prompt(items, dspec.prompt, store, spec.variables)
+        given = spec.model_fields_set  # the prompt's parameters fill what was not given
+        unset = {k: config[k] for k in ("max_tokens", "temperature") if k in config}
+        spec = spec.model_copy(update={k: v for k, v in unset.items() if k not in given})
+    elif spec.variables:
+        raise UserError(
+            f"--var {next(iter(spec.variables))}=...: deployment {dspec.name!r} binds no "
+            "prompt (prompt: in the deployments file), so there is nothing to fill"
+        )
     concurrency = spec.concurrency or dspec.max_running
     if dspec.upstream is None:
         # the engine batches every in-flight request: let all of them run at once
@@ -507,8 +398,13 @@ def run_batch(
     guard = Guardrails(dspec.guardrail_config())
     dep = Deployment(dspec, store)
     try:
+        if "chat" not in dep.serves:
+            raise UserError(
+                f"deployment {dep.name!r} serves embeddings only (an encoder model); "
+                "lmops serve batch answers chats: give a deployment of a causal LM"
+            )
         models = _model_versions(dep)
-        fp = _fingerprint(content_id, models, spec, guard)
+        fp = _fingerprint(content_id, models, spec, guard, prompt_ref)
         work = Path(store.settings.home) / "batch" / fp
         with _locked(work):
             return _run(
@@ -522,6 +418,7 @@ def run_batch(
                 work,
                 concurrency,
                 progress,
+                prompt_ref,
             )
     finally:
         dep.close()
@@ -538,6 +435,7 @@ def _run(
     work: Path,
     concurrency: int,
     progress: ProgressFn | None,
+    prompt_ref: str | None = None,
 ) -> BatchResult:
     from lmops.store import RunStatus
 
@@ -551,6 +449,7 @@ def _run(
         "deployment": dep.name,
         "concurrency": concurrency,
         "models": [v for v, _, _ in models],
+        "prompt_ref": prompt_ref,
         "work_dir": str(work),
     }
     run = None
@@ -585,7 +484,7 @@ def _run(
                 "command to retry the failed rows, or add --allow-errors to register the rest"
             )
         result.output = _register(
-            store, run.id, items, done, input_ref, models, spec, result, local_refs
+            store, run.id, items, done, input_ref, models, spec, result, local_refs, prompt_ref
         )
     except KeyboardInterrupt:
         store.runs.finish(run.id, RunStatus.CANCELLED, "interrupted")
@@ -710,6 +609,7 @@ def _register(
     spec: BatchSpec,
     result: BatchResult,
     local_refs: list[tuple[str, str]],
+    prompt_ref: str | None = None,
 ) -> str:
     """Write data.jsonl (+ _failed.jsonl) in input order and register them as a dataset,
     with lineage to the input and the models (``local_refs``: the local ones)."""
@@ -732,6 +632,7 @@ def _register(
                     row["metadata"] = {
                         "source": it.where,
                         "model": rec["model"],
+                        **({"prompt_ref": prompt_ref} if prompt_ref else {}),
                         "finish_reason": rec["finish_reason"],
                         "prompt_tokens": rec["prompt_tokens"],
                         "completion_tokens": rec["completion_tokens"],
@@ -755,6 +656,7 @@ def _register(
             (folder / "_failed.jsonl").unlink()
         inputs: list[tuple[str, str]] = [(input_ref, "input")] if input_ref else []
         inputs += [(v, "model") for v, _, is_ref in models if is_ref]
+        inputs += [(prompt_ref, "prompt")] if prompt_ref else []
         inputs += local_refs
         v = store.assets.register(
             "dataset",
@@ -768,6 +670,7 @@ def _register(
                 "filtered": result.filtered,
                 "input": input_ref or spec.input,
                 "models": [m for m, _, _ in models],
+                **({"prompt_ref": prompt_ref, "variables": spec.variables} if prompt_ref else {}),
                 "params": {
                     "max_tokens": spec.max_tokens,
                     "temperature": spec.temperature,

@@ -1,0 +1,94 @@
+"""`lmops serve batch` on a deployment that binds a prompt wraps every row as the gateway
+wraps a request: the prompt's messages around the row's, its variables from --var and the
+row's own ``variables``, its model parameters where the command gave none; the version is
+recorded on every row, in the dataset's metadata and in its lineage; a missing variable
+stops the batch in one line before anything is asked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmops.prompts import create
+from lmops.serve.fake import fake_server
+from tests.models.tiny_bert import make_tiny_bert
+
+
+def rows_of(store: Any, ref: str) -> list[dict[str, Any]]:
+    text = (store.assets.path(ref) / "data.jsonl").read_text(encoding="utf-8")
+    return [json.loads(x) for x in text.splitlines()]
+
+
+def test_a_bound_prompt_wraps_every_row(cli: Any, store: Any, tmp_path: Path) -> None:
+    create(
+        store,
+        "pirate",
+        [
+            {"role": "system", "content": "You are a pirate who sells {{product}}."},
+            {"role": "user", "content": "Customer asks: {{input}}"},
+        ],
+        config={"temperature": 0.3},
+    )
+    rows = [
+        {"messages": [{"role": "user", "content": "what is it?"}]},
+        {"text": "how much?", "variables": {"product": "rum"}},  # the row's own value wins
+    ]
+    p = tmp_path / "p.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sent: list[dict[str, Any]] = []
+    with fake_server(requests=sent, reply="Arr", model="m") as up:
+        deps = tmp_path / "deps.yaml"
+        deps.write_text(
+            "deployments:\n"
+            f"  - {{name: pirate, upstream: '{up}/v1', upstream_model: m, prompt: pirate,\n"
+            "      guardrails: {preset: off}}\n"
+        )
+        common = ["serve", "batch", "--deployments", str(deps), "--deployment", "pirate"]
+        common += ["--input", str(p)]
+        # the gateway refuses these rows with the same words; here, before any request
+        r = cli(*common, "--output", "out")
+        assert r.code == 2 and not sent
+        assert r.err.strip().count("\n") == 0, r.err  # one line
+        assert f"{p}:1: pirate:1: missing variable(s) product" in r.err
+        assert "--var NAME=VALUE" in r.err
+
+        r = cli(*common, "--output", "out", "--var", "product=lmops", "--json")
+        assert r.code == 0, r.err
+    assert sorted((m["messages"] for m in sent), key=str) == [
+        [
+            {"role": "system", "content": "You are a pirate who sells lmops."},
+            {"role": "user", "content": "Customer asks: what is it?"},
+        ],
+        [
+            {"role": "system", "content": "You are a pirate who sells rum."},
+            {"role": "user", "content": "Customer asks: how much?"},
+        ],
+    ]
+    assert {m["temperature"] for m in sent} == {0.3}  # the prompt's, none was given
+    out = json.loads(r.out)["output"]
+    data = rows_of(store, out)
+    assert [d["metadata"]["prompt_ref"] for d in data] == ["pirate:1", "pirate:1"]
+    assert data[0]["messages"][0]["content"] == "You are a pirate who sells lmops."
+    v = store.assets.get(out)
+    assert v.metadata["prompt_ref"] == "pirate:1"
+    assert v.metadata["variables"] == {"product": "lmops"}
+    assert ("pirate:1", "prompt") in {
+        (e.parent, e.role) for e in store.assets.lineage(out).upstream
+    }
+
+
+def test_var_without_a_bound_prompt_and_a_batch_on_an_encoder_are_refused(
+    cli: Any, tmp_path: Path
+) -> None:
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"text": "hi"}) + "\n")
+    with fake_server(reply="ok", model="m") as up:
+        r = cli(
+            "serve", "batch", "--model", f"plain={up}/v1", "--input", str(p), "--output", "o",
+            "--var", "product=x",
+        )  # fmt: skip
+    assert r.code == 2
+    bert = make_tiny_bert(tmp_path / "bert")
+    r = cli("serve", "batch", "--model", f"emb={bert}", "--input", str(p), "--output", "o")
+    assert r.code == 2 and "deployment 'emb' serves embeddings only" in r.err
