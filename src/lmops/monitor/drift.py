@@ -115,6 +115,7 @@ class DriftReport(BaseModel):
     n_ref: int = 0
     n_cur: int = 0
     embedder: str | None = None
+    embedder_note: str | None = None  # why it is not the one asked for (auto's fallback)
     seconds: float = 0.0
     monitors: list[MonitorResult] = Field(default_factory=list)
     alerts: dict[str, Any] = Field(default_factory=dict)
@@ -225,6 +226,31 @@ def _embed(emb: Embedder, texts: list[str], bar: Progress, batch: int = 256) -> 
     return np.vstack(parts)
 
 
+def _no_overlap_cause(skipped: list[MonitorResult], min_rows: int) -> str:
+    """Why no monitor ran, from what each skipped one had: too few rows on a side where
+    both have the feature, else features that only one side has (texts need bodies)."""
+    both = [m for m in skipped if m.n_ref and m.n_cur]
+    if both:  # the data is there, just not enough of it
+        n_ref, n_cur = max(m.n_ref for m in both), max(m.n_cur for m in both)
+        short = [f"the reference has {n_ref}"] if n_ref < min_rows else []
+        short += [f"the current window has {n_cur}"] if n_cur < min_rows else []
+        return (
+            f"too few rows to compare: {' and '.join(short)}, and every monitor needs "
+            f"{min_rows} on each side (min_rows); give more rows, or lower min_rows"
+        )
+    texts = [m for m in skipped if m.family == "embedding"]
+    if texts and not texts[0].n_cur and texts[0].n_ref:
+        return (
+            "no feature is on both sides: the current window has no prompt texts (log "
+            "bodies on the deployment) and the reference has nothing else to compare"
+        )
+    return (
+        "no feature is on both sides (e.g. a dataset reference has texts and token counts "
+        "only; a log without bodies has no texts); pick a reference with the current side's "
+        "features, or log bodies on the deployment"
+    )
+
+
 def compare_samples(
     ref: Sample,
     cur: Sample,
@@ -292,6 +318,7 @@ def compare_samples(
         else:
             emb = embedder or get_embedder(cfg.embedder)
             report.embedder = emb.name
+            report.embedder_note = getattr(emb, "note", None)
             rng = np.random.default_rng(cfg.seed)
             r_sub, c_sub = _subset(r_txt, cfg.max_embed, rng), _subset(c_txt, cfg.max_embed, rng)
             with Progress(
@@ -325,10 +352,7 @@ def compare_samples(
     report.drift = bool(report.drifted)
     if not ran:
         report.status = "no_overlap"
-        report.message = (
-            "no monitor had data on both sides (e.g. a dataset reference against a log "
-            "without bodies); log bodies on the deployment or pick another reference"
-        )
+        report.message = _no_overlap_cause(report.monitors, cfg.min_rows)
     else:
         report.status = "drift" if report.drift else "ok"
         report.message = (

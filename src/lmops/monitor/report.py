@@ -95,6 +95,11 @@ def format_summary(report: DriftReport) -> str:
         f"{report.subject} vs {report.reference}: {report.status.upper()} - {report.message}",
         f"rows: reference {report.n_ref}, current {report.n_cur}",
     ]
+    if report.embedder:
+        note = f" ({report.embedder_note})" if report.embedder_note else ""
+        lines.append(f"embedder: {report.embedder}{note}")
+    elif any(m.family == "embedding" for m in report.monitors):
+        lines.append("embedder: none ran (the embedding monitors were skipped)")
     for m in report.monitors:
         if m.skipped:
             lines.append(f"  {m.name:22} skipped: {m.skipped}")
