@@ -439,7 +439,7 @@ def test_multi_turn_with_tool_results(server: dict[str, Any]) -> None:
                 }
             },
             "response_format.json_schema.schema",
-            "unsupported_schema",
+            "invalid_json_schema",
         ),
     ],
 )
@@ -452,6 +452,61 @@ def test_bad_tool_requests_are_400s_naming_the_field(
     err = e.value.body
     assert err["param"] == param and err["code"] == code, err
     assert err["message"].startswith(param)
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "x",
+                        "schema": {
+                            "type": "object",
+                            "properties": {"a": {"$ref": "#/$defs/nope"}},
+                            "$defs": {"yes": {"type": "string"}},
+                        },
+                    },
+                }
+            },
+            "response_format.json_schema.schema: $ref '#/$defs/nope' at properties.a points "
+            "at nothing in this schema; define it (under $defs) or fix the reference",
+        ),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"a": {"$ref": "http://example.com/a.json"}},
+                            },
+                        },
+                    }
+                ]
+            },
+            "tools[0].function.parameters: unsupported JSON schema: Resource "
+            "'http://example.com/a.json' is not present in a registry",
+        ),
+    ],
+)
+def test_a_bad_reference_is_one_clean_line(
+    server: dict[str, Any], body: dict[str, Any], said: str
+) -> None:
+    """Not llguidance's grammar (``start: %json {... "x-guidance": ...}``) with a caret."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client(server).chat.completions.create(model="tiny", messages=ASK, max_tokens=5, **body)
+    message = e.value.body["message"]
+    assert message.startswith(said) and "\n" not in message
+    assert "x-guidance" not in message and "%json" not in message
+
+
+def test_request_log_keeps_tool_calls(
+    server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 
 
 CALL_A = {"id": "call_a", "type": "function",

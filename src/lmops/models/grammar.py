@@ -36,6 +36,7 @@ regex features, dangling ``$ref``...), for 400s before anything is queued.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import weakref
 from typing import Any
@@ -66,11 +67,20 @@ def json_rule(schema: dict[str, Any]) -> str:
 
 
 def grammar_error(grammar: str) -> str | None:
-    """Why llguidance cannot compile ``grammar`` (``None`` when it can)."""
+    """Why llguidance cannot compile ``grammar`` (``None`` when it can), in one line."""
     from llguidance import LLMatcher
 
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
-    return (messages[0] if messages else "invalid grammar") if is_error else None
+    return one_line(messages[0] if messages else "invalid grammar") if is_error else None
+
+
+def one_line(error: str) -> str:
+    """llguidance's error without what is ours, not the client's: its position in the
+    grammar lmops wrote (``at 1(8):``), the quoted grammar line with our ``x-guidance``
+    options and the caret under it."""
+    first = error.strip().splitlines()[0] if error.strip() else "invalid grammar"
+    first = re.sub(r"^at \d+\(\d+\):\s*", "", first)
+    return first.replace("failed to compile JSON schema: ", "")
 
 
 class Grammars:
@@ -99,7 +109,7 @@ class Grammars:
 
         m = LLMatcher(self.tokenizer, grammar, log_level=0)
         if m.is_error():
-            raise ValueError(m.get_error())
+            raise ValueError(one_line(m.get_error()))
         return m
 
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -129,6 +129,43 @@ def _check_schema(schema: Any, param: str) -> None:
             param,
             "invalid_json_schema",
         ) from None
+    for where, ref in _local_refs(schema, ()):
+        if not _resolves(schema, ref):
+            at = f" at {'.'.join(where)}" if where else ""
+            raise _bad(
+                f"$ref {ref!r}{at} points at nothing in this schema; define it (under $defs) "
+                "or fix the reference",
+                param,
+                "invalid_json_schema",
+            )
+
+
+def _local_refs(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
+    """(where, ref) of every ``$ref`` that is a JSON pointer into the schema itself."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+            yield path, ref
+        for k, v in node.items():
+            yield from _local_refs(v, (*path, str(k)))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _local_refs(v, (*path, str(i)))
+
+
+def _resolves(schema: Any, ref: str) -> bool:
+    from urllib.parse import unquote
+
+    node = schema
+    for raw in ref[2:].split("/") if ref != "#" else []:
+        key = unquote(raw).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return False
+    return True
 
 
 def check_tool_messages(req: ChatRequest) -> None:
