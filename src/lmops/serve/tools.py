@@ -129,9 +129,9 @@ def _check_schema(schema: Any, param: str) -> None:
             param,
             "invalid_json_schema",
         ) from None
-    for where, ref in _local_refs(schema, ()):
+    for path, ref in _local_refs(schema, ()):
         if not _resolves(schema, ref):
-            at = f" at {'.'.join(where)}" if where else ""
+            at = f" at {'.'.join(path)}" if path else ""
             raise _bad(
                 f"$ref {ref!r}{at} points at nothing in this schema; define it (under $defs) "
                 "or fix the reference",
