@@ -40,6 +40,7 @@ from lmops.core.errors import (
     PermissionDenied,
     StoreError,
     UserError,
+    api_message,
 )
 from lmops.store import ApiKey, Asset, AuditEvent, LineageGraph, Run, Store, Version
 from lmops.store.refs import clip, name_views
@@ -79,7 +80,7 @@ def error_response(status: int, message: str, type_: str, code: str | None = Non
 def _lmops_error(_req: Request, exc: Exception) -> JSONResponse:
     for cls, status, type_ in _STATUS:
         if isinstance(exc, cls):
-            resp = error_response(status, name_views(str(exc)), type_)
+            resp = error_response(status, name_views(api_message(exc)), type_)
             if status == 401:
                 resp.headers["WWW-Authenticate"] = "Bearer"
             return resp

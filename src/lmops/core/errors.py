@@ -13,6 +13,9 @@ The tree::
         └── MigrationError          the database schema is newer/older than this lmops
 
 Messages are one line, name the thing (file, line, field, reference) and say what to do.
+What to do is often a command in one skin and a route in another: ``cli=`` ends the message
+the CLI prints (``str(e)``), ``api=`` the one the REST API and the gateway answer
+(:func:`api_message`), so an API client is never told to run ``lmops ...``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "PermissionDenied",
     "StoreError",
     "UserError",
+    "api_message",
     "first_line",
     "name_hint",
 ]
@@ -58,9 +62,34 @@ def name_hint(name: str, known: list[str], what: str, cutoff: float = 0.6) -> st
 
 
 class LmopsError(Exception):
-    """Base of every error lmops raises deliberately."""
+    """Base of every error lmops raises deliberately. ``cli``/``api``: the hint that ends
+    the message in each skin (see the module docstring)."""
 
     exit_code = 1
+    cli: str | None = None
+    api: str | None = None
+
+    def __init__(self, *args: object, cli: str | None = None, api: str | None = None) -> None:
+        super().__init__(*args)
+        if cli is not None:
+            self.cli = cli
+        if api is not None:
+            self.api = api
+
+    def __str__(self) -> str:
+        return _with(super().__str__(), self.cli)
+
+
+def _with(message: str, hint: str | None) -> str:
+    return f"{message}; {hint}" if hint else message
+
+
+def api_message(e: BaseException) -> str:
+    """``e``'s message as an API or gateway client should read it: with the route to use
+    where the CLI's message names a command."""
+    if isinstance(e, LmopsError):
+        return _with(Exception.__str__(e), e.api)
+    return str(e)
 
 
 class UserError(LmopsError):

@@ -198,9 +198,22 @@ def create(
 
 def load(store: Store, ref: str) -> Prompt:
     """The prompt version ``ref`` names (``name``, ``name:N``, ``name@label``), uncached."""
-    v = store.assets.resolve(ref)
+    try:
+        v = store.assets.resolve(ref)
+    except NotFoundError as e:
+        if not Exception.__str__(e).startswith("asset "):
+            raise  # a version or label of a prompt that exists: its own message says which
+        raise NotFoundError(
+            f"prompt {parse_ref(ref).name!r} not found",
+            cli="see `lmops prompts list`",
+            api="GET /api/prompts lists them",
+        ) from None
     if v.kind != KIND:
-        raise UserError(f"{ref} is a {v.kind}, not a prompt; see `lmops prompts list`")
+        raise UserError(
+            f"{ref} is a {v.kind}, not a prompt",
+            cli="see `lmops prompts list`",
+            api="GET /api/prompts lists them",
+        )
     path = store.assets.path(v.ref)
     return Prompt(v, spec_from_yaml(path.read_text(encoding="utf-8"), v.ref))
 

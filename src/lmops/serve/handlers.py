@@ -351,13 +351,13 @@ class Handlers:
     ) -> tuple[dict[str, Any], ChatRequest | CompletionRequest]:
         """The body wrapped by its registered prompt (lmops.prompts.binding), parsed again;
         the version goes on the request log (``ctx.prompt_ref``)."""
-        from lmops.core.errors import UserError
+        from lmops.core.errors import UserError, api_message
         from lmops.prompts.binding import apply_prompt
 
         try:
             raw, ctx.prompt_ref = apply_prompt(raw, dep.spec.prompt, kind, dep.store)
         except UserError as e:
-            raise OpenAIError(400, str(e), param="prompt", code="invalid_prompt") from None
+            raise OpenAIError(400, api_message(e), param="prompt", code="invalid_prompt") from None
         return raw, parse(ChatRequest if kind == "chat" else CompletionRequest, raw)
 
     async def _full(self, job: Job, gen: Generation, ctx: Any, model_ref: str) -> dict[str, Any]:

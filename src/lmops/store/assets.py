@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AssetRegistry", "register_kind"]
 
+_RUNS = "GET /api/runs lists them"  # the API's hint for an unknown run
+
 _KINDS: set[str] = {k.value for k in AssetKind}
 EXTERNAL = "external"  # the layout (and kind) of a local path recorded without its bytes
 # A PENDING version older than this is considered abandoned even if its writer's pid is
@@ -157,7 +159,9 @@ class AssetRegistry:
                     "choose another name or register it as a " + asset.kind
                 )
             if run_id is not None and s.get(RunRow, run_id) is None:
-                raise NotFoundError(f"run {run_id!r} not found; see `lmops runs list`")
+                raise NotFoundError(
+                    f"run {run_id!r} not found", cli="see `lmops runs list`", api=_RUNS
+                )
             last = s.scalar(
                 select(func.max(VersionRow.version)).where(VersionRow.asset_id == asset.id)
             )
@@ -385,7 +389,9 @@ class AssetRegistry:
             def note(s: Session) -> None:
                 row = s.get(RunRow, run_id)
                 if row is None:
-                    raise NotFoundError(f"run {run_id!r} not found; see `lmops runs list`")
+                    raise NotFoundError(
+                        f"run {run_id!r} not found", cli="see `lmops runs list`", api=_RUNS
+                    )
                 old = list((row.params or {}).get("local_inputs") or [])
                 row.params = {
                     **(row.params or {}),
@@ -410,7 +416,11 @@ class AssetRegistry:
     def _asset_row(self, s: Session, name: str) -> AssetRow:
         asset = s.scalar(select(AssetRow).where(AssetRow.name == name))
         if asset is None:
-            raise NotFoundError(f"asset {name!r} not found; see `lmops assets list`")
+            raise NotFoundError(
+                f"asset {name!r} not found",
+                cli="see `lmops assets list`",
+                api="GET /api/assets lists them",
+            )
         return asset
 
     def _aliases_by_version(self, s: Session, asset_id: int) -> dict[int, list[str]]:
@@ -427,8 +437,9 @@ class AssetRegistry:
             )
             if alias is None:
                 raise NotFoundError(
-                    f"alias {ref.alias!r} of asset {ref.name!r} not found; "
-                    f"set it with `lmops assets alias {ref.name}:N {ref.alias}`"
+                    f"alias {ref.alias!r} of asset {ref.name!r} not found",
+                    cli=f"set it with `lmops assets alias {ref.name}:N {ref.alias}`",
+                    api=f"set it with POST /api/assets/{ref.name}:N/alias",
                 )
             row = s.get(VersionRow, alias.version_id)
         elif ref.version is not None:
@@ -438,7 +449,11 @@ class AssetRegistry:
                 )
             )
             if row is None:
-                raise NotFoundError(f"{ref} not found; see `lmops assets show {ref.name}`")
+                raise NotFoundError(
+                    f"{ref} not found",
+                    cli=f"see `lmops assets show {ref.name}`",
+                    api=f"GET /api/assets/{ref.name} lists its versions",
+                )
         else:
             row = s.scalar(
                 select(VersionRow)

@@ -102,7 +102,11 @@ def _row(s: Session, name: str) -> ApiKeyRow:
     if row is None:
         known = list(s.scalars(select(ApiKeyRow.name).order_by(ApiKeyRow.name)))
         hint = name_hint(name, known, "keys are") or "there are no keys yet"
-        raise NotFoundError(f"key {name!r} not found; {hint} (see `lmops keys list`)")
+        raise NotFoundError(
+            f"key {name!r} not found; {hint}",
+            cli="see `lmops keys list`",
+            api="GET /api/keys lists them",
+        )
     return row
 
 

@@ -167,7 +167,11 @@ class RunTracker:
     def _row(s: Session, run_id: str) -> RunRow:
         row = s.get(RunRow, run_id)
         if row is None:
-            raise NotFoundError(f"run {run_id!r} not found; see `lmops runs list`")
+            raise NotFoundError(
+                f"run {run_id!r} not found",
+                cli="see `lmops runs list`",
+                api="GET /api/runs lists them",
+            )
         return row
 
     def get(self, run_id: str) -> Run:
