@@ -42,6 +42,7 @@ from lmops.store.models import (
     RunRow,
     VersionRow,
 )
+from lmops.store.notfound import unknown_alias, unknown_asset, unknown_run, unknown_version
 from lmops.store.refs import Ref, check_alias, check_name, parse_ref, remember_view
 from lmops.store.types import (
     Asset,
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
     from lmops.store.store import Store
 
 __all__ = ["AssetRegistry", "register_kind"]
-
-_RUNS = "GET /api/runs lists them"  # the API's hint for an unknown run
 
 _KINDS: set[str] = {k.value for k in AssetKind}
 EXTERNAL = "external"  # the layout (and kind) of a local path recorded without its bytes
@@ -159,9 +158,7 @@ class AssetRegistry:
                     "choose another name or register it as a " + asset.kind
                 )
             if run_id is not None and s.get(RunRow, run_id) is None:
-                raise NotFoundError(
-                    f"run {run_id!r} not found", cli="see `lmops runs list`", api=_RUNS
-                )
+                raise unknown_run(run_id)
             last = s.scalar(
                 select(func.max(VersionRow.version)).where(VersionRow.asset_id == asset.id)
             )
@@ -389,9 +386,7 @@ class AssetRegistry:
             def note(s: Session) -> None:
                 row = s.get(RunRow, run_id)
                 if row is None:
-                    raise NotFoundError(
-                        f"run {run_id!r} not found", cli="see `lmops runs list`", api=_RUNS
-                    )
+                    raise unknown_run(run_id)
                 old = list((row.params or {}).get("local_inputs") or [])
                 row.params = {
                     **(row.params or {}),
@@ -416,11 +411,7 @@ class AssetRegistry:
     def _asset_row(self, s: Session, name: str) -> AssetRow:
         asset = s.scalar(select(AssetRow).where(AssetRow.name == name))
         if asset is None:
-            raise NotFoundError(
-                f"asset {name!r} not found",
-                cli="see `lmops assets list`",
-                api="GET /api/assets lists them",
-            )
+            raise unknown_asset(name)
         return asset
 
     def _aliases_by_version(self, s: Session, asset_id: int) -> dict[int, list[str]]:
@@ -436,11 +427,7 @@ class AssetRegistry:
                 select(AliasRow).where(AliasRow.asset_id == asset.id, AliasRow.alias == ref.alias)
             )
             if alias is None:
-                raise NotFoundError(
-                    f"alias {ref.alias!r} of asset {ref.name!r} not found",
-                    cli=f"set it with `lmops assets alias {ref.name}:N {ref.alias}`",
-                    api=f"set it with POST /api/assets/{ref.name}:N/alias",
-                )
+                raise unknown_alias(ref)
             row = s.get(VersionRow, alias.version_id)
         elif ref.version is not None:
             row = s.scalar(
@@ -449,11 +436,7 @@ class AssetRegistry:
                 )
             )
             if row is None:
-                raise NotFoundError(
-                    f"{ref} not found",
-                    cli=f"see `lmops assets show {ref.name}`",
-                    api=f"GET /api/assets/{ref.name} lists its versions",
-                )
+                raise unknown_version(ref)
         else:
             row = s.scalar(
                 select(VersionRow)

@@ -21,10 +21,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from lmops import __version__
-from lmops.core.errors import NotFoundError, UserError
+from lmops.core.errors import UserError
 from lmops.store import _rows
 from lmops.store._time import utcnow
 from lmops.store.models import AssetRow, MetricRow, RunRow, VersionRow
+from lmops.store.notfound import unknown_run
 from lmops.store.refs import INT32_MAX, check_int
 from lmops.store.runlog import close_log, open_log
 from lmops.store.types import Metric, MetricStats, Run, RunComparison, RunStatus
@@ -167,11 +168,7 @@ class RunTracker:
     def _row(s: Session, run_id: str) -> RunRow:
         row = s.get(RunRow, run_id)
         if row is None:
-            raise NotFoundError(
-                f"run {run_id!r} not found",
-                cli="see `lmops runs list`",
-                api="GET /api/runs lists them",
-            )
+            raise unknown_run(run_id)
         return row
 
     def get(self, run_id: str) -> Run:

@@ -1,0 +1,40 @@
+"""The store's "not found" errors, each with what to do in the CLI (a command) and in the
+REST API or the gateway (a route): :class:`~lmops.core.errors.LmopsError`'s ``cli=``/``api=``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmops.core.errors import NotFoundError
+
+__all__ = ["unknown_alias", "unknown_asset", "unknown_run", "unknown_version"]
+
+
+def unknown_run(run_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"run {run_id!r} not found", cli="see `lmops runs list`", api="GET /api/runs lists them"
+    )
+
+
+def unknown_asset(name: str) -> NotFoundError:
+    return NotFoundError(
+        f"asset {name!r} not found",
+        cli="see `lmops assets list`",
+        api="GET /api/assets lists them",
+    )
+
+
+def unknown_alias(ref: Any) -> NotFoundError:
+    return NotFoundError(
+        f"alias {ref.alias!r} of asset {ref.name!r} not found",
+        cli=f"set it with `lmops assets alias {ref.name}:N {ref.alias}`",
+        api=f"set it with POST /api/assets/{ref.name}:N/alias",
+    )
+
+
+def unknown_version(ref: Any) -> NotFoundError:
+    return NotFoundError(
+        f"{ref} not found",
+        cli=f"see `lmops assets show {ref.name}`",
+        api=f"GET /api/assets/{ref.name} lists its versions",
+    )
