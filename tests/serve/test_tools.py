@@ -505,10 +505,6 @@ def test_a_bad_reference_is_one_clean_line(
     assert "x-guidance" not in message and "%json" not in message
 
 
-def test_request_log_keeps_tool_calls(
-    server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-
-
 CALL_A = {"id": "call_a", "type": "function",
           "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}  # fmt: skip
 
