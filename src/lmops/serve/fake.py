@@ -40,7 +40,9 @@ Contract:
   whitespace-led words (``"a b"`` is ``"a"``, ``" b"``), cut at ``max_tokens``.
   ``send_usage=False`` leaves usage out of every reply and stream (as some servers do).
   ``requests``, a list, gets each completion request's JSON body appended (in-process
-  only: what a gateway test checks the upstream was sent).
+  only: what a gateway test checks the upstream was sent). ``gone``, a list, gets the
+  body of each non-streamed request whose client hung up before its reply was ready (the
+  fake stops making it, as a server that aborts the generation does).
 * Every error has OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``
   (400 bad request, 401 key, 404 unknown model or route, 500 injected failure).
 
@@ -271,6 +273,7 @@ def create_fake_app(
     fail_status: int = 500,
     retry_after: float | None = None,
     break_after: int = 0,
+    gone: list[dict[str, Any]] | None = None,
 ) -> FastAPI:
     """Build the fake upstream (see the module docstring for its contract)."""
     words = re.findall(r"\s*\S+", reply) if reply is not None else None
@@ -376,7 +379,10 @@ def create_fake_app(
             return StreamingResponse(
                 events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
             )
-        await asyncio.sleep(fake.ttft_s + fake.itl_s * max(n_out - 1, 0))
+        if await _hung_up(request, fake.ttft_s + fake.itl_s * max(n_out - 1, 0)):
+            if gone is not None:
+                gone.append(body)
+            return Response(status_code=499)  # sent to nobody
         text = "".join(texts)
         choice: dict[str, Any]
         if chat:
@@ -408,6 +414,22 @@ def create_fake_app(
         return await complete(request, chat=False)
 
     return app
+
+
+async def _hung_up(request: Request, seconds: float) -> bool:
+    """Wait ``seconds`` (a non-streamed reply being made); True, at once, when the client
+    hangs up meanwhile (its body was read: only a disconnect can arrive)."""
+
+    async def disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnect())
+    try:
+        await asyncio.wait([watcher], timeout=seconds)
+        return watcher.done()
+    finally:
+        watcher.cancel()
 
 
 async def _stream(
