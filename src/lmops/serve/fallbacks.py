@@ -49,6 +49,10 @@ named deployment; ``x-lmops-tries: N`` when more than one try was made and
 ``lmops_fallbacks_total{deployment, fallback, reason}``. When every try failed the client
 gets one error in OpenAI's shape: the last failure's status and code, its message ending
 with what was tried.
+
+**A client that hangs up** ends the tries at once, a backoff wait included (the handler's
+task is cancelled: :class:`~lmops.serve.replies.Hangup`); the request is logged as a 499
+with the tries made until then.
 """
 
 from __future__ import annotations
@@ -231,6 +235,9 @@ async def start(
     the job as that backend prepared it.
     Raises the first error no try may follow (as the client gets it), or, when every try
     failed, the last failure with what was tried in its message."""
+    from lmops.models.engine import EngineOverloaded
+    from lmops.serve.upstream import UpstreamError
+
     order = chain(registry, dep.name) if dep.spec.fallbacks else [dep.name]
     if len(order) == 1 and dep.spec.retries == 0:  # as without fallbacks: no copy, no prime
         await backend.prepare(job)
@@ -269,7 +276,7 @@ async def start(
                 gen = await backend.start(job)
                 if job.stream and not final:
                     gen = await _prime(gen)
-            except Exception as e:
+            except (OpenAIError, EngineOverloaded, UpstreamError) as e:
                 reason = failure_reason(e)
                 err = openai_error(e)
                 if reason is None:  # an answer, not a failure to try past
@@ -283,7 +290,11 @@ async def start(
                 if wait is None:
                     break  # asked to wait longer than allowed: on to the next deployment
                 ctx.retrying(name, reason)
-                await sleep(wait)
+                try:
+                    await sleep(wait)
+                except asyncio.CancelledError:  # the client hung up: no more tries
+                    ctx.route([t.to_dict() for t in tries], None, None)
+                    raise
                 continue
             tries.append(Try(name, backend.model_ref))
             answered = None if d is dep else name

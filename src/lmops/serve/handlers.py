@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import math
 import struct
 import time
 import uuid
@@ -51,10 +50,24 @@ from lmops.serve.protocol import (
     read_json,
     sse,
 )
+from lmops.serve.replies import (
+    EventStream,
+    Final,
+    Gone,
+    Hangup,
+    LogprobRelease,
+    chat_logprobs,
+    completion_logprobs,
+    error_event,
+    internal_error,
+)
 
 __all__ = ["Handlers"]
 
 T = TypeVar("T")
+
+# The request log's error for a client that hung up before its reply was complete.
+CLIENT_GONE = "the client disconnected before the reply was complete"
 
 # Prompts with more characters than this are checked by the input guardrails on a worker
 # thread (see backends.INLINE_TOKENIZE_CHARS for the same trade-off).
@@ -99,78 +112,6 @@ async def _inline_unless_deferred(fn: Callable[..., T], *call: Any) -> T:
     return await asyncio.to_thread(fn, *call)
 
 
-class Final(str):
-    """The last piece of an event stream's body: it goes out in the same write as the end
-    of the chunked body (one write per response less). The generator must yield nothing
-    after it; it is still run to its end, so its ``finally`` sees a normal finish."""
-
-
-class LogprobRelease:
-    """Hands out one choice's token logprobs only once their text went out verbatim.
-
-    Output guardrails may hold text back, mask it or cut the reply; a token's logprob
-    entry names the token, so it is released only when the text up to the token's end
-    (``TokenLogprob.text_end``) was sent exactly as the model wrote it. After the first
-    rewritten character no later entry is released. At the end of a choice
-    (``final``), the entries of a character that a max_tokens cut left unfinished (the
-    engine drops its U+FFFD) are released too when all the text before them went out
-    verbatim: their bytes are all the client gets of them."""
-
-    def __init__(self) -> None:
-        self.raw = ""  # what the model produced
-        self.out = ""  # what the client was sent
-        self.aligned = 0  # length of their common prefix
-        self.diverged = False
-        self.pending: list[TokenLogprob] = []
-        self.hidden = 0  # characters of tool calls taken out (:meth:`hide`)
-
-    def produced(self, text: str, entries: list[TokenLogprob] | TokenLogprob | None) -> None:
-        self.raw += text
-        new = [entries] if isinstance(entries, TokenLogprob) else entries or []
-        self.pending.extend(tools.shifted(new, self.hidden) if self.hidden else new)
-
-    def sent(self, text: str, final: bool = False) -> list[TokenLogprob]:
-        self.out += text
-        limit = min(len(self.raw), len(self.out))
-        while not self.diverged and self.aligned < limit:
-            if self.raw[self.aligned] != self.out[self.aligned]:
-                self.diverged = True
-                break
-            self.aligned += 1
-        n = 0
-        while n < len(self.pending) and self.pending[n].text_end <= self.aligned:
-            n += 1
-        if final and not self.diverged and self.aligned == len(self.raw) == len(self.out):
-            n = len(self.pending)
-        released, self.pending = self.pending[:n], self.pending[n:]
-        return released
-
-    def hide(self, spans: list[tuple[int, int]]) -> None:
-        """Take the ``spans`` of tool calls' text (``tools.ToolStream.hidden``) out of what
-        the model produced, with their tokens' entries, so the rest lines up with the
-        content sent."""
-        self.raw, self.pending = tools.without_spans(self.raw, self.pending, spans)
-        self.hidden += sum(end - start for start, end in spans)
-
-
-def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
-    return {"content": [e.to_openai() for e in entries]}
-
-
-def completion_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
-    """The legacy completions shape: parallel lists, alternatives as {token: logprob}."""
-    return {
-        "tokens": [e.token for e in entries],
-        # an echoed prompt's first token has no logprob (NaN inside): null, as OpenAI's
-        "token_logprobs": [e.logprob if math.isfinite(e.logprob) else None for e in entries],
-        "top_logprobs": [
-            {t.token: t.logprob for t in e.top_logprobs} if math.isfinite(e.logprob) else None
-            for e in entries
-        ],
-        "text_offset": [e.text_offset for e in entries],
-    }
-
-
 def failed(ctx: Any, e: Exception) -> OpenAIError:
     """The OpenAI error for a request that failed (an upstream failure is a 502, a full
     engine queue a 503), recorded on its policy context, with the context's headers."""
@@ -178,10 +119,6 @@ def failed(ctx: Any, e: Exception) -> OpenAIError:
     ctx.fail(err.status, err.message)
     err.headers = {**ctx.headers(), **err.headers}
     return err
-
-
-def _error_event(message: str, code: str) -> str:
-    return sse({"error": {"message": message, "type": "server_error", "param": None, "code": code}})
 
 
 class Handlers:
@@ -293,6 +230,9 @@ class Handlers:
         request.state.lmops_ctx = ctx  # the access log reads the outcome from it
         gen: Generation | None = None
         stream = False
+        # the client hanging up cancels this task: whatever it waits on (a retry's backoff,
+        # the engine, an upstream call) stops, and the finally below frees the generation
+        hangup = Hangup(request.receive)
         try:
             backend = dep.backend()
             ctx.model_ref = backend.model_ref  # what would answer, also if it is refused
@@ -312,13 +252,26 @@ class Handlers:
             # prepare and start, tried again and on the fallbacks where the spec says so
             gen, backend, job = await fallbacks.start(self.gw.registry, dep, backend, job, ctx)
             if job.stream:
+                hangup.stop()  # the event stream watches on its own
                 return EventStream(self._stream(job, gen, ctx, started), headers=ctx.headers())
             body = await self._full(job, gen, ctx, backend.model_ref)
             ctx.finish(200, gen.prompt_tokens, gen.completion_tokens, response=body)
             return JSONResponse(body, headers=ctx.headers())
         except (EngineOverloaded, UpstreamError, OpenAIError) as e:
             raise failed(ctx, e) from None
+        except asyncio.CancelledError:
+            if not hangup.absorb():
+                raise
+            stream = False  # nothing of it will be sent: free it below
+            if gen is None:
+                ctx.fail(499, CLIENT_GONE)
+            else:  # charged what it generated until then, as a stream the client left
+                ctx.finish(499, gen.prompt_tokens, gen.completion_tokens, error=CLIENT_GONE)
+            return Gone()
+        except Exception as e:
+            raise failed(ctx, internal_error(e, xid)) from None
         finally:
+            hangup.stop()
             if gen is not None and not stream:
                 await gen.aclose()
 
@@ -444,6 +397,7 @@ class Handlers:
             "model": job.model,
         }
         status = 200
+        error: str | None = None  # why a stream that began did not end well (request log)
         guards: dict[int, Any] = {}
         releases: dict[int, LogprobRelease] = {}
         done: set[int] = set()
@@ -590,11 +544,8 @@ class Handlers:
                             continue
                     if ev.finish_reason == "error":
                         status = 500  # the reply has begun: the error goes in-band, as OpenAI's
-                        out.append(
-                            _error_event(
-                                f"The model failed while generating: {ev.error}", "engine_error"
-                            )
-                        )
+                        error = f"The model failed while generating: {ev.error}"
+                        out.append(error_event(error, "engine_error"))
                         yield "".join(out)
                         return
                     if ev.finish_reason is not None:
@@ -618,11 +569,15 @@ class Handlers:
                 out.append(sse({**head, "choices": [], "usage": usage}))
             yield Final("".join(out) + "data: [DONE]\n\n")
         except UpstreamError as e:
-            status = 502
-            yield _error_event(str(e), "upstream_error")
+            status, error = 502, str(e)
+            yield error_event(error, "upstream_error")
         except (asyncio.CancelledError, GeneratorExit):
-            status = 499  # the client went away: engine slots are freed by aclose below
+            status, error = 499, CLIENT_GONE  # engine slots are freed by aclose below
             raise
+        except Exception as e:  # a bug: the stream ends with an error, the log has why
+            err = internal_error(e, ctx.x_request_id or job.request_id)
+            status, error = 500, err.message
+            yield error_event(err.message, "internal_error")
         finally:
             await gen.aclose()
             body = None
@@ -653,7 +608,7 @@ class Handlers:
                         for i in range(job.n)
                     ],
                 }
-            ctx.finish(status, gen.prompt_tokens, gen.completion_tokens, response=body)
+            ctx.finish(status, gen.prompt_tokens, gen.completion_tokens, response=body, error=error)
 
     # -- embeddings -----------------------------------------------------------------------------
     async def embeddings(self, request: Request) -> Response:
@@ -704,57 +659,5 @@ class Handlers:
             )
         except (UpstreamError, OpenAIError) as e:
             raise failed(ctx, e) from None
-
-
-class EventStream(Response):
-    """A ``text/event-stream`` response for the gateway's streams, leaner than Starlette's
-    ``StreamingResponse`` (which runs an anyio task group per response under uvicorn):
-
-    * a disconnect is watched by one plain task, which cancels the streaming task while it
-      waits for the next chunk: the body generator sees ``CancelledError`` at its ``await``
-      (a 499; engine slots are freed);
-    * the body generator is always closed before the response is over, also when the
-      client left, so its ``finally`` (metering, freeing slots, the figures the access log
-      reads) runs now rather than whenever the garbage collector gets to it;
-    * a :class:`Final` chunk is sent together with the end of the body."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, body: AsyncIterator[str], headers: dict[str, str] | None = None) -> None:
-        self.body_iterator = body
-        self.status_code = 200
-        self.background = None
-        self.init_headers(headers)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        state = {"complete": False, "gone": False}
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if not state["complete"]:  # (a finished response also reads as a disconnect)
-                state["gone"] = True
-                task.cancel()
-
-        watcher = asyncio.get_running_loop().create_task(watch())
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for piece in self.body_iterator:
-                final = isinstance(piece, Final)
-                if final:
-                    state["complete"] = True
-                await send(
-                    {"type": "http.response.body", "body": piece.encode(), "more_body": not final}
-                )
-            if not state["complete"]:
-                state["complete"] = True
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not state["gone"]:
-                raise
-            task.uncancel()  # the client left: a normal end for this response
-        finally:
-            watcher.cancel()
-            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+        except Exception as e:
+            raise failed(ctx, internal_error(e, xid)) from None

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from lmops.monitor.accesslog import ensure_request_id
 from lmops.security.auth import Unauthorized, authenticate
@@ -28,6 +29,7 @@ from lmops.serve.protocol import (
     OpenAIError,
     openapi_body,
 )
+from lmops.serve.replies import internal_error
 
 __all__ = ["Gateway", "OpenAIError", "mount_openai"]
 
@@ -100,14 +102,22 @@ class _RequestIdRoute(APIRoute):
     """A ``/v1`` route whose response carries the request id in ``x-request-id``, as every
     response of OpenAI's API does, also with the access log (which echoes it too) off; an
     error gets it from the ``OpenAIError`` handler. The handlers log the same id
-    (``ensure_request_id`` keeps one per request)."""
+    (``ensure_request_id`` keeps one per request). An exception nothing expected is an
+    OpenAI-shaped 500 with the id too (:func:`~lmops.serve.replies.internal_error`; the
+    handlers end the request's policy context first, where they had begun one)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def with_id(request: Request) -> Response:
-            response = await handler(request)
-            response.headers["x-request-id"] = ensure_request_id(request.scope)
+            rid = ensure_request_id(request.scope)
+            try:
+                response = await handler(request)
+            except (OpenAIError, HTTPException):
+                raise
+            except Exception as e:
+                response = internal_error(e, rid).response()
+            response.headers["x-request-id"] = rid
             return response
 
         return with_id

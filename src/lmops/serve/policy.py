@@ -231,7 +231,10 @@ class RequestContext:
         prompt_tokens: int,
         completion_tokens: int,
         response: dict[str, Any] | None = None,
+        error: str | None = None,
     ) -> None:
+        """The request is over (``status``; a stream's 200 was sent before it could fail,
+        so ``error`` says why one that began did not end well: a 499, 500 or 502)."""
         if self._done:
             return
         self._done = True
@@ -253,7 +256,8 @@ class RequestContext:
         self.policy.metrics.request(
             self.dep.name, status, prompt_tokens, completion_tokens, latency, self.ttft_s
         )
-        self._log(status, prompt_tokens, completion_tokens, latency, None, response)
+        error = error[:2000] if error else None
+        self._log(status, prompt_tokens, completion_tokens, latency, error, response)
 
     def fail(self, status: int, error: str) -> None:
         if self._done:
@@ -406,6 +410,7 @@ class NullContext:
         prompt_tokens: int,
         completion_tokens: int,
         response: dict[str, Any] | None = None,
+        error: str | None = None,
     ) -> None:
         self.status, self.prompt_tokens, self.completion_tokens = (
             status,
