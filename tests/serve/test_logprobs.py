@@ -233,3 +233,61 @@ def test_a_reply_cut_inside_a_character_ends_before_it(server: dict[str, Any]) -
     assert "".join(ch.delta.content or "" for ch in chunks) == whole
     streamed = [e for ch in chunks if ch.logprobs for e in ch.logprobs.content]
     assert [bytes(e.bytes) for e in streamed] == raw[:k]
+
+
+def test_streamed_chunks_carry_exactly_their_tokens_text(server: dict[str, Any]) -> None:
+    """With the default guardrails holding text back (and re-chunking it), each streamed
+    chunk's content is exactly the text of the tokens its logprobs name, as OpenAI's and
+    vLLM's are; together they are the whole reply, as the non-streamed one is."""
+    c = client(server)
+    for seed, temperature in [(0, 0.0)] + [(seed, 1.0) for seed in range(6)]:
+        kw: dict[str, Any] = dict(
+            model="guarded",
+            messages=[{"role": "user", "content": "Hello, how are you today?"}],
+            max_tokens=24,
+            temperature=temperature,
+            seed=seed,
+            logprobs=True,
+            top_logprobs=2,
+        )
+        full = c.chat.completions.create(**kw).choices[0]
+        chunks = [ch.choices[0] for ch in c.chat.completions.create(**kw, stream=True)]
+        for ch in chunks:
+            tokens = ch.logprobs.content if ch.logprobs else []
+            spelt = "".join(t.token for t in tokens)
+            if "\ufffd" in spelt + (ch.delta.content or ""):
+                # random byte tokens that are no UTF-8: the engine's text for them and
+                # their tokens' U+FFFDs need not line up chunk by chunk
+                continue
+            assert spelt == (ch.delta.content or ""), ch
+        assert "".join(ch.delta.content or "" for ch in chunks) == full.message.content
+        streamed = [t.token for ch in chunks if ch.logprobs for t in ch.logprobs.content]
+        assert streamed == [t.token for t in full.logprobs.content]
+    legacy = c.completions.create(
+        model="guarded", prompt="The quick brown", max_tokens=16, temperature=0, logprobs=2,
+        stream=True,
+    )  # fmt: skip
+    for ch in legacy:
+        got = ch.choices[0]
+        assert "".join(got.logprobs.tokens if got.logprobs else []) == got.text
+
+
+def test_a_stream_is_cut_at_token_boundaries() -> None:
+    """The guard released text that ends inside a token: the token waits, whole, for the
+    next chunk; after a rewrite the text goes on without entries."""
+    from lmops.models.types import TokenLogprob
+    from lmops.serve.replies import LogprobRelease
+
+    release = LogprobRelease()
+    end = 0
+    for p in ["Hello", " there", ","]:
+        release.produced(p, TokenLogprob(p, -0.5, list(p.encode()), [], end, end + len(p)))
+        end += len(p)
+    text, entries = release.chunk("Hello ")
+    assert (text, [e.token for e in entries]) == ("Hello", ["Hello"])
+    text, entries = release.chunk("there,")
+    assert (text, [e.token for e in entries]) == (" there,", [" there", ","])
+    assert release.chunk("", final=True) == ("", [])
+    masked = LogprobRelease()
+    masked.produced("call 555", TokenLogprob("call 555", -1.0, [], [], 0, 8))
+    assert masked.chunk("call <PHONE>") == ("call <PHONE>", [])

@@ -473,6 +473,13 @@ class Handlers:
                 first_token = time.perf_counter()
                 ctx.first_token(first_token - started)
 
+        def cut(i: int, text: str, final: bool = False) -> tuple[str, list[TokenLogprob]]:
+            """What to send of the text choice ``i``'s guard released, and its logprobs:
+            with logprobs, cut at a token boundary (see :meth:`LogprobRelease.chunk`)."""
+            if not job.logprobs:
+                return text, []
+            return releases.setdefault(i, LogprobRelease()).chunk(text, final)
+
         async def close(i: int, reason: str, out: list[str]) -> None:
             """End choice ``i``: what its guard held back, then its finish reason."""
             guard = guards.get(i) or guards.setdefault(i, ctx.stream_guard())
@@ -484,19 +491,16 @@ class Handlers:
                 i, tools.collected_calls(relayed.pop(i)), out
             ):
                 reason = "content_filter"
+            text = ""
             if held:
                 text, stop_now = await _inline_unless_deferred(guard.feed, held)
-                emitted(text, i)
-                held_entries = releases[i].sent(text) if i in releases else []
-                if text or held_entries:
-                    out.append(chunk(i, text, None, held_entries))
                 if stop_now:
                     reason = "content_filter"
-            tail = await _inline_unless_deferred(guard.finish)
-            entries = releases[i].sent(tail, final=True) if i in releases else []
-            emitted(tail, i)
-            if tail or entries:
-                out.append(chunk(i, tail, None, entries))
+            text += await _inline_unless_deferred(guard.finish)
+            text, entries = cut(i, text, final=not guard.stopped)
+            emitted(text, i)
+            if text or entries:
+                out.append(chunk(i, text, None, entries))
             done.add(i)
             reason = tools.finish_reason(reason, calls_sent.get(i, []))
             reasons[i] = "content_filter" if guard.stopped else reason
@@ -519,13 +523,12 @@ class Handlers:
                             if piece
                             else ("", False)
                         )
-                        entries: list[TokenLogprob] = []
                         if job.logprobs:
                             release = releases.setdefault(i, LogprobRelease())
                             release.produced(ev.text, ev.logprobs)
                             if i in splitters:  # the calls' text is not content
                                 release.hide(splitters[i].take_hidden())
-                            entries = release.sent(text)
+                        text, entries = cut(i, text)
                         emitted(text, i)
                         extra = None if stop_now else ev.extra
                         if extra and "tool_calls" in extra:

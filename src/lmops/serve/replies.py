@@ -187,6 +187,13 @@ class LogprobRelease:
         (no entry is released any more) the text goes on as it comes; at the end
         (``final``) whatever is left goes."""
         n = self._take(text, final)
+        if not final:
+            # a token that holds only the first bytes of a character has no text yet: it
+            # goes with the token that completes the character (and its text)
+            while n and self.pending[n - 1].text_end <= max(
+                self.shipped, self.pending[n - 1].text_offset
+            ):
+                n -= 1
         released, self.pending = self.pending[:n], self.pending[n:]
         if final or self.diverged:
             end = len(self.out)
