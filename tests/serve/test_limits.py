@@ -453,3 +453,31 @@ def test_the_limiter_never_checkpoints_sqlite_on_the_request_path(
     assert kept.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     with store.db.engine.connect() as c:
         assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+
+
+def test_a_refusal_says_the_usage_admission_counted(limiter: RateLimiter) -> None:
+    """The 429 said "rpm 3 requests per minute, 2 used" for a weighted 2.5 (a rounded
+    count that looks as if one more fitted), and a Retry-After past 60 s unexplained."""
+    scopes = [("key:ci", Limits(rpm=3))]
+    for i in range(3):
+        limiter.acquire(scopes, f"p{i}", 0, now=T - 60)  # the previous minute: weighs 1.5
+    limiter.acquire(scopes, "now", 0, now=T)
+    err = refused(limiter, scopes, 0, T)
+    assert str(err) == (
+        "rate limit reached for key:ci: rpm 3 requests per minute; 2.5 of 3 used in the "
+        "last 60 s (a sliding window) and this request needs 1; retry in 10s"
+    )
+    # three requests 5 s into a minute count in full for 55 s, then fade: the 4th fits 75 s
+    # later (1/3 into the next minute), which Retry-After says and the message explains
+    early = [("key:early", Limits(rpm=3))]
+    for i in range(3):
+        limiter.acquire(early, f"e{i}", 0, now=T - 25)
+    err = refused(limiter, early, 0, T - 25)
+    assert err.retry_after_s == 75.0 and headers(err)["Retry-After"] == "75"
+    assert "3 of 3 used in the last 60 s" in str(err)
+    assert str(err).endswith(
+        "retry in 1m15s (the requests of this minute count in full until it ends, then fade "
+        "out over the next one)"
+    )
+    refused(limiter, early, 0, T + 49.9)
+    limiter.acquire(early, "e-late", 0, now=T + 50)

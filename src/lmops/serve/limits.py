@@ -32,7 +32,13 @@ midnight UTC and on the first of the month, which is what people budget against.
 arrived meanwhile (usage only decays), rounded up to the millisecond: for a sliding window
 it solves ``cur + n + prev * (1 - f) <= limit`` for ``f`` (in this minute, or in the next one
 where this minute's count becomes the weighted one); for a quota it is the time to the next
-calendar window. A request larger than a limit can never pass: ``retry_after_s`` is
+calendar window. A sliding window's wait can exceed 60 s (up to 120 s): this minute's count
+weighs in full until the minute ends and only then fades, so requests made early in a
+minute are forgotten later than 60 s after them; ``Retry-After`` says when admission will
+really pass (a shorter one would only be refused again) and the 429's message says why.
+The message gives the usage admission counted, the weighted count rounded up to
+hundredths ("2.61 of 3 used in the last 60 s"), never a rounded-down whole number that
+would look as if the request fitted. A request larger than a limit can never pass: ``retry_after_s`` is
 ``None``. A concurrency slot frees when some request ends, which cannot be known:
 :data:`CONCURRENCY_RETRY_S` is suggested.
 
@@ -360,6 +366,17 @@ def _retry_headers(retry_after_s: float | None) -> dict[str, str]:
     }
 
 
+def _used(u: _Usage, now: float) -> str:
+    """How much of ``u``'s limit is used, as admission counted it: a sliding window's
+    weighted count rounded *up* to hundredths (so "used + cost" visibly passes the limit
+    of a refused request), a quota's whole count."""
+    used = u.used(now, with_request=False)
+    if u.dim.window != "minute":
+        return f"{round(used)} of {u.limit} used this UTC {u.dim.window}"
+    shown = math.ceil(used * 100 - 1e-6) / 100
+    return f"{shown:g} of {u.limit} used in the last 60 s (a sliding window)"
+
+
 # -- the limiter --------------------------------------------------------------------------------
 @dataclass(slots=True)  # not frozen: built per request (see _Usage)
 class _Charge:
@@ -569,9 +586,14 @@ class RateLimiter:
             else:
                 msg = (
                     f"rate limit reached for {u.scope}: {what} {u.dim.unit} per "
-                    f"{u.dim.window}, {math.floor(u.used(now, False))} used; "
+                    f"{u.dim.window}; {_used(u, now)} and this request needs {u.cost}; "
                     f"retry in {_duration(wait)}"
                 )
+                if u.dim.window == "minute" and wait > u.end - u.start:
+                    msg += (
+                        " (the requests of this minute count in full until it ends, then "
+                        "fade out over the next one)"
+                    )
                 candidates.append((wait, u.dim.limit_name, u.scope, msg))
         for name, cap in full:
             n = (in_flight or {}).get(name, cap)
