@@ -121,6 +121,17 @@ def failed(ctx: Any, e: Exception) -> OpenAIError:
     return err
 
 
+def _prompt_shape(value: Any) -> str:
+    """What a completions prompt or an embeddings input holds, in a refusal's words."""
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return "a prompt of token ids"
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        return f"{len(value)} prompt(s) of token ids"
+    if isinstance(value, list):
+        return f"{len(value)} prompts" if value else "an empty list"
+    return type(value).__name__
+
+
 class Handlers:
     """The handlers of one gateway (``gw``: keys, deployments; ``policy``: the layer)."""
 
@@ -166,9 +177,14 @@ class Handlers:
             plan = tools.plan_request(req)
         else:
             prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-            if len(prompts) != 1:
+            if len(prompts) != 1 or not isinstance(prompts[0], str):
                 raise OpenAIError(
-                    400, "prompt: a list of prompts is not supported; send one", param="prompt"
+                    400,
+                    "prompt: this gateway takes one text prompt per request (a string, or a "
+                    f"list of one string), not {_prompt_shape(req.prompt)}; send each prompt "
+                    "as a request of its own",
+                    param="prompt",
+                    code="unsupported_value",
                 )
             prompt = prompts[0]
         return Job(
@@ -633,7 +649,13 @@ class Handlers:
             ctx.model_ref = backend.model_ref
             texts = [req.input] if isinstance(req.input, str) else list(req.input)
             if not texts or any(not isinstance(t, str) for t in texts):
-                raise OpenAIError(400, "input: a string or a list of strings", param="input")
+                raise OpenAIError(
+                    400,
+                    "input: this gateway embeds text (a string or a list of strings), not "
+                    f"{_prompt_shape(req.input)}",
+                    param="input",
+                    code="unsupported_value",
+                )
             ctx.admit(sum(approx_tokens(t) for t in texts), 0, model_ref=backend.model_ref)
             # one text at a time: a deferred check is run again whole, and a list's earlier
             # texts would have recorded their actions already

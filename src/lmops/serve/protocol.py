@@ -283,7 +283,8 @@ class ChatRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    # OpenAI's shapes; the handler says which of them the gateway serves
+    prompt: str | list[str] | list[int] | list[list[int]]
     # 0 with echo: only the prompt's logprobs (log-likelihood scoring, as vLLM takes it)
     max_tokens: int | None = Field(default=None, ge=0)
     echo: bool = False
@@ -307,7 +308,7 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(_Open):
     model: str = Field(min_length=1)
-    input: str | list[str]
+    input: str | list[str] | list[int] | list[list[int]]  # the handler says what it serves
     encoding_format: Literal["float", "base64"] = "float"
     # shorter vectors: only an upstream's matryoshka model can honour it (Backend.embed)
     dimensions: int | None = Field(default=None, ge=1)
