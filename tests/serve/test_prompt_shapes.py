@@ -45,5 +45,6 @@ def test_one_prompt_in_a_list_and_text_inputs_are_served(c: Any) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         c.embeddings.create(model="fake", input=[[1, 2, 3]])
     assert e.value.body["message"] == (
-        "input: this gateway embeds text (a string or a list of strings), not 1 lists of token ids"
+        "input: this gateway embeds text (a string or a list of strings), not 1 prompt(s) "
+        "of token ids"
     )
