@@ -647,8 +647,9 @@ class Handlers:
         try:
             backend = dep.backend()
             ctx.model_ref = backend.model_ref
-            texts = [req.input] if isinstance(req.input, str) else list(req.input)
-            if not texts or any(not isinstance(t, str) for t in texts):
+            given = [req.input] if isinstance(req.input, str) else list(req.input)
+            texts = [t for t in given if isinstance(t, str)]
+            if not texts or len(texts) != len(given):
                 raise OpenAIError(
                     400,
                     "input: this gateway embeds text (a string or a list of strings), not "
