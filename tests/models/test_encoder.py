@@ -133,3 +133,20 @@ def test_the_same_vectors_as_sentence_transformers(tmp_path: Path) -> None:
     ours, _ = Encoder(folder, device="cpu").embed(texts)
     theirs = st.SentenceTransformer(str(folder), device="cpu").encode(texts)
     assert np.asarray(ours) == pytest.approx(theirs, abs=1e-5)
+
+
+def test_roberta_like_models_take_two_positions_fewer() -> None:
+    """RoBERTa numbers positions from pad_token_id + 1: an input as long as
+    max_position_embeddings would index past its table (a 500 at the gateway)."""
+    import torch
+    from transformers import BertConfig, RobertaConfig, RobertaModel
+
+    from lmops.models.encoder import _max_context
+
+    cfg = RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32,
+                        max_position_embeddings=18, pad_token_id=1)  # fmt: skip
+    limit = _max_context(cfg)
+    assert limit == 16
+    RobertaModel(cfg).eval()(input_ids=torch.full((1, limit), 5))  # the longest it takes
+    assert _max_context(BertConfig(max_position_embeddings=512)) == 512

@@ -92,3 +92,26 @@ def test_var_without_a_bound_prompt_and_a_batch_on_an_encoder_are_refused(
     bert = make_tiny_bert(tmp_path / "bert")
     r = cli("serve", "batch", "--model", f"emb={bert}", "--input", str(p), "--output", "o")
     assert r.code == 2 and "deployment 'emb' serves embeddings only" in r.err
+
+
+def test_a_prompts_budget_is_capped_as_the_gateway_caps_it(
+    cli: Any, store: Any, tmp_path: Path
+) -> None:
+    """The cap is checked against the budget the batch will use: the prompt's, capped to
+    the deployment's max_tokens_cap, not the --max-tokens default nobody gave."""
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"text": "hello"}) + "\n")
+    deps = tmp_path / "deps.yaml"
+    for name, budget, cap, used in (("short", 4, 8, 4), ("long", "400", 300, 300)):
+        create(store, name, [{"role": "user", "content": "{{input}}"}],
+               config={"max_tokens": budget})  # fmt: skip
+        deps.write_text(
+            "deployments:\n"
+            f"  - {{name: {name}, fake: {{tokens: 2}}, prompt: {name}, max_tokens_cap: {cap},\n"
+            "      guardrails: {preset: off}}\n"
+        )
+        r = cli("serve", "batch", "--deployments", str(deps), "--deployment", name,
+                "--input", str(p), "--output", f"out-{name}", "--json")  # fmt: skip
+        assert r.code == 0, r.err
+        v = store.assets.get(json.loads(r.out)["output"])
+        assert v.metadata["params"]["max_tokens"] == used

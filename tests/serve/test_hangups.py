@@ -228,8 +228,16 @@ def gateway(store: Any) -> Iterator[dict[str, Any]]:
 
 
 def flushed_rows(g: dict[str, Any], **where: str) -> list[Any]:
-    g["app"].state.gateway.hooks.log.flush(10)
-    return logged(g["store"], **where)
+    """The logged rows matching ``where``, waiting (10 s at most) for at least one: a
+    stream's row is queued by its generator's ``finally``, which may run after the client
+    read the error event."""
+    deadline = time.monotonic() + 10
+    while True:
+        g["app"].state.gateway.hooks.log.flush(10)
+        rows = logged(g["store"], **where)
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
 
 
 def test_an_unexpected_error_is_an_openai_500_that_ends_the_request(
@@ -314,6 +322,5 @@ def test_a_relayed_stream_that_breaks_is_logged_with_why(
                     model="up", messages=[{"role": "user", "content": "hi"}], stream=True
                 ):
                     pass
-            app.state.gateway.hooks.log.flush(10)
-    (row,) = logged(store, deployment="up")
+            (row,) = flushed_rows({"app": app, "store": store}, deployment="up")
     assert row.status == 502 and row.error and "upstream" in row.error

@@ -291,3 +291,19 @@ def test_a_stream_is_cut_at_token_boundaries() -> None:
     masked = LogprobRelease()
     masked.produced("call 555", TokenLogprob("call 555", -1.0, [], [], 0, 8))
     assert masked.chunk("call <PHONE>") == ("call <PHONE>", [])
+
+
+def test_a_character_of_several_byte_tokens_goes_out_with_all_its_bytes() -> None:
+    """As the engine reports them: the first byte token of a character gets the
+    character's one-character span, the ones that complete it an empty span after it."""
+    from lmops.models.types import TokenLogprob
+    from lmops.serve.replies import LogprobRelease
+
+    release = LogprobRelease()
+    shown = []
+    steps = [(b"\xe4", 0, 1, ""), (b"\xb8", 1, 1, ""), (b"\x8a", 1, 1, "上"), (b"x", 1, 2, "x")]
+    for raw, start, end, delta in steps:
+        release.produced(delta, TokenLogprob("?", -0.1, list(raw), [], start, end))
+        text, entries = release.chunk(delta)
+        shown.append((text, b"".join(bytes(e.bytes) for e in entries)))
+    assert [s for s in shown if s != ("", b"")] == [("上", "上".encode()), ("x", b"x")]

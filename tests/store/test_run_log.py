@@ -146,3 +146,19 @@ def test_a_failed_pipeline_step_leaves_its_traceback_in_the_pipelines_log(
     text = _log(store, result.run_id)
     assert "step reg (register) failed:" in text and "Traceback" in text
     assert "run ended: FAILED (reg: " in text
+
+
+def test_warnings_of_libraries_that_do_not_propagate_are_kept_once(store: Store) -> None:
+    """transformers' own root logger stops records going up to the root once transformers
+    is imported (``propagate = False``): its warnings are still in the run's log, once,
+    whether it propagates or not."""
+    lib = logging.getLogger("transformers")
+    before = lib.propagate
+    try:
+        for propagate in (False, True):
+            lib.propagate = propagate
+            with store.runs.track("train") as run:
+                logging.getLogger("transformers.modeling_utils").warning("weights not used")
+            assert _log(store, run.id).count("weights not used") == 1, propagate
+    finally:
+        lib.propagate = before

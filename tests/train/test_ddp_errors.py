@@ -77,11 +77,12 @@ def test_a_worker_that_fails_after_launch_ends_with_one_line(
     cfg = tmp_path / "job.yaml"
     cfg.write_text(json.dumps({**JOB, "stage": "pretrain", "model": preset, "dataset": str(text)}))
     proc = _lmops(lmops_home, "train", str(cfg), "--nproc", "2")
-    assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: distributed training failed on rank ")
+    # a worker's user error is said as itself, with the user-error exit code
+    assert proc.returncode == 2, proc.stderr
+    assert lines[0].startswith("error: model.overrides: ")
     assert "not a multiple of the number of attention heads (3)" in lines[0]
     (run,) = Store().runs.list()
     assert run.status is RunStatus.FAILED

@@ -251,7 +251,7 @@ class Encoder:
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load model {model_path}: {e}") from None
         self.model = model.to(self.device).eval()
-        self.max_context = int(getattr(model.config, "max_position_embeddings", 512) or 512)
+        self.max_context = _max_context(model.config)
 
     def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         return embed_texts(
@@ -265,3 +265,16 @@ class Encoder:
 
     def close(self) -> None:
         """Nothing runs in the background."""
+
+
+def _max_context(config: Any) -> int:
+    """The longest input the model's position table takes. RoBERTa and its kin number
+    positions from ``pad_token_id + 1`` (514 positions hold 512 tokens), so their table is
+    that much shorter than ``max_position_embeddings`` says."""
+    positions = int(getattr(config, "max_position_embeddings", 512) or 512)
+    if "roberta" in str(getattr(config, "model_type", "")) or getattr(config, "model_type", "") in (
+        "camembert",
+        "longformer",
+    ):
+        positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1
+    return max(1, positions)

@@ -372,22 +372,28 @@ def run_batch(
 
     check_name(spec.output)
     dspec = pick_deployment(specs, spec.deployment)
-    if dspec.upstream is None and spec.max_tokens > dspec.max_tokens_cap:
-        raise UserError(
-            f"--max-tokens {spec.max_tokens} is above the max_tokens_cap of deployment "
-            f"{dspec.name!r} ({dspec.max_tokens_cap})"
-        )
     items, input_ref, content_id = read_items(spec.input, store)
     prompt_ref = None
     if dspec.prompt is not None:
         items, prompt_ref, config = bind_prompt(items, dspec.prompt, store, spec.variables)
         given = spec.model_fields_set  # the prompt's parameters fill what was not given
         unset = {k: config[k] for k in ("max_tokens", "temperature") if k in config}
-        spec = spec.model_copy(update={k: v for k, v in unset.items() if k not in given})
+        filled = {k: v for k, v in unset.items() if k not in given}
+        if filled:  # checked as the options are (a prompt may store "0.7")
+            spec = BatchSpec.model_validate({**spec.model_dump(), **filled})
+            if "max_tokens" in filled:  # the gateway caps a prompt's budget, as here
+                spec = spec.model_copy(
+                    update={"max_tokens": min(spec.max_tokens, dspec.max_tokens_cap)}
+                )
     elif spec.variables:
         raise UserError(
             f"--var {next(iter(spec.variables))}=...: deployment {dspec.name!r} binds no "
             "prompt (prompt: in the deployments file), so there is nothing to fill"
+        )
+    if dspec.upstream is None and spec.max_tokens > dspec.max_tokens_cap:
+        raise UserError(
+            f"--max-tokens {spec.max_tokens} is above the max_tokens_cap of deployment "
+            f"{dspec.name!r} ({dspec.max_tokens_cap})"
         )
     concurrency = spec.concurrency or dspec.max_running
     if dspec.upstream is None:

@@ -188,11 +188,11 @@ class LogprobRelease:
         (``final``) whatever is left goes."""
         n = self._take(text, final)
         if not final:
-            # a token that holds only the first bytes of a character has no text yet: it
-            # goes with the token that completes the character (and its text)
-            while n and self.pending[n - 1].text_end <= max(
-                self.shipped, self.pending[n - 1].text_offset
-            ):
+            # tokens that hold only some bytes of a character go out together with the
+            # token that completes it (every release ends on a whole character, so each
+            # one's bytes decode on their own); the engine's spans cannot say it, since
+            # a character's first byte token gets its one-character span
+            while n and not _whole_utf8(self.pending[:n]):
                 n -= 1
         released, self.pending = self.pending[:n], self.pending[n:]
         if final or self.diverged:
@@ -201,6 +201,15 @@ class LogprobRelease:
             end = max(self.shipped, released[-1].text_end) if released else self.shipped
         piece, self.shipped = self.out[self.shipped : end], end
         return piece, released
+
+
+def _whole_utf8(entries: list[TokenLogprob]) -> bool:
+    """Whether the entries' bytes, one after the other, are whole UTF-8 characters."""
+    try:
+        bytes(b for e in entries for b in e.bytes).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:

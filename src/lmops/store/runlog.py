@@ -29,6 +29,25 @@ __all__ = ["close_log", "note_error", "open_log", "read_run_log", "tail"]
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+# The root logger, and libraries whose own root logger does not pass records on to it
+# (transformers and datasets set ``propagate = False`` on theirs when first imported, which
+# is often inside the job): the handler sits on each, and ``_Once`` keeps a record that
+# reaches it twice (while such a logger still propagates) from being written twice.
+_LOGGERS = ("", "transformers", "datasets")
+
+
+class _Once(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: logging.LogRecord | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record is self._last:
+            return False
+        self._last = record
+        return True
+
+
 class _RunLog:
     def __init__(self, path: Path) -> None:
         self._fh: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the job
@@ -39,8 +58,10 @@ class _RunLog:
         # process (the API's worker threads) must not read each other's warnings
         thread = threading.get_ident()
         handler.addFilter(lambda record: record.thread == thread)
+        handler.addFilter(_Once())
         self._handler: logging.Handler | None = handler
-        logging.getLogger().addHandler(handler)
+        for name in _LOGGERS:
+            logging.getLogger(name).addHandler(handler)
 
     def write(self, text: str) -> None:
         if self._fh is None:
@@ -53,7 +74,8 @@ class _RunLog:
 
     def close(self) -> None:
         if self._handler is not None:
-            logging.getLogger().removeHandler(self._handler)
+            for name in _LOGGERS:
+                logging.getLogger(name).removeHandler(self._handler)
             self._handler = None
         if self._fh is not None:
             with contextlib.suppress(OSError):
