@@ -165,3 +165,33 @@ def test_rotate_gives_a_new_secret_and_keeps_everything_else(store: Store) -> No
     assert [k.name for k in store.keys.list()] == ["svc"]  # the same key, not a second one
     with pytest.raises(NotFoundError, match="'nope' not found; keys are: svc"):
         store.keys.rotate("nope")
+
+
+def test_the_last_active_admin_key_is_kept_where_asked(store: Store) -> None:
+    """/api and the console (``keep_an_admin``) never revoke or demote the last active
+    admin key: nothing could administer them after it. The local CLI may."""
+    from fastapi.testclient import TestClient
+
+    from lmops.api.app import create_app
+    from lmops.core.errors import ConflictError
+
+    _, boss = store.keys.create("boss", role="admin")
+    store.keys.create("viewer")
+    with pytest.raises(ConflictError, match="'boss' is the last active admin key"):
+        store.keys.revoke("boss", keep_an_admin=True)
+    with pytest.raises(ConflictError, match="create another admin key first, then make a user"):
+        store.keys.update("boss", role="user", keep_an_admin=True)
+    store.keys.update("boss", rpm=10, keep_an_admin=True)  # other changes are fine
+    store.keys.revoke("viewer", keep_an_admin=True)  # not an admin
+
+    client = TestClient(create_app(store))
+    auth = {"Authorization": f"Bearer {boss}"}
+    r = client.delete("/api/keys/boss", headers=auth)
+    assert r.status_code == 409 and "last active admin key" in r.text
+    r = client.patch("/api/keys/boss", json={"role": "user"}, headers=auth)
+    assert r.status_code == 409
+    assert client.post("/api/keys", json={"name": "boss2", "role": "admin"},
+                       headers=auth).status_code == 201  # fmt: skip
+    assert client.delete("/api/keys/boss", headers=auth).status_code == 200
+    # the local CLI's store may still revoke the last one (it needs no key to undo it)
+    assert store.keys.revoke("boss2").revoked_at is not None

@@ -304,11 +304,11 @@ def _api_router() -> APIRouter:
 
     @r.delete("/keys/{name}", response_model=ApiKey)
     def revoke_key(store: Admin, name: str) -> ApiKey:
-        return store.keys.revoke(name)
+        return store.keys.revoke(name, keep_an_admin=True)
 
     @r.patch("/keys/{name}", response_model=ApiKey)
     def update_key(store: Admin, name: str, body: KeyUpdateBody) -> ApiKey:
-        return store.keys.update(name, **body.model_dump(exclude_unset=True))
+        return store.keys.update(name, **body.model_dump(exclude_unset=True), keep_an_admin=True)
 
     @r.post("/keys/{name}/rotate", response_model=KeyCreated)
     def rotate_key(store: Admin, name: str, response: Response) -> KeyCreated:

@@ -11,8 +11,9 @@ Contract:
 
 * ``request_id`` is the request's ``x-request-id`` header when it is a sane token (1-128
   visible ASCII characters), else a fresh one; either way it is echoed in the response's
-  ``x-request-id`` header (all but the bare 500 that Starlette sends for an unhandled
-  exception, which is logged with ``error_code: "internal_error"``). The gateway's ``/v1``
+  ``x-request-id`` header (an unhandled exception is logged with ``error_code:
+  "internal_error"``; ``/v1`` answers it with an OpenAI-shaped 500 carrying the id,
+  ``/api`` with its JSON 500, any other route with Starlette's bare one). The gateway's ``/v1``
   responses carry the same id with the access log off too, and the request log keeps it
   (``x_request_id``), so ``lmops trace`` finds a request by it, a refused one included.
 * ``status`` is the status sent, except ``499`` when the client hung up before the reply

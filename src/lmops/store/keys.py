@@ -110,6 +110,27 @@ def _row(s: Session, name: str) -> ApiKeyRow:
     return row
 
 
+def _keep_an_admin(s: Session, row: ApiKeyRow, verb: str) -> None:
+    """Refuse (``ConflictError``) a change that would leave no active admin key."""
+    if row.role != "admin":
+        return
+    now = utcnow()
+    others = [
+        k
+        for k in s.scalars(
+            select(ApiKeyRow).where(
+                ApiKeyRow.role == "admin", ApiKeyRow.revoked_at.is_(None), ApiKeyRow.id != row.id
+            )
+        )
+        if k.expires_at is None or aware(k.expires_at) > now  # type: ignore[operator]
+    ]
+    if not others:
+        raise ConflictError(
+            f"key {row.name!r} is the last active admin key: nothing could administer the API "
+            f"and the console if it were gone; create another admin key first, then {verb} it"
+        )
+
+
 def _audit_value(v: Any) -> Any:
     return v.isoformat() if isinstance(v, datetime) else v
 
@@ -172,12 +193,16 @@ class KeyRing:
         with self._db.session() as s:
             return _rows.api_key(_row(s, name))
 
-    def revoke(self, name: str) -> ApiKey:
+    def revoke(self, name: str, *, keep_an_admin: bool = False) -> ApiKey:
         """Revoke a key: refused at once by ``/api`` and the console, and by the gateway
-        within ``KEY_CACHE_S`` (it trusts an authenticated key that long)."""
+        within ``KEY_CACHE_S`` (it trusts an authenticated key that long). With
+        ``keep_an_admin`` (``/api`` and the console pass it) the last active admin key is
+        not revoked: nothing could administer them after it (the local CLI needs no key)."""
 
         def rev(s: Session) -> ApiKey:
             row = _row(s, name)
+            if keep_an_admin and row.revoked_at is None:
+                _keep_an_admin(s, row, "revoke")
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
                 self._store.audit.record(s, "key.revoke", name, {})
@@ -194,6 +219,7 @@ class KeyRing:
         tpm: int | _Unset | None = UNSET,
         expires_at: datetime | _Unset | None = UNSET,
         scopes: _Scopes | _Unset | None = UNSET,
+        keep_an_admin: bool = False,
     ) -> ApiKey:
         """Change a key's role, limits, scopes or expiry; its secret stays the same.
 
@@ -230,6 +256,8 @@ class KeyRing:
 
         def upd(s: Session) -> ApiKey:
             row = self._active_row(s, name, "update")
+            if keep_an_admin and asked.get("role", "admin") != "admin":
+                _keep_an_admin(s, row, "make a user of")
             changes: dict[str, list[Any]] = {}
             for field, new in asked.items():
                 old = aware(row.expires_at) if field == "expires_at" else getattr(row, field)

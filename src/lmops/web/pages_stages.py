@@ -417,7 +417,7 @@ def add_routes(r: APIRouter) -> None:
     @r.post("/keys/{name}/revoke")
     async def revoke_key(request: Request, viewer: Page, name: str) -> Response:
         await require_write(request, viewer)
-        viewer.store.keys.revoke(name)
+        viewer.store.keys.revoke(name, keep_an_admin=True)
         return RedirectResponse(f"{PREFIX}/serving", 303)
 
     @r.post("/keys/{name}/update")
@@ -441,7 +441,7 @@ def add_routes(r: APIRouter) -> None:
                 changes["expires_at"] = datetime.fromisoformat(day).replace(tzinfo=UTC)
             except ValueError:
                 raise UserError(f"expires: {day!r} is not a date like 2027-01-31") from None
-        viewer.store.keys.update(name, **changes)
+        viewer.store.keys.update(name, **changes, keep_an_admin=True)
         return RedirectResponse(f"{PREFIX}/serving", 303)
 
     @r.post("/keys/{name}/rotate", response_class=HTMLResponse)
