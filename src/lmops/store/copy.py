@@ -63,7 +63,7 @@ from lmops.core.config import Settings, mask_url
 from lmops.core.errors import IntegrityError, LmopsError, StoreError, UserError
 from lmops.store._time import aware, utcnow
 from lmops.store.artifacts import ArtifactStore, LocalBlobs
-from lmops.store.db import Database
+from lmops.store.db import Database, sqlite_file
 from lmops.store.models import AuditRow, Base, VersionRow
 from lmops.store.types import VersionStatus
 
@@ -317,14 +317,6 @@ def _bump_sequences(conn: Connection, tables: list[Table]) -> None:
 
 
 # ---------------------------------------------------------------------------- entry point
-def _new_sqlite_file(url: str) -> bool:
-    """Whether ``url`` names a SQLite file that does not exist yet."""
-    if not url.startswith("sqlite") or "///" not in url:
-        return False
-    path = url.split("///", 1)[1].split("?", 1)[0]
-    return bool(path) and path != ":memory:" and not Path(path).exists()
-
-
 def copy_store(
     settings: Settings,
     database_url: str,
@@ -348,7 +340,8 @@ def copy_store(
     dst = ArtifactStore(artifacts, scratch)  # (a bad root fails before any database is made)
     src_db = Database(settings.database_url)
     # A dry run neither creates a new SQLite file nor migrates an existing database.
-    new_file = dry_run and _new_sqlite_file(database_url)
+    file = sqlite_file(database_url)
+    new_file = dry_run and file is not None and not Path(file).exists()
     try:
         # not migrated before it is known to be empty: a database of an older lmops given by
         # mistake is refused as it is, not upgraded first
@@ -378,9 +371,9 @@ def copy_store(
                 if (settings.home / name).exists()
             },
         )
-        fixes: dict[str, Callable[[dict[str, Any]], None]] = {}
+        mover = None
         if home is not None:
-            fixes["runs"] = _LogMover(settings.runs_dir, home / "runs", report, dry_run)
+            mover = _LogMover(settings.runs_dir, home / "runs", report, dry_run)
             report.left_behind.pop(str(settings.home / "runs"), None)
             if settings.runs_dir.exists():
                 report.left_behind[str(settings.runs_dir)] = (
@@ -396,14 +389,14 @@ def copy_store(
         with _snapshot(src_db) as read:
             if dst_db is None or dry_run:
                 report.rows = _row_counts(read, tables)
-                if "runs" in fixes:  # count the logs that would be copied
+                if mover is not None:  # count the logs that would be copied
                     for (path,) in read.execute(select(Base.metadata.tables["runs"].c.log_path)):
-                        fixes["runs"]({"log_path": path})
+                        mover({"log_path": path})
             else:
                 with dst_db.exclusive("store-copy"), dst_db.engine.begin() as write:
                     _require_empty(dst_db)  # (a second copy may have filled it meanwhile)
                     report.rows = _copy_rows(
-                        read, write, tables, postgres=not dst_db.is_sqlite, fixes=fixes
+                        read, write, tables, postgres=not dst_db.is_sqlite, mover=mover
                     )
                     sizes, users, _ = _wanted_blobs(read)  # registered since step 1
                     blobs.copy(sizes, users, dry_run=False)
@@ -422,8 +415,7 @@ def copy_store(
                             },
                         )
                     )
-        mover = fixes.get("runs")
-        if isinstance(mover, _LogMover) and not dry_run:
+        if mover is not None and not dry_run:
             mover.copy()
         report.seconds = time.monotonic() - t0
         return report
@@ -470,12 +462,12 @@ def _copy_rows(
     tables: list[Table],
     *,
     postgres: bool,
-    fixes: dict[str, Callable[[dict[str, Any]], None]] | None = None,
+    mover: _LogMover | None = None,
 ) -> dict[str, int]:
     counts: dict[str, int] = {}
     for t in tables:
         stmt = _insert(t, postgres)
-        fix = (fixes or {}).get(t.name)
+        fix = mover if t.name == "runs" else None  # the runs' log paths, to a new home
         n = 0
         result = read.execution_options(yield_per=BATCH_ROWS).execute(select(*_read_columns(t)))
         for batch in result.partitions():

@@ -29,7 +29,7 @@ from lmops.core.config import mask_url
 from lmops.core.errors import DiskFullError, MigrationError, StoreError, UserError
 from lmops.core.jsonl import finite
 
-__all__ = ["Database", "disk_full", "head_revision", "is_lock_conflict"]
+__all__ = ["Database", "disk_full", "head_revision", "is_lock_conflict", "sqlite_file"]
 
 T = TypeVar("T")
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -112,8 +112,8 @@ class Database:
                 url = "postgresql+psycopg://" + url[len("postgresql://") :]
             return create_engine(url, pool_pre_ping=True, json_serializer=json_dumps)
 
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
+        path = sqlite_file(url)
+        if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url, connect_args={"timeout": self.busy_timeout}, json_serializer=json_dumps
@@ -134,8 +134,8 @@ class Database:
     @contextlib.contextmanager
     def _migration_lock(self, conn: Connection) -> Iterator[None]:
         if self.is_sqlite:
-            path = self.url.split("///", 1)[1] if "///" in self.url else ""
-            if not path or path == ":memory:":
+            path = self.sqlite_path
+            if path is None:
                 yield
                 return
             with open(path + ".migrate.lock", "w") as fh:
@@ -195,10 +195,7 @@ class Database:
     @property
     def sqlite_path(self) -> str | None:
         """The database file of a SQLite URL (None for PostgreSQL or ``:memory:``)."""
-        if not self.is_sqlite or "///" not in self.url:
-            return None
-        path = self.url.split("///", 1)[1].split("?", 1)[0]
-        return path if path and path != ":memory:" else None
+        return sqlite_file(self.url)
 
     @property
     def where(self) -> str:
@@ -283,6 +280,15 @@ _LOCK_BASE = 727_300  # advisory lock keys of ``Database.exclusive`` (migrations
 _SQLITE_FULL = 13
 _SQLITE_IOERR = 10
 _PG_DISK_FULL = "53100"
+
+
+def sqlite_file(url: str) -> str | None:
+    """The database file a SQLite URL names, without its ``?options`` (None for another
+    database or ``:memory:``)."""
+    if not url.startswith("sqlite") or "///" not in url:
+        return None
+    path = url.split("///", 1)[1].split("?", 1)[0]
+    return path if path and path != ":memory:" else None
 
 
 def _check_scheme(url: str) -> None:
