@@ -194,13 +194,24 @@ class RequestContext:
             return f"limit:{e.limit_name}"
         return None
 
-    def _drop_fallback_lease(self, tokens: int) -> None:
-        lease, self.fallback_lease = self.fallback_lease, None
+    def _end_lease(self, lease: Any, tokens: int) -> None:
+        """Charge ``lease`` what was used (``tokens``) and free its concurrency slots."""
         if lease is not None:
             try:
                 self.policy.limiter.reconcile(lease, tokens)
             finally:
                 self.policy.limiter.release(lease)
+
+    def _drop_fallback_lease(self, tokens: int) -> None:
+        lease, self.fallback_lease = self.fallback_lease, None
+        self._end_lease(lease, tokens)
+
+    def _give_back(self, tokens: int) -> None:
+        """End this request's leases, its own and a fallback's, at ``tokens`` used."""
+        try:
+            self._end_lease(self.lease, tokens)
+        finally:
+            self._drop_fallback_lease(tokens)
 
     def retrying(self, deployment: str, reason: str) -> None:
         self.policy.metrics.retry(deployment, reason)
@@ -246,13 +257,7 @@ class RequestContext:
         for g in self._stream_guards:
             self._record(list(getattr(g, "actions", [])), "output")
         latency = time.perf_counter() - self.started
-        try:
-            if self.lease is not None:
-                self.policy.limiter.reconcile(self.lease, prompt_tokens + completion_tokens)
-        finally:
-            if self.lease is not None:
-                self.policy.limiter.release(self.lease)
-            self._drop_fallback_lease(prompt_tokens + completion_tokens)
+        self._give_back(prompt_tokens + completion_tokens)
         self.policy.metrics.request(
             self.dep.name, status, prompt_tokens, completion_tokens, latency, self.ttft_s
         )
@@ -264,14 +269,7 @@ class RequestContext:
             return
         self._done = True
         self.status = status
-        try:
-            if self.lease is not None:
-                try:  # a request that failed used no tokens: give its estimate back
-                    self.policy.limiter.reconcile(self.lease, 0)
-                finally:
-                    self.policy.limiter.release(self.lease)
-        finally:
-            self._drop_fallback_lease(0)
+        self._give_back(0)  # a request that failed used no tokens: its estimate comes back
         latency = time.perf_counter() - self.started
         self.policy.metrics.request(self.dep.name, status, 0, 0, latency, None)
         self._log(status, 0, 0, latency, error[:2000], None)
