@@ -19,6 +19,21 @@ def lmops_env(home: Path) -> dict[str, str]:
     return {**os.environ, "LMOPS_HOME": str(home), "OMP_NUM_THREADS": "1"}
 
 
+def make_key(home: Path, name: str = "t", **kw: object) -> str:
+    """A key in the store at ``home``, made in-process (one interpreter start less than the
+    CLI on busy cores); its secret."""
+    from lmops.core.config import Settings
+    from lmops.store import Store
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMOPS_HOME", str(home))
+        store = Store(Settings.from_env())
+        try:
+            return store.keys.create(name, **kw)[1]  # type: ignore[arg-type]
+        finally:
+            store.close()
+
+
 def lmops_cli(env: dict[str, str]) -> Callable[..., str]:
     """``lmops(*args) -> stdout``; a failure shows the command's stderr."""
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lmops.serve.fake import serve_app
-from tests.serve.conftest import lmops_env, start_server, stop_server
+from tests.serve.conftest import lmops_env, make_key, start_server, stop_server
 from tests.train.tiny import make_model, make_tokenizer
 
 openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
@@ -87,14 +87,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         f"  - {{name: tiny, model: {model}, default_max_tokens: 1000, max_tokens_cap: 1000}}\n"
         f"  - {{name: up, upstream: {upstream}, upstream_model: served}}\n"
     )
-    from lmops.core.config import Settings
-    from lmops.store import Store
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LMOPS_HOME", str(home))
-        store = Store(Settings.from_env())
-        key = store.keys.create("t")[1]
-        store.close()
+    key = make_key(home)
     proc, base = start_server(env, "--deployments", str(deployments))
     from transformers import AutoTokenizer
 

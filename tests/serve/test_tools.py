@@ -17,7 +17,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from lmops.serve.fake import serve_app
-from tests.serve.conftest import lmops_env, start_server, stop_server
+from tests.serve.conftest import lmops_env, make_key, start_server, stop_server
 from tests.train.tiny import make_tokenizer
 
 openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
@@ -145,15 +145,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         f"  - {{name: tiny, model: {model}, log_bodies: true, max_tokens_cap: 512}}\n"
         f"  - {{name: up, upstream: {upstream}, upstream_model: served}}\n"
     )
-    # the key is made in-process (one interpreter start less than the CLI on busy cores)
-    from lmops.core.config import Settings
-    from lmops.store import Store
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LMOPS_HOME", str(home))
-        store = Store(Settings.from_env())
-        key = store.keys.create("t")[1]
-        store.close()
+    key = make_key(home)
     proc, base = start_server(
         env,
         "--deployments",
