@@ -641,7 +641,15 @@ class Engine:
             return
         if tok in self.eos_ids:
             s.eos = True  # a generated token like any other: counted in completion_tokens
-            self._finish(s, "stop")
+            tail = None
+            if s.req.logprobs and s.req.eos_logprob:
+                # its entry, after all the text and adding none (vLLM's completions send
+                # it too: echo scoring reads one entry per generated token)
+                end = s.text_chars
+                tail = Delta(
+                    "", tok, logprob, self._token_logprob(tok, logprob, top or [], end, end)
+                )
+            self._finish(s, "stop", tail)
             return
         s.generated.append(tok)
         stops = s.req.stop
@@ -736,7 +744,7 @@ class Engine:
     def _text(self, s: Seq) -> str:
         return self._decode(s.generated)
 
-    def _finish(self, s: Seq, reason: str) -> None:
+    def _finish(self, s: Seq, reason: str, tail: Delta | None = None) -> None:
         text = self._text(s)
         if reason == "length" and s.req.whole_chars:
             text = text.rstrip("\ufffd")
@@ -744,6 +752,8 @@ class Engine:
         if (reason != "stop" or not stopped_by_string) and len(text) > s.sent_chars:
             s.emit(Delta(text[s.sent_chars :]))
             s.sent_chars = len(text)
+        if tail is not None:  # the end token's logprob entry
+            s.emit(tail)
         s.done = reason
         s.emit(Done(reason, len(s.req.prompt_ids or []), len(s.generated) + s.eos))
 

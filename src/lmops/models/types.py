@@ -55,6 +55,9 @@ class GenRequest:
     # at a max_tokens (or context) cut, drop a last character whose bytes are not all out yet
     # (its U+FFFD); off by default, so text equals ``tokenizer.decode`` (what eval compares)
     whole_chars: bool = False
+    # with logprobs, a last entry for the end-of-sequence token that stopped it (the
+    # legacy completions API's; chat's entries are the content's tokens only)
+    eos_logprob: bool = False
 
 
 @dataclass
