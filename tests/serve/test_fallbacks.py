@@ -140,7 +140,7 @@ def test_an_overloaded_engine_is_retried_then_falls_back() -> None:
         ],
         None,
     )
-    job = Job(kind="chat", request_id="r", model="a", body={}, messages=[], prompt=None,
+    job = Job(kind="chat", request_id="r", model="a", body={}, messages=[], prompts=None,
               max_tokens=2)  # fmt: skip
     waits: list[float] = []
 
@@ -196,7 +196,7 @@ def test_a_fallback_that_refuses_the_request_passes_it_on_to_the_next() -> None:
         None,
     )
     registry.get("small").backend = _TooSmall  # type: ignore[method-assign]
-    job = Job(kind="chat", request_id="r", model="a", body={}, messages=[], prompt=None,
+    job = Job(kind="chat", request_id="r", model="a", body={}, messages=[], prompts=None,
               max_tokens=2)  # fmt: skip
 
     async def run(name: str) -> tuple[Any, Any]:

@@ -28,7 +28,7 @@ import asyncio
 import math
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from lmops.models.types import Delta, Done, GenRequest, LogitsOptions, TokenLogprob
@@ -38,7 +38,6 @@ __all__ = [
     "Backend",
     "ChoiceDelta",
     "EngineBackend",
-    "FakeBackend",
     "Generation",
     "Job",
     "UpstreamBackend",
@@ -70,7 +69,9 @@ class Job:
     model: str  # the deployment name the client called
     body: dict[str, Any]  # the client's body: an upstream gets its other fields unchanged
     messages: list[dict[str, Any]] | None  # chat, after the input guardrails
-    prompt: str | None  # completions, after the input guardrails
+    # completions: the prompts' texts, after the input guardrails (one, or a client's batch:
+    # prompt p's choice j is choice p * n + j, as OpenAI's and vLLM's)
+    prompts: list[str] | None
     max_tokens: int  # the completion budget per choice (capped; charged at admission)
     max_tokens_field: str = "max_tokens"  # the field the client used
     # the client named the budget: one that does not fit the context is refused, where a
@@ -89,7 +90,12 @@ class Job:
     include_usage: bool = False  # streams: a last chunk with the usage
     echo: bool = False  # completions: the reply's text starts with the prompt
     control_tokens: str = "escape"
-    prompt_ids: list[int] | None = None  # set by EngineBackend.prepare
+    # completions: a prompt the client sent as token ids (else None), per prompt; its text
+    # in ``prompts`` is their decoding (EngineBackend.precheck), and a guardrail that
+    # rewrites it sets it back to None so the rewritten text is what is encoded
+    token_ids: list[list[int] | None] | None = None
+    # the tokens of each prompt (one for chat), set by EngineBackend.prepare
+    prompt_ids: list[list[int]] | None = None
     # chat: tools / tool_choice / response_format (serve/tools.ToolPlan), None if none
     tools: Any = None
     # the reply's text holds tool calls for the gateway to parse (the engine's; an
@@ -100,7 +106,27 @@ class Job:
         """All the prompt text (for estimates)."""
         if self.messages is not None:
             return "\n".join(_content_text(m.get("content")) for m in self.messages)
-        return self.prompt or ""
+        return "\n".join(self.prompts or [])
+
+    def longest(self) -> int:
+        """Characters of the longest prompt: each is one sequence of the model's context."""
+        if self.messages is not None:
+            return len(self.text())
+        return max((len(p) for p in self.prompts or []), default=0)
+
+    def choices(self) -> int:
+        """Choices in the reply: ``n`` per prompt."""
+        return self.n * (len(self.prompts) if self.prompts is not None else 1)
+
+    def estimate(self) -> int:
+        """The prompt tokens estimated without a tokenizer (a prompt of token ids counts
+        exactly)."""
+        if self.messages is not None or not self.token_ids:
+            return approx_tokens(self.text())
+        return sum(
+            len(ids) if ids is not None else approx_tokens(text)
+            for text, ids in zip(self.prompts or [], self.token_ids, strict=True)
+        )
 
 
 @dataclass
@@ -266,16 +292,39 @@ class EngineBackend:
         self.chat_template_fallback = bool(self.engine.chat_template_fallback)
 
     def estimate_prompt(self, job: Job) -> int:
-        return approx_tokens(job.text())
+        return job.estimate()
 
     def precheck(self, job: Job) -> None:
-        if self.engine.surely_too_long(len(job.text())):
+        if self.engine.surely_too_long(job.longest()):
             raise _context_error(job.kind, self.engine.max_context, None)
         _engine_options(job, _vocab(self.engine))
+        if job.token_ids:
+            self._decode_token_prompts(job)
         if job.tools is not None:
             from lmops.serve.tools import compile_plan
 
             compile_plan(job.tools)  # a 400 for a schema the grammar cannot enforce
+
+    def _decode_token_prompts(self, job: Job) -> None:
+        """The text of each prompt sent as token ids (what the input guardrails read and
+        ``echo`` returns); a 400 naming an id the model's vocabulary does not have."""
+        vocab = _vocab(self.engine)
+        prompts = list(job.prompts or [])
+        for p, ids in enumerate(job.token_ids or []):
+            if ids is None:
+                continue
+            bad = next((i for i, t in enumerate(ids) if not 0 <= t < vocab), None)
+            if bad is not None:
+                where = f"prompt[{p}][{bad}]" if len(prompts) > 1 else f"prompt[{bad}]"
+                raise OpenAIError(
+                    400,
+                    f"{where}: token id {ids[bad]} is not in this model's vocabulary (token "
+                    f"ids 0 to {vocab - 1})",
+                    param="prompt",
+                    code="invalid_value",
+                )
+            prompts[p] = self.engine.tokenizer.decode(ids, skip_special_tokens=False)
+        job.prompts = prompts
 
     async def prepare(self, job: Job) -> None:
         from lmops.models.engine import ControlTokenError
@@ -284,7 +333,7 @@ class EngineBackend:
         chars = len(job.text())
         _text_parts_only(job.messages)
 
-        def encode() -> list[int]:
+        def encode() -> list[list[int]]:
             if job.messages is not None:
                 from lmops.serve.tools import render, template_has_tools
 
@@ -292,11 +341,19 @@ class EngineBackend:
                 messages = [{**m, "content": _content_text(m.get("content"))} for m in job.messages]
                 native = not engine.chat_template_fallback and template_has_tools(engine.tokenizer)
                 messages, tools = render(messages, job.tools, native=native)
-                return engine.encode_chat(messages, control_tokens=job.control_tokens, tools=tools)
-            return engine.encode(job.prompt or "") or [engine.tokenizer.eos_token_id or 0]
+                return [
+                    engine.encode_chat(messages, control_tokens=job.control_tokens, tools=tools)
+                ]
+            given = job.token_ids or [None] * len(job.prompts or [])
+            return [
+                list(ids) if ids is not None else engine.encode(text) or [empty]
+                for text, ids in zip(job.prompts or [], given, strict=True)
+            ]
+
+        empty = engine.tokenizer.eos_token_id or 0  # an empty prompt: the model's start
 
         try:
-            ids = await asyncio.to_thread(encode) if chars > INLINE_TOKENIZE_CHARS else encode()
+            encoded = await asyncio.to_thread(encode) if chars > INLINE_TOKENIZE_CHARS else encode()
         except ControlTokenError as e:
             raise OpenAIError(
                 400,
@@ -304,21 +361,23 @@ class EngineBackend:
                 param=f"messages[{e.index}].content",
                 code="control_tokens",
             ) from None
-        room = engine.max_context - len(ids)
+        longest = max(len(ids) for ids in encoded)
+        room = engine.max_context - longest
         if room <= 0:
-            raise _context_error(job.kind, engine.max_context, len(ids))
+            raise _context_error(job.kind, engine.max_context, longest)
         if job.max_tokens_asked and job.max_tokens > room:
-            raise _budget_error(job, engine.max_context, len(ids))
-        job.prompt_ids = ids
+            raise _budget_error(job, engine.max_context, longest)
+        job.prompt_ids = encoded
         job.max_tokens = min(job.max_tokens, room)
         job.parse_tools = job.tools is not None and job.tools.parses_calls
 
     async def start(self, job: Job) -> Generation:
         assert job.prompt_ids is not None, "prepare() first"
+        n = job.n
         reqs = [
             GenRequest(
                 request_id=f"{job.request_id}-{i}",
-                prompt_ids=job.prompt_ids,
+                prompt_ids=job.prompt_ids[i // n],
                 max_tokens=job.max_tokens,
                 temperature=job.temperature,
                 top_p=job.top_p,
@@ -333,11 +392,14 @@ class EngineBackend:
                 else None,
                 constraint=self._constraint(job),
                 whole_chars=True,  # no U+FFFD for a character max_tokens cut in two
+                eos_logprob=job.kind == "completion",
             )
-            for i in range(job.n)
+            for i in range(n * len(job.prompt_ids))
         ]
-        echo = (job.prompt or "") if job.echo else None
-        return _EngineGeneration(self.engine.submit_all(reqs), len(job.prompt_ids), echo)
+        echoes = [(job.prompts or [])[i // n] if job.echo else None for i in range(len(reqs))]
+        # all the prompts' sequences are queued, or none is (a full queue: a 503)
+        streams = self.engine.submit_all(reqs)
+        return _EngineGeneration(streams, sum(map(len, job.prompt_ids)), echoes)
 
     def _constraint(self, job: Job) -> Any:
         """A fresh grammar constraint for one choice of ``job`` (None: free text)."""
@@ -380,7 +442,9 @@ def _vocab(engine: Any) -> int:
 class _EngineGeneration:
     usage_known = True
 
-    def __init__(self, streams: list[Any], prompt_tokens: int, echo: str | None = None) -> None:
+    def __init__(
+        self, streams: list[Any], prompt_tokens: int, echoes: list[str | None] | None = None
+    ) -> None:
         self._streams = streams
         self.prompt_tokens = prompt_tokens
         # tokens per choice: one per delta while it runs (a choice cut short by a content
@@ -388,8 +452,8 @@ class _EngineGeneration:
         self._tokens = [0] * len(streams)
         # completions with echo: each choice's text starts with the prompt (and its token
         # logprobs, when asked, which the engine sends first)
-        self._echo = echo
-        self._echoed = [echo is None] * len(streams)
+        self._echoes = echoes or [None] * len(streams)
+        self._echoed = [e is None for e in self._echoes]
 
     @property
     def completion_tokens(self) -> int:
@@ -401,14 +465,20 @@ class _EngineGeneration:
             self._echoed[i] = True
             first = batch[0]
             scores = first.prompt_logprobs if isinstance(first, Delta) else None
-            out.append(ChoiceDelta(i, self._echo or "", list(scores or [])))
+            out.append(ChoiceDelta(i, self._echoes[i] or "", list(scores or [])))
         for ev in batch:
             if isinstance(ev, Delta):
                 if ev.prompt_logprobs is not None:
                     continue  # sent with the echoed prompt above
                 if ev.token_id is not None:
                     self._tokens[i] += 1
-                out.append(ChoiceDelta(i, ev.text, [ev.logprobs] if ev.logprobs else []))
+                entry = ev.logprobs
+                if entry is not None and self._echoes[i]:  # offsets into the whole text
+                    at = len(self._echoes[i] or "")
+                    entry = replace(
+                        entry, text_offset=entry.text_offset + at, text_end=entry.text_end + at
+                    )
+                out.append(ChoiceDelta(i, ev.text, [entry] if entry else []))
             else:
                 self._tokens[i] = ev.completion_tokens
                 out.append(ChoiceDelta(i, finish_reason=ev.finish_reason, error=ev.error))
@@ -477,12 +547,21 @@ class UpstreamBackend:
 
     def estimate_prompt(self, job: Job) -> int:
         extra = 4 * len(job.messages) if job.messages is not None else 0  # role framing
-        return approx_tokens(job.text()) + extra
+        return job.estimate() + extra
 
     async def prepare(self, job: Job) -> None:
         return None
 
     def precheck(self, job: Job) -> None:
+        if any(ids is not None for ids in job.token_ids or []):
+            raise OpenAIError(
+                400,
+                "prompt: this deployment relays to an upstream server, whose tokenizer the "
+                "gateway does not have to read token ids with its guardrails; send the "
+                "prompt as text",
+                param="prompt",
+                code="unsupported_value",
+            )
         if job.control_tokens != "refuse" or job.messages is None:
             return
         for i, m in enumerate(job.messages):
@@ -503,8 +582,8 @@ class UpstreamBackend:
         body[job.max_tokens_field] = job.max_tokens
         if job.messages is not None:
             body["messages"] = job.messages
-        if job.prompt is not None:
-            body["prompt"] = job.prompt
+        if job.prompts is not None:  # one prompt, or the client's batch as it sent it
+            body["prompt"] = job.prompts[0] if len(job.prompts) == 1 else job.prompts
         return body
 
     async def start(self, job: Job) -> Generation:
@@ -712,76 +791,3 @@ class _UpstreamStream:
 
     async def aclose(self) -> None:
         await self._stream.aclose()
-
-
-# ============================================================================ fake
-class FakeBackend:
-    """A deployment with no model behind it (``fake:`` in a deployments file): replies are
-    deterministic (token *i* of a reply is ``tok{i}``, or the words of ``reply``), paced by
-    ``ttft_s``/``itl_s``, and embeddings are hashed bags of words. The seam's in-package
-    fake: a gateway's keys, limits, guardrails, logs and clients can be exercised without
-    weights, in tests and by users wiring up their own stack."""
-
-    def __init__(self, options: Any, name: str) -> None:
-        self.options = options
-        self.model_ref = f"fake:{name}"
-        self.sampling: dict[str, float] = {}
-        self.default_max_tokens = int(options.tokens)
-        self.chat_template_fallback = False
-        reply = options.reply
-        self._words = (
-            re.findall(r"\s*\S+", reply)
-            if reply
-            else [f"tok{i}" if i == 0 else f" tok{i}" for i in range(options.tokens)]
-        )
-
-    def estimate_prompt(self, job: Job) -> int:
-        return approx_tokens(job.text())
-
-    def precheck(self, job: Job) -> None:
-        return None
-
-    async def prepare(self, job: Job) -> None:
-        return None
-
-    async def start(self, job: Job) -> Generation:
-        return _FakeGeneration(self, job)
-
-    async def embed(
-        self, texts: list[str], dimensions: int | None = None
-    ) -> tuple[list[list[float]], int]:
-        import hashlib
-
-        dims = dimensions or int(self.options.dims)  # hashed buckets: any size will do
-        out = []
-        for t in texts:
-            v = [0.0] * dims
-            for w in t.split():
-                h = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "big")
-                v[h % dims] += 1.0 if (h >> 32) & 1 else -1.0
-            norm = sum(x * x for x in v) ** 0.5 or 1.0
-            out.append([x / norm for x in v])
-        return out, sum(len(t.split()) for t in texts)
-
-
-class _FakeGeneration:
-    def __init__(self, backend: FakeBackend, job: Job) -> None:
-        self._b = backend
-        self._job = job
-        self.prompt_tokens = max(1, len(job.text().split()))
-        self.completion_tokens = 0
-
-    async def batches(self) -> AsyncIterator[list[ChoiceDelta]]:
-        opts, job = self._b.options, self._job
-        words = self._b._words[: job.max_tokens]
-        finish = "length" if len(self._b._words) > job.max_tokens else "stop"
-        if job.echo:
-            yield [ChoiceDelta(i, job.prompt or "") for i in range(job.n)]
-        for k, word in enumerate(words):
-            await asyncio.sleep(opts.ttft_s if k == 0 else opts.itl_s)
-            self.completion_tokens += job.n
-            yield [ChoiceDelta(i, word) for i in range(job.n)]
-        yield [ChoiceDelta(i, finish_reason=finish) for i in range(job.n)]
-
-    async def aclose(self) -> None:
-        return None

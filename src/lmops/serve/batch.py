@@ -214,7 +214,7 @@ class _DeploymentBackend:
             model=self.dep.name,
             body={"messages": item.messages, "temperature": spec.temperature, "seed": seed},
             messages=[dict(m) for m in item.messages],
-            prompt=None,
+            prompts=None,
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,
             seed=seed,

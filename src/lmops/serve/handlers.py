@@ -47,6 +47,7 @@ from lmops.serve.protocol import (
     OpenAIError,
     completion_id,
     parse,
+    prompt_items,
     read_json,
     sse,
 )
@@ -121,6 +122,32 @@ def failed(ctx: Any, e: Exception) -> OpenAIError:
     return err
 
 
+async def _checked_prompts(ctx: Any, job: Job) -> list[str]:
+    """A completions job's prompts through the input guardrails, each as a user turn (a
+    refusal names ``prompt[i]`` where there are several), one at a time (see
+    :func:`_off_loop_if_big`; all of them on a worker thread when together they are big).
+    A prompt of token ids that a guardrail rewrote is encoded again from its new text; with
+    token ids, the request log keeps the texts the model read, not ids that would carry
+    unmasked PII."""
+    prompts = list(job.prompts or [])
+    many = len(prompts) > 1
+    together = sum(map(len, prompts))
+    checked = [
+        await _off_loop_if_big(
+            ctx.check_prompt, text, f"prompt[{i}]" if many else "prompt", together
+        )
+        for i, text in enumerate(prompts)
+    ]
+    if job.token_ids:
+        job.token_ids = [
+            ids if ids is not None and new == old else None
+            for ids, new, old in zip(job.token_ids, checked, prompts, strict=True)
+        ]
+        if getattr(ctx, "body", None) is not None:
+            ctx.body = {**ctx.body, "prompt": checked if many else checked[0]}
+    return checked
+
+
 def _prompt_shape(value: Any) -> str:
     """What a completions prompt or an embeddings input holds, in a refusal's words."""
     if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
@@ -171,29 +198,24 @@ class Handlers:
                 code="invalid_value",
             )
         logprobs, top = req.logprob_options()
-        messages = prompt = plan = None
+        messages = prompts = token_ids = plan = None
         if isinstance(req, ChatRequest):
             messages = [m.model_dump(exclude_none=True) for m in req.messages]
             plan = tools.plan_request(req)
         else:
-            prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-            if len(prompts) != 1 or not isinstance(prompts[0], str):
-                raise OpenAIError(
-                    400,
-                    "prompt: this gateway takes one text prompt per request (a string, or a "
-                    f"list of one string), not {_prompt_shape(req.prompt)}; send each prompt "
-                    "as a request of its own",
-                    param="prompt",
-                    code="unsupported_value",
-                )
-            prompt = prompts[0]
+            items = prompt_items(req.prompt)
+            # a prompt of token ids gets its text from the backend (precheck) that reads them
+            prompts = [p if isinstance(p, str) else "" for p in items]
+            if any(not isinstance(p, str) for p in items):
+                token_ids = [None if isinstance(p, str) else p for p in items]
         return Job(
             kind="chat" if kind == "chat" else "completion",
             request_id=rid,
             model=req.model,
             body={k: v for k, v in body.items() if k != "model"},
             messages=messages,
-            prompt=prompt,
+            prompts=prompts,
+            token_ids=token_ids,
             max_tokens=min(budget, spec.max_tokens_cap),
             max_tokens_field=asked[0] if asked is not None else "max_tokens",
             max_tokens_asked=asked is not None,
@@ -226,7 +248,7 @@ class Handlers:
                 sum(tools.arguments_chars(m.get("tool_calls")) for m in job.messages or []),
             )
         else:
-            job.prompt = await _off_loop_if_big(ctx.check_prompt, job.prompt or "", chars)
+            job.prompts = await _checked_prompts(ctx, job)
 
     async def generate(self, request: Request, kind: Literal["chat", "completion"]) -> Response:
         from lmops.models.engine import EngineOverloaded
@@ -261,7 +283,9 @@ class Handlers:
                 ctx.warnings.append("chat_template_fallback")
             # flow control first, on an estimate: a key over its limit costs nothing more
             ctx.admit(
-                backend.estimate_prompt(job), job.max_tokens * job.n, model_ref=backend.model_ref
+                backend.estimate_prompt(job),
+                job.max_tokens * job.choices(),
+                model_ref=backend.model_ref,
             )
             backend.precheck(job)
             await self._check_input(ctx, job)
@@ -524,7 +548,7 @@ class Handlers:
 
         try:
             if chat:
-                yield "".join(chunk(i, "", None, first=True) for i in range(job.n))
+                yield "".join(chunk(i, "", None, first=True) for i in range(job.choices()))
             async for batch in gen.batches():
                 out: list[str] = []
                 for ev in batch:
@@ -572,10 +596,10 @@ class Handlers:
                         filtered = filtered or guard.stopped
                 if out:
                     yield "".join(out)
-                if filtered and len(done) >= job.n:
+                if filtered and len(done) >= job.choices():
                     break  # every choice is over; stop what still generates
             out = []
-            for i in range(job.n):  # a stream that ended without a choice's last word
+            for i in range(job.choices()):  # a stream that ended without a choice's last word
                 if i not in done:
                     await close(i, "stop", out)
             if job.include_usage:
@@ -624,7 +648,7 @@ class Handlers:
                             ),
                             "finish_reason": reasons.get(i),
                         }
-                        for i in range(job.n)
+                        for i in range(job.choices())
                     ],
                 }
             ctx.finish(status, gen.prompt_tokens, gen.completion_tokens, response=body, error=error)

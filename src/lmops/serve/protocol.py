@@ -306,6 +306,36 @@ class CompletionRequest(_Sampling):
         return self.logprobs is not None, self.logprobs or 0
 
 
+def prompt_items(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """A completions ``prompt`` as its prompts: each a text or a list of token ids (a list
+    of ints is one prompt of token ids; a list of lists, one prompt each). A 400 for an
+    empty list, as OpenAI's."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise OpenAIError(
+            400,
+            "prompt: an empty list; give a string, a list of strings, a list of token ids "
+            "or a list of lists of token ids",
+            param="prompt",
+            code="invalid_value",
+        )
+    items: list[str | list[int]] = []
+    if all(isinstance(t, int) for t in prompt):
+        items.append([t for t in prompt if isinstance(t, int)])
+    else:
+        items.extend(p if isinstance(p, str) else list(p) for p in prompt if not isinstance(p, int))
+    for i, item in enumerate(items):
+        if isinstance(item, list) and not item:
+            raise OpenAIError(
+                400,
+                f"prompt[{i}]: an empty list of token ids",
+                param="prompt",
+                code="invalid_value",
+            )
+    return items
+
+
 class EmbeddingRequest(_Open):
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]  # the handler says what it serves

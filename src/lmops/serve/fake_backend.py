@@ -1,0 +1,91 @@
+"""The seam's in-package fake backend: a deployment with no model behind it (``fake:`` in
+a deployments file), for tests and for users wiring up their own stack."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from lmops.serve.backends import ChoiceDelta, Generation, Job, approx_tokens
+
+__all__ = ["FakeBackend"]
+
+
+class FakeBackend:
+    """A deployment with no model behind it (``fake:`` in a deployments file): replies are
+    deterministic (token *i* of a reply is ``tok{i}``, or the words of ``reply``), paced by
+    ``ttft_s``/``itl_s``, and embeddings are hashed bags of words. The seam's in-package
+    fake: a gateway's keys, limits, guardrails, logs and clients can be exercised without
+    weights, in tests and by users wiring up their own stack."""
+
+    def __init__(self, options: Any, name: str) -> None:
+        self.options = options
+        self.model_ref = f"fake:{name}"
+        self.sampling: dict[str, float] = {}
+        self.default_max_tokens = int(options.tokens)
+        self.chat_template_fallback = False
+        reply = options.reply
+        self._words = (
+            re.findall(r"\s*\S+", reply)
+            if reply
+            else [f"tok{i}" if i == 0 else f" tok{i}" for i in range(options.tokens)]
+        )
+
+    def estimate_prompt(self, job: Job) -> int:
+        return approx_tokens(job.text())
+
+    def precheck(self, job: Job) -> None:
+        if job.token_ids:  # its own vocabulary: token i is the word ``tok{i}``
+            job.prompts = [
+                " ".join(f"tok{t}" for t in ids) if ids is not None else text
+                for text, ids in zip(job.prompts or [], job.token_ids, strict=True)
+            ]
+
+    async def prepare(self, job: Job) -> None:
+        return None
+
+    async def start(self, job: Job) -> Generation:
+        return _FakeGeneration(self, job)
+
+    async def embed(
+        self, texts: list[str], dimensions: int | None = None
+    ) -> tuple[list[list[float]], int]:
+        import hashlib
+
+        dims = dimensions or int(self.options.dims)  # hashed buckets: any size will do
+        out = []
+        for t in texts:
+            v = [0.0] * dims
+            for w in t.split():
+                h = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "big")
+                v[h % dims] += 1.0 if (h >> 32) & 1 else -1.0
+            norm = sum(x * x for x in v) ** 0.5 or 1.0
+            out.append([x / norm for x in v])
+        return out, sum(len(t.split()) for t in texts)
+
+
+class _FakeGeneration:
+    def __init__(self, backend: FakeBackend, job: Job) -> None:
+        self._b = backend
+        self._job = job
+        self.prompt_tokens = max(1, len(job.text().split()))
+        self.completion_tokens = 0
+
+    async def batches(self) -> AsyncIterator[list[ChoiceDelta]]:
+        opts, job = self._b.options, self._job
+        words = self._b._words[: job.max_tokens]
+        finish = "length" if len(self._b._words) > job.max_tokens else "stop"
+        prompts = job.prompts or [""]  # chat: one choice per n
+        choices = range(job.n * len(prompts))
+        if job.echo:
+            yield [ChoiceDelta(i, prompts[i // job.n]) for i in choices]
+        for k, word in enumerate(words):
+            await asyncio.sleep(opts.ttft_s if k == 0 else opts.itl_s)
+            self.completion_tokens += len(choices)
+            yield [ChoiceDelta(i, word) for i in choices]
+        yield [ChoiceDelta(i, finish_reason=finish) for i in choices]
+
+    async def aclose(self) -> None:
+        return None
