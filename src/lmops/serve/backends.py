@@ -260,6 +260,15 @@ def _engine_options(job: Job, vocab: int) -> None:
         raise _unsupported("best_of", f"the built-in engine generates n ({job.n}) choices only")
     if body.get("functions"):
         raise _unsupported("functions", "the built-in engine takes tools (send tools instead)")
+    if body.get("function_call") is not None:
+        raise _unsupported(
+            "function_call", "the built-in engine takes tool_choice (send tool_choice instead)"
+        )
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and any(m != "text" for m in modalities):
+        raise _unsupported("modalities", "the built-in engine's models write text only")
+    if body.get("audio") is not None:
+        raise _unsupported("audio", "the built-in engine's models write text only")
     bad = sorted(t for t in (job.logits.logit_bias if job.logits else {}) if t >= vocab)
     if bad:
         raise OpenAIError(
