@@ -115,3 +115,49 @@ def test_a_prompts_budget_is_capped_as_the_gateway_caps_it(
         assert r.code == 0, r.err
         v = store.assets.get(json.loads(r.out)["output"])
         assert v.metadata["params"]["max_tokens"] == used
+
+
+def test_every_sampling_field_of_a_bound_prompt_is_used_unless_given(
+    cli: Any, store: Any, tmp_path: Path
+) -> None:
+    """The gateway fills every model parameter a request leaves out from the bound prompt
+    (top_p, stop, the penalties, seed too): a batch answers as the gateway would."""
+    config = {"temperature": 0.5, "top_p": 0.9, "stop": "END", "presence_penalty": 0.5,
+              "frequency_penalty": 0.25, "seed": 7}  # fmt: skip
+    create(store, "tuned", [{"role": "user", "content": "{{input}}"}], config=config)
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"text": "hello"}) + "\n" + json.dumps({"text": "again"}) + "\n")
+    sent: list[dict[str, Any]] = []
+    with fake_server(requests=sent, reply="Arr", model="m") as up:
+        deps = tmp_path / "deps.yaml"
+        deps.write_text(
+            "deployments:\n"
+            f"  - {{name: tuned, upstream: '{up}/v1', upstream_model: m, prompt: tuned,\n"
+            "      guardrails: {preset: off}}\n"
+        )
+        common = ["serve", "batch", "--deployments", str(deps), "--input", str(p), "--json"]
+        r = cli(*common, "--output", "a")
+        assert r.code == 0, r.err
+        got = sorted(sent, key=lambda b: b["seed"])
+        assert [b["seed"] for b in got] == [7, 8]  # row i: the prompt's seed + i
+        for b in got:
+            assert {k: b[k] for k in ("temperature", "top_p", "stop")} == {
+                "temperature": 0.5, "top_p": 0.9, "stop": ["END"]}  # fmt: skip
+            assert b["presence_penalty"] == 0.5 and b["frequency_penalty"] == 0.25
+        params = store.assets.get(json.loads(r.out)["output"]).metadata["params"]
+        assert params["top_p"] == 0.9 and params["stop"] == ["END"] and params["seed"] == 7
+
+        sent.clear()  # given on the command line, they win
+        r = cli(*common, "--output", "b", "--top-p", "0.5", "--stop", "X", "--stop", "Y",
+                "--seed", "1")  # fmt: skip
+        assert r.code == 0, r.err
+        assert {(b["top_p"], tuple(b["stop"])) for b in sent} == {(0.5, ("X", "Y"))}
+        assert sorted(b["seed"] for b in sent) == [1, 2]
+
+
+def test_a_bad_sampling_option_is_one_line_naming_it(cli: Any, tmp_path: Path) -> None:
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"text": "hi"}) + "\n")
+    r = cli("serve", "batch", "--model", "f=fake:", "--input", str(p), "--output", "o",
+            "--top-p", "0")  # fmt: skip
+    assert r.code == 2 and r.err.strip() == "error: --top-p: Input should be greater than 0"

@@ -29,6 +29,20 @@ def open_store() -> Store:
     return Store(origin="cli")
 
 
+def options_spec(model: type[BaseModel], **values: Any) -> Any:
+    """A job's config built from a command's options; a value it refuses is a one-line
+    error naming the option (``--top-p: Input should be greater than 0``)."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = str(err["loc"][-1]).replace("_", "-") if err["loc"] else ""
+        where = f"--{name}" if name else "options"
+        raise UserError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
 def parse_date(s: str | None, option: str = "--expires", relative: bool = False) -> datetime | None:
     """An ISO date or time from ``option`` (UTC unless it names a zone); ``relative``: the
     message also offers a time ago (which the caller parses first)."""

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lmops.cli._output import console, err_console, print_json, table, when
+from lmops.cli._output import console, err_console, options_spec, print_json, table, when
 from lmops.core.errors import UserError
 
 app = typer.Typer(
@@ -66,7 +66,7 @@ def check(
     """Compare a deployment's recent traffic with a reference; record a drift_report."""
     from lmops.monitor.checks import CheckSpec, check_deployment, require_traffic
 
-    spec = _spec(
+    spec = options_spec(
         CheckSpec,
         deployment=deployment,
         reference=reference,
@@ -85,17 +85,6 @@ def check(
     require_traffic(store, spec)
     report, version = check_deployment(store, spec, progress=not json_)
     _print_report(report, version.ref, json_)
-
-
-def _spec(model: Any, **values: Any) -> Any:
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate(values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "options"
-        raise UserError(f"{loc}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 @app.command("compare")

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from lmops import __version__
-from lmops.cli._output import console, err_console, print_json
+from lmops.cli._output import console, err_console, options_spec, print_json
 from lmops.core.errors import UserError
 
 app = typer.Typer(
@@ -280,7 +280,22 @@ def batch(
             help="0 is greedy (deterministic; the default unless the bound prompt sets one).",
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Row i samples with seed + i.")] = 0,
+    top_p: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Nucleus sampling (default: the bound prompt's, else the deployment's, else 1).",
+        ),
+    ] = None,
+    stop: Annotated[
+        list[str],
+        typer.Option("--stop", help="A stop string (repeatable; default: the bound prompt's)."),
+    ] = [],  # noqa: B006
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Row i samples with seed + i (default: the bound prompt's, else 0)."),
+    ] = None,
     var: Annotated[
         list[str],
         typer.Option(
@@ -331,12 +346,18 @@ def batch(
         if not sep or not name:
             raise UserError(f"--var {item!r}: expected NAME=VALUE")
         variables[name] = value
-    given = {"max_tokens": max_tokens, "temperature": temperature}  # unset: the prompt's
-    spec = BatchSpec(
+    given = {  # unset: the bound prompt's
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "stop": stop or None,
+        "seed": seed,
+    }
+    spec = options_spec(
+        BatchSpec,
         deployment=deployment,
         input=input_,
         output=output,
-        seed=seed,
         concurrency=concurrency,
         allow_errors=allow_errors,
         variables=variables,

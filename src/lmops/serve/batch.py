@@ -29,7 +29,8 @@ and rows/s.
 
 Resume: each answer is appended, as it completes, to ``$LMOPS_HOME/batch/<fingerprint>/
 results.jsonl``, where the fingerprint covers the input content, the model versions (or the
-upstream URL and model), the generation parameters (max_tokens, temperature, seed) and the
+upstream URL and model), the generation parameters (max_tokens, temperature, top_p, stop, the
+penalties, seed) and the
 guardrails' settings (they change the answers) — not the concurrency nor the output name.
 Rerunning a killed or failed batch with the same arguments skips the finished rows, retries
 failed ones and continues the same run record; with greedy decoding (the default) or a fixed
@@ -59,9 +60,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmops.core.errors import ConflictError, LmopsError, NotFoundError, UserError
+from lmops.models.types import LogitsOptions
 from lmops.serve.batch_input import Item, Message, bind_prompt, prompt_of, read_items
 from lmops.serve.deployments import Deployment, DeploymentSpec
 
@@ -94,12 +96,44 @@ class BatchSpec(BaseModel):
     output: str  # dataset asset name to register
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)  # None: the deployment's (else 1)
+    stop: list[str] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     seed: int = 0
     concurrency: int | None = Field(None, ge=1)  # None: the deployment's max_running
     allow_errors: bool = False
     # values of the bound prompt's variables for every row (``--var NAME=VALUE``); a row's
-    # own ``variables`` win. max_tokens/temperature left unset take the prompt's config.
+    # own ``variables`` win. The sampling fields left unset take the prompt's config, as
+    # the gateway fills a request's (lmops.prompts.binding.apply_prompt).
     variables: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def params(self) -> dict[str, Any]:
+        """The generation parameters that change the answers (the seed aside): what the
+        work folder's fingerprint and the dataset's metadata name."""
+        out: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature}
+        for k in ("top_p", "stop", "presence_penalty", "frequency_penalty"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        return out
+
+
+# what a bound prompt's config sets when the batch does not (the gateway fills the same
+# fields of a request that leaves them out)
+PROMPT_FIELDS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+)
 
 
 class BatchFailed(LmopsError):
@@ -208,16 +242,30 @@ class _DeploymentBackend:
 
         backend = self._backend(item, spec.seed)
         seed = spec.seed + item.index
+        top_p = spec.top_p if spec.top_p is not None else backend.sampling.get("top_p", 1.0)
+        penalties = {
+            k: v
+            for k in ("presence_penalty", "frequency_penalty")
+            if (v := getattr(spec, k)) is not None
+        }
+        sampling: dict[str, Any] = {"temperature": spec.temperature, "seed": seed, **penalties}
+        if spec.top_p is not None:
+            sampling["top_p"] = spec.top_p
+        if spec.stop:
+            sampling["stop"] = spec.stop
         job = Job(
             kind="chat",
             request_id=f"batch-{item.index}",
             model=self.dep.name,
-            body={"messages": item.messages, "temperature": spec.temperature, "seed": seed},
+            body={"messages": item.messages, **sampling},  # what an upstream is sent
             messages=[dict(m) for m in item.messages],
             prompts=None,
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,
+            top_p=float(top_p),
             seed=seed,
+            stop=list(spec.stop or []),
+            logits=LogitsOptions(**penalties) if penalties else None,
         )
         text: list[str] = []
         finish = "stop"
@@ -305,7 +353,7 @@ def _fingerprint(
         "guardrails": guard.config.model_dump(mode="json"),
         "input": content_id,
         "models": [[v, w] for v, w, _ in models],
-        "params": {"max_tokens": spec.max_tokens, "temperature": spec.temperature},
+        "params": spec.params(),
         "seed": spec.seed,
         "prompt": [prompt_ref, spec.variables],
     }
@@ -377,7 +425,7 @@ def run_batch(
     if dspec.prompt is not None:
         items, prompt_ref, config = bind_prompt(items, dspec.prompt, store, spec.variables)
         given = spec.model_fields_set  # the prompt's parameters fill what was not given
-        unset = {k: config[k] for k in ("max_tokens", "temperature") if k in config}
+        unset = {k: config[k] for k in PROMPT_FIELDS if k in config}
         filled = {k: v for k, v in unset.items() if k not in given}
         if filled:  # checked as the options are (a prompt may store "0.7")
             spec = BatchSpec.model_validate({**spec.model_dump(), **filled})
@@ -677,11 +725,7 @@ def _register(
                 "input": input_ref or spec.input,
                 "models": [m for m, _, _ in models],
                 **({"prompt_ref": prompt_ref, "variables": spec.variables} if prompt_ref else {}),
-                "params": {
-                    "max_tokens": spec.max_tokens,
-                    "temperature": spec.temperature,
-                    "seed": spec.seed,
-                },
+                "params": {**spec.params(), "seed": spec.seed},
             },
             inputs=inputs,
             run_id=run_id,
