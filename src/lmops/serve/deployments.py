@@ -488,8 +488,9 @@ class Deployment:
         """What answers the next request: the upstream, a fake, or a target's engine
         (``target``, else picked by weight for an A/B split), with this deployment's request
         defaults."""
-        from lmops.serve.backends import EngineBackend, UpstreamBackend
+        from lmops.serve.backends import EngineBackend
         from lmops.serve.fake_backend import FakeBackend
+        from lmops.serve.upstream_backend import UpstreamBackend
 
         spec = self.spec
         if spec.fake is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import struct
 import time
 import uuid
@@ -250,14 +251,40 @@ class Handlers:
         else:
             job.prompts = await _checked_prompts(ctx, job)
 
-    async def generate(self, request: Request, kind: Literal["chat", "completion"]) -> Response:
+    async def responses(self, request: Request) -> Response:
+        """``/v1/responses``: the chat request it means, answered by :meth:`generate` and
+        translated back (lmops.serve.responses)."""
+        from lmops.serve import responses
+
+        ensure_request_id(request.scope)
+        key = self.gw.authenticate(request)
+        raw = await read_json(request, max_bytes=self.max_body_bytes)
+        chat = responses.chat_body(raw)
+        reply = await self.generate(request, "chat", key=key, body=chat)
+        if isinstance(reply, EventStream):
+            reply.body_iterator = responses.to_stream(reply.body_iterator, raw)
+            return reply
+        body = json.loads(bytes(reply.body))
+        headers = {k: v for k, v in reply.headers.items() if k.startswith("x-")}
+        return JSONResponse(responses.to_response(body, raw), headers=headers)
+
+    async def generate(
+        self,
+        request: Request,
+        kind: Literal["chat", "completion"],
+        *,
+        key: Any = None,
+        body: Any = None,
+    ) -> Response:
+        """A chat or completions request (``body``: already read, as :meth:`responses`
+        translated it; ``key``: already authenticated)."""
         from lmops.models.engine import EngineOverloaded
         from lmops.serve.upstream import UpstreamError
 
         started = time.perf_counter()
         xid = ensure_request_id(request.scope)  # the response's x-request-id
-        key = self.gw.authenticate(request)
-        raw = await read_json(request, max_bytes=self.max_body_bytes)
+        key = key if key is not None else self.gw.authenticate(request)
+        raw = body if body is not None else await read_json(request, max_bytes=self.max_body_bytes)
         rid = completion_id(kind)
         with self._refusal_logged(request, key, raw, kind, rid, xid):
             req: ChatRequest | CompletionRequest = parse(

@@ -182,6 +182,10 @@ def mount_openai(
     async def completions(request: Request) -> Response:
         return await handlers.generate(request, "completion")
 
+    @router.post("/responses")
+    async def responses(request: Request) -> Response:
+        return await handlers.responses(request)
+
     @router.post("/embeddings", openapi_extra=openapi_body(EmbeddingRequest))
     async def embeddings(request: Request) -> Response:
         return await handlers.embeddings(request)

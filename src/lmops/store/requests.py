@@ -122,8 +122,12 @@ class RequestLog:
     def get(self, id: str, *, key: str | None = None) -> RequestRecord | None:
         """The logged request a client's id names, bodies included: the answer's ``id``
         (``request_id``), else the response's ``x-request-id`` (``x_request_id``; the newest
-        such row, as a client may choose it and send it twice). ``key``: that key's only."""
+        such row, as a client may choose it and send it twice). ``key``: that key's only.
+        A Responses API id (``resp_<hex>``) names the chat request it was answered as
+        (``chatcmpl-<hex>``)."""
         c = RequestLogRow
+        if id.startswith("resp_"):
+            id = "chatcmpl-" + id.removeprefix("resp_")
         with self._db.session() as s:
             for col in (c.request_id, c.x_request_id):
                 q = select(c).where(col == id)

@@ -1,0 +1,611 @@
+"""OpenAI's Responses API (``POST /v1/responses``) over the gateway's chat path, stateless.
+
+A Responses request is translated into the chat request it means (``instructions`` as the
+system message, ``input`` items as messages, flat function tools as chat tools,
+``text.format`` as ``response_format``, ``max_output_tokens`` as the completion budget) and
+answered by the same handler as ``/v1/chat/completions``: the same keys, limits,
+guardrails, bound prompts, retries and request log. The chat reply (or its event stream)
+is translated back: ``message`` and ``function_call`` output items, ``status``
+``completed`` or ``incomplete`` (``max_output_tokens``, ``content_filter``), usage as
+``input_tokens``/``output_tokens``; a stream becomes the Responses events
+(``response.created`` … ``response.output_text.delta`` … ``response.completed``), each
+with its ``sequence_number``.
+
+Nothing is stored: ``previous_response_id``, ``conversation`` and ``background`` are a
+400 that says to send the whole conversation in ``input`` (as with ``store: false``,
+which every reply says). The response id is the chat id's (``resp_<hex>`` for
+``chatcmpl-<hex>``), so ``lmops trace`` finds it. ``prompt: {id, version, variables}``
+names an lmops registered prompt (``id@label`` or ``id`` with ``version``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from lmops.serve.protocol import OpenAIError
+from lmops.serve.replies import Final
+
+__all__ = ["chat_body", "response_id", "to_response", "to_stream"]
+
+# the include values the gateway can honour
+_INCLUDES = {"message.output_text.logprobs"}
+# Responses fields with no chat counterpart that change nothing here
+_IGNORED = {
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "truncation",
+    "safety_identifier",
+    "max_tool_calls",
+    "stream_options",
+}
+# passed on as they are (vLLM's extras and chat's own sampling fields)
+_PASSED = {
+    "seed",
+    "stop",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "repetition_penalty",
+    "parallel_tool_calls",
+    "metadata",
+    "user",
+}
+
+
+def _bad(param: str, message: str, code: str = "invalid_value") -> OpenAIError:
+    return OpenAIError(400, f"{param}: {message}", param=param, code=code)
+
+
+def response_id(chat_id: str) -> str:
+    """The Responses id of a chat reply's id (``chatcmpl-<hex>`` -> ``resp_<hex>``)."""
+    return "resp_" + chat_id.removeprefix("chatcmpl-")
+
+
+# ============================================================================ request
+def _parts(content: Any, where: str) -> str | list[dict[str, Any]]:
+    """A Responses message's content as chat content (text parts; images as image_url)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _bad(where, "give a string or a list of content parts")
+    out: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
+            out.append({"type": "text", "text": part["text"]})
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            out.append({"type": "text", "text": part["refusal"]})
+        elif kind == "input_image" and isinstance(part.get("image_url"), str):
+            out.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
+        else:
+            raise _bad(
+                f"{where}[{j}]",
+                f"content of type {kind!r} is not served here (text, output_text, "
+                "refusal and input_image with an image_url are)",
+                "unsupported_value",
+            )
+    return out
+
+
+def _messages(items: Any, instructions: Any) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise _bad("instructions", "give a string")
+        messages.append({"role": "system", "content": instructions})
+    if isinstance(items, str):
+        return [*messages, {"role": "user", "content": items}]
+    if not isinstance(items, list) or not items:
+        raise _bad("input", "give a string or a non-empty list of input items")
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise _bad(where, "give an object (a message or a function call item)")
+        kind = item.get("type", "message")
+        if kind == "function_call":
+            name, args, call_id = item.get("name"), item.get("arguments"), item.get("call_id")
+            if not (isinstance(name, str) and isinstance(args, str) and isinstance(call_id, str)):
+                raise _bad(where, "a function_call item needs call_id, name and arguments")
+            call = {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": name, "arguments": args},
+            }
+            # calls right after an assistant turn (its text, or other calls) are that turn's
+            if messages and messages[-1]["role"] == "assistant":
+                messages[-1].setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            continue
+        if kind == "function_call_output":
+            output, call_id = item.get("output"), item.get("call_id")
+            if not isinstance(call_id, str):
+                raise _bad(where, "a function_call_output item needs the call_id it answers")
+            text = output if isinstance(output, str) else _text_of(output, f"{where}.output")
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
+            continue
+        if kind == "reasoning":
+            continue  # a model's own earlier reasoning: nothing the chat template reads
+        if kind != "message":
+            raise _bad(
+                f"{where}.type",
+                f"{kind!r} items are not served here (message, function_call, "
+                "function_call_output and reasoning are)",
+                "unsupported_value",
+            )
+        role = item.get("role")
+        if role not in ("user", "assistant", "system", "developer"):
+            raise _bad(f"{where}.role", "give user, assistant, system or developer")
+        content = _parts(item.get("content"), f"{where}.content")
+        messages.append({"role": "system" if role == "developer" else role, "content": content})
+    return messages
+
+
+def _text_of(output: Any, where: str) -> str:
+    parts = _parts(output, where)
+    if isinstance(parts, str):
+        return parts
+    return "".join(p.get("text", "") for p in parts)
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        raise _bad("tools", "give a list of tools")
+    out = []
+    for i, t in enumerate(tools):
+        kind = t.get("type") if isinstance(t, dict) else None
+        if kind != "function":
+            raise _bad(
+                f"tools[{i}].type",
+                f"{kind!r} tools are not served here; give function tools (the gateway runs "
+                "no hosted tools)",
+                "unsupported_value",
+            )
+        fn = {k: t[k] for k in ("name", "description", "parameters", "strict") if k in t}
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tool_choice(choice: Any) -> Any:
+    if choice is None or isinstance(choice, str):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise _bad(
+        "tool_choice",
+        "give auto, none, required or {type: function, name}",
+        "unsupported_value",
+    )
+
+
+def _format(text: Any) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
+        return {"type": "json_schema", "json_schema": schema}
+    raise _bad("text.format.type", "give text, json_object or json_schema")
+
+
+def chat_body(body: Any) -> dict[str, Any]:
+    """The chat request a Responses request means (a 400 naming the field it cannot
+    serve)."""
+    if not isinstance(body, dict):
+        raise _bad("body", "give a JSON object")
+    for field in ("previous_response_id", "conversation"):
+        if body.get(field) is not None:
+            raise _bad(
+                field,
+                "this gateway stores no responses (store: false); send the whole "
+                "conversation in input",
+                "unsupported_parameter",
+            )
+    if body.get("background"):
+        raise _bad(
+            "background", "this gateway answers in the foreground only", "unsupported_parameter"
+        )
+    include = body.get("include") or []
+    bad = [x for x in include if x not in _INCLUDES] if isinstance(include, list) else include
+    if bad:
+        raise _bad(
+            "include", f"{bad!r} is not served here (only {sorted(_INCLUDES)})", "unsupported_value"
+        )
+    if "model" not in body:
+        raise _bad("model", "give the deployment to answer (the model's name)")
+    chat: dict[str, Any] = {
+        "model": body["model"],
+        "messages": _messages(body.get("input"), body.get("instructions")),
+    }
+    for k in ("temperature", "top_p"):
+        if body.get(k) is not None:
+            chat[k] = body[k]
+    if body.get("max_output_tokens") is not None:
+        chat["max_completion_tokens"] = body["max_output_tokens"]
+    if body.get("tools"):
+        chat["tools"] = _tools(body["tools"])
+    if body.get("tool_choice") is not None:
+        chat["tool_choice"] = _tool_choice(body["tool_choice"])
+    fmt = _format(body.get("text"))
+    if fmt is not None:
+        chat["response_format"] = fmt
+    if include or body.get("top_logprobs") is not None:
+        chat["logprobs"] = True
+        chat["top_logprobs"] = body.get("top_logprobs") or 0
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
+        chat["reasoning_effort"] = reasoning["effort"]
+    prompt = body.get("prompt")
+    if prompt is not None:  # an lmops registered prompt, as OpenAI's stored prompts
+        if not isinstance(prompt, dict) or not isinstance(prompt.get("id"), str):
+            raise _bad("prompt", "give {id, version, variables}; id names a registered prompt")
+        ref = prompt["id"]
+        if prompt.get("version") is not None and "@" not in ref and ":" not in ref:
+            ref = f"{ref}:{prompt['version']}"
+        chat["prompt"] = ref
+        if prompt.get("variables"):
+            chat["variables"] = prompt["variables"]
+    for k in _PASSED:
+        if k in body:
+            chat[k] = body[k]
+    if body.get("stream"):
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    known = (
+        _PASSED
+        | _IGNORED
+        | {
+            "model",
+            "input",
+            "instructions",
+            "temperature",
+            "top_p",
+            "max_output_tokens",
+            "tools",
+            "tool_choice",
+            "text",
+            "include",
+            "top_logprobs",
+            "reasoning",
+            "prompt",
+            "stream",
+            "previous_response_id",
+            "conversation",
+            "background",
+        }
+    )
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise _bad(
+            unknown[0],
+            "this field is not part of the Responses API served here",
+            "unsupported_parameter",
+        )
+    return chat
+
+
+# ============================================================================ reply
+def _usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not usage:
+        return None
+    i, o = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    return {
+        "input_tokens": i,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": o,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": i + o,
+    }
+
+
+def _status(finish: str | None) -> tuple[str, dict[str, str] | None]:
+    if finish == "length":
+        return "incomplete", {"reason": "max_output_tokens"}
+    if finish == "content_filter":
+        return "incomplete", {"reason": "content_filter"}
+    return "completed", None
+
+
+def _skeleton(rid: str, request: dict[str, Any], created: float) -> dict[str, Any]:
+    """The response object's fields that echo the request (as OpenAI's do)."""
+    text = request.get("text") if isinstance(request.get("text"), dict) else None
+    return {
+        "id": rid,
+        "object": "response",
+        "created_at": created,
+        "status": "in_progress",
+        "model": request.get("model"),
+        "output": [],
+        "error": None,
+        "incomplete_details": None,
+        "instructions": request.get("instructions"),
+        "max_output_tokens": request.get("max_output_tokens"),
+        "parallel_tool_calls": request.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "reasoning": request.get("reasoning"),
+        "store": False,
+        "temperature": request.get("temperature"),
+        "text": text or {"format": {"type": "text"}},
+        "tool_choice": request.get("tool_choice", "auto"),
+        "tools": request.get("tools") or [],
+        "top_p": request.get("top_p"),
+        "truncation": "disabled",
+        "usage": None,
+        "metadata": request.get("metadata") or {},
+        "user": request.get("user"),
+    }
+
+
+def _logprobs(entries: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    return [
+        {
+            "token": e["token"],
+            "bytes": e.get("bytes") or [],
+            "logprob": e["logprob"],
+            "top_logprobs": [
+                {"token": t["token"], "bytes": t.get("bytes") or [], "logprob": t["logprob"]}
+                for t in e.get("top_logprobs") or []
+            ],
+        }
+        for e in entries or []
+    ]
+
+
+def _message_item(hexid: str, text: str, status: str, logprobs: list[Any]) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": f"msg_{hexid}",
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}],
+    }
+
+
+def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    fn = call.get("function") or {}
+    return {
+        "type": "function_call",
+        "id": f"fc_{call.get('id', '')}",
+        "call_id": call.get("id", ""),
+        "name": fn.get("name", ""),
+        "arguments": fn.get("arguments", ""),
+        "status": status,
+    }
+
+
+def to_response(reply: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """A chat reply as the Responses object."""
+    rid = response_id(str(reply.get("id", "")))
+    out = _skeleton(rid, request, float(reply.get("created", time.time())))
+    choice = (reply.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    status, incomplete = _status(choice.get("finish_reason"))
+    items = []
+    text = message.get("content")
+    calls = message.get("tool_calls") or []
+    if text or not calls:
+        lp = _logprobs((choice.get("logprobs") or {}).get("content"))
+        items.append(_message_item(rid.removeprefix("resp_"), text or "", status, lp))
+    items += [_call_item(c) for c in calls]
+    out.update(
+        status=status, incomplete_details=incomplete, output=items, usage=_usage(reply.get("usage"))
+    )
+    return out
+
+
+# ============================================================================ stream
+class _Events:
+    """The Responses events of one chat event stream (see :func:`to_stream`)."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.request = request
+        self.seq = 0
+        self.response: dict[str, Any] | None = None
+        self.items: list[dict[str, Any]] = []
+        self.text: dict[str, Any] | None = None  # the open message item
+        self.calls: dict[int, dict[str, Any]] = {}  # chat tool index -> its open item
+        self.finish: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def event(self, kind: str, **fields: Any) -> str:
+        data = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    def start(self, chunk: dict[str, Any]) -> list[str]:
+        rid = response_id(str(chunk.get("id", "")))
+        self.response = _skeleton(rid, self.request, float(chunk.get("created", time.time())))
+        return [
+            self.event("response.created", response=dict(self.response)),
+            self.event("response.in_progress", response=dict(self.response)),
+        ]
+
+    def _open_text(self) -> list[str]:
+        assert self.response is not None
+        item = _message_item(self.response["id"].removeprefix("resp_"), "", "in_progress", [])
+        self.text = item
+        self.items.append(item)
+        at = len(self.items) - 1
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        return [
+            self.event("response.output_item.added", output_index=at, item={**item, "content": []}),
+            self.event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=at,
+                content_index=0,
+                part=part,
+            ),
+        ]
+
+    def _close_text(self, status: str) -> list[str]:
+        item, self.text = self.text, None
+        if item is None:
+            return []
+        at = self.items.index(item)
+        part = item["content"][0]
+        item["status"] = status
+        return [
+            self.event(
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=at,
+                content_index=0,
+                text=part["text"],
+                logprobs=part["logprobs"],
+            ),
+            self.event(
+                "response.content_part.done",
+                item_id=item["id"],
+                output_index=at,
+                content_index=0,
+                part=part,
+            ),
+            self.event("response.output_item.done", output_index=at, item=item),
+        ]
+
+    def chunk(self, chunk: dict[str, Any]) -> list[str]:
+        out = self.start(chunk) if self.response is None else []
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            entries = _logprobs((choice.get("logprobs") or {}).get("content"))
+            if content or entries:
+                if self.text is None:
+                    out += self._open_text()
+                item = self.text
+                assert item is not None
+                item["content"][0]["text"] += content or ""
+                item["content"][0]["logprobs"] += entries
+                out.append(
+                    self.event(
+                        "response.output_text.delta",
+                        item_id=item["id"],
+                        output_index=self.items.index(item),
+                        content_index=0,
+                        delta=content or "",
+                        logprobs=entries,
+                    )
+                )
+            for call in delta.get("tool_calls") or []:
+                out += self._call(call)
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+        return out
+
+    def _call(self, call: dict[str, Any]) -> list[str]:
+        out = self._close_text("completed")  # text before a call ends there
+        index = int(call.get("index", 0))
+        fn = call.get("function") or {}
+        item = self.calls.get(index)
+        if item is None:
+            item = _call_item(
+                {"id": call.get("id", ""), "function": {"name": fn.get("name", "")}}, "in_progress"
+            )
+            self.calls[index] = item
+            self.items.append(item)
+            out.append(
+                self.event(
+                    "response.output_item.added", output_index=len(self.items) - 1, item=dict(item)
+                )
+            )
+        args = fn.get("arguments") or ""
+        if args:
+            item["arguments"] += args
+            out.append(
+                self.event(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=self.items.index(item),
+                    delta=args,
+                )
+            )
+        return out
+
+    def end(self) -> list[str]:
+        if self.response is None:
+            return []
+        status, incomplete = _status(self.finish)
+        out = self._close_text(status)
+        for item in self.calls.values():
+            at = self.items.index(item)
+            item["status"] = "completed"
+            out.append(
+                self.event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=at,
+                    arguments=item["arguments"],
+                )
+            )
+            out.append(self.event("response.output_item.done", output_index=at, item=item))
+        self.response.update(
+            status=status,
+            incomplete_details=incomplete,
+            output=self.items,
+            usage=_usage(self.usage),
+        )
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        return [*out, self.event(kind, response=self.response)]
+
+    def failed(self, error: dict[str, Any]) -> list[str]:
+        out = [] if self.response is not None else self.start({})
+        assert self.response is not None
+        message = str(error.get("message", "the reply failed"))
+        code = str(error.get("code") or "server_error")
+        self.response.update(
+            status="failed", output=self.items, error={"code": code, "message": message}
+        )
+        return [
+            *out,
+            self.event("error", code=code, message=message, param=None),
+            self.event("response.failed", response=self.response),
+        ]
+
+
+async def to_stream(chat: AsyncIterator[str], request: dict[str, Any]) -> AsyncIterator[str]:
+    """The Responses events of a chat event stream's body (``data: {...}`` events, ``[DONE]``
+    last); closing this closes the chat stream (its request is logged then)."""
+    ev = _Events(request)
+    ended = False
+    try:
+        async for piece in chat:
+            out: list[str] = []
+            for block in piece.split("\n\n"):
+                if not block.startswith("data: "):
+                    continue
+                data = block[len("data: ") :]
+                if data == "[DONE]":
+                    out += ev.end()
+                    ended = True
+                    continue
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    out += ev.failed(chunk["error"])
+                    ended = True
+                else:
+                    out += ev.chunk(chunk)
+            if isinstance(piece, Final):
+                yield Final("".join(out))
+                return
+            if out:
+                yield "".join(out)
+        if not ended:
+            yield Final("".join(ev.end()))
+    finally:
+        await chat.aclose()  # type: ignore[attr-defined]
