@@ -275,3 +275,32 @@ def test_signed_and_sealed_int8_packages_serve_as_the_int8_folder(
             assert [greedy_ids(engine, p) for p in prompts] == want, name
         finally:
             engine.close()
+
+
+@pytest.mark.parametrize("with_head", [False, True])
+def test_an_encoder_package_serves_the_folders_embeddings(
+    keys: Path, tmp_path: Path, with_head: bool
+) -> None:
+    """A sentence encoder in a sealed package is loaded as an encoder (it used to be built
+    as a causal LM and refused); a checkpoint saved with its masked-LM head (``bert.``
+    before every base weight) loads as AutoModel loads it from disk."""
+    from lmops.serve.deployments import Deployment, DeploymentSpec
+    from tests.models.tiny_bert import make_tiny_bert
+
+    bert = make_tiny_bert(tmp_path / "bert")
+    if with_head:
+        from transformers import BertForMaskedLM
+
+        BertForMaskedLM.from_pretrained(str(bert)).save_pretrained(str(bert))
+    pkg = tmp_path / "bert.lmpkg"
+    write_package(bert, pkg, signing_key=load_signing_key(keys), kek=load_kek(keys))
+    texts = ["hello world", "the quick brown fox"]
+    got = []
+    for ref in (str(bert), str(pkg)):
+        spec = DeploymentSpec(name="e", model=ref, key_file=str(keys), public_key=f"{keys}.pub")
+        target = Deployment(spec, None).targets[0][0]
+        assert target.serves == ("embeddings",)
+        got.append(target.embed(texts))
+    assert got[0][1] == got[1][1]
+    for a, b in zip(got[0][0], got[1][0], strict=True):
+        assert a == pytest.approx(b, abs=1e-6)

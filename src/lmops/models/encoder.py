@@ -232,7 +232,16 @@ class Encoder:
 
     chat_template_fallback = False  # what a deployment asks an engine
 
-    def __init__(self, model_path: Path, *, device: str = "auto", name: str | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        device: str = "auto",
+        name: str | None = None,
+        loaded: tuple[Any, Any] | None = None,
+    ) -> None:
+        """``loaded``: (model, tokenizer) already in memory (a sealed package's), the
+        folder giving the rest (pooling)."""
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -244,12 +253,16 @@ class Encoder:
         self.architecture = model_kind(model_path)[1]
         self.name = name or model_path.name
         self.generation_defaults: dict[str, Any] = {}  # it generates nothing
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-            dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-            model: Any = AutoModel.from_pretrained(str(model_path), dtype=dtype)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load model {model_path}: {e}") from None
+        model: Any
+        if loaded is not None:
+            model, self.tokenizer = loaded
+        else:
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+                dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+                model = AutoModel.from_pretrained(str(model_path), dtype=dtype)
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot load model {model_path}: {e}") from None
         self.model = model.to(self.device).eval()
         self.max_context = _max_context(model.config)
 

@@ -124,11 +124,14 @@ def load_from_state_dict(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from lmops.models.encoder import model_kind
     from lmops.models.quantized import is_quantized, load_quantized
 
     if is_quantized(folder):
         return load_quantized(folder, device=device, tensors=dict(state))
     config = AutoConfig.from_pretrained(str(folder))
+    if model_kind(folder)[0] == "encoder":  # no language-model head: as Encoder loads it
+        return _encoder_from_state_dict(folder, config, state, dtype, device)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
     missing, unexpected = model.load_state_dict(dict(state), strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
@@ -139,4 +142,31 @@ def load_from_state_dict(
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
         raise UserError(f"{folder}: the packaged weights do not fit its config.json ({what})")
     model.tie_weights()
+    return model.to(device).eval()
+
+
+def _encoder_from_state_dict(
+    folder: Path, config: Any, state: Mapping[str, Any], dtype: Any, device: str
+) -> Any:
+    """An encoder-only model (``AutoModel``) with ``state`` as its weights. A checkpoint of
+    the model with a head (``bert.`` before every base weight) loads as AutoModel loads it
+    from disk: the prefix dropped, the head's weights left out."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_config(config, dtype=dtype or torch.float32)
+    prefix = f"{model.base_model_prefix}."
+    own = set(model.state_dict())
+    weights = {
+        k.removeprefix(prefix) if k not in own and k.startswith(prefix) else k: v
+        for k, v in state.items()
+    }
+    missing, _ = model.load_state_dict(weights, strict=False)
+    # a head's checkpoint has no pooler; embeddings pool the hidden states, never it
+    missing = [k for k in missing if not k.startswith("pooler.")]
+    if missing:
+        raise UserError(
+            f"{folder.name}: the packaged encoder's weights do not fit its config.json "
+            f"(missing {missing[0]})"
+        )
     return model.to(device).eval()

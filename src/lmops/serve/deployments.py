@@ -379,7 +379,7 @@ class _Target:
     ) -> None:
         from transformers import AutoTokenizer
 
-        from lmops.models.encoder import read_pooling
+        from lmops.models.encoder import Encoder, model_kind, read_pooling
         from lmops.models.engine import Engine
         from lmops.models.loading import select_device
         from lmops.models.sealed import load_from_state_dict, unsealed_model
@@ -390,17 +390,22 @@ class _Target:
         # folder exists; it is removed when the block ends
         with unsealed_model(package, **keys) as (folder, state):
             model = load_from_state_dict(folder, state, device=device)
-            self.engine = Engine(
-                folder,
-                max_running=spec.max_running,
-                max_queue=spec.max_queue,
-                device=device,
-                name=spec.name,
-                loaded=(model, AutoTokenizer.from_pretrained(str(folder))),
-            )
+            loaded = (model, AutoTokenizer.from_pretrained(str(folder)))
+            kind, self.architecture = model_kind(folder)
             self.pooling = read_pooling(folder)
-        self.architecture = "?"
-        self.serves = ENDPOINTS
+            if kind == "encoder":  # embeddings only, as from a folder
+                self.engine = Encoder(folder, device=device, name=spec.name, loaded=loaded)
+                self.serves = ("embeddings",)
+            else:
+                self.engine = Engine(
+                    folder,
+                    max_running=spec.max_running,
+                    max_queue=spec.max_queue,
+                    device=device,
+                    name=spec.name,
+                    loaded=loaded,
+                )
+                self.serves = ENDPOINTS
         self.ref = ref
         self.version = version or str(package)
 
