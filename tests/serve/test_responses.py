@@ -129,10 +129,14 @@ def test_function_tools_and_a_round_trip(server: dict[str, Any], stream: bool) -
         model="tiny",
         input=[
             {"role": "user", "content": "Weather in Paris?"},
-            {"type": "function_call", "call_id": call.call_id, "name": call.name,
-             "arguments": call.arguments},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
             {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
-        ],  # fmt: skip
+        ],
         tools=[WEATHER],
         max_output_tokens=4,
         temperature=0,
