@@ -164,6 +164,24 @@ def test_perplexity_reads_each_rows_text(tmp_path: Path, store: Store) -> None:
     assert result.metrics["word_perplexity"] == pytest.approx(2.718281828 ** (4 / 5))
 
 
+def test_perplexity_of_a_text_file_scores_its_paragraphs(tmp_path: Path, store: Store) -> None:
+    """A .txt is a corpus of paragraphs (blank-line separated): --limit counts them and the
+    progress moves, where a whole book as one document showed 0/1 for its whole run."""
+    from lmops.eval.builtin import load_builtin
+
+    book = tmp_path / "book.txt"
+    book.write_text("ALICE:\nHello there.\n\nBOB:\nHi.\n \n\n\nALICE:\nBye now.\n")
+    (task,) = load_builtin(f"perplexity:{book}", store=store)
+    seen: list[str] = []
+    model = FakeEvalModel(score=lambda ctx, text: seen.append(text) or -1.0)
+    (result,) = evaluate(model, [task], limit=2, progress=False)
+    assert seen == ["ALICE:\nHello there.", "BOB:\nHi."]
+    assert result.n == 2
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(UserError, match="the file is empty"):
+        load_builtin(f"perplexity:{tmp_path / 'empty.txt'}", store=store)
+
+
 def test_perplexity_refuses_rows_without_text_naming_the_row(tmp_path: Path, store: Store) -> None:
     from lmops.eval.builtin import load_builtin
 

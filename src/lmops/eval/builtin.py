@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,13 @@ def _perplexity_task(dataset: str, store: Any | None) -> Task:
 
     path, ref = resolve_local(dataset, store, kind="dataset")
     if path.suffix == ".txt":
-        rows = [{"text": path.read_text(encoding="utf-8")}]
+        # one document per paragraph (blank-line separated), as a corpus of documents is
+        # scored: --limit counts paragraphs and progress moves (a whole book as one
+        # document showed 0/1 for as long as it took)
+        text = path.read_text(encoding="utf-8")
+        rows = [{"text": p.strip("\n")} for p in re.split(r"\n\s*\n", text) if p.strip()]
+        if not rows:
+            raise UserError(f"{path}: the file is empty; give text to score")
     else:
         rows = []
         for r in read_rows([path]):
