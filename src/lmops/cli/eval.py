@@ -9,6 +9,7 @@ import typer
 
 from lmops.cli._output import console, err_console, open_store, print_json, table
 from lmops.core.errors import UserError
+from lmops.eval.endpoint import DEFAULT_CONCURRENCY
 from lmops.eval.jobs import open_model
 
 app = typer.Typer(
@@ -16,6 +17,14 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ConcurrencyOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help=f"Requests in flight at once at the endpoint (default {DEFAULT_CONCURRENCY}).",
+        show_default=False,
+    ),
+]
 
 
 _store = open_store
@@ -114,6 +123,7 @@ def run(
             show_default=False,
         ),
     ] = None,
+    concurrency: ConcurrencyOpt = None,
     apply_chat_template: Annotated[
         bool | None,
         typer.Option(
@@ -193,6 +203,7 @@ def run(
         "device": device,
         "max_length": max_length,
         "retries": retries,
+        "concurrency": concurrency,
         "apply_chat_template": apply_chat_template,
         "system_instruction": system_instruction,
         "fewshot_as_multiturn": fewshot_as_multiturn,
@@ -519,7 +530,9 @@ def leaderboard_cmd(
         )
 
 
-def _judge_model(judge: str | None, store: Any, endpoint: str | None, api_key: str | None) -> Any:
+def _judge_model(
+    judge: str | None, store: Any, endpoint: str | None, api_key: str | None, concurrency: int
+) -> Any:
     if judge is None:
         return None
     lm, _ = open_model(
@@ -530,6 +543,7 @@ def _judge_model(judge: str | None, store: Any, endpoint: str | None, api_key: s
         batch_size="auto",
         device="auto",
         max_length=None,
+        concurrency=concurrency,
     )
     return lm
 
@@ -559,16 +573,18 @@ def safety(
     ] = None,
     max_gen_toks: Annotated[int, typer.Option(min=1)] = 128,
     output: Annotated[str | None, typer.Option(help="eval_report asset name.")] = None,
+    concurrency: ConcurrencyOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Red-team probe: refusal of harmful prompts and answers to benign look-alikes, per category."""
     from lmops.eval.jobs import run_safety_probe
 
     store = _store()
+    concurrency = concurrency or DEFAULT_CONCURRENCY
     job = run_safety_probe(
         store,
         model,
-        judge=_judge_model(judge, store, judge_endpoint, api_key),
+        judge=_judge_model(judge, store, judge_endpoint, api_key, concurrency),
         judge_name=judge,
         endpoint=endpoint,
         api_key=api_key,
@@ -577,6 +593,7 @@ def safety(
         limit=limit,
         max_gen_toks=max_gen_toks,
         output=output,
+        concurrency=concurrency,
     )
     data, v, rep = job.report, job.version, job.results[0]
     if json_:
@@ -638,6 +655,7 @@ def judge_cmd(
             show_default=False,
         ),
     ] = None,
+    concurrency: ConcurrencyOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """LLM-as-judge: single-answer grading (1-10 with rationale), or pairwise with --vs.
@@ -657,6 +675,7 @@ def judge_cmd(
         limit=limit,
         output=output,
         apply_chat_template=apply_chat_template,
+        concurrency=concurrency or DEFAULT_CONCURRENCY,
     )
     # registered by now: what follows only prints
     rep = job.results[0]

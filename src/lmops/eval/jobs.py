@@ -14,6 +14,7 @@ from typing import Any
 
 from lmops.core.errors import LmopsError, UserError
 from lmops.core.logging import get_logger
+from lmops.eval.endpoint import DEFAULT_CONCURRENCY
 from lmops.eval.spec import EvalSpec
 
 __all__ = [
@@ -97,13 +98,17 @@ def open_model(
     max_length: int | None = None,
     retries: int = 3,
     chat: bool = True,
+    concurrency: int = DEFAULT_CONCURRENCY,
 ) -> tuple[Any, str | None]:
     """An evaluation backend for a local folder/asset, or an OpenAI-compatible endpoint
-    (asked through its chat API, or with ``chat=False`` its completions API: plain text)."""
+    (asked through its chat API, or with ``chat=False`` its completions API: plain text,
+    ``concurrency`` requests in flight at once)."""
     if endpoint:
         from lmops.eval.lm import OpenAIEvalModel
 
-        lm = OpenAIEvalModel(endpoint, model, api_key=api_key, retries=retries, chat=chat)
+        lm = OpenAIEvalModel(
+            endpoint, model, api_key=api_key, retries=retries, chat=chat, concurrency=concurrency
+        )
         return lm, None
     from lmops.core.modelfiles import refuse_reward_model
     from lmops.eval.lm import HFEvalModel
@@ -240,6 +245,7 @@ def run_eval(
             device=spec.device,
             max_length=spec.max_length,
             retries=spec.retries,
+            concurrency=spec.concurrency,
         )
         # local folders and files (the model, task files, their data), by content
         local = _local_model(model, ref, endpoint) + [x for t in tasks for x in t.local_inputs]
@@ -381,14 +387,18 @@ def run_safety_probe(
     max_gen_toks: int = 128,
     output: str | None = None,
     judge_name: str | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
 ) -> EvalJob:
     """Red-team probe (refusal of harmful prompts, answers to benign look-alikes), registered
-    as an eval_report whose ``results.safety`` holds the rates."""
+    as an eval_report whose ``results.safety`` holds the rates. ``concurrency``: requests in
+    flight at once at ``endpoint``."""
     from lmops.eval.safety import load_redteam, run_safety
 
     config = {"model": model, "judge": judge_name, "limit": limit}
     with store.runs.track("eval", name=f"safety:{model}", config=config) as rec:
-        lm, ref = open_model(model, store, endpoint=endpoint, api_key=api_key)
+        lm, ref = open_model(
+            model, store, endpoint=endpoint, api_key=api_key, concurrency=concurrency
+        )
         local = _local_model(model, ref, endpoint) + ([(prompts, "dataset")] if prompts else [])
         local_refs = store.assets.record_inputs(local, run_id=rec.id)
         rep = run_safety(
@@ -447,6 +457,7 @@ def run_judge(
     limit: int | None = None,
     output: str | None = None,
     apply_chat_template: bool | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
 ) -> EvalJob:
     """LLM-as-judge on a subjective set (``eval.subjective``): ``model`` answers and
     ``judge`` rates each answer 1-10, or, with ``vs``, both models answer and the judge
@@ -455,7 +466,8 @@ def run_judge(
     lineage to the models, the judge and the set, before anything is printed.
     ``limit``: the first ``limit`` questions of the set. ``apply_chat_template``: each
     model's prompts as a user turn through its chat template (None: when it has one); the
-    report's ``config.chat_template`` says per model what was done."""
+    report's ``config.chat_template`` says per model what was done. ``concurrency``: requests
+    in flight at once at each endpoint (per model)."""
     from lmops.core.config import mask_url
     from lmops.eval.subjective import judge_pairwise, judge_single, load_subjective_set
 
@@ -478,7 +490,11 @@ def run_judge(
     with store.runs.track("eval", name=label, config=config) as rec:
         # an endpoint asked for plain text is asked through its completions API: its chat
         # API would apply the template anyway
-        kw: dict[str, Any] = {"api_key": api_key, "chat": apply_chat_template is not False}
+        kw: dict[str, Any] = {
+            "api_key": api_key,
+            "chat": apply_chat_template is not False,
+            "concurrency": concurrency,
+        }
         lm_a, ref_a = open_model(model, store, endpoint=endpoint, **kw)
         lm_b, ref_b = open_model(vs, store, endpoint=endpoint, **kw) if vs else (None, None)
         jm, ref_j = open_model(judge, store, endpoint=judge_endpoint, **kw)

@@ -8,6 +8,7 @@ model: path/or/asset-ref        # or the model's name at `endpoint`
 tasks: [mmlu_redux, gsm8k]      # built-ins, mmlu_redux_<subject>, perplexity:<dataset>
 task_files: [tasks/support.yaml]   # lm-eval style task YAML
 endpoint: null                  # an OpenAI-compatible base URL (the key: LMOPS_API_KEY)
+concurrency: 8                  # requests in flight at once at the endpoint
 limit: 50                       # documents per task (a group counts per subtask)
 num_fewshot: null               # default: each task's own
 batch_size: auto
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmops.core.errors import UserError
 from lmops.core.yamlcfg import deep_merge, read_yaml, validate_config, with_presets
+from lmops.eval.endpoint import DEFAULT_CONCURRENCY
 
 __all__ = [
     "PRESETS",
@@ -71,6 +73,8 @@ class EvalSpec(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     max_length: int | None = Field(None, ge=1)  # context length (default: the model's)
     retries: int = Field(3, ge=0)  # per endpoint request before it counts as failed
+    # endpoint requests in flight at once (speed only: the same report at any number)
+    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1)
     data_dir: str | None = None  # the shared datasets (default: $LMOPS_SHARED_DATASETS)
     include_errors: bool = False  # keep MMLU-Redux rows annotated as wrong
     apply_chat_template: bool = False

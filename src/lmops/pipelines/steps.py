@@ -405,6 +405,9 @@ class EvalParams(EvalSpec, Params):
 
     def key_params(self, ctx: StepContext) -> Any:
         data = self.model_dump(mode="json")
+        # requests in flight change how fast, not what is scored: another number reuses the
+        # cached step (and keys made before the field existed still match)
+        data.pop("concurrency", None)
         # few-shot examples as turns is what a chat template defaults to (eval.run.prompt_style)
         if self.fewshot_as_multiturn is None:
             data["fewshot_as_multiturn"] = self.apply_chat_template
