@@ -40,6 +40,8 @@ class Script:
     flaky: set[str] = field(default_factory=set)
     gather: bool = True
     hold_s: float = 5.0
+    first_together: int = 0  # the first this many requests wait until all have arrived
+    content: str | None = None  # every chat answer (default: "answer <prompt>")
     pace_s: float = 0.0
     delay_s: float = 0.0  # before every answer
     # what happened
@@ -58,6 +60,11 @@ class Script:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.cond.notify_all()  # held requests wait for this one's arrival too
         try:
+            if tries == 0 and len(set(self.prompts)) <= self.first_together:
+                with self.cond:
+                    self.cond.wait_for(
+                        lambda: len(self.prompts) >= self.first_together, timeout=self.hold_s
+                    )
             if prompt in self.order:
                 before = self.order[: self.order.index(prompt)]
                 with self.cond:
@@ -75,7 +82,8 @@ class Script:
             if prompt in self.fail or (prompt in self.flaky and tries == 0):
                 return (503 if prompt in self.flaky else 500), {"error": {"message": "down"}}
             if path.endswith("/chat/completions"):
-                message = {"role": "assistant", "content": f"answer {prompt}"}
+                content = f"answer {prompt}" if self.content is None else self.content
+                message = {"role": "assistant", "content": content}
                 return 200, {"choices": [{"index": 0, "message": message}]}
             return 200, {"choices": [{"index": 0, "text": prompt, "logprobs": _logprobs(prompt)}]}
         finally:
@@ -269,3 +277,24 @@ def test_eval_run_concurrency_flag_and_spec_field(cli, tmp_path: Path) -> None: 
 
     bad = cli("eval", "run", str(spec), "concurrency=0")
     assert bad.code != 0 and "concurrency" in bad.err
+
+
+def test_safety_and_judge_take_the_concurrency_flag(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    script = Script(first_together=3, content="Sorry, I can't help with that. Rating: [[7]]")
+    with endpoint(script) as url:
+        args = ["--model", "m", "--endpoint", url, "--concurrency", "3", "--json"]
+        r = cli("eval", "safety", *args, "--limit", "1")
+    assert r.code == 0, r.err
+    assert len(script.prompts) >= 6 and script.max_in_flight == 3
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(
+        "".join(json.dumps({"id": f"q{i}", "question": f"question {i}?"}) + "\n" for i in range(6))
+    )
+    script = Script(first_together=4, content="Rating: [[7]]")
+    with endpoint(script) as url:
+        args = ["--model", "m", "--judge", "j", "--endpoint", url, "--judge-endpoint", url]
+        r = cli("eval", "judge", *args, "--set", str(questions), "--concurrency", "4", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["mean"] == 7.0
+    assert script.max_in_flight == 4
