@@ -229,6 +229,48 @@ def test_a_4xx_raises_at_once_and_stops_the_call() -> None:
         assert script.prompts.count("q1") == 1 and len(script.prompts) <= 4
 
 
+CHILD = """
+import sys
+from lmops.eval.lm import OpenAIEvalModel
+
+m = OpenAIEvalModel(sys.argv[1], "m", concurrency=4, timeout=60)
+try:
+    m.generate([(f"q{i}", {}) for i in range(20)])
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_stops_at_once_and_requests_in_flight_do_not_hold_the_exit() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    # every request is held (for "never", which does not come) for 30 s
+    script = Script(order=["never", *prompts(20)], hold_s=30.0)
+    with endpoint(script) as url:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, url], stdout=subprocess.PIPE, text=True
+        )
+        deadline = time.time() + 60  # a guard against a hang, not a measurement
+        while len(script.prompts) < 4:
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=15)
+        finally:
+            proc.kill()
+            with script.cond:  # let the held requests go
+                script.prompts.append("never")
+                script.answered.append("never")
+                script.cond.notify_all()
+    assert out.strip() == "interrupted" and proc.returncode == 0
+    assert time.perf_counter() - t0 < 10  # not the 30 s the requests in flight are held
+    assert len(script.prompts) == 4 + 1  # nothing was sent after the interrupt
+
+
 def test_concurrency_below_1_is_refused() -> None:
     with pytest.raises(UserError, match="concurrency must be at least 1"):
         OpenAIEvalModel("http://127.0.0.1:9/v1", "m", concurrency=0)

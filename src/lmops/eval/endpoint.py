@@ -13,8 +13,9 @@ failures in a row raise ``EndpointDown``. "In a row" is in the order requests co
 one request in flight, the items' order): each completion is counted under a lock as it
 happens, and a success sets the count back to 0.
 
-The first error of a call stops it: requests not yet sent are never sent, requests in
-flight are not tried again (they end in the background, within ``timeout``), nothing after
+The first error of a call, or an interrupt (Ctrl-C), stops it at once: requests not yet
+sent are never sent, requests in flight are not tried again (they end in the background,
+within ``timeout``, on daemon threads that never hold up the process's exit), nothing after
 it is counted, and that error is raised.
 """
 
@@ -22,9 +23,9 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 from lmops.core.errors import UserError
@@ -120,36 +121,50 @@ class OpenAIEvalModel:
         """``read(i, reply)`` for each body's reply, in the bodies' order, with up to
         ``concurrency`` requests in flight; ``failed`` for a request that failed after its
         retries. The first error (a refusal, ``EndpointDown``, one of ``read``'s) stops the
-        call and is raised."""
+        call and is raised at once, as is an interrupt (Ctrl-C).
+
+        The threads are daemons: a request still in flight when the call stops ends in the
+        background, and never holds up the process's exit (an executor's threads would,
+        for up to ``timeout`` against an endpoint that hangs)."""
         if not bodies:
             return []
-        stop = threading.Event()
+        results = [failed] * len(bodies)
+        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for i in range(len(bodies)):
+            todo.put(i)
+        stop = threading.Event()  # no more requests: an error, or the call was interrupted
+        ended = threading.Event()  # every thread has finished, or one failed
         errors: list[BaseException] = []
+        running = [min(self.concurrency, len(bodies))]
 
-        def one(i: int, body: dict[str, Any]) -> T:
-            if stop.is_set():
-                return failed  # the call stopped before this one was sent
+        def work() -> None:
             try:
-                reply = self._post(path, body, stop)
-                return failed if reply is None else read(i, reply)
+                while not stop.is_set():
+                    try:
+                        i = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    reply = self._post(path, bodies[i], stop)
+                    if reply is not None:
+                        results[i] = read(i, reply)
             except BaseException as e:
                 errors.append(e)
                 stop.set()
-                raise
+            finally:
+                with self._lock:
+                    running[0] -= 1
+                    if running[0] == 0 or errors:
+                        ended.set()
 
-        pool = ThreadPoolExecutor(min(self.concurrency, len(bodies)), "lmops-eval-request")
-        done = False
+        for _ in range(running[0]):
+            threading.Thread(target=work, name="lmops-eval-request", daemon=True).start()
         try:
-            futures = [pool.submit(one, i, b) for i, b in enumerate(bodies)]
-            wait(futures, return_when=FIRST_EXCEPTION)
-            done = not errors
+            ended.wait()
         finally:
-            if not done:  # an error, or an interrupt of this thread (Ctrl-C)
-                stop.set()
-            pool.shutdown(wait=done, cancel_futures=True)
+            stop.set()
         if errors:
             raise errors[0]
-        return [f.result() for f in futures]
+        return results
 
     def _post(
         self, path: str, body: dict[str, Any], stop: threading.Event
