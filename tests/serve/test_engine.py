@@ -476,3 +476,57 @@ def test_a_generated_end_of_sequence_token_is_counted(model_dir: Path) -> None:
     finally:
         engine.close()
     assert done.finish_reason == "stop" and done.completion_tokens == k + 1
+
+
+def test_scored_prompts_are_prefilled_together_and_score_as_alone(model_dir: Path) -> None:
+    """Prompts whose own logprobs are asked for (echo scoring, lm-eval's log-likelihood)
+    share a forward pass, left-padded, and score what a plain forward pass of each gives;
+    those that also generate go on to generate exactly the greedy tokens."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lmops.models.sequences import prefill_groups
+
+    engine = Engine(model_dir, max_running=8)
+    try:
+        engine.eos_ids = set()
+        reqs = [
+            GenRequest(f"s{i}", prompt_ids=engine.encode(p), max_tokens=4 * (i % 2),
+                       temperature=0.0, prompt_logprobs=1)
+            for i, p in enumerate(PROMPTS)
+        ]  # fmt: skip
+        seqs = [_Seq(r, None, None) for r in reqs]  # type: ignore[arg-type]
+        assert len(prefill_groups(seqs)) < len(reqs)  # scored prompts group together
+
+        async def main() -> list[list[Delta | Done]]:
+            async def events(r: GenRequest) -> list[Delta | Done]:
+                return [ev async for ev in engine.generate(r)]
+
+            with engine._cv:  # all queued before the worker looks: one prefill group
+                tasks = [asyncio.create_task(events(r)) for r in reqs]
+                while engine.queued < len(reqs):
+                    await asyncio.sleep(0)
+            return await asyncio.gather(*tasks)
+
+        got = asyncio.run(main())
+        m = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+        for req, evs in zip(reqs, got, strict=True):
+            ids = req.prompt_ids or []
+            first = evs[0]
+            assert isinstance(first, Delta) and first.prompt_logprobs is not None
+            with torch.no_grad():
+                logits = m(torch.tensor([ids])).logits[0].float()
+            want = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(ids[1:])[:, None])
+            scores = [e.logprob for e in first.prompt_logprobs]
+            assert math.isnan(scores[0])
+            assert scores[1:] == pytest.approx(want[:, 0].tolist(), abs=1e-4)
+            done = evs[-1]
+            assert isinstance(done, Done) and done.completion_tokens == req.max_tokens
+            if req.max_tokens:
+                text = "".join(ev.text for ev in evs if isinstance(ev, Delta))
+                expected = reference(model_dir, ids, req.max_tokens)
+                assert text == engine.tokenizer.decode(expected, skip_special_tokens=True)
+    finally:
+        engine.close()

@@ -39,7 +39,6 @@ import collections
 import contextlib
 import inspect
 import logging
-import math
 import re
 import threading
 import uuid
@@ -53,16 +52,15 @@ from lmops.models.logits import adjust_rows
 from lmops.models.sampling import pick_tokens
 from lmops.models.sequences import Events, Seq, deliver, prefill_groups
 from lmops.models.tokens import (
-    UNICODE_TO_BYTE,
+    Pieces,
     control_pattern,
     earliest_stop,
     generation_defaults,
-    is_byte_level,
     longest_token_chars,
     text_decoder,
     text_of,
 )
-from lmops.models.types import Delta, Done, GenRequest, TokenLogprob
+from lmops.models.types import Delta, Done, GenRequest
 
 __all__ = ["ControlTokenError", "Engine", "EngineOverloaded", "generation_defaults"]
 
@@ -166,8 +164,7 @@ class Engine:
             if "logits_to_keep" in inspect.signature(self.model.forward).parameters
             else {}
         )
-        self._pieces: dict[int, tuple[str, list[int]]] = {}  # token id -> (text, bytes)
-        self._byte_level = is_byte_level(self.tokenizer)
+        self._pieces = Pieces(self.tokenizer)  # token id -> text, bytes; logprob entries
         self._control = control_pattern(self.tokenizer)
         # a byte-level vocabulary spells some characters with several symbols: its entries
         # are never shorter in symbols than in the characters they decode to
@@ -418,7 +415,7 @@ class Engine:
 
         lengths = [len(s.req.prompt_ids or []) for s in group]
         t = max(lengths)
-        scored = group[0].req.prompt_logprobs is not None  # alone in its group
+        scored = group[0].req.prompt_logprobs is not None  # a group of scored prompts only
         kwargs: dict[str, Any] = {"use_cache": True, **({} if scored else self._last_logits)}
         try:
             prefix = None if scored else self._prefix_of(group)
@@ -449,20 +446,34 @@ class Engine:
                 for s in group:
                     self._prefill([s])
             return
-        if scored:
-            s = group[0]
-            try:
-                s.emit(Delta("", prompt_logprobs=self._prompt_logprobs(s, out.logits[0])))
-            except Exception as e:
-                self._fail(s, e)
-                return
-            if s.req.max_tokens <= 0:  # only the prompt was asked for
-                s.done = "length"
-                s.emit(Done("length", lengths[0], 0))
-                return
         layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
+        logits = out.logits[:, -1]
+        if scored:  # each prompt's own logprobs first; those that generate go on
+            going = []
+            for i, (s, n) in enumerate(zip(group, lengths, strict=True)):
+                try:  # the row's last n positions are its prompt (left padding)
+                    scores = self._pieces.prompt_logprobs(
+                        s.req.prompt_ids or [], out.logits[i, t - n :], s.req.prompt_logprobs or 0
+                    )
+                    s.emit(Delta("", prompt_logprobs=scores))
+                except Exception as e:
+                    self._fail(s, e)
+                    continue
+                if s.req.max_tokens <= 0:  # only the prompt was asked for
+                    s.done = "length"
+                    s.emit(Done("length", n, 0))
+                else:
+                    going.append(i)
+            if not going:
+                return
+            if len(going) < len(group):
+                keep = torch.tensor(going, device=self.device)
+                layers = [(k[keep], v[keep]) for k, v in layers]
+                group = [group[i] for i in going]
+                mask, logits = mask[keep], logits[keep]
+                lengths = [lengths[i] for i in going]
         self._join(group, layers, mask, lengths)
-        self._accept_all(group, out.logits[:, -1])
+        self._accept_all(group, logits)
 
     def _prefix_of(self, group: list[Seq]) -> tuple[int, list[tuple[Any, Any]]] | None:
         """(length, per-layer keys/values) of the cached prefix when every prompt of
@@ -521,35 +532,6 @@ class Engine:
             **kwargs,
         )
         return out, mask
-
-    def _prompt_logprobs(self, s: Seq, logits: Any) -> list[TokenLogprob]:
-        """Each prompt token's logprob given the tokens before it (``logits``: the prompt's
-        (T, vocab) logits), with ``prompt_logprobs`` alternatives; the first token has none
-        (NaN). Offsets count the characters of the prompt's decoded text."""
-        import torch
-
-        ids = list(s.req.prompt_ids or [])
-        k = int(s.req.prompt_logprobs or 0)
-        logprobs = torch.log_softmax(logits[:-1].float(), -1)  # position i predicts i + 1
-        chosen = logprobs.gather(1, torch.tensor(ids[1:], device=logits.device)[:, None])
-        values: list[float] = [math.nan, *chosen[:, 0].tolist()]
-        tops: list[list[tuple[int, float]]] = [[]]
-        if k > 0:
-            lp, idx = torch.topk(logprobs, min(k, logprobs.shape[-1]))
-            tops += [
-                list(zip(i, v, strict=True)) for i, v in zip(idx.tolist(), lp.tolist(), strict=True)
-            ]
-        else:
-            tops += [[] for _ in ids[1:]]
-        out: list[TokenLogprob] = []
-        raw = b""
-        start = 0
-        for tok, value, top in zip(ids, values, tops, strict=True):
-            raw += bytes(self._piece(tok)[1])
-            end = len(raw.decode("utf-8", "ignore"))
-            out.append(self._token_logprob(tok, value, top, start, end))
-            start = end
-        return out
 
     def _join(
         self, seqs: list[Seq], layers: list[tuple[Any, Any]], mask: Any, lengths: list[int]
@@ -647,7 +629,7 @@ class Engine:
                 # it too: echo scoring reads one entry per generated token)
                 end = s.text_chars
                 tail = Delta(
-                    "", tok, logprob, self._token_logprob(tok, logprob, top or [], end, end)
+                    "", tok, logprob, self._pieces.entry(tok, logprob, top or [], end, end)
                 )
             self._finish(s, "stop", tail)
             return
@@ -660,7 +642,7 @@ class Engine:
         text, extended = self._detokenize(s)
         detail = None
         if s.req.logprobs:
-            detail = self._token_logprob(tok, logprob, top or [], s.text_chars, len(text))
+            detail = self._pieces.entry(tok, logprob, top or [], s.text_chars, len(text))
         s.text_chars = len(text)
         # a multi-byte character is not complete yet: hold its replacement chars back (byte
         # fallback decodes each of its bytes so far to one)
@@ -689,33 +671,6 @@ class Engine:
             or prompt_len + len(s.generated) >= self.max_context
         ):
             self._finish(s, "length")
-
-    def _token_logprob(
-        self, tok: int, logprob: float, top: list[tuple[int, float]], start: int, end: int
-    ) -> TokenLogprob:
-        text, raw = self._piece(tok)
-        alternatives = []
-        for i, lp in top:
-            t, b = self._piece(i)
-            alternatives.append(TokenLogprob(t, lp, b))
-        return TokenLogprob(text, logprob, raw, alternatives, start, end)
-
-    def _piece(self, tok: int) -> tuple[str, list[int]]:
-        """A token's own text and exact UTF-8 bytes (cached per id)."""
-        hit = self._pieces.get(tok)
-        if hit is not None:
-            return hit
-        text = str(self.tokenizer.decode([tok], skip_special_tokens=False))
-        raw = text.encode("utf-8")
-        piece = self.tokenizer.convert_ids_to_tokens(tok)
-        if isinstance(piece, str) and tok not in self.tokenizer.all_special_ids:
-            if self._byte_level and all(c in UNICODE_TO_BYTE for c in piece):
-                raw = bytes(UNICODE_TO_BYTE[c] for c in piece)
-            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-                raw = bytes([int(piece[3:5], 16)])  # sentencepiece byte fallback
-        hit = (text, list(raw))
-        self._pieces[tok] = hit
-        return hit
 
     def _detokenize(self, s: Seq) -> tuple[str, bool]:
         """The text of all of ``s.generated``, ``tokenizer.decode(generated,

@@ -93,6 +93,9 @@ class Events:
 # Prompts prefilled in one forward pass pad to the longest of them: a group takes prompts
 # while its padded tokens stay within this many, and padding within a quarter of them.
 PREFILL_TOKENS = 8192
+# Prompts whose own logprobs are asked for (echo scoring) keep every position's logits,
+# (padded tokens, vocabulary) floats: their groups stay within this many padded tokens.
+SCORED_TOKENS = 2048
 
 
 def prefill_groups(seqs: list[Seq]) -> list[list[Seq]]:
@@ -102,14 +105,12 @@ def prefill_groups(seqs: list[Seq]) -> list[list[Seq]]:
     real = 0  # the current group's prompt tokens
     for s in sorted(seqs, key=lambda s: len(s.req.prompt_ids or []), reverse=True):
         n = len(s.req.prompt_ids or [])
-        if s.req.prompt_logprobs is not None:  # scored alone, with every position's logits
-            groups.append([s])
-            real = n
-            continue
-        if groups and groups[-1][0].req.prompt_logprobs is None:
+        scored = s.req.prompt_logprobs is not None  # with every position's logits
+        if groups and (groups[-1][0].req.prompt_logprobs is not None) == scored:
             group = groups[-1]
             padded = len(group[0].req.prompt_ids or []) * (len(group) + 1)
-            if padded <= PREFILL_TOKENS and 4 * (padded - real - n) <= padded:
+            budget = SCORED_TOKENS if scored else PREFILL_TOKENS
+            if padded <= budget and 4 * (padded - real - n) <= padded:
                 group.append(s)
                 real += n
                 continue

@@ -5,13 +5,17 @@ message text, the tokenizer's control tokens, stop strings, and fast incremental
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lmops.models.types import TokenLogprob
+
 __all__ = [
     "UNICODE_TO_BYTE",
+    "Pieces",
     "control_pattern",
     "earliest_stop",
     "generation_defaults",
@@ -144,3 +148,72 @@ def is_byte_level(tokenizer: Any) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     decoder = getattr(backend, "decoder", None)
     return type(decoder).__name__ == "ByteLevel"
+
+
+class Pieces:
+    """Each token's own text and exact UTF-8 bytes (cached per id), and the logprob
+    entries built from them: a sampled token's, and a whole prompt's."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._cache: dict[int, tuple[str, list[int]]] = {}
+        self._byte_level = is_byte_level(tokenizer)
+        self._special = set(tokenizer.all_special_ids)
+
+    def piece(self, tok: int) -> tuple[str, list[int]]:
+        """A token's text and its exact bytes (a byte-level or byte-fallback token that
+        holds part of a character has a replacement character for text)."""
+        hit = self._cache.get(tok)
+        if hit is not None:
+            return hit
+        text = str(self.tokenizer.decode([tok], skip_special_tokens=False))
+        raw = text.encode("utf-8")
+        piece = self.tokenizer.convert_ids_to_tokens(tok)
+        if isinstance(piece, str) and tok not in self._special:
+            if self._byte_level and all(c in UNICODE_TO_BYTE for c in piece):
+                raw = bytes(UNICODE_TO_BYTE[c] for c in piece)
+            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                raw = bytes([int(piece[3:5], 16)])  # sentencepiece byte fallback
+        hit = (text, list(raw))
+        self._cache[tok] = hit
+        return hit
+
+    def entry(
+        self, tok: int, logprob: float, top: list[tuple[int, float]], start: int, end: int
+    ) -> TokenLogprob:
+        """The logprob entry of token ``tok`` spanning characters ``start:end``, with its
+        ``top`` alternatives (id, logprob)."""
+        text, raw = self.piece(tok)
+        alternatives = []
+        for i, lp in top:
+            t, b = self.piece(i)
+            alternatives.append(TokenLogprob(t, lp, b))
+        return TokenLogprob(text, logprob, raw, alternatives, start, end)
+
+    def prompt_logprobs(self, ids: Sequence[int], logits: Any, k: int) -> list[TokenLogprob]:
+        """Each prompt token's logprob given the tokens before it (``logits``: the prompt's
+        (T, vocab) logits), with ``k`` alternatives; the first token has none (NaN).
+        Offsets count the characters of the prompt's decoded text."""
+        import torch
+
+        ids = list(ids)
+        logprobs = torch.log_softmax(logits[:-1].float(), -1)  # position i predicts i + 1
+        chosen = logprobs.gather(1, torch.tensor(ids[1:], device=logits.device)[:, None])
+        values: list[float] = [math.nan, *chosen[:, 0].tolist()]
+        tops: list[list[tuple[int, float]]] = [[]]
+        if k > 0:
+            lp, idx = torch.topk(logprobs, min(k, logprobs.shape[-1]))
+            tops += [
+                list(zip(i, v, strict=True)) for i, v in zip(idx.tolist(), lp.tolist(), strict=True)
+            ]
+        else:
+            tops += [[] for _ in ids[1:]]
+        out: list[TokenLogprob] = []
+        raw = b""
+        start = 0
+        for tok, value, top in zip(ids, values, tops, strict=True):
+            raw += bytes(self.piece(tok)[1])
+            end = len(raw.decode("utf-8", "ignore"))
+            out.append(self.entry(tok, value, top, start, end))
+            start = end
+        return out
