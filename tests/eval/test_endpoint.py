@@ -47,12 +47,14 @@ class Script:
     # what happened
     prompts: list[str] = field(default_factory=list)  # as they arrived (tries included)
     answered: list[str] = field(default_factory=list)  # as they were answered
+    paths: list[str] = field(default_factory=list)  # the API each request called
     in_flight: int = 0
     max_in_flight: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def reply(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         prompt = body["prompt"] if "prompt" in body else body["messages"][-1]["content"]
+        self.paths.append(path)
         with self.cond:
             tries = self.prompts.count(prompt)
             self.prompts.append(prompt)
@@ -85,6 +87,9 @@ class Script:
                 content = f"answer {prompt}" if self.content is None else self.content
                 message = {"role": "assistant", "content": content}
                 return 200, {"choices": [{"index": 0, "message": message}]}
+            if not body.get("echo"):  # a generation through the completions API
+                text = f"answer {prompt}" if self.content is None else self.content
+                return 200, {"choices": [{"index": 0, "text": text}]}
             return 200, {"choices": [{"index": 0, "text": prompt, "logprobs": _logprobs(prompt)}]}
         finally:
             with self.cond:
@@ -109,7 +114,10 @@ def endpoint(script: Script) -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            status, reply = script.reply(self.path, body)
+            if self.path.endswith(("/v1/completions", "/v1/chat/completions")):
+                status, reply = script.reply(self.path, body)
+            else:
+                status, reply = 404, {"error": {"message": "Not Found"}}
             data = json.dumps(reply).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -340,3 +348,32 @@ def test_safety_and_judge_take_the_concurrency_flag(cli, tmp_path: Path) -> None
     assert r.code == 0, r.err
     assert json.loads(r.out)["mean"] == 7.0
     assert script.max_in_flight == 4
+
+
+def test_eval_run_sends_plain_text_unless_the_chat_template_is_asked_for(
+    cli, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """As lm-eval's local-completions and local-chat-completions: without
+    --apply-chat-template a generation prompt goes to /v1/completions as plain text (the chat
+    API would apply the server's template to a base-model prompt); with it, to the chat
+    API. A chat-only endpoint's 404 says which flag it needs."""
+    data = tmp_path / "caps.jsonl"
+    data.write_text("".join(json.dumps({"i": i}) + "\n" for i in range(3)))
+    task = tmp_path / "caps.yaml"
+    task.write_text(TASK.format(data=data), encoding="utf-8")
+    for flag, path in (
+        ([], "/v1/completions"),
+        (["--apply-chat-template"], "/v1/chat/completions"),
+    ):
+        script = Script()
+        with endpoint(script) as url:
+            args = ["eval", "run", "--model", "m", "--endpoint", url, "--task-file", str(task)]
+            r = cli(*args, *flag, "--no-resume", "--json")
+        assert r.code == 0, r.err
+        assert set(script.paths) == {path}
+        assert json.loads(r.out)["results"]["caps"]["exact_match,none"] == 1.0
+    lm = OpenAIEvalModel("http://127.0.0.1:9/v1", "m", chat=False, retries=0)
+    with endpoint(Script()) as url:
+        lm.client.base_url = url.replace("/v1", "/nothing")  # every path a 404 there
+        with pytest.raises(UserError, match="chat-only APIs take generation tasks with --apply"):
+            lm.generate(gen(["q0"]))

@@ -186,7 +186,15 @@ class OpenAIEvalModel:
                 error = f"HTTP {r.status_code} {r.text[:120]}".strip()
                 continue
             if not r.is_success:
-                raise UserError(f"endpoint refused the request: {r.status_code} {r.text[:200]}")
+                hint = ""
+                if r.status_code in (404, 405) and path == "/completions":
+                    hint = (
+                        " (this endpoint has no /v1/completions: chat-only APIs take generation "
+                        "tasks with --apply-chat-template, and cannot score log-likelihood tasks)"
+                    )
+                raise UserError(
+                    f"endpoint refused the request: {r.status_code} {r.text[:200]}{hint}"
+                )
             self._count(stop, error=None)
             return dict(r.json())
         self._count(stop, error=error)
@@ -251,8 +259,16 @@ class OpenAIEvalModel:
             bodies.append(body)
 
         def text(_: int, res: dict[str, Any]) -> str:
-            choice = res["choices"][0]
-            return str(choice["message"]["content"] or "" if self.chat else choice["text"])
+            try:
+                choice = res["choices"][0]
+                return str(choice["message"]["content"] or "" if self.chat else choice["text"])
+            except (KeyError, IndexError, TypeError):
+                field = "choices[0].message.content" if self.chat else "choices[0].text"
+                raise UserError(
+                    f"endpoint {self.client.base_url}: a reply without {field} "
+                    f"({json.dumps(res)[:160]}); is it an OpenAI-compatible "
+                    f"{'chat' if self.chat else 'completions'} API?"
+                ) from None
 
         return self._map("/chat/completions" if self.chat else "/completions", bodies, text, "")
 

@@ -246,6 +246,10 @@ def run_eval(
             max_length=spec.max_length,
             retries=spec.retries,
             concurrency=spec.concurrency,
+            # plain text through /v1/completions unless the chat template is asked for, as
+            # lm-eval's local-completions / local-chat-completions (the chat API applies the
+            # server's template: a base-model prompt would be scored as a chat turn)
+            chat=spec.apply_chat_template,
         )
         # local folders and files (the model, task files, their data), by content
         local = _local_model(model, ref, endpoint) + [x for t in tasks for x in t.local_inputs]
