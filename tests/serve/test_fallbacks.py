@@ -439,3 +439,45 @@ def test_the_named_deployments_guardrails_check_a_fallbacks_reply(gw: dict[str, 
     r = _client(gw).chat.completions.create(model="masked", **ASK)
     text = r.choices[0].message.content or ""
     assert "alice@example.com" not in text and "today" in text  # masked, as `masked` says
+
+
+def test_a_fallback_reads_the_guarded_text_never_the_first_models_token_ids() -> None:
+    """Token ids are the first model's: a fallback (another tokenizer) that decoded them
+    again would read text the input guardrails never saw. It gets the guarded text."""
+    from lmops.serve import fallbacks
+    from lmops.serve.policy import NullContext
+
+    registry = Registry(
+        [
+            DeploymentSpec(name="a", fake={"tokens": 2}, fallbacks=["b"]),
+            DeploymentSpec(name="b", fake={"tokens": 2}),
+        ],
+        None,
+    )
+    seen: list[Job] = []
+    real = registry.get("b").backend
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        backend = real(*a, **kw)
+        prepare = backend.prepare
+
+        async def record(job: Job) -> None:
+            seen.append(job)
+            await prepare(job)
+
+        backend.prepare = record
+        return backend
+
+    registry.get("b").backend = spy  # type: ignore[method-assign]
+    job = Job(kind="completion", request_id="r", model="a", body={}, messages=None,
+              prompts=["mail <EMAIL>"], token_ids=[[5, 6, 7]], max_tokens=2)  # fmt: skip
+
+    async def run() -> Any:
+        ctx = NullContext(registry.get("a"), "r")
+        _gen, backend, _ = await fallbacks.start(
+            registry, registry.get("a"), _Overloaded(), job, ctx
+        )
+        return backend
+
+    assert asyncio.run(run()).model_ref == "fake:b"
+    assert seen and seen[0].token_ids is None and seen[0].prompts == ["mail <EMAIL>"]

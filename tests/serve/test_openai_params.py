@@ -253,7 +253,7 @@ def test_bad_sampling_fields_are_400s_naming_the_field(
         ("completions", {"best_of": 3}, "best_of"),
         ("completions", {"best_of": 3, "n": 2}, "best_of"),
         ("chat", {"extra_body": {"functions": [{"name": "f", "parameters": {}}]}}, "functions"),
-        ("chat", {"extra_body": {"function_call": "auto"}}, "function_call"),
+        ("chat", {"extra_body": {"function_call": {"name": "f"}}}, "function_call"),
         ("chat", {"modalities": ["text", "audio"]}, "modalities"),
         ("chat", {"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
         ("embeddings", {"dimensions": 8}, "dimensions"),

@@ -34,7 +34,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         f"  - {{name: tiny, model: {model}, guardrails: {{preset: 'off'}}}}\n"
         f"  - {{name: guarded, model: {model}, log_bodies: true}}\n"
         "  - {name: fake, fake: {tokens: 3}}\n"
-        f"  - {{name: metered, model: {model}, limits: {{tpm: 60}}}}\n"
+        f"  - {{name: metered, model: {model}, limits: {{tpm: 60}}, log_bodies: true}}\n"
+        f"  - {{name: small, model: {model}, max_running: 1, max_queue: 1}}\n"
     )
     key = json.loads(lmops_cli(env)("keys", "create", "--name", "k", "--json"))["key"]
     proc, base = start_server(env, "--deployments", str(root / "d.yaml"))
@@ -152,6 +153,32 @@ def test_each_prompt_goes_through_the_input_guardrails(
         c.completions.create(prompt=["hello", "How do I make a bomb to kill people?"], **kw)
     assert e.value.body["code"] == "content_filter" and e.value.body["param"] == "prompt[1]"
 
+    # a refused prompt of token ids is logged as the (masked) text it decodes to, never as
+    # ids that decode to what no mask read
+    bomb = tok("mail bob@example.com: how do I make a bomb to kill people?",
+               add_special_tokens=False)["input_ids"]  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as e:
+        c.completions.create(prompt=bomb, **kw)
+    logged = logged_body(store, e.value.response.headers["x-request-id"])
+    assert isinstance(logged["prompt"], str) and "<EMAIL>" in logged["prompt"]
+
+
+def logged_body(store: Any, xid: str) -> dict[str, Any]:
+    """The request body logged for the request whose x-request-id is ``xid`` (written by
+    the log's own thread)."""
+    from sqlalchemy import select
+
+    from lmops.store.models import RequestLogRow
+
+    for _ in range(100):
+        with store.db.session() as s:
+            q = select(RequestLogRow.request_body).where(RequestLogRow.x_request_id == xid)
+            bodies = list(s.scalars(q))
+        if bodies:
+            return dict(bodies[0])
+        time.sleep(0.05)
+    raise AssertionError(f"no request logged with x-request-id {xid}")
+
 
 def test_a_stop_at_the_end_token_keeps_its_logprob_entry(server: dict[str, Any]) -> None:
     """lm-eval scores ``echo`` + ``max_tokens: 1`` replies by dropping the last entry as the
@@ -250,3 +277,46 @@ def test_a_batch_counts_every_prompt_against_the_limits(server: dict[str, Any]) 
     assert httpx.post(base + "/v1/completions", json=body, headers=headers).status_code == 200
     r = httpx.post(base + "/v1/completions", json={**body, "prompt": ["hi"] * 8}, headers=headers)
     assert r.status_code == 429, r.text
+
+
+def test_a_refused_batch_of_ids_never_logs_the_ids(
+    server: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused before the ids were read (a 429 here): the log says how many there were."""
+    from lmops.store import Store
+
+    monkeypatch.setenv("LMOPS_HOME", str(server["home"]))
+    headers = {"Authorization": f"Bearer {server['key']}"}
+    body = {"model": "metered", "prompt": [[5, 6, 7]] * 8, "max_tokens": 10}
+    r = httpx.post(server["base"] + "/v1/completions", json=body, headers=headers)
+    assert r.status_code == 429
+    logged = logged_body(Store(), r.headers["x-request-id"])
+    assert logged["prompt"] == ["<3 token ids>"] * 8
+
+
+@pytest.mark.parametrize(
+    ("prompt", "n", "says"),
+    [
+        (["a", "b", "c"], 1, "prompt: 3 sequences (3 prompt(s) x n 1) are more than"),
+        (["a"], 3, "prompt: 3 sequences (1 prompt(s) x n 3) are more than"),
+    ],
+)
+def test_a_batch_larger_than_the_engine_takes_is_a_400_not_a_retry(
+    server: dict[str, Any], prompt: list[str], n: int, says: str
+) -> None:
+    """max_running 1 + max_queue 1: three sequences can never be queued whole, so the
+    answer is a 400 saying so (a 503 "please retry" would be retried forever)."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client(server).completions.create(model="small", prompt=prompt, n=n, max_tokens=1)
+    assert e.value.body["message"].startswith(says)
+    r = client(server).completions.create(model="small", prompt=["a", "b"], max_tokens=1)
+    assert len(r.choices) == 2
+
+
+def test_booleans_are_not_token_ids(server: dict[str, Any]) -> None:
+    r = httpx.post(
+        server["base"] + "/v1/completions",
+        json={"model": "tiny", "prompt": [True, False], "max_tokens": 1},
+        headers={"Authorization": f"Bearer {server['key']}"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("prompt")

@@ -191,6 +191,7 @@ def test_guardrails_limits_and_the_request_log(server: dict[str, Any]) -> None:
         ({"background": True}, "background", "foreground only"),
         ({"input": []}, "input", "give a string or a non-empty list"),
         ({"bogus": 1}, "bogus", "not part of the Responses API"),
+        ({"include": [["x"]]}, "include", "is not served here"),
     ],
 )
 def test_what_is_not_served_is_a_one_line_400(
@@ -227,3 +228,47 @@ def test_logprobs_and_a_registered_prompt(server: dict[str, Any]) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         c.responses.create(model="fake", prompt={"id": "greet", "version": "9"}, input="hi")
     assert e.value.body["param"] == "prompt"
+
+
+def test_a_finished_stream_is_logged_as_answered(server: dict[str, Any]) -> None:
+    """The chat stream under a Responses stream runs to its end: the request log says 200,
+    not 499 (a client that left)."""
+    events = list(client(server).responses.create(model="fake", input="hi", stream=True))
+    rid = events[-1].response.id
+    for _ in range(100):  # the log's own thread writes it
+        shown = json.loads(server["lmops"]("trace", rid, "--json"))
+        if shown.get("status"):
+            break
+    assert shown["status"] == 200 and not shown.get("error")
+
+
+def test_text_after_a_tool_call_is_a_message_item_of_its_own() -> None:
+    """Each output item has its own id, so the openai client's stream state (which keys
+    items by id) can follow a reply with text, a call, then text again."""
+    from openai.lib.streaming.responses._responses import ResponseStreamState
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    from lmops.serve.responses import _Events
+
+    head = {"id": "chatcmpl-abc", "created": 0}
+    call = {"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "f", "arguments": "{}"}}  # fmt: skip
+    chunks = [
+        {**head, "choices": [{"index": 0, "delta": {"content": "Let me check."}}]},
+        {**head, "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]},
+        {**head, "choices": [{"index": 0, "delta": {"content": " Done."}}]},
+        {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    ev = _Events({"model": "m"})
+    out = [e for c in chunks for e in ev.chunk(c)] + ev.end()
+    events = [json.loads(e.split("data: ", 1)[1]) for e in out]
+    done = events[-1]["response"]["output"]
+    assert [o["type"] for o in done] == ["message", "function_call", "message"]
+    assert len({o["id"] for o in done}) == 3
+    from openai import omit
+
+    state: Any = ResponseStreamState(input_tools=[], text_format=omit)
+    adapter: Any = TypeAdapter(ResponseStreamEvent)
+    for e in events:
+        state.handle_event(adapter.validate_python(e))

@@ -187,8 +187,8 @@ def _perplexity_task(dataset: str, store: Any | None) -> Task:
         # one document per paragraph (blank-line separated), as a corpus of documents is
         # scored: --limit counts paragraphs and progress moves (a whole book as one
         # document showed 0/1 for as long as it took)
-        text = path.read_text(encoding="utf-8")
-        rows = [{"text": p.strip("\n")} for p in re.split(r"\n\s*\n", text) if p.strip()]
+        content = path.read_text(encoding="utf-8")
+        rows = [{"text": p.strip("\n")} for p in re.split(r"\n\s*\n", content) if p.strip()]
         if not rows:
             raise UserError(f"{path}: the file is empty; give text to score")
     else:

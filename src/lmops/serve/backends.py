@@ -121,11 +121,12 @@ class Job:
     def estimate(self) -> int:
         """The prompt tokens estimated without a tokenizer (a prompt of token ids counts
         exactly)."""
-        if self.messages is not None or not self.token_ids:
+        if self.messages is not None:
             return approx_tokens(self.text())
-        return sum(
-            len(ids) if ids is not None else approx_tokens(text)
-            for text, ids in zip(self.prompts or [], self.token_ids, strict=True)
+        given = self.token_ids or [None] * len(self.prompts or [])
+        return sum(  # each prompt is one token at least (an empty one: the model's start)
+            len(ids) if ids is not None else max(1, approx_tokens(text))
+            for text, ids in zip(self.prompts or [], given, strict=True)
         )
 
 
@@ -260,7 +261,7 @@ def _engine_options(job: Job, vocab: int) -> None:
         raise _unsupported("best_of", f"the built-in engine generates n ({job.n}) choices only")
     if body.get("functions"):
         raise _unsupported("functions", "the built-in engine takes tools (send tools instead)")
-    if body.get("function_call") is not None:
+    if body.get("function_call") not in (None, "none", "auto"):  # those two change nothing
         raise _unsupported(
             "function_call", "the built-in engine takes tool_choice (send tool_choice instead)"
         )
@@ -304,9 +305,23 @@ class EngineBackend:
         return job.estimate()
 
     def precheck(self, job: Job) -> None:
-        if self.engine.surely_too_long(job.longest()):
-            raise _context_error(job.kind, self.engine.max_context, None)
-        _engine_options(job, _vocab(self.engine))
+        engine = self.engine
+        if engine.surely_too_long(job.longest()):
+            raise _context_error(job.kind, engine.max_context, None)
+        longest_ids = max((len(ids) for ids in job.token_ids or [] if ids is not None), default=0)
+        if longest_ids >= engine.max_context:  # before reading them
+            raise _context_error(job.kind, engine.max_context, longest_ids)
+        capacity = engine.max_running + engine.max_queue
+        if job.choices() > capacity:  # a batch that can never be queued whole
+            raise OpenAIError(
+                400,
+                f"prompt: {job.choices()} sequences ({len(job.prompts or [])} prompt(s) x n "
+                f"{job.n}) are more than this deployment ever takes at once ({capacity}: its "
+                "max_running + max_queue); send fewer prompts per request",
+                param="prompt",
+                code="invalid_value",
+            )
+        _engine_options(job, _vocab(engine))
         if job.token_ids:
             self._decode_token_prompts(job)
         if job.tools is not None:

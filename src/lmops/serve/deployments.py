@@ -128,7 +128,7 @@ class SamplingDefaults(BaseModel):
 
 
 class FakeOptions(BaseModel):
-    """A deployment without a model (see :class:`~lmops.serve.backends.FakeBackend`)."""
+    """A deployment without a model (see :class:`~lmops.serve.fake_backend.FakeBackend`)."""
 
     model_config = ConfigDict(extra="forbid")
     tokens: int = Field(16, ge=1, le=100_000)  # reply length: tok0 tok1 ...

@@ -8,7 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from lmops.serve.backends import ChoiceDelta, Generation, Job, approx_tokens
+from lmops.serve.backends import ChoiceDelta, Generation, Job
 
 __all__ = ["FakeBackend"]
 
@@ -34,7 +34,7 @@ class FakeBackend:
         )
 
     def estimate_prompt(self, job: Job) -> int:
-        return approx_tokens(job.text())
+        return job.estimate()
 
     def precheck(self, job: Job) -> None:
         if job.token_ids:  # its own vocabulary: token i is the word ``tok{i}``

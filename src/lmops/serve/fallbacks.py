@@ -254,7 +254,11 @@ async def start(
                 _moving_on(ctx, order, pos, tries)
                 continue
             backend = d.backend()
-            job = dataclasses.replace(base, max_tokens=min(base.max_tokens, d.spec.max_tokens_cap))
+            # the guarded text, encoded by the fallback's own tokenizer: ids the client sent
+            # are the first model's, and reading them again would skip the input check
+            job = dataclasses.replace(
+                base, max_tokens=min(base.max_tokens, d.spec.max_tokens_cap), token_ids=None
+            )
         try:
             if pos > 0:
                 backend.precheck(job)

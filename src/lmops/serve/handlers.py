@@ -264,6 +264,8 @@ class Handlers:
         if isinstance(reply, EventStream):
             reply.body_iterator = responses.to_stream(reply.body_iterator, raw)
             return reply
+        if not isinstance(reply, JSONResponse):  # the client hung up (Gone): nothing to send
+            return reply
         body = json.loads(bytes(reply.body))
         headers = {k: v for k, v in reply.headers.items() if k.startswith("x-")}
         return JSONResponse(responses.to_response(body, raw), headers=headers)
@@ -315,6 +317,9 @@ class Handlers:
                 model_ref=backend.model_ref,
             )
             backend.precheck(job)
+            if job.token_ids and ctx.body is not None:  # the decoded text, masked when logged
+                many = len(job.prompts or []) > 1
+                ctx.body = {**ctx.body, "prompt": job.prompts if many else (job.prompts or [""])[0]}
             await self._check_input(ctx, job)
             # prepare and start, tried again and on the fallbacks where the spec says so
             gen, backend, job = await fallbacks.start(self.gw.registry, dep, backend, job, ctx)

@@ -93,7 +93,7 @@ class RequestContext:
         self.key = key
         self.dep = dep
         self.kind = kind
-        self.body = body if isinstance(body, dict) else None
+        self.body = _without_token_ids(body) if isinstance(body, dict) else None
         self.request_id = request_id
         self.x_request_id = x_request_id
         self.guard = policy.guards[dep.name]
@@ -327,6 +327,21 @@ def route_headers(tries: list[dict[str, Any]], answered_by: str | None) -> dict[
     if answered_by is not None:
         out["x-lmops-fallback"] = answered_by
     return out
+
+
+def _without_token_ids(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with a completions prompt of token ids written as how many there are: ids
+    decode to text that no mask reads (the handler puts the decoded, masked text in once
+    it has it)."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, list) or not prompt:
+        return body
+    if all(isinstance(t, int) for t in prompt):
+        return {**body, "prompt": f"<{len(prompt)} token ids>"}
+    if any(isinstance(p, list) for p in prompt):
+        shown = [f"<{len(p)} token ids>" if isinstance(p, list) else p for p in prompt]
+        return {**body, "prompt": shown}
+    return body
 
 
 def mask_body(body: Any) -> Any:

@@ -32,6 +32,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -284,7 +285,7 @@ class ChatRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     # OpenAI's shapes; the handler says which of them the gateway serves
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]
     # 0 with echo: only the prompt's logprobs (log-likelihood scoring, as vLLM takes it)
     max_tokens: int | None = Field(default=None, ge=0)
     echo: bool = False

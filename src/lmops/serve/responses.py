@@ -217,7 +217,11 @@ def chat_body(body: Any) -> dict[str, Any]:
             "background", "this gateway answers in the foreground only", "unsupported_parameter"
         )
     include = body.get("include") or []
-    bad = [x for x in include if x not in _INCLUDES] if isinstance(include, list) else include
+    bad = (
+        [x for x in include if not isinstance(x, str) or x not in _INCLUDES]
+        if isinstance(include, list)
+        else include
+    )
     if bad:
         raise _bad(
             "include", f"{bad!r} is not served here (only {sorted(_INCLUDES)})", "unsupported_value"
@@ -431,9 +435,16 @@ class _Events:
             self.event("response.in_progress", response=dict(self.response)),
         ]
 
+    def at(self, item: dict[str, Any]) -> int:
+        """``item``'s output index (by identity: two items may be equal)."""
+        return next(i for i, x in enumerate(self.items) if x is item)
+
     def _open_text(self) -> list[str]:
         assert self.response is not None
-        item = _message_item(self.response["id"].removeprefix("resp_"), "", "in_progress", [])
+        hexid = self.response["id"].removeprefix("resp_")
+        texts = sum(1 for x in self.items if x["type"] == "message")
+        # text after a tool call is a message item of its own, with an id of its own
+        item = _message_item(f"{hexid}_{texts}" if texts else hexid, "", "in_progress", [])
         self.text = item
         self.items.append(item)
         at = len(self.items) - 1
@@ -453,7 +464,7 @@ class _Events:
         item, self.text = self.text, None
         if item is None:
             return []
-        at = self.items.index(item)
+        at = self.at(item)
         part = item["content"][0]
         item["status"] = status
         return [
@@ -496,7 +507,7 @@ class _Events:
                     self.event(
                         "response.output_text.delta",
                         item_id=item["id"],
-                        output_index=self.items.index(item),
+                        output_index=self.at(item),
                         content_index=0,
                         delta=content or "",
                         logprobs=entries,
@@ -531,7 +542,7 @@ class _Events:
                 self.event(
                     "response.function_call_arguments.delta",
                     item_id=item["id"],
-                    output_index=self.items.index(item),
+                    output_index=self.at(item),
                     delta=args,
                 )
             )
@@ -543,7 +554,7 @@ class _Events:
         status, incomplete = _status(self.finish)
         out = self._close_text(status)
         for item in self.calls.values():
-            at = self.items.index(item)
+            at = self.at(item)
             item["status"] = "completed"
             out.append(
                 self.event(
@@ -601,6 +612,8 @@ async def to_stream(chat: AsyncIterator[str], request: dict[str, Any]) -> AsyncI
                 else:
                     out += ev.chunk(chunk)
             if isinstance(piece, Final):
+                async for _ in chat:  # it ends normally (its request is logged as answered)
+                    pass
                 yield Final("".join(out))
                 return
             if out:
