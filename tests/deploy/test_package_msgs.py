@@ -53,9 +53,9 @@ def test_a_folder_as_a_key_is_a_one_line_error(
     """``lmops deploy trust /tmp`` was exit 70 (internal error: IsADirectoryError); so were
     --pubkey, --key-file, --sign, --kek-file and public_key:/key_file: in a deployments
     file given a folder."""
-    import uvicorn
+    from lmops.serve import startup
 
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.setattr(startup, "run", lambda *a, **k: None)
     d = tmp_path / "adir"
     d.mkdir()
     pkg = _sealed(folder, tmp_path / "p.lmpkg", keys)
@@ -174,10 +174,10 @@ def test_key_fields_on_a_plain_model_deployment_are_refused(
 ) -> None:
     """key_file:/public_key: on a deployment of a model folder served silently: the user
     believed the signer was pinned, and nothing was checked."""
-    import uvicorn
+    from lmops.serve import startup
 
     ran: list[Any] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(startup, "run", lambda *a, **k: ran.append(a))
     dep = tmp_path / "deployments.yaml"
     dep.write_text(
         f"deployments:\n  - name: chat\n    model: {folder}\n    public_key: {keys}.pub\n"

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from lmops.core.errors import UserError
 from lmops.core.sealed import (
@@ -27,6 +26,7 @@ from lmops.core.sealed import (
     trust_store,
     write_package,
 )
+from lmops.serve import startup
 
 
 def _sealed(folder: Path, out: Path, signer: Path, kek_file: Path) -> Path:
@@ -111,7 +111,8 @@ def test_serve_checks_the_signer_before_it_says_it_serves(
     other = generate_keys(tmp_path / "other.key").path
     pkg = _sealed(folder, tmp_path / "p.lmpkg", other, keys)
     ran: list[Any] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: ran.append(a))
+    # the server "starts" at once: serve says it serves only then
+    monkeypatch.setattr(startup, "run", lambda *a, on_ready, **k: (ran.append(a), on_ready()))
 
     def no_body(*a: Any, **k: Any) -> Any:
         raise AssertionError("the preflight read the package body")

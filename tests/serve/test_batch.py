@@ -379,15 +379,18 @@ def test_bad_arguments_are_one_line_errors(cli: Any, tmp_path: Path) -> None:
 def test_serve_group_runs_the_server_with_its_options(
     cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import uvicorn
+    from lmops.serve import startup
 
     deployments = tmp_path / "d.yaml"  # a model-less deployment: serve checks model refs
     deployments.write_text("deployments:\n  - {name: chat, fake: {tokens: 2}}\n")
 
     calls: list[dict[str, Any]] = []  # each with the environment the workers would get
-    monkeypatch.setattr(
-        uvicorn, "run", lambda *a, **kw: calls.append({"args": a, **kw, "env": dict(os.environ)})
-    )
+
+    def run(*a: Any, on_ready: Any, **kw: Any) -> None:
+        calls.append({"args": a, **kw, "env": dict(os.environ)})
+        on_ready()  # it started: serve says so
+
+    monkeypatch.setattr(startup, "run", run)
     r = cli("serve", "--port", "9123", "--deployments", str(deployments), "--log-level", "warning")
     assert r.code == 0, r.err
     assert calls[-1]["port"] == 9123 and calls[-1]["log_level"] == "warning"

@@ -366,7 +366,7 @@ def test_two_deployments_get_their_own_servers_and_all_stop_on_an_error(tmp_path
 
 _SERVE = """\
 import json, os, sys
-import uvicorn
+from lmops.serve import startup
 from lmops.serve.deployments import DeploymentSpec
 from lmops.deploy.launcher import launch_all, live_supervisors
 from lmops.serve.server import ENV
@@ -376,7 +376,7 @@ if __name__ == "__main__":  # what `lmops serve` does: launch, then N uvicorn wo
     with launch_all([spec]) as served:
         os.environ[ENV] = json.dumps([s.model_dump(mode="json") for s in served])
         print(live_supervisors()["chat"].pid, flush=True)
-        uvicorn.run("lmops.api.app:create_app", factory=True, port=int(sys.argv[2]),
+        startup.run("lmops.api.app:create_app", on_ready=lambda: None, port=int(sys.argv[2]),
                     workers=int(sys.argv[3]), log_level="warning")
 """
 

@@ -153,8 +153,6 @@ def _run_server(
 ) -> None:
     import json
 
-    import uvicorn
-
     from lmops.serve.deployments import load_deployments, parse_model_args, preflight
     from lmops.serve.http import protocol_factory
     from lmops.serve.server import ENV, MAX_BODY_ENV
@@ -208,20 +206,38 @@ def _run_server(
     os.environ[ACCESS_LOG_ENV] = access_log.value
     os.environ[MAX_BODY_ENV] = str(int(max_body_mb * 1024 * 1024))
     from lmops.deploy.launcher import launch_all
+    from lmops.serve import startup
 
     # engine: vllm deployments are launched here, once, before the workers start; each
     # becomes an upstream deployment that every worker proxies to.
     with launch_all(specs) as served:
         if served:
             os.environ[ENV] = json.dumps([s.model_dump(mode="json") for s in served])
-        console.print(
-            f"lmops {__version__} serving on http://{host}:{port} (API docs at /docs)"
-            + (f"; /v1 models: {', '.join(s.name for s in served)}" if served else ""),
-            markup=False,
-        )
-        uvicorn.run(
+        loading = [s.name for s in served if s.upstream is None and s.fake is None]
+        if loading:  # the models load before the server listens: say why it is quiet
+            console.print(
+                f"loading {len(loading)} deployment(s) ({', '.join(loading)})"
+                + (f" in each of {workers} workers" if workers > 1 else "")
+                + "...",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+
+        def ready() -> None:
+            # only now: the server accepts connections and every deployment has loaded
+            # (in every worker); never when start-up fails. One line, never wrapped: scripts
+            # wait for it.
+            console.print(
+                f"lmops {__version__} serving on http://{host}:{port} (API docs at /docs)"
+                + (f"; /v1 models: {', '.join(s.name for s in served)}" if served else ""),
+                markup=False,
+                soft_wrap=True,
+            )
+
+        startup.run(
             "lmops.api.app:create_app",
-            factory=True,
+            on_ready=ready,
             host=host,
             port=port,
             workers=workers,
@@ -231,7 +247,7 @@ def _run_server(
             access_log=False,
             # the header deadline and connection cap (serve/http.py); a picklable
             # factory, so each spawned worker gets the same limits
-            http=protocol_factory(header_timeout, max_connections),  # type: ignore[arg-type]
+            http=protocol_factory(header_timeout, max_connections),
         )
 
 

@@ -1,0 +1,127 @@
+"""``lmops serve`` says ``serving on URL`` only once URL answers: every deployment loaded,
+in every worker, and the socket accepting connections. It used to print the line before
+uvicorn started (22 s before an encrypted SmolLM2 answered), and print it too when the
+start-up then failed. A real ``lmops serve`` subprocess, read line by line as a script
+waiting for the line would read it."""
+
+from __future__ import annotations
+
+import re
+import selectors
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lmops.core.sealed import generate_keys, load_kek, load_signing_key, write_package
+from tests.conftest import free_port
+from tests.serve.conftest import lmops_env, make_key, stop_server
+from tests.train.tiny import make_model, make_tokenizer
+
+SERVING = re.compile(r"serving on (http://\S+)")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("startup")
+    return make_model(base / "m", make_tokenizer(base / "tok"))
+
+
+def _serve(home: Path, *args: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "lmops.cli.main", "serve", "--port", str(free_port())]
+    return subprocess.Popen(
+        [*cmd, "--log-level", "warning", *args],
+        env=lmops_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _lines_until_serving(proc: subprocess.Popen[str], timeout: float = 180) -> list[str]:
+    """stdout lines up to the first ``serving on`` one (the last), or all of them when the
+    process exits first."""
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not sel.select(timeout=deadline - time.monotonic()):
+            break
+        line = proc.stdout.readline()
+        if not line:  # exited
+            return lines
+        lines.append(line.rstrip("\n"))
+        if SERVING.search(line):
+            return lines
+    proc.kill()
+    pytest.fail(f"no 'serving on' line and no exit in {timeout:.0f} s: {lines}")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serving_on_is_said_once_the_url_answers(
+    lmops_home: Path, model_dir: Path, workers: int
+) -> None:
+    key = make_key(lmops_home)
+    proc = _serve(lmops_home, "--model", f"chat={model_dir}", "--workers", str(workers))
+    try:
+        lines = _lines_until_serving(proc)
+        assert lines, proc.stderr.read() if proc.stderr else ""
+        found = SERVING.search(lines[-1])
+        assert found, (lines, proc.stderr.read() if proc.stderr else "")
+        url = found.group(1)
+        # at once, no retry: what a script (or the openai client) does after the line
+        assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+        models = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"})
+        assert models.status_code == 200 and [m["id"] for m in models.json()["data"]] == ["chat"]
+        # while it loaded, it said what it was doing
+        assert lines[0].startswith("loading 1 deployment(s) (chat)"), lines
+    finally:
+        stop_server(proc)
+
+
+def _flipped_package(model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(a signed, encrypted package of ``model_dir`` with one body byte flipped, its key)."""
+    keys = generate_keys(tmp_path / "k.key").path
+    pkg = tmp_path / "chat.lmpkg"
+    write_package(model_dir, pkg, signing_key=load_signing_key(keys), kek=load_kek(keys))
+    with pkg.open("r+b") as fh:  # just after the 8-byte magic: the first chunk's bytes
+        fh.seek(20)
+        byte = fh.read(1)
+        fh.seek(20)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    return pkg, keys
+
+
+@pytest.mark.parametrize(
+    ("case", "workers"),
+    [("flipped-byte", 1), ("flipped-byte", 2), ("no-such-path", 2)],
+)
+def test_a_failed_start_never_says_it_serves(
+    lmops_home: Path, model_dir: Path, tmp_path: Path, case: str, workers: int
+) -> None:
+    """A package that fails authentication as it loads: one error naming the deployment,
+    exit 2, no ``serving on``; with two workers too (uvicorn restarted them forever, each
+    printing a traceback, while ``serving on`` had already been said)."""
+    if case == "flipped-byte":
+        pkg, keys = _flipped_package(model_dir, tmp_path)
+        args = ["--model", f"chat={pkg}", "--key-file", str(keys), "--pubkey", f"{keys}.pub"]
+        said = "fails authentication"
+    else:
+        args = ["--model", f"chat={tmp_path / 'nowhere'}"]
+        said = "is neither an existing path nor a READY asset"
+    proc = _serve(lmops_home, *args, "--workers", str(workers))
+    try:
+        out, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"still running after 180 s: {out} {err[-2000:]}")
+    assert proc.returncode == 2, (out, err)
+    assert "serving on" not in out, out
+    assert err.count(said) == 1 and "deployment 'chat'" in err, err
+    assert "Traceback" not in err, err
