@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import selectors
 import subprocess
 import sys
 import time
@@ -92,3 +94,42 @@ def start_server(
 def stop_server(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
     proc.wait(timeout=30)
+
+
+SERVING = re.compile(r"serving on (http://\S+)")
+
+
+def popen_serve(
+    env: dict[str, str], *args: str, stderr: int = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """``lmops serve --port N ARGS...`` with its stdout a pipe, to be read as a script
+    waiting for ``serving on`` reads it (:func:`lines_until_serving`)."""
+    cmd = [sys.executable, "-m", "lmops.cli.main", "serve", "--port", str(free_port())]
+    return subprocess.Popen(
+        [*cmd, "--log-level", "warning", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+
+
+def lines_until_serving(proc: subprocess.Popen[str], timeout: float = 180) -> list[str]:
+    """stdout lines up to the first ``serving on`` one (the last), or all of them when the
+    process exits first."""
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not sel.select(timeout=deadline - time.monotonic()):
+            break
+        line = proc.stdout.readline()
+        if not line:  # exited
+            return lines
+        lines.append(line.rstrip("\n"))
+        if SERVING.search(line):
+            return lines
+    proc.kill()
+    pytest.fail(f"no 'serving on' line and no exit in {timeout:.0f} s: {lines}")

@@ -6,22 +6,22 @@ waiting for the line would read it."""
 
 from __future__ import annotations
 
-import re
-import selectors
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from lmops.core.sealed import generate_keys, load_kek, load_signing_key, write_package
-from tests.conftest import free_port
-from tests.serve.conftest import lmops_env, make_key, stop_server
+from tests.serve.conftest import (
+    SERVING,
+    lines_until_serving,
+    lmops_env,
+    make_key,
+    popen_serve,
+    stop_server,
+)
 from tests.train.tiny import make_model, make_tokenizer
-
-SERVING = re.compile(r"serving on (http://\S+)")
 
 
 @pytest.fixture(scope="module")
@@ -30,46 +30,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model(base / "m", make_tokenizer(base / "tok"))
 
 
-def _serve(home: Path, *args: str) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "lmops.cli.main", "serve", "--port", str(free_port())]
-    return subprocess.Popen(
-        [*cmd, "--log-level", "warning", *args],
-        env=lmops_env(home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _lines_until_serving(proc: subprocess.Popen[str], timeout: float = 180) -> list[str]:
-    """stdout lines up to the first ``serving on`` one (the last), or all of them when the
-    process exits first."""
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not sel.select(timeout=deadline - time.monotonic()):
-            break
-        line = proc.stdout.readline()
-        if not line:  # exited
-            return lines
-        lines.append(line.rstrip("\n"))
-        if SERVING.search(line):
-            return lines
-    proc.kill()
-    pytest.fail(f"no 'serving on' line and no exit in {timeout:.0f} s: {lines}")
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serving_on_is_said_once_the_url_answers(
     lmops_home: Path, model_dir: Path, workers: int
 ) -> None:
     key = make_key(lmops_home)
-    proc = _serve(lmops_home, "--model", f"chat={model_dir}", "--workers", str(workers))
+    env = lmops_env(lmops_home)
+    proc = popen_serve(env, "--model", f"chat={model_dir}", "--workers", str(workers))
     try:
-        lines = _lines_until_serving(proc)
+        lines = lines_until_serving(proc)
         assert lines, proc.stderr.read() if proc.stderr else ""
         found = SERVING.search(lines[-1])
         assert found, (lines, proc.stderr.read() if proc.stderr else "")
@@ -114,7 +83,7 @@ def test_a_failed_start_never_says_it_serves(
     else:
         args = ["--model", f"chat={tmp_path / 'nowhere'}"]
         said = "is neither an existing path nor a READY asset"
-    proc = _serve(lmops_home, *args, "--workers", str(workers))
+    proc = popen_serve(lmops_env(lmops_home), *args, "--workers", str(workers))
     try:
         out, err = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
