@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,49 @@ def test_the_hash_cache_reads_a_file_again_only_when_its_stat_changed(
     store.assets.external(fresh)
     store.assets.external(fresh)
     assert hashes == [fresh, fresh]
+
+
+def test_a_registered_copy_is_found_by_its_bytes_and_unread_when_no_size_matches(
+    store: Store, tmp_path: Path, hashes: list[Path]
+) -> None:
+    """``lmops serve`` asks which registered version a model folder or package file named
+    by its path is, to trace its answers. Hashed only when a version of its kinds has the
+    same size, once (the hash cache); the whole tree counts, hidden names too, as a
+    registration stores them; the oldest of equal versions wins (the one with lineage)."""
+    from lmops.store.external import registered_copy
+
+    root = tmp_path / "m"
+    model_folder(root)
+    (root / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    first = store.assets.register("model", "m", root)
+    store.assets.register("model", "m-again", root)
+    store.assets.register("dataset", "not-a-model", root)
+    pkg = tmp_path / "p.lmpkg"
+    pkg.write_bytes(os.urandom(300))
+    sealed = store.assets.register("package", "p", pkg)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    age(*(p for p in copy.rglob("*") if p.is_file()))
+    hashes.clear()
+    found = registered_copy(store, copy, ["model", "adapter"])
+    assert found is not None and found.ref == first.ref and len(hashes) == 4
+    hashes.clear()
+    assert registered_copy(store, copy, ["model"]) == found and hashes == []  # remembered
+    assert registered_copy(store, copy, ["package"]) is None
+
+    (copy / "config.json").write_bytes(b'{"hidden_size": 65}')  # same size, other bytes
+    assert registered_copy(store, copy, ["model"]) is None
+    (copy / "NOTES.md").write_text("a local edit")  # no model of this size: nothing read
+    hashes.clear()
+    assert registered_copy(store, copy, ["model"]) is None and hashes == []
+
+    byte_copy = tmp_path / "pkgs dir" / "p copy.lmpkg"
+    byte_copy.parent.mkdir()
+    shutil.copyfile(pkg, byte_copy)
+    assert registered_copy(store, byte_copy, ["package"]) == store.assets.resolve(sealed.ref)
+    assert registered_copy(store, byte_copy, ["model"]) is None
+    assert registered_copy(store, tmp_path / "nowhere", ["model"]) is None
 
 
 def test_path_and_verify_say_when_the_file_changed_or_is_gone(

@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +40,16 @@ if TYPE_CHECKING:
     from lmops.store.store import Store
     from lmops.store.types import Version
 
-__all__ = ["RACY_NS", "HashCache", "Scan", "absolute", "external_name", "external_problem", "scan"]
+__all__ = [
+    "RACY_NS",
+    "HashCache",
+    "Scan",
+    "absolute",
+    "external_name",
+    "external_problem",
+    "registered_copy",
+    "scan",
+]
 
 RACY_NS = 2_000_000_000  # 2 s: coarser than any common filesystem's timestamps
 _CHUNK = 500  # keys per IN (...) query: below every driver's parameter limit
@@ -257,3 +266,48 @@ def external_problem(store: Store, v: Version, entries: list[Entry], *, rehash: 
         + (f" (first: {first})" if first else "")
         + f"; {tail}"
     )
+
+
+def registered_copy(store: Store, path: Path, kinds: Collection[str]) -> Version | None:
+    """The READY version of one of ``kinds`` that holds exactly the bytes of the file or
+    folder ``path`` (a copy of a registered package file, a registered model's folder), or
+    ``None``. The oldest one when several do: the registration a job made, with its lineage,
+    before any later copy.
+
+    Cheap when nothing matches: the sizes (a stat per file) are compared first, and only a
+    path whose total some version of ``kinds`` has is hashed, through the hash cache (each
+    file is read once while its stat stays the same). The whole tree counts, hidden names
+    included, as a registration stores it; a path that cannot be walked matches nothing."""
+    from lmops.store import _rows
+
+    path = absolute(path)
+    try:
+        if path.is_file():
+            layout, size = "file", path.stat().st_size
+        elif path.is_dir():
+            walked = store.artifacts.files(path, follow_symlinks=True)
+            layout, size = "dir", sum(p.stat().st_size for _, p, _ in walked)
+        else:
+            return None
+    except (OSError, UserError):
+        return None
+    query = (
+        select(VersionRow, AssetRow)
+        .join(AssetRow, VersionRow.asset_id == AssetRow.id)
+        .where(
+            AssetRow.kind.in_(list(kinds)),
+            VersionRow.status == VersionStatus.READY.value,
+            VersionRow.layout == layout,
+            VersionRow.size == size,
+        )
+        .order_by(VersionRow.id)
+    )
+    with store.db.session() as s:
+        candidates = [(row.digest, _rows.version(row, asset)) for row, asset in s.execute(query)]
+    if not candidates:
+        return None
+    try:  # outside the session: the hash cache writes what it learns
+        digest = scan(store, path, skip_hidden=False).digest
+    except UserError:
+        return None
+    return next((v for d, v in candidates if d == digest), None)
