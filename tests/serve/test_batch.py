@@ -228,6 +228,38 @@ def test_concurrency_keeps_that_many_requests_in_flight(
     ]
 
 
+def test_a_model_folder_with_a_registered_versions_bytes_is_that_version_in_lineage(
+    store: Any, tiny: Path, tmp_path: Path
+) -> None:
+    """``--model chat=FOLDER`` where FOLDER holds a registered version's bytes: the answers'
+    lineage names that version (and its past), not a new external reference to the folder;
+    a folder whose bytes no version has is still recorded by content."""
+    import shutil
+
+    model = store.assets.register("model", "tiny", tiny)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "hello"}])
+
+    def batch(folder: Path, output: str) -> tuple[list[tuple[str, str]], str]:
+        spec = DeploymentSpec(name="chat", model=str(folder), device="cpu")
+        out = run_batch(
+            store,
+            [spec],
+            BatchSpec(input=str(src), output=output, max_tokens=6, temperature=1, seed=7),
+        )
+        g = store.assets.lineage(out.output or "")
+        edges = sorted((e.role, e.parent) for e in g.upstream if e.child == g.root)
+        return edges, data_rows(store, out.output or "")[0]["metadata"]["model"]
+
+    edges, said = batch(tiny, "same")
+    assert [p for role, p in edges if role == "model"] == [model.ref] and said == model.ref
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny, edited)
+    (edited / "NOTES.md").write_text("a local edit\n")
+    edges, said = batch(edited, "other")
+    (local,) = [p for role, p in edges if role == "model"]
+    assert local.startswith("local-edited-") and said == str(edited)
+
+
 def test_sigkilled_batch_resumes_from_its_work_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,10 +40,14 @@ def test_an_answer_traces_back_to_the_raw_file(
     )
     _, key = store.keys.create("app")
     _, admin = store.keys.create("ops", role="admin")
+    edited = tmp_path / "m-edited"  # a local edit of the registered folder: outside the store
+    shutil.copytree(tmp_path / "m", edited)
+    (edited / "NOTES.md").write_text("tried a new system prompt\n")
     deployments = tmp_path / "d.yaml"
     deployments.write_text(
         "deployments:\n  - {name: chat, model: tiny}\n"
-        f"  - {{name: folder, model: '{tmp_path / 'm'}'}}\n"  # by its path, outside the store
+        f"  - {{name: copy, model: '{tmp_path / 'm'}'}}\n"  # by its path: tiny's own bytes
+        f"  - {{name: folder, model: '{edited}'}}\n"
     )
     proc, base = start_server(
         env,
@@ -56,6 +61,9 @@ def test_an_answer_traces_back_to_the_raw_file(
         )
         by_path = c.chat.completions.create(
             model="folder", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+        same_bytes = c.chat.completions.create(
+            model="copy", messages=[{"role": "user", "content": "hi"}], max_tokens=2
         )
         mine = c.chat.completions.create(
             model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3
@@ -108,7 +116,11 @@ def test_an_answer_traces_back_to_the_raw_file(
     folder = lmops("trace", by_path.id)
     assert folder.returncode == 0, folder.stderr
     said = " ".join(folder.stdout.split())
-    assert f"answered by {tmp_path / 'm'}" in said and "outside the store" in said
+    assert f"answered by {edited}" in said and "outside the store" in said
+    # ... unless a registered version has its bytes: then it is that version's answer
+    copy = json.loads(lmops("trace", same_bytes.id, "--json").stdout)
+    assert copy["model_ref"] == model.ref and copy["note"] is None
+    assert set(copy["model"]["nodes"]) == {model.ref, data.ref, local[0]}
 
     missing = lmops("trace", "chatcmpl-nope")
     assert missing.returncode == 2
@@ -118,6 +130,86 @@ def test_an_answer_traces_back_to_the_raw_file(
     assert both.returncode == 2 and "not both" in both.stderr
     none = lmops("trace", "--last", "--deployment", "other")
     assert none.returncode == 2 and "no logged request of deployment 'other'" in none.stderr
+
+
+def test_a_package_served_by_its_path_traces_to_its_registered_version(
+    store: Store, lmops_home: Path, tmp_path: Path
+) -> None:
+    """``lmops serve --model "chat=pkgs dir/smol sealed.lmpkg"``, a byte copy of the
+    registered package ``smol-sealed:1``: ``lmops trace`` said "served from ..., outside the
+    store" while, served by its asset ref, the trace reached the model. Now start-up says
+    which version the file is, and the answer is traced through it to the model it seals."""
+    from lmops.core.sealed import generate_keys
+    from lmops.deploy.package import package_model
+    from tests.serve.conftest import lines_until_serving, popen_serve
+
+    env = lmops_env(lmops_home)
+    tok = make_tokenizer(tmp_path / "tok")
+    model = store.assets.register("model", "smol", make_model(tmp_path / "m", tok))
+    keys = generate_keys(tmp_path / "k.key").path
+    sealed = package_model(
+        model.ref, output="smol-sealed", sign=keys, encrypt=True, kek_file=keys, store=store
+    )
+    copy = tmp_path / "pkgs dir" / "smol sealed.lmpkg"
+    copy.parent.mkdir()
+    shutil.copyfile(sealed.path, copy)
+    _, key = store.keys.create("app")
+    proc = popen_serve(
+        env,
+        "--model",
+        f"chat={copy}",
+        "--key-file",
+        str(keys),
+        "--pubkey",
+        f"{keys}.pub",
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        said = " ".join(" ".join(lines_until_serving(proc)).split())
+        assert f"deployment 'chat' serves {copy} as {sealed.ref}" in said, said
+        base = said.split("serving on ")[1].split()[0]
+        c = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=60)
+        r = c.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+        # what an eval of the deployment records as the model it scored
+        (listed,) = c.models.list().data
+        assert (listed.model_extra or {})["lmops"]["versions"] == [sealed.ref]
+    finally:
+        stop_server(proc)
+
+    cmd = [sys.executable, "-m", "lmops.cli.main", "trace", "--last", "--deployment", "chat"]
+    shown = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    out = " ".join(shown.stdout.split())
+    assert f"{r.id} " in out and f"answered by {sealed.ref}" in out, out
+    assert f"model {model.ref} (model)" in out and "outside the store" not in out, out
+    traced = subprocess.run([*cmd, "--json"], env=env, capture_output=True, text=True)
+    t = json.loads(traced.stdout)
+    assert t["model_ref"] == sealed.ref and set(t["model"]["nodes"]) == {sealed.ref, model.ref}
+
+
+def test_an_adapter_served_by_its_path_is_logged_by_that_path(tmp_path: Path) -> None:
+    """A LoRA folder is served merged into its base in a temp folder; the request log (and
+    so the trace) named that temp folder, gone with the server, instead of the adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmops.serve.deployments import Deployment, DeploymentSpec
+
+    base = make_model(tmp_path / "base", make_tokenizer(tmp_path / "tok"))
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)), lora).save_pretrained(
+        str(adapter)
+    )
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(adapter))
+    (adapter / "lmops_base.json").write_text(json.dumps({"base_path": str(base)}))
+    dep = Deployment(DeploymentSpec(name="tuned", model=str(adapter), device="cpu"), None)
+    try:
+        assert dep.describe()["versions"] == [str(adapter)]
+    finally:
+        dep.close()
 
 
 @contextmanager

@@ -336,8 +336,9 @@ def _model_versions(dep: Deployment) -> list[tuple[str, float, bool]]:
         return [(f"{dep.upstream.base_url}#{dep.upstream.model}", 1.0, False)]
     if dep.spec.fake is not None:
         return [(f"fake:{dep.name}", 1.0, False)]
-    # _Target.version is the asset ref, or the folder when the spec named an existing path
-    return [(t.version, w, not Path(t.ref).expanduser().exists()) for t, w in dep.targets]
+    # _Target.version is a version ref (a path's too, when a registered version has its
+    # bytes), else the path the spec named
+    return [(t.version, w, t.local is None or t.version != str(t.local)) for t, w in dep.targets]
 
 
 # -- the work folder ------------------------------------------------------------------------------
@@ -521,9 +522,9 @@ def _run(
         local = [] if input_ref else [(Path(spec.input).expanduser(), "input")]
         if dep.upstream is None:
             local += [
-                (Path(t.ref).expanduser(), "model")
+                (t.local, "model")
                 for t, _ in dep.targets
-                if Path(t.ref).expanduser().exists()
+                if t.local is not None and t.version == str(t.local)
             ]
         local_refs = store.assets.record_inputs(local, run_id=run.id)
         result = _generate(

@@ -324,8 +324,32 @@ ENDPOINTS: tuple[str, ...] = ("chat", "completion", "embeddings")
 _ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 
 
+# the kinds of version a file or folder served by its path may be a copy of
+_PACKAGE_KINDS = ("package",)
+_MODEL_KINDS = ("model", "adapter")
+
+
+def registered_as(path: Path, store: Any, kinds: Collection[str]) -> str | None:
+    """The registered version (ref) holding exactly the bytes of ``path``, a model folder
+    or package file a deployment names by its path, or None (no store, no such version).
+    Served as that version, an answer's trace follows its lineage. Hashes ``path`` only
+    when a version of the same size exists, and then once (the store's hash cache)."""
+    if store is None:
+        return None
+    from lmops.store.external import registered_copy
+
+    found = registered_copy(store, path, kinds)
+    return found.ref if found is not None else None
+
+
 class _Target:
-    """One concrete model behind a deployment: the engine and the version it serves."""
+    """One concrete model behind a deployment: the engine and the version it serves.
+
+    ``version`` is the version ref that answers, for the request log and traces: the
+    ref's, or for a file or folder named by its path (``local``) a registered version with
+    the same bytes (:func:`registered_as`), else the path itself."""
+
+    local: Path | None = None  # the file or folder the spec named by its path
 
     def __init__(self, ref: str, store: Any, spec: DeploymentSpec) -> None:
         from lmops.models.encoder import Encoder, model_kind, read_pooling
@@ -335,16 +359,23 @@ class _Target:
 
         package, version = package_path(ref, store)
         if package is not None:  # decrypted into memory: no plaintext weights on disk
+            if version is None:
+                self.local = package
+                version = registered_as(package, store, _PACKAGE_KINDS)
             self._load_package(ref, package, version, spec)
             return
         path, version = resolve_local(ref, store, kind="model")
         refuse_reward_model(path, "served", what=version or ref)
+        if version is None:
+            self.local = path
+            version = registered_as(path, store, _MODEL_KINDS)
         if (path / "adapter_config.json").exists():
             from lmops.models.loading import merged_view
 
             path = merged_view(path, store)
         self.ref = ref
-        self.version = version or str(path)
+        # a path: the folder named, not the merged view of an adapter (a temp folder)
+        self.version = version or str(self.local or path)
         self.pooling = read_pooling(path)  # how /v1/embeddings pools (models/encoder.py)
         kind, self.architecture = model_kind(path)
         self.engine: Any
@@ -581,9 +612,10 @@ def preflight(
     the deployments whose key fields were given for them (None: all); ``lmops serve
     --key-file/--pubkey`` apply to whichever deployments are packages, so not to the rest.
 
-    Returns notes for the start-up output: what a deployment of an encoder-only model
-    serves (embeddings only) and how a model's embeddings are pooled where its folder says
-    so (a sentence-transformers config)."""
+    Returns notes for the start-up output: the registered version a model folder or
+    package named by its path is (the same bytes: see :func:`registered_as`), what a
+    deployment of an encoder-only model serves (embeddings only) and how a model's
+    embeddings are pooled where its folder says so (a sentence-transformers config)."""
     from lmops.models.loading import resolve_local
     from lmops.models.sealed import open_trusted, package_path
 
@@ -600,14 +632,18 @@ def preflight(
             for ref in [t.model for t in spec.split] if spec.split else [spec.model]:
                 if ref is None:
                     continue
-                package = package_path(ref, store)[0]
+                package, version = package_path(ref, store)
                 if package is None:
                     path, version = resolve_local(ref, store, kind="model")
                     refuse_reward_model(path, "served", what=version or ref)
                     plain.append(ref)
+                    if version is None:
+                        notes += _same_bytes(spec.name, ref, path, store, _MODEL_KINDS)
                     notes += _serving_notes(spec.name, version or ref, path)
                 else:
                     open_trusted(package, key_file=spec.key_file, public_key=spec.public_key)
+                    if version is None:
+                        notes += _same_bytes(spec.name, ref, package, store, _PACKAGE_KINDS)
             given = [f for f in ("key_file", "public_key") if getattr(spec, f)]
             all_plain = bool(plain) and len(plain) == len(spec.split or [spec])
             if all_plain and given and (own_keys is None or spec.name in own_keys):
@@ -619,6 +655,17 @@ def preflight(
         except UserError as e:
             raise _named(spec.name, e) from None
     return notes
+
+
+def _same_bytes(name: str, ref: str, path: Path, store: Any, kinds: Collection[str]) -> list[str]:
+    """The start-up note naming the registered version a path deployment serves, if any."""
+    found = registered_as(path, store, kinds)
+    if found is None:
+        return []
+    return [
+        f"deployment {name!r} serves {ref} as {found}, the registered version with the same "
+        "bytes: its answers are traced to that version's lineage"
+    ]
 
 
 def _serving_notes(name: str, what: str, path: Path) -> list[str]:
