@@ -13,6 +13,11 @@ How a prompt wraps a chat request:
 * The rendered prompt's leading system messages come first, then the request's remaining
   messages (the conversation so far), then the rest of the rendered prompt. A text prompt
   without ``input`` is one system message; with ``input`` it is the user's turn.
+* A request that picks a prompt and sends no messages is that prompt alone, as it renders
+  (``lmops prompts render``; a text prompt is the user's turn), with every variable,
+  ``input`` included, in ``variables``: how the prompt stage's client runs a version on a
+  deployment (:mod:`lmops.prompts.playground`) so that the deployment's bound prompt does
+  not wrap the version again and the request log names the version that was run.
 * The prompt's model-parameter config (temperature, max_tokens...) fills the fields the
   request left unset.
 
@@ -56,7 +61,9 @@ def apply_prompt(
     prompt: Prompt = get(ref, store=store)
     values = dict(variables)
     wants_input = "input" in prompt.variables and "input" not in values
-    if kind == "chat":
+    if kind == "chat" and not body.get("messages"):
+        body["messages"] = prompt.messages(**values)  # the prompt alone, as it renders
+    elif kind == "chat":
         messages = list(body.get("messages") or [])
         if wants_input:
             last = max(

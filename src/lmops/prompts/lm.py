@@ -47,6 +47,7 @@ class OpenAIChat:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.calls = 0
+        self._lmops: bool | None = None
         key = api_key or os.environ.get("LMOPS_API_KEY")
         self._keyless = not key
         self._client: Any = OpenAI(
@@ -55,6 +56,22 @@ class OpenAIChat:
             timeout=timeout_s,
             max_retries=max_retries,
         )
+
+    @property
+    def renders_prompts(self) -> bool:
+        """Whether ``model`` is an ``lmops serve`` deployment (its ``/v1/models`` card
+        carries an ``lmops`` part), which renders a registered prompt picked by ref; asked
+        once. Any other endpoint (vLLM, OpenAI...), or one that cannot say, is sent
+        rendered messages."""
+        if self._lmops is None:
+            import openai
+
+            try:
+                card = self._client.with_options(max_retries=0).models.retrieve(self.model)
+                self._lmops = isinstance((card.model_extra or {}).get("lmops"), dict)
+            except openai.OpenAIError:
+                self._lmops = False
+        return self._lmops
 
     def _error(self, e: Exception) -> EndpointError:
         import openai

@@ -1,6 +1,8 @@
-"""The playground's back end: run one rendered prompt (streaming), or two versions side by
-side over a data set. Prompts are rendered here (client side), so any OpenAI-compatible
-endpoint serves them.
+"""The playground's back end: run one prompt version (streaming), or two versions side by
+side over a data set. An ``lmops serve`` deployment is sent the version's ref and variables
+(it renders the version once, in place of the prompt the deployment binds, and its request
+log names the version); any other OpenAI-compatible endpoint is sent the messages rendered
+here.
 
     for piece in run_prompt(prompt, model, {"question": "2+2?"}): print(piece, end="")
     report = compare_prompts(a, b, model, rows, target_field="answer")
@@ -26,6 +28,20 @@ def _params(prompt: Prompt, overrides: dict[str, Any] | None = None) -> dict[str
     return params
 
 
+def _request(
+    prompt: Prompt, model: ChatModel, variables: dict[str, Any], overrides: dict[str, Any] | None
+) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The messages and parameters that run ``prompt`` with ``variables`` on ``model``.
+    Rendered here first either way, so a missing variable is the same error everywhere."""
+    messages = prompt.messages(**variables)
+    params = _params(prompt, overrides)
+    if getattr(model, "renders_prompts", False):
+        # rendered text would be wrapped again in the deployment's bound prompt
+        params["extra_body"] = {"prompt": prompt.ref, "variables": dict(variables)}
+        return [], params
+    return messages, params
+
+
 def run_prompt(
     prompt: Prompt,
     model: ChatModel,
@@ -35,12 +51,12 @@ def run_prompt(
 ) -> Iterator[str]:
     """The reply to the rendered prompt, as it streams (all at once where the model
     cannot stream)."""
-    messages = prompt.messages(**variables)
+    messages, sent = _request(prompt, model, variables, params)
     stream = getattr(model, "stream", None)
     if stream is not None:
-        yield from stream(messages, **_params(prompt, params))
+        yield from stream(messages, **sent)
     else:
-        yield model.complete(messages, **_params(prompt, params))
+        yield model.complete(messages, **sent)
 
 
 def row_variables(
@@ -99,8 +115,9 @@ def compare_prompts(
     for n, (where, row) in enumerate(rows):
         va = row_variables(a, row, where, input_field)
         vb = row_variables(b, row, where, input_field)
-        ra = model.complete(a.messages(**va), **_params(a))
-        rb = model.complete(b.messages(**vb), **_params(b))
+        ma, pa = _request(a, model, va, None)
+        mb, pb = _request(b, model, vb, None)
+        ra, rb = model.complete(ma, **pa), model.complete(mb, **pb)
         target = str(row[target_field]) if target_field and target_field in row else None
         out.append(
             CompareRow(

@@ -149,6 +149,21 @@ async def _checked_prompts(ctx: Any, job: Job) -> list[str]:
     return checked
 
 
+def _until_rendered(raw: Any, kind: str) -> Any:
+    """The body as it is checked before its prompt is applied: a chat request that picks a
+    registered prompt may send no messages (the rendered prompt is then the whole request,
+    lmops.prompts.binding), so one empty user turn stands in for them until the prompt is
+    rendered, and the wrapped body is checked again in full."""
+    if (
+        kind == "chat"
+        and isinstance(raw, dict)
+        and isinstance(raw.get("prompt"), str)
+        and raw.get("messages") in (None, [])
+    ):
+        return {**raw, "messages": [{"role": "user", "content": ""}]}
+    return raw
+
+
 def _prompt_shape(value: Any) -> str:
     """What a completions prompt or an embeddings input holds, in a refusal's words."""
     if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
@@ -290,7 +305,7 @@ class Handlers:
         rid = completion_id(kind)
         with self._refusal_logged(request, key, raw, kind, rid, xid):
             req: ChatRequest | CompletionRequest = parse(
-                ChatRequest if kind == "chat" else CompletionRequest, raw
+                ChatRequest if kind == "chat" else CompletionRequest, _until_rendered(raw, kind)
             )
         dep = self.gw.deployment(key, req.model)
         ctx = self.policy.begin(key, dep, kind, raw, rid, x_request_id=xid)

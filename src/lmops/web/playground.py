@@ -1,6 +1,7 @@
-"""The prompt playground: render a prompt version (the prompt stage's ``lmops.prompts``),
-run it against a deployment through the gateway's ``/v1/chat/completions`` as the
-session's key, and relay the stream.
+"""The prompt playground: run a prompt version (the prompt stage's ``lmops.prompts``)
+against a deployment through the gateway's ``/v1/chat/completions`` as the session's key
+(the version picked by ref, so the gateway renders it in place of the deployment's bound
+prompt), and relay the stream.
 
 The console calls its own server's ``/v1`` over loopback (the address the request came in
 on), so a playground call is an ordinary gateway request: the key's scopes and rate limits,
@@ -57,14 +58,18 @@ def parse_variables(text: str) -> dict[str, Any]:
 def prompt_request(
     store: Store, ref: str, variables: dict[str, Any], user_input: str
 ) -> tuple[list[dict[str, str]], dict[str, Any]]:
-    """The messages and default parameters of a playground run: the prompt version ``ref``
-    rendered by the prompt stage with ``variables`` (``input`` is the input box) and its
-    config (temperature, max_tokens... but not ``model``: the pane picks the deployment),
-    or the input alone as one user message when no prompt is chosen."""
+    """The rendered messages of a playground run and the rest of its request body: for the
+    prompt version ``ref``, the version's ``name:N`` and ``variables`` (``input`` is the
+    input box), so that the gateway renders it once, in place of the prompt the deployment
+    binds, and logs that version (lmops.prompts.binding), and its config (temperature,
+    max_tokens... but not ``model``: the pane picks the deployment); with no prompt chosen,
+    the input alone as one user message, which the deployment's bound prompt wraps as any
+    request. Rendered here too, so a missing variable is named before anything is sent."""
     if not ref:
         if not user_input.strip():
             raise UserError("write an input or pick a prompt version")
-        return [{"role": "user", "content": user_input}], {}
+        messages = [{"role": "user", "content": user_input}]
+        return messages, {"messages": messages}
     from lmops.prompts import load
 
     prompt = load(store, ref)
@@ -72,7 +77,8 @@ def prompt_request(
     # only the template's own variables: extra ones (input, when unused) are not errors
     values = {k: scope[k] for k in prompt.variables if k in scope}
     params = {k: v for k, v in prompt.config.items() if k != "model"}
-    return prompt.messages(**values), params
+    messages = prompt.messages(**values)
+    return messages, {**params, "messages": [], "prompt": prompt.ref, "variables": values}
 
 
 def _loopback(request: Request) -> str:
@@ -130,18 +136,13 @@ def add_routes(r: APIRouter) -> None:
         deployment = str(body.get("deployment") or "")
         if not deployment:
             raise UserError("pick a deployment")
-        messages, params = prompt_request(
+        messages, fields = prompt_request(
             viewer.store,
             str(body.get("prompt") or ""),
             parse_variables(str(body.get("variables") or "")),
             str(body.get("input") or ""),
         )
-        payload: dict[str, Any] = {
-            **params,
-            "model": deployment,
-            "messages": messages,
-            "stream": True,
-        }
+        payload: dict[str, Any] = {**fields, "model": deployment, "stream": True}
         for field, cast in (("max_tokens", int), ("temperature", float)):
             raw = body.get(field)
             if raw not in (None, ""):

@@ -1,0 +1,138 @@
+"""Running a prompt version on a deployment that binds another prompt: ``prompts run``,
+``prompts compare`` and the console's playground send the version's ref and variables, so
+the gateway renders the version once (the bound prompt does not wrap it again) and the
+request log names the version that was run; an endpoint that is not lmops is sent the
+rendered messages. The real gateway and console on 127.0.0.1 in front of the in-package
+fake upstream, called with the official openai client."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from lmops.prompts import create, label
+from lmops.prompts.lm import OpenAIChat
+from lmops.prompts.playground import compare_prompts, run_prompt
+from lmops.serve.fake import fake_server, serve_app
+from lmops.store import Store
+
+pytest.importorskip("openai", reason="the official openai client is in the dev extra")
+
+FR = [{"role": "user", "content": "Translate into French: Good morning"}]
+
+
+@pytest.fixture
+def gateway(store: Store) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+    """A console + gateway whose deployment ``wrapped`` binds ``fr@production`` and
+    ``chat`` binds ``support@production``; (its URL, an admin key, what the upstream got)."""
+    from lmops.api.app import create_app
+    from lmops.serve.deployments import DeploymentSpec
+    from lmops.serve.server import mount_gateway
+
+    create(store, "fr", "Translate into French: {{input}}")
+    label(store, "fr:1", "production")
+    create(store, "support", "Answer about {{product}}: {{input}}")
+    label(store, "support:1", "production")
+    create(store, "support", "Answer briefly: {{input}}", message="no product")
+    label(store, "support:2", "staging")
+    _, key = store.keys.create("boss", role="admin")
+    sent: list[dict[str, Any]] = []
+    with fake_server(requests=sent, reply="Bonjour", model="m") as up:
+        specs = [
+            DeploymentSpec(
+                name="wrapped", upstream=f"{up}/v1", upstream_model="m", prompt="fr@production"
+            ),
+            DeploymentSpec(
+                name="chat", upstream=f"{up}/v1", upstream_model="m", prompt="support@production"
+            ),
+        ]
+        app = create_app(store, mounts=[lambda a: mount_gateway(a, specs, store)])
+        with serve_app(app, "gateway") as url:
+            yield url, key, sent
+
+
+def _logged(store: Store, n: int) -> list[tuple[str, int, str]]:
+    rows: list[tuple[str, int, str]] = []
+    for _ in range(100):  # the request log's writer flushes within a second
+        rows = [(r.deployment or "", r.status, r.prompt_ref or "") for r in store.requests.scan()]
+        if len(rows) >= n:
+            break
+        time.sleep(0.05)
+    return sorted(rows)
+
+
+def test_run_and_compare_send_the_version_not_its_rendering(
+    store: Store, gateway: tuple[str, str, list[dict[str, Any]]]
+) -> None:
+    url, key, sent = gateway
+    model = OpenAIChat(url + "/v1", "wrapped", api_key=key, max_retries=0)
+    fr = store_prompt(store, "fr@production")
+    assert "".join(run_prompt(fr, model, {"input": "Good morning"})) == "Bonjour"
+    assert sent[-1]["messages"] == FR  # once, not inside the bound prompt again
+    # the README's example: a version whose variables differ from the bound one's
+    chat = OpenAIChat(url + "/v1", "chat", api_key=key, max_retries=0)
+    staging = store_prompt(store, "support@staging")
+    assert "".join(run_prompt(staging, chat, {"input": "refund?"})) == "Bonjour"
+    assert sent[-1]["messages"] == [{"role": "user", "content": "Answer briefly: refund?"}]
+    report = compare_prompts(
+        store_prompt(store, "support:1"),
+        staging,
+        chat,
+        [("set:1", {"input": "hi", "product": "lmops"})],
+    )
+    assert [r.a for r in report.rows] == ["Bonjour"]
+    assert [m["messages"] for m in sent[-2:]] == [
+        [{"role": "user", "content": "Answer about lmops: hi"}],
+        [{"role": "user", "content": "Answer briefly: hi"}],
+    ]
+    assert _logged(store, 4) == [
+        ("chat", 200, "support:1"),
+        ("chat", 200, "support:2"),
+        ("chat", 200, "support:2"),
+        ("wrapped", 200, "fr:1"),
+    ]
+
+
+def test_an_endpoint_that_is_not_lmops_gets_rendered_messages(store: Store) -> None:
+    create(store, "fr", "Translate into French: {{input}}")
+    sent: list[dict[str, Any]] = []
+    with fake_server(requests=sent, reply="Bonjour", model="m") as up:
+        model = OpenAIChat(up + "/v1", "m", api_key="x", max_retries=0)
+        out = "".join(run_prompt(store_prompt(store, "fr:1"), model, {"input": "Good morning"}))
+    assert out == "Bonjour"
+    assert sent[-1]["messages"] == FR
+    assert "prompt" not in sent[-1] and "variables" not in sent[-1]
+
+
+def test_the_playground_runs_the_version_once(
+    store: Store, gateway: tuple[str, str, list[dict[str, Any]]]
+) -> None:
+    url, key, sent = gateway
+    with httpx.Client(base_url=url, timeout=30) as client:
+        token = re.search(r'name="token" value="([^"]+)"', client.get("/ui/login").text)
+        assert token is not None
+        r = client.post("/ui/login", data={"key": key, "token": token.group(1)})
+        assert r.status_code == 303, r.text
+        page = client.get("/ui/playground").text
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page)
+        assert csrf is not None
+        r = client.post(
+            "/ui/playground/stream",
+            json={"deployment": "wrapped", "prompt": "fr@production", "input": "Good morning"},
+            headers={"X-CSRF-Token": csrf.group(1)},
+        )
+        assert r.status_code == 200, r.text
+        assert "Bonjour" in r.text
+    assert sent[-1]["messages"] == FR
+    assert _logged(store, 1) == [("wrapped", 200, "fr:1")]
+
+
+def store_prompt(store: Store, ref: str) -> Any:
+    from lmops.prompts import load
+
+    return load(store, ref)
