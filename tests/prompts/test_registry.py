@@ -139,3 +139,20 @@ def test_get_caches_pinned_versions_and_follows_labels(store: Store) -> None:
     assert lmops.prompts.get("cached@production", store=store).render(x=1) == "B 1"
     # the module-level default store reads LMOPS_HOME, as every other entry point does
     assert lmops.prompts.get("cached:1").render(x=2) == "A 2"
+
+
+def test_a_misspelt_label_offers_the_close_one_not_creating_it(store: Store) -> None:
+    from lmops.core.errors import api_message
+
+    create(store, "support", "Help with {{input}}")
+    label(store, "support:1", "production")
+    label(store, "support:1", "staging")
+    with pytest.raises(NotFoundError) as e:
+        load(store, "support@prodution")
+    assert str(e.value) == (
+        "alias 'prodution' of asset 'support' not found; did you mean support@production?"
+    )
+    assert api_message(e.value).endswith("did you mean support@production?")
+    # nothing close: how to set a new label, as before
+    with pytest.raises(NotFoundError, match="set it with `lmops assets alias support:N canary`"):
+        load(store, "support@canary")

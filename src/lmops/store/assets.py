@@ -427,7 +427,8 @@ class AssetRegistry:
                 select(AliasRow).where(AliasRow.asset_id == asset.id, AliasRow.alias == ref.alias)
             )
             if alias is None:
-                raise unknown_alias(ref)
+                known = s.scalars(select(AliasRow.alias).where(AliasRow.asset_id == asset.id))
+                raise unknown_alias(ref, sorted(known))
             row = s.get(VersionRow, alias.version_id)
         elif ref.version is not None:
             row = s.scalar(

@@ -3,6 +3,7 @@ REST API or the gateway (a route): :class:`~lmops.core.errors.LmopsError`'s ``cl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from lmops.core.errors import NotFoundError
@@ -24,9 +25,18 @@ def unknown_asset(name: str) -> NotFoundError:
     )
 
 
-def unknown_alias(ref: Any) -> NotFoundError:
+def unknown_alias(ref: Any, known: Sequence[str] = ()) -> NotFoundError:
+    """``known``: the asset's aliases; a close one is offered before setting a new one, so
+    that a typo is not made an alias."""
+    import difflib
+
+    what = f"alias {ref.alias!r} of asset {ref.name!r} not found"
+    close = difflib.get_close_matches(ref.alias, list(known), n=1, cutoff=0.6)
+    if close:
+        hint = f"did you mean {ref.name}@{close[0]}?"
+        return NotFoundError(what, cli=hint, api=hint)
     return NotFoundError(
-        f"alias {ref.alias!r} of asset {ref.name!r} not found",
+        what,
         cli=f"set it with `lmops assets alias {ref.name}:N {ref.alias}`",
         api=f"set it with POST /api/assets/{ref.name}:N/alias",
     )
