@@ -140,3 +140,18 @@ def test_a_failed_endpoint_resumes_from_the_journal(
     assert flaky.calls == 90 and again.calls == r.calls_total - 90  # nothing asked twice
     assert r.registered == "senti:2"
     assert not list((store.settings.home / "prompt-optimize").glob("*.jsonl"))
+
+
+def test_targets_outside_the_labels_are_refused_before_any_call(
+    setup: tuple[Store, OptimizeTask, Path],
+) -> None:
+    store, task, tmp_path = setup
+    data = tmp_path / "langid.jsonl"
+    data.write_text('{"text": "hello", "label": "en"}\n{"text": "hi", "label": "English"}\n')
+    model = ScriptedChat(scripted)
+    wrong = task.model_copy(update={"dataset": str(data), "labels": ["en", "zh"]})
+    with pytest.raises(
+        UserError, match=r"langid.jsonl:2: target 'English' is not one of labels \[en, zh\]"
+    ):
+        optimize(store, load(store, "senti:1"), wrong, model, OptimizeSettings(budget=50))
+    assert model.calls == 0

@@ -458,6 +458,13 @@ def optimize(
         for f in (task.input_field, task.target_field):
             if f not in r:
                 raise UserError(f"{where}: no field {f!r} (fields: {', '.join(r)})")
+        # a target no label names is scored wrong whatever the model says: the task is
+        # mislabelled (targets 'English' with labels [en, zh]), not hard
+        if task.labels and _norm(str(r[task.target_field])) not in map(_norm, task.labels):
+            raise UserError(
+                f"{where}: target {str(r[task.target_field])!r} is not one of labels "
+                f"[{', '.join(task.labels)}]"
+            )
     need = task.train + task.dev + task.test
     if len(rows) < need:
         raise UserError(
