@@ -155,3 +155,57 @@ def test_targets_outside_the_labels_are_refused_before_any_call(
     ):
         optimize(store, load(store, "senti:1"), wrong, model, OptimizeSettings(budget=50))
     assert model.calls == 0
+
+
+def test_ctrl_c_stops_at_once_keeps_what_finished_and_resumes(
+    setup: tuple[Store, OptimizeTask, Path],
+) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    from lmops.prompts.optimize import OptimizeInterrupted
+
+    store, task, _ = setup
+    settings = OptimizeSettings(budget=200, instructions=1, demo_sets=1, k=2, concurrency=2)
+
+    class Slow(ScriptedChat):
+        def complete(self, messages: list[dict[str, str]], **params: Any) -> str:
+            time.sleep(0.2)  # a batch of 40 dev rows takes 4 s on 2 workers
+            return super().complete(messages, **params)
+
+    slow = Slow(scripted)
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))  # a real Ctrl-C
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(OptimizeInterrupted) as e:
+        optimize(store, load(store, "senti:1"), task, slow, settings)
+    waited = time.monotonic() - t0 - 1.5
+    timer.join()
+    assert waited < 0.6  # no wait for the queued requests
+    time.sleep(0.5)  # the requests that were in flight end; nothing more is asked
+    assert 0 < e.value.kept <= slow.calls <= e.value.kept + settings.concurrency
+    assert str(e.value) == (
+        f"interrupted; {e.value.kept} answers kept; rerun the same command to resume"
+    )
+    again = ScriptedChat(scripted)
+    r = optimize(store, load(store, "senti:1"), task, again, settings)
+    assert again.calls == r.calls_total - e.value.kept  # the kept answers are not asked again
+
+
+def test_the_command_prints_one_line_and_exits_130_on_ctrl_c(
+    cli: Any, setup: tuple[Store, OptimizeTask, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmops.prompts import optimize as opt
+
+    _, task, tmp_path = setup
+    (tmp_path / "task.yaml").write_text(json.dumps(task.model_dump()))
+
+    def interrupted(*a: Any, **kw: Any) -> None:
+        raise opt.OptimizeInterrupted(7)
+
+    monkeypatch.setattr(opt, "optimize", interrupted)
+    r = cli("prompts", "optimize", "senti:1", "--task", str(tmp_path / "task.yaml"), "--model", "m")
+    assert r.code == 130
+    assert r.err.strip() == "interrupted; 7 answers kept; rerun the same command to resume"

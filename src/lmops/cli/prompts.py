@@ -339,7 +339,8 @@ def optimize(
     json_: JsonOpt = False,
 ) -> None:
     """Search instructions x few-shot demos on a dev split; register the winner with its
-    held-out score and 95% CI (nothing promoted unless --promote)."""
+    held-out score and 95% CI (nothing promoted unless --promote). Ctrl-C stops at once,
+    keeping the answers so far: rerun the same command to resume."""
     from lmops.core.yamlcfg import load_config
     from lmops.prompts import optimize as opt
     from lmops.prompts import registry
@@ -386,6 +387,9 @@ def optimize(
             promote=promote,
             on_progress=say,
         )
+    except opt.OptimizeInterrupted as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(130) from None
     finally:
         if local:
             target.close()

@@ -38,7 +38,8 @@ The steps (what DSPy's MIPROv2 does, without its Bayesian surrogate):
 **Resume.** Every model answer (and proposal) is appended to a journal under
 ``$LMOPS_HOME/prompt-optimize/<key>.jsonl`` (the key hashes the prompt version, the task,
 the model and the settings) before the next is asked. When the endpoint fails mid-way the
-command stops with a one-line error; running it again replays the journal and continues
+command stops with a one-line error, and Ctrl-C stops at once (queued requests are not
+sent; :class:`OptimizeInterrupted`); running it again replays the journal and continues
 from the last completed answer. The journal is removed once the version is registered.
 """
 
@@ -50,7 +51,6 @@ import math
 import random
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmops.core.errors import UserError
 from lmops.core.rows import read_rows
+from lmops.prompts._answers import Asker, Journal, OptimizeInterrupted
 from lmops.prompts.lm import ChatModel, EndpointError
 from lmops.prompts.registry import Prompt
 from lmops.prompts.registry import create as create_prompt
@@ -65,6 +66,7 @@ from lmops.prompts.registry import create as create_prompt
 __all__ = [
     "Candidate",
     "OptimizeResult",
+    "OptimizeInterrupted",
     "OptimizeSettings",
     "OptimizeTask",
     "bootstrap_ci",
@@ -234,65 +236,9 @@ class _Builder:
         ]
 
 
-# -- the journal ------------------------------------------------------------------------------------
-class _Journal:
-    """Answers already obtained (``kind/key/row -> reply``), appended line by line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.done: dict[str, str] = {}
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash: that answer is asked again
-                self.done[rec["id"]] = rec["reply"]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("a", encoding="utf-8")
-
-    def add(self, id_: str, reply: str) -> None:
-        self.done[id_] = reply
-        self._fh.write(json.dumps({"id": id_, "reply": reply}) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-class _Asker:
-    """Asks the model for every (id, messages) not in the journal, in parallel, journaling
-    each answer as it arrives; counts the calls made and replayed."""
-
-    def __init__(
-        self, model: ChatModel, journal: _Journal, params: dict[str, Any], workers: int
-    ) -> None:
-        self.model = model
-        self.journal = journal
-        self.params = params
-        self.workers = workers
-        self.calls = 0  # answers used (asked now or replayed from the journal)
-
-    def ask(self, items: Sequence[tuple[str, Messages]]) -> dict[str, str]:
-        todo = [(i, m) for i, m in items if i not in self.journal.done]
-        if todo:
-            with ThreadPoolExecutor(self.workers) as pool:
-                futures = [(i, pool.submit(self.model.complete, m, **self.params)) for i, m in todo]
-                error: Exception | None = None
-                for i, f in futures:
-                    try:
-                        self.journal.add(i, f.result())
-                    except Exception as e:  # keep what finished; report the first failure
-                        error = error or e
-                if error is not None:
-                    raise error
-        self.calls += len(items)
-        return {i: self.journal.done[i] for i, _ in items}
-
-
 def _propose(
     proposer: ChatModel,
-    asker_journal: _Journal,
+    asker_journal: Journal,
     start: Prompt,
     task: OptimizeTask,
     train: list[dict[str, Any]],
@@ -485,9 +431,9 @@ def optimize(
             sort_keys=True,
         ).encode()
     ).hexdigest()[:20]
-    journal = _Journal(store.settings.home / "prompt-optimize" / f"{key}.jsonl")
+    journal = Journal(store.settings.home / "prompt-optimize" / f"{key}.jsonl")
     params = {"temperature": 0.0, "max_tokens": task.max_tokens}
-    asker = _Asker(model, journal, params, settings.concurrency)
+    asker = Asker(model, journal, params, settings.concurrency)
     inputs: list[str | tuple[str, str]] = [(start.ref, "base_prompt")]
     with store.runs.track(
         "optimize",
@@ -628,6 +574,10 @@ def optimize(
                     )
                     for j in range(len(test))
                 ]
+        except OptimizeInterrupted:
+            raise
+        except KeyboardInterrupt:  # between batches (a proposal): the same one line
+            raise OptimizeInterrupted(len(journal.done)) from None
         finally:
             journal.close()
         base_s, best_s = finals["start"], finals[best.key]
