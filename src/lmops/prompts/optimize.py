@@ -65,8 +65,8 @@ from lmops.prompts.registry import create as create_prompt
 
 __all__ = [
     "Candidate",
-    "OptimizeResult",
     "OptimizeInterrupted",
+    "OptimizeResult",
     "OptimizeSettings",
     "OptimizeTask",
     "bootstrap_ci",
