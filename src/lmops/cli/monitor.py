@@ -243,9 +243,12 @@ def watch_cmd(
 ) -> None:
     """Check a deployment every interval; on drift or a failing canary, retrain from the
     logs and promote the challenger only when it wins by the margin."""
+    from lmops.monitor.checks import require_traffic
     from lmops.pipelines.retrain import Decision, load_watch, watch
 
     spec, base = load_watch(config)
+    store = _store()
+    require_traffic(store, spec.check)  # a misspelt deployment: refused before any round
     failed: list[str] = []
 
     def show_round(d: Decision | None, err: str | None) -> None:
@@ -272,6 +275,6 @@ def watch_cmd(
         if d.decision:
             console.print(f"  recorded as {d.decision}", markup=False, highlight=False)
 
-    watch(_store(), spec, base, once=once, progress=not json_, on_round=show_round)
+    watch(store, spec, base, once=once, progress=not json_, on_round=show_round)
     if once and failed:  # for cron: a round that could not run is a failure
         raise typer.Exit(1)

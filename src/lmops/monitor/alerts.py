@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from lmops.monitor.drift import DriftReport
 
@@ -33,6 +33,8 @@ __all__ = [
 
 
 class AlertConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt fire_after must not go unnoticed
+
     fire_after: int = Field(1, ge=1, description="drifting evaluations in a row to fire")
     clear_after: int = Field(2, ge=1, description="clean evaluations in a row to resolve")
     webhook: str | None = Field(None, description="URL to POST state changes to")

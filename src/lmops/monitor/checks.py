@@ -17,7 +17,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmops.core.errors import UserError, name_hint
 from lmops.monitor.alerts import AlertConfig, deliver, update_alerts, write_textfile
@@ -61,6 +61,8 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
 
 class CheckSpec(BaseModel):
     """What one check of a deployment compares (also the ``watch`` YAML's ``check:``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     deployment: str
     reference: str | None = Field(None, description="dataset ref (e.g. the SFT data)")

@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lmops.core.errors import name_hint
 from lmops.core.progress import Progress
 from lmops.monitor import stats
 from lmops.monitor.embed import Embedder, get_embedder
+from lmops.core.yamlcfg import FieldError
 from lmops.monitor.features import REFUSAL, Sample, language
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "MonitorConfig",
     "MonitorResult",
     "compare_samples",
+    "known_monitors",
 ]
 
 Family = Literal["scalar", "rate", "category", "embedding"]
@@ -72,6 +75,7 @@ MONITORS: tuple[str, ...] = (*_SCALARS, *_RATES, *_CATEGORIES, *_EMBEDDING)
 class MonitorConfig(BaseModel):
     """Thresholds and costs of one evaluation (defaults are the published ones)."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt threshold must not run on defaults
     alpha: float = Field(0.01, gt=0, lt=1, description="significance level of every test")
     psi_threshold: float = Field(0.2, gt=0, description="PSI above which a scalar moved")
     rate_min_delta: float = Field(0.02, ge=0, le=1, description="smallest rate change that counts")
@@ -82,6 +86,23 @@ class MonitorConfig(BaseModel):
     monitors: list[str] | None = Field(None, description="run only these (default: all)")
     plots: bool = Field(True, description="draw a plot per monitor into the report")
     seed: int = 0
+
+    @field_validator("monitors")
+    @classmethod
+    def _known_monitors(cls, v: list[str] | None) -> list[str] | None:
+        return known_monitors(v)
+
+
+def known_monitors(names: list[str] | None) -> list[str] | None:
+    """``names`` when each is a monitor; else a :class:`FieldError` at the first unknown one,
+    with a did-you-mean (an unknown name must not leave a check running on the others)."""
+    for i, name in enumerate(names or []):
+        if name not in MONITORS:
+            hint = name_hint(name, list(MONITORS), "")
+            if not hint.startswith("did you mean"):
+                hint = "the monitors are " + ", ".join(MONITORS)
+            raise FieldError((i,), f"unknown monitor {name!r}; {hint}")
+    return names
 
 
 class MonitorResult(BaseModel):

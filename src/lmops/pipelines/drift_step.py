@@ -16,7 +16,7 @@ distribution the eval set stands for).
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lmops.core.errors import UserError
 from lmops.pipelines.steps import Params, StepContext, StepOutput, step_type
@@ -32,6 +32,13 @@ class DriftParams(Params):
     embedder: str = "auto"
     limit: int | None = Field(None, ge=1)
     plots: bool = True
+
+    @field_validator("monitors")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        from lmops.monitor.drift import known_monitors
+
+        return known_monitors(v)
 
     def inputs(self) -> list[str]:
         return [self.reference, self.current]

@@ -45,11 +45,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from lmops.core.errors import LmopsError, UserError
-from lmops.core.yamlcfg import load_config
-from lmops.monitor.checks import CheckSpec, check_deployment, parse_since
+from lmops.core.errors import LmopsError, UserError, name_hint
+from lmops.core.yamlcfg import line_of, load_config
+from lmops.monitor.checks import CheckSpec, check_deployment, parse_since, require_traffic
 from lmops.store import register_kind
 
 if TYPE_CHECKING:
@@ -73,6 +73,8 @@ register_kind(RETRAIN_DECISION)
 
 
 class RetrainSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # `cooldown: 0` must not retrain on the default
+
     pipeline: str = Field(description="retraining pipeline YAML (relative to the watch file)")
     champion: str = Field(description="the alias ref served, e.g. chat@production")
     challenger_step: str = Field(description="the pipeline step whose output is the challenger")
@@ -91,6 +93,8 @@ class RetrainSpec(BaseModel):
 
 
 class WatchSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     check: CheckSpec
     interval_s: float = Field(300.0, gt=0)
     retrain: RetrainSpec | None = None
@@ -119,8 +123,19 @@ class Decision(BaseModel):
 
 
 def load_watch(path: Path) -> tuple[WatchSpec, Path]:
-    """The watch YAML and the folder its relative paths are read from."""
-    return load_config(path, WatchSpec), path.resolve().parent
+    """The watch YAML and the folder its relative paths are read from; a retraining
+    pipeline that is not there is an error now, not a reason recorded when drift comes."""
+    spec, base = load_config(path, WatchSpec), path.resolve().parent
+    if spec.retrain is not None and not (base / spec.retrain.pipeline).is_file():
+        line = line_of(path, ("retrain", "pipeline"))
+        where = f"{path}:{line}" if line else str(path)
+        siblings = sorted(p.name for p in base.glob("*.y*ml") if p.resolve() != path.resolve())
+        hint = name_hint(Path(spec.retrain.pipeline).name, siblings, "YAML files beside it")
+        raise UserError(
+            f"{where}: retrain.pipeline: no such file {spec.retrain.pipeline!r} (relative "
+            f"to {base})" + (f"; {hint}" if hint else "")
+        )
+    return spec, base
 
 
 def _chat_rows(path: Path, limit: int | None = None) -> list[list[dict[str, str]]]:
@@ -339,7 +354,9 @@ def watch_once(
     store: Store, spec: WatchSpec, base_dir: Path = Path("."), *, progress: bool = False
 ) -> Decision:
     """One round: check, and when triggered retrain and decide (see the module docstring);
-    ``progress`` shows the embedding and the pipeline's steps on standard error."""
+    ``progress`` shows the embedding and the pipeline's steps on standard error. A
+    deployment the request log has never seen is refused before anything is recorded."""
+    require_traffic(store, spec.check)
     report, version = check_deployment(store, spec.check, progress=progress)
     d = Decision(
         report=version.ref,

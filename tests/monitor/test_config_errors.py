@@ -1,0 +1,97 @@
+"""A watch YAML's mistakes are refused before any work, naming the file's line and the field
+(with a did-you-mean), as every other lmops config does: a misspelt field must not run a
+costly check (or retrain) on the defaults, nor record a junk report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.monitor.traffic import plant_traffic
+
+CHECK = """\
+check:
+  deployment: chat
+  reference_since: 3h
+  since: 1h
+"""
+RETRAIN = """\
+retrain:
+  pipeline: retrain.yaml
+  champion: chat@production
+  challenger_step: sft
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (RETRAIN + "  cooldown: 0\n", "watch.yaml:9: retrain.cooldown: unknown field (did you "
+         "mean 'cooldown_s'?)"),
+        ("  alerts: {fire_afer: 2}\n", "watch.yaml:5: check.alerts.fire_afer: unknown field "
+         "(did you mean 'fire_after'?)"),
+        ("  monitor: {psi_treshold: 0.3}\n", "watch.yaml:5: check.monitor.psi_treshold: "
+         "unknown field (did you mean 'psi_threshold'?)"),
+        ("  monitor:\n    monitors: [prompt_chars, languag]\n", "watch.yaml:6: "
+         "check.monitor.monitors[1]: unknown monitor 'languag'; did you mean 'language'?"),
+        ("  monitor:\n    monitors:\n      - prompt_chars\n      - sentiment\n",
+         "watch.yaml:8: check.monitor.monitors[1]: unknown monitor 'sentiment'; the monitors "
+         "are prompt_chars,"),
+        ("interval: 60\n", "watch.yaml:5: interval: unknown field (did you mean 'interval_s'?)"),
+    ],
+)  # fmt: skip
+def test_a_misspelt_watch_field_is_refused_with_its_line(
+    cli: Any, store: Any, tmp_path: Path, extra: str, said: str
+) -> None:
+    plant_traffic(store, "chat", model_ref=None, drift=True, n=30)
+    (tmp_path / "retrain.yaml").write_text("name: r\nsteps: {}\n")
+    watch = tmp_path / "watch.yaml"
+    watch.write_text(CHECK + extra)
+    r = cli("monitor", "watch", str(watch), "--once")
+    assert r.code == 2 and said in r.err, r.err
+    assert store.assets.list("drift_report") == []  # nothing ran
+
+
+def test_an_unknown_deployment_and_a_missing_pipeline_are_refused(
+    cli: Any, store: Any, tmp_path: Path
+) -> None:
+    plant_traffic(store, "raw", model_ref=None, drift=False, n=30)
+    (tmp_path / "retrain.yaml").write_text("name: r\nsteps: {}\n")
+    watch = tmp_path / "watch.yaml"
+    watch.write_text(CHECK.replace("chat", "rwa"))
+    r = cli("monitor", "watch", str(watch), "--once")
+    assert r.code == 2 and "'rwa' has no logged requests; did you mean 'raw'?" in r.err, r.err
+
+    watch.write_text(CHECK.replace("chat", "raw") + RETRAIN.replace("retrain.y", "retrian.y"))
+    r = cli("monitor", "watch", str(watch), "--once")
+    assert r.code == 2, r.err
+    assert "watch.yaml:6: retrain.pipeline: no such file 'retrian.yaml'" in r.err
+    assert "did you mean 'retrain.yaml'?" in r.err
+    assert store.assets.list("drift_report") == []
+
+
+def test_watch_once_refuses_an_unknown_deployment_before_recording(
+    store: Any, tmp_path: Path
+) -> None:
+    from lmops.core.errors import UserError
+    from lmops.pipelines.retrain import WatchSpec, watch_once
+
+    plant_traffic(store, "raw", model_ref=None, drift=False, n=30)
+    spec = WatchSpec.model_validate(yaml.safe_load(CHECK.replace("chat", "rwa")))
+    with pytest.raises(UserError, match="did you mean 'raw'"):
+        watch_once(store, spec, tmp_path)
+    assert store.assets.list("drift_report") == []
+
+
+def test_the_drift_step_refuses_an_unknown_monitor(store: Any, tmp_path: Path) -> None:
+    from lmops.core.errors import UserError
+    from lmops.pipelines import load_pipeline
+
+    path = tmp_path / "p.yaml"
+    step = {"type": "drift", "reference": "a", "current": "b", "monitors": ["languag"]}
+    path.write_text(yaml.safe_dump({"name": "guard", "steps": {"check": step}}))
+    with pytest.raises(UserError, match="unknown monitor 'languag'; did you mean 'language'"):
+        load_pipeline(path)
