@@ -124,10 +124,18 @@ def test_canaries_register_run_and_alert(cli: Any, store: Any, tmp_path: Path) -
     parents = {(e.parent, e.role) for e in store.assets.lineage(version.ref).upstream}
     assert (ref, "canaries") in parents
 
-    # the endpoint gone: every canary fails with the error, the check still records
-    report, _ = check_deployment(store, spec)
-    assert report.canaries is not None and report.canaries["failed"] == 2
-    assert "Connection" in report.canaries["results"][0]["error"]
+    # the endpoint gone: a setup error, not a failing model; the check still records it,
+    # the canaries as errors, and the canary alert keeps its state
+    from lmops.monitor.canary import CanarySetupError
+    from lmops.monitor.report import load_report
+
+    with pytest.raises(CanarySetupError, match="cannot connect to .* check base_url"):
+        check_deployment(store, spec)
+    report = load_report(store, "drift-chat")
+    assert report.canaries is not None and report.canaries["failed"] == 0
+    assert report.canaries["errors"] == 2 and report.canaries["failing"] == []
+    assert [x["outcome"] for x in report.canaries["results"]] == ["error", "error"]
+    assert report.alerts["canary"]["drift_streak"] == 1  # untouched by the error
 
 
 def test_watch_once_shows_failing_canaries_and_webhooks(

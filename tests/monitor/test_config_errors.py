@@ -95,3 +95,51 @@ def test_the_drift_step_refuses_an_unknown_monitor(store: Any, tmp_path: Path) -
     path.write_text(yaml.safe_dump({"name": "guard", "steps": {"check": step}}))
     with pytest.raises(UserError, match="unknown monitor 'languag'; did you mean 'language'"):
         load_pipeline(path)
+
+
+CANARIES = """\
+prompts:
+  - {id: capital, prompt: "What is the capital of France?", expect: {contains: [Paris]}}
+  - {id: hello, prompt: Say hello., expect: {contains: [hello]}}
+"""
+
+
+def test_a_canary_setup_error_is_one_line_and_never_a_failure(
+    cli: Any, store: Any, tmp_path: Path
+) -> None:
+    """A wrong key (401), a misspelt model (404) or a dead URL is the setup's fault: a
+    one-line error saying what to fix, the canaries recorded as errors, no retrain."""
+    from lmops.serve.fake import fake_server
+    from tests.conftest import free_port
+
+    path = tmp_path / "canaries.yaml"
+    path.write_text(CANARIES)
+    assert cli("monitor", "canaries", "register", str(path), "--name", "cs").code == 0
+    (tmp_path / "retrain.yaml").write_text("name: r\nsteps: {}\n")
+    plant_traffic(store, "chat", model_ref=None, drift=False, n=30)
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with fake_server(model="chat", reply="Paris. hello", api_key="right") as url:
+        run = ["monitor", "canaries", "run", "cs", "--base-url", f"{url}/v1"]
+        ok = cli(*run, "--model", "chat", "--api-key", "right")
+        assert ok.code == 0 and "FAIL" not in ok.out, ok.out
+        for args, said in [
+            (["--model", "chat", "--api-key", "wrong"], "refused the API key (401"),
+            (["--model", "caht", "--api-key", "right"], "no model 'caht' (404"),
+        ]:
+            r = cli(*run, *args)
+            assert r.code == 2 and said in r.err and "FAIL" not in r.out, (r.out, r.err)
+            assert len(r.err.strip().splitlines()) == 1
+        assert "did you mean 'chat'?" in r.err
+        r = cli("monitor", "canaries", "run", "cs", "--base-url", dead, "--model", "chat")
+        assert r.code == 2 and "cannot connect to" in r.err and "check base_url" in r.err
+
+        check = CHECK + f"  canaries: cs\n  base_url: {url}/v1\n  api_key: wrong\n"
+        retrain = RETRAIN + "  triggers: [canary]\n  cooldown_s: 0\n"
+        watch = tmp_path / "watch.yaml"
+        watch.write_text(check + retrain)
+        r = cli("monitor", "watch", str(watch), "--once")
+    assert r.code == 1 and "refused the API key" in r.err and "triggered" not in r.out, r.out
+    assert store.assets.list("retrain_decision") == []  # no retraining round
+    report = store.assets.resolve("drift-chat").metadata
+    assert report["canaries"]["errors"] == 2 and report["canaries"]["failed"] == 0
+    assert "canary" not in report["alerts"]

@@ -208,7 +208,7 @@ def canaries_run(
     json_: JsonOpt = False,
 ) -> None:
     """Run a canary set once against a deployment (nothing is recorded; `check` records)."""
-    from lmops.monitor.canary import load_canaries, run_canaries
+    from lmops.monitor.canary import CanarySetupError, load_canaries, run_canaries, setup_error
 
     store = _store()
     v = store.assets.resolve(ref)
@@ -217,14 +217,17 @@ def canaries_run(
     )
     if json_:
         print_json([r.model_dump(mode="json") for r in results])
-    else:
+    fix = setup_error(results)
+    if fix is not None:  # not a failing model: nothing was asked of it
+        raise CanarySetupError(fix)
+    if not json_:
         table(
             None,
             ["id", "result", "why", "ms"],
             [
                 (
                     r.id,
-                    "pass" if r.passed else "FAIL",
+                    r.outcome if r.passed else r.outcome.upper(),
                     r.error or "; ".join(r.failures) or "-",
                     f"{r.latency_ms:.0f}" if r.latency_ms is not None else "-",
                 )

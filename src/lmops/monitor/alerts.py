@@ -116,7 +116,7 @@ def deliver(
 def metrics_text(reports: Iterable[DriftReport]) -> bytes:
     """Prometheus exposition of the newest report per subject: per monitor its statistic,
     p-value, drift flag and alert state; per subject the time of the evaluation, and the
-    canary pass/fail counts when canaries ran."""
+    canary pass/fail/error counts when canaries ran."""
     from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
     reg = CollectorRegistry()
@@ -145,6 +145,7 @@ def metrics_text(reports: Iterable[DriftReport]) -> bytes:
         if r.canaries is not None:
             canary.labels(s, "passed").set(r.canaries.get("passed", 0))
             canary.labels(s, "failed").set(r.canaries.get("failed", 0))
+            canary.labels(s, "error").set(r.canaries.get("errors", 0))
     return bytes(generate_latest(reg))
 
 
@@ -180,6 +181,15 @@ def alert_rules(*, group: str = "lmops-monitor", drift_for: str = "15m") -> str:
             "labels": {"severity": "critical"},
             "annotations": {
                 "summary": "{{ $value }} canary prompts fail on {{ $labels.subject }}",
+            },
+        },
+        {
+            "alert": "LmopsCanarySetupError",
+            "expr": 'lmops_canary_results{outcome="error"} > 0',
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "canaries of {{ $labels.subject }} cannot reach the model (key, "
+                "model name or URL); see the drift report",
             },
         },
     ]

@@ -15,8 +15,13 @@ A canary set is a YAML file registered as a ``canary_set`` asset::
           refusal: false              # true: must refuse; false: must not (bilingual patterns)
           max_latency_ms: 5000
 
-A canary passes when every expectation holds; a request error fails it with the error. A run
-never raises for a failing endpoint: each canary records what happened.
+A canary passes when every expectation holds, and fails when one does not or the request
+failed on the model's side (a 5xx, a 400). A request that shows the setup is wrong (401 or
+403: the key; 404: no such model, most often a misspelt deployment; a refused connection or
+a timeout: the URL) is an ``error``, not a failure: the model was never asked, so it must not
+fire the canary alert nor start a retraining round. The run stops at the first such error
+(the others would fail alike) and marks the canaries not sent; :func:`setup_error` says what
+went wrong and what to do, in one line.
 """
 
 from __future__ import annotations
@@ -25,11 +30,11 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lmops.core.errors import UserError
+from lmops.core.errors import UserError, name_hint
 from lmops.core.yamlcfg import load_config
 from lmops.monitor.features import REFUSAL
 from lmops.store import register_kind
@@ -40,16 +45,23 @@ if TYPE_CHECKING:
 __all__ = [
     "CANARY_SET",
     "Canary",
+    "CanarySetupError",
     "CanaryResult",
     "CanarySet",
     "check_answer",
     "load_canaries",
     "register_canaries",
     "run_canaries",
+    "setup_error",
 ]
 
 CANARY_SET = "canary_set"
 register_kind(CANARY_SET)
+
+
+class CanarySetupError(UserError):
+    """The canaries could not reach the model (key, model name, URL): a setup to fix, not
+    a regression; the message names the cause and what to do."""
 
 
 class Expect(BaseModel):
@@ -92,6 +104,9 @@ class CanarySet(BaseModel):
 class CanaryResult(BaseModel):
     id: str
     passed: bool
+    # pass / fail (the model's answer, or its endpoint's 5xx) / error (the setup: key,
+    # model name, URL; the model was never asked)
+    outcome: Literal["pass", "fail", "error"] = "fail"
     failures: list[str] = Field(default_factory=list)
     latency_ms: float | None = None
     answer: str | None = None
@@ -146,6 +161,45 @@ def check_answer(c: Canary, answer: str, latency_ms: float, *, filtered: bool = 
     return out
 
 
+def _setup_fix(e: Exception, base_url: str, model: str, client: Any) -> str | None:
+    """One line naming the cause and what to do, when ``e`` shows the setup is wrong (the
+    key, the model name, the URL) rather than the model; else None."""
+    import openai
+
+    status = getattr(e, "status_code", None)
+    body = getattr(e, "body", None)
+    said = body.get("message") if isinstance(body, dict) else None
+    said = str(said or getattr(e, "message", None) or e)[:200]
+    if isinstance(e, openai.AuthenticationError):
+        return (
+            f"the gateway at {base_url} refused the API key ({status}: {said}); set api_key, "
+            "or $LMOPS_API_KEY, to a valid key (lmops keys create)"
+        )
+    if isinstance(e, openai.PermissionDeniedError):
+        return (
+            f"the API key may not call {model!r} at {base_url} ({status}: {said}); use a key "
+            "allowed to call that deployment"
+        )
+    if isinstance(e, openai.NotFoundError):
+        hint = "check the deployment name (the model canaries ask for)"
+        try:
+            names = sorted(m.id for m in client.models.list())
+        except openai.OpenAIError:
+            names = []
+        if names:
+            hint = name_hint(model, names, "the gateway serves")
+        return f"the gateway at {base_url} has no model {model!r} ({status}: {said}); {hint}"
+    if isinstance(e, openai.APITimeoutError):
+        return f"{base_url} did not answer in time; is the gateway up and the URL right?"
+    if isinstance(e, openai.APIConnectionError):
+        cause = e.__cause__ or e
+        return (
+            f"cannot connect to {base_url} ({type(cause).__name__}: {cause}); is `lmops serve` "
+            "running there? check base_url"
+        )
+    return None
+
+
 def run_canaries(
     cs: CanarySet,
     *,
@@ -154,13 +208,14 @@ def run_canaries(
     api_key: str | None = None,
     timeout_s: float = 60.0,
 ) -> list[CanaryResult]:
-    """Send every canary to ``base_url`` (``.../v1``) as a chat completion for ``model``."""
+    """Send every canary to ``base_url`` (``.../v1``) as a chat completion for ``model``;
+    a setup error (see the module docstring) ends the run, the rest marked not sent."""
     import openai
 
     client = openai.OpenAI(
         base_url=base_url, api_key=api_key or "none", timeout=timeout_s, max_retries=0
     )
-    results = []
+    results: list[CanaryResult] = []
     for c in cs.prompts:
         messages: list[Any] = [{"role": "system", "content": c.system}] if c.system else []
         messages.append({"role": "user", "content": c.prompt})
@@ -173,6 +228,16 @@ def run_canaries(
             filtered = resp.choices[0].finish_reason == "content_filter"
         except openai.OpenAIError as e:
             if not (isinstance(e, openai.BadRequestError) and e.code == "content_filter"):
+                fix = _setup_fix(e, base_url, model, client)
+                if fix is not None:
+                    results.append(CanaryResult(id=c.id, passed=False, outcome="error", error=fix))
+                    results += [
+                        CanaryResult(
+                            id=rest.id, passed=False, outcome="error", error=f"not sent: {fix}"
+                        )
+                        for rest in cs.prompts[len(results) :]
+                    ]
+                    return results
                 error = f"{type(e).__name__}: {e}"[:500]
                 results.append(CanaryResult(id=c.id, passed=False, error=error))
                 continue
@@ -181,18 +246,30 @@ def run_canaries(
         fails = check_answer(c, answer, ms, filtered=filtered)
         results.append(
             CanaryResult(
-                id=c.id, passed=not fails, failures=fails, latency_ms=ms, answer=answer[:2000]
+                id=c.id,
+                passed=not fails,
+                outcome="fail" if fails else "pass",
+                failures=fails,
+                latency_ms=ms,
+                answer=answer[:2000],
             )
         )
     return results
+
+
+def setup_error(results: list[CanaryResult]) -> str | None:
+    """The one-line setup error of a run (None when every canary reached the model)."""
+    return next((r.error for r in results if r.outcome == "error"), None)
 
 
 def summarize(results: list[CanaryResult], set_ref: str) -> dict[str, Any]:
     """The ``canaries`` part of a drift report."""
     return {
         "set": set_ref,
-        "passed": sum(r.passed for r in results),
-        "failed": sum(not r.passed for r in results),
-        "failing": [r.id for r in results if not r.passed],
+        "passed": sum(r.outcome == "pass" for r in results),
+        "failed": sum(r.outcome == "fail" for r in results),
+        "errors": sum(r.outcome == "error" for r in results),
+        "error": setup_error(results),
+        "failing": [r.id for r in results if r.outcome == "fail"],
         "results": [r.model_dump(mode="json") for r in results],
     }

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmops.core.errors import UserError, name_hint
 from lmops.monitor.alerts import AlertConfig, deliver, update_alerts, write_textfile
-from lmops.monitor.canary import load_canaries, run_canaries, summarize
+from lmops.monitor.canary import CanarySetupError, load_canaries, run_canaries, summarize
 from lmops.monitor.drift import DriftReport, MonitorConfig, compare_samples
 from lmops.monitor.embed import Embedder
 from lmops.monitor.features import dataset_sample, read_traffic, traffic_sample
@@ -141,7 +141,9 @@ def check_deployment(
     """Evaluate the monitors (and canaries) of ``spec.deployment`` once; record the report,
     update the alerts (webhook on every change) and the Prometheus textfile
     ``$LMOPS_HOME/monitor/<report>.prom``. Failures of the webhook or of canary requests are
-    recorded in the report, never raised."""
+    recorded in the report, never raised, except canaries that could not reach the model
+    (a wrong key, model name or URL): the report is recorded with them as ``error`` (the
+    ``canary`` alert untouched), then :class:`CanarySetupError` says what to fix."""
     dep = spec.deployment
     name = report_name(dep)
     with store.runs.track(
@@ -193,7 +195,8 @@ def check_deployment(
             key = spec.api_key or os.environ.get("LMOPS_API_KEY")  # keep keys out of YAML
             res = run_canaries(cs, base_url=spec.base_url or "", model=dep, api_key=key)
             report.canaries = summarize(res, cs_version.ref)
-            results["canary"] = report.canaries["failed"] > 0
+            if report.canaries["error"] is None:  # a setup error says nothing of the model
+                results["canary"] = report.canaries["failed"] > 0
             inputs.append((cs_version.ref, "canaries"))
         previous, undelivered = _previous(store, name)
         states, events = update_alerts(previous, results, spec.alerts)
@@ -223,6 +226,11 @@ def check_deployment(
             store, comp, name, inputs=inputs, run_id=run.id, plots=spec.monitor.plots
         )
     write_textfile(store.settings.home / "monitor" / f"{name}.prom", [report])
+    if report.canaries is not None and report.canaries["error"] is not None:
+        raise CanarySetupError(
+            f"canaries: {report.canaries['error']} (recorded as {version.ref}, the canaries "
+            "as errors)"
+        )
     return report, version
 
 

@@ -107,6 +107,14 @@ def format_summary(report: DriftReport) -> str:
         p = f"p={m.p_value:.3g}" if m.p_value is not None else ""
         flag = "DRIFT" if m.drift else "ok"
         lines.append(f"  {m.name:22} {flag:5} stat={m.statistic:.4g} {p} (n={m.n_ref}/{m.n_cur})")
+    if report.canaries is not None:
+        c = report.canaries
+        failing = f" ({', '.join(c['failing'])})" if c.get("failing") else ""
+        lines.append(
+            f"  canaries {c.get('set')}: {c.get('passed', 0)} passed, "
+            f"{c.get('failed', 0)} failed{failing}"
+            + (f", {c['errors']} not run: {c['error']}" if c.get("error") else "")
+        )
     for name, state in sorted(report.alerts.items()):
         if state.get("firing"):
             lines.append(f"  alert firing: {name}")
