@@ -270,6 +270,10 @@ def watch_cmd(
             head += "; PROMOTED" if d.promoted else "; not promoted"
         console.print(head, markup=False, highlight=False)
         notes = [f"alert firing: {a}" for a in d.alerts_firing]
+        if d.operational_drift and not any(t.startswith("operational") for t in d.triggers):
+            notes.append(
+                "operational drift, not a retrain trigger: " + ", ".join(d.operational_drift)
+            )
         if d.canaries_failing:
             notes.append("canaries failing: " + ", ".join(d.canaries_failing))
         notes += [f"webhook failed: {w}" for w in d.webhook_errors]

@@ -5,7 +5,9 @@ one, feature by feature, and say what moved.
 monitor                family     test (decision)
 =====================  =========  ==================================================
 prompt_chars, ...      scalar     PSI over reference deciles, KS (PSI > psi_threshold
-                                  and KS p < alpha: both a real and a sizeable move)
+                                  and KS p < alpha: both a real and a sizeable move;
+                                  latency/TTFT also need the median to move by
+                                  timing_min_change, 20 %)
 error/refusal/pii_rate rate       two-proportion z-test (p < alpha and |delta| >= min_delta)
 language, guardrail    category   chi-square (p < alpha and category PSI > 0.1)
 embedding_mmd          embedding  MMD, permutation p-value (p < alpha)
@@ -14,7 +16,10 @@ embedding_classifier   embedding  logistic-regression AUC, analytic null (p < al
 
 A monitor runs only where both samples have at least ``min_rows`` values of its feature
 (a dataset reference has no latency; a log without bodies has no texts); the others are
-listed as skipped with the reason. Scores are computed once: :class:`MonitorResult` keeps
+listed as skipped with the reason. The :data:`OPERATIONAL` monitors (latency, TTFT, error
+rate) watch the serving, not what is asked or answered: they alert, but retraining from the
+logs cannot fix them, so the closed loop does not retrain on them unless told to. Scores are
+computed once: :class:`MonitorResult` keeps
 every test's statistic so a threshold can be re-decided from a stored report.
 """
 
@@ -37,6 +42,7 @@ from lmops.monitor.features import REFUSAL, Sample, language
 
 __all__ = [
     "MONITORS",
+    "OPERATIONAL",
     "Comparison",
     "DriftReport",
     "MonitorConfig",
@@ -70,6 +76,11 @@ _CATEGORIES: dict[str, Callable[[Sample], list[Any]]] = {
 }
 _EMBEDDING = ("embedding_mmd", "embedding_classifier")
 MONITORS: tuple[str, ...] = (*_SCALARS, *_RATES, *_CATEGORIES, *_EMBEDDING)
+# how the deployment serves, not what it is asked or answers: a retrain cannot fix these
+OPERATIONAL: tuple[str, ...] = ("latency_ms", "ttft_ms", "error_rate")
+# timings on a few hundred requests: KS and PSI flag any change at all (a 7 % slowdown
+# gave p=5e-11 on 80 requests), so a timing also needs a move its users would notice
+_TIMINGS = ("latency_ms", "ttft_ms")
 
 
 class MonitorConfig(BaseModel):
@@ -79,6 +90,9 @@ class MonitorConfig(BaseModel):
     alpha: float = Field(0.01, gt=0, lt=1, description="significance level of every test")
     psi_threshold: float = Field(0.2, gt=0, description="PSI above which a scalar moved")
     rate_min_delta: float = Field(0.02, ge=0, le=1, description="smallest rate change that counts")
+    timing_min_change: float = Field(
+        0.2, ge=0, description="latency/TTFT: smallest relative move of the median that counts"
+    )
     min_rows: int = Field(20, ge=2, description="fewer values on a side: the monitor is skipped")
     embedder: str = Field("auto", description="auto, minilm or hashed")
     max_embed: int = Field(1000, ge=10, description="rows per side embedded (a random subset)")
@@ -176,14 +190,27 @@ def _scalar(name: str, r: list[Any], c: list[Any], cfg: MonitorConfig) -> Monito
     rx, cx = np.asarray(r, float), np.asarray(c, float)
     p = stats.psi(rx, cx, threshold=cfg.psi_threshold)
     k = stats.ks(rx, cx, alpha=cfg.alpha)
+    tests = [p, k]
+    if name in _TIMINGS:
+        r50, c50 = float(np.median(rx)), float(np.median(cx))
+        change = abs(c50 - r50) / r50 if r50 > 0 else (0.0 if c50 == r50 else float("inf"))
+        tests.append(
+            stats.TestResult(
+                test="median_change",
+                statistic=change,
+                threshold=cfg.timing_min_change,
+                drift=change > cfg.timing_min_change,
+                detail={"ref_median": r50, "cur_median": c50},
+            )
+        )
     return MonitorResult(
         name=name,
         family="scalar",
-        drift=p.drift and k.drift,
+        drift=all(t.drift for t in tests),
         statistic=p.statistic,
         p_value=k.p_value,
         threshold=cfg.psi_threshold,
-        tests=[p, k],
+        tests=tests,
         ref_summary=_describe(rx),
         cur_summary=_describe(cx),
     )

@@ -6,8 +6,10 @@ export, the user's retraining pipeline, eval's log-likelihood scoring, the store
 the monitor stage only answers "did it drift?". One round (:func:`watch_once`):
 
 1. ``monitor.checks.check_deployment``: a ``drift_report``;
-2. triggered when a monitor drifted (``drift``) or a canary failed (``canary``), as
-   ``retrain.triggers`` says; an empty window or one with nothing in common with the
+2. triggered when a content monitor drifted (``drift``) or a canary failed (``canary``), as
+   ``retrain.triggers`` says; the operational monitors (latency, TTFT, error rate) alert
+   but trigger only with ``operational`` in the triggers, since a model retrained on the
+   logs serves no faster; an empty window or one with nothing in common with the
    reference never triggers;
 3. flow-back: the judged window's logged chats (from its first request on) (``monitor.metering.export_conversations``, with its
    quality filters) become dataset ``<flowback>-all``; its newest ``holdout`` conversations
@@ -50,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmops.core.errors import LmopsError, UserError, name_hint
 from lmops.core.yamlcfg import line_of, load_config
 from lmops.monitor.checks import CheckSpec, check_deployment, parse_since, require_traffic
+from lmops.monitor.drift import OPERATIONAL
 from lmops.store import register_kind
 
 if TYPE_CHECKING:
@@ -66,7 +69,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("lmops.monitor")
-Trigger = Literal["drift", "canary"]
+# drift: a content monitor (what is asked or answered) drifted; canary: a canary failed;
+# operational: latency, TTFT or error rate drifted (opt-in: retraining rarely fixes those)
+Trigger = Literal["drift", "canary", "operational"]
 _TRIGGERS: tuple[Trigger, ...] = ("drift", "canary")
 RETRAIN_DECISION = "retrain_decision"
 register_kind(RETRAIN_DECISION)
@@ -119,6 +124,7 @@ class Decision(BaseModel):
     # what the check found beyond drift, shown whether or not it triggers a retrain
     alerts_firing: list[str] = Field(default_factory=list)
     canaries_failing: list[str] = Field(default_factory=list)
+    operational_drift: list[str] = Field(default_factory=list)  # latency, TTFT, error rate
     webhook_errors: list[str] = Field(default_factory=list)  # "url: error" per failed POST
 
 
@@ -363,6 +369,7 @@ def watch_once(
         status=report.status,
         alerts_firing=sorted(n for n, st in report.alerts.items() if st.get("firing")),
         canaries_failing=list((report.canaries or {}).get("failing") or []),
+        operational_drift=[n for n in report.drifted if n in OPERATIONAL],
         webhook_errors=[
             f"{n.get('url')}: {n.get('error')}" for n in report.notifications if not n.get("ok")
         ],
@@ -373,8 +380,11 @@ def watch_once(
         return d
     if r is None:
         return d
-    if "drift" in r.triggers and report.drift:
-        d.triggers.append("drift: " + ", ".join(report.drifted))
+    content = [n for n in report.drifted if n not in OPERATIONAL]
+    if "drift" in r.triggers and content:
+        d.triggers.append("drift: " + ", ".join(content))
+    if "operational" in r.triggers and d.operational_drift:
+        d.triggers.append("operational drift: " + ", ".join(d.operational_drift))
     if "canary" in r.triggers and report.canaries and report.canaries.get("failed"):
         d.triggers.append("canaries failing: " + ", ".join(report.canaries["failing"]))
     d.triggered = bool(d.triggers)
