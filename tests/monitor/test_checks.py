@@ -183,3 +183,24 @@ def test_an_alert_is_given_up_after_its_retries(store: Any, tmp_path: Path) -> N
     assert v2.metadata["undelivered"] == []
     third, _ = check_deployment(store, _spec(alerts=alerts))
     assert third.notifications == []  # given up: not sent again
+
+
+def test_alerts_are_scoped_by_what_a_check_compares_against(store: Any, tmp_path: Path) -> None:
+    """An ad-hoc check against another reference neither sees nor moves the alerts of the
+    watch's checks: its own window is clean, so nothing of it fires."""
+    plant_traffic(store, "chat", model_ref=None, drift=True)
+    watch_spec = _spec(alerts={"fire_after": 1})
+    first, _ = check_deployment(store, watch_spec)
+    assert first.alerts["language"]["firing"] and first.alert_scope == "traffic [3h, 1h]"
+
+    # the old window against itself (a wider reference): nothing moved, nothing fires
+    adhoc = _spec(since="3h", until="1h", reference_since="4h", reference_until="1h")
+    report, version = check_deployment(store, adhoc)
+    assert report.status == "ok", report.drifted
+    assert not any(s["firing"] for s in report.alerts.values()), report.alerts
+    assert version.metadata["alert_scope"] == "traffic [4h, 1h]"
+
+    # the watch's alerts kept their streaks through it: no second page, none cleared
+    again, version = check_deployment(store, watch_spec)
+    assert again.alerts["language"] == {"firing": True, "drift_streak": 2, "ok_streak": 0}
+    assert set(version.metadata["alert_scopes"]) == {"traffic [3h, 1h]", "traffic [4h, 1h]"}

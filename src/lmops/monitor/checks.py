@@ -8,6 +8,12 @@ window (role ``served_by``), the reference dataset (``reference``), the compared
 (``current``) and the canary set (``canaries``). A window that is empty or has nothing in
 common with the reference is still recorded, with a status that says so; alerts keep their
 state through it.
+
+Alert state is scoped by :func:`alert_scope` (the reference and the canary set): a watch
+against the SFT data and an ad-hoc check against last week's traffic are different
+questions, so one's streaks never fire or clear the other's alerts, and a check lists only
+the alerts of its own scope. The newest report of a deployment carries every scope's
+states (metadata ``alert_scopes``, the :data:`_MAX_SCOPES` most recently used).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CheckSpec",
+    "alert_scope",
     "check_deployment",
     "compare_datasets",
     "parse_since",
@@ -116,13 +123,32 @@ def report_name(subject: str) -> str:
     return "drift-" + re.sub(r"[^A-Za-z0-9._-]+", "-", subject).strip("-")
 
 
-def _previous(store: Store, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The last report's alert states and its undelivered webhook notifications."""
+_MAX_SCOPES = 20  # alert scopes a report carries (ad-hoc checks each make one)
+
+
+def alert_scope(spec: CheckSpec) -> str:
+    """What a check's alerts are about: its reference and its canary set."""
+    if spec.reference is not None:
+        scope = f"reference {spec.reference}"
+    else:
+        scope = f"traffic [{spec.reference_since or ''}, {spec.reference_until or spec.since or ''}]"
+        scope += f" last {spec.reference_last}" if spec.reference_last else ""
+    return scope + (f"; canaries {spec.canaries}" if spec.canaries else "")
+
+
+def _previous(
+    store: Store, name: str, scope: str
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """The last report's alert states per scope and its undelivered webhook notifications.
+    A report from before the scopes had one state for all: it becomes ``scope``'s."""
     try:
         meta = store.assets.resolve(name).metadata
     except UserError:  # the first report of this name
         return {}, []
-    return dict(meta.get("alerts") or {}), list(meta.get("undelivered") or [])
+    scopes = meta.get("alert_scopes")
+    if scopes is None:
+        scopes = {scope: meta["alerts"]} if meta.get("alerts") else {}
+    return dict(scopes), list(meta.get("undelivered") or [])
 
 
 def _served_by(store: Store, refs: list[str]) -> list[tuple[str, str]]:
@@ -198,13 +224,17 @@ def check_deployment(
             if report.canaries["error"] is None:  # a setup error says nothing of the model
                 results["canary"] = report.canaries["failed"] > 0
             inputs.append((cs_version.ref, "canaries"))
-        previous, undelivered = _previous(store, name)
-        states, events = update_alerts(previous, results, spec.alerts)
-        report.alerts = states
+        scope = alert_scope(spec)
+        scopes, undelivered = _previous(store, name, scope)
+        states, events = update_alerts(scopes.pop(scope, {}), results, spec.alerts)
+        scopes[scope] = states  # last: the most recently used
+        scopes = dict(list(scopes.items())[-_MAX_SCOPES:])
+        report.alerts, report.alert_scope = states, scope
         payloads = [
             {
                 "event": event,
                 "alert": alert,
+                "scope": scope,
                 "subject": report.subject,
                 "status": report.status,
                 "message": report.message,
@@ -223,7 +253,13 @@ def check_deployment(
             0,
         )
         version = record_report(
-            store, comp, name, inputs=inputs, run_id=run.id, plots=spec.monitor.plots
+            store,
+            comp,
+            name,
+            inputs=inputs,
+            run_id=run.id,
+            plots=spec.monitor.plots,
+            metadata={"alert_scope": scope, "alert_scopes": scopes},
         )
     write_textfile(store.settings.home / "monitor" / f"{name}.prom", [report])
     if report.canaries is not None and report.canaries["error"] is not None:

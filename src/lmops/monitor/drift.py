@@ -153,7 +153,8 @@ class DriftReport(BaseModel):
     embedder_note: str | None = None  # why it is not the one asked for (auto's fallback)
     seconds: float = 0.0
     monitors: list[MonitorResult] = Field(default_factory=list)
-    alerts: dict[str, Any] = Field(default_factory=dict)
+    alerts: dict[str, Any] = Field(default_factory=dict)  # of this alert_scope only
+    alert_scope: str | None = None  # what the alerts are about (monitor.checks.alert_scope)
     canaries: dict[str, Any] | None = None
     notifications: list[dict[str, Any]] = Field(default_factory=list)
     # webhook payloads not delivered yet, {"payload", "attempts"}: the next evaluation

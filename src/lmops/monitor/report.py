@@ -154,10 +154,11 @@ def record_report(
     inputs: Iterable[tuple[str, str]] = (),
     run_id: str | None = None,
     plots: bool = True,
+    metadata: dict[str, Any] | None = None,
 ) -> Version:
     """Write and register ``comp`` as the next version of the ``drift_report`` asset ``name``,
     linked to ``inputs`` (model versions as ``served_by``, the reference dataset as
-    ``reference``, ...)."""
+    ``reference``, ...); ``metadata`` is added to the version's headline."""
     r = comp.report
     meta: dict[str, Any] = {
         "subject": r.subject,
@@ -171,6 +172,7 @@ def record_report(
         "undelivered": r.undelivered,
         "n_ref": r.n_ref,
         "n_cur": r.n_cur,
+        **(metadata or {}),
     }
     if r.canaries is not None:
         meta["canaries"] = {k: v for k, v in r.canaries.items() if k != "results"}
