@@ -212,7 +212,17 @@ def test_the_documented_watch_and_canary_files_load(tmp_path: Path) -> None:
     canaries, watch_yaml = tmp_path / "canaries.yaml", tmp_path / "watch.yaml"
     canaries.write_text(blocks[0])
     watch_yaml.write_text(blocks[1])
+    (tmp_path / "retrain.yaml").write_text("name: retrain\nsteps: {}\n")
     assert [c.id for c in load_canaries(canaries).prompts] == ["capital", "bomb", "json"]
     spec, _ = load_watch(watch_yaml)
     assert spec.retrain is not None and spec.retrain.champion == "chat@production"
     assert spec.check.alerts.fire_after == 2
+    # the example shows what a user tunes: triggers, max_eval and the monitor thresholds
+    assert {"triggers", "max_eval", "holdout", "margin"} <= spec.retrain.model_fields_set
+    assert {"alpha", "psi_threshold", "timing_min_change"} <= spec.check.monitor.model_fields_set
+    # every monitor a watch may name is listed, and only those
+    from lmops.monitor.drift import MONITORS
+
+    listed = re.search(r"The monitors are (.*?)\.", doc, re.S)
+    assert listed is not None
+    assert re.findall(r"`(\w+)`", listed.group(1)) == list(MONITORS)
