@@ -129,7 +129,7 @@ def test_canaries_register_run_and_alert(cli: Any, store: Any, tmp_path: Path) -
     from lmops.monitor.canary import CanarySetupError
     from lmops.monitor.report import load_report
 
-    with pytest.raises(CanarySetupError, match="cannot connect to .* check base_url"):
+    with pytest.raises(CanarySetupError, match=r"cannot connect to .* check base_url"):
         check_deployment(store, spec)
     report = load_report(store, "drift-chat")
     assert report.canaries is not None and report.canaries["failed"] == 0

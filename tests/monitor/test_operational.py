@@ -63,9 +63,7 @@ def test_a_small_slowdown_is_not_drift(store: Any, tmp_path: Path) -> None:
     assert 0.05 < change.statistic < 0.09 and change.threshold == 0.2
 
 
-def test_a_faster_server_alerts_but_does_not_retrain(
-    cli: Any, store: Any, tmp_path: Path
-) -> None:
+def test_a_faster_server_alerts_but_does_not_retrain(cli: Any, store: Any, tmp_path: Path) -> None:
     _plant(store, 2517 / 5410)
     d = watch_once(store, _spec(tmp_path), tmp_path)
     assert d.status == "drift" and d.operational_drift == ["latency_ms"]

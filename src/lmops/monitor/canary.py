@@ -45,9 +45,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CANARY_SET",
     "Canary",
-    "CanarySetupError",
     "CanaryResult",
     "CanarySet",
+    "CanarySetupError",
     "check_answer",
     "load_canaries",
     "register_canaries",

@@ -131,7 +131,9 @@ def alert_scope(spec: CheckSpec) -> str:
     if spec.reference is not None:
         scope = f"reference {spec.reference}"
     else:
-        scope = f"traffic [{spec.reference_since or ''}, {spec.reference_until or spec.since or ''}]"
+        scope = (
+            f"traffic [{spec.reference_since or ''}, {spec.reference_until or spec.since or ''}]"
+        )
         scope += f" last {spec.reference_last}" if spec.reference_last else ""
     return scope + (f"; canaries {spec.canaries}" if spec.canaries else "")
 

@@ -35,9 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmops.core.errors import name_hint
 from lmops.core.progress import Progress
+from lmops.core.yamlcfg import FieldError
 from lmops.monitor import stats
 from lmops.monitor.embed import Embedder, get_embedder
-from lmops.core.yamlcfg import FieldError
 from lmops.monitor.features import REFUSAL, Sample, language
 
 __all__ = [
