@@ -183,7 +183,10 @@ def test_failing_pipeline_and_empty_window_promote_nothing(
     assert store.assets.resolve(d["decision"]).metadata["promoted"] is False
     assert store.assets.resolve("chat@production").ref == "chat:1"
 
-    idle = watch_once(store, _watch(tmp_path, margin=0.0, deployment="idle"), tmp_path)
+    # a window without requests (the last 10 minutes) is recorded as empty, never retrains
+    quiet = _watch(tmp_path, margin=0.0)
+    quiet.check.since = "10m"
+    idle = watch_once(store, quiet, tmp_path)
     assert idle.status == "empty" and not idle.triggered and idle.decision is None
     assert "no rows" in idle.reasons[0]
     assert store.assets.resolve(idle.report).metadata["status"] == "empty"
@@ -192,6 +195,7 @@ def test_failing_pipeline_and_empty_window_promote_nothing(
 def test_the_watcher_outlives_a_failing_round(store: Any, tmp_path: Path) -> None:
     from lmops.pipelines.retrain import watch
 
+    log_chat(store, "chat", cooking(0), "Use garlic.", at=datetime.now(UTC))
     spec = WatchSpec.model_validate(
         {"check": {"deployment": "chat", "reference": "no-such-data"}, "interval_s": 0.01}
     )
