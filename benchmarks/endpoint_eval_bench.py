@@ -41,37 +41,32 @@ two tools' per-choice log-likelihoods.
 The machine is 2 shared CPU cores: the gateway's engine and both clients share them, so
 times are noisy; the ratios between settings are the figure to read.
 
-Results (2026-12-07 UTC, two runs of ``OMP_NUM_THREADS=1 .venv/bin/python
-benchmarks/endpoint_eval_bench.py --json``, defaults: N = 8, 50 + 24 documents; 2 CPU
-cores shared with other jobs, load average 3.4 to 5.8 during the runs). docs/s, run 1 /
-run 2:
+Results (2026-12-07 UTC, ``OMP_NUM_THREADS=1 .venv/bin/python
+benchmarks/endpoint_eval_bench.py --lm-eval-mode defaults``, defaults otherwise: N = 8,
+50 + 24 documents; 2 CPU cores shared with other jobs, load average about 7 during the run,
+so absolute times are noisy)::
 
-    task  tool               c=1          c=8          speed-up
-    ll    lmops              0.53 / 0.40  0.37 / 0.38  x0.70 / x0.95
-    ll    lm-eval (strings)  0.41 / 0.39  0.43 / 0.40  x1.05 / x1.03
-    gen   lmops              0.22 / 0.20  1.22 / 0.95  x5.55 / x4.75
-    gen   lm-eval (strings)  0.31 / 0.24  1.14 / 0.70  x3.68 / x2.92
+    task  tool                   conc  docs  seconds  docs/s
+    ll    lmops                     1    50   276.65    0.18  x1.00
+    ll    lm-eval (defaults)        1    50    88.31    0.57  x1.00
+    ll    lmops                     8    50    66.76    0.75  x4.17
+    ll    lm-eval (defaults)        8    50    75.31    0.66  x1.16
+    gen   lmops                     1    24   123.66    0.19  x1.00
+    gen   lm-eval (defaults)        1    24    91.58    0.26  x1.00
+    gen   lmops                     8    24    87.83    0.27  x1.42
+    gen   lm-eval (defaults)        8    24   114.61    0.21  x0.81
 
-* Generation: 8 requests in flight fill the deployment's batch (``max_running`` 8), about
-  5x the documents per second of one at a time; lmops at 8 is at least as fast as lm-eval
-  at ``num_concurrent=8``.
-* Log-likelihood: no gain from either tool's concurrency against this gateway on CPU.
-  The engine scores a prompt whose logprobs are asked for alone in its own forward pass
-  (``models/engine.py`` ``_prefill``: "alone in its group"), one after another, so the
-  server is the bottleneck whatever the client sends; a server that batches scoring
-  requests (vLLM) would gain.
-* Scores: the same acc (0.30) and acc_norm (0.28) for both tools, the same prediction on
-  50/50 documents, the same greedy output on 24/24 GSM8K questions (exact match 0.083 for
-  both), and each tool's c=1 and c=8 results identical.
-* 19 of the 200 per-choice log-likelihoods differ between the tools (by up to 8.6 nats):
-  lm-eval asks for ``max_tokens: 1`` with ``echo`` and drops the last logprob, taking it
-  for the generated token; where the model's next token after the prompt is its
-  end-of-sequence token, the gateway stops and leaves that token out of ``logprobs``
-  (vLLM lists it), so lm-eval drops the continuation's last real token instead. lmops asks
-  for ``max_tokens: 0`` and reads ``text_offset``: it is not affected (its log-likelihoods
-  equal an in-process HF forward pass exactly).
-* ``--lm-eval-mode defaults`` (token-id prompts, 8 per request): every lm-eval request is
-  refused with a 400 by the gateway as it is today; ``strings`` works.
+* lm-eval's defaults (token-id prompts, 8 per request) run against the gateway, which now
+  takes batched and token-id prompts; its scores equal lmops's: acc 0.30 / acc_norm 0.28,
+  the same prediction on 50/50 documents, 0 of 200 per-choice log-likelihoods differing by
+  more than 1e-3 (max 3.1e-05); GSM8K exact match 0.083 for both, the same output on 24/24.
+  (Before the gateway sent the end-of-sequence token's logprob entry, 19 of 200 differed by
+  up to 8.6 nats: lm-eval drops the last entry as the generated token's.)
+* Log-likelihood: the engine now prefills scored prompts together, so 8 requests in flight
+  score 4.2x the documents per second of one at a time (it was x0.7-0.95 when each scored
+  prompt had a forward pass of its own).
+* Generation at c=8 was about 5x c=1 on a quieter machine (0.22 -> 1.22 docs/s, an earlier
+  run); under this run's load it was x1.4.
 """
 
 from __future__ import annotations
