@@ -65,9 +65,10 @@ def trace_cmd(
         what = "failed" if t.status >= 500 else "refused"
         console.print(f"{what}: {t.error or '-'}", markup=False, highlight=False, soft_wrap=True)
     for action in t.guardrail_actions():
-        console.print(f"guardrails: {action}", markup=False, highlight=False)
+        console.print(f"guardrails: {action}", markup=False, highlight=False, soft_wrap=True)
     verb = "answered by" if t.answered else "would have been answered by"
-    console.print(f"{verb} {t.model_ref or '-'}", markup=False, highlight=False)
+    # one line each, never wrapped inside a path (it is there to be copied)
+    console.print(f"{verb} {t.model_ref or '-'}", markup=False, highlight=False, soft_wrap=True)
     for n, tried in enumerate(t.tries, 1):  # retries and fallbacks, when there were any
         outcome = f"failed: {tried.get('reason')}" if tried.get("reason") else "answered"
         console.print(
@@ -92,4 +93,4 @@ def trace_cmd(
                 f"  [bold]{src.ref}[/] ({src.kind}){where}", highlight=False, soft_wrap=True
             )
     if t.note:
-        console.print(f"note: {t.note}", markup=False, highlight=False)
+        console.print(f"note: {t.note}", markup=False, highlight=False, soft_wrap=True)
