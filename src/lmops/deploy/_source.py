@@ -1,15 +1,40 @@
 """The source model of a deploy transform (export, quantize): resolved from an asset ref or a
-folder, refused when it is an adapter, and named in the result's lineage."""
+folder, refused when it is an adapter, and named in the result's lineage; and the output
+name every deploy job checks before its work (:func:`check_output`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from lmops.core.errors import UserError
+from lmops.core.errors import NotFoundError, UserError
 from lmops.models.loading import resolve_local
 
-__all__ = ["quantized_as", "refuse_quantized", "source_inputs", "source_model"]
+__all__ = [
+    "check_output",
+    "quantized_as",
+    "refuse_quantized",
+    "source_inputs",
+    "source_model",
+]
+
+
+def check_output(store: Any, name: str, kind: str = "model") -> str:
+    """``name`` if a ``kind`` asset can be registered under it, else the one-line error that
+    registering would give: called first by every deploy job (export, quantize, prune,
+    distill, package, report, GGUF import), the CLI's and the API's alike, so a bad name is
+    refused before a model is loaded, not after minutes of work that is then lost."""
+    from lmops.store.notfound import wrong_kind
+    from lmops.store.refs import check_name
+
+    check_name(name)
+    try:
+        have = store.assets.show(name).kind
+    except NotFoundError:
+        return name  # a new asset
+    if have != kind:
+        raise wrong_kind(name, have, kind)
+    return name
 
 
 def quantized_as(folder: Path) -> str | None:

@@ -263,15 +263,15 @@ def distill(
 
     from lmops.core.progress import Progress
     from lmops.core.signals import StopSignals
+    from lmops.deploy._source import check_output
     from lmops.deploy._text import resolve_source, token_blocks
     from lmops.deploy.prune import count_params, load_model, save_model
-    from lmops.store.refs import check_name
 
-    check_name(spec.output)
     if store is None:
         from lmops.store import Store
 
         store = Store(origin="cli")
+    check_output(store, spec.output)
     started = time.monotonic()
     with store.runs.track("distill", name=spec.output, config=spec.model_dump()) as run:
         teacher, tok, _path, t_inputs = load_model(spec.teacher, store, run.id)

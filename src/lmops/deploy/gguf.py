@@ -270,6 +270,9 @@ def import_gguf(
     --format gguf``): the import's lineage then goes to that version. Raises a one-line
     :class:`UserError` for a file that is not GGUF or of an architecture transformers
     cannot load; nothing is registered then."""
+    from lmops.deploy._source import check_output
+
+    check_output(store, name)
     file, source_ref = _gguf_source(store, file)
     # the file is checked before torch and transformers are imported (seconds on a busy
     # server), so a wrong path is refused at once
@@ -630,12 +633,13 @@ def export_gguf(
     """Export model ``model_ref`` (asset ref or folder) to GGUF and register it as model
     ``output`` (metadata ``format: gguf``, ``quant``, ``bits_per_weight``) with lineage to
     the source. Nothing is registered when anything fails."""
-    from lmops.deploy._source import source_inputs, source_model
+    from lmops.deploy._source import check_output, source_inputs, source_model
 
     if quant not in GGUF_QUANTS:  # said before any work, with the choices
         raise UserError(
             f"--quant {quant!r}: the GGUF writer does {', '.join(GGUF_QUANTS)}; pick one of them"
         )
+    check_output(store, output)
     src, src_ref = source_model(
         model_ref, store, full_precision="export its source model to GGUF instead"
     )

@@ -630,9 +630,10 @@ def export_onnx(
     ``output`` (metadata ``format: onnx``, ``quant``, ``opset``, ``max_abs_logit_diff``)
     with lineage to the source. Refused, before any work, when the exporter is not
     installed; nothing is registered when anything fails."""
-    from lmops.deploy._source import source_inputs, source_model
+    from lmops.deploy._source import check_output, source_inputs, source_model
 
     _check_quant(quant)
+    check_output(store, output)  # before the exporter check: a name can be fixed at once
     _require_exporter()
     src, src_ref = source_model(
         model_ref, store, full_precision="export its source model to ONNX instead"

@@ -107,10 +107,11 @@ def package_model(
     is a key file from :func:`keygen`; with ``encrypt`` the KEK comes from ``kek_file``
     (else ``$LMOPS_KEK``). Keys are checked before any byte is written."""
     from lmops.core.progress import Progress
+    from lmops.deploy._source import check_output
     from lmops.models.loading import merged_view, resolve_local
-    from lmops.store.refs import check_name
 
-    check_name(output)
+    store = _open_store(store)
+    check_output(store, output, "package")
     if not 1 <= chunk_mib <= 4:
         raise UserError("--chunk-mib: chunks are 1 to 4 MiB")
     if not sign and not encrypt:
@@ -124,7 +125,6 @@ def package_model(
         )
     signing_key = load_signing_key(Path(sign)) if sign else None
     kek = load_kek(Path(kek_file) if kek_file else None, option="--kek-file") if encrypt else None
-    store = _open_store(store)
     path, version = resolve_local(model, store, kind="model")
     cfg = {"model": model, "signed": bool(sign), "encrypted": encrypt, "chunk_mib": chunk_mib}
     with store.runs.track("package", name=output, config=cfg) as run:
@@ -293,6 +293,8 @@ def unpack_package(
     anyone could serve."""
     from lmops.core.progress import Progress
 
+    if Path(output).exists():  # before the package is opened and checked (extract says it too)
+        raise UserError(f"{output} exists; unpack into a new folder")
     path, ref = _package_file(package, store)
     pkg = _open(
         path,

@@ -438,14 +438,14 @@ def prune(spec: PruneSpec, *, store: Any | None = None) -> PruneResult:
 
     import torch
 
+    from lmops.deploy._source import check_output
     from lmops.deploy._text import resolve_source, token_blocks
-    from lmops.store.refs import check_name
 
-    check_name(spec.output)
     if store is None:
         from lmops.store import Store
 
         store = Store(origin="cli")
+    check_output(store, spec.output)
     torch.manual_seed(0)
     with store.runs.track("prune", name=spec.output, config=spec.model_dump()) as run:
         model, tok, _path, inputs = load_model(spec.model, store, run.id)

@@ -662,12 +662,13 @@ def quantize_model(
     import torch
     from safetensors.torch import save_file
 
-    from lmops.deploy._source import source_model
+    from lmops.deploy._source import check_output, source_model
     from lmops.deploy._text import token_stream
     from lmops.models.loading import load_causal_lm, load_tokenizer, quiet_transformers
     from lmops.models.loading import resolve_local as resolve
     from lmops.models.quantized import QUANT_CONFIG, QUANT_WEIGHTS
 
+    check_output(store, output)  # before any model is read (bitsandbytes' too)
     if config.method in ("bnb-nf4", "bnb-int8"):
         from lmops.deploy.bnb import quantize_bnb
 

@@ -414,10 +414,12 @@ def deploy_report(
 ) -> ReportResult:
     """Measure ``models`` and register the report as ``deploy_report`` asset ``output``
     (lineage: every variant, role ``variant``, and the reference text)."""
+    from lmops.deploy._source import check_output
     from lmops.models.loading import quiet_transformers
 
     if not models:
         raise UserError("name at least one model variant to report on")
+    check_output(store, output, "deploy_report")
     config = config or ReportConfig()
     quiet_transformers()
     with store.runs.track("deploy_report", config={**config.model_dump(), "models": models}) as run:

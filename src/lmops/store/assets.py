@@ -34,15 +34,14 @@ from lmops.store import _rows
 from lmops.store._time import aware, utcnow
 from lmops.store.artifacts import Entry, manifest_digest
 from lmops.store.external import absolute, external_name, external_problem, scan
-from lmops.store.models import (
-    AliasRow,
-    AssetRow,
-    BlobClaimRow,
-    LineageRow,
-    RunRow,
-    VersionRow,
+from lmops.store.models import AliasRow, AssetRow, BlobClaimRow, LineageRow, RunRow, VersionRow
+from lmops.store.notfound import (
+    unknown_alias,
+    unknown_asset,
+    unknown_run,
+    unknown_version,
+    wrong_kind,
 )
-from lmops.store.notfound import unknown_alias, unknown_asset, unknown_run, unknown_version
 from lmops.store.refs import Ref, check_alias, check_name, parse_ref, remember_view
 from lmops.store.types import (
     Asset,
@@ -153,10 +152,7 @@ class AssetRegistry:
                 s.add(asset)
                 s.flush()
             elif asset.kind != kind:
-                raise ConflictError(
-                    f"asset {name!r} is a {asset.kind}, not a {kind}; "
-                    "choose another name or register it as a " + asset.kind
-                )
+                raise wrong_kind(name, asset.kind, kind)
             if run_id is not None and s.get(RunRow, run_id) is None:
                 raise unknown_run(run_id)
             last = s.scalar(

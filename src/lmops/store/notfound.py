@@ -1,14 +1,15 @@
 """The store's "not found" errors, each with what to do in the CLI (a command) and in the
-REST API or the gateway (a route): :class:`~lmops.core.errors.LmopsError`'s ``cli=``/``api=``."""
+REST API or the gateway (a route): :class:`~lmops.core.errors.LmopsError`'s ``cli=``/``api=``;
+and the one "that name is another kind of asset" error."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from lmops.core.errors import NotFoundError
+from lmops.core.errors import ConflictError, NotFoundError
 
-__all__ = ["unknown_alias", "unknown_asset", "unknown_run", "unknown_version"]
+__all__ = ["unknown_alias", "unknown_asset", "unknown_run", "unknown_version", "wrong_kind"]
 
 
 def unknown_run(run_id: str) -> NotFoundError:
@@ -47,4 +48,13 @@ def unknown_version(ref: Any) -> NotFoundError:
         f"{ref} not found",
         cli=f"see `lmops assets show {ref.name}`",
         api=f"GET /api/assets/{ref.name} lists its versions",
+    )
+
+
+def wrong_kind(name: str, kind: str, wanted: str) -> ConflictError:
+    """Asset ``name`` is a ``kind``, so no ``wanted`` can be registered under its name
+    (said by ``register``, and by a job before its work when it checks its output name)."""
+    return ConflictError(
+        f"asset {name!r} is a {kind}, not a {wanted}; choose another name or register it as a "
+        + kind
     )
