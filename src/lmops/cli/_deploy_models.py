@@ -3,34 +3,68 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 
-from lmops.cli._output import console, human_size, open_store, print_json
+from lmops.cli._output import console, human_size, interrupted, open_store, print_json
 from lmops.cli.deploy import app
 from lmops.core.errors import UserError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-def _bar(label: str, unit: str, enabled: bool) -> Any:
-    """A progress callback ``(done, total)`` over :class:`lmops.core.progress.Progress`."""
-    from lmops.core.progress import Progress
+class _Bar:
+    """A progress callback ``(done, total)`` over :class:`lmops.core.progress.Progress` that
+    remembers how far the job got, for the line an interrupted command prints."""
 
-    state: dict[str, Any] = {}
+    def __init__(self, label: str, unit: str, enabled: bool) -> None:
+        self.label, self.unit, self.enabled = label, unit, enabled
+        self.bar: Any = None
+        self.done = self.total = 0
 
-    def update(done: int, total: int) -> None:
-        if "bar" not in state:
-            state["bar"] = Progress(total=total, label=label, unit=unit, enabled=enabled)
-            state["bar"].__enter__()
-            state["done"] = 0
-        state["bar"].advance(done - state["done"])
-        state["done"] = done
+    def __call__(self, done: int, total: int) -> None:
+        from lmops.core.progress import Progress
+
+        if self.bar is None:
+            self.bar = Progress(total=total, label=self.label, unit=self.unit, enabled=self.enabled)
+            self.bar.__enter__()
+            self.done = 0
+        self.bar.advance(done - self.done)
+        self.done, self.total = done, total
         if done >= total:
-            state.pop("bar").__exit__(None, None, None)
+            self.close()
 
-    return update
+    def close(self, stopped: bool = False) -> None:
+        """End the bar; ``stopped``: the job did not finish (the plain line says so)."""
+        bar, self.bar = self.bar, None
+        if bar is not None:
+            why = (KeyboardInterrupt, KeyboardInterrupt(), None) if stopped else (None, None, None)
+            bar.__exit__(*why)
+
+    def where(self) -> str:
+        """`` after 120 of 272 tensors``, or ``""`` before the first."""
+        return f" after {self.done:,} of {self.total:,} {self.unit}" if self.total else ""
+
+
+@contextmanager
+def _work(what: str, output: str, bar: _Bar) -> Iterator[None]:
+    """Run a job that writes to a temporary place and registers ``output`` at its end. A
+    Ctrl-C stops its bar and prints where it was and that nothing was kept (the temporary
+    files are removed, nothing is registered, the run is recorded CANCELLED), exit 130;
+    typer alone would exit 130 without a word."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        bar.close(stopped=True)
+        interrupted(
+            f"interrupted {what}{bar.where()}; nothing was written ({output} not registered)"
+        )
+    except BaseException:
+        bar.close(stopped=True)
+        raise
 
 
 @app.command("export")
@@ -59,13 +93,11 @@ def export_cmd(
     if format_ == "onnx":
         from lmops.deploy.onnx import export_onnx
 
-        onnx = export_onnx(
-            open_store(),
-            model,
-            output=output,
-            quant=quant or "fp32",
-            progress=_bar("export", "steps", not json_),
-        )
+        bar = _Bar("export", "steps", not json_)
+        with _work(f"exporting {model} to onnx {quant or 'fp32'}", output, bar):
+            onnx = export_onnx(
+                open_store(), model, output=output, quant=quant or "fp32", progress=bar
+            )
         if json_:
             print_json(onnx)
             return
@@ -77,13 +109,9 @@ def export_cmd(
     if format_ != "gguf":
         raise UserError(f"--format {format_!r}: this lmops exports gguf or onnx; pick one")
     quant = quant or "q8_0"
-    res = export_gguf(
-        open_store(),
-        model,
-        quant=quant,
-        output=output,
-        progress=_bar("export", "tensors", not json_),
-    )
+    bar = _Bar("export", "tensors", not json_)
+    with _work(f"exporting {model} to gguf {quant}", output, bar):
+        res = export_gguf(open_store(), model, quant=quant, output=output, progress=bar)
     if json_:
         print_json(res)
         return
@@ -169,14 +197,11 @@ def quantize_cmd(
                 else ""
             )
         ) from None
-    res = quantize_model(
-        open_store(),
-        model,
-        output=output,
-        config=cfg,
-        calibration=calibration,
-        progress=_bar("quantize", "layers", not json_),
-    )
+    bar = _Bar("quantize", "layers", not json_)
+    with _work(f"quantizing {model} ({cfg.method})", output, bar):
+        res = quantize_model(
+            open_store(), model, output=output, config=cfg, calibration=calibration, progress=bar
+        )
     if json_:
         print_json(res)
         return
@@ -211,13 +236,15 @@ def report_cmd(
     """Size, bits/weight, perplexity and tokens/s of each variant: a table, a plot, an asset."""
     from lmops.deploy.report import ReportConfig, deploy_report
 
-    res = deploy_report(
-        open_store(),
-        models,
-        output=output,
-        config=ReportConfig(text=text, max_tokens=max_tokens, gen_tokens=gen_tokens),
-        progress=_bar("report", "variants", not json_),
-    )
+    bar = _Bar("report", "variants", not json_)
+    with _work("measuring the variants", output, bar):
+        res = deploy_report(
+            open_store(),
+            models,
+            output=output,
+            config=ReportConfig(text=text, max_tokens=max_tokens, gen_tokens=gen_tokens),
+            progress=bar,
+        )
     if json_:
         print_json(res)
         return

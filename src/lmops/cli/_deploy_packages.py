@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -213,22 +214,50 @@ def unpack_cmd(
     allow_unsigned: UnsignedOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Decrypt a package into a new folder (plaintext on disk: for serve, prefer the package)."""
+    """Decrypt a package into a new folder (plaintext on disk: for serve, prefer the package).
+
+    Ctrl-C before the folder is complete leaves nothing (exit 130); once it is in place the
+    unpack has happened, and a Ctrl-C while the result is printed does not change that."""
+    from lmops.cli._output import interrupted
     from lmops.deploy.package import unpack_package
 
-    r = unpack_package(
-        package,
-        output,
-        pubkey=pubkey,
-        key_file=key_file,
-        allow_unsigned=allow_unsigned,
-        show_progress=not json_,
-    )
-    _key_not_needed(key_file, r)
-    if json_:
-        print_json(r)
-        return
-    console.print(f"unpacked {r.files} files ({human_size(r.size)}) into {output}", markup=False)
+    existed = output.exists()  # then refused: unpack writes a new folder only
+    try:
+        r = unpack_package(
+            package,
+            output,
+            pubkey=pubkey,
+            key_file=key_file,
+            allow_unsigned=allow_unsigned,
+            show_progress=not json_,
+        )
+    except KeyboardInterrupt:
+        if existed or not output.is_dir():  # the files wait in a temp folder, removed
+            interrupted(
+                f"interrupted unpacking {package}; nothing was written ({output} not created)"
+            )
+        r = None  # the folder was renamed into place (the last step) before the Ctrl-C came
+    # it has finished: a Ctrl-C while that is printed leaves the exit 0 (it made it 130)
+    with contextlib.suppress(KeyboardInterrupt):
+        _print_unpacked(r, output, key_file, json_)
+
+
+def _print_unpacked(r: Any, output: Path, key_file: Path | None, json_: bool) -> None:
+    """What ``unpack`` wrote; ``r`` None: a Ctrl-C came after the folder was in place, so
+    what is there is counted."""
+    if r is None:
+        files = [p for p in output.rglob("*") if p.is_file()]
+        count, size = len(files), sum(p.stat().st_size for p in files)
+        if json_:
+            print_json({"output": str(output), "files": count, "size": size})
+            return
+    else:
+        _key_not_needed(key_file, r)
+        if json_:
+            print_json(r)
+            return
+        count, size = r.files, r.size
+    console.print(f"unpacked {count} files ({human_size(size)}) into {output}", markup=False)
 
 
 @app.command("prune")

@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -80,6 +80,16 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+def interrupted(line: str) -> NoReturn:
+    """Say on stderr what a Ctrl-C stopped (``interrupted <what>; <what became of it>``) and
+    exit 130, as a shell does for SIGINT. Typer turns a ``KeyboardInterrupt`` into a silent
+    exit 130, so a command whose work a Ctrl-C can stop catches it and calls this."""
+    import typer
+
+    err_console.print(line, markup=False, soft_wrap=True)
+    raise typer.Exit(130)
 
 
 def when(dt: datetime | None) -> str:
