@@ -73,7 +73,9 @@ def export_cmd(
     output: Annotated[str, typer.Option("--output", "-o", help="Name of the model asset.")],
     format_: Annotated[
         str,
-        typer.Option("--format", help="Output format: gguf, or onnx (pip install 'lmops[onnx]')."),
+        typer.Option(
+            "--format", help="Output format: gguf, or onnx (pip install 'lmops\\[onnx]')."
+        ),
     ] = "gguf",
     quant: Annotated[
         str | None,
@@ -131,7 +133,7 @@ def quantize_cmd(
         typer.Option(
             "--method",
             help="int8 (CPU engine, faster), gptq4 (calibrated), or bitsandbytes bnb-nf4 / "
-            "bnb-int8 (CUDA, or its CPU back end; pip install 'lmops[gpu]').",
+            "bnb-int8 (CUDA, or its CPU back end; pip install 'lmops\\[gpu]').",
         ),
     ] = "int8",
     calibration: Annotated[

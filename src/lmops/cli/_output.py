@@ -75,11 +75,14 @@ def print_json(obj: Any) -> None:
 
 
 def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
+    """Bytes in binary units labelled as such (KiB, MiB, GiB, TiB), as the web console shows
+    them (``web/app.py``'s size filter), so a page and a command give one figure: SmolLM2's
+    541,615,138 bytes are ``516.5 MiB`` (it said ``516.5 MB``, 1024s under a decimal label)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TB"
+    return f"{n:.1f} TiB"
 
 
 def interrupted(line: str) -> NoReturn:
