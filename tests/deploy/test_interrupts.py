@@ -140,3 +140,19 @@ def test_unpack_interrupted_after_it_finished_exits_0(
     if at == "after the rename":  # it says what is there
         said = r.out.replace("\n", "")  # the console wraps the path at 80 columns
         assert said.startswith("unpacked 3 files (") and said.endswith(f") into {out}"), said
+
+
+def test_a_ctrl_c_before_the_command_starts_says_so(
+    cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the command tree is built (typer's own handler is not there yet) the entry
+    point catches it; its line used to be a bare ``interrupted``."""
+    import typer
+
+    def interrupted(*_: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.main, "get_command", interrupted)
+    r = cli("deploy", "unpack", "pkg", "--output", "x")
+    assert r.code == 130
+    assert r.err == "interrupted before the command started; nothing was done\n"

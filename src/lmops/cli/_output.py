@@ -91,7 +91,7 @@ def interrupted(line: str) -> NoReturn:
     exit 130, so a command whose work a Ctrl-C can stop catches it and calls this."""
     import typer
 
-    err_console.print(line, markup=False, soft_wrap=True)
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(130)
 
 

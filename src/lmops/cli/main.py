@@ -652,7 +652,9 @@ def main() -> None:
         )
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        # only while the commands are being built: typer turns one inside a command into
+        # a silent exit 130 (commands that a Ctrl-C can stop say so themselves)
+        err_console.print("interrupted before the command started; nothing was done")
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
