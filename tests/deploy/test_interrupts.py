@@ -8,12 +8,22 @@ stops before its folder is in place, and 0 when the folder was in place before t
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.train.tiny import SENTENCES, make_model, make_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _sigint_raises() -> Iterator[None]:
+    """Python's own SIGINT handler (KeyboardInterrupt), also where the test runner was
+    started with SIGINT ignored (a background job)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
 
 
 @pytest.fixture(scope="module")
