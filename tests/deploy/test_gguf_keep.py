@@ -169,3 +169,24 @@ def test_an_older_import_takes_the_metadata_from_its_lineage_file(
     res = export_gguf(store, "mine", quant="q8_0", output="mine-q8")
     fields = _fields(res.path)
     assert "general.license" not in fields and fields["general.name"][0] == "mine-q8"
+
+
+def test_a_pipeline_export_step_says_it_too(tiny: Path, tmp_path: Path, store: Any) -> None:
+    import yaml
+
+    from lmops.pipelines import load_pipeline, run_pipeline
+
+    steps = {
+        "base": {"type": "register", "kind": "model", "path": str(tiny), "name": "tiny"},
+        "gguf": {
+            "type": "export",
+            "model": "${steps.base.output}",
+            "output": "g4",
+            "quant": "q4_0",
+        },
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"name": "deploy", "steps": steps}, sort_keys=False))
+    run = run_pipeline(load_pipeline(path), store, progress=False)
+    assert run.ok, run.failed
+    assert run.steps["gguf"].summary.startswith("g4:1: gguf q4_0, token_embd.weight at q8_0, ")

@@ -157,5 +157,6 @@ def _export(ctx: StepContext, p: ExportParams) -> StepOutput:
 
     r = export_gguf(ctx.store, model, quant=p.quant or "q8_0", output=p.output)
     run_id = ctx.store.assets.resolve(str(r.ref)).run_id
-    summary = f"{r.ref}: gguf {r.quant}, {r.size / 1e6:.1f} MB"
+    kept = f", {' and '.join(r.kept_q8_0)} at q8_0" if r.kept_q8_0 else ""  # 4-bit exports
+    summary = f"{r.ref}: gguf {r.quant}{kept}, {r.size / 1e6:.1f} MB"
     return StepOutput({"output": str(r.ref)}, r.model_dump(mode="json"), summary, run_id)
