@@ -94,3 +94,62 @@ def test_a_failed_start_never_says_it_serves(
     assert "serving on" not in out, out
     assert err.count(said) == 1 and "deployment 'chat'" in err, err
     assert "Traceback" not in err, err
+
+
+SLOW_APP = """
+import time
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+def make():
+    time.sleep(3)  # models loading
+    return Starlette(routes=[Route("/healthz", lambda r: PlainTextResponse("ok"))])
+"""
+
+RUNNER = """
+import sys
+from lmops.core.errors import UserError
+from lmops.serve.startup import run
+try:
+    run("slowapp:make", host="127.0.0.1", port=int(sys.argv[1]), workers=int(sys.argv[2]),
+        log_level="warning", on_ready=lambda: print("serving on", flush=True))
+except UserError as e:
+    print("error:", e, flush=True)
+    sys.exit(2)
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_server_on_a_port_taken_while_loading_says_so(
+    tmp_path: Path, workers: int
+) -> None:
+    """Two servers bound (SO_REUSEADDR, not yet listening) while their apps load: the one
+    that listens second must fail with a one-line error, not say 'serving on' and serve
+    nothing (uvloop swallows the failed listen)."""
+    import os
+    import socket
+    import sys
+    import time
+
+    (tmp_path / "slowapp.py").write_text(SLOW_APP)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [sys.executable, "-c", RUNNER, str(port), str(workers)]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.8)  # bound, still loading
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert "serving on" not in second.stdout
+        assert f"error: cannot listen on 127.0.0.1:{port}" in second.stdout
+        assert first.stdout is not None and first.stdout.readline().strip() == "serving on"
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).text == "ok"
+    finally:
+        first.kill()
+        first.wait()

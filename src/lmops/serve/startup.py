@@ -73,12 +73,30 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise UserError(
-            f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or "
-            "--host, or stop what uses it"
-        ) from None
+        raise _in_use(host, port, e.strerror or str(e)) from None
     sock.set_inheritable(True)
     return sock
+
+
+def _in_use(host: str, port: int, why: str) -> UserError:
+    return UserError(
+        f"cannot listen on {host}:{port}: {why}; choose another --port or --host, or stop "
+        "what uses it"
+    )
+
+
+def _listen(sock: socket.socket, backlog: int, host: str, port: int) -> None:
+    """Listen on ``sock`` now. Two sockets bound with SO_REUSEADDR may share a port until
+    one listens; the second's ``listen`` then fails, and uvloop's ``create_server`` would
+    swallow that failure (a server that says it serves and never listens)."""
+    try:
+        sock.listen(backlog)
+    except OSError as e:
+        raise _in_use(host, port, e.strerror or str(e)) from None
+
+
+def _listening(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
 
 
 class _Config(Config):
@@ -111,6 +129,8 @@ class _Server(Server):
         self._on_ready = on_ready
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        for sock in sockets or []:  # the app is built: listen, or say why not
+            _listen(sock, self.config.backlog, self.config.host, self.config.port)
         await super().startup(sockets)
         if self.started and not self.should_exit:  # not when Ctrl-C came while it loaded
             self._on_ready()
@@ -135,6 +155,12 @@ class _Workers(Multiprocess):
             self.terminate_all()  # those that had started
             self.join_all()
             raise
+        if started and not all(_listening(s) for s in self.sockets):
+            # a worker's listen failed inside uvloop, which does not say so: another
+            # server took the port while these loaded
+            self.terminate_all()
+            self.join_all()
+            raise _in_use(self.config.host, self.config.port, "another server listens there")
         if started:
             self._on_ready()
 
