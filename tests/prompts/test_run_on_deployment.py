@@ -136,3 +136,20 @@ def store_prompt(store: Store, ref: str) -> Any:
     from lmops.prompts import load
 
     return load(store, ref)
+
+
+def test_a_gateway_whose_version_differs_refuses_to_run_it(
+    store: Store, gateway: tuple[str, str, list[dict[str, Any]]]
+) -> None:
+    """The client sends the version's content digest with its ref: a gateway on another
+    store, holding other text under the same name:N, refuses instead of running it."""
+    from lmops.prompts.lm import EndpointError
+
+    url, key, sent = gateway
+    model = OpenAIChat(url + "/v1", "wrapped", api_key=key, max_retries=0)
+    fr = store_prompt(store, "fr@production")
+    fr.version.digest = "0" * 64  # the client's fr:1 holds other bytes than the gateway's
+    n = len(sent)
+    with pytest.raises(EndpointError, match="fr:1 on this gateway is not the version you"):
+        "".join(run_prompt(fr, model, {"input": "Good morning"}))
+    assert len(sent) == n  # nothing reached the model

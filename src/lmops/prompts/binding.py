@@ -58,7 +58,14 @@ def apply_prompt(
     variables = body.pop("variables", None) or {}
     if not isinstance(variables, dict) or not all(isinstance(k, str) for k in variables):
         raise UserError("variables: give an object of variable name -> value")
+    digest = body.pop("prompt_digest", None)
     prompt: Prompt = get(ref, store=store)
+    if digest is not None and digest != prompt.version.digest:
+        raise UserError(
+            f"prompt: {prompt.ref} on this gateway is not the version you rendered (its "
+            "content differs: the gateway has its own store); register the same version "
+            "here, or run the prompt against a deployment that binds none"
+        )
     values = dict(variables)
     wants_input = "input" in prompt.variables and "input" not in values
     if kind == "chat" and not body.get("messages"):

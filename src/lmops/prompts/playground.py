@@ -37,7 +37,12 @@ def _request(
     params = _params(prompt, overrides)
     if getattr(model, "renders_prompts", False):
         # rendered text would be wrapped again in the deployment's bound prompt
-        params["extra_body"] = {"prompt": prompt.ref, "variables": dict(variables)}
+        # with its content's digest: a gateway on another store may hold other text
+        # under the same name:N, and must refuse rather than run it
+        body = {"prompt": prompt.ref, "variables": dict(variables)}
+        if prompt.version.digest:
+            body["prompt_digest"] = prompt.version.digest
+        params["extra_body"] = body
         return [], params
     return messages, params
 
