@@ -199,6 +199,13 @@ def test_alerts_are_scoped_by_what_a_check_compares_against(store: Any, tmp_path
     assert report.status == "ok", report.drifted
     assert not any(s["firing"] for s in report.alerts.values()), report.alerts
     assert version.metadata["alert_scope"] == "traffic [4h, 1h]"
+    # the exported gauge still says the watch's alert fires (Alertmanager would see it
+    # resolve and fire again with every ad-hoc check)
+    from lmops.monitor.alerts import metrics_text
+    from lmops.monitor.checks import latest_reports
+
+    text = metrics_text(r for _, r in latest_reports(store)).decode()
+    assert 'lmops_monitor_alert_firing{monitor="language",subject="deployment:chat"} 1.0' in text
 
     # the watch's alerts kept their streaks through it: no second page, none cleared
     again, version = check_deployment(store, watch_spec)

@@ -140,8 +140,9 @@ def metrics_text(reports: Iterable[DriftReport]) -> bytes:
             if m.p_value is not None:
                 pval.labels(s, m.name).set(m.p_value)
             drift.labels(s, m.name).set(1.0 if m.drift else 0.0)
-        for name, st in r.alerts.items():
-            firing.labels(s, name).set(1.0 if st.get("firing") else 0.0)
+        for name in {*r.alerts, *r.firing_elsewhere}:  # any scope's firing alert holds
+            on = r.alerts.get(name, {}).get("firing") or name in r.firing_elsewhere
+            firing.labels(s, name).set(1.0 if on else 0.0)
         if r.canaries is not None:
             canary.labels(s, "passed").set(r.canaries.get("passed", 0))
             canary.labels(s, "failed").set(r.canaries.get("failed", 0))

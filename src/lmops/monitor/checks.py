@@ -232,6 +232,15 @@ def check_deployment(
         scopes[scope] = states  # last: the most recently used
         scopes = dict(list(scopes.items())[-_MAX_SCOPES:])
         report.alerts, report.alert_scope = states, scope
+        report.firing_elsewhere = sorted(
+            {
+                a
+                for sc, st in scopes.items()
+                if sc != scope
+                for a, x in st.items()
+                if x.get("firing")
+            }
+        )
         payloads = [
             {
                 "event": event,

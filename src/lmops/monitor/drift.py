@@ -155,6 +155,9 @@ class DriftReport(BaseModel):
     monitors: list[MonitorResult] = Field(default_factory=list)
     alerts: dict[str, Any] = Field(default_factory=dict)  # of this alert_scope only
     alert_scope: str | None = None  # what the alerts are about (monitor.checks.alert_scope)
+    # alerts firing in the deployment's other scopes (another reference's checks): the
+    # exported gauges stay 1 while any scope fires, whichever check ran last
+    firing_elsewhere: list[str] = Field(default_factory=list)
     canaries: dict[str, Any] | None = None
     notifications: list[dict[str, Any]] = Field(default_factory=list)
     # webhook payloads not delivered yet, {"payload", "attempts"}: the next evaluation
