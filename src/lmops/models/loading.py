@@ -68,7 +68,11 @@ def resolve_local(
 
 def merged_view(adapter_dir: Path, store: Any | None) -> Path:
     """A full model folder for an adapter: merged into its base in a temp folder (inference
-    backends such as the eval harness and the serving engine load plain HF folders)."""
+    backends such as the eval harness and the serving engine load plain HF folders),
+    removed when the process exits (each was a whole model left in /tmp: 218 of them, up
+    to 517 MB each, after a day of runs)."""
+    import atexit
+    import shutil
     import tempfile
 
     from transformers import AutoTokenizer
@@ -76,6 +80,7 @@ def merged_view(adapter_dir: Path, store: Any | None) -> Path:
     refuse_reward_model(adapter_dir, "loaded as a language model")
     quiet_transformers()
     out = Path(tempfile.mkdtemp(prefix="lmops-merged-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     load_merged(adapter_dir, store=store).save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
     return out
