@@ -92,6 +92,11 @@ def test_the_search_picks_the_best_candidate_and_registers_it(
     assert "exactly one of" in r.best.instruction and r.best.demos
     assert r.test_best == 1.0 and r.test_baseline < 0.8
     assert r.diff_ci[0] > 0  # the held-out improvement's 95% CI excludes zero
+    # what guessing scores on the same rows, beside it: the most common target's share (2 of
+    # 3 rows are positive) and a uniform pick among the two labels
+    assert r.majority_target == "positive" and 0.5 < r.test_majority < 0.85
+    assert r.test_majority * r.test_items == round(r.test_majority * r.test_items)
+    assert r.test_chance == 0.5
     assert (
         r.calls_search <= settings.budget
         and r.calls_total == r.calls_search + r.calls_propose + 2 * 80

@@ -77,6 +77,10 @@ def test_optimize_command_registers_and_promotes(cli: Any, tmp_path: Path, endpo
     out = json.loads(r.out)
     assert out["registered"] == "senti:2" and out["promoted"] == "staging"
     assert out["test_best"] == 1.0 and out["diff_ci"][0] > 0
+    assert out["majority_target"] == "positive" and out["test_chance"] == 0.5
+    text = cli(*[a for a in args if a != "--json"], "--proposal-tokens", "48")
+    assert "always answering the most common target ('positive') scores" in text.out
+    assert "warning:" not in text.out  # 1.0 beats it
     shown = json.loads(cli("prompts", "show", "senti@staging", "--json").out)
     assert shown["ref"] == "senti:2" and shown["metadata"]["optimize"]["test_items"] == 60
     bad = cli("prompts", "optimize", "senti:1", "--task", str(task), "--endpoint",

@@ -397,10 +397,22 @@ def optimize(
         print_json(r)
         return
     lo, hi = r.diff_ci
+    chance = f", a uniform guess {r.test_chance:.3f}" if r.test_chance is not None else ""
     console.print(
         f"held-out ({r.test_items} rows): start {r.test_baseline:.3f} -> best {r.test_best:.3f} "
-        f"(difference 95% CI [{lo:+.3f}, {hi:+.3f}]); {r.calls_total} calls"
+        f"(difference 95% CI [{lo:+.3f}, {hi:+.3f}]); always answering the most common "
+        f"target ({r.majority_target!r}) scores {r.test_majority:.3f}{chance}; "
+        f"{r.calls_total} calls",
+        markup=False,
+        highlight=False,
     )
+    if r.test_best <= r.test_majority:
+        console.print(
+            "warning: the best prompt does not beat always answering the most common target; "
+            "its gain may be majority-class guessing (check its answers, or balance the set)",
+            markup=False,
+            highlight=False,
+        )
     if r.registered:
         console.print(f"registered {r.registered}" + (f" @{r.promoted}" if r.promoted else ""))
     else:

@@ -130,6 +130,11 @@ class OptimizeResult(BaseModel):
     calls_propose: int  # proposer requests (the target's own when no proposer was given)
     calls_total: int  # every request: search, proposals and the final test
     test_items: int
+    # what guessing scores on the same held-out rows: always the most common target, and a
+    # uniform pick among the labels (None without labels); a "gain" below these is none
+    test_majority: float = 0.0
+    majority_target: str = ""
+    test_chance: float | None = None
     registered: str | None = None
     promoted: str | None = None
     run_id: str | None = None
@@ -152,6 +157,16 @@ def read_set(
 
 def _norm(text: str) -> str:
     return re.sub(r"[^\w\s]", "", text).strip().lower()
+
+
+def _majority(targets: Sequence[str]) -> tuple[str, float]:
+    """The most common target (as scoring compares them) and the share of rows it is."""
+    from collections import Counter
+
+    if not targets:
+        return "", 0.0
+    (label, n), *_ = Counter(_norm(t) for t in targets).most_common(1)
+    return label, n / len(targets)
 
 
 def score(reply: str, target: str, labels: Sequence[str] | None) -> bool:
@@ -582,6 +597,7 @@ def optimize(
             journal.close()
         base_s, best_s = finals["start"], finals[best.key]
         diffs = [b - a for a, b in zip(base_s, best_s, strict=True)]
+        majority, share = _majority([str(row[task.target_field]) for row in test])
         result = OptimizeResult(
             best=best,
             dev_scores=dev_scores,
@@ -595,6 +611,9 @@ def optimize(
             calls_propose=settings.instructions,
             calls_total=asker.calls + settings.instructions,
             test_items=len(test),
+            test_majority=share,
+            majority_target=majority,
+            test_chance=1 / len(task.labels) if task.labels else None,
             run_id=run.id,
         )
         store.runs.log_metrics(
