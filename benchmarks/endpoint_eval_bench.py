@@ -117,35 +117,9 @@ def model_folder(work: Path, explicit: str | None) -> Path:
 
 def start_gateway(work: Path, folder: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     """``lmops serve --model smol=FOLDER`` on a free port; its ``/v1`` URL and a key."""
-    import httpx
-    from guard_bench import gateway_env
+    from prompt_bench import start_gateway as serve
 
-    from lmops.core.net import free_port
-
-    env, key = gateway_env(work)
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "lmops.cli.main", "serve", "--port", str(port)),
-            *("--model", f"smol={folder}", "--log-level", "warning"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return proc, base + "/v1", key
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit("lmops serve exited")
-        time.sleep(1)
-    proc.kill()
-    raise SystemExit("lmops serve did not start in 10 minutes")
+    return serve(work, folder)
 
 
 def write_tasks(task_dir: Path, data_dir: Path, args: argparse.Namespace) -> None:

@@ -151,19 +151,24 @@ def language_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     return out
 
 
-def start_gateway(tmp: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_gateway(
+    tmp: Path, folder: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """``lmops serve --model smol=FOLDER`` on a free port (``folder``: SmolLM2-135M-Instruct
+    de-quantised into ``tmp`` when not given); its ``/v1`` URL and a key."""
     import httpx
     from guard_bench import gateway_env, hf_folder_from_gguf, smollm2_gguf
 
     from lmops.core.net import free_port
 
-    gguf, why = smollm2_gguf()
-    if gguf is None:
-        raise SystemExit(f"SmolLM2 GGUF unavailable: {why}")
-    folder = tmp / "smol"
-    if not (folder / "config.json").exists():
-        print("de-quantising SmolLM2-135M-Instruct ...", file=sys.stderr)
-        hf_folder_from_gguf(gguf, folder)
+    if folder is None:
+        gguf, why = smollm2_gguf()
+        if gguf is None:
+            raise SystemExit(f"SmolLM2 GGUF unavailable: {why}")
+        folder = tmp / "smol"
+        if not (folder / "config.json").exists():
+            print("de-quantising SmolLM2-135M-Instruct ...", file=sys.stderr)
+            hf_folder_from_gguf(gguf, folder)
     env, key = gateway_env(tmp)
     port = free_port()
     proc = subprocess.Popen(

@@ -127,9 +127,8 @@ async def _checked_prompts(ctx: Any, job: Job) -> list[str]:
     """A completions job's prompts through the input guardrails, each as a user turn (a
     refusal names ``prompt[i]`` where there are several), one at a time (see
     :func:`_off_loop_if_big`; all of them on a worker thread when together they are big).
-    A prompt of token ids that a guardrail rewrote is encoded again from its new text; with
-    token ids, the request log keeps the texts the model read, not ids that would carry
-    unmasked PII."""
+    A prompt of token ids that a guardrail rewrote is encoded again from its new text (the
+    request log already holds its decoded text, masked as it is written)."""
     prompts = list(job.prompts or [])
     many = len(prompts) > 1
     together = sum(map(len, prompts))
@@ -144,8 +143,6 @@ async def _checked_prompts(ctx: Any, job: Job) -> list[str]:
             ids if ids is not None and new == old else None
             for ids, new, old in zip(job.token_ids, checked, prompts, strict=True)
         ]
-        if getattr(ctx, "body", None) is not None:
-            ctx.body = {**ctx.body, "prompt": checked if many else checked[0]}
     return checked
 
 

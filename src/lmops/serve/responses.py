@@ -54,6 +54,16 @@ _PASSED = {
     "metadata",
     "user",
 }
+# every field a Responses request may carry here (the others are a 400)
+_KNOWN = frozenset(
+    _PASSED
+    | _IGNORED
+    | {
+        "model", "input", "instructions", "temperature", "top_p", "max_output_tokens",
+        "tools", "tool_choice", "text", "include", "top_logprobs", "reasoning", "prompt",
+        "stream", "previous_response_id", "conversation", "background",
+    }
+)  # fmt: skip
 
 
 def _bad(param: str, message: str, code: str = "invalid_value") -> OpenAIError:
@@ -266,30 +276,7 @@ def chat_body(body: Any) -> dict[str, Any]:
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
-    known = (
-        _PASSED
-        | _IGNORED
-        | {
-            "model",
-            "input",
-            "instructions",
-            "temperature",
-            "top_p",
-            "max_output_tokens",
-            "tools",
-            "tool_choice",
-            "text",
-            "include",
-            "top_logprobs",
-            "reasoning",
-            "prompt",
-            "stream",
-            "previous_response_id",
-            "conversation",
-            "background",
-        }
-    )
-    unknown = sorted(set(body) - known)
+    unknown = sorted(set(body) - _KNOWN)
     if unknown:
         raise _bad(
             unknown[0],
