@@ -191,6 +191,7 @@ class Engine:
         *,
         control_tokens: str = "escape",
         tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
     ) -> list[int]:
         """The prompt ids of a chat: the model's template around the messages' text.
 
@@ -206,7 +207,10 @@ class Engine:
             raise ControlTokenError(forged[0])
         if not forged:
             text = self.tokenizer.apply_chat_template(
-                messages, tools=tools, tokenize=False, add_generation_prompt=True
+                messages,
+                tools=tools,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
             )
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         # Render the template with a placeholder per message, then encode the template's
@@ -215,7 +219,10 @@ class Engine:
         placeholders = [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
         text = str(
             self.tokenizer.apply_chat_template(
-                placeholders, tools=tools, tokenize=False, add_generation_prompt=True
+                placeholders,
+                tools=tools,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
             )
         )
         contents = {

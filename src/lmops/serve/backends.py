@@ -211,6 +211,32 @@ def _text_parts_only(messages: list[dict[str, Any]] | None) -> None:
                 )
 
 
+def encode_messages(
+    engine: Any,
+    messages: list[dict[str, Any]],
+    plan: Any,
+    control_tokens: str,
+    *,
+    add_generation_prompt: bool = True,
+) -> list[int]:
+    """The prompt ids of a chat as the engine reads it: each message's text (content parts
+    joined) and the tools of ``plan`` (a :class:`~lmops.serve.tools.ToolPlan` or None)
+    through the model's chat template; also what ``/tokenize`` counts. Blocking."""
+    from lmops.serve.tools import render, template_has_tools
+
+    texts = [{**m, "content": _content_text(m.get("content"))} for m in messages]
+    native = not engine.chat_template_fallback and template_has_tools(engine.tokenizer)
+    rendered, tools = render(texts, plan, native=native)
+    return list(
+        engine.encode_chat(
+            rendered,
+            control_tokens=control_tokens,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+        )
+    )
+
+
 def _context_error(kind: str, limit: int, tokens: int | None) -> OpenAIError:
     has = f"your prompt has {tokens}" if tokens is not None else "your prompt is longer"
     return OpenAIError(
@@ -359,15 +385,7 @@ class EngineBackend:
 
         def encode() -> list[list[int]]:
             if job.messages is not None:
-                from lmops.serve.tools import render, template_has_tools
-
-                # the template gets each message's text (content parts joined)
-                messages = [{**m, "content": _content_text(m.get("content"))} for m in job.messages]
-                native = not engine.chat_template_fallback and template_has_tools(engine.tokenizer)
-                messages, tools = render(messages, job.tools, native=native)
-                return [
-                    engine.encode_chat(messages, control_tokens=job.control_tokens, tools=tools)
-                ]
+                return [encode_messages(engine, job.messages, job.tools, job.control_tokens)]
             given = job.token_ids or [None] * len(job.prompts or [])
             return [
                 list(ids) if ids is not None else engine.encode(text) or [empty]

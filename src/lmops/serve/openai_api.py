@@ -197,5 +197,9 @@ def mount_openai(
         return Response(policy.metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(router)
+    from lmops.serve.tokenize import tokenizer_router
+
+    for prefix in ("", "/v1"):  # vLLM's place, and beside the OpenAI routes
+        app.include_router(tokenizer_router(gw, max_body_bytes=max_body_bytes, prefix=prefix))
     app.state.gateway = gw
     return gw

@@ -1,0 +1,255 @@
+"""vLLM's tokenizer routes on the gateway: ``POST /tokenize``, ``POST /detokenize`` and
+``GET /tokenizer_info`` (also under ``/v1``), with vLLM's request and response shapes.
+
+A client counts a prompt's tokens, or turns token ids back into text, with the tokenizer of
+the model a deployment serves, without having that tokenizer itself. lm-evaluation-harness's
+``local-completions`` probes for these routes by default (``tokenizer_backend=auto``) and
+then needs no local copy of the tokenizer (``auth_token=<key>`` in its ``model_args``).
+
+What is counted is what the gateway's engine reads:
+
+- ``prompt``: the text as ``/v1/completions`` encodes it (no special tokens added; special
+  token strings in the text are read as such), or for an embeddings deployment as
+  ``/v1/embeddings`` does (with them); ``add_special_tokens`` overrides either.
+- ``messages``: the chat as ``/v1/chat/completions`` encodes it, through the model's chat
+  template with ``tools`` and the deployment's ``control_tokens`` policy (a special token
+  string inside a message is plain text, or a 400 where the deployment refuses them). A
+  prompt the deployment binds is not included: it may be confidential.
+
+``model`` is optional, as in vLLM, which serves one model: without it the deployment is the
+one the key may call, or any of several whose models share one tokenizer; otherwise a 400
+lists them. Keys and their deployment scopes apply; nothing is metered or logged (no model
+runs). Upstream and fake deployments have no tokenizer here: a 400 says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import Field
+
+from lmops.serve.backends import INLINE_TOKENIZE_CHARS, _text_parts_only, encode_messages
+from lmops.serve.protocol import ChatRequest, OpenAIError, _Open, parse, read_json
+
+__all__ = ["tokenizer_router"]
+
+
+class TokenizeRequest(_Open):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_special_tokens: bool | None = None  # None: as the route that reads it
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(_Open):
+    model: str | None = None
+    tokens: list[int] = Field(max_length=1_000_000)
+
+
+def _bad(message: str, param: str | None, code: str = "invalid_value") -> OpenAIError:
+    return OpenAIError(400, message, param=param, code=code)
+
+
+def fingerprint(engine: Any) -> str:
+    """What makes two tokenizers read text alike: vocabulary, merges, normalisation,
+    special tokens and chat template (cached on the engine: a vocabulary's JSON is big)."""
+    done = getattr(engine, "_lmops_tokenizer_fingerprint", None)
+    if done is not None:
+        return str(done)
+    tok = engine.tokenizer
+    h = hashlib.sha256(type(tok).__name__.encode())
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:  # a slow tokenizer: its vocabulary
+        h.update(repr(sorted(tok.get_vocab().items())).encode())
+    h.update(repr(sorted(map(str, tok.all_special_tokens))).encode())
+    h.update(str(getattr(tok, "chat_template", "") or "").encode())
+    digest = engine._lmops_tokenizer_fingerprint = h.hexdigest()
+    return digest
+
+
+def _engine_of(dep: Any) -> Any:
+    """The engine whose tokenizer reads ``dep``'s requests; a 400 where there is none
+    here, or where an A/B split's models read text differently."""
+    if dep.upstream is not None or dep.spec.fake is not None or not dep.targets:
+        what = "an upstream" if dep.upstream is not None else "a fake model"
+        raise _bad(
+            f"deployment {dep.name!r} is {what}: the gateway holds no tokenizer for it; "
+            "tokenize with a deployment of a model the gateway runs",
+            "model",
+            "unsupported_endpoint",
+        )
+    first = dep.pick() if len(dep.targets) == 1 else dep.targets[0][0]
+    if len({fingerprint(t.engine) for t, _ in dep.targets}) > 1:
+        raise _bad(
+            f"deployment {dep.name!r} splits traffic between models with different "
+            f"tokenizers ({', '.join(str(t.version) for t, _ in dep.targets)}); tokenize "
+            "with a deployment of one of them",
+            "model",
+        )
+    return first.engine
+
+
+def _resolve(gw: Any, key: Any, name: str | None) -> tuple[str, Any]:
+    """The deployment named, or the one this key reaches (see the module docstring)."""
+    if name is not None:
+        dep = gw.deployment(key, name)
+        return name, _engine_of(dep)
+    names = [n for n in sorted(gw.registry.deployments) if key.scopes is None or n in key.scopes]
+    usable: dict[str, Any] = {}
+    for n in names:
+        dep = gw.registry.deployments[n]
+        try:
+            usable[n] = _engine_of(dep)
+        except OpenAIError:
+            continue
+    if not usable:
+        raise _bad(
+            "model: no deployment this key may call has a tokenizer in the gateway "
+            f"(it may call: {', '.join(names) or 'none'})",
+            "model",
+        )
+    if len({fingerprint(e) for e in usable.values()}) > 1:
+        raise _bad(
+            "model: required, as the deployments this key may call read text with different "
+            f"tokenizers; name one of: {', '.join(usable)}",
+            "model",
+        )
+    first = next(iter(usable))
+    return first, usable[first]
+
+
+def _is_encoder(engine: Any) -> bool:
+    from lmops.models.encoder import Encoder
+
+    return isinstance(engine, Encoder)
+
+
+def _tokenize(
+    engine: Any, req: TokenizeRequest, body: dict[str, Any], name: str, control_tokens: str
+) -> list[int]:
+    """The ids of ``req``'s prompt or messages (blocking; see the module docstring)."""
+    tok = engine.tokenizer
+    if req.prompt is not None:
+        special = req.add_special_tokens
+        if special is None:
+            special = _is_encoder(engine)  # /v1/embeddings adds them; completions do not
+        return list(tok(req.prompt, add_special_tokens=special)["input_ids"])
+    if _is_encoder(engine):
+        raise _bad(
+            f"messages: deployment {name!r} serves embeddings, which have no chat template; "
+            "send prompt instead",
+            "messages",
+        )
+    from lmops.models.engine import ControlTokenError
+    from lmops.serve import tools
+
+    chat: ChatRequest = parse(ChatRequest, {**body, "model": name})
+    messages = [m.model_dump(exclude_none=True) for m in chat.messages]
+    _text_parts_only(messages)
+    try:
+        ids = encode_messages(
+            engine,
+            messages,
+            tools.plan_request(chat),
+            control_tokens,
+            add_generation_prompt=req.add_generation_prompt,
+        )
+    except ControlTokenError as e:
+        raise _bad(str(e), f"messages[{e.index}].content", "control_tokens") from None
+    if req.add_special_tokens:  # the tokenizer's own (a BOS), around the rendered chat
+        ids = list(tok.build_inputs_with_special_tokens(ids))
+    return ids
+
+
+async def _off_loop(fn: Any, chars: int, *args: Any) -> Any:
+    """``fn(*args)``, on a worker thread for a big text (as the generation path does)."""
+    return await asyncio.to_thread(fn, *args) if chars > INLINE_TOKENIZE_CHARS else fn(*args)
+
+
+def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRouter:
+    """The three routes under ``prefix`` ('' or '/v1'), over gateway ``gw``'s keys and
+    deployments."""
+    from lmops.serve.openai_api import _RequestIdRoute
+
+    router = APIRouter(prefix=prefix, route_class=_RequestIdRoute)
+
+    @router.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        key = gw.authenticate(request)
+        raw = await read_json(request, max_bytes=max_body_bytes)
+        req: TokenizeRequest = parse(TokenizeRequest, raw)
+        if (req.prompt is None) == (req.messages is None):
+            raise _bad("send prompt (a string) or messages (a chat), not both or neither", None)
+        if req.continue_final_message:
+            raise _bad(
+                "continue_final_message: not supported; the gateway's chat requests always "
+                "end with a generation prompt",
+                "continue_final_message",
+                "unsupported_value",
+            )
+        name, engine = _resolve(gw, key, req.model)
+        policy = gw.registry.deployments[name].spec.control_tokens
+        chars = len(req.prompt) if req.prompt is not None else len(str(req.messages))
+        ids = await _off_loop(_tokenize, chars, engine, req, raw, name, policy)
+        out: dict[str, Any] = {
+            "count": len(ids),
+            "max_model_len": engine.max_context,
+            "tokens": ids,
+            "token_strs": engine.tokenizer.convert_ids_to_tokens(ids)
+            if req.return_token_strs
+            else None,
+        }
+        return out
+
+    @router.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        key = gw.authenticate(request)
+        raw = await read_json(request, max_bytes=max_body_bytes)
+        req: DetokenizeRequest = parse(DetokenizeRequest, raw)
+        _, engine = _resolve(gw, key, req.model)
+        vocab = len(engine.tokenizer)
+        bad = next((i for i, t in enumerate(req.tokens) if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise _bad(
+                f"tokens[{bad}]: token id {req.tokens[bad]} is not in this model's vocabulary "
+                f"(token ids 0 to {vocab - 1})",
+                "tokens",
+            )
+        text = await _off_loop(
+            lambda: engine.tokenizer.decode(req.tokens, skip_special_tokens=False),
+            len(req.tokens) * 4,
+        )
+        return {"prompt": text}
+
+    @router.get("/tokenizer_info")
+    def tokenizer_info(request: Request, model: str | None = None) -> dict[str, Any]:
+        key = gw.authenticate(request)
+        _, engine = _resolve(gw, key, model)
+        tok = engine.tokenizer
+
+        def special(name: str) -> str | None:
+            value = getattr(tok, name, None)
+            return None if value is None else str(value)
+
+        return {
+            "tokenizer_class": type(tok).__name__,
+            "bos_token": special("bos_token"),
+            "eos_token": special("eos_token"),
+            "pad_token": special("pad_token"),
+            "unk_token": special("unk_token"),
+            "chat_template": getattr(tok, "chat_template", None)
+            if not _is_encoder(engine)
+            else None,
+            "model_max_length": engine.max_context,
+            "vocab_size": len(tok),
+        }
+
+    return router
