@@ -167,6 +167,12 @@ def test_completions_and_embeddings(server: dict[str, Any]) -> None:
     ).json()
     decoded = struct.unpack("<64f", base64.b64decode(raw["data"][0]["embedding"]))
     assert decoded == pytest.approx(e.data[0].embedding, abs=1e-6)
+    # token ids (LangChain's OpenAIEmbeddings sends tiktoken's by default): a 400 that
+    # says how to make it send text
+    with pytest.raises(openai.BadRequestError) as ids:
+        c.embeddings.create(model="tiny", input=[[15339, 1917]])
+    assert ids.value.body["param"] == "input"
+    assert "check_embedding_ctx_length=False" in ids.value.body["message"]
 
 
 def test_keys_scopes_and_error_shapes(server: dict[str, Any]) -> None:

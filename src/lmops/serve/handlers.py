@@ -718,10 +718,18 @@ class Handlers:
             given = [req.input] if isinstance(req.input, str) else list(req.input)
             texts = [t for t in given if isinstance(t, str)]
             if not texts or len(texts) != len(given):
+                # token ids from a client that tokenized for OpenAI's models (tiktoken)
+                # would mean other words to this model
+                hint = (
+                    "; LangChain's OpenAIEmbeddings sends token ids unless it is given "
+                    "check_embedding_ctx_length=False"
+                    if given and not isinstance(given[0], str)
+                    else ""
+                )
                 raise OpenAIError(
                     400,
                     "input: this gateway embeds text (a string or a list of strings), not "
-                    f"{_prompt_shape(req.input)}",
+                    f"{_prompt_shape(req.input)}{hint}",
                     param="input",
                     code="unsupported_value",
                 )
