@@ -18,8 +18,8 @@ def trace_cmd(
     request_id: Annotated[
         str | None,
         typer.Argument(
-            help="The answer's id (chatcmpl-…, cmpl-…, emb-…) or the response's x-request-id "
-            "header (a refused request has only that one).",
+            help="The answer's id (chatcmpl-…, cmpl-…, resp_…, emb-…) or the response's "
+            "x-request-id header (a refused request has only that one).",
             show_default=False,
         ),
     ] = None,
