@@ -177,6 +177,15 @@ def _seed(store: Any, tmp: Path) -> dict[str, Any]:
         "alerts": alerts,
         "n_ref": 500,
         "n_cur": 400,
+        # a canary run whose key the gateway refused: two never sent (monitor/canary.py)
+        "canaries": {
+            "set": "tides-canaries:1",
+            "passed": 1,
+            "failed": 1,
+            "errors": 2,
+            "error": "the gateway refused the key (401); give a valid --api-key",
+            "failing": ["c2"],
+        },
     }
     (drift / "report.json").write_text(json.dumps({**head, "monitors": [monitor]}))
     store.assets.register("drift_report", "tides-drift", drift, metadata=head)

@@ -1,5 +1,5 @@
-"""Store pages of the console over plain HTTP (no browser): the real app on loopback, logged
-in as an admin through the login form.
+"""Store and monitoring pages of the console over plain HTTP (no browser): the real app on
+loopback, logged in as an admin through the login form.
 
 - Previewing a file of an external reference (a local file a job read, recorded by path):
   the recorded path is the file itself, and the page joined the file's name onto it, a 500
@@ -7,6 +7,7 @@ in as an admin through the login form.
 - A deleted dataset's version page linked to its data page, which is a 404 for a version
   that is not READY; it shows DELETED instead.
 - A run's page shows the tail of its log (escaped), or why it has none.
+- Canaries that never ran (a setup error) are counted and explained on the monitoring pages.
 """
 
 from __future__ import annotations
@@ -102,3 +103,15 @@ def test_a_runs_page_shows_the_tail_of_its_log(admin: httpx.Client, console: Con
     Path(str(old.log_path)).unlink()
     page = admin.get(f"/ui/runs/{old.id}")
     assert page.status_code == 200 and "have none" in page.text
+
+
+def test_monitoring_pages_show_canaries_that_never_ran(admin: httpx.Client) -> None:
+    """A canary run that could not reach its model (a refused key) is not a quiet "0
+    failed": the list and the report say how many never ran, and why."""
+    listing = admin.get("/ui/monitoring")
+    assert listing.status_code == 200
+    assert "1 ok · 1 failed · " in listing.text and "2 not run" in listing.text
+    assert "the gateway refused the key (401)" in listing.text  # the cell's title
+    report = admin.get("/ui/monitoring/tides-drift/1")
+    assert report.status_code == 200
+    assert "2 not run</span>: the gateway refused the key (401)" in report.text
