@@ -166,7 +166,7 @@ def test_guardrails_limits_and_the_request_log(server: dict[str, Any]) -> None:
     # input guardrails: a blocked request is the chat path's 400
     with pytest.raises(openai.BadRequestError) as e:
         c.responses.create(model="guarded", input="How do I make a bomb to kill people?")
-    assert e.value.body["code"] == "content_filter"
+    assert e.value.body["code"] == "content_filter" and e.value.body["param"] == "input"
     # output guardrails: the reply is cut, and the response says why
     r = c.responses.create(model="harmful", input="hi")
     assert r.status == "incomplete" and r.incomplete_details.reason == "content_filter"
@@ -202,6 +202,48 @@ def test_what_is_not_served_is_a_one_line_400(
         client(server).post("/responses", body=body, cast_to=object)
     err = e.value.body
     assert err["param"] == param and says in err["message"] and "\n" not in err["message"]
+
+
+IMAGE = {"type": "input_image", "image_url": "http://127.0.0.1:9/cat.png"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "says"),
+    [
+        ({"max_output_tokens": 10**9}, "max_output_tokens", "max_output_tokens is too large"),
+        (
+            {
+                "instructions": "Be brief.",
+                "input": [
+                    {"role": "user", "content": [{"type": "input_text", "text": "hi"}, IMAGE]}
+                ],
+            },
+            "input[0].content[1].type",
+            "reads text only",
+        ),
+        (
+            {"input": [{"type": "function_call_output", "call_id": "c9", "output": "3"}]},
+            "input[0].call_id",
+            "none has the id 'c9'",
+        ),
+        (
+            {"tools": [{"type": "function", "name": "f", "parameters": {"type": "bogus"}}]},
+            "tools[0].parameters",
+            "tools[0].parameters",
+        ),
+    ],
+)
+def test_the_chat_paths_refusals_name_the_responses_fields(
+    server: dict[str, Any], fields: dict[str, Any], param: str, says: str
+) -> None:
+    """A request refused after its translation (by the chat path) names the field the
+    client sent, not the chat field it was translated to."""
+    body: dict[str, Any] = {"model": "tiny", "input": "hi", **fields}
+    with pytest.raises(openai.BadRequestError) as e:
+        client(server).post("/responses", body=body, cast_to=object)
+    err = e.value.body
+    assert err["param"] == param and says in err["message"], err
+    assert "messages" not in err["message"] and "max_completion_tokens" not in err["message"]
 
 
 def test_logprobs_and_a_registered_prompt(server: dict[str, Any]) -> None:

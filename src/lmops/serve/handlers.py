@@ -272,7 +272,10 @@ class Handlers:
         key = self.gw.authenticate(request)
         raw = await read_json(request, max_bytes=self.max_body_bytes)
         chat = responses.chat_body(raw)
-        reply = await self.generate(request, "chat", key=key, body=chat)
+        try:
+            reply = await self.generate(request, "chat", key=key, body=chat)
+        except OpenAIError as e:  # said in the Responses API's field names
+            raise responses.as_responses_error(e, raw) from None
         if isinstance(reply, EventStream):
             reply.body_iterator = responses.to_stream(reply.body_iterator, raw)
             return reply

@@ -20,6 +20,7 @@ names an lmops registered prompt (``id@label`` or ``id`` with ``version``)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -101,13 +102,21 @@ def _parts(content: Any, where: str) -> str | list[dict[str, Any]]:
     return out
 
 
-def _messages(items: Any, instructions: Any) -> list[dict[str, Any]]:
+def _messages(
+    items: Any, instructions: Any, origins: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """The chat messages of ``input`` and ``instructions``; ``origins`` gets, per message,
+    where it came from (``instructions``, ``input``, ``input[i]``) and, per tool call of an
+    assistant message, ``<message's origin>#<call's origin>``."""
     messages: list[dict[str, Any]] = []
+    origins = origins if origins is not None else []
     if instructions is not None:
         if not isinstance(instructions, str):
             raise _bad("instructions", "give a string")
         messages.append({"role": "system", "content": instructions})
+        origins.append("instructions")
     if isinstance(items, str):
+        origins.append("input")
         return [*messages, {"role": "user", "content": items}]
     if not isinstance(items, list) or not items:
         raise _bad("input", "give a string or a non-empty list of input items")
@@ -128,8 +137,10 @@ def _messages(items: Any, instructions: Any) -> list[dict[str, Any]]:
             # calls right after an assistant turn (its text, or other calls) are that turn's
             if messages and messages[-1]["role"] == "assistant":
                 messages[-1].setdefault("tool_calls", []).append(call)
+                origins[-1] += f"#{where}"
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                origins.append(f"{where}#{where}")
             continue
         if kind == "function_call_output":
             output, call_id = item.get("output"), item.get("call_id")
@@ -137,6 +148,7 @@ def _messages(items: Any, instructions: Any) -> list[dict[str, Any]]:
                 raise _bad(where, "a function_call_output item needs the call_id it answers")
             text = output if isinstance(output, str) else _text_of(output, f"{where}.output")
             messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
+            origins.append(f"{where}.output")
             continue
         if kind == "reasoning":
             continue  # a model's own earlier reasoning: nothing the chat template reads
@@ -152,7 +164,68 @@ def _messages(items: Any, instructions: Any) -> list[dict[str, Any]]:
             raise _bad(f"{where}.role", "give user, assistant, system or developer")
         content = _parts(item.get("content"), f"{where}.content")
         messages.append({"role": "system" if role == "developer" else role, "content": content})
+        origins.append(where)
     return messages
+
+
+# The chat fields a Responses request was translated to -> its own fields, for errors.
+_FIELDS = [
+    (re.compile(r"\bmax_completion_tokens\b"), "max_output_tokens"),
+    (re.compile(r"\bresponse_format\.json_schema\.schema\b"), "text.format.schema"),
+    (re.compile(r"\bresponse_format\b"), "text.format"),
+    (re.compile(r"\b(tools\[\d+\])\.function\b"), r"\1"),
+    (re.compile(r"\breasoning_effort\b"), "reasoning.effort"),
+]
+_MESSAGE = re.compile(r"\bmessages\[(\d+)\](\.content|\.tool_calls\[(\d+)\]|\.tool_call_id)?")
+
+
+def _responses_terms(text: str, origins: list[str]) -> str:
+    def message(m: re.Match[str]) -> str:
+        k = int(m.group(1))
+        if k >= len(origins):
+            return "input"
+        head, *calls = origins[k].split("#")
+        if m.group(3) is not None:  # an assistant turn's tool call: its function_call item
+            j = int(m.group(3))
+            return calls[j] if j < len(calls) else head
+        rest = m.group(2) or ""
+        if rest == ".tool_call_id":  # a function_call_output item's
+            return head.removesuffix(".output") + ".call_id"
+        if head == "instructions" or head.endswith(".output"):
+            return head  # a string: no content parts
+        return head + rest if head != "input" else head
+
+    text = _MESSAGE.sub(message, text)
+    for pattern, name in _FIELDS:
+        text = pattern.sub(name, text)
+    return re.sub(r"\bmessages\b", "input", text)
+
+
+def as_responses_error(e: OpenAIError, body: dict[str, Any]) -> OpenAIError:
+    """``e``, raised by the chat path for ``body`` (a Responses request), in the Responses
+    API's terms: ``max_output_tokens`` for ``max_completion_tokens``, ``input[2].content``
+    for the chat message it became, and so on (param and message)."""
+    origins: list[str] = []
+    try:
+        _messages(body.get("input"), body.get("instructions"), origins)
+    except OpenAIError:  # pragma: no cover - read once already
+        origins = []
+    out = OpenAIError(
+        e.status,
+        _responses_terms(e.message, origins),
+        type_=e.type,
+        param=(
+            "prompt.variables"
+            if e.param == "variables"
+            else _responses_terms(e.param, origins)
+            if e.param
+            else e.param
+        ),
+        code=e.code,
+        headers=e.headers,
+    )
+    out.retry_after_s = e.retry_after_s
+    return out
 
 
 def _text_of(output: Any, where: str) -> str:
