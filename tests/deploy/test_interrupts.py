@@ -76,6 +76,28 @@ def test_interrupted_export_says_where_and_that_nothing_was_written(
     _nothing_registered("t8")
 
 
+def test_a_ctrl_c_after_the_export_was_registered_says_it_is_kept(
+    cli: Any, tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SIGINT comes while the run's metrics are written, after registration: the
+    version is there, and the line says so (it said "not registered")."""
+    from lmops.store import Store
+    from lmops.store.runs import RunTracker
+
+    assert cli("assets", "register", "model", "tiny", str(tiny)).code == 0
+    monkeypatch.setattr(RunTracker, "log_metrics", _sigint_on_call(1, RunTracker.log_metrics))
+    r = cli("deploy", "export", "tiny", "--quant", "q8_0", "-o", "t8k")
+    assert r.code == 130, (r.out, r.err)
+    assert r.err.splitlines()[-1] == (
+        "interrupted exporting tiny to gguf q8_0 after registering t8k:1; it is kept"
+    ), r.err
+    store = Store()
+    try:
+        assert store.assets.resolve("t8k").ref == "t8k:1"
+    finally:
+        store.close()
+
+
 def test_interrupted_gptq4_says_where_and_that_nothing_was_written(
     cli: Any, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

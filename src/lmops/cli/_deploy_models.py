@@ -49,16 +49,31 @@ class _Bar:
         return f" after {self.done:,} of {self.total:,} {self.unit}" if self.total else ""
 
 
+def _latest(name: str) -> str | None:
+    """The ref of asset ``name``'s latest ready version, None while it has none."""
+    from lmops.core.errors import NotFoundError
+
+    try:
+        return open_store().assets.resolve(name).ref
+    except (NotFoundError, UserError):
+        return None
+
+
 @contextmanager
 def _work(what: str, output: str, bar: _Bar) -> Iterator[None]:
     """Run a job that writes to a temporary place and registers ``output`` at its end. A
     Ctrl-C stops its bar and prints where it was and that nothing was kept (the temporary
     files are removed, nothing is registered, the run is recorded CANCELLED), exit 130;
-    typer alone would exit 130 without a word."""
+    typer alone would exit 130 without a word. A Ctrl-C that comes once the new version is
+    registered (while temporary files are removed) says that version is kept."""
+    before = _latest(output)
     try:
         yield
     except KeyboardInterrupt:
         bar.close(stopped=True)
+        after = _latest(output)
+        if after is not None and after != before:
+            interrupted(f"interrupted {what} after registering {after}; it is kept")
         interrupted(
             f"interrupted {what}{bar.where()}; nothing was written ({output} not registered)"
         )
