@@ -138,10 +138,14 @@ def plan_shards(files: list[InputFile], shard_bytes: int = DEFAULT_SHARD_BYTES) 
 
 
 class ErrorSink:
-    """Collects rows that could not be read when ``on_error="skip"``."""
+    """Collects rows that could not be read when ``on_error="skip"``. The file at ``path``
+    is this sink's alone: what an earlier, interrupted attempt at the same shard wrote
+    there is removed, so a resumed run lists each bad row once."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
+        if path is not None:
+            path.unlink(missing_ok=True)
         self.count = 0
         self.by_reason: dict[str, int] = {}
         self._fh: IO[str] | None = None
@@ -153,7 +157,7 @@ class ErrorSink:
         if self.path is not None:
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+                self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
             rec = {"where": where, "reason": reason, "raw": (raw or "")[:2000]}
             self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
