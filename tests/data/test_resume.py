@@ -69,6 +69,55 @@ def _expected(tmp_path: Path, *overrides: str) -> dict[str, bytes]:
     return _parts(Path(res.output_path or ""))
 
 
+def test_on_error_skip_after_a_bad_row_keeps_the_finished_shards(tmp_path: Path) -> None:
+    _fail_on_the_bad_row(tmp_path)
+    res = run_recipe(_recipe(tmp_path, "on_error=skip"), base_dir=tmp_path, progress=False)
+    assert res.resumed_shards == 2  # part0 and part1 were not read again
+    assert res.report["errors"]["count"] == 1 and res.report["docs_in"] == 12
+    assert _parts(Path(res.output_path or "")) == _expected(tmp_path, "on_error=skip")
+
+
+def test_fixing_the_bad_file_redoes_only_its_shard(tmp_path: Path) -> None:
+    _fail_on_the_bad_row(tmp_path)
+    bad = tmp_path / "raw" / "part2.jsonl"
+    bad.write_text(bad.read_text().replace(BAD_LINE, ""))
+    res = run_recipe(_recipe(tmp_path), base_dir=tmp_path, progress=False)
+    assert res.resumed_shards == 2
+    assert res.report["docs_in"] == 12 and res.report["errors"]["count"] == 0
+    assert _parts(Path(res.output_path or "")) == _expected(tmp_path)
+
+
+def test_a_changed_input_is_read_again_even_when_its_shard_had_finished(tmp_path: Path) -> None:
+    _fail_on_the_bad_row(tmp_path)
+    first = tmp_path / "raw" / "part0.jsonl"  # finished, then edited: its work is stale
+    first.write_text(first.read_text().replace("File 0 says", "File zero says"))
+    res = run_recipe(_recipe(tmp_path, "on_error=skip"), base_dir=tmp_path, progress=False)
+    assert res.resumed_shards == 1
+    out = b"".join(_parts(Path(res.output_path or "")).values())
+    assert b"File zero says" in out and b"File 0 says" not in out
+
+
+def _interrupt_before_the_global_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(executor, "run_global_stage", interrupted)
+
+
+def test_a_shard_that_skipped_rows_is_redone_when_the_rerun_asks_to_raise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _corpus(tmp_path / "raw", bad=True)
+    with monkeypatch.context() as m:
+        _interrupt_before_the_global_stage(m)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(_recipe(tmp_path, "on_error=skip"), base_dir=tmp_path, progress=False)
+    # every shard of stage 0 finished, one of them skipping the bad row: under raise that
+    # shard is read again, and refused
+    with pytest.raises(UserError, match=r"part2\.jsonl:3: malformed JSON"):
+        run_recipe(_recipe(tmp_path), base_dir=tmp_path, progress=False)
+
+
 def test_a_resumed_shard_lists_each_skipped_row_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

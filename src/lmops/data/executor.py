@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from lmops import __version__
 from lmops.core.errors import UserError
 from lmops.core.proc import die_with_parent
+from lmops.data._resume import drop_stale_work
 from lmops.data._worklock import LOCK_NAME, work_lock
 from lmops.data.document import Document
 from lmops.data.io import (
@@ -374,19 +375,19 @@ class DataRunResult:
     resumed_shards: int = 0
 
 
-def _fingerprint(recipe: Recipe, files: list[InputFile]) -> str:
-    """Work from an earlier run is reused only if the recipe, the inputs and lmops match."""
+def _fingerprint(recipe: Recipe) -> str:
+    """Work from an earlier run is reused only if the recipe's steps and lmops match; which
+    shards of it are still valid (their inputs unchanged; ``on_error``) is
+    ``_resume.drop_stale_work``'s to say."""
     h = hashlib.sha256()
     h.update(
         json.dumps(
-            recipe.model_dump(mode="json", exclude={"executor", "output"}), sort_keys=True
+            recipe.model_dump(mode="json", exclude={"executor", "output", "on_error"}),
+            sort_keys=True,
         ).encode()
     )
     h.update(str(recipe.executor.shard_bytes).encode())
     h.update(__version__.encode())
-    for f in files:
-        st = f.path.stat()
-        h.update(f"{f.path}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()
 
 
@@ -449,7 +450,9 @@ def run_recipe(
 
     # From here on the work folder is this run's alone: a second run of it is refused.
     with work_lock(work):
-        _reuse_or_reset(work, _fingerprint(recipe, inputs.files))
+        _reuse_or_reset(work, _fingerprint(recipe))
+        global_from = next((s.index for s in stages if s.is_global), None)
+        drop_stale_work(work, shards, global_from, recipe.on_error)
         (work / "recipe.json").write_text(recipe.model_dump_json(indent=1))
 
         config = recipe.model_dump(mode="json")
