@@ -63,7 +63,7 @@ def test_unknown_operator_and_parameter_name_the_line(tmp_path: Path) -> None:
         tmp_path / "b.yaml",
         RECIPE.replace("op: exact_dedup", "op: exact_dedup\n    normalise: false"),
     )
-    with pytest.raises(UserError, match=r"b\.yaml:5: process\[1\]: .*parameter 'normalise'"):
+    with pytest.raises(UserError, match=r"b\.yaml:6: process\[1\]: .*parameter 'normalise'"):
         load_recipe(bad_param)
     bad_field = write_recipe(tmp_path / "c.yaml", RECIPE.replace("output:", "outptu:"))
     with pytest.raises(UserError, match=r"c\.yaml"):

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from lmops.core.errors import UserError
+from lmops.core.errors import UserError, name_hint
 from lmops.data.document import Document
 
 __all__ = [
@@ -236,8 +236,24 @@ def list_ops() -> dict[str, type[Op]]:
 def get_op(name: str) -> type[Op]:
     ops = list_ops()
     if name not in ops:
-        raise UserError(f"unknown operator {name!r}; run `lmops data ops` to list them")
+        hint = name_hint(str(name), list(ops), "")
+        close = f" ({hint})" if hint.startswith("did you mean") else ""
+        raise UserError(f"unknown operator {name!r}{close}; run `lmops data ops` to list them")
     return ops[name]
+
+
+def bad_param(name: str, params: dict[str, Any]) -> str | None:
+    """The parameter of ``params`` that operator ``name`` refuses first (None: none, or
+    no such operator), so a recipe error can point at its line."""
+    cls = list_ops().get(name)
+    if cls is None:
+        return None
+    try:
+        cls.Params(**params)
+    except ValidationError as e:
+        loc = e.errors()[0]["loc"]
+        return str(loc[0]) if loc and str(loc[0]) in params else None
+    return None
 
 
 def build_op(name: str, **params: Any) -> Op:
@@ -247,6 +263,11 @@ def build_op(name: str, **params: Any) -> Op:
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(x) for x in err["loc"]) or "?"
+        if err["type"] == "extra_forbidden":  # most often a misspelt one
+            known = [*cls.Params.model_fields, "field"]  # `field:` is every step's
+            hint = name_hint(field, known, "its parameters")
+            close = f" ({hint})" if hint.startswith("did you mean") else f"; {hint}"
+            raise UserError(f"operator {name!r}: unknown parameter {field!r}{close}") from None
         raise UserError(f"operator {name!r}: parameter {field!r}: {err['msg']}") from None
     bad = _crossed_bounds(p)
     if bad:

@@ -29,7 +29,7 @@ from lmops.core.errors import NotFoundError, UserError
 from lmops.core.rows import ROW_SUFFIXES
 from lmops.core.yamlcfg import line_of, load_config
 from lmops.data.io import DEFAULT_SHARD_BYTES, InputFile, ReadOptions, detect_format
-from lmops.data.ops import Op, build_op
+from lmops.data.ops import Op, bad_param, build_op
 
 if TYPE_CHECKING:
     from lmops.store import Store
@@ -228,7 +228,9 @@ def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
         try:
             op = spec.build()
         except UserError as e:
-            raise UserError(f"{where}: process[{i}]: {e}") from None
+            param = bad_param(spec.op, spec.params)  # the line of the parameter at fault
+            at = recipe.where("process", i, param) if param else where
+            raise UserError(f"{at}: process[{i}]: {e}") from None
         try:
             recipe.check_step(i, op)
         except UserError as e:

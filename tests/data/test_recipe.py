@@ -1,0 +1,60 @@
+"""A misspelt operator or parameter in a recipe: the error names the line of the mistake
+and the name that was probably meant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.data.recipe import load_recipe
+
+
+def _load(tmp_path: Path, steps: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "name: t\ninputs: [raw.jsonl]\nprocess:\n  - op: clean_unicode\n"
+        + steps
+        + "output: {path: out}\n"
+    )
+    load_recipe(path)
+
+
+def test_a_misspelt_operator_gets_a_did_you_mean(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as e:
+        _load(tmp_path, "  - op: exact_dedupe\n")
+    assert str(e.value) == (
+        f"{tmp_path / 'r.yaml'}:5: process[1]: unknown operator 'exact_dedupe' "
+        "(did you mean 'exact_dedup'?); run `lmops data ops` to list them"
+    )
+    with pytest.raises(UserError, match=r"unknown operator 'frobnicate'; run `lmops data ops`"):
+        _load(tmp_path, "  - op: frobnicate\n")
+
+
+def test_a_misspelt_parameter_names_its_own_line_and_the_one_meant(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as e:
+        _load(tmp_path, "  - op: length_filter\n    min_chars: 5\n    max_char: 900\n")
+    assert str(e.value) == (
+        f"{tmp_path / 'r.yaml'}:7: process[1]: operator 'length_filter': unknown parameter "
+        "'max_char' (did you mean 'max_chars'?)"
+    )
+    # a step's `field:` is a name a step takes too
+    with pytest.raises(UserError, match=r"unknown parameter 'fields' \(did you mean 'field'\?\)"):
+        _load(tmp_path, "  - op: exact_dedup\n    fields: output\n")
+
+
+def test_an_unknown_parameter_without_a_close_one_lists_the_parameters(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as e:
+        _load(tmp_path, "  - op: clean_whitespace\n    foo: 1\n")
+    assert str(e.value).endswith(
+        "process[1]: operator 'clean_whitespace': unknown parameter 'foo'; its parameters: "
+        "max_blank_lines, keep_indentation, field"
+    )
+    with pytest.raises(UserError, match=r"unknown parameter 'form'; its parameters: field$"):
+        _load(tmp_path, "  - op: fix_mojibake\n    form: NFC\n")
+
+
+def test_a_bad_parameter_value_names_the_parameter_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"r\.yaml:6: process\[1\]: .*'min_chars': .*integer"):
+        _load(tmp_path, "  - op: length_filter\n    min_chars: many\n")
