@@ -568,7 +568,7 @@ def test_a_run_that_reads_no_document_says_so(tmp_path: Path) -> None:
     )
     with pytest.raises(
         UserError,
-        match=r"^recipe e: no document was read: unreadable rows skipped: 1 \(empty file \(no rows\) 1\); "
+        match=r"^recipe e: no document was read: unreadable rows skipped: 1 \(empty file 1\); "
         r"nothing was written or registered; check the inputs \(",
     ):
         run_recipe(load_recipe(recipe), base_dir=tmp_path, progress=False)

@@ -136,6 +136,23 @@ def test_skip_mode_counts_and_writes_errors(tmp_path: Path) -> None:
     assert recorded[1]["raw"] == '{"x": 1}\n'
 
 
+def test_skipped_rows_are_counted_by_kind_not_by_particulars(tmp_path: Path) -> None:
+    src = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        ['{"text": "a', '{"text": "bc', '{"text": ', '{"body": "no text"}', '{"text": null}'],
+    )
+    sink = ErrorSink()
+    f = InputFile(src, src.name, "jsonl")
+    assert not list(read_shard(Shard(0, f), ReadOptions(on_error="skip"), sink))
+    # three malformed lines, each at another column, are one kind; a reason with a colon
+    # inside its particulars ("(fields: body)") is not cut there
+    assert sink.by_reason == {
+        "malformed JSON": 3,
+        "field 'text' missing": 1,
+        "field 'text' is null, expected a string": 1,
+    }
+
+
 def test_byte_range_shards_cover_every_line_once_with_line_numbers(tmp_path: Path) -> None:
     rows = [{"text": f"doc {i} " + "x" * (i % 37)} for i in range(500)]
     src = write_jsonl(tmp_path / "big.jsonl", rows)

@@ -152,7 +152,9 @@ class ErrorSink:
 
     def add(self, where: str, reason: str, raw: str | None = None) -> None:
         self.count += 1
-        key = reason.split(":", 1)[0]
+        # counted by kind: the reason without its particulars ("malformed JSON", not one
+        # key per column) or the advice after it
+        key = re.split(r" \(|; ", reason, maxsplit=1)[0]
         self.by_reason[key] = self.by_reason.get(key, 0) + 1
         if self.path is not None:
             if self._fh is None:
