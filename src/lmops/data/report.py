@@ -118,8 +118,13 @@ def format_summary(report: dict[str, Any]) -> str:
         dropped = op["docs_in"] - op["docs_out"]
         line = f"  {op['step']:>2}. {op['name']:<22} {op['docs_in']:>9,} → {op['docs_out']:>9,}"
         if dropped:
-            reasons = ", ".join(f"{r} {n:,}" for r, n in list(op["dropped"].items())[:4])
-            line += f"  dropped {dropped:,} ({reasons})"
+            # the most frequent; past five, the rest summed, so the counts shown add up
+            items = list(op["dropped"].items())
+            shown = [f"{r} {n:,}" for r, n in items[: 5 if len(items) == 5 else 4]]
+            if len(items) > 5:
+                rest = items[4:]
+                shown.append(f"{len(rest)} other reasons {sum(n for _, n in rest):,}")
+            line += f"  dropped {dropped:,} ({', '.join(shown)})"
         if op["counters"]:
             line += "  " + ", ".join(f"{k} {v:,}" for k, v in op["counters"].items())
         lines.append(line)
