@@ -356,6 +356,31 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_resumes(tmp_path: Path, lmops_h
     assert json.loads(rerun.stdout)["resumed_shards"] >= 1
 
 
+def test_ctrl_c_with_workers_stops_the_stage_instead_of_finishing_it(
+    tmp_path: Path, lmops_home: Path
+) -> None:
+    """Ctrl-C used to leave the process pool's ``with``, which waited for every shard still
+    queued: the run went on through the whole stage before it exited."""
+    body, env = _slow_recipe(tmp_path, lmops_home, workers=2)
+    write_recipe(
+        tmp_path / "r.yaml",
+        body.replace("  - op: slow_copy", "  - op: slow_copy\n    seconds: 0.02"),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmops.cli.main", "data", "run", "r.yaml"],
+        cwd=tmp_path, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    work = tmp_path / "out" / "demo.lmops-work" / "stage2"
+    _wait_for_shards(proc, work, 1)
+    os.killpg(proc.pid, signal.SIGINT)
+    done_then = len(list(work.glob("*.stats.json")))
+    assert proc.wait(timeout=60) == 130
+    total = len(list((tmp_path / "out" / "demo.lmops-work" / "stage0").glob("*.stats.json")))
+    done = len(list(work.glob("*.stats.json")))
+    assert total > 20 and done <= done_then + 2, (done_then, done, total)  # two were running
+
+
 ENV_SLOW_OPS = '''
 import os, time
 from lmops.data.ops import Mapper, register

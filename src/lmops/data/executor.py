@@ -602,13 +602,29 @@ def _execute(
                 initargs=(counter, os.getpid()),
             ) as pool:
                 futures = {pool.submit(run_local_shard, j) for j in jobs}
-                while futures:
-                    done, futures = wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION)
-                    for f in done:
-                        f.result()  # re-raise a worker's error; finished shards stay on disk
-                        tick(task, 1)
-                    tick(task)
+                try:
+                    while futures:
+                        done, futures = wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION)
+                        for f in done:
+                            f.result()  # re-raise a worker's error; finished shards stay
+                            tick(task, 1)
+                        tick(task)
+                except KeyboardInterrupt:
+                    _stop(pool, futures)
+                    raise
     return resumed
+
+
+def _stop(pool: ProcessPoolExecutor, futures: set[Any]) -> None:
+    """Ctrl-C stops the stage now. Leaving the pool's ``with`` would wait for every shard
+    still queued (it ran the whole rest of the stage, minutes to hours, before exiting);
+    the queued ones are cancelled and the running ones killed, which is safe: a shard's
+    output is a temp file renamed into place when done, and the re-run redoes it."""
+    for f in futures:
+        f.cancel()
+    processes = getattr(pool, "_processes", None) or {}  # no public way before Python 3.14
+    for proc in list(processes.values()):
+        proc.kill()
 
 
 def _collect_stats(
