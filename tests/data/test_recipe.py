@@ -58,3 +58,15 @@ def test_an_unknown_parameter_without_a_close_one_lists_the_parameters(tmp_path:
 def test_a_bad_parameter_value_names_the_parameter_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"r\.yaml:6: process\[1\]: .*'min_chars': .*integer"):
         _load(tmp_path, "  - op: length_filter\n    min_chars: many\n")
+
+
+def test_a_step_written_as_data_juicer_writes_it_says_how_to_write_it(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as e:
+        _load(tmp_path, "  - clean_whitespace\n")
+    assert str(e.value).endswith("r.yaml:5: process[1]: write the step as `- op: clean_whitespace`")
+    with pytest.raises(UserError) as e:
+        _load(tmp_path, "  - length_filter:\n      min_chars: 5\n")
+    assert str(e.value).endswith(
+        "r.yaml:5: process[1]: write the step as `- op: length_filter` with its parameters "
+        "beside op (min_chars: 5)"
+    )

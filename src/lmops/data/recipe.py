@@ -45,6 +45,23 @@ class OpSpec(BaseModel):
     op: str
     field: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _names_its_op(cls, data: Any) -> Any:
+        # Data-Juicer writes `- name` or `- name: {params}`; say how lmops writes a step
+        name, params = (data, {}) if isinstance(data, str) else (None, {})
+        if isinstance(data, dict) and "op" not in data and len(data) == 1:
+            key, value = next(iter(data.items()))
+            if value is None or isinstance(value, dict):
+                name, params = key, value or {}
+        if name is None:
+            return data
+        beside = ", ".join(f"{k}: {v}" for k, v in list(params.items())[:2])
+        raise ValueError(
+            f"write the step as `- op: {name}`"
+            + (f" with its parameters beside op ({beside})" if beside else "")
+        )
+
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
