@@ -70,3 +70,20 @@ def test_a_step_written_as_data_juicer_writes_it_says_how_to_write_it(tmp_path: 
         "r.yaml:5: process[1]: write the step as `- op: length_filter` with its parameters "
         "beside op (min_chars: 5)"
     )
+
+
+def test_a_folder_without_data_files_is_named_before_the_run(tmp_path: Path) -> None:
+    from lmops.data.recipe import Recipe, resolve_inputs
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.md").write_text("# A note\n\nMarkdown is not read from a folder.\n")
+    (tmp_path / "raw.jsonl").write_text('{"text": "a document"}\n')
+    recipe = Recipe.model_validate(
+        {"name": "t", "inputs": ["raw.jsonl", "notes"], "output": {"path": "out"}}
+    )
+    with pytest.raises(UserError) as e:
+        resolve_inputs(recipe, tmp_path, None)
+    assert str(e.value) == (
+        "inputs[1]: 'notes' matches no data file (.jsonl, .json, .csv, .parquet, .txt, plain "
+        "or .gz/.zst); it holds a.md"
+    )

@@ -299,6 +299,15 @@ def resolve_inputs(recipe: Recipe | list[str], base: Path, store: Store | None) 
         pattern = str(p if p.is_absolute() else base / p)
         matches = sorted(glob.glob(pattern, recursive=True))
         if matches:
+            if not any(_files_under(Path(m)) for m in matches):
+                # a folder of .md or .tsv files read nothing, and the run only said at its
+                # end that no document was read
+                seen = sorted({p.name for m in matches for p in Path(m).rglob("*") if p.is_file()})
+                holds = f"; it holds {', '.join(seen[:5])}" + (", ..." if len(seen) > 5 else "")
+                raise UserError(
+                    f"{at(i)}: {item!r} matches no data file (.jsonl, .json, .csv, .parquet, "
+                    f".txt, plain or .gz/.zst){holds if seen else ''}"
+                )
             for m in matches:
                 mp = Path(m)
                 found = _files_under(mp)
