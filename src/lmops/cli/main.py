@@ -38,7 +38,8 @@ app = typer.Typer(
     add_completion=False,
 )
 assets_app = typer.Typer(
-    help="Versioned assets: register, show, alias, trace, verify, delete.", no_args_is_help=True
+    help="Versioned assets: register, show, alias, lineage, verify, delete, import.",
+    no_args_is_help=True,
 )
 runs_app = typer.Typer(help="Jobs recorded in the store, with their metrics.", no_args_is_help=True)
 audit_app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
