@@ -56,3 +56,42 @@ def test_the_eval_report_links_the_prompt_version(cli, store: Store, tmp_path: P
     report = json.loads(r.out)["report"]
     edges = {(e.parent, e.role) for e in store.assets.lineage(report).upstream}
     assert ("qa:1", "prompt") in edges
+
+
+def test_an_optimised_text_prompt_is_still_a_tasks_doc_to_text(
+    store: Store, tmp_path: Path
+) -> None:
+    """The optimiser keeps a text prompt text, so a task that names it by label still
+    loads after ``--promote`` moved the label, and renders what the optimiser scored."""
+    from lmops.prompts import load
+    from lmops.prompts.lm import ScriptedChat
+    from lmops.prompts.optimize import OptimizeSettings, OptimizeTask, optimize
+    from tests.prompts.test_optimize import rows, scripted
+
+    data = tmp_path / "senti.jsonl"
+    data.write_text(
+        "".join(json.dumps({"input": r["text"], "label": r["label"]}) + "\n" for r in rows(120))
+    )
+    create(store, "senti", "Text: {{input}}\nSentiment:")
+    label(store, "senti:1", "production")
+    task = OptimizeTask(
+        dataset=str(data), input_field="input", target_field="label",
+        labels=["positive", "negative"], train=30, dev=30, test=60, max_tokens=4,
+    )  # fmt: skip
+    settings = OptimizeSettings(budget=300, instructions=1, demo_sets=1, k=2)
+    r = optimize(
+        store, load(store, "senti:1"), task, ScriptedChat(scripted), settings, promote="production"
+    )
+    assert r.registered == "senti:2" and r.promoted == "production"
+    path = tmp_path / "task.yaml"
+    path.write_text(
+        "task: senti\ndataset_path: json\n"
+        f"dataset_kwargs: {{data_files: {{test: {data}}}}}\ntest_split: test\n"
+        "doc_to_text: 'prompt:senti@production'\ndoc_to_target: label\n"
+        "output_type: generate_until\n"
+    )
+    evaluated = load_task_file(path, store)
+    assert evaluated.prompt_refs == ["senti:2"]
+    doc = evaluated.eval_docs[0]
+    assert evaluated.text(doc) == load(store, "senti:2").render(input=doc["input"])
+    assert evaluated.text(doc).endswith(f"\n\nText: {doc['input']}\nSentiment:")

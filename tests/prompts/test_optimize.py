@@ -5,6 +5,7 @@ unless asked, and resumes from its journal when the endpoint fails mid-way."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +37,29 @@ def truth(text: str) -> str:
     return "positive" if "good" in text else "negative"
 
 
+def shape(messages: list[dict[str, str]]) -> tuple[bool, list[str], int, str]:
+    """What a candidate shows, read as a model reads it, in a chat prompt's messages or a
+    text prompt's one message: (the label instruction is there, the demos' answers, the
+    asked item's number, its right label)."""
+    text = "\n\n".join(m["content"] for m in messages)
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    answers = answers or re.findall(r"Sentiment: (\w+)", text)  # a text prompt's demos
+    n, word = re.findall(r"item (\d+) was (\w+)", text)[-1]
+    return "exactly one of" in text, answers, int(n), truth(word)
+
+
 def scripted(messages: list[dict[str, str]]) -> str:
     """A model whose accuracy depends only on the prompt's shape, known in advance:
-    'exactly one of' in the system message and demos -> always right; the instruction
-    alone -> wrong on every 4th item; demos alone -> wrong on every 3rd; else always
-    'positive'. A proposer request gets a useless instruction."""
-    last = messages[-1]["content"]
-    if last.startswith("Write one clear instruction"):
+    'exactly one of' and demos -> always right; the instruction alone -> wrong on every
+    4th item; demos alone -> wrong on every 3rd; else always 'positive'. A proposer
+    request gets a useless instruction."""
+    if messages[-1]["content"].startswith("Write one clear instruction"):
         return "Reply in a friendly tone."
-    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
-    demos = sum(m["role"] == "assistant" for m in messages)
-    n = int(last.split("item ")[1].split()[0])
-    right = truth(last)
+    instructed, demos, n, right = shape(messages)
     wrong = "negative" if right == "positive" else "positive"
-    if "exactly one of" in system and demos:
+    if instructed and demos:
         return right
-    if "exactly one of" in system:
+    if instructed:
         return wrong if n % 4 == 0 else right
     if demos:
         return wrong if n % 3 == 0 else f"The answer: {right}."
@@ -106,13 +114,44 @@ def test_the_search_picks_the_best_candidate_and_registers_it(
     assert r.registered == "senti:2" and r.promoted is None
     assert store.assets.resolve("senti@production").ref == "senti:1"
     new = load(store, "senti:2")
-    assert new.variables == ("input",) and new.spec.type == "chat"
+    # a text prompt stays a text prompt (what an eval task's doc_to_text and
+    # /v1/completions take), its demos written into the text
+    assert new.variables == ("input",) and new.spec.type == "text"
     assert new.version.metadata["optimize"]["test_best"] == 1.0
+    text = new.render(input="item 7 was good")
+    assert isinstance(text, str) and text.startswith("Answer with exactly one of: ")
+    assert text.endswith("\n\nText: item 7 was good\nSentiment:")
+    assert re.search(r"\nSentiment: (positive|negative)\n\nText: item", text)
     assert accuracy(lambda x: new.messages(input=x), rows(160)) == 1.0
     up = {(e.parent.split(":")[0], e.role) for e in store.assets.lineage("senti:2").upstream}
     assert ("senti", "base_prompt") in up and ("senti-optimize", "evidence") in up
     assert any(role == "dataset" for _, role in up)
     assert store.assets.lineage("senti:2").runs["senti:2"] == r.run_id
+
+
+def test_a_chat_prompt_stays_a_chat_prompt(setup: tuple[Store, OptimizeTask, Path]) -> None:
+    store, task, _ = setup
+    create(
+        store,
+        "senti-chat",
+        [
+            {"role": "system", "content": "Classify the sentiment."},
+            {"role": "user", "content": "Text: {{input}}"},
+        ],
+    )
+    settings = OptimizeSettings(budget=300, instructions=1, demo_sets=1, k=2)
+    r = optimize(store, load(store, "senti-chat:1"), task, ScriptedChat(scripted), settings)
+    assert r.registered == "senti-chat:2" and r.test_best == 1.0
+    new = load(store, "senti-chat:2")
+    assert new.spec.type == "chat"
+    asked = new.messages(input="item 7 was good")
+    # the instruction beside the prompt's own system text, demos as turns, then the question
+    assert asked[0]["role"] == "system" and asked[0]["content"].endswith(
+        "\n\nClassify the sentiment."
+    )
+    assert [m["role"] for m in asked[1:]] == ["user", "assistant", "user", "assistant", "user"]
+    assert asked[-1] == {"role": "user", "content": "Text: item 7 was good"}
+    assert accuracy(lambda x: new.messages(input=x), rows(160)) == 1.0
 
 
 def test_promote_moves_the_label(setup: tuple[Store, OptimizeTask, Path]) -> None:

@@ -13,7 +13,7 @@ from lmops.prompts import create, load
 from lmops.prompts.lm import ScriptedChat
 from lmops.prompts.optimize import OptimizeSettings, OptimizeTask, optimize
 from lmops.store import Store
-from tests.prompts.test_optimize import rows, truth
+from tests.prompts.test_optimize import rows, shape
 
 TRAIN, DEV, TEST = 40, 40, 80
 
@@ -38,19 +38,15 @@ def test_a_candidate_separable_only_on_many_rows_wins(store: Store, tmp_path: Pa
     seen_demos: list[list[str]] = []
 
     def model(messages: list[dict[str, str]]) -> str:
-        last = messages[-1]["content"]
-        if last.startswith("Write one clear instruction"):
+        if messages[-1]["content"].startswith("Write one clear instruction"):
             return "Reply in a friendly tone."
-        system = messages[0]["content"] if messages[0]["role"] == "system" else ""
-        demos = [m["content"] for m in messages if m["role"] == "assistant"]
-        n = int(last.split("item ")[1].split()[0])
-        right = truth(last)
+        instructed, demos, n, right = shape(messages)
         wrong = "negative" if right == "positive" else "positive"
-        if "exactly one of" in system and demos:
+        if instructed and demos:
             seen_demos.append(demos)
             return wrong if n in hard else right
-        if len(messages) == 1 and not system:  # the starting prompt: always one label
-            return "positive"
+        if not (instructed or demos or "friendly" in messages[0]["content"]):
+            return "positive"  # the starting prompt: always one label
         return right if n in hard or n % 3 == 0 else wrong
 
     create(store, "senti", "Text: {{input}}\nSentiment:", message="start")

@@ -19,21 +19,23 @@ The steps (what DSPy's MIPROv2 does, without its Bayesian surrogate):
    an instruction, ``instructions`` times at temperature 1; plus the empty instruction and,
    for a classification task, "answer with exactly one of: <labels>" (tried first).
 4. **Search**: every (instruction, demo set) pair is a candidate, and the starting prompt
-   itself is one. They are put in a prior order (the starting prompt, then along the
-   diagonals of instruction x demo count, 4 demos first), and as many as the budget lets
-   each answer ``min_rows`` dev rows are taken: a rung of 2 rows ranks by noise, since one
-   row is 50 points of accuracy. Successive halving: all of them answer the first rows,
-   the better 1/eta answer eta x the rows, ... until one is left or the dev split is used;
-   the first rung is made as long as the budget (calls to the target model,
-   bootstrapping included) allows. Survivors of a rung have answered the same rows, and
-   ties keep the prior order (the starting prompt first: no change without evidence).
-   Answers are kept per (candidate, row), so a candidate promoted to the next rung
-   answers only its new rows.
+   itself is one. A candidate is of the starting prompt's type (:class:`_Builder`): a text
+   prompt's demos are written into its text, a chat prompt's are turns. They are put in a
+   prior order (the starting prompt, then along the diagonals of instruction x demo count,
+   4 demos first), and as many as the budget lets each answer ``min_rows`` dev rows are
+   taken: a rung of 2 rows ranks by noise, since one row is 50 points of accuracy.
+   Successive halving: all of them answer the first rows, the better 1/eta answer eta x the
+   rows, ... until one is left or the dev split is used; the first rung is made as long as
+   the budget (calls to the target model, bootstrapping included) allows. Survivors of a
+   rung have answered the same rows, and ties keep the prior order (the starting prompt
+   first: no change without evidence). Answers are kept per (candidate, row), so a
+   candidate promoted to the next rung answers only its new rows.
 5. **Final**: the starting prompt and the winner answer every test row; accuracies with
    bootstrap 95 % CIs and the paired CI of their difference. The winner is registered as
-   the next version of the prompt (metrics in its metadata; lineage to the starting
-   version, the data, the task file and an ``eval_report`` holding every test answer),
-   under an ``optimize`` run. Nothing is labelled unless ``promote`` names a label.
+   the next version of the prompt, a text prompt if it started as one (metrics in its
+   metadata; lineage to the starting version, the data, the task file and an
+   ``eval_report`` holding every test answer), under an ``optimize`` run. Nothing is
+   labelled unless ``promote`` names a label.
 
 **Resume.** Every model answer (and proposal) is appended to a journal under
 ``$LMOPS_HOME/prompt-optimize/<key>.jsonl`` (the key hashes the prompt version, the task,
@@ -199,20 +201,32 @@ def bootstrap_ci(
 
 
 # -- candidates -------------------------------------------------------------------------------------
+_INPUT = "\x00INPUT\x00"  # stands for {{input}} while a candidate's template is built
+
+
 def _safe(text: str) -> str:
     """Text that can sit in a template (no ``{{``/``}}``, which would read as variables)."""
     return text.replace("{{", "{ {").replace("}}", "} }")
 
 
 class _Builder:
-    """Builds a candidate's messages from the starting prompt: the instruction (and the
-    prompt's own system text) as the system message, each demo as the prompt's user turn
-    for the demo's input answered by its output, then the prompt's turn for the input."""
+    """Builds a candidate from the starting prompt, in the starting prompt's type, so the
+    version registered can go wherever the starting one went (a text prompt into an eval
+    task's ``doc_to_text`` or ``/v1/completions``).
+
+    * chat: the instruction (and the prompt's own system text) as the system message, each
+      demo as the prompt's user turn for the demo's input answered by its output, then the
+      prompt's turn for the input;
+    * text: the instruction, each demo as the prompt for the demo's input followed by its
+      output, then the prompt for the input, separated by blank lines (lm-eval's few-shot
+      layout: a space before an answer, a blank line between shots). Sent, as every text
+      prompt is sent to a chat model, as one user message."""
 
     def __init__(self, start: Prompt, task: OptimizeTask, train: list[dict[str, Any]]) -> None:
         self.start = start
         self.task = task
         self.train = train
+        self.text = start.spec.type == "text"
         extra = [v for v in start.variables if v != "input" and v not in task.variables]
         if "input" not in start.variables or extra:
             raise UserError(
@@ -227,9 +241,23 @@ class _Builder:
             systems.append(msgs.pop(0)["content"])
         return systems, msgs
 
-    def messages(self, c: Candidate, x: str) -> Messages:
+    def shot(self, i: int) -> str:
+        """Train row ``i`` as a text prompt's demo: the prompt for its input, then its output."""
+        row = self.train[i]
+        asked = self.start.compiled.render_text(
+            {**self.task.variables, "input": str(row[self.task.input_field])}
+        )
+        return asked + ("" if asked[-1:].isspace() else " ") + str(row[self.task.target_field])
+
+    def render(self, c: Candidate, x: str) -> str | Messages:
+        """The candidate for input ``x``: a text (a text starting prompt) or messages."""
         if c.start:
-            return self.start.messages(**self.task.variables, input=x)
+            return self.start.render(**self.task.variables, input=x)
+        if self.text:
+            asked = self.start.compiled.render_text({**self.task.variables, "input": x})
+            return "\n\n".join(
+                [*([c.instruction] if c.instruction else []), *map(self.shot, c.demos), asked]
+            )
         systems, rest = self.turn(x)
         system = "\n\n".join(s for s in [c.instruction, *systems] if s)
         out: Messages = [{"role": "system", "content": system}] if system else []
@@ -239,15 +267,21 @@ class _Builder:
             out.append({"role": "assistant", "content": str(row[self.task.target_field])})
         return out + rest
 
-    def template(self, c: Candidate) -> list[dict[str, str]]:
-        """The candidate as a chat template (``{{input}}`` kept a variable)."""
-        msgs = self.messages(c, "\x00INPUT\x00")
+    def messages(self, c: Candidate, x: str) -> Messages:
+        """What the target model is sent: the candidate's messages (a text is one user
+        message, as :meth:`Prompt.messages` sends a text prompt)."""
+        out = self.render(c, x)
+        return [{"role": "user", "content": out}] if isinstance(out, str) else out
+
+    def template(self, c: Candidate) -> str | list[dict[str, str]]:
+        """The candidate as a template of the starting prompt's type (``{{input}}`` kept a
+        variable)."""
+        out = self.render(c, _INPUT)
+        if isinstance(out, str):
+            return _safe(out).replace(_INPUT, "{{input}}")
         return [
-            {
-                "role": m["role"],
-                "content": _safe(m["content"]).replace("\x00INPUT\x00", "{{input}}"),
-            }
-            for m in msgs
+            {"role": m["role"], "content": _safe(m["content"]).replace(_INPUT, "{{input}}")}
+            for m in out
         ]
 
 
