@@ -7,6 +7,7 @@ fake upstream, called with the official openai client."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from lmops.prompts.lm import OpenAIChat
 from lmops.prompts.playground import compare_prompts, run_prompt
 from lmops.serve.fake import fake_server, serve_app
 from lmops.store import Store
+from tests.prompts.test_optimize import rows
 
 pytest.importorskip("openai", reason="the official openai client is in the dev extra")
 
@@ -28,8 +30,9 @@ FR = [{"role": "user", "content": "Translate into French: Good morning"}]
 
 @pytest.fixture
 def gateway(store: Store) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
-    """A console + gateway whose deployment ``wrapped`` binds ``fr@production`` and
-    ``chat`` binds ``support@production``; (its URL, an admin key, what the upstream got)."""
+    """A console + gateway whose deployment ``wrapped`` binds ``fr@production``, ``chat``
+    binds ``support@production`` and ``plain`` binds none; (its URL, an admin key, what the
+    upstream got)."""
     from lmops.api.app import create_app
     from lmops.serve.deployments import DeploymentSpec
     from lmops.serve.server import mount_gateway
@@ -50,6 +53,7 @@ def gateway(store: Store) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
             DeploymentSpec(
                 name="chat", upstream=f"{up}/v1", upstream_model="m", prompt="support@production"
             ),
+            DeploymentSpec(name="plain", upstream=f"{up}/v1", upstream_model="m"),
         ]
         app = create_app(store, mounts=[lambda a: mount_gateway(a, specs, store)])
         with serve_app(app, "gateway") as url:
@@ -153,3 +157,40 @@ def test_a_gateway_whose_version_differs_refuses_to_run_it(
     with pytest.raises(EndpointError, match="fr:1 on this gateway is not the version you"):
         "".join(run_prompt(fr, model, {"input": "Good morning"}))
     assert len(sent) == n  # nothing reached the model
+
+
+def test_optimize_refuses_a_deployment_that_binds_a_prompt(
+    cli: Any, store: Store, gateway: tuple[str, str, list[dict[str, Any]]], tmp_path: Any
+) -> None:
+    """The optimiser sends candidates it rendered (no registered version yet): a deployment
+    that binds a prompt would wrap each one in it and score the pair, so it is refused
+    before any request, naming the deployment, its prompt and the way out."""
+    url, key, sent = gateway
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(12)))
+    (tmp_path / "task.yaml").write_text(
+        f"dataset: {tmp_path / 'data.jsonl'}\ninput_field: text\ntarget_field: label\n"
+        "train: 4\ndev: 4\ntest: 4\nmax_tokens: 4\n"
+    )
+    args = ["prompts", "optimize", "fr", "--task", str(tmp_path / "task.yaml"),
+            "--endpoint", url + "/v1", "--api-key", key, "--budget", "8",
+            "--instructions", "0", "--demo-sets", "1", "-k", "2"]  # fmt: skip
+    r = cli(*args, "--model", "wrapped")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert r.err.startswith(f"error: {url}/v1 (wrapped): the target, deployment 'wrapped', ")
+    assert "binds prompt fr@production" in r.err and "--local" in r.err
+    assert sent == []  # nothing was asked
+    # a proposer that binds one is refused too (its request for an instruction is wrapped)
+    r = cli(*args, "--model", "plain", "--proposer", f"{url}/v1/chat")
+    assert (
+        r.code == 2 and "the proposer, deployment 'chat', binds prompt support@production" in r.err
+    )
+    assert sent == []
+    # the same model without a bound prompt is asked the candidates as they are
+    assert OpenAIChat(url + "/v1", "wrapped", api_key=key).bound_prompt == "fr@production"
+    assert OpenAIChat(url + "/v1", "plain", api_key=key).bound_prompt is None
+    r = cli(*args, "--model", "plain")
+    assert r.code == 0, r.err
+    assert sent and all(len(m["messages"]) == 1 for m in sent)
+    first = sent[0]["messages"][0]  # the starting prompt on a train row, wrapped in nothing
+    assert first["role"] == "user"
+    assert re.fullmatch(r"Translate into French: item \d+ was (good|bad)", first["content"])

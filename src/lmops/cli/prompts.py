@@ -306,7 +306,8 @@ def optimize(
     model: Annotated[
         str,
         typer.Option(
-            help="The target's model name at --endpoint; with --local, a model asset or folder."
+            help="The target's model name at --endpoint (a deployment that binds no prompt); "
+            "with --local, a model asset or folder."
         ),
     ],
     endpoint: EndpointOpt = DEFAULT_ENDPOINT,

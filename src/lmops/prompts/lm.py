@@ -47,7 +47,7 @@ class OpenAIChat:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.calls = 0
-        self._lmops: bool | None = None
+        self._lmops: dict[str, Any] | bool | None = None  # the card's lmops part, once asked
         key = api_key or os.environ.get("LMOPS_API_KEY")
         self._keyless = not key
         self._client: Any = OpenAI(
@@ -57,21 +57,35 @@ class OpenAIChat:
             max_retries=max_retries,
         )
 
-    @property
-    def renders_prompts(self) -> bool:
-        """Whether ``model`` is an ``lmops serve`` deployment (its ``/v1/models`` card
-        carries an ``lmops`` part), which renders a registered prompt picked by ref; asked
-        once. Any other endpoint (vLLM, OpenAI...), or one that cannot say, is sent
-        rendered messages."""
+    def _card(self) -> dict[str, Any] | None:
+        """The ``lmops`` part of ``model``'s ``/v1/models`` card: ``None`` when the endpoint
+        is not an ``lmops serve`` gateway or cannot say. Asked once."""
         if self._lmops is None:
             import openai
 
             try:
                 card = self._client.with_options(max_retries=0).models.retrieve(self.model)
-                self._lmops = isinstance((card.model_extra or {}).get("lmops"), dict)
+                part = (card.model_extra or {}).get("lmops")
+                self._lmops = part if isinstance(part, dict) else False
             except openai.OpenAIError:
                 self._lmops = False
-        return self._lmops
+        return self._lmops if isinstance(self._lmops, dict) else None
+
+    @property
+    def renders_prompts(self) -> bool:
+        """Whether ``model`` is an ``lmops serve`` deployment (its ``/v1/models`` card
+        carries an ``lmops`` part), which renders a registered prompt picked by ref. Any
+        other endpoint (vLLM, OpenAI...), or one that cannot say, is sent rendered
+        messages."""
+        return self._card() is not None
+
+    @property
+    def bound_prompt(self) -> str | None:
+        """The prompt the ``lmops serve`` deployment ``model`` binds (it wraps every request
+        that picks none), as its card names it; ``None`` when it binds none or the endpoint
+        cannot say."""
+        bound = (self._card() or {}).get("prompt")
+        return bound if isinstance(bound, str) and bound else None
 
     def _error(self, e: Exception) -> EndpointError:
         import openai

@@ -433,6 +433,27 @@ def _prior(n_ins: int, draws: list[list[list[int]]]) -> list[tuple[int, int, int
     return out
 
 
+def _refuse_bound(model: ChatModel, role: str) -> None:
+    """A ``UserError`` when ``model`` is an ``lmops serve`` deployment that binds a prompt.
+
+    The gateway wraps every request that picks no registered prompt in the bound one, so a
+    candidate (rendered here: it is no registered version yet) would be scored inside that
+    prompt, and the winner would be the best pair, not the best prompt. ``prompts run`` and
+    ``compare`` avoid it by sending a version's ref; a candidate has none, and the gateway
+    (rightly) has no per-request switch to skip the operator's prompt, so the way out is a
+    deployment of the same model that binds none, or a local model."""
+    bound = getattr(model, "bound_prompt", None)
+    if bound:
+        where = getattr(model, "base_url", "")
+        name = getattr(model, "model", "")
+        raise UserError(
+            f"{where} ({name}): {role}, deployment {name!r}, binds prompt {bound}, which the "
+            "gateway would wrap around every candidate; optimise against a deployment of the "
+            "same model that binds none (no `prompt:` in the deployments YAML), or run the "
+            "model in this process (--local)"
+        )
+
+
 def optimize(
     store: Any,
     start: Prompt,
@@ -446,8 +467,12 @@ def optimize(
     promote: str | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> OptimizeResult:
-    """Run the optimisation (module docstring) and register the winner."""
+    """Run the optimisation (module docstring) and register the winner. A deployment that
+    binds a prompt is refused before anything is asked (:func:`_refuse_bound`)."""
     say = on_progress or (lambda _msg: None)
+    _refuse_bound(model, "the target")
+    if proposer is not None:
+        _refuse_bound(proposer, "the proposer")
     rows, data_ref = read_set(store, task.dataset, task_file.parent if task_file else None)
     for where, r in rows:
         for f in (task.input_field, task.target_field):

@@ -508,16 +508,20 @@ class Deployment:
 
     def describe(self) -> dict[str, Any]:
         """What ``/v1/models`` says of this deployment beyond OpenAI's fields: the model
-        versions that answer (for an eval report's lineage) and whether a model is served
-        with the ChatML fallback because it has no chat template."""
+        versions that answer (for an eval report's lineage), whether a model is served
+        with the ChatML fallback because it has no chat template, and the prompt it binds
+        (``prompt``, as the deployments YAML names it; absent when none), which a client
+        that sends its own rendered prompts (``prompts optimize``) must not be wrapped in."""
+        bound = {"prompt": self.spec.prompt} if self.spec.prompt is not None else {}
         if self.upstream is not None:
-            return {"upstream": self.upstream.shown_url, "model": self.upstream.model}
+            return {"upstream": self.upstream.shown_url, "model": self.upstream.model, **bound}
         if self.spec.fake is not None:
-            return {"fake": True, "versions": [f"fake:{self.name}"]}
+            return {"fake": True, "versions": [f"fake:{self.name}"], **bound}
         return {
             "versions": [str(t.version) for t, _ in self.targets],
             "chat_template_fallback": any(t.engine.chat_template_fallback for t, _ in self.targets),
             "endpoints": list(self.serves),
+            **bound,
         }
 
     def backend(self, target: _Target | None = None) -> Backend:
