@@ -136,6 +136,51 @@ def test_the_playground_runs_the_version_once(
     assert _logged(store, 1) == [("wrapped", 200, "fr:1")]
 
 
+def test_an_input_for_a_prompt_without_one_is_the_users_message(
+    store: Store, gateway: tuple[str, str, list[dict[str, Any]]]
+) -> None:
+    """A prompt with no {{input}} (a system prompt) run with an input: the input follows it
+    as the user's message, as a deployment binding the prompt sends a request, from
+    ``prompts run``, ``compare`` and the playground alike, on lmops or any endpoint; it
+    was dropped (compare, playground) or refused as an unknown variable (run)."""
+    url, key, sent = gateway
+    create(store, "terse", "You are a support agent. Answer briefly.")
+    asked = [
+        {"role": "system", "content": "You are a support agent. Answer briefly."},
+        {"role": "user", "content": "Where is my order?"},
+    ]
+    terse = store_prompt(store, "terse:1")
+    chat = OpenAIChat(url + "/v1", "chat", api_key=key, max_retries=0)
+    assert "".join(run_prompt(terse, chat, {"input": "Where is my order?"})) == "Bonjour"
+    assert sent[-1]["messages"] == asked  # not wrapped in chat's support@production
+    report = compare_prompts(
+        terse, store_prompt(store, "support:2"), chat, [("set:1", {"input": "Where is my order?"})]
+    )
+    assert [m["messages"] for m in sent[-2:]] == [
+        asked,
+        [{"role": "user", "content": "Answer briefly: Where is my order?"}],
+    ]
+    assert report.rows[0].variables == {"input": "Where is my order?"}
+    with fake_server(requests=sent, reply="ok", model="m") as other:  # not lmops
+        plain = OpenAIChat(other + "/v1", "m", api_key="x", max_retries=0)
+        assert "".join(run_prompt(terse, plain, {"input": "Where is my order?"})) == "ok"
+    assert sent[-1]["messages"] == asked
+    with httpx.Client(base_url=url, timeout=30) as client:
+        token = re.search(r'name="token" value="([^"]+)"', client.get("/ui/login").text)
+        assert token is not None
+        client.post("/ui/login", data={"key": key, "token": token.group(1)})
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/ui/playground").text)
+        assert csrf is not None
+        r = client.post(
+            "/ui/playground/stream",
+            json={"deployment": "chat", "prompt": "terse:1", "input": "Where is my order?"},
+            headers={"X-CSRF-Token": csrf.group(1)},
+        )
+        assert r.status_code == 200, r.text
+    assert sent[-1]["messages"] == asked
+    assert _logged(store, 4) == [("chat", 200, "support:2")] + [("chat", 200, "terse:1")] * 3
+
+
 def store_prompt(store: Store, ref: str) -> Any:
     from lmops.prompts import load
 

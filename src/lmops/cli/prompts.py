@@ -222,7 +222,12 @@ def run(
     deployment: Annotated[str, typer.Option(help="Deployment (served model name).")],
     var: VarOpt = None,
     input_: Annotated[
-        str | None, typer.Option("--input", help="The {{input}} variable (the user's text).")
+        str | None,
+        typer.Option(
+            "--input",
+            help="The user's text: fills {{input}}, or follows a prompt without one as the "
+            "user's message.",
+        ),
     ] = None,
     endpoint: EndpointOpt = DEFAULT_ENDPOINT,
     api_key: KeyOpt = None,
@@ -251,7 +256,12 @@ def compare(
     set_: Annotated[
         str, typer.Option("--set", help="Dataset ref or local file: one row per input.")
     ],
-    input_field: Annotated[str, typer.Option(help="Field that fills {{input}}.")] = "input",
+    input_field: Annotated[
+        str,
+        typer.Option(
+            help="Field that fills {{input}} (or is the user's message after a prompt without one)."
+        ),
+    ] = "input",
     target_field: Annotated[
         str | None, typer.Option(help="Field with the expected answer (exact-match accuracy).")
     ] = None,

@@ -17,7 +17,9 @@ How a prompt wraps a chat request:
   (``lmops prompts render``; a text prompt is the user's turn), with every variable,
   ``input`` included, in ``variables``: how the prompt stage's client runs a version on a
   deployment (:mod:`lmops.prompts.playground`) so that the deployment's bound prompt does
-  not wrap the version again and the request log names the version that was run.
+  not wrap the version again and the request log names the version that was run. (A
+  version without ``input`` run on an input is sent that input as its one user message,
+  and wrapped as above: :func:`wrap_messages`, which the client also uses elsewhere.)
 * The prompt's model-parameter config (temperature, max_tokens...) fills the fields the
   request left unset.
 
@@ -36,13 +38,39 @@ from lmops.core.errors import UserError
 from lmops.prompts.registry import Prompt, get
 from lmops.prompts.template import SAMPLING_PARAMS
 
-__all__ = ["apply_prompt"]
+__all__ = ["apply_prompt", "wrap_messages"]
 
 
 def _text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return "" if content is None else str(content)
+
+
+def wrap_messages(
+    prompt: Prompt, messages: list[Any], variables: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """A chat request's ``messages`` wrapped by ``prompt`` filled with ``variables`` (the
+    module docstring's rules): what the gateway sends on, and what the prompt stage's
+    client sends an endpoint that is not lmops, so both wrap alike."""
+    values = dict(variables)
+    messages = list(messages)
+    wants_input = "input" in prompt.variables and "input" not in values
+    if wants_input:
+        last = max(
+            (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),
+            default=None,
+        )
+        if last is None:
+            raise UserError(f"{prompt.ref}: its {{{{input}}}} needs a user message")
+        values["input"] = _text(messages.pop(last).get("content"))
+    rendered: list[dict[str, Any]] = list(prompt.messages(**values))
+    if prompt.spec.type == "text" and not wants_input:
+        rendered[0]["role"] = "system"
+    lead = 0
+    while lead < len(rendered) and rendered[lead]["role"] in ("system", "developer"):
+        lead += 1
+    return rendered[:lead] + messages + rendered[lead:]
 
 
 def apply_prompt(
@@ -71,26 +99,7 @@ def apply_prompt(
     if kind == "chat" and not body.get("messages"):
         body["messages"] = prompt.messages(**values)  # the prompt alone, as it renders
     elif kind == "chat":
-        messages = list(body.get("messages") or [])
-        if wants_input:
-            last = max(
-                (
-                    i
-                    for i, m in enumerate(messages)
-                    if isinstance(m, dict) and m.get("role") == "user"
-                ),
-                default=None,
-            )
-            if last is None:
-                raise UserError(f"{prompt.ref}: its {{{{input}}}} needs a user message")
-            values["input"] = _text(messages.pop(last).get("content"))
-        rendered = prompt.messages(**values)
-        if prompt.spec.type == "text" and not wants_input:
-            rendered[0]["role"] = "system"
-        lead = 0
-        while lead < len(rendered) and rendered[lead]["role"] in ("system", "developer"):
-            lead += 1
-        body["messages"] = rendered[:lead] + messages + rendered[lead:]
+        body["messages"] = wrap_messages(prompt, list(body.get("messages") or []), values)
     else:
         text = body.get("prompt")
         if not isinstance(text, str):

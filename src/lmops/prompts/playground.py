@@ -2,7 +2,8 @@
 side over a data set. An ``lmops serve`` deployment is sent the version's ref and variables
 (it renders the version once, in place of the prompt the deployment binds, and its request
 log names the version); any other OpenAI-compatible endpoint is sent the messages rendered
-here.
+here. An input for a prompt without ``{{input}}`` is the user's message after the prompt,
+as a deployment that binds the prompt would send it (:func:`render_run`).
 
     for piece in run_prompt(prompt, model, {"question": "2+2?"}): print(piece, end="")
     report = compare_prompts(a, b, model, rows, target_field="answer")
@@ -16,10 +17,18 @@ from typing import Any
 from pydantic import BaseModel
 
 from lmops.core.errors import UserError
+from lmops.prompts.binding import wrap_messages
 from lmops.prompts.lm import ChatModel
 from lmops.prompts.registry import Prompt
 
-__all__ = ["CompareReport", "CompareRow", "compare_prompts", "row_variables", "run_prompt"]
+__all__ = [
+    "CompareReport",
+    "CompareRow",
+    "compare_prompts",
+    "render_run",
+    "row_variables",
+    "run_prompt",
+]
 
 
 def _params(prompt: Prompt, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -28,22 +37,37 @@ def _params(prompt: Prompt, overrides: dict[str, Any] | None = None) -> dict[str
     return params
 
 
+def render_run(
+    prompt: Prompt, variables: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(the prompt's variables, the user's turns, the messages a model is sent)`` for a
+    run of ``prompt``. An ``input`` the prompt has no ``{{input}}`` for is the user's
+    message, put after the prompt as a deployment binding the prompt puts a request's
+    (:func:`~lmops.prompts.binding.wrap_messages`: a text prompt is then the system
+    message), rather than dropped or refused as an unknown variable."""
+    values = dict(variables)
+    user = values.pop("input") if "input" not in prompt.variables and "input" in values else None
+    turns = [] if user is None else [{"role": "user", "content": str(user)}]
+    messages = wrap_messages(prompt, turns, values) if turns else prompt.messages(**values)
+    return values, turns, messages
+
+
 def _request(
     prompt: Prompt, model: ChatModel, variables: dict[str, Any], overrides: dict[str, Any] | None
-) -> tuple[list[dict[str, str]], dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The messages and parameters that run ``prompt`` with ``variables`` on ``model``.
     Rendered here first either way, so a missing variable is the same error everywhere."""
-    messages = prompt.messages(**variables)
+    values, turns, messages = render_run(prompt, variables)
     params = _params(prompt, overrides)
     if getattr(model, "renders_prompts", False):
         # rendered text would be wrapped again in the deployment's bound prompt
         # with its content's digest: a gateway on another store may hold other text
         # under the same name:N, and must refuse rather than run it
-        body = {"prompt": prompt.ref, "variables": dict(variables)}
+        body = {"prompt": prompt.ref, "variables": values}
         if prompt.version.digest:
             body["prompt_digest"] = prompt.version.digest
         params["extra_body"] = body
-        return [], params
+        return turns, params  # the gateway wraps the user's message, if any, in the version
     return messages, params
 
 
@@ -67,7 +91,9 @@ def run_prompt(
 def row_variables(
     prompt: Prompt, row: dict[str, Any], where: str, input_field: str
 ) -> dict[str, Any]:
-    """The prompt's variables from a data row (``input`` may come from ``input_field``)."""
+    """The prompt's variables from a data row (``input`` may come from ``input_field``),
+    and the row's ``input_field`` as ``input`` when the prompt has no ``{{input}}``: the
+    user's message after it (:func:`render_run`)."""
     values: dict[str, Any] = {}
     for v in prompt.variables:
         if v in row:
@@ -79,6 +105,8 @@ def row_variables(
                 f"{where}: no field {v!r} for {prompt.ref}'s variable {{{{{v}}}}} "
                 f"(fields: {', '.join(row)})"
             )
+    if "input" not in values and input_field in row:
+        values["input"] = row[input_field]
     return values
 
 

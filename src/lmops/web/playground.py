@@ -57,12 +57,13 @@ def parse_variables(text: str) -> dict[str, Any]:
 
 def prompt_request(
     store: Store, ref: str, variables: dict[str, Any], user_input: str
-) -> tuple[list[dict[str, str]], dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The rendered messages of a playground run and the rest of its request body: for the
     prompt version ``ref``, the version's ``name:N`` and ``variables`` (``input`` is the
     input box), so that the gateway renders it once, in place of the prompt the deployment
     binds, and logs that version (lmops.prompts.binding), and its config (temperature,
-    max_tokens... but not ``model``: the pane picks the deployment); with no prompt chosen,
+    max_tokens... but not ``model``: the pane picks the deployment), and the input as the
+    user's message when the version has no ``{{input}}``; with no prompt chosen,
     the input alone as one user message, which the deployment's bound prompt wraps as any
     request. Rendered here too, so a missing variable is named before anything is sent."""
     if not ref:
@@ -71,14 +72,18 @@ def prompt_request(
         messages = [{"role": "user", "content": user_input}]
         return messages, {"messages": messages}
     from lmops.prompts import load
+    from lmops.prompts.playground import render_run
 
     prompt = load(store, ref)
     scope = {"input": user_input, **variables}
-    # only the template's own variables: extra ones (input, when unused) are not errors
+    # only the template's own variables: extra ones are not errors; an input the template
+    # has no {{input}} for is the user's message after the prompt (not dropped)
     values = {k: scope[k] for k in prompt.variables if k in scope}
+    if "input" not in prompt.variables and str(scope["input"]).strip():
+        values["input"] = scope["input"]
+    values, turns, messages = render_run(prompt, values)
     params = {k: v for k, v in prompt.config.items() if k != "model"}
-    messages = prompt.messages(**values)
-    return messages, {**params, "messages": [], "prompt": prompt.ref, "variables": values}
+    return messages, {**params, "messages": turns, "prompt": prompt.ref, "variables": values}
 
 
 def _loopback(request: Request) -> str:
