@@ -115,3 +115,20 @@ def test_run_streams_and_compare_scores_side_by_side(cli: Any, tmp_path: Path) -
         "Say b",
         "Please say b",
     }
+
+
+def test_compare_fills_input_from_the_field_named(cli: Any, tmp_path: Path) -> None:
+    """``--input-field`` says which field is the input, also in rows that have a column
+    called ``input`` besides (it read that column instead)."""
+    cli("prompts", "create", "echo", "Say {{input}}")
+    rows = tmp_path / "set.jsonl"
+    rows.write_text('{"input": "raw html", "text": "a"}\n')
+    sent: list[dict[str, Any]] = []
+    with fake_server(requests=sent, reply="yes", model="m") as up:
+        r = cli(
+            "prompts", "compare", "echo:1", "echo:1", "--deployment", "m",
+            "--endpoint", up + "/v1", "--set", str(rows), "--input-field", "text", "--json",
+        )  # fmt: skip
+    assert r.code == 0, r.err
+    assert [m["messages"] for m in sent] == [[{"role": "user", "content": "Say a"}]] * 2
+    assert json.loads(r.out)["rows"][0]["variables"] == {"input": "a"}

@@ -96,10 +96,10 @@ def row_variables(
     user's message after it (:func:`render_run`)."""
     values: dict[str, Any] = {}
     for v in prompt.variables:
-        if v in row:
-            values[v] = row[v]
-        elif v == "input" and input_field in row:
+        if v == "input" and input_field in row:  # the field named, before a column 'input'
             values[v] = row[input_field]
+        elif v in row:
+            values[v] = row[v]
         else:
             raise UserError(
                 f"{where}: no field {v!r} for {prompt.ref}'s variable {{{{{v}}}}} "
