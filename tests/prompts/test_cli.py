@@ -132,3 +132,18 @@ def test_compare_fills_input_from_the_field_named(cli: Any, tmp_path: Path) -> N
     assert r.code == 0, r.err
     assert [m["messages"] for m in sent] == [[{"role": "user", "content": "Say a"}]] * 2
     assert json.loads(r.out)["rows"][0]["variables"] == {"input": "a"}
+
+
+def test_compare_and_optimize_score_an_answer_alike() -> None:
+    """Exact match ignores case, punctuation and surrounding space in both (compare counted
+    "Positive." wrong against "positive", which the optimiser counted right)."""
+    from lmops.prompts.optimize import score
+    from lmops.prompts.playground import _matches
+
+    for reply, target, same in [
+        ("Positive.", "positive", True),
+        ("  NEGATIVE!\n", "negative", True),
+        ("positive", "negative", False),
+    ]:
+        assert _matches(reply, target) is same
+        assert score(reply, target, None) is same

@@ -62,6 +62,7 @@ from lmops.core.errors import UserError
 from lmops.core.rows import read_rows
 from lmops.prompts._answers import Asker, Journal, OptimizeInterrupted
 from lmops.prompts.lm import ChatModel, EndpointError
+from lmops.prompts.playground import normalize_answer as _norm
 from lmops.prompts.registry import Prompt
 from lmops.prompts.registry import create as create_prompt
 
@@ -155,10 +156,6 @@ def read_set(
         v = store.assets.resolve(source)
         ref, path = v.ref, store.assets.path(v.ref)
     return [(r.where, r.values) for r in read_rows([path])], ref
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"[^\w\s]", "", text).strip().lower()
 
 
 def _majority(targets: Sequence[str]) -> tuple[str, float]:

@@ -11,6 +11,7 @@ as a deployment that binds the prompt would send it (:func:`render_run`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -128,8 +129,14 @@ class CompareReport(BaseModel):
     b_accuracy: float | None = None
 
 
+def normalize_answer(text: str) -> str:
+    """An answer as exact match compares it: punctuation dropped, trimmed, lower case
+    ("Positive." is "positive"); ``prompts compare`` and ``prompts optimize`` alike."""
+    return re.sub(r"[^\w\s]", "", text).strip().lower()
+
+
 def _matches(reply: str, target: str) -> bool:
-    return reply.strip().lower() == target.strip().lower()
+    return normalize_answer(reply) == normalize_answer(target)
 
 
 def compare_prompts(
@@ -143,7 +150,8 @@ def compare_prompts(
     on_row: Callable[[int], None] | None = None,
 ) -> CompareReport:
     """Both prompts' replies for each ``(where, row)``; with ``target_field``, each reply
-    is scored by exact match (case and surrounding space ignored) and accuracies given."""
+    is scored by exact match (:func:`normalize_answer`: case, punctuation and surrounding
+    space ignored, as the optimiser scores) and accuracies given."""
     out: list[CompareRow] = []
     for n, (where, row) in enumerate(rows):
         va = row_variables(a, row, where, input_field)
