@@ -8,6 +8,7 @@ model: path/or/asset-ref        # or {preset: llama-tiny, tokenizer: tok} to sta
 dataset: path/or/asset-ref      # JSON Lines, JSON array, CSV, Parquet, or token shards
 output: my-model                # asset name for the result
 on_error: raise                 # or skip: bad rows (e.g. an empty output) left out, counted
+chat_template: chatml           # or a Jinja template's text; default: the tokenizer's own
 train: {max_steps: 100, lr: 2e-4, batch_size: 8, max_seq_len: 512, seed: 0, save_steps: 50}
 ```
 """
@@ -35,6 +36,7 @@ __all__ = [
     "PreferenceParams",
     "TrainParams",
     "TrainSpec",
+    "check_chat_template",
     "load_spec",
 ]
 
@@ -162,7 +164,8 @@ class TrainSpec(_Strict):
     preference: PreferenceParams = Field(default_factory=PreferenceParams)
     ppo: PpoParams = Field(default_factory=PpoParams)
     distributed: DistributedParams = Field(default_factory=DistributedParams)
-    chat_template: str | None = None  # Jinja; default: the tokenizer's own, else ChatML
+    # Jinja text, or "chatml"; default: the tokenizer's own, else ChatML (check_chat_template)
+    chat_template: str | None = None
     packing: bool = False
     eval_split: float = Field(0.0, ge=0, lt=0.5)
     text_key: str = "text"
@@ -174,6 +177,11 @@ class TrainSpec(_Strict):
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
     description: str = ""
     sweep: dict[str, Any] | None = None  # for `lmops train sweep` (see lmops.train.sweep)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _chat_template(cls, v: str | None) -> str | None:
+        return None if v is None else check_chat_template(v)
 
     @model_validator(mode="after")
     def _check(self) -> TrainSpec:
@@ -284,6 +292,45 @@ class TrainSpec(_Strict):
         if self.distributed.deepspeed:
             refs.append(self.distributed.deepspeed)
         return refs
+
+
+# A conversation a usable template must show: each message's content appears in its text.
+_PROBE = [
+    {"role": "user", "content": "lmops-probe-user"},
+    {"role": "assistant", "content": "lmops-probe-answer"},
+]
+
+
+def check_chat_template(text: str) -> str:
+    """The Jinja chat template ``text`` stands for (``"chatml"`` names ChatML), refused with
+    a one-line ``ValueError`` when it does not compile or renders a conversation without its
+    messages: a template's name (``llama3``) given as its text renders as that word, so every
+    answer would carry no loss (SFT) or every pair be empty (DPO trained on nothing). A
+    template that refuses the probe conversation itself (``raise_exception``) passes."""
+    if text.strip().lower() == "chatml":
+        from lmops.models.loading import CHATML
+
+        return CHATML
+    import jinja2
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        rendered = render_jinja_template(conversations=[_PROBE], chat_template=text)[0][0]
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(
+            f"not a Jinja template ({e.message} on line {e.lineno} of the template); "
+            "give the template's text, 'chatml', or leave it out for the tokenizer's own"
+        ) from None
+    except Exception:  # raise_exception, or needs what only the tokenizer passes: judge later
+        return text
+    if not all(m["content"] in rendered for m in _PROBE):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(
+            f"{shown!r} renders a conversation without its messages (a template's name is "
+            "not a template); give the Jinja template's text, 'chatml', or leave it out "
+            "for the tokenizer's own"
+        )
+    return text
 
 
 # Named presets: partial specs merged under the user's YAML (the user's keys win).

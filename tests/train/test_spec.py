@@ -1,0 +1,53 @@
+"""The job spec refuses, when it is read, what would otherwise fail (or silently train on
+nothing) only after the model has loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.models.loading import CHATML
+from lmops.train.spec import load_spec
+
+
+def _job(tmp_path: Path, *extra: str) -> Path:
+    job = tmp_path / "job.yaml"
+    lines = ["stage: dpo", "method: lora", "model: m", "dataset: d.jsonl", "output: o", *extra]
+    job.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return job
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen"])
+def test_a_template_name_given_as_the_chat_template_is_refused_on_its_line(
+    tmp_path: Path, name: str
+) -> None:
+    """LLaMA-Factory names templates (``template: llama3``); here ``chat_template`` is the
+    Jinja text, and a bare name rendered every conversation as that word: SFT failed saying
+    to raise max_seq_len, DPO registered a model trained on empty pairs."""
+    with pytest.raises(UserError) as err:
+        load_spec(_job(tmp_path, f"chat_template: {name}"))
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'job.yaml'}:6: chat_template: '{name}' renders")
+    assert "'chatml'" in message and "\n" not in message
+
+
+def test_a_chat_template_that_does_not_compile_is_refused_on_its_line(tmp_path: Path) -> None:
+    # it was an internal error (TemplateSyntaxError) once the tokenizer had loaded
+    job = _job(tmp_path, "chat_template: '{% for m in messages %}{{ m.content }'")
+    with pytest.raises(UserError) as err:
+        load_spec(job)
+    message = str(err.value)
+    assert message.startswith(f"{job}:6: chat_template: not a Jinja template (unexpected '}}'")
+    assert "\n" not in message
+
+
+def test_chatml_names_chatml_and_a_real_template_is_kept(tmp_path: Path) -> None:
+    assert load_spec(_job(tmp_path, "chat_template: chatml")).chat_template == CHATML
+    own = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    assert load_spec(_job(tmp_path, f"chat_template: '{own}'")).chat_template == own
+    # a template that refuses the probe conversation is judged later, by the tokenizer
+    strict = "{% if messages[0].role != 'system' %}{{ raise_exception('system first') }}{% endif %}"
+    assert load_spec(_job(tmp_path, f'chat_template: "{strict}"')).chat_template == strict
+    assert load_spec(_job(tmp_path)).chat_template is None
