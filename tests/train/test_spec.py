@@ -51,3 +51,23 @@ def test_chatml_names_chatml_and_a_real_template_is_kept(tmp_path: Path) -> None
     strict = "{% if messages[0].role != 'system' %}{{ raise_exception('system first') }}{% endif %}"
     assert load_spec(_job(tmp_path, f'chat_template: "{strict}"')).chat_template == strict
     assert load_spec(_job(tmp_path)).chat_template is None
+
+
+def test_eval_steps_without_held_out_rows_is_refused_on_its_line(tmp_path: Path) -> None:
+    """train.eval_steps with eval_split 0 evaluated nothing, and said nothing."""
+    job = _job(tmp_path, "train:", "  eval_steps: 5")
+    with pytest.raises(UserError) as err:
+        load_spec(job)
+    assert str(err.value).startswith(f"{job}:7: train.eval_steps: evaluates on held-out rows")
+    assert "set eval_split" in str(err.value)
+    assert load_spec(job, ["eval_split=0.1"]).train.eval_steps == 5
+
+
+def test_ppo_refuses_an_eval_split_it_would_ignore(tmp_path: Path) -> None:
+    job = tmp_path / "ppo.yaml"
+    job.write_text(
+        "stage: ppo\nmodel: m\ndataset: d.jsonl\noutput: o\nppo: {reward_fn: 'm:f'}\n"
+        "eval_split: 0.1\n"
+    )
+    with pytest.raises(UserError, match=r"ppo\.yaml:6: eval_split: stage ppo does not evaluate"):
+        load_spec(job)

@@ -495,10 +495,11 @@ def train_loop(
                     }
                 )
                 done = step + 1
+                # held-out rows are always scored at the end (as the reward and TRL stages
+                # do), and every train.eval_steps steps when set
                 eval_now = bool(
-                    t.eval_steps
-                    and eval_items
-                    and (done % t.eval_steps == 0 or done == t.max_steps)
+                    eval_items
+                    and ((t.eval_steps and done % t.eval_steps == 0) or done == t.max_steps)
                 )
                 if done % t.log_steps == 0 or done == t.max_steps or eval_now:
                     metrics = {**interval.pop(), "lr": lr_used}

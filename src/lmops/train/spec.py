@@ -64,7 +64,7 @@ class TrainParams(_Strict):
     max_seq_len: int = Field(512, ge=8)
     seed: int = 0
     save_steps: int = Field(50, ge=1)
-    eval_steps: int | None = Field(None, ge=1)
+    eval_steps: int | None = Field(None, ge=1)  # needs eval_split; held out: scored at the end
     log_steps: int = Field(1, ge=1)
     warmup_steps: int = Field(0, ge=0)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "cosine"
@@ -193,6 +193,7 @@ class TrainSpec(_Strict):
             raise ValueError("stage ppo needs ppo.reward_model or ppo.reward_fn")
         self._check_preference()
         self._check_ppo()
+        self._check_eval()
         if self.method in ("prefix", "prompt_tuning") and self.stage not in ("sft", "pretrain"):
             raise ValueError(f"method {self.method} is supported for pretrain and sft")
         if (
@@ -246,6 +247,21 @@ class TrainSpec(_Strict):
                 ("preference", "label_smoothing"),
                 "loss_type exo_pair needs label_smoothing > 0 (EXO's epsilon; the paper "
                 "recommends 1e-3)",
+            )
+
+    def _check_eval(self) -> None:
+        """Evaluation needs held-out rows; PPO scores rollouts and holds none out."""
+        if self.stage == "ppo" and (self.eval_split or self.train.eval_steps is not None):
+            raise FieldError(
+                ("eval_split",) if self.eval_split else ("train", "eval_steps"),
+                "stage ppo does not evaluate on held-out rows (it logs its rollouts' reward "
+                "and KL); remove it",
+            )
+        if self.train.eval_steps is not None and not self.eval_split:
+            raise FieldError(
+                ("train", "eval_steps"),
+                "evaluates on held-out rows, and eval_split is 0 (none held out): set "
+                "eval_split (e.g. 0.05), or remove train.eval_steps",
             )
 
     def _check_ppo(self) -> None:

@@ -115,7 +115,7 @@ def run_sweep(spec: TrainSpec, store: Store, *, progress: bool = True) -> SweepR
             if sweep.metric not in res.final:
                 raise UserError(
                     f"sweep.metric {sweep.metric!r} was not logged (logged: {', '.join(sorted(res.final))}); "
-                    "for eval_loss set eval_split and train.eval_steps"
+                    "for eval_loss set eval_split"
                 )
             value = float(res.final[sweep.metric])
             results[trial.number] = (trial_spec, res)
