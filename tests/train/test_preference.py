@@ -281,3 +281,49 @@ def test_a_run_where_every_answer_is_cut_away_fails_in_one_line(
         "train.max_seq_len 16 (prompts keep their last 15 tokens); nothing would train: "
         "raise train.max_seq_len or lower preference.max_prompt_len"
     )
+
+
+@pytest.mark.parametrize("stage", ["dpo", "reward"])
+def test_the_stages_without_a_loop_of_ours_show_progress(
+    stage: str,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    cli,  # type: ignore[no-untyped-def]
+    lmops_home: Path,
+) -> None:
+    """Reward, DPO/KTO/ORPO and PPO printed nothing until they finished (a 10-step DPO of
+    SmolLM2-135M on 2 CPU cores: 9 silent minutes); they now draw the bar SFT draws, and
+    --json still prints only JSON."""
+    import json
+
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sentiment_pairs(8)))
+    job = tmp_path / "job.yaml"
+    train = {**FAST, "max_steps": 3, "batch_size": 4}
+    job.write_text(
+        json.dumps(
+            {"stage": stage, "method": "lora", "model": str(tiny_model_dir),
+             "dataset": str(data), "output": "prefs-out", "device": "cpu", "train": train}
+        )
+    )  # fmt: skip
+    result = cli("train", "run", str(job))
+    assert result.code == 0, result.err
+    bar = next((line for line in result.out.splitlines() if "3/3" in line), "")
+    assert bar.startswith(f"{stage} prefs-out") and "loss " in bar, result.out
+    quiet = cli("train", "run", str(job), "train.max_steps=2", "--json")
+    assert quiet.code == 0, quiet.err
+    assert json.loads(quiet.out)["steps"] == 2
+
+
+def test_trl_logs_the_last_steps_when_log_steps_does_not_divide_max_steps(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The Trainer logs multiples of log_steps only: a 3-step run logging every 2 logged
+    nothing of step 3, and one shorter than log_steps no training metric at all."""
+    rows = sentiment_pairs(8)
+    for max_steps, logged in ((3, [2, 3]), (1, [1])):
+        train = {**FAST, "max_steps": max_steps, "log_steps": 2, "batch_size": 4}
+        spec = make_spec(tiny_model_dir, "dpo", "lora", train=train)
+        tracker = MemoryTracker(tmp_path / str(max_steps))
+        train_dpo(spec, load_base(spec, None), rows, tracker)
+        assert [s for s, _ in tracker.history["loss"]] == logged

@@ -267,6 +267,14 @@ class TrackerCallback(TrainerCallback):
         if metrics:
             self.tracker.log(state.global_step, metrics)
 
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        # The last steps are logged too when train.log_steps does not divide max_steps, as
+        # lmops' own loop logs them: the Trainer logged only multiples, so a run shorter than
+        # log_steps logged no training metric at all.
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
 
 def trl_classes(stage: str) -> tuple[Any, Any]:
     """(config class, trainer class) of a TRL stage. In TRL 1.16 DPO and KTO are stable

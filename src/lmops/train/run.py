@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from rich.markup import escape
 
 from lmops import __version__
 from lmops.core.errors import UserError
@@ -53,6 +54,7 @@ from lmops.train.loop import (
 from lmops.train.models import check_preset, count_parameters, load_base
 from lmops.train.spec import TrainSpec
 from lmops.train.tracking import StoreTracker, plot_loss_curve
+from lmops.train.tracking import progress as progress_bar
 
 if TYPE_CHECKING:
     from lmops.store import Store
@@ -387,6 +389,8 @@ def _train(
             params={"trainable_params": trainable, "total_params": total, "world_size": dist.world},
         )
     steps, seconds, tokens, resumed_from = spec.train.max_steps, 0.0, 0, None
+    # the stages below draw no bar of their own (the pretraining / SFT loop does)
+    title, shown = f"[bold]{spec.stage}[/] {escape(spec.output)}", progress and dist.main
     counts = dict(counts or {})
     if dist.main and spec.stage not in ("pretrain", "sft"):
         store.runs.update(run_id, params={"data": counts})
@@ -426,7 +430,8 @@ def _train(
 
         prompts = [_prompt_of(r) for _f, _n, r in rows]
         began = time.perf_counter()
-        model = ppo.train_ppo(spec, loaded, prompts, tracker, reward=reward, store=store)
+        with progress_bar(tracker, title, spec.train.max_steps, enabled=shown) as shows:
+            model = ppo.train_ppo(spec, loaded, prompts, shows, reward=reward, store=store)
         seconds = time.perf_counter() - began
         history = tracker.history
     else:
@@ -439,7 +444,8 @@ def _train(
             "orpo": preference.train_orpo,
         }[spec.stage]
         began = time.perf_counter()
-        model = fn(spec, loaded, [r for _f, _n, r in rows], tracker)
+        with progress_bar(tracker, title, spec.train.max_steps, enabled=shown) as shows:
+            model = fn(spec, loaded, [r for _f, _n, r in rows], shows)
         seconds = time.perf_counter() - began
         history = tracker.history
     final = {k: v[-1][1] for k, v in history.items() if v}

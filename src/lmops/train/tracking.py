@@ -2,19 +2,29 @@
 
 ``StoreTracker`` writes metrics to the run in the store (and to tensorboard / wandb /
 mlflow when asked and installed); ``MemoryTracker`` keeps them in a dict, for tests and
-library use. Both print nothing: progress bars belong to the caller.
+library use. Both print nothing: progress bars belong to the caller, who wraps a tracker
+in :func:`progress` where the trainer draws none of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from lmops.store import Store
 
-__all__ = ["MemoryTracker", "StoreTracker", "Tracker", "plot_loss_curve"]
+__all__ = [
+    "MemoryTracker",
+    "ProgressTracker",
+    "StoreTracker",
+    "Tracker",
+    "plot_loss_curve",
+    "progress",
+]
 
 
 class Tracker(Protocol):
@@ -58,6 +68,61 @@ class StoreTracker:
             self.store.runs.log_metrics(self.run_id, clean, step=step)
         for ext in self._external:
             ext(step, clean)
+
+
+# what a progress bar shows of the last logged metrics, where a stage logs them
+_SHOWN = ("loss", "accuracy", "margin", "reward", "kl")
+
+
+class ProgressTracker:
+    """Passes each log to ``inner`` and moves a progress bar to its step, showing the
+    latest training metrics (:data:`_SHOWN`; eval metrics are not shown). The bar moves as
+    the trainer logs: every step by default, every ``train.log_steps`` steps if set."""
+
+    def __init__(self, inner: Tracker, bar: Any, task: Any) -> None:
+        self.inner, self.bar, self.task = inner, bar, task
+        self.run_dir = inner.run_dir
+        self.shown: dict[str, float] = {}
+        self.step = 0  # the furthest step logged (an eval log may repeat one)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.inner.log(step, metrics)
+        for k in _SHOWN:
+            v = metrics.get(k)
+            if v is not None and math.isfinite(float(v)):
+                self.shown[k] = float(v)
+        status = "  ".join(f"{k} {v:.4g}" for k, v in self.shown.items())
+        self.step = max(self.step, step)
+        self.bar.update(self.task, completed=self.step, status=status)
+
+
+@contextlib.contextmanager
+def progress(tracker: Tracker, title: str, total: int, *, enabled: bool = True) -> Iterator[Any]:
+    """``tracker`` wrapped in a :class:`ProgressTracker` whose bar (``title``, ``total``
+    steps, elapsed and remaining time) is shown while the block runs; ``tracker`` itself
+    when not ``enabled`` (``--json``, ranks other than 0)."""
+    if not enabled:
+        yield tracker
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn(title),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with bar:
+        yield ProgressTracker(tracker, bar, bar.add_task("train", total=total, status=""))
 
 
 def _external_tracker(name: str, run_dir: Path, run_id: str) -> Any:
