@@ -106,3 +106,41 @@ def test_sft_trains_mixed_in_text_rows_on_every_token(tok, tmp_path: Path) -> No
     only.write_text(json.dumps({"text": "just text"}) + "\n")
     with pytest.raises(UserError, match="text rows may be mixed in, not trained alone"):
         load_training_rows([only], "sft")
+
+
+def test_continued_pretraining_reads_plain_text_files(tok, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A .txt corpus (tinyshakespeare's input.txt) was refused as an unknown file type; each
+    text file is now one document, cut into the windows its {"text"} row would give."""
+    import json
+
+    from lmops.core.errors import UserError
+    from lmops.train.data import build_pretrain_examples
+
+    docs = [
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+    ]
+    docs.append("# Notes\n\nThe quick brown fox jumps over the lazy dog. " * 3)
+    corpus = tmp_path / "corpus"
+    (corpus / "more").mkdir(parents=True)
+    (corpus / "a.txt").write_text(docs[0], encoding="utf-8")
+    (corpus / "more" / "b.md").write_text(docs[1], encoding="utf-8")
+    (corpus / ".hidden.txt").write_text("never read", encoding="utf-8")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+
+    want, _ = build_pretrain_examples([rows], tok, 16, "text")
+    for paths in ([corpus], [corpus / "a.txt", corpus / "more" / "b.md"]):
+        got, stats = build_pretrain_examples(paths, tok, 16, "text")
+        assert got == want
+        assert stats["docs"] == 2 and stats["rows_read"] == 2
+    # a text file mixed with row files
+    mixed, stats = build_pretrain_examples([corpus / "a.txt", rows], tok, 16, "text")
+    assert stats["docs"] == 3 and len(mixed) > len(want)
+
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(UserError) as err:
+        build_pretrain_examples([latin1, rows], tok, 16, "text")
+    assert str(err.value).startswith(f"{latin1}: not valid UTF-8 (byte 3)")
+    _, stats = build_pretrain_examples([latin1, rows], tok, 16, "text", on_error="skip")
+    assert stats["skipped_by_reason"] == {"encoding": 1} and stats["rows_used"] == 2

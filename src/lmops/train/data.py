@@ -1,8 +1,9 @@
 """Training examples: token ids + labels (-100 where no loss), and how they are batched.
 
 - **pretrain**: token shards from the data stage (``format: token_shards``), cut into
-  consecutive windows of ``max_seq_len + 1`` tokens; or text documents, tokenized,
-  joined with EOS and cut the same way.
+  consecutive windows of ``max_seq_len + 1`` tokens; or text documents (rows' ``text_key``,
+  or plain ``.txt`` / ``.md`` files, each file one document), tokenized, joined with EOS
+  and cut the same way.
 - **sft**: alpaca rows (``instruction``/``input``/``output``) or chat rows (``messages``),
   rendered with the chat template. Loss only on assistant turns (their content and the
   end-of-turn token); system and user tokens carry label -100. Multi-turn conversations
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -287,7 +289,12 @@ def build_pretrain_examples(
     eos = tokenizer.eos_token_id
     loaded = LoadedRows([])
     unreadable: Counter[str] = Counter()
-    for where, n, row in read_rows(paths, on_error=on_error, skipped=unreadable):
+    texts, row_paths = _text_files(paths)
+    documents = itertools.chain(
+        _read_texts(texts, text_key, on_error, unreadable),
+        read_rows(row_paths, on_error=on_error, skipped=unreadable) if row_paths else (),
+    )
+    for where, n, row in documents:
         loaded.read += 1
         text = row.get(text_key)
         if not isinstance(text, str):
@@ -313,6 +320,55 @@ def build_pretrain_examples(
     loaded.read += sum(unreadable.values())
     loaded.skipped.update(unreadable)
     return examples, {"docs": docs, "windows": len(examples), **loaded.summary()}
+
+
+# Plain-text files a pretraining dataset may name (or hold in a folder): each is one document.
+TEXT_SUFFIXES = (".txt", ".md")
+
+
+def _text_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(plain-text files, paths of row files): a ``.txt`` / ``.md`` path is text; a folder
+    gives its text files (hidden and ``_`` entries skipped, as for rows) and, if it holds
+    row files too, itself for the row reader."""
+    from lmops.core.rows import ROW_SUFFIXES
+
+    texts: list[Path] = []
+    rows: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            inside = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and not any(part.startswith(("_", ".")) for part in f.relative_to(p).parts)
+            )
+            texts += [f for f in inside if f.suffix.lower() in TEXT_SUFFIXES]
+            if any(f.name.lower().endswith(ROW_SUFFIXES) for f in inside) or not texts:
+                rows.append(p)
+        elif p.suffix.lower() in TEXT_SUFFIXES:
+            texts.append(p)
+        else:
+            rows.append(p)
+    return texts, rows
+
+
+def _read_texts(
+    files: list[Path], text_key: str, on_error: Literal["raise", "skip"], skipped: Counter[str]
+) -> Iterator[tuple[str, int, dict[str, str]]]:
+    """Each plain-text file as one document (a row of ``text_key``); one that is not UTF-8
+    raises, or is counted."""
+    for n, f in enumerate(files, 1):
+        try:
+            text = f.read_bytes().decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError as e:
+            if on_error == "skip":
+                skipped["encoding"] += 1
+                continue
+            raise UserError(
+                f"{f}: not valid UTF-8 (byte {e.start}); re-encode the file as UTF-8 "
+                "or set on_error: skip"
+            ) from None
+        yield str(f), n, {text_key: text}
 
 
 def pack(examples: list[Example], max_len: int) -> list[tuple[list[int], list[int], list[int]]]:

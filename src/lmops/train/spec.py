@@ -5,7 +5,7 @@ dotted overrides (``lmops train job.yaml train.lr=1e-4``).
 stage: sft            # pretrain | sft | reward | dpo | kto | orpo | ppo
 method: lora          # full | freeze | lora | qlora | prefix | prompt_tuning
 model: path/or/asset-ref        # or {preset: llama-tiny, tokenizer: tok} to start from scratch
-dataset: path/or/asset-ref      # JSON Lines, JSON array, CSV, Parquet, or token shards
+dataset: path/or/asset-ref      # JSON Lines, JSON array, CSV, Parquet; pretrain: also .txt, token shards
 output: my-model                # asset name for the result
 on_error: raise                 # or skip: bad rows (e.g. an empty output) left out, counted
 chat_template: chatml           # or a Jinja template's text; default: the tokenizer's own
