@@ -307,27 +307,71 @@ def test_an_adapter_on_lm_head_saves_it_without_a_warning(base: Store) -> None:
     assert any(k.endswith("lm_head.base_layer.weight") for k in _weights(base, str(result.output)))
 
 
-def test_a_stage_without_checkpoints_says_so_and_starts_over_without_a_flag(
-    base: Store, tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _prefs(tmp_path: Path) -> Path:
     from tests.train.conftest import sentiment_pairs
 
     rows = tmp_path / "prefs.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in sentiment_pairs(8)))
-    cfg = tmp_path / "dpo.yaml"
-    dpo = {**job(max_steps=4, log_steps=1), "stage": "dpo", "dataset": str(rows), "output": "dpo"}
-    cfg.write_text(json.dumps(dpo))
+    return rows
+
+
+def test_a_stage_without_checkpoints_says_so_and_starts_over_without_a_flag(
+    base: Store, tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "reward.yaml"
+    reward = {**job(max_steps=4, log_steps=1), "stage": "reward", "output": "rm"}
+    cfg.write_text(json.dumps({**reward, "dataset": str(_prefs(tmp_path))}))
     with monkeypatch.context() as m:
         _interrupt_at(m, 2, _ctrl_c)
         r = cli("train", "run", str(cfg))
     assert r.code == 130
     assert r.err.strip() == (
-        "interrupted: stage dpo stopped with no checkpoint (it writes none); "
+        "interrupted: stage reward stopped with no checkpoint (it writes none); "
         f"start it again with: lmops train run {cfg}"
     )
-    run = next(x for x in base.runs.list() if x.name == "dpo")
+    run = next(x for x in base.runs.list() if x.name == "rm")
     assert run.status is RunStatus.CANCELLED and run.error == "interrupted (no checkpoint)"
     # nothing to resume: the same command simply runs again
     again = cli("train", "run", str(cfg), "--json")
     assert again.code == 0, again.err
     assert json.loads(again.out)["resumed_from"] is None
+
+
+def test_dpo_stops_with_a_checkpoint_and_resumes_to_the_weights_of_an_unbroken_run(
+    base: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DPO/KTO/ORPO kept no checkpoint: Ctrl-C after 9 minutes of DPO threw all 9 away.
+    The Trainer now saves as it stops (and every save_steps), and --resume continues."""
+    rows = _prefs(tmp_path)
+
+    def dpo(output: str = "dpo") -> TrainSpec:
+        data = {**job(max_steps=6, log_steps=1, save_steps=100), "stage": "dpo"}
+        return TrainSpec.model_validate({**data, "dataset": str(rows), "output": output})
+
+    straight = run_training(dpo("dpo-straight"), base, progress=False)
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        with pytest.raises(Interrupted) as info:
+            run_training(dpo(), base, progress=False)
+    e = info.value
+    # the signal came while step 2 was logged: the Trainer ends step 3, saves and stops
+    assert e.signum == signal.SIGTERM and (e.step, e.max_steps, e.saved) == (3, 6, True)
+    assert e.checkpoint is not None and e.checkpoint.name == "checkpoint-3"
+    run = next(r for r in base.runs.list() if r.name == "dpo")
+    assert run.status is RunStatus.CANCELLED and "checkpoint at step 3" in str(run.error)
+    with pytest.raises(UserError, match="stopped at step 3 of 6 and left a checkpoint"):
+        run_training(dpo(), base, progress=False)
+
+    resumed = run_training(dpo(), base, resume=True, progress=False)
+    assert (resumed.run_id, resumed.resumed_from, resumed.steps) == (run.id, 3, 6)
+    assert [m.step for m in base.runs.get(run.id).metrics["loss"]] == [1, 2, 3, 4, 5, 6]
+    got, want = _weights(base, str(resumed.output)), _weights(base, str(straight.output))
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch_close(got[k], want[k]), k
+
+
+def torch_close(a: Any, b: Any) -> bool:
+    import torch
+
+    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-6))

@@ -55,7 +55,10 @@ def test_trl_config_is_cpu_safe_and_follows_the_spec(stage: str, tmp_path: Path)
     assert args.bf16 is False and args.fp16 is False
     assert args.gradient_checkpointing is False and args.activation_checkpointing is False
     assert args.use_cpu is True
-    assert args.report_to == [] and args.save_strategy == "no" and args.dataloader_num_workers == 0
+    assert args.report_to == [] and args.dataloader_num_workers == 0
+    # the Trainer's checkpoints go where the runner finds them to resume
+    assert (args.save_strategy, args.save_steps, args.save_total_limit) == ("steps", 50, 2)
+    assert args.output_dir == str(tmp_path / "checkpoints")
     assert (args.max_steps, args.learning_rate, args.seed, args.max_length) == (7, 3e-4, 5, 96)
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 2)
     assert args.beta == 0.25

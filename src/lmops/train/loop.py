@@ -182,15 +182,19 @@ def lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest complete checkpoint in ``ckpt_dir``: this loop's ``step-000050`` (its
+    ``state.pt`` is renamed into place) or the Trainer's ``checkpoint-50`` of a TRL stage
+    (its ``trainer_state.json`` is written last)."""
     if not ckpt_dir.is_dir():
         return None
-    done = sorted(p for p in ckpt_dir.glob("step-*") if (p / "state.pt").exists())
-    return done[-1] if done else None
+    done = [p for p in ckpt_dir.glob("step-*") if (p / "state.pt").exists()]
+    done += [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=checkpoint_step) if done else None
 
 
 def checkpoint_step(path: Path) -> int:
-    """The step a ``step-000050`` checkpoint folder was written after."""
-    return int(path.name.removeprefix("step-"))
+    """The step a ``step-000050`` (or a Trainer's ``checkpoint-50``) folder was written after."""
+    return int(path.name.removeprefix("step-").removeprefix("checkpoint-"))
 
 
 def _trainable_state(model: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import copy
 import math
 import os
 import random
+import signal
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,8 +42,9 @@ from transformers import TrainerCallback
 from lmops.core.errors import UserError
 from lmops.core.formats import to_preference
 from lmops.core.logging import get_logger
+from lmops.core.signals import StopSignals
 from lmops.models.loading import select_device
-from lmops.train.loop import IntervalMean
+from lmops.train.loop import Interrupted, IntervalMean, latest_checkpoint
 from lmops.train.models import Loaded
 from lmops.train.spec import TrainParams, TrainSpec
 from lmops.train.tracking import Tracker
@@ -305,8 +307,10 @@ def trl_config(
     TRL defaults to bf16 autocast and gradient checkpointing, which on CPU make a run several
     times slower: both are off on CPU, and ``use_cpu`` keeps accelerate off any GPU. On a
     GPU, bf16 autocast follows the weights' dtype (``spec.dtype``) and checkpointing stays
-    on. Checkpoints are the runner's job (``save_strategy="no"``); metrics go through
-    :class:`TrackerCallback`, not TRL's integrations (``report_to=[]``).
+    on. The Trainer writes its checkpoints (``checkpoint-50``: weights, optimizer,
+    scheduler, RNG) every ``train.save_steps`` steps into ``run_dir/checkpoints``, where the
+    runner finds them to resume, keeping the newest ``train.keep_checkpoints``; metrics go
+    through :class:`TrackerCallback`, not TRL's integrations (``report_to=[]``).
     """
     t = spec.train
     device = select_device(spec.device)
@@ -318,7 +322,7 @@ def trl_config(
         "cosine": ("cosine_with_min_lr", {"min_lr_rate": t.min_lr_ratio}),
     }[t.lr_scheduler]
     kwargs: dict[str, Any] = {
-        "output_dir": str(run_dir / "trl"),
+        "output_dir": str(run_dir / "checkpoints"),
         "max_steps": t.max_steps,
         "learning_rate": t.lr,
         "per_device_train_batch_size": micro,
@@ -337,7 +341,9 @@ def trl_config(
         "logging_steps": t.log_steps,
         "eval_strategy": "steps" if has_eval else "no",
         "eval_steps": (t.eval_steps or t.max_steps) if has_eval else None,
-        "save_strategy": "no",
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": t.keep_checkpoints,
         "report_to": [],
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
@@ -376,15 +382,48 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+class _StopCallback(TrainerCallback):
+    """Ctrl-C / SIGTERM (``stop``, graceful) ends training after the step in progress, with
+    a checkpoint. Under DDP the ranks agree on the step (one all-reduce of the request)."""
+
+    def __init__(self, stop: StopSignals) -> None:
+        self.stop = stop
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        requested = self.stop.requested
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([float(requested)], device=args.device)
+            torch.distributed.all_reduce(flag)
+            requested = bool(flag.item() > 0)
+        if requested and state.global_step < state.max_steps:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
 def _run(trainer: Any) -> Any:
+    """Train (from the newest checkpoint in the output folder: a resumed run's own) and
+    return the trained model; a first Ctrl-C saves a checkpoint after the step in progress
+    and raises :class:`~lmops.train.loop.Interrupted` naming it."""
     from transformers import PrinterCallback, ProgressCallback
 
     # Progress output belongs to the caller; metrics reach it through TrackerCallback.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    trainer.train()
-    with contextlib.suppress(OSError):  # the output_dir TRL insists on; empty without saves
-        Path(trainer.args.output_dir).rmdir()
+    ckpt_dir = Path(trainer.args.output_dir)
+    last = latest_checkpoint(ckpt_dir)
+    with StopSignals() as stop:
+        trainer.add_callback(_StopCallback(stop))
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
+    state = trainer.state
+    if stop.requested and state.global_step < state.max_steps:
+        raise Interrupted(
+            state.global_step,
+            state.max_steps,
+            latest_checkpoint(ckpt_dir),
+            saved=True,
+            signum=stop.signum or signal.SIGINT,
+        )
     return trainer.accelerator.unwrap_model(trainer.model)
 
 

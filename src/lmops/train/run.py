@@ -13,8 +13,8 @@
    the run starts), and to the run.
 
 SIGINT/SIGTERM: the run is marked CANCELLED and :class:`~lmops.train.loop.Interrupted` is
-raised, naming the checkpoint to resume from (pretraining and SFT write one as they stop;
-reward, DPO/KTO/ORPO and PPO keep none, so they start over).
+raised, naming the checkpoint to resume from (pretraining, SFT and DPO/KTO/ORPO write one as
+they stop and every ``train.save_steps``; reward and PPO keep none, so they start over).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from lmops.train.loop import (
     train_loop,
 )
 from lmops.train.models import check_preset, count_parameters, load_base
-from lmops.train.spec import TrainSpec
+from lmops.train.spec import CHECKPOINTED, TrainSpec
 from lmops.train.tracking import StoreTracker, plot_loss_curve
 from lmops.train.tracking import progress as progress_bar
 
@@ -437,6 +437,9 @@ def _train(
     else:
         from lmops.train import preference
 
+        if spec.stage in CHECKPOINTED:  # TRL resumes from the run's own newest checkpoint
+            last = latest_checkpoint(run_dir / "checkpoints")
+            resumed_from = checkpoint_step(last) if last is not None else None
         fn = {
             "reward": preference.train_reward,
             "dpo": preference.train_dpo,
@@ -444,7 +447,10 @@ def _train(
             "orpo": preference.train_orpo,
         }[spec.stage]
         began = time.perf_counter()
-        with progress_bar(tracker, title, spec.train.max_steps, enabled=shown) as shows:
+        steps_done = resumed_from or 0
+        with progress_bar(
+            tracker, title, spec.train.max_steps, start=steps_done, enabled=shown
+        ) as shows:
             model = fn(spec, loaded, [r for _f, _n, r in rows], shows)
         seconds = time.perf_counter() - began
         history = tracker.history

@@ -97,10 +97,12 @@ class ProgressTracker:
 
 
 @contextlib.contextmanager
-def progress(tracker: Tracker, title: str, total: int, *, enabled: bool = True) -> Iterator[Any]:
-    """``tracker`` wrapped in a :class:`ProgressTracker` whose bar (``title``, ``total``
-    steps, elapsed and remaining time) is shown while the block runs; ``tracker`` itself
-    when not ``enabled`` (``--json``, ranks other than 0)."""
+def progress(
+    tracker: Tracker, title: str, total: int, *, start: int = 0, enabled: bool = True
+) -> Iterator[Any]:
+    """``tracker`` wrapped in a :class:`ProgressTracker` whose bar (``title``, ``start`` of
+    ``total`` steps done, elapsed and remaining time) is shown while the block runs;
+    ``tracker`` itself when not ``enabled`` (``--json``, ranks other than 0)."""
     if not enabled:
         yield tracker
         return
@@ -122,7 +124,8 @@ def progress(tracker: Tracker, title: str, total: int, *, enabled: bool = True) 
         TimeRemainingColumn(),
     )
     with bar:
-        yield ProgressTracker(tracker, bar, bar.add_task("train", total=total, status=""))
+        task = bar.add_task("train", total=total, completed=start, status="")
+        yield ProgressTracker(tracker, bar, task)
 
 
 def _external_tracker(name: str, run_dir: Path, run_id: str) -> Any:
