@@ -169,3 +169,15 @@ def test_real_alpaca_json_array(cli, shared_datasets: Path) -> None:  # type: ig
     assert [e["message"].split(": field")[0] for e in rep["errors"]] == [
         f"{p}:{starts[k]} (element {k})" for k in empty
     ]
+
+
+def test_a_jsonl_line_cut_short_is_named_at_its_own_end(tmp_path: Path) -> None:
+    """The most common malformed line, a write cut short, was reported at "column 1": the
+    column, on the next line, of the position after the line break."""
+    p = tmp_path / "cut.jsonl"
+    p.write_text('{"a": 1}\n{"instruction": "x", "output": \n{"a": 2}\r\n', encoding="utf-8")
+    got = list(iter_rows(p))
+    assert not isinstance(got[1], Row)
+    assert got[1].where == f"{p}:2"
+    assert got[1].reason == "malformed JSON (Expecting value at column 32)"
+    assert isinstance(got[2], Row) and got[2].values == {"a": 2}

@@ -188,7 +188,9 @@ def _jsonl(path: Path, start: int, end: int | None, first_line: int) -> Iterator
                 continue
             number += 1
             try:
-                values, raw = parse_object(line)
+                # without its line break: a line cut short is named at its own end
+                # ("column 32"), not at "column 1" of the next line the break begins
+                values, raw = parse_object(line.rstrip("\r\n"))
             except JSONDecodeError as e:
                 yield BadRow(where, _malformed(e), "malformed", number, lineno, line)
                 continue
