@@ -150,3 +150,42 @@ def test_roberta_like_models_take_two_positions_fewer() -> None:
     assert limit == 16
     RobertaModel(cfg).eval()(input_ids=torch.full((1, limit), 5))  # the longest it takes
     assert _max_context(BertConfig(max_position_embeddings=512)) == 512
+
+
+def test_a_long_text_is_cut_as_the_tokenizer_cuts_it_without_its_shared_state(
+    tmp_path: Path,
+) -> None:
+    """The text's end is cut and the closing special token kept, exactly as
+    ``truncation=True`` cuts; done without that flag, which sets state on the shared fast
+    tokenizer: a call from another thread in between (generation, ``/tokenize``) reset it,
+    a text came out whole and its batch was a 500. Here a thread tokenizes long texts
+    without truncation throughout, and every cut text still has ``cut`` tokens."""
+    import threading
+
+    from transformers import AutoTokenizer
+
+    from lmops.models.encoder import embedding_tokens, encode_for_embedding
+
+    folder = make_tiny_bert(tmp_path / "enc", max_seq_length=8)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    pooling = read_pooling(folder)
+    cut = embedding_tokens(pooling, 64)
+    assert cut == 8
+    long = " ".join(WORDS * 40)
+    want = tok(long, add_special_tokens=True, truncation=True, max_length=cut)["input_ids"]
+    assert encode_for_embedding(tok, long, pooling, cut) == want == ids_of(" ".join(WORDS[:6]))
+    assert encode_for_embedding(tok, "hello world", pooling, cut) == ids_of("hello world")
+    stop = threading.Event()
+
+    def untruncated() -> None:
+        while not stop.is_set():
+            tok(long, add_special_tokens=True)
+
+    other = threading.Thread(target=untruncated)
+    other.start()
+    try:
+        lengths = {len(encode_for_embedding(tok, long, pooling, cut)) for _ in range(300)}
+    finally:
+        stop.set()
+        other.join()
+    assert lengths == {cut}

@@ -314,3 +314,33 @@ def test_text_after_a_tool_call_is_a_message_item_of_its_own() -> None:
     adapter: Any = TypeAdapter(ResponseStreamEvent)
     for e in events:
         state.handle_event(adapter.validate_python(e))
+
+
+def test_chat_field_names_are_mapped_back_without_guessing() -> None:
+    """Unit cases of the mapping: a prompt wrapped around the messages (bound or picked)
+    leaves only ``input``; a tool call's field is its function_call item's; an operator's
+    refusal text is kept as written."""
+    from lmops.serve.protocol import OpenAIError
+    from lmops.serve.responses import as_responses_error
+
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    body = {"instructions": "Be brief.", "input": [{"role": "user", "content": "hi"}, call]}
+
+    def mapped(param: str, message: str = "m", **kw: Any) -> tuple[str | None, str]:
+        e = as_responses_error(OpenAIError(400, message, param=param, **kw), body)
+        wrapped = as_responses_error(OpenAIError(400, message, param=param), body, wrapped=True)
+        assert wrapped.param is not None and wrapped.param.startswith(("input", param))
+        return e.param, e.message
+
+    assert mapped("messages[1].content") == ("input[0].content", "m")
+    assert mapped("messages[2].tool_calls[0].function.arguments")[0] == "input[1].arguments"
+    assert mapped("messages[0].content")[0] == "instructions"
+    wrapped = as_responses_error(
+        OpenAIError(400, "x", param="messages[1].content"), body, wrapped=True
+    )
+    assert wrapped.param == "input"
+    refusal = "We do not answer messages about max_completion_tokens."
+    kept = as_responses_error(
+        OpenAIError(400, refusal, param="messages", code="content_filter"), body
+    )
+    assert kept.message == refusal and kept.param == "input"

@@ -148,6 +148,49 @@ def model_kind(folder: Path) -> tuple[Literal["encoder", "decoder"], str]:
     return ("encoder" if masked else "decoder"), model_type
 
 
+def embedding_tokens(pooling: Pooling, limit: int) -> int:
+    """The most tokens an embedded text keeps: the model's context ``limit``, or the
+    shorter ``max_seq_length`` of its sentence-transformers config."""
+    return min(limit, pooling.max_tokens or limit)
+
+
+def _special_suffix(tokenizer: Any) -> list[int]:
+    """The special tokens the tokenizer adds after a text (BERT's ``[SEP]``; none for a
+    Llama's BOS-only tokenizer), found by encoding a word with and without them."""
+    done = getattr(tokenizer, "_lmops_special_suffix", None)
+    if done is not None:
+        return list(done)
+    with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    suffix: list[int] = []
+    for i in range(len(with_special) - len(plain) + 1):
+        if plain and with_special[i : i + len(plain)] == plain:
+            suffix = with_special[i + len(plain) :]
+            break
+    tokenizer._lmops_special_suffix = suffix
+    return suffix
+
+
+def encode_for_embedding(
+    tokenizer: Any, text: str, pooling: Pooling, cut: int, *, special: bool = True
+) -> list[int]:
+    """The token ids of ``text`` as the model embeds it: lower-cased where its config says,
+    with its special tokens (``special``), at most ``cut`` tokens (the text's end is cut,
+    the closing special tokens kept, as ``truncation=True`` cuts). Cut here rather than by
+    the tokenizer: ``truncation=True`` sets state on the shared fast tokenizer, which a
+    call from another thread (generation, ``/tokenize``) resets midway, so a text came out
+    whole (a 500 for the batch it was in)."""
+    ids = list(
+        tokenizer(text.lower() if pooling.lower_case else text, add_special_tokens=special)[
+            "input_ids"
+        ]
+    )
+    if len(ids) > cut:
+        suffix = _special_suffix(tokenizer) if special else []
+        ids = ids[: max(cut - len(suffix), 0)] + suffix
+    return ids or [tokenizer.eos_token_id or 0]
+
+
 def embed_texts(
     model: Any,
     tokenizer: Any,
@@ -162,19 +205,8 @@ def embed_texts(
     with their attention mask, so padding never enters a vector."""
     import torch
 
-    cut = min(limit, pooling.max_tokens or limit)
-    ids = [
-        list(
-            tokenizer(
-                t.lower() if pooling.lower_case else t,
-                add_special_tokens=True,
-                truncation=True,
-                max_length=cut,
-            )["input_ids"]
-        )
-        or [tokenizer.eos_token_id or 0]
-        for t in texts
-    ]
+    cut = embedding_tokens(pooling, limit)
+    ids = [encode_for_embedding(tokenizer, t, pooling, cut) for t in texts]
     pad = tokenizer.pad_token_id if isinstance(tokenizer.pad_token_id, int) else 0
     out: list[list[float]] = []
     for start in range(0, len(ids), _BATCH):

@@ -222,9 +222,23 @@ def encode_messages(
     """The prompt ids of a chat as the engine reads it: each message's text (content parts
     joined) and the tools of ``plan`` (a :class:`~lmops.serve.tools.ToolPlan` or None)
     through the model's chat template; also what ``/tokenize`` counts. Blocking."""
-    from lmops.serve.tools import render, template_has_tools
+    from lmops.models.engine import ControlTokenError
+    from lmops.serve.tools import arguments_text, render, template_has_tools
 
     texts = [{**m, "content": _content_text(m.get("content"))} for m in messages]
+    if control_tokens == "refuse":  # named by the request's index, before tools are rendered
+        for i, m in enumerate(texts):
+            listed = m.get("tool_calls")
+            calls: list[Any] = listed if isinstance(listed, list) else []
+            said = [
+                m["content"],
+                *(
+                    arguments_text(c.get("function") if isinstance(c, dict) else None) or ""
+                    for c in calls
+                ),
+            ]
+            if any(engine._has_control(t) for t in said):
+                raise ControlTokenError(i)
     native = not engine.chat_template_fallback and template_has_tools(engine.tokenizer)
     rendered, tools = render(texts, plan, native=native)
     return list(

@@ -275,7 +275,10 @@ class Handlers:
         try:
             reply = await self.generate(request, "chat", key=key, body=chat)
         except OpenAIError as e:  # said in the Responses API's field names
-            raise responses.as_responses_error(e, raw) from None
+            name = raw.get("model")
+            dep = self.gw.registry.deployments.get(name) if isinstance(name, str) else None
+            wrapped = raw.get("prompt") is not None or bool(dep and dep.spec.prompt)
+            raise responses.as_responses_error(e, raw, wrapped=wrapped) from None
         if isinstance(reply, EventStream):
             reply.body_iterator = responses.to_stream(reply.body_iterator, raw)
             return reply

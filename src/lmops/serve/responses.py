@@ -176,13 +176,19 @@ _FIELDS = [
     (re.compile(r"\b(tools\[\d+\])\.function\b"), r"\1"),
     (re.compile(r"\breasoning_effort\b"), "reasoning.effort"),
 ]
-_MESSAGE = re.compile(r"\bmessages\[(\d+)\](\.content|\.tool_calls\[(\d+)\]|\.tool_call_id)?")
+_MESSAGE = re.compile(
+    r"\bmessages\[(\d+)\](\.content|\.tool_calls\[(\d+)\](?:\.function)?|\.tool_call_id)?"
+)
 
 
-def _responses_terms(text: str, origins: list[str]) -> str:
+def _responses_terms(text: str, origins: list[str] | None, *, param: bool) -> str:
+    """``text`` (an error's ``param``, or its message) in the Responses API's field names;
+    ``origins``: where each chat message came from (None: unknown, as when a prompt was
+    wrapped around them). Only field-shaped words of a message are rewritten."""
+
     def message(m: re.Match[str]) -> str:
         k = int(m.group(1))
-        if k >= len(origins):
+        if origins is None or k >= len(origins):
             return "input"
         head, *calls = origins[k].split("#")
         if m.group(3) is not None:  # an assistant turn's tool call: its function_call item
@@ -198,29 +204,38 @@ def _responses_terms(text: str, origins: list[str]) -> str:
     text = _MESSAGE.sub(message, text)
     for pattern, name in _FIELDS:
         text = pattern.sub(name, text)
-    return re.sub(r"\bmessages\b", "input", text)
+    if param:
+        text = "prompt.variables" if text == "variables" else text
+        return re.sub(r"^messages\b", "input", text)
+    return re.sub(r"^messages:", "input:", text)
 
 
-def as_responses_error(e: OpenAIError, body: dict[str, Any]) -> OpenAIError:
+def as_responses_error(
+    e: OpenAIError, body: dict[str, Any], *, wrapped: bool = False
+) -> OpenAIError:
     """``e``, raised by the chat path for ``body`` (a Responses request), in the Responses
     API's terms: ``max_output_tokens`` for ``max_completion_tokens``, ``input[2].content``
-    for the chat message it became, and so on (param and message)."""
-    origins: list[str] = []
-    try:
-        _messages(body.get("input"), body.get("instructions"), origins)
-    except OpenAIError:  # pragma: no cover - read once already
+    for the chat message it became, and so on (param and message). ``wrapped``: a prompt
+    (the deployment's, or one the request picked) was put around the messages, so a
+    message's index in the chat request no longer says which item it was: ``input``. A
+    guardrail's refusal text is the operator's, kept as written."""
+    origins: list[str] | None = None
+    if not wrapped:
         origins = []
+        try:
+            _messages(body.get("input"), body.get("instructions"), origins)
+        except OpenAIError:  # pragma: no cover - read once already
+            origins = None
+    said = (
+        e.message
+        if e.code == "content_filter"
+        else _responses_terms(e.message, origins, param=False)
+    )
     out = OpenAIError(
         e.status,
-        _responses_terms(e.message, origins),
+        said,
         type_=e.type,
-        param=(
-            "prompt.variables"
-            if e.param == "variables"
-            else _responses_terms(e.param, origins)
-            if e.param
-            else e.param
-        ),
+        param=_responses_terms(e.param, origins, param=True) if e.param else e.param,
         code=e.code,
         headers=e.headers,
     )

@@ -9,17 +9,23 @@ then needs no local copy of the tokenizer (``auth_token=<key>`` in its ``model_a
 What is counted is what the gateway's engine reads:
 
 - ``prompt``: the text as ``/v1/completions`` encodes it (no special tokens added; special
-  token strings in the text are read as such), or for an embeddings deployment as
-  ``/v1/embeddings`` does (with them); ``add_special_tokens`` overrides either.
+  token strings in the text are read as such; an empty prompt is the model's start), or
+  for an embeddings deployment as ``/v1/embeddings`` does (with them, lower-cased and cut
+  where the model's config says); ``add_special_tokens`` overrides the special tokens.
 - ``messages``: the chat as ``/v1/chat/completions`` encodes it, through the model's chat
   template with ``tools`` and the deployment's ``control_tokens`` policy (a special token
-  string inside a message is plain text, or a 400 where the deployment refuses them). A
-  prompt the deployment binds is not included: it may be confidential.
+  string inside a message is plain text, or a 400 where the deployment refuses them).
+
+Two things a request to the generation routes has that these counts leave out: a prompt
+the deployment binds (it may be confidential: neither its tokens nor its length are
+shown), and what the input guardrails change (PII masked before the model reads it).
 
 ``model`` is optional, as in vLLM, which serves one model: without it the deployment is the
 one the key may call, or any of several whose models share one tokenizer; otherwise a 400
-lists them. Keys and their deployment scopes apply; nothing is metered or logged (no model
-runs). Upstream and fake deployments have no tokenizer here: a 400 says so.
+lists them (so lm-eval, which never names one, wants a key scoped to the deployment it
+evaluates). Keys and their deployment scopes apply; nothing is metered or logged (no model
+runs); a text longer than the model's context could ever hold is refused before it is read,
+as the generation routes refuse it. Upstream and fake deployments have no tokenizer here.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from lmops.serve.backends import INLINE_TOKENIZE_CHARS, _text_parts_only, encode_messages
+from lmops.models.encoder import encode_for_embedding
+from lmops.serve.backends import INLINE_TOKENIZE_CHARS, _text_parts_only, _vocab, encode_messages
 from lmops.serve.protocol import ChatRequest, OpenAIError, _Open, parse, read_json
 
 __all__ = ["tokenizer_router"]
@@ -116,10 +123,14 @@ def _resolve(gw: Any, key: Any, name: str | None) -> tuple[str, Any]:
             f"(it may call: {', '.join(names) or 'none'})",
             "model",
         )
-    if len({fingerprint(e) for e in usable.values()}) > 1:
+    reads = {
+        (fingerprint(e), _is_encoder(e), gw.registry.deployments[n].spec.control_tokens)
+        for n, e in usable.items()
+    }
+    if len(reads) > 1:
         raise _bad(
-            "model: required, as the deployments this key may call read text with different "
-            f"tokenizers; name one of: {', '.join(usable)}",
+            "model: required, as the deployments this key may call read text differently "
+            f"(tokenizers, embeddings or chat, control_tokens); name one of: {', '.join(usable)}",
             "model",
         )
     first = next(iter(usable))
@@ -138,10 +149,14 @@ def _tokenize(
     """The ids of ``req``'s prompt or messages (blocking; see the module docstring)."""
     tok = engine.tokenizer
     if req.prompt is not None:
-        special = req.add_special_tokens
-        if special is None:
-            special = _is_encoder(engine)  # /v1/embeddings adds them; completions do not
-        return list(tok(req.prompt, add_special_tokens=special)["input_ids"])
+        if _is_encoder(engine):  # as /v1/embeddings reads it: special tokens, cut, case
+            special = True if req.add_special_tokens is None else req.add_special_tokens
+            return encode_for_embedding(
+                tok, req.prompt, engine.pooling, _max_len(engine), special=special
+            )
+        if req.add_special_tokens is None:  # as /v1/completions: an empty prompt is EOS
+            return engine.encode(req.prompt) or [tok.eos_token_id or 0]
+        return list(tok(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"])
     if _is_encoder(engine):
         raise _bad(
             f"messages: deployment {name!r} serves embeddings, which have no chat template; "
@@ -164,9 +179,31 @@ def _tokenize(
         )
     except ControlTokenError as e:
         raise _bad(str(e), f"messages[{e.index}].content", "control_tokens") from None
-    if req.add_special_tokens:  # the tokenizer's own (a BOS), around the rendered chat
-        ids = list(tok.build_inputs_with_special_tokens(ids))
     return ids
+
+
+def _max_len(engine: Any) -> int:
+    """The most tokens a request to ``engine`` is read with (an encoder's embeddings are
+    cut shorter where its config says)."""
+    if _is_encoder(engine):
+        from lmops.models.encoder import embedding_tokens
+
+        return embedding_tokens(engine.pooling, engine.max_context)
+    return int(engine.max_context)
+
+
+def _answer(
+    engine: Any, req: TokenizeRequest, body: dict[str, Any], name: str, control_tokens: str
+) -> dict[str, Any]:
+    ids = _tokenize(engine, req, body, name, control_tokens)
+    return {
+        "count": len(ids),
+        "max_model_len": _max_len(engine),
+        "tokens": ids,
+        "token_strs": engine.tokenizer.convert_ids_to_tokens(ids)
+        if req.return_token_strs
+        else None,
+    }
 
 
 async def _off_loop(fn: Any, chars: int, *args: Any) -> Any:
@@ -195,18 +232,25 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
                 "continue_final_message",
                 "unsupported_value",
             )
+        if req.messages is not None and req.add_special_tokens:
+            raise _bad(
+                "add_special_tokens: with messages the chat template places the model's "
+                "special tokens, as chat requests are read; leave it out",
+                "add_special_tokens",
+                "unsupported_value",
+            )
         name, engine = _resolve(gw, key, req.model)
         policy = gw.registry.deployments[name].spec.control_tokens
         chars = len(req.prompt) if req.prompt is not None else len(str(req.messages))
-        ids = await _off_loop(_tokenize, chars, engine, req, raw, name, policy)
-        out: dict[str, Any] = {
-            "count": len(ids),
-            "max_model_len": engine.max_context,
-            "tokens": ids,
-            "token_strs": engine.tokenizer.convert_ids_to_tokens(ids)
-            if req.return_token_strs
-            else None,
-        }
+        if not _is_encoder(engine) and engine.surely_too_long(chars):
+            raise OpenAIError(  # as the generation routes refuse it, before any work
+                400,
+                f"This model's maximum context length is {engine.max_context} tokens; your "
+                "prompt is longer",
+                param="messages" if req.prompt is None else "prompt",
+                code="context_length_exceeded",
+            )
+        out: dict[str, Any] = await _off_loop(_answer, chars, engine, req, raw, name, policy)
         return out
 
     @router.post("/detokenize")
@@ -215,7 +259,7 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
         raw = await read_json(request, max_bytes=max_body_bytes)
         req: DetokenizeRequest = parse(DetokenizeRequest, raw)
         _, engine = _resolve(gw, key, req.model)
-        vocab = len(engine.tokenizer)
+        vocab = _vocab(engine)  # the ids /v1/completions takes
         bad = next((i for i, t in enumerate(req.tokens) if not 0 <= t < vocab), None)
         if bad is not None:
             raise _bad(
@@ -230,7 +274,7 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
         return {"prompt": text}
 
     @router.get("/tokenizer_info")
-    def tokenizer_info(request: Request, model: str | None = None) -> dict[str, Any]:
+    async def tokenizer_info(request: Request, model: str | None = None) -> dict[str, Any]:
         key = gw.authenticate(request)
         _, engine = _resolve(gw, key, model)
         tok = engine.tokenizer
@@ -248,7 +292,7 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
             "chat_template": getattr(tok, "chat_template", None)
             if not _is_encoder(engine)
             else None,
-            "model_max_length": engine.max_context,
+            "model_max_length": _max_len(engine),
             "vocab_size": len(tok),
         }
 
