@@ -66,3 +66,16 @@ def test_durations() -> None:
         "59m59s",
         "2h05m",
     ]
+
+
+def test_a_resumed_job_starts_where_it_was_and_its_rate_counts_this_run_only() -> None:
+    """Training resumed at step 40 of 100: the line starts at 40, and the time left is
+    estimated from the steps this process did (not 60 steps in 20 s)."""
+    out, clock = io.StringIO(), Clock()
+    with Progress(100, label="sft m", unit="steps", stream=out, clock=clock, start=40) as bar:
+        clock.now += 40
+        bar.update(60)  # a job that reports where it is: 20 steps in 40 s
+    assert out.getvalue().splitlines() == [
+        "sft m: 40/100 steps (40.0%), 0s elapsed",
+        "sft m: 60/100 steps (60.0%), 40s elapsed, about 1m20s left",
+    ]

@@ -122,10 +122,11 @@ def test_ctrl_c_saves_says_how_to_resume_and_resuming_gives_the_same_weights(
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
 
-    # one line: after which step, where the checkpoint is, and the exact command to resume
+    # off a terminal, the progress is plain lines, the last one saying where it stopped;
+    # then one line: after which step, where the checkpoint is, and the command to resume
     lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    line = lines[0]
+    assert lines[0].startswith("sft adder: 0/16 steps") and "stopped" in lines[-2], err
+    line = lines[-1]
     assert line.startswith("interrupted after step ") and " of 16; checkpoint saved: " in line
     step = int(line.split("interrupted after step ")[1].split()[0])
     assert 1 <= step < 16
@@ -325,7 +326,7 @@ def test_a_stage_without_checkpoints_says_so_and_starts_over_without_a_flag(
         _interrupt_at(m, 2, _ctrl_c)
         r = cli("train", "run", str(cfg))
     assert r.code == 130
-    assert r.err.strip() == (
+    assert r.err.strip().splitlines()[-1] == (
         "interrupted: stage reward stopped with no checkpoint (it writes none); "
         f"start it again with: lmops train run {cfg}"
     )

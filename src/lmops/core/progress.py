@@ -25,6 +25,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TextIO
 
+from rich.markup import escape
+
 __all__ = ["Progress", "format_duration"]
 
 
@@ -56,7 +58,10 @@ class Progress:
         live: bool | None = None,
         every_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        start: int = 0,
     ) -> None:
+        """``start``: units done before this process began (a resumed job): counted as
+        done, but not in the rate that estimates the time left."""
         self.total = max(0, total)
         self.label = label
         self.unit = unit
@@ -65,7 +70,7 @@ class Progress:
         self.live = self.stream.isatty() if live is None else live
         self.every_s = every_s
         self.clock = clock
-        self.done = 0
+        self.done = self.start = max(0, start)
         self.what = ""
         self._start = 0.0
         self._last_line = 0.0
@@ -99,7 +104,9 @@ class Progress:
                 console=Console(file=self.stream),
             )
             self._bar.__enter__()
-            self._job = self._bar.add_task(self.label, total=self.total)
+            self._job = self._bar.add_task(
+                escape(self.label), total=self.total, completed=self.done
+            )
         else:
             self._line()
         return self
@@ -121,14 +128,22 @@ class Progress:
     def describe(self, what: str) -> None:
         self.what = what
         if self._bar is not None:
-            self._bar.update(self._job, description=f"{self.label} {what}")
+            self._bar.update(self._job, description=escape(f"{self.label} {what}"))
 
     def advance(self, n: int = 1) -> None:
         self.done += n
+        self._moved()
+
+    def update(self, done: int) -> None:
+        """Set the units done (a job that reports where it is rather than each step)."""
+        self.done = done
+        self._moved()
+
+    def _moved(self) -> None:
         if not self.enabled:
             return
         if self._bar is not None:
-            self._bar.update(self._job, advance=n)
+            self._bar.update(self._job, completed=self.done)
         elif self.clock() - self._last_line >= self.every_s:
             self._line()
 
@@ -142,8 +157,8 @@ class Progress:
         )
         if stopped:
             text += ", stopped"
-        elif 0 < self.done < self.total:
-            left = elapsed / self.done * (self.total - self.done)
+        elif self.start < self.done < self.total:
+            left = elapsed / (self.done - self.start) * (self.total - self.done)
             text += f", about {format_duration(left)} left"
         return text + (f" ({self.what})" if self.what else "")
 

@@ -423,23 +423,15 @@ def train_loop(
             ckpt_dir, step, model, optimizer, scheduler, t.keep_checkpoints, tokens_seen, interval
         )
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from lmops.core.progress import Progress
 
+    # a bar on a terminal, a plain line every 30 s otherwise (a log file, nohup, CI)
     bar = Progress(
-        TextColumn(f"[bold]{spec.stage}[/] {spec.output}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:>8,.0f} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not (progress and dist.main),
+        t.max_steps,
+        label=f"{spec.stage} {spec.output}",
+        unit="steps",
+        enabled=progress and dist.main,
+        start=start,
     )
     model.train()
     began = time.perf_counter()
@@ -448,7 +440,6 @@ def train_loop(
     # steps, so a checkpoint written now resumes exactly (not so inside a step's update).
     between_steps = True
     with bar, StopSignals() as stop:
-        task = bar.add_task("train", total=t.max_steps, completed=start, loss=float("nan"), tps=0.0)
         try:
             for step in range(start, t.max_steps):
                 between_steps = False
@@ -513,12 +504,10 @@ def train_loop(
                         )
                     log(done, metrics)
                 running = interval.mean("loss")
-                bar.update(
-                    task,
-                    advance=1,
-                    loss=running if math.isfinite(running) else history["loss"][-1][1],
-                    tps=n_in / max(1e-9, time.perf_counter() - t0),
-                )
+                shown = running if math.isfinite(running) else history["loss"][-1][1]
+                tps = n_in / max(1e-9, time.perf_counter() - t0)
+                bar.describe(f"loss {shown:.4f}, {tps:,.0f} tok/s")
+                bar.advance(1)
                 if dist.main and (done % t.save_steps == 0 or done == t.max_steps):
                     save(done)
                     saved = done

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from rich.markup import escape
 
 from lmops import __version__
 from lmops.core.errors import UserError
@@ -390,7 +389,7 @@ def _train(
         )
     steps, seconds, tokens, resumed_from = spec.train.max_steps, 0.0, 0, None
     # the stages below draw no bar of their own (the pretraining / SFT loop does)
-    title, shown = f"[bold]{spec.stage}[/] {escape(spec.output)}", progress and dist.main
+    title, shown = f"{spec.stage} {spec.output}", progress and dist.main
     counts = dict(counts or {})
     if dist.main and spec.stage not in ("pretrain", "sft"):
         store.runs.update(run_id, params={"data": counts})

@@ -79,8 +79,8 @@ class ProgressTracker:
     latest training metrics (:data:`_SHOWN`; eval metrics are not shown). The bar moves as
     the trainer logs: every step by default, every ``train.log_steps`` steps if set."""
 
-    def __init__(self, inner: Tracker, bar: Any, task: Any) -> None:
-        self.inner, self.bar, self.task = inner, bar, task
+    def __init__(self, inner: Tracker, bar: Any) -> None:
+        self.inner, self.bar = inner, bar
         self.run_dir = inner.run_dir
         self.shown: dict[str, float] = {}
         self.step = 0  # the furthest step logged (an eval log may repeat one)
@@ -91,9 +91,9 @@ class ProgressTracker:
             v = metrics.get(k)
             if v is not None and math.isfinite(float(v)):
                 self.shown[k] = float(v)
-        status = "  ".join(f"{k} {v:.4g}" for k, v in self.shown.items())
+        self.bar.describe(", ".join(f"{k} {v:.4g}" for k, v in self.shown.items()))
         self.step = max(self.step, step)
-        self.bar.update(self.task, completed=self.step, status=status)
+        self.bar.update(self.step)
 
 
 @contextlib.contextmanager
@@ -106,26 +106,11 @@ def progress(
     if not enabled:
         yield tracker
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from lmops.core.progress import Progress
 
-    bar = Progress(
-        TextColumn(title),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with bar:
-        task = bar.add_task("train", total=total, completed=start, status="")
-        yield ProgressTracker(tracker, bar, task)
+    # a bar on a terminal, a plain line every 30 s otherwise (a log file, nohup, CI)
+    with Progress(total, label=title, unit="steps", start=start) as bar:
+        yield ProgressTracker(tracker, bar)
 
 
 def _external_tracker(name: str, run_dir: Path, run_id: str) -> Any:
