@@ -87,3 +87,22 @@ def test_a_folder_without_data_files_is_named_before_the_run(tmp_path: Path) -> 
         "inputs[1]: 'notes' matches no data file (.jsonl, .json, .csv, .parquet, .txt, plain "
         "or .gz/.zst); it holds a.md"
     )
+
+
+def test_one_string_where_a_list_of_strings_is_expected_is_that_one(tmp_path: Path) -> None:
+    # a user's recipe said `languages: zh` and was refused ("Input should be a valid list")
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "name: t\ninputs: [raw.jsonl]\nprocess:\n"
+        "  - op: language_id\n    languages: zh\n"
+        "  - op: pii_mask\n    types: EMAIL\n"
+        "  - op: clean_html\n    drop_content: script\n"
+        "output: {path: out}\n"
+    )
+    ops = load_recipe(path).build_ops()
+    assert ops[0].params.languages == ["zh"]  # type: ignore[attr-defined]
+    assert ops[1].params.types == ("EMAIL",)  # type: ignore[attr-defined]
+    assert ops[2].params.drop_content == ("script",)  # type: ignore[attr-defined]
+    # characters given as one string stay refused: "。！" would be one two-character stop
+    with pytest.raises(UserError, match=r"'stop_chars'"):
+        _load(tmp_path, "  - op: fineweb_quality\n    stop_chars: 。！\n")

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from lmops.core.errors import UserError, name_hint
 from lmops.data.document import Document
@@ -41,6 +41,7 @@ __all__ = [
     "Filter",
     "GlobalOp",
     "Mapper",
+    "OneOrMany",
     "Op",
     "OpParams",
     "build_op",
@@ -90,6 +91,16 @@ def _unchanged_joins(op: Op, docs: Iterator[Document]) -> Iterator[Document]:
                 "step a field: naming the one field to rewrite"
             )
         yield doc
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# A parameter holding a list of names takes one name as a list of it (``languages: zh`` is
+# ``[zh]``), as a recipe's ``fields: output`` does: ``Annotated[list[str], OneOrMany]``. Not
+# for lists of characters (``stop_chars: 。！`` would be one two-character stop).
+OneOrMany = BeforeValidator(_one_or_many)
 
 
 class OpParams(BaseModel):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import html
 import re
 from html.parser import HTMLParser
-from typing import cast
+from typing import Annotated, cast
 
 from lmops.data.document import Document
-from lmops.data.ops import Mapper, OpParams, register
+from lmops.data.ops import Mapper, OneOrMany, OpParams, register
 
 # ============================================================================== clean_html
 # Tags that start a new line, and (below) those that also leave a blank line around them.
@@ -148,7 +148,13 @@ class CleanHtml(Mapper):
     """
 
     class Params(OpParams):
-        drop_content: tuple[str, ...] = ("script", "style", "noscript", "template", "svg")
+        drop_content: Annotated[tuple[str, ...], OneOrMany] = (
+            "script",
+            "style",
+            "noscript",
+            "template",
+            "svg",
+        )
         collapse_whitespace: bool = True
 
     def __init__(self, params: OpParams | None = None) -> None:

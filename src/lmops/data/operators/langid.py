@@ -8,12 +8,12 @@ process (about half a second).
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 from pydantic import Field
 
 from lmops.data.document import Document
-from lmops.data.ops import Filter, OpParams, register
+from lmops.data.ops import Filter, OneOrMany, OpParams, register
 
 __all__ = ["LanguageId", "rank_languages"]
 
@@ -70,7 +70,7 @@ class LanguageId(Filter):
     """
 
     class Params(OpParams):
-        languages: list[str] | None = None
+        languages: Annotated[list[str] | None, OneOrMany] = None
         min_score: float = Field(0.65, ge=0, le=1)
         max_chars: int = Field(2000, gt=0)
         merge: dict[str, str] = Field(default_factory=lambda: {"wuu": "zh", "yue": "zh"})

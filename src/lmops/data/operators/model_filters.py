@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import Annotated, Any, Literal, Protocol, cast
 
 from pydantic import Field
 
@@ -21,7 +21,7 @@ from lmops.core.errors import UserError
 from lmops.data.classifier import QualityClassifier
 from lmops.data.document import Document
 from lmops.data.ngram_lm import NgramLM, is_ngram_file
-from lmops.data.ops import Filter, OpParams, register
+from lmops.data.ops import Filter, OneOrMany, OpParams, register
 
 __all__ = ["PerplexityFilter", "QualityClassifierFilter", "hf_perplexities"]
 
@@ -194,7 +194,7 @@ class PerplexityFilter(Filter):
         )
         max_perplexity: float | Literal["auto"] | None = "auto"
         min_perplexity: float | None = Field(1.5, ge=0)
-        languages: list[str] | None = None
+        languages: Annotated[list[str] | None, OneOrMany] = None
         batch_size: int = Field(16, ge=1)
         device: str = "auto"
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Annotated, cast
 
 from pydantic import field_validator
 
 from lmops.core.errors import UserError
 from lmops.data.document import Document
-from lmops.data.ops import Mapper, OpParams, register
+from lmops.data.ops import Mapper, OneOrMany, OpParams, register
 from lmops.text.pii import PII_TYPES, mask_pii, normalize_pii_types
 
 __all__ = ["PiiMask"]
@@ -28,7 +28,7 @@ class PiiMask(Mapper):
     """
 
     class Params(OpParams):
-        types: tuple[str, ...] | None = None
+        types: Annotated[tuple[str, ...] | None, OneOrMany] = None
         placeholder_format: str = "<{type}>"
 
         @field_validator("types")

@@ -26,12 +26,12 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import cast
+from typing import Annotated, cast
 
 from pydantic import Field
 
 from lmops.data.document import Document
-from lmops.data.ops import Filter, OpParams, register
+from lmops.data.ops import Filter, OneOrMany, OpParams, register
 from lmops.data.text import (
     CJK_RE,
     GOPHER_STOP_WORDS,
@@ -125,7 +125,7 @@ class GopherQuality(Filter):
         max_ellipsis_lines_ratio: float | None = 0.3
         min_alpha_words_ratio: float | None = 0.8
         min_stop_words: int | None = 2
-        stop_words: list[str] | None = Field(
+        stop_words: Annotated[list[str] | None, OneOrMany] = Field(
             None, description="English stop words; None: Gopher's eight"
         )
         lang: Lang = "auto"
