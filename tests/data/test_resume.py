@@ -15,6 +15,7 @@ import lmops.data.executor as executor
 from lmops.core.errors import UserError
 from lmops.data.executor import run_recipe
 from lmops.data.recipe import load_recipe
+from lmops.data.report import format_summary
 
 RECIPE = """\
 name: demo
@@ -141,3 +142,37 @@ def test_a_resumed_shard_lists_each_skipped_row_once(
     assert [json.loads(e)["where"] for e in errors] == [
         str(tmp_path / "raw" / "part2.jsonl") + ":3"
     ]
+
+
+LOCAL_ONLY = """\
+name: local
+inputs: [raw/*.jsonl]
+process:
+  - op: clean_whitespace
+  - op: length_filter
+    min_chars: 5
+output: {path: out/local}
+"""
+
+
+def test_docs_per_s_of_a_resumed_run_counts_only_what_it_processed(tmp_path: Path) -> None:
+    # it divided every document by the resumed run's time: 3x too fast here
+    _corpus(tmp_path / "raw", bad=True)
+    path = tmp_path / "local.yaml"
+    path.write_text(LOCAL_ONLY)
+    with pytest.raises(UserError, match=r"part2\.jsonl:3: malformed JSON"):
+        run_recipe(load_recipe(path), base_dir=tmp_path, progress=False)
+    bad = tmp_path / "raw" / "part2.jsonl"
+    bad.write_text(bad.read_text().replace(BAD_LINE, ""))
+    res = run_recipe(load_recipe(path), base_dir=tmp_path, progress=False)
+    rep = res.report
+    assert rep["docs_in"] == 12 and rep["docs_processed"] == 4 and rep["resumed_shards"] == 2
+    head = format_summary(rep).splitlines()[0]
+    assert "resumed: 2 of 3 shard stages reused" in head, head
+    assert "over the 4 documents processed in this run" in head, head
+    # a run from the start processes every document, and says nothing of resuming
+    path.write_text(LOCAL_ONLY.replace("out/local", "out/fresh"))
+    rep = run_recipe(load_recipe(path), base_dir=tmp_path, progress=False).report
+    assert rep["docs_processed"] == 12 and rep["resumed_shards"] == 0
+    head = format_summary(rep).splitlines()[0]
+    assert "resumed" not in head and "processed in this run" not in head

@@ -88,8 +88,6 @@ def run(
     console.print(format_summary(result.report))
     if result.output_path:
         console.print(f"  output {result.output_path}")
-    if result.resumed_shards:
-        console.print(f"  resumed: {result.resumed_shards} shard(s) reused from an interrupted run")
 
 
 def _type_name(annotation: Any) -> str:

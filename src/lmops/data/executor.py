@@ -467,6 +467,8 @@ def run_recipe(
                 if store is not None and run is not None
                 else []
             )
+            # the shard stages an interrupted run finished: docs/s counts only the others
+            reused = {f.relative_to(work).as_posix() for f in work.glob("stage*/*.stats.json")}
             started = time.perf_counter()
             if kind == "ray":
                 from lmops.data.ray_executor import execute_ray
@@ -475,7 +477,7 @@ def run_recipe(
             else:
                 resumed = _execute(recipe, stages, shards, work, n_workers, progress)
             wall = time.perf_counter() - started
-            stage_stats = _collect_stats(stages, shards, work)
+            stage_stats = _collect_stats(stages, shards, work, reused)
             report = build_report(
                 recipe,
                 stage_stats,
@@ -628,21 +630,19 @@ def _stop(pool: ProcessPoolExecutor, futures: set[Any]) -> None:
 
 
 def _collect_stats(
-    stages: list[Stage], shards: list[Shard], work: Path
+    stages: list[Stage], shards: list[Shard], work: Path, reused: set[str]
 ) -> list[list[dict[str, Any]]]:
+    """Every stage's stats per shard (one for a global stage), each marked ``reused`` when
+    its file is in ``reused`` (finished by an earlier, interrupted run)."""
     out = []
     for stage in stages:
-        if stage.is_global:
-            out.append(
-                [json.loads((work / f"stage{stage.index}" / "global.stats.json").read_text())]
-            )
-        else:
-            out.append(
-                [
-                    json.loads(_stage_file(work, stage.index, s.index, ".stats.json").read_text())
-                    for s in shards
-                ]
-            )
+        names = (
+            ["global.stats.json"]
+            if stage.is_global
+            else [f"{s.index:05d}.stats.json" for s in shards]
+        )
+        files = [f"stage{stage.index}/{n}" for n in names]
+        out.append([{**json.loads((work / f).read_text()), "reused": f in reused} for f in files])
     return out
 
 

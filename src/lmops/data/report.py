@@ -88,6 +88,11 @@ def build_report(
             pii.update(op["counters"])
     docs_in = before.docs
     docs_out = after.docs
+    # A resumed run reuses the shard stages an interrupted one finished: its throughput is
+    # over the documents it processed itself (in the stage that processed the most), not
+    # over every document in a fraction of the time.
+    processed = max((_processed(stats) for stats in stage_stats), default=0)
+    resumed = sum(1 for stats in stage_stats for unit in stats if unit.get("reused"))
     return {
         "recipe": recipe.name,
         "inputs": inputs,
@@ -97,12 +102,40 @@ def build_report(
         "wall_seconds": round(wall_seconds, 3),
         "docs_in": docs_in,
         "docs_out": docs_out,
-        "docs_per_s": round(docs_in / wall_seconds, 1) if wall_seconds > 0 else None,
+        "docs_per_s": round(processed / wall_seconds, 1) if wall_seconds > 0 else None,
+        "docs_processed": processed,
+        "resumed_shards": resumed,
+        "shard_stages": sum(len(stats) for stats in stage_stats),
         "ops": ops,
         "pii": dict(sorted(pii.items())),
         "errors": {"count": n_errors, "by_reason": dict(errors)},
         "length": {"before": before.to_json(), "after": after.to_json()},
     }
+
+
+def _processed(stats: list[dict[str, Any]]) -> int:
+    """Documents one stage processed in this run (its shards not reused)."""
+    n = 0
+    for unit in stats:
+        if not unit.get("reused"):
+            n += (
+                unit["ops"][0]["docs_in"]
+                if unit["ops"]
+                else (unit.get("hist_in") or {}).get("docs", 0)
+            )
+    return n
+
+
+def _speed(report: dict[str, Any]) -> str:
+    rate = f"{report['docs_per_s'] or 0:,.0f} docs/s"
+    resumed = report.get("resumed_shards", 0)
+    if not resumed:
+        return rate
+    of = report.get("shard_stages", resumed)
+    return (
+        f"resumed: {resumed:,} of {of:,} shard stages reused; {rate} over the "
+        f"{report.get('docs_processed', 0):,} documents processed in this run"
+    )
 
 
 def format_summary(report: dict[str, Any]) -> str:
@@ -111,7 +144,7 @@ def format_summary(report: dict[str, Any]) -> str:
     pct = 100 * kept / total if total else 0.0
     lines = [
         f"recipe {report['recipe']}: kept {kept:,} of {total:,} documents ({pct:.1f} %) in "
-        f"{report['wall_seconds']:.1f} s ({report['docs_per_s'] or 0:,.0f} docs/s, "
+        f"{report['wall_seconds']:.1f} s ({_speed(report)}, "
         f"{report['shards']} shard(s), {report['workers']} worker(s))"
     ]
     for op in report["ops"]:
