@@ -165,8 +165,8 @@ def report(
     ],
     json_: JsonOpt = False,
 ) -> None:
-    """Print the report of a data run (what was kept, dropped and why)."""
-    from lmops.data.report import format_summary
+    """Print the report of a data run (what was kept, dropped and why, with examples)."""
+    from lmops.data.report import format_examples, format_summary
 
     path = Path(ref)
     if not path.exists():
@@ -179,11 +179,14 @@ def report(
     data = json.loads(f.read_text(encoding="utf-8"))
     if json_:
         print_json(data)
-    else:
-        console.print(format_summary(data))
-        png = f.with_suffix(".png")
-        if png.exists():
-            err_console.print(f"plot: {png}")
+        return
+    console.print(format_summary(data), markup=False, highlight=False, soft_wrap=True)
+    examples = format_examples(data)
+    if examples:
+        console.print(examples, markup=False, highlight=False, soft_wrap=True)
+    png = f.with_suffix(".png")
+    if png.exists():
+        err_console.print(f"plot: {png}")
 
 
 _store = open_store

@@ -19,7 +19,7 @@ from lmops.data.executor import EDGES, LengthHistogram
 from lmops.data.ops import EXAMPLE_CHARS
 from lmops.data.recipe import Recipe
 
-__all__ = ["build_report", "format_summary", "write_report_files"]
+__all__ = ["build_report", "format_examples", "format_summary", "write_report_files"]
 
 
 def build_report(
@@ -177,6 +177,25 @@ def format_summary(report: dict[str, Any]) -> str:
     if report.get("dataset"):
         lines.append(f"  registered dataset {report['dataset']}")
     return "\n".join(lines)
+
+
+def format_examples(report: dict[str, Any], width: int = 100) -> str:
+    """The dropped examples of each step and reason, one line each, cut to ``width``
+    characters (``report.json`` holds up to three per reason, 300 characters each)."""
+    lines = []
+    for op in report["ops"]:
+        for reason, examples in op.get("examples", {}).items():
+            if not examples:
+                continue
+            n = op["dropped"].get(reason, len(examples))
+            lines.append(f"  {op['step']:>2}. {op['name']} {reason} ({n:,} dropped), e.g.:")
+            for ex in examples:
+                text = " ".join(ex["text"].split()) or "(empty)"
+                line = f"        {ex['id']}: {text}"
+                lines.append(line if len(line) <= width else line[: width - 1] + "…")
+    if not lines:
+        return ""
+    return "dropped examples (the first per reason):\n" + "\n".join(lines)
 
 
 def write_report_files(report: dict[str, Any], folder: Path) -> None:
