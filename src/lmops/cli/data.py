@@ -34,6 +34,14 @@ def run(
     no_store: Annotated[
         bool, typer.Option("--no-store", help="Do not record a run or register the output.")
     ] = False,
+    keep_dropped: Annotated[
+        bool,
+        typer.Option(
+            "--keep-dropped",
+            help="Keep every dropped document with its step and reason, apart from the output "
+            "(<output>-dropped; the recipe's keep_dropped: true).",
+        ),
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Run a recipe; re-running after a crash resumes from finished shards."""
@@ -44,6 +52,8 @@ def run(
     if executor not in (None, "local", "ray"):
         raise UserError(f"--executor {executor!r}: use local or ray")
     r = load_recipe(recipe, set_)
+    if keep_dropped and r.keep_dropped is None:  # a recipe's own keep_dropped: {...} stays
+        r = load_recipe(recipe, [*set_, "keep_dropped=true"])
     store = None
     if not no_store:
         from lmops.store import Store
@@ -66,6 +76,7 @@ def run(
             + (["--workers", str(workers)] if workers else [])
             + [a for x in set_ for a in ("--set", x)]
             + (["--no-store"] if no_store else [])
+            + (["--keep-dropped"] if keep_dropped else [])
         )
         err_console.print(
             f"interrupted; the finished shards are kept: resume with: {again}",
@@ -184,9 +195,27 @@ def report(
     examples = format_examples(data)
     if examples:
         console.print(examples, markup=False, highlight=False, soft_wrap=True)
+    gone = _dropped_gone(data.get("dropped") or {})
+    if gone:
+        err_console.print(gone, markup=False, soft_wrap=True)
     png = f.with_suffix(".png")
     if png.exists():
         err_console.print(f"plot: {png}")
+
+
+def _dropped_gone(dropped: dict[str, Any]) -> str | None:
+    """A note when the dropped documents the report names are no longer there."""
+    if dropped.get("dataset"):
+        from lmops.core.errors import NotFoundError
+        from lmops.store import Store
+
+        try:
+            Store(origin="cli").assets.resolve(dropped["dataset"])
+        except (NotFoundError, UserError):
+            return f"note: the dropped documents' dataset {dropped['dataset']} is no longer READY"
+    elif dropped.get("path") and not Path(dropped["path"]).exists():
+        return f"note: the dropped documents' folder {dropped['path']} is gone"
+    return None
 
 
 _store = open_store

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from lmops import __version__
 from lmops.core.errors import UserError
 from lmops.core.proc import die_with_parent
+from lmops.data import _dropped
 from lmops.data._resume import drop_stale_work
 from lmops.data._worklock import LOCK_NAME, work_lock
 from lmops.data.document import Document
@@ -261,7 +262,8 @@ def run_local_shard(job: _Job) -> dict[str, Any]:
 
     meters, out = _chain(_source(job, recipe, sink), ops, on_in)
     target = _stage_file(work, job.stage.index, job.shard.index)
-    with JsonlWriter(target, recipe.text_key, recipe.id_key) as w:
+    drops = _dropped.drop_sink(recipe, work, job.stage, ops, job.shard.index)
+    with JsonlWriter(target, recipe.text_key, recipe.id_key) as w, drops:
         for doc in out:
             if job.last_stage:
                 hist_out.add(doc)
@@ -321,21 +323,22 @@ def run_global_stage(
     current = -1
     written: set[int] = set()
     try:
-        for doc in out:
-            idx = doc.metadata.pop("_shard")
-            if writer is None or idx != current:
-                if writer is not None:
-                    writer.close()
-                if idx in written:
-                    raise RuntimeError(f"operator {op.name} did not keep document order")
-                current = idx
-                written.add(idx)
-                writer = JsonlWriter(
-                    _stage_file(work, stage.index, idx), recipe.text_key, recipe.id_key
-                )
-            if last_stage:
-                hist_out.add(doc)
-            writer.write(doc)
+        with _dropped.drop_sink(recipe, work, stage, [op], None):
+            for doc in out:
+                idx = doc.metadata.pop("_shard")
+                if writer is None or idx != current:
+                    if writer is not None:
+                        writer.close()
+                    if idx in written:
+                        raise RuntimeError(f"operator {op.name} did not keep document order")
+                    current = idx
+                    written.add(idx)
+                    writer = JsonlWriter(
+                        _stage_file(work, stage.index, idx), recipe.text_key, recipe.id_key
+                    )
+                if last_stage:
+                    hist_out.add(doc)
+                writer.write(doc)
         if writer is not None:
             writer.close()
             writer = None
@@ -382,10 +385,14 @@ def _fingerprint(recipe: Recipe) -> str:
     h = hashlib.sha256()
     h.update(
         json.dumps(
-            recipe.model_dump(mode="json", exclude={"executor", "output", "on_error"}),
+            recipe.model_dump(
+                mode="json", exclude={"executor", "output", "on_error", "keep_dropped"}
+            ),
             sort_keys=True,
         ).encode()
     )
+    if recipe.keep_dropped is not None:  # finished work without dropped files is redone
+        h.update(b"keep_dropped")
     h.update(str(recipe.executor.shard_bytes).encode())
     h.update(__version__.encode())
     return h.hexdigest()
@@ -445,6 +452,7 @@ def run_recipe(
     out_path, work = _work_dir(recipe, base_dir, home)
     if out_path is not None and out_path.exists() and not recipe.output.overwrite:
         raise UserError(f"output path {out_path} exists; remove it or set output.overwrite: true")
+    drop_to = _dropped.dropped_target(recipe, base_dir, out_path)
     shards = plan_shards(inputs.files, recipe.executor.shard_bytes)
     stages = plan_stages(recipe.build_ops(source))
 
@@ -505,6 +513,7 @@ def run_recipe(
                 run,
                 [*inputs.refs, *local_refs],
                 inputs.files,
+                drop_to,
             )
             result.resumed_shards = resumed
             if store is not None and run is not None:
@@ -657,6 +666,7 @@ def _finish(
     run: Any | None,
     input_refs: list[str | tuple[str, str]],
     input_files: list[InputFile],
+    drop_to: _dropped.DroppedTarget | None = None,
 ) -> DataRunResult:
     from lmops.data.report import write_report_files
 
@@ -677,6 +687,13 @@ def _finish(
         with open(build / "_errors.jsonl", "wb") as fh:
             for e in errors:
                 fh.write(e.read_bytes())
+    dropped = (
+        _dropped.finish_dropped(
+            drop_to, recipe, stages, shards, work, report, store, run, input_refs
+        )
+        if drop_to
+        else None
+    )
     write_report_files(report, build / "_report")
 
     dataset_ref = None
@@ -702,6 +719,7 @@ def _finish(
                 "format": "jsonl",
                 "text_key": recipe.text_key,
                 "source_files": sources,
+                **_dropped.dropped_metadata(report),
             },
             inputs=input_refs,
             run_id=run.id if run is not None else None,
@@ -710,6 +728,8 @@ def _finish(
         dataset_ref = v.ref
         report["dataset"] = dataset_ref
     final = None
+    if dropped:
+        dropped.place()  # before the output: the output's folder says the run is done
     if out_path is not None:
         if out_path.exists():
             shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
@@ -749,6 +769,8 @@ def _nothing_kept(recipe: Recipe, report: dict[str, Any], work: Path) -> str:
         what = f"all {report['docs_in']:,} documents were dropped ({reasons})"
         what += f"; {unreadable}" if unreadable else ""
         fix = "loosen the steps that dropped them"
+        if recipe.keep_dropped is not None:
+            fix += f" (each is in {work}/stage*/*.dropped.jsonl, with its step and reason)"
     else:
         what = "no document was read" + (f": {unreadable}" if unreadable else "")
         fix = "check the inputs"

@@ -137,9 +137,13 @@ class Op(ABC):
         self.examples: dict[str, list[dict[str, str]]] = {}
         # Free-form counts an operator wants reported (e.g. PII found per type).
         self.counters: Counter[str] = Counter()
+        # Set by the executor when the recipe keeps every dropped document (keep_dropped):
+        # called with each one and its reason, as it is dropped.
+        self.on_drop: Callable[[Document, str], None] | None = None
 
     def drop(self, doc: Document, reason: str) -> None:
-        """Record that ``doc`` was dropped for ``reason`` (counted and reported)."""
+        """Record that ``doc`` was dropped for ``reason`` (counted, reported and, with the
+        recipe's ``keep_dropped``, written out whole: the one way a drop is recorded)."""
         self.dropped[reason] += 1
         doc.metadata["drop_reason"] = f"{self.name}:{reason}"
         kept = self.examples.setdefault(reason, [])
@@ -147,6 +151,8 @@ class Op(ABC):
             # A margin past the 300 characters the report shows, so the report can mask PII
             # that straddles the cut before it cuts (lmops.data.report).
             kept.append({"id": doc.id, "text": doc.text[: EXAMPLE_CHARS + EXAMPLE_MARGIN]})
+        if self.on_drop is not None:
+            self.on_drop(doc, reason)
 
     @abstractmethod
     def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:

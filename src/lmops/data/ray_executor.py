@@ -21,6 +21,7 @@ from typing import Any, cast
 import numpy as np
 
 from lmops.core.errors import UserError
+from lmops.data._dropped import drop_sink
 from lmops.data.document import Document
 from lmops.data.executor import (
     LengthHistogram,
@@ -121,7 +122,8 @@ def _apply_decisions(
     meters, _ = _chain(_docs_of(recipe, stage, shard, Path(work)), [], on_in)
     meters.append(type(meters[0])(filtered(meters[0])))
     target = _stage_file(Path(work), stage.index, shard.index)
-    with JsonlWriter(target, recipe.text_key, recipe.id_key) as w:
+    drops = drop_sink(recipe, Path(work), stage, [op], shard.index)  # keep_dropped
+    with JsonlWriter(target, recipe.text_key, recipe.id_key) as w, drops:
         for doc in meters[-1]:
             if last_stage:
                 hist_out.add(doc)

@@ -21,9 +21,17 @@ import glob
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from lmops.core.errors import NotFoundError, UserError
 from lmops.core.rows import ROW_SUFFIXES
@@ -34,7 +42,15 @@ from lmops.data.ops import Op, bad_param, build_op
 if TYPE_CHECKING:
     from lmops.store import Store
 
-__all__ = ["ExecutorSpec", "OpSpec", "OutputSpec", "Recipe", "ResolvedInputs", "load_recipe"]
+__all__ = [
+    "DroppedSpec",
+    "ExecutorSpec",
+    "OpSpec",
+    "OutputSpec",
+    "Recipe",
+    "ResolvedInputs",
+    "load_recipe",
+]
 
 
 class OpSpec(BaseModel):
@@ -72,31 +88,43 @@ class OpSpec(BaseModel):
         return op
 
 
+def _asset_name(v: str | None) -> str | None:
+    # a bad name fails when the recipe is read (with its line), not after the run
+    from lmops.store.refs import check_name
+
+    if v is not None:
+        try:
+            check_name(v)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+    return v
+
+
+AssetName = Annotated[str | None, AfterValidator(_asset_name)]
+
+
 class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str | None = None  # JSONL part files are written under this folder
-    dataset: str | None = None  # and/or registered as this dataset asset
+    dataset: AssetName = None  # and/or registered as this dataset asset
     overwrite: bool = False
     description: str = ""
-
-    @field_validator("dataset")
-    @classmethod
-    def _asset_name(cls, v: str | None) -> str | None:
-        # a bad name fails when the recipe is read (with its line), not after the run
-        from lmops.store.refs import check_name
-
-        if v is not None:
-            try:
-                check_name(v)
-            except UserError as e:
-                raise ValueError(str(e)) from None
-        return v
 
     @model_validator(mode="after")
     def _one_target(self) -> OutputSpec:
         if not self.path and not self.dataset:
             raise ValueError("give output.path, output.dataset, or both")
         return self
+
+
+class DroppedSpec(BaseModel):
+    """Where every dropped document goes (``keep_dropped``): a folder of part files and/or
+    a dataset asset, never the kept output's. Unset fields follow the output:
+    ``<output.path>-dropped`` and ``<output.dataset>-dropped``."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = None
+    dataset: AssetName = None
 
 
 class ExecutorSpec(BaseModel):
@@ -127,6 +155,9 @@ class Recipe(BaseModel):
     output: OutputSpec
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     on_error: Literal["raise", "skip"] = "raise"
+    # Every dropped document with its step and reason, as a dataset of its own
+    # (``true``: beside the output, lmops.data._dropped); None/false: counts and examples only.
+    keep_dropped: DroppedSpec | None = None
     # the YAML file it was read from, and its inputs as read there (for ``file:line`` errors)
     _source: Path | None = PrivateAttr(None)
     _source_inputs: list[str] = PrivateAttr(default_factory=list)
@@ -144,6 +175,28 @@ class Recipe(BaseModel):
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("keep_dropped", mode="before")
+    @classmethod
+    def _true_is_beside_the_output(cls, v: Any) -> Any:
+        return {} if v is True else None if v is False else v
+
+    @model_validator(mode="after")
+    def _dropped_apart(self) -> Recipe:
+        """The dropped documents never land where the kept ones are read from."""
+        d = self.keep_dropped
+        if d is None:
+            return self
+        name = d.dataset or (f"{self.output.dataset}-dropped" if self.output.dataset else None)
+        if name is not None and (name == self.output.dataset or len(name) > 128):
+            raise ValueError(
+                f"keep_dropped: dataset {name!r} "
+                + ("is the output's" if name == self.output.dataset else "is too long")
+                + "; name another: keep_dropped: {dataset: NAME}"
+            )
+        if d.path and self.output.path and Path(d.path) == Path(self.output.path):
+            raise ValueError("keep_dropped: path is the output's; give another folder")
+        return self
 
     @model_validator(mode="after")
     def _columns_and_fields(self) -> Recipe:

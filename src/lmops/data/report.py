@@ -176,7 +176,20 @@ def format_summary(report: dict[str, Any]) -> str:
         )
     if report.get("dataset"):
         lines.append(f"  registered dataset {report['dataset']}")
+    if report.get("dropped"):  # keep_dropped: where every dropped document is
+        lines.append("  dropped documents: " + _dropped_where(report["dropped"]))
     return "\n".join(lines)
+
+
+def _dropped_where(dropped: dict[str, Any]) -> str:
+    if not dropped["docs"]:
+        return "none to keep"
+    ref = dropped.get("dataset")
+    where = [w for w in (dropped.get("path"), ref and f"dataset {ref}") if w]
+    if not where:  # output.dataset alone, and no store to register it in
+        return f"{dropped['docs']:,}, kept nowhere (no store)"
+    how = f" (read it: lmops assets path {ref})" if ref else ""
+    return f"{dropped['docs']:,}, each with its step and reason, in {' and '.join(where)}{how}"
 
 
 def format_examples(report: dict[str, Any], width: int = 100) -> str:

@@ -219,6 +219,8 @@ def _data(ctx: StepContext, p: DataParams) -> StepOutput:
         "seconds": rep["wall_seconds"],
         "report": format_summary(rep),
     }
+    if (rep.get("dropped") or {}).get("dataset"):  # keep_dropped: every dropped document
+        result["dropped_dataset"] = rep["dropped"]["dataset"]
     summary = f"{res.dataset}: kept {rep.get('docs_out')} of {rep.get('docs_in')} documents"
     return StepOutput({"output": str(res.dataset)}, result, summary, res.run_id)
 
