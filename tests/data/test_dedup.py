@@ -482,6 +482,8 @@ def test_c4_span_dedup_removes_seen_spans_and_drops_emptied_docs() -> None:
     assert kept[1].text == "Our trip was great. We stayed all day."
     assert kept[1].metadata["c4_span_dedup"] == {"removed_sentences": 3}
     assert docs[2].metadata["drop_reason"] == "c4_span_dedup:c4_span_duplicate"
+    # dropped as it came, not emptied: the report's example and keep_dropped show its text
+    assert docs[2].text == third and op.examples["c4_span_duplicate"][0]["text"] == third
     assert kept[2].text == fourth  # only two of its sentences were seen together
     assert op.dropped == {"c4_span_duplicate": 1}
 

@@ -356,9 +356,10 @@ class C4SpanDedup(GlobalOp):
             if not removed:
                 yield doc
                 continue
-            doc.text = "".join(s for s, r in zip(pieces, remove, strict=True) if not r).strip()
-            if not doc.text:
+            text = "".join(s for s, r in zip(pieces, remove, strict=True) if not r).strip()
+            if not text:  # dropped as it came: the report's example shows what was repeated
                 self.drop(doc, "c4_span_duplicate")
                 continue
+            doc.text = text
             doc.metadata["c4_span_dedup"] = {"removed_sentences": removed}
             yield doc
