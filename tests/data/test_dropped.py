@@ -308,3 +308,22 @@ def test_a_pipeline_data_step_names_its_dropped_dataset(tmp_path: Path, store: S
     assert result.ok, result.failed
     assert result.steps["clean"].result["dropped_dataset"] == "p-dropped:1"
     assert [r["id"] for r in _rows(store.assets.path("p-dropped:1"))] == ["b1"]
+
+
+def test_records_with_several_fields_are_dropped_whole_and_masked(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    first = '{"instruction": "Say hi", "input": null, "output": "Mail bob@example.com", "n": 1.10}'
+    second = {"instruction": "Describe the river keeper", "input": None, "output": LONG, "n": 2}
+    (tmp_path / "raw" / "sft.jsonl").write_text(first + "\n" + json.dumps(second) + "\n")
+    body = RECIPE.replace("name: demo\n", "name: demo\nfields: [instruction, input, output]\n")
+    run_recipe(_recipe(tmp_path, body), base_dir=tmp_path, progress=False)
+    (row,) = _rows(tmp_path / "out" / "demo-dropped")
+    assert row["_lmops"]["dropped"] == {"step": 0, "op": "length_filter", "reason": "too_short"}
+    assert {k: v for k, v in row.items() if k != "_lmops"} == {
+        "instruction": "Say hi",
+        "input": None,
+        "output": "Mail <EMAIL>",
+        "n": 1.1,
+    }
+    # the user's fields as read (1.10 stays 1.10), as in the kept rows
+    assert '"n": 1.10' in (tmp_path / "out" / "demo-dropped" / "part-00000.jsonl").read_text()

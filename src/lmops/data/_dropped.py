@@ -99,8 +99,10 @@ class DropSink:
         meta["dropped"] = {"step": step, "op": name, "reason": reason}
         text, parts = doc.text, doc.parts
         if self.redact is not None and step < self.mask_before:
-            text = self.redact(text)
-            parts = {k: self.redact(v) for k, v in parts.items()} if parts is not None else None
+            if parts is None:
+                text = self.redact(text)
+            else:  # the row is written from the parts (each field, each message)
+                parts = {k: self.redact(v) for k, v in parts.items()}
         shard = self.shard if self.shard is not None else doc.metadata["_shard"]
         self._writer_for(shard, name).write(Document(text, doc.id, meta, doc.record, parts))
 
@@ -198,6 +200,7 @@ class FinishedDropped:
 
     def __init__(self, build: Path, target: DroppedTarget, docs: int) -> None:
         self.build, self.target, self.docs = build, target, docs
+        self.png = build / "_report" / "report.png"  # the run's plot, for the kept output too
 
     def place(self) -> None:
         path = self.target.path

@@ -694,7 +694,7 @@ def _finish(
         if drop_to
         else None
     )
-    write_report_files(report, build / "_report")
+    write_report_files(report, build / "_report", dropped.png if dropped else None)
 
     dataset_ref = None
     if store is not None and recipe.output.dataset:

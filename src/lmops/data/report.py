@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -211,12 +212,17 @@ def format_examples(report: dict[str, Any], width: int = 100) -> str:
     return "dropped examples (the first per reason):\n" + "\n".join(lines)
 
 
-def write_report_files(report: dict[str, Any], folder: Path) -> None:
-    """``report.json`` and ``report.png`` (length histograms before/after, drops by reason)."""
+def write_report_files(report: dict[str, Any], folder: Path, png: Path | None = None) -> None:
+    """``report.json`` and ``report.png`` (length histograms before/after, drops by reason);
+    ``png``: the same report's plot, already drawn, copied rather than drawn again (drawing
+    takes about half a second)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(
         json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8"
     )
+    if png is not None and png.exists():
+        shutil.copyfile(png, folder / "report.png")
+        return
     with contextlib.suppress(ImportError):  # matplotlib is optional for the report files
         plot_report(report, folder / "report.png")
 
