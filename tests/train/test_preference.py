@@ -313,7 +313,10 @@ def test_the_stages_without_a_loop_of_ours_show_progress(
     assert result.code == 0, result.err
     # off a terminal, plain lines on stderr (the last one at the end)
     bar = next((line for line in result.err.splitlines() if "3/3 steps" in line), "")
-    assert bar.startswith(f"{stage} prefs-out: 3/3 steps") and "loss " in bar, (result.err, result.out)
+    assert bar.startswith(f"{stage} prefs-out: 3/3 steps") and "loss " in bar, (
+        result.err,
+        result.out,
+    )
     quiet = cli("train", "run", str(job), "train.max_steps=2", "--json")
     assert quiet.code == 0, quiet.err
     assert json.loads(quiet.out)["steps"] == 2
