@@ -57,10 +57,29 @@ def _seed(store: Any, tmp: Path) -> dict[str, Any]:
     (clean_dir / "part-00000.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
     )
+    # the documents the run dropped, kept apart (keep_dropped), linked from its report
+    dropped_dir = tmp / "clean-dropped"
+    dropped_dir.mkdir()
+    (dropped_dir / "part-00000.jsonl").write_text(
+        json.dumps({"text": "document 7 about tides", "_lmops": {"dropped": {"step": 1}}}) + "\n"
+    )
+    dropped = store.assets.register(
+        "dataset", "clean-corpus-dropped", dropped_dir, inputs=[(raw.ref, "input")]
+    )
     report = {
         "docs_in": 40,
         "docs_out": 30,
-        "ops": [{"name": "dedup", "docs_in": 40, "docs_out": 30, "dropped": {"duplicate": 10}}],
+        "ops": [
+            {
+                "step": 1,
+                "name": "dedup",
+                "docs_in": 40,
+                "docs_out": 30,
+                "dropped": {"duplicate": 10},
+                "examples": {"duplicate": [{"id": "raw:7", "text": "document 7 <b>about</b>"}]},
+            }
+        ],
+        "dropped": {"docs": 10, "path": None, "dataset": dropped.ref},
     }
     (clean_dir / "_report" / "report.json").write_text(json.dumps(report), encoding="utf-8")
     (clean_dir / "_report" / "report.png").write_bytes(_png(160, 90))

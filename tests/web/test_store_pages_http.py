@@ -115,3 +115,12 @@ def test_monitoring_pages_show_canaries_that_never_ran(admin: httpx.Client) -> N
     report = admin.get("/ui/monitoring/tides-drift/1")
     assert report.status_code == 200
     assert "2 not run</span>: the gateway refused the key (401)" in report.text
+
+
+def test_a_datasets_page_shows_what_its_run_dropped(admin: httpx.Client) -> None:
+    """The report's dropped examples (escaped) and the dataset of every dropped document."""
+    page = admin.get("/ui/data/clean-corpus/1")
+    assert page.status_code == 200
+    assert "Dropped examples" in page.text and "document 7 &lt;b&gt;about&lt;/b&gt;" in page.text
+    assert 'href="/ui/data/clean-corpus-dropped/1"' in page.text
+    assert admin.get("/ui/data/clean-corpus-dropped/1").status_code == 200
