@@ -163,6 +163,20 @@ def messages(*roles: str) -> list[dict[str, str]]:
             {"messages": [{"role": "user", "content": "hi"}, "hello"]},
             ["field 'messages[1]': expected a message object, got string"],
         ),
+        # OpenAI's weight: 0 or 1, on an assistant turn
+        (
+            "sft_chat",
+            {
+                "messages": [
+                    {"role": "user", "content": "hi", "weight": 0},
+                    {"role": "assistant", "content": "yo", "weight": 2},
+                ]
+            },
+            [
+                "field 'messages[0].weight': only an assistant turn has a weight",
+                "field 'messages[1].weight': expected 0 or 1, got 2",
+            ],
+        ),
         # preference
         (
             "preference",

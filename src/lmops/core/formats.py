@@ -5,7 +5,8 @@ The formats (one JSON object per row; other keys, such as ids, are allowed and i
     pretrain     {"text": str}
     sft_alpaca   {"instruction": str, "input": str | null (optional), "output": str,
                   "system": str (optional)}
-    sft_chat     {"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...]}
+    sft_chat     {"messages": [{"role": "system" | "user" | "assistant", "content": str,
+                                "weight": 0 | 1 (optional, assistant turns)}, ...]}
     preference   {"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}
 
 Rules: required strings are non-empty (not only whitespace); ``input`` may be empty.
@@ -15,6 +16,9 @@ message may have empty content, other turns may not. In ``preference``, a messag
 ``prompt`` follows the same rules but ends with ``user``; a message-list ``chosen`` /
 ``rejected`` is the continuation: turns alternating from ``assistant``, ending with
 ``assistant``. Strings and lists may be mixed; ``chosen`` must differ from ``rejected``.
+An assistant message's ``weight`` (OpenAI's fine-tuning format) is 0 or 1; 0 leaves that
+turn out of the loss. Rows written for other tools (ShareGPT, TRL, LLaMA-Factory) are read
+as these formats by :mod:`lmops.core.shapes`.
 
 Every problem is a :class:`RowError` that prints as
 ``row 17: field 'messages[2].role': expected 'assistant' after 'user', got 'user'`` or, for
@@ -31,6 +35,7 @@ rows read from files by :mod:`lmops.core.rows`, with the place instead of the ro
     role_order   turns out of order (two users in a row, a system message not first, ...)
     last_turn    a chat that does not end with the turn it must end with
     identical    chosen equals rejected
+    weight       a message's weight is not 0 or 1, or is on a turn that is not the assistant's
     malformed    (read from a file) the row is not valid JSON
     encoding     (read from a file) the row is not valid UTF-8
     fields       (read from a file) a CSV record with the wrong number of fields
@@ -52,6 +57,7 @@ __all__ = [
     "Format",
     "RowError",
     "ValidationReport",
+    "check_messages",
     "detect_format",
     "to_chat",
     "to_preference",
@@ -367,6 +373,8 @@ def _messages(value: Any, name: str, *, first: str, last: str, system: bool) -> 
             )
         elif not content.strip() and role != "system":
             problems.append((f"{where}.content", "empty", "must not be empty"))
+        if "weight" in msg:
+            problems += _weight(msg, where)
     if in_order and prev != last and prev is not None:
         problems.append(
             (
@@ -376,6 +384,25 @@ def _messages(value: Any, name: str, *, first: str, last: str, system: bool) -> 
             )
         )
     return problems
+
+
+def check_messages(
+    value: Any, name: str, *, first: str, last: str, system: bool
+) -> list[tuple[str, str, str]]:
+    """The problems of a message list as ``(field, code, reason)``: an optional leading
+    system message (when ``system``), then turns alternating user/assistant from
+    ``first``, ending with ``last`` (the rules of ``sft_chat`` and of a preference row's
+    message lists)."""
+    return _messages(value, name, first=first, last=last, system=system)
+
+
+def _weight(msg: Mapping[str, Any], where: str) -> list[Problem]:
+    weight = msg["weight"]
+    if isinstance(weight, bool) or weight not in (0, 1):
+        return [(f"{where}.weight", "weight", f"expected 0 or 1, got {weight!r}")]
+    if msg.get("role") != "assistant":
+        return [(f"{where}.weight", "weight", "only an assistant turn has a weight")]
+    return []
 
 
 def _expected_role(prev: str | None, first: str, system_allowed: bool) -> tuple[str, ...]:
