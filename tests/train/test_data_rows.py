@@ -73,6 +73,7 @@ def test_json_array_bad_rows_raise_with_line_or_are_skipped_and_counted(
         "rows_used": 3,
         "rows_skipped": 2,
         "skipped_by_reason": {"empty": 1, "not_object": 1},
+        "row_shapes": {"sft_alpaca": 3},
     }
 
 

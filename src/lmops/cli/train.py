@@ -108,6 +108,14 @@ def run(
             f"{result.data['rows_skipped']:,} skipped ({reasons})",
             markup=False,
         )
+    shapes = result.data.get("row_shapes") or {}
+    if set(shapes) - NATIVE_SHAPES:  # say how rows in another tool's shape were read
+        read_as = ", ".join(f"{k} {v:,}" for k, v in shapes.items())
+        console.print(f"rows read as: {read_as}", markup=False)
+
+
+# The shapes of lmops's own row formats; others (ShareGPT, TRL's...) are named when read.
+NATIVE_SHAPES = {"sft_alpaca", "sft_chat", "pretrain", "preference", "any"}
 
 
 def interrupted_line(e: Any, stage: str, command: list[str]) -> str:

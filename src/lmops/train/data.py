@@ -4,12 +4,15 @@
   consecutive windows of ``max_seq_len + 1`` tokens; or text documents (rows' ``text_key``,
   or plain ``.txt`` / ``.md`` files, each file one document), tokenized, joined with EOS
   and cut the same way.
-- **sft**: alpaca rows (``instruction``/``input``/``output``) or chat rows (``messages``),
-  rendered with the chat template. Loss only on assistant turns (their content and the
-  end-of-turn token); system and user tokens carry label -100. Multi-turn conversations
-  train on every assistant turn. Plain ``{"text"}`` rows may be mixed in: they train on
-  every token, as in pretraining (replaying pretraining text keeps what the base model
-  knows, e.g. its perplexity on ordinary text).
+- **sft**: alpaca rows (``instruction``/``input``/``output``), chat rows (``messages``) and
+  the other tools' shapes :mod:`lmops.core.shapes` reads as chats (ShareGPT, TRL's
+  prompt/completion), rendered with the chat template. Loss only on assistant turns (their
+  content and the end-of-turn token); system and user tokens carry label -100.
+  Multi-turn conversations train on every assistant turn but those of ``weight`` 0
+  (OpenAI's mark; a TRL prompt's own assistant turns get it: only the completion trains).
+  Plain ``{"text"}`` rows may be mixed in: they train on every token, as in pretraining
+  (replaying pretraining text keeps what the base model knows, e.g. its perplexity on
+  ordinary text).
 - **packing**: several examples share one row of ``max_seq_len`` tokens; ``position_ids``
   restart at 0 for each example, from which transformers builds a block-diagonal causal
   mask (no attention across examples), and the first token of each example carries no
@@ -21,12 +24,13 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from lmops.core.errors import UserError
+from lmops.core.logging import get_logger
 from lmops.core.rows import ANNOTATIONS_KEY, BadRow, Row, iter_rows, row_files
 from lmops.core.rows import read_rows as core_read_rows
 
@@ -94,6 +98,7 @@ class LoadedRows:
     rows: list[tuple[str, int, Any]]
     read: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    shapes: Counter[str] = field(default_factory=Counter)  # rows used, by the shape read
 
     def summary(self) -> dict[str, Any]:
         """The counts a training run reports (``TrainResult.data``, the run's params)."""
@@ -102,21 +107,33 @@ class LoadedRows:
             "rows_used": len(self.rows),
             "rows_skipped": sum(self.skipped.values()),
             "skipped_by_reason": dict(sorted(self.skipped.items())),
+            "row_shapes": dict(sorted(self.shapes.items())),
         }
 
 
 def load_training_rows(
-    paths: list[Path], stage: str, on_error: Literal["raise", "skip"] = "raise"
+    paths: list[Path],
+    stage: str,
+    on_error: Literal["raise", "skip"] = "raise",
+    *,
+    columns: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> LoadedRows:
-    """Read and validate the rows of a training stage before any model loads.
+    """Read the rows of a training stage, each in the lmops form of its shape, before any
+    model loads.
 
-    SFT takes alpaca or chat rows (the first valid row's format sets it; ``{"text"}`` rows
-    may be mixed in, trained as pretraining text), preference stages
-    (reward, DPO, KTO, ORPO) preference rows, PPO any rows. A bad row (unreadable, or failing
-    the format's checks, e.g. an empty ``output``) raises an error naming its file, line and
-    field, or with ``on_error="skip"`` is left out and counted by its problem's code.
+    Each row is recognised by its keys (:mod:`lmops.core.shapes`; ``columns`` and ``tags``
+    as the job spec's): SFT takes alpaca, chat, ShareGPT and prompt/completion rows, with
+    ``{"text"}`` rows mixed in (trained as pretraining text, never alone); the preference
+    stages (reward, DPO, KTO, ORPO) pairs in TRL's and LLaMA-Factory's shapes, KTO also
+    unpaired rows; PPO any rows. The rows come back as SFT ``{"messages"}`` / ``{"text"}``,
+    or as ``{"prompt", "chosen", "rejected"}`` / ``{"prompt", "completion", "label"}``.
+    A bad row (unreadable, of no shape the stage reads, or failing its shape's checks, e.g.
+    an empty ``output``) raises an error naming its file, line and field, or with
+    ``on_error="skip"`` is left out and counted by its problem's code. A mapped column that
+    no row has is the mapping's mistake and raises either way.
     """
-    from lmops.core.formats import detect_format, validate_row
+    from lmops.core.shapes import RowProblem, RowReader
 
     files = row_files(paths)
     if not files:
@@ -127,43 +144,50 @@ def load_training_rows(
     good = [item for item in items if isinstance(item, Row)]
     for row in good:
         row.values.pop(ANNOTATIONS_KEY, None)
-    fmt: str | None = None
-    if stage == "sft":
-        fmt = next(
-            (f for r in good if (f := detect_format(r.values)) in ("sft_alpaca", "sft_chat")),
-            None,
-        )
-        if fmt is None:
-            where = items[0].where if items else str(files[0])
-            raise UserError(
-                f"{where}: stage sft needs alpaca (instruction/output) or chat (messages) rows "
-                "(text rows may be mixed in, not trained alone: that is stage pretrain)"
-            )
-    elif stage in ("reward", "dpo", "kto", "orpo"):
-        fmt = "preference"
+    reader = RowReader(stage, dict(columns or {}), dict(tags or {}))
+    _check_mapped(reader.columns, good)
     out = LoadedRows([], read=len(items))
     for item in items:  # in file order, so the first bad row is the one reported
         if isinstance(item, BadRow):
             code, problem = item.code, item.reason
         else:
-            row_fmt = fmt
-            if stage == "sft" and detect_format(item.values) == "pretrain":
-                row_fmt = "pretrain"  # replayed pretraining text
-            errors = validate_row(item.values, row_fmt) if row_fmt is not None else []
-            if not errors:
-                out.rows.append((item.where, item.number, item.values))
+            try:
+                read = reader.read(item.values)
+            except RowProblem as e:
+                code, problem = e.code, str(e)
+                if e.shape is not None:
+                    problem += f" (expected {e.shape} rows)"
+            else:
+                out.rows.append((item.where, item.number, read.row))
+                out.shapes[read.shape] += 1
                 continue
-            e = errors[0]
-            code = e.code
-            problem = (
-                f"field {e.field!r}: " if e.field else ""
-            ) + f"{e.reason} (expected {row_fmt} rows)"
         if on_error == "raise":
             raise UserError(f"{item.where}: {problem}; fix the row or set on_error: skip")
         out.skipped[code] += 1
     if not out.rows:
         raise UserError(f"dataset {', '.join(map(str, paths))} has no usable rows")
+    if stage == "sft" and set(out.shapes) == {"pretrain"}:
+        raise UserError(
+            f"{out.rows[0][0]}: stage sft needs alpaca, chat, ShareGPT or prompt/completion "
+            "rows (text rows may be mixed in, not trained alone: that is stage pretrain)"
+        )
+    for line in reader.unmapped(row.values for row in good):
+        get_logger(__name__).warning("%s", line)
     return out
+
+
+def _check_mapped(columns: Mapping[str, str], rows: list[Row]) -> None:
+    """A mapped column that no row has is the mapping's mistake, not the rows': one error
+    at the first row, whatever ``on_error`` says (skipping would leave no row)."""
+    from lmops.core.errors import name_hint
+
+    for name, column in columns.items():
+        if rows and not any(column in row.values for row in rows):
+            hint = name_hint(column, sorted(rows[0].values), "the rows have")
+            raise UserError(
+                f"{rows[0].where}: field {column!r} (columns.{name}) is in no row ({hint}); "
+                "fix columns in the job"
+            )
 
 
 def validate_training_rows(rows: list[tuple[str, int, Any]], fmt: str) -> None:
@@ -178,14 +202,17 @@ def validate_training_rows(rows: list[tuple[str, int, Any]], fmt: str) -> None:
 
 
 def _assistant_spans(
-    tokenizer: Any, messages: list[dict[str, str]]
+    tokenizer: Any, messages: list[dict[str, Any]]
 ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans the model must learn to write:
-    each assistant turn's content through its end-of-turn marker."""
+    each assistant turn's content through its end-of-turn marker, but for turns of
+    ``weight`` 0 (context, as OpenAI's fine-tuning format marks it)."""
+    weights = [m.get("weight", 1) for m in messages]
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or weights[i] == 0:
             continue
         before = tokenizer.apply_chat_template(
             messages[:i], tokenize=False, add_generation_prompt=True
@@ -202,9 +229,10 @@ def _assistant_spans(
 
 
 def encode_chat(
-    tokenizer: Any, messages: list[dict[str, str]], max_len: int
+    tokenizer: Any, messages: list[dict[str, Any]], max_len: int
 ) -> tuple[Example, bool]:
-    """Token ids with labels on assistant spans only; returns (example, truncated)."""
+    """Token ids with labels on assistant spans only (not on turns of ``weight`` 0);
+    returns (example, truncated)."""
     text, spans = _assistant_spans(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = enc["input_ids"]
@@ -240,9 +268,14 @@ def build_sft_examples(
             examples.append(ex)
             continue
         try:
-            messages = to_chat(row)
+            messages: list[dict[str, Any]] = to_chat(row)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
+        if isinstance(row.get("messages"), list):  # to_chat keeps role and content only
+            messages = [
+                {**m, "weight": 0} if isinstance(w, Mapping) and w.get("weight") == 0 else m
+                for m, w in zip(messages, row["messages"], strict=True)
+            ]
         ex, truncated = encode_chat(tokenizer, messages, max_len)
         stats["truncated"] += int(truncated)
         if all(label == IGNORE for label in ex.labels[1:]):

@@ -2,7 +2,8 @@
 through TRL 1.16.
 
 Every trainer takes preference rows (``prompt`` / ``chosen`` / ``rejected``, strings or chat
-messages; see :func:`lmops.core.formats.to_preference`) and renders them once, with the
+messages; see :func:`lmops.core.formats.to_preference`; rows in other tools' shapes arrive
+in this form from :mod:`lmops.core.shapes`) and renders them once, with the
 tokenizer's chat template, into text: the prompt ends with the generation prompt
 (``<|im_start|>assistant\\n`` in ChatML) and each answer is its continuation. TRL then sees
 plain strings, so all four trainers score exactly the same tokens.
@@ -12,9 +13,10 @@ plain strings, so all four trainers score exactly the same tokens.
     train_dpo     trl.DPOTrainer; the reference is the starting model: with an adapter,
                   TRL's frozen copy of it (a fresh LoRA adds nothing: the base model);
                   full/freeze: a frozen copy of the model.
-    train_kto     trl.KTOTrainer on unpaired rows: each pair gives one desirable and one
+    train_kto     trl.KTOTrainer on unpaired examples: each pair gives one desirable and one
                   undesirable example (kept adjacent: KTO's KL estimate needs sequential
-                  batches of at least 2 examples).
+                  batches of at least 2 examples); an unpaired row (``prompt`` /
+                  ``completion`` / ``label``, TRL's KTO rows) gives one.
     train_orpo    trl.experimental.orpo.ORPOTrainer (ORPO left TRL's stable API); no reference.
 
 Each returns the trained model (a PEFT model for adapter methods) for the runner to save.
@@ -33,7 +35,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +52,12 @@ from lmops.train.spec import TrainParams, TrainSpec
 from lmops.train.tracking import Tracker
 
 __all__ = [
+    "Completion",
     "Pair",
     "TrackerCallback",
     "lr_factor",
     "render_pairs",
+    "render_rows",
     "train_dpo",
     "train_kto",
     "train_orpo",
@@ -63,6 +67,9 @@ __all__ = [
 ]
 
 
+_T = TypeVar("_T")
+
+
 @dataclass(frozen=True, slots=True)
 class Pair:
     """One preference pair as rendered text: ``prompt + chosen`` is the whole chosen chat."""
@@ -70,6 +77,15 @@ class Pair:
     prompt: str
     chosen: str
     rejected: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One unpaired KTO example as rendered text: desirable when ``label``."""
+
+    prompt: str
+    completion: str
+    label: bool
 
 
 def render_pairs(
@@ -84,18 +100,55 @@ def render_pairs(
     pairs = []
     for row in rows:
         prompt, chosen, rejected = to_preference(row)
-        head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        full_c = tokenizer.apply_chat_template(prompt + chosen, tokenize=False)
-        full_r = tokenizer.apply_chat_template(prompt + rejected, tokenize=False)
-        k = min(_common_prefix_len(head, full_c), _common_prefix_len(head, full_r))
-        text = full_c[:k]
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > max_prompt_len:
-            text = tokenizer.decode(ids[-max_prompt_len:], skip_special_tokens=False)
-        pairs.append(Pair(text, full_c[k:], full_r[k:]))
+        text, (c, r) = _render(tokenizer, prompt, [chosen, rejected], max_prompt_len)
+        pairs.append(Pair(text, c, r))
     if not pairs:
         raise UserError("no preference rows to train on")
     return pairs
+
+
+def render_rows(
+    rows: Iterable[Mapping[str, Any]], tokenizer: Any, max_prompt_len: int
+) -> list[Pair | Completion]:
+    """:func:`render_pairs` for KTO's rows, which may also be unpaired (``prompt``,
+    ``completion``, ``label``; strings or messages, as in a preference row)."""
+    items: list[Pair | Completion] = []
+    for row in rows:
+        if "label" not in row:
+            items += render_pairs([row], tokenizer, max_prompt_len)
+            continue
+        prompt = _turns(row["prompt"], "user")
+        text, (c,) = _render(
+            tokenizer, prompt, [_turns(row["completion"], "assistant")], max_prompt_len
+        )
+        items.append(Completion(text, c, bool(row["label"])))
+    if not items:
+        raise UserError("no preference rows to train on")
+    return items
+
+
+def _turns(value: Any, role: str) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _render(
+    tokenizer: Any,
+    prompt: list[dict[str, str]],
+    answers: list[list[dict[str, str]]],
+    max_prompt_len: int,
+) -> tuple[str, list[str]]:
+    """(prompt text, each answer's text): the prompt cut where the rendered prompt stops
+    being a prefix of every rendered chat, keeping its last ``max_prompt_len`` tokens."""
+    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = [tokenizer.apply_chat_template(prompt + a, tokenize=False) for a in answers]
+    k = min(_common_prefix_len(head, f) for f in full)
+    text = full[0][:k]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) > max_prompt_len:
+        text = tokenizer.decode(ids[-max_prompt_len:], skip_special_tokens=False)
+    return text, [f[k:] for f in full]
 
 
 def _common_prefix_len(a: str, b: str) -> int:
@@ -103,7 +156,7 @@ def _common_prefix_len(a: str, b: str) -> int:
     return next((i for i in range(n) if a[i] != b[i]), n)
 
 
-def _split(pairs: list[Pair], eval_split: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+def _split(pairs: list[_T], eval_split: float, seed: int) -> tuple[list[_T], list[_T]]:
     """(train, held-out): a seeded shuffle, then the last ``eval_split`` share held out."""
     if eval_split <= 0:
         return pairs, []
@@ -452,16 +505,18 @@ def _train_preference(
     rows: Iterable[Mapping[str, Any]],
     tracker: Tracker,
     *,
-    dataset: Callable[[list[Pair]], Any] = _pair_dataset,
+    dataset: Callable[[list[Any]], Any] = _pair_dataset,
+    render: Callable[[Iterable[Mapping[str, Any]], Any, int], list[Any]] = render_pairs,
     reference: bool = True,
     **config: Any,
 ) -> Any:
     """The set-up DPO, KTO and ORPO share: render and split the pairs, build the TRL config
     (``config``: stage-specific fields), a reference model where the method has one, run,
-    and return the trained model. ``dataset`` turns pairs into the trainer's rows."""
+    and return the trained model. ``render`` turns rows into pairs (KTO: also unpaired
+    examples), ``dataset`` those into the trainer's rows."""
     Config, Trainer = trl_classes(stage)
     model, tokenizer = loaded.model, loaded.tokenizer
-    pairs = render_pairs(rows, tokenizer, spec.prompt_len)
+    pairs = render(rows, tokenizer, spec.prompt_len)
     _check_answers_fit(stage, pairs, tokenizer, spec)
     train_pairs, eval_pairs = _split(pairs, spec.eval_split, spec.train.seed)
     args = trl_config(Config, spec, tracker.run_dir, has_eval=bool(eval_pairs), **config)
@@ -490,7 +545,9 @@ def _prompt_tokens(stage: str, tokenizer: Any, prompt: str) -> int:
     return len(ids) + int(stage == "orpo" and bos is not None and (not ids or ids[0] != bos))
 
 
-def _check_answers_fit(stage: str, pairs: list[Pair], tokenizer: Any, spec: TrainSpec) -> None:
+def _check_answers_fit(
+    stage: str, pairs: Sequence[Pair | Completion], tokenizer: Any, spec: TrainSpec
+) -> None:
     """A row whose prompt fills ``train.max_seq_len`` keeps no answer token: TRL's ORPO
     trains on it with a loss of 0 (DPO and KTO drop it). None left is one error, before
     training that would report success; some is a warning with the count."""
@@ -535,12 +592,16 @@ def train_dpo(
     )
 
 
-def _unpaired(pairs: list[Pair]) -> Any:
-    """KTO's rows: each pair as a desirable (chosen) and an undesirable (rejected) example."""
+def _unpaired(items: list[Pair | Completion]) -> Any:
+    """KTO's rows: each pair as a desirable (chosen) and an undesirable (rejected) example,
+    each unpaired example as it is."""
     from datasets import Dataset
 
     examples = []
-    for p in pairs:
+    for p in items:
+        if isinstance(p, Completion):
+            examples.append({"prompt": p.prompt, "completion": p.completion, "label": p.label})
+            continue
         examples.append({"prompt": p.prompt, "completion": p.chosen, "label": True})
         examples.append({"prompt": p.prompt, "completion": p.rejected, "label": False})
     return Dataset.from_list(examples)
@@ -551,7 +612,7 @@ def train_kto(
 ) -> Any:
     """Kahneman-Tversky Optimization with ``trl.KTOTrainer``. Each pair becomes a desirable
     (chosen) and an undesirable (rejected) example, so a batch of ``train.batch_size``
-    examples holds half as many pairs. Logs ``loss``, ``reward_chosen``,
+    examples holds half as many pairs; an unpaired row (``label``) is one example. Logs ``loss``, ``reward_chosen``,
     ``reward_rejected``, ``margin``, ``kl``, ``lr``. ``preference.loss_type``: kto (TRL's
     default) or apo_zero_unpaired."""
     if _micro_and_accum(spec.train)[0] < 2:
@@ -561,7 +622,9 @@ def train_kto(
     loss: dict[str, Any] = (
         {"loss_type": spec.preference.loss_type} if spec.preference.loss_type else {}
     )
-    return _train_preference("kto", spec, loaded, rows, tracker, dataset=_unpaired, **loss)
+    return _train_preference(
+        "kto", spec, loaded, rows, tracker, dataset=_unpaired, render=render_rows, **loss
+    )
 
 
 def train_orpo(

@@ -1,0 +1,352 @@
+"""Rows written for other tools (ShareGPT, TRL, LLaMA-Factory, OpenAI) train as the lmops row
+they stand for: the same token ids and the same labels (loss on the answers only), the
+same rendered pairs; ``columns``/``tags`` map other names; a row in no shape, a bad mapping
+and a bad row are one-line errors naming the file, the line and the row's own field."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.models.loading import load_tokenizer
+from lmops.train.data import IGNORE, build_sft_examples, load_training_rows
+from tests.train.tiny import make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return load_tokenizer(make_tokenizer(tmp_path_factory.mktemp("tok")))
+
+
+def write(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    return path
+
+
+def sft(tok: Any, path: Path, rows: list[Any], **mapping: Any) -> list[tuple[list[int], ...]]:
+    """(input ids, labels) of each example SFT builds from ``rows``."""
+    loaded = load_training_rows([write(path, rows)], "sft", **mapping)
+    examples, _ = build_sft_examples(loaded.rows, tok, 256)
+    return [(e.input_ids, e.labels) for e in examples]
+
+
+def learned(tok: Any, example: tuple[list[int], ...]) -> str:
+    ids, labels = example
+    return tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE])
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def bot(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+SYSTEM = {"role": "system", "content": "You add numbers."}
+
+# (foreign row, the lmops row it stands for, columns/tags, what is learned)
+SFT_CASES = {
+    "sharegpt": (
+        {
+            "conversations": [
+                {"from": "human", "value": "12+34="},
+                {"from": "gpt", "value": "46"},
+                {"from": "human", "value": "and 1+1?"},
+                {"from": "gpt", "value": "2"},
+            ],
+            "system": "You add numbers.",
+        },
+        {"messages": [SYSTEM, user("12+34="), bot("46"), user("and 1+1?"), bot("2")]},
+        {},
+        "46<|im_end|>2<|im_end|>",
+    ),
+    "sharegpt_system_turn": (
+        {
+            "conversations": [
+                {"from": "system", "value": "You add numbers."},
+                {"from": "human", "value": "12+34="},
+                {"from": "gpt", "value": "46"},
+            ]
+        },
+        {"messages": [SYSTEM, user("12+34="), bot("46")]},
+        {},
+        "46<|im_end|>",
+    ),
+    "trl_prompt_completion": (
+        {"prompt": "12+34=", "completion": "46"},
+        {"instruction": "12+34=", "output": "46"},
+        {},
+        "46<|im_end|>",
+    ),
+    # TRL trains the completion only: the prompt's own assistant turn is context
+    "trl_conversational": (
+        {
+            "prompt": [SYSTEM, user("1+1="), bot("2"), user("12+34=")],
+            "completion": [bot("46")],
+        },
+        {"messages": [SYSTEM, user("1+1="), {**bot("2"), "weight": 0}, user("12+34="), bot("46")]},
+        {},
+        "46<|im_end|>",
+    ),
+    # the bilingual Alpaca set's English side
+    "columns": (
+        {
+            "instruction": "三原色是什么？",
+            "input": "不要解释",
+            "output": "红色、蓝色和黄色。",
+            "en_instruction": "What are the three primary colors?",
+            "en_input": "No explanation",
+            "en_output": "Red, blue and yellow.",
+        },
+        {
+            "instruction": "What are the three primary colors?",
+            "input": "No explanation",
+            "output": "Red, blue and yellow.",
+        },
+        {"columns": {"instruction": "en_instruction", "input": "en_input", "output": "en_output"}},
+        "Red, blue and yellow.<|im_end|>",
+    ),
+    "tags": (
+        {"dialog": [{"speaker": "Q", "text": "12+34="}, {"speaker": "A", "text": "46"}]},
+        {"messages": [user("12+34="), bot("46")]},
+        {
+            "columns": {"messages": "dialog"},
+            "tags": {
+                "role_tag": "speaker",
+                "content_tag": "text",
+                "user_tag": "Q",
+                "assistant_tag": "A",
+            },
+        },
+        "46<|im_end|>",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SFT_CASES))
+def test_each_sft_shape_trains_as_the_lmops_row_it_stands_for(
+    tok: Any, tmp_path: Path, case: str
+) -> None:
+    foreign, native, mapping, answer = SFT_CASES[case]
+    got = sft(tok, tmp_path / "foreign.jsonl", [foreign], **mapping)
+    want = sft(tok, tmp_path / "native.jsonl", [native])
+    assert got == want
+    assert learned(tok, got[0]) == answer  # loss on the answers only
+
+
+def test_an_openai_weight_of_0_leaves_that_turn_out_of_the_loss(tok: Any, tmp_path: Path) -> None:
+    turns = [user("1+1="), bot("2"), user("12+34="), bot("46")]
+    weighted = [user("1+1="), {**bot("2"), "weight": 0}, user("12+34="), {**bot("46"), "weight": 1}]
+    (plain,) = sft(tok, tmp_path / "plain.jsonl", [{"messages": turns}])
+    (got,) = sft(tok, tmp_path / "weighted.jsonl", [{"messages": weighted}])
+    assert got[0] == plain[0]  # the same tokens
+    assert learned(tok, plain) == "2<|im_end|>46<|im_end|>"
+    assert learned(tok, got) == "46<|im_end|>"
+    bad = [user("1+1="), {**bot("2"), "weight": 0.5}]
+    with pytest.raises(
+        UserError, match=r"w\.jsonl:1: field 'messages\[1\]\.weight': expected 0 or 1"
+    ):
+        load_training_rows([write(tmp_path / "w.jsonl", [{"messages": bad}])], "sft")
+
+
+def pairs(tok: Any, path: Path, rows: list[Any], stage: str = "dpo", **mapping: Any) -> list[Any]:
+    from lmops.train import preference
+
+    loaded = load_training_rows([write(path, rows)], stage, **mapping)
+    render = preference.render_rows if stage == "kto" else preference.render_pairs
+    return render([r for _w, _n, r in loaded.rows], tok, 256)
+
+
+PAIR_CASES = {
+    "trl_implicit_prompt": (
+        {
+            "chosen": [user("Tell me about the sun."), bot("warm and good")],
+            "rejected": [user("Tell me about the sun."), bot("warm and bad")],
+        },
+        {"prompt": "Tell me about the sun.", "chosen": "warm and good", "rejected": "warm and bad"},
+        {},
+    ),
+    "trl_implicit_multi_turn": (
+        {
+            "chosen": [SYSTEM, user("1+1="), bot("2"), user("2+2="), bot("4")],
+            "rejected": [SYSTEM, user("1+1="), bot("2"), user("2+2="), bot("5")],
+        },
+        {"prompt": [SYSTEM, user("1+1="), bot("2"), user("2+2=")], "chosen": "4", "rejected": "5"},
+        {},
+    ),
+    "llama_factory_sharegpt": (
+        {
+            "conversations": [{"from": "human", "value": "2+2="}],
+            "chosen": {"from": "gpt", "value": "4"},
+            "rejected": {"from": "gpt", "value": "5"},
+            "system": "You add numbers.",
+        },
+        {"prompt": [SYSTEM, user("2+2=")], "chosen": "4", "rejected": "5"},
+        {},
+    ),
+    "llama_factory_alpaca": (
+        {"instruction": "Add.", "input": "2+2", "chosen": "4", "rejected": "5"},
+        {"prompt": "Add.\n\n2+2", "chosen": "4", "rejected": "5"},
+        {},
+    ),
+    "columns": (
+        {"question": "2+2=", "good": "4", "bad": "5"},
+        {"prompt": "2+2=", "chosen": "4", "rejected": "5"},
+        {"columns": {"prompt": "question", "chosen": "good", "rejected": "bad"}},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PAIR_CASES))
+def test_each_preference_shape_renders_the_pair_it_stands_for(
+    tok: Any, tmp_path: Path, case: str
+) -> None:
+    foreign, native, mapping = PAIR_CASES[case]
+    got = pairs(tok, tmp_path / "foreign.jsonl", [foreign], **mapping)
+    want = pairs(tok, tmp_path / "native.jsonl", [native])
+    assert got == want
+    assert got[0].chosen != got[0].rejected and got[0].prompt.endswith("assistant\n")
+
+
+def test_kto_reads_unpaired_rows_as_the_halves_of_a_pair(tok: Any, tmp_path: Path) -> None:
+    from lmops.train.preference import Completion
+
+    unpaired = [
+        {"prompt": "2+2=", "completion": "4", "label": True},  # TRL
+        {"messages": [user("2+2="), bot("5")], "label": False},  # LLaMA-Factory
+    ]
+    (pair,) = pairs(
+        tok, tmp_path / "pair.jsonl", [{"prompt": "2+2=", "chosen": "4", "rejected": "5"}]
+    )
+    assert pairs(tok, tmp_path / "kto.jsonl", unpaired, "kto") == [
+        Completion(pair.prompt, pair.chosen, True),
+        Completion(pair.prompt, pair.rejected, False),
+    ]
+    # a pair stage cannot train on them; KTO labels are booleans
+    with pytest.raises(UserError, match=r"kto\.jsonl:1: an unpaired row .* trains stage kto"):
+        load_training_rows([tmp_path / "kto.jsonl"], "dpo")
+    write(tmp_path / "label.jsonl", [{"prompt": "2+2=", "completion": "4", "label": "yes"}])
+    with pytest.raises(UserError, match=r"label\.jsonl:1: field 'label': expected true or false"):
+        load_training_rows([tmp_path / "label.jsonl"], "kto")
+
+
+def test_kto_trains_on_unpaired_rows(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from lmops.train.models import load_base
+    from lmops.train.preference import train_kto
+    from tests.train.conftest import make_spec, sentiment_pairs
+    from tests.train.test_preference import FAST, MemoryTracker
+
+    rows = []
+    for p in sentiment_pairs(8):
+        rows.append({"prompt": p["prompt"], "completion": p["chosen"], "label": True})
+        rows.append({"prompt": p["prompt"], "completion": p["rejected"], "label": False})
+    loaded_rows = load_training_rows([write(tmp_path / "kto.jsonl", rows)], "kto")
+    spec = make_spec(tiny_model_dir, "kto", "lora", train={**FAST, "max_steps": 2})
+    tracker = MemoryTracker(tmp_path)
+    train_kto(spec, load_base(spec, None), [r for _w, _n, r in loaded_rows.rows], tracker)
+    assert len(tracker.history["loss"]) == 2 and "kl" in tracker.history
+
+
+# -- errors ------------------------------------------------------------------------------------
+def test_a_row_in_no_shape_names_its_keys_the_shapes_and_a_mapping(tmp_path: Path) -> None:
+    path = write(tmp_path / "en.jsonl", [{"en_instruction": "2+2=", "en_output": "4", "id": 7}])
+    with pytest.raises(UserError) as e:
+        load_training_rows([path], "sft")
+    msg = str(e.value)
+    assert msg.startswith(
+        f"{path}:1: not a row stage sft reads: it has ['en_instruction', 'en_output', 'id']"
+    )
+    assert "alpaca (instruction, output), chat (messages), ShareGPT (conversations)" in msg
+    assert "did you mean columns: {instruction: en_instruction, output: en_output}?" in msg
+    assert "\n" not in msg
+    path = write(tmp_path / "qa.jsonl", [{"prompt": "2+2=", "answer": "4"}])
+    with pytest.raises(
+        UserError,
+        match=r"qa\.jsonl:1: not a row stage dpo reads: it has \['answer', 'prompt'\]; expected prompt/chosen/rejected",
+    ):
+        load_training_rows([path], "dpo")
+    path = write(tmp_path / "pref.jsonl", [{"prompt": "2+2=", "chosen": "4", "rejected": "5"}])
+    with pytest.raises(UserError, match=r"pref\.jsonl:1: a preference row .* not sft"):
+        load_training_rows([path], "sft")
+
+
+def test_problems_are_named_in_the_rows_own_fields(tmp_path: Path) -> None:
+    GOOD = {"sft": {"text": "x"}, "dpo": {"prompt": "p", "chosen": "a", "rejected": "b"}}
+
+    def error(row: dict[str, Any], stage: str = "sft", **mapping: Any) -> str:
+        with pytest.raises(UserError) as e:
+            load_training_rows(
+                [write(tmp_path / "rows.jsonl", [GOOD[stage], row])], stage, **mapping
+            )
+        return str(e.value)
+
+    turns = [{"from": "human", "value": "hi"}, {"from": "human", "value": "hi again"}]
+    assert error({"conversations": turns}) == (
+        f"{tmp_path / 'rows.jsonl'}:2: field 'conversations[1].from': expected 'gpt' after "
+        "'human', got 'human' (expected sharegpt rows); fix the row or set on_error: skip"
+    )
+    tool = [{"from": "human", "value": "weather?"}, {"from": "function_call", "value": "{}"}]
+    assert "'conversations[1].from': 'function_call' is a tool turn" in error(
+        {"conversations": tool}
+    )
+    assert "field 'completion': must not be empty" in error({"prompt": "2+2=", "completion": " "})
+    implicit = {"chosen": [user("a"), bot("b")], "rejected": [user("c"), bot("d")]}
+    assert "field 'chosen': no prompt: chosen and rejected must begin with the same turns" in error(
+        implicit, "dpo"
+    )
+    path = write(tmp_path / "qa.jsonl", [{"q": "1+1=", "a": "2"}, {"q": "2+2=", "a": ""}])
+    with pytest.raises(
+        UserError, match=r"qa\.jsonl:2: field 'a': must not be empty \(expected sft_alpaca"
+    ):
+        load_training_rows([path], "sft", columns={"instruction": "q", "output": "a"})
+
+
+def test_a_mapped_column_a_row_lacks_is_named_with_a_did_you_mean(tmp_path: Path) -> None:
+    rows = [
+        {"en_instruction": "2+2=", "en_output": "4"},
+        {"en_instruction": "3+3=", "en_ouput": "6"},
+    ]
+    path = write(tmp_path / "en.jsonl", rows)
+    columns = {"instruction": "en_instruction", "output": "en_output"}
+    with pytest.raises(
+        UserError,
+        match=re.escape(
+            f"{path}:2: field 'en_output': missing (columns.output reads it); did you mean 'en_ouput'?"
+        ),
+    ):
+        load_training_rows([path], "sft", columns=columns)
+    loaded = load_training_rows([path], "sft", "skip", columns=columns)
+    assert loaded.summary()["skipped_by_reason"] == {"missing": 1}
+    assert loaded.summary()["row_shapes"] == {"sft_alpaca": 1}
+    # a column that no row has is the mapping's mistake: skipping would leave nothing
+    with pytest.raises(
+        UserError,
+        match=re.escape(
+            f"{path}:1: field 'en_outptu' (columns.output) is in no row (did you mean 'en_output'?); fix columns"
+        ),
+    ):
+        load_training_rows([path], "sft", "skip", columns={**columns, "output": "en_outptu"})
+
+
+def test_a_field_left_out_of_a_mapping_beside_mapped_ones_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    row = {"instruction": "总结", "input": "一段话", "output": "好", "en_instruction": "Sum up",
+           "en_input": "A text", "en_output": "Fine"}  # fmt: skip
+    path = write(tmp_path / "zh_en.jsonl", [row])
+    with caplog.at_level(logging.WARNING, logger="lmops.train.data"):
+        loaded = load_training_rows(
+            [path], "sft", columns={"instruction": "en_instruction", "output": "en_output"}
+        )
+    assert loaded.rows[0][2]["messages"][0]["content"] == "Sum up\n\n一段话"
+    assert (
+        "columns maps instruction, output but not input: input is read from the rows' own 'input' column; map it to read another (e.g. columns.input: en_input)"
+        in caplog.text
+    )
