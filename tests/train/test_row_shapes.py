@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from lmops.core.errors import UserError
 from lmops.models.loading import load_tokenizer
+from lmops.store import Store
 from lmops.train.data import IGNORE, build_sft_examples, load_training_rows
-from tests.train.tiny import make_tokenizer
+from tests.train.tiny import make_model, make_tokenizer
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -350,3 +354,112 @@ def test_a_field_left_out_of_a_mapping_beside_mapped_ones_is_warned_about(
         "columns maps instruction, output but not input: input is read from the rows' own 'input' column; map it to read another (e.g. columns.input: en_input)"
         in caplog.text
     )
+
+
+def spec_error(tmp_path: Path, body: str) -> str:
+    from lmops.train.spec import load_spec
+
+    job = tmp_path / "job.yaml"
+    job.write_text("stage: sft\nmodel: m\ndataset: d.jsonl\noutput: o\n" + body, "utf-8")
+    with pytest.raises(UserError) as e:
+        load_spec(job)
+    return str(e.value).replace(str(job), "job.yaml")
+
+
+def test_the_spec_names_an_unknown_mapping_key_on_its_line(tmp_path: Path) -> None:
+    assert spec_error(tmp_path, "columns:\n  instrution: en_instruction\n") == (
+        "job.yaml:6: columns.instrution: unknown field name (did you mean 'instruction'?)"
+    )
+    assert "LLaMA-Factory's 'query' is lmops's 'input'" in spec_error(
+        tmp_path, "columns: {query: en_input}\n"
+    )
+    assert "stage sft reads no 'chosen'" in spec_error(tmp_path, "columns: {chosen: good}\n")
+    assert spec_error(tmp_path, "tags:\n  role_tg: from\n") == (
+        "job.yaml:6: tags.role_tg: unknown field (did you mean 'role_tag'?)"
+    )
+    # pretraining reads one column: columns.text, or text_key (not both)
+    from lmops.train.spec import TrainSpec
+
+    job = {"stage": "pretrain", "model": "m", "dataset": "d", "output": "o"}
+    assert TrainSpec.model_validate({**job, "columns": {"text": "body"}}).text_column == "body"
+    with pytest.raises(ValueError, match="text_key is 'content' already"):
+        TrainSpec.model_validate({**job, "columns": {"text": "body"}, "text_key": "content"})
+    with pytest.raises(ValueError, match="stage pretrain reads no chat rows; remove tags"):
+        TrainSpec.model_validate({**job, "tags": {"role_tag": "from"}})
+
+
+def test_the_bilingual_alpaca_set_trains_on_its_english_side_as_the_readme_maps_it(
+    shared_datasets: Path,
+) -> None:
+    part = shared_datasets / "alpaca_zh_en" / "part_0.json"
+    if not part.exists():
+        pytest.skip(f"{part} not found")
+    columns = readme_job()["columns"]
+    loaded = load_training_rows([part], "sft", "skip", columns=columns)
+    data = json.loads(part.read_text("utf-8"))
+    assert loaded.summary()["row_shapes"] == {"sft_alpaca": len(loaded.rows)}
+    assert len(loaded.rows) == sum(1 for r in data if r["en_output"].strip())
+    first = loaded.rows[0][2]["messages"]
+    assert first == [user(data[0]["en_instruction"]), bot(data[0]["en_output"])]
+
+
+def readme_job() -> dict[str, Any]:
+    """The job YAML the README shows for the bilingual Alpaca set."""
+    text = README.read_text("utf-8")
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "# sft-en.yaml" in b)
+    job: dict[str, Any] = yaml.safe_load(block)
+    return job
+
+
+# -- end to end ----------------------------------------------------------------------------------
+@pytest.fixture
+def tiny(store: Store, tmp_path: Path) -> Store:
+    tok = make_tokenizer(tmp_path / "tok")
+    store.assets.register("model", "tiny", make_model(tmp_path / "tiny", tok))
+    return store
+
+
+def test_sft_trains_on_sharegpt_rows_and_on_mapped_columns_from_the_cli(
+    tiny: Store, tmp_path: Path, cli: Any
+) -> None:
+    sharegpt = [
+        {
+            "conversations": [
+                {"from": "human", "value": f"{a}+{a}="},
+                {"from": "gpt", "value": str(2 * a)},
+            ]
+        }
+        for a in range(10, 14)
+    ]
+    bilingual = [
+        {"instruction": f"{a}加{a}", "input": "", "output": str(2 * a),
+         "en_instruction": f"{a} plus {a}", "en_input": "", "en_output": str(2 * a)}
+        for a in range(10, 14)
+    ]  # fmt: skip
+    job = {
+        "stage": "sft",
+        "method": "lora",
+        "model": "tiny",
+        "device": "cpu",
+        "train": {"max_steps": 2, "batch_size": 2, "max_seq_len": 64, "save_steps": 2},
+        "lora": {"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]},
+    }
+    runs = {
+        "chat": {"dataset": str(write(tmp_path / "sharegpt.jsonl", sharegpt))},
+        "en": {
+            "dataset": str(write(tmp_path / "zh_en.jsonl", bilingual)),
+            "columns": readme_job()["columns"],
+        },
+    }
+    out = {}
+    for name, over in runs.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**job, **over, "output": name}), "utf-8")
+        r = cli("train", str(path))
+        assert r.code == 0, r.err
+        assert f"registered {name}:1 (adapter) after 2 steps" in r.out
+        out[name] = r.out
+    assert "rows read as: sharegpt 4" in out["chat"]
+    data = {r.name: r.params["data"] for r in tiny.runs.list() if r.kind == "train"}
+    assert data["chat"]["row_shapes"] == {"sharegpt": 4}
+    assert data["en"]["row_shapes"] == {"sft_alpaca": 4} and data["en"]["rows_used"] == 4

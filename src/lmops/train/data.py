@@ -334,7 +334,10 @@ def build_pretrain_examples(
             if on_error == "skip":
                 loaded.skipped["missing" if text_key not in row else "type"] += 1
                 continue
-            raise UserError(f"{where}: field {text_key!r} missing or not a string; set text_key")
+            raise UserError(
+                f"{where}: field {text_key!r} missing or not a string; set text_key "
+                "(or columns.text)"
+            )
         loaded.rows.append((where, n, None))
         docs += 1
         stream += tokenizer(text, add_special_tokens=False)["input_ids"] + (

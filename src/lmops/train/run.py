@@ -154,7 +154,13 @@ def check_job(spec: TrainSpec, store: Store) -> None:
 
 
 def _load_rows(spec: TrainSpec, paths: list[Path]) -> tuple[list[tuple[str, int, Any]], Any]:
-    loaded = load_training_rows(paths, spec.stage, spec.on_error)
+    loaded = load_training_rows(
+        paths,
+        spec.stage,
+        spec.on_error,
+        columns=spec.columns,
+        tags=spec.tags.given() if spec.tags else None,
+    )
     return loaded.rows, loaded.summary()
 
 
@@ -396,7 +402,7 @@ def _train(
     if spec.stage in ("pretrain", "sft"):
         if spec.stage == "pretrain":
             examples, stats = build_pretrain_examples(
-                paths, tok, spec.train.max_seq_len, spec.text_key, spec.on_error
+                paths, tok, spec.train.max_seq_len, spec.text_column, spec.on_error
             )
             keys = ("rows_read", "rows_used", "rows_skipped", "skipped_by_reason")
             counts = {k: stats.pop(k) for k in keys if k in stats}

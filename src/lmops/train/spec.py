@@ -8,9 +8,22 @@ model: path/or/asset-ref        # or {preset: llama-tiny, tokenizer: tok} to sta
 dataset: path/or/asset-ref      # JSON Lines, JSON array, CSV, Parquet; pretrain: also .txt, token shards
 output: my-model                # asset name for the result
 on_error: raise                 # or skip: bad rows (e.g. an empty output) left out, counted
+columns: {instruction: en_instruction, input: en_input, output: en_output}  # optional
+tags: {role_tag: from, content_tag: value, user_tag: human, assistant_tag: gpt}  # optional
 chat_template: chatml           # or a Jinja template's text; default: the tokenizer's own
 train: {max_steps: 100, lr: 2e-4, batch_size: 8, max_seq_len: 512, seed: 0, save_steps: 50}
 ```
+
+Rows: alpaca (``instruction``/``input``/``output``), chat (``messages``, OpenAI's, with
+``weight: 0`` for turns left out of the loss), ShareGPT (``conversations`` of
+``{from, value}``), TRL's ``prompt``/``completion`` and ``{"text"}`` for SFT; for reward,
+DPO, KTO and ORPO TRL's ``prompt``/``chosen``/``rejected`` (or implicit prompt: whole
+conversations), LLaMA-Factory's ``conversations`` + ``chosen``/``rejected`` message objects
+or ``instruction`` + ``chosen``/``rejected``; for KTO also ``prompt``/``completion``/``label``.
+Each row is recognised by its keys (:mod:`lmops.core.shapes`). ``columns`` maps lmops's
+field names (:data:`~lmops.core.shapes.COLUMNS`) to a file's other ones, as LLaMA-Factory's
+``dataset_info`` ``columns`` do; ``tags`` (LLaMA-Factory's names) a chat's message keys and
+role names where they are not OpenAI's or ShareGPT's.
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lmops.core.errors import UserError
+from lmops.core.shapes import column_problem
 from lmops.core.yamlcfg import FieldError, validate_config, with_presets
 
 __all__ = [
@@ -30,6 +44,7 @@ __all__ = [
     "LOSS_TYPES",
     "MAX_PROMPT_LEN",
     "PRESETS",
+    "ChatTags",
     "DistributedParams",
     "LoraParams",
     "ModelPreset",
@@ -55,6 +70,24 @@ class ModelPreset(_Strict):
     preset: str  # llama-tiny | llama-small (see lmops.train.models.MODEL_PRESETS)
     tokenizer: str  # tokenizer asset ref or folder; sets the vocabulary size
     overrides: dict[str, Any] = Field(default_factory=dict)  # e.g. {num_hidden_layers: 4}
+
+
+class ChatTags(_Strict):
+    """LLaMA-Factory's ``tags``: a chat's message keys and role names, where they are not
+    OpenAI's (``role``/``content``; ``system``, ``user``, ``assistant``) or ShareGPT's
+    (``from``/``value``; ``system``, ``human``, ``gpt``), which are read without them. A
+    role's tag replaces its defaults."""
+
+    role_tag: str | None = None
+    content_tag: str | None = None
+    user_tag: str | None = None
+    assistant_tag: str | None = None
+    system_tag: str | None = None
+    observation_tag: str | None = None  # tool turns: recognised, refused (not trained yet)
+    function_tag: str | None = None
+
+    def given(self) -> dict[str, str]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class TrainParams(_Strict):
@@ -172,6 +205,10 @@ class TrainSpec(_Strict):
     packing: bool = False
     eval_split: float = Field(0.0, ge=0, lt=0.5)
     text_key: str = "text"
+    # lmops's field names -> the dataset's columns ({instruction: en_instruction}), as
+    # LLaMA-Factory's dataset_info `columns`; a field not mapped is read under its own name
+    columns: dict[str, str] | None = None
+    tags: ChatTags | None = None  # message keys and role names of chat rows (ChatTags)
     # raise: the first bad row stops the job before training (naming file, line, field);
     # skip: bad rows are left out and counted in the run's summary (TrainResult.data).
     on_error: Literal["raise", "skip"] = "raise"
@@ -194,6 +231,7 @@ class TrainSpec(_Strict):
             )
         if self.stage == "ppo" and not (self.ppo.reward_model or self.ppo.reward_fn):
             raise ValueError("stage ppo needs ppo.reward_model or ppo.reward_fn")
+        self._check_columns()
         self._check_preference()
         self._check_ppo()
         self._check_eval()
@@ -251,6 +289,27 @@ class TrainSpec(_Strict):
                 "loss_type exo_pair needs label_smoothing > 0 (EXO's epsilon; the paper "
                 "recommends 1e-3)",
             )
+
+    def _check_columns(self) -> None:
+        """Every ``columns`` key a field the stage reads, mapped to a column name; ``tags``
+        only for stages that read chats."""
+        for name, column in (self.columns or {}).items():
+            problem = column_problem(name, self.stage)
+            if problem is not None:
+                raise FieldError(("columns", name), problem)
+            if not column.strip():
+                raise FieldError(("columns", name), "give the name of the column to read")
+        if self.columns and "text" in self.columns and self.text_key != "text":
+            raise FieldError(
+                ("columns", "text"), f"text_key is {self.text_key!r} already; give one of them"
+            )
+        if self.tags is not None and self.stage in ("pretrain", "ppo"):
+            raise FieldError(("tags",), f"stage {self.stage} reads no chat rows; remove tags")
+
+    @property
+    def text_column(self) -> str:
+        """The column a text row's text is read from (``columns.text``, else ``text_key``)."""
+        return (self.columns or {}).get("text", self.text_key)
 
     def _check_eval(self) -> None:
         """Evaluation needs held-out rows; PPO scores rollouts and holds none out."""
