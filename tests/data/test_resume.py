@@ -176,3 +176,40 @@ def test_docs_per_s_of_a_resumed_run_counts_only_what_it_processed(tmp_path: Pat
     assert rep["docs_processed"] == 12 and rep["resumed_shards"] == 0
     head = format_summary(rep).splitlines()[0]
     assert "resumed" not in head and "processed in this run" not in head
+
+
+def test_a_removed_input_redoes_the_global_stages_that_read_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last file removed after a run that stopped once its stages were done: every
+    remaining shard is unchanged, but the dedup (a global stage) had read the removed one,
+    so it runs again (its work was reused: the report counted the removed file's rows)."""
+    _corpus(tmp_path / "raw", bad=False)
+
+    def stopped(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(executor, "_finish", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            run_recipe(_recipe(tmp_path), base_dir=tmp_path, progress=False)
+    (tmp_path / "raw" / "part2.jsonl").unlink()
+    res = run_recipe(_recipe(tmp_path), base_dir=tmp_path, progress=False)
+    dedup = next(op for op in res.report["ops"] if op["name"] == "exact_dedup")
+    assert dedup["docs_in"] == 8 and res.report["docs_out"] == 8
+    assert _parts(Path(res.output_path or "")) == _expected(tmp_path)
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_still_seen(tmp_path: Path) -> None:
+    """cp -p, rsync -a or an archive unpacked again put the mtime back; the inode's
+    change time still moves, so the shard is read again."""
+    import os
+
+    _fail_on_the_bad_row(tmp_path)
+    first = tmp_path / "raw" / "part0.jsonl"
+    st = first.stat()
+    first.write_text(first.read_text().replace("File 0 says", "File O says"))  # same size
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
+    res = run_recipe(_recipe(tmp_path, "on_error=skip"), base_dir=tmp_path, progress=False)
+    assert res.resumed_shards == 1
+    assert b"File O says" in b"".join(_parts(Path(res.output_path or "")).values())

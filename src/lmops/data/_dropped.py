@@ -161,7 +161,11 @@ def dropped_target(recipe: Recipe, base: Path, out_path: Path | None) -> Dropped
     if (
         path is not None
         and out_path is not None
-        and (path.is_relative_to(out_path) or out_path.is_relative_to(path))
+        # resolved: "x/../out/dropped" and a symlink into the output are inside it too
+        and (
+            path.resolve().is_relative_to(out_path.resolve())
+            or out_path.resolve().is_relative_to(path.resolve())
+        )
     ):
         # inside the output folder they would be read as kept documents, and replaced with it
         raise UserError(

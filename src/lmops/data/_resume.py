@@ -3,7 +3,7 @@
 The work folder as a whole is kept while the recipe's steps are unchanged (the
 ``fingerprint`` file, ``executor._reuse_or_reset``). Within it, each shard's finished files
 are kept only while the shard still reads the same bytes: ``shards.json`` records, per
-shard, the file it reads (path, size, mtime) and its byte range. So the two ways out of a
+shard, the file it reads (path, size, mtime, inode, ctime) and its byte range. So the two ways out of a
 bad row that the error names both keep every other shard's work:
 
 - fixing the file redoes the shards of that file (and the global stages, which see every
@@ -32,9 +32,11 @@ SHARDS_FILE = "shards.json"
 
 
 def _key(shard: Shard) -> str:
+    # ctime too: an edit that keeps the size and puts the mtime back (cp -p, rsync -a,
+    # an archive unpacked again) changes it, and no user can set it
     st = shard.file.path.stat()
     return (
-        f"{shard.file.path}|{st.st_size}|{st.st_mtime_ns}|"
+        f"{shard.file.path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}|"
         f"{shard.start}|{shard.end}|{shard.first_line}"
     )
 
@@ -69,6 +71,8 @@ def drop_stale_work(
     keys = [_key(s) for s in shards]
     old = _old_keys(work)
     stale = {i for i, k in enumerate(keys) if old is None or i >= len(old) or old[i] != k}
+    # shards gone from the plan (an input removed) were read by the global stages too
+    shrunk = old is not None and len(old) > len(keys)
     if on_error == "raise":
         stage0 = work / "stage0"
         if global_from == 0:
@@ -87,13 +91,13 @@ def drop_stale_work(
         n = folder.name.removeprefix("stage")
         if not n.isdigit() or not folder.is_dir():
             continue
-        if stale and global_from is not None and int(n) >= global_from:
+        if (stale or shrunk) and global_from is not None and int(n) >= global_from:
             shutil.rmtree(folder)  # a global stage saw the stale shards: redo it and after
             continue
         _remove_shards(folder, stale, len(shards))
     if (work / "errors").is_dir():
         _remove_shards(work / "errors", stale, len(shards))
-        if stale and global_from == 0:
+        if (stale or shrunk) and global_from == 0:
             (work / "errors" / "global.jsonl").unlink(missing_ok=True)
     tmp = work / (SHARDS_FILE + ".tmp")
     tmp.write_text(json.dumps(keys))

@@ -629,10 +629,10 @@ def _execute(
 def _stop(pool: ProcessPoolExecutor, futures: set[Any]) -> None:
     """Ctrl-C stops the stage now. Leaving the pool's ``with`` would wait for every shard
     still queued (it ran the whole rest of the stage, minutes to hours, before exiting);
-    the queued ones are cancelled and the running ones killed, which is safe: a shard's
-    output is a temp file renamed into place when done, and the re-run redoes it."""
-    for f in futures:
-        f.cancel()
+    the workers are killed, which is safe: a shard's output is a temp file renamed into
+    place when done, and the re-run redoes it. The futures are left to the broken pool,
+    which fails them itself (cancelling them first made its thread print a traceback on
+    Python 3.11: it set an exception on a cancelled future)."""
     processes = getattr(pool, "_processes", None) or {}  # no public way before Python 3.14
     for proc in list(processes.values()):
         proc.kill()
