@@ -463,3 +463,27 @@ def test_sft_trains_on_sharegpt_rows_and_on_mapped_columns_from_the_cli(
     data = {r.name: r.params["data"] for r in tiny.runs.list() if r.kind == "train"}
     assert data["chat"]["row_shapes"] == {"sharegpt": 4}
     assert data["en"]["row_shapes"] == {"sft_alpaca": 4} and data["en"]["rows_used"] == 4
+
+
+@pytest.mark.parametrize(
+    ("row", "stage", "fields"),
+    [
+        ({"messages": [user("a"), bot("b")], "prompt": "p", "completion": "c"}, "sft",
+         "messages and prompt/completion"),
+        ({"instruction": "i", "output": "o", "conversations": [{"from": "human", "value": "a"}]},
+         "sft", "conversations and instruction/output"),
+        ({"instruction": "i", "output": "o", "prompt": "p"}, "sft", "instruction/output and prompt"),
+        ({"prompt": "p", "completion": "c", "label": True, "messages": [user("a"), bot("b")]},
+         "kto", "messages and prompt/completion"),
+    ],
+)  # fmt: skip
+def test_a_row_with_the_fields_of_two_shapes_is_refused_not_guessed(
+    tmp_path: Path, row: dict[str, Any], stage: str, fields: str
+) -> None:
+    """Read as one shape, the other's fields were silently ignored (for KTO, the declared
+    completion: the one trained was the last turn of messages)."""
+    path = write(tmp_path / "rows.jsonl", [row])
+    with pytest.raises(UserError) as e:
+        load_training_rows([path], stage)
+    assert f"the row has the fields of two shapes ({fields})" in str(e.value)
+    assert str(e.value).startswith(f"{path}:1: ")

@@ -237,8 +237,20 @@ class RowReader:
 
     def shape(self, view: Mapping[str, Any]) -> str:
         """The shape a row's keys (lmops's names, after ``columns``) say it has; raises
-        :class:`RowProblem` for a row of no shape the stage reads."""
+        :class:`RowProblem` for a row of no shape the stage reads, or of two at once."""
         chat = _chat_key(view)
+        kinds = _kinds(view)
+        if len(kinds) > 1:  # which one the row means is a guess: say so instead
+            fields = " and ".join(
+                "/".join(self.source(k) for k in kind if view.get(k) not in _EMPTY)
+                for kind in kinds
+            )
+            raise RowProblem(
+                "",
+                "ambiguous",
+                f"the row has the fields of two shapes ({fields}); keep one of them, or "
+                "name the fields to read with columns:",
+            )
         if self.stage == "sft":
             if isinstance(view.get("label"), bool) and (chat or "prompt" in view):
                 raise RowProblem(
@@ -611,6 +623,16 @@ class RowReader:
 
 def _present(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not _MISSING}
+
+
+_EMPTY: tuple[Any, ...] = (None, "", [])
+# The fields each shape is recognised by; a row with non-empty fields of two is ambiguous
+# (chosen/rejected, label and system go with any of them).
+_KINDS = (("messages",), ("conversations",), ("instruction", "output"), ("prompt", "completion"))
+
+
+def _kinds(view: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    return [kind for kind in _KINDS if any(view.get(k) not in _EMPTY for k in kind)]
 
 
 def _chat_key(view: Mapping[str, Any]) -> str | None:
