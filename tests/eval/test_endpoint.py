@@ -32,7 +32,14 @@ class Script:
     arrived, which needs them all in flight at once; or after ``hold_s``: a client that
     sends one request at a time is answered, late. ``pace_s`` passes between two answers
     of ``order``. A prompt in ``fail`` gets a 500, in ``refuse`` a 400, and in ``flaky`` a 503
-    on its first try only."""
+    on its first try only.
+
+    A list of prompts (``/v1/completions``) is answered as a server answers one, a choice
+    per prompt (index p for prompt p), with ``lists`` "yes"; "400" or "422" refuses it with
+    that status, naming the prompt, as some servers do; "first" answers its first prompt
+    only, as a server that took the list for one prompt. A prompt of it in ``fail``,
+    ``refuse`` or ``flaky`` fails the whole request. ``order`` and ``gather`` hold single
+    prompts only."""
 
     order: list[str] = field(default_factory=list)
     fail: set[str] = field(default_factory=set)
@@ -44,7 +51,9 @@ class Script:
     content: str | None = None  # every chat answer (default: "answer <prompt>")
     pace_s: float = 0.0
     delay_s: float = 0.0  # before every answer
+    lists: str = "yes"  # how a list of prompts is answered: yes, 400, 422, first
     # what happened
+    bodies: list[dict[str, Any]] = field(default_factory=list)  # every request, as sent
     prompts: list[str] = field(default_factory=list)  # as they arrived (tries included)
     answered: list[str] = field(default_factory=list)  # as they were answered
     paths: list[str] = field(default_factory=list)  # the API each request called
@@ -54,6 +63,9 @@ class Script:
 
     def reply(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         prompt = body["prompt"] if "prompt" in body else body["messages"][-1]["content"]
+        self.bodies.append(body)
+        if isinstance(prompt, list):
+            return self.reply_to_list(path, body, prompt)
         self.paths.append(path)
         with self.cond:
             tries = self.prompts.count(prompt)
@@ -79,22 +91,55 @@ class Script:
                     )
                 time.sleep(self.pace_s)
             time.sleep(self.delay_s)
-            if prompt in self.refuse:
-                return 400, {"error": {"message": "bad request", "type": "invalid_request_error"}}
-            if prompt in self.fail or (prompt in self.flaky and tries == 0):
-                return (503 if prompt in self.flaky else 500), {"error": {"message": "down"}}
-            if path.endswith("/chat/completions"):
-                content = f"answer {prompt}" if self.content is None else self.content
-                message = {"role": "assistant", "content": content}
-                return 200, {"choices": [{"index": 0, "message": message}]}
-            if not body.get("echo"):  # a generation through the completions API
-                text = f"answer {prompt}" if self.content is None else self.content
-                return 200, {"choices": [{"index": 0, "text": text}]}
-            return 200, {"choices": [{"index": 0, "text": prompt, "logprobs": _logprobs(prompt)}]}
+            return self.answer(path, body, prompt, tries)
         finally:
             with self.cond:
                 self.in_flight -= 1
                 self.answered.append(prompt)
+                self.cond.notify_all()
+
+    def answer(
+        self, path: str, body: dict[str, Any], prompt: str, tries: int
+    ) -> tuple[int, dict[str, Any]]:
+        if prompt in self.refuse:
+            return 400, {"error": {"message": "bad request", "type": "invalid_request_error"}}
+        if prompt in self.fail or (prompt in self.flaky and tries == 0):
+            return (503 if prompt in self.flaky else 500), {"error": {"message": "down"}}
+        if path.endswith("/chat/completions"):
+            content = f"answer {prompt}" if self.content is None else self.content
+            message = {"role": "assistant", "content": content}
+            return 200, {"choices": [{"index": 0, "message": message}]}
+        if not body.get("echo"):  # a generation through the completions API
+            text = f"answer {prompt}" if self.content is None else self.content
+            return 200, {"choices": [{"index": 0, "text": text}]}
+        return 200, {"choices": [{"index": 0, "text": prompt, "logprobs": _logprobs(prompt)}]}
+
+    def reply_to_list(
+        self, path: str, body: dict[str, Any], batch: list[str]
+    ) -> tuple[int, dict[str, Any]]:
+        self.paths.append(path)
+        with self.cond:
+            tries = {p: self.prompts.count(p) for p in batch}
+            self.prompts += batch
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.cond.notify_all()
+        try:
+            time.sleep(self.delay_s)
+            if self.lists in ("400", "422"):
+                error = {"message": "prompt: expected a string", "param": "prompt"}
+                return int(self.lists), {"error": {**error, "type": "invalid_request_error"}}
+            choices = []
+            for p in batch[:1] if self.lists == "first" else batch:
+                status, reply = self.answer(path, body, p, tries[p])
+                if status != 200:
+                    return status, reply
+                choices.append({**reply["choices"][0], "index": len(choices)})
+            return 200, {"choices": choices}
+        finally:
+            with self.cond:
+                self.in_flight -= 1
+                self.answered += batch
                 self.cond.notify_all()
 
 
@@ -160,11 +205,12 @@ def test_generations_go_out_concurrently_and_come_back_in_the_documents_order() 
 
 
 def test_log_likelihoods_go_out_concurrently_and_come_back_in_the_requests_order() -> None:
+    # one prompt a request, so that the script can hold each (batches: test_endpoint_batch)
     requests = [(f"q{i}", " " + "x" * (i + 1)) for i in range(10)]
     whole = [c + x for c, x in requests]
     script = Script(order=whole[:5][::-1])
     with endpoint(script) as url:
-        m = OpenAIEvalModel(url, "m", chat=False, concurrency=5)
+        m = OpenAIEvalModel(url, "m", chat=False, concurrency=5, batch_size=1)
         lls = m.loglikelihood(requests)
     assert lls == [(-float(len(x)), True) for _, x in requests]
     assert script.max_in_flight == 5
@@ -312,13 +358,16 @@ def test_eval_run_concurrency_flag_and_spec_field(cli, tmp_path: Path) -> None: 
         script = Script(order=prompts(want)[::-1])
         with endpoint(script) as url:
             args = ["eval", "run", "--model", "m", "--endpoint", url, "--task-file", str(task)]
-            r = cli(*args, *flag, "--no-resume", "--json")
+            # one prompt a request, so that the script can hold each
+            r = cli(*args, *flag, "--batch-size", "1", "--no-resume", "--json")
         assert r.code == 0, r.err
         assert json.loads(r.out)["results"]["caps"]["exact_match,none"] == 1.0
         assert script.max_in_flight == want
 
     spec = tmp_path / "job.yaml"
-    spec.write_text(f"model: m\ntask_files: [{task}]\nconcurrency: 2\n", encoding="utf-8")
+    spec.write_text(
+        f"model: m\ntask_files: [{task}]\nconcurrency: 2\nbatch_size: 1\n", encoding="utf-8"
+    )
     script = Script(order=["q1", "q0"])
     with endpoint(script) as url:
         r = cli("eval", "run", str(spec), f"endpoint={url}", "--no-resume", "--json")

@@ -172,6 +172,7 @@ def test_a_failing_endpoint_keeps_scored_tasks_and_the_same_command_resumes(  # 
     state: dict[str, Any] = {"bodies": [], "fail_after": 3}  # task a, then nothing
     with endpoint(state) as url:
         args = ["eval", "run", "--model", "m", "--endpoint", url, "--retries", "0"]
+        args += ["--batch-size", "1"]  # one document a request, as the endpoint counts
         args += [a for f in files for a in ("--task-file", str(f))]
         down = cli(*args)
         assert down.code == 2
@@ -265,6 +266,7 @@ def test_a_sigkilled_run_resumes_from_its_finished_tasks(tmp_path: Path) -> None
     with endpoint(state) as url:
         cmd = [sys.executable, "-m", "lmops.cli.main", "eval", "run", "--model", "m"]
         cmd += ["--endpoint", url, "--output", "caps", "--json"]
+        cmd += ["--batch-size", "1"]  # one document a request, as the endpoint counts
         cmd += [a for f in files for a in ("--task-file", str(f))]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.time() + 120  # a guard against a hang, not a measurement

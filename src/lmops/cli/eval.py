@@ -70,7 +70,12 @@ def run(
     ] = None,
     num_fewshot: Annotated[int | None, typer.Option(min=0)] = None,
     batch_size: Annotated[
-        str | None, typer.Option(help="Integer or auto (default auto).", show_default=False)
+        str | None,
+        typer.Option(
+            help="Integer or auto (default auto). A local model's sequences per forward pass; "
+            "at --endpoint, prompts per request (auto: 8, fewer above --concurrency 8).",
+            show_default=False,
+        ),
     ] = None,
     scorer: Annotated[str | None, typer.Option(help="loglikelihood (default) or letter.")] = None,
     endpoint: Annotated[

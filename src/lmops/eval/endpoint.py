@@ -1,17 +1,33 @@
 """``OpenAIEvalModel``: the ``EvalModel`` seam (:mod:`lmops.eval.lm`) over any
-OpenAI-compatible endpoint, with up to ``concurrency`` requests in flight.
+OpenAI-compatible endpoint, with up to ``concurrency`` requests in flight, each carrying up
+to ``batch_size`` prompts.
 
-A call (``generate``, ``loglikelihood``) sends one request per item from a pool of
-``concurrency`` threads over one ``httpx.Client`` (thread-safe; it keeps a connection per
-thread alive) and returns the answers in the items' order, whatever order they came in.
+A call (``generate``, ``loglikelihood``) sends its items from a pool of ``concurrency``
+threads over one ``httpx.Client`` (thread-safe; it keeps a connection per thread alive) and
+returns the answers in the items' order, whatever order they came in.
+
+Batches: items for ``/v1/completions`` whose requests differ only in their text prompt (every
+log-likelihood item; generations with the same sampling parameters) go ``batch_size`` at a
+time in one request, ``prompt: [...]``, prompt p's answer its choice p (as OpenAI, vLLM and
+an lmops gateway answer; lm-evaluation-harness's ``local-completions`` sends the same).
+Chat requests go one at a time. ``batch_size="auto"`` is 8, fewer above ``concurrency`` 8 so
+that at most 64 prompts are in flight: a default lmops deployment takes 8 running and 64
+queued, so none is refused as overloaded.
+
+An endpoint that refuses a list (a 400, 413 or 422 to a request of several prompts, or a
+reply without one choice per prompt) gets one prompt per request from then on, for the
+rest of this model's calls: the refused batch's prompts are sent again one by one and a
+warning says so once (logger ``lmops.eval``). A prompt that was the trouble then gets its
+own answer (a 4xx raises, as below), so nothing is hidden by the fall-back.
 
 Per request: a 429, a 5xx or a transport error is tried again ``retries`` times, waiting
 0.5 s, 1 s, 2 s ... (at most 8 s) between tries; any other 4xx raises ``UserError`` at
-once. A request that still fails counts in ``failed`` and its item gets the failure value
-(an empty generation, a log-likelihood of -inf), and the run goes on; ``max_failures_in_a_row``
-failures in a row raise ``EndpointDown``. "In a row" is in the order requests complete (with
-one request in flight, the items' order): each completion is counted under a lock as it
-happens, and a success sets the count back to 0.
+once. A request that still fails gives each of its prompts the failure value (an empty
+generation, a log-likelihood of -inf) and counts each in ``failed``, and the run goes on;
+``max_failures_in_a_row`` failed requests in a row (a batch counts once: the endpoint is
+what is judged, not its prompts) raise ``EndpointDown``. "In a row" is in the order
+requests complete (with one request in flight, the items' order): each completion is
+counted under a lock as it happens, and a success sets the count back to 0.
 
 The first error of a call, or an interrupt (Ctrl-C), stops it at once: requests not yet
 sent are never sent, requests in flight are not tried again (they end in the background,
@@ -22,6 +38,7 @@ it is counted, and that error is raised.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import queue
 import threading
@@ -30,14 +47,37 @@ from typing import Any, TypeVar
 
 from lmops.core.errors import UserError
 
-__all__ = ["DEFAULT_CONCURRENCY", "ChatPrompt", "EndpointDown", "OpenAIEvalModel"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_CONCURRENCY",
+    "ChatPrompt",
+    "EndpointDown",
+    "OpenAIEvalModel",
+    "auto_batch_size",
+]
 
 # Requests in flight by default: what an lmops deployment runs at once (its max_running,
 # 8), so a gateway's batch is full, and few enough that a hosted API's rate limit is not
 # hit at once (a 429 is retried anyway).
 DEFAULT_CONCURRENCY = 8
+# Prompts per completions request with batch_size "auto": as many as a deployment runs at
+# once, so that one request at a time keeps its batch full (a forward pass over 8 prompts
+# costs little more than over one; benchmarks/endpoint_eval_bench.py) ...
+DEFAULT_BATCH_SIZE = 8
+# ... and fewer above concurrency 8, so that no more prompts than this are in flight: a
+# default lmops deployment runs 8 and queues 64, and refuses more as overloaded (a 503).
+_AUTO_IN_FLIGHT = 64
+# Statuses that, to a request of several prompts, may mean "not a list": a 400 (vLLM, lmops,
+# most), a 422 (a schema that types prompt as a string), a 413 (the body too large).
+_LIST_REFUSALS = (400, 413, 422)
 
 T = TypeVar("T")
+log = logging.getLogger("lmops.eval")
+
+
+def auto_batch_size(concurrency: int) -> int:
+    """Prompts per request for ``batch_size="auto"`` at ``concurrency`` requests in flight."""
+    return max(1, min(DEFAULT_BATCH_SIZE, _AUTO_IN_FLIGHT // max(1, concurrency)))
 
 
 class ChatPrompt(str):
@@ -56,9 +96,36 @@ class EndpointDown(UserError):
     """Requests in a row failed after their retries: the endpoint is not answering."""
 
 
+class _ListRefused(Exception):
+    """A request of several prompts was refused, or answered without a choice per prompt."""
+
+
+def _said(r: Any) -> str:
+    """A refusal in a few words: its status and its OpenAI error's message (or text)."""
+    try:
+        message = str(r.json()["error"]["message"])
+    except Exception:
+        message = r.text
+    return f"{r.status_code} {' '.join(message.split())[:160]}".strip()
+
+
 def _backoff_s(attempt: int) -> float:
     """Seconds to wait before try ``attempt`` (1, 2, ...): 0.5 doubling, at most 8."""
     return min(8.0, 0.5 * 2 ** (attempt - 1))
+
+
+def _one_per_prompt(reply: dict[str, Any], prompts: int) -> list[dict[str, Any]]:
+    """A reply to ``prompts`` prompts as one reply per prompt, each with its own choice
+    (prompt p's is the choice of index p; choices without an index in order);
+    ``_ListRefused`` when they are not one per prompt (a server that took the list for
+    something else)."""
+    choices = reply.get("choices")
+    if isinstance(choices, list) and len(choices) == prompts:
+        at = {c.get("index", k) if isinstance(c, dict) else k: c for k, c in enumerate(choices)}
+        if set(at) == set(range(prompts)):
+            return [{**reply, "choices": [at[p]]} for p in range(prompts)]
+    n = len(choices) if isinstance(choices, list) else 0
+    raise _ListRefused(f"a reply of {n} choice(s) to {prompts} prompts")
 
 
 class OpenAIEvalModel:
@@ -81,21 +148,24 @@ class OpenAIEvalModel:
         retries: int = 3,
         max_failures_in_a_row: int = 5,
         concurrency: int = DEFAULT_CONCURRENCY,
+        batch_size: int | str = "auto",
     ) -> None:
         import httpx
 
         if concurrency < 1:
             raise UserError(f"concurrency must be at least 1, got {concurrency}")
+        if batch_size == "auto":
+            batch_size = auto_batch_size(concurrency)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be auto or at least 1, got {batch_size!r}")
         self.name = model
         self.model = model
         self.chat = chat
         self.retries = retries
         self.concurrency = concurrency
-        # The eval loop hands generate() this many documents per call (its progress moves
-        # per call): a few per thread, so that the pool is rarely waiting on a call's last
-        # and longest generations; with one thread, eval.run's 8 as before.
-        self.generate_chunk = max(8, 4 * concurrency)
-        self.failed = 0
+        # prompts per completions request; 1 from the first list the endpoint refuses
+        self.batch_size = batch_size
+        self.failed = 0  # prompts given the failure value
         # A request that fails after its retries counts as failed and the run goes on; this
         # many in a row means the endpoint is down: stop (finished tasks are kept) rather
         # than score every remaining document as a failure.
@@ -110,7 +180,50 @@ class OpenAIEvalModel:
             base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, limits=limits
         )
 
+    @property
+    def generate_chunk(self) -> int:
+        """The eval loop hands generate() this many documents per call (its progress moves
+        per call): a few per thread, so that the pool is rarely waiting on a call's last and
+        longest generations, and a full batch for every thread; with one thread and one
+        prompt a request, eval.run's 8 as before."""
+        return max(8, 4 * self.concurrency, self.concurrency * self.batch_size)
+
     # -- requests --------------------------------------------------------------------------------
+    def _units(self, bodies: Sequence[dict[str, Any]]) -> list[list[int]]:
+        """The items' indices grouped into requests, in the order of their first items:
+        items whose bodies differ only in a text ``prompt`` go ``batch_size`` at a time, in
+        their order (a multiple-choice document's choices, which share its context, stay
+        together); others (chat messages) alone.
+
+        Not sorted by length, as lm-eval does: an lmops engine groups the prompts it
+        prefills together by length itself, and sorting measured no faster against it."""
+        groups: dict[str, list[int]] = {}
+        units: list[list[int]] = []
+        for i, body in enumerate(bodies):
+            if self.batch_size > 1 and isinstance(body.get("prompt"), str):
+                rest = {k: v for k, v in body.items() if k != "prompt"}
+                groups.setdefault(json.dumps(rest, sort_keys=True), []).append(i)
+            else:
+                units.append([i])
+        size = self.batch_size
+        for group in groups.values():
+            units += [group[at : at + size] for at in range(0, len(group), size)]
+        return sorted(units, key=lambda unit: unit[0])
+
+    def _fall_back(self, prompts: int, why: str) -> None:
+        """One prompt per request from now on; said once."""
+        with self._lock:
+            if self.batch_size == 1:
+                return
+            self.batch_size = 1
+        log.warning(
+            "endpoint %s did not take %d prompts in one request (%s): sending one prompt per "
+            "request from now on (--batch-size 1 sends no lists)",
+            self.client.base_url,
+            prompts,
+            why,
+        )
+
     def _map(
         self,
         path: str,
@@ -119,9 +232,11 @@ class OpenAIEvalModel:
         failed: T,
     ) -> list[T]:
         """``read(i, reply)`` for each body's reply, in the bodies' order, with up to
-        ``concurrency`` requests in flight; ``failed`` for a request that failed after its
-        retries. The first error (a refusal, ``EndpointDown``, one of ``read``'s) stops the
-        call and is raised at once, as is an interrupt (Ctrl-C).
+        ``concurrency`` requests in flight, each of up to ``batch_size`` bodies (one
+        request with their prompts as a list; ``read`` is given the reply with only body
+        i's choice); ``failed`` for a request that failed after its retries. The first
+        error (a refusal, ``EndpointDown``, one of ``read``'s) stops the call and is raised
+        at once, as is an interrupt (Ctrl-C).
 
         The threads are daemons: a request still in flight when the call stops ends in the
         background, and never holds up the process's exit (an executor's threads would,
@@ -129,24 +244,51 @@ class OpenAIEvalModel:
         if not bodies:
             return []
         results = [failed] * len(bodies)
-        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for i in range(len(bodies)):
-            todo.put(i)
+        todo: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
+        units = self._units(bodies)
+        for unit in units:
+            todo.put(unit)
         stop = threading.Event()  # no more requests: an error, or the call was interrupted
         ended = threading.Event()  # every thread has finished, or one failed
         errors: list[BaseException] = []
-        running = [min(self.concurrency, len(bodies))]
+        running = [min(self.concurrency, len(units))]
+
+        def one_by_one(unit: list[int]) -> None:
+            """The unit's items back in the queue alone, with threads for them (this one
+            takes one of them)."""
+            for i in unit:
+                todo.put([i])
+            with self._lock:
+                more = max(0, min(self.concurrency - running[0], len(unit) - 1))
+                running[0] += more
+            for _ in range(more):
+                threading.Thread(target=work, name="lmops-eval-request", daemon=True).start()
 
         def work() -> None:
             try:
                 while not stop.is_set():
                     try:
-                        i = todo.get_nowait()
+                        unit = todo.get_nowait()
                     except queue.Empty:
                         return
-                    reply = self._post(path, bodies[i], stop)
-                    if reply is not None:
-                        results[i] = read(i, reply)
+                    if len(unit) > 1 and self.batch_size == 1:  # lists were refused meanwhile
+                        one_by_one(unit)
+                        continue
+                    if len(unit) == 1:
+                        reply = self._post(path, bodies[unit[0]], stop)
+                        if reply is not None:
+                            results[unit[0]] = read(unit[0], reply)
+                        continue
+                    body = {**bodies[unit[0]], "prompt": [bodies[i]["prompt"] for i in unit]}
+                    try:
+                        reply = self._post(path, body, stop, prompts=len(unit))
+                        answers = None if reply is None else _one_per_prompt(reply, len(unit))
+                    except _ListRefused as e:
+                        self._fall_back(len(unit), str(e))
+                        one_by_one(unit)
+                        continue
+                    for i, answer in zip(unit, answers or [], strict=False):
+                        results[i] = read(i, answer)
             except BaseException as e:
                 errors.append(e)
                 stop.set()
@@ -167,10 +309,11 @@ class OpenAIEvalModel:
         return results
 
     def _post(
-        self, path: str, body: dict[str, Any], stop: threading.Event
+        self, path: str, body: dict[str, Any], stop: threading.Event, *, prompts: int = 1
     ) -> dict[str, Any] | None:
-        """One request with its retries: the reply's JSON, or None when it failed after
-        them (or the call stopped before it got one)."""
+        """One request (of ``prompts`` prompts) with its retries: the reply's JSON, or None
+        when it failed after them (or the call stopped before it got one). ``_ListRefused``
+        for a 400, 413 or 422 to several prompts."""
         import httpx
 
         error = ""
@@ -185,6 +328,8 @@ class OpenAIEvalModel:
             if r.status_code == 429 or r.status_code >= 500:
                 error = f"HTTP {r.status_code} {r.text[:120]}".strip()
                 continue
+            if not r.is_success and prompts > 1 and r.status_code in _LIST_REFUSALS:
+                raise _ListRefused(_said(r))
             if not r.is_success:
                 hint = ""
                 if r.status_code in (404, 405) and path == "/completions":
@@ -197,20 +342,21 @@ class OpenAIEvalModel:
                 )
             self._count(stop, error=None)
             return dict(r.json())
-        self._count(stop, error=error)
+        self._count(stop, error=error, prompts=prompts)
         return None
 
-    def _count(self, stop: threading.Event, *, error: str | None) -> None:
+    def _count(self, stop: threading.Event, *, error: str | None, prompts: int = 1) -> None:
         """Count a request that completed (``error`` None) or failed after its retries, in
-        the order they end; raise ``EndpointDown`` at ``max_failures_in_a_row`` failures in a
-        row. Once the call has stopped, what ends after is not counted."""
+        the order they end (its ``prompts`` in ``failed``, the request once in a row); raise
+        ``EndpointDown`` at ``max_failures_in_a_row`` failures in a row. Once the call has
+        stopped, what ends after is not counted."""
         with self._lock:
             if stop.is_set():
                 return
             if error is None:
                 self._in_a_row = 0
                 return
-            self.failed += 1
+            self.failed += prompts
             self._in_a_row += 1
             if self._in_a_row >= self.max_failures_in_a_row:
                 stop.set()  # under the lock: no completion after this one is counted

@@ -102,12 +102,19 @@ def open_model(
 ) -> tuple[Any, str | None]:
     """An evaluation backend for a local folder/asset, or an OpenAI-compatible endpoint
     (asked through its chat API, or with ``chat=False`` its completions API: plain text,
-    ``concurrency`` requests in flight at once)."""
+    ``concurrency`` requests in flight at once, each of up to ``batch_size`` prompts)."""
+    bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
     if endpoint:
         from lmops.eval.lm import OpenAIEvalModel
 
         lm = OpenAIEvalModel(
-            endpoint, model, api_key=api_key, retries=retries, chat=chat, concurrency=concurrency
+            endpoint,
+            model,
+            api_key=api_key,
+            retries=retries,
+            chat=chat,
+            concurrency=concurrency,
+            batch_size=bs,
         )
         return lm, None
     from lmops.core.modelfiles import refuse_reward_model
@@ -118,7 +125,6 @@ def open_model(
     refuse_reward_model(path, "evaluated", what=ref or model)
     if (path / "adapter_config.json").exists():
         path = merged_view(path, store)
-    bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
     return HFEvalModel(
         path, device=device, batch_size=bs, max_length=max_length, name=ref or str(path)
     ), ref

@@ -11,7 +11,7 @@ endpoint: null                  # an OpenAI-compatible base URL (the key: LMOPS_
 concurrency: 8                  # requests in flight at once at the endpoint
 limit: 50                       # documents per task (a group counts per subtask)
 num_fewshot: null               # default: each task's own
-batch_size: auto
+batch_size: auto                # local: sequences a forward pass; endpoint: prompts a request
 apply_chat_template: false      # lm-eval's flags of the same names
 system_instruction: null
 fewshot_as_multiturn: null      # default: true with a chat template
@@ -23,7 +23,7 @@ output: eval-mymodel            # the eval_report asset's name
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -68,7 +68,9 @@ class EvalSpec(_Strict):
     output: str | None = None  # eval_report asset name (default: eval-<model>)
     limit: int | None = Field(None, ge=1)
     num_fewshot: int | None = Field(None, ge=0)
-    batch_size: int | Literal["auto"] = "auto"
+    # a local model's sequences per forward pass ("auto": the largest that fits); an
+    # endpoint's prompts per /v1/completions request ("auto": 8, fewer above concurrency 8)
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     scorer: Literal["loglikelihood", "letter"] | None = None
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     max_length: int | None = Field(None, ge=1)  # context length (default: the model's)
