@@ -173,8 +173,10 @@ def test_the_batch_size_flag_and_spec_field(
         before = len(sent_prompts(gateway))
         r = cli("eval", "run", *args, *flag, "--no-resume", "--json")
         assert r.code == 0, r.err
+        sent = sent_prompts(gateway)[before:]
+        assert all(isinstance(p, list) for p in sent)
         # logged as they end, which need not be the order they went out in
-        assert sorted(map(len, sent_prompts(gateway)[before:]), reverse=True) == sizes
+        assert sorted(map(len, sent), reverse=True) == sizes
         accs.append(json.loads(r.out)["results"]["colours"]["acc"])
 
     spec = tmp_path / "job.yaml"
