@@ -12,7 +12,8 @@ time in one request, ``prompt: [...]``, prompt p's answer its choice p (as OpenA
 an lmops gateway answer; lm-evaluation-harness's ``local-completions`` sends the same).
 Chat requests go one at a time. ``batch_size="auto"`` is 8, fewer above ``concurrency`` 8 so
 that at most 64 prompts are in flight: a default lmops deployment takes 8 running and 64
-queued, so none is refused as overloaded.
+queued, so none is refused as overloaded (a deployment that takes fewer answers a 503, tried
+again as any: ``concurrency`` x ``batch_size`` prompts are what it must take at once).
 
 An endpoint that refuses a list (a 400, 413 or 422 to a request of several prompts, or a
 reply without one choice per prompt) gets one prompt per request from then on, for the
