@@ -253,3 +253,34 @@ def test_the_command_prints_one_line_and_exits_130_on_ctrl_c(
     r = cli("prompts", "optimize", "senti:1", "--task", str(tmp_path / "task.yaml"), "--model", "m")
     assert r.code == 130
     assert r.err.strip() == "interrupted; 7 answers kept; rerun the same command to resume"
+
+
+def test_a_run_with_another_proposer_does_not_resume_the_old_ones_instructions(
+    setup: tuple[Store, OptimizeTask, Path],
+) -> None:
+    """The journal keeps the proposer's instructions; the resume key did not name the
+    proposer, so --proposer B after a failed run with A reused A's instructions."""
+    store, task, _ = setup
+    settings = OptimizeSettings(budget=200, instructions=1, demo_sets=1, k=2, concurrency=1)
+
+    class Proposer:
+        def __init__(self, name: str, says: str) -> None:
+            self.name, self.says, self.calls = name, says, 0
+
+        def complete(self, messages: list[dict[str, str]], **params: Any) -> str:
+            self.calls += 1
+            return self.says
+
+    class Flaky(ScriptedChat):
+        def complete(self, messages: list[dict[str, str]], **params: Any) -> str:
+            if self.calls >= 40:
+                raise EndpointError("http://127.0.0.1:9/v1 (m): APIConnectionError: refused")
+            return super().complete(messages, **params)
+
+    a = Proposer("a", "Classify the sentiment.")
+    with pytest.raises(UserError, match="APIConnectionError"):
+        optimize(store, load(store, "senti:1"), task, Flaky(scripted), settings, proposer=a)
+    assert a.calls == 1
+    b = Proposer("b", "Say positive or negative.")
+    optimize(store, load(store, "senti:1"), task, ScriptedChat(scripted), settings, proposer=b)
+    assert b.calls == 1  # asked: its instruction, not a's from the journal

@@ -282,6 +282,14 @@ class _Builder:
         ]
 
 
+def _identity(model: ChatModel) -> str:
+    """Which model ``model`` is: an endpoint's URL and model name, else its kind and name."""
+    url, name = getattr(model, "base_url", None), getattr(model, "model", None)
+    if isinstance(url, str) and isinstance(name, str):
+        return f"{url}/{name}"
+    return f"{type(model).__qualname__}:{getattr(model, 'name', '')}"
+
+
 def _propose(
     proposer: ChatModel,
     asker_journal: Journal,
@@ -496,12 +504,18 @@ def optimize(
         data[task.train + task.dev : need],
     )
     builder = _Builder(start, task, train)
-    key = hashlib.sha256(
-        json.dumps(
-            [start.ref, start.version.digest, task.model_dump(), settings.model_dump(), model_name],
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:20]
+    # what the journal's answers and proposals came from; a run with another proposer
+    # must not resume with the old one's instructions (without one, the key is as before)
+    made_by: list[Any] = [
+        start.ref,
+        start.version.digest,
+        task.model_dump(),
+        settings.model_dump(),
+        model_name,
+    ]
+    if proposer is not None:
+        made_by.append(_identity(proposer))
+    key = hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()[:20]
     journal = Journal(store.settings.home / "prompt-optimize" / f"{key}.jsonl")
     params = {"temperature": 0.0, "max_tokens": task.max_tokens}
     asker = Asker(model, journal, params, settings.concurrency)
