@@ -621,12 +621,12 @@ def _execute(
                             tick(task, 1)
                         tick(task)
                 except KeyboardInterrupt:
-                    _stop(pool, futures)
+                    _stop(pool)
                     raise
     return resumed
 
 
-def _stop(pool: ProcessPoolExecutor, futures: set[Any]) -> None:
+def _stop(pool: ProcessPoolExecutor) -> None:
     """Ctrl-C stops the stage now. Leaving the pool's ``with`` would wait for every shard
     still queued (it ran the whole rest of the stage, minutes to hours, before exiting);
     the workers are killed, which is safe: a shard's output is a temp file renamed into
