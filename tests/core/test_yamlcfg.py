@@ -73,3 +73,29 @@ def test_an_unknown_field_beside_a_missing_one_is_named_first(tmp_path: Path) ->
     with pytest.raises(UserError) as e:
         load_config(f, Top)
     assert str(e.value) == f"{f}:3: colour: unknown field (check the spelling)"
+
+
+def test_every_problem_of_a_file_is_shown_once_top_to_bottom(tmp_path: Path) -> None:
+    f = tmp_path / "job.yaml"
+    # a misspelt field (its missing counterpart is not said again), a bad value, a union
+    # no member took (one line, not one per member), a misspelt nested field
+    f.write_text("targets: q_proj\nsteps: 0\nmodle: m\nmodel:\n  preset: p\n  tokenzer: t\n")
+    with pytest.raises(UserError) as e:
+        load_config(f, Job)
+    assert str(e.value).splitlines() == [
+        f"{f}:1: targets: Input should be a valid list or 'all-linear'",
+        f"{f}:2: steps: Input should be greater than or equal to 1",
+        f"{f}:3: modle: unknown field (did you mean 'model'?)",
+        f"{f}:6: model.tokenzer: unknown field (did you mean 'tokenizer'?)",
+    ]
+
+
+def test_a_file_with_very_many_problems_says_how_many_more(tmp_path: Path) -> None:
+    f = tmp_path / "job.yaml"
+    f.write_text("".join(f"extra{i}: 1\n" for i in range(14)))
+    with pytest.raises(UserError) as e:
+        load_config(f, Job)
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"{f}:1: extra0: unknown field (check the spelling)"
+    assert lines[9] == f"{f}:10: extra9: unknown field (check the spelling)"
+    assert lines[10:] == [f"{f}: and 4 more errors"]

@@ -71,3 +71,24 @@ def test_ppo_refuses_an_eval_split_it_would_ignore(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match=r"ppo\.yaml:6: eval_split: stage ppo does not evaluate"):
         load_spec(job)
+
+
+def test_train_run_help_lists_the_job_fields(cli) -> None:  # type: ignore[no-untyped-def]
+    r = cli("train", "run", "--help")
+    assert r.code == 0
+    text = " ".join(r.out.split())  # the help is wrapped to the terminal
+    assert "stage: sft" in text and "dataset: path/or/asset-ref" in text
+    # each section's fields come from the spec itself
+    assert "lora: r, alpha, dropout, targets" in text
+    assert "preference: beta, loss_type" in text
+
+
+def test_every_problem_of_a_job_is_reported_on_its_line(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "stage: sft\nmodel: m\ndataset: d\noutput: o\nlearning_rat: 1e-4\nlora:\n  rank: 8\n"
+    )
+    r = cli("train", "run", str(job))
+    assert r.code == 2
+    assert f"{job}:5: learning_rat: unknown field" in r.err
+    assert f"{job}:7: lora.rank: unknown field" in r.err

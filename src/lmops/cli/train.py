@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from typer.core import TyperGroup
 
 from lmops.cli._output import console, err_console, open_store, print_json, table
@@ -40,7 +41,33 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 _store = open_store
 
 
-@app.command("run")
+def _job_fields() -> str:
+    """The job YAML's fields, for ``train run --help``: the example at the top of
+    :mod:`lmops.train.spec`, one field a line (Typer joins a help text's lines, except
+    after a line that is only a backspace: its mark for a block kept as written)."""
+    import lmops.train.spec as spec_module
+
+    doc = spec_module.__doc__ or ""
+    block = doc.split("```yaml", 1)[1].split("```", 1)[0].strip("\n")
+    sections = []  # each section's own fields, read from the spec so they stay true
+    for name, field in spec_module.TrainSpec.model_fields.items():
+        tp = field.annotation
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            sections.append(f"{name}: " + ", ".join(tp.model_fields))
+    rest = [n for n in spec_module.TrainSpec.model_fields if n + ":" not in block]
+    rest = [n for n in rest if not any(s.startswith(n + ":") for s in sections)]
+    return (
+        "Job YAML fields:\n\n\b\n"
+        + block
+        + "\n\nSections:\n\n\b\n"
+        + "\n".join(sections)
+        + "\n\nAlso: "
+        + ", ".join(rest)
+        + ". Named presets: `lmops train presets`."
+    )
+
+
+@app.command("run", epilog=_job_fields())
 def run(
     config: Annotated[Path, typer.Argument(help="Job YAML.")],
     overrides: Annotated[

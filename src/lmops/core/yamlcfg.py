@@ -3,8 +3,9 @@ that name the file, line and field.
 
     cfg = load_config(Path("recipe.yaml"), Recipe, overrides=["executor.workers=4"])
 
-A validation failure raises ``UserError("recipe.yaml:12: process[2].treshold: extra field
-not permitted")`` instead of pydantic's multi-line report. A model validator that checks one
+A validation failure raises ``UserError("recipe.yaml:12: process[2].treshold: unknown field
+(did you mean 'threshold'?)")`` instead of pydantic's report: one line per problem, top to
+bottom of the file, each naming its line and field. A model validator that checks one
 field against another raises :class:`FieldError` with that field's place, so the error
 names its line and field rather than the top of the file.
 """
@@ -25,6 +26,7 @@ from pydantic_core import InitErrorDetails
 from lmops.core.errors import UserError, first_line, name_hint
 
 __all__ = [
+    "MAX_SHOWN",
     "FieldError",
     "apply_overrides",
     "deep_merge",
@@ -37,6 +39,7 @@ __all__ = [
     "node_line",
     "read_yaml",
     "shown_error",
+    "shown_errors",
     "user_loc",
     "validate_config",
     "with_presets",
@@ -115,39 +118,103 @@ def shown_error(
     it (most often that one misspelt), with a did-you-mean; for a value no member of a union
     took, the member its shape matched (the deeper error), else one message for them all."""
     errs = e.errors()
+    loc, message, _ = _shown(errs, [user_loc(error_loc(x), data) for x in errs], model)
+    return loc, message
+
+
+def shown_errors(
+    e: ValidationError, data: Any = None, model: type[BaseModel] | None = None
+) -> list[tuple[tuple[Any, ...], str]]:
+    """Every problem of ``e``, each as :func:`shown_error` shows one, in the order pydantic
+    found them (the fields' order): the errors one shown error accounts for (a union's
+    members, the required field an unknown one misspells) are not repeated."""
+    errs = e.errors()
     locs = [user_loc(error_loc(x), data) for x in errs]
+    sites = [_union_site(error_loc(x), data) for x in errs]
+    out: list[tuple[tuple[Any, ...], str]] = []
+    while errs:
+        loc, message, used = _shown(errs, locs, model)
+        out.append((loc, message))
+        # the other members of a union whose member was shown: that value is said
+        for j in list(used):
+            if sites[j] is not None:
+                at, member = sites[j]  # type: ignore[misc]
+                used |= {
+                    k
+                    for k, s in enumerate(sites)
+                    if s is not None and s[0] == at and s[1] != member
+                }
+        errs = [x for j, x in enumerate(errs) if j not in used]
+        locs = [lc for j, lc in enumerate(locs) if j not in used]
+        sites = [s for j, s in enumerate(sites) if j not in used]
+    return out
+
+
+def _union_site(loc: tuple[Any, ...], data: Any) -> tuple[tuple[Any, ...], str] | None:
+    """Where a union member's error is: (the union's place in the user's terms, the
+    member's name), for the first member name in ``loc`` (see :func:`user_loc`)."""
+    out: list[Any] = []
+    cur: Any = data
+    for part in loc:
+        in_list = isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)
+        if in_list or (isinstance(cur, dict) and part in cur):
+            cur = cur[part]
+        elif isinstance(part, str) and _TAG.fullmatch(part):
+            return tuple(out), part
+        else:
+            cur = None
+        out.append(part)
+    return None
+
+
+def _shown(
+    errs: list[Any], locs: list[tuple[Any, ...]], model: type[BaseModel] | None
+) -> tuple[tuple[Any, ...], str, set[int]]:
+    """:func:`shown_error` over ``errs`` (at the user's ``locs``), with the indexes of the
+    errors it accounts for."""
     missing = [
-        (lc[:-1], lc[-1]) for x, lc in zip(errs, locs, strict=True) if x["type"] == "missing"
+        (j, lc[:-1], lc[-1])
+        for j, (x, lc) in enumerate(zip(errs, locs, strict=True))
+        if x["type"] == "missing"
     ]
     i = next(
         (
             j
             for j, (x, lc) in enumerate(zip(errs, locs, strict=True))
-            if x["type"] == "extra_forbidden" and any(p == lc[:-1] for p, _ in missing)
+            if x["type"] == "extra_forbidden" and any(p == lc[:-1] for _, p, _ in missing)
         ),
         0,
     )
     err, loc = errs[i], locs[i]
     if err["type"] == "extra_forbidden" and loc:
-        known = [str(n) for p, n in missing if p == loc[:-1]]
+        beside = [(j, str(n)) for j, p, n in missing if p == loc[:-1]]
+        known = [n for _, n in beside]
         known += _fields_at(model, loc[:-1]) if model is not None else []
         # a close one only: "lr" is not a misspelt "lora" (it belongs in train:)
         hint = name_hint(str(loc[-1]), known, "", cutoff=0.75)
         if hint.startswith("did you mean"):
-            return loc, f"unknown field ({hint})"
-        return loc, error_message(err)
+            # the missing field it misspells is said by this error
+            meant = {j for j, n in beside if hint == name_hint(str(loc[-1]), [n], "", cutoff=0.75)}
+            return loc, f"unknown field ({hint})", {i, *meant}
+        return loc, error_message(err), {i}
     if loc == error_loc(err):
-        return loc, error_message(err)
+        return loc, error_message(err), {i}
     # a union's members, each reported at the same place (a tag dropped from each)
-    members = [(lc, x) for x, lc in zip(errs, locs, strict=True) if lc[: len(loc)] == loc]
-    deepest, deepest_err = max(members, key=lambda m: len(m[0]))
+    members = [
+        (j, lc, x)
+        for j, (x, lc) in enumerate(zip(errs, locs, strict=True))
+        if lc[: len(loc)] == loc
+    ]
+    used = {j for j, _, _ in members}
+    _, deepest, deepest_err = max(members, key=lambda m: len(m[1]))
     if len(deepest) > len(loc):  # the member whose shape it has, failing inside
-        return deepest, error_message(deepest_err)
-    said = [error_message(x) for lc, x in members if lc == loc]
+        return deepest, error_message(deepest_err), used
+    said = [error_message(x) for _, lc, x in members if lc == loc]
     head = "Input should be "
     if all(m.startswith(head) for m in said):
-        return loc, head + " or ".join(dict.fromkeys(m.removeprefix(head) for m in said))
-    return loc, "; or ".join(dict.fromkeys(said))
+        message = head + " or ".join(dict.fromkeys(m.removeprefix(head) for m in said))
+        return loc, message, used
+    return loc, "; or ".join(dict.fromkeys(said)), used
 
 
 def nested_error(e: ValidationError, *loc: Any) -> ValidationError:
@@ -306,25 +373,47 @@ def validate_config(
     node: yaml.Node | None = None,
     overrides: list[str] | None = None,
 ) -> M:
-    """``data`` as ``model``; its first error as one line naming the file's line, or the
-    command-line override (``overrides``: ``key.path=value``) that set the field."""
+    """``data`` as ``model``; its errors, one line each (at most :data:`MAX_SHOWN`, then
+    how many more), naming the file's line or the command-line override (``overrides``:
+    ``key.path=value``) that set the field."""
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a mapping at the top level")
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        loc, message = shown_error(e, data, model)
-        dotted = ".".join(str(p) for p in loc)
-        keys = [(o, o.partition("=")[0]) for o in overrides or []]
-        given = [  # the field, a field inside it, or a new mapping the override made
-            o for o, k in keys
-            if dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + ".")
-        ]  # fmt: skip
-        line = None if given else _line_of(node, loc, key=message.startswith("unknown field"))
-        where = f"{source}:{line}" if line else source
-        if given:
-            where += f": override {given[-1]!r}"
-        raise UserError(f"{where}: {format_loc(loc)}: {message}") from None
+        shown = [
+            _error_line(loc, m, source, node, overrides) for loc, m in shown_errors(e, data, model)
+        ]
+        shown.sort(key=lambda x: x[0])  # top to bottom of the file (stable: a line's in order)
+        lines = [text for _, text in shown[:MAX_SHOWN]]
+        if len(shown) > MAX_SHOWN:
+            lines.append(f"{source}: and {len(shown) - MAX_SHOWN} more errors")
+        raise UserError("\n".join(lines)) from None
+
+
+# the most errors of one config that are shown (the rest are counted)
+MAX_SHOWN = 10
+
+
+def _error_line(
+    loc: tuple[Any, ...],
+    message: str,
+    source: str,
+    node: yaml.Node | None,
+    overrides: list[str] | None,
+) -> tuple[int, str]:
+    """(line or 0, the error's line of text)."""
+    dotted = ".".join(str(p) for p in loc)
+    keys = [(o, o.partition("=")[0]) for o in overrides or []]
+    given = [  # the field, a field inside it, or a new mapping the override made
+        o for o, k in keys
+        if dotted == k or dotted.startswith(k + ".") or k.startswith(dotted + ".")
+    ]  # fmt: skip
+    line = None if given else _line_of(node, loc, key=message.startswith("unknown field"))
+    where = f"{source}:{line}" if line else source
+    if given:
+        where += f": override {given[-1]!r}"
+    return line or 0, f"{where}: {format_loc(loc)}: {message}"
 
 
 def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:

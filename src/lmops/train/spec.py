@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lmops.core.errors import UserError
 from lmops.core.shapes import column_problem
-from lmops.core.yamlcfg import FieldError, validate_config, with_presets
+from lmops.core.yamlcfg import FieldError, read_yaml, validate_config, with_presets
 
 __all__ = [
     "CHECKPOINTED",
@@ -436,16 +436,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def load_spec(path: Path, overrides: list[str] | None = None) -> TrainSpec:
     """Load a job YAML (with optional ``preset: NAME`` and dotted overrides)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise UserError(f"{path}{':' + str(mark.line + 1) if mark else ''}: invalid YAML") from None
+    data, node = read_yaml(path)
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
     return spec_from_dict(data, overrides, source=str(path), node=node)
