@@ -285,7 +285,7 @@ def test_reward_model_logs_interval_means(tiny_model_dir: Path, tmp_path: Path) 
             "reward",
             train={"max_steps": 4, "batch_size": 4, "lr": 1e-3, "log_steps": n, "max_seq_len": 64},
         )
-        tracker = MemoryTracker(tmp_path)
+        tracker = MemoryTracker(tmp_path / f"run{n}")  # each run its own (checkpoints)
         train_reward(s, load_base(s, None, for_reward=True), rows, tracker)
         logs[n] = tracker.history
     per_step = [v for _, v in logs[1]["loss"]]
@@ -316,26 +316,44 @@ def _prefs(tmp_path: Path) -> Path:
     return rows
 
 
-def test_a_stage_without_checkpoints_says_so_and_starts_over_without_a_flag(
-    base: Store, tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("stage", ["reward", "ppo"])
+def test_reward_and_ppo_stop_with_a_checkpoint_and_resume_to_an_unbroken_runs_weights(
+    stage: str, base: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = tmp_path / "reward.yaml"
-    reward = {**job(max_steps=4, log_steps=1), "stage": "reward", "output": "rm"}
-    cfg.write_text(json.dumps({**reward, "dataset": str(_prefs(tmp_path))}))
+    """Reward and PPO, lmops's own loops, kept no checkpoint: a Ctrl-C threw the run away.
+    They now save as they stop (and every save_steps), and --resume continues to the
+    weights (value head, optimizer, RNG, batches) of a run never stopped."""
+    rows = _prefs(tmp_path)
+
+    def stage_spec(output: str) -> TrainSpec:
+        data = {**job(max_steps=5, log_steps=1, save_steps=100), "stage": stage}
+        if stage == "ppo":
+            data["ppo"] = {"reward_fn": "tests.train.test_ppo:letter_a_share",
+                           "rollout_batch": 2, "max_new_tokens": 4}  # fmt: skip
+        return TrainSpec.model_validate({**data, "dataset": str(rows), "output": output})
+
+    straight = run_training(stage_spec(f"{stage}-straight"), base, progress=False)
     with monkeypatch.context() as m:
-        _interrupt_at(m, 2, _ctrl_c)
-        r = cli("train", "run", str(cfg))
-    assert r.code == 130
-    assert r.err.strip().splitlines()[-1] == (
-        "interrupted: stage reward stopped with no checkpoint (it writes none); "
-        f"start it again with: lmops train run {cfg}"
-    )
-    run = next(x for x in base.runs.list() if x.name == "rm")
-    assert run.status is RunStatus.CANCELLED and run.error == "interrupted (no checkpoint)"
-    # nothing to resume: the same command simply runs again
-    again = cli("train", "run", str(cfg), "--json")
-    assert again.code == 0, again.err
-    assert json.loads(again.out)["resumed_from"] is None
+        _interrupt_at(m, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        with pytest.raises(Interrupted) as info:
+            run_training(stage_spec(stage), base, progress=False)
+    e = info.value
+    # the signal came while step 2 was logged: the loop saves after it and stops
+    assert e.signum == signal.SIGTERM and (e.step, e.max_steps, e.saved) == (2, 5, True)
+    assert e.checkpoint is not None and e.checkpoint.name == "step-000002"
+    run = next(r for r in base.runs.list() if r.name == stage)
+    assert run.status is RunStatus.CANCELLED and "checkpoint at step 2" in str(run.error)
+    with pytest.raises(UserError, match="stopped at step 2 of 5 and left a checkpoint"):
+        run_training(stage_spec(stage), base, progress=False)
+
+    resumed = run_training(stage_spec(stage), base, resume=True, progress=False)
+    assert (resumed.run_id, resumed.resumed_from, resumed.steps) == (run.id, 2, 5)
+    key = "loss" if stage == "reward" else "reward"
+    assert [m.step for m in base.runs.get(run.id).metrics[key]] == [1, 2, 3, 4, 5]
+    got, want = _weights(base, str(resumed.output)), _weights(base, str(straight.output))
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch_close(got[k], want[k]), k
 
 
 def test_dpo_stops_with_a_checkpoint_and_resumes_to_the_weights_of_an_unbroken_run(

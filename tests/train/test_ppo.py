@@ -104,3 +104,20 @@ def test_ppo_with_lora_and_a_reward_model(tiny_model_dir: Path, tmp_path: Path) 
         torch.equal(v, base_before[k]) for k, v in model.named_parameters() if k in base_before
     )
     assert any(v.abs().sum() > 0 for k, v in model.named_parameters() if "lora_B" in k)
+
+
+def test_a_ppo_prompt_may_be_a_one_turn_chat_and_a_longer_one_is_named() -> None:
+    from lmops.core.errors import UserError
+    from lmops.train.run import _prompt_of
+
+    one = [{"role": "user", "content": "Tell me about the sea."}]
+    assert _prompt_of({"prompt": one, "chosen": "a", "rejected": "b"}, "p.jsonl:1") == (
+        "Tell me about the sea."
+    )
+    assert _prompt_of({"messages": [*one, {"role": "assistant", "content": "x"}]}, "p:1") == (
+        "Tell me about the sea."
+    )
+    assert _prompt_of({"prompt": "plain"}, "p.jsonl:1") == "plain"
+    system = [{"role": "system", "content": "Be brief."}, *one]
+    with pytest.raises(UserError, match=r"^p.jsonl:7: stage ppo needs a one-turn prompt"):
+        _prompt_of({"prompt": system}, "p.jsonl:7")

@@ -149,12 +149,10 @@ def interrupted_line(e: Any, stage: str, command: list[str]) -> str:
     """The one line printed when training stops on a signal: where the checkpoint is and
     the exact command that continues from it (or, with none, that starts again)."""
     from lmops.train.loop import checkpoint_step
-    from lmops.train.spec import CHECKPOINTED
 
     if e.checkpoint is None:
-        why = "it writes none" if stage not in CHECKPOINTED else "none was written yet"
         return (
-            f"interrupted: stage {stage} stopped with no checkpoint ({why}); "
+            f"interrupted: stage {stage} stopped with no checkpoint (none was written yet); "
             f"start it again with: {shlex.join(command)}"
         )
     done = f"after step {e.step} of {e.max_steps}"

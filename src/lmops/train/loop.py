@@ -50,6 +50,7 @@ __all__ = [
     "Interrupted",
     "IntervalMean",
     "LoopResult",
+    "StepCheckpoints",
     "StopSignals",
     "batch_indices",
     "checkpoint_step",
@@ -296,6 +297,85 @@ def _load_checkpoint(
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return int(state["step"]), int(state["tokens"])
+
+
+class _NoScheduler:
+    """The scheduler slot of a checkpoint of a loop that sets its learning rate itself."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+class StepCheckpoints:
+    """Checkpoints for a stage with a loop of its own (reward, PPO), written and read as
+    :func:`train_loop` writes them: ``model`` (a module holding every trained part: PPO's
+    policy and value head), ``optimizer``, ``scheduler`` (``None``: the loop sets its rate
+    from the step), ``interval``, RNG. Use::
+
+        saver = StepCheckpoints(ckpt_dir, spec.train, model, optimizer, None, interval)
+        with StopSignals() as stop:
+            for step in range(saver.resume(), max_steps):
+                ...  # one step, which uses batch_indices(step, ...) for its data
+                saver.after(step + 1, stop)
+
+    :meth:`resume` loads the newest checkpoint of ``ckpt_dir`` (a resumed run's own: a
+    fresh run's folder is empty) and returns the steps it holds; :meth:`after` writes one
+    every ``save_steps`` and at the end, and on a first signal writes one and raises
+    :class:`Interrupted` naming it."""
+
+    def __init__(
+        self,
+        ckpt_dir: Path,
+        train: Any,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any | None,
+        interval: IntervalMean,
+    ) -> None:
+        self.dir, self.train, self.model, self.optimizer = ckpt_dir, train, model, optimizer
+        self.scheduler = scheduler if scheduler is not None else _NoScheduler()
+        self.interval = interval
+        self.saved = 0
+
+    def resume(self) -> int:
+        last = latest_checkpoint(self.dir)
+        if last is None:
+            return 0
+        step, _ = _load_checkpoint(last, self.model, self.optimizer, self.scheduler, self.interval)
+        self.saved = step
+        return step
+
+    def after(self, done: int, stop: StopSignals) -> None:
+        t = self.train
+        if done % t.save_steps == 0 or done == t.max_steps:
+            self._save(done)
+        if stop.requested and done < t.max_steps:
+            if done > self.saved:
+                self._save(done)
+            raise Interrupted(
+                done,
+                t.max_steps,
+                latest_checkpoint(self.dir),
+                saved=True,
+                signum=stop.signum or signal.SIGINT,
+            )
+
+    def _save(self, done: int) -> None:
+        t = self.train
+        _save_checkpoint(
+            self.dir,
+            done,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            t.keep_checkpoints,
+            0,
+            self.interval,
+        )
+        self.saved = done
 
 
 def _loss_sum(model: Any, batch: Any, device: str) -> Any:

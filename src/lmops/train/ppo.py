@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import copy
 import importlib
-import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmops.core.errors import UserError
+from lmops.core.signals import StopSignals
 from lmops.models.loading import load_tokenizer, resolve_local
-from lmops.train.loop import IntervalMean
+from lmops.train.loop import IntervalMean, StepCheckpoints, batch_indices
 from lmops.train.models import Loaded
 from lmops.train.preference import lr_factor
 from lmops.train.spec import MAX_PROMPT_LEN, PpoParams, TrainSpec
@@ -143,19 +144,58 @@ def train_ppo(
     prompt_cap = spec.preference.max_prompt_len or MAX_PROMPT_LEN
     max_prompt = max(1, min(prompt_cap, t.max_seq_len - p.max_new_tokens))
     minibatch = min(t.micro_batch_size or t.batch_size, p.rollout_batch)
-    rng, order = random.Random(t.seed), list[int]()
     interval = IntervalMean()
+    # every trained part in one module, so a checkpoint holds the value head too
+    trained = nn.ModuleDict({"policy": policy, "value_head": value_head})
+    saver = StepCheckpoints(tracker.run_dir / "checkpoints", t, trained, optimizer, None, interval)
+    run = _Run(spec, policy, value_head, ref, reward, optimizer, params, prompts, tok,
+               max_prompt, minibatch, stop_ids, interval, tracker)  # fmt: skip
     policy.eval()  # dropout off: the ratio must compare like with like
+    with StopSignals() as stop:
+        for step in range(saver.resume() + 1, t.max_steps + 1):
+            run.step(step)
+            saver.after(step, stop)
+    return policy
 
-    for step in range(1, t.max_steps + 1):
+
+@dataclass
+class _Run:
+    """What one PPO run's steps share."""
+
+    spec: TrainSpec
+    policy: Any
+    value_head: nn.Module
+    ref: Any  # a frozen copy of the policy; None: the adapter disabled is the reference
+    reward: RewardFn | RewardModel
+    optimizer: Any
+    params: list[Any]
+    prompts: list[str]
+    tok: Any
+    max_prompt: int
+    minibatch: int
+    stop_ids: list[int]
+    interval: IntervalMean
+    tracker: Tracker
+
+    def step(self, step: int) -> None:
+        """Rollout ``step`` (1-based): sample, score, then ``ppo_epochs`` passes of updates."""
+        spec, policy, value_head, ref, reward = (
+            self.spec,
+            self.policy,
+            self.value_head,
+            self.ref,
+            self.reward,
+        )
+        optimizer, params, prompts, tok = self.optimizer, self.params, self.prompts, self.tok
+        max_prompt, minibatch, stop_ids = self.max_prompt, self.minibatch, self.stop_ids
+        interval, tracker = self.interval, self.tracker
+        p, t = spec.ppo, spec.train
+        device = next(policy.parameters()).device
         for group in optimizer.param_groups:
             group["lr"] = t.lr * lr_factor(t, step - 1)
-        batch = []
-        for _ in range(p.rollout_batch):
-            if not order:
-                order = list(range(len(prompts)))
-                rng.shuffle(order)
-            batch.append(prompts[order.pop()])
+        # the prompts are a function of the step (a resumed run reads what it would have)
+        n = len(prompts)
+        batch = [prompts[i] for i in batch_indices(step - 1, p.rollout_batch, n, t.seed)]
 
         # 1. rollout: seq [B, P+T], attn [B, P+T], completion mask m [B, T]
         seq, attn, m, texts = _rollout(policy, tok, batch, max_prompt, stop_ids, p)
@@ -223,7 +263,6 @@ def train_ppo(
         )
         if step % t.log_steps == 0 or step == t.max_steps:
             tracker.log(step, {**interval.pop(), "lr": optimizer.param_groups[0]["lr"]})
-    return policy
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -46,7 +46,13 @@ from lmops.core.formats import to_preference
 from lmops.core.logging import get_logger
 from lmops.core.signals import StopSignals
 from lmops.models.loading import select_device
-from lmops.train.loop import Interrupted, IntervalMean, latest_checkpoint
+from lmops.train.loop import (
+    Interrupted,
+    IntervalMean,
+    StepCheckpoints,
+    batch_indices,
+    latest_checkpoint,
+)
 from lmops.train.models import Loaded
 from lmops.train.spec import TrainParams, TrainSpec
 from lmops.train.tracking import Tracker
@@ -233,44 +239,47 @@ def train_reward(
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(t, s))
     micro, _ = _micro_and_accum(t)
-    rng = random.Random(t.seed)
-    order: list[int] = []
     interval = IntervalMean()
+    saver = StepCheckpoints(
+        tracker.run_dir / "checkpoints", t, model, optimizer, scheduler, interval
+    )
+    torch.manual_seed(t.seed)
+    n = len(train_pairs)
 
     model.train()
-    for step in range(1, t.max_steps + 1):
-        batch = []
-        for _ in range(min(t.batch_size, len(train_pairs))):
-            if not order:  # a fresh shuffled epoch
-                order = list(range(len(train_pairs)))
-                rng.shuffle(order)
-            batch.append(train_pairs[order.pop()])
-        r_c, r_r = [], []
-        for i in range(0, len(batch), micro):
-            chunk = batch[i : i + micro]
-            c, r = _pair_rewards(model, tokenizer, chunk, t.max_seq_len)
-            # Weighted so the accumulated gradient is that of the batch mean.
-            (-F.logsigmoid(c - r).sum() / len(batch)).backward()
-            r_c.append(c.detach())
-            r_r.append(r.detach())
-        if t.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        diff = torch.cat(r_c) - torch.cat(r_r)  # [B]
-        interval.add(_pair_metrics(diff))
-        if step % t.log_steps == 0 or step == t.max_steps:
-            tracker.log(step, {**interval.pop(), "lr": lr})
-        if eval_pairs and ((t.eval_steps and step % t.eval_steps == 0) or step == t.max_steps):
-            model.eval()
-            with torch.no_grad():
-                chunks = [eval_pairs[i : i + micro] for i in range(0, len(eval_pairs), micro)]
-                scored = [_pair_rewards(model, tokenizer, c, t.max_seq_len) for c in chunks]
-                diff = torch.cat([c - r for c, r in scored])  # [N_eval]
-            tracker.log(step, {f"eval_{k}": v for k, v in _pair_metrics(diff).items()})
-            model.train()
+    with StopSignals() as stop:
+        for step in range(saver.resume() + 1, t.max_steps + 1):
+            # the batch is a function of the step (a resumed run reads what it would have)
+            batch = [
+                train_pairs[i] for i in batch_indices(step - 1, min(t.batch_size, n), n, t.seed)
+            ]
+            r_c, r_r = [], []
+            for i in range(0, len(batch), micro):
+                chunk = batch[i : i + micro]
+                c, r = _pair_rewards(model, tokenizer, chunk, t.max_seq_len)
+                # Weighted so the accumulated gradient is that of the batch mean.
+                (-F.logsigmoid(c - r).sum() / len(batch)).backward()
+                r_c.append(c.detach())
+                r_r.append(r.detach())
+            if t.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            diff = torch.cat(r_c) - torch.cat(r_r)  # [B]
+            interval.add(_pair_metrics(diff))
+            if step % t.log_steps == 0 or step == t.max_steps:
+                tracker.log(step, {**interval.pop(), "lr": lr})
+            if eval_pairs and ((t.eval_steps and step % t.eval_steps == 0) or step == t.max_steps):
+                model.eval()
+                with torch.no_grad():
+                    chunks = [eval_pairs[i : i + micro] for i in range(0, len(eval_pairs), micro)]
+                    scored = [_pair_rewards(model, tokenizer, c, t.max_seq_len) for c in chunks]
+                    diff = torch.cat([c - r for c, r in scored])  # [N_eval]
+                tracker.log(step, {f"eval_{k}": v for k, v in _pair_metrics(diff).items()})
+                model.train()
+            saver.after(step, stop)
     return model.eval()
 
 

@@ -13,8 +13,8 @@
    the run starts), and to the run.
 
 SIGINT/SIGTERM: the run is marked CANCELLED and :class:`~lmops.train.loop.Interrupted` is
-raised, naming the checkpoint to resume from (pretraining, SFT and DPO/KTO/ORPO write one as
-they stop and every ``train.save_steps``; reward and PPO keep none, so they start over).
+raised, naming the checkpoint to resume from (every stage writes one as it stops and every
+``train.save_steps``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from lmops.train.loop import (
     train_loop,
 )
 from lmops.train.models import check_preset, count_parameters, load_base
-from lmops.train.spec import CHECKPOINTED, TrainSpec
+from lmops.train.spec import TrainSpec
 from lmops.train.tracking import StoreTracker, plot_loss_curve
 from lmops.train.tracking import progress as progress_bar
 
@@ -433,18 +433,19 @@ def _train(
     elif spec.stage == "ppo":
         from lmops.train import ppo
 
-        prompts = [_prompt_of(r) for _f, _n, r in rows]
+        prompts = [_prompt_of(r, f"{f}:{n}") for f, n, r in rows]
         began = time.perf_counter()
-        with progress_bar(tracker, title, spec.train.max_steps, enabled=shown) as shows:
+        resumed_from = _resumed_from(run_dir)
+        with progress_bar(
+            tracker, title, spec.train.max_steps, start=resumed_from or 0, enabled=shown
+        ) as shows:
             model = ppo.train_ppo(spec, loaded, prompts, shows, reward=reward, store=store)
         seconds = time.perf_counter() - began
         history = tracker.history
     else:
         from lmops.train import preference
 
-        if spec.stage in CHECKPOINTED:  # TRL resumes from the run's own newest checkpoint
-            last = latest_checkpoint(run_dir / "checkpoints")
-            resumed_from = checkpoint_step(last) if last is not None else None
+        resumed_from = _resumed_from(run_dir)
         fn = {
             "reward": preference.train_reward,
             "dpo": preference.train_dpo,
@@ -499,14 +500,33 @@ def _train(
     return result
 
 
-def _prompt_of(row: Any) -> str:
+def _resumed_from(run_dir: Path) -> int | None:
+    """The step a stage with checkpoints of its own folder resumes from (reward, PPO and
+    the TRL stages read the run's newest checkpoint; a fresh run has none)."""
+    last = latest_checkpoint(run_dir / "checkpoints")
+    return checkpoint_step(last) if last is not None else None
+
+
+def _prompt_of(row: Any, where: str) -> str:
+    """A PPO row's prompt: a text field, or a one-turn chat (TRL's conversational
+    ``prompt``, a ``messages`` list) as its user turn's text."""
     if isinstance(row, dict):
-        for key in ("prompt", "instruction", "query", "text"):
-            if isinstance(row.get(key), str):
-                return str(row[key])
-        if isinstance(row.get("messages"), list):
-            return str(row["messages"][0].get("content", ""))
-    raise UserError("stage ppo needs rows with a 'prompt' (or instruction/messages) field")
+        for key in ("prompt", "instruction", "query", "text", "messages"):
+            value = row.get(key)
+            if isinstance(value, str):
+                return value
+            if isinstance(value, list) and value:
+                turns = [m for m in value if isinstance(m, dict)]
+                users = [m for m in turns if m.get("role") == "user"]
+                if len(users) == 1 and isinstance(users[0].get("content"), str):
+                    if len(turns) > 1 and key != "messages":
+                        break  # a system turn would be dropped: said below
+                    return str(users[0]["content"])
+                break
+    raise UserError(
+        f"{where}: stage ppo needs a one-turn prompt: a 'prompt' (or instruction/query/text) "
+        "string, or a chat of one user message"
+    )
 
 
 def register_output(store: Store, spec: TrainSpec, result: TrainResult) -> Any:

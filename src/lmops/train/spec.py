@@ -40,7 +40,6 @@ from lmops.core.shapes import column_problem
 from lmops.core.yamlcfg import FieldError, read_yaml, validate_config, with_presets
 
 __all__ = [
-    "CHECKPOINTED",
     "LOSS_TYPES",
     "MAX_PROMPT_LEN",
     "PRESETS",
@@ -135,8 +134,6 @@ class FreezeParams(_Strict):
     train_embeddings: bool = False
 
 
-# Stages that write checkpoints (on Ctrl-C too) and so resume; reward and PPO start over.
-CHECKPOINTED = ("pretrain", "sft", "dpo", "kto", "orpo")
 MAX_PROMPT_LEN = 256  # the longest default prompt of a preference or PPO row, in tokens
 # Stages whose rows are a prompt and an answer that share train.max_seq_len.
 _PROMPTED = ("reward", "dpo", "kto", "orpo", "ppo")
