@@ -143,3 +143,26 @@ def test_a_canary_setup_error_is_one_line_and_never_a_failure(
     report = store.assets.resolve("drift-chat").metadata
     assert report["canaries"]["errors"] == 2 and report["canaries"]["failed"] == 0
     assert "canary" not in report["alerts"]
+
+
+def test_a_model_that_takes_the_request_and_never_answers_fails_its_canaries(
+    tmp_path: Path,
+) -> None:
+    """A read timeout is not the setup's fault: the gateway took the request and the model
+    did not answer. It used to be an ``error`` (no alert), so a hung deployment was never
+    caught; now each such canary fails, and after two in a row the rest fail unsent."""
+    from lmops.monitor.canary import load_canaries, run_canaries, setup_error
+    from lmops.serve.fake import fake_server
+
+    path = tmp_path / "canaries.yaml"
+    path.write_text(CANARIES + '  - {id: third, prompt: "Hi", expect: {contains: [hi]}}\n')
+    with fake_server(model="chat", reply="Paris. hello", ttft_s=3.0) as url:
+        results = run_canaries(
+            load_canaries(path), base_url=f"{url}/v1", model="chat", timeout_s=0.5
+        )
+    assert [(r.outcome, r.passed) for r in results] == [("fail", False)] * 3
+    assert results[0].failures == ["no answer in 0.5 s"]
+    assert results[2].failures == [
+        "not sent: the model answered none of the last 2 canaries in 0.5 s"
+    ]
+    assert setup_error(results) is None

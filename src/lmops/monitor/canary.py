@@ -18,10 +18,13 @@ A canary set is a YAML file registered as a ``canary_set`` asset::
 A canary passes when every expectation holds, and fails when one does not or the request
 failed on the model's side (a 5xx, a 400). A request that shows the setup is wrong (401 or
 403: the key; 404: no such model, most often a misspelt deployment; a refused connection or
-a timeout: the URL) is an ``error``, not a failure: the model was never asked, so it must not
-fire the canary alert nor start a retraining round. The run stops at the first such error
-(the others would fail alike) and marks the canaries not sent; :func:`setup_error` says what
-went wrong and what to do, in one line.
+a connect timeout: the URL) is an ``error``, not a failure: the model was never asked, so it
+must not fire the canary alert nor start a retraining round. The run stops at the first such
+error (the others would fail alike) and marks the canaries not sent; :func:`setup_error` says
+what went wrong and what to do, in one line. A request the gateway took but did not answer
+within the timeout is the model's failure (``no answer in 60 s``: a hung deployment is what
+canaries are for); after two such in a row the rest fail unsent, so a hung model costs two
+timeouts, not one per canary.
 """
 
 from __future__ import annotations
@@ -190,6 +193,8 @@ def _setup_fix(e: Exception, base_url: str, model: str, client: Any) -> str | No
             hint = name_hint(model, names, "the gateway serves")
         return f"the gateway at {base_url} has no model {model!r} ({status}: {said}); {hint}"
     if isinstance(e, openai.APITimeoutError):
+        if not _no_connection(e):
+            return None  # connected, then no answer in time: the model's, see run_canaries
         return f"{base_url} did not answer in time; is the gateway up and the URL right?"
     if isinstance(e, openai.APIConnectionError):
         cause = e.__cause__ or e
@@ -198,6 +203,20 @@ def _setup_fix(e: Exception, base_url: str, model: str, client: Any) -> str | No
             "running there? check base_url"
         )
     return None
+
+
+# After this many canaries in a row get no answer in time, the rest are failed unsent: a
+# hung model would otherwise hold the run for the timeout once per canary.
+_HUNG = 2
+
+
+def _no_connection(e: Exception) -> bool:
+    """Whether a timeout came before the connection was made (the URL, a firewall), as
+    opposed to a gateway that took the request and did not answer (the model)."""
+    import httpx
+
+    cause = e.__cause__
+    return isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout) or cause is None
 
 
 def run_canaries(
@@ -216,7 +235,14 @@ def run_canaries(
         base_url=base_url, api_key=api_key or "none", timeout=timeout_s, max_retries=0
     )
     results: list[CanaryResult] = []
+    hung = 0  # canaries in a row that got no answer in time
     for c in cs.prompts:
+        if hung >= _HUNG:
+            why = (
+                f"not sent: the model answered none of the last {hung} canaries in {timeout_s:g} s"
+            )
+            results.append(CanaryResult(id=c.id, passed=False, failures=[why]))
+            continue
         messages: list[Any] = [{"role": "system", "content": c.system}] if c.system else []
         messages.append({"role": "user", "content": c.prompt})
         started = time.perf_counter()
@@ -238,10 +264,20 @@ def run_canaries(
                         for rest in cs.prompts[len(results) :]
                     ]
                     return results
+                if isinstance(e, openai.APITimeoutError):  # the gateway took it: a failure
+                    hung += 1
+                    late = f"no answer in {timeout_s:g} s"
+                    results.append(
+                        CanaryResult(
+                            id=c.id, passed=False, failures=[late], latency_ms=timeout_s * 1000
+                        )
+                    )
+                    continue
                 error = f"{type(e).__name__}: {e}"[:500]
                 results.append(CanaryResult(id=c.id, passed=False, error=error))
                 continue
             answer, filtered = str(e.message), True  # a gateway's guardrails refused it
+        hung = 0
         ms = (time.perf_counter() - started) * 1000
         fails = check_answer(c, answer, ms, filtered=filtered)
         results.append(
