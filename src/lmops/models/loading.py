@@ -70,7 +70,9 @@ def merged_view(adapter_dir: Path, store: Any | None) -> Path:
     """A full model folder for an adapter: merged into its base in a temp folder (inference
     backends such as the eval harness and the serving engine load plain HF folders),
     removed when the process exits (each was a whole model left in /tmp: 218 of them, up
-    to 517 MB each, after a day of runs)."""
+    to 517 MB each, after a day of runs). A process killed outright (SIGKILL, the OOM
+    killer) runs no exit handler: its folder names its pid, and the next merge removes
+    the folders of processes that are gone."""
     import atexit
     import shutil
     import tempfile
@@ -79,11 +81,37 @@ def merged_view(adapter_dir: Path, store: Any | None) -> Path:
 
     refuse_reward_model(adapter_dir, "loaded as a language model")
     quiet_transformers()
-    out = Path(tempfile.mkdtemp(prefix="lmops-merged-"))
+    _remove_orphan_views(Path(tempfile.gettempdir()))
+    out = Path(tempfile.mkdtemp(prefix=f"{_MERGED}{os.getpid()}-"))
     atexit.register(shutil.rmtree, out, ignore_errors=True)
     load_merged(adapter_dir, store=store).save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
     return out
+
+
+_MERGED = "lmops-merged-"  # + pid + "-" + mkdtemp's random part
+
+
+def _remove_orphan_views(tmp: Path) -> None:
+    """Remove the merged views of processes that no longer run (killed before their exit
+    handler); a view whose process still runs, or of another user's, is left alone."""
+    import shutil
+
+    for folder in tmp.glob(f"{_MERGED}*-*"):
+        pid = folder.name.removeprefix(_MERGED).partition("-")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def quiet_transformers() -> None:
