@@ -1,20 +1,30 @@
-"""Child processes that die with their parent.
+"""Child processes that die with their parent, and temp folders that do not outlive theirs.
 
 A child left behind by a ``kill -9``-ed parent holds its work, its memory and its ports
 forever: a data worker blocks on a task queue nobody will fill, an engine server keeps its
 GPU. :func:`die_with_parent` is the one way lmops ties a child's life to its parent's: call it
 first thing in the child (a pool initializer), or start the child through :data:`EXEC_SHIM`
 when it is another program.
+
+A temp folder (a merged model, a quantized model before registration) is removed by its
+maker's ``finally`` or exit handler, which a ``kill -9`` or the OOM killer never runs, and
+each is a whole model. :func:`owned_tempdir` names the folder after its process, and the next
+one made with the same prefix removes those whose process is gone.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-__all__ = ["EXEC_SHIM", "die_with_parent"]
+__all__ = ["EXEC_SHIM", "die_with_parent", "owned_tempdir", "temporary_owned_dir"]
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -64,3 +74,36 @@ from lmops.core.proc import die_with_parent
 die_with_parent(int(sys.argv[1]))
 os.execvp(sys.argv[2], sys.argv[2:])
 """
+
+
+def owned_tempdir(prefix: str) -> Path:
+    """A new private (0700) temp folder ``<prefix><pid>-<random>``, after removing the
+    folders of the same prefix whose process no longer runs (killed before its cleanup).
+    A folder whose process runs, or whose owner is another user, is left alone."""
+    tmp = Path(tempfile.gettempdir())
+    for folder in tmp.glob(f"{prefix}*-*"):
+        pid = folder.name.removeprefix(prefix).partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextmanager
+def temporary_owned_dir(prefix: str) -> Iterator[str]:
+    """``tempfile.TemporaryDirectory`` (yields the path as a string, removes it on exit)
+    made by :func:`owned_tempdir`, so a killed process's folder is removed later."""
+    folder = owned_tempdir(prefix)
+    try:
+        yield str(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

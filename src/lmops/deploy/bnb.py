@@ -27,13 +27,13 @@ the CPU methods that need nothing (``--method int8|gptq4``).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError, first_line
 from lmops.core.modelfiles import weight_files
+from lmops.core.proc import owned_tempdir
 
 __all__ = ["BNB_METHODS", "STORE_DTYPE", "bnb_bits_per_weight", "bnb_config", "quantize_bnb"]
 
@@ -143,7 +143,7 @@ def quantize_bnb(
     with store.runs.track("quantize", config={"method": method, "model": model_ref}) as run:
         inputs = source_inputs(store, src, src_ref, run.id)
         model = _load_quantizing(src, method, compute, store_dtype, dev, BNB_INSTALL)
-        tmp = Path(tempfile.mkdtemp(prefix="lmops-bnb-"))
+        tmp = owned_tempdir("lmops-bnb-")
         try:
             model.save_pretrained(str(tmp))
             _copy_tokenizer(src, tmp)

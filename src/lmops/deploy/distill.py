@@ -61,6 +61,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmops.core.errors import UserError, first_line
+from lmops.core.proc import temporary_owned_dir
 
 __all__ = [
     "DistillInterrupted",
@@ -257,7 +258,6 @@ def distill(
 ) -> DistillResult:
     """Run (or resume) one distillation and register the student (module docstring).
     ``on_step(step, loss)`` is called after each optimizer step."""
-    import tempfile
 
     import torch
 
@@ -445,7 +445,7 @@ def distill(
             "student_ppl_end": end_ppl,
         }
         store.runs.log_metrics(run.id, {**metrics, "cpu_seconds": cpu_total}, step)
-        with tempfile.TemporaryDirectory(prefix="lmops-distill-") as tmp:
+        with temporary_owned_dir("lmops-distill-") as tmp:
             out_dir = save_model(student, tok, Path(tmp) / spec.output)
             v = store.assets.register(
                 "model",

@@ -53,7 +53,6 @@ import hashlib
 import json
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +60,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from lmops.core.errors import UserError, first_line
+from lmops.core.proc import owned_tempdir
 
 __all__ = [
     "GGUF_QUANTS",
@@ -337,7 +337,7 @@ def import_gguf(
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tmp = Path(tempfile.mkdtemp(prefix="lmops-gguf-import-"))
+        tmp = owned_tempdir("lmops-gguf-import-")
         try:
             model.save_pretrained(str(tmp))
             tok.save_pretrained(str(tmp))
@@ -682,7 +682,7 @@ def export_gguf(
         "gguf_export", config={"model": model_ref, "quant": quant, "output": output}
     ) as run:
         inputs = source_inputs(store, src, src_ref, run.id)
-        tmp = Path(tempfile.mkdtemp(prefix="lmops-gguf-"))
+        tmp = owned_tempdir("lmops-gguf-")
         try:
             out = tmp / f"{output.replace('/', '_')}.{quant}.gguf"
             general = source_general(store, src_ref)

@@ -73,7 +73,6 @@ import importlib.util
 import json
 import logging
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,6 +81,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from lmops.core.errors import UserError, first_line
+from lmops.core.proc import owned_tempdir, temporary_owned_dir
 
 __all__ = [
     "ONNX_FILE",
@@ -592,7 +592,7 @@ def write_onnx(
     out.mkdir(parents=True, exist_ok=True)
     probe = _probe_ids(folder, int(model.config.vocab_size))
     # int8 is quantized from the checked fp32 graph, which is written beside, then dropped
-    with tempfile.TemporaryDirectory(prefix="lmops-onnx-fp32-") as scratch:
+    with temporary_owned_dir("lmops-onnx-fp32-") as scratch:
         raw = Path(scratch) if quant != "fp32" else out
         _export_graph(model, raw / ONNX_FILE)
         step(1)
@@ -642,7 +642,7 @@ def export_onnx(
         "onnx_export", config={"model": model_ref, "quant": quant, "output": output}
     ) as run:
         inputs = source_inputs(store, src, src_ref, run.id)
-        tmp = Path(tempfile.mkdtemp(prefix="lmops-onnx-"))
+        tmp = owned_tempdir("lmops-onnx-")
         try:
             folder = tmp / output.replace("/", "_")
             size, diff = write_onnx(src, folder, quant, progress=progress)

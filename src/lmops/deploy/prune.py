@@ -41,6 +41,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmops.core.errors import UserError
+from lmops.core.proc import temporary_owned_dir
 
 __all__ = [
     "PruneResult",
@@ -434,7 +435,6 @@ def _drop(model: Any, drop: int, blocks: Any | None) -> list[int]:
 
 def prune(spec: PruneSpec, *, store: Any | None = None) -> PruneResult:
     """Run one pruning job and register the pruned model (see the module docstring)."""
-    import tempfile
 
     import torch
 
@@ -475,7 +475,7 @@ def prune(spec: PruneSpec, *, store: Any | None = None) -> PruneResult:
         store.runs.log_metrics(
             run.id, {"params_before": before, "params_after": after, "sparsity": sparsity}, 0
         )
-        with tempfile.TemporaryDirectory(prefix="lmops-prune-") as tmp:
+        with temporary_owned_dir("lmops-prune-") as tmp:
             out = save_model(model, tok, Path(tmp) / spec.output)
             v = store.assets.register(
                 "model",

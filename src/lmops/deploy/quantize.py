@@ -47,7 +47,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +54,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from lmops.core.errors import UserError
+from lmops.core.proc import owned_tempdir
 
 __all__ = [
     "QuantizeConfig",
@@ -720,7 +720,7 @@ def quantize_model(
         body["source"] = src_ref or str(src)
         body["calibration"] = cal_ref or (str(cal_path) if cal_path else None)
         body["bits_per_weight"] = round(bpw, 4)
-        tmp = Path(tempfile.mkdtemp(prefix="lmops-quant-"))
+        tmp = owned_tempdir("lmops-quant-")
         try:
             model.config.save_pretrained(str(tmp))
             gen = getattr(model, "generation_config", None)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from lmops.core.errors import UserError
+from lmops.core.proc import owned_tempdir
 from lmops.store import register_kind
 
 __all__ = [
@@ -424,7 +424,7 @@ def deploy_report(
     quiet_transformers()
     with store.runs.track("deploy_report", config={**config.model_dump(), "models": models}) as run:
         rows, inputs, label, n_tokens = measure(store, models, config, progress)
-        tmp = Path(tempfile.mkdtemp(prefix="lmops-deploy-report-"))
+        tmp = owned_tempdir("lmops-deploy-report-")
         try:
             result = ReportResult(rows=rows, reference=label, tokens=n_tokens)
             (tmp / "report.json").write_text(result.model_dump_json(indent=2))

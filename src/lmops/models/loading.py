@@ -75,43 +75,18 @@ def merged_view(adapter_dir: Path, store: Any | None) -> Path:
     the folders of processes that are gone."""
     import atexit
     import shutil
-    import tempfile
 
     from transformers import AutoTokenizer
 
+    from lmops.core.proc import owned_tempdir
+
     refuse_reward_model(adapter_dir, "loaded as a language model")
     quiet_transformers()
-    _remove_orphan_views(Path(tempfile.gettempdir()))
-    out = Path(tempfile.mkdtemp(prefix=f"{_MERGED}{os.getpid()}-"))
+    out = owned_tempdir("lmops-merged-")
     atexit.register(shutil.rmtree, out, ignore_errors=True)
     load_merged(adapter_dir, store=store).save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
     return out
-
-
-_MERGED = "lmops-merged-"  # + pid + "-" + mkdtemp's random part
-
-
-def _remove_orphan_views(tmp: Path) -> None:
-    """Remove the merged views of processes that no longer run (killed before their exit
-    handler); a view whose process still runs, or of another user's, is left alone."""
-    import shutil
-
-    for folder in tmp.glob(f"{_MERGED}*-*"):
-        pid = folder.name.removeprefix(_MERGED).partition("-")[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def quiet_transformers() -> None:

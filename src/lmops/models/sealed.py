@@ -15,13 +15,13 @@ A quantized folder's ``lmops_quant.safetensors`` is read the same way, and
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
+from lmops.core.proc import owned_tempdir
 from lmops.core.sealed import Package, is_package, load_kek, load_public_key, open_package
 
 __all__ = ["load_from_state_dict", "open_trusted", "package_path", "unsealed_model"]
@@ -94,7 +94,7 @@ def unsealed_model(
             f"{package}: holds {other[0]}, which cannot be loaded from memory; package a folder "
             "with safetensors weights only"
         )
-    folder = Path(tempfile.mkdtemp(prefix="lmops-unsealed-"))  # 0700: mkdtemp's own mode
+    folder = owned_tempdir("lmops-unsealed-")  # 0700: mkdtemp's own mode
     try:
         state: dict[str, Any] = {}
         for name in names:
