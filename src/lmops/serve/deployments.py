@@ -18,6 +18,9 @@ deployments:
   - name: big
     upstream: http://127.0.0.1:8001/v1   # any OpenAI-compatible server (vLLM, llama.cpp...)
     upstream_model: Qwen2.5-7B-Instruct
+  - name: big-replicas              # several servers of one model: least busy, failed ones rest
+    upstream: [http://gpu0:8000/v1, http://gpu1:8000/v1]
+    upstream_model: Qwen2.5-7B-Instruct
   - name: fast                      # lmops launches and supervises a vLLM server for it
     model: chat@production
     engine: vllm
@@ -40,7 +43,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lmops.core.config import mask_url
 from lmops.core.errors import NotFoundError, UserError, name_hint
 from lmops.core.modelfiles import refuse_reward_model
 from lmops.core.yamlcfg import FieldError, error_message, format_loc, load_config
@@ -146,7 +148,9 @@ class DeploymentSpec(BaseModel):
     engine: Literal["builtin", "vllm"] = "builtin"
     vllm: VllmOptions | None = None
     split: list[SplitTarget] | None = None
-    upstream: str | None = None
+    # one OpenAI-compatible server's base URL, or a list of replicas serving the same
+    # model (least busy first; one that fails sits out upstream_cooldown_s: serve/replicas)
+    upstream: str | list[str] | None = None
     upstream_model: str | None = None
     upstream_api_key: str | None = None
     fake: FakeOptions | None = None  # no model: deterministic replies (tests, wiring)
@@ -189,6 +193,30 @@ class DeploymentSpec(BaseModel):
     # an upstream's wait for a connection and for each piece of data (a reply that has
     # not begun after this long is a timeout, which a retry or a fallback takes over)
     upstream_timeout_s: float = Field(600.0, gt=0)
+    # seconds a replica of an ``upstream`` list is left out after it failed
+    upstream_cooldown_s: float = Field(10.0, ge=0, le=3600)
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, v: str | list[str] | None) -> str | list[str] | None:
+        urls = [v] if isinstance(v, str) else v or []
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list; give one base URL or several replicas' URLs")
+        for i, url in enumerate(urls):
+            where = f"[{i}] " if isinstance(v, list) else ""
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"{where}{url!r} is not an http(s) URL; give the server's base URL, "
+                    "such as http://127.0.0.1:8000/v1"
+                )
+        if isinstance(v, list) and len(set(v)) < len(v):
+            twice = next(u for u in v if v.count(u) > 1)
+            raise ValueError(f"{twice!r} is listed twice; list each replica once")
+        return v
+
+    def upstream_urls(self) -> list[str]:
+        """The upstream's base URLs: one, or each replica's."""
+        return [self.upstream] if isinstance(self.upstream, str) else list(self.upstream or [])
 
     @field_validator("guardrails")
     @classmethod
@@ -456,14 +484,22 @@ class Deployment:
 
             get_prompt(spec.prompt, store=store)  # a bound prompt that cannot load fails now
         if spec.upstream:
+            from lmops.serve.replicas import Replicas
             from lmops.serve.upstream import Upstream
 
-            self.upstream = Upstream(
-                spec.upstream,
-                spec.upstream_model or spec.name,
-                api_key=spec.upstream_api_key,
-                timeout=spec.upstream_timeout_s,
-            )
+            ups = [
+                Upstream(
+                    url,
+                    spec.upstream_model or spec.name,
+                    api_key=spec.upstream_api_key,
+                    timeout=spec.upstream_timeout_s,
+                )
+                for url in spec.upstream_urls()
+            ]
+            self.upstream = (
+                ups[0] if isinstance(spec.upstream, str)
+                else Replicas(ups, cooldown_s=spec.upstream_cooldown_s)
+            )  # fmt: skip
         elif spec.fake is not None:
             pass  # answered by FakeBackend, nothing to load
         elif spec.engine == "vllm":
@@ -514,7 +550,10 @@ class Deployment:
         that sends its own rendered prompts (``prompts optimize``) must not be wrapped in."""
         bound = {"prompt": self.spec.prompt} if self.spec.prompt is not None else {}
         if self.upstream is not None:
-            return {"upstream": self.upstream.shown_url, "model": self.upstream.model, **bound}
+            shown = {"upstream": self.upstream.shown_url, "model": self.upstream.model}
+            if isinstance(self.spec.upstream, list):
+                shown["replicas"] = self.upstream.state()
+            return {**shown, **bound}
         if self.spec.fake is not None:
             return {"fake": True, "versions": [f"fake:{self.name}"], **bound}
         return {
@@ -541,7 +580,7 @@ class Deployment:
                 self.upstream,
                 # what the request log, the access log and traces name: never the
                 # credentials a URL may carry (user keys read their own traces)
-                mask_url(str(spec.upstream)),
+                self.upstream.shown_url,
                 sampling=sampling,
                 default_max_tokens=min(spec.default_max_tokens or 1024, spec.max_tokens_cap),
             )

@@ -1,0 +1,184 @@
+"""Several copies of one upstream behind a deployment (vLLM replicas on several GPUs or
+hosts): ``upstream: [http://gpu0:8000/v1, http://gpu1:8000/v1]``.
+
+Each request goes to the replica with the fewest requests in flight from this gateway
+worker (a stream counts until it ends), ties taken in turn, as LiteLLM's ``least-busy``
+routing does. A replica that fails (no connection, a timeout, a 5xx, a broken stream, a
+429) is left out for ``upstream_cooldown_s`` (or the wait its 429 asks for, if longer);
+when every replica is cooling down, the one whose cooldown ends first is tried.
+
+A request that never reached a replica (the connection was refused or closed before a
+reply) is sent to the next one at once: nothing was generated, so nothing is repeated.
+Any other failure is the deployment's, as with one upstream: ``retries:`` tries again
+(and the failed replica is cooling down, so another answers), then ``fallbacks:``.
+
+State is per gateway worker, as LiteLLM's is without Redis: each worker learns of a dead
+replica from its own first failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from lmops.serve.upstream import Upstream, UpstreamError, UpstreamRefused, UpstreamStream
+
+__all__ = ["Replicas"]
+
+_log = logging.getLogger("lmops.serve")
+
+
+class _Replica:
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.in_flight = 0
+        self.cool_until = 0.0  # monotonic time before which it is left out
+
+
+class Replicas:
+    """Upstreams that serve the same model, used as one :class:`Upstream` (``request``,
+    ``open_stream``, ``stream_batches``, ``stream``, ``aclose``)."""
+
+    def __init__(
+        self,
+        upstreams: list[Upstream],
+        *,
+        cooldown_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not upstreams:
+            raise ValueError("no upstream")
+        self._replicas = [_Replica(u) for u in upstreams]
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._turn = 0  # where the next tie is broken
+        self.model = upstreams[0].model
+        self.base_url = ",".join(u.base_url for u in upstreams)
+        self.shown_url = ", ".join(u.shown_url for u in upstreams)
+
+    @property
+    def connections_opened(self) -> int:
+        return sum(r.upstream.connections_opened for r in self._replicas)
+
+    def state(self) -> list[dict[str, Any]]:
+        """Each replica's URL (credentials masked), requests in flight and seconds of
+        cooldown left (0: in use)."""
+        now = self._clock()
+        return [
+            {
+                "url": r.upstream.shown_url,
+                "in_flight": r.in_flight,
+                "cooldown_s": round(max(0.0, r.cool_until - now), 3),
+            }
+            for r in self._replicas
+        ]
+
+    def _order(self) -> list[_Replica]:
+        """The replicas in the order to try them: those in use by fewest requests in
+        flight (ties in turn), then those cooling down by the end of their cooldown."""
+        now = self._clock()
+        n = len(self._replicas)
+        start = self._turn
+        self._turn = (self._turn + 1) % n
+        turn = [self._replicas[(start + i) % n] for i in range(n)]
+        ready = sorted((r for r in turn if r.cool_until <= now), key=lambda r: r.in_flight)
+        cooling = sorted((r for r in turn if r.cool_until > now), key=lambda r: r.cool_until)
+        return ready + cooling
+
+    def _failed(self, r: _Replica, e: UpstreamError) -> None:
+        wait = max(self.cooldown_s, e.retry_after_s or 0.0)
+        r.cool_until = self._clock() + wait
+        _log.warning(
+            "upstream replica %s failed (%s); left out for %.0f s", r.upstream.shown_url, e, wait
+        )
+
+    @staticmethod
+    def _counts(e: UpstreamError) -> bool:
+        """Whether ``e`` says the replica is unwell (not that the request was bad)."""
+        if isinstance(e, UpstreamRefused):
+            return e.status == 429
+        return True
+
+    async def request(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        order = self._order()
+        for i, r in enumerate(order):
+            r.in_flight += 1
+            try:
+                return await r.upstream.request(path, body)
+            except UpstreamError as e:
+                if self._counts(e):
+                    self._failed(r, e)
+                if e.kind != "connect" or i == len(order) - 1:
+                    raise
+            finally:
+                r.in_flight -= 1
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def open_stream(self, path: str, body: dict[str, Any]) -> UpstreamStream:
+        order = self._order()
+        for i, r in enumerate(order):
+            r.in_flight += 1
+            try:
+                stream = await r.upstream.open_stream(path, body)
+            except UpstreamError as e:
+                r.in_flight -= 1
+                if self._counts(e):
+                    self._failed(r, e)
+                if e.kind != "connect" or i == len(order) - 1:
+                    raise
+                continue
+            except BaseException:
+                r.in_flight -= 1
+                raise
+            return _CountedStream(stream, self, r)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def stream_batches(
+        self, path: str, body: dict[str, Any]
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+        stream = await self.open_stream(path, body)
+        async for batch in stream.batches():
+            yield batch
+
+    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        async for batch, _last in self.stream_batches(path, body):
+            for chunk in batch:
+                yield chunk
+
+    async def aclose(self) -> None:
+        for r in self._replicas:
+            await r.upstream.aclose()
+
+
+class _CountedStream(UpstreamStream):
+    """A replica's stream that counts as in flight until it ends or is closed; a stream
+    that breaks puts its replica in cooldown."""
+
+    def __init__(self, inner: UpstreamStream, replicas: Replicas, replica: _Replica) -> None:
+        self._inner = inner
+        self._replicas = replicas
+        self._replica = replica
+        self._open = True
+
+    def _done(self) -> None:
+        if self._open:
+            self._open = False
+            self._replica.in_flight -= 1
+
+    async def batches(self) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+        try:
+            async for batch in self._inner.batches():
+                yield batch
+        except UpstreamError as e:
+            self._replicas._failed(self._replica, e)
+            raise
+        finally:
+            self._done()
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._done()

@@ -1,0 +1,216 @@
+"""A deployment over several replicas of one upstream (``upstream: [url, url]``): requests
+spread to the least busy, a replica that fails sits out its cooldown, a request that never
+reached one goes to the next at once. Through ``lmops serve`` (a real uvicorn on 127.0.0.1)
+and the official ``openai`` client, with the in-package fake server as the replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.serve.deployments import load_deployments
+from lmops.serve.fake import fake_server
+from lmops.serve.replicas import Replicas
+from lmops.serve.upstream import Upstream, UpstreamError
+from tests.serve.conftest import lmops_cli, lmops_env, start_server, stop_server
+
+openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
+
+
+@contextmanager
+def slamming_server() -> Iterator[tuple[str, list[int]]]:
+    """A port that accepts each connection and closes it at once (a server crashing as it
+    takes requests); yields its base URL and the list of connections it took."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    sock.settimeout(0.2)
+    taken: list[int] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            taken.append(1)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", taken
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        sock.close()
+
+
+ASK = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4}
+
+
+def test_requests_go_to_the_least_busy_replica_and_ties_take_turns() -> None:
+    sent: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+    with (
+        fake_server(model="m", reply="from a", requests=sent["a"], ttft_s=0.3) as a,
+        fake_server(model="m", reply="from b", requests=sent["b"], ttft_s=0.3) as b,
+    ):
+        reps = Replicas([Upstream(a + "/v1", "m"), Upstream(b + "/v1", "m")])
+        body = {"messages": ASK["messages"], "max_tokens": 2}
+
+        async def go() -> list[str]:
+            one_by_one = [(await reps.request("/chat/completions", body))[1] for _ in range(4)]
+            # a stream counts as in flight until it is read to its end
+            stream = await reps.open_stream("/chat/completions", body)
+            busy = [r["in_flight"] for r in reps.state()]
+            together = await asyncio.gather(
+                *(reps.request("/chat/completions", body) for _ in range(3))
+            )
+            async for _ in stream.batches():
+                pass
+            assert [r["in_flight"] for r in reps.state()] == [0, 0]
+            await reps.aclose()
+            assert sorted(busy) == [0, 1]
+            return [d["choices"][0]["message"]["content"] for d in one_by_one] + [
+                d["choices"][0]["message"]["content"] for _, d in together
+            ]
+
+        replies = asyncio.run(go())
+    # one at a time: in turn
+    assert replies[:4] in (["from a", "from b"] * 2, ["from b", "from a"] * 2)
+    # with one replica busy streaming, two of three go to the other (1 + 0, then 1 + 1)
+    assert len(sent["a"]) + len(sent["b"]) == 8
+    assert abs(len(sent["a"]) - len(sent["b"])) <= 2
+
+
+def test_a_failed_replica_sits_out_and_another_is_tried_when_all_rest() -> None:
+    clock = [0.0]
+    with (
+        fake_server(model="m", fail_first=10**6, fail_status=503) as bad,
+        fake_server(model="m") as good,
+    ):
+        reps = Replicas(
+            [Upstream(bad + "/v1", "m"), Upstream(good + "/v1", "m")],
+            cooldown_s=5,
+            clock=lambda: clock[0],
+        )
+        body = {"messages": ASK["messages"], "max_tokens": 2}
+
+        async def go() -> None:
+            errors = 0
+            for _ in range(4):
+                try:
+                    await reps.request("/chat/completions", body)
+                except UpstreamError as e:
+                    errors += 1
+                    assert e.status == 503
+            # the 503 reached the client once (a 5xx is not re-sent: retries decide), then
+            # the bad replica sat out
+            assert errors == 1
+            assert reps.state()[0]["cooldown_s"] == 5 and reps.state()[1]["cooldown_s"] == 0
+            clock[0] = 6.0  # its cooldown is over: it is tried again
+            with pytest.raises(UpstreamError):
+                for _ in range(2):
+                    await reps.request("/chat/completions", body)
+            await reps.aclose()
+
+        asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("replicas")
+    home = root / "home"
+    env = lmops_env(home)
+    sent: dict[str, list[dict[str, Any]]] = {"a": [], "b": [], "failing": []}
+    with ExitStack() as stack:
+        a = stack.enter_context(fake_server(model="up", reply="A", requests=sent["a"]))
+        b = stack.enter_context(fake_server(model="up", reply="B", requests=sent["b"]))
+        failing = stack.enter_context(
+            fake_server(model="up", fail_first=10**6, fail_status=500, requests=sent["failing"])
+        )
+        slam, taken = stack.enter_context(slamming_server())
+        deployments = root / "deployments.yaml"
+        deployments.write_text(
+            "deployments:\n"
+            f"  - {{name: pair, upstream: [{a}/v1, {b}/v1], upstream_model: up}}\n"
+            f"  - {{name: crashy, upstream: [{slam}, {a}/v1], upstream_model: up,"
+            " upstream_cooldown_s: 600}\n"
+            f"  - {{name: sick, upstream: ['{failing}/v1', '{b}/v1'], upstream_model: up,"
+            " upstream_cooldown_s: 600, retries: 1, retry_backoff_s: 0.01}\n"
+        )
+        lmops = lmops_cli(env)
+        key = json.loads(lmops("keys", "create", "--name", "k", "--json"))["key"]
+        proc, base = start_server(env, "--deployments", str(deployments))
+        stack.callback(stop_server, proc)
+        yield {"base": base, "key": key, "sent": sent, "taken": taken}
+
+
+def _client(gw: dict[str, Any]) -> Any:
+    return openai.OpenAI(base_url=gw["base"] + "/v1", api_key=gw["key"], max_retries=0,
+                         timeout=60)  # fmt: skip
+
+
+def test_both_replicas_answer_through_the_gateway(gw: dict[str, Any]) -> None:
+    c = _client(gw)
+    said = [c.chat.completions.create(model="pair", **ASK).choices[0].message.content
+            for _ in range(6)]  # fmt: skip
+    assert sorted(set(said)) == ["A", "B"]
+    stream = c.chat.completions.create(model="pair", stream=True, **ASK)
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) in "AB"
+    card = next(m for m in c.models.list().data if m.id == "pair").model_extra["lmops"]
+    assert [r["in_flight"] for r in card["replicas"]] == [0, 0]
+    assert card["replicas"][0]["url"].endswith("/v1")
+
+
+def test_a_replica_that_drops_connections_is_skipped_at_once_then_left_out(
+    gw: dict[str, Any],
+) -> None:
+    c = _client(gw)
+    for _ in range(6):  # every request answered, none waits for a retry
+        assert c.chat.completions.create(model="crashy", **ASK).choices[0].message.content == "A"
+    stream = c.chat.completions.create(model="crashy", stream=True, **ASK)
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == "A"
+    # the crashing replica was asked once (one gateway worker), then sat out its cooldown
+    assert len(gw["taken"]) == 1
+
+
+def test_a_5xx_replica_is_retried_on_the_other_and_left_out(gw: dict[str, Any]) -> None:
+    c = _client(gw)
+    before = len(gw["sent"]["failing"])
+    for _ in range(5):
+        raw = c.chat.completions.with_raw_response.create(model="sick", **ASK)
+        assert raw.parse().choices[0].message.content == "B"
+    # asked once (one gateway worker), answered 500, retried on the other, then left out
+    assert len(gw["sent"]["failing"]) - before == 1
+    card = next(m for m in c.models.list().data if m.id == "sick").model_extra["lmops"]
+    assert card["replicas"][0]["cooldown_s"] > 0 and card["replicas"][1]["cooldown_s"] == 0
+
+
+@pytest.mark.parametrize(
+    ("upstream", "said"),
+    [
+        ("[]", "deployments[0].upstream: an empty list; give one base URL or several"),
+        ("[http://a:1/v1, gpu1:8000]", "deployments[0].upstream: [1] 'gpu1:8000' is not an http(s) URL"),
+        ("[http://a:1/v1, http://a:1/v1]", "'http://a:1/v1' is listed twice; list each replica once"),
+    ],
+)  # fmt: skip
+def test_a_bad_replica_list_is_refused_with_its_line(
+    tmp_path: Path, upstream: str, said: str
+) -> None:
+    path = tmp_path / "deps.yaml"
+    path.write_text(f"deployments:\n  - name: big\n    upstream: {upstream}\n")
+    with pytest.raises(UserError) as e:
+        load_deployments(path)
+    assert str(e.value).startswith(f"{path}:3: ") and said in str(e.value)
