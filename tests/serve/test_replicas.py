@@ -63,35 +63,33 @@ ASK = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4
 def test_requests_go_to_the_least_busy_replica_and_ties_take_turns() -> None:
     sent: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
     with (
-        fake_server(model="m", reply="from a", requests=sent["a"], ttft_s=0.3) as a,
-        fake_server(model="m", reply="from b", requests=sent["b"], ttft_s=0.3) as b,
+        fake_server(model="m", reply="from a", requests=sent["a"]) as a,
+        fake_server(model="m", reply="from b", requests=sent["b"]) as b,
     ):
         reps = Replicas([Upstream(a + "/v1", "m"), Upstream(b + "/v1", "m")])
         body = {"messages": ASK["messages"], "max_tokens": 2}
 
-        async def go() -> list[str]:
-            one_by_one = [(await reps.request("/chat/completions", body))[1] for _ in range(4)]
-            # a stream counts as in flight until it is read to its end
+        async def text() -> str:
+            data = (await reps.request("/chat/completions", body))[1]
+            return str(data["choices"][0]["message"]["content"])
+
+        async def go() -> tuple[list[str], list[str], str]:
+            in_turn = [await text() for _ in range(4)]
+            # a stream counts as in flight until it is read to its end: while one is open
+            # on a replica, every request goes to the other
             stream = await reps.open_stream("/chat/completions", body)
-            busy = [r["in_flight"] for r in reps.state()]
-            together = await asyncio.gather(
-                *(reps.request("/chat/completions", body) for _ in range(3))
-            )
+            held = next(i for i, r in enumerate(reps.state()) if r["in_flight"] == 1)
+            while_held = [await text() for _ in range(4)]
             async for _ in stream.batches():
                 pass
             assert [r["in_flight"] for r in reps.state()] == [0, 0]
             await reps.aclose()
-            assert sorted(busy) == [0, 1]
-            return [d["choices"][0]["message"]["content"] for d in one_by_one] + [
-                d["choices"][0]["message"]["content"] for _, d in together
-            ]
+            return in_turn, while_held, "ab"[held]
 
-        replies = asyncio.run(go())
-    # one at a time: in turn
-    assert replies[:4] in (["from a", "from b"] * 2, ["from b", "from a"] * 2)
-    # with one replica busy streaming, two of three go to the other (1 + 0, then 1 + 1)
-    assert len(sent["a"]) + len(sent["b"]) == 8
-    assert abs(len(sent["a"]) - len(sent["b"])) <= 2
+        in_turn, while_held, held = asyncio.run(go())
+    assert in_turn in (["from a", "from b"] * 2, ["from b", "from a"] * 2)
+    other = "b" if held == "a" else "a"
+    assert while_held == [f"from {other}"] * 4
 
 
 def test_a_failed_replica_sits_out_and_another_is_tried_when_all_rest() -> None:
@@ -141,6 +139,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             fake_server(model="up", fail_first=10**6, fail_status=500, requests=sent["failing"])
         )
         slam, taken = stack.enter_context(slamming_server())
+        busy = stack.enter_context(
+            fake_server(model="up", fail_first=10**6, fail_status=429, retry_after=30)
+        )
         deployments = root / "deployments.yaml"
         deployments.write_text(
             "deployments:\n"
@@ -149,6 +150,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             " upstream_cooldown_s: 600}\n"
             f"  - {{name: sick, upstream: ['{failing}/v1', '{b}/v1'], upstream_model: up,"
             " upstream_cooldown_s: 600, retries: 1, retry_backoff_s: 0.01}\n"
+            f"  - {{name: busy, upstream: ['{busy}/v1', '{a}/v1'], upstream_model: up}}\n"
         )
         lmops = lmops_cli(env)
         key = json.loads(lmops("keys", "create", "--name", "k", "--json"))["key"]
@@ -214,3 +216,24 @@ def test_a_bad_replica_list_is_refused_with_its_line(
     with pytest.raises(UserError) as e:
         load_deployments(path)
     assert str(e.value).startswith(f"{path}:3: ") and said in str(e.value)
+
+
+def test_a_replica_that_answers_429_sends_the_request_on_without_its_wait(
+    gw: dict[str, Any],
+) -> None:
+    # one replica rate-limited for 30 s, no retries: the other answers at once, and the
+    # deployment is never held for the busy replica's Retry-After
+    c = _client(gw)
+    for _ in range(3):
+        raw = c.chat.completions.with_raw_response.create(model="busy", **ASK)
+        assert raw.parse().choices[0].message.content == "A"
+        assert raw.headers.get("x-lmops-tries") is None
+
+
+def test_a_connection_not_made_in_time_is_no_connection() -> None:
+    import aiohttp
+
+    from lmops.serve.upstream import _unreachable
+
+    assert _unreachable("u", aiohttp.ConnectionTimeoutError()).kind == "connect"
+    assert _unreachable("u", TimeoutError()).kind == "timeout"  # a reply not begun in time

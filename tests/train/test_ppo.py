@@ -119,5 +119,6 @@ def test_a_ppo_prompt_may_be_a_one_turn_chat_and_a_longer_one_is_named() -> None
     )
     assert _prompt_of({"prompt": "plain"}, "p.jsonl:1") == "plain"
     system = [{"role": "system", "content": "Be brief."}, *one]
-    with pytest.raises(UserError, match=r"^p.jsonl:7: stage ppo needs a one-turn prompt"):
-        _prompt_of({"prompt": system}, "p.jsonl:7")
+    for row in ({"prompt": system}, {"messages": [*system, {"role": "assistant", "content": "x"}]}):
+        with pytest.raises(UserError, match=r"^p.jsonl:7: stage ppo needs a one-turn prompt"):
+            _prompt_of(row, "p.jsonl:7")

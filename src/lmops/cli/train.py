@@ -47,7 +47,9 @@ def _job_fields() -> str:
     after a line that is only a backspace: its mark for a block kept as written)."""
     import lmops.train.spec as spec_module
 
-    doc = spec_module.__doc__ or ""
+    doc = spec_module.__doc__ or ""  # None under python -OO
+    if "```yaml" not in doc:
+        return ""
     block = doc.split("```yaml", 1)[1].split("```", 1)[0].strip("\n")
     sections = []  # each section's own fields, read from the spec so they stay true
     for name, field in spec_module.TrainSpec.model_fields.items():

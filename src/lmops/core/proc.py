@@ -8,12 +8,13 @@ when it is another program.
 
 A temp folder (a merged model, a quantized model before registration) is removed by its
 maker's ``finally`` or exit handler, which a ``kill -9`` or the OOM killer never runs, and
-each is a whole model. :func:`owned_tempdir` names the folder after its process, and the next
-one made with the same prefix removes those whose process is gone.
+each is a whole model. :func:`owned_tempdir` holds a lock in the folder for the life of its
+process, and the next one made with the same prefix removes those nobody holds.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -77,25 +78,42 @@ os.execvp(sys.argv[2], sys.argv[2:])
 
 
 def owned_tempdir(prefix: str) -> Path:
-    """A new private (0700) temp folder ``<prefix><pid>-<random>``, after removing the
-    folders of the same prefix whose process no longer runs (killed before its cleanup).
-    A folder whose process runs, or whose owner is another user, is left alone."""
+    """A new private (0700) temp folder ``<prefix><pid>-<random>``, after removing this
+    user's folders of the same prefix that no process holds (killed before its cleanup).
+
+    A folder is held through an exclusive ``flock`` on its ``.owner`` file, taken as it is
+    made and kept for the life of the process (its forks share it): a lock, unlike a pid,
+    is seen alike from another PID namespace (a container sharing ``/tmp``) and is never
+    reused. A folder without ``.owner`` (being made, or from an older lmops) and another
+    user's are left alone."""
     tmp = Path(tempfile.gettempdir())
+    uid = os.getuid()
     for folder in tmp.glob(f"{prefix}*-*"):
-        pid = folder.name.removeprefix(prefix).partition("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+        if not folder.name.removeprefix(prefix).partition("-")[0].isdigit():
+            continue  # another kind's prefix that starts with this one
+        try:
+            if folder.lstat().st_uid != uid or not folder.is_dir():
+                continue
+            fd = os.open(folder / ".owner", os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: its process runs
+        finally:
+            os.close(fd)  # a lock taken is released with it, after the folder is gone
+        shutil.rmtree(folder, ignore_errors=True)
+    for gone in [f for f in _HELD if not f.exists()]:  # removed by their makers
+        os.close(_HELD.pop(gone))
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+    fd = os.open(folder / ".owner", os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _HELD[folder] = fd  # held until the folder is gone or the process exits
+    return folder
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+_HELD: dict[Path, int] = {}  # this process's folders and their .owner locks
 
 
 @contextmanager

@@ -273,6 +273,7 @@ def run_canaries(
                         )
                     )
                     continue
+                hung = 0  # answered, with an error: not hung
                 error = f"{type(e).__name__}: {e}"[:500]
                 results.append(CanaryResult(id=c.id, passed=False, error=error))
                 continue

@@ -4,13 +4,15 @@ hosts): ``upstream: [http://gpu0:8000/v1, http://gpu1:8000/v1]``.
 Each request goes to the replica with the fewest requests in flight from this gateway
 worker (a stream counts until it ends), ties taken in turn, as LiteLLM's ``least-busy``
 routing does. A replica that fails (no connection, a timeout, a 5xx, a broken stream, a
-429) is left out for ``upstream_cooldown_s`` (or the wait its 429 asks for, if longer);
+429, a 401/403/404) is left out for ``upstream_cooldown_s`` (or the wait its 429 asks for, if longer);
 when every replica is cooling down, the one whose cooldown ends first is tried.
 
-A request that never reached a replica (the connection was refused or closed before a
-reply) is sent to the next one at once: nothing was generated, so nothing is repeated.
-Any other failure is the deployment's, as with one upstream: ``retries:`` tries again
-(and the failed replica is cooling down, so another answers), then ``fallbacks:``.
+A request that never reached a replica (no connection: refused, closed before a reply, or
+not made within 10 s) or that a replica refused without generating (a 429; a 401, 403 or 404:
+a replica set up unlike the others) is sent to the next one at once: nothing was generated,
+so nothing is repeated. Any other failure (a timeout, a 5xx, a broken stream) is the
+deployment's, as with one upstream: ``retries:`` tries again, after no wait when another
+replica is ready (the failed one is cooling down, so another answers), then ``fallbacks:``.
 
 State is per gateway worker, as LiteLLM's is without Redis: each worker learns of a dead
 replica from its own first failure.
@@ -95,11 +97,23 @@ class Replicas:
         )
 
     @staticmethod
-    def _counts(e: UpstreamError) -> bool:
-        """Whether ``e`` says the replica is unwell (not that the request was bad)."""
+    def _verdict(e: UpstreamError) -> tuple[bool, bool]:
+        """(whether ``e`` says the replica is unwell, whether the request may go to the
+        next replica at once: nothing was generated). No connection, a 429 and a 401, 403
+        or 404 (a replica set up unlike the others) are both; a timeout, a 5xx or a broken
+        stream only the first (``retries`` decide); another 4xx is the request's own."""
         if isinstance(e, UpstreamRefused):
-            return e.status == 429
-        return True
+            mine = e.status in (401, 403, 404, 429)
+            return mine, mine
+        return True, e.kind == "connect"
+
+    def _raised(self, e: UpstreamError) -> UpstreamError:
+        """``e`` as the deployment's failure: its wait is until the soonest replica is back
+        (0 when one is ready), not the failed replica's own ``Retry-After``."""
+        now = self._clock()
+        soonest = min(max(0.0, r.cool_until - now) for r in self._replicas)
+        e.retry_after_s = soonest if e.retry_after_s is None else min(soonest, e.retry_after_s)
+        return e
 
     async def request(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         order = self._order()
@@ -108,10 +122,11 @@ class Replicas:
             try:
                 return await r.upstream.request(path, body)
             except UpstreamError as e:
-                if self._counts(e):
+                unwell, resend = self._verdict(e)
+                if unwell:
                     self._failed(r, e)
-                if e.kind != "connect" or i == len(order) - 1:
-                    raise
+                if not resend or i == len(order) - 1:
+                    raise self._raised(e) if unwell else e from None
             finally:
                 r.in_flight -= 1
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
@@ -124,10 +139,11 @@ class Replicas:
                 stream = await r.upstream.open_stream(path, body)
             except UpstreamError as e:
                 r.in_flight -= 1
-                if self._counts(e):
+                unwell, resend = self._verdict(e)
+                if unwell:
                     self._failed(r, e)
-                if e.kind != "connect" or i == len(order) - 1:
-                    raise
+                if not resend or i == len(order) - 1:
+                    raise self._raised(e) if unwell else e from None
                 continue
             except BaseException:
                 r.in_flight -= 1

@@ -35,6 +35,9 @@ __all__ = ["Upstream", "UpstreamError", "UpstreamRefused", "UpstreamStream", "re
 # Connections kept open to one upstream per event loop; requests beyond it wait for one.
 MAX_CONNECTIONS = 1024
 KEEPALIVE_S = 60.0
+# A connection not made in this long (at most the deployment's upstream_timeout_s) is a
+# host that is down: a retry, a fallback or another replica takes over.
+CONNECT_TIMEOUT_S = 10.0
 
 
 class UpstreamError(Exception):
@@ -100,7 +103,9 @@ def retry_after(headers: Any) -> float | None:
 
 
 def _unreachable(shown_url: str, e: BaseException) -> UpstreamError:
-    kind = "timeout" if isinstance(e, TimeoutError) else "connect"
+    # no connection made in time (a host that is down drops the SYN) is no connection
+    connect = isinstance(e, aiohttp.ConnectionTimeoutError) or not isinstance(e, TimeoutError)
+    kind = "connect" if connect else "timeout"
     return UpstreamError(f"upstream {shown_url} unreachable: {e or type(e).__name__}", kind=kind)
 
 
@@ -195,7 +200,9 @@ class Upstream:
                 ),
                 # no bound on a whole stream, only on connecting and on each wait for data
                 timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.timeout, sock_read=self.timeout
+                    total=None,
+                    sock_connect=min(self.timeout, CONNECT_TIMEOUT_S),
+                    sock_read=self.timeout,
                 ),
                 headers=self._headers,
                 trace_configs=[trace],

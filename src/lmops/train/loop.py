@@ -334,11 +334,15 @@ class StepCheckpoints:
         optimizer: Any,
         scheduler: Any | None,
         interval: IntervalMean,
+        *,
+        main: bool | None = None,
     ) -> None:
         self.dir, self.train, self.model, self.optimizer = ckpt_dir, train, model, optimizer
         self.scheduler = scheduler if scheduler is not None else _NoScheduler()
         self.interval = interval
         self.saved = 0
+        # under torchrun every rank runs the loop; only the first writes (as train_loop)
+        self.main = Dist.from_env().main if main is None else main
 
     def resume(self) -> int:
         last = latest_checkpoint(self.dir)
@@ -365,6 +369,8 @@ class StepCheckpoints:
 
     def _save(self, done: int) -> None:
         t = self.train
+        if not self.main:
+            return
         _save_checkpoint(
             self.dir,
             done,

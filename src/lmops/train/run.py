@@ -509,23 +509,26 @@ def _resumed_from(run_dir: Path) -> int | None:
 
 def _prompt_of(row: Any, where: str) -> str:
     """A PPO row's prompt: a text field, or a one-turn chat (TRL's conversational
-    ``prompt``, a ``messages`` list) as its user turn's text."""
+    ``prompt``, a ``messages`` list whose turns before the first answer are one user
+    message) as its user turn's text. A system turn is refused, not dropped."""
     if isinstance(row, dict):
         for key in ("prompt", "instruction", "query", "text", "messages"):
             value = row.get(key)
             if isinstance(value, str):
                 return value
             if isinstance(value, list) and value:
-                turns = [m for m in value if isinstance(m, dict)]
-                users = [m for m in turns if m.get("role") == "user"]
-                if len(users) == 1 and isinstance(users[0].get("content"), str):
-                    if len(turns) > 1 and key != "messages":
-                        break  # a system turn would be dropped: said below
-                    return str(users[0]["content"])
+                asked = []
+                for m in value:
+                    if isinstance(m, dict) and m.get("role") == "assistant":
+                        break
+                    asked.append(m)
+                one = asked[0] if len(asked) == 1 and isinstance(asked[0], dict) else {}
+                if one.get("role") == "user" and isinstance(one.get("content"), str):
+                    return str(one["content"])
                 break
     raise UserError(
         f"{where}: stage ppo needs a one-turn prompt: a 'prompt' (or instruction/query/text) "
-        "string, or a chat of one user message"
+        "string, or a chat of one user message (no system turn)"
     )
 
 
