@@ -8,6 +8,12 @@ renders one per request). Jinja was not chosen: it would accept loops and filter
 other registries cannot read, and would need sandboxing before it rendered user templates
 inside the gateway.
 
+The one other form is Jinja's own escape, a quoted string: ``{{ '{{' }}`` is the text
+``{{`` (single or double quotes; the escapes ``\\ \' \" \n \r \t`` inside). A text prompt
+is also an eval task's ``doc_to_text``, which is Jinja, where ``{%`` and ``{#`` open tags
+too: :func:`literal` writes any text as template source that both render as that text (how
+the optimiser writes demo rows into a prompt).
+
 Contract of :meth:`PromptSpec.render`: every variable of the template must be given and no
 other may be; either way it is a ``UserError`` naming them. Values are inserted verbatim
 (a value holding ``{{x}}`` is not rendered again). A template that does not parse (``{{``
@@ -40,6 +46,7 @@ __all__ = [
     "PromptSpec",
     "Template",
     "check_config",
+    "literal",
     "parse_template",
 ]
 
@@ -85,6 +92,52 @@ def check_config(config: dict[str, Any], where: str) -> None:
         raise UserError(f"{where}: config: {field}={config.get(field)!r}: {err['msg']}") from None
 
 
+# a quoted string right after '{{' (Jinja's string literal), then '}}'
+_QUOTED = re.compile(r"""\s*('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\s*\}\}""", re.S)
+_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unquote(quoted: str, where: str, source: str, at: int) -> str:
+    """The text of a quoted string as Jinja reads it (its line breaks as ``\\n``), for
+    the escapes of ``_ESCAPES``; a ``UserError`` naming line and column for others."""
+    inner = re.sub(r"\r\n|\r", "\n", quoted[1:-1])
+    out: list[str] = []
+    i = 0
+    while i < len(inner):
+        c = inner[i]
+        if c == "\\":
+            e = _ESCAPES.get(inner[i + 1])
+            if e is None:
+                line, col = _where(source, at)
+                raise UserError(
+                    f"{where}:{line}:{col}: unknown escape '\\{inner[i + 1]}' in a quoted "
+                    "string; use \\\\ \\' \\\" \\n \\r or \\t"
+                )
+            out.append(e)
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def literal(text: str) -> str:
+    """Template source that renders as ``text`` here and as an eval task's Jinja
+    ``doc_to_text`` alike: each ``{`` that would open a tag (before ``{``, ``%``, ``#``, or at
+    the end, where a variable may follow) is written ``{{ '{' }}``, and each carriage return
+    ``{{ '\\r' }}`` (Jinja reads a bare one as a line break). Everything else, ``}}`` and
+    backslashes included, is text to both."""
+    out: list[str] = []
+    for i, c in enumerate(text):
+        if c == "{" and (i + 1 == len(text) or text[i + 1] in "{%#"):
+            out.append("{{ '{' }}")
+        elif c == "\r":
+            out.append("{{ '\\r' }}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def _where(text: str, offset: int) -> tuple[int, int]:
     """1-based (line, column) of ``offset`` in ``text``."""
     line = text.count("\n", 0, offset) + 1
@@ -101,12 +154,19 @@ class Template:
     def __init__(self, source: str, *, where: str = "template") -> None:
         self.source = source
         parts: list[str] = []
+        text = ""  # literal text since the last variable
         pos = 0
         while True:
             start = source.find("{{", pos)
             if start < 0:  # a lone '}}' is text (JSON in an instruction has them)
-                parts.append(source[pos:])
+                parts.append(text + source[pos:])
                 break
+            text += source[pos:start]
+            quoted = _QUOTED.match(source, start + 2)
+            if quoted:  # {{ '...' }}: text (a literal '{{' or '{%')
+                text += _unquote(quoted.group(1), where, source, start)
+                pos = quoted.end()
+                continue
             end = source.find("}}", start + 2)
             if end < 0:
                 line, col = _where(source, start)
@@ -118,8 +178,8 @@ class Template:
                     f"{where}:{line}:{col}: {{{{{source[start + 2 : end]}}}}} is not a variable; "
                     "use {{name}} with letters, digits and '_'"
                 )
-            parts.append(source[pos:start])
-            parts.append(name)
+            parts += [text, name]
+            text = ""
             pos = end + 2
         self.parts = parts
         self.variables: tuple[str, ...] = tuple(dict.fromkeys(parts[1::2]))
