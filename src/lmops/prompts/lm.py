@@ -4,11 +4,21 @@
 vLLM, llama.cpp...) with the official ``openai`` client; :class:`ScriptedChat` answers
 with a function, for tests and dry runs. Both count their calls (``calls``), which is how
 the optimiser's budget and the benchmark's "same number of LM calls" are measured.
+
+What an endpoint is (an ``lmops serve`` deployment, the prompt it binds, the endpoints it
+serves) is read from its ``/v1/models`` card (:meth:`OpenAIChat._card`). The card's answer
+is kept for the model's life, and so is a refusal that is the server's verdict (a 4xx such
+as 401, 403, 404 or 405: not lmops, or not for this key); a moment's failure (a timeout, a
+connection reset, a 408, 409, 429 or 5xx) is tried once more after
+:data:`CARD_BACKOFF_S`, and if that fails too this one call treats the endpoint as not
+lmops (a warning says so) and the next call asks again.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -17,6 +27,16 @@ from lmops.core.errors import UserError
 __all__ = ["ChatModel", "EndpointError", "OpenAIChat", "ScriptedChat"]
 
 Messages = list[dict[str, str]]
+log = logging.getLogger("lmops.prompts")
+
+# seconds before the one retry of a /v1/models card that failed for a moment, and the
+# longest a card request may take (a card is a cheap answer; a hung one must not hold a
+# command for the generation timeout)
+CARD_BACKOFF_S = 0.5
+CARD_TIMEOUT_S = 10.0
+# statuses that are a moment's failure, not the server's answer (the openai client's own
+# retry rule): asked again, never kept
+_TRANSIENT = (408, 409, 429)
 
 
 class EndpointError(UserError):
@@ -47,7 +67,9 @@ class OpenAIChat:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.calls = 0
-        self._lmops: dict[str, Any] | bool | None = None  # the card's lmops part, once asked
+        # the card's lmops part; False: not lmops (the server said so); None: not known yet
+        self._lmops: dict[str, Any] | bool | None = None
+        self._card_timeout_s = min(timeout_s, CARD_TIMEOUT_S)
         key = api_key or os.environ.get("LMOPS_API_KEY")
         self._keyless = not key
         self._client: Any = OpenAI(
@@ -59,16 +81,43 @@ class OpenAIChat:
 
     def _card(self) -> dict[str, Any] | None:
         """The ``lmops`` part of ``model``'s ``/v1/models`` card: ``None`` when the endpoint
-        is not an ``lmops serve`` gateway or cannot say. Asked once."""
+        is not an ``lmops serve`` gateway or cannot say. A card, or a 4xx that is the
+        server's answer, is kept; a moment's failure is asked once more after
+        :data:`CARD_BACKOFF_S` and, failing again, is "cannot say" for this call only (the
+        module docstring)."""
         if self._lmops is None:
             import openai
 
-            try:
-                card = self._client.with_options(max_retries=0).models.retrieve(self.model)
+            client = self._client.with_options(max_retries=0, timeout=self._card_timeout_s)
+            failed: Exception | None = None
+            for attempt in range(2):
+                if attempt:
+                    time.sleep(CARD_BACKOFF_S)
+                try:
+                    card = client.models.retrieve(self.model)
+                except openai.APIConnectionError as e:  # a timeout, a refused or reset connection
+                    failed = e
+                    continue
+                except openai.APIStatusError as e:
+                    if e.status_code in _TRANSIENT or e.status_code >= 500:
+                        failed = e
+                        continue
+                    self._lmops = False  # 401, 403, 404, 405...: the server's answer
+                    break
+                except openai.OpenAIError:  # an answer that is not a card
+                    self._lmops = False
+                    break
                 part = (card.model_extra or {}).get("lmops")
                 self._lmops = part if isinstance(part, dict) else False
-            except openai.OpenAIError:
-                self._lmops = False
+                break
+            if self._lmops is None:
+                log.warning(
+                    "%s (%s): its /v1/models card could not be read twice (%s); this request "
+                    "is sent as to an endpoint that is not lmops, the next one asks again",
+                    self.base_url,
+                    self.model,
+                    " ".join(f"{type(failed).__name__}: {failed}".split())[:160],
+                )
         return self._lmops if isinstance(self._lmops, dict) else None
 
     @property
