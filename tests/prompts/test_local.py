@@ -31,6 +31,23 @@ def test_optimize_runs_on_an_in_process_model(store: Store, tmp_path: Path) -> N
     # every answer came from the engine: the search and both test passes
     assert model.calls == 1 + r.calls_total and r.calls_search <= settings.budget
     assert r.test_items == 20 and 0.0 <= r.test_baseline <= 1.0
+    # a text prompt, given to the engine as plain text (as lmops serve's /v1/completions
+    # and an eval's doc_to_text), stopped at the blank line before a next demo
+    assert r.scored_via == "completions"
+
+
+def test_a_local_model_continues_plain_text_until_the_stop(store: Store, tmp_path: Path) -> None:
+    folder = make_model(tmp_path / "tiny", make_tokenizer(tmp_path / "tok"), seed=1)
+    asked = "Text: hello\nSentiment:"
+    with LocalChat(store, str(folder)) as model:
+        free = model.complete_text(asked, max_tokens=24)
+        assert len(free) >= 6, free
+        stop = free[3:6]  # a string the greedy reply holds
+        cut = model.complete_text(asked, max_tokens=24, stop=[stop])
+        chat = model.complete([{"role": "user", "content": asked}], max_tokens=24)
+    assert model.calls == 3 and model.takes_text()[0]
+    assert cut == free[: free.index(stop)]  # the same greedy text, ended before the stop
+    assert chat != free  # the chat template around it: another prompt
 
 
 def test_cli_optimize_local_needs_no_server(cli, store: Store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -237,7 +237,11 @@ def test_optimize_refuses_a_deployment_that_binds_a_prompt(
     assert OpenAIChat(url + "/v1", "plain", api_key=key).bound_prompt is None
     r = cli(*args, "--model", "plain")
     assert r.code == 0, r.err
-    assert sent and all(len(m["messages"]) == 1 for m in sent)
-    first = sent[0]["messages"][0]  # the starting prompt on a train row, wrapped in nothing
-    assert first["role"] == "user"
-    assert re.fullmatch(r"Translate into French: item \d+ was (good|bad)", first["content"])
+    # a text prompt, and an upstream deployment's card lists no endpoints: one token asked
+    # on /v1/completions says it takes plain text, so candidates go there, as an eval's
+    # doc_to_text would
+    probe, *asked = sent
+    assert probe["prompt"] == "Hello" and probe["max_tokens"] == 1
+    assert asked and all("messages" not in m and m["stop"] == ["\n\n"] for m in asked)
+    first = asked[0]["prompt"]  # the starting prompt on a train row, wrapped in nothing
+    assert re.fullmatch(r"Translate into French: item \d+ was (good|bad)", first)

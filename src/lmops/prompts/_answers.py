@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-from lmops.prompts.lm import ChatModel
 
 __all__ = ["Asker", "Journal", "OptimizeInterrupted"]
 
 Messages = list[dict[str, str]]
+Request = str | Messages  # a plain-text prompt or chat messages
 
 
 class OptimizeInterrupted(KeyboardInterrupt):
@@ -57,29 +55,27 @@ class Journal:
 
 
 class Asker:
-    """Asks the model for every (id, messages) not in the journal, ``workers`` at a time,
-    journaling each answer as it arrives; counts the calls made and replayed."""
+    """Asks ``send`` (one request to the model: its reply) for every (id, request) not in
+    the journal, ``workers`` at a time, journaling each answer as it arrives; counts the
+    calls made and replayed."""
 
-    def __init__(
-        self, model: ChatModel, journal: Journal, params: dict[str, Any], workers: int
-    ) -> None:
-        self.model = model
+    def __init__(self, send: Callable[[Request], str], journal: Journal, workers: int) -> None:
+        self.send = send
         self.journal = journal
-        self.params = params
         self.workers = workers
         self.calls = 0  # answers used (asked now or replayed from the journal)
 
-    def ask(self, items: Sequence[tuple[str, Messages]]) -> dict[str, str]:
+    def ask(self, items: Sequence[tuple[str, Request]]) -> dict[str, str]:
         todo = [(i, m) for i, m in items if i not in self.journal.done]
         if todo:
             self._run(todo)
         self.calls += len(items)
         return {i: self.journal.done[i] for i, _ in items}
 
-    def _run(self, todo: list[tuple[str, Messages]]) -> None:
+    def _run(self, todo: list[tuple[str, Request]]) -> None:
         # daemon threads, not a ThreadPoolExecutor: its exit (and the interpreter's) waits
         # for every queued request, so Ctrl-C took the whole batch's time and lost it
-        jobs: queue.SimpleQueue[tuple[str, Messages]] = queue.SimpleQueue()
+        jobs: queue.SimpleQueue[tuple[str, Request]] = queue.SimpleQueue()
         done: queue.SimpleQueue[tuple[str, str | None, Exception | None]] = queue.SimpleQueue()
         stop = threading.Event()
         for job in todo:
@@ -92,7 +88,7 @@ class Asker:
                 except queue.Empty:
                     return
                 try:
-                    done.put((i, self.model.complete(m, **self.params), None))
+                    done.put((i, self.send(m), None))
                 except Exception as e:
                     done.put((i, None, e))
 

@@ -1,4 +1,5 @@
-"""The one seam between the prompt stage and a model: chat messages in, text out.
+"""The one seam between the prompt stage and a model: chat messages in, text out; and,
+where the model takes one, a plain-text prompt in (``/v1/completions``), text out.
 
 :class:`OpenAIChat` talks to any OpenAI-compatible endpoint (an ``lmops serve`` gateway,
 vLLM, llama.cpp...) with the official ``openai`` client; :class:`ScriptedChat` answers
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 
 from lmops.core.errors import UserError
 
-__all__ = ["ChatModel", "EndpointError", "OpenAIChat", "ScriptedChat"]
+__all__ = ["ChatModel", "EndpointError", "OpenAIChat", "ScriptedChat", "TextModel"]
 
 Messages = list[dict[str, str]]
 log = logging.getLogger("lmops.prompts")
@@ -37,6 +38,9 @@ CARD_TIMEOUT_S = 10.0
 # statuses that are a moment's failure, not the server's answer (the openai client's own
 # retry rule): asked again, never kept
 _TRANSIENT = (408, 409, 429)
+# what a server without /v1/completions for this model answers there: no route (404, 405,
+# 501), or a refusal of the request's shape (400, 422: "a chat model")
+_NO_COMPLETIONS = (400, 404, 405, 422, 501)
 
 
 class EndpointError(UserError):
@@ -47,6 +51,17 @@ class ChatModel(Protocol):
     calls: int
 
     def complete(self, messages: Messages, **params: Any) -> str: ...
+
+
+class TextModel(ChatModel, Protocol):
+    """A chat model that may also take a plain-text prompt, as ``/v1/completions`` does
+    (what an eval task's ``doc_to_text`` and a bound text prompt are sent as)."""
+
+    def takes_text(self) -> tuple[bool, str]:
+        """Whether :meth:`complete_text` works here, and why it is thought so."""
+        ...
+
+    def complete_text(self, prompt: str, **params: Any) -> str: ...
 
 
 class OpenAIChat:
@@ -156,6 +171,45 @@ class OpenAIChat:
             raise self._error(e) from None
         return out.choices[0].message.content or ""
 
+    def takes_text(self) -> tuple[bool, str]:
+        """Whether ``model`` takes a plain-text prompt on ``/v1/completions``: as an lmops
+        deployment's card lists its endpoints; elsewhere (vLLM, llama.cpp, a hosted API, an
+        lmops upstream or fake deployment, whose cards do not list them), as a one-token
+        request there is answered (not counted in ``calls``). A server without that
+        endpoint for the model says so with 400, 404, 405, 422 or 501; any other failure
+        (a wrong key, the endpoint down) is an :class:`EndpointError`, since the choice
+        must not follow a moment's failure."""
+        import openai
+
+        card = self._card()
+        if card is not None and isinstance(card.get("endpoints"), list):
+            served = [str(e) for e in card["endpoints"]]
+            return "completion" in served, f"its /v1/models card lists {', '.join(served)}"
+        try:
+            self._client.completions.create(
+                model=self.model, prompt="Hello", max_tokens=1, temperature=0.0
+            )
+        except openai.APIStatusError as e:
+            if e.status_code in _NO_COMPLETIONS:
+                body = e.body if isinstance(e.body, dict) else {}  # OpenAI's error object
+                said = " ".join(str(body.get("message") or e.message).split())[:120]
+                return False, f"/v1/completions answered {e.status_code}: {said}"
+            raise self._error(e) from None
+        except openai.OpenAIError as e:
+            raise self._error(e) from None
+        return True, "it answered a one-token /v1/completions request"
+
+    def complete_text(self, prompt: str, **params: Any) -> str:
+        """The reply to a plain-text ``prompt`` on ``/v1/completions``."""
+        import openai
+
+        self.calls += 1
+        try:
+            out = self._client.completions.create(model=self.model, prompt=prompt, **params)
+        except openai.OpenAIError as e:
+            raise self._error(e) from None
+        return out.choices[0].text or ""
+
     def stream(self, messages: Messages, **params: Any) -> Iterator[str]:
         """The reply's text as it arrives."""
         import openai
@@ -173,15 +227,30 @@ class OpenAIChat:
 
 
 class ScriptedChat:
-    """Answers with ``reply(messages)``; counts calls."""
+    """Answers with ``reply(messages)``, and a plain-text prompt with ``text(prompt)`` where
+    that is given (else it takes chat messages only); counts calls."""
 
-    def __init__(self, reply: Callable[[Messages], str]) -> None:
+    def __init__(
+        self, reply: Callable[[Messages], str], text: Callable[[str], str] | None = None
+    ) -> None:
         self.reply = reply
+        self.text = text
         self.calls = 0
 
     def complete(self, messages: Messages, **params: Any) -> str:
         self.calls += 1
         return self.reply(messages)
+
+    def takes_text(self) -> tuple[bool, str]:
+        if self.text is None:
+            return False, "a scripted model given no text function"
+        return True, "a scripted model given a text function"
+
+    def complete_text(self, prompt: str, **params: Any) -> str:
+        if self.text is None:
+            raise EndpointError("this scripted model takes chat messages only")
+        self.calls += 1
+        return self.text(prompt)
 
     def stream(self, messages: Messages, **params: Any) -> Iterator[str]:
         yield self.complete(messages, **params)

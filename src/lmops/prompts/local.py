@@ -48,15 +48,29 @@ class LocalChat:
         self._thread.start()
 
     def complete(self, messages: Messages, **params: Any) -> str:
+        return self._run(self._engine.encode_chat(list(messages)), params)
+
+    def takes_text(self) -> tuple[bool, str]:
+        return True, "the in-process engine takes plain text, as lmops serve's /v1/completions"
+
+    def complete_text(self, prompt: str, **params: Any) -> str:
+        """The reply to a plain-text ``prompt``, encoded as ``/v1/completions`` encodes it
+        (no chat template, no special tokens; an empty one is the end-of-text token)."""
+        eos = self._engine.tokenizer.eos_token_id or 0
+        return self._run(self._engine.encode(prompt) or [eos], params)
+
+    def _run(self, prompt_ids: list[int], params: dict[str, Any]) -> str:
         from lmops.models.types import GenRequest
 
         self.calls += 1
+        stop = params.get("stop") or []
         req = GenRequest(
             request_id=f"prompts-local-{next(self._ids)}",
-            prompt_ids=self._engine.encode_chat(list(messages)),
+            prompt_ids=prompt_ids,
             max_tokens=int(params.get("max_tokens") or 256),
             temperature=float(params.get("temperature") or 0.0),
             seed=int(params.get("seed") or 0),
+            stop=[stop] if isinstance(stop, str) else list(stop),
         )
         future = asyncio.run_coroutine_threadsafe(self._generate(req), self._loop)
         return future.result()

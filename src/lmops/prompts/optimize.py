@@ -19,8 +19,12 @@ The steps (what DSPy's MIPROv2 does, without its Bayesian surrogate):
    an instruction, ``instructions`` times at temperature 1; plus the empty instruction and,
    for a classification task, "answer with exactly one of: <labels>" (tried first).
 4. **Search**: every (instruction, demo set) pair is a candidate, and the starting prompt
-   itself is one. A candidate is of the starting prompt's type (:class:`_Builder`): a text
-   prompt's demos are written into its text, a chat prompt's are turns. They are put in a
+   itself is one. A candidate is of the starting prompt's type
+   (:class:`~lmops.prompts._candidates.Builder`): a text prompt's demos are written into
+   its text, a chat prompt's are turns. A chat candidate is scored through chat; a text
+   one as plain text on ``/v1/completions``, as an eval's ``doc_to_text`` will be sent,
+   where the target takes it (else through chat, with a warning:
+   :func:`~lmops.prompts._candidates.scoring_route`). They are put in a
    prior order (the starting prompt, then along the diagonals of instruction x demo count,
    4 demos first), and as many as the budget lets each answer ``min_rows`` dev rows are
    taken: a rung of 2 rows ranks by noise, since one row is 50 points of accuracy.
@@ -32,14 +36,15 @@ The steps (what DSPy's MIPROv2 does, without its Bayesian surrogate):
    candidate promoted to the next rung answers only its new rows.
 5. **Final**: the starting prompt and the winner answer every test row; accuracies with
    bootstrap 95 % CIs and the paired CI of their difference. The winner is registered as
-   the next version of the prompt, a text prompt if it started as one (metrics in its
-   metadata; lineage to the starting version, the data, the task file and an
+   the next version of the prompt, a text prompt if it started as one, whose template
+   renders exactly what was scored (metrics, ``scored_via`` among them, in its metadata; lineage to the starting version, the data, the task file and an
    ``eval_report`` holding every test answer), under an ``optimize`` run. Nothing is
    labelled unless ``promote`` names a label.
 
 **Resume.** Every model answer (and proposal) is appended to a journal under
 ``$LMOPS_HOME/prompt-optimize/<key>.jsonl`` (the key hashes the prompt version, the task,
-the model and the settings) before the next is asked. When the endpoint fails mid-way the
+the model and the settings, and the proposer and the route where they are given) before
+the next is asked. When the endpoint fails mid-way the
 command stops with a one-line error, and Ctrl-C stops at once (queued requests are not
 sent; :class:`OptimizeInterrupted`); running it again replays the journal and continues
 from the last completed answer. The journal is removed once the version is registered.
@@ -54,14 +59,15 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmops.core.errors import UserError
 from lmops.core.rows import read_rows
 from lmops.prompts._answers import Asker, Journal, OptimizeInterrupted
-from lmops.prompts.lm import ChatModel, EndpointError
+from lmops.prompts._candidates import TEXT_STOP, Builder, Candidate, Route, scoring_route
+from lmops.prompts.lm import ChatModel, EndpointError, TextModel
 from lmops.prompts.playground import normalize_answer as _norm
 from lmops.prompts.registry import Prompt
 from lmops.prompts.registry import create as create_prompt
@@ -113,13 +119,6 @@ class OptimizeSettings(BaseModel):
     proposal_tokens: int = Field(96, ge=1)
 
 
-class Candidate(BaseModel):
-    key: str
-    instruction: str
-    demos: list[int]  # train row indexes
-    start: bool = False  # the starting prompt itself
-
-
 class OptimizeResult(BaseModel):
     best: Candidate
     dev_scores: dict[str, float]
@@ -138,6 +137,9 @@ class OptimizeResult(BaseModel):
     test_majority: float = 0.0
     majority_target: str = ""
     test_chance: float | None = None
+    # how candidates were sent: "completions" (a text prompt as plain text, as an eval's
+    # doc_to_text is) or "chat" (messages; a text prompt as one user message)
+    scored_via: Route = "chat"
     registered: str | None = None
     promoted: str | None = None
     run_id: str | None = None
@@ -197,89 +199,18 @@ def bootstrap_ci(
     return (float(lo), float(hi))
 
 
-# -- candidates -------------------------------------------------------------------------------------
-_INPUT = "\x00INPUT\x00"  # stands for {{input}} while a candidate's template is built
+# -- candidates (built and sent by lmops.prompts._candidates) ----------------------------------
+def _sender(model: ChatModel, task: OptimizeTask) -> Callable[[str | Messages], str]:
+    """Sends one request of :meth:`Builder.request`: a text to ``/v1/completions`` (stopped
+    at the blank line between demos), messages to chat; greedy, ``task.max_tokens``."""
+    params: dict[str, Any] = {"temperature": 0.0, "max_tokens": task.max_tokens}
 
+    def send(request: str | Messages) -> str:
+        if isinstance(request, str):
+            return cast("TextModel", model).complete_text(request, **params, stop=TEXT_STOP)
+        return model.complete(request, **params)
 
-def _safe(text: str) -> str:
-    """Text that can sit in a template (no ``{{``/``}}``, which would read as variables)."""
-    return text.replace("{{", "{ {").replace("}}", "} }")
-
-
-class _Builder:
-    """Builds a candidate from the starting prompt, in the starting prompt's type, so the
-    version registered can go wherever the starting one went (a text prompt into an eval
-    task's ``doc_to_text`` or ``/v1/completions``).
-
-    * chat: the instruction (and the prompt's own system text) as the system message, each
-      demo as the prompt's user turn for the demo's input answered by its output, then the
-      prompt's turn for the input;
-    * text: the instruction, each demo as the prompt for the demo's input followed by its
-      output, then the prompt for the input, separated by blank lines (lm-eval's few-shot
-      layout: a space before an answer, a blank line between shots). Sent, as every text
-      prompt is sent to a chat model, as one user message."""
-
-    def __init__(self, start: Prompt, task: OptimizeTask, train: list[dict[str, Any]]) -> None:
-        self.start = start
-        self.task = task
-        self.train = train
-        self.text = start.spec.type == "text"
-        extra = [v for v in start.variables if v != "input" and v not in task.variables]
-        if "input" not in start.variables or extra:
-            raise UserError(
-                f"{start.ref}: optimisation needs a prompt with an {{{{input}}}} variable and "
-                f"values for the others in the task's variables (missing: {', '.join(extra) or '-'})"
-            )
-
-    def turn(self, x: str) -> tuple[list[str], Messages]:
-        msgs = self.start.messages(**self.task.variables, input=x)
-        systems = []
-        while msgs and msgs[0]["role"] in ("system", "developer"):
-            systems.append(msgs.pop(0)["content"])
-        return systems, msgs
-
-    def shot(self, i: int) -> str:
-        """Train row ``i`` as a text prompt's demo: the prompt for its input, then its output."""
-        row = self.train[i]
-        asked = self.start.compiled.render_text(
-            {**self.task.variables, "input": str(row[self.task.input_field])}
-        )
-        return asked + ("" if asked[-1:].isspace() else " ") + str(row[self.task.target_field])
-
-    def render(self, c: Candidate, x: str) -> str | Messages:
-        """The candidate for input ``x``: a text (a text starting prompt) or messages."""
-        if c.start:
-            return self.start.render(**self.task.variables, input=x)
-        if self.text:
-            asked = self.start.compiled.render_text({**self.task.variables, "input": x})
-            return "\n\n".join(
-                [*([c.instruction] if c.instruction else []), *map(self.shot, c.demos), asked]
-            )
-        systems, rest = self.turn(x)
-        system = "\n\n".join(s for s in [c.instruction, *systems] if s)
-        out: Messages = [{"role": "system", "content": system}] if system else []
-        for i in c.demos:
-            row = self.train[i]
-            out += self.turn(str(row[self.task.input_field]))[1]
-            out.append({"role": "assistant", "content": str(row[self.task.target_field])})
-        return out + rest
-
-    def messages(self, c: Candidate, x: str) -> Messages:
-        """What the target model is sent: the candidate's messages (a text is one user
-        message, as :meth:`Prompt.messages` sends a text prompt)."""
-        out = self.render(c, x)
-        return [{"role": "user", "content": out}] if isinstance(out, str) else out
-
-    def template(self, c: Candidate) -> str | list[dict[str, str]]:
-        """The candidate as a template of the starting prompt's type (``{{input}}`` kept a
-        variable)."""
-        out = self.render(c, _INPUT)
-        if isinstance(out, str):
-            return _safe(out).replace(_INPUT, "{{input}}")
-        return [
-            {"role": m["role"], "content": _safe(m["content"]).replace(_INPUT, "{{input}}")}
-            for m in out
-        ]
+    return send
 
 
 def _identity(model: ChatModel) -> str:
@@ -503,9 +434,15 @@ def optimize(
         data[task.train : task.train + task.dev],
         data[task.train + task.dev : need],
     )
-    builder = _Builder(start, task, train)
+    # a text prompt is scored as it will be used, on /v1/completions, where the target
+    # takes plain text (lmops.prompts._candidates); else through chat, with a warning
+    route, why = scoring_route(model, start.spec.type == "text", _identity(model), start.ref)
+    builder = Builder(start, task, train, route)
+    if route == "completions":
+        say(f"{start.ref} is a text prompt: candidates are sent to /v1/completions ({why})")
     # what the journal's answers and proposals came from; a run with another proposer
-    # must not resume with the old one's instructions (without one, the key is as before)
+    # must not resume with the old one's instructions, nor one scored through chat with
+    # answers to plain text (without either, the key is as before)
     made_by: list[Any] = [
         start.ref,
         start.version.digest,
@@ -515,10 +452,11 @@ def optimize(
     ]
     if proposer is not None:
         made_by.append(_identity(proposer))
+    if route == "completions":
+        made_by.append({"scored_via": route, "stop": TEXT_STOP})
     key = hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()[:20]
     journal = Journal(store.settings.home / "prompt-optimize" / f"{key}.jsonl")
-    params = {"temperature": 0.0, "max_tokens": task.max_tokens}
-    asker = Asker(model, journal, params, settings.concurrency)
+    asker = Asker(_sender(model, task), journal, settings.concurrency)
     inputs: list[str | tuple[str, str]] = [(start.ref, "base_prompt")]
     with store.runs.track(
         "optimize",
@@ -527,6 +465,7 @@ def optimize(
             "task": task.model_dump(),
             **settings.model_dump(),
             "model": model_name,
+            "scored_via": route,
         },
     ) as run:
         if data_ref is not None:
@@ -556,7 +495,7 @@ def optimize(
                 batch = range(asked, min(cap, asked + step))
                 replies = asker.ask(
                     [
-                        (f"boot/{i}", builder.messages(first, str(train[i][task.input_field])))
+                        (f"boot/{i}", builder.request(first, str(train[i][task.input_field])))
                         for i in batch
                     ]
                 )
@@ -584,7 +523,7 @@ def optimize(
                 settings.seed,
                 settings.proposal_tokens,
             )
-            instructions = [""] + [_safe(p) for p in proposals]
+            instructions = ["", *proposals]
             if task.labels:
                 instructions.insert(
                     0, "Answer with exactly one of: " + ", ".join(task.labels) + "."
@@ -622,7 +561,7 @@ def optimize(
                 say(f"rung: {len(alive)} of {len(cands)} candidates on {target} dev rows")
                 got = asker.ask(
                     [
-                        (f"dev/{k}/{j}", builder.messages(by_key[k], str(dev[j][task.input_field])))
+                        (f"dev/{k}/{j}", builder.request(by_key[k], str(dev[j][task.input_field])))
                         for k in alive
                         for j in range(n_items, target)
                     ]
@@ -647,7 +586,7 @@ def optimize(
             for c in {first.key: first, best.key: best}.values():
                 got = asker.ask(
                     [
-                        (f"test/{c.key}/{j}", builder.messages(c, str(test[j][task.input_field])))
+                        (f"test/{c.key}/{j}", builder.request(c, str(test[j][task.input_field])))
                         for j in range(len(test))
                     ]
                 )
@@ -684,6 +623,7 @@ def optimize(
             test_majority=share,
             majority_target=majority,
             test_chance=1 / len(task.labels) if task.labels else None,
+            scored_via=route,
             run_id=run.id,
         )
         store.runs.log_metrics(
