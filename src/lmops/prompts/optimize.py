@@ -37,17 +37,18 @@ The steps (what DSPy's MIPROv2 does, without its Bayesian surrogate):
 5. **Final**: the starting prompt and the winner answer every test row; accuracies with
    bootstrap 95 % CIs and the paired CI of their difference. The winner is registered as
    the next version of the prompt, a text prompt if it started as one, whose template
-   renders exactly what was scored (metrics, ``scored_via`` among them, in its metadata; lineage to the starting version, the data, the task file and an
-   ``eval_report`` holding every test answer), under an ``optimize`` run. Nothing is
-   labelled unless ``promote`` names a label.
+   renders exactly what was scored (metrics, ``scored_via`` among them, in its metadata;
+   lineage to the starting version, the data, the task file and an ``eval_report`` holding
+   every test answer), under an ``optimize`` run. Nothing is labelled unless ``promote``
+   names a label.
 
 **Resume.** Every model answer (and proposal) is appended to a journal under
 ``$LMOPS_HOME/prompt-optimize/<key>.jsonl`` (the key hashes the prompt version, the task,
-the model and the settings, and the proposer and the route where they are given) before
-the next is asked. When the endpoint fails mid-way the
-command stops with a one-line error, and Ctrl-C stops at once (queued requests are not
-sent; :class:`OptimizeInterrupted`); running it again replays the journal and continues
-from the last completed answer. The journal is removed once the version is registered.
+the model and the settings, and the proposer and the completions route where they are
+given) before the next is asked. When the endpoint fails mid-way the command stops with a
+one-line error, and Ctrl-C stops at once (queued requests are not sent;
+:class:`OptimizeInterrupted`); running it again replays the journal and continues from the
+last completed answer. The journal is removed once the version is registered.
 """
 
 from __future__ import annotations
