@@ -1,7 +1,7 @@
 """Prompt stage benchmark (issue #16): gateway rendering overhead, and eval-driven prompt
 optimisation against DSPy on the same endpoint, splits and LM calls (lmops at most DSPy's).
 
-    .venv/bin/python benchmarks/prompt_bench.py [--parts render,optimize,dspy] [--json]
+    .venv/bin/python benchmarks/prompt_bench.py [--parts render,optimize,dspy,route] [--json]
         [--test 200] [--dev 40] [--train 40] [--budget 150] [--endpoint URL --api-key K]
 
 **render**: ``lmops.prompts.binding.apply_prompt`` on a chat request whose deployment binds
@@ -32,6 +32,16 @@ DSPy. The paired CI of (lmops - DSPy) over the same 200 test rows is reported. D
 benchmark-only peer: ``.venv/bin/pip install dspy`` (3.x; it does not touch torch). Its
 prompts use DSPy's own field format (``[[ ## language ## ]]``, 32 reply tokens against our
 8); a reply its adapters cannot parse scores 0, as in DSPy's own evaluation.
+
+**route** (not in the default parts): the same task's starting prompt registered as a
+*text* prompt, optimised twice within ``--budget``: once with its candidates scored through
+chat, each as one user message (what the optimiser did before: the target wrapped so that
+it takes chat only), once as plain text on ``/v1/completions`` (what it does now, where
+the target takes plain text). Each starting prompt and winner is then evaluated by ``lmops
+eval`` itself (``doc_to_text: prompt:REF``, plain text on ``/v1/completions``, until the
+blank line, ``max_gen_toks`` as the optimiser's ``max_tokens``) on the same held-out rows,
+scored as the optimiser scores (the label named first). The peer of the optimiser's
+held-out figure is that eval's: how the registered version will be measured and used.
 
 The machine is 2 shared CPU cores used by several people at once: timings are noisy and
 only the accuracy figures are meant to be compared.
@@ -66,6 +76,25 @@ benchmarks/prompt_bench.py --parts render,optimize,dspy --json``, defaults, load
   2.9 -> 2.4): no candidate beat the start on dev, so start 0.365 [0.300, 0.430] was kept
   (210 + 2 calls, 290 s); SmolLM2 answers inline demos with sentences ("Yes, the following
   text is written in"), not with the bare label its turns teach it.
+
+Route results (2026-12-07 19:00-19:37 UTC, one run of ``LMOPS_SHARED_DATASETS=...
+OMP_NUM_THREADS=1 .venv/bin/python benchmarks/prompt_bench.py --parts route --test 100
+--json``, budget 150, load average 7.1 at the start and 10.3 at the end, 100 held-out rows):
+
+=========================  ========================  ===================================
+candidates scored          optimiser's held-out       ``lmops eval`` of the same versions
+                           start -> best              (/v1/completions) start -> best
+=========================  ========================  ===================================
+through chat (before)      0.370 -> 0.370 (kept)      0.040 -> 0.040
+on /v1/completions (now)   0.040 -> 0.640 (4 demos)   0.040 -> 0.640
+=========================  ========================  ===================================
+
+Scored through chat, the optimiser reported 0.370 for a prompt that the eval measures at
+0.040 (SmolLM2 through its chat template answers the question; continuing the bare text it
+rarely writes a label) and found nothing to change; scored as the eval sends it, it saw
+the real 0.040, found 4 demos that teach the label format, and its 0.640 is the eval's to
+the row (the same requests, greedy). 250 and 350 calls (148 search + 2 proposals + the
+test passes; the chat run tested the start only), 603 s and 763 s.
 """
 
 from __future__ import annotations
@@ -277,6 +306,100 @@ def bench_optimize(
     return {"result": out, "task": task, "rows": rows}
 
 
+# ============================================================================ route
+class ChatOnly:
+    """The target as the optimiser saw it before it scored text prompts as text: chat only,
+    so a text prompt's candidates go as one user message (``scored_via: chat``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.base_url, self.model = inner, inner.base_url, inner.model
+
+    @property
+    def calls(self) -> int:
+        return int(self.inner.calls)
+
+    def complete(self, messages: list[dict[str, str]], **params: Any) -> str:
+        return str(self.inner.complete(messages, **params))
+
+
+def bench_route(args: argparse.Namespace, endpoint: str, key: str, budget: int) -> dict[str, Any]:
+    """The same text prompt optimised twice, its candidates scored through chat (as before)
+    and as plain text on /v1/completions (now); each winner then evaluated by ``lmops eval``
+    (``doc_to_text: prompt:REF``, /v1/completions, until the blank line) on the same
+    held-out rows, scored as the optimiser scores (the label named first)."""
+    from lmops.eval.jobs import run_eval
+    from lmops.eval.spec import EvalSpec
+    from lmops.prompts import create, load
+    from lmops.prompts.lm import OpenAIChat
+    from lmops.prompts.optimize import OptimizeSettings, OptimizeTask, optimize, score
+    from lmops.store import Store
+
+    rows = language_rows(args.train + args.dev + args.test, seed=args.seed)
+    home = Path(tempfile.mkdtemp(prefix="prompt-bench-route-"))
+    os.environ["LMOPS_HOME"] = str(home)
+    data = home / "langid.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    # the held-out rows, as the optimiser splits them (its seeded shuffle)
+    order = list(range(len(rows)))
+    random.Random(args.seed).shuffle(order)
+    test = [rows[i] for i in order[args.train + args.dev :]]
+    (home / "test.jsonl").write_text(  # the prompt's variable is {{input}}
+        "".join(
+            json.dumps({"input": r["text"], "language": r["language"]}, ensure_ascii=False) + "\n"
+            for r in test
+        )
+    )
+    store = Store()
+    task = OptimizeTask(
+        dataset=str(data), input_field="text", target_field="language", labels=LABELS,
+        train=args.train, dev=args.dev, test=args.test, seed=args.seed,
+        max_tokens=args.max_tokens,
+    )  # fmt: skip
+    settings = OptimizeSettings(
+        budget=budget, instructions=args.instructions, demo_sets=args.demo_sets, k=args.k,
+        concurrency=args.concurrency, seed=args.seed,
+    )  # fmt: skip
+
+    def evaluate(ref: str) -> float:
+        path = home / f"task-{ref.replace(':', '-')}.yaml"
+        path.write_text(
+            f"task: langid\ndataset_path: json\ndataset_kwargs: {{data_files: {{test: "
+            f"{home / 'test.jsonl'}}}}}\ntest_split: test\ndoc_to_text: 'prompt:{ref}'\n"
+            "doc_to_target: language\noutput_type: generate_until\n"
+            f"generation_kwargs: {{max_gen_toks: {args.max_tokens}, until: ['\\n\\n']}}\n"
+        )
+        spec = EvalSpec(model="smol", endpoint=endpoint, task_files=[str(path)], resume=False)
+        items = run_eval(store, spec, api_key=key, progress=False).results[0].items
+        return sum(score(i["output"], i["target"], LABELS) for i in items) / len(items)
+
+    out: dict[str, Any] = {}
+    for route in ("chat", "completions"):
+        name = f"langid-{route}"
+        create(store, name, START_PROMPT, message="starting prompt")
+        eval_start = evaluate(f"{name}:1")
+        served = OpenAIChat(endpoint, "smol", api_key=key, timeout_s=600)
+        model = ChatOnly(served) if route == "chat" else served
+        t0 = time.time()
+        r = optimize(
+            store, load(store, f"{name}:1"), task, model, settings,
+            on_progress=lambda m, route=route: print(f"  {route}: {m}", file=sys.stderr),
+        )  # fmt: skip
+        winner = r.registered or f"{name}:1"
+        out[route] = {
+            "scored_via": r.scored_via,
+            "winner": r.best.model_dump(),
+            "registered": r.registered,
+            "optimizer_start": r.test_baseline,
+            "optimizer_best": r.test_best,
+            "eval_start": eval_start,
+            "eval_best": evaluate(winner),
+            "calls_total": r.calls_total,
+            "wall_s": time.time() - t0,
+        }
+    store.close()
+    return out
+
+
 # ============================================================================ dspy
 def bench_dspy(
     args: argparse.Namespace,
@@ -413,7 +536,7 @@ def main() -> None:
             file=sys.stderr,
         )
     proc = None
-    if parts & {"optimize", "dspy"}:
+    if parts & {"optimize", "dspy", "route"}:
         if args.endpoint:
             endpoint, key = args.endpoint, args.api_key or ""
         else:
@@ -440,6 +563,17 @@ def main() -> None:
                         f"dspy {d['optimizer']}: {d['accuracy']:.3f} {fmt(d['accuracy_ci95'])}; "
                         f"calls search {d['calls_search']}, total {d['calls_total']}; "
                         f"{d['wall_s']:.0f} s",
+                        file=sys.stderr,
+                    )
+            if "route" in parts:
+                report["route"] = rt = bench_route(args, endpoint, key, args.budget)
+                for route, v in rt.items():
+                    print(
+                        f"text prompt scored via {route}: optimiser's held-out accuracy start "
+                        f"{v['optimizer_start']:.3f} -> best {v['optimizer_best']:.3f}; lmops "
+                        f"eval of the same versions (/v1/completions) start "
+                        f"{v['eval_start']:.3f} -> best {v['eval_best']:.3f}; "
+                        f"{v['calls_total']} calls, {v['wall_s']:.0f} s",
                         file=sys.stderr,
                     )
             if "optimize" in parts:
