@@ -447,7 +447,17 @@ def test_type_selection_only_filters_the_findings() -> None:
 
 
 def test_every_type_has_a_default_placeholder() -> None:
-    assert PII_TYPES == ("SECRET", "EMAIL", "ID_CARD", "PASSPORT", "PHONE", "BANK_CARD", "IP")
+    assert PII_TYPES == (
+        "SECRET",
+        "EMAIL",
+        "ID_CARD",
+        "IBAN",
+        "SSN",
+        "PASSPORT",
+        "PHONE",
+        "BANK_CARD",
+        "IP",
+    )
 
 
 # ------------------------------------------------------------------------------ obfuscated
@@ -639,6 +649,11 @@ def test_one_kilobyte_document() -> None:
         "1\u200b" * 25_000,
         "\u0661" * 50_000,
         "a." * 25_000 + "@x.com",
+        "AB12 " * 10_000 + "1234567",
+        "(415) " * 8_000 + "1234567",
+        "123-45-" * 7_000,
+        "415." * 12_000,
+        "SSN " * 12_000 + "1234567",
     ],
 )
 def test_adversarial_inputs_find_nothing(text: str) -> None:

@@ -53,7 +53,10 @@ def test_config_defaults_and_validation() -> None:
     assert "IP" not in (cfg.pii_types or [])
     assert GuardrailConfig(pii_types=["phone", "id-card"]).pii_types == ["ID_CARD", "PHONE"]
     with pytest.raises(ValueError, match="unknown PII type"):
-        GuardrailConfig(pii_types=["SSN"])
+        GuardrailConfig(pii_types=["DRIVERS_LICENSE"])
+    # the default is every type but IP, the US and international ones included
+    assert {"SSN", "IBAN", "PHONE"} <= set(cfg.pii_types or [])
+    assert GuardrailConfig(pii_types=["iban", "ssn"]).pii_types == ["IBAN", "SSN"]
     with pytest.raises(ValueError, match="unknown categories"):
         GuardrailConfig(categories=["violence", "gossip"])
     with pytest.raises(ValueError, match="pii_placeholder"):
@@ -495,6 +498,13 @@ STREAM_PIECES = [
     "护照号",
     "passport no.",
     "Bearer abcdefghij0123456789",
+    "123-45-6789",
+    "SSN ",
+    "(415) 555-0100",
+    "415.555.0100",
+    "1 ",
+    "GB82 WEST 1234 5698 7654 32",
+    "DE89 3704 0044 0532 0130 00",
     "hello",
     "你好",
     "电话",
@@ -1424,6 +1434,16 @@ STREAM_PII = [
     "e12345678",
     "E 1234 5678",
     "sk-abcdefghijklmnopqrstu1234567890",
+    "123-45-6789",
+    "SSN 123 45 6789",
+    "(415) 555-0100",
+    "415.555.0100",
+    "415 555 0100",
+    "1 (415) 555-0100",
+    "+1 (415) 555-0100",
+    "GB82 WEST 1234 5698 7654 32",
+    "DE89 3704 0044 0532 0130 00",
+    "NL91ABNA0417164300",
 ]
 STREAM_TERMS = [
     "how to make a bomb",

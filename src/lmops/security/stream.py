@@ -46,6 +46,7 @@ _BLANKS = frozenset(" \t\u00a0\u1680\u202f\u205f\u3000" + "".join(map(chr, range
 # Spelled-out e-mail connectors ("john at example dot com", "john [at] example.com").
 _CONNECTORS = ("at", "dot", "@", "[at]", "(at)", "{at}", "<at>", "[dot]", "(dot)", "{dot}", "<dot>")
 _CONNECTORS_GLUED = ("@", "\uff20", *_CONNECTORS[3:])  # those that need no blank around them
+_IBAN_GROUP = re.compile("[A-Z0-9]{4}")  # one of an IBAN's groups of four ("GB82", "WEST")
 _MAX_HOLD = 1024
 # An open private-key block ("-----BEGIN ... PRIVATE KEY-----" with no END yet) is held
 # whole, up to the length the detector reads (16 KiB of body).
@@ -76,6 +77,12 @@ def _short_word(word: str) -> bool:
     if not (len(letters) == 1 or (len(letters) == 2 and letters[0] in "Ee")):
         return False
     return not word[: -len(letters)][-1:].isalnum()
+
+
+def _iban_group(word: str) -> bool:
+    """Whether ``word`` may be a group of an IBAN written in groups: four upper-case
+    letters or digits (a word after it may go on with the same number)."""
+    return _IBAN_GROUP.fullmatch(word) is not None
 
 
 def _sticky_start(text: str, limit: int) -> int:
@@ -127,13 +134,20 @@ def _sticky_start(text: str, limit: int) -> int:
         word = _INVISIBLE_RE.sub("", text[start:end])
         left = _INVISIBLE_RE.sub("", text[word_start(gap) : gap])
         # Digit groups ("138 1234"), after a prefix ("+86 138", "(010) 1234") or a
-        # passport's letters ("E 1234 5678", "E X1234567"); or the parts of a spelled-out
-        # e-mail ("john at example", "john [at]example", "john@ example").
-        grouped = (
-            left[-1].isdecimal() or left[-1] in ")+" or _short_word(left)
-            if word[0].isdecimal()
-            else word[0].isalpha() and _short_word(left) and left[-1] in "Ee"
-        )
+        # passport's letters ("E 1234 5678", "E X1234567"); an area code in parentheses
+        # after a country code ("1 (415)", "+1 (415)"); an IBAN's groups of four ("GB82
+        # WEST", "2345 MTLC AST0"); or the parts of a spelled-out e-mail ("john at
+        # example", "john [at]example", "john@ example").
+        if word[0].isdecimal():
+            grouped = (
+                left[-1].isdecimal() or left[-1] in ")+" or _short_word(left) or _iban_group(left)
+            )
+        elif word[0] == "(":
+            grouped = left[-1].isdecimal() and word[1:2] in ("", *"0123456789")
+        else:
+            grouped = (word[0].isalpha() and _short_word(left) and left[-1] in "Ee") or (
+                "A" <= word[0] <= "Z" and _iban_group(left)
+            )
         if not grouped and (
             sum(c in _BLANKS for c in text[gap:start]) > 2
             or not (

@@ -1,6 +1,7 @@
 """The validators of PII findings (see :mod:`lmops.text.pii`): check characters (resident ID
-MOD 11-2, Luhn), plausible birth dates, card prefixes, IP ranges, e-mail shapes. Each
-``_valid_*`` takes a regex match and returns the finding's span, or None to reject it."""
+MOD 11-2, Luhn, IBAN MOD 97-10), plausible birth dates, card prefixes, the SSA's and NANP's
+number rules, IP ranges, e-mail shapes. Each ``_valid_*`` takes a regex match and returns
+the finding's span, or None to reject it."""
 
 from __future__ import annotations
 
@@ -116,11 +117,99 @@ def _valid_e164(m: re.Match[str]) -> tuple[int, int] | None:
     return m.span() if 8 <= n <= 15 else None
 
 
+def _valid_nanp(m: re.Match[str]) -> tuple[int, int] | None:
+    # North American Numbering Plan: NPA (area code) and NXX (exchange) start with 2-9 (the
+    # regex), and neither is an N11 service code (211, 411, 911...), which no number has.
+    digits = _digits(m.group())
+    if len(digits) == 11:
+        digits = digits[1:]  # the country code 1
+    if digits[1:3] == "11" or digits[4:6] == "11":
+        return None
+    return m.span()
+
+
+# --------------------------------------------------------------------------- SSN
+def ssn_ok(number: str) -> bool:
+    """Whether 9 digits can be a US Social Security number: the SSA never issues area 000,
+    666 or 900-999 (900-999 are ITINs), group 00 or serial 0000."""
+    area, group, serial = number[:3], number[3:5], number[5:]
+    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+
+
+def _valid_ssn(m: re.Match[str]) -> tuple[int, int] | None:
+    span = m.span("v") if m.re.groupindex.get("v") else m.span()
+    return span if ssn_ok(_digits(m.string[span[0] : span[1]])) else None
+
+
+# --------------------------------------------------------------------------- IBAN
+# Length of the IBAN of each country that issues them (SWIFT's IBAN registry; the country
+# code, 2 check digits and the national account number, BBAN).
+_IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
+    "BI": 27, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27,
+    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27,
+    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HN": 28, "HR": 21, "HU": 28,
+    "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28,
+    "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22,
+    "MK": 19, "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23,
+    "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24,
+    "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}  # fmt: skip
+
+
+def iban_ok(iban: str) -> bool:
+    """The ISO 13616 check of an IBAN without spaces: its country's length, and MOD 97-10
+    (ISO 7064) over the number with its first four characters moved to the end and every
+    letter read as 10-35 equal to 1."""
+    if _IBAN_LENGTHS.get(iban[:2]) != len(iban) or not iban.isalnum() or not iban.isascii():
+        return False
+    return int("".join(str(int(c, 36)) for c in iban[4:] + iban[:4])) % 97 == 1
+
+
+def _valid_iban(m: re.Match[str]) -> tuple[int, int] | None:
+    # The regex may run on into a word after the number ("BE68 5390 0754 7034 EUR"): the
+    # IBAN is as long as its country says, and must end where a group does.
+    text = m.group()
+    n = _IBAN_LENGTHS.get(text[:2])
+    if n is None:
+        return None
+    end, chars = 0, 0
+    while end < len(text) and chars < n:
+        chars += text[end] != " "
+        end += 1
+    if chars < n or text[end : end + 1] not in ("", " "):
+        return None
+    iban = text[:end].replace(" ", "")
+    # Every BBAN holds an account number: six digits at least ("AB12 CDEF GHIJ..." is not).
+    if sum(c.isdigit() for c in iban[4:]) < 6 or not iban_ok(iban):
+        return None
+    return m.start(), m.start() + end
+
+
 # --------------------------------------------------------------------------- IP
+# A dotted quad right after a version or section word is a version or a section number
+# ("version 1.2.3.4", "v 10.0.0.1", "版本 2.1.0.3", "section 3.2.1.4", "§ 4.1.2.1");
+# "v1.2.3.4" is no address to begin with (a letter before the digit).
+_VERSION_BEFORE = re.compile(
+    r"(?:(?<![A-Za-z])(?i:version|ver\.?|v|release|rel\.?|section|sec\.|chapter)|§|版本号?)"
+    r"[ \t:=：]*$",
+    re.ASCII,
+)
+
+
 def _valid_ipv4(m: re.Match[str]) -> tuple[int, int] | None:
     try:
-        ipaddress.IPv4Address(m.group())
+        ip = ipaddress.IPv4Address(m.group())
     except ValueError:
+        return None
+    # Nobody's address: 0.0.0.0, the loopback 127.0.0.0/8 and the broadcast address, in
+    # every piece of server code and config ("listen on 0.0.0.0:8000"). Private ranges
+    # (10/8, 192.168/16, ...) stay PII: they map a company's own network.
+    if ip.is_unspecified or ip.is_loopback or int(ip) == 0xFFFFFFFF:
+        return None
+    start = m.start()
+    if _VERSION_BEFORE.search(m.string, max(0, start - 10), start) is not None:
         return None
     return m.span()
 
@@ -134,8 +223,10 @@ def _valid_ipv6(m: re.Match[str]) -> tuple[int, int] | None:
     if s.count(":") < 2 or not any(c.isdigit() for c in s):
         return None
     try:
-        ipaddress.IPv6Address(s)
+        ip = ipaddress.IPv6Address(s)
     except ValueError:
+        return None
+    if ip.is_unspecified or ip.is_loopback:  # "::" and "::1", as 0.0.0.0 and 127.0.0.1
         return None
     return start, end
 

@@ -11,13 +11,21 @@ one type the longer span wins, then the earlier one)::
     EMAIL      user@example.com
     ID_CARD    mainland China resident ID: 18 characters with the ISO 7064 MOD 11-2 check
                character and a real birth date, or the 15-digit legacy form
+    IBAN       upper case, plain or in groups of four, of its country's length and passing
+               the MOD 97-10 check ("DE89 3704 0044 0532 0130 00")
+    SSN        US Social Security number ``123-45-6789``; spaced or plain only right after
+               a keyword ("SSN 123 45 6789"); never area 000/666/9xx, group 00, serial 0000
     PASSPORT   China ``E12345678`` / ``G12345678`` / ``EA1234567``, or any passport number
                right after a keyword ("passport no.", "护照号")
     PHONE      China mobile (any common spelling, with or without +86), China landline with
-               an area code, international E.164 numbers written with a leading ``+``
+               an area code, international E.164 numbers written with a leading ``+``,
+               NANP (US, Canada) numbers with dashes, dots, spaces or ``(415)``, ``1`` before
+               them or not (not ten digits in a row: order numbers look the same)
     BANK_CARD  13-19 digits (spaces or dashes between groups allowed) passing the Luhn check,
                with a first digit and length that a card scheme uses
-    IP         IPv4 and IPv6 addresses, validated by :mod:`ipaddress`
+    IP         IPv4 and IPv6 addresses, validated by :mod:`ipaddress`, private ranges
+               included; not 0.0.0.0, loopback (127.0.0.0/8, ::1), "::", 255.255.255.255,
+               nor a dotted quad right after "version", "v", "版本" or "section" (not an address)
 
 Numbers are only found as whole tokens: a digit run inside a longer run of digits, ASCII
 letters or ``_`` never matches, while a CJK character right next to a number is fine
@@ -71,15 +79,20 @@ from lmops.text._pii_checks import (
     _valid_card,
     _valid_e164,
     _valid_email,
+    _valid_iban,
     _valid_id15,
     _valid_id18,
     _valid_ipv4,
     _valid_ipv6,
     _valid_keyword_passport,
+    _valid_nanp,
     _valid_sk_key,
+    _valid_ssn,
     _whole,
+    iban_ok,
     id18_checksum_ok,
     luhn_ok,
+    ssn_ok,
 )
 from lmops.text._pii_view import _joined_view, _normalized
 
@@ -88,10 +101,12 @@ __all__ = [
     "PiiSpan",
     "detect_pii",
     "find_emails",
+    "iban_ok",
     "id18_checksum_ok",
     "luhn_ok",
     "mask_pii",
     "normalize_pii_types",
+    "ssn_ok",
 ]
 
 # Priority order: on overlap the type listed first wins.
@@ -99,6 +114,8 @@ PII_TYPES: tuple[str, ...] = (
     "SECRET",
     "EMAIL",
     "ID_CARD",
+    "IBAN",
+    "SSN",
     "PASSPORT",
     "PHONE",
     "BANK_CARD",
@@ -238,6 +255,8 @@ _DIGITS8 = r"(?:[0-9]{4}[ -]?[0-9]{4}|[0-9](?:[ -][0-9]){7})"  # a passport's, m
 _HEX = "[0-9A-Fa-f]"
 _MMDD = r"(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"  # day-of-month checked later
 _CN_AREA = r"(?:10|2[0-9]|[3-9][0-9]{2})"  # area code after its leading 0: 010, 02x, 0xxx
+_NXX = "[2-9][0-9]{2}"  # a NANP area code or exchange
+_NANP_PARENS = rf"\({_NXX}\)[ -]?{_NXX}[ -]?[0-9]{{4}}"  # "(415) 555-0100"
 
 # EMAIL: found from the "@"; _valid_email reads the local part backwards.
 _EMAIL = _Detector(
@@ -367,6 +386,43 @@ _DETECTORS: tuple[_Detector, ...] = (
         _valid_id15,
         joined=True,
     ),
+    # ---- IBAN: country code, 2 check digits, the BBAN; plain or in groups of four with
+    # single spaces, upper case. Its country's length and the MOD 97-10 check (_valid_iban).
+    _Detector(
+        "IBAN",
+        _c(
+            r"[A-Z]{2}"
+            + _free(2, "A-Za-z0-9_")
+            + r"[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9_])"
+        ),
+        _valid_iban,
+    ),
+    # ---- SSN (US Social Security number): area-group-serial, 3-2-4 with dashes; spaced or
+    # plain only right after a keyword (only the number is masked). No area 000, 666 or
+    # 900-999, group 00 or serial 0000: the SSA issues none (_valid_ssn).
+    _Detector(
+        "SSN",
+        _c(
+            r"[0-8]"
+            + _free(1, _WORD + "+")
+            + _no_dash(1)
+            + r"[0-9]{2}-[0-9]{2}-[0-9]{4}"
+            + _A
+            + _NO_DASH_AFTER
+        ),
+        _valid_ssn,
+        _Needles("-"),
+    ),
+    _Detector(
+        "SSN",
+        _c(
+            r"(?:[Ss](?<![A-Za-z].)(?:SN|sn|S#|s#|(?i:ocial\s+security)(?:\s*(?i:number|no\.?|#))?)"
+            r"|社会安全号码?|社安号)\s*(?:[:#：]|(?i:is)|为|是)?\s*"
+            r"(?P<v>[0-8][0-9]{2}(?P<s>[ -]?)[0-9]{2}(?P=s)[0-9]{4})" + _A + _NO_DASH_AFTER
+        ),
+        _valid_ssn,
+        _Needles("ssn", "ss#", "social", "社会安全", "社安号", ignore_case=True),
+    ),
     # ---- PASSPORT
     # China: E + 8 digits (e-passport), E + letter (no I/O) + 7 digits once E-numbers ran
     # out, G + 8 digits (older ordinary passports).
@@ -440,12 +496,14 @@ _DETECTORS: tuple[_Detector, ...] = (
     ),
     # China landline: area code (010, 02x, 0xxx) then a separator, or in parentheses, then a
     # 7-8 digit local number (optionally split 3/4 + 4). Without a separator an 11-12 digit
-    # run starting with 0 is too often something else.
+    # run starting with 0 is too often something else; nor is it three groups in the middle
+    # of a longer run of spaced groups ("ES21 6934 0729 3941 9358", an IBAN with a typo).
     _Detector(
         "PHONE",
         _c(
-            r"(?:0" + _free(1) + _no_dash(1) + _CN_AREA + r"[ -]|\(0" + _CN_AREA + r"\)[ -]?)"
-            r"[1-9][0-9]{2,3}[ -]?[0-9]{4}" + _A + _NO_DASH_AFTER
+            r"(?:0" + _free(1) + _no_dash(1) + r"(?<![0-9] .)" + _CN_AREA + r"[ -]"
+            r"|\(0" + _CN_AREA + r"\)[ -]?)"
+            r"[1-9][0-9]{2,3}[ -]?[0-9]{4}" + _A + _NO_DASH_AFTER + r"(?! [0-9])"
         ),
         _whole,
     ),
@@ -460,6 +518,42 @@ _DETECTORS: tuple[_Detector, ...] = (
         _valid_e164,
         _Needles("+"),
         digits=1,  # "+1 2 3 4 5 6": one digit at a time
+    ),
+    # US, Canada and the rest of NANP: NPA (area code) and NXX (exchange) start with 2-9:
+    # "415-555-0100", "415 555 0100", "(415) 555-0100", with a "1" before them or not
+    # (after "+1" the number is E.164's too). One separator throughout, but after "(415)".
+    _Detector(
+        "PHONE",
+        _c(
+            r"(?:1"
+            + _free(1, _WORD + "+")
+            + _no_dash(1)
+            + rf"(?:(?P<s1>[ -]){_NXX}(?P=s1){_NXX}(?P=s1)[0-9]{{4}}|[ -]?{_NANP_PARENS})"
+            + rf"|{_NANP_PARENS}|[2-9]"
+            + _free(1, _WORD + "+")
+            + _no_dash(1)
+            + rf"[0-9]{{2}}(?P<s2>[ -]){_NXX}(?P=s2)[0-9]{{4}})"
+            + _A
+            + _NO_DASH_AFTER
+        ),
+        _valid_nanp,
+    ),
+    # ... and with dots, "415.555.0100", "1.415.555.0100", "(415) 555.0100": never seven
+    # digits in a row, so gated on the dot.
+    _Detector(
+        "PHONE",
+        _c(
+            r"(?:1"
+            + _free(1, _WORD + "+.")
+            + rf"\.{_NXX}\.|[2-9]"
+            + _free(1, _WORD + "+.")
+            + rf"[0-9]{{2}}\.|\({_NXX}\) ?){_NXX}\.[0-9]{{4}}"
+            + _A
+            + r"(?![.-][0-9])"
+        ),
+        _valid_nanp,
+        _Needles("."),
+        digits=1,
     ),
     # ---- BANK_CARD: first digit 2-6 or 9 (Mastercard 2-series, Amex/JCB/Diners, Visa,
     # Mastercard, UnionPay/Discover, and the 9-prefixed domestic cards of Chinese banks).
@@ -499,7 +593,10 @@ _DETECTORS: tuple[_Detector, ...] = (
         "IP",
         _c(
             rf"(?:{_HEX}"
-            + _free(1, _WORD + ":.")
+            + _free(1, _WORD + ".")
+            # a ":" before it only after a character no address has: a Chinese colon
+            # ("地址：2a00::1") reads as ":" in the view
+            + r"(?<![0-9A-Za-z_:.]:.)"
             + rf"{_HEX}{{0,3}}:|:"
             + _free(1, _WORD + ":.")
             + r":)"
