@@ -244,6 +244,20 @@ class _Colons(_Needles):
         return "::" in text or text.count(":") >= 6
 
 
+class _Probe(_Needles):
+    """Gate: one of ``probes`` (a literal word, then a pattern) is in the text. A search that
+    starts from a literal is a fast scan, so text without the shape ("-45-" of an SSN,
+    ".0100" of a dotted phone) never runs the detector's regex, which starts at every digit.
+    ``words`` (the literals) are what every text it passes contains."""
+
+    def __init__(self, *probes: tuple[str, str]) -> None:
+        super().__init__(*(word for word, _ in probes))
+        self._probes = [re.compile(re.escape(w) + p, re.ASCII).search for w, p in probes]
+
+    def __call__(self, text: str) -> bool:
+        return any(probe(text) is not None for probe in self._probes)
+
+
 def _c(pattern: str) -> re.Pattern[str]:
     # ASCII: [0-9]-only \d and \s, and (?i:) folds ASCII only; full-width text is folded
     # to ASCII before matching (see _FOLD).
@@ -391,7 +405,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector(
         "IBAN",
         _c(
-            r"[A-Z]{2}"
+            r"[A-Z][A-Z]"  # not [A-Z]{2}: a first character class is a fast scan
             + _free(2, "A-Za-z0-9_")
             + r"[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9_])"
         ),
@@ -411,7 +425,7 @@ _DETECTORS: tuple[_Detector, ...] = (
             + _NO_DASH_AFTER
         ),
         _valid_ssn,
-        _Needles("-"),
+        _Probe(("-", "[0-9]{2}-[0-9]{4}")),
     ),
     _Detector(
         "SSN",
@@ -421,7 +435,8 @@ _DETECTORS: tuple[_Detector, ...] = (
             r"(?P<v>[0-8][0-9]{2}(?P<s>[ -]?)[0-9]{2}(?P=s)[0-9]{4})" + _A + _NO_DASH_AFTER
         ),
         _valid_ssn,
-        _Needles("ssn", "ss#", "social", "社会安全", "社安号", ignore_case=True),
+        # case by case: cheaper than lower-casing every text
+        _Needles("SSN", "ssn", "Ssn", "SS#", "ss#", "ocial", "OCIAL", "社会安全", "社安号"),
     ),
     # ---- PASSPORT
     # China: E + 8 digits (e-passport), E + letter (no I/O) + 7 digits once E-numbers ran
@@ -537,9 +552,10 @@ _DETECTORS: tuple[_Detector, ...] = (
             + _NO_DASH_AFTER
         ),
         _valid_nanp,
+        _Probe(("-", "[0-9]{4}"), (" ", "[0-9]{4}"), (")", "")),  # "-0100", " 0100", "(415)"
     ),
     # ... and with dots, "415.555.0100", "1.415.555.0100", "(415) 555.0100": never seven
-    # digits in a row, so gated on the dot.
+    # digits in a row, so gated on ".dddd".
     _Detector(
         "PHONE",
         _c(
@@ -552,7 +568,7 @@ _DETECTORS: tuple[_Detector, ...] = (
             + r"(?![.-][0-9])"
         ),
         _valid_nanp,
-        _Needles("."),
+        _Probe((".", "[0-9]{4}")),
         digits=1,
     ),
     # ---- BANK_CARD: first digit 2-6 or 9 (Mastercard 2-series, Amex/JCB/Diners, Visa,
