@@ -73,10 +73,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from lmops.text.pii import id18_checksum_ok, luhn_ok, mask_pii  # noqa: E402
+from lmops.text.pii import PII_TYPES, id18_checksum_ok, luhn_ok, mask_pii  # noqa: E402
 
 # The gateway's default: every type but IP (see lmops.security.DEFAULT_PII_TYPES).
-GATEWAY_TYPES = ["SECRET", "EMAIL", "ID_CARD", "PASSPORT", "PHONE", "BANK_CARD"]
+GATEWAY_TYPES = [t for t in PII_TYPES if t != "IP"]
 RECALL_TARGET = 0.98
 FP_TARGET = 0.01
 CPU_TARGET_MS = 0.5
@@ -406,6 +406,11 @@ ADVERSARIAL = {
     "'1<ZWSP>' x 25k": "1\u200b" * 25_000,
     "50k Arabic-Indic 1": "\u0661" * 50_000,
     "'a.' x 25k + @x.com": "a." * 25_000 + "@x.com",
+    "'AB12 ' x 10k + digits": "AB12 " * 10_000 + "1234567",
+    "'(415) ' x 8k + digits": "(415) " * 8_000 + "1234567",
+    "'123-45-' x 7k": "123-45-" * 7_000,
+    "'415.' x 12k": "415." * 12_000,
+    "'SSN ' x 12k + digits": "SSN " * 12_000 + "1234567",
 }
 KB_DOC = (
     "The quick brown fox jumps over the lazy dog. Version 3.11.2 shipped on 2024-05-01. "
