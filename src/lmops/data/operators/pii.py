@@ -19,8 +19,8 @@ class PiiMask(Mapper):
     """Mask personal data and secrets found by :func:`lmops.text.pii.detect_pii`.
 
     Each finding is replaced by ``placeholder_format`` with ``{type}`` filled in: by
-    default ``<EMAIL>``, ``<PHONE>``, ``<ID_CARD>``, ``<PASSPORT>``, ``<BANK_CARD>``,
-    ``<IP>``, ``<SECRET>``. ``types`` limits masking to some types (names are
+    default ``<EMAIL>``, ``<PHONE>``, ``<ID_CARD>``, ``<IBAN>``, ``<SSN>``, ``<PASSPORT>``,
+    ``<BANK_CARD>``, ``<IP>``, ``<SECRET>``. ``types`` limits masking to some types (names are
     case-insensitive; ``None`` masks all). The number of replacements per type is added to
     ``doc.metadata["pii"]`` (``{"PHONE": 2, "EMAIL": 1}``; summed if the operator runs
     twice), so the run report can total them; a document with nothing masked gets no
