@@ -15,6 +15,13 @@ bad row that the error names both keep every other shard's work:
 
 Stale files are removed before the new keys are written, so a crash in between only makes
 the next run remove them again.
+
+Temp files (``*.tmp``: a shard's data, dropped-documents or stats file being written, the
+next ``shards.json``) of a writer that was killed are removed by the next run as it starts
+(:func:`remove_temp_files`), and by a run whose own workers it killed, once they are gone: a
+run only starts working in its folder while it holds the folder's lock (``_worklock``), so
+no live writer is left to own one. Nothing outside the folder is touched: other recipes,
+and other runs, have work folders of their own.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from pathlib import Path
 
 from lmops.data.io import Shard
 
-__all__ = ["SHARDS_FILE", "drop_stale_work"]
+__all__ = ["SHARDS_FILE", "drop_stale_work", "remove_temp_files"]
 
 SHARDS_FILE = "shards.json"
 
@@ -102,6 +109,18 @@ def drop_stale_work(
     tmp = work / (SHARDS_FILE + ".tmp")
     tmp.write_text(json.dumps(keys))
     os.replace(tmp, work / SHARDS_FILE)
+
+
+def remove_temp_files(work: Path) -> int:
+    """Remove every ``*.tmp`` file under ``work`` (symlinked folders not followed); the
+    caller holds ``work``'s lock and has no writer running. Returns how many."""
+    removed = 0
+    for folder, _, files in os.walk(work):
+        for name in files:
+            if name.endswith(".tmp"):
+                Path(folder, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def _remove_shards(folder: Path, stale: set[int], n_shards: int) -> None:

@@ -17,6 +17,7 @@ with the driver (``core.proc.die_with_parent``), so a killed run leaves no proce
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -27,7 +28,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,8 @@ from lmops import __version__
 from lmops.core.errors import UserError
 from lmops.core.proc import die_with_parent
 from lmops.data import _dropped
-from lmops.data._resume import drop_stale_work
+from lmops.data._pool import run_in_pool
+from lmops.data._resume import drop_stale_work, remove_temp_files
 from lmops.data._worklock import LOCK_NAME, work_lock
 from lmops.data.document import Document
 from lmops.data.io import (
@@ -459,6 +460,7 @@ def run_recipe(
     # From here on the work folder is this run's alone: a second run of it is refused.
     with work_lock(work):
         _reuse_or_reset(work, _fingerprint(recipe))
+        remove_temp_files(work)  # what a killed run was writing: no writer is left
         global_from = next((s.index for s in stages if s.is_global), None)
         drop_stale_work(work, shards, global_from, recipe.on_error)
         (work / "recipe.json").write_text(recipe.model_dump_json(indent=1))
@@ -606,36 +608,15 @@ def _execute(
                     run_local_shard(job)
                     tick(task, 1)
                 continue
-            with ProcessPoolExecutor(
-                max_workers=min(n_workers, len(jobs)),
-                mp_context=mp.get_context("fork"),
-                initializer=_init_worker,
-                initargs=(counter, os.getpid()),
-            ) as pool:
-                futures = {pool.submit(run_local_shard, j) for j in jobs}
-                try:
-                    while futures:
-                        done, futures = wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION)
-                        for f in done:
-                            f.result()  # re-raise a worker's error; finished shards stay
-                            tick(task, 1)
-                        tick(task)
-                except KeyboardInterrupt:
-                    _stop(pool)
-                    raise
+            try:  # a shard's error or Ctrl-C stops the stage at once (see _pool)
+                run_in_pool(
+                    run_local_shard, jobs, n_workers, _init_worker, (counter, os.getpid()),
+                    functools.partial(tick, task),
+                )  # fmt: skip
+            except BaseException:
+                remove_temp_files(work)  # what the killed workers were writing
+                raise
     return resumed
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Ctrl-C stops the stage now. Leaving the pool's ``with`` would wait for every shard
-    still queued (it ran the whole rest of the stage, minutes to hours, before exiting);
-    the workers are killed, which is safe: a shard's output is a temp file renamed into
-    place when done, and the re-run redoes it. The futures are left to the broken pool,
-    which fails them itself (cancelling them first made its thread print a traceback on
-    Python 3.11: it set an exception on a cancelled future)."""
-    processes = getattr(pool, "_processes", None) or {}  # no public way before Python 3.14
-    for proc in list(processes.values()):
-        proc.kill()
 
 
 def _collect_stats(

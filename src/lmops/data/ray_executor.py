@@ -20,8 +20,9 @@ from typing import Any, cast
 
 import numpy as np
 
-from lmops.core.errors import UserError
+from lmops.core.errors import LmopsError, UserError
 from lmops.data._dropped import drop_sink
+from lmops.data._resume import remove_temp_files
 from lmops.data.document import Document
 from lmops.data.executor import (
     LengthHistogram,
@@ -272,10 +273,36 @@ def execute_ray(
             pending = [
                 shard_task.remote(_Job(recipe_json, stage, s, str(work), last)) for s in todo
             ]
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
-                for ref in done:
-                    ray.get(ref)  # re-raise a task's error; finished shards stay on disk
-                    bar.advance(task)
-                time.sleep(0)
+            try:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                    for ref in done:
+                        _get(ray, ref)  # re-raise a task's error; finished shards stay on disk
+                        bar.advance(task)
+                    time.sleep(0)
+            except BaseException:
+                _cancel(ray, pending, work)
+                raise
     return resumed
+
+
+def _get(ray: Any, ref: Any) -> Any:
+    """``ray.get``, with a task's own lmops error (a bad row's ``file:line``) raised as it
+    is: Ray wraps it in a ``RayTaskError`` whose message is the task's whole traceback."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, LmopsError):
+            raise e.cause from None
+        raise
+
+
+def _cancel(ray: Any, pending: list[Any], work: Path) -> None:
+    """A shard's error or Ctrl-C: cancel the stage's other tasks (killing the running ones)
+    and wait until they are gone, so none writes into the work folder once this run has let
+    go of its lock; then remove what they were writing. The finished shards stay."""
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    gone, _ = ray.wait(pending, num_returns=len(pending), timeout=60) if pending else ([], [])
+    if len(gone) == len(pending):
+        remove_temp_files(work)

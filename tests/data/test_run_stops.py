@@ -1,0 +1,227 @@
+"""A data run that cannot go on stops at once and leaves its work folder clean: a bad row
+under ``on_error: raise`` cancels the queued shards (and kills the running ones) instead of
+surfacing after the whole stage, a worker that dies takes no half-written file with it, and
+a run removes the temp files a killed run left in its work folder, and no one else's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.data import executor
+from lmops.data.executor import run_recipe
+from lmops.data.recipe import load_recipe
+from tests.data.test_executor import (
+    SLOW_OPS,
+    _env,
+    _slow_recipe,
+    _wait_for_shards,
+    make_corpus,
+    write_recipe,
+)
+
+CMD = [sys.executable, "-m", "lmops.cli.main", "data", "run"]
+
+STOPS = """\
+name: stops
+imports: [slow_ops]
+inputs: [raw/*.jsonl]
+process:
+  - op: slow_copy
+    seconds: 0.02
+output: {path: out/stops}
+executor: {type: local, workers: 2}
+"""
+BAD_LINE = '{"id": "bad", "text": '
+
+
+def _temp_files(work: Path) -> list[str]:
+    return sorted(str(p.relative_to(work)) for p in work.rglob("*.tmp"))
+
+
+def test_a_bad_row_stops_the_run_at_once_and_the_rerun_resumes(
+    tmp_path: Path, lmops_home: Path
+) -> None:
+    """It used to surface only after every queued shard had run: 11 of these 12 shards
+    were finished before the error was printed."""
+    make_corpus(tmp_path / "raw", files=12, per_file=20)
+    bad = sorted((tmp_path / "raw").glob("*.jsonl"))[6]  # the 7th shard of 12 (sorted paths)
+    lines = bad.read_text().splitlines()
+    bad.write_text("\n".join([*lines[:2], BAD_LINE, *lines[2:]]) + "\n")
+    (tmp_path / "slow_ops.py").write_text(SLOW_OPS)
+    write_recipe(tmp_path / "r.yaml", STOPS)
+    env = _env(tmp_path, lmops_home)
+
+    run = subprocess.run([*CMD, "r.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"error: {bad}:3: malformed JSON (Expecting value at column 23); "
+        "fix the input or set on_error: skip"
+    )
+    work = tmp_path / "out" / "stops.lmops-work"
+    done = sorted(p.name for p in (work / "stage0").glob("*.stats.json"))
+    # the shards before the bad one may be done, the one running beside it was killed,
+    # and none after those two started
+    assert 1 <= len(done) <= 7, done
+    assert _temp_files(work) == []  # the killed worker's half-written file is gone
+
+    rerun = subprocess.run(
+        [*CMD, "r.yaml", "--set", "on_error=skip", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    result = json.loads(rerun.stdout)
+    assert result["resumed_shards"] == len(done)
+    assert result["report"]["docs_out"] == 12 * 20 and result["report"]["errors"]["count"] == 1
+
+
+KILLER_OPS = '''
+import os, signal, time
+from lmops.data.ops import Mapper, register
+
+@register("kill_on_marker")
+class KillOnMarker(Mapper):
+    """Copies documents; its worker is killed (SIGKILL, as the out-of-memory killer does)
+    on the document with "KILL" in it while $KILL is set (test helper)."""
+    def apply(self, doc):
+        time.sleep(0.005)
+        if "KILL" in doc.text and os.environ.get("KILL"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return doc
+'''
+
+
+def test_a_killed_worker_leaves_no_temp_file_and_says_what_happened(
+    tmp_path: Path, lmops_home: Path
+) -> None:
+    """A worker killed mid-write used to end the run with 'internal error: BrokenProcessPool'
+    and leave its own and its pool mates' ``.tmp`` files in the work folder."""
+    make_corpus(tmp_path / "raw", files=6, per_file=40)
+    victim = tmp_path / "raw" / "part3.jsonl"
+    rows = victim.read_text().splitlines()
+    rows[20] = json.dumps({"id": "k", "text": "KILL this worker half way through"})
+    victim.write_text("\n".join(rows) + "\n")
+    (tmp_path / "killer_ops.py").write_text(KILLER_OPS)
+    write_recipe(
+        tmp_path / "r.yaml",
+        STOPS.replace("slow_ops", "killer_ops")
+        .replace("op: slow_copy\n    seconds: 0.02", "op: kill_on_marker")
+        .replace("workers: 2", "workers: 2, shard_bytes: 100000"),
+    )
+    env = _env(tmp_path, lmops_home)
+
+    run = subprocess.run(
+        [*CMD, "r.yaml"], cwd=tmp_path, env={**env, "KILL": "1"}, capture_output=True, text=True
+    )
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: a worker process died while running its shard (killed by a signal; by the "
+        "out-of-memory killer if memory ran out); the finished shards are kept: run the recipe "
+        "again to resume (with fewer executor.workers if memory ran out)"
+    )
+    work = tmp_path / "out" / "stops.lmops-work"
+    assert _temp_files(work) == []
+    done = len(list((work / "stage0").glob("*.stats.json")))
+
+    rerun = subprocess.run([*CMD, "r.yaml", "--json"], cwd=tmp_path, env=env, capture_output=True)
+    assert rerun.returncode == 0, rerun.stderr
+    result = json.loads(rerun.stdout)
+    assert result["resumed_shards"] == done and result["report"]["docs_out"] == 6 * 40
+
+
+def test_a_run_removes_the_temp_files_a_killed_run_left_and_no_one_elses(
+    tmp_path: Path, lmops_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kill -9`` of a run leaves the files its workers were writing; the next run removes
+    them before it works (they used to stay until their shard was redone, or for good when
+    that run stopped first), and never touches another work folder's."""
+    body, env = _slow_recipe(tmp_path, lmops_home, workers=2)
+    write_recipe(tmp_path / "r.yaml", body)
+    proc = subprocess.Popen(
+        [*CMD, "r.yaml"], cwd=tmp_path, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    work = tmp_path / "out" / "demo.lmops-work"
+    _wait_for_shards(proc, work / "stage2", 1)
+    deadline = time.monotonic() + 60  # a liveness bound, not a timing
+    while True:  # frozen, the run's files are what a kill leaves; kill it while it writes
+        os.killpg(proc.pid, signal.SIGSTOP)
+        left = _temp_files(work)
+        if left or time.monotonic() > deadline:
+            break
+        os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert left, "the killed run left no temp file to remove"
+    # another recipe's work folder beside it, maybe a live run's: not this run's to clean
+    other = tmp_path / "out" / "other.lmops-work" / "stage0" / "00000.jsonl.tmp"
+    other.parent.mkdir(parents=True)
+    other.write_text("a live run's half-written shard\n")
+
+    seen: list[list[str]] = []
+    real = executor.run_local_shard
+
+    def first_sees(job: Any) -> Any:
+        if not seen:
+            seen.append(_temp_files(work))
+        return real(job)
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(executor, "run_local_shard", first_sees)
+    monkeypatch.setenv("LMOPS_HOME", str(lmops_home))
+    res = run_recipe(load_recipe(tmp_path / "r.yaml"), base_dir=tmp_path, workers=1, progress=False)
+    assert seen == [[]], left  # gone before the first shard was worked on
+    assert res.resumed_shards >= 1
+    assert other.read_text() == "a live run's half-written shard\n"
+
+
+def test_ray_a_bad_row_cancels_the_stage_s_other_tasks(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Ray ran the stage's other tasks on after the driver raised (and let go of the work
+    folder's lock): they went on writing shards into it."""
+    ray = pytest.importorskip("ray", reason="Ray not installed; pip install 'lmops[ray]' to run")
+    ops = tmp_path_factory.mktemp("ops")
+    (ops / "slow_ops.py").write_text(SLOW_OPS)
+    tmp_path = tmp_path_factory.mktemp("run")
+    make_corpus(tmp_path / "raw", files=8, per_file=20)
+    first = sorted((tmp_path / "raw").glob("*.jsonl"))[0]
+    first.write_text(BAD_LINE + "\n" + first.read_text())
+    write_recipe(tmp_path / "r.yaml", STOPS.replace("seconds: 0.02", "seconds: 0.05"))
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(ops), *sys.path])}},
+    )  # fmt: skip
+    sys.path.insert(0, str(ops))
+    try:
+        with pytest.raises(UserError) as e:
+            run_recipe(
+                load_recipe(tmp_path / "r.yaml"), base_dir=tmp_path, executor="ray", progress=False
+            )
+        # the task's own one-line error, not Ray's wrapper with the task's traceback
+        assert str(e.value) == (
+            f"{first}:1: malformed JSON (Expecting value at column 23); "
+            "fix the input or set on_error: skip"
+        )
+        # Until the cluster is idle: at once when the tasks were cancelled, after the whole
+        # stage (7 more shards of 1 s on 2 CPUs) when they ran on.
+        deadline = time.monotonic() + 120  # a liveness bound, not a timing
+        while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        work = tmp_path / "out" / "stops.lmops-work"
+        done = list((work / "stage0").glob("*.stats.json"))
+        assert len(done) <= 1, done  # the shard running beside the bad one, if it finished
+        assert _temp_files(work) == []
+    finally:
+        sys.path.remove(str(ops))
+        ray.shutdown()
