@@ -121,26 +121,49 @@ def test_a_card_that_fails_once_is_asked_again_at_once(store: Store, how: str) -
     assert [as_sent(b) for b in card.chats] == ["ref"]  # an lmops deployment after all
 
 
-def test_a_card_that_fails_twice_decides_that_call_only(
-    store: Store, caplog: pytest.LogCaptureFixture
+def test_a_card_that_fails_twice_is_left_a_while_then_asked_again(
+    store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import lmops.prompts.lm as lm
+
     create(store, "fr", "Translate into French: {{input}}")
     card = Card("503", failures=2)
+    clock = [1000.0]
+    monkeypatch.setattr(lm, "_now", lambda: clock[0])
+    monkeypatch.setattr(lm, "_sleep", lambda s: None)
     with endpoint(card) as url, caplog.at_level(logging.WARNING, "lmops.prompts"):
         model = OpenAIChat(url, "m", api_key="x", max_retries=0)
-        for _ in range(3):
+        for _ in range(2):
             assert run(store, model) == "Bonjour"
-    # the first call could not tell, and sent rendered messages; the second read the card
-    # (kept: the third did not ask)
-    assert [as_sent(b) for b in card.chats] == ["rendered", "ref", "ref"]
+        assert card.asked == 2  # the second call did not ask: a failing card costs once
+        clock[0] += lm.CARD_FORGET_S
+        for _ in range(2):
+            assert run(store, model) == "Bonjour"
+    # the first two calls could not tell and sent rendered messages; a minute later the card
+    # was read (and kept: the fourth call did not ask)
+    assert [as_sent(b) for b in card.chats] == ["rendered", "rendered", "ref", "ref"]
     assert card.asked == 3
     said = [r.getMessage() for r in caplog.records if r.name == "lmops.prompts"]
     assert len(said) == 1 and said[0].startswith(
         f"{url} (m): its /v1/models card could not be read twice (InternalServerError: "
     )
     assert said[0].endswith(
-        "this request is sent as to an endpoint that is not lmops, the next one asks again"
+        "for 60 s it is treated as an endpoint that is not lmops, then asked again"
     )
+
+
+def test_the_optimiser_refuses_when_it_cannot_tell_whether_a_prompt_is_bound(
+    store: Store,
+) -> None:
+    from lmops.core.errors import UserError
+    from lmops.prompts.optimize import _refuse_bound
+
+    with endpoint(Card("503", failures=10)) as url:
+        model = OpenAIChat(url, "m", api_key="x", max_retries=0)
+        with pytest.raises(
+            UserError, match="card could not be read, so whether the deployment binds"
+        ):
+            _refuse_bound(model, "the target")
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])

@@ -23,6 +23,8 @@ from lmops.store import Store
 from tests.prompts.test_optimize import rows, scripted
 
 ADVERSARIAL = [
+    "{\r",
+    "int f() {\r\n  return 1;\r\n}",
     "{% raw %}x{% endraw %}",  # a Jinja block
     "{% if a %}yes{% endif %}",
     "{# not a comment #} after",  # a Jinja comment would swallow text

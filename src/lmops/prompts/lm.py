@@ -10,9 +10,9 @@ What an endpoint is (an ``lmops serve`` deployment, the prompt it binds, the end
 serves) is read from its ``/v1/models`` card (:meth:`OpenAIChat._card`). The card's answer
 is kept for the model's life, and so is a refusal that is the server's verdict (a 4xx such
 as 401, 403, 404 or 405: not lmops, or not for this key); a moment's failure (a timeout, a
-connection reset, a 408, 409, 429 or 5xx) is tried once more after
-:data:`CARD_BACKOFF_S`, and if that fails too this one call treats the endpoint as not
-lmops (a warning says so) and the next call asks again.
+connection reset, a 408, 409, 429, 500 or 502-504) is tried once more after
+:data:`CARD_BACKOFF_S`, and if that fails too the endpoint is treated as not lmops (a
+warning says so) for :data:`CARD_FORGET_S`, then asked again.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ CARD_TIMEOUT_S = 10.0
 # statuses that are a moment's failure, not the server's answer (the openai client's own
 # retry rule): asked again, never kept
 _TRANSIENT = (408, 409, 429)
+_MOMENTARY_5XX = (500, 502, 503, 504)  # 501, 505: the server's answer
+# seconds a card that could not be read is not asked for again (a card that keeps failing
+# would otherwise cost two tries and a pause on every request of a command)
+CARD_FORGET_S = 60.0
+_now, _sleep = time.monotonic, time.sleep  # (tests replace them)
 # what a server without /v1/completions for this model answers there: no route (404, 405,
 # 501), or a refusal of the request's shape (400, 422: "a chat model")
 _NO_COMPLETIONS = (400, 404, 405, 422, 501)
@@ -84,6 +89,7 @@ class OpenAIChat:
         self.calls = 0
         # the card's lmops part; False: not lmops (the server said so); None: not known yet
         self._lmops: dict[str, Any] | bool | None = None
+        self._card_failed_at: float | None = None  # when the card last could not be read
         self._card_timeout_s = min(timeout_s, CARD_TIMEOUT_S)
         key = api_key or os.environ.get("LMOPS_API_KEY")
         self._keyless = not key
@@ -100,21 +106,25 @@ class OpenAIChat:
         server's answer, is kept; a moment's failure is asked once more after
         :data:`CARD_BACKOFF_S` and, failing again, is "cannot say" for this call only (the
         module docstring)."""
-        if self._lmops is None:
+        failed_lately = (
+            self._card_failed_at is not None
+            and _now() - self._card_failed_at < CARD_FORGET_S
+        )
+        if self._lmops is None and not failed_lately:
             import openai
 
             client = self._client.with_options(max_retries=0, timeout=self._card_timeout_s)
             failed: Exception | None = None
             for attempt in range(2):
                 if attempt:
-                    time.sleep(CARD_BACKOFF_S)
+                    _sleep(CARD_BACKOFF_S)
                 try:
                     card = client.models.retrieve(self.model)
                 except openai.APIConnectionError as e:  # a timeout, a refused or reset connection
                     failed = e
                     continue
                 except openai.APIStatusError as e:
-                    if e.status_code in _TRANSIENT or e.status_code >= 500:
+                    if e.status_code in _TRANSIENT or e.status_code in _MOMENTARY_5XX:
                         failed = e
                         continue
                     self._lmops = False  # 401, 403, 404, 405...: the server's answer
@@ -126,14 +136,23 @@ class OpenAIChat:
                 self._lmops = part if isinstance(part, dict) else False
                 break
             if self._lmops is None:
+                self._card_failed_at = _now()
                 log.warning(
-                    "%s (%s): its /v1/models card could not be read twice (%s); this request "
-                    "is sent as to an endpoint that is not lmops, the next one asks again",
+                    "%s (%s): its /v1/models card could not be read twice (%s); for %.0f s "
+                    "it is treated as an endpoint that is not lmops, then asked again",
                     self.base_url,
                     self.model,
                     " ".join(f"{type(failed).__name__}: {failed}".split())[:160],
+                    CARD_FORGET_S,
                 )
         return self._lmops if isinstance(self._lmops, dict) else None
+
+    @property
+    def card_unknown(self) -> bool:
+        """Whether the ``/v1/models`` card could not be read (a moment's failure, twice):
+        whether ``model`` is lmops, and what it binds, is not known."""
+        self._card()
+        return self._lmops is None
 
     @property
     def renders_prompts(self) -> bool:
@@ -185,10 +204,10 @@ class OpenAIChat:
         if card is not None and isinstance(card.get("endpoints"), list):
             served = [str(e) for e in card["endpoints"]]
             return "completion" in served, f"its /v1/models card lists {', '.join(served)}"
-        try:
-            self._client.completions.create(
-                model=self.model, prompt="Hello", max_tokens=1, temperature=0.0
-            )
+        try:  # one try, with the card's short timeout: a probe, not the work
+            self._client.with_options(
+                max_retries=0, timeout=self._card_timeout_s
+            ).completions.create(model=self.model, prompt="Hello", max_tokens=1, temperature=0.0)
         except openai.APIStatusError as e:
             if e.status_code in _NO_COMPLETIONS:
                 body = e.body if isinstance(e.body, dict) else {}  # OpenAI's error object

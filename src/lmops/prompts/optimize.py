@@ -380,6 +380,12 @@ def _refuse_bound(model: ChatModel, role: str) -> None:
     (rightly) has no per-request switch to skip the operator's prompt, so the way out is a
     deployment of the same model that binds none, or a local model."""
     bound = getattr(model, "bound_prompt", None)
+    if getattr(model, "card_unknown", False):
+        raise UserError(
+            f"{getattr(model, 'base_url', '')} ({getattr(model, 'model', '')}): {role}: its "
+            "/v1/models card could not be read, so whether the deployment binds a prompt "
+            "(which would wrap every candidate) is not known; try again"
+        )
     if bound:
         where = getattr(model, "base_url", "")
         name = getattr(model, "model", "")
@@ -639,6 +645,7 @@ def optimize(
             0,
         )
         if not best.start:
+            _check_template(builder.template(best))  # before any asset is registered
             evidence = _register_evidence(store, start, result, test, finals, task, inputs, run.id)
             metrics = result.model_dump(
                 mode="json", exclude={"best", "dev_scores", "dev_counts", "registered", "promoted"}
@@ -670,6 +677,16 @@ def optimize(
                 result.promoted = promote
     journal.path.unlink(missing_ok=True)
     return result
+
+
+def _check_template(template: str | list[dict[str, str]]) -> None:
+    """Parse the winner's template (a candidate that cannot be written as one must fail
+    before its evidence is registered, not leave a report without a prompt)."""
+    from lmops.prompts.template import Template
+
+    parts = [template] if isinstance(template, str) else [m["content"] for m in template]
+    for i, text in enumerate(parts):
+        Template(text, where=f"optimised template[{i}]")
 
 
 def _register_evidence(

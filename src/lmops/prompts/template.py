@@ -125,11 +125,12 @@ def literal(text: str) -> str:
     """Template source that renders as ``text`` here and as an eval task's Jinja
     ``doc_to_text`` alike: each ``{`` that would open a tag (before ``{``, ``%``, ``#``, or at
     the end, where a variable may follow) is written ``{{ '{' }}``, and each carriage return
-    ``{{ '\\r' }}`` (Jinja reads a bare one as a line break). Everything else, ``}}`` and
+    ``{{ '\\r' }}`` (Jinja reads a bare one as a line break; a ``{`` before one is written
+    ``{{ '{' }}`` too, as what follows it then opens a tag). Everything else, ``}}`` and
     backslashes included, is text to both."""
     out: list[str] = []
     for i, c in enumerate(text):
-        if c == "{" and (i + 1 == len(text) or text[i + 1] in "{%#"):
+        if c == "{" and (i + 1 == len(text) or text[i + 1] in "{%#\r"):
             out.append("{{ '{' }}")
         elif c == "\r":
             out.append("{{ '\\r' }}")
