@@ -7,6 +7,18 @@ the batch — then (2) decodes one token for every running sequence in a single 
 pass. A request that arrives while others decode therefore joins at the next step, not
 after the batch drains.
 
+Prompts admitted together that start with the same tokens share them (``models/prefill.py``,
+``models/sequences.py``): the choices of a multiple-choice question scored through
+``/v1/completions`` (``echo``, ``max_tokens: 0``, one prompt per choice: lm-eval's
+``local-completions``, ``lmops eval --endpoint``), a request's ``n`` choices, prompts behind
+one long system prompt. Each distinct prefix runs once, in a first pass with the prompts
+that share none; each prompt's rest runs in a second pass on a copy of its prefix's keys
+and values — two passes whatever the number of prefixes, taken where they save at least
+``SHARE_MIN_SAVED`` tokens. A scored prompt's logprobs are its prefix's, computed once,
+then its rest's: what a pass over the whole prompt gives, up to float rounding. (vLLM's
+automatic prefix caching keeps prefixes across requests too; here a prefix lives for the
+one prefill, plus the one ``cache_prefix`` keeps for an evaluation call's few-shot prefix.)
+
 The batch KV cache is left-padded: every layer holds keys/values of shape
 (running, kv_heads, T, head_dim) where shorter sequences have padding on the left, masked
 out by the attention mask (running, T); position ids are each sequence's own positions.
@@ -49,8 +61,9 @@ from typing import Any
 from lmops.core.errors import UserError
 from lmops.models.compat import cache_arg, output_cache
 from lmops.models.logits import adjust_rows
+from lmops.models.prefill import Prefiller
 from lmops.models.sampling import pick_tokens
-from lmops.models.sequences import Events, Seq, deliver, prefill_groups
+from lmops.models.sequences import SHARE_MIN_SAVED, Events, Seq, deliver, prefill_groups
 from lmops.models.tokens import (
     Pieces,
     control_pattern,
@@ -92,11 +105,14 @@ class Engine:
         name: str | None = None,
         max_context: int | None = None,
         loaded: tuple[Any, Any] | None = None,
+        share_prefixes: bool = True,
     ) -> None:
         """``loaded``: a ``(model, tokenizer)`` pair the caller already loaded on ``device``
         and keeps using (evaluation scores log-likelihoods with the same model), instead
         of loading ``model_path`` again; the engine may set the tokenizer's chat template,
-        so pass a copy of one whose template matters."""
+        so pass a copy of one whose template matters. ``share_prefixes=False`` runs every
+        prompt of a prefill group whole, shared prefix or not (to measure what sharing
+        saves: ``benchmarks/prefix_share_bench.py``)."""
         import torch
         from transformers import AutoTokenizer
 
@@ -164,6 +180,12 @@ class Engine:
             if "logits_to_keep" in inspect.signature(self.model.forward).parameters
             else {}
         )
+        self._prefiller = Prefiller(
+            self.model, self.device, self._pad_id, self._cache_arg, self._last_logits
+        )
+        # prompts admitted together that share a prefix run it once when that saves this
+        # many tokens (models/sequences.py); None: never
+        self.share_min_saved: int | None = SHARE_MIN_SAVED if share_prefixes else None
         self._pieces = Pieces(self.tokenizer)  # token id -> text, bytes; logprob entries
         self._control = control_pattern(self.tokenizer)
         # a byte-level vocabulary spells some characters with several symbols: its entries
@@ -367,8 +389,8 @@ class Engine:
                         admit.append(s)
             try:
                 with torch.inference_mode():
-                    for group in prefill_groups(admit):
-                        self._prefill(group)
+                    for group in prefill_groups(admit, self.share_min_saved):
+                        self._prefill(group.seqs, group.shared)
                     self._flush()  # first tokens out now, not after the decode step
                     self._drop_finished()
                     if self._running:
@@ -414,38 +436,25 @@ class Engine:
 
     _pick = staticmethod(pick_tokens)  # tests call it on an engine
 
-    def _prefill(self, group: list[Seq]) -> None:
-        """Prefill the prompts of ``group`` in one forward pass, left-padded to the longest,
-        join them to the batch and accept each one's first token. If a group's forward pass
-        fails, its prompts are retried one by one, so that only the one at fault fails."""
+    def _prefill(self, group: list[Seq], shared: list[int] | None = None) -> None:
+        """Prefill the prompts of ``group`` (:mod:`lmops.models.prefill`): after the cached
+        prefix where every prompt starts with it, sharing the prefixes ``shared`` says they
+        share (the stems pass, then the rests pass), or left-padded in one pass; then join
+        them to the batch and accept each one's first token. If a pass fails, the prompts
+        are prefilled again one by one, plainly, so that only the one at fault fails."""
         import torch
 
-        lengths = [len(s.req.prompt_ids or []) for s in group]
-        t = max(lengths)
+        prompts = [s.req.prompt_ids or [] for s in group]
+        lengths = [len(p) for p in prompts]
         scored = group[0].req.prompt_logprobs is not None  # a group of scored prompts only
-        kwargs: dict[str, Any] = {"use_cache": True, **({} if scored else self._last_logits)}
         try:
             prefix = None if scored else self._prefix_of(group)
             if prefix is not None:
-                out, mask = self._forward_after_prefix(group, *prefix, kwargs)
-            elif len(group) == 1:
-                ids = torch.tensor([group[0].req.prompt_ids or []], device=self.device)
-                mask = torch.ones((1, t), dtype=torch.bool, device=self.device)
-                out = self.model(input_ids=ids, **kwargs)
+                run = self._prefiller.after_prefix(prompts, *prefix)
+            elif shared and any(shared):
+                run = self._prefiller.shared(prompts, shared, scored)
             else:
-                pad = [self._pad_id] * t
-                rows = [
-                    pad[: t - n] + (s.req.prompt_ids or [])
-                    for s, n in zip(group, lengths, strict=True)
-                ]
-                ids = torch.tensor(rows, device=self.device)
-                mask = torch.tensor(
-                    [[False] * (t - n) + [True] * n for n in lengths], device=self.device
-                )
-                positions = (mask.cumsum(1) - 1).clamp(min=0)  # 0 at each prompt's first token
-                out = self.model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs
-                )
+                run = self._prefiller.plain(prompts, scored)
         except Exception as e:
             if len(group) == 1:
                 self._fail(group[0], e)
@@ -453,15 +462,14 @@ class Engine:
                 for s in group:
                     self._prefill([s])
             return
-        layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
-        logits = out.logits[:, -1]
+        mask, logits = run.mask, run.logits
+        going = list(range(len(group)))
         if scored:  # each prompt's own logprobs first; those that generate go on
             going = []
             for i, (s, n) in enumerate(zip(group, lengths, strict=True)):
-                try:  # the row's last n positions are its prompt (left padding)
-                    scores = self._pieces.prompt_logprobs(
-                        s.req.prompt_ids or [], out.logits[i, t - n :], s.req.prompt_logprobs or 0
-                    )
+                try:
+                    k = s.req.prompt_logprobs or 0
+                    scores = self._pieces.prompt_logprobs(prompts[i], run.prompt_logits(i), k)
                     s.emit(Delta("", prompt_logprobs=scores))
                 except Exception as e:
                     self._fail(s, e)
@@ -473,20 +481,19 @@ class Engine:
                     going.append(i)
             if not going:
                 return
-            if len(going) < len(group):
-                keep = torch.tensor(going, device=self.device)
-                layers = [(k[keep], v[keep]) for k, v in layers]
-                group = [group[i] for i in going]
-                mask, logits = mask[keep], logits[keep]
-                lengths = [lengths[i] for i in going]
+        layers = run.layers()
+        if len(going) < len(group):
+            keep = torch.tensor(going, device=self.device)
+            layers = [(k[keep], v[keep]) for k, v in layers]
+            group = [group[i] for i in going]
+            mask, logits = mask[keep], logits[keep]
+            lengths = [lengths[i] for i in going]
         self._join(group, layers, mask, lengths)
         self._accept_all(group, logits)
 
     def _prefix_of(self, group: list[Seq]) -> tuple[int, list[tuple[Any, Any]]] | None:
         """(length, per-layer keys/values) of the cached prefix when every prompt of
         ``group`` starts with it and goes on; computed here the first time."""
-        import torch
-
         prefix = self._prefix
         if prefix is None:
             return None
@@ -497,48 +504,11 @@ class Engine:
             if len(prompt) <= n or tuple(prompt[:n]) != ids:
                 return None
         if layers is None:
-            out = self.model(
-                input_ids=torch.tensor([list(ids)], device=self.device),
-                use_cache=True,
-                **self._last_logits,
-            )
             # (1, kv_heads, n, head_dim) per layer
-            layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
+            layers = self._prefiller.prefix_layers(list(ids))
             if self._prefix is prefix:
                 self._prefix = (ids, layers)
         return n, layers
-
-    def _forward_after_prefix(
-        self, group: list[Seq], n: int, layers: list[tuple[Any, Any]], kwargs: dict[str, Any]
-    ) -> tuple[Any, Any]:
-        """The forward pass of ``group``'s prompts after their shared ``n``-token prefix:
-        only the rest of each prompt runs (left-padded to the longest rest), on a cache
-        whose rows are views of the prefix's. Returns the output and the (len(group),
-        n + T) mask: the prefix, then each rest's padding (False) and tokens."""
-        import torch
-        from transformers import DynamicCache
-
-        b = len(group)
-        rests = [(s.req.prompt_ids or [])[n:] for s in group]
-        t = max(len(r) for r in rests)
-        ids = torch.tensor([[self._pad_id] * (t - len(r)) + r for r in rests], device=self.device)
-        own = torch.tensor(
-            [[False] * (t - len(r)) + [True] * len(r) for r in rests], device=self.device
-        )
-        mask = torch.cat([torch.ones((b, n), dtype=torch.bool, device=self.device), own], 1)
-        # the forward appends to the cache by concatenation: the prefix's tensors stay as
-        # they are
-        past = DynamicCache(
-            ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in layers]
-        )
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=n + (own.cumsum(1) - 1).clamp(min=0),  # each rest goes on at n
-            **{self._cache_arg: past},
-            **kwargs,
-        )
-        return out, mask
 
     def _join(
         self, seqs: list[Seq], layers: list[tuple[Any, Any]], mask: Any, lengths: list[int]

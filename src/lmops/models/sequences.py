@@ -6,6 +6,7 @@ cross to the caller's event loop through ``emit`` / ``deliver``."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,16 @@ from typing import Any
 
 from lmops.models.types import Delta, Done, GenRequest
 
-__all__ = ["PREFILL_TOKENS", "Events", "Seq", "deliver", "prefill_groups"]
+__all__ = [
+    "PREFILL_TOKENS",
+    "SHARE_MIN_SAVED",
+    "Events",
+    "PrefillGroup",
+    "Seq",
+    "deliver",
+    "prefill_groups",
+    "shared_prefixes",
+]
 
 
 @dataclass
@@ -96,24 +106,127 @@ PREFILL_TOKENS = 8192
 # Prompts whose own logprobs are asked for (echo scoring) keep every position's logits,
 # (padded tokens, vocabulary) floats: their groups stay within this many padded tokens.
 SCORED_TOKENS = 2048
+# Prompts that start with the same tokens (the choices of a multiple-choice question, the
+# n choices of a request) share one pass over them when that saves at least this many
+# tokens ((prompts - 1) x prefix): the group then takes two forward passes instead of one,
+# and a pass costs about what 30 tokens cost besides its tokens (it reads every weight:
+# SmolLM2-135M on one CPU thread, ~95 ms a pass and ~3.3 ms a token; sharing broke even
+# at 24-36 tokens saved, 2 or 4 prompts; benchmarks/prefix_share_bench.py).
+SHARE_MIN_SAVED = 32
 
 
-def prefill_groups(seqs: list[Seq]) -> list[list[Seq]]:
-    """``seqs`` in groups to prefill together: longest prompts first, each group of
-    prompts close enough in length that padding them to the longest wastes little."""
-    groups: list[list[Seq]] = []
-    real = 0  # the current group's prompt tokens
-    for s in sorted(seqs, key=lambda s: len(s.req.prompt_ids or []), reverse=True):
-        n = len(s.req.prompt_ids or [])
-        scored = s.req.prompt_logprobs is not None  # with every position's logits
-        if groups and (groups[-1][0].req.prompt_logprobs is not None) == scored:
-            group = groups[-1]
-            padded = len(group[0].req.prompt_ids or []) * (len(group) + 1)
-            budget = SCORED_TOKENS if scored else PREFILL_TOKENS
-            if padded <= budget and 4 * (padded - real - n) <= padded:
-                group.append(s)
-                real += n
+@dataclass
+class PrefillGroup:
+    """Prompts to prefill together, and the length of the prefix each one shares with
+    others of the group (0: none). Prompts sharing a prefix end up in the same group."""
+
+    seqs: list[Seq]
+    shared: list[int]
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of ``a`` and ``b`` (by halving: list
+    comparison runs in C, so a long shared prompt costs little)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def shared_prefixes(prompts: list[list[int]], min_saved: int = SHARE_MIN_SAVED) -> list[int]:
+    """For each prompt, the length of the prefix it shares with other prompts (0: none):
+    prompts in clusters that each start with the same ``n`` tokens, ``n`` shorter than
+    each of them (so each has a token of its own to go on from), chosen to save the most
+    tokens, each cluster saving at least ``min_saved`` ((members - 1) x ``n``).
+
+    In sorted order, the prompts sharing a prefix are a run, and the prefix of a run is the
+    shortest of its neighbours' common prefixes: a run is kept whole with that prefix, or
+    split where it is shortest (two questions that both begin "Question: Which of the
+    following" are two clusters with their own contexts, not one with that phrase),
+    whichever saves more."""
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    # common[j]: what order[j] and order[j + 1] share, leaving each a token of its own
+    common = [
+        min(_common(prompts[a], prompts[b]), len(prompts[a]) - 1, len(prompts[b]) - 1)
+        for a, b in itertools.pairwise(order)
+    ]
+    out = [0] * len(prompts)
+
+    def best(lo: int, hi: int) -> tuple[int, list[tuple[int, int, int]]]:
+        """The most order[lo:hi] can save, and its clusters (lo, hi, prefix)."""
+        if hi - lo < 2:
+            return 0, []
+        n = min(common[lo : hi - 1])
+        saved, start = 0, lo
+        clusters: list[tuple[int, int, int]] = []
+        for j in range(lo, hi):  # the runs between the places where the prefix is shortest
+            if j == hi - 1 or common[j] == n:
+                s, c = best(start, j + 1)
+                saved, start = saved + s, j + 1
+                clusters += c
+        whole = (hi - lo - 1) * n
+        if whole >= max(min_saved, 1) and whole > saved:
+            return whole, [(lo, hi, n)]
+        return saved, clusters
+
+    if len(prompts) > 1:
+        for lo, hi, n in best(0, len(prompts))[1]:
+            for j in range(lo, hi):
+                out[order[j]] = n
+    return out
+
+
+def prefill_groups(seqs: list[Seq], min_saved: int | None = SHARE_MIN_SAVED) -> list[PrefillGroup]:
+    """``seqs`` in groups to prefill together, scored prompts apart from the others.
+
+    Prompts sharing a prefix (:func:`shared_prefixes`; ``min_saved`` None: never) stay
+    together, as one unit: the prefix runs once, then each prompt's rest. Units go longest
+    first, a group taking them while its padded tokens stay within the budget and padding
+    within a quarter of them. A group's padded tokens are those of its two passes: one
+    row per prefix and per prompt that shares none, all padded to the longest, then one
+    row per rest, padded to the longest rest. Without shared prefixes that is the one
+    pass over the prompts padded to the longest, as before."""
+    groups: list[PrefillGroup] = []
+    for scored in (True, False):  # with every position's logits, or the last one's
+        part = [s for s in seqs if (s.req.prompt_logprobs is not None) == scored]
+        prompts = [s.req.prompt_ids or [] for s in part]
+        shared = [0] * len(part) if min_saved is None else shared_prefixes(prompts, min_saved)
+        # units: (stem: a shared prefix or a whole prompt, its members, their rests)
+        units: dict[Any, tuple[int, list[int], list[int]]] = {}
+        for i, (ids, n) in enumerate(zip(prompts, shared, strict=True)):
+            key = tuple(ids[:n]) if n else i
+            stem, members, rests = units.setdefault(key, (n or len(ids), [], []))
+            members.append(i)
+            if n:
+                rests.append(len(ids) - n)
+        budget = SCORED_TOKENS if scored else PREFILL_TOKENS
+        group: PrefillGroup | None = None
+        # the current group's two passes: `rows` stems padded to the first (the longest),
+        # `rested` rests padded to the longest rest; `real` tokens of them all
+        top = rows = rested = longest_rest = real = 0
+        for stem, members, rests in sorted(units.values(), key=lambda u: -u[0]):
+            rest = max([longest_rest, *rests])
+            padded = (rows + 1) * top + (rested + len(rests)) * rest
+            added = stem + sum(rests)
+            if group is not None and padded <= budget and 4 * (padded - real - added) <= padded:
+                group.seqs += [part[i] for i in members]
+                group.shared += [shared[i] for i in members]
+                rows, rested, longest_rest, real = rows + 1, rested + len(rests), rest, real + added
                 continue
-        groups.append([s])
-        real = n
+            group = PrefillGroup([part[i] for i in members], [shared[i] for i in members])
+            groups.append(group)
+            top, rows, rested, longest_rest, real = (
+                stem,
+                1,
+                len(rests),
+                max(rests, default=0),
+                added,
+            )
     return groups
