@@ -122,6 +122,16 @@ def test_log_likelihood_prompts_go_in_lists_and_score_as_one_a_request(
         batched, lists = evaluate_at(gateway, task, concurrency=concurrency)
         assert [len(p) for p in lists] == [8, 8, 8]
         assert sorted(p for batch in lists for p in batch) == sorted(singles)
+        # whole questions a request, longest context first: a question's four choices
+        # share a batch, so the engine runs their context once (models/prefill.py)
+        longest = sorted(QUESTIONS, key=len, reverse=True)
+        asked = [
+            [q for p in batch for q in QUESTIONS if f"Question: {q}\nAnswer:" in p]
+            for batch in lists
+        ]
+        assert sorted(asked) == sorted(
+            [q] * 4 + [r] * 4 for q, r in zip(longest[::2], longest[1::2], strict=True)
+        )
         assert batched.metrics == one.metrics
         for a, b in zip(batched.items, one.items, strict=True):
             assert a["pred"] == b["pred"] and a["pred_norm"] == b["pred_norm"]

@@ -10,7 +10,13 @@ Batches: items for ``/v1/completions`` whose requests differ only in their text 
 log-likelihood item; generations with the same sampling parameters) go ``batch_size`` at a
 time in one request, ``prompt: [...]``, prompt p's answer its choice p (as OpenAI, vLLM and
 an lmops gateway answer; lm-evaluation-harness's ``local-completions`` sends the same).
-Chat requests go one at a time. ``batch_size="auto"`` is 8, fewer above ``concurrency`` 8 so
+Generations go longest prompts first; log-likelihood items longest context first, a
+context's continuations side by side, so that a batch carries whole questions (with 8 a
+batch, two of four choices): an lmops engine runs the context the prompts of a batch share
+once for all of them (``models/prefill.py``). lm-eval's API models sort by the whole
+prompt's length, which scatters a question's choices across batches (its HF model groups
+by context only to reuse the logits of one-token continuations). Chat requests go one at
+a time. ``batch_size="auto"`` is 8, fewer above ``concurrency`` 8 so
 that at most 64 prompts are in flight: a default lmops deployment takes 8 running and 64
 queued, so none is refused as overloaded (a deployment that takes fewer answers a 503, tried
 again as any: ``concurrency`` x ``batch_size`` prompts are what it must take at once).
@@ -28,7 +34,7 @@ generation, a log-likelihood of -inf) and counts each in ``failed``, and the run
 ``max_failures_in_a_row`` failed requests in a row (a batch counts once: the endpoint is
 what is judged, not its prompts) raise ``EndpointDown``. "In a row" is in the order
 requests complete (with one request in flight, the order they are sent in: the items'
-order, batches longest prompts first): each completion is counted under a lock as it
+order, batches in the order above): each completion is counted under a lock as it
 happens, and a success sets the count back to 0.
 
 The first error of a call, or an interrupt (Ctrl-C), stops it at once: requests not yet
@@ -191,14 +197,16 @@ class OpenAIEvalModel:
         return max(8, 4 * self.concurrency, self.concurrency * self.batch_size)
 
     # -- requests --------------------------------------------------------------------------------
-    def _units(self, bodies: Sequence[dict[str, Any]]) -> list[list[int]]:
+    def _units(
+        self, bodies: Sequence[dict[str, Any]], order: Sequence[Any] | None = None
+    ) -> list[list[int]]:
         """The items' indices grouped into requests, in the order to send them: items whose
-        bodies differ only in a text ``prompt`` go ``batch_size`` at a time, longest prompts
-        first, as lm-eval orders them (an lmops engine pads the prompts it prefills together
-        to the longest and splits a batch whose padding would waste more than a quarter:
-        prompts of about one length go in one forward pass; log-likelihood scoring took
-        about 15 % less gateway CPU than in the documents' order); others (chat messages)
-        alone, first, in their order."""
+        bodies differ only in a text ``prompt`` go ``batch_size`` at a time, sorted by
+        ``order`` (a key per item; by default longest prompts first, as lm-eval sends them:
+        an lmops engine pads the prompts it prefills together to the longest and splits a
+        batch whose padding would waste more than a quarter, so prompts of about one length
+        go in one forward pass; log-likelihood scoring took about 15 % less gateway CPU than
+        in the documents' order); others (chat messages) alone, first, in their order."""
         groups: dict[str, list[int]] = {}
         units: list[list[int]] = []
         for i, body in enumerate(bodies):
@@ -209,7 +217,10 @@ class OpenAIEvalModel:
                 units.append([i])
         size = self.batch_size
         for group in groups.values():
-            group.sort(key=lambda i: -len(bodies[i]["prompt"]))  # stable: ties in order
+            if order is None:
+                group.sort(key=lambda i: -len(bodies[i]["prompt"]))  # stable: ties in order
+            else:
+                group.sort(key=lambda i: order[i])
             units += [group[at : at + size] for at in range(0, len(group), size)]
         return units
 
@@ -233,11 +244,13 @@ class OpenAIEvalModel:
         bodies: Sequence[dict[str, Any]],
         read: Callable[[int, dict[str, Any]], T],
         failed: T,
+        order: Sequence[Any] | None = None,
     ) -> list[T]:
         """``read(i, reply)`` for each body's reply, in the bodies' order, with up to
         ``concurrency`` requests in flight, each of up to ``batch_size`` bodies (one
-        request with their prompts as a list; ``read`` is given the reply with only body
-        i's choice); ``failed`` for a request that failed after its retries. The first
+        request with their prompts as a list, sent in ``order``: :meth:`_units`; ``read``
+        is given the reply with only body i's choice); ``failed`` for a request that
+        failed after its retries. The first
         error (a refusal, ``EndpointDown``, one of ``read``'s) stops the call and is raised
         at once, as is an interrupt (Ctrl-C).
 
@@ -248,7 +261,7 @@ class OpenAIEvalModel:
             return []
         results = [failed] * len(bodies)
         todo: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
-        units = self._units(bodies)
+        units = self._units(bodies, order)
         for unit in units:
             todo.put(unit)
         stop = threading.Event()  # no more requests: an error, or the call was interrupted
@@ -461,7 +474,12 @@ class OpenAIEvalModel:
             )
             return float(total), greedy
 
-        return self._map("/completions", bodies, scored, (float("-inf"), False))
+        # a context's continuations side by side (longest context first): a batch carries
+        # whole questions, whose shared context an lmops engine runs once for all their
+        # choices (models/prefill.py). lm-eval's API models sort by the whole prompt's
+        # length instead, which scatters a question's choices across batches.
+        order = [(-len(c), c, -len(x)) for c, x in requests]
+        return self._map("/completions", bodies, scored, (float("-inf"), False), order)
 
     def loglikelihood_rolling(self, texts: Sequence[str]) -> list[tuple[float, int]]:
         return [
