@@ -285,3 +285,26 @@ def test_groups_keep_a_question_whole() -> None:
     long = list(range(1000, 1200))
     groups = prefill_groups(seqs([*question, long]))
     assert [len(g.seqs) for g in groups] == [1, 4]
+
+
+def test_no_sharing_with_a_sliding_window(model_dir: Path, tmp_path: Path) -> None:
+    """A shared prefix's row has padding between the prefix and the rest, which a sliding
+    window would count: a model with one prefills every prompt whole."""
+    import torch
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    from lmops.models.sequences import SHARE_MIN_SAVED
+    from tests.train.tiny import tiny_shape
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    torch.manual_seed(0)
+    MistralForCausalLM(MistralConfig(**tiny_shape(tok), sliding_window=16)).save_pretrained(
+        str(tmp_path / "mistral")
+    )
+    tok.save_pretrained(str(tmp_path / "mistral"))
+    for folder, expected in ((tmp_path / "mistral", None), (model_dir, SHARE_MIN_SAVED)):
+        engine = Engine(folder, max_running=16)
+        try:
+            assert engine.share_min_saved == expected
+        finally:
+            engine.close()

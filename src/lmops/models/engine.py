@@ -184,8 +184,12 @@ class Engine:
             self.model, self.device, self._pad_id, self._cache_arg, self._last_logits
         )
         # prompts admitted together that share a prefix run it once when that saves this
-        # many tokens (models/sequences.py); None: never
-        self.share_min_saved: int | None = SHARE_MIN_SAVED if share_prefixes else None
+        # many tokens (models/sequences.py); None: never. Not with sliding-window layers:
+        # a shared prefix's row has padding between the prefix and the rest, and a window
+        # counts cache columns, padding included
+        self.share_min_saved: int | None = (
+            SHARE_MIN_SAVED if share_prefixes and _full_attention(self.model) else None
+        )
         self._pieces = Pieces(self.tokenizer)  # token id -> text, bytes; logprob entries
         self._control = control_pattern(self.tokenizer)
         # a byte-level vocabulary spells some characters with several symbols: its entries
@@ -714,15 +718,22 @@ class Engine:
         self._positions = self._positions.index_select(0, idx)
 
 
+def _full_attention(model: Any) -> bool:
+    """Whether every layer of ``model`` attends to the whole cache (no sliding window)."""
+    cfg = model.config
+    layer_types = getattr(cfg, "layer_types", None) or []
+    return not getattr(cfg, "sliding_window", None) and all(
+        t == "full_attention" for t in layer_types
+    )
+
+
 def _takes_4d_mask(model: Any) -> bool:
     """Whether the decode step can hand ``model`` the 4D boolean mask itself: with sdpa
     attention and only full-attention (causal) layers, the model's own mask for one new
     token per row is exactly the 2D padding mask broadcast to (rows, 1, 1, T)."""
     cfg = model.config
-    layer_types = getattr(cfg, "layer_types", None) or []
     return (
         getattr(cfg, "_attn_implementation", None) == "sdpa"
         and getattr(cfg, "is_causal", True)
-        and not getattr(cfg, "sliding_window", None)
-        and all(t == "full_attention" for t in layer_types)
+        and _full_attention(model)
     )
