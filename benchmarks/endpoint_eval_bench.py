@@ -81,6 +81,42 @@ average 4.6-5.0 during the run, so wall-clock times are noisy)::
   earlier version of this benchmark (0.18 vs 0.57 docs/s, load about 7); with the engine as it
   is now it was 6-19 % slower in all three runs, and batched lmops is within the noise of
   lm-eval (the gateway's CPU: 48 s for both at c=8, 54 vs 46 s at c=1).
+
+Shared prefixes (2026-12-08 UTC, ``--lm-eval-mode defaults --tasks ll``: the engine runs the
+context that prompts admitted together share once, ``models/prefill.py``, and lmops batches
+whole questions). Run on the commit before them, then at once on them, on the same machine;
+load average 6.5-9.4 and 9.5-11.8 (other jobs), so the wall clock is noisy and the gateway's
+CPU is the figure. Before::
+
+    task  tool                   conc  docs  seconds  docs/s        gateway CPU s
+    ll    lmops (batch 8)           1    50   186.14    0.27  x1.00         52.39
+    ll    lmops (1 a request)       1    50   191.20    0.26  x1.00         64.84
+    ll    lm-eval (defaults)        1    50   131.35    0.38  x1.00         48.95
+    ll    lmops (batch 8)           8    50   149.14    0.34  x1.26         54.16
+    ll    lmops (1 a request)       8    50   146.59    0.34  x1.31         57.22
+    ll    lm-eval (defaults)        8    50   121.05    0.41  x1.08         47.62
+
+After::
+
+    task  tool                   conc  docs  seconds  docs/s        gateway CPU s
+    ll    lmops (batch 8)           1    50    73.02    0.68  x1.00         28.59
+    ll    lmops (1 a request)       1    50   159.23    0.31  x1.00         60.98
+    ll    lm-eval (defaults)        1    50    80.99    0.62  x1.00         29.16
+    ll    lmops (batch 8)           8    50    70.93    0.70  x1.03         27.69
+    ll    lmops (1 a request)       8    50    94.45    0.53  x1.71         34.67
+    ll    lm-eval (defaults)        8    50    83.04    0.60  x0.97         29.79
+
+* Scores are unchanged: acc 0.30 / acc_norm 0.28 for every run, before and after, lmops and
+  lm-eval; the same prediction on 50/50 documents, per-choice log-likelihoods within 7.5e-05
+  of lm-eval's and 5e-05 of one prompt a request.
+* lmops batched: 52-54 -> 28 CPU s (1.9x less), 0.27-0.34 -> 0.68-0.70 docs/s under more
+  load. lm-eval's batches (sorted by the whole prompt's length, with its token ids) still
+  hold several choices of a question: 48-49 -> 29-30 CPU s. One prompt a request at c=8: the
+  8 requests in flight are about two questions' choices, admitted together, 57 -> 35 CPU s;
+  at c=1 one prompt at a time shares nothing (65 -> 61, noise).
+* What is left: each group's second pass (about 95 ms of weights read) and the rests padded
+  to the longest choice (``benchmarks/prefix_share_bench.py``: 2.8x fewer tokens, 1.9x less
+  CPU).
 """
 
 from __future__ import annotations
