@@ -198,11 +198,11 @@ class Prefiller:
         where = {i: k for k, i in enumerate(on)}
 
         def prompt_logits(i: int) -> Any:
-            n = len(prompts[i]) if i not in where else shared[i]
-            head = out1.logits[stem_of[i], p - n :]
-            if i not in where:
-                return head
-            return torch.cat([head, out2.logits[where[i], r - (len(prompts[i]) - n) :]], 0)
+            if i not in where:  # run whole in the stems pass
+                return out1.logits[stem_of[i], p - len(prompts[i]) :]
+            n = shared[i]  # its prefix's logits, then its rest's
+            rest = out2.logits[where[i], r - (len(prompts[i]) - n) :]
+            return torch.cat([out1.logits[stem_of[i], p - n :], rest], 0)
 
         def whole(stem: Any, rest: Any) -> Any:  # (B, kv_heads, P + R, head_dim)
             return torch.cat([F.pad(stem.index_select(0, alone), (0, 0, r, 0)), rest], 0)[order]
