@@ -90,6 +90,7 @@ class OpenAIChat:
         # the card's lmops part; False: not lmops (the server said so); None: not known yet
         self._lmops: dict[str, Any] | bool | None = None
         self._card_failed_at: float | None = None  # when the card last could not be read
+        self.card_error = ""  # why, in one line
         self._card_timeout_s = min(timeout_s, CARD_TIMEOUT_S)
         key = api_key or os.environ.get("LMOPS_API_KEY")
         self._keyless = not key
@@ -137,6 +138,7 @@ class OpenAIChat:
                 break
             if self._lmops is None:
                 self._card_failed_at = _now()
+                self.card_error = " ".join(f"{type(failed).__name__}: {failed}".split())[:160]
                 log.warning(
                     "%s (%s): its /v1/models card could not be read twice (%s); for %.0f s "
                     "it is treated as an endpoint that is not lmops, then asked again",

@@ -382,9 +382,10 @@ def _refuse_bound(model: ChatModel, role: str) -> None:
     bound = getattr(model, "bound_prompt", None)
     if getattr(model, "card_unknown", False):
         raise UserError(
-            f"{getattr(model, 'base_url', '')} ({getattr(model, 'model', '')}): {role}: its "
-            "/v1/models card could not be read, so whether the deployment binds a prompt "
-            "(which would wrap every candidate) is not known; try again"
+            f"{getattr(model, 'base_url', '')} ({getattr(model, 'model', '')}): "
+            f"{getattr(model, 'card_error', '')}; {role}: its /v1/models card could not be "
+            "read, so whether the deployment binds a prompt (which would wrap every "
+            "candidate) is not known; check the endpoint and try again"
         )
     if bound:
         where = getattr(model, "base_url", "")
