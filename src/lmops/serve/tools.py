@@ -50,7 +50,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from lmops.models.toolformat import CLOSE, OPEN, call_text, read_call, system_prompt
+from lmops.models.chat import render_tools, template_has_tools
+from lmops.models.toolformat import CLOSE, OPEN, call_text, read_call
 from lmops.models.types import TokenLogprob
 from lmops.serve.protocol import ChatRequest, NamedToolChoice, OpenAIError
 
@@ -318,84 +319,13 @@ def compile_plan(plan: ToolPlan) -> None:
 
 
 # -- the prompt -------------------------------------------------------------------------------------
-def template_has_tools(tokenizer: Any) -> bool:
-    """Whether the tokenizer's chat template renders a ``tools`` list itself."""
-    template = getattr(tokenizer, "chat_template", None)
-    return isinstance(template, str) and "tools" in template
-
-
-def _arguments_object(arguments: Any) -> Any:
-    """A call's arguments as a value (they travel as a JSON string)."""
-    if isinstance(arguments, str):
-        try:
-            return json.loads(arguments)
-        except ValueError:
-            return arguments
-    return arguments
-
-
-def _call_text(call: dict[str, Any]) -> str:
-    fn = call.get("function") or {}
-    return call_text(str(fn.get("name")), _arguments_object(fn.get("arguments")))
-
-
 def render(
     messages: list[dict[str, Any]], plan: ToolPlan | None, *, native: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """The messages (and ``tools``) to hand the chat template. ``native``: the template
-    renders tools, assistant ``tool_calls`` and ``tool`` messages itself (arguments are
-    handed over as objects, which templates serialise); otherwise the Hermes text."""
+    """The messages (and ``tools``) of a request to hand the chat template: the plan's
+    tools through :func:`lmops.models.chat.render_tools`, the rendering training shares."""
     tools = plan.tools if plan is not None and plan.tools else None
-    if native:
-        out = []
-        for m in messages:
-            if m.get("role") == "assistant" and m.get("tool_calls"):
-                calls = [
-                    {
-                        **c,
-                        "function": {
-                            **(c.get("function") or {}),
-                            "arguments": _arguments_object(
-                                (c.get("function") or {}).get("arguments")
-                            ),
-                        },
-                    }
-                    for c in m["tool_calls"]
-                ]
-                m = {**m, "tool_calls": calls, "content": m.get("content") or ""}
-            out.append(m)
-        return out, tools
-    out = []
-    for m in messages:
-        role = m.get("role")
-        if role == "assistant" and m.get("tool_calls"):
-            text = "\n".join(_call_text(c) for c in m["tool_calls"])
-            content = _plain(m.get("content"))
-            out.append({"role": "assistant", "content": f"{content}\n{text}" if content else text})
-        elif role == "tool":
-            piece = f"<tool_response>\n{_plain(m.get('content'))}\n</tool_response>"
-            if out and out[-1].get("role") == "user" and out[-1].get("_tool"):
-                out[-1]["content"] += "\n" + piece  # consecutive results: one turn
-            else:
-                out.append({"role": "user", "content": piece, "_tool": True})
-        else:
-            out.append({k: v for k, v in m.items() if k != "tool_calls"})
-    out = [{k: v for k, v in m.items() if k != "_tool"} for m in out]
-    if tools:
-        system = system_prompt(tools)
-        if out and out[0].get("role") in ("system", "developer"):
-            out[0] = {**out[0], "content": f"{_plain(out[0].get('content'))}\n\n{system}"}
-        else:
-            out.insert(0, {"role": "system", "content": system})
-    return out, None
-
-
-def _plain(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
+    return render_tools(messages, tools, native=native)
 
 
 def arguments_text(fn: Any) -> str | None:

@@ -10,7 +10,7 @@ output: my-model                # asset name for the result
 on_error: raise                 # or skip: bad rows (e.g. an empty output) left out, counted
 columns: {instruction: en_instruction, input: en_input, output: en_output}  # optional
 tags: {role_tag: from, content_tag: value, user_tag: human, assistant_tag: gpt}  # optional
-chat_template: chatml           # or a Jinja template's text; default: the tokenizer's own
+chat_template: chatml           # or chatml-tools, or a Jinja template's text; default: the tokenizer's own
 train: {max_steps: 100, lr: 2e-4, batch_size: 8, max_seq_len: 512, seed: 0, save_steps: 50}
 ```
 
@@ -82,8 +82,8 @@ class ChatTags(_Strict):
     user_tag: str | None = None
     assistant_tag: str | None = None
     system_tag: str | None = None
-    observation_tag: str | None = None  # tool turns: recognised, refused (not trained yet)
-    function_tag: str | None = None
+    observation_tag: str | None = None  # a tool result's role (ShareGPT: observation)
+    function_tag: str | None = None  # a turn that calls tools (ShareGPT: function_call)
 
     def given(self) -> dict[str, str]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -197,7 +197,8 @@ class TrainSpec(_Strict):
     preference: PreferenceParams = Field(default_factory=PreferenceParams)
     ppo: PpoParams = Field(default_factory=PpoParams)
     distributed: DistributedParams = Field(default_factory=DistributedParams)
-    # Jinja text, or "chatml"; default: the tokenizer's own, else ChatML (check_chat_template)
+    # Jinja text, "chatml" or "chatml-tools"; default: the tokenizer's own, else ChatML
+    # (check_chat_template)
     chat_template: str | None = None
     packing: bool = False
     eval_split: float = Field(0.0, ge=0, lt=0.5)
@@ -377,15 +378,16 @@ _PROBE = [
 
 
 def check_chat_template(text: str) -> str:
-    """The Jinja chat template ``text`` stands for (``"chatml"`` names ChatML), refused with
-    a one-line ``ValueError`` when it does not compile or renders a conversation without its
-    messages: a template's name (``llama3``) given as its text renders as that word, so every
+    """The Jinja chat template ``text`` stands for (``"chatml"`` names ChatML,
+    ``"chatml-tools"`` ChatML that renders tools: :data:`lmops.models.chat.NAMED_TEMPLATES`),
+    refused with a one-line ``ValueError`` when it does not compile or renders a
+    conversation without its messages: a template's name (``llama3``) given as its text renders as that word, so every
     answer would carry no loss (SFT) or every pair be empty (DPO trained on nothing). A
     template that refuses the probe conversation itself (``raise_exception``) passes."""
-    if text.strip().lower() == "chatml":
-        from lmops.models.loading import CHATML
+    from lmops.models.chat import NAMED_TEMPLATES
 
-        return CHATML
+    if text.strip().lower() in NAMED_TEMPLATES:
+        return NAMED_TEMPLATES[text.strip().lower()]
     import jinja2
     from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -394,7 +396,8 @@ def check_chat_template(text: str) -> str:
     except jinja2.TemplateSyntaxError as e:
         raise ValueError(
             f"not a Jinja template ({e.message} on line {e.lineno} of the template); "
-            "give the template's text, 'chatml', or leave it out for the tokenizer's own"
+            "give the template's text, 'chatml', 'chatml-tools', or leave it out for the "
+            "tokenizer's own"
         ) from None
     except Exception:  # raise_exception, or needs what only the tokenizer passes: judge later
         return text
@@ -402,8 +405,8 @@ def check_chat_template(text: str) -> str:
         shown = text if len(text) <= 40 else text[:37] + "..."
         raise ValueError(
             f"{shown!r} renders a conversation without its messages (a template's name is "
-            "not a template); give the Jinja template's text, 'chatml', or leave it out "
-            "for the tokenizer's own"
+            "not a template); give the Jinja template's text, 'chatml', 'chatml-tools', or "
+            "leave it out for the tokenizer's own"
         )
     return text
 

@@ -1,0 +1,176 @@
+"""A chat as the model reads it: messages and tools through the chat template, the one
+rendering that training (``train/data.py``, ``train/preference.py``) and the gateway
+(``serve/backends.encode_messages``) share, so that what a model learns to write after a
+conversation is what the gateway's tool-call parser reads after the same conversation.
+
+    messages, tools = render_tools(messages, tools, native=template_has_tools(tokenizer))
+    text = tokenizer.apply_chat_template(messages, tools=tools, ...)   # chat_text() does both
+
+A template that renders ``tools`` itself (Qwen2.5's, Llama 3.1's, :data:`CHATML_TOOLS`) gets
+the messages as OpenAI writes them, with each call's ``arguments`` as a JSON value (templates
+serialise them); one that does not gets the Hermes text of :mod:`lmops.models.toolformat`:
+the tools in a system message, calls as ``<tool_call>`` text, results as ``<tool_response>``
+user turns (what the gateway does for such a model; training refuses it instead, since a
+model is better taught a template that says what it is).
+
+:data:`CHATML_TOOLS` (``chat_template: chatml-tools`` in a training job) is ChatML that
+renders tools: exactly ChatML of the Hermes text above, so a chat without tools renders as
+plain ChatML does, and with tools as Qwen2.5's template does (less its default system line).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from lmops.models.loading import CHATML
+from lmops.models.toolformat import call_text, system_prompt
+
+__all__ = [
+    "CHATML_TOOLS",
+    "NAMED_TEMPLATES",
+    "arguments_object",
+    "chat_text",
+    "render_tools",
+    "template_has_tools",
+]
+
+
+def _jinja(text: str) -> str:
+    """``text`` as a Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+_HEAD, _TAIL = system_prompt([{"\0": 0}]).split(json.dumps({"\0": 0}))
+# ChatML around the Hermes tool text; each piece is what serve/tools' text fallback writes
+# (render_tools(native=False)), so that ChatML of that fallback and this template agree.
+CHATML_TOOLS = (
+    "{%- if tools -%}{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{{- messages[0]['content'] + '\\n\\n' -}}{%- endif -%}"
+    "{{- " + _jinja(_HEAD) + " -}}"
+    "{%- for tool in tools -%}{{- tool | tojson -}}{%- if not loop.last -%}{{- '\\n' -}}"
+    "{%- endif -%}{%- endfor -%}"
+    "{{- " + _jinja(_TAIL) + " + '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if loop.first and tools and message['role'] == 'system' -%}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{%- if loop.first or loop.previtem['role'] != 'tool' -%}{{- '<|im_start|>user\\n' -}}"
+    "{%- else -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_response>\\n' + message['content'] + '\\n</tool_response>' -}}"
+    "{%- if loop.last or loop.nextitem['role'] != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' and message['tool_calls'] -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if message['content'] -%}{{- message['content'] + '\\n' -}}{%- endif -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- set fn = call['function'] if call['function'] is defined else call -%}"
+    "{{- '<tool_call>\\n{\"name\": ' + (fn['name'] | tojson) + ', \"arguments\": ' "
+    "+ (fn['arguments'] | tojson) + '}\\n</tool_call>' -}}"
+    "{%- if not loop.last -%}{{- '\\n' -}}{%- endif -%}{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+# The templates a training job may name (``chat_template: chatml``) instead of giving the text.
+NAMED_TEMPLATES: dict[str, str] = {"chatml": CHATML, "chatml-tools": CHATML_TOOLS}
+
+
+def template_has_tools(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template renders a ``tools`` list itself."""
+    template = getattr(tokenizer, "chat_template", None)
+    return isinstance(template, str) and "tools" in template
+
+
+def arguments_object(arguments: Any) -> Any:
+    """A call's arguments as a value (they travel as a JSON string)."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return arguments
+
+
+def _plain(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _call_text(call: Mapping[str, Any]) -> str:
+    fn = call.get("function") or {}
+    return call_text(str(fn.get("name")), arguments_object(fn.get("arguments")))
+
+
+def render_tools(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, *, native: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The messages (and ``tools``, OpenAI tool objects) to hand the chat template.
+    ``native``: the template renders tools, assistant ``tool_calls`` and ``tool`` messages
+    itself (arguments are handed over as objects, which templates serialise); otherwise
+    the Hermes text, and no ``tools``."""
+    tools = tools or None
+    if native:
+        out = []
+        for m in messages:
+            if m.get("role") == "assistant" and m.get("tool_calls"):
+                calls = [
+                    {
+                        **c,
+                        "function": {
+                            **(c.get("function") or {}),
+                            "arguments": arguments_object(
+                                (c.get("function") or {}).get("arguments")
+                            ),
+                        },
+                    }
+                    for c in m["tool_calls"]
+                ]
+                m = {**m, "tool_calls": calls, "content": m.get("content") or ""}
+            out.append(m)
+        return out, tools
+    out = []
+    for m in messages:
+        role = m.get("role")
+        if role == "assistant" and m.get("tool_calls"):
+            text = "\n".join(_call_text(c) for c in m["tool_calls"])
+            content = _plain(m.get("content"))
+            out.append({"role": "assistant", "content": f"{content}\n{text}" if content else text})
+        elif role == "tool":
+            piece = f"<tool_response>\n{_plain(m.get('content'))}\n</tool_response>"
+            if out and out[-1].get("role") == "user" and out[-1].get("_tool"):
+                out[-1]["content"] += "\n" + piece  # consecutive results: one turn
+            else:
+                out.append({"role": "user", "content": piece, "_tool": True})
+        else:
+            out.append({k: v for k, v in m.items() if k != "tool_calls"})
+    out = [{k: v for k, v in m.items() if k != "_tool"} for m in out]
+    if tools:
+        system = system_prompt(tools)
+        if out and out[0].get("role") in ("system", "developer"):
+            out[0] = {**out[0], "content": f"{_plain(out[0].get('content'))}\n\n{system}"}
+        else:
+            out.insert(0, {"role": "system", "content": system})
+    return out, None
+
+
+def chat_text(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    *,
+    add_generation_prompt: bool = False,
+) -> str:
+    """The text of a chat (and its ``tools``) through the tokenizer's chat template, as the
+    gateway renders it for a model whose template is its own (:func:`render_tools`)."""
+    rendered, listed = render_tools(messages, tools, native=template_has_tools(tokenizer))
+    return str(
+        tokenizer.apply_chat_template(
+            rendered, tools=listed, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    )
