@@ -142,7 +142,15 @@ def messages(*roles: str) -> list[dict[str, str]]:
         (
             "sft_chat",
             {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "{}"}]},
-            ["field 'messages[1].role': expected one of 'system', 'user', 'assistant', got 'tool'"],
+            ["field 'messages[1].role': expected 'assistant' after 'user', got 'tool'"],
+        ),
+        (
+            "sft_chat",
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "{}"}]},
+            [
+                "field 'messages[1].role': expected one of 'system', 'user', 'assistant', "
+                "'tool', got 'bot'"
+            ],
         ),
         (
             "sft_chat",

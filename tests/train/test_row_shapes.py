@@ -297,7 +297,7 @@ def test_problems_are_named_in_the_rows_own_fields(tmp_path: Path) -> None:
         "'human', got 'human' (expected sharegpt rows); fix the row or set on_error: skip"
     )
     tool = [{"from": "human", "value": "weather?"}, {"from": "function_call", "value": "{}"}]
-    assert "'conversations[1].from': 'function_call' is a tool turn" in error(
+    assert "field 'conversations[1].value': expected the JSON of a call" in error(
         {"conversations": tool}
     )
     assert "field 'completion': must not be empty" in error({"prompt": "2+2=", "completion": " "})

@@ -5,9 +5,12 @@ The formats (one JSON object per row; other keys, such as ids, are allowed and i
     pretrain     {"text": str}
     sft_alpaca   {"instruction": str, "input": str | null (optional), "output": str,
                   "system": str (optional)}
-    sft_chat     {"messages": [{"role": "system" | "user" | "assistant", "content": str,
-                                "weight": 0 | 1 (optional, assistant turns)}, ...]}
-    preference   {"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}
+    sft_chat     {"messages": [{"role": "system" | "user" | "assistant" | "tool",
+                                "content": str, "weight": 0 | 1 (optional, assistant turns),
+                                "tool_calls": [...] (optional, assistant turns)}, ...],
+                  "tools": [...] (optional)}
+    preference   {"prompt": str | messages, "chosen": str | messages, "rejected": str | messages,
+                  "tools": [...] (optional)}
 
 Rules: required strings are non-empty (not only whitespace); ``input`` may be empty.
 A chat is an optional ``system`` message, then ``user`` and ``assistant`` turns alternating,
@@ -17,7 +20,9 @@ message may have empty content, other turns may not. In ``preference``, a messag
 ``rejected`` is the continuation: turns alternating from ``assistant``, ending with
 ``assistant``. Strings and lists may be mixed; ``chosen`` must differ from ``rejected``.
 An assistant message's ``weight`` (OpenAI's fine-tuning format) is 0 or 1; 0 leaves that
-turn out of the loss. Rows written for other tools (ShareGPT, TRL, LLaMA-Factory) are read
+turn out of the loss. Tool calls are OpenAI's too (:mod:`lmops.core.toolrows`): an assistant
+turn with ``tool_calls`` (its content may be empty) is followed by one or more ``tool``
+turns, the results, and those by an assistant turn; a prompt may end with results. Rows written for other tools (ShareGPT, TRL, LLaMA-Factory) are read
 as these formats by :mod:`lmops.core.shapes`.
 
 Every problem is a :class:`RowError` that prints as
@@ -36,6 +41,8 @@ rows read from files by :mod:`lmops.core.rows`, with the place instead of the ro
     last_turn    a chat that does not end with the turn it must end with
     identical    chosen equals rejected
     weight       a message's weight is not 0 or 1, or is on a turn that is not the assistant's
+    tool         a tool list or call that is not OpenAI's: no function name, arguments that
+                 are not a JSON object, a call of a tool the row's ``tools`` do not list
     malformed    (read from a file) the row is not valid JSON
     encoding     (read from a file) the row is not valid UTF-8
     fields       (read from a file) a CSV record with the wrong number of fields
@@ -50,6 +57,7 @@ from typing import Any, Literal
 
 from lmops.core.errors import UserError
 from lmops.core.rows import ANNOTATIONS_KEY, BadRow, Row
+from lmops.core.toolrows import check_calls, check_tools, tool_names
 
 __all__ = [
     "FORMATS",
@@ -57,6 +65,7 @@ __all__ = [
     "Format",
     "RowError",
     "ValidationReport",
+    "as_messages",
     "check_messages",
     "detect_format",
     "to_chat",
@@ -68,7 +77,8 @@ __all__ = [
 Format = Literal["pretrain", "sft_alpaca", "sft_chat", "preference"]
 FORMATS: tuple[str, ...] = ("pretrain", "sft_alpaca", "sft_chat", "preference")
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
-Message = dict[str, str]
+_CHAT_ROLES = (*ROLES, "tool")  # tool: a tool call's result
+Message = dict[str, Any]
 
 # Keys that give a format away, checked in this order (a preference row may also carry
 # "messages"-like fields, an alpaca row a "text" copy).
@@ -225,7 +235,8 @@ def to_chat(row: Mapping[str, Any], fmt: str = "auto") -> list[Message]:
 
     ``sft_alpaca``: an optional system message, the user turn ``instruction`` (plus
     ``"\\n\\n" + input`` when ``input`` is not empty) and the assistant turn ``output``.
-    ``sft_chat``: the messages, reduced to ``role`` and ``content``. ``preference``: the
+    ``sft_chat``: the messages, reduced to ``role`` and ``content`` (and an assistant turn's
+    ``tool_calls``, a tool turn's ``tool_call_id`` and ``name``). ``preference``: the
     prompt followed by the chosen answer. ``pretrain`` rows have no chat form. Raises
     :class:`UserError` naming the first problem of an invalid row.
     """
@@ -243,7 +254,7 @@ def to_chat(row: Mapping[str, Any], fmt: str = "auto") -> list[Message]:
         messages.append({"role": "assistant", "content": row["output"]})
         return messages
     if fmt == "sft_chat":
-        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        return [_message(m) for m in row["messages"]]
     if fmt == "preference":
         prompt, chosen, _ = to_preference(row)
         return prompt + chosen
@@ -257,11 +268,11 @@ def to_preference(row: Mapping[str, Any]) -> tuple[list[Message], list[Message],
     :class:`UserError` naming the first problem of an invalid row.
     """
     _checked(row, "preference")
-    prompt = _as_messages(row["prompt"], "user")
+    prompt = as_messages(row["prompt"], "user")
     return (
         prompt,
-        _as_messages(row["chosen"], "assistant"),
-        _as_messages(row["rejected"], "assistant"),
+        as_messages(row["chosen"], "assistant"),
+        as_messages(row["rejected"], "assistant"),
     )
 
 
@@ -287,11 +298,21 @@ def _check_alpaca(row: Mapping[str, Any]) -> list[Problem]:
 def _check_chat(row: Mapping[str, Any]) -> list[Problem]:
     if "messages" not in row:
         return [("messages", "missing", "required field is missing")]
-    return _messages(row["messages"], "messages", first="user", last="assistant", system=True)
+    problems = _tools(row)
+    names = tool_names(row.get("tools")) if not problems else None
+    return problems + _messages(
+        row["messages"], "messages", first="user", last="assistant", system=True, names=names
+    )
+
+
+def _tools(row: Mapping[str, Any]) -> list[Problem]:
+    """The problems of a row's ``tools`` (optional; null is none)."""
+    return check_tools(row["tools"]) if row.get("tools") is not None else []
 
 
 def _check_preference(row: Mapping[str, Any]) -> list[Problem]:
-    problems: list[Problem] = []
+    problems = _tools(row)
+    names = tool_names(row.get("tools")) if not problems else None
     for name, first, last in (
         ("prompt", "user", "user"),
         ("chosen", "assistant", "assistant"),
@@ -300,10 +321,12 @@ def _check_preference(row: Mapping[str, Any]) -> list[Problem]:
         if name not in row:
             problems.append((name, "missing", "required field is missing"))
         elif isinstance(row[name], list):
-            problems += _messages(row[name], name, first=first, last=last, system=name == "prompt")
+            problems += _messages(
+                row[name], name, first=first, last=last, system=name == "prompt", names=names
+            )
         else:
             problems += _text(row, name, what="a string or a list of messages")
-    if not problems and _as_messages(row["chosen"], "assistant") == _as_messages(
+    if not problems and as_messages(row["chosen"], "assistant") == as_messages(
         row["rejected"], "assistant"
     ):
         problems.append(("rejected", "identical", "must differ from 'chosen'"))
@@ -329,15 +352,27 @@ def _text(row: Mapping[str, Any], name: str, *, what: str = "a string") -> list[
     return []
 
 
-def _messages(value: Any, name: str, *, first: str, last: str, system: bool) -> list[Problem]:
+def _messages(
+    value: Any,
+    name: str,
+    *,
+    first: str,
+    last: str,
+    system: bool,
+    names: set[str] | None = None,
+) -> list[Problem]:
     """Check a message list: an optional leading system message (when ``system``), then
-    turns alternating user/assistant from ``first``, ending with ``last``."""
+    turns alternating user/assistant from ``first``, ending with ``last`` (a prompt, whose
+    ``last`` is ``user``, may also end with tool results). An assistant turn that calls
+    tools is followed by ``tool`` turns, and those by an assistant turn; ``names``: the
+    row's tools, the only ones a call may name (None: the row lists none)."""
     if not isinstance(value, list):
         return [(name, "type", f"expected a list of messages, got {_type(value)}")]
     if not value:
         return [(name, "empty", "must not be empty")]
     problems: list[Problem] = []
     prev: str | None = None  # role of the previous turn; None before the first
+    called = False  # the previous turn was an assistant's that called tools
     in_order = True  # judge order (and the last turn) only up to the first role problem
     for i, msg in enumerate(value):
         where = f"{name}[{i}]"
@@ -346,36 +381,44 @@ def _messages(value: Any, name: str, *, first: str, last: str, system: bool) -> 
             in_order = False
             continue
         role = msg.get("role")
+        # None or [] is no calls: typed data sets (Parquet, Arrow) give every row the key
+        calls = msg.get("tool_calls")
+        calling = role == "assistant" and bool(calls)
         if "role" not in msg:
             problems.append((f"{where}.role", "missing", "required field is missing"))
             in_order = False
-        elif role not in ROLES:
-            allowed = ", ".join(f"'{r}'" for r in ROLES)
+        elif role not in _CHAT_ROLES:
+            allowed = ", ".join(f"'{r}'" for r in _CHAT_ROLES)
             problems.append((f"{where}.role", "role", f"expected one of {allowed}, got {role!r}"))
             in_order = False
         elif in_order:
-            expected = _expected_role(prev, first, system and i == 0)
+            expected = _expected_role(prev, first, system and i == 0, called)
             if role not in expected:
+                want = " or ".join(f"'{r}'" for r in expected)
                 if prev is None:
-                    want = " or ".join(f"'{r}'" for r in expected)
                     reason = f"expected {want} first, got '{role}'"
+                elif called:
+                    reason = f"expected 'tool' (the results) after tool calls, got '{role}'"
                 else:
-                    reason = f"expected '{expected[0]}' after '{prev}', got '{role}'"
+                    reason = f"expected {want} after '{prev}', got '{role}'"
                 problems.append((f"{where}.role", "role_order", reason))
                 in_order = False  # later order problems would only echo this one
-            prev = role
-        content = msg.get("content")
-        if "content" not in msg:
-            problems.append((f"{where}.content", "missing", "required field is missing"))
-        elif not isinstance(content, str):
-            problems.append(
-                (f"{where}.content", "type", f"expected a string, got {_type(content)}")
-            )
-        elif not content.strip() and role != "system":
-            problems.append((f"{where}.content", "empty", "must not be empty"))
+            prev, called = role, calling
+        if calls and not calling:
+            problems.append((f"{where}.tool_calls", "tool", "only an assistant turn calls tools"))
+        elif calling:
+            problems += check_calls(calls, where, names)
+        problems += _content(msg, where, role, calling=calling)
+        if role == "tool":
+            for key in ("tool_call_id", "name"):
+                if msg.get(key) is not None and not isinstance(msg[key], str):
+                    problems.append(
+                        (f"{where}.{key}", "type", f"expected a string, got {_type(msg[key])}")
+                    )
         if "weight" in msg:
             problems += _weight(msg, where)
-    if in_order and prev != last and prev is not None:
+    ends = (last, "tool") if last == "user" else (last,)
+    if in_order and prev not in ends and prev is not None:
         problems.append(
             (
                 f"{name}[{len(value) - 1}].role",
@@ -386,14 +429,35 @@ def _messages(value: Any, name: str, *, first: str, last: str, system: bool) -> 
     return problems
 
 
+def _content(msg: Mapping[str, Any], where: str, role: Any, *, calling: bool) -> list[Problem]:
+    """A message's content: a non-empty string, but for a system turn and a tool result
+    (may be empty) and an assistant turn that calls tools (may be empty, null or left out)."""
+    content = msg.get("content")
+    if calling and content is None:
+        return []
+    if "content" not in msg:
+        return [(f"{where}.content", "missing", "required field is missing")]
+    if not isinstance(content, str):
+        return [(f"{where}.content", "type", f"expected a string, got {_type(content)}")]
+    if not content.strip() and role not in ("system", "tool") and not calling:
+        return [(f"{where}.content", "empty", "must not be empty")]
+    return []
+
+
 def check_messages(
-    value: Any, name: str, *, first: str, last: str, system: bool
+    value: Any,
+    name: str,
+    *,
+    first: str,
+    last: str,
+    system: bool,
+    names: set[str] | None = None,
 ) -> list[tuple[str, str, str]]:
     """The problems of a message list as ``(field, code, reason)``: an optional leading
     system message (when ``system``), then turns alternating user/assistant from
-    ``first``, ending with ``last`` (the rules of ``sft_chat`` and of a preference row's
-    message lists)."""
-    return _messages(value, name, first=first, last=last, system=system)
+    ``first``, ending with ``last``, tool calls followed by their results (the rules of
+    ``sft_chat`` and of a preference row's message lists; ``names``: the row's tools)."""
+    return _messages(value, name, first=first, last=last, system=system, names=names)
 
 
 def _weight(msg: Mapping[str, Any], where: str) -> list[Problem]:
@@ -405,12 +469,17 @@ def _weight(msg: Mapping[str, Any], where: str) -> list[Problem]:
     return []
 
 
-def _expected_role(prev: str | None, first: str, system_allowed: bool) -> tuple[str, ...]:
+def _expected_role(
+    prev: str | None, first: str, system_allowed: bool, called: bool
+) -> tuple[str, ...]:
+    """The roles that may follow ``prev`` (``called``: an assistant turn that called tools)."""
     if prev is None:
         return ("system", first) if system_allowed else (first,)
     if prev == "system":
         return (first,)
-    return ("assistant",) if prev == "user" else ("user",)
+    if prev == "assistant":
+        return ("tool",) if called else ("user",)
+    return ("assistant",) if prev == "user" else ("assistant", "tool")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -426,10 +495,23 @@ def _checked(row: Mapping[str, Any], fmt: str) -> str:
     return fmt
 
 
-def _as_messages(value: str | list[Mapping[str, Any]], role: str) -> list[Message]:
+def as_messages(value: str | list[Mapping[str, Any]], role: str) -> list[Message]:
+    """A prompt or an answer as messages: a string is one turn of ``role``; a (checked)
+    message list keeps the keys training reads (role, content, tool calls and results)."""
     if isinstance(value, str):
         return [{"role": role, "content": value}]
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+    return [_message(m) for m in value]
+
+
+def _message(m: Mapping[str, Any]) -> Message:
+    """A (checked) message with the keys training reads: role and content, an assistant
+    turn's tool calls, a tool result's call id and name."""
+    out: Message = {"role": m["role"], "content": m.get("content")}
+    if m["role"] == "assistant" and m.get("tool_calls"):
+        out["tool_calls"] = m["tool_calls"]
+    elif m["role"] == "tool":
+        out.update({k: m[k] for k in ("tool_call_id", "name") if m.get(k) is not None})
+    return out
 
 
 def _not_object(n: int, row: Any) -> RowError:

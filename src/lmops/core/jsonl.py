@@ -32,6 +32,7 @@ __all__ = [
     "json_objects",
     "line_col",
     "parse_object",
+    "type_name",
 ]
 
 # key -> (the key's JSON text, the value's JSON text), in the object's order.
@@ -104,7 +105,8 @@ def _members(s: str, pos: int) -> tuple[dict[str, Any], RawMembers, int]:
             raise JSONDecodeError("Expecting ',' delimiter", s, pos)
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """The JSON name of a value's type, for messages."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -130,7 +132,7 @@ def parse_object(line: str) -> tuple[dict[str, Any], RawMembers]:
     if line[pos : pos + 1] != "{":
         value, end = _value(line, pos)
         _trailing(line, end)
-        raise ValueError(f"expected a JSON object, got {_type_name(value)}")
+        raise ValueError(f"expected a JSON object, got {type_name(value)}")
     values, raw, end = _members(line, pos)
     _trailing(line, end)
     return values, raw
@@ -185,7 +187,7 @@ def json_array_elements(
                 yield index, line, values, raw
             else:
                 value, pos = _value(text, pos)
-                yield index, line, None, f"expected a JSON object, got {_type_name(value)}"
+                yield index, line, None, f"expected a JSON object, got {type_name(value)}"
         except JSONDecodeError as e:
             raise ArrayElementError(e, index) from None
         index += 1

@@ -32,13 +32,19 @@ A message has ``role``/``content`` keys (OpenAI) or ``from``/``value`` (ShareGPT
 names (``role_tag``, ``content_tag``, ``user_tag``, ``assistant_tag``, ``system_tag``), set
 other keys and role names; a tag set replaces that role's defaults. A ``system`` field is a
 system turn before the chat for alpaca and ShareGPT rows (and for any chat row when
-``columns`` maps it or ``tags`` are set: LLaMA-Factory's sharegpt formatting). Tool turns (``function_call``, ``observation``, ``tool``) are refused:
-lmops does not train tool calls yet.
+``columns`` maps it or ``tags`` are set: LLaMA-Factory's sharegpt formatting).
+
+Tool calls (:mod:`lmops.core.toolrows`): OpenAI's (and TRL's) assistant ``tool_calls`` and
+``tool`` turns, ShareGPT's ``function_call`` turn (the call's JSON, read as an assistant
+turn's ``tool_calls``) and ``observation`` turn (read as a ``tool`` turn); LLaMA-Factory's
+``observation_tag`` and ``function_tag`` name them otherwise. A row's ``tools`` (a list of
+functions, or its JSON text) go with any chat it stands for, as ``tools`` of the lmops row.
 
 Column mapping: ``columns`` maps lmops's field names to a file's (``{instruction:
 en_instruction}``), as LLaMA-Factory's ``dataset_info`` does: a mapped field is read from its
 column only (the row's own ``instruction``, if any, is not read), a field left out is read
-under its own name, and a mapped column a row lacks is a problem of that row.
+under its own name, and a mapped column a row lacks is a problem of that row (but for
+``tools``: that row has none).
 
 Every problem is a :class:`RowProblem` (``field``, ``code``, ``reason``); its codes are those
 of :mod:`lmops.core.formats`, plus ``undetected`` (no shape the stage reads) and ``stage`` (a
@@ -55,6 +61,13 @@ from typing import Any
 
 from lmops.core.errors import name_hint
 from lmops.core.formats import check_messages, to_chat, validate_row
+from lmops.core.toolrows import (
+    check_tools,
+    read_function_call,
+    read_tools,
+    tool_names,
+    uniform_call,
+)
 
 __all__ = [
     "COLUMNS",
@@ -70,13 +83,16 @@ __all__ = [
 # lmops's field names, the keys of ``columns``.
 COLUMNS: tuple[str, ...] = (
     "instruction", "input", "output", "system", "messages", "prompt", "completion",
-    "chosen", "rejected", "label", "text",
+    "chosen", "rejected", "label", "text", "tools",
 )  # fmt: skip
-_PAIRED = ("prompt", "chosen", "rejected", "messages", "instruction", "input", "system")
+_SFT = (
+    "instruction", "input", "output", "system", "messages", "prompt", "completion", "text", "tools",
+)  # fmt: skip
+_PAIRED = ("prompt", "chosen", "rejected", "messages", "instruction", "input", "system", "tools")
 # The fields each stage reads (and may map).
 STAGE_COLUMNS: dict[str, tuple[str, ...]] = {
     "pretrain": ("text",),
-    "sft": ("instruction", "input", "output", "system", "messages", "prompt", "completion", "text"),
+    "sft": _SFT,
     "reward": _PAIRED,
     "dpo": _PAIRED,
     "orpo": _PAIRED,
@@ -90,7 +106,6 @@ LLAMA_FACTORY_COLUMNS: dict[str, str | None] = {
     "kto_tag": "label",
     "conversations": "messages",
     "history": None,
-    "tools": None,
     "images": None,
     "videos": None,
     "audios": None,
@@ -100,14 +115,25 @@ TAGS: tuple[str, ...] = (
     "observation_tag", "function_tag",
 )  # fmt: skip
 # Role names read without tags: OpenAI's and ShareGPT's (LLaMA-Factory's defaults).
+# "function_call" is ShareGPT's assistant turn that calls tools (its value is the calls).
 _ROLE_NAMES = {
     "system": "system",
     "user": "user",
     "human": "user",
     "assistant": "assistant",
     "gpt": "assistant",
+    "tool": "tool",
+    "observation": "tool",
+    "function_call": "function_call",
 }
-_TOOL_NAMES = ("function_call", "observation", "tool", "function")
+# Each role's tag (LLaMA-Factory's name for it), which replaces its default names.
+_ROLE_TAGS = {
+    "system": "system_tag",
+    "user": "user_tag",
+    "assistant": "assistant_tag",
+    "tool": "observation_tag",
+    "function_call": "function_tag",
+}
 # Other names of a field, for the hint of a row in no shape (the spellings difflib misses).
 _SYNONYMS = {
     "instruction": ("question", "query", "problem", "prompt"),
@@ -179,23 +205,26 @@ class _Built:
     origins: dict[str, list[Origin]] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # lmops field -> the row's field
     roles: dict[str, str] = field(default_factory=dict)  # lmops role -> the row's name for it
+    calls_from: set[str] = field(default_factory=set)  # ShareGPT function_call turns (where)
 
     def field_of(self, path: str) -> str:
         """``messages[2].role`` -> ``conversations[1].from`` (where it came from)."""
-        m = re.fullmatch(r"(\w+)\[(\d+)\](?:\.(\w+))?", path)
+        m = re.fullmatch(r"(\w+)\[(\d+)\](?:\.(\w+)(.*))?", path)
         if m and m[1] in self.origins and int(m[2]) < len(self.origins[m[1]]):
             where, role_key, content_key = self.origins[m[1]][int(m[2])]
             if m[3] is None or role_key is None:
                 return where
+            if m[3] == "tool_calls" and where in self.calls_from:
+                return f"{where}.{content_key}"  # the calls are the turn's value
             key = {"role": role_key, "content": content_key}.get(m[3], m[3])
-            return f"{where}.{key}"
+            return f"{where}.{key}{m[4]}"
         head = re.match(r"\w*", path)[0]  # type: ignore[index]
         return self.names.get(head, head) + path[len(head) :]
 
     def problem(self, field: str, code: str, reason: str) -> RowProblem:
         """A converted row's problem in the row's terms (role names included)."""
         reason = re.sub(
-            r"'(system|user|assistant)'", lambda m: repr(self.roles.get(m[1], m[1])), reason
+            r"'(system|user|assistant|tool)'", lambda m: repr(self.roles.get(m[1], m[1])), reason
         )
         return RowProblem(self.field_of(field), code, reason)
 
@@ -335,6 +364,8 @@ class RowReader:
         sources = set(self.columns.values())
         view = {k: v for k, v in values.items() if k not in sources and k not in self.columns}
         for name, column in self.columns.items():
+            if column not in values and name == "tools":
+                continue  # a row without tools (a set of chats, some with tools)
             if column not in values:
                 hint = name_hint(column, list(values), "the row has")
                 raise RowProblem(column, "missing", f"missing (columns.{name} reads it); {hint}")
@@ -344,12 +375,15 @@ class RowReader:
     # -- conversions, one per shape: the view -> the lmops row -------------------------------
     def _chat_row(self, view: dict[str, Any]) -> dict[str, Any]:
         built = self._chat(view, _chat_key(view) or "messages")
+        self._add_tools(view, built)
         self._check(built, "sft_chat")
         return built.row
 
     def _alpaca(self, view: dict[str, Any]) -> dict[str, Any]:
         self._check(_Built(view, names={k: self.source(k) for k in view}), "sft_alpaca")
-        return {"messages": to_chat(view, "sft_alpaca")}
+        built = _Built({"messages": to_chat(view, "sft_alpaca")})
+        self._add_tools(view, built)
+        return built.row
 
     def _text(self, view: dict[str, Any]) -> dict[str, Any]:
         built = _Built({"text": view["text"]}, names={"text": self.source("text")})
@@ -361,11 +395,12 @@ class RowReader:
         prompt = self._turns(view, "prompt", "user", built)
         completion = self._turns(view, "completion", "assistant", built)
         built.row = _present(prompt=prompt, completion=completion)
+        tools = self._add_tools(view, built)
         self._check_unpaired(built)
         # TRL trains the completion only: assistant turns of a conversational prompt are
         # context, so they carry weight 0 (OpenAI's way of saying "no loss on this turn").
         messages = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in prompt]
-        return {"messages": messages + completion}
+        return _present(messages=messages + completion, tools=tools)
 
     def _preference(self, view: dict[str, Any], prompt_from: str = "prompt") -> dict[str, Any]:
         """A pair, its prompt read ``prompt_from``: the ``prompt`` field, the ``chat``
@@ -384,6 +419,7 @@ class RowReader:
         if prompt_from == "implicit":
             prompt, chosen, rejected = self._implicit(view, built, chosen, rejected)
         built.row = _present(prompt=prompt, chosen=chosen, rejected=rejected)
+        self._add_tools(view, built)
         self._check(built, "preference")
         return built.row
 
@@ -426,6 +462,7 @@ class RowReader:
     def _kto_chat(self, view: dict[str, Any]) -> dict[str, Any]:
         """LLaMA-Factory's KTO rows: a chat whose last (assistant) turn is the completion."""
         built = self._chat(view, _chat_key(view) or "messages")
+        self._add_tools(view, built)
         self._check(built, "sft_chat")
         messages, src = built.row["messages"], built.origins.pop("messages")
         built.origins.update(prompt=src[:-1], completion=src[-1:])
@@ -435,6 +472,7 @@ class RowReader:
         self, view: dict[str, Any], built: _Built, prompt: Any, completion: Any
     ) -> dict[str, Any]:
         built.row = _present(prompt=prompt, completion=completion)
+        self._add_tools(view, built)
         self._check_unpaired(built)
         label = view["label"]
         if not isinstance(label, bool):
@@ -466,6 +504,21 @@ class RowReader:
                 built.origins[native].insert(0, (src, None, None))
         built.row = {native: messages}
         return built
+
+    def _add_tools(self, view: Mapping[str, Any], built: _Built) -> Any:
+        """The row's ``tools`` in lmops's form, added to ``built.row`` (``_MISSING`` where
+        the row has none: no field, null, an empty list or string)."""
+        value = view.get("tools")
+        if value in _EMPTY:
+            return _MISSING
+        src = built.names["tools"] = self.source("tools")
+        tools, why = read_tools(value)
+        if why is not None:
+            raise RowProblem(src, "tool", why)
+        for f, code, reason in check_tools(tools, "tools"):
+            raise built.problem(f, code, reason)
+        built.row["tools"] = tools
+        return tools
 
     def _reads_system(self, view: Mapping[str, Any], key: str) -> bool:
         """ShareGPT rows have a system field (LLaMA-Factory's example); OpenAI's have the
@@ -532,15 +585,27 @@ class RowReader:
             converted: dict[str, Any] = {}
             if role_key in msg:
                 converted["role"] = self._role(msg[role_key], f"{where}.{role_key}", built)
-            if content_key in msg:
+            if converted.get("role") == "function_call":  # ShareGPT's: the value is the calls
+                calls, why = read_function_call(msg.get(content_key))
+                if calls is None:
+                    raise RowProblem(f"{where}.{content_key}", "tool", str(why))
+                converted = {"role": "assistant", "tool_calls": calls}
+                built.calls_from.add(where)
+            elif content_key in msg:
                 converted["content"] = msg[content_key]
-            if "weight" in msg:
-                converted["weight"] = msg["weight"]
+            if isinstance(msg.get("tool_calls"), list) and "tool_calls" not in converted:
+                converted["tool_calls"] = [uniform_call(c) for c in msg["tool_calls"]]
+            for key in ("tool_calls", "tool_call_id", "name", "weight"):
+                if key in msg and key not in converted:
+                    converted[key] = msg[key]
             out.append(converted)
         built.origins[native] = origins
         if any(key not in (None, "role") for _, key, _ in origins) or self.tags:
-            for role, tag in (("user", "human"), ("assistant", "gpt"), ("system", "system")):
-                built.roles.setdefault(role, self.tags.get(f"{role}_tag") or tag)
+            for role, tag in (
+                ("user", "human"), ("assistant", "gpt"), ("system", "system"),
+                ("tool", "observation"),
+            ):  # fmt: skip
+                built.roles.setdefault(role, self.tags.get(_ROLE_TAGS[role]) or tag)
         return out
 
     def _keys(self, msg: Mapping[str, Any]) -> tuple[str, str]:
@@ -554,21 +619,20 @@ class RowReader:
 
     def _role(self, name: Any, where: str, built: _Built) -> Any:
         names = dict(_ROLE_NAMES)
-        for role in ("system", "user", "assistant"):
-            tag = self.tags.get(f"{role}_tag")
+        for role, tag_key in _ROLE_TAGS.items():
+            tag = self.tags.get(tag_key)
             if tag is not None:
                 names = {k: v for k, v in names.items() if v != role}
                 names[tag] = role
         if isinstance(name, str) and name in names:
             built.roles.setdefault(names[name], name)
             return names[name]
-        tools = [*_TOOL_NAMES, *(self.tags.get(t) for t in ("observation_tag", "function_tag"))]
-        if isinstance(name, str) and name in tools:
+        if name == "function":
             raise RowProblem(
                 where,
                 "role",
-                f"{name!r} is a tool turn; lmops does not train tool calls yet "
-                "(leave such rows out: on_error: skip)",
+                "'function' is OpenAI's retired role for a function's result: write it as a "
+                "'tool' turn, and the call as the assistant turn's tool_calls",
             )
         known = ", ".join(repr(k) for k in names)
         raise RowProblem(
@@ -583,6 +647,7 @@ class RowReader:
 
     def _check_unpaired(self, built: _Built) -> None:
         row = built.row
+        names = tool_names(row.get("tools"))
         for name, first in (("prompt", "user"), ("completion", "assistant")):
             value = row.get(name, _MISSING)
             if value is _MISSING:
@@ -590,7 +655,7 @@ class RowReader:
                     built.names.get(name, name), "missing", "required field is missing"
                 )
             for f, code, reason in check_messages(
-                value, name, first=first, last=first, system=name == "prompt"
+                value, name, first=first, last=first, system=name == "prompt", names=names
             ):
                 if f == name and code == "type":
                     reason = reason.replace("a list of messages", "a string or a list of messages")

@@ -10,6 +10,9 @@
   content and the end-of-turn token); system and user tokens carry label -100.
   Multi-turn conversations train on every assistant turn but those of ``weight`` 0
   (OpenAI's mark; a TRL prompt's own assistant turns get it: only the completion trains).
+  Tool calls train as part of their assistant turn; tool results, like the tools listed
+  in the prompt, carry no loss. A chat with tools is rendered as the gateway renders the
+  same conversation (:mod:`lmops.models.chat`), through a template that takes ``tools``.
   Plain ``{"text"}`` rows may be mixed in: they train on every token, as in pretraining
   (replaying pretraining text keeps what the base model knows, e.g. its perplexity on
   ordinary text).
@@ -202,22 +205,24 @@ def validate_training_rows(rows: list[tuple[str, int, Any]], fmt: str) -> None:
 
 
 def _assistant_spans(
-    tokenizer: Any, messages: list[dict[str, Any]]
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans the model must learn to write:
-    each assistant turn's content through its end-of-turn marker, but for turns of
-    ``weight`` 0 (context, as OpenAI's fine-tuning format marks it)."""
+    each assistant turn's content and tool calls through its end-of-turn marker, but for
+    turns of ``weight`` 0 (context, as OpenAI's fine-tuning format marks it). The chat and
+    its ``tools`` are rendered as the gateway renders them (:func:`lmops.models.chat.chat_text`),
+    so a prompt's text is the gateway's prompt for the same conversation."""
+    from lmops.models.chat import chat_text
+
     weights = [m.get("weight", 1) for m in messages]
-    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    messages = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    text = chat_text(tokenizer, messages, tools)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or weights[i] == 0:
             continue
-        before = tokenizer.apply_chat_template(
-            messages[:i], tokenize=False, add_generation_prompt=True
-        )
-        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        before = chat_text(tokenizer, messages[:i], tools, add_generation_prompt=True)
+        through = chat_text(tokenizer, messages[: i + 1], tools)
         if not text.startswith(through) or not through.startswith(before):
             raise UserError(
                 "the chat template does not render conversations prefix by prefix; set chat_template"
@@ -229,11 +234,14 @@ def _assistant_spans(
 
 
 def encode_chat(
-    tokenizer: Any, messages: list[dict[str, Any]], max_len: int
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    max_len: int,
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[Example, bool]:
     """Token ids with labels on assistant spans only (not on turns of ``weight`` 0);
     returns (example, truncated)."""
-    text, spans = _assistant_spans(tokenizer, messages)
+    text, spans = _assistant_spans(tokenizer, messages, tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = enc["input_ids"]
     labels = [IGNORE] * len(ids)
@@ -242,6 +250,26 @@ def encode_chat(
             labels[t] = ids[t]
     truncated = len(ids) > max_len
     return Example(ids[:max_len], labels[:max_len]), truncated
+
+
+def check_tool_template(tokenizer: Any, row: Mapping[str, Any], where: str) -> None:
+    """Refuse a row with tools or tool turns for a chat template that cannot render them
+    (one line: the row's place and the fix). The gateway would serve such a model with the
+    Hermes text of :mod:`lmops.models.toolformat` in a system turn; a model is taught the
+    template it is served with instead, which says what its tools are."""
+    from lmops.core.toolrows import has_tool_turns
+    from lmops.models.chat import template_has_tools
+
+    turns = any(has_tool_turns(row.get(k)) for k in ("messages", "prompt", "chosen", "rejected"))
+    turns = turns or has_tool_turns(row.get("completion"))
+    if not (turns or row.get("tools")) or template_has_tools(tokenizer):
+        return
+    what = "tool calls" if turns else "tools"
+    raise UserError(
+        f"{where}: the row has {what}, and the model's chat template does not render tools; "
+        "set chat_template: chatml-tools in the job (ChatML with tool calls in the format the "
+        "gateway parses), or train a model whose own template takes tools (Qwen2.5's does)"
+    )
 
 
 def encode_text(tokenizer: Any, text: str, max_len: int) -> tuple[Example, bool]:
@@ -271,12 +299,13 @@ def build_sft_examples(
             messages: list[dict[str, Any]] = to_chat(row)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
-        if isinstance(row.get("messages"), list):  # to_chat keeps role and content only
+        if isinstance(row.get("messages"), list):  # to_chat leaves the weights out
             messages = [
                 {**m, "weight": 0} if isinstance(w, Mapping) and w.get("weight") == 0 else m
                 for m, w in zip(messages, row["messages"], strict=True)
             ]
-        ex, truncated = encode_chat(tokenizer, messages, max_len)
+        check_tool_template(tokenizer, row, where)
+        ex, truncated = encode_chat(tokenizer, messages, max_len, row.get("tools") or None)
         stats["truncated"] += int(truncated)
         if all(label == IGNORE for label in ex.labels[1:]):
             stats["no_loss_tokens"] += 1  # the answer was cut off entirely: nothing to learn

@@ -3,8 +3,9 @@ through TRL 1.16.
 
 Every trainer takes preference rows (``prompt`` / ``chosen`` / ``rejected``, strings or chat
 messages; see :func:`lmops.core.formats.to_preference`; rows in other tools' shapes arrive
-in this form from :mod:`lmops.core.shapes`) and renders them once, with the
-tokenizer's chat template, into text: the prompt ends with the generation prompt
+in this form from :mod:`lmops.core.shapes`; tool calls and a row's ``tools`` too) and
+renders them once, with the tokenizer's chat template as the gateway renders a chat
+(:mod:`lmops.models.chat`), into text: the prompt ends with the generation prompt
 (``<|im_start|>assistant\\n`` in ChatML) and each answer is its continuation. TRL then sees
 plain strings, so all four trainers score exactly the same tokens.
 
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from lmops.core.errors import UserError
-from lmops.core.formats import to_preference
+from lmops.core.formats import as_messages, to_preference
 from lmops.core.logging import get_logger
 from lmops.core.signals import StopSignals
 from lmops.models.loading import select_device
@@ -106,7 +107,9 @@ def render_pairs(
     pairs = []
     for row in rows:
         prompt, chosen, rejected = to_preference(row)
-        text, (c, r) = _render(tokenizer, prompt, [chosen, rejected], max_prompt_len)
+        text, (c, r) = _render(
+            tokenizer, prompt, [chosen, rejected], max_prompt_len, row.get("tools")
+        )
         pairs.append(Pair(text, c, r))
     if not pairs:
         raise UserError("no preference rows to train on")
@@ -123,32 +126,30 @@ def render_rows(
         if "label" not in row:
             items += render_pairs([row], tokenizer, max_prompt_len)
             continue
-        prompt = _turns(row["prompt"], "user")
-        text, (c,) = _render(
-            tokenizer, prompt, [_turns(row["completion"], "assistant")], max_prompt_len
-        )
+        prompt = as_messages(row["prompt"], "user")
+        completion = as_messages(row["completion"], "assistant")
+        text, (c,) = _render(tokenizer, prompt, [completion], max_prompt_len, row.get("tools"))
         items.append(Completion(text, c, bool(row["label"])))
     if not items:
         raise UserError("no preference rows to train on")
     return items
 
 
-def _turns(value: Any, role: str) -> list[dict[str, str]]:
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    return [{"role": m["role"], "content": m["content"]} for m in value]
-
-
 def _render(
     tokenizer: Any,
-    prompt: list[dict[str, str]],
-    answers: list[list[dict[str, str]]],
+    prompt: list[dict[str, Any]],
+    answers: list[list[dict[str, Any]]],
     max_prompt_len: int,
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[str, list[str]]:
     """(prompt text, each answer's text): the prompt cut where the rendered prompt stops
-    being a prefix of every rendered chat, keeping its last ``max_prompt_len`` tokens."""
-    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    full = [tokenizer.apply_chat_template(prompt + a, tokenize=False) for a in answers]
+    being a prefix of every rendered chat, keeping its last ``max_prompt_len`` tokens.
+    Chats and their ``tools`` are rendered as the gateway renders them
+    (:func:`lmops.models.chat.chat_text`)."""
+    from lmops.models.chat import chat_text
+
+    head = chat_text(tokenizer, prompt, tools, add_generation_prompt=True)
+    full = [chat_text(tokenizer, prompt + a, tools) for a in answers]
     k = min(_common_prefix_len(head, f) for f in full)
     text = full[0][:k]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

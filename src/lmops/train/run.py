@@ -38,6 +38,7 @@ from lmops.models.loading import resolve_local
 from lmops.train.data import (
     build_pretrain_examples,
     build_sft_examples,
+    check_tool_template,
     load_training_rows,
     pack,
     split_eval,
@@ -446,6 +447,8 @@ def _train(
         from lmops.train import preference
 
         resumed_from = _resumed_from(run_dir)
+        for where, _n, r in rows:  # before TRL's trainer spends a minute starting
+            check_tool_template(loaded.tokenizer, r, where)
         fn = {
             "reward": preference.train_reward,
             "dpo": preference.train_dpo,

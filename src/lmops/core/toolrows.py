@@ -1,0 +1,225 @@
+"""Tool calls in training rows: OpenAI's fields (which TRL's rows share), their checks, and
+the other tools' spellings read as them.
+
+lmops's form, OpenAI's fine-tuning format::
+
+    {"messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null,              # or text said before the calls
+         "tool_calls": [{"id": "call_1", "type": "function",
+                         "function": {"name": "get_weather",
+                                      "arguments": "{\\"city\\": \\"Paris\\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
+        {"role": "assistant", "content": "It is 21 C."}],
+     "tools": [{"type": "function", "function": {"name": "get_weather",
+                                                 "description": "...", "parameters": {...}}}]}
+
+``arguments`` is a JSON object or its JSON text (TRL writes objects); ``id``,
+``tool_call_id`` and a tool message's ``name`` are optional (what a chat template uses of
+them, it renders). A tool object's function has a ``name`` the gateway accepts
+(``[A-Za-z0-9_-]``, 1 to 64 characters) and an object ``parameters`` (a JSON schema) if
+any; names are unique, and a row that lists tools calls only those: the gateway reports
+only calls of the request's tools, so a call of another would teach what it drops.
+
+Read as this form by :mod:`lmops.core.shapes`: a ``tools`` value that is the JSON text of
+the list (LLaMA-Factory stores it so) or lists bare functions (``{name, description,
+parameters}``); a call written flat (``{"name", "arguments"}``); ShareGPT's
+``function_call`` turn (its value one call's JSON or a list of them) and ``observation``
+turn (the result).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from lmops.core.jsonl import type_name as _type
+
+__all__ = [
+    "check_calls",
+    "check_tools",
+    "has_tool_turns",
+    "read_function_call",
+    "read_tools",
+    "tool_names",
+    "tool_object",
+    "uniform_call",
+]
+
+# (field, code, reason), as lmops.core.formats's checks return them
+Problem = tuple[str, str, str]
+# the function names the gateway accepts (serve/protocol.FunctionDef)
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# the order the gateway hands a function to the chat template (FunctionDef's fields, then
+# any others), so that a row's tools render as a request's do
+_FUNCTION_KEYS = ("name", "description", "parameters", "strict")
+
+
+def tool_object(fn: Mapping[str, Any]) -> dict[str, Any]:
+    """The OpenAI tool object of a function, its keys in the gateway's order and without
+    nulls (``{"type": "function", "function": {name, description, parameters, ...}}``)."""
+    ordered = {k: fn[k] for k in _FUNCTION_KEYS if fn.get(k) is not None}
+    ordered.update({k: v for k, v in fn.items() if k not in ordered and v is not None})
+    return {"type": "function", "function": ordered}
+
+
+def check_tools(value: Any, name: str = "tools") -> list[Problem]:
+    """The problems of a row's ``tools`` (lmops's form: a list of OpenAI tool objects)."""
+    if not isinstance(value, list):
+        return [(name, "type", f"expected a list of tool objects, got {_type(value)}")]
+    seen: set[str] = set()
+    for i, tool in enumerate(value):
+        where = f"{name}[{i}]"
+        fn = tool.get("function") if isinstance(tool, Mapping) else None
+        if not isinstance(fn, Mapping):
+            return [
+                (
+                    where,
+                    "tool",
+                    'expected {"type": "function", "function": {"name": ..., "parameters": {...}}}',
+                )
+            ]
+        if tool.get("type", "function") != "function":
+            return [(f"{where}.type", "tool", f"expected 'function', got {tool['type']!r}")]
+        fname = fn.get("name")
+        if not isinstance(fname, str) or not _NAME.fullmatch(fname):
+            return [
+                (
+                    f"{where}.function.name",
+                    "tool",
+                    f"expected a name of 1 to 64 letters, digits, '_' or '-', got {fname!r}",
+                )
+            ]
+        if fname in seen:
+            return [(f"{where}.function.name", "tool", f"the name {fname!r} is used twice")]
+        seen.add(fname)
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, Mapping):
+            return [
+                (
+                    f"{where}.function.parameters",
+                    "tool",
+                    f"expected a JSON schema object, got {_type(params)}",
+                )
+            ]
+    return []
+
+
+def tool_names(tools: Any) -> set[str] | None:
+    """The function names of a (checked) ``tools`` list; None without one."""
+    if not isinstance(tools, list) or not tools:
+        return None
+    return {t["function"]["name"] for t in tools}
+
+
+def check_calls(calls: Any, where: str, names: set[str] | None) -> list[Problem]:
+    """The problems of an assistant message's ``tool_calls`` (``where``: the message);
+    ``names``: the row's tools (None: the row lists none)."""
+    field = f"{where}.tool_calls"
+    if not isinstance(calls, list):
+        return [(field, "type", f"expected a list of calls, got {_type(calls)}")]
+    for j, call in enumerate(calls):
+        at = f"{field}[{j}]"
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(fn, Mapping):
+            return [
+                (at, "tool", 'expected {"type": "function", "function": {"name", "arguments"}}')
+            ]
+        if call.get("type", "function") != "function":
+            return [(f"{at}.type", "tool", f"expected 'function', got {call['type']!r}")]
+        if "id" in call and call["id"] is not None and not isinstance(call["id"], str):
+            return [(f"{at}.id", "type", f"expected a string, got {_type(call['id'])}")]
+        fname = fn.get("name")
+        if not isinstance(fname, str) or not fname:
+            return [(f"{at}.function.name", "tool", f"expected a function name, got {fname!r}")]
+        if names is not None and fname not in names:
+            listed = ", ".join(sorted(names))
+            return [
+                (
+                    f"{at}.function.name",
+                    "tool",
+                    f"calls {fname!r}, which the row's tools do not list ({listed}); the "
+                    "gateway reports calls of the request's tools only",
+                )
+            ]
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError as e:
+                return [(f"{at}.function.arguments", "tool", f"not valid JSON ({e})")]
+        if not isinstance(args, Mapping):
+            return [
+                (
+                    f"{at}.function.arguments",
+                    "tool",
+                    f"expected a JSON object (or its JSON text), got {_type(args)}",
+                )
+            ]
+    return []
+
+
+def has_tool_turns(messages: Any) -> bool:
+    """Whether a message list has tool calls or tool results."""
+    return isinstance(messages, list) and any(
+        isinstance(m, Mapping) and (m.get("role") == "tool" or bool(m.get("tool_calls")))
+        for m in messages
+    )
+
+
+# -- other spellings ---------------------------------------------------------------------------
+def read_tools(value: Any) -> tuple[Any, str | None]:
+    """A ``tools`` value in lmops's form: ``(tools, None)``, or ``(value, why)`` when it is
+    not one (``why`` says so in one line). JSON text is decoded; bare functions wrapped."""
+    if isinstance(value, str):
+        if not value.strip():
+            return [], None
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            return value, f"not valid JSON ({e}); expected a list of functions"
+    if isinstance(value, Mapping):  # one tool
+        value = [value]
+    if not isinstance(value, list):
+        return value, f"expected a list of functions, got {_type(value)}"
+    out = []
+    for tool in value:
+        if isinstance(tool, Mapping) and "function" not in tool and "name" in tool:
+            tool = {"type": "function", "function": tool}
+        if (
+            isinstance(tool, Mapping)
+            and tool.get("type", "function") == "function"
+            and isinstance(tool.get("function"), Mapping)
+        ):
+            tool = tool_object(tool["function"])
+        out.append(tool)
+    return out, None
+
+
+def uniform_call(call: Any) -> Any:
+    """A call in OpenAI's form: one written flat (``{"name", "arguments"}``) is wrapped,
+    and one without a ``type`` gets ``function``, as a client sends it."""
+    if isinstance(call, Mapping) and "function" not in call and "name" in call:
+        inner = {k: call[k] for k in ("name", "arguments") if k in call}
+        rest = {k: v for k, v in call.items() if k not in ("name", "arguments", "type")}
+        return {**rest, "type": "function", "function": inner}
+    if isinstance(call, Mapping) and call.get("type") is None:
+        return {**call, "type": "function"}
+    return call
+
+
+def read_function_call(value: Any) -> tuple[list[Any] | None, str | None]:
+    """ShareGPT's ``function_call`` value (one call's JSON ``{"name", "arguments"}``, or a
+    list of them) as ``tool_calls``: ``(calls, None)`` or ``(None, why)``."""
+    want = 'expected the JSON of a call, {"name": ..., "arguments": {...}}, or a list of them'
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            return None, f"not valid JSON ({e}); {want}"
+    calls = value if isinstance(value, list) else [value]
+    if not calls or not all(isinstance(c, Mapping) and "name" in c for c in calls):
+        return None, want
+    return [uniform_call(c) for c in calls], None

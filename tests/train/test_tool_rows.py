@@ -1,0 +1,471 @@
+"""Tool calls train: OpenAI/TRL ``tool_calls`` and ``tool`` turns, ShareGPT's
+``function_call``/``observation`` with a ``tools`` column (and LLaMA-Factory's ``columns``
+and ``tags`` for them) give the token ids and labels of the equivalent OpenAI row; the
+calls are learned, the tools list and the results are not; a prompt's text is the
+gateway's prompt for the same conversation, token for token; a template without tools
+support is refused in one line; and a tiny model trained on one tool call, registered and
+served, answers the official ``openai`` client with a parsed ``tool_calls``."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lmops.core.errors import UserError
+from lmops.models.chat import CHATML_TOOLS, chat_text
+from lmops.models.loading import load_tokenizer
+from lmops.store import Store
+from lmops.train.data import IGNORE, build_sft_examples, load_training_rows
+from tests.train.tiny import make_tokenizer
+
+WEATHER_FN = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+WEATHER = {"type": "function", "function": WEATHER_FN}
+SYSTEM = {"role": "system", "content": "You check the weather."}
+ASK = {"role": "user", "content": "Weather in Paris?"}
+
+
+def call(city: str, n: int = 1) -> dict[str, Any]:
+    """An OpenAI tool call, as a client sends it back (arguments as JSON text)."""
+    return {
+        "id": f"call_{n}",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
+    }
+
+
+def calls(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"role": "assistant", "content": None, "tool_calls": list(items)}
+
+
+def result(text: str, n: int = 1) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": f"call_{n}", "content": text}
+
+
+ANSWER = {"role": "assistant", "content": "It is 21 C."}
+# The OpenAI row every other shape below stands for (or a variant of it).
+OPENAI = {
+    "messages": [SYSTEM, ASK, calls(call("Paris")), result("21 C"), ANSWER],
+    "tools": [WEATHER],
+}
+SHAREGPT_CALL = json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}})
+
+# (row in another tool's shape, the OpenAI row it stands for, columns/tags)
+CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
+    # TRL: arguments as objects, no ids, results named by the function
+    "trl_messages": (
+        {
+            "messages": [
+                SYSTEM,
+                ASK,
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                        }
+                    ],
+                },
+                {"role": "tool", "name": "get_weather", "content": "21 C"},
+                ANSWER,
+            ],
+            "tools": [WEATHER],
+        },
+        OPENAI,
+        {},
+    ),
+    # LLaMA-Factory's sharegpt: the tools column is JSON text of bare functions
+    "sharegpt": (
+        {
+            "conversations": [
+                {"from": "human", "value": "Weather in Paris?"},
+                {"from": "function_call", "value": SHAREGPT_CALL},
+                {"from": "observation", "value": "21 C"},
+                {"from": "gpt", "value": "It is 21 C."},
+            ],
+            "system": "You check the weather.",
+            "tools": json.dumps([WEATHER_FN]),
+        },
+        OPENAI,
+        {},
+    ),
+    # parallel calls: a function_call value that is a list; one observation
+    "sharegpt_parallel_calls": (
+        {
+            "conversations": [
+                {"from": "human", "value": "Weather in Paris?"},
+                {
+                    "from": "function_call",
+                    "value": json.dumps(
+                        [
+                            {"name": "get_weather", "arguments": {"city": "Paris"}},
+                            {"name": "get_weather", "arguments": {"city": "Lyon"}},
+                        ]
+                    ),
+                },
+                {"from": "observation", "value": "21 C, 19 C"},
+                {"from": "gpt", "value": "It is 21 C."},
+            ],
+            "tools": json.dumps([WEATHER_FN]),
+        },
+        {
+            "messages": [
+                ASK,
+                calls(call("Paris"), call("Lyon", 2)),
+                {"role": "tool", "content": "21 C, 19 C"},
+                ANSWER,
+            ],
+            "tools": [WEATHER],
+        },
+        {},
+    ),
+    # a dataset_info entry with its own column and role names
+    "llama_factory_columns_tags": (
+        {
+            "dialog": [
+                {"speaker": "Q", "text": "Weather in Paris?"},
+                {"speaker": "CALL", "text": SHAREGPT_CALL},
+                {"speaker": "RESULT", "text": "21 C"},
+                {"speaker": "A", "text": "It is 21 C."},
+            ],
+            "functions": json.dumps([WEATHER_FN]),
+        },
+        {"messages": [ASK, calls(call("Paris")), result("21 C"), ANSWER], "tools": [WEATHER]},
+        {
+            "columns": {"messages": "dialog", "tools": "functions"},
+            "tags": {
+                "role_tag": "speaker",
+                "content_tag": "text",
+                "user_tag": "Q",
+                "assistant_tag": "A",
+                "function_tag": "CALL",
+                "observation_tag": "RESULT",
+            },
+        },
+    ),
+    # TRL's prompt/completion: the prompt's call is context (weight 0), the answer trains
+    "trl_prompt_completion": (
+        {
+            "prompt": [SYSTEM, ASK, calls(call("Paris")), result("21 C")],
+            "completion": [ANSWER],
+            "tools": [WEATHER],
+        },
+        {
+            "messages": [
+                SYSTEM,
+                ASK,
+                {**calls(call("Paris")), "weight": 0},
+                result("21 C"),
+                ANSWER,
+            ],
+            "tools": [WEATHER],
+        },
+        {},
+    ),
+}
+CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+LEARNED = {
+    "trl_prompt_completion": "It is 21 C.<|im_end|>",
+    "sharegpt_parallel_calls": CALL_TEXT
+    + '\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lyon"}}\n</tool_call>'
+    "<|im_end|>It is 21 C.<|im_end|>",
+}
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The tests' tiny tokenizer with ChatML that renders tools."""
+    return load_tokenizer(make_tokenizer(tmp_path_factory.mktemp("tok")), CHATML_TOOLS)
+
+
+def write(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    return path
+
+
+def sft(tok: Any, path: Path, rows: list[Any], **mapping: Any) -> list[tuple[list[int], ...]]:
+    loaded = load_training_rows([write(path, rows)], "sft", **mapping)
+    examples, _ = build_sft_examples(loaded.rows, tok, 2048)
+    return [(e.input_ids, e.labels) for e in examples]
+
+
+def learned(tok: Any, example: tuple[list[int], ...]) -> str:
+    ids, labels = example
+    return tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE])
+
+
+def test_the_named_template_is_chatml_of_the_gateways_tool_text() -> None:
+    """chatml-tools renders what the gateway writes for a model without tools support
+    (the Hermes text) in ChatML; a chat without tools exactly as ChatML."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from lmops.models.chat import render_tools
+    from lmops.models.loading import CHATML
+    from lmops.train.spec import check_chat_template
+
+    assert check_chat_template("chatml-tools") == CHATML_TOOLS
+
+    def text(template: str, messages: list[Any], tools: Any) -> str:
+        return render_jinja_template(conversations=[messages], tools=tools, chat_template=template)[
+            0
+        ][0]
+
+    parallel = [ASK, calls(call("Paris"), call("Lyon", 2)), result("21 C"), result("19 C", 2)]
+    chats = [
+        OPENAI["messages"],
+        OPENAI["messages"][1:],
+        [*parallel, {"role": "assistant", "content": "Warm.", "tool_calls": [call("Nice", 3)]}],
+        [SYSTEM, ASK, ANSWER],
+    ]
+    for messages in chats:
+        for tools in ([WEATHER], None):
+            native, _ = render_tools(messages, tools, native=True)
+            hermes, _ = render_tools(messages, tools, native=False)
+            assert text(CHATML_TOOLS, native, tools) == text(CHATML, hermes, None)
+    assert text(CHATML_TOOLS, [SYSTEM, ASK, ANSWER], None) == text(
+        CHATML, [SYSTEM, ASK, ANSWER], None
+    )
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_tool_shape_trains_as_the_openai_row_it_stands_for(
+    tok: Any, tmp_path: Path, case: str
+) -> None:
+    foreign, native, mapping = CASES[case]
+    got = sft(tok, tmp_path / "foreign.jsonl", [foreign], **mapping)
+    want = sft(tok, tmp_path / "native.jsonl", [native])
+    assert got == want
+    # the calls and the answer are learned; the tools list, the results and the prompt not
+    assert learned(tok, got[0]) == LEARNED.get(case, CALL_TEXT + "<|im_end|>It is 21 C.<|im_end|>")
+    text = tok.decode(got[0][0])
+    assert '"description": "The weather in a city"' in text and "<tool_response>" in text
+
+
+def test_a_call_turn_of_weight_0_is_context(tok: Any, tmp_path: Path) -> None:
+    weighted = copy.deepcopy(OPENAI)
+    weighted["messages"][2]["weight"] = 0
+    (plain,) = sft(tok, tmp_path / "plain.jsonl", [OPENAI])
+    (got,) = sft(tok, tmp_path / "weighted.jsonl", [weighted])
+    assert got[0] == plain[0] and learned(tok, got) == "It is 21 C.<|im_end|>"
+
+
+# -- the gateway reads what training taught -----------------------------------------------------
+# a template of another layout than ChatML's (results as `tool` turns, tools by name)
+OTHER_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n{% for t in tools %}{{ t.function.name }};{% endfor %}"
+    "<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}<tool_call>\n"
+    '{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}'
+    "\n</tool_call>{% endfor %}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    "template", ["chatml-tools", OTHER_TEMPLATE], ids=["chatml-tools", "other"]
+)
+@pytest.mark.parametrize("case", ["trl_messages", "sharegpt", "llama_factory_columns_tags"])
+def test_the_prompt_of_each_answer_is_the_gateways_prompt(
+    tmp_path: Path, template: str, case: str
+) -> None:
+    """For every assistant turn of a training row, the gateway's prompt ids for the same
+    conversation (the OpenAI request a client sends, through ``encode_messages``) are the
+    training ids up to that turn, and the labels begin exactly where that prompt ends."""
+    from lmops.models.engine import Engine
+    from lmops.serve.backends import encode_messages
+    from lmops.serve.protocol import ChatRequest
+    from lmops.serve.tools import plan_request
+    from lmops.train.spec import check_chat_template
+    from tests.train.tiny import make_model
+
+    folder = make_model(tmp_path / "m", make_tokenizer(tmp_path / "tok"))
+    tok = load_tokenizer(folder, check_chat_template(template))
+    foreign, native, mapping = CASES[case]
+    ((ids, labels),) = sft(tok, tmp_path / "rows.jsonl", [foreign], **mapping)
+    engine = Engine(folder)
+    try:
+        engine.tokenizer.chat_template = tok.chat_template  # as the trained model's folder has it
+        conversation = native["messages"]
+        for k, m in enumerate(conversation):
+            if m["role"] != "assistant":
+                continue
+            req = ChatRequest.model_validate(
+                {"model": "m", "messages": conversation[:k], "tools": native["tools"]}
+            )
+            messages = [m.model_dump(exclude_none=True) for m in req.messages]
+            prompt = encode_messages(engine, messages, plan_request(req), "escape")
+            assert ids[: len(prompt)] == prompt
+            assert labels[len(prompt) - 1] == IGNORE and labels[len(prompt)] != IGNORE
+            rendered = chat_text(tok, messages, native["tools"], add_generation_prompt=True)
+            assert tok(rendered, add_special_tokens=False)["input_ids"] == prompt
+    finally:
+        engine.close()
+
+
+# -- refusals --------------------------------------------------------------------------------------
+def test_a_template_without_tools_is_refused_naming_the_row_and_the_fix(tmp_path: Path) -> None:
+    plain = load_tokenizer(make_tokenizer(tmp_path / "tok"))  # ChatML, no tools
+    path = write(tmp_path / "rows.jsonl", [{"messages": [ASK, ANSWER]}, OPENAI])
+    rows = load_training_rows([path], "sft").rows
+    with pytest.raises(UserError) as e:
+        build_sft_examples(rows, plain, 2048)
+    assert str(e.value) == (
+        f"{path}:2: the row has tool calls, and the model's chat template does not render "
+        "tools; set chat_template: chatml-tools in the job (ChatML with tool calls in the "
+        "format the gateway parses), or train a model whose own template takes tools "
+        "(Qwen2.5's does)"
+    )
+    only_tools = write(tmp_path / "t.jsonl", [{"messages": [ASK, ANSWER], "tools": [WEATHER]}])
+    with pytest.raises(UserError, match=r"t\.jsonl:1: the row has tools, and the model's"):
+        build_sft_examples(load_training_rows([only_tools], "sft").rows, plain, 2048)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (
+            {"conversations": [{"from": "human", "value": "x"},
+                               {"from": "function_call", "value": "{get_weather"}]},
+            "field 'conversations[1].value': not valid JSON",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "x"},
+                               {"from": "function_call", "value": SHAREGPT_CALL.replace("get_", "got_")}],
+             "tools": json.dumps([WEATHER_FN])},
+            "field 'conversations[1].value': calls 'got_weather', which the row's tools do not "
+            "list (get_weather)",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "x"},
+                               {"from": "function_call", "value": SHAREGPT_CALL},
+                               {"from": "human", "value": "and?"}]},
+            "field 'conversations[2].from': expected 'observation' (the results) after tool "
+            "calls, got 'human'",
+        ),
+        (
+            {"messages": [ASK, calls({"type": "function",
+                                      "function": {"name": "get_weather", "arguments": "[1]"}})]},
+            "field 'messages[1].tool_calls[0].function.arguments': expected a JSON object",
+        ),
+        (
+            {"messages": [ASK, ANSWER], "tools": "[{\"name\": \"get weather\"}]"},
+            "field 'tools[0].function.name': expected a name of 1 to 64 letters",
+        ),
+        (
+            {"messages": [ASK, ANSWER], "tools": "{oops"},
+            "field 'tools': not valid JSON",
+        ),
+        (
+            {"messages": [ASK, {"role": "function", "content": "21 C"}]},
+            "field 'messages[1].role': 'function' is OpenAI's retired role",
+        ),
+        (
+            {"messages": [ASK, calls(call("Paris")), result("21 C")]},
+            "field 'messages[2].role': the last turn must be 'assistant', got 'tool'",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_tool_rows_are_named_in_the_rows_own_fields(
+    tmp_path: Path, row: dict[str, Any], message: str
+) -> None:
+    path = write(tmp_path / "rows.jsonl", [row])
+    with pytest.raises(UserError) as e:
+        load_training_rows([path], "sft")
+    assert str(e.value).startswith(f"{path}:1: {message}"), str(e.value)
+
+
+# -- preference rows -----------------------------------------------------------------------------
+def test_preference_rows_with_tools_render_as_the_gateway_renders(tok: Any, tmp_path: Path) -> None:
+    from lmops.train.preference import render_pairs
+
+    sharegpt = {
+        "conversations": [{"from": "human", "value": "Weather in Paris?"}],
+        "chosen": {"from": "function_call", "value": SHAREGPT_CALL},
+        "rejected": {"from": "gpt", "value": "I cannot know."},
+        "tools": json.dumps([WEATHER_FN]),
+    }
+    trl = {
+        "prompt": [ASK],
+        "chosen": [calls(call("Paris"))],
+        "rejected": [{"role": "assistant", "content": "I cannot know."}],
+        "tools": [WEATHER],
+    }
+    got = [
+        render_pairs(
+            [r for _w, _n, r in load_training_rows([write(p, [row])], "dpo").rows], tok, 2048
+        )
+        for p, row in ((tmp_path / "s.jsonl", sharegpt), (tmp_path / "t.jsonl", trl))
+    ]
+    assert got[0] == got[1]
+    (pair,) = got[0]
+    assert pair.prompt == chat_text(tok, [ASK], [WEATHER], add_generation_prompt=True)
+    assert pair.chosen == CALL_TEXT + "<|im_end|>\n"
+    assert pair.rejected == "I cannot know.<|im_end|>\n"
+
+
+# -- end to end ------------------------------------------------------------------------------------
+def test_a_model_trained_on_a_tool_call_is_served_and_its_call_parsed(
+    store: Store, tmp_path: Path, cli: Any
+) -> None:
+    """Train a tiny Llama on one tool-call example (full fine-tuning, a high learning rate:
+    it overfits), register it, serve it, and ask with the official client and ``tools``
+    (``tool_choice`` auto: the model must begin the call itself): the gateway parses the
+    call it learned. The untrained base, served beside it, calls nothing."""
+    openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
+    pytest.importorskip("llguidance", reason="the gateway's tool calling needs llguidance")
+    from lmops.serve.deployments import DeploymentSpec
+    from lmops.serve.fake import serve_app
+    from lmops.serve.server import gateway_app
+    from tests.serve.test_tools import make_long_model
+
+    store.assets.register(
+        "model", "tiny", make_long_model(tmp_path / "tiny", make_tokenizer(tmp_path / "tok"))
+    )
+    row = {"messages": [ASK, calls(call("Paris"))], "tools": [WEATHER]}
+    job = {
+        "stage": "sft",
+        "method": "full",
+        "model": "tiny",
+        "dataset": str(write(tmp_path / "calls.jsonl", [row])),
+        "output": "caller",
+        "device": "cpu",
+        "chat_template": "chatml-tools",
+        "train": {"max_steps": 80, "lr": 3e-3, "batch_size": 1, "max_seq_len": 1024,
+                  "save_steps": 80, "warmup_steps": 0, "lr_scheduler": "constant"},
+    }  # fmt: skip
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job), "utf-8")
+    r = cli("train", str(tmp_path / "job.yaml"))
+    assert r.code == 0, r.err
+    assert "registered caller:1 (model) after 80 steps" in r.out
+    secret = store.keys.create("t")[1]
+    specs = [
+        DeploymentSpec(name="caller", model="caller:1"),
+        DeploymentSpec(name="base", model="tiny:1"),
+    ]
+    with serve_app(gateway_app(specs, store), "gateway") as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0)
+        replies = {
+            name: client.chat.completions.create(
+                model=name, messages=[ASK], tools=[WEATHER], temperature=0, max_tokens=200
+            ).choices[0]
+            for name in ("caller", "base")
+        }
+    choice = replies["caller"]
+    assert choice.finish_reason == "tool_calls"
+    (got,) = choice.message.tool_calls
+    assert got.function.name == "get_weather"
+    assert json.loads(got.function.arguments) == {"city": "Paris"}
+    assert replies["base"].message.tool_calls is None
