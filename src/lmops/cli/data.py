@@ -224,29 +224,74 @@ _store = open_store
 @app.command("validate")
 def validate(
     sources: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
-            help="Files (JSON Lines, JSON arrays, CSV, Parquet), globs or dataset refs."
+            help="Files (JSON Lines, JSON arrays, CSV, Parquet), globs or dataset refs "
+            "(default with --job: the job's dataset)."
         ),
-    ],
+    ] = None,
     format_: Annotated[
         str, typer.Option("--format", help="auto, pretrain, sft_alpaca, sft_chat, preference")
     ] = "auto",
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            help="Read rows as this training stage does (sft, reward, dpo, kto, orpo): "
+            "ShareGPT, TRL and LLaMA-Factory rows too, with the messages lmops train gives."
+        ),
+    ] = None,
+    column: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=COLUMN, as the job's columns: (repeatable; with --stage)."),
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=VALUE, as the job's tags: (repeatable; with --stage)."),
+    ] = None,
+    job: Annotated[
+        Path | None,
+        typer.Option(
+            help="A training job YAML: its stage, columns, tags (and dataset, when no "
+            "sources are given)."
+        ),
+    ] = None,
     max_errors: Annotated[
         int, typer.Option(min=1, help="Bad rows to list (all are counted).")
     ] = 20,
     json_: JsonOpt = False,
 ) -> None:
     """Check a training set's rows; lists bad rows by file, line and reason (exit 1 if any,
-    or if there are no rows at all)."""
+    or if there are no rows at all). With --stage (or --job), also how many rows were read
+    in each shape (sharegpt, sft_chat, preference...) and where each run of them lies."""
     from lmops.data.jobs import validate_source
     from lmops.store.refs import name_views
 
-    rep = validate_source(sources, _store(), format_, max_errors)
+    columns, tags = _pairs(column, "--column"), _pairs(tag, "--tag")
+    if job is not None:
+        from lmops.train.spec import load_spec
+
+        spec = load_spec(job)
+        stage = stage or spec.stage
+        columns = {**(spec.columns or {}), **columns}
+        tags = {**(spec.tags.given() if spec.tags else {}), **tags}
+        sources = sources or spec.datasets
+    if not sources:
+        raise UserError("give the files or dataset refs to validate (or --job JOB.yaml)")
+    rep = validate_source(
+        sources, _store(), format_, max_errors, stage=stage, columns=columns, tags=tags
+    )
     if json_:
         print_json(rep.to_dict())
     else:  # a dataset's rows by its version (mix:1/part-00000.jsonl:2), not the store's folder
         console.print(name_views(rep.summary()), markup=False)
+    if stage is None and rep.error_counts.get("undetected"):
+        err_console.print(
+            "note: rows written for other tools (ShareGPT's conversations, TRL's prompt/"
+            "completion, KTO labels...) are read by a training stage: add --stage sft (or "
+            "the job's stage, or --job JOB.yaml)",
+            markup=False,
+            soft_wrap=True,
+        )
     if not rep.total_rows:  # an empty training set is no training set
         err_console.print(
             f"error: {' '.join(sources)}: no rows; there is nothing to validate or train on",
@@ -256,6 +301,17 @@ def validate(
         raise typer.Exit(1)
     if rep.valid_rows != rep.total_rows:
         raise typer.Exit(1)
+
+
+def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+    """``NAME=VALUE`` options as a dict."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise UserError(f"{flag} {item!r}: expected NAME=VALUE")
+        out[name.strip()] = value
+    return out
 
 
 tokenizer_app = typer.Typer(

@@ -115,6 +115,12 @@ class ValidationReport:
     errors: list[RowError] = field(default_factory=list)  # the first max_errors problems
     error_counts: dict[str, int] = field(default_factory=dict)  # code -> problems, all rows
     truncated: bool = False  # more problems were found than `errors` lists
+    # rows read as a training stage reads them (lmops.core.shaped), instead of one format:
+    stage: str | None = None
+    shapes: dict[str, int] = field(default_factory=dict)  # shape -> usable rows
+    # consecutive usable rows of one shape: {"shape", "rows", "first", "last"} (places)
+    shape_runs: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. a field read beside mapped ones
 
     @property
     def invalid_rows(self) -> int:
@@ -126,11 +132,21 @@ class ValidationReport:
 
     def summary(self) -> str:
         """A few lines for a terminal: totals, then each listed problem."""
+        read = f"stage: {self.stage}" if self.stage else f"format: {self.format or 'unknown'}"
         head = (
-            f"{self.total_rows} rows, {self.valid_rows} valid, {self.invalid_rows} invalid "
-            f"(format: {self.format or 'unknown'})"
+            f"{self.total_rows} rows, {self.valid_rows} valid, {self.invalid_rows} invalid ({read})"
         )
-        lines = [head, *(str(e) for e in self.errors)]
+        lines = [head]
+        if self.shapes:
+            firsts = {}
+            for run in self.shape_runs:
+                firsts.setdefault(run["shape"], run["first"])
+            lines.append(
+                "read as: "
+                + ", ".join(f"{k} {n:,} (first {firsts[k]})" for k, n in self.shapes.items())
+            )
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines += [str(e) for e in self.errors]
         if self.truncated:
             more = sum(self.error_counts.values()) - len(self.errors)
             lines.append(f"... and {more} more problems")
@@ -155,7 +171,16 @@ class ValidationReport:
             ],
             "error_counts": dict(self.error_counts),
             "truncated": self.truncated,
-        }
+        } | (
+            {
+                "stage": self.stage,
+                "shapes": dict(self.shapes),
+                "shape_runs": [dict(r) for r in self.shape_runs],
+                "warnings": list(self.warnings),
+            }
+            if self.stage
+            else {}
+        )
 
 
 def detect_format(row: Any) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -75,12 +75,48 @@ def _iter_rows(files: list[InputFile]) -> Iterator[Row | BadRow]:
 
 
 def validate_source(
-    sources: list[str], store: Store | None, fmt: str = "auto", max_errors: int = 100
+    sources: list[str],
+    store: Store | None,
+    fmt: str = "auto",
+    max_errors: int = 100,
+    *,
+    stage: str | None = None,
+    columns: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> ValidationReport:
     """Validate training rows from files, globs or dataset refs; problems name file and
-    line (element in a JSON array, row in Parquet)."""
+    line (element in a JSON array, row in Parquet).
+
+    ``fmt``: each row checked as one of lmops's own formats (``auto``: the first row's).
+    ``stage`` (with a job's ``columns`` and ``tags``): each row read as that training stage
+    reads it (:mod:`lmops.core.shaped`): in any shape the stage takes (ShareGPT, TRL's,
+    LLaMA-Factory's...), each problem in the words ``lmops train`` uses, and the shape
+    each usable row was read as."""
+    if stage is None:
+        if columns or tags:
+            raise UserError("columns and tags map a training stage's fields: give --stage too")
+        resolved = resolve_inputs(sources, Path.cwd(), store)
+        return validate_rows(_iter_rows(resolved.files), fmt, max_errors=max_errors)
+    from lmops.core.shaped import SHAPE_STAGES, validate_shapes
+    from lmops.core.shapes import TAGS, RowReader, column_problem
+
+    if stage not in SHAPE_STAGES:
+        hint = " (its rows are text: use --format pretrain)" if stage == "pretrain" else ""
+        raise UserError(
+            f"--stage {stage}: validate reads the rows of stages {', '.join(SHAPE_STAGES)}{hint}"
+        )
+    if fmt != "auto":
+        raise UserError("give --format or --stage, not both: a stage reads rows of many shapes")
+    for name in columns or {}:
+        problem = column_problem(name, stage)
+        if problem is not None:
+            raise UserError(f"columns.{name}: {problem}")
+    for name in tags or {}:
+        if name not in TAGS:
+            raise UserError(f"tags.{name}: unknown tag; lmops reads {', '.join(TAGS)}")
+    reader = RowReader(stage, dict(columns or {}), dict(tags or {}))
     resolved = resolve_inputs(sources, Path.cwd(), store)
-    return validate_rows(_iter_rows(resolved.files), fmt, max_errors=max_errors)
+    return validate_shapes(_iter_rows(resolved.files), reader, max_errors=max_errors)
 
 
 def train_tokenizer_asset(

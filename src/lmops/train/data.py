@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from lmops.core.errors import UserError
 from lmops.core.logging import get_logger
-from lmops.core.rows import ANNOTATIONS_KEY, BadRow, Row, iter_rows, row_files
+from lmops.core.rows import ANNOTATIONS_KEY, Row, iter_rows, row_files
 from lmops.core.rows import read_rows as core_read_rows
 
 __all__ = [
@@ -136,7 +136,9 @@ def load_training_rows(
     ``on_error="skip"`` is left out and counted by its problem's code. A mapped column that
     no row has is the mapping's mistake and raises either way.
     """
-    from lmops.core.shapes import RowProblem, RowReader
+    from lmops.core.formats import RowError
+    from lmops.core.shaped import mapping_problem, read_item, set_problem
+    from lmops.core.shapes import RowReader
 
     files = row_files(paths)
     if not files:
@@ -148,49 +150,27 @@ def load_training_rows(
     for row in good:
         row.values.pop(ANNOTATIONS_KEY, None)
     reader = RowReader(stage, dict(columns or {}), dict(tags or {}))
-    _check_mapped(reader.columns, good)
+    mapping = mapping_problem(reader.columns, good)
+    if mapping is not None:  # whatever on_error says: skipping would leave no row
+        raise UserError(": ".join(mapping))
     out = LoadedRows([], read=len(items))
     for item in items:  # in file order, so the first bad row is the one reported
-        if isinstance(item, BadRow):
-            code, problem = item.code, item.reason
+        got = read_item(reader, item)
+        if not isinstance(got, RowError):
+            out.rows.append((item.where, item.number, got.row))
+            out.shapes[got.shape] += 1
+        elif on_error == "raise":
+            raise UserError(f"{got}; fix the row or set on_error: skip")
         else:
-            try:
-                read = reader.read(item.values)
-            except RowProblem as e:
-                code, problem = e.code, str(e)
-                if e.shape is not None:
-                    problem += f" (expected {e.shape} rows)"
-            else:
-                out.rows.append((item.where, item.number, read.row))
-                out.shapes[read.shape] += 1
-                continue
-        if on_error == "raise":
-            raise UserError(f"{item.where}: {problem}; fix the row or set on_error: skip")
-        out.skipped[code] += 1
+            out.skipped[got.code] += 1
     if not out.rows:
         raise UserError(f"dataset {', '.join(map(str, paths))} has no usable rows")
-    if stage == "sft" and set(out.shapes) == {"pretrain"}:
-        raise UserError(
-            f"{out.rows[0][0]}: stage sft needs alpaca, chat, ShareGPT or prompt/completion "
-            "rows (text rows may be mixed in, not trained alone: that is stage pretrain)"
-        )
+    whole = set_problem(stage, out.shapes, out.rows[0][0])
+    if whole is not None:
+        raise UserError(": ".join(whole))
     for line in reader.unmapped(row.values for row in good):
         get_logger(__name__).warning("%s", line)
     return out
-
-
-def _check_mapped(columns: Mapping[str, str], rows: list[Row]) -> None:
-    """A mapped column that no row has is the mapping's mistake, not the rows': one error
-    at the first row, whatever ``on_error`` says (skipping would leave no row)."""
-    from lmops.core.errors import name_hint
-
-    for name, column in columns.items():
-        if rows and not any(column in row.values for row in rows):
-            hint = name_hint(column, sorted(rows[0].values), "the rows have")
-            raise UserError(
-                f"{rows[0].where}: field {column!r} (columns.{name}) is in no row ({hint}); "
-                "fix columns in the job"
-            )
 
 
 def validate_training_rows(rows: list[tuple[str, int, Any]], fmt: str) -> None:
