@@ -387,6 +387,22 @@ def test_bad_tool_rows_are_named_in_the_rows_own_fields(
     assert str(e.value).startswith(f"{path}:1: {message}"), str(e.value)
 
 
+def test_the_readme_tool_job_and_its_row_read_as_shown(tok: Any, tmp_path: Path) -> None:
+    import re
+
+    from lmops.train.spec import load_spec
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text("utf-8")
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "# tools.yaml" in b)
+    comment = [line[2:] for line in block.splitlines() if line.startswith("# ")]
+    row = json.loads("".join(comment[1:]))
+    (tmp_path / "tools.yaml").write_text(block, "utf-8")
+    spec = load_spec(tmp_path / "tools.yaml")
+    assert spec.chat_template == CHATML_TOOLS and spec.stage == "sft"
+    ((ids, labels),) = sft(tok, tmp_path / "readme.jsonl", [row])
+    assert learned(tok, (ids, labels)) == CALL_TEXT + "<|im_end|>"
+
+
 # -- preference rows -----------------------------------------------------------------------------
 def test_preference_rows_with_tools_render_as_the_gateway_renders(tok: Any, tmp_path: Path) -> None:
     from lmops.train.preference import render_pairs

@@ -138,7 +138,7 @@ class ValidationReport:
         )
         lines = [head]
         if self.shapes:
-            firsts = {}
+            firsts: dict[str, str] = {}
             for run in self.shape_runs:
                 firsts.setdefault(run["shape"], run["first"])
             lines.append(

@@ -9,6 +9,8 @@ every stage sees one form and one set of checks. A problem is named in the row's
     sft_alpaca           instruction, output (input, system)           [system] user assistant
     sft_chat             messages: [{role, content, weight}] (OpenAI)  the chat; weight 0: no loss
     sharegpt             conversations: [{from, value}] (system)       the chat
+    (any chat shape)     tools; tool_calls, tool / function_call,      tool calls (see below)
+                         observation turns
     prompt_completion    prompt, completion: strings or message lists  prompt, then completion;
                          (TRL)                                         only the completion trains
     pretrain             text                                          every token (SFT mixes it in)
