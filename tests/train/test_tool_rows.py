@@ -33,6 +33,8 @@ WEATHER_FN = {
     },
 }
 WEATHER = {"type": "function", "function": WEATHER_FN}
+# the same function, its keys in another order than a request's (read in the gateway's order)
+SHUFFLED_FN = {k: WEATHER_FN[k] for k in ("parameters", "description", "name")}
 SYSTEM = {"role": "system", "content": "You check the weather."}
 ASK = {"role": "user", "content": "Weather in Paris?"}
 
@@ -87,7 +89,8 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
         OPENAI,
         {},
     ),
-    # LLaMA-Factory's sharegpt: the tools column is JSON text of bare functions
+    # LLaMA-Factory's sharegpt: the tools column is JSON text of bare functions, their
+    # keys in any order
     "sharegpt": (
         {
             "conversations": [
@@ -97,7 +100,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
                 {"from": "gpt", "value": "It is 21 C."},
             ],
             "system": "You check the weather.",
-            "tools": json.dumps([WEATHER_FN]),
+            "tools": json.dumps([SHUFFLED_FN]),
         },
         OPENAI,
         {},
