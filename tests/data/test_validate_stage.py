@@ -116,10 +116,14 @@ def test_a_job_gives_the_stage_the_mapping_and_the_dataset(
         "lf.jsonl:1: field 'dialog[0].role': required field is missing (expected sft_chat rows)"
     )
     # a mapped column that no row has is the mapping's mistake, named as train names it
-    missing = cli("data", "validate", "lf.jsonl", "--stage", "sft", "--column", "messages=dia")
+    missing = cli(
+        "data", "validate", "lf.jsonl", "--stage", "sft", "--column", "messages=dia", "--json"
+    )
     assert missing.code == 1
-    assert "lf.jsonl:1: field 'dia' (columns.messages) is in no row" in " ".join(
-        missing.out.split()
+    (error,) = json.loads(missing.out)["errors"]
+    assert error["message"].endswith(
+        "lf.jsonl:1: field 'dia' (columns.messages) is in no row (did you mean 'dialog'?); "
+        "fix columns in the job"
     )
 
 
