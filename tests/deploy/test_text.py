@@ -37,6 +37,25 @@ def test_texts_rows_and_chat_rows_in_name_order(tok: Any, tmp_path: Path) -> Non
     assert got == ["plain text", "a row", chat]
 
 
+def test_a_tool_call_row_reads_as_the_gateway_renders_it(tok: Any, tmp_path: Path) -> None:
+    """Calibration text of a chat with tool calls is its prompt as the gateway serves this
+    model (its template takes no tools: the Hermes text), not a failed template."""
+    from lmops.deploy._text import texts_of
+    from lmops.models.chat import render_tools
+
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+    ]  # fmt: skip
+    (tmp_path / "calls.jsonl").write_text(json.dumps({"messages": messages, "tools": tools}))
+    (got,) = texts_of(tmp_path / "calls.jsonl", tok)
+    hermes, _ = render_tools(messages, tools, native=False)
+    assert got == tok.apply_chat_template(hermes, tokenize=False)
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {}}\n</tool_call>' in got
+
+
 def test_stream_and_blocks_are_the_same_ids(tok: Any, tmp_path: Path) -> None:
     from lmops.deploy._text import token_blocks, token_stream
 

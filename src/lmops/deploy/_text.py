@@ -58,6 +58,7 @@ def texts_of(path: Path, tokenizer: Any) -> Iterator[str]:
     """Each document's text in ``path`` (a file or a folder), in order."""
     from lmops.core.formats import to_chat
     from lmops.core.rows import BadRow, iter_rows, row_format
+    from lmops.models.chat import chat_text
 
     for f in _files(path):
         if f.suffix.lower() in _TEXT_SUFFIXES:
@@ -78,7 +79,9 @@ def texts_of(path: Path, tokenizer: Any) -> Iterator[str]:
                 raise UserError(
                     f"{row.where}: no 'text' field and not an instruction or chat row ({e})"
                 ) from None
-            yield str(tokenizer.apply_chat_template(messages, tokenize=False))
+            # a chat with tool calls reads as the gateway renders it (models/chat.py)
+            tools = data.get("tools") if isinstance(data.get("tools"), list) else None
+            yield chat_text(tokenizer, messages, tools)
 
 
 def _ids(path: Path, tokenizer: Any, max_tokens: int) -> list[int]:
