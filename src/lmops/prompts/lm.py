@@ -108,8 +108,7 @@ class OpenAIChat:
         :data:`CARD_BACKOFF_S` and, failing again, is "cannot say" for this call only (the
         module docstring)."""
         failed_lately = (
-            self._card_failed_at is not None
-            and _now() - self._card_failed_at < CARD_FORGET_S
+            self._card_failed_at is not None and _now() - self._card_failed_at < CARD_FORGET_S
         )
         if self._lmops is None and not failed_lately:
             import openai
