@@ -3,6 +3,9 @@ IP-like strings are not addresses. Literal English and Chinese sentences."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -10,7 +13,7 @@ import pytest
 from lmops.data.document import Document
 from lmops.data.ops import build_op
 from lmops.security import GuardrailConfig, Guardrails
-from lmops.text.pii import detect_pii, iban_ok, mask_pii, ssn_ok
+from lmops.text.pii import _DETECTORS, detect_pii, iban_ok, mask_pii, ssn_ok
 
 
 def found(text: str, types: list[str] | None = None) -> list[tuple[str, str]]:
@@ -269,3 +272,129 @@ def test_streamed_replies_mask_the_new_kinds_split_anywhere() -> None:
             first, _ = s.feed(text[:cut])
             second, _ = s.feed(text[cut:])
             assert first + second + s.finish() == expected, (value, cut)
+
+
+# ------------------------------------------------------------------------------ review fixes
+@pytest.mark.parametrize(
+    "text",
+    [
+        "--sizes 256 512 1024",
+        "dims: 768 768 3072",
+        "Table: 200 300 4000",
+        "matrix 2 345 678 9012",
+        "A = [256 512 1024];",  # MATLAB
+        "phone 256 512 1024 2048",  # a keyword, but some groups of a longer spaced run
+        "x 2 1 415 555 0100",
+    ],
+)
+def test_spaced_groups_without_a_prefix_or_keyword_are_no_phone(text: str) -> None:
+    """Any list of three spaced integers shaped 3-3-4 used to be masked as a phone, in every
+    request the gateway checked and every document pii_mask read."""
+    assert found(text) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "phone"),
+    [
+        ("Tel: 415 555 0100", "415 555 0100"),
+        ("call me at 415 555 0100.", "415 555 0100"),
+        ('{"phone": "415 555 0100"}', "415 555 0100"),
+        ("Fax 415 555 0100 2 lines", "415 555 0100"),
+        ("电话：415 555 0100", "415 555 0100"),
+        ("see 1 415 555 0100", "1 415 555 0100"),
+        ("see (415) 555 0100", "(415) 555 0100"),
+        ("sizes 256-512-1024", "256-512-1024"),  # dashed and dotted stay phones
+        ("sizes 256.512.1024", "256.512.1024"),
+    ],
+)
+def test_spaced_phones_with_a_prefix_or_after_a_keyword(text: str, phone: str) -> None:
+    assert found(text) == [("PHONE", phone)]
+
+
+@pytest.mark.parametrize(
+    ("text", "phone"),
+    [
+        ("电话：010-12345678 9:00-18:00", "010-12345678"),
+        ("营业时间 9:00-18:00 010-6552 1234", "010-6552 1234"),
+        ("No. 3 021-87654321", "021-87654321"),
+        ("call 021-8765-4321 2次", "021-8765-4321"),
+        ("电话 0755-8888-9999 1号线", "0755-8888-9999"),
+        ("Tel: 010 1234 5678 2 lines", "010 1234 5678"),
+    ],
+)
+def test_china_landlines_beside_a_digit_and_a_space(text: str, phone: str) -> None:
+    """Skipping a typo'd IBAN's groups refused any landline with '<digit> ' beside it."""
+    assert found(text) == [("PHONE", phone)]
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ('{"ssn": "123456789"}', "123456789"),
+        ('{"ssn": "123 45 6789"}', "123 45 6789"),
+        ("ssn='123-45-6789'", "123-45-6789"),
+        ("SSN = 123456789", "123456789"),
+        ("SSN No. 123456789", "123456789"),
+        ("SSN number: 123456789", "123456789"),
+        ("SSN-123-45-6789", "123-45-6789"),
+        ('{"passport_no": "X1234567"}', "X1234567"),
+    ],
+)
+def test_keyword_numbers_in_json_and_config_form(text: str, number: str) -> None:
+    assert [t for _, t in found(text)] == [number]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SKU-123-45-6789",
+        "INV-415-555-0100",
+        "ref ABC-212-555-1234",
+        "123-45-6789-A",
+        "INV-415.555.0100",
+        "415-555-0100-B2",
+    ],
+)
+def test_codes_ending_in_an_ssn_or_phone_shape(text: str) -> None:
+    assert found(text) == []
+
+
+@pytest.mark.parametrize("text", ["x[1::2]", "b[10::3]", "s[2::]", "Time 10:30::45", "a[100::200]"])
+def test_python_slices_are_no_ipv6_addresses(text: str) -> None:
+    assert found(text, ["IP"]) == []
+
+
+def test_decimal_only_ipv6_addresses_stay_addresses() -> None:
+    assert found("dns [2001:4860:4860::8888]:53, gw 2001::1") == [
+        ("IP", "2001:4860:4860::8888"),
+        ("IP", "2001::1"),
+    ]
+
+
+# A long blank run after a keyword: two unbounded blank runs around an optional separator
+# made these quadratic ("SSN" + 100k spaces + "x 1234567" took 53 s).
+LONG_BLANKS = [
+    "SSN{} x 1234567",
+    "social security{}no{} x 1234567",
+    "passport{} x 1234567",
+    "Passport no{}x 1234567",
+    "护照{}x 1234567",
+    "aws_secret_key{}x",
+    "Bearer{}x",
+    "Tel:{}415 555 0100 1234567",
+]
+
+
+def test_keyword_detectors_stay_linear_on_long_blank_runs() -> None:
+    script = (
+        "import sys; from lmops.text.pii import detect_pii\n"
+        f"for t in {LONG_BLANKS!r}: detect_pii(t.replace('{{}}', ' ' * 100_000))\n"
+    )
+    # A liveness bound, not a timing: each takes milliseconds; quadratic, minutes.
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=20)
+
+
+def test_no_detector_has_an_unbounded_blank_run() -> None:
+    unbounded = re.compile(r"(?:\\s|\[[ \\t_]+\]| )(?:[*+]|\{[0-9]*,\})")
+    for det in _DETECTORS:
+        assert unbounded.search(det.pattern.pattern) is None, det.pattern.pattern

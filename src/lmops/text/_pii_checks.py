@@ -117,6 +117,25 @@ def _valid_e164(m: re.Match[str]) -> tuple[int, int] | None:
     return m.span() if 8 <= n <= 15 else None
 
 
+# A phone keyword right before a number ("Tel: ", "call me at ", '"phone": "', "电话："):
+# what makes three groups with spaces between them a phone number and not a list of sizes
+# ("--sizes 256 512 1024", "dims: 768 768 3072"). Searched only in the few characters before
+# a match, so no blank run here is longer than that.
+_PHONE_BEFORE = re.compile(
+    r"(?:(?<![A-Za-z])(?:(?i:tel|telephone|phone|ph|call|cell|mobile|mob|fax|sms|whatsapp|dial)"
+    r"(?:[ \t_]{0,3}(?i:number|num\.?|no\.?|#))?"
+    r"|(?i:call|reach|text|ring|contact)[ \t]{1,3}(?i:me|us)(?:[ \t]{1,3}(?i:at|on))?)"
+    r"|电话|手机|座机|传真|热线|致电|拨打|联系)"
+    r"(?:号码|号)?[\"'.]?[ \t]{0,3}(?:[:#：=]|(?i:is))?[ \t]{0,3}[\"']?$",
+    re.ASCII,
+)
+_SPACED_GROUP_AFTER = re.compile(" [0-9]{2}")
+
+
+def _phone_keyword_before(text: str, start: int) -> bool:
+    return _PHONE_BEFORE.search(text, max(0, start - 32), start) is not None
+
+
 def _valid_nanp(m: re.Match[str]) -> tuple[int, int] | None:
     # North American Numbering Plan: NPA (area code) and NXX (exchange) start with 2-9 (the
     # regex), and neither is an N11 service code (211, 411, 911...), which no number has.
@@ -125,6 +144,18 @@ def _valid_nanp(m: re.Match[str]) -> tuple[int, int] | None:
         digits = digits[1:]  # the country code 1
     if digits[1:3] == "11" or digits[4:6] == "11":
         return None
+    groups = m.groupdict()
+    if " " in (groups.get("s1"), groups.get("s2")):
+        # Spaced groups: a phone only with a "1" or "(415)" before them (the regex) or after
+        # a phone keyword; and never some groups of a longer spaced run ("2 345 678 9012",
+        # "256 512 1024 2048").
+        text, (start, end) = m.string, m.span()
+        if groups.get("s2") == " " and not _phone_keyword_before(text, start):
+            return None
+        if text[start - 2 : start - 1].isdigit() and text[start - 1] == " ":
+            return None
+        if _SPACED_GROUP_AFTER.match(text, end) is not None:
+            return None
     return m.span()
 
 
@@ -228,6 +259,15 @@ def _valid_ipv6(m: re.Match[str]) -> tuple[int, int] | None:
         return None
     if ip.is_unspecified or ip.is_loopback:  # "::" and "::1", as 0.0.0.0 and 127.0.0.1
         return None
+    if not any(c in "abcdefABCDEF" for c in s):
+        # Decimal digits only: a Python slice ("x[1::2]", "b[10::3]", "s[2::]") or a time
+        # with a typo ("10:30::45") rather than an address, when every group is one or two
+        # digits, or when two groups at most stand in brackets ("a[100::200]"; a bracketed
+        # address, "[2001:db8::1]:80", has a letter or more groups).
+        groups = [g for g in s.split(":") if g]
+        bracketed = m.string[start - 1 : start] == "[" and m.string[end : end + 1] == "]"
+        if all(len(g) <= 2 for g in groups) or (bracketed and len(groups) <= 2):
+            return None
     return start, end
 
 

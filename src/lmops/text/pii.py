@@ -14,18 +14,23 @@ one type the longer span wins, then the earlier one)::
     IBAN       upper case, plain or in groups of four, of its country's length and passing
                the MOD 97-10 check ("DE89 3704 0044 0532 0130 00")
     SSN        US Social Security number ``123-45-6789``; spaced or plain only right after
-               a keyword ("SSN 123 45 6789"); never area 000/666/9xx, group 00, serial 0000
+               a keyword ("SSN 123 45 6789", '"ssn": "123456789"', "SSN No. 123456789");
+               never area 000/666/9xx, group 00, serial 0000, nor the tail or head of a
+               code ("SKU-123-45-6789", "123-45-6789-A")
     PASSPORT   China ``E12345678`` / ``G12345678`` / ``EA1234567``, or any passport number
                right after a keyword ("passport no.", "护照号")
     PHONE      China mobile (any common spelling, with or without +86), China landline with
                an area code, international E.164 numbers written with a leading ``+``,
-               NANP (US, Canada) numbers with dashes, dots, spaces or ``(415)``, ``1`` before
-               them or not (not ten digits in a row: order numbers look the same)
+               NANP (US, Canada) numbers with dashes, dots or ``(415)``, ``1`` before them or
+               not, and with spaces only after ``1``, ``(415)`` or a phone keyword ("Tel:",
+               "call me at", "电话"), never inside a longer spaced run ("--sizes 256 512
+               1024" is no phone); not ten digits in a row (order numbers look the same)
     BANK_CARD  13-19 digits (spaces or dashes between groups allowed) passing the Luhn check,
                with a first digit and length that a card scheme uses
     IP         IPv4 and IPv6 addresses, validated by :mod:`ipaddress`, private ranges
                included; not 0.0.0.0, loopback (127.0.0.0/8, ::1), "::", 255.255.255.255,
-               nor a dotted quad right after "version", "v", "版本" or "section" (not an address)
+               nor a dotted quad right after "version", "v", "版本" or "section" (not an address),
+               nor a Python slice ("x[1::2]": decimal groups of one or two digits)
 
 Numbers are only found as whole tokens: a digit run inside a longer run of digits, ASCII
 letters or ``_`` never matches, while a CJK character right next to a number is fine
@@ -70,7 +75,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, cast
+from typing import cast
 
 from lmops.core.errors import UserError
 from lmops.text._pii_checks import (
@@ -94,6 +99,7 @@ from lmops.text._pii_checks import (
     luhn_ok,
     ssn_ok,
 )
+from lmops.text._pii_gates import _Colons, _Needles, _Probe, _trie
 from lmops.text._pii_view import _joined_view, _normalized
 
 __all__ = [
@@ -180,6 +186,7 @@ def _normalize_types(types: Iterable[str]) -> frozenset[str]:
 _WORD = "0-9A-Za-z_"
 _A = rf"(?![{_WORD}])"  # after a number
 _NO_DASH_AFTER = r"(?!-[0-9])"  # "138-1234-5678-90" is one token, not a phone
+_NO_CODE_AFTER = r"(?!-[0-9A-Za-z])"  # nor "123-45-6789-A" an SSN: the head of a code
 
 
 def _free(n: int, cls: str = _WORD) -> str:
@@ -191,6 +198,12 @@ def _no_dash(n: int) -> str:
     """Lookbehind for after the first ``n`` chars: they do not follow "<digit>-" ("2024-1381…")
     or "<digit>." (the decimals of "3.614895050123902")."""
     return rf"(?<![0-9][-.].{{{n}}})"
+
+
+def _no_code(n: int) -> str:
+    """Like :func:`_no_dash`, a letter before the dash or dot too: the tail of a product or
+    invoice code ("SKU-123-45-6789", "INV-415-555-0100") is no SSN or phone."""
+    return rf"(?<![0-9A-Za-z][-.].{{{n}}})"
 
 
 _Validator = Callable[[re.Match[str]], "tuple[int, int] | None"]
@@ -214,50 +227,6 @@ class _Detector:
     joined: bool = False
 
 
-class _Needles:
-    """Gate: the text contains one of ``words`` (one C-level scan).
-
-    ``ignore_case`` compares with the lower-cased text, which is cheaper than a
-    case-insensitive regex; it differs from one only on non-ASCII case variants ("ſ" for
-    "s"), which the patterns behind these gates (re.ASCII) do not match either.
-    """
-
-    def __init__(self, *words: str, ignore_case: bool = False) -> None:
-        self.words = words
-        self._lower = ignore_case
-        source = "|".join(re.escape(w.lower() if ignore_case else w) for w in words)
-        self._search = re.compile(source).search
-
-    def __call__(self, text: str) -> bool:
-        return self._search(text.lower() if self._lower else text) is not None
-
-
-class _Colons(_Needles):
-    """Gate of IPv6 addresses: "::" or at least six colons (seven, or six before an embedded
-    IPv4 part), so prose with a few colons never runs the regex. ``words`` (":") is what
-    every text it passes contains."""
-
-    def __init__(self) -> None:
-        super().__init__(":")
-
-    def __call__(self, text: str) -> bool:
-        return "::" in text or text.count(":") >= 6
-
-
-class _Probe(_Needles):
-    """Gate: one of ``probes`` (a literal word, then a pattern) is in the text. A search that
-    starts from a literal is a fast scan, so text without the shape ("-45-" of an SSN,
-    ".0100" of a dotted phone) never runs the detector's regex, which starts at every digit.
-    ``words`` (the literals) are what every text it passes contains."""
-
-    def __init__(self, *probes: tuple[str, str]) -> None:
-        super().__init__(*(word for word, _ in probes))
-        self._probes = [re.compile(re.escape(w) + p, re.ASCII).search for w, p in probes]
-
-    def __call__(self, text: str) -> bool:
-        return any(probe(text) is not None for probe in self._probes)
-
-
 def _c(pattern: str) -> re.Pattern[str]:
     # ASCII: [0-9]-only \d and \s, and (?i:) folds ASCII only; full-width text is folded
     # to ASCII before matching (see _FOLD).
@@ -271,6 +240,12 @@ _MMDD = r"(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"  # day-of-month checked l
 _CN_AREA = r"(?:10|2[0-9]|[3-9][0-9]{2})"  # area code after its leading 0: 010, 02x, 0xxx
 _NXX = "[2-9][0-9]{2}"  # a NANP area code or exchange
 _NANP_PARENS = rf"\({_NXX}\)[ -]?{_NXX}[ -]?[0-9]{{4}}"  # "(415) 555-0100"
+# After a keyword ("SSN", "passport"): "no.", "number" or "#", then a separator, maybe in
+# JSON or config form ('"ssn": "123456789"', "SSN = 123 45 6789"). Every blank run is
+# bounded: two unbounded ones around an optional part made a long blank run quadratic
+# ("SSN" + 100k spaces took 53 s).
+_KEY_NUMBER = r"(?:[ \t_]{0,3}(?i:number|num\.?|no\.?|#))?"
+_KEY_SEP = r"[\"']?[ \t]{0,3}(?:[:#：=-]|(?i:is)|为|是)?[ \t]{0,3}[\"']?"
 
 # EMAIL: found from the "@"; _valid_email reads the local part backwards.
 _EMAIL = _Detector(
@@ -293,7 +268,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector(
         "SECRET",
         _c(
-            r"(?i:aws_?secret(?:_?access)?_?key)[\"']?\s*[:=]\s*[\"']?"
+            r"(?i:aws_?secret(?:_?access)?_?key)[\"']?\s{0,8}[:=]\s{0,8}[\"']?"
             r"(?P<v>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
         ),
         _group_v,
@@ -348,7 +323,7 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector(  # only the token is masked: "Authorization: Bearer <SECRET>"
         "SECRET",
         _c(
-            r"[Bb]" + _free(1) + r"(?i:earer)[ \t]+"
+            r"[Bb]" + _free(1) + r"(?i:earer)[ \t]{1,8}"
             r"(?P<v>[A-Za-z0-9._~+/-]{16,}=*)(?![A-Za-z0-9._~+/=-])"
         ),
         _valid_bearer,
@@ -419,10 +394,10 @@ _DETECTORS: tuple[_Detector, ...] = (
         _c(
             r"[0-8]"
             + _free(1, _WORD + "+")
-            + _no_dash(1)
+            + _no_code(1)
             + r"[0-9]{2}-[0-9]{2}-[0-9]{4}"
             + _A
-            + _NO_DASH_AFTER
+            + _NO_CODE_AFTER
         ),
         _valid_ssn,
         _Probe(("-", "[0-9]{2}-[0-9]{4}")),
@@ -430,9 +405,13 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector(
         "SSN",
         _c(
-            r"(?:[Ss](?<![A-Za-z].)(?:SN|sn|S#|s#|(?i:ocial\s+security)(?:\s*(?i:number|no\.?|#))?)"
-            r"|社会安全号码?|社安号)\s*(?:[:#：]|(?i:is)|为|是)?\s*"
-            r"(?P<v>[0-8][0-9]{2}(?P<s>[ -]?)[0-9]{2}(?P=s)[0-9]{4})" + _A + _NO_DASH_AFTER
+            r"(?:[Ss](?<![A-Za-z].)(?:SN|sn|S#|s#|(?i:ocial\s{1,3}security))"
+            + _KEY_NUMBER
+            + r"|社会安全号码?|社安号)"
+            + _KEY_SEP
+            + r"(?P<v>[0-8][0-9]{2}(?P<s>[ -]?)[0-9]{2}(?P=s)[0-9]{4})"
+            + _A
+            + _NO_CODE_AFTER
         ),
         _valid_ssn,
         # case by case: cheaper than lower-casing every text
@@ -469,8 +448,11 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector(  # any number right after a keyword; only the number is masked
         "PASSPORT",
         _c(
-            r"(?:[Pp](?<![A-Za-z].)(?i:assport)(?:\s*(?i:no\.?|number|num\.?|#))?|护照(?:号码|号)?)"
-            r"\s*(?:[:#]|(?i:is)|为|是)?\s*(?P<v>[A-Za-z0-9]{6,9})(?![A-Za-z0-9_])"
+            r"(?:[Pp](?<![A-Za-z].)(?i:assport)"
+            + _KEY_NUMBER
+            + r"|护照(?:号码|号)?)"
+            + _KEY_SEP
+            + r"(?P<v>[A-Za-z0-9]{6,9})(?![A-Za-z0-9_])"
         ),
         _valid_keyword_passport,
         _Needles("passport", "护照", ignore_case=True),
@@ -511,14 +493,15 @@ _DETECTORS: tuple[_Detector, ...] = (
     ),
     # China landline: area code (010, 02x, 0xxx) then a separator, or in parentheses, then a
     # 7-8 digit local number (optionally split 3/4 + 4). Without a separator an 11-12 digit
-    # run starting with 0 is too often something else; nor is it three groups in the middle
-    # of a longer run of spaced groups ("ES21 6934 0729 3941 9358", an IBAN with a typo).
+    # run starting with 0 is too often something else; nor is it three groups beside an
+    # IBAN's group of four ("ES21 6934 0729 3941 9358", an IBAN with a typo). Any other
+    # neighbour is fine: "010-12345678 9:00-18:00", "No. 3 021-87654321".
     _Detector(
         "PHONE",
         _c(
-            r"(?:0" + _free(1) + _no_dash(1) + r"(?<![0-9] .)" + _CN_AREA + r"[ -]"
+            r"(?:0" + _free(1) + _no_dash(1) + r"(?<![0-9A-Z]{4} .)" + _CN_AREA + r"[ -]"
             r"|\(0" + _CN_AREA + r"\)[ -]?)"
-            r"[1-9][0-9]{2,3}[ -]?[0-9]{4}" + _A + _NO_DASH_AFTER + r"(?! [0-9])"
+            r"[1-9][0-9]{2,3}[ -]?[0-9]{4}" + _A + _NO_DASH_AFTER + r"(?! [0-9A-Z]{4}(?!\S))"
         ),
         _whole,
     ),
@@ -542,14 +525,14 @@ _DETECTORS: tuple[_Detector, ...] = (
         _c(
             r"(?:1"
             + _free(1, _WORD + "+")
-            + _no_dash(1)
+            + _no_code(1)
             + rf"(?:(?P<s1>[ -]){_NXX}(?P=s1){_NXX}(?P=s1)[0-9]{{4}}|[ -]?{_NANP_PARENS})"
             + rf"|{_NANP_PARENS}|[2-9]"
             + _free(1, _WORD + "+")
-            + _no_dash(1)
+            + _no_code(1)
             + rf"[0-9]{{2}}(?P<s2>[ -]){_NXX}(?P=s2)[0-9]{{4}})"
             + _A
-            + _NO_DASH_AFTER
+            + _NO_CODE_AFTER
         ),
         _valid_nanp,
         _Probe(("-", "[0-9]{4}"), (" ", "[0-9]{4}"), (")", "")),  # "-0100", " 0100", "(415)"
@@ -561,11 +544,13 @@ _DETECTORS: tuple[_Detector, ...] = (
         _c(
             r"(?:1"
             + _free(1, _WORD + "+.")
+            + _no_code(1)
             + rf"\.{_NXX}\.|[2-9]"
             + _free(1, _WORD + "+.")
+            + _no_code(1)
             + rf"[0-9]{{2}}\.|\({_NXX}\) ?){_NXX}\.[0-9]{{4}}"
             + _A
-            + r"(?![.-][0-9])"
+            + r"(?![.-][0-9]|-[A-Za-z])"
         ),
         _valid_nanp,
         _Probe((".", "[0-9]{4}")),
@@ -629,24 +614,6 @@ _HAS_DIGIT = re.compile(r"[0-9]")
 # Seven digits in a row, single spaces or dashes between them allowed: what the detectors
 # with ``digits=7`` all need ("138 1234 5678", "(010)1234 5678" has "1234 567").
 _DIGIT_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){6}")
-
-
-def _trie(words: Iterable[str]) -> str:
-    """One alternation sharing prefixes, which the regex engine walks faster than a flat one."""
-    trie: dict[str, Any] = {}
-    for w in words:
-        node = trie
-        for ch in w:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def emit(node: dict[str, Any]) -> str:
-        if "" in node:  # a needle ends here: its longer forms add nothing to a search
-            return ""
-        branches = [re.escape(ch) + emit(child) for ch, child in sorted(node.items())]
-        return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
-
-    return emit(trie)
 
 
 def _cues(level: int) -> re.Pattern[str]:
