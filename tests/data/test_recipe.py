@@ -106,3 +106,17 @@ def test_one_string_where_a_list_of_strings_is_expected_is_that_one(tmp_path: Pa
     # characters given as one string stay refused: "。！" would be one two-character stop
     with pytest.raises(UserError, match=r"'stop_chars'"):
         _load(tmp_path, "  - op: fineweb_quality\n    stop_chars: 。！\n")
+
+
+@pytest.mark.parametrize("name", ["team/nightly", "..", "a\\b"])
+def test_a_recipe_name_is_one_folder(tmp_path: Path, name: str) -> None:
+    """The name is the run's work folder: "team/nightly" sat inside recipe "team"'s, which
+    removed its temp files and, on a changed recipe, everything in it."""
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: '{name}'\ninputs: [raw.jsonl]\noutput: {{path: out}}\n")
+    with pytest.raises(UserError) as e:
+        load_recipe(path)
+    assert str(e.value) == (
+        f"{path}:1: name: recipe name {name!r} is not a folder name (it names the run's work "
+        "folder); use letters, digits, '.', '_' or '-', without '/'"
+    )

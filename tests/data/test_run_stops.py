@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from lmops.core.errors import UserError
-from lmops.data import executor
+from lmops.core.errors import LmopsError, UserError
+from lmops.data import _pool, executor
+from lmops.data._pool import run_in_pool
+from lmops.data._resume import remove_temp_files
 from lmops.data.executor import run_recipe
 from lmops.data.recipe import load_recipe
 from tests.data.test_executor import (
@@ -124,7 +126,7 @@ def test_a_killed_worker_leaves_no_temp_file_and_says_what_happened(
     )
     assert run.returncode == 1, run.stderr
     assert run.stderr.strip().splitlines()[-1] == (
-        "error: a worker process died while running its shard (killed by a signal; by the "
+        "error: a worker process died while running its shard (killed by SIGKILL; by the "
         "out-of-memory killer if memory ran out); the finished shards are kept: run the recipe "
         "again to resume (with fewer executor.workers if memory ran out)"
     )
@@ -225,3 +227,86 @@ def test_ray_a_bad_row_cancels_the_stage_s_other_tasks(
     finally:
         sys.path.remove(str(ops))
         ray.shutdown()
+
+
+def test_a_run_never_cleans_a_nested_work_folder_with_its_own_lock(tmp_path: Path) -> None:
+    """Recipe "team/nightly" (a name from before names were checked) works inside recipe
+    "team"'s folder; "team"'s run removed the live nightly run's half-written files."""
+    work = tmp_path / "team"
+    mine = work / "stage0" / "00000.jsonl.tmp"
+    nested = work / "nightly" / "stage0" / "00000.jsonl.tmp"
+    for f in (mine, nested):
+        f.parent.mkdir(parents=True)
+        f.write_text("half\n")
+    (work / "nightly" / "run.lock").write_text("4242")
+    assert remove_temp_files(work) == 1
+    assert not mine.exists() and nested.read_text() == "half\n"
+
+
+# ---------------------------------------------------------------- the pool itself
+def _no_init() -> None:
+    pass
+
+
+class DocError(Exception):
+    """An operator's own error whose ``__init__`` takes other arguments than its ``args``:
+    pickle cannot rebuild it in the driver."""
+
+    def __init__(self, doc: str, msg: str) -> None:
+        super().__init__(f"document {doc}: {msg}")
+
+
+def _raises_doc_error(job: int) -> None:
+    raise DocError(f"d{job}", "no title")
+
+
+class _Unreadable:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Unreadable, (1,))  # takes no argument: rebuilding it fails
+
+
+def _returns_unreadable(job: int) -> Any:
+    return _Unreadable()
+
+
+def _sleeps_then_marks(path: str) -> None:
+    time.sleep(3)
+    Path(path).write_text("ran to the end")
+
+
+def test_an_error_pickle_cannot_rebuild_is_named_not_a_worker_s_death() -> None:
+    """It broke the pool, which read as 'a worker process died ... out-of-memory killer',
+    the real error hidden."""
+    with pytest.raises(RuntimeError) as e:
+        run_in_pool(_raises_doc_error, [1, 2], 2, _no_init, (), lambda n: None)
+    assert str(e.value) in ("DocError: document d1: no title", "DocError: document d2: no title")
+
+
+def test_a_result_the_driver_cannot_read_is_named_and_chained() -> None:
+    with pytest.raises(LmopsError) as e:
+        run_in_pool(_returns_unreadable, [1, 2], 2, _no_init, (), lambda n: None)
+    assert str(e.value).startswith(
+        "a worker's shard failed and its error could not be read here (TypeError: "
+    ), str(e.value)
+    assert "died" not in str(e.value) and e.value.__cause__ is not None
+
+
+def test_ctrl_c_while_queueing_stops_the_pool_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the jobs were being submitted waited for every job submitted so far."""
+    real = _pool.ProcessPoolExecutor.submit
+    submitted: list[int] = []
+
+    def submit(self: Any, fn: Any, *args: Any) -> Any:
+        if len(submitted) == 4:
+            raise KeyboardInterrupt
+        submitted.append(1)
+        return real(self, fn, *args)
+
+    monkeypatch.setattr(_pool.ProcessPoolExecutor, "submit", submit)
+    jobs = [str(tmp_path / f"job{i}") for i in range(8)]
+    with pytest.raises(KeyboardInterrupt):
+        run_in_pool(_sleeps_then_marks, jobs, 2, _no_init, (), lambda n: None)
+    # the running jobs were killed and the queued ones never started
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -8,11 +8,20 @@ That is safe: a shard's output is a temp file renamed into place when done and i
 file is written after that, so a killed shard simply is not finished, and a re-run redoes
 it while keeping every finished one (the caller removes the killed workers' temp files,
 :func:`lmops.data._resume.remove_temp_files`).
+
+A job's error reaches the driver pickled. One that cannot be rebuilt there (an exception
+class whose ``__init__`` takes other arguments than its ``args``) used to break the pool,
+which then read as a worker's death; the worker now sends such an error as a plain
+``RuntimeError`` with its type and message, and the driver tells a pool broken by what a
+worker sent (naming that error) from a worker that died (naming its signal).
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
+import pickle
+import signal
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -34,32 +43,76 @@ def run_in_pool(
 ) -> None:
     """``fn(job)`` for every job on ``workers`` forked processes; ``tick(n)`` after ``n``
     more finished (``tick(0)`` between, for a progress bar's rate). Re-raises the first
-    error of a job (or Ctrl-C) once every worker is gone; a worker that died (a signal,
-    the out-of-memory killer) is an :class:`LmopsError` saying so."""
+    error of a job (or Ctrl-C, also while the jobs are being queued) once every worker is
+    gone; a worker that died (a signal, the out-of-memory killer) is an
+    :class:`LmopsError` saying so and naming the signal."""
     jobs = list(jobs)
+    call = functools.partial(_sendable_errors, fn)
     with ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)),
         mp_context=mp.get_context("fork"),
         initializer=initializer,
         initargs=initargs,
     ) as pool:
-        futures = {pool.submit(fn, j) for j in jobs}
         try:
+            futures = {pool.submit(call, j) for j in jobs}
             while futures:
                 done, futures = wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION)
                 for f in done:
                     f.result()  # re-raise a worker's error; finished shards stay
                 tick(len(done))
-        except BrokenProcessPool:
+        except BrokenProcessPool as e:
+            death = _death(pool)  # before _stop kills the rest
             _stop(pool)
+            if e.__cause__ is not None:  # the pool could not read what a worker sent
+                raise LmopsError(
+                    f"a worker's {what} failed and its error could not be read here "
+                    f"({_last_line(e.__cause__)}); the finished shards are kept"
+                ) from e.__cause__
             raise LmopsError(
-                f"a worker process died while running its {what} (killed by a signal; by the "
+                f"a worker process died while running its {what} ({death}; by the "
                 "out-of-memory killer if memory ran out); the finished shards are kept: run "
                 "the recipe again to resume (with fewer executor.workers if memory ran out)"
             ) from None
         except BaseException:
             _stop(pool)
             raise
+
+
+def _sendable_errors(fn: Callable[[Any], Any], job: Any) -> Any:
+    """``fn(job)`` in a worker; an error that would not survive the trip back to the driver
+    (its class cannot be rebuilt from its ``args``) is raised as a ``RuntimeError`` naming
+    its type and message, chained to it (the traceback the driver gets shows both)."""
+    try:
+        return fn(job)
+    except Exception as e:
+        try:
+            pickle.loads(pickle.dumps(e))
+        except Exception:
+            raise RuntimeError(f"{type(e).__name__}: {e}") from e
+        raise
+
+
+def _last_line(cause: BaseException) -> str:
+    # the cause is the remote traceback as text; its last line names the error
+    lines = [ln.strip() for ln in str(cause).splitlines() if ln.strip().strip("'")]
+    return lines[-1] if lines else type(cause).__name__
+
+
+def _death(pool: ProcessPoolExecutor) -> str:
+    """How the pool's dead worker ended, from the exit codes: "killed by SIGKILL" (the
+    out-of-memory killer's), "exited with status 3", or "killed by a signal" when none
+    is known yet. The pool sends its other workers SIGTERM once one is dead."""
+    processes = getattr(pool, "_processes", None) or {}
+    codes = [p.exitcode for p in list(processes.values()) if p.exitcode]
+    signals = sorted({-c for c in codes if c < 0}, key=lambda s: (s == signal.SIGTERM, s))
+    if signals:
+        try:
+            return f"killed by {signal.Signals(signals[0]).name}"
+        except ValueError:
+            return f"killed by signal {signals[0]}"
+    exits = [c for c in codes if c > 0]
+    return f"exited with status {exits[0]}" if exits else "killed by a signal"
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

@@ -21,7 +21,9 @@ next ``shards.json``) of a writer that was killed are removed by the next run as
 (:func:`remove_temp_files`), and by a run whose own workers it killed, once they are gone: a
 run only starts working in its folder while it holds the folder's lock (``_worklock``), so
 no live writer is left to own one. Nothing outside the folder is touched: other recipes,
-and other runs, have work folders of their own.
+and other runs, have work folders of their own; a folder below with a lock file of its own
+is one of those (a recipe named ``team/nightly`` beside ``team``, from before recipe names
+were checked) and is never entered.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import os
 import shutil
 from pathlib import Path
 
+from lmops.data._worklock import LOCK_NAME
 from lmops.data.io import Shard
 
 __all__ = ["SHARDS_FILE", "drop_stale_work", "remove_temp_files"]
@@ -112,10 +115,12 @@ def drop_stale_work(
 
 
 def remove_temp_files(work: Path) -> int:
-    """Remove every ``*.tmp`` file under ``work`` (symlinked folders not followed); the
-    caller holds ``work``'s lock and has no writer running. Returns how many."""
+    """Remove the ``*.tmp`` files under ``work`` (symlinked folders not followed, nor a
+    folder holding a lock file of its own: another run's work folder); the caller holds
+    ``work``'s lock and has no writer running. Returns how many."""
     removed = 0
-    for folder, _, files in os.walk(work):
+    for folder, subfolders, files in os.walk(work):
+        subfolders[:] = [d for d in subfolders if not os.path.lexists(Path(folder, d, LOCK_NAME))]
         for name in files:
             if name.endswith(".tmp"):
                 Path(folder, name).unlink(missing_ok=True)

@@ -171,6 +171,18 @@ class Recipe(BaseModel):
         line = line_of(self._source, loc)
         return f"{self._source}:{line}" if line else str(self._source)
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, v: str) -> str:
+        # The name is the run's work folder under LMOPS_HOME/work/data: "team/nightly"
+        # would sit inside recipe "team"'s, which starts over by deleting what it holds.
+        if not v or v in (".", "..") or "/" in v or "\\" in v or "\0" in v:
+            raise ValueError(
+                f"recipe name {v!r} is not a folder name (it names the run's work folder); "
+                "use letters, digits, '.', '_' or '-', without '/'"
+            )
+        return v
+
     @field_validator("fields", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
