@@ -302,6 +302,7 @@ def test_spaced_groups_without_a_prefix_or_keyword_are_no_phone(text: str) -> No
         ("Fax 415 555 0100 2 lines", "415 555 0100"),
         ("电话：415 555 0100", "415 555 0100"),
         ("see 1 415 555 0100", "1 415 555 0100"),
+        ("1 415 555 0100 x 5 ", "1 415 555 0100"),  # at the start: nothing before it
         ("see (415) 555 0100", "(415) 555 0100"),
         ("sizes 256-512-1024", "256-512-1024"),  # dashed and dotted stay phones
         ("sizes 256.512.1024", "256.512.1024"),

@@ -129,6 +129,7 @@ _PHONE_BEFORE = re.compile(
     r"(?:号码|号)?[\"'.]?[ \t]{0,3}(?:[:#：=]|(?i:is))?[ \t]{0,3}[\"']?$",
     re.ASCII,
 )
+_SPACED_GROUP_BEFORE = re.compile("[0-9] $")
 _SPACED_GROUP_AFTER = re.compile(" [0-9]{2}")
 
 
@@ -152,7 +153,7 @@ def _valid_nanp(m: re.Match[str]) -> tuple[int, int] | None:
         text, (start, end) = m.string, m.span()
         if groups.get("s2") == " " and not _phone_keyword_before(text, start):
             return None
-        if text[start - 2 : start - 1].isdigit() and text[start - 1] == " ":
+        if _SPACED_GROUP_BEFORE.match(text, max(0, start - 2), start) is not None:
             return None
         if _SPACED_GROUP_AFTER.match(text, end) is not None:
             return None
