@@ -411,6 +411,9 @@ ADVERSARIAL = {
     "'123-45-' x 7k": "123-45-" * 7_000,
     "'415.' x 12k": "415." * 12_000,
     "'SSN ' x 12k + digits": "SSN " * 12_000 + "1234567",
+    "'SSN' + 50k spaces + digits": "SSN" + " " * 50_000 + "x 1234567",
+    "'passport no' + 50k spaces": "passport no" + " " * 50_000 + "x 1234567",
+    "'Tel:' + 50k spaces + digits": "Tel:" + " " * 50_000 + "415 555 0100 1234567",
 }
 KB_DOC = (
     "The quick brown fox jumps over the lazy dog. Version 3.11.2 shipped on 2024-05-01. "

@@ -7,13 +7,17 @@ on a real corpus. Not a test: it prints its figures (tables, then one JSON line)
 
 **Labelled set** (built here, seeded): positives of every kind in several writings, each in
 an English or a Chinese sentence: US Social Security numbers (``123-45-6789``; spaced or
-plain after "SSN", "social security number", "社会安全号码"), NANP phones (``(415)
-555-0100``, dots, dashes, spaces, ``1``/``+1`` before them), IBANs of eight countries (plain,
-in groups of four), IPv4 (public, private, with a port, in a URL), IPv6, e-mail, and the
-Chinese kinds lmops had before (mobile, resident ID, bank card). A positive is *caught* when
+plain after "SSN", "social security number", "社会安全号码", or in JSON/config form,
+``{"ssn": "123456789"}``), NANP phones (``(415) 555-0100``, dots, dashes, ``1``/``+1``
+before them, spaces after ``1`` or a phone keyword), IBANs of eight countries (plain, in
+groups of four), IPv4 (public, private, with a port, in a URL), IPv6, e-mail, and the
+Chinese kinds lmops had before (mobile, landline beside a number such as "9:00-18:00",
+resident ID, bank card). A positive is *caught* when
 the secret part (the number; an address) is gone from the tool's output, whatever replaced
 it (datatrove puts fake addresses in). Look-alike negatives (SSNs the SSA never issues,
-phones breaking NANP rules, IBANs failing MOD 97, versions and section numbers, loopback
+phones breaking NANP rules, spaced 3-3-4 lists with no phone keyword ("--sizes 256 512
+1024"), codes ending in an SSN or phone shape ("SKU-123-45-6789", "INV-415-555-0100"),
+Python slices ("x[1::2]"), IBANs failing MOD 97, versions and section numbers, loopback
 addresses, dates, zip codes, ISBNs, order numbers, timestamps, prices, hashes) count as a
 *false positive* when the tool changes the text at all. A kind a tool does not look for
 shows ``-`` (datatrove masks e-mail and IP addresses only, and by default public ones only).
@@ -193,13 +197,26 @@ def _ssn(fmt: str) -> Writer:
     return make
 
 
-def _nanp(fmt: str) -> Writer:
+def _nanp(fmt: str, before: str = "") -> Writer:
     def make(rng: random.Random) -> tuple[str, str]:
         a, x, n = rand_nanp(rng)
         s = fmt.format(a=a, x=x, n=n)
-        return s, s
+        return before + s, s
 
     return make
+
+
+def _ssn_in_config(rng: random.Random) -> tuple[str, str]:
+    n = rand_ssn(rng)
+    return rng.choice(['{"ssn": "%s"}', "SSN = %s", "SSN No. %s", "SSN number: %s"]) % n, n
+
+
+def _landline_beside_a_number(rng: random.Random) -> tuple[str, str]:
+    # a digit and a space next to it (opening hours, a count) once hid it
+    area = rng.choice(["010", "021", "0755"])
+    n = area + rng.choice("- ") + str(rng.randint(2, 9)) + digits(rng, 7)
+    where = ["{} 9:00-18:00", "No. 3 {}", "{} 2 lines", "营业时间 9:00-18:00 {}"]
+    return rng.choice(where).format(n), n
 
 
 def _same(fn: Callable[[random.Random], str]) -> Writer:
@@ -216,10 +233,13 @@ POSITIVES: dict[str, tuple[str, Writer, str]] = {
     "SSN after 'SSN:', plain": ("SSN", _ssn("plain:SSN: "), "en"),
     "SSN after 'social security number'": ("SSN", _ssn("dash:social security number "), "en"),
     "SSN after 社会安全号码": ("SSN", _ssn("dash:社会安全号码："), "zh"),
+    "SSN in JSON / config": ("SSN", _ssn_in_config, "en"),
     "US phone (415) 555-0100": ("PHONE", _nanp("({a}) {x}-{n}"), "both"),
     "US phone 415-555-0100": ("PHONE", _nanp("{a}-{x}-{n}"), "both"),
     "US phone 415.555.0100": ("PHONE", _nanp("{a}.{x}.{n}"), "both"),
-    "US phone 415 555 0100": ("PHONE", _nanp("{a} {x} {n}"), "both"),
+    "US phone 'Tel:' 415 555 0100": ("PHONE", _nanp("{a} {x} {n}", "Tel: "), "en"),
+    "US phone 电话 415 555 0100": ("PHONE", _nanp("{a} {x} {n}", "电话："), "zh"),
+    "US phone 1 415 555 0100": ("PHONE", _nanp("1 {a} {x} {n}"), "both"),
     "US phone 1-415-555-0100": ("PHONE", _nanp("1-{a}-{x}-{n}"), "both"),
     "US phone +1 415 555 0100": ("PHONE", _nanp("+1 {a} {x} {n}"), "both"),
     "US phone +1 (415) 555-0100": ("PHONE", _nanp("+1 ({a}) {x}-{n}"), "both"),
@@ -250,6 +270,7 @@ POSITIVES: dict[str, tuple[str, Writer, str]] = {
         ),
         "both",
     ),
+    "China landline beside a number": ("PHONE", _landline_beside_a_number, "both"),
     "China mobile": ("PHONE", _same(lambda r: "1" + r.choice("3589") + digits(r, 9)), "both"),
     "China resident ID": ("ID_CARD", _same(cn_id), "both"),
     "bank card 4-4-4-4": (
@@ -273,6 +294,21 @@ def _bad_iban(rng: random.Random) -> str:
     return "IBAN " + grouped4(iban[:2] + f"{check:02d}" + iban[4:])
 
 
+def _spaced_sizes(rng: random.Random) -> str:
+    # NANP-shaped (3-3-4, area and exchange 2-9), with nothing saying it is a phone
+    a, x, n = rand_nanp(rng)
+    return rng.choice(
+        [
+            f"--sizes {a} {x} {n}",
+            f"dims: {a} {x} {n}",
+            f"Table: {a} {x} {n}",
+            f"matrix 2 {a} {x} {n}",
+            f"[{a} {x} {n}]",
+            f"phone {a} {x} {n} {digits(rng, 4)}",  # a longer run of groups
+        ]
+    )
+
+
 NEGATIVES: dict[str, Callable[[random.Random], str]] = {
     "SSN area 000/666/9xx": _bad_ssn,
     "SSN group 00 / serial 0000": lambda r: r.choice(
@@ -286,6 +322,22 @@ NEGATIVES: dict[str, Callable[[random.Random], str]] = {
             f"call 1{digits(r, 2)}-555-{digits(r, 4)}",
             f"call {r.randint(2, 9)}11-555-{digits(r, 4)}",
             f"call 415-{r.randint(0, 1)}{digits(r, 2)}-{digits(r, 4)}",
+        ]
+    ),
+    "spaced 3-3-4 sizes, no phone keyword": _spaced_sizes,
+    "code ending in a SSN/phone shape": lambda r: r.choice(
+        [
+            f"SKU-{rand_ssn(r)[:3]}-45-{digits(r, 4)}",
+            "INV-{}-{}-{}".format(*rand_nanp(r)),
+            "ref ABC-{}-{}-{}".format(*rand_nanp(r)),
+            f"{rand_ssn(r)[:3]}-45-{digits(r, 4)}-A",
+        ]
+    ),
+    "Python slice / time typo": lambda r: r.choice(
+        [
+            f"x[{r.randint(1, 99)}::{r.randint(2, 9)}]",
+            f"s[{r.randint(1, 99)}::]",
+            f"Time {r.randint(0, 23)}:{r.randint(10, 59)}::{r.randint(10, 59)}",
         ]
     ),
     "10 digits in a row": lambda r: f"order {r.randint(2, 9)}{digits(r, 9)}",
@@ -351,12 +403,18 @@ def lmops_masker(mask: Callable[..., tuple[str, Counter[str]]]) -> Masker:
 
 
 def baseline(rev: str) -> Any:
-    """lmops's ``text/pii.py`` at git revision ``rev``, with the two modules it imports,
-    loaded from ``git show`` as a package of their own."""
+    """lmops's ``text/pii.py`` at git revision ``rev``, with the ``_pii_*`` modules it
+    imports, loaded from ``git show`` as a package of their own."""
     folder = Path(tempfile.mkdtemp(prefix="pii-bench-base-")) / "pii_base"
     folder.mkdir()
     (folder / "__init__.py").write_text("")
-    for name in ("pii", "_pii_checks", "_pii_view"):
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-tree", "--name-only", rev, "src/lmops/text/"],
+        capture_output=True,
+        text=True,
+    )
+    helpers = [Path(f).stem for f in listed.stdout.split() if Path(f).name.startswith("_pii_")]
+    for name in ("pii", *helpers):
         shown = subprocess.run(
             ["git", "-C", str(REPO), "show", f"{rev}:src/lmops/text/{name}.py"],
             capture_output=True,
