@@ -372,6 +372,11 @@ def test_a_template_without_tools_is_refused_naming_the_row_and_the_fix(tmp_path
             "field 'tools': not valid JSON",
         ),
         (
+            {"messages": [ASK, ANSWER],
+             "tools": [{"name": "get_weather", "parameters": {"type": "objekt"}}]},
+            "field 'tools[0].function.parameters': invalid JSON schema at type:",
+        ),
+        (
             {"messages": [ASK, {"role": "function", "content": "21 C"}]},
             "field 'messages[1].role': 'function' is OpenAI's retired role",
         ),
@@ -404,6 +409,91 @@ def test_the_readme_tool_job_and_its_row_read_as_shown(tok: Any, tmp_path: Path)
     assert spec.chat_template == CHATML_TOOLS and spec.stage == "sft"
     ((ids, labels),) = sft(tok, tmp_path / "readme.jsonl", [row])
     assert learned(tok, (ids, labels)) == CALL_TEXT + "<|im_end|>"
+
+
+# -- arguments as the gateway's grammar writes them ---------------------------------------------------
+UNITS_FN = {
+    "name": "get_weather",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "unit": {"type": "string", "enum": ["c", "f"]},
+            "when": {"type": "object", "properties": {"day": {"type": "string"},
+                                                      "hour": {"type": "integer"}}},
+        },
+        "required": ["city", "unit"],
+    },
+}  # fmt: skip
+
+
+def test_arguments_train_in_the_order_the_gateways_grammar_writes_them(
+    tok: Any, tmp_path: Path
+) -> None:
+    """Arguments written in another order than the schema's ``properties`` (at any depth,
+    as an object or as JSON text, with a key the schema does not name) train in the
+    schema's order, which is the only order the gateway's grammar lets the model write:
+    the grammar of the same tools accepts, token by token, the call the model learned."""
+    pytest.importorskip("llguidance", reason="the gateway's grammar is llguidance")
+    from llguidance import LLMatcher
+    from llguidance.hf import from_tokenizer
+
+    from lmops.serve.tools import ToolPlan, compile_plan
+
+    args = {"when": {"hour": 9, "day": "mon"}, "note": "x", "unit": "c", "city": "Paris"}
+    want = '{"city": "Paris", "unit": "c", "when": {"day": "mon", "hour": 9}, "note": "x"}'
+    rows = [
+        {"messages": [ASK, calls({"type": "function", "function": {"name": "get_weather",
+                                                                   "arguments": value}})],
+         "tools": [{"type": "function", "function": UNITS_FN}]}
+        for value in (args, json.dumps(args))
+    ] + [
+        {"conversations": [{"from": "human", "value": "Weather in Paris?"},
+                           {"from": "function_call",
+                            "value": json.dumps({"name": "get_weather", "arguments": args})}],
+         "tools": json.dumps([UNITS_FN])},
+    ]  # fmt: skip
+    examples = sft(tok, tmp_path / "rows.jsonl", rows)
+    text = f'<tool_call>\n{{"name": "get_weather", "arguments": {want}}}\n</tool_call>'
+    assert [learned(tok, e) for e in examples] == [text + "<|im_end|>"] * 3
+    plan = ToolPlan(mode="required", tools=[{"type": "function", "function": UNITS_FN}])
+    compile_plan(plan)
+    matcher = LLMatcher(from_tokenizer(tok), plan.grammar, log_level=0)
+    assert all(matcher.consume_token(t) for t in tok(text, add_special_tokens=False)["input_ids"])
+    assert matcher.is_accepting(), matcher.get_error()
+
+
+@pytest.mark.parametrize(
+    ("args", "field", "reason"),
+    [
+        ({"city": 5, "unit": "c"}, "messages[1].tool_calls[0].function.arguments",
+         "not valid under get_weather's parameters at city: 5 is not of type 'string'"),
+        ({"city": "Paris"}, "messages[1].tool_calls[0].function.arguments",
+         "not valid under get_weather's parameters: 'unit' is a required property"),
+        ({"city": "Paris", "unit": "k"}, "conversations[1].value",
+         "not valid under get_weather's parameters at unit: 'k' is not one of ['c', 'f']"),
+    ],
+)  # fmt: skip
+def test_arguments_the_schema_refuses_are_named_in_one_line(
+    tmp_path: Path, args: dict[str, Any], field: str, reason: str
+) -> None:
+    if field.startswith("conversations"):
+        row: dict[str, Any] = {
+            "conversations": [{"from": "human", "value": "x"}, {"from": "function_call",
+                              "value": json.dumps({"name": "get_weather", "arguments": args})}],
+            "tools": json.dumps([UNITS_FN]),
+        }  # fmt: skip
+    else:
+        fn = {"name": "get_weather", "arguments": json.dumps(args)}
+        row = {
+            "messages": [ASK, calls({"type": "function", "function": fn})],
+            "tools": [{"type": "function", "function": UNITS_FN}],
+        }
+    path = write(tmp_path / "rows.jsonl", [row])
+    with pytest.raises(UserError) as e:
+        load_training_rows([path], "sft")
+    assert str(e.value).startswith(f"{path}:1: field '{field}': {reason}; the gateway's grammar")
+    assert "\n" not in str(e.value)
 
 
 # -- preference rows -----------------------------------------------------------------------------

@@ -57,7 +57,7 @@ from typing import Any, Literal
 
 from lmops.core.errors import UserError
 from lmops.core.rows import ANNOTATIONS_KEY, BadRow, Row
-from lmops.core.toolrows import check_calls, check_tools, tool_names
+from lmops.core.toolrows import check_calls, check_tools, tool_schemas
 
 __all__ = [
     "FORMATS",
@@ -324,7 +324,7 @@ def _check_chat(row: Mapping[str, Any]) -> list[Problem]:
     if "messages" not in row:
         return [("messages", "missing", "required field is missing")]
     problems = _tools(row)
-    names = tool_names(row.get("tools")) if not problems else None
+    names = tool_schemas(row.get("tools")) if not problems else None
     return problems + _messages(
         row["messages"], "messages", first="user", last="assistant", system=True, names=names
     )
@@ -337,7 +337,7 @@ def _tools(row: Mapping[str, Any]) -> list[Problem]:
 
 def _check_preference(row: Mapping[str, Any]) -> list[Problem]:
     problems = _tools(row)
-    names = tool_names(row.get("tools")) if not problems else None
+    names = tool_schemas(row.get("tools")) if not problems else None
     for name, first, last in (
         ("prompt", "user", "user"),
         ("chosen", "assistant", "assistant"),
@@ -384,7 +384,7 @@ def _messages(
     first: str,
     last: str,
     system: bool,
-    names: set[str] | None = None,
+    names: Mapping[str, Any] | None = None,
 ) -> list[Problem]:
     """Check a message list: an optional leading system message (when ``system``), then
     turns alternating user/assistant from ``first``, ending with ``last`` (a prompt, whose
@@ -476,7 +476,7 @@ def check_messages(
     first: str,
     last: str,
     system: bool,
-    names: set[str] | None = None,
+    names: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, str, str]]:
     """The problems of a message list as ``(field, code, reason)``: an optional leading
     system message (when ``system``), then turns alternating user/assistant from

@@ -65,9 +65,10 @@ from lmops.core.errors import name_hint
 from lmops.core.formats import check_messages, to_chat, validate_row
 from lmops.core.toolrows import (
     check_tools,
+    order_arguments,
     read_function_call,
     read_tools,
-    tool_names,
+    tool_schemas,
     uniform_call,
 )
 
@@ -261,7 +262,7 @@ class RowReader:
             "kto_chat": self._kto_chat,
         }[shape]
         try:
-            return Read(shape, convert(view))
+            return Read(shape, order_arguments(convert(view)))
         except RowProblem as e:
             e.shape = shape
             raise
@@ -649,7 +650,7 @@ class RowReader:
 
     def _check_unpaired(self, built: _Built) -> None:
         row = built.row
-        names = tool_names(row.get("tools"))
+        names = tool_schemas(row.get("tools"))
         for name, first in (("prompt", "user"), ("completion", "assistant")):
             value = row.get(name, _MISSING)
             if value is _MISSING:

@@ -17,9 +17,13 @@ lmops's form, OpenAI's fine-tuning format::
 ``arguments`` is a JSON object or its JSON text (TRL writes objects); ``id``,
 ``tool_call_id`` and a tool message's ``name`` are optional (what a chat template uses of
 them, it renders). A tool object's function has a ``name`` the gateway accepts
-(``[A-Za-z0-9_-]``, 1 to 64 characters) and an object ``parameters`` (a JSON schema) if
-any; names are unique, and a row that lists tools calls only those: the gateway reports
-only calls of the request's tools, so a call of another would teach what it drops.
+(``[A-Za-z0-9_-]``, 1 to 64 characters) and an object ``parameters`` (a JSON schema, draft
+2020-12, as the gateway checks it) if any; names are unique. A row that calls tools lists
+them, and calls only those: the gateway reports only calls of the request's tools, so a
+call of another would teach what it drops. A call's arguments are valid under its tool's
+``parameters`` and are trained in the order of the schema's ``properties`` (then any
+others, in the row's order; nested objects too): the gateway's grammar
+(``models/grammar.py``) makes the model write them so, and would reject another order.
 
 Read as this form by :mod:`lmops.core.shapes`: a ``tools`` value that is the JSON text of
 the list (LLaMA-Factory stores it so) or lists bare functions (``{name, description,
@@ -41,10 +45,11 @@ __all__ = [
     "check_calls",
     "check_tools",
     "has_tool_turns",
+    "order_arguments",
     "read_function_call",
     "read_tools",
-    "tool_names",
     "tool_object",
+    "tool_schemas",
     "uniform_call",
 ]
 
@@ -104,19 +109,36 @@ def check_tools(value: Any, name: str = "tools") -> list[Problem]:
                     f"expected a JSON schema object, got {_type(params)}",
                 )
             ]
+        if params is not None and (why := _schema_error(params)) is not None:
+            return [(f"{where}.function.parameters", "tool", why)]
     return []
 
 
-def tool_names(tools: Any) -> set[str] | None:
-    """The function names of a (checked) ``tools`` list; None without one."""
+def _schema_error(schema: Mapping[str, Any]) -> str | None:
+    """Why ``schema`` is not a JSON schema the gateway takes (draft 2020-12), or None."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as e:
+        at = "/".join(str(p) for p in e.path)
+        return f"invalid JSON schema{' at ' + at if at else ''}: {e.message}"
+    return None
+
+
+def tool_schemas(tools: Any) -> dict[str, Any] | None:
+    """Each function of a (checked) ``tools`` list by name, its ``parameters`` (None where
+    it has none); None without a list."""
     if not isinstance(tools, list) or not tools:
         return None
-    return {t["function"]["name"] for t in tools}
+    return {t["function"]["name"]: t["function"].get("parameters") for t in tools}
 
 
-def check_calls(calls: Any, where: str, names: set[str] | None) -> list[Problem]:
+def check_calls(calls: Any, where: str, tools: Mapping[str, Any] | None) -> list[Problem]:
     """The problems of an assistant message's ``tool_calls`` (``where``: the message);
-    ``names``: the row's tools (None: the row lists none)."""
+    ``tools``: the row's tools, their ``parameters`` by name (:func:`tool_schemas`; None:
+    the row lists none)."""
     field = f"{where}.tool_calls"
     if not isinstance(calls, list):
         return [(field, "type", f"expected a list of calls, got {_type(calls)}")]
@@ -134,8 +156,8 @@ def check_calls(calls: Any, where: str, names: set[str] | None) -> list[Problem]
         fname = fn.get("name")
         if not isinstance(fname, str) or not fname:
             return [(f"{at}.function.name", "tool", f"expected a function name, got {fname!r}")]
-        if names is not None and fname not in names:
-            listed = ", ".join(sorted(names))
+        if tools is not None and fname not in tools:
+            listed = ", ".join(sorted(tools))
             return [
                 (
                     f"{at}.function.name",
@@ -158,7 +180,83 @@ def check_calls(calls: Any, where: str, names: set[str] | None) -> list[Problem]
                     f"expected a JSON object (or its JSON text), got {_type(args)}",
                 )
             ]
+        schema = tools.get(fname) if tools is not None else None
+        if schema is not None and (why := _arguments_error(args, schema, fname)) is not None:
+            return [(f"{at}.function.arguments", "tool", why)]
     return []
+
+
+def _arguments_error(args: Mapping[str, Any], schema: Mapping[str, Any], name: str) -> str | None:
+    """Why ``args`` are not valid under the ``parameters`` of ``name``, or None."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    error = best_match(Draft202012Validator(schema).iter_errors(args))
+    if error is None:
+        return None
+    at = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    where = f" at {at.lstrip('.')}" if at else ""
+    message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
+    return (
+        f"not valid under {name}'s parameters{where}: {message}; the gateway's grammar "
+        "makes the model write arguments its schema accepts"
+    )
+
+
+def order_arguments(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` (a checked lmops row) with each call's arguments in the order the gateway's
+    grammar writes them: its tool's ``properties`` first, in the schema's order, then the
+    others, in the row's (in nested objects too). Arguments given as JSON text stay text."""
+    schemas = tool_schemas(row.get("tools"))
+    if not schemas:
+        return row
+    out = dict(row)
+    for key in ("messages", "prompt", "completion", "chosen", "rejected"):
+        if isinstance(row.get(key), list):
+            out[key] = [_ordered_message(m, schemas) for m in row[key]]
+    return out
+
+
+def _ordered_message(m: Any, schemas: Mapping[str, Any]) -> Any:
+    if not isinstance(m, Mapping) or not isinstance(m.get("tool_calls"), list):
+        return m
+    calls = []
+    for call in m["tool_calls"]:
+        fn = call["function"]
+        schema = schemas.get(fn["name"])
+        args = fn.get("arguments")
+        if schema is not None:
+            text = isinstance(args, str)
+            value = _ordered(json.loads(args) if text else args, schema, schema)
+            args = json.dumps(value, ensure_ascii=False) if text else value
+        calls.append({**call, "function": {**fn, "arguments": args}})
+    return {**m, "tool_calls": calls}
+
+
+def _ordered(value: Any, schema: Any, root: Mapping[str, Any]) -> Any:
+    """``value`` with its objects' keys in ``schema``'s ``properties`` order (``$ref``s
+    into ``root``'s ``$defs`` followed), as llguidance's JSON grammar orders them."""
+    for _ in range(32):  # a chain of references, not a cycle
+        ref = schema.get("$ref") if isinstance(schema, Mapping) else None
+        if not (isinstance(ref, str) and ref.startswith("#/")):
+            break
+        node: Any = root
+        for part in ref[2:].split("/"):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        schema = node
+    if not isinstance(schema, Mapping):
+        return value
+    if isinstance(value, Mapping):
+        props = schema.get("properties")
+        props = props if isinstance(props, Mapping) else {}
+        first = [k for k in props if k in value]
+        return {
+            k: _ordered(value[k], props.get(k), root)
+            for k in [*first, *(k for k in value if k not in props)]
+        }
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [_ordered(v, schema["items"], root) for v in value]
+    return value
 
 
 def has_tool_turns(messages: Any) -> bool:
