@@ -354,13 +354,15 @@ def test_a_template_without_tools_is_refused_naming_the_row_and_the_fix(tmp_path
         (
             {"conversations": [{"from": "human", "value": "x"},
                                {"from": "function_call", "value": SHAREGPT_CALL},
-                               {"from": "human", "value": "and?"}]},
+                               {"from": "human", "value": "and?"}],
+             "tools": json.dumps([WEATHER_FN])},
             "field 'conversations[2].from': expected 'observation' (the results) after tool "
             "calls, got 'human'",
         ),
         (
             {"messages": [ASK, calls({"type": "function",
-                                      "function": {"name": "get_weather", "arguments": "[1]"}})]},
+                                      "function": {"name": "get_weather", "arguments": "[1]"}})],
+             "tools": [WEATHER]},
             "field 'messages[1].tool_calls[0].function.arguments': expected a JSON object",
         ),
         (
@@ -381,8 +383,34 @@ def test_a_template_without_tools_is_refused_naming_the_row_and_the_fix(tmp_path
             "field 'messages[1].role': 'function' is OpenAI's retired role",
         ),
         (
-            {"messages": [ASK, calls(call("Paris")), result("21 C")]},
+            {"messages": [ASK, calls(call("Paris")), result("21 C")], "tools": [WEATHER]},
             "field 'messages[2].role': the last turn must be 'assistant', got 'tool'",
+        ),
+        # calls without tools: the gateway reports calls of the request's tools only
+        (
+            {"messages": [ASK, calls(call("Paris")), result("21 C"), ANSWER]},
+            "field 'messages[1].tool_calls[0].function.name': the row calls get_weather but "
+            "lists no tools; add a tools column (columns.tools)",
+        ),
+        (
+            {"messages": [ASK, calls(call("Paris")), result("21 C"), ANSWER], "tools": []},
+            "field 'messages[1].tool_calls[0].function.name': the row calls get_weather but "
+            "lists no tools",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "x"},
+                               {"from": "function_call", "value": SHAREGPT_CALL},
+                               {"from": "observation", "value": "21 C"},
+                               {"from": "gpt", "value": "ok"}],
+             "tools": ""},
+            "field 'conversations[1].value': the row calls get_weather but lists no tools",
+        ),
+        (
+            {"messages": [ASK, calls({"type": "function",
+                                      "function": {"name": "rm -rf", "arguments": "{}"}}),
+                          result("ok"), ANSWER]},
+            "field 'messages[1].tool_calls[0].function.name': expected a name of 1 to 64 "
+            "letters, digits, '_' or '-', got 'rm -rf'",
         ),
     ],
 )  # fmt: skip

@@ -42,7 +42,7 @@ rows read from files by :mod:`lmops.core.rows`, with the place instead of the ro
     identical    chosen equals rejected
     weight       a message's weight is not 0 or 1, or is on a turn that is not the assistant's
     tool         a tool list or call that is not OpenAI's: no function name, arguments that
-                 are not a JSON object, a call of a tool the row's ``tools`` do not list
+                 are not a JSON object, a call of a tool the row's ``tools`` do not list (or of any, where it lists none)
     malformed    (read from a file) the row is not valid JSON
     encoding     (read from a file) the row is not valid UTF-8
     fields       (read from a file) a CSV record with the wrong number of fields
@@ -324,8 +324,10 @@ def _check_chat(row: Mapping[str, Any]) -> list[Problem]:
     if "messages" not in row:
         return [("messages", "missing", "required field is missing")]
     problems = _tools(row)
-    names = tool_schemas(row.get("tools")) if not problems else None
-    return problems + _messages(
+    if problems:  # the calls are checked against the tools: those first
+        return problems
+    names = tool_schemas(row.get("tools"))
+    return _messages(
         row["messages"], "messages", first="user", last="assistant", system=True, names=names
     )
 
@@ -337,7 +339,9 @@ def _tools(row: Mapping[str, Any]) -> list[Problem]:
 
 def _check_preference(row: Mapping[str, Any]) -> list[Problem]:
     problems = _tools(row)
-    names = tool_schemas(row.get("tools")) if not problems else None
+    if problems:
+        return problems
+    names = tool_schemas(row.get("tools"))
     for name, first, last in (
         ("prompt", "user", "user"),
         ("chosen", "assistant", "assistant"),
@@ -390,7 +394,7 @@ def _messages(
     turns alternating user/assistant from ``first``, ending with ``last`` (a prompt, whose
     ``last`` is ``user``, may also end with tool results). An assistant turn that calls
     tools is followed by ``tool`` turns, and those by an assistant turn; ``names``: the
-    row's tools, the only ones a call may name (None: the row lists none)."""
+    row's tools, the only ones a call may name (None: the row lists none, so it may call none)."""
     if not isinstance(value, list):
         return [(name, "type", f"expected a list of messages, got {_type(value)}")]
     if not value:

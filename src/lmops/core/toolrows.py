@@ -19,8 +19,8 @@ lmops's form, OpenAI's fine-tuning format::
 them, it renders). A tool object's function has a ``name`` the gateway accepts
 (``[A-Za-z0-9_-]``, 1 to 64 characters) and an object ``parameters`` (a JSON schema, draft
 2020-12, as the gateway checks it) if any; names are unique. A row that calls tools lists
-them, and calls only those: the gateway reports only calls of the request's tools, so a
-call of another would teach what it drops. A call's arguments are valid under its tool's
+them, and calls only those, by names the gateway accepts: the gateway reports only calls
+of the request's tools, so a call of another would teach what it drops. A call's arguments are valid under its tool's
 ``parameters`` and are trained in the order of the schema's ``properties`` (then any
 others, in the row's order; nested objects too): the gateway's grammar
 (``models/grammar.py``) makes the model write them so, and would reject another order.
@@ -154,9 +154,23 @@ def check_calls(calls: Any, where: str, tools: Mapping[str, Any] | None) -> list
         if "id" in call and call["id"] is not None and not isinstance(call["id"], str):
             return [(f"{at}.id", "type", f"expected a string, got {_type(call['id'])}")]
         fname = fn.get("name")
-        if not isinstance(fname, str) or not fname:
-            return [(f"{at}.function.name", "tool", f"expected a function name, got {fname!r}")]
-        if tools is not None and fname not in tools:
+        if not isinstance(fname, str) or not _NAME.fullmatch(fname):
+            return [
+                (
+                    f"{at}.function.name",
+                    "tool",
+                    f"expected a name of 1 to 64 letters, digits, '_' or '-', got {fname!r}",
+                )
+            ]
+        if tools is None:
+            return [
+                (
+                    f"{at}.function.name",
+                    "tool",
+                    f"the row calls {fname} but lists no tools; add a tools column (columns.tools)",
+                )
+            ]
+        if fname not in tools:
             listed = ", ".join(sorted(tools))
             return [
                 (
