@@ -339,6 +339,7 @@ def test_failing_rows_are_kept_counted_and_exit_nonzero_unless_allowed(
     assert store.assets.get(out["output"]).metadata["failed"] == out["failed"]
 
 
+CALL = {"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
 TWO_USERS = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}
 BAD_ROWS = [
     (
@@ -361,6 +362,20 @@ BAD_ROWS = [
         "(read as a prompt row)",
     ),
     (["just a string"], "in.jsonl:1: expected a JSON object, got str"),
+    (
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "Weather?"},
+                    {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                    {"role": "tool", "content": "21 C"},
+                ],
+                "tools": [{"type": "function", "function": {"name": "get_weather"}}],
+            }
+        ],
+        "in.jsonl:1: the row has tool calls or results; a batch asks without tools, so leave "
+        "such rows out of its input",
+    ),
 ]
 
 

@@ -20,7 +20,8 @@ the monitor stage only answers "did it drift?". One round (:func:`watch_once`):
    ``challenger_output`` is the challenger, which must be a version of the champion's asset
    (so the champion's alias can move to it);
 5. both models score the fixed ``eval_set`` and the holdout: negative log-likelihood of each
-   reference answer per character (lower is better), through eval's ``HFEvalModel``;
+   reference answer per character (lower is better), through eval's ``HFEvalModel`` (chats
+   with tool calls or results are left out: the scoring renders text turns only);
 6. promotion moves the champion's alias (``chat@production``) only when the challenger's
    combined NLL is lower by at least ``margin`` (a share of the champion's) and it is not
    worse on the fixed set by more than ``max_regression``. The gateway re-resolves alias
@@ -147,12 +148,15 @@ def load_watch(path: Path) -> tuple[WatchSpec, Path]:
 def _chat_rows(path: Path, limit: int | None = None) -> list[list[dict[str, str]]]:
     from lmops.core.formats import to_chat
     from lmops.core.rows import read_rows
+    from lmops.core.toolrows import has_tool_turns
 
     out = []
     for row in read_rows([path], on_error="skip"):
         try:
             chat = to_chat(row.values)
         except UserError:
+            continue
+        if has_tool_turns(chat):  # scored as text answers to text prompts: not tool chats
             continue
         if len(chat) >= 2 and chat[-1]["role"] == "assistant" and chat[-1]["content"].strip():
             out.append(chat)

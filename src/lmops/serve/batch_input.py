@@ -9,6 +9,9 @@ Every input row becomes prompt messages (:func:`prompt_of`):
 * ``{"prompt": str | messages}`` rows and preference rows (their prompt);
 * ``{"text": str}`` rows, sent as one user turn.
 
+A row with tool calls or results is refused in one line: a batch's requests carry no
+``tools``, and a tool conversation rendered without them is not the one the row holds.
+
 A row may carry ``variables`` (an object), the values of a bound prompt's variables for that
 row, over those of ``--var NAME=VALUE``; it is not part of the prompt.
 
@@ -55,6 +58,7 @@ def prompt_of(row: Any, where: str) -> list[Message]:
     Raises :class:`UserError` naming ``where`` and the field of the first problem.
     """
     from lmops.core.formats import detect_format, to_chat, to_preference, validate_row
+    from lmops.core.toolrows import has_tool_turns
 
     if not isinstance(row, Mapping):
         raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
@@ -65,14 +69,20 @@ def prompt_of(row: Any, where: str) -> list[Message]:
         fmt, label = "preference", "a prompt"  # validated as the prompt of a preference row
     stand_in = {"role": "assistant", "content": _STAND_IN}
     probe: Mapping[str, Any]
+    tools = {"tools": row["tools"]} if "tools" in row else {}  # what the calls are checked by
     if fmt == "preference":
-        probe = {"prompt": row.get("prompt"), "chosen": _STAND_IN, "rejected": _STAND_IN + "-"}
+        probe = {
+            "prompt": row.get("prompt"),
+            "chosen": _STAND_IN,
+            "rejected": _STAND_IN + "-",
+            **tools,
+        }
     elif fmt == "sft_chat":
         msgs = row["messages"]
         last = msgs[-1] if isinstance(msgs, list) and msgs else None
         if isinstance(last, Mapping) and last.get("role") == "assistant":
             msgs = msgs[:-1]  # a reference answer: answered again
-        probe = {"messages": [*msgs, stand_in] if isinstance(msgs, list) else msgs}
+        probe = {"messages": [*msgs, stand_in] if isinstance(msgs, list) else msgs, **tools}
     elif fmt == "sft_alpaca":
         probe = {**row, "output": _STAND_IN}  # the reference output is not needed
     elif fmt == "pretrain":
@@ -87,11 +97,15 @@ def prompt_of(row: Any, where: str) -> list[Message]:
         p = problems[0]
         at = f"field '{p.field}': " if p.field else ""
         raise UserError(f"{where}: {at}{p.reason} (read as {label} row)")
-    if fmt == "preference":
-        return to_preference(probe)[0]
     if fmt == "pretrain":
         return [{"role": "user", "content": str(row["text"])}]
-    return to_chat(probe, fmt)[:-1]
+    messages = to_preference(probe)[0] if fmt == "preference" else to_chat(probe, fmt)[:-1]
+    if has_tool_turns(messages):  # the row's tools are not sent with a batch's requests
+        raise UserError(
+            f"{where}: the row has tool calls or results; a batch asks without tools, so "
+            "leave such rows out of its input"
+        )
+    return messages
 
 
 def _input_files(path: Path) -> list[Path]:
