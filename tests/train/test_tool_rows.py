@@ -18,7 +18,7 @@ import yaml
 
 from lmops.core.errors import UserError
 from lmops.models.chat import CHATML_TOOLS, chat_text
-from lmops.models.loading import load_tokenizer
+from lmops.models.loading import CHATML, load_tokenizer
 from lmops.store import Store
 from lmops.train.data import IGNORE, build_sft_examples, load_training_rows
 from tests.train.tiny import make_tokenizer
@@ -327,13 +327,61 @@ def test_a_template_without_tools_is_refused_naming_the_row_and_the_fix(tmp_path
         build_sft_examples(rows, plain, 2048)
     assert str(e.value) == (
         f"{path}:2: the row has tool calls, and the model's chat template does not render "
-        "tools; set chat_template: chatml-tools in the job (ChatML with tool calls in the "
-        "format the gateway parses), or train a model whose own template takes tools "
-        "(Qwen2.5's does)"
+        "tools as the gateway reads them (<tool_call> text, and the results); set "
+        "chat_template: chatml-tools in the job (ChatML with tool calls in the format the "
+        "gateway parses), or train a model whose own template takes tools (Qwen2.5's does)"
     )
     only_tools = write(tmp_path / "t.jsonl", [{"messages": [ASK, ANSWER], "tools": [WEATHER]}])
     with pytest.raises(UserError, match=r"t\.jsonl:1: the row has tools, and the model's"):
         build_sft_examples(load_training_rows([only_tools], "sft").rows, plain, 2048)
+
+
+# Templates that name tools and still do not write a call as the gateway reads it.
+LLAMA_LIKE = (
+    "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.tool_calls %}"
+    "{% for c in m.tool_calls %}"
+    '{"name": "{{ c.function.name }}", "parameters": {{ c.function.arguments | tojson }}}'
+    "{% endfor %}{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN25_CALLS = (  # the tool-call part of Qwen2.5's template, which the probe accepts
+    "{%- if tools %}<|im_start|>system\n{%- for tool in tools %}{{- tool | tojson }}"
+    "{%- endfor %}<|im_end|>\n{%- endif %}{%- for message in messages %}"
+    "{%- if message.role == 'assistant' and message.tool_calls %}"
+    "{{- '<|im_start|>assistant' }}{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    '{{- \'\\n<tool_call>\\n{"name": "\' }}{{- tool_call.name }}'
+    "{{- '\", \"arguments\": ' }}{{- tool_call.arguments | tojson }}{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}{{- '<|im_end|>\\n' }}{%- elif message.role == 'tool' %}"
+    "{{- '<|im_start|>user\\n<tool_response>\\n' + message.content + '\\n</tool_response>"
+    "<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>' + message.role + '\\n' + message.content"
+    " + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "trains"),
+    [
+        (LLAMA_LIKE, False),  # calls as bare JSON with "parameters": the parser finds none
+        ("{#- supports tools? no -#}" + CHATML, False),  # names tools, drops the call
+        (CHATML, False),
+        (QWEN25_CALLS, True),
+        (CHATML_TOOLS, True),
+    ],
+)
+def test_only_a_template_that_writes_calls_as_the_gateway_reads_them_trains_tool_rows(
+    tmp_path: Path, template: str, trains: bool
+) -> None:
+    tok = load_tokenizer(make_tokenizer(tmp_path / "tok"), template)
+    rows = load_training_rows([write(tmp_path / "rows.jsonl", [OPENAI])], "sft").rows
+    if trains:
+        (example,) = build_sft_examples(rows, tok, 2048)[0]
+        assert CALL_TEXT in tok.decode(example.input_ids)
+        return
+    with pytest.raises(UserError, match=r"rows\.jsonl:1: the row has tool calls, and the model"):
+        build_sft_examples(rows, tok, 2048)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ __all__ = [
     "chat_text",
     "render_tools",
     "template_has_tools",
+    "template_writes_calls",
 ]
 
 
@@ -82,6 +83,60 @@ def template_has_tools(tokenizer: Any) -> bool:
     """Whether the tokenizer's chat template renders a ``tools`` list itself."""
     template = getattr(tokenizer, "chat_template", None)
     return isinstance(template, str) and "tools" in template
+
+
+# A call and its result, rendered through a template to see that it writes them as the
+# gateway reads them (template_writes_calls)
+_PROBE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lmops_probe",
+        "description": "A probe.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+_PROBE_ARGS = {"city": "Probeville"}
+_PROBE_RESULT = "lmops probe result 4711"
+_PROBE_CHAT: list[dict[str, Any]] = [
+    {"role": "user", "content": "Weather in Probeville?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "lmops_probe", "arguments": json.dumps(_PROBE_ARGS)},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "name": "lmops_probe", "content": _PROBE_RESULT},
+]
+_probed: dict[str, bool] = {}  # template text -> whether it writes calls as the gateway reads
+
+
+def template_writes_calls(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template renders tools itself and writes a call as the
+    gateway's parser reads it (:func:`lmops.models.toolformat.call_text`) and its result:
+    a probe conversation is rendered and the call's text looked for, since a template can
+    name ``tools`` and still drop calls (a ``{# tools #}`` comment) or write them in
+    another format (Llama 3.1's JSON without ``<tool_call>``)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not template_has_tools(tokenizer):
+        return False
+    if template not in _probed:
+        messages, tools = render_tools(_PROBE_CHAT, [_PROBE_TOOL], native=True)
+        try:
+            text = str(
+                tokenizer.apply_chat_template(
+                    messages, tools=tools, tokenize=False, add_generation_prompt=True
+                )
+            )
+        except Exception:  # a template that raises on tool turns renders none
+            text = ""
+        call = call_text("lmops_probe", _PROBE_ARGS)
+        _probed[template] = call in text and _PROBE_RESULT in text
+    return _probed[template]
 
 
 def arguments_object(arguments: Any) -> Any:

@@ -234,19 +234,23 @@ def encode_chat(
 
 def check_tool_template(tokenizer: Any, row: Mapping[str, Any], where: str) -> None:
     """Refuse a row with tools or tool turns for a chat template that cannot render them
-    (one line: the row's place and the fix). The gateway would serve such a model with the
-    Hermes text of :mod:`lmops.models.toolformat` in a system turn; a model is taught the
-    template it is served with instead, which says what its tools are."""
+    as the gateway reads them (one line: the row's place and the fix): one that takes no
+    ``tools``, or drops a call, or writes it in another format than the gateway's parser
+    reads (:func:`lmops.models.chat.template_writes_calls` probes it). The gateway would
+    serve a model without tools support with the Hermes text of
+    :mod:`lmops.models.toolformat` in a system turn; a model is taught the template it is
+    served with instead, which says what its tools are."""
     from lmops.core.toolrows import has_tool_turns
-    from lmops.models.chat import template_has_tools
+    from lmops.models.chat import template_writes_calls
 
     turns = any(has_tool_turns(row.get(k)) for k in ("messages", "prompt", "chosen", "rejected"))
     turns = turns or has_tool_turns(row.get("completion"))
-    if not (turns or row.get("tools")) or template_has_tools(tokenizer):
+    if not (turns or row.get("tools")) or template_writes_calls(tokenizer):
         return
     what = "tool calls" if turns else "tools"
     raise UserError(
-        f"{where}: the row has {what}, and the model's chat template does not render tools; "
+        f"{where}: the row has {what}, and the model's chat template does not render tools "
+        "as the gateway reads them (<tool_call> text, and the results); "
         "set chat_template: chatml-tools in the job (ChatML with tool calls in the format the "
         "gateway parses), or train a model whose own template takes tools (Qwen2.5's does)"
     )
