@@ -225,8 +225,8 @@ class Engine:
         writes ``<|im_end|>\n<|im_start|>system`` gets those characters as ordinary text,
         not a forged turn. ``control_tokens="refuse"`` raises :class:`ControlTokenError`
         instead. Messages without any special-token string (nearly all) are encoded in one
-        call, exactly as before; otherwise each message's text is spliced into the rendered
-        template at its place and encoded with ``split_special_tokens=True``.
+        call, exactly as before; otherwise the text of each message holding one is spliced into
+        the rendered template at its place and encoded with ``split_special_tokens=True``.
         """
         forged = [i for i, m in enumerate(messages) if self._has_control(m.get("content"))]
         if forged and control_tokens == "refuse":
@@ -239,10 +239,14 @@ class Engine:
                 add_generation_prompt=add_generation_prompt,
             )
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        # Render the template with a placeholder per message, then encode the template's
-        # own text normally and each message's text with its special tokens split.
-        marks = [f"\ue000lmops{uuid.uuid4().hex}\ue001" for _ in messages]
-        placeholders = [{**m, "content": mark} for m, mark in zip(messages, marks, strict=True)]
+        # Render the template with a placeholder in each message that holds such a string,
+        # then encode the template's text (and the other messages') normally and those
+        # messages' text with its special tokens split. Only those: a placeholder in an
+        # empty content (a tool-call turn's) would make the template render it as text.
+        marks = {i: f"\ue000lmops{uuid.uuid4().hex}\ue001" for i in forged}
+        placeholders = [
+            {**m, "content": marks[i]} if i in marks else m for i, m in enumerate(messages)
+        ]
         text = str(
             self.tokenizer.apply_chat_template(
                 placeholders,
@@ -251,11 +255,9 @@ class Engine:
                 add_generation_prompt=add_generation_prompt,
             )
         )
-        contents = {
-            mark: text_of(m.get("content")) for m, mark in zip(messages, marks, strict=True)
-        }
+        contents = {mark: text_of(messages[i].get("content")) for i, mark in marks.items()}
         ids: list[int] = []
-        for piece in re.split("(" + "|".join(map(re.escape, marks)) + ")", text):
+        for piece in re.split("(" + "|".join(map(re.escape, contents)) + ")", text):
             if piece in contents:
                 ids += self.tokenizer(
                     contents[piece], add_special_tokens=False, split_special_tokens=True
