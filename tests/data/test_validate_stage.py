@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 WEATHER_FN = {"name": "get_weather", "parameters": {"type": "object"}}
@@ -182,3 +183,32 @@ def test_what_validate_refuses_to_guess(cli: Any, tmp_path: Path) -> None:
     for args, message in cases.items():
         r = cli("data", "validate", path, *args)
         assert r.code == 2 and r.err.startswith(f"error: {message}"), (args, r.err)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        # tools as LLaMA-Factory's JSON text of bare functions
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+         "tools": json.dumps([{"name": "get_weather"}])},
+        # tools as bare functions
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+         "tools": [{"name": "get_weather"}]},
+        # a call written flat
+        {"messages": [{"role": "user", "content": "x"},
+                      {"role": "assistant", "content": None,
+                       "tool_calls": [{"name": "get_weather", "arguments": {}}]},
+                      {"role": "tool", "content": "21 C"},
+                      {"role": "assistant", "content": "y"}],
+         "tools": [{"type": "function", "function": {"name": "get_weather"}}]},
+    ],
+)  # fmt: skip
+def test_tool_rows_training_reads_get_the_stage_hint_without_a_stage(
+    cli: Any, tmp_path: Path, row: dict[str, Any]
+) -> None:
+    path = write(tmp_path / "tools.jsonl", [row])
+    r = cli("data", "validate", str(path), "--json")
+    assert r.code == 1
+    assert "add --stage sft" in r.err
+    staged = cli("data", "validate", str(path), "--stage", "sft", "--json")
+    assert staged.code == 0, staged.out

@@ -284,11 +284,12 @@ def validate(
         print_json(rep.to_dict())
     else:  # a dataset's rows by its version (mix:1/part-00000.jsonl:2), not the store's folder
         console.print(name_views(rep.summary()), markup=False)
-    if stage is None and rep.error_counts.get("undetected"):
+    if stage is None and (rep.error_counts.get("undetected") or _tool_spellings(rep)):
         err_console.print(
             "note: rows written for other tools (ShareGPT's conversations, TRL's prompt/"
-            "completion, KTO labels...) are read by a training stage: add --stage sft (or "
-            "the job's stage, or --job JOB.yaml)",
+            "completion, KTO labels, tools as JSON text or bare functions, calls written "
+            "flat...) are read by a training stage: add --stage sft (or the job's stage, or "
+            "--job JOB.yaml)",
             markup=False,
             soft_wrap=True,
         )
@@ -301,6 +302,15 @@ def validate(
         raise typer.Exit(1)
     if rep.valid_rows != rep.total_rows:
         raise typer.Exit(1)
+
+
+def _tool_spellings(rep: Any) -> bool:
+    """Whether a format check refused a row's tools or calls, which a training stage may
+    read in another tool's spelling (core/shapes: tools as JSON text, bare functions,
+    flat calls)."""
+    return any(
+        e.code == "tool" or e.field == "tools" or e.field.startswith("tools[") for e in rep.errors
+    )
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
