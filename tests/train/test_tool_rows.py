@@ -232,6 +232,7 @@ def test_the_named_template_is_chatml_of_the_gateways_tool_text() -> None:
         OPENAI["messages"][1:],
         [*parallel, {"role": "assistant", "content": "Warm.", "tool_calls": [call("Nice", 3)]}],
         [SYSTEM, ASK, ANSWER],
+        [{"role": "developer", "content": "Be terse."}, ASK, calls(call("Paris"))],
     ]
     for messages in chats:
         for tools in ([WEATHER], None):

@@ -45,17 +45,19 @@ def _jinja(text: str) -> str:
 
 _HEAD, _TAIL = system_prompt([{"\0": 0}]).split(json.dumps({"\0": 0}))
 # ChatML around the Hermes tool text; each piece is what serve/tools' text fallback writes
-# (render_tools(native=False)), so that ChatML of that fallback and this template agree.
+# (render_tools(native=False)), so that ChatML of that fallback and this template agree: a
+# leading system or developer message takes the tool text (under its own role, as there).
 CHATML_TOOLS = (
-    "{%- if tools -%}{{- '<|im_start|>system\\n' -}}"
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{{- messages[0]['content'] + '\\n\\n' -}}{%- endif -%}"
+    "{%- set lead = messages and messages[0]['role'] in ['system', 'developer'] -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>' + (messages[0]['role'] if lead else 'system') + '\\n' -}}"
+    "{%- if lead -%}{{- messages[0]['content'] + '\\n\\n' -}}{%- endif -%}"
     "{{- " + _jinja(_HEAD) + " -}}"
     "{%- for tool in tools -%}{{- tool | tojson -}}{%- if not loop.last -%}{{- '\\n' -}}"
     "{%- endif -%}{%- endfor -%}"
     "{{- " + _jinja(_TAIL) + " + '<|im_end|>\\n' -}}{%- endif -%}"
     "{%- for message in messages -%}"
-    "{%- if loop.first and tools and message['role'] == 'system' -%}"
+    "{%- if loop.first and tools and lead -%}"
     "{%- elif message['role'] == 'tool' -%}"
     "{%- if loop.first or loop.previtem['role'] != 'tool' -%}{{- '<|im_start|>user\\n' -}}"
     "{%- else -%}{{- '\\n' -}}{%- endif -%}"
