@@ -49,11 +49,17 @@ def test_a_tool_call_row_reads_as_the_gateway_renders_it(tok: Any, tmp_path: Pat
         {"role": "assistant", "content": None, "tool_calls": [
             {"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
     ]  # fmt: skip
-    (tmp_path / "calls.jsonl").write_text(json.dumps({"messages": messages, "tools": tools}))
-    (got,) = texts_of(tmp_path / "calls.jsonl", tok)
+    # as training reads tools: a list of tool objects, bare functions, or their JSON text
+    rows = [
+        {"messages": messages, "tools": tools},
+        {"messages": messages, "tools": [tools[0]["function"]]},
+        {"messages": messages, "tools": json.dumps([tools[0]["function"]])},
+    ]
+    (tmp_path / "calls.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = list(texts_of(tmp_path / "calls.jsonl", tok))
     hermes, _ = render_tools(messages, tools, native=False)
-    assert got == tok.apply_chat_template(hermes, tokenize=False)
-    assert '<tool_call>\n{"name": "get_weather", "arguments": {}}\n</tool_call>' in got
+    assert got == [tok.apply_chat_template(hermes, tokenize=False)] * 3
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {}}\n</tool_call>' in got[0]
 
 
 def test_stream_and_blocks_are_the_same_ids(tok: Any, tmp_path: Path) -> None:

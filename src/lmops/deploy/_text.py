@@ -58,6 +58,7 @@ def texts_of(path: Path, tokenizer: Any) -> Iterator[str]:
     """Each document's text in ``path`` (a file or a folder), in order."""
     from lmops.core.formats import to_chat
     from lmops.core.rows import BadRow, iter_rows, row_format
+    from lmops.core.toolrows import read_tools
     from lmops.models.chat import chat_text
 
     for f in _files(path):
@@ -73,6 +74,12 @@ def texts_of(path: Path, tokenizer: Any) -> Iterator[str]:
             if isinstance(data.get("text"), str):
                 yield data["text"]
                 continue
+            # tools in the spellings training reads (JSON text, bare functions), as it reads them
+            tools, why = read_tools(data.get("tools")) if data.get("tools") else (None, None)
+            if why is not None:
+                raise UserError(f"{row.where}: field 'tools': {why}")
+            if tools:
+                data = {**data, "tools": tools}
             try:
                 messages = to_chat(data)
             except UserError as e:
@@ -80,8 +87,7 @@ def texts_of(path: Path, tokenizer: Any) -> Iterator[str]:
                     f"{row.where}: no 'text' field and not an instruction or chat row ({e})"
                 ) from None
             # a chat with tool calls reads as the gateway renders it (models/chat.py)
-            tools = data.get("tools") if isinstance(data.get("tools"), list) else None
-            yield chat_text(tokenizer, messages, tools)
+            yield chat_text(tokenizer, messages, tools or None)
 
 
 def _ids(path: Path, tokenizer: Any, max_tokens: int) -> list[int]:
