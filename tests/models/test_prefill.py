@@ -312,3 +312,62 @@ def test_no_sharing_with_a_sliding_window(model_dir: Path, tmp_path: Path) -> No
             assert engine.share_min_saved == expected
         finally:
             engine.close()
+
+
+def test_no_sharing_where_padding_in_a_row_would_change_the_answer(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """GPT-Neo's local layers count cache columns in their window (``attention_layers``,
+    ``window_size``), and MPT's ALiBi reads cache columns for distance: a hole between a
+    shared prefix and its rest changed their tokens (6 of 9 greedy rows). Neither shares,
+    nor uses the cached few-shot prefix, which leaves the same holes."""
+    import torch
+    import transformers as T
+
+    tok = T.AutoTokenizer.from_pretrained(str(model_dir))
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+           "pad_token_id": tok.pad_token_id, "vocab_size": len(tok)}  # fmt: skip
+    models = {
+        "gptneo": T.GPTNeoForCausalLM(
+            T.GPTNeoConfig(
+                hidden_size=64,
+                num_layers=2,
+                num_heads=4,
+                attention_types=[[["global", "local"], 1]],
+                window_size=16,
+                max_position_embeddings=256,
+                **ids,
+            )
+        ),
+        "mpt": T.MptForCausalLM(
+            T.MptConfig(d_model=64, n_layers=2, n_heads=4, max_seq_len=256, **ids)
+        ),
+    }
+    for name, model in models.items():
+        torch.manual_seed(0)
+        model.save_pretrained(str(tmp_path / name))
+        tok.save_pretrained(str(tmp_path / name))
+        engine = Engine(tmp_path / name, max_running=16)
+        try:
+            assert engine.share_min_saved is None, name
+            engine.cache_prefix(list(range(3, 40)))
+            assert engine._prefix_of([]) is None, name
+        finally:
+            engine.close()
+
+
+def test_a_question_too_big_for_one_pass_is_not_shared() -> None:
+    """A shared cluster is one unit of a group: eight scored prompts with 1000-token rests
+    made one 8,040-position pass against a 2,048 budget. Such a cluster is not shared; its
+    prompts are grouped whole within the budget."""
+    from lmops.models.sequences import SCORED_TOKENS, prefill_groups
+
+    context = list(range(100, 140))
+    seqs = [
+        Seq(GenRequest(str(i), prompt_ids=context + [7 + i] * 1000, max_tokens=0,
+                       prompt_logprobs=0), None, None)  # type: ignore[arg-type]
+        for i in range(8)
+    ]  # fmt: skip
+    groups = prefill_groups(seqs, min_saved=32)
+    assert all(not any(g.shared) for g in groups)
+    assert all(sum(len(s.req.prompt_ids or []) for s in g.seqs) <= SCORED_TOKENS for g in groups)

@@ -11,8 +11,8 @@ log-likelihood item; generations with the same sampling parameters) go ``batch_s
 time in one request, ``prompt: [...]``, prompt p's answer its choice p (as OpenAI, vLLM and
 an lmops gateway answer; lm-evaluation-harness's ``local-completions`` sends the same).
 Generations go longest prompts first; log-likelihood items longest context first, a
-context's continuations side by side, so that a batch carries whole questions (with 8 a
-batch, two of four choices): an lmops engine runs the context the prompts of a batch share
+context's continuations side by side, so that a batch mostly carries whole questions (with
+8 a batch, two of four choices; a question of 3 or 5 choices may straddle two batches): an lmops engine runs the context the prompts of a batch share
 once for all of them (``models/prefill.py``). lm-eval's API models sort by the whole
 prompt's length, which scatters a question's choices across batches (its HF model groups
 by context only to reuse the logits of one-token continuations). Chat requests go one at

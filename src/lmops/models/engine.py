@@ -187,8 +187,11 @@ class Engine:
         # many tokens (models/sequences.py); None: never. Not with sliding-window layers:
         # a shared prefix's row has padding between the prefix and the rest, and a window
         # counts cache columns, padding included
+        # (and not where the model reads cache columns for positions, as MPT's ALiBi does:
+        # checked once, _holes_harmless); the cached few-shot prefix makes the same holes
+        self._holes_ok = _full_attention(self.model) and self._holes_harmless()
         self.share_min_saved: int | None = (
-            SHARE_MIN_SAVED if share_prefixes and _full_attention(self.model) else None
+            SHARE_MIN_SAVED if share_prefixes and self._holes_ok else None
         )
         self._pieces = Pieces(self.tokenizer)  # token id -> text, bytes; logprob entries
         self._control = control_pattern(self.tokenizer)
@@ -373,6 +376,32 @@ class Engine:
             return False
         return bool(torch.allclose(logits[0], logits[1], rtol=1e-3, atol=1e-4))
 
+    def _holes_harmless(self) -> bool:
+        """Whether padding in the middle of a row (masked, with positions going on past it:
+        what a shared prefix and its rest leave) gives the model's output without it:
+        checked once, on a short row with a hole of four. A model whose position bias
+        reads cache columns (MPT's ALiBi) or that takes no position ids fails it."""
+        import torch
+
+        vocab = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
+        real = [3, 5, 7, 11, 13, 17]
+        ids = torch.tensor([real], device=self.device) % vocab
+        holed = torch.tensor([real[:3] + [self._pad_id] * 4 + real[3:]], device=self.device)
+        mask = torch.tensor([[True] * 3 + [False] * 4 + [True] * 3], device=self.device)
+        positions = torch.tensor([[0, 1, 2, 2, 2, 2, 2, 3, 4, 5]], device=self.device)
+        try:
+            with torch.inference_mode():
+                a = self.model(input_ids=ids, position_ids=positions[:, [0, 1, 2, 7, 8, 9]],
+                               use_cache=False).logits[0, -1].float()  # fmt: skip
+                b = self.model(input_ids=holed % vocab, attention_mask=mask,
+                               position_ids=positions, use_cache=False).logits[0, -1].float()  # fmt: skip
+        except Exception:  # a model that takes no position ids or no such mask
+            return False
+        a, b = a.log_softmax(-1), b.log_softmax(-1)
+        exact = next(self.model.parameters()).dtype == torch.float32
+        tol = 1e-3 if exact else 2e-2
+        return bool(torch.allclose(a, b, rtol=tol, atol=tol))
+
     def _cancel(self, seq: Seq) -> None:
         seq.cancelled = True  # no-op if it finished; frees the slot if the client left
         with self._cv:
@@ -487,7 +516,12 @@ class Engine:
                     going.append(i)
             if not going:
                 return
-        layers = run.layers()
+        try:  # (a shared group's rows are assembled here: an allocation that may fail)
+            layers = run.layers()
+        except Exception as e:
+            for i in going:
+                self._fail(group[i], e)
+            return
         if len(going) < len(group):
             keep = torch.tensor(going, device=self.device)
             layers = [(k[keep], v[keep]) for k, v in layers]
@@ -501,7 +535,7 @@ class Engine:
         """(length, per-layer keys/values) of the cached prefix when every prompt of
         ``group`` starts with it and goes on; computed here the first time."""
         prefix = self._prefix
-        if prefix is None:
+        if prefix is None or not self._holes_ok:
             return None
         ids, layers = prefix
         n = len(ids)
@@ -721,11 +755,20 @@ class Engine:
 
 
 def _full_attention(model: Any) -> bool:
-    """Whether every layer of ``model`` attends to the whole cache (no sliding window)."""
+    """Whether every layer of ``model`` attends to the whole cache (no sliding or local
+    window, no attention chunks: a window counts cache columns, padding included)."""
     cfg = model.config
     layer_types = getattr(cfg, "layer_types", None) or []
-    return not getattr(cfg, "sliding_window", None) and all(
-        t == "full_attention" for t in layer_types
+    kinds = [str(t) for t in (getattr(cfg, "attention_layers", None) or [])]  # GPT-Neo
+    kinds += [str(t) for t in (getattr(cfg, "attention_types", None) or [])]
+    windowed = any(
+        getattr(cfg, name, None)
+        for name in ("sliding_window", "window_size", "attention_chunk_size")
+    )
+    return (
+        not windowed
+        and all(t == "full_attention" for t in layer_types)
+        and not any("local" in t for t in kinds)
     )
 
 

@@ -143,8 +143,8 @@ def _common(a: list[int], b: list[int]) -> int:
 def shared_prefixes(prompts: list[list[int]], min_saved: int = SHARE_MIN_SAVED) -> list[int]:
     """For each prompt, the length of the prefix it shares with other prompts (0: none):
     prompts in clusters that each start with the same ``n`` tokens, ``n`` shorter than
-    each of them (so each has a token of its own to go on from), chosen to save the most
-    tokens, each cluster saving at least ``min_saved`` ((members - 1) x ``n``).
+    each of them (so each has a token of its own to go on from), chosen to save many tokens
+    (a heuristic, not the optimum), each cluster saving at least ``min_saved`` ((members - 1) x ``n``).
 
     In sorted order, the prompts sharing a prefix are a run, and the prefix of a run is the
     shortest of its neighbours' common prefixes: a run is kept whole with that prefix, or
@@ -198,6 +198,18 @@ def prefill_groups(seqs: list[Seq], min_saved: int | None = SHARE_MIN_SAVED) -> 
         part = [s for s in seqs if (s.req.prompt_logprobs is not None) == scored]
         prompts = [s.req.prompt_ids or [] for s in part]
         shared = [0] * len(part) if min_saved is None else shared_prefixes(prompts, min_saved)
+        budget = SCORED_TOKENS if scored else PREFILL_TOKENS
+        # a cluster is one unit: one whose rests pass alone would exceed the budget is not
+        # shared (its prompts are grouped whole, within the budget, as without sharing)
+        clusters: dict[tuple[int, ...], list[int]] = {}
+        for i, (ids, n) in enumerate(zip(prompts, shared, strict=True)):
+            if n:
+                clusters.setdefault(tuple(ids[:n]), []).append(i)
+        for stem_ids, members in clusters.items():
+            rests = [len(prompts[i]) - len(stem_ids) for i in members]
+            if len(stem_ids) + len(rests) * max(rests) > budget:
+                for i in members:
+                    shared[i] = 0
         # units: (stem: a shared prefix or a whole prompt, its members, their rests)
         units: dict[Any, tuple[int, list[int], list[int]]] = {}
         for i, (ids, n) in enumerate(zip(prompts, shared, strict=True)):
@@ -206,7 +218,6 @@ def prefill_groups(seqs: list[Seq], min_saved: int | None = SHARE_MIN_SAVED) -> 
             members.append(i)
             if n:
                 rests.append(len(ids) - n)
-        budget = SCORED_TOKENS if scored else PREFILL_TOKENS
         group: PrefillGroup | None = None
         # the current group's two passes: `rows` stems padded to the first (the longest),
         # `rested` rests padded to the longest rest; `real` tokens of them all
