@@ -96,18 +96,28 @@ def user_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     so is a field that is not there (a missing one). Without ``data``, ``loc`` as it is."""
     if data is None:
         return loc
+    return _walk(loc, data)[0]
+
+
+def _walk(
+    loc: tuple[Any, ...], data: Any
+) -> tuple[tuple[Any, ...], tuple[tuple[Any, ...], str] | None]:
+    """(``loc`` in the user's terms, the first union member named in it as (the union's
+    place in the user's terms, the member's name), or None)."""
     out: list[Any] = []
+    site: tuple[tuple[Any, ...], str] | None = None
     cur: Any = data
     for part in loc:
         in_list = isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)
         if in_list or (isinstance(cur, dict) and part in cur):
             cur = cur[part]
         elif isinstance(part, str) and _TAG.fullmatch(part):
+            site = site or (tuple(out), part)
             continue  # a union member's or a validator's name: it reads no data
         else:
             cur = None
         out.append(part)
-    return tuple(out)
+    return tuple(out), site
 
 
 def shown_error(
@@ -130,7 +140,7 @@ def shown_errors(
     members, the required field an unknown one misspells) are not repeated."""
     errs = e.errors()
     locs = [user_loc(error_loc(x), data) for x in errs]
-    sites = [_union_site(error_loc(x), data) for x in errs]
+    sites = [_walk(error_loc(x), data)[1] for x in errs]
     out: list[tuple[tuple[Any, ...], str]] = []
     while errs:
         loc, message, used = _shown(errs, locs, model)
@@ -148,23 +158,6 @@ def shown_errors(
         locs = [lc for j, lc in enumerate(locs) if j not in used]
         sites = [s for j, s in enumerate(sites) if j not in used]
     return out
-
-
-def _union_site(loc: tuple[Any, ...], data: Any) -> tuple[tuple[Any, ...], str] | None:
-    """Where a union member's error is: (the union's place in the user's terms, the
-    member's name), for the first member name in ``loc`` (see :func:`user_loc`)."""
-    out: list[Any] = []
-    cur: Any = data
-    for part in loc:
-        in_list = isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur)
-        if in_list or (isinstance(cur, dict) and part in cur):
-            cur = cur[part]
-        elif isinstance(part, str) and _TAG.fullmatch(part):
-            return tuple(out), part
-        else:
-            cur = None
-        out.append(part)
-    return None
 
 
 def _shown(
