@@ -456,6 +456,12 @@ def test_only_a_template_that_writes_calls_as_the_gateway_reads_them_trains_tool
              "tools": [{"name": "get_weather", "parameters": {"type": "objekt"}}]},
             "field 'tools[0].function.parameters': invalid JSON schema at type:",
         ),
+        (  # the gateway's check: a local $ref must resolve
+            {"messages": [ASK, ANSWER],
+             "tools": [{"name": "get_weather", "parameters": {"$ref": "#/$defs/city"}}]},
+            "field 'tools[0].function.parameters': $ref '#/$defs/city' points at nothing in "
+            "this schema",
+        ),
         (
             {"messages": [ASK, {"role": "function", "content": "21 C"}]},
             "field 'messages[1].role': 'function' is OpenAI's retired role",

@@ -18,7 +18,7 @@ lmops's form, OpenAI's fine-tuning format::
 ``tool_call_id`` and a tool message's ``name`` are optional (what a chat template uses of
 them, it renders). A tool object's function has a ``name`` the gateway accepts
 (``[A-Za-z0-9_-]``, 1 to 64 characters) and an object ``parameters`` (a JSON schema, draft
-2020-12, as the gateway checks it) if any; names are unique. A row that calls tools lists
+2020-12, checked by the gateway's own :func:`schema_problem`) if any; names are unique. A row that calls tools lists
 them, and calls only those, by names the gateway accepts: the gateway reports only calls
 of the request's tools, so a call of another would teach what it drops. A call's arguments are valid under its tool's
 ``parameters`` and are trained in the order of the schema's ``properties`` (then any
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from lmops.core.jsonl import type_name as _type
@@ -48,6 +48,7 @@ __all__ = [
     "order_arguments",
     "read_function_call",
     "read_tools",
+    "schema_problem",
     "tool_object",
     "tool_schemas",
     "uniform_call",
@@ -109,13 +110,15 @@ def check_tools(value: Any, name: str = "tools") -> list[Problem]:
                     f"expected a JSON schema object, got {_type(params)}",
                 )
             ]
-        if params is not None and (why := _schema_error(params)) is not None:
+        if params is not None and (why := schema_problem(params)) is not None:
             return [(f"{where}.function.parameters", "tool", why)]
     return []
 
 
-def _schema_error(schema: Mapping[str, Any]) -> str | None:
-    """Why ``schema`` is not a JSON schema the gateway takes (draft 2020-12), or None."""
+def schema_problem(schema: Mapping[str, Any]) -> str | None:
+    """Why ``schema`` is not a JSON schema the gateway takes (draft 2020-12, every local
+    ``$ref`` resolving), or None: the gateway's check of a request's tools and
+    ``response_format``, and training's of a row's tools."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
@@ -124,7 +127,42 @@ def _schema_error(schema: Mapping[str, Any]) -> str | None:
     except SchemaError as e:
         at = "/".join(str(p) for p in e.path)
         return f"invalid JSON schema{' at ' + at if at else ''}: {e.message}"
+    for path, ref in _local_refs(schema, ()):
+        if not _resolves(schema, ref):
+            where = f" at {'.'.join(path)}" if path else ""
+            return (
+                f"$ref {ref!r}{where} points at nothing in this schema; define it (under "
+                "$defs) or fix the reference"
+            )
     return None
+
+
+def _local_refs(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
+    """(where, ref) of every ``$ref`` that is a JSON pointer into the schema itself."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+            yield path, ref
+        for k, v in node.items():
+            yield from _local_refs(v, (*path, str(k)))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _local_refs(v, (*path, str(i)))
+
+
+def _resolves(schema: Any, ref: str) -> bool:
+    from urllib.parse import unquote
+
+    node = schema
+    for raw in ref[2:].split("/") if ref != "#" else []:
+        key = unquote(raw).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return False
+    return True
 
 
 def tool_schemas(tools: Any) -> dict[str, Any] | None:

@@ -40,8 +40,8 @@ class _Replica:
 
 
 class Replicas:
-    """Upstreams that serve the same model, used as one :class:`Upstream` (``request``,
-    ``open_stream``, ``stream_batches``, ``stream``, ``aclose``)."""
+    """Upstreams that serve the same model, used as one :class:`Upstream` by the backend
+    (``request``, ``open_stream``, ``aclose``)."""
 
     def __init__(
         self,
@@ -150,18 +150,6 @@ class Replicas:
                 raise
             return _CountedStream(stream, self, r)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
-    async def stream_batches(
-        self, path: str, body: dict[str, Any]
-    ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
-        stream = await self.open_stream(path, body)
-        async for batch in stream.batches():
-            yield batch
-
-    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        async for batch, _last in self.stream_batches(path, body):
-            for chunk in batch:
-                yield chunk
 
     async def aclose(self) -> None:
         for r in self._replicas:

@@ -46,10 +46,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from lmops.core.toolrows import schema_problem
 from lmops.models.chat import render_tools, template_has_tools
 from lmops.models.toolformat import CLOSE, OPEN, call_text, read_call
 from lmops.models.types import TokenLogprob
@@ -115,58 +116,14 @@ def _bad(message: str, param: str, code: str = "invalid_value") -> OpenAIError:
 
 
 def _check_schema(schema: Any, param: str) -> None:
-    """A 400 naming ``param`` unless ``schema`` is a valid JSON schema (draft 2020-12)."""
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import SchemaError
-
+    """A 400 naming ``param`` unless ``schema`` is a valid JSON schema (draft 2020-12) whose
+    local ``$ref``s resolve (:func:`~lmops.core.toolrows.schema_problem`, which training
+    rows are checked with too)."""
     if not isinstance(schema, dict):
         raise _bad("a JSON schema must be an object", param, "invalid_json_schema")
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as e:
-        where = "/".join(str(p) for p in e.path)
-        raise _bad(
-            f"invalid JSON schema{' at ' + where if where else ''}: {e.message}",
-            param,
-            "invalid_json_schema",
-        ) from None
-    for path, ref in _local_refs(schema, ()):
-        if not _resolves(schema, ref):
-            at = f" at {'.'.join(path)}" if path else ""
-            raise _bad(
-                f"$ref {ref!r}{at} points at nothing in this schema; define it (under $defs) "
-                "or fix the reference",
-                param,
-                "invalid_json_schema",
-            )
-
-
-def _local_refs(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
-    """(where, ref) of every ``$ref`` that is a JSON pointer into the schema itself."""
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
-            yield path, ref
-        for k, v in node.items():
-            yield from _local_refs(v, (*path, str(k)))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _local_refs(v, (*path, str(i)))
-
-
-def _resolves(schema: Any, ref: str) -> bool:
-    from urllib.parse import unquote
-
-    node = schema
-    for raw in ref[2:].split("/") if ref != "#" else []:
-        key = unquote(raw).replace("~1", "/").replace("~0", "~")
-        if isinstance(node, dict) and key in node:
-            node = node[key]
-        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
-            node = node[int(key)]
-        else:
-            return False
-    return True
+    problem = schema_problem(schema)
+    if problem is not None:
+        raise _bad(problem, param, "invalid_json_schema")
 
 
 def check_tool_messages(req: ChatRequest) -> None:
