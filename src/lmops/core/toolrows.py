@@ -42,6 +42,7 @@ from typing import Any
 from lmops.core.jsonl import type_name as _type
 
 __all__ = [
+    "TOOL_NAME",
     "check_calls",
     "check_tools",
     "has_tool_turns",
@@ -57,7 +58,9 @@ __all__ = [
 # (field, code, reason), as lmops.core.formats's checks return them
 Problem = tuple[str, str, str]
 # the function names the gateway accepts (serve/protocol.FunctionDef)
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# a function name the gateway accepts (serve/protocol.py reads it too)
+TOOL_NAME = r"[A-Za-z0-9_-]{1,64}"
+_NAME = re.compile(TOOL_NAME)
 # the order the gateway hands a function to the chat template (FunctionDef's fields, then
 # any others), so that a row's tools render as a request's do
 _FUNCTION_KEYS = ("name", "description", "parameters", "strict")

@@ -38,6 +38,7 @@ from pydantic import (
     field_validator,
 )
 
+from lmops.core.toolrows import TOOL_NAME
 from lmops.core.yamlcfg import format_loc, shown_error
 from lmops.models.types import LogitsOptions
 
@@ -209,7 +210,7 @@ class _Sampling(_Open):
 
 
 class FunctionDef(_Open):
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    name: str = Field(pattern=f"^{TOOL_NAME}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None  # a JSON schema (serve/tools.py checks it)
     strict: bool | None = None
@@ -231,7 +232,7 @@ class NamedToolChoice(_Open):
 
 class JsonSchemaFormat(_Open):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    name: str = Field(pattern=f"^{TOOL_NAME}$")
     description: str | None = None
     # "schema" would shadow a BaseModel attribute: the field has another name
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
