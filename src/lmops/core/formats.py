@@ -327,7 +327,7 @@ def _check_chat(row: Mapping[str, Any]) -> list[Problem]:
     if problems:  # the calls are checked against the tools: those first
         return problems
     names = tool_schemas(row.get("tools"))
-    return _messages(
+    return check_messages(
         row["messages"], "messages", first="user", last="assistant", system=True, names=names
     )
 
@@ -350,7 +350,7 @@ def _check_preference(row: Mapping[str, Any]) -> list[Problem]:
         if name not in row:
             problems.append((name, "missing", "required field is missing"))
         elif isinstance(row[name], list):
-            problems += _messages(
+            problems += check_messages(
                 row[name], name, first=first, last=last, system=name == "prompt", names=names
             )
         else:
@@ -381,7 +381,7 @@ def _text(row: Mapping[str, Any], name: str, *, what: str = "a string") -> list[
     return []
 
 
-def _messages(
+def check_messages(
     value: Any,
     name: str,
     *,
@@ -390,7 +390,8 @@ def _messages(
     system: bool,
     names: Mapping[str, Any] | None = None,
 ) -> list[Problem]:
-    """Check a message list: an optional leading system message (when ``system``), then
+    """The problems of a message list (the rules of ``sft_chat`` and of a preference row's
+    message lists): an optional leading system message (when ``system``), then
     turns alternating user/assistant from ``first``, ending with ``last`` (a prompt, whose
     ``last`` is ``user``, may also end with tool results). An assistant turn that calls
     tools is followed by ``tool`` turns, and those by an assistant turn; ``names``: the
@@ -471,22 +472,6 @@ def _content(msg: Mapping[str, Any], where: str, role: Any, *, calling: bool) ->
     if not content.strip() and role not in ("system", "tool") and not calling:
         return [(f"{where}.content", "empty", "must not be empty")]
     return []
-
-
-def check_messages(
-    value: Any,
-    name: str,
-    *,
-    first: str,
-    last: str,
-    system: bool,
-    names: Mapping[str, Any] | None = None,
-) -> list[tuple[str, str, str]]:
-    """The problems of a message list as ``(field, code, reason)``: an optional leading
-    system message (when ``system``), then turns alternating user/assistant from
-    ``first``, ending with ``last``, tool calls followed by their results (the rules of
-    ``sft_chat`` and of a preference row's message lists; ``names``: the row's tools)."""
-    return _messages(value, name, first=first, last=last, system=system, names=names)
 
 
 def _weight(msg: Mapping[str, Any], where: str) -> list[Problem]:
