@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -148,121 +147,83 @@ def train_ppo(
     # every trained part in one module, so a checkpoint holds the value head too
     trained = nn.ModuleDict({"policy": policy, "value_head": value_head})
     saver = StepCheckpoints(tracker.run_dir / "checkpoints", t, trained, optimizer, None, interval)
-    run = _Run(spec, policy, value_head, ref, reward, optimizer, params, prompts, tok,
-               max_prompt, minibatch, stop_ids, interval, tracker)  # fmt: skip
     policy.eval()  # dropout off: the ratio must compare like with like
     with StopSignals() as stop:
         for step in range(saver.resume() + 1, t.max_steps + 1):
-            run.step(step)
+            for group in optimizer.param_groups:
+                group["lr"] = t.lr * lr_factor(t, step - 1)
+            # the prompts are a function of the step (a resumed run reads what it would have)
+            n = len(prompts)
+            batch = [prompts[i] for i in batch_indices(step - 1, p.rollout_batch, n, t.seed)]
+
+            # 1. rollout: seq [B, P+T], attn [B, P+T], completion mask m [B, T]
+            seq, attn, m, texts = _rollout(policy, tok, batch, max_prompt, stop_ids, p)
+            P = seq.shape[1] - m.shape[1]
+
+            # 2. score: [B]
+            if isinstance(reward, RewardModel):
+                scores = torch.tensor(reward.score(batch, texts), device=device)
+            else:
+                scores = torch.tensor(
+                    [float(reward(q, c)) for q, c in zip(batch, texts, strict=True)], device=device
+                )
+
+            # 3. old log-probs / values and reference log-probs: [B, T] each
+            with torch.no_grad():
+                old_logp, _, old_values = _forward(policy, value_head, seq, attn, P, p.temperature)
+                if ref is None:
+                    with policy.disable_adapter():
+                        ref_logp = _forward(policy, None, seq, attn, P, p.temperature)[0]
+                else:
+                    ref_logp = _forward(ref, None, seq, attn, P, p.temperature)[0]
+
+                # 4. per-token rewards: KL penalty everywhere, the score on the last real token
+                kl = (old_logp - ref_logp) * m  # [B, T]
+                rewards = -p.kl_coef * kl
+                last = m.sum(1).long() - 1  # [B]
+                rewards[torch.arange(len(batch)), last] += scores
+
+                # 5. advantages and returns
+                old_values = old_values * m
+                advantages, returns = gae(rewards, old_values, m, p.gamma, p.lam)
+                advantages = _whiten(advantages, m)
+
+            # 6. PPO epochs over shuffled minibatches
+            stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "entropy": []}
+            for _ in range(p.ppo_epochs):
+                for idx in torch.randperm(len(batch), device=device).split(minibatch):
+                    logp, entropy, values = _forward(
+                        policy, value_head, seq[idx], attn[idx], P, p.temperature
+                    )
+                    mb, adv = m[idx], advantages[idx]
+                    ratio = torch.exp(logp - old_logp[idx])
+                    clipped = ratio.clamp(1 - p.clip_range, 1 + p.clip_range)
+                    policy_loss = _masked_mean(torch.max(-adv * ratio, -adv * clipped), mb)
+                    v_old = old_values[idx]
+                    v_clipped = v_old + (values - v_old).clamp(-p.value_clip, p.value_clip)
+                    v_err = torch.max((values - returns[idx]) ** 2, (v_clipped - returns[idx]) ** 2)
+                    value_loss = 0.5 * _masked_mean(v_err, mb)
+                    (policy_loss + VF_COEF * value_loss).backward()
+                    if t.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    stats["policy_loss"].append(policy_loss.item())
+                    stats["value_loss"].append(value_loss.item())
+                    stats["entropy"].append(float(_masked_mean(entropy.detach(), mb)))
+
+            interval.add(
+                {
+                    "reward": float(scores.mean()),
+                    "kl": float(kl.sum(1).mean()),
+                    **{k: sum(v) / len(v) for k, v in stats.items()},
+                    "length": float(m.sum(1).mean()),
+                }
+            )
+            if step % t.log_steps == 0 or step == t.max_steps:
+                tracker.log(step, {**interval.pop(), "lr": optimizer.param_groups[0]["lr"]})
             saver.after(step, stop)
     return policy
-
-
-@dataclass
-class _Run:
-    """What one PPO run's steps share."""
-
-    spec: TrainSpec
-    policy: Any
-    value_head: nn.Module
-    ref: Any  # a frozen copy of the policy; None: the adapter disabled is the reference
-    reward: RewardFn | RewardModel
-    optimizer: Any
-    params: list[Any]
-    prompts: list[str]
-    tok: Any
-    max_prompt: int
-    minibatch: int
-    stop_ids: list[int]
-    interval: IntervalMean
-    tracker: Tracker
-
-    def step(self, step: int) -> None:
-        """Rollout ``step`` (1-based): sample, score, then ``ppo_epochs`` passes of updates."""
-        spec, policy, value_head, ref, reward = (
-            self.spec,
-            self.policy,
-            self.value_head,
-            self.ref,
-            self.reward,
-        )
-        optimizer, params, prompts, tok = self.optimizer, self.params, self.prompts, self.tok
-        max_prompt, minibatch, stop_ids = self.max_prompt, self.minibatch, self.stop_ids
-        interval, tracker = self.interval, self.tracker
-        p, t = spec.ppo, spec.train
-        device = next(policy.parameters()).device
-        for group in optimizer.param_groups:
-            group["lr"] = t.lr * lr_factor(t, step - 1)
-        # the prompts are a function of the step (a resumed run reads what it would have)
-        n = len(prompts)
-        batch = [prompts[i] for i in batch_indices(step - 1, p.rollout_batch, n, t.seed)]
-
-        # 1. rollout: seq [B, P+T], attn [B, P+T], completion mask m [B, T]
-        seq, attn, m, texts = _rollout(policy, tok, batch, max_prompt, stop_ids, p)
-        P = seq.shape[1] - m.shape[1]
-
-        # 2. score: [B]
-        if isinstance(reward, RewardModel):
-            scores = torch.tensor(reward.score(batch, texts), device=device)
-        else:
-            scores = torch.tensor(
-                [float(reward(q, c)) for q, c in zip(batch, texts, strict=True)], device=device
-            )
-
-        # 3. old log-probs / values and reference log-probs: [B, T] each
-        with torch.no_grad():
-            old_logp, _, old_values = _forward(policy, value_head, seq, attn, P, p.temperature)
-            if ref is None:
-                with policy.disable_adapter():
-                    ref_logp = _forward(policy, None, seq, attn, P, p.temperature)[0]
-            else:
-                ref_logp = _forward(ref, None, seq, attn, P, p.temperature)[0]
-
-            # 4. per-token rewards: KL penalty everywhere, the score on the last real token
-            kl = (old_logp - ref_logp) * m  # [B, T]
-            rewards = -p.kl_coef * kl
-            last = m.sum(1).long() - 1  # [B]
-            rewards[torch.arange(len(batch)), last] += scores
-
-            # 5. advantages and returns
-            old_values = old_values * m
-            advantages, returns = gae(rewards, old_values, m, p.gamma, p.lam)
-            advantages = _whiten(advantages, m)
-
-        # 6. PPO epochs over shuffled minibatches
-        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "entropy": []}
-        for _ in range(p.ppo_epochs):
-            for idx in torch.randperm(len(batch), device=device).split(minibatch):
-                logp, entropy, values = _forward(
-                    policy, value_head, seq[idx], attn[idx], P, p.temperature
-                )
-                mb, adv = m[idx], advantages[idx]
-                ratio = torch.exp(logp - old_logp[idx])
-                clipped = ratio.clamp(1 - p.clip_range, 1 + p.clip_range)
-                policy_loss = _masked_mean(torch.max(-adv * ratio, -adv * clipped), mb)
-                v_old = old_values[idx]
-                v_clipped = v_old + (values - v_old).clamp(-p.value_clip, p.value_clip)
-                v_err = torch.max((values - returns[idx]) ** 2, (v_clipped - returns[idx]) ** 2)
-                value_loss = 0.5 * _masked_mean(v_err, mb)
-                (policy_loss + VF_COEF * value_loss).backward()
-                if t.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                stats["policy_loss"].append(policy_loss.item())
-                stats["value_loss"].append(value_loss.item())
-                stats["entropy"].append(float(_masked_mean(entropy.detach(), mb)))
-
-        interval.add(
-            {
-                "reward": float(scores.mean()),
-                "kl": float(kl.sum(1).mean()),
-                **{k: sum(v) / len(v) for k, v in stats.items()},
-                "length": float(m.sum(1).mean()),
-            }
-        )
-        if step % t.log_steps == 0 or step == t.max_steps:
-            tracker.log(step, {**interval.pop(), "lr": optimizer.param_groups[0]["lr"]})
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
