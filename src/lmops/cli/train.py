@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import BaseModel
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from lmops.cli._output import console, err_console, open_store, print_json, table
 from lmops.core.errors import LmopsError
@@ -45,6 +44,8 @@ def _job_fields() -> str:
     """The job YAML's fields, for ``train run --help``: the example at the top of
     :mod:`lmops.train.spec`, one field a line (Typer joins a help text's lines, except
     after a line that is only a backspace: its mark for a block kept as written)."""
+    from pydantic import BaseModel
+
     import lmops.train.spec as spec_module
 
     doc = spec_module.__doc__ or ""  # None under python -OO
@@ -69,7 +70,20 @@ def _job_fields() -> str:
     )
 
 
-@app.command("run", epilog=_job_fields())
+class _RunCommand(TyperCommand):
+    """``train run``, whose help ends with the job's fields: read from the spec when the
+    help is shown, so that every other command starts without importing it."""
+
+    @property
+    def epilog(self) -> str:
+        return _job_fields()
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        pass  # click sets it as the command is made; the property reads the spec instead
+
+
+@app.command("run", cls=_RunCommand)
 def run(
     config: Annotated[Path, typer.Argument(help="Job YAML.")],
     overrides: Annotated[
