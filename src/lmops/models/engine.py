@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
+from lmops.models.attention import common_window, full_attention, takes_4d_mask
 from lmops.models.compat import cache_arg, output_cache
 from lmops.models.logits import adjust_rows
 from lmops.models.prefill import Prefiller
@@ -172,7 +173,7 @@ class Engine:
         pad_id = self.tokenizer.pad_token_id
         self._pad_id = pad_id if isinstance(pad_id, int) and pad_id >= 0 else 0
         self._cache_arg = cache_arg(self.model)
-        self._mask_4d = _takes_4d_mask(self.model) and self._same_with_4d_mask()
+        self._mask_4d = takes_4d_mask(self.model) and self._same_with_4d_mask()
         # logits for the last position only (the prefill's logits would otherwise be
         # (prompt, vocab) floats per sequence), where the model's forward takes it
         self._last_logits = (
@@ -180,16 +181,25 @@ class Engine:
             if "logits_to_keep" in inspect.signature(self.model.forward).parameters
             else {}
         )
+        full = full_attention(self.model)
         self._prefiller = Prefiller(
-            self.model, self.device, self._pad_id, self._cache_arg, self._last_logits
+            self.model,
+            self.device,
+            self._pad_id,
+            self._cache_arg,
+            self._last_logits,
+            whole_cache=not full,
         )
+        # where every layer slides over the same window, the columns before a row's last
+        # window - 1 are never read again: the batch cache keeps only those (_trim_window)
+        self._window = common_window(self.model)
         # prompts admitted together that share a prefix run it once when that saves this
         # many tokens (models/sequences.py); None: never. Not with sliding-window layers:
         # a shared prefix's row has padding between the prefix and the rest, and a window
         # counts cache columns, padding included
         # (and not where the model reads cache columns for positions, as MPT's ALiBi does:
         # checked once, _holes_harmless); the cached few-shot prefix makes the same holes
-        self._holes_ok = _full_attention(self.model) and self._holes_harmless()
+        self._holes_ok = full and self._holes_harmless()
         self.share_min_saved: int | None = (
             SHARE_MIN_SAVED if share_prefixes and self._holes_ok else None
         )
@@ -581,6 +591,20 @@ class Engine:
             self._mask = torch.cat([F.pad(self._mask, (pad_old, 0)), F.pad(mask, (pad_new, 0))], 0)
             self._positions = torch.cat([self._positions, position], 0)
         self._running.extend(seqs)
+        self._trim_window()
+
+    def _trim_window(self) -> None:
+        """Keep the batch cache's last ``window - 1`` columns where every layer slides
+        over ``window`` tokens: the next step's token (its column T) reads the columns
+        after T - window, and every row's tokens are contiguous up to its last column, so
+        a column counts the same tokens back in every row. The model sizes its mask from
+        the cache, which then holds what a sliding-window cache holds."""
+        if self._window is None or self._mask.shape[1] < self._window:
+            return
+        keep = self._window - 1
+        self._mask = self._mask[:, -keep:]
+        for layer in self._cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, -keep:], layer.values[:, :, -keep:]
 
     def _decode_step(self) -> None:
         import torch
@@ -600,6 +624,7 @@ class Engine:
         )
         self._mask = mask
         self._positions = self._positions + 1
+        self._trim_window()
         self._accept_all(self._running, out.logits[:, -1])
 
     def _accept_all(self, seqs: list[Seq], logits: Any) -> None:
@@ -752,33 +777,3 @@ class Engine:
             layer.values = layer.values.index_select(0, idx)[:, :, first:]
         self._running = [self._running[i] for i in keep]
         self._positions = self._positions.index_select(0, idx)
-
-
-def _full_attention(model: Any) -> bool:
-    """Whether every layer of ``model`` attends to the whole cache (no sliding or local
-    window, no attention chunks: a window counts cache columns, padding included)."""
-    cfg = model.config
-    layer_types = getattr(cfg, "layer_types", None) or []
-    kinds = [str(t) for t in (getattr(cfg, "attention_layers", None) or [])]  # GPT-Neo
-    kinds += [str(t) for t in (getattr(cfg, "attention_types", None) or [])]
-    windowed = any(
-        getattr(cfg, name, None)
-        for name in ("sliding_window", "window_size", "attention_chunk_size")
-    )
-    return (
-        not windowed
-        and all(t == "full_attention" for t in layer_types)
-        and not any("local" in t for t in kinds)
-    )
-
-
-def _takes_4d_mask(model: Any) -> bool:
-    """Whether the decode step can hand ``model`` the 4D boolean mask itself: with sdpa
-    attention and only full-attention (causal) layers, the model's own mask for one new
-    token per row is exactly the 2D padding mask broadcast to (rows, 1, 1, T)."""
-    cfg = model.config
-    return (
-        getattr(cfg, "_attn_implementation", None) == "sdpa"
-        and getattr(cfg, "is_causal", True)
-        and _full_attention(model)
-    )

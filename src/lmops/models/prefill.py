@@ -60,19 +60,40 @@ class Prefilled:
 class Prefiller:
     """Forward passes over prompts for a model: ``pad_id`` fills padding, ``cache_arg``
     is the keyword the model takes its KV cache by, ``last_logits`` the keyword that keeps
-    only the last position's logits (empty where the model has none)."""
+    only the last position's logits (empty where the model has none).
+
+    ``whole_cache``: hand the model an empty plain ``DynamicCache`` so that every layer
+    keeps the keys and values of every column. A model with sliding-window layers would
+    otherwise make its own cache, whose sliding layers keep only their last
+    ``window - 1`` columns and remember the offset themselves; the engine rebuilds the
+    batch cache from the tensors alone (``DynamicCache(ddp_cache_data=...)``), and the
+    (rows, T) mask of T columns would then describe a cache of fewer."""
 
     def __init__(
-        self, model: Any, device: str, pad_id: int, cache_arg: str, last_logits: dict[str, int]
+        self,
+        model: Any,
+        device: str,
+        pad_id: int,
+        cache_arg: str,
+        last_logits: dict[str, int],
+        whole_cache: bool = False,
     ) -> None:
         self.model = model
         self.device = device
         self.pad_id = pad_id
         self.cache_arg = cache_arg
         self.last_logits = last_logits
+        self.whole_cache = whole_cache
 
     def _kwargs(self, scored: bool) -> dict[str, Any]:
         return {"use_cache": True, **({} if scored else self.last_logits)}
+
+    def _fresh_cache(self) -> dict[str, Any]:
+        if not self.whole_cache:
+            return {}  # the model makes its own (all plain layers: the same thing)
+        from transformers import DynamicCache
+
+        return {self.cache_arg: DynamicCache()}
 
     def _padded(self, prompts: list[list[int]], scored: bool) -> tuple[Any, Any]:
         """One pass over ``prompts`` left-padded to the longest: the output and the
@@ -84,12 +105,16 @@ class Prefiller:
         if len(prompts) == 1:
             mask = torch.ones((1, t), dtype=torch.bool, device=self.device)
             ids = torch.tensor(prompts, device=self.device)
-            return self.model(input_ids=ids, **self._kwargs(scored)), mask
+            return self.model(input_ids=ids, **self._fresh_cache(), **self._kwargs(scored)), mask
         ids = torch.tensor([[self.pad_id] * (t - len(p)) + p for p in prompts], device=self.device)
         mask = torch.tensor([[False] * (t - n) + [True] * n for n in lengths], device=self.device)
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # 0 at each prompt's first token
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, **self._kwargs(scored)
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            **self._fresh_cache(),
+            **self._kwargs(scored),
         )
         return out, mask
 
@@ -136,7 +161,10 @@ class Prefiller:
         import torch
 
         out = self.model(
-            input_ids=torch.tensor([ids], device=self.device), use_cache=True, **self.last_logits
+            input_ids=torch.tensor([ids], device=self.device),
+            use_cache=True,
+            **self._fresh_cache(),
+            **self.last_logits,
         )
         return [(layer.keys, layer.values) for layer in output_cache(out).layers]
 
