@@ -26,6 +26,18 @@ The cache object lives across steps (the forward pass appends to it), and the de
 hands the model its 4D mask where that is what the model would build itself. A finished
 or cancelled sequence's row is removed at once, freeing its slot.
 
+Sliding-window models (Mistral; Qwen2 with ``use_sliding_window``; Gemma 2/3, whose local and
+global layers alternate; ``models/attention.py``): transformers' masks count a window in cache
+columns, which is each row's own tokens as long as a row's tokens are contiguous, as left
+padding, joins (both sides padded on the left) and decode steps keep them. So these models
+batch as they run alone (``tests/models/test_window.py``), on two conditions the engine keeps:
+every layer's cache holds every column of the mask (the prefill hands them a plain cache, not
+the model's own, whose sliding layers keep only their window and an offset the batch cache
+would lose), and no row has a hole: prefix sharing and the cached few-shot prefix are off for
+them. Where every layer slides over the same window, the batch cache keeps only its last
+``window - 1`` columns (what transformers' sliding cache keeps), so a step reads no more than
+the window whatever the length.
+
 Next tokens are picked for the whole batch at once (greedy rows by argmax, sampled rows by
 temperature and top-p, each from its own seeded random stream).
 
