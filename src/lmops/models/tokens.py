@@ -4,6 +4,7 @@ message text, the tokenizer's control tokens, stop strings, and fast incremental
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import re
@@ -209,11 +210,13 @@ class Pieces:
         else:
             tops += [[] for _ in ids[1:]]
         out: list[TokenLogprob] = []
-        raw = b""
+        # a token ends where the characters of the prompt's bytes so far end, undecodable
+        # bytes ignored: what decoding the bytes up to it gives, without decoding them again
+        # at every token (an incomplete character is held until its last byte comes)
+        chars = codecs.getincrementaldecoder("utf-8")("ignore")
         start = 0
         for tok, value, top in zip(ids, values, tops, strict=True):
-            raw += bytes(self.piece(tok)[1])
-            end = len(raw.decode("utf-8", "ignore"))
+            end = start + len(chars.decode(bytes(self.piece(tok)[1])))
             out.append(self.entry(tok, value, top, start, end))
             start = end
         return out
