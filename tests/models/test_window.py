@@ -264,7 +264,9 @@ def test_a_model_whose_every_layer_slides_keeps_only_its_window(
 ) -> None:
     """Mistral's layers all read the last 16 tokens: the batch cache keeps 15 columns
     (what transformers' sliding-window cache keeps), so a decode step's mask is 16 wide
-    however long the prompts; Gemma 3's global layers read everything, so it keeps all."""
+    however long the prompts; Gemma 3's global layers read everything, so its batch cache is
+    wider than the window (today it keeps every column; trimming only its local layers would
+    still pass)."""
     widths: dict[str, set[int]] = {}
     for name in ("mistral", "gemma3"):
         engine = Engine(folders[name], max_running=8)
@@ -282,4 +284,4 @@ def test_a_model_whose_every_layer_slides_keeps_only_its_window(
         finally:
             engine.close()
     assert widths["mistral"] == {16}
-    assert max(widths["gemma3"]) == 80 + NEW - 1
+    assert max(widths["gemma3"]) > 16

@@ -33,7 +33,7 @@ def full_attention(model: Any) -> bool:
 
 
 def common_window(model: Any) -> int | None:
-    """The window (in tokens, the reading one counted) of ``model`` when every one of its
+    """The window (in tokens, the new token included) of ``model`` when every one of its
     layers reads only that many: when transformers' own cache for it keeps, in every
     layer, only the last ``window - 1`` tokens (Mistral; Qwen2 with ``use_sliding_window``
     on every layer). None otherwise: full attention, local and global layers mixed

@@ -36,7 +36,9 @@ the model's own, whose sliding layers keep only their window and an offset the b
 would lose), and no row has a hole: prefix sharing and the cached few-shot prefix are off for
 them. Where every layer slides over the same window, the batch cache keeps only its last
 ``window - 1`` columns (what transformers' sliding cache keeps), so a step reads no more than
-the window whatever the length.
+the window whatever the length. Models mixing local and global layers (Gemma 2/3) keep every
+column in their local layers too: memory and step cost grow as a full-attention model's do
+(trimming only those layers needs per-layer masks, which transformers' Gemma forward accepts).
 
 Next tokens are picked for the whole batch at once (greedy rows by argmax, sampled rows by
 temperature and top-p, each from its own seeded random stream).
