@@ -147,7 +147,7 @@ def test_export_conversations_to_sft_dataset(store: Store, tmp_path: Path) -> No
             "request_body": {"prompt": "Once"},
             "response_body": {"choices": [{"text": " upon"}]},
         },
-        {
+        {  # a tool result answering no call: a row training would refuse
             "request_id": "tool",
             "request_body": {
                 "messages": [
@@ -156,6 +156,15 @@ def test_export_conversations_to_sft_dataset(store: Store, tmp_path: Path) -> No
                 ]
             },
             "response_body": reply("Sunny."),
+        },
+        {
+            "request_id": "image",
+            "request_body": {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+                ]
+            },
+            "response_body": reply("A cat."),
         },
         {"request_id": "empty", "request_body": chat(("user", "?")), "response_body": reply(None)},
         {
@@ -201,10 +210,13 @@ def test_export_conversations_to_sft_dataset(store: Store, tmp_path: Path) -> No
     assert meta["skipped"] == {
         "duplicate": 1,
         "failed": 1,  # counted now, as every reason a logged exchange was left out
+        "invalid_row": 1,
         "no_answer": 1,
         "not_chat": 1,
         "unsupported_message": 1,
     }
+    assert meta["first_invalid"].startswith("request tool: field 'messages[1].role'")
+    assert meta["tool_rows"] == 0
     assert meta["models"] == ["tiny:1", "tiny:2", "upstream-gpt"]
     assert meta["unregistered_models"] == ["upstream-gpt"]
     edges = store.assets.lineage(v.ref).upstream

@@ -5,8 +5,14 @@ dataset.
 Bodies are optional: a deployment stores them only when it logs bodies, masked. An exported
 conversation is the logged request's ``messages`` followed by the assistant answer taken
 from the logged reply, which must be an OpenAI chat completion object
-(``choices[0].message.content``); a streamed reply is logged as the completion it
-assembles to.
+(``choices[0].message``); a streamed reply is logged as the completion it assembles to.
+
+Tool conversations flow back whole, in the shape ``lmops train`` reads
+(:mod:`lmops.core.toolrows`): the request's ``tools``, the assistant turns' ``tool_calls``
+(their ``arguments`` as the model wrote them), the ``role: tool`` results with their
+``tool_call_id``, and an answer that is itself a call. Every row is read as ``lmops train``
+reads it before it is written; one it would refuse (a call of a tool the request did not
+list, arguments a PII mask made invalid) is skipped and counted, never written.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from lmops.core.errors import UserError
+from lmops.core.toolrows import has_tool_turns
 from lmops.store.requests import utc as _utc
 from lmops.store.types import RequestRecord
 
@@ -39,7 +46,9 @@ __all__ = [
 NO_KEY = "(none)"  # requests served without an API key
 # exchanges export_conversations leaves out unless asked to keep them
 KEEP_REASONS = frozenset({"failed", "truncated", "content_filtered", "flagged"})
-_ROLES = ("system", "user", "assistant")
+_ROLES = ("system", "user", "assistant", "tool")
+# OpenAI's newer name of the system turn; training rows know it as system
+_ROLE_NAMES = {"developer": "system"}
 
 
 def log_request(store: Store, *, at: datetime | None = None, **fields: Any) -> int:
@@ -205,26 +214,101 @@ def _unfit(status: int, response: Any, guardrails: Any, keep: frozenset[str]) ->
     return left[0] if left else None
 
 
-def _conversation(request: Any, response: Any) -> tuple[list[dict[str, str]] | None, str]:
-    """The chat (messages + answer) of one logged exchange, or None and why not."""
+def _text(content: Any) -> str | None:
+    """A message's content as text: a string, or text parts joined (as the gateway reads
+    them); None for anything else (images, audio)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in content
+    ):
+        return "".join(p["text"] for p in content)
+    return None
+
+
+def _calls(calls: list[Any]) -> list[dict[str, Any]] | None:
+    """Tool calls in training's shape: ``id`` (when there is one), ``type`` and the
+    function's ``name`` and ``arguments`` exactly as logged; None if one is not a call."""
+    out = []
+    for c in calls:
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict):
+            return None
+        call: dict[str, Any] = {"id": c["id"]} if c.get("id") is not None else {}
+        call["type"] = "function"
+        call["function"] = {"name": fn.get("name"), "arguments": fn.get("arguments")}
+        out.append(call)
+    return out
+
+
+def _message(m: Any) -> dict[str, Any] | None:
+    """One logged message with the keys training reads (role and content, an assistant
+    turn's tool calls, a tool result's call id and name), or None when it has no text
+    form (an image) or an unknown role."""
+    if not isinstance(m, dict):
+        return None
+    role = _ROLE_NAMES.get(m.get("role"), m.get("role"))  # type: ignore[arg-type]
+    if role not in _ROLES:
+        return None
+    raw = m.get("tool_calls") if role == "assistant" else None
+    calls = _calls(raw) if isinstance(raw, list) and raw else None
+    if raw and calls is None:
+        return None
+    text = _text(m.get("content"))
+    if text is None and not (calls and m.get("content") is None):
+        return None
+    out: dict[str, Any] = {"role": role, "content": (text or None) if calls else text}
+    if calls:
+        out["tool_calls"] = calls
+    if role == "tool":
+        out.update({k: m[k] for k in ("tool_call_id", "name") if m.get(k) is not None})
+    return out
+
+
+def _conversation(request: Any, response: Any) -> tuple[dict[str, Any] | None, str]:
+    """The training row of one logged exchange (``{"messages"}``, with the request's
+    ``tools`` when it listed some), or None and why not: ``not_chat``,
+    ``unsupported_message`` (an image, an unknown role), ``no_answer``, ``cut_tool_call``
+    (an answer holding the text of a call the gateway could not parse: cut by max_tokens
+    mid-call), or ``invalid_row`` (a row ``lmops train`` would refuse)."""
+    from lmops.models.toolformat import OPEN
+
     messages = request.get("messages") if isinstance(request, dict) else None
     if not isinstance(messages, list) or not messages:
         return None, "not_chat"
-    out: list[dict[str, str]] = []
+    out: list[dict[str, Any]] = []
     for m in messages:
-        if not (
-            isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str)
-        ):
-            return None, "unsupported_message"  # tool turns, images, ...
-        out.append({"role": m["role"], "content": m["content"]})
+        msg = _message(m)
+        if msg is None:
+            return None, "unsupported_message"
+        out.append(msg)
     try:
-        answer = response["choices"][0]["message"]["content"]
+        said = response["choices"][0]["message"]
     except (KeyError, IndexError, TypeError):
-        answer = None
-    if not isinstance(answer, str) or not answer.strip():
+        said = None
+    answer = _message({**said, "role": "assistant"}) if isinstance(said, dict) else None
+    if answer is None or not (answer.get("tool_calls") or (answer["content"] or "").strip()):
         return None, "no_answer"
-    out.append({"role": "assistant", "content": answer})
-    return out, ""
+    tools = request.get("tools")
+    if tools and OPEN in (answer["content"] or ""):
+        return None, "cut_tool_call"
+    out.append(answer)
+    row: dict[str, Any] = {"messages": out}
+    if tools:
+        row["tools"] = tools  # as the client listed them (masked, as the whole body)
+    return row, ""
+
+
+def _trainable(row: dict[str, Any]) -> str | None:
+    """Why ``lmops train`` (stage sft) would refuse ``row``, or None."""
+    from lmops.core.shapes import RowProblem, RowReader
+
+    try:
+        RowReader("sft").read(row)
+    except RowProblem as e:
+        return str(e)
+    return None
 
 
 def _served_by(store: Store, model_refs: Iterable[str]) -> tuple[list[tuple[str, str]], list[str]]:
@@ -250,16 +334,21 @@ def export_conversations(
 ) -> Version:
     """Turn the logged chat requests of ``deployment`` that have bodies and are worth
     learning from into an SFT dataset (``sft_chat`` JSONL: ``{"messages": [...,
-    {"role": "assistant", "content": answer}]}``) registered as the next version of
+    {"role": "assistant", "content": answer}]}``, plus ``tools`` and the tool turns of a
+    tool conversation, see the module docstring) registered as the next version of
     dataset ``output``.
 
     Not worth learning from, and skipped unless ``keep`` names the reason: ``failed``
     requests, ``truncated`` answers (``finish_reason: length``), ``content_filtered`` ones,
     and exchanges a guardrail ``flagged`` (moderation or injection; masked PII is fine).
+    Never kept, whatever ``keep`` says: an answer cut inside a tool call
+    (``cut_tool_call``) and a row ``lmops train`` would refuse (``invalid_row``; the first
+    such problem is in the metadata's ``first_invalid``).
     The version's lineage points at every model version that answered (role
-    ``served_by``); its metadata holds the deployment, the time range, the count and the
-    rows skipped per reason (those above, ``not_chat``, ``unsupported_message``,
-    ``no_answer``, ``duplicate``). Raises :class:`UserError` when nothing is exportable."""
+    ``served_by``); its metadata holds the deployment, the time range, the count (and
+    ``tool_rows``, those with tool calls or results) and the rows skipped per reason (those
+    above, ``not_chat``, ``unsupported_message``, ``no_answer``, ``duplicate``). Raises
+    :class:`UserError` when nothing is exportable."""
     keep = frozenset(keep)
     unknown = keep - KEEP_REASONS
     if unknown:
@@ -273,7 +362,8 @@ def export_conversations(
     models: list[str] = []
     first: datetime | None = None
     last: datetime | None = None
-    count = 0
+    count = tool_rows = 0
+    first_invalid: str | None = None
     with tempfile.TemporaryDirectory(prefix="lmops-export-") as tmp:
         path = Path(tmp) / "conversations.jsonl"
         logged = store.requests.scan(
@@ -292,8 +382,11 @@ def export_conversations(
                     skipped[unfit] = skipped.get(unfit, 0) + 1
                     continue
                 chat, reason = _conversation(request, response)
+                if chat is not None and (problem := _trainable(chat)) is not None:
+                    chat, reason = None, "invalid_row"
+                    first_invalid = first_invalid or f"request {r.request_id}: {problem}"
                 if chat is not None:
-                    line = json.dumps({"messages": chat}, ensure_ascii=False)
+                    line = json.dumps(chat, ensure_ascii=False)
                     digest = hashlib.sha256(line.encode()).hexdigest()
                     if digest in seen:
                         chat, reason = None, "duplicate"
@@ -303,6 +396,7 @@ def export_conversations(
                     continue
                 fh.write(line + "\n")
                 count += 1
+                tool_rows += has_tool_turns(chat["messages"])
                 first = first or time
                 last = time
                 if model_ref:
@@ -312,6 +406,7 @@ def export_conversations(
             raise UserError(
                 f"no chat requests with logged bodies for deployment {deployment!r}{window}"
                 + (f" (skipped: {why})" if why else "")
+                + (f"; first invalid row: {first_invalid}" if first_invalid else "")
                 + "; enable body logging on the deployment and serve some chat requests first"
             )
         inputs, external = _served_by(store, models)
@@ -325,7 +420,9 @@ def export_conversations(
             "first": first.replace(tzinfo=first.tzinfo or UTC).isoformat(),
             "last": last.replace(tzinfo=last.tzinfo or UTC).isoformat(),
             "count": count,
+            "tool_rows": tool_rows,
             "skipped": dict(sorted(skipped.items())),
+            "first_invalid": first_invalid,
             "kept": sorted(keep),
             "models": sorted(set(models)),
             "unregistered_models": external,
