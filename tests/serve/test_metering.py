@@ -121,6 +121,17 @@ def test_export_conversations_to_sft_dataset(store: Store, tmp_path: Path) -> No
             "request_body": chat(("user", "Hi")),
             "response_body": reply("Hello!"),
         },
+        {  # OpenAI's developer turn is a system turn; text parts are their text
+            "request_id": "parts",
+            "request_body": {
+                "messages": [
+                    {"role": "developer", "content": "Be kind."},
+                    {"role": "user", "content": [{"type": "text", "text": "Hi "},
+                                                 {"type": "text", "text": "there"}]},
+                ]
+            },  # fmt: skip
+            "response_body": reply("Hello."),
+        },
     ]
     left_out = [  # each for its own reason
         {"request_id": "no-bodies"},
@@ -200,10 +211,17 @@ def test_export_conversations_to_sft_dataset(store: Store, tmp_path: Path) -> No
                 {"role": "assistant", "content": "Hello!"},
             ]
         },
+        {
+            "messages": [
+                {"role": "system", "content": "Be kind."},
+                {"role": "user", "content": "Hi there"},
+                {"role": "assistant", "content": "Hello."},
+            ]
+        },
     ]
     assert v.kind == "dataset" and v.ref == "chat-flowback:1"
     meta = v.metadata
-    assert meta["deployment"] == "chat" and meta["count"] == 3
+    assert meta["deployment"] == "chat" and meta["count"] == 4
     assert meta["format"] == "sft_chat"
     assert meta["since"] == since.isoformat() and meta["until"] is None
     assert meta["first"] <= meta["last"] and meta["first"] >= since.isoformat()
@@ -226,7 +244,7 @@ def test_export_conversations_to_sft_dataset(store: Store, tmp_path: Path) -> No
     ]
 
     everything = export_conversations(store, deployment="chat", since=None, output="chat-flowback")
-    assert everything.version == 2 and everything.metadata["count"] == 4  # + the old one
+    assert everything.version == 2 and everything.metadata["count"] == 5  # + the old one
 
 
 def test_export_with_nothing_logged_is_a_clear_error(store: Store) -> None:

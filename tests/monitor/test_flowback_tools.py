@@ -1,0 +1,185 @@
+"""Served tool conversations flow back into training data whole: a gateway on a real uvicorn
+with body logging, a deployment whose model answers with tool calls (an upstream that calls
+tools as vLLM with a tool parser does), the official openai client holding a two-turn tool
+conversation through it; `lmops data from-logs` makes rows that `lmops data validate --stage
+sft` accepts, with the tools, the calls as the model wrote them and the results with their
+call ids, PII still masked; an answer cut inside a call, and a call the mask made invalid,
+are skipped and counted."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmops.serve.deployments import DeploymentSpec
+from lmops.serve.fake import serve_app
+from lmops.serve.server import gateway_app
+
+openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+MAIL = {  # an address the PII mask turns into <EMAIL> no longer matches the pattern
+    "type": "function",
+    "function": {
+        "name": "send_mail",
+        "parameters": {
+            "type": "object",
+            "properties": {"to": {"type": "string", "pattern": "@"}},
+            "required": ["to"],
+        },
+    },
+}
+TOOLS = [WEATHER, MAIL]
+# the model's own spelling of the arguments (compact, unit first): kept as written
+PARIS_ARGS = '{"unit":"celsius","city":"Paris"}'
+
+
+def _model_reply(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """What the scripted model answers: the weather after a tool result, else a call (of
+    send_mail when asked to mail), cut mid-call when max_tokens is tiny."""
+    last = body["messages"][-1]
+    text = last.get("content") or ""
+    if last["role"] == "tool":
+        return {"role": "assistant", "content": "It is 21 C in Paris."}, "stop"
+    if (body.get("max_tokens") or 100) < 8:  # cut where a tool parser leaves text
+        return {"role": "assistant", "content": '<tool_call>\n{"name": "get_wea'}, "length"
+    if text.startswith("Mail "):
+        fn = {"name": "send_mail", "arguments": json.dumps({"to": "bob@example.com"})}
+    elif "Lyon" in text:
+        fn = {"name": "get_weather", "arguments": '{"city": "Lyon"}'}
+    else:
+        fn = {"name": "get_weather", "arguments": PARIS_ARGS}
+    call = {"id": f"call_{fn['name']}", "type": "function", "function": fn}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+
+
+@pytest.fixture
+def tool_model() -> Iterator[str]:
+    """An OpenAI-compatible model server that calls tools, full replies and streams."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        message, finish = _model_reply(body)
+        head = {"id": "up", "created": 0, "model": body["model"]}
+        usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+        if not body.get("stream"):
+            choice = {"index": 0, "message": message, "finish_reason": finish}
+            return JSONResponse(
+                {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+            )
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": message["content"]}]
+        for i, call in enumerate(message.get("tool_calls") or []):
+            deltas.append({"tool_calls": [{**call, "index": i}]})
+        events = [
+            {**head, "object": "chat.completion.chunk",
+             "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
+            for d in deltas
+        ]  # fmt: skip
+        events.append(
+            {**head, "object": "chat.completion.chunk",
+             "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+        )  # fmt: skip
+        text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        return Response(text, media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    with serve_app(app, "tool model") as url:
+        yield f"{url}/v1"
+
+
+def test_a_served_tool_conversation_becomes_a_valid_training_row(
+    store: Any, cli: Any, tool_model: str, tmp_path: Path
+) -> None:
+    secret = store.keys.create("app")[1]
+    spec = DeploymentSpec(
+        name="weather", upstream=tool_model, upstream_model="served", log_bodies=True
+    )
+    ask = {"role": "user", "content": "Weather in Paris? I am alice@example.com."}
+    with serve_app(gateway_app([spec], store), "gateway") as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=30)
+        first = c.chat.completions.create(model="weather", messages=[ask], tools=TOOLS)
+        (call,) = first.choices[0].message.tool_calls
+        assert (call.function.name, call.function.arguments) == ("get_weather", PARIS_ARGS)
+        result = {"role": "tool", "tool_call_id": call.id, "content": "21 C, call 13812345678"}
+        history = [ask, first.choices[0].message.model_dump(exclude_none=True), result]
+        final = c.chat.completions.create(model="weather", messages=history, tools=TOOLS)
+        assert final.choices[0].message.content == "It is 21 C in Paris."
+        streamed = c.chat.completions.create(
+            model="weather",
+            messages=[{"role": "user", "content": "And in Lyon?"}],
+            tools=TOOLS,
+            stream=True,
+        )
+        assert [ch for ch in streamed if ch.choices and ch.choices[0].delta.tool_calls]
+        cut = c.chat.completions.create(
+            model="weather", messages=[{"role": "user", "content": "Rome?"}], tools=TOOLS,
+            max_tokens=4,
+        )  # fmt: skip
+        assert cut.choices[0].finish_reason == "length"
+        mail = c.chat.completions.create(
+            model="weather", messages=[{"role": "user", "content": "Mail it to Bob."}],
+            tools=TOOLS,
+        )  # fmt: skip
+        assert mail.choices[0].message.tool_calls[0].function.name == "send_mail"
+    # leaving serve_app shut the gateway down, which wrote the request log
+
+    r = cli("data", "from-logs", "--deployment", "weather", "--output", "weather-sft",
+            "--keep-truncated", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    meta = json.loads(r.out)["metadata"]
+    assert meta["count"] == 3 and meta["tool_rows"] == 3
+    # a cut call is never a training row, even with --keep-truncated; the mask made the
+    # mail call's arguments invalid under its schema, so that row is left out too
+    assert meta["skipped"] == {"cut_tool_call": 1, "invalid_row": 1}
+    assert "send_mail" in meta["first_invalid"] and "<EMAIL>" in meta["first_invalid"]
+
+    path = store.assets.path("weather-sft")  # the JSONL file itself
+    checked = cli("data", "validate", str(path), "--stage", "sft")
+    assert checked.code == 0, checked.out + checked.err
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert all(row["tools"] == TOOLS for row in rows)
+    calling, answered, lyon = rows
+    user = {"role": "user", "content": "Weather in Paris? I am <EMAIL>."}  # still masked
+    paris_call = {
+        "id": "call_get_weather",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": PARIS_ARGS},  # as the model wrote it
+    }
+    assert calling["messages"] == [
+        user,
+        {"role": "assistant", "content": None, "tool_calls": [paris_call]},
+    ]
+    assert answered["messages"] == [
+        user,
+        {"role": "assistant", "content": None, "tool_calls": [paris_call]},
+        {"role": "tool", "tool_call_id": "call_get_weather", "content": "21 C, call <PHONE>"},
+        {"role": "assistant", "content": "It is 21 C in Paris."},
+    ]
+    # the streamed reply is logged as the completion it assembles to, its call whole
+    assert lyon["messages"][-1]["tool_calls"][0]["function"] == {
+        "name": "get_weather",
+        "arguments": '{"city": "Lyon"}',
+    }
+    assert "example.com" not in path.read_text(encoding="utf-8")
+
+    without = cli("data", "from-logs", "--deployment", "weather", "--output", "w2", "--json")
+    assert json.loads(without.out)["metadata"]["skipped"] == {"invalid_row": 1, "truncated": 1}
