@@ -114,7 +114,8 @@ def test_monitoring_pages_show_canaries_that_never_ran(admin: httpx.Client) -> N
     assert "the gateway refused the key (401)" in listing.text  # the cell's title
     report = admin.get("/ui/monitoring/tides-drift/1")
     assert report.status_code == 200
-    assert "2 not run</span>: the gateway refused the key (401)" in report.text
+    # the colon follows the words: no badge (whose padding read as "2 not run :") between
+    assert "2 not run:</strong> the gateway refused the key (401)" in report.text
 
 
 def test_a_datasets_page_shows_what_its_run_dropped(admin: httpx.Client) -> None:
