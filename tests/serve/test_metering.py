@@ -126,10 +126,15 @@ def test_export_conversations_to_sft_dataset(store: Store, tmp_path: Path) -> No
             "request_body": {
                 "messages": [
                     {"role": "developer", "content": "Be kind."},
-                    {"role": "user", "content": [{"type": "text", "text": "Hi "},
-                                                 {"type": "text", "text": "there"}]},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "Hi "},
+                            {"type": "text", "text": "there"},
+                        ],
+                    },
                 ]
-            },  # fmt: skip
+            },
             "response_body": reply("Hello."),
         },
     ]
