@@ -160,7 +160,7 @@ def test_a_model_that_takes_the_request_and_never_answers_fails_its_canaries(
         results = run_canaries(
             load_canaries(path), base_url=f"{url}/v1", model="chat", timeout_s=0.5
         )
-    assert [(r.outcome, r.passed) for r in results] == [("fail", False)] * 3
+    assert [(r.outcome, r.passed, r.cause) for r in results] == [("fail", False, "unanswered")] * 3
     assert results[0].failures == ["no answer in 0.5 s"]
     assert results[2].failures == [
         "not sent: the model answered none of the last 2 canaries in 0.5 s"

@@ -227,7 +227,9 @@ def canaries_run(
             [
                 (
                     r.id,
-                    r.outcome if r.passed else r.outcome.upper(),
+                    r.outcome
+                    if r.passed
+                    else ("NO ANSWER" if r.cause == "unanswered" else r.outcome.upper()),
                     r.error or "; ".join(r.failures) or "-",
                     f"{r.latency_ms:.0f}" if r.latency_ms is not None else "-",
                 )
@@ -244,8 +246,9 @@ def watch_cmd(
     once: Annotated[bool, typer.Option("--once", help="One round, then exit (for cron).")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Check a deployment every interval; on drift or a failing canary, retrain from the
-    logs and promote the challenger only when it wins by the margin."""
+    """Check a deployment every interval; on drift or a canary answered wrong, retrain
+    from the logs and promote the challenger only when it wins by the margin (canaries
+    that got no answer are an availability alert and never retrain)."""
     from lmops.monitor.checks import require_traffic
     from lmops.pipelines.retrain import Decision, load_watch, watch
 
@@ -274,8 +277,14 @@ def watch_cmd(
             notes.append(
                 "operational drift, not a retrain trigger: " + ", ".join(d.operational_drift)
             )
-        if d.canaries_failing:
-            notes.append("canaries failing: " + ", ".join(d.canaries_failing))
+        wrong = [c for c in d.canaries_failing if c not in d.canaries_unanswered]
+        if wrong:
+            notes.append("canaries failing: " + ", ".join(wrong))
+        if d.canaries_unanswered:
+            notes.append(
+                "canaries unanswered (availability, not a retrain trigger): "
+                + ", ".join(d.canaries_unanswered)
+            )
         notes += [f"webhook failed: {w}" for w in d.webhook_errors]
         for line in [*notes, *d.reasons]:
             console.print(f"  {line}", markup=False, highlight=False)

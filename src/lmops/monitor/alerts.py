@@ -4,8 +4,9 @@ Prometheus alert-rules file, and a webhook notifier.
 Hysteresis: a monitor's alert fires after ``fire_after`` evaluations in a row that drifted and
 resolves after ``clear_after`` in a row that did not, so one noisy window neither pages nor
 clears a page. The state travels in each ``drift_report`` version's metadata (``alerts``), so
-the next evaluation reads it from the newest report and no table is needed. Canary regressions
-are the alert ``canary``.
+the next evaluation reads it from the newest report and no table is needed. Canaries answered
+wrong are the alert ``canary``; canaries that got no answer (a hung or failing deployment) the
+alert ``availability``.
 
 Webhook: one POST of JSON per state change (``{"event": "firing"|"resolved", "alert",
 "subject", "report", ...}``); a timeout, a refused connection or a non-2xx answer is recorded
@@ -116,7 +117,8 @@ def deliver(
 def metrics_text(reports: Iterable[DriftReport]) -> bytes:
     """Prometheus exposition of the newest report per subject: per monitor its statistic,
     p-value, drift flag and alert state; per subject the time of the evaluation, and the
-    canary pass/fail/error counts when canaries ran."""
+    canary counts by outcome when canaries ran (``failed``: all failures; ``wrong``: wrong
+    answers; ``unanswered``: no answer)."""
     from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
     reg = CollectorRegistry()
@@ -146,6 +148,12 @@ def metrics_text(reports: Iterable[DriftReport]) -> bytes:
         if r.canaries is not None:
             canary.labels(s, "passed").set(r.canaries.get("passed", 0))
             canary.labels(s, "failed").set(r.canaries.get("failed", 0))
+            # a report from before the split counted every failure as a wrong answer
+            wrong = r.canaries.get("wrong")
+            canary.labels(s, "wrong").set(
+                len(wrong) if wrong is not None else r.canaries.get("failed", 0)
+            )
+            canary.labels(s, "unanswered").set(len(r.canaries.get("unanswered") or []))
             canary.labels(s, "error").set(r.canaries.get("errors", 0))
     return bytes(generate_latest(reg))
 
@@ -153,7 +161,8 @@ def metrics_text(reports: Iterable[DriftReport]) -> bytes:
 def alert_rules(*, group: str = "lmops-monitor", drift_for: str = "15m") -> str:
     """A Prometheus alert-rules file over :func:`metrics_text`'s gauges: lmops's own
     hysteresis (``lmops_monitor_alert_firing``), raw drift held for ``drift_for`` (for a
-    Prometheus that scrapes the gauges without lmops's alert states), and failed canaries."""
+    Prometheus that scrapes the gauges without lmops's alert states), canaries answered
+    wrong, and canaries the deployment did not answer."""
     import yaml
 
     rules = [
@@ -178,10 +187,22 @@ def alert_rules(*, group: str = "lmops-monitor", drift_for: str = "15m") -> str:
         },
         {
             "alert": "LmopsCanaryFailed",
-            "expr": 'lmops_canary_results{outcome="failed"} > 0',
+            "expr": 'lmops_canary_results{outcome="wrong"} > 0',
             "labels": {"severity": "critical"},
             "annotations": {
-                "summary": "{{ $value }} canary prompts fail on {{ $labels.subject }}",
+                "summary": "{{ $value }} canary prompts are answered wrong on "
+                "{{ $labels.subject }}",
+            },
+        },
+        {
+            "alert": "LmopsCanaryUnanswered",
+            "expr": 'lmops_canary_results{outcome="unanswered"} > 0',
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": "{{ $labels.subject }} did not answer {{ $value }} canary prompts "
+                "(timeout, lost connection or error status)",
+                "description": "an availability failure: look at the server, not the model; "
+                "it does not start retraining",
             },
         },
         {

@@ -25,6 +25,12 @@ what went wrong and what to do, in one line. A request the gateway took but did 
 within the timeout is the model's failure (``no answer in 60 s``: a hung deployment is what
 canaries are for); after two such in a row the rest fail unsent, so a hung model costs two
 timeouts, not one per canary.
+
+A failure has a ``cause``: ``wrong_answer`` (an answer came and broke an expectation: a
+quality signal, which may start a retraining round) or ``unanswered`` (none came: no answer
+within the timeout, the connection lost after the request was sent, an error status such
+as a 5xx: the deployment's availability, which retraining cannot fix). A check fires the
+alert ``canary`` on wrong answers and ``availability`` on unanswered canaries.
 """
 
 from __future__ import annotations
@@ -104,12 +110,17 @@ class CanarySet(BaseModel):
     prompts: list[Canary] = Field(min_length=1)
 
 
+Cause = Literal["wrong_answer", "unanswered"]
+
+
 class CanaryResult(BaseModel):
     id: str
     passed: bool
     # pass / fail (the model's answer, or its endpoint's 5xx) / error (the setup: key,
     # model name, URL; the model was never asked)
     outcome: Literal["pass", "fail", "error"] = "fail"
+    # why a canary failed: its answer broke an expectation, or no answer came (module doc)
+    cause: Cause | None = None
     failures: list[str] = Field(default_factory=list)
     latency_ms: float | None = None
     answer: str | None = None
@@ -198,6 +209,8 @@ def _setup_fix(e: Exception, base_url: str, model: str, client: Any) -> str | No
         return f"{base_url} did not answer in time; is the gateway up and the URL right?"
     if isinstance(e, openai.APIConnectionError):
         cause = e.__cause__ or e
+        if _lost(e):
+            return None  # connected and sent, then cut off: the deployment's, see run_canaries
         return (
             f"cannot connect to {base_url} ({type(cause).__name__}: {cause}); is `lmops serve` "
             "running there? check base_url"
@@ -210,13 +223,25 @@ def _setup_fix(e: Exception, base_url: str, model: str, client: Any) -> str | No
 _HUNG = 2
 
 
+def _caused_by(e: Exception, *names: str) -> bool:
+    """Whether the transport error behind ``e`` is one of the exception classes ``names``,
+    by name: the openai client raises from httpx or, in its newer releases, from httpx2,
+    whose classes have the same names."""
+    cause = e.__cause__
+    return cause is not None and any(t.__name__ in names for t in type(cause).__mro__)
+
+
 def _no_connection(e: Exception) -> bool:
     """Whether a timeout came before the connection was made (the URL, a firewall), as
     opposed to a gateway that took the request and did not answer (the model)."""
-    import httpx
+    return e.__cause__ is None or _caused_by(e, "ConnectTimeout", "PoolTimeout")
 
-    cause = e.__cause__
-    return isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout) or cause is None
+
+def _lost(e: Exception) -> bool:
+    """Whether a connection error came after the connection was made (the server closed
+    or reset it before answering: a crashed or restarting deployment), as opposed to no
+    connection at all (a refused one: the URL)."""
+    return _caused_by(e, "ReadError", "WriteError", "RemoteProtocolError")
 
 
 def run_canaries(
@@ -241,7 +266,7 @@ def run_canaries(
             why = (
                 f"not sent: the model answered none of the last {hung} canaries in {timeout_s:g} s"
             )
-            results.append(CanaryResult(id=c.id, passed=False, failures=[why]))
+            results.append(CanaryResult(id=c.id, passed=False, cause="unanswered", failures=[why]))
             continue
         messages: list[Any] = [{"role": "system", "content": c.system}] if c.system else []
         messages.append({"role": "user", "content": c.prompt})
@@ -269,13 +294,23 @@ def run_canaries(
                     late = f"no answer in {timeout_s:g} s"
                     results.append(
                         CanaryResult(
-                            id=c.id, passed=False, failures=[late], latency_ms=timeout_s * 1000
+                            id=c.id,
+                            passed=False,
+                            cause="unanswered",
+                            failures=[late],
+                            latency_ms=timeout_s * 1000,
                         )
                     )
                     continue
                 hung = 0  # answered, with an error: not hung
-                error = f"{type(e).__name__}: {e}"[:500]
-                results.append(CanaryResult(id=c.id, passed=False, error=error))
+                if isinstance(e, openai.APIConnectionError):  # cut off after sending
+                    lost = e.__cause__ or e
+                    error = f"no answer: the connection was lost ({type(lost).__name__}: {lost})"
+                else:  # an error status: no answer to judge
+                    error = f"no answer: {type(e).__name__}: {e}"
+                results.append(
+                    CanaryResult(id=c.id, passed=False, cause="unanswered", error=error[:500])
+                )
                 continue
             answer, filtered = str(e.message), True  # a gateway's guardrails refused it
         hung = 0
@@ -286,6 +321,7 @@ def run_canaries(
                 id=c.id,
                 passed=not fails,
                 outcome="fail" if fails else "pass",
+                cause="wrong_answer" if fails else None,
                 failures=fails,
                 latency_ms=ms,
                 answer=answer[:2000],
@@ -300,13 +336,22 @@ def setup_error(results: list[CanaryResult]) -> str | None:
 
 
 def summarize(results: list[CanaryResult], set_ref: str) -> dict[str, Any]:
-    """The ``canaries`` part of a drift report."""
+    """The ``canaries`` part of a drift report: counts by outcome, the failing ids, split
+    by cause (``wrong``: wrong answers; ``unanswered``: no answer, and ``unanswered_why``,
+    the first one's reason), and every result."""
+    failing = [r for r in results if r.outcome == "fail"]
+    unanswered = [r for r in failing if r.cause == "unanswered"]
     return {
         "set": set_ref,
         "passed": sum(r.outcome == "pass" for r in results),
-        "failed": sum(r.outcome == "fail" for r in results),
+        "failed": len(failing),
         "errors": sum(r.outcome == "error" for r in results),
         "error": setup_error(results),
-        "failing": [r.id for r in results if r.outcome == "fail"],
+        "failing": [r.id for r in failing],
+        "wrong": [r.id for r in failing if r.cause != "unanswered"],
+        "unanswered": [r.id for r in unanswered],
+        "unanswered_why": (
+            (unanswered[0].error or "; ".join(unanswered[0].failures)) if unanswered else None
+        ),
         "results": [r.model_dump(mode="json") for r in results],
     }

@@ -115,6 +115,11 @@ def format_summary(report: DriftReport) -> str:
             f"{c.get('failed', 0)} failed{failing}"
             + (f", {c['errors']} not run: {c['error']}" if c.get("error") else "")
         )
+        if c.get("unanswered"):  # no answer: the deployment's availability, not its quality
+            lines.append(
+                f"    {len(c['unanswered'])} unanswered ({', '.join(c['unanswered'])}): "
+                f"{c.get('unanswered_why')}; an availability failure, not a retraining trigger"
+            )
     for name, state in sorted(report.alerts.items()):
         if state.get("firing"):
             lines.append(f"  alert firing: {name}")

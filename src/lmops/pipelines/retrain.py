@@ -6,11 +6,13 @@ export, the user's retraining pipeline, eval's log-likelihood scoring, the store
 the monitor stage only answers "did it drift?". One round (:func:`watch_once`):
 
 1. ``monitor.checks.check_deployment``: a ``drift_report``;
-2. triggered when a content monitor drifted (``drift``) or a canary failed (``canary``), as
-   ``retrain.triggers`` says; the operational monitors (latency, TTFT, error rate) alert
-   but trigger only with ``operational`` in the triggers, since a model retrained on the
-   logs serves no faster; an empty window or one with nothing in common with the
-   reference never triggers;
+2. triggered when a content monitor drifted (``drift``) or a canary was answered wrong
+   (``canary``), as ``retrain.triggers`` says; the operational monitors (latency, TTFT,
+   error rate) alert but trigger only with ``operational`` in the triggers, since a model
+   retrained on the logs serves no faster; canaries that got no answer (timeout, lost
+   connection, 5xx: a hung deployment) fire the ``availability`` alert and never trigger,
+   since retraining cannot fix a server (the decision says so); an empty window or one
+   with nothing in common with the reference never triggers;
 3. flow-back: the judged window's logged chats (from its first request on) (``monitor.metering.export_conversations``, with its
    quality filters) become dataset ``<flowback>-all``; its newest ``holdout`` conversations
    become ``<flowback>-holdout`` (the recent traffic sample, never trained on) and the rest
@@ -46,7 +48,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -124,7 +126,9 @@ class Decision(BaseModel):
     decision: str | None = None  # the retrain_decision ref, when recorded
     # what the check found beyond drift, shown whether or not it triggers a retrain
     alerts_firing: list[str] = Field(default_factory=list)
-    canaries_failing: list[str] = Field(default_factory=list)
+    canaries_failing: list[str] = Field(default_factory=list)  # wrong answers and unanswered
+    # failed for lack of an answer: an availability failure, never a retrain trigger
+    canaries_unanswered: list[str] = Field(default_factory=list)
     operational_drift: list[str] = Field(default_factory=list)  # latency, TTFT, error rate
     webhook_errors: list[str] = Field(default_factory=list)  # "url: error" per failed POST
 
@@ -360,6 +364,18 @@ def _record(
     d.decision = v.ref
 
 
+def _unanswered(canaries: dict[str, Any]) -> str:
+    """Why failing canaries did not start a retraining round: none of them got an answer."""
+    ids = ", ".join(canaries.get("unanswered") or [])
+    why = canaries.get("unanswered_why")
+    return (
+        f"retraining not started: canaries {ids} failed for lack of an answer"
+        + (f" ({why})" if why else "")
+        + ", an availability failure of the deployment that retraining cannot fix; "
+        "look at the server (the availability alert)"
+    )
+
+
 def watch_once(
     store: Store, spec: WatchSpec, base_dir: Path = Path("."), *, progress: bool = False
 ) -> Decision:
@@ -373,6 +389,7 @@ def watch_once(
         status=report.status,
         alerts_firing=sorted(n for n, st in report.alerts.items() if st.get("firing")),
         canaries_failing=list((report.canaries or {}).get("failing") or []),
+        canaries_unanswered=list((report.canaries or {}).get("unanswered") or []),
         operational_drift=[n for n in report.drifted if n in OPERATIONAL],
         webhook_errors=[
             f"{n.get('url')}: {n.get('error')}" for n in report.notifications if not n.get("ok")
@@ -389,10 +406,13 @@ def watch_once(
         d.triggers.append("drift: " + ", ".join(content))
     if "operational" in r.triggers and d.operational_drift:
         d.triggers.append("operational drift: " + ", ".join(d.operational_drift))
-    if "canary" in r.triggers and report.canaries and report.canaries.get("failed"):
-        d.triggers.append("canaries failing: " + ", ".join(report.canaries["failing"]))
+    wrong = (report.canaries or {}).get("wrong") or []
+    if "canary" in r.triggers and wrong:
+        d.triggers.append("canaries answered wrong: " + ", ".join(wrong))
     d.triggered = bool(d.triggers)
     if not d.triggered:
+        if "canary" in r.triggers and d.canaries_unanswered:
+            d.reasons.append(_unanswered(report.canaries or {}))
         return d
     # Traffic that moved stays moved after a promotion: without a pause every round would
     # retrain again on the same drift (point the reference at the new training data).
