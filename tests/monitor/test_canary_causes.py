@@ -5,9 +5,6 @@ wrong are the quality signal that starts a round. Driven through `lmops monitor 
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +14,7 @@ import pytest
 import yaml
 
 from lmops.serve.fake import fake_server
-from tests.monitor.traffic import plant_traffic
+from tests.monitor.traffic import banner_server, plant_traffic
 
 CANARIES = """\
 prompts:
@@ -27,42 +24,14 @@ prompts:
 
 
 @contextmanager
-def dropping_server() -> Iterator[str]:
-    """A server on 127.0.0.1 that takes each request and closes the connection without a
-    byte of answer (a crashing worker behind a proxy); yields its base URL."""
-    sock = socket.create_server(("127.0.0.1", 0))
-    sock.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                with contextlib.suppress(OSError):
-                    conn.recv(65536)  # the request arrived; then hang up
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(5)
-        sock.close()
-
-
-@contextmanager
 def deployment(kind: str) -> Iterator[str]:
-    if kind == "lost":
-        with dropping_server() as url:
+    if kind == "lost":  # a gateway that answers HTTP, whose model requests die unanswered
+        with banner_server(b"", models=True) as url:
             yield url
         return
     options: dict[str, Any] = {
         "hung": {"reply": "Paris. hello", "ttft_s": 3.0},
+        "slow": {"reply": "Paris. hello", "ttft_s": 0.3},
         "5xx": {"reply": "Paris. hello", "fail_first": 100, "fail_status": 503},
         "wrong": {"reply": "I would rather not say."},
     }[kind]
@@ -70,9 +39,9 @@ def deployment(kind: str) -> Iterator[str]:
         yield url
 
 
-def _watch(cli: Any, store: Any, tmp_path: Path, url: str) -> Any:
+def _watch(cli: Any, store: Any, tmp_path: Path, url: str, canaries: str = CANARIES) -> Any:
     path = tmp_path / "canaries.yaml"
-    path.write_text(CANARIES)
+    path.write_text(canaries)
     assert cli("monitor", "canaries", "register", str(path), "--name", "cs").code == 0
     plant_traffic(store, "chat", model_ref=None, drift=False, n=30)
     (tmp_path / "retrain.yaml").write_text("name: r\nsteps: {}\n")
@@ -127,7 +96,9 @@ def test_canaries_without_an_answer_alert_availability_and_do_not_retrain(
     assert why in c["unanswered_why"]
     assert meta["alerts"]["availability"]["firing"] and not meta["alerts"]["canary"]["firing"]
     shown = " ".join(cli("monitor", "show", "drift-chat").out.split())
-    assert "2 unanswered (capital, hello)" in shown and "not a retraining trigger" in shown
+    # "failed" counts wrong answers only: the unanswered ones are not counted twice
+    assert "0 passed, 0 failed 2 unanswered (capital, hello)" in shown, shown
+    assert "not a retraining trigger" in shown
     metrics = cli("monitor", "metrics").out
     assert 'lmops_canary_results{outcome="unanswered",subject="deployment:chat"} 2.0' in metrics
     assert 'lmops_canary_results{outcome="wrong",subject="deployment:chat"} 0.0' in metrics
@@ -151,3 +122,42 @@ def test_canaries_answered_wrong_start_a_retraining_round(
     exprs = {rule["alert"]: rule["expr"] for rule in rules}
     assert exprs["LmopsCanaryFailed"] == 'lmops_canary_results{outcome="wrong"} > 0'
     assert exprs["LmopsCanaryUnanswered"] == 'lmops_canary_results{outcome="unanswered"} > 0'
+
+
+def test_canaries_answered_right_but_too_late_do_not_retrain(
+    cli: Any, store: Any, tmp_path: Path
+) -> None:
+    """A correct answer later than max_latency_ms was a wrong answer and started a round:
+    retraining does not make a model faster (the operational monitors never retrain)."""
+    slow = CANARIES.replace("expect: {", "expect: {max_latency_ms: 100, ")
+    with deployment("slow") as url:
+        r = _watch(cli, store, tmp_path, url, slow)
+    assert r.code == 0, r.err
+    out = " ".join(r.out.split())
+    assert "triggered" not in out, out
+    assert "retraining not started: canaries capital, hello were answered right but too late" in (
+        out
+    )
+    assert "a latency failure of the deployment that retraining cannot fix" in out
+    assert "canaries slow (latency, not a retrain trigger): capital, hello" in out
+    assert store.assets.list("retrain_decision") == []
+    meta = store.assets.resolve("drift-chat").metadata
+    c = meta["canaries"]
+    assert (c["wrong"], c["slow"], c["unanswered"]) == ([], ["capital", "hello"], [])
+    assert c["slow_why"].startswith("took ") and c["slow_why"].endswith(" ms > 100 ms")
+    assert meta["alerts"]["availability"]["firing"] and not meta["alerts"]["canary"]["firing"]
+    shown = " ".join(cli("monitor", "show", "drift-chat").out.split())
+    assert "0 passed, 0 failed 2 slow (capital, hello): took" in shown, shown
+    metrics = cli("monitor", "metrics").out
+    assert 'lmops_canary_results{outcome="slow",subject="deployment:chat"} 2.0' in metrics
+
+
+def test_a_slow_wrong_answer_is_a_wrong_answer(tmp_path: Path) -> None:
+    from lmops.monitor.canary import load_canaries, run_canaries
+
+    path = tmp_path / "canaries.yaml"
+    path.write_text(CANARIES.replace("expect: {", "expect: {max_latency_ms: 100, "))
+    with fake_server(model="chat", reply="Paris.", ttft_s=0.3) as url:
+        results = run_canaries(load_canaries(path), base_url=f"{url}/v1", model="chat")
+    assert [r.cause for r in results] == ["slow", "wrong_answer"]
+    assert results[1].failures[0] == "missing 'hello'" and len(results[1].failures) == 2

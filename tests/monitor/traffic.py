@@ -1,11 +1,15 @@
-"""Helpers of the monitor tests: literal prompt templates logged into the request log, and a
-local webhook receiver on 127.0.0.1."""
+"""Helpers of the monitor tests: literal prompt templates logged into the request log, a
+local webhook receiver on 127.0.0.1, and a server that does not answer chat requests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -126,3 +130,39 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextmanager
+def banner_server(banner: bytes, *, models: bool = False) -> Iterator[str]:
+    """A server on 127.0.0.1 that reads each request and answers ``banner`` then closes;
+    with ``models``, a GET of /v1/models gets a real HTTP answer (a gateway alive whose
+    model requests die). Yields its base URL."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+    models_body = json.dumps({"object": "list", "data": [{"id": "chat", "object": "model"}]})
+    listing = (
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        f"content-length: {len(models_body)}\r\n\r\n{models_body}"
+    ).encode()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    head = conn.recv(65536)
+                    conn.sendall(listing if models and head.startswith(b"GET ") else banner)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close()

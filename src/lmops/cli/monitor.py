@@ -229,7 +229,9 @@ def canaries_run(
                     r.id,
                     r.outcome
                     if r.passed
-                    else ("NO ANSWER" if r.cause == "unanswered" else r.outcome.upper()),
+                    else {"unanswered": "NO ANSWER", "slow": "SLOW"}.get(
+                        r.cause or "", r.outcome.upper()
+                    ),
                     r.error or "; ".join(r.failures) or "-",
                     f"{r.latency_ms:.0f}" if r.latency_ms is not None else "-",
                 )
@@ -248,7 +250,8 @@ def watch_cmd(
 ) -> None:
     """Check a deployment every interval; on drift or a canary answered wrong, retrain
     from the logs and promote the challenger only when it wins by the margin (canaries
-    that got no answer are an availability alert and never retrain)."""
+    that got no answer, or a right one too late, are an availability alert and never
+    retrain)."""
     from lmops.monitor.checks import require_traffic
     from lmops.pipelines.retrain import Decision, load_watch, watch
 
@@ -277,14 +280,16 @@ def watch_cmd(
             notes.append(
                 "operational drift, not a retrain trigger: " + ", ".join(d.operational_drift)
             )
-        wrong = [c for c in d.canaries_failing if c not in d.canaries_unanswered]
+        serving = {*d.canaries_unanswered, *d.canaries_slow}
+        wrong = [c for c in d.canaries_failing if c not in serving]
         if wrong:
             notes.append("canaries failing: " + ", ".join(wrong))
-        if d.canaries_unanswered:
-            notes.append(
-                "canaries unanswered (availability, not a retrain trigger): "
-                + ", ".join(d.canaries_unanswered)
-            )
+        for ids, what in [
+            (d.canaries_unanswered, "unanswered (availability"),
+            (d.canaries_slow, "slow (latency"),
+        ]:
+            if ids:
+                notes.append(f"canaries {what}, not a retrain trigger): " + ", ".join(ids))
         notes += [f"webhook failed: {w}" for w in d.webhook_errors]
         for line in [*notes, *d.reasons]:
             console.print(f"  {line}", markup=False, highlight=False)

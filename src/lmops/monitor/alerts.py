@@ -5,8 +5,8 @@ Hysteresis: a monitor's alert fires after ``fire_after`` evaluations in a row th
 resolves after ``clear_after`` in a row that did not, so one noisy window neither pages nor
 clears a page. The state travels in each ``drift_report`` version's metadata (``alerts``), so
 the next evaluation reads it from the newest report and no table is needed. Canaries answered
-wrong are the alert ``canary``; canaries that got no answer (a hung or failing deployment) the
-alert ``availability``.
+wrong are the alert ``canary``; canaries that got no answer (a hung or failing deployment), or a
+right one too late, the alert ``availability``.
 
 Webhook: one POST of JSON per state change (``{"event": "firing"|"resolved", "alert",
 "subject", "report", ...}``); a timeout, a refused connection or a non-2xx answer is recorded
@@ -118,7 +118,8 @@ def metrics_text(reports: Iterable[DriftReport]) -> bytes:
     """Prometheus exposition of the newest report per subject: per monitor its statistic,
     p-value, drift flag and alert state; per subject the time of the evaluation, and the
     canary counts by outcome when canaries ran (``failed``: all failures; ``wrong``: wrong
-    answers; ``unanswered``: no answer)."""
+    answers; ``slow``: right but later than ``max_latency_ms``; ``unanswered``: no
+    answer)."""
     from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
     reg = CollectorRegistry()
@@ -153,6 +154,7 @@ def metrics_text(reports: Iterable[DriftReport]) -> bytes:
             canary.labels(s, "wrong").set(
                 len(wrong) if wrong is not None else r.canaries.get("failed", 0)
             )
+            canary.labels(s, "slow").set(len(r.canaries.get("slow") or []))
             canary.labels(s, "unanswered").set(len(r.canaries.get("unanswered") or []))
             canary.labels(s, "error").set(r.canaries.get("errors", 0))
     return bytes(generate_latest(reg))
@@ -162,7 +164,7 @@ def alert_rules(*, group: str = "lmops-monitor", drift_for: str = "15m") -> str:
     """A Prometheus alert-rules file over :func:`metrics_text`'s gauges: lmops's own
     hysteresis (``lmops_monitor_alert_firing``), raw drift held for ``drift_for`` (for a
     Prometheus that scrapes the gauges without lmops's alert states), canaries answered
-    wrong, and canaries the deployment did not answer."""
+    wrong, canaries the deployment did not answer, and canaries answered too late."""
     import yaml
 
     rules = [
@@ -203,6 +205,17 @@ def alert_rules(*, group: str = "lmops-monitor", drift_for: str = "15m") -> str:
                 "(timeout, lost connection or error status)",
                 "description": "an availability failure: look at the server, not the model; "
                 "it does not start retraining",
+            },
+        },
+        {
+            "alert": "LmopsCanarySlow",
+            "expr": 'lmops_canary_results{outcome="slow"} > 0',
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "{{ $labels.subject }} answered {{ $value }} canary prompts right "
+                "but later than their max_latency_ms",
+                "description": "a latency failure: look at the server, not the model; it "
+                "does not start retraining",
             },
         },
         {

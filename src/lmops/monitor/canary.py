@@ -15,26 +15,44 @@ A canary set is a YAML file registered as a ``canary_set`` asset::
           refusal: false              # true: must refuse; false: must not (bilingual patterns)
           max_latency_ms: 5000
 
-A canary passes when every expectation holds, and fails when one does not or the request
-failed on the model's side (a 5xx, a 400). A request that shows the setup is wrong (401 or
-403: the key; 404: no such model, most often a misspelt deployment; a refused connection or
-a connect timeout: the URL) is an ``error``, not a failure: the model was never asked, so it
-must not fire the canary alert nor start a retraining round. The run stops at the first such
-error (the others would fail alike) and marks the canaries not sent; :func:`setup_error` says
-what went wrong and what to do, in one line. A request the gateway took but did not answer
-within the timeout is the model's failure (``no answer in 60 s``: a hung deployment is what
-canaries are for); after two such in a row the rest fail unsent, so a hung model costs two
-timeouts, not one per canary.
+A canary passes when every expectation holds, and fails when one does not or no answer
+came. A request that shows the setup is wrong is an ``error``, not a failure: the model was
+never asked, so it must not fire an alert nor start a retraining round. The setup errors:
 
-A failure has a ``cause``: ``wrong_answer`` (an answer came and broke an expectation: a
-quality signal, which may start a retraining round) or ``unanswered`` (none came: no answer
-within the timeout, the connection lost after the request was sent, an error status such
-as a 5xx: the deployment's availability, which retraining cannot fix). A check fires the
-alert ``canary`` on wrong answers and ``availability`` on unanswered canaries.
+* 401 or 403: the key; 404: no such model, most often a misspelt deployment;
+* 400, 413, 422 (other than the content filter's 400, which is a refusal), and any other
+  4xx but 408 and 429: the gateway refused the canary's request (its prompt, its
+  ``max_tokens``): the canary set is to fix;
+* a 429 from a limit of the API key (the gateway's message names the scope ``key:<name>``)
+  and a 429 "request too large" (the canary alone is over a limit, of the key or the
+  deployment, and can never pass): the key's limits or the canary are to fix;
+* a refused connection, a connect timeout, or a server that does not speak HTTP (the
+  request's connection is lost and ``GET /models`` too fails at the protocol level): the
+  URL.
+
+The run stops at the first such error (the others would fail alike) and marks the canaries
+not sent; :func:`setup_error` says what went wrong and what to do, in one line.
+
+A failure has a ``cause``:
+
+* ``wrong_answer``: an answer came and broke an expectation other than ``max_latency_ms``
+  (a quality signal, which may start a retraining round);
+* ``slow``: an answer came, right but later than ``max_latency_ms`` (the deployment's
+  serving: retraining does not make a model faster);
+* ``unanswered``: none came, and exactly these count: no answer within the timeout after
+  the gateway took the request (``no answer in 60 s``; after two such in a row the rest fail
+  unsent, so a hung model costs two timeouts, not one per canary); the connection closed or
+  reset after the request was sent, by a server that does answer HTTP; a 5xx or a 408; a 429
+  from the deployment's own limits (or its upstream's), which callers meet as well.
+
+A check fires the alert ``canary`` on wrong answers and ``availability`` on unanswered and
+slow canaries; only wrong answers may start retraining.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import re
 import time
@@ -110,16 +128,17 @@ class CanarySet(BaseModel):
     prompts: list[Canary] = Field(min_length=1)
 
 
-Cause = Literal["wrong_answer", "unanswered"]
+Cause = Literal["wrong_answer", "slow", "unanswered"]
 
 
 class CanaryResult(BaseModel):
     id: str
     passed: bool
-    # pass / fail (the model's answer, or its endpoint's 5xx) / error (the setup: key,
-    # model name, URL; the model was never asked)
+    # pass / fail (the model's answer, or no answer: see cause) / error (the setup: key,
+    # model name, URL, the canary's request; the model was never asked)
     outcome: Literal["pass", "fail", "error"] = "fail"
-    # why a canary failed: its answer broke an expectation, or no answer came (module doc)
+    # why a canary failed: its answer broke an expectation, came too late, or did not
+    # come (module doc)
     cause: Cause | None = None
     failures: list[str] = Field(default_factory=list)
     latency_ms: float | None = None
@@ -170,20 +189,41 @@ def check_answer(c: Canary, answer: str, latency_ms: float, *, filtered: bool = 
         refused = filtered or bool(REFUSAL.search(answer))
         if refused != e.refusal:
             out.append("did not refuse" if e.refusal else "refused")
-    if e.max_latency_ms is not None and latency_ms > e.max_latency_ms:
-        out.append(f"took {latency_ms:.0f} ms > {e.max_latency_ms:g} ms")
-    return out
+    late = _too_slow(c, latency_ms)
+    return [*out, late] if late else out
 
 
-def _setup_fix(e: Exception, base_url: str, model: str, client: Any) -> str | None:
-    """One line naming the cause and what to do, when ``e`` shows the setup is wrong (the
-    key, the model name, the URL) rather than the model; else None."""
+def _too_slow(c: Canary, latency_ms: float) -> str | None:
+    """The failure of an answer later than the canary's ``max_latency_ms``, or None."""
+    limit = c.expect.max_latency_ms
+    return (
+        f"took {latency_ms:.0f} ms > {limit:g} ms"
+        if limit is not None and latency_ms > limit
+        else None
+    )
+
+
+# How the gateway's 429 names what refused it (lmops.serve.limits: "rate limit reached for
+# key:ci: ...", "request too large for dep:chat: ...", "too many concurrent requests for
+# key:ci: ..."): the API key's limits are the canaries' setup; the deployment's, its
+# availability; a request over a limit on its own can never pass.
+_KEY_LIMIT = re.compile(r"(?:rate limit reached|too many concurrent requests) for key:")
+_TOO_LARGE = re.compile(r"request too large for (\S+?): ")
+# 4xx statuses that are the request's (the canary's) problem, not the deployment's
+_MALFORMED = frozenset({400, 413, 422})
+
+
+def _setup_fix(e: Exception, c: Canary, base_url: str, model: str, client: Any) -> str | None:
+    """One line naming the cause and what to do, when ``e`` (canary ``c``'s error) shows
+    the setup is wrong (the key, the model name, the URL, the canary's request) rather
+    than the deployment; else None (module docstring)."""
     import openai
 
     status = getattr(e, "status_code", None)
     body = getattr(e, "body", None)
-    said = body.get("message") if isinstance(body, dict) else None
-    said = str(said or getattr(e, "message", None) or e)[:200]
+    full = body.get("message") if isinstance(body, dict) else None
+    full = str(full or getattr(e, "message", None) or e)
+    said = full[:200]
     if isinstance(e, openai.AuthenticationError):
         return (
             f"the gateway at {base_url} refused the API key ({status}: {said}); set api_key, "
@@ -203,6 +243,30 @@ def _setup_fix(e: Exception, base_url: str, model: str, client: Any) -> str | No
         if names:
             hint = name_hint(model, names, "the gateway serves")
         return f"the gateway at {base_url} has no model {model!r} ({status}: {said}); {hint}"
+    if isinstance(e, openai.RateLimitError):
+        if m := _TOO_LARGE.search(full):
+            return (
+                f"canary {c.id!r} can never pass a limit of {m[1]} at {base_url} (429: "
+                f"{said}); lower its max_tokens or shorten its prompt, or raise that limit"
+            )
+        if _KEY_LIMIT.search(full):
+            return (
+                f"the API key's own limits stopped the canaries at {base_url} (429: {said}); "
+                "give the canaries a key whose rpm and tpm allow a whole run (or none)"
+            )
+        return None  # the deployment's own limit: callers are refused too
+    if isinstance(e, openai.APIStatusError) and status in _MALFORMED:
+        return (
+            f"the gateway at {base_url} refused canary {c.id!r} ({status}: {said}); fix the "
+            "canary in the set (its prompt, its max_tokens) so the deployment takes it"
+        )
+    if isinstance(e, openai.APIStatusError) and 400 <= e.status_code < 500:
+        if e.status_code == 408:
+            return None  # the server gave up waiting: its availability
+        return (
+            f"the gateway at {base_url} refused canary {c.id!r} ({status}: {said}); check "
+            "base_url (the gateway's /v1 URL) and the canary"
+        )
     if isinstance(e, openai.APITimeoutError):
         if not _no_connection(e):
             return None  # connected, then no answer in time: the model's, see run_canaries
@@ -210,11 +274,31 @@ def _setup_fix(e: Exception, base_url: str, model: str, client: Any) -> str | No
     if isinstance(e, openai.APIConnectionError):
         cause = e.__cause__ or e
         if _lost(e):
-            return None  # connected and sent, then cut off: the deployment's, see run_canaries
+            return None  # connected and sent, then cut off: see _not_http, run_canaries
         return (
             f"cannot connect to {base_url} ({type(cause).__name__}: {cause}); is `lmops serve` "
             "running there? check base_url"
         )
+    return None
+
+
+def _not_http(client: Any, base_url: str, timeout_s: float) -> str | None:
+    """After a request's connection was lost: the setup error when ``GET /models`` too
+    fails at the protocol level (nothing at ``base_url`` speaks HTTP: an SSH port, a
+    database), else None (an HTTP server dropped the model's request: the deployment's)."""
+    import openai
+
+    try:
+        client.with_options(timeout=min(timeout_s, 10.0)).models.list()
+    except openai.APIConnectionError as e:
+        if _caused_by(e, "RemoteProtocolError"):
+            cause = e.__cause__
+            return (
+                f"{base_url} does not answer HTTP ({type(cause).__name__}: {cause}), not even "
+                "GET /models; is `lmops serve` running there? check base_url (host and port)"
+            )
+    except openai.OpenAIError:
+        pass  # an HTTP status: a server that speaks HTTP
     return None
 
 
@@ -223,12 +307,23 @@ def _setup_fix(e: Exception, base_url: str, model: str, client: Any) -> str | No
 _HUNG = 2
 
 
+@functools.lru_cache(maxsize=16)
+def _transport_errors(names: tuple[str, ...]) -> tuple[type[BaseException], ...]:
+    """The exception classes ``names`` of httpx and of httpx2, whichever are installed:
+    the openai client raises from httpx or, in its newer releases, from httpx2."""
+    found: list[type[BaseException]] = []
+    for lib in ("httpx", "httpx2"):
+        try:
+            mod = importlib.import_module(lib)
+        except ImportError:
+            continue
+        found += [t for n in names if isinstance(t := getattr(mod, n, None), type)]
+    return tuple(found)
+
+
 def _caused_by(e: Exception, *names: str) -> bool:
-    """Whether the transport error behind ``e`` is one of the exception classes ``names``,
-    by name: the openai client raises from httpx or, in its newer releases, from httpx2,
-    whose classes have the same names."""
-    cause = e.__cause__
-    return cause is not None and any(t.__name__ in names for t in type(cause).__mro__)
+    """Whether the transport error behind ``e`` is one of the classes ``names``."""
+    return isinstance(e.__cause__, _transport_errors(names))
 
 
 def _no_connection(e: Exception) -> bool:
@@ -239,9 +334,19 @@ def _no_connection(e: Exception) -> bool:
 
 def _lost(e: Exception) -> bool:
     """Whether a connection error came after the connection was made (the server closed
-    or reset it before answering: a crashed or restarting deployment), as opposed to no
+    or reset it before answering, or answered what is not HTTP), as opposed to no
     connection at all (a refused one: the URL)."""
     return _caused_by(e, "ReadError", "WriteError", "RemoteProtocolError")
+
+
+def _no_answer(e: Exception) -> str:
+    """Why an error that is not the setup's left the canary unanswered."""
+    import openai
+
+    if isinstance(e, openai.APIConnectionError):  # cut off after sending
+        lost = e.__cause__ or e
+        return f"no answer: the connection was lost ({type(lost).__name__}: {lost})"[:500]
+    return f"no answer: {type(e).__name__}: {e}"[:500]  # a 5xx, a 408, the deployment's 429
 
 
 def run_canaries(
@@ -261,6 +366,7 @@ def run_canaries(
     )
     results: list[CanaryResult] = []
     hung = 0  # canaries in a row that got no answer in time
+    probed = False  # whether a lost connection made us ask if base_url speaks HTTP
     for c in cs.prompts:
         if hung >= _HUNG:
             why = (
@@ -279,7 +385,10 @@ def run_canaries(
             filtered = resp.choices[0].finish_reason == "content_filter"
         except openai.OpenAIError as e:
             if not (isinstance(e, openai.BadRequestError) and e.code == "content_filter"):
-                fix = _setup_fix(e, base_url, model, client)
+                fix = _setup_fix(e, c, base_url, model, client)
+                if fix is None and not probed and _lost(e):
+                    probed = True
+                    fix = _not_http(client, base_url, timeout_s)
                 if fix is not None:
                     results.append(CanaryResult(id=c.id, passed=False, outcome="error", error=fix))
                     results += [
@@ -289,7 +398,7 @@ def run_canaries(
                         for rest in cs.prompts[len(results) :]
                     ]
                     return results
-                if isinstance(e, openai.APITimeoutError):  # the gateway took it: a failure
+                if isinstance(e, openai.APITimeoutError):  # the gateway took it: no answer
                     hung += 1
                     late = f"no answer in {timeout_s:g} s"
                     results.append(
@@ -303,25 +412,22 @@ def run_canaries(
                     )
                     continue
                 hung = 0  # answered, with an error: not hung
-                if isinstance(e, openai.APIConnectionError):  # cut off after sending
-                    lost = e.__cause__ or e
-                    error = f"no answer: the connection was lost ({type(lost).__name__}: {lost})"
-                else:  # an error status: no answer to judge
-                    error = f"no answer: {type(e).__name__}: {e}"
                 results.append(
-                    CanaryResult(id=c.id, passed=False, cause="unanswered", error=error[:500])
+                    CanaryResult(id=c.id, passed=False, cause="unanswered", error=_no_answer(e))
                 )
                 continue
             answer, filtered = str(e.message), True  # a gateway's guardrails refused it
         hung = 0
         ms = (time.perf_counter() - started) * 1000
         fails = check_answer(c, answer, ms, filtered=filtered)
+        # right but late is the serving's (latency), not the model's quality
+        cause: Cause = "slow" if fails == [_too_slow(c, ms)] else "wrong_answer"
         results.append(
             CanaryResult(
                 id=c.id,
                 passed=not fails,
                 outcome="fail" if fails else "pass",
-                cause="wrong_answer" if fails else None,
+                cause=cause if fails else None,
                 failures=fails,
                 latency_ms=ms,
                 answer=answer[:2000],
@@ -336,11 +442,19 @@ def setup_error(results: list[CanaryResult]) -> str | None:
 
 
 def summarize(results: list[CanaryResult], set_ref: str) -> dict[str, Any]:
-    """The ``canaries`` part of a drift report: counts by outcome, the failing ids, split
-    by cause (``wrong``: wrong answers; ``unanswered``: no answer, and ``unanswered_why``,
-    the first one's reason), and every result."""
+    """The ``canaries`` part of a drift report: counts by outcome (``failed``: every
+    failure, whatever its cause), the failing ids, split by cause (``wrong``, ``slow``,
+    ``unanswered``, with ``slow_why`` and ``unanswered_why``: the first one's reason), and
+    every result."""
     failing = [r for r in results if r.outcome == "fail"]
-    unanswered = [r for r in failing if r.cause == "unanswered"]
+
+    def of(cause: str) -> list[CanaryResult]:
+        return [r for r in failing if r.cause == cause]
+
+    def why(rs: list[CanaryResult]) -> str | None:
+        return (rs[0].error or "; ".join(rs[0].failures)) if rs else None
+
+    slow, unanswered = of("slow"), of("unanswered")
     return {
         "set": set_ref,
         "passed": sum(r.outcome == "pass" for r in results),
@@ -348,10 +462,10 @@ def summarize(results: list[CanaryResult], set_ref: str) -> dict[str, Any]:
         "errors": sum(r.outcome == "error" for r in results),
         "error": setup_error(results),
         "failing": [r.id for r in failing],
-        "wrong": [r.id for r in failing if r.cause != "unanswered"],
+        "wrong": [r.id for r in failing if r.cause not in ("slow", "unanswered")],
+        "slow": [r.id for r in slow],
+        "slow_why": why(slow),
         "unanswered": [r.id for r in unanswered],
-        "unanswered_why": (
-            (unanswered[0].error or "; ".join(unanswered[0].failures)) if unanswered else None
-        ),
+        "unanswered_why": why(unanswered),
         "results": [r.model_dump(mode="json") for r in results],
     }

@@ -233,10 +233,13 @@ def check_deployment(
             )
             report.canaries = summarize(res, cs_version.ref)
             if report.canaries["error"] is None:  # a setup error says nothing of the model
-                # wrong answers are the model's quality; no answer, the deployment's
-                # availability (monitor/canary.py): two alerts, as they need other fixes
+                # wrong answers are the model's quality; no answer, or a late one, the
+                # deployment's serving (monitor/canary.py): two alerts, as they need other
+                # fixes
                 results["canary"] = bool(report.canaries["wrong"])
-                results["availability"] = bool(report.canaries["unanswered"])
+                results["availability"] = bool(
+                    report.canaries["unanswered"] or report.canaries["slow"]
+                )
             inputs.append((cs_version.ref, "canaries"))
         scope = alert_scope(spec)
         scopes, undelivered = _previous(store, name, scope)

@@ -109,17 +109,20 @@ def format_summary(report: DriftReport) -> str:
         lines.append(f"  {m.name:22} {flag:5} stat={m.statistic:.4g} {p} (n={m.n_ref}/{m.n_cur})")
     if report.canaries is not None:
         c = report.canaries
-        failing = f" ({', '.join(c['failing'])})" if c.get("failing") else ""
+        # "failed": answered wrong; no answer and late answers are counted apart (a report
+        # from before the split has no "wrong": every failure was one)
+        wrong = c.get("wrong", c.get("failing") or [])
+        ids = f" ({', '.join(wrong)})" if wrong else ""
         lines.append(
-            f"  canaries {c.get('set')}: {c.get('passed', 0)} passed, "
-            f"{c.get('failed', 0)} failed{failing}"
+            f"  canaries {c.get('set')}: {c.get('passed', 0)} passed, {len(wrong)} failed{ids}"
             + (f", {c['errors']} not run: {c['error']}" if c.get("error") else "")
         )
-        if c.get("unanswered"):  # no answer: the deployment's availability, not its quality
-            lines.append(
-                f"    {len(c['unanswered'])} unanswered ({', '.join(c['unanswered'])}): "
-                f"{c.get('unanswered_why')}; an availability failure, not a retraining trigger"
-            )
+        for key, kind in [("unanswered", "an availability"), ("slow", "a latency")]:
+            if c.get(key):  # the deployment's serving, not its quality
+                lines.append(
+                    f"    {len(c[key])} {key} ({', '.join(c[key])}): {c.get(key + '_why')}; "
+                    f"{kind} failure, not a retraining trigger"
+                )
     for name, state in sorted(report.alerts.items()):
         if state.get("firing"):
             lines.append(f"  alert firing: {name}")

@@ -10,9 +10,10 @@ the monitor stage only answers "did it drift?". One round (:func:`watch_once`):
    (``canary``), as ``retrain.triggers`` says; the operational monitors (latency, TTFT,
    error rate) alert but trigger only with ``operational`` in the triggers, since a model
    retrained on the logs serves no faster; canaries that got no answer (timeout, lost
-   connection, 5xx: a hung deployment) fire the ``availability`` alert and never trigger,
-   since retraining cannot fix a server (the decision says so); an empty window or one
-   with nothing in common with the reference never triggers;
+   connection, 5xx: a hung deployment) or a right one too late (``max_latency_ms``) fire
+   the ``availability`` alert and never trigger, since retraining cannot fix a server nor
+   make a model faster (the decision says so); an empty window or one with nothing in
+   common with the reference never triggers;
 3. flow-back: the judged window's logged chats (from its first request on) (``monitor.metering.export_conversations``, with its
    quality filters) become dataset ``<flowback>-all``; its newest ``holdout`` conversations
    become ``<flowback>-holdout`` (the recent traffic sample, never trained on) and the rest
@@ -126,9 +127,11 @@ class Decision(BaseModel):
     decision: str | None = None  # the retrain_decision ref, when recorded
     # what the check found beyond drift, shown whether or not it triggers a retrain
     alerts_firing: list[str] = Field(default_factory=list)
-    canaries_failing: list[str] = Field(default_factory=list)  # wrong answers and unanswered
-    # failed for lack of an answer: an availability failure, never a retrain trigger
+    canaries_failing: list[str] = Field(default_factory=list)  # whatever the cause
+    # failed for lack of an answer, or right but too late: the deployment's serving (the
+    # availability alert), never a retrain trigger
     canaries_unanswered: list[str] = Field(default_factory=list)
+    canaries_slow: list[str] = Field(default_factory=list)
     operational_drift: list[str] = Field(default_factory=list)  # latency, TTFT, error rate
     webhook_errors: list[str] = Field(default_factory=list)  # "url: error" per failed POST
 
@@ -364,16 +367,23 @@ def _record(
     d.decision = v.ref
 
 
-def _unanswered(canaries: dict[str, Any]) -> str:
-    """Why failing canaries did not start a retraining round: none of them got an answer."""
-    ids = ", ".join(canaries.get("unanswered") or [])
-    why = canaries.get("unanswered_why")
-    return (
-        f"retraining not started: canaries {ids} failed for lack of an answer"
-        + (f" ({why})" if why else "")
-        + ", an availability failure of the deployment that retraining cannot fix; "
-        "look at the server (the availability alert)"
-    )
+def _not_retrained(canaries: dict[str, Any]) -> list[str]:
+    """Why failing canaries did not start a retraining round: none was answered wrong; they
+    got no answer, or a right one too late."""
+    out = []
+    for key, what, kind in [
+        ("unanswered", "failed for lack of an answer", "an availability failure"),
+        ("slow", "were answered right but too late", "a latency failure"),
+    ]:
+        if ids := canaries.get(key):
+            why = canaries.get(f"{key}_why")
+            out.append(
+                f"retraining not started: canaries {', '.join(ids)} {what}"
+                + (f" ({why})" if why else "")
+                + f", {kind} of the deployment that retraining cannot fix; look at the "
+                "server (the availability alert)"
+            )
+    return out
 
 
 def watch_once(
@@ -390,6 +400,7 @@ def watch_once(
         alerts_firing=sorted(n for n, st in report.alerts.items() if st.get("firing")),
         canaries_failing=list((report.canaries or {}).get("failing") or []),
         canaries_unanswered=list((report.canaries or {}).get("unanswered") or []),
+        canaries_slow=list((report.canaries or {}).get("slow") or []),
         operational_drift=[n for n in report.drifted if n in OPERATIONAL],
         webhook_errors=[
             f"{n.get('url')}: {n.get('error')}" for n in report.notifications if not n.get("ok")
@@ -411,8 +422,8 @@ def watch_once(
         d.triggers.append("canaries answered wrong: " + ", ".join(wrong))
     d.triggered = bool(d.triggers)
     if not d.triggered:
-        if "canary" in r.triggers and d.canaries_unanswered:
-            d.reasons.append(_unanswered(report.canaries or {}))
+        if "canary" in r.triggers:
+            d.reasons += _not_retrained(report.canaries or {})
         return d
     # Traffic that moved stays moved after a promotion: without a pause every round would
     # retrain again on the same drift (point the reference at the new training data).

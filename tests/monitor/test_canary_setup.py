@@ -1,0 +1,149 @@
+"""Which canary failures are the canary set's or the key's (a setup ``error``, one line
+saying what to fix: no alert, no retraining) and which the deployment's availability
+(``unanswered``): a key's own rate limit, a canary larger than a limit, a request the
+gateway refuses as malformed (400/413/422), and a URL where no HTTP server answers are the
+setup's; the deployment's own limit and a server that answers HTTP but drops the model's
+requests are the deployment's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmops.monitor.canary import load_canaries, run_canaries, setup_error
+from lmops.serve.deployments import DeploymentSpec
+from lmops.serve.fake import fake_server, serve_app
+from lmops.serve.server import gateway_app
+from tests.monitor.traffic import banner_server
+
+pytest.importorskip("openai", reason="the official openai client is in the dev extra")
+
+CANARIES = """\
+prompts:
+  - {id: capital, prompt: "What is the capital of France?", expect: {contains: [Paris]}}
+  - {id: hello, prompt: Say hello., expect: {contains: [hello]}}
+  - {id: third, prompt: Say hello again., expect: {contains: [hello]}}
+"""
+
+
+def _canaries(tmp_path: Path) -> Any:
+    path = tmp_path / "canaries.yaml"
+    path.write_text(CANARIES)
+    return load_canaries(path)
+
+
+@contextmanager
+def gateway(store: Any, limits: dict[str, int]) -> Iterator[str]:
+    """A real gateway (uvicorn) whose deployment ``chat`` has ``limits``, in front of the
+    fake model; yields its /v1 URL."""
+    with fake_server(model="chat", reply="Paris. hello") as upstream:
+        spec = DeploymentSpec(
+            name="chat", upstream=f"{upstream}/v1", upstream_model="chat", limits=limits
+        )
+        with serve_app(gateway_app([spec], store), "gateway") as url:
+            yield f"{url}/v1"
+
+
+@pytest.mark.parametrize(
+    ("key_limits", "said"),
+    [
+        ({"rpm": 1}, "the API key's own limits stopped the canaries"),
+        ({"tpm": 5}, "canary 'capital' can never pass a limit"),
+    ],
+)
+def test_a_key_scoped_limit_is_a_setup_error_not_an_availability_failure(
+    store: Any, tmp_path: Path, key_limits: dict[str, int], said: str
+) -> None:
+    """rpm=1 let one canary through and 429'd the rest; tpm=5 refused every canary as too
+    large for the key, forever. Both were `unanswered`: an availability page for a key
+    setting, and a wrong answer among them never retrained."""
+    secret = store.keys.create("canary", **key_limits)[1]
+    with gateway(store, {}) as url:
+        results = run_canaries(_canaries(tmp_path), base_url=url, model="chat", api_key=secret)
+    fix = setup_error(results)
+    assert fix is not None and said in fix, [r.model_dump() for r in results]
+    assert "key:canary" in fix and "\n" not in fix
+    assert all(r.cause is None for r in results)
+    assert [r.outcome for r in results][-1] == "error"
+
+
+def test_the_deployments_own_rate_limit_is_an_availability_failure(
+    store: Any, tmp_path: Path
+) -> None:
+    secret = store.keys.create("canary")[1]
+    with gateway(store, {"rpm": 1}) as url:
+        results = run_canaries(_canaries(tmp_path), base_url=url, model="chat", api_key=secret)
+    assert setup_error(results) is None
+    assert [(r.outcome, r.cause) for r in results] == [
+        ("pass", None),
+        ("fail", "unanswered"),
+        ("fail", "unanswered"),
+    ]
+    assert "dep:chat" in (results[1].error or "")
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_a_request_the_gateway_refuses_as_malformed_is_the_canary_sets_to_fix(
+    tmp_path: Path, status: int
+) -> None:
+    """A canary whose prompt or max_tokens the deployment refuses is a problem of the set:
+    retraining the model or paging about the server fixes nothing."""
+    with fake_server(model="chat", fail_first=100, fail_status=status) as url:
+        results = run_canaries(_canaries(tmp_path), base_url=f"{url}/v1", model="chat")
+    fix = setup_error(results)
+    assert fix is not None, [r.model_dump() for r in results]
+    assert f"refused canary 'capital' ({status}" in fix and "fix the canary" in fix
+    assert [r.outcome for r in results] == ["error"] * 3 and results[1].error == f"not sent: {fix}"
+
+
+def test_a_url_where_no_http_server_answers_is_a_setup_error(tmp_path: Path) -> None:
+    """base_url at an SSH port: a setup error on main ("cannot connect ... check base_url"),
+    then `unanswered` (an availability page, exit 0) once lost connections became the
+    deployment's. The probe of /v1/models tells the two apart."""
+    with banner_server(b"SSH-2.0-OpenSSH_9.6\r\n") as url:
+        results = run_canaries(_canaries(tmp_path), base_url=f"{url}/v1", model="chat")
+    fix = setup_error(results)
+    assert fix is not None and "does not answer HTTP" in fix and "check base_url" in fix, [
+        r.model_dump() for r in results
+    ]
+    assert [r.outcome for r in results] == ["error"] * 3
+
+
+def test_an_http_server_that_drops_the_model_requests_is_unanswered(tmp_path: Path) -> None:
+    with banner_server(b"", models=True) as url:
+        results = run_canaries(_canaries(tmp_path), base_url=f"{url}/v1", model="chat")
+    assert setup_error(results) is None
+    assert [(r.outcome, r.cause) for r in results] == [("fail", "unanswered")] * 3
+    assert "the connection was lost" in (results[0].error or "")
+
+
+def test_a_connect_timeout_is_a_setup_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's transport raises ConnectTimeout, as for a host that drops SYNs (a
+    firewall, a wrong address): in process, since a real one is slow and flaky to make."""
+    import importlib
+
+    import openai
+
+    # the HTTP library the client is built on: httpx, or httpx2 in newer releases
+    httpx = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
+
+    class NoConnection(httpx.BaseTransport):
+        def handle_request(self, request: Any) -> Any:
+            raise httpx.ConnectTimeout("timed out", request=request)
+
+    made = openai.OpenAI
+
+    def client(**kw: Any) -> Any:
+        return made(**kw, http_client=httpx.Client(transport=NoConnection()))
+
+    monkeypatch.setattr(openai, "OpenAI", client)
+    results = run_canaries(_canaries(tmp_path), base_url="http://10.255.255.1/v1", model="chat")
+    fix = setup_error(results)
+    assert fix is not None and "did not answer in time; is the gateway up" in fix
+    assert [r.outcome for r in results] == ["error"] * 3
