@@ -3,8 +3,8 @@ with body logging, a deployment whose model answers with tool calls (an upstream
 tools as vLLM with a tool parser does), the official openai client holding a two-turn tool
 conversation through it; `lmops data from-logs` makes rows that `lmops data validate --stage
 sft` accepts, with the tools, the calls as the model wrote them and the results with their
-call ids, PII still masked; an answer cut inside a call, and a call the mask made invalid,
-are skipped and counted."""
+call ids, PII still masked; an answer cut inside a call, a call whose arguments the mask
+changed and a chat lmops train refuses are skipped and counted."""
 
 from __future__ import annotations
 
@@ -33,13 +33,13 @@ WEATHER = {
         },
     },
 }
-MAIL = {  # an address the PII mask turns into <EMAIL> no longer matches the pattern
+MAIL = {  # a plain string: {"to": "<EMAIL>"} is valid under it, yet must never train
     "type": "function",
     "function": {
         "name": "send_mail",
         "parameters": {
             "type": "object",
-            "properties": {"to": {"type": "string", "pattern": "@"}},
+            "properties": {"to": {"type": "string"}},
             "required": ["to"],
         },
     },
@@ -50,12 +50,17 @@ PARIS_ARGS = '{"unit":"celsius","city":"Paris"}'
 
 
 def _model_reply(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """What the scripted model answers: the weather after a tool result, else a call (of
-    send_mail when asked to mail), cut mid-call when max_tokens is tiny."""
+    """What the scripted model answers: text without tools, the weather after a tool
+    result, the tag quoted when asked how to call, else a call (of send_mail when asked to
+    mail), cut mid-call when max_tokens is tiny."""
     last = body["messages"][-1]
     text = last.get("content") or ""
+    if not body.get("tools"):
+        return {"role": "assistant", "content": "Hello there."}, "stop"
     if last["role"] == "tool":
         return {"role": "assistant", "content": "It is 21 C in Paris."}, "stop"
+    if text.startswith("How do"):  # a whole answer that only quotes the tag: not a cut call
+        return {"role": "assistant", "content": "I write <tool_call> and the call."}, "stop"
     if (body.get("max_tokens") or 100) < 8:  # cut where a tool parser leaves text
         return {"role": "assistant", "content": '<tool_call>\n{"name": "get_wea'}, "length"
     if text.startswith("Mail "):
@@ -140,24 +145,39 @@ def test_a_served_tool_conversation_becomes_a_valid_training_row(
             tools=TOOLS,
         )  # fmt: skip
         assert mail.choices[0].message.tool_calls[0].function.name == "send_mail"
+        quoted = c.chat.completions.create(
+            model="weather", messages=[{"role": "user", "content": "How do you call tools?"}],
+            tools=TOOLS,
+        )  # fmt: skip
+        assert quoted.choices[0].finish_reason == "stop"
+        # a plain chat of a shape lmops train refuses: two user turns in a row
+        twice = [{"role": "user", "content": "Hi."}, {"role": "user", "content": "Anyone?"}]
+        assert c.chat.completions.create(model="weather", messages=twice).choices[0]
     # leaving serve_app shut the gateway down, which wrote the request log
 
     r = cli("data", "from-logs", "--deployment", "weather", "--output", "weather-sft",
             "--keep-truncated", "--json")  # fmt: skip
     assert r.code == 0, r.err
     meta = json.loads(r.out)["metadata"]
-    assert meta["count"] == 3 and meta["tool_rows"] == 3
-    # a cut call is never a training row, even with --keep-truncated; the mask made the
-    # mail call's arguments invalid under its schema, so that row is left out too
-    assert meta["skipped"] == {"cut_tool_call": 1, "invalid_row": 1}
-    assert "send_mail" in meta["first_invalid"] and "<EMAIL>" in meta["first_invalid"]
+    assert meta["count"] == 4 and meta["tool_rows"] == 3
+    # a cut call is never a training row, even with --keep-truncated; nor a call whose
+    # arguments the mask changed (it would teach send_mail(to="<EMAIL>")), nor a chat
+    # lmops train refuses
+    assert meta["skipped"] == {"cut_tool_call": 1, "invalid_row": 1, "masked_arguments": 1}
+    assert "expected 'assistant' after 'user', got 'user'" in meta["first_invalid"]
 
     path = store.assets.path("weather-sft")  # the JSONL file itself
     checked = cli("data", "validate", str(path), "--stage", "sft")
     assert checked.code == 0, checked.out + checked.err
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert all(row["tools"] == TOOLS for row in rows)
-    calling, answered, lyon = rows
+    calling, answered, lyon, quoting = rows
+    assert quoting["messages"][-1] == {
+        "role": "assistant",
+        "content": "I write <tool_call> and the call.",
+    }
+    calls = [c for row in rows for m in row["messages"] for c in m.get("tool_calls") or []]
+    assert "send_mail" not in {c["function"]["name"] for c in calls}  # masked: left out
     user = {"role": "user", "content": "Weather in Paris? I am <EMAIL>."}  # still masked
     paris_call = {
         "id": "call_get_weather",
@@ -182,4 +202,8 @@ def test_a_served_tool_conversation_becomes_a_valid_training_row(
     assert "example.com" not in path.read_text(encoding="utf-8")
 
     without = cli("data", "from-logs", "--deployment", "weather", "--output", "w2", "--json")
-    assert json.loads(without.out)["metadata"]["skipped"] == {"invalid_row": 1, "truncated": 1}
+    assert json.loads(without.out)["metadata"]["skipped"] == {
+        "invalid_row": 1,
+        "masked_arguments": 1,
+        "truncated": 1,
+    }

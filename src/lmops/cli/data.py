@@ -469,8 +469,8 @@ def from_logs(
     """Export logged chat requests (bodies kept after PII masking) as an SFT dataset with
     lineage to the model versions that answered; tool conversations keep their tools, calls
     and results. Truncated, content-filtered, flagged and failed exchanges are left out (and
-    counted) unless a --keep-* option says otherwise; rows `lmops train` would refuse, and
-    answers cut inside a tool call, always are."""
+    counted) unless a --keep-* option says otherwise; rows `lmops train` would refuse,
+    calls whose arguments hold a PII mask and answers cut inside a tool call always are."""
     from lmops.cli.main import _since
     from lmops.monitor.metering import export_conversations
 

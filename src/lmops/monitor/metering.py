@@ -10,15 +10,19 @@ from the logged reply, which must be an OpenAI chat completion object
 Tool conversations flow back whole, in the shape ``lmops train`` reads
 (:mod:`lmops.core.toolrows`): the request's ``tools``, the assistant turns' ``tool_calls``
 (their ``arguments`` as the model wrote them), the ``role: tool`` results with their
-``tool_call_id``, and an answer that is itself a call. Every row is read as ``lmops train``
-reads it before it is written; one it would refuse (a call of a tool the request did not
-list, arguments a PII mask made invalid) is skipped and counted, never written.
+``tool_call_id``, and an answer that is itself a call. A call whose arguments hold a PII
+mask (``<EMAIL>``) is skipped (``masked_arguments``): the model would learn to call tools
+with placeholders; masked user turns and tool results stay. Every row is read as ``lmops
+train`` reads it before it is written; one it would refuse (a call of a tool the request
+did not list, two user turns in a row) is skipped and counted (``invalid_row``), never
+written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -31,6 +35,7 @@ from lmops.core.errors import UserError
 from lmops.core.toolrows import has_tool_turns
 from lmops.store.requests import utc as _utc
 from lmops.store.types import RequestRecord
+from lmops.text.pii import PII_TYPES
 
 if TYPE_CHECKING:
     from lmops.store import Store, Version
@@ -49,6 +54,9 @@ KEEP_REASONS = frozenset({"failed", "truncated", "content_filtered", "flagged"})
 _ROLES = ("system", "user", "assistant", "tool")
 # OpenAI's newer name of the system turn; training rows know it as system
 _ROLE_NAMES = {"developer": "system"}
+# The masks of a logged body: the request log masks every string with lmops.text.pii's
+# placeholders, "<EMAIL>", "<PHONE>", ... (serve.policy.mask_body).
+_MASK = re.compile("|".join(re.escape(f"<{t}>") for t in PII_TYPES))
 
 
 def log_request(store: Store, *, at: datetime | None = None, **fields: Any) -> int:
@@ -266,12 +274,24 @@ def _message(m: Any) -> dict[str, Any] | None:
     return out
 
 
+def _masked_call(messages: list[dict[str, Any]]) -> bool:
+    """Whether an assistant turn calls a tool with arguments that hold a PII mask: trained
+    on, the model would learn to call ``send_mail(to="<EMAIL>")``."""
+    return any(
+        _MASK.search(c["function"].get("arguments") or "")
+        for m in messages
+        if m["role"] == "assistant"
+        for c in m.get("tool_calls") or []
+        if isinstance(c["function"].get("arguments"), str)
+    )
+
+
 def _conversation(request: Any, response: Any) -> tuple[dict[str, Any] | None, str]:
     """The training row of one logged exchange (``{"messages"}``, with the request's
     ``tools`` when it listed some), or None and why not: ``not_chat``,
     ``unsupported_message`` (an image, an unknown role), ``no_answer``, ``cut_tool_call``
-    (an answer holding the text of a call the gateway could not parse: cut by max_tokens
-    mid-call), or ``invalid_row`` (a row ``lmops train`` would refuse)."""
+    (an answer cut by max_tokens in the text of a call the gateway could not parse), or
+    ``masked_arguments`` (a call's arguments hold a PII mask)."""
     from lmops.models.toolformat import OPEN
 
     messages = request.get("messages") if isinstance(request, dict) else None
@@ -291,9 +311,15 @@ def _conversation(request: Any, response: Any) -> tuple[dict[str, Any] | None, s
     if answer is None or not (answer.get("tool_calls") or (answer["content"] or "").strip()):
         return None, "no_answer"
     tools = request.get("tools")
-    if tools and OPEN in (answer["content"] or ""):
+    try:
+        cut = response["choices"][0].get("finish_reason") == "length"
+    except (AttributeError, KeyError, IndexError, TypeError):
+        cut = False
+    if tools and cut and OPEN in (answer["content"] or ""):
         return None, "cut_tool_call"
     out.append(answer)
+    if _masked_call(out):
+        return None, "masked_arguments"
     row: dict[str, Any] = {"messages": out}
     if tools:
         row["tools"] = tools  # as the client listed them (masked, as the whole body)
@@ -341,9 +367,10 @@ def export_conversations(
     Not worth learning from, and skipped unless ``keep`` names the reason: ``failed``
     requests, ``truncated`` answers (``finish_reason: length``), ``content_filtered`` ones,
     and exchanges a guardrail ``flagged`` (moderation or injection; masked PII is fine).
-    Never kept, whatever ``keep`` says: an answer cut inside a tool call
-    (``cut_tool_call``) and a row ``lmops train`` would refuse (``invalid_row``; the first
-    such problem is in the metadata's ``first_invalid``).
+    Never kept, whatever ``keep`` says: an answer cut by ``max_tokens`` inside a tool call
+    (``cut_tool_call``), a call whose arguments hold a PII mask (``masked_arguments``) and
+    a row ``lmops train`` would refuse (``invalid_row``; the first such problem is in the
+    metadata's ``first_invalid``).
     The version's lineage points at every model version that answered (role
     ``served_by``); its metadata holds the deployment, the time range, the count (and
     ``tool_rows``, those with tool calls or results) and the rows skipped per reason (those
