@@ -34,9 +34,11 @@ turn (the result).
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -124,19 +126,33 @@ def schema_problem(schema: Mapping[str, Any]) -> str | None:
     ``$ref`` resolving), or None: the gateway's check of a request's tools and
     ``response_format``, and training's of a row's tools.
 
-    Answers are kept per schema text (the last 128): checking against the meta-schema
-    takes milliseconds, and a training set or a request log repeats the same few tools on
-    every row (a flow-back export of tool chats ran at under 200 rows/s without it)."""
+    Answers are kept (the last 128) per SHA-256 of the schema's JSON text, never the text
+    itself (a request body may be megabytes), and only when short (a problem may quote the
+    schema): checking against the meta-schema takes milliseconds, and a training set or a
+    request log repeats the same few tools on every row (a flow-back export of tool chats
+    ran at under 200 rows/s without it)."""
     try:
-        text = json.dumps(schema)
+        key = hashlib.sha256(json.dumps(schema).encode()).digest()  # ASCII: ensure_ascii
     except (TypeError, ValueError):  # not JSON (a set, a cycle): checked as it is
         return _schema_problem(schema)
-    return _schema_problem_of_text(text)
+    with _ANSWERS_LOCK:
+        if key in _ANSWERS:
+            _ANSWERS.move_to_end(key)
+            return _ANSWERS[key]
+    problem = _schema_problem(schema)
+    if problem is None or len(problem) <= _ANSWER_MAX:
+        with _ANSWERS_LOCK:
+            _ANSWERS[key] = problem
+            while len(_ANSWERS) > _ANSWERS_KEPT:
+                _ANSWERS.popitem(last=False)
+    return problem
 
 
-@functools.lru_cache(maxsize=128)
-def _schema_problem_of_text(text: str) -> str | None:
-    return _schema_problem(json.loads(text))
+# schema_problem's answers by the SHA-256 of the schema's JSON text, oldest first
+_ANSWERS: OrderedDict[bytes, str | None] = OrderedDict()
+_ANSWERS_LOCK = threading.Lock()  # the gateway checks requests' tools in worker threads
+_ANSWERS_KEPT = 128
+_ANSWER_MAX = 2048  # a longer problem quotes much of its schema: not kept
 
 
 def _schema_problem(schema: Mapping[str, Any]) -> str | None:
