@@ -13,7 +13,9 @@ lowercase, strip, ``number``: the final numeric answer), ``group``/``tag``, ``ge
 the line.
 
 Rendering follows lm-evaluation-harness: a template that is exactly a column name yields
-that column; otherwise it is Jinja; a rendered list/int is parsed as a Python literal.
+that column; otherwise it is Jinja. A rendered ``doc_to_choice`` or ``doc_to_target`` that is a
+list (``[...]``), or a target of a task with choices that is all digits (an index), is parsed as
+a Python literal; a rendered ``doc_to_text`` is the prompt's text as it is.
 
 Prompts are built as lm-evaluation-harness 0.4 builds them (``ConfigurableTask.
 fewshot_context``): a list of messages (system = system instruction + description, then a
@@ -185,15 +187,23 @@ def render_text(template: str, doc: Doc, field_name: str = "template") -> str:
         raise UserError(f"{field_name}: cannot render {template!r}: {e}") from None
 
 
-def render(template: str | int | list[Any], doc: Doc, field_name: str = "template") -> Any:
-    """Apply a doc_to_* template as lm-evaluation-harness does."""
+def render(
+    template: str | int | list[Any], doc: Doc, field_name: str = "template", *, digits: bool = False
+) -> Any:
+    """A ``doc_to_choice`` or ``doc_to_target`` as lm-evaluation-harness applies it: a
+    column's value as it is; else the rendered Jinja text, parsed as a Python literal when
+    it is a list (``[...]``: choices, or a generation's several targets) or, with
+    ``digits`` (the target of a task with choices: its answer's index), all digits.
+    ``doc_to_text`` never comes here: its rendering is a prompt, kept as written (a
+    question that reads ``[3,1,2]`` or ``12\\n`` is not reformatted as ``[3, 1, 2]`` or
+    ``12``), as lm-eval keeps it where its text is not a choice's index."""
     if isinstance(template, int | list):
         return template
     if template in doc:
         return doc[template]
     out = render_text(template, doc, field_name)
     stripped = out.strip()
-    if stripped.startswith("[") or stripped.lstrip("-").isdigit():
+    if (stripped.startswith("[") and stripped.endswith("]")) or (digits and stripped.isdigit()):
         try:
             return ast.literal_eval(stripped)
         except (ValueError, SyntaxError):
@@ -329,7 +339,7 @@ class Task:
 
     # -- rendering -------------------------------------------------------------------------------
     def text(self, doc: Doc) -> str:
-        return str(render(self.config.doc_to_text, doc, "doc_to_text"))
+        return render_text(self.config.doc_to_text, doc, "doc_to_text")
 
     def choices(self, doc: Doc) -> list[str]:
         c = self.config
@@ -341,8 +351,9 @@ class Task:
         return [str(x) for x in out]
 
     def target(self, doc: Doc) -> Any:
-        t = render(self.config.doc_to_target, doc, "doc_to_target")
-        if self.config.output_type == "multiple_choice":
+        c = self.config
+        t = render(c.doc_to_target, doc, "doc_to_target", digits=c.doc_to_choice is not None)
+        if c.output_type == "multiple_choice":
             if isinstance(t, str) and not t.lstrip("-").isdigit():
                 choices = self.choices(doc)
                 if t not in choices:
@@ -362,7 +373,8 @@ class Task:
     def answer_text(self, doc: Doc) -> str:
         """A few-shot example's answer: the target choice's text (multiple choice), the first
         of several targets, or the target."""
-        t = render(self.config.doc_to_target, doc, "doc_to_target")
+        c = self.config
+        t = render(c.doc_to_target, doc, "doc_to_target", digits=c.doc_to_choice is not None)
         if isinstance(t, list):
             return str(t[0])
         return self.target_text(doc)
