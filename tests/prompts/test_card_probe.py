@@ -124,13 +124,14 @@ def test_a_card_that_fails_once_is_asked_again_at_once(store: Store, how: str) -
 def test_a_card_that_fails_twice_is_left_a_while_then_asked_again(
     store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import lmops.core.card as card_module
     import lmops.prompts.lm as lm
 
     create(store, "fr", "Translate into French: {{input}}")
     card = Card("503", failures=2)
     clock = [1000.0]
     monkeypatch.setattr(lm, "_now", lambda: clock[0])
-    monkeypatch.setattr(lm, "_sleep", lambda s: None)
+    monkeypatch.setattr(card_module, "_sleep", lambda s: None)
     with endpoint(card) as url, caplog.at_level(logging.WARNING, "lmops.prompts"):
         model = OpenAIChat(url, "m", api_key="x", max_retries=0)
         for _ in range(2):
@@ -145,7 +146,7 @@ def test_a_card_that_fails_twice_is_left_a_while_then_asked_again(
     assert card.asked == 3
     said = [r.getMessage() for r in caplog.records if r.name == "lmops.prompts"]
     assert len(said) == 1 and said[0].startswith(
-        f"{url} (m): its /v1/models card could not be read twice (InternalServerError: "
+        f"{url} (m): its /v1/models card could not be read twice (HTTP 503 "
     )
     assert said[0].endswith(
         "for 60 s it is treated as an endpoint that is not lmops, then asked again"

@@ -87,5 +87,5 @@ def test_optimize_command_registers_and_promotes(cli: Any, tmp_path: Path, endpo
               "http://127.0.0.1:9/v1", "--model", "m", "--budget", "50")  # fmt: skip
     # (after a warning that its /v1/models card could not be read, twice)
     assert bad.code == 2 and bad.err.strip().splitlines()[-1].startswith(
-        "error: http://127.0.0.1:9/v1 (m): APIConnectionError"
+        "error: http://127.0.0.1:9/v1 (m): ConnectError"
     )

@@ -9,10 +9,10 @@ the optimiser's budget and the benchmark's "same number of LM calls" are measure
 What an endpoint is (an ``lmops serve`` deployment, the prompt it binds, the endpoints it
 serves) is read from its ``/v1/models`` card (:meth:`OpenAIChat._card`). The card's answer
 is kept for the model's life, and so is a refusal that is the server's verdict (a 4xx such
-as 401, 403, 404 or 405: not lmops, or not for this key); a moment's failure (a timeout, a
-connection reset, a 408, 409, 429, 500 or 502-504) is tried once more after
-:data:`CARD_BACKOFF_S`, and if that fails too the endpoint is treated as not lmops (a
-warning says so) for :data:`CARD_FORGET_S`, then asked again.
+as 401, 403, 404 or 405: not lmops, or not for this key); a moment's failure is tried once
+more (:func:`lmops.core.card.read_card`, which the eval stage reads cards with too), and if
+that fails too the endpoint is treated as not lmops (a warning says so) for
+:data:`CARD_FORGET_S`, then asked again.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from lmops.core.card import CARD_TIMEOUT_S, read_card
 from lmops.core.errors import UserError
 
 __all__ = ["ChatModel", "EndpointError", "OpenAIChat", "ScriptedChat", "TextModel"]
@@ -30,19 +31,10 @@ __all__ = ["ChatModel", "EndpointError", "OpenAIChat", "ScriptedChat", "TextMode
 Messages = list[dict[str, str]]
 log = logging.getLogger("lmops.prompts")
 
-# seconds before the one retry of a /v1/models card that failed for a moment, and the
-# longest a card request may take (a card is a cheap answer; a hung one must not hold a
-# command for the generation timeout)
-CARD_BACKOFF_S = 0.5
-CARD_TIMEOUT_S = 10.0
-# statuses that are a moment's failure, not the server's answer (the openai client's own
-# retry rule): asked again, never kept
-_TRANSIENT = (408, 409, 429)
-_MOMENTARY_5XX = (500, 502, 503, 504)  # 501, 505: the server's answer
 # seconds a card that could not be read is not asked for again (a card that keeps failing
 # would otherwise cost two tries and a pause on every request of a command)
 CARD_FORGET_S = 60.0
-_now, _sleep = time.monotonic, time.sleep  # (tests replace them)
+_now = time.monotonic  # (tests replace it)
 # what a server without /v1/completions for this model answers there: no route (404, 405,
 # 501), or a refusal of the request's shape (400, 422: "a chat model")
 _NO_COMPLETIONS = (400, 404, 405, 422, 501)
@@ -93,6 +85,7 @@ class OpenAIChat:
         self.card_error = ""  # why, in one line
         self._card_timeout_s = min(timeout_s, CARD_TIMEOUT_S)
         key = api_key or os.environ.get("LMOPS_API_KEY")
+        self._key = key
         self._keyless = not key
         self._client: Any = OpenAI(
             base_url=self.base_url,
@@ -104,48 +97,28 @@ class OpenAIChat:
     def _card(self) -> dict[str, Any] | None:
         """The ``lmops`` part of ``model``'s ``/v1/models`` card: ``None`` when the endpoint
         is not an ``lmops serve`` gateway or cannot say. A card, or a 4xx that is the
-        server's answer, is kept; a moment's failure is asked once more after
-        :data:`CARD_BACKOFF_S` and, failing again, is "cannot say" for this call only (the
-        module docstring)."""
+        server's answer, is kept; a moment's failure is asked once more and, failing
+        again, is "cannot say" for this call only (the module docstring)."""
         failed_lately = (
             self._card_failed_at is not None and _now() - self._card_failed_at < CARD_FORGET_S
         )
         if self._lmops is None and not failed_lately:
-            import openai
-
-            client = self._client.with_options(max_retries=0, timeout=self._card_timeout_s)
-            failed: Exception | None = None
-            for attempt in range(2):
-                if attempt:
-                    _sleep(CARD_BACKOFF_S)
-                try:
-                    card = client.models.retrieve(self.model)
-                except openai.APIConnectionError as e:  # a timeout, a refused or reset connection
-                    failed = e
-                    continue
-                except openai.APIStatusError as e:
-                    if e.status_code in _TRANSIENT or e.status_code in _MOMENTARY_5XX:
-                        failed = e
-                        continue
-                    self._lmops = False  # 401, 403, 404, 405...: the server's answer
-                    break
-                except openai.OpenAIError:  # an answer that is not a card
-                    self._lmops = False
-                    break
-                part = (card.model_extra or {}).get("lmops")
-                self._lmops = part if isinstance(part, dict) else False
-                break
-            if self._lmops is None:
+            found = read_card(
+                self.base_url, self.model, api_key=self._key, timeout_s=self._card_timeout_s
+            )
+            if found.unknown:
                 self._card_failed_at = _now()
-                self.card_error = " ".join(f"{type(failed).__name__}: {failed}".split())[:160]
+                self.card_error = found.error
                 log.warning(
                     "%s (%s): its /v1/models card could not be read twice (%s); for %.0f s "
                     "it is treated as an endpoint that is not lmops, then asked again",
                     self.base_url,
                     self.model,
-                    " ".join(f"{type(failed).__name__}: {failed}".split())[:160],
+                    found.error,
                     CARD_FORGET_S,
                 )
+            else:  # a card, or a 4xx that is the server's answer (401, 403, 404, 405...)
+                self._lmops = found.lmops or False
         return self._lmops if isinstance(self._lmops, dict) else None
 
     @property
