@@ -278,6 +278,8 @@ def run(
         console.print(
             f"warning: {failed} request(s) to the endpoint failed after retries", markup=False
         )
+    for warning in report.get("warnings", []):  # e.g. the served model's lineage unknown
+        console.print(f"warning: {warning}", markup=False, soft_wrap=True)
     console.print(f"registered {version.ref}", markup=False)
 
 

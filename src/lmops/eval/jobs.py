@@ -259,8 +259,10 @@ def run_eval(
         )
         # local folders and files (the model, task files, their data), by content
         local = _local_model(model, ref, endpoint) + [x for t in tasks for x in t.local_inputs]
-        served = served_model(lm, model, endpoint) if endpoint else None
+        served = served_model(model, endpoint, api_key=api_key) if endpoint else None
         served_inputs: list[tuple[str, str]] = []
+        if served is not None and "warning" in served:
+            get_logger(__name__).warning(served["warning"])
         if served is not None:
             served_inputs, served_local = _served_inputs(store, served)
             local += served_local
@@ -326,6 +328,8 @@ def run_eval(
         report = report_dict(lm.name, ref, results, config)
         if served is not None:
             report["model"]["served"] = served
+            if "warning" in served:
+                report["warnings"] = [served["warning"]]
         report["truncated_requests"] = getattr(lm, "truncated", 0)
         report["failed_requests"] = getattr(lm, "failed", 0)
         flat = {
@@ -346,21 +350,31 @@ def run_eval(
     return EvalJob(version, report, results, ref, tasks)
 
 
-def served_model(lm: Any, model: str, endpoint: str) -> dict[str, Any]:
+def served_model(model: str, endpoint: str, *, api_key: str | None = None) -> dict[str, Any]:
     """What answered at ``endpoint``: its URL (credentials masked) and, when it is an lmops
-    gateway (its ``/v1/models`` entry for ``model`` carries ``lmops.versions``), the
-    deployment's name and the model versions behind it (several for an A/B split)."""
+    gateway (the ``/v1/models/{model}`` card carries ``lmops.versions``), the deployment's
+    name and the model versions behind it (several for an A/B split).
+
+    The card is read as the prompt stage reads it (:func:`lmops.core.card.read_card`): a
+    moment's failure is tried once more; a refusal (401, 403, 404...) or a card without an
+    ``lmops`` part is the answer of an endpoint that is not an lmops gateway. A card that
+    could not be read twice leaves the lineage unknown, and the result says so
+    (``lineage: unknown`` and a ``warning``), never a foreign endpoint's silence."""
+    from lmops.core.card import read_card
     from lmops.core.config import mask_url
 
-    out: dict[str, Any] = {"endpoint": mask_url(endpoint), "gateway": None}
-    try:
-        r = lm.client.get("/models")
-        entries = r.json().get("data") if r.status_code == 200 else None
-    except Exception:  # a server without /models, or not JSON: a foreign endpoint
-        entries = None
-    entry = next((e for e in entries or [] if isinstance(e, dict) and e.get("id") == model), None)
-    meta = entry.get("lmops") if entry else None
-    if isinstance(meta, dict) and isinstance(meta.get("versions"), list):
+    shown = mask_url(endpoint)
+    out: dict[str, Any] = {"endpoint": shown, "gateway": None}
+    found = read_card(endpoint, model, api_key=api_key)
+    if found.unknown:
+        out.update(
+            lineage="unknown",
+            warning=f"the /v1/models card of {model} at {shown} could not be read twice "
+            f"({found.error}): the model versions it serves are not linked to this report",
+        )
+        return out
+    meta = found.lmops
+    if meta is not None and isinstance(meta.get("versions"), list):
         out.update(gateway="lmops", deployment=model, versions=[str(v) for v in meta["versions"]])
     return out
 

@@ -598,6 +598,7 @@ def register_report(
                 "model": report["model"],
                 "results": report["results"],
                 "groups": report["groups"],
+                **({"warnings": report["warnings"]} if report.get("warnings") else {}),
             },
             inputs=inputs,
             run_id=run_id,

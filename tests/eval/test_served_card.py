@@ -1,0 +1,169 @@
+"""An evaluation through an endpoint links the model versions the endpoint serves, read from its
+``/v1/models`` card as the prompt stage reads it (``core.card.read_card``): a moment's failure
+is tried once more, a refusal (404...) is the answer of an endpoint that is not an lmops
+gateway, and a card that cannot be read leaves the lineage unknown, said in the report, its
+metadata and the command's summary, never silently missing.
+
+The endpoint is a real HTTP server on 127.0.0.1 that fails the first card requests as told (a
+503, or a connection closed without an answer) and answers generations."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmops.eval.jobs import run_eval
+from lmops.eval.spec import build_spec
+from lmops.store import Store
+from tests.eval.test_run import write_task
+
+
+class Card:
+    """The card routes (``/v1/models/m``, and the list ``/v1/models``): their first
+    ``failures`` requests fail as ``how`` says (``503``, or ``reset``: closed without an
+    answer), later ones answer ``status`` (200: an lmops deployment's card serving
+    ``versions``)."""
+
+    def __init__(self, versions: list[str], how: str = "503", failures: int = 0) -> None:
+        self.versions, self.how, self.failures = versions, how, failures
+        self.status = 200
+        self.asked = 0
+
+
+@contextmanager
+def endpoint(card: Card) -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path not in ("/v1/models/m", "/v1/models"):
+                self._send(404, {"error": {"message": "Not Found"}})
+                return
+            card.asked += 1
+            if card.asked <= card.failures:
+                if card.how == "reset":
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                self._send(503, {"error": {"message": "warming up"}})
+                return
+            if card.status != 200:
+                self._send(card.status, {"error": {"message": "no such model"}})
+                return
+            lmops = {"versions": card.versions, "endpoints": ["chat", "completion"]}
+            entry = {"id": "m", "object": "model", "owned_by": "lmops", "lmops": lmops}
+            listed = self.path == "/v1/models"  # the list of every card (one here)
+            self._send(200, {"object": "list", "data": [entry]} if listed else entry)
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+            choices = [{"index": i, "text": " Paris"} for i in range(len(prompts))]
+            self._send(200, {"choices": choices})
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lmops.core.card as card_module
+
+    monkeypatch.setattr(card_module, "_sleep", lambda s: None)
+
+
+def _model(store: Store, tmp_path: Path) -> str:
+    folder = tmp_path / "served-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}", "utf-8")
+    return str(store.assets.register("model", "served", folder).ref)
+
+
+def _eval(store: Store, url: str, tmp_path: Path) -> Any:
+    spec = build_spec(
+        None,
+        {"model": "m", "endpoint": url, "task_files": [str(write_task(tmp_path))], "retries": 0},
+    )
+    return run_eval(store, spec, progress=False)
+
+
+@pytest.mark.parametrize("how", ["503", "reset"])
+def test_a_card_that_fails_once_still_links_the_served_version(
+    store: Store, tmp_path: Path, how: str
+) -> None:
+    ref = _model(store, tmp_path)
+    card = Card([ref], how=how, failures=1)
+    with endpoint(card) as url:
+        job = _eval(store, url, tmp_path)
+    assert card.asked == 2
+    served = job.report["model"]["served"]
+    assert served["gateway"] == "lmops" and served["versions"] == [ref]
+    assert "warnings" not in job.report
+    upstream = store.assets.lineage(job.version.ref).upstream
+    assert [e.parent for e in upstream if e.role == "served_model"] == [ref]
+
+
+def test_a_card_that_cannot_be_read_says_the_lineage_is_unknown(
+    cli,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    s = Store()
+    try:
+        ref = _model(s, tmp_path)
+    finally:
+        s.close()
+    card = Card([ref], failures=10)
+    with endpoint(card) as url:
+        r = cli("eval", "run", "--model", "m", "--endpoint", url, "--retries", "0",
+                "--task-file", str(write_task(tmp_path)), "--output", "blip")  # fmt: skip
+    assert r.code == 0, r.err
+    assert card.asked == 2  # one retry, no more
+    said = [line for line in r.out.splitlines() if line.startswith("warning: ")]
+    assert len(said) == 1 and "card of m at http://127.0.0.1" in said[0]
+    assert "could not be read twice (HTTP 503" in said[0] and "not linked" in said[0]
+    s = Store()
+    try:
+        v = s.assets.resolve("blip")
+        served = v.metadata["model"]["served"]
+        assert served["lineage"] == "unknown" and served["gateway"] is None
+        assert v.metadata["warnings"] == [served["warning"]]
+        assert not [e for e in s.assets.lineage(v.ref).upstream if e.role == "served_model"]
+    finally:
+        s.close()
+
+
+def test_a_refusal_is_the_answer_of_an_endpoint_that_is_not_lmops(
+    store: Store, tmp_path: Path
+) -> None:
+    card = Card([])
+    card.status = 404
+    with endpoint(card) as url:
+        job = _eval(store, url, tmp_path)
+    assert card.asked == 1  # a verdict, not asked again
+    assert job.report["model"]["served"] == {"endpoint": url, "gateway": None}
+    assert "warnings" not in job.report
