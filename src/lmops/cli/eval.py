@@ -278,9 +278,23 @@ def run(
         console.print(
             f"warning: {failed} request(s) to the endpoint failed after retries", markup=False
         )
+    console.print(_batch_line(report["config"]), markup=False, soft_wrap=True)
     for warning in report.get("warnings", []):  # e.g. the served model's lineage unknown
         console.print(f"warning: {warning}", markup=False, soft_wrap=True)
     console.print(f"registered {version.ref}", markup=False)
+
+
+def _batch_line(config: dict[str, Any]) -> str:
+    """``batch size: auto, ran 16`` (or each task's sizes, where they differ)."""
+    used = config.get("batch_size_used")
+    line = f"batch size: {config.get('batch_size')}"
+    if isinstance(used, dict):
+        return (
+            line
+            + ", ran "
+            + "; ".join(f"{task} {', '.join(map(str, sizes))}" for task, sizes in used.items())
+        )
+    return line if used is None else f"{line}, ran {used}"
 
 
 def _results_table(report: dict[str, Any], results: list[Any], show_all: bool) -> None:

@@ -173,6 +173,9 @@ class OpenAIEvalModel:
         self.concurrency = concurrency
         # prompts per completions request; 1 from the first list the endpoint refuses
         self.batch_size = batch_size
+        # the prompts per request each call sent (1 for chat requests; a call during which
+        # the endpoint refused a list adds 1 too): eval.run reports a task's
+        self.batches_run: list[int] = []
         self.failed = 0  # prompts given the failure value
         # A request that fails after its retries counts as failed and the run goes on; this
         # many in a row means the endpoint is down: stop (finished tasks are kept) rather
@@ -259,6 +262,8 @@ class OpenAIEvalModel:
         for up to ``timeout`` against an endpoint that hangs)."""
         if not bodies:
             return []
+        listed = any(isinstance(b.get("prompt"), str) for b in bodies)
+        self.batches_run.append(self.batch_size if listed else 1)
         results = [failed] * len(bodies)
         todo: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
         units = self._units(bodies, order)
@@ -320,6 +325,8 @@ class OpenAIEvalModel:
             ended.wait()
         finally:
             stop.set()
+            if listed and self.batches_run[-1] != self.batch_size:  # a list was refused
+                self.batches_run.append(self.batch_size)
         if errors:
             raise errors[0]
         return results

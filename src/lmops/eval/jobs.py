@@ -221,7 +221,13 @@ def run_eval(
     is registered. ``api_key`` (an endpoint's) is never recorded."""
     from lmops.core.config import Settings, mask_url
     from lmops.eval.partial import PartialResults
-    from lmops.eval.run import evaluate, prompt_style, register_report, report_dict
+    from lmops.eval.run import (
+        batch_size_used,
+        evaluate,
+        prompt_style,
+        register_report,
+        report_dict,
+    )
 
     spec.check()
     tasks = spec_tasks(spec, store)
@@ -319,6 +325,9 @@ def run_eval(
             if close is not None:
                 close()  # the generation engine's worker thread
         config["resumed_tasks"] = partial.reused
+        # what ran, beside what was asked for (auto, or a batch split after running out of
+        # memory): one size, or each task's (lm-eval's batch_sizes)
+        config["batch_size_used"] = batch_size_used(results)
         if c.wanted:
             from lmops.eval.run import dataset_texts, flag_contamination
 

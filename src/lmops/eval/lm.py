@@ -31,7 +31,10 @@ Speed (results equal lm-eval's up to float32 rounding, about 1e-6 per token):
   full ``log_softmax`` over (batch, length, vocabulary) is never materialized.
 
 ``batch_size`` is the number of sequences per forward pass (contexts in the first pass,
-continuations in the second); ``"auto"`` halves from 64 until a batch fits.
+continuations in the second); ``"auto"`` is at most 32 on a CPU, and on a GPU halves from 64
+until a batch of zeros of the call's longest context fits (once per length). A batch that
+still runs out of memory is tried again in halves, and the smaller size kept
+(``eval._batching``); ``batches_run`` logs the sizes that ran, which the report records.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lmops.core.errors import UserError
+from lmops.eval._batching import Batches, ItemFailed
 from lmops.eval.endpoint import ChatPrompt, EndpointDown, OpenAIEvalModel
 from lmops.eval.fake import FakeEvalModel
 from lmops.models.compat import cache_arg, output_cache
@@ -165,6 +169,12 @@ class HFEvalModel:
         cfg = self.model.config
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or 2048
         self.batch_size = batch_size
+        # the batch sizes each call ran with, in order (a call that split a batch adds each
+        # size: eval.run reports a task's); the largest that may run since a batch ran out
+        # of memory; "auto" on a GPU: context length -> a size that fitted
+        self.batches_run: list[int] = []
+        self._oom_cap = 1 << 30
+        self._fits: dict[int, int] = {}
         self.truncated = 0  # requests cut to fit max_length (reported, never silent)
         # transformers' CausalLMs take ``logits_to_keep`` (positions, or a bool mask) and
         # project only those hidden states to the vocabulary
@@ -284,28 +294,44 @@ class HFEvalModel:
                 e = _Encoded(e.index, window[: len(window) - len(cont)], cont)
             by_context.setdefault(tuple(e.context), []).append(e)
         contexts = sorted(by_context, key=len, reverse=True)
-        bs = self._batch_size(len(contexts[0]) if contexts else 1)
+        if not contexts:
+            return results
         with torch.inference_mode():
             shared = self._shared_prefix(contexts)
-        for start in range(0, len(contexts), bs):
-            chunk = contexts[start : start + bs]
+
+        def answer(chunk: Sequence[tuple[int, ...]]) -> list[list[tuple[int, tuple[float, bool]]]]:
+            """Per context of the batch: (request index, (log-likelihood, greedy)) of each of
+            its requests."""
             # (row, request) for every request whose context is in this batch
             reqs = [(row, e) for row, c in enumerate(chunk) for e in by_context[c]]
             multi = [(row, e) for row, e in reqs if len(e.continuation) > 1]
             lengths = torch.tensor([len(c) for c in chunk], device=self.device)  # (B,)
             with torch.inference_mode():
                 # Pass 1: the contexts; logits only at their last positions: (B, V)
-                cache, logits = self._contexts(chunk, lengths, shared, keep_cache=bool(multi))
+                cache, logits = self._contexts(list(chunk), lengths, shared, keep_cache=bool(multi))
                 rows = torch.tensor([row for row, _ in reqs], device=self.device)
                 first = torch.tensor([e.continuation[0] for _, e in reqs], device=self.device)
                 # log p(first token | context) = logit - logsumexp(logits), per request
                 first_lp = logits[rows, first] - torch.logsumexp(logits, -1)[rows]
                 first_hit = logits.argmax(-1)[rows] == first
                 # Pass 2: the other tokens of multi-token continuations, on the cache
-                rest = self._continuations(cache, chunk, lengths, multi, bs)
-            for (_, e), lp, hit in zip(reqs, first_lp.tolist(), first_hit.tolist(), strict=True):
+                rest = self._continuations(cache, list(chunk), lengths, multi, batches.size)
+            out: list[list[tuple[int, tuple[float, bool]]]] = [[] for _ in chunk]
+            for (row, e), lp, hit in zip(reqs, first_lp.tolist(), first_hit.tolist(), strict=True):
                 more_lp, more_hit = rest.get(e.index, (0.0, True))
-                results[e.index] = (lp + more_lp, bool(hit and more_hit))
+                out[row].append((e.index, (lp + more_lp, bool(hit and more_hit))))
+            return out
+
+        # a batch that runs out of memory is split, and the smaller size is kept for the
+        # model's later calls (eval._batching)
+        size = min(self._batch_size(len(contexts[0])), self._oom_cap)
+        batches = Batches(size)
+        for scored in batches.run(contexts, answer, lambda c: by_context[c][0].index):
+            for index, value in scored:
+                results[index] = value
+        if batches.size < size:  # split after running out of memory
+            self._oom_cap = batches.size
+        self.batches_run += batches.used
         return results
 
     def _shared_prefix(self, contexts: list[tuple[int, ...]]) -> tuple[int, Any] | None:
@@ -456,6 +482,9 @@ class HFEvalModel:
         return out, logits.float()
 
     def _batch_size(self, longest: int) -> int:
+        """Contexts per forward pass for contexts of at most ``longest`` tokens: the given
+        size, or with ``"auto"`` one that fits (found once per length: a size that fits
+        longer contexts fits shorter ones)."""
         if isinstance(self.batch_size, int):
             return self.batch_size
         if self.device == "cpu":
@@ -463,7 +492,10 @@ class HFEvalModel:
             return max(1, min(32, 4096 // max(1, longest)))
         import torch
 
-        bs = 64
+        known = [bs for length, bs in self._fits.items() if length >= longest]
+        if known:
+            return max(known)
+        bs = min(64, self._oom_cap)  # a size that ran out of memory is not tried again
         while bs > 1:
             try:
                 with torch.inference_mode():
@@ -472,17 +504,18 @@ class HFEvalModel:
                     keep = {"logits_to_keep": 1} if self._keeps_logits else {}
                     out = self.model(input_ids=x, use_cache=True, **keep)
                     del out
-                return bs
+                break
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 bs //= 2
-        return 1
+        self._fits[longest] = bs
+        return bs
 
     def loglikelihood_rolling(self, texts: Sequence[str]) -> list[tuple[float, int]]:
         """Total log-likelihood of each text and its token count, in windows of max_length
         (each window conditions on the previous tokens, as lm-eval's rolling windows)."""
         out = []
-        for text in texts:
+        for i, text in enumerate(texts):
             tokens = self._tok(text)
             total, n = 0.0, 0
             pos = 0
@@ -490,7 +523,10 @@ class HFEvalModel:
                 window = tokens[pos : pos + self.max_length]
                 ctx = [self.prefix_id] if pos == 0 else tokens[max(0, pos - 1) : pos]
                 enc = _Encoded(0, ctx, window)
-                ll, _ = self._score([enc])[0]
+                try:
+                    ll, _ = self._score([enc])[0]
+                except ItemFailed as e:  # the window of text i, alone
+                    raise ItemFailed(i, e.reason) from None
                 total += ll
                 n += len(window)
                 pos += self.max_length
@@ -527,7 +563,10 @@ class HFEvalModel:
                     stop=[s for s in ([until] if isinstance(until, str) else until) if s],
                 )
             )
-        return _run_async(self._generate_on_engine(reqs)) if reqs else []
+        if not reqs:
+            return []
+        self.batches_run.append(self._engine().max_running)  # sequences decoding together
+        return _run_async(self._generate_on_engine(reqs))
 
     async def _generate_on_engine(self, reqs: list[Any]) -> list[str]:
         from lmops.models.types import Delta

@@ -3,13 +3,15 @@ the report as an ``eval_report`` asset with per-item outputs and lineage."""
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import dataclasses
 import json
 import math
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from lmops import __version__
 from lmops.core.errors import UserError
 from lmops.core.jsonl import finite
 from lmops.core.progress import Progress
+from lmops.eval._batching import ItemFailed
 from lmops.eval.lm import EvalModel
 from lmops.eval.partial import PartialResults
 from lmops.eval.tasks import ChatTemplate, Task, TaskConfig
@@ -27,6 +30,7 @@ __all__ = [
     "NOT_METRICS",
     "PromptStyle",
     "TaskResult",
+    "batch_size_used",
     "clean_key",
     "evaluate",
     "is_clean",
@@ -70,6 +74,9 @@ class TaskResult:
     items: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     failed: int = 0  # endpoint requests that failed after their retries
+    # the batch sizes the model ran this task with, in the order first used (one, unless a
+    # batch ran out of memory or "auto" chose by length; empty: a model that does not say)
+    batch_sizes: list[int] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         out = {
@@ -150,6 +157,19 @@ def prompt_style(
 Advance = Callable[[int], None]
 
 
+@contextlib.contextmanager
+def _naming_items(task: Task, first: int, starts: list[int] | None = None) -> Iterator[None]:
+    """A request that failed alone (``ItemFailed``: out of memory in a batch of one) as one
+    error naming its task and document: the call's documents start at ``first`` in the
+    task's evaluation split (as ``items.jsonl`` numbers them), one request each, or document
+    k's requests at ``starts[k]``."""
+    try:
+        yield
+    except ItemFailed as e:
+        k = e.index if starts is None else bisect.bisect_right(starts, e.index) - 1
+        raise UserError(f"task {task.name}, doc {first + k}: {e.reason}") from None
+
+
 def _mc(
     task: Task,
     model: EvalModel,
@@ -174,7 +194,9 @@ def _mc(
             ]
             spans.append((len(requests), len(conts), ctx, choices))
             requests += [(ctx, c) for c in conts]
-        lls = model.loglikelihood(requests)
+        starts = [start for start, *_ in spans]
+        with _naming_items(task, at, starts):
+            lls = model.loglikelihood(requests)
         for doc, (start, n, ctx, choices) in zip(chunk, spans, strict=True):
             scores = [lls[start + i][0] for i in range(n)]
             gold = task.target(doc)
@@ -227,7 +249,8 @@ def _generate(
     size = int(getattr(model, "generate_chunk", _GEN_CHUNK))
     for at in range(0, len(docs), size):
         chunk = [style.context(task, doc, k) for doc in docs[at : at + size]]
-        outputs += model.generate([(c, gen_kwargs) for c in chunk])
+        with _naming_items(task, at):
+            outputs += model.generate([(c, gen_kwargs) for c in chunk])
         contexts += chunk
         advance(len(chunk))
     per_item: dict[str, list[Any]] = {}
@@ -310,7 +333,8 @@ def _rolling(
     texts = [str(task.text(d)) for d in docs]
     results: list[tuple[float, int]] = []
     for at in range(0, len(texts), _GEN_CHUNK):
-        results += model.loglikelihood_rolling(texts[at : at + _GEN_CHUNK])
+        with _naming_items(task, at):
+            results += model.loglikelihood_rolling(texts[at : at + _GEN_CHUNK])
         advance(len(texts[at : at + _GEN_CHUNK]))
     total_ll = sum(ll for ll, _ in results)
     words = sum(len(t.split()) + count_han(t) for t in texts)
@@ -387,6 +411,7 @@ def evaluate(
                 continue
             t0 = time.perf_counter()
             failed_before = int(getattr(model, "failed", 0))
+            runs_before = len(getattr(model, "batches_run", []))
             k = task.config.num_fewshot if num_fewshot is None else num_fewshot
             how = scorer or task.config.scorer
             if task.config.output_type == "multiple_choice":
@@ -410,6 +435,7 @@ def evaluate(
                 items,
                 time.perf_counter() - t0,
                 int(getattr(model, "failed", 0)) - failed_before,
+                list(dict.fromkeys(getattr(model, "batches_run", [])[runs_before:])),
             )
             results.append(result)
             if partial is not None and not result.failed:  # a re-run retries failed requests
@@ -556,6 +582,18 @@ def group_results(results: list[TaskResult]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def batch_size_used(results: list[TaskResult]) -> int | dict[str, list[int]] | None:
+    """The batch size the model ran with: one number where every task ran with the same;
+    else each task's sizes (lm-eval's ``batch_sizes``); None where the model does not say."""
+    per = {r.task: r.batch_sizes for r in results if r.batch_sizes}
+    if not per:
+        return None
+    sizes = {b for v in per.values() for b in v}
+    if len(sizes) == 1 and len(per) == len(results):
+        return sizes.pop()
+    return per
+
+
 def report_dict(
     model_name: str, model_ref: str | None, results: list[TaskResult], config: dict[str, Any]
 ) -> dict[str, Any]:
@@ -598,6 +636,9 @@ def register_report(
                 "model": report["model"],
                 "results": report["results"],
                 "groups": report["groups"],
+                # what was asked for and what ran (auto resolves per model and task)
+                "batch_size": report["config"].get("batch_size"),
+                "batch_size_used": report["config"].get("batch_size_used"),
                 **({"warnings": report["warnings"]} if report.get("warnings") else {}),
             },
             inputs=inputs,

@@ -1,0 +1,235 @@
+"""A batch that runs out of memory is split and tried again: every item is answered once, in
+the items' order, the smaller size is kept, an item that fails alone is one error naming its
+task and document, and an error that is not about memory is never retried as if it were.
+The report records the batch size asked for and the one that ran.
+
+The failing model is a real tiny Llama whose forward raises torch's ``OutOfMemoryError`` for
+batches larger than N, or for any batch holding one marked document."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.eval._batching import Batches, ItemFailed, is_out_of_memory
+from lmops.eval.lm import HFEvalModel
+from lmops.eval.run import evaluate
+from lmops.eval.tasks import load_task_file
+from tests.train.tiny import make_model, make_tokenizer
+
+
+def _oom(message: str = "CUDA out of memory. Tried to allocate 2.00 GiB") -> Exception:
+    import torch
+
+    return torch.OutOfMemoryError(message)
+
+
+class Answerer:
+    """Answers a batch with each item doubled; runs out of memory above ``limit`` items, or
+    whenever ``poison`` is in the batch; ``error``: raised for any batch."""
+
+    def __init__(
+        self, limit: int, poison: int | None = None, error: Exception | None = None
+    ) -> None:
+        self.limit, self.poison, self.error = limit, poison, error
+        self.calls: list[list[int]] = []  # every batch asked
+        self.answered: list[int] = []  # items of the batches that answered
+
+    def __call__(self, batch: Sequence[int]) -> list[int]:
+        self.calls.append(list(batch))
+        if self.error is not None:
+            raise self.error
+        if len(batch) > self.limit or self.poison in batch:
+            raise _oom()
+        self.answered += batch
+        return [2 * x for x in batch]
+
+
+def test_a_batch_that_runs_out_of_memory_is_split_and_nothing_is_lost_or_repeated() -> None:
+    items = list(range(37))
+    ask = Answerer(limit=5)
+    batches = Batches(16)
+    assert batches.run(items, ask, lambda x: x) == [2 * x for x in items]  # the items' order
+    assert sorted(ask.answered) == items  # each item answered exactly once
+    assert ask.calls[:3] == [items[:16], items[:8], items[:4]]  # 16 -> 8 -> 4 fits
+    assert all(len(c) <= 4 for c in ask.calls[3:])  # the smaller size stays
+    assert batches.size == 4 and batches.used == [4]
+
+
+def test_an_item_that_fails_alone_is_named_once_and_not_retried_forever() -> None:
+    ask = Answerer(limit=8, poison=13)
+    with pytest.raises(ItemFailed) as e:
+        Batches(8).run(list(range(20)), ask, lambda x: 100 + x)
+    assert e.value.index == 113 and "out of memory in a batch of 1" in e.value.reason
+    assert ask.calls[-1] == [13] and ask.calls.count([13]) == 1
+    assert len(ask.calls) <= 8  # 8, 8 -> 4 -> 2 -> 1 (+ the ones before 13)
+
+
+def test_an_error_that_is_not_about_memory_is_raised_at_once() -> None:
+    ask = Answerer(limit=8, error=ValueError("bad token id"))
+    with pytest.raises(ValueError, match="bad token id"):
+        Batches(8).run(list(range(20)), ask, lambda x: x)
+    assert len(ask.calls) == 1  # not split, not tried again
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
+    assert is_out_of_memory(_oom())
+
+
+# -- the local model and the report -------------------------------------------------------------
+
+TASK = """\
+task: sums
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{q}}}} ="
+doc_to_choice: "{{{{options}}}}"
+doc_to_target: "{{{{answer}}}}"
+"""
+MARK = "zebra"  # the document whose every batch runs out of memory
+
+
+def _task_file(tmp_path: Path, marked: int | None = None) -> Path:
+    rows = [
+        {
+            "q": (MARK + " " if i == marked else "") + f"{i} plus {i % 3}",
+            "options": [f" {i}", f" {i + i % 3}", " the quick brown fox"],
+            "answer": 1,
+        }
+        for i in range(12)
+    ]
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    f = tmp_path / "sums.yaml"
+    f.write_text(TASK.format(data=data), encoding="utf-8")
+    return f
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("lm")
+    return make_model(tmp / "model", make_tokenizer(tmp / "tok"), seed=3)
+
+
+def _failing(lm: HFEvalModel, limit: int, marked: list[int] | None = None) -> list[int]:
+    """Make ``lm``'s forward run out of memory above ``limit`` rows, or on a row holding the
+    ``marked`` tokens; returns the log of batch sizes it was asked for."""
+    forward = lm.model.forward
+    asked: list[int] = []
+
+    def failing(*args: Any, **kw: Any) -> Any:
+        ids = kw["input_ids"]
+        asked.append(ids.shape[0])
+        if ids.shape[0] > limit:
+            raise _oom()
+        if marked and any(
+            ids[r, i : i + len(marked)].tolist() == marked
+            for r in range(ids.shape[0])
+            for i in range(ids.shape[1])
+        ):
+            raise _oom()
+        return forward(*args, **kw)
+
+    lm.model.forward = failing  # type: ignore[method-assign]
+    return asked
+
+
+def test_a_local_model_that_runs_out_of_memory_scores_what_it_would_have(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    task = load_task_file(_task_file(tmp_path), None)
+    clean = evaluate(HFEvalModel(model_dir, device="cpu", batch_size=8), [task], progress=False)
+    lm = HFEvalModel(model_dir, device="cpu", batch_size=8)
+    asked = _failing(lm, limit=3)
+    [res] = evaluate(lm, [task], progress=False)
+    assert 8 in asked and 4 in asked  # it did run out of memory, twice
+
+    # the same scores for the same documents, in their order
+    def scores(items: list[dict[str, Any]]) -> list[float]:
+        return [x for it in items for x in it["loglikelihoods"]]
+
+    assert scores(res.items) == pytest.approx(scores(clean[0].items), abs=1e-5)
+    assert [it["context"] for it in res.items] == [it["context"] for it in clean[0].items]
+    assert res.batch_sizes == [2] and clean[0].batch_sizes == [8]  # what ran, not what was asked
+    # the smaller size is kept for the model's later calls
+    asked.clear()
+    evaluate(lm, [task], progress=False)
+    assert max(asked) == 2
+
+
+def test_a_document_that_fails_alone_is_named(model_dir: Path, tmp_path: Path) -> None:
+    task = load_task_file(_task_file(tmp_path, marked=7), None)
+    lm = HFEvalModel(model_dir, device="cpu", batch_size=4)
+    mark = lm._tok(MARK)[1:]  # without the BOS the tokenizer adds
+    _failing(lm, limit=100, marked=mark)
+    with pytest.raises(UserError, match=r"^task sums, doc 7: out of memory in a batch of 1"):
+        evaluate(lm, [task], progress=False)
+
+
+def test_a_model_error_that_is_not_about_memory_is_not_split(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    task = load_task_file(_task_file(tmp_path), None)
+    lm = HFEvalModel(model_dir, device="cpu", batch_size=8)
+    asked: list[int] = []
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        asked.append(kw["input_ids"].shape[0])
+        raise RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED")
+
+    lm.model.forward = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="CUBLAS"):
+        evaluate(lm, [task], progress=False)
+    assert len(asked) == 1
+
+
+def test_the_report_records_the_batch_size_asked_for_and_the_one_that_ran(
+    cli,  # type: ignore[no-untyped-def]
+    model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    from lmops.store import Store
+
+    task = _task_file(tmp_path)
+    args = ("eval", "run", "--model", str(model_dir), "--task-file", str(task), "--device", "cpu")
+    r = cli(*args, "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    # auto on a CPU: 32 contexts a forward pass for contexts this short
+    assert report["config"]["batch_size"] == "auto"
+    assert report["config"]["batch_size_used"] == 32
+    store = Store()
+    try:
+        meta = store.assets.resolve(report["report"]).metadata
+    finally:
+        store.close()
+    assert meta["batch_size"] == "auto" and meta["batch_size_used"] == 32
+    r = cli(*args, "--batch-size", "5")
+    assert r.code == 0, r.err
+    assert "batch size: 5, ran 5" in r.out
+
+
+def test_an_endpoint_reports_the_prompts_per_request_it_sent(tmp_path: Path) -> None:
+    from lmops.eval.lm import OpenAIEvalModel
+    from lmops.eval.run import batch_size_used
+    from tests.eval.test_endpoint import Script, endpoint
+    from tests.eval.test_run import write_task
+
+    task = load_task_file(write_task(tmp_path), None)
+    with endpoint(Script()) as url:
+        lm = OpenAIEvalModel(url, "m", chat=False, batch_size="auto", concurrency=2)
+        assert batch_size_used(evaluate(lm, [task], progress=False)) == 8  # auto, resolved
+    with endpoint(Script(lists="400")) as url:  # a server that takes one prompt a request
+        lm = OpenAIEvalModel(url, "m", chat=False, batch_size=4)
+        assert batch_size_used(evaluate(lm, [task], progress=False)) == {"capitals": [4, 1]}
+    with endpoint(Script()) as url:  # chat requests carry one prompt each
+        lm = OpenAIEvalModel(url, "m", chat=True, batch_size=4)
+        assert batch_size_used(evaluate(lm, [task], progress=False)) == 1
