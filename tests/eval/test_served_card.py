@@ -31,10 +31,18 @@ class Card:
     answer), later ones answer ``status`` (200: an lmops deployment's card serving
     ``versions``)."""
 
-    def __init__(self, versions: list[str], how: str = "503", failures: int = 0) -> None:
-        self.versions, self.how, self.failures = versions, how, failures
+    def __init__(
+        self, versions: list[str], how: str = "503", failures: int = 0, name: str = "m"
+    ) -> None:
+        self.versions, self.how, self.failures, self.name = versions, how, failures, name
         self.status = 200
         self.asked = 0
+        self.paths: list[str] = []  # every GET, in order
+        # False: a server with only the list (vLLM's, or an lmops gateway whose card route
+        # takes no name with a slash): the card route is 404
+        self.card_route = True
+        # a status the card route answers, a 302 to the card, or anything the server says
+        self.card_status: int | None = None
 
 
 @contextmanager
@@ -51,7 +59,18 @@ def endpoint(card: Card) -> Iterator[str]:
             self.wfile.write(data)
 
         def do_GET(self) -> None:
-            if self.path not in ("/v1/models/m", "/v1/models"):
+            card.paths.append(self.path)
+            own = f"/v1/models/{card.name}"
+            if self.path == "/v1/models/moved":  # a card moved elsewhere: redirected
+                self.send_response(302)
+                self.send_header("Location", own)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if self.path == own and card.card_status is not None:
+                self._send(card.card_status, {"error": {"message": "a status"}})
+                return
+            if self.path not in ((own,) if card.card_route else ()) + ("/v1/models",):
                 self._send(404, {"error": {"message": "Not Found"}})
                 return
             card.asked += 1
@@ -66,9 +85,10 @@ def endpoint(card: Card) -> Iterator[str]:
                 self._send(card.status, {"error": {"message": "no such model"}})
                 return
             lmops = {"versions": card.versions, "endpoints": ["chat", "completion"]}
-            entry = {"id": "m", "object": "model", "owned_by": "lmops", "lmops": lmops}
+            entry = {"id": card.name, "object": "model", "owned_by": "lmops", "lmops": lmops}
+            other = {"id": "other", "object": "model", "lmops": {"versions": ["x"]}}
             listed = self.path == "/v1/models"  # the list of every card (one here)
-            self._send(200, {"object": "list", "data": [entry]} if listed else entry)
+            self._send(200, {"object": "list", "data": [other, entry]} if listed else entry)
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -7,8 +7,10 @@ import re
 import selectors
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -89,6 +91,26 @@ def start_server(
             proc.kill()
             pytest.fail(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
         time.sleep(0.2)
+
+
+@contextmanager
+def serving(app: object) -> Iterator[str]:
+    """``app`` on a real uvicorn at 127.0.0.1 in a thread of this process (one interpreter
+    start less than ``lmops serve``); yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:

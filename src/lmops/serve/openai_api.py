@@ -169,8 +169,13 @@ def mount_openai(
         ]
         return {"object": "list", "data": data}
 
-    @router.get("/models/{name}")
+    # ``path``: a deployment may be named as Hugging Face names models (``org/m``), asked
+    # with the slash as it is or as %2F (the openai client's way); nothing else lives
+    # under /v1/models/. ``/v1/models/`` is the list, as its redirect used to give.
+    @router.get("/models/{name:path}")
     def model(request: Request, name: str) -> dict[str, Any]:
+        if not name:
+            return models(request)
         key = gw.authenticate(request)
         return _model_card(name, gw.deployment(key, name))
 
