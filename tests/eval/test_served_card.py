@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from lmops.eval.jobs import run_eval
+from lmops.core.card import read_card
+from lmops.eval.jobs import run_eval, served_model
 from lmops.eval.spec import build_spec
 from lmops.store import Store
 from tests.eval.test_run import write_task
@@ -87,7 +88,7 @@ def endpoint(card: Card) -> Iterator[str]:
             lmops = {"versions": card.versions, "endpoints": ["chat", "completion"]}
             entry = {"id": card.name, "object": "model", "owned_by": "lmops", "lmops": lmops}
             other = {"id": "other", "object": "model", "lmops": {"versions": ["x"]}}
-            listed = self.path == "/v1/models"  # the list of every card (one here)
+            listed = self.path == "/v1/models"  # the list of every card
             self._send(200, {"object": "list", "data": [other, entry]} if listed else entry)
 
         def do_POST(self) -> None:
@@ -184,6 +185,76 @@ def test_a_refusal_is_the_answer_of_an_endpoint_that_is_not_lmops(
     card.status = 404
     with endpoint(card) as url:
         job = _eval(store, url, tmp_path)
-    assert card.asked == 1  # a verdict, not asked again
+    # a verdict, not asked again: the card, then the list (a server without per-model cards)
+    assert card.paths == ["/v1/models/m", "/v1/models"]
     assert job.report["model"]["served"] == {"endpoint": url, "gateway": None}
     assert "warnings" not in job.report
+
+
+def test_a_server_with_only_the_list_still_links_the_served_version() -> None:
+    """vLLM's server, or an lmops gateway from before names with a slash had cards: the
+    card route is 404, the list names the model."""
+    card = Card(["fake:org/m"], name="org/m")
+    card.card_route = False
+    with endpoint(card) as url:
+        served = served_model("org/m", url)
+    assert card.paths == ["/v1/models/org/m", "/v1/models"]
+    assert served == {
+        "endpoint": url,
+        "gateway": "lmops",
+        "deployment": "org/m",
+        "versions": ["fake:org/m"],
+    }
+    card = Card(["fake:org/m"], name="org/m", failures=1)  # the list fails once, too
+    card.card_route = False
+    with endpoint(card) as url:
+        assert served_model("org/m", url)["versions"] == ["fake:org/m"]
+        assert read_card(url, "gone").status == 404  # not in the list either: the answer
+    assert card.paths[:3] == ["/v1/models/org/m", "/v1/models", "/v1/models"]
+
+
+def test_a_gateway_links_a_deployment_named_with_a_slash(store: Store) -> None:
+    """A real gateway (uvicorn) serving a fake deployment named org/m."""
+    from lmops.serve.deployments import DeploymentSpec
+    from lmops.serve.server import gateway_app
+    from tests.serve.conftest import serving
+
+    _, key = store.keys.create("t")
+    app = gateway_app([DeploymentSpec(name="org/m", fake={"tokens": 2})], store)
+    with serving(app) as base:
+        served = served_model("org/m", base + "/v1", api_key=key)
+    assert served["gateway"] == "lmops" and served["versions"] == ["fake:org/m"]
+    assert "warning" not in served
+
+
+@pytest.mark.parametrize("status", [202, 300, 507, 520, 524])
+def test_only_a_200_or_a_4xx_is_an_answer(status: int) -> None:
+    """Anything else (a 2xx other than 200, a 3xx that is not a redirect, a 507 or a
+    proxy's 52x) is a moment's failure: asked once more, then lineage unknown."""
+    card = Card(["x"])
+    card.card_status = status
+    with endpoint(card) as url:
+        found = read_card(url, "m")
+        served = served_model("m", url)
+    assert found.unknown and found.error.startswith(f"HTTP {status}")
+    assert card.paths == ["/v1/models/m"] * 4  # twice each, no more
+    assert served["lineage"] == "unknown" and "could not be read twice" in served["warning"]
+
+
+@pytest.mark.parametrize("status", [401, 403, 410])
+def test_a_4xx_is_the_servers_answer(status: int) -> None:
+    card = Card(["x"])
+    card.card_status = status
+    with endpoint(card) as url:
+        found = read_card(url, "m")
+    assert found.status == status and found.card is None and not found.unknown
+    assert card.paths == ["/v1/models/m"]
+
+
+def test_a_redirect_is_followed_to_the_card() -> None:
+    card = Card(["v1"])
+    with endpoint(card) as url:
+        found = read_card(url, "moved")
+    assert card.paths == ["/v1/models/moved", "/v1/models/m"]
+    assert found.status == 200 and found.lmops is not None
+    assert found.lmops["versions"] == ["v1"]
