@@ -165,6 +165,43 @@ def test_a_local_model_that_runs_out_of_memory_scores_what_it_would_have(
     assert max(asked) == 2
 
 
+def test_running_out_of_memory_at_one_length_caps_that_length_and_longer(
+    model_dir: Path,
+) -> None:
+    """A batch of long contexts that runs out of memory lowers the size for contexts that
+    long or longer in the model's later calls; shorter ones keep the size asked for."""
+    lm = HFEvalModel(model_dir, device="cpu", batch_size=8)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    filler = " and the quick brown fox jumps over the lazy dog" * 4
+    long = [(w + filler, " yes") for w in words]
+    longer = [(w + filler * 2, " yes") for w in words]
+    short = [(w, " yes") for w in words]
+    threshold = len(lm._tok(words[0] + filler)) - 2  # a row this long needs the memory
+    forward = lm.model.forward
+    asked: list[tuple[int, int]] = []  # (rows, length) of every forward pass
+    ran_out = 0
+
+    def failing(*args: Any, **kw: Any) -> Any:
+        nonlocal ran_out
+        rows, length = kw["input_ids"].shape
+        asked.append((rows, length))
+        if rows > 2 and length >= threshold:
+            ran_out += 1
+            raise _oom()
+        return forward(*args, **kw)
+
+    lm.model.forward = failing  # type: ignore[method-assign]
+    lm.loglikelihood(long)
+    assert ran_out == 2 and lm.batches_run == [2]  # 8 -> 4 -> 2
+    for reqs in (short, long, longer, short):
+        asked.clear()
+        lm.loglikelihood(reqs)
+        first_pass = [rows for rows, length in asked if length > 1]  # the contexts' pass
+        assert max(first_pass) == (8 if reqs is short else 2), reqs[0]
+    assert ran_out == 2  # the long ones were not tried again at a size that failed
+    assert lm.batches_run == [2, 8, 2, 2, 8]
+
+
 def test_a_document_that_fails_alone_is_named(model_dir: Path, tmp_path: Path) -> None:
     task = load_task_file(_task_file(tmp_path, marked=7), None)
     lm = HFEvalModel(model_dir, device="cpu", batch_size=4)

@@ -2,7 +2,8 @@
 
 :class:`Batches` runs items ``size`` at a time through a function that answers a batch with one
 result per item. A batch that runs out of memory (:func:`is_out_of_memory`) is tried again
-with half as many items, and the smaller size stays for the rest of the items: every item is
+with half as many items, and the smaller size stays for the rest of the items (``splits``
+says where, so a caller whose items shrink can keep it for items as big only): every item is
 answered exactly once, in the items' order, since only a batch that answered moves the run on.
 An item that runs out of memory alone raises :class:`ItemFailed` naming it (the caller turns
 its index into the task and document); any other error is raised at once, never split, since
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from lmops.core.errors import UserError
 
@@ -57,11 +58,13 @@ def _free_cached_memory() -> None:
 
 class Batches:
     """Items ``size`` at a time, smaller after running out of memory (the module
-    docstring). ``used``: the sizes that answered, in the order first used."""
+    docstring). ``used``: the sizes that answered, in the order first used; ``splits``:
+    (the first item of a batch that ran out of memory, the size it was tried again at)."""
 
     def __init__(self, size: int) -> None:
         self.size = max(1, size)
         self.used: list[int] = []
+        self.splits: list[tuple[Any, int]] = []
 
     def run(
         self,
@@ -89,6 +92,7 @@ class Batches:
                         "use a device with more memory",
                     ) from None
                 self.size = (len(batch) + 1) // 2
+                self.splits.append((batch[0], self.size))
                 log.warning(
                     "a batch of %d ran out of memory: trying it again %d at a time", len(batch),
                     self.size,

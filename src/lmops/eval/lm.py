@@ -33,8 +33,9 @@ Speed (results equal lm-eval's up to float32 rounding, about 1e-6 per token):
 ``batch_size`` is the number of sequences per forward pass (contexts in the first pass,
 continuations in the second); ``"auto"`` is at most 32 on a CPU, and on a GPU halves from 64
 until a batch of zeros of the call's longest context fits (once per length). A batch that
-still runs out of memory is tried again in halves, and the smaller size kept
-(``eval._batching``); ``batches_run`` logs the sizes that ran, which the report records.
+still runs out of memory is tried again in halves, and the smaller size kept for the rest of
+the call and, in later calls, for contexts as long or longer (``eval._batching``; shorter ones
+are not held back); ``batches_run`` logs the sizes that ran, which the report records.
 """
 
 from __future__ import annotations
@@ -170,10 +171,11 @@ class HFEvalModel:
         self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or 2048
         self.batch_size = batch_size
         # the batch sizes each call ran with, in order (a call that split a batch adds each
-        # size: eval.run reports a task's); the largest that may run since a batch ran out
-        # of memory; "auto" on a GPU: context length -> a size that fitted
+        # size: eval.run reports a task's); context length -> the largest size that may run
+        # for contexts that long or longer, since a batch of them ran out of memory; "auto"
+        # on a GPU: context length -> a size that fitted
         self.batches_run: list[int] = []
-        self._oom_cap = 1 << 30
+        self._oom_caps: dict[int, int] = {}
         self._fits: dict[int, int] = {}
         self.truncated = 0  # requests cut to fit max_length (reported, never silent)
         # transformers' CausalLMs take ``logits_to_keep`` (positions, or a bool mask) and
@@ -322,15 +324,19 @@ class HFEvalModel:
                 out[row].append((e.index, (lp + more_lp, bool(hit and more_hit))))
             return out
 
-        # a batch that runs out of memory is split, and the smaller size is kept for the
-        # model's later calls (eval._batching)
-        size = min(self._batch_size(len(contexts[0])), self._oom_cap)
-        batches = Batches(size)
-        for scored in batches.run(contexts, answer, lambda c: by_context[c][0].index):
-            for index, value in scored:
-                results[index] = value
-        if batches.size < size:  # split after running out of memory
-            self._oom_cap = batches.size
+        # a batch that runs out of memory is split, the smaller size kept for the rest of
+        # this call (shorter contexts: the longest come first) and, in later calls, for
+        # contexts as long or longer (eval._batching)
+        longest = len(contexts[0])
+        batches = Batches(min(self._batch_size(longest), self._oom_cap(longest)))
+        try:
+            for scored in batches.run(contexts, answer, lambda c: by_context[c][0].index):
+                for index, value in scored:
+                    results[index] = value
+        finally:
+            for first, size in batches.splits:
+                length = len(first)
+                self._oom_caps[length] = min(size, self._oom_caps.get(length, size))
         self.batches_run += batches.used
         return results
 
@@ -481,6 +487,14 @@ class HFEvalModel:
             )
         return out, logits.float()
 
+    def _oom_cap(self, longest: int) -> int:
+        """The largest batch that may run for contexts of ``longest`` tokens: the size a
+        batch of contexts as long or shorter was split to after running out of memory (a
+        batch of shorter contexts that fitted says nothing of longer ones)."""
+        return min(
+            (c for length, c in self._oom_caps.items() if length <= longest), default=1 << 30
+        )
+
     def _batch_size(self, longest: int) -> int:
         """Contexts per forward pass for contexts of at most ``longest`` tokens: the given
         size, or with ``"auto"`` one that fits (found once per length: a size that fits
@@ -495,7 +509,7 @@ class HFEvalModel:
         known = [bs for length, bs in self._fits.items() if length >= longest]
         if known:
             return max(known)
-        bs = min(64, self._oom_cap)  # a size that ran out of memory is not tried again
+        bs = min(64, self._oom_cap(longest))  # a size that ran out of memory is not tried again
         while bs > 1:
             try:
                 with torch.inference_mode():
