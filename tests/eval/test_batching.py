@@ -78,6 +78,36 @@ def test_an_error_that_is_not_about_memory_is_raised_at_once() -> None:
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"))
     assert is_out_of_memory(_oom())
+    assert is_out_of_memory(MemoryError())  # the CPU allocator's, raised by Python
+
+
+def test_cached_memory_is_freed_once_the_failed_batch_is_let_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The failed batch's tensors live in its frames, which the error's traceback holds
+    until the except block ends: memory is handed back after it, when they are gone."""
+    import weakref
+
+    import lmops.eval._batching as batching
+
+    class Activations:  # what a forward pass holds when it runs out of memory
+        pass
+
+    held: list[weakref.ref[Activations]] = []
+    alive_at_free: list[bool] = []
+
+    def answer(batch: Sequence[int]) -> list[int]:
+        activations = Activations()
+        held.append(weakref.ref(activations))
+        if len(batch) > 2:
+            raise _oom()
+        return list(batch)
+
+    monkeypatch.setattr(
+        batching, "_free_cached_memory", lambda: alive_at_free.append(held[-1]() is not None)
+    )
+    assert Batches(4).run([1, 2, 3, 4], answer, lambda x: x) == [1, 2, 3, 4]
+    assert alive_at_free == [False]
 
 
 # -- the local model and the report -------------------------------------------------------------

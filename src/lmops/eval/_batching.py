@@ -44,6 +44,8 @@ def is_out_of_memory(e: BaseException) -> bool:
     a ``RuntimeError`` saying so), the one failure a smaller batch can cure."""
     if type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, torch.cuda's
         return True
+    if isinstance(e, MemoryError):  # Python's, where an allocation on the host failed
+        return True
     return isinstance(e, RuntimeError) and any(w in str(e) for w in _OOM_WORDS)
 
 
@@ -78,19 +80,23 @@ class Batches:
         at = 0
         while at < len(items):
             batch = items[at : at + self.size]
+            failure: str | None = None
             try:
                 got = answer(batch)
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
+                failure = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            if failure is not None:
+                # out of the except block: its traceback (and the failed batch's tensors,
+                # held by its frames) is gone before the cached blocks are handed back
                 _free_cached_memory()
-                said = " ".join(str(e).split())[:200]
                 if len(batch) == 1:
                     raise ItemFailed(
                         index_of(batch[0]),
-                        f"out of memory in a batch of 1 ({said}); lower --max-length or "
+                        f"out of memory in a batch of 1 ({failure}); lower --max-length or "
                         "use a device with more memory",
-                    ) from None
+                    )
                 self.size = (len(batch) + 1) // 2
                 self.splits.append((batch[0], self.size))
                 log.warning(
