@@ -284,6 +284,16 @@ def test_the_report_records_the_batch_size_asked_for_and_the_one_that_ran(
     assert "batch size: 5, ran 5" in r.out
 
 
+def test_the_summary_line_stays_short_for_many_tasks() -> None:
+    from lmops.cli.eval import _batch_line
+
+    few = {"batch_size": "auto", "batch_size_used": {"capitals": [4, 1], "sums": [8]}}
+    assert _batch_line(few) == "batch size: auto, ran capitals 1–4; sums 8"
+    many = {f"mmlu_subject_{i}": [8 + i % 4, 8] for i in range(57)}
+    line = _batch_line({"batch_size": "auto", "batch_size_used": many})
+    assert line == "batch size: auto, ran 8–11, varying by task (each task's in the report)"
+
+
 def test_an_endpoint_reports_the_prompts_per_request_it_sent(tmp_path: Path) -> None:
     from lmops.eval.lm import OpenAIEvalModel
     from lmops.eval.run import batch_size_used

@@ -284,16 +284,26 @@ def run(
     console.print(f"registered {version.ref}", markup=False)
 
 
+# tasks whose batch sizes the summary names one by one; beyond, one range for them all (a
+# group of 57 subtasks would make a line of a thousand characters)
+_BATCH_TASKS_SHOWN = 3
+
+
 def _batch_line(config: dict[str, Any]) -> str:
-    """``batch size: auto, ran 16`` (or each task's sizes, where they differ)."""
+    """``batch size: auto, ran 16``, or where tasks ran with different sizes each task's
+    smallest to largest (``capitals 1–4; other 8``), or for many tasks one range."""
+
+    def span(sizes: list[int]) -> str:
+        lo, hi = min(sizes), max(sizes)
+        return str(lo) if lo == hi else f"{lo}–{hi}"
+
     used = config.get("batch_size_used")
     line = f"batch size: {config.get('batch_size')}"
     if isinstance(used, dict):
-        return (
-            line
-            + ", ran "
-            + "; ".join(f"{task} {', '.join(map(str, sizes))}" for task, sizes in used.items())
-        )
+        if len(used) <= _BATCH_TASKS_SHOWN:
+            return line + ", ran " + "; ".join(f"{t} {span(s)}" for t, s in used.items())
+        every = [b for sizes in used.values() for b in sizes]
+        return f"{line}, ran {span(every)}, varying by task (each task's in the report)"
     return line if used is None else f"{line}, ran {used}"
 
 
