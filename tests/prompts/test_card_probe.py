@@ -178,3 +178,20 @@ def test_a_refusal_is_the_servers_answer_and_is_kept(store: Store, status: int) 
     # once for the three calls (a 404 card is also looked for in the list, /v1/models)
     assert card.asked == (2 if status == 404 else 1)
     assert [as_sent(b) for b in card.chats] == ["rendered"] * 3
+
+
+def test_an_empty_lmops_part_is_still_an_lmops_card(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway whose card says nothing more of the deployment (``"lmops": {}``) still
+    renders a prompt picked by ref."""
+    import tests.prompts.test_card_probe as here
+
+    monkeypatch.setattr(here, "CARD", {})
+    create(store, "fr", "Translate into French: {{input}}")
+    card = Card()
+    with endpoint(card) as url:
+        model = OpenAIChat(url, "m", api_key="x", max_retries=0)
+        assert model.renders_prompts and model.bound_prompt is None
+        assert run(store, model) == "Bonjour"
+    assert [as_sent(b) for b in card.chats] == ["ref"]

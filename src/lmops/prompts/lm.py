@@ -118,7 +118,8 @@ class OpenAIChat:
                     CARD_FORGET_S,
                 )
             else:  # a card, or a 4xx that is the server's answer (401, 403, 404, 405...)
-                self._lmops = found.lmops or False
+                part = found.lmops  # an empty part ({}) is still an lmops deployment's
+                self._lmops = part if part is not None else False
         return self._lmops if isinstance(self._lmops, dict) else None
 
     @property
