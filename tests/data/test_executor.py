@@ -643,8 +643,8 @@ def test_cli_run_report_and_ops(cli, tmp_path: Path) -> None:  # type: ignore[no
 
 
 def _finish_holding_the_lock(work: Path, ready: Any) -> None:
+    from lmops.data._worklock import retire as _retire
     from lmops.data._worklock import work_lock
-    from lmops.data.executor import _retire
 
     with work_lock(work):
         (work / "fingerprint").write_text("KEY")

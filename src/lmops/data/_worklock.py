@@ -14,6 +14,19 @@ meanwhile never works in a folder being deleted. It may do so between another ru
 opening the file and locking it; that run then holds a lock on a file no longer named
 ``<work>/run.lock``, so after locking it checks that the path still names the file it
 locked, and starts over when it does not.
+
+What a run may delete is its own work folder and nothing else (:func:`clear_own`). A
+folder below it with a lock file of its own anywhere inside is another run's work folder
+(a recipe named ``team/nightly`` beside ``team``, from before recipe names were checked):
+starting over and finishing both leave it where it is, and a finishing run that holds one
+clears its own files in place rather than renaming the folder away.
+
+The renamed folder, ``.<work>.done-<12 hex>`` beside the work folder, keeps its lock file,
+still held, until everything else in it is deleted; the lock file goes last. So a
+``.done-`` folder whose lock nobody holds, or that has no lock file left, is the leftover of
+a cleanup that was killed, and the next run beside it, or anywhere under
+``$LMOPS_HOME/work/data``, deletes it (:func:`remove_retired`), as ``core.proc.owned_tempdir``
+deletes the temp folders nobody holds.
 """
 
 from __future__ import annotations
@@ -21,14 +34,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from lmops.core.errors import ConflictError
 
-__all__ = ["LOCK_NAME", "work_lock"]
+__all__ = ["LOCK_NAME", "clear_own", "remove_retired", "retire", "work_lock"]
 
 LOCK_NAME = "run.lock"
+_RETIRED = re.compile(r"\..+\.done-[0-9a-f]{12}")
 
 
 def _still_named(fd: int, path: Path) -> bool:
@@ -67,3 +84,86 @@ def work_lock(work: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the file releases the lock
+
+
+def _holds_other_work(entry: Path) -> bool:
+    """Whether ``entry`` (a symlink is not followed) is or holds another run's work folder."""
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    return any(LOCK_NAME in files for _, _, files in os.walk(entry))
+
+
+def _delete(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def clear_own(work: Path) -> bool:
+    """Delete what ``work`` holds except its lock file and other runs' work folders (kept
+    whole). The caller holds ``work``'s lock. Returns whether any other run's was kept."""
+    kept = False
+    for entry in work.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if _holds_other_work(entry):
+            kept = True
+            continue
+        _delete(entry)
+    return kept
+
+
+def retire(work: Path) -> None:
+    """Delete a finished run's work folder while its lock is held: renamed away in one
+    step first, so a run that starts meanwhile finds no folder (or a lock file no longer
+    named) rather than one being deleted under it; the lock file is deleted last."""
+    if any(_holds_other_work(e) for e in work.iterdir()):
+        clear_own(work)  # another run's folder is inside: not ours to move or delete
+        return
+    dead = work.with_name(f".{work.name}.done-{uuid.uuid4().hex[:12]}")
+    try:
+        os.rename(work, dead)
+    except OSError:
+        dead = work
+    clear_own(dead)
+    (dead / LOCK_NAME).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        dead.rmdir()
+
+
+def remove_retired(folders: Iterable[Path]) -> int:
+    """Delete the ``.<work>.done-<hex>`` folders in ``folders`` that no live cleanup
+    holds (this user's; symlinks are not followed). Returns how many."""
+    removed = 0
+    uid = os.getuid()
+    for parent in dict.fromkeys(folders):
+        try:
+            entries = list(parent.iterdir())
+        except OSError:
+            continue
+        for dead in entries:
+            if not _RETIRED.fullmatch(dead.name):
+                continue
+            try:
+                st = dead.lstat()
+                if st.st_uid != uid or not dead.is_dir() or dead.is_symlink():
+                    continue
+                fd: int | None = os.open(dead / LOCK_NAME, os.O_RDONLY)
+            except FileNotFoundError:
+                fd = None  # its cleanup was past the last file but the lock, or killed
+            except OSError:
+                continue
+            try:
+                if fd is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        continue  # held: its run is still deleting it
+                # held by us while deleting, so a run beside this one leaves it alone
+                shutil.rmtree(dead, ignore_errors=True)
+                removed += 1
+            finally:
+                if fd is not None:
+                    os.close(fd)
+    return removed

@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from lmops.core.proc import die_with_parent
 from lmops.data import _dropped
 from lmops.data._pool import run_in_pool
 from lmops.data._resume import drop_stale_work, remove_temp_files
-from lmops.data._worklock import LOCK_NAME, work_lock
+from lmops.data._worklock import clear_own, remove_retired, retire, work_lock
 from lmops.data.document import Document
 from lmops.data.io import (
     ErrorSink,
@@ -401,16 +400,10 @@ def _fingerprint(recipe: Recipe) -> str:
 
 def _reuse_or_reset(work: Path, key: str) -> None:
     """Keep the work of an earlier run of the same recipe and inputs; else start over
-    (the lock file stays: it is held)."""
+    (the lock file stays: it is held; another run's work folder inside stays too)."""
     key_file = work / "fingerprint"
     if not key_file.exists() or key_file.read_text() != key:
-        for entry in work.iterdir():
-            if entry.name == LOCK_NAME:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        clear_own(work)
     key_file.write_text(key)
 
 
@@ -457,6 +450,8 @@ def run_recipe(
     shards = plan_shards(inputs.files, recipe.executor.shard_bytes)
     stages = plan_stages(recipe.build_ops(source))
 
+    # what cleanups killed mid-delete left beside this work folder, or any in this home
+    remove_retired([work.parent, home / "work" / "data"])
     # From here on the work folder is this run's alone: a second run of it is refused.
     with work_lock(work):
         _reuse_or_reset(work, _fingerprint(recipe))
@@ -717,22 +712,10 @@ def _finish(
         out_path.parent.mkdir(parents=True, exist_ok=True)
         os.rename(build, out_path)
         final = out_path
-    _retire(work)
+    retire(work)
     return DataRunResult(
         recipe.name, final, dataset_ref, run.id if run is not None else None, report
     )
-
-
-def _retire(work: Path) -> None:
-    """Remove a finished run's work folder while its lock is held: renamed away in one
-    step first, so a run that starts meanwhile finds no folder (or a lock file no longer
-    named, see ``_worklock``) rather than one being deleted under it."""
-    dead = work.with_name(f".{work.name}.done-{uuid.uuid4().hex[:12]}")
-    try:
-        os.rename(work, dead)
-    except OSError:
-        dead = work
-    shutil.rmtree(dead, ignore_errors=True)
 
 
 def _nothing_kept(recipe: Recipe, report: dict[str, Any], work: Path) -> str:
