@@ -14,7 +14,8 @@ from lmops.text._pii_checks import _IBAN_LENGTHS
 from lmops.text.pii import detect_pii, iban_ok
 
 stdnum_iban = pytest.importorskip(
-    "stdnum.iban", reason="python-stdnum (the dev extra: pip install -e '.[dev]') holds the registry"
+    "stdnum.iban",
+    reason="python-stdnum (the dev extra: pip install -e '.[dev]') holds the registry",
 )
 
 
