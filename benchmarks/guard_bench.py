@@ -63,6 +63,7 @@ import itertools
 import json
 import math
 import random
+import re
 import statistics
 import sys
 import time
@@ -209,7 +210,10 @@ NUMBER_FAMILIES: dict[str, dict[str, Callable[[str, random.Random], str]]] = {
         "+86 zero-width": lambda s, rng: "+86 " + zero_width(2)(s, rng),
         "Arabic-Indic spaced": compose(spaced, digits_as(ARABIC)),
         "mixed separators": lambda s, rng: s[:3] + "." + s[3:7] + "-" + s[7:],
-        # Not read (a known limit): pairs of digits look like any list of small numbers.
+        # Not read, by design, and counted in the recall all the same: nobody writes a China
+        # mobile in pairs (13 81 23 45 67 8); it is an evasion, and it has the shape of a
+        # lottery line (five two-digit balls and a bonus ball, "Powerball draw" below) and of
+        # other lists of small numbers. print_pii says how many lottery lines it would mask.
         "digit pairs": lambda s, rng: " ".join(s[i : i + 2] for i in range(0, len(s), 2)),
     },
     "BANK_CARD": {
@@ -382,6 +386,12 @@ def lookalikes(seed: int, n: int) -> list[tuple[str, str]]:
         "list of scores": lambda: (
             "scores: " + " ".join(str(rng.randint(50, 100)) for _ in range(6))
         ),
+        # five white balls of 1-69, sorted and written with two digits, then the Powerball
+        "Powerball draw": lambda: (
+            "winning numbers "
+            + " ".join(f"{b:02d}" for b in sorted(rng.sample(range(1, 70), 5)))
+            + f" {rng.randint(1, 26)}"
+        ),
     }
     out = []
     for family, make in families.items():
@@ -434,6 +444,10 @@ def cpu_ms(fn: Callable[[], object], n: int) -> float:
     return best
 
 
+# The "digit pairs" spelling of a China mobile: 1[3-9], four pairs, one digit.
+PAIRS_PHONE = re.compile(r"(?<![0-9] )(?<![0-9])1[3-9](?: [0-9]{2}){4} [0-9](?![0-9]| [0-9])")
+
+
 def bench_pii(args: argparse.Namespace) -> dict[str, Any]:
     cases = pii_cases(args.seed, args.per_family)
     per: dict[tuple[str, str], list[int]] = {}
@@ -479,6 +493,10 @@ def bench_pii(args: argparse.Namespace) -> dict[str, Any]:
         ],
         "recall": found / total,
         "fp_rate": fps / negs,
+        "pairs_shaped_draws": sum(
+            bool(PAIRS_PHONE.search(t)) for f, t in neg if f == "Powerball draw"
+        )
+        / sum(f == "Powerball draw" for f, _ in neg),
         "cases": total,
         "negatives": negs,
         "us_per_text": elapsed / (len(cases) + len(neg)) * 1e6,
@@ -506,6 +524,10 @@ def print_pii(r: dict[str, Any]) -> None:
     for name, ms in r["speed_ms"].items():
         print(f"{name:<24} {ms:>9.3f}")
     print(f"adversarial inputs all under 1 s: {'yes' if r['adversarial_ok'] else 'NO'}")
+    print(
+        "digit pairs are not read: a reading of them would also mask "
+        f"{r['pairs_shaped_draws']:.1%} of the Powerball draws (their shape, 1[3-9] dd dd dd dd d)"
+    )
     print(
         f"recall {r['recall']:.4f} over {r['cases']} variants (target >= {RECALL_TARGET}); "
         f"false positives {r['fp_rate']:.4f} over {r['negatives']} look-alikes "
