@@ -1,4 +1,4 @@
-"""One ``lmops data run`` per work folder at a time.
+"""One ``lmops data run`` (or ``lmops data tokenize``) per work folder at a time.
 
 Two runs of one recipe share its work folder: each would write the other's temp files
 away (``FileNotFoundError`` on a rename) or read a shard file the other is still writing
@@ -58,8 +58,9 @@ def _still_named(fd: int, path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def work_lock(work: Path) -> Iterator[None]:
-    """Hold ``work``'s lock (creating the folder) or raise :class:`ConflictError` at once."""
+def work_lock(work: Path, job: str = "lmops data run") -> Iterator[None]:
+    """Hold ``work``'s lock (creating the folder) or raise :class:`ConflictError` at once,
+    naming the holder as another ``job``."""
     path = work / LOCK_NAME
     while True:
         work.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,7 @@ def work_lock(work: Path) -> Iterator[None]:
             os.close(fd)
             known = holder.isdigit()  # empty while the holder is writing it
             raise ConflictError(
-                f"another lmops data run{f' (pid {holder})' if known else ''} is using the "
+                f"another {job}{f' (pid {holder})' if known else ''} is using the "
                 f"work folder {work}; wait for it to finish or stop it"
                 f"{f' (kill {holder})' if known else ''}"
             ) from None

@@ -162,9 +162,20 @@ def tokenize_dataset(
     text_key: str = "text",
     shard_tokens: int = 50_000_000,
 ) -> Any:
-    """Tokenize the sources into packed token shards and register them as a dataset."""
-    from lmops.data.shards import write_token_shards
+    """Tokenize the sources into packed token shards and register them as a dataset.
 
+    Resumable: the shards are written in ``$LMOPS_HOME/work/tokenize/<output>``, one run at
+    a time (its lock), and each finished shard is recorded there. A run that is killed is
+    resumed by the next one with the same inputs (dataset versions, local files' content),
+    tokenizer version and settings: finished shards are kept and their documents skipped,
+    so the dataset is byte-identical to an uninterrupted run's. Anything else starts over.
+    The folder is deleted once the dataset is registered."""
+    from lmops import __version__
+    from lmops.data._worklock import clear_own, remove_retired, retire, work_lock
+    from lmops.data.shards import write_token_shards
+    from lmops.store.refs import check_name
+
+    check_name(output)  # it names the work folder too
     tok = store.assets.resolve(tokenizer)
     if tok.kind != "tokenizer":
         raise UserError(f"--tokenizer {tokenizer!r} is a {tok.kind}, not a tokenizer")
@@ -174,22 +185,43 @@ def tokenize_dataset(
     )
     resolved, docs = read_source(sources, store, text_key=text_key, field_hint=hint)
     config = {"sources": sources, "tokenizer": tok.ref, "shard_tokens": shard_tokens}
-    with store.runs.track("tokenize", name=output, config=config) as run:
-        local = _record_local(store, [resolved], run.id)
-        out = Path(store.runs.dir(run.id)) / "shards"
-        info = write_token_shards(docs, store.assets.path(tok.ref), out, shard_tokens=shard_tokens)
-        shard_meta = {k: v for k, v in info.to_dict().items() if k != "path"}
-        # "format" says what kind of dataset this is; the file format version moves aside.
-        meta = {**shard_meta, "shard_format": shard_meta.get("format"), "format": "token_shards"}
-        store.runs.log_metrics(run.id, {"tokens": info.num_tokens, "docs": info.num_docs}, step=0)
-        return store.assets.register(
-            "dataset",
-            output,
-            out,
-            metadata=meta,
-            inputs=[*resolved.refs, *local, (tok.ref, "tokenizer")],
-            run_id=run.id,
-        )
+    work = store.settings.home / "work" / "tokenize" / output
+    remove_retired([work.parent])  # what cleanups killed mid-delete left
+    with work_lock(work, "lmops data tokenize"):
+        with store.runs.track("tokenize", name=output, config=config) as run:
+            local = _record_local(store, [resolved], run.id)
+            key = json.dumps([resolved.refs, local, tok.ref, text_key, shard_tokens, __version__])
+            if not (work / "fingerprint").is_file() or (work / "fingerprint").read_text() != key:
+                clear_own(work)  # another run's work (other inputs or settings): start over
+                (work / "fingerprint").write_text(key)
+            out = work / "shards"
+            info = write_token_shards(
+                docs,
+                store.assets.path(tok.ref),
+                out,
+                shard_tokens=shard_tokens,
+                progress=work / "progress.json",
+            )
+            shard_meta = {k: v for k, v in info.to_dict().items() if k != "path"}
+            # "format" says what kind of dataset this is; the file format version moves aside.
+            meta = {
+                **shard_meta,
+                "shard_format": shard_meta.get("format"),
+                "format": "token_shards",
+            }
+            store.runs.log_metrics(
+                run.id, {"tokens": info.num_tokens, "docs": info.num_docs}, step=0
+            )
+            version = store.assets.register(
+                "dataset",
+                output,
+                out,
+                metadata=meta,
+                inputs=[*resolved.refs, *local, (tok.ref, "tokenizer")],
+                run_id=run.id,
+            )
+        retire(work)
+    return version
 
 
 # the fields that hold a format's text (an id, a source URL, a label beside them is not)

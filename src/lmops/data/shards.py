@@ -16,6 +16,14 @@ is closed before the document that would take it past ``shard_tokens`` (a single
 longer than ``shard_tokens`` gets a shard of its own). Every file is written under a temp
 name and renamed; ``meta.json`` is written last, so a set with a ``meta.json`` is complete.
 
+Resuming (``progress=``, what ``lmops data tokenize`` does): after each shard is renamed into
+place, its entry is added to a progress file kept outside the set. A run killed at any point
+(``kill -9`` included) and started again with the same progress file keeps the shards it
+records, deletes everything else in the folder (the ``.tmp`` file being written, a shard not
+yet recorded), skips the documents those shards hold and writes on from the next shard. A
+shard closes at the same document whether or not the run was interrupted, so the set is
+byte-identical to one written in one go.
+
 ``numpy.memmap(path, dtype="<u2")`` reads a ``.bin`` with no lmops code;
 :class:`TokenShards` does that for the whole set.
 """
@@ -25,7 +33,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +67,7 @@ def write_token_shards(
     dtype: Literal["auto", "uint16", "uint32"] = "auto",
     batch_size: int = 1000,
     parse_special: bool = False,
+    progress: Path | str | None = None,
 ) -> ShardSetInfo:
     """Tokenize ``docs`` (documents or plain strings) into packed shards under ``out_dir``.
 
@@ -69,6 +80,10 @@ def write_token_shards(
     instead (for text that is already rendered with a chat template). ``out_dir`` must be empty
     or absent. Raises :class:`UserError` for a non-empty ``out_dir``, bad sizes, a dtype
     too narrow for the vocabulary, or ``append_eos`` without an EOS token.
+
+    ``progress``: a file outside ``out_dir`` recording the finished shards; ``out_dir`` may
+    then hold an interrupted run's work, which is resumed (see the module docstring) when
+    the progress file was written with the same tokenizer and settings, and deleted when not.
     """
     if shard_tokens < 1:
         raise UserError(f"shard_tokens must be >= 1, got {shard_tokens}")
@@ -96,12 +111,26 @@ def write_token_shards(
             "set one or pass append_eos=False"
         )
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
+    digest = tokenizer_digest(tokenizer_dir)
+    done: list[ShardInfo] = []
+    record: _Progress | None = None
+    if progress is not None:
+        settings = {
+            "dtype": dtype,
+            "shard_tokens": shard_tokens,
+            "append_eos": append_eos,
+            "parse_special": parse_special,
+            "tokenizer_digest": digest,
+        }
+        record = _Progress(Path(progress), settings)
+        done = record.resume(out, np_dtype.itemsize)
+    elif out.exists() and any(out.iterdir()):
         raise UserError(f"output directory {out} is not empty; choose a new one or delete it")
     out.mkdir(parents=True, exist_ok=True)
 
-    writer = _ShardWriter(out, np_dtype, shard_tokens)
-    for batch in _batches(docs, batch_size):
+    writer = _ShardWriter(out, np_dtype, shard_tokens, done, record)
+    skip = sum(s.num_docs for s in done)  # the documents of the shards already written
+    for batch in _batches(docs, batch_size, skip):
         for enc in tok.encode_batch(batch, add_special_tokens=False):
             ids = enc.ids
             if append_eos:
@@ -117,7 +146,7 @@ def write_token_shards(
         eos_id=eos_id,
         append_eos=append_eos,
         tokenizer_name=Path(tokenizer_dir).resolve().name,
-        tokenizer_digest=tokenizer_digest(tokenizer_dir),
+        tokenizer_digest=digest,
         num_tokens=sum(s.num_tokens for s in shards),
         num_docs=sum(s.num_docs for s in shards),
         shards=tuple(shards),
@@ -132,11 +161,19 @@ def write_token_shards(
 class _ShardWriter:
     """Appends documents to the current shard; rolls over before it would overflow."""
 
-    def __init__(self, out: Path, dtype: np.dtype[Any], shard_tokens: int) -> None:
+    def __init__(
+        self,
+        out: Path,
+        dtype: np.dtype[Any],
+        shard_tokens: int,
+        done: list[ShardInfo],
+        progress: _Progress | None,
+    ) -> None:
         self.out = out
         self.dtype = dtype
         self.shard_tokens = shard_tokens
-        self.shards: list[ShardInfo] = []
+        self.shards: list[ShardInfo] = list(done)
+        self.progress = progress
         self._file: Any = None
         self._starts: list[int] = []
         self._n = 0
@@ -187,11 +224,63 @@ class _ShardWriter:
                 sha256=self._hash.hexdigest(),
             )
         )
+        if self.progress is not None:
+            self.progress.write(self.shards)
 
 
-def _batches(docs: Iterable[Document] | Iterable[str], size: int) -> Iterator[list[str]]:
+class _Progress:
+    """The finished shards of a resumable run, in a JSON file beside the set (not in it)."""
+
+    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+        self.path = path
+        self.settings = settings
+
+    def write(self, shards: list[ShardInfo]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps({**self.settings, "shards": [asdict(s) for s in shards]}))
+        os.replace(tmp, self.path)
+
+    def resume(self, out: Path, itemsize: int) -> list[ShardInfo]:
+        """The recorded shards still in ``out`` (a prefix of the set); everything else in
+        ``out`` is deleted: a writer killed before recording it left it."""
+        try:
+            old = json.loads(self.path.read_text())
+            shards = old.pop("shards")
+            # written with other settings: start over
+            recorded = [ShardInfo(**s) for s in shards] if old == self.settings else []
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            recorded = []  # none, or unreadable: start over
+        done: list[ShardInfo] = []
+        for k, shard in enumerate(recorded):
+            bin_file = out / shard.name
+            if (
+                shard.name != f"shard-{k:05d}.bin"
+                or not bin_file.is_file()
+                or bin_file.stat().st_size != shard.num_tokens * itemsize
+                or not (out / shard.index).is_file()
+            ):
+                break
+            done.append(shard)
+        keep = {n for s in done for n in (s.name, s.index)}
+        if out.is_dir():
+            for entry in out.iterdir():
+                if entry.name in keep:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        self.write(done)
+        return done
+
+
+def _batches(
+    docs: Iterable[Document] | Iterable[str], size: int, skip: int = 0
+) -> Iterator[list[str]]:
     batch: list[str] = []
     for n, doc in enumerate(docs, 1):
+        if n <= skip:
+            continue
         if isinstance(doc, Document):
             batch.append(doc.text)
         elif isinstance(doc, str):
