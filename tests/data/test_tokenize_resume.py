@@ -66,6 +66,7 @@ def test_a_killed_tokenize_resumes_to_the_same_bytes(
     env = {**os.environ, "LMOPS_HOME": str(lmops_home)}
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(marker), *ARGS, "--output", "text-tokens"],
+        cwd=tmp_path,  # whatever the child writes lands in the test's own folder
         env=env,
         stderr=subprocess.PIPE,
         text=True,
