@@ -163,6 +163,32 @@ def test_the_leftover_of_a_killed_cleanup_is_deleted_by_the_next_run(
     assert _done_folders(home_work) == []
 
 
+def test_only_a_work_folder_s_leftover_is_deleted_beside_an_output(
+    tmp_path: Path, lmops_home: Path
+) -> None:
+    """Beside an output is the user's folder: a run with output ``out/team`` deleted every
+    dot-folder there whose name ended in ``.done-<12 hex>``, photos included."""
+    out = tmp_path / "out"
+    photos = out / ".photos.done-0123456789ab" / "holiday.jpg"
+    locked = out / ".backup.done-0123456789ab" / LOCK_NAME  # the user's, with a run.lock
+    # in lmops's own folder: a lockless one that is no run's is left, an empty one goes
+    home_work = lmops_home / "work" / "data"
+    notes = home_work / ".notes.done-0123456789ab" / "todo.txt"
+    empty = home_work / ".gone.done-0123456789ab"
+    for f in (photos, locked, notes):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"mine")
+    empty.mkdir()
+
+    make_corpus(tmp_path / "raw", files=1, per_file=5)
+    run_recipe(
+        load_recipe(write_recipe(tmp_path / "r.yaml", TEAM)), base_dir=tmp_path, progress=False
+    )
+    assert photos.read_bytes() == b"mine" and locked.read_bytes() == b"mine"
+    assert notes.read_bytes() == b"mine" and not empty.exists()
+    assert (out / "team").is_dir()
+
+
 def test_a_cleanup_still_running_is_left_to_finish(tmp_path: Path, lmops_home: Path) -> None:
     ctx = mp.get_context("fork")
     out = tmp_path / "out"

@@ -23,10 +23,11 @@ clears its own files in place rather than renaming the folder away.
 
 The renamed folder, ``.<work>.done-<12 hex>`` beside the work folder, keeps its lock file,
 still held, until everything else in it is deleted; the lock file goes last. So a
-``.done-`` folder whose lock nobody holds, or that has no lock file left, is the leftover of
-a cleanup that was killed, and the next run beside it, or anywhere under
+``.done-`` folder whose lock nobody holds, or that is empty but for a lock file gone, is the
+leftover of a cleanup that was killed, and the next run beside it, or directly in
 ``$LMOPS_HOME/work/data``, deletes it (:func:`remove_retired`), as ``core.proc.owned_tempdir``
-deletes the temp folders nobody holds.
+deletes the temp folders nobody holds. Beside an output the folder is the user's: there only
+a work folder's own name (``.<output>.lmops-work.done-<hex>``) is one.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from lmops.core.errors import ConflictError
@@ -45,7 +46,8 @@ from lmops.core.errors import ConflictError
 __all__ = ["LOCK_NAME", "clear_own", "remove_retired", "retire", "work_lock"]
 
 LOCK_NAME = "run.lock"
-_RETIRED = re.compile(r"\..+\.done-[0-9a-f]{12}")
+# what a run writes in its work folder (and ``stage*``): a data run, then data tokenize
+_WORK_FILES = ("fingerprint", "recipe.json", "shards.json", "progress.json", "shards")
 
 
 def _still_named(fd: int, path: Path) -> bool:
@@ -133,38 +135,59 @@ def retire(work: Path) -> None:
         dead.rmdir()
 
 
-def remove_retired(folders: Iterable[Path]) -> int:
-    """Delete the ``.<work>.done-<hex>`` folders in ``folders`` that no live cleanup
-    holds (this user's; symlinks are not followed). Returns how many."""
+def _looks_like_work(folder: Path) -> bool:
+    """Whether ``folder`` holds what a run writes in its work folder (a lockless
+    ``.done-`` folder that does not is no cleanup's leftover: never emptied)."""
+    return any((folder / n).exists() for n in _WORK_FILES) or any(folder.glob("stage*"))
+
+
+def remove_retired(folder: Path, work_suffix: str = "") -> int:
+    """Delete the ``.<work>.done-<hex>`` folders in ``folder`` that no live cleanup holds
+    (this user's; symlinks are not followed). Returns how many.
+
+    ``work_suffix`` is how the names of the work folders in ``folder`` end: beside an output
+    (``.lmops-work``), where every other folder is the user's own, only a name with it is
+    a leftover; only folders lmops alone writes in (``$LMOPS_HOME/work/...``) may be given
+    none. One without a lock file is deleted whole only if it holds a run's files (its
+    cleanup was killed by an lmops that deleted the lock file earlier); otherwise only if
+    empty (the cleanup was killed as the lock file, its last, had gone)."""
+    pattern = re.compile(rf"\..+{re.escape(work_suffix)}\.done-[0-9a-f]{{12}}")
     removed = 0
     uid = os.getuid()
-    for parent in dict.fromkeys(folders):
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return 0
+    for dead in entries:
+        if not pattern.fullmatch(dead.name):
+            continue
         try:
-            entries = list(parent.iterdir())
+            st = dead.lstat()
+            if st.st_uid != uid or not dead.is_dir() or dead.is_symlink():
+                continue
+            fd: int | None = os.open(dead / LOCK_NAME, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = None  # its cleanup was past the last file but the lock, or killed
         except OSError:
             continue
-        for dead in entries:
-            if not _RETIRED.fullmatch(dead.name):
-                continue
-            try:
-                st = dead.lstat()
-                if st.st_uid != uid or not dead.is_dir() or dead.is_symlink():
-                    continue
-                fd: int | None = os.open(dead / LOCK_NAME, os.O_RDONLY)
-            except FileNotFoundError:
-                fd = None  # its cleanup was past the last file but the lock, or killed
-            except OSError:
-                continue
-            try:
-                if fd is not None:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except OSError:
-                        continue  # held: its run is still deleting it
-                # held by us while deleting, so a run beside this one leaves it alone
-                shutil.rmtree(dead, ignore_errors=True)
+        try:
+            if fd is None:
+                if _looks_like_work(dead):
+                    shutil.rmtree(dead, ignore_errors=True)
+                else:
+                    dead.rmdir()  # empty, or not a run's: left as it is
                 removed += 1
-            finally:
-                if fd is not None:
-                    os.close(fd)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # held: its run is still deleting it
+            # held by us while deleting, so a run beside this one leaves it alone
+            shutil.rmtree(dead, ignore_errors=True)
+            removed += 1
+        except OSError:
+            continue
+        finally:
+            if fd is not None:
+                os.close(fd)
     return removed

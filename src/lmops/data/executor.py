@@ -407,12 +407,15 @@ def _reuse_or_reset(work: Path, key: str) -> None:
     key_file.write_text(key)
 
 
+_WORK_SUFFIX = ".lmops-work"  # beside the output: out/web -> out/web.lmops-work
+
+
 def _work_dir(recipe: Recipe, base: Path, home: Path) -> tuple[Path | None, Path]:
     out = None
     if recipe.output.path:
         out = Path(recipe.output.path).expanduser()
         out = out if out.is_absolute() else base / out
-        return out, out.with_name(out.name + ".lmops-work")
+        return out, out.with_name(out.name + _WORK_SUFFIX)
     return None, home / "work" / "data" / recipe.name
 
 
@@ -451,7 +454,9 @@ def run_recipe(
     stages = plan_stages(recipe.build_ops(source))
 
     # what cleanups killed mid-delete left beside this work folder, or any in this home
-    remove_retired([work.parent, home / "work" / "data"])
+    remove_retired(home / "work" / "data")
+    if out_path is not None:  # beside the output, in the user's folder: work folders' only
+        remove_retired(work.parent, work_suffix=_WORK_SUFFIX)
     # From here on the work folder is this run's alone: a second run of it is refused.
     with work_lock(work):
         _reuse_or_reset(work, _fingerprint(recipe))

@@ -186,7 +186,7 @@ def tokenize_dataset(
     resolved, docs = read_source(sources, store, text_key=text_key, field_hint=hint)
     config = {"sources": sources, "tokenizer": tok.ref, "shard_tokens": shard_tokens}
     work = store.settings.home / "work" / "tokenize" / output
-    remove_retired([work.parent])  # what cleanups killed mid-delete left
+    remove_retired(work.parent)  # what cleanups killed mid-delete left
     with work_lock(work, "lmops data tokenize"):
         with store.runs.track("tokenize", name=output, config=config) as run:
             local = _record_local(store, [resolved], run.id)
