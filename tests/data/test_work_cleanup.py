@@ -218,3 +218,41 @@ def test_a_cleanup_still_running_is_left_to_finish(tmp_path: Path, lmops_home: P
         go_on.set()
         live.join(60)
     assert live.exitcode == 0 and _done_folders(out) == []
+
+
+def test_a_nested_run_in_a_folder_the_run_writes_is_refused_not_deleted(
+    cli, tmp_path: Path, lmops_home: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Recipe "team/stage0" (a name from before names were checked) works in the folder
+    where recipe "team" writes its first stage: "team" kept it through starting over, then
+    deleted its shard files as stale ones of its own and wrote its own among them."""
+    make_corpus(tmp_path / "raw", files=1, per_file=5)
+    recipe = write_recipe(
+        tmp_path / "r.yaml", TEAM.replace("{path: out/team}", "{dataset: team-clean}")
+    )
+    work = lmops_home / "work" / "data" / "team"
+    old = {"stage0/run.lock": "", "stage0/stage0/00000.jsonl": "old\n", "stage0/00000.x": "x"}
+    for name, text in old.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(text)
+
+    r = cli("data", "run", str(recipe))
+    assert r.code == 2, r.err
+    assert r.err.strip().splitlines()[-1] == (
+        f"error: {work / 'stage0'} is another run's work folder (it has a run.lock of its "
+        "own, from an lmops that let a recipe name hold '/'), where this run writes its "
+        "'stage0'; move or remove that old work folder, then run again"
+    )
+    assert _contents(work, old) == old and sorted(p.name for p in work.iterdir()) == [
+        LOCK_NAME,
+        "stage0",
+    ]
+
+    # deeper down, in the folder the bad rows go to, too; once moved, the run goes on
+    (work / "stage0").rename(tmp_path / "old-stage0")
+    (work / "errors" / "x").mkdir(parents=True)
+    (work / "errors" / "x" / LOCK_NAME).write_text("")
+    r = cli("data", "run", str(recipe))
+    assert r.code == 2 and f"error: {work / 'errors' / 'x'} is another run's" in r.err, r.err
+    (work / "errors").rename(tmp_path / "old-errors")
+    assert cli("data", "run", str(recipe)).code == 0

@@ -23,7 +23,9 @@ run only starts working in its folder while it holds the folder's lock (``_workl
 no live writer is left to own one. Nothing outside the folder is touched: other recipes,
 and other runs, have work folders of their own; a folder below with a lock file of its own
 is one of those (a recipe named ``team/nightly`` beside ``team``, from before recipe names
-were checked) and is never entered.
+were checked) and is never entered; one with a name the run writes itself (``team/stage0``,
+:func:`run_writes`) would have its files deleted, so the run refuses to start instead
+(``_worklock.refuse_other_work``).
 """
 
 from __future__ import annotations
@@ -33,12 +35,20 @@ import os
 import shutil
 from pathlib import Path
 
-from lmops.data._worklock import LOCK_NAME
+from lmops.data._worklock import is_other_work
 from lmops.data.io import Shard
 
-__all__ = ["SHARDS_FILE", "drop_stale_work", "remove_temp_files"]
+__all__ = ["SHARDS_FILE", "drop_stale_work", "remove_temp_files", "run_writes"]
 
 SHARDS_FILE = "shards.json"
+# what a run writes in its work folder besides ``stage<N>``: the bad rows, the output and the
+# dropped documents being built, a failed run's report, what it resumes by
+_WRITES = {"errors", "output", "dropped", "_report", "fingerprint", "recipe.json", SHARDS_FILE}
+
+
+def run_writes(name: str) -> bool:
+    """Whether a run writes (and so deletes) ``name`` in its work folder."""
+    return name in _WRITES or (name.startswith("stage") and name[5:].isdigit())
 
 
 def _key(shard: Shard) -> str:
@@ -120,7 +130,7 @@ def remove_temp_files(work: Path) -> int:
     ``work``'s lock and has no writer running. Returns how many."""
     removed = 0
     for folder, subfolders, files in os.walk(work):
-        subfolders[:] = [d for d in subfolders if not os.path.lexists(Path(folder, d, LOCK_NAME))]
+        subfolders[:] = [d for d in subfolders if not is_other_work(Path(folder, d))]
         for name in files:
             if name.endswith(".tmp"):
                 Path(folder, name).unlink(missing_ok=True)

@@ -38,12 +38,20 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lmops.core.errors import ConflictError
 
-__all__ = ["LOCK_NAME", "clear_own", "remove_retired", "retire", "work_lock"]
+__all__ = [
+    "LOCK_NAME",
+    "clear_own",
+    "is_other_work",
+    "refuse_other_work",
+    "remove_retired",
+    "retire",
+    "work_lock",
+]
 
 LOCK_NAME = "run.lock"
 # what a run writes in its work folder (and ``stage*``): a data run, then data tokenize
@@ -89,11 +97,31 @@ def work_lock(work: Path, job: str = "lmops data run") -> Iterator[None]:
         os.close(fd)  # closing the file releases the lock
 
 
+def is_other_work(folder: str | Path) -> bool:
+    """Whether ``folder``, below a run's work folder, is another run's work folder: it holds
+    a lock file of its own."""
+    return os.path.lexists(os.path.join(folder, LOCK_NAME))
+
+
 def _holds_other_work(entry: Path) -> bool:
     """Whether ``entry`` (a symlink is not followed) is or holds another run's work folder."""
     if entry.is_symlink() or not entry.is_dir():
         return False
-    return any(LOCK_NAME in files for _, _, files in os.walk(entry))
+    return any(is_other_work(folder) for folder, _, _ in os.walk(entry))
+
+
+def refuse_other_work(work: Path, used: Callable[[str], bool]) -> None:
+    """Raise :class:`ConflictError` if an entry of ``work`` whose name the run writes
+    (``used(name)``) is or holds another run's work folder: the run would delete or
+    overwrite its files there. The caller holds ``work``'s lock."""
+    for entry in sorted(work.iterdir()):
+        if used(entry.name) and _holds_other_work(entry):
+            other = next(Path(f) for f, _, _ in os.walk(entry) if is_other_work(f))
+            raise ConflictError(
+                f"{other} is another run's work folder (it has a {LOCK_NAME} of its own, "
+                f"from an lmops that let a recipe name hold '/'), where this run writes its "
+                f"{entry.name!r}; move or remove that old work folder, then run again"
+            )
 
 
 def _delete(entry: Path) -> None:

@@ -36,8 +36,14 @@ from lmops.core.errors import UserError
 from lmops.core.proc import die_with_parent
 from lmops.data import _dropped
 from lmops.data._pool import run_in_pool
-from lmops.data._resume import drop_stale_work, remove_temp_files
-from lmops.data._worklock import clear_own, remove_retired, retire, work_lock
+from lmops.data._resume import drop_stale_work, remove_temp_files, run_writes
+from lmops.data._worklock import (
+    clear_own,
+    refuse_other_work,
+    remove_retired,
+    retire,
+    work_lock,
+)
 from lmops.data.document import Document
 from lmops.data.io import (
     ErrorSink,
@@ -459,6 +465,7 @@ def run_recipe(
         remove_retired(work.parent, work_suffix=_WORK_SUFFIX)
     # From here on the work folder is this run's alone: a second run of it is refused.
     with work_lock(work):
+        refuse_other_work(work, run_writes)  # nested runs of old recipe names
         _reuse_or_reset(work, _fingerprint(recipe))
         remove_temp_files(work)  # what a killed run was writing: no writer is left
         global_from = next((s.index for s in stages if s.is_global), None)
