@@ -9,14 +9,10 @@ import re
 from importlib import resources
 
 import pytest
+from stdnum import iban as stdnum_iban  # the dev extra (make test installs it)
 
 from lmops.text._pii_checks import _IBAN_LENGTHS
 from lmops.text.pii import detect_pii, iban_ok
-
-stdnum_iban = pytest.importorskip(
-    "stdnum.iban",
-    reason="python-stdnum (the dev extra: pip install -e '.[dev]') holds the registry",
-)
 
 
 def _registry() -> dict[str, str]:
