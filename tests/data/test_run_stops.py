@@ -5,6 +5,7 @@ a run removes the temp files a killed run left in its work folder, and no one el
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -272,6 +273,33 @@ def _returns_unreadable(job: int) -> Any:
 def _sleeps_then_marks(path: str) -> None:
     time.sleep(3)
     Path(path).write_text("ran to the end")
+
+
+def _job_0_dies(how: str, job: int) -> None:
+    """Job 0's worker dies (SIGKILL, as the out-of-memory killer does, or exit status 3);
+    the others are still running then, to be stopped by the pool with SIGTERM."""
+    if job == 0:
+        if how == "SIGKILL":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(3)
+    time.sleep(30)
+
+
+@pytest.mark.parametrize(
+    ("how", "said"), [("SIGKILL", "killed by SIGKILL"), ("exit", "exited with status 3")]
+)
+def test_a_dead_worker_is_named_by_how_it_died_not_by_the_pool_s_sigterm(
+    how: str, said: str
+) -> None:
+    """The pool noticed the death before the exit status could be read and SIGTERMed the
+    other workers: the run said "killed by a signal" or "killed by SIGTERM" (11 runs of 40
+    said "killed by SIGKILL"). Several runs, as it went wrong only some of the time."""
+    for _ in range(6):
+        with pytest.raises(LmopsError) as e:
+            run_in_pool(
+                functools.partial(_job_0_dies, how), range(4), 3, _no_init, (), lambda n: None
+            )
+        assert f"died while running its shard ({said}; " in str(e.value), str(e.value)
 
 
 def test_an_error_pickle_cannot_rebuild_is_named_not_a_worker_s_death() -> None:

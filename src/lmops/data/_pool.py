@@ -22,6 +22,7 @@ import functools
 import multiprocessing as mp
 import pickle
 import signal
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -102,17 +103,27 @@ def _last_line(cause: BaseException) -> str:
 def _death(pool: ProcessPoolExecutor) -> str:
     """How the pool's dead worker ended, from the exit codes: "killed by SIGKILL" (the
     out-of-memory killer's), "exited with status 3", or "killed by a signal" when none
-    is known yet. The pool sends its other workers SIGTERM once one is dead."""
-    processes = getattr(pool, "_processes", None) or {}
-    codes = [p.exitcode for p in list(processes.values()) if p.exitcode]
-    signals = sorted({-c for c in codes if c < 0}, key=lambda s: (s == signal.SIGTERM, s))
-    if signals:
-        try:
-            return f"killed by {signal.Signals(signals[0]).name}"
-        except ValueError:
-            return f"killed by signal {signals[0]}"
-    exits = [c for c in codes if c > 0]
-    return f"exited with status {exits[0]}" if exits else "killed by a signal"
+    is known. The pool notices a death before the dead worker's exit status can be read,
+    and sends its other workers SIGTERM: so this waits (5 s at most) until some worker has
+    a code that says more than that, or every one has a code, and a SIGTERM says least."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    deadline = time.monotonic() + 5
+    while True:
+        codes = [p.exitcode for p in processes]
+        telling = [c for c in codes if c not in (None, 0, -signal.SIGTERM)]
+        if telling or None not in codes or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    ended = [c for c in codes if c]  # neither running (None) nor a clean exit (0)
+    if not ended:
+        return "killed by a signal"
+    code = min(ended, key=lambda c: (c == -signal.SIGTERM, c > 0))
+    if code > 0:
+        return f"exited with status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
