@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from lmops.core.errors import LmopsError, UserError
-from lmops.data import _pool, executor
+from lmops.core.errors import ConflictError, LmopsError, UserError
+from lmops.data import _pool, _worklock, executor
 from lmops.data._pool import run_in_pool
 from lmops.data._resume import remove_temp_files
+from lmops.data._worklock import LOCK_NAME, work_lock
 from lmops.data.executor import run_recipe
 from lmops.data.recipe import load_recipe
 from tests.data.test_executor import (
@@ -164,7 +165,7 @@ def test_a_run_removes_the_temp_files_a_killed_run_left_and_no_one_elses(
         os.killpg(proc.pid, signal.SIGCONT)
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.wait()  # its workers may hold the lock a moment longer: the next run waits for them
     assert left, "the killed run left no temp file to remove"
     # another recipe's work folder beside it, maybe a live run's: not this run's to clean
     other = tmp_path / "out" / "other.lmops-work" / "stage0" / "00000.jsonl.tmp"
@@ -186,6 +187,65 @@ def test_a_run_removes_the_temp_files_a_killed_run_left_and_no_one_elses(
     assert seen == [[]], left  # gone before the first shard was worked on
     assert res.resumed_shards >= 1
     assert other.read_text() == "a live run's half-written shard\n"
+
+
+def _killed_run_with_a_worker(work: Path) -> tuple[int, int]:
+    """A run that took ``work``'s lock and forked a worker (which inherits it), then was
+    killed: gone (reaped), no unlock, its worker holding the lock until a byte is written to
+    the returned pipe, or it is closed. Returns (the run's pid, the pipe)."""
+    release, let_go = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the run (a plain fork: a multiprocessing child's join waits for the worker)
+        try:
+            os.close(let_go)  # the test's alone: closing it ends the worker too
+            with work_lock(work):
+                if os.fork() == 0:  # its worker
+                    os.read(release, 1)
+        finally:
+            os._exit(0)
+    os.close(release)
+    os.waitpid(pid, 0)
+    return pid, let_go
+
+
+def test_a_run_waits_for_a_killed_run_s_workers_to_let_go_of_its_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run started at once after ``kill -9`` of another was refused, "another lmops data
+    run (pid N) ... (kill N)" with N already gone: its workers still held the lock."""
+    work = tmp_path / "team.lmops-work"
+    _, let_go = _killed_run_with_a_worker(work)
+    waited: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(s: float) -> None:  # the worker ends when the new run first waits
+        if not waited:
+            os.write(let_go, b"x")
+        waited.append(s)
+        real_sleep(s)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    try:
+        with work_lock(work):
+            assert (work / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    finally:
+        os.close(let_go)  # ends the worker, whatever happened
+    assert waited  # held, by the worker of a run that was gone
+    monkeypatch.undo()
+
+    # still held after the wait: the workers are named as the holder, not the run
+    monkeypatch.setattr(_worklock, "_ORPHANS_WAIT_S", 0.0)
+    pid, let_go = _killed_run_with_a_worker(work)
+    try:
+        with pytest.raises(ConflictError) as e, work_lock(work):
+            pass
+    finally:
+        os.close(let_go)
+    assert str(e.value) == (
+        f"the work folder {work} is still locked by the worker processes of a stopped "
+        f"lmops data run (pid {pid}, gone) 0 s later; stop them (fuser -v "
+        f"{work / LOCK_NAME} lists them), then run again"
+    )
 
 
 def test_ray_a_bad_row_cancels_the_stage_s_other_tasks(

@@ -147,9 +147,9 @@ def test_a_second_tokenize_of_the_same_output_is_refused(
     fd = os.open(work / "run.lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, b"4242\n")
+        os.write(fd, f"{os.getpid()}\n".encode())  # a live holder
         r = cli(*ARGS, "--output", "text-tokens")
     finally:
         os.close(fd)
     assert r.code != 0
-    assert "another lmops data tokenize (pid 4242) is using the work folder" in r.err
+    assert f"another lmops data tokenize (pid {os.getpid()}) is using the work folder" in r.err

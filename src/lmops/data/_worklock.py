@@ -6,7 +6,9 @@ away (``FileNotFoundError`` on a rename) or read a shard file the other is still
 ``<work>/run.lock`` for as long as it runs; a second one is refused at once, naming the
 holder's pid. The kernel drops the lock when its holder exits, however it exits
 (``kill -9`` included), so a lock file left behind never blocks the next run: only a live
-process holds it.
+process holds it. The run's forked workers hold it too (so none of its writers is left once
+it is free), and outlive a killed run by a moment: a lock whose recorded holder is gone is
+waited for (30 s at most), not refused.
 
 The holder removes the work folder, lock file included, when it finishes: first renamed
 away in one step, still locked (``executor._retire``), then deleted, so a run starting
@@ -37,6 +39,7 @@ import fcntl
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,11 +70,32 @@ def _still_named(fd: int, path: Path) -> bool:
     return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
+def _gone(pid: str) -> bool:
+    """Whether the process ``pid`` (a lock file's text) is known to have exited."""
+    if not pid.isdigit():
+        return False  # empty while the holder is writing it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # another user's: it exists
+    return False
+
+
+# How long a run waits for the workers of a stopped run to let go of its lock: they
+# inherited it (so no writer of the stopped run is left once it is free) and die with it.
+_ORPHANS_WAIT_S = 30.0
+
+
 @contextlib.contextmanager
 def work_lock(work: Path, job: str = "lmops data run") -> Iterator[None]:
     """Hold ``work``'s lock (creating the folder) or raise :class:`ConflictError` at once,
-    naming the holder as another ``job``."""
+    naming the holder as another ``job``. A holder whose process is gone is the worker
+    processes of a run that was stopped (``kill -9``), still exiting: waited for, up to
+    :data:`_ORPHANS_WAIT_S`."""
     path = work / LOCK_NAME
+    deadline = time.monotonic() + _ORPHANS_WAIT_S
     while True:
         work.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -80,12 +104,21 @@ def work_lock(work: Path, job: str = "lmops data run") -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             os.close(fd)
-            known = holder.isdigit()  # empty while the holder is writing it
-            raise ConflictError(
-                f"another {job}{f' (pid {holder})' if known else ''} is using the "
-                f"work folder {work}; wait for it to finish or stop it"
-                f"{f' (kill {holder})' if known else ''}"
-            ) from None
+            if not _gone(holder):
+                known = holder.isdigit()
+                raise ConflictError(
+                    f"another {job}{f' (pid {holder})' if known else ''} is using the "
+                    f"work folder {work}; wait for it to finish or stop it"
+                    f"{f' (kill {holder})' if known else ''}"
+                ) from None
+            if time.monotonic() > deadline:
+                raise ConflictError(
+                    f"the work folder {work} is still locked by the worker processes of a "
+                    f"stopped {job} (pid {holder}, gone) {_ORPHANS_WAIT_S:.0f} s later; stop "
+                    f"them (fuser -v {path} lists them), then run again"
+                ) from None
+            time.sleep(0.05)
+            continue
         if _still_named(fd, path):
             break
         os.close(fd)  # the holder finished and removed the folder meanwhile: start over
