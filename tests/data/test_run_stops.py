@@ -379,6 +379,28 @@ def test_a_result_the_driver_cannot_read_is_named_and_chained() -> None:
     assert "died" not in str(e.value) and e.value.__cause__ is not None
 
 
+def test_a_pool_broken_while_queueing_names_what_broke_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job done (and its result unreadable) before the rest were queued broke the pool
+    under the queueing; that error says nothing of why, and the run read as a worker's
+    death (6 runs of 60 under load)."""
+    real = _pool.ProcessPoolExecutor.submit
+    submitted: list[int] = []
+
+    def submit(self: Any, fn: Any, *args: Any) -> Any:
+        deadline = time.monotonic() + 60  # a liveness bound, not a timing
+        while len(submitted) == 2 and not self._broken and time.monotonic() < deadline:
+            time.sleep(0.01)  # queueing is slow this time: the pool breaks meanwhile
+        submitted.append(1)
+        return real(self, fn, *args)
+
+    monkeypatch.setattr(_pool.ProcessPoolExecutor, "submit", submit)
+    with pytest.raises(LmopsError) as e:
+        run_in_pool(_returns_unreadable, [1, 2, 3, 4], 2, _no_init, (), lambda n: None)
+    assert str(e.value).startswith(
+        "a worker's shard failed and its error could not be read here (TypeError: "
+    ), str(e.value)
+
+
 def test_ctrl_c_while_queueing_stops_the_pool_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

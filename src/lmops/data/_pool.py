@@ -13,7 +13,8 @@ A job's error reaches the driver pickled. One that cannot be rebuilt there (an e
 class whose ``__init__`` takes other arguments than its ``args``) used to break the pool,
 which then read as a worker's death; the worker now sends such an error as a plain
 ``RuntimeError`` with its type and message, and the driver tells a pool broken by what a
-worker sent (naming that error) from a worker that died (naming its signal).
+worker sent (naming that error) from a worker that died (naming its signal), also when it
+broke while the jobs were still being queued (the queueing's own error says neither).
 """
 
 from __future__ import annotations
@@ -56,12 +57,22 @@ def run_in_pool(
         initargs=initargs,
     ) as pool:
         try:
-            futures = {pool.submit(call, j) for j in jobs}
+            futures, broken = set(), None
+            for j in jobs:
+                try:
+                    futures.add(pool.submit(call, j))
+                except BrokenProcessPool as b:
+                    # broken while queueing (a job done at once): this error says nothing
+                    # of why, the failed jobs' futures do
+                    broken = b
+                    break
             while futures:
                 done, futures = wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION)
                 for f in done:
                     f.result()  # re-raise a worker's error; finished shards stay
                 tick(len(done))
+            if broken is not None:
+                raise broken
         except BrokenProcessPool as e:
             death = _death(pool)  # before _stop kills the rest
             _stop(pool)
