@@ -9,6 +9,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from lmops.core.errors import UserError
+from lmops.core.net import free_port
 from lmops.serve.deployments import load_deployments
 from lmops.serve.fake import fake_server
 from lmops.serve.replicas import Replicas
@@ -142,6 +144,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         busy = stack.enter_context(
             fake_server(model="up", fail_first=10**6, fail_status=429, retry_after=30)
         )
+        dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: connection refused
+        secret_b = b.replace("http://", "http://lm:s3cret@") + "/v1"  # credentials in the URL
         deployments = root / "deployments.yaml"
         deployments.write_text(
             "deployments:\n"
@@ -151,12 +155,17 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             f"  - {{name: sick, upstream: ['{failing}/v1', '{b}/v1'], upstream_model: up,"
             " upstream_cooldown_s: 600, retries: 1, retry_backoff_s: 0.01}\n"
             f"  - {{name: busy, upstream: ['{busy}/v1', '{a}/v1'], upstream_model: up}}\n"
+            f"  - {{name: gone, upstream: ['{dead}', '{secret_b}'], upstream_model: up}}\n"
+            f"  - {{name: gone-stream, upstream: ['{dead}', '{secret_b}'], upstream_model: up}}\n"
+            f"  - {{name: gone-retried, upstream: ['{dead}', '{secret_b}'], upstream_model: up,"
+            " retries: 1}\n"
         )
         lmops = lmops_cli(env)
         key = json.loads(lmops("keys", "create", "--name", "k", "--json"))["key"]
         proc, base = start_server(env, "--deployments", str(deployments))
         stack.callback(stop_server, proc)
-        yield {"base": base, "key": key, "sent": sent, "taken": taken}
+        yield {"base": base, "key": key, "sent": sent, "taken": taken, "lmops": lmops,
+               "b": b + "/v1", "dead": dead}  # fmt: skip
 
 
 def _client(gw: dict[str, Any]) -> Any:
@@ -224,10 +233,67 @@ def test_a_replica_that_answers_429_sends_the_request_on_without_its_wait(
     # one replica rate-limited for 30 s, no retries: the other answers at once, and the
     # deployment is never held for the busy replica's Retry-After
     c = _client(gw)
+    tries = []
     for _ in range(3):
         raw = c.chat.completions.with_raw_response.create(model="busy", **ASK)
         assert raw.parse().choices[0].message.content == "A"
-        assert raw.headers.get("x-lmops-tries") is None
+        tries.append(raw.headers.get("x-lmops-tries"))
+    # the first went to the busy replica and on at once (two tries, no wait); then the busy
+    # one sat out its Retry-After and the other answered alone
+    assert tries == ["2", None, None]
+
+
+def _logged(gw: dict[str, Any], xid: str) -> dict[str, Any]:
+    """``lmops trace XID --json``, once the gateway's request-log writer has written it."""
+    for _ in range(50):
+        try:
+            out: dict[str, Any] = json.loads(gw["lmops"]("trace", xid, "--json"))
+            return out
+        except AssertionError:  # not written yet (the writer runs a few ms after the reply)
+            time.sleep(0.1)
+    raise AssertionError(f"request {xid} never logged")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_request_log_names_the_replica_and_counts_a_resend_as_a_try(
+    gw: dict[str, Any], stream: bool
+) -> None:
+    # replica 1 refuses the connection: the request goes on to replica 2 at once; the log
+    # names replica 2 (its credentials masked) and keeps both tries, as x-lmops-tries says
+    c = _client(gw)
+    name = "gone-stream" if stream else "gone"
+    raw = c.chat.completions.with_raw_response.create(model=name, stream=stream, **ASK)
+    if stream:
+        said = "".join(ch.choices[0].delta.content or "" for ch in raw.parse() if ch.choices)
+    else:
+        said = raw.parse().choices[0].message.content
+    headers = raw.headers
+    assert said == "B" and headers["x-lmops-tries"] == "2"
+    shown = gw["b"].replace("http://", "http://***@")
+    t = _logged(gw, headers["x-request-id"])
+    assert t["replica"] == shown and "s3cret" not in json.dumps(t)
+    assert t["model_ref"] == f"{gw['dead']}, {shown}"
+    assert [(x["replica"], x["status"], x.get("reason")) for x in t["tries"]] == [
+        (gw["dead"], 502, "connect"),
+        (shown, 200, None),
+    ]
+    # the refusing replica now sits out its cooldown: the next request goes to replica 2
+    # alone, one try, which the log does not list
+    again = c.chat.completions.with_raw_response.create(model=name, **ASK)
+    t = _logged(gw, again.headers["x-request-id"])
+    assert t["replica"] == shown and t["tries"] == []
+    assert "x-lmops-tries" not in again.headers
+    text = gw["lmops"]("trace", again.headers["x-request-id"])
+    assert f"(replica {shown})" in text
+
+
+def test_a_resend_is_a_try_beside_the_deployments_own_retries(gw: dict[str, Any]) -> None:
+    c = _client(gw)
+    raw = c.chat.completions.with_raw_response.create(model="gone-retried", **ASK)
+    assert raw.parse().choices[0].message.content == "B"
+    t = _logged(gw, raw.headers["x-request-id"])
+    assert [x.get("reason") for x in t["tries"]] == ["connect", None]
+    assert raw.headers["x-lmops-tries"] == "2"
 
 
 def test_a_connection_not_made_in_time_is_no_connection() -> None:

@@ -15,7 +15,7 @@ from lmops.store.db import Database, head_revision
 
 def test_empty_database_is_migrated_to_head(lmops_home: Path) -> None:
     store = Store()
-    assert store.db.current_revision() == head_revision() == "0010"
+    assert store.db.current_revision() == head_revision() == "0011"
     with store.db.engine.connect() as c:
         tables = {
             r[0] for r in c.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))
@@ -115,9 +115,9 @@ def request_log_gains_x_request_id(url: str, monkeypatch: pytest.MonkeyPatch) ->
         )
     old.dispose()
     monkeypatch.setenv("LMOPS_DATABASE_URL", url)
-    store = Store(Settings.from_env())  # opening migrates to 0010
+    store = Store(Settings.from_env())  # opening migrates to the head, past 0010
     try:
-        assert store.db.current_revision() == "0010"
+        assert store.db.current_revision() == head_revision()
         indexes = inspect(store.db.engine).get_indexes("request_log")
         assert {"name": "ix_request_log_x_request_id", "column_names": ["x_request_id"]} in [
             {"name": i["name"], "column_names": i["column_names"]} for i in indexes
@@ -153,3 +153,53 @@ def test_request_log_gains_x_request_id_on_sqlite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     request_log_gains_x_request_id(f"sqlite:///{tmp_path / 'old.db'}", monkeypatch)
+
+
+def test_request_log_gains_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0010 -> 0011: a row logged before has no replica, a row after keeps the one that
+    answered, and the revision goes down again."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from lmops.core.config import Settings
+    from lmops.store.db import _alembic_config
+    from lmops.store.types import RequestRecord
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = Database(url, migrate=False)
+    old.migrate("0010")
+    with old.engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO request_log (request_id, time, key_name, deployment, endpoint, "
+                "status, prompt_tokens, completion_tokens, guardrails) VALUES ('chatcmpl-old', "
+                "'2026-01-01 00:00:00', 'app', 'chat', 'chat', 200, 1, 2, '{}')"
+            )
+        )
+    old.dispose()
+    monkeypatch.setenv("LMOPS_DATABASE_URL", url)
+    store = Store(Settings.from_env())
+    try:
+        assert store.db.current_revision() == "0011"
+        before = store.requests.get("chatcmpl-old")
+        assert before is not None and before.replica is None
+        store.requests.add(
+            RequestRecord(
+                request_id="chatcmpl-new",
+                endpoint="chat",
+                status=200,
+                model_ref="http://a:1/v1, http://b:1/v1",
+                replica="http://b:1/v1",
+            )
+        )
+        after = store.requests.get("chatcmpl-new")
+        assert after is not None and after.replica == "http://b:1/v1"
+        assert [r.replica for r in store.requests.scan()] == [None, "http://b:1/v1"]
+    finally:
+        store.close()
+    down = Database(url, migrate=False)
+    with down.engine.connect() as conn:
+        command.downgrade(_alembic_config(conn), "0010")
+        conn.commit()
+    assert "replica" not in {c["name"] for c in inspect(down.engine).get_columns("request_log")}
+    down.dispose()

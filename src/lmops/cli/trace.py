@@ -68,11 +68,20 @@ def trace_cmd(
         console.print(f"guardrails: {action}", markup=False, highlight=False, soft_wrap=True)
     verb = "answered by" if t.answered else "would have been answered by"
     # one line each, never wrapped inside a path (it is there to be copied)
-    console.print(f"{verb} {t.model_ref or '-'}", markup=False, highlight=False, soft_wrap=True)
-    for n, tried in enumerate(t.tries, 1):  # retries and fallbacks, when there were any
-        outcome = f"failed: {tried.get('reason')}" if tried.get("reason") else "answered"
+    replica = f" (replica {t.replica})" if t.replica else ""
+    console.print(
+        f"{verb} {t.model_ref or '-'}{replica}", markup=False, highlight=False, soft_wrap=True
+    )
+    for n, tried in enumerate(t.tries, 1):  # retries, fallbacks, replicas: when several
+        status = int(tried.get("status") or 200)
+        outcome = (
+            f"failed: {tried.get('reason')}"
+            if tried.get("reason")
+            else ("answered" if status < 400 else f"answered {status}")
+        )
+        where = tried.get("replica") or tried.get("model_ref") or "-"
         console.print(
-            f"  try {n}: {tried.get('deployment')} ({tried.get('model_ref') or '-'}) {outcome}",
+            f"  try {n}: {tried.get('deployment')} ({where}) {outcome}",
             markup=False,
             highlight=False,
             soft_wrap=True,

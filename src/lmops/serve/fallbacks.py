@@ -40,8 +40,11 @@ protection and are acquired when it is used; one that refuses is skipped
 the real tokens, as the named deployment's is.
 
 **What is recorded.** The request log row keeps the named deployment; ``model_ref`` is the
-version that answered; ``guardrails.tries`` lists every try (deployment, model_ref, why
-it failed or ``status: 200``) when there was more than one (``lmops trace`` prints them;
+version that answered, and ``replica`` the replica of a list of them (``upstream: [...]``,
+:mod:`lmops.serve.replicas`) whose reply it got; ``guardrails.tries`` lists every try
+(deployment, model_ref, the replica where there are several, why it failed or
+``status: 200``) when there was more than one, a request sent on from a replica that
+refused the connection or answered 429/401/403/404 included (``lmops trace`` prints them;
 ``lmops usage`` counts retries and fallback answers). The response's ``model`` is the
 named deployment; ``x-lmops-tries: N`` when more than one try was made and
 ``x-lmops-fallback: <deployment>`` when another deployment answered. Prometheus:
@@ -62,19 +65,25 @@ import dataclasses
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lmops.serve.backends import Backend, Generation, Job
 from lmops.serve.protocol import OpenAIError
+
+if TYPE_CHECKING:
+    from lmops.serve.replicas import Sent
 
 __all__ = [
     "RETRY_STATUSES",
     "Try",
     "chain",
     "failure_reason",
+    "once",
     "openai_error",
     "start",
 ]
+
+T = TypeVar("T")
 
 # Statuses of an upstream that a later try may not get (overload, a restart, a hiccup);
 # 501 and 505 are definitive answers.
@@ -90,9 +99,12 @@ class Try:
     reason: str | None = None
     status: int = 200
     message: str | None = None
+    replica: str | None = None  # of a list of replicas: the one tried (credentials masked)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"deployment": self.deployment, "model_ref": self.model_ref}
+        if self.replica is not None:
+            out["replica"] = self.replica
         out["status"] = self.status
         if self.reason is not None:
             out["reason"] = self.reason
@@ -216,6 +228,18 @@ async def _prime(gen: Generation) -> Generation:
     return _Primed(gen, it, first)
 
 
+def _went_on(
+    ctx: Any, tries: list[Try], name: str, model_ref: str | None, sent: list[Sent]
+) -> str | None:
+    """Add to ``tries`` the replicas of one try of ``name`` that its request went on from
+    (each is a try of its own, and a retry in the metrics); the replica whose reply or
+    failure the try got (None: not a list of replicas)."""
+    for s in sent[:-1]:
+        tries.append(Try(name, model_ref, s.reason, s.status, s.message, s.url))
+        ctx.retrying(name, s.reason or "")
+    return sent[-1].url if sent else None
+
+
 def _tried(tries: list[Try]) -> str:
     return ", ".join(f"{t.deployment} ({t.reason})" for t in tries if t.reason is not None)
 
@@ -236,12 +260,13 @@ async def start(
     Raises the first error no try may follow (as the client gets it), or, when every try
     failed, the last failure with what was tried in its message."""
     from lmops.models.engine import EngineOverloaded
+    from lmops.serve.replicas import recording
     from lmops.serve.upstream import UpstreamError
 
     order = chain(registry, dep.name) if dep.spec.fallbacks else [dep.name]
     if len(order) == 1 and dep.spec.retries == 0:  # as without fallbacks: no copy, no prime
         await backend.prepare(job)
-        return await backend.start(job), backend, job
+        return await once(ctx, dep.name, backend.model_ref, backend.start(job)), backend, job
     base = dataclasses.replace(job)  # the guarded job, before a backend prepared it
     tries: list[Try] = []
     last: Exception | None = None
@@ -276,38 +301,45 @@ async def start(
         retries = int(d.spec.retries)
         for k in range(retries + 1):
             final = pos == len(order) - 1 and k == retries
-            try:
-                gen = await backend.start(job)
-                if job.stream and not final:
-                    gen = await _prime(gen)
-            except (OpenAIError, EngineOverloaded, UpstreamError) as e:
-                reason = failure_reason(e)
-                err = openai_error(e)
-                if reason is None:  # an answer, not a failure to try past
-                    ctx.route([t.to_dict() for t in tries], None, None)
-                    raise err from None
-                tries.append(Try(name, backend.model_ref, reason, err.status, err.message))
-                last = e
-                if k == retries:
-                    break
-                wait = _wait_s(d.spec, k + 1, _asked_wait(e))
-                if wait is None:
-                    break  # asked to wait longer than allowed: on to the next deployment
-                ctx.retrying(name, reason)
+            with recording() as sent:
                 try:
-                    await sleep(wait)
-                except asyncio.CancelledError:  # the client hung up: no more tries
-                    ctx.route([t.to_dict() for t in tries], None, None)
-                    raise
-                continue
-            tries.append(Try(name, backend.model_ref))
-            answered = None if d is dep else name
-            ctx.route([t.to_dict() for t in tries], answered, backend.model_ref)
-            return gen, backend, job
+                    gen = await backend.start(job)
+                    if job.stream and not final:
+                        gen = await _prime(gen)
+                except (OpenAIError, EngineOverloaded, UpstreamError) as e:
+                    failed: Exception | None = e
+                else:
+                    failed = None
+            replica = _went_on(ctx, tries, name, backend.model_ref, sent)
+            if failed is None:
+                tries.append(Try(name, backend.model_ref, replica=replica))
+                answered = None if d is dep else name
+                ctx.route([t.to_dict() for t in tries], answered, backend.model_ref, replica)
+                return gen, backend, job
+            reason = failure_reason(failed)
+            err = openai_error(failed)
+            if reason is None:  # an answer, not a failure to try past
+                if tries:  # after other tries, it is one of them
+                    tries.append(Try(name, backend.model_ref, None, err.status, None, replica))
+                ctx.route([t.to_dict() for t in tries], None, None, replica)
+                raise err from None
+            tries.append(Try(name, backend.model_ref, reason, err.status, err.message, replica))
+            last = failed
+            if k == retries:
+                break
+            wait = _wait_s(d.spec, k + 1, _asked_wait(failed))
+            if wait is None:
+                break  # asked to wait longer than allowed: on to the next deployment
+            ctx.retrying(name, reason)
+            try:
+                await sleep(wait)
+            except asyncio.CancelledError:  # the client hung up: no more tries
+                ctx.route([t.to_dict() for t in tries], None, None, replica)
+                raise
         _moving_on(ctx, order, pos, tries)
     assert last is not None  # the named deployment was tried at least once
     err = openai_error(last)
-    ctx.route([t.to_dict() for t in tries], None, None)
+    ctx.route([t.to_dict() for t in tries], None, None, tries[-1].replica)
     if len(tries) == 1:  # asked to wait too long, and nowhere else to go
         raise err from None
     final_err = OpenAIError(
@@ -319,6 +351,39 @@ async def start(
         headers=dict(err.headers),
     )
     raise final_err from None
+
+
+async def once(ctx: Any, name: str, model_ref: str | None, call: Awaitable[T]) -> T:
+    """``await call``: the one try of deployment ``name`` (no retries, no fallbacks; an
+    embeddings request), with the replicas it went to recorded on ``ctx``."""
+    from lmops.serve.replicas import recording
+
+    with recording() as sent:
+        try:
+            out = await call
+        except BaseException as e:
+            _one_try(ctx, name, model_ref, sent, e)
+            raise
+    _one_try(ctx, name, model_ref, sent, None)
+    return out
+
+
+def _one_try(
+    ctx: Any, name: str, model_ref: str | None, sent: list[Sent], e: BaseException | None
+) -> None:
+    """Record the one try of a deployment without retries or fallbacks (``e``: how it
+    failed, None: it answered): the replica that answered and, when its request went on
+    from others first, those tries too."""
+    if not sent:  # not a list of replicas: nothing to add to model_ref
+        return
+    tries: list[Try] = []
+    replica = _went_on(ctx, tries, name, model_ref, sent)
+    if e is None:
+        tries.append(Try(name, model_ref, replica=replica))
+    elif isinstance(e, Exception):
+        err = openai_error(e)
+        tries.append(Try(name, model_ref, failure_reason(e), err.status, err.message, replica))
+    ctx.route([t.to_dict() for t in tries], None, model_ref if e is None else None, replica)
 
 
 def _moving_on(ctx: Any, order: list[str], pos: int, tries: list[Try]) -> None:

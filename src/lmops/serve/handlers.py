@@ -743,7 +743,9 @@ class Handlers:
             # one text at a time: a deferred check is run again whole, and a list's earlier
             # texts would have recorded their actions already
             texts = [await _off_loop_if_big(ctx.check_prompt, t, "input", len(t)) for t in texts]
-            result, tokens = await backend.embed(texts, req.dimensions)
+            result, tokens = await fallbacks.once(
+                ctx, dep.name, backend.model_ref, backend.embed(texts, req.dimensions)
+            )
             if isinstance(result, dict):  # an upstream's answer, passed on
                 ctx.finish(200, tokens, 0)
                 return JSONResponse({**result, "model": req.model}, headers=ctx.headers())

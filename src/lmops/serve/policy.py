@@ -104,6 +104,7 @@ class RequestContext:
         self.tries: list[dict[str, Any]] = []  # when more than one (fallbacks.py)
         self.answered_by: str | None = None  # the fallback deployment that answered
         self.model_ref: str | None = None
+        self.replica: str | None = None  # of a list of replicas: the one that answered
         self.prompt_ref: str | None = None  # set when a registered prompt wrapped it
         self.ttft_s: float | None = None
         self.actions: list[dict[str, Any]] = []
@@ -220,12 +221,18 @@ class RequestContext:
         self.policy.metrics.fallback(deployment, fallback, reason)
 
     def route(
-        self, tries: list[dict[str, Any]], answered_by: str | None, model_ref: str | None
+        self,
+        tries: list[dict[str, Any]],
+        answered_by: str | None,
+        model_ref: str | None,
+        replica: str | None = None,
     ) -> None:
         """What the tries came to (lmops.serve.fallbacks): every try, the fallback that
-        answered (None: the named deployment, or none) and the version that answered."""
+        answered (None: the named deployment, or none), the version that answered and,
+        of a list of replicas, the one whose reply (or failure) the request got."""
         self.tries = tries if len(tries) > 1 else []
         self.answered_by = answered_by
+        self.replica = replica
         if model_ref is not None:
             self.model_ref = model_ref
 
@@ -289,6 +296,7 @@ class RequestContext:
             key_name=self.key.name,
             deployment=self.dep.name,
             model_ref=self.model_ref,
+            replica=self.replica,
             prompt_ref=self.prompt_ref,
             endpoint=self.kind,
             status=status,
@@ -362,6 +370,7 @@ class NullContext:
     """The request context of :class:`NullPolicy`: everything passes, nothing is kept."""
 
     model_ref: str | None = None
+    replica: str | None = None
     prompt_ref: str | None = None
     ttft_s: float | None = None
     status: int | None = None
@@ -404,10 +413,15 @@ class NullContext:
         return None
 
     def route(
-        self, tries: list[dict[str, Any]], answered_by: str | None, model_ref: str | None
+        self,
+        tries: list[dict[str, Any]],
+        answered_by: str | None,
+        model_ref: str | None,
+        replica: str | None = None,
     ) -> None:
         self.tries = tries if len(tries) > 1 else []
         self.answered_by = answered_by
+        self.replica = replica
         if model_ref is not None:
             self.model_ref = model_ref
 

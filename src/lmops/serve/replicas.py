@@ -16,20 +16,71 @@ replica is ready (the failed one is cooling down, so another answers), then ``fa
 
 State is per gateway worker, as LiteLLM's is without Redis: each worker learns of a dead
 replica from its own first failure.
+
+Which replicas a request went to is recorded for the request log: inside
+``with recording() as sent:`` every replica a request is sent to in this task is appended
+to ``sent`` (:class:`Sent`: its URL with credentials masked, and for one the request went
+on from, why). The last one is the replica whose reply, or failure, the request got; the
+others are tries of their own (``guardrails.tries``, ``x-lmops-tries``:
+:mod:`lmops.serve.fallbacks`). A context variable rather than an argument, so that the
+backends between the gateway's handler and this class need not carry it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from lmops.serve.upstream import Upstream, UpstreamError, UpstreamRefused, UpstreamStream
 
-__all__ = ["Replicas"]
+__all__ = ["Replicas", "Sent", "recording"]
 
 _log = logging.getLogger("lmops.serve")
+
+
+@dataclass
+class Sent:
+    """One replica a request was sent to. ``reason`` (``connect``, ``http_429``...), with
+    ``status`` (502 for no reply) and ``message``: why the request went on to the next
+    replica; None: this replica's reply (``status`` 200) or failure was the request's."""
+
+    url: str  # credentials masked
+    status: int = 200
+    reason: str | None = None
+    message: str | None = None
+
+
+_sent: ContextVar[list[Sent] | None] = ContextVar("lmops_replicas_sent", default=None)
+
+
+@contextmanager
+def recording() -> Iterator[list[Sent]]:
+    """The replicas that requests made by this task inside the block were sent to, in
+    order (empty for a deployment that is not a list of replicas)."""
+    sent: list[Sent] = []
+    token = _sent.set(sent)
+    try:
+        yield sent
+    finally:
+        _sent.reset(token)
+
+
+def _note(r: _Replica, e: UpstreamError | None = None, *, went_on: bool = False) -> None:
+    """Record, where a caller is recording, that the request went to ``r`` (and, when it
+    ``went_on`` to the next replica, why: ``e``)."""
+    sent = _sent.get()
+    if sent is None:
+        return
+    if e is None or not went_on:
+        sent.append(Sent(r.upstream.shown_url))
+        return
+    reason = f"http_{e.status}" if isinstance(e, UpstreamRefused) else e.kind
+    sent.append(Sent(r.upstream.shown_url, e.status or 502, reason, str(e)[:300]))
 
 
 class _Replica:
@@ -120,15 +171,20 @@ class Replicas:
         for i, r in enumerate(order):
             r.in_flight += 1
             try:
-                return await r.upstream.request(path, body)
+                reply = await r.upstream.request(path, body)
             except UpstreamError as e:
                 unwell, resend = self._verdict(e)
                 if unwell:
                     self._failed(r, e)
-                if not resend or i == len(order) - 1:
+                went_on = resend and i < len(order) - 1
+                _note(r, e, went_on=went_on)
+                if not went_on:
                     raise self._raised(e) if unwell else e from None
+                continue
             finally:
                 r.in_flight -= 1
+            _note(r)
+            return reply
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def open_stream(self, path: str, body: dict[str, Any]) -> UpstreamStream:
@@ -142,12 +198,15 @@ class Replicas:
                 unwell, resend = self._verdict(e)
                 if unwell:
                     self._failed(r, e)
-                if not resend or i == len(order) - 1:
+                went_on = resend and i < len(order) - 1
+                _note(r, e, went_on=went_on)
+                if not went_on:
                     raise self._raised(e) if unwell else e from None
                 continue
             except BaseException:
                 r.in_flight -= 1
                 raise
+            _note(r)
             return _CountedStream(stream, self, r)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 

@@ -195,6 +195,8 @@ class RequestLogRow(Base):
     key_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     deployment: Mapped[str | None] = mapped_column(String(128), nullable=True)
     model_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # of a list of replicas, the one that answered, credentials masked (migration 0011)
+    replica: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # the prompt version that wrapped the request (migration 0009)
     prompt_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
     endpoint: Mapped[str] = mapped_column(String(64))

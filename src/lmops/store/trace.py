@@ -53,12 +53,16 @@ class RequestTrace(BaseModel):
     # (an upstream's URL, a model folder's path; None: refused before one was picked)
     model_ref: str | None
     prompt_ref: str | None
+    # a deployment over a list of replicas (model_ref names them all): the replica whose
+    # reply, or failure, the request got (its URL, credentials masked)
+    replica: str | None = None
     error: str | None = None  # why it got no answer (status >= 400): the error it was sent
     # what the guardrails did to it ({"type": "moderation_block", "category": ...,
     # "direction": "input"}, ...): the reason behind a content_filter refusal
     guardrails: list[dict[str, Any]] = Field(default_factory=list)
     # every try when there were several (retries, fallbacks: lmops.serve.fallbacks), in
-    # order: deployment, model_ref, status, and reason and error for one that failed
+    # order: deployment, model_ref, the replica where there are several, status, and reason
+    # and error for one that failed (a replica the request went on from included)
     tries: list[dict[str, Any]] = Field(default_factory=list)
     model: LineageGraph | None = None  # upstream of model_ref
     prompt: LineageGraph | None = None
@@ -122,6 +126,7 @@ def trace_request(
         completion_tokens=rec.completion_tokens,
         model_ref=rec.model_ref,
         prompt_ref=rec.prompt_ref,
+        replica=rec.replica,
         x_request_id=rec.x_request_id,
         error=rec.error,
         guardrails=list((rec.guardrails or {}).get("actions") or []),

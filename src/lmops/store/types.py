@@ -217,3 +217,6 @@ class RequestRecord:
     # the gateway's request id (the response's x-request-id header): unlike request_id, the
     # answer's id, a client holds it for every reply, a refusal included
     x_request_id: str | None = None
+    # a deployment over a list of replicas (model_ref names them all): the replica whose
+    # reply, or failure, the request got, its URL with credentials masked
+    replica: str | None = None
