@@ -3,10 +3,11 @@ rendering that training (``train/data.py``, ``train/preference.py``) and the gat
 (``serve/backends.encode_messages``) share, so that what a model learns to write after a
 conversation is what the gateway's tool-call parser reads after the same conversation.
 
-    messages, tools = render_tools(messages, tools, native=template_has_tools(tokenizer))
+    messages, tools = render_tools(messages, tools, native=template_writes_calls(tokenizer))
     text = tokenizer.apply_chat_template(messages, tools=tools, ...)   # chat_text() does both
 
-A template that renders ``tools`` itself (Qwen2.5's, Llama 3.1's, :data:`CHATML_TOOLS`) gets
+A template that renders ``tools`` itself and writes calls as the gateway reads them
+(Qwen2.5's, :data:`CHATML_TOOLS`; :func:`template_writes_calls` probes it) gets
 the messages as OpenAI writes them, with each call's ``arguments`` as a JSON value (templates
 serialise them); one that does not gets the Hermes text of :mod:`lmops.models.toolformat`:
 the tools in a system message, calls as ``<tool_call>`` text, results as ``<tool_response>``
@@ -225,7 +226,7 @@ def chat_text(
 ) -> str:
     """The text of a chat (and its ``tools``) through the tokenizer's chat template, as the
     gateway renders it for a model whose template is its own (:func:`render_tools`)."""
-    rendered, listed = render_tools(messages, tools, native=template_has_tools(tokenizer))
+    rendered, listed = render_tools(messages, tools, native=template_writes_calls(tokenizer))
     return str(
         tokenizer.apply_chat_template(
             rendered, tools=listed, tokenize=False, add_generation_prompt=add_generation_prompt

@@ -223,7 +223,7 @@ def encode_messages(
     joined) and the tools of ``plan`` (a :class:`~lmops.serve.tools.ToolPlan` or None)
     through the model's chat template; also what ``/tokenize`` counts. Blocking."""
     from lmops.models.engine import ControlTokenError
-    from lmops.serve.tools import arguments_text, render, template_has_tools
+    from lmops.serve.tools import arguments_text, render, template_writes_calls
 
     texts = [{**m, "content": _content_text(m.get("content"))} for m in messages]
     if control_tokens == "refuse":  # named by the request's index, before tools are rendered
@@ -239,7 +239,9 @@ def encode_messages(
             ]
             if any(engine._has_control(t) for t in said):
                 raise ControlTokenError(i)
-    native = not engine.chat_template_fallback and template_has_tools(engine.tokenizer)
+    # the template's own tools rendering only where it writes calls as the gateway parses
+    # them (a probe, cached per template; one that merely mentions "tools" gets the text)
+    native = not engine.chat_template_fallback and template_writes_calls(engine.tokenizer)
     rendered, tools = render(texts, plan, native=native)
     return list(
         engine.encode_chat(

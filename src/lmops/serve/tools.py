@@ -3,7 +3,7 @@ prompt, the grammar, and the reply's ``tool_calls``.
 
     plan = plan_request(req)          # 400s naming the field; None: nothing to do
     compile_plan(plan)                # engine only: the grammar, 400 for what it cannot do
-    messages, tools = render(messages, plan, native=template_has_tools(tokenizer))
+    messages, tools = render(messages, plan, native=template_writes_calls(tokenizer))
     ... generate (the engine masks tokens with plan.grammar) ...
     parsed = parse_reply(text, plan)  # content, tool_calls, whether a call was cut off
 
@@ -16,7 +16,10 @@ The model's tool-call format is the Hermes/Qwen one, which the chat templates th
 
 A template without ``tools`` support gets the same instructions in a system message
 (:func:`render`), assistant tool calls as that text and tool results as
-``<tool_response>`` user turns, as Qwen's template renders them.
+``<tool_response>`` user turns, as Qwen's template renders them. So does a template that
+names ``tools`` but does not write a call as this parser reads it (a ``{# tools #}``
+comment, Llama 3.1's bare JSON): :func:`template_writes_calls` renders a probe call
+through it and looks for the call's text, as training does before it teaches a template.
 
 When the grammar applies (``lmops.models.grammar``):
 
@@ -51,7 +54,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from lmops.core.toolrows import schema_problem
-from lmops.models.chat import render_tools, template_has_tools
+from lmops.models.chat import render_tools, template_has_tools, template_writes_calls
 from lmops.models.toolformat import CLOSE, OPEN, call_text, read_call
 from lmops.models.types import TokenLogprob
 from lmops.serve.protocol import ChatRequest, NamedToolChoice, OpenAIError
@@ -75,6 +78,7 @@ __all__ = [
     "render",
     "shifted",
     "template_has_tools",
+    "template_writes_calls",
     "without_spans",
 ]
 
