@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from lmops.core.errors import UserError
-from lmops.models.encoder import Encoder, model_kind, read_pooling
+from lmops.models.encoder import Encoder, InputTooLong, model_kind, read_pooling
 from tests.models.tiny_bert import WORDS, make_tiny_bert
 
 CLS, SEP = 2, 3
@@ -56,7 +56,11 @@ def test_max_seq_length_cuts_the_text_and_keeps_sep(tmp_path: Path) -> None:
 
     folder = make_tiny_bert(tmp_path / "bert", max_seq_length=8)
     text = "the quick brown fox jumps over lazy dog hello world"
-    vectors, tokens = Encoder(folder, device="cpu").embed([text])
+    encoder = Encoder(folder, device="cpu")
+    with pytest.raises(InputTooLong) as e:  # refused whole unless the caller asks for a cut
+        encoder.embed(["hello", text])
+    assert (e.value.index, e.value.tokens, e.value.limit) == (1, len(ids_of(text)), 8)
+    vectors, tokens = encoder.embed([text], truncate=True)
     cut = [CLS, *ids_of(text)[1:7], SEP]  # 8 tokens, as sentence-transformers cuts
     assert tokens == 8
     assert torch.tensor(vectors[0]) == pytest.approx(unit(hidden(folder, cut).mean(0)), abs=1e-5)

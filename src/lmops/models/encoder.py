@@ -16,7 +16,9 @@ What a folder says (read by :func:`read_pooling`, as sentence-transformers and v
 
 Texts are encoded with the tokenizer's special tokens (``[CLS] ... [SEP]`` for BERT, a BOS
 where a tokenizer adds one), as both of those do, and a request's token count is the tokens
-the model read.
+the model read. A text longer than the model reads is refused (:class:`InputTooLong`, before
+any text is embedded), as OpenAI refuses it, unless the caller asks for it to be cut
+(``truncate``; a deployment's ``embeddings_truncate: true``), as sentence-transformers cuts.
 
 :func:`model_kind` tells an encoder-only folder (its ``architectures`` hold no generative
 head: ``BertModel``; or, without ``architectures``, a masked-LM family that is not a decoder)
@@ -27,13 +29,14 @@ head, and serves embeddings only: :class:`Encoder`.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from lmops.core.errors import UserError
 
-__all__ = ["Encoder", "Pooling", "embed_texts", "model_kind", "read_pooling"]
+__all__ = ["Encoder", "InputTooLong", "Pooling", "embed_texts", "model_kind", "read_pooling"]
 
 # sentence-transformers' legacy flags, in the order it concatenates their vectors
 _LEGACY_MODES = {
@@ -148,6 +151,17 @@ def model_kind(folder: Path) -> tuple[Literal["encoder", "decoder"], str]:
     return ("encoder" if masked else "decoder"), model_type
 
 
+class InputTooLong(ValueError):
+    """Text ``index`` of those to embed holds ``tokens`` tokens, more than the ``limit``
+    the model reads (and the caller did not ask for it to be cut)."""
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        super().__init__(f"text {index} has {tokens} tokens; the model reads at most {limit}")
+        self.index = index
+        self.tokens = tokens
+        self.limit = limit
+
+
 def embedding_tokens(pooling: Pooling, limit: int) -> int:
     """The most tokens an embedded text keeps: the model's context ``limit``, or the
     shorter ``max_seq_length`` of its sentence-transformers config."""
@@ -199,14 +213,22 @@ def embed_texts(
     *,
     device: Any,
     limit: int,
+    truncate: bool = False,
 ) -> tuple[list[list[float]], int]:
     """The vectors of ``texts`` and the tokens the model read (``limit``: the model's
-    context; ``pooling.max_tokens`` cuts shorter). Texts go in batches, right-padded,
-    with their attention mask, so padding never enters a vector."""
+    context; ``pooling.max_tokens`` is shorter where set). A longer text raises
+    :class:`InputTooLong` before any is embedded, or is cut there with ``truncate``.
+    Texts go in batches, right-padded, with their attention mask, so padding never
+    enters a vector."""
     import torch
 
     cut = embedding_tokens(pooling, limit)
-    ids = [encode_for_embedding(tokenizer, t, pooling, cut) for t in texts]
+    ids = []
+    for i, t in enumerate(texts):
+        x = encode_for_embedding(tokenizer, t, pooling, cut if truncate else sys.maxsize)
+        if len(x) > cut:
+            raise InputTooLong(i, len(x), cut)
+        ids.append(x)
     pad = tokenizer.pad_token_id if isinstance(tokenizer.pad_token_id, int) else 0
     out: list[list[float]] = []
     for start in range(0, len(ids), _BATCH):
@@ -298,7 +320,7 @@ class Encoder:
         self.model = model.to(self.device).eval()
         self.max_context = _max_context(model.config)
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    def embed(self, texts: list[str], *, truncate: bool = False) -> tuple[list[list[float]], int]:
         return embed_texts(
             self.model,
             self.tokenizer,
@@ -306,6 +328,7 @@ class Encoder:
             self.pooling,
             device=self.device,
             limit=self.max_context,
+            truncate=truncate,
         )
 
     def close(self) -> None:

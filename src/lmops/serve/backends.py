@@ -335,8 +335,10 @@ class EngineBackend:
         *,
         sampling: dict[str, float] | None = None,
         default_max_tokens: int = 256,
+        embeddings_truncate: bool = False,
     ) -> None:
         self.target = target
+        self.embeddings_truncate = embeddings_truncate  # else a too-long input is a 400
         self.engine = target.engine
         self.model_ref = str(target.version)
         self.sampling = dict(sampling or {})
@@ -488,7 +490,21 @@ class EngineBackend:
             )
         # encoded with the special tokens and pooled as the model's folder says; the count
         # is the tokens the model read (models/encoder.py)
-        vectors, tokens = await asyncio.to_thread(self.target.embed, texts)
+        from lmops.models.encoder import InputTooLong
+
+        try:
+            vectors, tokens = await asyncio.to_thread(
+                self.target.embed, texts, truncate=self.embeddings_truncate
+            )
+        except InputTooLong as e:  # OpenAI's refusal, naming the input
+            where = f"input[{e.index}]"
+            raise OpenAIError(
+                400,
+                f"This model's maximum context length is {e.limit} tokens, however you "
+                f"requested {e.tokens} tokens in {where}. Please reduce the length of {where}.",
+                param="input",
+                code="context_length_exceeded",
+            ) from None
         return vectors, tokens
 
 

@@ -177,6 +177,9 @@ class DeploymentSpec(BaseModel):
     limits: dict[str, int | None] = Field(default_factory=dict)
     guardrails: dict[str, Any] | None = None
     log_bodies: bool = False
+    # /v1/embeddings on the built-in engine: an input longer than the model reads is a 400
+    # naming it, as OpenAI's (false), or is cut to fit, as vLLM's truncate_prompt_tokens
+    embeddings_truncate: bool = False
     # a registered prompt that wraps every request (``support@production``); a chat
     # request may pick another with {"prompt": ref}: see lmops.prompts.binding
     prompt: str | None = None
@@ -420,17 +423,24 @@ class _Target:
             name=spec.name,
         )
 
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    def embed(self, texts: list[str], *, truncate: bool = False) -> tuple[list[list[float]], int]:
         """The vectors of ``texts`` and the tokens the model read, pooled as the model's
-        folder says (:mod:`lmops.models.encoder`); blocking: run it off the event loop."""
+        folder says (:mod:`lmops.models.encoder`: a text longer than the model reads is
+        ``InputTooLong``, or cut with ``truncate``); blocking: run it off the event loop."""
         from lmops.models.encoder import embed_texts
 
         e = self.engine
         if "chat" not in self.serves:
-            out: tuple[list[list[float]], int] = e.embed(texts)
+            out: tuple[list[list[float]], int] = e.embed(texts, truncate=truncate)
             return out
         return embed_texts(
-            e.model, e.tokenizer, texts, self.pooling, device=e.device, limit=e.max_context
+            e.model,
+            e.tokenizer,
+            texts,
+            self.pooling,
+            device=e.device,
+            limit=e.max_context,
+            truncate=truncate,
         )
 
     def _load_package(
@@ -592,6 +602,7 @@ class Deployment:
             target,
             sampling={**model, **sampling},
             default_max_tokens=min(budget, spec.max_tokens_cap),
+            embeddings_truncate=spec.embeddings_truncate,
         )
 
     def pick(self) -> _Target:

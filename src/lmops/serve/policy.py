@@ -71,6 +71,27 @@ class Policy:
         the response's ``x-request-id`` header (both go on the request log)."""
         return RequestContext(self, key, dep, kind, body, request_id, x_request_id)
 
+    def count_request(self, key: Any) -> None:
+        """Count a request that runs no model (``/tokenize``, ``/detokenize``) against the
+        key's requests per minute, never its tokens, so that the tokenizer routes are not
+        unmetered CPU; OpenAI's 429 (with its headers) when the key is over its RPM. Not
+        logged: no model answered."""
+        from lmops.serve.protocol import OpenAIError
+
+        if key.rpm is None:
+            return
+        try:
+            lease = self.limiter.acquire([(f"key:{key.name}", Limits(rpm=key.rpm))], "tokenize", 0)
+        except RateLimited as e:
+            raise OpenAIError(
+                429,
+                str(e),
+                type_="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers=dict(e.headers),
+            ) from None
+        self.limiter.release(lease)
+
     def close(self) -> None:
         """Write the request-log rows still pending and give the limiter's kept database
         connections back (call at shutdown; idempotent)."""
@@ -478,6 +499,9 @@ class NullPolicy:
         x_request_id: str | None = None,
     ) -> NullContext:
         return NullContext(dep, request_id, x_request_id)
+
+    def count_request(self, key: Any) -> None:
+        return None
 
     def close(self) -> None:
         return None

@@ -10,8 +10,10 @@ What is counted is what the gateway's engine reads:
 
 - ``prompt``: the text as ``/v1/completions`` encodes it (no special tokens added; special
   token strings in the text are read as such; an empty prompt is the model's start), or
-  for an embeddings deployment as ``/v1/embeddings`` does (with them, lower-cased and cut
-  where the model's config says); ``add_special_tokens`` overrides the special tokens.
+  for an embeddings deployment as ``/v1/embeddings`` does (with them, lower-cased where
+  the model's config says; cut where it says only with ``embeddings_truncate: true``, else
+  counted whole: ``count`` over ``max_model_len`` is an input ``/v1/embeddings`` refuses);
+  ``add_special_tokens`` overrides the special tokens.
 - ``messages``: the chat as ``/v1/chat/completions`` encodes it, through the model's chat
   template with ``tools`` and the deployment's ``control_tokens`` policy (a special token
   string inside a message is plain text, or a 400 where the deployment refuses them).
@@ -23,8 +25,9 @@ shown), and what the input guardrails change (PII masked before the model reads 
 ``model`` is optional, as in vLLM, which serves one model: without it the deployment is the
 one the key may call, or any of several whose models share one tokenizer; otherwise a 400
 lists them (so lm-eval, which never names one, wants a key scoped to the deployment it
-evaluates). Keys and their deployment scopes apply; nothing is metered or logged (no model
-runs); a text longer than the model's context could ever hold is refused before it is read,
+evaluates). Keys and their deployment scopes apply, and ``/tokenize`` and ``/detokenize``
+count as requests against the key's ``rpm`` (shared with the generation routes: the key's
+429 past it), never against its tokens; nothing is logged (no model runs); a text longer than the model's context could ever hold is refused before it is read,
 as the generation routes refuse it. Upstream and fake deployments have no tokenizer here.
 """
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -144,16 +148,21 @@ def _is_encoder(engine: Any) -> bool:
 
 
 def _tokenize(
-    engine: Any, req: TokenizeRequest, body: dict[str, Any], name: str, control_tokens: str
+    engine: Any,
+    req: TokenizeRequest,
+    body: dict[str, Any],
+    name: str,
+    control_tokens: str,
+    truncate: bool = False,
 ) -> list[int]:
     """The ids of ``req``'s prompt or messages (blocking; see the module docstring)."""
     tok = engine.tokenizer
     if req.prompt is not None:
-        if _is_encoder(engine):  # as /v1/embeddings reads it: special tokens, cut, case
+        if _is_encoder(engine):  # as /v1/embeddings reads it: special tokens, case, and
+            # cut where the deployment cuts (else counted whole, as it refuses it whole)
             special = True if req.add_special_tokens is None else req.add_special_tokens
-            return encode_for_embedding(
-                tok, req.prompt, engine.pooling, _max_len(engine), special=special
-            )
+            cut = _max_len(engine) if truncate else sys.maxsize
+            return encode_for_embedding(tok, req.prompt, engine.pooling, cut, special=special)
         if req.add_special_tokens is None:  # as /v1/completions: an empty prompt is EOS
             return engine.encode(req.prompt) or [tok.eos_token_id or 0]
         return list(tok(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"])
@@ -193,9 +202,14 @@ def _max_len(engine: Any) -> int:
 
 
 def _answer(
-    engine: Any, req: TokenizeRequest, body: dict[str, Any], name: str, control_tokens: str
+    engine: Any,
+    req: TokenizeRequest,
+    body: dict[str, Any],
+    name: str,
+    control_tokens: str,
+    truncate: bool,
 ) -> dict[str, Any]:
-    ids = _tokenize(engine, req, body, name, control_tokens)
+    ids = _tokenize(engine, req, body, name, control_tokens, truncate)
     return {
         "count": len(ids),
         "max_model_len": _max_len(engine),
@@ -221,6 +235,7 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
     @router.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:
         key = gw.authenticate(request)
+        gw.hooks.count_request(key)  # a request against the key's RPM, before any work
         raw = await read_json(request, max_bytes=max_body_bytes)
         req: TokenizeRequest = parse(TokenizeRequest, raw)
         if (req.prompt is None) == (req.messages is None):
@@ -240,7 +255,8 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
                 "unsupported_value",
             )
         name, engine = _resolve(gw, key, req.model)
-        policy = gw.registry.deployments[name].spec.control_tokens
+        spec = gw.registry.deployments[name].spec
+        policy, truncate = spec.control_tokens, spec.embeddings_truncate
         chars = len(req.prompt) if req.prompt is not None else len(str(req.messages))
         if not _is_encoder(engine) and engine.surely_too_long(chars):
             raise OpenAIError(  # as the generation routes refuse it, before any work
@@ -250,12 +266,15 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
                 param="messages" if req.prompt is None else "prompt",
                 code="context_length_exceeded",
             )
-        out: dict[str, Any] = await _off_loop(_answer, chars, engine, req, raw, name, policy)
+        out: dict[str, Any] = await _off_loop(
+            _answer, chars, engine, req, raw, name, policy, truncate
+        )
         return out
 
     @router.post("/detokenize")
     async def detokenize(request: Request) -> dict[str, Any]:
         key = gw.authenticate(request)
+        gw.hooks.count_request(key)
         raw = await read_json(request, max_bytes=max_body_bytes)
         req: DetokenizeRequest = parse(DetokenizeRequest, raw)
         _, engine = _resolve(gw, key, req.model)
