@@ -188,6 +188,36 @@ def test_a_refused_request_is_traced_by_its_x_request_id(browser: Any, console: 
     page.context.close()
 
 
+def test_a_replicas_answer_names_the_replica_and_its_tries(
+    admin_page: Any, console: Console
+) -> None:
+    from lmops.monitor.metering import log_request
+
+    log_request(  # an answer of a list of replicas, sent on from one that refused it
+        console.store,
+        request_id="chatcmpl-replicas",
+        endpoint="chat",
+        status=200,
+        deployment="replicated",
+        model_ref="http://gpu0:8000/v1, http://***@gpu1:8000/v1",
+        replica="http://***@gpu1:8000/v1",
+        guardrails={
+            "tries": [
+                {"deployment": "replicated", "replica": "http://gpu0:8000/v1", "status": 502,
+                 "reason": "connect", "error": "unreachable"},
+                {"deployment": "replicated", "replica": "http://***@gpu1:8000/v1", "status": 200},
+            ]
+        },
+    )  # fmt: skip
+    admin_page.goto(f"{console.url}/ui/serving/trace?request_id=chatcmpl-replicas")
+    assert admin_page.locator("#trace-replica").inner_text() == "http://***@gpu1:8000/v1"
+    assert admin_page.locator("#trace-tries").inner_text().splitlines() == [
+        "replicated (http://gpu0:8000/v1) failed: connect",
+        "replicated (http://***@gpu1:8000/v1) answered",
+    ]
+    shot(admin_page, "trace-replicas")
+
+
 def test_playground_streams_two_deployments_side_by_side(admin_page: Any, console: Console) -> None:
     before = sum(1 for _ in console.store.requests.scan(key="boss"))
     admin_page.goto(f"{console.url}/ui/playground")
