@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from lmops.core.errors import UserError
@@ -145,6 +146,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             fake_server(model="up", fail_first=10**6, fail_status=429, retry_after=30)
         )
         dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: connection refused
+        dead2 = f"http://127.0.0.1:{free_port()}/v1"
         secret_b = b.replace("http://", "http://lm:s3cret@") + "/v1"  # credentials in the URL
         deployments = root / "deployments.yaml"
         deployments.write_text(
@@ -159,6 +161,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             f"  - {{name: gone-stream, upstream: ['{dead}', '{secret_b}'], upstream_model: up}}\n"
             f"  - {{name: gone-retried, upstream: ['{dead}', '{secret_b}'], upstream_model: up,"
             " retries: 1}\n"
+            f"  - {{name: all-gone, upstream: ['{dead}', '{dead2}'], upstream_model: up}}\n"
         )
         lmops = lmops_cli(env)
         key = json.loads(lmops("keys", "create", "--name", "k", "--json"))["key"]
@@ -285,6 +288,12 @@ def test_the_request_log_names_the_replica_and_counts_a_resend_as_a_try(
     assert "x-lmops-tries" not in again.headers
     text = gw["lmops"]("trace", again.headers["x-request-id"])
     assert f"(replica {shown})" in text
+    # the re-send is a retry in the metrics and in lmops usage (one request of the two)
+    metrics = httpx.get(gw["base"] + "/metrics").text
+    assert f'lmops_retries_total{{deployment="{name}",reason="connect"}} 1.0' in metrics
+    usage = json.loads(gw["lmops"]("usage", "--deployment", name, "--json"))
+    assert usage["by_deployment"][name]["requests"] == 2
+    assert usage["by_deployment"][name]["retried"] == 1
 
 
 def test_a_resend_is_a_try_beside_the_deployments_own_retries(gw: dict[str, Any]) -> None:
@@ -296,6 +305,16 @@ def test_a_resend_is_a_try_beside_the_deployments_own_retries(gw: dict[str, Any]
     assert raw.headers["x-lmops-tries"] == "2"
 
 
+def test_every_replica_refusing_is_one_error_naming_what_was_tried(gw: dict[str, Any]) -> None:
+    # no retries (the one-try path): after a re-send the error says what was tried, as it
+    # does when retries or fallbacks were tried
+    with pytest.raises(openai.APIStatusError) as e:
+        _client(gw).chat.completions.create(model="all-gone", **ASK)
+    assert e.value.status_code == 502
+    assert e.value.message.endswith("(tried 2 times: all-gone (connect), all-gone (connect))")
+    assert e.value.response.headers["x-lmops-tries"] == "2"
+
+
 def test_a_connection_not_made_in_time_is_no_connection() -> None:
     import aiohttp
 
@@ -303,3 +322,93 @@ def test_a_connection_not_made_in_time_is_no_connection() -> None:
 
     assert _unreachable("u", aiohttp.ConnectionTimeoutError()).kind == "connect"
     assert _unreachable("u", TimeoutError()).kind == "timeout"  # a reply not begun in time
+
+
+class _Stub:
+    """A replica for :class:`Replicas` without a server: one that refuses the connection
+    (``dead``) or one that takes the request and never answers (it sets ``entered``)."""
+
+    model = "m"
+    connections_opened = 0
+
+    def __init__(self, url: str, entered: asyncio.Event | None = None) -> None:
+        self.base_url = self.shown_url = url
+        self._entered = entered
+
+    async def _wait(self) -> Any:
+        if self._entered is None:
+            raise UpstreamError(f"upstream {self.shown_url} unreachable", kind="connect")
+        self._entered.set()
+        await asyncio.sleep(3600)
+
+    async def request(self, path: str, body: dict[str, Any]) -> Any:
+        return await self._wait()
+
+    async def open_stream(self, path: str, body: dict[str, Any]) -> Any:
+        return await self._wait()
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _OnReplicas:
+    """A backend whose start is one request (or stream) to ``reps``."""
+
+    model_ref = "http://dead, http://slow"
+
+    def __init__(self, reps: Replicas, stream: bool) -> None:
+        self.reps, self.stream = reps, stream
+
+    def precheck(self, job: Any) -> None:
+        return None
+
+    async def prepare(self, job: Any) -> None:
+        return None
+
+    async def start(self, job: Any) -> Any:
+        if self.stream:
+            return await self.reps.open_stream("/chat/completions", {})
+        return await self.reps.request("/chat/completions", {})
+
+
+@pytest.mark.parametrize(
+    ("path", "stream"), [("once", False), ("once", True), ("retries", False), ("retries", True)]
+)
+def test_a_hangup_after_a_resend_names_the_replica_that_had_it_and_keeps_the_tries(
+    path: str, stream: bool
+) -> None:
+    # replica 1 refuses the connection, replica 2 takes the request and the client hangs
+    # up while it works: the request was replica 2's (not the refusing one's), and both
+    # tries are kept, on the fast path (no retries) and the retry loop's alike
+    from lmops.serve import fallbacks
+    from lmops.serve.backends import Job
+    from lmops.serve.deployments import DeploymentSpec, Registry
+    from lmops.serve.policy import NullContext
+
+    registry = Registry([DeploymentSpec(name="d", fake={"tokens": 2}, retries=1)], None)
+    job = Job(kind="chat", request_id="r", model="d", body={}, messages=[], prompts=None,
+              max_tokens=2, stream=stream)  # fmt: skip
+
+    async def go() -> NullContext:
+        entered = asyncio.Event()
+        reps = Replicas([_Stub("http://dead"), _Stub("http://slow", entered)])
+        backend = _OnReplicas(reps, stream)
+        ctx = NullContext(registry.get("d"), "r")
+        if path == "once":
+            call = fallbacks.once(ctx, "d", backend.model_ref, backend.start(job))
+        else:
+            call = fallbacks.start(registry, registry.get("d"), backend, job, ctx)
+        task = asyncio.ensure_future(call)
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [r["in_flight"] for r in reps.state()] == [0, 0]
+        return ctx
+
+    ctx = asyncio.run(go())
+    assert ctx.replica == "http://slow"
+    assert [(t["replica"], t["status"], t.get("reason")) for t in ctx.tries] == [
+        ("http://dead", 502, "connect"),
+        ("http://slow", 499, "hangup"),
+    ]

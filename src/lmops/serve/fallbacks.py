@@ -55,7 +55,8 @@ with what was tried.
 
 **A client that hangs up** ends the tries at once, a backoff wait included (the handler's
 task is cancelled: :class:`~lmops.serve.replies.Hangup`); the request is logged as a 499
-with the tries made until then.
+with the tries made until then, the one in flight among them (reason ``hangup``, status
+499) and its replica as the request's.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 @dataclass
 class Try:
-    """One try of one deployment: ``reason`` is why it failed (None: it answered)."""
+    """One try of one deployment: ``reason`` is why it failed (None: it answered;
+    ``hangup``: the client hung up while it was in flight)."""
 
     deployment: str
     model_ref: str | None
@@ -240,8 +242,30 @@ def _went_on(
     return sent[-1].url if sent else None
 
 
-def _tried(tries: list[Try]) -> str:
-    return ", ".join(f"{t.deployment} ({t.reason})" for t in tries if t.reason is not None)
+def _failed_try(name: str, model_ref: str | None, e: Exception, replica: str | None) -> Try:
+    """The try of ``name`` that raised ``e``: a failure to try past (its reason) or an
+    answer to pass on (no reason), with the status and message the client would get."""
+    err = openai_error(e)
+    return Try(name, model_ref, failure_reason(e), err.status, err.message, replica)
+
+
+def _hung_up(name: str, model_ref: str | None, replica: str | None) -> Try:
+    """The try of ``name`` in flight when the client hung up (the task was cancelled)."""
+    return Try(name, model_ref, "hangup", 499, "the client hung up before the reply", replica)
+
+
+def _gave_up(err: OpenAIError, tries: list[Try]) -> OpenAIError:
+    """``err``, the last of several failed tries, as the client gets it: its message ends
+    with what was tried."""
+    tried = ", ".join(f"{t.deployment} ({t.reason})" for t in tries if t.reason is not None)
+    return OpenAIError(
+        err.status,
+        f"{err.message} (tried {len(tries)} times: {tried})",
+        type_=err.type,
+        param=err.param,
+        code=err.code,
+        headers=dict(err.headers),
+    )
 
 
 async def start(
@@ -308,6 +332,11 @@ async def start(
                         gen = await _prime(gen)
                 except (OpenAIError, EngineOverloaded, UpstreamError) as e:
                     failed: Exception | None = e
+                except asyncio.CancelledError:  # the client hung up during this try
+                    replica = _went_on(ctx, tries, name, backend.model_ref, sent)
+                    tries.append(_hung_up(name, backend.model_ref, replica))
+                    ctx.route([t.to_dict() for t in tries], None, None, replica)
+                    raise
                 else:
                     failed = None
             replica = _went_on(ctx, tries, name, backend.model_ref, sent)
@@ -316,14 +345,14 @@ async def start(
                 answered = None if d is dep else name
                 ctx.route([t.to_dict() for t in tries], answered, backend.model_ref, replica)
                 return gen, backend, job
-            reason = failure_reason(failed)
-            err = openai_error(failed)
+            tried = _failed_try(name, backend.model_ref, failed, replica)
+            reason = tried.reason
             if reason is None:  # an answer, not a failure to try past
                 if tries:  # after other tries, it is one of them
-                    tries.append(Try(name, backend.model_ref, None, err.status, None, replica))
+                    tries.append(tried)
                 ctx.route([t.to_dict() for t in tries], None, None, replica)
-                raise err from None
-            tries.append(Try(name, backend.model_ref, reason, err.status, err.message, replica))
+                raise openai_error(failed) from None
+            tries.append(tried)
             last = failed
             if k == retries:
                 break
@@ -342,27 +371,23 @@ async def start(
     ctx.route([t.to_dict() for t in tries], None, None, tries[-1].replica)
     if len(tries) == 1:  # asked to wait too long, and nowhere else to go
         raise err from None
-    final_err = OpenAIError(
-        err.status,
-        f"{err.message} (tried {len(tries)} times: {_tried(tries)})",
-        type_=err.type,
-        param=err.param,
-        code=err.code,
-        headers=dict(err.headers),
-    )
-    raise final_err from None
+    raise _gave_up(err, tries) from None
 
 
 async def once(ctx: Any, name: str, model_ref: str | None, call: Awaitable[T]) -> T:
     """``await call``: the one try of deployment ``name`` (no retries, no fallbacks; an
-    embeddings request), with the replicas it went to recorded on ``ctx``."""
+    embeddings request), with the replicas it went to recorded on ``ctx``. When its
+    request went on from other replicas and the last failed too, the error (as the client
+    gets it) ends with what was tried, as after retries."""
     from lmops.serve.replicas import recording
 
     with recording() as sent:
         try:
             out = await call
         except BaseException as e:
-            _one_try(ctx, name, model_ref, sent, e)
+            tries = _one_try(ctx, name, model_ref, sent, e)
+            if isinstance(e, Exception) and len(tries) > 1 and tries[-1].reason is not None:
+                raise _gave_up(openai_error(e), tries) from None
             raise
     _one_try(ctx, name, model_ref, sent, None)
     return out
@@ -370,20 +395,23 @@ async def once(ctx: Any, name: str, model_ref: str | None, call: Awaitable[T]) -
 
 def _one_try(
     ctx: Any, name: str, model_ref: str | None, sent: list[Sent], e: BaseException | None
-) -> None:
+) -> list[Try]:
     """Record the one try of a deployment without retries or fallbacks (``e``: how it
-    failed, None: it answered): the replica that answered and, when its request went on
-    from others first, those tries too."""
+    failed, a cancellation when the client hung up; None: it answered): the replica that
+    answered and, when its request went on from others first, those tries too. The tries
+    recorded (none where the deployment is not a list of replicas)."""
     if not sent:  # not a list of replicas: nothing to add to model_ref
-        return
+        return []
     tries: list[Try] = []
     replica = _went_on(ctx, tries, name, model_ref, sent)
     if e is None:
         tries.append(Try(name, model_ref, replica=replica))
     elif isinstance(e, Exception):
-        err = openai_error(e)
-        tries.append(Try(name, model_ref, failure_reason(e), err.status, err.message, replica))
+        tries.append(_failed_try(name, model_ref, e, replica))
+    else:
+        tries.append(_hung_up(name, model_ref, replica))
     ctx.route([t.to_dict() for t in tries], None, model_ref if e is None else None, replica)
+    return tries
 
 
 def _moving_on(ctx: Any, order: list[str], pos: int, tries: list[Try]) -> None:

@@ -20,10 +20,11 @@ replica from its own first failure.
 Which replicas a request went to is recorded for the request log: inside
 ``with recording() as sent:`` every replica a request is sent to in this task is appended
 to ``sent`` (:class:`Sent`: its URL with credentials masked, and for one the request went
-on from, why). The last one is the replica whose reply, or failure, the request got; the
-others are tries of their own (``guardrails.tries``, ``x-lmops-tries``:
-:mod:`lmops.serve.fallbacks`). A context variable rather than an argument, so that the
-backends between the gateway's handler and this class need not carry it.
+on from, why). The last one is the replica whose reply, or failure, the request got (or
+that had it when the task was cancelled: the client hung up); the others are tries of
+their own (``guardrails.tries``, ``x-lmops-tries``: :mod:`lmops.serve.fallbacks`). A
+context variable rather than an argument, so that the backends between the gateway's
+handler and this class need not carry it.
 """
 
 from __future__ import annotations
@@ -181,6 +182,9 @@ class Replicas:
                 if not went_on:
                     raise self._raised(e) if unwell else e from None
                 continue
+            except BaseException:  # cancelled (the client hung up): this replica had it
+                _note(r)
+                raise
             finally:
                 r.in_flight -= 1
             _note(r)
@@ -203,8 +207,9 @@ class Replicas:
                 if not went_on:
                     raise self._raised(e) if unwell else e from None
                 continue
-            except BaseException:
+            except BaseException:  # cancelled (the client hung up): this replica had it
                 r.in_flight -= 1
+                _note(r)
                 raise
             _note(r)
             return _CountedStream(stream, self, r)
