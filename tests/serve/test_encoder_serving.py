@@ -38,7 +38,8 @@ def gateway(tmp_path: Path, store: Any) -> Iterator[dict[str, Any]]:
         client = openai.OpenAI(
             base_url="http://testserver/v1", api_key=secret, http_client=tc, max_retries=0
         )
-        yield {"client": client, "app": app, "bert": bert, "specs": specs, "store": store}
+        yield {"client": client, "app": app, "bert": bert, "specs": specs, "store": store,
+               "http": tc}  # fmt: skip
 
 
 def test_embeddings_are_the_models_vectors(gateway: dict[str, Any]) -> None:
@@ -50,6 +51,15 @@ def test_embeddings_are_the_models_vectors(gateway: dict[str, Any]) -> None:
         want = unit(hidden(gateway["bert"], ids_of(text)).mean(0))  # [CLS] ... [SEP], mean
         assert torch.tensor(row.embedding) == pytest.approx(want, abs=1e-5)
     assert r.usage.prompt_tokens == len(ids_of(texts[0])) + len(ids_of(texts[1]))  # 6 + 7
+
+
+def test_metrics_scrape_with_an_encoder_deployment(gateway: dict[str, Any]) -> None:
+    # an encoder has no queue: its gauges read 0 (the scrape failed on it)
+    gateway["client"].embeddings.create(model="emb", input="hello")
+    r = gateway["http"].get("/metrics")
+    assert r.status_code == 200, r.text
+    assert 'lmops_queue_depth{deployment="emb"} 0.0' in r.text
+    assert 'lmops_requests_total{deployment="emb",status="200"} 1.0' in r.text
 
 
 def test_generation_on_an_encoder_is_a_400_naming_the_deployment(

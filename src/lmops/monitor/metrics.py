@@ -32,10 +32,11 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 
 
 def _sum_of(dep: Any, attr: str) -> Any:
-    """A gauge callback reading the deployment's current engines (they change on reload)."""
+    """A gauge callback reading the deployment's current engines (they change on reload);
+    an embeddings model's encoder has no queue (0)."""
 
     def read() -> float:
-        return float(sum(getattr(t.engine, attr) for t, _ in dep.targets))
+        return float(sum(getattr(t.engine, attr, 0) for t, _ in dep.targets))
 
     return read
 
