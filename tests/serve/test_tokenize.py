@@ -391,15 +391,26 @@ def test_the_tokenizer_routes_count_against_the_keys_rpm(server: dict[str, Any])
     """/tokenize and /detokenize are requests under the key's RPM (shared with the
     generation routes), so a key cannot burn the gateway's CPU unmetered."""
     body = {"model": "tiny", "prompt": "hello world"}
+    left = []
     for _ in range(2):
-        assert post(server, "/tokenize", body, key="rpm3").status_code == 200
+        ok = post(server, "/tokenize", body, key="rpm3")
+        assert ok.status_code == 200
+        assert ok.headers["x-ratelimit-limit-requests"] == "3"  # as the generation routes say
+        left.append(ok.headers["x-ratelimit-remaining-requests"])
+    assert left == ["2", "1"]
     ids = {"model": "tiny", "tokens": [1, 2]}
-    assert post(server, "/v1/detokenize", ids, key="rpm3").status_code == 200
+    ok = post(server, "/v1/detokenize", ids, key="rpm3")
+    assert ok.status_code == 200 and ok.headers["x-ratelimit-remaining-requests"] == "0"
     over = post(server, "/tokenize", body, key="rpm3")  # the 4th within the minute
     assert over.status_code == 429, over.text
     assert over.json()["error"]["code"] == "rate_limit_exceeded"
     assert "rpm" in over.json()["error"]["message"] and int(over.headers["retry-after"]) > 0
+    assert over.headers["x-ratelimit-remaining-requests"] == "0"
     assert post(server, "/detokenize", ids, key="rpm3").status_code == 429
+    # the refusals are in the metrics, under the route (no deployment is read before)
+    metrics = httpx.get(server["base"] + "/metrics").text
+    assert 'lmops_rate_limited_total{deployment="/tokenize",limit="rpm"} 1.0' in metrics
+    assert 'lmops_rate_limited_total{deployment="/detokenize",limit="rpm"} 1.0' in metrics
     # the same count as the chat route's: it is refused too
     c = openai.OpenAI(base_url=server["base"] + "/v1", api_key=server["keys"]["rpm3"],
                       max_retries=0, timeout=60)  # fmt: skip

@@ -33,13 +33,16 @@ shutdown) flushes it.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmops.monitor.metrics import Metrics
 from lmops.security import Guardrails
 from lmops.serve.limits import Limits, RateLimited, RateLimiter
 from lmops.serve.limits import headers as limit_headers
 from lmops.store.types import RequestRecord
+
+if TYPE_CHECKING:
+    from lmops.serve.protocol import OpenAIError
 
 __all__ = ["NullPolicy", "Policy", "RequestContext", "mask_body"]
 
@@ -71,26 +74,23 @@ class Policy:
         the response's ``x-request-id`` header (both go on the request log)."""
         return RequestContext(self, key, dep, kind, body, request_id, x_request_id)
 
-    def count_request(self, key: Any) -> None:
-        """Count a request that runs no model (``/tokenize``, ``/detokenize``) against the
-        key's requests per minute, never its tokens, so that the tokenizer routes are not
-        unmetered CPU; OpenAI's 429 (with its headers) when the key is over its RPM. Not
-        logged: no model answered."""
-        from lmops.serve.protocol import OpenAIError
-
+    def count_request(self, key: Any, route: str) -> dict[str, str]:
+        """Count a request to ``route`` (``/tokenize``, ``/detokenize``), which runs no
+        model, against the key's requests per minute, never its tokens, so that the
+        tokenizer routes are not unmetered CPU. Its ``x-ratelimit-*-requests`` headers;
+        OpenAI's 429 (with its headers) when the key is over its RPM, counted in
+        ``lmops_rate_limited_total`` under ``deployment="<route>"`` (the body that names
+        one is not read yet). Deployment limits are not charged: they protect the model,
+        which does not run. Not logged: no model answered."""
         if key.rpm is None:
-            return
+            return {}
         try:
-            lease = self.limiter.acquire([(f"key:{key.name}", Limits(rpm=key.rpm))], "tokenize", 0)
+            lease = self.limiter.acquire([(f"key:{key.name}", Limits(rpm=key.rpm))], route, 0)
         except RateLimited as e:
-            raise OpenAIError(
-                429,
-                str(e),
-                type_="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers=dict(e.headers),
-            ) from None
+            self.metrics.rate_limited(route, e.limit_name)
+            raise _refusal(e) from None
         self.limiter.release(lease)
+        return limit_headers(lease)
 
     def close(self) -> None:
         """Write the request-log rows still pending and give the limiter's kept database
@@ -177,8 +177,6 @@ class RequestContext:
 
     # -- flow control -------------------------------------------------------------------------------
     def admit(self, prompt_tokens: int, max_completion: int, *, model_ref: str | None) -> None:
-        from lmops.serve.protocol import OpenAIError
-
         self.model_ref = model_ref
         scopes = [
             (f"key:{self.key.name}", Limits.from_key(self.key)),
@@ -190,13 +188,7 @@ class RequestContext:
         except RateLimited as e:
             self.policy.metrics.rate_limited(self.dep.name, e.limit_name)
             self._headers = dict(e.headers)
-            raise OpenAIError(
-                429,
-                str(e),
-                type_="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers=dict(e.headers),
-            ) from None
+            raise _refusal(e) from None
         self._headers = limit_headers(self.lease)
 
     def admit_fallback(self, dep: Any) -> str | None:
@@ -347,6 +339,16 @@ class RequestContext:
         if self.tries:
             out["tries"] = self.tries
         return out or None
+
+
+def _refusal(e: RateLimited) -> OpenAIError:
+    """Flow control's refusal ``e`` as OpenAI's 429 (an ``OpenAIError``), with its
+    ``x-ratelimit-*`` and ``Retry-After`` headers."""
+    from lmops.serve.protocol import OpenAIError
+
+    return OpenAIError(
+        429, str(e), type_="rate_limit_error", code="rate_limit_exceeded", headers=dict(e.headers)
+    )
 
 
 def route_headers(tries: list[dict[str, Any]], answered_by: str | None) -> dict[str, str]:
@@ -500,8 +502,8 @@ class NullPolicy:
     ) -> NullContext:
         return NullContext(dep, request_id, x_request_id)
 
-    def count_request(self, key: Any) -> None:
-        return None
+    def count_request(self, key: Any, route: str) -> dict[str, str]:
+        return {}
 
     def close(self) -> None:
         return None

@@ -26,9 +26,11 @@ shown), and what the input guardrails change (PII masked before the model reads 
 one the key may call, or any of several whose models share one tokenizer; otherwise a 400
 lists them (so lm-eval, which never names one, wants a key scoped to the deployment it
 evaluates). Keys and their deployment scopes apply, and ``/tokenize`` and ``/detokenize``
-count as requests against the key's ``rpm`` (shared with the generation routes: the key's
-429 past it), never against its tokens; nothing is logged (no model runs); a text longer than the model's context could ever hold is refused before it is read,
-as the generation routes refuse it. Upstream and fake deployments have no tokenizer here.
+count as requests against the key's ``rpm`` (shared with the generation routes, with their
+``x-ratelimit-*-requests`` headers and the key's 429 past it), never against its tokens nor
+the deployment's limits (the model does not run); nothing is logged (no model runs); a text
+longer than the model's context could ever hold is refused before it is read, as the
+generation routes refuse it. Upstream and fake deployments have no tokenizer here.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import hashlib
 import sys
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from lmops.models.encoder import encode_for_embedding
@@ -233,9 +235,10 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
     router = APIRouter(prefix=prefix, route_class=_RequestIdRoute)
 
     @router.post("/tokenize")
-    async def tokenize(request: Request) -> dict[str, Any]:
+    async def tokenize(request: Request, response: Response) -> dict[str, Any]:
         key = gw.authenticate(request)
-        gw.hooks.count_request(key)  # a request against the key's RPM, before any work
+        # a request against the key's RPM, before any work; its x-ratelimit-* headers
+        response.headers.update(gw.hooks.count_request(key, "/tokenize"))
         raw = await read_json(request, max_bytes=max_body_bytes)
         req: TokenizeRequest = parse(TokenizeRequest, raw)
         if (req.prompt is None) == (req.messages is None):
@@ -272,9 +275,9 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
         return out
 
     @router.post("/detokenize")
-    async def detokenize(request: Request) -> dict[str, Any]:
+    async def detokenize(request: Request, response: Response) -> dict[str, Any]:
         key = gw.authenticate(request)
-        gw.hooks.count_request(key)
+        response.headers.update(gw.hooks.count_request(key, "/detokenize"))
         raw = await read_json(request, max_bytes=max_body_bytes)
         req: DetokenizeRequest = parse(DetokenizeRequest, raw)
         _, engine = _resolve(gw, key, req.model)
