@@ -418,3 +418,30 @@ def test_the_tokenizer_routes_count_against_the_keys_rpm(server: dict[str, Any])
         c.completions.create(model="tiny", prompt="hi", max_tokens=1)
     # another key is not held back
     assert post(server, "/tokenize", body).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "upstream: http://127.0.0.1:9/v1",
+        "fake: {tokens: 2}",
+        "{model: ./m, engine: vllm}",
+    ],
+)
+def test_embeddings_truncate_where_it_would_do_nothing_is_refused_with_its_line(
+    tmp_path: Path, source: str
+) -> None:
+    # only the built-in engine cuts embedding inputs: elsewhere the option would be ignored
+    from lmops.core.errors import UserError
+    from lmops.serve.deployments import load_deployments
+
+    path = tmp_path / "d.yaml"
+    if source.startswith("{"):
+        source = source.strip("{}").replace(", ", "\n    ")
+    path.write_text(f"deployments:\n  - name: emb\n    {source}\n    embeddings_truncate: true\n")
+    with pytest.raises(UserError) as e:
+        load_deployments(path)
+    said = str(e.value)
+    assert said.startswith(f"{path}:")
+    assert "embeddings_truncate: has no effect here" in said and "remove it" in said
+    assert said.split(":")[1] == str(len(path.read_text().splitlines()))  # its own line

@@ -177,8 +177,9 @@ class DeploymentSpec(BaseModel):
     limits: dict[str, int | None] = Field(default_factory=dict)
     guardrails: dict[str, Any] | None = None
     log_bodies: bool = False
-    # /v1/embeddings on the built-in engine: an input longer than the model reads is a 400
-    # naming it, as OpenAI's (false), or is cut to fit, as vLLM's truncate_prompt_tokens
+    # /v1/embeddings on the built-in engine (refused elsewhere: it would do nothing): an
+    # input longer than the model reads is a 400 naming it, as OpenAI's (false), or is cut
+    # to fit, as vLLM's truncate_prompt_tokens
     embeddings_truncate: bool = False
     # a registered prompt that wraps every request (``support@production``); a chat
     # request may pick another with {"prompt": ref}: see lmops.prompts.binding
@@ -247,6 +248,13 @@ class DeploymentSpec(BaseModel):
             raise ValueError("engine: vllm serves a model; give model (an asset ref or folder)")
         if self.vllm is not None and self.engine != "vllm":
             raise ValueError("vllm options given but engine is not vllm; add engine: vllm")
+        builtin = self.engine == "builtin" and (self.model or self.split) is not None
+        if self.embeddings_truncate and not builtin:
+            raise FieldError(
+                ("embeddings_truncate",),
+                "has no effect here: only the built-in engine cuts embedding inputs (an "
+                "upstream, a vLLM server or a fake decides for itself); remove it",
+            )
         return self
 
 
