@@ -155,9 +155,10 @@ def test_request_log_gains_x_request_id_on_sqlite(
     request_log_gains_x_request_id(f"sqlite:///{tmp_path / 'old.db'}", monkeypatch)
 
 
-def test_request_log_gains_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """0010 -> 0011: a row logged before has no replica, a row after keeps the one that
-    answered, and the revision goes down again."""
+def request_log_gains_replica(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0010 -> 0011 on the database at ``url`` (SQLite or PostgreSQL): a row logged before
+    has no replica, a row after keeps the one that answered, and the revision goes down
+    again."""
     from alembic import command
     from sqlalchemy import inspect
 
@@ -165,7 +166,6 @@ def test_request_log_gains_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     from lmops.store.db import _alembic_config
     from lmops.store.types import RequestRecord
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
     old = Database(url, migrate=False)
     old.migrate("0010")
     with old.engine.begin() as c:
@@ -178,9 +178,9 @@ def test_request_log_gains_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         )
     old.dispose()
     monkeypatch.setenv("LMOPS_DATABASE_URL", url)
-    store = Store(Settings.from_env())
+    store = Store(Settings.from_env())  # opening migrates to the head, past 0011
     try:
-        assert store.db.current_revision() == "0011"
+        assert store.db.current_revision() == head_revision()
         before = store.requests.get("chatcmpl-old")
         assert before is not None and before.replica is None
         store.requests.add(
@@ -203,3 +203,9 @@ def test_request_log_gains_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         conn.commit()
     assert "replica" not in {c["name"] for c in inspect(down.engine).get_columns("request_log")}
     down.dispose()
+
+
+def test_request_log_gains_replica_on_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request_log_gains_replica(f"sqlite:///{tmp_path / 'old.db'}", monkeypatch)

@@ -89,3 +89,9 @@ def test_request_log_gains_x_request_id(pg_url: str, monkeypatch: pytest.MonkeyP
     from tests.store.test_migrations import request_log_gains_x_request_id
 
     request_log_gains_x_request_id(pg_url, monkeypatch)
+
+
+def test_request_log_gains_replica(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.store.test_migrations import request_log_gains_replica
+
+    request_log_gains_replica(pg_url, monkeypatch)
