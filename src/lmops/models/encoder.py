@@ -29,7 +29,6 @@ head, and serves embeddings only: :class:`Encoder`.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -186,11 +185,11 @@ def _special_suffix(tokenizer: Any) -> list[int]:
 
 
 def encode_for_embedding(
-    tokenizer: Any, text: str, pooling: Pooling, cut: int, *, special: bool = True
+    tokenizer: Any, text: str, pooling: Pooling, cut: int | None, *, special: bool = True
 ) -> list[int]:
     """The token ids of ``text`` as the model embeds it: lower-cased where its config says,
     with its special tokens (``special``), at most ``cut`` tokens (the text's end is cut,
-    the closing special tokens kept, as ``truncation=True`` cuts). Cut here rather than by
+    the closing special tokens kept, as ``truncation=True`` cuts; None: whole). Cut here rather than by
     the tokenizer: ``truncation=True`` sets state on the shared fast tokenizer, which a
     call from another thread (generation, ``/tokenize``) resets midway, so a text came out
     whole (a 500 for the batch it was in)."""
@@ -199,7 +198,7 @@ def encode_for_embedding(
             "input_ids"
         ]
     )
-    if len(ids) > cut:
+    if cut is not None and len(ids) > cut:
         suffix = _special_suffix(tokenizer) if special else []
         ids = ids[: max(cut - len(suffix), 0)] + suffix
     return ids or [tokenizer.eos_token_id or 0]
@@ -225,7 +224,7 @@ def embed_texts(
     cut = embedding_tokens(pooling, limit)
     ids = []
     for i, t in enumerate(texts):
-        x = encode_for_embedding(tokenizer, t, pooling, cut if truncate else sys.maxsize)
+        x = encode_for_embedding(tokenizer, t, pooling, cut if truncate else None)
         if len(x) > cut:
             raise InputTooLong(i, len(x), cut)
         ids.append(x)

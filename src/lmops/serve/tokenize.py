@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sys
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -163,7 +162,7 @@ def _tokenize(
         if _is_encoder(engine):  # as /v1/embeddings reads it: special tokens, case, and
             # cut where the deployment cuts (else counted whole, as it refuses it whole)
             special = True if req.add_special_tokens is None else req.add_special_tokens
-            cut = _max_len(engine) if truncate else sys.maxsize
+            cut = _max_len(engine) if truncate else None
             return encode_for_embedding(tok, req.prompt, engine.pooling, cut, special=special)
         if req.add_special_tokens is None:  # as /v1/completions: an empty prompt is EOS
             return engine.encode(req.prompt) or [tok.eos_token_id or 0]
