@@ -360,7 +360,7 @@ def distill(
         stop = StopSignals()
         between = True  # no step half done: the student, optimizer and step agree
 
-        def interrupted(fresh: bool) -> DistillInterrupted:
+        def interrupted(fresh: bool, signum: int | None = None) -> DistillInterrupted:
             if fresh:
                 save(step)
             return DistillInterrupted(
@@ -368,7 +368,7 @@ def distill(
                 spec.steps,
                 ckpt if ckpt.exists() else None,
                 saved=fresh,
-                signum=stop.signum or signal.SIGINT,
+                signum=signum or stop.signum or signal.SIGINT,
             )
 
         try:
@@ -429,12 +429,17 @@ def distill(
                     last_step_cpu = time.process_time() - step_start
                     if on_step is not None:
                         on_step(step, float(loss.detach()))
-            if stop.requested and step < spec.steps:
-                raise interrupted(step > saved)  # the step in progress finished first
+                if stop.requested and step < spec.steps:
+                    # the step in progress finished first; saved while the handlers are
+                    # still ours, so a second signal during the save stops it as one does
+                    # mid-step (the default SIGTERM would end the process without a word)
+                    raise interrupted(step > saved)
         except DistillInterrupted:
             raise
         except KeyboardInterrupt as e:  # a second signal, or Ctrl-C outside the handler
-            raise interrupted(between and step > saved) from e
+            # the signal the exception carries (core.signals' SignalInterrupt, a nested
+            # StopSignals'), else the first one ours saw
+            raise interrupted(between and step > saved, getattr(e, "signum", None)) from e
         cpu_total = cpu_used()
         if step % spec.checkpoint_every and step != spec.steps:
             save(step)  # stopped by a time budget: resumable from here
