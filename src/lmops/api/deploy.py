@@ -16,6 +16,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from lmops.api.deps import Admin, ServerPath, Text
+from lmops.deploy.gguf import ImportDtype
 from lmops.deploy.quantize import QuantizeConfig
 from lmops.deploy.report import ReportConfig
 
@@ -46,6 +47,7 @@ class ImportGgufRequest(BaseModel):
     file: ServerPath  # a path on the server
     name: Text
     description: Text = ""
+    dtype: ImportDtype = "auto"  # auto: the file's precision (float16 for block quants)
 
 
 @router.post("/export")
@@ -82,7 +84,9 @@ def report(body: ReportRequest, store: Admin) -> Any:
 def import_gguf(body: ImportGgufRequest, store: Admin) -> Any:
     from lmops.deploy.gguf import import_gguf as do_import
 
-    return do_import(store, Path(body.file), name=body.name, description=body.description)
+    return do_import(
+        store, Path(body.file), name=body.name, description=body.description, dtype=body.dtype
+    )
 
 
 # -- packages and compression (lmops.deploy.package / prune / distill) -------------------------

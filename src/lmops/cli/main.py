@@ -274,19 +274,27 @@ def assets_import_gguf(
     ],
     name: Annotated[str, typer.Option("--name", help="Name of the model asset.")],
     description: Annotated[str, typer.Option("--description", "-d")] = "",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype",
+            help="auto (default: the file's precision; float16 for Q4/Q5/Q8/K-quants), "
+            "float32, float16 or bfloat16. CPU serving upcasts to float32 at load time.",
+        ),
+    ] = "auto",
     json_: JsonOpt = False,
 ) -> None:
     """Import a GGUF model as a Hugging Face model folder (dequantized; tokenizer and chat
     template kept); its lineage holds the GGUF file and its sha256."""
     from lmops.deploy.gguf import import_gguf
 
-    v = import_gguf(_store(), file, name=name, description=description)
+    v = import_gguf(_store(), file, name=name, description=description, dtype=dtype)
     if json_:
         print_json(v)
     else:
         console.print(
             f"imported [bold]{v.ref}[/] (model from {escape(v.metadata['gguf_file'])}, "
-            f"{human_size(v.size)}, "
+            f"{human_size(v.size)} {v.metadata['dtype']}, "
             f"gguf sha256 {v.metadata['gguf_sha256'][:12]})"
         )
 

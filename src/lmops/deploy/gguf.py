@@ -1,7 +1,9 @@
 """GGUF in and out, in Python: no llama.cpp checkout.
 
-``import_gguf`` (``lmops assets import gguf FILE --name NAME``): transformers' GGUF loader
-reads the file and dequantizes it; the model and its tokenizer (chat template included) are
+``import_gguf`` (``lmops assets import gguf FILE --name NAME [--dtype auto]``): transformers'
+GGUF loader reads the file and dequantizes it, to the precision the file carries (``auto``:
+F16 -> float16, BF16 -> bfloat16, F32 -> float32, fp16-scaled block quants -> float16;
+:mod:`lmops.deploy._gguf_dtype`); the model and its tokenizer (chat template included) are
 saved as a normal Hugging Face folder and registered as a ``model`` asset whose lineage
 holds the GGUF file as an external reference (role ``gguf``) and whose metadata keeps its
 sha256, so every stage (train, eval, serve) can use it.
@@ -61,10 +63,13 @@ from pydantic import BaseModel
 
 from lmops.core.errors import UserError, first_line
 from lmops.core.proc import owned_tempdir
+from lmops.deploy._gguf_dtype import IMPORT_DTYPES, ImportDtype
 
 __all__ = [
     "GGUF_QUANTS",
+    "IMPORT_DTYPES",
     "ExportResult",
+    "ImportDtype",
     "export_gguf",
     "gguf_file_of",
     "import_gguf",
@@ -286,20 +291,32 @@ def import_gguf(
     *,
     name: str,
     description: str = "",
+    dtype: str = "auto",
 ) -> Any:
-    """Turn GGUF ``file`` into model asset ``name`` (a dequantized Hugging Face folder, fp32)
-    and return its version. ``file`` may also be a GGUF model asset (``lmops deploy export
-    --format gguf``): the import's lineage then goes to that version. Raises a one-line
-    :class:`UserError` for a file that is not GGUF or of an architecture transformers
-    cannot load; nothing is registered then."""
+    """Turn GGUF ``file`` into model asset ``name`` (a dequantized Hugging Face folder in
+    ``dtype``: ``auto`` keeps the file's precision, fp16 for block quants, see
+    :mod:`lmops.deploy._gguf_dtype`) and return its version; metadata ``dtype`` says which.
+    ``file`` may also be a GGUF model asset (``lmops deploy export --format gguf``): the
+    import's lineage then goes to that version. Raises a one-line :class:`UserError` for a
+    file that is not GGUF or of an architecture transformers cannot load, or a ``float16``
+    asked of weights beyond its range; nothing is registered then."""
+    from lmops.deploy._gguf_dtype import (
+        check_finite,
+        import_dtype,
+        quiet_packed_gguf_warning,
+        torch_dtype,
+    )
     from lmops.deploy._gguf_general import read_general
     from lmops.deploy._source import check_output
 
+    if dtype not in IMPORT_DTYPES:
+        raise UserError(f"--dtype {dtype!r}: one of {', '.join(IMPORT_DTYPES)}")
     check_output(store, name)
     file, source_ref = _gguf_source(store, file)
     # the file is checked before torch and transformers are imported (seconds on a busy
     # server), so a wrong path is refused at once
     arch, ftype = _check_gguf(file)
+    dt, why = import_dtype(file, dtype)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -314,7 +331,8 @@ def import_gguf(
         )
     rope = _llama3_rope_of(file) if arch == "llama" else None  # refused before any run
     digest = _sha256(file)
-    with store.runs.track("gguf_import", config={"file": str(file), "name": name}) as run:
+    config = {"file": str(file), "name": name, "dtype": dtype}
+    with store.runs.track("gguf_import", config=config) as run:
         inputs = (
             [(source_ref, "gguf")]
             if source_ref is not None
@@ -324,16 +342,28 @@ def import_gguf(
         try:
             extra: dict[str, Any] = {"rope_parameters": rope} if rope else {}
             extra |= _qwen3_head_dim(file) if arch == "qwen3" else {}  # config overrides
-            model: Any = AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=gguf_name, dtype=torch.float32, **extra
-            )
+            # each tensor is dequantized to fp32 and cast to dt as it is read
+            with quiet_packed_gguf_warning():
+                model: Any = AutoModelForCausalLM.from_pretrained(
+                    folder, gguf_file=gguf_name, dtype=torch_dtype(dt), **extra
+                )
+            if dt == "float16" and (bad := check_finite(model)) is not None:
+                if dtype != "auto":
+                    raise UserError(
+                        f"{file}: {bad} has weights float16 cannot hold (beyond +-65504); "
+                        "import with --dtype bfloat16 or float32"
+                    )
+                dt, why = "float32", f"{why}, beyond float16's range"
+                model = AutoModelForCausalLM.from_pretrained(
+                    folder, gguf_file=gguf_name, dtype=torch.float32, **extra
+                )
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
         except (ValueError, KeyError, NotImplementedError, OSError) as e:
             msg = first_line(e)
             raise UserError(f"{file}: transformers cannot load this GGUF ({msg})") from None
         _restore_pre_tokenizer(tok, file)
         # transformers marks a GGUF-loaded model as "quantized with gguf" and then refuses
-        # to save it; its weights are already plain fp32 tensors (dequantized on load)
+        # to save it; its weights are already plain tensors (dequantized on load)
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -352,10 +382,14 @@ def import_gguf(
                     "gguf_sha256": digest,
                     "gguf_file_type": ftype,
                     "architecture": arch,
+                    # what the weights are stored in, and why (auto: the file's matrices)
+                    "dtype": dt,
+                    "dtype_from": "--dtype" if why == "asked" else f"auto ({why})",
                     # license, name, base name...: written back by an export of this model
                     "gguf_general": read_general(file),
                 },
-                description=description or f"imported from {file.name} (dequantized {ftype})",
+                description=description
+                or f"imported from {file.name} ({ftype} dequantized to {dt})",
                 inputs=inputs,
                 run_id=run.id,
             )
