@@ -17,20 +17,37 @@ model is better taught a template that says what it is).
 :data:`CHATML_TOOLS` (``chat_template: chatml-tools`` in a training job) is ChatML that
 renders tools: exactly ChatML of the Hermes text above, so a chat without tools renders as
 plain ChatML does, and with tools as Qwen2.5's template does (less its default system line).
+
+Token ids come from :class:`Literals`, also shared: a message whose text holds one of the
+tokenizer's special-token strings (``<|im_end|>\n<|im_start|>system``) is rendered with a
+mark in its place, and its text is encoded with ``split_special_tokens=True``, so those
+characters are ordinary text and never a forged turn. The engine's prompt ids
+(``Engine.encode_chat``) and every training stage's ids (SFT, DPO/KTO/ORPO, reward, PPO)
+are made by it::
+
+    lit = Literals(tokenizer)
+    marked = lit.chat(messages, tools, add_generation_prompt=True)   # chat_text(), marked
+    ids = lit.encode(marked).ids
 """
 
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from lmops.models.loading import CHATML
+from lmops.models.tokens import control_pattern, text_of
 from lmops.models.toolformat import call_text, system_prompt
 
 __all__ = [
     "CHATML_TOOLS",
     "NAMED_TEMPLATES",
+    "ChatTokens",
+    "Literals",
     "arguments_object",
     "chat_text",
     "render_tools",
@@ -232,3 +249,126 @@ def chat_text(
             rendered, tools=listed, tokenize=False, add_generation_prompt=add_generation_prompt
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTokens:
+    """A rendered chat's text (messages' text as written) and its token ids; ``starts``:
+    where each token begins in ``text`` (characters), when asked for."""
+
+    text: str
+    ids: list[int]
+    starts: list[int] | None = None
+
+
+_UNSET: Any = object()
+
+
+class Literals:
+    """The texts of a chat's messages that hold the tokenizer's special-token strings, each
+    rendered as a mark (private-use characters around a salt unique to this object, so
+    message text cannot forge one) and encoded as ordinary text.
+
+    One object serves several renderings of one chat (a conversation and its prefixes):
+    the same text gets the same mark. Only messages holding such a string are marked: a
+    mark in an empty content (a tool-call turn's) would make a template render it as text.
+    Without any, :meth:`encode` is one tokenizer call on the whole text, as a plain
+    ``tokenizer(text)``.
+    """
+
+    def __init__(self, tokenizer: Any, control: Any = _UNSET) -> None:
+        """``control``: a compiled pattern of the special tokens (the engine keeps one), or
+        None for none; by default read from ``tokenizer``."""
+        self.tokenizer = tokenizer
+        self._control = control_pattern(tokenizer) if control is _UNSET else control
+        self._salt = uuid.uuid4().hex
+        self.texts: dict[str, str] = {}  # mark -> the message text it stands for
+        self._marks: dict[str, str] = {}  # text -> mark
+
+    def holds(self, content: Any) -> bool:
+        """Whether a message content's text holds a special-token string."""
+        text = text_of(content)
+        return bool(text) and self._control is not None and self._control.search(text) is not None
+
+    def mark(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``messages`` with each content that holds a special-token string swapped for
+        its mark."""
+        out = []
+        for m in messages:
+            if self.holds(m.get("content")):
+                text = text_of(m.get("content"))
+                if text not in self._marks:
+                    mark = f"\ue000lmops{self._salt}.{len(self._marks)}\ue001"
+                    self._marks[text], self.texts[mark] = mark, text
+                m = {**m, "content": self._marks[text]}
+            out.append(m)
+        return out
+
+    def template(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        *,
+        add_generation_prompt: bool = False,
+    ) -> str:
+        """The chat template's text of template-ready messages (:func:`render_tools`'s),
+        marked."""
+        return str(
+            self.tokenizer.apply_chat_template(
+                self.mark(messages),
+                tools=tools,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        )
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        *,
+        add_generation_prompt: bool = False,
+    ) -> str:
+        """:func:`chat_text` of a chat in OpenAI's form, marked."""
+        rendered, listed = render_tools(messages, tools, native=template_has_tools(self.tokenizer))
+        return self.template(rendered, listed, add_generation_prompt=add_generation_prompt)
+
+    def _split(self, marked: str) -> list[str]:
+        if not self.texts:
+            return [marked]
+        return re.split("(" + "|".join(map(re.escape, self.texts)) + ")", marked)
+
+    def encode(self, marked: str, *, offsets: bool = False) -> ChatTokens:
+        """The ids of a marked text: the template's text with the tokenizer's special
+        tokens, each mark's message text with them split (ordinary text). ``offsets``:
+        also where each token starts in the text (a fast tokenizer's offsets)."""
+        tok = self.tokenizer
+        text, ids, starts = "", [], []
+        for piece in self._split(marked):
+            if not piece:
+                continue
+            literal = piece in self.texts
+            piece = self.texts.get(piece, piece)
+            kw: dict[str, Any] = {"split_special_tokens": True} if literal else {}
+            enc = tok(piece, add_special_tokens=False, return_offsets_mapping=offsets, **kw)
+            ids += enc["input_ids"]
+            if offsets:
+                starts += [len(text) + a for a, _b in enc["offset_mapping"]]
+            text += piece
+        return ChatTokens(text, list(ids), starts if offsets else None)
+
+    def position(self, marked: str, at: int) -> int:
+        """Where character ``at`` of a marked text is in its text as written (a position
+        inside a mark: where that message's text begins)."""
+        shift = 0
+        for found in re.finditer("|".join(map(re.escape, self.texts)) or "(?!)", marked):
+            if found.start() >= at:
+                break
+            if at < found.end():
+                return found.start() + shift
+            shift += len(self.texts[found.group()]) - len(found.group())
+        return at + shift
+
+    def plain(self, marked: str) -> str:
+        """A marked text as written."""
+        return "".join(self.texts.get(p, p) for p in self._split(marked))

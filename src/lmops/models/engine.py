@@ -65,15 +65,14 @@ import collections
 import contextlib
 import inspect
 import logging
-import re
 import threading
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
 from lmops.models.attention import common_window, full_attention, takes_4d_mask
+from lmops.models.chat import Literals
 from lmops.models.compat import cache_arg, output_cache
 from lmops.models.logits import adjust_rows
 from lmops.models.prefill import Prefiller
@@ -252,46 +251,17 @@ class Engine:
         writes ``<|im_end|>\n<|im_start|>system`` gets those characters as ordinary text,
         not a forged turn. ``control_tokens="refuse"`` raises :class:`ControlTokenError`
         instead. Messages without any special-token string (nearly all) are encoded in one
-        call, exactly as before; otherwise the text of each message holding one is spliced into
-        the rendered template at its place and encoded with ``split_special_tokens=True``.
+        call; otherwise the text of each message holding one is spliced into the rendered
+        template at its place and encoded with ``split_special_tokens=True``
+        (:class:`lmops.models.chat.Literals`, which training encodes with too).
         """
-        forged = [i for i, m in enumerate(messages) if self._has_control(m.get("content"))]
-        if forged and control_tokens == "refuse":
-            raise ControlTokenError(forged[0])
-        if not forged:
-            text = self.tokenizer.apply_chat_template(
-                messages,
-                tools=tools,
-                tokenize=False,
-                add_generation_prompt=add_generation_prompt,
-            )
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        # Render the template with a placeholder in each message that holds such a string,
-        # then encode the template's text (and the other messages') normally and those
-        # messages' text with its special tokens split. Only those: a placeholder in an
-        # empty content (a tool-call turn's) would make the template render it as text.
-        marks = {i: f"\ue000lmops{uuid.uuid4().hex}\ue001" for i in forged}
-        placeholders = [
-            {**m, "content": marks[i]} if i in marks else m for i, m in enumerate(messages)
-        ]
-        text = str(
-            self.tokenizer.apply_chat_template(
-                placeholders,
-                tools=tools,
-                tokenize=False,
-                add_generation_prompt=add_generation_prompt,
-            )
-        )
-        contents = {mark: text_of(messages[i].get("content")) for i, mark in marks.items()}
-        ids: list[int] = []
-        for piece in re.split("(" + "|".join(map(re.escape, contents)) + ")", text):
-            if piece in contents:
-                ids += self.tokenizer(
-                    contents[piece], add_special_tokens=False, split_special_tokens=True
-                )["input_ids"]
-            elif piece:
-                ids += self.tokenizer(piece, add_special_tokens=False)["input_ids"]
-        return ids
+        literals = Literals(self.tokenizer, self._control)
+        if control_tokens == "refuse":
+            forged = [i for i, m in enumerate(messages) if literals.holds(m.get("content"))]
+            if forged:
+                raise ControlTokenError(forged[0])
+        marked = literals.template(messages, tools, add_generation_prompt=add_generation_prompt)
+        return literals.encode(marked).ids
 
     def _has_control(self, content: Any) -> bool:
         text = text_of(content)

@@ -185,24 +185,23 @@ def validate_training_rows(rows: list[tuple[str, int, Any]], fmt: str) -> None:
 
 
 def _assistant_spans(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    literals: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans the model must learn to write:
-    each assistant turn's content and tool calls through its end-of-turn marker, but for
-    turns of ``weight`` 0 (context, as OpenAI's fine-tuning format marks it). The chat and
-    its ``tools`` are rendered as the gateway renders them (:func:`lmops.models.chat.chat_text`),
-    so a prompt's text is the gateway's prompt for the same conversation."""
-    from lmops.models.chat import chat_text
-
+    """The rendered conversation (marked: :class:`lmops.models.chat.Literals`) and the
+    character spans the model must learn to write: each assistant turn's content and tool
+    calls through its end-of-turn marker, but for turns of ``weight`` 0 (context, as
+    OpenAI's fine-tuning format marks it). The chat and its ``tools`` are rendered as the
+    gateway renders them (:func:`lmops.models.chat.chat_text`), so a prompt's text is the
+    gateway's prompt for the same conversation."""
     weights = [m.get("weight", 1) for m in messages]
     messages = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
-    text = chat_text(tokenizer, messages, tools)
+    text = literals.chat(messages, tools)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or weights[i] == 0:
             continue
-        before = chat_text(tokenizer, messages[:i], tools, add_generation_prompt=True)
-        through = chat_text(tokenizer, messages[: i + 1], tools)
+        before = literals.chat(messages[:i], tools, add_generation_prompt=True)
+        through = literals.chat(messages[: i + 1], tools)
         if not text.startswith(through) or not through.startswith(before):
             raise UserError(
                 "the chat template does not render conversations prefix by prefix; set chat_template"
@@ -220,13 +219,18 @@ def encode_chat(
     tools: list[dict[str, Any]] | None = None,
 ) -> tuple[Example, bool]:
     """Token ids with labels on assistant spans only (not on turns of ``weight`` 0);
-    returns (example, truncated)."""
-    text, spans = _assistant_spans(tokenizer, messages, tools)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = enc["input_ids"]
+    returns (example, truncated). The ids are the gateway's for the same chat: a special-
+    token string in a message's text is ordinary text (:class:`lmops.models.chat.Literals`)."""
+    from lmops.models.chat import Literals
+
+    literals = Literals(tokenizer)
+    marked, spans = _assistant_spans(literals, messages, tools)
+    enc = literals.encode(marked, offsets=True)
+    ids = enc.ids
+    real = [(literals.position(marked, a), literals.position(marked, b)) for a, b in spans]
     labels = [IGNORE] * len(ids)
-    for t, (start, _end) in enumerate(enc["offset_mapping"]):
-        if any(a <= start < b for a, b in spans):
+    for t, start in enumerate(enc.starts or []):
+        if any(a <= start < b for a, b in real):
             labels[t] = ids[t]
     truncated = len(ids) > max_len
     return Example(ids[:max_len], labels[:max_len]), truncated
