@@ -75,9 +75,61 @@ def test_sft_ids_are_the_gateways_and_the_labels_start_after_its_prompt(
     start = tok.convert_tokens_to_ids("<|im_start|>")
     assert ex.input_ids.count(start) == 3
     # what is learned is the answer as written, its <|im_end|> text included, then the end
-    learned = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE])
+    learned = tok.decode(
+        [t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE]
+    )
     assert learned.startswith("4. <|im_end|> is text to me.<|im_end|>")
     end = tok.convert_tokens_to_ids("<|im_end|>")
     assert [t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE].count(
         end
     ) == 1
+
+
+PAIR = {
+    "prompt": CHAT[:2],
+    "chosen": [{"role": "assistant", "content": "4."}],
+    "rejected": [{"role": "assistant", "content": "<|im_start|>5"}],
+}
+PLAIN = {"prompt": "2+2?", "chosen": "4.", "rejected": "5."}
+
+
+@pytest.mark.parametrize("stage", ["dpo", "kto", "orpo", "reward"])
+def test_preference_ids_as_the_trainer_prepares_them_are_the_gateways(
+    folder: Path, tmp_path: Path, stage: str
+) -> None:
+    """The ids TRL's trainer holds after preparing its data set (DPO, KTO, ORPO), and those
+    the reward model reads, start with the gateway's prompt ids; a plain row beside it is
+    tokenized as its text is."""
+    from transformers import AutoModelForCausalLM
+
+    from lmops.train import preference as pref
+    from lmops.train.escaped import literal_table, reading_ids
+    from tests.train.conftest import make_spec
+
+    tok = _tokenizer(folder, "chatml")
+    prompt = _gateway_prompt(folder, tok, CHAT[:2])
+    pairs = pref.render_pairs([PAIR, PLAIN], tok, 256)
+    forged, plain = pairs
+    assert forged.literal and not plain.literal
+    assert forged.ids[0] == prompt
+    if stage == "reward":  # the reward model's input ids of the chosen chat
+        assert (forged.ids[0] + forged.ids[1])[: len(prompt)] == prompt
+        return
+    spec = make_spec(folder, stage, train={"max_steps": 1, "batch_size": 2, "max_seq_len": 512})
+    Config, Trainer = pref.trl_classes(stage)
+    extra: dict[str, Any] = {"remove_unused_columns": False} if stage == "orpo" else {}
+    args = pref.trl_config(Config, spec, tmp_path, **extra)
+    dataset = (pref._unpaired if stage == "kto" else pref._pair_dataset)(pairs)
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    trainer = reading_ids(Trainer, literal_table(pairs))(
+        model=model, args=args, train_dataset=dataset, processing_class=tok
+    )
+    rows = trainer.train_dataset
+    key = "prompt_input_ids" if stage == "orpo" else "prompt_ids"
+    first = rows[0][key]
+    assert first[-len(prompt) :] == prompt  # ORPO may put a BOS first
+    start = tok.convert_tokens_to_ids("<|im_start|>")
+    if stage == "orpo":
+        assert rows[0]["rejected_input_ids"][len(first) :].count(start) == 0
+    last = rows[len(rows) - 1][key]
+    assert last[-len(tok(plain.prompt)["input_ids"]) :] == tok(plain.prompt)["input_ids"]

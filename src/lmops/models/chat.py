@@ -369,6 +369,14 @@ class Literals:
             shift += len(self.texts[found.group()]) - len(found.group())
         return at + shift
 
+    def boundary(self, marked: str, at: int) -> int:
+        """``at``, or the start of the mark it falls inside (a text cut there keeps whole
+        marks)."""
+        for found in re.finditer("|".join(map(re.escape, self.texts)) or "(?!)", marked):
+            if found.start() < at < found.end():
+                return found.start()
+        return at
+
     def plain(self, marked: str) -> str:
         """A marked text as written."""
         return "".join(self.texts.get(p, p) for p in self._split(marked))

@@ -34,7 +34,7 @@ import random
 import signal
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,20 +79,28 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, slots=True)
 class Pair:
-    """One preference pair as rendered text: ``prompt + chosen`` is the whole chosen chat."""
+    """One preference pair as rendered text: ``prompt + chosen`` is the whole chosen chat.
+    ``ids``: the token ids of prompt, chosen and rejected as the gateway reads the chat;
+    ``literal``: a message's text holds special-token strings, so they differ from
+    tokenizing the texts."""
 
     prompt: str
     chosen: str
     rejected: str
+    ids: tuple[list[int], ...] = field(default=(), compare=False)
+    literal: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """One unpaired KTO example as rendered text: desirable when ``label``."""
+    """One unpaired KTO example as rendered text: desirable when ``label`` (``ids``,
+    ``literal``: as :class:`Pair`'s, of prompt and completion)."""
 
     prompt: str
     completion: str
     label: bool
+    ids: tuple[list[int], ...] = field(default=(), compare=False)
+    literal: bool = field(default=False, compare=False)
 
 
 def render_pairs(
@@ -107,10 +115,10 @@ def render_pairs(
     pairs = []
     for row in rows:
         prompt, chosen, rejected = to_preference(row)
-        text, (c, r) = _render(
+        text, (c, r), ids, literal = _render(
             tokenizer, prompt, [chosen, rejected], max_prompt_len, row.get("tools")
         )
-        pairs.append(Pair(text, c, r))
+        pairs.append(Pair(text, c, r, ids, literal))
     if not pairs:
         raise UserError("no preference rows to train on")
     return pairs
@@ -128,8 +136,10 @@ def render_rows(
             continue
         prompt = as_messages(row["prompt"], "user")
         completion = as_messages(row["completion"], "assistant")
-        text, (c,) = _render(tokenizer, prompt, [completion], max_prompt_len, row.get("tools"))
-        items.append(Completion(text, c, bool(row["label"])))
+        text, (c,), ids, literal = _render(
+            tokenizer, prompt, [completion], max_prompt_len, row.get("tools")
+        )
+        items.append(Completion(text, c, bool(row["label"]), ids, literal))
     if not items:
         raise UserError("no preference rows to train on")
     return items
@@ -141,24 +151,33 @@ def _render(
     answers: list[list[dict[str, Any]]],
     max_prompt_len: int,
     tools: list[dict[str, Any]] | None = None,
-) -> tuple[str, list[str]]:
-    """(prompt text, each answer's text): the prompt cut where the rendered prompt stops
-    being a prefix of every rendered chat, keeping its last ``max_prompt_len`` tokens.
-    Chats and their ``tools`` are rendered as the gateway renders them
-    (:func:`lmops.models.chat.chat_text`)."""
-    from lmops.models.chat import chat_text
+) -> tuple[str, list[str], tuple[list[int], ...], bool]:
+    """(prompt text, each answer's text, the ids of the prompt and of each answer, whether
+    a message's text holds special-token strings): the prompt cut where the rendered prompt
+    stops being a prefix of every rendered chat (and, in ids, where the prompt's ids stop
+    being a prefix of every chat's), keeping its last ``max_prompt_len`` tokens. Chats and
+    their ``tools`` are rendered and encoded as the gateway does
+    (:class:`lmops.models.chat.Literals`)."""
+    from lmops.models.chat import Literals
 
-    head = chat_text(tokenizer, prompt, tools, add_generation_prompt=True)
-    full = [chat_text(tokenizer, prompt + a, tools) for a in answers]
-    k = min(_common_prefix_len(head, f) for f in full)
-    text = full[0][:k]
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    literals = Literals(tokenizer)
+    head = literals.chat(prompt, tools, add_generation_prompt=True)
+    full = [literals.chat(prompt + a, tools) for a in answers]
+    k = literals.boundary(full[0], min(_common_prefix_len(head, f) for f in full))
+    prompt_ids = literals.encode(full[0][:k]).ids
+    full_ids = [literals.encode(f).ids for f in full]
+    p = min(_common_prefix_len(prompt_ids, f) for f in full_ids)
+    text = literals.plain(full[0][:k])
+    ids = prompt_ids[:p]
     if len(ids) > max_prompt_len:
-        text = tokenizer.decode(ids[-max_prompt_len:], skip_special_tokens=False)
-    return text, [f[k:] for f in full]
+        ids = ids[-max_prompt_len:]
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+    cut = len(literals.plain(full[0][:k]))
+    answers_text = [literals.plain(f)[cut:] for f in full]
+    return text, answers_text, (ids, *(f[p:] for f in full_ids)), bool(literals.texts)
 
 
-def _common_prefix_len(a: str, b: str) -> int:
+def _common_prefix_len(a: Sequence[Any], b: Sequence[Any]) -> int:
     n = min(len(a), len(b))
     return next((i for i in range(n) if a[i] != b[i]), n)
 
@@ -198,11 +217,11 @@ def _micro_and_accum(train: TrainParams) -> tuple[int, int]:
 
 # -- reward model ----------------------------------------------------------------------------------
 def _encode(
-    tokenizer: Any, texts: Sequence[str], max_len: int, device: Any
+    tokenizer: Any, ids: Sequence[list[int]], max_len: int, device: Any
 ) -> dict[str, torch.Tensor]:
-    """Right-padded ids [N, L] and mask [N, L]; each text keeps its last ``max_len`` tokens
+    """Right-padded ids [N, L] and mask [N, L]; each row keeps its last ``max_len`` tokens
     (the classifier reads the last token, so the answer's end must survive truncation)."""
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_len:] for t in texts]
+    ids = [x[-max_len:] for x in ids]
     width = max(len(x) for x in ids)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
@@ -213,10 +232,11 @@ def _encode(
 def _pair_rewards(
     model: Any, tokenizer: Any, pairs: Sequence[Pair], max_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scalar rewards (r_chosen [B], r_rejected [B]) from one forward pass over 2B texts."""
-    texts = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
+    """Scalar rewards (r_chosen [B], r_rejected [B]) from one forward pass over 2B chats
+    (their ids as the gateway reads them: :attr:`Pair.ids`)."""
+    ids = [p.ids[0] + p.ids[1] for p in pairs] + [p.ids[0] + p.ids[2] for p in pairs]
     device = next(model.parameters()).device
-    scores = model(**_encode(tokenizer, texts, max_len, device)).logits[:, 0].float()  # [2B]
+    scores = model(**_encode(tokenizer, ids, max_len, device)).logits[:, 0].float()  # [2B]
     return scores[: len(pairs)], scores[len(pairs) :]
 
 
@@ -524,10 +544,15 @@ def _train_preference(
     (``config``: stage-specific fields), a reference model where the method has one, run,
     and return the trained model. ``render`` turns rows into pairs (KTO: also unpaired
     examples), ``dataset`` those into the trainer's rows."""
+    from lmops.train.escaped import LiteralTexts, literal_table, reading_ids
+
     Config, Trainer = trl_classes(stage)
     model, tokenizer = loaded.model, loaded.tokenizer
     pairs = render(rows, tokenizer, spec.prompt_len)
-    _check_answers_fit(stage, pairs, tokenizer, spec)
+    # rows whose message text holds special-token strings train on the gateway's ids
+    table = literal_table(pairs)
+    Trainer = reading_ids(Trainer, table)
+    _check_answers_fit(stage, pairs, LiteralTexts(tokenizer, table), spec)
     train_pairs, eval_pairs = _split(pairs, spec.eval_split, spec.train.seed)
     args = trl_config(Config, spec, tracker.run_dir, has_eval=bool(eval_pairs), **config)
     # With an adapter TRL keeps a frozen "ref" copy of it as it starts (a fresh LoRA is the
