@@ -133,3 +133,44 @@ def test_preference_ids_as_the_trainer_prepares_them_are_the_gateways(
         assert rows[0]["rejected_input_ids"][len(first) :].count(start) == 0
     last = rows[len(rows) - 1][key]
     assert last[-len(tok(plain.prompt)["input_ids"]) :] == tok(plain.prompt)["input_ids"]
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+@pytest.mark.parametrize("template", list(TEMPLATES))
+def test_ppo_prompts_are_the_gateways_with_the_rows_tools(folder: Path, template: str) -> None:
+    """A PPO prompt is the gateway's prompt for a user turn (its special-token strings as
+    text) and, where the template renders tools, for the row's tools too."""
+    from lmops.models.chat import template_writes_calls
+    from lmops.serve.protocol import ChatRequest
+    from lmops.serve.tools import plan_request
+    from lmops.train.ppo import Prompt, _encode_prompts
+
+    tok = _tokenizer(folder, TEMPLATES[template])
+    tools = [WEATHER] if template_writes_calls(tok) else None
+    user = CHAT[1]["content"]
+    (ids,), _ = _encode_prompts(tok, [Prompt(user, tools)], 4096, "cpu")
+    from lmops.models.engine import Engine
+    from lmops.serve.backends import encode_messages
+
+    req = ChatRequest.model_validate(
+        {"model": "m", "messages": [CHAT[1]], **({"tools": tools} if tools else {})}
+    )
+    engine = Engine(folder)
+    try:
+        engine.tokenizer.chat_template = tok.chat_template
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        prompt = encode_messages(engine, messages, plan_request(req), "escape")
+    finally:
+        engine.close()
+    assert ids.tolist() == prompt
+    if tools:
+        assert "get_weather" in tok.decode(prompt)

@@ -3,7 +3,8 @@
 TRL no longer ships PPO, so this is our own. One step of ``train_ppo``:
 
 1. rollout   sample a completion for each of ``ppo.rollout_batch`` prompts (the prompt is a
-             user turn rendered with the chat template; ``temperature``, ``max_new_tokens``)
+             user turn, and the row's ``tools``, rendered and encoded as the gateway does:
+             :class:`lmops.models.chat.Literals`; ``temperature``, ``max_new_tokens``)
 2. score     one scalar per completion: a reward model (a sequence classifier, as
              :func:`lmops.train.preference.train_reward` trains) or ``reward_fn(prompt,
              completion) -> float``
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import copy
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -42,10 +44,35 @@ from lmops.train.tracking import Tracker
 if TYPE_CHECKING:
     from lmops.store import Store
 
-__all__ = ["VF_COEF", "RewardFn", "RewardModel", "gae", "load_reward", "train_ppo"]
+__all__ = ["VF_COEF", "Prompt", "RewardFn", "RewardModel", "gae", "load_reward", "train_ppo"]
 
 RewardFn = Callable[[str, str], float]  # (prompt, completion) -> reward
 VF_COEF = 0.1  # weight of the value loss in the shared backbone's loss
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """One PPO prompt: a user turn's text and the tools the row lists (OpenAI tool
+    objects), rendered with them as SFT renders a chat with tools."""
+
+    text: str
+    tools: list[dict[str, Any]] | None = None
+
+
+def _chat_ids(
+    tokenizer: Any, prompt: Prompt, completion: str | None = None, max_len: int | None = None
+) -> list[int]:
+    """The ids of a prompt (with the generation prompt) or of prompt and completion, as the
+    gateway encodes the chat; the last ``max_len`` of them."""
+    from lmops.models.chat import Literals
+
+    literals = Literals(tokenizer)
+    chat = [{"role": "user", "content": prompt.text}]
+    if completion is not None:
+        chat.append({"role": "assistant", "content": completion})
+    marked = literals.chat(chat, prompt.tools, add_generation_prompt=completion is None)
+    ids = literals.encode(marked).ids
+    return ids[-max_len:] if max_len else ids
 
 
 class RewardModel:
@@ -56,16 +83,12 @@ class RewardModel:
         self.model.config.pad_token_id = tokenizer.pad_token_id  # it pools the last non-pad token
 
     @torch.no_grad()
-    def score(self, prompts: list[str], completions: list[str]) -> list[float]:
+    def score(self, prompts: Sequence[str | Prompt], completions: list[str]) -> list[float]:
         tok = self.tokenizer
-        texts = [
-            tok.apply_chat_template(
-                [{"role": "user", "content": p}, {"role": "assistant", "content": c}],
-                tokenize=False,
-            )
+        ids = [
+            _chat_ids(tok, p if isinstance(p, Prompt) else Prompt(p), c, self.max_len)
             for p, c in zip(prompts, completions, strict=True)
         ]
-        ids = [tok(t, add_special_tokens=False)["input_ids"][-self.max_len :] for t in texts]
         width = max(len(x) for x in ids)
         device = next(self.model.parameters()).device
         input_ids = torch.tensor(
@@ -114,7 +137,7 @@ def load_reward(spec: TrainSpec, store: Store | None = None) -> RewardFn | Rewar
 def train_ppo(
     spec: TrainSpec,
     loaded: Loaded,
-    prompts: list[str],
+    prompts: Sequence[str | Prompt],
     tracker: Tracker,
     reward: RewardFn | RewardModel | None = None,
     store: Store | None = None,
@@ -126,6 +149,7 @@ def train_ppo(
     Returns the policy."""
     if not prompts:
         raise UserError("stage ppo needs at least one prompt")
+    asked = [p if isinstance(p, Prompt) else Prompt(p) for p in prompts]
     reward = load_reward(spec, store) if reward is None else reward
     policy, tok, p, t = loaded.model, loaded.tokenizer, spec.ppo, spec.train
     device = next(policy.parameters()).device
@@ -153,8 +177,8 @@ def train_ppo(
             for group in optimizer.param_groups:
                 group["lr"] = t.lr * lr_factor(t, step - 1)
             # the prompts are a function of the step (a resumed run reads what it would have)
-            n = len(prompts)
-            batch = [prompts[i] for i in batch_indices(step - 1, p.rollout_batch, n, t.seed)]
+            n = len(asked)
+            batch = [asked[i] for i in batch_indices(step - 1, p.rollout_batch, n, t.seed)]
 
             # 1. rollout: seq [B, P+T], attn [B, P+T], completion mask m [B, T]
             seq, attn, m, texts = _rollout(policy, tok, batch, max_prompt, stop_ids, p)
@@ -165,7 +189,8 @@ def train_ppo(
                 scores = torch.tensor(reward.score(batch, texts), device=device)
             else:
                 scores = torch.tensor(
-                    [float(reward(q, c)) for q, c in zip(batch, texts, strict=True)], device=device
+                    [float(reward(q.text, c)) for q, c in zip(batch, texts, strict=True)],
+                    device=device,
                 )
 
             # 3. old log-probs / values and reference log-probs: [B, T] each
@@ -239,7 +264,12 @@ def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
 
 @torch.no_grad()
 def _rollout(
-    policy: Any, tok: Any, prompts: list[str], max_prompt: int, stop_ids: list[int], p: PpoParams
+    policy: Any,
+    tok: Any,
+    prompts: list[Prompt],
+    max_prompt: int,
+    stop_ids: list[int],
+    p: PpoParams,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """Sample one completion per prompt: (seq [B, P+T], attention mask [B, P+T], completion
     mask [B, T] as floats: 1 up to and including the first stop token, decoded texts)."""
@@ -266,15 +296,10 @@ def _rollout(
 
 
 def _encode_prompts(
-    tokenizer: Any, prompts: list[str], max_len: int, device: Any
+    tokenizer: Any, prompts: list[Prompt], max_len: int, device: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids [B, P] and mask [B, P]: generation continues every row at P."""
-    ids = []
-    for prompt in prompts:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        ids.append(tokenizer(text, add_special_tokens=False)["input_ids"][-max_len:])
+    ids = [_chat_ids(tokenizer, prompt, max_len=max_len) for prompt in prompts]
     width = max(len(x) for x in ids)
     input_ids = torch.tensor(
         [[tokenizer.pad_token_id] * (width - len(x)) + x for x in ids], device=device

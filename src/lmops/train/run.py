@@ -434,7 +434,10 @@ def _train(
     elif spec.stage == "ppo":
         from lmops.train import ppo
 
-        prompts = [_prompt_of(r, f"{f}:{n}") for f, n, r in rows]
+        prompts = []
+        for f, n, r in rows:  # a row's tools render with its prompt, as SFT renders them
+            check_tool_template(tok, r, f"{f}:{n}")
+            prompts.append(ppo.Prompt(_prompt_of(r, f"{f}:{n}"), r.get("tools") or None))
         began = time.perf_counter()
         resumed_from = _resumed_from(run_dir)
         with progress_bar(
