@@ -67,6 +67,7 @@ from lmops.core.toolrows import (
     check_tools,
     order_arguments,
     read_function_call,
+    read_tool_calls,
     read_tools,
     tool_schemas,
     uniform_call,
@@ -596,8 +597,13 @@ class RowReader:
                 built.calls_from.add(where)
             elif content_key in msg:
                 converted["content"] = msg[content_key]
-            if isinstance(msg.get("tool_calls"), list) and "tool_calls" not in converted:
-                converted["tool_calls"] = [uniform_call(c) for c in msg["tool_calls"]]
+            listed = msg.get("tool_calls")
+            if isinstance(listed, str) and "tool_calls" not in converted:  # stored as JSON text
+                listed, why = read_tool_calls(listed)
+                if listed is None:
+                    raise RowProblem(f"{where}.tool_calls", "tool", str(why))
+            if isinstance(listed, list) and "tool_calls" not in converted:
+                converted["tool_calls"] = [uniform_call(c) for c in listed]
             for key in ("tool_calls", "tool_call_id", "name", "weight"):
                 if key in msg and key not in converted:
                     converted[key] = msg[key]

@@ -21,13 +21,17 @@ them, it renders). A tool object's function has a ``name`` the gateway accepts
 2020-12, checked by the gateway's own :func:`schema_problem`) if any; names are unique. A row that calls tools lists
 them, and calls only those, by names the gateway accepts: the gateway reports only calls
 of the request's tools, so a call of another would teach what it drops. A call's arguments are valid under its tool's
-``parameters`` and are trained in the order of the schema's ``properties`` (then any
-others, in the row's order; nested objects too): the gateway's grammar
-(``models/grammar.py``) makes the model write them so, and would reject another order.
+``parameters`` and are trained in the order the gateway's grammar (``models/grammar.py``,
+llguidance) makes the model write them, and would reject another: the schema's own
+``properties``, then each ``allOf`` member's, then those of the first ``anyOf``/``oneOf``
+branch the arguments are valid under (then any others, in the row's order; nested objects
+and array items too). A tool without ``parameters`` takes none: its calls' arguments are
+``{}`` or absent (read as ``{}``), which is all the grammar lets the model write.
 
 Read as this form by :mod:`lmops.core.shapes`: a ``tools`` value that is the JSON text of
 the list (LLaMA-Factory stores it so) or lists bare functions (``{name, description,
-parameters}``); a call written flat (``{"name", "arguments"}``); ShareGPT's
+parameters}``); a message's ``tool_calls`` stored as JSON text; a call written flat
+(``{"name", "arguments"}``); ShareGPT's
 ``function_call`` turn (its value one call's JSON or a list of them) and ``observation``
 turn (the result).
 """
@@ -51,6 +55,7 @@ __all__ = [
     "has_tool_turns",
     "order_arguments",
     "read_function_call",
+    "read_tool_calls",
     "read_tools",
     "schema_problem",
     "tool_object",
@@ -256,6 +261,8 @@ def check_calls(calls: Any, where: str, tools: Mapping[str, Any] | None) -> list
                 )
             ]
         args = fn.get("arguments")
+        if args is None:  # absent: no arguments (the gateway's grammar writes {})
+            args = {}
         if isinstance(args, str):
             try:
                 args = json.loads(args)
@@ -269,7 +276,17 @@ def check_calls(calls: Any, where: str, tools: Mapping[str, Any] | None) -> list
                     f"expected a JSON object (or its JSON text), got {_type(args)}",
                 )
             ]
-        schema = tools.get(fname) if tools is not None else None
+        schema = tools.get(fname)
+        if schema is None and args:
+            return [
+                (
+                    f"{at}.function.arguments",
+                    "tool",
+                    f"{fname} has no parameters, so its arguments must be {{}}, got "
+                    f"{json.dumps(args, ensure_ascii=False)[:80]}; the gateway's grammar makes the "
+                    "model write {} for it: drop the arguments or give the tool parameters",
+                )
+            ]
         if schema is not None and (why := _arguments_error(args, schema, fname)) is not None:
             return [(f"{at}.function.arguments", "tool", why)]
     return []
@@ -314,6 +331,8 @@ def _ordered_message(m: Any, schemas: Mapping[str, Any]) -> Any:
         fn = call["function"]
         schema = schemas.get(fn["name"])
         args = fn.get("arguments")
+        if args is None:  # none, as the gateway's grammar writes them
+            args = {}
         if schema is not None:
             text = isinstance(args, str)
             value = _ordered(json.loads(args) if text else args, schema, schema)
@@ -323,29 +342,83 @@ def _ordered_message(m: Any, schemas: Mapping[str, Any]) -> Any:
 
 
 def _ordered(value: Any, schema: Any, root: Mapping[str, Any]) -> Any:
-    """``value`` with its objects' keys in ``schema``'s ``properties`` order (``$ref``s
-    into ``root``'s ``$defs`` followed), as llguidance's JSON grammar orders them."""
-    for _ in range(32):  # a chain of references, not a cycle
-        ref = schema.get("$ref") if isinstance(schema, Mapping) else None
-        if not (isinstance(ref, str) and ref.startswith("#/")):
-            break
-        node: Any = root
-        for part in ref[2:].split("/"):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        schema = node
-    if not isinstance(schema, Mapping):
-        return value
+    """``value`` with its objects' keys in the order llguidance's JSON grammar writes them
+    under ``schema`` (``$ref``s into ``root`` followed): the schema's own ``properties``,
+    then those of each ``allOf`` member, then those of the first ``anyOf``/``oneOf``
+    branch the value is valid under, each in its schema's order; then any others, in the
+    row's order; arrays item by item (``prefixItems``, ``items``)."""
     if isinstance(value, Mapping):
-        props = schema.get("properties")
-        props = props if isinstance(props, Mapping) else {}
+        props = _properties(value, schema, root, 0)
         first = [k for k in props if k in value]
         return {
             k: _ordered(value[k], props.get(k), root)
             for k in [*first, *(k for k in value if k not in props)]
         }
-    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-        return [_ordered(v, schema["items"], root) for v in value]
+    if isinstance(value, list):
+        prefix, items = _items(value, schema, root, 0)
+        return [
+            _ordered(v, prefix[i] if i < len(prefix) else items, root) for i, v in enumerate(value)
+        ]
     return value
+
+
+def _resolved(schema: Any, root: Mapping[str, Any]) -> Any:
+    for _ in range(32):  # a chain of references, not a cycle
+        ref = schema.get("$ref") if isinstance(schema, Mapping) else None
+        if not (isinstance(ref, str) and ref.startswith("#")):
+            break
+        node: Any = root
+        for part in ref[2:].split("/") if ref != "#" else []:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        schema = node
+    return schema if isinstance(schema, Mapping) else None
+
+
+def _branch(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
+    """The first ``anyOf``/``oneOf`` branch of ``schema`` that ``value`` is valid under."""
+    from jsonschema import Draft202012Validator
+
+    branches = [*(schema.get("anyOf") or []), *(schema.get("oneOf") or [])]
+    if not branches:
+        return None
+    validator = Draft202012Validator(root)  # its resolver reads the branches' $refs
+    return next((b for b in branches if validator.evolve(schema=b).is_valid(value)), None)
+
+
+def _parts(value: Any, schema: Any, root: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The schemas whose keywords apply to ``value`` in the grammar's order: ``schema``, its
+    ``allOf`` members, the branch taken."""
+    schema = _resolved(schema, root)
+    if schema is None:
+        return []
+    parts = [schema, *(m for m in (schema.get("allOf") or []) if isinstance(m, Mapping))]
+    branch = _branch(value, schema, root)
+    return parts + ([branch] if isinstance(branch, Mapping) else [])
+
+
+def _properties(value: Any, schema: Any, root: Mapping[str, Any], depth: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for i, part in enumerate(_parts(value, schema, root)):
+        if i == 0:
+            props = _resolved(part, root) or {}
+            for k, v in (props.get("properties") or {}).items():
+                out.setdefault(k, v)
+        elif depth < 16:
+            for k, v in _properties(value, part, root, depth + 1).items():
+                out.setdefault(k, v)
+    return out
+
+
+def _items(value: Any, schema: Any, root: Mapping[str, Any], depth: int) -> tuple[list[Any], Any]:
+    for i, part in enumerate(_parts(value, schema, root)):
+        node = (_resolved(part, root) or {}) if i == 0 else None
+        if node is not None and ("items" in node or "prefixItems" in node):
+            return list(node.get("prefixItems") or []), node.get("items")
+        if node is None and depth < 16:
+            prefix, items = _items(value, part, root, depth + 1)
+            if prefix or items is not None:
+                return prefix, items
+    return [], None
 
 
 def has_tool_turns(messages: Any) -> bool:
@@ -395,6 +468,20 @@ def uniform_call(call: Any) -> Any:
     if isinstance(call, Mapping) and call.get("type") is None:
         return {**call, "type": "function"}
     return call
+
+
+def read_tool_calls(value: str) -> tuple[list[Any] | None, str | None]:
+    """A message's ``tool_calls`` stored as JSON text (LLaMA-Factory and some exports do) as
+    a list of calls in OpenAI's form: ``(calls, None)`` or ``(None, why)``."""
+    try:
+        calls = json.loads(value) if value.strip() else []
+    except ValueError as e:
+        return None, f"not valid JSON ({e}); expected a list of calls (or its JSON text)"
+    if isinstance(calls, Mapping):
+        calls = [calls]
+    if not isinstance(calls, list):
+        return None, f"expected a list of calls (or its JSON text), got {_type(calls)}"
+    return [uniform_call(c) for c in calls], None
 
 
 def read_function_call(value: Any) -> tuple[list[Any] | None, str | None]:
