@@ -356,6 +356,34 @@ def test_reward_and_ppo_stop_with_a_checkpoint_and_resume_to_an_unbroken_runs_we
         assert torch_close(got[k], want[k]), k
 
 
+@pytest.mark.parametrize("stage", ["reward", "ppo"])
+def test_a_second_sigterm_in_reward_or_ppo_is_reported_as_sigterm(
+    stage: str, base: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second signal stops reward and PPO at once, inside their own loop's handlers; the
+    run reports the signal it was (SIGTERM: exit 143), as SFT's loop does, not SIGINT."""
+    rows = _prefs(tmp_path)
+    data = {**job(max_steps=5, log_steps=1, save_steps=100), "stage": stage}
+    if stage == "ppo":
+        data["ppo"] = {"reward_fn": "tests.train.test_ppo:letter_a_share",
+                       "rollout_batch": 2, "max_new_tokens": 4}  # fmt: skip
+    job_spec = TrainSpec.model_validate({**data, "dataset": str(rows), "output": stage})
+
+    def twice() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # let the handler run before the second
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    _interrupt_at(monkeypatch, 2, twice)
+    with pytest.raises(Interrupted) as info:
+        run_training(job_spec, base, progress=False)
+    assert info.value.signum == signal.SIGTERM
+    run = next(r for r in base.runs.list() if r.name == stage)
+    assert run.status is RunStatus.CANCELLED
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_dpo_stops_with_a_checkpoint_and_resumes_to_the_weights_of_an_unbroken_run(
     base: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

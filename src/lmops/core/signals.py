@@ -13,7 +13,17 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-__all__ = ["StopSignals"]
+__all__ = ["SignalInterrupt", "StopSignals"]
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """The stop at once of :class:`StopSignals`: ``signum`` is the signal that asked to stop
+    first (SIGINT or SIGTERM), so whoever catches it far from the handler (a stage's own
+    loop has its own :class:`StopSignals`) reports the right one (exit ``128 + signum``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = signum
 
 
 class StopSignals:
@@ -21,8 +31,8 @@ class StopSignals:
 
     ``graceful=True``: the first signal only sets :attr:`signum`; the trainer checks
     :attr:`requested` between steps and stops cleanly. A second signal, or any signal with
-    ``graceful=False``, raises ``KeyboardInterrupt`` where the program is (SIGTERM too, so
-    cleanup runs instead of the process vanishing). Handlers can only be installed in the
+    ``graceful=False``, raises :class:`SignalInterrupt` (a ``KeyboardInterrupt``) where the
+    program is (SIGTERM too, so cleanup runs instead of the process vanishing). Handlers can only be installed in the
     main thread; elsewhere this does nothing and Python's defaults apply. A signal that is
     ignored (``nohup``, a background job of a script) stays ignored. The previous handlers
     come back on exit."""
@@ -42,7 +52,7 @@ class StopSignals:
         first = self.signum is None
         self.signum = self.signum or signum
         if not (self.graceful and first):
-            raise KeyboardInterrupt
+            raise SignalInterrupt(self.signum)
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():

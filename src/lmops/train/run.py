@@ -332,12 +332,14 @@ def run_training(
             )
     except KeyboardInterrupt as e:
         if not isinstance(e, Interrupted):  # stopped outside the loop (loading, a TRL stage)
+            # or at once by a second signal inside a stage's own loop (reward, PPO, TRL's),
+            # whose StopSignals saw the first: the exception says which it was
             ckpt = latest_checkpoint(Path(store.runs.dir(run_id)) / "checkpoints")
             e = Interrupted(
                 checkpoint_step(ckpt) if ckpt else 0,
                 spec.train.max_steps,
                 ckpt,
-                signum=stop.signum or signal.SIGINT,
+                signum=getattr(e, "signum", None) or stop.signum or signal.SIGINT,
             )
         if dist.main:
             from lmops.store import RunStatus
