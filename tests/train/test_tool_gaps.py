@@ -129,3 +129,104 @@ def test_tool_calls_text_that_is_not_json_is_refused_in_one_line(tmp_path: Path)
         load_training_rows([path], "sft")
     assert str(e.value).startswith(f"{path}:1: field 'messages[2].tool_calls': not valid JSON")
     assert "\n" not in str(e.value)
+
+
+def _object(*keywords: tuple[str, Any]) -> dict[str, Any]:
+    """A parameters schema of ``keywords`` in this order (the order llguidance reads)."""
+    return {"type": "object", **dict(keywords)}
+
+
+def _one(key: str) -> dict[str, Any]:
+    return {"properties": {key: S}, "required": [key]}
+
+
+# (parameters, the row's arguments, the arguments as the grammar writes them): llguidance
+# merges properties, allOf, anyOf, oneOf and $ref in the order they are written
+WRITTEN_ORDER = {
+    "allOf_before_properties": (
+        _object(("allOf", [{"properties": {"z": S}}]), ("properties", {"a": S})),
+        {"a": "1", "z": "2"},
+        '{"z": "2", "a": "1"}',
+    ),
+    "anyOf_before_properties": (
+        _object(("anyOf", [_one("z")]), ("properties", {"a": S})),
+        {"a": "1", "z": "2"},
+        '{"z": "2", "a": "1"}',
+    ),
+    "anyOf_in_allOf": (
+        _object(
+            ("properties", {"a": S}),
+            ("allOf", [{"anyOf": [_one("z")], "properties": {"m": S}}]),
+        ),
+        {"m": "3", "z": "2", "a": "1"},
+        '{"a": "1", "z": "2", "m": "3"}',
+    ),
+    "anyOf_then_allOf": (
+        _object(
+            ("properties", {"a": S}),
+            ("anyOf", [_one("z")]),
+            ("allOf", [{"properties": {"m": S}}]),
+        ),
+        {"m": "3", "z": "2", "a": "1"},
+        '{"a": "1", "z": "2", "m": "3"}',
+    ),
+    "oneOf_and_anyOf": (
+        _object(("properties", {"a": S}), ("oneOf", [_one("o")]), ("anyOf", [_one("n")])),
+        {"n": "3", "o": "2", "a": "1"},
+        '{"a": "1", "o": "2", "n": "3"}',
+    ),
+    "properties_then_ref": (
+        _object(
+            ("$defs", {"more": {"properties": {"z": S}}}),
+            ("properties", {"a": S}),
+            ("$ref", "#/$defs/more"),
+        ),
+        {"z": "2", "a": "1"},
+        '{"a": "1", "z": "2"}',
+    ),
+    # additionalProperties fixes the order of the properties written after it
+    "additionalProperties_before_allOf": (
+        _object(
+            ("additionalProperties", S),
+            ("allOf", [{"properties": {"z": S}}]),
+            ("properties", {"a": S}),
+        ),
+        {"z": "2", "a": "1"},
+        '{"a": "1", "z": "2"}',
+    ),
+    "nested_properties_merged": (
+        _object(
+            ("properties", {"p": {"type": "object", "properties": {"x": S}}}),
+            ("allOf", [{"properties": {"p": {"properties": {"y": S, "z": S}}}}]),
+        ),
+        {"p": {"z": "3", "y": "2", "x": "1"}},
+        '{"p": {"x": "1", "y": "2", "z": "3"}}',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(WRITTEN_ORDER))
+def test_arguments_train_in_the_order_the_schemas_keywords_are_written(
+    tok: Any, tmp_path: Path, case: str
+) -> None:
+    """llguidance reads a schema's keywords in the order they are written: the call the
+    model learns is the one the gateway's grammar of the same tool accepts, token by
+    token."""
+    pytest.importorskip("llguidance", reason="the gateway's grammar is llguidance")
+    from llguidance import LLMatcher
+    from llguidance.hf import from_tokenizer
+
+    from lmops.serve.tools import ToolPlan, compile_plan
+
+    params, args, want = WRITTEN_ORDER[case]
+    tool = {"type": "function", "function": {"name": "f", "parameters": params}}
+    fn = {"name": "f", "arguments": json.dumps(args)}
+    row = {"messages": [ASK, calls({"type": "function", "function": fn})], "tools": [tool]}
+    (example,) = sft(tok, tmp_path / "rows.jsonl", [row])
+    text = f'<tool_call>\n{{"name": "f", "arguments": {want}}}\n</tool_call>'
+    assert learned(tok, example) == text + "<|im_end|>"
+    plan = ToolPlan(mode="required", tools=[json.loads(json.dumps(tool))])
+    compile_plan(plan)
+    matcher = LLMatcher(from_tokenizer(tok), plan.grammar, log_level=0)
+    assert all(matcher.consume_token(t) for t in tok(text, add_special_tokens=False)["input_ids"])
+    assert matcher.is_accepting(), matcher.get_error()

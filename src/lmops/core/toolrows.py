@@ -22,10 +22,13 @@ them, it renders). A tool object's function has a ``name`` the gateway accepts
 them, and calls only those, by names the gateway accepts: the gateway reports only calls
 of the request's tools, so a call of another would teach what it drops. A call's arguments are valid under its tool's
 ``parameters`` and are trained in the order the gateway's grammar (``models/grammar.py``,
-llguidance) makes the model write them, and would reject another: the schema's own
-``properties``, then each ``allOf`` member's, then those of the first ``anyOf``/``oneOf``
-branch the arguments are valid under (then any others, in the row's order; nested objects
-and array items too). A tool without ``parameters`` takes none: its calls' arguments are
+llguidance) makes the model write them, and would reject another. llguidance reads a
+schema's keywords in the order they are written (JSON keeps it) and merges what they say
+in that order: ``properties`` where written, each ``allOf`` member's where ``allOf`` is,
+those of the first ``anyOf``/``oneOf`` branch the arguments are valid under where that
+keyword is, a ``$ref``'s where it is; a property keeps the place it was first named (an
+``additionalProperties`` written before ``properties`` names them there); keys no schema
+names come last, in the row's order; nested objects and array items likewise. A tool without ``parameters`` takes none: its calls' arguments are
 ``{}`` or absent (read as ``{}``), which is all the grammar lets the model write.
 
 Read as this form by :mod:`lmops.core.shapes`: a ``tools`` value that is the JSON text of
@@ -311,8 +314,10 @@ def _arguments_error(args: Mapping[str, Any], schema: Mapping[str, Any], name: s
 
 def order_arguments(row: dict[str, Any]) -> dict[str, Any]:
     """``row`` (a checked lmops row) with each call's arguments in the order the gateway's
-    grammar writes them: its tool's ``properties`` first, in the schema's order, then the
-    others, in the row's (in nested objects too). Arguments given as JSON text stay text."""
+    grammar writes them: the properties its tool's schema names, in the order llguidance
+    merges them (its keywords ``properties``, ``allOf``, ``anyOf``/``oneOf``, ``$ref`` in
+    the order they are written), then the others, in the row's (in nested objects and
+    array items too). Arguments given as JSON text stay text."""
     schemas = tool_schemas(row.get("tools"))
     if not schemas:
         return row
@@ -335,90 +340,132 @@ def _ordered_message(m: Any, schemas: Mapping[str, Any]) -> Any:
             args = {}
         if schema is not None:
             text = isinstance(args, str)
-            value = _ordered(json.loads(args) if text else args, schema, schema)
+            value = _ordered(json.loads(args) if text else args, [schema], schema)
             args = json.dumps(value, ensure_ascii=False) if text else value
         calls.append({**call, "function": {**fn, "arguments": args}})
     return {**m, "tool_calls": calls}
 
 
-def _ordered(value: Any, schema: Any, root: Mapping[str, Any]) -> Any:
+def _ordered(value: Any, schemas: list[Any], root: Mapping[str, Any]) -> Any:
     """``value`` with its objects' keys in the order llguidance's JSON grammar writes them
-    under ``schema`` (``$ref``s into ``root`` followed): the schema's own ``properties``,
-    then those of each ``allOf`` member, then those of the first ``anyOf``/``oneOf``
-    branch the value is valid under, each in its schema's order; then any others, in the
-    row's order; arrays item by item (``prefixItems``, ``items``)."""
-    if isinstance(value, Mapping):
-        props = _properties(value, schema, root, 0)
-        first = [k for k in props if k in value]
-        return {
-            k: _ordered(value[k], props.get(k), root)
-            for k in [*first, *(k for k in value if k not in props)]
-        }
+    under ``schemas`` (every schema that applies to it, in the order the grammar merges
+    them; ``$ref``s into ``root`` followed); arrays item by item."""
+    if not isinstance(value, Mapping | list):
+        return value
+    groups = [g for s in schemas for g in _groups(value, s, root, 0)]
     if isinstance(value, list):
-        prefix, items = _items(value, schema, root, 0)
-        return [
-            _ordered(v, prefix[i] if i < len(prefix) else items, root) for i, v in enumerate(value)
-        ]
-    return value
+        return [_ordered(v, _item_schemas(groups, i), root) for i, v in enumerate(value)]
+    named: dict[str, None] = {}  # the properties the schemas name, first named first
+    for g in groups:
+        props = g.get("properties")
+        named.update(dict.fromkeys(props if isinstance(props, Mapping) else ()))
+    keys = [*(k for k in named if k in value), *(k for k in value if k not in named)]
+    return {k: _ordered(value[k], _property_schemas(groups, k), root) for k in keys}
 
 
-def _resolved(schema: Any, root: Mapping[str, Any]) -> Any:
-    for _ in range(32):  # a chain of references, not a cycle
-        ref = schema.get("$ref") if isinstance(schema, Mapping) else None
-        if not (isinstance(ref, str) and ref.startswith("#")):
-            break
-        node: Any = root
-        for part in ref[2:].split("/") if ref != "#" else []:
-            node = node.get(part) if isinstance(node, Mapping) else None
-        schema = node
-    return schema if isinstance(schema, Mapping) else None
+# keywords llguidance applies in place, where they are written: the keywords before one are
+# merged (as one schema) first, those after it later
+_APPLICATORS = ("allOf", "anyOf", "oneOf", "$ref", "const", "enum")
 
 
-def _branch(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
-    """The first ``anyOf``/``oneOf`` branch of ``schema`` that ``value`` is valid under."""
+def _groups(
+    value: Any, schema: Any, root: Mapping[str, Any], depth: int
+) -> list[Mapping[str, Any]]:
+    """The plain keyword groups (``properties``, ``items``, ...) of ``schema`` that apply to
+    ``value``, in the order llguidance merges them: it reads a schema's keywords as written
+    (JSON keeps the order), merging the plain keywords read so far as one schema at each
+    ``allOf``/``anyOf``/``oneOf``/``$ref``/``const``/``enum``, then what that keyword
+    applies (each ``allOf`` member; the first ``anyOf``/``oneOf`` branch ``value`` is
+    valid under; the schema referred to; the ``const``/``enum`` value); an object's
+    properties go in the order the merged schemas first name them."""
+    if not isinstance(schema, Mapping) or depth > 32:  # true/false; a chain, not a cycle
+        return []
+    out: list[Mapping[str, Any]] = []
+    group: dict[str, Any] = {}
+    for k, v in schema.items():
+        if k not in _APPLICATORS:
+            group[k] = v
+            if k == "additionalProperties" and "properties" not in group:
+                # llguidance puts the names of the properties written later here (so
+                # additionalProperties knows them): their order is fixed at this group
+                named = schema.get("properties")
+                if isinstance(named, Mapping):
+                    group["properties"] = dict.fromkeys(named, True)
+            continue
+        if group:
+            out.append(group)
+            group = {}
+        if k == "allOf" and isinstance(v, list):
+            for member in v:
+                out += _groups(value, member, root, depth + 1)
+        elif k in ("anyOf", "oneOf") and isinstance(v, list):
+            out += _groups(value, _branch(value, v, root), root, depth + 1)
+        elif k == "$ref" and isinstance(v, str):
+            out += _groups(value, _referred(v, root), root, depth + 1)
+        elif k in ("const", "enum") and isinstance(value, Mapping):
+            # a constant object is written in its own key order
+            same = [v] if k == "const" else v if isinstance(v, list) else []
+            const = next((c for c in same if isinstance(c, Mapping) and c == value), None)
+            if const is not None:
+                out.append({"properties": {key: {"const": x} for key, x in const.items()}})
+    if group:
+        out.append(group)
+    return out
+
+
+def _branch(value: Any, branches: list[Any], root: Mapping[str, Any]) -> Any:
+    """The first of ``anyOf``/``oneOf``'s ``branches`` that ``value`` is valid under."""
     from jsonschema import Draft202012Validator
 
-    branches = [*(schema.get("anyOf") or []), *(schema.get("oneOf") or [])]
-    if not branches:
-        return None
     validator = Draft202012Validator(root)  # its resolver reads the branches' $refs
     return next((b for b in branches if validator.evolve(schema=b).is_valid(value)), None)
 
 
-def _parts(value: Any, schema: Any, root: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The schemas whose keywords apply to ``value`` in the grammar's order: ``schema``, its
-    ``allOf`` members, the branch taken."""
-    schema = _resolved(schema, root)
-    if schema is None:
-        return []
-    parts = [schema, *(m for m in (schema.get("allOf") or []) if isinstance(m, Mapping))]
-    branch = _branch(value, schema, root)
-    return parts + ([branch] if isinstance(branch, Mapping) else [])
+def _referred(ref: str, root: Mapping[str, Any]) -> Any:
+    """The schema a local ``$ref`` points at in ``root`` (None for another document's)."""
+    from urllib.parse import unquote
+
+    if not (ref == "#" or ref.startswith("#/")):
+        return None
+    node: Any = root
+    for raw in ref[2:].split("/") if ref != "#" else []:
+        key = unquote(raw).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping):
+            node = node.get(key)
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return None
+    return node
 
 
-def _properties(value: Any, schema: Any, root: Mapping[str, Any], depth: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for i, part in enumerate(_parts(value, schema, root)):
-        if i == 0:
-            props = _resolved(part, root) or {}
-            for k, v in (props.get("properties") or {}).items():
-                out.setdefault(k, v)
-        elif depth < 16:
-            for k, v in _properties(value, part, root, depth + 1).items():
-                out.setdefault(k, v)
+def _property_schemas(groups: list[Mapping[str, Any]], key: str) -> list[Any]:
+    """The schemas of property ``key`` in each group that has one, in the groups' order (as
+    llguidance merges a property's schemas: ``properties``, else a matching
+    ``patternProperties``, else ``additionalProperties``)."""
+    out = []
+    for g in groups:
+        props, patterns = g.get("properties"), g.get("patternProperties")
+        if isinstance(props, Mapping) and key in props:
+            out.append(props[key])
+        elif isinstance(patterns, Mapping) and any(re.search(p, key) for p in patterns):
+            out.append(next(s for p, s in patterns.items() if re.search(p, key)))
+        elif "additionalProperties" in g:
+            out.append(g["additionalProperties"])
     return out
 
 
-def _items(value: Any, schema: Any, root: Mapping[str, Any], depth: int) -> tuple[list[Any], Any]:
-    for i, part in enumerate(_parts(value, schema, root)):
-        node = (_resolved(part, root) or {}) if i == 0 else None
-        if node is not None and ("items" in node or "prefixItems" in node):
-            return list(node.get("prefixItems") or []), node.get("items")
-        if node is None and depth < 16:
-            prefix, items = _items(value, part, root, depth + 1)
-            if prefix or items is not None:
-                return prefix, items
-    return [], None
+def _item_schemas(groups: list[Mapping[str, Any]], i: int) -> list[Any]:
+    """The schemas of item ``i`` of an array in each group (``prefixItems[i]``, else
+    ``items``)."""
+    out = []
+    for g in groups:
+        prefix = g.get("prefixItems")
+        if isinstance(prefix, list) and i < len(prefix):
+            out.append(prefix[i])
+        elif "items" in g:
+            out.append(g["items"])
+    return out
 
 
 def has_tool_turns(messages: Any) -> bool:
