@@ -38,11 +38,16 @@ def test_a_tool_without_parameters_trains_a_call_with_no_arguments(
     )
 
 
+# the gateway reads empty parameters as none (serve/tools.py: ``parameters or NO_ARGUMENTS``)
+EMPTY = {"type": "function", "function": {**NOW_FN, "parameters": {}}}
+
+
+@pytest.mark.parametrize("tool", [NOW, EMPTY], ids=["no_parameters", "empty_parameters"])
 @pytest.mark.parametrize("arguments", ['{"tz": "UTC"}', {"tz": "UTC"}], ids=["text", "object"])
 def test_arguments_for_a_tool_without_parameters_are_refused_in_one_line(
-    tmp_path: Path, arguments: Any
+    tmp_path: Path, arguments: Any, tool: dict[str, Any]
 ) -> None:
-    row = {"messages": [ASK, calls(_now_call(arguments)), result("9:00"), ANSWER], "tools": [NOW]}
+    row = {"messages": [ASK, calls(_now_call(arguments)), result("9:00"), ANSWER], "tools": [tool]}
     path = write(tmp_path / "rows.jsonl", [row])
     with pytest.raises(UserError) as e:
         load_training_rows([path], "sft")

@@ -29,7 +29,8 @@ those of the first ``anyOf``/``oneOf`` branch the arguments are valid under wher
 keyword is, a ``$ref``'s where it is; a property keeps the place it was first named (an
 ``additionalProperties`` written before ``properties`` names them there); keys no schema
 names come last, in the row's order; nested objects and array items likewise. A tool without ``parameters`` takes none: its calls' arguments are
-``{}`` or absent (read as ``{}``), which is all the grammar lets the model write.
+``{}`` or absent (read as ``{}``), which is all the grammar lets the model write; so does
+one whose ``parameters`` is ``{}``, which the gateway reads as none.
 
 Read as this form by :mod:`lmops.core.shapes`: a ``tools`` value that is the JSON text of
 the list (LLaMA-Factory stores it so) or lists bare functions (``{name, description,
@@ -212,10 +213,11 @@ def _resolves(schema: Any, ref: str) -> bool:
 
 def tool_schemas(tools: Any) -> dict[str, Any] | None:
     """Each function of a (checked) ``tools`` list by name, its ``parameters`` (None where
-    it has none); None without a list."""
+    it has none, or ``{}``: the gateway reads an empty schema as no arguments too); None
+    without a list."""
     if not isinstance(tools, list) or not tools:
         return None
-    return {t["function"]["name"]: t["function"].get("parameters") for t in tools}
+    return {t["function"]["name"]: t["function"].get("parameters") or None for t in tools}
 
 
 def check_calls(calls: Any, where: str, tools: Mapping[str, Any] | None) -> list[Problem]:
