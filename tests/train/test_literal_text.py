@@ -174,3 +174,32 @@ def test_ppo_prompts_are_the_gateways_with_the_rows_tools(folder: Path, template
     assert ids.tolist() == prompt
     if tools:
         assert "get_weather" in tok.decode(prompt)
+
+
+def test_a_plain_rows_cut_prompt_is_its_texts_last_tokens_as_before(tmp_path: Path) -> None:
+    """A row without special-token strings renders as it did before training encoded them
+    (TRL tokenizes its texts): a prompt over ``max_prompt_len`` tokens keeps the text of
+    its last tokens, even where its last token merges with the answer's first ("\\n" and
+    "\\n\\n" into "\\n\\n\\n"), so ``prompt + chosen`` is still the end of the chosen chat."""
+    from lmops.data.tokenizer import train_tokenizer
+    from lmops.models.chat import chat_text
+    from lmops.models.loading import CHATML
+    from lmops.train.preference import render_pairs
+
+    texts = ["word word\n\n\nfour\n\nfive\nsix"] * 50
+    train_tokenizer(texts, tmp_path, vocab_size=300, min_frequency=1)
+    tok = load_tokenizer(tmp_path, CHATML)
+    row = {"prompt": "word " * 100, "chosen": "\n\nfour", "rejected": "\nfive"}
+    (pair,) = render_pairs([row], tok, 20)
+    user = [{"role": "user", "content": row["prompt"]}]
+    head = chat_text(tok, user, add_generation_prompt=True)
+    ids = tok(head, add_special_tokens=False)["input_ids"]
+    whole = tok(head + row["chosen"], add_special_tokens=False)["input_ids"]
+    assert whole[: len(ids)] != ids  # the prompt's last token merges with the answer's
+    assert pair.prompt == tok.decode(ids[-20:], skip_special_tokens=False)
+    assert pair.prompt.endswith("<|im_start|>assistant\n")
+    for answer in ("chosen", "rejected"):
+        chat = chat_text(tok, [*user, {"role": "assistant", "content": row[answer]}])
+        assert chat.endswith(pair.prompt + getattr(pair, answer))
+    assert not pair.literal and pair.ids == ()  # no ids kept: the texts are the gateway's
+

@@ -80,9 +80,9 @@ _T = TypeVar("_T")
 @dataclass(frozen=True, slots=True)
 class Pair:
     """One preference pair as rendered text: ``prompt + chosen`` is the whole chosen chat.
-    ``ids``: the token ids of prompt, chosen and rejected as the gateway reads the chat;
-    ``literal``: a message's text holds special-token strings, so they differ from
-    tokenizing the texts."""
+    ``literal``: a message's text holds special-token strings, so the gateway's ids for the
+    chat differ from the texts' tokens; then ``ids`` holds them (of prompt, chosen and
+    rejected), otherwise nothing (the texts' tokens are the gateway's)."""
 
     prompt: str
     chosen: str
@@ -154,16 +154,25 @@ def _render(
 ) -> tuple[str, list[str], tuple[list[int], ...], bool]:
     """(prompt text, each answer's text, the ids of the prompt and of each answer, whether
     a message's text holds special-token strings): the prompt cut where the rendered prompt
-    stops being a prefix of every rendered chat (and, in ids, where the prompt's ids stop
-    being a prefix of every chat's), keeping its last ``max_prompt_len`` tokens. Chats and
-    their ``tools`` are rendered and encoded as the gateway does
-    (:class:`lmops.models.chat.Literals`)."""
+    stops being a prefix of every rendered chat, keeping its last ``max_prompt_len`` tokens.
+    Chats and their ``tools`` are rendered and encoded as the gateway does
+    (:class:`lmops.models.chat.Literals`).
+
+    A chat without special-token strings in its messages is what its texts tokenize to, so
+    it has no ids here (the trainer tokenizes the texts). One with them has (the prompt's
+    cut where its ids stop being a prefix of every chat's): its texts only name them."""
     from lmops.models.chat import Literals
 
     literals = Literals(tokenizer)
     head = literals.chat(prompt, tools, add_generation_prompt=True)
     full = [literals.chat(prompt + a, tools) for a in answers]
     k = literals.boundary(full[0], min(_common_prefix_len(head, f) for f in full))
+    if not literals.texts:
+        text = full[0][:k]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_prompt_len:
+            text = tokenizer.decode(ids[-max_prompt_len:], skip_special_tokens=False)
+        return text, [f[k:] for f in full], (), False
     prompt_ids = literals.encode(full[0][:k]).ids
     full_ids = [literals.encode(f).ids for f in full]
     p = min(_common_prefix_len(prompt_ids, f) for f in full_ids)
@@ -233,8 +242,16 @@ def _pair_rewards(
     model: Any, tokenizer: Any, pairs: Sequence[Pair], max_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scalar rewards (r_chosen [B], r_rejected [B]) from one forward pass over 2B chats
-    (their ids as the gateway reads them: :attr:`Pair.ids`)."""
-    ids = [p.ids[0] + p.ids[1] for p in pairs] + [p.ids[0] + p.ids[2] for p in pairs]
+    (their ids as the gateway reads them: a pair's texts tokenized, or its
+    :attr:`Pair.ids` where a message's text holds special-token strings)."""
+
+    def chat(p: Pair, answer: int) -> list[int]:
+        if p.literal:
+            return p.ids[0] + p.ids[answer]
+        text = p.prompt + (p.chosen if answer == 1 else p.rejected)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    ids = [chat(p, 1) for p in pairs] + [chat(p, 2) for p in pairs]
     device = next(model.parameters()).device
     scores = model(**_encode(tokenizer, ids, max_len, device)).logits[:, 0].float()  # [2B]
     return scores[: len(pairs)], scores[len(pairs) :]
