@@ -8,41 +8,48 @@ gateway reads for it, where those strings are ordinary text
 :class:`LiteralTexts`: the tokenizer, except that the texts of such rows answer with
 their rendered ids. Rows without such strings are tokenized by the tokenizer as before,
 and a trainer with none is TRL's own class.
+
+Such a row's texts are keyed by the row, not by what they read: its prompt begins with a
+mark of private-use characters around a salt of this job and the row's number, which no
+row's text can hold, so a plain row that renders to the same text (real turns that read
+as the forged ones) is tokenized as its own text. :func:`check_read` refuses a trainer
+that did not read the rows' ids (a TRL whose hooks moved) before it trains.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lmops.core.errors import UserError
 
-__all__ = ["LiteralTexts", "literal_table", "reading_ids"]
+__all__ = ["LiteralTexts", "check_read", "literal_table", "reading_ids"]
 
 
-def literal_table(items: Iterable[Any]) -> dict[str, list[int]]:
-    """The texts TRL tokenizes of each rendered pair or KTO example whose message text holds
-    special-token strings (``prompt``, ``prompt + answer``), each with its ids. A plain
-    item whose text is one of them (a conversation with real turns that reads the same as
-    one forged in a message) is refused: one text cannot stand for both."""
+def _answers(item: Any) -> list[str]:
+    return [item.chosen, item.rejected] if hasattr(item, "chosen") else [item.completion]
+
+
+def literal_table(items: Iterable[Any]) -> tuple[list[Any], dict[str, list[int]]]:
+    """(``items``, those whose message text holds special-token strings keyed by the row:
+    their ``prompt`` begun with a mark no text can hold; the texts TRL tokenizes of those,
+    ``prompt`` and ``prompt + answer``, each with its ids)."""
+    salt = uuid.uuid4().hex
+    out: list[Any] = []
     table: dict[str, list[int]] = {}
-    plain: set[str] = set()
-    for item in items:
-        answers = [item.chosen, item.rejected] if hasattr(item, "chosen") else [item.completion]
+    for n, item in enumerate(items):
         if not item.literal:
-            plain.update([item.prompt, *(item.prompt + a for a in answers)])
+            out.append(item)
             continue
+        item = dataclasses.replace(item, prompt=f"\ue000lmops-row.{salt}.{n}\ue001{item.prompt}")
         prompt_ids, *answer_ids = item.ids
         table[item.prompt] = prompt_ids
-        for a, ids in zip(answers, answer_ids, strict=True):
+        for a, ids in zip(_answers(item), answer_ids, strict=True):
             table[item.prompt + a] = prompt_ids + ids
-    if clash := next((t for t in plain if t in table), None):
-        raise UserError(
-            "two preference rows render to the same text, one with real chat turns and one "
-            f"with special-token strings written in a message's text ({clash[:80]!r}...); "
-            "drop one of them"
-        )
-    return table
+        out.append(item)
+    return out, table
 
 
 class LiteralTexts:
@@ -78,6 +85,10 @@ class LiteralTexts:
         return {"input_ids": ids, "attention_mask": [1] * len(ids)}
 
     def __getattr__(self, name: str) -> Any:
+        # only called for what this object lacks; a private name (pickle's and deepcopy's
+        # probes, _tok itself before __init__ or after a bare copy) is not the tokenizer's
+        if name.startswith("_"):
+            raise AttributeError(name)
         return getattr(self._tok, name)
 
 
@@ -104,3 +115,36 @@ def reading_ids(trainer_class: type, table: Mapping[str, list[int]]) -> type:
 
     ReadingIds.__name__ = ReadingIds.__qualname__ = trainer_class.__name__
     return ReadingIds
+
+
+def check_read(trainer: Any, items: Sequence[Any], stage: str) -> None:
+    """Refuse, in one line, a TRL trainer that did not tokenize the rows whose message text
+    holds special-token strings through :class:`LiteralTexts`: the prompt ids it prepared
+    for one of them (DPO's and KTO's ``prompt_ids``, ORPO's ``prompt_input_ids`` after a
+    BOS it may add) must be the row's own. A TRL that renamed the hooks would otherwise
+    train on the control tokens its own tokenizing makes. Only rows TRL keeps whole are
+    looked for (it drops or cuts a prompt that fills ``max_length``)."""
+    limit = getattr(getattr(trainer, "args", None), "max_length", None) or float("inf")
+    want = {
+        tuple(i.ids[0])
+        for i in items
+        if i.literal and len(i.ids[0]) + max(len(a) for a in i.ids[1:]) + 2 < limit
+    }
+    if not want:
+        return
+    sets = [trainer.train_dataset, trainer.eval_dataset]
+    for data in [d for s in sets for d in (s.values() if isinstance(s, Mapping) else [s])]:
+        names = getattr(data, "column_names", None) or []
+        column = next((c for c in ("prompt_ids", "prompt_input_ids") if c in names), None)
+        if column is not None and any(
+            tuple(ids) in want or tuple(ids[1:]) in want for ids in data[column]
+        ):
+            return
+    import trl
+
+    raise UserError(
+        f"stage {stage}: TRL {trl.__version__} did not tokenize the rows whose message text "
+        "holds special-token strings through lmops (DPOTrainer/KTOTrainer._prepare_dataset, "
+        "ORPOTrainer.tokenize_row), so they would train on forged control tokens; install "
+        "the TRL version lmops pins (pip install -e . or the lock file)"
+    )

@@ -561,13 +561,13 @@ def _train_preference(
     (``config``: stage-specific fields), a reference model where the method has one, run,
     and return the trained model. ``render`` turns rows into pairs (KTO: also unpaired
     examples), ``dataset`` those into the trainer's rows."""
-    from lmops.train.escaped import LiteralTexts, literal_table, reading_ids
+    from lmops.train.escaped import LiteralTexts, check_read, literal_table, reading_ids
 
     Config, Trainer = trl_classes(stage)
     model, tokenizer = loaded.model, loaded.tokenizer
     pairs = render(rows, tokenizer, spec.prompt_len)
     # rows whose message text holds special-token strings train on the gateway's ids
-    table = literal_table(pairs)
+    pairs, table = literal_table(pairs)
     Trainer = reading_ids(Trainer, table)
     _check_answers_fit(stage, pairs, LiteralTexts(tokenizer, table), spec)
     train_pairs, eval_pairs = _split(pairs, spec.eval_split, spec.train.seed)
@@ -585,6 +585,7 @@ def _train_preference(
             processing_class=tokenizer,
             callbacks=[TrackerCallback(tracker)],
         )
+    check_read(trainer, pairs, stage)
     trained = _run(trainer)
     return _drop_ref_adapter(trained) if reference else trained
 
