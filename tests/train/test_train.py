@@ -544,6 +544,20 @@ def test_an_unusable_reward_model_fails_before_the_policy_loads(
         run_training(job, base, progress=False)
 
 
+def test_a_ppo_row_that_is_no_one_turn_prompt_is_named_by_its_file_and_line(
+    base: Store, tmp_path: Path
+) -> None:
+    """The row is named once, as ``file:line``."""
+    rows = tmp_path / "ppo.jsonl"
+    system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    rows.write_text(json.dumps({"prompt": "Hi"}) + "\n" + json.dumps({"prompt": system}) + "\n")
+    job = spec(stage="ppo", output="ppo-out", dataset=str(rows),
+               ppo={"reward_fn": "tests.train.test_ppo:letter_a_share"})  # fmt: skip
+    with pytest.raises(UserError) as e:
+        run_training(job, base, progress=False)
+    assert str(e.value).startswith(f"{rows}:2: stage ppo needs a one-turn prompt"), str(e.value)
+
+
 def test_a_max_prompt_len_that_leaves_no_room_for_the_answer_is_refused(tmp_path: Path) -> None:
     from lmops.train.spec import load_spec
 

@@ -437,9 +437,9 @@ def _train(
         from lmops.train import ppo
 
         prompts = []
-        for f, n, r in rows:  # a row's tools render with its prompt, as SFT renders them
-            check_tool_template(tok, r, f"{f}:{n}")
-            prompts.append(ppo.Prompt(_prompt_of(r, f"{f}:{n}"), r.get("tools") or None))
+        for where, _n, r in rows:  # its tools render with its prompt, as SFT renders them
+            check_tool_template(tok, r, where)  # where: the row's file:line
+            prompts.append(ppo.Prompt(_prompt_of(r, where), r.get("tools") or None))
         began = time.perf_counter()
         resumed_from = _resumed_from(run_dir)
         with progress_bar(
