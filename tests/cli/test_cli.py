@@ -423,7 +423,12 @@ def test_delete_then_gc_frees_blob(cli, files: Path, lmops_home: Path) -> None: 
     assert not view.exists()  # views are caches: dropped as soon as no live version uses them
 
     rep = js(cli("gc", "--grace", "0", "--json"))
-    assert rep == {"blobs_removed": 1, "bytes_freed": len(old), "abandoned_marked_failed": 0}
+    assert rep == {
+        "blobs_removed": 1,
+        "bytes_freed": len(old),
+        "abandoned_marked_failed": 0,
+        "responses_expired": 0,
+    }
     assert not blob(lmops_home, sha256(old)).exists()
     assert blob(lmops_home, sha256(new)).read_bytes() == new
     ok(cli("assets", "verify"))

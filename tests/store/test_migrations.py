@@ -15,7 +15,7 @@ from lmops.store.db import Database, head_revision
 
 def test_empty_database_is_migrated_to_head(lmops_home: Path) -> None:
     store = Store()
-    assert store.db.current_revision() == head_revision() == "0011"
+    assert store.db.current_revision() == head_revision() == "0012"
     with store.db.engine.connect() as c:
         tables = {
             r[0] for r in c.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))
@@ -209,3 +209,58 @@ def test_request_log_gains_replica_on_sqlite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     request_log_gains_replica(f"sqlite:///{tmp_path / 'old.db'}", monkeypatch)
+
+
+def responses_table_up_and_down(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0011 -> 0012 on the database at ``url`` (SQLite or PostgreSQL): the responses table,
+    its expiry index, a response stored and continued through it (the recursive query), and
+    the revision going down again without touching the request log."""
+    from datetime import timedelta
+
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from lmops.core.config import Settings
+    from lmops.store._time import utcnow
+    from lmops.store.db import _alembic_config
+    from lmops.store.types import StoredResponse
+
+    old = Database(url, migrate=False)
+    old.migrate("0011")
+    assert "responses" not in inspect(old.engine).get_table_names()
+    old.dispose()
+    monkeypatch.setenv("LMOPS_DATABASE_URL", url)
+    store = Store(Settings.from_env())
+    try:
+        assert store.db.current_revision() == head_revision()
+        indexes = inspect(store.db.engine).get_indexes("responses")
+        assert ["expires_at"] in [i["column_names"] for i in indexes]
+        now = utcnow()
+        for rid, prev in [("resp_a", None), ("resp_b", "resp_a")]:
+            store.responses.put(
+                StoredResponse(
+                    id=rid,
+                    key_name="app",
+                    previous_id=prev,
+                    created_at=now,
+                    expires_at=now + timedelta(days=1),
+                    input=[{"type": "message", "role": "user", "content": rid}],
+                    response={"id": rid, "output": []},
+                )
+            )
+        assert [r.id for r in store.responses.chain("resp_b", key="app")] == ["resp_a", "resp_b"]
+    finally:
+        store.close()
+    down = Database(url, migrate=False)
+    with down.engine.connect() as conn:
+        command.downgrade(_alembic_config(conn), "0011")
+        conn.commit()
+    assert "responses" not in inspect(down.engine).get_table_names()
+    assert "replica" in {c["name"] for c in inspect(down.engine).get_columns("request_log")}
+    down.dispose()
+
+
+def test_responses_table_up_and_down_on_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    responses_table_up_and_down(f"sqlite:///{tmp_path / 'old.db'}", monkeypatch)

@@ -95,3 +95,9 @@ def test_request_log_gains_replica(pg_url: str, monkeypatch: pytest.MonkeyPatch)
     from tests.store.test_migrations import request_log_gains_replica
 
     request_log_gains_replica(pg_url, monkeypatch)
+
+
+def test_responses_table_up_and_down(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.store.test_migrations import responses_table_up_and_down
+
+    responses_table_up_and_down(pg_url, monkeypatch)

@@ -324,6 +324,7 @@ def _api_router() -> APIRouter:
             "blobs_removed": rep.blobs_removed,
             "bytes_freed": rep.bytes_freed,
             "abandoned_marked_failed": rep.abandoned_marked_failed,
+            "responses_expired": rep.responses_expired,
         }
 
     @r.get("/audit", response_model=list[AuditEvent])

@@ -483,7 +483,8 @@ def gc(
     ] = 3600.0,
     json_: JsonOpt = False,
 ) -> None:
-    """Remove stored blobs that no version references.
+    """Remove stored blobs that no version references, and stored Responses API responses
+    past their retention (responses_ttl_days).
 
     Safe while registrations run, whatever the grace: what they are writing is kept."""
     rep = _store().gc(grace_s=grace)
@@ -493,6 +494,7 @@ def gc(
                 "blobs_removed": rep.blobs_removed,
                 "bytes_freed": rep.bytes_freed,
                 "abandoned_marked_failed": rep.abandoned_marked_failed,
+                "responses_expired": rep.responses_expired,
             }
         )
     else:
@@ -501,6 +503,11 @@ def gc(
             + (
                 f"; marked {rep.abandoned_marked_failed} abandoned version(s) FAILED"
                 if rep.abandoned_marked_failed
+                else ""
+            )
+            + (
+                f"; deleted {rep.responses_expired} expired stored response(s)"
+                if rep.responses_expired
                 else ""
             )
         )

@@ -212,6 +212,26 @@ class RequestLogRow(Base):
     response_body: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
+class ResponseRow(Base):
+    """One response of the gateway's Responses API kept for ``previous_response_id``,
+    retrieve and delete (migration 0012). Bodies are PII-masked before they are written,
+    as the request log's are; a row past ``expires_at`` is gone for readers and is deleted
+    by ``lmops gc``."""
+
+    __tablename__ = "responses"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # resp_<hex>
+    key_name: Mapped[str | None] = mapped_column(String(128), nullable=True)  # the owner
+    deployment: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # the response this one continued; not a foreign key: deleting one keeps the later ones
+    previous_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # the input items this request sent (not the ones it carried over), and the response
+    # object as it was answered
+    input: Mapped[list[Any]] = mapped_column(JSON)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class RateWindowRow(Base):
     """A counter per (scope, window): RPM/TPM minutes, daily and monthly token quotas.
     Shared by every server worker process through the database."""

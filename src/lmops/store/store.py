@@ -12,6 +12,7 @@ from lmops.store.audit import AuditLog
 from lmops.store.db import Database
 from lmops.store.keys import KeyRing
 from lmops.store.requests import RequestLog
+from lmops.store.responses import ResponseStore
 from lmops.store.runs import RunTracker
 from lmops.store.steps import StepCache
 
@@ -25,6 +26,7 @@ class GcReport:
     blobs_removed: int
     bytes_freed: int
     abandoned_marked_failed: int
+    responses_expired: int = 0  # stored Responses API responses past their retention
 
 
 class Store:
@@ -32,8 +34,9 @@ class Store:
 
     ``assets`` (versions, aliases, lineage, verify, delete), ``runs``, ``keys``,
     ``audit``, ``steps`` (the pipeline step cache), ``requests`` (the gateway's request
-    log) and ``artifacts`` (bytes). ``actor`` and ``origin`` are written to the
-    audit log for every change made through this object.
+    log), ``responses`` (the Responses API's stored responses) and ``artifacts``
+    (bytes). ``actor`` and ``origin`` are written to the audit log for every change made
+    through this object.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Store:
         self.keys = KeyRing(self)
         self.steps = StepCache(self)
         self.requests = RequestLog(self)
+        self.responses = ResponseStore(self)
 
     def as_actor(self, actor: str, origin: str) -> Store:
         """A view of this store that audits changes as ``actor`` from ``origin``."""
@@ -69,22 +73,22 @@ class Store:
         other.keys = KeyRing(other)
         other.steps = StepCache(other)
         other.requests = RequestLog(other)
+        other.responses = ResponseStore(other)
         return other
 
     def gc(self, grace_s: float = 3600.0) -> GcReport:
         """Free blobs that no READY/PENDING version references and that are older than
         ``grace_s``. Safe beside running registrations with any grace, 0 included: blobs
         they claimed and their temp files are kept (``ArtifactStore.gc`` argues why). One
-        gc runs at a time (a lock every process using the database sees)."""
+        gc runs at a time (a lock every process using the database sees). Stored
+        responses past their retention are deleted too."""
         with self.db.exclusive("gc"):
             abandoned = self.assets.sweep_abandoned()
             removed, freed = self.artifacts.gc(self.assets.referenced, grace_s=grace_s)
-        self.db.write(
-            lambda s: self.audit.record(
-                s, "store.gc", "artifacts", {"removed": removed, "bytes": freed}
-            )
-        )
-        return GcReport(removed, freed, abandoned)
+            expired = self.responses.purge()
+        details = {"removed": removed, "bytes": freed, "responses_expired": expired}
+        self.db.write(lambda s: self.audit.record(s, "store.gc", "artifacts", details))
+        return GcReport(removed, freed, abandoned, expired)
 
     def close(self) -> None:
         self.db.dispose()

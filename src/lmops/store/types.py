@@ -22,6 +22,7 @@ __all__ = [
     "Run",
     "RunComparison",
     "RunStatus",
+    "StoredResponse",
     "Version",
     "VersionStatus",
 ]
@@ -220,3 +221,20 @@ class RequestRecord:
     # a deployment over a list of replicas (model_ref names them all): the replica whose
     # reply, or failure, the request got, its URL with credentials masked
     replica: str | None = None
+
+
+class StoredResponse(BaseModel):
+    """A response of the gateway's Responses API as ``store.responses`` keeps it: the input
+    items its request sent (``input``; not those carried over from ``previous_id``) and the
+    response object it answered (``response``), both PII-masked before they were stored.
+    ``key_name`` is the key that created it, the only one (with admin keys) that may read,
+    continue or delete it."""
+
+    id: str
+    key_name: str | None = None
+    deployment: str | None = None
+    previous_id: str | None = None
+    created_at: datetime
+    expires_at: datetime
+    input: list[Any] = Field(default_factory=list)
+    response: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,148 @@
+"""Stored responses of the gateway's Responses API: the store's part ``store.responses``.
+
+    store.responses.put(StoredResponse(...))        # bodies already PII-masked
+    store.responses.chain("resp_3", key="app")      # resp_1, resp_2, resp_3 (oldest first)
+    store.responses.get("resp_3", key="app")        # None: unknown, expired or another key's
+    store.responses.delete("resp_3", key="app")
+    store.responses.purge()                         # rows past expires_at (``lmops gc``)
+
+A response continues at most one earlier one (``previous_id``); the conversation is the
+chain back through them, read in one recursive query (SQLite and PostgreSQL alike). A
+response's rows carry only what its own request sent, so a long conversation is stored in
+size linear in its length. Storing a response moves the ``expires_at`` of every response it
+continues up to its own: a conversation expires its retention after its last turn, never
+from the middle. A row past ``expires_at`` is gone for every reader at once; ``purge`` frees
+the space. ``key`` (a key's name) limits a read to the responses that key created; None
+reads any (an admin key's view).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy import Table, delete, literal, select, update
+from sqlalchemy.orm import Session
+
+from lmops.store._time import aware, utcnow
+from lmops.store.models import ResponseRow
+from lmops.store.types import StoredResponse
+
+if TYPE_CHECKING:
+    from lmops.store.store import Store
+
+__all__ = ["MAX_CHAIN", "ResponseStore"]
+
+_TABLE = cast(Table, ResponseRow.__table__)
+# responses read back from one at most (a guard against a chain no client builds by hand)
+MAX_CHAIN = 10_000
+
+
+def _record(row: ResponseRow) -> StoredResponse:
+    created, expires = aware(row.created_at), aware(row.expires_at)
+    assert created is not None and expires is not None
+    return StoredResponse(
+        id=row.id,
+        key_name=row.key_name,
+        deployment=row.deployment,
+        previous_id=row.previous_id,
+        created_at=created,
+        expires_at=expires,
+        input=list(row.input or []),
+        response=dict(row.response or {}),
+    )
+
+
+class ResponseStore:
+    """The stored responses of one store (``store.responses``)."""
+
+    def __init__(self, store: Store) -> None:
+        self._db = store.db
+
+    def put(self, r: StoredResponse) -> None:
+        """Keep ``r`` (its bodies masked already) and keep the responses it continues at
+        least as long."""
+
+        def put(s: Session) -> None:
+            s.add(
+                ResponseRow(
+                    id=r.id,
+                    key_name=r.key_name,
+                    deployment=r.deployment,
+                    previous_id=r.previous_id,
+                    created_at=r.created_at,
+                    expires_at=r.expires_at,
+                    input=r.input,
+                    response=r.response,
+                )
+            )
+            if r.previous_id is not None:
+                ids = [row.id for row, _ in self._chain(s, r.previous_id, None)]
+                if ids:
+                    s.execute(
+                        update(_TABLE)
+                        .where(_TABLE.c.id.in_(ids), _TABLE.c.expires_at < r.expires_at)
+                        .values(expires_at=r.expires_at)
+                    )
+
+        self._db.write(put)
+
+    def _chain(self, s: Session, rid: str, key: str | None) -> list[tuple[ResponseRow, Any]]:
+        now = utcnow()
+        head = select(_TABLE.c.id, _TABLE.c.previous_id, literal(0).label("depth")).where(
+            _TABLE.c.id == rid, _TABLE.c.expires_at > now
+        )
+        if key is not None:
+            head = head.where(_TABLE.c.key_name == key)
+        chain = head.cte("chain", recursive=True)
+        back = (
+            select(_TABLE.c.id, _TABLE.c.previous_id, chain.c.depth + 1)
+            .join(chain, _TABLE.c.id == chain.c.previous_id)
+            .where(_TABLE.c.expires_at > now, chain.c.depth < MAX_CHAIN)
+        )
+        chain = chain.union_all(back)
+        q = (
+            select(ResponseRow, chain.c.depth)
+            .join(chain, ResponseRow.id == chain.c.id)
+            .order_by(chain.c.depth.desc())
+        )
+        return [(row, depth) for row, depth in s.execute(q).all()]
+
+    def chain(self, rid: str, *, key: str | None = None) -> list[StoredResponse]:
+        """The conversation that ends with response ``rid``, oldest first (``rid`` last);
+        empty when ``rid`` is unknown, expired or (with ``key``) another key's. A response
+        deleted from the middle leaves the chain there: what came before it is not read."""
+        with self._db.session() as s:
+            return [_record(row) for row, _ in self._chain(s, rid, key)]
+
+    def get(self, rid: str, *, key: str | None = None) -> StoredResponse | None:
+        """Response ``rid``; None when unknown, expired or (with ``key``) another key's."""
+        q = select(ResponseRow).where(ResponseRow.id == rid, ResponseRow.expires_at > utcnow())
+        if key is not None:
+            q = q.where(ResponseRow.key_name == key)
+        with self._db.session() as s:
+            row = s.execute(q).scalar_one_or_none()
+            return _record(row) if row is not None else None
+
+    def delete(self, rid: str, *, key: str | None = None) -> bool:
+        """Delete response ``rid``; False when there was none to delete (as :meth:`get`)."""
+        q = delete(_TABLE).where(_TABLE.c.id == rid, _TABLE.c.expires_at > utcnow())
+        if key is not None:
+            q = q.where(_TABLE.c.key_name == key)
+        return bool(self._db.write(lambda s: s.execute(q).rowcount))  # type: ignore[attr-defined]
+
+    def purge(self, now: datetime | None = None) -> int:
+        """Delete every response past its ``expires_at``; how many."""
+        at = now or utcnow()
+        q = delete(_TABLE).where(_TABLE.c.expires_at <= at)
+        return int(self._db.write(lambda s: s.execute(q).rowcount))  # type: ignore[attr-defined]
+
+    def count(self, *, key: str | None = None) -> int:
+        """Stored responses (expired ones not yet purged included), of ``key`` or all."""
+        from sqlalchemy import func
+
+        q = select(func.count()).select_from(_TABLE)
+        if key is not None:
+            q = q.where(_TABLE.c.key_name == key)
+        with self._db.session() as s:
+            return int(s.execute(q).scalar() or 0)
