@@ -65,7 +65,7 @@ def test_text_in_and_out(server: dict[str, Any]) -> None:
     assert r.output_text == "Hello there friend" and r.instructions == "Be brief."
     assert r.output[0].type == "message" and r.output[0].role == "assistant"
     assert r.usage.output_tokens == 3 and r.usage.total_tokens == r.usage.input_tokens + 3
-    assert r.store is False  # nothing is kept for a previous_response_id
+    assert r.store is True  # kept for previous_response_id (tests/serve/test_stored_responses)
 
     # a budget that cuts the reply: incomplete, as OpenAI says it
     cut = client(server).responses.create(model="fake", input="hi", max_output_tokens=2)
@@ -184,7 +184,8 @@ def test_guardrails_limits_and_the_request_log(server: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("fields", "param", "says"),
     [
-        ({"previous_response_id": "resp_1"}, "previous_response_id", "stores no responses"),
+        ({"previous_response_id": "resp_1"}, "previous_response_id", "'resp_1' not found"),
+        ({"conversation": "conv_1"}, "conversation", "continue a response with"),
         ({"tools": [{"type": "web_search"}]}, "tools[0].type", "'web_search' tools are not"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type", "items are not"),
         ({"include": ["file_search_call.results"]}, "include", "is not served here"),

@@ -98,6 +98,14 @@ def serve(
             "deployment, as log_bodies: true in a deployments file does (for data from-logs).",
         ),
     ] = False,
+    responses_store: Annotated[
+        bool,
+        typer.Option(
+            help="--no-responses-store: keep no /v1/responses response of any deployment (no "
+            "previous_response_id, retrieve or delete), as responses_store: false in a "
+            "deployments file does; else each deployment's setting (on by default).",
+        ),
+    ] = True,
     key_file: Annotated[
         Path | None,
         typer.Option(
@@ -130,6 +138,7 @@ def serve(
         max_connections=max_connections,
         max_body_mb=max_body_mb,
         log_bodies=log_bodies,
+        responses_store=responses_store,
         key_file=key_file,
         pubkey=pubkey,
     )
@@ -148,6 +157,7 @@ def _run_server(
     max_connections: int = MAX_CONNECTIONS,
     max_body_mb: float = 8.0,
     log_bodies: bool = False,
+    responses_store: bool = True,
     key_file: Path | None = None,
     pubkey: Path | None = None,
 ) -> None:
@@ -191,6 +201,8 @@ def _run_server(
         console.print(f"note: {note}", markup=False, highlight=False)
     if log_bodies:
         specs = [s.model_copy(update={"log_bodies": True}) for s in specs]
+    if not responses_store:
+        specs = [s.model_copy(update={"responses_store": False}) for s in specs]
     if workers > 1:
         # every worker writes its metrics here and /metrics aggregates them
         import tempfile

@@ -12,6 +12,7 @@ deployments:
     limits: {rpm: 600, tpm: 200000}
     guardrails: {pii_input: mask, moderation_output: block}
     log_bodies: false
+    responses_store: true           # /v1/responses keeps responses (masked), 30 days
     prompt: support@production      # a registered prompt wraps each request (lmops.prompts)
   - name: chat-ab                   # weighted A/B split between two versions
     split: [{model: chat:3, weight: 0.9}, {model: chat:4, weight: 0.1}]
@@ -138,6 +139,8 @@ class FakeOptions(BaseModel):
     ttft_s: float = Field(0.0, ge=0)
     itl_s: float = Field(0.0, ge=0)
     dims: int = Field(64, ge=1, le=4096)  # embedding size
+    # reply with what the model was given ("role: text" per message, " | " between them)
+    echo: bool = False
 
 
 class DeploymentSpec(BaseModel):
@@ -177,6 +180,11 @@ class DeploymentSpec(BaseModel):
     limits: dict[str, int | None] = Field(default_factory=dict)
     guardrails: dict[str, Any] | None = None
     log_bodies: bool = False
+    # /v1/responses keeps responses (PII-masked) for previous_response_id, retrieve and
+    # delete unless a request says store: false; lmops gc deletes them this long after a
+    # conversation's last turn (lmops.serve.stored_responses)
+    responses_store: bool = True
+    responses_ttl_days: float = Field(30.0, gt=0)
     # /v1/embeddings on the built-in engine (refused elsewhere: it would do nothing): an
     # input longer than the model reads is a 400 naming it, as OpenAI's (false), or is cut
     # to fit, as vLLM's truncate_prompt_tokens

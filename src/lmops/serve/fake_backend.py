@@ -10,13 +10,15 @@ from typing import Any
 
 from lmops.serve.backends import ChoiceDelta, Generation, Job
 
-__all__ = ["FakeBackend"]
+__all__ = ["FakeBackend", "echo_text"]
 
 
 class FakeBackend:
     """A deployment with no model behind it (``fake:`` in a deployments file): replies are
     deterministic (token *i* of a reply is ``tok{i}``, or the words of ``reply``), paced by
-    ``ttft_s``/``itl_s``, and embeddings are hashed bags of words. The seam's in-package
+    ``ttft_s``/``itl_s``, and embeddings are hashed bags of words. With ``echo`` a reply is
+    what the model was given instead (:func:`echo_text`), so a test sees the history a
+    request carried. The seam's in-package
     fake: a gateway's keys, limits, guardrails, logs and clients can be exercised without
     weights, in tests and by users wiring up their own stack."""
 
@@ -66,6 +68,24 @@ class FakeBackend:
         return out, sum(len(t.split()) for t in texts)
 
 
+def echo_text(job: Job) -> str:
+    """What a chat job gives the model, one ``role: text`` per message (a tool call as
+    ``name(arguments)``) joined by `` | ``; a completion job's prompt as it is."""
+    if job.messages is None:
+        return " | ".join(job.prompts or [])
+    said = []
+    for m in job.messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        calls = [
+            f"{(c.get('function') or {}).get('name')}({(c.get('function') or {}).get('arguments')})"
+            for c in m.get("tool_calls") or []
+        ]
+        said.append(f"{m.get('role')}: " + " ".join(x for x in [content or "", *calls] if x))
+    return " | ".join(said)
+
+
 class _FakeGeneration:
     def __init__(self, backend: FakeBackend, job: Job) -> None:
         self._b = backend
@@ -75,8 +95,9 @@ class _FakeGeneration:
 
     async def batches(self) -> AsyncIterator[list[ChoiceDelta]]:
         opts, job = self._b.options, self._job
-        words = self._b._words[: job.max_tokens]
-        finish = "length" if len(self._b._words) > job.max_tokens else "stop"
+        every = re.findall(r"\s*\S+", echo_text(job)) if opts.echo else self._b._words
+        words = every[: job.max_tokens]
+        finish = "length" if len(every) > job.max_tokens else "stop"
         prompts = job.prompts or [""]  # chat: one choice per n
         choices = range(job.n * len(prompts))
         if job.echo:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import struct
 import time
 import uuid
@@ -263,31 +262,6 @@ class Handlers:
         else:
             job.prompts = await _checked_prompts(ctx, job)
 
-    async def responses(self, request: Request) -> Response:
-        """``/v1/responses``: the chat request it means, answered by :meth:`generate` and
-        translated back (lmops.serve.responses)."""
-        from lmops.serve import responses
-
-        ensure_request_id(request.scope)
-        key = self.gw.authenticate(request)
-        raw = await read_json(request, max_bytes=self.max_body_bytes)
-        chat = responses.chat_body(raw)
-        try:
-            reply = await self.generate(request, "chat", key=key, body=chat)
-        except OpenAIError as e:  # said in the Responses API's field names
-            name = raw.get("model")
-            dep = self.gw.registry.deployments.get(name) if isinstance(name, str) else None
-            wrapped = raw.get("prompt") is not None or bool(dep and dep.spec.prompt)
-            raise responses.as_responses_error(e, raw, wrapped=wrapped) from None
-        if isinstance(reply, EventStream):
-            reply.body_iterator = responses.to_stream(reply.body_iterator, raw)
-            return reply
-        if not isinstance(reply, JSONResponse):  # the client hung up (Gone): nothing to send
-            return reply
-        body = json.loads(bytes(reply.body))
-        headers = {k: v for k, v in reply.headers.items() if k.startswith("x-")}
-        return JSONResponse(responses.to_response(body, raw), headers=headers)
-
     async def generate(
         self,
         request: Request,
@@ -296,8 +270,8 @@ class Handlers:
         key: Any = None,
         body: Any = None,
     ) -> Response:
-        """A chat or completions request (``body``: already read, as :meth:`responses`
-        translated it; ``key``: already authenticated)."""
+        """A chat or completions request (``body``: already read, as ``/v1/responses``
+        translated it, lmops.serve.stored_responses; ``key``: already authenticated)."""
         from lmops.models.engine import EngineOverloaded
         from lmops.serve.upstream import UpstreamError
 

@@ -30,6 +30,7 @@ from lmops.serve.protocol import (
     openapi_body,
 )
 from lmops.serve.replies import internal_error
+from lmops.serve.stored_responses import ResponsesEndpoint
 
 __all__ = ["Gateway", "OpenAIError", "mount_openai"]
 
@@ -150,6 +151,7 @@ def mount_openai(
     policy = hooks if hooks is not None else NullPolicy()
     gw = Gateway(registry, store, hooks=policy)
     handlers = Handlers(gw, policy, max_body_bytes=max_body_bytes)
+    stored = ResponsesEndpoint(handlers, gw, policy)  # /v1/responses and what it keeps
     router = APIRouter(prefix="/v1", route_class=_RequestIdRoute)
 
     @app.exception_handler(OpenAIError)
@@ -189,7 +191,19 @@ def mount_openai(
 
     @router.post("/responses")
     async def responses(request: Request) -> Response:
-        return await handlers.responses(request)
+        return await stored.create(request)
+
+    @router.get("/responses/{rid}")
+    async def retrieve_response(request: Request, rid: str) -> Response:
+        return await stored.retrieve(request, rid)
+
+    @router.delete("/responses/{rid}")
+    async def delete_response(request: Request, rid: str) -> Response:
+        return await stored.delete(request, rid)
+
+    @router.get("/responses/{rid}/input_items")
+    async def response_input_items(request: Request, rid: str) -> Response:
+        return await stored.input_items(request, rid)
 
     @router.post("/embeddings", openapi_extra=openapi_body(EmbeddingRequest))
     async def embeddings(request: Request) -> Response:

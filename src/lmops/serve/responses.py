@@ -1,4 +1,4 @@
-"""OpenAI's Responses API (``POST /v1/responses``) over the gateway's chat path, stateless.
+"""OpenAI's Responses API (``POST /v1/responses``) over the gateway's chat path.
 
 A Responses request is translated into the chat request it means (``instructions`` as the
 system message, ``input`` items as messages, flat function tools as chat tools,
@@ -11,10 +11,12 @@ is translated back: ``message`` and ``function_call`` output items, ``status``
 (``response.created`` … ``response.output_text.delta`` … ``response.completed``), each
 with its ``sequence_number``.
 
-Nothing is stored: ``previous_response_id``, ``conversation`` and ``background`` are a
-400 that says to send the whole conversation in ``input`` (as with ``store: false``,
-which every reply says). The response id is the chat id's (``resp_<hex>`` for
-``chatcmpl-<hex>``), so ``lmops trace`` finds it. ``prompt: {id, version, variables}``
+This module translates; what is kept between requests (``store``,
+``previous_response_id``, retrieve, delete, input items) is
+:mod:`lmops.serve.stored_responses`, which hands this module the request with the
+conversation it continues already in ``input``. ``conversation`` and ``background`` are a
+400. The response id is the chat id's (``resp_<hex>`` for ``chatcmpl-<hex>``), so ``lmops
+trace`` finds it. ``prompt: {id, version, variables}``
 names an lmops registered prompt (``id@label`` or ``id`` with ``version``)."""
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from lmops.serve.protocol import OpenAIError
@@ -210,15 +212,36 @@ def _responses_terms(text: str, origins: list[str] | None, *, param: bool) -> st
     return re.sub(r"^messages:", "input:", text)
 
 
+def _uncarried(origins: list[str], carried: int, text: bool) -> list[str]:
+    """``origins`` of a request whose first ``carried`` input items came from its
+    ``previous_response_id``: those are that field's, the client's own are numbered as it
+    sent them (``input`` where it sent a string)."""
+
+    def own(m: re.Match[str]) -> str:
+        j = int(m.group(1))
+        if j < carried:
+            return "previous_response_id"
+        return "input" if text else f"input[{j - carried}]"
+
+    return [re.sub(r"\binput\[(\d+)\]", own, o) for o in origins]
+
+
 def as_responses_error(
-    e: OpenAIError, body: dict[str, Any], *, wrapped: bool = False
+    e: OpenAIError,
+    body: dict[str, Any],
+    *,
+    wrapped: bool = False,
+    carried: int = 0,
+    text_input: bool = False,
 ) -> OpenAIError:
     """``e``, raised by the chat path for ``body`` (a Responses request), in the Responses
     API's terms: ``max_output_tokens`` for ``max_completion_tokens``, ``input[2].content``
     for the chat message it became, and so on (param and message). ``wrapped``: a prompt
     (the deployment's, or one the request picked) was put around the messages, so a
-    message's index in the chat request no longer says which item it was: ``input``. A
-    guardrail's refusal text is the operator's, kept as written."""
+    message's index in the chat request no longer says which item it was: ``input``.
+    ``carried``: the first input items of ``body`` came from its previous response (and
+    ``text_input``: the client sent its own input as a string). A guardrail's refusal text
+    is the operator's, kept as written."""
     origins: list[str] | None = None
     if not wrapped:
         origins = []
@@ -226,6 +249,8 @@ def as_responses_error(
             _messages(body.get("input"), body.get("instructions"), origins)
         except OpenAIError:  # pragma: no cover - read once already
             origins = None
+        if origins is not None and carried:
+            origins = _uncarried(origins, carried, text_input)
     said = (
         e.message
         if e.code == "content_filter"
@@ -302,14 +327,13 @@ def chat_body(body: Any) -> dict[str, Any]:
     serve)."""
     if not isinstance(body, dict):
         raise _bad("body", "give a JSON object")
-    for field in ("previous_response_id", "conversation"):
-        if body.get(field) is not None:
-            raise _bad(
-                field,
-                "this gateway stores no responses (store: false); send the whole "
-                "conversation in input",
-                "unsupported_parameter",
-            )
+    if body.get("conversation") is not None:
+        raise _bad(
+            "conversation",
+            "conversations are not served here; continue a response with "
+            "previous_response_id, or send the whole conversation in input",
+            "unsupported_parameter",
+        )
     if body.get("background"):
         raise _bad(
             "background", "this gateway answers in the foreground only", "unsupported_parameter"
@@ -411,9 +435,9 @@ def _skeleton(rid: str, request: dict[str, Any], created: float) -> dict[str, An
         "instructions": request.get("instructions"),
         "max_output_tokens": request.get("max_output_tokens"),
         "parallel_tool_calls": request.get("parallel_tool_calls", True),
-        "previous_response_id": None,
+        "previous_response_id": request.get("previous_response_id"),
         "reasoning": request.get("reasoning"),
-        "store": False,
+        "store": request.get("store") is True,  # what the gateway decided, not the ask
         "temperature": request.get("temperature"),
         "text": text or {"format": {"type": "text"}},
         "tool_choice": request.get("tool_choice", "auto"),
@@ -624,6 +648,10 @@ class _Events:
         return out
 
     def end(self) -> list[str]:
+        return [*self.close(), *self.last()]
+
+    def close(self) -> list[str]:
+        """The events that close the open items; the response gets its final state."""
         if self.response is None:
             return []
         status, incomplete = _status(self.finish)
@@ -646,17 +674,25 @@ class _Events:
             output=self.items,
             usage=_usage(self.usage),
         )
-        kind = "response.completed" if status == "completed" else "response.incomplete"
-        return [*out, self.event(kind, response=self.response)]
+        return out
+
+    def last(self) -> list[str]:
+        """The event that ends the stream with the whole response."""
+        if self.response is None:
+            return []
+        done = self.response["status"] == "completed"
+        kind = "response.completed" if done else "response.incomplete"
+        return [self.event(kind, response=self.response)]
 
     def failed(self, error: dict[str, Any]) -> list[str]:
         out = [] if self.response is not None else self.start({})
         assert self.response is not None
         message = str(error.get("message", "the reply failed"))
         code = str(error.get("code") or "server_error")
-        self.response.update(
+        self.response.update(  # a failed response is not kept
             status="failed", output=self.items, error={"code": code, "message": message}
         )
+        self.response["store"] = False
         return [
             *out,
             self.event("error", code=code, message=message, param=None),
@@ -664,11 +700,25 @@ class _Events:
         ]
 
 
-async def to_stream(chat: AsyncIterator[str], request: dict[str, Any]) -> AsyncIterator[str]:
+async def to_stream(
+    chat: AsyncIterator[str],
+    request: dict[str, Any],
+    on_end: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+) -> AsyncIterator[str]:
     """The Responses events of a chat event stream's body (``data: {...}`` events, ``[DONE]``
-    last); closing this closes the chat stream (its request is logged then)."""
+    last); closing this closes the chat stream (its request is logged then). ``on_end``
+    gets the finished response (``completed`` or ``incomplete``) before the event that
+    ends the stream is written, so it may still change it (it is stored there); a stream
+    that fails or that the client leaves never reaches it."""
     ev = _Events(request)
     ended = False
+
+    async def end() -> list[str]:
+        out = ev.close()
+        if on_end is not None and ev.response is not None:
+            await on_end(ev.response)
+        return [*out, *ev.last()]
+
     try:
         async for piece in chat:
             out: list[str] = []
@@ -677,7 +727,7 @@ async def to_stream(chat: AsyncIterator[str], request: dict[str, Any]) -> AsyncI
                     continue
                 data = block[len("data: ") :]
                 if data == "[DONE]":
-                    out += ev.end()
+                    out += await end()
                     ended = True
                     continue
                 chunk = json.loads(data)
@@ -694,6 +744,6 @@ async def to_stream(chat: AsyncIterator[str], request: dict[str, Any]) -> AsyncI
             if out:
                 yield "".join(out)
         if not ended:
-            yield Final("".join(ev.end()))
+            yield Final("".join(await end()))
     finally:
         await chat.aclose()  # type: ignore[attr-defined]
