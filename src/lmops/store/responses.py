@@ -38,6 +38,24 @@ _TABLE = cast(Table, ResponseRow.__table__)
 MAX_CHAIN = 10_000
 
 
+def _chain(rid: str, key: str | None) -> Any:
+    """The recursive query of the ids (and depth, 0 for ``rid``) of the unexpired responses
+    from ``rid`` back; none when ``rid`` is not ``key``'s (with a ``key``)."""
+    now = utcnow()
+    head = select(_TABLE.c.id, _TABLE.c.previous_id, literal(0).label("depth")).where(
+        _TABLE.c.id == rid, _TABLE.c.expires_at > now
+    )
+    if key is not None:
+        head = head.where(_TABLE.c.key_name == key)
+    chain = head.cte("chain", recursive=True)
+    back = (
+        select(_TABLE.c.id, _TABLE.c.previous_id, chain.c.depth + 1)
+        .join(chain, _TABLE.c.id == chain.c.previous_id)
+        .where(_TABLE.c.expires_at > now, chain.c.depth < MAX_CHAIN)
+    )
+    return chain.union_all(back)
+
+
 def _record(row: ResponseRow) -> StoredResponse:
     created, expires = aware(row.created_at), aware(row.expires_at)
     assert created is not None and expires is not None
@@ -77,30 +95,17 @@ class ResponseStore:
                 )
             )
             if r.previous_id is not None:
-                ids = [row.id for row, _ in self._chain(s, r.previous_id, None)]
-                if ids:
-                    s.execute(
-                        update(_TABLE)
-                        .where(_TABLE.c.id.in_(ids), _TABLE.c.expires_at < r.expires_at)
-                        .values(expires_at=r.expires_at)
-                    )
+                ids = select(_chain(r.previous_id, None).c.id).scalar_subquery()
+                s.execute(
+                    update(_TABLE)
+                    .where(_TABLE.c.id.in_(ids), _TABLE.c.expires_at < r.expires_at)
+                    .values(expires_at=r.expires_at)
+                )
 
         self._db.write(put)
 
     def _chain(self, s: Session, rid: str, key: str | None) -> list[tuple[ResponseRow, Any]]:
-        now = utcnow()
-        head = select(_TABLE.c.id, _TABLE.c.previous_id, literal(0).label("depth")).where(
-            _TABLE.c.id == rid, _TABLE.c.expires_at > now
-        )
-        if key is not None:
-            head = head.where(_TABLE.c.key_name == key)
-        chain = head.cte("chain", recursive=True)
-        back = (
-            select(_TABLE.c.id, _TABLE.c.previous_id, chain.c.depth + 1)
-            .join(chain, _TABLE.c.id == chain.c.previous_id)
-            .where(_TABLE.c.expires_at > now, chain.c.depth < MAX_CHAIN)
-        )
-        chain = chain.union_all(back)
+        chain = _chain(rid, key)
         q = (
             select(ResponseRow, chain.c.depth)
             .join(chain, ResponseRow.id == chain.c.id)
