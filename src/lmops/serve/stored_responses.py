@@ -212,26 +212,29 @@ class ResponsesEndpoint:
         return True
 
     # ---------------------------------------------------------------------------------- read
-    async def _stored(self, request: Request, rid: str) -> Any:
+    async def _stored(self, request: Request, rid: str, route: str) -> tuple[Any, dict[str, str]]:
+        """Response ``rid`` as the caller's key may read it, and the key's rate headers: a
+        database read runs no model, but counts against the key's rpm, as /tokenize does."""
         key = self.gw.authenticate(request)
-        self.policy.count_request(key)  # a database read: counted against the key's rpm
+        headers = self.policy.count_request(key, route)
         found = await asyncio.to_thread(self.responses.get, rid, key=self._owner(key))
         if found is None:
             raise _not_found(rid)
-        return found
+        return found, headers
 
     async def retrieve(self, request: Request, rid: str) -> Response:
         """``GET /v1/responses/{id}``: the stored response, as it was answered (masked)."""
-        return JSONResponse((await self._stored(request, rid)).response)
+        found, headers = await self._stored(request, rid, "/v1/responses/{id}")
+        return JSONResponse(found.response, headers=headers)
 
     async def delete(self, request: Request, rid: str) -> Response:
         """``DELETE /v1/responses/{id}``: OpenAI's deletion object; later responses that
         continued it stay, and no longer carry it."""
         key = self.gw.authenticate(request)
-        self.policy.count_request(key)
+        headers = self.policy.count_request(key, "/v1/responses/{id}")
         if not await asyncio.to_thread(self.responses.delete, rid, key=self._owner(key)):
             raise _not_found(rid)
-        return JSONResponse({"id": rid, "object": "response", "deleted": True})
+        return JSONResponse({"id": rid, "object": "response", "deleted": True}, headers=headers)
 
     async def input_items(self, request: Request, rid: str) -> Response:
         """``GET /v1/responses/{id}/input_items``: the items this response's request sent
@@ -247,7 +250,8 @@ class ResponsesEndpoint:
             raise OpenAIError(400, f"limit: give 1 to {MAX_PAGE}", param="limit")
         if order not in ("asc", "desc"):
             raise OpenAIError(400, "order: give asc or desc", param="order")
-        items = list((await self._stored(request, rid)).input)
+        found, headers = await self._stored(request, rid, "/v1/responses/{id}/input_items")
+        items = list(found.input)
         if order == "desc":
             items.reverse()
         if after is not None:
@@ -265,5 +269,6 @@ class ResponsesEndpoint:
                 "first_id": page[0]["id"] if page else None,
                 "last_id": page[-1]["id"] if page else None,
                 "has_more": len(items) > len(page),
-            }
+            },
+            headers=headers,
         )
