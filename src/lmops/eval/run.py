@@ -243,6 +243,18 @@ def _generate(
         filters = {_NO_FILTER: lambda s: s.strip()}
     # metric name -> (item function, its options from the task file: ignore_case, ...)
     scorers = [(m.metric, *_metric_fn(m)) for m in task.config.metric_list]
+    # every answer each document accepts, read before anything is generated: a document with
+    # none fails now, naming it
+    golds: list[list[str]] = []
+    # the report lists a document's answers as the task gives them: a list (of one too, as
+    # lm-eval's samples keep it), or the one answer
+    targets: list[str | list[str]] = []
+    for i, doc in enumerate(docs):
+        try:
+            golds.append(task.golds(doc))
+        except UserError as e:
+            raise UserError(f"task {task.name}, doc {i}: {e}") from None
+        targets.append(golds[-1] if isinstance(task.target(doc), list) else golds[-1][0])
     contexts: list[str] = []
     outputs: list[str] = []
     # a model that batches generations across requests takes larger calls
@@ -255,13 +267,12 @@ def _generate(
         advance(len(chunk))
     per_item: dict[str, list[Any]] = {}
     items = []
-    for doc, ctx, out in zip(docs, contexts, outputs, strict=True):
-        ref = task.target_text(doc)
-        item: dict[str, Any] = {"context": ctx, "output": out, "target": ref}
+    for gold, target, ctx, out in zip(golds, targets, contexts, outputs, strict=True):
+        item: dict[str, Any] = {"context": ctx, "output": out, "target": target}
         for fname, fn in filters.items():
             pred = fn(out)
             for name, item_fn, options in scorers:
-                value = item_fn(pred or "", ref, **options)
+                value = _best_of(name, item_fn, pred or "", gold, options)
                 per_item.setdefault(f"{name},{fname}", []).append(value)
             item[f"pred,{fname}"] = pred
         item["scores"] = {k: v[-1] for k, v in per_item.items() if isinstance(v[-1], int | float)}
@@ -280,6 +291,25 @@ def _generate(
             _stderr([float(v) for v in vals]) if numeric else float("nan")
         )
     return out_metrics, items
+
+
+def _best_of(
+    name: str, item_fn: Callable[..., Any], pred: str, golds: list[str], options: dict[str, Any]
+) -> Any:
+    """Metric ``name`` of ``pred`` against a document's answers: against the one answer as
+    it is; against several, each scored alone and the best kept (the highest, or the
+    lowest for a metric where lower is better), as lm-eval scores a generation task whose
+    target is a list (``multiple_target``). A corpus metric's item (BLEU's ``(pred, ref)``,
+    not a number) is kept with every answer as its references: multi-reference BLEU."""
+    from lmops.eval import metrics
+
+    if len(golds) == 1:
+        return item_fn(pred, golds[0], **options)
+    values = [item_fn(pred, g, **options) for g in golds]
+    if not all(isinstance(v, int | float) for v in values):
+        return item_fn(pred, golds, **options)
+    higher = metrics.METRICS[name].higher_is_better if name in metrics.METRICS else True
+    return max(values) if higher else min(values)
 
 
 def _metric_fn(spec: Any) -> tuple[Callable[..., Any], dict[str, Any]]:
@@ -488,7 +518,7 @@ def flag_contamination(
         docs = task_docs(task, limit)
         flags = []
         for doc, item in zip(docs, res.items, strict=True):
-            hit = index.check(task.text(doc) + " " + task.target_text(doc))
+            hit = index.check(task.text(doc) + " " + " ".join(task.golds(doc)))
             item["contaminated"] = hit.contaminated
             item["overlap"] = hit.overlap_ratio
             flags.append(hit.contaminated)

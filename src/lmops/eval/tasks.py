@@ -364,11 +364,33 @@ class Task:
             return int(t)
         return t
 
-    def target_text(self, doc: Doc) -> str:
+    def golds(self, doc: Doc) -> list[str]:
+        """Every answer ``doc`` accepts, as text: the target choice's (multiple choice, and a
+        generation task with choices whose target is an index, as lm-eval reads it), each of
+        several targets (a ``doc_to_target`` that renders a list, as TriviaQA's aliases), else
+        the one target. A generation is scored against each and keeps its best score."""
+        c = self.config
         t = self.target(doc)
-        if self.config.output_type == "multiple_choice":
-            return self.choices(doc)[t]
-        return str(t)
+        if c.output_type == "multiple_choice":
+            return [self.choices(doc)[t]]
+        if isinstance(t, list):
+            if not t:
+                raise UserError(
+                    "doc_to_target rendered an empty list: give each document at least one answer"
+                )
+            return [str(x) for x in t]
+        if c.doc_to_choice is not None and isinstance(t, int) and not isinstance(t, bool):
+            choices = self.choices(doc)
+            if not 0 <= t < len(choices):
+                raise UserError(
+                    f"doc_to_target {t} is not an index of the {len(choices)} choices {choices}"
+                )
+            return [choices[t]]
+        return [str(t)]
+
+    def target_text(self, doc: Doc) -> str:
+        """The target as one text: the answer, or several answers one a line."""
+        return "\n".join(self.golds(doc))
 
     def answer_text(self, doc: Doc) -> str:
         """A few-shot example's answer: the target choice's text (multiple choice), the first
@@ -591,5 +613,7 @@ def _check_templates(task: Task, source: str) -> None:
         task.target(doc)
         if task.config.output_type == "multiple_choice":
             task.choices(doc)
+        else:  # a generation's answers: a list of none, an index past the choices
+            task.golds(doc)
     except UserError as e:
         raise UserError(f"{source or task.name}: {e} (columns: {', '.join(doc)})") from None

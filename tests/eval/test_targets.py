@@ -1,0 +1,239 @@
+"""A generation task whose ``doc_to_target`` renders a list (TriviaQA's and Natural
+Questions' aliases) scores a prediction against each answer and keeps the best, as
+lm-evaluation-harness scores ``multiple_target`` tasks; the report's item lists every answer.
+A single answer scores as before. The model is the in-package fake, answering what the test
+says; the task file and its data are written here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmops.core.errors import UserError
+from lmops.eval.lm import FakeEvalModel
+from lmops.eval.run import TaskResult, evaluate, flag_contamination
+from lmops.eval.tasks import load_task_file
+
+TASK = """\
+task: capitals
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "Q: capital of {{{{country}}}}?\\nA:"
+doc_to_target: {target}
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 16
+metric_list:
+{metrics}
+{extra}"""
+
+ALL_METRICS = """\
+  - metric: exact_match
+  - metric: f1
+  - metric: rouge_l
+  - metric: bleu
+"""
+
+DOCS = [
+    {"country": "France", "answers": ["Paris", "paris, france"], "capital": "Paris"},
+    {"country": "Japan", "answers": ["Tokyo", "Edo", "東京"], "capital": "Tokyo"},
+    {"country": "Peru", "answers": ["Lima"], "capital": "Lima"},
+]
+
+
+def write_task(
+    tmp: Path,
+    target: str = '"{{answers}}"',
+    *,
+    metrics: str = ALL_METRICS,
+    extra: str = "",
+    docs: list[dict[str, Any]] = DOCS,
+) -> Path:
+    data = tmp / "capitals.jsonl"
+    data.write_text("\n".join(json.dumps(d, ensure_ascii=False) for d in docs) + "\n", "utf-8")
+    f = tmp / "capitals.yaml"
+    f.write_text(TASK.format(data=data, target=target, metrics=metrics, extra=extra), "utf-8")
+    return f
+
+
+def answering(answers: dict[str, str]) -> FakeEvalModel:
+    """A model that answers " <answer>" to the question about each country."""
+    return FakeEvalModel(lambda ctx: " " + next(a for c, a in answers.items() if c in ctx))
+
+
+def run(task_file: Path, answers: dict[str, str]) -> TaskResult:
+    return evaluate(answering(answers), [load_task_file(task_file)], progress=False)[0]
+
+
+def test_an_alias_scores_as_the_answer_and_the_item_lists_every_answer(tmp_path: Path) -> None:
+    # France and Japan answered with an alias that is not their first answer; Peru with
+    # its one answer
+    res = run(write_task(tmp_path), {"France": "paris, france", "Japan": "Edo", "Peru": "Lima"})
+    assert [it["scores"]["exact_match,none"] for it in res.items] == [1.0, 1.0, 1.0]
+    assert res.metrics["exact_match,none"] == 1.0
+    assert res.metrics["f1,none"] == 1.0 and res.metrics["rouge_l,none"] == 1.0
+    assert [it["target"] for it in res.items] == [
+        ["Paris", "paris, france"],
+        ["Tokyo", "Edo", "東京"],
+        ["Lima"],  # a list of one is still the task's list
+    ]
+
+
+def test_a_prediction_matching_no_answer_scores_zero_and_partial_credit_is_the_best(
+    tmp_path: Path,
+) -> None:
+    res = run(write_task(tmp_path), {"France": "Lyon", "Japan": "Kyoto", "Peru": "Cusco"})
+    assert res.metrics["exact_match,none"] == 0.0 and res.metrics["f1,none"] == 0.0
+
+    # "Paris France" shares one of two tokens with "Paris" (F1 2/3) and both with
+    # "paris, france" (F1 1): the best is kept, not the first answer's or the mean
+    res = run(write_task(tmp_path), {"France": "Paris France", "Japan": "x", "Peru": "x"})
+    first = res.items[0]["scores"]
+    assert first["f1,none"] == 1.0 and first["rouge_l,none"] == 1.0
+    assert first["exact_match,none"] == 0.0  # no answer is the text itself
+    # an answer with only part of a multi-word alias: partial credit, not 0 or 1
+    res = run(write_task(tmp_path), {"France": "france", "Japan": "x", "Peru": "x"})
+    assert res.items[0]["scores"]["f1,none"] == pytest.approx(2 / 3)
+
+
+def test_bleu_takes_every_answer_as_a_reference(tmp_path: Path) -> None:
+    """BLEU is a corpus metric: each document's answers are its references, as sacrebleu
+    takes several (clipped counts against the best reference, the closest length)."""
+    from lmops.eval.metrics import bleu
+
+    docs = [
+        {"country": "France", "answers": ["the city of Paris on the Seine", "Paris is it"]},
+        {"country": "Japan", "answers": ["it is Tokyo in the east of Japan"]},
+    ]
+    outs = {"France": "Paris is it of course", "Japan": "it is Tokyo in the east"}
+    res = run(write_task(tmp_path, metrics="  - metric: bleu\n", docs=docs), outs)
+    preds = list(outs.values())
+    every = bleu(preds, [d["answers"] for d in docs])
+    assert res.metrics["bleu,none"] == pytest.approx(every)
+    assert every > bleu(preds, [d["answers"][0] for d in docs]) > 0  # the alias counted
+
+
+def test_a_single_target_scores_and_reads_as_before(tmp_path: Path) -> None:
+    answers = {"France": "Paris", "Japan": "Edo", "Peru": "Lima"}
+    res = run(write_task(tmp_path, '"{{capital}}"'), answers)
+    assert [it["scores"]["exact_match,none"] for it in res.items] == [1.0, 0.0, 1.0]
+    assert [it["target"] for it in res.items] == ["Paris", "Tokyo", "Lima"]  # a string
+    # a column holding a string, too
+    res = run(write_task(tmp_path, "capital"), answers)
+    assert [it["target"] for it in res.items] == ["Paris", "Tokyo", "Lima"]
+    assert res.metrics["exact_match,none"] == pytest.approx(2 / 3)
+
+
+def test_a_list_column_is_several_answers_too(tmp_path: Path) -> None:
+    res = run(write_task(tmp_path, "answers"), {"France": "x", "Japan": "東京", "Peru": "Lima"})
+    assert [it["scores"]["exact_match,none"] for it in res.items] == [0.0, 1.0, 1.0]
+
+
+def test_filters_and_metric_options_apply_to_every_answer(tmp_path: Path) -> None:
+    extra = """\
+filter_list:
+  - name: answer
+    filter:
+      - function: regex
+        regex_pattern: "answer is (.+)"
+      - function: lowercase
+"""
+    metrics = "  - metric: exact_match\n    ignore_case: true\n    ignore_punctuation: true\n"
+    f = write_task(tmp_path, metrics=metrics, extra=extra)
+    answers = {"France": "I think the answer is PARIS FRANCE", "Japan": "the answer is edo"}
+    res = run(f, {**answers, "Peru": "no idea"})
+    assert [it["pred,answer"] for it in res.items] == ["paris france", "edo", None]
+    assert [it["scores"]["exact_match,answer"] for it in res.items] == [1.0, 1.0, 0.0]
+
+    # numbers: GSM8K's extraction, compared as numbers with each answer
+    docs = [{"country": "Mars", "answers": ["2", "two"]}, {"country": "Venus", "answers": ["0"]}]
+    extra = "filter_list:\n  - name: num\n    filter:\n      - function: number\n"
+    metrics = "  - metric: exact_match\n    numeric: true\n"
+    f = write_task(tmp_path, metrics=metrics, extra=extra, docs=docs)
+    res = run(f, {"Mars": "It has 2.0 moons", "Venus": "none, so 1"})
+    assert [it["scores"]["exact_match,num"] for it in res.items] == [1.0, 0.0]
+
+
+def test_a_document_without_an_answer_is_named_before_anything_is_generated(
+    tmp_path: Path,
+) -> None:
+    docs = [DOCS[0], {"country": "Atlantis", "answers": []}]
+    task = load_task_file(write_task(tmp_path, docs=docs))  # the first document is fine
+    asked: list[str] = []
+    model = FakeEvalModel(lambda ctx: asked.append(ctx) or "x")
+    with pytest.raises(UserError) as e:
+        evaluate(model, [task], progress=False)
+    assert str(e.value) == (
+        "task capitals, doc 1: doc_to_target rendered an empty list: give each document at "
+        "least one answer"
+    )
+    assert asked == []
+    # the first document is checked when the file is read
+    with pytest.raises(UserError, match=r"capitals.yaml: doc_to_target rendered an empty list"):
+        load_task_file(write_task(tmp_path, docs=docs[::-1]))
+
+
+def test_a_generation_task_with_choices_scores_the_indexed_choice(tmp_path: Path) -> None:
+    """lm-eval's generate_until with ``doc_to_choice``: the target is an index into the
+    choices, and the choice's text is the answer (not the index's digits)."""
+    extra = 'doc_to_choice: ["Paris", "Tokyo", "Lima"]\n'
+    docs = [{"country": "France", "i": 0}, {"country": "Peru", "i": 2}]
+    res = run(write_task(tmp_path, "i", extra=extra, docs=docs), {"France": "Paris", "Peru": "2"})
+    assert [it["target"] for it in res.items] == ["Paris", "Lima"]
+    assert [it["scores"]["exact_match,none"] for it in res.items] == [1.0, 0.0]
+
+
+def test_contamination_reads_every_answer_as_text(tmp_path: Path) -> None:
+    task = load_task_file(write_task(tmp_path))
+    res = evaluate(answering({"France": "x", "Japan": "x", "Peru": "x"}), [task], progress=False)
+    # Japan's question and its answers, word for word, in the training data
+    flag_contamination(res, [task], ["Q: capital of Japan? A: Tokyo Edo 東京"], n=5)
+    assert [it["contaminated"] for it in res[0].items] == [False, True, False]
+
+
+# -- the same scores as lm-evaluation-harness ----------------------------------------------------
+def test_exact_match_per_document_is_lm_evals(tmp_path: Path) -> None:
+    lm_eval = pytest.importorskip(
+        "lm_eval", reason="lm-evaluation-harness not installed (pip install 'lmops[dev]')"
+    )
+    from lm_eval import simple_evaluate
+    from lm_eval.api.model import LM
+    from lm_eval.tasks import TaskManager
+
+    answers = {"France": "paris, france", "Japan": "Kyoto", "Peru": "Lima"}
+
+    class Fake(LM):  # type: ignore[misc]
+        def generate_until(self, requests: list[Any]) -> list[str]:
+            return [next(a for c, a in answers.items() if c in r.args[0]) for r in requests]
+
+        def loglikelihood(self, requests: list[Any]) -> list[Any]:
+            raise NotImplementedError
+
+        def loglikelihood_rolling(self, requests: list[Any]) -> list[Any]:
+            raise NotImplementedError
+
+    f = write_task(tmp_path, metrics="  - metric: exact_match\n")
+    ours = run(f, answers)
+    theirs = simple_evaluate(
+        model=Fake(),
+        tasks=["capitals"],
+        task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
+        log_samples=True,
+    )
+    assert theirs is not None and lm_eval is not None
+    samples = sorted(theirs["samples"]["capitals"], key=lambda s: s["doc_id"])
+    assert [s["exact_match"] for s in samples] == [1.0, 0.0, 1.0]
+    assert [it["scores"]["exact_match,none"] for it in ours.items] == [
+        s["exact_match"] for s in samples
+    ]
+    assert [it["target"] for it in ours.items] == [s["target"] for s in samples]
+    assert ours.metrics["exact_match,none"] == pytest.approx(
+        theirs["results"]["capitals"]["exact_match,none"]
+    )
