@@ -88,6 +88,38 @@ def test_load_subjective_set_errors(tmp_path: Path, line: str, message: str) -> 
         load_subjective_set(path)
 
 
+def test_a_reference_of_several_answers_shows_the_judge_every_one(tmp_path: Path) -> None:
+    path = tmp_path / "set.jsonl"
+    rows = [
+        {"id": "q1", "question": "Capital of France?", "reference": ["Paris", "Paris, France"]},
+        {"id": "q2", "question": "Capital of Japan?", "reference": ["Tokyo", " "]},  # one left
+        {"id": "q3", "question": "Capital of Peru?", "reference": []},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    items = load_subjective_set(path)
+    assert [it.reference for it in items] == [
+        "Any one of these answers is correct:\n- Paris\n- Paris, France",
+        "Tokyo",
+        None,
+    ]
+    prompts: list[str] = []
+    judge = FakeEvalModel(respond=lambda p: prompts.append(p) or "Correct. [[9]]")
+    report = judge_single(FakeEvalModel(respond=lambda q: "Paris, France"), judge, items[:1])
+    assert [j.template for j in report.items] == ["single-ref@1"]
+    shown = _between(prompts[0], "[The Start of the Reference Answer]", "[The End")
+    assert shown.splitlines() == [
+        "Any one of these answers is correct:",
+        "- Paris",
+        "- Paris, France",
+    ]
+
+    path.write_text(json.dumps({"id": "q", "question": "q", "reference": ["a", 4]}), "utf-8")
+    with pytest.raises(
+        UserError, match=r"set\.jsonl:1: reference\[1\]: expected a string, got int"
+    ):
+        load_subjective_set(path)
+
+
 def test_load_subjective_set_empty_and_missing(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("\n\n", encoding="utf-8")
     with pytest.raises(UserError, match="has no rows"):

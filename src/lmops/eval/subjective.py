@@ -4,6 +4,9 @@ A subjective set is JSONL, one question a line::
 
     {"id": "q1", "question": "...", "reference": "... (optional)", "category": "... (optional)"}
 
+``reference`` may list several acceptable answers (``["Paris", "Paris, France"]``, as a
+TriviaQA row's aliases): the judge is shown all of them, any one of them correct.
+
 ``judge_single`` has the model under test answer each question and a judge model rate the
 answer 1-10 (``single@1``, or ``single-ref@1`` when the item has a reference);
 ``judge_pairwise`` has two models answer and the judge compare them in both orders (A/B and
@@ -103,10 +106,27 @@ def _optional_text(value: Any, where: str, name: str) -> str | None:
     return value if value.strip() else None
 
 
+def _reference(value: Any, where: str) -> str | None:
+    """A row's reference as the judge reads it: the text, or several acceptable answers (a
+    list) shown one a line, any one of them correct; blank ones left out."""
+    if not isinstance(value, list):
+        return _optional_text(value, where, "reference")
+    answers = []
+    for i, one in enumerate(value):
+        if not isinstance(one, str):
+            raise UserError(f"{where}: reference[{i}]: expected a string, got {type(one).__name__}")
+        if one.strip():
+            answers.append(one)
+    if len(answers) < 2:
+        return answers[0] if answers else None
+    return "Any one of these answers is correct:\n" + "\n".join(f"- {a}" for a in answers)
+
+
 def load_subjective_set(path: str | Path) -> list[SubjectiveItem]:
     """Read a subjective set (JSONL). Blank lines are skipped; every problem is a one-line
     ``UserError`` naming ``file:line`` and the field (``id`` must be unique, ``question``
-    non-empty, ``reference`` and ``category`` strings if given, no other fields)."""
+    non-empty, ``reference`` a string or a list of strings and ``category`` a string if
+    given, no other fields)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -136,7 +156,7 @@ def load_subjective_set(path: str | Path) -> list[SubjectiveItem]:
             SubjectiveItem(
                 id=item_id,
                 question=question,
-                reference=_optional_text(row.get("reference"), where, "reference"),
+                reference=_reference(row.get("reference"), where),
                 category=_optional_text(row.get("category"), where, "category"),
             )
         )
