@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from lmops.core.errors import UserError
+from lmops.eval._batching import ItemFailed
 from lmops.eval.endpoint import auto_batch_size
 from lmops.eval.lm import EndpointDown, OpenAIEvalModel
 from tests.eval.test_endpoint import Script, endpoint, gen, prompts
@@ -233,11 +234,46 @@ def test_a_prompt_the_endpoint_refuses_is_still_an_error_after_the_fall_back() -
     script = Script(refuse={"q5"})
     with endpoint(script) as url:
         m = OpenAIEvalModel(url, "m", chat=False, concurrency=1, batch_size=4, retries=3)
-        with pytest.raises(UserError, match="endpoint refused the request: 400") as e:
+        with pytest.raises(ItemFailed) as e:
             m.generate(gen(prompts(8)))
     assert not isinstance(e.value, EndpointDown)
+    # the refused prompt's place in the call, and what the server said, in one line
+    assert e.value.index == 5
+    assert e.value.reason == "endpoint refused the request: 400 bad request"
     # the first batch, the second refused as a whole, then its prompts alone up to q5
     assert [b["prompt"] for b in script.bodies] == [prompts(4), prompts(8)[4:], "q4", "q5"]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_refused_prompt_names_its_task_and_document(tmp_path: Path, chat: bool) -> None:
+    """Log-likelihood requests (a document's four choices side by side, in lists of 8 that
+    fall back to one prompt a request) and chat generations (one a request): the refused
+    prompt is named by its task and its document's place in items.jsonl."""
+    from lmops.eval.run import evaluate
+    from lmops.eval.tasks import load_task_file
+
+    task = load_task_file(mc_task(tmp_path))
+    if chat:  # the same questions as a generation task, through the chat API
+        text = (tmp_path / "colours.yaml").read_text()
+        gen_task = tmp_path / "gen.yaml"
+        gen_task.write_text(
+            text.replace("output_type: multiple_choice", "output_type: generate_until")
+            .replace("  - metric: acc_norm\n", "")
+            .replace("metric: acc", "metric: exact_match")
+            .replace("doc_to_target: gold", 'doc_to_target: "{{choices[gold]}}"')
+        )
+        task = load_task_file(gen_task)
+        refused = "Question: Which number comes after 12?\nAnswer:"  # doc 4
+    else:  # doc 4's third choice
+        refused = "Question: Which number comes after 12?\nAnswer: red"
+    script = Script(refuse={refused})
+    with endpoint(script) as url:
+        m = OpenAIEvalModel(url, "m", chat=chat, concurrency=2, batch_size=8)
+        with pytest.raises(UserError) as e:
+            evaluate(m, [task], progress=False, apply_chat_template=chat)
+    assert str(e.value) == (
+        f"task {task.name}, doc 4: endpoint refused the request: 400 bad request"
+    )
 
 
 def test_a_batch_that_fails_fails_each_prompt_and_counts_once_in_a_row() -> None:

@@ -111,12 +111,21 @@ def test_other_settings_models_or_task_edits_do_not_reuse(tmp_path: Path) -> Non
 
 
 # -- an endpoint that goes down in the middle of a run ----------------------------------------
+# what vLLM says to a prompt longer than the model takes
+REFUSAL = (
+    "This model's maximum context length is 16 tokens. However, you requested 24 tokens "
+    "(16 in the messages, 8 in the completion). Please reduce the length of the messages "
+    "or completion."
+)
+
+
 @contextlib.contextmanager
 def endpoint(state: dict[str, Any]) -> Iterator[str]:
-    """A chat and completions endpoint that answers " Paris", and HTTP 500 once it has
-    answered ``state["fail_after"]`` requests (or holds every request after
-    ``state["hang_after"]`` until ``state["released"]`` is set); ``state["bodies"]``
-    records every request."""
+    """A chat and completions endpoint that answers " Paris" (to each prompt of a list),
+    and HTTP 500 once it has answered ``state["fail_after"]`` requests (or holds every
+    request after ``state["hang_after"]`` until ``state["released"]`` is set); a 400 saying
+    ``REFUSAL`` to a request with a prompt that contains ``state["refuse"]``;
+    ``state["bodies"]`` records every request."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -129,12 +138,18 @@ def endpoint(state: dict[str, Any]) -> Iterator[str]:
                 self.send_response(500)
                 self.end_headers()
                 return
-            choice: dict[str, Any] = {"index": 0, "text": " Paris"}  # /v1/completions
+            prompt = body["prompt"] if "prompt" in body else body["messages"][-1]["content"]
+            texts = prompt if isinstance(prompt, list) else [prompt]
+            status, reply = 200, {"choices": []}
+            for i in range(len(texts)):  # /v1/completions
+                reply["choices"].append({"index": i, "text": " Paris"})
             if self.path.endswith("/chat/completions"):
-                choice = {"index": 0, "message": {"role": "assistant", "content": " Paris"}}
-            reply = {"choices": [choice]}
+                message = {"role": "assistant", "content": " Paris"}
+                reply = {"choices": [{"index": 0, "message": message}]}
+            if state.get("refuse") and any(state["refuse"] in t for t in texts):
+                status, reply = 400, {"error": {"message": REFUSAL, "type": "BadRequestError"}}
             data = json.dumps(reply).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -195,6 +210,40 @@ def test_a_failing_endpoint_keeps_scored_tasks_and_the_same_command_resumes(  # 
     assert report["config"]["resumed_tasks"] == ["caps_a"]
     assert report["results"]["caps_a"]["n"] == 3 and report["results"]["caps_b"]["n"] == 6
     assert not list((lmops_home / "eval-partial").rglob("*.json"))  # gone once registered
+
+
+def test_a_refused_prompt_names_its_task_and_document_and_the_run_resumes(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path, lmops_home: Path
+) -> None:
+    from lmops.store import Store
+
+    files = [write_task(tmp_path, "caps_a", 3), write_task(tmp_path, "caps_b", 6)]
+    state: dict[str, Any] = {"bodies": [], "fail_after": None, "refuse": "Chile"}
+    with endpoint(state) as url:
+        args = ["eval", "run", "--model", "m", "--endpoint", url, "--retries", "0"]
+        args += ["--batch-size", "4"]  # the refused list falls back to one prompt a request
+        args += [a for f in files for a in ("--task-file", str(f))]
+        refused = cli(*args)
+        assert refused.code == 2 and "Traceback" not in refused.err
+        # one line: the task, the document (items.jsonl's numbering), the server's words
+        error = refused.err.strip().splitlines()[-1]
+        assert error.startswith(
+            f"error: task caps_b, doc 5: endpoint refused the request: 400 {REFUSAL}; "
+            "1 finished task(s) are kept in "
+        )
+        assert error.endswith("; run the same command again to score only the rest")
+        kept = list((lmops_home / "eval-partial").rglob("*.json"))
+        assert [f.name.split(".")[0] for f in kept] == ["caps_a"]
+
+        settle(state)
+        state.update(bodies=[], refuse=None)  # the document is fixed (or the server is)
+        ok = cli(*args, "--output", "caps")
+        assert ok.code == 0, ok.err
+    sent = [p for b in state["bodies"] for p in b["prompt"]]  # lists of 4 again
+    assert sorted(sent) == sorted(f"Q: capital of {c}?\nA:" for c, _ in COUNTRIES)  # b's only
+    report = json.loads((Store().assets.path("caps") / "results.json").read_text())
+    assert report["config"]["resumed_tasks"] == ["caps_a"]
+    assert report["results"]["caps_a"]["n"] == 3 and report["results"]["caps_b"]["n"] == 6
 
 
 def test_chat_prompts_go_to_an_endpoint_as_messages(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -25,7 +25,9 @@ An endpoint that refuses a list (a 400, 413 or 422 to a request of several promp
 reply without one choice per prompt) gets one prompt per request from then on, for the
 rest of this model's calls: the refused batch's prompts are sent again one by one and a
 warning says so once (logger ``lmops.eval``). A prompt that was the trouble then gets its
-own answer (a 4xx raises, as below), so nothing is hidden by the fall-back.
+own answer (a 4xx raises, as below), so nothing is hidden by the fall-back: a 400, 413 or
+422 to one prompt raises ``ItemFailed`` with its place in the call and the server's message
+in one line, which the eval loop turns into the task and document that were refused.
 
 Per request: a 429, a 5xx or a transport error is tried again ``retries`` times, waiting
 0.5 s, 1 s, 2 s ... (at most 8 s) between tries; any other 4xx raises ``UserError`` at
@@ -54,6 +56,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from lmops.core.errors import UserError
+from lmops.eval._batching import ItemFailed
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -108,13 +111,19 @@ class _ListRefused(Exception):
     """A request of several prompts was refused, or answered without a choice per prompt."""
 
 
-def _said(r: Any) -> str:
-    """A refusal in a few words: its status and its OpenAI error's message (or text)."""
+class _PromptRefused(UserError):
+    """A request of one prompt was refused as a bad request (a 400, 413 or 422): the
+    prompt is the trouble, and the caller names it (``ItemFailed``)."""
+
+
+def _said(r: Any, chars: int = 160) -> str:
+    """A refusal in one line: its status and its OpenAI error's message (or text), at most
+    ``chars`` of it."""
     try:
         message = str(r.json()["error"]["message"])
     except Exception:
         message = r.text
-    return f"{r.status_code} {' '.join(message.split())[:160]}".strip()
+    return f"{r.status_code} {' '.join(message.split())[:chars]}".strip()
 
 
 def _backoff_s(attempt: int) -> float:
@@ -296,7 +305,10 @@ class OpenAIEvalModel:
                         one_by_one(unit)
                         continue
                     if len(unit) == 1:
-                        reply = self._post(path, bodies[unit[0]], stop)
+                        try:
+                            reply = self._post(path, bodies[unit[0]], stop)
+                        except _PromptRefused as e:
+                            raise ItemFailed(unit[0], str(e)) from None
                         if reply is not None:
                             results[unit[0]] = read(unit[0], reply)
                         continue
@@ -351,8 +363,11 @@ class OpenAIEvalModel:
             if r.status_code == 429 or r.status_code >= 500:
                 error = f"HTTP {r.status_code} {r.text[:120]}".strip()
                 continue
-            if not r.is_success and prompts > 1 and r.status_code in _LIST_REFUSALS:
-                raise _ListRefused(_said(r))
+            if not r.is_success and r.status_code in _LIST_REFUSALS:
+                if prompts > 1:
+                    raise _ListRefused(_said(r))
+                # the whole of a usual message (vLLM's context length one is ~190 chars)
+                raise _PromptRefused(f"endpoint refused the request: {_said(r, 300)}")
             if not r.is_success:
                 hint = ""
                 if r.status_code in (404, 405) and path == "/completions":
