@@ -199,7 +199,50 @@ def test_contamination_reads_every_answer_as_text(tmp_path: Path) -> None:
 
 
 # -- the same scores as lm-evaluation-harness ----------------------------------------------------
-def test_exact_match_per_document_is_lm_evals(tmp_path: Path) -> None:
+# lm-eval's own triviaqa.yaml (0.4), its data a local file
+TRIVIAQA = """\
+task: triviaqa_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+validation_split: validation
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}}?\\nAnswer:"
+doc_to_target: "{{{{answer.aliases}}}}"
+generation_kwargs:
+  until: ["\\n", ".", ","]
+  do_sample: false
+  temperature: 0.0
+filter_list:
+  - name: remove_whitespace
+    filter:
+      - function: remove_whitespace
+      - function: take_first
+target_delimiter: " "
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: true
+"""
+
+TRIVIA = [
+    ("Which city is the capital of France", ["Paris", "Paris, France", "City of Light"]),
+    ("Who wrote Hamlet", ["William Shakespeare", "Shakespeare", "The Bard"]),
+    ("What is the largest planet", ["Jupiter"]),
+    ("Which element has the symbol Fe", ["Iron", "Fe", "Ferrum"]),
+]
+OUTPUTS = {  # what the model says to each question
+    "France": " CITY OF LIGHT, surely",  # the third alias, after until and the filter
+    "Hamlet": " shakespeare!",  # punctuation and case ignored
+    "planet": " Saturn",  # no alias
+    "Fe": "iron. It rusts",  # the first alias
+}
+
+
+def test_triviaqa_scores_each_document_as_lm_eval(tmp_path: Path) -> None:
     lm_eval = pytest.importorskip(
         "lm_eval", reason="lm-evaluation-harness not installed (pip install 'lmops[dev]')"
     )
@@ -207,11 +250,17 @@ def test_exact_match_per_document_is_lm_evals(tmp_path: Path) -> None:
     from lm_eval.api.model import LM
     from lm_eval.tasks import TaskManager
 
-    answers = {"France": "paris, france", "Japan": "Kyoto", "Peru": "Lima"}
+    data = tmp_path / "trivia.jsonl"
+    rows = [{"question": q, "answer": {"aliases": a}} for q, a in TRIVIA]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "triviaqa_local.yaml").write_text(TRIVIAQA.format(data=data), encoding="utf-8")
+    model = FakeEvalModel(lambda ctx: next(a for c, a in OUTPUTS.items() if c in ctx))
 
     class Fake(LM):  # type: ignore[misc]
+        """lm-eval's side of the same model: the output cut at the first stop string."""
+
         def generate_until(self, requests: list[Any]) -> list[str]:
-            return [next(a for c, a in answers.items() if c in r.args[0]) for r in requests]
+            return model.generate([(r.args[0], r.args[1]) for r in requests])
 
         def loglikelihood(self, requests: list[Any]) -> list[Any]:
             raise NotImplementedError
@@ -219,21 +268,23 @@ def test_exact_match_per_document_is_lm_evals(tmp_path: Path) -> None:
         def loglikelihood_rolling(self, requests: list[Any]) -> list[Any]:
             raise NotImplementedError
 
-    f = write_task(tmp_path, metrics="  - metric: exact_match\n")
-    ours = run(f, answers)
+    (ours,) = evaluate(model, [load_task_file(tmp_path / "triviaqa_local.yaml")], progress=False)
     theirs = simple_evaluate(
         model=Fake(),
-        tasks=["capitals"],
+        tasks=["triviaqa_local"],
         task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
         log_samples=True,
     )
     assert theirs is not None and lm_eval is not None
-    samples = sorted(theirs["samples"]["capitals"], key=lambda s: s["doc_id"])
-    assert [s["exact_match"] for s in samples] == [1.0, 0.0, 1.0]
-    assert [it["scores"]["exact_match,none"] for it in ours.items] == [
+    samples = sorted(theirs["samples"]["triviaqa_local"], key=lambda s: s["doc_id"])
+    assert [s["exact_match"] for s in samples] == [1.0, 1.0, 0.0, 1.0]
+    assert [it["scores"]["exact_match,remove_whitespace"] for it in ours.items] == [
         s["exact_match"] for s in samples
     ]
+    assert [it["pred,remove_whitespace"] for it in ours.items] == [
+        s["filtered_resps"][0] for s in samples
+    ]
     assert [it["target"] for it in ours.items] == [s["target"] for s in samples]
-    assert ours.metrics["exact_match,none"] == pytest.approx(
-        theirs["results"]["capitals"]["exact_match,none"]
+    assert ours.metrics["exact_match,remove_whitespace"] == pytest.approx(
+        theirs["results"]["triviaqa_local"]["exact_match,remove_whitespace"]
     )

@@ -345,7 +345,7 @@ def _filter_fn(spec: Any) -> Any:
                 value = (next((g for g in m if g), "") if isinstance(m, tuple) else m).strip()
             elif st.function == "lowercase":
                 value = value.lower()
-            elif st.function == "strip":
+            elif st.function in ("strip", "remove_whitespace"):
                 value = value.strip()
             elif st.function == "number":
                 from lmops.eval.extract import extract_number

@@ -9,8 +9,8 @@ Supported keys: ``task``, ``dataset_path`` (``json``/``csv``/``parquet`` with
 ``max_gen_toks``, ``do_sample``, ``temperature``), ``metric_list`` (a metric's other keys are
 its options, as in lm-eval: exact_match's ``ignore_case``, ``ignore_punctuation``,
 ``regexes_to_ignore``, and lmops' ``numeric``), ``filter_list`` (regex extraction, take-first,
-lowercase, strip, ``number``: the final numeric answer), ``group``/``tag``, ``gen_prefix``. Unknown keys are errors that name
-the line.
+lowercase, strip or ``remove_whitespace``, ``number``: the final numeric answer),
+``group``/``tag``, ``gen_prefix``. Unknown keys are errors that name the line.
 
 Rendering follows lm-evaluation-harness: a template that is exactly a column name yields
 that column; otherwise it is Jinja. A rendered ``doc_to_choice`` or ``doc_to_target`` that is a
@@ -57,7 +57,8 @@ class MetricSpec(BaseModel):
 
 class FilterStep(BaseModel):
     model_config = ConfigDict(extra="allow")
-    function: Literal["regex", "take_first", "lowercase", "strip", "number"]
+    # remove_whitespace: lm-eval's name for strip (its TriviaQA and NQ-Open files use it)
+    function: Literal["regex", "take_first", "lowercase", "strip", "remove_whitespace", "number"]
     regex_pattern: str | None = None
     group_select: int = 0
     # function number: the final numeric answer (eval.extract.extract_number's modes)
