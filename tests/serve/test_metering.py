@@ -362,3 +362,63 @@ def test_export_leaves_out_what_is_not_worth_learning_from(store: Store) -> None
     assert kept.metadata["count"] == 3 and kept.metadata["kept"] == ["truncated"]
     with pytest.raises(UserError, match="unknown reasons to keep"):
         export_conversations(store, deployment="chat", output="flow", keep=["everything"])
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        # vLLM's hermes parser returns a block of broken JSON (a "}" missing) as content
+        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}\n</tool_call>',
+         "broken_tool_call"),
+        # a call cut by a stop word: no closing tag, finish "stop"
+        ('Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"ci',
+         "broken_tool_call"),
+        ("Let me look.\n<tool_call>", "broken_tool_call"),  # cut right after the tag
+        # one readable call, then a broken one
+        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+         '\n<tool_call>\n{"name": get_weather}\n</tool_call>', "broken_tool_call"),
+        # the tag named in prose, before a call that is cut
+        ('I write <tool_call> and the call:\n<tool_call>\n{"name": "get_we',
+         "broken_tool_call"),
+        # whole answers: the tag only named in prose, a block that reads as a call
+        ("I write <tool_call> and the call.", None),
+        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+         None),
+    ],
+)  # fmt: skip
+def test_an_answer_holding_a_call_that_does_not_parse_never_trains(
+    store: Store, text: str, why: str | None
+) -> None:
+    """Only a call cut by max_tokens (finish_reason "length") was left out: a block a tool
+    parser could not read, or a call a stop word cut, ends "stop" and was exported, teaching
+    the model its broken calls."""
+    body = {**chat(("user", "Weather in Paris?")), "tools": [WEATHER]}
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                           "finish_reason": "stop"}]}  # fmt: skip
+    log(store, request_id="call", request_body=body, response_body=answer)
+    log(store, request_id="plain", request_body=chat(("user", "hi")), response_body=reply("ok"))
+    v = export_conversations(store, deployment="chat", output="flow")
+    assert v.metadata["skipped"] == ({why: 1} if why else {})
+    assert v.metadata["count"] == (1 if why else 2)
+
+
+def test_a_broken_call_in_an_earlier_assistant_turn_never_trains(store: Store) -> None:
+    """The client sent the parser's text back as the history: that turn trains too."""
+    broken = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}\n</tool_call>'
+    body = {
+        **chat(("user", "Weather?"), ("assistant", broken), ("user", "Well?")),
+        "tools": [WEATHER],
+    }
+    log(store, request_id="again", request_body=body, response_body=reply("Sunny."))
+    log(store, request_id="plain", request_body=chat(("user", "hi")), response_body=reply("ok"))
+    v = export_conversations(store, deployment="chat", output="flow")
+    assert v.metadata["skipped"] == {"broken_tool_call": 1} and v.metadata["count"] == 1

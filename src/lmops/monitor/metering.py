@@ -12,7 +12,9 @@ Tool conversations flow back whole, in the shape ``lmops train`` reads
 (their ``arguments`` as the model wrote them), the ``role: tool`` results with their
 ``tool_call_id``, and an answer that is itself a call. A call whose arguments hold a PII
 mask (``<EMAIL>``) is skipped (``masked_arguments``): the model would learn to call tools
-with placeholders; masked user turns and tool results stay. Every row is read as ``lmops
+with placeholders; masked user turns and tool results stay. So is a turn whose text holds a
+call that does not read as one (``broken_tool_call``: a ``<tool_call>`` block of broken JSON,
+or one never closed, which a tool parser hands back as text). Every row is read as ``lmops
 train`` reads it before it is written; one it would refuse (a call of a tool the request
 did not list, two user turns in a row) is skipped and counted (``invalid_row``), never
 written.
@@ -286,12 +288,39 @@ def _masked_call(messages: list[dict[str, Any]]) -> bool:
     )
 
 
+def _broken_call(text: str) -> bool:
+    """Whether ``text`` (an assistant turn's content) holds a call the gateway's reader
+    (:func:`lmops.models.toolformat.read_call`) cannot read: a ``<tool_call>`` block whose
+    JSON is not a whole call (vLLM's hermes parser hands such a block back as content, with
+    finish_reason ``stop``), or an opening tag with no closing one where a call begins after
+    it (a ``{``, or nothing: a call cut by a stop word or by max_tokens). A tag only named in
+    prose ("I write <tool_call> and the call.") is not a call."""
+    from lmops.models.toolformat import CLOSE, OPEN, read_call
+
+    at = text.find(OPEN)
+    while at != -1:
+        rest = text[at + len(OPEN) :]
+        end, after = rest.find(CLOSE), rest.find(OPEN)
+        if end != -1 and (after == -1 or end < after):  # a block: it must read as a call
+            if read_call(rest[:end].strip()) is None:
+                return True
+            at = text.find(OPEN, at + len(OPEN) + end + len(CLOSE))
+            continue
+        began = (rest if after == -1 else rest[:after]).lstrip()
+        if not began or began.startswith("{"):  # a call begun and never closed
+            return True
+        at = -1 if after == -1 else at + len(OPEN) + after
+    return False
+
+
 def _conversation(request: Any, response: Any) -> tuple[dict[str, Any] | None, str]:
     """The training row of one logged exchange (``{"messages"}``, with the request's
     ``tools`` when it listed some), or None and why not: ``not_chat``,
     ``unsupported_message`` (an image, an unknown role), ``no_answer``, ``cut_tool_call``
-    (an answer cut by max_tokens in the text of a call the gateway could not parse), or
-    ``masked_arguments`` (a call's arguments hold a PII mask)."""
+    (an answer cut by max_tokens in the text of a call the gateway could not parse),
+    ``broken_tool_call`` (an assistant turn's text holds a call that does not read as one,
+    see :func:`_broken_call`), or ``masked_arguments`` (a call's arguments hold a PII
+    mask)."""
     from lmops.models.toolformat import OPEN
 
     messages = request.get("messages") if isinstance(request, dict) else None
@@ -318,6 +347,10 @@ def _conversation(request: Any, response: Any) -> tuple[dict[str, Any] | None, s
     if tools and cut and OPEN in (answer["content"] or ""):
         return None, "cut_tool_call"
     out.append(answer)
+    # a call the model wrote but the parser left as text (unreadable, or cut by a stop
+    # word): trained on, the model would learn to write it so
+    if tools and any(m["role"] == "assistant" and _broken_call(m["content"] or "") for m in out):
+        return None, "broken_tool_call"
     if _masked_call(out):
         return None, "masked_arguments"
     row: dict[str, Any] = {"messages": out}
@@ -368,7 +401,8 @@ def export_conversations(
     requests, ``truncated`` answers (``finish_reason: length``), ``content_filtered`` ones,
     and exchanges a guardrail ``flagged`` (moderation or injection; masked PII is fine).
     Never kept, whatever ``keep`` says: an answer cut by ``max_tokens`` inside a tool call
-    (``cut_tool_call``), a call whose arguments hold a PII mask (``masked_arguments``) and
+    (``cut_tool_call``), text holding a call that does not read as one
+    (``broken_tool_call``), a call whose arguments hold a PII mask (``masked_arguments``) and
     a row ``lmops train`` would refuse (``invalid_row``; the first such problem is in the
     metadata's ``first_invalid``).
     The version's lineage points at every model version that answered (role
