@@ -110,7 +110,22 @@ def test_a_url_where_no_http_server_answers_is_a_setup_error(tmp_path: Path) -> 
     assert fix is not None and "does not answer HTTP" in fix and "check base_url" in fix, [
         r.model_dump() for r in results
     ]
+    assert "b'SSH-2.0-OpenSSH_9.6\\r\\n'" in fix, fix  # what came back, quoted
     assert [r.outcome for r in results] == ["error"] * 3
+
+
+def test_a_server_that_closes_without_a_byte_is_unanswered_not_a_setup_error(
+    tmp_path: Path,
+) -> None:
+    """A listener that accepts, reads the request and closes, sending nothing, even to GET
+    /models: what ``ssh -L``, ``kubectl port-forward`` or a TCP load balancer does while the
+    gateway behind it is down. It was called "no HTTP server here", a setup error, so no
+    availability alert fired for a gateway that was down."""
+    with banner_server(b"") as url:
+        results = run_canaries(_canaries(tmp_path), base_url=f"{url}/v1", model="chat")
+    assert setup_error(results) is None, [r.model_dump() for r in results]
+    assert [(r.outcome, r.cause) for r in results] == [("fail", "unanswered")] * 3
+    assert "the connection was lost" in (results[0].error or "")
 
 
 def test_an_http_server_that_drops_the_model_requests_is_unanswered(tmp_path: Path) -> None:

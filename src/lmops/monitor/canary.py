@@ -27,8 +27,8 @@ never asked, so it must not fire an alert nor start a retraining round. The setu
   and a 429 "request too large" (the canary alone is over a limit, of the key or the
   deployment, and can never pass): the key's limits or the canary are to fix;
 * a refused connection, a connect timeout, or a server that does not speak HTTP (the
-  request's connection is lost and ``GET /models`` too fails at the protocol level): the
-  URL.
+  request's connection is lost, and ``GET /models`` gets bytes back that are not an HTTP
+  answer, an SSH banner): the URL.
 
 The run stops at the first such error (the others would fail alike) and marks the canaries
 not sent; :func:`setup_error` says what went wrong and what to do, in one line.
@@ -42,7 +42,8 @@ A failure has a ``cause``:
 * ``unanswered``: none came, and exactly these count: no answer within the timeout after
   the gateway took the request (``no answer in 60 s``; after two such in a row the rest fail
   unsent, so a hung model costs two timeouts, not one per canary); the connection closed or
-  reset after the request was sent, by a server that does answer HTTP; a 5xx or a 408; a 429
+  reset after the request was sent, by a server that does answer HTTP or sends nothing back
+  (a port forward or TCP load balancer whose gateway is down); a 5xx or a 408; a 429
   from the deployment's own limits (or its upstream's), which callers meet as well.
 
 A check fires the alert ``canary`` on wrong answers and ``availability`` on unanswered and
@@ -283,23 +284,66 @@ def _setup_fix(e: Exception, c: Canary, base_url: str, model: str, client: Any) 
 
 
 def _not_http(client: Any, base_url: str, timeout_s: float) -> str | None:
-    """After a request's connection was lost: the setup error when ``GET /models`` too
-    fails at the protocol level (nothing at ``base_url`` speaks HTTP: an SSH port, a
-    database), else None (an HTTP server dropped the model's request: the deployment's)."""
+    """After a request's connection was lost: the setup error when what answers at
+    ``base_url`` does not speak HTTP (an SSH port, a database: ``GET /models`` too fails at
+    the protocol level, and the bytes that came back are not an HTTP answer), else None.
+
+    A connection closed with no byte sent back is not that: it is what a port forward
+    (``ssh -L``, ``kubectl port-forward``) or a TCP load balancer does while the gateway
+    behind it is down, as well as an HTTP server dropping the request: the deployment's."""
     import openai
 
+    wait = min(timeout_s, 10.0)
     try:
-        client.with_options(timeout=min(timeout_s, 10.0)).models.list()
+        client.with_options(timeout=wait).models.list()
     except openai.APIConnectionError as e:
+        # the HTTP library says "Server disconnected without sending a response." whether
+        # nothing came or a line that is not HTTP did: the bytes themselves tell
         if _caused_by(e, "RemoteProtocolError"):
-            cause = e.__cause__
-            return (
-                f"{base_url} does not answer HTTP ({type(cause).__name__}: {cause}), not even "
-                "GET /models; is `lmops serve` running there? check base_url (host and port)"
-            )
+            said = _first_bytes(base_url, wait)
+            if said and not said.startswith(b"HTTP/"):
+                return (
+                    f"{base_url} does not answer HTTP (GET /models got {said[:40]!r}); is "
+                    "`lmops serve` running there? check base_url (host and port)"
+                )
     except openai.OpenAIError:
         pass  # an HTTP status: a server that speaks HTTP
     return None
+
+
+def _first_bytes(base_url: str, timeout_s: float) -> bytes:
+    """The first bytes (64 at most) that the server at ``base_url``'s host and port sends
+    back to a plain ``GET`` of its ``/models``; empty when it closes or resets the
+    connection without sending any, or cannot be reached. Over https the certificate is
+    not checked: nothing secret is sent, and only the answer's first bytes are read."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    tls = url.scheme == "https"
+    got = b""
+    try:
+        with socket.create_connection(
+            (url.hostname or "localhost", url.port or (443 if tls else 80)), timeout=timeout_s
+        ) as raw:
+            sock = raw
+            if tls:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                sock = ctx.wrap_socket(raw, server_hostname=url.hostname)
+            path = url.path.rstrip("/") + "/models"
+            sock.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n\r\n".encode()
+            )
+            while len(got) < 64:
+                chunk = sock.recv(64 - len(got))
+                if not chunk:
+                    break
+                got += chunk
+    except OSError:  # refused, reset, timed out, TLS: what came so far is all there is
+        pass
+    return got
 
 
 # After this many canaries in a row get no answer in time, the rest are failed unsent: a
