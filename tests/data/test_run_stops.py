@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -227,7 +228,9 @@ def test_a_run_waits_for_a_killed_run_s_workers_to_let_go_of_its_lock(
     monkeypatch.setattr(time, "sleep", sleep)
     try:
         with work_lock(work):
-            assert (work / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+            assert (work / LOCK_NAME).read_text() == (
+                f"{os.getpid()}\n{socket.gethostname()}\n{_worklock._pid_namespace()}\n"
+            )
     finally:
         os.close(let_go)  # ends the worker, whatever happened
     assert waited  # held, by the worker of a run that was gone
@@ -245,6 +248,51 @@ def test_a_run_waits_for_a_killed_run_s_workers_to_let_go_of_its_lock(
         f"the work folder {work} is still locked by the worker processes of a stopped "
         f"lmops data run (pid {pid}, gone) 0 s later; stop them (fuser -v "
         f"{work / LOCK_NAME} lists them), then run again"
+    )
+
+
+@pytest.mark.parametrize("elsewhere", ["host", "namespace", "neither"])
+def test_a_lock_held_from_another_host_or_pid_namespace_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, elsewhere: str
+) -> None:
+    """With the work folder on NFS or mounted into a container, the holder's pid means
+    nothing here: looked up, another host's live run seemed gone, was waited for (30 s) and
+    then named as a stopped run's workers. A lock file of this host and PID namespace, or an
+    older one holding a pid alone, still has its gone holder waited for."""
+    work = tmp_path / "team.lmops-work"
+    pid, let_go = _killed_run_with_a_worker(work)  # held; pid is gone from this host
+    host, ns = socket.gethostname(), _worklock._pid_namespace()
+    (work / LOCK_NAME).write_text(
+        {
+            "host": f"{pid}\nbuild-02\n{ns}\n",
+            "namespace": f"{pid}\n{host}\npid:[1]\n",
+            "neither": f"{pid}\n",  # an older lmops's lock file
+        }[elsewhere]
+    )
+    waits: list[float] = []
+
+    def sleep(s: float) -> None:  # no wall clock: count the waits, end the holder at once
+        if not waits:
+            os.write(let_go, b"x")
+        waits.append(s)
+
+    monkeypatch.setattr(_worklock, "_ORPHANS_WAIT_S", 3600.0)
+    monkeypatch.setattr(time, "sleep", sleep)
+    try:
+        if elsewhere == "neither":
+            with work_lock(work):
+                pass
+            assert waits  # waited for the gone holder's workers
+            return
+        with pytest.raises(ConflictError) as e, work_lock(work):
+            pass
+    finally:
+        os.close(let_go)
+    assert waits == []  # refused without waiting
+    where = "on build-02" if elsewhere == "host" else f"in another PID namespace on {host}"
+    assert str(e.value) == (
+        f"another lmops data run (pid {pid} {where}) is using the work folder {work}; wait "
+        f"for it to finish or stop it (kill {pid} {where})"
     )
 
 

@@ -8,7 +8,10 @@ holder's pid. The kernel drops the lock when its holder exits, however it exits
 (``kill -9`` included), so a lock file left behind never blocks the next run: only a live
 process holds it. The run's forked workers hold it too (so none of its writers is left once
 it is free), and outlive a killed run by a moment: a lock whose recorded holder is gone is
-waited for (30 s at most), not refused.
+waited for (30 s at most), not refused. The holder writes its pid, host name and PID
+namespace in the lock file: only a pid of this host and namespace can be looked up, so a
+holder elsewhere (the work folder on NFS, or mounted into a container) is refused at once,
+named with its host, however gone its pid looks here.
 
 The holder removes the work folder, lock file included, when it finishes: first renamed
 away in one step, still locked (``executor._retire``), then deleted, so a run starting
@@ -39,6 +42,7 @@ import fcntl
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,8 +74,38 @@ def _still_named(fd: int, path: Path) -> bool:
     return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (``pid:[4026531836]``), or "" where /proc does not
+    say: pids are only comparable within one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _holder_text() -> str:
+    """What a holder writes in its lock file: its pid, host name and PID namespace, one a
+    line (a file from an older lmops holds the pid alone)."""
+    return f"{os.getpid()}\n{socket.gethostname()}\n{_pid_namespace()}\n"
+
+
+def _elsewhere(lines: list[str]) -> str | None:
+    """Where a lock file's holder runs when that is not this host and PID namespace
+    (``on <host>``, ``in another PID namespace on <host>``), else None: its pid is then
+    one this process can look up. A file holding a pid alone is from this host."""
+    if len(lines) < 2:
+        return None
+    host, ns = lines[1], lines[2] if len(lines) > 2 else ""
+    if host != socket.gethostname():
+        return f"on {host}"
+    if ns != _pid_namespace():
+        return f"in another PID namespace on {host}"
+    return None
+
+
 def _gone(pid: str) -> bool:
-    """Whether the process ``pid`` (a lock file's text) is known to have exited."""
+    """Whether the process ``pid`` (a lock file's first line), of this host and PID
+    namespace, is known to have exited."""
     if not pid.isdigit():
         return False  # empty while the holder is writing it
     try:
@@ -102,14 +136,18 @@ def work_lock(work: Path, job: str = "lmops data run") -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            lines = os.pread(fd, 512, 0).decode("utf-8", "replace").strip().split("\n")
             os.close(fd)
-            if not _gone(holder):
+            holder, where = lines[0].strip(), _elsewhere(lines)
+            # only a pid of this host and PID namespace can be known gone: with the work
+            # folder on NFS or mounted into a container, another's live run looks gone here
+            if where is not None or not _gone(holder):
                 known = holder.isdigit()
+                at = f" {where}" if where else ""
                 raise ConflictError(
-                    f"another {job}{f' (pid {holder})' if known else ''} is using the "
+                    f"another {job}{f' (pid {holder}{at})' if known else ''} is using the "
                     f"work folder {work}; wait for it to finish or stop it"
-                    f"{f' (kill {holder})' if known else ''}"
+                    f"{f' (kill {holder}{at})' if known else ''}"
                 ) from None
             if time.monotonic() > deadline:
                 raise ConflictError(
@@ -124,7 +162,7 @@ def work_lock(work: Path, job: str = "lmops data run") -> Iterator[None]:
         os.close(fd)  # the holder finished and removed the folder meanwhile: start over
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, _holder_text().encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the file releases the lock
