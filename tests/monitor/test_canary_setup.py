@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lmops.monitor.canary import load_canaries, run_canaries, setup_error
+from lmops.monitor.canary import key_name, load_canaries, run_canaries, setup_error
 from lmops.serve.deployments import DeploymentSpec
 from lmops.serve.fake import fake_server, serve_app
 from lmops.serve.server import gateway_app
@@ -162,3 +162,94 @@ def test_a_connect_timeout_is_a_setup_error(
     fix = setup_error(results)
     assert fix is not None and "did not answer in time; is the gateway up" in fix
     assert [r.outcome for r in results] == ["error"] * 3
+
+
+def test_a_deployment_whose_bound_prompt_no_longer_resolves_is_unanswered(
+    store: Any, tmp_path: Path
+) -> None:
+    """Every request to such a deployment gets 400 ``invalid_prompt``: the deployment's
+    problem, which callers meet too. It was a setup error ("fix the canary"), so no
+    availability alert fired."""
+    from lmops.prompts import create, label
+    from lmops.prompts.registry import _forget
+
+    secret = store.keys.create("canary")[1]
+    create(store, "greet", "Be brief.")
+    label(store, "greet:1", "production")
+    with fake_server(model="chat", reply="Paris. hello") as upstream:
+        spec = DeploymentSpec(
+            name="chat", upstream=f"{upstream}/v1", upstream_model="chat", prompt="greet@production"
+        )
+        with serve_app(gateway_app([spec], store), "gateway") as url:
+            store.assets.unalias("greet", "production")  # the label the deployment binds
+            _forget("greet")  # as the gateway's prompt cache does within 5 s
+            results = run_canaries(
+                _canaries(tmp_path), base_url=f"{url}/v1", model="chat", api_key=secret
+            )
+    assert setup_error(results) is None, [r.model_dump() for r in results]
+    assert [(r.outcome, r.cause) for r in results] == [("fail", "unanswered")] * 3
+    assert "alias 'production' of asset 'greet' not found" in (results[0].error or "")
+
+
+def test_an_upstream_gateways_key_limit_passed_on_is_the_deployments(
+    store: Any, tmp_path: Path
+) -> None:
+    """A gateway in front of another lmops gateway passes its 429 on word for word: "rate
+    limit reached for key:front-gw" named a key, so it was the canaries' setup error and no
+    availability alert fired, while every caller of the front gateway was refused."""
+    front_secret = store.keys.create("front-gw", rpm=1)[1]  # the front's key upstream
+    secret = store.keys.create("canary")[1]
+    with gateway(store, {}) as upstream:
+        spec = DeploymentSpec(
+            name="front", upstream=upstream, upstream_model="chat", upstream_api_key=front_secret
+        )
+        with serve_app(gateway_app([spec], store), "front") as url:
+            results = run_canaries(
+                _canaries(tmp_path),
+                base_url=f"{url}/v1",
+                model="front",
+                api_key=secret,
+                key=key_name(store, secret),
+            )
+    assert key_name(store, secret) == "canary" and key_name(store, "sk-unknown") is None
+    assert setup_error(results) is None, [r.model_dump() for r in results]
+    assert [(r.outcome, r.cause) for r in results] == [
+        ("pass", None),
+        ("fail", "unanswered"),
+        ("fail", "unanswered"),
+    ]
+    assert "key:front-gw" in (results[1].error or "")
+
+
+def _refused(message: str) -> Any:
+    import httpx
+    import openai
+
+    request = httpx.Request("POST", "http://gw/v1/chat/completions")
+    body = {"message": message, "type": "rate_limit_error", "code": "rate_limit_exceeded"}
+    return openai.RateLimitError(message, response=httpx.Response(429, request=request), body=body)
+
+
+@pytest.mark.parametrize(
+    ("message", "key", "said"),
+    [
+        ("rate limit reached for key:canary: rpm 1 requests per minute; ...", "canary",
+         "give the canaries a key whose rpm and tpm allow a whole run"),
+        ("too many concurrent requests for key:canary: 2 in flight, max_concurrent 2; ...",
+         "canary", "give the canaries a key of their own, or raise its max_concurrent"),
+        # another key's, passed on by a gateway in front: the deployment's
+        ("rate limit reached for key:front-gw: rpm 1 requests per minute; ...", "canary", None),
+        # the canaries' key not known (a gateway with a store of its own): any key's
+        ("rate limit reached for key:front-gw: rpm 1 requests per minute; ...", None,
+         "the API key's own limits stopped the canaries"),
+        ("rate limit reached for dep:chat: rpm 1 requests per minute; ...", "canary", None),
+    ],
+)  # fmt: skip
+def test_which_429_is_the_canaries_key_s(message: str, key: str | None, said: str | None) -> None:
+    """The key-concurrency 429 was given rpm/tpm advice, though canaries go one at a time:
+    other requests with the same key hold its slots."""
+    from lmops.monitor.canary import Canary, _setup_fix
+
+    fix = _setup_fix(_refused(message), Canary(id="c", prompt="p"), "http://gw/v1", "chat",
+                     None, key)  # fmt: skip
+    assert (fix is None) if said is None else (fix is not None and said in fix), fix

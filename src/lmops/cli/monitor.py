@@ -208,12 +208,22 @@ def canaries_run(
     json_: JsonOpt = False,
 ) -> None:
     """Run a canary set once against a deployment (nothing is recorded; `check` records)."""
-    from lmops.monitor.canary import CanarySetupError, load_canaries, run_canaries, setup_error
+    from lmops.monitor.canary import (
+        CanarySetupError,
+        key_name,
+        load_canaries,
+        run_canaries,
+        setup_error,
+    )
 
     store = _store()
     v = store.assets.resolve(ref)
     results = run_canaries(
-        load_canaries(store.assets.path(v.ref)), base_url=base_url, model=model, api_key=api_key
+        load_canaries(store.assets.path(v.ref)),
+        base_url=base_url,
+        model=model,
+        api_key=api_key,
+        key=key_name(store, api_key),
     )
     if json_:
         print_json([r.model_dump(mode="json") for r in results])

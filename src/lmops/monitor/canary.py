@@ -20,12 +20,15 @@ came. A request that shows the setup is wrong is an ``error``, not a failure: th
 never asked, so it must not fire an alert nor start a retraining round. The setup errors:
 
 * 401 or 403: the key; 404: no such model, most often a misspelt deployment;
-* 400, 413, 422 (other than the content filter's 400, which is a refusal), and any other
-  4xx but 408 and 429: the gateway refused the canary's request (its prompt, its
-  ``max_tokens``): the canary set is to fix;
-* a 429 from a limit of the API key (the gateway's message names the scope ``key:<name>``)
-  and a 429 "request too large" (the canary alone is over a limit, of the key or the
-  deployment, and can never pass): the key's limits or the canary are to fix;
+* 400, 413, 422 (other than the content filter's 400, which is a refusal, and the
+  ``invalid_prompt`` 400 of a deployment whose bound prompt no longer resolves, which every
+  request gets), and any other 4xx but 408 and 429: the gateway refused the canary's request
+  (its prompt, its ``max_tokens``): the canary set is to fix;
+* a 429 from a limit of the canaries' API key (the gateway's message names the scope
+  ``key:<name>``; when the caller gives the key's name, another key's 429, an upstream
+  gateway's passed on, is the deployment's) and a 429 "request too large" (the canary alone
+  is over a limit, of the key or the deployment, and can never pass): the key's limits or
+  the canary are to fix;
 * a refused connection, a connect timeout, or a server that does not speak HTTP (the
   request's connection is lost, and ``GET /models`` gets bytes back that are not an HTTP
   answer, an SSH banner): the URL.
@@ -77,6 +80,7 @@ __all__ = [
     "CanarySet",
     "CanarySetupError",
     "check_answer",
+    "key_name",
     "load_canaries",
     "register_canaries",
     "run_canaries",
@@ -207,20 +211,44 @@ def _too_slow(c: Canary, latency_ms: float) -> str | None:
 # How the gateway's 429 names what refused it (lmops.serve.limits: "rate limit reached for
 # key:ci: ...", "request too large for dep:chat: ...", "too many concurrent requests for
 # key:ci: ..."): the API key's limits are the canaries' setup; the deployment's, its
-# availability; a request over a limit on its own can never pass.
-_KEY_LIMIT = re.compile(r"(?:rate limit reached|too many concurrent requests) for key:")
+# availability; a request over a limit on its own can never pass. A gateway in front of
+# another lmops gateway passes the upstream's 429 on word for word: its key there
+# ("key:front-gw") is not the canaries' key, and its limit is met by every caller.
+_KEY_LIMIT = re.compile(r"(rate limit reached|too many concurrent requests) for key:(.+?): ")
 _TOO_LARGE = re.compile(r"request too large for (\S+?): ")
 # 4xx statuses that are the request's (the canary's) problem, not the deployment's
 _MALFORMED = frozenset({400, 413, 422})
+# ... but for these codes, which every request to the deployment gets alike: its bound
+# prompt no longer resolves (lmops.serve.handlers), the deployment's to fix
+_DEPLOYMENT_CODES = frozenset({"invalid_prompt"})
 
 
-def _setup_fix(e: Exception, c: Canary, base_url: str, model: str, client: Any) -> str | None:
+def key_name(store: Store, secret: str | None) -> str | None:
+    """The name of the API key ``secret`` in ``store`` (what the gateway's 429 calls
+    ``key:<name>``), or None when the store does not know it (a gateway with a store of
+    its own)."""
+    from lmops.core.errors import LmopsError
+
+    if not secret:
+        return None
+    try:
+        return store.keys.authenticate(secret).name
+    except LmopsError:
+        return None
+
+
+def _setup_fix(
+    e: Exception, c: Canary, base_url: str, model: str, client: Any, key: str | None = None
+) -> str | None:
     """One line naming the cause and what to do, when ``e`` (canary ``c``'s error) shows
     the setup is wrong (the key, the model name, the URL, the canary's request) rather
-    than the deployment; else None (module docstring)."""
+    than the deployment; else None (module docstring). ``key``: the canaries' key's name,
+    when known."""
     import openai
 
     status = getattr(e, "status_code", None)
+    if getattr(e, "code", None) in _DEPLOYMENT_CODES:
+        return None
     body = getattr(e, "body", None)
     full = body.get("message") if isinstance(body, dict) else None
     full = str(full or getattr(e, "message", None) or e)
@@ -250,12 +278,19 @@ def _setup_fix(e: Exception, c: Canary, base_url: str, model: str, client: Any) 
                 f"canary {c.id!r} can never pass a limit of {m[1]} at {base_url} (429: "
                 f"{said}); lower its max_tokens or shorten its prompt, or raise that limit"
             )
-        if _KEY_LIMIT.search(full):
+        m = _KEY_LIMIT.search(full)
+        if m is not None and key in (None, m[2]):  # the canaries' key, or not known
+            if m[1].startswith("too many"):  # canaries go one at a time: others use it too
+                return (
+                    f"the API key's max_concurrent was taken by other requests at {base_url} "
+                    f"(429: {said}); give the canaries a key of their own, or raise its "
+                    "max_concurrent"
+                )
             return (
                 f"the API key's own limits stopped the canaries at {base_url} (429: {said}); "
                 "give the canaries a key whose rpm and tpm allow a whole run (or none)"
             )
-        return None  # the deployment's own limit: callers are refused too
+        return None  # the deployment's own limit, or its upstream's: callers are refused too
     if isinstance(e, openai.APIStatusError) and status in _MALFORMED:
         return (
             f"the gateway at {base_url} refused canary {c.id!r} ({status}: {said}); fix the "
@@ -400,9 +435,13 @@ def run_canaries(
     model: str,
     api_key: str | None = None,
     timeout_s: float = 60.0,
+    key: str | None = None,
 ) -> list[CanaryResult]:
     """Send every canary to ``base_url`` (``.../v1``) as a chat completion for ``model``;
-    a setup error (see the module docstring) ends the run, the rest marked not sent."""
+    a setup error (see the module docstring) ends the run, the rest marked not sent.
+    ``key``: the name of ``api_key`` (:func:`key_name`); a 429 naming another key (an
+    upstream gateway's limit passed on) is then the deployment's, where without it any
+    key's limit counts as the canaries'."""
     import openai
 
     client = openai.OpenAI(
@@ -429,7 +468,7 @@ def run_canaries(
             filtered = resp.choices[0].finish_reason == "content_filter"
         except openai.OpenAIError as e:
             if not (isinstance(e, openai.BadRequestError) and e.code == "content_filter"):
-                fix = _setup_fix(e, c, base_url, model, client)
+                fix = _setup_fix(e, c, base_url, model, client, key)
                 if fix is None and not probed and _lost(e):
                     probed = True
                     fix = _not_http(client, base_url, timeout_s)

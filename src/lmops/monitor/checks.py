@@ -27,7 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lmops.core.errors import UserError, name_hint
 from lmops.monitor.alerts import AlertConfig, deliver, update_alerts, write_textfile
-from lmops.monitor.canary import CanarySetupError, load_canaries, run_canaries, summarize
+from lmops.monitor.canary import (
+    CanarySetupError,
+    key_name,
+    load_canaries,
+    run_canaries,
+    summarize,
+)
 from lmops.monitor.drift import DriftReport, MonitorConfig, compare_samples
 from lmops.monitor.embed import Embedder
 from lmops.monitor.features import dataset_sample, read_traffic, traffic_sample
@@ -230,6 +236,7 @@ def check_deployment(
                 model=dep,
                 api_key=key,
                 timeout_s=spec.canary_timeout_s,
+                key=key_name(store, key),  # a 429 of another key is not the canaries'
             )
             report.canaries = summarize(res, cs_version.ref)
             if report.canaries["error"] is None:  # a setup error says nothing of the model
