@@ -7,6 +7,7 @@ says; the task file and its data are written here."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -161,23 +162,132 @@ filter_list:
     assert [it["scores"]["exact_match,num"] for it in res.items] == [1.0, 0.0]
 
 
-def test_a_document_without_an_answer_is_named_before_anything_is_generated(
+def test_a_document_without_an_answer_scores_zero_as_lm_eval(tmp_path: Path) -> None:
+    """SQuAD v2's unanswerable questions (``answers.text: []``): lm-eval scores such a
+    document 0 on every metric (no answer to match, the empty prediction included) and runs
+    on; the run used to stop at it."""
+    docs = [DOCS[0], {"country": "Atlantis", "answers": []}, DOCS[2]]
+    for answers in (
+        {"France": "Paris", "Atlantis": "Atlantis City", "Peru": "Lima"},
+        {"France": "Paris", "Atlantis": "", "Peru": "Lima"},
+    ):
+        res = run(write_task(tmp_path, docs=docs), answers)
+        assert [it["target"] for it in res.items][1] == []
+        for metric in ("exact_match", "f1", "rouge_l"):
+            assert [it["scores"][f"{metric},none"] for it in res.items] == [1.0, 0.0, 1.0]
+            assert res.metrics[f"{metric},none"] == pytest.approx(2 / 3)
+    # BLEU: the prediction counts against an empty reference, which nothing matches
+    from lmops.eval.metrics import bleu
+
+    res = run(write_task(tmp_path, docs=docs), {"France": "Paris", "Atlantis": "a b", "Peru": "x"})
+    assert res.metrics["bleu,none"] == pytest.approx(
+        bleu(["Paris", "a b", "x"], [DOCS[0]["answers"], [""], DOCS[2]["answers"]])
+    )
+    # a first document without an answer loads too
+    assert load_task_file(write_task(tmp_path, docs=docs[::-1])).name == "capitals"
+
+    # to credit an empty answer instead, as SQuAD v2's own script does, render [""] (README)
+    f = write_task(tmp_path, "\"{{answers or ['']}}\"", docs=docs)
+    res = run(f, {"France": "Paris", "Atlantis": "", "Peru": "Lima"})
+    assert [it["scores"]["exact_match,none"] for it in res.items] == [1.0, 1.0, 1.0]
+    assert [it["scores"]["f1,none"] for it in res.items] == [1.0, 1.0, 1.0]
+
+
+def test_a_few_shot_example_without_an_answer_is_named(tmp_path: Path) -> None:
+    docs = [{"country": "Atlantis", "answers": []}, DOCS[0]]
+    extra = "fewshot_split: test\nnum_fewshot: 1\n"
+    task = load_task_file(write_task(tmp_path, docs=docs, extra=extra))
+    with pytest.raises(UserError, match="a few-shot example needs an answer"):
+        evaluate(answering({"France": "Paris", "Atlantis": "x"}), [task], progress=False)
+
+
+def test_an_answer_that_reads_as_a_list_is_several_answers_unless_it_is_a_column(
     tmp_path: Path,
 ) -> None:
-    docs = [DOCS[0], {"country": "Atlantis", "answers": []}]
-    task = load_task_file(write_task(tmp_path, docs=docs))  # the first document is fine
-    asked: list[str] = []
-    model = FakeEvalModel(lambda ctx: asked.append(ctx) or "x")
-    with pytest.raises(UserError) as e:
-        evaluate(model, [task], progress=False)
-    assert str(e.value) == (
-        "task capitals, doc 1: doc_to_target rendered an empty list: give each document at "
-        "least one answer"
+    """What the README says: a rendered target that reads as a Python list is split into
+    its elements (lm-eval reads it so too); a column named as the target, or a list of the
+    one answer, keeps it whole."""
+    docs = [{"country": "Sortland", "answers": "[1, 2, 3]"}]
+    outs = {"Sortland": "[1, 2, 3]"}
+    metrics = "  - metric: exact_match\n"
+    res = run(write_task(tmp_path, metrics=metrics, docs=docs), outs)
+    assert res.items[0]["target"] == ["1", "2", "3"]
+    assert res.items[0]["scores"]["exact_match,none"] == 0.0
+    for target in ("answers", '"{{[answers]}}"'):
+        res = run(write_task(tmp_path, target, metrics=metrics, docs=docs), outs)
+        assert res.items[0]["scores"]["exact_match,none"] == 1.0, target
+
+
+def test_a_metric_where_lower_is_better_keeps_the_lowest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direction is the metric registry's (eval.metrics.METRICS, what the pipelines'
+    gates read too): a distance keeps its smallest value over the answers."""
+    from lmops.eval import metrics
+
+    def length_gap(pred: str, ref: str) -> float:
+        return float(abs(len(pred) - len(ref)))
+
+    monkeypatch.setitem(
+        metrics.METRICS, "length_gap", metrics.Metric(length_gap, metrics.mean, False)
     )
-    assert asked == []
-    # the first document is checked when the file is read
-    with pytest.raises(UserError, match=r"capitals.yaml: doc_to_target rendered an empty list"):
-        load_task_file(write_task(tmp_path, docs=docs[::-1]))
+    res = run(
+        write_task(tmp_path, metrics="  - metric: length_gap\n"),
+        {"France": "Pari", "Japan": "Edo", "Peru": "Li"},
+    )
+    assert [it["scores"]["length_gap,none"] for it in res.items] == [1.0, 0.0, 2.0]
+
+
+def test_an_answer_without_a_score_is_left_out_whatever_its_place() -> None:
+    """A metric that gives one answer no score (None) or NaN: the others' best is kept,
+    wherever that answer stands, and the item function only ever sees one answer at a
+    time; no answer scored, no score."""
+    from lmops.eval.run import _best_of
+
+    seen: list[Any] = []
+
+    def partial(pred: str, ref: str) -> float | None:
+        seen.append(ref)
+        return {"none": None, "nan": math.nan}.get(ref, float(pred == ref))
+
+    for golds in (["none", "Paris"], ["Paris", "none"], ["nan", "Paris"], ["Paris", "nan"]):
+        assert _best_of("exact_match", partial, "Paris", golds, {}) == 1.0, golds
+        assert _best_of("exact_match", partial, "Lyon", golds, {}) == 0.0, golds
+    assert all(isinstance(r, str) for r in seen)
+    assert _best_of("exact_match", partial, "Paris", ["none", "none"], {}) is None
+    assert math.isnan(_best_of("exact_match", partial, "Paris", ["nan", "none"], {}))
+
+
+TOOLS = """\
+tools:
+  - type: function
+    function: {name: get_weather, parameters: {type: object}}
+"""
+
+
+def test_several_expected_tool_calls_any_one_matches(tmp_path: Path) -> None:
+    """An answer that is not text (an expected tool call, a JSON object) is its JSON, what
+    the tool-use metrics read; it was Python's repr, refused as not JSON."""
+    calls = [
+        {"name": "get_weather", "arguments": {"city": "Paris"}},
+        {"name": "get_weather", "arguments": {"city": "Paris, FR"}},
+    ]
+    docs = [{"country": "France", "calls": calls}, {"country": "Peru", "calls": calls[:1]}]
+    outs = {
+        "France": json.dumps(calls[1]),  # the second expected call
+        "Peru": '{"name": "get_weather", "arguments": {"city": "Lima"}}',
+    }
+    metrics = "  - metric: tool_name\n  - metric: tool_args_match\n"
+    for target in ('"{{calls | tojson}}"', "calls"):
+        res = run(write_task(tmp_path, target, metrics=metrics, extra=TOOLS, docs=docs), outs)
+        assert [it["scores"]["tool_args_match,none"] for it in res.items] == [1.0, 0.0], target
+        assert [it["scores"]["tool_name,none"] for it in res.items] == [1.0, 1.0], target
+        assert json.loads(res.items[0]["target"][1]) == calls[1]
+    # one expected call in a column (an object, not a list): its JSON too
+    docs = [{"country": "France", "call": calls[0]}]
+    f = write_task(tmp_path, "call", metrics=metrics, extra=TOOLS, docs=docs)
+    res = run(f, {"France": json.dumps(calls[0])})
+    assert res.items[0]["scores"]["tool_args_match,none"] == 1.0
 
 
 def test_a_generation_task_with_choices_scores_the_indexed_choice(tmp_path: Path) -> None:
@@ -242,19 +352,23 @@ OUTPUTS = {  # what the model says to each question
 }
 
 
-def test_triviaqa_scores_each_document_as_lm_eval(tmp_path: Path) -> None:
-    lm_eval = pytest.importorskip(
+def both(
+    tmp_path: Path, task_yaml: str, rows: list[dict[str, Any]], outputs: dict[str, str]
+) -> tuple[TaskResult, list[dict[str, Any]], dict[str, Any]]:
+    """The task (its ``{data}`` the rows) run by lmops and by lm-eval on the same fake model:
+    lmops' result, lm-eval's samples in document order and its results."""
+    pytest.importorskip(
         "lm_eval", reason="lm-evaluation-harness not installed (pip install 'lmops[dev]')"
     )
     from lm_eval import simple_evaluate
     from lm_eval.api.model import LM
     from lm_eval.tasks import TaskManager
 
-    data = tmp_path / "trivia.jsonl"
-    rows = [{"question": q, "answer": {"aliases": a}} for q, a in TRIVIA]
+    data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    (tmp_path / "triviaqa_local.yaml").write_text(TRIVIAQA.format(data=data), encoding="utf-8")
-    model = FakeEvalModel(lambda ctx: next(a for c, a in OUTPUTS.items() if c in ctx))
+    f = tmp_path / "task.yaml"
+    f.write_text(task_yaml.format(data=data), encoding="utf-8")
+    model = FakeEvalModel(lambda ctx: next(a for c, a in outputs.items() if c in ctx))
 
     class Fake(LM):  # type: ignore[misc]
         """lm-eval's side of the same model: the output cut at the first stop string."""
@@ -268,15 +382,22 @@ def test_triviaqa_scores_each_document_as_lm_eval(tmp_path: Path) -> None:
         def loglikelihood_rolling(self, requests: list[Any]) -> list[Any]:
             raise NotImplementedError
 
-    (ours,) = evaluate(model, [load_task_file(tmp_path / "triviaqa_local.yaml")], progress=False)
+    task = load_task_file(f)
+    (ours,) = evaluate(model, [task], progress=False)
     theirs = simple_evaluate(
         model=Fake(),
-        tasks=["triviaqa_local"],
+        tasks=[task.name],
         task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
         log_samples=True,
     )
-    assert theirs is not None and lm_eval is not None
-    samples = sorted(theirs["samples"]["triviaqa_local"], key=lambda s: s["doc_id"])
+    assert theirs is not None
+    samples = sorted(theirs["samples"][task.name], key=lambda s: s["doc_id"])
+    return ours, samples, theirs["results"][task.name]
+
+
+def test_triviaqa_scores_each_document_as_lm_eval(tmp_path: Path) -> None:
+    rows = [{"question": q, "answer": {"aliases": a}} for q, a in TRIVIA]
+    ours, samples, results = both(tmp_path, TRIVIAQA, rows, OUTPUTS)
     assert [s["exact_match"] for s in samples] == [1.0, 1.0, 0.0, 1.0]
     assert [it["scores"]["exact_match,remove_whitespace"] for it in ours.items] == [
         s["exact_match"] for s in samples
@@ -286,5 +407,40 @@ def test_triviaqa_scores_each_document_as_lm_eval(tmp_path: Path) -> None:
     ]
     assert [it["target"] for it in ours.items] == [s["target"] for s in samples]
     assert ours.metrics["exact_match,remove_whitespace"] == pytest.approx(
-        theirs["results"]["triviaqa_local"]["exact_match,remove_whitespace"]
+        results["exact_match,remove_whitespace"]
     )
+
+
+# SQuAD v2's shape: an unanswerable question has no answer (answers.text: [])
+SQUAD2 = """\
+task: squad2_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+validation_split: validation
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: "{{{{answers.text}}}}"
+generation_kwargs:
+  until: ["\\n"]
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_a_document_without_an_answer_scores_as_lm_eval(tmp_path: Path) -> None:
+    """lm-eval 0.4 scores a document with an empty list of answers 0 (its exact match
+    over no references) and goes on; lmops the same, the empty answer included. (With
+    ``ignore_case`` or ``ignore_punctuation`` lm-eval stops there with a numpy error.)"""
+    rows = [
+        {"question": "What is the capital of France", "answers": {"text": ["Paris", "paris"]}},
+        {"question": "What is the capital of Atlantis", "answers": {"text": []}},
+        {"question": "Where did Atlantis sink", "answers": {"text": []}},
+    ]
+    outputs = {"France": "Paris", "capital of Atlantis": "Poseidonis", "sink": ""}
+    ours, samples, results = both(tmp_path, SQUAD2, rows, outputs)
+    assert [s["exact_match"] for s in samples] == [1.0, 0.0, 0.0]
+    assert [it["scores"]["exact_match,none"] for it in ours.items] == [1.0, 0.0, 0.0]
+    assert [it["target"] for it in ours.items] == [s["target"] for s in samples]
+    assert ours.metrics["exact_match,none"] == pytest.approx(results["exact_match,none"])

@@ -243,18 +243,19 @@ def _generate(
         filters = {_NO_FILTER: lambda s: s.strip()}
     # metric name -> (item function, its options from the task file: ignore_case, ...)
     scorers = [(m.metric, *_metric_fn(m)) for m in task.config.metric_list]
-    # every answer each document accepts, read before anything is generated: a document with
-    # none fails now, naming it
+    # every answer each document accepts, read before anything is generated: a target that
+    # cannot be read fails now, naming its document (an empty list is no answer: scores 0)
     golds: list[list[str]] = []
     # the report lists a document's answers as the task gives them: a list (of one too, as
     # lm-eval's samples keep it), or the one answer
     targets: list[str | list[str]] = []
     for i, doc in enumerate(docs):
         try:
-            golds.append(task.golds(doc))
+            answers, listed = task.answers(doc)
         except UserError as e:
             raise UserError(f"task {task.name}, doc {i}: {e}") from None
-        targets.append(golds[-1] if isinstance(task.target(doc), list) else golds[-1][0])
+        golds.append(answers)
+        targets.append(answers if listed else answers[0])
     contexts: list[str] = []
     outputs: list[str] = []
     # a model that batches generations across requests takes larger calls
@@ -296,20 +297,31 @@ def _generate(
 def _best_of(
     name: str, item_fn: Callable[..., Any], pred: str, golds: list[str], options: dict[str, Any]
 ) -> Any:
-    """Metric ``name`` of ``pred`` against a document's answers: against the one answer as
-    it is; against several, each scored alone and the best kept (the highest, or the
-    lowest for a metric where lower is better), as lm-eval scores a generation task whose
-    target is a list (``multiple_target``). A corpus metric's item (BLEU's ``(pred, ref)``,
-    not a number) is kept with every answer as its references: multi-reference BLEU."""
+    """Metric ``name`` of ``pred`` against a document's answers, as lm-eval scores a
+    generation task whose target is a list (``multiple_target``).
+
+    One answer: scored as it is. Several: each scored alone and the best kept, in the
+    metric's direction as the registry gives it (``metrics.METRICS``, what the pipelines'
+    gates read; eval may not import them); an answer the metric gives no score (None or
+    NaN) is left out, and none scored is no score (None; NaN when one was NaN). No answer (an
+    empty list, SQuAD v2's unanswerable question): 0, as lm-eval, for which no answer
+    matches, the empty prediction included. A corpus metric's item (BLEU's ``(pred,
+    refs)``, not a number) keeps every answer as its references, and the empty reference,
+    which nothing matches, when there is none."""
     from lmops.eval import metrics
 
     if len(golds) == 1:
         return item_fn(pred, golds[0], **options)
+    metric = metrics.get_metric(name)
+    if metric.aggregate_fn is not metrics.mean:  # a corpus metric: its items are not scores
+        return item_fn(pred, golds or [""], **options)
+    if not golds:
+        return 0.0
     values = [item_fn(pred, g, **options) for g in golds]
-    if not all(isinstance(v, int | float) for v in values):
-        return item_fn(pred, golds, **options)
-    higher = metrics.METRICS[name].higher_is_better if name in metrics.METRICS else True
-    return max(values) if higher else min(values)
+    scored = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not scored:
+        return None if all(v is None for v in values) else math.nan
+    return max(scored) if metric.higher_is_better else min(scored)
 
 
 def _metric_fn(spec: Any) -> tuple[Callable[..., Any], dict[str, Any]]:

@@ -212,6 +212,14 @@ def render(
     return out
 
 
+def _answer(value: Any) -> str:
+    """One answer as the metrics read it: text as it is; an object or a list (an expected
+    tool call) as JSON, what the tool-use metrics parse, not Python's repr."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
 def _read_rows(path: Path, fmt: str) -> list[Doc]:
     if not path.exists():
         raise UserError(f"{path}: data file not found")
@@ -366,41 +374,44 @@ class Task:
         return t
 
     def golds(self, doc: Doc) -> list[str]:
-        """Every answer ``doc`` accepts, as text: the target choice's (multiple choice, and a
-        generation task with choices whose target is an index, as lm-eval reads it), each of
-        several targets (a ``doc_to_target`` that renders a list, as TriviaQA's aliases), else
-        the one target. A generation is scored against each and keeps its best score."""
+        """Every answer ``doc`` accepts, as text (``answers``); none when its list is empty."""
+        return self.answers(doc)[0]
+
+    def answers(self, doc: Doc) -> tuple[list[str], bool]:
+        """Every answer ``doc`` accepts, as text, and whether the task gave them as a list.
+
+        The answers: the target choice's (multiple choice, and a generation task with
+        choices whose target is an index, as lm-eval reads it), each of several targets (a
+        ``doc_to_target`` that renders a list, as TriviaQA's aliases; an empty one, as SQuAD
+        v2's unanswerable questions, is none), else the one target. An answer that is not
+        text (an expected tool call) is its JSON. A generation is scored against each and
+        keeps its best score. The report keeps a list of one as a list, as lm-eval's
+        samples do."""
         c = self.config
         t = self.target(doc)
         if c.output_type == "multiple_choice":
-            return [self.choices(doc)[t]]
+            return [self.choices(doc)[t]], False
         if isinstance(t, list):
-            if not t:
-                raise UserError(
-                    "doc_to_target rendered an empty list: give each document at least one answer"
-                )
-            return [str(x) for x in t]
+            return [_answer(x) for x in t], True
         if c.doc_to_choice is not None and isinstance(t, int) and not isinstance(t, bool):
             choices = self.choices(doc)
             if not 0 <= t < len(choices):
                 raise UserError(
                     f"doc_to_target {t} is not an index of the {len(choices)} choices {choices}"
                 )
-            return [choices[t]]
-        return [str(t)]
-
-    def target_text(self, doc: Doc) -> str:
-        """The target as one text: the answer, or several answers one a line."""
-        return "\n".join(self.golds(doc))
+            return [choices[t]], False
+        return [_answer(t)], False
 
     def answer_text(self, doc: Doc) -> str:
         """A few-shot example's answer: the target choice's text (multiple choice), the first
         of several targets, or the target."""
-        c = self.config
-        t = render(c.doc_to_target, doc, "doc_to_target", digits=c.doc_to_choice is not None)
-        if isinstance(t, list):
-            return str(t[0])
-        return self.target_text(doc)
+        golds = self.golds(doc)
+        if not golds:
+            raise UserError(
+                "doc_to_target rendered an empty list: a few-shot example needs an answer "
+                "(leave such documents out of the few-shot split)"
+            )
+        return golds[0]
 
     def gen_prefix(self, doc: Doc) -> str | None:
         g = self.config.gen_prefix
@@ -614,7 +625,7 @@ def _check_templates(task: Task, source: str) -> None:
         task.target(doc)
         if task.config.output_type == "multiple_choice":
             task.choices(doc)
-        else:  # a generation's answers: a list of none, an index past the choices
+        else:  # a generation's answers: an index past the choices
             task.golds(doc)
     except UserError as e:
         raise UserError(f"{source or task.name}: {e} (columns: {', '.join(doc)})") from None
