@@ -24,7 +24,9 @@ Each metric reads the reply's first call (``<tool_call>`` text, or a bare
 * ``tool_args_match``: 1 when it names the expected tool and its arguments equal the
   expected ones (as JSON values: key order and spacing do not matter).
 
-A reply without a call scores 0 on all three. The task's tools reach the metrics as their
+A reply without a call scores 0 on all three. Several acceptable calls are a list target
+(``doc_to_target: calls``, a column of call objects): each is scored as its JSON, the best
+kept (eval/run.py). The task's tools reach the metrics as their
 ``tools`` option (eval/tasks.py sets it).
 """
 
