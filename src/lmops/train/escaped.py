@@ -52,6 +52,11 @@ def literal_table(items: Iterable[Any]) -> tuple[list[Any], dict[str, list[int]]
     return out, table
 
 
+# keywords that leave the ids as they are where their value is None or False (the
+# tokenizer's defaults); a table text is also answered under add_special_tokens
+_PASSIVE = frozenset({"text_pair", "truncation", "max_length", "padding", "return_tensors"})
+
+
 class LiteralTexts:
     """``tokenizer`` as TRL calls it on a row's text (``tok(text=...)``,
     ``tok(text, add_special_tokens=False)``): the ids of ``table`` for its texts (and
@@ -78,8 +83,24 @@ class LiteralTexts:
 
     def __call__(self, text: Any = None, *args: Any, **kwargs: Any) -> Any:
         ids = self._ids(text)
-        if ids is None or args:
+        if ids is None:
             return self._tok(text, *args, **kwargs)
+        # the table answers a text as TRL 1.16 asks for it; any other request (a text pair,
+        # truncation, tensors) would need the tokenizer's handling of these ids: refused,
+        # never answered with the text's control tokens or with uncut ids
+        asked = ["positional arguments"] * bool(args) + [
+            k
+            for k, v in kwargs.items()
+            if k != "add_special_tokens" and not (k in _PASSIVE and (v is None or v is False))
+        ]
+        if asked:
+            import trl
+
+            raise UserError(
+                f"TRL {trl.__version__} tokenized a row whose message text holds special-token "
+                f"strings with {', '.join(asked)}, which lmops cannot answer with the row's own "
+                "ids; install the TRL version lmops pins (pip install -e . or the lock file)"
+            )
         if kwargs.get("add_special_tokens", True):
             ids = [*self._head, *ids, *self._tail]
         return {"input_ids": ids, "attention_mask": [1] * len(ids)}
@@ -117,34 +138,79 @@ def reading_ids(trainer_class: type, table: Mapping[str, list[int]]) -> type:
     return ReadingIds
 
 
+# the columns TRL prepares a row's ids in: a prompt's (DPO, KTO; ORPO), and each answer's
+# (DPO's and KTO's after the prompt; ORPO's, and older TRLs', with the prompt before)
+_PROMPT_COLUMNS = ("prompt_ids", "prompt_input_ids")
+
+
+def _answer_columns(name: str) -> tuple[str, str]:
+    return f"{name}_ids", f"{name}_input_ids"
+
+
+def _read_forms(
+    row: Sequence[Sequence[int]], bos: int | None, eos: int | None
+) -> set[tuple[tuple[int, ...], ...]]:
+    """The (prompt, answer, ...) ids a prepared ``row`` may stand for: its prompt with or
+    without a BOS TRL put first, each answer with or without the prompt before it and an EOS
+    TRL put last."""
+    prompt, *answers = (list(ids) for ids in row)
+    prompts = [prompt] + ([prompt[1:]] if bos is not None and prompt[:1] == [bos] else [])
+    outs: list[list[tuple[int, ...]]] = []
+    for a in answers:
+        a = a[len(prompt) :] if a[: len(prompt)] == prompt else a
+        outs.append([tuple(a)] + ([tuple(a[:-1])] if eos is not None and a[-1:] == [eos] else []))
+    forms: set[tuple[tuple[int, ...], ...]] = {()}
+    for choices in [[tuple(p) for p in prompts], *outs]:
+        forms = {(*f, c) for f in forms for c in choices}
+    return forms
+
+
+def _was_read(ids: Sequence[list[int]], read: set[tuple[tuple[int, ...], ...]]) -> bool:
+    """Whether a row of ``ids`` (prompt, answer, ...) was prepared whole, or (KTO's, of a
+    pair) as one example of each answer."""
+    prompt, *answers = (tuple(x) for x in ids)
+    return (prompt, *answers) in read or all((prompt, a) in read for a in answers)
+
+
 def check_read(trainer: Any, items: Sequence[Any], stage: str) -> None:
     """Refuse, in one line, a TRL trainer that did not tokenize the rows whose message text
-    holds special-token strings through :class:`LiteralTexts`: the prompt ids it prepared
-    for one of them (DPO's and KTO's ``prompt_ids``, ORPO's ``prompt_input_ids`` after a
-    BOS it may add) must be the row's own. A TRL that renamed the hooks would otherwise
-    train on the control tokens its own tokenizing makes. Only rows TRL keeps whole are
-    looked for (it drops or cuts a prompt that fills ``max_length``)."""
+    holds special-token strings through :class:`LiteralTexts`: for every one of them, a row
+    it prepared must hold the row's own prompt ids (DPO's and KTO's ``prompt_ids``, ORPO's
+    ``prompt_input_ids`` after a BOS it may add) and the row's own ids of each answer
+    (``chosen_ids``/``rejected_ids``, KTO's ``completion_ids``, ORPO's ``*_input_ids`` after
+    the prompt; an EOS it may add last). A TRL that renamed the hooks, or that tokenizes an
+    answer's text on its own, would otherwise train on the control tokens its own
+    tokenizing makes. Only rows TRL keeps whole are looked for (it drops or cuts a prompt
+    that fills ``max_length``)."""
     limit = getattr(getattr(trainer, "args", None), "max_length", None) or float("inf")
-    want = {
-        tuple(i.ids[0])
-        for i in items
-        if i.literal and len(i.ids[0]) + max(len(a) for a in i.ids[1:]) + 2 < limit
-    }
+    want = [
+        i for i in items if i.literal and len(i.ids[0]) + max(len(a) for a in i.ids[1:]) + 2 < limit
+    ]
     if not want:
         return
+    tok = getattr(trainer, "processing_class", None)
+    bos, eos = getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None)
+    read: set[tuple[tuple[int, ...], ...]] = set()  # (prompt, answer, ...) of prepared rows
     sets = [trainer.train_dataset, trainer.eval_dataset]
     for data in [d for s in sets for d in (s.values() if isinstance(s, Mapping) else [s])]:
-        names = getattr(data, "column_names", None) or []
-        column = next((c for c in ("prompt_ids", "prompt_input_ids") if c in names), None)
-        if column is not None and any(
-            tuple(ids) in want or tuple(ids[1:]) in want for ids in data[column]
-        ):
-            return
+        columns = getattr(data, "column_names", None) or []
+        for names in (["chosen", "rejected"], ["completion"]):  # pairs; KTO's examples
+            found = [
+                next((c for c in options if c in columns), None)
+                for options in [_PROMPT_COLUMNS, *map(_answer_columns, names)]
+            ]
+            if None not in found:
+                for row in zip(*(data[c] for c in found), strict=True):
+                    read |= _read_forms(row, bos, eos)
+    missed = sum(not _was_read(i.ids, read) for i in want)
+    if not missed:
+        return
     import trl
 
     raise UserError(
         f"stage {stage}: TRL {trl.__version__} did not tokenize the rows whose message text "
-        "holds special-token strings through lmops (DPOTrainer/KTOTrainer._prepare_dataset, "
-        "ORPOTrainer.tokenize_row), so they would train on forged control tokens; install "
-        "the TRL version lmops pins (pip install -e . or the lock file)"
+        f"holds special-token strings through lmops ({missed} of {len(want)} read otherwise: "
+        "DPOTrainer/KTOTrainer._prepare_dataset, ORPOTrainer.tokenize_row), so they would "
+        "train on forged control tokens; install the TRL version lmops pins "
+        "(pip install -e . or the lock file)"
     )
