@@ -122,3 +122,37 @@ def test_a_ppo_prompt_may_be_a_one_turn_chat_and_a_longer_one_is_named() -> None
     for row in ({"prompt": system}, {"messages": [*system, {"role": "assistant", "content": "x"}]}):
         with pytest.raises(UserError, match=r"^p.jsonl:7: stage ppo needs a one-turn prompt"):
             _prompt_of(row, "p.jsonl:7")
+
+
+def test_a_float16_reward_model_scores_in_the_trainings_dtype(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A reward model saved in float16 (as a GGUF import keeps it), whole or as an adapter
+    over a float16 base, loads in the training's dtype (float32 on a CPU), not in the
+    folder's: transformers' default would keep float16, slow and off on a CPU."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    tok = load_tokenizer(tiny_model_dir)
+    whole, base, adapter = tmp_path / "rm", tmp_path / "base", tmp_path / "rm-lora"
+    classifier = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model_dir), num_labels=1
+    ).half()
+    classifier.save_pretrained(str(whole))
+    assert json.loads((whole / "config.json").read_text())["dtype"] == "float16"
+    classifier.save_pretrained(str(base))
+    lora = get_peft_model(
+        classifier, LoraConfig(task_type="SEQ_CLS", r=2, target_modules="all-linear")
+    )
+    lora.save_pretrained(str(adapter))
+    (adapter / "lmops_base.json").write_text(json.dumps({"base_path": str(base)}))
+    for folder in (whole, base, adapter):
+        tok.save_pretrained(str(folder))
+    for folder in (whole, adapter):
+        spec = make_spec(tiny_model_dir, "ppo", ppo={"reward_model": str(folder)})
+        reward = load_reward(spec)
+        assert isinstance(reward, RewardModel)
+        assert {p.dtype for p in reward.model.parameters()} == {torch.float32}, folder.name
+        assert all(math.isfinite(s) for s in reward.score(["2+2?"], ["4"]))

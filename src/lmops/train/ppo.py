@@ -34,7 +34,7 @@ from torch import nn
 
 from lmops.core.errors import UserError
 from lmops.core.signals import StopSignals
-from lmops.models.loading import load_tokenizer, resolve_local
+from lmops.models.loading import load_tokenizer, resolve_local, select_device, select_dtype
 from lmops.train.loop import IntervalMean, StepCheckpoints, batch_indices
 from lmops.train.models import Loaded
 from lmops.train.preference import lr_factor
@@ -127,10 +127,17 @@ def load_reward(spec: TrainSpec, store: Store | None = None) -> RewardFn | Rewar
             f"ppo.reward_model {spec.ppo.reward_model}: not a reward model (a sequence "
             "classifier, as stage: reward trains, or its adapter); train one with stage: reward"
         )
+    # the training's device and dtype (transformers would keep a float16 folder float16,
+    # slow and off on a CPU); on the policy's device, where its rollouts are scored
+    device = select_device(spec.device)
+    dtype = select_dtype(spec.dtype, device)
     if (path / "adapter_config.json").exists():  # a LoRA reward model, merged into its base
-        model = load_merged(path, store=store)
+        model = load_merged(path, store=store, dtype=dtype)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=1, dtype=dtype
+        )
+    model = model.to(device=device, dtype=dtype)
     return RewardModel(model, load_tokenizer(path, spec.chat_template), spec.train.max_seq_len)
 
 
