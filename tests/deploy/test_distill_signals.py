@@ -2,7 +2,8 @@
 second SIGTERM is SIGTERM (143), also when it lands while the first one's checkpoint is
 being written (that save ran after the handlers were put back, so the second SIGTERM went
 to the handler from before: by default the process ended with no line and no checkpoint),
-and an interrupt that carries its own signal (``core.signals``' stop-at-once exception of a
+and a third one during the save the second one retries stops that save at once (it went
+to the handler from before as well), and an interrupt that carries its own signal (``core.signals``' stop-at-once exception of a
 nested :class:`StopSignals`) is reported as that signal, not SIGINT."""
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ def before() -> Any:
     signal.signal(signal.SIGTERM, old)
 
 
-@pytest.mark.parametrize("second", ["mid-step", "during the save"])
+@pytest.mark.parametrize("second", ["mid-step", "during the save", "during the save and again"])
 def test_a_second_sigterm_is_reported_as_sigterm(
     cli: Any,
     store: Any,
+    lmops_home: Path,
     teacher: Path,  # noqa: F811
     text: Path,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
@@ -66,6 +68,8 @@ def test_a_second_sigterm_is_reported_as_sigterm(
         saves[0] += 1
         if second == "during the save" and saves[0] == 1:  # the first signal's checkpoint
             _sigterm()
+        if second == "during the save and again" and saves[0] <= 2:  # and its retry's
+            _sigterm()
         real_save(*a)
 
     monkeypatch.setattr(distill_mod, "lr_factor", lr_factor)
@@ -79,6 +83,10 @@ def test_a_second_sigterm_is_reported_as_sigterm(
     line = r.err.strip().splitlines()[-1]
     if second == "mid-step":  # stopped inside step 3: half a step is never saved
         assert line.startswith("interrupted after step 2 of 8, before any checkpoint"), line
+    elif second == "during the save and again":  # a third stops the retried save at once
+        assert line.startswith("interrupted after step 3 of 8, before any checkpoint"), line
+        assert saves[0] == 2
+        assert not list((lmops_home / "work" / "distill").rglob("*.tmp"))
     else:  # stopped inside the save of step 3, which the stop then finished
         assert line.startswith("interrupted after step 3 of 8; checkpoint saved: "), line
         ckpt = Path(line.split("checkpoint saved: ")[1].split(";")[0])
@@ -116,3 +124,25 @@ def test_an_interrupt_carrying_its_signal_is_reported_as_that_signal(
     with pytest.raises(DistillInterrupted) as e:
         distill(spec, store=store)
     assert (e.value.signum, e.value.step, e.value.saved) == (signal.SIGTERM, 1, False)
+
+
+def test_a_checkpoint_write_stopped_midway_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal that stops the write of checkpoint.pt.tmp removes it: the checkpoint
+    before is untouched and nothing half written is left beside it."""
+    from lmops.core.signals import SignalInterrupt
+
+    ckpt = tmp_path / "checkpoint.pt"
+    distill_mod._save_atomic({"step": 1}, ckpt)
+
+    def half(obj: Any, path: Path) -> None:
+        Path(path).write_bytes(b"half")
+        raise SignalInterrupt(signal.SIGTERM)
+
+    monkeypatch.setattr(torch, "save", half)
+    with pytest.raises(SignalInterrupt):
+        distill_mod._save_atomic({"step": 2}, ckpt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    monkeypatch.undo()
+    assert torch.load(ckpt, weights_only=True)["step"] == 1

@@ -23,7 +23,8 @@ running the same spec again resumes from the last one and ends with the same wei
 uninterrupted run. SIGINT / SIGTERM (Ctrl-C, :class:`~lmops.core.signals.StopSignals`): the
 first lets the step in progress finish, saves a checkpoint and raises
 :class:`DistillInterrupted` naming it; a second stops at once and saves only if it came
-between steps (a half-done step is never saved, so a resumed run stays exact).
+between steps (a half-done step is never saved, so a resumed run stays exact); a third
+stops that save at once.
 
 Budgets stop early (checkpointed) and register what was reached: ``max_minutes`` of wall
 time for this invocation (loading and evaluation included), ``max_cpu_minutes`` of CPU time
@@ -45,6 +46,7 @@ lineage to the teacher (``teacher``), the dataset (``dataset``) and a student mo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -245,8 +247,12 @@ def _save_atomic(obj: Any, path: Path) -> None:
     import torch
 
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a signal mid-write, too: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def distill(
@@ -360,14 +366,13 @@ def distill(
         stop = StopSignals()
         between = True  # no step half done: the student, optimizer and step agree
 
-        def interrupted(fresh: bool, signum: int | None = None) -> DistillInterrupted:
-            if fresh:
-                save(step)
+        def interrupted(wrote: bool, signum: int | None = None) -> DistillInterrupted:
+            """The stop to raise; ``wrote``: its checkpoint was written for this stop."""
             return DistillInterrupted(
                 step,
                 spec.steps,
                 ckpt if ckpt.exists() else None,
-                saved=fresh,
+                saved=wrote,
                 signum=signum or stop.signum or signal.SIGINT,
             )
 
@@ -433,13 +438,24 @@ def distill(
                     # the step in progress finished first; saved while the handlers are
                     # still ours, so a second signal during the save stops it as one does
                     # mid-step (the default SIGTERM would end the process without a word)
-                    raise interrupted(step > saved)
+                    fresh = step > saved
+                    if fresh:
+                        save(step)
+                    raise interrupted(fresh)
         except DistillInterrupted:
             raise
         except KeyboardInterrupt as e:  # a second signal, or Ctrl-C outside the handler
+            # keep the last whole step (a second signal during the first one's save lands
+            # here too): ours are no longer the handlers, so the save runs under handlers
+            # that stop it at once (the default SIGTERM would end the process without a
+            # word, leaving checkpoint.pt.tmp), and a stopped save is reported unsaved
+            fresh = between and step > saved
+            if fresh:
+                with contextlib.suppress(KeyboardInterrupt), StopSignals(graceful=False):
+                    save(step)
             # the signal the exception carries (core.signals' SignalInterrupt, a nested
             # StopSignals'), else the first one ours saw
-            raise interrupted(between and step > saved, getattr(e, "signum", None)) from e
+            raise interrupted(fresh and saved == step, getattr(e, "signum", None)) from e
         cpu_total = cpu_used()
         if step % spec.checkpoint_every and step != spec.steps:
             save(step)  # stopped by a time budget: resumable from here
