@@ -176,6 +176,40 @@ def test_ppo_prompts_are_the_gateways_with_the_rows_tools(folder: Path, template
         assert "get_weather" in tok.decode(prompt)
 
 
+def test_a_template_that_names_tools_but_writes_no_calls_gets_them_as_the_gateway_does(
+    folder: Path,
+) -> None:
+    """A template that only mentions ``tools`` (a comment) renders none: the gateway, and
+    so training, write the row's tools as text; a PPO prompt and a preference row's prompt
+    list them as the gateway's does (they went to the template, which dropped them)."""
+    from lmops.models.chat import Literals, chat_text, template_has_tools
+    from lmops.models.engine import Engine
+    from lmops.serve.backends import encode_messages
+    from lmops.serve.protocol import ChatRequest
+    from lmops.serve.tools import plan_request
+    from lmops.train.ppo import Prompt, _encode_prompts
+
+    tok = _tokenizer(folder, OWN_TEMPLATE + "{# tools #}")
+    assert template_has_tools(tok)
+    user = CHAT[1]["content"]
+    (ids,), _ = _encode_prompts(tok, [Prompt(user, [WEATHER])], 4096, "cpu")
+    req = ChatRequest.model_validate({"model": "m", "messages": [CHAT[1]], "tools": [WEATHER]})
+    engine = Engine(folder)
+    try:
+        engine.tokenizer.chat_template = tok.chat_template
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        prompt = encode_messages(engine, messages, plan_request(req), "escape")
+    finally:
+        engine.close()
+    assert "get_weather" in tok.decode(prompt)
+    assert ids.tolist() == prompt
+    literals = Literals(tok)
+    marked = literals.chat([CHAT[1]], [WEATHER], add_generation_prompt=True)
+    assert literals.plain(marked) == chat_text(
+        tok, [CHAT[1]], [WEATHER], add_generation_prompt=True
+    )
+
+
 def test_a_plain_rows_cut_prompt_is_its_texts_last_tokens_as_before(tmp_path: Path) -> None:
     """A row without special-token strings renders as it did before training encoded them
     (TRL tokenizes its texts): a prompt over ``max_prompt_len`` tokens keeps the text of

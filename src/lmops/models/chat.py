@@ -348,7 +348,10 @@ class Literals:
         add_generation_prompt: bool = False,
     ) -> str:
         """:func:`chat_text` of a chat in OpenAI's form, marked."""
-        rendered, listed = render_tools(messages, tools, native=template_has_tools(self.tokenizer))
+        # the probe chat_text and the gateway use: a template that only names tools (a
+        # comment) would drop them where the gateway writes them as text
+        native = template_writes_calls(self.tokenizer)
+        rendered, listed = render_tools(messages, tools, native=native)
         return self.template(rendered, listed, add_generation_prompt=add_generation_prompt)
 
     def _split(self, marked: str) -> list[str]:
