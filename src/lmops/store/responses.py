@@ -10,15 +10,25 @@ A response continues at most one earlier one (``previous_id``); the conversation
 chain back through them, read in one recursive query (SQLite and PostgreSQL alike). A
 response's rows carry only what its own request sent, so a long conversation is stored in
 size linear in its length. Storing a response moves the ``expires_at`` of every response it
-continues up to its own: a conversation expires its retention after its last turn, never
-from the middle. A row past ``expires_at`` is gone for every reader at once; ``purge`` frees
-the space. ``key`` (a key's name) limits a read to the responses that key created; None
-reads any (an admin key's view).
+continues up to its own, but never past the time that response's own retention (its
+``expires_at - created_at`` when it was stored, its deployment's ``responses_ttl_days``)
+would keep it from now: a conversation expires after its last turn, never from the middle,
+and a turn answered by a deployment that keeps responses 7 days is not kept 90 because a
+later turn went to one that keeps them 90. A row past ``expires_at`` is gone for every
+reader at once; ``purge`` frees the space. ``key`` (a key's name) limits a read to the
+responses that key created; None reads any (an admin key's view).
+
+Deleting a response empties its row (its input and output are gone at once) and keeps the
+id and ``previous_id`` until the row expires, so a later response that continued it still
+reaches the turns before it: :meth:`ResponseStore.chain` hands the deleted link back as a
+:class:`StoredResponse` with ``deleted`` set and nothing in it. What the store keeps for
+itself (the retention, the mark of a deleted row) is in the ``response`` JSON under
+``lmops_*`` keys, which reads take out again: no column of its own (no migration).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, delete, literal, select, update
@@ -36,6 +46,10 @@ __all__ = ["MAX_CHAIN", "ResponseStore"]
 _TABLE = cast(Table, ResponseRow.__table__)
 # responses read back from one at most (a guard against a chain no client builds by hand)
 MAX_CHAIN = 10_000
+# the response JSON's keys the store keeps for itself: the row's retention in seconds, and
+# the mark of a deleted row
+_TTL = "lmops_ttl_s"
+_DELETED = "lmops_deleted"
 
 
 def _chain(rid: str, key: str | None) -> Any:
@@ -59,6 +73,9 @@ def _chain(rid: str, key: str | None) -> Any:
 def _record(row: ResponseRow) -> StoredResponse:
     created, expires = aware(row.created_at), aware(row.expires_at)
     assert created is not None and expires is not None
+    response = dict(row.response or {})
+    deleted = bool(response.pop(_DELETED, False))
+    response.pop(_TTL, None)
     return StoredResponse(
         id=row.id,
         key_name=row.key_name,
@@ -67,7 +84,8 @@ def _record(row: ResponseRow) -> StoredResponse:
         created_at=created,
         expires_at=expires,
         input=list(row.input or []),
-        response=dict(row.response or {}),
+        response=response,
+        deleted=deleted,
     )
 
 
@@ -78,8 +96,10 @@ class ResponseStore:
         self._db = store.db
 
     def put(self, r: StoredResponse) -> None:
-        """Keep ``r`` (its bodies masked already) and keep the responses it continues at
-        least as long."""
+        """Keep ``r`` (its bodies as they are to be kept) for ``expires_at - created_at``,
+        and keep the responses it continues as long, each at most its own retention from
+        now. One statement per retention among them (usually one), at any depth."""
+        ttl = (r.expires_at - r.created_at).total_seconds()
 
         def put(s: Session) -> None:
             s.add(
@@ -91,15 +111,23 @@ class ResponseStore:
                     created_at=r.created_at,
                     expires_at=r.expires_at,
                     input=r.input,
-                    response=r.response,
+                    response={**r.response, _TTL: ttl},
                 )
             )
-            if r.previous_id is not None:
-                ids = select(_chain(r.previous_id, None).c.id).scalar_subquery()
+            if r.previous_id is None:
+                return
+            ids = select(_chain(r.previous_id, None).c.id).scalar_subquery()
+            own = _TABLE.c.response[_TTL].as_float()
+            for row_ttl in s.execute(select(own).distinct().where(_TABLE.c.id.in_(ids))).scalars():
+                # a row stored before rows kept their retention (None): the new row's
+                until = r.expires_at
+                if row_ttl is not None:
+                    until = min(until, r.created_at + timedelta(seconds=float(row_ttl)))
+                same = own.is_(None) if row_ttl is None else own == row_ttl
                 s.execute(
                     update(_TABLE)
-                    .where(_TABLE.c.id.in_(ids), _TABLE.c.expires_at < r.expires_at)
-                    .values(expires_at=r.expires_at)
+                    .where(_TABLE.c.id.in_(ids), same, _TABLE.c.expires_at < until)
+                    .values(expires_at=until)
                 )
 
         self._db.write(put)
@@ -115,26 +143,41 @@ class ResponseStore:
 
     def chain(self, rid: str, *, key: str | None = None) -> list[StoredResponse]:
         """The conversation that ends with response ``rid``, oldest first (``rid`` last);
-        empty when ``rid`` is unknown, expired or (with ``key``) another key's. A response
-        deleted from the middle leaves the chain there: what came before it is not read."""
+        empty when ``rid`` is unknown, expired, deleted or (with ``key``) another key's. A
+        response deleted from the middle is in it as an empty record with ``deleted`` set:
+        the chain goes on through it to the turns before."""
         with self._db.session() as s:
-            return [_record(row) for row, _ in self._chain(s, rid, key)]
+            found = [_record(row) for row, _ in self._chain(s, rid, key)]
+        return found if found and not found[-1].deleted else []
 
-    def get(self, rid: str, *, key: str | None = None) -> StoredResponse | None:
-        """Response ``rid``; None when unknown, expired or (with ``key``) another key's."""
+    def _row(self, s: Session, rid: str, key: str | None) -> ResponseRow | None:
         q = select(ResponseRow).where(ResponseRow.id == rid, ResponseRow.expires_at > utcnow())
         if key is not None:
             q = q.where(ResponseRow.key_name == key)
+        row = s.execute(q).scalar_one_or_none()
+        return None if row is None or (row.response or {}).get(_DELETED) else row
+
+    def get(self, rid: str, *, key: str | None = None) -> StoredResponse | None:
+        """Response ``rid``; None when unknown, expired, deleted or (with ``key``) another
+        key's."""
         with self._db.session() as s:
-            row = s.execute(q).scalar_one_or_none()
+            row = self._row(s, rid, key)
             return _record(row) if row is not None else None
 
     def delete(self, rid: str, *, key: str | None = None) -> bool:
-        """Delete response ``rid``; False when there was none to delete (as :meth:`get`)."""
-        q = delete(_TABLE).where(_TABLE.c.id == rid, _TABLE.c.expires_at > utcnow())
-        if key is not None:
-            q = q.where(_TABLE.c.key_name == key)
-        return bool(self._db.write(lambda s: s.execute(q).rowcount))  # type: ignore[attr-defined]
+        """Delete response ``rid``'s input and output (its id and link stay until it
+        expires, see the module docstring); False when there was none to delete (as
+        :meth:`get`)."""
+
+        def empty(s: Session) -> bool:
+            row = self._row(s, rid, key)
+            if row is None:
+                return False
+            row.input = []
+            row.response = {_DELETED: True, _TTL: (row.response or {}).get(_TTL)}
+            return True
+
+        return bool(self._db.write(empty))
 
     def purge(self, now: datetime | None = None) -> int:
         """Delete every response past its ``expires_at``; how many."""

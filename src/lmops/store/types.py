@@ -226,9 +226,11 @@ class RequestRecord:
 class StoredResponse(BaseModel):
     """A response of the gateway's Responses API as ``store.responses`` keeps it: the input
     items its request sent (``input``; not those carried over from ``previous_id``) and the
-    response object it answered (``response``), both PII-masked before they were stored.
-    ``key_name`` is the key that created it, the only one (with admin keys) that may read,
-    continue or delete it."""
+    response object it answered (``response``), both as its deployment keeps them
+    (``responses_mask``). ``key_name`` is the key that created it, the only one (with admin
+    keys) that may read, continue or delete it. ``deleted``: a link of a conversation whose
+    content was deleted (empty ``input`` and ``response``), see
+    :mod:`lmops.store.responses`."""
 
     id: str
     key_name: str | None = None
@@ -238,3 +240,4 @@ class StoredResponse(BaseModel):
     expires_at: datetime
     input: list[Any] = Field(default_factory=list)
     response: dict[str, Any] = Field(default_factory=dict)
+    deleted: bool = False
