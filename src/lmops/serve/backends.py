@@ -28,7 +28,7 @@ fake's :mod:`lmops.serve.fake_backend`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -40,8 +40,10 @@ __all__ = [
     "ChoiceDelta",
     "EngineBackend",
     "Generation",
+    "History",
     "Job",
     "approx_tokens",
+    "fit_context",
 ]
 
 # Texts longer than this are tokenized on a worker thread (a thread hop costs more than
@@ -58,6 +60,25 @@ def approx_tokens(text: str) -> int:
     if text.isascii():
         return (len(text) + 3) // 4
     return (len(text.encode("utf-8", "surrogatepass")) + 2) // 3
+
+
+@dataclass(frozen=True)
+class History:
+    """A chat job's messages carried from earlier turns (``/v1/responses`` with a
+    ``previous_response_id``): ``messages[start:end]``. ``cuts``: ascending indices in
+    ``(start, end]`` where the oldest of them may be dropped (``messages[start:cut]``) and
+    leave whole turns, no tool call parted from its result. ``truncate``: drop them, the
+    oldest first, until the prompt fits the context, rather than refuse it; ``note``: what
+    a refusal adds, ``{tokens}`` being the carried messages' tokens."""
+
+    start: int
+    end: int
+    cuts: tuple[int, ...] = ()
+    truncate: bool = False
+    note: str = ""
+
+    def without(self, messages: list[dict[str, Any]], cut: int) -> list[dict[str, Any]]:
+        return [*messages[: self.start], *messages[cut:]]
 
 
 @dataclass
@@ -101,6 +122,9 @@ class Job:
     # the reply's text holds tool calls for the gateway to parse (the engine's; an
     # upstream parses its own and sends ``tool_calls`` fields)
     parse_tools: bool = False
+    # chat: the messages carried from earlier turns, which a backend that counts the
+    # prompt's tokens may drop to fit (fit_context), else None
+    history: History | None = None
 
     def text(self) -> str:
         """All the prompt text (for estimates)."""
@@ -282,6 +306,54 @@ def _budget_error(job: Job, limit: int, prompt: int) -> OpenAIError:
     )
 
 
+def _fits(job: Job, limit: int, tokens: int) -> bool:
+    return tokens < limit and not (job.max_tokens_asked and job.max_tokens > limit - tokens)
+
+
+def _too_long(job: Job, limit: int, tokens: int) -> OpenAIError:
+    if tokens >= limit:
+        return _context_error(job.kind, limit, tokens)
+    return _budget_error(job, limit, tokens)
+
+
+def fit_context(
+    job: Job, encode: Callable[[list[dict[str, Any]]], Sequence[Any]], limit: int
+) -> Sequence[Any]:
+    """A chat job's prompt as ``encode`` reads its messages (its tokens), where it fits a
+    context of ``limit`` tokens with the completion budget asked: the whole prompt, or,
+    where its carried history may be cut (``job.history.truncate``), the prompt without
+    the fewest oldest turns that make it fit (``job.messages`` then lose them; a binary
+    search over the cuts: a few encodings, not one per turn). Else the context's 400, with
+    the history's note saying how many of its tokens were carried."""
+    messages, h = job.messages or [], job.history
+    ids = encode(messages)
+    if _fits(job, limit, len(ids)):
+        return ids
+    least = ids
+    if h is not None and h.truncate and h.cuts:
+        lo, hi, best = 0, len(h.cuts) - 1, None
+        while lo <= hi:  # the smallest cut that fits (a later cut leaves fewer tokens)
+            mid = (lo + hi) // 2
+            got = encode(h.without(messages, h.cuts[mid]))
+            if _fits(job, limit, len(got)):
+                best, hi = (h.cuts[mid], got), mid - 1
+            else:
+                least, lo = got, mid + 1
+        if best is not None:
+            cut, got = best
+            gone = cut - h.start
+            job.messages = h.without(messages, cut)
+            job.history = replace(  # what is left of it, for a fallback's context
+                h, end=h.end - gone, cuts=tuple(c - gone for c in h.cuts if c > cut)
+            )
+            return got
+    error = _too_long(job, limit, len(least))
+    if h is not None and h.note and not h.truncate:
+        own = encode(h.without(messages, h.end))
+        error.message += " " + h.note.format(tokens=len(ids) - len(own))
+    raise error
+
+
 def _unsupported(param: str, why: str) -> OpenAIError:
     return OpenAIError(
         400,
@@ -403,7 +475,15 @@ class EngineBackend:
 
         def encode() -> list[list[int]]:
             if job.messages is not None:
-                return [encode_messages(engine, job.messages, job.tools, job.control_tokens)]
+                return [
+                    list(
+                        fit_context(
+                            job,
+                            lambda m: encode_messages(engine, m, job.tools, job.control_tokens),
+                            engine.max_context,
+                        )
+                    )
+                ]
             given = job.token_ids or [None] * len(job.prompts or [])
             return [
                 list(ids) if ids is not None else engine.encode(text) or [empty]

@@ -12,7 +12,7 @@ deployments:
     limits: {rpm: 600, tpm: 200000}
     guardrails: {pii_input: mask, moderation_output: block}
     log_bodies: false
-    responses_store: true           # /v1/responses keeps responses (masked), 30 days
+    responses_store: true           # /v1/responses keeps responses 30 days (stored_responses)
     prompt: support@production      # a registered prompt wraps each request (lmops.prompts)
   - name: chat-ab                   # weighted A/B split between two versions
     split: [{model: chat:3, weight: 0.9}, {model: chat:4, weight: 0.1}]
@@ -141,6 +141,7 @@ class FakeOptions(BaseModel):
     dims: int = Field(64, ge=1, le=4096)  # embedding size
     # reply with what the model was given ("role: text" per message, " | " between them)
     echo: bool = False
+    context: int | None = Field(None, ge=1)  # a chat prompt's words it reads at most
 
 
 class DeploymentSpec(BaseModel):
@@ -180,11 +181,13 @@ class DeploymentSpec(BaseModel):
     limits: dict[str, int | None] = Field(default_factory=dict)
     guardrails: dict[str, Any] | None = None
     log_bodies: bool = False
-    # /v1/responses keeps responses (PII-masked) for previous_response_id, retrieve and
-    # delete unless a request says store: false; lmops gc deletes them this long after a
-    # conversation's last turn (lmops.serve.stored_responses)
+    # /v1/responses keeps responses for previous_response_id, retrieve and delete unless a
+    # request says store: false, as the model saw and said them (after this deployment's PII
+    # guardrails) or, with responses_mask: all, with every PII type masked; lmops gc
+    # deletes them this long after a conversation's last turn (serve.stored_responses)
     responses_store: bool = True
-    responses_ttl_days: float = Field(30.0, gt=0)
+    responses_mask: Literal["guardrails", "all"] = "guardrails"
+    responses_ttl_days: float = Field(30.0, gt=0, le=36500)
     # /v1/embeddings on the built-in engine (refused elsewhere: it would do nothing): an
     # input longer than the model reads is a 400 naming it, as OpenAI's (false), or is cut
     # to fit, as vLLM's truncate_prompt_tokens

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
-from lmops.serve.backends import ChoiceDelta, Generation, Job
+from lmops.serve.backends import ChoiceDelta, Generation, Job, fit_context
 
 __all__ = ["FakeBackend", "echo_text"]
 
@@ -18,9 +19,10 @@ class FakeBackend:
     deterministic (token *i* of a reply is ``tok{i}``, or the words of ``reply``), paced by
     ``ttft_s``/``itl_s``, and embeddings are hashed bags of words. With ``echo`` a reply is
     what the model was given instead (:func:`echo_text`), so a test sees the history a
-    request carried. The seam's in-package
-    fake: a gateway's keys, limits, guardrails, logs and clients can be exercised without
-    weights, in tests and by users wiring up their own stack."""
+    request carried. With ``context`` a chat prompt's words are its tokens, held to that
+    context as the engine's are (:func:`~lmops.serve.backends.fit_context`). The seam's
+    in-package fake: a gateway's keys, limits, guardrails, logs and clients can be exercised
+    without weights, in tests and by users wiring up their own stack."""
 
     def __init__(self, options: Any, name: str) -> None:
         self.options = options
@@ -46,7 +48,11 @@ class FakeBackend:
             ]
 
     async def prepare(self, job: Job) -> None:
-        return None
+        # with a context, a chat prompt's words are its tokens, checked as the engine's
+        if self.options.context is not None and job.messages is not None:
+            fit_context(
+                job, lambda m: replace(job, messages=m).text().split(), self.options.context
+            )
 
     async def start(self, job: Job) -> Generation:
         return _FakeGeneration(self, job)

@@ -39,7 +39,7 @@ from lmops.models.types import TokenLogprob
 from lmops.monitor.accesslog import ensure_request_id
 from lmops.security.moderation.encoder import Deferred, deferred
 from lmops.serve import fallbacks, tools
-from lmops.serve.backends import Backend, Generation, Job, approx_tokens
+from lmops.serve.backends import Backend, Generation, History, Job, approx_tokens
 from lmops.serve.protocol import (
     ChatRequest,
     CompletionRequest,
@@ -269,9 +269,13 @@ class Handlers:
         *,
         key: Any = None,
         body: Any = None,
+        counted: dict[str, str] | None = None,
+        history: History | None = None,
     ) -> Response:
         """A chat or completions request (``body``: already read, as ``/v1/responses``
-        translated it, lmops.serve.stored_responses; ``key``: already authenticated)."""
+        translated it, lmops.serve.stored_responses; ``key``: already authenticated;
+        ``counted``: the key's rate headers where its request was counted already;
+        ``history``: the messages it carried from earlier turns)."""
         from lmops.models.engine import EngineOverloaded
         from lmops.serve.upstream import UpstreamError
 
@@ -285,7 +289,7 @@ class Handlers:
                 ChatRequest if kind == "chat" else CompletionRequest, _until_rendered(raw, kind)
             )
         dep = self.gw.deployment(key, req.model)
-        ctx = self.policy.begin(key, dep, kind, raw, rid, x_request_id=xid)
+        ctx = self.policy.begin(key, dep, kind, raw, rid, x_request_id=xid, counted=counted)
         request.state.lmops_ctx = ctx  # the access log reads the outcome from it
         gen: Generation | None = None
         stream = False
@@ -299,7 +303,7 @@ class Handlers:
             if dep.spec.prompt is not None or (kind == "chat" and "prompt" in raw):
                 raw, req = self._apply_prompt(raw, kind, dep, ctx)
             job = self._job(req, raw, kind, rid, dep, backend)
-            stream = job.stream
+            job.history, stream = history, job.stream
             if kind == "chat" and getattr(backend, "chat_template_fallback", False):
                 ctx.warnings.append("chat_template_fallback")
             # flow control first, on an estimate: a key over its limit costs nothing more

@@ -69,10 +69,16 @@ class Policy:
         request_id: str,
         *,
         x_request_id: str | None = None,
+        counted: dict[str, str] | None = None,
     ) -> RequestContext:
         """The context of one request: ``request_id`` is the answer's id, ``x_request_id``
-        the response's ``x-request-id`` header (both go on the request log)."""
-        return RequestContext(self, key, dep, kind, body, request_id, x_request_id)
+        the response's ``x-request-id`` header (both go on the request log); ``counted``:
+        the request was counted against the key's requests per minute already
+        (:meth:`count_request`, whose headers these are), so admission charges the key its
+        tokens only."""
+        ctx = RequestContext(self, key, dep, kind, body, request_id, x_request_id)
+        ctx.counted = counted
+        return ctx
 
     def count_request(self, key: Any, route: str) -> dict[str, str]:
         """Count a request to ``route`` (``/tokenize``, ``/detokenize``), which runs no
@@ -121,6 +127,7 @@ class RequestContext:
         self.started = time.perf_counter()
         self.lease: Any = None
         self.estimate = 0  # the tokens admission charged (a fallback is charged the same)
+        self.counted: dict[str, str] | None = None  # see Policy.begin
         self.fallback_lease: Any = None  # the limits of the fallback in use (fallbacks.py)
         self.tries: list[dict[str, Any]] = []  # when more than one (fallbacks.py)
         self.answered_by: str | None = None  # the fallback deployment that answered
@@ -178,8 +185,11 @@ class RequestContext:
     # -- flow control -------------------------------------------------------------------------------
     def admit(self, prompt_tokens: int, max_completion: int, *, model_ref: str | None) -> None:
         self.model_ref = model_ref
+        mine = Limits.from_key(self.key)
+        if self.counted is not None:  # its request is counted already: its tokens only
+            mine = Limits(tpm=self.key.tpm)
         scopes = [
-            (f"key:{self.key.name}", Limits.from_key(self.key)),
+            (f"key:{self.key.name}", mine),
             (f"dep:{self.dep.name}", self.policy.limits[self.dep.name]),
         ]
         self.estimate = max(0, prompt_tokens) + max(0, max_completion)
@@ -187,9 +197,9 @@ class RequestContext:
             self.lease = self.policy.limiter.acquire(scopes, self.request_id, self.estimate)
         except RateLimited as e:
             self.policy.metrics.rate_limited(self.dep.name, e.limit_name)
-            self._headers = dict(e.headers)
-            raise _refusal(e) from None
-        self._headers = limit_headers(self.lease)
+            self._headers = _with_counted(self.counted, dict(e.headers))
+            raise _refusal(e, self._headers) from None
+        self._headers = _with_counted(self.counted, limit_headers(self.lease))
 
     def admit_fallback(self, dep: Any) -> str | None:
         """Acquire fallback ``dep``'s own deployment limits (its capacity protection, not
@@ -341,14 +351,30 @@ class RequestContext:
         return out or None
 
 
-def _refusal(e: RateLimited) -> OpenAIError:
+def _refusal(e: RateLimited, headers: dict[str, str] | None = None) -> OpenAIError:
     """Flow control's refusal ``e`` as OpenAI's 429 (an ``OpenAIError``), with its
-    ``x-ratelimit-*`` and ``Retry-After`` headers."""
+    ``x-ratelimit-*`` and ``Retry-After`` headers (or ``headers``)."""
     from lmops.serve.protocol import OpenAIError
 
     return OpenAIError(
-        429, str(e), type_="rate_limit_error", code="rate_limit_exceeded", headers=dict(e.headers)
+        429,
+        str(e),
+        type_="rate_limit_error",
+        code="rate_limit_exceeded",
+        headers=dict(e.headers if headers is None else headers),
     )
+
+
+def _with_counted(counted: dict[str, str] | None, headers: dict[str, str]) -> dict[str, str]:
+    """Admission's ``headers`` with the ``x-ratelimit-*-requests`` of the key's request
+    counted before it (``counted``), where those are the tighter (admission counted the
+    deployment's requests only, if any)."""
+    if not counted or "x-ratelimit-remaining-requests" not in counted:
+        return headers
+    theirs = headers.get("x-ratelimit-remaining-requests")
+    if theirs is not None and int(theirs) <= int(counted["x-ratelimit-remaining-requests"]):
+        return headers
+    return {**headers, **{k: v for k, v in counted.items() if k.endswith("-requests")}}
 
 
 def route_headers(tries: list[dict[str, Any]], answered_by: str | None) -> dict[str, str]:
@@ -499,6 +525,7 @@ class NullPolicy:
         request_id: str,
         *,
         x_request_id: str | None = None,
+        counted: dict[str, str] | None = None,
     ) -> NullContext:
         return NullContext(dep, request_id, x_request_id)
 

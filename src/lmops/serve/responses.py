@@ -30,7 +30,7 @@ from typing import Any
 from lmops.serve.protocol import OpenAIError
 from lmops.serve.replies import Final
 
-__all__ = ["chat_body", "response_id", "to_response", "to_stream"]
+__all__ = ["chat_body", "message_items", "response_id", "to_response", "to_stream"]
 
 # the include values the gateway can honour
 _INCLUDES = {"message.output_text.logprobs"}
@@ -40,7 +40,6 @@ _IGNORED = {
     "service_tier",
     "prompt_cache_key",
     "prompt_cache_retention",
-    "truncation",
     "safety_identifier",
     "max_tool_calls",
     "stream_options",
@@ -64,7 +63,7 @@ _KNOWN = frozenset(
     | {
         "model", "input", "instructions", "temperature", "top_p", "max_output_tokens",
         "tools", "tool_choice", "text", "include", "top_logprobs", "reasoning", "prompt",
-        "stream", "previous_response_id", "conversation", "background",
+        "stream", "previous_response_id", "conversation", "background", "truncation",
     }
 )  # fmt: skip
 
@@ -168,6 +167,18 @@ def _messages(
         messages.append({"role": "system" if role == "developer" else role, "content": content})
         origins.append(where)
     return messages
+
+
+def message_items(items: Any, instructions: Any) -> list[int | None]:
+    """Per chat message of ``items`` and ``instructions`` (as :func:`chat_body` reads them):
+    the index of the input item it begins with (None: the instructions)."""
+    origins: list[str] = []
+    _messages(items, instructions, origins)
+    found = [re.match(r"input\[(\d+)\]", o) for o in origins]
+    return [
+        int(m.group(1)) if m else (0 if o == "input" else None)
+        for m, o in zip(found, origins, strict=True)
+    ]
 
 
 # The chat fields a Responses request was translated to -> its own fields, for errors.
@@ -443,7 +454,7 @@ def _skeleton(rid: str, request: dict[str, Any], created: float) -> dict[str, An
         "tool_choice": request.get("tool_choice", "auto"),
         "tools": request.get("tools") or [],
         "top_p": request.get("top_p"),
-        "truncation": "disabled",
+        "truncation": "auto" if request.get("truncation") == "auto" else "disabled",
         "usage": None,
         "metadata": request.get("metadata") or {},
         "user": request.get("user"),

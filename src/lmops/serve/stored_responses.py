@@ -1,29 +1,44 @@
-"""The Responses API's state: ``store``, ``previous_response_id``, and the routes that read
-stored responses back (``GET``/``DELETE /v1/responses/{id}``, ``GET
+"""The Responses API's state: ``store``, ``previous_response_id``, ``truncation``, and the
+routes that read stored responses back (``GET``/``DELETE /v1/responses/{id}``, ``GET
 /v1/responses/{id}/input_items``).
 
 A response is stored (``store.responses``, one row a response) when the request did not say
 ``store: false`` and the deployment it named keeps responses (``responses_store``, on by
-default, as OpenAI's ``store`` is); the reply's ``store`` says which. What is stored is
-PII-masked exactly as request-log bodies are (:func:`~lmops.serve.policy.mask_body`: every
-string, every PII type, whatever the deployment's guardrails), because a stored
-conversation is data at rest that the request log would only keep with ``log_bodies``;
-so the history a later turn carries has ``<EMAIL>`` where the client wrote an address.
-Rows expire ``responses_ttl_days`` (30) after a conversation's last turn and ``lmops gc``
-deletes them.
+default, as OpenAI's ``store`` is); the reply's ``store`` says which. What is stored is what
+the model saw and said (``responses_mask: guardrails``, the default): the input items after
+the deployment's own PII input guardrail (its ``pii_input: mask``, ``pii_types``,
+``pii_placeholder`` and ``trusted_roles``, on message text, tool call arguments and tool
+results alike) and the response as it was answered (after its output guardrail), so a
+later turn carries the very text the model read before, and a deployment whose guardrails
+are off keeps text as it was sent. ``responses_mask: all`` masks every PII type in every
+string of both instead, as request-log bodies are (:func:`~lmops.serve.policy.mask_body`):
+data at rest that keeps no address, at the price of a history that differs from what the
+model saw. Rows expire ``responses_ttl_days`` (30) after a conversation's last turn and
+``lmops gc`` deletes them.
 
 ``previous_response_id`` puts the stored chain's items (each response's input items, then
 its output items) before this request's ``input``, as OpenAI does; ``instructions`` are
-this request's only, never carried. The carried items are sent to the model again, so they
-count as input tokens toward the key's limits and usage, and they pass the input
-guardrails again. Only the key that created a response, or an admin key, may continue,
-read or delete it: to any other key it does not exist (a 400
+this request's only, never carried. The key's request is counted against its requests per
+minute before the chain is read (a key over its limit gets its 429 and reads nothing), and
+once only: admission then charges it the tokens. The carried items are sent to the model
+again, so they count as input tokens toward the key's limits and usage, and they pass the
+input guardrails again. ``truncation: "auto"`` drops the oldest carried turns (whole
+turns: a function call is never parted from its output) until the prompt fits the model's
+context, as the engine counts it (:func:`~lmops.serve.backends.fit_context`); with
+``"disabled"`` (the default) a prompt that does not fit is OpenAI's 400
+``context_length_exceeded``, saying how many of its tokens were carried. Only the
+conversation carried is dropped, never the request's own input; a deployment whose
+prompt is wrapped by a registered prompt, or an upstream (whose tokenizer the gateway does
+not have), is not truncated here. Only the key that created a response, or an admin key,
+may continue, read or delete it: to any other key it does not exist (a 400
 ``previous_response_not_found`` to continue, a 404 to read).
 
-A streamed response is stored when it completes (or ends ``incomplete``), before the event
-that ends the stream is sent, so a client may continue it at once; one the client left or
-that failed is not stored. ``conversation`` and ``background`` stay refused
-(:func:`lmops.serve.responses.chat_body`).
+Deleting a response deletes its input and output; a later response that continued it
+still carries the turns before it (and not the deleted one), as if the client had left that
+turn out; the gateway's log says so (INFO). A streamed response is stored when it completes
+(or ends ``incomplete``), before the event that ends the stream is sent, so a client may
+continue it at once; one the client left or that failed is not stored. ``conversation`` and
+``background`` stay refused (:func:`lmops.serve.responses.chat_body`).
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -39,6 +55,7 @@ from fastapi.responses import JSONResponse, Response
 
 from lmops.monitor.accesslog import ensure_request_id
 from lmops.serve import responses
+from lmops.serve.backends import History
 from lmops.serve.protocol import OpenAIError, read_json
 from lmops.serve.replies import EventStream
 
@@ -72,13 +89,113 @@ def input_items(value: Any, rid: str) -> list[dict[str, Any]]:
     return items
 
 
-def _history(chain: list[Any]) -> list[dict[str, Any]]:
+def _history(chain: list[Any]) -> tuple[list[dict[str, Any]], list[int]]:
     """The input items a conversation carries: each stored response's input items, then
-    its output items (a message or a function call, fed back as OpenAI feeds them)."""
+    its output items (a message or a function call, fed back as OpenAI feeds them); and
+    where each turn after the first begins among them. A deleted link carries nothing."""
     out: list[dict[str, Any]] = []
+    turns: list[int] = []
     for r in chain:
+        if r.deleted:
+            continue
+        if out:
+            turns.append(len(out))
         out += r.input
         out += [o for o in r.response.get("output") or [] if isinstance(o, dict)]
+    return out, turns
+
+
+def _calls(messages: list[dict[str, Any]]) -> set[str]:
+    """The tool call ids that ``messages`` make or answer."""
+    ids = {m["tool_call_id"] for m in messages if isinstance(m.get("tool_call_id"), str)}
+    for m in messages:
+        ids |= {c["id"] for c in m.get("tool_calls") or [] if isinstance(c.get("id"), str)}
+    return ids
+
+
+_NOTE = (
+    "{tokens} of these tokens are the conversation carried from previous_response_id; "
+    'send truncation: "auto" to drop its oldest turns until the rest fits.'
+)
+
+
+def history_of(
+    chat: dict[str, Any], body: dict[str, Any], carried: int, turns: list[int], auto: bool
+) -> History:
+    """Where the ``carried`` first input items of ``body`` (its turns beginning at item
+    ``turns``) are among the messages of ``chat`` (what :func:`responses.chat_body` made of
+    ``body``), and where they may be cut: before a turn, or after them all, where no tool
+    call is on both sides."""
+    messages = chat["messages"]
+    firsts = responses.message_items(body.get("input"), body.get("instructions"))
+    start = next((i for i, f in enumerate(firsts) if f is not None), len(messages))
+
+    def at(item: int) -> int:  # the first message of input item ``item`` or after
+        return next((i for i, f in enumerate(firsts) if f is not None and f >= item), len(messages))
+
+    end = at(carried)
+    cuts = sorted({at(t) for t in [*turns, carried]} - {start})
+    cuts = [c for c in cuts if not _calls(messages[start:c]) & _calls(messages[c:])]
+    return History(start, end, tuple(cuts), truncate=auto, note=_NOTE)
+
+
+def _mask_with(cfg: Any) -> Callable[[str], str]:
+    """A text with PII masked as the input guardrail of ``cfg`` masks it."""
+    from lmops.security import long
+    from lmops.text.pii import mask_pii
+
+    types, placeholder = cfg.pii_types, cfg.pii_placeholder
+
+    def mask(text: str) -> str:
+        if len(text) <= long.LONG_TEXT:
+            return mask_pii(text, types, placeholder)[0]
+        out: list[str] = []
+        pos = 0
+        for span in long.detect_pii_long(text, types):
+            out += (text[pos : span.start], placeholder.format(type=span.type))
+            pos = span.end
+        return "".join([*out, text[pos:]])
+
+    return mask
+
+
+def _texts(value: Any, mask: Callable[[str], str]) -> Any:
+    """A content (a string or a list of parts) with the text of each part masked."""
+    if isinstance(value, str):
+        return mask(value)
+    if not isinstance(value, list):
+        return value
+    out = []
+    for part in value:
+        if isinstance(part, dict):
+            part = {k: mask(v) if k in ("text", "refusal") and isinstance(v, str) else v
+                    for k, v in part.items()}  # fmt: skip
+        out.append(part)
+    return out
+
+
+def as_seen(items: list[dict[str, Any]], cfg: Any) -> list[dict[str, Any]]:
+    """Input ``items`` as a deployment with guardrails ``cfg`` gave them to the model: with
+    ``pii_input: mask``, the text of every role it does not trust masked (a message's
+    content, a function call's arguments as the assistant's, a function call's output as
+    a tool's, a reasoning item's text, which the model does not read, as a user's); as
+    they are with ``off`` (and with ``block``: one with PII never got this far)."""
+    if cfg.pii_input != "mask":
+        return items
+    mask, trusted = _mask_with(cfg), set(cfg.trusted_roles)
+    out = []
+    for item in items:
+        kind, role = item.get("type", "message"), item.get("role")
+        if kind == "message" and ("system" if role == "developer" else role) not in trusted:
+            item = {**item, "content": _texts(item.get("content"), mask)}
+        elif kind == "function_call" and "assistant" not in trusted:
+            item = {**item, "arguments": _texts(item.get("arguments"), mask)}
+        elif kind == "function_call_output" and "tool" not in trusted:
+            item = {**item, "output": _texts(item.get("output"), mask)}
+        elif kind == "reasoning" and "user" not in trusted:
+            item = {k: _texts(v, mask) if k in ("summary", "content") else v
+                    for k, v in item.items()}  # fmt: skip
+        out.append(item)
     return out
 
 
@@ -124,10 +241,21 @@ class ResponsesEndpoint:
         raw = await read_json(request, max_bytes=self.handlers.max_body_bytes)
         if not isinstance(raw, dict):
             responses.chat_body(raw)  # the 400 for a body that is not an object
+        store = True if raw.get("store") is None else raw["store"]
+        if not isinstance(store, bool):
+            raise OpenAIError(400, "store: give true or false", param="store")
+        truncation = raw.get("truncation")
+        if truncation not in (None, "auto", "disabled"):
+            raise OpenAIError(400, "truncation: give auto or disabled", param="truncation")
         prev = raw.get("previous_response_id")
         carried: list[dict[str, Any]] = []
+        turns: list[int] = []
+        counted: dict[str, str] | None = None
         if prev is not None:
-            carried = await self._carried(prev, key)
+            # counted first: a key over its rpm reads nothing (admission then counts its
+            # tokens only)
+            counted = self.policy.count_request(key, "/v1/responses")
+            carried, turns = await self._carried(prev, key)
         body = {k: v for k, v in raw.items() if k != "previous_response_id"}
         own = raw.get("input")
         if carried and isinstance(own, str | list):  # else chat_body names what is wrong
@@ -135,17 +263,19 @@ class ResponsesEndpoint:
                 [{"role": "user", "content": own}] if isinstance(own, str) else own
             )
         chat = responses.chat_body(body)
-        store = raw.get("store", True)
-        if not isinstance(store, bool):
-            raise OpenAIError(400, "store: give true or false", param="store")
         name = raw.get("model")
         dep = self.gw.registry.deployments.get(name) if isinstance(name, str) else None
         keep = bool(store and self.keeps and dep and dep.spec.responses_store)
         echo = {**raw, "store": keep, "previous_response_id": prev}
+        wrapped = raw.get("prompt") is not None or bool(dep and dep.spec.prompt)
+        history = None
+        if carried and not wrapped:  # a prompt's messages around them: indices unknown
+            history = history_of(chat, body, len(carried), turns, truncation == "auto")
         try:
-            reply = await self.handlers.generate(request, "chat", key=key, body=chat)
+            reply = await self.handlers.generate(
+                request, "chat", key=key, body=chat, counted=counted, history=history
+            )
         except OpenAIError as e:  # said in the Responses API's field names
-            wrapped = raw.get("prompt") is not None or bool(dep and dep.spec.prompt)
             raise responses.as_responses_error(
                 e,
                 body,
@@ -168,9 +298,9 @@ class ResponsesEndpoint:
         headers = {k: v for k, v in reply.headers.items() if k.startswith("x-")}
         return JSONResponse(out, headers=headers)
 
-    async def _carried(self, prev: Any, key: Any) -> list[dict[str, Any]]:
-        """The items a request continuing ``prev`` carries (OpenAI's 400 when there is no
-        such response this key may continue)."""
+    async def _carried(self, prev: Any, key: Any) -> tuple[list[dict[str, Any]], list[int]]:
+        """The items a request continuing ``prev`` carries and where its turns begin
+        (OpenAI's 400 when there is no such response this key may continue)."""
         if not isinstance(prev, str):
             raise OpenAIError(
                 400, "previous_response_id: give a response's id", param="previous_response_id"
@@ -183,17 +313,30 @@ class ResponsesEndpoint:
                 param="previous_response_id",
                 code="previous_response_not_found",
             )
+        gaps = [r.id for r in chain if r.deleted]
+        if gaps:
+            log.info("response %s continues deleted responses %s: not carried", prev, gaps)
         return _history(chain)
 
     def _put(self, response: dict[str, Any], raw: dict[str, Any], key: Any, dep: Any) -> bool:
-        """Keep ``response`` (masked, on a worker thread); False when it could not be kept
-        (the reply then says ``store: false``: a client must not count on it)."""
+        """Keep ``response`` (as the deployment keeps them, on a worker thread); False when
+        it could not be kept (the reply then says ``store: false``: a client must not count
+        on it)."""
         from lmops.serve.policy import mask_body
         from lmops.store._time import utcnow
         from lmops.store.types import StoredResponse
 
         now = utcnow()
         try:
+            items = input_items(raw.get("input"), response["id"])
+            if dep.spec.responses_mask == "all":
+                items, response = mask_body(items), mask_body(response)
+            else:  # what the model saw: its input guardrail's masking (output's: done)
+                cfg = dep.spec.guardrail_config()
+                items = as_seen(items, cfg)
+                if isinstance(response.get("instructions"), str):
+                    seen = as_seen([{"role": "system", "content": response["instructions"]}], cfg)
+                    response = {**response, "instructions": seen[0]["content"]}
             self.responses.put(
                 StoredResponse(
                     id=response["id"],
@@ -202,8 +345,8 @@ class ResponsesEndpoint:
                     previous_id=raw.get("previous_response_id"),
                     created_at=now,
                     expires_at=now + timedelta(days=dep.spec.responses_ttl_days),
-                    input=mask_body(input_items(raw.get("input"), response["id"])),
-                    response=mask_body(response),
+                    input=items,
+                    response=response,
                 )
             )
         except Exception:
@@ -223,13 +366,14 @@ class ResponsesEndpoint:
         return found, headers
 
     async def retrieve(self, request: Request, rid: str) -> Response:
-        """``GET /v1/responses/{id}``: the stored response, as it was answered (masked)."""
+        """``GET /v1/responses/{id}``: the stored response, as it was answered (as kept:
+        ``responses_mask``)."""
         found, headers = await self._stored(request, rid, "/v1/responses/{id}")
         return JSONResponse(found.response, headers=headers)
 
     async def delete(self, request: Request, rid: str) -> Response:
         """``DELETE /v1/responses/{id}``: OpenAI's deletion object; later responses that
-        continued it stay, and no longer carry it."""
+        continued it stay, and carry the turns before it without it."""
         key = self.gw.authenticate(request)
         headers = self.policy.count_request(key, "/v1/responses/{id}")
         if not await asyncio.to_thread(self.responses.delete, rid, key=self._owner(key)):
@@ -246,7 +390,8 @@ class ResponsesEndpoint:
             q.get("order", "desc"),
             q.get("after"),
         )
-        if not limit_s.isdigit() or not 1 <= int(limit_s) <= MAX_PAGE:
+        # isascii: "²".isdigit() is true, and int() refuses it
+        if not (limit_s.isascii() and limit_s.isdigit()) or not 1 <= int(limit_s) <= MAX_PAGE:
             raise OpenAIError(400, f"limit: give 1 to {MAX_PAGE}", param="limit")
         if order not in ("asc", "desc"):
             raise OpenAIError(400, "order: give asc or desc", param="order")

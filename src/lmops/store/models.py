@@ -214,9 +214,9 @@ class RequestLogRow(Base):
 
 class ResponseRow(Base):
     """One response of the gateway's Responses API kept for ``previous_response_id``,
-    retrieve and delete (migration 0012). Bodies are PII-masked before they are written,
-    as the request log's are; a row past ``expires_at`` is gone for readers and is deleted
-    by ``lmops gc``."""
+    retrieve and delete (migration 0012). Bodies are kept as the deployment says
+    (``responses_mask``: as the model saw them, or with every PII type masked); a row past
+    ``expires_at`` is gone for readers and is deleted by ``lmops gc``."""
 
     __tablename__ = "responses"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # resp_<hex>
