@@ -17,7 +17,9 @@ __all__ = ["FakeBackend", "echo_text"]
 class FakeBackend:
     """A deployment with no model behind it (``fake:`` in a deployments file): replies are
     deterministic (token *i* of a reply is ``tok{i}``, or the words of ``reply``), paced by
-    ``ttft_s``/``itl_s``, and embeddings are hashed bags of words. With ``echo`` a reply is
+    ``ttft_s``/``itl_s``, and embeddings are hashed bags of words. A reply holding the
+    gateway's call text (``<tool_call>{"name": …, "arguments": …}</tool_call>``) comes back
+    as parsed ``tool_calls`` when the request lists tools, as an engine's does. With ``echo`` a reply is
     what the model was given instead (:func:`echo_text`), so a test sees the history a
     request carried. With ``context`` a chat prompt's words are its tokens, held to that
     context as the engine's are (:func:`~lmops.serve.backends.fit_context`). The seam's
@@ -48,6 +50,9 @@ class FakeBackend:
             ]
 
     async def prepare(self, job: Job) -> None:
+        # a reply holding the gateway's call text is parsed into tool_calls, as an
+        # engine's is, when the request lists tools (so fake deployments exercise them)
+        job.parse_tools = job.tools is not None and job.tools.parses_calls
         # with a context, a chat prompt's words are its tokens, checked as the engine's
         if self.options.context is not None and job.messages is not None:
             fit_context(
