@@ -69,10 +69,20 @@ __all__ = [
 
 # (field, code, reason), as lmops.core.formats's checks return them
 Problem = tuple[str, str, str]
-# the function names the gateway accepts (serve/protocol.FunctionDef)
 # a function name the gateway accepts (serve/protocol.py reads it too)
 TOOL_NAME = r"[A-Za-z0-9_-]{1,64}"
 _NAME = re.compile(TOOL_NAME)
+
+
+def _bad_name(at: str, name: Any) -> Problem:
+    """The problem of a tool's or a call's ``function.name`` outside :data:`TOOL_NAME`."""
+    return (
+        f"{at}.function.name",
+        "tool",
+        f"expected a name of 1 to 64 letters, digits, '_' or '-', got {name!r}",
+    )
+
+
 # the order the gateway hands a function to the chat template (FunctionDef's fields, then
 # any others), so that a row's tools render as a request's do
 _FUNCTION_KEYS = ("name", "description", "parameters", "strict")
@@ -106,13 +116,7 @@ def check_tools(value: Any, name: str = "tools") -> list[Problem]:
             return [(f"{where}.type", "tool", f"expected 'function', got {tool['type']!r}")]
         fname = fn.get("name")
         if not isinstance(fname, str) or not _NAME.fullmatch(fname):
-            return [
-                (
-                    f"{where}.function.name",
-                    "tool",
-                    f"expected a name of 1 to 64 letters, digits, '_' or '-', got {fname!r}",
-                )
-            ]
+            return [_bad_name(where, fname)]
         if fname in seen:
             return [(f"{where}.function.name", "tool", f"the name {fname!r} is used twice")]
         seen.add(fname)
@@ -240,13 +244,7 @@ def check_calls(calls: Any, where: str, tools: Mapping[str, Any] | None) -> list
             return [(f"{at}.id", "type", f"expected a string, got {_type(call['id'])}")]
         fname = fn.get("name")
         if not isinstance(fname, str) or not _NAME.fullmatch(fname):
-            return [
-                (
-                    f"{at}.function.name",
-                    "tool",
-                    f"expected a name of 1 to 64 letters, digits, '_' or '-', got {fname!r}",
-                )
-            ]
+            return [_bad_name(at, fname)]
         if tools is None:
             return [
                 (
