@@ -36,7 +36,7 @@ import json
 import re
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,13 +241,18 @@ def chat_text(
     tools: list[dict[str, Any]] | None = None,
     *,
     add_generation_prompt: bool = False,
+    mark: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
 ) -> str:
     """The text of a chat (and its ``tools``) through the tokenizer's chat template, as the
-    gateway renders it for a model whose template is its own (:func:`render_tools`)."""
+    gateway renders it for a model whose template is its own (:func:`render_tools`);
+    ``mark``: applied to the template-ready messages (:meth:`Literals.mark`)."""
     rendered, listed = render_tools(messages, tools, native=template_writes_calls(tokenizer))
     return str(
         tokenizer.apply_chat_template(
-            rendered, tools=listed, tokenize=False, add_generation_prompt=add_generation_prompt
+            mark(rendered) if mark is not None else rendered,
+            tools=listed,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
         )
     )
 
@@ -348,11 +353,13 @@ class Literals:
         add_generation_prompt: bool = False,
     ) -> str:
         """:func:`chat_text` of a chat in OpenAI's form, marked."""
-        # the probe chat_text and the gateway use: a template that only names tools (a
-        # comment) would drop them where the gateway writes them as text
-        native = template_writes_calls(self.tokenizer)
-        rendered, listed = render_tools(messages, tools, native=native)
-        return self.template(rendered, listed, add_generation_prompt=add_generation_prompt)
+        return chat_text(
+            self.tokenizer,
+            messages,
+            tools,
+            add_generation_prompt=add_generation_prompt,
+            mark=self.mark,
+        )
 
     def _split(self, marked: str) -> list[str]:
         if not self.texts:
