@@ -58,3 +58,38 @@ def test_the_install_hints_name_their_extras() -> None:
     ):
         r = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "100"})
         assert extra in " ".join(r.output.replace("│", " ").split()), r.output
+
+
+def test_a_group_lists_each_command_on_unbroken_lines() -> None:
+    """A command's summary in its group's listing is its first paragraph, joined: typer kept the
+    docstring's own line breaks there, so ``lmops data --help`` broke ``validate``'s summary
+    mid-sentence ("reason (exit 1 if any," then a row of its own) whatever the width."""
+    import inspect
+
+    import typer
+    from typer.testing import CliRunner
+
+    from lmops.cli.main import app
+
+    runner = CliRunner()
+    checked = 0
+    for path, cmd in _commands(typer.main.get_command(app), []):
+        subs = {n: c for n, c in getattr(cmd, "commands", {}).items() if not c.hidden}
+        wrapped = {
+            n: " ".join(inspect.cleandoc(c.help).split("\n\n")[0].split())
+            for n, c in subs.items()
+            if c.help and "\n" in inspect.cleandoc(c.help).split("\n\n")[0]
+        }
+        if not wrapped:
+            continue
+        # wide enough that no summary wraps: each must then be on its command's one line
+        r = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "2000"})
+        assert r.exit_code == 0, (path, r.output)
+        lines = {" ".join(line.replace("│", " ").split()) for line in r.output.splitlines()}
+        for name, summary in wrapped.items():
+            assert any(line.startswith(f"{name} ") and summary in line for line in lines), (
+                " ".join([*path, name]),
+                summary,
+            )
+            checked += 1
+    assert checked >= 3  # trace, data validate, data from-logs at least

@@ -6,6 +6,7 @@ exit 1); tracebacks only with ``lmops --debug``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.text import Text
+from typer.core import TyperGroup
 
 from lmops import __version__
 from lmops.cli._output import (
@@ -30,8 +32,31 @@ from lmops.cli._output import (
 )
 from lmops.core.errors import LmopsError, UserError
 
+
+class _Lmops(TyperGroup):
+    """The root group. Typer lists a group's commands by their first paragraph with its line
+    breaks kept (rich markup mode), so a docstring wrapped at 100 columns showed in
+    ``lmops data --help`` as a summary broken mid-sentence; each command's summary is its
+    first paragraph on one line (a ``\\b`` paragraph keeps its breaks, as click's does)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _one_line_summaries(self)
+
+
+def _one_line_summaries(group: TyperGroup) -> None:
+    for cmd in group.commands.values():
+        if cmd.short_help is None and cmd.help:
+            first = inspect.cleandoc(cmd.help).partition("\f")[0].split("\n\n")[0]
+            if not first.startswith("\b"):
+                cmd.short_help = " ".join(first.split())
+        if isinstance(cmd, TyperGroup):
+            _one_line_summaries(cmd)
+
+
 app = typer.Typer(
     name="lmops",
+    cls=_Lmops,
     help="Self-hosted LMOps: data, training, evaluation, serving — one store, one lineage graph.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
