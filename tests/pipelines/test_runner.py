@@ -382,6 +382,12 @@ def test_cache_and_clear_refuse_an_unknown_pipeline_or_step(
         assert r.code == 2, (args, r.out)
         assert message in r.err and len(r.err.strip().splitlines()) == 1, r.err
     assert len(store.steps.list("demo")) == 2  # nothing was forgotten
+    # --json of a cache with entries (a slotted CachedStep has no __dict__: an internal error)
+    r = cli("pipeline", "cache", "demo", "--json")
+    assert r.code == 0, r.err
+    cached = json.loads(r.out)
+    assert sorted(c["step"] for c in cached) == ["raw", "tag"]
+    assert {c["pipeline"] for c in cached} == {"demo"} and all(c["created_at"] for c in cached)
 
     r = cli("pipeline", "clear", "demo", "--step", "raw")
     assert r.code == 0 and "forgot 1" in r.out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -203,7 +204,8 @@ def cache_cmd(
     """Cached step results (what a re-run would skip)."""
     entries = _store().steps.list(pipeline)
     if json_:
-        print_json([e.__dict__ for e in entries])
+        # CachedStep is a slotted dataclass: no __dict__ (an internal error on any entry)
+        print_json([dataclasses.asdict(e) for e in entries])
         return
     table(
         None,
