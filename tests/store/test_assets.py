@@ -111,6 +111,33 @@ def test_unknown_references_name_the_thing(store: Store, tmp_path: Path) -> None
         store.assets.resolve("d:x")
 
 
+def test_a_misspelt_asset_name_is_offered_the_close_one(store: Store, tmp_path: Path) -> None:
+    """``smoll`` for ``smol``: the error offers the name there is, in the CLI's words and the
+    API's, and every job that reads a model or dataset ref keeps the store's reason (it only
+    said "is neither an existing path nor a READY asset")."""
+    from lmops.core.errors import api_message
+    from lmops.models.loading import resolve_local
+
+    store.assets.register("dataset", "smol-alpaca", write(tmp_path / "a", "a"))
+    with pytest.raises(NotFoundError) as e:
+        store.assets.resolve("smol-alpca")
+    assert str(e.value) == "asset 'smol-alpca' not found; did you mean 'smol-alpaca'?"
+    assert api_message(e.value) == str(e.value)
+    with pytest.raises(NotFoundError, match=r"'zzz' not found; see `lmops assets list`$"):
+        store.assets.resolve("zzz")  # nothing close: the command that lists them
+    with pytest.raises(UserError) as e2:  # a path, which cannot be an asset name: as before
+        resolve_local(str(tmp_path / "smol-alpca"), store)
+    assert str(e2.value).endswith("smol-alpca' is neither an existing path nor a READY asset")
+    with pytest.raises(UserError) as e2:
+        resolve_local("smol-alpca", store)
+    assert str(e2.value) == (
+        "'smol-alpca' is neither an existing path nor a READY asset "
+        "(asset 'smol-alpca' not found; did you mean 'smol-alpaca'?)"
+    )
+    with pytest.raises(UserError, match=r"\(smol-alpaca:4 not found; see `lmops assets show"):
+        resolve_local("smol-alpaca:4", store)
+
+
 def test_failed_copy_leaves_failed_version_and_next_registration_works(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lmops.core.errors import UserError
+from lmops.core.errors import NotFoundError, UserError
 from lmops.core.modelfiles import check_model_folder, is_reward_model, refuse_reward_model
 
 __all__ = [
@@ -56,8 +56,13 @@ def resolve_local(
         raise UserError(f"{ref_or_path!r} is not an existing path")
     try:
         v = store.assets.resolve(ref_or_path)
-    except UserError:
-        raise UserError(f"{ref_or_path!r} is neither an existing path nor a READY asset") from None
+    except UserError as e:
+        # a valid ref the store lacks: its reason (a close name, where its versions are
+        # listed); a ref that cannot be a name (``/models/x``) was a path, said as before
+        why = f" ({e})" if isinstance(e, NotFoundError) else ""
+        raise UserError(
+            f"{ref_or_path!r} is neither an existing path nor a READY asset{why}"
+        ) from None
     if kind is not None and v.kind != kind and not (kind == "model" and v.kind == "adapter"):
         raise UserError(f"{ref_or_path!r} is a {v.kind}, expected a {kind}")
     path = store.assets.path(v.ref)

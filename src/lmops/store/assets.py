@@ -407,7 +407,7 @@ class AssetRegistry:
     def _asset_row(self, s: Session, name: str) -> AssetRow:
         asset = s.scalar(select(AssetRow).where(AssetRow.name == name))
         if asset is None:
-            raise unknown_asset(name)
+            raise unknown_asset(name, s.scalars(select(AssetRow.name)).all())
         return asset
 
     def _aliases_by_version(self, s: Session, asset_id: int) -> dict[int, list[str]]:

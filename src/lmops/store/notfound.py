@@ -18,7 +18,14 @@ def unknown_run(run_id: str) -> NotFoundError:
     )
 
 
-def unknown_asset(name: str) -> NotFoundError:
+def unknown_asset(name: str, known: Sequence[str] = ()) -> NotFoundError:
+    """``known``: the names there are; a close one is offered (``smoll`` -> ``smol``)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    if close:
+        hint = f"did you mean {close[0]!r}?"
+        return NotFoundError(f"asset {name!r} not found", cli=hint, api=hint)
     return NotFoundError(
         f"asset {name!r} not found",
         cli="see `lmops assets list`",
