@@ -394,8 +394,10 @@ def test_the_bilingual_alpaca_set_trains_on_its_english_side_as_the_readme_maps_
     part = shared_datasets / "alpaca_zh_en" / "part_0.json"
     if not part.exists():
         pytest.skip(f"{part} not found")
-    columns = readme_job()["columns"]
-    loaded = load_training_rows([part], "sft", "skip", columns=columns)
+    job = readme_job()
+    # as the job says: the shared file has a row with an empty output, which "raise" (the
+    # default) refuses, so the README's job failed as written
+    loaded = load_training_rows([part], "sft", job.get("on_error", "raise"), columns=job["columns"])
     data = json.loads(part.read_text("utf-8"))
     assert loaded.summary()["row_shapes"] == {"sft_alpaca": len(loaded.rows)}
     assert len(loaded.rows) == sum(1 for r in data if r["en_output"].strip())
