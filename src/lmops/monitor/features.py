@@ -14,6 +14,9 @@ Features computed from text:
 - ``refusal``: the answer matches a bilingual refusal pattern (:data:`REFUSAL`);
 - ``pii``: a PII guardrail acted on the request, or the (masked) text holds a mask placeholder
   such as ``<EMAIL>``.
+
+A failed request (status >= 400) has its prompt and its error; its answer, token counts and
+latency are unknown (``None``), whatever the log kept of them.
 """
 
 from __future__ import annotations
@@ -155,14 +158,20 @@ def traffic_sample(records: Iterable[RequestRecord], source: str) -> Sample:
     s = Sample(source=source)
     for r in records:
         action, pii_action = _guardrail(r.guardrails)
-        prompt, response = _request_text(r.request_body), _response_text(r.response_body)
+        ok = r.status < 400
+        # A failed request (a timeout, a 5xx, a stream broken after its 200) has no answer
+        # and no token counts (the gateway logs 0, uncounted), whatever part of a reply the
+        # log kept: read as values, a hung server's failures would be a content shift
+        # (prompts of 0 tokens, empty answers). Its prompt is still what was asked.
+        prompt = _request_text(r.request_body)
+        response = _response_text(r.response_body) if ok else None
         text_pii = bool(_PLACEHOLDER.search(f"{prompt or ''} {response or ''}"))
         s.add(
             prompt,
             response,
-            prompt_tokens=float(r.prompt_tokens),
-            completion_tokens=float(r.completion_tokens) if r.status < 400 else None,
-            latency_ms=r.latency_ms if r.status < 400 else None,
+            prompt_tokens=float(r.prompt_tokens) if ok else None,
+            completion_tokens=float(r.completion_tokens) if ok else None,
+            latency_ms=r.latency_ms if ok else None,
             ttft_ms=r.ttft_ms,
             error=r.status >= 400,
             guardrail=action,
