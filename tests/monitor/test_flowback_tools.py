@@ -207,3 +207,42 @@ def test_a_served_tool_conversation_becomes_a_valid_training_row(
         "masked_arguments": 1,
         "truncated": 1,
     }
+
+
+@pytest.mark.parametrize("placeholder", ["[REDACTED:{type}]", "***"])
+def test_a_call_masked_with_the_deployments_own_placeholder_is_not_trained_on(
+    store: Any, cli: Any, tool_model: str, placeholder: str
+) -> None:
+    """A deployment whose guardrails mask with their own ``pii_placeholder``: the model's
+    call of send_mail(to=bob@example.com) reaches the client, and the log, as
+    ``{"to": "[REDACTED:EMAIL]"}`` (or ``***``), which holds no PII for the log's own mask
+    to find; the flow-back still knows it for a mask, in the answer and in a later
+    request's history, and leaves both out."""
+    secret = store.keys.create("app")[1]
+    spec = DeploymentSpec(
+        name="mailer",
+        upstream=tool_model,
+        upstream_model="served",
+        log_bodies=True,
+        guardrails={"pii_placeholder": placeholder},
+    )
+    masked = json.dumps({"to": placeholder.format(type="EMAIL")})
+    with serve_app(gateway_app([spec], store), "gateway") as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0, timeout=30)
+        ask = {"role": "user", "content": "Mail it to Bob."}
+        mail = c.chat.completions.create(model="mailer", messages=[ask], tools=TOOLS)
+        (call,) = mail.choices[0].message.tool_calls
+        assert (call.function.name, call.function.arguments) == ("send_mail", masked)
+        sent = {"role": "tool", "tool_call_id": call.id, "content": "sent"}
+        history = [ask, mail.choices[0].message.model_dump(exclude_none=True), sent]
+        after = c.chat.completions.create(model="mailer", messages=history, tools=TOOLS)
+        assert after.choices[0].message.content == "It is 21 C in Paris."
+        weather = [{"role": "user", "content": "Weather in Paris?"}]
+        assert c.chat.completions.create(model="mailer", messages=weather, tools=TOOLS)
+
+    r = cli("data", "from-logs", "--deployment", "mailer", "--output", "mail-sft", "--json")
+    assert r.code == 0, r.err
+    meta = json.loads(r.out)["metadata"]
+    assert meta["count"] == 1 and meta["skipped"] == {"masked_arguments": 2}, meta
+    (row,) = [json.loads(line) for line in store.assets.path("mail-sft").read_text().splitlines()]
+    assert row["messages"][0] == weather[0]

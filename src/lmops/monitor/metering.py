@@ -11,8 +11,10 @@ Tool conversations flow back whole, in the shape ``lmops train`` reads
 (:mod:`lmops.core.toolrows`): the request's ``tools``, the assistant turns' ``tool_calls``
 (their ``arguments`` as the model wrote them), the ``role: tool`` results with their
 ``tool_call_id``, and an answer that is itself a call. A call whose arguments hold a PII
-mask (``<EMAIL>``) is skipped (``masked_arguments``): the model would learn to call tools
-with placeholders; masked user turns and tool results stay. So is a turn whose text holds a
+mask (the log's ``<EMAIL>``, or the deployment's own ``pii_placeholder`` such as
+``[REDACTED:{type}]``, which the gateway records beside the row:
+:mod:`lmops.monitor.masks`) is skipped (``masked_arguments``): the model would learn to call
+tools with placeholders; masked user turns and tool results stay. So is a turn whose text holds a
 call that does not read as one (``broken_tool_call``: a ``<tool_call>`` block of broken JSON,
 or one never closed, which a tool parser hands back as text). Every row is read as ``lmops
 train`` reads it before it is written; one it would refuse (a call of a tool the request
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -35,9 +36,9 @@ from pydantic import BaseModel, Field
 
 from lmops.core.errors import UserError
 from lmops.core.toolrows import has_tool_turns
+from lmops.monitor.masks import mask_pattern, placeholder_of
 from lmops.store.requests import utc as _utc
 from lmops.store.types import RequestRecord
-from lmops.text.pii import PII_TYPES
 
 if TYPE_CHECKING:
     from lmops.store import Store, Version
@@ -56,9 +57,6 @@ KEEP_REASONS = frozenset({"failed", "truncated", "content_filtered", "flagged"})
 _ROLES = ("system", "user", "assistant", "tool")
 # OpenAI's newer name of the system turn; training rows know it as system
 _ROLE_NAMES = {"developer": "system"}
-# The masks of a logged body: the request log masks every string with lmops.text.pii's
-# placeholders, "<EMAIL>", "<PHONE>", ... (serve.policy.mask_body).
-_MASK = re.compile("|".join(re.escape(f"<{t}>") for t in PII_TYPES))
 
 
 def log_request(store: Store, *, at: datetime | None = None, **fields: Any) -> int:
@@ -276,11 +274,14 @@ def _message(m: Any) -> dict[str, Any] | None:
     return out
 
 
-def _masked_call(messages: list[dict[str, Any]]) -> bool:
-    """Whether an assistant turn calls a tool with arguments that hold a PII mask: trained
-    on, the model would learn to call ``send_mail(to="<EMAIL>")``."""
+def _masked_call(messages: list[dict[str, Any]], placeholder: str | None = None) -> bool:
+    """Whether an assistant turn calls a tool with arguments that hold a PII mask (the
+    log's ``<EMAIL>``, or the deployment's own ``placeholder``, see
+    :mod:`lmops.monitor.masks`): trained on, the model would learn to call
+    ``send_mail(to="<EMAIL>")``."""
+    masks = mask_pattern(placeholder)
     return any(
-        _MASK.search(c["function"].get("arguments") or "")
+        masks.search(c["function"].get("arguments") or "")
         for m in messages
         if m["role"] == "assistant"
         for c in m.get("tool_calls") or []
@@ -313,14 +314,16 @@ def _broken_call(text: str) -> bool:
     return False
 
 
-def _conversation(request: Any, response: Any) -> tuple[dict[str, Any] | None, str]:
+def _conversation(
+    request: Any, response: Any, placeholder: str | None = None
+) -> tuple[dict[str, Any] | None, str]:
     """The training row of one logged exchange (``{"messages"}``, with the request's
     ``tools`` when it listed some), or None and why not: ``not_chat``,
     ``unsupported_message`` (an image, an unknown role), ``no_answer``, ``cut_tool_call``
     (an answer cut by max_tokens in the text of a call the gateway could not parse),
     ``broken_tool_call`` (an assistant turn's text holds a call that does not read as one,
     see :func:`_broken_call`), or ``masked_arguments`` (a call's arguments hold a PII
-    mask)."""
+    mask: the log's, or ``placeholder``, the deployment's own)."""
     from lmops.models.toolformat import OPEN
 
     messages = request.get("messages") if isinstance(request, dict) else None
@@ -351,7 +354,7 @@ def _conversation(request: Any, response: Any) -> tuple[dict[str, Any] | None, s
     # word): trained on, the model would learn to write it so
     if tools and any(m["role"] == "assistant" and _broken_call(m["content"] or "") for m in out):
         return None, "broken_tool_call"
-    if _masked_call(out):
+    if _masked_call(out, placeholder):
         return None, "masked_arguments"
     row: dict[str, Any] = {"messages": out}
     if tools:
@@ -442,7 +445,7 @@ def export_conversations(
                 if unfit is not None:
                     skipped[unfit] = skipped.get(unfit, 0) + 1
                     continue
-                chat, reason = _conversation(request, response)
+                chat, reason = _conversation(request, response, placeholder_of(r.guardrails))
                 if chat is not None and (problem := _trainable(chat)) is not None:
                     chat, reason = None, "invalid_row"
                     first_invalid = first_invalid or f"request {r.request_id}: {problem}"

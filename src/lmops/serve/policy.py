@@ -341,13 +341,21 @@ class RequestContext:
             self.policy.log.submit(record)
 
     def _record_json(self) -> dict[str, Any] | None:
-        """The row's ``guardrails`` column: the actions, and the tries when there were
-        several (kept there rather than in a column of their own: no migration)."""
+        """The row's ``guardrails`` column: the actions, the tries when there were several
+        (kept there rather than in a column of their own: no migration), and the
+        deployment's ``pii_placeholder`` when it masks with one of its own: text it masked
+        holds that, not PII the log's mask would find (``lmops.monitor.masks``)."""
+        from lmops.monitor.masks import DEFAULT_PLACEHOLDER
+
         out: dict[str, Any] = {}
         if self.actions:
             out["actions"] = list(self.actions)
         if self.tries:
             out["tries"] = self.tries
+        cfg = self.guard.config
+        masks = "mask" in (cfg.pii_input, cfg.pii_output)
+        if masks and cfg.pii_placeholder != DEFAULT_PLACEHOLDER:
+            out["pii_placeholder"] = cfg.pii_placeholder
         return out or None
 
 
