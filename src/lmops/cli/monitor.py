@@ -189,12 +189,13 @@ def canaries_register(
 ) -> None:
     """Validate a canary set and register it as a canary_set asset."""
     from lmops.monitor.canary import register_canaries
+    from lmops.monitor.wording import counted
 
     v = register_canaries(_store(), path, name)
     if json_:
         print_json(v)
         return
-    console.print(f"registered {v.ref} ({v.metadata['prompts']} prompts)", markup=False)
+    console.print(f"registered {v.ref} ({counted(v.metadata['prompts'], 'prompt')})", markup=False)
 
 
 @canaries_app.command("run")

@@ -68,6 +68,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from lmops.core.errors import UserError, name_hint
 from lmops.core.yamlcfg import load_config
 from lmops.monitor.features import REFUSAL
+from lmops.monitor.wording import counted
 from lmops.store import register_kind
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ def register_canaries(store: Store, path: Path, name: str) -> Version:
         name,
         path,
         metadata={"prompts": len(cs.prompts), "ids": [c.id for c in cs.prompts]},
-        description=f"{len(cs.prompts)} canary prompts",
+        description=f"{counted(len(cs.prompts), 'canary prompt')}",
     )
 
 

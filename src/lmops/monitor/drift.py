@@ -39,6 +39,7 @@ from lmops.core.yamlcfg import FieldError
 from lmops.monitor import stats
 from lmops.monitor.embed import Embedder, get_embedder
 from lmops.monitor.features import REFUSAL, Sample, language
+from lmops.monitor.wording import counted
 
 __all__ = [
     "MONITORS",
@@ -342,8 +343,8 @@ def compare_samples(
                         family=family,
                         n_ref=len(r),
                         n_cur=len(c),
-                        skipped=f"{len(r)} reference and {len(c)} current values; "
-                        f"needs {cfg.min_rows} on each side",
+                        skipped=f"{counted(len(r), 'reference value')} and "
+                        f"{counted(len(c), 'current value')}; needs {cfg.min_rows} on each side",
                     )
                 )
                 continue
@@ -363,8 +364,9 @@ def compare_samples(
                         family="embedding",
                         n_ref=len(r_txt),
                         n_cur=len(c_txt),
-                        skipped=f"{len(r_txt)} reference and {len(c_txt)} current prompt "
-                        f"texts (bodies logged?); needs {cfg.min_rows} on each side",
+                        skipped=f"{counted(len(r_txt), 'reference prompt text')} and "
+                        f"{counted(len(c_txt), 'current prompt text')} (bodies logged?); "
+                        f"needs {cfg.min_rows} on each side",
                     )
                 )
         else:
@@ -409,6 +411,6 @@ def compare_samples(
         report.status = "drift" if report.drift else "ok"
         report.message = (
             f"drift in {', '.join(report.drifted)}" if report.drift else "no drift"
-        ) + f" ({len(ran)} monitors, {len(report.monitors) - len(ran)} skipped)"
+        ) + f" ({counted(len(ran), 'monitor')}, {len(report.monitors) - len(ran)} skipped)"
     report.seconds = time.process_time() - started
     return out

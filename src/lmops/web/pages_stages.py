@@ -47,6 +47,8 @@ def alerts(store: Store) -> list[dict[str, Any]]:
     """What needs a look, from the newest version of each monitoring asset (the monitor
     stage keeps its alert states in each ``drift_report``'s metadata): alerts firing,
     failing canaries, a report that drifted; and any version of kind ``alert``."""
+    from lmops.monitor.wording import counted
+
     out = []
     for kind in MONITOR_KINDS:
         for v in latest_versions(store, kind):
@@ -62,7 +64,8 @@ def alerts(store: Store) -> list[dict[str, Any]]:
                 what.append("firing: " + ", ".join(firing))
             if canaries.get("failed"):
                 failing = ", ".join(map(str, canaries.get("failing") or []))
-                what.append(f"{canaries['failed']} canaries failing {failing}".strip())
+                n = int(canaries["failed"])
+                what.append(f"{counted(n, 'canary', 'canaries')} failing {failing}".strip())
             if m.get("drift") is True and not firing:
                 what.append(m.get("message") or "drifted: " + ", ".join(m.get("drifted") or []))
             if kind == "alert":
