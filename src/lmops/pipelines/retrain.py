@@ -23,8 +23,10 @@ the monitor stage only answers "did it drift?". One round (:func:`watch_once`):
    ``challenger_output`` is the challenger, which must be a version of the champion's asset
    (so the champion's alias can move to it);
 5. both models score the fixed ``eval_set`` and the holdout: negative log-likelihood of each
-   reference answer per character (lower is better), through eval's ``HFEvalModel`` (chats
-   with tool calls or results are left out: the scoring renders text turns only);
+   reference answer per character (lower is better), through eval's ``HFEvalModel``; a tool
+   conversation is rendered with its tools as the gateway renders it (``models.chat``) and
+   its answer, a call's name and arguments as logged or the text after a result, scored
+   alike;
 6. promotion moves the champion's alias (``chat@production``) only when the challenger's
    combined NLL is lower by at least ``margin`` (a share of the champion's) and it is not
    worse on the fixed set by more than ``max_regression``. The gateway re-resolves alias
@@ -152,21 +154,28 @@ def load_watch(path: Path) -> tuple[WatchSpec, Path]:
     return spec, base
 
 
-def _chat_rows(path: Path, limit: int | None = None) -> list[list[dict[str, str]]]:
+Chat = tuple[list[dict[str, Any]], list[dict[str, Any]] | None]  # (messages, tools)
+
+
+def _chat_rows(path: Path, limit: int | None = None) -> list[Chat]:
+    """The scored chats of a dataset: rows whose last turn is the assistant's answer, text
+    or a tool call (a tool conversation keeps its ``tools``, calls and results, as the
+    flow-back wrote them)."""
     from lmops.core.formats import to_chat
     from lmops.core.rows import read_rows
-    from lmops.core.toolrows import has_tool_turns
 
-    out = []
+    out: list[Chat] = []
     for row in read_rows([path], on_error="skip"):
         try:
             chat = to_chat(row.values)
         except UserError:
             continue
-        if has_tool_turns(chat):  # scored as text answers to text prompts: not tool chats
+        if len(chat) < 2 or chat[-1]["role"] != "assistant":
             continue
-        if len(chat) >= 2 and chat[-1]["role"] == "assistant" and chat[-1]["content"].strip():
-            out.append(chat)
+        last = chat[-1]
+        if last.get("tool_calls") or (last.get("content") or "").strip():
+            tools = row.values.get("tools")
+            out.append((chat, tools if isinstance(tools, list) and tools else None))
         if limit is not None and len(out) >= limit:
             break
     return out
@@ -201,17 +210,48 @@ def _split_flowback(
     return made[0], made[1]
 
 
-def _nll_per_char(path: Path, chats: list[list[dict[str, str]]], device: str) -> float:
+def _tool_pair(tokenizer: Any, messages: list[dict[str, Any]], tools: Any) -> tuple[str, str]:
+    """(context, answer) of a tool conversation, rendered as the gateway and training render
+    it (``models.chat.chat_text``: the tools listed, calls and results in the template's or
+    the Hermes form): the answer is what the model writes after the turns before it, the
+    call's text (its name and arguments) up to the end of its turn, or the text answer."""
+    from lmops.models.chat import chat_text
+
+    context = chat_text(tokenizer, messages[:-1], tools, add_generation_prompt=True)
+    last = messages[-1]
+    if not last.get("tool_calls"):
+        return context, str(last["content"])
+    whole = chat_text(tokenizer, messages, tools)
+    if not whole.startswith(context):  # a template that renders history differently
+        raise UserError("the chat template renders a call's context two ways")
+    answer = whole[len(context) :]
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos and eos in answer:  # the end of the turn is not the call's text
+        answer = answer[: answer.index(eos)]
+    return context, answer.rstrip()
+
+
+def _nll_per_char(path: Path, chats: list[Chat], device: str) -> float:
     """Negative log-likelihood of each chat's last (assistant) turn given the turns before it,
-    summed and divided by the answers' characters (comparable across tokenizers)."""
+    summed and divided by the answers' characters (comparable across tokenizers). A tool
+    conversation is rendered with its tools (:func:`_tool_pair`): its answer, a call's name
+    and arguments or the text after a result, is scored like any other; a chat the
+    template cannot render so is left out."""
+    from lmops.core.toolrows import has_tool_turns
     from lmops.eval.lm import HFEvalModel
 
     m = HFEvalModel(path, device=device, batch_size=8)
     try:
-        pairs = [
-            (m.apply_chat_template(c[:-1], add_generation_prompt=True), c[-1]["content"])
-            for c in chats
-        ]
+        pairs = []
+        for messages, tools in chats:
+            if tools or has_tool_turns(messages):
+                try:
+                    pairs.append(_tool_pair(m.tokenizer, messages, tools))
+                except (UserError, ValueError, TypeError):
+                    continue
+            else:
+                prompt = m.apply_chat_template(messages[:-1], add_generation_prompt=True)
+                pairs.append((prompt, messages[-1]["content"]))
         lps = m.loglikelihood(pairs)
     finally:
         m.close()
@@ -220,7 +260,7 @@ def _nll_per_char(path: Path, chats: list[list[dict[str, str]]], device: str) ->
 
 
 def _score(
-    store: Store, model_ref: str, sets: dict[str, list[list[dict[str, str]]]], device: str
+    store: Store, model_ref: str, sets: dict[str, list[Chat]], device: str
 ) -> dict[str, float]:
     path = store.assets.path(model_ref)
     out = {name: _nll_per_char(path, chats, device) for name, chats in sets.items() if chats}
