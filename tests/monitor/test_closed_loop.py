@@ -192,6 +192,51 @@ def test_failing_pipeline_and_empty_window_promote_nothing(
     assert store.assets.resolve(idle.report).metadata["status"] == "empty"
 
 
+def test_a_template_that_cannot_render_the_tool_chats_fails_the_evaluation(
+    served: Any, tmp_path: Path
+) -> None:
+    """A champion whose template refuses the system role (Gemma's, old Mistral's) cannot
+    render a tool chat, whose tools go to a system message: the round records "evaluation
+    failed" with how many chats were left out and why, after the pipeline ran, instead of
+    raising the template's error out of the loop."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from lmops.models.loading import CHATML
+
+    store = served
+    folder = tmp_path / "refusing"
+    shutil.copytree(store.assets.path("chat:1"), folder)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+        "supported') }}{% endif %}" + CHATML
+    )
+    tok.save_pretrained(str(folder))
+    store.assets.alias(store.assets.register("model", "chat", folder).ref, "production")
+    city = {"type": "object", "properties": {"city": {"type": "string"}}}
+    call = {"type": "function", "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
+    row = {
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+        ],
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": city}}],
+    }
+    (tmp_path / "tools.jsonl").write_text(json.dumps(row) + "\n")
+    store.assets.register("dataset", "eval-tools", tmp_path / "tools.jsonl")
+    d = watch_once(store, _watch(tmp_path, margin=0.0, eval_set="eval-tools"), tmp_path)
+    assert d.triggered and d.challenger == "chat:3" and not d.promoted
+    assert d.reasons[0].startswith(
+        "evaluation failed: eval_set: none of its 1 chat can be scored by both models"
+    ), d.reasons
+    ((why, n),) = d.skipped["eval_set"].items()
+    assert n == 1 and why.startswith("champion chat:2: its chat template cannot render it")
+    assert "System role not supported" in why and "holdout" not in d.skipped
+    assert d.decision is not None and store.assets.resolve("chat@production").ref == "chat:2"
+
+
 def test_the_watcher_outlives_a_failing_round(store: Any, tmp_path: Path) -> None:
     from lmops.pipelines.retrain import watch
 

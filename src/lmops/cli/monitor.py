@@ -264,6 +264,7 @@ def watch_cmd(
     that got no answer, or a right one too late, are an availability alert and never
     retrain)."""
     from lmops.monitor.checks import require_traffic
+    from lmops.monitor.wording import counted
     from lmops.pipelines.retrain import Decision, load_watch, watch
 
     spec, base = load_watch(config)
@@ -302,6 +303,11 @@ def watch_cmd(
             if ids:
                 notes.append(f"canaries {what}, not a retrain trigger): " + ", ".join(ids))
         notes += [f"webhook failed: {w}" for w in d.webhook_errors]
+        notes += [
+            f"{name}: {counted(n, 'chat')} not scored, {why}"
+            for name, reasons in d.skipped.items()
+            for why, n in reasons.items()
+        ]
         for line in [*notes, *d.reasons]:
             console.print(f"  {line}", markup=False, highlight=False)
         if d.decision:

@@ -26,7 +26,9 @@ the monitor stage only answers "did it drift?". One round (:func:`watch_once`):
    reference answer per character (lower is better), through eval's ``HFEvalModel``; a tool
    conversation is rendered with its tools as the gateway renders it (``models.chat``) and
    its answer, a call's name and arguments as logged or the text after a result, scored
-   alike;
+   alike; only the chats both models' templates can render are scored (the decision's
+   ``skipped`` says how many were not, and why), and a set left with none fails the
+   evaluation;
 6. promotion moves the champion's alias (``chat@production``) only when the challenger's
    combined NLL is lower by at least ``margin`` (a share of the champion's) and it is not
    worse on the fixed set by more than ``max_regression``. The gateway re-resolves alias
@@ -59,6 +61,7 @@ from lmops.core.errors import LmopsError, UserError, name_hint
 from lmops.core.yamlcfg import line_of, load_config
 from lmops.monitor.checks import CheckSpec, check_deployment, parse_since, require_traffic
 from lmops.monitor.drift import OPERATIONAL
+from lmops.monitor.wording import counted
 from lmops.store import register_kind
 
 if TYPE_CHECKING:
@@ -126,6 +129,9 @@ class Decision(BaseModel):
     holdout: str | None = None
     pipeline_run: str | None = None
     scores: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # per scored set: why chats were left out (a model's template cannot render them) -> how
+    # many; both models are scored on the same chats, the rest
+    skipped: dict[str, dict[str, int]] = Field(default_factory=dict)
     decision: str | None = None  # the retrain_decision ref, when recorded
     # what the check found beyond drift, shown whether or not it triggers a retrain
     alerts_firing: list[str] = Field(default_factory=list)
@@ -210,7 +216,11 @@ def _split_flowback(
     return made[0], made[1]
 
 
-def _tool_pair(tokenizer: Any, messages: list[dict[str, Any]], tools: Any) -> tuple[str, str]:
+Pair = tuple[str, str]  # (context, answer): what a model reads and what it should write
+_PROBE = "lmops turn-end probe 7431"  # an answer whose rendering shows the turn's end
+
+
+def _tool_pair(tokenizer: Any, messages: list[dict[str, Any]], tools: Any) -> Pair:
     """(context, answer) of a tool conversation, rendered as the gateway and training render
     it (``models.chat.chat_text``: the tools listed, calls and results in the template's or
     the Hermes form): the answer is what the model writes after the turns before it, the
@@ -225,60 +235,140 @@ def _tool_pair(tokenizer: Any, messages: list[dict[str, Any]], tools: Any) -> tu
     if not whole.startswith(context):  # a template that renders history differently
         raise UserError("the chat template renders a call's context two ways")
     answer = whole[len(context) :]
-    eos = getattr(tokenizer, "eos_token", None)
-    if eos and eos in answer:  # the end of the turn is not the call's text
-        answer = answer[: answer.index(eos)]
-    return context, answer.rstrip()
+    # The end of the turn is not the call's text: what the template writes after a text
+    # answer (ChatML's <|im_end|>, Gemma's <end_of_turn>), else the end-of-sequence token
+    probe = chat_text(tokenizer, [*messages[:-1], {"role": "assistant", "content": _PROBE}], tools)
+    ends = [probe[probe.index(_PROBE) + len(_PROBE) :].strip() if _PROBE in probe else ""]
+    ends.append(getattr(tokenizer, "eos_token", None) or "")
+    cut = min((answer.index(e) for e in ends if e and e in answer), default=len(answer))
+    return context, answer[:cut].rstrip()
 
 
-def _nll_per_char(path: Path, chats: list[Chat], device: str) -> float:
-    """Negative log-likelihood of each chat's last (assistant) turn given the turns before it,
-    summed and divided by the answers' characters (comparable across tokenizers). A tool
-    conversation is rendered with its tools (:func:`_tool_pair`): its answer, a call's name
-    and arguments or the text after a result, is scored like any other; a chat the
-    template cannot render so is left out."""
+def _prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
+    """A text chat's context as eval's ``HFEvalModel.apply_chat_template`` renders it (a
+    template that refuses the system role gets the turns without it)."""
+    import jinja2
+
+    if not tokenizer.chat_template:
+        raise UserError("the tokenizer has no chat template (tokenizer_config.json)")
+    kw: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
+    try:
+        return str(tokenizer.apply_chat_template(messages, **kw))
+    except jinja2.TemplateError:
+        plain = [m for m in messages if m["role"] != "system"]
+        return str(tokenizer.apply_chat_template(plain, **kw))
+
+
+def _render(tokenizer: Any, chats: list[Chat]) -> list[Pair | str]:
+    """Each chat as (context, answer) through ``tokenizer``'s template, or why it cannot be:
+    a tool conversation is rendered with its tools (:func:`_tool_pair`), and a template
+    can refuse what that needs (Gemma's and old Mistral's ``raise_exception`` on the system
+    message that lists the tools where the template cannot)."""
+    import jinja2
+
     from lmops.core.toolrows import has_tool_turns
+
+    out: list[Pair | str] = []
+    for messages, tools in chats:
+        try:
+            if tools or has_tool_turns(messages):
+                out.append(_tool_pair(tokenizer, messages, tools))
+            else:
+                out.append((_prompt(tokenizer, messages[:-1]), str(messages[-1]["content"])))
+        except (UserError, ValueError, TypeError, jinja2.TemplateError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            out.append(f"its chat template cannot render it ({first or type(e).__name__})")
+    return out
+
+
+def _nll_per_char(path: Path, sets: dict[str, list[Pair]], device: str) -> dict[str, float]:
+    """Per set: negative log-likelihood of each answer given its context, summed and divided
+    by the answers' characters (comparable across tokenizers)."""
     from lmops.eval.lm import HFEvalModel
 
     m = HFEvalModel(path, device=device, batch_size=8)
     try:
-        pairs = []
-        for messages, tools in chats:
-            if tools or has_tool_turns(messages):
-                try:
-                    pairs.append(_tool_pair(m.tokenizer, messages, tools))
-                except (UserError, ValueError, TypeError):
-                    continue
-            else:
-                prompt = m.apply_chat_template(messages[:-1], add_generation_prompt=True)
-                pairs.append((prompt, messages[-1]["content"]))
-        lps = m.loglikelihood(pairs)
+        out = {}
+        for name, pairs in sets.items():
+            lps = m.loglikelihood(pairs)
+            out[name] = -sum(lp for lp, _ in lps) / max(sum(len(a) for _, a in pairs), 1)
     finally:
         m.close()
-    chars = sum(len(cont) for _, cont in pairs)
-    return -sum(lp for lp, _ in lps) / max(chars, 1)
+    return out
 
 
-def _score(
-    store: Store, model_ref: str, sets: dict[str, list[Chat]], device: str
-) -> dict[str, float]:
-    path = store.assets.path(model_ref)
-    out = {name: _nll_per_char(path, chats, device) for name, chats in sets.items() if chats}
-    out["combined"] = sum(out.values()) / len(out)
+def _load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the tokenizer of {path}: {e}") from None
+
+
+def _compare(
+    store: Store,
+    models: dict[str, str],
+    sets: dict[str, list[Chat]],
+    device: str,
+    skipped: dict[str, dict[str, int]],
+) -> dict[str, dict[str, float]]:
+    """Scores of each model (role -> ref) on each set (name -> chats), and ``combined``,
+    their mean. Every chat is rendered for every model first and only the chats all of them
+    can render are scored, so the models are compared on the same chats; ``skipped`` gets,
+    per set, why the others were left out and how many. A set with nothing left to score
+    is a ``UserError`` (a score of nothing would read as a perfect one)."""
+    paths = {who: store.assets.path(ref) for who, ref in models.items()}
+    rendered = {
+        who: {name: _render(_load_tokenizer(p), chats) for name, chats in sets.items()}
+        for who, p in paths.items()
+    }
+    kept: dict[str, dict[str, list[Pair]]] = {who: {} for who in models}
+    for name, chats in sets.items():
+        why: dict[str, int] = {}
+        keep = []
+        for i in range(len(chats)):
+            bad = [
+                f"{who} {models[who]}: {r[name][i]}"
+                for who, r in rendered.items()
+                if isinstance(r[name][i], str)
+            ]
+            if bad:
+                why["; ".join(bad)] = why.get("; ".join(bad), 0) + 1
+            else:
+                keep.append(i)
+        if why:
+            skipped[name] = why
+        if not keep:
+            reasons = "; ".join(f"{n} x {w}" for w, n in why.items())
+            raise UserError(
+                f"{name}: none of its {counted(len(chats), 'chat')} can be scored by "
+                + ("both models" if len(models) == 2 else "every model")
+                + (f" ({reasons})" if reasons else " (no row ends with an assistant's answer)")
+            )
+        for who in models:
+            kept[who][name] = [rendered[who][name][i] for i in keep]  # type: ignore[misc]
+    out = {}
+    for who, p in paths.items():
+        scores = _nll_per_char(p, kept[who], device)
+        scores["combined"] = sum(scores.values()) / len(scores)
+        out[who] = scores
     return out
 
 
 def _judge(spec: RetrainSpec, champ: dict[str, float], chall: dict[str, float]) -> list[str]:
     """Reasons not to promote (empty: promote)."""
     why = []
-    gain = (champ["combined"] - chall["combined"]) / champ["combined"]
+    # scores are positive (_compare refuses a set with nothing scored); a perfect champion
+    # (NLL 0) cannot be beaten
+    gain = (champ["combined"] - chall["combined"]) / max(champ["combined"], 1e-12)
     if gain < spec.margin:
         why.append(
             f"challenger's NLL/char {chall['combined']:.4f} vs champion's "
             f"{champ['combined']:.4f}: {gain:+.1%} better, below the margin {spec.margin:.1%}"
         )
     if "eval_set" in champ:
-        loss = (chall["eval_set"] - champ["eval_set"]) / champ["eval_set"]
+        loss = (chall["eval_set"] - champ["eval_set"]) / max(champ["eval_set"], 1e-12)
         if loss > spec.max_regression:
             why.append(
                 f"challenger is {loss:.1%} worse on the fixed eval set "
@@ -357,8 +447,8 @@ def _retrain(
         inputs.append((ev.ref, "eval_set"))
         sets["eval_set"] = _chat_rows(store.assets.path(ev.ref), spec.max_eval)
     try:
-        d.scores["champion"] = _score(store, champion.ref, sets, spec.device)
-        d.scores["challenger"] = _score(store, challenger.ref, sets, spec.device)
+        models = {"champion": champion.ref, "challenger": challenger.ref}
+        d.scores = _compare(store, models, sets, spec.device, d.skipped)
     except LmopsError as e:
         d.reasons.append(f"evaluation failed: {e}")
         return
