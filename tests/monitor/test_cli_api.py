@@ -165,7 +165,7 @@ def test_watch_once_shows_failing_canaries_and_webhooks(
         watch_file.write_text(yaml.safe_dump({"check": check}))
         r = cli("monitor", "watch", str(watch_file), "--once")
     assert r.code == 0, r.err
-    assert "alert firing: canary" in r.out and "canaries failing: as-json" in r.out
+    assert "alert firing: canary" in r.out and "canary failing: as-json" in r.out
     assert f"webhook failed: {dead}:" in r.out
     watch_file.write_text(yaml.safe_dump({"check": {**check, "canaries": "no-such-set"}}))
     failed = cli("monitor", "watch", str(watch_file), "--once")

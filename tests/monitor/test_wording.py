@@ -51,3 +51,12 @@ def test_one_prompt_registered_and_one_monitor_run(cli: Any, store: Any, tmp_pat
     report = compare_samples(ref, cur, cfg, subject="s", reference="r").report
     (skipped,) = report.monitors
     assert skipped.skipped == "20 reference values and 1 current value; needs 20 on each side"
+
+
+def test_one_canary_unanswered_or_slow_in_the_watchers_words() -> None:
+    from lmops.pipelines.retrain import _not_retrained
+
+    (slow,) = _not_retrained({"slow": ["capital"]})
+    assert slow.startswith("retraining not started: canary capital was answered right but too")
+    (hung,) = _not_retrained({"unanswered": ["capital", "json"]})
+    assert hung.startswith("retraining not started: canaries capital, json failed for lack")

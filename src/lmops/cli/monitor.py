@@ -264,7 +264,7 @@ def watch_cmd(
     that got no answer, or a right one too late, are an availability alert and never
     retrain)."""
     from lmops.monitor.checks import require_traffic
-    from lmops.monitor.wording import counted
+    from lmops.monitor.wording import counted, noun_for
     from lmops.pipelines.retrain import Decision, load_watch, watch
 
     spec, base = load_watch(config)
@@ -295,13 +295,16 @@ def watch_cmd(
         serving = {*d.canaries_unanswered, *d.canaries_slow}
         wrong = [c for c in d.canaries_failing if c not in serving]
         if wrong:
-            notes.append("canaries failing: " + ", ".join(wrong))
+            notes.append(
+                f"{noun_for(len(wrong), 'canary', 'canaries')} failing: " + ", ".join(wrong)
+            )
         for ids, what in [
             (d.canaries_unanswered, "unanswered (availability"),
             (d.canaries_slow, "slow (latency"),
         ]:
             if ids:
-                notes.append(f"canaries {what}, not a retrain trigger): " + ", ".join(ids))
+                many = noun_for(len(ids), "canary", "canaries")
+                notes.append(f"{many} {what}, not a retrain trigger): " + ", ".join(ids))
         notes += [f"webhook failed: {w}" for w in d.webhook_errors]
         notes += [
             f"{name}: {counted(n, 'chat')} not scored, {why}"

@@ -61,7 +61,7 @@ from lmops.core.errors import LmopsError, UserError, name_hint
 from lmops.core.yamlcfg import line_of, load_config
 from lmops.monitor.checks import CheckSpec, check_deployment, parse_since, require_traffic
 from lmops.monitor.drift import OPERATIONAL
-from lmops.monitor.wording import counted
+from lmops.monitor.wording import counted, noun_for
 from lmops.store import register_kind
 
 if TYPE_CHECKING:
@@ -503,12 +503,14 @@ def _not_retrained(canaries: dict[str, Any]) -> list[str]:
     out = []
     for key, what, kind in [
         ("unanswered", "failed for lack of an answer", "an availability failure"),
-        ("slow", "were answered right but too late", "a latency failure"),
+        ("slow", "{were} answered right but too late", "a latency failure"),
     ]:
         if ids := canaries.get(key):
             why = canaries.get(f"{key}_why")
+            what = what.format(were="was" if len(ids) == 1 else "were")
             out.append(
-                f"retraining not started: canaries {', '.join(ids)} {what}"
+                f"retraining not started: {noun_for(len(ids), 'canary', 'canaries')} "
+                f"{', '.join(ids)} {what}"
                 + (f" ({why})" if why else "")
                 + f", {kind} of the deployment that retraining cannot fix; look at the "
                 "server (the availability alert)"
