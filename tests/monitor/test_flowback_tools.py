@@ -246,3 +246,43 @@ def test_a_call_masked_with_the_deployments_own_placeholder_is_not_trained_on(
     assert meta["count"] == 1 and meta["skipped"] == {"masked_arguments": 2}, meta
     (row,) = [json.loads(line) for line in store.assets.path("mail-sft").read_text().splitlines()]
     assert row["messages"][0] == weather[0]
+
+
+def test_a_placeholder_mask_is_found_as_itself_not_inside_words() -> None:
+    """``{type}`` masks as bare words (EMAIL, SSN, SECRET): a call's ``ZIP``, ``VIP`` or
+    ``SECRETARY`` holds none of them; a mask right after Chinese text or in JSON is found."""
+    from lmops.monitor.masks import mask_pattern
+
+    bare = mask_pattern("{type}")
+    for text in ['{"code": "ZIP"}', '{"tier": "VIP"}', '{"role": "SECRETARY"}', "SSNS", "*.py"]:
+        assert bare.search(text) is None, text
+    for text in ['{"to": "EMAIL"}', "电话PHONE", "ssn: SSN.", '{"to": "<EMAIL>"}']:
+        assert bare.search(text) is not None, text
+    # a mask of 2 characters or fewer (a row logged with "*", or IP of {type}) is not looked
+    # for: "*.py", "the IP address" are ordinary text (the guardrails refuse such placeholders)
+    assert mask_pattern("*").search('{"glob": "*.py"}') is None
+    assert bare.search('{"q": "IP address"}') is None
+    assert mask_pattern("***").search('{"to": "***"}') is not None
+
+
+@pytest.mark.parametrize(
+    ("placeholder", "said"),
+    [
+        ("{type.foo}", "pii_placeholder: pii_placeholder '{type.foo}' must format with only"),
+        ("{type[0]}", "pii_placeholder: '{type[0]}' masks SECRET as 'S': a mask of 2"),
+        ("*", "pii_placeholder: '*' masks SECRET as '*': a mask of 2 characters or fewer"),
+    ],
+)
+def test_a_placeholder_the_monitor_cannot_tell_from_text_is_refused_with_its_line(
+    cli: Any, tmp_path: Path, placeholder: str, said: str
+) -> None:
+    dep = tmp_path / "d.yaml"
+    dep.write_text(
+        "deployments:\n  - name: chat\n    fake: {}\n"
+        f"    guardrails: {{pii_placeholder: {json.dumps(placeholder)}}}\n"
+    )
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "q"}\n')
+    r = cli("serve", "batch", "--deployments", str(dep), "--input", str(src), "--output", "o")
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert f"d.yaml:4: deployments[0].guardrails: {said}" in r.err, r.err

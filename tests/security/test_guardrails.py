@@ -1593,3 +1593,13 @@ def test_stream_classifier_judges_windows_without_holding_text() -> None:
     assert len(windows) == len(text) // _CLASSIFY_EVERY
     assert all(len(w) <= _CLASSIFY_WINDOW and w in text for w in windows)
     assert whole == text  # the whole reply at the end
+
+
+def test_a_placeholder_of_two_characters_or_fewer_is_refused_for_the_types_masked() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="masks IP as 'IP'"):
+        GuardrailConfig(pii_types=None, pii_placeholder="{type}")
+    assert GuardrailConfig(pii_placeholder="{type}").pii_placeholder == "{type}"  # IP unmasked
+    with pytest.raises(ValidationError, match="must format with only"):
+        GuardrailConfig(pii_placeholder="{type.foo}")

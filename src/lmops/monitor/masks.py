@@ -32,13 +32,30 @@ def placeholder_of(guardrails: Any) -> str | None:
 def mask_pattern(placeholder: str | None = None) -> re.Pattern[str]:
     """A pattern that finds a mask of any PII type: the default placeholder's and, when
     given, ``placeholder``'s (a ``str.format`` template with ``{type}``, or a fixed text such
-    as ``***``). A placeholder that formats to nothing leaves no trace to find."""
+    as ``***``), each as a whole word where it starts or ends with a letter or digit. A
+    placeholder that formats to nothing leaves no trace to find, and a mask of 2 characters
+    or fewer is not looked for (it is found in ordinary text too)."""
     masks = {DEFAULT_PLACEHOLDER.format(type=t) for t in PII_TYPES}
     if placeholder:
         try:
             masks |= {placeholder.format(type=t) for t in PII_TYPES}
-        except (KeyError, IndexError, ValueError):  # not a template the guardrails accept
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError):  # not one the
+            # guardrails accept
             masks.add(placeholder)
-    masks.discard("")
+    # a mask of 2 characters or fewer is found in ordinary text too; the guardrails refuse a
+    # placeholder that makes one for a type they mask (security.config), so these are the
+    # types they do not mask ("IP" of {type} by default), or nothing at all
+    masks = {m for m in masks if len(m) > 2}
     # longest first: one mask that holds another is found whole
-    return re.compile("|".join(re.escape(m) for m in sorted(masks, key=len, reverse=True)))
+    return re.compile("|".join(_bounded(m) for m in sorted(masks, key=len, reverse=True)), re.ASCII)
+
+
+def _bounded(mask: str) -> str:
+    r"""``mask`` as a pattern that is not part of a longer word: ``\b`` on an edge that is
+    a word character (``SSN`` of ``{type}`` is not found in ``SSNS``, ``IBAN`` not in
+    ``LIBANON``); ASCII word characters only, so a mask right after Chinese text (the
+    guardrails mask inside ``电话13812345678``) is still found."""
+    word = re.compile(r"\w", re.ASCII)
+    head = r"\b" if word.match(mask[0]) else ""
+    tail = r"\b" if word.match(mask[-1]) else ""
+    return head + re.escape(mask) + tail

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lmops.core.errors import UserError
+from lmops.core.yamlcfg import FieldError
 from lmops.security.terms import builtin_categories
 from lmops.text.pii import PII_TYPES, normalize_pii_types
 
@@ -103,9 +104,26 @@ class GuardrailConfig(BaseModel):
     def _placeholder_formats(cls, v: str) -> str:
         try:
             v.format(type="PHONE")
-        except (KeyError, IndexError, ValueError) as e:
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            # AttributeError: {type.foo}; TypeError: {type[x]} on the type name
             raise ValueError(f"pii_placeholder {v!r} must format with only {{type}}: {e}") from None
         return v
+
+    @model_validator(mode="after")
+    def _placeholder_findable(self) -> GuardrailConfig:
+        # The request log keeps what the guardrails masked, and the monitor finds masked PII
+        # in logged tool calls by their placeholder (lmops.monitor.masks): a mask of one or
+        # two characters ("E" of {type[0]}, "*", "IP" of {type}) is found in ordinary text too.
+        for t in PII_TYPES if self.pii_types is None else self.pii_types:
+            mask = self.pii_placeholder.format(type=t)
+            if 0 < len(mask) <= 2:
+                raise FieldError(
+                    ("pii_placeholder",),
+                    f"{self.pii_placeholder!r} masks {t} as {mask!r}: a mask "
+                    "of 2 characters or fewer is found in ordinary text too (the monitor reads "
+                    "it as masked PII); use a longer one, such as '[{type}]' or '***'",
+                )
+        return self
 
     @field_validator("classifier")
     @classmethod

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lmops.core.errors import NotFoundError, UserError, name_hint
 from lmops.core.modelfiles import refuse_reward_model
-from lmops.core.yamlcfg import FieldError, error_message, format_loc, load_config
+from lmops.core.yamlcfg import FieldError, error_loc, error_message, format_loc, load_config
 from lmops.models.types import Delta, Done, GenRequest
 
 B = TypeVar("B", bound=BaseModel)
@@ -273,7 +273,7 @@ def _first_error(e: ValidationError) -> ValueError:
     """A config's first error as a ``ValueError`` naming the field inside it (the file's
     error then reads ``deployments[0].guardrails: pii_input: Input should be ...``)."""
     err = e.errors()[0]
-    return ValueError(f"{format_loc(tuple(err['loc']))}: {error_message(err)}")
+    return ValueError(f"{format_loc(error_loc(err))}: {error_message(err)}")
 
 
 def _checked(model: type[B], values: dict[str, Any]) -> B:
