@@ -1,7 +1,7 @@
 """A hung or failing deployment is an availability problem, not a change in what users ask
 or what the model answers: through a real gateway on 127.0.0.1, a window of requests that
 time out or get a 5xx from the model's server (logged as the gateway logs them: no answer,
-no tokens) moves the error rate, an operational monitor, and no content monitor; the
+no tokens, or a prompt count where a stream broke after its 200) moves the error rate, an operational monitor, and no content monitor; the
 closed loop alerts and starts no retraining round."""
 
 from __future__ import annotations
@@ -120,4 +120,14 @@ def test_a_hung_deployment_moves_the_error_rate_only_and_retrains_nothing(
     # prompts all 40 asked
     assert drifted["response_chars"]["n_cur"] == 10 and drifted["response_chars"]["skipped"]
     assert drifted["language"]["n_cur"] == N + 10
-    assert drifted["prompt_tokens"]["n_cur"] == 10
+    # prompt tokens: the 10 answered and the failures whose prompt the gateway counted (a
+    # stream broken after its 200); a timeout's or a 5xx's logged 0 is no prompt length
+    from lmops.monitor.features import read_traffic
+
+    rows = list(read_traffic(store, "chat", since=broken))
+    failed = [r for r in rows if r.status >= 400]
+    counted = [r for r in failed if r.prompt_tokens > 0]
+    assert len(failed) == 30 and 0 < len(counted) < 30, [
+        (r.status, r.prompt_tokens) for r in failed
+    ]
+    assert drifted["prompt_tokens"]["n_cur"] == 10 + len(counted)

@@ -15,8 +15,11 @@ Features computed from text:
 - ``pii``: a PII guardrail acted on the request, or the (masked) text holds a mask placeholder
   such as ``<EMAIL>``.
 
-A failed request (status >= 400) has its prompt and its error; its answer, token counts and
-latency are unknown (``None``), whatever the log kept of them.
+A failed request (status >= 400) has its prompt and its error; its answer, completion tokens
+and latency are unknown (``None``), whatever the log kept of them; its prompt tokens are
+unknown where the gateway logged 0 (it never counted them: a timeout, a 5xx) and the count
+where it did (a client gone, 499, or a stream broken after its 200); its time to first token
+counts where the log has one (a stream broken after its first token had one).
 """
 
 from __future__ import annotations
@@ -160,16 +163,18 @@ def traffic_sample(records: Iterable[RequestRecord], source: str) -> Sample:
         action, pii_action = _guardrail(r.guardrails)
         ok = r.status < 400
         # A failed request (a timeout, a 5xx, a stream broken after its 200) has no answer
-        # and no token counts (the gateway logs 0, uncounted), whatever part of a reply the
-        # log kept: read as values, a hung server's failures would be a content shift
-        # (prompts of 0 tokens, empty answers). Its prompt is still what was asked.
+        # and no completion count, whatever part of a reply the log kept; a timeout's or a
+        # 5xx's prompt tokens were never counted (logged 0). Read as values, a hung server's
+        # failures would be a content shift (prompts of 0 tokens, empty answers). Its prompt
+        # is still what was asked, and a count the gateway made (499, a broken stream) holds.
         prompt = _request_text(r.request_body)
         response = _response_text(r.response_body) if ok else None
+        counted = ok or r.prompt_tokens > 0
         text_pii = bool(_PLACEHOLDER.search(f"{prompt or ''} {response or ''}"))
         s.add(
             prompt,
             response,
-            prompt_tokens=float(r.prompt_tokens) if ok else None,
+            prompt_tokens=float(r.prompt_tokens) if counted else None,
             completion_tokens=float(r.completion_tokens) if ok else None,
             latency_ms=r.latency_ms if ok else None,
             ttft_ms=r.ttft_ms,
