@@ -20,12 +20,14 @@ holding anything but tensors and plain data is refused, since unpickling it coul
 
 SIGINT / SIGTERM (:class:`StopSignals`): the first lets the step in progress finish, saves a
 checkpoint and raises :class:`Interrupted` (a ``KeyboardInterrupt``) naming it; a second stops
-at once and names the last checkpoint. A checkpoint is only ever written between steps, so a
-resumed run is exact either way.
+at once and names the last checkpoint (saving the finished steps first when it came between
+steps or during that save); a third stops that save at once, leaving no half-written folder. A
+checkpoint is only ever written between steps, so a resumed run is exact either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -236,8 +238,11 @@ def _save_checkpoint(
         torch.save(state, tmp / "state.pt")
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
-    except OSError as e:
+    except BaseException as e:
+        # a full disk, or a signal mid-write: no half-written folder left beside the good ones
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, OSError):
+            raise
         last = latest_checkpoint(ckpt_dir)
         raise LmopsError(
             f"checkpoint at step {step} could not be written ({e.strerror or e}); "
@@ -611,17 +616,21 @@ def train_loop(
         except Interrupted:
             raise
         except KeyboardInterrupt as e:
-            # stopped at once (a second signal): keep the work done so far when that is
-            # safe, else name the last checkpoint; --resume continues from it either way
-            fresh = dist.main and between_steps and completed > saved
-            if fresh:
-                save(completed)
+            # stopped at once (a second signal, also one during the first one's save): keep
+            # the work done so far when that is safe, else name the last checkpoint; --resume
+            # continues from it either way. A third signal stops this save at once (its
+            # temporary folder removed) and the stop is reported unsaved.
+            wrote = False
+            if dist.main and between_steps and completed > saved:
+                with contextlib.suppress(KeyboardInterrupt), StopSignals(graceful=False):
+                    save(completed)
+                    wrote = True
             raise Interrupted(
                 completed,
                 t.max_steps,
                 latest_checkpoint(ckpt_dir),
-                saved=fresh,
-                signum=stop.signum or signal.SIGINT,
+                saved=wrote,
+                signum=getattr(e, "signum", None) or stop.signum or signal.SIGINT,
             ) from e
     return LoopResult(t.max_steps, tokens_seen, time.perf_counter() - began, history, resumed_from)
 
