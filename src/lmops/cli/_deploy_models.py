@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -12,6 +13,7 @@ import typer
 from lmops.cli._output import console, human_size, interrupted, open_store, print_json
 from lmops.cli.deploy import app
 from lmops.core.errors import UserError
+from lmops.core.signals import StopSignals
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -62,20 +64,25 @@ def _latest(name: str) -> str | None:
 @contextmanager
 def _work(what: str, output: str, bar: _Bar) -> Iterator[None]:
     """Run a job that writes to a temporary place and registers ``output`` at its end. A
-    Ctrl-C stops its bar and prints where it was and that nothing was kept (the temporary
-    files are removed, nothing is registered, the run is recorded CANCELLED), exit 130;
-    typer alone would exit 130 without a word. A Ctrl-C that comes once the new version is
-    registered (while temporary files are removed) says that version is kept."""
+    Ctrl-C or SIGTERM (:class:`StopSignals`, stopping at once: the job has no step to finish)
+    stops its bar and prints where it was and that nothing was kept (the temporary files are
+    removed, nothing is registered, the run is recorded CANCELLED), exit 130 or 143; typer
+    alone would exit 130 without a word, and the default SIGTERM ended the process without
+    one, its temporary folder left behind and its run RUNNING. A signal that comes once the
+    new version is registered (while temporary files are removed) says that version is kept."""
     before = _latest(output)
     try:
-        yield
-    except KeyboardInterrupt:
+        with StopSignals(graceful=False):
+            yield
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", None) or signal.SIGINT  # StopSignals' says which
         bar.close(stopped=True)
         after = _latest(output)
         if after is not None and after != before:
-            interrupted(f"interrupted {what} after registering {after}; it is kept")
+            interrupted(f"interrupted {what} after registering {after}; it is kept", signum)
         interrupted(
-            f"interrupted {what}{bar.where()}; nothing was written ({output} not registered)"
+            f"interrupted {what}{bar.where()}; nothing was written ({output} not registered)",
+            signum,
         )
     except BaseException:
         bar.close(stopped=True)

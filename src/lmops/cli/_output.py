@@ -85,14 +85,15 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def interrupted(line: str) -> NoReturn:
+def interrupted(line: str, signum: int = 2) -> NoReturn:
     """Say on stderr what a Ctrl-C stopped (``interrupted <what>; <what became of it>``) and
-    exit 130, as a shell does for SIGINT. Typer turns a ``KeyboardInterrupt`` into a silent
-    exit 130, so a command whose work a Ctrl-C can stop catches it and calls this."""
+    exit ``128 + signum``, as a shell does: 130 for SIGINT (2), 143 for SIGTERM (15). Typer
+    turns a ``KeyboardInterrupt`` into a silent exit 130, so a command whose work a Ctrl-C can
+    stop catches it and calls this."""
     import typer
 
     err_console.print(line, markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(130)
+    raise typer.Exit(128 + signum)
 
 
 def when(dt: datetime | None) -> str:
