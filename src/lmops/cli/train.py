@@ -303,12 +303,20 @@ def merge(
     output: Annotated[
         str | None, typer.Option(help="Model asset name (default: <adapter>-merged).")
     ] = None,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype",
+            help="auto (default: the base model's), float32, bfloat16 or float16: what the "
+            "merged weights are computed and stored in.",
+        ),
+    ] = "auto",
     json_: JsonOpt = False,
 ) -> None:
     """Merge a LoRA adapter into its base model and register a full model."""
     from lmops.train.run import merge_adapter
 
-    v = merge_adapter(_store(), adapter, output)
+    v = merge_adapter(_store(), adapter, output, dtype=dtype)
     if json_:
         print_json(v)
     else:

@@ -662,12 +662,25 @@ def _model_card(
     return "\n".join(lines)
 
 
-def merge_adapter(store: Store, adapter_ref: str, output: str | None = None) -> Any:
-    """Merge a LoRA adapter into its base model and register the result as a model."""
+MERGE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def merge_adapter(
+    store: Store, adapter_ref: str, output: str | None = None, *, dtype: str = "auto"
+) -> Any:
+    """Merge a LoRA adapter into its base model and register the result as a model.
+
+    ``dtype``: what the merged weights are computed and saved in; ``auto`` keeps the base's
+    (a float16 base stays float16). The version's metadata says which (``dtype``,
+    ``dtype_from``) and the merge run's config records what was asked. A merge whose weights
+    leave float16's range (|w| > 65504, saved as inf) is refused before anything is written."""
+    import torch
     from transformers import AutoTokenizer
 
     from lmops.models.loading import load_merged, quiet_transformers
 
+    if dtype not in MERGE_DTYPES:
+        raise UserError(f"--dtype {dtype!r}: pick one of {', '.join(MERGE_DTYPES)}")
     quiet_transformers()
     v = store.assets.resolve(adapter_ref)
     if v.kind != "adapter":
@@ -681,8 +694,17 @@ def merge_adapter(store: Store, adapter_ref: str, output: str | None = None) -> 
             f"the base model of {v.ref} ({base_ref or base_info['base_path']}) is not available"
         )
     name = output or f"{v.asset}-merged"
-    with store.runs.track("merge", name=name, config={"adapter": v.ref, "base": base_ref}) as run:
-        merged = load_merged(path, store=store)
+    config = {"adapter": v.ref, "base": base_ref, "dtype": dtype}
+    with store.runs.track("merge", name=name, config=config) as run:
+        # "auto": the dtype the base's config names (transformers' own "auto")
+        merged = load_merged(path, store=store, dtype=getattr(torch, dtype, "auto"))
+        saved = str(merged.dtype).removeprefix("torch.")
+        bad = next((n for n, p in merged.named_parameters() if not p.isfinite().all()), None)
+        if bad is not None:
+            raise UserError(
+                f"merging {v.ref} in {saved} left {bad} beyond its range (inf or nan); "
+                "merge with --dtype float32 or bfloat16"
+            )
         out = Path(store.runs.dir(run.id)) / "output"
         merged.save_pretrained(str(out))
         AutoTokenizer.from_pretrained(str(path)).save_pretrained(str(out))
@@ -699,7 +721,12 @@ def merge_adapter(store: Store, adapter_ref: str, output: str | None = None) -> 
             "model",
             name,
             out,
-            metadata={**v.metadata, "merged_from": v.ref},
+            metadata={
+                **v.metadata,
+                "merged_from": v.ref,
+                "dtype": saved,  # what the weights are stored in, and why
+                "dtype_from": "--dtype" if dtype != "auto" else "auto (the base's)",
+            },
             inputs=inputs,
             run_id=run.id,
         )
