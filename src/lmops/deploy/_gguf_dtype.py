@@ -25,6 +25,8 @@ in one line.
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +38,7 @@ __all__ = [
     "ImportDtype",
     "check_finite",
     "import_dtype",
+    "quiet_gguf_load",
     "quiet_packed_gguf_warning",
     "torch_dtype",
 ]
@@ -105,3 +108,34 @@ def quiet_packed_gguf_warning() -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
+
+
+_bar_lock = threading.Lock()
+# how many loads run inside quiet_gguf_load now, and transformers' own tqdm to put back
+_bar_quieted: dict[str, Any] = {"loads": 0, "tqdm": None}
+
+
+@contextlib.contextmanager
+def quiet_gguf_load() -> Iterator[None]:
+    """A GGUF load through transformers (``from_pretrained(..., gguf_file=...)``) without its
+    noise: the packed-weights warning (:func:`quiet_packed_gguf_warning`) and the tqdm bar
+    "Converting and de-quantizing GGUF tensors" that its loader draws on stderr for every load
+    (``tqdm.auto`` imported by the module itself, so ``disable_progress_bar()`` does not reach
+    it): in ``assets import gguf``, ``deploy report`` and the gateway's log it was a bar no
+    lmops line asked for. lmops's own progress (``core.progress``) is untouched. The bar is
+    off while any such load runs (a counter: loads in two threads put it back once)."""
+    import transformers.modeling_gguf_pytorch_utils as loader
+
+    with _bar_lock:
+        if _bar_quieted["loads"] == 0:
+            _bar_quieted["tqdm"] = loader.tqdm
+            loader.tqdm = functools.partial(loader.tqdm, disable=True)
+        _bar_quieted["loads"] += 1
+    try:
+        with quiet_packed_gguf_warning():
+            yield
+    finally:
+        with _bar_lock:
+            _bar_quieted["loads"] -= 1
+            if _bar_quieted["loads"] == 0:
+                loader.tqdm = _bar_quieted["tqdm"]

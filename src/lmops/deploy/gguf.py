@@ -303,7 +303,7 @@ def import_gguf(
     from lmops.deploy._gguf_dtype import (
         check_finite,
         import_dtype,
-        quiet_packed_gguf_warning,
+        quiet_gguf_load,
         torch_dtype,
     )
     from lmops.deploy._gguf_general import read_general
@@ -339,28 +339,28 @@ def import_gguf(
             else store.assets.record_inputs([(file, "gguf")], run_id=run.id)
         )
         folder, gguf_name = str(file.parent), file.name
-        try:
-            extra: dict[str, Any] = {"rope_parameters": rope} if rope else {}
-            extra |= _qwen3_head_dim(file) if arch == "qwen3" else {}  # config overrides
-            # each tensor is dequantized to fp32 and cast to dt as it is read
-            with quiet_packed_gguf_warning():
+        with quiet_gguf_load():  # no tqdm bar of transformers' in lmops's output
+            try:
+                extra: dict[str, Any] = {"rope_parameters": rope} if rope else {}
+                extra |= _qwen3_head_dim(file) if arch == "qwen3" else {}  # config overrides
+                # each tensor is dequantized to fp32 and cast to dt as it is read
                 model: Any = AutoModelForCausalLM.from_pretrained(
                     folder, gguf_file=gguf_name, dtype=torch_dtype(dt), **extra
                 )
-            if dt == "float16" and (bad := check_finite(model)) is not None:
-                if dtype != "auto":
-                    raise UserError(
-                        f"{file}: {bad} has weights float16 cannot hold (beyond +-65504); "
-                        "import with --dtype bfloat16 or float32"
+                if dt == "float16" and (bad := check_finite(model)) is not None:
+                    if dtype != "auto":
+                        raise UserError(
+                            f"{file}: {bad} has weights float16 cannot hold (beyond +-65504); "
+                            "import with --dtype bfloat16 or float32"
+                        )
+                    dt, why = "float32", f"{why}, beyond float16's range"
+                    model = AutoModelForCausalLM.from_pretrained(
+                        folder, gguf_file=gguf_name, dtype=torch.float32, **extra
                     )
-                dt, why = "float32", f"{why}, beyond float16's range"
-                model = AutoModelForCausalLM.from_pretrained(
-                    folder, gguf_file=gguf_name, dtype=torch.float32, **extra
-                )
-            tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
-        except (ValueError, KeyError, NotImplementedError, OSError) as e:
-            msg = first_line(e)
-            raise UserError(f"{file}: transformers cannot load this GGUF ({msg})") from None
+                tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
+            except (ValueError, KeyError, NotImplementedError, OSError) as e:
+                msg = first_line(e)
+                raise UserError(f"{file}: transformers cannot load this GGUF ({msg})") from None
         _restore_pre_tokenizer(tok, file)
         # transformers marks a GGUF-loaded model as "quantized with gguf" and then refuses
         # to save it; its weights are already plain tensors (dequantized on load)

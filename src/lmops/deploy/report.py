@@ -178,6 +178,7 @@ def load_variant(path: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lmops.deploy._gguf_dtype import quiet_gguf_load
     from lmops.deploy.gguf import gguf_file_of
     from lmops.models.loading import load_causal_lm, load_tokenizer
 
@@ -187,10 +188,11 @@ def load_variant(path: Path) -> tuple[Any, Any]:
         return OnnxDecoder(path, threads=torch.get_num_threads()), load_tokenizer(path)
     g = gguf_file_of(path)
     if g is not None:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(g.parent), gguf_file=g.name, dtype=torch.float32
-        )
-        tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
+        with quiet_gguf_load():  # no tqdm bar of transformers' in the report's output
+            model = AutoModelForCausalLM.from_pretrained(
+                str(g.parent), gguf_file=g.name, dtype=torch.float32
+            )
+            tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
         return model.eval(), tok
     return load_causal_lm(path, dtype=torch.float32), load_tokenizer(path)
 
