@@ -88,3 +88,132 @@ def test_signals_during_the_interrupt_save(
             f"interrupted after step 5 of 8; last checkpoint: {ckpts / 'step-000004'} (step 4)"
         ), line
     assert line.endswith("--resume"), line
+
+
+def _signals_in_rmtree(monkeypatch: pytest.MonkeyPatch, when: dict[str, int]) -> list[str]:
+    """``shutil.rmtree`` in the loop sends a SIGTERM after removing a folder named in
+    ``when`` (as many times as its count) once step 5's checkpoint is in place, so a signal
+    lands at that point of a save (pruning, or a rewrite of step 5)."""
+    import shutil
+
+    import lmops.train.loop as loop
+
+    real, seen = shutil.rmtree, []
+
+    def rmtree(p: Any, *a: Any, **k: Any) -> None:
+        name = Path(p).name
+        seen.append(name)
+        armed = (Path(p).parent / "step-000005" / "state.pt").exists()
+        real(p, *a, **k)
+        if when.get(name, 0) > 0 and armed:
+            when[name] -= 1
+            _sigterm()
+
+    monkeypatch.setattr(loop.shutil, "rmtree", rmtree)
+    return seen
+
+
+def test_second_signal_after_the_checkpoint_is_in_place_then_a_third(
+    cli: Any,
+    base: Store,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    before: Any,
+) -> None:
+    """The second signal lands after the first one's save renamed step 5 into place, while it
+    prunes step 4 (keep_checkpoints=1). Step 5 is complete: it must not be written again, for
+    a rewrite replaced it and a third signal during that left no checkpoint at all (the older
+    one already pruned)."""
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(json.dumps(job(log_steps=1, keep_checkpoints=1)))
+    _interrupt_at(monkeypatch, 4, _sigterm)  # the first: step 5 finishes and is saved
+    # the second while step 4 is pruned; the third whenever step 5 would be replaced
+    seen = _signals_in_rmtree(monkeypatch, {"step-000004": 1, "step-000005": 1})
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if Path(src).name == "step-000005":
+            _sigterm()
+        real_rename(src, dst)
+
+    import lmops.train.loop as loop
+
+    monkeypatch.setattr(loop.os, "rename", rename)
+    r = cli("train", "run", str(cfg))
+    assert r.code == 128 + signal.SIGTERM, r.err[-2000:]
+    assert before[0] == []
+    run = next(x for x in base.runs.list(kind="train") if x.name == "adder")
+    ckpts = Path(base.runs.dir(run.id)) / "checkpoints"
+    assert torch.load(ckpts / "step-000005" / "state.pt", weights_only=True)["step"] == 5
+    # the complete checkpoint was not removed to be rewritten, nor step 4 pruned twice
+    assert seen.count("step-000004") == 1 and "step-000005" not in seen, seen
+    assert not [p.name for p in ckpts.iterdir() if p.name.startswith(".")]
+    line = r.err.strip().splitlines()[-1]
+    assert line.startswith(f"interrupted after step 5 of 8; checkpoint saved: {ckpts}"), line
+
+
+def test_third_signal_after_the_retry_renamed_its_checkpoint(
+    cli: Any,
+    base: Store,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    before: Any,
+) -> None:
+    """The second signal stops the first save mid-write, the retry renames step 5 into place
+    and a third signal lands while it prunes step 4: step 5 is complete, so the line says it
+    was saved (not that step 5's is merely the last one)."""
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(json.dumps(job(log_steps=1, keep_checkpoints=1)))
+    _interrupt_at(monkeypatch, 4, _sigterm)
+    real_save, writes = torch.save, [0]
+
+    def save(obj: Any, f: Any, *a: Any, **k: Any) -> None:
+        if Path(f).name == "state.pt" and Path(f).parent.name == ".tmp-step-000005":
+            writes[0] += 1
+            if writes[0] == 1:
+                _sigterm()  # the second, mid-write of the first save
+        real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    _signals_in_rmtree(monkeypatch, {"step-000004": 1})  # the third, pruning in the retry
+    r = cli("train", "run", str(cfg))
+    assert r.code == 128 + signal.SIGTERM, r.err[-2000:]
+    assert writes[0] == 2
+    run = next(x for x in base.runs.list(kind="train") if x.name == "adder")
+    ckpts = Path(base.runs.dir(run.id)) / "checkpoints"
+    assert torch.load(ckpts / "step-000005" / "state.pt", weights_only=True)["step"] == 5
+    line = r.err.strip().splitlines()[-1]
+    assert line.startswith(f"interrupted after step 5 of 8; checkpoint saved: {ckpts}"), line
+
+
+def test_replacing_a_checkpoint_keeps_the_old_one_until_the_new_one_is_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint written again for the same step, stopped (Ctrl-C) between its write and
+    its rename: the one it was replacing is still there, whole, and no temporary folder."""
+    import lmops.train.loop as loop
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+    def save(tokens: int) -> Path:
+        return loop._save_checkpoint(tmp_path, 5, model, opt, sched, 1, tokens, loop.IntervalMean())
+
+    save(tokens=111)
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if Path(src).name.startswith(".tmp-"):
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(loop.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        save(tokens=222)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000005"]
+    assert torch.load(tmp_path / "step-000005" / "state.pt", weights_only=True)["tokens"] == 111
+    monkeypatch.setattr(loop.os, "rename", real_rename)
+    save(tokens=333)  # and an uninterrupted replace replaces it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000005"]
+    assert torch.load(tmp_path / "step-000005" / "state.pt", weights_only=True)["tokens"] == 333

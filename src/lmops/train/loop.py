@@ -219,7 +219,9 @@ def _save_checkpoint(
 
     final = ckpt_dir / f"step-{step:06d}"
     tmp = ckpt_dir / f".tmp-step-{step:06d}"
+    aside = ckpt_dir / f".old-step-{step:06d}"  # a `final` being replaced, until tmp is in
     shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
         state = {
@@ -236,10 +238,16 @@ def _save_checkpoint(
             },
         }
         torch.save(state, tmp / "state.pt")
-        shutil.rmtree(final, ignore_errors=True)
+        # replacing a checkpoint of the same step: two renames, so at every instant one
+        # complete step-N exists (removing it first, a signal before the rename left none)
+        if final.exists():
+            os.rename(final, aside)
         os.rename(tmp, final)
     except BaseException as e:
-        # a full disk, or a signal mid-write: no half-written folder left beside the good ones
+        # a full disk, or a signal mid-write: no half-written folder left beside the good
+        # ones, and the checkpoint this one was replacing put back
+        if aside.exists() and not final.exists():
+            os.rename(aside, final)
         shutil.rmtree(tmp, ignore_errors=True)
         if not isinstance(e, OSError):
             raise
@@ -248,6 +256,7 @@ def _save_checkpoint(
             f"checkpoint at step {step} could not be written ({e.strerror or e}); "
             f"the last good checkpoint {last.name if last else '(none)'} is kept: free space and rerun with --resume"
         ) from None
+    shutil.rmtree(aside, ignore_errors=True)
     others = sorted(p for p in ckpt_dir.glob("step-*") if p != final)
     for old in others[: max(0, len(others) - (keep - 1))]:  # keep the newest `keep`
         shutil.rmtree(old, ignore_errors=True)
@@ -619,12 +628,18 @@ def train_loop(
             # stopped at once (a second signal, also one during the first one's save): keep
             # the work done so far when that is safe, else name the last checkpoint; --resume
             # continues from it either way. A third signal stops this save at once (its
-            # temporary folder removed) and the stop is reported unsaved.
-            wrote = False
-            if dist.main and between_steps and completed > saved:
+            # temporary folder removed) and the stop is reported unsaved. The second signal
+            # may land after the first one's save renamed step-N into place (while it prunes
+            # older ones): then step-N is complete and not written again.
+            def complete() -> bool:
+                return (ckpt_dir / f"step-{completed:06d}" / "state.pt").exists()
+
+            if dist.main and between_steps and completed > saved and not complete():
                 with contextlib.suppress(KeyboardInterrupt), StopSignals(graceful=False):
                     save(completed)
-                    wrote = True
+            # whether step-N is on disk, not whether save() returned: a third signal after
+            # its rename (while it prunes) still leaves it complete
+            wrote = dist.main and between_steps and completed > saved and complete()
             raise Interrupted(
                 completed,
                 t.max_steps,
