@@ -97,3 +97,74 @@ def test_a_signal_mid_job_removes_its_files_and_says_so(
         assert runs and runs[0].status is RunStatus.CANCELLED, [(r.kind, r.status) for r in runs]
     finally:
         store.close()
+
+
+# The same, with the step where a second signal is sent slowed and announced: the job's own
+# removal of its temporary folder, or the report after the stop (its bar closed).
+SLOW_STOP = {
+    "cleanup": (
+        "import shutil, pathlib\n"
+        "rmtree = shutil.rmtree\n"
+        "def slow(p, *a, **k):\n"
+        "    if pathlib.Path(p).name.startswith('lmops-'):\n"
+        "        print('STOPPING', file=sys.stderr, flush=True)\n"
+        "        time.sleep(1.0)\n"
+        "    rmtree(p, *a, **k)\n"
+        "shutil.rmtree = slow\n"
+    ),
+    "report": (
+        "close = m._Bar.close\n"
+        "def slow_close(self, stopped=False):\n"
+        "    if stopped:\n"
+        "        print('STOPPING', file=sys.stderr, flush=True)\n"
+        "        time.sleep(1.0)\n"
+        "    close(self, stopped)\n"
+        "m._Bar.close = slow_close\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("during", ["cleanup", "report"])
+def test_a_second_signal_while_stopping_is_ignored(
+    tiny: Path, tmp_path: Path, lmops_home: Path, during: str
+) -> None:
+    """A second SIGTERM while the export removes its temporary folder or while the command
+    reports the stop: the default handler was back by then (or none covered the cleanup), so
+    the process ended at once (exit -15) without a line, its folder left and its run RUNNING.
+    Now it is ignored: the cleanup and the line run whole, exit 143."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "LMOPS_HOME": str(lmops_home), "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)}
+    store = Store()
+    store.assets.register("model", "tiny", tiny)
+    store.close()
+    cli = SLOW_CLI.replace("from lmops.cli.main", SLOW_STOP[during] + "from lmops.cli.main")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", cli, "deploy", "export", "tiny", "--quant", "q8_0", "-o", "out"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("PROGRESS"):
+            proc.send_signal(signal.SIGTERM)  # the first: stop
+        if line.startswith("STOPPING"):
+            proc.send_signal(signal.SIGTERM)  # the second, while it stops
+            break
+    assert seen and seen[-1].startswith("STOPPING"), "".join(seen)[-2000:]
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, err[-2000:])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("interrupted exporting tiny to gguf q8_0 after "), lines[-3:]
+    assert lines[-1].endswith("; nothing was written (out not registered)"), lines[-1]
+    assert not [p for p in temp.iterdir() if p.name.startswith("lmops-")]  # removed
+    store = Store()
+    try:
+        runs = [r for r in store.runs.list() if r.kind != "register"]
+        assert runs and runs[0].status is RunStatus.CANCELLED, [(r.kind, r.status) for r in runs]
+    finally:
+        store.close()

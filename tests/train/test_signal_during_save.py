@@ -217,3 +217,37 @@ def test_replacing_a_checkpoint_keeps_the_old_one_until_the_new_one_is_in(
     save(tokens=333)  # and an uninterrupted replace replaces it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000005"]
     assert torch.load(tmp_path / "step-000005" / "state.pt", weights_only=True)["tokens"] == 333
+
+
+def test_a_signal_while_the_stop_is_recorded_is_ignored(
+    cli: Any,
+    base: Store,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    before: Any,
+) -> None:
+    """Another SIGTERM while the stopped run is recorded CANCELLED went to the handler from
+    before the run (the default one ends the process there: the run left RUNNING, no line).
+    Now nothing sees it: the run is recorded, the line printed, exit 143."""
+    from lmops.store.runs import RunTracker
+
+    got, _ = before
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(json.dumps(job(log_steps=1)))
+    _interrupt_at(monkeypatch, 4, _sigterm)
+    real_finish = RunTracker.finish
+
+    def finish(self: RunTracker, run_id: str, status: Any = RunStatus.SUCCEEDED, *a: Any) -> Any:
+        if status is RunStatus.CANCELLED:
+            _sigterm()
+        return real_finish(self, run_id, status, *a)
+
+    monkeypatch.setattr(RunTracker, "finish", finish)
+    r = cli("train", "run", str(cfg))
+    assert r.code == 128 + signal.SIGTERM, r.err[-2000:]
+    assert got == []
+    run = next(x for x in base.runs.list(kind="train") if x.name == "adder")
+    assert run.status is RunStatus.CANCELLED
+    ckpts = Path(base.runs.dir(run.id)) / "checkpoints"
+    line = r.err.strip().splitlines()[-1]
+    assert line.startswith(f"interrupted after step 5 of 8; checkpoint saved: {ckpts}"), line

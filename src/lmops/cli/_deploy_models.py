@@ -69,24 +69,27 @@ def _work(what: str, output: str, bar: _Bar) -> Iterator[None]:
     removed, nothing is registered, the run is recorded CANCELLED), exit 130 or 143; typer
     alone would exit 130 without a word, and the default SIGTERM ended the process without
     one, its temporary folder left behind and its run RUNNING. A signal that comes once the
-    new version is registered (while temporary files are removed) says that version is kept."""
+    new version is registered (while temporary files are removed) says that version is kept.
+    Once stopping, further signals are ignored until the line is printed (``once``): the job's
+    cleanup and this report run whole instead of the process ending without a word."""
     before = _latest(output)
-    try:
-        with StopSignals(graceful=False):
+    with StopSignals(graceful=False, once=True) as stop:
+        try:
             yield
-    except KeyboardInterrupt as e:
-        signum = getattr(e, "signum", None) or signal.SIGINT  # StopSignals' says which
-        bar.close(stopped=True)
-        after = _latest(output)
-        if after is not None and after != before:
-            interrupted(f"interrupted {what} after registering {after}; it is kept", signum)
-        interrupted(
-            f"interrupted {what}{bar.where()}; nothing was written ({output} not registered)",
-            signum,
-        )
-    except BaseException:
-        bar.close(stopped=True)
-        raise
+        except KeyboardInterrupt as e:
+            stop.hold()  # (held already if ours raised it; a Ctrl-C from elsewhere too)
+            signum = getattr(e, "signum", None) or signal.SIGINT  # StopSignals' says which
+            bar.close(stopped=True)
+            after = _latest(output)
+            if after is not None and after != before:
+                interrupted(f"interrupted {what} after registering {after}; it is kept", signum)
+            interrupted(
+                f"interrupted {what}{bar.where()}; nothing was written ({output} not registered)",
+                signum,
+            )
+        except BaseException:
+            bar.close(stopped=True)
+            raise
 
 
 @app.command("export")

@@ -123,9 +123,14 @@ def run(
 
             result = run_training(spec, store, resume=resume, restart=restart, progress=not json_)
     except Interrupted as e:
-        again = ["lmops", "train", "run", str(config), *(overrides or [])]
-        again += [f"--nproc={nproc}"] if nproc > 1 else []
-        err_console.print(interrupted_line(e, spec.stage, again), markup=False, soft_wrap=True)
+        from lmops.core.signals import StopSignals
+
+        with StopSignals() as stopping:  # a further signal must not cut the line short
+            stopping.hold()
+            again = ["lmops", "train", "run", str(config), *(overrides or [])]
+            again += [f"--nproc={nproc}"] if nproc > 1 else []
+            line = interrupted_line(e, spec.stage, again)
+            err_console.print(line, markup=False, soft_wrap=True)
         raise typer.Exit(128 + e.signum) from None
     if json_:
         print_json(

@@ -35,23 +35,37 @@ class StopSignals:
     program is (SIGTERM too, so cleanup runs instead of the process vanishing). Handlers can only be installed in the
     main thread; elsewhere this does nothing and Python's defaults apply. A signal that is
     ignored (``nohup``, a background job of a script) stays ignored. The previous handlers
-    come back on exit."""
+    come back on exit.
+
+    Once a job is stopping, what follows (removing its temporary files, recording its run,
+    printing the line) must run whole: a further signal that ended the process there left the
+    files, the run RUNNING and no line. :meth:`hold` makes later signals no-ops until exit;
+    ``once=True`` holds as the stop at once is raised, so the cleanup in the job's own
+    ``finally`` blocks is covered too. Put that cleanup and the report inside the block."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, *, graceful: bool = True) -> None:
-        self.graceful = graceful
+    def __init__(self, *, graceful: bool = True, once: bool = False) -> None:
+        self.graceful, self.once = graceful, once
         self.signum: int | None = None
+        self.held = False
         self._previous: dict[int, Any] = {}
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
 
+    def hold(self) -> None:
+        """From now until exit, SIGINT and SIGTERM do nothing (the stop has begun)."""
+        self.held = True
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.held:
+            return
         first = self.signum is None
         self.signum = self.signum or signum
         if not (self.graceful and first):
+            self.held = self.once
             raise SignalInterrupt(self.signum)
 
     def __enter__(self) -> StopSignals:

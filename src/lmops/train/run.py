@@ -311,10 +311,11 @@ def run_training(
             store.runs.reopen(run_id)
     assert run_id is not None
     # SIGTERM ends the run like Ctrl-C (recorded, checkpoint named); the SFT/pretrain loop
-    # installs its own handlers, which stop between steps and save first.
-    stop = StopSignals(graceful=False)
-    try:
-        with stop:
+    # installs its own handlers, which stop between steps and save first. Once stopping, a
+    # further signal is ignored (hold) while the run is recorded CANCELLED: it ended the
+    # process there, leaving the run RUNNING and no line.
+    with StopSignals(graceful=False, once=True) as stop:
+        try:
             recorded = _recorded_inputs(spec, store, run_id) if dist.main else []
             result = _train(
                 spec,
@@ -330,29 +331,30 @@ def run_training(
                 counts=counts,
                 recorded=recorded,
             )
-    except KeyboardInterrupt as e:
-        if not isinstance(e, Interrupted):  # stopped outside the loop (loading, a TRL stage)
-            # or at once by a second signal inside a stage's own loop (reward, PPO, TRL's),
-            # whose StopSignals saw the first: the exception says which it was
-            ckpt = latest_checkpoint(Path(store.runs.dir(run_id)) / "checkpoints")
-            e = Interrupted(
-                checkpoint_step(ckpt) if ckpt else 0,
-                spec.train.max_steps,
-                ckpt,
-                signum=getattr(e, "signum", None) or stop.signum or signal.SIGINT,
-            )
-        if dist.main:
-            from lmops.store import RunStatus
+        except KeyboardInterrupt as e:
+            stop.hold()
+            if not isinstance(e, Interrupted):  # stopped outside the loop (loading, TRL)
+                # or at once by a second signal inside a stage's own loop (reward, PPO, TRL's),
+                # whose StopSignals saw the first: the exception says which it was
+                ckpt = latest_checkpoint(Path(store.runs.dir(run_id)) / "checkpoints")
+                e = Interrupted(
+                    checkpoint_step(ckpt) if ckpt else 0,
+                    spec.train.max_steps,
+                    ckpt,
+                    signum=getattr(e, "signum", None) or stop.signum or signal.SIGINT,
+                )
+            if dist.main:
+                from lmops.store import RunStatus
 
-            where = f"checkpoint at step {e.step}" if e.checkpoint else "no checkpoint"
-            store.runs.finish(run_id, RunStatus.CANCELLED, f"interrupted ({where})")
-        raise e from None
-    except BaseException as e:
-        if dist.main:
-            from lmops.store import RunStatus
+                where = f"checkpoint at step {e.step}" if e.checkpoint else "no checkpoint"
+                store.runs.finish(run_id, RunStatus.CANCELLED, f"interrupted ({where})")
+            raise e from None
+        except BaseException as e:
+            if dist.main:
+                from lmops.store import RunStatus
 
-            store.runs.finish(run_id, RunStatus.FAILED, f"{type(e).__name__}: {e}")
-        raise
+                store.runs.finish(run_id, RunStatus.FAILED, f"{type(e).__name__}: {e}")
+            raise
     if dist.main:
         store.runs.finish(run_id)
     return result
