@@ -48,3 +48,35 @@ def test_import_and_report_of_a_gguf_print_no_tqdm_bar(
     assert not [b for b in BAR if b in r.err], r.err
     assert json.loads(r.out)
     assert loader.tqdm is before  # put back: only lmops's loads are quieted
+
+
+def test_a_load_stopped_as_it_starts_puts_the_bar_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C right after the load was counted (as the lock is let go): the count is taken
+    back and transformers' tqdm restored, not left off for every later load in the process."""
+    import threading
+
+    import transformers.modeling_gguf_pytorch_utils as loader
+
+    from lmops.deploy import _gguf_dtype
+
+    class StoppedLock:
+        """A lock whose first release is followed by a Ctrl-C."""
+
+        def __init__(self) -> None:
+            self.lock, self.stopped = threading.Lock(), False
+
+        def __enter__(self) -> None:
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+            if not self.stopped:
+                self.stopped = True
+                raise KeyboardInterrupt
+
+    original = loader.tqdm
+    monkeypatch.setattr(_gguf_dtype, "_bar_lock", StoppedLock())
+    with pytest.raises(KeyboardInterrupt), _gguf_dtype.quiet_gguf_load():
+        pass
+    assert loader.tqdm is original
+    assert _gguf_dtype._bar_quieted["loads"] == 0

@@ -126,16 +126,19 @@ def quiet_gguf_load() -> Iterator[None]:
     off while any such load runs (a counter: loads in two threads put it back once)."""
     import transformers.modeling_gguf_pytorch_utils as loader
 
-    with _bar_lock:
-        if _bar_quieted["loads"] == 0:
-            _bar_quieted["tqdm"] = loader.tqdm
-            loader.tqdm = functools.partial(loader.tqdm, disable=True)
-        _bar_quieted["loads"] += 1
+    counted = False  # this load is in the count: the finally takes it out (and only then)
     try:
+        with _bar_lock:
+            if _bar_quieted["loads"] == 0:
+                _bar_quieted["tqdm"] = loader.tqdm
+                loader.tqdm = functools.partial(loader.tqdm, disable=True)
+            _bar_quieted["loads"] += 1
+            counted = True
         with quiet_packed_gguf_warning():
             yield
     finally:
-        with _bar_lock:
-            _bar_quieted["loads"] -= 1
-            if _bar_quieted["loads"] == 0:
-                loader.tqdm = _bar_quieted["tqdm"]
+        if counted:
+            with _bar_lock:
+                _bar_quieted["loads"] -= 1
+                if _bar_quieted["loads"] == 0:
+                    loader.tqdm = _bar_quieted["tqdm"]
