@@ -26,9 +26,12 @@ def _dtypes(folder: Path) -> set[str]:
     }
 
 
-def _adapter(store: Store, tmp_path: Path, base_ref: str, name: str) -> None:
-    """A LoRA adapter of ``base_ref`` with non-zero weights (so merging changes the base),
-    laid out as training writes one: adapter files, tokenizer, lmops_base.json."""
+def _adapter(
+    store: Store, tmp_path: Path, base_ref: str, name: str, *, std: float = 0.5, nan: bool = False
+) -> None:
+    """A LoRA adapter of ``base_ref`` with non-zero weights (so merging changes the base; a
+    NaN in one with ``nan``), laid out as training writes one: adapter files, tokenizer,
+    lmops_base.json."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -39,7 +42,9 @@ def _adapter(store: Store, tmp_path: Path, base_ref: str, name: str) -> None:
     peft = get_peft_model(model, lora)
     for n, p in peft.named_parameters():
         if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.5)
+            torch.nn.init.normal_(p, std=std)
+            if nan:
+                p.data[0, 0] = float("nan")
     out = tmp_path / name
     peft.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
@@ -127,3 +132,76 @@ def test_an_unknown_dtype_and_a_float16_overflow_are_refused(
     assert not store.assets.exists("ad-merged")
     assert cli("train", "merge", "ad").code == 0  # auto: the base's float32
     assert store.assets.resolve("ad-merged").metadata["dtype"] == "float32"
+
+
+def test_auto_merges_in_float32_when_the_float16_base_cannot_hold_the_merge(
+    store: Store, cli: Any, tmp_path: Path
+) -> None:
+    """A float16 base with weights at float16's edge and an adapter that pushes them past it:
+    ``auto`` merges in float32 instead (as ``assets import gguf`` does) and says why; an
+    explicit ``--dtype float16`` is refused."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    folder = make_model(tmp_path / "tiny", make_tokenizer(tmp_path / "tok"))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float16)
+    model.save_pretrained(str(folder))
+    weights_file = folder / "model.safetensors"
+    w = load_file(str(weights_file))
+    for k in w:
+        if "q_proj" in k:  # LoRA adds to it: past 65504 wherever its change is positive
+            w[k][:] = 65000.0
+    save_file(w, str(weights_file), metadata={"format": "pt"})
+    store.assets.register("model", "edge", folder)
+    _adapter(store, tmp_path, "edge:1", "ad", std=500.0)
+
+    r = cli("train", "merge", "ad", "--dtype", "float16")
+    assert r.code != 0 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "ad:1 in float16 left" in r.err and "--dtype float32 or bfloat16" in r.err, r.err
+    r = cli("train", "merge", "ad", "--output", "m")
+    assert r.code == 0, r.err
+    v = store.assets.resolve("m")
+    assert _dtypes(Path(store.assets.path(v.ref))) == {"float32"}
+    assert v.metadata["dtype"] == "float32"
+    assert v.metadata["dtype_from"] == "auto (the base's float16 cannot hold the merge)"
+    merged = load_file(str(next(Path(store.assets.path(v.ref)).glob("*.safetensors"))))
+    q = next(k for k in merged if "q_proj" in k)
+    assert merged[q].max() > 65504 and merged[q].isfinite().all()
+
+
+def test_nan_in_the_weights_is_not_blamed_on_float16(
+    store: Store, cli: Any, tmp_path: Path
+) -> None:
+    """An adapter with a NaN merged in float32: the line says the weights hold NaN/inf (no
+    dtype fixes that), not that float16's range was left."""
+    folder = make_model(tmp_path / "tiny", make_tokenizer(tmp_path / "tok"))
+    store.assets.register("model", "tiny", folder)
+    _adapter(store, tmp_path, "tiny:1", "ad", nan=True)
+    for asked in ([], ["--dtype", "bfloat16"]):
+        r = cli("train", "merge", "ad", *asked)
+        assert r.code != 0 and len(r.err.strip().splitlines()) == 1, r.err
+        saved = asked[1] if asked else "float32"
+        assert f"merging ad:1 in {saved}: " in r.err and "holds NaN or inf" in r.err, r.err
+        assert "range" not in r.err and "--dtype" not in r.err, r.err
+    assert not store.assets.exists("ad-merged")
+
+
+def test_a_pipeline_merge_step_takes_a_dtype(half: Store, tmp_path: Path) -> None:
+    import yaml
+
+    from lmops.core.errors import UserError
+    from lmops.pipelines import load_pipeline, run_pipeline
+
+    def pipeline(dtype: str) -> Path:
+        path = tmp_path / "pipeline.yaml"
+        step = {"type": "merge", "adapter": "ad", "output": "m32", "dtype": dtype}
+        path.write_text(yaml.safe_dump({"name": "p", "steps": {"merge": step}}))
+        return path
+
+    res = run_pipeline(load_pipeline(pipeline("float32")), half, progress=False)
+    assert res.ok, res.failed
+    v = half.assets.resolve("m32")
+    assert _dtypes(Path(half.assets.path(v.ref))) == {"float32"}
+    assert (v.metadata["dtype"], v.metadata["dtype_from"]) == ("float32", "--dtype")
+    with pytest.raises(UserError, match="dtype"):
+        load_pipeline(pipeline("float8"))

@@ -366,6 +366,8 @@ def _train(ctx: StepContext, p: TrainParams) -> StepOutput:
 class MergeParams(Params):
     adapter: str
     output: str | None = None
+    # what the merged weights are stored in, as `lmops train merge --dtype` (auto: the base's)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     def inputs(self) -> list[str]:
         return [self.adapter]
@@ -376,7 +378,7 @@ def _merge(ctx: StepContext, p: MergeParams) -> StepOutput:
     """Merge a LoRA adapter into its base and register the full model."""
     from lmops.train.run import merge_adapter
 
-    v = merge_adapter(ctx.store, p.adapter, p.output)
+    v = merge_adapter(ctx.store, p.adapter, p.output, dtype=p.dtype)
     return StepOutput({"output": v.ref}, {}, v.ref, v.run_id)
 
 

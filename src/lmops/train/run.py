@@ -667,6 +667,11 @@ def _model_card(
 MERGE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def _not_finite(model: Any) -> str | None:
+    """The first parameter of ``model`` holding a NaN or inf, or None."""
+    return next((n for n, p in model.named_parameters() if not p.isfinite().all()), None)
+
+
 def merge_adapter(
     store: Store, adapter_ref: str, output: str | None = None, *, dtype: str = "auto"
 ) -> Any:
@@ -674,8 +679,11 @@ def merge_adapter(
 
     ``dtype``: what the merged weights are computed and saved in; ``auto`` keeps the base's
     (a float16 base stays float16). The version's metadata says which (``dtype``,
-    ``dtype_from``) and the merge run's config records what was asked. A merge whose weights
-    leave float16's range (|w| > 65504, saved as inf) is refused before anything is written."""
+    ``dtype_from``) and the merge run's config records what was asked. A float16 merge whose
+    weights leave float16's range (|w| > 65504, inf once saved) is done again in float32 under
+    ``auto`` (as ``assets import gguf`` does; ``dtype_from`` says why) and refused under an
+    explicit ``--dtype float16``; weights that hold NaN/inf in any other dtype are refused
+    (the adapter or the base carries them). Nothing is written when refused."""
     import torch
     from transformers import AutoTokenizer
 
@@ -701,11 +709,22 @@ def merge_adapter(
         # "auto": the dtype the base's config names (transformers' own "auto")
         merged = load_merged(path, store=store, dtype=getattr(torch, dtype, "auto"))
         saved = str(merged.dtype).removeprefix("torch.")
-        bad = next((n for n, p in merged.named_parameters() if not p.isfinite().all()), None)
+        why = "--dtype" if dtype != "auto" else "auto (the base's)"
+        bad = _not_finite(merged)
+        if bad is not None and saved == "float16":
+            if dtype != "auto":
+                raise UserError(
+                    f"merging {v.ref} in float16 left {bad} beyond its range (|w| > 65504); "
+                    "merge with --dtype float32 or bfloat16"
+                )
+            del merged
+            merged = load_merged(path, store=store, dtype=torch.float32)
+            saved, why = "float32", "auto (the base's float16 cannot hold the merge)"
+            bad = _not_finite(merged)
         if bad is not None:
             raise UserError(
-                f"merging {v.ref} in {saved} left {bad} beyond its range (inf or nan); "
-                "merge with --dtype float32 or bfloat16"
+                f"merging {v.ref} in {saved}: {bad} holds NaN or inf, which no dtype fixes; "
+                "the adapter or its base carries them: retrain the adapter from a finite base"
             )
         out = Path(store.runs.dir(run.id)) / "output"
         merged.save_pretrained(str(out))
@@ -727,7 +746,7 @@ def merge_adapter(
                 **v.metadata,
                 "merged_from": v.ref,
                 "dtype": saved,  # what the weights are stored in, and why
-                "dtype_from": "--dtype" if dtype != "auto" else "auto (the base's)",
+                "dtype_from": why,
             },
             inputs=inputs,
             run_id=run.id,
