@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["common_window", "full_attention", "takes_4d_mask"]
+__all__ = ["common_window", "full_attention", "local_windows", "takes_4d_mask"]
 
 
 def full_attention(model: Any) -> bool:
@@ -49,6 +49,36 @@ def common_window(model: Any) -> int | None:
         return None
     window = windows.pop() if len(windows) == 1 else None
     return window if isinstance(window, int) and window >= 2 else None
+
+
+def local_windows(model: Any) -> list[int | None] | None:
+    """Per layer of ``model``, the window of a local layer (None for a global one), when
+    transformers' own cache for it mixes the two: layers that keep only their last
+    ``window - 1`` tokens (``DynamicSlidingWindowLayer``) and layers that keep them all
+    (``DynamicLayer``): Gemma 2/3, Qwen2 sliding above ``max_window_layers``. Such a model
+    builds the mask of each kind of layer from its cache layers' sizes (a local layer's
+    counts the tokens it has seen, its offset), so a batch cache of those layers, holding
+    the right columns and count, is read as the model's own cache is. None otherwise: full
+    attention, every layer sliding (:func:`common_window`), another kind of layer
+    (chunked, shared), or local layers the model windows itself (GPT-Neo's, from one mask
+    for every layer)."""
+    try:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # a config transformers makes no such cache for
+        return None
+    windows: list[int | None] = []
+    for layer in layers:
+        if type(layer) is DynamicSlidingWindowLayer and layer.sliding_window >= 2:
+            windows.append(int(layer.sliding_window))
+        elif type(layer) is DynamicLayer:
+            windows.append(None)
+        else:
+            return None
+    mixed = any(w is None for w in windows) and any(w is not None for w in windows)
+    return windows if mixed else None
 
 
 def takes_4d_mask(model: Any) -> bool:

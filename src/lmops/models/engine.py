@@ -30,15 +30,14 @@ Sliding-window models (Mistral; Qwen2 with ``use_sliding_window``; Gemma 2/3, wh
 global layers alternate; ``models/attention.py``): transformers' masks count a window in cache
 columns, which is each row's own tokens as long as a row's tokens are contiguous, as left
 padding, joins (both sides padded on the left) and decode steps keep them. So these models
-batch as they run alone (``tests/models/test_window.py``), on two conditions the engine keeps:
-every layer's cache holds every column of the mask (the prefill hands them a plain cache, not
-the model's own, whose sliding layers keep only their window and an offset the batch cache
-would lose), and no row has a hole: prefix sharing and the cached few-shot prefix are off for
-them. Where every layer slides over the same window, the batch cache keeps only its last
-``window - 1`` columns (what transformers' sliding cache keeps), so a step reads no more than
-the window whatever the length. Models mixing local and global layers (Gemma 2/3) keep every
-column in their local layers too: memory and step cost grow as a full-attention model's do
-(trimming only those layers needs per-layer masks, which transformers' Gemma forward accepts).
+batch as they run alone (``tests/models/test_window.py``), with no row holding a hole (prefix
+sharing and the cached few-shot prefix are off for them). Where every layer slides over one
+window, the batch cache keeps only its last ``window - 1`` columns (``_trim_window``; the
+prefill hands the model a plain cache, every column in every layer). Where local and global
+layers mix (Gemma 2/3), the local layers alone keep their last ``window - 1`` columns, laid out
+as transformers' own cache lays them (``_fit_local``), from which the model builds each kind of
+layer's mask; memory and step cost then grow only in the global layers. GPT-Neo, whose layers
+window themselves from one mask for all, keeps every column.
 
 Next tokens are picked for the whole batch at once (greedy rows by argmax, sampled rows by
 temperature and top-p, each from its own seeded random stream).
@@ -71,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
-from lmops.models.attention import common_window, full_attention, takes_4d_mask
+from lmops.models.attention import common_window, full_attention, local_windows, takes_4d_mask
 from lmops.models.chat import Literals
 from lmops.models.compat import cache_arg, output_cache
 from lmops.models.logits import adjust_rows
@@ -195,13 +194,16 @@ class Engine:
             else {}
         )
         full = full_attention(self.model)
+        # local layers (their window) mixed with global ones (None): the batch cache is
+        # laid out as the model's own (_fit_local), which the prefill lets it make
+        self._local = local_windows(self.model)
         self._prefiller = Prefiller(
             self.model,
             self.device,
             self._pad_id,
             self._cache_arg,
             self._last_logits,
-            whole_cache=not full,
+            whole_cache=not full and self._local is None,
         )
         # where every layer slides over the same window, the columns before a row's last
         # window - 1 are never read again: the batch cache keeps only those (_trim_window)
@@ -555,27 +557,51 @@ class Engine:
 
         position = torch.tensor([[n] for n in lengths], device=self.device)
         length = mask.shape[1]
+        windows = self._local or [None] * len(layers)
         if self._cache is None:
-            # plain DynamicLayers whose tensors _join and _drop_finished may replace
-            self._cache = DynamicCache(ddp_cache_data=layers)
+            # DynamicLayers (and a mixed model's DynamicSlidingWindowLayers) whose tensors
+            # _join and _drop_finished may replace
+            self._cache = DynamicCache(
+                ddp_cache_data=[
+                    (k, v) if w is None else (k, v, torch.tensor(w))
+                    for (k, v), w in zip(layers, windows, strict=True)
+                ]
+            )
             self._mask, self._positions = mask, position
         else:
             t_old, t_new = self._mask.shape[1], length
             t = max(t_old, t_new)
-            # pad (…, T, D) tensors on the left of the T dimension
             pad_old, pad_new = t - t_old, t - t_new
-            for layer, (k1, v1) in zip(self._cache.layers, layers, strict=True):
+            for layer, (k1, v1), w in zip(self._cache.layers, layers, windows, strict=True):
+                # pad (…, T, D) tensors on the left of the T dimension to the layer's width:
+                # t columns, a local layer's last min(t, window - 1)
+                width = t if w is None else min(t, w - 1)
                 k0, v0 = layer.keys, layer.values
-                layer.keys = torch.cat(
-                    [F.pad(k0, (0, 0, pad_old, 0)), F.pad(k1, (0, 0, pad_new, 0))], 0
-                )
+                pad0, pad1 = width - k0.shape[2], width - k1.shape[2]
+                layer.keys = torch.cat([F.pad(k0, (0, 0, pad0, 0)), F.pad(k1, (0, 0, pad1, 0))], 0)
                 layer.values = torch.cat(
-                    [F.pad(v0, (0, 0, pad_old, 0)), F.pad(v1, (0, 0, pad_new, 0))], 0
+                    [F.pad(v0, (0, 0, pad0, 0)), F.pad(v1, (0, 0, pad1, 0))], 0
                 )
             self._mask = torch.cat([F.pad(self._mask, (pad_old, 0)), F.pad(mask, (pad_new, 0))], 0)
             self._positions = torch.cat([self._positions, position], 0)
         self._running.extend(seqs)
         self._trim_window()
+        self._fit_local()
+
+    def _fit_local(self) -> None:
+        """Lay a mixed model's local layers out as its own cache does for the mask's T
+        columns: the last min(T, window - 1), T seen. The model then masks a local layer
+        with the (rows, T + 1) mask's last ``window`` columns, the same tokens back in
+        every row (contiguous to its last column), and the layer keeps its last
+        ``window - 1`` after each step."""
+        if self._local is None:
+            return
+        t = self._mask.shape[1]
+        for layer, w in zip(self._cache.layers, self._local, strict=True):
+            if w is not None:
+                keep = min(t, w - 1)
+                layer.keys, layer.values = layer.keys[:, :, -keep:], layer.values[:, :, -keep:]
+                layer.cumulative_length = t
 
     def _trim_window(self) -> None:
         """Keep the batch cache's last ``window - 1`` columns where every layer slides
@@ -756,8 +782,11 @@ class Engine:
         # drop leading columns that are padding for every remaining row
         first = int(self._mask.any(0).nonzero()[0])
         self._mask = self._mask[:, first:]
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)[:, :, first:]
-            layer.values = layer.values.index_select(0, idx)[:, :, first:]
+        for i, layer in enumerate(self._cache.layers):
+            # a local layer's columns are the mask's last ones: _fit_local cuts them
+            cols = slice(None) if self._local and self._local[i] else slice(first, None)
+            layer.keys = layer.keys.index_select(0, idx)[:, :, cols]
+            layer.values = layer.values.index_select(0, idx)[:, :, cols]
         self._running = [self._running[i] for i in keep]
         self._positions = self._positions.index_select(0, idx)
+        self._fit_local()

@@ -65,9 +65,10 @@ class Prefiller:
     ``whole_cache``: hand the model an empty plain ``DynamicCache`` so that every layer
     keeps the keys and values of every column. A model with sliding-window layers would
     otherwise make its own cache, whose sliding layers keep only their last
-    ``window - 1`` columns and remember the offset themselves; the engine rebuilds the
-    batch cache from the tensors alone (``DynamicCache(ddp_cache_data=...)``), and the
-    (rows, T) mask of T columns would then describe a cache of fewer."""
+    ``window - 1`` columns and remember the offset themselves: what the engine wants for
+    a model mixing local and global layers (it lays its batch cache out the same way),
+    not where it keeps every layer plain (every layer sliding, whose batch cache it trims
+    itself; GPT-Neo), whose (rows, T) mask of T columns would then describe fewer."""
 
     def __init__(
         self,
