@@ -116,8 +116,10 @@ def request(i: int, ids: list[int], **kw: Any) -> GenRequest:
     return GenRequest(f"r{i}", prompt_ids=ids, max_tokens=NEW, temperature=0.0, logprobs=True, **kw)
 
 
-def assert_as_alone(hf: Any, ids: list[int], tokens: list[int], lps: list[float]) -> None:
-    assert tokens == greedy(hf, ids)
+def assert_as_alone(
+    hf: Any, ids: list[int], tokens: list[int], lps: list[float], n: int = NEW
+) -> None:
+    assert tokens == greedy(hf, ids, n)
     # each generated token's logprob: a forward pass of the prompt and the tokens before it
     assert lps == pytest.approx(logprobs_alone(hf, ids + tokens)[len(ids) - 1 :], abs=1e-4)
 
@@ -178,7 +180,7 @@ def test_a_request_joining_a_running_batch_generates_as_alone(
         engine.close()
 
 
-@pytest.mark.parametrize("name", ["mistral", "gemma2"])
+@pytest.mark.parametrize("name", ["mistral", "gemma2", "qwen2"])
 def test_scored_prompts_score_as_alone_and_go_on(
     folders: dict[str, Path], models: dict[str, Any], name: str
 ) -> None:
@@ -264,9 +266,8 @@ def test_a_model_whose_every_layer_slides_keeps_only_its_window(
 ) -> None:
     """Mistral's layers all read the last 16 tokens: the batch cache keeps 15 columns
     (what transformers' sliding-window cache keeps), so a decode step's mask is 16 wide
-    however long the prompts; Gemma 3's global layers read everything, so its batch cache is
-    wider than the window (today it keeps every column; trimming only its local layers would
-    still pass)."""
+    however long the prompts; Gemma 3's global layers read everything, so its mask is as
+    wide as the batch (its local layers keep their window: the test below)."""
     widths: dict[str, set[int]] = {}
     for name in ("mistral", "gemma3"):
         engine = Engine(folders[name], max_running=8)
@@ -285,3 +286,84 @@ def test_a_model_whose_every_layer_slides_keeps_only_its_window(
             engine.close()
     assert widths["mistral"] == {16}
     assert max(widths["gemma3"]) > 16
+
+
+def top_alone(hf: Any, ids: list[int], k: int) -> list[list[float]]:
+    """The ``k`` largest logprobs at each position from the last of ``ids``'s first token
+    on, one forward pass of ``ids`` alone, most likely first."""
+    import torch
+
+    with torch.no_grad():
+        lp = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), -1)
+    return [row.topk(k).values.tolist() for row in lp]
+
+
+LOCAL = {"qwen2": [None, 8], "gemma2": [8, None], "gemma3": [8, None]}  # per layer
+
+
+@pytest.mark.parametrize("name", sorted(LOCAL))
+def test_local_layers_keep_only_their_window_through_joins_and_early_ends(
+    folders: dict[str, Path], models: dict[str, Any], name: str
+) -> None:
+    """Local and global layers mixed: an 80-token prompt decodes; after its sixth token,
+    prompts of 60, 5 and 70 tokens join wanting 4, 24 and 12 tokens, so rows end at
+    different steps (the batch loses rows, then leading columns). Every row generates what
+    it generates alone, with its ``top_logprobs``; and at every decode step each local
+    layer holds the last min(T, window - 1) of the mask's T columns (what transformers'
+    own cache keeps), each global layer all T."""
+    engine = Engine(folders[name], max_running=8)
+    windows = LOCAL[name]
+    assert engine._local == windows
+    seen: list[tuple[int, list[int]]] = []  # (T, each layer's cached columns) per step
+    forward = engine.model.forward
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        if kw["input_ids"].shape[1] == 1:  # a decode step: the mask is (rows, T + 1)
+            cache = kw[engine._cache_arg]
+            widths = [layer.keys.shape[2] for layer in cache.layers]
+            seen.append((kw["attention_mask"].shape[-1] - 1, widths))
+        return forward(*args, **kw)
+
+    engine.model.forward = spy
+    try:
+        engine.eos_ids = set()
+        first, *later = prompts((80, 60, 5, 70), seed=11)
+        wants = [NEW, 4, NEW, 12]
+
+        def req(i: int, ids: list[int]) -> GenRequest:
+            r = request(i, ids, top_logprobs=3)
+            r.max_tokens = wants[i]
+            return r
+
+        async def main() -> list[list[Delta | Done]]:
+            got: list[Delta | Done] = []
+            events = engine.submit(req(0, first))
+            async for batch in events:
+                got += batch
+                if sum(isinstance(e, Delta) for e in got) >= 6:
+                    break
+            joined = engine.submit_all([req(i + 1, p) for i, p in enumerate(later)])
+            async for batch in events:
+                got += batch
+
+            async def drain(ev: Any) -> list[Delta | Done]:
+                return [e async for b in ev for e in b]
+
+            return [got, *await asyncio.gather(*(drain(e) for e in joined))]
+
+        results = asyncio.run(main())
+    finally:
+        engine.close()
+    hf = models[name]
+    for ids, events, n in zip([first, *later], results, wants, strict=True):
+        tokens, lps = generated(events)
+        assert_as_alone(hf, ids, tokens, lps, n)
+        entries = [e.logprobs for e in events if isinstance(e, Delta) and e.logprobs]
+        tops = [[t.logprob for t in entry.top_logprobs] for entry in entries]
+        want = top_alone(hf, ids + tokens, 3)[len(ids) - 1 : -1]
+        assert len(tops) == n and all(
+            got == pytest.approx(w, abs=1e-4) for got, w in zip(tops, want, strict=True)
+        )
+    assert max(t for t, _ in seen) > 80  # the batch ran far past the window
+    for t, widths in seen:
+        assert widths == [t if w is None else min(t, w - 1) for w in windows], (t, widths)
