@@ -367,3 +367,85 @@ def test_local_layers_keep_only_their_window_through_joins_and_early_ends(
     assert max(t for t, _ in seen) > 80  # the batch ran far past the window
     for t, widths in seen:
         assert widths == [t if w is None else min(t, w - 1) for w in windows], (t, widths)
+
+
+def greedy_uncached(hf: Any, ids: list[int], n: int = NEW) -> list[int]:
+    """Greedy tokens for ``ids`` alone, each from a forward pass of everything before it
+    (no cache: for a model whose own cache its masks do not fit)."""
+    import torch
+
+    out = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            out.append(int(hf(torch.tensor([out])).logits[0, -1].argmax()))
+    return out[len(ids) :]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_model_whose_local_masks_ignore_the_cache_keeps_every_column(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: Any, attn: str
+) -> None:
+    """A Gemma 3 whose local layers' mask spans every column of the 2D mask, windowed by
+    position (as a model that builds it without the cache's mask sizes does): a cache
+    trimmed to the window no longer fits it: with sdpa the shapes differ (an error), with
+    an eager attention that cuts the mask to the keys' width (as transformers' eager code
+    once did) it masks the wrong columns, silently. The engine's one-time check sees both,
+    keeps every column in those layers, says so once, and each prompt generates as alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.masking_utils import create_causal_mask, sliding_window_overlay
+    from transformers.models.gemma3 import modeling_gemma3
+
+    def full_width(**kw: Any) -> Any:  # sized from the first global layer's cache
+        overlay = sliding_window_overlay(kw["config"].sliding_window)
+        return create_causal_mask(**kw, and_mask_function=overlay)
+
+    monkeypatch.setattr(modeling_gemma3, "create_sliding_window_causal_mask", full_width)
+    eager = modeling_gemma3.eager_attention_forward
+
+    def cut(module: Any, query: Any, key: Any, value: Any, mask: Any, **kw: Any) -> Any:
+        mask = None if mask is None else mask[:, :, :, : key.shape[-2]]
+        return eager(module, query, key, value, mask, **kw)
+
+    monkeypatch.setattr(modeling_gemma3, "eager_attention_forward", cut)
+    folder = str(folders["gemma3"])
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attn).eval()
+    loaded = (hf, AutoTokenizer.from_pretrained(folder))
+    with caplog.at_level("WARNING", logger="lmops.serve"):
+        engine = Engine(folders["gemma3"], max_running=8, device="cpu", loaded=loaded)
+    try:
+        assert engine._local is None
+        assert [r.message for r in caplog.records].count(
+            "Gemma3ForCausalLM: its local layers' masks do not follow a cache trimmed to "
+            "their window; they keep every column"
+        ) == 1
+        engine.eos_ids = set()
+        batch = prompts((80, 60, 5), seed=12)
+        got = together(engine, [request(i, p) for i, p in enumerate(batch)])
+        for ids, events in zip(batch, got, strict=True):
+            tokens, lps = generated(events)
+            assert tokens == greedy_uncached(hf, ids)
+            want = logprobs_alone(hf, ids + tokens)[len(ids) - 1 :]
+            assert lps == pytest.approx(want, abs=1e-4)
+    finally:
+        engine.close()
+
+
+def test_local_layers_are_kept_whole_where_the_cache_counts_seen_tokens_elsewhere(
+    models: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine sets a trimmed local layer's count of tokens seen where transformers 5.x
+    keeps it (``cumulative_length``, ``lmops.models.compat``): a transformers whose
+    sliding-window layer keeps it under another name gets no trimmed local layers."""
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    from lmops.models.attention import local_windows
+
+    assert local_windows(models["gemma3"]) == [8, None]
+    init = DynamicSlidingWindowLayer.__init__
+
+    def renamed(self: Any, *args: Any, **kw: Any) -> None:
+        init(self, *args, **kw)
+        self.seen_tokens = self.__dict__.pop("cumulative_length")
+
+    monkeypatch.setattr(DynamicSlidingWindowLayer, "__init__", renamed)
+    assert local_windows(models["gemma3"]) is None

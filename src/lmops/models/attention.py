@@ -5,13 +5,27 @@ layers), which decides how the engine may lay out its batch cache (``models/engi
 
 A window is counted in cache columns by transformers' masks: exact for a row whose tokens
 are contiguous (left padding, then the prompt and what it generated), wrong for a row with
-padding in the middle (a shared prefix, then its rest)."""
+padding in the middle (a shared prefix, then its rest).
+
+For a model mixing local and global layers, the layout of a batch cache whose local layers
+keep only their window (:func:`fit_local`) and the one-time check that the model reads it
+as it reads a cache with every column (:func:`trims_exactly`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["common_window", "full_attention", "local_windows", "takes_4d_mask"]
+from lmops.models.compat import counts_seen, output_cache, set_seen
+
+__all__ = [
+    "common_window",
+    "fit_local",
+    "full_attention",
+    "local_cache",
+    "local_windows",
+    "takes_4d_mask",
+    "trims_exactly",
+]
 
 
 def full_attention(model: Any) -> bool:
@@ -60,8 +74,10 @@ def local_windows(model: Any) -> list[int | None] | None:
     counts the tokens it has seen, its offset), so a batch cache of those layers, holding
     the right columns and count, is read as the model's own cache is. None otherwise: full
     attention, every layer sliding (:func:`common_window`), another kind of layer
-    (chunked, shared), or local layers the model windows itself (GPT-Neo's, from one mask
-    for every layer)."""
+    (chunked, shared), local layers the model windows itself (GPT-Neo's, from one mask
+    for every layer), or a transformers whose local layers keep their count of tokens
+    seen where :func:`lmops.models.compat.set_seen` cannot set it. The model's masks are
+    not read here: :func:`trims_exactly` checks them."""
     try:
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
@@ -71,7 +87,11 @@ def local_windows(model: Any) -> list[int | None] | None:
         return None
     windows: list[int | None] = []
     for layer in layers:
-        if type(layer) is DynamicSlidingWindowLayer and layer.sliding_window >= 2:
+        if (
+            type(layer) is DynamicSlidingWindowLayer
+            and layer.sliding_window >= 2
+            and counts_seen(layer)
+        ):
             windows.append(int(layer.sliding_window))
         elif type(layer) is DynamicLayer:
             windows.append(None)
@@ -79,6 +99,81 @@ def local_windows(model: Any) -> list[int | None] | None:
             return None
     mixed = any(w is None for w in windows) and any(w is not None for w in windows)
     return windows if mixed else None
+
+
+def fit_local(cache: Any, windows: list[int | None], t: int) -> None:
+    """Lay the local layers of ``cache`` (a batch cache of (rows, kv_heads, columns,
+    head_dim) layers, local ones transformers' sliding-window layers; ``windows`` as
+    :func:`local_windows` gives them) out as the model's own cache does after ``t``
+    tokens: the last min(t, window - 1) of the mask's t columns, t seen. The model then
+    masks a local layer with the (rows, t + 1) mask's last ``window`` columns, the same
+    tokens back in every row (contiguous to its last column), and the layer keeps its last
+    ``window - 1`` after each step."""
+    for layer, w in zip(cache.layers, windows, strict=True):
+        if w is not None:
+            keep = min(t, w - 1)
+            layer.keys, layer.values = layer.keys[:, :, -keep:], layer.values[:, :, -keep:]
+            set_seen(layer, t)
+
+
+def local_cache(layers: list[tuple[Any, Any]], windows: list[int | None]) -> Any:
+    """A ``DynamicCache`` of ``layers`` (keys, values): a sliding-window layer where
+    ``windows`` gives a window, a plain one (every column) where it gives None."""
+    import torch
+    from transformers import DynamicCache
+
+    return DynamicCache(
+        ddp_cache_data=[
+            (k, v) if w is None else (k, v, torch.tensor(w))
+            for (k, v), w in zip(layers, windows, strict=True)
+        ]
+    )
+
+
+def trims_exactly(model: Any, windows: list[int | None], cache_arg: str, pad_id: int) -> bool:
+    """Whether ``model`` decodes from a batch cache whose local layers keep only their
+    window (:func:`fit_local`) what it decodes from one keeping every column: checked
+    once, on two rows (one left-padded) of the largest window + 2 tokens, then two decode
+    steps. True only where the model sizes each local layer's mask from its cache layer
+    (transformers' ``create_sliding_window_causal_mask`` and ``get_mask_sizes``); a model
+    building its local masks otherwise (from the 2D mask's full width, say) fails it, and
+    so does one that cannot run it (a window past its positions)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import DynamicCache
+
+    n = max(w or 0 for w in windows) + 2
+    if n + 2 > int(getattr(model.config, "max_position_embeddings", 0) or n + 2):
+        return False
+    param = next(model.parameters())
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    vocab = vocab or model.get_input_embeddings().num_embeddings
+    ids = (torch.arange(2 * n, device=param.device).view(2, n) * 7 + 3) % vocab
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, :3] = False
+    ids[1, :3] = pad_id % vocab
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    runs = []
+    try:
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                        use_cache=True, **{cache_arg: DynamicCache()})  # fmt: skip
+            layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
+            for trim in (False, True):
+                cache = local_cache(layers, windows if trim else [None] * len(windows))
+                if trim:
+                    fit_local(cache, windows, n)
+                step, pos, logits = mask, positions[:, -1:], []
+                for i in range(2):  # the second step reads what the first one kept
+                    step, pos = F.pad(step, (0, 1), value=True), pos + 1
+                    lg = model(input_ids=(ids[:, -1:] + i) % vocab, attention_mask=step,
+                               position_ids=pos, use_cache=True, **{cache_arg: cache}).logits  # fmt: skip
+                    logits.append(lg[:, -1].float().log_softmax(-1))
+                runs.append(torch.stack(logits))
+    except Exception:  # a mask as wide as every column, against a trimmed layer
+        return False
+    tol = 1e-3 if param.dtype == torch.float32 else 2e-2
+    return bool(torch.allclose(runs[0], runs[1], rtol=tol, atol=tol))
 
 
 def takes_4d_mask(model: Any) -> bool:

@@ -37,7 +37,8 @@ prefill hands the model a plain cache, every column in every layer). Where local
 layers mix (Gemma 2/3), the local layers alone keep their last ``window - 1`` columns, laid out
 as transformers' own cache lays them (``_fit_local``), from which the model builds each kind of
 layer's mask; memory and step cost then grow only in the global layers. GPT-Neo, whose layers
-window themselves from one mask for all, keeps every column.
+window themselves from one mask for all, keeps every column, and so does a model that fails a
+one-time check that it decodes from the trimmed cache as from a whole one (``trims_exactly``).
 
 Next tokens are picked for the whole batch at once (greedy rows by argmax, sampled rows by
 temperature and top-p, each from its own seeded random stream).
@@ -70,7 +71,15 @@ from pathlib import Path
 from typing import Any
 
 from lmops.core.errors import UserError
-from lmops.models.attention import common_window, full_attention, local_windows, takes_4d_mask
+from lmops.models.attention import (
+    common_window,
+    fit_local,
+    full_attention,
+    local_cache,
+    local_windows,
+    takes_4d_mask,
+    trims_exactly,
+)
 from lmops.models.chat import Literals
 from lmops.models.compat import cache_arg, output_cache
 from lmops.models.logits import adjust_rows
@@ -182,8 +191,8 @@ class Engine:
         # cache_prefix's (token ids, their per-layer keys/values once computed), replaced
         # whole so the worker never sees the ids of one prefix with the cache of another
         self._prefix: tuple[tuple[int, ...], list[tuple[Any, Any]] | None] | None = None
-        pad_id = self.tokenizer.pad_token_id
-        self._pad_id = pad_id if isinstance(pad_id, int) and pad_id >= 0 else 0
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = pad = pad if isinstance(pad, int) and pad >= 0 else 0
         self._cache_arg = cache_arg(self.model)
         self._mask_4d = takes_4d_mask(self.model) and self._same_with_4d_mask()
         # logits for the last position only (the prefill's logits would otherwise be
@@ -195,8 +204,16 @@ class Engine:
         )
         full = full_attention(self.model)
         # local layers (their window) mixed with global ones (None): the batch cache is
-        # laid out as the model's own (_fit_local), which the prefill lets it make
+        # laid out as the model's own (_fit_local), which the prefill lets it make, where
+        # the model masks it as it masks every column (checked once); else it keeps them all
         self._local = local_windows(self.model)
+        if self._local and not trims_exactly(self.model, self._local, self._cache_arg, pad):
+            logging.getLogger("lmops.serve").warning(
+                "%s: its local layers' masks do not follow a cache trimmed to their window; "
+                "they keep every column",
+                type(self.model).__name__,
+            )
+            self._local = None
         self._prefiller = Prefiller(
             self.model,
             self.device,
@@ -553,7 +570,6 @@ class Engine:
         shape (len(seqs), T)) to the left-padded batch cache."""
         import torch
         import torch.nn.functional as F
-        from transformers import DynamicCache
 
         position = torch.tensor([[n] for n in lengths], device=self.device)
         length = mask.shape[1]
@@ -561,12 +577,7 @@ class Engine:
         if self._cache is None:
             # DynamicLayers (and a mixed model's DynamicSlidingWindowLayers) whose tensors
             # _join and _drop_finished may replace
-            self._cache = DynamicCache(
-                ddp_cache_data=[
-                    (k, v) if w is None else (k, v, torch.tensor(w))
-                    for (k, v), w in zip(layers, windows, strict=True)
-                ]
-            )
+            self._cache = local_cache(layers, windows)
             self._mask, self._positions = mask, position
         else:
             t_old, t_new = self._mask.shape[1], length
@@ -590,18 +601,9 @@ class Engine:
 
     def _fit_local(self) -> None:
         """Lay a mixed model's local layers out as its own cache does for the mask's T
-        columns: the last min(T, window - 1), T seen. The model then masks a local layer
-        with the (rows, T + 1) mask's last ``window`` columns, the same tokens back in
-        every row (contiguous to its last column), and the layer keeps its last
-        ``window - 1`` after each step."""
-        if self._local is None:
-            return
-        t = self._mask.shape[1]
-        for layer, w in zip(self._cache.layers, self._local, strict=True):
-            if w is not None:
-                keep = min(t, w - 1)
-                layer.keys, layer.values = layer.keys[:, :, -keep:], layer.values[:, :, -keep:]
-                layer.cumulative_length = t
+        columns (:func:`lmops.models.attention.fit_local`)."""
+        if self._local is not None:
+            fit_local(self._cache, self._local, self._mask.shape[1])
 
     def _trim_window(self) -> None:
         """Keep the batch cache's last ``window - 1`` columns where every layer slides
