@@ -441,6 +441,79 @@ def test_a_model_whose_local_masks_ignore_the_cache_keeps_every_column(
         engine.close()
 
 
+def counted_checks(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What each run of the engine's start-up check (``trims_exactly``) answered."""
+    from lmops.models import attention
+
+    runs: list[bool] = []
+    check = attention.trims_exactly
+
+    def counted(*args: Any, **kw: Any) -> bool:
+        runs.append(check(*args, **kw))
+        return runs[-1]
+
+    monkeypatch.setattr(attention, "trims_exactly", counted)
+    return runs
+
+
+@pytest.mark.parametrize("name", sorted(LOCAL))
+def test_transformers_own_mixed_models_trim_their_local_layers_unchecked(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """transformers' own Gemma 2/3 and Qwen2 mask their local layers with
+    ``create_sliding_window_causal_mask`` (sized from the cache layer): the engine trims
+    them with no start-up check (which for a real window, Gemma 2's 4096, would prefill two
+    rows of 4098 tokens at every start). Where that is not known, the check runs once and
+    passes: the layout the engine trusts is the one the check accepts."""
+    from lmops.models import attention
+
+    runs = counted_checks(monkeypatch)
+    engine = Engine(folders[name], max_running=8)
+    engine.close()
+    assert runs == [] and engine._local == LOCAL[name]
+    monkeypatch.setattr(attention, "masks_local_layers_from_cache", lambda model: False)
+    engine = Engine(folders[name], max_running=8)
+    engine.close()
+    assert runs == [True] and engine._local == LOCAL[name]
+
+
+def test_a_large_window_model_not_transformers_own_keeps_every_column_unchecked(
+    folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """A Gemma 3 whose class is not transformers' own (as remote code's is), with a window
+    of 260: the check would prefill two rows of 262 tokens, past the bound of 256, so it
+    does not run; the local layers keep every column (correct, not trimmed), said once,
+    and prompts longer and shorter than the window generate as alone."""
+    import torch
+    import transformers as T
+
+    class Gemma3Elsewhere(T.Gemma3ForCausalLM):
+        pass
+
+    tok = T.AutoTokenizer.from_pretrained(str(folders["gemma3"]))
+    shape = {**tiny_shape(tok), "max_position_embeddings": 512}
+    cfg = T.Gemma3TextConfig(**shape, head_dim=16, sliding_window=260, sliding_window_pattern=2)
+    torch.manual_seed(5)
+    hf = Gemma3Elsewhere(cfg).eval()
+    runs = counted_checks(monkeypatch)
+    with caplog.at_level("WARNING", logger="lmops.serve"):
+        engine = Engine(folders["gemma3"], max_running=8, device="cpu", loaded=(hf, tok))
+    try:
+        assert runs == [] and engine._local is None
+        assert [r.message for r in caplog.records].count(
+            "Gemma3Elsewhere: its local layers' masks are not transformers' own, and their "
+            "window (260) is too large to check at start-up (262 tokens a row, over 256); "
+            "they keep every column"
+        ) == 1
+        engine.eos_ids = set()
+        batch = prompts((300, 20), seed=13)
+        got = together(engine, [request(i, p) for i, p in enumerate(batch)])
+        for ids, events in zip(batch, got, strict=True):
+            assert_as_alone(hf, ids, *generated(events))
+    finally:
+        engine.close()
+
+
 def test_local_layers_are_kept_whole_where_the_cache_counts_seen_tokens_elsewhere(
     models: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

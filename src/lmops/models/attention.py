@@ -8,11 +8,17 @@ are contiguous (left padding, then the prompt and what it generated), wrong for 
 padding in the middle (a shared prefix, then its rest).
 
 For a model mixing local and global layers, the layout of a batch cache whose local layers
-keep only their window (:func:`fit_local`) and the one-time check that the model reads it
-as it reads a cache with every column (:func:`trims_exactly`)."""
+keep only their window (:func:`fit_local`), and whether the model reads it as it reads a
+cache with every column (:func:`untrimmable`): trusted for transformers' own models that
+mask their local layers with ``create_sliding_window_causal_mask``
+(:func:`masks_local_layers_from_cache`), checked once on other models
+(:func:`trims_exactly`) where the window is small enough for that to be cheap."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import sys
 from typing import Any
 
 from lmops.models.compat import counts_seen, output_cache, set_seen
@@ -23,9 +29,15 @@ __all__ = [
     "full_attention",
     "local_cache",
     "local_windows",
+    "masks_local_layers_from_cache",
     "takes_4d_mask",
     "trims_exactly",
+    "untrimmable",
 ]
+
+# the most tokens (largest window + 2) :func:`trims_exactly` runs on at start-up: two rows
+# of that many prefilled, then two decode steps; a larger window keeps every column
+CHECK_MAX_TOKENS = 256
 
 
 def full_attention(model: Any) -> bool:
@@ -174,6 +186,64 @@ def trims_exactly(model: Any, windows: list[int | None], cache_arg: str, pad_id:
         return False
     tol = 1e-3 if param.dtype == torch.float32 else 2e-2
     return bool(torch.allclose(runs[0], runs[1], rtol=tol, atol=tol))
+
+
+@functools.cache
+def _calls_sliding_mask(module: str) -> bool:
+    """Whether ``module`` is one of transformers' own modeling modules
+    (``transformers.models.*``) whose source calls ``create_sliding_window_causal_mask``:
+    read once per module."""
+    if not module.startswith("transformers.models."):
+        return False
+    try:
+        source = inspect.getsource(sys.modules[module])
+    except (KeyError, OSError, TypeError):
+        return False
+    return "create_sliding_window_causal_mask(" in source
+
+
+def masks_local_layers_from_cache(model: Any) -> bool:
+    """Whether ``model`` (its class and its base model's) is transformers' own and builds
+    its local layers' masks with transformers' ``create_sliding_window_causal_mask``, which
+    sizes each from its cache layer (``get_mask_sizes``), so a cache whose local layers
+    keep only their window is masked as the model's own cache is, with no check run. The
+    modules' source is read once per module; the function they hold is looked at each time,
+    so a module whose mask function was replaced (patched) is not trusted. False for
+    remote code (``trust_remote_code``) and for transformers models building their local
+    masks otherwise (ModernBERT, EXAONE 4.5, ...)."""
+    from transformers import masking_utils
+
+    real = masking_utils.create_sliding_window_causal_mask
+    for cls in {type(model), type(getattr(model, "base_model", model))}:
+        if not _calls_sliding_mask(cls.__module__):
+            return False
+        if (
+            getattr(sys.modules[cls.__module__], "create_sliding_window_causal_mask", None)
+            is not real
+        ):
+            return False
+    return True
+
+
+def untrimmable(model: Any, windows: list[int | None], cache_arg: str, pad_id: int) -> str:
+    """Why the local layers of ``model`` (``windows`` as :func:`local_windows` gives them)
+    keep every column, "" where they may keep only their window: trusted without a check
+    where :func:`masks_local_layers_from_cache` holds; else checked once
+    (:func:`trims_exactly`) where that runs on at most ``CHECK_MAX_TOKENS`` tokens per row,
+    and kept whole (correct, not trimmed) where the window is larger: the check would
+    prefill two rows of the window at every start (8k tokens for Gemma 2's 4096)."""
+    if masks_local_layers_from_cache(model):
+        return ""
+    n = max(w or 0 for w in windows) + 2
+    if n > CHECK_MAX_TOKENS:
+        return (
+            f"its local layers' masks are not transformers' own, and their window "
+            f"({n - 2}) is too large to check at start-up ({n} tokens a row, over "
+            f"{CHECK_MAX_TOKENS})"
+        )
+    if not trims_exactly(model, windows, cache_arg, pad_id):
+        return "its local layers' masks do not follow a cache trimmed to their window"
+    return ""
 
 
 def takes_4d_mask(model: Any) -> bool:

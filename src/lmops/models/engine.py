@@ -37,8 +37,10 @@ prefill hands the model a plain cache, every column in every layer). Where local
 layers mix (Gemma 2/3), the local layers alone keep their last ``window - 1`` columns, laid out
 as transformers' own cache lays them (``_fit_local``), from which the model builds each kind of
 layer's mask; memory and step cost then grow only in the global layers. GPT-Neo, whose layers
-window themselves from one mask for all, keeps every column, and so does a model that fails a
-one-time check that it decodes from the trimmed cache as from a whole one (``trims_exactly``).
+window themselves from one mask for all, keeps every column, and so does a model that is not
+transformers' own masking its local layers from their cache layers and fails a one-time check
+that it decodes from the trimmed cache as from a whole one, or has a window too large for that
+check to be cheap (``models/attention.py``, ``untrimmable``).
 
 Next tokens are picked for the whole batch at once (greedy rows by argmax, sampled rows by
 temperature and top-p, each from its own seeded random stream).
@@ -78,7 +80,7 @@ from lmops.models.attention import (
     local_cache,
     local_windows,
     takes_4d_mask,
-    trims_exactly,
+    untrimmable,
 )
 from lmops.models.chat import Literals
 from lmops.models.compat import cache_arg, output_cache
@@ -205,13 +207,12 @@ class Engine:
         full = full_attention(self.model)
         # local layers (their window) mixed with global ones (None): the batch cache is
         # laid out as the model's own (_fit_local), which the prefill lets it make, where
-        # the model masks it as it masks every column (checked once); else it keeps them all
+        # the model masks it as it masks every column (transformers' own, or checked once
+        # where the window is small); else it keeps them all
         self._local = local_windows(self.model)
-        if self._local and not trims_exactly(self.model, self._local, self._cache_arg, pad):
+        if self._local and (why := untrimmable(self.model, self._local, self._cache_arg, pad)):
             logging.getLogger("lmops.serve").warning(
-                "%s: its local layers' masks do not follow a cache trimmed to their window; "
-                "they keep every column",
-                type(self.model).__name__,
+                "%s: %s; they keep every column", type(self.model).__name__, why
             )
             self._local = None
         self._prefiller = Prefiller(
