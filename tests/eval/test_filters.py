@@ -136,3 +136,30 @@ def test_a_metric_or_option_it_does_not_know_is_named_with_its_file_and_line(
     f.write_text(text.replace("metric: exact_match", "metric: exact_mach"), "utf-8")
     with pytest.raises(UserError, match="unknown metric 'exact_mach'; did you mean 'exact_match'"):
         load_task_file(f)
+
+
+def test_lmops_own_generation_tasks_strip_through_their_filters(tmp_path: Path) -> None:
+    """A task without filters now scores its replies unstripped, as lm-eval does; lmops' own
+    generation tasks never leaned on that: the built-in GSM8K reads numbers through its two
+    filters (above, replies with a space before them) and the quickstart's addition task
+    through its regex, so a reply with spaces around the answer scores as before."""
+    from importlib import resources
+
+    yaml_text = (resources.files("lmops.pipelines") / "resources" / "addition_task.yaml").read_text(
+        "utf-8"
+    )
+    rows = [
+        {"question": "2 + 3 =", "answer": "5"},
+        {"question": "40 + 7 =", "answer": "4 7"},
+        {"question": "9 + 9 =", "answer": "1 8"},
+    ]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    f = tmp_path / "addition_task.yaml"
+    f.write_text(yaml_text, "utf-8")
+    task = load_task_file(f)
+    assert task.config.filter_list  # declared, not the default
+    replies = {"2 + 3 =": " 5", "40 + 7 =": "\t4 7 ", "9 + 9 =": " 1 9"}
+    model = FakeEvalModel(respond=lambda ctx: next(r for q, r in replies.items() if q in ctx))
+    res = evaluate(model, [task], progress=False)[0]
+    assert [i["pred,answer"] for i in res.items] == ["5", "4 7", "1 9"]
+    assert [i["scores"]["exact_match,answer"] for i in res.items] == [1.0, 1.0, 0.0]

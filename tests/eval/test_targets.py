@@ -65,8 +65,9 @@ def write_task(
 
 
 def answering(answers: dict[str, str]) -> FakeEvalModel:
-    """A model that answers " <answer>" to the question about each country."""
-    return FakeEvalModel(lambda ctx: " " + next(a for c, a in answers.items() if c in ctx))
+    """A model that answers "<answer>" to the question about each country: no space before
+    it, as a task without filters scores the output as it is (lm-eval's)."""
+    return FakeEvalModel(lambda ctx: next(a for c, a in answers.items() if c in ctx))
 
 
 def run(task_file: Path, answers: dict[str, str]) -> TaskResult:
@@ -444,3 +445,52 @@ def test_a_document_without_an_answer_scores_as_lm_eval(tmp_path: Path) -> None:
     assert [it["scores"]["exact_match,none"] for it in ours.items] == [1.0, 0.0, 0.0]
     assert [it["target"] for it in ours.items] == [s["target"] for s in samples]
     assert ours.metrics["exact_match,none"] == pytest.approx(results["exact_match,none"])
+
+
+# no filter_list: lm-eval's default filter ("none", take_first) scores the output as it came
+PLAIN = """\
+task: capitals_plain
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "Q: capital of {{{{country}}}}?\\nA:"
+doc_to_target: "{{{{capital}}}}"
+generation_kwargs:
+  until: ["\\n"]
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_a_task_without_filters_scores_the_reply_unstripped_as_lm_eval(tmp_path: Path) -> None:
+    """`" Paris"` is not an exact match of `"Paris"` in lm-eval (no filter, nothing
+    stripped); lmops stripped every reply of such a task and scored it 1. Item by item the
+    same predictions and scores as lm-eval on the same model, and the same means."""
+    rows = [
+        {"country": "France", "capital": "Paris"},
+        {"country": "Japan", "capital": "Tokyo"},
+        {"country": "Peru", "capital": "Lima"},
+        {"country": "Chad", "capital": "N'Djamena"},
+    ]
+    outputs = {"France": " Paris", "Japan": "Tokyo", "Peru": "Lima ", "Chad": "\tN'Djamena"}
+    ours, samples, results = both(tmp_path, PLAIN, rows, outputs)
+    assert [s["exact_match"] for s in samples] == [0.0, 1.0, 0.0, 0.0]
+    assert [it["pred,none"] for it in ours.items] == [s["filtered_resps"][0] for s in samples]
+    assert [it["pred,none"] for it in ours.items] == [" Paris", "Tokyo", "Lima ", "\tN'Djamena"]
+    assert [it["scores"]["exact_match,none"] for it in ours.items] == [0.0, 1.0, 0.0, 0.0]
+    assert ours.metrics["exact_match,none"] == pytest.approx(results["exact_match,none"])
+
+    # the same task with lm-eval's remove_whitespace filter: every reply matches, in both
+    stripped = PLAIN.replace("capitals_plain", "capitals_stripped") + (
+        "filter_list:\n  - name: remove_whitespace\n    filter:\n"
+        "      - function: remove_whitespace\n      - function: take_first\n"
+    )
+    ours, samples, results = both(tmp_path, stripped, rows, outputs)
+    assert [s["exact_match"] for s in samples] == [1.0, 1.0, 1.0, 1.0]
+    assert [it["scores"]["exact_match,remove_whitespace"] for it in ours.items] == [1.0] * 4
+    assert ours.metrics["exact_match,remove_whitespace"] == pytest.approx(
+        results["exact_match,remove_whitespace"]
+    )

@@ -237,10 +237,13 @@ def _generate(
 
     gen_kwargs = task.config.generation_kwargs.model_dump()
     # each filter chain turns an output into the prediction its metrics score (lm-eval's
-    # filter_list; the built-in GSM8K declares its number extractors there too)
+    # filter_list; the built-in GSM8K declares its number extractors there too). Without
+    # one, lm-eval's default "none" (take_first) scores the output as generated, spaces
+    # included: " Paris" is not an exact match of "Paris" (a task that wants it stripped
+    # says so, with remove_whitespace, as lm-eval's TriviaQA does)
     filters: dict[str, Any] = {f.name: _filter_fn(f) for f in task.config.filter_list}
     if not filters:
-        filters = {_NO_FILTER: lambda s: s.strip()}
+        filters = {_NO_FILTER: lambda s: s}
     # metric name -> (item function, its options from the task file: ignore_case, ...)
     scorers = [(m.metric, *_metric_fn(m)) for m in task.config.metric_list]
     # every answer each document accepts, read before anything is generated: a target that
