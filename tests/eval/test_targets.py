@@ -310,7 +310,8 @@ def test_contamination_reads_every_answer_as_text(tmp_path: Path) -> None:
 
 
 # -- the same scores as lm-evaluation-harness ----------------------------------------------------
-# lm-eval's own triviaqa.yaml (0.4), its data a local file
+# lm-eval's own triviaqa.yaml (0.4), its data a local file (tests/eval/test_lm_eval_keys.py
+# reads it with every key as it ships)
 TRIVIAQA = """\
 task: triviaqa_local
 dataset_path: json
@@ -321,6 +322,8 @@ validation_split: validation
 output_type: generate_until
 doc_to_text: "Question: {{{{question}}}}?\\nAnswer:"
 doc_to_target: "{{{{answer.aliases}}}}"
+should_decontaminate: true
+doc_to_decontamination_query: question
 generation_kwargs:
   until: ["\\n", ".", ","]
   do_sample: false

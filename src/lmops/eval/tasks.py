@@ -12,6 +12,17 @@ its options, as in lm-eval: exact_match's ``ignore_case``, ``ignore_punctuation`
 lowercase, strip or ``remove_whitespace``, ``number``: the final numeric answer),
 ``group``/``tag``, ``gen_prefix``. Unknown keys are errors that name the line.
 
+lm-eval's other ``TaskConfig`` keys (0.4.13, ``lm_eval/config/task.py``) are read as lm-eval
+writes them when they do not change a score, and refused, naming the line and what to do,
+when lmops would otherwise score the task differently from lm-eval (``_LM_EVAL_REFUSED``):
+``task_alias`` (lm-eval's display name), ``should_decontaminate`` and
+``doc_to_decontamination_query`` (lm-eval's evaluator never reads them; ``--contamination``
+checks every item's question and answers), ``unsafe_code`` (a confirmation for tasks that run
+generated code) and ``repeats: 1`` are accepted and left alone; ``process_docs``,
+``process_results``, ``custom_dataset``, ``class``, ``use_prompt``, ``doc_to_image``,
+``doc_to_audio``, a ``repeats`` above 1 and any ``!function`` (Python lm-eval runs from the
+task's folder) are refused.
+
 Rendering follows lm-evaluation-harness: a template that is exactly a column name yields
 that column; otherwise it is Jinja. A rendered ``doc_to_choice`` or ``doc_to_target`` that is a
 list (``[...]``), or a target of a task with choices that is all digits (an index), is parsed as
@@ -30,16 +41,17 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from lmops.core.errors import UserError
 from lmops.core.rows import read_rows
-from lmops.core.yamlcfg import load_config
+from lmops.core.yamlcfg import FieldError, load_config
 
 __all__ = ["ChatTemplate", "Doc", "Message", "Task", "TaskConfig", "load_task_file"]
 
@@ -79,6 +91,22 @@ class GenerationKwargs(BaseModel):
     temperature: float = 0.0
 
 
+# lm-eval task keys whose meaning is Python code, other inputs or repeated sampling: scoring
+# the task without them would give other numbers than lm-eval's, silently, so they are refused
+_LM_EVAL_REFUSED = {
+    "process_docs": "lm-eval's Python hook that rewrites the documents; lmops runs no task "
+    "code: write the processed rows to the data file (doc_filter drops rows by a field)",
+    "process_results": "lm-eval's Python scoring hook; lmops runs no task code: score with "
+    "metric_list (a metric's options as lm-eval's) and filter_list",
+    "custom_dataset": "a Python dataset loader; lmops runs no task code: point dataset_path "
+    "at the rows (a file, a folder or a dataset ref)",
+    "class": "a Python task class; lmops runs no task code: describe the task in YAML keys",
+    "use_prompt": "a promptsource template; write the prompt as doc_to_text",
+    "doc_to_image": "an image input; lmops evaluates text only: remove it",
+    "doc_to_audio": "an audio input; lmops evaluates text only: remove it",
+}
+
+
 class TaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: str
@@ -108,12 +136,40 @@ class TaskConfig(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     # opens the answer (a column, Jinja, or text): the assistant turn starts with it
     gen_prefix: str | None = None
+    # lm-eval's keys that change no score, read and left alone: a display name; its
+    # decontamination query, which its evaluator never reads (lmops' --contamination checks
+    # every item's question and answers); the consent gate of tasks that run generated code;
+    # one generation per document (the only count lmops runs)
+    task_alias: str | None = None
+    should_decontaminate: bool = False
+    doc_to_decontamination_query: str | None = None
+    unsafe_code: bool = False
+    repeats: int = 1
     # lmops extensions
     doc_filter: dict[str, Any] = Field(default_factory=dict)  # {field: allowed value(s)}
     scorer: Literal["loglikelihood", "letter"] = "loglikelihood"
     # tool use (eval/tools.py): OpenAI tool objects, listed in the system turn; the tool_*
     # metrics get them as their ``tools`` option
     tools: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refused_lm_eval_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, why in _LM_EVAL_REFUSED.items():
+                if data.get(key) is not None:
+                    raise FieldError((key,), why)
+        return data
+
+    @field_validator("repeats")
+    @classmethod
+    def _one_repeat(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError(
+                f"lmops generates once per document; lm-eval's {n} repeats (for majority_vote "
+                "or take_first_k) would be scored as one: set repeats: 1 or remove it"
+            )
+        return n
 
     @field_validator("metric_list")
     @classmethod
@@ -500,8 +556,40 @@ class Task:
         return c.target_delimiter if g and not g[-1].isspace() else ""
 
 
+_FUNCTION_TAG = re.compile(r"^\s*(?:-\s+)?([\w.]+)\s*:\s*!function\s+(\S+)")
+
+
+def _refuse_task_code(path: Path) -> None:
+    """lm-eval's ``key: !function module.name`` runs Python from the task's folder; YAML
+    cannot read it, so it is named here, with its line and what to write instead."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return  # load_config names the problem
+    for n, line in enumerate(lines, 1):
+        m = _FUNCTION_TAG.match(line)
+        if m is None:
+            continue
+        key, fn = m.groups()
+        if key in _LM_EVAL_REFUSED:
+            todo = _LM_EVAL_REFUSED[key].split("; ", 1)[-1]
+        elif key.startswith("doc_to_"):
+            todo = "write it as a Jinja template or a column name, as lm-eval reads those too"
+        elif key in ("metric", "aggregation"):
+            from lmops.eval.metrics import METRICS
+
+            todo = f"name one of lmops' metrics ({', '.join(sorted(METRICS))})"
+        else:
+            todo = "write the value itself (the README's Evaluate section lists the keys)"
+        raise UserError(
+            f"{path}:{n}: {key}: !function {fn} is Python that lm-eval runs from the task's "
+            f"folder; lmops runs no task code: {todo}"
+        )
+
+
 def load_task_file(path: Path, store: Any | None = None) -> Task:
     """Load an lm-eval-style task YAML with its data."""
+    _refuse_task_code(path)
     cfg = load_config(path, TaskConfig)
     task = load_task(cfg, base=path.parent, store=store, source=str(path))
     task.local_inputs.insert(0, (path, "task_file"))
