@@ -258,6 +258,99 @@ def test_a_model_error_that_is_not_about_memory_is_not_split(
     assert len(asked) == 1
 
 
+# -- generation: the engine's sequences decoding together -------------------------------------
+
+GEN_TASK = """\
+task: echoes
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{q}}}} ="
+doc_to_target: "{{{{a}}}}"
+generation_kwargs:
+  until: ["\\n\\n"]
+  max_gen_toks: 4
+metric_list:
+  - metric: exact_match
+"""
+
+
+def _gen_task_file(tmp_path: Path, marked: int | None = None) -> Path:
+    rows = [
+        {"q": (MARK + " " if i == marked else "") + f"{i} plus {i % 3}", "a": str(i + i % 3)}
+        for i in range(10)
+    ]
+    data = tmp_path / "echoes.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    f = tmp_path / "echoes.yaml"
+    f.write_text(GEN_TASK.format(data=data), encoding="utf-8")
+    return f
+
+
+def test_generation_that_runs_out_of_memory_is_split_and_gives_the_same_replies(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """On a local model, sequences decoding together that run out of memory are generated
+    again with half as many at a time, the others' replies kept, and the smaller size kept
+    for later calls; it stopped the run."""
+    task = load_task_file(_gen_task_file(tmp_path), None)
+    clean = HFEvalModel(model_dir, device="cpu", batch_size=8)
+    [want] = evaluate(clean, [task], progress=False)
+    clean.close()
+    lm = HFEvalModel(model_dir, device="cpu", batch_size=8)
+    asked = _failing(lm, limit=2)
+    try:
+        [res] = evaluate(lm, [task], progress=False)
+        assert max(asked) > 2  # it did run out of memory
+        assert [it["output"] for it in res.items] == [it["output"] for it in want.items]
+        # what ran: the last two documents finished at 8 (alone once the first eight had
+        # failed), the first eight at 2
+        assert res.batch_sizes == [8, 2] and want.batch_sizes == [8]
+        asked.clear()
+        [again] = evaluate(lm, [task], progress=False)
+        assert max(asked) <= 2 and again.batch_sizes == [2]  # kept for later calls
+    finally:
+        lm.close()
+
+
+def test_a_generation_that_runs_out_of_memory_alone_names_its_document(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    task = load_task_file(_gen_task_file(tmp_path, marked=6), None)
+    lm = HFEvalModel(model_dir, device="cpu", batch_size=4)
+    _failing(lm, limit=100, marked=lm._tok(MARK)[1:])
+    try:
+        with pytest.raises(UserError, match=r"^task echoes, doc 6: out of memory in a batch of 1"):
+            evaluate(lm, [task], progress=False)
+    finally:
+        lm.close()
+
+
+def test_a_generation_error_that_is_not_about_memory_is_not_retried(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    task = load_task_file(_gen_task_file(tmp_path), None)
+    lm = HFEvalModel(model_dir, device="cpu", batch_size=8)
+    lm._engine()  # made (its probes run) before the model breaks
+    asked: list[int] = []
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        asked.append(kw["input_ids"].shape[0])
+        raise RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED")
+
+    lm.model.forward = broken  # type: ignore[method-assign]
+    try:
+        with pytest.raises(UserError, match="generation failed: RuntimeError: CUBLAS"):
+            evaluate(lm, [task], progress=False)
+        # the batch's prefill, then each prompt's alone (the engine's own fallback), once
+        assert asked.count(8) == 1 and lm._engine().max_running == 8
+    finally:
+        lm.close()
+
+
 def test_the_report_records_the_batch_size_asked_for_and_the_one_that_ran(
     cli,  # type: ignore[no-untyped-def]
     model_dir: Path,

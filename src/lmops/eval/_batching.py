@@ -8,6 +8,11 @@ answered exactly once, in the items' order, since only a batch that answered mov
 An item that runs out of memory alone raises :class:`ItemFailed` naming it (the caller turns
 its index into the task and document); any other error is raised at once, never split, since
 a smaller batch would fail the same way.
+
+Generation runs on the serving engine, whose batch is the sequences decoding together
+(``max_running``): there a sequence that ran out of memory ends with that error
+(:func:`says_out_of_memory`), and ``eval.lm`` generates the ones that did again with half as
+many decoding together, keeping the others' replies, down to one, as above.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any, TypeVar
 
 from lmops.core.errors import UserError
 
-__all__ = ["Batches", "ItemFailed", "is_out_of_memory"]
+__all__ = ["Batches", "ItemFailed", "is_out_of_memory", "says_out_of_memory"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,6 +52,15 @@ def is_out_of_memory(e: BaseException) -> bool:
     if isinstance(e, MemoryError):  # Python's, where an allocation on the host failed
         return True
     return isinstance(e, RuntimeError) and any(w in str(e) for w in _OOM_WORDS)
+
+
+def says_out_of_memory(error: str) -> bool:
+    """Whether an error given as its one line, ``"TypeName: message"`` (what the serving
+    engine ends a sequence with), is :func:`is_out_of_memory`'s kind."""
+    name, _, message = error.partition(": ")
+    if name in ("OutOfMemoryError", "MemoryError"):
+        return True
+    return name == "RuntimeError" and any(w in message for w in _OOM_WORDS)
 
 
 def _free_cached_memory() -> None:

@@ -36,6 +36,9 @@ until a batch of zeros of the call's longest context fits (once per length). A b
 still runs out of memory is tried again in halves, and the smaller size kept for the rest of
 the call and, in later calls, for contexts as long or longer (``eval._batching``; shorter ones
 are not held back); ``batches_run`` logs the sizes that ran, which the report records.
+Generation's batch is the sequences decoding together on the engine (``batch_size``, 8 with
+``"auto"``): the sequences that run out of memory are generated again with half as many
+decoding together, the others' replies kept, and the smaller size kept for later calls.
 """
 
 from __future__ import annotations
@@ -44,13 +47,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import inspect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from lmops.core.errors import UserError
-from lmops.eval._batching import Batches, ItemFailed
+from lmops.eval._batching import Batches, ItemFailed, _free_cached_memory, says_out_of_memory
 from lmops.eval.endpoint import ChatPrompt, EndpointDown, OpenAIEvalModel
 from lmops.eval.fake import FakeEvalModel
 from lmops.models.compat import cache_arg, output_cache
@@ -64,12 +68,21 @@ __all__ = [
     "OpenAIEvalModel",
 ]
 
+log = logging.getLogger("lmops.eval")
+
 # A prefix shared by every context of a call is run once when it has at least this many
 # tokens (below that, copying its cache costs about what it saves).
 _MIN_SHARED_PREFIX = 8
 # Sequences decoding together when generating with batch_size "auto": decoding is one
 # token per sequence per step, so memory is not the limit; lm-eval's batch size 8.
 _AUTO_GEN_BATCH = 8
+
+
+@dataclass
+class _OutOfMemory:
+    """A generation the engine ended because memory ran out (its one-line error)."""
+
+    error: str
 
 
 class EvalModel(Protocol):
@@ -553,7 +566,10 @@ class HFEvalModel:
         once, and a sequence ends at an end-of-sequence token, at ``max_gen_toks`` or as
         soon as one of its ``until`` strings appears (which is cut off). Greedy unless
         ``do_sample``. The context keeps its last ``max_length - max_gen_toks`` tokens. The
-        prompts' shared first tokens (few-shot examples) are prefilled once per call."""
+        prompts' shared first tokens (few-shot examples) are prefilled once per call.
+        Generations that run out of memory are generated again with half as many sequences
+        decoding together (kept for later calls); one that runs out alone raises
+        ``ItemFailed``."""
         from lmops.models.types import GenRequest
 
         reqs = []
@@ -579,10 +595,44 @@ class HFEvalModel:
             )
         if not reqs:
             return []
-        self.batches_run.append(self._engine().max_running)  # sequences decoding together
-        return _run_async(self._generate_on_engine(reqs))
+        # sequences that ran out of memory are generated again with half as many decoding
+        # together, the others' replies kept; the smaller size stays for later calls
+        # (eval._batching). The engine fails every sequence of a forward pass that failed.
+        engine = self._engine()
+        replies: list[str] = [""] * len(reqs)
+        todo = list(range(len(reqs)))
+        ran: list[int] = []  # the sizes at which generations finished (sizes only shrink)
+        try:
+            while todo:
+                got = _run_async(self._generate_on_engine([reqs[i] for i in todo]))
+                failed = [(i, r) for i, r in zip(todo, got, strict=True) if not isinstance(r, str)]
+                if len(failed) < len(todo) and engine.max_running not in ran:
+                    ran.append(engine.max_running)  # sequences decoding together
+                for i, r in zip(todo, got, strict=True):
+                    if isinstance(r, str):
+                        replies[i] = r
+                if not failed:
+                    break
+                _free_cached_memory()
+                if engine.max_running == 1:
+                    index, oom = failed[0]
+                    raise ItemFailed(
+                        index,
+                        f"out of memory in a batch of 1 ({oom.error[:200]}); lower "
+                        "max_gen_toks or --max-length, or use a device with more memory",
+                    )
+                before = engine.max_running
+                engine.max_running = (before + 1) // 2
+                log.warning(
+                    "%d of %d generations ran out of memory %d at a time: generating them "
+                    "again %d at a time", len(failed), len(todo), before, engine.max_running,
+                )  # fmt: skip
+                todo = [i for i, _ in failed]
+        finally:
+            self.batches_run += ran
+        return replies
 
-    async def _generate_on_engine(self, reqs: list[Any]) -> list[str]:
+    async def _generate_on_engine(self, reqs: list[Any]) -> list[str | _OutOfMemory]:
         from lmops.models.types import Delta
 
         engine = self._engine()
@@ -591,13 +641,15 @@ class HFEvalModel:
         shared = _common_prefix([r.prompt_ids for r in reqs]) if len(reqs) > 1 else []
         engine.cache_prefix(shared if len(shared) >= _MIN_SHARED_PREFIX else [])
 
-        async def text_of(events: Any) -> str:
+        async def text_of(events: Any) -> str | _OutOfMemory:
             parts = []
             async for batch in events:
                 for ev in batch:
                     if isinstance(ev, Delta):
                         parts.append(ev.text)
                     elif ev.finish_reason == "error":
+                        if says_out_of_memory(ev.error or ""):
+                            return _OutOfMemory(ev.error or "")
                         raise UserError(f"{self.name}: generation failed: {ev.error}")
             return "".join(parts)
 
