@@ -229,9 +229,11 @@ def test_a_refused_prompt_names_its_task_and_document_and_the_run_resumes(  # ty
         error = refused.err.strip().splitlines()[-1]
         assert error.startswith(
             f"error: task caps_b, doc 5: endpoint refused the request: 400 {REFUSAL}; "
-            "1 finished task(s) are kept in "
+            "shorten or drop the item, or raise the server's limit (its context length, its "
+            "request size); 1 finished task(s) are kept in "
         )
-        assert error.endswith("; run the same command again to score only the rest")
+        # the same command, unchanged, would be refused again: the hint says so
+        assert error.endswith("; once that is changed, the same command scores only the rest")
         kept = list((lmops_home / "eval-partial").rglob("*.json"))
         assert [f.name.split(".")[0] for f in kept] == ["caps_a"]
 

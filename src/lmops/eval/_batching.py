@@ -18,12 +18,21 @@ many decoding together, keeping the others' replies, down to one, as above.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from lmops.core.errors import UserError
 
-__all__ = ["Batches", "ItemFailed", "is_out_of_memory", "says_out_of_memory"]
+__all__ = [
+    "CHANGE_ITEM_OR_SERVER",
+    "Batches",
+    "ItemFailed",
+    "ItemNamed",
+    "is_out_of_memory",
+    "naming_items",
+    "says_out_of_memory",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,6 +51,29 @@ class ItemFailed(UserError):
         super().__init__(f"request {index}: {reason}")
         self.index = index
         self.reason = reason
+
+
+# What must change before a prompt the server refused can pass (said after its error)
+CHANGE_ITEM_OR_SERVER = (
+    "shorten or drop the item, or raise the server's limit (its context length, its request size)"
+)
+
+
+class ItemNamed(UserError):
+    """An item that failed alone, named by its id (and where it came from): the error says
+    what must change (the item, the server, the memory) before it can pass, so running the
+    same command unchanged would fail the same way."""
+
+
+@contextmanager
+def naming_items(name: Callable[[int], str]) -> Iterator[None]:
+    """An item that failed alone (``ItemFailed``: a prompt the server refused, one that ran
+    out of memory alone) as one error naming it: ``name(index)`` is its id and where it
+    came from (``item q7 (set.jsonl:7)``), not its place in the model call."""
+    try:
+        yield
+    except ItemFailed as e:
+        raise ItemNamed(f"{name(e.index)}: {e.reason}") from None
 
 
 def is_out_of_memory(e: BaseException) -> bool:

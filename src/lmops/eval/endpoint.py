@@ -56,7 +56,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from lmops.core.errors import UserError
-from lmops.eval._batching import ItemFailed
+from lmops.eval._batching import CHANGE_ITEM_OR_SERVER, ItemFailed
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -308,7 +308,7 @@ class OpenAIEvalModel:
                         try:
                             reply = self._post(path, bodies[unit[0]], stop)
                         except _PromptRefused as e:
-                            raise ItemFailed(unit[0], str(e)) from None
+                            raise ItemFailed(unit[0], f"{e}; {CHANGE_ITEM_OR_SERVER}") from None
                         if reply is not None:
                             results[unit[0]] = read(unit[0], reply)
                         continue

@@ -14,6 +14,7 @@ from typing import Any
 
 from lmops.core.errors import LmopsError, UserError
 from lmops.core.logging import get_logger
+from lmops.eval._batching import ItemNamed
 from lmops.eval.endpoint import DEFAULT_CONCURRENCY
 from lmops.eval.spec import EvalSpec
 
@@ -311,10 +312,15 @@ def run_eval(
             # leaves the files, without this hint)
             kept = len(partial.finished())
             if kept:
-                hint = (
-                    f"{kept} finished task(s) are kept in {partial.dir}; "
-                    "run the same command again to score only the rest"
+                # a document that failed alone fails again until what its error names
+                # changes (its data, the server, the memory); an interruption or an
+                # endpoint that was down needs nothing changed
+                again = (
+                    "once that is changed, the same command scores only the rest"
+                    if isinstance(e, ItemNamed)
+                    else "run the same command again to score only the rest"
                 )
+                hint = f"{kept} finished task(s) are kept in {partial.dir}; {again}"
                 if isinstance(e, LmopsError):
                     e.args = (f"{e}; {hint}",)
                 else:

@@ -20,7 +20,7 @@ from lmops import __version__
 from lmops.core.errors import UserError
 from lmops.core.jsonl import finite
 from lmops.core.progress import Progress
-from lmops.eval._batching import ItemFailed
+from lmops.eval._batching import ItemFailed, ItemNamed
 from lmops.eval.lm import EvalModel
 from lmops.eval.partial import PartialResults
 from lmops.eval.tasks import ChatTemplate, Task, TaskConfig
@@ -167,7 +167,7 @@ def _naming_items(task: Task, first: int, starts: list[int] | None = None) -> It
         yield
     except ItemFailed as e:
         k = e.index if starts is None else bisect.bisect_right(starts, e.index) - 1
-        raise UserError(f"task {task.name}, doc {first + k}: {e.reason}") from None
+        raise ItemNamed(f"task {task.name}, doc {first + k}: {e.reason}") from None
 
 
 def _mc(

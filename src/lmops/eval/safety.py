@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from lmops.core.errors import UserError
 from lmops.core.jsonl import json_objects
+from lmops.eval._batching import naming_items
 from lmops.eval.judge import JudgeOutcome, JudgeTemplate, agreement, cohen_kappa
 from lmops.eval.lm import EvalModel
 from lmops.eval.subjective import judge_all, template_info
@@ -89,6 +90,12 @@ class SafetyPrompt:
     lang: str
     prompt: str
     expected: Behaviour
+    # where it was read (``file:line``): errors name it; not part of the set's digest
+    where: str = field(default="", compare=False, repr=False)
+
+    def named(self) -> str:
+        """The prompt in an error: its id and where it was read."""
+        return f"safety prompt {self.id}" + (f" ({self.where})" if self.where else "")
 
 
 def _bundled_text() -> tuple[str, str]:
@@ -139,6 +146,7 @@ def load_redteam(path: str | Path | None = None) -> list[SafetyPrompt]:
                 lang=row["lang"],
                 prompt=row["prompt"],
                 expected=HARMFUL if expected == HARMFUL else BENIGN,
+                where=where,
             )
         )
     if not prompts:
@@ -150,7 +158,8 @@ def _set_sha256(prompts: Sequence[SafetyPrompt]) -> str:
     """Digest of the prompts actually run, so reports name the exact set (and subset)."""
     h = hashlib.sha256()
     for p in prompts:
-        h.update(json.dumps(asdict(p), ensure_ascii=False, sort_keys=True).encode("utf-8"))
+        row = {k: v for k, v in asdict(p).items() if k != "where"}  # the same digest as before
+        h.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode("utf-8"))
         h.update(b"\n")
     return h.hexdigest()
 
@@ -534,9 +543,10 @@ def run_safety(
     selected = _select(prompts if prompts is not None else load_redteam(), categories, limit)
     if not selected:
         raise UserError("safety: no prompts selected")
-    outputs = model.generate(
-        [(p.prompt, {"until": [], "max_gen_toks": max_gen_toks}) for p in selected]
-    )
+    with naming_items(lambda i: selected[i].named()):
+        outputs = model.generate(
+            [(p.prompt, {"until": [], "max_gen_toks": max_gen_toks}) for p in selected]
+        )
     if len(outputs) != len(selected):
         raise UserError(f"model returned {len(outputs)} answers for {len(selected)} prompts")
     outputs = [o if isinstance(o, str) else "" for o in outputs]
@@ -554,6 +564,7 @@ def run_safety(
             retries=retries,
             retry_suffix=SAFETY_RETRY_SUFFIX,
             max_gen_toks=judge_max_gen_toks,
+            names=[f"{p.named()}, judged" for p in selected],
         )
         judged = [(o.value, o.raw, o.attempts) for o in outcomes]
 

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from lmops.core.errors import UserError
 from lmops.core.jsonl import json_objects
+from lmops.eval._batching import naming_items
 from lmops.eval.judge import (
     PAIRWISE_TEMPLATE,
     SINGLE_REF_TEMPLATE,
@@ -91,6 +92,12 @@ class SubjectiveItem:
     question: str
     reference: str | None = None
     category: str | None = None
+    # where it was read (``file:line``): errors name it
+    where: str = field(default="", compare=False, repr=False)
+
+    def named(self) -> str:
+        """The item in an error: its id and where it was read."""
+        return f"item {self.id}" + (f" ({self.where})" if self.where else "")
 
     @property
     def group(self) -> str:
@@ -158,6 +165,7 @@ def load_subjective_set(path: str | Path) -> list[SubjectiveItem]:
                 question=question,
                 reference=_reference(row.get("reference"), where),
                 category=_optional_text(row.get("category"), where, "category"),
+                where=where,
             )
         )
     if not items:
@@ -190,11 +198,15 @@ def _generate(
     prompts: Sequence[str],
     max_gen_toks: int,
     chat: ChatTemplate | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[str]:
-    """One generation per prompt; with ``chat``, each prompt is a user turn through it."""
+    """One generation per prompt; with ``chat``, each prompt is a user turn through it. A
+    prompt that fails alone (refused by the server, out of memory alone) is named in the
+    error by ``names`` (an item's id and line, and whose call it was)."""
     if chat is not None:
         prompts = [chat([{"role": "user", "content": p}], True) for p in prompts]
-    outs = model.generate([(p, {"until": [], "max_gen_toks": max_gen_toks}) for p in prompts])
+    with naming_items(lambda i: names[i] if names else f"prompt {i + 1} of {len(prompts)}"):
+        outs = model.generate([(p, {"until": [], "max_gen_toks": max_gen_toks}) for p in prompts])
     if len(outs) != len(prompts):
         raise UserError(
             f"model {_model_name(model)} returned {len(outs)} generations for {len(prompts)} prompts"
@@ -203,7 +215,7 @@ def _generate(
 
 
 def _replay_then_call(
-    model: EvalModel, first: str, max_gen_toks: int, chat: ChatTemplate | None
+    model: EvalModel, first: str, max_gen_toks: int, chat: ChatTemplate | None, name: str | None
 ) -> Callable[[str], str]:
     """A judge call that answers the first attempt from the batch and retries live."""
     pending = [first]
@@ -211,7 +223,7 @@ def _replay_then_call(
     def call(prompt: str) -> str:
         if pending:
             return pending.pop()
-        return _generate(model, [prompt], max_gen_toks, chat)[0]
+        return _generate(model, [prompt], max_gen_toks, chat, [name] if name else None)[0]
 
     return call
 
@@ -225,6 +237,7 @@ def judge_all(
     retry_suffix: str = "",
     max_gen_toks: int = 512,
     chat: ChatTemplate | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[JudgeOutcome[T]]:
     """Judge every prompt: first attempts in one ``generate`` batch, retries one by one.
 
@@ -234,16 +247,16 @@ def judge_all(
     """
     if retries < 0:
         raise UserError(f"judge: retries must be 0 or more, got {retries}")
-    firsts = _generate(judge_model, prompts, max_gen_toks, chat) if prompts else []
+    firsts = _generate(judge_model, prompts, max_gen_toks, chat, names) if prompts else []
     return [
         judge_with_retries(
-            _replay_then_call(judge_model, first, max_gen_toks, chat),
+            _replay_then_call(judge_model, first, max_gen_toks, chat, names[i] if names else None),
             prompt,
             parse,
             retries,
             retry_suffix=retry_suffix,
         )
-        for prompt, first in zip(prompts, firsts, strict=True)
+        for i, (prompt, first) in enumerate(zip(prompts, firsts, strict=True))
     ]
 
 
@@ -376,7 +389,8 @@ def judge_single(
         raise UserError("judge_single: no items to judge")
     chat = _chat_of(answer_model, apply_chat_template)
     judge_chat = _chat_of(judge_model, apply_chat_template)
-    answers = _generate(answer_model, [it.question for it in items], max_gen_toks, chat)
+    answered = [f"{it.named()}, answered by {_model_name(answer_model)}" for it in items]
+    answers = _generate(answer_model, [it.question for it in items], max_gen_toks, chat, answered)
     chosen = [_single_template(it, template) for it in items]
     prompts = [_render_single(t, it, a) for t, it, a in zip(chosen, items, answers, strict=True)]
     outcomes = judge_all(
@@ -387,6 +401,7 @@ def judge_single(
         retry_suffix=SINGLE_RETRY_SUFFIX,
         max_gen_toks=judge_max_gen_toks,
         chat=judge_chat,
+        names=[f"{it.named()}, judged by {_model_name(judge_model)}" for it in items],
     )
     judgments = [
         SingleJudgment(
@@ -550,8 +565,10 @@ def judge_pairwise(
         "judge": _chat_of(judge_model, apply_chat_template),
     }
     questions = [it.question for it in items]
-    answers_a = _generate(model_a, questions, max_gen_toks, chats["model_a"])
-    answers_b = _generate(model_b, questions, max_gen_toks, chats["model_b"])
+    names_a = [f"{it.named()}, answered by {_model_name(model_a)}" for it in items]
+    names_b = [f"{it.named()}, answered by {_model_name(model_b)}" for it in items]
+    answers_a = _generate(model_a, questions, max_gen_toks, chats["model_a"], names_a)
+    answers_b = _generate(model_b, questions, max_gen_toks, chats["model_b"], names_b)
     prompts = [
         PAIRWISE_TEMPLATE.render(question=q, answer_a=first, answer_b=second)
         for q, a, b in zip(questions, answers_a, answers_b, strict=True)
@@ -565,6 +582,11 @@ def judge_pairwise(
         retry_suffix=PAIRWISE_RETRY_SUFFIX,
         max_gen_toks=judge_max_gen_toks,
         chat=chats["judge"],
+        names=[
+            f"{it.named()}, judged by {_model_name(judge_model)} ({order})"
+            for it in items
+            for order in ("A then B", "B then A")
+        ],
     )
     judgments = []
     for i, it in enumerate(items):
