@@ -239,7 +239,10 @@ def test_a_prompt_the_endpoint_refuses_is_still_an_error_after_the_fall_back() -
     assert not isinstance(e.value, EndpointDown)
     # the refused prompt's place in the call, and what the server said, in one line
     assert e.value.index == 5
-    assert e.value.reason == "endpoint refused the request: 400 bad request"
+    assert e.value.reason == (
+        "endpoint refused the request: 400 bad request; shorten or drop the item, or raise the "
+        "server's limit (its context length, its request size)"
+    )
     # the first batch, the second refused as a whole, then its prompts alone up to q5
     assert [b["prompt"] for b in script.bodies] == [prompts(4), prompts(8)[4:], "q4", "q5"]
 
@@ -272,7 +275,8 @@ def test_a_refused_prompt_names_its_task_and_document(tmp_path: Path, chat: bool
         with pytest.raises(UserError) as e:
             evaluate(m, [task], progress=False, apply_chat_template=chat)
     assert str(e.value) == (
-        f"task {task.name}, doc 4: endpoint refused the request: 400 bad request"
+        f"task {task.name}, doc 4: endpoint refused the request: 400 bad request; shorten or "
+        "drop the item, or raise the server's limit (its context length, its request size)"
     )
 
 
