@@ -15,6 +15,9 @@ Reported, side by side: exact match per tool; lmops as it scored before (the lis
 its Python text, ``"['Paris', 'Paris, France']"``), from the same outputs; how many
 documents get the same score and how many outputs are identical; and lmops' F1 (the best
 alias) next to lm-eval's rule for non-exact-match metrics (1 when any alias scores above 0).
+The same task without its ``filter_list`` (``trivia_plain``: lm-eval's default filter, take
+the first, scores the reply as generated, the space after "Answer:" included) is scored by
+both too, beside lmops as it scored such a task before (every reply stripped).
 Scores only: speed is ``eval_bench.py``'s (one run of each here, without a warm-up, would say
 more about which ran first than about either tool).
 """
@@ -31,6 +34,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "trivia_aliases"
+PLAIN = "trivia_plain"  # the same task without filters
 
 TRAIN = [
     ("Which ocean lies between Africa and Australia", ["Indian Ocean", "Indian"]),
@@ -126,12 +130,14 @@ def write_task(folder: Path) -> Path:
 
     (folder / "train.jsonl").write_text(rows(TRAIN), encoding="utf-8")
     (folder / "validation.jsonl").write_text(rows(QUESTIONS), encoding="utf-8")
-    (folder / f"{TASK}.yaml").write_text(
-        TASK_YAML.format(
-            task=TASK, train=folder / "train.jsonl", validation=folder / "validation.jsonl"
-        ),
-        encoding="utf-8",
-    )
+    for name in (TASK, PLAIN):
+        text = TASK_YAML.format(
+            task=name, train=folder / "train.jsonl", validation=folder / "validation.jsonl"
+        )
+        if name == PLAIN:  # lm-eval's default filter: the reply as generated
+            start = text.index("filter_list:")
+            text = text[:start] + text[text.index("target_delimiter:") :]
+        (folder / f"{name}.yaml").write_text(text, encoding="utf-8")
     return folder
 
 
@@ -166,8 +172,11 @@ def main() -> None:
         theirs = HFLM(pretrained=str(model_dir), dtype="float32", batch_size=1, device="cpu")
         manager = TaskManager(include_path=str(tasks), include_defaults=False)
 
-        (mine,) = evaluate(ours, [load_task_file(tasks / f"{TASK}.yaml")], progress=False)
-        out = simple_evaluate(model=theirs, tasks=[TASK], task_manager=manager, log_samples=True)
+        files = [load_task_file(tasks / f"{name}.yaml") for name in (TASK, PLAIN)]
+        mine, plain = evaluate(ours, files, progress=False)
+        out = simple_evaluate(
+            model=theirs, tasks=[TASK, PLAIN], task_manager=manager, log_samples=True
+        )
         close = getattr(ours, "close", None)
         if close is not None:
             close()
@@ -184,6 +193,14 @@ def main() -> None:
     ]
     ours_em = [it["scores"][key] for it in mine.items]
     theirs_em = [float(s["exact_match"]) for s in samples]
+    plain_samples = sorted(out["samples"][PLAIN], key=lambda s: s["doc_id"])
+    plain_ours = [it["scores"]["exact_match,none"] for it in plain.items]
+    plain_theirs = [float(s["exact_match"]) for s in plain_samples]
+    # as lmops scored a task without filters before: every reply stripped, best alias kept
+    plain_before = [
+        max(exact_match(it["output"].strip(), a, **options) for a in g)
+        for it, g in zip(plain.items, golds, strict=True)
+    ]
     figures: dict[str, Any] = {
         "docs": len(ours_em),
         "exact_match": {
@@ -195,6 +212,16 @@ def main() -> None:
         "identical_outputs": sum(
             it["output"] == s["resps"][0][0] for it, s in zip(mine.items, samples, strict=True)
         ),
+        "no_filter": {
+            "lmops": sum(plain_ours) / len(plain_ours),
+            "lmops_before": sum(plain_before) / len(plain_before),
+            "lm_eval": sum(plain_theirs) / len(plain_theirs),
+            "same_score_docs": sum(a == b for a, b in zip(plain_ours, plain_theirs, strict=True)),
+            "identical_outputs": sum(
+                it["output"] == s["resps"][0][0]
+                for it, s in zip(plain.items, plain_samples, strict=True)
+            ),
+        },
         "f1": {
             "lmops_best_alias": sum(f1_best) / len(f1_best),
             "lm_eval_rule": sum(f1_any) / len(f1_any),
@@ -220,6 +247,13 @@ def main() -> None:
     print(
         f"documents with the same exact match: {figures['same_score_docs']}/{n}; "
         f"identical outputs: {figures['identical_outputs']}/{n}"
+    )
+    nf = figures["no_filter"]
+    print(f"{'exact match, no filter_list':34}{nf['lmops']:>10.3f}{nf['lm_eval']:>10.3f}")
+    print(f"{'  (lmops before: replies stripped)':34}{nf['lmops_before']:>10.3f}{'-':>10}")
+    print(
+        f"no filter_list: documents with the same exact match: {nf['same_score_docs']}/{n}; "
+        f"identical outputs: {nf['identical_outputs']}/{n}"
     )
 
 
