@@ -139,3 +139,47 @@ def test_an_accepted_key_changes_no_score(tmp_path: Path) -> None:
         (res,) = evaluate(model, [load_task_file(write(tmp_path / str(i), text))], progress=False)
         scores.append([it["scores"] for it in res.items])
     assert scores[0] == scores[1] == [{"exact_match,remove_whitespace": 1.0}] * 2
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (  # a flow mapping, as a one-line filter_list writes it
+            "filter_list:\n  - name: remove_whitespace\n    filter:\n"
+            "      - function: remove_whitespace\n      - function: take_first\n",
+            "filter_list: [{{name: custom, filter: [{{function: !function utils.my_filter}}]}}]\n",
+            "function: !function utils.my_filter is Python .* name one of lmops' filters "
+            r"\(regex, take_first",
+        ),
+        (  # a quoted key
+            'doc_to_text: "Question: {{{{question}}}}?\\nAnswer:"\n',
+            '"doc_to_text": !function utils.doc_to_text\n',
+            "doc_to_text: !function utils.doc_to_text is Python .* Jinja template",
+        ),
+    ],
+)
+def test_a_function_tag_is_found_where_yaml_puts_it(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    assert old in TRIVIAQA
+    f = write(tmp_path, TRIVIAQA.replace(old, new))
+    n = next(i for i, s in enumerate(f.read_text("utf-8").splitlines(), 1) if "!function" in s)
+    with pytest.raises(UserError, match=f"^{re.escape(str(f))}:{n}: {expected}"):
+        load_task_file(f)
+
+
+def test_words_that_read_like_a_function_tag_inside_a_text_are_text(tmp_path: Path) -> None:
+    """A block scalar (or a quoted string) whose text reads ``key: !function ...`` is a
+    prompt, not a tag: the file loads, as it does in lm-eval."""
+    prompt = (
+        "doc_to_text: |\n"
+        "  Note: !function calls are not allowed.\n"
+        "  Question: {{{{question}}}}?\n"
+        "description: 'Rule: !function x is only words'\n"
+    )
+    old = 'doc_to_text: "Question: {{{{question}}}}?\\nAnswer:"\n'
+    task = load_task_file(write(tmp_path, TRIVIAQA.replace(old, prompt)))
+    assert task.text(ROWS[0]) == (
+        "Note: !function calls are not allowed.\nQuestion: Which city is the capital of France?\n"
+    )
+    assert task.config.description == "Rule: !function x is only words"

@@ -41,11 +41,10 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -75,6 +74,9 @@ class FilterStep(BaseModel):
     group_select: int = 0
     # function number: the final numeric answer (eval.extract.extract_number's modes)
     mode: Literal["strict", "flexible", "last"] = "flexible"
+
+
+_FILTERS: tuple[str, ...] = get_args(FilterStep.model_fields["function"].annotation)
 
 
 class FilterSpec(BaseModel):
@@ -556,35 +558,58 @@ class Task:
         return c.target_delimiter if g and not g[-1].isspace() else ""
 
 
-_FUNCTION_TAG = re.compile(r"^\s*(?:-\s+)?([\w.]+)\s*:\s*!function\s+(\S+)")
+def _task_code(text: str) -> tuple[int, str, str] | None:
+    """The first ``!function`` tag of a task file's text, as (line, the key it is the value
+    of, the Python name it names), read by YAML's own scanner: a tag in a flow mapping
+    (``[{function: !function utils.f}]``) or after a quoted key is one, and words in a block
+    scalar or a quoted string (a prompt that reads "!function") are not. None when there is
+    none, or when the text stops being YAML before one (``load_config`` names that)."""
+    import yaml
+
+    key, tagged = "", None
+    previous: Any = None
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if tagged is not None:  # the name the tag applies to
+                name = token.value if isinstance(token, yaml.ScalarToken) else "..."
+                return tagged[0], tagged[1], name
+            if isinstance(token, yaml.ScalarToken) and isinstance(previous, yaml.KeyToken):
+                key = token.value
+            elif isinstance(token, yaml.TagToken) and token.value == ("!", "function"):
+                tagged = (token.start_mark.line + 1, key)
+            previous = token
+    except yaml.YAMLError:
+        pass
+    return None if tagged is None else (tagged[0], tagged[1], "...")
 
 
 def _refuse_task_code(path: Path) -> None:
     """lm-eval's ``key: !function module.name`` runs Python from the task's folder; YAML
     cannot read it, so it is named here, with its line and what to write instead."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return  # load_config names the problem
-    for n, line in enumerate(lines, 1):
-        m = _FUNCTION_TAG.match(line)
-        if m is None:
-            continue
-        key, fn = m.groups()
-        if key in _LM_EVAL_REFUSED:
-            todo = _LM_EVAL_REFUSED[key].split("; ", 1)[-1]
-        elif key.startswith("doc_to_"):
-            todo = "write it as a Jinja template or a column name, as lm-eval reads those too"
-        elif key in ("metric", "aggregation"):
-            from lmops.eval.metrics import METRICS
+    found = _task_code(text)
+    if found is None:
+        return
+    n, key, fn = found
+    if key in _LM_EVAL_REFUSED:
+        todo = _LM_EVAL_REFUSED[key].split("; ", 1)[-1]
+    elif key.startswith("doc_to_"):
+        todo = "write it as a Jinja template or a column name, as lm-eval reads those too"
+    elif key in ("metric", "aggregation"):
+        from lmops.eval.metrics import METRICS
 
-            todo = f"name one of lmops' metrics ({', '.join(sorted(METRICS))})"
-        else:
-            todo = "write the value itself (the README's Evaluate section lists the keys)"
-        raise UserError(
-            f"{path}:{n}: {key}: !function {fn} is Python that lm-eval runs from the task's "
-            f"folder; lmops runs no task code: {todo}"
-        )
+        todo = f"name one of lmops' metrics ({', '.join(sorted(METRICS))})"
+    elif key == "function":  # a filter_list step
+        todo = f"name one of lmops' filters ({', '.join(_FILTERS)})"
+    else:
+        todo = "write the value itself (the README's Evaluate section lists the keys)"
+    raise UserError(
+        f"{path}:{n}: {key}: !function {fn} is Python that lm-eval runs from the task's "
+        f"folder; lmops runs no task code: {todo}"
+    )
 
 
 def load_task_file(path: Path, store: Any | None = None) -> Task:
