@@ -9,6 +9,7 @@ batches larger than N, or for any batch holding one marked document."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -278,10 +279,10 @@ metric_list:
 """
 
 
-def _gen_task_file(tmp_path: Path, marked: int | None = None) -> Path:
+def _gen_task_file(tmp_path: Path, marked: int | None = None, n: int = 10) -> Path:
     rows = [
         {"q": (MARK + " " if i == marked else "") + f"{i} plus {i % 3}", "a": str(i + i % 3)}
-        for i in range(10)
+        for i in range(n)
     ]
     data = tmp_path / "echoes.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -306,14 +307,41 @@ def test_generation_that_runs_out_of_memory_is_split_and_gives_the_same_replies(
         [res] = evaluate(lm, [task], progress=False)
         assert max(asked) > 2  # it did run out of memory
         assert [it["output"] for it in res.items] == [it["output"] for it in want.items]
-        # what ran: the last two documents finished at 8 (alone once the first eight had
-        # failed), the first eight at 2
-        assert res.batch_sizes == [8, 2] and want.batch_sizes == [8]
+        # what ran: 8 and then 4 ran out of memory, so 2 is the size that ran (the last two
+        # documents were admitted at 4, once the first eight had failed at 8, and finished)
+        assert res.batch_sizes == [2] and want.batch_sizes == [8]
         asked.clear()
         [again] = evaluate(lm, [task], progress=False)
         assert max(asked) <= 2 and again.batch_sizes == [2]  # kept for later calls
     finally:
         lm.close()
+
+
+def test_the_queue_runs_at_the_smaller_size_from_the_first_generation_out_of_memory(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sequences still waiting when the first ones run out of memory are admitted at
+    half the size at once, not at the size that just failed; and a run that recovers says
+    so in eval's warnings only: the engine's error with its traceback (for a server's log)
+    is at debug level."""
+    task = load_task_file(_gen_task_file(tmp_path, n=24), None)
+    lm = HFEvalModel(model_dir, device="cpu", batch_size=8)
+    lm._engine()  # made (its probes run) before the model runs out of memory
+    asked = _failing(lm, limit=4)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="lmops"):
+            [res] = evaluate(lm, [task], progress=False)
+        # the first eight's prefill and decode step ran 8 at a time and failed; every other
+        # sequence (the sixteen waiting, the eight again) ran at most 4 together
+        assert asked.count(8) == 2 and sum(n > 4 for n in asked) == 2
+        assert res.batch_sizes == [4] and len(res.items) == 24
+    finally:
+        lm.close()
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.name, r.levelname) for r in loud] == [("lmops.eval", "WARNING")]
+    assert "ran out of memory 8 at a time: decoding 4 at a time" in loud[0].message
+    (quiet,) = [r for r in caplog.records if r.name == "lmops.serve"]
+    assert quiet.levelno == logging.DEBUG and quiet.exc_info is not None
 
 
 def test_a_generation_that_runs_out_of_memory_alone_names_its_document(

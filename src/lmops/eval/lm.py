@@ -37,8 +37,11 @@ still runs out of memory is tried again in halves, and the smaller size kept for
 the call and, in later calls, for contexts as long or longer (``eval._batching``; shorter ones
 are not held back); ``batches_run`` logs the sizes that ran, which the report records.
 Generation's batch is the sequences decoding together on the engine (``batch_size``, 8 with
-``"auto"``): the sequences that run out of memory are generated again with half as many
-decoding together, the others' replies kept, and the smaller size kept for later calls.
+``"auto"``): from the first forward pass that runs out of memory the engine decodes half as
+many together (those still waiting start at that size at once), the sequences that ran out
+are generated again, the others' replies kept, and the smaller size is kept for later calls;
+a size at which a generation ran out is not recorded as one that ran. The engine's error for
+such a pass goes to the debug log: eval's warning says what was done.
 """
 
 from __future__ import annotations
@@ -54,7 +57,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lmops.core.errors import UserError
-from lmops.eval._batching import Batches, ItemFailed, _free_cached_memory, says_out_of_memory
+from lmops.eval._batching import (
+    Batches,
+    ItemFailed,
+    _free_cached_memory,
+    is_out_of_memory,
+    says_out_of_memory,
+)
 from lmops.eval.endpoint import ChatPrompt, EndpointDown, OpenAIEvalModel
 from lmops.eval.fake import FakeEvalModel
 from lmops.models.compat import cache_arg, output_cache
@@ -82,6 +91,17 @@ _AUTO_GEN_BATCH = 8
 class _OutOfMemory:
     """A generation the engine ended because memory ran out (its one-line error)."""
 
+    error: str
+
+
+@dataclass
+class _OutOfMemoryAt:
+    """A forward pass of the engine that ran out of memory: the sequences decoding together
+    before and after it was halved, the first sequence it ended, the error in one line."""
+
+    before: int
+    after: int
+    request_id: str
     error: str
 
 
@@ -196,6 +216,7 @@ class HFEvalModel:
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._cache_arg = cache_arg(self.model)
         self._gen_engine: Any = None  # models.engine.Engine, made at the first generation
+        self._oom_at: list[_OutOfMemoryAt] = []  # the current generate call's
         # generate() is given this many requests at a time (progress moves per call): the
         # engine keeps its batch full within a call, and refills it only from that call
         self.generate_chunk = 8 * (batch_size if isinstance(batch_size, int) else _AUTO_GEN_BATCH)
@@ -595,42 +616,59 @@ class HFEvalModel:
             )
         if not reqs:
             return []
-        # sequences that ran out of memory are generated again with half as many decoding
-        # together, the others' replies kept; the smaller size stays for later calls
-        # (eval._batching). The engine fails every sequence of a forward pass that failed.
+        # At the first forward pass that runs out of memory the engine decodes half as many
+        # together (_ran_out_of_memory, on its worker thread, before it admits any more), so
+        # the rest of the queue runs at the smaller size at once; the sequences that ran out
+        # are generated again, the others' replies kept, and the smaller size stays for
+        # later calls (eval._batching). A failed forward pass fails each of its sequences.
         engine = self._engine()
         replies: list[str] = [""] * len(reqs)
         todo = list(range(len(reqs)))
-        ran: list[int] = []  # the sizes at which generations finished (sizes only shrink)
+        start = engine.max_running
+        self._oom_at = []
         try:
             while todo:
                 got = _run_async(self._generate_on_engine([reqs[i] for i in todo]))
-                failed = [(i, r) for i, r in zip(todo, got, strict=True) if not isinstance(r, str)]
-                if len(failed) < len(todo) and engine.max_running not in ran:
-                    ran.append(engine.max_running)  # sequences decoding together
                 for i, r in zip(todo, got, strict=True):
                     if isinstance(r, str):
                         replies[i] = r
+                failed = [i for i, r in zip(todo, got, strict=True) if not isinstance(r, str)]
                 if not failed:
                     break
                 _free_cached_memory()
-                if engine.max_running == 1:
-                    index, oom = failed[0]
+                alone = [o for o in self._oom_at if o.before == 1]
+                if alone:  # nothing smaller to try
                     raise ItemFailed(
-                        index,
-                        f"out of memory in a batch of 1 ({oom.error[:200]}); lower "
+                        int(alone[0].request_id.removeprefix("eval-")),
+                        f"out of memory in a batch of 1 ({alone[0].error[:200]}); lower "
                         "max_gen_toks or --max-length, or use a device with more memory",
                     )
-                before = engine.max_running
-                engine.max_running = (before + 1) // 2
-                log.warning(
-                    "%d of %d generations ran out of memory %d at a time: generating them "
-                    "again %d at a time", len(failed), len(todo), before, engine.max_running,
-                )  # fmt: skip
-                todo = [i for i, _ in failed]
+                todo = failed
         finally:
-            self.batches_run += ran
+            # the sizes in effect, each recorded only where no generation ran out at it
+            failed_at = {o.before for o in self._oom_at}
+            sizes = dict.fromkeys([start, *(o.after for o in self._oom_at)])
+            self.batches_run += [n for n in sizes if n not in failed_at]
         return replies
+
+    def _ran_out_of_memory(self, e: Exception, request_id: str) -> bool:
+        """The engine's ``on_failure``: a forward pass that ran out of memory (its first
+        sequence ``request_id``) halves the sequences decoding together before anything
+        more is admitted (True: eval generates those again, so the engine logs it at debug);
+        any other failure is the engine's."""
+        engine = self._gen_engine
+        if engine is None or not is_out_of_memory(e):
+            return False
+        before = engine.max_running
+        engine.max_running = max(1, (before + 1) // 2)
+        error = " ".join(f"{type(e).__name__}: {e}".split())
+        self._oom_at.append(_OutOfMemoryAt(before, engine.max_running, request_id, error))
+        if before > 1:
+            log.warning(
+                "generations ran out of memory %d at a time: decoding %d at a time from now "
+                "on, and those that ran out are generated again", before, engine.max_running,
+            )  # fmt: skip
+        return True
 
     async def _generate_on_engine(self, reqs: list[Any]) -> list[str | _OutOfMemory]:
         from lmops.models.types import Delta
@@ -676,6 +714,7 @@ class HFEvalModel:
             # the model's own end-of-sequence tokens (its generation config, as
             # transformers' generate) and ChatML's end of turn
             engine.eos_ids = set(self.stop_ids)
+            engine.on_failure = self._ran_out_of_memory
             self._gen_engine = engine
         return self._gen_engine
 

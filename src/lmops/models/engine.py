@@ -68,7 +68,7 @@ import contextlib
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +183,11 @@ class Engine:
         )
         self.max_running = max_running
         self.max_queue = max_queue
+        # called on the worker thread once per exception that ends sequences (with the first
+        # one's request id), before it admits more: True where the caller cures that failure
+        # itself (eval lowers max_running when memory ran out and generates those again),
+        # which is logged at debug then
+        self.on_failure: Callable[[Exception, str], bool] | None = None
         self._pending: collections.deque[Seq] = collections.deque()
         self._running: list[Seq] = []
         # The batch KV cache: one DynamicCache kept across steps (the forward pass appends
@@ -457,12 +462,15 @@ class Engine:
     def _fail(self, s: Seq, e: Exception) -> None:
         """End ``s`` with ``finish_reason="error"``; _drop_finished frees its row. The
         traceback goes to the server log, once per exception (a failed forward pass ends
-        every sequence of the batch); the client gets one line (``engine_error``)."""
+        every sequence of the batch), at debug where ``on_failure`` cures it; the client
+        gets one line (``engine_error``)."""
         if self._failed != id(e):
             self._failed = id(e)
-            logging.getLogger("lmops.serve").error(
-                "the model failed while generating %s", s.req.request_id, exc_info=e
-            )
+            cured = self.on_failure is not None and self.on_failure(e, s.req.request_id)
+            logging.getLogger("lmops.serve").log(
+                logging.DEBUG if cured else logging.ERROR,
+                "the model failed while generating %s", s.req.request_id, exc_info=e,
+            )  # fmt: skip
         s.done = "error"
         s.emit(
             Done("error", len(s.req.prompt_ids or []), len(s.generated), f"{type(e).__name__}: {e}")
