@@ -16,7 +16,7 @@ import pytest
 from lmops.core.errors import UserError
 from lmops.eval.lm import FakeEvalModel
 from lmops.eval.run import evaluate
-from lmops.eval.tasks import _LM_EVAL_REFUSED, TaskConfig, load_task_file
+from lmops.eval.tasks import _FEWSHOT_REFUSED, _LM_EVAL_REFUSED, TaskConfig, load_task_file
 
 # lm-eval 0.4.13's tasks/triviaqa/default.yaml, every key as it ships; only where the data
 # lives differs (a local file instead of the Hub's mandarjoshi/trivia_qa)
@@ -183,3 +183,63 @@ def test_words_that_read_like_a_function_tag_inside_a_text_are_text(tmp_path: Pa
         "Note: !function calls are not allowed.\nQuestion: Which city is the capital of France?\n"
     )
     assert task.config.description == "Rule: !function x is only words"
+
+
+def test_every_key_of_lm_evals_fewshot_config_is_read_or_refused_by_name() -> None:
+    config = pytest.importorskip(
+        "lm_eval.config.task",
+        reason="lm-evaluation-harness not installed (pip install 'lmops[dev]')",
+    )
+    theirs = {f.name for f in dataclasses.fields(config.FewshotConfig)}
+    assert "sampler" in theirs and "samples" in theirs
+    assert not theirs - {"sampler"} - set(_FEWSHOT_REFUSED)
+
+
+@pytest.mark.parametrize(
+    ("sub", "expected"),
+    [
+        ("samples: [{{question: Q, answer: A}}]", "samples: examples written in the task file"),
+        ("split: train", "split: the split the examples come from: write it as the task's"),
+        ("fewshot_indices: [0, 3]", "fewshot_indices: the rows of the few-shot split"),
+        ("doc_to_text: 'Q: {{{{question}}}}'", "doc_to_text: the few-shot examples' own"),
+        ("fewshot_delimiter: '###'", "fewshot_delimiter: the few-shot examples' own"),
+        ("sampler_kind: first_n", r"sampler_kind: unknown field \(fewshot_config takes sampler"),
+    ],
+)
+def test_a_fewshot_config_key_that_would_change_the_numbers_is_refused_with_its_line(
+    tmp_path: Path, sub: str, expected: str
+) -> None:
+    f = write(tmp_path, TRIVIAQA + "fewshot_config:\n  sampler: first_n\n  " + sub + "\n")
+    n = len(TRIVIAQA.splitlines()) + 3
+    with pytest.raises(UserError, match=f"^{re.escape(str(f))}:{n}: fewshot_config.{expected}"):
+        load_task_file(f)
+
+
+def test_sampler_alone_is_read(tmp_path: Path) -> None:
+    f = write(tmp_path, TRIVIAQA + "fewshot_config:\n  sampler: first_n\n")
+    assert load_task_file(f).config.fewshot_config == {"sampler": "first_n"}
+
+
+@pytest.mark.parametrize(
+    "kwargs", ["", "generation_kwargs:\n  max_gen_toks: 8\n  do_sample: false\n"]
+)
+def test_a_generation_stops_at_the_fewshot_delimiter_unless_until_says(
+    tmp_path: Path, kwargs: str
+) -> None:
+    """Without generation_kwargs, or with them but no ``until``, a generation stops at the
+    task's fewshot_delimiter (here a line break), as lm-eval's TaskConfig sets it."""
+    text = re.sub(r"generation_kwargs:\n(  .*\n)+", kwargs, TRIVIAQA)
+    text = text.replace("filter_list:", 'fewshot_delimiter: "\\n"\nfilter_list:')
+    task = load_task_file(write(tmp_path, text))
+    assert task.config.generation_kwargs.until == ["\n"]
+    model = FakeEvalModel(lambda ctx: " Paris\n\nQuestion: more" if "France" in ctx else " Bard")
+    (res,) = evaluate(model, [task], progress=False)
+    assert [i["output"] for i in res.items] == [" Paris", " Bard"]
+    config = pytest.importorskip("lm_eval.config.task", reason="lm-evaluation-harness")
+    theirs = config.TaskConfig(
+        task="t",
+        output_type="generate_until",
+        fewshot_delimiter="\n",
+        generation_kwargs={"max_gen_toks": 8} if kwargs else None,
+    )
+    assert theirs.generation_kwargs["until"] == task.config.generation_kwargs.until

@@ -5,8 +5,10 @@ Supported keys: ``task``, ``dataset_path`` (``json``/``csv``/``parquet`` with
 ``test_split``, ``validation_split``, ``fewshot_split``, ``num_fewshot``, ``doc_to_text``,
 ``doc_to_choice``, ``doc_to_target`` (Jinja, a column name, or a literal), ``description``,
 ``target_delimiter``, ``fewshot_delimiter``, ``output_type`` (``multiple_choice``,
-``generate_until``, ``loglikelihood_rolling``), ``generation_kwargs`` (``until``,
-``max_gen_toks``, ``do_sample``, ``temperature``), ``metric_list`` (a metric's other keys are
+``generate_until``, ``loglikelihood_rolling``), ``generation_kwargs`` (``until``: the
+task's ``fewshot_delimiter`` when not given, as lm-eval; ``max_gen_toks``, ``do_sample``,
+``temperature``), ``fewshot_config`` (``sampler``; lm-eval's other few-shot keys are refused
+with their line), ``metric_list`` (a metric's other keys are
 its options, as in lm-eval: exact_match's ``ignore_case``, ``ignore_punctuation``,
 ``regexes_to_ignore``, and lmops' ``numeric``), ``filter_list`` (regex extraction, take-first,
 lowercase, strip or ``remove_whitespace``, ``number``: the final numeric answer),
@@ -87,7 +89,8 @@ class FilterSpec(BaseModel):
 
 class GenerationKwargs(BaseModel):
     model_config = ConfigDict(extra="allow")
-    until: list[str] | str = Field(default_factory=lambda: ["\n\n"])
+    # None: the task's fewshot_delimiter (TaskConfig fills it in, as lm-eval does)
+    until: list[str] | str | None = None
     max_gen_toks: int = 256
     do_sample: bool = False
     temperature: float = 0.0
@@ -109,6 +112,32 @@ _LM_EVAL_REFUSED = {
 }
 
 
+# lm-eval's fewshot_config keys (its FewshotConfig) other than ``sampler``: each formats or
+# picks the few-shot examples otherwise than the task's own keys, which is how lmops picks and
+# formats them, so reading the task without it would give other numbers than lm-eval's
+_FEWSHOT_REFUSED = {
+    "split": "the split the examples come from: write it as the task's fewshot_split",
+    "samples": "examples written in the task file: put them in a data file's split and name "
+    "it as fewshot_split",
+    "fewshot_indices": "the rows of the few-shot split to use: write those rows to a split of "
+    "their own and name it as fewshot_split",
+    "process_docs": "a Python hook; lmops runs no task code: write the processed rows to the "
+    "data file",
+    **{
+        key: f"the few-shot examples' own {key}; lmops formats them with the task's {key}: "
+        "remove it (or make it the task's own)"
+        for key in (
+            "doc_to_text",
+            "doc_to_choice",
+            "doc_to_target",
+            "gen_prefix",
+            "fewshot_delimiter",
+            "target_delimiter",
+        )
+    },
+}
+
+
 class TaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: str
@@ -122,7 +151,8 @@ class TaskConfig(BaseModel):
     training_split: str | None = None
     fewshot_split: str | None = None
     num_fewshot: int = 0
-    fewshot_config: dict[str, Any] = Field(default_factory=dict)  # {sampler: first_n | random}
+    # {sampler: first_n | random}; lm-eval's other keys are refused (_FEWSHOT_REFUSED)
+    fewshot_config: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
     doc_to_text: str
     doc_to_choice: str | list[str] | None = None
@@ -161,7 +191,21 @@ class TaskConfig(BaseModel):
             for key, why in _LM_EVAL_REFUSED.items():
                 if data.get(key) is not None:
                     raise FieldError((key,), why)
+            fewshot = data.get("fewshot_config")
+            for key in fewshot if isinstance(fewshot, dict) else ():
+                if key == "sampler":
+                    continue
+                why = _FEWSHOT_REFUSED.get(key, "unknown field (fewshot_config takes sampler)")
+                raise FieldError(("fewshot_config", key), why)
         return data
+
+    @model_validator(mode="after")
+    def _until_the_fewshot_delimiter(self) -> TaskConfig:
+        """A generation stops at the task's ``fewshot_delimiter`` unless ``until`` says
+        otherwise, as lm-eval's ``TaskConfig`` sets it (with or without generation_kwargs)."""
+        if self.generation_kwargs.until is None:
+            self.generation_kwargs.until = [self.fewshot_delimiter]
+        return self
 
     @field_validator("repeats")
     @classmethod
