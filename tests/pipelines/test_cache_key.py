@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from lmops.pipelines import load_pipeline, plan_pipeline, run_pipeline
@@ -132,3 +133,16 @@ def test_eval_and_train_jobs_are_keyed_as_they_run(tmp_path: Path, store: Any) -
     assert keys(path, store, ["steps.ev.apply_chat_template=true"])["ev"] != before["ev"]
     # endpoint requests in flight change how fast the report comes, not what it holds
     assert keys(path, store, ["steps.ev.concurrency=32"]) == before
+
+
+def test_an_eval_step_cached_before_lmops_scored_it_differently_runs_again(
+    tmp_path: Path, store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change to how lmops scores the same job (replies no longer stripped without a
+    filter_list, say) raises eval's SCORING_VERSION, and a cached eval step's key with it."""
+    _task(tmp_path)
+    steps = {"ev": {"type": "eval", "model": "m", "task_files": ["qa.yaml"]}}
+    path = write_pipeline(tmp_path, steps)
+    before = keys(path, store)
+    monkeypatch.setattr("lmops.pipelines.steps.SCORING_VERSION", "next")
+    assert keys(path, store)["ev"] != before["ev"]

@@ -34,6 +34,7 @@ from lmops.eval.endpoint import DEFAULT_CONCURRENCY
 
 __all__ = [
     "PRESETS",
+    "SCORING_VERSION",
     "ContaminationParams",
     "EvalSpec",
     "build_spec",
@@ -41,6 +42,13 @@ __all__ = [
     "spec_from_dict",
     "with_preset",
 ]
+
+
+# How lmops scores a job, as a version: the pipeline's eval step keys its cache on it, so a
+# step cached before a change that scores the same job differently runs again instead of
+# keeping the old numbers. Raise it with any such change. 2: a generation without filter_list
+# is scored unstripped, and stops at the task's fewshot_delimiter (both as lm-eval).
+SCORING_VERSION = "2"
 
 
 class _Strict(BaseModel):

@@ -20,7 +20,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lmops.core.errors import UserError
-from lmops.eval.spec import EvalSpec, with_preset
+from lmops.eval.spec import SCORING_VERSION, EvalSpec, with_preset
 from lmops.pipelines.gate import Condition, fmt, higher_is_better, judge
 from lmops.pipelines.keys import local_path
 
@@ -417,6 +417,8 @@ class EvalParams(EvalSpec, Params):
             data["fewshot_as_multiturn"] = self.apply_chat_template
         if self.data_dir:  # not an input (the tasks' files under it are found inputs)
             data["data_dir"] = local_path(ctx, ctx.path(self.data_dir))
+        # a step scored before lmops scored such jobs differently is not reused
+        data["scoring"] = SCORING_VERSION
         return data
 
     def resolved(self, ctx: StepContext) -> EvalSpec:
