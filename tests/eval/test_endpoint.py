@@ -52,6 +52,11 @@ class Script:
     pace_s: float = 0.0
     delay_s: float = 0.0  # before every answer
     lists: str = "yes"  # how a list of prompts is answered: yes, 400, 422, first
+    # how a prompt in ``refuse`` is refused: (status, body)
+    refusal: tuple[int, dict[str, Any]] = (
+        400,
+        {"error": {"message": "bad request", "type": "invalid_request_error"}},
+    )
     # what happened
     bodies: list[dict[str, Any]] = field(default_factory=list)  # every request, as sent
     prompts: list[str] = field(default_factory=list)  # as they arrived (tries included)
@@ -102,7 +107,7 @@ class Script:
         self, path: str, body: dict[str, Any], prompt: str, tries: int
     ) -> tuple[int, dict[str, Any]]:
         if prompt in self.refuse:
-            return 400, {"error": {"message": "bad request", "type": "invalid_request_error"}}
+            return self.refusal
         if prompt in self.fail or (prompt in self.flaky and tries == 0):
             return (503 if prompt in self.flaky else 500), {"error": {"message": "down"}}
         if path.endswith("/chat/completions"):

@@ -247,6 +247,50 @@ def test_a_prompt_the_endpoint_refuses_is_still_an_error_after_the_fall_back() -
     assert [b["prompt"] for b in script.bodies] == [prompts(4), prompts(8)[4:], "q4", "q5"]
 
 
+@pytest.mark.parametrize(
+    ("status", "error", "fix"),
+    [
+        (
+            400,
+            {"message": "This model's maximum context length is 2048 tokens. However, you "
+             "requested 4100 tokens", "param": None},
+            "shorten or drop the item, or raise the server's limit",
+        ),
+        (413, {"message": "Request Entity Too Large"}, "shorten or drop the item"),
+        (
+            422,
+            {"message": "Unsupported parameter: 'logprobs' is not supported with this model.",
+             "param": "logprobs"},
+            "the server does not take a parameter of the request (its message names it): "
+            "change the task's generation_kwargs or the eval flags that set it",
+        ),
+        (
+            400,
+            {"message": "stop: Extra inputs are not permitted", "param": "stop"},
+            "the server does not take a parameter of the request",
+        ),
+    ],
+)  # fmt: skip
+def test_a_refused_prompt_says_what_must_change(
+    status: int, error: dict[str, Any], fix: str
+) -> None:
+    """Shortening the item is the fix for a refusal of its length, not for one of a
+    parameter the request sends."""
+    script = Script(refuse={"q2"}, refusal=(status, {"error": error}))
+    with endpoint(script) as url:
+        m = OpenAIEvalModel(url, "m", chat=False, concurrency=1, batch_size=1, retries=0)
+        with pytest.raises(ItemFailed) as e:
+            m.generate(gen(prompts(4)))
+    assert e.value.index == 2 and e.value.reason.startswith(
+        f"endpoint refused the request: {status}"
+    )
+    assert "; " + fix in e.value.reason
+    if "parameter" in fix:
+        assert "shorten" not in e.value.reason
+    else:
+        assert "parameter" not in e.value.reason
+
+
 @pytest.mark.parametrize("chat", [False, True])
 def test_a_refused_prompt_names_its_task_and_document(tmp_path: Path, chat: bool) -> None:
     """Log-likelihood requests (a document's four choices side by side, in lists of 8 that

@@ -51,6 +51,7 @@ import json
 import logging
 import math
 import queue
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -113,7 +114,40 @@ class _ListRefused(Exception):
 
 class _PromptRefused(UserError):
     """A request of one prompt was refused as a bad request (a 400, 413 or 422): the
-    prompt is the trouble, and the caller names it (``ItemFailed``)."""
+    caller names the prompt (``ItemFailed``) and says what must change (``fix``)."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+# A refusal of a parameter the request sends, not of the prompt (a 422 "Extra inputs are not
+# permitted", OpenAI's "Unsupported parameter"): shortening the item would not help
+_PARAMETER_REFUSAL = re.compile(
+    r"unsupported|not supported|unrecognized|unknown (?:field|parameter|argument)|extra "
+    r"(?:fields|inputs)|not permitted|unexpected keyword",
+    re.IGNORECASE,
+)
+_CHANGE_PARAMETERS_OR_SERVER = (
+    "the server does not take a parameter of the request (its message names it): change the "
+    "task's generation_kwargs or the eval flags that set it, or use a server that takes it"
+)
+
+
+def _what_must_change(r: Any) -> str:
+    """What must change before a prompt refused alone can pass: the item or the server's
+    limit (a 413, or a 400 or 422 about the prompt: its length, most often), or the
+    parameters the request sends (a refusal that names a parameter other than the prompt)."""
+    if r.status_code == 413:
+        return CHANGE_ITEM_OR_SERVER
+    try:
+        param = r.json()["error"].get("param")
+    except Exception:
+        param = None
+    named = isinstance(param, str) and param not in ("prompt", "messages", "input", "")
+    if named or _PARAMETER_REFUSAL.search(r.text):
+        return _CHANGE_PARAMETERS_OR_SERVER
+    return CHANGE_ITEM_OR_SERVER
 
 
 def _said(r: Any, chars: int = 160) -> str:
@@ -308,7 +342,7 @@ class OpenAIEvalModel:
                         try:
                             reply = self._post(path, bodies[unit[0]], stop)
                         except _PromptRefused as e:
-                            raise ItemFailed(unit[0], f"{e}; {CHANGE_ITEM_OR_SERVER}") from None
+                            raise ItemFailed(unit[0], f"{e}; {e.fix}") from None
                         if reply is not None:
                             results[unit[0]] = read(unit[0], reply)
                         continue
@@ -367,7 +401,9 @@ class OpenAIEvalModel:
                 if prompts > 1:
                     raise _ListRefused(_said(r))
                 # the whole of a usual message (vLLM's context length one is ~190 chars)
-                raise _PromptRefused(f"endpoint refused the request: {_said(r, 300)}")
+                raise _PromptRefused(
+                    f"endpoint refused the request: {_said(r, 300)}", _what_must_change(r)
+                )
             if not r.is_success:
                 hint = ""
                 if r.status_code in (404, 405) and path == "/completions":
