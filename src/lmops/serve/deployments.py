@@ -612,6 +612,7 @@ class Deployment:
                 self.upstream.shown_url,
                 sampling=sampling,
                 default_max_tokens=min(spec.default_max_tokens or 1024, spec.max_tokens_cap),
+                name=spec.name,
             )
         target = target or self.pick()
         model = dict(target.engine.generation_defaults) if spec.generation_config == "auto" else {}

@@ -265,6 +265,7 @@ def _gave_up(err: OpenAIError, tries: list[Try]) -> OpenAIError:
         param=err.param,
         code=err.code,
         headers=dict(err.headers),
+        lmops=err.lmops,
     )
 
 

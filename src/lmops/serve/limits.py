@@ -96,6 +96,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -165,6 +166,10 @@ def estimate_tokens(
     return max(0, prompt_tokens) + max(0, completion)
 
 
+# What a scope's prefix says it is ("key:ci" is an API key's), in a refusal's facts.
+_SCOPE_KINDS = {"key": "key", "dep": "deployment"}
+
+
 class RateLimited(LmopsError):
     """A limit of some scope is reached (HTTP 429). ``retry_after_s`` is ``None`` when the
     request can never pass (it alone is larger than the limit)."""
@@ -182,6 +187,22 @@ class RateLimited(LmopsError):
         self.limit_name = limit_name
         self.scope = scope
         self.headers = headers
+
+    def facts(self) -> dict[str, Any]:
+        """The refusal as data, for programs (the 429's ``error.lmops``, which the message
+        says in words): ``scope`` (``key``, ``deployment``) and its ``name``, the ``limit``
+        reached (a :class:`Limits` field: ``rpm``, ``tpm``, ``tokens_per_day``,
+        ``tokens_per_month``, ``max_concurrent``), ``retry_after_s`` (seconds, to the
+        millisecond; ``None`` when waiting cannot help) and ``too_large`` (the request
+        alone is over the limit: it never passes, whatever the wait)."""
+        kind, _, name = self.scope.partition(":")
+        return {
+            "scope": _SCOPE_KINDS.get(kind, kind),
+            "name": name,
+            "limit": self.limit_name,
+            "retry_after_s": self.retry_after_s,
+            "too_large": self.retry_after_s is None,
+        }
 
 
 @dataclass

@@ -361,7 +361,8 @@ class RequestContext:
 
 def _refusal(e: RateLimited, headers: dict[str, str] | None = None) -> OpenAIError:
     """Flow control's refusal ``e`` as OpenAI's 429 (an ``OpenAIError``), with its
-    ``x-ratelimit-*`` and ``Retry-After`` headers (or ``headers``)."""
+    ``x-ratelimit-*`` and ``Retry-After`` headers (or ``headers``) and its facts as data
+    (``error.lmops``: :meth:`~lmops.serve.limits.RateLimited.facts`)."""
     from lmops.serve.protocol import OpenAIError
 
     return OpenAIError(
@@ -370,6 +371,7 @@ def _refusal(e: RateLimited, headers: dict[str, str] | None = None) -> OpenAIErr
         type_="rate_limit_error",
         code="rate_limit_exceeded",
         headers=dict(e.headers if headers is None else headers),
+        lmops=e.facts(),
     )
 
 

@@ -68,9 +68,16 @@ def error_body(
     type_: str = "invalid_request_error",
     param: str | None = None,
     code: str | None = None,
+    lmops: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """OpenAI's error object, the one shape every error of the gateway (and its fake) has."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    """OpenAI's error object, the one shape every error of the gateway (and its fake) has;
+    ``lmops``: the gateway's own facts about it, as a member of its own beside OpenAI's
+    four (a 429's limit: :meth:`lmops.serve.limits.RateLimited.facts`), which clients
+    pass through (the ``openai`` client's ``e.body["lmops"]``)."""
+    error: dict[str, Any] = {"message": message, "type": type_, "param": param, "code": code}
+    if lmops is not None:
+        error["lmops"] = lmops
+    return {"error": error}
 
 
 class OpenAIError(Exception):
@@ -84,6 +91,7 @@ class OpenAIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        lmops: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -92,11 +100,12 @@ class OpenAIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.lmops = lmops  # the error object's "lmops" member (see error_body)
         # the wait an upstream asked for with a 429 it passed on (for retries)
         self.retry_after_s: float | None = None
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
+        return error_body(self.message, self.type, self.param, self.code, self.lmops)
 
     def response(self) -> JSONResponse:
         return JSONResponse(status_code=self.status, content=self.body(), headers=self.headers)

@@ -274,6 +274,7 @@ def as_responses_error(
         param=_responses_terms(e.param, origins, param=True) if e.param else e.param,
         code=e.code,
         headers=e.headers,
+        lmops=e.lmops,
     )
     out.retry_after_s = e.retry_after_s
     return out

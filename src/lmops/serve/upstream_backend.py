@@ -12,7 +12,7 @@ from lmops.models.types import TokenLogprob
 from lmops.serve.backends import ChoiceDelta, Generation, Job, _content_text
 from lmops.serve.protocol import OpenAIError
 
-__all__ = ["UpstreamBackend", "upstream_error"]
+__all__ = ["UpstreamBackend", "upstream_error", "upstream_facts"]
 
 
 # Control tokens of the common chat templates, for ``control_tokens: refuse`` in front of
@@ -35,9 +35,11 @@ class UpstreamBackend:
         *,
         sampling: dict[str, float] | None = None,
         default_max_tokens: int = 1024,
+        name: str | None = None,
     ) -> None:
         self.upstream = upstream
         self.model_ref = model_ref
+        self.name = name  # the deployment's (what an upstream's 429 names as refused)
         self.sampling = dict(sampling or {})
         self.default_max_tokens = default_max_tokens
 
@@ -93,7 +95,7 @@ class UpstreamBackend:
             try:
                 status, data = await self.upstream.request(path, {**body, "stream": False})
             except UpstreamRefused as e:  # a 429
-                raise upstream_error(e.status, e.data, e.retry_after_s) from None
+                raise upstream_error(e.status, e.data, e.retry_after_s, self.name) from None
             if status >= 400:
                 raise upstream_error(status, data)
             return _UpstreamReply(data, job.kind, estimate)
@@ -103,7 +105,7 @@ class UpstreamBackend:
         try:
             stream = await self.upstream.open_stream(path, body)
         except UpstreamRefused as e:
-            raise upstream_error(e.status, e.data, e.retry_after_s) from None
+            raise upstream_error(e.status, e.data, e.retry_after_s, self.name) from None
         return _UpstreamStream(stream, job.kind, estimate)
 
     async def embed(
@@ -117,7 +119,7 @@ class UpstreamBackend:
         try:
             status, data = await self.upstream.request("/embeddings", body)
         except UpstreamRefused as e:  # a 429
-            raise upstream_error(e.status, e.data, e.retry_after_s) from None
+            raise upstream_error(e.status, e.data, e.retry_after_s, self.name) from None
         if status >= 400:
             raise upstream_error(status, data)
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
@@ -125,10 +127,14 @@ class UpstreamBackend:
 
 
 def upstream_error(
-    status: int, data: dict[str, Any], retry_after_s: float | None = None
+    status: int,
+    data: dict[str, Any],
+    retry_after_s: float | None = None,
+    deployment: str | None = None,
 ) -> OpenAIError:
     """An upstream's 4xx in OpenAI's shape, whatever shape the upstream's error had; the
-    wait it asked for (a 429's ``Retry-After``) is passed on."""
+    wait it asked for (a 429's ``Retry-After``) is passed on. A 429 says whose it is
+    (``error.lmops``, :func:`upstream_facts`): the upstream's, of ``deployment``."""
     err = data.get("error")
     if not isinstance(err, dict):
         err = {"message": err} if isinstance(err, str) else {}
@@ -139,11 +145,31 @@ def upstream_error(
         type_=str(err.get("type") or "invalid_request_error"),
         param=param if isinstance(param, str) else None,
         code=code if isinstance(code, str) else None,
+        lmops=upstream_facts(err, retry_after_s, deployment) if status == 429 else None,
     )
     if retry_after_s is not None:
         out.retry_after_s = retry_after_s
         out.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
     return out
+
+
+def upstream_facts(
+    err: dict[str, Any], retry_after_s: float | None, deployment: str | None
+) -> dict[str, Any]:
+    """The facts of an upstream's 429 passed on (``error.lmops``): ``scope: upstream``,
+    never the upstream's own scope as it stands (an upstream lmops gateway's ``key`` is the
+    gateway's key there, not the client's here: every client of ``deployment`` meets that
+    limit); that gateway's facts, when it sent some, under ``upstream``; ``too_large`` as
+    it says (a request over its limit never passes here either)."""
+    theirs = err.get("lmops") if isinstance(err.get("lmops"), dict) else None
+    return {
+        "scope": "upstream",
+        "name": deployment,
+        "limit": theirs.get("limit") if theirs else None,
+        "retry_after_s": retry_after_s,
+        "too_large": bool(theirs.get("too_large")) if theirs else False,
+        "upstream": theirs,
+    }
 
 
 class _Choices:
