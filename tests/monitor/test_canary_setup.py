@@ -191,12 +191,15 @@ def test_a_deployment_whose_bound_prompt_no_longer_resolves_is_unanswered(
     assert "alias 'production' of asset 'greet' not found" in (results[0].error or "")
 
 
+@pytest.mark.parametrize("known", [True, False])
 def test_an_upstream_gateways_key_limit_passed_on_is_the_deployments(
-    store: Any, tmp_path: Path
+    store: Any, tmp_path: Path, known: bool
 ) -> None:
     """A gateway in front of another lmops gateway passes its 429 on word for word: "rate
     limit reached for key:front-gw" named a key, so it was the canaries' setup error and no
-    availability alert fired, while every caller of the front gateway was refused."""
+    availability alert fired, while every caller of the front gateway was refused. When the
+    canaries' key's name was not known (``known``: a gateway with a store of its own), any
+    key's limit still counted as theirs; the front's facts now say the upstream's."""
     front_secret = store.keys.create("front-gw", rpm=1)[1]  # the front's key upstream
     secret = store.keys.create("canary")[1]
     with gateway(store, {}) as upstream:
@@ -209,7 +212,7 @@ def test_an_upstream_gateways_key_limit_passed_on_is_the_deployments(
                 base_url=f"{url}/v1",
                 model="front",
                 api_key=secret,
-                key=key_name(store, secret),
+                key=key_name(store, secret) if known else None,
             )
     assert key_name(store, secret) == "canary" and key_name(store, "sk-unknown") is None
     assert setup_error(results) is None, [r.model_dump() for r in results]
@@ -221,13 +224,53 @@ def test_an_upstream_gateways_key_limit_passed_on_is_the_deployments(
     assert "key:front-gw" in (results[1].error or "")
 
 
-def _refused(message: str) -> Any:
+def _refused(message: str, facts: dict[str, Any] | None = None) -> Any:
     import httpx
     import openai
 
     request = httpx.Request("POST", "http://gw/v1/chat/completions")
-    body = {"message": message, "type": "rate_limit_error", "code": "rate_limit_exceeded"}
+    body: dict[str, Any] = {
+        "message": message,
+        "type": "rate_limit_error",
+        "code": "rate_limit_exceeded",
+    }
+    if facts is not None:
+        body["lmops"] = facts
     return openai.RateLimitError(message, response=httpx.Response(429, request=request), body=body)
+
+
+def _facts(scope: str, name: str, limit: str | None = "rpm", **more: Any) -> dict[str, Any]:
+    return {"scope": scope, "name": name, "limit": limit, "retry_after_s": 2.0,
+            "too_large": False, **more}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("facts", "key", "said"),
+    [
+        (_facts("key", "canary"), "canary", "give the canaries a key whose rpm and tpm allow"),
+        (_facts("key", "canary"), None, "give the canaries a key whose rpm and tpm allow"),
+        (_facts("key", "canary", "max_concurrent"), "canary", "give the canaries a key of their own"),
+        (_facts("key", "other"), "canary", None),
+        (_facts("deployment", "chat"), "canary", None),
+        (_facts("deployment", "chat", "tpm", retry_after_s=None, too_large=True), "canary",
+         "can never pass a limit of deployment:chat"),
+        # an upstream gateway's, passed on: the deployment's, whether the key is known or not
+        (_facts("upstream", "chat", upstream=_facts("key", "canary")), None, None),
+        (_facts("upstream", "chat", too_large=True), "canary",
+         "can never pass a limit of the upstream of chat"),
+    ],
+)  # fmt: skip
+def test_a_429s_facts_say_whose_limit_it_was_whatever_its_message(
+    facts: dict[str, Any], key: str | None, said: str | None
+) -> None:
+    """The canary read the scope out of the 429's message ("rate limit reached for
+    key:NAME"), so a reworded message made a key's limit look like the deployment's: it
+    reads the facts (``error.lmops``) now, here under a message that names nothing."""
+    from lmops.monitor.canary import Canary, _setup_fix
+
+    e = _refused("Too many requests, slow down.", facts)
+    fix = _setup_fix(e, Canary(id="c", prompt="p"), "http://gw/v1", "chat", None, key)
+    assert (fix is None) if said is None else (fix is not None and said in fix), fix
 
 
 @pytest.mark.parametrize(

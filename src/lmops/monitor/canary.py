@@ -24,11 +24,13 @@ never asked, so it must not fire an alert nor start a retraining round. The setu
   ``invalid_prompt`` 400 of a deployment whose bound prompt no longer resolves, which every
   request gets), and any other 4xx but 408 and 429: the gateway refused the canary's request
   (its prompt, its ``max_tokens``): the canary set is to fix;
-* a 429 from a limit of the canaries' API key (the gateway's message names the scope
-  ``key:<name>``; when the caller gives the key's name, another key's 429, an upstream
-  gateway's passed on, is the deployment's) and a 429 "request too large" (the canary alone
-  is over a limit, of the key or the deployment, and can never pass): the key's limits or
-  the canary are to fix;
+* a 429 from a limit of the canaries' API key (the error's facts, ``error.lmops``, say
+  ``scope: key``; when the caller gives the key's name, another key's is the deployment's)
+  and a 429 whose facts say ``too_large`` (the canary alone is over a limit, of the key or
+  the deployment, or of an upstream gateway's, and can never pass): the key's limits or
+  the canary are to fix. An upstream's 429 passed on (``scope: upstream``) is the
+  deployment's. A gateway that sends no facts (older than them) is read by its message,
+  which names the scope (``key:<name>``, "request too large");
 * a refused connection, a connect timeout, or a server that does not speak HTTP (the
   request's connection is lost, and ``GET /models`` gets bytes back that are not an HTTP
   answer, an SSH banner): the URL.
@@ -209,12 +211,15 @@ def _too_slow(c: Canary, latency_ms: float) -> str | None:
     )
 
 
-# How the gateway's 429 names what refused it (lmops.serve.limits: "rate limit reached for
-# key:ci: ...", "request too large for dep:chat: ...", "too many concurrent requests for
-# key:ci: ..."): the API key's limits are the canaries' setup; the deployment's, its
-# availability; a request over a limit on its own can never pass. A gateway in front of
-# another lmops gateway passes the upstream's 429 on word for word: its key there
-# ("key:front-gw") is not the canaries' key, and its limit is met by every caller.
+# What refused a 429, as the gateway says it in the error's facts (``error.lmops``, see
+# lmops.serve.limits.RateLimited.facts): the API key's limits are the canaries' setup; the
+# deployment's, its availability; a request over a limit on its own (``too_large``) can
+# never pass. A gateway in front of another passes the upstream's 429 on as ``scope:
+# upstream``: met by every caller, whatever key that gateway's own limits named.
+# A gateway older than those facts named the scope in its message only ("rate limit
+# reached for key:ci: ...", "request too large for dep:chat: ...", "too many concurrent
+# requests for key:ci: ..."), and passed an upstream's on word for word: canaries may
+# run against one (a base_url is any gateway), so a 429 without facts is read that way.
 _KEY_LIMIT = re.compile(r"(rate limit reached|too many concurrent requests) for key:(.+?): ")
 _TOO_LARGE = re.compile(r"request too large for (\S+?): ")
 # 4xx statuses that are the request's (the canary's) problem, not the deployment's
@@ -222,6 +227,27 @@ _MALFORMED = frozenset({400, 413, 422})
 # ... but for these codes, which every request to the deployment gets alike: its bound
 # prompt no longer resolves (lmops.serve.handlers), the deployment's to fix
 _DEPLOYMENT_CODES = frozenset({"invalid_prompt"})
+
+
+def _limit(body: Any, message: str) -> tuple[str | None, str | None, str | None, bool]:
+    """(scope, name, limit, too_large) of a 429 whose error object is ``body``: its facts
+    (``error.lmops``), or for a gateway that sends none, what its ``message`` names (see
+    ``_KEY_LIMIT``); Nones when neither says (another server's 429)."""
+    facts = body.get("lmops") if isinstance(body, dict) else None
+    if isinstance(facts, dict):
+        scope, name, limit = (facts.get(f) for f in ("scope", "name", "limit"))
+        return (
+            scope if isinstance(scope, str) else None,
+            name if isinstance(name, str) else None,
+            limit if isinstance(limit, str) else None,
+            facts.get("too_large") is True,
+        )
+    if m := _TOO_LARGE.search(message):
+        scope, _, name = m[1].partition(":")
+        return {"dep": "deployment"}.get(scope, scope), name, None, True
+    if m := _KEY_LIMIT.search(message):
+        return "key", m[2], "max_concurrent" if m[1].startswith("too many") else None, False
+    return None, None, None, False
 
 
 def key_name(store: Store, secret: str | None) -> str | None:
@@ -274,14 +300,15 @@ def _setup_fix(
             hint = name_hint(model, names, "the gateway serves")
         return f"the gateway at {base_url} has no model {model!r} ({status}: {said}); {hint}"
     if isinstance(e, openai.RateLimitError):
-        if m := _TOO_LARGE.search(full):
+        scope, name, limit, too_large = _limit(body, full)
+        if too_large:
+            whose = f"the upstream of {name}" if scope == "upstream" else f"{scope}:{name}"
             return (
-                f"canary {c.id!r} can never pass a limit of {m[1]} at {base_url} (429: "
+                f"canary {c.id!r} can never pass a limit of {whose} at {base_url} (429: "
                 f"{said}); lower its max_tokens or shorten its prompt, or raise that limit"
             )
-        m = _KEY_LIMIT.search(full)
-        if m is not None and key in (None, m[2]):  # the canaries' key, or not known
-            if m[1].startswith("too many"):  # canaries go one at a time: others use it too
+        if scope == "key" and key in (None, name):  # the canaries' key, or not known
+            if limit == "max_concurrent":  # canaries go one at a time: others use it too
                 return (
                     f"the API key's max_concurrent was taken by other requests at {base_url} "
                     f"(429: {said}); give the canaries a key of their own, or raise its "
