@@ -216,8 +216,27 @@ def test_a_continuation_is_counted_once_and_before_its_chain_is_read(
     assert went_on.headers["x-ratelimit-remaining-requests"] == "0"
     assert went_on.parse().output_text.startswith("user: hi | assistant: ")
     with pytest.raises(openai.RateLimitError) as e:
-        c.responses.create(model="echo", input="x", previous_response_id="resp_nonexistent")
+        c.responses.create(
+            model="echo",
+            input="x",
+            previous_response_id="resp_nonexistent",
+            extra_headers={"x-request-id": "went-on-over"},
+        )
     assert e.value.body["code"] == "rate_limit_exceeded"
+    assert e.value.body["lmops"] == {
+        **e.value.body["lmops"],
+        **{"scope": "key", "name": "lim", "limit": "rpm", "too_large": False},
+    }
+    # logged as the chat path logs its 429s (it was in no request log, nor in the
+    # requests metric): traced by its x-request-id, counted by `lmops usage`
+    shown = json.loads(server["lmops"]("trace", "went-on-over", "--json"))
+    assert (shown["status"], shown["deployment"], shown["key_name"]) == (429, "echo", "lim")
+    assert shown["endpoint"] == "chat" and "rate limit reached" in shown["error"]
+    used = json.loads(server["lmops"]("usage", "--key", "lim", "--json"))
+    assert used["total"] == {**used["total"], "requests": 3, "errors": 1}
+    metrics = httpx.get(server["base"] + "/metrics").text
+    assert 'lmops_requests_total{deployment="echo",status="429"} 1.0' in metrics
+    assert 'lmops_rate_limited_total{deployment="echo",limit="rpm"} 1.0' in metrics
 
 
 def test_truncation_auto_drops_the_oldest_turns_to_fit(server: dict[str, Any]) -> None:

@@ -86,7 +86,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         ),
     }
     proc, base = start_server(env, "--deployments", str(root / "d.yaml"))
-    yield {"base": base, "keys": keys, "model": model, "mentions": mentions}
+    yield {"base": base, "keys": keys, "model": model, "mentions": mentions, "cli": cli}
     stop_server(proc)
 
 
@@ -406,11 +406,8 @@ def test_the_tokenizer_routes_count_against_the_keys_rpm(server: dict[str, Any])
     assert over.json()["error"]["code"] == "rate_limit_exceeded"
     assert "rpm" in over.json()["error"]["message"] and int(over.headers["retry-after"]) > 0
     assert over.headers["x-ratelimit-remaining-requests"] == "0"
+    assert over.json()["error"]["lmops"]["scope"] == "key"
     assert post(server, "/detokenize", ids, key="rpm3").status_code == 429
-    # the refusals are in the metrics, under the route (no deployment is read before)
-    metrics = httpx.get(server["base"] + "/metrics").text
-    assert 'lmops_rate_limited_total{deployment="/tokenize",limit="rpm"} 1.0' in metrics
-    assert 'lmops_rate_limited_total{deployment="/detokenize",limit="rpm"} 1.0' in metrics
     # the same count as the chat route's: it is refused too
     c = openai.OpenAI(base_url=server["base"] + "/v1", api_key=server["keys"]["rpm3"],
                       max_retries=0, timeout=60)  # fmt: skip
@@ -418,6 +415,44 @@ def test_the_tokenizer_routes_count_against_the_keys_rpm(server: dict[str, Any])
         c.completions.create(model="tiny", prompt="hi", max_tokens=1)
     # another key is not held back
     assert post(server, "/tokenize", body).status_code == 200
+
+
+def test_a_tokenizer_routes_429_is_logged_and_counted_as_the_generation_routes_are(
+    server: dict[str, Any],
+) -> None:
+    """A refused /tokenize or /detokenize was in no request log (so `lmops usage` and
+    `lmops trace` never saw it) and in the metrics under the route, where a refused
+    completion is under its deployment: now all three 429s are alike, the tokenizer's
+    under the deployment it named or the key reaches (lm-eval names none)."""
+    key = server["cli"]("keys", "create", "--name", "rpm1", "--rpm", "1", "--json")
+    headers = {"Authorization": f"Bearer {json.loads(key)['key']}"}
+
+    def send(path: str, body: dict[str, Any], xid: str) -> httpx.Response:
+        return httpx.post(server["base"] + path, json=body, timeout=60,
+                          headers={**headers, "x-request-id": xid})  # fmt: skip
+
+    assert send("/tokenize", {"model": "tiny", "prompt": "a"}, "tok-ok").status_code == 200
+    refused = {
+        "tok-over": send("/tokenize", {"model": "tiny", "prompt": "a"}, "tok-over"),
+        "detok-over": send("/v1/detokenize", {"model": "twin", "tokens": [1]}, "detok-over"),
+        "chat-over": send("/v1/completions", {"model": "tiny", "prompt": "a"}, "chat-over"),
+    }
+    assert [r.status_code for r in refused.values()] == [429, 429, 429]
+    for xid in refused:
+        shown = json.loads(server["cli"]("trace", xid, "--json"))
+        assert (shown["status"], shown["deployment"]) == (429, "twin" if "detok" in xid else "tiny")
+        assert shown["endpoint"] == {"tok-over": "tokenize", "detok-over": "detokenize"}.get(
+            xid, "completion"
+        )
+    with pytest.raises(AssertionError, match="no logged request"):  # an answered one is not
+        server["cli"]("trace", "tok-ok", "--json")
+    used = json.loads(server["cli"]("usage", "--key", "rpm1", "--json"))
+    assert used["total"]["requests"] == used["total"]["errors"] == 3
+    assert {d: u["errors"] for d, u in used["by_deployment"].items()} == {"tiny": 2, "twin": 1}
+    metrics = httpx.get(server["base"] + "/metrics").text
+    assert 'lmops_rate_limited_total{deployment="twin",limit="rpm"} 1.0' in metrics
+    assert 'lmops_requests_total{deployment="twin",status="429"} 1.0' in metrics
+    assert "/tokenize" not in metrics and "/detokenize" not in metrics
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ shutdown) flushes it.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from lmops.monitor.metrics import Metrics
@@ -80,21 +81,47 @@ class Policy:
         ctx.counted = counted
         return ctx
 
-    def count_request(self, key: Any, route: str) -> dict[str, str]:
-        """Count a request to ``route`` (``/tokenize``, ``/detokenize``), which runs no
-        model, against the key's requests per minute, never its tokens, so that the
-        tokenizer routes are not unmetered CPU. Its ``x-ratelimit-*-requests`` headers;
-        OpenAI's 429 (with its headers) when the key is over its RPM, counted in
-        ``lmops_rate_limited_total`` under ``deployment="<route>"`` (the body that names
-        one is not read yet). Deployment limits are not charged: they protect the model,
-        which does not run. Not logged: no model answered."""
+    def count_request(
+        self,
+        key: Any,
+        route: str,
+        *,
+        dep: Any = None,
+        kind: str | None = None,
+        body: Any = None,
+        x_request_id: str | None = None,
+        state: Any = None,
+    ) -> dict[str, str]:
+        """Count a request to ``route`` (``/tokenize``, a Responses continuation) against
+        the key's requests per minute, never its tokens, before the work it asks for (the
+        tokenizer routes are not unmetered CPU; a conversation is not read). Its
+        ``x-ratelimit-*-requests`` headers; OpenAI's 429 (with its headers and facts) when
+        the key is over its RPM. Deployment limits are not charged: they protect the model,
+        which has not run (yet).
+
+        A refusal of a request that names ``dep`` (a deployment the key may call) is
+        counted and logged as admission's are: a request-log row of endpoint ``kind``
+        with status 429 (its ``body``, where the deployment logs bodies; ``x_request_id``),
+        ``lmops_requests_total`` and ``lmops_rate_limited_total`` under the deployment
+        (the context goes on ``state``, the request's, for the access log). Without one,
+        only ``lmops_rate_limited_total``, under ``deployment="<route>"``, as a request
+        naming no deployment is not logged."""
         if key.rpm is None:
             return {}
         try:
             lease = self.limiter.acquire([(f"key:{key.name}", Limits(rpm=key.rpm))], route, 0)
         except RateLimited as e:
-            self.metrics.rate_limited(route, e.limit_name)
-            raise _refusal(e) from None
+            refusal = _refusal(e)
+            self.metrics.rate_limited(route if dep is None else dep.name, e.limit_name)
+            if dep is not None:
+                kind = kind or route.strip("/")
+                ctx = self.begin(key, dep, kind, body, _refused_id(kind), x_request_id=x_request_id)
+                if not dep.spec.split:  # what would have answered (a split had not picked)
+                    ctx.model_ref = dep.backend().model_ref
+                if state is not None:
+                    state.lmops_ctx = ctx
+                ctx.fail(429, refusal.message)
+            raise refusal from None
         self.limiter.release(lease)
         return limit_headers(lease)
 
@@ -375,6 +402,16 @@ def _refusal(e: RateLimited, headers: dict[str, str] | None = None) -> OpenAIErr
     )
 
 
+def _refused_id(kind: str) -> str:
+    """The request-log id of a request refused before it was made (its answer's id, which
+    it never got): the id an answer of ``kind`` would have had."""
+    from lmops.serve.protocol import completion_id
+
+    if kind in ("chat", "completion"):
+        return completion_id(kind)
+    return f"{kind}-{uuid.uuid4().hex[:24]}"
+
+
 def _with_counted(counted: dict[str, str] | None, headers: dict[str, str]) -> dict[str, str]:
     """Admission's ``headers`` with the ``x-ratelimit-*-requests`` of the key's request
     counted before it (``counted``), where those are the tighter (admission counted the
@@ -539,7 +576,7 @@ class NullPolicy:
     ) -> NullContext:
         return NullContext(dep, request_id, x_request_id)
 
-    def count_request(self, key: Any, route: str) -> dict[str, str]:
+    def count_request(self, key: Any, route: str, **_: Any) -> dict[str, str]:
         return {}
 
     def close(self) -> None:

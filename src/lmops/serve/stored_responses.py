@@ -19,8 +19,9 @@ model saw. Rows expire ``responses_ttl_days`` (30) after a conversation's last t
 ``previous_response_id`` puts the stored chain's items (each response's input items, then
 its output items) before this request's ``input``, as OpenAI does; ``instructions`` are
 this request's only, never carried. The key's request is counted against its requests per
-minute before the chain is read (a key over its limit gets its 429 and reads nothing), and
-once only: admission then charges it the tokens. The carried items are sent to the model
+minute before the chain is read (a key over its limit gets its 429 and reads nothing; the
+429 is logged, under the deployment the request names, as admission's are), and once only:
+admission then charges it the tokens. The carried items are sent to the model
 again, so they count as input tokens toward the key's limits and usage, and they pass the
 input guardrails again. ``truncation: "auto"`` drops the oldest carried turns (whole
 turns: a function call is never parted from its output) until the prompt fits the model's
@@ -236,7 +237,7 @@ class ResponsesEndpoint:
     async def create(self, request: Request) -> Response:
         """``POST /v1/responses``: the chat request it means, with the conversation it
         continues, answered by the chat handler and translated back; stored when asked."""
-        ensure_request_id(request.scope)
+        xid = ensure_request_id(request.scope)
         key = self.gw.authenticate(request)
         raw = await read_json(request, max_bytes=self.handlers.max_body_bytes)
         if not isinstance(raw, dict):
@@ -253,8 +254,16 @@ class ResponsesEndpoint:
         counted: dict[str, str] | None = None
         if prev is not None:
             # counted first: a key over its rpm reads nothing (admission then counts its
-            # tokens only)
-            counted = self.policy.count_request(key, "/v1/responses")
+            # tokens only); its 429 is logged as admission's are, under the deployment
+            counted = self.policy.count_request(
+                key,
+                "/v1/responses",
+                dep=self._named(key, raw.get("model")),
+                kind="chat",
+                body=raw,
+                x_request_id=xid,
+                state=request.state,
+            )
             carried, turns = await self._carried(prev, key)
         body = {k: v for k, v in raw.items() if k != "previous_response_id"}
         own = raw.get("input")
@@ -297,6 +306,16 @@ class ResponsesEndpoint:
         await save(out)
         headers = {k: v for k, v in reply.headers.items() if k.startswith("x-")}
         return JSONResponse(out, headers=headers)
+
+    def _named(self, key: Any, name: Any) -> Any:
+        """The deployment ``name`` when the key may call it, else None (a request naming
+        none is not logged, and the chat path says what is wrong with it)."""
+        if not isinstance(name, str):
+            return None
+        try:
+            return self.gw.deployment(key, name)
+        except OpenAIError:
+            return None
 
     async def _carried(self, prev: Any, key: Any) -> tuple[list[dict[str, Any]], list[int]]:
         """The items a request continuing ``prev`` carries and where its turns begin

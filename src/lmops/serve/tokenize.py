@@ -28,9 +28,13 @@ lists them (so lm-eval, which never names one, wants a key scoped to the deploym
 evaluates). Keys and their deployment scopes apply, and ``/tokenize`` and ``/detokenize``
 count as requests against the key's ``rpm`` (shared with the generation routes, with their
 ``x-ratelimit-*-requests`` headers and the key's 429 past it), never against its tokens nor
-the deployment's limits (the model does not run); nothing is logged (no model runs); a text
-longer than the model's context could ever hold is refused before it is read, as the
-generation routes refuse it. Upstream and fake deployments have no tokenizer here.
+the deployment's limits (the model does not run). As on the generation routes, the body is
+read and its deployment found first, then the request is counted, before any tokenizing;
+an answered request is not logged (no model runs), a refused one is, as the generation
+routes' 429s are (request log, ``lmops_requests_total``, ``lmops_rate_limited_total``, under
+the deployment; endpoint ``tokenize`` or ``detokenize``); a text longer than the model's
+context could ever hold is refused before it is read, as the generation routes refuse it.
+Upstream and fake deployments have no tokenizer here.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import Field
 
 from lmops.models.encoder import encode_for_embedding
+from lmops.monitor.accesslog import ensure_request_id
 from lmops.serve.backends import INLINE_TOKENIZE_CHARS, _text_parts_only, _vocab, encode_messages
 from lmops.serve.protocol import ChatRequest, OpenAIError, _Open, parse, read_json
 
@@ -226,6 +231,25 @@ async def _off_loop(fn: Any, chars: int, *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args) if chars > INLINE_TOKENIZE_CHARS else fn(*args)
 
 
+def _count(
+    gw: Any, request: Request, response: Response, key: Any, route: str, name: str, raw: Any
+) -> None:
+    """Count the request against the key's RPM, once its deployment ``name`` is known and
+    before any work: its ``x-ratelimit-*`` headers on ``response``, or the key's 429,
+    logged under that deployment as the generation routes log theirs."""
+    response.headers.update(
+        gw.hooks.count_request(
+            key,
+            route,
+            dep=gw.registry.deployments[name],
+            kind=route.strip("/"),
+            body=raw,
+            x_request_id=ensure_request_id(request.scope),
+            state=request.state,
+        )
+    )
+
+
 def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRouter:
     """The three routes under ``prefix`` ('' or '/v1'), over gateway ``gw``'s keys and
     deployments."""
@@ -236,8 +260,6 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
     @router.post("/tokenize")
     async def tokenize(request: Request, response: Response) -> dict[str, Any]:
         key = gw.authenticate(request)
-        # a request against the key's RPM, before any work; its x-ratelimit-* headers
-        response.headers.update(gw.hooks.count_request(key, "/tokenize"))
         raw = await read_json(request, max_bytes=max_body_bytes)
         req: TokenizeRequest = parse(TokenizeRequest, raw)
         if (req.prompt is None) == (req.messages is None):
@@ -257,6 +279,7 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
                 "unsupported_value",
             )
         name, engine = _resolve(gw, key, req.model)
+        _count(gw, request, response, key, "/tokenize", name, raw)
         spec = gw.registry.deployments[name].spec
         policy, truncate = spec.control_tokens, spec.embeddings_truncate
         chars = len(req.prompt) if req.prompt is not None else len(str(req.messages))
@@ -276,10 +299,10 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
     @router.post("/detokenize")
     async def detokenize(request: Request, response: Response) -> dict[str, Any]:
         key = gw.authenticate(request)
-        response.headers.update(gw.hooks.count_request(key, "/detokenize"))
         raw = await read_json(request, max_bytes=max_body_bytes)
         req: DetokenizeRequest = parse(DetokenizeRequest, raw)
-        _, engine = _resolve(gw, key, req.model)
+        name, engine = _resolve(gw, key, req.model)
+        _count(gw, request, response, key, "/detokenize", name, raw)
         vocab = _vocab(engine)  # the ids /v1/completions takes
         bad = next((i for i, t in enumerate(req.tokens) if not 0 <= t < vocab), None)
         if bad is not None:
