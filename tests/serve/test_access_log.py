@@ -40,11 +40,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     from lmops.serve.fake import fake_server
 
     with fake_server(tokens=5) as upstream, fake_server(tokens=200, itl_s=0.02) as slow:
+        secret_url = upstream.replace("http://", "http://lm:s3cret@") + "/v1"
         (root / "deployments.yaml").write_text(
             "deployments:\n"
             f"  - {{name: tiny, model: {model}, max_running: 1, max_queue: 0}}\n"
             f"  - {{name: proxied, upstream: {upstream}/v1, upstream_model: fake}}\n"
             f"  - {{name: slow, upstream: {slow}/v1, upstream_model: fake}}\n"
+            # two replicas, one of them named with credentials in its URL
+            f"  - {{name: pair, upstream: [{upstream}/v1, '{secret_url}'], upstream_model: fake}}\n"
         )
         key = json.loads(lmops_cli(env)("keys", "create", "--name", "app", "--json"))["key"]
         proc, base = start_server(
@@ -55,7 +58,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             "info",
             ready=ready,
         )
-        yield {"base": base, "key": key, "log": log, "model": str(model), "env": env}
+        yield {"base": base, "key": key, "log": log, "model": str(model), "env": env,
+               "upstream": upstream}  # fmt: skip
         stop_server(proc)
 
 
@@ -107,6 +111,40 @@ def test_chat_line_has_the_gateway_numbers_and_the_request_id_round_trips(
     assert line["prompt_tokens"] == r.usage.prompt_tokens
     assert line["completion_tokens"] == r.usage.completion_tokens
     assert line["guardrails"] == [] and "disconnected" not in line
+
+
+def test_a_line_names_the_replica_that_answered_as_the_request_log_does(
+    server: dict[str, Any],
+) -> None:
+    """The request log kept the replica that answered (``replica``), the access log line
+    did not: a line could not say which replica a slow or failed request went to. It does
+    now, the same value, credentials masked."""
+    from tests.serve.conftest import lmops_cli
+
+    seen = set()
+    for i in range(2):  # two replicas at rest take turns: one request each
+        rid = f"pair-{i}"
+        client(server).chat.completions.create(
+            model="pair",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=2,
+            extra_headers={"x-request-id": rid},
+        )
+        line = line_for(server, rid)
+        logged = json.loads(lmops_cli(server["env"])("trace", rid, "--json"))["replica"]
+        assert line["replica"] == logged and logged is not None
+        seen.add(line["replica"])
+    port = server["upstream"].rsplit(":", 1)[1]
+    assert seen == {f"http://127.0.0.1:{port}/v1", f"http://***@127.0.0.1:{port}/v1"}
+    assert "s3cret" not in server["log"].read_text(encoding="utf-8")
+    # a deployment with one upstream (or an engine) has none
+    client(server).chat.completions.create(
+        model="proxied",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=2,
+        extra_headers={"x-request-id": "one-upstream"},
+    )
+    assert line_for(server, "one-upstream")["replica"] is None
 
 
 def test_request_ids_are_generated_when_missing_or_unsafe(server: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
     {"ts": "2025-01-01T12:00:00.123Z", "request_id": "6f1c...", "method": "POST",
      "path": "/v1/chat/completions", "status": 200, "latency_ms": 812.4,
      "client": "127.0.0.1:53122", "user_agent": "OpenAI/Python 1.0", "key": "lmk-AbCdEfGh",
-     "key_name": "app", "deployment": "chat", "model_version": "chat:3",
+     "key_name": "app", "deployment": "chat", "model_version": "chat:3", "replica": null,
      "completion_id": "chatcmpl-...", "prompt_tokens": 12, "completion_tokens": 40,
      "ttft_ms": 95.1, "guardrails": [{"type": "pii_mask", ...}], "error_code": null}
 
@@ -23,6 +23,8 @@ Contract:
   read from ``request.state.lmops_key`` where ``/v1`` and ``/api`` leave it. ``/v1``
   lines add what the policy layer's :class:`~lmops.serve.policy.RequestContext`
   (``request.state.lmops_ctx``) knows: deployment, the model version that answered,
+  ``replica`` (of a deployment over a list of replicas, the one whose reply or failure the
+  request got, credentials masked, as the request log's ``replica``; null otherwise),
   ``completion_id`` (the reply's id, the request log's ``request_id``; a refused request's
   was never sent), tokens, time to first token
   and guardrail actions. Fields are absent when the request never got that far.
@@ -48,6 +50,7 @@ from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
+from lmops.core.config import mask_url
 from lmops.core.errors import UserError
 
 __all__ = [
@@ -228,9 +231,11 @@ def _line(
     ctx = state.get("lmops_ctx")
     if ctx is not None:
         ttft = getattr(ctx, "ttft_s", None)
+        replica = getattr(ctx, "replica", None)
         line.update(
             deployment=getattr(ctx.dep, "name", None),
             model_version=ctx.model_ref,
+            replica=mask_url(replica) if replica is not None else None,
             completion_id=ctx.request_id,
             prompt_tokens=getattr(ctx, "prompt_tokens", None),
             completion_tokens=getattr(ctx, "completion_tokens", None),
