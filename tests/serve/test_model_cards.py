@@ -55,3 +55,27 @@ def test_a_name_with_a_slash_has_a_card(gateway: tuple[str, str]) -> None:
     )
     with pytest.raises(openai.NotFoundError):
         c.models.retrieve("org/nope")
+
+
+def test_the_fake_server_takes_a_name_with_a_slash_as_the_gateway_does() -> None:
+    """The fake's card route took one path segment: a fake named ``org/m`` (standing in
+    for a server that names models as Hugging Face does) answered its card with a 404,
+    raw or as the client's %2F, where the gateway's own route answers it."""
+    from lmops.serve.fake import fake_server
+
+    with fake_server(model="org/m", tokens=2, api_key="sk-f") as base:
+        c = openai.OpenAI(base_url=base + "/v1", api_key="sk-f", max_retries=0, timeout=30)
+        assert c.models.retrieve("org/m").id == "org/m"  # sent as /v1/models/org%2Fm
+        with httpx.Client(base_url=base, timeout=30) as h:
+            auth = {"Authorization": "Bearer sk-f"}
+            for path in ("/v1/models/org/m", "/v1/models/org%2Fm"):
+                r = h.get(path, headers=auth)
+                assert r.status_code == 200 and r.json()["id"] == "org/m", (path, r.text)
+            listed = h.get("/v1/models/", headers=auth, follow_redirects=True)
+            assert [m["id"] for m in listed.json()["data"]] == ["org/m"]
+            for path in ("/v1/models/org", "/v1/models/org/m/x"):
+                r = h.get(path, headers=auth)
+                assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+            assert h.get("/v1/models/org/m").status_code == 401  # the key still applies
+        with pytest.raises(openai.NotFoundError):
+            c.models.retrieve("org/nope")

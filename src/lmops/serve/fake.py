@@ -4,7 +4,7 @@ It serves what gateways and benchmarks talk to, so they can be tested on 127.0.0
 without a GPU or weights::
 
     GET  /v1/models               one model, named ``model``
-    GET  /v1/models/{id}
+    GET  /v1/models/{id}          the same model (an id may hold a slash: org/m, org%2Fm)
     POST /v1/chat/completions     streaming (SSE) and non-streaming
     POST /v1/completions          streaming (SSE) and non-streaming
     GET  /health                  200 ``{"status": "ok"}``
@@ -315,8 +315,13 @@ def create_fake_app(
         fake.check_key(request)
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{model_id}")
+    # ``path``, as the gateway's own route: a model named as Hugging Face names them
+    # (``org/m``), asked with the slash as it is or as %2F (the openai client's way);
+    # ``/v1/models/`` is the list
+    @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+        if not model_id:
+            return await list_models(request)
         fake.check_key(request)
         if model_id != fake.model:
             raise _BadRequest(
