@@ -223,10 +223,6 @@ def test_a_continuation_is_counted_once_and_before_its_chain_is_read(
             extra_headers={"x-request-id": "went-on-over"},
         )
     assert e.value.body["code"] == "rate_limit_exceeded"
-    assert e.value.body["lmops"] == {
-        **e.value.body["lmops"],
-        **{"scope": "key", "name": "lim", "limit": "rpm", "too_large": False},
-    }
     # logged as the chat path logs its 429s (it was in no request log, nor in the
     # requests metric): traced by its x-request-id, counted by `lmops usage`
     shown = json.loads(server["lmops"]("trace", "went-on-over", "--json"))
@@ -237,6 +233,10 @@ def test_a_continuation_is_counted_once_and_before_its_chain_is_read(
     metrics = httpx.get(server["base"] + "/metrics").text
     assert 'lmops_requests_total{deployment="echo",status="429"} 1.0' in metrics
     assert 'lmops_rate_limited_total{deployment="echo",limit="rpm"} 1.0' in metrics
+    assert e.value.body["lmops"] == {
+        **e.value.body["lmops"],
+        **{"scope": "key", "name": "lim", "limit": "rpm", "too_large": False},
+    }
 
 
 def test_truncation_auto_drops_the_oldest_turns_to_fit(server: dict[str, Any]) -> None:
