@@ -5,11 +5,14 @@ and the official ``openai`` client, which hands the error object over as ``e.bod
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,6 +111,17 @@ def test_a_429_names_its_limit_as_data_beside_openais_fields(store: Any) -> None
         # the Responses API says it in its terms, with the same facts
         r = refusal(lambda: client(url, secret).responses.create(model="chat", input="hi"))
         assert r.body["lmops"]["scope"] == "key" and r.body["lmops"]["name"] == "ci"
+    # the README's example is such a body
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    (shown,) = re.findall(
+        r"```json\n(\{\"error\": \{\"message\": \"rate limit.*?)```", readme, re.S
+    )
+    error = json.loads(shown)["error"]
+    assert error.keys() == over.body.keys() and error["lmops"].keys() == facts.keys()
+    assert error["message"].startswith("rate limit reached for key:ci: rpm ")
+    assert {k: v for k, v in error.items() if k not in ("message", "lmops")} == {
+        k: v for k, v in over.body.items() if k not in ("message", "lmops")
+    }
 
 
 def test_an_upstreams_429_passed_on_is_the_upstreams_not_a_key_here(store: Any) -> None:
