@@ -32,9 +32,9 @@ the deployment's limits (the model does not run). As on the generation routes, t
 read and its deployment found first, then the request is counted, before any tokenizing;
 an answered request is not logged (no model runs), a refused one is, as the generation
 routes' 429s are (request log, ``lmops_requests_total``, ``lmops_rate_limited_total``, under
-the deployment; endpoint ``tokenize`` or ``detokenize``); a text longer than the model's
-context could ever hold is refused before it is read, as the generation routes refuse it.
-Upstream and fake deployments have no tokenizer here.
+the deployment; endpoint ``tokenize`` or ``detokenize``; never its body); a text longer
+than the model's context could ever hold is refused before it is read, as the generation
+routes refuse it. Upstream and fake deployments have no tokenizer here.
 """
 
 from __future__ import annotations
@@ -231,9 +231,7 @@ async def _off_loop(fn: Any, chars: int, *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args) if chars > INLINE_TOKENIZE_CHARS else fn(*args)
 
 
-def _count(
-    gw: Any, request: Request, response: Response, key: Any, route: str, name: str, raw: Any
-) -> None:
+def _count(gw: Any, request: Request, response: Response, key: Any, route: str, name: str) -> None:
     """Count the request against the key's RPM, once its deployment ``name`` is known and
     before any work: its ``x-ratelimit-*`` headers on ``response``, or the key's 429,
     logged under that deployment as the generation routes log theirs."""
@@ -243,7 +241,10 @@ def _count(
             route,
             dep=gw.registry.deployments[name],
             kind=route.strip("/"),
-            body=raw,
+            # no body, even where the deployment logs them: a text to count is no request
+            # to the model (an answered one keeps nothing), and it must not reach the
+            # traffic the monitor reads as prompts
+            body=None,
             x_request_id=ensure_request_id(request.scope),
             state=request.state,
         )
@@ -279,7 +280,7 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
                 "unsupported_value",
             )
         name, engine = _resolve(gw, key, req.model)
-        _count(gw, request, response, key, "/tokenize", name, raw)
+        _count(gw, request, response, key, "/tokenize", name)
         spec = gw.registry.deployments[name].spec
         policy, truncate = spec.control_tokens, spec.embeddings_truncate
         chars = len(req.prompt) if req.prompt is not None else len(str(req.messages))
@@ -302,7 +303,7 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
         raw = await read_json(request, max_bytes=max_body_bytes)
         req: DetokenizeRequest = parse(DetokenizeRequest, raw)
         name, engine = _resolve(gw, key, req.model)
-        _count(gw, request, response, key, "/detokenize", name, raw)
+        _count(gw, request, response, key, "/detokenize", name)
         vocab = _vocab(engine)  # the ids /v1/completions takes
         bad = next((i for i, t in enumerate(req.tokens) if not 0 <= t < vocab), None)
         if bad is not None:
