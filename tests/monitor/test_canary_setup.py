@@ -224,6 +224,29 @@ def test_an_upstream_gateways_key_limit_passed_on_is_the_deployments(
     assert "key:front-gw" in (results[1].error or "")
 
 
+def test_a_request_too_large_for_an_older_upstream_gateway_is_a_setup_error(
+    store: Any, tmp_path: Path
+) -> None:
+    """Behind a gateway older than ``error.lmops`` ("request too large for dep:chat" in its
+    message only), the front passed the 429 on with facts saying ``too_large: false``, and
+    the canary, which believes facts over words, paged availability for canaries that can
+    never pass. The front reads the older gateway's words as the canary would."""
+    from tests.serve.test_refusal_facts import older_gateway
+
+    secret = store.keys.create("canary")[1]
+    said = ("request too large for dep:chat: it needs 30 tokens and the limit is tpm 3 per "
+            "minute; lower max_tokens or shorten the prompt")  # fmt: skip
+    with older_gateway(said) as old:
+        spec = DeploymentSpec(name="front", upstream=f"{old}/v1", upstream_model="chat")
+        with serve_app(gateway_app([spec], store), "front") as url:
+            results = run_canaries(_canaries(tmp_path), base_url=f"{url}/v1", model="front",
+                                   api_key=secret, key="canary")  # fmt: skip
+    fix = setup_error(results)
+    assert fix is not None and "can never pass a limit of the upstream of front" in fix, [
+        r.model_dump() for r in results
+    ]
+
+
 def _refused(message: str, facts: dict[str, Any] | None = None) -> Any:
     import httpx
     import openai

@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
+from lmops.core import refusals
 from lmops.serve.deployments import DeploymentSpec
 from lmops.serve.fake import fake_server, serve_app
 from lmops.serve.server import gateway_app
+from lmops.serve.upstream_backend import upstream_error
 
 openai = pytest.importorskip("openai", reason="the official openai client is in the dev extra")
 
@@ -43,6 +45,27 @@ def gateway(store: Any, **upstreams: dict[str, Any]) -> Iterator[str]:
             )
         url = stack.enter_context(serve_app(gateway_app(specs, store), "gateway"))
         yield f"{url}/v1"
+
+
+@contextmanager
+def older_gateway(message: str, retry_after: int | None = None) -> Iterator[str]:
+    """A server answering every chat request as an lmops gateway older than ``error.lmops``
+    refused one: a 429 of OpenAI's four fields, ``message`` its only word on the limit;
+    yields its base URL (``/v1`` goes after it)."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat() -> JSONResponse:
+        error = {"message": message, "type": "rate_limit_error", "param": None,
+                 "code": "rate_limit_exceeded"}  # fmt: skip
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        return JSONResponse({"error": error}, status_code=429, headers=headers)
+
+    with serve_app(app, "older") as url:
+        yield url
 
 
 def client(url: str, secret: str) -> Any:
@@ -164,3 +187,94 @@ def test_an_upstreams_429_passed_on_is_the_upstreams_not_a_key_here(store: Any) 
             "too_large": False,
             "upstream": None,
         }
+
+
+def test_the_gateways_words_read_back_as_its_facts(store: Any) -> None:
+    """An older gateway says a 429's facts in words only; the reader of those words
+    (lmops.core.refusals.from_message) reads what the gateway writes today, limit by limit,
+    so a rewording in the limiter cannot pass unnoticed."""
+    secret = store.keys.create("ci", rpm=1)[1]
+    free = store.keys.create("free")[1]
+    with gateway(store, chat={}, small={"limits": {"tokens_per_day": 3}},
+                 one={"limits": {"max_concurrent": 1}, "fake": {"ttft_s": 1.5}}) as url:  # fmt: skip
+        c, f = client(url, secret), client(url, free)
+        c.chat.completions.create(model="chat", **ASK)
+        said = [refusal(lambda: c.chat.completions.create(model="chat", **ASK))]
+        said.append(refusal(lambda: f.chat.completions.create(model="small", **ASK)))
+        slow = threading.Thread(target=lambda: f.chat.completions.create(model="one", **ASK))
+        slow.start()
+        try:
+            time.sleep(0.5)
+            said.append(refusal(lambda: f.chat.completions.create(model="one", **ASK)))
+        finally:
+            slow.join()
+    for e in said:
+        facts = {**e.body["lmops"], "retry_after_s": None}
+        assert refusals.from_message(e.message) == facts, e.message
+    assert [e.body["lmops"]["limit"] for e in said] == ["rpm", "tokens_per_day", "max_concurrent"]
+
+
+@pytest.mark.parametrize(
+    ("message", "retry_after", "upstream"),
+    [
+        ("request too large for dep:chat: it needs 30 tokens and the limit is tpm 3 per "
+         "minute; lower max_tokens or shorten the prompt", None,
+         {"scope": "deployment", "name": "chat", "limit": "tpm", "retry_after_s": None,
+          "too_large": True}),
+        ("rate limit reached for key:front-gw: rpm 1 requests per minute; 1 used in the "
+         "last minute and this request needs 1; retry in 40s", 40,
+         {"scope": "key", "name": "front-gw", "limit": "rpm", "retry_after_s": 40.0,
+          "too_large": False}),
+        ("too many concurrent requests for dep:chat: 2 in flight, max_concurrent 2; retry "
+         "in 1s", 1,
+         {"scope": "deployment", "name": "chat", "limit": "max_concurrent",
+          "retry_after_s": 1.0, "too_large": False}),
+    ],
+)  # fmt: skip
+def test_an_older_gateways_429_passed_on_is_read_by_its_words(
+    store: Any, message: str, retry_after: int | None, upstream: dict[str, Any]
+) -> None:
+    """In front of an lmops gateway older than ``error.lmops``, the front's facts said
+    ``too_large: false, upstream: null`` even for "request too large": a canary, which reads
+    facts where there are some, took a request that can never pass for the deployment's
+    availability. The front reads that gateway's words now, as the canary does."""
+    secret = store.keys.create("canary")[1]
+    with older_gateway(message, retry_after) as old, gateway(store, front={"upstream": old}) as url:
+        e = refusal(lambda: client(url, secret).chat.completions.create(model="front", **ASK))
+    assert e.body["message"] == message  # its words, passed on as they were
+    assert e.body["lmops"] == {
+        "scope": "upstream",
+        "name": "front",
+        "limit": upstream["limit"],
+        "retry_after_s": None if retry_after is None else float(retry_after),
+        "too_large": upstream["too_large"],
+        "upstream": upstream,
+    }
+
+
+def test_an_upstreams_facts_are_checked_and_cut_to_the_five_fields() -> None:
+    """An upstream's ``error.lmops`` was passed on as it came: any keys, any nesting and
+    size, ``limit`` of any type, and ``too_large: "false"`` read as true. Only the five
+    fields pass now, each of its type."""
+    hostile = {
+        "scope": "key",
+        "name": "front-gw",
+        "limit": "rpm",
+        "retry_after_s": 2.5,
+        "too_large": "false",
+        "upstream": {"scope": "key", "deep": ["x" * 10_000]},
+        "secret": "sk-123",
+    }
+    facts = upstream_error(429, {"error": {"message": "no", "lmops": hostile}}, 2.5, "dep").lmops
+    assert facts is not None and facts["too_large"] is False and facts["limit"] == "rpm"
+    assert facts["upstream"] == {"scope": "key", "name": "front-gw", "limit": "rpm",
+                                 "retry_after_s": 2.5, "too_large": False}  # fmt: skip
+    odd = {"scope": ["key"], "name": {"a": 1}, "limit": 5, "retry_after_s": math.inf,
+           "too_large": 1}  # fmt: skip
+    for wait in (math.inf, math.nan, -1, True, "3"):
+        got = refusals.clean({**odd, "retry_after_s": wait})
+        assert got == {"scope": None, "name": None, "limit": None, "retry_after_s": None,
+                       "too_large": False}, wait  # fmt: skip
+    assert refusals.clean("rpm") is None and refusals.clean({"too_large": True})["too_large"]
+    facts = upstream_error(429, {"error": {"message": "no", "lmops": "rpm"}}, None, "d").lmops
+    assert facts is not None and facts["upstream"] is None and facts["too_large"] is False

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lmops.core import refusals
 from lmops.core.errors import UserError, name_hint
 from lmops.core.yamlcfg import load_config
 from lmops.monitor.features import REFUSAL
@@ -217,11 +218,10 @@ def _too_slow(c: Canary, latency_ms: float) -> str | None:
 # never pass. A gateway in front of another passes the upstream's 429 on as ``scope:
 # upstream``: met by every caller, whatever key that gateway's own limits named.
 # A gateway older than those facts named the scope in its message only ("rate limit
-# reached for key:ci: ...", "request too large for dep:chat: ...", "too many concurrent
-# requests for key:ci: ..."), and passed an upstream's on word for word: canaries may
-# run against one (a base_url is any gateway), so a 429 without facts is read that way.
-_KEY_LIMIT = re.compile(r"(rate limit reached|too many concurrent requests) for key:(.+?): ")
-_TOO_LARGE = re.compile(r"request too large for (\S+?): ")
+# reached for key:ci: ...", "request too large for dep:chat: ..."), and passed an
+# upstream's on word for word: canaries may run against one (a base_url is any gateway),
+# so a 429 without facts is read by its words, with the gateway's own reader of them
+# (lmops.core.refusals, where the gateway's wording lives).
 # 4xx statuses that are the request's (the canary's) problem, not the deployment's
 _MALFORMED = frozenset({400, 413, 422})
 # ... but for these codes, which every request to the deployment gets alike: its bound
@@ -231,23 +231,14 @@ _DEPLOYMENT_CODES = frozenset({"invalid_prompt"})
 
 def _limit(body: Any, message: str) -> tuple[str | None, str | None, str | None, bool]:
     """(scope, name, limit, too_large) of a 429 whose error object is ``body``: its facts
-    (``error.lmops``), or for a gateway that sends none, what its ``message`` names (see
-    ``_KEY_LIMIT``); Nones when neither says (another server's 429)."""
-    facts = body.get("lmops") if isinstance(body, dict) else None
-    if isinstance(facts, dict):
-        scope, name, limit = (facts.get(f) for f in ("scope", "name", "limit"))
-        return (
-            scope if isinstance(scope, str) else None,
-            name if isinstance(name, str) else None,
-            limit if isinstance(limit, str) else None,
-            facts.get("too_large") is True,
-        )
-    if m := _TOO_LARGE.search(message):
-        scope, _, name = m[1].partition(":")
-        return {"dep": "deployment"}.get(scope, scope), name, None, True
-    if m := _KEY_LIMIT.search(message):
-        return "key", m[2], "max_concurrent" if m[1].startswith("too many") else None, False
-    return None, None, None, False
+    (``error.lmops``), or for a gateway that sends none, what its ``message`` names
+    (:func:`lmops.core.refusals.from_message`); Nones when neither says (another
+    server's 429)."""
+    facts = refusals.clean(body.get("lmops") if isinstance(body, dict) else None)
+    facts = facts or refusals.from_message(message)
+    if facts is None:
+        return None, None, None, False
+    return facts["scope"], facts["name"], facts["limit"], facts["too_large"]
 
 
 def key_name(store: Store, secret: str | None) -> str | None:

@@ -100,6 +100,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmops.core import refusals as words
 from lmops.core.errors import LmopsError
 from lmops.store import ApiKey
 from lmops.store.db import Database
@@ -599,14 +600,14 @@ class RateLimiter:
             what = f"{u.dim.limit_name} {u.limit}"
             if wait is None:
                 msg = (
-                    f"request too large for {u.scope}: it needs {u.cost} {u.dim.unit} and "
+                    f"{words.too_large(u.scope)}it needs {u.cost} {u.dim.unit} and "
                     f"the limit is {what} per {u.dim.window}; lower max_tokens or shorten "
                     "the prompt"
                 )
                 candidates.append((math.inf, u.dim.limit_name, u.scope, msg))
             else:
                 msg = (
-                    f"rate limit reached for {u.scope}: {what} {u.dim.unit} per "
+                    f"{words.rate_limit_reached(u.scope)}{what} {u.dim.unit} per "
                     f"{u.dim.window}; {_used(u, now)} and this request needs {u.cost}; "
                     f"retry in {_duration(wait)}"
                 )
@@ -619,7 +620,7 @@ class RateLimiter:
         for name, cap in full:
             n = (in_flight or {}).get(name, cap)
             msg = (
-                f"too many concurrent requests for {name}: {n} in flight, max_concurrent "
+                f"{words.too_many_concurrent(name)}{n} in flight, max_concurrent "
                 f"{cap}; retry in {_duration(CONCURRENCY_RETRY_S)}"
             )
             candidates.append((CONCURRENCY_RETRY_S, "max_concurrent", name, msg))

@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+from lmops.core import refusals
 from lmops.models.types import TokenLogprob
 from lmops.serve.backends import ChoiceDelta, Generation, Job, _content_text
 from lmops.serve.protocol import OpenAIError
@@ -159,15 +160,22 @@ def upstream_facts(
     """The facts of an upstream's 429 passed on (``error.lmops``): ``scope: upstream``,
     never the upstream's own scope as it stands (an upstream lmops gateway's ``key`` is the
     gateway's key there, not the client's here: every client of ``deployment`` meets that
-    limit); that gateway's facts, when it sent some, under ``upstream``; ``too_large`` as
-    it says (a request over its limit never passes here either)."""
-    theirs = err.get("lmops") if isinstance(err.get("lmops"), dict) else None
+    limit); that gateway's facts under ``upstream``: those it sent, checked and cut to the
+    five fields (:func:`lmops.core.refusals.clean`), else those its message names, as an
+    older lmops gateway said them in words only (:func:`lmops.core.refusals.from_message`);
+    ``limit`` and ``too_large`` as they say (a request over its limit never passes here
+    either)."""
+    theirs = refusals.clean(err.get("lmops"))
+    if theirs is None and isinstance(err.get("message"), str):
+        theirs = refusals.from_message(err["message"])
+        if theirs is not None and not theirs["too_large"]:
+            theirs["retry_after_s"] = retry_after_s  # the words have no wait; the header has
     return {
         "scope": "upstream",
         "name": deployment,
-        "limit": theirs.get("limit") if theirs else None,
+        "limit": theirs["limit"] if theirs else None,
         "retry_after_s": retry_after_s,
-        "too_large": bool(theirs.get("too_large")) if theirs else False,
+        "too_large": theirs["too_large"] if theirs else False,
         "upstream": theirs,
     }
 
