@@ -408,6 +408,16 @@ def test_the_tokenizer_routes_count_against_the_keys_rpm(server: dict[str, Any])
     assert over.headers["x-ratelimit-remaining-requests"] == "0"
     assert over.json()["error"]["lmops"]["scope"] == "key"
     assert post(server, "/detokenize", ids, key="rpm3").status_code == 429
+    # counted before the body is read: a key over its limit costs no parsing, whatever it
+    # sends (here a body that is no JSON), and gets its 429, not a 400
+    bad = httpx.post(server["base"] + "/tokenize", content=b"{not json" * 1000, timeout=60,
+                     headers={"Authorization": f"Bearer {server['keys']['rpm3']}"})  # fmt: skip
+    assert bad.status_code == 429, bad.text
+    # the key reaches several deployments: the body that names one is not read, so the
+    # refusals are counted under the route and logged nowhere
+    metrics = httpx.get(server["base"] + "/metrics").text
+    assert 'lmops_rate_limited_total{deployment="/tokenize",limit="rpm"} 2.0' in metrics
+    assert 'lmops_rate_limited_total{deployment="/detokenize",limit="rpm"} 1.0' in metrics
     # the same count as the chat route's: it is refused too
     c = openai.OpenAI(base_url=server["base"] + "/v1", api_key=server["keys"]["rpm3"],
                       max_retries=0, timeout=60)  # fmt: skip
@@ -422,37 +432,40 @@ def test_a_tokenizer_routes_429_is_logged_and_counted_as_the_generation_routes_a
 ) -> None:
     """A refused /tokenize or /detokenize was in no request log (so `lmops usage` and
     `lmops trace` never saw it) and in the metrics under the route, where a refused
-    completion is under its deployment: now all three 429s are alike, the tokenizer's
-    under the deployment it named or the key reaches (lm-eval names none)."""
-    key = server["cli"]("keys", "create", "--name", "rpm1", "--rpm", "1", "--json")
-    headers = {"Authorization": f"Bearer {json.loads(key)['key']}"}
+    completion is under its deployment: for a key that reaches one deployment (lm-eval's,
+    which never names one) all its 429s are alike, under that deployment, a body that is
+    no JSON too (counted before it is read)."""
+    made = server["cli"]("keys", "create", "--name", "rpm1", "--rpm", "1", "--scope", "twin",
+                         "--json")  # fmt: skip
+    headers = {"Authorization": f"Bearer {json.loads(made)['key']}"}
 
-    def send(path: str, body: dict[str, Any], xid: str) -> httpx.Response:
-        return httpx.post(server["base"] + path, json=body, timeout=60,
+    def send(path: str, body: dict[str, Any] | bytes, xid: str) -> httpx.Response:
+        sent = {"content": body} if isinstance(body, bytes) else {"json": body}
+        return httpx.post(server["base"] + path, **sent, timeout=60,  # type: ignore[arg-type]
                           headers={**headers, "x-request-id": xid})  # fmt: skip
 
-    assert send("/tokenize", {"model": "tiny", "prompt": "a"}, "tok-ok").status_code == 200
+    assert send("/tokenize", {"prompt": "a"}, "tok-ok").status_code == 200
     refused = {
-        "tok-over": send("/tokenize", {"model": "tiny", "prompt": "a"}, "tok-over"),
-        "detok-over": send("/v1/detokenize", {"model": "twin", "tokens": [1]}, "detok-over"),
-        "chat-over": send("/v1/completions", {"model": "tiny", "prompt": "a"}, "chat-over"),
+        "tok-over": send("/tokenize", {"model": "twin", "prompt": "a"}, "tok-over"),
+        "detok-over": send("/v1/detokenize", {"tokens": [1]}, "detok-over"),
+        "bad-over": send("/tokenize", b"{not json", "bad-over"),
+        "chat-over": send("/v1/completions", {"model": "twin", "prompt": "a"}, "chat-over"),
     }
-    assert [r.status_code for r in refused.values()] == [429, 429, 429]
+    assert [r.status_code for r in refused.values()] == [429] * 4
     for xid in refused:
         shown = json.loads(server["cli"]("trace", xid, "--json"))
-        assert (shown["status"], shown["deployment"]) == (429, "twin" if "detok" in xid else "tiny")
-        assert shown["endpoint"] == {"tok-over": "tokenize", "detok-over": "detokenize"}.get(
-            xid, "completion"
+        assert (shown["status"], shown["deployment"]) == (429, "twin")
+        assert shown["endpoint"] == {"detok-over": "detokenize", "chat-over": "completion"}.get(
+            xid, "tokenize"
         )
     with pytest.raises(AssertionError, match="no logged request"):  # an answered one is not
         server["cli"]("trace", "tok-ok", "--json")
     used = json.loads(server["cli"]("usage", "--key", "rpm1", "--json"))
-    assert used["total"]["requests"] == used["total"]["errors"] == 3
-    assert {d: u["errors"] for d, u in used["by_deployment"].items()} == {"tiny": 2, "twin": 1}
+    assert used["total"]["requests"] == used["total"]["errors"] == 4
+    assert {d: u["errors"] for d, u in used["by_deployment"].items()} == {"twin": 4}
     metrics = httpx.get(server["base"] + "/metrics").text
-    assert 'lmops_rate_limited_total{deployment="twin",limit="rpm"} 1.0' in metrics
-    assert 'lmops_requests_total{deployment="twin",status="429"} 1.0' in metrics
-    assert "/tokenize" not in metrics and "/detokenize" not in metrics
+    assert 'lmops_rate_limited_total{deployment="twin",limit="rpm"} 4.0' in metrics
+    assert 'lmops_requests_total{deployment="twin",status="429"} 4.0' in metrics
 
 
 @pytest.mark.parametrize(

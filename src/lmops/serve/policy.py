@@ -99,13 +99,13 @@ class Policy:
         the key is over its RPM. Deployment limits are not charged: they protect the model,
         which has not run (yet).
 
-        A refusal of a request that names ``dep`` (a deployment the key may call) is
-        counted and logged as admission's are: a request-log row of endpoint ``kind``
+        A refusal of a request for ``dep`` (a deployment the key may call: the one it
+        names, or the only one the key reaches) is counted and logged as admission's are: a request-log row of endpoint ``kind``
         with status 429 (its ``body``, where the deployment logs bodies; ``x_request_id``),
         ``lmops_requests_total`` and ``lmops_rate_limited_total`` under the deployment
         (the context goes on ``state``, the request's, for the access log). Without one,
         only ``lmops_rate_limited_total``, under ``deployment="<route>"``, as a request
-        naming no deployment is not logged."""
+        of no known deployment is not logged."""
         if key.rpm is None:
             return {}
         try:

@@ -28,13 +28,16 @@ lists them (so lm-eval, which never names one, wants a key scoped to the deploym
 evaluates). Keys and their deployment scopes apply, and ``/tokenize`` and ``/detokenize``
 count as requests against the key's ``rpm`` (shared with the generation routes, with their
 ``x-ratelimit-*-requests`` headers and the key's 429 past it), never against its tokens nor
-the deployment's limits (the model does not run). As on the generation routes, the body is
-read and its deployment found first, then the request is counted, before any tokenizing;
-an answered request is not logged (no model runs), a refused one is, as the generation
-routes' 429s are (request log, ``lmops_requests_total``, ``lmops_rate_limited_total``, under
-the deployment; endpoint ``tokenize`` or ``detokenize``; never its body); a text longer
-than the model's context could ever hold is refused before it is read, as the generation
-routes refuse it. Upstream and fake deployments have no tokenizer here.
+the deployment's limits (the model does not run). The request is counted first, before its
+body is read (a key over its limit costs no parsing, whatever it sends); an answered request
+is not logged (no model runs), a refused one is, as the generation routes' 429s are
+(request log, ``lmops_requests_total``, ``lmops_rate_limited_total``; endpoint ``tokenize``
+or ``detokenize``; never its body), under the deployment the key reaches where it reaches
+exactly one; a key that reaches several has its 429 counted under the route
+(``lmops_rate_limited_total{deployment="/tokenize"}``) and not logged, as the deployment
+its body would name is not read. A text longer than the model's context could ever hold is
+refused before it is read, as the generation routes refuse it. Upstream and fake
+deployments have no tokenizer here.
 """
 
 from __future__ import annotations
@@ -231,15 +234,18 @@ async def _off_loop(fn: Any, chars: int, *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args) if chars > INLINE_TOKENIZE_CHARS else fn(*args)
 
 
-def _count(gw: Any, request: Request, response: Response, key: Any, route: str, name: str) -> None:
-    """Count the request against the key's RPM, once its deployment ``name`` is known and
-    before any work: its ``x-ratelimit-*`` headers on ``response``, or the key's 429,
-    logged under that deployment as the generation routes log theirs."""
+def _count(gw: Any, request: Request, response: Response, key: Any, route: str) -> None:
+    """Count the request against the key's RPM first, before its body is read (a key over
+    its limit gets its 429 however large or malformed the body): its ``x-ratelimit-*``
+    headers on ``response``, or the key's 429. That 429 is logged under the deployment the
+    key reaches where it reaches exactly one (the body that would name one is not read),
+    as the generation routes log theirs; else it is counted under ``route`` only."""
+    names = [n for n in gw.registry.deployments if key.scopes is None or n in key.scopes]
     response.headers.update(
         gw.hooks.count_request(
             key,
             route,
-            dep=gw.registry.deployments[name],
+            dep=gw.registry.deployments[names[0]] if len(names) == 1 else None,
             kind=route.strip("/"),
             # no body, even where the deployment logs them: a text to count is no request
             # to the model (an answered one keeps nothing), and it must not reach the
@@ -261,6 +267,7 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
     @router.post("/tokenize")
     async def tokenize(request: Request, response: Response) -> dict[str, Any]:
         key = gw.authenticate(request)
+        _count(gw, request, response, key, "/tokenize")
         raw = await read_json(request, max_bytes=max_body_bytes)
         req: TokenizeRequest = parse(TokenizeRequest, raw)
         if (req.prompt is None) == (req.messages is None):
@@ -280,7 +287,6 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
                 "unsupported_value",
             )
         name, engine = _resolve(gw, key, req.model)
-        _count(gw, request, response, key, "/tokenize", name)
         spec = gw.registry.deployments[name].spec
         policy, truncate = spec.control_tokens, spec.embeddings_truncate
         chars = len(req.prompt) if req.prompt is not None else len(str(req.messages))
@@ -300,10 +306,10 @@ def tokenizer_router(gw: Any, *, max_body_bytes: int, prefix: str = "") -> APIRo
     @router.post("/detokenize")
     async def detokenize(request: Request, response: Response) -> dict[str, Any]:
         key = gw.authenticate(request)
+        _count(gw, request, response, key, "/detokenize")
         raw = await read_json(request, max_bytes=max_body_bytes)
         req: DetokenizeRequest = parse(DetokenizeRequest, raw)
-        name, engine = _resolve(gw, key, req.model)
-        _count(gw, request, response, key, "/detokenize", name)
+        _, engine = _resolve(gw, key, req.model)
         vocab = _vocab(engine)  # the ids /v1/completions takes
         bad = next((i for i, t in enumerate(req.tokens) if not 0 <= t < vocab), None)
         if bad is not None:
