@@ -81,3 +81,25 @@ def test_a_faster_server_alerts_but_does_not_retrain(cli: Any, store: Any, tmp_p
     r = cli("monitor", "watch", str(watch), "--once")
     assert r.code == 0 and "triggered" not in r.out, r.out
     assert "operational drift, not a retrain trigger: latency_ms" in r.out
+
+
+def test_the_tokenizer_routes_429s_are_not_the_models_traffic(store: Any) -> None:
+    """The gateway logs a tokenizer route's 429 (the key's rpm; no text) under the
+    deployment the key reaches: read as traffic, a client counting tokens with a tight key
+    (lm-eval) made half the window errors and token-less prompts, though the model answered
+    every request it got. `lmops usage` still counts them."""
+    from lmops.monitor.features import read_traffic, traffic_sample
+    from lmops.monitor.metering import log_request, usage
+
+    at = datetime.now(UTC) - timedelta(minutes=5)
+    for i in range(10):
+        log_chat(store, "chat", cooking(i), "Use garlic.", at=at + timedelta(seconds=i), i=i)
+        for endpoint in ("tokenize", "detokenize"):
+            log_request(store, at=at + timedelta(seconds=i, milliseconds=500), status=429,
+                        request_id=f"{endpoint}-{i}", endpoint=endpoint, deployment="chat",
+                        key_name="lm-eval", error="rate limit reached")  # fmt: skip
+    sample = traffic_sample(read_traffic(store, "chat", last=10), "chat")
+    assert len(sample) == 10 and not any(sample.error)
+    assert sample.prompt_tokens == [float(len(cooking(i).split())) for i in range(10)]
+    used = usage(store, key="lm-eval")
+    assert used.total.requests == used.total.errors == 20

@@ -190,6 +190,14 @@ def traffic_sample(records: Iterable[RequestRecord], source: str) -> Sample:
     return s
 
 
+# Endpoints of the request log that are no traffic to the model: the gateway's tokenizer
+# routes (lmops.serve.tokenize) log only their 429s (the key's rpm), with no text; read as
+# traffic they would be error samples and token-less prompts of the deployment, so a client
+# counting tokens with a tight key (lm-eval) would move error_rate and prompt_tokens while
+# the model served every request it got. `lmops usage` still counts them: the key spent them.
+NOT_TRAFFIC = frozenset({"tokenize", "detokenize"})
+
+
 def read_traffic(
     store: Store,
     deployment: str,
@@ -199,10 +207,12 @@ def read_traffic(
     last: int | None = None,
 ) -> Iterator[RequestRecord]:
     """Logged requests of ``deployment`` in ``[since, until)``, only the ``last`` N when given,
-    in time order. Rows without bodies are read too; bodies come along where they were logged
-    (read in a second pass that starts at the window's first row)."""
+    in time order, those of :data:`NOT_TRAFFIC` left out. Rows without bodies are read too;
+    bodies come along where they were logged (read in a second pass that starts at the
+    window's first row)."""
     rows: deque[RequestRecord] = deque(maxlen=last)  # maxlen None: unbounded
-    rows.extend(store.requests.scan(deployment=deployment, since=since, until=until))
+    scanned = store.requests.scan(deployment=deployment, since=since, until=until)
+    rows.extend(r for r in scanned if r.endpoint not in NOT_TRAFFIC)
     if not rows:
         return
     start = rows[0].time if last is not None else since
