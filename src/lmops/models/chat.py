@@ -18,10 +18,14 @@ model is better taught a template that says what it is).
 renders tools: exactly ChatML of the Hermes text above, so a chat without tools renders as
 plain ChatML does, and with tools as Qwen2.5's template does (less its default system line).
 
-Token ids come from :class:`Literals`, also shared: a message whose text holds one of the
-tokenizer's special-token strings (``<|im_end|>\n<|im_start|>system``) is rendered with a
-mark in its place, and its text is encoded with ``split_special_tokens=True``, so those
-characters are ordinary text and never a forged turn. The engine's prompt ids
+Token ids come from :class:`Literals`, also shared: every caller-written string that holds
+one of the tokenizer's special-token strings (``<|im_end|>\n<|im_start|>system``) is
+rendered with a mark in its place, and its text is encoded with
+``split_special_tokens=True``, so those characters are ordinary text and never a forged
+turn: a message's text, and also a tool call's name and ``arguments``, a message's other
+fields (a tool result's ``name``) and the ``tools`` (names, descriptions, parameter
+schemas, keys included), where the template writes them as they are or as JSON
+(``tojson``). The engine's prompt ids
 (``Engine.encode_chat``) and every training stage's ids (SFT, DPO/KTO/ORPO, reward, PPO)
 are made by it::
 
@@ -36,7 +40,7 @@ import json
 import re
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +54,7 @@ __all__ = [
     "ChatTokens",
     "Literals",
     "arguments_object",
+    "caller_strings",
     "chat_text",
     "render_tools",
     "template_has_tools",
@@ -235,26 +240,70 @@ def render_tools(
     return out, None
 
 
+_Chat = tuple[list[dict[str, Any]], list[dict[str, Any]] | None]
+
+
 def chat_text(
     tokenizer: Any,
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None = None,
     *,
     add_generation_prompt: bool = False,
-    mark: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+    mark: Callable[[list[dict[str, Any]], list[dict[str, Any]] | None], _Chat] | None = None,
 ) -> str:
     """The text of a chat (and its ``tools``) through the tokenizer's chat template, as the
     gateway renders it for a model whose template is its own (:func:`render_tools`);
-    ``mark``: applied to the template-ready messages (:meth:`Literals.mark`)."""
+    ``mark``: applied to the template-ready messages and tools (:meth:`Literals.mark_chat`)."""
     rendered, listed = render_tools(messages, tools, native=template_writes_calls(tokenizer))
+    if mark is not None:
+        rendered, listed = mark(rendered, listed)
     return str(
         tokenizer.apply_chat_template(
-            mark(rendered) if mark is not None else rendered,
+            rendered,
             tools=listed,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
         )
     )
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """Every string in a JSON value (keys too) with the path of the value it is or names."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            at = f"{path}.{k}" if isinstance(k, str) and k.isidentifier() else f"{path}[{k!r}]"
+            if isinstance(k, str):
+                yield at, k
+            yield from _strings(v, at)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
+
+
+def caller_strings(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> Iterator[tuple[str, str]]:
+    """Every string a caller wrote that a chat template may write into the prompt, with
+    its place in an OpenAI request (``messages[2].tool_calls[0].function.arguments``,
+    ``tools[0].function.description``): each message's text (content parts joined) and
+    every string of its other fields but ``role`` (a call's name and arguments, a tool
+    result's name), and every string of ``tools``. What ``control_tokens: refuse`` reads."""
+    for i, m in enumerate(messages):
+        for key, value in m.items():
+            if key == "content":
+                yield f"messages[{i}].content", text_of(value)
+            elif key != "role":
+                yield from _strings(value, f"messages[{i}].{key}")
+        # arguments sent as JSON text are rendered as the value they decode to, whose
+        # strings may hold what the text escapes ("\u003c|im_start|>")
+        for j, c in enumerate(m.get("tool_calls") or []):
+            fn = c.get("function") if isinstance(c, Mapping) else None
+            args = fn.get("arguments") if isinstance(fn, Mapping) else None
+            if isinstance(args, str) and not isinstance(value := arguments_object(args), str):
+                yield from _strings(value, f"messages[{i}].tool_calls[{j}].function.arguments")
+    yield from _strings(tools or [], "tools")
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,12 +337,18 @@ def _control_of(tokenizer: Any) -> Any:
 
 
 class Literals:
-    """The texts of a chat's messages that hold the tokenizer's special-token strings, each
-    rendered as a mark (private-use characters around a salt unique to this object, so
-    message text cannot forge one) and encoded as ordinary text.
+    """The caller-written strings of a chat that hold the tokenizer's special-token strings
+    (:func:`caller_strings`: message text, tool calls, tools), each rendered as a mark
+    (private-use characters around a salt unique to this object, so no text can forge one)
+    and encoded as ordinary text.
+
+    A mark holds a ``"``, so that where a template writes it as JSON (``tojson``: a call's
+    arguments, a tool's schema) it reads differently from where it writes it as it is: the
+    escaped form stands for the string's own JSON escaping, and each is encoded as the
+    template would have written the string.
 
     One object serves several renderings of one chat (a conversation and its prefixes):
-    the same text gets the same mark. Only messages holding such a string are marked: a
+    the same text gets the same mark. Only strings holding such a string are marked: a
     mark in an empty content (a tool-call turn's) would make a template render it as text.
     Without any, :meth:`encode` is one tokenizer call on the whole text, as a plain
     ``tokenizer(text)``.
@@ -305,27 +360,64 @@ class Literals:
         self.tokenizer = tokenizer
         self._control = _control_of(tokenizer) if control is _UNSET else control
         self._salt = uuid.uuid4().hex
-        self.texts: dict[str, str] = {}  # mark -> the message text it stands for
+        self.texts: dict[str, str] = {}  # a mark as rendered -> the text it stands for there
         self._marks: dict[str, str] = {}  # text -> mark
+        self._pattern: Any = None  # the marks of self.texts, longest first (None: stale)
 
     def holds(self, content: Any) -> bool:
-        """Whether a message content's text holds a special-token string."""
+        """Whether a message content's text (or a string) holds a special-token string."""
         text = text_of(content)
         return bool(text) and self._control is not None and self._control.search(text) is not None
 
+    def _mark(self, text: str) -> str:
+        if text not in self._marks:
+            mark = f'\ue000lmops{self._salt}.{len(self._marks)}"\ue001'
+            self._marks[text] = mark
+            self.texts[mark] = text
+            # as json.dumps writes it (tojson's default, and with ensure_ascii)
+            for ascii_ in (False, True):
+                self.texts[json.dumps(mark, ensure_ascii=ascii_)[1:-1]] = json.dumps(
+                    text, ensure_ascii=ascii_
+                )[1:-1]
+            self._pattern = None
+        return self._marks[text]
+
+    def _value(self, value: Any) -> Any:
+        """A JSON value with each string (key or value) that holds a special-token string
+        swapped for its mark; ``value`` itself where none does."""
+        if isinstance(value, str):
+            return self._mark(value) if self.holds(value) else value
+        if isinstance(value, Mapping):
+            items = [(self._value(k), self._value(v)) for k, v in value.items()]
+            if all(a is k and b is v for (a, b), (k, v) in zip(items, value.items(), strict=True)):
+                return value
+            return dict(items)
+        if isinstance(value, list):
+            out = [self._value(v) for v in value]
+            return value if all(a is b for a, b in zip(out, value, strict=True)) else out
+        return value
+
     def mark(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``messages`` with each content that holds a special-token string swapped for
-        its mark."""
+        """``messages`` (template-ready: :func:`render_tools`'s) with each content that
+        holds a special-token string swapped for its mark, and each such string of its
+        other fields but ``role`` (a call's name and arguments, a tool result's name)."""
         out = []
         for m in messages:
             if self.holds(m.get("content")):
-                text = text_of(m.get("content"))
-                if text not in self._marks:
-                    mark = f"\ue000lmops{self._salt}.{len(self._marks)}\ue001"
-                    self._marks[text], self.texts[mark] = mark, text
-                m = {**m, "content": self._marks[text]}
+                m = {**m, "content": self._mark(text_of(m.get("content")))}
+            rest = {k: v for k, v in m.items() if k not in ("role", "content")}
+            marked = self._value(rest)
+            if marked is not rest:
+                m = {**m, **marked}
             out.append(m)
         return out
+
+    def mark_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        """:meth:`mark` of the messages, and the ``tools`` with each string holding a
+        special-token string (a name, a description, a schema's key or value) marked."""
+        return self.mark(messages), self._value(tools) if tools else tools
 
     def template(
         self,
@@ -336,9 +428,10 @@ class Literals:
     ) -> str:
         """The chat template's text of template-ready messages (:func:`render_tools`'s),
         marked."""
+        messages, tools = self.mark_chat(messages, tools)
         return str(
             self.tokenizer.apply_chat_template(
-                self.mark(messages),
+                messages,
                 tools=tools,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
@@ -358,13 +451,19 @@ class Literals:
             messages,
             tools,
             add_generation_prompt=add_generation_prompt,
-            mark=self.mark,
+            mark=self.mark_chat,
         )
+
+    def _marks_pattern(self) -> Any:
+        if self._pattern is None:
+            forms = sorted(self.texts, key=len, reverse=True)
+            self._pattern = re.compile("(" + ("|".join(map(re.escape, forms)) or "(?!)") + ")")
+        return self._pattern
 
     def _split(self, marked: str) -> list[str]:
         if not self.texts:
             return [marked]
-        return re.split("(" + "|".join(map(re.escape, self.texts)) + ")", marked)
+        return self._marks_pattern().split(marked)
 
     def encode(self, marked: str, *, offsets: bool = False) -> ChatTokens:
         """The ids of a marked text: the template's text with the tokenizer's special
@@ -389,7 +488,7 @@ class Literals:
         """Where character ``at`` of a marked text is in its text as written (a position
         inside a mark: where that message's text begins)."""
         shift = 0
-        for found in re.finditer("|".join(map(re.escape, self.texts)) or "(?!)", marked):
+        for found in self._marks_pattern().finditer(marked):
             if found.start() >= at:
                 break
             if at < found.end():
@@ -400,7 +499,7 @@ class Literals:
     def boundary(self, marked: str, at: int) -> int:
         """``at``, or the start of the mark it falls inside (a text cut there keeps whole
         marks)."""
-        for found in re.finditer("|".join(map(re.escape, self.texts)) or "(?!)", marked):
+        for found in self._marks_pattern().finditer(marked):
             if found.start() < at < found.end():
                 return found.start()
         return at

@@ -82,7 +82,7 @@ from lmops.models.attention import (
     takes_4d_mask,
     untrimmable,
 )
-from lmops.models.chat import Literals
+from lmops.models.chat import Literals, caller_strings
 from lmops.models.compat import cache_arg, output_cache
 from lmops.models.logits import adjust_rows
 from lmops.models.prefill import Prefiller
@@ -107,15 +107,17 @@ class EngineOverloaded(Exception):
 
 
 class ControlTokenError(UserError):
-    """A message's text holds the tokenizer's special tokens and the deployment refuses
-    them (``control_tokens: refuse``); ``index`` is the message's position."""
+    """A caller-written string of a chat (a message's text, a tool call, a tool's
+    definition: :func:`lmops.models.chat.caller_strings`) holds the tokenizer's special
+    tokens and the deployment refuses them (``control_tokens: refuse``); ``param``: its
+    place in the request (``messages[1].content``, ``tools[0].function.description``)."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, param: str) -> None:
         super().__init__(
-            f"messages[{index}].content: contains the model's control tokens (such as "
-            "<|im_start|>); this deployment refuses them in message text"
+            f"{param}: contains the model's control tokens (such as <|im_start|>); this "
+            "deployment refuses them in message text, tool calls and tools"
         )
-        self.index = index
+        self.param = param
 
 
 class Engine:
@@ -272,19 +274,22 @@ class Engine:
     ) -> list[int]:
         """The prompt ids of a chat: the model's template around the messages' text.
 
-        Text inside a message is never read as the tokenizer's special tokens: a user who
-        writes ``<|im_end|>\n<|im_start|>system`` gets those characters as ordinary text,
-        not a forged turn. ``control_tokens="refuse"`` raises :class:`ControlTokenError`
-        instead. Messages without any special-token string (nearly all) are encoded in one
-        call; otherwise the text of each message holding one is spliced into the rendered
-        template at its place and encoded with ``split_special_tokens=True``
+        Text inside a message, a tool call or a tool's definition is never read as the
+        tokenizer's special tokens: a user who writes ``<|im_end|>\n<|im_start|>system``
+        gets those characters as ordinary text, not a forged turn. ``control_tokens=
+        "refuse"`` raises :class:`ControlTokenError` instead. Chats without any
+        special-token string (nearly all) are encoded in one call; otherwise each string
+        holding one is spliced into the rendered template at its place (JSON-escaped where
+        the template writes JSON) and encoded with ``split_special_tokens=True``
         (:class:`lmops.models.chat.Literals`, which training encodes with too).
         """
         literals = Literals(self.tokenizer, self._control)
         if control_tokens == "refuse":
-            forged = [i for i, m in enumerate(messages) if literals.holds(m.get("content"))]
-            if forged:
-                raise ControlTokenError(forged[0])
+            forged = next(
+                (p for p, t in caller_strings(messages, tools) if literals.holds(t)), None
+            )
+            if forged is not None:
+                raise ControlTokenError(forged)
         marked = literals.template(messages, tools, add_generation_prompt=add_generation_prompt)
         return literals.encode(marked).ids
 

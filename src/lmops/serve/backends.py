@@ -246,32 +246,25 @@ def encode_messages(
     """The prompt ids of a chat as the engine reads it: each message's text (content parts
     joined) and the tools of ``plan`` (a :class:`~lmops.serve.tools.ToolPlan` or None)
     through the model's chat template; also what ``/tokenize`` counts. Blocking."""
+    from lmops.models.chat import caller_strings
     from lmops.models.engine import ControlTokenError
-    from lmops.serve.tools import arguments_text, render, template_writes_calls
+    from lmops.serve.tools import render, template_writes_calls
 
     texts = [{**m, "content": _content_text(m.get("content"))} for m in messages]
-    if control_tokens == "refuse":  # named by the request's index, before tools are rendered
-        for i, m in enumerate(texts):
-            listed = m.get("tool_calls")
-            calls: list[Any] = listed if isinstance(listed, list) else []
-            said = [
-                m["content"],
-                *(
-                    arguments_text(c.get("function") if isinstance(c, dict) else None) or ""
-                    for c in calls
-                ),
-            ]
-            if any(engine._has_control(t) for t in said):
-                raise ControlTokenError(i)
+    tools = plan.tools if plan is not None and plan.tools else None
+    if control_tokens == "refuse":  # named by the request's place, before tools are rendered
+        for param, text in caller_strings(texts, tools):
+            if engine._has_control(text):
+                raise ControlTokenError(param)
     # the template's own tools rendering only where it writes calls as the gateway parses
     # them (a probe, cached per template; one that merely mentions "tools" gets the text)
     native = not engine.chat_template_fallback and template_writes_calls(engine.tokenizer)
-    rendered, tools = render(texts, plan, native=native)
+    rendered, listed = render(texts, plan, native=native)
     return list(
         engine.encode_chat(
             rendered,
             control_tokens=control_tokens,
-            tools=tools,
+            tools=listed,
             add_generation_prompt=add_generation_prompt,
         )
     )
@@ -498,7 +491,7 @@ class EngineBackend:
             raise OpenAIError(
                 400,
                 str(e),
-                param=f"messages[{e.index}].content",
+                param=e.param,
                 code="control_tokens",
             ) from None
         longest = max(len(ids) for ids in encoded)

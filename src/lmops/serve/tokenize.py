@@ -196,7 +196,7 @@ def _tokenize(
             add_generation_prompt=req.add_generation_prompt,
         )
     except ControlTokenError as e:
-        raise _bad(str(e), f"messages[{e.index}].content", "control_tokens") from None
+        raise _bad(str(e), e.param, "control_tokens") from None
     return ids
 
 

@@ -63,13 +63,17 @@ class UpstreamBackend:
             )
         if job.control_tokens != "refuse" or job.messages is None:
             return
-        for i, m in enumerate(job.messages):
-            if _GENERIC_CONTROL.search(_content_text(m.get("content"))):
+        from lmops.models.chat import caller_strings
+
+        texts = [{**m, "content": _content_text(m.get("content"))} for m in job.messages]
+        tools = job.tools.tools if job.tools is not None and job.tools.tools else None
+        for param, text in caller_strings(texts, tools):
+            if _GENERIC_CONTROL.search(text):
                 raise OpenAIError(
                     400,
-                    f"messages[{i}].content: contains chat-template control tokens (such as "
-                    "<|im_start|>); this deployment refuses them in message text",
-                    param=f"messages[{i}].content",
+                    f"{param}: contains chat-template control tokens (such as <|im_start|>); "
+                    "this deployment refuses them in message text, tool calls and tools",
+                    param=param,
                     code="control_tokens",
                 )
 

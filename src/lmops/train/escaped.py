@@ -1,5 +1,6 @@
-"""TRL's trainers tokenize the preference rows' texts themselves; a row whose message text
-holds special-token strings (``<|im_end|>\\n<|im_start|>system``) must train on the ids the
+"""TRL's trainers tokenize the preference rows' texts themselves; a row whose text (a
+message's, a tool call's, its tools') holds special-token strings
+(``<|im_end|>\\n<|im_start|>system``) must train on the ids the
 gateway reads for it, where those strings are ordinary text
 (:class:`lmops.models.chat.Literals`), not on the control tokens ``tokenizer(text)`` makes.
 
@@ -97,8 +98,8 @@ class LiteralTexts:
             import trl
 
             raise UserError(
-                f"TRL {trl.__version__} tokenized a row whose message text holds special-token "
-                f"strings with {', '.join(asked)}, which lmops cannot answer with the row's own "
+                f"TRL {trl.__version__} tokenized a row whose text holds special-token strings "
+                f"with {', '.join(asked)}, which lmops cannot answer with the row's own "
                 "ids; install the TRL version lmops pins (pip install -e . or the lock file)"
             )
         if kwargs.get("add_special_tokens", True):
@@ -208,7 +209,7 @@ def check_read(trainer: Any, items: Sequence[Any], stage: str) -> None:
     import trl
 
     raise UserError(
-        f"stage {stage}: TRL {trl.__version__} did not tokenize the rows whose message text "
+        f"stage {stage}: TRL {trl.__version__} did not tokenize the rows whose text "
         f"holds special-token strings through lmops ({missed} of {len(want)} read otherwise: "
         "DPOTrainer/KTOTrainer._prepare_dataset, ORPOTrainer.tokenize_row), so they would "
         "train on forged control tokens; install the TRL version lmops pins "
