@@ -51,7 +51,7 @@ rows read from files by :mod:`lmops.core.rows`, with the place instead of the ro
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -121,6 +121,8 @@ class ValidationReport:
     # consecutive usable rows of one shape: {"shape", "rows", "first", "last"} (places)
     shape_runs: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. a field read beside mapped ones
+    # chat rows quoting a chat template's control tokens (trained as plain text)
+    control_token_rows: int = 0
 
     @property
     def invalid_rows(self) -> int:
@@ -144,6 +146,12 @@ class ValidationReport:
             lines.append(
                 "read as: "
                 + ", ".join(f"{k} {n:,} (first {firsts[k]})" for k, n in self.shapes.items())
+            )
+        if self.control_token_rows:
+            n = self.control_token_rows
+            lines.append(
+                f"{n:,} {'row holds' if n == 1 else 'rows hold'} chat-template control-token "
+                "text (trained as plain text)"
             )
         lines += [f"warning: {w}" for w in self.warnings]
         lines += [str(e) for e in self.errors]
@@ -171,12 +179,13 @@ class ValidationReport:
             ],
             "error_counts": dict(self.error_counts),
             "truncated": self.truncated,
+            "warnings": list(self.warnings),
+            "control_token_rows": self.control_token_rows,
         } | (
             {
                 "stage": self.stage,
                 "shapes": dict(self.shapes),
                 "shape_runs": [dict(r) for r in self.shape_runs],
-                "warnings": list(self.warnings),
             }
             if self.stage
             else {}
@@ -204,7 +213,11 @@ def validate_row(row: Any, fmt: str, *, row_number: int = 1) -> list[RowError]:
 
 
 def validate_rows(
-    rows: Iterable[Any], fmt: str = "auto", *, max_errors: int = 100
+    rows: Iterable[Any],
+    fmt: str = "auto",
+    *,
+    max_errors: int = 100,
+    look: Callable[[str, str, Mapping[str, Any]], None] | None = None,
 ) -> ValidationReport:
     """Validate a stream of rows against ``fmt`` (or ``"auto"``).
 
@@ -215,7 +228,8 @@ def validate_rows(
 
     Rows may be plain values or what :func:`lmops.core.rows.iter_rows` yields: a ``Row`` is
     checked (without its ``_lmops`` annotations) and its problems name its place; a
-    ``BadRow`` (unreadable) is one problem of its own code.
+    ``BadRow`` (unreadable) is one problem of its own code. ``look``: called with each
+    valid row's place, format and values (``lmops data validate``'s notes).
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)} or auto")
@@ -244,6 +258,8 @@ def validate_rows(
             problems = [RowError(p.row, p.field, p.reason, p.code, where) for p in problems]
         if not problems:
             report.valid_rows += 1
+            if look is not None and report.format is not None and isinstance(row, Mapping):
+                look(where, report.format, row)
             continue
         for p in problems:
             counts[p.code] += 1

@@ -13,7 +13,7 @@ validate --stage``, so that both name the same first bad row with the same words
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from lmops.core.errors import name_hint
@@ -70,12 +70,18 @@ def set_problem(stage: str, shapes: Mapping[str, int], first: str) -> tuple[str,
 
 
 def validate_shapes(
-    items: Iterable[Row | BadRow], reader: RowReader, *, max_errors: int = 100
+    items: Iterable[Row | BadRow],
+    reader: RowReader,
+    *,
+    max_errors: int = 100,
+    look: Callable[[str, str, Mapping[str, Any]], None] | None = None,
 ) -> ValidationReport:
     """Every record read as ``reader``'s stage reads it: the shape of each usable row
     (``shapes``: counts; ``shape_runs``: consecutive rows of one shape, first and last
     place), each problem as training states it, and the set's own problems (a mapped
-    column in no row, an SFT set of text rows only) as errors of the row they name."""
+    column in no row, an SFT set of text rows only) as errors of the row they name.
+    ``look``: called with each usable row's place, shape and lmops row (``lmops data
+    validate``'s notes)."""
     items = list(items)
     good = [item for item in items if isinstance(item, Row)]
     report = ValidationReport(format=None, stage=reader.stage)
@@ -103,6 +109,8 @@ def validate_shapes(
             continue
         report.valid_rows += 1
         shapes[got.shape] += 1
+        if look is not None:
+            look(item.where, got.shape, got.row)
         first_good = first_good or item.where
         if runs and runs[-1]["shape"] == got.shape:
             runs[-1].update(rows=runs[-1]["rows"] + 1, last=item.where)

@@ -96,7 +96,9 @@ def validate_source(
         if columns or tags:
             raise UserError("columns and tags map a training stage's fields: give --stage too")
         resolved = resolve_inputs(sources, Path.cwd(), store)
-        return validate_rows(_iter_rows(resolved.files), fmt, max_errors=max_errors)
+        notes = _ServingNotes()
+        rep = validate_rows(_iter_rows(resolved.files), fmt, max_errors=max_errors, look=notes)
+        return notes.add_to(rep)
     from lmops.core.shaped import SHAPE_STAGES, validate_shapes
     from lmops.core.shapes import TAGS, RowReader, column_problem
 
@@ -116,7 +118,80 @@ def validate_source(
             raise UserError(f"tags.{name}: unknown tag; lmops reads {', '.join(TAGS)}")
     reader = RowReader(stage, dict(columns or {}), dict(tags or {}))
     resolved = resolve_inputs(sources, Path.cwd(), store)
-    return validate_shapes(_iter_rows(resolved.files), reader, max_errors=max_errors)
+    notes = _ServingNotes()
+    rep = validate_shapes(_iter_rows(resolved.files), reader, max_errors=max_errors, look=notes)
+    return notes.add_to(rep)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string of a JSON value, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+class _ServingNotes:
+    """What ``validate --stage`` says of usable rows beside their problems, for a training
+    set that is fine to train on: the chat rows that quote a chat template's control tokens
+    (trained as plain text, as the gateway reads them: ``models/chat.Literals``), and the
+    tools whose parameter schema the engine's grammar (llguidance) refuses, so that a model
+    trained on them is refused requests listing them on an engine deployment (a 400,
+    ``unsupported_schema``), though an upstream vLLM may serve it."""
+
+    def __init__(self) -> None:
+        self.control_rows = 0
+        self._checked: dict[str, str | None] = {}  # a tool's JSON -> the grammar's refusal
+        # (tool name, refusal) -> [first place, its field, rows]
+        self._refused: dict[tuple[str, str], list[Any]] = {}
+
+    def __call__(self, where: str, shape: str, row: Mapping[str, Any]) -> None:
+        from lmops.models.grammar import tool_grammar_error
+        from lmops.models.tokens import GENERIC_CONTROL
+
+        if shape != "pretrain" and any(  # a text row trains on its tokens as they are
+            GENERIC_CONTROL.search(s) for s in _strings(row)
+        ):
+            self.control_rows += 1
+        tools = row.get("tools")
+        for i, tool in enumerate(tools if isinstance(tools, list) else []):
+            key = json.dumps(tool, sort_keys=True, default=str)
+            if key not in self._checked:
+                try:
+                    self._checked[key] = tool_grammar_error(tool)
+                except (KeyError, TypeError):  # not a function tool: the row's checks say so
+                    self._checked[key] = None
+            refusal = self._checked[key]
+            if refusal is None:
+                continue
+            seen = self._refused.setdefault(
+                (str(tool["function"]["name"]), refusal),
+                [where, f"tools[{i}].function.parameters", 0],
+            )
+            seen[2] += 1
+
+    def add_to(self, report: ValidationReport) -> ValidationReport:
+        """``report`` with the count and the warnings."""
+        report.control_token_rows = self.control_rows
+        report.warnings += self._warnings()
+        return report
+
+    def _warnings(self) -> list[str]:
+        out = []
+        for (name, refusal), (where, field, rows) in self._refused.items():
+            more = f" (and {rows - 1:,} more row{'s' * (rows > 2)})" if rows > 1 else ""
+            out.append(
+                f"{where}{more}: {field} of tool {name!r}: the engine's tool-call grammar "
+                f"(llguidance) refuses it: {refusal}; such rows train, but an engine "
+                "deployment answers a request listing this tool with a 400 "
+                "(unsupported_schema; an upstream vLLM may serve it)"
+            )
+        return out
 
 
 def train_tokenizer_asset(

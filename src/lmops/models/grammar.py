@@ -45,11 +45,14 @@ import numpy as np
 
 __all__ = [
     "JSON_OPTIONS",
+    "NO_ARGUMENTS",
     "Constraint",
     "Grammars",
+    "call_schema",
     "grammar_error",
     "grammars_for",
     "json_rule",
+    "tool_grammar_error",
 ]
 
 # How constrained JSON is laid out: the separators models write after training on
@@ -64,6 +67,34 @@ JSON_OPTIONS: dict[str, Any] = {
 def json_rule(schema: dict[str, Any]) -> str:
     """A Lark expression matching one JSON value valid under ``schema``."""
     return "%json " + json.dumps({**schema, "x-guidance": JSON_OPTIONS})
+
+
+# the arguments of a function without ``parameters``: none, as OpenAI reads it
+NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+def call_schema(tool: dict[str, Any]) -> dict[str, Any]:
+    """The schema of one call's JSON (``{"name", "arguments"}``) of an OpenAI tool object.
+    The parameters' definitions move to its root, where their ``#/$defs/...`` references
+    point (pydantic writes nested models that way)."""
+    fn = tool["function"]
+    params = dict(fn.get("parameters") or NO_ARGUMENTS)
+    defs = {k: params.pop(k) for k in ("$defs", "definitions") if k in params}
+    return {
+        **defs,
+        "type": "object",
+        "properties": {"name": {"const": fn["name"]}, "arguments": params},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+def tool_grammar_error(tool: dict[str, Any]) -> str | None:
+    """Why the engine cannot constrain calls of ``tool`` (an OpenAI tool object) to its
+    schema (llguidance refuses it: ``not``, ``if``/``then``/``else``, ``dependentRequired``,
+    a ``oneOf`` whose branches can overlap...), in one line; None when it can. What the
+    gateway's ``compile_plan`` answers a 400 for, and ``lmops data validate`` warns of."""
+    return grammar_error(f"start: {json_rule(call_schema(tool))}")
 
 
 def grammar_error(grammar: str) -> str | None:

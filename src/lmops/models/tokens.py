@@ -15,6 +15,7 @@ from typing import Any
 from lmops.models.types import TokenLogprob
 
 __all__ = [
+    "GENERIC_CONTROL",
     "UNICODE_TO_BYTE",
     "Pieces",
     "control_pattern",
@@ -66,6 +67,15 @@ def text_of(content: Any) -> str:
             str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p
         )
     return ""
+
+
+# Control tokens of the common chat templates (ChatML, Llama 3, Mistral, Gemma), for text
+# read without the model's tokenizer: ``control_tokens: refuse`` in front of an upstream,
+# ``lmops data validate``'s count of rows that quote a chat template.
+GENERIC_CONTROL = re.compile(
+    r"<\|(?:im_start|im_end|endoftext|eot_id|start_header_id|end_header_id|begin_of_text|"
+    r"end_of_text|system|user|assistant|end)\|>|\[/?INST\]|<start_of_turn>|<end_of_turn>"
+)
 
 
 def control_pattern(tokenizer: Any) -> re.Pattern[str] | None:

@@ -208,25 +208,6 @@ def plan_request(req: ChatRequest) -> ToolPlan | None:
 
 
 # -- the grammar ------------------------------------------------------------------------------------
-# the arguments of a function without ``parameters``: none, as OpenAI reads it
-NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
-
-
-def _call_schema(tool: dict[str, Any]) -> dict[str, Any]:
-    """The schema of one call's JSON. The parameters' definitions move to its root, where
-    their ``#/$defs/...`` references point (pydantic writes nested models that way)."""
-    fn = tool["function"]
-    params = dict(fn.get("parameters") or NO_ARGUMENTS)
-    defs = {k: params.pop(k) for k in ("$defs", "definitions") if k in params}
-    return {
-        **defs,
-        "type": "object",
-        "properties": {"name": {"const": fn["name"]}, "arguments": params},
-        "required": ["name", "arguments"],
-        "additionalProperties": False,
-    }
-
-
 def _lark(s: str) -> str:
     """``s`` as a Lark string literal."""
     return json.dumps(s)
@@ -235,18 +216,17 @@ def _lark(s: str) -> str:
 def compile_plan(plan: ToolPlan) -> None:
     """Set ``plan.grammar`` (and ``plan.trigger``) for the engine; a 400 naming the field
     whose schema uses what the grammar engine does not support."""
-    from lmops.models.grammar import grammar_error, json_rule
+    from lmops.models.grammar import call_schema, grammar_error, json_rule, tool_grammar_error
 
-    parts: list[tuple[str, str]] = []  # (param, rule) to check one by one
+    parts: list[tuple[str, str]] = []  # (param, rule)
     tools = [t for t in plan.tools if plan.mode != "named" or t["function"]["name"] == plan.named]
     if plan.mode != "none":
         for t in tools:
             i = plan.names.index(t["function"]["name"])
-            parts.append((f"tools[{i}].function.parameters", json_rule(_call_schema(t))))
-    for param, rule in parts:
-        err = grammar_error(f"start: {rule}")
-        if err:
-            raise _bad(f"unsupported JSON schema: {err}", param, "unsupported_schema")
+            parts.append((f"tools[{i}].function.parameters", json_rule(call_schema(t))))
+            err = tool_grammar_error(t)  # checked one by one, to name the tool
+            if err:
+                raise _bad(f"unsupported JSON schema: {err}", parts[-1][0], "unsupported_schema")
     content = None
     if plan.schema is not None:
         content = json_rule(plan.schema)

@@ -4,24 +4,16 @@ provider), behind the seam of :mod:`lmops.serve.backends`."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 from lmops.core import refusals
+from lmops.models.tokens import GENERIC_CONTROL
 from lmops.models.types import TokenLogprob
 from lmops.serve.backends import ChoiceDelta, Generation, Job, _content_text
 from lmops.serve.protocol import OpenAIError
 
 __all__ = ["UpstreamBackend", "upstream_error", "upstream_facts"]
-
-
-# Control tokens of the common chat templates, for ``control_tokens: refuse`` in front of
-# an upstream (whose tokenizer the gateway does not have).
-_GENERIC_CONTROL = re.compile(
-    r"<\|(?:im_start|im_end|endoftext|eot_id|start_header_id|end_header_id|begin_of_text|"
-    r"end_of_text|system|user|assistant|end)\|>|\[/?INST\]|<start_of_turn>|<end_of_turn>"
-)
 
 
 class UpstreamBackend:
@@ -68,7 +60,7 @@ class UpstreamBackend:
         texts = [{**m, "content": _content_text(m.get("content"))} for m in job.messages]
         tools = job.tools.tools if job.tools is not None and job.tools.tools else None
         for param, text in caller_strings(texts, tools):
-            if _GENERIC_CONTROL.search(text):
+            if GENERIC_CONTROL.search(text):
                 raise OpenAIError(
                     400,
                     f"{param}: contains chat-template control tokens (such as <|im_start|>); "
