@@ -385,8 +385,8 @@ class Literals:
     def _value(self, value: Any) -> Any:
         """A JSON value with each string (key or value) that holds a special-token string
         swapped for its mark; ``value`` itself where none does."""
-        if isinstance(value, str):
-            return self._mark(value) if self.holds(value) else value
+        if isinstance(value, str):  # (the search inline: this runs on every string)
+            return self._mark(value) if value and self._control.search(value) else value
         if isinstance(value, Mapping):
             items = [(self._value(k), self._value(v)) for k, v in value.items()]
             if all(a is k and b is v for (a, b), (k, v) in zip(items, value.items(), strict=True)):
@@ -405,10 +405,11 @@ class Literals:
         for m in messages:
             if self.holds(m.get("content")):
                 m = {**m, "content": self._mark(text_of(m.get("content")))}
-            rest = {k: v for k, v in m.items() if k not in ("role", "content")}
-            marked = self._value(rest)
-            if marked is not rest:
-                m = {**m, **marked}
+            if self._control is not None and len(m) > 2:  # more than role and content
+                rest = {k: v for k, v in m.items() if k not in ("role", "content")}
+                marked = self._value(rest)
+                if marked is not rest:
+                    m = {**m, **marked}
             out.append(m)
         return out
 
@@ -417,6 +418,8 @@ class Literals:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
         """:meth:`mark` of the messages, and the ``tools`` with each string holding a
         special-token string (a name, a description, a schema's key or value) marked."""
+        if self._control is None:
+            return messages, tools
         return self.mark(messages), self._value(tools) if tools else tools
 
     def template(
