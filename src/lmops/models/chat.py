@@ -56,6 +56,7 @@ __all__ = [
     "arguments_object",
     "caller_strings",
     "chat_text",
+    "json_strings",
     "render_tools",
     "template_has_tools",
     "template_writes_calls",
@@ -267,19 +268,28 @@ def chat_text(
     )
 
 
-def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+def _key(k: Any) -> str:
+    """A key as a path names it: ``.name``, else its repr, cut to 20 characters (a key that
+    forges a turn is not repeated whole in the error naming it)."""
+    if isinstance(k, str) and k.isidentifier():
+        return f".{k}"
+    shown = k[:20] + "…" if isinstance(k, str) and len(k) > 20 else k
+    return f"[{shown!r}]"
+
+
+def json_strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
     """Every string in a JSON value (keys too) with the path of the value it is or names."""
     if isinstance(value, str):
         yield path, value
     elif isinstance(value, Mapping):
         for k, v in value.items():
-            at = f"{path}.{k}" if isinstance(k, str) and k.isidentifier() else f"{path}[{k!r}]"
+            at = path + _key(k)
             if isinstance(k, str):
                 yield at, k
-            yield from _strings(v, at)
+            yield from json_strings(v, at)
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            yield from _strings(v, f"{path}[{i}]")
+            yield from json_strings(v, f"{path}[{i}]")
 
 
 def caller_strings(
@@ -295,15 +305,18 @@ def caller_strings(
             if key == "content":
                 yield f"messages[{i}].content", text_of(value)
             elif key != "role":
-                yield from _strings(value, f"messages[{i}].{key}")
-        # arguments sent as JSON text are rendered as the value they decode to, whose
-        # strings may hold what the text escapes ("\u003c|im_start|>")
+                at = f"messages[{i}]{_key(key)}"
+                yield at, key
+                yield from json_strings(value, at)
+        # arguments sent as JSON text are rendered as the value they decode to (an object,
+        # or a string: the JSON text of one), whose strings may hold what the text escapes
+        # ("\u003c|im_start|>"); an upstream vLLM decodes them before templating too
         for j, c in enumerate(m.get("tool_calls") or []):
             fn = c.get("function") if isinstance(c, Mapping) else None
             args = fn.get("arguments") if isinstance(fn, Mapping) else None
-            if isinstance(args, str) and not isinstance(value := arguments_object(args), str):
-                yield from _strings(value, f"messages[{i}].tool_calls[{j}].function.arguments")
-    yield from _strings(tools or [], "tools")
+            if isinstance(args, str) and (value := arguments_object(args)) != args:
+                yield from json_strings(value, f"messages[{i}].tool_calls[{j}].function.arguments")
+    yield from json_strings(tools or [], "tools")
 
 
 @dataclass(frozen=True, slots=True)

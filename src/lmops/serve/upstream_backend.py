@@ -55,11 +55,20 @@ class UpstreamBackend:
             )
         if job.control_tokens != "refuse" or job.messages is None:
             return
-        from lmops.models.chat import caller_strings
+        from lmops.models.chat import caller_strings, json_strings
 
+        # what _body sends, as the client wrote it: its tools (extra keys too, which vLLM
+        # keeps and a template's tojson writes) and the fields a template may write besides
+        # (RAG documents, the template's own variables); a request's chat_template is not
+        # read (it is the template, control tokens and all)
         texts = [{**m, "content": _content_text(m.get("content"))} for m in job.messages]
-        tools = job.tools.tools if job.tools is not None and job.tools.tools else None
-        for param, text in caller_strings(texts, tools):
+        tools = job.body.get("tools") or None
+        sent = [
+            *caller_strings(texts, tools if isinstance(tools, list) else None),
+            *json_strings(job.body.get("documents"), "documents"),
+            *json_strings(job.body.get("chat_template_kwargs"), "chat_template_kwargs"),
+        ]
+        for param, text in sent:
             if GENERIC_CONTROL.search(text):
                 raise OpenAIError(
                     400,
