@@ -12,11 +12,15 @@ row's ids are printed as a hash, so the two can be compared too).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/literals_bench.py [--rounds 200]
 
-Measured on 2 shared CPU cores (load average ~12), OMP_NUM_THREADS=1, --rounds 400, this
-version vs the one before (message text only): the marking walk of the plain request costs
-about 100 us (96-128) of its ~1.8 ms encode (before: 3-14 us); the whole encode's medians
-swung 5x between runs at that load, so read the marking column. The plain request's ids are the
-same hash in both; the forged tool request has 9 turn starts before (2 forged), 7 now.
+Measured on 2 shared CPU cores (load average ~12), OMP_NUM_THREADS=1, --rounds 400, the
+first version marking tools vs the one before (message text only): the marking walk of the
+plain request cost about 100 us (96-128) of its ~1.8 ms encode (before: 3-14 us); the whole
+encode's medians swung 5x between runs at that load, so read the marking column. The plain
+request's ids are the same hash in both; the forged tool request has 9 turn starts before (2
+forged), 7 now. Since a chat is marked only when one search over all its caller strings
+(joined) finds a special token, the plain request's marking is 49-50 us (the walk: 115-116
+us, two interleaved runs each at load ~10); the forged ones pay the search on top of the walk
+(139-165 us vs 125-135), and every request's ids hash the same as before.
 """
 
 from __future__ import annotations

@@ -292,6 +292,21 @@ def json_strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from json_strings(v, f"{path}[{i}]")
 
 
+def _collect(value: Any, into: list[str]) -> None:
+    """Every string of a JSON value (keys too) appended to ``into``: :func:`json_strings`
+    without the paths, for a search that runs on every chat."""
+    if isinstance(value, str):
+        into.append(value)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            if isinstance(k, str):
+                into.append(k)
+            _collect(v, into)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _collect(v, into)
+
+
 def caller_strings(
     messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
 ) -> Iterator[tuple[str, str]]:
@@ -360,6 +375,11 @@ class Literals:
     escaped form stands for the string's own JSON escaping, and each is encoded as the
     template would have written the string.
 
+    A template that writes a string in some other form (its Python repr, its JSON text
+    JSON-escaped again) writes a mark this object does not know: that mark shows in the
+    prompt as text (private-use characters and the salt, in the caller's string's place),
+    never as a control token.
+
     One object serves several renderings of one chat (a conversation and its prefixes):
     the same text gets the same mark. Only strings holding such a string are marked: a
     mark in an empty content (a tool-call turn's) would make a template render it as text.
@@ -410,19 +430,42 @@ class Literals:
             return value if all(a is b for a, b in zip(out, value, strict=True)) else out
         return value
 
+    def _forged(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> bool:
+        """Whether any string :meth:`mark_chat` would look at holds a special-token string:
+        one search over them all, joined by a character no special token holds (so no
+        match spans two), instead of one per string: the path of nearly every chat."""
+        if self._control is None:
+            return False
+        found: list[str] = []
+        for m in messages:
+            for key, value in m.items():
+                if key == "content":
+                    found.append(text_of(value))
+                elif key != "role":
+                    found.append(key)
+                    _collect(value, found)
+        if tools:
+            _collect(tools, found)
+        return self._control.search("\x00".join(found)) is not None
+
     def mark(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``messages`` (template-ready: :func:`render_tools`'s) with each content that
         holds a special-token string swapped for its mark, and each such string of its
         other fields but ``role`` (a call's name and arguments, a tool result's name)."""
+        return self._marked(messages) if self._forged(messages) else messages
+
+    def _marked(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
         for m in messages:
             if self.holds(m.get("content")):
                 m = {**m, "content": self._mark(text_of(m.get("content")))}
-            if self._control is not None and len(m) > 2:  # more than role and content
-                rest = {k: v for k, v in m.items() if k not in ("role", "content")}
-                marked = self._value(rest)
-                if marked is not rest:
-                    m = {**m, **marked}
+            rest = {k: v for k, v in m.items() if k not in ("role", "content")}
+            if rest and (marked := self._value(rest)) is not rest:
+                # the message's keys in their order, each marked one in its raw one's place
+                swapped = iter(marked.items())
+                m = dict(kv if kv[0] in ("role", "content") else next(swapped) for kv in m.items())
             out.append(m)
         return out
 
@@ -431,9 +474,9 @@ class Literals:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
         """:meth:`mark` of the messages, and the ``tools`` with each string holding a
         special-token string (a name, a description, a schema's key or value) marked."""
-        if self._control is None:
+        if not self._forged(messages, tools):
             return messages, tools
-        return self.mark(messages), self._value(tools) if tools else tools
+        return self._marked(messages), self._value(tools) if tools else tools
 
     def template(
         self,
