@@ -113,3 +113,33 @@ def test_rows_quoting_control_tokens_are_counted(
     assert "4 rows hold chat-template control-token text (trained as plain text)" in text
     plain = cli("data", "validate", str(write(tmp_path / "p.jsonl", [{"messages": CHAT}])))
     assert "control-token" not in plain.out
+
+
+def test_a_tool_is_compiled_once_whatever_its_description_and_warnings_stop_at_twenty(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows that reword one tool's description are one grammar compile (the description
+    never reaches the grammar); past 20 refused tools, one line counts the others."""
+    import lmops.models.grammar as grammar
+
+    compiled: list[str] = []
+    real = grammar.tool_grammar_error
+
+    def counted(tool: dict[str, Any]) -> str | None:
+        compiled.append(tool["function"]["name"])
+        return real(tool)
+
+    monkeypatch.setattr(grammar, "tool_grammar_error", counted)
+    reworded = [
+        {**REFUSED["needs"], "function": {**REFUSED["needs"]["function"], "description": f"v{i}"}}
+        for i in range(30)
+    ]
+    many = [_tool(f"needs{i}", dependentRequired={"x": ["y"]}) for i in range(23)]
+    rows = [{"messages": CHAT, "tools": [tool]} for tool in [*reworded, *many]]
+    r = cli("data", "validate", str(write(tmp_path / "t.jsonl", rows)), "--json")
+    assert r.code == 0, r.err
+    assert compiled.count("needs") == 1
+    warnings = json.loads(r.out)["warnings"]
+    assert len(warnings) == 21 and "(and 29 more rows)" in warnings[0]
+    assert "'needs18'" in warnings[19]
+    assert warnings[20].startswith("and 4 more tools whose schema the engine's tool-call grammar")

@@ -144,11 +144,17 @@ class _ServingNotes:
     trained on them is refused requests listing them on an engine deployment (a 400,
     ``unsupported_schema``), though an upstream vLLM may serve it."""
 
+    # warnings for this many distinct (tool, refusal), then one line counting the others
+    LISTED = 20
+
     def __init__(self) -> None:
         self.control_rows = 0
-        self._checked: dict[str, str | None] = {}  # a tool's JSON -> the grammar's refusal
-        # (tool name, refusal) -> [first place, its field, rows]
+        # (tool name, its parameters' JSON) -> the grammar's refusal: what the grammar is
+        # made of (a description never reaches it), so rows that reword a tool compile once
+        self._checked: dict[tuple[str, str], str | None] = {}
+        # (tool name, refusal) -> [first place, its field, rows], for the first LISTED
         self._refused: dict[tuple[str, str], list[Any]] = {}
+        self._unlisted: set[tuple[str, str]] = set()
 
     def __call__(self, where: str, shape: str, row: Mapping[str, Any]) -> None:
         from lmops.models.grammar import tool_grammar_error
@@ -160,19 +166,27 @@ class _ServingNotes:
             self.control_rows += 1
         tools = row.get("tools")
         for i, tool in enumerate(tools if isinstance(tools, list) else []):
-            key = json.dumps(tool, sort_keys=True, default=str)
+            try:
+                fn = tool["function"]
+                key = (
+                    str(fn["name"]),
+                    json.dumps(fn.get("parameters"), sort_keys=True, default=str),
+                )
+            except (KeyError, TypeError, AttributeError):  # not a function tool: the row's
+                continue  # checks say so
             if key not in self._checked:
                 try:
                     self._checked[key] = tool_grammar_error(tool)
-                except (KeyError, TypeError):  # not a function tool: the row's checks say so
+                except (KeyError, TypeError, ValueError):  # parameters that are no schema
                     self._checked[key] = None
             refusal = self._checked[key]
             if refusal is None:
                 continue
-            seen = self._refused.setdefault(
-                (str(tool["function"]["name"]), refusal),
-                [where, f"tools[{i}].function.parameters", 0],
-            )
+            listed = (key[0], refusal)
+            if listed not in self._refused and len(self._refused) >= self.LISTED:
+                self._unlisted.add(listed)
+                continue
+            seen = self._refused.setdefault(listed, [where, f"tools[{i}].function.parameters", 0])
             seen[2] += 1
 
     def add_to(self, report: ValidationReport) -> ValidationReport:
@@ -190,6 +204,12 @@ class _ServingNotes:
                 f"(llguidance) refuses it: {refusal}; such rows train, but an engine "
                 "deployment answers a request listing this tool with a 400 "
                 "(unsupported_schema; an upstream vLLM may serve it)"
+            )
+        if self._unlisted:
+            n = len(self._unlisted)
+            out.append(
+                f"and {n:,} more tool{'s' * (n > 1)} whose schema the engine's tool-call "
+                f"grammar refuses (the first {self.LISTED} are listed above)"
             )
         return out
 
