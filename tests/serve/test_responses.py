@@ -335,6 +335,7 @@ def test_chat_field_names_are_mapped_back_without_guessing() -> None:
 
     assert mapped("messages[1].content") == ("input[0].content", "m")
     assert mapped("messages[2].tool_calls[0].function.arguments")[0] == "input[1].arguments"
+    assert mapped("messages[2].tool_calls[0].id")[0] == "input[1].call_id"  # the item's own
     assert mapped("messages[0].content")[0] == "instructions"
     wrapped = as_responses_error(
         OpenAIError(400, "x", param="messages[1].content"), body, wrapped=True

@@ -190,7 +190,7 @@ _FIELDS = [
     (re.compile(r"\breasoning_effort\b"), "reasoning.effort"),
 ]
 _MESSAGE = re.compile(
-    r"\bmessages\[(\d+)\](\.content|\.tool_calls\[(\d+)\](?:\.function)?|\.tool_call_id)?"
+    r"\bmessages\[(\d+)\](\.content|\.tool_calls\[(\d+)\](\.function|\.id\b)?|\.tool_call_id)?"
 )
 
 
@@ -206,7 +206,10 @@ def _responses_terms(text: str, origins: list[str] | None, *, param: bool) -> st
         head, *calls = origins[k].split("#")
         if m.group(3) is not None:  # an assistant turn's tool call: its function_call item
             j = int(m.group(3))
-            return calls[j] if j < len(calls) else head
+            if j >= len(calls):
+                return head
+            # the call's id is the item's call_id (its own id is another field)
+            return calls[j] + (".call_id" if m.group(4) == ".id" else "")
         rest = m.group(2) or ""
         if rest == ".tool_call_id":  # a function_call_output item's
             return head.removesuffix(".output") + ".call_id"
