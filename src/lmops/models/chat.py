@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lmops.core.errors import UserError
 from lmops.models.loading import CHATML
 from lmops.models.tokens import control_pattern, text_of
 from lmops.models.toolformat import call_text, system_prompt
@@ -52,6 +53,7 @@ __all__ = [
     "CHATML_TOOLS",
     "NAMED_TEMPLATES",
     "ChatTokens",
+    "ControlTokenError",
     "Literals",
     "arguments_object",
     "caller_strings",
@@ -566,3 +568,17 @@ class Literals:
     def plain(self, marked: str) -> str:
         """A marked text as written."""
         return "".join(self.texts.get(p, p) for p in self._split(marked))
+
+
+class ControlTokenError(UserError):
+    """A caller-written string of a chat (a message's text, a tool call, a tool's
+    definition: :func:`lmops.models.chat.caller_strings`) holds the tokenizer's special
+    tokens and the deployment refuses them (``control_tokens: refuse``); ``param``: its
+    place in the request (``messages[1].content``, ``tools[0].function.description``)."""
+
+    def __init__(self, param: str) -> None:
+        super().__init__(
+            f"{param}: contains the model's control tokens (such as <|im_start|>); this "
+            "deployment refuses them in message text, tool calls and tools"
+        )
+        self.param = param

@@ -82,7 +82,7 @@ from lmops.models.attention import (
     takes_4d_mask,
     untrimmable,
 )
-from lmops.models.chat import Literals, caller_strings
+from lmops.models.chat import ControlTokenError, Literals, caller_strings
 from lmops.models.compat import cache_arg, output_cache
 from lmops.models.logits import adjust_rows
 from lmops.models.prefill import Prefiller
@@ -104,20 +104,6 @@ __all__ = ["ControlTokenError", "Engine", "EngineOverloaded", "generation_defaul
 
 class EngineOverloaded(Exception):
     """The queue is full; the client should retry later (HTTP 503)."""
-
-
-class ControlTokenError(UserError):
-    """A caller-written string of a chat (a message's text, a tool call, a tool's
-    definition: :func:`lmops.models.chat.caller_strings`) holds the tokenizer's special
-    tokens and the deployment refuses them (``control_tokens: refuse``); ``param``: its
-    place in the request (``messages[1].content``, ``tools[0].function.description``)."""
-
-    def __init__(self, param: str) -> None:
-        super().__init__(
-            f"{param}: contains the model's control tokens (such as <|im_start|>); this "
-            "deployment refuses them in message text, tool calls and tools"
-        )
-        self.param = param
 
 
 class Engine:
