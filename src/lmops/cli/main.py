@@ -292,6 +292,40 @@ assets_import_app = typer.Typer(
 assets_app.add_typer(assets_import_app, name="import")
 
 
+class _Phases:
+    """A job's ``progress(done, total, phase)`` as :class:`lmops.core.progress.Progress` on
+    stderr: a bar on a terminal, otherwise a plain line as each phase starts (an import's
+    phases take seconds to a minute each, so the 30 s cadence of a long job would leave
+    most of them unsaid)."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label, self.enabled = label, enabled
+        self.bar: Any = None
+        self.what = "before reading the file"
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        from lmops.core.progress import Progress
+
+        self.what = what
+        if self.bar is None:
+            self.bar = Progress(
+                total=total, label=self.label, unit="steps", enabled=self.enabled, every_s=0
+            )
+            self.bar.describe(what)
+            self.bar.__enter__()  # the first line: 0/N steps (the first phase)
+        elif done != self.bar.done:
+            self.bar.describe(what)
+            self.bar.update(done)
+        if done >= total:
+            self.close()
+
+    def close(self, stopped: bool = False) -> None:
+        bar, self.bar = self.bar, None
+        if bar is not None:
+            why = (KeyboardInterrupt, KeyboardInterrupt(), None) if stopped else (None, None, None)
+            bar.__exit__(*why)
+
+
 @assets_import_app.command("gguf")
 def assets_import_gguf(
     file: Annotated[
@@ -311,9 +345,19 @@ def assets_import_gguf(
 ) -> None:
     """Import a GGUF model as a Hugging Face model folder (dequantized; tokenizer and chat
     template kept); its lineage holds the GGUF file and its sha256."""
+    from lmops.cli._output import interrupted
     from lmops.deploy.gguf import import_gguf
 
-    v = import_gguf(_store(), file, name=name, description=description, dtype=dtype)
+    phases = _Phases("import", enabled=not json_)
+    try:
+        v = import_gguf(
+            _store(), file, name=name, description=description, dtype=dtype, progress=phases
+        )
+    except KeyboardInterrupt:
+        phases.close(stopped=True)
+        interrupted(f"interrupted importing {file} ({phases.what}); {name} not registered")
+    finally:
+        phases.close(stopped=True)
     if json_:
         print_json(v)
     else:

@@ -51,7 +51,6 @@ gguf``, ``quant``) with lineage to the source model (role ``source``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -68,6 +67,7 @@ from lmops.deploy._gguf_dtype import IMPORT_DTYPES, ImportDtype
 __all__ = [
     "GGUF_QUANTS",
     "IMPORT_DTYPES",
+    "IMPORT_PHASES",
     "ExportResult",
     "ImportDtype",
     "export_gguf",
@@ -106,14 +106,6 @@ class ExportResult(BaseModel):
     bits_per_weight: float  # over all matrices, the ones kept at q8_0 included
     ref: str | None = None
     kept_q8_0: list[str] = []  # matrices kept at q8_0 by a 4-bit export (tensor_quant)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def gguf_file_of(path: Path) -> Path | None:
@@ -285,6 +277,17 @@ def _supported_import_archs() -> list[str]:
     return sorted(GGUF_CONFIG_MAPPING)
 
 
+# what import_gguf reports to ``progress`` as it starts each phase, in order
+IMPORT_PHASES: tuple[str, ...] = (
+    "reading the file",  # magic, architecture, dtype, rope; lineage and sha256
+    "loading weights",  # transformers dequantizes each tensor (its own bar)
+    "checking weights",  # float16: no weight beyond its range
+    "loading the tokenizer",  # rebuilt from the file's vocabulary
+    "saving the model folder",
+    "registering",  # hashed and stored
+)
+
+
 def import_gguf(
     store: Any,
     file: Path | str,
@@ -292,14 +295,46 @@ def import_gguf(
     name: str,
     description: str = "",
     dtype: str = "auto",
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> Any:
     """Turn GGUF ``file`` into model asset ``name`` (a dequantized Hugging Face folder in
     ``dtype``: ``auto`` keeps the file's precision, fp16 for block quants, see
     :mod:`lmops.deploy._gguf_dtype`) and return its version; metadata ``dtype`` says which.
     ``file`` may also be a GGUF model asset (``lmops deploy export --format gguf``): the
-    import's lineage then goes to that version. Raises a one-line :class:`UserError` for a
+    import's lineage then goes to that version. ``progress(done, total, phase)`` is called as
+    each of :data:`IMPORT_PHASES` starts. Raises a one-line :class:`UserError` for a
     file that is not GGUF or of an architecture transformers cannot load, or a ``float16``
     asked of weights beyond its range; nothing is registered then."""
+    from lmops.deploy._gguf_reader import one_reader
+    from lmops.deploy._source import check_output
+
+    if dtype not in IMPORT_DTYPES:
+        raise UserError(f"--dtype {dtype!r}: one of {', '.join(IMPORT_DTYPES)}")
+    check_output(store, name)
+    file, source_ref = _gguf_source(store, file)
+
+    def phase(what: str) -> None:
+        if progress is not None:
+            progress(IMPORT_PHASES.index(what), len(IMPORT_PHASES), what)
+
+    phase("reading the file")
+    # every check below and transformers' loader share one parse of the file's metadata
+    with one_reader(file):
+        v = _import(store, file, source_ref, name, description, dtype, phase)
+    if progress is not None:
+        progress(len(IMPORT_PHASES), len(IMPORT_PHASES), "done")
+    return v
+
+
+def _import(
+    store: Any,
+    file: Path,
+    source_ref: str | None,
+    name: str,
+    description: str,
+    dtype: str,
+    phase: Callable[[str], None],
+) -> Any:
     from lmops.deploy._gguf_dtype import (
         check_finite,
         import_dtype,
@@ -307,12 +342,8 @@ def import_gguf(
         torch_dtype,
     )
     from lmops.deploy._gguf_general import read_general
-    from lmops.deploy._source import check_output
+    from lmops.store.artifacts import hash_file
 
-    if dtype not in IMPORT_DTYPES:
-        raise UserError(f"--dtype {dtype!r}: one of {', '.join(IMPORT_DTYPES)}")
-    check_output(store, name)
-    file, source_ref = _gguf_source(store, file)
     # the file is checked before torch and transformers are imported (seconds on a busy
     # server), so a wrong path is refused at once
     arch, ftype = _check_gguf(file)
@@ -330,23 +361,26 @@ def import_gguf(
             f"(supported: {', '.join(supported)}); convert the original checkpoint instead"
         )
     rope = _llama3_rope_of(file) if arch == "llama" else None  # refused before any run
-    digest = _sha256(file)
+    general = read_general(file)
     config = {"file": str(file), "name": name, "dtype": dtype}
     with store.runs.track("gguf_import", config=config) as run:
-        inputs = (
-            [(source_ref, "gguf")]
-            if source_ref is not None
-            else store.assets.record_inputs([(file, "gguf")], run_id=run.id)
-        )
+        inputs = [(source_ref, "gguf")] if source_ref else []
+        if not inputs:  # an external reference hashes the file (through the hash cache)
+            inputs = store.assets.record_inputs([(file, "gguf")], run_id=run.id)
+        ext = store.assets.get(inputs[0][0])  # the sha256 read once, not twice
+        is_file = ext.layout == "external" and ext.files == 1
+        digest = str(ext.digest) if is_file else hash_file(file)
         folder, gguf_name = str(file.parent), file.name
-        with quiet_gguf_load():  # no tqdm bar of transformers' in lmops's output
+        with quiet_gguf_load():  # no tqdm bar of transformers': the phase lines say it
             try:
                 extra: dict[str, Any] = {"rope_parameters": rope} if rope else {}
                 extra |= _qwen3_head_dim(file) if arch == "qwen3" else {}  # config overrides
                 # each tensor is dequantized to fp32 and cast to dt as it is read
+                phase("loading weights")
                 model: Any = AutoModelForCausalLM.from_pretrained(
                     folder, gguf_file=gguf_name, dtype=torch_dtype(dt), **extra
                 )
+                phase("checking weights")
                 if dt == "float16" and (bad := check_finite(model)) is not None:
                     if dtype != "auto":
                         raise UserError(
@@ -357,6 +391,7 @@ def import_gguf(
                     model = AutoModelForCausalLM.from_pretrained(
                         folder, gguf_file=gguf_name, dtype=torch.float32, **extra
                     )
+                phase("loading the tokenizer")
                 tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_name)
             except (ValueError, KeyError, NotImplementedError, OSError) as e:
                 msg = first_line(e)
@@ -369,8 +404,10 @@ def import_gguf(
             del model.config.quantization_config
         tmp = owned_tempdir("lmops-gguf-import-")
         try:
+            phase("saving the model folder")
             model.save_pretrained(str(tmp))
             tok.save_pretrained(str(tmp))
+            phase("registering")
             v = store.assets.register(
                 "model",
                 name,
@@ -386,7 +423,7 @@ def import_gguf(
                     "dtype": dt,
                     "dtype_from": "--dtype" if why == "asked" else f"auto ({why})",
                     # license, name, base name...: written back by an export of this model
-                    "gguf_general": read_general(file),
+                    "gguf_general": general,
                 },
                 description=description
                 or f"imported from {file.name} ({ftype} dequantized to {dt})",
@@ -398,7 +435,6 @@ def import_gguf(
     return v
 
 
-# -- export ----------------------------------------------------------------------------------------
 def _permute(w: Any, n_head: int) -> Any:
     """Hugging Face's rotate-half rows -> llama.cpp's interleaved pairs (convert_hf_to_gguf's
     ``LlamaModel.permute``); w: [n_head * head_dim, hidden]."""

@@ -1,0 +1,74 @@
+"""``lmops assets import gguf`` on a first day: it says which phase it is in (a real
+SmolLM2 import sat silent for ~80 s after transformers' tensor bar), and it parses the
+file's metadata once, not once per check and per transformers loader (8 times: half the
+import's CPU on SmolLM2's 49k-token vocabulary)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.train.tiny import make_model, make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lmops.deploy.gguf import write_gguf
+
+    root = tmp_path_factory.mktemp("gguf-progress")
+    model = make_model(root / "m", make_tokenizer(root / "tok"), seed=3)
+    file = root / "tiny.q8_0.gguf"
+    write_gguf(model, file, "q8_0")
+    return file
+
+
+def test_the_import_parses_the_file_once_and_keeps_the_reader_class(
+    cli: Any, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gguf
+
+    parsed: list[str] = []
+    original = gguf.GGUFReader
+
+    class Counting(original):  # type: ignore[misc,valid-type]
+        def __init__(self, path: Any, mode: str = "r") -> None:
+            parsed.append(str(path))
+            super().__init__(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    r = cli("assets", "import", "gguf", str(tiny_gguf), "--name", "imp")
+    assert r.code == 0, r.err
+    # lmops's checks (magic, dtype, rope, pre-tokenizer, general.*) and transformers'
+    # config, weights and tokenizer loads all read one parse
+    assert len(parsed) == 1, parsed
+    assert gguf.GGUFReader is Counting  # put back after the import
+    import numpy as np
+
+    assert isinstance(gguf.GGUFReader(str(tiny_gguf)).tensors[0].data, np.ndarray)
+    assert len(parsed) == 2  # outside an import, a reader of its own again
+
+
+def test_each_phase_prints_a_line_when_stderr_is_not_a_terminal(cli: Any, tiny_gguf: Path) -> None:
+    from lmops.deploy.gguf import IMPORT_PHASES
+
+    r = cli("assets", "import", "gguf", str(tiny_gguf), "--name", "imp")
+    assert r.code == 0, r.err
+    lines = [ln for ln in r.err.splitlines() if ln.startswith("import: ")]
+    n = len(IMPORT_PHASES)
+    for i, phase in enumerate(IMPORT_PHASES):
+        assert any(ln.startswith(f"import: {i}/{n} steps") and f"({phase})" in ln for ln in lines)
+    assert lines[-1].startswith(f"import: {n}/{n} steps (100.0%)"), lines
+    assert "imported imp:1" in " ".join(r.out.split())
+    quiet = cli("assets", "import", "gguf", str(tiny_gguf), "--name", "imp2", "--json")
+    assert quiet.code == 0 and "import: " not in quiet.err  # --json: stdout is the result
+
+
+def test_a_failed_import_says_where_it_stopped(cli: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    r = cli("assets", "import", "gguf", str(bad), "--name", "x")
+    assert r.code != 0
+    assert "stopped (reading the file)" in r.err
+    assert "unreadable GGUF" in r.err
