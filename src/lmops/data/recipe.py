@@ -355,9 +355,13 @@ def resolve_inputs(recipe: Recipe | list[str], base: Path, store: Store | None) 
     local: list[Path] = []
     items = recipe.inputs if isinstance(recipe, Recipe) else recipe
 
-    def at(i: int) -> str:  # "recipe.yaml:3: inputs[1]" for a recipe read from a file
-        where = recipe.where("inputs", i, default="") if isinstance(recipe, Recipe) else ""
-        return f"{where}: inputs[{i}]" if where else f"inputs[{i}]"
+    def at(i: int) -> str:
+        """``recipe.yaml:3: inputs[1]: `` in a recipe; nothing before a command's argument
+        (``lmops data tokenizer train SOURCES``), which the message quotes itself."""
+        if not isinstance(recipe, Recipe):
+            return ""
+        where = recipe.where("inputs", i, default="")
+        return f"{where}: inputs[{i}]: " if where else f"inputs[{i}]: "
 
     for i, item in enumerate(items):
         p = Path(item).expanduser()
@@ -370,7 +374,7 @@ def resolve_inputs(recipe: Recipe | list[str], base: Path, store: Store | None) 
                 seen = sorted({p.name for m in matches for p in Path(m).rglob("*") if p.is_file()})
                 holds = f"; it holds {', '.join(seen[:5])}" + (", ..." if len(seen) > 5 else "")
                 raise UserError(
-                    f"{at(i)}: {item!r} matches no data file (.jsonl, .json, .csv, .parquet, "
+                    f"{at(i)}{item!r} matches no data file (.jsonl, .json, .csv, .parquet, "
                     f".txt, plain or .gz/.zst){holds if seen else ''}"
                 )
             for m in matches:
@@ -386,20 +390,23 @@ def resolve_inputs(recipe: Recipe | list[str], base: Path, store: Store | None) 
                     files.append(InputFile(f, name, detect_format(f)))
             continue
         if store is None:
-            raise UserError(f"{at(i)}: {item!r} matches no file")
+            raise UserError(f"{at(i)}{item!r} matches no file")
         try:
             version = store.assets.resolve(item)
-        except (NotFoundError, UserError):
+        except UserError as e:
+            # a valid ref the store lacks: its reason (a close name, where they are listed);
+            # a string that cannot be a ref (``data/*.jsonl``) was a path, said as before
+            why = f" ({e})" if isinstance(e, NotFoundError) else ""
             raise UserError(
-                f"{at(i)}: {item!r} is neither an existing path (relative to {base}) "
-                "nor a READY dataset asset"
+                f"{at(i)}{item!r} is neither an existing path (relative to {base}) "
+                f"nor a READY dataset asset{why}"
             ) from None
         if version.kind != "dataset":
-            raise UserError(f"{at(i)}: {item!r} is a {version.kind}, not a dataset")
+            raise UserError(f"{at(i)}{item!r} is a {version.kind}, not a dataset")
         root = store.assets.path(version.ref)
         found = _files_under(root)
         if not found:
-            raise UserError(f"{at(i)}: dataset {version.ref} holds no readable data files")
+            raise UserError(f"{at(i)}dataset {version.ref} holds no readable data files")
         for f in found:
             rel = f.relative_to(root).as_posix() if root.is_dir() else f.name
             files.append(InputFile(f, f"{version.ref}/{rel}", detect_format(f), version.ref))
