@@ -230,15 +230,26 @@ def load_builtin(
         subjects = _mmlu_subjects(r) if name == "mmlu_redux" else [name.removeprefix("mmlu_redux_")]
         unknown = [s for s in subjects if s not in set(x["subject"] for x in rows)]
         if unknown:
-            raise UserError(f"unknown MMLU-Redux subject {unknown[0]!r}; see `lmops eval tasks`")
+            raise _unknown_task(f"mmlu_redux_{unknown[0]}", root)
         return _read_from(
             [_mmlu_task(s, rows, include_errors) for s in subjects], r / "mmlu_redux.jsonl"
         )
     if name == "cmmlu" or name.startswith("cmmlu_"):
         subjects = _cmmlu_subjects(r) if name == "cmmlu" else [name.removeprefix("cmmlu_")]
         if not all((r / "cmmlu" / "test" / f"{s}.csv").exists() for s in subjects):
-            raise UserError(f"unknown CMMLU subject in {name!r}; see `lmops eval tasks`")
+            raise _unknown_task(name, root)
         return _read_from([_cmmlu_task(r, s) for s in subjects], r / "cmmlu")
-    raise UserError(
-        f"unknown task {name!r}; built-in: mmlu_redux, cmmlu, gsm8k, perplexity:<dataset> (see `lmops eval tasks`)"
-    )
+    raise _unknown_task(name, root)
+
+
+def _unknown_task(name: str, root: Path | None) -> UserError:
+    """``unknown task 'mmlu_redu'; did you mean 'mmlu_redux'?`` (a group or a subtask whose
+    data is there), else the built-in groups."""
+    import difflib
+
+    groups = builtin_names(root)
+    known = [g for g in groups if g != "perplexity:<dataset>"]
+    known += [t for subtasks in groups.values() for t in subtasks if t not in groups]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    hint = f"did you mean {close[0]!r}?" if close else f"built-in: {', '.join(groups)}"
+    return UserError(f"unknown task {name!r}; {hint} (see `lmops eval tasks`)")
