@@ -64,7 +64,16 @@ def source_model(
     ``full_precision`` says what to do instead ("quantize its source model instead")."""
     src, src_ref = resolve_local(model_ref, store, kind="model")
     if (src / "adapter_config.json").is_file():
-        raise UserError(f"{model_ref} is an adapter; merge it first (lmops train merge)")
+        if src_ref is None:  # train merge reads an adapter asset
+            raise UserError(
+                f"{model_ref} is an adapter; register it (lmops assets register adapter NAME "
+                f"{model_ref}), merge it (lmops train merge NAME:1) and give the merged model"
+            )
+        merged = f"{src_ref.rsplit(':', 1)[0]}-merged"
+        raise UserError(
+            f"{model_ref} is an adapter ({src_ref}); merge it into its base model first: "
+            f"lmops train merge {src_ref} --output {merged}, then give {merged}"
+        )
     if full_precision is not None:
         refuse_quantized(src, model_ref, full_precision)
     return src, src_ref
