@@ -69,7 +69,7 @@ def run(
             progress=not json_,
             source=str(recipe),
         )
-    except KeyboardInterrupt:  # as training does: say how to go on
+    except KeyboardInterrupt as e:  # as training does: say how to go on
         again = shlex.join(
             ["lmops", "data", "run", str(recipe)]
             + (["--executor", executor] if executor else [])
@@ -78,11 +78,15 @@ def run(
             + (["--no-store"] if no_store else [])
             + (["--keep-dropped"] if keep_dropped else [])
         )
-        err_console.print(
-            f"interrupted; the finished shards are kept: resume with: {again}",
-            markup=False,
-            soft_wrap=True,
+        from lmops.data.executor import FinishInterrupted
+
+        said = (
+            f"interrupted after all {e.stages} stage(s) had finished, before {e.left} was "
+            f"written; nothing is processed again: finish with: {again}"
+            if isinstance(e, FinishInterrupted)
+            else f"interrupted; the finished shards are kept: resume with: {again}"
         )
+        err_console.print(said, markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
     if json_:
         print_json(
@@ -92,6 +96,7 @@ def run(
                 "dataset": result.dataset,
                 "run_id": result.run_id,
                 "resumed_shards": result.resumed_shards,
+                "late_interrupt": result.late_interrupt,
                 "report": result.report,
             }
         )
@@ -99,6 +104,13 @@ def run(
     console.print(format_summary(result.report))
     if result.output_path:
         console.print(f"  output {result.output_path}")
+    if result.late_interrupt:
+        err_console.print(
+            "Ctrl-C came after the last stage had finished: the run was completed "
+            f"{'and registered ' if result.dataset else ''}before stopping",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _type_name(annotation: Any) -> str:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from lmops import __version__
 from lmops.core.errors import UserError
 from lmops.core.proc import die_with_parent
+from lmops.core.signals import StopSignals
 from lmops.data import _dropped
 from lmops.data._pool import run_in_pool
 from lmops.data._resume import drop_stale_work, remove_temp_files, run_writes
@@ -382,6 +383,15 @@ class DataRunResult:
     run_id: str | None
     report: dict[str, Any]
     resumed_shards: int = 0
+    late_interrupt: bool = False  # a Ctrl-C came after the last stage; the run finished
+
+
+class FinishInterrupted(KeyboardInterrupt):
+    """A second Ctrl-C after every stage had finished: ``left`` was not written."""
+
+    def __init__(self, stages: int, left: str) -> None:
+        super().__init__(f"all {stages} stage(s) had finished; {left} not written")
+        self.stages, self.left = stages, left
 
 
 def _fingerprint(recipe: Recipe) -> str:
@@ -494,52 +504,67 @@ def run_recipe(
             else:
                 resumed = _execute(recipe, stages, shards, work, n_workers, progress)
             wall = time.perf_counter() - started
-            stage_stats = _collect_stats(stages, shards, work, reused)
-            report = build_report(
-                recipe,
-                stage_stats,
-                wall_seconds=wall,
-                shards=len(shards),
-                workers=n_workers,
-                # what was read: dataset versions, then local files and folders by the path
-                # their external references record (those references are the lineage's)
-                inputs=[*inputs.refs, *(str(absolute(p)) for p in inputs.local)],
-                input_refs=[*inputs.refs, *(ref for ref, _ in local_refs)],
-            )
-            if not report["docs_out"]:
-                write_report_files(report, work / "_report")
-                if store is not None and run is not None:
-                    write_report_files(report, Path(store.runs.dir(run.id)))
-                raise UserError(_nothing_kept(recipe, report, work))
-            result = _finish(
-                recipe,
-                stages,
-                shards,
-                work,
-                out_path,
-                report,
-                store,
-                run,
-                [*inputs.refs, *local_refs],
-                inputs.files,
-                drop_to,
-            )
-            result.resumed_shards = resumed
-            if store is not None and run is not None:
-                store.runs.update(
-                    run.id,
-                    params={"inputs": inputs.refs, "shards": len(shards), "workers": n_workers},
-                )
-                store.runs.log_metrics(
-                    run.id,
-                    {
-                        "docs_in": report["docs_in"],
-                        "docs_out": report["docs_out"],
-                        "docs_per_s": report["docs_per_s"],
-                    },
-                    step=0,
-                )
-                write_report_files(report, Path(store.runs.dir(run.id)))
+            # Every stage is done: a Ctrl-C now waits until the output is written and
+            # registered (then says it came late); a second one stops at once, saying what
+            # was left, which a re-run finishes without processing anything again.
+            with StopSignals(graceful=True) as late:
+                left = "the report"
+                try:
+                    stage_stats = _collect_stats(stages, shards, work, reused)
+                    report = build_report(
+                        recipe,
+                        stage_stats,
+                        wall_seconds=wall,
+                        shards=len(shards),
+                        workers=n_workers,
+                        # what was read: dataset versions, then local files and folders by the path
+                        # their external references record (those references are the lineage's)
+                        inputs=[*inputs.refs, *(str(absolute(p)) for p in inputs.local)],
+                        input_refs=[*inputs.refs, *(ref for ref, _ in local_refs)],
+                    )
+                    out = recipe.output.dataset if store is not None else None
+                    left = f"the output{f' (dataset {out})' if out else ''}"
+                    if not report["docs_out"]:
+                        write_report_files(report, work / "_report")
+                        if store is not None and run is not None:
+                            write_report_files(report, Path(store.runs.dir(run.id)))
+                        raise UserError(_nothing_kept(recipe, report, work))
+                    result = _finish(
+                        recipe,
+                        stages,
+                        shards,
+                        work,
+                        out_path,
+                        report,
+                        store,
+                        run,
+                        [*inputs.refs, *local_refs],
+                        inputs.files,
+                        drop_to,
+                    )
+                    result.resumed_shards = resumed
+                    if store is not None and run is not None:
+                        store.runs.update(
+                            run.id,
+                            params={
+                                "inputs": inputs.refs,
+                                "shards": len(shards),
+                                "workers": n_workers,
+                            },
+                        )
+                        store.runs.log_metrics(
+                            run.id,
+                            {
+                                "docs_in": report["docs_in"],
+                                "docs_out": report["docs_out"],
+                                "docs_per_s": report["docs_per_s"],
+                            },
+                            step=0,
+                        )
+                        write_report_files(report, Path(store.runs.dir(run.id)))
+                except KeyboardInterrupt:
+                    raise FinishInterrupted(len(stages), left) from None
+            result.late_interrupt = late.requested
         except BaseException as e:
             if tracker is not None:
                 tracker.__exit__(type(e), e, e.__traceback__)
@@ -606,7 +631,10 @@ def _execute(
                 if not _stage_file(work, stage.index, s.index, ".stats.json").exists()
             ]
             resumed += len(shards) - len(todo)
-            task = bar.add_task(f"stage {stage.index} {names}", total=len(shards), docs=0, rate=0.0)
+            done = " (done before)" if not todo else ""  # its 0 docs/s: none run now
+            task = bar.add_task(
+                f"stage {stage.index} {names}{done}", total=len(shards), docs=0, rate=0.0
+            )
             tick(task, len(shards) - len(todo))
             jobs = [_Job(recipe_json, stage, s, str(work), last) for s in todo]
             if n_workers <= 1 or len(jobs) <= 1:

@@ -143,11 +143,19 @@ def format_summary(report: dict[str, Any]) -> str:
     kept = report["docs_out"]
     total = report["docs_in"]
     pct = 100 * kept / total if total else 0.0
-    lines = [
-        f"recipe {report['recipe']}: kept {kept:,} of {total:,} documents ({pct:.1f} %) in "
-        f"{report['wall_seconds']:.1f} s ({_speed(report)}, "
-        f"{report['shards']} shard(s), {report['workers']} worker(s))"
-    ]
+    stages, resumed = report.get("shard_stages", 0), report.get("resumed_shards", 0)
+    if stages and resumed == stages:  # a re-run after the last stage: no rate to give
+        head = (
+            f"recipe {report['recipe']}: nothing left to run: all {stages:,} shard stages were "
+            f"done before the interrupt; kept {kept:,} of {total:,} documents ({pct:.1f} %)"
+        )
+    else:
+        head = (
+            f"recipe {report['recipe']}: kept {kept:,} of {total:,} documents ({pct:.1f} %) in "
+            f"{report['wall_seconds']:.1f} s ({_speed(report)}, "
+            f"{report['shards']} shard(s), {report['workers']} worker(s))"
+        )
+    lines = [head]
     for op in report["ops"]:
         dropped = op["docs_in"] - op["docs_out"]
         line = f"  {op['step']:>2}. {op['name']:<22} {op['docs_in']:>9,} → {op['docs_out']:>9,}"
