@@ -19,9 +19,7 @@ def _adapter(tmp_path: Path) -> Path:
     return folder
 
 
-def test_an_adapter_asset_is_given_the_merge_command_with_its_ref(
-    cli: Any, tmp_path: Path
-) -> None:
+def test_an_adapter_asset_is_given_the_merge_command_with_its_ref(cli: Any, tmp_path: Path) -> None:
     folder = _adapter(tmp_path)
     assert cli("assets", "register", "adapter", "smol-alpaca", str(folder)).code == 0
     r = cli("deploy", "export", "smol-alpaca", "--format", "gguf", "-o", "out")
