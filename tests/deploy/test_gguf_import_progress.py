@@ -65,10 +65,9 @@ def test_each_phase_prints_a_line_when_stderr_is_not_a_terminal(cli: Any, tiny_g
     assert quiet.code == 0 and "import: " not in quiet.err  # --json: stdout is the result
 
 
-def test_a_failed_import_says_where_it_stopped(cli: Any, tmp_path: Path) -> None:
+def test_a_file_refused_up_front_is_one_line(cli: Any, tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     r = cli("assets", "import", "gguf", str(bad), "--name", "x")
-    assert r.code != 0
-    assert "stopped (reading the file)" in r.err
-    assert "unreadable GGUF" in r.err
+    assert r.code == 2
+    assert r.err.startswith(f"error: {bad}: unreadable GGUF") and r.err.count("\n") == 1, r.err

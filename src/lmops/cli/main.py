@@ -301,7 +301,7 @@ class _Phases:
     def __init__(self, label: str, enabled: bool) -> None:
         self.label, self.enabled = label, enabled
         self.bar: Any = None
-        self.what = "before reading the file"
+        self.what = "checking the file"
 
     def __call__(self, done: int, total: int, what: str) -> None:
         from lmops.core.progress import Progress
@@ -319,11 +319,10 @@ class _Phases:
         if done >= total:
             self.close()
 
-    def close(self, stopped: bool = False) -> None:
+    def close(self) -> None:
         bar, self.bar = self.bar, None
         if bar is not None:
-            why = (KeyboardInterrupt, KeyboardInterrupt(), None) if stopped else (None, None, None)
-            bar.__exit__(*why)
+            bar.__exit__(None, None, None)
 
 
 @assets_import_app.command("gguf")
@@ -354,10 +353,10 @@ def assets_import_gguf(
             _store(), file, name=name, description=description, dtype=dtype, progress=phases
         )
     except KeyboardInterrupt:
-        phases.close(stopped=True)
+        phases.close()
         interrupted(f"interrupted importing {file} ({phases.what}); {name} not registered")
-    finally:
-        phases.close(stopped=True)
+    finally:  # an error is its own line: no "stopped" line before it
+        phases.close()
     if json_:
         print_json(v)
     else:

@@ -277,9 +277,9 @@ def _supported_import_archs() -> list[str]:
     return sorted(GGUF_CONFIG_MAPPING)
 
 
-# what import_gguf reports to ``progress`` as it starts each phase, in order
+# what import_gguf reports to ``progress`` as it starts each phase, in order; before them the
+# file is checked (magic, architecture, dtype, rope: seconds), so a refusal is its one line
 IMPORT_PHASES: tuple[str, ...] = (
-    "reading the file",  # magic, architecture, dtype, rope; lineage and sha256
     "loading weights",  # transformers dequantizes each tensor (its own bar)
     "checking weights",  # float16: no weight beyond its range
     "loading the tokenizer",  # rebuilt from the file's vocabulary
@@ -317,7 +317,6 @@ def import_gguf(
         if progress is not None:
             progress(IMPORT_PHASES.index(what), len(IMPORT_PHASES), what)
 
-    phase("reading the file")
     # every check below and transformers' loader share one parse of the file's metadata
     with one_reader(file):
         v = _import(store, file, source_ref, name, description, dtype, phase)
