@@ -20,8 +20,13 @@ noisy; CPU seconds are user+sys of the whole command, Python imports included; t
     main (before)             241.4 193.1     48.0 42.4
     first-day-2 (after)        67.7  92.2     22.5 21.2
 
+and once the load fell to 2 (one round)::
+
+    main (before)              38.0           37.2
+    first-day-2 (after)        21.4           21.2
+
 About half the CPU (the 7 parses no longer made); wall time follows CPU time on an idle
-machine and more than that here (each parse is a million small reads of a memory map).
+machine and gains more than that under load.
 
 Usage::
 
