@@ -280,7 +280,7 @@ def _supported_import_archs() -> list[str]:
 # what import_gguf reports to ``progress`` as it starts each phase, in order; before them the
 # file is checked (magic, architecture, dtype, rope: seconds), so a refusal is its one line
 IMPORT_PHASES: tuple[str, ...] = (
-    "loading weights",  # transformers dequantizes each tensor (its own bar)
+    "loading weights",  # transformers dequantizes each tensor (its bar is off: quiet_gguf_load)
     "checking weights",  # float16: no weight beyond its range
     "loading the tokenizer",  # rebuilt from the file's vocabulary
     "saving the model folder",
