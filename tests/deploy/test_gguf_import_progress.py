@@ -71,3 +71,18 @@ def test_a_file_refused_up_front_is_one_line(cli: Any, tmp_path: Path) -> None:
     r = cli("assets", "import", "gguf", str(bad), "--name", "x")
     assert r.code == 2
     assert r.err.startswith(f"error: {bad}: unreadable GGUF") and r.err.count("\n") == 1, r.err
+
+
+def test_a_reader_taken_inside_the_block_still_reads_after_it(tiny_gguf: Path) -> None:
+    # code that did `from gguf import GGUFReader` while an import was running (another
+    # thread's load) keeps the sharing function; after the block it must still parse
+    import gguf
+
+    from lmops.deploy._gguf_reader import one_reader
+
+    real = gguf.GGUFReader
+    with one_reader(tiny_gguf):
+        kept = gguf.GGUFReader
+        assert kept is not real
+    assert gguf.GGUFReader is real
+    assert len(kept(str(tiny_gguf)).tensors) > 0

@@ -28,13 +28,14 @@ __all__ = ["one_reader"]
 _lock = threading.Lock()
 _shared: dict[str, list[Any]] = {}  # realpath -> [reader, how many imports hold it]
 _original: Any = None  # gguf.GGUFReader while the sharing one is installed
+_real: Any = None  # gguf.GGUFReader itself, for a caller that kept _reader past the block
 
 
 def _reader(path: Any, mode: str = "r") -> Any:
     key = os.path.realpath(os.fspath(path))
     with _lock:
         held = _shared.get(key) if mode == "r" else None
-        original = _original
+        original = _original or _real
         if held is not None and held[0] is not None:
             return held[0]
     reader = original(path, mode)  # parsed outside the lock: seconds
@@ -52,13 +53,13 @@ def one_reader(file: Path) -> Iterator[None]:
     at the first such call (so a file that is not GGUF still fails where it is first read,
     with that caller's message). Nested and concurrent blocks are counted: the original
     class is put back when the last one ends."""
-    global _original
+    global _original, _real
     import gguf
 
     key = os.path.realpath(file)
     with _lock:
         if _original is None:
-            _original = gguf.GGUFReader
+            _original = _real = gguf.GGUFReader
             gguf.GGUFReader = _reader  # type: ignore[misc,assignment]
         held = _shared.setdefault(key, [None, 0])
         held[1] += 1
