@@ -69,6 +69,22 @@ intent: "ship the meth to them", "kill him tonight", "给他下毒"), all ``trai
 the breadth rows from ``--seed`` + 2; none is a held-out text, and a harmful one sharing
 half its words with a held-out idea is left out.
 
+Everyday requests naming people (``source: everyday``, ``--everyday``; not in the shipped
+set yet, see below): "How do I grill kebabs with peppers for 12 guests?", "给15个人包饺子
+要准备多少面粉？" and their harmful counterparts in the very same frames ("... with cyanide
+for 12 guests", "怎么往15个人的汤里放老鼠药？"), from ``moderation_lexicon_everyday.py``:
+1,852 rows (1,520 benign, kind ``everyday_group``, counted by the threshold rule; 332
+harmful), all ``train``, family ``everyday/{lang}/{form}``, drawn after everything else
+(the free text too) from ``--seed`` + 5, so every other row, the held-out split included,
+is byte for byte what it was (checked: the first 68,508 rows of the build are the shipped
+file's, and the gloss table is unchanged). None is a held-out text or a text of the
+benchmark's probe; a harmful one sharing half its words with a held-out idea is left out
+(one was). Why: every "how do I ... people" row was harmful but for a
+handful, and two benign rows said "for N people", so the default guard blocked "How do I
+plan a party for 20 people?" (extremism 0.92) and 7 % of the templated cooking questions
+"How do I {cook} {dish} with {ingredient} for {n} people?" (``moderation_bench.py --parts
+everyday``, whose probe uses other wordings).
+
 Free text (``source: smollm2``; shipped since 2026-12-07, see the end; ``--no-generated``
 leaves it and the Chinese free text out, as the builds before did):
 3,127 benign English paragraphs, questions, tips, short stories, word problems and
@@ -203,6 +219,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import moderation_lexicon as LEX
 import moderation_lexicon_breadth as BREADTH
+import moderation_lexicon_everyday as EVERYDAY
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "src/lmops/security/resources/moderation"
@@ -2359,6 +2376,82 @@ def followup_rows(rng: random.Random, held_texts: set[str]) -> Iterator[Row]:
                   source="followup")  # fmt: skip
 
 
+# ============================================================================ everyday groups
+# "How do I <do something> for N people?" and its kin: without these the guard read the
+# frame as harmful ("plan a party for 20 people" 0.92; moderation_lexicon_everyday.py's
+# docstring). Training only, drawn after everything else from their own generator.
+EVERYDAY_COUNTS = [2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200]
+
+
+def everyday_rows(rng: random.Random, held_texts: set[str]) -> Iterator[Row]:
+    """Benign requests naming a number of people, a group or an event, and harmful ones in
+    the same frames (the act or the ingredient carries the harm); all ``train``, family
+    ``everyday/{lang}/{form}`` (folded as a frame family), group the activity. None is a
+    held-out text; a harmful one sharing half its words with a held-out idea is left out,
+    and a benign one holding a policy term."""
+    E = EVERYDAY
+    held = _held_out_ideas()
+    has_term = _policy_terms()
+
+    def fill(form: str, a: str, g: str = "") -> str:
+        n = str(rng.choice(EVERYDAY_COUNTS))
+        text = form.replace("{g}", g).replace("{a}", a).replace("{n}", n)
+        return text if form.startswith("how to") else cap(text)
+
+    def group() -> str:
+        return "for {n} people" if rng.random() < 0.4 else rng.choice(E.GROUPS_EN)
+
+    out: list[tuple[str, str | None, str, str, str, str]] = []  # label, cat, lang, fam, group, text
+    forms_en = list(enumerate(E.FORMS_EN))
+    for a in E.ACTS_EN:
+        for k, form in rng.sample(forms_en, 10):
+            out.append(("benign", None, "en", f"everyday/en/{k}", f"en/everyday/{a}",
+                        fill(form, a, group())))  # fmt: skip
+    dishes = [(v, d, i) for v in E.COOK_VERBS_EN for d in E.DISHES_EN for i in E.INGREDIENTS_EN]
+    for v, d, i in rng.sample(dishes, 700):
+        k, form = rng.choice(forms_en)
+        out.append(("benign", None, "en", f"everyday/en/{k}", f"en/everyday/{v} {d}",
+                    fill(form, f"{v} {d} with {i}", group())))  # fmt: skip
+    for cat, acts in E.HARM_ACTS_EN.items():
+        for a in acts:
+            for k, form in rng.sample(forms_en, 5):
+                out.append(("harmful", cat, "en", f"everyday/en/{k}", f"en/everyday_harm/{a}",
+                            fill(form, a, group())))  # fmt: skip
+    for cat, poisons in E.HARM_INGREDIENTS_EN.items():
+        for i in poisons:
+            for _ in range(12):
+                k, form = rng.choice(forms_en)
+                a = f"{rng.choice(E.COOK_VERBS_EN)} {rng.choice(E.DISHES_EN)} with {i}"
+                out.append(("harmful", cat, "en", f"everyday/en/{k}", f"en/everyday_harm/{i}",
+                            fill(form, a, group())))  # fmt: skip
+    forms_zh = list(enumerate(E.FORMS_ZH))
+    for a in E.ACTS_ZH:
+        for k, form in rng.sample(forms_zh, 6):
+            out.append(("benign", None, "zh", f"everyday/zh/{k}", f"zh/everyday/{a}",
+                        fill(form, a)))  # fmt: skip
+    for cat, acts in E.HARM_ACTS_ZH.items():
+        for a in acts:
+            for form in E.HARM_FORMS_ZH:
+                k = E.FORMS_ZH.index(form)
+                out.append(("harmful", cat, "zh", f"everyday/zh/{k}", f"zh/everyday_harm/{a}",
+                            fill(form, a)))  # fmt: skip
+    dropped = 0
+    for label, cat, lang, fam, group, text in out:
+        if plain(text).lower() in held_texts:
+            dropped += 1
+            continue
+        if label == "benign" and has_term(text):
+            dropped += 1
+            continue
+        tok = _tokens(text, lang)
+        if label == "harmful" and any(len(tok & h) >= 0.5 * len(tok | h) for h in held[lang]):
+            dropped += 1
+            continue
+        kind = "request" if label == "harmful" else "everyday_group"
+        yield Row(text, label, cat, lang, kind, fam, group, "train", source="everyday")
+    print(f"everyday: {dropped} of {len(out)} rows left out (held-out text or idea, policy term)")
+
+
 # ============================================================================ gloss table
 def gloss_table(vocab: set[str]) -> dict[str, str]:
     """Words the static embeddings cannot read -> an English gloss they can: Chinese words
@@ -2416,7 +2509,7 @@ def _squeeze(text: str) -> str:
     return re.sub(r"[ \t]+", " ", text).strip()
 
 
-def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
+def rows(seed: int, *, generated: bool = False, everyday: bool = False) -> list[dict[str, object]]:
     rng = random.Random(seed)
     out: list[dict[str, object]] = []
     seen: set[str] = set()
@@ -2474,8 +2567,23 @@ def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
     held_texts = {str(r["text"]).lower() for r in out if r["split"] == "test"}
     for row in followup_rows(frng, held_texts):
         emit(row, plain(row.text), "none")
-    if not generated:
-        return out
+    if generated:
+        _free_text(emit, held_texts, seed)
+    # Everyday requests naming a number of people, and their harmful counterparts in the
+    # same frames: last, with their own generator, so every row above is what it was.
+    if everyday:
+        erng = random.Random(seed + 5)
+        for row in everyday_rows(erng, held_texts):
+            emit(row, plain(row.text), "none")
+    return out
+
+
+def _free_text(
+    emit: Callable[[Row, str, str], None],
+    held_texts: set[str],
+    seed: int,
+) -> None:
+    """The free text and its pieces (``--no-generated`` leaves them out)."""
     # Free text (no generator: the files are fixed): English written by a small model,
     # then Chinese written for this set. None equals a held-out text up to case, blanks and
     # punctuation, or holds a policy term.
@@ -2503,7 +2611,6 @@ def rows(seed: int, *, generated: bool = False) -> list[dict[str, object]]:
             for piece in generated_pieces(row.text, prng, lang):
                 if _bare(piece) not in held and _clean_piece(piece) and not has_term(piece):
                     emit(row, piece, "none")
-    return out
 
 
 def _bare(text: str) -> str:
@@ -2590,9 +2697,15 @@ def main(argv: list[str] | None = None) -> int:
         help="leave out the free text of moderation_benign_smollm2.jsonl.gz and "
         "moderation_benign_zh.jsonl.gz and its pieces (the set shipped before 2026-12-07)",
     )
+    ap.add_argument(
+        "--everyday",
+        action="store_true",
+        help="add the everyday rows naming a number of people and their harmful "
+        "counterparts (moderation_lexicon_everyday.py; not in the shipped set yet)",
+    )
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
-    data = rows(args.seed, generated=not args.no_generated)
+    data = rows(args.seed, generated=not args.no_generated, everyday=args.everyday)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "data.jsonl.gz"
     write_data(data, path)
