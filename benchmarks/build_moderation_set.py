@@ -84,6 +84,20 @@ handful, and two benign rows said "for N people", so the default guard blocked "
 plan a party for 20 people?" (extremism 0.92) and 7 % of the templated cooking questions
 "How do I {cook} {dish} with {ingredient} for {n} people?" (``moderation_bench.py --parts
 everyday``, whose probe uses other wordings).
+Built with them (2026-12-08, branch ``mod-everyday``; first stage by the shipped per-kind
+rule: threshold 0.7603, out-of-fold recall 0.784 at 0.60 %, the look-alikes of self-harm
+decide, ``everyday_group`` 0 % out of fold; 6 to 12 minutes on 2 shared cores): the
+probe's benign requests 7.55 % -> 0.39 % blocked (cooking template 6.96 -> 0 %, events
+11.3 -> 1.3 %, Chinese 3.45 -> 1.72 %), its look-alikes 21 -> 20 of 24 blocked. A first
+try with 800 benign rows and none holding "party", "plan a" or "beans" (castor beans:
+ricin) gave 4.6 %. Not shipped: the encoder must be trained again on the new set (its
+``--rethreshold`` refuses another set's scores; about 100 minutes on 2 idle cores), and
+the first stage alone misses the held-out unseen-idea floor (recall 0.586, floor 0.59).
+With the shipped encoder's weights and threshold, its band moved by hand to 0.7603 (no
+rule; a hint only): held-out 0.950 / 1.78 % with the encoder, the whole guard 0.951 /
+2.13 %; real text blocked, against the shipped models: Alpaca en requests 0.23 % (0.20
+%), zh requests 0.73 % (0.53 %, encoder verdicts), Shakespeare 3.25 % (3.55 %), eval perf
+prompts 2.35 % (2.2 %), the others equal or lower.
 
 Free text (``source: smollm2``; shipped since 2026-12-07, see the end; ``--no-generated``
 leaves it and the Chinese free text out, as the builds before did):
