@@ -141,7 +141,11 @@ def test_a_second_server_on_a_port_taken_while_loading_says_so(
         "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
     }
     cmd = [sys.executable, "-c", RUNNER, str(port), str(workers)]
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    # its own process group: with workers=2 its worker processes are killed with it
+    # (killing the parent alone left them running after the test run)
+    first = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         time.sleep(0.8)  # bound, still loading
         second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
@@ -151,5 +155,7 @@ def test_a_second_server_on_a_port_taken_while_loading_says_so(
         assert first.stdout is not None and first.stdout.readline().strip() == "serving on"
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).text == "ok"
     finally:
-        first.kill()
+        import signal
+
+        os.killpg(first.pid, signal.SIGKILL)
         first.wait()
