@@ -68,3 +68,20 @@ def test_a_second_ctrl_c_says_what_was_left_and_the_rerun_has_nothing_to_run(
     assert "docs/s" not in summary
     assert "stage 2 clean_whitespace (done before)" in again.out
     assert "registered dataset demo-clean:1" in summary
+
+
+def test_ctrl_cs_once_the_output_is_being_registered_wait_for_it(
+    cli: Any, recipe: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a first Ctrl-C after the last stage, then two more as the work folder is retired
+    # (after the dataset was registered and placed): once registering has begun, signals
+    # wait, so the run is not marked cancelled nor told to "finish with" a re-run that
+    # would find its output path taken (or register the same output twice)
+    _ctrl_c_before(monkeypatch, "_collect_stats", 1)
+    _ctrl_c_before(monkeypatch, "retire", 2)
+    r = cli("data", "run", str(recipe))
+    assert r.code == 0, r.err
+    assert "registered dataset demo-clean:1" in r.out
+    assert "finish with" not in r.err
+    runs = cli("runs", "list", "--json")
+    assert '"CANCELLED"' not in runs.out, runs.out

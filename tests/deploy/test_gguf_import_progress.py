@@ -86,3 +86,26 @@ def test_a_reader_taken_inside_the_block_still_reads_after_it(tiny_gguf: Path) -
         assert kept is not real
     assert gguf.GGUFReader is real
     assert len(kept(str(tiny_gguf)).tensors) > 0
+
+
+def test_a_ctrl_c_once_registering_began_waits_and_the_model_is_imported(
+    cli: Any, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two Ctrl-Cs as the temporary folder is removed, after the model was registered: the
+    # import used to say "imp2 not registered" (exit 130) of a registered model
+    import signal
+
+    import lmops.deploy.gguf as gguf_mod
+
+    real = gguf_mod.shutil.rmtree
+
+    def pressed(*args: Any, **kwargs: Any) -> Any:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gguf_mod.shutil, "rmtree", pressed)
+    r = cli("assets", "import", "gguf", str(tiny_gguf), "--name", "imp2")
+    assert r.code == 0, r.err
+    assert "not registered" not in r.err
+    assert "imported imp2:1" in " ".join(r.out.split())

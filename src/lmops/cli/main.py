@@ -352,9 +352,12 @@ def assets_import_gguf(
         v = import_gguf(
             _store(), file, name=name, description=description, dtype=dtype, progress=phases
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # (from registering on, signals wait for the end)
         phases.close()
-        interrupted(f"interrupted importing {file} ({phases.what}); {name} not registered")
+        interrupted(
+            f"interrupted importing {file} ({phases.what}); {name} not registered",
+            getattr(e, "signum", 2),
+        )
     finally:  # an error is its own line: no "stopped" line before it
         phases.close()
     if json_:

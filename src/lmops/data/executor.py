@@ -541,6 +541,7 @@ def run_recipe(
                         [*inputs.refs, *local_refs],
                         inputs.files,
                         drop_to,
+                        late.hold,
                     )
                     result.resumed_shards = resumed
                     if store is not None and run is not None:
@@ -683,6 +684,7 @@ def _finish(
     input_refs: list[str | tuple[str, str]],
     input_files: list[InputFile],
     drop_to: _dropped.DroppedTarget | None = None,
+    commit: Callable[[], None] = lambda: None,  # from here on, signals wait (register, place)
 ) -> DataRunResult:
     from lmops.data.report import write_report_files
 
@@ -725,6 +727,7 @@ def _finish(
             {"path": str(p), "size": size, "sha256": digest}
             for p, (digest, size) in zip(plain, hashed, strict=True)
         ]
+        commit()
         v = store.assets.register(
             "dataset",
             recipe.output.dataset,
@@ -743,6 +746,7 @@ def _finish(
         )
         dataset_ref = v.ref
         report["dataset"] = dataset_ref
+    commit()
     final = None
     if dropped:
         dropped.place()  # before the output: the output's folder says the run is done

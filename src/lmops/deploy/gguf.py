@@ -62,6 +62,7 @@ from pydantic import BaseModel
 
 from lmops.core.errors import UserError, first_line
 from lmops.core.proc import owned_tempdir
+from lmops.core.signals import StopSignals
 from lmops.deploy._gguf_dtype import IMPORT_DTYPES, ImportDtype
 
 __all__ = [
@@ -362,7 +363,9 @@ def _import(
     rope = _llama3_rope_of(file) if arch == "llama" else None  # refused before any run
     general = read_general(file)
     config = {"file": str(file), "name": name, "dtype": dtype}
-    with store.runs.track("gguf_import", config=config) as run:
+    # a signal stops the import at once (SIGTERM as Ctrl-C) until registering begins; from
+    # there on it waits, so "not registered" is never said of a registered model
+    with StopSignals(graceful=False) as stop, store.runs.track("gguf_import", config=config) as run:
         inputs = [(source_ref, "gguf")] if source_ref else []
         if not inputs:  # an external reference hashes the file (through the hash cache)
             inputs = store.assets.record_inputs([(file, "gguf")], run_id=run.id)
@@ -407,6 +410,7 @@ def _import(
             model.save_pretrained(str(tmp))
             tok.save_pretrained(str(tmp))
             phase("registering")
+            stop.hold()
             v = store.assets.register(
                 "model",
                 name,
