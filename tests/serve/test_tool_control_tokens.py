@@ -140,7 +140,14 @@ def _upstream_only() -> dict[str, tuple[dict[str, Any], str]]:
     extra["tools"] = [{**extra["tools"][0], "x_note": FORGE}]
     documents = {**_request(), "documents": [{"title": "t", "text": "Paris" + FORGE}]}
     kwargs = {**_request(), "chat_template_kwargs": {"persona": FORGE}}
+    # a refusal part (vLLM writes its text into the prompt as a text part's)
+    refusal = _request()
+    refusal["messages"] = [
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "no" + FORGE}]},
+        {"role": "user", "content": "hi"},
+    ]
     return {
+        "refusal part": (refusal, "messages[0].content[0].refusal"),
         "tool extra": (extra, "tools[0].x_note"),
         "documents": (documents, "documents[0].text"),
         "template kwargs": (kwargs, "chat_template_kwargs.persona"),

@@ -65,6 +65,13 @@ class UpstreamBackend:
         tools = job.body.get("tools") or None
         sent = [
             *caller_strings(texts, tools if isinstance(tools, list) else None),
+            # every string of a list content (vLLM writes refusal and thinking parts as text)
+            *(
+                hit
+                for i, m in enumerate(job.messages)
+                if isinstance(m.get("content"), list)
+                for hit in json_strings(m["content"], f"messages[{i}].content")
+            ),
             *json_strings(job.body.get("documents"), "documents"),
             *json_strings(job.body.get("chat_template_kwargs"), "chat_template_kwargs"),
         ]
