@@ -14,11 +14,9 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from lmops.text.pii import PII_TYPES
+from lmops.text.pii import DEFAULT_PLACEHOLDER, PII_TYPES
 
-__all__ = ["DEFAULT_PLACEHOLDER", "mask_pattern", "placeholder_of"]
-
-DEFAULT_PLACEHOLDER = "<{type}>"  # lmops.text.pii's, and the guardrails' default
+__all__ = ["mask_pattern", "placeholder_of"]
 
 
 def placeholder_of(guardrails: Any) -> str | None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from lmops.core.errors import UserError
 from lmops.core.yamlcfg import FieldError
 from lmops.security.terms import builtin_categories
-from lmops.text.pii import PII_TYPES, normalize_pii_types
+from lmops.text.pii import DEFAULT_PLACEHOLDER, PII_TYPES, normalize_pii_types
 
 Classifier = Callable[[str], Mapping[str, float]]
 """A pluggable moderation model: text -> score in [0, 1] per category."""
@@ -34,7 +34,7 @@ class GuardrailConfig(BaseModel):
     pii_output: Literal["off", "mask"] = "mask"
     # Names from lmops.text.pii.PII_TYPES; None = all of them (IP included).
     pii_types: list[str] | None = Field(default_factory=lambda: list(DEFAULT_PII_TYPES))
-    pii_placeholder: str = "<{type}>"
+    pii_placeholder: str = DEFAULT_PLACEHOLDER
     moderation_input: Literal["off", "flag", "block"] = "block"
     moderation_output: Literal["off", "flag", "block"] = "block"
     # Built-in categories to use; None = all. The extra file's categories are always used.

@@ -372,7 +372,7 @@ class RequestContext:
         (kept there rather than in a column of their own: no migration), and the
         deployment's ``pii_placeholder`` when it masks with one of its own: text it masked
         holds that, not PII the log's mask would find (``lmops.monitor.masks``)."""
-        from lmops.monitor.masks import DEFAULT_PLACEHOLDER
+        from lmops.text.pii import DEFAULT_PLACEHOLDER
 
         out: dict[str, Any] = {}
         if self.actions:

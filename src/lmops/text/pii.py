@@ -103,6 +103,7 @@ from lmops.text._pii_gates import _Colons, _Needles, _Probe, _trie
 from lmops.text._pii_view import _joined_view, _normalized
 
 __all__ = [
+    "DEFAULT_PLACEHOLDER",
     "PII_TYPES",
     "PiiSpan",
     "detect_pii",
@@ -730,8 +731,11 @@ def find_emails(text: str) -> list[tuple[int, int]]:
     return [view.span(*s) for s in spans if s is not None]
 
 
+DEFAULT_PLACEHOLDER = "<{type}>"  # what a mask looks like unless a placeholder is given
+
+
 def mask_pii(
-    text: str, types: Iterable[str] | None = None, placeholder: str = "<{type}>"
+    text: str, types: Iterable[str] | None = None, placeholder: str = DEFAULT_PLACEHOLDER
 ) -> tuple[str, Counter[str]]:
     """Replace each finding of :func:`detect_pii` with ``placeholder.format(type=...)``.
 
